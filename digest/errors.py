@@ -1,0 +1,60 @@
+"""The one error family of digest.
+
+Every failure an operator can expect (a bad setting, a broken dump, a mail
+server saying no) is a ``DigestError``. The command line turns it into a
+one-line message on stderr and exit code 1 (``UsageError``: 2), never a
+traceback. Anything else escaping is a bug.
+"""
+
+from __future__ import annotations
+
+
+class DigestError(Exception):
+    """Base of every expected failure; ``str()`` is the one-line message."""
+
+    exit_code = 1
+
+
+class UsageError(DigestError):
+    """The command was called wrongly (bad argument, malformed interest)."""
+
+    exit_code = 2
+
+
+class ConfigError(DigestError):
+    """A setting is missing or invalid; the message names the setting."""
+
+
+class ListingError(DigestError):
+    """A file is not a listing we can read; carries the file and, where known, the line."""
+
+    def __init__(self, message: str, path: str = "", line: int | None = None) -> None:
+        self.reason = message
+        self.path = path
+        self.line = line
+        where = path
+        if line is not None:
+            where = f"{path}:{line}" if path else f"line {line}"
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def at(self, path: str) -> ListingError:
+        """The same error, naming the file it came from."""
+        return ListingError(self.reason, path, self.line)
+
+
+class StoreError(DigestError):
+    """The database could not be opened, migrated or written."""
+
+
+class AlreadyRunning(DigestError):
+    """Another run holds the lock; cron scripts test for this exit code."""
+
+    exit_code = 75  # EX_TEMPFAIL: "try again later"
+
+
+class DeliveryError(DigestError):
+    """A message could not be handed to the transport."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent

@@ -1,0 +1,29 @@
+"""What every reader returns: a listing of entries, plain data."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One paper as a listing shows it."""
+
+    title: str
+    abstract: str = ""
+    arxiv_id: str | None = None
+    authors: str = ""
+    url: str | None = None
+    published: date | None = None
+    line: int = 0  # where the entry starts in its file (1-based; 0 when unknown)
+
+
+@dataclass(slots=True)
+class Listing:
+    """A parsed dump. ``entries`` may be a one-pass iterator (bulk snapshots stream)."""
+
+    layout: str
+    entries: Iterable[Entry]
+    listing_date: date | None = None

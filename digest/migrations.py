@@ -1,0 +1,154 @@
+"""Ordered, append-only schema migrations.
+
+``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``. Never edit
+one that has shipped: add a new one at the end. Each migration defines the
+tables it creates with its own ``MetaData`` so that later changes to
+``digest.models`` cannot change what an old migration does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from digest.errors import StoreError
+
+
+def _v1_initial(conn: Connection) -> None:
+    meta = sa.MetaData()
+    sa.Table(
+        "paper",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("key", sa.String, nullable=False, unique=True),
+        sa.Column("title_key", sa.String, nullable=False, index=True),
+        sa.Column("arxiv_id", sa.String, index=True),
+        sa.Column("title", sa.String, nullable=False),
+        sa.Column("abstract", sa.String, nullable=False, server_default=""),
+        sa.Column("authors", sa.String, nullable=False, server_default=""),
+        sa.Column("url", sa.String),
+        sa.Column("listing_date", sa.Date),
+        sa.Column("first_seen", sa.DateTime(timezone=True), nullable=False, index=True),
+        sa.Column("last_seen", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("times_seen", sa.Integer, nullable=False, server_default="1"),
+    )
+    sa.Table(
+        "dump",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("sha256", sa.String, nullable=False, unique=True),
+        sa.Column("name", sa.String, nullable=False),
+        sa.Column("source", sa.String, nullable=False, server_default=""),
+        sa.Column("layout", sa.String, nullable=False, server_default=""),
+        sa.Column("listing_date", sa.Date),
+        sa.Column("ingested_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("entries", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("new", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("seen", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("status", sa.String, nullable=False, server_default="ok"),
+        sa.Column("error", sa.String),
+    )
+    sa.Table(
+        "subscriber",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("email", sa.String, nullable=False, unique=True),
+        sa.Column("status", sa.String, nullable=False, server_default="active"),
+        sa.Column("interests", sa.String, nullable=False, server_default="[]"),
+        sa.Column("max_items", sa.Integer, nullable=False, server_default="20"),
+        sa.Column("min_score", sa.Float, nullable=False, server_default="0"),
+        sa.Column("frequency", sa.String, nullable=False, server_default="daily"),
+        sa.Column("send_empty", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("token_salt", sa.String, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("last_digest_at", sa.DateTime(timezone=True)),
+    )
+    sa.Table(
+        "run",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("kind", sa.String, nullable=False, server_default="run"),
+        sa.Column("period", sa.Date),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("status", sa.String, nullable=False, server_default="running"),
+        sa.Column("figures", sa.String, nullable=False, server_default="{}"),
+        sa.Column("error", sa.String),
+    )
+    sa.Table(
+        "digest",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column(
+            "subscriber_id", sa.Integer, sa.ForeignKey("subscriber.id"), nullable=False, index=True
+        ),
+        sa.Column("period", sa.Date, nullable=False),
+        sa.Column("status", sa.String, nullable=False, server_default="pending"),
+        sa.Column("message_id", sa.String, nullable=False),
+        sa.Column("subject", sa.String, nullable=False, server_default=""),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("last_error", sa.String),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sent_at", sa.DateTime(timezone=True)),
+        sa.Column("run_id", sa.Integer, sa.ForeignKey("run.id")),
+        sa.UniqueConstraint("subscriber_id", "period"),
+    )
+    sa.Table(
+        "digestitem",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("digest_id", sa.Integer, sa.ForeignKey("digest.id"), nullable=False, index=True),
+        sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscriber.id"), nullable=False),
+        sa.Column("paper_id", sa.Integer, sa.ForeignKey("paper.id"), nullable=False),
+        sa.Column("rank", sa.Integer, nullable=False),
+        sa.Column("score", sa.Float, nullable=False),
+        sa.Column("matched", sa.String, nullable=False, server_default="[]"),
+        sa.UniqueConstraint("subscriber_id", "paper_id"),
+    )
+    sa.Table(
+        "sourcestate",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("url", sa.String, nullable=False, unique=True),
+        sa.Column("etag", sa.String),
+        sa.Column("last_modified", sa.String),
+        sa.Column("last_fetch_at", sa.DateTime(timezone=True)),
+        sa.Column("last_status", sa.String, nullable=False, server_default=""),
+        sa.Column("last_error", sa.String),
+        sa.Column("last_new_at", sa.DateTime(timezone=True)),
+        sa.Column("bytes", sa.Integer, nullable=False, server_default="0"),
+    )
+    meta.create_all(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_initial,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def current_version(conn: Connection) -> int:
+    """The schema version recorded in the database (0 for an empty one)."""
+    if not sa.inspect(conn).has_table("schema_version"):
+        return 0
+    value = conn.execute(sa.text("SELECT max(version) FROM schema_version")).scalar()
+    return int(value or 0)
+
+
+def migrate(conn: Connection) -> int:
+    """Apply every migration the database lacks, in order; return how many ran."""
+    if not sa.inspect(conn).has_table("schema_version"):
+        conn.execute(sa.text("CREATE TABLE schema_version (version INTEGER NOT NULL)"))
+    version = current_version(conn)
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"the database has schema version {version}, newer than this digest knows"
+            f" ({SCHEMA_VERSION}); upgrade digest"
+        )
+    for number in range(version, SCHEMA_VERSION):
+        MIGRATIONS[number](conn)
+        conn.execute(sa.text("INSERT INTO schema_version (version) VALUES (:v)"), {"v": number + 1})
+    return SCHEMA_VERSION - version

@@ -1,0 +1,384 @@
+"""Settings: one table of options, read once, validated at start.
+
+Sources, later ones winning: the defaults below, the TOML file (``--config``,
+``DIGEST_CONFIG`` or ``./digest.toml`` when present), then ``DIGEST_<NAME>``
+environment variables. Relative paths in the file are taken relative to the
+file's folder; relative paths elsewhere to the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from digest.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "digest.toml"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its name, type, default and the comment written by ``digest init``."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    secret: bool = False
+    check: Callable[[Any], str | None] | None = None
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _not_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _timezone(value: Any) -> str | None:
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "is not a known time zone (try UTC or Europe/Berlin)"
+    return None
+
+
+def _transport(value: Any) -> str | None:
+    if not value:
+        return None
+    scheme = urlsplit(value).scheme
+    if scheme not in {"file", "smtp", "smtps"}:
+        return "must be a file://, smtp:// or smtps:// URL"
+    return None
+
+
+def _http_url(value: Any) -> str | None:
+    if urlsplit(value).scheme not in {"http", "https"} or not urlsplit(value).netloc:
+        return "must be an http:// or https:// URL"
+    return None
+
+
+def _log_format(value: Any) -> str | None:
+    return None if value in {"auto", "json", "text"} else "must be auto, json or text"
+
+
+def _schedule(value: Any) -> str | None:
+    if len(str(value).split()) != 5:
+        return "must be a cron expression of five fields, such as '0 7 * * *'"
+    return None
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("data_dir", str, "data", "Folder holding the database, inbox, outbox and feeds."),
+    Option(
+        "database_url",
+        str,
+        "",
+        "SQLAlchemy URL of the store; empty means the SQLite file <data_dir>/digest.db.",
+        secret=True,
+    ),
+    Option("inbox", str, "", "Folder watched for new listing dumps; empty: <data_dir>/inbox."),
+    Option(
+        "feeds_dir", str, "", "Folder the RSS/Atom feeds are written to; empty: <data_dir>/feeds."
+    ),
+    Option(
+        "mail_transport",
+        str,
+        "",
+        "Where emails go: file://DIR, smtp://user:pass@host:587 (STARTTLS) or smtps://...:465."
+        " Empty: .eml files in <data_dir>/outbox.",
+        secret=True,
+        check=_transport,
+    ),
+    Option("mail_from", str, "digest <digest@localhost>", "From address of the digests."),
+    Option("smtp_connections", int, 4, "SMTP connections used at once.", check=_positive),
+    Option(
+        "smtp_rate",
+        float,
+        0.0,
+        "Most messages per second sent over SMTP (0: no limit).",
+        check=_not_negative,
+    ),
+    Option("smtp_timeout", float, 30.0, "Seconds to wait for the SMTP server.", check=_positive),
+    Option(
+        "smtp_retries",
+        int,
+        3,
+        "Tries more after a 4xx or a dropped connection.",
+        check=_not_negative,
+    ),
+    Option(
+        "base_url",
+        str,
+        "http://localhost:8000",
+        "Public URL of this installation (unsubscribe links, feed links).",
+        check=_http_url,
+    ),
+    Option("site_name", str, "digest", "Name shown in emails and feeds."),
+    Option(
+        "timezone", str, "UTC", "Time zone of the daily period and the schedule.", check=_timezone
+    ),
+    Option(
+        "secret_key",
+        str,
+        "",
+        "Key that signs unsubscribe and private-feed links; empty: generated once into"
+        " <data_dir>/secret.key.",
+        secret=True,
+    ),
+    Option("feed_items", int, 100, "Items kept in each feed.", check=_positive),
+    Option(
+        "schedule",
+        str,
+        "0 7 * * *",
+        "When `digest serve` runs the digest (cron syntax).",
+        check=_schedule,
+    ),
+    Option(
+        "poll_minutes", int, 10, "Minutes between polls of the inbox and sources.", check=_positive
+    ),
+    Option(
+        "sources",
+        list,
+        [],
+        "Listing URLs fetched into the inbox (HF daily-papers JSON, arXiv RSS/Atom, text dumps).",
+    ),
+    Option("fetch_timeout", float, 30.0, "Seconds allowed for one source fetch.", check=_positive),
+    Option(
+        "fetch_max_bytes", int, 50_000_000, "Largest body accepted from a source.", check=_positive
+    ),
+    Option(
+        "log_format",
+        str,
+        "auto",
+        "auto (JSON when not on a terminal), json or text.",
+        check=_log_format,
+    ),
+)
+
+_BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings; paths are resolved."""
+
+    data_dir: Path
+    database_url: str
+    inbox: Path
+    feeds_dir: Path
+    mail_transport: str
+    mail_from: str
+    smtp_connections: int
+    smtp_rate: float
+    smtp_timeout: float
+    smtp_retries: int
+    base_url: str
+    site_name: str
+    timezone: str
+    secret_key: str
+    feed_items: int
+    schedule: str
+    poll_minutes: int
+    sources: list[str]
+    fetch_timeout: float
+    fetch_max_bytes: int
+    log_format: str
+    config_path: Path | None = field(default=None)
+
+    @property
+    def outbox(self) -> Path:
+        """Where file:// transports and nothing else write by default."""
+        return self.data_dir / "outbox"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.data_dir / "digest.lock"
+
+    @property
+    def tz(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    def folders(self) -> list[Path]:
+        """Every folder digest writes to."""
+        folders = [self.data_dir, self.inbox, self.feeds_dir]
+        if self.mail_transport.startswith("file://"):
+            folders.append(Path(urlsplit(self.mail_transport).path))
+        return folders
+
+    def signing_key(self) -> bytes:
+        """The secret key; generated once into the data folder when not set."""
+        if self.secret_key:
+            return self.secret_key.encode()
+        path = self.data_dir / "secret.key"
+        try:
+            return path.read_bytes().strip()
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32).encode()
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first: use theirs
+            return path.read_bytes().strip()
+        with os.fdopen(fd, "wb") as out:
+            out.write(key + b"\n")
+        return key
+
+
+def _coerce(option: Option, value: Any, origin: str) -> Any:
+    """Turn a value from TOML or the environment into the option's type."""
+    where = f"setting {option.name} (from {origin})"
+    shown = "" if option.secret else f" {value!r}"
+    kind = option.kind
+    try:
+        if kind is list:
+            if isinstance(value, str):
+                value = [
+                    part.strip() for part in value.replace("\n", ",").split(",") if part.strip()
+                ]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError
+            return value
+        if kind is bool:
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                    raise ValueError
+                return lowered in {"1", "true", "yes", "on"}
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, str):
+                value = value.strip().replace("_", "")
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: expected {kind.__name__},{shown or ' got another type'}"
+        ) from None
+
+
+def load_settings(
+    config: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> Settings:
+    """Read the settings file and ``DIGEST_*`` variables, validate, resolve paths."""
+    env = dict(os.environ if environ is None else environ)
+    cwd = Path.cwd() if cwd is None else cwd
+    config_path: Path | None = None
+    if config is None and env.get("DIGEST_CONFIG"):
+        config = env["DIGEST_CONFIG"]
+    if config is not None:
+        config_path = (cwd / Path(config)).resolve()
+        if not config_path.is_file():
+            raise ConfigError(f"config file {config} not found")
+    elif (cwd / DEFAULT_CONFIG_NAME).is_file():
+        config_path = (cwd / DEFAULT_CONFIG_NAME).resolve()
+
+    values: dict[str, Any] = {o.name: o.default for o in OPTIONS}
+    origin: dict[str, str] = {o.name: "default" for o in OPTIONS}
+    base_dirs: dict[str, Path] = {}
+    if config_path is not None:
+        try:
+            data = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {config_path.name}: {exc}") from None
+        data.pop("subscribers", None)  # sample subscribers, read by the CLI's run/init
+        for key, value in data.items():
+            if key not in _BY_NAME:
+                raise ConfigError(f"config file {config_path.name}: unknown setting {key!r}")
+            values[key] = _coerce(_BY_NAME[key], value, config_path.name)
+            origin[key] = config_path.name
+            base_dirs[key] = config_path.parent
+    for option in OPTIONS:
+        var = "DIGEST_" + option.name.upper()
+        if var in env:
+            values[option.name] = _coerce(option, env[var], var)
+            origin[option.name] = var
+            base_dirs.pop(option.name, None)
+    for option in OPTIONS:
+        if option.check is not None:
+            problem = option.check(values[option.name])
+            if problem:
+                shown = "" if option.secret else f" ({values[option.name]!r})"
+                raise ConfigError(
+                    f"setting {option.name}{shown} from {origin[option.name]} {problem}"
+                )
+
+    def path_of(name: str, fallback: Path) -> Path:
+        raw = values[name]
+        if not raw:
+            return fallback
+        return (base_dirs.get(name, cwd) / Path(raw).expanduser()).resolve()
+
+    data_dir = path_of("data_dir", cwd / "data")
+    transport = values["mail_transport"]
+    if transport.startswith("file://"):
+        path = urlsplit(transport).path or "outbox"
+        full = (base_dirs.get("mail_transport", cwd) / path).resolve()
+        transport = "file://" + full.as_posix()
+    elif not transport:
+        transport = "file://" + (data_dir / "outbox").as_posix()
+    database_url = values["database_url"] or f"sqlite:///{(data_dir / 'digest.db').as_posix()}"
+    if database_url.startswith("sqlite:///") and not database_url.startswith("sqlite:////"):
+        relative = database_url[len("sqlite:///") :]
+        if relative and relative != ":memory:":
+            full = (base_dirs.get("database_url", cwd) / relative).resolve()
+            database_url = f"sqlite:///{full.as_posix()}"
+    names = {f.name for f in fields(Settings)}
+    resolved = {k: v for k, v in values.items() if k in names}
+    resolved.update(
+        data_dir=data_dir,
+        database_url=database_url,
+        inbox=path_of("inbox", data_dir / "inbox"),
+        feeds_dir=path_of("feeds_dir", data_dir / "feeds"),
+        mail_transport=transport,
+        base_url=values["base_url"].rstrip("/"),
+        config_path=config_path,
+    )
+    return Settings(**resolved)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'
+
+
+def default_config_text() -> str:
+    """The commented ``digest.toml`` that ``digest init`` writes: every option, commented out."""
+    lines = [
+        "# digest settings. Every line is optional; the value shown is the default.",
+        "# Each setting can also be given as an environment variable DIGEST_<NAME>,",
+        "# which wins over this file (for example DIGEST_MAIL_TRANSPORT).",
+        "",
+    ]
+    for option in OPTIONS:
+        lines.append(f"# {option.help}")
+        lines.append(f"# {option.name} = {_toml_value(option.default)}")
+        lines.append("")
+    return "\n".join(lines)

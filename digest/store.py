@@ -1,0 +1,259 @@
+"""The store: engine set-up and the paper upsert that is the seen-papers diff.
+
+SQLite gets WAL (readers never block the writer), foreign keys, a busy
+timeout, and ``BEGIN IMMEDIATE`` for every transaction: a transaction that
+reads and then writes takes the write lock up front, so it waits on the busy
+timeout instead of failing with "database is locked" when another connection
+wrote in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+from digest.errors import StoreError
+from digest.identity import paper_keys
+from digest.listing import Entry
+from digest.migrations import migrate
+from digest.models import Paper
+
+BUSY_TIMEOUT_MS = 30_000
+BATCH = 2_000  # entries per lookup/insert round trip; bounds memory on back-fills
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite files get their folder, WAL and the pragmas above."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[1] if "///" in url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url,
+            connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "isolation_level": None},
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        @sa.event.listens_for(engine, "begin")
+        def _on_begin(conn: Connection) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    try:
+        return sa.create_engine(url, pool_pre_ping=True)
+    except (SQLAlchemyError, ImportError) as exc:
+        raise StoreError(f"cannot use database_url: {type(exc).__name__}") from None
+
+
+def open_store(url: str) -> Engine:
+    """Make the engine and bring the schema up to date."""
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            migrate(conn)
+    except OperationalError as exc:
+        raise StoreError(f"cannot open the database: {exc.orig}") from None
+    return engine
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """One write transaction; database errors become a ``StoreError``."""
+    try:
+        with engine.begin() as conn:
+            yield conn
+    except OperationalError as exc:
+        raise StoreError(f"database error: {exc.orig}") from None
+
+
+def db_time(moment: datetime) -> datetime:
+    """The form times are stored and compared in: aware UTC."""
+    if moment.tzinfo is None:
+        raise ValueError("times given to the store must carry a zone")
+    return moment.astimezone(UTC)
+
+
+@dataclass
+class DiffCounts:
+    """What a batch of entries did to the store."""
+
+    entries: int = 0
+    new: int = 0
+    seen: int = 0
+
+
+_PAPER = Paper.__table__  # type: ignore[attr-defined]
+_COLUMNS = (
+    "id",
+    "key",
+    "title_key",
+    "arxiv_id",
+    "title",
+    "abstract",
+    "authors",
+    "url",
+    "listing_date",
+    "last_seen",
+)
+_SELECT = sa.select(*(_PAPER.c[name] for name in _COLUMNS))
+_INSERT = sa.insert(_PAPER)
+_UPDATE = (
+    sa.update(_PAPER)
+    .where(_PAPER.c.id == sa.bindparam("_id"))
+    .values(
+        key=sa.bindparam("_key"),
+        arxiv_id=sa.bindparam("_arxiv_id"),
+        title=sa.bindparam("_title"),
+        abstract=sa.bindparam("_abstract"),
+        authors=sa.bindparam("_authors"),
+        url=sa.bindparam("_url"),
+        listing_date=sa.bindparam("_listing_date"),
+        last_seen=sa.bindparam("_last_seen"),
+        times_seen=_PAPER.c.times_seen + sa.bindparam("_bump"),
+    )
+)
+
+
+def _chunks(items: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
+    chunk: list[Entry] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _lookup(conn: Connection, column: str, values: list[str]) -> list[dict[str, Any]]:
+    """Existing papers whose ``column`` is one of ``values``."""
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(values), 900):  # stay under every backend's bound-parameter cap
+        part = values[start : start + 900]
+        result = conn.execute(_SELECT.where(_PAPER.c[column].in_(part)))
+        rows.extend(dict(row._mapping) for row in result)
+    return rows
+
+
+def _merge(old_title: str, old_abstract: str, entry: Entry) -> tuple[str, str]:
+    """The text kept when a paper is seen again: the fuller abstract wins, ties by order.
+
+    Deterministic in the two inputs, so ingesting dumps in either order gives the same store.
+    """
+    mine = (len(entry.abstract), entry.abstract, entry.title)
+    theirs = (len(old_abstract), old_abstract, old_title)
+    best = max(mine, theirs)
+    return best[2], best[1]
+
+
+def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) -> DiffCounts:
+    """Record entries as seen at ``now``: insert the new, bump the known; return the counts.
+
+    ``now`` must be unique to this call: a paper whose ``last_seen`` already equals it was
+    met earlier in the same dump and is not counted twice.
+    """
+    counts = DiffCounts()
+    now = db_time(now)
+    for chunk in _chunks(entries, BATCH):
+        counts.entries += len(chunk)
+        keyed = [(entry, *paper_keys(entry.title, entry.arxiv_id)) for entry in chunk]
+        by_key = {row["key"]: row for row in _lookup(conn, "key", [k for _, k, _ in keyed])}
+        by_title: dict[str, dict[str, Any]] = {}
+        missing = [title_key for _, key, title_key in keyed if key not in by_key]
+        if missing:
+            for row in _lookup(conn, "title_key", missing):
+                by_title.setdefault(row["title_key"], row)
+        inserts: dict[str, dict[str, Any]] = {}
+        updates: dict[int, dict[str, Any]] = {}
+        for entry, key, title_key in keyed:
+            row = by_key.get(key) or _same_paper(by_title.get(title_key), entry)
+            if row is None:
+                fresh = inserts.get(key) or _same_paper(inserts.get("title:" + title_key), entry)
+                if fresh is None:
+                    fresh = {
+                        "key": key,
+                        "title_key": title_key,
+                        "arxiv_id": entry.arxiv_id,
+                        "title": entry.title,
+                        "abstract": entry.abstract,
+                        "authors": entry.authors,
+                        "url": entry.url,
+                        "listing_date": entry.published,
+                        "first_seen": now,
+                        "last_seen": now,
+                        "times_seen": 1,
+                    }
+                    inserts[key] = fresh
+                    if entry.arxiv_id is None:
+                        inserts["title:" + title_key] = fresh
+                else:
+                    _absorb(fresh, entry, key)
+                continue
+            update = updates.get(row["id"])
+            if update is None:
+                already = row["last_seen"] == now  # met earlier in this same dump
+                update = dict(row, times_seen=0 if already else 1)
+                updates[row["id"]] = update
+                counts.seen += 0 if already else 1
+            _absorb(update, entry, key)
+        fresh_rows = list({id(row): row for row in inserts.values()}.values())
+        counts.new += len(fresh_rows)
+        if fresh_rows:
+            conn.execute(_INSERT, fresh_rows)
+        if updates:
+            conn.execute(
+                _UPDATE,
+                [
+                    {
+                        "_id": u["id"],
+                        "_key": u["key"],
+                        "_arxiv_id": u["arxiv_id"],
+                        "_title": u["title"],
+                        "_abstract": u["abstract"],
+                        "_authors": u["authors"],
+                        "_url": u["url"],
+                        "_listing_date": u["listing_date"],
+                        "_last_seen": now,
+                        "_bump": u["times_seen"],
+                    }
+                    for u in updates.values()
+                ],
+            )
+    return counts
+
+
+def _same_paper(row: dict[str, Any] | None, entry: Entry) -> dict[str, Any] | None:
+    """``row`` found by title is this entry's paper unless both carry different arXiv ids."""
+    if row is not None and row["arxiv_id"] and entry.arxiv_id and row["arxiv_id"] != entry.arxiv_id:
+        return None
+    return row
+
+
+def _absorb(row: dict[str, Any], entry: Entry, key: str) -> None:
+    """Fold what ``entry`` adds into ``row``: an arXiv id, fuller text, authors, link, date."""
+    if entry.arxiv_id and not row["arxiv_id"]:
+        row["arxiv_id"] = entry.arxiv_id
+        row["key"] = key
+    row["title"], row["abstract"] = _merge(row["title"], row["abstract"], entry)
+    if entry.authors and not row["authors"]:
+        row["authors"] = entry.authors
+    if entry.url and not row["url"]:
+        row["url"] = entry.url
+    if entry.published and (row["listing_date"] is None or entry.published < row["listing_date"]):
+        row["listing_date"] = entry.published

@@ -1,0 +1,1 @@
+"""Jinja templates and the commented default settings file, shipped as package data."""

@@ -1,0 +1,96 @@
+"""Settings: defaults, the file, DIGEST_* variables, and errors that name the setting."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from digest.errors import ConfigError
+from digest.settings import OPTIONS, default_config_text, load_settings
+
+
+def test_defaults_put_everything_under_one_data_folder(tmp_path: Path) -> None:
+    settings = load_settings(environ={}, cwd=tmp_path)
+    data = tmp_path / "data"
+    assert settings.data_dir == data
+    assert settings.database_url == f"sqlite:///{data / 'digest.db'}"
+    assert settings.inbox == data / "inbox"
+    assert settings.feeds_dir == data / "feeds"
+    assert settings.mail_transport == f"file://{data / 'outbox'}"
+
+
+def test_file_then_environment_wins(tmp_path: Path) -> None:
+    config = tmp_path / "conf" / "digest.toml"
+    config.parent.mkdir()
+    config.write_text('data_dir = "var"\nfeed_items = 7\nsources = ["http://a", "http://b"]\n')
+    settings = load_settings(config, environ={"DIGEST_FEED_ITEMS": "9"}, cwd=tmp_path)
+    assert settings.data_dir == config.parent / "var"  # relative to the file's folder
+    assert settings.feed_items == 9
+    assert settings.sources == ["http://a", "http://b"]
+    via_env = load_settings(environ={"DIGEST_CONFIG": str(config)}, cwd=tmp_path)
+    assert via_env.feed_items == 7
+
+
+def test_environment_list_and_number_forms(tmp_path: Path) -> None:
+    env = {"DIGEST_SOURCES": "http://a, http://b", "DIGEST_SMTP_RATE": "2.5"}
+    settings = load_settings(environ=env, cwd=tmp_path)
+    assert settings.sources == ["http://a", "http://b"]
+    assert settings.smtp_rate == 2.5
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DIGEST_FEED_ITEMS": "many"}, "feed_items"),
+        ({"DIGEST_FEED_ITEMS": "0"}, "feed_items"),
+        ({"DIGEST_TIMEZONE": "Mars/Olympus"}, "timezone"),
+        ({"DIGEST_BASE_URL": "localhost"}, "base_url"),
+        ({"DIGEST_SCHEDULE": "daily"}, "schedule"),
+    ],
+)
+def test_bad_setting_names_itself(tmp_path: Path, env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        load_settings(environ=env, cwd=tmp_path)
+
+
+def test_bad_secret_is_not_echoed(tmp_path: Path) -> None:
+    secret = "pop3://user:hunter2@mail.example"
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ={"DIGEST_MAIL_TRANSPORT": secret}, cwd=tmp_path)
+    assert "mail_transport" in str(caught.value)
+    assert "hunter2" not in str(caught.value)
+
+
+def test_unknown_key_in_file_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "digest.toml"
+    config.write_text("feed_itmes = 3\n")
+    with pytest.raises(ConfigError, match="feed_itmes"):
+        load_settings(config, environ={}, cwd=tmp_path)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "nope.toml", environ={}, cwd=tmp_path)
+
+
+def test_default_config_text_lists_every_option_and_loads(tmp_path: Path) -> None:
+    text = default_config_text()
+    for option in OPTIONS:
+        assert f"# {option.name} = " in text
+    uncommented = "\n".join(
+        line[2:] for line in text.splitlines() if line.startswith("# ") and " = " in line
+    )
+    config = tmp_path / "digest.toml"
+    config.write_text(uncommented)
+    defaults = replace(load_settings(environ={}, cwd=tmp_path), config_path=config)
+    assert load_settings(config, environ={}, cwd=tmp_path) == defaults
+
+
+def test_signing_key_is_generated_once(tmp_path: Path) -> None:
+    settings = load_settings(environ={}, cwd=tmp_path)
+    first = settings.signing_key()
+    assert len(first) >= 32
+    assert settings.signing_key() == first
+    assert (settings.data_dir / "secret.key").stat().st_mode & 0o077 == 0

@@ -1,0 +1,161 @@
+"""The store: migrations, pragmas, and the upsert that is the seen-papers diff."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+
+import digest.models  # noqa: F401  (registers the tables)
+from digest.errors import StoreError
+from digest.listing import Entry
+from digest.migrations import SCHEMA_VERSION, current_version
+from digest.store import open_store, transaction, upsert_entries
+
+T0 = datetime(2026, 3, 11, 7, 0, tzinfo=UTC)
+
+
+def papers(engine: Engine) -> list[dict[str, object]]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT * FROM paper ORDER BY key")).mappings().all()
+    return [dict(r) for r in rows]
+
+
+def test_fresh_store_is_migrated_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    open_store(url).dispose()
+    engine = open_store(url)  # second open: nothing to do, nothing duplicated
+    with engine.connect() as conn:
+        assert current_version(conn) == SCHEMA_VERSION
+        count = conn.execute(sa.text("SELECT count(*) FROM schema_version")).scalar()
+        assert count == SCHEMA_VERSION
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    engine.dispose()
+
+
+def test_models_match_the_migrated_schema(engine: Engine) -> None:
+    inspector = sa.inspect(engine)
+    for name, table in SQLModel.metadata.tables.items():
+        assert inspector.has_table(name), name
+        in_db = {c["name"] for c in inspector.get_columns(name)}
+        assert in_db == {c.name for c in table.columns}, name
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.db"
+    open_store(f"sqlite:///{path}").dispose()
+    with sqlite3.connect(path) as raw:
+        raw.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer"):
+        open_store(f"sqlite:///{path}")
+
+
+def test_new_then_seen(engine: Engine) -> None:
+    day1 = [Entry("Paper One", "abstract one"), Entry("Paper Two", "abstract two")]
+    with transaction(engine) as conn:
+        counts = upsert_entries(conn, day1, T0)
+    assert (counts.entries, counts.new, counts.seen) == (2, 2, 0)
+    later = T0 + timedelta(days=1)
+    with transaction(engine) as conn:
+        counts = upsert_entries(conn, [Entry("paper one!", "abstract one"), Entry("Three")], later)
+    assert (counts.entries, counts.new, counts.seen) == (2, 1, 1)
+    rows = {r["title_key"]: r for r in papers(engine)}
+    one = rows["paper one"]
+    assert one["times_seen"] == 2
+    assert str(one["first_seen"]).startswith("2026-03-11 07:00")
+    assert str(one["last_seen"]).startswith("2026-03-12 07:00")
+    assert rows["paper two"]["times_seen"] == 1
+
+
+def test_repeat_within_one_dump_counts_once(engine: Engine) -> None:
+    entries = [Entry("Same Paper", ""), Entry("Same  paper.", "now with an abstract")]
+    with transaction(engine) as conn:
+        counts = upsert_entries(conn, entries, T0)
+    assert (counts.entries, counts.new, counts.seen) == (2, 1, 0)
+    (row,) = papers(engine)
+    assert row["abstract"] == "now with an abstract"
+    with transaction(engine) as conn:
+        counts = upsert_entries(conn, entries, T0 + timedelta(hours=1))
+    assert (counts.new, counts.seen) == (0, 1)
+    assert papers(engine)[0]["times_seen"] == 2
+
+
+def test_title_only_paper_adopts_its_arxiv_id(engine: Engine) -> None:
+    with transaction(engine) as conn:
+        upsert_entries(conn, [Entry("Attention Is All You Need", "")], T0)
+    with transaction(engine) as conn:
+        counts = upsert_entries(
+            conn, [Entry("Attention is all you need", "full", arxiv_id="1706.03762")], T0 + timedelta(1)
+        )
+    assert (counts.new, counts.seen) == (0, 1)
+    (row,) = papers(engine)
+    assert row["key"] == "arxiv:1706.03762"
+    assert row["abstract"] == "full"
+    with transaction(engine) as conn:  # and the text-only form finds it again by title
+        counts = upsert_entries(conn, [Entry("Attention Is All You Need")], T0 + timedelta(2))
+    assert (counts.new, counts.seen) == (0, 1)
+
+
+def test_same_title_different_arxiv_ids_are_two_papers(engine: Engine) -> None:
+    entries = [Entry("Survey", "a", arxiv_id="2401.00001"), Entry("Survey", "b", arxiv_id="2401.00002")]
+    with transaction(engine) as conn:
+        counts = upsert_entries(conn, entries, T0)
+    assert counts.new == 2
+
+
+def test_failed_transaction_changes_nothing(engine: Engine) -> None:
+    def broken() -> object:
+        yield Entry("Fine Paper", "x")
+        raise RuntimeError("reader broke half-way")
+
+    with pytest.raises(RuntimeError), transaction(engine) as conn:
+        upsert_entries(conn, broken(), T0)  # type: ignore[arg-type]
+    assert papers(engine) == []
+
+
+def test_writer_is_not_locked_out_by_a_concurrent_reader(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    engine = open_store(url)
+    with transaction(engine) as conn:
+        upsert_entries(conn, [Entry(f"seed {i}") for i in range(100)], T0)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        raw = sqlite3.connect(tmp_path / "c.db")
+        while not stop.is_set():
+            raw.execute("BEGIN")
+            raw.execute("SELECT count(*) FROM paper").fetchone()
+            raw.execute("COMMIT")
+        raw.close()
+
+    def write(n: int) -> None:
+        other = open_store(url)
+        try:
+            for i in range(20):
+                with transaction(other) as conn:
+                    upsert_entries(conn, [Entry(f"w{n} {i}")], T0 + timedelta(seconds=n * 100 + i))
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+        finally:
+            other.dispose()
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    writers = [threading.Thread(target=write, args=(n,)) for n in range(3)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    reader.join()
+    assert errors == []
+    assert len(papers(engine)) == 160
+    engine.dispose()
