@@ -24,7 +24,7 @@ def _v1_initial(conn: Connection) -> None:
         sa.Column("id", sa.Integer, primary_key=True),
         sa.Column("key", sa.String, nullable=False, unique=True),
         sa.Column("title_key", sa.String, nullable=False, index=True),
-        sa.Column("arxiv_id", sa.String, index=True),
+        sa.Column("arxiv_id", sa.String),  # the key carries it; no second index to keep
         sa.Column("title", sa.String, nullable=False),
         sa.Column("abstract", sa.String, nullable=False, server_default=""),
         sa.Column("authors", sa.String, nullable=False, server_default=""),

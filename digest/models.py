@@ -18,7 +18,7 @@ class Paper(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(unique=True)
     title_key: str = Field(index=True)
-    arxiv_id: str | None = Field(default=None, index=True)
+    arxiv_id: str | None = None
     title: str
     abstract: str = ""
     authors: str = ""

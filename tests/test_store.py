@@ -92,7 +92,9 @@ def test_title_only_paper_adopts_its_arxiv_id(engine: Engine) -> None:
         upsert_entries(conn, [Entry("Attention Is All You Need", "")], T0)
     with transaction(engine) as conn:
         counts = upsert_entries(
-            conn, [Entry("Attention is all you need", "full", arxiv_id="1706.03762")], T0 + timedelta(1)
+            conn,
+            [Entry("Attention is all you need", "full", arxiv_id="1706.03762")],
+            T0 + timedelta(1),
         )
     assert (counts.new, counts.seen) == (0, 1)
     (row,) = papers(engine)
@@ -104,7 +106,10 @@ def test_title_only_paper_adopts_its_arxiv_id(engine: Engine) -> None:
 
 
 def test_same_title_different_arxiv_ids_are_two_papers(engine: Engine) -> None:
-    entries = [Entry("Survey", "a", arxiv_id="2401.00001"), Entry("Survey", "b", arxiv_id="2401.00002")]
+    entries = [
+        Entry("Survey", "a", arxiv_id="2401.00001"),
+        Entry("Survey", "b", arxiv_id="2401.00002"),
+    ]
     with transaction(engine) as conn:
         counts = upsert_entries(conn, entries, T0)
     assert counts.new == 2
