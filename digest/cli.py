@@ -138,7 +138,11 @@ def cmd_ingest(args: argparse.Namespace, ctx: Context) -> int:
         )
     if args.paths:
         results += ingest_paths(
-            ctx.engine, [Path(p) for p in args.paths], clock=ctx.clock, progress=ctx.progress()
+            ctx.engine,
+            [Path(p) for p in args.paths],
+            clock=ctx.clock,
+            progress=ctx.progress(),
+            defer_index=args.defer_index,
         )
     return report_dumps(ctx, results, args.json)
 
@@ -179,6 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--inbox",
         action="store_true",
         help="ingest the inbox, moving files to processed/ or failed/",
+    )
+    sub.add_argument(
+        "--defer-index",
+        action="store_true",
+        help="leave the search index to the next search or run (fastest for back-fills)",
     )
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     return parser

@@ -24,7 +24,7 @@ from digest.errors import DigestError, ListingError
 from digest.listing import Entry
 from digest.models import Dump
 from digest.readers import read_listing
-from digest.store import db_time, transaction, upsert_entries
+from digest.store import db_time, index_papers, transaction, upsert_entries
 
 Progress = Callable[[str, int], None]  # (path, entries so far)
 PROGRESS_EVERY = 20_000
@@ -90,8 +90,13 @@ def ingest_file(
     now: datetime,
     source: str = "",
     progress: Progress | None = None,
+    defer_index: bool = False,
 ) -> DumpResult:
-    """Ingest one dump file; never raises for a bad file, reports it instead."""
+    """Ingest one dump file; never raises for a bad file, reports it instead.
+
+    The search index is brought up to date in the same transaction unless
+    ``defer_index`` (a back-fill of millions): then the next search or run does it.
+    """
     shown = str(path)
     try:
         sha = file_sha256(path)
@@ -122,6 +127,8 @@ def ingest_file(
                     status="ok",
                 )
             )
+            if not defer_index:
+                index_papers(conn)
     except ListingError as exc:
         message = str(exc) if exc.path else str(exc.at(shown))
         return DumpResult(shown, "failed", error=message)
@@ -159,6 +166,7 @@ def ingest_paths(
     *,
     clock: Callable[[], datetime],
     progress: Progress | None = None,
+    defer_index: bool = False,
 ) -> list[DumpResult]:
     """Ingest every file named or found under the folders named, each on its own."""
     results = []
@@ -166,7 +174,9 @@ def ingest_paths(
         if not path.exists():
             results.append(DumpResult(str(path), "failed", error=f"{path}: no such file"))
             continue
-        results.append(ingest_file(engine, path, now=clock(), progress=progress))
+        results.append(
+            ingest_file(engine, path, now=clock(), progress=progress, defer_index=defer_index)
+        )
     return results
 
 

@@ -123,8 +123,39 @@ def _v1_initial(conn: Connection) -> None:
     meta.create_all(conn)
 
 
+def _v2_search_index(conn: Connection) -> None:
+    """SQLite: a full-text index over titles and abstracts.
+
+    New papers are indexed in bulk up to a watermark (``search_state``) at the end of each
+    ingest, which is cheaper than a trigger per row; text changes reindex by trigger.
+    """
+    if conn.dialect.name != "sqlite":
+        return  # other databases search with their own operators
+    for statement in (
+        "CREATE VIRTUAL TABLE paper_fts USING fts5(title, abstract, content='paper',"
+        " content_rowid='id', tokenize='porter unicode61 remove_diacritics 2')",
+        "CREATE TABLE search_state (indexed_upto INTEGER NOT NULL)",
+        "INSERT INTO search_state (indexed_upto) SELECT coalesce(max(id), 0) FROM paper",
+        "CREATE TRIGGER paper_fts_delete AFTER DELETE ON paper"
+        " WHEN old.id <= (SELECT indexed_upto FROM search_state) BEGIN"
+        " INSERT INTO paper_fts(paper_fts, rowid, title, abstract)"
+        " VALUES ('delete', old.id, old.title, old.abstract); END",
+        # seeing a paper again bumps last_seen on every row; only a text change reindexes
+        "CREATE TRIGGER paper_fts_update AFTER UPDATE OF title, abstract ON paper"
+        " WHEN (old.title IS NOT new.title OR old.abstract IS NOT new.abstract)"
+        " AND old.id <= (SELECT indexed_upto FROM search_state) BEGIN"
+        " INSERT INTO paper_fts(paper_fts, rowid, title, abstract)"
+        " VALUES ('delete', old.id, old.title, old.abstract);"
+        " INSERT INTO paper_fts(rowid, title, abstract) VALUES (new.id, new.title, new.abstract);"
+        " END",
+        "INSERT INTO paper_fts(paper_fts) VALUES ('rebuild')",
+    ):
+        conn.exec_driver_sql(statement)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
+    _v2_search_index,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -280,6 +280,23 @@ def _insert_papers(conn: Connection, rows: list[dict[str, Any]]) -> None:
     conn.exec_driver_sql(_RAW_INSERT, tuples)
 
 
+def index_papers(conn: Connection) -> int:
+    """Bring the SQLite search index up to the newest paper; returns how many were added."""
+    if conn.dialect.name != "sqlite":
+        return 0
+    upto = conn.exec_driver_sql("SELECT indexed_upto FROM search_state").scalar() or 0
+    newest = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM paper").scalar() or 0
+    if newest <= upto:
+        return 0
+    conn.exec_driver_sql(
+        "INSERT INTO paper_fts(rowid, title, abstract)"
+        " SELECT id, title, abstract FROM paper WHERE id > ? ORDER BY id",
+        (upto,),
+    )
+    conn.exec_driver_sql("UPDATE search_state SET indexed_upto = ?", (newest,))
+    return int(newest - upto)
+
+
 def _same_paper(row: dict[str, Any] | None, entry: Entry) -> dict[str, Any] | None:
     """``row`` found by title is this entry's paper unless both carry different arXiv ids."""
     if row is not None and row["arxiv_id"] and entry.arxiv_id and row["arxiv_id"] != entry.arxiv_id:

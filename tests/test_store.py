@@ -16,7 +16,7 @@ import digest.models  # noqa: F401  (registers the tables)
 from digest.errors import StoreError
 from digest.listing import Entry
 from digest.migrations import SCHEMA_VERSION, current_version
-from digest.store import open_store, transaction, upsert_entries
+from digest.store import index_papers, open_store, transaction, upsert_entries
 
 T0 = datetime(2026, 3, 11, 7, 0, tzinfo=UTC)
 
@@ -164,3 +164,29 @@ def test_writer_is_not_locked_out_by_a_concurrent_reader(tmp_path: Path) -> None
     assert errors == []
     assert len(papers(engine)) == 160
     engine.dispose()
+
+
+def test_search_index_follows_inserts_and_text_changes(engine: Engine) -> None:
+    def hits(word: str) -> list[str]:
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT p.title_key FROM paper_fts JOIN paper p ON p.id = paper_fts.rowid"
+                " WHERE paper_fts MATCH ? ORDER BY p.title_key",
+                (word,),
+            ).all()
+        return [r[0] for r in rows]
+
+    with transaction(engine) as conn:
+        upsert_entries(conn, [Entry("Diffusion Models", ""), Entry("Graph Networks", "short")], T0)
+        assert index_papers(conn) == 2
+        assert index_papers(conn) == 0
+    assert hits("diffusion") == ["diffusion models"]
+    assert hits("network") == ["graph networks"]  # the porter stemmer folds the plural
+    with transaction(engine) as conn:  # seen again with a fuller abstract: reindexed
+        upsert_entries(
+            conn, [Entry("Graph Networks", "message passing over molecules")], T0 + timedelta(1)
+        )
+    assert hits("molecule") == ["graph networks"]
+    with transaction(engine) as conn:
+        upsert_entries(conn, [Entry("Graph Networks", "")], T0 + timedelta(2))
+    assert hits("molecule") == ["graph networks"]  # a shorter abstract does not replace it
