@@ -8,19 +8,48 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
+import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from sqlalchemy.engine import Engine
 
 from digest import __version__
-from digest.errors import DigestError, UsageError
+from digest.compose import message_id, period_of
+from digest.cycle import (
+    ensure_sample_subscribers,
+    last_run_period,
+    poll_once,
+    run_cycle,
+    run_lines,
+    sender_of,
+)
+from digest.emails import MessageBuilder
+from digest.errors import AlreadyRunning, DigestError, UsageError
 from digest.ingest import Clock, DumpResult, ingest_inbox, ingest_paths
+from digest.interests import parse_interest
+from digest.logs import setup_logging
+from digest.preview import digest_view, preview_ranked, ranked_json, ranked_views, search_store
+from digest.runlock import hold_run_lock
+from digest.scheduler import serve
 from digest.settings import DEFAULT_CONFIG_NAME, Settings, default_config_text, load_settings
-from digest.store import open_store
+from digest.status import collect_status, status_lines
+from digest.store import open_store, transaction
+from digest.subscribers import (
+    SubscriberSpec,
+    export_csv,
+    find_subscriber,
+    interests_of,
+    list_subscribers,
+    read_csv,
+    set_status,
+    subscriber_json,
+    upsert_subscriber,
+)
 
 Handler = Callable[[argparse.Namespace, "Context"], int]
 
@@ -147,6 +176,202 @@ def cmd_ingest(args: argparse.Namespace, ctx: Context) -> int:
     return report_dumps(ctx, results, args.json)
 
 
+def cmd_subscribe(args: argparse.Namespace, ctx: Context) -> int:
+    """Add a subscriber (or replace their interests and limits)."""
+    spec = SubscriberSpec(
+        email=args.email,
+        interests=args.interest or [],
+        max_items=args.max_items,
+        min_score=args.min_score,
+        frequency=args.frequency,
+        send_empty=args.send_empty,
+    )
+    row = upsert_subscriber(ctx.engine, spec, now=ctx.now())
+    if args.json:
+        ctx.emit_json({"subscriber": subscriber_json(row)})
+    else:
+        ctx.say(f"subscribed {row.email} ({len(interests_of(row))} interests, {row.status})")
+    return 0
+
+
+def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
+    """Stop all mail to a subscriber (their history is kept)."""
+    row = set_status(ctx.engine, args.email, "unsubscribed")
+    ctx.say(f"unsubscribed {row.email}")
+    return 0
+
+
+def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
+    """List subscribers, or import/export them as CSV."""
+    if args.import_csv:
+        text = Path(args.import_csv).read_text(encoding="utf-8-sig")
+        specs = read_csv(text)
+        for spec in specs:
+            upsert_subscriber(ctx.engine, spec, now=ctx.now())
+        ctx.say(f"imported {len(specs)} subscribers from {args.import_csv}")
+        return 0
+    rows = list_subscribers(ctx.engine, status=args.status)
+    if args.export_csv:
+        target = args.export_csv
+        if target == "-":
+            export_csv(rows, ctx.stdout)
+        else:
+            with open(target, "w", encoding="utf-8", newline="") as out:
+                count = export_csv(rows, out)
+            ctx.say(f"exported {count} subscribers to {target}")
+        return 0
+    if args.json:
+        ctx.emit_json({"subscribers": [subscriber_json(row) for row in rows]})
+        return 0
+    for row in rows:
+        ctx.say(f"{row.email}\t{row.status}\t" + " | ".join(interests_of(row)))
+    if not rows:
+        ctx.say("no subscribers")
+    return 0
+
+
+def _period(args: argparse.Namespace, ctx: Context) -> date:
+    if getattr(args, "period", None):
+        try:
+            return date.fromisoformat(args.period)
+        except ValueError:
+            raise UsageError(f"--period must be YYYY-MM-DD, not {args.period!r}") from None
+    return period_of(ctx.now(), ctx.settings.tz)
+
+
+def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
+    """Show (or render to a file) what a subscriber's next digest would hold."""
+    subscriber = find_subscriber(ctx.engine, args.email)
+    period = _period(args, ctx)
+    settings = ctx.settings
+    with ctx.engine.connect() as conn:
+        ranked = preview_ranked(
+            conn, subscriber, period=period, now=ctx.now(), whole_store=args.all
+        )
+        papers = ranked_json(conn, ranked)
+        if args.out:
+            key = settings.signing_key()
+            view = digest_view(
+                subscriber,
+                ranked_views(conn, ranked),
+                period=period,
+                message_id=message_id(key, subscriber.id or 0, period, settings.mail_from),
+                base_url=settings.base_url,
+                key=key,
+                mail_from=settings.mail_from,
+            )
+            builder = MessageBuilder(sender_of(settings))
+            out = Path(args.out)
+            if out.suffix == ".eml":
+                out.write_bytes(builder.build(view, ctx.now()))
+            elif out.suffix == ".txt":
+                out.write_text(builder.render_text(view), encoding="utf-8")
+            else:
+                out.write_text(builder.render_html(view), encoding="utf-8")
+        conn.rollback()
+    if args.json:
+        ctx.emit_json({"email": subscriber.email, "period": period.isoformat(), "papers": papers})
+        return 0
+    if not papers:
+        ctx.say(
+            "nothing new for this subscriber yet (papers count once first seen after they joined;"
+            " try --all to rank the whole store)"
+        )
+    for rank, paper in enumerate(papers, 1):
+        why = "; ".join(
+            f"{hit['interest']} [{', '.join(hit['terms'])}]" for hit in paper["matched"]
+        )
+        ctx.say(f"{rank:2}. {paper['score']:6.2f}  {paper['title']}\n      why: {why}")
+    if args.out:
+        ctx.say(f"wrote {args.out}")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace, ctx: Context) -> int:
+    """Search the whole store with the interest language."""
+    parse_interest(args.query)
+    with transaction(ctx.engine) as conn:
+        ranked = search_store(conn, args.query, limit=args.limit)
+        papers = ranked_json(conn, ranked)
+    if args.json:
+        ctx.emit_json({"query": args.query, "papers": papers})
+        return 0
+    for rank, paper in enumerate(papers, 1):
+        ctx.say(f"{rank:2}. {paper['score']:6.2f}  {paper['title']}")
+    if not papers:
+        ctx.say("no papers match")
+    return 0
+
+
+def _log_setup(ctx: Context, verbose: bool) -> None:
+    setup_logging(ctx.settings.log_format, logging.INFO if verbose else logging.WARNING)
+
+
+def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
+    """One full cycle: fetch, ingest the inbox, compose, send, publish feeds."""
+    settings = ctx.settings
+    _log_setup(ctx, args.verbose)
+    period = _period(args, ctx) if args.period else None
+    ensure_sample_subscribers(settings, ctx.engine, now=ctx.now())
+    if args.dry_run:
+        report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, dry_run=True)
+    else:
+        with hold_run_lock(settings):
+            report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period)
+    if args.json:
+        ctx.emit_json(report.as_json())
+    else:
+        for line in run_lines(report, settings):
+            ctx.say(line)
+    failed_dumps = any(d.status == "failed" for d in report.dumps)
+    return 1 if failed_dumps or report.delivered.failed else 0
+
+
+def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
+    """Run the scheduler until SIGTERM/SIGINT: the digest on its schedule, polls in between."""
+    settings = ctx.settings
+    _log_setup(ctx, True)
+    engine = ctx.engine
+    ensure_sample_subscribers(settings, engine, now=ctx.now())
+    stop = threading.Event()
+    log = logging.getLogger("digest.serve")
+
+    def run_job() -> None:
+        try:
+            with hold_run_lock(settings):
+                run_cycle(settings, engine, clock=ctx.clock, stop=stop)
+        except AlreadyRunning as exc:
+            log.warning("digest run skipped: %s", exc)
+
+    def poll_job() -> None:
+        try:
+            with hold_run_lock(settings):
+                poll_once(settings, engine, clock=ctx.clock)
+        except AlreadyRunning:
+            pass  # a run is ingesting right now
+
+    return serve(
+        schedule=settings.schedule,
+        timezone=settings.timezone,
+        poll_minutes=settings.poll_minutes,
+        run_job=run_job,
+        poll_job=poll_job,
+        stop_event=stop,
+        last_period=lambda: last_run_period(engine),
+    )
+
+
+def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
+    """Papers, subscribers, runs, outbox, sources, schedule and warnings."""
+    data = collect_status(ctx.settings, ctx.engine, ctx.now())
+    if args.json:
+        ctx.emit_json(data)
+    else:
+        for line in status_lines(data):
+            ctx.say(line)
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{self.prog}: {message}")
@@ -189,6 +414,58 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave the search index to the next search or run (fastest for back-fills)",
     )
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub = command("subscribe", cmd_subscribe, "add a subscriber or change their interests")
+    sub.add_argument("email", metavar="EMAIL")
+    sub.add_argument(
+        "--interest",
+        action="append",
+        metavar="EXPR",
+        help='an interest, e.g. "federated learning", diffus*, -survey, title:llm ^2 (repeatable)',
+    )
+    sub.add_argument("--max-items", type=int, default=20, help="most papers per digest (20)")
+    sub.add_argument("--min-score", type=float, default=0.0, help="least score a paper needs (0)")
+    sub.add_argument("--frequency", choices=("daily", "weekly"), default="daily")
+    sub.add_argument(
+        "--send-empty", action="store_true", help='send a "nothing new" mail instead of skipping'
+    )
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub = command("unsubscribe", cmd_unsubscribe, "stop mail to a subscriber")
+    sub.add_argument("email", metavar="EMAIL")
+
+    sub = command("subscribers", cmd_subscribers, "list subscribers; import or export CSV")
+    sub.add_argument("--status", choices=("pending", "active", "unsubscribed", "bounced"))
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+    sub.add_argument("--import", dest="import_csv", metavar="CSV", help="add or update from CSV")
+    sub.add_argument("--export", dest="export_csv", metavar="CSV", help="write CSV ('-': stdout)")
+
+    sub = command("preview", cmd_preview, "show the next digest of a subscriber without sending")
+    sub.add_argument("email", metavar="EMAIL")
+    sub.add_argument("--out", metavar="FILE", help="also render it: .html, .txt or .eml")
+    sub.add_argument(
+        "--all", action="store_true", help="rank the newest papers of the whole store instead"
+    )
+    sub.add_argument("--period", metavar="YYYY-MM-DD")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub = command("search", cmd_search, "search the store with the interest language")
+    sub.add_argument("query", metavar="QUERY")
+    sub.add_argument("--limit", type=int, default=20)
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub = command("run", cmd_run, "one full cycle: fetch, ingest inbox, rank, send, feeds")
+    sub.add_argument("--period", metavar="YYYY-MM-DD", help="the day to send for (default: today)")
+    sub.add_argument(
+        "--dry-run", action="store_true", help="compose and render only: send and record nothing"
+    )
+    sub.add_argument("--verbose", "-v", action="store_true", help="log each step to stderr")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    command("serve", cmd_serve, "run on the schedule until stopped (SIGTERM/SIGINT)")
+
+    sub = command("status", cmd_status, "papers, subscribers, runs, outbox, sources, warnings")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 

@@ -75,10 +75,8 @@ def file_sha256(path: Path) -> str:
 
 
 def _counting(entries: Iterable[Entry], path: str, progress: Progress | None) -> Iterator[Entry]:
-    count = 0
-    for entry in entries:
+    for count, entry in enumerate(entries, 1):
         yield entry
-        count += 1
         if progress is not None and count % PROGRESS_EVERY == 0:
             progress(path, count)
 

@@ -193,6 +193,8 @@ class Settings:
     fetch_max_bytes: int
     log_format: str
     config_path: Path | None = field(default=None)
+    # [[subscribers]] tables of the settings file: added by `run` when missing (demos, small sites)
+    sample_subscribers: tuple[dict[str, Any], ...] = ()
 
     @property
     def outbox(self) -> Path:
@@ -294,6 +296,7 @@ def load_settings(
     elif (cwd / DEFAULT_CONFIG_NAME).is_file():
         config_path = (cwd / DEFAULT_CONFIG_NAME).resolve()
 
+    sample_subscribers: tuple[dict[str, Any], ...] = ()
     values: dict[str, Any] = {o.name: o.default for o in OPTIONS}
     origin: dict[str, str] = {o.name: "default" for o in OPTIONS}
     base_dirs: dict[str, Path] = {}
@@ -302,7 +305,14 @@ def load_settings(
             data = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {config_path.name}: {exc}") from None
-        data.pop("subscribers", None)  # sample subscribers, read by the CLI's run/init
+        samples = data.pop("subscribers", [])
+        if not isinstance(samples, list) or not all(
+            isinstance(item, dict) and isinstance(item.get("email"), str) for item in samples
+        ):
+            raise ConfigError(
+                f"config file {config_path.name}: [[subscribers]] entries need an email"
+            )
+        sample_subscribers = tuple(samples)
         for key, value in data.items():
             if key not in _BY_NAME:
                 raise ConfigError(f"config file {config_path.name}: unknown setting {key!r}")
@@ -344,6 +354,12 @@ def load_settings(
         if relative and relative != ":memory:":
             full = (base_dirs.get("database_url", cwd) / relative).resolve()
             database_url = f"sqlite:///{full.as_posix()}"
+    sources = [
+        source
+        if "://" in source
+        else str((base_dirs.get("sources", cwd) / Path(source).expanduser()).resolve())
+        for source in values["sources"]
+    ]
     names = {f.name for f in fields(Settings)}
     resolved = {k: v for k, v in values.items() if k in names}
     resolved.update(
@@ -352,8 +368,10 @@ def load_settings(
         inbox=path_of("inbox", data_dir / "inbox"),
         feeds_dir=path_of("feeds_dir", data_dir / "feeds"),
         mail_transport=transport,
+        sources=sources,
         base_url=values["base_url"].rstrip("/"),
         config_path=config_path,
+        sample_subscribers=sample_subscribers,
     )
     return Settings(**resolved)
 

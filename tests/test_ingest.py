@@ -160,7 +160,7 @@ def test_cli_init_writes_config_and_folders(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DIGEST_CONFIG", raising=False)
-    code, out, _ = run_cli(["init"], capsys)
+    code, _, _ = run_cli(["init"], capsys)
     assert code == 0
     assert (tmp_path / "digest.toml").read_text().startswith("#")
     for folder in ("data", "data/inbox", "data/feeds", "data/outbox"):

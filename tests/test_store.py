@@ -147,7 +147,7 @@ def test_writer_is_not_locked_out_by_a_concurrent_reader(tmp_path: Path) -> None
             for i in range(20):
                 with transaction(other) as conn:
                     upsert_entries(conn, [Entry(f"w{n} {i}")], T0 + timedelta(seconds=n * 100 + i))
-        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+        except BaseException as exc:
             errors.append(exc)
         finally:
             other.dispose()

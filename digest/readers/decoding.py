@@ -45,8 +45,9 @@ def bom_encoding(head: bytes) -> tuple[str, int] | None:
     return None
 
 
-def read_capped(path: Path, limit: int = MAX_BYTES) -> bytes:
-    """The whole file, refusing one larger than ``limit`` bytes."""
+def read_capped(path: Path, limit: int | None = None) -> bytes:
+    """The whole file, refusing one larger than ``limit`` (default ``MAX_BYTES``) bytes."""
+    limit = MAX_BYTES if limit is None else limit
     try:
         with path.open("rb") as handle:
             data = handle.read(limit + 1)
@@ -54,10 +55,14 @@ def read_capped(path: Path, limit: int = MAX_BYTES) -> bytes:
         raise ListingError(f"cannot read file: {exc.strerror or exc}", str(path)) from None
     if len(data) > limit:
         raise ListingError(
-            f"file is larger than {limit // (1024 * 1024)} MB; not a listing this reader accepts",
+            f"file is larger than {_size(limit)}; not a listing this reader accepts",
             str(path),
         )
     return data
+
+
+def _size(limit: int) -> str:
+    return f"{limit // (1024 * 1024)} MB" if limit >= 1024 * 1024 else f"{limit:,} bytes"
 
 
 def decode_text(data: bytes, path: Path) -> str:

@@ -169,7 +169,7 @@ def looks_like_abstract(line: str, *, expecting_abstract: bool = False) -> bool:
     ends_sentence = line.rstrip("\"')]").endswith(".")
     if ends_sentence and len(words) >= 12:
         return _reads_as_prose(words)
-    if expecting_abstract and (ends_sentence and len(words) >= 4 or len(words) >= 25):
+    if expecting_abstract and ((ends_sentence and len(words) >= 4) or len(words) >= 25):
         return _reads_as_prose(words)
     return False
 

@@ -1,0 +1,196 @@
+"""Matching speed: 100,000 subscribers against a day of 5,000 papers (run by hand).
+
+    python bench/match.py [--subscribers N] [--papers N] [--sample N] [--seed N]
+
+The corpus is synthetic but made of real text: each paper's title and abstract
+are stitched from random word windows of the titles and abstracts in
+``../shared/dumps`` (so phrases and co-occurrences are real). Store statistics
+for 1,000,000 papers are synthesized directly: each term's document frequency is
+its share of the real papers scaled to 1M (not counted by tokenizing 1M papers).
+Interests are drawn Zipf-like from words, word pairs, phrases, prefixes and
+exclusions found in the dumps. The same run times the obvious alternative, one
+SQLite FTS5 ``MATCH`` (porter tokenizer, bm25() order) per interest, on a sample
+of subscribers and extrapolates it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import sqlite3
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from digest.analysis import DEFAULT
+from digest.interests import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
+from digest.ranking import CorpusStats, InterestIndex, PaperText, Profile
+
+DUMPS = Path(__file__).resolve().parents[1].parent / "shared" / "dumps"
+STORE = 1_000_000
+STOP = set("a an and are as at be by can for from has have in is it its of on or that the".split())
+STOP |= set("their these this to we which with our such than was were not also into more".split())
+
+
+def real_papers() -> list[tuple[str, str]]:
+    a = (DUMPS / "hf-trending-layout-a.txt").read_text(encoding="utf-8").splitlines()[2:]
+    a[0] = a[0].removeprefix("Subscribe")
+    b = [line for line in (DUMPS / "hf-daily-mar11-layout-b.txt").read_text().splitlines()]
+    b = [line for line in b if line.strip()][5:]
+    pairs = list(zip(a[0::2], a[1::2], strict=False)) + list(zip(b[0::2], b[1::2], strict=False))
+    return list({title: (title, abstract) for title, abstract in pairs}.values())
+
+
+def stitch(rng: random.Random, sources: list[list[str]], low: int, high: int, size: int) -> str:
+    words: list[str] = []
+    while len(words) < size:
+        source = rng.choice(sources)
+        start = rng.randrange(max(len(source) - low, 1))
+        words += source[start : start + rng.randint(low, high)]
+    return " ".join(words[:size])
+
+
+def synthetic_day(rng: random.Random, real: list[tuple[str, str]], n: int) -> list[PaperText]:
+    titles = [t.split() for t, _ in real]
+    abstracts = [a.split() for _, a in real]
+    return [
+        PaperText(
+            i,
+            stitch(rng, titles, 3, 6, rng.randint(6, 14)),
+            stitch(rng, abstracts, 8, 20, rng.randint(110, 230)),
+            times_seen=1 + (rng.random() < 0.1) * rng.randint(1, 4),
+        )
+        for i in range(n)
+    ]
+
+
+def store_stats(real: list[tuple[str, str]]) -> CorpusStats:
+    sample = CorpusStats.from_papers(real)
+    scale = STORE / sample.documents
+    frequencies = {term: int(df * scale) for term, df in sample.frequencies.items()}
+    return CorpusStats(STORE, sample.avg_title_len, sample.avg_abstract_len, frequencies)
+
+
+def interest_pool(rng: random.Random, real: list[tuple[str, str]]) -> list[str]:
+    """Words and phrases readers would plausibly write, commonest kinds first."""
+    df: Counter[str] = Counter()
+    pairs: Counter[str] = Counter()
+    for title, abstract in real:
+        words = [w.strip(".,;:()[]\"'").lower() for w in f"{title} {abstract}".split()]
+        words = [w for w in words if w.isalpha() and len(w) > 2]
+        df.update(set(words))
+        pairs.update({f"{x} {y}" for x, y in zip(words, words[1:], strict=False)})
+    n = len(real)
+    singles = [w for w, c in df.items() if w not in STOP and 2 <= c <= n // 5]
+    bigrams = [p for p, c in pairs.items() if c >= 2 and not set(p.split()) & STOP]
+    pool: list[str] = []
+    for _ in range(6000):
+        kind = rng.random()
+        if kind < 0.35:
+            pool.append(rng.choice(singles))
+        elif kind < 0.6:
+            pool.append(rng.choice(bigrams))
+        elif kind < 0.75:
+            pool.append(f'"{rng.choice(bigrams)}"')
+        elif kind < 0.83:
+            pool.append(rng.choice([w for w in singles if len(w) > 6])[:5] + "*")
+        elif kind < 0.92:
+            pool.append(f"{rng.choice(bigrams)} -{rng.choice(singles)}")
+        elif kind < 0.96:
+            pool.append(f"{rng.choice(singles)} OR {rng.choice(singles)}")
+        else:
+            pool.append(f"title:{rng.choice(singles)} ^2")
+    return list(dict.fromkeys(pool))
+
+
+def subscribers(rng: random.Random, pool: list[str], n: int) -> list[Profile]:
+    zipf = [1.0 / (rank + 1) for rank in range(len(pool))]
+    counts = rng.choices(range(1, 7), weights=[30, 25, 18, 12, 9, 6], k=n)
+    return [Profile(i, tuple(rng.choices(pool, zipf, k=k))) for i, k in enumerate(counts)]
+
+
+def fts_query(node: Node) -> str:
+    """Our AST in FTS5 query syntax (every word quoted so hyphens and keywords are safe)."""
+    if isinstance(node, Term):
+        column = f"{node.field}:" if node.field else ""
+        return f'{column}"{node.word}"' + ("*" if node.prefix else "")
+    if isinstance(node, Phrase):
+        column = f"{node.field}:" if node.field else ""
+        return f'{column}"{node.words}"'
+    if isinstance(node, AnyOf):
+        return "(" + " OR ".join(fts_query(item) for item in node.items) + ")"
+    if isinstance(node, AllOf):
+        positive = [fts_query(i) for i in node.items if not isinstance(i, Without)]
+        negative = [fts_query(i.item) for i in node.items if isinstance(i, Without)]
+        return "(" + " AND ".join(positive) + "".join(f" NOT {q}" for q in negative) + ")"
+    raise ValueError("a bare exclusion")
+
+
+def fts_alternative(papers: list[PaperText], profiles: list[Profile]) -> float:
+    """Seconds to rank profiles with one FTS5 MATCH per interest (no explanations)."""
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE VIRTUAL TABLE day USING fts5(title, abstract, tokenize='porter')")
+    db.executemany(
+        "INSERT INTO day(rowid, title, abstract) VALUES (?, ?, ?)",
+        [(p.id, p.title, p.abstract) for p in papers],
+    )
+    db.commit()
+    sql = "SELECT rowid, -bm25(day, 3.0, 1.0) FROM day WHERE day MATCH ? ORDER BY bm25(day, 3.0, 1.0)"
+    start = time.perf_counter()
+    for profile in profiles:
+        totals: dict[int, float] = {}
+        for text in profile.interests:
+            interest = parse_interest(text)
+            for rowid, score in db.execute(sql, (fts_query(interest.query),)):
+                totals[rowid] = totals.get(rowid, 0.0) + score * interest.weight
+        sorted(totals.items(), key=lambda item: (-item[1], item[0]))[: profile.max_items]
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--subscribers", type=int, default=100_000)
+    parser.add_argument("--papers", type=int, default=5_000)
+    parser.add_argument("--sample", type=int, default=500)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    real = real_papers()
+    day = synthetic_day(rng, real, args.papers)
+    stats = store_stats(real)
+    profiles = subscribers(rng, interest_pool(rng, real), args.subscribers)
+    distinct = len({t for p in profiles for t in p.interests})
+    print(f"{len(profiles):,} subscribers, {distinct:,} distinct interests, {len(day):,} papers")
+
+    t0 = time.perf_counter()
+    words = sum(len(DEFAULT(p.abstract)) for p in day)
+    t_analyze = time.perf_counter() - t0
+    print(f"analyzer: {len(day) / t_analyze:,.0f} abstracts/s ({words / len(day):.0f} terms each)")
+
+    t0 = time.perf_counter()
+    index = InterestIndex.build(profiles, stats)
+    t1 = time.perf_counter()
+    matches = index.match(day)
+    t2 = time.perf_counter()
+    ranked = {p.id: matches.ranked(p) for p in profiles}
+    t3 = time.perf_counter()
+    ours = t3 - t0
+    pairs = sum(len(v) for v in matches.lists.values())
+    items = sum(len(v) for v in ranked.values())
+    print(f"ours: build {t1 - t0:.2f}s, match {t2 - t1:.2f}s ({pairs:,} paper-interest matches),")
+    print(f"      fan-out {t3 - t2:.2f}s ({items:,} items with explanations); total {ours:.2f}s")
+    if index.invalid:
+        print(f"      {len(index.invalid)} invalid interests skipped", file=sys.stderr)
+
+    sample = rng.sample(profiles, min(args.sample, len(profiles)))
+    fts = fts_alternative(day, sample) * len(profiles) / len(sample)
+    print(f"FTS5 MATCH per interest: {fts:.1f}s extrapolated from {len(sample)} subscribers")
+    print(f"ratio: {fts / ours:.1f}x")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: {rss:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Compose: pick each subscriber's papers for a period and record them as the outbox.
+
+The ``digest`` rows are the outbox. One per subscriber per period (a unique
+constraint, not a convention); a paper goes into a subscriber's digests once
+(unique on subscriber and paper). Composing is separate from sending, so a
+run that dies while sending is finished by the next run without choosing again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from email.utils import parseaddr
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session, select
+
+from digest.models import Digest, DigestItem, Paper, Subscriber
+from digest.ranking import CorpusStats, PaperText, Profile, Ranked, rank_profiles
+from digest.store import db_time
+from digest.subscribers import interests_of
+
+STATS_SAMPLE = 20_000  # newest papers whose term frequencies stand for the whole store
+WEEKLY_DAY = 0  # weekly digests go out on Mondays
+
+
+def period_of(now: datetime, tz: ZoneInfo) -> date:
+    """The day ``now`` falls on in the configured time zone."""
+    return now.astimezone(tz).date()
+
+
+def message_id(key: bytes, subscriber_id: int, period: date, mail_from: str) -> str:
+    """The Message-ID of a digest: the same for every attempt, so receivers can drop a repeat."""
+    domain = parseaddr(mail_from)[1].rpartition("@")[2] or "localhost"
+    tag = hmac.new(key, f"mid:{subscriber_id}:{period}".encode(), hashlib.sha256).hexdigest()
+    return f"<digest.{period:%Y%m%d}.{tag[:20]}@{domain}>"
+
+
+def store_stats(conn: Connection, sample: int = STATS_SAMPLE) -> CorpusStats:
+    """Term statistics of the store from its newest ``sample`` papers.
+
+    BM25 needs only each term's share of documents, which a sample of this size estimates
+    well for every term that matters to ranking; rare terms stay rare in the sample.
+    """
+    rows = conn.execute(
+        sa.select(Paper.title, Paper.abstract).order_by(Paper.id.desc()).limit(sample)  # type: ignore[union-attr]
+    ).all()
+    return CorpusStats.from_papers((title, abstract) for title, abstract in rows)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one subscriber gets this period (possibly nothing)."""
+
+    subscriber: Subscriber
+    ranked: Sequence[Ranked]
+
+
+def due(subscriber: Subscriber, period: date) -> bool:
+    """Whether a subscriber's frequency calls for a digest in this period."""
+    return subscriber.frequency != "weekly" or period.weekday() == WEEKLY_DAY
+
+
+def plan_digests(
+    conn: Connection, *, period: date, now: datetime, subscribers: Sequence[Subscriber] | None = None
+) -> list[Plan]:
+    """Rank the new papers for every active subscriber still owed a digest for ``period``."""
+    if subscribers is None:
+        done = sa.select(Digest.subscriber_id).where(Digest.period == period)
+        with Session(bind=conn) as session:
+            subscribers = list(
+                session.exec(
+                    select(Subscriber)
+                    .where(Subscriber.status == "active", Subscriber.id.not_in(done))  # type: ignore[union-attr]
+                    .order_by(Subscriber.id)  # type: ignore[arg-type]
+                ).all()
+            )
+            for row in subscribers:
+                session.expunge(row)
+    subscribers = [s for s in subscribers if due(s, period)]
+    if not subscribers:
+        return []
+    now = db_time(now)
+    cutoffs = {s.id: s.last_digest_at or s.created_at for s in subscribers}
+    earliest = min(cutoffs.values())
+    rows = conn.execute(
+        sa.select(Paper.id, Paper.title, Paper.abstract, Paper.times_seen, Paper.first_seen)
+        .where(Paper.first_seen > earliest, Paper.first_seen <= now)
+        .order_by(Paper.id)  # type: ignore[arg-type]
+    ).all()
+    if not rows:
+        return [Plan(s, ()) for s in subscribers]
+    first_seen = {r.id: r.first_seen for r in rows}
+    already: dict[int, set[int]] = {}
+    for sub_id, paper_id in conn.execute(
+        sa.select(DigestItem.subscriber_id, DigestItem.paper_id).where(
+            DigestItem.paper_id >= rows[0].id,  # type: ignore[operator]
+            DigestItem.subscriber_id.in_(cutoffs),  # type: ignore[attr-defined]
+        )
+    ).all():
+        already.setdefault(sub_id, set()).add(paper_id)
+
+    def candidates(profile_id: int) -> set[int]:
+        cutoff = cutoffs[profile_id]
+        sent = already.get(profile_id, set())
+        return {pid for pid, seen in first_seen.items() if seen > cutoff and pid not in sent}
+
+    profiles = [
+        Profile(s.id, interests_of(s), max_items=s.max_items, min_score=s.min_score)  # type: ignore[arg-type]
+        for s in subscribers
+    ]
+    papers = [PaperText(r.id, r.title, r.abstract, r.times_seen) for r in rows]
+    ranked = rank_profiles(profiles, papers, store_stats(conn), candidates=candidates)
+    return [Plan(s, ranked.get(s.id, [])) for s in subscribers]  # type: ignore[arg-type]
+
+
+def record_plans(
+    conn: Connection,
+    plans: Sequence[Plan],
+    *,
+    period: date,
+    now: datetime,
+    key: bytes,
+    mail_from: str,
+    run_id: int | None,
+) -> dict[str, int]:
+    """Write the outbox rows for ``plans``; returns how many are pending and skipped."""
+    now = db_time(now)
+    counts = {"pending": 0, "skipped": 0}
+    for plan in plans:
+        sub = plan.subscriber
+        empty = not plan.ranked
+        status = "skipped" if empty and not sub.send_empty else "pending"
+        digest_id = conn.execute(
+            sa.insert(Digest).values(
+                subscriber_id=sub.id,
+                period=period,
+                status=status,
+                message_id=message_id(key, sub.id, period, mail_from),  # type: ignore[arg-type]
+                created_at=now,
+                run_id=run_id,
+            )
+        ).inserted_primary_key[0]  # type: ignore[index]
+        if plan.ranked:
+            conn.execute(
+                sa.insert(DigestItem),
+                [
+                    {
+                        "digest_id": digest_id,
+                        "subscriber_id": sub.id,
+                        "paper_id": item.paper_id,
+                        "rank": rank,
+                        "score": round(item.score, 4),
+                        "matched": json.dumps(
+                            [
+                                {
+                                    "interest": hit.interest,
+                                    "terms": list(hit.terms),
+                                    "fields": list(hit.fields),
+                                    "score": round(hit.score, 4),
+                                }
+                                for hit in item.hits
+                            ]
+                        ),
+                    }
+                    for rank, item in enumerate(plan.ranked, 1)
+                ],
+            )
+        conn.execute(
+            sa.update(Subscriber).where(Subscriber.id == sub.id).values(last_digest_at=now)  # type: ignore[arg-type]
+        )
+        counts[status] += 1
+    return counts
+
+
+def compose(
+    engine: Engine,
+    *,
+    period: date,
+    now: datetime,
+    key: bytes,
+    mail_from: str,
+    run_id: int | None = None,
+) -> dict[str, int]:
+    """Plan and record every digest owed for ``period`` in one transaction."""
+    with engine.begin() as conn:
+        plans = plan_digests(conn, period=period, now=now)
+        return record_plans(
+            conn, plans, period=period, now=now, key=key, mail_from=mail_from, run_id=run_id
+        )
+

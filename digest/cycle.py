@@ -1,0 +1,338 @@
+"""One full cycle: fetch sources, ingest the inbox, compose, send, publish feeds.
+
+Every step is safe to repeat: fetching is conditional, ingest is keyed by
+content hash, composing skips subscribers already served this period, and
+delivery sends only what the outbox still holds. Running the same period twice
+therefore sends nothing the second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from digest.compose import message_id, period_of, plan_digests, record_plans
+from digest.deliver import Delivered, deliver, load_outbox, outbox_counts
+from digest.emails import MessageBuilder, Sender
+from digest.fetch import FetchResult, fetch_sources
+from digest.ingest import DumpResult, ingest_inbox
+from digest.links import Links
+from digest.logs import run_context
+from digest.models import Run
+from digest.preview import digest_view, ranked_views
+from digest.publish import publish_feeds
+from digest.settings import Settings
+from digest.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
+from digest.store import db_time, index_papers, transaction
+from digest.transports import Transport, open_transport
+
+log = logging.getLogger("digest.run")
+
+
+@dataclass
+class RunReport:
+    """What a run did, as ``run --json`` prints it."""
+
+    run_id: int | None
+    period: date
+    dry_run: bool
+    sources: list[FetchResult] = field(default_factory=list)
+    dumps: list[DumpResult] = field(default_factory=list)
+    composed: dict[str, int] = field(default_factory=dict)
+    delivered: Delivered = field(default_factory=Delivered)
+    outbox: dict[str, int] = field(default_factory=dict)
+    feeds: dict[str, int] = field(default_factory=dict)
+    previews: list[dict[str, Any]] = field(default_factory=list)
+
+    def figures(self) -> dict[str, Any]:
+        """The run's numbers (stored with the run and printed by ``--json``)."""
+        return {
+            "papers_new": sum(d.new for d in self.dumps),
+            "dumps": {
+                status: sum(1 for d in self.dumps if d.status == status)
+                for status in ("ok", "duplicate", "failed")
+            },
+            "sources": {r.url: r.status for r in self.sources},
+            "digests": {
+                "composed": self.composed.get("pending", 0),
+                "sent": self.delivered.sent,
+                "skipped": self.composed.get("skipped", 0),
+                "failed": self.delivered.failed,
+                "deferred": self.delivered.deferred,
+                "pending": self.outbox.get("pending", 0) + self.outbox.get("sending", 0),
+            },
+            "bounced": self.delivered.bounced,
+            "feeds": self.feeds,
+            "stopped": self.delivered.stopped,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        """The contract: ``digests`` with ``sent``, ``skipped``, ``failed``; dumps as ingest prints them."""
+        data = self.figures()
+        data.update(
+            run_id=self.run_id,
+            period=self.period.isoformat(),
+            dry_run=self.dry_run,
+            dumps_detail=[d.as_json() for d in self.dumps],
+        )
+        if self.dry_run:
+            data["previews"] = self.previews
+        return data
+
+
+def _start_run(engine: Engine, period: date, now: datetime) -> int:
+    with transaction(engine) as conn:
+        return int(
+            conn.execute(
+                sa.insert(Run).values(kind="run", period=period, started_at=db_time(now))
+            ).inserted_primary_key[0]  # type: ignore[index]
+        )
+
+
+def _finish_run(engine: Engine, run_id: int, report: RunReport, now: datetime, error: str | None) -> None:
+    status = "failed" if error else ("stopped" if report.delivered.stopped else "ok")
+    with transaction(engine) as conn:
+        conn.execute(
+            sa.update(Run)
+            .where(Run.id == run_id)  # type: ignore[arg-type]
+            .values(
+                finished_at=db_time(now),
+                status=status,
+                figures=json.dumps(report.figures()),
+                error=error,
+            )
+        )
+
+
+def sender_of(settings: Settings) -> Sender:
+    """Who digests come from, from the settings."""
+    host = settings.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    return Sender(
+        from_addr=settings.mail_from,
+        site_name=settings.site_name,
+        list_id=f"{settings.site_name} <digest.{host}>",
+        base_url=settings.base_url,
+    )
+
+
+def links_of(settings: Settings) -> Links:
+    """How links in emails and feeds are made, from the settings."""
+    return Links(settings.base_url, settings.signing_key(), settings.mail_from)
+
+
+def transport_of(settings: Settings) -> Transport:
+    """The configured mail transport."""
+    return open_transport(
+        settings.mail_transport,
+        connections=settings.smtp_connections,
+        rate=settings.smtp_rate,
+        timeout=settings.smtp_timeout,
+        retries=settings.smtp_retries,
+    )
+
+
+def run_cycle(
+    settings: Settings,
+    engine: Engine,
+    *,
+    clock: Callable[[], datetime],
+    period: date | None = None,
+    dry_run: bool = False,
+    transport: Transport | None = None,
+    stop: threading.Event | None = None,
+    fetch: bool = True,
+) -> RunReport:
+    """Run one whole cycle for ``period`` (default: today in the configured zone)."""
+    now = clock()
+    period = period or period_of(now, settings.tz)
+    if dry_run:
+        return _dry_run(settings, engine, period=period, now=now)
+    run_id = _start_run(engine, period, now)
+    report = RunReport(run_id, period, dry_run=False)
+    error: str | None = None
+    with run_context(run_id):
+        try:
+            log.info("run started", extra={"period": period.isoformat()})
+            if fetch and settings.sources:
+                report.sources = fetch_sources(
+                    settings.sources,
+                    settings.inbox,
+                    engine,
+                    now=now,
+                    timeout=settings.fetch_timeout,
+                    max_bytes=settings.fetch_max_bytes,
+                )
+            report.dumps = ingest_inbox(engine, settings.inbox, clock=clock)
+            with transaction(engine) as conn:
+                index_papers(conn)
+            key = settings.signing_key()
+            with engine.begin() as conn:
+                plans = plan_digests(conn, period=period, now=clock())
+                report.composed = record_plans(
+                    conn,
+                    plans,
+                    period=period,
+                    now=clock(),
+                    key=key,
+                    mail_from=settings.mail_from,
+                    run_id=run_id,
+                )
+            log.info("composed", extra={"composed": report.composed})
+            outgoing = load_outbox(engine, links_of(settings))
+            if outgoing:
+                report.delivered = asyncio.run(
+                    _send(settings, engine, outgoing, transport, clock=clock, stop=stop)
+                )
+            log.info("delivered", extra={"sent": report.delivered.sent, "failed": report.delivered.failed})
+            report.feeds = publish_feeds(settings, engine, links_of(settings), now=clock())
+            report.outbox = outbox_counts(engine)
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            _finish_run(engine, run_id, report, clock(), error)
+            log.info("run finished", extra={"error": error})
+    return report
+
+
+async def _send(
+    settings: Settings,
+    engine: Engine,
+    outgoing: list[Any],
+    transport: Transport | None,
+    *,
+    clock: Callable[[], datetime],
+    stop: threading.Event | None,
+) -> Delivered:
+    builder = MessageBuilder(sender_of(settings))
+    own = transport is None
+    active = transport_of(settings) if transport is None else transport
+    try:
+        return await deliver(
+            engine,
+            outgoing,
+            builder,
+            active,
+            sender_addr=sender_of(settings).from_addr,
+            clock=clock,
+            concurrency=settings.smtp_connections,
+            stop=stop,
+        )
+    finally:
+        if own:
+            await active.close()
+
+
+def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime) -> RunReport:
+    """Compose and render what a run would send, recording and sending nothing."""
+    report = RunReport(None, period, dry_run=True)
+    key = settings.signing_key()
+    builder = MessageBuilder(sender_of(settings))
+    with engine.connect() as conn:
+        plans = plan_digests(conn, period=period, now=now)
+        for plan in plans:
+            sub = plan.subscriber
+            if not plan.ranked and not sub.send_empty:
+                report.composed["skipped"] = report.composed.get("skipped", 0) + 1
+                continue
+            report.composed["pending"] = report.composed.get("pending", 0) + 1
+            view = digest_view(
+                sub,
+                ranked_views(conn, plan.ranked),
+                period=period,
+                message_id=message_id(key, sub.id or 0, period, settings.mail_from),
+                base_url=settings.base_url,
+                key=key,
+                mail_from=settings.mail_from,
+            )
+            size = len(builder.build(view, now))
+            report.previews.append({"email": sub.email, "papers": len(plan.ranked), "bytes": size})
+        conn.rollback()
+    return report
+
+
+def ensure_sample_subscribers(settings: Settings, engine: Engine, *, now: datetime) -> int:
+    """Add the settings file's [[subscribers]] that the store does not know yet."""
+    added = 0
+    known = {row.email for row in list_subscribers(engine)}
+    for item in settings.sample_subscribers:
+        spec = SubscriberSpec(
+            email=str(item["email"]),
+            interests=[str(i) for i in item.get("interests", [])],
+            max_items=int(item.get("max_items", 20)),
+            min_score=float(item.get("min_score", 0.0)),
+            frequency=str(item.get("frequency", "daily")),
+        ).checked()
+        if spec.email not in known:
+            upsert_subscriber(engine, spec, now=now)
+            added += 1
+    return added
+
+
+def last_run_period(engine: Engine) -> date | None:
+    """The period of the newest run that finished well (for the scheduler's catch-up)."""
+    with engine.connect() as conn:
+        value = conn.execute(
+            sa.select(sa.func.max(Run.period)).where(Run.status == "ok")  # type: ignore[arg-type]
+        ).scalar()
+        conn.rollback()
+    return value  # type: ignore[no-any-return]
+
+
+def poll_once(settings: Settings, engine: Engine, *, clock: Callable[[], datetime]) -> list[DumpResult]:
+    """Between runs: fetch the sources and ingest whatever reached the inbox."""
+    if settings.sources:
+        fetch_sources(
+            settings.sources,
+            settings.inbox,
+            engine,
+            now=clock(),
+            timeout=settings.fetch_timeout,
+            max_bytes=settings.fetch_max_bytes,
+        )
+    return ingest_inbox(engine, settings.inbox, clock=clock)
+
+
+def run_lines(report: RunReport, settings: Settings) -> list[str]:
+    """A run's summary for a person."""
+    figures = report.figures()
+    digests = figures["digests"]
+    lines = [f"{'dry run' if report.dry_run else 'run'} for {report.period.isoformat()}"]
+    for source in report.sources:
+        lines.append(f"source {source.url}: {source.status}")
+    for dump in report.dumps:
+        if dump.status == "failed":
+            lines.append(f"dump {dump.path}: failed: {dump.error}")
+        else:
+            lines.append(f"dump {dump.path}: {dump.status}, {dump.new} new of {dump.entries}")
+    if report.dry_run:
+        lines.append(
+            f"would send {digests['composed']} digest(s), skip {digests['skipped']} (nothing recorded)"
+        )
+        for preview in report.previews:
+            lines.append(f"  {preview['email']}: {preview['papers']} papers, {preview['bytes']:,} bytes")
+        return lines
+    lines.append(
+        f"digests: {digests['sent']} sent, {digests['skipped']} skipped, {digests['failed']} failed,"
+        f" {digests['pending']} still pending"
+    )
+    for address in figures["bounced"]:
+        lines.append(f"bounced: {address}")
+    if settings.mail_transport.startswith("file://"):
+        lines.append(f"emails: {settings.mail_transport[len('file://'):]}")
+    lines.append(
+        f"feeds: {settings.feeds_dir} ({report.feeds.get('written', 0)} written,"
+        f" {report.feeds.get('unchanged', 0)} unchanged)"
+    )
+    if report.delivered.stopped:
+        lines.append("stopped before the outbox was empty; the next run sends the rest")
+    return lines

@@ -1,0 +1,434 @@
+"""Building a digest email: plain data in, the RFC 5322 message as bytes out.
+
+Nothing here touches the network, the clock or the store. The message is
+assembled directly as bytes (headers, one boundary, two quoted-printable
+parts) instead of through ``email.message.EmailMessage``: a run builds tens of
+thousands of messages and most of each one is the same few paper blocks, so a
+:class:`MessageBuilder` renders and encodes every paper once and reuses the
+encoded bytes in every digest that carries it. Quoted-printable is line-local,
+so encoded blocks that each end with a line break can simply be joined.
+
+A paper without a URL or arXiv id links to arXiv's title search, which finds
+nearly every paper these listings carry.
+"""
+
+from __future__ import annotations
+
+import binascii
+import functools
+import hashlib
+import importlib.resources
+import re
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from email.header import Header
+from email.utils import format_datetime, formataddr, parseaddr
+from typing import Any
+from urllib.parse import quote_plus, urlsplit
+
+import css_inline
+import jinja2
+from markupsafe import Markup, escape
+
+ABSTRACT_CHARS = 400
+TEXT_WIDTH = 72
+CODE_HOSTS = frozenset(
+    {"github.com", "gitlab.com", "huggingface.co", "codeberg.org", "bitbucket.org", "sr.ht"}
+)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+_SPACES = re.compile(r"\s+")
+_URL = re.compile(
+    r"(?:https?://|www\.|\b(?:github\.com|gitlab\.com|huggingface\.co|codeberg\.org)/)"
+    r"[^\s<>\"'`{}|\\^\[\]]+",
+    re.IGNORECASE,
+)
+_URL_TAIL = ".,;:!?)]}'\""
+_SLOT = "\x00papers\x00"  # NULs never survive _clean, so this cannot occur in content
+
+
+@dataclass(frozen=True)
+class PaperView:
+    """One chosen paper as a digest shows it; ``terms`` are the matched words to highlight."""
+
+    key: str
+    title: str
+    abstract: str
+    url: str | None
+    arxiv_id: str | None
+    score: float
+    terms: tuple[str, ...] = ()
+    interests: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DigestView:
+    """One subscriber's digest for one period."""
+
+    to: str
+    period: date
+    papers: Sequence[PaperView]
+    message_id: str
+    unsubscribe_url: str
+    unsubscribe_mailto: str
+    feed_url: str
+    manage_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who the digests come from (``from_addr`` may carry a display name)."""
+
+    from_addr: str
+    site_name: str
+    list_id: str
+    base_url: str
+
+
+@dataclass(frozen=True)
+class _Block:
+    """A paper rendered and encoded once, for both parts."""
+
+    html: bytes
+    text: bytes
+
+
+# --- small pure helpers -------------------------------------------------------
+
+
+def clean_header(value: str) -> str:
+    """Fold CR, LF and other control characters to single spaces so a value stays one header."""
+    return _SPACES.sub(" ", _CONTROL.sub(" ", value)).strip()
+
+
+def _clean_text(value: str) -> str:
+    """Body text: one kind of line break, no NULs or other stray controls."""
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", value)
+
+
+def shorten(text: str, limit: int = ABSTRACT_CHARS) -> tuple[str, bool]:
+    """Collapse spacing and cut at a word boundary near ``limit``; True when something was cut."""
+    text = _SPACES.sub(" ", text).strip()
+    if len(text) <= limit:
+        return text, False
+    cut = text.rfind(" ", 0, limit + 1)
+    if cut < limit * 2 // 3:  # one enormous "word" (a URL, a formula): cut inside it
+        cut = limit
+    return text[:cut].rstrip(" ,;:-") + "…", True
+
+
+def find_links(text: str) -> tuple[str, ...]:
+    """The http(s) links written in a text, without trailing punctuation, each once."""
+    found: dict[str, None] = {}
+    for match in _URL.finditer(text):
+        url = match.group().rstrip(_URL_TAIL)
+        if url.count("(") < url.count(")"):
+            url = url.rstrip(")")
+        if not url.lower().startswith(("http://", "https://")):
+            url = "https://" + url
+        if urlsplit(url).netloc:
+            found.setdefault(url)
+    return tuple(found)
+
+
+def is_code_link(url: str) -> bool:
+    """True for links to a code host (GitHub, GitLab, Hugging Face, …)."""
+    host = (urlsplit(url).hostname or "").removeprefix("www.")
+    return host in CODE_HOSTS
+
+
+def paper_link(paper: PaperView) -> str:
+    """The paper's own page when known, else an arXiv title search for it."""
+    if paper.url and urlsplit(paper.url).scheme in {"http", "https"}:
+        return paper.url
+    if paper.arxiv_id:
+        return f"https://arxiv.org/abs/{quote_plus(paper.arxiv_id, safe='/.')}"
+    title = _SPACES.sub(" ", paper.title).strip()
+    return f"https://arxiv.org/search/?query={quote_plus(title)}&searchtype=title"
+
+
+@functools.lru_cache(maxsize=4096)
+def _term_pattern(terms: tuple[str, ...]) -> re.Pattern[str] | None:
+    parts: list[str] = []
+    # Longest first so "federated learning" wins over "learning" at the same place.
+    for term in sorted({t.strip() for t in terms if t.strip()}, key=len, reverse=True):
+        prefix = term.endswith("*")
+        words = [w for w in re.split(r"[\s\-‐]+", term.rstrip("*")) if w]
+        if not words:
+            continue
+        body = r"[\s\-‐]+".join(re.escape(w) for w in words)
+        parts.append(body + (r"\w*" if prefix else r"(?:e?s)?"))
+    if not parts:
+        return None
+    return re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE)
+
+
+def highlight(
+    text: str, terms: Sequence[str], open_tag: str = "<mark>", close_tag: str = "</mark>"
+) -> Markup:
+    """Escape ``text`` for HTML and wrap each whole-word match of ``terms`` in the tags."""
+    pattern = _term_pattern(tuple(terms))
+    if pattern is None:
+        return escape(text)
+    # Split the raw text, then escape each piece: matching on escaped text would
+    # find "amp" in "&amp;" and could cut an entity in half.
+    pieces: list[str] = []
+    position = 0
+    for match in pattern.finditer(text):
+        pieces.append(str(escape(text[position : match.start()])))
+        pieces.append(open_tag + str(escape(match.group())) + close_tag)
+        position = match.end()
+    pieces.append(str(escape(text[position:])))
+    return Markup("".join(pieces))
+
+
+def subject_for(view: DigestView) -> str:
+    """``Your papers for 2026-11-22: 7 new``."""
+    return f"Your papers for {view.period.isoformat()}: {len(view.papers)} new"
+
+
+def _shorturl(url: str) -> str:
+    parts = urlsplit(url)
+    shown = (parts.netloc.removeprefix("www.") + parts.path).rstrip("/")
+    return shown if len(shown) <= 60 else shown[:59] + "…"
+
+
+# --- headers --------------------------------------------------------------------
+
+
+def _header(name: str, value: str) -> bytes:
+    """One header line (folded when long), RFC 2047-encoded when not ASCII."""
+    value = clean_header(value)
+    if not value.isascii():
+        encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+        return f"{name}: {encoded}\r\n".encode("ascii")
+    line = f"{name}: {value}"
+    if len(line) <= 78:
+        return (line + "\r\n").encode("ascii")
+    # Fold at spaces; a single word longer than a line stays whole (legal up to 998).
+    out: list[str] = []
+    current = f"{name}:"
+    for word in value.split(" "):
+        if len(current) + 1 + len(word) > 78 and current != f"{name}:":
+            out.append(current)
+            current = ""
+        current += " " + word
+    out.append(current)
+    return ("\r\n".join(out) + "\r\n").encode("ascii")
+
+
+def format_address(raw: str) -> str:
+    """``Name <user@domain>`` with the name RFC 2047-encoded and the domain in IDNA when needed."""
+    name, addr = parseaddr(clean_header(raw))
+    if "@" not in addr:
+        raise ValueError(f"not an email address: {clean_header(raw)!r}")
+    local, _, domain = addr.rpartition("@")
+    if not local.isascii():
+        raise ValueError(f"address needs SMTPUTF8, which is not supported: {addr!r}")
+    if not domain.isascii():
+        domain = domain.encode("idna").decode("ascii")
+    return formataddr((name, f"{local}@{domain}"), charset="utf-8")
+
+
+def _angle(value: str) -> str:
+    return "<" + clean_header(value).strip("<>").replace("<", "").replace(">", "") + ">"
+
+
+def _mailto(value: str) -> str:
+    value = clean_header(value).strip("<>").replace(" ", "")
+    if not value.lower().startswith("mailto:"):
+        value = "mailto:" + value
+    if "?" not in value:
+        value += "?subject=unsubscribe"
+    return value
+
+
+def _qp(text: str) -> bytes:
+    """Quoted-printable with CRLF line ends; ``text`` must end with a line break."""
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+
+
+def _ends_line(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
+
+
+# --- templates ------------------------------------------------------------------
+
+
+_SHELL_NAMES = (
+    "subject", "heading", "lead", "site_name", "unsubscribe_url", "manage_url", "feed_url",
+    "papers",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Templates:
+    html: jinja2.Template
+    text: jinja2.Template
+    html_macros: Any  # the templates' macros: a paper, a highlighted word
+    text_macros: Any
+    hit_open: str
+    hit_close: str
+
+
+@functools.cache
+def _templates() -> _Templates:
+    """Load both templates from the package, inlining the CSS into the HTML source once."""
+    package = importlib.resources.files("digest.templates")
+    css = package.joinpath("digest.css").read_text(encoding="utf-8")
+    html_source = package.joinpath("digest.html").read_text(encoding="utf-8")
+    html_source = html_source.replace("/* digest.css */", css)
+    inliner = css_inline.CSSInliner(
+        keep_at_rules=True, minify_css=True, load_remote_stylesheets=False
+    )
+    html_source = inliner.inline(html_source)
+    common: dict[str, Any] = {
+        "trim_blocks": True,
+        "lstrip_blocks": True,
+        "keep_trailing_newline": True,
+        "undefined": jinja2.StrictUndefined,
+    }
+    html_env = jinja2.Environment(autoescape=True, **common)
+    html_env.filters["shorturl"] = _shorturl
+    text_env = jinja2.Environment(autoescape=False, **common)
+    html = html_env.from_string(html_source)
+    text = text_env.from_string(package.joinpath("digest.txt").read_text(encoding="utf-8"))
+    # Making a module renders the shell once; empty values satisfy StrictUndefined.
+    blank = dict.fromkeys(_SHELL_NAMES, "")
+    html_macros: Any = html.make_module(blank)
+    text_macros: Any = text.make_module(blank)
+    hit_open, _, hit_close = str(html_macros.hit(Markup(_SLOT))).partition(_SLOT)
+    return _Templates(html, text, html_macros, text_macros, hit_open, hit_close)
+
+
+# --- the builder ----------------------------------------------------------------
+
+
+class MessageBuilder:
+    """Builds digest messages for one sender, rendering each paper once per builder."""
+
+    def __init__(self, sender: Sender, *, cache_size: int = 50_000) -> None:
+        self.sender = sender
+        self._templates = _templates()
+        self._cache: dict[PaperView, _Block] = {}
+        self._cache_size = cache_size
+        self._from = _header("From", format_address(sender.from_addr))
+        site = clean_header(sender.site_name)
+        if site and not site.isascii():
+            site = Header(site, "utf-8").encode()
+        list_name = f"{site} {_angle(sender.list_id)}" if site else _angle(sender.list_id)
+        self._list_id = _header("List-Id", list_name)
+
+    def _paper_context(self, paper: PaperView) -> dict[str, Any]:
+        title = _SPACES.sub(" ", _clean_text(paper.title)).strip()
+        abstract, truncated = shorten(_clean_text(paper.abstract))
+        links = find_links(_clean_text(paper.abstract))
+        t = self._templates
+        return {
+            "title": title,
+            "title_html": highlight(title, paper.terms, t.hit_open, t.hit_close),
+            "abstract_html": highlight(abstract, paper.terms, t.hit_open, t.hit_close),
+            "abstract_text": textwrap.fill(
+                abstract, TEXT_WIDTH, initial_indent="  ", subsequent_indent="  "
+            )
+            if abstract
+            else "  (no abstract)",
+            "truncated": truncated,
+            "link": paper_link(paper),
+            "code_links": [u for u in links if is_code_link(u)],
+            "other_links": [u for u in links if not is_code_link(u)],
+            "interests": [clean_header(i) for i in paper.interests if clean_header(i)],
+        }
+
+    def _block(self, paper: PaperView) -> _Block:
+        block = self._cache.get(paper)
+        if block is None:
+            context = self._paper_context(paper)
+            html = str(self._templates.html_macros.paper(context))
+            text = str(self._templates.text_macros.paper(context))
+            block = _Block(_qp(_ends_line(html)), _qp(_ends_line(text)))
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()  # a run rarely outgrows it; clearing keeps memory bounded
+            self._cache[paper] = block
+        return block
+
+    def _shell(self, view: DigestView) -> dict[str, Any]:
+        count = len(view.papers)
+        return {
+            "subject": subject_for(view),
+            "heading": f"Your papers for {view.period.isoformat()}",
+            "lead": f"{count} new paper{'s' if count != 1 else ''} matched your interests.",
+            "site_name": clean_header(self.sender.site_name),
+            "unsubscribe_url": clean_header(view.unsubscribe_url),
+            "manage_url": clean_header(view.manage_url) if view.manage_url else None,
+            "feed_url": clean_header(view.feed_url),
+            "papers": Markup(_SLOT),
+        }
+
+    @staticmethod
+    def _wrap(template: jinja2.Template, context: dict[str, Any], blocks: list[bytes]) -> bytes:
+        head, _, tail = template.render(context).partition(_SLOT)
+        return _qp(_ends_line(head)) + b"".join(blocks) + _qp(_ends_line(tail))
+
+    def render_html(self, view: DigestView) -> str:
+        """The HTML part, decoded (for previews and tests)."""
+        return _decode_qp(self._wrap(self._templates.html, self._shell(view), self._html(view)))
+
+    def render_text(self, view: DigestView) -> str:
+        """The plain-text part, decoded (for previews and tests)."""
+        return _decode_qp(self._wrap(self._templates.text, self._shell(view), self._text(view)))
+
+    def _html(self, view: DigestView) -> list[bytes]:
+        return [self._block(p).html for p in view.papers]
+
+    def _text(self, view: DigestView) -> list[bytes]:
+        return [self._block(p).text for p in view.papers]
+
+    def build(self, view: DigestView, now: datetime) -> bytes:
+        """The complete message: headers and a multipart/alternative body (text, then HTML)."""
+        context = self._shell(view)
+        text = self._wrap(self._templates.text, context, self._text(view))
+        html = self._wrap(self._templates.html, context, self._html(view))
+        message_id = _angle(view.message_id)
+        # "=_" can never occur in quoted-printable output, so the boundary is safe
+        # without scanning the body; derived from the Message-ID to keep output stable.
+        boundary = "=_" + hashlib.sha1(message_id.encode()).hexdigest()[:24]
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        unsubscribe = f"{_angle(view.unsubscribe_url)}, <{_mailto(view.unsubscribe_mailto)}>"
+        part_head = (
+            f'--{boundary}\r\nContent-Type: text/%s; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        )
+        return b"".join(
+            (
+                self._from,
+                _header("To", format_address(view.to)),
+                _header("Subject", subject_for(view)),
+                _header("Date", format_datetime(now)),
+                _header("Message-ID", message_id),
+                b"MIME-Version: 1.0\r\n",
+                self._list_id,
+                _header("List-Unsubscribe", unsubscribe),
+                b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+                b"Auto-Submitted: auto-generated\r\n",
+                f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
+                (part_head % "plain").encode(),
+                text,
+                (part_head % "html").encode(),
+                html,
+                f"--{boundary}--\r\n".encode(),
+            )
+        )
+
+
+def _decode_qp(data: bytes) -> str:
+    return binascii.a2b_qp(data).decode("utf-8").replace("\r\n", "\n")
+
+
+def build_message(view: DigestView, sender: Sender, now: datetime) -> bytes:
+    """One complete message; a run should keep one :class:`MessageBuilder` to share paper blocks."""
+    return MessageBuilder(sender).build(view, now)

@@ -1,0 +1,192 @@
+"""Preview and search: the same ranking as a run, shown instead of sent.
+
+``preview`` ranks exactly what the next run would choose for one subscriber
+(papers first seen since their last digest, not yet sent to them), or with
+``whole_store`` the newest papers of the store regardless. ``search`` runs one
+expression of the interest language over the store: SQLite's full-text index
+finds candidates, the ranker decides.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from digest.compose import Plan, plan_digests, store_stats
+from digest.emails import DigestView, PaperView
+from digest.interests import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
+from digest.links import Links
+from digest.models import Paper, Subscriber
+from digest.ranking import InterestHit, PaperText, Profile, Ranked, rank_for, search
+from digest.store import index_papers
+from digest.subscribers import feed_name, interests_of, link_token
+
+WHOLE_STORE_LIMIT = 20_000  # newest papers ranked by ``preview --all`` and searches without FTS
+FTS_CANDIDATES = 5_000
+
+
+def hits_json(hits: Iterable[InterestHit]) -> list[dict[str, Any]]:
+    """An explanation as stored and printed: interest, matched words, fields, score."""
+    return [
+        {
+            "interest": hit.interest,
+            "terms": list(hit.terms),
+            "fields": list(hit.fields),
+            "score": round(hit.score, 4),
+        }
+        for hit in hits
+    ]
+
+
+def paper_view(row: Any, score: float, hits: Sequence[dict[str, Any]]) -> PaperView:
+    """A stored paper and why it was chosen, as an email shows it."""
+    terms: list[str] = []
+    for hit in hits:
+        terms.extend(t for t in hit["terms"] if t not in terms)
+    return PaperView(
+        key=row.key,
+        title=row.title,
+        abstract=row.abstract,
+        url=row.url,
+        arxiv_id=row.arxiv_id,
+        score=score,
+        terms=tuple(terms),
+        interests=tuple(hit["interest"] for hit in hits),
+    )
+
+
+def _paper_rows(conn: Connection, ids: Sequence[int]) -> dict[int, Any]:
+    rows = conn.execute(
+        sa.select(Paper.id, Paper.key, Paper.title, Paper.abstract, Paper.url, Paper.arxiv_id).where(
+            Paper.id.in_(ids)  # type: ignore[union-attr]
+        )
+    ).all()
+    return {row.id: row for row in rows}
+
+
+def ranked_views(conn: Connection, ranked: Sequence[Ranked]) -> list[PaperView]:
+    """Ranked papers as email views, best first."""
+    rows = _paper_rows(conn, [r.paper_id for r in ranked])
+    return [paper_view(rows[r.paper_id], r.score, hits_json(r.hits)) for r in ranked]
+
+
+def ranked_json(conn: Connection, ranked: Sequence[Ranked]) -> list[dict[str, Any]]:
+    """Ranked papers as ``preview --json`` and ``search --json`` print them."""
+    rows = _paper_rows(conn, [r.paper_id for r in ranked])
+    return [
+        {
+            "title": rows[r.paper_id].title,
+            "key": rows[r.paper_id].key,
+            "url": rows[r.paper_id].url,
+            "score": round(r.score, 4),
+            "matched": hits_json(r.hits),
+        }
+        for r in ranked
+    ]
+
+
+def _newest(conn: Connection, limit: int) -> list[PaperText]:
+    rows = conn.execute(
+        sa.select(Paper.id, Paper.title, Paper.abstract, Paper.times_seen)
+        .order_by(Paper.id.desc())  # type: ignore[union-attr]
+        .limit(limit)
+    ).all()
+    return [PaperText(r.id, r.title, r.abstract, r.times_seen) for r in rows]
+
+
+def preview_ranked(
+    conn: Connection, subscriber: Subscriber, *, period: date, now: datetime, whole_store: bool
+) -> list[Ranked]:
+    """What the subscriber's next digest would hold, or their best papers in the whole store."""
+    if whole_store:
+        profile = Profile(
+            subscriber.id or 0,
+            interests_of(subscriber),
+            max_items=subscriber.max_items,
+            min_score=subscriber.min_score,
+        )
+        return rank_for(profile, _newest(conn, WHOLE_STORE_LIMIT), store_stats(conn))
+    (plan,) = plan_digests(conn, period=period, now=now, subscribers=[subscriber]) or [
+        Plan(subscriber, ())
+    ]
+    return list(plan.ranked)
+
+
+def digest_view(
+    subscriber: Subscriber,
+    papers: Sequence[PaperView],
+    *,
+    period: date,
+    message_id: str,
+    base_url: str,
+    key: bytes,
+    mail_from: str,
+) -> DigestView:
+    """The email view of a digest for this subscriber."""
+    links = Links(base_url, key, mail_from)
+    token = link_token(key, subscriber)
+    return DigestView(
+        to=subscriber.email,
+        period=period,
+        papers=papers,
+        message_id=message_id,
+        unsubscribe_url=links.unsubscribe_url(token),
+        unsubscribe_mailto=links.unsubscribe_mailto(token),
+        feed_url=links.feed_url(feed_name(key, subscriber)),
+    )
+
+
+def _fts_words(node: Node) -> list[str]:
+    """The words a paper must show for ``node`` to have a chance (exclusions left out)."""
+    if isinstance(node, Term):
+        return [node.word + ("*" if node.prefix else "")]
+    if isinstance(node, Phrase):
+        return node.words.split()
+    if isinstance(node, AllOf | AnyOf):
+        return [w for item in node.items for w in _fts_words(item)]
+    if isinstance(node, Without):
+        return []
+    return []
+
+
+def _fts_query(query: str) -> str:
+    """A loose full-text query: any of the positive words (the ranker applies the rest)."""
+    words = []
+    for raw in _fts_words(parse_interest(query).query):
+        for part in re.findall(r"\w+\*?", raw):
+            words.append(f'"{part.rstrip("*")}"' + ("*" if part.endswith("*") else ""))
+    return " OR ".join(dict.fromkeys(words))
+
+
+def search_store(conn: Connection, query: str, *, limit: int = 20) -> list[Ranked]:
+    """Papers of the whole store matching ``query``, best first."""
+    fts = conn.dialect.name == "sqlite" and _fts_query(query)
+    if fts:
+        index_papers(conn)
+        ids = [
+            row[0]
+            for row in conn.exec_driver_sql(
+                "SELECT rowid FROM paper_fts WHERE paper_fts MATCH ? ORDER BY rank LIMIT ?",
+                (fts, FTS_CANDIDATES),
+            ).all()
+        ]
+        rows = conn.execute(
+            sa.select(Paper.id, Paper.title, Paper.abstract, Paper.times_seen).where(
+                Paper.id.in_(ids)  # type: ignore[union-attr]
+            )
+        ).all()
+        papers = [PaperText(r.id, r.title, r.abstract, r.times_seen) for r in rows]
+    else:
+        papers = _newest(conn, WHOLE_STORE_LIMIT)
+    return search(query, papers, store_stats(conn), limit=limit)
+
+
+def dumps_json(data: Any) -> str:
+    """JSON for the command line."""
+    return json.dumps(data, indent=2, default=str)

@@ -1,0 +1,293 @@
+"""The engine of ``digest serve``: APScheduler 3 running the digest and the poll, stopped cleanly.
+
+Two jobs share one worker thread, so a poll (fetch sources, ingest) and a
+digest run never overlap inside the process; the run lock keeps them apart from
+cron or a manual ``digest run``. Both jobs are ``coalesce=True`` and
+``max_instances=1``: however many fires were missed, one run makes up for them,
+and a fire while the same job is still going is dropped, not queued.
+
+Catch-up policy, in two parts:
+
+* While the service is up but wakes late (a suspended VM, a clock jump, a digest
+  queued behind a long poll) the digest still runs once if it is at most
+  ``DIGEST_MISFIRE_GRACE`` late; later than that it is skipped and the next
+  scheduled run carries its papers, since a digest holds everything first seen
+  since the subscriber's previous one.
+* A run missed while the service was down: at start-up, if today's scheduled
+  time (in the configured time zone) has passed and the last successful run's
+  period is not today, the digest runs once right away (``needs_catch_up``).
+  A run missed on an earlier day is not made up before today's scheduled time;
+  today's run covers it.
+
+``serve`` turns SIGTERM and SIGINT into an orderly stop: it sets ``stop_event``
+(which a run checks between messages, so it ends between two sends with nothing
+half-recorded), lets the job in flight finish, then returns 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from datetime import date, datetime, time, timedelta, tzinfo
+from types import FrameType
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import-untyped]
+from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
+from apscheduler.schedulers.base import BaseScheduler  # type: ignore[import-untyped]
+from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-untyped]
+from apscheduler.triggers.base import BaseTrigger  # type: ignore[import-untyped]
+from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
+from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
+
+from digest.errors import AlreadyRunning, ConfigError, DigestError
+from digest.logs import run_context
+
+log = logging.getLogger(__name__)
+
+DIGEST_JOB = "digest"
+POLL_JOB = "poll"
+DIGEST_MISFIRE_GRACE = timedelta(hours=6)
+CATCH_UP_DELAY = timedelta(seconds=1)  # after the start-up poll, so the catch-up sees its files
+
+_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+
+
+class Service(Protocol):
+    """Something else living in the ``serve`` process (the web app, later)."""
+
+    def start(self) -> None:
+        """Begin serving; must return promptly (run in a thread if needed)."""
+
+    def stop(self) -> None:
+        """Stop serving; called once on shutdown, before the scheduler is stopped."""
+
+
+def _zone(tz: str | tzinfo) -> tzinfo:
+    try:
+        return ZoneInfo(tz) if isinstance(tz, str) else tz
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"setting timezone ({tz!r}) is not a known time zone") from exc
+
+
+def _cron_day(token: str) -> int:
+    token = token.strip().lower()
+    if token[:3] in _CRON_DAYS and not token.isdigit():
+        return _CRON_DAYS.index(token[:3])
+    day = int(token)
+    if not 0 <= day <= 7:
+        raise ValueError(f"day of week {day} is out of range 0-7")
+    return day % 7
+
+
+def _weekday_field(field: str) -> str:
+    """Standard cron's day-of-week field (0 or 7 = Sunday) in APScheduler 3's terms (0 = Monday).
+
+    APScheduler 3's ``from_crontab`` passes the field through unchanged, which shifts every
+    numbered weekday by one; so expand it to explicit day names.
+    """
+    if field in {"*", "?"}:
+        return "*"
+    days: set[int] = set()
+    for part in field.split(","):
+        span, _, step_text = part.partition("/")
+        step = int(step_text) if step_text else 1
+        if step < 1:
+            raise ValueError("a step must be 1 or more")
+        if span == "*":
+            first, last = 0, 6
+        elif "-" in span:
+            low, high = span.split("-", 1)
+            first, last = _cron_day(low), _cron_day(high)
+            if high.strip() == "7":
+                last = 7  # "5-7" means Friday to Sunday
+        else:
+            first = _cron_day(span)
+            last = 6 if step_text else first  # "1/2": from Monday, every other day
+        if first > last:
+            raise ValueError(f"day range {span} runs backwards")
+        days.update(day % 7 for day in range(first, last + 1, step))
+    return ",".join(_CRON_DAYS[day] for day in sorted(days))
+
+
+def crontab_trigger(schedule: str, timezone: str | tzinfo) -> CronTrigger:
+    """A trigger for a standard five-field cron ``schedule`` in ``timezone``."""
+    fields = schedule.split()
+    if len(fields) != 5:
+        raise ConfigError(f"setting schedule ({schedule!r}) must have five fields")
+    try:
+        fields[4] = _weekday_field(fields[4])
+        return CronTrigger.from_crontab(" ".join(fields), timezone=_zone(timezone))
+    except ValueError as exc:
+        raise ConfigError(f"setting schedule ({schedule!r}) is not valid cron: {exc}") from None
+
+
+def needs_catch_up(
+    last_run_period: date | None, now: datetime, tz: str | tzinfo, schedule: str
+) -> bool:
+    """Whether start-up should run the digest now: today's slot has passed and today has no run."""
+    zone = _zone(tz)
+    local = now.astimezone(zone) if now.tzinfo else now.replace(tzinfo=zone)
+    today = local.date()
+    if last_run_period is not None and last_run_period >= today:
+        return False
+    midnight = datetime.combine(today, time(), zone)
+    first: datetime | None = crontab_trigger(schedule, zone).get_next_fire_time(None, midnight)
+    return first is not None and first <= local
+
+
+def _guarded(kind: str, job: Callable[[], object]) -> Callable[[], None]:
+    """``job`` with its outcome logged; a failure must not take the scheduler down."""
+
+    def run() -> None:
+        with run_context(f"{kind}-{datetime.now().strftime('%Y%m%dT%H%M%S')}"):
+            try:
+                job()
+            except AlreadyRunning as exc:
+                log.warning("%s skipped: %s", kind, exc)
+            except DigestError as exc:
+                log.error("%s failed: %s", kind, exc)
+            except Exception:
+                log.exception("%s crashed", kind)
+
+    run.__name__ = f"{kind}_job"
+    return run
+
+
+def build_scheduler(
+    *,
+    schedule: str,
+    timezone: str,
+    poll_minutes: int,
+    run_job: Callable[[], object],
+    poll_job: Callable[[], object],
+    blocking: bool = False,
+    catch_up: bool = False,
+    poll_at_start: bool = True,
+    digest_trigger: BaseTrigger | None = None,
+    poll_trigger: BaseTrigger | None = None,
+    now: datetime | None = None,
+) -> BaseScheduler:
+    """A scheduler with the digest job on the cron ``schedule`` and the poll every few minutes.
+
+    ``catch_up`` runs the digest once right after start; the triggers can be replaced in tests.
+    """
+    zone = _zone(timezone)
+    trigger = digest_trigger or crontab_trigger(schedule, zone)
+    every = poll_trigger or IntervalTrigger(minutes=poll_minutes, timezone=zone)
+    # One worker: a poll and a digest run queue behind each other instead of racing for the lock.
+    options: dict[str, Any] = {
+        "executors": {"default": ThreadPoolExecutor(max_workers=1)},
+        "job_defaults": {"coalesce": True, "max_instances": 1},
+        "timezone": zone,
+    }
+    scheduler: BaseScheduler = (
+        BlockingScheduler(**options) if blocking else BackgroundScheduler(**options)
+    )
+    start = now or datetime.now(zone)
+    digest_options: dict[str, Any] = {}
+    if catch_up:
+        digest_options["next_run_time"] = start + CATCH_UP_DELAY
+    scheduler.add_job(
+        _guarded("digest", run_job),
+        trigger,
+        id=DIGEST_JOB,
+        name="digest run",
+        misfire_grace_time=int(DIGEST_MISFIRE_GRACE.total_seconds()),
+        **digest_options,
+    )
+    poll_options: dict[str, Any] = {}
+    if poll_at_start:
+        poll_options["next_run_time"] = start
+    scheduler.add_job(
+        _guarded("poll", poll_job),
+        every,
+        id=POLL_JOB,
+        name="poll sources and inbox",
+        # A poll later than one interval is pointless: the next one is due anyway.
+        misfire_grace_time=max(1, poll_minutes * 60),
+        **poll_options,
+    )
+    return scheduler
+
+
+def serve(
+    *,
+    schedule: str,
+    timezone: str,
+    poll_minutes: int,
+    run_job: Callable[[], object],
+    poll_job: Callable[[], object],
+    stop_event: threading.Event | None = None,
+    last_period: Callable[[], date | None] | None = None,
+    services: Sequence[Service] = (),
+    install_signals: bool = True,
+    now: Callable[[], datetime] | None = None,
+) -> int:
+    """Run the scheduler (and ``services``) until SIGTERM/SIGINT or ``stop_event``; return 0.
+
+    ``last_period`` gives the period of the last successful run, for the start-up catch-up.
+    """
+    stop = stop_event or threading.Event()
+    zone = _zone(timezone)
+    started_at = now() if now else datetime.now(zone)
+    catch_up = last_period is not None and needs_catch_up(last_period(), started_at, zone, schedule)
+    scheduler = build_scheduler(
+        schedule=schedule,
+        timezone=timezone,
+        poll_minutes=poll_minutes,
+        run_job=run_job,
+        poll_job=poll_job,
+        catch_up=catch_up,
+    )
+    received: list[str] = []
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        # Only flag here; the logging and the waiting happen in the main loop below.
+        received.append(signal.Signals(signum).name)
+        stop.set()
+        # A second signal gets the default action, so an operator can still force a stop.
+        for signum_ in previous:
+            signal.signal(signum_, signal.SIG_DFL)
+
+    if install_signals and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, on_signal)
+    running: list[Service] = []
+    scheduler.start()
+    try:
+        for service in services:
+            service.start()
+            running.append(service)
+        job = scheduler.get_job(DIGEST_JOB)
+        log.info(
+            "serving",
+            extra={
+                "schedule": schedule,
+                "timezone": timezone,
+                "poll_minutes": poll_minutes,
+                "next_digest": job.next_run_time.isoformat() if job else None,
+                "catch_up": catch_up,
+            },
+        )
+        # A timed wait keeps the main thread responsive to signals on every platform.
+        while not stop.wait(0.5):
+            pass
+    finally:
+        stop.set()
+        reason = received[0] if received else "stop requested"
+        log.info("stopping (%s): waiting for the job in flight", reason)
+        for service in reversed(running):
+            try:
+                service.stop()
+            except Exception:
+                log.exception("a service failed to stop")
+        scheduler.shutdown(wait=True)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        log.info("stopped")
+    return 0

@@ -1,0 +1,137 @@
+"""``digest status``: what the store holds, how the last runs went, what needs a look."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from digest.deliver import outbox_counts
+from digest.models import Digest, Dump, Paper, Run, SourceState, Subscriber
+from digest.runlock import lock_holder
+from digest.scheduler import crontab_trigger
+from digest.settings import Settings
+from digest.subscribers import count_by_status
+
+RECENT_RUNS = 5
+BOUNCE_WINDOW = timedelta(days=7)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain data (also the ``--json`` output)."""
+    local = now.astimezone(settings.tz)
+    with engine.connect() as conn:
+        papers = conn.execute(sa.select(sa.func.count()).select_from(Paper)).scalar_one()
+        newest = conn.execute(sa.select(sa.func.max(Paper.first_seen))).scalar()
+        new_today = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(Paper)
+            .where(Paper.first_seen >= now - timedelta(days=1))
+        ).scalar_one()
+        runs = conn.execute(
+            sa.select(Run).order_by(Run.id.desc()).limit(RECENT_RUNS)  # type: ignore[union-attr]
+        ).all()
+        dumps = conn.execute(
+            sa.select(Dump.name, Dump.layout, Dump.ingested_at, Dump.entries, Dump.new)
+            .order_by(Dump.id.desc())  # type: ignore[union-attr]
+            .limit(RECENT_RUNS)
+        ).all()
+        sources = conn.execute(sa.select(SourceState).order_by(SourceState.url)).all()
+        failed = conn.execute(
+            sa.select(Digest.period, Subscriber.email, Digest.last_error)
+            .join(Subscriber, Subscriber.id == Digest.subscriber_id)  # type: ignore[arg-type]
+            .where(Digest.status == "failed", Digest.created_at >= now - BOUNCE_WINDOW)
+            .order_by(Digest.id.desc())  # type: ignore[union-attr]
+            .limit(20)
+        ).all()
+        conn.rollback()
+    subscribers = count_by_status(engine)
+    outbox = outbox_counts(engine)
+    trigger = crontab_trigger(settings.schedule, settings.tz)
+    next_run = trigger.get_next_fire_time(None, local)
+    holder = lock_holder(settings)
+    warnings: list[str] = []
+    if local.weekday() < 5 and new_today == 0 and papers:
+        warnings.append("no new papers in the last 24 hours on a weekday")
+    if failed:
+        warnings.append(f"{len(failed)} digest(s) failed in the last 7 days")
+    if subscribers["bounced"]:
+        warnings.append(f"{subscribers['bounced']} subscriber(s) bounced")
+    for (source,) in sources:
+        if source.last_status not in ("ok", "not-modified", ""):
+            warnings.append(f"source {source.url}: {source.last_status} ({source.last_error or 'no detail'})")
+    if outbox["pending"] + outbox["sending"]:
+        warnings.append(f"{outbox['pending'] + outbox['sending']} digest(s) waiting to be sent")
+    return {
+        "papers": {"total": papers, "new_last_24h": new_today, "newest_first_seen": _iso(newest)},
+        "subscribers": subscribers,
+        "digests": outbox,
+        "failed_digests": [
+            {"period": str(p), "email": e, "error": err} for p, e, err in failed
+        ],
+        "runs": [
+            {
+                "id": run.id,
+                "period": str(run.period) if run.period else None,
+                "started_at": _iso(run.started_at),
+                "finished_at": _iso(run.finished_at),
+                "status": run.status,
+                "figures": json.loads(run.figures),
+                "error": run.error,
+            }
+            for (run,) in runs
+        ],
+        "dumps": [
+            {"name": d.name, "layout": d.layout, "ingested_at": _iso(d.ingested_at), "entries": d.entries, "new": d.new}
+            for d in dumps
+        ],
+        "sources": [
+            {
+                "url": source.url,
+                "status": source.last_status,
+                "last_fetch_at": _iso(source.last_fetch_at),
+                "last_new_at": _iso(source.last_new_at),
+                "error": source.last_error,
+            }
+            for (source,) in sources
+        ],
+        "schedule": {
+            "cron": settings.schedule,
+            "timezone": settings.timezone,
+            "next_run": _iso(next_run),
+        },
+        "running": None if holder is None else holder.to_json(),
+        "warnings": warnings,
+    }
+
+
+def status_lines(data: dict[str, Any]) -> list[str]:
+    """The status as text for a person."""
+    papers, subs, digests = data["papers"], data["subscribers"], data["digests"]
+    lines = [
+        f"papers: {papers['total']:,} ({papers['new_last_24h']:,} new in the last 24 h)",
+        "subscribers: " + ", ".join(f"{n} {status}" for status, n in subs.items()),
+        "digests: " + ", ".join(f"{n} {status}" for status, n in digests.items()),
+        f"next run: {data['schedule']['next_run']} ({data['schedule']['cron']} {data['schedule']['timezone']})",
+    ]
+    if data["running"]:
+        lines.append(f"running now: pid {data['running']['pid']} since {data['running']['started_at']}")
+    for run in data["runs"]:
+        figures = run["figures"].get("digests", {})
+        lines.append(
+            f"run {run['id']} {run['period']} {run['status']}: "
+            f"{figures.get('sent', 0)} sent, {figures.get('skipped', 0)} skipped, "
+            f"{figures.get('failed', 0)} failed, {run['figures'].get('papers_new', 0)} new papers"
+        )
+    for source in data["sources"]:
+        lines.append(f"source {source['url']}: {source['status']} at {source['last_fetch_at']}")
+    for warning in data["warnings"]:
+        lines.append(f"warning: {warning}")
+    return lines

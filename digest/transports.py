@@ -1,0 +1,431 @@
+"""Sending built messages: to .eml files, over SMTP through a pool, or into a list for tests.
+
+Every transport has the same small surface (:class:`Transport`): ``send`` one
+message to one recipient, ``close``, and ``async with``. ``send`` raises
+:class:`DeliveryError` with ``permanent=True`` only when the server refused the
+recipient or the message for good (a 5xx to RCPT or DATA), so the caller may
+mark the address bounced. Everything else (4xx, dropped connections, a server
+that cannot be reached, a refused login) ends, after the retries, in
+``permanent=False``; failures that no recipient is to blame for are
+:class:`TransportError`, so a caller can stop the run instead of trying everyone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import itertools
+import os
+import random
+import re
+import socket
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+from urllib.parse import unquote, urlsplit
+
+import aiosmtplib
+
+from digest.errors import ConfigError, DeliveryError
+
+Sleep = Callable[[float], Awaitable[None]]
+Backoff = Callable[[int], float]
+
+
+class TransportError(DeliveryError):
+    """The transport itself failed (cannot connect, login refused); no recipient is at fault."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
+
+
+class Transport(Protocol):
+    """Where built messages go."""
+
+    async def send(self, sender_addr: str, recipient: str, message: bytes, message_id: str) -> None:
+        """Hand over one message for one recipient, or raise DeliveryError."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections; the transport is not used afterwards."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class _Closing:
+    """``async with`` support for the transports below."""
+
+    async def close(self) -> None:
+        """Nothing to release by default."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+# --- files ----------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
+
+
+def eml_name(message_id: str) -> str:
+    """A safe, stable file name for a message: its Message-ID, made safe, plus ``.eml``."""
+    raw = message_id.strip().strip("<>")
+    safe = _UNSAFE.sub("_", raw).lstrip(".")[:150]
+    if safe != raw or not safe:
+        # Two ids that differ only in unsafe characters must not share a file.
+        safe += "-" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:12]
+    return safe + ".eml"
+
+
+class FileTransport(_Closing):
+    """Writes one ``.eml`` file per message into a folder, atomically."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._counter = itertools.count()
+
+    async def send(self, sender_addr: str, recipient: str, message: bytes, message_id: str) -> None:
+        """Write the message to ``<message id>.eml`` (temp file, then rename)."""
+        target = self.directory / eml_name(message_id)
+        temp = self.directory / f".{target.name}.{os.getpid()}.{next(self._counter)}.tmp"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            temp.write_bytes(message)
+            os.replace(temp, target)
+        except OSError as exc:
+            temp.unlink(missing_ok=True)
+            raise DeliveryError(f"cannot write {target.name}: {exc.strerror or exc}") from None
+
+
+# --- a fake for tests -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """One message a :class:`RecordingTransport` accepted."""
+
+    sender: str
+    recipient: str
+    message: bytes
+    message_id: str
+
+
+class RecordingTransport(_Closing):
+    """Keeps what it is sent; can fail after N messages or for chosen recipients."""
+
+    def __init__(
+        self,
+        *,
+        fail_after: int | None = None,
+        error: DeliveryError | None = None,
+        errors: Mapping[str, DeliveryError] | None = None,
+    ) -> None:
+        self.sent: list[SentMessage] = []
+        self.closed = False
+        self.fail_after = fail_after
+        self.error = error or DeliveryError("recording transport told to fail")
+        self.errors = dict(errors or {})
+
+    async def send(self, sender_addr: str, recipient: str, message: bytes, message_id: str) -> None:
+        """Record the message, or raise the configured error."""
+        if recipient in self.errors:
+            raise self.errors[recipient]
+        if self.fail_after is not None and len(self.sent) >= self.fail_after:
+            raise self.error
+        self.sent.append(SentMessage(sender_addr, recipient, message, message_id))
+
+    async def close(self) -> None:
+        """Note that the transport was closed."""
+        self.closed = True
+
+
+# --- pacing -----------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Spaces sends to at most ``rate`` a second across every task sharing it (0: no limit)."""
+
+    def __init__(
+        self,
+        rate: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+
+    async def wait(self) -> None:
+        """Return when the next send may start."""
+        if not self._interval:
+            return
+        now = self._clock()
+        # Reserve the slot before sleeping so concurrent callers queue up behind it.
+        at = max(now, self._next)
+        self._next = at + self._interval
+        if at > now:
+            await self._sleep(at - now)
+
+
+def exponential_backoff(base: float = 0.5, cap: float = 30.0) -> Backoff:
+    """Delay before retry ``n`` (0-based): ``base * 2**n`` capped, with jitter so pools spread out."""
+
+    def delay(attempt: int) -> float:
+        return min(cap, base * 2.0**attempt) * random.uniform(0.5, 1.0)
+
+    return delay
+
+
+# --- SMTP ---------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Retry(Exception):
+    """An attempt failed in a way worth trying again.
+
+    ``stale``: a pooled connection turned out to be dead; ``connect``: no
+    connection could be made at all (the server, not the message, is the problem).
+    """
+
+    def __init__(self, reason: str, *, stale: bool = False, connect: bool = False) -> None:
+        super().__init__(reason)
+        self.stale = stale
+        self.connect = connect
+
+
+class SMTPTransport(_Closing):
+    """Sends over a pool of reused SMTP connections, paced, with retries and back-off."""
+
+    def __init__(
+        self,
+        hostname: str,
+        port: int,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        use_tls: bool = False,
+        start_tls: bool | None = None,
+        connections: int = 4,
+        rate: float = 0.0,
+        timeout: float = 30.0,
+        retries: int = 3,
+        backoff: Backoff | None = None,
+        sleep: Sleep = asyncio.sleep,
+        local_hostname: str | None = None,
+    ) -> None:
+        self.hostname = hostname
+        self.port = port
+        self._username = username
+        self._password = password
+        self._use_tls = use_tls
+        self._start_tls = start_tls
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = backoff or exponential_backoff()
+        self._sleep = sleep
+        self._local_hostname = local_hostname
+        self._limiter = RateLimiter(rate, sleep=sleep)
+        self._slots = asyncio.Semaphore(connections)
+        self._idle: list[aiosmtplib.SMTP] = []
+        self.connections_opened = 0
+
+    def __repr__(self) -> str:  # never shows the password
+        return f"SMTPTransport({self.hostname}:{self.port}, user={self._username!r})"
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        if self._local_hostname is None:
+            # getfqdn can block on DNS; aiosmtplib would otherwise repeat it per connection.
+            fqdn = await asyncio.to_thread(socket.getfqdn)
+            self._local_hostname = (
+                fqdn if fqdn and fqdn.isascii() and " " not in fqdn else "localhost"
+            )
+        smtp = aiosmtplib.SMTP(
+            hostname=self.hostname,
+            port=self.port,
+            username=self._username,
+            password=self._password,
+            use_tls=self._use_tls,
+            start_tls=self._start_tls,
+            timeout=self._timeout,
+            local_hostname=self._local_hostname,
+        )
+        where = f"{self.hostname}:{self.port}"
+        try:
+            await smtp.connect()
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            raise TransportError(
+                f"SMTP login to {where} refused: {exc.code} {exc.message}"
+            ) from None
+        except aiosmtplib.SMTPNotSupported as exc:
+            raise TransportError(f"SMTP server {where}: {exc}") from None
+        except aiosmtplib.SMTPResponseException as exc:
+            if exc.code >= 500:
+                raise TransportError(
+                    f"SMTP server {where} refused us: {exc.code} {exc.message}"
+                ) from None
+            raise _Retry(f"{exc.code} {exc.message}", connect=True) from None
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            raise _Retry(f"cannot connect to {where}: {exc}", connect=True) from None
+        self.connections_opened += 1
+        return smtp
+
+    async def _checkout(self) -> tuple[aiosmtplib.SMTP, bool]:
+        while self._idle:
+            smtp = self._idle.pop()
+            if smtp.is_connected:
+                return smtp, True
+        return await self._connect(), False
+
+    async def _attempt(self, sender_addr: str, recipient: str, message: bytes) -> None:
+        smtp, reused = await self._checkout()
+        keep = True
+        try:
+            await smtp.sendmail(sender_addr, [recipient], message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refused = exc.recipients[0]
+            self._judge(refused.code, f"{refused.code} {refused.message}", sender=False)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            self._judge(exc.code, f"sender refused: {exc.code} {exc.message}", sender=True)
+        except aiosmtplib.SMTPResponseException as exc:
+            # 421 means the server is closing this connection; other codes leave it usable.
+            keep = exc.code != 421
+            self._judge(exc.code, f"{exc.code} {exc.message}", sender=False)
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            keep = False
+            raise _Retry(f"connection lost: {exc}", stale=reused) from None
+        except BaseException:
+            keep = False
+            raise
+        finally:
+            if keep and smtp.is_connected:
+                self._idle.append(smtp)
+            else:
+                smtp.close()
+
+    @staticmethod
+    def _judge(code: int, reason: str, *, sender: bool) -> None:
+        if 400 <= code < 500:
+            raise _Retry(reason)
+        if sender:  # our own address refused: every message would fail, nobody bounced
+            raise TransportError(reason)
+        raise DeliveryError(reason, permanent=code >= 500)
+
+    async def send(self, sender_addr: str, recipient: str, message: bytes, message_id: str) -> None:
+        """Send one message, retrying 4xx replies and dropped connections with back-off."""
+        attempt = 0
+        stale_retry_used = False
+        while True:
+            await self._limiter.wait()
+            try:
+                async with self._slots:
+                    await self._attempt(sender_addr, recipient, message)
+                return
+            except _Retry as exc:
+                # A pooled connection the server closed while idle is not a failure
+                # of this message: try once more at once on a fresh connection.
+                if exc.stale and not stale_retry_used:
+                    stale_retry_used = True
+                    continue
+                if attempt >= self._retries:
+                    reason = f"gave up after {attempt + 1} tries: {exc}"
+                    if exc.connect:
+                        raise TransportError(reason) from None
+                    raise DeliveryError(f"{message_id}: {reason}", permanent=False) from None
+                await self._sleep(self._backoff(attempt))
+                attempt += 1
+
+    async def close(self) -> None:
+        """Say QUIT on every pooled connection."""
+        idle, self._idle = self._idle, []
+        for smtp in idle:
+            try:
+                await asyncio.wait_for(smtp.quit(), timeout=min(self._timeout, 5.0))
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                smtp.close()
+
+
+# --- choosing a transport -------------------------------------------------------------
+
+
+def open_transport(
+    url: str,
+    *,
+    connections: int = 4,
+    rate: float = 0.0,
+    timeout: float = 30.0,
+    retries: int = 3,
+    backoff: Backoff | None = None,
+    sleep: Sleep = asyncio.sleep,
+) -> Transport:
+    """The transport for ``file://DIR``, ``smtp://[user:pass@]host[:port]`` or ``smtps://…``."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "file":
+        path = unquote(parts.netloc + parts.path)
+        if not path:
+            raise ConfigError("mail_transport: a file:// URL needs a folder")
+        return FileTransport(Path(path))
+    if scheme not in {"smtp", "smtps"}:
+        raise ConfigError("mail_transport must be a file://, smtp:// or smtps:// URL")
+    host = parts.hostname
+    if not host:
+        raise ConfigError(f"mail_transport: {scheme}:// URL without a host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"mail_transport: bad port for {host}") from None
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password is not None else None
+    start_tls: bool | None
+    if scheme == "smtps":
+        use_tls, start_tls, default_port = True, False, 465
+    else:
+        use_tls = False
+        # Credentials never cross the network in the clear: demand STARTTLS then,
+        # except on loopback (a local relay, the tests). Otherwise use it when offered.
+        start_tls = True if username and not _is_loopback(host) else None
+        default_port = 587 if username else 25
+    return SMTPTransport(
+        host,
+        port or default_port,
+        username=username,
+        password=password,
+        use_tls=use_tls,
+        start_tls=start_tls,
+        connections=connections,
+        rate=rate,
+        timeout=timeout,
+        retries=retries,
+        backoff=backoff,
+        sleep=sleep,
+    )

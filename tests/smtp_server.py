@@ -1,0 +1,136 @@
+"""A real SMTP server on loopback (aiosmtpd) whose replies a test can script.
+
+The handler can answer the next DATA commands with a 4xx or 5xx, drop the
+connection in the middle of DATA or right after MAIL FROM, refuse chosen
+recipients, and it counts the connections made to it, so tests can see retries
+and connection reuse as the server saw them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+DROP = "drop"  # a scripted reply meaning: close the connection instead of answering
+
+
+@dataclass
+class Received:
+    """One message the server accepted."""
+
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+
+@dataclass
+class ScriptedHandler:
+    """aiosmtpd handler: accepts mail unless told otherwise."""
+
+    received: list[Received] = field(default_factory=list)
+    data_replies: list[str] = field(default_factory=list)  # used up one per DATA
+    mail_replies: list[str] = field(default_factory=list)  # used up one per MAIL FROM
+    rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> reply, every time
+    connections: int = 0
+    data_commands: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if self.mail_replies:
+            reply = self.mail_replies.pop(0)
+            if reply == DROP:
+                assert server.transport is not None
+                server.transport.close()
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if address in self.rcpt_replies:
+            return self.rcpt_replies[address]
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.lock:
+            self.data_commands += 1
+        if self.data_replies:
+            reply = self.data_replies.pop(0)
+            if reply == DROP:
+                assert server.transport is not None
+                server.transport.close()
+            return reply
+        data = envelope.original_content or b""
+        with self.lock:
+            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data))
+        return "250 2.0.0 queued"
+
+
+class _CountingSMTP(SMTP):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        handler: ScriptedHandler = self.event_handler
+        with handler.lock:
+            handler.connections += 1
+        super().connection_made(transport)
+
+
+class _Controller(Controller):
+    def factory(self) -> SMTP:
+        return _CountingSMTP(self.handler, **self.SMTP_kwargs)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class SMTPServer:
+    """A running server: where it listens and its handler."""
+
+    host: str
+    port: int
+    handler: ScriptedHandler
+    controller: Controller
+    logins: dict[str, str] = field(default_factory=dict)
+
+    def url(self, user: str = "", password: str = "") -> str:
+        """``smtp://`` URL of this server (credentials as given, already encoded)."""
+        auth = f"{user}:{password}@" if user else ""
+        return f"smtp://{auth}{self.host}:{self.port}"
+
+
+def start_server(logins: dict[str, str] | None = None) -> SMTPServer:
+    """Start a server on a free loopback port; with ``logins``, AUTH is offered and checked."""
+    handler = ScriptedHandler()
+    accounts = dict(logins or {})
+
+    def authenticate(
+        server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        ok = isinstance(auth_data, LoginPassword) and (
+            accounts.get(auth_data.login.decode()) == auth_data.password.decode()
+        )
+        return AuthResult(success=ok, handled=False)  # unhandled: aiosmtpd replies 535 itself
+
+    kwargs: dict[str, Any] = {}
+    if logins is not None:
+        kwargs.update(authenticator=authenticate, auth_require_tls=False)
+    controller = _Controller(handler, hostname="127.0.0.1", port=free_port(), **kwargs)
+    controller.start()
+    handler.connections = 0  # start() makes one connection of its own to see the server is up
+    return SMTPServer("127.0.0.1", controller.port, handler, controller, accounts)

@@ -1,0 +1,207 @@
+"""The whole cycle and its outbox: once per period, once per paper, and crash-safe."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from digest.cycle import run_cycle
+from digest.errors import DeliveryError
+from digest.ingest import Clock
+from digest.settings import Settings, load_settings
+from digest.store import open_store
+from digest.subscribers import SubscriberSpec, find_subscriber, upsert_subscriber
+from digest.transports import RecordingTransport
+from tests.conftest import DUMP_A, DUMP_B
+
+DAY = date(2026, 3, 12)
+JOINED = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)
+
+PEOPLE = {
+    "ada@example.org": ['"federated learning"', "llm OR \"language model\""],
+    "bob@example.org": ["segmentation -survey"],
+    "cy@example.org": ["speech", "translation ^2"],
+    "dee@example.org": ["self-supervised"],
+    "nobody@example.org": ['"quantum chromodynamics lattice"'],
+}
+
+
+class Crash(Exception):
+    """The process dying part way (not a delivery failure)."""
+
+
+class CrashAfter(RecordingTransport):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    async def send(self, sender_addr: str, recipient: str, message: bytes, message_id: str) -> None:
+        if len(self.sent) >= self.n:
+            raise Crash("killed")
+        await super().send(sender_addr, recipient, message, message_id)
+
+
+def ticking(start: datetime) -> Clock:
+    moments = iter(start + timedelta(seconds=i) for i in range(1_000_000))
+    return Clock(lambda: next(moments))
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    env = {"DIGEST_DATA_DIR": str(tmp_path / "data"), "DIGEST_SMTP_CONNECTIONS": "1"}
+    return load_settings(environ=env, cwd=tmp_path)
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[Engine]:
+    engine = open_store(settings.database_url)
+    for address, interests in PEOPLE.items():
+        upsert_subscriber(engine, SubscriberSpec(address, interests), now=JOINED)
+    settings.inbox.mkdir(parents=True, exist_ok=True)
+    shutil.copy(DUMP_B, settings.inbox / "daily.txt")
+    yield engine
+    engine.dispose()
+
+
+def digests(engine: Engine) -> list[tuple[str, str, str, int]]:
+    with engine.connect() as conn:
+        return [
+            tuple(r)
+            for r in conn.execute(
+                sa.text(
+                    "SELECT s.email, d.status, d.message_id, d.attempts FROM digest d"
+                    " JOIN subscriber s ON s.id = d.subscriber_id ORDER BY s.email, d.period"
+                )
+            ).all()
+        ]
+
+
+def test_run_sends_each_digest_once_per_period(settings: Settings, store: Engine) -> None:
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    transport = RecordingTransport()
+    report = run_cycle(settings, store, clock=clock, period=DAY, transport=transport)
+    recipients = sorted(m.recipient for m in transport.sent)
+    assert recipients == ["ada@example.org", "bob@example.org", "cy@example.org", "dee@example.org"]
+    figures = report.as_json()["digests"]
+    assert (figures["sent"], figures["skipped"], figures["failed"]) == (4, 1, 0)
+    assert report.dumps[0].status == "ok"
+
+    again = RecordingTransport()
+    report = run_cycle(settings, store, clock=clock, period=DAY, transport=again)
+    assert again.sent == []
+    assert report.as_json()["digests"]["sent"] == 0
+
+    # the next day the same papers are seen again (a trending dump): nobody gets one twice
+    shutil.copy(DUMP_A, settings.inbox / "trending.txt")
+    next_day = RecordingTransport()
+    run_cycle(settings, store, clock=clock, period=DAY + timedelta(1), transport=next_day)
+    first = {m.recipient: m.message for m in transport.sent}
+    for message in next_day.sent:
+        old = email.message_from_bytes(first.get(message.recipient, b""), policy=email.policy.default)
+        new = email.message_from_bytes(message.message, policy=email.policy.default)
+        old_titles = set(_titles(old))
+        assert not old_titles & set(_titles(new)), message.recipient
+
+
+def _titles(message: email.message.Message) -> list[str]:
+    if not message.is_multipart():
+        return []
+    body = message.get_body(preferencelist=("plain",))  # type: ignore[attr-defined]
+    text = body.get_content() if body is not None else ""
+    return [line.strip() for line in text.splitlines() if line.strip()[:1].isdigit() and ". " in line]
+
+
+def test_crash_part_way_then_rerun_sends_exactly_the_rest(settings: Settings, store: Engine) -> None:
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    first = CrashAfter(2)
+    with pytest.raises(Crash):
+        run_cycle(settings, store, clock=clock, period=DAY, transport=first)
+    assert len(first.sent) == 2
+    second = RecordingTransport()
+    run_cycle(settings, store, clock=clock, period=DAY, transport=second)
+    delivered = [m.recipient for m in first.sent] + [m.recipient for m in second.sent]
+    assert sorted(delivered) == ["ada@example.org", "bob@example.org", "cy@example.org", "dee@example.org"]
+    statuses = {row[0]: row[1] for row in digests(store)}
+    assert statuses["nobody@example.org"] == "skipped"
+    assert {s for a, s in statuses.items() if a != "nobody@example.org"} == {"sent"}
+
+
+def test_message_id_is_stable_across_attempts(settings: Settings, store: Engine) -> None:
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    failing = RecordingTransport(errors={"ada@example.org": DeliveryError("451 try later")})
+    run_cycle(settings, store, clock=clock, period=DAY, transport=failing)
+    (ada,) = [row for row in digests(store) if row[0] == "ada@example.org"]
+    assert ada[1] == "pending" and ada[3] == 1
+    retry = RecordingTransport()
+    run_cycle(settings, store, clock=clock, period=DAY, transport=retry)
+    (sent,) = retry.sent
+    assert sent.recipient == "ada@example.org"
+    assert sent.message_id == ada[2]
+    parsed = email.message_from_bytes(sent.message, policy=email.policy.default)
+    assert parsed["Message-ID"] == ada[2]
+
+
+def test_permanent_failure_bounces_the_address(settings: Settings, store: Engine) -> None:
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    bouncing = RecordingTransport(
+        errors={"bob@example.org": DeliveryError("550 no such user", permanent=True)}
+    )
+    report = run_cycle(settings, store, clock=clock, period=DAY, transport=bouncing)
+    assert report.delivered.bounced == ["bob@example.org"]
+    assert find_subscriber(store, "bob@example.org").status == "bounced"
+    shutil.copy(DUMP_A, settings.inbox / "trending.txt")
+    later = RecordingTransport()
+    run_cycle(settings, store, clock=clock, period=DAY + timedelta(1), transport=later)
+    assert "bob@example.org" not in {m.recipient for m in later.sent}
+
+
+def test_dry_run_records_and_sends_nothing(settings: Settings, store: Engine) -> None:
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    from digest.ingest import ingest_inbox
+
+    ingest_inbox(store, settings.inbox, clock=clock)
+    transport = RecordingTransport()
+    report = run_cycle(settings, store, clock=clock, period=DAY, dry_run=True, transport=transport)
+    assert transport.sent == []
+    assert digests(store) == []
+    assert len(report.previews) == 4
+    assert all(p["bytes"] > 1000 for p in report.previews)
+
+
+def test_nothing_new_is_skipped_unless_asked(settings: Settings, store: Engine) -> None:
+    upsert_subscriber(
+        store,
+        SubscriberSpec("nobody@example.org", PEOPLE["nobody@example.org"], send_empty=True),
+        now=JOINED,
+    )
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    transport = RecordingTransport()
+    run_cycle(settings, store, clock=clock, period=DAY, transport=transport)
+    assert "nobody@example.org" in {m.recipient for m in transport.sent}
+
+
+def test_feeds_are_written_and_stable(settings: Settings, store: Engine) -> None:
+    feedparser = pytest.importorskip("feedparser")
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    report = run_cycle(settings, store, clock=clock, period=DAY, transport=RecordingTransport())
+    assert report.feeds["written"] >= 1
+    atom = settings.feeds_dir / "papers.atom"
+    parsed = feedparser.parse(atom.read_bytes())
+    assert parsed.bozo == 0
+    guids = [entry.id for entry in parsed.entries]
+    assert len(guids) == len(set(guids)) > 0
+    private = list((settings.feeds_dir / "private").glob("*.atom"))
+    assert len(private) == len(PEOPLE)
+    before = {p: p.stat().st_mtime_ns for p in settings.feeds_dir.rglob("*") if p.is_file()}
+    report = run_cycle(settings, store, clock=clock, period=DAY, transport=RecordingTransport())
+    assert report.feeds["written"] == 0
+    after = {p: p.stat().st_mtime_ns for p in settings.feeds_dir.rglob("*") if p.is_file()}
+    assert before == after

@@ -1,0 +1,351 @@
+"""Transports: .eml files, the recording fake, and SMTP against a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.policy
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from digest.emails import DigestView, MessageBuilder, PaperView, Sender
+from digest.errors import ConfigError, DeliveryError
+from digest.transports import (
+    FileTransport,
+    RateLimiter,
+    RecordingTransport,
+    SMTPTransport,
+    TransportError,
+    eml_name,
+    exponential_backoff,
+    open_transport,
+)
+from tests.smtp_server import DROP, SMTPServer, free_port, start_server
+
+SENDER = Sender(
+    "Digest <digest@example.org>", "Digest", "papers.example.org", "https://example.org"
+)
+NOW = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
+PAPER = PaperView(
+    "arxiv:2411.00001",
+    "Sparse attention for long documents",
+    "We make attention sparse. Code: https://github.com/example/sparse.",
+    None,
+    "2411.00001",
+    2.5,
+    ("attention",),
+    ("attention",),
+)
+
+
+def message_for(n: int) -> tuple[str, bytes, str]:
+    """Recipient, message bytes and Message-ID of the n-th test digest."""
+    to = f"reader{n}@example.net"
+    message_id = f"<digest-{n}@example.org>"
+    view = DigestView(
+        to,
+        date(2026, 11, 22),
+        [PAPER],
+        message_id,
+        f"https://example.org/unsubscribe?token=t{n}",
+        "unsubscribe@example.org",
+        f"https://example.org/feeds/f{n}.rss",
+    )
+    return to, MessageBuilder(SENDER).build(view, NOW), message_id
+
+
+class FakeSleep:
+    """Records the delays asked for instead of waiting."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+
+
+def smtp(server: SMTPServer, *, retries: int = 3, connections: int = 2) -> SMTPTransport:
+    transport = open_transport(
+        server.url(), connections=connections, retries=retries, timeout=5, backoff=lambda n: 0.0
+    )
+    assert isinstance(transport, SMTPTransport)
+    return transport
+
+
+async def send_all(transport: SMTPTransport, numbers: range) -> None:
+    async with transport:
+        for n in numbers:
+            to, raw, message_id = message_for(n)
+            await transport.send("digest@example.org", to, raw, message_id)
+
+
+# --- files and the fake ------------------------------------------------------------
+
+
+def test_file_transport_writes_one_eml_per_message(tmp_path: Path) -> None:
+    transport = open_transport(f"file://{tmp_path / 'outbox'}")
+    assert isinstance(transport, FileTransport)
+
+    async def go() -> None:
+        async with transport:
+            for n in range(3):
+                to, raw, message_id = message_for(n)
+                await transport.send("digest@example.org", to, raw, message_id)
+
+    asyncio.run(go())
+    names = sorted(p.name for p in (tmp_path / "outbox").iterdir())
+    assert names == [
+        "digest-0@example.org.eml",
+        "digest-1@example.org.eml",
+        "digest-2@example.org.eml",
+    ]
+    assert (tmp_path / "outbox" / names[1]).read_bytes() == message_for(1)[1]
+
+
+def test_eml_names_are_safe_and_distinct() -> None:
+    hostile = eml_name("<../../etc/passwd@x>")
+    assert "/" not in hostile and not hostile.startswith(".")
+    assert eml_name("<a/b@x>") != eml_name("<a:b@x>")
+    assert eml_name("<plain.id@example.org>") == "plain.id@example.org.eml"
+
+
+def test_file_transport_overwrites_the_same_message_id(tmp_path: Path) -> None:
+    transport = FileTransport(tmp_path)
+    asyncio.run(transport.send("a@x", "b@x", b"first", "<same@x>"))
+    asyncio.run(transport.send("a@x", "b@x", b"second", "<same@x>"))
+    assert [p.read_bytes() for p in tmp_path.iterdir()] == [b"second"]
+
+
+def test_recording_transport_records_and_fails_on_request() -> None:
+    bounce = DeliveryError("550 no such user", permanent=True)
+    fake = RecordingTransport(fail_after=2, errors={"gone@example.net": bounce})
+
+    async def go() -> list[str]:
+        outcomes = []
+        for to in ["a@x", "gone@example.net", "b@x", "c@x"]:
+            try:
+                await fake.send("d@x", to, b"m", f"<{to}>")
+                outcomes.append("sent")
+            except DeliveryError as exc:
+                outcomes.append("permanent" if exc.permanent else "failed")
+        await fake.close()
+        return outcomes
+
+    assert asyncio.run(go()) == ["sent", "permanent", "sent", "failed"]
+    assert [m.recipient for m in fake.sent] == ["a@x", "b@x"]
+    assert fake.closed
+
+
+# --- choosing and pacing -------------------------------------------------------------
+
+
+def test_open_transport_reads_smtp_urls_and_keeps_the_password_private() -> None:
+    transport = open_transport("smtp://me%40example.org:p%3Ass%2Fw0rd@mail.example.org")
+    assert isinstance(transport, SMTPTransport)
+    assert (transport.hostname, transport.port) == ("mail.example.org", 587)
+    assert transport._username == "me@example.org"
+    assert transport._password == "p:ss/w0rd"
+    assert transport._start_tls is True  # credentials over the network: STARTTLS required
+    assert "p:ss" not in repr(transport) and "w0rd" not in repr(transport)
+    tls = open_transport("smtps://relay.example.org")
+    assert isinstance(tls, SMTPTransport)
+    assert (tls.port, tls._use_tls) == (465, True)
+    plain = open_transport("smtp://127.0.0.1:2525")
+    assert isinstance(plain, SMTPTransport)
+    assert (plain.port, plain._start_tls) == (2525, None)
+
+
+@pytest.mark.parametrize("url", ["http://example.org", "smtp://", "smtp://host:notaport"])
+def test_open_transport_refuses_bad_urls(url: str) -> None:
+    with pytest.raises(ConfigError):
+        open_transport(url)
+
+
+def test_rate_limiter_spaces_sends_without_real_waiting() -> None:
+    sleep = FakeSleep()
+    limiter = RateLimiter(10, clock=lambda: 100.0, sleep=sleep)
+
+    async def go() -> None:
+        for _ in range(4):
+            await limiter.wait()
+
+    asyncio.run(go())
+    assert sleep.delays == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_unlimited_rate_never_sleeps() -> None:
+    sleep = FakeSleep()
+    asyncio.run(RateLimiter(0, sleep=sleep).wait())
+    assert sleep.delays == []
+
+
+def test_backoff_grows_and_stays_capped() -> None:
+    delay = exponential_backoff(base=1.0, cap=8.0)
+    assert 0.5 <= delay(0) <= 1.0
+    assert 2.0 <= delay(2) <= 4.0
+    assert 4.0 <= delay(10) <= 8.0
+
+
+# --- SMTP against a real server ----------------------------------------------------------
+
+
+def test_messages_arrive_and_parse_with_every_header(smtp_server: SMTPServer) -> None:
+    asyncio.run(send_all(smtp(smtp_server), range(3)))
+    received = smtp_server.handler.received
+    assert [r.rcpt_tos for r in received] == [[f"reader{n}@example.net"] for n in range(3)]
+    parsed = email.message_from_bytes(received[0].data, policy=email.policy.default)
+    assert parsed["Message-ID"] == "<digest-0@example.org>"
+    assert parsed["To"] == "reader0@example.net"
+    assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert "https://example.org/unsubscribe?token=t0" in parsed["List-Unsubscribe"]
+    for name in ("From", "Subject", "Date", "List-Id", "MIME-Version"):
+        assert parsed[name], name
+    body = parsed.get_body(preferencelist=("html",))
+    assert body is not None and "Sparse" in body.get_content()
+
+
+def test_the_pool_reuses_connections(smtp_server: SMTPServer) -> None:
+    asyncio.run(send_all(smtp(smtp_server), range(10)))
+    assert len(smtp_server.handler.received) == 10
+    assert smtp_server.handler.connections == 1
+
+
+def test_concurrent_sends_stay_within_the_pool(smtp_server: SMTPServer) -> None:
+    transport = smtp(smtp_server, connections=3)
+
+    async def go() -> None:
+        async with transport:
+            jobs = []
+            for n in range(30):
+                to, raw, message_id = message_for(n)
+                jobs.append(transport.send("digest@example.org", to, raw, message_id))
+            await asyncio.gather(*jobs)
+
+    asyncio.run(go())
+    assert len(smtp_server.handler.received) == 30
+    assert 1 <= smtp_server.handler.connections <= 3
+
+
+def test_a_4xx_is_retried_and_delivered_once(smtp_server: SMTPServer) -> None:
+    smtp_server.handler.data_replies = ["451 4.3.0 try again later"]
+    sleep = FakeSleep()
+    transport = open_transport(smtp_server.url(), retries=2, backoff=lambda n: 0.25, sleep=sleep)
+    assert isinstance(transport, SMTPTransport)
+    asyncio.run(send_all(transport, range(1)))
+    assert len(smtp_server.handler.received) == 1
+    assert smtp_server.handler.data_commands == 2
+    assert sleep.delays == [0.25]
+
+
+def test_a_4xx_that_persists_gives_up_as_temporary(smtp_server: SMTPServer) -> None:
+    smtp_server.handler.data_replies = ["452 4.2.2 mailbox full"] * 5
+    with pytest.raises(DeliveryError) as failure:
+        asyncio.run(send_all(smtp(smtp_server, retries=2), range(1)))
+    assert failure.value.permanent is False
+    assert "452" in str(failure.value)
+    assert smtp_server.handler.data_commands == 3
+    assert smtp_server.handler.received == []
+
+
+def test_a_5xx_on_data_is_permanent(smtp_server: SMTPServer) -> None:
+    smtp_server.handler.data_replies = ["554 5.7.1 rejected as spam"]
+    with pytest.raises(DeliveryError) as failure:
+        asyncio.run(send_all(smtp(smtp_server), range(1)))
+    assert failure.value.permanent is True
+    assert smtp_server.handler.data_commands == 1
+
+
+def test_an_unknown_recipient_is_permanent_and_the_rest_still_go(smtp_server: SMTPServer) -> None:
+    smtp_server.handler.rcpt_replies = {"reader1@example.net": "550 5.1.1 no such user"}
+    transport = smtp(smtp_server)
+    outcomes: list[str] = []
+
+    async def go() -> None:
+        async with transport:
+            for n in range(3):
+                to, raw, message_id = message_for(n)
+                try:
+                    await transport.send("digest@example.org", to, raw, message_id)
+                    outcomes.append("sent")
+                except DeliveryError as exc:
+                    outcomes.append("bounced" if exc.permanent else "failed")
+
+    asyncio.run(go())
+    assert outcomes == ["sent", "bounced", "sent"]
+    assert smtp_server.handler.connections == 1  # the refusal did not cost the connection
+
+
+def test_a_connection_dropped_during_data_is_retried_on_a_new_one(
+    smtp_server: SMTPServer,
+) -> None:
+    smtp_server.handler.data_replies = [DROP]
+    asyncio.run(send_all(smtp(smtp_server), range(2)))
+    assert [r.rcpt_tos for r in smtp_server.handler.received] == [
+        ["reader0@example.net"],
+        ["reader1@example.net"],
+    ]
+    assert smtp_server.handler.connections == 2
+
+
+def test_a_pooled_connection_closed_by_the_server_costs_no_retry(
+    smtp_server: SMTPServer,
+) -> None:
+    # The first message opens the connection; the server then drops it at the
+    # next MAIL FROM, as a server does with idle clients. Even with no retries
+    # allowed, the second message goes out on a fresh connection.
+    transport = smtp(smtp_server, retries=0)
+
+    async def go() -> None:
+        async with transport:
+            to, raw, message_id = message_for(0)
+            await transport.send("digest@example.org", to, raw, message_id)
+            smtp_server.handler.mail_replies = [DROP]
+            to, raw, message_id = message_for(1)
+            await transport.send("digest@example.org", to, raw, message_id)
+
+    asyncio.run(go())
+    assert len(smtp_server.handler.received) == 2
+    assert smtp_server.handler.connections == 2
+
+
+def test_login_with_percent_encoded_credentials() -> None:
+    server = start_server(logins={"me@example.org": "p@ss:w/rd"})
+    try:
+        url = f"smtp://me%40example.org:p%40ss%3Aw%2Frd@127.0.0.1:{server.port}"
+        transport = open_transport(url, retries=0, backoff=lambda n: 0.0)
+        assert isinstance(transport, SMTPTransport)
+        asyncio.run(send_all(transport, range(1)))
+        assert len(server.handler.received) == 1
+    finally:
+        server.controller.stop()
+
+
+def test_a_refused_login_is_a_transport_error_without_the_password() -> None:
+    server = start_server(logins={"me": "right-secret"})
+    try:
+        url = f"smtp://me:wrong-secret@127.0.0.1:{server.port}"
+        with pytest.raises(TransportError) as failure:
+            asyncio.run(send_all(smtp_for(url), range(1)))
+        assert failure.value.permanent is False
+        assert "wrong-secret" not in str(failure.value)
+        assert server.handler.received == []
+    finally:
+        server.controller.stop()
+
+
+def test_an_unreachable_server_is_a_transport_error() -> None:
+    sleep = FakeSleep()
+    transport = open_transport(f"smtp://127.0.0.1:{free_port()}", retries=2, sleep=sleep)
+    assert isinstance(transport, SMTPTransport)
+    with pytest.raises(TransportError) as failure:
+        asyncio.run(send_all(transport, range(1)))
+    assert failure.value.permanent is False
+    assert len(sleep.delays) == 2
+
+
+def smtp_for(url: str) -> SMTPTransport:
+    transport = open_transport(url, retries=1, backoff=lambda n: 0.0)
+    assert isinstance(transport, SMTPTransport)
+    return transport
