@@ -16,6 +16,7 @@ of subscribers and extrapolates it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import resource
 import sqlite3
@@ -30,8 +31,11 @@ from digest.ranking import CorpusStats, InterestIndex, PaperText, Profile
 
 DUMPS = Path(__file__).resolve().parents[1].parent / "shared" / "dumps"
 STORE = 1_000_000
-STOP = set("a an and are as at be by can for from has have in is it its of on or that the".split())
-STOP |= set("their these this to we which with our such than was were not also into more".split())
+_STOPWORDS = (
+    "a an and are as at be by can for from has have in is it its of on or that the their these "
+    "this to we which with our such than was were not also into more"
+)
+STOP = set(_STOPWORDS.split())
 
 
 def real_papers() -> list[tuple[str, str]]:
@@ -81,7 +85,7 @@ def interest_pool(rng: random.Random, real: list[tuple[str, str]]) -> list[str]:
         words = [w.strip(".,;:()[]\"'").lower() for w in f"{title} {abstract}".split()]
         words = [w for w in words if w.isalpha() and len(w) > 2]
         df.update(set(words))
-        pairs.update({f"{x} {y}" for x, y in zip(words, words[1:], strict=False)})
+        pairs.update({f"{x} {y}" for x, y in itertools.pairwise(words)})
     n = len(real)
     singles = [w for w, c in df.items() if w not in STOP and 2 <= c <= n // 5]
     bigrams = [p for p, c in pairs.items() if c >= 2 and not set(p.split()) & STOP]
@@ -137,7 +141,9 @@ def fts_alternative(papers: list[PaperText], profiles: list[Profile]) -> float:
         [(p.id, p.title, p.abstract) for p in papers],
     )
     db.commit()
-    sql = "SELECT rowid, -bm25(day, 3.0, 1.0) FROM day WHERE day MATCH ? ORDER BY bm25(day, 3.0, 1.0)"
+    sql = (
+        "SELECT rowid, -bm25(day, 3.0, 1.0) FROM day WHERE day MATCH ? ORDER BY bm25(day, 3.0, 1.0)"
+    )
     start = time.perf_counter()
     for profile in profiles:
         totals: dict[int, float] = {}

@@ -68,7 +68,11 @@ def due(subscriber: Subscriber, period: date) -> bool:
 
 
 def plan_digests(
-    conn: Connection, *, period: date, now: datetime, subscribers: Sequence[Subscriber] | None = None
+    conn: Connection,
+    *,
+    period: date,
+    now: datetime,
+    subscribers: Sequence[Subscriber] | None = None,
 ) -> list[Plan]:
     """Rank the new papers for every active subscriber still owed a digest for ``period``."""
     if subscribers is None:
@@ -194,4 +198,3 @@ def compose(
         return record_plans(
             conn, plans, period=period, now=now, key=key, mail_from=mail_from, run_id=run_id
         )
-

@@ -31,8 +31,8 @@ from digest.models import Run
 from digest.preview import digest_view, ranked_views
 from digest.publish import publish_feeds
 from digest.settings import Settings
-from digest.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
 from digest.store import db_time, index_papers, transaction
+from digest.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
 from digest.transports import Transport, open_transport
 
 log = logging.getLogger("digest.run")
@@ -98,7 +98,9 @@ def _start_run(engine: Engine, period: date, now: datetime) -> int:
         )
 
 
-def _finish_run(engine: Engine, run_id: int, report: RunReport, now: datetime, error: str | None) -> None:
+def _finish_run(
+    engine: Engine, run_id: int, report: RunReport, now: datetime, error: str | None
+) -> None:
     status = "failed" if error else ("stopped" if report.delivered.stopped else "ok")
     with transaction(engine) as conn:
         conn.execute(
@@ -192,7 +194,10 @@ def run_cycle(
                 report.delivered = asyncio.run(
                     _send(settings, engine, outgoing, transport, clock=clock, stop=stop)
                 )
-            log.info("delivered", extra={"sent": report.delivered.sent, "failed": report.delivered.failed})
+            log.info(
+                "delivered",
+                extra={"sent": report.delivered.sent, "failed": report.delivered.failed},
+            )
             report.feeds = publish_feeds(settings, engine, links_of(settings), now=clock())
             report.outbox = outbox_counts(engine)
         except BaseException as exc:
@@ -288,7 +293,9 @@ def last_run_period(engine: Engine) -> date | None:
     return value  # type: ignore[no-any-return]
 
 
-def poll_once(settings: Settings, engine: Engine, *, clock: Callable[[], datetime]) -> list[DumpResult]:
+def poll_once(
+    settings: Settings, engine: Engine, *, clock: Callable[[], datetime]
+) -> list[DumpResult]:
     """Between runs: fetch the sources and ingest whatever reached the inbox."""
     if settings.sources:
         fetch_sources(
@@ -319,7 +326,9 @@ def run_lines(report: RunReport, settings: Settings) -> list[str]:
             f"would send {digests['composed']} digest(s), skip {digests['skipped']} (nothing recorded)"
         )
         for preview in report.previews:
-            lines.append(f"  {preview['email']}: {preview['papers']} papers, {preview['bytes']:,} bytes")
+            lines.append(
+                f"  {preview['email']}: {preview['papers']} papers, {preview['bytes']:,} bytes"
+            )
         return lines
     lines.append(
         f"digests: {digests['sent']} sent, {digests['skipped']} skipped, {digests['failed']} failed,"
@@ -328,7 +337,7 @@ def run_lines(report: RunReport, settings: Settings) -> list[str]:
     for address in figures["bounced"]:
         lines.append(f"bounced: {address}")
     if settings.mail_transport.startswith("file://"):
-        lines.append(f"emails: {settings.mail_transport[len('file://'):]}")
+        lines.append(f"emails: {settings.mail_transport[len('file://') :]}")
     lines.append(
         f"feeds: {settings.feeds_dir} ({report.feeds.get('written', 0)} written,"
         f" {report.feeds.get('unchanged', 0)} unchanged)"

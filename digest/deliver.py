@@ -172,22 +172,30 @@ def _failed(engine: Engine, item: Outgoing, exc: DeliveryError, result: Delivere
         ).scalar_one()
         if exc.permanent:
             conn.execute(
-                sa.update(Digest).where(Digest.id == item.digest_id).values(status="failed", last_error=error)  # type: ignore[arg-type]
+                sa.update(Digest)
+                .where(Digest.id == item.digest_id)
+                .values(status="failed", last_error=error)  # type: ignore[arg-type]
             )
             conn.execute(
-                sa.update(Subscriber).where(Subscriber.id == item.subscriber_id).values(status="bounced")  # type: ignore[arg-type]
+                sa.update(Subscriber)
+                .where(Subscriber.id == item.subscriber_id)
+                .values(status="bounced")  # type: ignore[arg-type]
             )
             result.failed += 1
             result.bounced.append(item.email)
             log.warning("bounced", extra={"email": item.email, "error": error})
         elif attempts >= MAX_ATTEMPTS:
             conn.execute(
-                sa.update(Digest).where(Digest.id == item.digest_id).values(status="failed", last_error=error)  # type: ignore[arg-type]
+                sa.update(Digest)
+                .where(Digest.id == item.digest_id)
+                .values(status="failed", last_error=error)  # type: ignore[arg-type]
             )
             result.failed += 1
         else:
             conn.execute(
-                sa.update(Digest).where(Digest.id == item.digest_id).values(status="pending", last_error=error)  # type: ignore[arg-type]
+                sa.update(Digest)
+                .where(Digest.id == item.digest_id)
+                .values(status="pending", last_error=error)  # type: ignore[arg-type]
             )
             result.deferred += 1
 

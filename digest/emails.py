@@ -332,7 +332,11 @@ class MessageBuilder:
             "title_html": highlight(title, paper.terms, t.hit_open, t.hit_close),
             "abstract_html": highlight(abstract, paper.terms, t.hit_open, t.hit_close),
             "abstract_text": textwrap.fill(
-                abstract, TEXT_WIDTH, initial_indent="  ", subsequent_indent="  "
+                abstract,
+                TEXT_WIDTH,
+                initial_indent="  ",
+                subsequent_indent="  ",
+                break_on_hyphens=False,
             )
             if abstract
             else "  (no abstract)",

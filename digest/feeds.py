@@ -70,7 +70,8 @@ def item_for_paper(paper: PaperView, *, guid: str, published: datetime) -> FeedI
     """A feed entry carrying what the email shows: highlighted abstract, code links, matches."""
     abstract, truncated = shorten(paper.abstract)
     link = paper_link(paper)
-    parts = [f"<p>{highlight(abstract, paper.terms)}</p>"]
+    # <strong>, not <mark>: feed readers' HTML sanitizers (feedparser's among them) drop <mark>.
+    parts = [f"<p>{highlight(abstract, paper.terms, '<strong>', '</strong>')}</p>"]
     code = [url for url in find_links(paper.abstract) if is_code_link(url)]
     if code:
         anchors = ", ".join(f'<a href="{escape(u)}">{escape(u)}</a>' for u in code)

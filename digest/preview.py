@@ -63,7 +63,9 @@ def paper_view(row: Any, score: float, hits: Sequence[dict[str, Any]]) -> PaperV
 
 def _paper_rows(conn: Connection, ids: Sequence[int]) -> dict[int, Any]:
     rows = conn.execute(
-        sa.select(Paper.id, Paper.key, Paper.title, Paper.abstract, Paper.url, Paper.arxiv_id).where(
+        sa.select(
+            Paper.id, Paper.key, Paper.title, Paper.abstract, Paper.url, Paper.arxiv_id
+        ).where(
             Paper.id.in_(ids)  # type: ignore[union-attr]
         )
     ).all()

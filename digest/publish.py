@@ -8,8 +8,8 @@ not change is not rewritten.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,19 +27,25 @@ from digest.subscribers import feed_name
 GLOBAL_FEED = "papers"
 
 
-def _item(row: Any, published: datetime, authority: str, why: Sequence[dict[str, Any]] = ()) -> FeedItem:
+def _item(
+    row: Any, published: datetime, authority: str, why: Sequence[dict[str, Any]] = ()
+) -> FeedItem:
     view = paper_view(row, getattr(row, "score", 0.0), why)
     return item_for_paper(view, guid=paper_guid(row.key, authority), published=published)
 
 
-def publish_feeds(settings: Settings, engine: Engine, links: Links, *, now: datetime) -> dict[str, int]:
+def publish_feeds(
+    settings: Settings, engine: Engine, links: Links, *, now: datetime
+) -> dict[str, int]:
     """Write the global feed and every active subscriber's private feed; count what changed."""
     counts = {"written": 0, "unchanged": 0}
     limit = settings.feed_items
     folder = settings.feeds_dir
     with engine.connect() as conn:
         newest = conn.execute(
-            sa.select(Paper.key, Paper.title, Paper.abstract, Paper.url, Paper.arxiv_id, Paper.first_seen)
+            sa.select(
+                Paper.key, Paper.title, Paper.abstract, Paper.url, Paper.arxiv_id, Paper.first_seen
+            )
             .order_by(Paper.first_seen.desc(), Paper.id.desc())  # type: ignore[attr-defined]
             .limit(limit)
         ).all()

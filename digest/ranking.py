@@ -376,13 +376,13 @@ class _Compiler:
 
     def proximity(self, node: AllOf) -> _Matcher | None:
         """Loose words that also occur as written, next to each other, earn a phrase's score."""
-        words = [item for item in node.items if not isinstance(item, Without)]
-        if len(words) < 2 or not all(
-            isinstance(w, Term) and not w.prefix and w.field == words[0].field for w in words
-        ):
+        words = [item for item in node.items if isinstance(item, Term) and not item.prefix]
+        positive = [item for item in node.items if not isinstance(item, Without)]
+        if len(words) < 2 or len(words) != len(positive):
             return None
-        text = " ".join(w.word for w in words if isinstance(w, Term))
-        matcher, _ = self.words(text, _scope(words[0].field if isinstance(words[0], Term) else None))
+        if any(w.field != words[0].field for w in words):
+            return None
+        matcher, _ = self.words(" ".join(w.word for w in words), _scope(words[0].field))
         return matcher
 
     def words(self, text: str, fields: tuple[int, ...]) -> tuple[_Matcher, _Anchors]:

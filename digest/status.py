@@ -66,16 +66,16 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
         warnings.append(f"{subscribers['bounced']} subscriber(s) bounced")
     for (source,) in sources:
         if source.last_status not in ("ok", "not-modified", ""):
-            warnings.append(f"source {source.url}: {source.last_status} ({source.last_error or 'no detail'})")
+            warnings.append(
+                f"source {source.url}: {source.last_status} ({source.last_error or 'no detail'})"
+            )
     if outbox["pending"] + outbox["sending"]:
         warnings.append(f"{outbox['pending'] + outbox['sending']} digest(s) waiting to be sent")
     return {
         "papers": {"total": papers, "new_last_24h": new_today, "newest_first_seen": _iso(newest)},
         "subscribers": subscribers,
         "digests": outbox,
-        "failed_digests": [
-            {"period": str(p), "email": e, "error": err} for p, e, err in failed
-        ],
+        "failed_digests": [{"period": str(p), "email": e, "error": err} for p, e, err in failed],
         "runs": [
             {
                 "id": run.id,
@@ -89,7 +89,13 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
             for (run,) in runs
         ],
         "dumps": [
-            {"name": d.name, "layout": d.layout, "ingested_at": _iso(d.ingested_at), "entries": d.entries, "new": d.new}
+            {
+                "name": d.name,
+                "layout": d.layout,
+                "ingested_at": _iso(d.ingested_at),
+                "entries": d.entries,
+                "new": d.new,
+            }
             for d in dumps
         ],
         "sources": [
@@ -122,7 +128,9 @@ def status_lines(data: dict[str, Any]) -> list[str]:
         f"next run: {data['schedule']['next_run']} ({data['schedule']['cron']} {data['schedule']['timezone']})",
     ]
     if data["running"]:
-        lines.append(f"running now: pid {data['running']['pid']} since {data['running']['started_at']}")
+        lines.append(
+            f"running now: pid {data['running']['pid']} since {data['running']['started_at']}"
+        )
     for run in data["runs"]:
         figures = run["figures"].get("digests", {})
         lines.append(

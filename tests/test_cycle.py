@@ -26,7 +26,7 @@ DAY = date(2026, 3, 12)
 JOINED = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)
 
 PEOPLE = {
-    "ada@example.org": ['"federated learning"', "llm OR \"language model\""],
+    "ada@example.org": ['"federated learning"', 'llm OR "language model"'],
     "bob@example.org": ["segmentation -survey"],
     "cy@example.org": ["speech", "translation ^2"],
     "dee@example.org": ["self-supervised"],
@@ -105,7 +105,9 @@ def test_run_sends_each_digest_once_per_period(settings: Settings, store: Engine
     run_cycle(settings, store, clock=clock, period=DAY + timedelta(1), transport=next_day)
     first = {m.recipient: m.message for m in transport.sent}
     for message in next_day.sent:
-        old = email.message_from_bytes(first.get(message.recipient, b""), policy=email.policy.default)
+        old = email.message_from_bytes(
+            first.get(message.recipient, b""), policy=email.policy.default
+        )
         new = email.message_from_bytes(message.message, policy=email.policy.default)
         old_titles = set(_titles(old))
         assert not old_titles & set(_titles(new)), message.recipient
@@ -116,10 +118,14 @@ def _titles(message: email.message.Message) -> list[str]:
         return []
     body = message.get_body(preferencelist=("plain",))  # type: ignore[attr-defined]
     text = body.get_content() if body is not None else ""
-    return [line.strip() for line in text.splitlines() if line.strip()[:1].isdigit() and ". " in line]
+    return [
+        line.strip() for line in text.splitlines() if line.strip()[:1].isdigit() and ". " in line
+    ]
 
 
-def test_crash_part_way_then_rerun_sends_exactly_the_rest(settings: Settings, store: Engine) -> None:
+def test_crash_part_way_then_rerun_sends_exactly_the_rest(
+    settings: Settings, store: Engine
+) -> None:
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     first = CrashAfter(2)
     with pytest.raises(Crash):
@@ -128,7 +134,12 @@ def test_crash_part_way_then_rerun_sends_exactly_the_rest(settings: Settings, st
     second = RecordingTransport()
     run_cycle(settings, store, clock=clock, period=DAY, transport=second)
     delivered = [m.recipient for m in first.sent] + [m.recipient for m in second.sent]
-    assert sorted(delivered) == ["ada@example.org", "bob@example.org", "cy@example.org", "dee@example.org"]
+    assert sorted(delivered) == [
+        "ada@example.org",
+        "bob@example.org",
+        "cy@example.org",
+        "dee@example.org",
+    ]
     statuses = {row[0]: row[1] for row in digests(store)}
     assert statuses["nobody@example.org"] == "skipped"
     assert {s for a, s in statuses.items() if a != "nobody@example.org"} == {"sent"}

@@ -27,7 +27,9 @@ from digest.emails import (
 
 EXPECTED = Path(__file__).parent / "expected"
 NOW = datetime(2026, 11, 22, 7, 30, tzinfo=UTC)
-SENDER = Sender("Paper Digest <digest@example.org>", "Paper Digest", "papers.example.org", "https://example.org")
+SENDER = Sender(
+    "Paper Digest <digest@example.org>", "Paper Digest", "papers.example.org", "https://example.org"
+)
 HOSTILE = "<script>alert('x')</script> & ]]> \"quoted\""
 
 PAPERS = [
@@ -222,7 +224,16 @@ def test_matched_words_are_marked_in_html() -> None:
 
 
 def test_fifty_papers_fit_under_gmails_clipping_size() -> None:
-    words = "model diffusion training data attention transformer robust sparse".split()
+    words = [
+        "model",
+        "diffusion",
+        "training",
+        "data",
+        "attention",
+        "transformer",
+        "robust",
+        "sparse",
+    ]
     abstract = " ".join(words[i % len(words)] for i in range(220))  # ~1,500 characters
     papers = [
         PaperView(f"arxiv:2411.{n:05d}", f"Paper {n} on diffusion models", abstract + " Code: "
@@ -288,7 +299,11 @@ def test_shorten_cuts_at_a_word_and_says_so() -> None:
 def test_links_in_abstracts_are_found_and_sorted_into_code() -> None:
     text = "Code at https://github.com/a/b. See (https://x.example.org/page), github.com/c/d."
     links = find_links(text)
-    assert links == ("https://github.com/a/b", "https://x.example.org/page", "https://github.com/c/d")
+    assert links == (
+        "https://github.com/a/b",
+        "https://x.example.org/page",
+        "https://github.com/c/d",
+    )
     assert [is_code_link(u) for u in links] == [True, False, True]
 
 

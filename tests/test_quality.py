@@ -150,7 +150,9 @@ def test_judged_set_covers_the_dumps(papers: list[PaperText], judged: list) -> N
 def test_ranking_beats_baselines(papers: list[PaperText], judged: list) -> None:
     results = {
         "digest (ours)": evaluate(our_ranker(papers, Analyzer()), judged),
-        "digest + -ed/-ing folding": evaluate(our_ranker(papers, Analyzer(inflections=True)), judged),
+        "digest + -ed/-ing folding": evaluate(
+            our_ranker(papers, Analyzer(inflections=True)), judged
+        ),
         "substring": evaluate(substring_ranker(papers), judged),
         "BM25Okapi (rank_bm25)": evaluate(bm25_ranker(papers), judged),
     }

@@ -70,7 +70,7 @@ def test_links_verify_and_the_database_alone_cannot_forge_them(engine: Engine) -
 def test_csv_round_trip_and_bad_rows(engine: Engine) -> None:
     text = (
         "email,interests,max_items\n"
-        "ada@example.org,\"federated learning; llm\",10\n"
+        'ada@example.org,"federated learning; llm",10\n'
         "bob@example.org,segmentation,\n"
     )
     for spec in read_csv(text):
@@ -93,7 +93,19 @@ def test_cli_subscribe_list_unsubscribe(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("DIGEST_CONFIG", raising=False)
-    assert main(["subscribe", "ada@example.org", "--interest", "diffus*", "--interest", '"graph neural"']) == 0
+    assert (
+        main(
+            [
+                "subscribe",
+                "ada@example.org",
+                "--interest",
+                "diffus*",
+                "--interest",
+                '"graph neural"',
+            ]
+        )
+        == 0
+    )
     assert main(["subscribe", "bad@example.org", "--interest", "(unbalanced"]) == 2
     err = capsys.readouterr().err
     assert "position" in err and "Traceback" not in err

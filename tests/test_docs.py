@@ -1,0 +1,50 @@
+"""The README and the command line stay in step: every command, flag and setting documented."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from digest.cli import build_parser, main
+from digest.settings import OPTIONS
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+def test_every_command_and_flag_is_in_the_readme() -> None:
+    for name, sub in subcommands().items():
+        assert f"`digest {name}" in README, name
+        for action in sub._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag not in ("--help", "--config"):
+                    assert flag in README, f"{name} {flag}"
+
+
+def test_every_setting_is_in_the_readme() -> None:
+    for option in OPTIONS:
+        assert f"| `{option.name}` | `DIGEST_{option.name.upper()}` |" in README, option.name
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_command_has_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([name, "--help"])
+    assert exit_info.value.code == 0
+    assert len(capsys.readouterr().out) > 50
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    block = README.split("```sh", 1)[1].split("```", 1)[0].strip().splitlines()
+    assert len(block) == 2
+    assert block[0].endswith("digest --config examples/digest.toml run")
+    assert block[1].endswith("python -m pytest")
+    ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text(encoding="utf-8")
+    assert block[1] in ci

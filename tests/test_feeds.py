@@ -1,0 +1,156 @@
+"""Feeds: valid RSS and Atom, stable guids, escaping, limits, and no needless rewrites."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import feedparser
+import pytest
+
+from digest.emails import PaperView
+from digest.feeds import (
+    FeedItem,
+    FeedKind,
+    FeedMeta,
+    item_for_paper,
+    paper_guid,
+    render_feed,
+    select_items,
+    stored_hash,
+    write_feed_if_changed,
+)
+
+EXPECTED = Path(__file__).parent / "expected"
+RUN = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
+META = FeedMeta(
+    title="Paper Digest: new papers",
+    self_url="https://example.org/feeds/all.atom",
+    site_url="https://example.org/",
+    updated=RUN,
+    author="Paper Digest",
+)
+HOSTILE = "<script>alert('x')</script> & ]]> \"quoted\""
+
+
+def paper(n: int, **changes: str) -> PaperView:
+    fields = {
+        "title": f"Paper number {n} on diffusion",
+        "abstract": f"Diffusion models, part {n}. Code: https://github.com/lab/p{n}.",
+    }
+    fields.update(changes)
+    return PaperView(
+        f"arxiv:2411.{n:05d}",
+        fields["title"],
+        fields["abstract"],
+        None,
+        f"2411.{n:05d}",
+        1.0,
+        ("diffusion",),
+        ("diffus*",),
+    )
+
+
+def items(count: int, start: int = 0) -> list[FeedItem]:
+    return [
+        item_for_paper(
+            paper(n),
+            guid=paper_guid(f"arxiv:2411.{n:05d}", "example.org"),
+            published=RUN - timedelta(hours=n),
+        )
+        for n in range(start, start + count)
+    ]
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom"])
+def test_feeds_parse_cleanly(kind: FeedKind) -> None:
+    parsed = feedparser.parse(render_feed(META, items(3), kind=kind))
+    assert parsed.bozo == 0, parsed.get("bozo_exception")
+    assert parsed.feed.title == "Paper Digest: new papers"
+    assert [e.id for e in parsed.entries] == [
+        paper_guid(f"arxiv:2411.{n:05d}", "example.org") for n in range(3)
+    ]
+    assert parsed.entries[0].link == "https://arxiv.org/abs/2411.00000"
+    assert "<strong>Diffusion</strong>" in parsed.entries[0].summary
+    self_links = [link.href for link in parsed.feed.links if link.rel == "self"]
+    assert self_links == ["https://example.org/feeds/all.atom"]
+
+
+def test_rss_dates_and_guids_are_in_the_right_form() -> None:
+    raw = render_feed(META, items(1), kind="rss").decode()
+    assert "<lastBuildDate>Sun, 22 Nov 2026 07:00:00 +0000</lastBuildDate>" in raw
+    assert "<pubDate>Sun, 22 Nov 2026 07:00:00 +0000</pubDate>" in raw
+    assert '<guid isPermaLink="false">tag:example.org,2024:arxiv:2411.00000</guid>' in raw
+
+
+def test_build_time_comes_from_the_run_not_the_clock() -> None:
+    first = render_feed(META, items(2), kind="atom")
+    assert first == render_feed(META, items(2), kind="atom")
+    assert b"<updated>2026-11-22T07:00:00+00:00</updated>" in first
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom"])
+def test_guids_are_stable_across_regeneration(kind: FeedKind) -> None:
+    before = feedparser.parse(render_feed(META, items(3), kind=kind))
+    later = FeedMeta(**{**META.__dict__, "updated": RUN + timedelta(days=1)})
+    after = feedparser.parse(render_feed(later, items(3) + items(2, start=3), kind=kind))
+    assert {e.id for e in before.entries} <= {e.id for e in after.entries}
+
+
+def test_items_are_deduplicated_newest_first_and_capped() -> None:
+    doubled = items(5) + items(5)
+    chosen = select_items(doubled, 3)
+    assert [i.guid for i in chosen] == [i.guid for i in items(3)]
+    parsed = feedparser.parse(render_feed(META, doubled, kind="rss", limit=4))
+    assert len(parsed.entries) == 4
+    assert len({e.id for e in parsed.entries}) == 4
+
+
+@pytest.mark.parametrize("kind", ["rss", "atom"])
+def test_untrusted_text_is_escaped_in_the_feed(kind: FeedKind) -> None:
+    hostile = item_for_paper(
+        paper(1, title="Title " + HOSTILE, abstract="Abstract " + HOSTILE + "\x0b"),
+        guid="tag:example.org,2024:x",
+        published=RUN,
+    )
+    raw = render_feed(META, [hostile], kind=kind)
+    assert b"<script>" not in raw
+    assert b"]]>" not in raw
+    parsed = feedparser.parse(raw)
+    assert parsed.bozo == 0
+    assert parsed.entries[0].title == "Title " + HOSTILE
+    # The summary is HTML: the abstract's text sits in it escaped, never as markup.
+    assert "&lt;script&gt;" in parsed.entries[0].summary
+
+
+def test_an_unchanged_feed_is_not_rewritten(tmp_path: Path) -> None:
+    path = tmp_path / "feeds" / "all.atom"
+    assert write_feed_if_changed(path, META, items(3), kind="atom") is True
+    before = os.stat(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns - 10_000_000_000))
+    older = os.stat(path)
+    later = FeedMeta(**{**META.__dict__, "updated": RUN + timedelta(days=1)})
+    assert write_feed_if_changed(path, later, items(3), kind="atom") is False
+    after = os.stat(path)
+    assert (after.st_ino, after.st_mtime_ns) == (older.st_ino, older.st_mtime_ns)
+    assert write_feed_if_changed(path, later, items(4), kind="atom") is True
+    assert os.stat(path).st_mtime_ns != older.st_mtime_ns
+    assert stored_hash(path) is not None
+    assert [p.name for p in path.parent.iterdir()] == ["all.atom"]  # no temp files left
+
+
+def test_a_changed_summary_rewrites_the_feed(tmp_path: Path) -> None:
+    path = tmp_path / "all.rss"
+    write_feed_if_changed(path, META, items(2), kind="rss")
+    edited = items(2)
+    edited[0] = FeedItem(**{**edited[0].__dict__, "summary": "<p>corrected</p>"})
+    assert write_feed_if_changed(path, META, edited, kind="rss") is True
+
+
+def test_rendered_feed_matches_the_expected_file(regen_expected: bool) -> None:
+    actual = render_feed(META, items(2), kind="atom").decode("utf-8")
+    path = EXPECTED / "feed.atom"
+    if regen_expected:
+        path.write_text(actual, encoding="utf-8")
+    assert actual == path.read_text(encoding="utf-8"), "feed.atom changed; --regen-expected"

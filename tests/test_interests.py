@@ -1,0 +1,81 @@
+"""The interest language: what parses, what is refused, and where the fault is."""
+
+from __future__ import annotations
+
+import pytest
+
+from digest.errors import UsageError
+from digest.interests import (
+    AllOf,
+    AnyOf,
+    InterestError,
+    Phrase,
+    Term,
+    Without,
+    parse_interest,
+)
+
+
+def test_all_words_phrase_prefix_field_weight() -> None:
+    interest = parse_interest('title:transformer "federated learning" diffus* -survey ^2.5')
+    assert interest.weight == 2.5
+    assert interest.query == AllOf(
+        (
+            Term("transformer", "title"),
+            Phrase("federated learning"),
+            Term("diffus", prefix=True),
+            Without(Term("survey")),
+        )
+    )
+
+
+def test_or_binds_tighter_than_and_and_groups_take_a_field() -> None:
+    assert parse_interest("a b OR c").query == AllOf((Term("a"), AnyOf((Term("b"), Term("c")))))
+    assert parse_interest("abstract:(x OR y)").query == AnyOf(
+        (Term("x", "abstract"), Term("y", "abstract"))
+    )
+    assert parse_interest("NOT survey llm").query == AllOf((Without(Term("survey")), Term("llm")))
+
+
+def test_spacing_is_folded_so_duplicates_meet() -> None:
+    assert parse_interest("  federated   learning ").text == "federated learning"
+
+
+@pytest.mark.parametrize(
+    ("text", "reason", "position"),
+    [
+        ("foo (bar", "unclosed parenthesis", 5),
+        ("foo )", "unmatched closing parenthesis", 5),
+        ('x "abc', "unclosed quote", 3),
+        ("foo OR", "dangling OR", 5),
+        ("OR foo", "dangling OR", 1),
+        ("foo NOT", "dangling NOT", 5),
+        ("foo -", "dangling exclusion", 5),
+        ("", "empty interest", 1),
+        ("-survey", "only exclusions", 1),
+        ("NOT a NOT b", "only exclusions", 1),
+        ("a OR -b", "alternative cannot be only an exclusion", 6),
+        ("foo ^0", "bad weight", 5),
+        ("foo ^-1", "bad weight", 5),
+        ("foo ^x", "bad weight", 5),
+        ("foo ^2 bar", "a weight must come last", 5),
+        ("author:smith", "unknown field 'author'", 1),
+        ("a*b", "wildcard is only allowed at the end", 2),
+        ("ab*", "prefix needs one word", 1),
+        ("()", "empty parentheses", 1),
+        ('""', "empty phrase", 1),
+    ],
+)
+def test_malformed_interests_name_the_fault(text: str, reason: str, position: int) -> None:
+    with pytest.raises(InterestError) as caught:
+        parse_interest(text)
+    assert reason in caught.value.reason
+    assert caught.value.position == position
+    assert str(caught.value).endswith(f"at position {position}")
+
+
+def test_error_message_and_exit_code() -> None:
+    with pytest.raises(UsageError) as caught:
+        parse_interest("foo (bar")
+    assert str(caught.value) == "interest 'foo (bar': unclosed parenthesis at position 5"
+    assert caught.value.exit_code == 2

@@ -1,0 +1,132 @@
+"""Matching and ranking: the language's meaning on papers, scores, fan-out and explanations."""
+
+from __future__ import annotations
+
+import pytest
+
+from digest.analysis import Analyzer, analyze
+from digest.interests import InterestError
+from digest.ranking import CorpusStats, InterestIndex, PaperText, Profile, rank_profiles, search
+
+PAPERS = [
+    PaperText(1, "Self-Supervised Learning of Speech", "We pretrain encoders without labels."),
+    PaperText(2, "Federated Learning on Devices", "Clients train a shared model; a survey."),
+    PaperText(3, "Diffusion Models for Images", "Denoising diffusion generates images."),
+    PaperText(4, "Large Language Models", "LLMs are trained on web text; an LLM answers."),
+    PaperText(5, "Selfsupervised vision", "A self supervised method for networks."),
+    PaperText(6, "Learning to federate", "Federated optimisation with learning rates."),
+    PaperText(7, "Diffusive transport", "Physics of diffusing particles in a dataset."),
+    PaperText(8, "Data set design", "A new data set of federated learning logs.", times_seen=4),
+]
+STATS = CorpusStats.from_papers((p.title, p.abstract) for p in PAPERS)
+
+
+def ids(query: str) -> set[int]:
+    return {r.paper_id for r in search(query, PAPERS, STATS, limit=50)}
+
+
+def test_analyzer_folds_case_plurals_and_compounds() -> None:
+    assert analyze("LLMs") == analyze("llm") == ["llm"]
+    assert analyze("Networks") == ["network"]
+    assert analyze("self-supervised") == ["self", "supervised", "selfsupervised"]
+    assert analyze("ﬁne Ｔｕｎｉｎｇ") == ["fine", "tuning"]
+    folding = Analyzer(inflections=True)
+    assert folding("learning learned") == ["learn", "learn"]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("federated learning", {2, 6, 8}),
+        ('"federated learning"', {2, 8}),
+        ("federated learning -survey", {6, 8}),
+        ("federated NOT survey", {6, 8}),
+        ("title:federated", {2}),
+        ('abstract:"federated learning"', {8}),
+        ("diffus*", {3, 7}),
+        ("diffus* -title:diffusive", {3}),
+        ("LLM", {4}),
+        ("llms OR federate", {4, 6}),
+        ("(speech OR images) models", {3}),
+        ("self-supervised", {1, 5}),
+        ("selfsupervised", {1, 5}),
+        ('"self supervised"', {1, 5}),
+        ("dataset", {7, 8}),
+    ],
+)
+def test_language_on_papers(query: str, expected: set[int]) -> None:
+    assert ids(query) == expected
+
+
+def test_search_refuses_a_malformed_query() -> None:
+    with pytest.raises(InterestError):
+        search("foo (", PAPERS, STATS)
+
+
+def test_title_outranks_abstract_and_order_is_deterministic() -> None:
+    ranked = search("federated", PAPERS, STATS)
+    assert ranked[0].paper_id == 2
+    twins = [PaperText(i, "Graph networks", "x") for i in (9, 3, 5)]
+    assert [r.paper_id for r in search("graph", twins, STATS)] == [3, 5, 9]
+
+
+def test_trending_is_a_bonus_not_an_override() -> None:
+    papers = [
+        PaperText(1, "Graph networks", "graph networks for graph data"),
+        PaperText(2, "Graph networks", "graph networks for graph data", times_seen=3),
+        PaperText(3, "Trees", "one graph here", times_seen=50),
+    ]
+    assert [r.paper_id for r in search("graph", papers, STATS)] == [2, 1, 3]
+
+
+def test_explanations_carry_surface_words_fields_and_scores() -> None:
+    [hit] = search("LLM", PAPERS, STATS)[0].hits
+    assert hit.interest == "LLM"
+    assert set(hit.terms) == {"LLMs", "LLM"}
+    assert hit.fields == ("abstract",)
+    assert hit.score > 0
+
+
+def test_fan_out_sums_interests_dedupes_and_applies_limits() -> None:
+    profiles = [
+        Profile(10, ["federated learning", "diffus*", "federated  learning"], max_items=2),
+        Profile(11, ["federated learning ^3"]),
+        Profile(12, ["LLM"], min_score=1e9),
+        Profile(13, ["bad ("]),
+    ]
+    index = InterestIndex.build(profiles, STATS)
+    assert len(index.texts) == 4  # the two spellings of "federated learning" are one interest
+    assert [p for p, _, _ in index.invalid] == [13]
+    result = rank_profiles(profiles, PAPERS, STATS)
+    assert len(result[10]) == 2
+    assert all(len(r.hits) == 1 for r in result[10])
+    single = {r.paper_id: r.score for r in rank_profiles([profiles[1]], PAPERS, STATS)[11]}
+    plain = {r.paper_id: r.score for r in search("federated learning", PAPERS, STATS)}
+    assert single == pytest.approx({k: 3 * v for k, v in plain.items()})
+    assert result[12] == [] and result[13] == []
+
+
+def test_candidates_limit_what_a_subscriber_may_receive() -> None:
+    profiles = [Profile(1, ["federated learning"]), Profile(2, ["federated learning"])]
+    result = rank_profiles(
+        profiles, PAPERS, STATS, candidates=lambda pid: {8} if pid == 1 else set()
+    )
+    assert [r.paper_id for r in result[1]] == [8]
+    assert result[2] == []
+
+
+def test_threshold_walk_agrees_with_exhaustive_sums() -> None:
+    many = [
+        PaperText(i, f"paper {i}", ("alpha " * (i % 7)) + ("beta " * (i % 5)) + "gamma")
+        for i in range(200)
+    ]
+    stats = CorpusStats.from_papers((p.title, p.abstract) for p in many)
+    profile = Profile(1, ["alpha", "beta", "gamma"], max_items=5)
+    got = [(r.paper_id, r.score) for r in rank_profiles([profile], many, stats)[1]]
+    totals: dict[int, float] = {}
+    for query in profile.interests:
+        for r in search(query, many, stats, limit=1000):
+            totals[r.paper_id] = totals.get(r.paper_id, 0.0) + r.score
+    want = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    assert [p for p, _ in got] == [p for p, _ in want]
+    assert [s for _, s in got] == pytest.approx([s for _, s in want])
