@@ -392,10 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         parents=[common],
     )
     parser.add_argument("--version", action="version", version=f"digest {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    # every subcommand parser raises UsageError too, so a bad flag is exit code 2, not SystemExit
+    commands: Any = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, parents=[common], help=help_text, description=help_text)
+        sub: argparse.ArgumentParser = commands.add_parser(
+            name, parents=[common], help=help_text, description=help_text
+        )
         sub.set_defaults(handler=handler)
         return sub
 

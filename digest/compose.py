@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
 from digest.models import Digest, DigestItem, Paper, Subscriber
 from digest.ranking import CorpusStats, PaperText, Profile, Ranked, rank_profiles
@@ -49,7 +49,9 @@ def store_stats(conn: Connection, sample: int = STATS_SAMPLE) -> CorpusStats:
     well for every term that matters to ranking; rare terms stay rare in the sample.
     """
     rows = conn.execute(
-        sa.select(Paper.title, Paper.abstract).order_by(Paper.id.desc()).limit(sample)  # type: ignore[union-attr]
+        sa.select(col(Paper.title), col(Paper.abstract))
+        .order_by(col(Paper.id).desc())
+        .limit(sample)
     ).all()
     return CorpusStats.from_papers((title, abstract) for title, abstract in rows)
 
@@ -76,13 +78,13 @@ def plan_digests(
 ) -> list[Plan]:
     """Rank the new papers for every active subscriber still owed a digest for ``period``."""
     if subscribers is None:
-        done = sa.select(Digest.subscriber_id).where(Digest.period == period)
+        done = sa.select(col(Digest.subscriber_id)).where(col(Digest.period) == period)
         with Session(bind=conn) as session:
             subscribers = list(
                 session.exec(
                     select(Subscriber)
-                    .where(Subscriber.status == "active", Subscriber.id.not_in(done))  # type: ignore[union-attr]
-                    .order_by(Subscriber.id)  # type: ignore[arg-type]
+                    .where(col(Subscriber.status) == "active", col(Subscriber.id).not_in(done))
+                    .order_by(col(Subscriber.id))
                 ).all()
             )
             for row in subscribers:
@@ -94,18 +96,24 @@ def plan_digests(
     cutoffs = {s.id: s.last_digest_at or s.created_at for s in subscribers}
     earliest = min(cutoffs.values())
     rows = conn.execute(
-        sa.select(Paper.id, Paper.title, Paper.abstract, Paper.times_seen, Paper.first_seen)
-        .where(Paper.first_seen > earliest, Paper.first_seen <= now)
-        .order_by(Paper.id)  # type: ignore[arg-type]
+        sa.select(
+            col(Paper.id),
+            col(Paper.title),
+            col(Paper.abstract),
+            col(Paper.times_seen),
+            col(Paper.first_seen),
+        )
+        .where(col(Paper.first_seen) > earliest, col(Paper.first_seen) <= now)
+        .order_by(col(Paper.id))
     ).all()
     if not rows:
         return [Plan(s, ()) for s in subscribers]
     first_seen = {r.id: r.first_seen for r in rows}
     already: dict[int, set[int]] = {}
     for sub_id, paper_id in conn.execute(
-        sa.select(DigestItem.subscriber_id, DigestItem.paper_id).where(
-            DigestItem.paper_id >= rows[0].id,  # type: ignore[operator]
-            DigestItem.subscriber_id.in_(cutoffs),  # type: ignore[attr-defined]
+        sa.select(col(DigestItem.subscriber_id), col(DigestItem.paper_id)).where(
+            col(DigestItem.paper_id) >= rows[0].id,
+            col(DigestItem.subscriber_id).in_(cutoffs),
         )
     ).all():
         already.setdefault(sub_id, set()).add(paper_id)
@@ -177,7 +185,7 @@ def record_plans(
                 ],
             )
         conn.execute(
-            sa.update(Subscriber).where(Subscriber.id == sub.id).values(last_digest_at=now)  # type: ignore[arg-type]
+            sa.update(Subscriber).where(col(Subscriber.id) == sub.id).values(last_digest_at=now)
         )
         counts[status] += 1
     return counts

@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from digest.compose import message_id, period_of, plan_digests, record_plans
 from digest.deliver import Delivered, deliver, load_outbox, outbox_counts
@@ -105,7 +106,7 @@ def _finish_run(
     with transaction(engine) as conn:
         conn.execute(
             sa.update(Run)
-            .where(Run.id == run_id)  # type: ignore[arg-type]
+            .where(col(Run.id) == run_id)
             .values(
                 finished_at=db_time(now),
                 status=status,
@@ -287,10 +288,10 @@ def last_run_period(engine: Engine) -> date | None:
     """The period of the newest run that finished well (for the scheduler's catch-up)."""
     with engine.connect() as conn:
         value = conn.execute(
-            sa.select(sa.func.max(Run.period)).where(Run.status == "ok")  # type: ignore[arg-type]
+            sa.select(sa.func.max(col(Run.period))).where(col(Run.status) == "ok")
         ).scalar()
         conn.rollback()
-    return value  # type: ignore[no-any-return]
+    return value if isinstance(value, date) else None
 
 
 def poll_once(

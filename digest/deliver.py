@@ -21,6 +21,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from digest.emails import DigestView, MessageBuilder, PaperView
 from digest.errors import DeliveryError
@@ -63,18 +64,18 @@ def paper_views(conn: sa.Connection, digest_ids: Sequence[int]) -> dict[int, lis
         return views
     rows = conn.execute(
         sa.select(
-            DigestItem.digest_id,
-            DigestItem.score,
-            DigestItem.matched,
-            Paper.key,
-            Paper.title,
-            Paper.abstract,
-            Paper.url,
-            Paper.arxiv_id,
+            col(DigestItem.digest_id),
+            col(DigestItem.score),
+            col(DigestItem.matched),
+            col(Paper.key),
+            col(Paper.title),
+            col(Paper.abstract),
+            col(Paper.url),
+            col(Paper.arxiv_id),
         )
-        .join(Paper, Paper.id == DigestItem.paper_id)  # type: ignore[arg-type]
-        .where(DigestItem.digest_id.in_(digest_ids))  # type: ignore[attr-defined]
-        .order_by(DigestItem.digest_id, DigestItem.rank)  # type: ignore[arg-type]
+        .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
+        .where(col(DigestItem.digest_id).in_(digest_ids))
+        .order_by(col(DigestItem.digest_id), col(DigestItem.rank))
     ).all()
     for row in rows:
         views[row.digest_id].append(paper_view(row, row.score, json.loads(row.matched)))
@@ -84,18 +85,20 @@ def paper_views(conn: sa.Connection, digest_ids: Sequence[int]) -> dict[int, lis
 def load_outbox(engine: Engine, links: Links, *, limit: int | None = None) -> list[Outgoing]:
     """Every digest still to send (pending, or caught mid-send by a crash), oldest first."""
     with engine.connect() as conn:
-        query = (
+        query: Any = (
             sa.select(
-                Digest.id,
-                Digest.period,
-                Digest.message_id,
-                Subscriber.id.label("sid"),  # type: ignore[union-attr]
-                Subscriber.email,
-                Subscriber.token_salt,
+                col(Digest.id),
+                col(Digest.period),
+                col(Digest.message_id),
+                col(Subscriber.id).label("sid"),
+                col(Subscriber.email),
+                col(Subscriber.token_salt),
             )
-            .join(Subscriber, Subscriber.id == Digest.subscriber_id)  # type: ignore[arg-type]
-            .where(Digest.status.in_(("pending", "sending")), Subscriber.status == "active")  # type: ignore[attr-defined]
-            .order_by(Digest.id)  # type: ignore[arg-type]
+            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+            .where(
+                col(Digest.status).in_(("pending", "sending")), col(Subscriber.status) == "active"
+            )
+            .order_by(col(Digest.id))
         )
         if limit is not None:
             query = query.limit(limit)
@@ -104,8 +107,7 @@ def load_outbox(engine: Engine, links: Links, *, limit: int | None = None) -> li
         conn.rollback()
     outgoing = []
     for row in rows:
-        sub = Subscriber(id=row.sid, email=row.email, token_salt=row.token_salt)  # type: ignore[call-arg]
-        token = link_token(links.key, sub)
+        token = link_token(links.key, row.sid, row.token_salt)
         view = DigestView(
             to=row.email,
             period=row.period,
@@ -113,7 +115,7 @@ def load_outbox(engine: Engine, links: Links, *, limit: int | None = None) -> li
             message_id=row.message_id,
             unsubscribe_url=links.unsubscribe_url(token),
             unsubscribe_mailto=links.unsubscribe_mailto(token),
-            feed_url=links.feed_url(feed_name(links.key, sub)),
+            feed_url=links.feed_url(feed_name(links.key, row.sid, row.token_salt)),
         )
         outgoing.append(Outgoing(row.id, row.sid, row.email, view))
     return outgoing
@@ -121,7 +123,7 @@ def load_outbox(engine: Engine, links: Links, *, limit: int | None = None) -> li
 
 def _mark(engine: Engine, digest_id: int, **values: Any) -> None:
     with transaction(engine) as conn:
-        conn.execute(sa.update(Digest).where(Digest.id == digest_id).values(**values))  # type: ignore[arg-type]
+        conn.execute(sa.update(Digest).where(col(Digest.id) == digest_id).values(**values))
 
 
 async def deliver(
@@ -149,7 +151,7 @@ async def deliver(
             item = queue.get_nowait()
             now = clock()
             raw = builder.build(item.view, now)
-            _mark(engine, item.digest_id, status="sending", attempts=Digest.attempts + 1)
+            _mark(engine, item.digest_id, status="sending", attempts=col(Digest.attempts) + 1)
             try:
                 await transport.send(sender_addr, item.email, raw, item.view.message_id)
             except DeliveryError as exc:
@@ -168,18 +170,18 @@ def _failed(engine: Engine, item: Outgoing, exc: DeliveryError, result: Delivere
     error = str(exc)[:500]
     with transaction(engine) as conn:
         attempts = conn.execute(
-            sa.select(Digest.attempts).where(Digest.id == item.digest_id)  # type: ignore[arg-type]
+            sa.select(col(Digest.attempts)).where(col(Digest.id) == item.digest_id)
         ).scalar_one()
         if exc.permanent:
             conn.execute(
                 sa.update(Digest)
-                .where(Digest.id == item.digest_id)
-                .values(status="failed", last_error=error)  # type: ignore[arg-type]
+                .where(col(Digest.id) == item.digest_id)
+                .values(status="failed", last_error=error)
             )
             conn.execute(
                 sa.update(Subscriber)
-                .where(Subscriber.id == item.subscriber_id)
-                .values(status="bounced")  # type: ignore[arg-type]
+                .where(col(Subscriber.id) == item.subscriber_id)
+                .values(status="bounced")
             )
             result.failed += 1
             result.bounced.append(item.email)
@@ -187,24 +189,24 @@ def _failed(engine: Engine, item: Outgoing, exc: DeliveryError, result: Delivere
         elif attempts >= MAX_ATTEMPTS:
             conn.execute(
                 sa.update(Digest)
-                .where(Digest.id == item.digest_id)
-                .values(status="failed", last_error=error)  # type: ignore[arg-type]
+                .where(col(Digest.id) == item.digest_id)
+                .values(status="failed", last_error=error)
             )
             result.failed += 1
         else:
             conn.execute(
                 sa.update(Digest)
-                .where(Digest.id == item.digest_id)
-                .values(status="pending", last_error=error)  # type: ignore[arg-type]
+                .where(col(Digest.id) == item.digest_id)
+                .values(status="pending", last_error=error)
             )
             result.deferred += 1
 
 
 def outbox_counts(engine: Engine, period: date | None = None) -> dict[str, int]:
     """Digests by status (for one period, or all)."""
-    query = sa.select(Digest.status, sa.func.count()).group_by(Digest.status)  # type: ignore[arg-type]
+    query = sa.select(col(Digest.status), sa.func.count()).group_by(col(Digest.status))
     if period is not None:
-        query = query.where(Digest.period == period)
+        query = query.where(col(Digest.period) == period)
     with engine.connect() as conn:
         rows = conn.execute(query).all()
         conn.rollback()

@@ -46,6 +46,7 @@ _URL = re.compile(
     re.IGNORECASE,
 )
 _URL_TAIL = ".,;:!?)]}'\""
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SLOT = "\x00papers\x00"  # NULs never survive _clean, so this cannot occur in content
 
 
@@ -222,6 +223,8 @@ def _header(name: str, value: str) -> bytes:
 
 def format_address(raw: str) -> str:
     """``Name <user@domain>`` with the name RFC 2047-encoded and the domain in IDNA when needed."""
+    if _PLAIN_ADDRESS.fullmatch(raw):  # the common case; parseaddr costs more than a build
+        return raw
     name, addr = parseaddr(clean_header(raw))
     if "@" not in addr:
         raise ValueError(f"not an email address: {clean_header(raw)!r}")
@@ -313,7 +316,7 @@ class MessageBuilder:
     def __init__(self, sender: Sender, *, cache_size: int = 50_000) -> None:
         self.sender = sender
         self._templates = _templates()
-        self._cache: dict[PaperView, _Block] = {}
+        self._cache: dict[tuple[object, ...], _Block] = {}
         self._cache_size = cache_size
         self._from = _header("From", format_address(sender.from_addr))
         site = clean_header(sender.site_name)
@@ -348,7 +351,12 @@ class MessageBuilder:
         }
 
     def _block(self, paper: PaperView) -> _Block:
-        block = self._cache.get(paper)
+        # Everything shown, nothing else: the score differs per subscriber and is not shown.
+        key = (
+            paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.terms,
+            paper.interests,
+        )  # fmt: skip
+        block = self._cache.get(key)
         if block is None:
             context = self._paper_context(paper)
             html = str(self._templates.html_macros.paper(context))
@@ -356,7 +364,7 @@ class MessageBuilder:
             block = _Block(_qp(_ends_line(html)), _qp(_ends_line(text)))
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()  # a run rarely outgrows it; clearing keeps memory bounded
-            self._cache[paper] = block
+            self._cache[key] = block
         return block
 
     def _shell(self, view: DigestView) -> dict[str, Any]:
@@ -379,23 +387,20 @@ class MessageBuilder:
 
     def render_html(self, view: DigestView) -> str:
         """The HTML part, decoded (for previews and tests)."""
-        return _decode_qp(self._wrap(self._templates.html, self._shell(view), self._html(view)))
+        blocks = [self._block(p).html for p in view.papers]
+        return _decode_qp(self._wrap(self._templates.html, self._shell(view), blocks))
 
     def render_text(self, view: DigestView) -> str:
         """The plain-text part, decoded (for previews and tests)."""
-        return _decode_qp(self._wrap(self._templates.text, self._shell(view), self._text(view)))
-
-    def _html(self, view: DigestView) -> list[bytes]:
-        return [self._block(p).html for p in view.papers]
-
-    def _text(self, view: DigestView) -> list[bytes]:
-        return [self._block(p).text for p in view.papers]
+        blocks = [self._block(p).text for p in view.papers]
+        return _decode_qp(self._wrap(self._templates.text, self._shell(view), blocks))
 
     def build(self, view: DigestView, now: datetime) -> bytes:
         """The complete message: headers and a multipart/alternative body (text, then HTML)."""
         context = self._shell(view)
-        text = self._wrap(self._templates.text, context, self._text(view))
-        html = self._wrap(self._templates.html, context, self._html(view))
+        blocks = [self._block(p) for p in view.papers]
+        text = self._wrap(self._templates.text, context, [b.text for b in blocks])
+        html = self._wrap(self._templates.html, context, [b.html for b in blocks])
         message_id = _angle(view.message_id)
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 
 from digest.errors import DigestError, ListingError
 from digest.listing import Entry
@@ -101,7 +102,7 @@ def ingest_file(
     except OSError as exc:
         return DumpResult(shown, "failed", error=f"{shown}: cannot read: {exc.strerror}")
     with engine.connect() as conn:
-        known = conn.execute(sa.select(Dump.id).where(Dump.sha256 == sha)).first()  # type: ignore[arg-type]
+        known = conn.execute(sa.select(col(Dump.id)).where(col(Dump.sha256) == sha)).first()
         conn.rollback()
     if known is not None:
         return DumpResult(shown, "duplicate")

@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlmodel import col
 
 from digest.compose import Plan, plan_digests, store_stats
 from digest.emails import DigestView, PaperView
@@ -64,10 +65,13 @@ def paper_view(row: Any, score: float, hits: Sequence[dict[str, Any]]) -> PaperV
 def _paper_rows(conn: Connection, ids: Sequence[int]) -> dict[int, Any]:
     rows = conn.execute(
         sa.select(
-            Paper.id, Paper.key, Paper.title, Paper.abstract, Paper.url, Paper.arxiv_id
-        ).where(
-            Paper.id.in_(ids)  # type: ignore[union-attr]
-        )
+            col(Paper.id),
+            col(Paper.key),
+            col(Paper.title),
+            col(Paper.abstract),
+            col(Paper.url),
+            col(Paper.arxiv_id),
+        ).where(col(Paper.id).in_(ids))
     ).all()
     return {row.id: row for row in rows}
 
@@ -95,8 +99,8 @@ def ranked_json(conn: Connection, ranked: Sequence[Ranked]) -> list[dict[str, An
 
 def _newest(conn: Connection, limit: int) -> list[PaperText]:
     rows = conn.execute(
-        sa.select(Paper.id, Paper.title, Paper.abstract, Paper.times_seen)
-        .order_by(Paper.id.desc())  # type: ignore[union-attr]
+        sa.select(col(Paper.id), col(Paper.title), col(Paper.abstract), col(Paper.times_seen))
+        .order_by(col(Paper.id).desc())
         .limit(limit)
     ).all()
     return [PaperText(r.id, r.title, r.abstract, r.times_seen) for r in rows]
@@ -132,7 +136,7 @@ def digest_view(
 ) -> DigestView:
     """The email view of a digest for this subscriber."""
     links = Links(base_url, key, mail_from)
-    token = link_token(key, subscriber)
+    token = link_token(key, subscriber.id, subscriber.token_salt)
     return DigestView(
         to=subscriber.email,
         period=period,
@@ -140,7 +144,7 @@ def digest_view(
         message_id=message_id,
         unsubscribe_url=links.unsubscribe_url(token),
         unsubscribe_mailto=links.unsubscribe_mailto(token),
-        feed_url=links.feed_url(feed_name(key, subscriber)),
+        feed_url=links.feed_url(feed_name(key, subscriber.id, subscriber.token_salt)),
     )
 
 
@@ -179,9 +183,9 @@ def search_store(conn: Connection, query: str, *, limit: int = 20) -> list[Ranke
             ).all()
         ]
         rows = conn.execute(
-            sa.select(Paper.id, Paper.title, Paper.abstract, Paper.times_seen).where(
-                Paper.id.in_(ids)  # type: ignore[union-attr]
-            )
+            sa.select(
+                col(Paper.id), col(Paper.title), col(Paper.abstract), col(Paper.times_seen)
+            ).where(col(Paper.id).in_(ids))
         ).all()
         papers = [PaperText(r.id, r.title, r.abstract, r.times_seen) for r in rows]
     else:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from digest.feeds import FeedItem, FeedMeta, item_for_paper, paper_guid, write_feed_if_changed
 from digest.links import Links
@@ -44,33 +45,38 @@ def publish_feeds(
     with engine.connect() as conn:
         newest = conn.execute(
             sa.select(
-                Paper.key, Paper.title, Paper.abstract, Paper.url, Paper.arxiv_id, Paper.first_seen
+                col(Paper.key),
+                col(Paper.title),
+                col(Paper.abstract),
+                col(Paper.url),
+                col(Paper.arxiv_id),
+                col(Paper.first_seen),
             )
-            .order_by(Paper.first_seen.desc(), Paper.id.desc())  # type: ignore[attr-defined]
+            .order_by(col(Paper.first_seen).desc(), col(Paper.id).desc())
             .limit(limit)
         ).all()
         subscribers = conn.execute(
-            sa.select(Subscriber.id, Subscriber.email, Subscriber.token_salt).where(
-                Subscriber.status == "active"
+            sa.select(col(Subscriber.id), col(Subscriber.email), col(Subscriber.token_salt)).where(
+                col(Subscriber.status) == "active"
             )
         ).all()
         private: dict[int, list[FeedItem]] = {row.id: [] for row in subscribers}
         rows = conn.execute(
             sa.select(
-                DigestItem.subscriber_id,
-                DigestItem.score,
-                DigestItem.matched,
-                Digest.sent_at,
-                Paper.key,
-                Paper.title,
-                Paper.abstract,
-                Paper.url,
-                Paper.arxiv_id,
+                col(DigestItem.subscriber_id),
+                col(DigestItem.score),
+                col(DigestItem.matched),
+                col(Digest.sent_at),
+                col(Paper.key),
+                col(Paper.title),
+                col(Paper.abstract),
+                col(Paper.url),
+                col(Paper.arxiv_id),
             )
-            .join(Digest, Digest.id == DigestItem.digest_id)  # type: ignore[arg-type]
-            .join(Paper, Paper.id == DigestItem.paper_id)  # type: ignore[arg-type]
-            .where(Digest.status == "sent", DigestItem.subscriber_id.in_(private))  # type: ignore[attr-defined]
-            .order_by(Digest.sent_at.desc(), DigestItem.rank)  # type: ignore[union-attr]
+            .join(Digest, col(Digest.id) == col(DigestItem.digest_id))
+            .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
+            .where(col(Digest.status) == "sent", col(DigestItem.subscriber_id).in_(private))
+            .order_by(col(Digest.sent_at).desc(), col(DigestItem.rank))
         ).all()
         conn.rollback()
     authority = urlsplit(settings.base_url).hostname or "localhost"
@@ -94,7 +100,7 @@ def publish_feeds(
         )
     ]
     for sub in subscribers:
-        name = feed_name(links.key, sub)
+        name = feed_name(links.key, sub.id, sub.token_salt)
         feeds.append(
             (
                 f"private/{name}",

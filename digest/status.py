@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
 from digest.deliver import outbox_counts
 from digest.models import Digest, Dump, Paper, Run, SourceState, Subscriber
@@ -29,26 +30,30 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
     local = now.astimezone(settings.tz)
     with engine.connect() as conn:
         papers = conn.execute(sa.select(sa.func.count()).select_from(Paper)).scalar_one()
-        newest = conn.execute(sa.select(sa.func.max(Paper.first_seen))).scalar()
+        newest = conn.execute(sa.select(sa.func.max(col(Paper.first_seen)))).scalar()
         new_today = conn.execute(
             sa.select(sa.func.count())
             .select_from(Paper)
-            .where(Paper.first_seen >= now - timedelta(days=1))
+            .where(col(Paper.first_seen) >= now - timedelta(days=1))
         ).scalar_one()
-        runs = conn.execute(
-            sa.select(Run).order_by(Run.id.desc()).limit(RECENT_RUNS)  # type: ignore[union-attr]
-        ).all()
+        runs = conn.execute(sa.select(Run).order_by(col(Run.id).desc()).limit(RECENT_RUNS)).all()
         dumps = conn.execute(
-            sa.select(Dump.name, Dump.layout, Dump.ingested_at, Dump.entries, Dump.new)
-            .order_by(Dump.id.desc())  # type: ignore[union-attr]
+            sa.select(
+                col(Dump.name),
+                col(Dump.layout),
+                col(Dump.ingested_at),
+                col(Dump.entries),
+                col(Dump.new),
+            )
+            .order_by(col(Dump.id).desc())
             .limit(RECENT_RUNS)
         ).all()
-        sources = conn.execute(sa.select(SourceState).order_by(SourceState.url)).all()
+        sources = conn.execute(sa.select(SourceState).order_by(col(SourceState.url))).all()
         failed = conn.execute(
-            sa.select(Digest.period, Subscriber.email, Digest.last_error)
-            .join(Subscriber, Subscriber.id == Digest.subscriber_id)  # type: ignore[arg-type]
-            .where(Digest.status == "failed", Digest.created_at >= now - BOUNCE_WINDOW)
-            .order_by(Digest.id.desc())  # type: ignore[union-attr]
+            sa.select(col(Digest.period), col(Subscriber.email), col(Digest.last_error))
+            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+            .where(col(Digest.status) == "failed", col(Digest.created_at) >= now - BOUNCE_WINDOW)
+            .order_by(col(Digest.id).desc())
             .limit(20)
         ).all()
         conn.rollback()

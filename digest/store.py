@@ -179,12 +179,14 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
         by_title: dict[str, dict[str, Any]] = {}
         missing = [title_key for _, key, title_key in keyed if key not in by_key]
         if missing:
-            for row in _lookup(conn, "title_key", missing):
-                by_title.setdefault(row["title_key"], row)
+            for found in _lookup(conn, "title_key", missing):
+                by_title.setdefault(found["title_key"], found)
         inserts: dict[str, dict[str, Any]] = {}
         updates: dict[int, dict[str, Any]] = {}
         for entry, key, title_key in keyed:
-            row = by_key.get(key) or _same_paper(by_title.get(title_key), entry)
+            row: dict[str, Any] | None = by_key.get(key) or _same_paper(
+                by_title.get(title_key), entry
+            )
             if row is None:
                 fresh = inserts.get(key) or _same_paper(inserts.get("title:" + title_key), entry)
                 if fresh is None:

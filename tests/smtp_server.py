@@ -3,7 +3,9 @@
 The handler can answer the next DATA commands with a 4xx or 5xx, drop the
 connection in the middle of DATA or right after MAIL FROM, refuse chosen
 recipients, and it counts the connections made to it, so tests can see retries
-and connection reuse as the server saw them.
+and connection reuse as the server saw them. It can also be slow: hold every DATA
+reply for ``data_delay`` seconds, or until ``data_gate`` is set, so a test can act
+while a message is in flight.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 DROP = "drop"  # a scripted reply meaning: close the connection instead of answering
+GATE_TIMEOUT = 20.0  # a closed gate opens by itself after this, so a failing test cannot hang
 
 
 @dataclass
@@ -39,6 +42,8 @@ class ScriptedHandler:
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> reply, every time
     connections: int = 0
     data_commands: int = 0
+    data_delay: float = 0.0  # seconds each DATA reply waits
+    data_gate: threading.Event | None = None  # when set to a cleared event, DATA waits for it
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_MAIL(
@@ -65,6 +70,10 @@ class ScriptedHandler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         with self.lock:
             self.data_commands += 1
+        if self.data_gate is not None:
+            await asyncio.to_thread(self.data_gate.wait, GATE_TIMEOUT)
+        if self.data_delay:
+            await asyncio.sleep(self.data_delay)
         if self.data_replies:
             reply = self.data_replies.pop(0)
             if reply == DROP:
