@@ -102,8 +102,8 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise SystemExit(f"smtp-sink did not start on port {port}")
 
 
-async def ours(digests: list[DigestView], port: int, connections: int) -> tuple[float, int]:
-    """Build and send every digest; returns seconds taken and bytes sent."""
+async def ours(digests: list[DigestView], port: int, connections: int) -> tuple[float, float, int]:
+    """Build and send every digest; returns wall seconds, CPU seconds and bytes sent."""
     builder = MessageBuilder(SENDER)
     transport = SMTPTransport(
         "127.0.0.1", port, connections=connections, retries=3, local_hostname="bench.local"
@@ -118,11 +118,11 @@ async def ours(digests: list[DigestView], port: int, connections: int) -> tuple[
             sent_bytes += len(raw)
             await transport.send("digest@example.org", view.to, raw, view.message_id)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     async with transport:
         # Twice as many workers as connections so building overlaps waiting on the sink.
         await asyncio.gather(*(worker() for _ in range(connections * 2)))
-    return time.perf_counter() - started, sent_bytes
+    return time.perf_counter() - started, time.process_time() - cpu, sent_bytes
 
 
 def naive_message(view: DigestView) -> EmailMessage:
@@ -195,7 +195,7 @@ def main() -> int:
     )
     try:
         wait_for_port(port)
-        ours_seconds, sent_bytes = asyncio.run(ours(digests, port, args.connections))
+        ours_seconds, ours_cpu, sent_bytes = asyncio.run(ours(digests, port, args.connections))
         average = sent_bytes // len(digests)
         ceiling_seconds = ceiling(port, len(digests), average, 20, source)
         sample = digests[: args.naive_sample]
@@ -209,7 +209,10 @@ def main() -> int:
     naive_rate = len(sample) / naive_seconds
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"digests: {len(digests):,} of 10-30 papers from {len(papers):,}; average {average:,} B")
-    print(f"ours:    {ours_rate:8,.0f} messages/s  ({ours_seconds:.1f} s, {args.connections} connections)")
+    print(
+        f"ours:    {ours_rate:8,.0f} messages/s  ({ours_seconds:.1f} s, {args.connections} "
+        f"connections, {ours_cpu / len(digests) * 1e6:.0f} us CPU a message)"
+    )
     print(f"ceiling: {ceiling_rate:8,.0f} messages/s  (smtp-source -d -s 20, {ceiling_seconds:.1f} s)")
     print(
         f"naive:   {naive_rate:8,.0f} messages/s  (sample of {len(sample):,}, "

@@ -20,6 +20,7 @@ import itertools
 import random
 import resource
 import sqlite3
+import statistics
 import sys
 import time
 from collections import Counter
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from digest.analysis import DEFAULT
 from digest.interests import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
-from digest.ranking import CorpusStats, InterestIndex, PaperText, Profile
+from digest.ranking import CorpusStats, DayMatches, InterestIndex, PaperText, Profile
 
 DUMPS = Path(__file__).resolve().parents[1].parent / "shared" / "dumps"
 STORE = 1_000_000
@@ -47,34 +48,92 @@ def real_papers() -> list[tuple[str, str]]:
     return list({title: (title, abstract) for title, abstract in pairs}.values())
 
 
-def stitch(rng: random.Random, sources: list[list[str]], low: int, high: int, size: int) -> str:
-    words: list[str] = []
-    while len(words) < size:
-        source = rng.choice(sources)
-        start = rng.randrange(max(len(source) - low, 1))
-        words += source[start : start + rng.randint(low, high)]
-    return " ".join(words[:size])
+VOCABULARY = 40_000  # word types of a day's worth of abstracts (Heaps' law for ~1M tokens)
+REAL_TOPICS = 0.3  # share of papers about one of the dumps' (LLM-heavy) topics
+SYNTHETIC_TOPICS = 2_000
+TOPICAL = 0.4  # share of an abstract's segments copied from its topic (real phrases, burstiness)
+_PUNCT = ".,;:()[]\"'"
 
 
-def synthetic_day(rng: random.Random, real: list[tuple[str, str]], n: int) -> list[PaperText]:
-    titles = [t.split() for t, _ in real]
-    abstracts = [a.split() for _, a in real]
-    return [
-        PaperText(
-            i,
-            stitch(rng, titles, 3, 6, rng.randint(6, 14)),
-            stitch(rng, abstracts, 8, 20, rng.randint(110, 230)),
+def vocabulary(rng: random.Random, real: list[tuple[str, str]]) -> list[str]:
+    """Real words by collection frequency (the Zipf head), then coined words (the long tail)."""
+    # Ranked by document frequency, not by count: a word repeated in one paper is topical,
+    # and topical bursts come from the topics below, not from the background.
+    counts: Counter[str] = Counter()
+    for title, abstract in real:
+        counts.update({w.strip(_PUNCT) for w in f"{title} {abstract}".split()})
+    del counts[""]
+    head = [w for w, _ in counts.most_common()]
+    known = {w.lower() for w in head}
+    stems = [w for w in known if w.isalpha() and len(w) >= 5]
+    tail: list[str] = []
+    while len(head) + len(tail) < VOCABULARY:
+        a, b = rng.sample(stems, 2)
+        word = a[: rng.randint(2, 5)] + b[-rng.randint(3, 6) :]
+        if rng.random() < 0.05:
+            word = word[:4].upper() + str(rng.randint(1, 99))  # model names: GRAF7, TOKE42
+        if word.lower() not in known:
+            known.add(word.lower())
+            tail.append(word)
+    return head + tail
+
+
+class Generator:
+    """Papers whose words follow a Zipf law over the vocabulary, with topical bursts."""
+
+    def __init__(self, rng: random.Random, real: list[tuple[str, str]]) -> None:
+        self.rng = rng
+        self.words = vocabulary(rng, real)
+        # Zipf-Mandelbrot, s = 1: "the" is ~2.5% of background tokens, the tail ~17%.
+        self.cum = list(itertools.accumulate(1.0 / (r + 2.7) for r in range(len(self.words))))
+        self.topics = [(t.split(), a.split()) for t, a in real]
+        tail = self.words[len(self.words) // 10 :]
+        for _ in range(SYNTHETIC_TOPICS):
+            # A field outside the dumps: a few dozen rarer words that keep turning up together.
+            terms = rng.sample(tail, 30)
+            self.topics.append((terms[:10], [rng.choice(terms) for _ in range(120)]))
+        self.real = len(real)
+        self._pool: list[str] = []
+
+    def background(self, k: int) -> list[str]:
+        if len(self._pool) < k:
+            self._pool = self.rng.choices(self.words, cum_weights=self.cum, k=100_000)
+        out = self._pool[-k:]
+        del self._pool[-k:]
+        return out
+
+    def text(self, source: list[str], size: int, window: tuple[int, int]) -> str:
+        rng, words = self.rng, []
+        while len(words) < size:
+            if rng.random() < TOPICAL:
+                start = rng.randrange(max(len(source) - window[0], 1))
+                words += source[start : start + rng.randint(*window)]
+            else:
+                words += self.background(rng.randint(1, 4))
+        return " ".join(words[:size])
+
+    def paper(self, pid: int) -> PaperText:
+        rng = self.rng
+        if rng.random() < REAL_TOPICS:
+            title, abstract = self.topics[rng.randrange(self.real)]
+        else:
+            title, abstract = self.topics[rng.randrange(self.real, len(self.topics))]
+        return PaperText(
+            pid,
+            self.text(title, rng.randint(6, 14), (2, 4)),
+            self.text(abstract, rng.randint(150, 200), (2, 6)),
             times_seen=1 + (rng.random() < 0.1) * rng.randint(1, 4),
         )
-        for i in range(n)
-    ]
 
 
-def store_stats(real: list[tuple[str, str]]) -> CorpusStats:
-    sample = CorpusStats.from_papers(real)
-    scale = STORE / sample.documents
-    frequencies = {term: int(df * scale) for term, df in sample.frequencies.items()}
-    return CorpusStats(STORE, sample.avg_title_len, sample.avg_abstract_len, frequencies)
+def store_stats(generator: Generator, sample: int) -> CorpusStats:
+    """Statistics of a 1M-paper store, scaled up from a sample drawn like the day."""
+    counted = CorpusStats.from_papers(
+        (p.title, p.abstract) for p in map(generator.paper, range(sample))
+    )
+    scale = STORE / counted.documents
+    frequencies = {term: round(df * scale) for term, df in counted.frequencies.items()}
+    return CorpusStats(STORE, counted.avg_title_len, counted.avg_abstract_len, frequencies)
 
 
 def interest_pool(rng: random.Random, real: list[tuple[str, str]]) -> list[str]:
@@ -155,20 +214,37 @@ def fts_alternative(papers: list[PaperText], profiles: list[Profile]) -> float:
     return time.perf_counter() - start
 
 
+def density(day: list[PaperText], matches: DayMatches) -> str:
+    """How often interests match: the figure that decides most of the cost."""
+    sizes = sorted(len(v) for v in matches.lists.values())
+    if not sizes:
+        return "no matches"
+    words = [w for w in ("diffusion", "llm", "reasoning", "segmentation", "federated")]
+    share = {w: sum(w in DEFAULT(p.abstract) for p in day[:1000]) / 10 for w in words}
+    return (
+        f"matches per interest: median {statistics.median(sizes):.0f}, "
+        f"90% {sizes[int(len(sizes) * 0.9)]}, max {sizes[-1]}; % of papers: "
+        + ", ".join(f"{w} {s:.1f}" for w, s in share.items())
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100_000)
     parser.add_argument("--papers", type=int, default=5_000)
+    parser.add_argument("--store-sample", type=int, default=10_000)
     parser.add_argument("--sample", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
     rng = random.Random(args.seed)
     real = real_papers()
-    day = synthetic_day(rng, real, args.papers)
-    stats = store_stats(real)
+    generator = Generator(rng, real)
+    stats = store_stats(generator, args.store_sample)
+    day = [generator.paper(STORE + i) for i in range(args.papers)]
     profiles = subscribers(rng, interest_pool(rng, real), args.subscribers)
     distinct = len({t for p in profiles for t in p.interests})
     print(f"{len(profiles):,} subscribers, {distinct:,} distinct interests, {len(day):,} papers")
+    print(f"vocabulary: {len(generator.words):,} words, {len(stats.frequencies):,} store terms")
 
     t0 = time.perf_counter()
     words = sum(len(DEFAULT(p.abstract)) for p in day)
@@ -180,13 +256,15 @@ def main() -> None:
     t1 = time.perf_counter()
     matches = index.match(day)
     t2 = time.perf_counter()
-    ranked = {p.id: matches.ranked(p) for p in profiles}
+    ranked = matches.ranked_many(profiles)
     t3 = time.perf_counter()
     ours = t3 - t0
     pairs = sum(len(v) for v in matches.lists.values())
     items = sum(len(v) for v in ranked.values())
+    hits = len({id(h) for v in ranked.values() for r in v for h in r.hits})
     print(f"ours: build {t1 - t0:.2f}s, match {t2 - t1:.2f}s ({pairs:,} paper-interest matches),")
-    print(f"      fan-out {t3 - t2:.2f}s ({items:,} items with explanations); total {ours:.2f}s")
+    print(f"      fan-out {t3 - t2:.2f}s ({items:,} items, {hits:,} distinct explanations)")
+    print(f"      total {ours:.2f}s; {density(day, matches)}")
     if index.invalid:
         print(f"      {len(index.invalid)} invalid interests skipped", file=sys.stderr)
 

@@ -323,8 +323,15 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     else:
         for line in run_lines(report, settings):
             ctx.say(line)
-    failed_dumps = any(d.status == "failed" for d in report.dumps)
-    return 1 if failed_dumps or report.delivered.failed else 0
+    failed_dumps = sum(1 for d in report.dumps if d.status == "failed")
+    if failed_dumps or report.delivered.failed:
+        # exit 1 comes with its one-line reason, like every other operational failure
+        ctx.stderr.write(
+            f"digest: run finished with {report.delivered.failed} failed digest(s)"
+            f" and {failed_dumps} failed dump(s); see digest status\n"
+        )
+        return 1
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:

@@ -122,7 +122,7 @@ def sender_of(settings: Settings) -> Sender:
     return Sender(
         from_addr=settings.mail_from,
         site_name=settings.site_name,
-        list_id=f"{settings.site_name} <digest.{host}>",
+        list_id=f"digest.{host}",  # RFC 2919: the id alone; the builder adds the site name
         base_url=settings.base_url,
     )
 

@@ -32,12 +32,20 @@ WHOLE_STORE_LIMIT = 20_000  # newest papers ranked by ``preview --all`` and sear
 FTS_CANDIDATES = 5_000
 
 
+def _distinct(words: Iterable[str]) -> list[str]:
+    """Each matched word once, as first written ("Federated" and "federated" are one)."""
+    seen: dict[str, str] = {}
+    for word in words:
+        seen.setdefault(word.casefold(), word)
+    return list(seen.values())
+
+
 def hits_json(hits: Iterable[InterestHit]) -> list[dict[str, Any]]:
     """An explanation as stored and printed: interest, matched words, fields, score."""
     return [
         {
             "interest": hit.interest,
-            "terms": list(hit.terms),
+            "terms": _distinct(hit.terms),
             "fields": list(hit.fields),
             "score": round(hit.score, 4),
         }

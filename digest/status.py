@@ -69,7 +69,7 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
         warnings.append(f"{len(failed)} digest(s) failed in the last 7 days")
     if subscribers["bounced"]:
         warnings.append(f"{subscribers['bounced']} subscriber(s) bounced")
-    for (source,) in sources:
+    for source in sources:
         if source.last_status not in ("ok", "not-modified", ""):
             warnings.append(
                 f"source {source.url}: {source.last_status} ({source.last_error or 'no detail'})"
@@ -91,7 +91,7 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
                 "figures": json.loads(run.figures),
                 "error": run.error,
             }
-            for (run,) in runs
+            for run in runs
         ],
         "dumps": [
             {
@@ -111,7 +111,7 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
                 "last_new_at": _iso(source.last_new_at),
                 "error": source.last_error,
             }
-            for (source,) in sources
+            for source in sources
         ],
         "schedule": {
             "cron": settings.schedule,

@@ -296,6 +296,16 @@ class SMTPTransport(_Closing):
             raise _Retry(f"{exc.code} {exc.message}", connect=True) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise _Retry(f"cannot connect to {where}: {exc}", connect=True) from None
+        try:
+            if smtp.is_ehlo_or_helo_needed:
+                await smtp.ehlo()
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            smtp.close()
+            raise _Retry(f"EHLO to {where} failed: {exc}", connect=True) from None
+        # With SIZE announced, aiosmtplib rewrites every message once more only to
+        # measure it; the message is written again for DATA anyway. Digests are far
+        # below any server's limit, and an oversized one still gets its 552 after DATA.
+        smtp.esmtp_extensions.pop("size", None)
         self.connections_opened += 1
         return smtp
 

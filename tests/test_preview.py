@@ -1,0 +1,81 @@
+"""preview and search from the command line, on the shared dumps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from digest.cli import main
+from tests.conftest import DUMP_A, DUMP_B
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DIGEST_CONFIG", raising=False)
+    return tmp_path
+
+
+def out_json(capsys: pytest.CaptureFixture[str]) -> dict[str, object]:
+    data: dict[str, object] = json.loads(capsys.readouterr().out)
+    return data
+
+
+def test_preview_waits_for_new_papers_then_ranks_them(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ingest", str(DUMP_A)]) == 0
+    assert (
+        main(
+            [
+                "subscribe",
+                "ada@example.org",
+                "--interest",
+                '"federated learning"',
+                "--interest",
+                "segmentation ^2",
+            ]
+        )
+        == 0
+    )
+    capsys.readouterr()
+    # joined after dump A: nothing of it is new to her
+    assert main(["preview", "ada@example.org", "--json"]) == 0
+    assert out_json(capsys)["papers"] == []
+    # --all ranks the store instead
+    assert main(["preview", "ada@example.org", "--all", "--json"]) == 0
+    papers = out_json(capsys)["papers"]
+    assert isinstance(papers, list) and papers
+    assert all({"title", "score", "matched"} <= set(p) for p in papers)
+    scores = [p["score"] for p in papers]
+    assert scores == sorted(scores, reverse=True)
+    assert "egmentation" in papers[0]["title"]  # the weighted interest leads
+    # a dump ingested after she joined is hers
+    assert main(["ingest", str(DUMP_B)]) == 0
+    capsys.readouterr()
+    assert main(["preview", "ada@example.org", "--json"]) == 0
+    fresh = out_json(capsys)["papers"]
+    assert isinstance(fresh, list) and fresh
+    assert any("Federated" in p["title"] for p in fresh)
+    html = workdir / "next.html"
+    assert main(["preview", "ada@example.org", "--out", str(html)]) == 0
+    assert "<html" in html.read_text().lower()
+
+
+def test_search_uses_the_interest_language(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["ingest", str(DUMP_A), str(DUMP_B)]) == 0
+    capsys.readouterr()
+    assert main(["search", '"federated learning" -survey', "--json"]) == 0
+    papers = out_json(capsys)["papers"]
+    assert isinstance(papers, list) and papers
+    for paper in papers:
+        assert any("federated" in t.lower() for hit in paper["matched"] for t in hit["terms"])
+    assert main(["search", "title:segmentation", "--json", "--limit", "3"]) == 0
+    titles = [p["title"] for p in out_json(capsys)["papers"]]  # type: ignore[union-attr]
+    assert len(titles) == 3 and all("egmentation" in t for t in titles)
+    assert main(["search", '"unclosed']) == 2
+    assert "position" in capsys.readouterr().err

@@ -1,0 +1,396 @@
+"""The service end to end: the real command line, a real SMTP server on loopback, real processes.
+
+Each test runs ``digest`` as an operator would (in-process through ``main`` where
+that is enough, as a separate process where processes are the point: the run
+lock, SIGTERM) against an aiosmtpd server, and then looks at what the server
+received and what the store recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email
+import email.message
+import email.policy
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import parseaddr, parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from digest.cli import main
+from tests.conftest import DUMP_B
+from tests.smtp_server import SMTPServer
+
+SITE_HOST = "papers.example.org"
+SENDER = f"digest@{SITE_HOST}"
+PEOPLE = {
+    "ada@example.org": ['"federated learning"'],
+    "bob@example.org": ["segmentation -survey"],
+    "cy@example.org": ["speech"],
+    "dee@example.org": ["self-supervised"],
+    "eve@example.org": ["video"],
+    "fay@example.org": ["diffus*"],
+    "nobody@example.org": ['"quantum chromodynamics lattice"'],  # matches nothing: skipped
+}
+SENT_TO = sorted(address for address in PEOPLE if address != "nobody@example.org")
+
+
+@dataclass
+class Result:
+    """What a command did: its exit code and its two streams."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.out)
+        return data
+
+
+@dataclass
+class DigestRow:
+    """One outbox row as the store holds it."""
+
+    email: str
+    period: str
+    status: str
+    message_id: str
+    attempts: int
+
+
+@dataclass
+class Site:
+    """One installation in a temporary folder, mailing through ``server``."""
+
+    root: Path
+    server: SMTPServer
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def cli(self, *args: str) -> Result:
+        """Run a command in this process (the environment is already this site's)."""
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(list(args), stdout=out)
+        return Result(code, out.getvalue(), err.getvalue())
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "digest", *args]
+
+    def spawn(self, *args: str, **options: Any) -> subprocess.Popen[str]:
+        """Start a command as a separate process."""
+        return subprocess.Popen(
+            self.command(*args), cwd=self.root, env=self.env, text=True, **options
+        )
+
+    def process(self, *args: str, timeout: float = 30) -> Result:
+        """Run a command as a separate process and wait for it."""
+        done = subprocess.run(
+            self.command(*args),
+            cwd=self.root,
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def subscribe(self, people: dict[str, list[str]]) -> None:
+        for address, interests in people.items():
+            args = ["subscribe", address]
+            for interest in interests:
+                args += ["--interest", interest]
+            result = self.cli(*args)
+            assert result.code == 0, result.err
+
+    def drop_in_inbox(self, dump: Path, name: str) -> None:
+        inbox = self.data / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dump, inbox / name)
+
+    def digests(self) -> list[DigestRow]:
+        """Every outbox row, read straight from the database file."""
+        engine = sa.create_engine(f"sqlite:///{self.data / 'digest.db'}")
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT s.email, d.period, d.status, d.message_id, d.attempts"
+                        " FROM digest d JOIN subscriber s ON s.id = d.subscriber_id"
+                        " ORDER BY s.email, d.period"
+                    )
+                ).all()
+        finally:
+            engine.dispose()
+        return [DigestRow(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def received(self) -> list[tuple[str, email.message.EmailMessage]]:
+        """Envelope recipient and parsed message of everything the server accepted."""
+        with self.server.handler.lock:
+            accepted = list(self.server.handler.received)
+        messages = []
+        for item in accepted:
+            assert len(item.rcpt_tos) == 1, item.rcpt_tos
+            parsed = email.message_from_bytes(item.data, policy=email.policy.default)
+            assert isinstance(parsed, email.message.EmailMessage)
+            messages.append((item.rcpt_tos[0], parsed))
+        return messages
+
+
+def make_site(root: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch) -> Site:
+    """A site in ``root`` sending to ``server``; its settings are in this process's environment too."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(
+        DIGEST_DATA_DIR=str(root / "data"),
+        DIGEST_MAIL_TRANSPORT=server.url(),
+        DIGEST_MAIL_FROM=f"Paper digest <{SENDER}>",
+        DIGEST_BASE_URL=f"https://{SITE_HOST}",
+        DIGEST_SITE_NAME="Paper digest",
+        DIGEST_SECRET_KEY="a-fixed-key-for-tests-only-0123456789",
+        DIGEST_TIMEZONE="UTC",
+        DIGEST_SMTP_CONNECTIONS="2",
+        DIGEST_SMTP_RETRIES="0",
+        DIGEST_SMTP_TIMEOUT="10",
+        DIGEST_LOG_FORMAT="json",
+    )
+    for name in os.environ:
+        if name.startswith("DIGEST_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("DIGEST_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.chdir(root)
+    return Site(root, server, env)
+
+
+@pytest.fixture
+def site(tmp_path: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+    """A fresh installation sending to a loopback SMTP server."""
+    root = logging.getLogger()
+    level = root.level
+    yield make_site(tmp_path, smtp_server, monkeypatch)
+    # ``run`` in this process installs its log handler on the root logger: take it away again.
+    for handler in list(root.handlers):
+        if handler.get_name() == "digest":
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def _angle_url(header: str, scheme: str) -> str:
+    match = re.search(rf"<({scheme}:[^>]+)>", header)
+    assert match, f"no {scheme} link in {header!r}"
+    return match.group(1)
+
+
+# --- 1. a full run over real SMTP ----------------------------------------------------
+
+
+def test_run_over_smtp_sends_well_formed_mail_once_per_period(site: Site) -> None:
+    site.subscribe(PEOPLE)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    started = datetime.now(UTC)
+
+    result = site.cli("run", "--json")
+
+    assert result.code == 0, result.err
+    report = result.json()
+    assert report["digests"]["sent"] == len(SENT_TO)
+    assert report["digests"]["skipped"] == 1
+    assert report["digests"]["failed"] == 0
+    received = site.received()
+    assert sorted(rcpt for rcpt, _ in received) == SENT_TO
+    assert {item.mail_from for item in site.server.handler.received} == {SENDER}
+    outbox = {row.email: row for row in site.digests()}
+    assert outbox["nobody@example.org"].status == "skipped"
+    for rcpt, message in received:
+        assert parseaddr(str(message["From"]))[1] == SENDER
+        assert parseaddr(str(message["To"]))[1] == rcpt
+        assert str(message["Subject"]).strip()
+        sent_at = parsedate_to_datetime(str(message["Date"]))
+        assert sent_at.tzinfo is not None
+        assert started - timedelta(seconds=5) <= sent_at <= datetime.now(UTC) + timedelta(seconds=5)
+        assert message["Message-ID"] == outbox[rcpt].message_id
+        assert outbox[rcpt].status == "sent"
+        assert message["List-Id"] == f"Paper digest <digest.{SITE_HOST}>"
+        unsubscribe = str(message["List-Unsubscribe"])
+        assert _angle_url(unsubscribe, "https").startswith(f"https://{SITE_HOST}/")
+        assert "@" in _angle_url(unsubscribe, "mailto")
+        assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        assert message.get_content_type() == "multipart/alternative"
+        parts = list(message.iter_parts())
+        assert [part.get_content_type() for part in parts] == ["text/plain", "text/html"]
+        text = parts[0].get_content()
+        html = parts[1].get_content()
+        assert isinstance(text, str) and isinstance(html, str)
+        assert "<html" in html.lower()
+        assert _angle_url(unsubscribe, "https") in text
+    assert len({str(m["Message-ID"]) for _, m in received}) == len(received)
+
+    # Feeds are readable by the web server in front of them, not only by us.
+    feeds = sorted((site.data / "feeds").rglob("*.atom"))
+    assert feeds
+    assert {oct(path.stat().st_mode & 0o777) for path in feeds} == {oct(0o644)}
+
+    again = site.cli("run", "--json")
+    assert again.code == 0, again.err
+    assert again.json()["digests"]["sent"] == 0
+    assert len(site.server.handler.received) == len(SENT_TO)
+    assert site.server.handler.data_commands == len(SENT_TO)
+
+
+def test_a_5xx_bounces_the_subscriber_and_status_warns(site: Site) -> None:
+    site.server.handler.rcpt_replies["bob@example.org"] = "550 5.1.1 <bob@example.org>: no such user"
+    site.subscribe(PEOPLE)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+
+    result = site.cli("run", "--json")
+
+    report = result.json()
+    assert report["digests"]["failed"] == 1
+    assert report["digests"]["sent"] == len(SENT_TO) - 1
+    assert report["bounced"] == ["bob@example.org"]
+    assert "bob@example.org" not in {rcpt for rcpt, _ in site.received()}
+    # A failed digest is an exit code 1, which the contract pairs with a one-line reason.
+    assert result.code == 1
+    reasons = [line for line in result.err.splitlines() if line.startswith("digest:")]
+    assert len(reasons) == 1 and "failed" in reasons[0], result.err
+
+    listed = site.cli("subscribers", "--json").json()["subscribers"]
+    statuses = {item["email"]: item["status"] for item in listed}
+    assert statuses["bob@example.org"] == "bounced"
+    assert {statuses[a] for a in PEOPLE if a != "bob@example.org"} == {"active"}
+
+    status = site.cli("status", "--json")
+    assert status.code == 0, status.err
+    data = status.json()
+    assert data["subscribers"]["bounced"] == 1
+    assert any("bounced" in warning for warning in data["warnings"]), data["warnings"]
+    (failed,) = data["failed_digests"]
+    assert failed["email"] == "bob@example.org"
+    assert "550" in failed["error"]
+
+    # The next period sends nothing to the bounced address.
+    site.drop_in_inbox(DUMP_B.parent / "hf-trending-layout-a.txt", "trending.txt")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    later = site.cli("run", "--json", "--period", tomorrow)
+    assert later.code == 0, later.err
+    assert "bob@example.org" not in {rcpt for rcpt, _ in site.received()}
+
+
+# --- 2. one run at a time across processes ------------------------------------------
+
+
+def test_a_second_run_while_one_is_sending_exits_75_and_sends_nothing(site: Site) -> None:
+    site.subscribe(PEOPLE)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    handler = site.server.handler
+    gate = threading.Event()
+    handler.data_gate = gate  # the first run's first message waits at DATA, lock held
+    first = site.spawn("run", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: handler.data_commands >= 1, "the first run to start sending")
+
+        second = site.process("run", "--json")
+
+        assert first.poll() is None, "the first run ended before the second one tried"
+        assert second.code == 75, second.err
+        lines = second.err.strip().splitlines()
+        assert len(lines) == 1, second.err
+        assert "already running" in lines[0]
+        assert f"pid {first.pid}" in lines[0]
+        assert handler.received == []
+        assert handler.data_commands <= 2  # only the first run's (two connections)
+    finally:
+        gate.set()
+        out, err = first.communicate(timeout=30)
+    assert first.returncode == 0, err
+    assert json.loads(out)["digests"]["sent"] == len(SENT_TO)
+    recipients = Counter(rcpt for rcpt, _ in site.received())
+    assert sorted(recipients) == SENT_TO
+    assert set(recipients.values()) == {1}
+    with sa.create_engine(f"sqlite:///{site.data / 'digest.db'}").connect() as conn:
+        runs = conn.execute(sa.text("SELECT count(*) FROM run")).scalar_one()
+    assert runs == 1  # the refused run left no trace
+
+
+# --- 3. SIGTERM while sending --------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_sigterm_during_sending_stops_cleanly_and_the_next_run_sends_the_rest(
+    site: Site, command: str
+) -> None:
+    site.subscribe(PEOPLE)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    handler = site.server.handler
+    handler.data_delay = 0.4
+    # Midnight has always passed and no run has happened: serve catches up at start.
+    site.env.update(DIGEST_SCHEDULE="0 0 * * *", DIGEST_POLL_MINUTES="60")
+    log_file = site.root / "serve.log"
+    with log_file.open("w") as log:
+        serving = site.spawn(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: len(handler.received) >= 1, "the first message", timeout=25)
+            serving.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            code = serving.wait(timeout=15)
+            took = time.monotonic() - signalled
+        finally:
+            if serving.poll() is None:
+                serving.kill()
+                serving.wait()
+    logs = log_file.read_text()
+    assert code == 0, logs
+    assert took < 5, f"took {took:.1f}s to stop"
+    assert "Traceback" not in logs
+
+    rows = {row.email: row for row in site.digests()}
+    assert sorted(rows) == sorted(PEOPLE)  # none lost: every subscriber has its digest row
+    assert rows.pop("nobody@example.org").status == "skipped"
+    statuses = Counter(row.status for row in rows.values())
+    assert set(statuses) <= {"sent", "pending"}, statuses
+    assert statuses["pending"] >= 1, "the stop came too late to leave anything pending"
+    accepted = {(rcpt, str(message["Message-ID"])) for rcpt, message in site.received()}
+    assert accepted == {(r.email, r.message_id) for r in rows.values() if r.status == "sent"}
+    assert len(site.received()) == statuses["sent"]
+
+    handler.data_delay = 0.0
+    period = next(iter(rows.values())).period
+    result = site.cli("run", "--json", "--period", period)
+
+    assert result.code == 0, result.err
+    assert result.json()["digests"]["sent"] == statuses["pending"]
+    received = site.received()
+    assert Counter(rcpt for rcpt, _ in received) == Counter(SENT_TO)
+    for rcpt, message in received:
+        assert message["Message-ID"] == rows[rcpt].message_id  # the same id on every attempt
+    assert {row.status for row in site.digests() if row.email in SENT_TO} == {"sent"}
