@@ -172,12 +172,19 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
     """
     counts = DiffCounts()
     now = db_time(now)
+    # An entry with an arXiv id can only meet its paper under another key if the store has
+    # papers known by title alone; a back-fill of the snapshot into a fresh store has none.
+    title_only = _has_title_only_papers(conn)
     for chunk in _chunks(entries, BATCH):
         counts.entries += len(chunk)
         keyed = [(entry, *paper_keys(entry.title, entry.arxiv_id)) for entry in chunk]
         by_key = {row["key"]: row for row in _lookup(conn, "key", [k for _, k, _ in keyed])}
         by_title: dict[str, dict[str, Any]] = {}
-        missing = [title_key for _, key, title_key in keyed if key not in by_key]
+        missing = [
+            title_key
+            for entry, key, title_key in keyed
+            if key not in by_key and (title_only or entry.arxiv_id is None)
+        ]
         if missing:
             for found in _lookup(conn, "title_key", missing):
                 by_title.setdefault(found["title_key"], found)
@@ -217,6 +224,7 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
                 counts.seen += 0 if already else 1
             _absorb(update, entry, key)
         fresh_rows = list({id(row): row for row in inserts.values()}.values())
+        title_only = title_only or any(row["arxiv_id"] is None for row in fresh_rows)
         counts.new += len(fresh_rows)
         if fresh_rows:
             _insert_papers(conn, fresh_rows)
@@ -297,6 +305,14 @@ def index_papers(conn: Connection) -> int:
     )
     conn.exec_driver_sql("UPDATE search_state SET indexed_upto = ?", (newest,))
     return int(newest - upto)
+
+
+def _has_title_only_papers(conn: Connection) -> bool:
+    """Whether any paper is known by its title alone (a range probe of the key index)."""
+    found = conn.execute(
+        sa.select(_PAPER.c.id).where(_PAPER.c.key >= "title:", _PAPER.c.key < "title;").limit(1)
+    ).first()
+    return found is not None
 
 
 def _same_paper(row: dict[str, Any] | None, entry: Entry) -> dict[str, Any] | None:
