@@ -32,13 +32,16 @@ import aiosmtplib
 from digest.emails import DigestView, MessageBuilder, PaperView, Sender, subject_for
 from digest.transports import SMTPTransport
 
-WORDS = (
+WORD_TEXT = (
     "learning model models language large neural network networks training data diffusion "
     "transformer attention agents reasoning benchmark vision robust federated graph sparse "
     "token inference retrieval alignment reward policy scaling efficient multimodal video "
     "speech protein molecular quantization pruning distillation evaluation safety"
-).split()
-SENDER = Sender("digest <digest@example.org>", "digest", "papers.example.org", "https://example.org")
+)
+WORDS = WORD_TEXT.split()
+SENDER = Sender(
+    "digest <digest@example.org>", "digest", "papers.example.org", "https://example.org"
+)
 NOW = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
 PERIOD = date(2026, 11, 22)
 
@@ -213,12 +216,16 @@ def main() -> int:
         f"ours:    {ours_rate:8,.0f} messages/s  ({ours_seconds:.1f} s, {args.connections} "
         f"connections, {ours_cpu / len(digests) * 1e6:.0f} us CPU a message)"
     )
-    print(f"ceiling: {ceiling_rate:8,.0f} messages/s  (smtp-source -d -s 20, {ceiling_seconds:.1f} s)")
+    print(
+        f"ceiling: {ceiling_rate:8,.0f} messages/s  (smtp-source -d -s 20, {ceiling_seconds:.1f} s)"
+    )
     print(
         f"naive:   {naive_rate:8,.0f} messages/s  (sample of {len(sample):,}, "
         f"~{len(digests) / naive_rate:.0f} s for all)"
     )
-    print(f"ours / ceiling: {ours_rate / ceiling_rate:.2f}   ours / naive: {ours_rate / naive_rate:.1f}x")
+    print(
+        f"ours / ceiling: {ours_rate / ceiling_rate:.2f}   ours / naive: {ours_rate / naive_rate:.1f}x"
+    )
     print(f"peak RSS: {peak_mb:.0f} MB")
     return 0
 

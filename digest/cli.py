@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, TextIO
 
 from sqlalchemy.engine import Engine
@@ -307,6 +310,35 @@ def _log_setup(ctx: Context, verbose: bool) -> None:
     setup_logging(ctx.settings.log_format, logging.INFO if verbose else logging.WARNING)
 
 
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` for the block; a second signal acts as it normally would.
+
+    A run stops between two messages, so ``systemctl stop`` or Ctrl-C never leaves a
+    digest half-recorded (and sent twice by the next run).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {
+        signum: signal.getsignal(signum) or signal.SIG_DFL
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+        for signum_, handler in previous.items():
+            signal.signal(signum_, handler)
+
+    for signum in previous:
+        signal.signal(signum, on_signal)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     """One full cycle: fetch, ingest the inbox, compose, send, publish feeds."""
     settings = ctx.settings
@@ -316,20 +348,26 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     if args.dry_run:
         report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, dry_run=True)
     else:
-        with hold_run_lock(settings):
-            report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period)
+        stop = threading.Event()
+        with hold_run_lock(settings), _stop_on_signals(stop):
+            report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, stop=stop)
     if args.json:
         ctx.emit_json(report.as_json())
     else:
         for line in run_lines(report, settings):
             ctx.say(line)
+    # A bounce concerns one address and is no failed run; these are (one line on stderr, exit 1)
+    problems = []
     failed_dumps = sum(1 for d in report.dumps if d.status == "failed")
-    if failed_dumps or report.delivered.failed:
-        # exit 1 comes with its one-line reason, like every other operational failure
-        ctx.stderr.write(
-            f"digest: run finished with {report.delivered.failed} failed digest(s)"
-            f" and {failed_dumps} failed dump(s); see digest status\n"
-        )
+    if failed_dumps:
+        problems.append(f"{failed_dumps} dump(s) failed")
+    failed = report.delivered.failed - len(report.delivered.bounced)
+    if failed:
+        problems.append(f"{failed} digest(s) failed for good")
+    if report.delivered.gave_up:
+        problems.append(f"sending stopped: {report.delivered.gave_up}")
+    if problems:
+        ctx.stderr.write(f"digest: {'; '.join(problems)}; see digest status\n")
         return 1
     return 0
 
@@ -500,6 +538,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int
         return code
     except DigestError as exc:
         sys.stderr.write(f"digest: {exc}\n")
+        if getattr(args, "json", False):  # --json promises one object on stdout, even now
+            ctx.emit_json({"error": str(exc), "exit_code": exc.exit_code})
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("digest: interrupted\n")

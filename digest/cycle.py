@@ -74,6 +74,7 @@ class RunReport:
             "bounced": self.delivered.bounced,
             "feeds": self.feeds,
             "stopped": self.delivered.stopped,
+            "gave_up": self.delivered.gave_up,
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -345,4 +346,6 @@ def run_lines(report: RunReport, settings: Settings) -> list[str]:
     )
     if report.delivered.stopped:
         lines.append("stopped before the outbox was empty; the next run sends the rest")
+    if report.delivered.gave_up:
+        lines.append(f"gave up sending: {report.delivered.gave_up}; the next run tries again")
     return lines

@@ -34,6 +34,9 @@ from digest.subscribers import feed_name, link_token
 log = logging.getLogger("digest.deliver")
 
 MAX_ATTEMPTS = 5
+# Temporary failures in a row, with no success between, that end a delivery pass: the mail
+# server is down or refusing us, and every further digest would only burn an attempt.
+GIVE_UP_AFTER = 3
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Delivered:
     deferred: int = 0
     bounced: list[str] = field(default_factory=list)
     stopped: bool = False
+    gave_up: str | None = None  # why the pass stopped early (the mail server is unreachable)
 
 
 def paper_views(conn: sa.Connection, digest_ids: Sequence[int]) -> dict[int, list[PaperView]]:
@@ -143,10 +147,15 @@ async def deliver(
     for item in outgoing:
         queue.put_nowait(item)
 
+    deferred_in_a_row = 0
+
     async def worker() -> None:
+        nonlocal deferred_in_a_row
         while not queue.empty():
             if stop is not None and stop.is_set():
                 result.stopped = True
+                return
+            if result.gave_up:
                 return
             item = queue.get_nowait()
             now = clock()
@@ -156,7 +165,13 @@ async def deliver(
                 await transport.send(sender_addr, item.email, raw, item.view.message_id)
             except DeliveryError as exc:
                 _failed(engine, item, exc, result)
+                if not exc.permanent:
+                    deferred_in_a_row += 1
+                    if deferred_in_a_row >= GIVE_UP_AFTER and not result.gave_up:
+                        result.gave_up = f"{deferred_in_a_row} temporary failures in a row ({exc})"
+                        log.warning("delivery stopped", extra={"reason": result.gave_up})
                 continue
+            deferred_in_a_row = 0
             _mark(engine, item.digest_id, status="sent", sent_at=db_time(clock()), last_error=None)
             result.sent += 1
 

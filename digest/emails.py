@@ -47,7 +47,7 @@ _URL = re.compile(
 )
 _URL_TAIL = ".,;:!?)]}'\""
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_SLOT = "\x00papers\x00"  # NULs never survive _clean, so this cannot occur in content
+_SLOT = "\x00papers\x00"  # content passes clean_header or _clean_text, which drop NULs
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,11 @@ def _mailto(value: str) -> str:
 
 def _qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends; ``text`` must end with a line break."""
-    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    # "=2E" is "." in quoted-printable; with no line starting with a dot the SMTP
+    # transport has no dot-stuffing pass to make over the whole message.
+    encoded = encoded.replace(b"\r\n.", b"\r\n=2E")
+    return b"=2E" + encoded[1:] if encoded.startswith(b".") else encoded
 
 
 def _ends_line(text: str) -> str:

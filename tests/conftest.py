@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from digest.store import open_store
@@ -16,10 +19,39 @@ DUMP_A = SHARED_DUMPS / "hf-trending-layout-a.txt"
 DUMP_B = SHARED_DUMPS / "hf-daily-mar11-layout-b.txt"
 
 
+# A PostgreSQL server URL with the right to create databases (CI sets it): the store tests
+# then run on PostgreSQL too, each in a database of its own.
+POSTGRES_URL = os.environ.get("DIGEST_TEST_POSTGRES_URL", "")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty database: a real SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'store.db'}"
+        return
+    if not POSTGRES_URL:
+        pytest.skip("DIGEST_TEST_POSTGRES_URL is not set")
+    name = f"digest_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield (
+            sa.engine.make_url(POSTGRES_URL)
+            .set(database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    """A fresh store in a real SQLite file."""
-    store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
+def engine(database_url: str) -> Iterator[Engine]:
+    """A fresh store (SQLite, and PostgreSQL when a server is configured)."""
+    store = open_store(database_url)
     yield store
     store.dispose()
 

@@ -55,8 +55,12 @@ def ticking(start: datetime) -> Clock:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    env = {"DIGEST_DATA_DIR": str(tmp_path / "data"), "DIGEST_SMTP_CONNECTIONS": "1"}
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_SMTP_CONNECTIONS": "1",
+        "DIGEST_DATABASE_URL": database_url,
+    }
     return load_settings(environ=env, cwd=tmp_path)
 
 
@@ -216,3 +220,18 @@ def test_feeds_are_written_and_stable(settings: Settings, store: Engine) -> None
     assert report.feeds["written"] == 0
     after = {p: p.stat().st_mtime_ns for p in settings.feeds_dir.rglob("*") if p.is_file()}
     assert before == after
+
+
+def test_an_unreachable_mail_server_ends_the_pass_early(settings: Settings, store: Engine) -> None:
+    for n in range(6):
+        upsert_subscriber(store, SubscriberSpec(f"extra{n}@example.org", ["model"]), now=JOINED)
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    down = RecordingTransport(fail_after=0, error=DeliveryError("connection refused"))
+    report = run_cycle(settings, store, clock=clock, period=DAY, transport=down)
+    assert report.delivered.gave_up is not None
+    assert report.delivered.deferred == 3  # not one attempt burnt per digest in the outbox
+    attempts = [row[3] for row in digests(store) if row[1] == "pending"]
+    assert sorted(attempts, reverse=True)[:3] == [1, 1, 1] and sum(attempts) == 3
+    back = RecordingTransport()
+    run_cycle(settings, store, clock=clock, period=DAY, transport=back)
+    assert len(back.sent) == len(attempts)

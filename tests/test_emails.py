@@ -318,3 +318,11 @@ def test_paper_link_prefers_url_then_arxiv_then_search() -> None:
     assert paper_link(with_url) == "https://huggingface.co/papers/2411.01234"
     hostile = PaperView("k", "t", "a", "javascript:alert(1)", None, 1.0)
     assert paper_link(hostile).startswith("https://arxiv.org/search/")
+
+
+def test_no_line_starts_with_a_dot_so_smtp_needs_no_dot_stuffing() -> None:
+    dotted = PaperView("k", ". Leading dot", "Dots " + "." * 700, None, None, 1.0)
+    raw = build_message(view([dotted]), SENDER, NOW)
+    assert not any(line.startswith(b".") for line in raw.split(b"\r\n"))
+    html, text = parts(raw)
+    assert ". Leading dot" in text and "." * 300 in html

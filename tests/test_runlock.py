@@ -91,3 +91,18 @@ def test_server_databases_use_the_advisory_lock() -> None:
     assert uses_advisory_lock("postgresql://db/digest")
     assert not uses_advisory_lock("sqlite:///data/digest.db")
     assert not uses_advisory_lock("")
+
+
+def test_postgresql_advisory_lock_lets_one_run_in(tmp_path: Path) -> None:
+    from tests.conftest import POSTGRES_URL
+
+    if not POSTGRES_URL:
+        pytest.skip("DIGEST_TEST_POSTGRES_URL is not set")
+    with (
+        hold_run_lock(tmp_path, POSTGRES_URL),
+        pytest.raises(AlreadyRunning, match=f"pid {os.getpid()}"),
+        hold_run_lock(tmp_path, POSTGRES_URL),
+    ):
+        pass  # pragma: no cover - never reached
+    with hold_run_lock(tmp_path, POSTGRES_URL):  # released: the next run gets it
+        pass

@@ -167,6 +167,9 @@ def test_writer_is_not_locked_out_by_a_concurrent_reader(tmp_path: Path) -> None
 
 
 def test_search_index_follows_inserts_and_text_changes(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the full-text index is SQLite's")
+
     def hits(word: str) -> list[str]:
         with engine.connect() as conn:
             rows = conn.exec_driver_sql(

@@ -18,6 +18,7 @@ from digest.transports import (
     RecordingTransport,
     SMTPTransport,
     TransportError,
+    _wire,
     eml_name,
     exponential_backoff,
     open_transport,
@@ -249,6 +250,15 @@ def test_a_4xx_that_persists_gives_up_as_temporary(smtp_server: SMTPServer) -> N
     assert smtp_server.handler.received == []
 
 
+def test_a_4xx_to_rcpt_is_temporary(smtp_server: SMTPServer) -> None:
+    smtp_server.handler.rcpt_replies = {"reader0@example.net": "451 4.3.0 try again later"}
+    with pytest.raises(DeliveryError) as failure:
+        asyncio.run(send_all(smtp(smtp_server, retries=2), range(1)))
+    assert failure.value.permanent is False
+    assert "451" in str(failure.value)
+    assert smtp_server.handler.received == []
+
+
 def test_a_5xx_on_data_is_permanent(smtp_server: SMTPServer) -> None:
     smtp_server.handler.data_replies = ["554 5.7.1 rejected as spam"]
     with pytest.raises(DeliveryError) as failure:
@@ -308,6 +318,25 @@ def test_a_pooled_connection_closed_by_the_server_costs_no_retry(
     asyncio.run(go())
     assert len(smtp_server.handler.received) == 2
     assert smtp_server.handler.connections == 2
+
+
+def test_wire_form_fixes_line_ends_and_stuffs_dots_only_when_needed() -> None:
+    message = b"a\r\nb\r\n"
+    assert _wire(message) is message  # already in wire form: not copied
+    assert _wire(b".top\nmid\r.\r\n..x") == b"..top\r\nmid\r\n..\r\n...x\r\n"
+
+
+def test_any_message_arrives_intact(smtp_server: SMTPServer) -> None:
+    raw = b"Subject: dots\n\n.leading dot\n..two\r\n.\nend"
+    transport = smtp(smtp_server)
+
+    async def go() -> None:
+        async with transport:
+            await transport.send("digest@example.org", "reader@example.net", raw, "<dots@x>")
+
+    asyncio.run(go())
+    received = smtp_server.handler.received[0].data
+    assert received.replace(b"\r\n", b"\n") == raw.replace(b"\r\n", b"\n") + b"\n"
 
 
 def test_login_with_percent_encoded_credentials() -> None:
