@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 
 # ASCII text (nearly all of it) is tokenized with str.translate + split, several
@@ -30,6 +30,10 @@ _NOT_WORD = re.compile(r"[^\w-]|_")
 # Highlighting works on the original text and keeps its case.
 _SURFACE = re.compile(r"[^\W_]+(?:[-\u2010][^\W_]+)*")
 _HYPHEN = re.compile(r"[-\u2010]")
+# The same split with case kept, for finding words as written.
+_ASCII_SURFACE = str.maketrans(
+    {chr(i): (chr(i) if chr(i).isalnum() or chr(i) == "-" else " ") for i in range(128)}
+)
 
 # Words ending in "s" that are not plurals; short words are never stemmed at all.
 _NOT_PLURAL_WORDS = (
@@ -87,6 +91,7 @@ class Analyzer:
 
     inflections: bool = False
     _memo: dict[str, str] = field(default_factory=dict, repr=False)
+    _written: dict[str, str] = field(default_factory=dict, repr=False)  # word as written → term
 
     def term(self, word: str) -> str:
         """The term of one already folded word."""
@@ -146,10 +151,32 @@ class Analyzer:
 
     def surface_forms(self, text: str, wanted: Iterable[str]) -> dict[str, set[str]]:
         """The words of text, as written, whose term is one of ``wanted`` (for highlighting)."""
-        want = set(wanted)
+        want = wanted if isinstance(wanted, (set, frozenset)) else set(wanted)
         found: dict[str, set[str]] = {}
-        raw = text if text.isascii() else unicodedata.normalize("NFKC", text)
-        for chunk in _SURFACE.findall(raw):
+        if text.isascii():
+            # Most words have no hyphen: split as the regex would, case kept, and stem them
+            # through a memo of words as written; hyphen chains take the regex below.
+            memo = self._written
+            for chunk in text.translate(_ASCII_SURFACE).split():
+                if "-" in chunk:
+                    self._hyphenated(chunk, want, found)
+                    continue
+                stem = memo.get(chunk)
+                if stem is None:
+                    stem = memo[chunk] = self.term(chunk.lower())
+                if stem in want:
+                    if stem in found:
+                        found[stem].add(chunk)
+                    else:
+                        found[stem] = {chunk}
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            return found
+        self._hyphenated(unicodedata.normalize("NFKC", text), want, found)
+        return found
+
+    def _hyphenated(self, text: str, want: Container[str], found: dict[str, set[str]]) -> None:
+        for chunk in _SURFACE.findall(text):
             words = [chunk]
             if "-" in chunk or "\u2010" in chunk:
                 words += _HYPHEN.split(chunk)
@@ -157,7 +184,6 @@ class Analyzer:
                 stem = self.term(_HYPHEN.sub("", fold(word)))
                 if stem in want:
                     found.setdefault(stem, set()).add(word)
-        return found
 
 
 def fold(text: str) -> str:

@@ -85,40 +85,34 @@ def publish_feeds(
         if len(items) < limit:
             items.append(_item(row, row.sent_at, authority, json.loads(row.matched)))
     site = settings.site_name
-    feeds: list[tuple[str, FeedMeta, list[FeedItem]]] = [
+
+    def meta(path: str, title: str, description: str) -> FeedMeta:
+        url = f"{settings.base_url}/feeds/{path}"
+        return FeedMeta(
+            title=f"{site}: {title}",
+            feed_id=url,
+            site_url=settings.base_url,
+            self_url=url,
+            description=description,
+            updated=now,
+        )
+
+    feeds = [
         (
             GLOBAL_FEED,
-            FeedMeta(
-                title=f"{site}: new papers",
-                feed_id=f"{settings.base_url}/feeds/{GLOBAL_FEED}",
-                site_url=settings.base_url,
-                self_url=f"{settings.base_url}/feeds/{GLOBAL_FEED}",
-                description="Papers as they first appear in the listings.",
-                updated=now,
-            ),
+            meta(GLOBAL_FEED, "new papers", "Papers as they first appear in the listings."),
             [_item(row, row.first_seen, authority) for row in newest],
         )
     ]
     for sub in subscribers:
-        name = feed_name(links.key, sub.id, sub.token_salt)
+        path = f"private/{feed_name(links.key, sub.id, sub.token_salt)}"
         feeds.append(
-            (
-                f"private/{name}",
-                FeedMeta(
-                    title=f"{site}: papers for you",
-                    feed_id=f"{settings.base_url}/feeds/private/{name}",
-                    site_url=settings.base_url,
-                    self_url=f"{settings.base_url}/feeds/private/{name}",
-                    description="The papers of your digests.",
-                    updated=now,
-                ),
-                private[sub.id],
-            )
+            (path, meta(path, "papers for you", "The papers of your digests."), private[sub.id])
         )
-    for base, meta, items in feeds:
+    for base, described, items in feeds:
         for kind in ("atom", "rss"):
-            meta_of_kind = replace(meta, self_url=f"{meta.self_url}.{kind}")
-            path = folder / f"{base}.{kind}"
-            changed = write_feed_if_changed(path, meta_of_kind, items, kind=kind, limit=limit)
+            meta_of_kind = replace(described, self_url=f"{described.self_url}.{kind}")
+            target = folder / f"{base}.{kind}"
+            changed = write_feed_if_changed(target, meta_of_kind, items, kind=kind, limit=limit)
             counts["written" if changed else "unchanged"] += 1
     return counts

@@ -21,6 +21,8 @@ explanations (``InterestHit``) are built once per (interest, paper) and shared.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import repeat
+from operator import add
 from dataclasses import dataclass, field
 
 from digest.analysis import DEFAULT, Analyzer
@@ -304,14 +306,15 @@ class DayMatches:
                     if second:
                         several |= first.keys() & second.keys()
         chosen: list[Entry] = []
-        for neg in several:
-            if allowed is None or ids[-neg] in allowed:
-                total = 0.0
-                for table in tables:
-                    score = table.get(neg)
-                    if score is not None:
-                        total += score
-                chosen.append((total, neg, _SEVERAL))
+        if several:
+            papers = list(several)
+            if allowed is not None:
+                papers = [neg for neg in papers if ids[-neg] in allowed]
+            # Summed in interest order, as one would by hand (adding 0.0 changes nothing).
+            totals = list(map(tables[0].get, papers, repeat(0.0)))
+            for table in tables[1:]:
+                totals = list(map(add, totals, map(table.get, papers, repeat(0.0))))
+            chosen = list(zip(totals, papers, repeat(_SEVERAL)))
         # Any other paper scores only what its one interest gives it, so it can make the
         # top ``limit`` only if it is among the first ``limit`` such papers of that list.
         for q in qids:
@@ -344,13 +347,23 @@ class DayMatches:
         cached = self._hits.get(key)
         if cached is not None:
             return cached
-        found: list[tuple[int, str]] = []
-        self.index._matchers[qid].evaluate(self.docs[pidx], found)
+        doc = self.docs[pidx]
+        matcher = self.index._matchers[qid]
         words: dict[str, None] = {}
-        for f, term in found:
-            forms = self._surface_map(pidx, f).get(term, ())
-            words.update(dict.fromkeys(sorted(forms)))
-        fields = tuple(FIELDS[f] for f in sorted({f for f, _ in found}))
+        if isinstance(matcher, TermLeaf) and not any(matcher.term in f.spans for f in doc.fields):
+            # One plain term, the commonest case: its own forms, field by field.
+            term = matcher.term
+            present = [f for f in matcher.fields if term in doc.fields[f].counts]
+            for f in present:
+                words.update(dict.fromkeys(sorted(self._surface_map(pidx, f).get(term, ()))))
+            fields = tuple(FIELDS[f] for f in present)
+        else:
+            found: list[tuple[int, str]] = []
+            matcher.evaluate(doc, found)
+            for f, term in found:
+                forms = self._surface_map(pidx, f).get(term, ())
+                words.update(dict.fromkeys(sorted(forms)))
+            fields = tuple(FIELDS[f] for f in sorted({f for f, _ in found}))
         score = self._table(qid)[-pidx]
         hit = self._hits[key] = InterestHit(self.index.texts[qid], score, tuple(words), fields)
         return hit

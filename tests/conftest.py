@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -77,3 +78,12 @@ def smtp_server() -> Iterator[SMTPServer]:
     server = start_server()
     yield server
     server.controller.stop()
+
+
+@pytest.fixture
+def site(tmp_path: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """A fresh installation (settings, store, CLI) sending to a loopback SMTP server."""
+    from tests.test_service import installed_site
+
+    with installed_site(tmp_path, smtp_server, monkeypatch) as made:
+        yield made

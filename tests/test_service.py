@@ -201,15 +201,6 @@ def installed_site(
         logger.setLevel(level)
 
 
-@pytest.fixture
-def site(
-    tmp_path: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Site]:
-    """A fresh installation sending to a loopback SMTP server."""
-    with installed_site(tmp_path, smtp_server, monkeypatch) as made:
-        yield made
-
-
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

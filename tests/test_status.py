@@ -5,15 +5,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import DUMP_A, DUMP_B
-from tests.smtp_server import SMTPServer
-from tests.test_service import PEOPLE, SENT_TO, Site, installed_site
+from tests.test_service import PEOPLE, SENT_TO, Site
 
 HOLD_LOCK = """
 import sys
@@ -22,14 +19,6 @@ with hold_run_lock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.readline()
 """
-
-
-@pytest.fixture
-def site(
-    tmp_path: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Site]:
-    with installed_site(tmp_path, smtp_server, monkeypatch) as made:
-        yield made
 
 
 def test_status_of_a_fresh_store(site: Site) -> None:
