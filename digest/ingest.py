@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -75,9 +75,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _counting(entries: Iterable[Entry], path: str, progress: Progress | None) -> Iterator[Entry]:
+def _counting(
+    entries: Iterable[Entry], path: str, progress: Progress | None, listed: date | None
+) -> Iterator[Entry]:
+    """The entries, dated by their listing where they carry no date of their own."""
     for count, entry in enumerate(entries, 1):
-        yield entry
+        yield replace(entry, published=listed) if listed and entry.published is None else entry
         if progress is not None and count % PROGRESS_EVERY == 0:
             progress(path, count)
 
@@ -109,7 +112,8 @@ def ingest_file(
     try:
         listing = read_listing(path, now=now)
         with transaction(engine) as conn:
-            counts = upsert_entries(conn, _counting(listing.entries, shown, progress), now)
+            entries = _counting(listing.entries, shown, progress, listing.listing_date)
+            counts = upsert_entries(conn, entries, now)
             if counts.entries == 0:
                 raise ListingError("no papers found in this listing", shown)
             conn.execute(

@@ -179,3 +179,11 @@ def test_cli_bad_setting_is_one_line(
     code, _, err = run_cli(["ingest", str(DUMP_B)], capsys)
     assert code == 1
     assert err.count("\n") == 1 and "feed_items" in err
+
+
+def test_papers_carry_the_listing_date_of_their_dump(engine: Engine) -> None:
+    ingest_paths(engine, [DUMP_B], clock=clock())
+    with engine.connect() as conn:
+        dates = conn.execute(sa.text("SELECT DISTINCT listing_date FROM paper")).scalars().all()
+    # "Mar 11" without a year, ingested on 2026-03-12: the nearest Mar 11 not in the future
+    assert [str(d) for d in dates] == ["2026-03-11"]
