@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -43,16 +44,22 @@ def message_id(key: bytes, subscriber_id: int, period: date, mail_from: str) -> 
 
 
 def store_stats(conn: Connection, sample: int = STATS_SAMPLE) -> CorpusStats:
-    """Term statistics of the store from its newest ``sample`` papers.
+    """Term statistics of the whole store: every paper, or a uniform sample of ``sample``.
 
     BM25 needs only each term's share of documents, which a sample of this size estimates
-    well for every term that matters to ranking; rare terms stay rare in the sample.
+    within a few percent for every term common enough to matter; rare terms stay rare. The
+    sample is seeded by the store's size, so the same store always ranks the same way.
     """
-    rows = conn.execute(
-        sa.select(col(Paper.title), col(Paper.abstract))
-        .order_by(col(Paper.id).desc())
-        .limit(sample)
-    ).all()
+    newest = conn.execute(sa.select(sa.func.max(col(Paper.id)))).scalar() or 0
+    query = sa.select(col(Paper.title), col(Paper.abstract))
+    if newest > sample:
+        chosen = random.Random(newest).sample(range(1, newest + 1), sample)
+        rows = []
+        for start in range(0, sample, 900):  # bound-parameter caps
+            part = chosen[start : start + 900]
+            rows.extend(conn.execute(query.where(col(Paper.id).in_(part))).all())
+    else:
+        rows = list(conn.execute(query).all())
     return CorpusStats.from_papers((title, abstract) for title, abstract in rows)
 
 

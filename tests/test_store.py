@@ -193,3 +193,21 @@ def test_search_index_follows_inserts_and_text_changes(engine: Engine) -> None:
     with transaction(engine) as conn:
         upsert_entries(conn, [Entry("Graph Networks", "")], T0 + timedelta(2))
     assert hits("molecule") == ["graph networks"]  # a shorter abstract does not replace it
+
+
+def test_term_statistics_cover_the_store_and_are_repeatable(engine: Engine) -> None:
+    from digest.compose import store_stats
+
+    entries = [
+        Entry(f"Paper {i} on {'graphs' if i % 4 else 'diffusion'}", "text") for i in range(60)
+    ]
+    with transaction(engine) as conn:
+        upsert_entries(conn, entries, T0)
+    with engine.connect() as conn:
+        whole = store_stats(conn)
+        sampled = [store_stats(conn, sample=20) for _ in range(2)]
+    assert whole.documents == 60
+    assert whole.doc_freq("diffusion") == 15
+    assert sampled[0] == sampled[1]  # seeded by the store: the same ranking run after run
+    assert sampled[0].documents == 20
+    assert 0 < sampled[0].doc_freq("graph") < 20
