@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.utils import parseaddr
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -54,7 +55,7 @@ def store_stats(conn: Connection, sample: int = STATS_SAMPLE) -> CorpusStats:
     query = sa.select(col(Paper.title), col(Paper.abstract))
     if newest > sample:
         chosen = random.Random(newest).sample(range(1, newest + 1), sample)
-        rows = []
+        rows: list[Any] = []
         for start in range(0, sample, 900):  # bound-parameter caps
             part = chosen[start : start + 900]
             rows.extend(conn.execute(query.where(col(Paper.id).in_(part))).all())
