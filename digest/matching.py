@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Protocol
 
 from digest.analysis import Analyzer
@@ -84,7 +85,7 @@ class Field:
     def adjacent(self, first: str, second: str) -> bool:
         """Whether two plain terms occur side by side (a cheap test before chaining)."""
         if self._bigrams is None:
-            self._bigrams = set(zip(self.terms, self.terms[1:], strict=False))
+            self._bigrams = set(pairwise(self.terms))
         return (first, second) in self._bigrams
 
     def occurrences(self, term: str) -> list[tuple[int, int]]:
@@ -172,7 +173,7 @@ def _chain(fld: Field, words: list[str]) -> list[tuple[int, int]]:
     if any(word not in counts for word in words):
         return []
     # Two plain terms in a row must be a bigram of the field: most candidates stop here.
-    for first, second in zip(words, words[1:], strict=False):
+    for first, second in pairwise(words):
         if first not in spans and second not in spans and not fld.adjacent(first, second):
             return []
     open_spans = fld.occurrences(words[0])

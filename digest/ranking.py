@@ -20,10 +20,12 @@ explanations (``InterestHit``) are built once per (interest, paper) and shared.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import gc
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from itertools import repeat
 from operator import add
-from dataclasses import dataclass, field
 
 from digest.analysis import DEFAULT, Analyzer
 from digest.interests import InterestError, parse_interest
@@ -122,6 +124,21 @@ class Ranked:
     hits: tuple[InterestHit, ...]
 
 
+@contextmanager
+def _no_collection() -> Iterator[None]:
+    """Hold off the cycle collector while building millions of small acyclic objects.
+
+    It would otherwise walk the growing heap again and again (a third of the run).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 class InterestIndex:
     """The distinct interests of all subscribers, compiled once and keyed by anchor term."""
 
@@ -202,12 +219,13 @@ class InterestIndex:
         lists: dict[int, list[Entry]] = {}
         docs: list[Doc] = []
         document = self._compiler.document
-        for pidx, paper in enumerate(ordered):
-            doc = document(paper.title, paper.abstract, paper.times_seen)
-            docs.append(doc)
-            terms = doc.fields[0].counts.keys() | doc.fields[1].counts.keys()
-            self._score_terms(doc, -pidx, terms, lists)
-            self._verify(doc, -pidx, terms, lists)
+        with _no_collection():
+            for pidx, paper in enumerate(ordered):
+                doc = document(paper.title, paper.abstract, paper.times_seen)
+                docs.append(doc)
+                terms = doc.fields[0].counts.keys() | doc.fields[1].counts.keys()
+                self._score_terms(doc, -pidx, terms, lists)
+                self._verify(doc, -pidx, terms, lists)
         for entries in lists.values():
             entries.sort(reverse=True)
         return DayMatches(self, ordered, docs, lists)
@@ -270,6 +288,7 @@ class DayMatches:
         self.lists = lists  # interest id → its matches, best first
         self.ids = [paper.id for paper in papers]
         self._tables: dict[int, dict[int, float]] = {}
+        self._heads: dict[tuple[int, int], list[int]] = {}
         self._hits: dict[tuple[int, int], InterestHit] = {}
         self._alone: dict[tuple[int, int], Ranked] = {}
         self._surfaces: dict[tuple[int, int], dict[str, set[str]]] = {}
@@ -281,6 +300,13 @@ class DayMatches:
         if table is None:
             table = self._tables[qid] = {neg: s for s, neg, _ in self.lists.get(qid, ())}
         return table
+
+    def _head(self, qid: int, limit: int) -> list[int]:
+        """The -paper indices of an interest's first ``limit`` matches."""
+        head = self._heads.get((qid, limit))
+        if head is None:
+            head = self._heads[(qid, limit)] = [neg for _, neg, _ in self.lists[qid][:limit]]
+        return head
 
     def scores(self, qid: int) -> dict[int, float]:
         """Paper index → score for one interest."""
@@ -321,7 +347,7 @@ class DayMatches:
             entries = lists.get(q)
             if not entries:
                 continue
-            if allowed is None and not several:
+            if allowed is None and (not several or several.isdisjoint(self._head(q, limit))):
                 chosen += entries[:limit]
                 continue
             taken = 0
@@ -411,9 +437,10 @@ class DayMatches:
         candidates: Callable[[int], set[int]] | None = None,
     ) -> dict[int, list[Ranked]]:
         """Every profile's papers; ``candidates(profile id)`` limits which papers (ids)."""
-        if candidates is None:
-            return {profile.id: self.ranked(profile) for profile in profiles}
-        return {profile.id: self.ranked(profile, candidates(profile.id)) for profile in profiles}
+        with _no_collection():
+            if candidates is None:
+                return {profile.id: self.ranked(profile) for profile in profiles}
+            return {p.id: self.ranked(p, candidates(p.id)) for p in profiles}
 
 
 def rank_profiles(

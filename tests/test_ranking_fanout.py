@@ -1,0 +1,132 @@
+"""The fast path (term index, shared heads, summed overlaps) against a plain evaluation."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from digest.analysis import DEFAULT
+from digest.interests import parse_interest
+from digest.matching import Compiler
+from digest.ranking import CorpusStats, PaperText, Profile, Ranked, rank_profiles
+
+_VOCABULARY = (
+    "graph neural network diffusion model language agent reasoning speech vision "
+    "retrieval dense sparse token decoder encoder learning federated privacy robot "
+    "policy reward image video audio benchmark dataset survey transformer attention"
+)
+WORDS = _VOCABULARY.split()
+COMPOUNDS = ["self-supervised", "multi-agent", "data set", "dataset", "fine-tuning"]
+
+
+def make_papers(rng: random.Random, n: int) -> list[PaperText]:
+    def text(low: int, high: int) -> str:
+        words = [rng.choice(WORDS) for _ in range(rng.randint(low, high))]
+        for _ in range(rng.randint(0, 2)):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(COMPOUNDS))
+        # Case and plurals vary as in real listings.
+        return " ".join(
+            w.capitalize() if rng.random() < 0.2 else w + "s" * (rng.random() < 0.2) for w in words
+        )
+
+    ids = rng.sample(range(1, 10 * n), n)  # not in order: ties must still go to the lower id
+    return [PaperText(i, text(3, 7), text(10, 40), rng.randint(1, 6)) for i in ids]
+
+
+def make_interests(rng: random.Random) -> list[str]:
+    w = rng.choice
+    kinds = [
+        lambda: w(WORDS),
+        lambda: f"{w(WORDS)} {w(WORDS)}",
+        lambda: f'"{w(WORDS)} {w(WORDS)}"',
+        lambda: w(WORDS)[:4] + "*",
+        lambda: f"{w(WORDS)} -{w(WORDS)}",
+        lambda: f"{w(WORDS)} OR {w(WORDS)}",
+        lambda: f"title:{w(WORDS)} ^2",
+        lambda: f"{w(COMPOUNDS)}",
+        lambda: f"({w(WORDS)} OR {w(WORDS)}) {w(WORDS)} NOT title:{w(WORDS)}",
+    ]
+    return [rng.choice(kinds)() for _ in range(40)]
+
+
+def reference(
+    profiles: list[Profile],
+    papers: list[PaperText],
+    stats: CorpusStats,
+    candidates: dict[int, set[int]],
+) -> dict[int, list[tuple[int, float, list[str]]]]:
+    """Every interest evaluated on every paper, summed and sorted by hand."""
+    compiler = Compiler(stats, DEFAULT)
+    compiled = {}
+    for text in {t for p in profiles for t in p.interests}:
+        interest = parse_interest(text)
+        compiled[text] = (compiler.compile(interest.query)[0], interest.weight, interest.text)
+    docs = [compiler.document(p.title, p.abstract, p.times_seen) for p in papers]
+    out = {}
+    for profile in profiles:
+        rows = []
+        for paper, doc in zip(papers, docs, strict=True):
+            if profile.id in candidates and paper.id not in candidates[profile.id]:
+                continue
+            total, names, seen = 0.0, [], set()
+            for text in profile.interests:
+                matcher, weight, name = compiled[text]
+                if name in seen:
+                    continue
+                seen.add(name)
+                score = matcher.evaluate(doc, None)
+                if score is not None:
+                    total += score * weight * doc.boost
+                    names.append(name)
+            if names and total >= profile.min_score:
+                rows.append((paper.id, total, names))
+        rows.sort(key=lambda row: (-row[1], row[0]))
+        out[profile.id] = rows[: profile.max_items]
+    return out
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fast_fan_out_equals_brute_force(seed: int) -> None:
+    rng = random.Random(seed)
+    papers = make_papers(rng, 300)
+    stats = CorpusStats.from_papers((p.title, p.abstract) for p in papers)
+    pool = make_interests(rng)
+    profiles = []
+    for pid in range(200):
+        interests = rng.sample(pool, rng.randint(1, 4))
+        if rng.random() < 0.1:
+            interests.append(interests[0])  # the same interest twice counts once
+        min_score = rng.choice([0.0, 0.0, 2.0, 6.0])
+        profiles.append(Profile(pid, interests, rng.randint(1, 12), min_score))
+    # Some subscribers share their interests exactly (their answers are shared).
+    profiles += [
+        Profile(200 + i, p.interests, p.max_items, p.min_score) for i, p in enumerate(profiles[:30])
+    ]
+    ids = [p.id for p in papers]
+    candidates = {p.id: set(rng.sample(ids, 150)) for p in profiles if rng.random() < 0.4}
+
+    limited = rank_profiles(
+        profiles, papers, stats, candidates=lambda pid: candidates.get(pid, set(ids))
+    )
+    check(profiles, limited, reference(profiles, papers, stats, candidates))
+    everything = rank_profiles(profiles, papers, stats)
+    check(profiles, everything, reference(profiles, papers, stats, {}))
+    for i in range(30):  # identical profiles got one shared answer
+        assert everything[200 + i] == everything[i]
+
+
+def check(
+    profiles: list[Profile],
+    got: dict[int, list[Ranked]],
+    want: dict[int, list[tuple[int, float, list[str]]]],
+) -> None:
+    assert sum(len(v) for v in want.values()) > 500  # the setup does exercise the fan-out
+    for profile in profiles:
+        ranked = got[profile.id]
+        expected = want[profile.id]
+        assert [r.paper_id for r in ranked] == [row[0] for row in expected], profile
+        assert [r.score for r in ranked] == pytest.approx([row[1] for row in expected])
+        assert [[h.interest for h in r.hits] for r in ranked] == [row[2] for row in expected]
+        for r in ranked:
+            assert sum(h.score for h in r.hits) == pytest.approx(r.score)
