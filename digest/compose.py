@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import random
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -28,7 +29,7 @@ from digest.ranking import CorpusStats, PaperText, Profile, Ranked, rank_profile
 from digest.store import db_time
 from digest.subscribers import interests_of
 
-STATS_SAMPLE = 20_000  # newest papers whose term frequencies stand for the whole store
+STATS_SAMPLE = 20_000  # papers whose term frequencies stand for a larger store
 WEEKLY_DAY = 0  # weekly digests go out on Mondays
 
 
@@ -116,20 +117,26 @@ def plan_digests(
     ).all()
     if not rows:
         return [Plan(s, ()) for s in subscribers]
-    first_seen = {r.id: r.first_seen for r in rows}
     already: dict[int, set[int]] = {}
     for sub_id, paper_id in conn.execute(
         sa.select(col(DigestItem.subscriber_id), col(DigestItem.paper_id)).where(
-            col(DigestItem.paper_id) >= rows[0].id,
-            col(DigestItem.subscriber_id).in_(cutoffs),
+            col(DigestItem.paper_id) >= rows[0].id
         )
     ).all():
-        already.setdefault(sub_id, set()).add(paper_id)
+        if sub_id in cutoffs:
+            already.setdefault(sub_id, set()).add(paper_id)
+    by_time = sorted((r.first_seen, r.id) for r in rows)
+    times = [seen for seen, _ in by_time]
+    newer_than: dict[datetime, frozenset[int]] = {}  # subscribers share cutoffs (the last run)
 
     def candidates(profile_id: int) -> set[int]:
         cutoff = cutoffs[profile_id]
-        sent = already.get(profile_id, set())
-        return {pid for pid, seen in first_seen.items() if seen > cutoff and pid not in sent}
+        fresh = newer_than.get(cutoff)
+        if fresh is None:
+            fresh = frozenset(pid for _, pid in by_time[bisect_right(times, cutoff) :])
+            newer_than[cutoff] = fresh
+        sent = already.get(profile_id)
+        return set(fresh - sent) if sent else fresh  # type: ignore[return-value]
 
     profiles = [
         Profile(s.id, interests_of(s), max_items=s.max_items, min_score=s.min_score)  # type: ignore[arg-type]
