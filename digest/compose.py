@@ -13,7 +13,7 @@ import hmac
 import json
 import random
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from email.utils import parseaddr
@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
 from digest.models import Digest, DigestItem, Paper, Subscriber
-from digest.ranking import CorpusStats, PaperText, Profile, Ranked, rank_profiles
+from digest.ranking import CorpusStats, InterestHit, PaperText, Profile, Ranked, rank_profiles
 from digest.store import db_time
 from digest.subscribers import interests_of
 
@@ -147,6 +147,27 @@ def plan_digests(
     return [Plan(s, ranked.get(s.id, [])) for s in subscribers]  # type: ignore[arg-type]
 
 
+def _distinct(words: Iterable[str]) -> list[str]:
+    """Each matched word once, as first written ("Federated" and "federated" are one)."""
+    seen: dict[str, str] = {}
+    for word in words:
+        seen.setdefault(word.casefold(), word)
+    return list(seen.values())
+
+
+def hits_json(hits: Iterable[InterestHit]) -> list[dict[str, Any]]:
+    """An explanation as stored and printed: interest, matched words, fields, score."""
+    return [
+        {
+            "interest": hit.interest,
+            "terms": _distinct(hit.terms),
+            "fields": list(hit.fields),
+            "score": round(hit.score, 4),
+        }
+        for hit in hits
+    ]
+
+
 def record_plans(
     conn: Connection,
     plans: Sequence[Plan],
@@ -157,52 +178,62 @@ def record_plans(
     mail_from: str,
     run_id: int | None,
 ) -> dict[str, int]:
-    """Write the outbox rows for ``plans``; returns how many are pending and skipped."""
+    """Write the outbox rows for ``plans`` in bulk; returns how many are pending and skipped."""
     now = db_time(now)
     counts = {"pending": 0, "skipped": 0}
+    if not plans:
+        return counts
+    statuses: dict[int, str] = {}
     for plan in plans:
         sub = plan.subscriber
-        empty = not plan.ranked
-        status = "skipped" if empty and not sub.send_empty else "pending"
-        digest_id = conn.execute(
-            sa.insert(Digest).values(
-                subscriber_id=sub.id,
-                period=period,
-                status=status,
-                message_id=message_id(key, sub.id, period, mail_from),  # type: ignore[arg-type]
-                created_at=now,
-                run_id=run_id,
-            )
-        ).inserted_primary_key[0]  # type: ignore[index]
-        if plan.ranked:
-            conn.execute(
-                sa.insert(DigestItem),
-                [
-                    {
-                        "digest_id": digest_id,
-                        "subscriber_id": sub.id,
-                        "paper_id": item.paper_id,
-                        "rank": rank,
-                        "score": round(item.score, 4),
-                        "matched": json.dumps(
-                            [
-                                {
-                                    "interest": hit.interest,
-                                    "terms": list(hit.terms),
-                                    "fields": list(hit.fields),
-                                    "score": round(hit.score, 4),
-                                }
-                                for hit in item.hits
-                            ]
-                        ),
-                    }
-                    for rank, item in enumerate(plan.ranked, 1)
-                ],
-            )
+        sid = int(sub.id or 0)  # rows read from the store always have their id
+        statuses[sid] = "skipped" if not plan.ranked and not sub.send_empty else "pending"
+        counts[statuses[sid]] += 1
+    conn.execute(
+        sa.insert(Digest),
+        [
+            {
+                "subscriber_id": sub_id,
+                "period": period,
+                "status": status,
+                "message_id": message_id(key, sub_id, period, mail_from),
+                "created_at": now,
+                "run_id": run_id,
+            }
+            for sub_id, status in statuses.items()
+        ],
+    )
+    digest_of = dict(
         conn.execute(
-            sa.update(Subscriber).where(col(Subscriber.id) == sub.id).values(last_digest_at=now)
-        )
-        counts[status] += 1
+            sa.select(col(Digest.subscriber_id), col(Digest.id)).where(col(Digest.period) == period)
+        ).all()
+    )
+    explained: dict[int, str] = {}  # interests are shared across subscribers, and so are hits
+    items = []
+    for plan in plans:
+        sub_id = int(plan.subscriber.id or 0)
+        for rank, item in enumerate(plan.ranked, 1):
+            matched = explained.get(id(item.hits))
+            if matched is None:
+                matched = explained[id(item.hits)] = json.dumps(hits_json(item.hits))
+            items.append(
+                {
+                    "digest_id": digest_of[sub_id],
+                    "subscriber_id": sub_id,
+                    "paper_id": item.paper_id,
+                    "rank": rank,
+                    "score": round(item.score, 4),
+                    "matched": matched,
+                }
+            )
+    if items:
+        conn.execute(sa.insert(DigestItem), items)
+    conn.execute(
+        sa.update(Subscriber)
+        .where(col(Subscriber.id) == sa.bindparam("_id"))
+        .values(last_digest_at=now),
+        [{"_id": sub_id} for sub_id in statuses],
+    )
     return counts
 
 

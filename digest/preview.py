@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -19,38 +19,17 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlmodel import col
 
-from digest.compose import Plan, plan_digests, store_stats
+from digest.compose import Plan, hits_json, plan_digests, store_stats
 from digest.emails import DigestView, PaperView
 from digest.interests import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
 from digest.links import Links
 from digest.models import Paper, Subscriber
-from digest.ranking import InterestHit, PaperText, Profile, Ranked, rank_for, search
+from digest.ranking import PaperText, Profile, Ranked, rank_for, search
 from digest.store import index_papers
 from digest.subscribers import feed_name, interests_of, link_token
 
 WHOLE_STORE_LIMIT = 20_000  # newest papers ranked by ``preview --all`` and searches without FTS
 FTS_CANDIDATES = 5_000
-
-
-def _distinct(words: Iterable[str]) -> list[str]:
-    """Each matched word once, as first written ("Federated" and "federated" are one)."""
-    seen: dict[str, str] = {}
-    for word in words:
-        seen.setdefault(word.casefold(), word)
-    return list(seen.values())
-
-
-def hits_json(hits: Iterable[InterestHit]) -> list[dict[str, Any]]:
-    """An explanation as stored and printed: interest, matched words, fields, score."""
-    return [
-        {
-            "interest": hit.interest,
-            "terms": _distinct(hit.terms),
-            "fields": list(hit.fields),
-            "score": round(hit.score, 4),
-        }
-        for hit in hits
-    ]
 
 
 def paper_view(row: Any, score: float, hits: Sequence[dict[str, Any]]) -> PaperView:
