@@ -200,7 +200,9 @@ def run_cycle(
                 "delivered",
                 extra={"sent": report.delivered.sent, "failed": report.delivered.failed},
             )
-            report.feeds = publish_feeds(settings, engine, links_of(settings), now=clock())
+            report.feeds = publish_feeds(
+                settings, engine, links_of(settings), now=clock(), changed=report.delivered.sent_to
+            )
             report.outbox = outbox_counts(engine)
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"

@@ -57,6 +57,7 @@ class Delivered:
     failed: int = 0
     deferred: int = 0
     bounced: list[str] = field(default_factory=list)
+    sent_to: set[int] = field(default_factory=set)  # subscriber ids: their private feeds changed
     stopped: bool = False
     gave_up: str | None = None  # why the pass stopped early (the mail server is unreachable)
 
@@ -174,6 +175,7 @@ async def deliver(
             deferred_in_a_row = 0
             _mark(engine, item.digest_id, status="sent", sent_at=db_time(clock()), last_error=None)
             result.sent += 1
+            result.sent_to.add(item.subscriber_id)
 
     workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
     await asyncio.gather(*workers)

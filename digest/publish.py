@@ -8,14 +8,14 @@ not change is not rewritten.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
 from digest.feeds import FeedItem, FeedMeta, item_for_paper, paper_guid, write_feed_if_changed
@@ -35,13 +35,61 @@ def _item(
     return item_for_paper(view, guid=paper_guid(row.key, authority), published=published)
 
 
+def _private_items(
+    conn: Connection, subscriber_ids: list[int], limit: int, authority: str
+) -> dict[int, list[FeedItem]]:
+    """The newest ``limit`` items each subscriber was sent, for a batch of subscribers."""
+    numbered = (
+        sa.select(
+            col(DigestItem.subscriber_id),
+            col(DigestItem.score),
+            col(DigestItem.matched),
+            col(Digest.sent_at),
+            col(Paper.key),
+            col(Paper.title),
+            col(Paper.abstract),
+            col(Paper.url),
+            col(Paper.arxiv_id),
+            sa.func.row_number()
+            .over(
+                partition_by=col(DigestItem.subscriber_id),
+                order_by=(col(Digest.sent_at).desc(), col(DigestItem.rank)),
+            )
+            .label("n"),
+        )
+        .join(Digest, col(Digest.id) == col(DigestItem.digest_id))
+        .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
+        .where(col(Digest.status) == "sent", col(DigestItem.subscriber_id).in_(subscriber_ids))
+        .subquery()
+    )
+    rows = conn.execute(
+        sa.select(numbered)
+        .where(numbered.c.n <= limit)
+        .order_by(numbered.c.subscriber_id, numbered.c.n)
+    ).all()
+    items: dict[int, list[FeedItem]] = {sid: [] for sid in subscriber_ids}
+    for row in rows:
+        items[row.subscriber_id].append(_item(row, row.sent_at, authority, json.loads(row.matched)))
+    return items
+
+
 def publish_feeds(
-    settings: Settings, engine: Engine, links: Links, *, now: datetime
+    settings: Settings,
+    engine: Engine,
+    links: Links,
+    *,
+    now: datetime,
+    changed: Collection[int] | None = None,
 ) -> dict[str, int]:
-    """Write the global feed and every active subscriber's private feed; count what changed."""
+    """Write the global feed and the private feeds that may have changed; count what changed.
+
+    ``changed`` names the subscribers sent something since their feed was written (None: all
+    of them); a private feed that does not exist yet is written whatever it says.
+    """
     counts = {"written": 0, "unchanged": 0}
     limit = settings.feed_items
     folder = settings.feeds_dir
+    authority = urlsplit(settings.base_url).hostname or "localhost"
     with engine.connect() as conn:
         newest = conn.execute(
             sa.select(
@@ -55,35 +103,25 @@ def publish_feeds(
             .order_by(col(Paper.first_seen).desc(), col(Paper.id).desc())
             .limit(limit)
         ).all()
-        subscribers = conn.execute(
-            sa.select(col(Subscriber.id), col(Subscriber.email), col(Subscriber.token_salt)).where(
-                col(Subscriber.status) == "active"
-            )
-        ).all()
-        private: dict[int, list[FeedItem]] = {row.id: [] for row in subscribers}
-        rows = conn.execute(
-            sa.select(
-                col(DigestItem.subscriber_id),
-                col(DigestItem.score),
-                col(DigestItem.matched),
-                col(Digest.sent_at),
-                col(Paper.key),
-                col(Paper.title),
-                col(Paper.abstract),
-                col(Paper.url),
-                col(Paper.arxiv_id),
-            )
-            .join(Digest, col(Digest.id) == col(DigestItem.digest_id))
-            .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
-            .where(col(Digest.status) == "sent", col(DigestItem.subscriber_id).in_(private))
-            .order_by(col(Digest.sent_at).desc(), col(DigestItem.rank))
-        ).all()
+        names = {
+            row.id: feed_name(links.key, row.id, row.token_salt)
+            for row in conn.execute(
+                sa.select(col(Subscriber.id), col(Subscriber.token_salt)).where(
+                    col(Subscriber.status) == "active"
+                )
+            ).all()
+        }
+        targets = [
+            sid
+            for sid, name in names.items()
+            if changed is None
+            or sid in changed
+            or not (folder / "private" / f"{name}.atom").exists()
+        ]
+        private: dict[int, list[FeedItem]] = {}
+        for start in range(0, len(targets), 500):
+            private.update(_private_items(conn, targets[start : start + 500], limit, authority))
         conn.rollback()
-    authority = urlsplit(settings.base_url).hostname or "localhost"
-    for row in rows:
-        items = private[row.subscriber_id]
-        if len(items) < limit:
-            items.append(_item(row, row.sent_at, authority, json.loads(row.matched)))
     site = settings.site_name
 
     def meta(path: str, title: str, description: str) -> FeedMeta:
@@ -104,15 +142,15 @@ def publish_feeds(
             [_item(row, row.first_seen, authority) for row in newest],
         )
     ]
-    for sub in subscribers:
-        path = f"private/{feed_name(links.key, sub.id, sub.token_salt)}"
+    for sid in targets:
+        path = f"private/{names[sid]}"
         feeds.append(
-            (path, meta(path, "papers for you", "The papers of your digests."), private[sub.id])
+            (path, meta(path, "papers for you", "The papers of your digests."), private[sid])
         )
     for base, described, items in feeds:
         for kind in ("atom", "rss"):
             meta_of_kind = replace(described, self_url=f"{described.self_url}.{kind}")
             target = folder / f"{base}.{kind}"
-            changed = write_feed_if_changed(target, meta_of_kind, items, kind=kind, limit=limit)
-            counts["written" if changed else "unchanged"] += 1
+            written = write_feed_if_changed(target, meta_of_kind, items, kind=kind, limit=limit)
+            counts["written" if written else "unchanged"] += 1
     return counts

@@ -235,3 +235,22 @@ def test_an_unreachable_mail_server_ends_the_pass_early(settings: Settings, stor
     back = RecordingTransport()
     run_cycle(settings, store, clock=clock, period=DAY, transport=back)
     assert len(back.sent) == len(attempts)
+
+
+def test_private_feeds_keep_the_newest_items_of_each_reader(
+    settings: Settings, store: Engine
+) -> None:
+    feedparser = pytest.importorskip("feedparser")
+    from dataclasses import replace
+
+    small = replace(settings, feed_items=3)
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    sent = RecordingTransport()
+    run_cycle(small, store, clock=clock, period=DAY, transport=sent)
+    shutil.copy(DUMP_A, small.inbox / "trending.txt")
+    later = RecordingTransport()
+    run_cycle(small, store, clock=clock, period=DAY + timedelta(1), transport=later)
+    feeds = sorted((small.feeds_dir / "private").glob("*.atom"))
+    sizes = [len(feedparser.parse(path.read_bytes()).entries) for path in feeds]
+    assert max(sizes) == 3  # capped at feed_items, newest first
+    assert len(feeds) == len(PEOPLE)
