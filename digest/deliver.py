@@ -126,9 +126,22 @@ def load_outbox(engine: Engine, links: Links, *, limit: int | None = None) -> li
     return outgoing
 
 
-def _mark(engine: Engine, digest_id: int, **values: Any) -> None:
+# Built once: these two run for every message, and building a statement costs more than running it.
+_SENDING = (
+    sa.update(Digest)
+    .where(col(Digest.id) == sa.bindparam("_id"))
+    .values(status="sending", attempts=col(Digest.attempts) + 1)
+)
+_SENT = (
+    sa.update(Digest)
+    .where(col(Digest.id) == sa.bindparam("_id"))
+    .values(status="sent", sent_at=sa.bindparam("_at"), last_error=None)
+)
+
+
+def _mark(engine: Engine, statement: Any, **values: Any) -> None:
     with transaction(engine) as conn:
-        conn.execute(sa.update(Digest).where(col(Digest.id) == digest_id).values(**values))
+        conn.execute(statement, values)
 
 
 async def deliver(
@@ -161,7 +174,7 @@ async def deliver(
             item = queue.get_nowait()
             now = clock()
             raw = builder.build(item.view, now)
-            _mark(engine, item.digest_id, status="sending", attempts=col(Digest.attempts) + 1)
+            _mark(engine, _SENDING, _id=item.digest_id)
             try:
                 await transport.send(sender_addr, item.email, raw, item.view.message_id)
             except DeliveryError as exc:
@@ -173,7 +186,7 @@ async def deliver(
                         log.warning("delivery stopped", extra={"reason": result.gave_up})
                 continue
             deferred_in_a_row = 0
-            _mark(engine, item.digest_id, status="sent", sent_at=db_time(clock()), last_error=None)
+            _mark(engine, _SENT, _id=item.digest_id, _at=db_time(clock()))
             result.sent += 1
             result.sent_to.add(item.subscriber_id)
 

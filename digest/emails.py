@@ -167,10 +167,48 @@ def _term_pattern(terms: tuple[str, ...]) -> re.Pattern[str] | None:
     return re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE)
 
 
+_NOT_PLAIN = re.compile(r"[^\w]")
+_WORD = re.compile(r"\w+")
+
+
+def _highlight_words(text: str, wanted: set[str], open_tag: str, close_tag: str) -> Markup:
+    """``highlight`` for single words: a scan of the text's words, no pattern to compile.
+
+    Matches what the pattern would: the word itself, or it with ``s``/``es`` appended.
+    """
+    where = _word_spans(text)
+    spans = sorted(
+        span
+        for word in wanted
+        for form in (word, word + "s", word + "es")
+        for span in where.get(form, ())
+    )
+    pieces: list[str] = []
+    position = 0
+    for start, end in spans:
+        pieces.append(str(escape(text[position:start])))
+        pieces.append(open_tag + str(escape(text[start:end])) + close_tag)
+        position = end
+    pieces.append(str(escape(text[position:])))
+    return Markup("".join(pieces))
+
+
+@functools.lru_cache(maxsize=16_384)
+def _word_spans(text: str) -> dict[str, list[tuple[int, int]]]:
+    """Where each word (case-folded) stands in a text; a paper's text is highlighted for many."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for match in _WORD.finditer(text):
+        spans.setdefault(match.group().casefold(), []).append(match.span())
+    return spans
+
+
 def highlight(
     text: str, terms: Sequence[str], open_tag: str = "<mark>", close_tag: str = "</mark>"
 ) -> Markup:
     """Escape ``text`` for HTML and wrap each whole-word match of ``terms`` in the tags."""
+    words = {t.strip() for t in terms if t.strip()}
+    if words and not any(_NOT_PLAIN.search(w) for w in words):
+        return _highlight_words(text, {w.casefold() for w in words}, open_tag, close_tag)
     pattern = _term_pattern(tuple(terms))
     if pattern is None:
         return escape(text)
@@ -321,6 +359,7 @@ class MessageBuilder:
         self.sender = sender
         self._templates = _templates()
         self._cache: dict[tuple[object, ...], _Block] = {}
+        self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
         self._cache_size = cache_size
         self._from = _header("From", format_address(sender.from_addr))
         site = clean_header(sender.site_name)
@@ -329,28 +368,43 @@ class MessageBuilder:
         list_name = f"{site} {_angle(sender.list_id)}" if site else _angle(sender.list_id)
         self._list_id = _header("List-Id", list_name)
 
+    def _paper_base(self, paper: PaperView) -> dict[str, Any]:
+        """What a paper shows whoever reads it: worked out once per paper, not per reader."""
+        key = (paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id)
+        base = self._bases.get(key)
+        if base is None:
+            title = _SPACES.sub(" ", _clean_text(paper.title)).strip()
+            abstract, truncated = shorten(_clean_text(paper.abstract))
+            links = find_links(_clean_text(paper.abstract))
+            base = {
+                "title": title,
+                "abstract": abstract,
+                "abstract_text": textwrap.fill(
+                    abstract,
+                    TEXT_WIDTH,
+                    initial_indent="  ",
+                    subsequent_indent="  ",
+                    break_on_hyphens=False,
+                )
+                if abstract
+                else "  (no abstract)",
+                "truncated": truncated,
+                "link": paper_link(paper),
+                "code_links": [u for u in links if is_code_link(u)],
+                "other_links": [u for u in links if not is_code_link(u)],
+            }
+            if len(self._bases) >= self._cache_size:
+                self._bases.clear()
+            self._bases[key] = base
+        return base
+
     def _paper_context(self, paper: PaperView) -> dict[str, Any]:
-        title = _SPACES.sub(" ", _clean_text(paper.title)).strip()
-        abstract, truncated = shorten(_clean_text(paper.abstract))
-        links = find_links(_clean_text(paper.abstract))
+        base = self._paper_base(paper)
         t = self._templates
         return {
-            "title": title,
-            "title_html": highlight(title, paper.terms, t.hit_open, t.hit_close),
-            "abstract_html": highlight(abstract, paper.terms, t.hit_open, t.hit_close),
-            "abstract_text": textwrap.fill(
-                abstract,
-                TEXT_WIDTH,
-                initial_indent="  ",
-                subsequent_indent="  ",
-                break_on_hyphens=False,
-            )
-            if abstract
-            else "  (no abstract)",
-            "truncated": truncated,
-            "link": paper_link(paper),
-            "code_links": [u for u in links if is_code_link(u)],
-            "other_links": [u for u in links if not is_code_link(u)],
+            **base,
+            "title_html": highlight(base["title"], paper.terms, t.hit_open, t.hit_close),
+            "abstract_html": highlight(base["abstract"], paper.terms, t.hit_open, t.hit_close),
             "interests": [clean_header(i) for i in paper.interests if clean_header(i)],
         }
 

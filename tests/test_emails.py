@@ -326,3 +326,24 @@ def test_no_line_starts_with_a_dot_so_smtp_needs_no_dot_stuffing() -> None:
     assert not any(line.startswith(b".") for line in raw.split(b"\r\n"))
     html, text = parts(raw)
     assert ". Leading dot" in text and "." * 300 in html
+
+
+def test_plain_word_highlighting_agrees_with_the_pattern() -> None:
+    from markupsafe import escape
+
+    from digest.emails import _highlight_words, _term_pattern
+
+    text = (
+        "Models & <b>model</b> classes: a Class of self-supervised MODELS, modelling, "
+        "remodel; diffusion-based diffusions (Diffusion)."
+    )
+    for terms in (("model",), ("class", "diffusion"), ("Self", "supervised"), ("models",)):
+        pattern = _term_pattern(terms)
+        assert pattern is not None
+        expected, position = [], 0
+        for match in pattern.finditer(text):
+            expected += [str(escape(text[position : match.start()])), f"[{escape(match.group())}]"]
+            position = match.end()
+        expected.append(str(escape(text[position:])))
+        wanted = {t.casefold() for t in terms}
+        assert str(_highlight_words(text, wanted, "[", "]")) == "".join(expected), terms

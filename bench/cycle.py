@@ -1,0 +1,163 @@
+"""One daily cycle at scale, phase by phase: what an operator's `digest run` costs.
+
+Run by hand (not in CI):  python bench/cycle.py [--papers 200000] [--subscribers 20000]
+
+A store back-filled with synthetic papers, subscribers with Zipf-drawn interests
+(the generators of bench/match.py), a 5,000-paper daily dump in the inbox; then the
+steps of `digest run` in order, each timed: ingest, rank, record the outbox, render
+and hand every message to a transport that only counts them (bench/deliver.py
+measures SMTP), and the feeds. Prints seconds per phase and peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import resource
+import secrets
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from match import Generator, interest_pool, real_papers, subscribers  # bench/match.py
+
+from digest.compose import plan_digests, record_plans
+from digest.cycle import links_of, sender_of
+from digest.deliver import deliver, load_outbox
+from digest.emails import MessageBuilder
+from digest.ingest import Clock, ingest_file, ingest_inbox
+from digest.models import Subscriber
+from digest.publish import publish_feeds
+from digest.settings import load_settings
+from digest.store import index_papers, open_store, transaction
+
+
+class CountingTransport:
+    """Takes every message and keeps only the count and the bytes."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+        self.bytes = 0
+
+    async def send(self, sender_addr: str, recipient: str, message: bytes, message_id: str) -> None:
+        self.messages += 1
+        self.bytes += len(message)
+
+    async def close(self) -> None:
+        return None
+
+
+def write_store_snapshot(path: Path, generator: Generator, papers: int) -> None:
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(papers):
+            paper = generator.paper(i)
+            ident = f"{1000 + i // 90000:04d}.{i % 90000:05d}"
+            out.write(
+                json.dumps({"id": ident, "title": paper.title, "abstract": paper.abstract}) + "\n"
+            )
+
+
+def write_daily(path: Path, generator: Generator, first: int, papers: int) -> None:
+    lines = ["Get trending papers in your email inbox!"]
+    for i in range(papers):
+        paper = generator.paper(first + i)
+        lines += [("Subscribe" if i == 0 else "") + paper.title, paper.abstract]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--papers", type=int, default=200_000, help="papers already in the store")
+    parser.add_argument("--subscribers", type=int, default=20_000)
+    parser.add_argument("--daily", type=int, default=5_000)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    real = real_papers()
+    generator = Generator(rng, real)
+    folder = Path(tempfile.mkdtemp(prefix="digest-cycle-"))
+    settings = load_settings(environ={"DIGEST_DATA_DIR": str(folder / "data")}, cwd=folder)
+    engine = open_store(settings.database_url)
+    clock = Clock()
+    joined = datetime.now(UTC) - timedelta(days=1)
+
+    snapshot = folder / "store.jsonl"
+    write_store_snapshot(snapshot, generator, args.papers)
+    started = time.perf_counter()
+    ingest_file(engine, snapshot, now=joined - timedelta(days=1), defer_index=True)
+    with transaction(engine) as conn:
+        index_papers(conn)
+    print(f"set-up: {args.papers:,} papers back-filled in {time.perf_counter() - started:.1f} s")
+
+    profiles = subscribers(rng, interest_pool(rng, real), args.subscribers)
+    with transaction(engine) as conn:
+        conn.execute(
+            sa.insert(Subscriber),
+            [
+                {
+                    "email": f"reader{p.id}@example.org",
+                    "interests": json.dumps(list(p.interests)),
+                    "token_salt": secrets.token_hex(16),
+                    "created_at": joined,
+                    "status": "active",
+                }
+                for p in profiles
+            ],
+        )
+    settings.inbox.mkdir(parents=True, exist_ok=True)
+    write_daily(settings.inbox / "daily.txt", generator, args.papers, args.daily)
+
+    phases: dict[str, float] = {}
+
+    def timed(name: str, started: float) -> float:
+        now = time.perf_counter()
+        phases[name] = now - started
+        return now
+
+    period = datetime.now(UTC).date()
+    t = time.perf_counter()
+    dumps = ingest_inbox(engine, settings.inbox, clock=clock)
+    t = timed("ingest the daily dump (with search index)", t)
+    with engine.begin() as conn:
+        plans = plan_digests(conn, period=period, now=clock())
+        t = timed("rank every subscriber (plan)", t)
+        counts = record_plans(
+            conn, plans, period=period, now=clock(), key=settings.signing_key(),
+            mail_from=settings.mail_from, run_id=None,
+        )  # fmt: skip
+    t = timed("record the outbox", t)
+    outgoing = load_outbox(engine, links_of(settings))
+    t = timed("load the outbox", t)
+    transport = CountingTransport()
+    delivered = asyncio.run(
+        deliver(
+            engine, outgoing, MessageBuilder(sender_of(settings)), transport,
+            sender_addr=settings.mail_from, clock=clock, concurrency=4,
+        )
+    )  # fmt: skip
+    t = timed("render and hand over every message", t)
+    feeds = publish_feeds(
+        settings, engine, links_of(settings), now=clock(), changed=delivered.sent_to
+    )
+    timed("feeds (global + private of those sent)", t)
+
+    items = sum(len(p.ranked) for p in plans)
+    print(
+        f"daily: {dumps[0].new:,} new papers; {len(plans):,} subscribers, {counts['pending']:,} digests,"
+        f" {counts['skipped']:,} skipped, {items:,} items; {transport.messages:,} messages,"
+        f" {transport.bytes / max(transport.messages, 1) / 1024:.1f} KB each;"
+        f" {feeds['written']:,} feed files written"
+    )
+    for name, seconds in phases.items():
+        print(f"  {name:<45} {seconds:8.2f} s")
+    print(f"  {'total':<45} {sum(phases.values()):8.2f} s")
+    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"(files in {folder})")
+
+
+if __name__ == "__main__":
+    main()
