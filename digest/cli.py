@@ -44,6 +44,7 @@ from digest.status import collect_status, status_lines
 from digest.store import open_store, transaction
 from digest.subscribers import (
     SubscriberSpec,
+    check_token,
     export_csv,
     find_subscriber,
     interests_of,
@@ -198,8 +199,14 @@ def cmd_subscribe(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
-    """Stop all mail to a subscriber (their history is kept)."""
-    row = set_status(ctx.engine, args.email, "unsubscribed")
+    """Stop all mail to a subscriber (their history is kept), by address or by link token."""
+    address = args.email
+    if "@" not in address:  # the token of an unsubscribe link or mail ("unsubscribe 12.ab34...")
+        found = check_token(ctx.engine, ctx.settings.signing_key(), address.split()[-1])
+        if found is None:
+            raise UsageError("not an address, nor a valid unsubscribe token")
+        address = found.email
+    row = set_status(ctx.engine, address, "unsubscribed")
     ctx.say(f"unsubscribed {row.email}")
     return 0
 
@@ -481,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("unsubscribe", cmd_unsubscribe, "stop mail to a subscriber")
-    sub.add_argument("email", metavar="EMAIL")
+    sub.add_argument(
+        "email", metavar="EMAIL|TOKEN", help="an address, or the token of an unsubscribe link"
+    )
 
     sub = command("subscribers", cmd_subscribers, "list subscribers; import or export CSV")
     sub.add_argument("--status", choices=("pending", "active", "unsubscribed", "bounced"))

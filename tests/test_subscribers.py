@@ -131,3 +131,24 @@ def test_cli_subscribe_list_unsubscribe(
     engine = open_store(load_settings().database_url)
     assert find_subscriber(engine, "ada@example.org").status == "unsubscribed"
     engine.dispose()
+
+
+def test_cli_unsubscribe_by_the_token_of_a_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DIGEST_CONFIG", raising=False)
+    assert main(["subscribe", "ada@example.org", "--interest", "graphs"]) == 0
+    from digest.settings import load_settings
+    from digest.store import open_store
+
+    settings = load_settings()
+    engine = open_store(settings.database_url)
+    row = find_subscriber(engine, "ada@example.org")
+    token = link_token(settings.signing_key(), row.id, row.token_salt)
+    forged = token[:-1] + ("0" if token[-1] != "0" else "1")
+    assert main(["unsubscribe", forged]) == 2
+    assert find_subscriber(engine, "ada@example.org").status == "active"
+    assert main(["unsubscribe", f"unsubscribe {token}"]) == 0  # as a mailto subject says it
+    assert find_subscriber(engine, "ada@example.org").status == "unsubscribed"
+    engine.dispose()
