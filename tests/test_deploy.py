@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from digest.cli import build_parser
 from digest.settings import OPTIONS
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
@@ -121,8 +122,10 @@ def test_deploy_files_use_only_real_subcommands() -> None:
     where = {name for name, _ in commands}
     assert {"digest.service", "digest-serve.service", "crontab.example"} <= where
     assert {"Dockerfile CMD", "Dockerfile HEALTHCHECK", "compose.yaml"} <= where
+    parser = build_parser()
     for name, argv in commands:
         assert argv and argv[0] in SUBCOMMANDS, (name, argv)
+        parser.parse_args(argv)  # the real command line takes it, flags and all
 
 
 def test_docker_image_basics() -> None:
