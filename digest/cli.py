@@ -41,7 +41,7 @@ from digest.runlock import hold_run_lock
 from digest.scheduler import serve
 from digest.settings import DEFAULT_CONFIG_NAME, Settings, default_config_text, load_settings
 from digest.status import collect_status, status_lines
-from digest.store import open_store, transaction
+from digest.store import open_store, reading, transaction
 from digest.subscribers import (
     SubscriberSpec,
     check_token,
@@ -254,7 +254,7 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
     subscriber = find_subscriber(ctx.engine, args.email)
     period = _period(args, ctx)
     settings = ctx.settings
-    with ctx.engine.connect() as conn:
+    with reading(ctx.engine) as conn:
         ranked = preview_ranked(
             conn, subscriber, period=period, now=ctx.now(), whole_store=args.all
         )

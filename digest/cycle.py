@@ -32,7 +32,7 @@ from digest.models import Run
 from digest.preview import digest_view, ranked_views
 from digest.publish import publish_feeds
 from digest.settings import Settings
-from digest.store import db_time, index_papers, transaction
+from digest.store import db_time, index_papers, reading, transaction
 from digest.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
 from digest.transports import Transport, open_transport
 
@@ -246,7 +246,7 @@ def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime)
     report = RunReport(None, period, dry_run=True)
     key = settings.signing_key()
     builder = MessageBuilder(sender_of(settings))
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         plans = plan_digests(conn, period=period, now=now)
         for plan in plans:
             sub = plan.subscriber
@@ -289,7 +289,7 @@ def ensure_sample_subscribers(settings: Settings, engine: Engine, *, now: dateti
 
 def last_run_period(engine: Engine) -> date | None:
     """The period of the newest run that finished well (for the scheduler's catch-up)."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         value = conn.execute(
             sa.select(sa.func.max(col(Run.period))).where(col(Run.status) == "ok")
         ).scalar()

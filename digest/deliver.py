@@ -28,7 +28,7 @@ from digest.errors import DeliveryError
 from digest.links import Links
 from digest.models import Digest, DigestItem, Paper, Subscriber
 from digest.preview import paper_view
-from digest.store import db_time, transaction
+from digest.store import db_time, reading, transaction
 from digest.subscribers import feed_name, link_token
 
 log = logging.getLogger("digest.deliver")
@@ -89,7 +89,7 @@ def paper_views(conn: sa.Connection, digest_ids: Sequence[int]) -> dict[int, lis
 
 def load_outbox(engine: Engine, links: Links, *, limit: int | None = None) -> list[Outgoing]:
     """Every digest still to send (pending, or caught mid-send by a crash), oldest first."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         query: Any = (
             sa.select(
                 col(Digest.id),
@@ -237,7 +237,7 @@ def outbox_counts(engine: Engine, period: date | None = None) -> dict[str, int]:
     query = sa.select(col(Digest.status), sa.func.count()).group_by(col(Digest.status))
     if period is not None:
         query = query.where(col(Digest.period) == period)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(query).all()
         conn.rollback()
     counts = dict.fromkeys(("pending", "sending", "sent", "skipped", "failed"), 0)

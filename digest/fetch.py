@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 
 from digest.logs import redact
 from digest.models import Dump, SourceState
-from digest.store import transaction
+from digest.store import reading, transaction
 
 log = logging.getLogger(__name__)
 
@@ -424,7 +424,7 @@ _DUMP = Dump.__table__  # type: ignore[attr-defined]
 
 def _ingested(engine: Engine, sha: str) -> bool:
     """Whether a dump with these exact bytes was already ingested (ingest keys dumps by sha256)."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         return conn.execute(sa.select(_DUMP.c.id).where(_DUMP.c.sha256 == sha)).first() is not None
 
 

@@ -25,7 +25,7 @@ from digest.errors import DigestError, ListingError
 from digest.listing import Entry
 from digest.models import Dump
 from digest.readers import read_listing
-from digest.store import db_time, index_papers, transaction, upsert_entries
+from digest.store import db_time, index_papers, reading, transaction, upsert_entries
 
 Progress = Callable[[str, int], None]  # (path, entries so far)
 PROGRESS_EVERY = 20_000
@@ -104,7 +104,7 @@ def ingest_file(
         sha = file_sha256(path)
     except OSError as exc:
         return DumpResult(shown, "failed", error=f"{shown}: cannot read: {exc.strerror}")
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         known = conn.execute(sa.select(col(Dump.id)).where(col(Dump.sha256) == sha)).first()
         conn.rollback()
     if known is not None:

@@ -23,6 +23,7 @@ from digest.links import Links
 from digest.models import Digest, DigestItem, Paper, Subscriber
 from digest.preview import paper_view
 from digest.settings import Settings
+from digest.store import reading
 from digest.subscribers import feed_name
 
 GLOBAL_FEED = "papers"
@@ -90,7 +91,7 @@ def publish_feeds(
     limit = settings.feed_items
     folder = settings.feeds_dir
     authority = urlsplit(settings.base_url).hostname or "localhost"
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         newest = conn.execute(
             sa.select(
                 col(Paper.key),

@@ -15,6 +15,7 @@ from digest.models import Digest, Dump, Paper, Run, SourceState, Subscriber
 from digest.runlock import lock_holder
 from digest.scheduler import crontab_trigger
 from digest.settings import Settings
+from digest.store import reading
 from digest.subscribers import count_by_status
 
 RECENT_RUNS = 5
@@ -28,7 +29,7 @@ def _iso(value: datetime | None) -> str | None:
 def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[str, Any]:
     """Everything ``status`` shows, as plain data (also the ``--json`` output)."""
     local = now.astimezone(settings.tz)
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         papers = conn.execute(sa.select(sa.func.count()).select_from(Paper)).scalar_one()
         newest = conn.execute(sa.select(sa.func.max(col(Paper.first_seen)))).scalar()
         new_today = conn.execute(

@@ -54,7 +54,8 @@ def make_engine(url: str) -> Engine:
 
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            reads_only = conn.get_execution_options().get("digest_reading", False)
+            conn.exec_driver_sql("BEGIN" if reads_only else "BEGIN IMMEDIATE")
 
         return engine
     try:
@@ -72,6 +73,15 @@ def open_store(url: str) -> Engine:
     except OperationalError as exc:
         raise StoreError(f"cannot open the database: {exc.orig}") from None
     return engine
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A connection that only reads: on SQLite it reads a snapshot and never waits on a writer
+    (``status`` answers during an hour-long back-fill)."""
+    with engine.connect() as conn:
+        conn.execution_options(digest_reading=True)
+        yield conn
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 from digest.errors import UsageError
 from digest.interests import parse_interest
 from digest.models import Subscriber
-from digest.store import db_time
+from digest.store import db_time, reading
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced")
 FREQUENCIES = ("daily", "weekly")
@@ -237,7 +237,7 @@ def check_token(
 
 def count_by_status(engine: Engine) -> dict[str, int]:
     """How many subscribers have each status."""
-    with engine.connect() as conn:
+    with reading(engine) as conn:
         rows = conn.execute(
             sa.select(col(Subscriber.status), sa.func.count()).group_by(col(Subscriber.status))
         ).all()

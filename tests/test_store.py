@@ -211,3 +211,25 @@ def test_term_statistics_cover_the_store_and_are_repeatable(engine: Engine) -> N
     assert sampled[0] == sampled[1]  # seeded by the store: the same ranking run after run
     assert sampled[0].documents == 20
     assert 0 < sampled[0].doc_freq("graph") < 20
+
+
+def test_a_reader_does_not_wait_for_a_long_write(tmp_path: Path) -> None:
+    from digest.store import reading
+
+    engine = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    with transaction(engine) as conn:
+        upsert_entries(conn, [Entry("Known Paper")], T0)
+    counts: list[int] = []
+
+    def read() -> None:
+        with reading(engine) as conn:
+            counts.append(conn.exec_driver_sql("SELECT count(*) FROM paper").scalar_one())
+
+    with transaction(engine) as writer:  # a back-fill holding the write lock
+        upsert_entries(writer, [Entry("Paper In Flight")], T0 + timedelta(1))
+        reader = threading.Thread(target=read)
+        reader.start()
+        reader.join(timeout=10)  # a reader taking the write lock would wait out the busy timeout
+        assert not reader.is_alive()
+    assert counts == [1]  # the snapshot before the write
+    engine.dispose()
