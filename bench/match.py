@@ -1,6 +1,7 @@
 """Matching speed: 100,000 subscribers against a day of 5,000 papers (run by hand).
 
-    python bench/match.py [--subscribers N] [--papers N] [--store-sample N] [--sample N] [--seed N]
+    python bench/match.py [--subscribers N] [--papers N] [--store-sample N] [--sample N]
+                          [--seed N] [--processes N]
 
 The corpus is synthetic, with a realistic spread of words (see bench/README.md):
 a 40,000-word Zipfian vocabulary whose head is the real words of
@@ -27,6 +28,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from digest import parallel
 from digest.analysis import DEFAULT
 from digest.interests import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
 from digest.matching import STOPWORDS
@@ -249,6 +251,7 @@ def main() -> None:
     parser.add_argument("--store-sample", type=int, default=10_000)
     parser.add_argument("--sample", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--processes", type=int, default=0, help="0: chosen by size")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     real = real_papers()
@@ -265,18 +268,20 @@ def main() -> None:
     t_analyze = time.perf_counter() - t0
     print(f"analyzer: {len(day) / t_analyze:,.0f} abstracts/s ({words / len(day):.0f} terms each)")
 
+    processes = args.processes or parallel.processes_for(len(day) * len(profiles))
     t0 = time.perf_counter()
     index = InterestIndex.build(profiles, stats)
     t1 = time.perf_counter()
-    matches = index.match(day)
-    t2 = time.perf_counter()
-    ranked = matches.ranked_many(profiles)
-    t3 = time.perf_counter()
+    with index.match(day, processes) as matches:
+        t2 = time.perf_counter()
+        ranked = matches.ranked_many(profiles)
+        t3 = time.perf_counter()
     ours = t3 - t0
     pairs = sum(len(v) for v in matches.lists.values())
     items = sum(len(v) for v in ranked.values())
     hits = len({id(h) for v in ranked.values() for r in v for h in r.hits})
-    print(f"ours: build {t1 - t0:.2f}s, match {t2 - t1:.2f}s ({pairs:,} paper-interest matches),")
+    print(f"ours ({processes} process{'es' * (processes > 1)}): build {t1 - t0:.2f}s, ", end="")
+    print(f"match {t2 - t1:.2f}s ({pairs:,} paper-interest matches),")
     print(f"      fan-out {t3 - t2:.2f}s ({items:,} items, {hits:,} distinct explanations)")
     print(f"      total {ours:.2f}s; {density(day, matches)}")
     if index.invalid:
@@ -287,7 +292,10 @@ def main() -> None:
     print(f"FTS5 MATCH per interest: {fts:.1f}s extrapolated from {len(sample)} subscribers")
     print(f"ratio: {fts / ours:.1f}x")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: {rss:,.0f} MB")
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    # Workers run beside the parent: their peaks add up (an upper bound; pages are shared).
+    total = rss + worker * (processes if processes > 1 else 0)
+    print(f"peak RSS: {rss:,.0f} MB, largest worker {worker:,.0f} MB, at most {total:,.0f} MB")
 
 
 if __name__ == "__main__":

@@ -175,6 +175,27 @@ class Analyzer:
         self._hyphenated(unicodedata.normalize("NFKC", text), want, found)
         return found
 
+    def written(self, text: str) -> tuple[list[str], list[tuple[str, str]]] | None:
+        """Words as written, one per position of ``positions(text)``, and (term, hyphenated word).
+
+        Together they give what ``surface_forms`` gives without stemming every word again;
+        ``None`` for text that is not ASCII (normalization may move word boundaries).
+        """
+        if not text.isascii():
+            return None
+        words: list[str] = []
+        chains: list[tuple[str, str]] = []
+        for chunk in text.translate(_ASCII_SURFACE).split():
+            if "-" not in chunk:
+                words.append(chunk)
+                continue
+            words.extend(part for part in chunk.split("-") if part)
+            # As surface_forms sees them: runs of words joined by single hyphens.
+            for piece in _SURFACE.findall(chunk):
+                if "-" in piece:
+                    chains.append((self.term(piece.replace("-", "").lower()), piece))
+        return words, chains
+
     def _hyphenated(self, text: str, want: Container[str], found: dict[str, set[str]]) -> None:
         for chunk in _SURFACE.findall(text):
             words = [chunk]

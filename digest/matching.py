@@ -48,6 +48,9 @@ class TermStats(Protocol):
 
 # What a matching leaf reports for explanations: (field index, term).
 Found = list[tuple[int, str]] | None
+# A match in an interest's list: (score, -paper index, interest id). Papers are indexed in
+# id order, so sorting these in reverse gives best first with ties to the lower paper id.
+Entry = tuple[float, int, int]
 
 
 class Field:
@@ -212,18 +215,24 @@ class PrefixLeaf:
         return saturate(idf, x) if x else None
 
     def _explain(self, doc: Doc, found: list[tuple[int, str]]) -> float | None:
-        # Word by word, so the explanation lists words in the order the paper has them.
+        # Word by word, so the explanation lists words in the order the paper has them. The
+        # words are found through the terms the Doc already carries, not by scanning the field.
+        prefix = self.prefix
         x, idf = 0.0, math.inf
+        matches = doc.prefixed.get(prefix, ())
         for f in self.fields:
             fld = doc.fields[f]
-            tf = 0
-            for i, surface in enumerate(fld.surfaces):
-                if surface.startswith(self.prefix):
-                    tf += 1
-                    # "diffus*" is no rarer than diffusion.
-                    idf = min(idf, self.idf_of(fld.terms[i]))
-                    found.append((f, fld.terms[i]))
-            x += tf * fld.factor
+            terms = dict.fromkeys(term for field, _, term in matches if field == f)
+            if not terms:
+                continue
+            surfaces, positions = fld.surfaces, fld.positions()
+            at = sorted(
+                i for term in terms for i in positions[term] if surfaces[i].startswith(prefix)
+            )
+            for term in terms:
+                idf = min(idf, self.idf_of(term))  # "diffus*" is no rarer than diffusion
+            found.extend((f, fld.terms[i]) for i in at)
+            x += len(at) * fld.factor
         return saturate(idf, x) if x else None
 
 

@@ -9,27 +9,21 @@ the index, which leaves every interest with its matches, best first. Scores are
 BM25F-style (title weighted above abstract) with document frequencies from the
 whole store, times a small trending boost.
 
-Fan-out to subscribers: a subscriber's score for a paper is the sum over their
-matching interests. Papers that match several of a subscriber's interests are
-few and found with set intersections; every other paper scores what its one
-interest gives it, so it can only make the top k if it is among the first k of
-that interest's list. Merging those heads with the few summed papers gives the
-exact top k. Subscribers with the same interests and limits share one answer, and
-explanations (``InterestHit``) are built once per (interest, paper) and shared.
+Subscribers' lists are drawn from those per-interest lists in ``digest.fanout``;
+a large day is matched and fanned out in worker processes (``digest.parallel``).
 """
 
 from __future__ import annotations
 
-import gc
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
-from operator import add
 
+from digest import parallel
 from digest.analysis import DEFAULT, Analyzer
+from digest.explain import Explainer
+from digest.fanout import DayMatches, InterestHit, Profile, Ranked, no_collection
 from digest.interests import InterestError, parse_interest
-from digest.matching import FIELDS, Compiler, Doc, Matcher, TermLeaf, TermStats, saturate
+from digest.matching import Compiler, Doc, Entry, Matcher, TermLeaf, TermStats, saturate
 
 __all__ = [
     "CorpusStats",
@@ -44,11 +38,6 @@ __all__ = [
     "rank_profiles",
     "search",
 ]
-
-# A match in an interest's list: (score, -paper index, interest id). Papers are indexed in
-# id order, so sorting these in reverse gives best first with ties to the lower paper id.
-Entry = tuple[float, int, int]
-_SEVERAL = -1  # the interest id of an entry summed over several interests
 
 
 @dataclass(frozen=True)
@@ -93,50 +82,6 @@ class PaperText:
     title: str
     abstract: str
     times_seen: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """A subscriber's interests and limits."""
-
-    id: int
-    interests: Sequence[str]
-    max_items: int = 20
-    min_score: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class InterestHit:
-    """Why a paper matched one interest: words as written in the paper, and where."""
-
-    interest: str
-    score: float
-    terms: tuple[str, ...]
-    fields: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Ranked:
-    """A paper chosen for someone, with its score and one hit per matching interest."""
-
-    paper_id: int
-    score: float
-    hits: tuple[InterestHit, ...]
-
-
-@contextmanager
-def _no_collection() -> Iterator[None]:
-    """Hold off the cycle collector while building millions of small acyclic objects.
-
-    It would otherwise walk the growing heap again and again (a third of the run).
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class InterestIndex:
@@ -213,22 +158,49 @@ class InterestIndex:
         self._ids[text] = qid
         return qid
 
-    def match(self, papers: Iterable[PaperText]) -> DayMatches:
-        """Stream the day's papers past the index once; every interest's matches, best first."""
+    def match(self, papers: Iterable[PaperText], processes: int = 1) -> DayMatches:
+        """Stream the day's papers past the index once; every interest's matches, best first.
+
+        With ``processes`` > 1 the papers are split between that many forked workers;
+        close the result (or use it in a ``with``) to stop them.
+        """
         ordered = sorted(papers, key=lambda paper: paper.id)
+        texts = [(paper.title, paper.abstract) for paper in ordered]
+
+        def start(lo: int, hi: int) -> tuple[parallel.Packed, parallel.Share]:
+            # In a worker: match the slice, then serve answers and explanations.
+            docs, lists = self._stream(ordered[lo:hi], lo)
+            explain = Explainer(self._matchers, texts, docs, self.analyzer, lo).many
+            return parallel.pack(lists), parallel.Share(self, ordered, lists, explain)
+
+        if processes > 1 and len(ordered) >= processes and parallel.available():
+            workers = parallel.Workers(len(ordered), start, processes)
+            try:
+                lists = workers.lists()
+            except BaseException:
+                workers.close()
+                raise
+            return DayMatches(self, ordered, lists, workers.explain, workers.close, workers.answer)
+        docs, lists = self._stream(ordered, 0)
+        for entries in lists.values():
+            entries.sort(reverse=True)
+        explain = Explainer(self._matchers, texts, docs, self.analyzer).many
+        return DayMatches(self, ordered, lists, explain)
+
+    def _stream(
+        self, papers: Sequence[PaperText], offset: int
+    ) -> tuple[list[Doc], dict[int, list[Entry]]]:
         lists: dict[int, list[Entry]] = {}
         docs: list[Doc] = []
         document = self._compiler.document
-        with _no_collection():
-            for pidx, paper in enumerate(ordered):
+        with no_collection():
+            for pidx, paper in enumerate(papers, offset):
                 doc = document(paper.title, paper.abstract, paper.times_seen)
                 docs.append(doc)
                 terms = doc.fields[0].counts.keys() | doc.fields[1].counts.keys()
                 self._score_terms(doc, -pidx, terms, lists)
                 self._verify(doc, -pidx, terms, lists)
-        for entries in lists.values():
-            entries.sort(reverse=True)
-        return DayMatches(self, ordered, docs, lists)
+        return docs, lists
 
     def _score_terms(
         self, doc: Doc, neg: int, terms: set[str], lists: dict[int, list[Entry]]
@@ -272,177 +244,6 @@ class InterestIndex:
                     lists[qid] = [entry]
 
 
-class DayMatches:
-    """One day's matches per interest, and the subscribers' top papers drawn from them."""
-
-    def __init__(
-        self,
-        index: InterestIndex,
-        papers: list[PaperText],
-        docs: list[Doc],
-        lists: dict[int, list[Entry]],
-    ) -> None:
-        self.index = index
-        self.papers = papers  # in id order: a paper's index is its place here
-        self.docs = docs
-        self.lists = lists  # interest id → its matches, best first
-        self.ids = [paper.id for paper in papers]
-        self._tables: dict[int, dict[int, float]] = {}
-        self._heads: dict[tuple[int, int], list[int]] = {}
-        self._hits: dict[tuple[int, int], InterestHit] = {}
-        self._alone: dict[tuple[int, int], Ranked] = {}
-        self._surfaces: dict[tuple[int, int], dict[str, set[str]]] = {}
-        self._shared: dict[tuple[tuple[int, ...], int, float], list[Ranked]] = {}
-
-    def _table(self, qid: int) -> dict[int, float]:
-        """-paper index → score for one interest."""
-        table = self._tables.get(qid)
-        if table is None:
-            table = self._tables[qid] = {neg: s for s, neg, _ in self.lists.get(qid, ())}
-        return table
-
-    def _head(self, qid: int, limit: int) -> list[int]:
-        """The -paper indices of an interest's first ``limit`` matches."""
-        head = self._heads.get((qid, limit))
-        if head is None:
-            head = self._heads[(qid, limit)] = [neg for _, neg, _ in self.lists[qid][:limit]]
-        return head
-
-    def scores(self, qid: int) -> dict[int, float]:
-        """Paper index → score for one interest."""
-        return {-neg: score for neg, score in self._table(qid).items()}
-
-    def best(
-        self, qids: Sequence[int], limit: int, min_score: float, allowed: set[int] | None = None
-    ) -> list[Entry]:
-        """The exact top ``limit`` entries for a set of interests, scores summed.
-
-        An entry summed over several interests carries the interest id ``-1``.
-        ``allowed`` holds the paper ids that may be chosen (``None``: all).
-        """
-        if limit <= 0 or not qids:
-            return []
-        ids, lists = self.ids, self.lists
-        tables = [self._table(q) for q in qids]
-        # Papers matching two or more of the interests: their sum is computed explicitly.
-        several: set[int] = set()
-        for i, first in enumerate(tables):
-            if first:
-                for second in tables[i + 1 :]:
-                    if second:
-                        several |= first.keys() & second.keys()
-        chosen: list[Entry] = []
-        if several:
-            papers = list(several)
-            if allowed is not None:
-                papers = [neg for neg in papers if ids[-neg] in allowed]
-            # Summed in interest order, as one would by hand (adding 0.0 changes nothing).
-            totals = list(map(tables[0].get, papers, repeat(0.0)))
-            for table in tables[1:]:
-                totals = list(map(add, totals, map(table.get, papers, repeat(0.0))))
-            chosen = list(zip(totals, papers, repeat(_SEVERAL)))
-        # Any other paper scores only what its one interest gives it, so it can make the
-        # top ``limit`` only if it is among the first ``limit`` such papers of that list.
-        for q in qids:
-            entries = lists.get(q)
-            if not entries:
-                continue
-            if allowed is None and (not several or several.isdisjoint(self._head(q, limit))):
-                chosen += entries[:limit]
-                continue
-            taken = 0
-            for entry in entries:
-                if entry[0] < min_score:
-                    break
-                if entry[1] in several or (allowed is not None and ids[-entry[1]] not in allowed):
-                    continue
-                chosen.append(entry)
-                taken += 1
-                if taken == limit:
-                    break
-        if len(qids) > 1:
-            chosen.sort(reverse=True)
-            del chosen[limit:]
-        while chosen and chosen[-1][0] < min_score:
-            chosen.pop()
-        return chosen
-
-    def hit(self, qid: int, pidx: int) -> InterestHit:
-        """The explanation of one interest matching one paper."""
-        key = (qid, pidx)
-        cached = self._hits.get(key)
-        if cached is not None:
-            return cached
-        doc = self.docs[pidx]
-        matcher = self.index._matchers[qid]
-        words: dict[str, None] = {}
-        if isinstance(matcher, TermLeaf) and not any(matcher.term in f.spans for f in doc.fields):
-            # One plain term, the commonest case: its own forms, field by field.
-            term = matcher.term
-            present = [f for f in matcher.fields if term in doc.fields[f].counts]
-            for f in present:
-                words.update(dict.fromkeys(sorted(self._surface_map(pidx, f).get(term, ()))))
-            fields = tuple(FIELDS[f] for f in present)
-        else:
-            found: list[tuple[int, str]] = []
-            matcher.evaluate(doc, found)
-            for f, term in found:
-                forms = self._surface_map(pidx, f).get(term, ())
-                words.update(dict.fromkeys(sorted(forms)))
-            fields = tuple(FIELDS[f] for f in sorted({f for f, _ in found}))
-        score = self._table(qid)[-pidx]
-        hit = self._hits[key] = InterestHit(self.index.texts[qid], score, tuple(words), fields)
-        return hit
-
-    def _surface_map(self, pidx: int, f: int) -> dict[str, set[str]]:
-        forms = self._surfaces.get((pidx, f))
-        if forms is None:
-            paper = self.papers[pidx]
-            text = paper.title if f == 0 else paper.abstract
-            wanted = self.docs[pidx].fields[f].counts.keys()
-            forms = self._surfaces[(pidx, f)] = self.index.analyzer.surface_forms(text, wanted)
-        return forms
-
-    def _items(self, qids: Sequence[int], entries: list[Entry]) -> list[Ranked]:
-        out: list[Ranked] = []
-        for score, neg, qid in entries:
-            if qid == _SEVERAL:
-                hits = tuple(self.hit(q, -neg) for q in qids if neg in self._table(q))
-                out.append(Ranked(self.ids[-neg], score, hits))
-                continue
-            # A paper one interest brought is the same item for everyone holding that interest.
-            item = self._alone.get((qid, neg))
-            if item is None:
-                item = Ranked(self.ids[-neg], score, (self.hit(qid, -neg),))
-                self._alone[(qid, neg)] = item
-            out.append(item)
-        return out
-
-    def ranked(self, profile: Profile, allowed_ids: set[int] | None = None) -> list[Ranked]:
-        """A profile's papers, best first, each with its explanation."""
-        qids = self.index.profiles.get(profile.id, ())
-        if allowed_ids is not None:
-            entries = self.best(qids, profile.max_items, profile.min_score, allowed_ids)
-            return self._items(qids, entries)
-        key = (qids, profile.max_items, profile.min_score)
-        shared = self._shared.get(key)
-        if shared is None:
-            entries = self.best(qids, profile.max_items, profile.min_score)
-            shared = self._shared[key] = self._items(qids, entries)
-        return list(shared)
-
-    def ranked_many(
-        self,
-        profiles: Iterable[Profile],
-        candidates: Callable[[int], set[int]] | None = None,
-    ) -> dict[int, list[Ranked]]:
-        """Every profile's papers; ``candidates(profile id)`` limits which papers (ids)."""
-        with _no_collection():
-            if candidates is None:
-                return {profile.id: self.ranked(profile) for profile in profiles}
-            return {p.id: self.ranked(p, candidates(p.id)) for p in profiles}
-
-
 def rank_profiles(
     profiles: Iterable[Profile],
     papers: Iterable[PaperText],
@@ -450,11 +251,18 @@ def rank_profiles(
     *,
     candidates: Callable[[int], set[int]] | None = None,
     analyzer: Analyzer = DEFAULT,
+    processes: int | None = None,
 ) -> dict[int, list[Ranked]]:
-    """Every profile's best papers of the day; ``candidates(profile id)`` limits which papers."""
-    profiles = list(profiles)
+    """Every profile's best papers of the day; ``candidates(profile id)`` limits which papers.
+
+    ``processes``: how many worker processes match and fan out (``None``: by size).
+    """
+    profiles, papers = list(profiles), list(papers)
+    if processes is None:
+        processes = parallel.processes_for(len(papers) * len(profiles))
     index = InterestIndex.build(profiles, stats, analyzer)
-    return index.match(papers).ranked_many(profiles, candidates)
+    with index.match(papers, processes) as matches:
+        return matches.ranked_many(profiles, candidates)
 
 
 def rank_for(

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 
 import pytest
 
+from digest import parallel
 from digest.analysis import DEFAULT
 from digest.interests import parse_interest
 from digest.matching import Compiler
-from digest.ranking import CorpusStats, PaperText, Profile, Ranked, rank_profiles
+from digest.ranking import CorpusStats, InterestIndex, PaperText, Profile, Ranked, rank_profiles
 
 _VOCABULARY = (
     "graph neural network diffusion model language agent reasoning speech vision "
@@ -130,3 +132,59 @@ def check(
         assert [[h.interest for h in r.hits] for r in ranked] == [row[2] for row in expected]
         for r in ranked:
             assert sum(h.score for h in r.hits) == pytest.approx(r.score)
+
+
+@pytest.mark.skipif(not parallel.available(), reason="worker processes need fork")
+@pytest.mark.parametrize("seed", [4, 5])
+def test_worker_processes_give_the_same_lists(seed: int) -> None:
+    rng = random.Random(seed)
+    papers = make_papers(rng, 240)
+    stats = CorpusStats.from_papers((p.title, p.abstract) for p in papers)
+    pool = make_interests(rng)
+    profiles = [
+        Profile(pid, rng.sample(pool, rng.randint(1, 5)), rng.randint(1, 12), rng.choice([0, 3.0]))
+        for pid in range(150)
+    ]
+    profiles += [Profile(150 + p.id, p.interests, p.max_items, p.min_score) for p in profiles[:20]]
+    ids = [p.id for p in papers]
+    allowed = {p.id: set(rng.sample(ids, 100)) for p in profiles}
+    for candidates in (None, allowed.__getitem__):
+        alone = rank_profiles(profiles, papers, stats, candidates=candidates, processes=1)
+        for processes in (2, 3):
+            shared = rank_profiles(
+                profiles, papers, stats, candidates=candidates, processes=processes
+            )
+            assert shared == alone  # ids, exact scores and explanations
+    assert sum(len(v) for v in alone.values()) > 300
+    assert not multiprocessing.active_children()  # the workers were stopped
+
+
+@pytest.mark.skipif(not parallel.available(), reason="worker processes need fork")
+def test_worker_processes_serve_repeated_questions() -> None:
+    rng = random.Random(6)
+    papers = make_papers(rng, 120)
+    stats = CorpusStats.from_papers((p.title, p.abstract) for p in papers)
+    profiles = [Profile(pid, rng.sample(make_interests(rng), 3)) for pid in range(40)]
+    index = InterestIndex.build(profiles, stats)
+    local = index.match(papers).ranked_many(profiles)
+    with index.match(papers, processes=2) as matches:
+        assert matches.ranked_many(profiles[:10]) == {p.id: local[p.id] for p in profiles[:10]}
+        assert matches.ranked_many(profiles) == local  # some answers cached, some new
+        assert matches.ranked(profiles[3]) == local[3]
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.skipif(not parallel.available(), reason="worker processes need fork")
+def test_a_failing_worker_raises_in_the_parent(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(7)
+    papers = make_papers(rng, 40)
+    stats = CorpusStats.from_papers((p.title, p.abstract) for p in papers)
+    index = InterestIndex.build([Profile(1, ["graph"])], stats)
+
+    def broken(*args: object) -> None:
+        raise ValueError("bad paper")
+
+    monkeypatch.setattr(InterestIndex, "_stream", broken)  # the forked workers inherit it
+    with pytest.raises(ValueError, match="bad paper"):
+        index.match(papers, processes=2)
+    assert not multiprocessing.active_children()
