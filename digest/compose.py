@@ -13,6 +13,7 @@ import hmac
 import json
 import random
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -129,22 +130,43 @@ def plan_digests(
     times = [seen for seen, _ in by_time]
     newer_than: dict[datetime, frozenset[int]] = {}  # subscribers share cutoffs (the last run)
 
-    def candidates(profile_id: int) -> set[int]:
-        cutoff = cutoffs[profile_id]
+    def candidates_after(cutoff: datetime) -> frozenset[int]:
         fresh = newer_than.get(cutoff)
         if fresh is None:
             fresh = frozenset(pid for _, pid in by_time[bisect_right(times, cutoff) :])
             newer_than[cutoff] = fresh
+        return fresh
+
+    def candidates(profile_id: int) -> set[int]:
+        fresh = candidates_after(cutoffs[profile_id])
         sent = already.get(profile_id)
         return set(fresh - sent) if sent else fresh  # type: ignore[return-value]
 
-    profiles = [
-        Profile(s.id, interests_of(s), max_items=s.max_items, min_score=s.min_score)  # type: ignore[arg-type]
-        for s in subscribers
-    ]
+    def profile(s: Subscriber) -> Profile:
+        return Profile(
+            int(s.id or 0), interests_of(s), max_items=s.max_items, min_score=s.min_score
+        )
+
     papers = [PaperText(r.id, r.title, r.abstract, r.times_seen) for r in rows]
-    ranked = rank_profiles(profiles, papers, store_stats(conn), candidates=candidates)
-    return [Plan(s, ranked.get(s.id, [])) for s in subscribers]  # type: ignore[arg-type]
+    stats = store_stats(conn)
+    # Most readers share one cutoff (the last run) and were sent none of the new papers: their
+    # candidates are simply the papers newer than it, which lets the ranker share work between
+    # them. The others (new readers, odd histories) get a candidate set each.
+    usual = Counter(cutoffs.values()).most_common(1)[0][0]
+    usual_ids = candidates_after(usual)
+    shared = [
+        s
+        for s in subscribers
+        if cutoffs[s.id] == usual and not already.get(int(s.id or 0), set()) & usual_ids
+    ]
+    shared_ids = {s.id for s in shared}
+    ranked = rank_profiles(
+        [profile(s) for s in shared], [p for p in papers if p.id in usual_ids], stats
+    )
+    others = [profile(s) for s in subscribers if s.id not in shared_ids]
+    if others:
+        ranked.update(rank_profiles(others, papers, stats, candidates=candidates))
+    return [Plan(s, ranked.get(int(s.id or 0), [])) for s in subscribers]
 
 
 def _distinct(words: Iterable[str]) -> list[str]:

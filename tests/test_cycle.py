@@ -254,3 +254,49 @@ def test_private_feeds_keep_the_newest_items_of_each_reader(
     sizes = [len(feedparser.parse(path.read_bytes()).entries) for path in feeds]
     assert max(sizes) == 3  # capped at feed_items, newest first
     assert len(feeds) == len(PEOPLE)
+
+
+def test_plans_equal_ranking_every_reader_with_their_own_candidates(
+    settings: Settings, store: Engine
+) -> None:
+    """The shared fast path (readers with the usual cutoff) picks what the slow path picks."""
+    from digest.compose import plan_digests, store_stats
+    from digest.ingest import ingest_inbox
+    from digest.ranking import PaperText, Profile, rank_profiles
+    from digest.subscribers import interests_of, list_subscribers
+
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    ingest_inbox(store, settings.inbox, clock=clock)  # dump B, after everyone joined
+    upsert_subscriber(store, SubscriberSpec("late@example.org", ["learning"]), now=clock())
+    shutil.copy(DUMP_A, settings.inbox / "trending.txt")
+    ingest_inbox(store, settings.inbox, clock=clock)  # dump A, after the late reader joined
+    with store.connect() as conn:
+        plans = plan_digests(conn, period=DAY, now=clock())
+        rows = conn.execute(
+            sa.text("SELECT id, title, abstract, times_seen, first_seen FROM paper")
+        ).all()
+        stats = store_stats(conn)
+        conn.rollback()
+    readers = list_subscribers(store)
+    cutoff = {s.id: s.created_at for s in readers}
+    reference = rank_profiles(
+        [Profile(int(s.id or 0), interests_of(s)) for s in readers],
+        [PaperText(r[0], r[1], r[2], r[3]) for r in rows],
+        stats,
+        candidates=lambda sid: {
+            r[0]
+            for r in rows
+            if datetime.fromisoformat(str(r[4])).replace(tzinfo=UTC) > cutoff[sid]
+        },
+    )
+    got = {
+        plan.subscriber.id: [(r.paper_id, round(r.score, 9)) for r in plan.ranked] for plan in plans
+    }
+    want = {
+        sid: [(r.paper_id, round(r.score, 9)) for r in ranked] for sid, ranked in reference.items()
+    }
+    assert got == want
+    late = next(p for p in plans if p.subscriber.email == "late@example.org")
+    newest = max(datetime.fromisoformat(str(r[4])) for r in rows)
+    from_a = {r[0] for r in rows if datetime.fromisoformat(str(r[4])) == newest}
+    assert late.ranked and {r.paper_id for r in late.ranked} <= from_a
