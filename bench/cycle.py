@@ -26,9 +26,7 @@ import sqlalchemy as sa
 from match import Generator, interest_pool, real_papers, subscribers  # bench/match.py
 
 from digest.compose import plan_digests, record_plans
-from digest.cycle import links_of, sender_of
-from digest.deliver import deliver, load_outbox
-from digest.emails import MessageBuilder
+from digest.cycle import links_of, send_outbox
 from digest.ingest import Clock, ingest_file, ingest_inbox
 from digest.models import Subscriber
 from digest.publish import publish_feeds
@@ -130,16 +128,9 @@ def main() -> None:
             mail_from=settings.mail_from, run_id=None,
         )  # fmt: skip
     t = timed("record the outbox", t)
-    outgoing = load_outbox(engine, links_of(settings))
-    t = timed("load the outbox", t)
     transport = CountingTransport()
-    delivered = asyncio.run(
-        deliver(
-            engine, outgoing, MessageBuilder(sender_of(settings)), transport,
-            sender_addr=settings.mail_from, clock=clock, concurrency=4,
-        )
-    )  # fmt: skip
-    t = timed("render and hand over every message", t)
+    delivered = asyncio.run(send_outbox(settings, engine, transport, clock=clock, stop=None))
+    t = timed("load, render and hand over every message", t)
     feeds = publish_feeds(
         settings, engine, links_of(settings), now=clock(), changed=delivered.sent_to
     )

@@ -38,6 +38,8 @@ from digest.transports import Transport, open_transport
 
 log = logging.getLogger("digest.run")
 
+OUTBOX_BATCH = 1_000  # digests loaded and sent at a time
+
 
 @dataclass
 class RunReport:
@@ -191,11 +193,9 @@ def run_cycle(
                     run_id=run_id,
                 )
             log.info("composed", extra={"composed": report.composed})
-            outgoing = load_outbox(engine, links_of(settings))
-            if outgoing:
-                report.delivered = asyncio.run(
-                    _send(settings, engine, outgoing, transport, clock=clock, stop=stop)
-                )
+            report.delivered = asyncio.run(
+                send_outbox(settings, engine, transport, clock=clock, stop=stop)
+            )
             log.info(
                 "delivered",
                 extra={"sent": report.delivered.sent, "failed": report.delivered.failed},
@@ -213,32 +213,43 @@ def run_cycle(
     return report
 
 
-async def _send(
+async def send_outbox(
     settings: Settings,
     engine: Engine,
-    outgoing: list[Any],
     transport: Transport | None,
     *,
     clock: Callable[[], datetime],
     stop: threading.Event | None,
 ) -> Delivered:
+    """Send the whole outbox, a batch of digests at a time (memory stays flat), over one
+    transport (its connections are reused throughout)."""
     builder = MessageBuilder(sender_of(settings))
-    own = transport is None
-    active = transport_of(settings) if transport is None else transport
+    links = links_of(settings)
+    total = Delivered()
+    after = 0
+    active: Transport | None = None
     try:
-        return await deliver(
-            engine,
-            outgoing,
-            builder,
-            active,
-            sender_addr=sender_of(settings).from_addr,
-            clock=clock,
-            concurrency=settings.smtp_connections,
-            stop=stop,
-        )
+        while batch := load_outbox(engine, links, after=after, limit=OUTBOX_BATCH):
+            after = batch[-1].digest_id
+            if active is None:
+                active = transport_of(settings) if transport is None else transport
+            part = await deliver(
+                engine,
+                batch,
+                builder,
+                active,
+                sender_addr=sender_of(settings).from_addr,
+                clock=clock,
+                concurrency=settings.smtp_connections,
+                stop=stop,
+            )
+            total.add(part)
+            if part.stopped or part.gave_up:
+                break
     finally:
-        if own:
+        if active is not None and transport is None:
             await active.close()
+    return total
 
 
 def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime) -> RunReport:

@@ -61,6 +61,16 @@ class Delivered:
     stopped: bool = False
     gave_up: str | None = None  # why the pass stopped early (the mail server is unreachable)
 
+    def add(self, other: Delivered) -> None:
+        """Fold the outcome of a later batch into this one."""
+        self.sent += other.sent
+        self.failed += other.failed
+        self.deferred += other.deferred
+        self.bounced.extend(other.bounced)
+        self.sent_to |= other.sent_to
+        self.stopped = self.stopped or other.stopped
+        self.gave_up = self.gave_up or other.gave_up
+
 
 def paper_views(conn: sa.Connection, digest_ids: Sequence[int]) -> dict[int, list[PaperView]]:
     """The papers of each digest, in rank order, as the email shows them."""
@@ -87,8 +97,11 @@ def paper_views(conn: sa.Connection, digest_ids: Sequence[int]) -> dict[int, lis
     return views
 
 
-def load_outbox(engine: Engine, links: Links, *, limit: int | None = None) -> list[Outgoing]:
-    """Every digest still to send (pending, or caught mid-send by a crash), oldest first."""
+def load_outbox(
+    engine: Engine, links: Links, *, after: int = 0, limit: int | None = None
+) -> list[Outgoing]:
+    """The digests still to send (pending, or caught mid-send by a crash) after digest id
+    ``after``, oldest first."""
     with reading(engine) as conn:
         query: Any = (
             sa.select(
@@ -101,7 +114,9 @@ def load_outbox(engine: Engine, links: Links, *, limit: int | None = None) -> li
             )
             .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
             .where(
-                col(Digest.status).in_(("pending", "sending")), col(Subscriber.status) == "active"
+                col(Digest.status).in_(("pending", "sending")),
+                col(Subscriber.status) == "active",
+                col(Digest.id) > after,
             )
             .order_by(col(Digest.id))
         )

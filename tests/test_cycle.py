@@ -300,3 +300,17 @@ def test_plans_equal_ranking_every_reader_with_their_own_candidates(
     newest = max(datetime.fromisoformat(str(r[4])) for r in rows)
     from_a = {r[0] for r in rows if datetime.fromisoformat(str(r[4])) == newest}
     assert late.ranked and {r.paper_id for r in late.ranked} <= from_a
+
+
+def test_the_outbox_goes_out_in_batches_each_digest_once(
+    settings: Settings, store: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import digest.cycle
+
+    monkeypatch.setattr(digest.cycle, "OUTBOX_BATCH", 2)
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    transport = RecordingTransport()
+    report = run_cycle(settings, store, clock=clock, period=DAY, transport=transport)
+    recipients = [m.recipient for m in transport.sent]
+    assert sorted(recipients) == sorted(set(recipients)) and len(recipients) == 4
+    assert report.delivered.sent == 4 and not transport.closed  # a given transport stays open
