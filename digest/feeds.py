@@ -11,6 +11,7 @@ time (useful for conditional GET).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -61,25 +62,34 @@ class FeedMeta:
     feed_id: str | None = None  # defaults to self_url
 
 
+@functools.lru_cache(maxsize=20_000)
 def paper_guid(key: str, authority: str) -> str:
     """A stable ``tag:`` URI for a paper key, e.g. ``tag:example.org,2024:arxiv:2403.01234``."""
     return f"tag:{authority.lower()},{GUID_DATE}:{quote(key, safe=':/._-~@')}"
 
 
+@functools.lru_cache(maxsize=20_000)
+def _paper_parts(abstract: str, link: str) -> tuple[str, str, str]:
+    """What a paper's entry shows whoever reads it: its short abstract, code links, read-on link.
+
+    A paper goes into the feeds of many readers; this is worked out once, not per reader.
+    """
+    short, truncated = shorten(abstract)
+    code = [url for url in find_links(abstract) if is_code_link(url)]
+    anchors = ", ".join(f'<a href="{escape(u)}">{escape(u)}</a>' for u in code)
+    more = f'<p><a href="{escape(link)}">Read the paper</a></p>' if truncated else ""
+    return short, f"<p>Code: {anchors}</p>" if code else "", more
+
+
 def item_for_paper(paper: PaperView, *, guid: str, published: datetime) -> FeedItem:
     """A feed entry carrying what the email shows: highlighted abstract, code links, matches."""
-    abstract, truncated = shorten(paper.abstract)
     link = paper_link(paper)
+    abstract, code, more = _paper_parts(paper.abstract, link)
     # <strong>, not <mark>: feed readers' HTML sanitizers (feedparser's among them) drop <mark>.
-    parts = [f"<p>{highlight(abstract, paper.terms, '<strong>', '</strong>')}</p>"]
-    code = [url for url in find_links(paper.abstract) if is_code_link(url)]
-    if code:
-        anchors = ", ".join(f'<a href="{escape(u)}">{escape(u)}</a>' for u in code)
-        parts.append(f"<p>Code: {anchors}</p>")
+    parts = [f"<p>{highlight(abstract, paper.terms, '<strong>', '</strong>')}</p>", code]
     if paper.interests:
         parts.append(f"<p>Matched: {escape(', '.join(paper.interests))}</p>")
-    if truncated:
-        parts.append(f'<p><a href="{escape(link)}">Read the paper</a></p>')
+    parts.append(more)
     return FeedItem(
         guid=guid,
         title=paper.title,
@@ -172,14 +182,17 @@ def _render(meta: FeedMeta, chosen: Sequence[FeedItem], kind: FeedKind, digest: 
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one step (temp file in the same folder, then rename)."""
+    """Replace ``path`` with ``data`` in one step (temp file in the same folder, then rename).
+
+    No fsync: a feed is derived from the store and rewritten whenever its content hash does
+    not match, so after a crash the worst case is one rewrite, and syncing tens of thousands
+    of private feeds would cost more than building them.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
         os.chmod(temp, 0o644)  # mkstemp makes 0600; feeds are served by a web server
         os.replace(temp, path)
     except BaseException:

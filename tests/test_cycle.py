@@ -314,3 +314,24 @@ def test_the_outbox_goes_out_in_batches_each_digest_once(
     recipients = [m.recipient for m in transport.sent]
     assert sorted(recipients) == sorted(set(recipients)) and len(recipients) == 4
     assert report.delivered.sent == 4 and not transport.closed  # a given transport stays open
+
+
+def test_feeds_written_by_two_processes_are_the_same_files(
+    settings: Settings, store: Engine, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from digest.cycle import links_of
+    from digest.publish import publish_feeds
+
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    run_cycle(settings, store, clock=clock, period=DAY, transport=RecordingTransport())
+    now = clock()
+    outputs = []
+    for processes in (1, 2):
+        target = replace(settings, feeds_dir=tmp_path / f"feeds-{processes}")
+        counts = publish_feeds(target, store, links_of(settings), now=now, processes=processes)
+        assert counts == {"written": 2 * (len(PEOPLE) + 1), "unchanged": 0}
+        files = sorted(p for p in target.feeds_dir.rglob("*") if p.is_file())
+        outputs.append({p.relative_to(target.feeds_dir): p.read_bytes() for p in files})
+    assert outputs[0] == outputs[1]
