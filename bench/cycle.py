@@ -86,7 +86,7 @@ def main() -> None:
     snapshot = folder / "store.jsonl"
     write_store_snapshot(snapshot, generator, args.papers)
     started = time.perf_counter()
-    ingest_file(engine, snapshot, now=joined - timedelta(days=1), defer_index=True)
+    ingest_file(engine, snapshot, clock=lambda: joined - timedelta(days=1), defer_index=True)
     with transaction(engine) as conn:
         index_papers(conn)
     print(f"set-up: {args.papers:,} papers back-filled in {time.perf_counter() - started:.1f} s")

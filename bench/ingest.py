@@ -259,7 +259,7 @@ def main() -> int:
     clock = Clock()
 
     started = time.perf_counter()
-    backfill = ingest_file(engine, snapshot, now=clock(), defer_index=True)
+    backfill = ingest_file(engine, snapshot, clock=clock, defer_index=True)
     backfill_s = time.perf_counter() - started
     assert backfill.status == "ok", backfill.error
     started = time.perf_counter()
@@ -269,7 +269,7 @@ def main() -> int:
     rss_after_backfill = peak_rss_mb()
 
     started = time.perf_counter()
-    day = ingest_file(engine, daily, now=clock())
+    day = ingest_file(engine, daily, clock=clock)
     daily_s = time.perf_counter() - started
     assert day.status == "ok", day.error
     engine.dispose()

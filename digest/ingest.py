@@ -89,13 +89,16 @@ def ingest_file(
     engine: Engine,
     path: Path,
     *,
-    now: datetime,
+    clock: Callable[[], datetime],
     source: str = "",
     progress: Progress | None = None,
     defer_index: bool = False,
 ) -> DumpResult:
     """Ingest one dump file; never raises for a bad file, reports it instead.
 
+    The dump's papers are stamped first seen at a time taken once the write lock is held:
+    a run composing digests meanwhile either sees them or picks them up next time, so a
+    long ingest that commits after a run never falls behind that run's cut-off.
     The search index is brought up to date in the same transaction unless
     ``defer_index`` (a back-fill of millions): then the next search or run does it.
     """
@@ -110,8 +113,10 @@ def ingest_file(
     if known is not None:
         return DumpResult(shown, "duplicate")
     try:
-        listing = read_listing(path, now=now)
+        listing = read_listing(path, now=clock())
         with transaction(engine) as conn:
+            conn.execute(sa.select(1))  # takes the write lock (BEGIN IMMEDIATE) before the clock
+            now = clock()
             entries = _counting(listing.entries, shown, progress, listing.listing_date)
             counts = upsert_entries(conn, entries, now)
             if counts.entries == 0:
@@ -178,7 +183,7 @@ def ingest_paths(
             results.append(DumpResult(str(path), "failed", error=f"{path}: no such file"))
             continue
         results.append(
-            ingest_file(engine, path, now=clock(), progress=progress, defer_index=defer_index)
+            ingest_file(engine, path, clock=clock, progress=progress, defer_index=defer_index)
         )
     return results
 
@@ -213,7 +218,7 @@ def ingest_inbox(
     """Ingest the inbox: each file then goes to ``processed/``, or to ``failed/`` with its error."""
     results = []
     for path in inbox_files(inbox):
-        result = ingest_file(engine, path, now=clock(), source="inbox", progress=progress)
+        result = ingest_file(engine, path, clock=clock, source="inbox", progress=progress)
         if result.status == "failed":
             moved = _move_aside(path, inbox / "failed")
             error_file = moved.with_name(moved.name + ".error")
