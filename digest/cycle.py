@@ -181,13 +181,15 @@ def run_cycle(
             with transaction(engine) as conn:
                 index_papers(conn)
             key = settings.signing_key()
-            with engine.begin() as conn:
-                plans = plan_digests(conn, period=period, now=clock())
+            with transaction(engine) as conn:
+                conn.execute(sa.select(1))  # the write lock first: no ingest commits under us
+                cutoff = clock()  # the papers considered now are exactly those seen by then
+                plans = plan_digests(conn, period=period, now=cutoff)
                 report.composed = record_plans(
                     conn,
                     plans,
                     period=period,
-                    now=clock(),
+                    now=cutoff,
                     key=key,
                     mail_from=settings.mail_from,
                     run_id=run_id,
