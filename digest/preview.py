@@ -9,7 +9,6 @@ finds candidates, the ranker decides.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from datetime import date, datetime
@@ -178,8 +177,3 @@ def search_store(conn: Connection, query: str, *, limit: int = 20) -> list[Ranke
     else:
         papers = _newest(conn, WHOLE_STORE_LIMIT)
     return search(query, papers, store_stats(conn), limit=limit)
-
-
-def dumps_json(data: Any) -> str:
-    """JSON for the command line."""
-    return json.dumps(data, indent=2, default=str)
