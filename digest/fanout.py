@@ -8,7 +8,8 @@ ones) of that interest's list. Merging those heads with the few summed papers
 gives the exact top k. Subscribers with the same interests and limits share one
 answer; explanations (``InterestHit``) are built once per (interest, paper) and
 ``Ranked`` items once per distinct entry, all shared. Answers and explanations
-can come from worker processes (``digest.parallel``) through two callables.
+can come from worker processes (``digest.parallel``) through callables; while
+the workers explain, the objects are built with the words left to fill in.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ _FEW = 48  # up to this many summed papers, they are read off a bit mask
 # What subscribers with the same answer share: (interest ids, max items, min score).
 Key = tuple[tuple[int, ...], int, float]
 Explain = Callable[[Sequence[tuple[int, int]]], list[Words]]
+# Starts explaining pairs elsewhere; what it returns waits for the answer.
+Submit = Callable[[Sequence[tuple[int, int]]], Callable[[], list[Words]]]
 # Answers (``best``) for many keys at once, from elsewhere, in parts: each with its distinct
 # entries, and (key, the places of its entries among those). The callable registers groups.
 Answer = Callable[
@@ -104,6 +107,7 @@ class DayMatches:
         explain: Explain,
         close: Callable[[], None] | None = None,
         answer: Answer | None = None,
+        submit: Submit | None = None,
     ) -> None:
         self.index = index
         self.papers = papers  # in id order: a paper's index is its place here
@@ -112,6 +116,7 @@ class DayMatches:
         self._explain = explain
         self._close = close
         self._answer = answer
+        self._submit = submit
         self._tables: dict[int, dict[int, float]] = {}
         self._masks: dict[int, int] = {}
         self._groups: list[tuple[int, ...]] = []
@@ -124,7 +129,7 @@ class DayMatches:
         """Stop the worker processes, if any; later questions needing them then fail."""
         if self._close is not None:
             self._close()
-            self._close = self._answer = None
+            self._close = self._answer = self._submit = None
 
     def __enter__(self) -> DayMatches:
         return self
@@ -148,6 +153,12 @@ class DayMatches:
                 mask |= 1 << -neg
             self._masks[qid] = mask
         return mask
+
+    def prepare(self) -> None:
+        """Build every interest's score table and bit mask now rather than on first use."""
+        for qid in self.lists:
+            self._table(qid)
+            self._mask(qid)
 
     @property
     def groups(self) -> list[tuple[int, ...]]:
@@ -294,25 +305,79 @@ class DayMatches:
 
     def _explain_all(self, pairs: Iterable[tuple[int, int]]) -> None:
         """Build the missing explanations among pairs, in one batch (one round trip)."""
+        self._request(pairs)()
+
+    def _request(self, pairs: Iterable[tuple[int, int]]) -> Callable[[], None]:
+        """Start explaining the missing pairs; what it returns completes their explanations.
+
+        The ``InterestHit`` objects exist at once, without their words: everything that
+        refers to them can be built while the workers explain.
+        """
         hits = self._hits
         missing = [pair for pair in dict.fromkeys(pairs) if pair not in hits]
         if not missing:
-            return
-        texts = self.index.texts
-        for (qid, pidx), (terms, fields) in zip(missing, self._explain(missing), strict=True):
-            score = self._table(qid)[-pidx]
-            hits[(qid, pidx)] = InterestHit(texts[qid], score, terms, fields)
+            return lambda: None
+        if self._submit is not None:
+            words = self._submit(missing)
+        else:
+            done = self._explain(missing)
 
-    def _materialize(self, entries: Sequence[Entry]) -> None:
-        """Build the ``Ranked`` items of the entries not seen before, explanations first."""
-        items = self._items
+            def words() -> list[Words]:
+                return done
+
+        texts, table = self.index.texts, self._table
+        made = [InterestHit(texts[qid], table(qid)[-pidx], (), ()) for qid, pidx in missing]
+        hits.update(zip(missing, made, strict=True))
+
+        def finish() -> None:
+            try:
+                got = words()
+            except BaseException:
+                for pair in missing:  # no explanation without its words survives a failure
+                    del hits[pair]
+                raise
+            put = object.__setattr__
+            for hit, (terms, fields) in zip(made, got, strict=True):
+                # Frozen to its users; set here once, as dataclasses' own __init__ does.
+                put(hit, "terms", terms)
+                put(hit, "fields", fields)
+
+        return finish
+
+    def _materialize(self, entries: Sequence[Entry]) -> Callable[[], None]:
+        """Build the ``Ranked`` items of the entries not seen before; call what it returns.
+
+        The explanations are asked for first and completed by the returned call, so the
+        caller can use the wait (the workers' part) to build what holds the items.
+        """
+        items, groups = self._items, self._groups
         new = [entry for entry in dict.fromkeys(entries) if entry not in items]
-        self._explain_all((q, -neg) for _, neg, code in new for q in self.group(code))
+        # Most entries come from one interest: spelled out, not through ``group`` (a few
+        # hundred thousand calls saved in the parent while the workers wait).
+        finish = self._request(
+            chain.from_iterable(
+                ((code, -neg),) if code >= 0 else [(q, -neg) for q in groups[SUMMED - 1 - code]]
+                for _, neg, code in new
+            )
+        )
         hits, ids = self._hits, self.ids
         for entry in new:
-            _, neg, code = entry
-            found = tuple(hits[(q, -neg)] for q in self.group(code))
-            items[entry] = Ranked(ids[-neg], entry[0], found)
+            total, neg, code = entry
+            if code >= 0:
+                found: tuple[InterestHit, ...] = (hits[(code, -neg)],)
+            else:
+                found = tuple([hits[(q, -neg)] for q in groups[SUMMED - 1 - code]])
+            items[entry] = Ranked(ids[-neg], total, found)
+
+        def fill() -> None:
+            try:
+                finish()
+            except BaseException:
+                for entry in new:  # nor any item holding one
+                    del items[entry]
+                raise
+
+        return fill
 
     def ranked(self, profile: Profile, allowed_ids: set[int] | None = None) -> list[Ranked]:
         """A profile's papers, best first, each with its explanation."""
@@ -327,7 +392,7 @@ class DayMatches:
         """Every profile's papers; ``candidates(profile id)`` limits which papers (ids)."""
         with no_collection():
             # Every answer first, then the explanations they need in one batch (one round
-            # trip to the workers each), then the items.
+            # trip to the workers each, during which the items and lists are built).
             shared, best = self._shared, self.best
             plans: list[tuple[int, Key, list[Entry] | None]] = []
             missing: dict[Key, None] = {}
@@ -346,7 +411,7 @@ class DayMatches:
                 # From the workers: their distinct entries, and each key's as places in those.
                 parts = self._answer(keys, self._group_code)
                 table = [entry for part, _ in parts for entry in part]
-                self._materialize(table)
+                fill = self._materialize(table)  # the workers explain while lists are built
                 ranked = list(map(item, table))
                 start = 0
                 for part, places in parts:
@@ -354,10 +419,16 @@ class DayMatches:
                     start += len(part)
                     for key, at in places:
                         shared[key] = list(map(mine, at))
+                try:
+                    fill()
+                except BaseException:
+                    for key in keys:  # their items have no hits
+                        shared.pop(key, None)
+                    raise
                 keys = []
             answers = [best(*key) for key in keys]
             limited = [entries for _, _, entries in plans if entries is not None]
-            self._materialize(list(chain.from_iterable(answers + limited)))
+            self._materialize(list(chain.from_iterable(answers + limited)))()
             for key, entries in zip(keys, answers, strict=True):
                 shared[key] = list(map(item, entries))
             return {

@@ -4,11 +4,13 @@ Matching a paper against the index is independent of every other paper, so the
 index is built once, then forked: each worker inherits it copy-on-write, analyzes
 its slice and sends back its matches as flat arrays (interest ids, counts, scores,
 paper indices): a few megabytes that cross a pipe in milliseconds, where pickled
-tuples would take seconds. Each worker then receives the others' matches, so it
-holds the day's full lists, and answers its share of the distinct subscriber keys
-(``DayMatches.best``), again as flat arrays. Last, it explains the (interest,
-paper) pairs of its own papers that made someone's list: it kept their analysis,
-so nothing is analyzed twice. ``fork`` is required, to share the index unsent.
+tuples would take seconds. Each worker then receives the others' matches (taking
+them in while the parent merges its own copy), so it holds the day's full lists,
+and answers its share of the distinct subscriber keys (``DayMatches.best``),
+again as flat arrays. Last, it explains the (interest, paper) pairs of its own
+papers that made someone's list: it kept their analysis, so nothing is analyzed
+twice; the parent builds its objects meanwhile (``Workers.submit``). ``fork`` is
+required, to share the index unsent.
 """
 
 from __future__ import annotations
@@ -103,13 +105,19 @@ class Share:
         kind, payload = request
         if kind == "explain":
             return self.explain(payload)
-        others, keys = payload  # the other workers' matches (first time only), and keys
-        if self.day is None:
-            for packed in others:
+        if kind == "lists":
+            # The other workers' matches, sent as soon as they are known: taking them in
+            # (and the masks and tables every key needs) overlaps the parent's own work.
+            for packed in payload:
                 unpack(packed, self.lists)
             for entries in self.lists.values():
                 entries.sort(reverse=True)
             self.day = DayMatches(self.index, self.papers, self.lists, self.explain)
+            self.day.prepare()
+            return None
+        keys = payload
+        if self.day is None:
+            raise RuntimeError("answers asked for before the lists were sent")
         # Each distinct entry once, and every key's entries as places among them.
         best, seen = self.day.best, dict[Entry, int]()
         counts, places = array("q"), array("q")
@@ -150,7 +158,7 @@ class Workers:
         self._starts = [lo for lo, _ in self.bounds]
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
-        self._relay: list[Packed] | None = None
+        self._pending = False
         gc.freeze()  # keeps the children's collector (if any) off the shared pages
         try:
             for lo, hi in self.bounds:
@@ -166,6 +174,9 @@ class Workers:
     def _send(self, messages: Sequence[Any]) -> None:
         if not self._conns:
             raise RuntimeError("the worker processes were stopped")
+        if self._pending:
+            self._pending = False
+            self._receive()
         for conn, message in zip(self._conns, messages, strict=True):
             conn.send(message)
 
@@ -181,7 +192,8 @@ class Workers:
     def lists(self) -> Lists:
         """Every worker's matches, merged; each list best first."""
         packs: list[Packed] = self._receive()
-        self._relay = packs
+        self._send([("lists", packs[:w] + packs[w + 1 :]) for w in range(len(packs))])
+        self._pending = True  # their acknowledgements, read before the next request
         lists: Lists = {}
         for packed in packs:
             unpack(packed, lists)
@@ -193,9 +205,8 @@ class Workers:
         self, keys: list[Key], register: Callable[[tuple[int, ...]], int]
     ) -> list[tuple[list[Entry], list[tuple[Key, Sequence[int]]]]]:
         """``best`` for each key, the keys shared out; ``register`` gives groups their codes."""
-        packs, self._relay = self._relay or [], None
         count = len(self._conns)
-        self._send([("answer", (packs[:w] + packs[w + 1 :], keys[w::count])) for w in range(count)])
+        self._send([("answer", keys[w::count]) for w in range(count)])
         parts: list[tuple[list[Entry], list[tuple[Key, Sequence[int]]]]] = []
         for w, ((counts, scores, negs, codes, places), groups) in enumerate(self._receive()):
             # A worker names groups of interests by its own codes: translate them.
@@ -212,15 +223,26 @@ class Workers:
 
     def explain(self, pairs: Sequence[tuple[int, int]]) -> list[Words]:
         """Explanations of (interest id, paper index) pairs, from the workers holding the papers."""
+        return self.submit(pairs)()
+
+    def submit(self, pairs: Sequence[tuple[int, int]]) -> Callable[[], list[Words]]:
+        """Send pairs to be explained; the returned call waits for their explanations.
+
+        Nothing else may be asked of the workers until it has been called.
+        """
         shares: list[list[int]] = [[] for _ in self._conns]
         for i, (_, pidx) in enumerate(pairs):
             shares[bisect_right(self._starts, pidx) - 1].append(i)
         self._send([("explain", [pairs[i] for i in share]) for share in shares])
-        out: list[Words] = [((), ())] * len(pairs)
-        for share, got in zip(shares, self._receive(), strict=True):
-            for i, words in zip(share, got, strict=True):
-                out[i] = words
-        return out
+
+        def receive() -> list[Words]:
+            out: list[Words] = [((), ())] * len(pairs)
+            for share, got in zip(shares, self._receive(), strict=True):
+                for i, words in zip(share, got, strict=True):
+                    out[i] = words
+            return out
+
+        return receive
 
     def close(self) -> None:
         """Stop the workers."""

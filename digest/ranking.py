@@ -180,7 +180,9 @@ class InterestIndex:
             except BaseException:
                 workers.close()
                 raise
-            return DayMatches(self, ordered, lists, workers.explain, workers.close, workers.answer)
+            return DayMatches(
+                self, ordered, lists, workers.explain, workers.close, workers.answer, workers.submit
+            )
         docs, lists = self._stream(ordered, 0)
         for entries in lists.values():
             entries.sort(reverse=True)

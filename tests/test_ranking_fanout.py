@@ -188,3 +188,32 @@ def test_a_failing_worker_raises_in_the_parent(monkeypatch: pytest.MonkeyPatch) 
     with pytest.raises(ValueError, match="bad paper"):
         index.match(papers, processes=2)
     assert not multiprocessing.active_children()
+
+
+@pytest.mark.skipif(not parallel.available(), reason="worker processes need fork")
+def test_failed_explanations_leave_no_half_built_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(8)
+    papers = make_papers(rng, 120)
+    stats = CorpusStats.from_papers((p.title, p.abstract) for p in papers)
+    profiles = [Profile(pid, rng.sample(make_interests(rng), 3)) for pid in range(40)]
+    index = InterestIndex.build(profiles, stats)
+    local = index.match(papers).ranked_many(profiles)
+    submit = parallel.Workers.submit
+    failures = [RuntimeError("lost")]
+
+    def flaky(self: parallel.Workers, pairs: list[tuple[int, int]]) -> object:
+        receive = submit(self, pairs)
+
+        def fail_once() -> object:
+            got = receive()  # the replies are read either way: the workers stay in step
+            if failures:
+                raise failures.pop()
+            return got
+
+        return fail_once
+
+    monkeypatch.setattr(parallel.Workers, "submit", flaky)
+    with index.match(papers, processes=2) as matches:
+        with pytest.raises(RuntimeError, match="lost"):
+            matches.ranked_many(profiles)
+        assert matches.ranked_many(profiles) == local  # nothing kept from the failed call
