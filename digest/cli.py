@@ -26,6 +26,7 @@ from digest.compose import message_id, period_of
 from digest.cycle import (
     ensure_sample_subscribers,
     last_run_period,
+    links_of,
     poll_once,
     run_cycle,
     run_lines,
@@ -36,7 +37,7 @@ from digest.errors import AlreadyRunning, DigestError, UsageError
 from digest.ingest import Clock, DumpResult, ingest_inbox, ingest_paths
 from digest.interests import parse_interest
 from digest.logs import setup_logging
-from digest.preview import digest_view, preview_ranked, ranked_json, ranked_views, search_store
+from digest.preview import preview_ranked, ranked_json, ranked_views, search_store
 from digest.runlock import hold_run_lock
 from digest.scheduler import serve
 from digest.settings import DEFAULT_CONFIG_NAME, Settings, default_config_text, load_settings
@@ -261,14 +262,13 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
         papers = ranked_json(conn, ranked)
         if args.out:
             key = settings.signing_key()
-            view = digest_view(
-                subscriber,
-                ranked_views(conn, ranked),
+            view = links_of(settings).digest_view(
+                to=subscriber.email,
+                ident=subscriber.id,
+                salt=subscriber.token_salt,
                 period=period,
+                papers=ranked_views(conn, ranked),
                 message_id=message_id(key, subscriber.id or 0, period, settings.mail_from),
-                base_url=settings.base_url,
-                key=key,
-                mail_from=settings.mail_from,
             )
             builder = MessageBuilder(sender_of(settings))
             out = Path(args.out)

@@ -29,7 +29,7 @@ from digest.ingest import DumpResult, ingest_inbox
 from digest.links import Links
 from digest.logs import run_context
 from digest.models import Run
-from digest.preview import digest_view, ranked_views
+from digest.preview import ranked_views
 from digest.publish import publish_feeds
 from digest.settings import Settings
 from digest.store import db_time, index_papers, reading, transaction
@@ -257,7 +257,7 @@ async def send_outbox(
 def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime) -> RunReport:
     """Compose and render what a run would send, recording and sending nothing."""
     report = RunReport(None, period, dry_run=True)
-    key = settings.signing_key()
+    links = links_of(settings)
     builder = MessageBuilder(sender_of(settings))
     with reading(engine) as conn:
         plans = plan_digests(conn, period=period, now=now)
@@ -267,14 +267,13 @@ def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime)
                 report.composed["skipped"] = report.composed.get("skipped", 0) + 1
                 continue
             report.composed["pending"] = report.composed.get("pending", 0) + 1
-            view = digest_view(
-                sub,
-                ranked_views(conn, plan.ranked),
+            view = links.digest_view(
+                to=sub.email,
+                ident=sub.id,
+                salt=sub.token_salt,
                 period=period,
-                message_id=message_id(key, sub.id or 0, period, settings.mail_from),
-                base_url=settings.base_url,
-                key=key,
-                mail_from=settings.mail_from,
+                papers=ranked_views(conn, plan.ranked),
+                message_id=message_id(links.key, sub.id or 0, period, settings.mail_from),
             )
             size = len(builder.build(view, now))
             report.previews.append({"email": sub.email, "papers": len(plan.ranked), "bytes": size})

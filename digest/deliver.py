@@ -29,7 +29,6 @@ from digest.links import Links
 from digest.models import Digest, DigestItem, Paper, Subscriber
 from digest.preview import paper_view
 from digest.store import db_time, reading, transaction
-from digest.subscribers import feed_name, link_token
 
 log = logging.getLogger("digest.deliver")
 
@@ -127,15 +126,13 @@ def load_outbox(
         conn.rollback()
     outgoing = []
     for row in rows:
-        token = link_token(links.key, row.sid, row.token_salt)
-        view = DigestView(
+        view = links.digest_view(
             to=row.email,
+            ident=row.sid,
+            salt=row.token_salt,
             period=row.period,
             papers=papers[row.id],
             message_id=row.message_id,
-            unsubscribe_url=links.unsubscribe_url(token),
-            unsubscribe_mailto=links.unsubscribe_mailto(token),
-            feed_url=links.feed_url(feed_name(links.key, row.sid, row.token_salt)),
         )
         outgoing.append(Outgoing(row.id, row.sid, row.email, view))
     return outgoing

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import date
 from email.utils import parseaddr
 from urllib.parse import quote
+
+from digest.emails import DigestView, PaperView
+from digest.subscribers import feed_name, link_token
 
 
 @dataclass(frozen=True)
@@ -31,3 +36,25 @@ class Links:
     def feed_url(self, name: str) -> str:
         """A private feed's public URL."""
         return f"{self.base_url}/feeds/{self.feed_path(name)}"
+
+    def digest_view(
+        self,
+        *,
+        to: str,
+        ident: int | None,
+        salt: str,
+        period: date,
+        papers: Sequence[PaperView],
+        message_id: str,
+    ) -> DigestView:
+        """A subscriber's digest as an email shows it, with their signed links."""
+        token = link_token(self.key, ident, salt)
+        return DigestView(
+            to=to,
+            period=period,
+            papers=papers,
+            message_id=message_id,
+            unsubscribe_url=self.unsubscribe_url(token),
+            unsubscribe_mailto=self.unsubscribe_mailto(token),
+            feed_url=self.feed_url(feed_name(self.key, ident, salt)),
+        )

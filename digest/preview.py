@@ -19,13 +19,12 @@ from sqlalchemy.engine import Connection
 from sqlmodel import col
 
 from digest.compose import Plan, hits_json, plan_digests, store_stats
-from digest.emails import DigestView, PaperView
+from digest.emails import PaperView
 from digest.interests import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
-from digest.links import Links
 from digest.models import Paper, Subscriber
 from digest.ranking import PaperText, Profile, Ranked, rank_for, search
 from digest.store import index_papers
-from digest.subscribers import feed_name, interests_of, link_token
+from digest.subscribers import interests_of
 
 WHOLE_STORE_LIMIT = 20_000  # newest papers ranked by ``preview --all`` and searches without FTS
 FTS_CANDIDATES = 5_000
@@ -108,30 +107,6 @@ def preview_ranked(
         Plan(subscriber, ())
     ]
     return list(plan.ranked)
-
-
-def digest_view(
-    subscriber: Subscriber,
-    papers: Sequence[PaperView],
-    *,
-    period: date,
-    message_id: str,
-    base_url: str,
-    key: bytes,
-    mail_from: str,
-) -> DigestView:
-    """The email view of a digest for this subscriber."""
-    links = Links(base_url, key, mail_from)
-    token = link_token(key, subscriber.id, subscriber.token_salt)
-    return DigestView(
-        to=subscriber.email,
-        period=period,
-        papers=papers,
-        message_id=message_id,
-        unsubscribe_url=links.unsubscribe_url(token),
-        unsubscribe_mailto=links.unsubscribe_mailto(token),
-        feed_url=links.feed_url(feed_name(key, subscriber.id, subscriber.token_salt)),
-    )
 
 
 def _fts_words(node: Node) -> list[str]:
