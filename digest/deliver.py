@@ -16,7 +16,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -244,11 +244,9 @@ def _failed(engine: Engine, item: Outgoing, exc: DeliveryError, result: Delivere
             result.deferred += 1
 
 
-def outbox_counts(engine: Engine, period: date | None = None) -> dict[str, int]:
-    """Digests by status (for one period, or all)."""
+def outbox_counts(engine: Engine) -> dict[str, int]:
+    """Digests by status."""
     query = sa.select(col(Digest.status), sa.func.count()).group_by(col(Digest.status))
-    if period is not None:
-        query = query.where(col(Digest.period) == period)
     with reading(engine) as conn:
         rows = conn.execute(query).all()
         conn.rollback()
