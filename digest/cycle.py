@@ -283,6 +283,8 @@ def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime)
 
 def ensure_sample_subscribers(settings: Settings, engine: Engine, *, now: datetime) -> int:
     """Add the settings file's [[subscribers]] that the store does not know yet."""
+    if not settings.sample_subscribers:
+        return 0  # the usual case: no need to read every subscriber before every run
     added = 0
     known = {row.email for row in list_subscribers(engine)}
     for item in settings.sample_subscribers:
