@@ -1,4 +1,10 @@
-"""Shared fixtures: a real SQLite file per test, the shared dumps, a loopback SMTP server."""
+"""Shared fixtures: a real SQLite file per test, listing dumps, a loopback SMTP server.
+
+The tests read the sample dumps written for this project (``examples/dumps``). A few
+checks also run on two real dumps of the Hugging Face papers page when a ``shared/dumps``
+folder sits beside the repository (``../shared/dumps``): they carry the ``real_dumps``
+mark and are skipped, with the reason below, when it is absent.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +21,45 @@ from sqlalchemy.engine import Engine
 from digest.store import open_store
 from tests.smtp_server import SMTPServer, start_server
 
-SHARED_DUMPS = Path(__file__).resolve().parents[1].parent / "shared" / "dumps"
-DUMP_A = SHARED_DUMPS / "hf-trending-layout-a.txt"
-DUMP_B = SHARED_DUMPS / "hf-daily-mar11-layout-b.txt"
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_DUMPS = REPO / "examples" / "dumps"
+EXAMPLE_A = EXAMPLE_DUMPS / "trending-layout-a.txt"
+EXAMPLE_B = EXAMPLE_DUMPS / "daily-mar12-layout-b.txt"
+
+REAL_DUMPS = REPO.parent / "shared" / "dumps"
+REAL_A = REAL_DUMPS / "hf-trending-layout-a.txt"
+REAL_B = REAL_DUMPS / "hf-daily-mar11-layout-b.txt"
+REAL_DUMPS_MISSING = (
+    "../shared/dumps is not beside the repo: the real-dump checks need it;"
+    " the repo's own fixtures cover the same behaviour"
+)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "real_dumps: reads the real dumps in ../shared/dumps; skipped without them"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if REAL_A.is_file() and REAL_B.is_file():
+        return
+    skip = pytest.mark.skip(reason=REAL_DUMPS_MISSING)
+    for item in items:
+        if item.get_closest_marker("real_dumps"):
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def dump_a() -> Path:
+    """A layout-A dump (trending page: no blank lines, no date) written for this project."""
+    return EXAMPLE_A
+
+
+@pytest.fixture
+def dump_b() -> Path:
+    """A layout-B dump (daily page: blank lines, dated "Mar 12") written for this project."""
+    return EXAMPLE_B
 
 
 # A PostgreSQL server URL with the right to create databases (CI sets it): the store tests

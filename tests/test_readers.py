@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -11,18 +12,11 @@ from digest.identity import normalize_title
 from digest.listing import Entry
 from digest.readers import read_listing
 from digest.readers.hf_text import looks_like_abstract, resolve_year
+from tests.conftest import EXAMPLE_A, EXAMPLE_B, EXAMPLE_DUMPS, REAL_A, REAL_B, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
-EXAMPLES = REPO / "examples" / "dumps"
-SHARED_DUMPS = REPO.parent / "shared" / "dumps"
-DUMP_A = SHARED_DUMPS / "hf-trending-layout-a.txt"
-DUMP_B = SHARED_DUMPS / "hf-daily-mar11-layout-b.txt"
 NOW = datetime(2024, 3, 12, 9, 0, tzinfo=UTC)
-
-needs_shared = pytest.mark.skipif(
-    not (DUMP_A.exists() and DUMP_B.exists()), reason="shared sample dumps not present"
-)
+real = pytest.mark.real_dumps
 
 
 def read(path: Path, now: datetime = NOW) -> tuple[str, date | None, list[Entry]]:
@@ -37,18 +31,20 @@ def titles_of(path: Path) -> list[str]:
 def raw_pairs(path: Path) -> list[tuple[int, str, str]]:
     """Titles and abstracts the naive way (strict alternation after the header).
 
-    An independent count for the real dumps, which happen to alternate cleanly.
+    An independent count for the example and real dumps, which happen to alternate cleanly.
     """
     numbered = [
         (number, line.strip())
         for number, line in enumerate(path.read_text("utf-8").split("\n"), start=1)
         if line.strip()
     ]
-    chrome = {"new", "Subscribe", "byAK and the research community", "Mar 11"}
+    chrome = {"new", "Subscribe", "byAK and the research community"}
     body = [
         (number, line)
         for number, line in numbered
-        if line not in chrome and not line.startswith("Get trending papers")
+        if line not in chrome
+        and not line.startswith("Get trending papers")
+        and not re.fullmatch(r"[A-Z][a-z]{2} \d{1,2}", line)  # the listing date: "Mar 11"
     ]
     first_number, first_line = body[0]
     body[0] = (first_number, first_line.removeprefix("Subscribe"))
@@ -58,58 +54,130 @@ def raw_pairs(path: Path) -> list[tuple[int, str, str]]:
     ]
 
 
-# --- the real dumps ---------------------------------------------------------------
+# --- whole dumps: the examples, and the real ones when they are beside the repo ---------
+# Counts, lines and overlaps worked out from the raw files (awk and grep), not by the reader.
 
 
-@needs_shared
-def test_layout_a_dump_pairs_every_title_with_its_abstract() -> None:
-    listing = read_listing(DUMP_A, now=NOW)
+@pytest.mark.parametrize(
+    ("path", "count", "first_title"),
+    [
+        pytest.param(
+            EXAMPLE_A,
+            10,
+            "Sparse Expert Routing for Long-Context Large Language Models",
+            id="examples",
+        ),
+        pytest.param(
+            REAL_A,
+            266,
+            "Boundary-Aware Segmentation Network for Mobile and Web Applications",
+            id="real",
+            marks=real,
+        ),
+    ],
+)
+def test_layout_a_dump_pairs_every_title_with_its_abstract(
+    path: Path, count: int, first_title: str
+) -> None:
+    listing = read_listing(path, now=NOW)
     entries = list(listing.entries)
     assert listing.layout == "hf-text-a"
     assert listing.listing_date is None
-    assert len(entries) == 266
-    assert [(e.line, e.title, e.abstract) for e in entries] == raw_pairs(DUMP_A)
-    assert entries[0].title == "Boundary-Aware Segmentation Network for Mobile and Web Applications"
+    assert len(entries) == count
+    assert [(e.line, e.title, e.abstract) for e in entries] == raw_pairs(path)
+    assert entries[0].title == first_title
     assert entries[0].line == 3
     assert all(entry.abstract for entry in entries)
 
 
-@needs_shared
-def test_layout_b_dump_pairs_every_title_and_dates_the_listing() -> None:
-    listing = read_listing(DUMP_B, now=NOW)
+@pytest.mark.parametrize(
+    ("path", "listed", "count", "first_title"),
+    [
+        pytest.param(
+            EXAMPLE_B,
+            date(2024, 3, 12),
+            9,
+            "Federated Instruction Tuning of Large Language Models",
+            id="examples",
+        ),
+        pytest.param(
+            REAL_B,
+            date(2024, 3, 11),
+            64,
+            "FedCompass: Efficient Cross-Silo Federated Learning",
+            id="real",
+            marks=real,
+        ),
+    ],
+)
+def test_layout_b_dump_pairs_every_title_and_dates_the_listing(
+    path: Path, listed: date, count: int, first_title: str
+) -> None:
+    listing = read_listing(path, now=NOW)
     entries = list(listing.entries)
     assert listing.layout == "hf-text-b"
-    assert listing.listing_date == date(2024, 3, 11)
-    assert len(entries) == 64
-    assert [(e.line, e.title, e.abstract) for e in entries] == raw_pairs(DUMP_B)
+    assert listing.listing_date == listed
+    assert len(entries) == count
+    assert [(e.line, e.title, e.abstract) for e in entries] == raw_pairs(path)
     assert entries[0].line == 11
-    assert entries[0].title.startswith("FedCompass: Efficient Cross-Silo Federated Learning")
+    assert entries[0].title.startswith(first_title)
 
 
-@needs_shared
-def test_real_dumps_unique_titles_and_overlap() -> None:
-    keys_a = {normalize_title(title) for title in titles_of(DUMP_A)}
-    keys_b = {normalize_title(title) for title in titles_of(DUMP_B)}
-    assert (len(keys_a), len(keys_b)) == (266, 64)
-    assert len(keys_a & keys_b) == 5
-    assert len(keys_a | keys_b) == 325
-    assert "pointer networks" in keys_a & keys_b
+@pytest.mark.parametrize(
+    ("path_a", "path_b", "sizes", "in_both", "in_either", "common"),
+    [
+        pytest.param(
+            EXAMPLE_A,
+            EXAMPLE_B,
+            (10, 9),
+            3,
+            16,
+            "sparse expert routing for long context large language models",
+            id="examples",
+        ),
+        pytest.param(REAL_A, REAL_B, (266, 64), 5, 325, "pointer networks", id="real", marks=real),
+    ],
+)
+def test_dumps_unique_titles_and_overlap(
+    path_a: Path,
+    path_b: Path,
+    sizes: tuple[int, int],
+    in_both: int,
+    in_either: int,
+    common: str,
+) -> None:
+    keys_a = {normalize_title(title) for title in titles_of(path_a)}
+    keys_b = {normalize_title(title) for title in titles_of(path_b)}
+    assert (len(keys_a), len(keys_b)) == sizes
+    assert len(keys_a & keys_b) == in_both
+    assert len(keys_a | keys_b) == in_either
+    assert common in keys_a & keys_b
 
 
-@needs_shared
-def test_no_real_title_has_the_shape_of_an_abstract() -> None:
-    for path in (DUMP_A, DUMP_B):
-        for _, title, abstract in raw_pairs(path):
-            assert not looks_like_abstract(title), title
-            assert not looks_like_abstract(title, expecting_abstract=True), title
-            assert looks_like_abstract(abstract), abstract[:80]
+@pytest.mark.parametrize(
+    "path",
+    [
+        *(pytest.param(path, id=path.name) for path in sorted(EXAMPLE_DUMPS.glob("*.txt"))),
+        pytest.param(REAL_A, id="real-a", marks=real),
+        pytest.param(REAL_B, id="real-b", marks=real),
+    ],
+)
+def test_no_title_has_the_shape_of_an_abstract(path: Path) -> None:
+    pairs = raw_pairs(path)
+    assert pairs
+    for _, title, abstract in pairs:
+        assert not looks_like_abstract(title), title
+        assert not looks_like_abstract(title, expecting_abstract=True), title
+        assert looks_like_abstract(abstract), abstract[:80]
 
 
 # --- the sample dumps shipped for the demo ---------------------------------------------
 
 
 def test_example_dumps_read_with_overlap() -> None:
-    listings = {path.name: read_listing(path, now=NOW) for path in sorted(EXAMPLES.glob("*.txt"))}
+    listings = {
+        path.name: read_listing(path, now=NOW) for path in sorted(EXAMPLE_DUMPS.glob("*.txt"))
+    }
     assert {name: listing.layout for name, listing in listings.items()} == {
         "daily-mar12-layout-b.txt": "hf-text-b",
         "daily-mar13-layout-b.txt": "hf-text-b",

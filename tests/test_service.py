@@ -35,14 +35,13 @@ import pytest
 import sqlalchemy as sa
 
 from digest.cli import main
-from tests.conftest import DUMP_B
 from tests.smtp_server import SMTPServer
 
 SITE_HOST = "papers.example.org"
 SENDER = f"digest@{SITE_HOST}"
 PEOPLE = {
-    "ada@example.org": ['"federated learning"'],
-    "bob@example.org": ["segmentation -survey"],
+    "ada@example.org": ["federated"],
+    "bob@example.org": ["diffusion -survey"],
     "cy@example.org": ["speech"],
     "dee@example.org": ["self-supervised"],
     "eve@example.org": ["video"],
@@ -218,9 +217,9 @@ def _angle_url(header: str, scheme: str) -> str:
 # --- 1. a full run over real SMTP ----------------------------------------------------
 
 
-def test_run_over_smtp_sends_well_formed_mail_once_per_period(site: Site) -> None:
+def test_run_over_smtp_sends_well_formed_mail_once_per_period(site: Site, dump_b: Path) -> None:
     site.subscribe(PEOPLE)
-    site.drop_in_inbox(DUMP_B, "daily.txt")
+    site.drop_in_inbox(dump_b, "daily.txt")
     started = datetime.now(UTC)
 
     result = site.cli("run", "--json")
@@ -271,12 +270,14 @@ def test_run_over_smtp_sends_well_formed_mail_once_per_period(site: Site) -> Non
     assert site.server.handler.data_commands == len(SENT_TO)
 
 
-def test_a_5xx_bounces_the_subscriber_and_status_warns(site: Site) -> None:
+def test_a_5xx_bounces_the_subscriber_and_status_warns(
+    site: Site, dump_a: Path, dump_b: Path
+) -> None:
     site.server.handler.rcpt_replies["bob@example.org"] = (
         "550 5.1.1 <bob@example.org>: no such user"
     )
     site.subscribe(PEOPLE)
-    site.drop_in_inbox(DUMP_B, "daily.txt")
+    site.drop_in_inbox(dump_b, "daily.txt")
 
     result = site.cli("run", "--json")
 
@@ -304,7 +305,7 @@ def test_a_5xx_bounces_the_subscriber_and_status_warns(site: Site) -> None:
     assert "550" in failed["error"]
 
     # The next period sends nothing to the bounced address.
-    site.drop_in_inbox(DUMP_B.parent / "hf-trending-layout-a.txt", "trending.txt")
+    site.drop_in_inbox(dump_a, "trending.txt")
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
     later = site.cli("run", "--json", "--period", tomorrow)
     assert later.code == 0, later.err
@@ -314,9 +315,11 @@ def test_a_5xx_bounces_the_subscriber_and_status_warns(site: Site) -> None:
 # --- 2. one run at a time across processes ------------------------------------------
 
 
-def test_a_second_run_while_one_is_sending_exits_75_and_sends_nothing(site: Site) -> None:
+def test_a_second_run_while_one_is_sending_exits_75_and_sends_nothing(
+    site: Site, dump_b: Path
+) -> None:
     site.subscribe(PEOPLE)
-    site.drop_in_inbox(DUMP_B, "daily.txt")
+    site.drop_in_inbox(dump_b, "daily.txt")
     handler = site.server.handler
     gate = threading.Event()
     handler.data_gate = gate  # the first run's first message waits at DATA, lock held
@@ -354,10 +357,10 @@ def test_a_second_run_while_one_is_sending_exits_75_and_sends_nothing(site: Site
 
 @pytest.mark.parametrize("command", ["serve", "run"])
 def test_sigterm_during_sending_stops_cleanly_and_the_next_run_sends_the_rest(
-    site: Site, command: str
+    site: Site, command: str, dump_b: Path
 ) -> None:
     site.subscribe(PEOPLE)
-    site.drop_in_inbox(DUMP_B, "daily.txt")
+    site.drop_in_inbox(dump_b, "daily.txt")
     handler = site.server.handler
     handler.data_delay = 0.3
     # Midnight has always passed and no run has happened: serve catches up at start.

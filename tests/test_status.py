@@ -6,10 +6,10 @@ import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import DUMP_A, DUMP_B
 from tests.test_service import PEOPLE, SENT_TO, Site
 
 HOLD_LOCK = """
@@ -44,10 +44,10 @@ def test_status_of_a_fresh_store(site: Site) -> None:
 
 
 def test_status_after_a_run_with_a_bounce_and_a_deferral(
-    site: Site, monkeypatch: pytest.MonkeyPatch
+    site: Site, monkeypatch: pytest.MonkeyPatch, dump_a: Path, dump_b: Path
 ) -> None:
     source = site.root / "listing.txt"
-    shutil.copy(DUMP_A, source)
+    shutil.copy(dump_a, source)
     monkeypatch.setenv("DIGEST_SOURCES", str(source))
     site.server.handler.rcpt_replies.update(
         {
@@ -56,7 +56,7 @@ def test_status_after_a_run_with_a_bounce_and_a_deferral(
         }
     )
     site.subscribe(PEOPLE)
-    site.drop_in_inbox(DUMP_B, "daily.txt")
+    site.drop_in_inbox(dump_b, "daily.txt")
     run = site.cli("run", "--json")
     assert run.code == 0, run.err  # a bounce and a deferral are no failed run
     papers_new = run.json()["papers_new"]
