@@ -1,12 +1,13 @@
 """One daily cycle at scale, phase by phase: what an operator's `digest run` costs.
 
 Run by hand (not in CI):  python bench/cycle.py [--papers 200000] [--subscribers 20000]
+                                                 [--dumps PATH ...]
 
 A store back-filled with synthetic papers, subscribers with Zipf-drawn interests
-(the generators of bench/match.py), a 5,000-paper daily dump in the inbox; then the
-steps of `digest run` in order, each timed: ingest, rank, record the outbox, render
-and hand every message to a transport that only counts them (bench/deliver.py
-measures SMTP), and the feeds. Prints seconds per phase and peak RSS.
+(the generators of bench/match.py, seeded from ``--dumps`` as there), a 5,000-paper
+daily dump in the inbox; then the steps of `digest run` in order, each timed: ingest,
+rank, record the outbox, render and hand every message to a transport that only counts
+them (bench/deliver.py measures SMTP), and the feeds. Prints seconds per phase and peak RSS.
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
-from match import Generator, interest_pool, real_papers, subscribers  # bench/match.py
+from match import (  # bench/match.py
+    Generator,
+    add_dumps_argument,
+    dump_files,
+    interest_pool,
+    real_papers,
+    subscribers,
+)
 
 from digest.compose import plan_digests, record_plans
 from digest.cycle import links_of, send_outbox
@@ -73,9 +81,10 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=20_000)
     parser.add_argument("--daily", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=7)
+    add_dumps_argument(parser)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    real = real_papers()
+    real = real_papers(dump_files(args.dumps))
     generator = Generator(rng, real)
     folder = Path(tempfile.mkdtemp(prefix="digest-cycle-"))
     settings = load_settings(environ={"DIGEST_DATA_DIR": str(folder / "data")}, cwd=folder)

@@ -1,11 +1,13 @@
 """Matching speed: 100,000 subscribers against a day of 5,000 papers (run by hand).
 
     python bench/match.py [--subscribers N] [--papers N] [--store-sample N] [--sample N]
-                          [--seed N] [--processes N]
+                          [--seed N] [--processes N] [--dumps PATH ...]
 
 The corpus is synthetic, with a realistic spread of words (see bench/README.md):
-a 40,000-word Zipfian vocabulary whose head is the real words of
-``../shared/dumps`` (ranked by how many papers use them) and whose tail is coined
+a 40,000-word Zipfian vocabulary whose head is the real words of some listing dumps
+(``--dumps``: files or folders; by default the two real dumps in ``../shared/dumps``
+when that folder is beside the repo, else the sample dumps in ``examples/dumps``,
+with a note), ranked by how many papers use them, and whose tail is coined
 words; each paper draws its background words from it and copies short windows
 of one topic (a real paper, or a made-up field of rare words) for real phrases
 and bursts. Store statistics for 1,000,000 papers are counted on a sample drawn
@@ -26,6 +28,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 from digest import parallel
@@ -33,8 +36,13 @@ from digest.analysis import DEFAULT
 from digest.interests import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
 from digest.matching import STOPWORDS
 from digest.ranking import CorpusStats, DayMatches, InterestIndex, PaperText, Profile
+from digest.readers import read_listing
 
-DUMPS = Path(__file__).resolve().parents[1].parent / "shared" / "dumps"
+REPO = Path(__file__).resolve().parents[1]
+REAL_DUMPS = REPO.parent / "shared" / "dumps"
+# In this order: the figures in bench/README.md were drawn from A's papers first.
+REAL = [REAL_DUMPS / "hf-trending-layout-a.txt", REAL_DUMPS / "hf-daily-mar11-layout-b.txt"]
+EXAMPLE_DUMPS = REPO / "examples" / "dumps"
 STORE = 1_000_000
 _STOPWORDS = (
     "a an and are as at be by can for from has have in is it its of on or that the their these "
@@ -43,12 +51,42 @@ _STOPWORDS = (
 STOP = set(_STOPWORDS.split()) | STOPWORDS
 
 
-def real_papers() -> list[tuple[str, str]]:
-    a = (DUMPS / "hf-trending-layout-a.txt").read_text(encoding="utf-8").splitlines()[2:]
-    a[0] = a[0].removeprefix("Subscribe")
-    b = [line for line in (DUMPS / "hf-daily-mar11-layout-b.txt").read_text().splitlines()]
-    b = [line for line in b if line.strip()][5:]
-    pairs = list(zip(a[0::2], a[1::2], strict=False)) + list(zip(b[0::2], b[1::2], strict=False))
+def add_dumps_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dumps",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="listing dumps (files or folders) whose papers give the real words and topics;"
+        " default: ../shared/dumps when it is beside the repo, else examples/dumps",
+    )
+
+
+def dump_files(paths: list[Path] | None) -> list[Path]:
+    """The files of ``--dumps``, or the real dumps, or the sample dumps with a note."""
+    if paths:
+        return [
+            file
+            for path in paths
+            for file in (
+                sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+            )
+        ]
+    if all(path.is_file() for path in REAL):
+        return REAL
+    print(
+        "note: ../shared/dumps is not beside the repo, so the real words and topics come from"
+        " examples/dumps (18 papers; the figures in bench/README.md used the 325 of the real"
+        " dumps); pass --dumps PATH to use other listings",
+        file=sys.stderr,
+    )
+    return sorted(EXAMPLE_DUMPS.glob("*.txt"))
+
+
+def real_papers(paths: list[Path]) -> list[tuple[str, str]]:
+    """Distinct (title, abstract) pairs of the dumps, in the order first met."""
+    now = datetime.now(UTC)
+    pairs = [(e.title, e.abstract) for path in paths for e in read_listing(path, now=now).entries]
     return list({title: (title, abstract) for title, abstract in pairs}.values())
 
 
@@ -252,9 +290,10 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--processes", type=int, default=0, help="0: chosen by size")
+    add_dumps_argument(parser)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    real = real_papers()
+    real = real_papers(dump_files(args.dumps))
     generator = Generator(rng, real)
     stats = store_stats(generator, args.store_sample)
     day = [generator.paper(STORE + i) for i in range(args.papers)]

@@ -68,8 +68,8 @@ SETS = [
             papers=10 + 9 + 8 - 3 - 6,
             profiles=7,
             lead_over_substring=0.05,
-            # Not required here: among 18 papers, BM25Okapi's any-word match finds the few
-            # that carry one word of a two-word interest ("federated" without "learning"),
+            # Not required here: among 18 papers, BM25Okapi's any-word match gains most from
+            # the papers that carry only part of an interest ("federated" without "learning"),
             # which all-words matching leaves out by design; the real set measures the lead.
             lead_over_bm25=None,
         ),
