@@ -37,7 +37,7 @@ from digest.errors import AlreadyRunning, DigestError, UsageError
 from digest.ingest import Clock, DumpResult, ingest_inbox, ingest_paths
 from digest.interests import parse_interest
 from digest.logs import setup_logging
-from digest.preview import preview_ranked, ranked_json, ranked_views, search_store
+from digest.preview import has_papers, preview_ranked, ranked_json, ranked_views, search_store
 from digest.runlock import hold_run_lock
 from digest.scheduler import serve
 from digest.settings import (
@@ -47,10 +47,11 @@ from digest.settings import (
     Settings,
     convert,
     default_config_text,
+    link_warnings,
     load_settings,
 )
 from digest.status import collect_status, status_lines
-from digest.store import open_store, reading, transaction
+from digest.store import open_store, reading, store_exists, transaction
 from digest.subscribers import (
     Saved,
     SubscriberSpec,
@@ -67,6 +68,7 @@ from digest.subscribers import (
 )
 
 Handler = Callable[[argparse.Namespace, "Context"], int]
+RENDERINGS = (".html", ".txt", ".eml")  # what ``preview --out`` can write
 SEARCH_LIMIT = Option("limit", int, 20, "Most papers a search shows.", low=1, high=1000)
 
 
@@ -92,6 +94,18 @@ class Context:
         if self._engine is None:
             self._engine = open_store(self.settings.database_url)
         return self._engine
+
+    @property
+    def store_exists(self) -> bool:
+        return store_exists(self.settings.database_url)
+
+    @property
+    def reader(self) -> Engine:
+        """The store for a command that only reads: one not made yet reads as an empty one
+        (in memory), so a look at a fresh installation creates no files."""
+        if self._engine is None and not self.store_exists:
+            self._engine = open_store("sqlite://")
+        return self.engine
 
     def now(self) -> datetime:
         return datetime.now(UTC)
@@ -271,7 +285,7 @@ def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
         return 0
     if args.resubscribe:
         raise UsageError("subscribers: --resubscribe goes with --import")
-    rows = list_subscribers(ctx.engine, status=args.status)
+    rows = list_subscribers(ctx.reader, status=args.status)
     if args.export_csv:
         target = args.export_csv
         if target == "-":
@@ -305,15 +319,21 @@ def _period(args: argparse.Namespace, ctx: Context) -> date:
 
 def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
     """Show (or render to a file) what a subscriber's next digest would hold."""
-    subscriber = find_subscriber(ctx.engine, args.email)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in RENDERINGS:
+        kind = f"a {out.suffix} file" if out.suffix else "a file without an extension"
+        raise UsageError(f"--out {args.out}: cannot render {kind}; use .html, .txt or .eml")
+    engine = ctx.reader
+    subscriber = find_subscriber(engine, args.email)
     period = _period(args, ctx)
     settings = ctx.settings
-    with reading(ctx.engine) as conn:
+    with reading(engine) as conn:
         ranked = preview_ranked(
             conn, subscriber, period=period, now=ctx.now(), whole_store=args.all
         )
         papers = ranked_json(conn, ranked)
-        if args.out:
+        empty_store = not papers and not has_papers(conn)
+        if out is not None:
             key = settings.signing_key()
             view = links_of(settings).digest_view(
                 to=subscriber.email,
@@ -324,18 +344,24 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
                 message_id=message_id(key, subscriber.id or 0, period, settings.mail_from),
             )
             builder = MessageBuilder(sender_of(settings))
-            out = Path(args.out)
-            if out.suffix == ".eml":
-                out.write_bytes(builder.build(view, ctx.now()))
-            elif out.suffix == ".txt":
-                out.write_text(builder.render_text(view), encoding="utf-8")
-            else:
-                out.write_text(builder.render_html(view), encoding="utf-8")
+            try:
+                if out.suffix.lower() == ".eml":
+                    out.write_bytes(builder.build(view, ctx.now()))
+                elif out.suffix.lower() == ".txt":
+                    out.write_text(builder.render_text(view), encoding="utf-8")
+                else:
+                    out.write_text(builder.render_html(view), encoding="utf-8")
+            except OSError as exc:
+                raise DigestError(f"--out {args.out}: cannot write it ({exc})") from None
         conn.rollback()
     if args.json:
         ctx.emit_json({"email": subscriber.email, "period": period.isoformat(), "papers": papers})
         return 0
-    if not papers:
+    if empty_store:
+        ctx.say("the store is empty: no papers to rank yet (ingest a listing first: digest ingest)")
+    elif not papers and args.all:
+        ctx.say("no paper in the store matches this subscriber's interests")
+    elif not papers:
         ctx.say(
             "nothing new for this subscriber yet (papers count once first seen after they joined;"
             " try --all to rank the whole store)"
@@ -353,9 +379,12 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_search(args: argparse.Namespace, ctx: Context) -> int:
     """Search the whole store with the interest language."""
     parse_interest(args.query)
-    with transaction(ctx.engine) as conn:
-        ranked = search_store(conn, args.query, limit=args.limit)
+    progress = ctx.progress()
+    with transaction(ctx.reader) as conn:
+        ranked = search_store(conn, args.query, limit=args.limit, progress=progress)
         papers = ranked_json(conn, ranked)
+    if progress is not None:
+        ctx.stderr.write("\r\033[K")
     if args.json:
         ctx.emit_json({"query": args.query, "papers": papers})
         return 0
@@ -403,6 +432,9 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     """One full cycle: fetch, ingest the inbox, compose, send, publish feeds."""
     settings = ctx.settings
     _log_setup(ctx, args.verbose)
+    warnings = link_warnings(settings)
+    for warning in warnings:
+        logging.getLogger("digest.run").warning(warning)
     period = _period(args, ctx) if args.period else None
     ensure_sample_subscribers(settings, ctx.engine, now=ctx.now())
     if args.dry_run:
@@ -412,7 +444,7 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         with hold_run_lock(settings), _stop_on_signals(stop):
             report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, stop=stop)
     if args.json:
-        ctx.emit_json(report.as_json())
+        ctx.emit_json({**report.as_json(), "warnings": warnings})
     else:
         for line in run_lines(report, settings):
             ctx.say(line)
@@ -436,10 +468,12 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
     """Run the scheduler until SIGTERM/SIGINT: the digest on its schedule, polls in between."""
     settings = ctx.settings
     _log_setup(ctx, True)
+    log = logging.getLogger("digest.serve")
+    for warning in link_warnings(settings):
+        log.warning(warning)
     engine = ctx.engine
     ensure_sample_subscribers(settings, engine, now=ctx.now())
     stop = threading.Event()
-    log = logging.getLogger("digest.serve")
 
     def run_job() -> None:
         try:
@@ -468,7 +502,8 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     """Papers, subscribers, runs, outbox, sources, schedule and warnings."""
-    data = collect_status(ctx.settings, ctx.engine, ctx.now())
+    exists = ctx.store_exists
+    data = collect_status(ctx.settings, ctx.reader, ctx.now(), store_exists=exists)
     if args.json:
         ctx.emit_json(data)
     else:
