@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, TextIO
 
 import sqlalchemy as sa
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -50,7 +50,7 @@ def join_interests(interests: Iterable[str]) -> str:
     return f"{INTEREST_SEPARATOR} ".join(interests)
 
 
-def _validated(address: str) -> Any:
+def _validated(address: str) -> ValidatedEmail:
     try:
         return validate_email(address.strip(), check_deliverability=False)
     except EmailNotValidError as exc:
@@ -71,15 +71,15 @@ def normalize_email(address: str) -> str:
             f"cannot deliver to {address.strip()!r}: the part before the @ must be ASCII"
             " (digest does not send SMTPUTF8 mail)"
         )
-    return str(result.ascii_email).lower()
+    return result.ascii_email.lower()
 
 
 def _address_forms(address: str) -> list[str]:
     """The forms an address may be stored in: the canonical one, and as older versions kept it."""
     result = _validated(address)
-    forms = [str(result.normalized).lower()]
+    forms = [result.normalized.lower()]
     if result.ascii_email is not None:
-        forms.insert(0, str(result.ascii_email).lower())
+        forms.insert(0, result.ascii_email.lower())
     return list(dict.fromkeys(forms))
 
 
