@@ -37,26 +37,39 @@ from digest.errors import AlreadyRunning, DigestError, UsageError
 from digest.ingest import Clock, DumpResult, ingest_inbox, ingest_paths
 from digest.interests import parse_interest
 from digest.logs import setup_logging
-from digest.preview import preview_ranked, ranked_json, ranked_views, search_store
+from digest.preview import has_papers, preview_ranked, ranked_json, ranked_views, search_store
 from digest.runlock import hold_run_lock
 from digest.scheduler import serve
-from digest.settings import DEFAULT_CONFIG_NAME, Settings, default_config_text, load_settings
+from digest.settings import (
+    DEFAULT_CONFIG_NAME,
+    SUBSCRIBER,
+    Option,
+    Settings,
+    convert,
+    default_config_text,
+    link_warnings,
+    load_settings,
+)
 from digest.status import collect_status, status_lines
-from digest.store import open_store, reading, transaction
+from digest.store import open_store, reading, store_exists, transaction
 from digest.subscribers import (
+    Saved,
     SubscriberSpec,
     check_token,
     export_csv,
     find_subscriber,
     interests_of,
+    join_interests,
     list_subscribers,
     read_csv,
+    save_subscribers,
     set_status,
     subscriber_json,
-    upsert_subscriber,
 )
 
 Handler = Callable[[argparse.Namespace, "Context"], int]
+RENDERINGS = (".html", ".txt", ".eml")  # what ``preview --out`` can write
+SEARCH_LIMIT = Option("limit", int, 20, "Most papers a search shows.", low=1, high=1000)
 
 
 class Context:
@@ -81,6 +94,18 @@ class Context:
         if self._engine is None:
             self._engine = open_store(self.settings.database_url)
         return self._engine
+
+    @property
+    def store_exists(self) -> bool:
+        return store_exists(self.settings.database_url)
+
+    @property
+    def reader(self) -> Engine:
+        """The store for a command that only reads: one not made yet reads as an empty one
+        (in memory), so a look at a fresh installation creates no files."""
+        if self._engine is None and not self.store_exists:
+            self._engine = open_store("sqlite://")
+        return self.engine
 
     def now(self) -> datetime:
         return datetime.now(UTC)
@@ -181,6 +206,25 @@ def cmd_ingest(args: argparse.Namespace, ctx: Context) -> int:
     return report_dumps(ctx, results, args.json)
 
 
+def _saved_lines(saved: Saved) -> list[str]:
+    """What ``subscribe`` did: a new subscriber, or the interests before and after."""
+    row = saved.row
+    interests = interests_of(row)
+    if saved.action == "subscribed":
+        return [f"subscribed {row.email} ({len(interests)} interests, {row.status})"]
+    status = row.status
+    if saved.status_before != row.status:
+        status = f"was {saved.status_before}, now {row.status}"
+    lines = [f"{saved.action} {row.email} ({status})"]
+    if interests == saved.interests_before:
+        return [*lines, f"  interests unchanged: {join_interests(interests)}"]
+    return [
+        *lines,
+        f"  interests before: {join_interests(saved.interests_before)}",
+        f"  interests now:    {join_interests(interests)}",
+    ]
+
+
 def cmd_subscribe(args: argparse.Namespace, ctx: Context) -> int:
     """Add a subscriber (or replace their interests and limits)."""
     spec = SubscriberSpec(
@@ -190,22 +234,34 @@ def cmd_subscribe(args: argparse.Namespace, ctx: Context) -> int:
         min_score=args.min_score,
         frequency=args.frequency,
         send_empty=args.send_empty,
-    )
-    row = upsert_subscriber(ctx.engine, spec, now=ctx.now())
+    ).checked()  # before the store is opened: a refused command creates nothing
+    (saved,) = save_subscribers(ctx.engine, [spec], now=ctx.now(), resubscribe=args.resubscribe)
     if args.json:
-        ctx.emit_json({"subscriber": subscriber_json(row)})
+        before = None
+        if saved.status_before is not None:
+            before = {"status": saved.status_before, "interests": saved.interests_before}
+        ctx.emit_json(
+            {"subscriber": subscriber_json(saved.row), "action": saved.action, "before": before}
+        )
     else:
-        ctx.say(f"subscribed {row.email} ({len(interests_of(row))} interests, {row.status})")
+        for line in _saved_lines(saved):
+            ctx.say(line)
     return 0
 
 
 def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
     """Stop all mail to a subscriber (their history is kept), by address or by link token."""
-    address = args.email
+    address = args.email.strip()
+    if not address:
+        raise UsageError("unsubscribe: EMAIL|TOKEN is empty")
     if "@" not in address:  # the token of an unsubscribe link or mail ("unsubscribe 12.ab34...")
         found = check_token(ctx.engine, ctx.settings.signing_key(), address.split()[-1])
         if found is None:
-            raise UsageError("not an address, nor a valid unsubscribe token")
+            shown = address if len(address) <= 40 else address[:39] + "…"
+            raise UsageError(
+                f"unsubscribe: EMAIL|TOKEN {shown!r} is neither an address"
+                " nor a valid unsubscribe token"
+            )
         address = found.email
     row = set_status(ctx.engine, address, "unsubscribed")
     ctx.say(f"unsubscribed {row.email}")
@@ -215,27 +271,38 @@ def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
     """List subscribers, or import/export them as CSV."""
     if args.import_csv:
-        text = Path(args.import_csv).read_text(encoding="utf-8-sig")
+        try:
+            text = Path(args.import_csv).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--import {args.import_csv}: cannot read it ({exc})") from None
         specs = read_csv(text)
-        for spec in specs:
-            upsert_subscriber(ctx.engine, spec, now=ctx.now())
-        ctx.say(f"imported {len(specs)} subscribers from {args.import_csv}")
+        saved = save_subscribers(ctx.engine, specs, now=ctx.now(), resubscribe=args.resubscribe)
+        actions = {action: 0 for action in ("subscribed", "updated", "resubscribed")}
+        for item in saved:
+            actions[item.action] += 1
+        done = ", ".join(f"{n} {action}" for action, n in actions.items() if n)
+        ctx.say(f"imported {len(saved)} subscribers from {args.import_csv} ({done or 'none'})")
         return 0
-    rows = list_subscribers(ctx.engine, status=args.status)
+    if args.resubscribe:
+        raise UsageError("subscribers: --resubscribe goes with --import")
+    rows = list_subscribers(ctx.reader, status=args.status)
     if args.export_csv:
         target = args.export_csv
         if target == "-":
             export_csv(rows, ctx.stdout)
         else:
-            with open(target, "w", encoding="utf-8", newline="") as out:
-                count = export_csv(rows, out)
+            try:
+                with open(target, "w", encoding="utf-8", newline="") as out:
+                    count = export_csv(rows, out)
+            except OSError as exc:
+                raise DigestError(f"--export {target}: cannot write it ({exc})") from None
             ctx.say(f"exported {count} subscribers to {target}")
         return 0
     if args.json:
         ctx.emit_json({"subscribers": [subscriber_json(row) for row in rows]})
         return 0
     for row in rows:
-        ctx.say(f"{row.email}\t{row.status}\t" + " | ".join(interests_of(row)))
+        ctx.say(f"{row.email}\t{row.status}\t{join_interests(interests_of(row))}")
     if not rows:
         ctx.say("no subscribers")
     return 0
@@ -252,15 +319,21 @@ def _period(args: argparse.Namespace, ctx: Context) -> date:
 
 def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
     """Show (or render to a file) what a subscriber's next digest would hold."""
-    subscriber = find_subscriber(ctx.engine, args.email)
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix.lower() not in RENDERINGS:
+        kind = f"a {out.suffix} file" if out.suffix else "a file without an extension"
+        raise UsageError(f"--out {args.out}: cannot render {kind}; use .html, .txt or .eml")
+    engine = ctx.reader
+    subscriber = find_subscriber(engine, args.email)
     period = _period(args, ctx)
     settings = ctx.settings
-    with reading(ctx.engine) as conn:
+    with reading(engine) as conn:
         ranked = preview_ranked(
             conn, subscriber, period=period, now=ctx.now(), whole_store=args.all
         )
         papers = ranked_json(conn, ranked)
-        if args.out:
+        empty_store = not papers and not has_papers(conn)
+        if out is not None:
             key = settings.signing_key()
             view = links_of(settings).digest_view(
                 to=subscriber.email,
@@ -271,18 +344,24 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
                 message_id=message_id(key, subscriber.id or 0, period, settings.mail_from),
             )
             builder = MessageBuilder(sender_of(settings))
-            out = Path(args.out)
-            if out.suffix == ".eml":
-                out.write_bytes(builder.build(view, ctx.now()))
-            elif out.suffix == ".txt":
-                out.write_text(builder.render_text(view), encoding="utf-8")
-            else:
-                out.write_text(builder.render_html(view), encoding="utf-8")
+            try:
+                if out.suffix.lower() == ".eml":
+                    out.write_bytes(builder.build(view, ctx.now()))
+                elif out.suffix.lower() == ".txt":
+                    out.write_text(builder.render_text(view), encoding="utf-8")
+                else:
+                    out.write_text(builder.render_html(view), encoding="utf-8")
+            except OSError as exc:
+                raise DigestError(f"--out {args.out}: cannot write it ({exc})") from None
         conn.rollback()
     if args.json:
         ctx.emit_json({"email": subscriber.email, "period": period.isoformat(), "papers": papers})
         return 0
-    if not papers:
+    if empty_store:
+        ctx.say("the store is empty: no papers to rank yet (ingest a listing first: digest ingest)")
+    elif not papers and args.all:
+        ctx.say("no paper in the store matches this subscriber's interests")
+    elif not papers:
         ctx.say(
             "nothing new for this subscriber yet (papers count once first seen after they joined;"
             " try --all to rank the whole store)"
@@ -300,9 +379,12 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_search(args: argparse.Namespace, ctx: Context) -> int:
     """Search the whole store with the interest language."""
     parse_interest(args.query)
-    with transaction(ctx.engine) as conn:
-        ranked = search_store(conn, args.query, limit=args.limit)
+    progress = ctx.progress()
+    with transaction(ctx.reader) as conn:
+        ranked = search_store(conn, args.query, limit=args.limit, progress=progress)
         papers = ranked_json(conn, ranked)
+    if progress is not None:
+        ctx.stderr.write("\r\033[K")
     if args.json:
         ctx.emit_json({"query": args.query, "papers": papers})
         return 0
@@ -350,6 +432,9 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     """One full cycle: fetch, ingest the inbox, compose, send, publish feeds."""
     settings = ctx.settings
     _log_setup(ctx, args.verbose)
+    warnings = link_warnings(settings)
+    for warning in warnings:
+        logging.getLogger("digest.run").warning(warning)
     period = _period(args, ctx) if args.period else None
     ensure_sample_subscribers(settings, ctx.engine, now=ctx.now())
     if args.dry_run:
@@ -359,7 +444,7 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         with hold_run_lock(settings), _stop_on_signals(stop):
             report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, stop=stop)
     if args.json:
-        ctx.emit_json(report.as_json())
+        ctx.emit_json({**report.as_json(), "warnings": warnings})
     else:
         for line in run_lines(report, settings):
             ctx.say(line)
@@ -383,10 +468,12 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
     """Run the scheduler until SIGTERM/SIGINT: the digest on its schedule, polls in between."""
     settings = ctx.settings
     _log_setup(ctx, True)
+    log = logging.getLogger("digest.serve")
+    for warning in link_warnings(settings):
+        log.warning(warning)
     engine = ctx.engine
     ensure_sample_subscribers(settings, engine, now=ctx.now())
     stop = threading.Event()
-    log = logging.getLogger("digest.serve")
 
     def run_job() -> None:
         try:
@@ -415,13 +502,49 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     """Papers, subscribers, runs, outbox, sources, schedule and warnings."""
-    data = collect_status(ctx.settings, ctx.engine, ctx.now())
+    exists = ctx.store_exists
+    data = collect_status(ctx.settings, ctx.reader, ctx.now(), store_exists=exists)
     if args.json:
         ctx.emit_json(data)
     else:
         for line in status_lines(data):
             ctx.say(line)
     return 0
+
+
+def _bounded(option: Option) -> Callable[[str], Any]:
+    """An argument type that checks a value the way the settings table does."""
+
+    def parse(text: str) -> Any:
+        try:
+            return convert(option, text, text=True)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{exc}, not {text!r}") from None
+
+    return parse
+
+
+def _dash_values(argv: Sequence[str]) -> list[str]:
+    """``--interest -survey`` as written: argparse takes a value starting with '-' for an
+    option and stops, so such a value is attached (``--interest=-survey``)."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            out.append(arg)
+            out.extend(args)
+            break
+        if arg == "--interest":
+            value = next(args, None)
+            if value is not None and value.startswith("-") and not value.startswith("--"):
+                out.append(f"{arg}={value}")
+                continue
+            out.append(arg)
+            if value is not None:
+                out.append(value)
+            continue
+        out.append(arg)
+    return out
 
 
 class _Parser(argparse.ArgumentParser):
@@ -479,11 +602,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="EXPR",
         help='an interest, e.g. "federated learning", diffus*, -survey, title:llm ^2 (repeatable)',
     )
-    sub.add_argument("--max-items", type=int, default=20, help="most papers per digest (20)")
-    sub.add_argument("--min-score", type=float, default=0.0, help="least score a paper needs (0)")
+    sub.add_argument(
+        "--max-items",
+        type=_bounded(SUBSCRIBER["max_items"]),
+        default=SUBSCRIBER["max_items"].default,
+        help="most papers per digest (1 to 1000; 20)",
+    )
+    sub.add_argument(
+        "--min-score",
+        type=_bounded(SUBSCRIBER["min_score"]),
+        default=SUBSCRIBER["min_score"].default,
+        help="least score a paper needs (0 to 10000; 0)",
+    )
     sub.add_argument("--frequency", choices=("daily", "weekly"), default="daily")
     sub.add_argument(
         "--send-empty", action="store_true", help='send a "nothing new" mail instead of skipping'
+    )
+    sub.add_argument(
+        "--resubscribe",
+        action="store_true",
+        help="make an address that unsubscribed or bounced active again (only if they asked)",
     )
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -496,6 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--status", choices=("pending", "active", "unsubscribed", "bounced"))
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_argument("--import", dest="import_csv", metavar="CSV", help="add or update from CSV")
+    sub.add_argument(
+        "--resubscribe",
+        action="store_true",
+        help="with --import: let addresses that left become active again (only if they asked)",
+    )
     sub.add_argument("--export", dest="export_csv", metavar="CSV", help="write CSV ('-': stdout)")
 
     sub = command("preview", cmd_preview, "show the next digest of a subscriber without sending")
@@ -509,7 +652,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = command("search", cmd_search, "search the store with the interest language")
     sub.add_argument("query", metavar="QUERY")
-    sub.add_argument("--limit", type=int, default=20)
+    sub.add_argument(
+        "--limit",
+        type=_bounded(SEARCH_LIMIT),
+        default=SEARCH_LIMIT.default,
+        help="most papers shown (1 to 1000; 20)",
+    )
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("run", cmd_run, "one full cycle: fetch, ingest inbox, rank, send, feeds")
@@ -532,7 +680,7 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int
     out = stdout or sys.stdout
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(_dash_values(sys.argv[1:] if argv is None else argv))
     except UsageError as exc:
         sys.stderr.write(f"{exc}\n")
         return exc.exit_code

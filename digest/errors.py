@@ -2,8 +2,8 @@
 
 Every failure an operator can expect (a bad setting, a broken dump, a mail
 server saying no) is a ``DigestError``. The command line turns it into a
-one-line message on stderr and exit code 1 (``UsageError``: 2), never a
-traceback. Anything else escaping is a bug.
+one-line message on stderr and exit code 1 (``UsageError`` and ``ConfigError``:
+2), never a traceback. Anything else escaping is a bug.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ class UsageError(DigestError):
 
 class ConfigError(DigestError):
     """A setting is missing or invalid; the message names the setting."""
+
+    exit_code = 2  # like a bad argument: the operator has to change what they asked for
 
 
 class ListingError(DigestError):

@@ -290,6 +290,11 @@ def parse_interest(text: str) -> Interest:
         raise InterestError(text, "nothing to match besides the weight", 1)
     query = _Parser(text, tokens).sequence(None, None)
     if not _positive(query, text):
-        raise InterestError(text, "only exclusions, nothing to match", tokens[0].position)
+        raise InterestError(
+            text,
+            "only exclusions, nothing to match (an exclusion narrows the words beside it,"
+            " as in 'diffusion -survey')",
+            tokens[0].position,
+        )
     # Spacing is folded so that the same interest typed twice is indexed once.
     return Interest(" ".join(text.split()), query, weight)

@@ -10,7 +10,7 @@ finds candidates, the ranker decides.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from typing import Any
 
@@ -131,11 +131,25 @@ def _fts_query(query: str) -> str:
     return " OR ".join(dict.fromkeys(words))
 
 
-def search_store(conn: Connection, query: str, *, limit: int = 20) -> list[Ranked]:
-    """Papers of the whole store matching ``query``, best first."""
+def has_papers(conn: Connection) -> bool:
+    """Whether the store holds any paper at all."""
+    return conn.execute(sa.select(col(Paper.id)).limit(1)).first() is not None
+
+
+def search_store(
+    conn: Connection,
+    query: str,
+    *,
+    limit: int = 20,
+    progress: Callable[[str, int], None] | None = None,
+) -> list[Ranked]:
+    """Papers of the whole store matching ``query``, best first.
+
+    The first search after a back-fill that deferred the index builds it (``progress``).
+    """
     fts = conn.dialect.name == "sqlite" and _fts_query(query)
     if fts:
-        index_papers(conn)
+        index_papers(conn, progress)
         ids = [
             row[0]
             for row in conn.exec_driver_sql(

@@ -8,6 +8,8 @@ file's folder; relative paths elsewhere to the working directory.
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import secrets
 import tomllib
@@ -33,14 +35,17 @@ class Option:
     help: str
     secret: bool = False
     check: Callable[[Any], str | None] | None = None
+    # Bounds of a number, both inclusive: a typo of a few digits must not ask for 3 GB of memory.
+    low: float | None = None
+    high: float | None = None
 
 
 def _positive(value: Any) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
-def _not_negative(value: Any) -> str | None:
-    return None if value >= 0 else "must be 0 or more"
+def _frequency(value: Any) -> str | None:
+    return None if value in {"daily", "weekly"} else "must be daily or weekly"
 
 
 def _timezone(value: Any) -> str | None:
@@ -51,17 +56,35 @@ def _timezone(value: Any) -> str | None:
     return None
 
 
+def _url_problem(value: str) -> str | None:
+    """Why ``value`` is no usable URL (a bracket left open, a port out of range), or None."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 -- reading it is the check
+    except ValueError:
+        return "is not a valid URL"
+    return None
+
+
 def _transport(value: Any) -> str | None:
     if not value:
         return None
-    scheme = urlsplit(value).scheme
-    if scheme not in {"file", "smtp", "smtps"}:
+    problem = _url_problem(value)
+    if problem:
+        return problem
+    parts = urlsplit(value)
+    if parts.scheme not in {"file", "smtp", "smtps"}:
         return "must be a file://, smtp:// or smtps:// URL"
+    if parts.scheme != "file" and not parts.hostname:
+        return "needs a host, as in smtp://user:pass@mail.example.org:587"
     return None
 
 
 def _http_url(value: Any) -> str | None:
-    if urlsplit(value).scheme not in {"http", "https"} or not urlsplit(value).netloc:
+    problem = _url_problem(value)
+    if problem:
+        return problem
+    if urlsplit(value).scheme not in {"http", "https"} or not urlsplit(value).hostname:
         return "must be an http:// or https:// URL"
     return None
 
@@ -99,21 +122,30 @@ OPTIONS: tuple[Option, ...] = (
         check=_transport,
     ),
     Option("mail_from", str, "digest <digest@localhost>", "From address of the digests."),
-    Option("smtp_connections", int, 4, "SMTP connections used at once.", check=_positive),
+    Option("smtp_connections", int, 4, "SMTP connections used at once.", low=1, high=64),
     Option(
         "smtp_rate",
         float,
         0.0,
         "Most messages per second sent over SMTP (0: no limit).",
-        check=_not_negative,
+        low=0,
+        high=10_000,
     ),
-    Option("smtp_timeout", float, 30.0, "Seconds to wait for the SMTP server.", check=_positive),
+    Option(
+        "smtp_timeout",
+        float,
+        30.0,
+        "Seconds to wait for the SMTP server.",
+        check=_positive,
+        high=3600,
+    ),
     Option(
         "smtp_retries",
         int,
         3,
         "Tries more after a 4xx or a dropped connection.",
-        check=_not_negative,
+        low=0,
+        high=20,
     ),
     Option(
         "base_url",
@@ -134,7 +166,7 @@ OPTIONS: tuple[Option, ...] = (
         " <data_dir>/secret.key.",
         secret=True,
     ),
-    Option("feed_items", int, 100, "Items kept in each feed.", check=_positive),
+    Option("feed_items", int, 100, "Items kept in each feed.", low=1, high=10_000),
     Option(
         "schedule",
         str,
@@ -143,7 +175,12 @@ OPTIONS: tuple[Option, ...] = (
         check=_schedule,
     ),
     Option(
-        "poll_minutes", int, 10, "Minutes between polls of the inbox and sources.", check=_positive
+        "poll_minutes",
+        int,
+        10,
+        "Minutes between polls of the inbox and sources.",
+        low=1,
+        high=24 * 60,
     ),
     Option(
         "sources",
@@ -151,9 +188,21 @@ OPTIONS: tuple[Option, ...] = (
         [],
         "Listing URLs fetched into the inbox (HF daily-papers JSON, arXiv RSS/Atom, text dumps).",
     ),
-    Option("fetch_timeout", float, 30.0, "Seconds allowed for one source fetch.", check=_positive),
     Option(
-        "fetch_max_bytes", int, 50_000_000, "Largest body accepted from a source.", check=_positive
+        "fetch_timeout",
+        float,
+        30.0,
+        "Seconds allowed for one source fetch.",
+        check=_positive,
+        high=3600,
+    ),
+    Option(
+        "fetch_max_bytes",
+        int,
+        50_000_000,
+        "Largest body accepted from a source.",
+        low=1,
+        high=100_000_000_000,
     ),
     Option(
         "log_format",
@@ -165,6 +214,17 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 _BY_NAME = {option.name: option for option in OPTIONS}
+
+# The keys of a [[subscribers]] table in the settings file; their bounds are also those of
+# `digest subscribe` and of a CSV import.
+SUBSCRIBER_OPTIONS: tuple[Option, ...] = (
+    Option("email", str, "", "The subscriber's address."),
+    Option("interests", list, [], "Interest expressions, one string each."),
+    Option("max_items", int, 20, "Most papers per digest.", low=1, high=1000),
+    Option("min_score", float, 0.0, "Least score a paper needs.", low=0, high=10_000),
+    Option("frequency", str, "daily", "daily or weekly.", check=_frequency),
+)
+SUBSCRIBER = {option.name: option for option in SUBSCRIBER_OPTIONS}
 
 
 @dataclass(frozen=True)
@@ -236,46 +296,104 @@ class Settings:
         return key
 
 
-def _coerce(option: Option, value: Any, origin: str) -> Any:
-    """Turn a value from TOML or the environment into the option's type."""
-    where = f"setting {option.name} (from {origin})"
-    shown = "" if option.secret else f" {value!r}"
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def convert(option: Option, value: Any, *, text: bool = False) -> Any:
+    """``value`` as the option's type, within its bounds; else a ValueError saying what is wrong.
+
+    ``text``: the value came as text (an environment variable, an argument, a CSV cell), so
+    a list may be written ``a, b``; in TOML a list must be a list. The message never holds
+    the value, which may be a secret.
+    """
     kind = option.kind
-    try:
-        if kind is list:
-            if isinstance(value, str):
-                value = [
-                    part.strip() for part in value.replace("\n", ",").split(",") if part.strip()
-                ]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ValueError
-            return value
-        if kind is bool:
-            if isinstance(value, str):
-                lowered = value.strip().lower()
-                if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
-                    raise ValueError
-                return lowered in {"1", "true", "yes", "on"}
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if kind is int:
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, str):
-                value = value.strip().replace("_", "")
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if not isinstance(value, str):
-            raise ValueError
+    if kind is list:
+        if text and isinstance(value, str):
+            value = [part.strip() for part in value.replace("\n", ",").split(",") if part.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError('must be a list of strings, as in ["a", "b"]')
         return value
-    except (TypeError, ValueError):
+    if kind is bool:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError("must be true or false")
+            return lowered in {"1", "true", "yes", "on"}
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+    elif kind is int:
+        if isinstance(value, str):
+            value = value.strip().replace("_", "")
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError("must be a whole number")
+        try:
+            value = int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("must be a whole number") from None
+    elif kind is float:
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("must be a number") from None
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+    low, high = option.low, option.high
+    if low is not None and high is not None and not low <= value <= high:
+        raise ValueError(f"must be from {_number(low)} to {_number(high)}")
+    if low is not None and value < low:
+        raise ValueError(f"must be at least {_number(low)}")
+    if high is not None and value > high:
+        raise ValueError(f"must be at most {_number(high)}")
+    problem = option.check(value) if option.check is not None else None
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _shown(option: Option, value: Any) -> str:
+    if option.secret:
+        return ""
+    text = repr(value)
+    return f" ({text if len(text) <= 40 else text[:39] + '…'})"
+
+
+def _setting(option: Option, value: Any, origin: str, *, text: bool) -> Any:
+    """``convert``, with a ConfigError naming the setting and where it came from."""
+    try:
+        return convert(option, value, text=text)
+    except ValueError as exc:
         raise ConfigError(
-            f"{where}: expected {kind.__name__},{shown or ' got another type'}"
+            f"setting {option.name}{_shown(option, value)} from {origin} {exc}"
         ) from None
+
+
+def _sample_subscribers(samples: Any, file_name: str) -> tuple[dict[str, Any], ...]:
+    """The ``[[subscribers]]`` tables of the settings file, checked key by key."""
+    if not isinstance(samples, list) or not all(isinstance(item, dict) for item in samples):
+        raise ConfigError(f"config file {file_name}: subscribers must be [[subscribers]] tables")
+    checked = []
+    for number, item in enumerate(samples, 1):
+        where = f"{file_name}, [[subscribers]] table {number}"
+        if "email" not in item:
+            raise ConfigError(f"config file {where}: needs an email")
+        for key in item:
+            if key not in SUBSCRIBER:
+                known = ", ".join(SUBSCRIBER)
+                raise ConfigError(f"config file {where}: unknown key {key!r} (known: {known})")
+        checked.append(
+            {
+                key: _setting(SUBSCRIBER[key], value, where, text=False)
+                for key, value in item.items()
+            }
+        )
+    return tuple(checked)
 
 
 def load_settings(
@@ -298,41 +416,23 @@ def load_settings(
 
     sample_subscribers: tuple[dict[str, Any], ...] = ()
     values: dict[str, Any] = {o.name: o.default for o in OPTIONS}
-    origin: dict[str, str] = {o.name: "default" for o in OPTIONS}
     base_dirs: dict[str, Path] = {}
     if config_path is not None:
         try:
             data = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {config_path.name}: {exc}") from None
-        samples = data.pop("subscribers", [])
-        if not isinstance(samples, list) or not all(
-            isinstance(item, dict) and isinstance(item.get("email"), str) for item in samples
-        ):
-            raise ConfigError(
-                f"config file {config_path.name}: [[subscribers]] entries need an email"
-            )
-        sample_subscribers = tuple(samples)
+        sample_subscribers = _sample_subscribers(data.pop("subscribers", []), config_path.name)
         for key, value in data.items():
             if key not in _BY_NAME:
                 raise ConfigError(f"config file {config_path.name}: unknown setting {key!r}")
-            values[key] = _coerce(_BY_NAME[key], value, config_path.name)
-            origin[key] = config_path.name
+            values[key] = _setting(_BY_NAME[key], value, config_path.name, text=False)
             base_dirs[key] = config_path.parent
     for option in OPTIONS:
         var = "DIGEST_" + option.name.upper()
         if var in env:
-            values[option.name] = _coerce(option, env[var], var)
-            origin[option.name] = var
+            values[option.name] = _setting(option, env[var], var, text=True)
             base_dirs.pop(option.name, None)
-    for option in OPTIONS:
-        if option.check is not None:
-            problem = option.check(values[option.name])
-            if problem:
-                shown = "" if option.secret else f" ({values[option.name]!r})"
-                raise ConfigError(
-                    f"setting {option.name}{shown} from {origin[option.name]} {problem}"
-                )
 
     def path_of(name: str, fallback: Path) -> Path:
         raw = values[name]
@@ -387,6 +487,14 @@ def _toml_value(value: Any) -> str:
     return f'"{escaped}"'
 
 
+def _bounds_text(option: Option) -> str:
+    if option.low is not None and option.high is not None:
+        return f" ({_number(option.low)} to {_number(option.high)})"
+    if option.high is not None:
+        return f" (at most {_number(option.high)})"
+    return ""
+
+
 def default_config_text() -> str:
     """The commented ``digest.toml`` that ``digest init`` writes: every option, commented out."""
     lines = [
@@ -396,7 +504,34 @@ def default_config_text() -> str:
         "",
     ]
     for option in OPTIONS:
-        lines.append(f"# {option.help}")
+        lines.append(f"# {option.help}{_bounds_text(option)}")
         lines.append(f"# {option.name} = {_toml_value(option.default)}")
         lines.append("")
     return "\n".join(lines)
+
+
+def link_warnings(settings: Settings) -> list[str]:
+    """What makes the links in emails sent over SMTP fail: a local or plain-http ``base_url``.
+
+    The file:// transport (the demo, a mail catcher) gets none: nobody clicks those links.
+    """
+    if not settings.mail_transport.startswith(("smtp://", "smtps://")):
+        return []
+    parts = urlsplit(settings.base_url)
+    host = (parts.hostname or "").lower().rstrip(".")
+    try:
+        address = ipaddress.ip_address(host)
+        local = address.is_loopback or address.is_unspecified
+    except ValueError:
+        local = host == "localhost" or host.endswith(".localhost")
+    if local:
+        return [
+            f"base_url {settings.base_url} points at this machine: the unsubscribe and feed"
+            " links in every email sent over SMTP are dead; set base_url to the public address"
+        ]
+    if parts.scheme == "http":
+        return [
+            f"base_url {settings.base_url} is plain http: mail clients offer one-click"
+            " unsubscribe (RFC 8058) only for https links; set base_url to an https:// address"
+        ]
+    return []

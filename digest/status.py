@@ -14,7 +14,7 @@ from digest.deliver import outbox_counts
 from digest.models import Digest, Dump, Paper, Run, SourceState, Subscriber
 from digest.runlock import lock_holder
 from digest.scheduler import crontab_trigger
-from digest.settings import Settings
+from digest.settings import Settings, link_warnings
 from digest.store import reading
 from digest.subscribers import count_by_status
 
@@ -26,8 +26,13 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
-def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[str, Any]:
-    """Everything ``status`` shows, as plain data (also the ``--json`` output)."""
+def collect_status(
+    settings: Settings, engine: Engine, now: datetime, *, store_exists: bool = True
+) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain data (also the ``--json`` output).
+
+    ``store_exists`` False: ``engine`` is an empty stand-in for a store not made yet.
+    """
     local = now.astimezone(settings.tz)
     with reading(engine) as conn:
         papers = conn.execute(sa.select(sa.func.count()).select_from(Paper)).scalar_one()
@@ -63,7 +68,7 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
     trigger = crontab_trigger(settings.schedule, settings.tz)
     next_run = trigger.get_next_fire_time(None, local)
     holder = lock_holder(settings)
-    warnings: list[str] = []
+    warnings = link_warnings(settings)
     if local.weekday() < 5 and new_today == 0 and papers:
         warnings.append("no new papers in the last 24 hours on a weekday")
     if failed:
@@ -120,6 +125,7 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
             "next_run": _iso(next_run),
         },
         "running": None if holder is None else holder.to_json(),
+        "store_exists": store_exists,
         "warnings": warnings,
     }
 
@@ -148,4 +154,6 @@ def status_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"source {source['url']}: {source['status']} at {source['last_fetch_at']}")
     for warning in data["warnings"]:
         lines.append(f"warning: {warning}")
+    if not data.get("store_exists", True):
+        lines.append("store: not made yet (init, ingest, subscribe or run make it)")
     return lines

@@ -9,7 +9,7 @@ wrote in between.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,12 +28,26 @@ from digest.models import Paper
 
 BUSY_TIMEOUT_MS = 30_000
 BATCH = 2_000  # entries per lookup/insert round trip; bounds memory on back-fills
+INDEX_BATCH = 50_000  # papers added to the search index between two progress reports
+
+
+def _sqlite_path(url: str) -> str:
+    """The file of a SQLite URL ("" or ":memory:" for a database in memory)."""
+    return url.split("///", 1)[1] if "///" in url else ""
+
+
+def store_exists(url: str) -> bool:
+    """Whether the store was made already (a database server's is taken to be there)."""
+    if not url.startswith("sqlite"):
+        return True
+    path = _sqlite_path(url).split("?", 1)[0]
+    return path in ("", ":memory:") or Path(path).is_file()
 
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get their folder, WAL and the pragmas above."""
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[1] if "///" in url else ""
+        path = _sqlite_path(url)
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(
@@ -300,19 +314,29 @@ def _insert_papers(conn: Connection, rows: list[dict[str, Any]]) -> None:
     conn.exec_driver_sql(_RAW_INSERT, tuples)
 
 
-def index_papers(conn: Connection) -> int:
-    """Bring the SQLite search index up to the newest paper; returns how many were added."""
+def index_papers(conn: Connection, progress: Callable[[str, int], None] | None = None) -> int:
+    """Bring the SQLite search index up to the newest paper; returns how many were added.
+
+    After a back-fill that deferred it this takes seconds: ``progress`` is told the count
+    so far, in steps of ``INDEX_BATCH`` papers.
+    """
     if conn.dialect.name != "sqlite":
         return 0
     upto = conn.exec_driver_sql("SELECT indexed_upto FROM search_state").scalar() or 0
     newest = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM paper").scalar() or 0
     if newest <= upto:
         return 0
-    conn.exec_driver_sql(
-        "INSERT INTO paper_fts(rowid, title, abstract)"
-        " SELECT id, title, abstract FROM paper WHERE id > ? ORDER BY id",
-        (upto,),
-    )
+    added = 0
+    for start in range(upto, newest, INDEX_BATCH):
+        if progress is not None:
+            progress("building the search index", added)
+        added += conn.exec_driver_sql(
+            "INSERT INTO paper_fts(rowid, title, abstract)"
+            " SELECT id, title, abstract FROM paper WHERE id > ? AND id <= ? ORDER BY id",
+            (start, min(start + INDEX_BATCH, newest)),
+        ).rowcount
+    if progress is not None:
+        progress("building the search index", added)
     conn.exec_driver_sql("UPDATE search_state SET indexed_upto = ?", (newest,))
     return int(newest - upto)
 

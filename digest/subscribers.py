@@ -3,6 +3,10 @@
 Links (unsubscribe, private feed) are HMACs of a per-subscriber random salt
 under the installation's secret key. The database holds only the salt, so a
 leaked database does not leak working links; rotating the salt revokes them.
+
+Consent: an address that unsubscribed or bounced stays suppressed. Saving it
+again leaves it so unless the operator says the person asked to come back
+(``resubscribe``); the web front's double opt-in is the other way back.
 """
 
 from __future__ import annotations
@@ -14,33 +18,69 @@ import io
 import json
 import secrets
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
 import sqlalchemy as sa
-from email_validator import EmailNotValidError, validate_email
+from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from digest.errors import UsageError
-from digest.interests import parse_interest
+from digest.interests import InterestError, parse_interest
 from digest.models import Subscriber
+from digest.settings import SUBSCRIBER, convert
 from digest.store import db_time, reading
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced")
+SUPPRESSED = ("unsubscribed", "bounced")  # the address left: no mail until it comes back
 FREQUENCIES = ("daily", "weekly")
 CSV_FIELDS = ("email", "status", "interests", "max_items", "min_score", "frequency")
+# Between a subscriber's interests wherever they are written on one line: CSV and listings.
 INTEREST_SEPARATOR = ";"
+_NOT_IN_AN_INTEREST = {
+    INTEREST_SEPARATOR: "';' separates interests, it cannot be inside one",
+    "|": "'|' is not part of the interest language (write OR; separate interests with ';')",
+}
+
+
+def join_interests(interests: Iterable[str]) -> str:
+    """Interests on one line, as ``subscribers`` lists them and CSV holds them."""
+    return f"{INTEREST_SEPARATOR} ".join(interests)
+
+
+def _validated(address: str) -> ValidatedEmail:
+    try:
+        return validate_email(address.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise UsageError(f"not a valid email address {address!r}: {exc}") from None
 
 
 def normalize_email(address: str) -> str:
-    """A valid address in one canonical form (whole address lower-cased), or a UsageError."""
-    try:
-        result = validate_email(address.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise UsageError(f"not a valid email address {address!r}: {exc}") from None
-    return result.normalized.lower()
+    """A deliverable address in one canonical form, or a UsageError.
+
+    The form is ASCII and lower-cased: an international domain becomes its IDNA form
+    (``xn--…``), which every mail server takes. Letters beyond ASCII before the ``@`` would
+    need SMTPUTF8, which digest does not send, so such an address is refused here rather
+    than failing at every run.
+    """
+    result = _validated(address)
+    if result.ascii_email is None:
+        raise UsageError(
+            f"cannot deliver to {address.strip()!r}: the part before the @ must be ASCII"
+            " (digest does not send SMTPUTF8 mail)"
+        )
+    return result.ascii_email.lower()
+
+
+def _address_forms(address: str) -> list[str]:
+    """The forms an address may be stored in: the canonical one, and as older versions kept it."""
+    result = _validated(address)
+    forms = [result.normalized.lower()]
+    if result.ascii_email is not None:
+        forms.insert(0, result.ascii_email.lower())
+    return list(dict.fromkeys(forms))
 
 
 def check_interests(interests: Sequence[str]) -> list[str]:
@@ -49,8 +89,20 @@ def check_interests(interests: Sequence[str]) -> list[str]:
     if not cleaned:
         raise UsageError("a subscriber needs at least one --interest")
     for text in cleaned:
+        for mark, reason in _NOT_IN_AN_INTEREST.items():
+            if mark in text:
+                raise InterestError(text, reason, text.index(mark) + 1)
         parse_interest(text)
     return cleaned
+
+
+def check_field(name: str, value: Any) -> Any:
+    """A subscriber's ``max_items``, ``min_score`` or ``frequency`` (typed, or text from a CSV
+    cell) within the bounds of the settings table, or a UsageError naming it."""
+    try:
+        return convert(SUBSCRIBER[name], value, text=True)
+    except ValueError as exc:
+        raise UsageError(f"{name} ({value!r}) {exc}") from None
 
 
 def interests_of(subscriber: Subscriber) -> list[str]:
@@ -65,61 +117,119 @@ class SubscriberSpec:
 
     email: str
     interests: Sequence[str]
-    max_items: int = 20
-    min_score: float = 0.0
-    frequency: str = "daily"
+    max_items: int = SUBSCRIBER["max_items"].default
+    min_score: float = SUBSCRIBER["min_score"].default
+    frequency: str = SUBSCRIBER["frequency"].default
     status: str = "active"
     send_empty: bool = False
 
     def checked(self) -> SubscriberSpec:
         """The same spec, validated and normalized."""
-        if self.max_items < 1:
-            raise UsageError("--max-items must be at least 1")
-        if self.frequency not in FREQUENCIES:
-            raise UsageError(f"frequency must be one of {', '.join(FREQUENCIES)}")
         if self.status not in STATUSES:
             raise UsageError(f"status must be one of {', '.join(STATUSES)}")
         return SubscriberSpec(
             email=normalize_email(self.email),
             interests=check_interests(self.interests),
-            max_items=self.max_items,
-            min_score=self.min_score,
-            frequency=self.frequency,
+            max_items=check_field("max_items", self.max_items),
+            min_score=check_field("min_score", self.min_score),
+            frequency=check_field("frequency", self.frequency),
             status=self.status,
             send_empty=self.send_empty,
         )
 
 
-def upsert_subscriber(engine: Engine, spec: SubscriberSpec, *, now: datetime) -> Subscriber:
-    """Add a subscriber or replace an existing one's settings; returns the stored row."""
-    spec = spec.checked()
-    with Session(engine) as session:
-        row = session.exec(select(Subscriber).where(col(Subscriber.email) == spec.email)).first()
-        if row is None:
-            row = Subscriber(
-                email=spec.email,
-                token_salt=secrets.token_hex(16),
-                created_at=db_time(now),
-            )
-        row.status = spec.status
-        row.interests = json.dumps(list(spec.interests))
-        row.max_items = spec.max_items
-        row.min_score = spec.min_score
-        row.frequency = spec.frequency
-        row.send_empty = spec.send_empty
-        session.add(row)
+@dataclass(frozen=True)
+class Saved:
+    """A subscriber as stored, and their status and interests before (None: a new one)."""
+
+    row: Subscriber
+    status_before: str | None = None
+    interests_before: list[str] = field(default_factory=list)
+
+    @property
+    def action(self) -> str:
+        """subscribed (new), resubscribed (back from suppressed) or updated."""
+        if self.status_before is None:
+            return "subscribed"
+        if self.status_before in SUPPRESSED and self.row.status not in SUPPRESSED:
+            return "resubscribed"
+        return "updated"
+
+
+def _stored(session: Session, forms: Sequence[str]) -> Subscriber | None:
+    rows = session.exec(select(Subscriber).where(col(Subscriber.email).in_(forms))).all()
+    return min(rows, key=lambda row: forms.index(row.email), default=None)
+
+
+def _refusal(left: Sequence[Subscriber]) -> str:
+    named = ", ".join(f"{row.email} {row.status}" for row in left[:3])
+    more = f" and {len(left) - 3} more" if len(left) > 3 else ""
+    return (
+        f"{named}{more}: not reactivated, an address that left stays suppressed"
+        " (add --resubscribe only if they asked to come back)"
+    )
+
+
+def save_subscribers(
+    engine: Engine, specs: Sequence[SubscriberSpec], *, now: datetime, resubscribe: bool = False
+) -> list[Saved]:
+    """Add subscribers or replace their settings, all in one transaction (or none of them).
+
+    An address that unsubscribed or bounced is made active again only with ``resubscribe``;
+    otherwise a UsageError names it and nothing is saved.
+    """
+    checked = [(spec.checked(), _address_forms(spec.email)) for spec in specs]
+    with Session(engine, expire_on_commit=False) as session:
+        rows: dict[str, Subscriber | None] = {}
+        for spec, forms in checked:
+            if spec.email not in rows:
+                rows[spec.email] = _stored(session, forms)
+        left = [
+            row
+            for spec, _ in checked
+            if (row := rows[spec.email]) is not None
+            and row.status in SUPPRESSED
+            and spec.status not in SUPPRESSED
+        ]
+        if left and not resubscribe:
+            raise UsageError(_refusal(list({row.email: row for row in left}.values())))
+        saved = []
+        for spec, _ in checked:
+            row = rows[spec.email]
+            if row is None:
+                row = rows[spec.email] = Subscriber(
+                    email=spec.email, token_salt=secrets.token_hex(16), created_at=db_time(now)
+                )
+                before: tuple[str | None, list[str]] = (None, [])
+            else:
+                before = (row.status, interests_of(row))
+            row.email = spec.email  # an address kept in an older form gets the canonical one
+            row.status = spec.status
+            row.interests = json.dumps(list(spec.interests))
+            row.max_items = spec.max_items
+            row.min_score = spec.min_score
+            row.frequency = spec.frequency
+            row.send_empty = spec.send_empty
+            session.add(row)
+            saved.append((row, before))
         session.commit()
-        session.refresh(row)
-        return row
+    return [Saved(row, status, interests) for row, (status, interests) in saved]
+
+
+def upsert_subscriber(
+    engine: Engine, spec: SubscriberSpec, *, now: datetime, resubscribe: bool = False
+) -> Subscriber:
+    """Add a subscriber or replace an existing one's settings; returns the stored row."""
+    return save_subscribers(engine, [spec], now=now, resubscribe=resubscribe)[0].row
 
 
 def find_subscriber(engine: Engine, email: str) -> Subscriber:
     """The subscriber with this address, or a UsageError naming it."""
-    address = normalize_email(email)
+    forms = _address_forms(email)
     with Session(engine) as session:
-        row = session.exec(select(Subscriber).where(col(Subscriber.email) == address)).first()
+        row = _stored(session, forms)
     if row is None:
-        raise UsageError(f"no subscriber {address}")
+        raise UsageError(f"no subscriber {forms[0]}")
     return row
 
 
@@ -161,7 +271,7 @@ def subscriber_json(row: Subscriber) -> dict[str, Any]:
 
 
 def export_csv(rows: Iterable[Subscriber], out: TextIO) -> int:
-    """Write subscribers as CSV (interests joined by ';'); returns the count."""
+    """Write subscribers as CSV (interests joined by ``INTEREST_SEPARATOR``); returns the count."""
     writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
     writer.writeheader()
     written = 0
@@ -170,7 +280,7 @@ def export_csv(rows: Iterable[Subscriber], out: TextIO) -> int:
             {
                 "email": row.email,
                 "status": row.status,
-                "interests": f"{INTEREST_SEPARATOR} ".join(interests_of(row)),
+                "interests": join_interests(interests_of(row)),
                 "max_items": row.max_items,
                 "min_score": row.min_score,
                 "frequency": row.frequency,
@@ -193,13 +303,17 @@ def read_csv(text: str) -> list[SubscriberSpec]:
                 SubscriberSpec(
                     email=row.get("email") or "",
                     interests=(row.get("interests") or "").split(INTEREST_SEPARATOR),
-                    max_items=int(row.get("max_items") or 20),
-                    min_score=float(row.get("min_score") or 0),
-                    frequency=row.get("frequency") or "daily",
+                    max_items=check_field(
+                        "max_items", row.get("max_items") or SUBSCRIBER["max_items"].default
+                    ),
+                    min_score=check_field(
+                        "min_score", row.get("min_score") or SUBSCRIBER["min_score"].default
+                    ),
+                    frequency=row.get("frequency") or SUBSCRIBER["frequency"].default,
                     status=row.get("status") or "active",
                 ).checked()
             )
-        except (UsageError, ValueError) as exc:
+        except UsageError as exc:
             raise UsageError(f"CSV line {line}: {exc}") from None
     return specs
 
@@ -224,7 +338,8 @@ def check_token(
 ) -> Subscriber | None:
     """The subscriber a token belongs to, or None for a forged or revoked one."""
     ident, _, signature = token.partition(".")
-    if not ident.isdigit() or not signature:
+    # isdigit() alone lets "²" through; 18 digits is as far as an SQL integer goes
+    if not (ident.isascii() and ident.isdigit() and len(ident) <= 18) or not signature:
         return None
     with Session(engine) as session:
         row = session.get(Subscriber, int(ident))

@@ -33,6 +33,20 @@ def test_every_setting_is_in_the_readme() -> None:
         assert f"| `{option.name}` | `DIGEST_{option.name.upper()}` |" in README, option.name
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def test_the_readme_states_the_bounds_of_each_setting() -> None:
+    rows = {line.split("`")[1]: line for line in README.splitlines() if line.startswith("| `")}
+    for option in OPTIONS:
+        row = rows[option.name]
+        if option.low is not None and option.high is not None:
+            assert f"{_number(option.low)} to {_number(option.high)}" in row, option.name
+        elif option.high is not None:
+            assert f"at most {_number(option.high)}" in row, option.name
+
+
 @pytest.mark.parametrize("name", sorted(subcommands()))
 def test_every_command_has_help(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:

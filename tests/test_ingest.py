@@ -196,7 +196,7 @@ def test_cli_bad_setting_is_one_line(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DIGEST_FEED_ITEMS", "lots")
     code, _, err = run_cli(["ingest", str(dump_b)], capsys)
-    assert code == 1
+    assert code == 2
     assert err.count("\n") == 1 and "feed_items" in err
 
 

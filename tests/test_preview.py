@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,62 @@ def test_search_uses_the_interest_language(
     assert len(titles) == 3 and all(word in t.lower() for t in titles)
     assert main(["search", '"unclosed']) == 2
     assert "position" in capsys.readouterr().err
+
+
+def test_preview_of_an_empty_store_says_so(
+    workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["subscribe", "ada@example.org", "--interest", "graphs"]) == 0
+    capsys.readouterr()
+    for extra in ([], ["--all"]):
+        assert main(["preview", "ada@example.org", *extra]) == 0
+        out = capsys.readouterr().out
+        assert "the store is empty" in out and "try --all" not in out
+    assert main(["ingest", str(EXAMPLE_A)]) == 0
+    capsys.readouterr()
+    assert main(["preview", "ada@example.org"]) == 0  # she joined before: all of it is new
+    out = capsys.readouterr().out
+    assert "the store is empty" not in out and out.startswith(" 1. ")
+
+
+@pytest.mark.parametrize("name", ["digest.pdf", "digest", "digest.HTML.zip"])
+def test_preview_refuses_an_unknown_output_kind(
+    workdir: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    assert main(["subscribe", "ada@example.org", "--interest", "graphs"]) == 0
+    capsys.readouterr()
+    assert main(["preview", "ada@example.org", "--out", name]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"digest: --out {name}: cannot render") and ".eml" in err
+    assert not (workdir / name).exists()
+    assert main(["preview", "ada@example.org", "--out", "digest.TXT"]) == 0
+    assert (workdir / "digest.TXT").read_text().strip()
+
+
+class Terminal(io.StringIO):
+    """A stderr that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_first_search_after_a_deferred_index_shows_progress_on_a_terminal(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert main(["ingest", "--defer-index", str(EXAMPLE_A), str(EXAMPLE_B)]) == 0
+    capsys.readouterr()
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    assert main(["search", "diffusion"]) == 0
+    shown = terminal.getvalue()
+    assert "building the search index: 0 papers" in shown
+    assert shown.endswith("\r\033[K")  # the line is cleared before the results
+    assert "iffusion" in capsys.readouterr().out
+    # built now: the next search says nothing; and only a terminal is ever told
+    terminal.seek(0)
+    terminal.truncate()
+    assert main(["search", "diffusion"]) == 0
+    assert terminal.getvalue() == "\r\033[K" or terminal.getvalue() == ""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    assert main(["search", "--limit", "0", "x"]) == 2

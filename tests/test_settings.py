@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,6 +51,13 @@ def test_environment_list_and_number_forms(tmp_path: Path) -> None:
         ({"DIGEST_TIMEZONE": "Mars/Olympus"}, "timezone"),
         ({"DIGEST_BASE_URL": "localhost"}, "base_url"),
         ({"DIGEST_SCHEDULE": "daily"}, "schedule"),
+        ({"DIGEST_SMTP_CONNECTIONS": "100000000"}, "smtp_connections"),
+        ({"DIGEST_FEED_ITEMS": "9" * 30}, "feed_items"),
+        ({"DIGEST_SMTP_RATE": "nan"}, "smtp_rate"),
+        ({"DIGEST_SMTP_TIMEOUT": "inf"}, "smtp_timeout"),
+        ({"DIGEST_MAIL_TRANSPORT": "smtp://u:p@[::1"}, "mail_transport"),
+        ({"DIGEST_MAIL_TRANSPORT": "smtp://u:p@host:99999"}, "mail_transport"),
+        ({"DIGEST_BASE_URL": "https://[::1"}, "base_url"),
     ],
 )
 def test_bad_setting_names_itself(tmp_path: Path, env: dict[str, str], named: str) -> None:
@@ -94,3 +104,59 @@ def test_signing_key_is_generated_once(tmp_path: Path) -> None:
     assert len(first) >= 32
     assert settings.signing_key() == first
     assert (settings.data_dir / "secret.key").stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.parametrize(
+    ("table", "named"),
+    [
+        ('email = "a@example.org"\ninterests = ["x"]\nmax_items = "lots"', "max_items"),
+        ('email = "a@example.org"\ninterests = "abc"', "interests"),
+        ('email = "a@example.org"\ninterests = ["x"]\nmin_score = nan', "min_score"),
+        ('email = "a@example.org"\ninterests = ["x"]\nmax_items = 99999999999', "max_items"),
+        ('email = "a@example.org"\ninterest = ["x"]', "interest"),
+        ('interests = ["x"]', "email"),
+    ],
+)
+def test_bad_subscribers_table_names_the_key(tmp_path: Path, table: str, named: str) -> None:
+    config = tmp_path / "digest.toml"
+    config.write_text(f"[[subscribers]]\n{table}\n")
+    with pytest.raises(ConfigError, match=named) as caught:
+        load_settings(config, environ={}, cwd=tmp_path)
+    assert "[[subscribers]] table 1" in str(caught.value)
+
+
+def test_subscribers_tables_are_read_with_their_types(tmp_path: Path) -> None:
+    config = tmp_path / "digest.toml"
+    config.write_text(
+        '[[subscribers]]\nemail = "a@example.org"\ninterests = ["x", "y z"]\nmax_items = 5\n'
+    )
+    (table,) = load_settings(config, environ={}, cwd=tmp_path).sample_subscribers
+    assert table == {"email": "a@example.org", "interests": ["x", "y z"], "max_items": 5}
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("DIGEST_SMTP_CONNECTIONS", "100000000"),
+        ("DIGEST_MAIL_TRANSPORT", "smtp://u:p@[::1"),
+        ("DIGEST_SMTP_RETRIES", "-1"),
+    ],
+)
+def test_cli_bad_setting_is_exit_2_and_one_line(tmp_path: Path, name: str, value: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update({"DIGEST_DATA_DIR": str(tmp_path / "data"), name: value})
+    done = subprocess.run(
+        [sys.executable, "-m", "digest", "status"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    setting = name.removeprefix("DIGEST_").lower()
+    assert done.stderr.startswith(f"digest: setting {setting} ")
+    assert "p@" not in done.stderr  # the transport URL holds a password: never echoed
+    assert done.stdout == ""
+    assert not (tmp_path / "data").exists()

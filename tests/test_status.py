@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from digest.cli import main
 from tests.test_service import PEOPLE, SENT_TO, Site
 
 HOLD_LOCK = """
@@ -104,7 +107,7 @@ def test_status_after_a_run_with_a_bounce_and_a_deferral(
 
 
 def test_status_shows_a_run_held_by_another_process(site: Site) -> None:
-    assert site.cli("status").code == 0  # makes the data folder the lock lives in
+    site.data.mkdir()  # the folder the lock lives in (status itself creates nothing)
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLD_LOCK, str(site.data)],
         stdin=subprocess.PIPE,
@@ -122,3 +125,55 @@ def test_status_shows_a_run_held_by_another_process(site: Site) -> None:
     assert data["running"]["started_at"]
     assert f"running now: pid {holder.pid}" in text.out
     assert site.cli("status", "--json").json()["running"] is None
+
+
+def test_read_only_commands_create_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("DIGEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    assert main(["status"]) == 0
+    assert "store: not made yet" in capsys.readouterr().out
+    assert main(["status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["store_exists"] is False
+    assert main(["subscribers"]) == 0
+    assert main(["subscribers", "--json"]) == 0
+    assert main(["search", "graphs"]) == 0
+    assert main(["preview", "ada@example.org"]) == 2
+    assert "no subscriber" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_placeholder_base_url_is_a_warning_when_mail_goes_out_over_smtp(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def warnings() -> list[str]:
+        result = site.cli("status", "--json")
+        assert result.code == 0, result.err
+        found: list[str] = result.json()["warnings"]
+        return found
+
+    monkeypatch.setenv("DIGEST_BASE_URL", "http://localhost:8000")
+    (warning,) = warnings()
+    assert warning.startswith("base_url http://localhost:8000 points at this machine")
+    assert f"warning: {warning}" in site.cli("status").out
+    monkeypatch.setenv("DIGEST_BASE_URL", "http://127.0.0.1")
+    assert "points at this machine" in warnings()[0]
+    monkeypatch.setenv("DIGEST_BASE_URL", "http://papers.example.org")
+    (warning,) = warnings()
+    assert "plain http" in warning and "RFC 8058" in warning
+    monkeypatch.setenv("DIGEST_BASE_URL", "https://papers.example.org")
+    assert warnings() == []
+    # the file:// transport is the demo: nobody follows those links
+    monkeypatch.setenv("DIGEST_BASE_URL", "http://localhost:8000")
+    monkeypatch.setenv("DIGEST_MAIL_TRANSPORT", f"file://{site.root / 'outbox'}")
+    assert warnings() == []
+
+    monkeypatch.setenv("DIGEST_MAIL_TRANSPORT", site.server.url())
+    run = site.cli("run", "--json")
+    assert run.code == 0, run.err
+    (warning,) = run.json()["warnings"]
+    assert "points at this machine" in warning
+    assert "base_url http://localhost:8000" in run.err  # logged: cron mails it, journald keeps it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -152,3 +153,189 @@ def test_cli_unsubscribe_by_the_token_of_a_link(
     assert main(["unsubscribe", f"unsubscribe {token}"]) == 0  # as a mailto subject says it
     assert find_subscriber(engine, "ada@example.org").status == "unsubscribed"
     engine.dispose()
+
+
+# --- the command line: consent, messages, bad arguments, addresses --------------------
+
+
+Cli = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
+    """``digest`` in a fresh folder: returns the exit code, stdout and stderr of a command."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DIGEST_CONFIG", raising=False)
+    capsys.readouterr()
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def refused(result: tuple[int, str, str], *words: str) -> str:
+    """The one-line message of a usage error (exit 2, no traceback), checked for ``words``."""
+    code, _, err = result
+    assert code == 2, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, (word, err)
+    return err
+
+
+def stored(address: str) -> tuple[str, list[str]]:
+    from digest.settings import load_settings
+    from digest.store import open_store
+
+    engine = open_store(load_settings().database_url)
+    try:
+        row = find_subscriber(engine, address)
+        return row.status, json.loads(row.interests)
+    finally:
+        engine.dispose()
+
+
+def test_cli_subscribe_does_not_reactivate_who_unsubscribed(cli: Cli) -> None:
+    assert cli("subscribe", "ada@example.org", "--interest", "graphs")[0] == 0
+    assert cli("unsubscribe", "ada@example.org")[0] == 0
+
+    err = refused(
+        cli("subscribe", "ada@example.org", "--interest", "speech"),
+        "ada@example.org unsubscribed",
+        "--resubscribe",
+    )
+    assert err.startswith("digest: ada@example.org unsubscribed: not reactivated")
+    assert stored("ada@example.org") == ("unsubscribed", ["graphs"])
+
+    code, out, err = cli("subscribe", "ada@example.org", "--interest", "speech", "--resubscribe")
+    assert code == 0, err
+    assert out.startswith("resubscribed ada@example.org (was unsubscribed, now active)")
+    assert stored("ada@example.org") == ("active", ["speech"])
+
+
+def test_cli_subscribe_does_not_reactivate_a_bounced_address(cli: Cli) -> None:
+    from digest.settings import load_settings
+    from digest.store import open_store
+    from digest.subscribers import set_status
+
+    assert cli("subscribe", "bob@example.org", "--interest", "graphs")[0] == 0
+    engine = open_store(load_settings().database_url)
+    set_status(engine, "bob@example.org", "bounced")  # as a 5xx answer does it
+    engine.dispose()
+
+    refused(cli("subscribe", "BOB@example.org", "--interest", "x"), "bounced", "--resubscribe")
+    assert stored("bob@example.org") == ("bounced", ["graphs"])
+    code, out, _ = cli("subscribe", "bob@example.org", "--interest", "x", "--resubscribe")
+    assert code == 0 and "was bounced, now active" in out
+
+
+def test_cli_import_does_not_reactivate_who_left(cli: Cli, tmp_path: Path) -> None:
+    for address in ("ada@example.org", "bob@example.org"):
+        assert cli("subscribe", address, "--interest", "graphs")[0] == 0
+    assert cli("unsubscribe", "bob@example.org")[0] == 0
+    sheet = tmp_path / "list.csv"
+    sheet.write_text(
+        "email,interests\nada@example.org,speech\nbob@example.org,speech\ncy@example.org,speech\n"
+    )
+
+    refused(
+        cli("subscribers", "--import", str(sheet)), "bob@example.org unsubscribed", "--resubscribe"
+    )
+    # all or nothing: not even the others changed
+    assert stored("ada@example.org") == ("active", ["graphs"])
+    assert stored("bob@example.org") == ("unsubscribed", ["graphs"])
+    refused(cli("preview", "cy@example.org"), "no subscriber cy@example.org")
+
+    # an export carries the status along: importing it again keeps bob suppressed
+    assert cli("subscribers", "--export", str(tmp_path / "all.csv"))[0] == 0
+    code, out, err = cli("subscribers", "--import", str(tmp_path / "all.csv"))
+    assert code == 0, err
+    assert stored("bob@example.org") == ("unsubscribed", ["graphs"])
+
+    code, out, err = cli("subscribers", "--import", str(sheet), "--resubscribe")
+    assert code == 0, err
+    assert "1 subscribed, 1 updated, 1 resubscribed" in out
+    assert stored("bob@example.org") == ("active", ["speech"])
+    refused(cli("subscribers", "--resubscribe"), "--import")
+
+
+def test_cli_subscribe_again_shows_the_interests_before_and_after(cli: Cli) -> None:
+    code, out, _ = cli("subscribe", "ada@example.org", "--interest", "graphs", "--interest", "llm")
+    assert (code, out) == (0, "subscribed ada@example.org (2 interests, active)\n")
+    code, out, _ = cli("subscribe", "ada@example.org", "--interest", "speech")
+    assert code == 0
+    assert out.splitlines() == [
+        "updated ada@example.org (active)",
+        "  interests before: graphs; llm",
+        "  interests now:    speech",
+    ]
+    code, out, _ = cli("subscribe", "ada@example.org", "--interest", "speech", "--json")
+    data = json.loads(out)
+    assert data["action"] == "updated"
+    assert data["before"] == {"status": "active", "interests": ["speech"]}
+
+
+def test_cli_interest_starting_with_a_dash_reaches_the_interest_language(cli: Cli) -> None:
+    err = refused(
+        cli("subscribe", "ada@example.org", "--interest", "graphs", "--interest", "-survey"),
+        "interest '-survey'",
+        "diffusion -survey",
+    )
+    assert "expected one argument" not in err
+    code, _, err = cli("subscribe", "ada@example.org", "--interest", "-survey graphs")
+    assert code == 0, err
+    assert stored("ada@example.org") == ("active", ["-survey graphs"])
+
+
+def test_cli_one_interest_separator_for_the_list_and_csv(cli: Cli, tmp_path: Path) -> None:
+    assert cli("subscribe", "ada@example.org", "--interest", "a b", "--interest", "c")[0] == 0
+    assert cli("subscribers") == (0, "ada@example.org\tactive\ta b; c\n", "")
+    code, out, _ = cli("subscribers", "--export", "-")
+    assert code == 0 and "ada@example.org,active,a b; c," in out
+    refused(cli("subscribe", "bob@example.org", "--interest", "x; y"), "';' separates interests")
+    sheet = tmp_path / "piped.csv"
+    sheet.write_text("email,interests\nbob@example.org,x | y\n")
+    refused(cli("subscribers", "--import", str(sheet)), "CSV line 2", "'|'", "OR")
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--max-items", "99999999999999999999999"], "--max-items"),
+        (["--max-items", "0"], "--max-items"),
+        (["--min-score", "nan"], "--min-score"),
+        (["--min-score", "-1"], "--min-score"),
+    ],
+)
+def test_cli_subscribe_bad_limits(cli: Cli, args: list[str], named: str) -> None:
+    refused(cli("subscribe", "ada@example.org", "--interest", "x", *args), f"argument {named}:")
+    assert not Path("data").exists()
+
+
+def test_cli_csv_bad_limits_name_the_column(cli: Cli, tmp_path: Path) -> None:
+    sheet = tmp_path / "list.csv"
+    sheet.write_text("email,interests,max_items\nada@example.org,x,lots\n")
+    refused(cli("subscribers", "--import", str(sheet)), "CSV line 2", "max_items")
+    refused(cli("subscribers", "--import", str(tmp_path / "missing.csv")), "--import")
+
+
+@pytest.mark.parametrize("token", ["", "   ", "².ab", "9" * 30 + ".ab", "12", "unsubscribe"])
+def test_cli_unsubscribe_bad_token(cli: Cli, token: str) -> None:
+    assert cli("subscribe", "ada@example.org", "--interest", "x")[0] == 0
+    refused(cli("unsubscribe", token), "unsubscribe: EMAIL|TOKEN")
+    assert stored("ada@example.org")[0] == "active"
+
+
+def test_cli_addresses_beyond_ascii(cli: Cli) -> None:
+    refused(cli("subscribe", "üser@example.org", "--interest", "x"), "üser@example.org", "ASCII")
+    assert not Path("data").exists()
+
+    code, out, err = cli("subscribe", "User@Bücher.example", "--interest", "x")
+    assert code == 0, err
+    assert "user@xn--bcher-kva.example" in out  # the IDNA form every mail server takes
+    assert stored("user@bücher.example")[0] == "active"  # found by either form
+    assert cli("unsubscribe", "user@BÜCHER.example")[0] == 0
+    assert stored("user@xn--bcher-kva.example")[0] == "unsubscribed"
