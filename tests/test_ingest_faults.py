@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -326,3 +327,47 @@ def test_a_full_disk_keeps_a_bad_dump_in_the_inbox_until_its_note_can_be_written
     assert bad.exists() and names(data / "inbox" / "failed") == []  # no half-written note
     assert names(data / "inbox" / "processed") == [b"daily.txt"]
     assert count(data, "paper") == 64
+
+
+# --- a damaged database -----------------------------------------------------------------------
+
+
+def test_a_database_of_random_bytes(cli: Cli, data: Path) -> None:
+    data.mkdir()
+    (data / "digest.db").write_bytes(os.urandom(64 * 1024))
+    before = (data / "digest.db").read_bytes()
+    for args in (("ingest", str(DUMP_B)), ("status",)):
+        result = cli(*args)
+        assert result.code == 1
+        result.one_error_line(
+            f"digest: the database {data / 'digest.db'} is damaged (file is not a database);"
+            " PRAGMA integrity_check: cannot run (file is not a database);"
+            " restore it from a backup"
+        )
+    assert (data / "digest.db").read_bytes() == before
+
+
+def test_a_database_with_damaged_pages(cli: Cli, data: Path) -> None:
+    assert cli("ingest", str(DUMP_A)).code == 0
+    drop(data, DUMP_B, "daily.txt")
+    with open(data / "digest.db", "r+b") as db:
+        db.seek(4096 * 3)
+        db.write(os.urandom(4096 * 5))
+    result = cli("ingest", "--inbox")
+    assert result.code == 1
+    result.one_error_line(
+        "is damaged (database disk image is malformed); PRAGMA integrity_check: ",
+        "restore it from a backup",
+    )
+    assert (data / "inbox" / "daily.txt").exists()  # nothing is set aside for the store's fault
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_an_older_database_readable_by_all_is_narrowed(cli: Cli, data: Path) -> None:
+    assert cli("status").code == 0
+    os.chmod(data / "digest.db", 0o644)
+    assert cli("status").code == 0
+    assert mode(data / "digest.db") == 0o600
