@@ -16,7 +16,7 @@ import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -362,8 +362,69 @@ def test_a_database_with_damaged_pages(cli: Cli, data: Path) -> None:
     assert (data / "inbox" / "daily.txt").exists()  # nothing is set aside for the store's fault
 
 
+# --- a full disk elsewhere, and who may read the data folder ----------------------------------
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """The loosest umask there is: the modes below must not depend on it."""
+    before = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(before)
+
+
 def mode(path: Path) -> int:
     return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_a_full_disk_for_the_run_lock(
+    cli: Cli, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("status").code == 0
+    drop(data, DUMP_B, "daily.txt")
+    disk_full(monkeypatch, data / "digest.lock")
+    result = cli("run")
+    assert result.code == 1
+    result.one_error_line(
+        f"digest: cannot write the run lock {data / 'digest.lock'}: No space left on device"
+    )
+    assert count(data, "run") == 0 and count(data, "paper") == 0
+    assert (data / "inbox" / "daily.txt").exists()
+
+
+def test_a_full_disk_for_the_feeds(cli: Cli, data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert cli("subscribe", "ann@example.org", "--interest", "video").code == 0
+    drop(data, DUMP_B, "daily.txt")
+    disk_full(monkeypatch, data / "feeds")
+    result = cli("run")
+    assert result.code == 1
+    result.one_error_line("digest: cannot write the feed ", ": No space left on device")
+    assert count(data, "paper") == 64  # all before the feeds went through
+    assert store_rows(data, "SELECT count(*) FROM digest WHERE status = 'sent'") == [(1,)]
+    assert store_rows(data, "SELECT status FROM run") == [("failed",)]
+    assert not [name for name in os.listdir(data / "feeds") if name.endswith(".tmp")]
+
+
+def test_the_data_folder_is_private_but_the_feeds_are_served(
+    cli: Cli, data: Path, open_umask: None
+) -> None:
+    assert cli("subscribe", "ann@example.org", "--interest", "video").code == 0
+    drop(data, DUMP_B, "daily.txt")
+    (data / "inbox" / "empty.txt").write_bytes(b"")
+    assert cli("run").code == 1  # the empty dump failed; the rest went through
+    assert mode(data / "digest.db") == 0o600
+    assert mode(data / "digest.lock") == 0o600
+    assert mode(data / "secret.key") == 0o600
+    [eml] = (data / "outbox").glob("*.eml")
+    assert mode(eml) == 0o600  # its links carry the reader's unsubscribe token
+    assert mode(data / "inbox" / "failed" / "empty.txt.error") == 0o600
+    # a web server running as another user serves the feeds; nobody can list private ones
+    assert mode(data / "feeds" / "papers.atom") == 0o644
+    assert mode(data / "feeds" / "private") == 0o711
+    [private] = (data / "feeds" / "private").glob("*.atom")
+    assert mode(private) == 0o644
 
 
 def test_an_older_database_readable_by_all_is_narrowed(cli: Cli, data: Path) -> None:
