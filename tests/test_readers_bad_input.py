@@ -83,6 +83,11 @@ CASES: dict[str, tuple[bytes, str, int | None]] = {
         r"unpaired surrogate escape \(\\udc80\)",
         1,
     ),
+    "snapshot lone surrogate beside utf-8": (
+        '{"id": "2403.00001", "title": "Caf\u00e9", "authors": "A \\ud800"}\n'.encode(),
+        r"unpaired surrogate escape \(\\ud800\)",
+        1,
+    ),
     "snapshot id one digit too long": (
         b'{"id": "2403.00001", "title": "A"}\n{"id": "2403.123456v1", "title": "B"}\n',
         "not an arXiv id: '2403.123456v1'",

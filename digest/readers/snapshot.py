@@ -137,11 +137,18 @@ def _entries(source: BinaryIO, where: str, close: bool) -> Iterator[Entry]:
                     where,
                     number,
                 )
-            if not line.isascii():
+            if line.isascii():
+                entry = _entry(record, where, number)
+                # isascii() is free; only a \\u escape makes an ASCII line's text non-ASCII
+                if not (
+                    entry.title.isascii() and entry.abstract.isascii() and entry.authors.isascii()
+                ):
+                    _check_text(entry, where, number)
+            else:
                 _check_utf8(line, where, number)
-            elif "\\ud" in line or "\\uD" in line:
-                _check_escapes(record, where, number)
-            yield _entry(record, where, number)
+                entry = _entry(record, where, number)
+                _check_text(entry, where, number)
+            yield entry
     finally:
         if close:
             handle.close()
@@ -174,10 +181,10 @@ def _check_utf8(line: str, where: str, number: int) -> None:
         raise ListingError(f"not valid UTF-8 at column {exc.start + 1}", where, number) from None
 
 
-def _check_escapes(record: Any, where: str, number: int) -> None:
-    """Refuse a record whose ``\\ud800``-style escapes leave half a character: no valid text."""
+def _check_text(entry: Entry, where: str, number: int) -> None:
+    """Refuse a record whose ``\\ud800``-style escapes leave half a character: no text."""
     try:
-        json.dumps(record, ensure_ascii=False).encode("utf-8")
+        (entry.title + entry.abstract + entry.authors).encode("utf-8")
     except UnicodeEncodeError as exc:
         bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
         raise ListingError(
