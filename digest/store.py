@@ -87,11 +87,12 @@ def make_engine(url: str) -> Engine:
 def _prepare_file(path: Path) -> None:
     """The database's folder, and the file itself created 0600 (SQLite would use the umask;
     its -wal and -shm files take the database's mode)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE))
-    except OSError as exc:
-        raise StoreError(f"cannot create the database {path}: {exc.strerror}") from None
+    if not os.path.lexists(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE))
+        except OSError as exc:
+            raise StoreError(f"cannot create the database {path}: {exc.strerror}") from None
     for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
         make_private(name)
 
