@@ -142,6 +142,7 @@ def _dump_line(result: DumpResult) -> str:
     extra = f", {result.layout}" if result.layout else ""
     if result.listing_date:
         extra += f", listed {result.listing_date.isoformat()}"
+    extra += "".join(f"; {warning}" for warning in result.warnings)
     return (
         f"{result.path}: ok, {result.entries} entries, {result.new} new, {result.seen} seen{extra}"
     )
@@ -165,6 +166,9 @@ def report_dumps(ctx: Context, results: list[DumpResult], as_json: bool) -> int:
             ctx.say(_dump_line(result))
         if not results:
             ctx.say("no dumps to ingest")
+        for result in results:
+            for warning in result.warnings:
+                ctx.stderr.write(f"digest: warning: {result.path}: {warning}\n")
         for result in failed:
             ctx.stderr.write(f"digest: {result.error}\n")
     return 1 if failed else 0

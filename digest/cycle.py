@@ -339,6 +339,7 @@ def run_lines(report: RunReport, settings: Settings) -> list[str]:
             lines.append(f"dump {dump.path}: failed: {dump.error}")
         else:
             lines.append(f"dump {dump.path}: {dump.status}, {dump.new} new of {dump.entries}")
+        lines.extend(f"dump {dump.path}: {warning}" for warning in dump.warnings)
     if report.dry_run:
         lines.append(
             f"would send {digests['composed']} digest(s), skip {digests['skipped']} (nothing recorded)"

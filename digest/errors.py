@@ -1,9 +1,14 @@
 """The one error family of digest.
 
 Every failure an operator can expect (a bad setting, a broken dump, a mail
-server saying no) is a ``DigestError``. The command line turns it into a
-one-line message on stderr and exit code 1 (``UsageError`` and ``ConfigError``:
-2), never a traceback. Anything else escaping is a bug.
+server saying no, a full disk) is a ``DigestError``. The command line turns it
+into a one-line message on stderr and exit code 1 (``UsageError`` and
+``ConfigError``: 2), never a traceback. Anything else escaping is a bug.
+
+Ingest tells two kinds of failure apart. A dump that is bad in itself
+(``ListingError``) is set aside in the inbox's ``failed/`` folder; one that met
+a failure of the machine (``ListingUnreadable``, ``StoreError``, ``WriteError``,
+running out of memory) stays in the inbox and is tried again by the next run.
 """
 
 from __future__ import annotations
@@ -41,11 +46,23 @@ class ListingError(DigestError):
 
     def at(self, path: str) -> ListingError:
         """The same error, naming the file it came from."""
-        return ListingError(self.reason, path, self.line)
+        return type(self)(self.reason, path, self.line)
+
+
+class ListingUnreadable(ListingError):
+    """The file could not be read (an I/O error, no permission): not the file's fault."""
 
 
 class StoreError(DigestError):
-    """The database could not be opened, migrated or written."""
+    """The database could not be opened, migrated or written (locked, disk full, …)."""
+
+
+class StoreCorrupt(StoreError):
+    """The database file is damaged or is no database at all: nothing can go on."""
+
+
+class WriteError(DigestError):
+    """A file in the data folder (a feed, the run lock, an error note) could not be written."""
 
 
 class AlreadyRunning(DigestError):

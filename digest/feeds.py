@@ -28,6 +28,7 @@ from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
 from markupsafe import escape
 
 from digest.emails import PaperView, find_links, highlight, is_code_link, paper_link, shorten
+from digest.errors import WriteError
 
 FeedKind = Literal["rss", "atom"]
 GUID_DATE = "2024"  # part of every tag: guid; changing it would re-announce every paper
@@ -188,13 +189,21 @@ def write_atomically(path: Path, data: bytes) -> None:
     not match, so after a crash the worst case is one rewrite, and syncing tens of thousands
     of private feeds would cost more than building them.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(f"cannot write the feed {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(data)
-        os.chmod(temp, 0o644)  # mkstemp makes 0600; feeds are served by a web server
+        # mkstemp makes 0600; feeds are served by a web server (their content is public, a
+        # private feed's name is its secret: see ``publish``)
+        os.chmod(temp, 0o644)
         os.replace(temp, path)
+    except OSError as exc:
+        Path(temp).unlink(missing_ok=True)
+        raise WriteError(f"cannot write the feed {path}: {exc.strerror or exc}") from None
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise

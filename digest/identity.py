@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 import unicodedata
 
-_ARXIV_NEW = re.compile(r"(\d{4}\.\d{4,5})(?:v\d+)?")
-_ARXIV_OLD = re.compile(r"([a-z][a-z.\-]*/\d{7})(?:v\d+)?", re.IGNORECASE)
+# Whole numbers only: "2403.123456" is not "2403.12345" with a digit to spare. Cutting it
+# down would merge distinct entries into one paper, so such a string names no arXiv paper.
+_ARXIV_NEW = re.compile(r"(?<![\d.])(\d{4}\.\d{4,5})(?:v\d+)?(?!\d)")
+_ARXIV_OLD = re.compile(r"(?<![a-z.\-])([a-z][a-z.\-]*/\d{7})(?:v\d+)?(?!\d)", re.IGNORECASE)
 _FOLD = re.compile(r"[\W_]+", re.UNICODE)
 
 
@@ -17,7 +19,10 @@ def normalize_title(title: str) -> str:
 
 
 def normalize_arxiv_id(raw: str | None) -> str | None:
-    """``2403.01234v2``, ``arXiv:2403.01234`` or an abs/pdf URL → ``2403.01234``; None if none."""
+    """``2403.01234v2``, ``arXiv:2403.01234`` or an abs/pdf URL → ``2403.01234``; None if none.
+
+    An id is taken whole or not at all: a longer run of digits is never shortened to fit.
+    """
     if not raw:
         return None
     text = raw.strip()

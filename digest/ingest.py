@@ -4,27 +4,36 @@ A dump either goes in whole or not at all: the entries are upserted and the
 ``dump`` row written in one transaction, so a file that breaks half-way
 leaves the store as it was. Failures are reported, not recorded, so the same
 bytes can be ingested again once the reader learns them.
+
+Each dump fails alone, and how it failed decides where it goes. One that is
+bad in itself (not a listing, not a regular file, a symbolic link in the
+inbox) is moved to the inbox's ``failed/`` with a ``.error`` note beside it.
+One that met a failure of the machine (the disk full, the database locked, an
+I/O error, memory short) is reported with ``retry`` set and stays in the inbox,
+so the next run tries it again. Only a damaged database stops the whole
+ingest: every dump after would fail the same way.
 """
 
 from __future__ import annotations
 
 import hashlib
-import shutil
+import os
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 
-from digest.errors import DigestError, ListingError
+from digest.errors import DigestError, ListingError, ListingUnreadable, StoreCorrupt
+from digest.files import write_private
 from digest.listing import Entry
 from digest.models import Dump
-from digest.readers import read_listing
+from digest.readers import display_path, open_listing, read_listing
 from digest.store import db_time, index_papers, reading, transaction, upsert_entries
 
 Progress = Callable[[str, int], None]  # (path, entries so far)
@@ -43,6 +52,8 @@ class DumpResult:
     error: str | None = None
     layout: str | None = None
     listing_date: date | None = None
+    retry: bool = False  # failed for a reason of the machine: the same file may go in later
+    warnings: list[str] = field(default_factory=list)  # what the reader mended
 
     def as_json(self) -> dict[str, Any]:
         """The contract's fields, dates as ISO strings."""
@@ -68,10 +79,14 @@ class Clock:
 
 def file_sha256(path: Path) -> str:
     """The content hash of a file, read in blocks (snapshots are gigabytes)."""
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        return _sha256(handle)
+
+
+def _sha256(handle: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -93,8 +108,10 @@ def ingest_file(
     source: str = "",
     progress: Progress | None = None,
     defer_index: bool = False,
+    follow_symlinks: bool = True,
 ) -> DumpResult:
-    """Ingest one dump file; never raises for a bad file, reports it instead.
+    """Ingest one dump file; never raises for a bad file or a failure of the machine, but
+    reports it (``retry`` set for the latter). Only a damaged database raises (``StoreCorrupt``).
 
     The dump's papers are stamped first seen at a time taken once the write lock is held:
     a run composing digests meanwhile either sees them or picks them up next time, so a
@@ -102,18 +119,35 @@ def ingest_file(
     The search index is brought up to date in the same transaction unless
     ``defer_index`` (a back-fill of millions): then the next search or run does it.
     """
-    shown = str(path)
+    shown = display_path(path)
     try:
-        sha = file_sha256(path)
-    except OSError as exc:
-        return DumpResult(shown, "failed", error=f"{shown}: cannot read: {exc.strerror}")
-    with reading(engine) as conn:
-        known = conn.execute(sa.select(col(Dump.id)).where(col(Dump.sha256) == sha)).first()
-        conn.rollback()
-    if known is not None:
-        return DumpResult(shown, "duplicate")
+        handle = open_listing(path, follow_symlinks=follow_symlinks)
+    except ListingUnreadable as exc:
+        return _retry(shown, exc.reason)
+    except ListingError as exc:
+        return DumpResult(shown, "failed", error=str(exc.at(shown)))
+    with handle:
+        return _ingest_open_file(engine, path, handle, shown, clock, source, progress, defer_index)
+
+
+def _ingest_open_file(
+    engine: Engine,
+    path: Path,
+    handle: BinaryIO,
+    shown: str,
+    clock: Callable[[], datetime],
+    source: str,
+    progress: Progress | None,
+    defer_index: bool,
+) -> DumpResult:
     try:
-        listing = read_listing(path, now=clock())
+        sha = _sha256(handle)
+        with reading(engine) as conn:
+            known = conn.execute(sa.select(col(Dump.id)).where(col(Dump.sha256) == sha)).first()
+            conn.rollback()
+        if known is not None:
+            return DumpResult(shown, "duplicate")
+        listing = read_listing(path, now=clock(), source=handle)
         with transaction(engine) as conn:
             conn.execute(sa.select(1))  # takes the write lock (BEGIN IMMEDIATE) before the clock
             now = clock()
@@ -124,7 +158,7 @@ def ingest_file(
             conn.execute(
                 sa.insert(Dump).values(
                     sha256=sha,
-                    name=path.name,
+                    name=display_path(path.name),
                     source=source,
                     layout=listing.layout,
                     listing_date=listing.listing_date,
@@ -137,14 +171,21 @@ def ingest_file(
             )
             if not defer_index:
                 index_papers(conn)
+    except ListingUnreadable as exc:
+        return _retry(shown, exc.reason)
     except ListingError as exc:
-        message = str(exc) if exc.path else str(exc.at(shown))
-        return DumpResult(shown, "failed", error=message)
+        return DumpResult(shown, "failed", error=str(exc.at(shown)))
     except IntegrityError:
         # the same bytes went in from another process between our check and our commit
         return DumpResult(shown, "duplicate")
-    except DigestError as exc:
-        return DumpResult(shown, "failed", error=f"{shown}: {exc}")
+    except StoreCorrupt:
+        raise
+    except DigestError as exc:  # the database locked or full, …: the dump is not to blame
+        return _retry(shown, str(exc))
+    except OSError as exc:
+        return _retry(shown, f"cannot read file: {exc.strerror or exc}")
+    except MemoryError:
+        return _retry(shown, "out of memory")
     return DumpResult(
         shown,
         "ok",
@@ -153,16 +194,24 @@ def ingest_file(
         seen=counts.seen,
         layout=listing.layout,
         listing_date=listing.listing_date,
+        warnings=list(listing.notes),
     )
 
 
+def _retry(shown: str, reason: str) -> DumpResult:
+    return DumpResult(shown, "failed", error=f"{shown}: {reason}", retry=True)
+
+
 def dump_files(paths: Iterable[Path]) -> Iterator[Path]:
-    """The files named, and the files under the folders named (sorted, hidden ones skipped)."""
+    """The paths named, and what is under the folders named (sorted, hidden names skipped).
+
+    Whatever is not a folder is yielded, a FIFO or a device too, so it is refused aloud.
+    """
     for path in paths:
         if path.is_dir():
             for child in sorted(path.rglob("*")):
                 parts = child.relative_to(path).parts
-                if child.is_file() and not any(part.startswith(".") for part in parts):
+                if not child.is_dir() and not any(part.startswith(".") for part in parts):
                     yield child
         else:
             yield path
@@ -179,8 +228,9 @@ def ingest_paths(
     """Ingest every file named or found under the folders named, each on its own."""
     results = []
     for path in dump_files(paths):
-        if not path.exists():
-            results.append(DumpResult(str(path), "failed", error=f"{path}: no such file"))
+        if not os.path.lexists(path):
+            shown = display_path(path)
+            results.append(DumpResult(shown, "failed", error=f"{shown}: no such file"))
             continue
         results.append(
             ingest_file(engine, path, clock=clock, progress=progress, defer_index=defer_index)
@@ -188,24 +238,59 @@ def ingest_paths(
     return results
 
 
-def _move_aside(path: Path, folder: Path) -> Path:
-    """Move ``path`` into ``folder`` without overwriting an earlier file of the same name."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _free_name(folder: Path, path: Path) -> Path:
+    """``folder/<name>``, numbered when that (or its ``.error`` note) is taken."""
     target = folder / path.name
     counter = 1
-    while target.exists():
+    while os.path.lexists(target) or os.path.lexists(_note_of(target)):
         target = folder / f"{path.stem}.{counter}{path.suffix}"
         counter += 1
-    shutil.move(str(path), target)
+    return target
+
+
+def _note_of(path: Path) -> Path:
+    # The name as the file system has it: bytes that are not UTF-8 stay as they are.
+    return path.with_name(path.name + ".error")
+
+
+def _move_aside(path: Path, folder: Path, note: str | None = None) -> Path:
+    """Move ``path`` into ``folder`` without overwriting an earlier file of the same name;
+    with ``note``, write it first into ``<name>.error`` beside where the file goes."""
+    folder.mkdir(exist_ok=True)
+    target = _free_name(folder, path)
+    if note is not None:
+        write_private(_note_of(target), (note + "\n").encode("utf-8"))
+    try:
+        os.rename(path, target)  # the same file system: a FIFO or a link moves as itself
+    except OSError:
+        if note is not None:
+            _note_of(target).unlink(missing_ok=True)
+        raise
     return target
 
 
 def inbox_files(inbox: Path) -> list[Path]:
-    """Files waiting in the inbox, oldest first; temp files (dot-names) are still being written."""
-    if not inbox.is_dir():
+    """What waits in the inbox, oldest first: every entry but folders and dot-names (temp
+    files still being written). Symbolic links and special files are listed, to be refused."""
+    try:
+        with os.scandir(inbox) as found:
+            entries = list(found)
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    files = [p for p in inbox.iterdir() if p.is_file() and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name))
+    except OSError as exc:
+        raise DigestError(f"cannot read the inbox {display_path(inbox)}: {exc.strerror}") from None
+    waiting = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            mtime = entry.stat(follow_symlinks=False).st_mtime_ns
+        except FileNotFoundError:
+            continue  # taken away meanwhile
+        waiting.append((mtime, entry.name, Path(entry.path)))
+    return [path for _, _, path in sorted(waiting)]
 
 
 def ingest_inbox(
@@ -215,16 +300,30 @@ def ingest_inbox(
     clock: Callable[[], datetime],
     progress: Progress | None = None,
 ) -> list[DumpResult]:
-    """Ingest the inbox: each file then goes to ``processed/``, or to ``failed/`` with its error."""
+    """Ingest the inbox: each file then goes to ``processed/``, or to ``failed/`` with its
+    error when it is bad in itself; a file that met a failure of the machine stays."""
     results = []
     for path in inbox_files(inbox):
-        result = ingest_file(engine, path, clock=clock, source="inbox", progress=progress)
-        if result.status == "failed":
-            moved = _move_aside(path, inbox / "failed")
-            error_file = moved.with_name(moved.name + ".error")
-            error_file.write_text((result.error or "failed") + "\n", encoding="utf-8")
-        else:
-            moved = _move_aside(path, inbox / "processed")
-        result.path = str(moved)
+        result = ingest_file(
+            engine, path, clock=clock, source="inbox", progress=progress, follow_symlinks=False
+        )
+        if not result.retry:
+            bad = result.status == "failed"
+            try:
+                moved = _move_aside(
+                    path,
+                    inbox / ("failed" if bad else "processed"),
+                    note=(result.error or "failed") if bad else None,
+                )
+                result.path = display_path(moved)
+            except OSError as exc:
+                if bad:
+                    why = f"cannot set it aside in failed/: {exc.strerror}"
+                else:
+                    why = f"ingested, but cannot move it to processed/: {exc.strerror}"
+                result.status, result.retry = "failed", True
+                result.error = f"{result.error}; {why}" if bad else f"{result.path}: {why}"
+        if result.retry:
+            result.error = f"{result.error}; left in the inbox, to be tried again"
         results.append(result)
     return results

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 
@@ -27,3 +27,6 @@ class Listing:
     layout: str
     entries: Iterable[Entry]
     listing_date: date | None = None
+    # What the reader mended and the operator should hear of ("3 bytes that are not valid
+    # UTF-8 replaced …"); a streaming reader adds to it while its entries are read.
+    notes: list[str] = field(default_factory=list)

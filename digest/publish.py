@@ -3,6 +3,12 @@
 Items come from the store (the newest papers; each subscriber's sent digests),
 so regenerating gives the same GUIDs and nothing twice. A feed whose items did
 not change is not rewritten.
+
+Unlike the rest of the data folder, feed files are readable by all (0644): a
+web server running as another user serves them straight from disk, and what
+they say is no secret from whoever may fetch them. A private feed is private by
+its unguessable name alone, so the ``private/`` folder is 0711: the web server
+can open a feed whose name it is given, but nobody but digest can list them.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
-from digest.errors import DigestError
+from digest.errors import DigestError, WriteError
 from digest.feeds import (
     FeedItem,
     FeedKind,
@@ -101,6 +107,7 @@ def publish_feeds(
     """
     limit = settings.feed_items
     folder = settings.feeds_dir
+    _make_private_folder(folder / "private")
     authority = urlsplit(settings.base_url).hostname or "localhost"
     with reading(engine) as conn:
         newest = conn.execute(
@@ -174,6 +181,14 @@ def publish_feeds(
     return {"written": written, "unchanged": len(jobs) - written}
 
 
+def _make_private_folder(private: Path) -> None:
+    try:
+        private.mkdir(parents=True, exist_ok=True)
+        os.chmod(private, 0o711)  # whatever the umask: open by name, never list
+    except OSError as exc:
+        raise WriteError(f"cannot make the feeds folder {private}: {exc.strerror}") from None
+
+
 Job = tuple[Path, FeedMeta, list[FeedItem]]
 PARALLEL_FROM = 2_000  # feeds; below this a second process costs more than it saves
 
@@ -197,7 +212,8 @@ def _write_share(jobs: Sequence[Job], limit: int, index: int, step: int, results
     try:
         results.put((index, _write(jobs[index::step], limit), None))
     except Exception as exc:  # reported to the parent, which raises it there
-        results.put((index, 0, f"{type(exc).__name__}: {exc}"))
+        message = str(exc) if isinstance(exc, DigestError) else f"{type(exc).__name__}: {exc}"
+        results.put((index, 0, message))
 
 
 def _write_in_processes(jobs: Sequence[Job], limit: int, processes: int) -> int:

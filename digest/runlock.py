@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from digest.errors import AlreadyRunning, StoreError
+from digest.errors import AlreadyRunning, StoreError, WriteError
 from digest.settings import Settings
 
 LOCK_NAME = "digest.lock"
@@ -88,12 +88,19 @@ def _lock_file_of(settings_or_path: Settings | str | os.PathLike[str]) -> Path:
     return path / LOCK_NAME if path.is_dir() else path
 
 
+def _cannot_write(path: Path, exc: OSError) -> WriteError:
+    return WriteError(f"cannot write the run lock {path}: {exc.strerror or exc}")
+
+
 @contextmanager
 def _file_lock(path: Path) -> Iterator[LockInfo]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # os.open makes a non-inheritable descriptor: a child process (an SMTP helper, a shell
-    # hook) must not keep the lock alive after this process exits.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # os.open makes a non-inheritable descriptor: a child process (an SMTP helper, a
+        # shell hook) must not keep the lock alive after this process exits.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -101,8 +108,12 @@ def _file_lock(path: Path) -> Iterator[LockInfo]:
             holder = _parse_info(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
             raise _busy(holder) from None
         info = LockInfo(pid=os.getpid(), host=socket.gethostname(), started_at=datetime.now(UTC))
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info.to_json()) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(info.to_json()) + "\n").encode(), 0)
+        except OSError as exc:  # the disk is full: no run could record anything either
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            raise _cannot_write(path, exc) from None
         try:
             yield info
         finally:

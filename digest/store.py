@@ -5,10 +5,19 @@ timeout, and ``BEGIN IMMEDIATE`` for every transaction: a transaction that
 reads and then writes takes the write lock up front, so it waits on the busy
 timeout instead of failing with "database is locked" when another connection
 wrote in between.
+
+The database file is created readable by its owner only (it holds every
+subscriber's address and token salt), and an older one found wider is
+narrowed. SQLite's failures that an operator can act on come out of every
+query as a one-line ``StoreError``: the database locked, the disk full, an I/O
+error; a damaged file as ``StoreCorrupt``, with what ``PRAGMA
+integrity_check`` says and what to do.
 """
 
 from __future__ import annotations
 
+import os
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -17,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from digest.errors import StoreError
+from digest.errors import StoreCorrupt, StoreError
+from digest.files import PRIVATE, make_private
 from digest.identity import paper_keys
 from digest.listing import Entry
 from digest.migrations import migrate
@@ -31,29 +41,35 @@ BATCH = 2_000  # entries per lookup/insert round trip; bounds memory on back-fil
 INDEX_BATCH = 50_000  # papers added to the search index between two progress reports
 
 
-def _sqlite_path(url: str) -> str:
-    """The file of a SQLite URL ("" or ":memory:" for a database in memory)."""
-    return url.split("///", 1)[1] if "///" in url else ""
-
-
 def store_exists(url: str) -> bool:
     """Whether the store was made already (a database server's is taken to be there)."""
     if not url.startswith("sqlite"):
         return True
-    path = _sqlite_path(url).split("?", 1)[0]
+    path = sa.engine.make_url(url).database or ""
     return path in ("", ":memory:") or Path(path).is_file()
+
+
+# SQLite result codes (the low byte of an extended code): a damaged file, and the failures
+# of the machine (permission, busy, locked, no memory, read-only, I/O, full, cannot open).
+_DAMAGED = frozenset({11, 26})
+_ENVIRONMENT = frozenset({3, 5, 6, 7, 8, 10, 13, 14})
 
 
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; SQLite files get their folder, WAL and the pragmas above."""
     if url.startswith("sqlite"):
-        path = _sqlite_path(url)
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        path = sa.engine.make_url(url).database or ""
+        if path and path != ":memory:" and not path.startswith("file:"):
+            _prepare_file(Path(path))
         engine = sa.create_engine(
             url,
             connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "isolation_level": None},
         )
+        damage: dict[str, str] = {}  # integrity_check once per engine, however often it fails
+
+        @sa.event.listens_for(engine, "handle_error", retval=True)
+        def _on_error(context: ExceptionContext) -> BaseException | None:
+            return _store_error(context.original_exception, path, damage)
 
         @sa.event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -76,6 +92,53 @@ def make_engine(url: str) -> Engine:
         return sa.create_engine(url, pool_pre_ping=True)
     except (SQLAlchemyError, ImportError) as exc:
         raise StoreError(f"cannot use database_url: {type(exc).__name__}") from None
+
+
+def _prepare_file(path: Path) -> None:
+    """The database's folder, and the file itself created 0600 (SQLite would use the umask;
+    its -wal and -shm files take the database's mode)."""
+    if not os.path.lexists(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE))
+        except OSError as exc:
+            raise StoreError(f"cannot create the database {path}: {exc.strerror}") from None
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        make_private(name)
+
+
+def _store_error(error: BaseException, path: str, damage: dict[str, str]) -> StoreError | None:
+    """The one-line error for an SQLite failure an operator can act on, else None (a bug)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if not isinstance(error, sqlite3.Error) or code is None:
+        return None
+    if code & 0xFF in _DAMAGED:
+        if "check" not in damage:
+            damage["check"] = _integrity_check(path)
+        where = f"the database {path}" if path else "the database"
+        return StoreCorrupt(
+            f"{where} is damaged ({error}); PRAGMA integrity_check: {damage['check']};"
+            " restore it from a backup, or move it aside to start an empty store"
+        )
+    if code & 0xFF in _ENVIRONMENT:
+        return StoreError(f"database error: {error}")
+    return None
+
+
+def _integrity_check(path: str) -> str:
+    """What ``PRAGMA integrity_check`` says of the file, on one line."""
+    if not path or path == ":memory:":
+        return "not run"
+    try:
+        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            rows = [str(row[0]) for row in conn.execute("PRAGMA integrity_check(3)")]
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return f"cannot run ({exc})"
+    text = " ".join(" ".join(rows).split())
+    return text if len(text) <= 200 else text[:199] + "…"
 
 
 def open_store(url: str) -> Engine:

@@ -31,6 +31,7 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 
 from digest.errors import ConfigError, DeliveryError
+from digest.files import write_private
 
 Sleep = Callable[[float], Awaitable[None]]
 Backoff = Callable[[int], float]
@@ -110,7 +111,7 @@ class FileTransport(_Closing):
         temp = self.directory / f".{target.name}.{os.getpid()}.{next(self._counter)}.tmp"
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            temp.write_bytes(message)
+            write_private(temp, message)  # its links carry the reader's unsubscribe token
             os.replace(temp, target)
         except OSError as exc:
             temp.unlink(missing_ok=True)

@@ -314,6 +314,20 @@ def test_bytes_cp1252_cannot_decode_fall_back_to_latin1(tmp_path: Path) -> None:
     # 0x81 is undefined in cp1252, so the whole file is read as latin-1.
     path.write_bytes(b"Title \x81 \xe9t\xe9\n" + ABSTRACT.encode("ascii") + b"\n")
     assert titles_of(path) == ["Title \x81 \u00e9t\u00e9"]
+    assert read_listing(path, now=NOW).notes == ["not UTF-8; read as latin-1"]
+
+
+def test_a_bad_byte_in_utf8_is_replaced_alone_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "dump.txt"
+    text = f"A Study By Gerv\u00e1sio Of Caf\u00e9s\n{ABSTRACT}\nSecond Title\n{ABSTRACT}\n"
+    data = text.encode("utf-8").replace(b"Second", b"Sec\xe1ond")  # one stray latin-1 byte
+    path.write_bytes(data)
+    listing = read_listing(path, now=NOW)
+    titles = [entry.title for entry in listing.entries]
+    assert titles == ["A Study By Gerv\u00e1sio Of Caf\u00e9s", "Sec\ufffdond Title"]
+    assert listing.notes == ["1 byte that is not valid UTF-8 replaced with U+FFFD (line 3)"]
+    path.write_bytes(b"\xef\xbb\xbf" + data)  # the same behind a byte-order mark
+    assert [entry.title for entry in read_listing(path, now=NOW).entries] == titles
 
 
 # --- listing dates -------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from digest.errors import ListingError
-from digest.readers import decoding, read_listing
+from digest.readers import decoding, open_listing, read_listing
 
 NOW = datetime(2024, 3, 12, 9, 0, tzinfo=UTC)
 ABSTRACT = "We study a problem. Our method improves the baseline on every benchmark we tried."
@@ -58,6 +59,40 @@ CASES: dict[str, tuple[bytes, str, int | None]] = {
     "json empty array": (b"[]", "array is empty", None),
     "broken json": (b'[{"paper": \n{"id": ', "not valid JSON", 2),
     "deep json": (b"[" * 100_000, "nested too deeply", None),
+    "deep json first line": (b'{"id": "2403.00001", "a": ' + b"[" * 100_000, "too deeply", 1),
+    "deep snapshot line": (
+        b'{"id": "2403.00001", "title": "A Title"}\n{"id": "2403.00002", "title": "B", "x": '
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"}\n",
+        "nested too deeply",
+        2,
+    ),
+    "long json number": (
+        b'[{"paper": {"id": "2403.00001", "title": "T"}, "upvotes": ' + b"9" * 5000 + b"}]",
+        "not valid JSON: .*4300 digits",
+        None,
+    ),
+    "long snapshot number": (
+        b'{"id": "2403.00001", "title": "T", "n": ' + b"9" * 5000 + b"}\n",
+        "not valid JSON: .*4300 digits",
+        1,
+    ),
+    "snapshot lone surrogate": (
+        b'{"id": "2403.00001", "title": "T \\udc80"}\n',
+        r"unpaired surrogate escape \(\\udc80\)",
+        1,
+    ),
+    "snapshot lone surrogate beside utf-8": (
+        '{"id": "2403.00001", "title": "Caf\u00e9", "authors": "A \\ud800"}\n'.encode(),
+        r"unpaired surrogate escape \(\\ud800\)",
+        1,
+    ),
+    "snapshot id one digit too long": (
+        b'{"id": "2403.00001", "title": "A"}\n{"id": "2403.123456v1", "title": "B"}\n',
+        "not an arXiv id: '2403.123456v1'",
+        2,
+    ),
     "titles only": (b"Hello\nWorld\n", "no abstracts found", None),
     "utf-16 bom but odd bytes": (b"\xff\xfeA\x00B", "byte-order mark says utf-16", None),
 }
@@ -77,6 +112,24 @@ def test_not_a_listing(tmp_path: Path, name: str) -> None:
 def test_missing_file_and_folder(tmp_path: Path) -> None:
     assert "cannot read file" in refused(tmp_path / "missing.txt").reason
     assert "folder" in refused(tmp_path).reason
+
+
+def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert "a FIFO, not a regular file" in refused(fifo).reason  # no writer: would block
+    assert "a character device" in refused(Path("/dev/zero")).reason  # would never end
+
+
+def test_symbolic_links_are_refused_when_asked(tmp_path: Path) -> None:
+    target = tmp_path / "dump.txt"
+    target.write_text(f"A Title\n{ABSTRACT}\n", "utf-8")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    with open_listing(link) as followed:
+        assert followed.read() == target.read_bytes()
+    with pytest.raises(ListingError, match=f"a symbolic link to {target}"):
+        open_listing(link, follow_symlinks=False)
 
 
 def test_file_over_the_size_cap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

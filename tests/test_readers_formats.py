@@ -56,6 +56,34 @@ def test_daily_papers_json_accepts_bare_paper_objects(tmp_path: Path) -> None:
     assert read_listing(path, now=NOW).listing_date is None
 
 
+def test_daily_papers_json_ids_one_digit_too_long_are_kept_whole(tmp_path: Path) -> None:
+    path = tmp_path / "papers.json"
+    papers = [{"id": f"2403.12345{n}", "title": f"Paper {n}"} for n in (6, 7)]
+    path.write_text(json.dumps(papers), "utf-8")
+    entries = entries_of(path)
+    # not arXiv ids, so not cut to the same "2403.12345": two papers, each with its own link
+    assert [e.arxiv_id for e in entries] == [None, None]
+    assert [e.url for e in entries] == [
+        "https://huggingface.co/papers/2403.123456",
+        "https://huggingface.co/papers/2403.123457",
+    ]
+
+
+def test_daily_papers_json_unpaired_surrogates_are_replaced_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "papers.json"
+    path.write_text(
+        '[{"paper": {"id": "2403.00001\\ud800", "title": "A \\udc80Title \\ud83d\\ude00",'
+        ' "authors": [{"name": "Ann \\udfff"}]}}]',
+        "utf-8",
+    )
+    listing = read_listing(path, now=NOW)
+    [entry] = listing.entries
+    assert entry.title == "A \ufffdTitle \U0001f600"  # a proper pair is one character
+    assert entry.authors == "Ann \ufffd"
+    assert entry.url == "https://huggingface.co/papers/2403.00001%EF%BF%BD"
+    assert listing.notes == ["3 unpaired surrogate escapes replaced with U+FFFD"]
+
+
 # --- arXiv Atom API and RSS ----------------------------------------------------------------------
 
 

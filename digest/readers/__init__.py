@@ -16,7 +16,10 @@ layout              what the file starts with
 
 Everything but the snapshot is read whole, up to 64 MB. Whatever is not a
 listing (binary data, an empty file, an HTML error page, JSON of another
-shape) raises ``ListingError`` naming the file and, where it helps, the line.
+shape, anything but a regular file) raises ``ListingError`` naming the file
+and, where it helps, the line; a file that cannot be read raises
+``ListingUnreadable``. What a reader had to mend on the way (bad bytes
+replaced, a legacy encoding) is in ``Listing.notes``.
 """
 
 from __future__ import annotations
@@ -24,52 +27,72 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
+from typing import BinaryIO
 
-from digest.errors import ListingError
+from digest.errors import ListingError, ListingUnreadable
 from digest.listing import Listing
 
 from .arxiv_feed import LAYOUT_ATOM, LAYOUT_RSS, parse_arxiv_feed
-from .decoding import MAX_BYTES, bom_encoding, decode_text, read_capped
+from .decoding import (
+    MAX_BYTES,
+    bom_encoding,
+    decode_text,
+    display_path,
+    open_listing,
+    read_capped,
+)
 from .hf_json import LAYOUT as LAYOUT_HF_JSON
 from .hf_json import parse_hf_json
 from .hf_text import LAYOUT_A, LAYOUT_B, parse_hf_text
 from .snapshot import LAYOUT as LAYOUT_SNAPSHOT
 from .snapshot import MAX_LINE_CHARS, looks_like_snapshot, read_snapshot
 
-__all__ = ["LAYOUTS", "MAX_BYTES", "read_listing"]
+__all__ = ["LAYOUTS", "MAX_BYTES", "display_path", "open_listing", "read_listing"]
 
 LAYOUTS = (LAYOUT_A, LAYOUT_B, LAYOUT_HF_JSON, LAYOUT_ATOM, LAYOUT_RSS, LAYOUT_SNAPSHOT)
 
 
-def read_listing(path: Path, *, now: datetime) -> Listing:
-    """Read any supported listing file; ``now`` (aware UTC) dates a dump that gives no year."""
+def read_listing(path: Path, *, now: datetime, source: BinaryIO | None = None) -> Listing:
+    """Read any supported listing file; ``now`` (aware UTC) dates a dump that gives no year.
+
+    ``source`` is ``path`` already opened (``open_listing``); the caller then closes it,
+    after it has consumed the entries.
+    """
     path = Path(path)
-    first_line = _first_line(path)
-    if first_line.lstrip().startswith(b"{"):
-        if looks_like_snapshot(first_line):
-            return read_snapshot(path)
-        _refuse_other_json_object(first_line, path)
-    text = decode_text(read_capped(path), path)
+    handle = source if source is not None else open_listing(path)
+    streaming = False
+    try:
+        first_line = _first_line(handle, path)
+        if first_line.lstrip().startswith(b"{"):
+            if looks_like_snapshot(first_line):
+                streaming = True
+                return read_snapshot(handle, path, close=source is None)
+            _refuse_other_json_object(first_line, path)
+        text, notes = decode_text(read_capped(handle, path), path)
+    finally:
+        if source is None and not streaming:
+            handle.close()
     start = text.lstrip()[:1]
     if not start:
         what = "empty file" if not text else "file holds only whitespace"
         raise ListingError(f"{what}; not a listing", str(path))
     if start in "[{":
-        return parse_hf_json(text, path)
-    if start == "<":
-        return parse_arxiv_feed(text, path)
-    return parse_hf_text(text, path, now=now)
+        listing = parse_hf_json(text, path)
+    elif start == "<":
+        listing = parse_arxiv_feed(text, path)
+    else:
+        listing = parse_hf_text(text, path, now=now)
+    listing.notes[:0] = notes
+    return listing
 
 
-def _first_line(path: Path) -> bytes:
+def _first_line(handle: BinaryIO, path: Path) -> bytes:
     """The file's first line without a UTF-8 byte-order mark ("" for other marks)."""
     try:
-        if path.is_dir():
-            raise ListingError("is a folder, not a listing file", str(path))
-        with path.open("rb") as handle:
-            line = handle.readline(MAX_LINE_CHARS)
+        handle.seek(0)
+        line = handle.readline(MAX_LINE_CHARS)
     except OSError as exc:
-        raise ListingError(f"cannot read file: {exc.strerror or exc}", str(path)) from None
+        raise ListingUnreadable(f"cannot read file: {exc.strerror or exc}", str(path)) from None
     found = bom_encoding(line)
     if found is None:
         return line
@@ -86,8 +109,12 @@ def _refuse_other_json_object(first_line: bytes, path: Path) -> None:
     """
     try:
         record = json.loads(first_line)
-    except (ValueError, RecursionError):
+    except json.JSONDecodeError:
         return  # an object spread over several lines: the whole-file reader decides
+    except ValueError as exc:  # a number of more digits than int() takes
+        raise ListingError(f"not valid JSON: {str(exc).split(';')[0]}", str(path), 1) from None
+    except RecursionError:
+        raise ListingError("JSON nested too deeply", str(path), 1) from None
     if isinstance(record, dict):
         keys = ", ".join(sorted(str(key) for key in record)[:6]) or "none"
         raise ListingError(

@@ -11,11 +11,15 @@ The endpoint returns a JSON array with one object per paper posted that day::
 page, so the most common outer day is the listing date (the latest day on a
 tie). An element that is a bare paper object (no ``paper`` wrapper), as some
 other Hub endpoints and saved files have it, is read the same way.
+
+A ``\\ud83d`` escape without its other half is valid JSON but no text; it is
+replaced with U+FFFD and reported, as bad bytes in a text dump are.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from datetime import date
 from pathlib import Path
@@ -30,6 +34,7 @@ from .decoding import collapse
 
 LAYOUT = "hf-json"
 PAPER_URL = "https://huggingface.co/papers/"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def parse_hf_json(text: str, path: Path) -> Listing:
@@ -38,6 +43,8 @@ def parse_hf_json(text: str, path: Path) -> Listing:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ListingError(f"not valid JSON: {exc.msg}", str(path), exc.lineno) from None
+    except ValueError as exc:  # a number of more digits than int() takes
+        raise ListingError(f"not valid JSON: {str(exc).split(';')[0]}", str(path)) from None
     except RecursionError:
         raise ListingError("JSON nested too deeply; not a listing", str(path)) from None
     if not isinstance(data, list):
@@ -47,6 +54,7 @@ def parse_hf_json(text: str, path: Path) -> Listing:
         )
     if not data:
         raise ListingError("daily-papers JSON array is empty", str(path))
+    mended = _mend(data) if "\\u" in text else 0
     entries: list[Entry] = []
     posted: Counter[date] = Counter()
     for index, item in enumerate(data, start=1):
@@ -56,7 +64,29 @@ def parse_hf_json(text: str, path: Path) -> Listing:
             if day is not None and isinstance(item.get("paper"), dict):
                 posted[day] += 1
     listing_date = max(posted, key=lambda day: (posted[day], day)) if posted else None
-    return Listing(layout=LAYOUT, entries=entries, listing_date=listing_date)
+    listing = Listing(layout=LAYOUT, entries=entries, listing_date=listing_date)
+    if mended:
+        what = "escape" if mended == 1 else "escapes"
+        listing.notes.append(f"{mended} unpaired surrogate {what} replaced with U+FFFD")
+    return listing
+
+
+def _mend(data: Any) -> int:
+    """Replace the unpaired surrogates in every string of ``data``, in place; how many."""
+    count = 0
+    stack = [data]
+    while stack:  # not recursive: the JSON may be nested as deep as the parser allows
+        node = stack.pop()
+        pairs = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(pairs):
+            if isinstance(value, str):
+                value, found = _SURROGATE.subn("\ufffd", value)
+                if found:
+                    node[key] = value
+                    count += found
+            elif isinstance(value, dict | list):
+                stack.append(value)
+    return count
 
 
 def _entry(item: object, index: int, path: Path) -> Entry:

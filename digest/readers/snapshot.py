@@ -24,15 +24,16 @@ what remains. ``published`` is the day of the first version (else
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import fields
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from digest.errors import ListingError
+from digest.errors import ListingError, ListingUnreadable
 from digest.identity import normalize_arxiv_id
 from digest.listing import Entry, Listing
 
@@ -80,34 +81,42 @@ def looks_like_snapshot(first_line: bytes) -> bool:
     """Whether a file's first line is a snapshot record (a JSON object with id and title)."""
     try:
         record = json.loads(first_line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     return isinstance(record, dict) and "id" in record and "title" in record
 
 
-def read_snapshot(path: Path) -> Listing:
-    """A listing whose entries stream from the snapshot file, line by line."""
-    return Listing(layout=LAYOUT, entries=_entries(path), listing_date=None)
+def read_snapshot(handle: BinaryIO, path: Path, *, close: bool = True) -> Listing:
+    """A listing whose entries stream from the open snapshot file, line by line.
+
+    With ``close`` the entries close the file when they are done (or dropped).
+    """
+    return Listing(layout=LAYOUT, entries=_entries(handle, str(path), close), listing_date=None)
 
 
-def _entries(path: Path) -> Iterator[Entry]:
-    where = str(path)
+def _entries(source: BinaryIO, where: str, close: bool) -> Iterator[Entry]:
     try:
-        # Text mode decodes in large chunks, far cheaper than per line. Bad
-        # UTF-8 becomes lone surrogates, caught below with its line number.
-        handle = path.open(encoding="utf-8-sig", errors="surrogateescape", newline="\n")
+        source.seek(0)
     except OSError as exc:
-        raise ListingError(f"cannot read file: {exc.strerror or exc}", where) from None
+        raise ListingUnreadable(f"cannot read file: {exc.strerror or exc}", where) from None
+    # Text mode decodes in large chunks, far cheaper than per line. Bad
+    # UTF-8 becomes lone surrogates, caught below with its line number.
+    handle = io.TextIOWrapper(
+        source,  # a buffered binary file, as open() gives
+        encoding="utf-8-sig",
+        errors="surrogateescape",
+        newline="\n",
+    )
     # Bound once: this loop runs millions of times.
     readline = handle.readline
     raw_decode = _DECODER.raw_decode
     number = 0
-    with handle:
+    try:
         while True:
             try:
                 line = readline(MAX_LINE_CHARS)
             except OSError as exc:
-                raise ListingError(
+                raise ListingUnreadable(
                     f"read failed: {exc.strerror or exc}", where, number + 1
                 ) from None
             if not line:
@@ -120,15 +129,31 @@ def _entries(path: Path) -> Iterator[Entry]:
                 if line.isspace():
                     continue
                 record, end = _decode_slowly(line, where, number), len(line)
+            except RecursionError:
+                raise ListingError("JSON nested too deeply", where, number) from None
             if end < len(line) - 1 and not line[end:].isspace():
                 raise ListingError(
                     f"not valid JSON: extra data after the record (column {end + 1})",
                     where,
                     number,
                 )
-            if not line.isascii():
+            if line.isascii():
+                entry = _entry(record, where, number)
+                # isascii() is free; only a \\u escape makes an ASCII line's text non-ASCII
+                if not (
+                    entry.title.isascii() and entry.abstract.isascii() and entry.authors.isascii()
+                ):
+                    _check_text(entry, where, number)
+            else:
                 _check_utf8(line, where, number)
-            yield _entry(record, where, number)
+                entry = _entry(record, where, number)
+                _check_text(entry, where, number)
+            yield entry
+    finally:
+        if close:
+            handle.close()
+        else:
+            handle.detach()  # the caller's file stays open
 
 
 def _decode_slowly(line: str, where: str, number: int) -> Any:
@@ -143,6 +168,8 @@ def _decode_slowly(line: str, where: str, number: int) -> Any:
         raise ListingError(
             f"not valid JSON: {exc.msg} (column {exc.colno})", where, number
         ) from None
+    except ValueError as exc:  # a number of more digits than int() takes
+        raise ListingError(f"not valid JSON: {str(exc).split(';')[0]}", where, number) from None
     except RecursionError:
         raise ListingError("JSON nested too deeply", where, number) from None
 
@@ -154,6 +181,17 @@ def _check_utf8(line: str, where: str, number: int) -> None:
         raise ListingError(f"not valid UTF-8 at column {exc.start + 1}", where, number) from None
 
 
+def _check_text(entry: Entry, where: str, number: int) -> None:
+    """Refuse a record whose ``\\ud800``-style escapes leave half a character: no text."""
+    try:
+        (entry.title + entry.abstract + entry.authors).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start : exc.end].encode("unicode_escape").decode("ascii")
+        raise ListingError(
+            f"not valid Unicode: an unpaired surrogate escape ({bad})", where, number
+        ) from None
+
+
 def _entry(record: Any, where: str, number: int) -> Entry:
     if type(record) is not dict:
         raise ListingError("not a JSON object; not a snapshot record", where, number)
@@ -162,8 +200,15 @@ def _entry(record: Any, where: str, number: int) -> Entry:
     if type(raw_id) is not str or type(title) is not str:
         raise ListingError('record without a string "id" and "title"', where, number)
     # New-style ids ("2403.01234") need no regular expression; older ones
-    # ("hep-th/9901001") are a minority and go through the shared rule.
-    if raw_id[4:5] == "." and raw_id[:4].isdigit() and raw_id[5:].isdigit():
+    # ("hep-th/9901001") are a minority and go through the shared rule, which refuses
+    # what only looks like an id ("2403.123456") rather than cut it down.
+    if (
+        9 <= len(raw_id) <= 10
+        and raw_id[4] == "."
+        and raw_id.isascii()
+        and raw_id[:4].isdigit()
+        and raw_id[5:].isdigit()
+    ):
         arxiv_id = raw_id
     else:
         normalized = normalize_arxiv_id(raw_id)
