@@ -183,8 +183,8 @@ def run_cycle(
             key = settings.signing_key()
             with transaction(engine) as conn:
                 conn.execute(sa.select(1))  # the write lock first: no ingest commits under us
-                cutoff = clock()  # the papers considered now are exactly those seen by then
-                plans = plan_digests(conn, period=period, now=cutoff)
+                cutoff = clock()
+                plans = plan_digests(conn, period=period)
                 report.composed = record_plans(
                     conn,
                     plans,
@@ -260,7 +260,7 @@ def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime)
     links = links_of(settings)
     builder = MessageBuilder(sender_of(settings))
     with reading(engine) as conn:
-        plans = plan_digests(conn, period=period, now=now)
+        plans = plan_digests(conn, period=period)
         for plan in plans:
             sub = plan.subscriber
             if not plan.ranked and not sub.send_empty:

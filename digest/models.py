@@ -27,6 +27,7 @@ class Paper(SQLModel, table=True):
     first_seen: datetime = Field(index=True)
     last_seen: datetime
     times_seen: int = 1
+    seq: int = Field(default=0, index=True)  # the ingest that first saw it (ingest_sequence)
 
 
 class Dump(SQLModel, table=True):
@@ -60,6 +61,7 @@ class Subscriber(SQLModel, table=True):
     token_salt: str
     created_at: datetime
     last_digest_at: datetime | None = None
+    seen_upto: int = 0  # the ingest sequence number their last digest (or joining) saw up to
 
 
 class Digest(SQLModel, table=True):

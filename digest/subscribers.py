@@ -26,7 +26,7 @@ from sqlmodel import Session, col, select
 from digest.errors import UsageError
 from digest.interests import parse_interest
 from digest.models import Subscriber
-from digest.store import db_time, reading
+from digest.store import db_time, ingest_sequence, reading
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced")
 FREQUENCIES = ("daily", "weekly")
@@ -100,6 +100,8 @@ def upsert_subscriber(engine: Engine, spec: SubscriberSpec, *, now: datetime) ->
                 email=spec.email,
                 token_salt=secrets.token_hex(16),
                 created_at=db_time(now),
+                # their first digest holds the papers of ingests after this one
+                seen_upto=ingest_sequence(session.connection()),
             )
         row.status = spec.status
         row.interests = json.dumps(list(spec.interests))
