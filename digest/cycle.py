@@ -22,7 +22,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from digest.compose import message_id, period_of, plan_digests, record_plans
-from digest.deliver import Delivered, deliver, load_outbox, outbox_counts
+from digest.deliver import (
+    Delivered,
+    deliver,
+    load_outbox,
+    outbox_counts,
+    pending_reason,
+    record_transport,
+)
 from digest.emails import MessageBuilder, Sender
 from digest.fetch import FetchResult, fetch_sources
 from digest.ingest import DumpResult, ingest_inbox
@@ -34,7 +41,7 @@ from digest.publish import publish_feeds
 from digest.settings import Settings
 from digest.store import db_time, index_papers, reading, transaction
 from digest.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
-from digest.transports import Transport, open_transport
+from digest.transports import Transport, open_transport, transport_label
 
 log = logging.getLogger("digest.run")
 
@@ -55,6 +62,7 @@ class RunReport:
     outbox: dict[str, int] = field(default_factory=dict)
     feeds: dict[str, int] = field(default_factory=dict)
     previews: list[dict[str, Any]] = field(default_factory=list)
+    pending_reason: str | None = None  # why digests are still waiting, when some are
 
     def figures(self) -> dict[str, Any]:
         """The run's numbers (stored with the run and printed by ``--json``)."""
@@ -74,9 +82,14 @@ class RunReport:
                 "pending": self.outbox.get("pending", 0) + self.outbox.get("sending", 0),
             },
             "bounced": self.delivered.bounced,
+            "set_aside": [
+                {"email": address, "reason": reason} for address, reason in self.delivered.set_aside
+            ],
             "feeds": self.feeds,
             "stopped": self.delivered.stopped,
             "gave_up": self.delivered.gave_up,
+            "transport_error": self.delivered.transport_error,
+            "pending_reason": self.pending_reason,
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -206,6 +219,8 @@ def run_cycle(
                 settings, engine, links_of(settings), now=clock(), changed=report.delivered.sent_to
             )
             report.outbox = outbox_counts(engine)
+            if report.outbox["pending"] + report.outbox["sending"]:
+                report.pending_reason = _why_pending(report.delivered) or pending_reason(engine)
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
@@ -213,6 +228,14 @@ def run_cycle(
             _finish_run(engine, run_id, report, clock(), error)
             log.info("run finished", extra={"error": error})
     return report
+
+
+def _why_pending(delivered: Delivered) -> str | None:
+    if delivered.gave_up:
+        return delivered.gave_up
+    if delivered.stopped:
+        return "the run was asked to stop before sending them"
+    return None
 
 
 async def send_outbox(
@@ -251,6 +274,7 @@ async def send_outbox(
     finally:
         if active is not None and transport is None:
             await active.close()
+    record_transport(engine, transport_label(settings.mail_transport), total, clock())
     return total
 
 
@@ -348,12 +372,15 @@ def run_lines(report: RunReport, settings: Settings) -> list[str]:
                 f"  {preview['email']}: {preview['papers']} papers, {preview['bytes']:,} bytes"
             )
         return lines
+    why = f" ({report.pending_reason})" if digests["pending"] and report.pending_reason else ""
     lines.append(
         f"digests: {digests['sent']} sent, {digests['skipped']} skipped, {digests['failed']} failed,"
-        f" {digests['pending']} still pending"
+        f" {digests['pending']} still pending{why}"
     )
     for address in figures["bounced"]:
         lines.append(f"bounced: {address}")
+    for item in figures["set_aside"]:
+        lines.append(f"set aside: {item['email']}: {item['reason']}")
     if settings.mail_transport.startswith("file://"):
         lines.append(f"emails: {settings.mail_transport[len('file://') :]}")
     lines.append(

@@ -186,10 +186,27 @@ def _v3_ingest_sequence(conn: Connection) -> None:
     )
 
 
+def _v4_transport_state(conn: Connection) -> None:
+    """How the mail transport last fared, so ``status`` can say what is wrong and since when."""
+    meta = sa.MetaData()
+    sa.Table(
+        "transportstate",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("transport", sa.String, nullable=False, unique=True),
+        sa.Column("last_error", sa.String),
+        sa.Column("failing_since", sa.DateTime(timezone=True)),
+        sa.Column("last_failure_at", sa.DateTime(timezone=True)),
+        sa.Column("last_ok_at", sa.DateTime(timezone=True)),
+    )
+    meta.create_all(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
     _v3_ingest_sequence,
+    _v4_transport_state,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

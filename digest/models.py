@@ -109,6 +109,17 @@ class Run(SQLModel, table=True):
     error: str | None = None
 
 
+class TransportState(SQLModel, table=True):
+    """How a mail transport last fared: its last error, and since when it has been failing."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    transport: str = Field(unique=True)  # as ``transport_label`` names it: no credentials
+    last_error: str | None = None
+    failing_since: datetime | None = None
+    last_failure_at: datetime | None = None
+    last_ok_at: datetime | None = None
+
+
 class SourceState(SQLModel, table=True):
     """What we know of a fetched source: validators for conditional GET and the last outcome."""
 

@@ -10,13 +10,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from digest.deliver import outbox_counts
+from digest.deliver import outbox_counts, pending_reason, transport_state
 from digest.models import Digest, Dump, Paper, Run, SourceState, Subscriber
 from digest.runlock import lock_holder
 from digest.scheduler import crontab_trigger
 from digest.settings import Settings
 from digest.store import reading
 from digest.subscribers import count_by_status
+from digest.transports import transport_label
 
 RECENT_RUNS = 5
 BOUNCE_WINDOW = timedelta(days=7)
@@ -63,6 +64,8 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
     trigger = crontab_trigger(settings.schedule, settings.tz)
     next_run = trigger.get_next_fire_time(None, local)
     holder = lock_holder(settings)
+    mail = transport_state(engine, transport_label(settings.mail_transport))
+    waiting = outbox["pending"] + outbox["sending"]
     warnings: list[str] = []
     if local.weekday() < 5 and new_today == 0 and papers:
         warnings.append("no new papers in the last 24 hours on a weekday")
@@ -75,8 +78,12 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
             warnings.append(
                 f"source {source.url}: {source.last_status} ({source.last_error or 'no detail'})"
             )
-    if outbox["pending"] + outbox["sending"]:
-        warnings.append(f"{outbox['pending'] + outbox['sending']} digest(s) waiting to be sent")
+    if mail and mail["last_error"]:
+        warnings.append(
+            f"mail transport failing since {_iso(mail['failing_since'])}: {mail['last_error']}"
+        )
+    if waiting:
+        warnings.append(f"{waiting} digest(s) waiting to be sent ({pending_reason(engine)})")
     return {
         "papers": {"total": papers, "new_last_24h": new_today, "newest_first_seen": _iso(newest)},
         "subscribers": subscribers,
@@ -120,6 +127,15 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
             "next_run": _iso(next_run),
         },
         "running": None if holder is None else holder.to_json(),
+        "transport": None
+        if mail is None
+        else {
+            "transport": mail["transport"],
+            "last_error": mail["last_error"],
+            "failing_since": _iso(mail["failing_since"]),
+            "last_failure_at": _iso(mail["last_failure_at"]),
+            "last_ok_at": _iso(mail["last_ok_at"]),
+        },
         "warnings": warnings,
     }
 
@@ -146,6 +162,14 @@ def status_lines(data: dict[str, Any]) -> list[str]:
         )
     for source in data["sources"]:
         lines.append(f"source {source['url']}: {source['status']} at {source['last_fetch_at']}")
+    mail = data["transport"]
+    if mail and mail["last_error"]:
+        lines.append(
+            f"mail {mail['transport']}: failing since {mail['failing_since']}"
+            f" (last {mail['last_failure_at']}): {mail['last_error']}"
+        )
+    elif mail:
+        lines.append(f"mail {mail['transport']}: ok at {mail['last_ok_at']}")
     for warning in data["warnings"]:
         lines.append(f"warning: {warning}")
     return lines

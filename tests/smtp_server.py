@@ -123,8 +123,9 @@ class SMTPServer:
         return f"smtp://{auth}{self.host}:{self.port}"
 
 
-def start_server(logins: dict[str, str] | None = None) -> SMTPServer:
-    """Start a server on a free loopback port; with ``logins``, AUTH is offered and checked."""
+def start_server(logins: dict[str, str] | None = None, *, smtputf8: bool = False) -> SMTPServer:
+    """Start a server on a free loopback port; with ``logins``, AUTH is offered and checked;
+    with ``smtputf8``, SMTPUTF8 is offered."""
     handler = ScriptedHandler()
     accounts = dict(logins or {})
 
@@ -136,7 +137,7 @@ def start_server(logins: dict[str, str] | None = None) -> SMTPServer:
         )
         return AuthResult(success=ok, handled=False)  # unhandled: aiosmtpd replies 535 itself
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
     if logins is not None:
         kwargs.update(authenticator=authenticate, auth_require_tls=False)
     controller = _Controller(handler, hostname="127.0.0.1", port=free_port(), **kwargs)

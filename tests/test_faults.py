@@ -7,6 +7,8 @@ still holds.
 
 from __future__ import annotations
 
+import errno
+import os
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,7 +16,10 @@ import sqlalchemy as sa
 
 import digest.cli
 import digest.ingest
+import digest.transports
+from digest.deliver import MAX_ATTEMPTS
 from tests.conftest import DUMP_A, DUMP_B
+from tests.smtp_server import DROP, free_port, start_server
 from tests.test_service import PEOPLE, SENT_TO, Result, Site
 
 
@@ -88,3 +93,168 @@ def test_papers_ingested_with_the_clock_behind_still_reach_the_next_digest(
         f" WHERE d.period = '{tomorrow}'",
     )
     assert items[0] > 0  # type: ignore[operator]
+
+
+# --- the mail server is down, refuses the login, or the disk is full --------------------
+
+
+def pending_attempts(site: Site) -> dict[str, tuple[str, int]]:
+    return {row.email: (row.status, row.attempts) for row in site.digests()}
+
+
+def test_a_mail_server_that_is_down_costs_no_attempt_and_says_why(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site.subscribe(PEOPLE)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    down = free_port()
+    monkeypatch.setenv("DIGEST_MAIL_TRANSPORT", f"smtp://127.0.0.1:{down}")
+    reason = f"mail server 127.0.0.1:{down} refused the connection"
+
+    for n in range(MAX_ATTEMPTS + 1):  # more runs than a digest has attempts
+        result = site.cli("run", "--verbose")
+        assert result.code == 1, result.err
+        line = one_error_line(result)
+        assert line == (
+            f"digest: sending stopped: {reason}; {len(SENT_TO)} digest(s) still pending;"
+            " see digest status"
+        )
+        assert f"{len(SENT_TO)} still pending ({reason})" in result.out
+        if n == 0:
+            first = site.cli("status", "--json").json()["transport"]
+    assert site.server.handler.connections == 0
+    outbox = pending_attempts(site)
+    assert outbox.pop("nobody@example.org") == ("skipped", 0)
+    assert set(outbox.values()) == {("pending", 0)}  # nobody's fault: no attempt spent
+
+    status = site.cli("status", "--json").json()
+    assert status["transport"]["last_error"] == reason
+    assert status["transport"]["failing_since"] == first["failing_since"]  # since the first
+    assert status["transport"]["last_failure_at"] > first["last_failure_at"]
+    assert any(reason in w and "since" in w for w in status["warnings"]), status["warnings"]
+    assert any(
+        f"{len(SENT_TO)} digest(s) waiting to be sent ({reason})" in w for w in status["warnings"]
+    )
+    assert reason in site.cli("status").out
+
+    monkeypatch.setenv("DIGEST_MAIL_TRANSPORT", site.server.url())
+    back = site.cli("run", "--json")
+
+    assert back.code == 0, back.err
+    assert back.json()["digests"]["sent"] == len(SENT_TO)
+    assert sorted(rcpt for rcpt, _ in site.received()) == SENT_TO  # each once
+    assert {s for e, (s, _) in pending_attempts(site).items() if e in SENT_TO} == {"sent"}
+    healed = site.cli("status", "--json").json()
+    assert healed["transport"]["last_error"] is None
+    assert healed["transport"]["failing_since"] is None
+    assert not [w for w in healed["warnings"] if "mail transport" in w]
+
+
+def test_a_refused_login_costs_no_attempt(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    guarded = start_server(logins={"digest": "right"})
+    try:
+        site.subscribe(PEOPLE)
+        site.drop_in_inbox(DUMP_B, "daily.txt")
+        monkeypatch.setenv("DIGEST_MAIL_TRANSPORT", guarded.url("digest", "wrong"))
+
+        result = site.cli("run")
+
+        assert result.code == 1
+        line = one_error_line(result)
+        assert f"mail server 127.0.0.1:{guarded.port} refused the login: 535" in line
+        assert "wrong" not in result.out + result.err
+        assert guarded.handler.received == []
+        outbox = pending_attempts(site)
+        assert {outbox[a] for a in SENT_TO} == {("pending", 0)}
+    finally:
+        guarded.controller.stop()
+
+
+class _FullDisk:
+    """The ``os`` module as the file transport sees it on a full disk."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(os, name)
+
+    @staticmethod
+    def replace(src: object, dst: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_costs_no_attempt(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.subscribe(PEOPLE)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    outbox_dir = site.root / "outbox"
+    monkeypatch.setenv("DIGEST_MAIL_TRANSPORT", f"file://{outbox_dir}")
+    with monkeypatch.context() as full:
+        full.setattr(digest.transports, "os", _FullDisk())
+        result = site.cli("run")
+
+    assert result.code == 1
+    line = one_error_line(result)
+    assert f"cannot write to the outbox folder {outbox_dir}: No space left on device" in line
+    assert [p.name for p in outbox_dir.iterdir()] == []  # no temp file left behind
+    assert {pending_attempts(site)[a] for a in SENT_TO} == {("pending", 0)}
+
+    again = site.cli("run", "--json")
+    assert again.code == 0, again.err
+    assert len(list(outbox_dir.glob("*.eml"))) == len(SENT_TO)
+
+
+def test_only_answers_about_the_recipient_cost_attempts(site: Site) -> None:
+    site.server.handler.rcpt_replies["ada@example.org"] = "451 4.2.0 mailbox busy"
+    site.subscribe(PEOPLE)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+
+    for n in range(1, MAX_ATTEMPTS):
+        result = site.cli("run")
+        assert result.code == 0, result.err  # a deferral is no failed run
+        assert pending_attempts(site)["ada@example.org"] == ("pending", n)
+        assert "1 still pending (<" in result.out and "451 4.2.0 mailbox busy" in result.out
+    # a dropped connection is no answer about ada: it costs nothing
+    site.server.handler.rcpt_replies.clear()
+    site.server.handler.data_replies = [DROP]
+    dropped = site.cli("run")
+    assert dropped.code == 0, dropped.err
+    assert pending_attempts(site)["ada@example.org"] == ("pending", MAX_ATTEMPTS - 1)
+
+    site.server.handler.rcpt_replies["ada@example.org"] = "451 4.2.0 mailbox busy"
+    last = site.cli("run")
+    assert last.code == 1
+    assert one_error_line(last) == "digest: 1 digest(s) failed for good; see digest status"
+    assert pending_attempts(site)["ada@example.org"] == ("failed", MAX_ATTEMPTS)
+    assert "ada@example.org" not in {rcpt for rcpt, _ in site.received()}
+    assert sorted(rcpt for rcpt, _ in site.received()) == [
+        a for a in SENT_TO if a != "ada@example.org"
+    ]
+
+
+# --- one address never breaks a run --------------------------------------------------------
+
+
+def test_an_address_the_server_cannot_take_is_set_aside_and_the_run_goes_on(site: Site) -> None:
+    people = dict(PEOPLE)
+    people["üser@example.org"] = ["video"]
+    people["user@bücher.example"] = ["video"]
+    site.subscribe(people)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+
+    result = site.cli("run")
+
+    assert result.code == 0, result.err
+    assert "Traceback" not in result.out + result.err
+    assert "set aside: üser@example.org: address needs SMTPUTF8" in result.out
+    received = sorted(rcpt for rcpt, _ in site.received())
+    assert received == sorted([*SENT_TO, "user@xn--bcher-kva.example"])  # IDNA on the wire
+    outbox = pending_attempts(site)
+    assert outbox["üser@example.org"] == ("failed", 0)
+    assert outbox["user@bücher.example"] == ("sent", 1)
+    report = site.cli("run", "--json", "--dry-run")
+    assert report.code == 0
+    status = site.cli("status", "--json").json()
+    (failed,) = status["failed_digests"]
+    assert failed["email"] == "üser@example.org" and "SMTPUTF8" in failed["error"]
+    listed = {
+        s["email"]: s["status"] for s in site.cli("subscribers", "--json").json()["subscribers"]
+    }
+    assert listed["üser@example.org"] == "active"  # not bounced: the server never refused it
