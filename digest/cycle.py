@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -31,6 +31,7 @@ from digest.deliver import (
     record_transport,
 )
 from digest.emails import MessageBuilder, Sender
+from digest.errors import StoreError
 from digest.fetch import FetchResult, fetch_sources
 from digest.ingest import DumpResult, ingest_inbox
 from digest.links import Links
@@ -39,7 +40,7 @@ from digest.models import Run
 from digest.preview import ranked_views
 from digest.publish import publish_feeds
 from digest.settings import Settings
-from digest.store import db_time, index_papers, reading, transaction
+from digest.store import db_time, index_papers, reading, transaction, transaction_if_free
 from digest.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
 from digest.transports import Transport, open_transport, transport_label
 
@@ -106,7 +107,35 @@ class RunReport:
         return data
 
 
+INTERRUPTED = "interrupted: its process ended without finishing the run"
+
+
+def interrupt_dead_runs(engine: Engine, run_ids: Sequence[int] | None = None) -> int:
+    """Mark runs still ``running`` whose process is gone (killed) as ``interrupted``.
+
+    Only for a caller that knows no run is going on: one holding the run lock (all such
+    runs, ``run_ids`` None), or ``status`` having seen the lock free after reading
+    ``run_ids`` (then the write never waits: it is skipped while someone else writes).
+    Returns how many were marked.
+    """
+    query = sa.update(Run).where(col(Run.status) == "running")
+    if run_ids is not None:
+        if not run_ids:
+            return 0
+        query = query.where(col(Run.id).in_(run_ids))
+    query = query.values(status="interrupted", error=INTERRUPTED)
+    if run_ids is None:
+        with transaction(engine) as conn:
+            return int(conn.execute(query).rowcount or 0)
+    try:
+        with transaction_if_free(engine) as conn:
+            return int(conn.execute(query).rowcount or 0)
+    except StoreError:
+        return 0  # busy: the next status or run marks them
+
+
 def _start_run(engine: Engine, period: date, now: datetime) -> int:
+    interrupt_dead_runs(engine)  # we hold the run lock: any run still "running" died
     with transaction(engine) as conn:
         return int(
             conn.execute(

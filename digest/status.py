@@ -10,9 +10,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from digest.cycle import INTERRUPTED, interrupt_dead_runs
 from digest.deliver import outbox_counts, pending_reason, transport_state
 from digest.models import Digest, Dump, Paper, Run, SourceState, Subscriber
-from digest.runlock import lock_holder
+from digest.runlock import lock_holder, uses_advisory_lock
 from digest.scheduler import crontab_trigger
 from digest.settings import Settings
 from digest.store import reading
@@ -39,6 +40,14 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
             .where(col(Paper.first_seen) >= now - timedelta(days=1))
         ).scalar_one()
         runs = conn.execute(sa.select(Run).order_by(col(Run.id).desc()).limit(RECENT_RUNS)).all()
+        # read before looking at the lock: a run starting after this is not among them
+        unfinished = [
+            run_id
+            for run_id in conn.execute(
+                sa.select(col(Run.id)).where(col(Run.status) == "running")
+            ).scalars()
+            if run_id is not None
+        ]
         dumps = conn.execute(
             sa.select(
                 col(Dump.name),
@@ -64,6 +73,11 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
     trigger = crontab_trigger(settings.schedule, settings.tz)
     next_run = trigger.get_next_fire_time(None, local)
     holder = lock_holder(settings)
+    interrupted: set[int] = set()
+    if holder is None and unfinished and not uses_advisory_lock(settings.database_url):
+        # Nobody holds the lock, yet these say "running": their process died (kill -9).
+        interrupted = set(unfinished)
+        interrupt_dead_runs(engine, unfinished)
     mail = transport_state(engine, transport_label(settings.mail_transport))
     waiting = outbox["pending"] + outbox["sending"]
     warnings: list[str] = []
@@ -82,6 +96,8 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
         warnings.append(
             f"mail transport failing since {_iso(mail['failing_since'])}: {mail['last_error']}"
         )
+    if interrupted:
+        warnings.append(f"{len(interrupted)} run(s) interrupted (their process ended)")
     if waiting:
         warnings.append(f"{waiting} digest(s) waiting to be sent ({pending_reason(engine)})")
     return {
@@ -95,9 +111,9 @@ def collect_status(settings: Settings, engine: Engine, now: datetime) -> dict[st
                 "period": str(run.period) if run.period else None,
                 "started_at": _iso(run.started_at),
                 "finished_at": _iso(run.finished_at),
-                "status": run.status,
+                "status": "interrupted" if run.id in interrupted else run.status,
                 "figures": json.loads(run.figures),
-                "error": run.error,
+                "error": INTERRUPTED if run.id in interrupted else run.error,
             }
             for run in runs
         ],

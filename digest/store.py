@@ -94,6 +94,28 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         raise StoreError(f"database error: {exc.orig}") from None
 
 
+@contextmanager
+def transaction_if_free(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that fails at once with a ``StoreError`` when another connection
+    is writing, instead of waiting: for a reader (``status``) with a small write in passing."""
+    if engine.dialect.name != "sqlite":
+        with transaction(engine) as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        conn.execution_options(digest_reading=True)  # plain BEGIN: the lock is tried on write
+        conn.exec_driver_sql("PRAGMA busy_timeout=0")
+        conn.commit()
+        try:
+            with conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"database error: {exc.orig}") from None
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.commit()
+
+
 def db_time(moment: datetime) -> datetime:
     """The form times are stored and compared in: aware UTC."""
     if moment.tzinfo is None:

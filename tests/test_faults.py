@@ -9,6 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,9 +24,12 @@ import digest.cli
 import digest.ingest
 import digest.transports
 from digest.deliver import MAX_ATTEMPTS
+from digest.settings import load_settings
+from digest.status import collect_status
+from digest.store import open_store
 from tests.conftest import DUMP_A, DUMP_B
 from tests.smtp_server import DROP, free_port, start_server
-from tests.test_service import PEOPLE, SENT_TO, Result, Site
+from tests.test_service import PEOPLE, SENT_TO, Result, Site, wait_until
 
 
 def one_error_line(result: Result) -> str:
@@ -258,3 +267,75 @@ def test_an_address_the_server_cannot_take_is_set_aside_and_the_run_goes_on(site
         s["email"]: s["status"] for s in site.cli("subscribers", "--json").json()["subscribers"]
     }
     assert listed["üser@example.org"] == "active"  # not bounced: the server never refused it
+
+
+# --- a run killed with -9 -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("next_step", ["status", "run"])
+def test_a_run_killed_with_9_shows_as_interrupted_and_the_next_run_sends_the_rest(
+    site: Site, next_step: str
+) -> None:
+    site.subscribe(PEOPLE)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    handler = site.server.handler
+    handler.data_gate = threading.Event()
+    killed = site.spawn("run", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: handler.data_commands >= 1, "the run to start sending")
+        assert site.cli("status", "--json").json()["runs"][0]["status"] == "running"
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=10)
+    finally:
+        handler.data_gate.set()
+        if killed.poll() is None:
+            killed.kill()
+    time.sleep(0.5)  # the server finishes (or drops) what was in flight when the run died
+    in_flight = {rcpt for rcpt, _ in site.received()}
+
+    if next_step == "status":
+        status = site.cli("status", "--json")
+        assert status.code == 0, status.err
+        data = status.json()
+        assert data["running"] is None
+        assert data["runs"][0]["status"] == "interrupted"
+        assert store_rows(site, "SELECT status FROM run") == [("interrupted",)]
+    result = site.cli("run", "--json")
+
+    assert result.code == 0, result.err
+    runs = site.cli("status", "--json").json()["runs"]
+    assert [r["status"] for r in runs] == ["ok", "interrupted"]
+    received = site.received()
+    counts = Counter(rcpt for rcpt, _ in received)
+    assert sorted(counts) == SENT_TO
+    # the documented crash window: a message the server took before the kill may come again,
+    # under the same Message-ID
+    assert {a for a, n in counts.items() if n > 1} <= in_flight
+    ids = {row.email: row.message_id for row in site.digests()}
+    assert all(str(m["Message-ID"]) == ids[rcpt] for rcpt, m in received)
+    assert {row.status for row in site.digests() if row.email in SENT_TO} == {"sent"}
+
+
+def test_status_never_waits_on_a_writer_to_mark_a_dead_run(site: Site) -> None:
+    settings = load_settings()
+    engine = open_store(settings.database_url)
+    db = site.data / "digest.db"
+    with sqlite3.connect(db) as raw:
+        raw.execute(
+            "INSERT INTO run (kind, started_at, status)"
+            " VALUES ('run', '2026-01-01 07:00:00', 'running')"
+        )
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # a long ingest holding the write lock
+        started = time.monotonic()
+        data = collect_status(settings, engine, datetime.now(UTC))
+        assert time.monotonic() - started < 5
+        assert data["runs"][0]["status"] == "interrupted"  # shown, not yet written
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        engine.dispose()
+    assert store_rows(site, "SELECT status FROM run") == [("running",)]
+    assert site.cli("status", "--json").json()["runs"][0]["status"] == "interrupted"
+    assert store_rows(site, "SELECT status FROM run") == [("interrupted",)]
