@@ -339,3 +339,48 @@ def test_status_never_waits_on_a_writer_to_mark_a_dead_run(site: Site) -> None:
     assert store_rows(site, "SELECT status FROM run") == [("running",)]
     assert site.cli("status", "--json").json()["runs"][0]["status"] == "interrupted"
     assert store_rows(site, "SELECT status FROM run") == [("interrupted",)]
+
+
+# --- feeds written by several processes, under serve -----------------------------------------
+
+
+def test_serve_writes_many_feeds_in_worker_processes(site: Site) -> None:
+    from digest.publish import PARALLEL_FROM
+
+    readers = PARALLEL_FROM // 2  # two feeds each: enough for the feeds to go to processes
+    assert site.cli("status").code == 0  # makes the store
+    with sqlite3.connect(site.data / "digest.db") as raw:
+        # interests that match nothing: no mail to wait for, yet every reader gets private feeds
+        raw.executemany(
+            "INSERT INTO subscriber (email, interests, token_salt, created_at)"
+            " VALUES (?, '[\"lattice chromodynamics\"]', ?, '2026-01-01 00:00:00')",
+            [(f"reader{n}@example.org", f"salt{n}") for n in range(readers)],
+        )
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    # Midnight has always passed and no run has happened: serve catches up at start.
+    site.env.update(DIGEST_SCHEDULE="0 0 * * *", DIGEST_POLL_MINUTES="60")
+    log_file = site.root / "serve.log"
+    with log_file.open("w") as log:
+        serving = site.spawn("serve", stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(
+                lambda: (
+                    store_rows(site, "SELECT count(*) FROM run WHERE status != 'running'") == [(1,)]
+                ),
+                "the catch-up run to finish",
+                timeout=120,
+            )
+            serving.send_signal(signal.SIGTERM)
+            code = serving.wait(timeout=30)
+        finally:
+            if serving.poll() is None:
+                serving.kill()
+                serving.wait()
+    logs = log_file.read_text()
+    assert code == 0, logs
+    assert "Traceback" not in logs and "worker died" not in logs
+    (run,) = site.cli("status", "--json").json()["runs"]
+    assert run["status"] == "ok", run["error"]
+    assert run["figures"]["feeds"]["written"] == 2 * (readers + 1)
+    assert run["figures"]["digests"]["skipped"] == readers
+    assert len(list((site.data / "feeds" / "private").glob("*.atom"))) == readers
