@@ -384,3 +384,37 @@ def test_serve_writes_many_feeds_in_worker_processes(site: Site) -> None:
     assert run["figures"]["feeds"]["written"] == 2 * (readers + 1)
     assert run["figures"]["digests"]["skipped"] == readers
     assert len(list((site.data / "feeds" / "private").glob("*.atom"))) == readers
+
+
+# --- a source that drips --------------------------------------------------------------------
+
+
+def test_a_dripping_source_does_not_hold_the_run_past_its_deadline(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.test_fetch import Reply, Server
+
+    http = Server()
+    http.thread.start()
+    try:
+        http.route("/daily.json", Reply(body=b"[" + b" " * 10_000 + b"]", drip=0.05))
+        monkeypatch.setenv("DIGEST_SOURCES", http.url("/daily.json"))
+        monkeypatch.setenv("DIGEST_FETCH_TIMEOUT", "2")
+        site.subscribe(PEOPLE)
+        site.drop_in_inbox(DUMP_B, "daily.txt")
+        started = time.monotonic()
+        result = site.cli("run", "--json")
+        took = time.monotonic() - started
+    finally:
+        http.httpd.shutdown()
+        http.httpd.server_close()
+
+    assert result.code == 0, result.err  # a source that failed is reported, not a failed run
+    assert 2 <= took < 8, took
+    report = result.json()
+    assert report["sources"] == {http.url("/daily.json"): "error"}
+    assert report["digests"]["sent"] == len(SENT_TO) == len(site.received())
+    inbox = site.data / "inbox"
+    assert [p.name for p in inbox.iterdir() if p.is_file()] == []  # no .part file left
+    (source,) = site.cli("status", "--json").json()["sources"]
+    assert source["error"] == "timed out after 2s"
