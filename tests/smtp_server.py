@@ -20,6 +20,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 DROP = "drop"  # a scripted reply meaning: close the connection instead of answering
+ACCEPT = "accept"  # a scripted reply meaning: take the message as usual
 GATE_TIMEOUT = 20.0  # a closed gate opens by itself after this, so a failing test cannot hang
 
 
@@ -44,6 +45,7 @@ class ScriptedHandler:
     data_commands: int = 0
     data_delay: float = 0.0  # seconds each DATA reply waits
     data_gate: threading.Event | None = None  # when set to a cleared event, DATA waits for it
+    keep_bodies: bool = True  # False: keep only the headers of what is received (long runs)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_MAIL(
@@ -74,13 +76,15 @@ class ScriptedHandler:
             await asyncio.to_thread(self.data_gate.wait, GATE_TIMEOUT)
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
-        if self.data_replies:
-            reply = self.data_replies.pop(0)
-            if reply == DROP:
-                assert server.transport is not None
-                server.transport.close()
+        reply = self.data_replies.pop(0) if self.data_replies else ACCEPT
+        if reply == DROP:
+            assert server.transport is not None
+            server.transport.close()
+        if reply != ACCEPT:
             return reply
         data = envelope.original_content or b""
+        if not self.keep_bodies:
+            data = data.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
         with self.lock:
             self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data))
         return "250 2.0.0 queued"
