@@ -225,13 +225,13 @@ def run_cycle(
             key = settings.signing_key()
             with transaction(engine) as conn:
                 conn.execute(sa.select(1))  # the write lock first: no ingest commits under us
-                cutoff = clock()
+                composed_at = clock()  # "new" goes by ingest sequence, not by this
                 plans = plan_digests(conn, period=period)
                 report.composed = record_plans(
                     conn,
                     plans,
                     period=period,
-                    now=cutoff,
+                    now=composed_at,
                     key=key,
                     mail_from=settings.mail_from,
                     run_id=run_id,
