@@ -39,7 +39,7 @@ from digest.ingest import Clock, ingest_file, ingest_inbox
 from digest.models import Subscriber
 from digest.publish import publish_feeds
 from digest.settings import load_settings
-from digest.store import index_papers, open_store, transaction
+from digest.store import index_papers, ingest_sequence, open_store, transaction
 
 
 class CountingTransport:
@@ -102,6 +102,7 @@ def main() -> None:
 
     profiles = subscribers(rng, interest_pool(rng, real), args.subscribers)
     with transaction(engine) as conn:
+        joined_upto = ingest_sequence(conn)  # they joined after the back-fill
         conn.execute(
             sa.insert(Subscriber),
             [
@@ -110,6 +111,7 @@ def main() -> None:
                     "interests": json.dumps(list(p.interests)),
                     "token_salt": secrets.token_hex(16),
                     "created_at": joined,
+                    "seen_upto": joined_upto,
                     "status": "active",
                 }
                 for p in profiles
@@ -130,7 +132,7 @@ def main() -> None:
     dumps = ingest_inbox(engine, settings.inbox, clock=clock)
     t = timed("ingest the daily dump (with search index)", t)
     with engine.begin() as conn:
-        plans = plan_digests(conn, period=period, now=clock())
+        plans = plan_digests(conn, period=period)
         t = timed("rank every subscriber (plan)", t)
         counts = record_plans(
             conn, plans, period=period, now=clock(), key=settings.signing_key(),

@@ -452,16 +452,19 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     else:
         for line in run_lines(report, settings):
             ctx.say(line)
-    # A bounce concerns one address and is no failed run; these are (one line on stderr, exit 1)
+    # A bounce or an address set aside concerns one subscriber and is no failed run; these
+    # are (one line on stderr, exit 1)
     problems = []
     failed_dumps = sum(1 for d in report.dumps if d.status == "failed")
     if failed_dumps:
         problems.append(f"{failed_dumps} dump(s) failed")
-    failed = report.delivered.failed - len(report.delivered.bounced)
+    delivered = report.delivered
+    failed = delivered.failed - len(delivered.bounced) - len(delivered.set_aside)
     if failed:
         problems.append(f"{failed} digest(s) failed for good")
-    if report.delivered.gave_up:
-        problems.append(f"sending stopped: {report.delivered.gave_up}")
+    if delivered.gave_up:
+        pending = report.figures()["digests"]["pending"]
+        problems.append(f"sending stopped: {delivered.gave_up}; {pending} digest(s) still pending")
     if problems:
         ctx.stderr.write(f"digest: {'; '.join(problems)}; see digest status\n")
         return 1

@@ -27,7 +27,7 @@ from sqlmodel import Session, col, select
 
 from digest.models import Digest, DigestItem, Paper, Subscriber
 from digest.ranking import CorpusStats, InterestHit, PaperText, Profile, Ranked, rank_profiles
-from digest.store import db_time
+from digest.store import db_time, ingest_sequence
 from digest.subscribers import interests_of
 
 STATS_SAMPLE = 20_000  # papers whose term frequencies stand for a larger store
@@ -68,10 +68,12 @@ def store_stats(conn: Connection, sample: int = STATS_SAMPLE) -> CorpusStats:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one subscriber gets this period (possibly nothing)."""
+    """What one subscriber gets this period (possibly nothing), from the papers of ingests
+    numbered up to ``upto``."""
 
     subscriber: Subscriber
     ranked: Sequence[Ranked]
+    upto: int = 0
 
 
 def due(subscriber: Subscriber, period: date) -> bool:
@@ -83,10 +85,13 @@ def plan_digests(
     conn: Connection,
     *,
     period: date,
-    now: datetime,
     subscribers: Sequence[Subscriber] | None = None,
 ) -> list[Plan]:
-    """Rank the new papers for every active subscriber still owed a digest for ``period``."""
+    """Rank the new papers for every active subscriber still owed a digest for ``period``.
+
+    "New" is by ingest sequence, never by the clock: the papers of the ingests after the
+    subscriber's ``seen_upto`` and up to the newest committed one.
+    """
     if subscribers is None:
         done = sa.select(col(Digest.subscriber_id)).where(col(Digest.period) == period)
         with Session(bind=conn) as session:
@@ -102,8 +107,8 @@ def plan_digests(
     subscribers = [s for s in subscribers if due(s, period)]
     if not subscribers:
         return []
-    now = db_time(now)
-    cutoffs = {s.id: s.last_digest_at or s.created_at for s in subscribers}
+    upto = ingest_sequence(conn)
+    cutoffs = {s.id: s.seen_upto for s in subscribers}
     earliest = min(cutoffs.values())
     rows = conn.execute(
         sa.select(
@@ -111,13 +116,13 @@ def plan_digests(
             col(Paper.title),
             col(Paper.abstract),
             col(Paper.times_seen),
-            col(Paper.first_seen),
+            col(Paper.seq),
         )
-        .where(col(Paper.first_seen) > earliest, col(Paper.first_seen) <= now)
+        .where(col(Paper.seq) > earliest, col(Paper.seq) <= upto)
         .order_by(col(Paper.id))
     ).all()
     if not rows:
-        return [Plan(s, ()) for s in subscribers]
+        return [Plan(s, (), upto) for s in subscribers]
     already: dict[int, set[int]] = {}
     for sub_id, paper_id in conn.execute(
         sa.select(col(DigestItem.subscriber_id), col(DigestItem.paper_id)).where(
@@ -126,14 +131,14 @@ def plan_digests(
     ).all():
         if sub_id in cutoffs:
             already.setdefault(sub_id, set()).add(paper_id)
-    by_time = sorted((r.first_seen, r.id) for r in rows)
-    times = [seen for seen, _ in by_time]
-    newer_than: dict[datetime, frozenset[int]] = {}  # subscribers share cutoffs (the last run)
+    by_seq = sorted((r.seq, r.id) for r in rows)
+    seqs = [seq for seq, _ in by_seq]
+    newer_than: dict[int, frozenset[int]] = {}  # subscribers share cutoffs (the last run)
 
-    def candidates_after(cutoff: datetime) -> frozenset[int]:
+    def candidates_after(cutoff: int) -> frozenset[int]:
         fresh = newer_than.get(cutoff)
         if fresh is None:
-            fresh = frozenset(pid for _, pid in by_time[bisect_right(times, cutoff) :])
+            fresh = frozenset(pid for _, pid in by_seq[bisect_right(seqs, cutoff) :])
             newer_than[cutoff] = fresh
         return fresh
 
@@ -166,7 +171,7 @@ def plan_digests(
     others = [profile(s) for s in subscribers if s.id not in shared_ids]
     if others:
         ranked.update(rank_profiles(others, papers, stats, candidates=candidates))
-    return [Plan(s, ranked.get(int(s.id or 0), [])) for s in subscribers]
+    return [Plan(s, ranked.get(int(s.id or 0), []), upto) for s in subscribers]
 
 
 def _distinct(words: Iterable[str]) -> list[str]:
@@ -253,8 +258,8 @@ def record_plans(
     conn.execute(
         sa.update(Subscriber)
         .where(col(Subscriber.id) == sa.bindparam("_id"))
-        .values(last_digest_at=now),
-        [{"_id": sub_id} for sub_id in statuses],
+        .values(last_digest_at=now, seen_upto=sa.bindparam("_upto")),
+        [{"_id": int(plan.subscriber.id or 0), "_upto": plan.upto} for plan in plans],
     )
     return counts
 
@@ -270,7 +275,7 @@ def compose(
 ) -> dict[str, int]:
     """Plan and record every digest owed for ``period`` in one transaction."""
     with engine.begin() as conn:
-        plans = plan_digests(conn, period=period, now=now)
+        plans = plan_digests(conn, period=period)
         return record_plans(
             conn, plans, period=period, now=now, key=key, mail_from=mail_from, run_id=run_id
         )

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -22,8 +22,16 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from digest.compose import message_id, period_of, plan_digests, record_plans
-from digest.deliver import Delivered, deliver, load_outbox, outbox_counts
+from digest.deliver import (
+    Delivered,
+    deliver,
+    load_outbox,
+    outbox_counts,
+    pending_reason,
+    record_transport,
+)
 from digest.emails import MessageBuilder, Sender
+from digest.errors import StoreError
 from digest.fetch import FetchResult, fetch_sources
 from digest.ingest import DumpResult, ingest_inbox
 from digest.links import Links
@@ -32,9 +40,9 @@ from digest.models import Run
 from digest.preview import ranked_views
 from digest.publish import publish_feeds
 from digest.settings import Settings
-from digest.store import db_time, index_papers, reading, transaction
+from digest.store import db_time, index_papers, reading, transaction, transaction_if_free
 from digest.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
-from digest.transports import Transport, open_transport
+from digest.transports import Transport, open_transport, transport_label
 
 log = logging.getLogger("digest.run")
 
@@ -55,6 +63,7 @@ class RunReport:
     outbox: dict[str, int] = field(default_factory=dict)
     feeds: dict[str, int] = field(default_factory=dict)
     previews: list[dict[str, Any]] = field(default_factory=list)
+    pending_reason: str | None = None  # why digests are still waiting, when some are
 
     def figures(self) -> dict[str, Any]:
         """The run's numbers (stored with the run and printed by ``--json``)."""
@@ -74,9 +83,14 @@ class RunReport:
                 "pending": self.outbox.get("pending", 0) + self.outbox.get("sending", 0),
             },
             "bounced": self.delivered.bounced,
+            "set_aside": [
+                {"email": address, "reason": reason} for address, reason in self.delivered.set_aside
+            ],
             "feeds": self.feeds,
             "stopped": self.delivered.stopped,
             "gave_up": self.delivered.gave_up,
+            "transport_error": self.delivered.transport_error,
+            "pending_reason": self.pending_reason,
         }
 
     def as_json(self) -> dict[str, Any]:
@@ -93,7 +107,35 @@ class RunReport:
         return data
 
 
+INTERRUPTED = "interrupted: its process ended without finishing the run"
+
+
+def interrupt_dead_runs(engine: Engine, run_ids: Sequence[int] | None = None) -> int:
+    """Mark runs still ``running`` whose process is gone (killed) as ``interrupted``.
+
+    Only for a caller that knows no run is going on: one holding the run lock (all such
+    runs, ``run_ids`` None), or ``status`` having seen the lock free after reading
+    ``run_ids`` (then the write never waits: it is skipped while someone else writes).
+    Returns how many were marked.
+    """
+    query = sa.update(Run).where(col(Run.status) == "running")
+    if run_ids is not None:
+        if not run_ids:
+            return 0
+        query = query.where(col(Run.id).in_(run_ids))
+    query = query.values(status="interrupted", error=INTERRUPTED)
+    if run_ids is None:
+        with transaction(engine) as conn:
+            return int(conn.execute(query).rowcount or 0)
+    try:
+        with transaction_if_free(engine) as conn:
+            return int(conn.execute(query).rowcount or 0)
+    except StoreError:
+        return 0  # busy: the next status or run marks them
+
+
 def _start_run(engine: Engine, period: date, now: datetime) -> int:
+    interrupt_dead_runs(engine)  # we hold the run lock: any run still "running" died
     with transaction(engine) as conn:
         return int(
             conn.execute(
@@ -183,13 +225,13 @@ def run_cycle(
             key = settings.signing_key()
             with transaction(engine) as conn:
                 conn.execute(sa.select(1))  # the write lock first: no ingest commits under us
-                cutoff = clock()  # the papers considered now are exactly those seen by then
-                plans = plan_digests(conn, period=period, now=cutoff)
+                composed_at = clock()  # "new" goes by ingest sequence, not by this
+                plans = plan_digests(conn, period=period)
                 report.composed = record_plans(
                     conn,
                     plans,
                     period=period,
-                    now=cutoff,
+                    now=composed_at,
                     key=key,
                     mail_from=settings.mail_from,
                     run_id=run_id,
@@ -206,6 +248,8 @@ def run_cycle(
                 settings, engine, links_of(settings), now=clock(), changed=report.delivered.sent_to
             )
             report.outbox = outbox_counts(engine)
+            if report.outbox["pending"] + report.outbox["sending"]:
+                report.pending_reason = _why_pending(report.delivered) or pending_reason(engine)
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise
@@ -213,6 +257,14 @@ def run_cycle(
             _finish_run(engine, run_id, report, clock(), error)
             log.info("run finished", extra={"error": error})
     return report
+
+
+def _why_pending(delivered: Delivered) -> str | None:
+    if delivered.gave_up:
+        return delivered.gave_up
+    if delivered.stopped:
+        return "the run was asked to stop before sending them"
+    return None
 
 
 async def send_outbox(
@@ -251,6 +303,7 @@ async def send_outbox(
     finally:
         if active is not None and transport is None:
             await active.close()
+    record_transport(engine, transport_label(settings.mail_transport), total, clock())
     return total
 
 
@@ -260,7 +313,7 @@ def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime)
     links = links_of(settings)
     builder = MessageBuilder(sender_of(settings))
     with reading(engine) as conn:
-        plans = plan_digests(conn, period=period, now=now)
+        plans = plan_digests(conn, period=period)
         for plan in plans:
             sub = plan.subscriber
             if not plan.ranked and not sub.send_empty:
@@ -349,12 +402,15 @@ def run_lines(report: RunReport, settings: Settings) -> list[str]:
                 f"  {preview['email']}: {preview['papers']} papers, {preview['bytes']:,} bytes"
             )
         return lines
+    why = f" ({report.pending_reason})" if digests["pending"] and report.pending_reason else ""
     lines.append(
         f"digests: {digests['sent']} sent, {digests['skipped']} skipped, {digests['failed']} failed,"
-        f" {digests['pending']} still pending"
+        f" {digests['pending']} still pending{why}"
     )
     for address in figures["bounced"]:
         lines.append(f"bounced: {address}")
+    for item in figures["set_aside"]:
+        lines.append(f"set aside: {item['email']}: {item['reason']}")
     if settings.mail_transport.startswith("file://"):
         lines.append(f"emails: {settings.mail_transport[len('file://') :]}")
     lines.append(

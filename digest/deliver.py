@@ -1,11 +1,16 @@
 """Deliver the outbox: send every pending digest once, recording each as it goes.
 
-Each digest is marked ``sending`` (attempt counted) before it is handed to the
-transport and ``sent`` right after, each in its own short transaction. A run
-killed between the two leaves it ``sending``; the next run sends it again
-under the same Message-ID, which is the one duplicate a receiver may see and
-can drop. A 5xx bounces the address; other failures stay pending for the next
-run until ``MAX_ATTEMPTS``.
+Each digest is marked ``sending`` before it is handed to the transport and
+``sent`` right after, each in its own short transaction. A run killed between
+the two leaves it ``sending``; the next run sends it again under the same
+Message-ID, which is the one duplicate a receiver may see and can drop.
+
+What a failure costs depends on whose it is. A 5xx bounces the address. A 4xx
+answer about the recipient costs the digest one of its ``MAX_ATTEMPTS``. A fault
+nobody is to blame for costs nothing: the transport failing (server down, login
+refused, disk full) ends the pass at once with everything still pending, and a
+dropped connection leaves the digest pending. An address the transport cannot
+carry sets that one digest aside (``failed``, with the reason) and the pass goes on.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from sqlmodel import col
 from digest.emails import DigestView, MessageBuilder, PaperView
 from digest.errors import DeliveryError
 from digest.links import Links
-from digest.models import Digest, DigestItem, Paper, Subscriber
+from digest.models import Digest, DigestItem, Paper, Subscriber, TransportState
 from digest.preview import paper_view
 from digest.store import db_time, reading, transaction
+from digest.transports import AddressError, TransportError
 
 log = logging.getLogger("digest.deliver")
 
@@ -53,12 +59,15 @@ class Delivered:
     """What a delivery pass did."""
 
     sent: int = 0
-    failed: int = 0
+    failed: int = 0  # bounced and set aside included
     deferred: int = 0
     bounced: list[str] = field(default_factory=list)
+    set_aside: list[tuple[str, str]] = field(default_factory=list)  # (address, why)
     sent_to: set[int] = field(default_factory=set)  # subscriber ids: their private feeds changed
     stopped: bool = False
     gave_up: str | None = None  # why the pass stopped early (the mail server is unreachable)
+    transport_error: str | None = None  # the transport's own failure, when that was the reason
+    last_error: str | None = None  # the last failure that left a digest pending
 
     def add(self, other: Delivered) -> None:
         """Fold the outcome of a later batch into this one."""
@@ -66,9 +75,12 @@ class Delivered:
         self.failed += other.failed
         self.deferred += other.deferred
         self.bounced.extend(other.bounced)
+        self.set_aside.extend(other.set_aside)
         self.sent_to |= other.sent_to
         self.stopped = self.stopped or other.stopped
         self.gave_up = self.gave_up or other.gave_up
+        self.transport_error = self.transport_error or other.transport_error
+        self.last_error = other.last_error or self.last_error
 
 
 def paper_views(conn: sa.Connection, digest_ids: Sequence[int]) -> dict[int, list[PaperView]]:
@@ -138,16 +150,23 @@ def load_outbox(
     return outgoing
 
 
-# Built once: these two run for every message, and building a statement costs more than running it.
-_SENDING = (
-    sa.update(Digest)
-    .where(col(Digest.id) == sa.bindparam("_id"))
-    .values(status="sending", attempts=col(Digest.attempts) + 1)
-)
+# Built once: these run for every message, and building a statement costs more than running it.
+# An attempt is counted when the server answered about the recipient: here, or in _failed.
+_SENDING = sa.update(Digest).where(col(Digest.id) == sa.bindparam("_id")).values(status="sending")
 _SENT = (
     sa.update(Digest)
     .where(col(Digest.id) == sa.bindparam("_id"))
-    .values(status="sent", sent_at=sa.bindparam("_at"), last_error=None)
+    .values(
+        status="sent",
+        sent_at=sa.bindparam("_at"),
+        last_error=None,
+        attempts=col(Digest.attempts) + 1,
+    )
+)
+_UNSENT = (  # back to pending at no cost: the failure was nobody's fault
+    sa.update(Digest)
+    .where(col(Digest.id) == sa.bindparam("_id"))
+    .values(status="pending", last_error=sa.bindparam("_error"))
 )
 
 
@@ -175,6 +194,11 @@ async def deliver(
 
     deferred_in_a_row = 0
 
+    def give_up(reason: str) -> None:
+        if not result.gave_up:
+            result.gave_up = reason
+            log.warning("delivery stopped", extra={"reason": reason})
+
     async def worker() -> None:
         nonlocal deferred_in_a_row
         while not queue.empty():
@@ -184,18 +208,31 @@ async def deliver(
             if result.gave_up:
                 return
             item = queue.get_nowait()
-            now = clock()
-            raw = builder.build(item.view, now)
+            try:
+                raw = builder.build(item.view, clock())
+            except (ValueError, UnicodeError) as exc:  # an address no message can carry
+                _set_aside(engine, item, str(exc), result)
+                continue
             _mark(engine, _SENDING, _id=item.digest_id)
             try:
                 await transport.send(sender_addr, item.email, raw, item.view.message_id)
+            except TransportError as exc:
+                reason = str(exc)
+                _mark(engine, _UNSENT, _id=item.digest_id, _error=reason[:500])
+                result.deferred += 1
+                result.transport_error = result.transport_error or reason
+                result.last_error = reason
+                give_up(reason)
+                continue
+            except AddressError as exc:
+                _set_aside(engine, item, str(exc), result)
+                continue
             except DeliveryError as exc:
                 _failed(engine, item, exc, result)
                 if not exc.permanent:
                     deferred_in_a_row += 1
-                    if deferred_in_a_row >= GIVE_UP_AFTER and not result.gave_up:
-                        result.gave_up = f"{deferred_in_a_row} temporary failures in a row ({exc})"
-                        log.warning("delivery stopped", extra={"reason": result.gave_up})
+                    if deferred_in_a_row >= GIVE_UP_AFTER:
+                        give_up(f"{deferred_in_a_row} temporary failures in a row ({exc})")
                 continue
             deferred_in_a_row = 0
             _mark(engine, _SENT, _id=item.digest_id, _at=db_time(clock()))
@@ -207,18 +244,34 @@ async def deliver(
     return result
 
 
+def _set_aside(engine: Engine, item: Outgoing, reason: str, result: Delivered) -> None:
+    """This digest cannot go to this address by this transport: record why and go on."""
+    with transaction(engine) as conn:
+        conn.execute(
+            sa.update(Digest)
+            .where(col(Digest.id) == item.digest_id)
+            .values(status="failed", last_error=reason[:500])
+        )
+    result.failed += 1
+    result.set_aside.append((item.email, reason))
+    log.warning("set aside", extra={"email": item.email, "error": reason})
+
+
 def _failed(engine: Engine, item: Outgoing, exc: DeliveryError, result: Delivered) -> None:
-    """Record a failed send: a bounce ends mail to the address; anything else waits its turn."""
+    """Record a failed send: a bounce ends mail to the address; a 4xx about the recipient
+    costs an attempt; a dropped connection costs nothing. The last two wait their turn."""
     error = str(exc)[:500]
     with transaction(engine) as conn:
         attempts = conn.execute(
             sa.select(col(Digest.attempts)).where(col(Digest.id) == item.digest_id)
         ).scalar_one()
+        if exc.counts:
+            attempts += 1
         if exc.permanent:
             conn.execute(
                 sa.update(Digest)
                 .where(col(Digest.id) == item.digest_id)
-                .values(status="failed", last_error=error)
+                .values(status="failed", attempts=attempts, last_error=error)
             )
             conn.execute(
                 sa.update(Subscriber)
@@ -232,16 +285,17 @@ def _failed(engine: Engine, item: Outgoing, exc: DeliveryError, result: Delivere
             conn.execute(
                 sa.update(Digest)
                 .where(col(Digest.id) == item.digest_id)
-                .values(status="failed", last_error=error)
+                .values(status="failed", attempts=attempts, last_error=error)
             )
             result.failed += 1
         else:
             conn.execute(
                 sa.update(Digest)
                 .where(col(Digest.id) == item.digest_id)
-                .values(status="pending", last_error=error)
+                .values(status="pending", attempts=attempts, last_error=error)
             )
             result.deferred += 1
+            result.last_error = error
 
 
 def outbox_counts(engine: Engine) -> dict[str, int]:
@@ -253,3 +307,59 @@ def outbox_counts(engine: Engine) -> dict[str, int]:
     counts = dict.fromkeys(("pending", "sending", "sent", "skipped", "failed"), 0)
     counts.update({status: int(n) for status, n in rows})
     return counts
+
+
+def pending_reason(engine: Engine) -> str | None:
+    """Why digests are still waiting to be sent: the newest failure among them, or why they
+    were not tried; None when nothing waits."""
+    with reading(engine) as conn:
+        row = conn.execute(
+            sa.select(col(Digest.last_error), col(Subscriber.status))
+            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+            .where(col(Digest.status).in_(("pending", "sending")))
+            .order_by(col(Digest.last_error).is_(None), col(Digest.id).desc())
+            .limit(1)
+        ).first()
+        conn.rollback()
+    if row is None:
+        return None
+    if row.last_error:
+        return str(row.last_error)
+    if row.status != "active":
+        return f"the subscriber is {row.status}"
+    return "not tried yet"
+
+
+_TRANSPORT = TransportState.__table__  # type: ignore[attr-defined]
+
+
+def record_transport(engine: Engine, label: str, delivered: Delivered, now: datetime) -> None:
+    """Remember how the transport fared: the error that stopped sending and since when it
+    has been failing, or that it worked. A pass that tried nothing changes nothing."""
+    now = db_time(now)
+    if delivered.gave_up:
+        values: dict[str, Any] = {"last_error": delivered.gave_up[:500], "last_failure_at": now}
+    elif delivered.sent:
+        values = {"last_error": None, "failing_since": None, "last_ok_at": now}
+    else:
+        return
+    with transaction(engine) as conn:
+        since = conn.execute(
+            sa.select(_TRANSPORT.c.id, _TRANSPORT.c.failing_since).where(
+                _TRANSPORT.c.transport == label
+            )
+        ).first()
+        if delivered.gave_up:
+            values["failing_since"] = since.failing_since if since and since.failing_since else now
+        if since is None:
+            conn.execute(sa.insert(_TRANSPORT).values(transport=label, **values))
+        else:
+            conn.execute(sa.update(_TRANSPORT).where(_TRANSPORT.c.id == since.id).values(**values))
+
+
+def transport_state(engine: Engine, label: str) -> dict[str, Any] | None:
+    """What ``record_transport`` remembers of the transport ``label``."""
+    with reading(engine) as conn:
+        row = conn.execute(sa.select(_TRANSPORT).where(_TRANSPORT.c.transport == label)).first()
+        conn.rollback()
+    return None if row is None else dict(row._mapping)

@@ -72,7 +72,15 @@ class AlreadyRunning(DigestError):
 
 
 class DeliveryError(DigestError):
-    """A message could not be handed to the transport."""
+    """A message could not be handed to the transport.
+
+    ``permanent``: the server refused the recipient for good (the address bounces).
+    ``counts``: the failure is an answer about this recipient, so it costs the digest one
+    of its attempts; faults nobody is to blame for (the server is down, a dropped
+    connection, a full disk) cost nothing.
+    """
+
+    counts = True
 
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)

@@ -1,8 +1,11 @@
 """Fetching listing sources (URLs, ``file://`` URLs, local paths) into the inbox.
 
 Each source is fetched with a conditional GET (the ETag and Last-Modified of the
-last good answer), a timeout, retries with exponential back-off on 5xx, 429 and
-dropped connections, and a size cap enforced while streaming. A good body is
+last good answer), retries with exponential back-off on 5xx, 429 and dropped
+connections, and a size cap enforced while streaming. ``timeout`` is a total
+deadline for the source, attempts and back-off included: when it passes, the
+socket in use is shut down, so even a server dripping a byte a second cannot
+hold the run (and its lock) longer. A good body is
 written to a dot-named temporary file in the inbox and renamed into place, so
 ingest (which skips dotfiles) never reads half a file.
 
@@ -21,12 +24,15 @@ import importlib.metadata
 import logging
 import os
 import re
+import socket
 import ssl
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -130,6 +136,95 @@ class _Retry(Exception):
         self.nbytes = nbytes
 
 
+class _Deadline:
+    """A total time limit for one source: when it passes, every socket it watches is shut
+    down, which ends whatever read is blocked on it (a stalled or dripping server)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(0.0, self._at - time.monotonic())
+
+    def passed(self) -> bool:
+        return self.expired or self.remaining() <= 0
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def error(self) -> str:
+        return f"timed out after {self.seconds:g}s"
+
+
+def _shut(sock: socket.socket) -> None:
+    with suppress(OSError):  # already closed
+        # The plain socket's shutdown, also for TLS: a blocked read then sees end of file.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watching:
+    """Shared by the HTTP and HTTPS handlers below: the deadline of the source being fetched."""
+
+    def __init__(self) -> None:
+        self.deadline: _Deadline | None = None
+
+    def connection(self, http_class: Any) -> Callable[..., Any]:
+        """``http_class``, with each new socket handed to the current deadline."""
+
+        def make(*args: Any, **kwargs: Any) -> Any:
+            conn = http_class(*args, **kwargs)
+            connect = conn.connect
+
+            def watched_connect() -> None:
+                connect()
+                if self.deadline is not None:
+                    self.deadline.watch(conn.sock)
+
+            conn.connect = watched_connect
+            return conn
+
+        return make
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watching: _Watching) -> None:
+        super().__init__()
+        self._watching = watching
+
+    def do_open(self, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
+        return super().do_open(self._watching.connection(http_class), req, **http_conn_args)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watching: _Watching) -> None:
+        super().__init__()
+        self._watching = watching
+
+    def do_open(self, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
+        return super().do_open(self._watching.connection(http_class), req, **http_conn_args)
+
+
 def _utc(moment: datetime) -> datetime:
     """``moment`` as an aware UTC time (the store's datetime columns want aware); naive is UTC."""
     if moment.tzinfo is None:
@@ -230,7 +325,7 @@ def _attempt_http(
     state: dict[str, Any] | None,
     inbox: Path,
     *,
-    timeout: float,
+    deadline: _Deadline,
     max_bytes: int,
     opener: urllib.request.OpenerDirector,
     known: Callable[[str], bool],
@@ -241,9 +336,8 @@ def _attempt_http(
     if state and state.get("last_modified"):
         headers["If-Modified-Since"] = state["last_modified"]
     request = urllib.request.Request(url, headers=headers)
-    deadline = time.monotonic() + timeout
     try:
-        response = opener.open(request, timeout=timeout)
+        response = opener.open(request, timeout=max(0.001, deadline.remaining()))
     except urllib.error.HTTPError as exc:
         code, reason, retry_after = exc.code, exc.reason, exc.headers.get("Retry-After")
         etag = exc.headers.get("ETag")
@@ -255,11 +349,13 @@ def _attempt_http(
             raise _Retry(ERROR, message, code, _retry_after(retry_after)) from None
         return _Fetched(ERROR, error=message, http_status=code)
     except urllib.error.URLError as exc:
+        if deadline.passed():
+            raise _Retry(ERROR, deadline.error()) from None
         if isinstance(exc.reason, ssl.SSLCertVerificationError):
             return _Fetched(ERROR, error=_describe(exc))  # will not fix itself in a second
         raise _Retry(ERROR, _describe(exc)) from None
     except (OSError, http.client.HTTPException) as exc:
-        raise _Retry(ERROR, _describe(exc)) from None
+        raise _Retry(ERROR, deadline.error() if deadline.passed() else _describe(exc)) from None
 
     with response:
         code = response.status
@@ -281,11 +377,20 @@ def _attempt_http(
         try:
             while True:
                 try:
-                    chunk = response.read(CHUNK)
+                    # read1: what has arrived, so a slow drip is checked between small reads
+                    chunk = response.read1(CHUNK)
                 except http.client.IncompleteRead as exc:
-                    raise _Retry(TRUNCATED, _describe(exc), code, nbytes=spool.size) from None
-                except (OSError, http.client.HTTPException) as exc:
-                    raise _Retry(ERROR, _describe(exc), code, nbytes=spool.size) from None
+                    failure = (TRUNCATED, _describe(exc))
+                    if deadline.passed():
+                        failure = (ERROR, deadline.error())
+                    raise _Retry(*failure, code, nbytes=spool.size) from None
+                except (OSError, http.client.HTTPException, ValueError) as exc:
+                    # (ValueError: a read on the response after the deadline closed it)
+                    error = deadline.error() if deadline.passed() else _describe(exc)
+                    raise _Retry(ERROR, error, code, nbytes=spool.size) from None
+                if deadline.passed():
+                    # The deadline shuts the socket: what came last may be a false end.
+                    raise _Retry(ERROR, deadline.error(), code, nbytes=spool.size)
                 if not chunk:
                     break
                 spool.write(chunk)
@@ -296,9 +401,6 @@ def _attempt_http(
                         nbytes=spool.size,
                         http_status=code,
                     )
-                if time.monotonic() > deadline:
-                    # The socket timeout bounds each read; this bounds a slow drip as a whole.
-                    raise _Retry(ERROR, f"timed out after {timeout:g}s", code, nbytes=spool.size)
             if expected is not None and spool.size != expected:
                 # http.client returns a short body without complaint when the peer closes early.
                 raise _Retry(
@@ -328,7 +430,7 @@ def _fetch_http(
     state: dict[str, Any] | None,
     inbox: Path,
     *,
-    timeout: float,
+    deadline: _Deadline,
     max_bytes: int,
     retries: int,
     backoff: float,
@@ -344,14 +446,18 @@ def _fetch_http(
                 url,
                 state,
                 inbox,
-                timeout=timeout,
+                deadline=deadline,
                 max_bytes=max_bytes,
                 opener=opener,
                 known=known,
             )
             return replace(fetched, attempts=attempt)
         except _Retry as failure:
-            if attempt > retries:
+            delay = min(MAX_BACKOFF, backoff * 2 ** (attempt - 1))
+            if failure.retry_after is not None:
+                delay = min(MAX_BACKOFF, max(delay, failure.retry_after))
+            if attempt > retries or delay >= deadline.remaining():
+                # out of tries, or of time: a retry could not finish before the deadline
                 return _Fetched(
                     failure.status,
                     error=failure.error,
@@ -359,9 +465,6 @@ def _fetch_http(
                     attempts=attempt,
                     http_status=failure.http_status,
                 )
-            delay = min(MAX_BACKOFF, backoff * 2 ** (attempt - 1))
-            if failure.retry_after is not None:
-                delay = min(MAX_BACKOFF, max(delay, failure.retry_after))
             log.info(
                 "source failed, retrying",
                 extra={"source": url, "error": failure.error, "attempt": attempt, "delay": delay},
@@ -477,12 +580,19 @@ def fetch_sources(
     backoff: float = DEFAULT_BACKOFF,
     min_interval: timedelta = DEFAULT_MIN_INTERVAL,
     sleep: Callable[[float], None] = time.sleep,
-    opener: urllib.request.OpenerDirector | None = None,
+    proxies: dict[str, str] | None = None,
 ) -> list[FetchResult]:
-    """Fetch each source into ``inbox``, record each outcome in ``SourceState``, return them."""
+    """Fetch each source into ``inbox``, record each outcome in ``SourceState``, return them.
+
+    ``timeout`` is each source's total deadline; ``proxies`` as for urllib (None: the
+    environment's).
+    """
     sources = list(dict.fromkeys(urls))  # a source listed twice is fetched once
     stamp = _utc(now)
-    opener = opener or urllib.request.build_opener()
+    watching = _Watching()
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler(proxies), _HTTPHandler(watching), _HTTPSHandler(watching)
+    )
     states = _load_states(engine, sources)
     known = functools.partial(_ingested, engine)
     results: list[FetchResult] = []
@@ -503,18 +613,23 @@ def fetch_sources(
                     results.append(FetchResult(url, SKIPPED, attempts=0))
                     log.debug("source fetched recently, skipped", extra={"source": url})
                     continue
-                fetched = _fetch_http(
-                    url,
-                    state,
-                    inbox,
-                    timeout=timeout,
-                    max_bytes=max_bytes,
-                    retries=retries,
-                    backoff=backoff,
-                    sleep=sleep,
-                    opener=opener,
-                    known=known,
-                )
+                deadline = watching.deadline = _Deadline(timeout)
+                try:
+                    fetched = _fetch_http(
+                        url,
+                        state,
+                        inbox,
+                        deadline=deadline,
+                        max_bytes=max_bytes,
+                        retries=retries,
+                        backoff=backoff,
+                        sleep=sleep,
+                        opener=opener,
+                        known=known,
+                    )
+                finally:
+                    deadline.cancel()
+                    watching.deadline = None
         if fetched.error:
             fetched = replace(fetched, error=redact(fetched.error))
         _save_state(engine, url, state, fetched, stamp)

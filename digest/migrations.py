@@ -153,9 +153,60 @@ def _v2_search_index(conn: Connection) -> None:
         conn.exec_driver_sql(statement)
 
 
+def _v3_ingest_sequence(conn: Connection) -> None:
+    """Cut-offs by an ingest sequence instead of the wall clock, which may go backwards.
+
+    Every ingest takes the next number of ``ingest_sequence`` (a one-row counter, so ingests
+    take their numbers one at a time) and stamps it on the papers it adds as ``paper.seq``;
+    a subscriber's ``seen_upto`` is the number their last digest (or their joining) saw up to.
+    Existing papers are numbered in the order of ``first_seen`` and each subscriber's
+    ``seen_upto`` is the number of the newest paper first seen by their old time cut-off,
+    so every existing store chooses exactly the papers it chose before.
+    """
+    conn.execute(sa.text("ALTER TABLE paper ADD COLUMN seq INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(sa.text("ALTER TABLE subscriber ADD COLUMN seen_upto INTEGER NOT NULL DEFAULT 0"))
+    conn.execute(
+        sa.text(
+            "UPDATE paper SET seq = numbered.n FROM"
+            " (SELECT id, DENSE_RANK() OVER (ORDER BY first_seen) AS n FROM paper) AS numbered"
+            " WHERE numbered.id = paper.id"
+        )
+    )
+    conn.execute(sa.text("CREATE INDEX ix_paper_seq ON paper (seq)"))
+    conn.execute(
+        sa.text(
+            "UPDATE subscriber SET seen_upto = coalesce((SELECT p.seq FROM paper p"
+            " WHERE p.first_seen <= coalesce(subscriber.last_digest_at, subscriber.created_at)"
+            " ORDER BY p.first_seen DESC LIMIT 1), 0)"
+        )
+    )
+    conn.execute(sa.text("CREATE TABLE ingest_sequence (value INTEGER NOT NULL)"))
+    conn.execute(
+        sa.text("INSERT INTO ingest_sequence (value) SELECT coalesce(max(seq), 0) FROM paper")
+    )
+
+
+def _v4_transport_state(conn: Connection) -> None:
+    """How the mail transport last fared, so ``status`` can say what is wrong and since when."""
+    meta = sa.MetaData()
+    sa.Table(
+        "transportstate",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("transport", sa.String, nullable=False, unique=True),
+        sa.Column("last_error", sa.String),
+        sa.Column("failing_since", sa.DateTime(timezone=True)),
+        sa.Column("last_failure_at", sa.DateTime(timezone=True)),
+        sa.Column("last_ok_at", sa.DateTime(timezone=True)),
+    )
+    meta.create_all(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
+    _v3_ingest_sequence,
+    _v4_transport_state,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -27,6 +27,7 @@ class Paper(SQLModel, table=True):
     first_seen: datetime = Field(index=True)
     last_seen: datetime
     times_seen: int = 1
+    seq: int = Field(default=0, index=True)  # the ingest that first saw it (ingest_sequence)
 
 
 class Dump(SQLModel, table=True):
@@ -60,6 +61,7 @@ class Subscriber(SQLModel, table=True):
     token_salt: str
     created_at: datetime
     last_digest_at: datetime | None = None
+    seen_upto: int = 0  # the ingest sequence number their last digest (or joining) saw up to
 
 
 class Digest(SQLModel, table=True):
@@ -105,6 +107,17 @@ class Run(SQLModel, table=True):
     status: str = "running"
     figures: str = "{}"
     error: str | None = None
+
+
+class TransportState(SQLModel, table=True):
+    """How a mail transport last fared: its last error, and since when it has been failing."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    transport: str = Field(unique=True)  # as ``transport_label`` names it: no credentials
+    last_error: str | None = None
+    failing_since: datetime | None = None
+    last_failure_at: datetime | None = None
+    last_ok_at: datetime | None = None
 
 
 class SourceState(SQLModel, table=True):

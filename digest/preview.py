@@ -103,9 +103,7 @@ def preview_ranked(
             min_score=subscriber.min_score,
         )
         return rank_for(profile, _newest(conn, WHOLE_STORE_LIMIT), store_stats(conn))
-    (plan,) = plan_digests(conn, period=period, now=now, subscribers=[subscriber]) or [
-        Plan(subscriber, ())
-    ]
+    (plan,) = plan_digests(conn, period=period, subscribers=[subscriber]) or [Plan(subscriber, ())]
     return list(plan.ranked)
 
 

@@ -2,7 +2,9 @@
 
 Two jobs share one worker thread, so a poll (fetch sources, ingest) and a
 digest run never overlap inside the process; the run lock keeps them apart from
-cron or a manual ``digest run``. Both jobs are ``coalesce=True`` and
+cron or a manual ``digest run``. Under ``serve`` that thread is the main thread
+(:class:`MainThreadExecutor`): a run forks worker processes (feeds, ranking), and
+a process forked from another thread dies on exit on Python 3.11. Both jobs are ``coalesce=True`` and
 ``max_instances=1``: however many fires were missed, one run makes up for them,
 and a fire while the same job is still going is dropped, not queued.
 
@@ -27,6 +29,7 @@ half-recorded), lets the job in flight finish, then returns 0.
 from __future__ import annotations
 
 import logging
+import queue
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -35,6 +38,7 @@ from types import FrameType
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
+from apscheduler.executors.base import BaseExecutor, run_job  # type: ignore[import-untyped]
 from apscheduler.executors.pool import ThreadPoolExecutor  # type: ignore[import-untyped]
 from apscheduler.schedulers.background import BackgroundScheduler  # type: ignore[import-untyped]
 from apscheduler.schedulers.base import BaseScheduler  # type: ignore[import-untyped]
@@ -139,6 +143,29 @@ def needs_catch_up(
     return first is not None and first <= local
 
 
+class MainThreadExecutor(BaseExecutor):  # type: ignore[misc]
+    """Runs the scheduler's jobs on the thread that calls :meth:`run_next`, one at a time, in
+    the order they fell due; jobs still waiting at shutdown are dropped."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._due: queue.SimpleQueue[tuple[Any, list[datetime]]] = queue.SimpleQueue()
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        self._due.put((job, run_times))
+
+    def run_next(self, timeout: float) -> bool:
+        """Run the next job that fell due, waiting up to ``timeout`` seconds for one."""
+        try:
+            job, run_times = self._due.get(timeout=timeout)
+        except queue.Empty:
+            return False
+        # run_job records a job's exception as an event, as the pool executors do
+        events = run_job(job, job._jobstore_alias, run_times, self._logger.name)
+        self._run_job_success(job.id, events)
+        return True
+
+
 def _guarded(kind: str, job: Callable[[], object]) -> Callable[[], None]:
     """``job`` with its outcome logged; a failure must not take the scheduler down."""
 
@@ -170,17 +197,19 @@ def build_scheduler(
     digest_trigger: BaseTrigger | None = None,
     poll_trigger: BaseTrigger | None = None,
     now: datetime | None = None,
+    executor: BaseExecutor | None = None,
 ) -> BaseScheduler:
     """A scheduler with the digest job on the cron ``schedule`` and the poll every few minutes.
 
     ``catch_up`` runs the digest once right after start; the triggers can be replaced in tests.
+    ``executor`` runs the jobs (default: one worker thread).
     """
     zone = _zone(timezone)
     trigger = digest_trigger or crontab_trigger(schedule, zone)
     every = poll_trigger or IntervalTrigger(minutes=poll_minutes, timezone=zone)
     # One worker: a poll and a digest run queue behind each other instead of racing for the lock.
     options: dict[str, Any] = {
-        "executors": {"default": ThreadPoolExecutor(max_workers=1)},
+        "executors": {"default": executor or ThreadPoolExecutor(max_workers=1)},
         "job_defaults": {"coalesce": True, "max_instances": 1},
         "timezone": zone,
     }
@@ -235,6 +264,7 @@ def serve(
     zone = _zone(timezone)
     started_at = now() if now else datetime.now(zone)
     catch_up = last_period is not None and needs_catch_up(last_period(), started_at, zone, schedule)
+    jobs = MainThreadExecutor()
     scheduler = build_scheduler(
         schedule=schedule,
         timezone=timezone,
@@ -242,6 +272,7 @@ def serve(
         run_job=run_job,
         poll_job=poll_job,
         catch_up=catch_up,
+        executor=jobs,
     )
     received: list[str] = []
     previous: dict[int, Any] = {}
@@ -274,9 +305,10 @@ def serve(
                 "catch_up": catch_up,
             },
         )
-        # A timed wait keeps the main thread responsive to signals on every platform.
-        while not stop.wait(0.5):
-            pass
+        # The jobs run here, on the main thread; a timed wait between them keeps it
+        # responsive to signals on every platform.
+        while not stop.is_set():
+            jobs.run_next(timeout=0.5)
     finally:
         stop.set()
         reason = received[0] if received else "stop requested"

@@ -10,13 +10,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from digest.deliver import outbox_counts
+from digest.cycle import INTERRUPTED, interrupt_dead_runs
+from digest.deliver import outbox_counts, pending_reason, transport_state
 from digest.models import Digest, Dump, Paper, Run, SourceState, Subscriber
-from digest.runlock import lock_holder
+from digest.runlock import lock_holder, uses_advisory_lock
 from digest.scheduler import crontab_trigger
 from digest.settings import Settings, link_warnings
 from digest.store import reading
 from digest.subscribers import count_by_status
+from digest.transports import transport_label
 
 RECENT_RUNS = 5
 BOUNCE_WINDOW = timedelta(days=7)
@@ -43,6 +45,14 @@ def collect_status(
             .where(col(Paper.first_seen) >= now - timedelta(days=1))
         ).scalar_one()
         runs = conn.execute(sa.select(Run).order_by(col(Run.id).desc()).limit(RECENT_RUNS)).all()
+        # read before looking at the lock: a run starting after this is not among them
+        unfinished = [
+            run_id
+            for run_id in conn.execute(
+                sa.select(col(Run.id)).where(col(Run.status) == "running")
+            ).scalars()
+            if run_id is not None
+        ]
         dumps = conn.execute(
             sa.select(
                 col(Dump.name),
@@ -68,6 +78,13 @@ def collect_status(
     trigger = crontab_trigger(settings.schedule, settings.tz)
     next_run = trigger.get_next_fire_time(None, local)
     holder = lock_holder(settings)
+    interrupted: set[int] = set()
+    if holder is None and unfinished and not uses_advisory_lock(settings.database_url):
+        # Nobody holds the lock, yet these say "running": their process died (kill -9).
+        interrupted = set(unfinished)
+        interrupt_dead_runs(engine, unfinished)
+    mail = transport_state(engine, transport_label(settings.mail_transport))
+    waiting = outbox["pending"] + outbox["sending"]
     warnings = link_warnings(settings)
     if local.weekday() < 5 and new_today == 0 and papers:
         warnings.append("no new papers in the last 24 hours on a weekday")
@@ -80,8 +97,14 @@ def collect_status(
             warnings.append(
                 f"source {source.url}: {source.last_status} ({source.last_error or 'no detail'})"
             )
-    if outbox["pending"] + outbox["sending"]:
-        warnings.append(f"{outbox['pending'] + outbox['sending']} digest(s) waiting to be sent")
+    if mail and mail["last_error"]:
+        warnings.append(
+            f"mail transport failing since {_iso(mail['failing_since'])}: {mail['last_error']}"
+        )
+    if interrupted:
+        warnings.append(f"{len(interrupted)} run(s) interrupted (their process ended)")
+    if waiting:
+        warnings.append(f"{waiting} digest(s) waiting to be sent ({pending_reason(engine)})")
     return {
         "papers": {"total": papers, "new_last_24h": new_today, "newest_first_seen": _iso(newest)},
         "subscribers": subscribers,
@@ -93,9 +116,9 @@ def collect_status(
                 "period": str(run.period) if run.period else None,
                 "started_at": _iso(run.started_at),
                 "finished_at": _iso(run.finished_at),
-                "status": run.status,
+                "status": "interrupted" if run.id in interrupted else run.status,
                 "figures": json.loads(run.figures),
-                "error": run.error,
+                "error": INTERRUPTED if run.id in interrupted else run.error,
             }
             for run in runs
         ],
@@ -126,6 +149,15 @@ def collect_status(
         },
         "running": None if holder is None else holder.to_json(),
         "store_exists": store_exists,
+        "transport": None
+        if mail is None
+        else {
+            "transport": mail["transport"],
+            "last_error": mail["last_error"],
+            "failing_since": _iso(mail["failing_since"]),
+            "last_failure_at": _iso(mail["last_failure_at"]),
+            "last_ok_at": _iso(mail["last_ok_at"]),
+        },
         "warnings": warnings,
     }
 
@@ -152,6 +184,14 @@ def status_lines(data: dict[str, Any]) -> list[str]:
         )
     for source in data["sources"]:
         lines.append(f"source {source['url']}: {source['status']} at {source['last_fetch_at']}")
+    mail = data["transport"]
+    if mail and mail["last_error"]:
+        lines.append(
+            f"mail {mail['transport']}: failing since {mail['failing_since']}"
+            f" (last {mail['last_failure_at']}): {mail['last_error']}"
+        )
+    elif mail:
+        lines.append(f"mail {mail['transport']}: ok at {mail['last_ok_at']}")
     for warning in data["warnings"]:
         lines.append(f"warning: {warning}")
     if not data.get("store_exists", True):

@@ -171,6 +171,28 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         raise StoreError(f"database error: {exc.orig}") from None
 
 
+@contextmanager
+def transaction_if_free(engine: Engine) -> Iterator[Connection]:
+    """A write transaction that fails at once with a ``StoreError`` when another connection
+    is writing, instead of waiting: for a reader (``status``) with a small write in passing."""
+    if engine.dialect.name != "sqlite":
+        with transaction(engine) as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        conn.execution_options(digest_reading=True)  # plain BEGIN: the lock is tried on write
+        conn.exec_driver_sql("PRAGMA busy_timeout=0")
+        conn.commit()
+        try:
+            with conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"database error: {exc.orig}") from None
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            conn.commit()
+
+
 def db_time(moment: datetime) -> datetime:
     """The form times are stored and compared in: aware UTC."""
     if moment.tzinfo is None:
@@ -251,14 +273,35 @@ def _merge(old_title: str, old_abstract: str, entry: Entry) -> tuple[str, str]:
     return best[2], best[1]
 
 
+_SEQUENCE = sa.table("ingest_sequence", sa.column("value", sa.Integer))
+
+
+def ingest_sequence(conn: Connection) -> int:
+    """The number of the newest committed ingest: papers numbered up to it are all in."""
+    return int(conn.execute(sa.select(_SEQUENCE.c.value)).scalar_one())
+
+
+def next_ingest_sequence(conn: Connection) -> int:
+    """Take the next ingest number for this transaction.
+
+    The counter row stays locked until the transaction ends, so ingests number their papers
+    one after another and a number another transaction can read is never handed out again:
+    a digest's cut-off (``ingest_sequence``) never passes a paper still being written.
+    """
+    conn.execute(sa.update(_SEQUENCE).values(value=_SEQUENCE.c.value + 1))
+    return ingest_sequence(conn)
+
+
 def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) -> DiffCounts:
     """Record entries as seen at ``now``: insert the new, bump the known; return the counts.
 
     ``now`` must be unique to this call: a paper whose ``last_seen`` already equals it was
-    met earlier in the same dump and is not counted twice.
+    met earlier in the same dump and is not counted twice. New papers get the next ingest
+    sequence number, which digests use as their "new since" cut-off (never the clock).
     """
     counts = DiffCounts()
     now = db_time(now)
+    seq = next_ingest_sequence(conn)
     # An entry with an arXiv id can only meet its paper under another key if the store has
     # papers known by title alone; a back-fill of the snapshot into a fresh store has none.
     title_only = _has_title_only_papers(conn)
@@ -296,6 +339,7 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
                         "first_seen": now,
                         "last_seen": now,
                         "times_seen": 1,
+                        "seq": seq,
                     }
                     inserts[key] = fresh
                     if entry.arxiv_id is None:
@@ -339,7 +383,7 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
 
 _INSERT_COLUMNS = (
     "key", "title_key", "arxiv_id", "title", "abstract", "authors", "url", "listing_date",
-    "first_seen", "last_seen", "times_seen",
+    "first_seen", "last_seen", "times_seen", "seq",
 )  # fmt: skip
 _RAW_INSERT = (
     f"INSERT INTO paper ({', '.join(_INSERT_COLUMNS)})"
@@ -372,7 +416,8 @@ def _insert_papers(conn: Connection, rows: list[dict[str, Any]]) -> None:
             days[listed] = day(listed) if day else listed
         tuples.append(
             (row["key"], row["title_key"], row["arxiv_id"], row["title"], row["abstract"],
-             row["authors"], row["url"], days[listed], times[seen], times[row["last_seen"]], 1)
+             row["authors"], row["url"], days[listed], times[seen], times[row["last_seen"]], 1,
+             row["seq"])
         )  # fmt: skip
     conn.exec_driver_sql(_RAW_INSERT, tuples)
 

@@ -31,7 +31,7 @@ from digest.errors import UsageError
 from digest.interests import InterestError, parse_interest
 from digest.models import Subscriber
 from digest.settings import SUBSCRIBER, convert
-from digest.store import db_time, reading
+from digest.store import db_time, ingest_sequence, reading
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced")
 SUPPRESSED = ("unsubscribed", "bounced")  # the address left: no mail until it comes back
@@ -198,7 +198,11 @@ def save_subscribers(
             row = rows[spec.email]
             if row is None:
                 row = rows[spec.email] = Subscriber(
-                    email=spec.email, token_salt=secrets.token_hex(16), created_at=db_time(now)
+                    email=spec.email,
+                    token_salt=secrets.token_hex(16),
+                    created_at=db_time(now),
+                    # their first digest holds the papers of ingests after this one
+                    seen_upto=ingest_sequence(session.connection()),
                 )
                 before: tuple[str | None, list[str]] = (None, [])
             else:

@@ -1,18 +1,25 @@
 """Sending built messages: to .eml files, over SMTP through a pool, or into a list for tests.
 
 Every transport has the same small surface (:class:`Transport`): ``send`` one
-message to one recipient, ``close``, and ``async with``. ``send`` raises
-:class:`DeliveryError` with ``permanent=True`` only when the server refused the
-recipient or the message for good (a 5xx to RCPT or DATA), so the caller may
-mark the address bounced. Everything else (4xx, dropped connections, a server
-that cannot be reached, a refused login) ends, after the retries, in
-``permanent=False``; failures that no recipient is to blame for are
-:class:`TransportError`, so a caller can stop the run instead of trying everyone.
+message to one recipient, ``close``, and ``async with``. ``send`` raises a
+:class:`DeliveryError` that says whose problem the failure is:
+
+* ``permanent=True``: the server refused the recipient or the message for good
+  (a 5xx to RCPT or DATA), so the caller may mark the address bounced;
+* a plain temporary ``DeliveryError``: a 4xx answer to this recipient's RCPT or
+  DATA, after the retries; the only kind that costs the digest an attempt;
+* :class:`ConnectionLost`: the connection broke (or the server closed it) before
+  an answer about the recipient;
+* :class:`AddressError`: this transport cannot carry the address at all;
+* :class:`TransportError`: the transport itself is unusable (no connection can
+  be made, the login or our sender is refused, the outbox folder cannot be
+  written): no recipient is at fault, so the caller stops instead of trying everyone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ipaddress
 import itertools
@@ -38,10 +45,45 @@ Backoff = Callable[[int], float]
 
 
 class TransportError(DeliveryError):
-    """The transport itself failed (cannot connect, login refused); no recipient is at fault."""
+    """The transport itself failed (cannot connect, login refused, disk full); nobody's fault."""
+
+    counts = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message, permanent=False)
+
+
+class ConnectionLost(DeliveryError):
+    """The connection broke before the server said anything about the recipient."""
+
+    counts = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
+
+
+class AddressError(DeliveryError):
+    """The transport cannot carry this address (it needs SMTPUTF8, or has no IDNA form)."""
+
+    counts = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, permanent=False)
+
+
+def envelope_address(address: str) -> tuple[str, bool]:
+    """The address as an SMTP envelope carries it: the domain in IDNA (ASCII), and whether
+    the local part still needs SMTPUTF8. Raises :class:`AddressError` for a domain IDNA
+    cannot encode."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        raise AddressError(f"not an email address: {address!r}")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise AddressError(f"{address}: the domain has no IDNA form ({exc})") from None
+    return f"{local}@{domain}", not local.isascii()
 
 
 class Transport(Protocol):
@@ -114,8 +156,12 @@ class FileTransport(_Closing):
             write_private(temp, message)  # its links carry the reader's unsubscribe token
             os.replace(temp, target)
         except OSError as exc:
-            temp.unlink(missing_ok=True)
-            raise DeliveryError(f"cannot write {target.name}: {exc.strerror or exc}") from None
+            with contextlib.suppress(OSError):
+                temp.unlink(missing_ok=True)
+            # A full disk or a folder we may not write is no recipient's fault.
+            raise TransportError(
+                f"cannot write to the outbox folder {self.directory}: {exc.strerror or exc}"
+            ) from None
 
 
 # --- a fake for tests -------------------------------------------------------------
@@ -231,14 +277,16 @@ def _is_loopback(host: str) -> bool:
 class _Retry(Exception):
     """An attempt failed in a way worth trying again.
 
-    ``stale``: a pooled connection turned out to be dead; ``connect``: no
-    connection could be made at all (the server, not the message, is the problem).
+    ``kind`` says whose problem it is: ``recipient`` (a 4xx to RCPT or DATA), ``lost``
+    (the connection broke, or the server said 421 or refused our sender for now) or
+    ``connect`` (no connection could be made at all). ``stale``: a pooled connection
+    turned out to be dead.
     """
 
-    def __init__(self, reason: str, *, stale: bool = False, connect: bool = False) -> None:
+    def __init__(self, reason: str, *, kind: str = "recipient", stale: bool = False) -> None:
         super().__init__(reason)
+        self.kind = kind
         self.stale = stale
-        self.connect = connect
 
 
 class SMTPTransport(_Closing):
@@ -297,25 +345,50 @@ class SMTPTransport(_Closing):
             timeout=self._timeout,
             local_hostname=self._local_hostname,
         )
-        where = f"{self.hostname}:{self.port}"
+        where = self.where
         try:
             await smtp.connect()
         except aiosmtplib.SMTPAuthenticationError as exc:
+            # A refused login is the operator's to fix; no retry will change it.
             raise TransportError(
-                f"SMTP login to {where} refused: {exc.code} {exc.message}"
+                f"mail server {where} refused the login: {exc.code} {exc.message}"
             ) from None
         except aiosmtplib.SMTPNotSupported as exc:
-            raise TransportError(f"SMTP server {where}: {exc}") from None
+            raise TransportError(f"mail server {where}: {exc}") from None
         except aiosmtplib.SMTPResponseException as exc:
             if exc.code >= 500:
                 raise TransportError(
-                    f"SMTP server {where} refused us: {exc.code} {exc.message}"
+                    f"mail server {where} refused us: {exc.code} {exc.message}"
                 ) from None
-            raise _Retry(f"{exc.code} {exc.message}", connect=True) from None
+            raise _Retry(
+                f"mail server {where} turned us away: {exc.code} {exc.message}", kind="connect"
+            ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _Retry(f"cannot connect to {where}: {exc}", connect=True) from None
+            raise _Retry(self._unreachable(exc), kind="connect") from None
         self.connections_opened += 1
         return smtp
+
+    @property
+    def where(self) -> str:
+        """``host:port`` of the server, for messages (never the credentials)."""
+        return f"{self.hostname}:{self.port}"
+
+    def _unreachable(self, exc: BaseException) -> str:
+        """Why no connection could be made, in an operator's words."""
+        where = self.where
+        causes = [exc]
+        while (cause := causes[-1].__cause__ or causes[-1].__context__) and len(causes) < 5:
+            causes.append(cause)
+        if any(isinstance(c, ConnectionRefusedError) for c in causes):
+            return f"mail server {where} refused the connection"
+        if any(isinstance(c, TimeoutError) for c in causes):
+            return f"mail server {where} did not answer within {self._timeout:g}s"
+        if any(isinstance(c, socket.gaierror) for c in causes):
+            return f"mail server {where}: no such host"
+        if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
+            return f"mail server {where} closed the connection before greeting us"
+        detail = next((c.strerror for c in causes if isinstance(c, OSError) and c.strerror), None)
+        return f"cannot connect to mail server {where}: {detail or exc}"
 
     async def _checkout(self) -> tuple[aiosmtplib.SMTP, bool]:
         while self._idle:
@@ -324,11 +397,15 @@ class SMTPTransport(_Closing):
                 return smtp, True
         return await self._connect(), False
 
-    async def _attempt(self, sender_addr: str, recipient: str, message: bytes) -> None:
+    async def _attempt(
+        self, sender_addr: str, recipient: str, message: bytes, *, utf8: bool
+    ) -> None:
         smtp, reused = await self._checkout()
         keep = True
         try:
-            await self._transaction(smtp, sender_addr, recipient, message)
+            await self._transaction(smtp, sender_addr, recipient, message, utf8=utf8)
+        except AddressError:
+            raise  # found before MAIL FROM: the connection is still clean
         except aiosmtplib.SMTPSenderRefused as exc:
             keep = await self._reset(smtp, exc.code)
             self._judge(exc.code, f"sender refused: {exc.code} {exc.message}", sender=True)
@@ -337,7 +414,7 @@ class SMTPTransport(_Closing):
             self._judge(exc.code, f"{exc.code} {exc.message}", sender=False)
         except (aiosmtplib.SMTPException, OSError) as exc:
             keep = False
-            raise _Retry(f"connection lost: {exc}", stale=reused) from None
+            raise _Retry(f"connection lost: {exc}", kind="lost", stale=reused) from None
         except BaseException:
             keep = False
             raise
@@ -348,13 +425,25 @@ class SMTPTransport(_Closing):
                 smtp.close()
 
     async def _transaction(
-        self, smtp: aiosmtplib.SMTP, sender_addr: str, recipient: str, message: bytes
+        self,
+        smtp: aiosmtplib.SMTP,
+        sender_addr: str,
+        recipient: str,
+        message: bytes,
+        *,
+        utf8: bool,
     ) -> None:
+        if utf8 and not smtp.supports_extension("smtputf8"):
+            raise AddressError(f"{recipient}: address needs SMTPUTF8, which {self.where} lacks")
         wire = _wire(message)
         # SIZE (RFC 1870) lets a server refuse an oversized message before it is sent.
-        size = [f"SIZE={len(wire) + 3}"] if smtp.supports_extension("size") else []
-        await smtp.mail(sender_addr, options=size)
-        await smtp.rcpt(recipient)
+        options = [f"SIZE={len(wire) + 3}"] if smtp.supports_extension("size") else []
+        encoding = "ascii"
+        if utf8:
+            options.append("SMTPUTF8")
+            encoding = "utf-8"
+        await smtp.mail(sender_addr, options=options, encoding=encoding)
+        await smtp.rcpt(recipient, encoding=encoding)
         # Not smtp.data(): it rewrites the whole message twice with regexes (line
         # ends, dot-stuffing), which is most of the CPU a send costs; _wire does
         # that only for messages that need it.
@@ -381,23 +470,25 @@ class SMTPTransport(_Closing):
             return False
         return True
 
-    @staticmethod
-    def _judge(code: int, reason: str, *, sender: bool) -> None:
+    def _judge(self, code: int, reason: str, *, sender: bool) -> None:
+        if code == 421:  # the server is closing the connection: nothing about the recipient
+            raise _Retry(f"mail server {self.where} is closing: {reason}", kind="lost")
         if 400 <= code < 500:
-            raise _Retry(reason)
+            raise _Retry(reason, kind="lost" if sender else "recipient")
         if sender:  # our own address refused: every message would fail, nobody bounced
-            raise TransportError(reason)
+            raise TransportError(f"mail server {self.where} {reason}")
         raise DeliveryError(reason, permanent=code >= 500)
 
     async def send(self, sender_addr: str, recipient: str, message: bytes, message_id: str) -> None:
         """Send one message, retrying 4xx replies and dropped connections with back-off."""
+        rcpt, utf8 = envelope_address(recipient)
         attempt = 0
         stale_retry_used = False
         while True:
             await self._limiter.wait()
             try:
                 async with self._slots:
-                    await self._attempt(sender_addr, recipient, message)
+                    await self._attempt(sender_addr, rcpt, message, utf8=utf8)
                 return
             except _Retry as exc:
                 # A pooled connection the server closed while idle is not a failure
@@ -406,10 +497,12 @@ class SMTPTransport(_Closing):
                     stale_retry_used = True
                     continue
                 if attempt >= self._retries:
-                    reason = f"gave up after {attempt + 1} tries: {exc}"
-                    if exc.connect:
-                        raise TransportError(reason) from None
-                    raise DeliveryError(f"{message_id}: {reason}", permanent=False) from None
+                    tries = f" ({attempt + 1} tries)" if attempt else ""
+                    if exc.kind == "connect":
+                        raise TransportError(f"{exc}{tries}") from None
+                    if exc.kind == "lost":
+                        raise ConnectionLost(f"{message_id}: {exc}{tries}") from None
+                    raise DeliveryError(f"{message_id}: {exc}{tries}", permanent=False) from None
                 await self._sleep(self._backoff(attempt))
                 attempt += 1
 
@@ -424,6 +517,18 @@ class SMTPTransport(_Closing):
 
 
 # --- choosing a transport -------------------------------------------------------------
+
+
+def transport_label(url: str) -> str:
+    """The transport a URL names, without credentials: ``smtp://host:port``, ``file://DIR``."""
+    parts = urlsplit(url)
+    if parts.scheme.lower() in {"smtp", "smtps"}:
+        try:
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            port = ""
+        return f"{parts.scheme.lower()}://{parts.hostname or ''}{port}"
+    return url
 
 
 def open_transport(

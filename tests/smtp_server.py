@@ -20,6 +20,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 DROP = "drop"  # a scripted reply meaning: close the connection instead of answering
+ACCEPT = "accept"  # a scripted reply meaning: take the message as usual
 GATE_TIMEOUT = 20.0  # a closed gate opens by itself after this, so a failing test cannot hang
 
 
@@ -44,6 +45,7 @@ class ScriptedHandler:
     data_commands: int = 0
     data_delay: float = 0.0  # seconds each DATA reply waits
     data_gate: threading.Event | None = None  # when set to a cleared event, DATA waits for it
+    keep_bodies: bool = True  # False: keep only the headers of what is received (long runs)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_MAIL(
@@ -74,13 +76,15 @@ class ScriptedHandler:
             await asyncio.to_thread(self.data_gate.wait, GATE_TIMEOUT)
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
-        if self.data_replies:
-            reply = self.data_replies.pop(0)
-            if reply == DROP:
-                assert server.transport is not None
-                server.transport.close()
+        reply = self.data_replies.pop(0) if self.data_replies else ACCEPT
+        if reply == DROP:
+            assert server.transport is not None
+            server.transport.close()
+        if reply != ACCEPT:
             return reply
         data = envelope.original_content or b""
+        if not self.keep_bodies:
+            data = data.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
         with self.lock:
             self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data))
         return "250 2.0.0 queued"
@@ -123,8 +127,9 @@ class SMTPServer:
         return f"smtp://{auth}{self.host}:{self.port}"
 
 
-def start_server(logins: dict[str, str] | None = None) -> SMTPServer:
-    """Start a server on a free loopback port; with ``logins``, AUTH is offered and checked."""
+def start_server(logins: dict[str, str] | None = None, *, smtputf8: bool = False) -> SMTPServer:
+    """Start a server on a free loopback port; with ``logins``, AUTH is offered and checked;
+    with ``smtputf8``, SMTPUTF8 is offered."""
     handler = ScriptedHandler()
     accounts = dict(logins or {})
 
@@ -136,7 +141,7 @@ def start_server(logins: dict[str, str] | None = None) -> SMTPServer:
         )
         return AuthResult(success=ok, handled=False)  # unhandled: aiosmtpd replies 535 itself
 
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
     if logins is not None:
         kwargs.update(authenticator=authenticate, auth_require_tls=False)
     controller = _Controller(handler, hostname="127.0.0.1", port=free_port(), **kwargs)

@@ -7,7 +7,6 @@ import hashlib
 import json
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,6 +40,7 @@ class Reply:
     length: int | None = None  # Content-Length to announce; default: the true length
     send_length: bool = True  # False: no Content-Length, the body ends when the server closes
     delay: float = 0.0
+    drip: float = 0.0  # seconds between the bytes of the answer (status line and all)
 
 
 @dataclass
@@ -68,6 +68,17 @@ class Server:
                 reply = route.next()
                 if reply.delay:
                     time.sleep(reply.delay)
+                if reply.drip:
+                    head = (
+                        f"HTTP/1.1 {reply.status} OK\r\nContent-Length: {len(reply.body)}\r\n\r\n"
+                    )
+                    with contextlib.suppress(OSError):  # the client hung up: it gave up
+                        for byte in head.encode() + reply.body:
+                            self.wfile.write(bytes([byte]))
+                            self.wfile.flush()
+                            time.sleep(reply.drip)
+                    self.close_connection = True
+                    return
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
@@ -128,16 +139,14 @@ Fetch = Callable[..., list[FetchResult]]
 
 @pytest.fixture
 def fetch(inbox: Path, engine: Engine) -> Fetch:
-    # No proxies: a proxy set in the environment must not swallow requests to loopback.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
     def run(urls: list[str], **options: object) -> list[FetchResult]:
         settings: dict[str, object] = {
             "now": NOW,
             "timeout": 5.0,
             "max_bytes": 10_000,
             "sleep": Sleeps(),
-            "opener": opener,
+            # No proxies: a proxy set in the environment must not swallow requests to loopback.
+            "proxies": {},
         }
         settings.update(options)
         return fetch_sources(urls, inbox, engine, **settings)  # type: ignore[arg-type]
@@ -221,10 +230,38 @@ def test_4xx_is_not_retried(server: Server, fetch: Fetch) -> None:
 
 def test_slow_answer_times_out(server: Server, fetch: Fetch, engine: Engine) -> None:
     server.route("/slow", Reply(body=PAPERS, delay=2.0))
+    started = time.monotonic()
     [result] = fetch([server.url("/slow")], timeout=0.2, retries=1)
-    assert result.status == "error" and result.attempts == 2
-    assert result.error == "timed out"
+    assert time.monotonic() - started < 1.0
+    # the timeout is the source's whole deadline: no time is left for a retry
+    assert result.status == "error" and result.attempts == 1
+    assert result.error == "timed out after 0.2s"
     assert state_of(engine, server.url("/slow"))["last_status"] == "error"
+
+
+@pytest.mark.parametrize("body", [PAPERS, b"x" * 5])
+def test_a_dripping_server_is_cut_off_at_the_deadline(
+    server: Server, fetch: Fetch, engine: Engine, inbox: Path, body: bytes
+) -> None:
+    # A byte every 0.1 s: each read succeeds, so only a deadline for the whole source holds.
+    # The short body drips its headers slower than the deadline allows too.
+    server.route("/drip", Reply(body=body, drip=0.1))
+    started = time.monotonic()
+    [result] = fetch([server.url("/drip")], timeout=1.0, retries=3, sleep=time.sleep)
+    took = time.monotonic() - started
+    assert 1.0 <= took < 1.5, took
+    assert result.status == "error" and result.error == "timed out after 1s"
+    assert result.attempts == 1
+    assert not inbox.exists() or list(inbox.iterdir()) == []  # no .part file left behind
+    assert state_of(engine, server.url("/drip"))["last_status"] == "error"
+
+
+def test_back_off_never_sleeps_past_the_deadline(server: Server, fetch: Fetch) -> None:
+    server.route("/busy", Reply(status=503, headers={"Retry-After": "120"}))
+    sleeps = Sleeps()
+    [result] = fetch([server.url("/busy")], timeout=5.0, retries=3, sleep=sleeps)
+    assert result.status == "error" and "503" in (result.error or "")
+    assert sleeps == []  # two minutes' wait would pass the deadline: give up now
 
 
 def test_truncated_body_is_not_saved(

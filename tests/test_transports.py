@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import socket
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -13,6 +14,8 @@ import pytest
 from digest.emails import DigestView, MessageBuilder, PaperView, Sender
 from digest.errors import ConfigError, DeliveryError
 from digest.transports import (
+    AddressError,
+    ConnectionLost,
     FileTransport,
     RateLimiter,
     RecordingTransport,
@@ -366,12 +369,83 @@ def test_a_refused_login_is_a_transport_error_without_the_password() -> None:
 
 def test_an_unreachable_server_is_a_transport_error() -> None:
     sleep = FakeSleep()
-    transport = open_transport(f"smtp://127.0.0.1:{free_port()}", retries=2, sleep=sleep)
+    port = free_port()
+    transport = open_transport(f"smtp://127.0.0.1:{port}", retries=2, sleep=sleep)
     assert isinstance(transport, SMTPTransport)
     with pytest.raises(TransportError) as failure:
         asyncio.run(send_all(transport, range(1)))
-    assert failure.value.permanent is False
+    assert failure.value.permanent is False and failure.value.counts is False
+    assert str(failure.value) == f"mail server 127.0.0.1:{port} refused the connection (3 tries)"
     assert len(sleep.delays) == 2
+
+
+def test_a_server_that_never_greets_is_a_transport_error() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        transport = open_transport(
+            f"smtp://127.0.0.1:{port}", retries=0, timeout=0.3, backoff=lambda n: 0.0
+        )
+        assert isinstance(transport, SMTPTransport)
+        with pytest.raises(TransportError) as failure:
+            asyncio.run(send_all(transport, range(1)))
+    assert str(failure.value) == f"mail server 127.0.0.1:{port} did not answer within 0.3s"
+
+
+def test_a_dropped_connection_costs_the_recipient_nothing(smtp_server: SMTPServer) -> None:
+    smtp_server.handler.data_replies = [DROP, DROP]
+    with pytest.raises(ConnectionLost) as failure:
+        asyncio.run(send_all(smtp(smtp_server, retries=1), range(1)))
+    assert failure.value.counts is False and failure.value.permanent is False
+
+
+def test_a_421_is_the_server_closing_not_an_answer_about_the_recipient(
+    smtp_server: SMTPServer,
+) -> None:
+    smtp_server.handler.rcpt_replies = {"reader0@example.net": "421 4.3.2 shutting down"}
+    with pytest.raises(ConnectionLost):
+        asyncio.run(send_all(smtp(smtp_server, retries=0), range(1)))
+    smtp_server.handler.rcpt_replies = {"reader0@example.net": "450 4.2.1 try later"}
+    with pytest.raises(DeliveryError) as failure:
+        asyncio.run(send_all(smtp(smtp_server, retries=0), range(1)))
+    assert failure.value.counts is True and failure.value.permanent is False
+
+
+def test_an_international_domain_goes_out_in_idna(smtp_server: SMTPServer) -> None:
+    transport = smtp(smtp_server)
+
+    async def go() -> None:
+        async with transport:
+            await transport.send("digest@example.org", "user@bücher.example", b"x\r\n", "<i@x>")
+
+    asyncio.run(go())
+    assert smtp_server.handler.received[0].rcpt_tos == ["user@xn--bcher-kva.example"]
+
+
+def test_a_non_ascii_mailbox_needs_smtputf8(smtp_server: SMTPServer) -> None:
+    async def go(transport: SMTPTransport) -> None:
+        async with transport:
+            await transport.send("digest@example.org", "üser@example.org", b"x\r\n", "<u@x>")
+
+    with pytest.raises(AddressError, match="needs SMTPUTF8"):
+        asyncio.run(go(smtp(smtp_server)))
+    assert smtp_server.handler.received == []
+    assert smtp_server.handler.connections == 1  # the connection is still good for the rest
+
+    utf8 = start_server(smtputf8=True)
+    try:
+        asyncio.run(go(smtp(utf8)))
+        assert utf8.handler.received[0].rcpt_tos == ["üser@example.org"]
+    finally:
+        utf8.controller.stop()
+
+
+def test_an_outbox_folder_that_cannot_be_written_is_a_transport_error(tmp_path: Path) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the outbox folder should be")
+    with pytest.raises(TransportError, match="cannot write to the outbox folder"):
+        asyncio.run(FileTransport(blocked).send("a@x", "b@x", b"m", "<m@x>"))
 
 
 def smtp_for(url: str) -> SMTPTransport:
