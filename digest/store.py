@@ -33,7 +33,7 @@ from digest.errors import StoreCorrupt, StoreError
 from digest.files import PRIVATE, make_private
 from digest.identity import paper_keys
 from digest.listing import Entry
-from digest.migrations import migrate
+from digest.migrations import SCHEMA_VERSION, current_version, migrate
 from digest.models import Paper
 
 BUSY_TIMEOUT_MS = 30_000
@@ -145,8 +145,13 @@ def open_store(url: str) -> Engine:
     """Make the engine and bring the schema up to date."""
     engine = make_engine(url)
     try:
-        with engine.begin() as conn:
-            migrate(conn)
+        # Most opens find the schema current: checked on a snapshot, so a command opening
+        # the store never waits behind a long ingest holding the write lock.
+        with reading(engine) as conn:
+            current = current_version(conn) == SCHEMA_VERSION
+        if not current:
+            with engine.begin() as conn:
+                migrate(conn)
     except OperationalError as exc:
         raise StoreError(f"cannot open the database: {exc.orig}") from None
     return engine

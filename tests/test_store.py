@@ -233,3 +233,23 @@ def test_a_reader_does_not_wait_for_a_long_write(tmp_path: Path) -> None:
         assert not reader.is_alive()
     assert counts == [1]  # the snapshot before the write
     engine.dispose()
+
+
+def test_opening_a_current_store_never_waits_for_a_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import digest.store
+
+    path = tmp_path / "store.db"
+    open_store(f"sqlite:///{path}").dispose()
+    monkeypatch.setattr(digest.store, "BUSY_TIMEOUT_MS", 100)  # a wait would fail at once
+    writer = sqlite3.connect(path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # a long ingest holding the write lock
+        engine = open_store(f"sqlite:///{path}")
+        with digest.store.reading(engine) as conn:
+            assert current_version(conn) == SCHEMA_VERSION
+        engine.dispose()
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
