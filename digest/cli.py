@@ -33,7 +33,8 @@ from digest.cycle import (
     sender_of,
 )
 from digest.emails import MessageBuilder
-from digest.errors import AlreadyRunning, DigestError, UsageError
+from digest.errors import AlreadyRunning, DigestError, UsageError, WriteError
+from digest.files import write_private
 from digest.ingest import Clock, DumpResult, ingest_inbox, ingest_paths
 from digest.interests import parse_interest
 from digest.logs import setup_logging
@@ -180,7 +181,11 @@ def cmd_init(args: argparse.Namespace, ctx: Context) -> int:
     if target.exists() and not args.force:
         ctx.say(f"{target} exists; kept it (use --force to overwrite)")
     else:
-        target.write_text(default_config_text(), encoding="utf-8")
+        try:
+            # 0600: the file is where an SMTP password or the secret key usually goes
+            write_private(target, default_config_text().encode())
+        except OSError as exc:
+            raise WriteError(f"cannot write {target}: {exc.strerror}") from None
         ctx.say(f"wrote {target}")
     settings = load_settings(target)
     for folder in settings.folders():

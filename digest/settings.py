@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from digest.errors import ConfigError
+from digest.errors import ConfigError, WriteError
+from digest.files import write_private
 
 DEFAULT_CONFIG_NAME = "digest.toml"
 
@@ -282,18 +283,31 @@ class Settings:
             return self.secret_key.encode()
         path = self.data_dir / "secret.key"
         try:
-            return path.read_bytes().strip()
+            return _read_key(path)
         except FileNotFoundError:
             pass
-        path.parent.mkdir(parents=True, exist_ok=True)
         key = secrets.token_hex(32).encode()
+        draft = path.with_name(f".secret.key.{os.getpid()}")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first: use theirs
-            return path.read_bytes().strip()
-        with os.fdopen(fd, "wb") as out:
-            out.write(key + b"\n")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_private(draft, key + b"\n")
+            try:
+                # Appears whole or not at all, and never replaces a key another process made.
+                os.link(draft, path)
+            except FileExistsError:
+                return _read_key(path)
+            finally:
+                draft.unlink(missing_ok=True)
+        except OSError as exc:
+            raise WriteError(f"cannot write the secret key {path}: {exc.strerror}") from None
         return key
+
+
+def _read_key(path: Path) -> bytes:
+    key = path.read_bytes().strip()
+    if not key:
+        raise ConfigError(f"the secret key file {path} is empty: remove it to make a new one")
+    return key
 
 
 def _number(value: float) -> str:

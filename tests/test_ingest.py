@@ -182,6 +182,8 @@ def test_cli_init_writes_config_and_folders(
     code, _, _ = run_cli(["init"], capsys)
     assert code == 0
     assert (tmp_path / "digest.toml").read_text().startswith("#")
+    # where the SMTP password and the secret key go: the service's user alone reads it
+    assert (tmp_path / "digest.toml").stat().st_mode & 0o777 == 0o600
     for folder in ("data", "data/inbox", "data/feeds", "data/outbox"):
         assert (tmp_path / folder).is_dir()
     assert (tmp_path / "data" / "digest.db").exists()

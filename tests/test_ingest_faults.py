@@ -436,3 +436,18 @@ def test_an_older_database_readable_by_all_is_narrowed(cli: Cli, data: Path) -> 
     os.chmod(data / "digest.db", 0o644)
     assert cli("status").code == 0
     assert mode(data / "digest.db") == 0o600
+
+
+def test_a_full_disk_for_the_secret_key(
+    cli: Cli, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli("subscribe", "ann@example.org", "--interest", "video").code == 0
+    drop(data, DUMP_B, "daily.txt")
+    key = data / "secret.key"
+    key.unlink(missing_ok=True)
+    disk_full(monkeypatch, data / f".secret.key.{os.getpid()}")
+    result = cli("run")
+    assert result.code == 1
+    result.one_error_line(f"digest: cannot write the secret key {key}: No space left on device")
+    assert not key.exists()  # never an empty key that would sign every link with nothing
+    assert list(data.glob(".secret.key.*")) == []
