@@ -29,6 +29,7 @@ from digest.deliver import (
     outbox_counts,
     pending_reason,
     record_transport,
+    withdraw_unwanted,
 )
 from digest.emails import MessageBuilder, Sender
 from digest.errors import StoreError
@@ -80,6 +81,7 @@ class RunReport:
                 "skipped": self.composed.get("skipped", 0),
                 "failed": self.delivered.failed,
                 "deferred": self.delivered.deferred,
+                "withdrawn": self.delivered.withdrawn,
                 "pending": self.outbox.get("pending", 0) + self.outbox.get("sending", 0),
             },
             "bounced": self.delivered.bounced,
@@ -279,7 +281,7 @@ async def send_outbox(
     transport (its connections are reused throughout)."""
     builder = MessageBuilder(sender_of(settings))
     links = links_of(settings)
-    total = Delivered()
+    total = Delivered(withdrawn=withdraw_unwanted(engine))
     after = 0
     active: Transport | None = None
     try:
@@ -407,6 +409,10 @@ def run_lines(report: RunReport, settings: Settings) -> list[str]:
         f"digests: {digests['sent']} sent, {digests['skipped']} skipped, {digests['failed']} failed,"
         f" {digests['pending']} still pending{why}"
     )
+    if digests["withdrawn"]:
+        lines.append(
+            f"withdrawn: {digests['withdrawn']} waiting digest(s) of subscribers who left since"
+        )
     for address in figures["bounced"]:
         lines.append(f"bounced: {address}")
     for item in figures["set_aside"]:

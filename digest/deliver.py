@@ -61,6 +61,7 @@ class Delivered:
     sent: int = 0
     failed: int = 0  # bounced and set aside included
     deferred: int = 0
+    withdrawn: int = 0  # waiting for someone who left since: never sent
     bounced: list[str] = field(default_factory=list)
     set_aside: list[tuple[str, str]] = field(default_factory=list)  # (address, why)
     sent_to: set[int] = field(default_factory=set)  # subscriber ids: their private feeds changed
@@ -74,6 +75,7 @@ class Delivered:
         self.sent += other.sent
         self.failed += other.failed
         self.deferred += other.deferred
+        self.withdrawn += other.withdrawn
         self.bounced.extend(other.bounced)
         self.set_aside.extend(other.set_aside)
         self.sent_to |= other.sent_to
@@ -307,6 +309,33 @@ def outbox_counts(engine: Engine) -> dict[str, int]:
     counts = dict.fromkeys(("pending", "sending", "sent", "skipped", "failed"), 0)
     counts.update({status: int(n) for status, n in rows})
     return counts
+
+
+def withdraw_unwanted(engine: Engine) -> int:
+    """Digests still waiting for a subscriber who has left since (unsubscribed, bounced, or
+    not active for another reason) are never sent: they are marked skipped, with why."""
+    left = sa.select(col(Subscriber.id)).where(col(Subscriber.status) != "active")
+    waiting = col(Digest.status).in_(("pending", "sending"))
+    with transaction(engine) as conn:
+        reasons = conn.execute(
+            sa.select(col(Subscriber.status), sa.func.count())
+            .join(Digest, col(Digest.subscriber_id) == col(Subscriber.id))
+            .where(waiting, col(Subscriber.status) != "active")
+            .group_by(col(Subscriber.status))
+        ).all()
+        for status, _ in reasons:
+            conn.execute(
+                sa.update(Digest)
+                .where(
+                    waiting,
+                    col(Digest.subscriber_id).in_(left.where(col(Subscriber.status) == status)),
+                )
+                .values(
+                    status="skipped",
+                    last_error=f"not sent: the subscriber was {status} before it went out",
+                )
+            )
+    return sum(count for _, count in reasons)
 
 
 def pending_reason(engine: Engine) -> str | None:

@@ -18,7 +18,7 @@ from digest.errors import DeliveryError
 from digest.ingest import Clock
 from digest.settings import Settings, load_settings
 from digest.store import open_store
-from digest.subscribers import SubscriberSpec, find_subscriber, upsert_subscriber
+from digest.subscribers import SubscriberSpec, find_subscriber, set_status, upsert_subscriber
 from digest.transports import RecordingTransport, TransportError
 
 DAY = date(2026, 3, 12)
@@ -355,3 +355,28 @@ def test_feeds_written_by_two_processes_are_the_same_files(
         files = sorted(p for p in target.feeds_dir.rglob("*") if p.is_file())
         outputs.append({p.relative_to(target.feeds_dir): p.read_bytes() for p in files})
     assert outputs[0] == outputs[1]
+
+
+def test_a_digest_waiting_for_someone_who_left_is_never_sent(
+    settings: Settings, store: Engine
+) -> None:
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    down = RecordingTransport(fail_after=0, error=TransportError("mail server down"))
+    run_cycle(settings, store, clock=clock, period=DAY, transport=down)
+    waiting = {row[0] for row in digests(store) if row[1] == "pending"}
+    assert "ada@example.org" in waiting and len(waiting) > 1
+    set_status(store, "ada@example.org", "unsubscribed")
+    back = RecordingTransport()
+    report = run_cycle(settings, store, clock=clock, period=DAY, transport=back)
+    assert sorted(sent.recipient for sent in back.sent) == sorted(waiting - {"ada@example.org"})
+    assert report.figures()["digests"]["withdrawn"] == 1
+    assert {row[0]: row[1] for row in digests(store)}["ada@example.org"] == "skipped"
+    with store.connect() as conn:
+        why = conn.execute(
+            sa.text(
+                "SELECT d.last_error FROM digest d JOIN subscriber s ON s.id = d.subscriber_id"
+                " WHERE s.email = 'ada@example.org'"
+            )
+        ).scalar()
+    assert why == "not sent: the subscriber was unsubscribed before it went out"
+    assert report.pending_reason is None
