@@ -27,7 +27,8 @@ from urllib.parse import quote
 from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
 from markupsafe import escape
 
-from digest.emails import PaperView, find_links, highlight, is_code_link, paper_link, shorten
+from digest.emails import PaperView, find_links, is_code_link, paper_link, shown
+from digest.highlight import mark
 
 FeedKind = Literal["rss", "atom"]
 GUID_DATE = "2024"  # part of every tag: guid; changing it would re-announce every paper
@@ -69,26 +70,27 @@ def paper_guid(key: str, authority: str) -> str:
 
 
 @functools.lru_cache(maxsize=20_000)
-def _paper_parts(abstract: str, link: str) -> tuple[str, str, str]:
-    """What a paper's entry shows whoever reads it: its short abstract, code links, read-on link.
+def _paper_parts(abstract: str, link: str, truncated: bool) -> tuple[str, str]:
+    """What a paper's entry shows whoever reads it: its code links and read-on link.
 
     A paper goes into the feeds of many readers; this is worked out once, not per reader.
     """
-    short, truncated = shorten(abstract)
     code = [url for url in find_links(abstract) if is_code_link(url)]
     anchors = ", ".join(f'<a href="{escape(u)}">{escape(u)}</a>' for u in code)
     more = f'<p><a href="{escape(link)}">Read the paper</a></p>' if truncated else ""
-    return short, f"<p>Code: {anchors}</p>" if code else "", more
+    return f"<p>Code: {anchors}</p>" if code else "", more
 
 
 def item_for_paper(paper: PaperView, *, guid: str, published: datetime) -> FeedItem:
-    """A feed entry carrying what the email shows: highlighted abstract, code links, matches."""
+    """A feed entry carrying what the email shows: marked abstract, code links, why chosen."""
     link = paper_link(paper)
-    abstract, code, more = _paper_parts(paper.abstract, link)
+    text = shown(paper)
+    code, more = _paper_parts(paper.abstract, link, text.truncated)
     # <strong>, not <mark>: feed readers' HTML sanitizers (feedparser's among them) drop <mark>.
-    parts = [f"<p>{highlight(abstract, paper.terms, '<strong>', '</strong>')}</p>", code]
-    if paper.interests:
-        parts.append(f"<p>Matched: {escape(', '.join(paper.interests))}</p>")
+    abstract = mark(text.abstract, text.marks.abstract, "<strong>", "</strong>")
+    parts = [f"<p>{abstract}</p>", code]
+    if text.marks.reasons:
+        parts.append(f"<p>Matched: {escape(', '.join(text.marks.reasons))}</p>")
     parts.append(more)
     return FeedItem(
         guid=guid,
@@ -96,7 +98,7 @@ def item_for_paper(paper: PaperView, *, guid: str, published: datetime) -> FeedI
         link=link,
         summary="".join(parts),
         published=published,
-        terms=paper.interests,
+        terms=text.marks.reasons,
     )
 
 

@@ -47,7 +47,6 @@ def paper(n: int, **changes: str) -> PaperView:
         None,
         f"2411.{n:05d}",
         1.0,
-        ("diffusion",),
         ("diffus*",),
     )
 
