@@ -36,6 +36,7 @@ from markupsafe import Markup
 from digest.highlight import Marks, find_marks, mark
 
 ABSTRACT_CHARS = 400
+AUTHORS_SHOWN = 5  # a longer list shows its first three names and "et al."
 TEXT_WIDTH = 72
 CODE_HOSTS = frozenset(
     {"github.com", "gitlab.com", "huggingface.co", "codeberg.org", "bitbucket.org", "sr.ht"}
@@ -64,6 +65,7 @@ class PaperView:
     arxiv_id: str | None
     score: float
     interests: tuple[str, ...] = ()
+    authors: str = ""
 
 
 @dataclass(frozen=True)
@@ -191,9 +193,27 @@ def _shown(title: str, abstract: str, interests: tuple[str, ...]) -> Shown:
     return Shown(title, short, truncated, marks)
 
 
+def authors_line(authors: str) -> str:
+    """``A. Author, B. Author, C. Author et al.``: a long list cut to its first names."""
+    names = [name.strip() for name in re.split(r"[,;]|\band\b", clean_header(authors))]
+    names = [name for name in names if name]
+    if len(names) <= AUTHORS_SHOWN:
+        return ", ".join(names)
+    return ", ".join(names[:3]) + " et al."
+
+
 def subject_for(view: DigestView) -> str:
     """``Your papers for 2026-11-22: 7 new``."""
     return f"Your papers for {view.period.isoformat()}: {len(view.papers)} new"
+
+
+def preheader_for(view: DigestView) -> str:
+    """The line an inbox shows after the subject: the digest's first titles."""
+    titles = [clean_header(paper.title) for paper in view.papers[:2]]
+    if not titles:
+        return "Nothing new matched your interests this time."
+    more = len(view.papers) - len(titles)
+    return " · ".join(titles) + (f", and {more} more" if more else "")
 
 
 def _shorturl(url: str) -> str:
@@ -271,8 +291,8 @@ def _ends_line(text: str) -> str:
 
 
 _SHELL_NAMES = (
-    "subject", "heading", "lead", "site_name", "unsubscribe_url", "manage_url", "feed_url",
-    "papers",
+    "subject", "heading", "lead", "preheader", "site_name", "site_url", "unsubscribe_url",
+    "manage_url", "feed_url", "papers",
 )  # fmt: skip
 
 
@@ -337,16 +357,22 @@ class MessageBuilder:
 
     def _paper_base(self, paper: PaperView) -> dict[str, Any]:
         """What a paper shows whoever reads it: worked out once per paper, not per reader."""
-        key = (paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id)
+        key = (paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors)
         base = self._bases.get(key)
         if base is None:
             text = shown(replace(paper, interests=()))
+            authors = authors_line(paper.authors)
+            arxiv_id = f"arXiv:{clean_header(paper.arxiv_id)}" if paper.arxiv_id else ""
             links = find_links(_clean_text(paper.abstract))
             base = {
                 "title": text.title,
                 "abstract": text.abstract,
                 "abstract_text": _indented(text.abstract) if text.abstract else "  (no abstract)",
                 "truncated": text.truncated,
+                "authors": authors,
+                "arxiv_id": arxiv_id,
+                "arxiv_url": _arxiv_url(paper.arxiv_id) if paper.arxiv_id else None,
+                "byline_text": _indented(" · ".join(filter(None, (authors, arxiv_id)))),
                 "link": paper_link(paper),
                 "code_links": [u for u in links if is_code_link(u)],
                 "other_links": [u for u in links if not is_code_link(u)],
@@ -370,7 +396,8 @@ class MessageBuilder:
     def _block(self, paper: PaperView) -> _Block:
         # Everything shown, nothing else: the score differs per subscriber and is not shown.
         key = (
-            paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.interests,
+            paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors,
+            paper.interests,
         )  # fmt: skip
         block = self._cache.get(key)
         if block is None:
@@ -389,7 +416,9 @@ class MessageBuilder:
             "subject": subject_for(view),
             "heading": f"Your papers for {view.period.isoformat()}",
             "lead": f"{count} new paper{'s' if count != 1 else ''} matched your interests.",
+            "preheader": preheader_for(view),
             "site_name": clean_header(self.sender.site_name),
+            "site_url": clean_header(self.sender.base_url),
             "unsubscribe_url": clean_header(view.unsubscribe_url),
             "manage_url": clean_header(view.manage_url) if view.manage_url else None,
             "feed_url": clean_header(view.feed_url),

@@ -40,6 +40,7 @@ def paper_view(row: Any, score: float, hits: Sequence[dict[str, Any]]) -> PaperV
         arxiv_id=row.arxiv_id,
         score=score,
         interests=tuple(hit["interest"] for hit in hits),
+        authors=row.authors,
     )
 
 
@@ -52,6 +53,7 @@ def _paper_rows(conn: Connection, ids: Sequence[int]) -> dict[int, Any]:
             col(Paper.abstract),
             col(Paper.url),
             col(Paper.arxiv_id),
+            col(Paper.authors),
         ).where(col(Paper.id).in_(ids))
     ).all()
     return {row.id: row for row in rows}

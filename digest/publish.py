@@ -62,6 +62,7 @@ def _private_items(
             col(Paper.abstract),
             col(Paper.url),
             col(Paper.arxiv_id),
+            col(Paper.authors),
             sa.func.row_number()
             .over(
                 partition_by=col(DigestItem.subscriber_id),
@@ -110,6 +111,7 @@ def publish_feeds(
                 col(Paper.abstract),
                 col(Paper.url),
                 col(Paper.arxiv_id),
+                col(Paper.authors),
                 col(Paper.first_seen),
             )
             .order_by(col(Paper.first_seen).desc(), col(Paper.id).desc())

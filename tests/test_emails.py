@@ -17,10 +17,12 @@ from digest.emails import (
     MessageBuilder,
     PaperView,
     Sender,
+    authors_line,
     build_message,
     find_links,
     is_code_link,
     paper_link,
+    preheader_for,
     shorten,
 )
 from digest.highlight import find_marks, mark
@@ -49,6 +51,7 @@ PAPERS = [
         arxiv_id="2411.01234",
         score=7.25,
         interests=("federated learning", "diffus*"),
+        authors="Ada Lovelace, Grace Hopper and Alan Turing",
     ),
     PaperView(
         key="title:a survey of schrodinger bridges",
@@ -201,6 +204,51 @@ def test_text_part_carries_the_papers_and_the_unsubscribe_link() -> None:
     assert "Schrödinger bridges connect two distributions; we survey δ-methods." in text
     prose = [line for line in text.splitlines() if "://" not in line]
     assert max(len(line) for line in prose) <= 76
+
+
+def test_each_paper_shows_its_authors_and_arxiv_id() -> None:
+    html, text = parts(build_message(view(), SENDER, NOW))
+    assert "\n  Ada Lovelace, Grace Hopper, Alan Turing · arXiv:2411.01234\r\n" in text
+    assert re.search(
+        r'class="byline"[^>]*>Ada Lovelace, Grace Hopper, Alan Turing · '
+        r'<a class="link" href="https://arxiv.org/abs/2411.01234"[^>]*>arXiv:2411.01234</a>',
+        html,
+    )
+    bridges = text.split("* Schrödinger Bridges — a Survey\r\n", 1)[1]
+    assert bridges.startswith("  Schrödinger bridges connect")  # nothing known, no line
+
+
+def test_a_long_author_list_is_cut_to_its_first_names() -> None:
+    assert authors_line("A. One, B. Two, C. Three, D. Four and E. Five") == (
+        "A. One, B. Two, C. Three, D. Four, E. Five"
+    )
+    many = ", ".join(f"Author {n}" for n in range(1, 40))
+    assert authors_line(many) == "Author 1, Author 2, Author 3 et al."
+    assert authors_line("  ") == ""
+
+
+def test_the_preheader_names_the_first_papers_and_stays_hidden() -> None:
+    html, _ = parts(build_message(view(), SENDER, NOW))
+    body = html.split("<body", 1)[1]
+    first = re.search(r'<div class="preheader" style="([^"]*)">([^<]*)</div>', body)
+    assert first is not None and body.index(first.group(0)) < body.index('class="paper"')
+    assert "display:none" in first.group(1)
+    preview = first.group(2)
+    assert preview.startswith(
+        "Federated Learning of Diffusion Models at Scale · Schrödinger Bridges — a Survey"
+    )
+    three = view([*PAPERS, PAPERS[0]])
+    assert preheader_for(three).endswith(", and 1 more")
+    assert preheader_for(view([])) == "Nothing new matched your interests this time."
+
+
+def test_the_footer_names_the_site() -> None:
+    html, text = parts(build_message(view(), SENDER, NOW))
+    assert "because you subscribed to Paper Digest (https://example.org)." in text
+    assert re.search(
+        r'subscribed to <a class="link" href="https://example.org"[^>]*>Paper Digest', html
+    )
+    assert "subscribed at" not in text + html
 
 
 def test_html_is_inlined_dark_mode_ready_and_fluid() -> None:
