@@ -17,6 +17,7 @@ class Paper(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(unique=True)
+    first_key: str | None = None  # the key before it adopted an arXiv id; feed GUIDs use it
     title_key: str = Field(index=True)
     arxiv_id: str | None = None
     title: str
@@ -27,6 +28,13 @@ class Paper(SQLModel, table=True):
     first_seen: datetime = Field(index=True)
     last_seen: datetime
     times_seen: int = 1
+
+
+class StoreMeta(SQLModel, table=True):
+    """Facts about the store itself, by name (``feed_authority``)."""
+
+    name: str = Field(primary_key=True)
+    value: str
 
 
 class Dump(SQLModel, table=True):

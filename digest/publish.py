@@ -3,6 +3,12 @@
 Items come from the store (the newest papers; each subscriber's sent digests),
 so regenerating gives the same GUIDs and nothing twice. A feed whose items did
 not change is not rewritten.
+
+A paper's GUID is a ``tag:`` URI fixed when it is first seen: the store's feed
+authority (the host of ``base_url`` when feeds were first published, kept in the
+store) and the key the paper was first seen under, which it keeps when it later
+adopts an arXiv id. So neither a paper's new id nor a site's new address makes a
+reader see the paper twice.
 """
 
 from __future__ import annotations
@@ -34,17 +40,19 @@ from digest.links import Links
 from digest.models import Digest, DigestItem, Paper, Subscriber
 from digest.preview import paper_view
 from digest.settings import Settings
-from digest.store import reading
+from digest.store import feed_authority, reading
 from digest.subscribers import feed_name
 
 GLOBAL_FEED = "papers"
+# The key a paper was first seen under: what its GUID is made of.
+_GUID_KEY = sa.func.coalesce(col(Paper.first_key), col(Paper.key)).label("guid_key")
 
 
 def _item(
     row: Any, published: datetime, authority: str, why: Sequence[dict[str, Any]] = ()
 ) -> FeedItem:
     view = paper_view(row, getattr(row, "score", 0.0), why)
-    return item_for_paper(view, guid=paper_guid(row.key, authority), published=published)
+    return item_for_paper(view, guid=paper_guid(row.guid_key, authority), published=published)
 
 
 def _private_items(
@@ -58,6 +66,7 @@ def _private_items(
             col(DigestItem.matched),
             col(Digest.sent_at),
             col(Paper.key),
+            _GUID_KEY,
             col(Paper.title),
             col(Paper.abstract),
             col(Paper.url),
@@ -102,11 +111,12 @@ def publish_feeds(
     """
     limit = settings.feed_items
     folder = settings.feeds_dir
-    authority = urlsplit(settings.base_url).hostname or "localhost"
+    authority = feed_authority(engine, urlsplit(settings.base_url).hostname or "localhost")
     with reading(engine) as conn:
         newest = conn.execute(
             sa.select(
                 col(Paper.key),
+                _GUID_KEY,
                 col(Paper.title),
                 col(Paper.abstract),
                 col(Paper.url),
