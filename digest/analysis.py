@@ -27,7 +27,7 @@ _ASCII_WORDS = str.maketrans(
     {chr(i): (chr(i).lower() if chr(i).isalnum() or chr(i) == "-" else " ") for i in range(128)}
 )
 _NOT_WORD = re.compile(r"[^\w-]|_")
-# Highlighting works on the original text and keeps its case.
+# Explanations name words as the paper writes them, case kept.
 _SURFACE = re.compile(r"[^\W_]+(?:[-\u2010][^\W_]+)*")
 _HYPHEN = re.compile(r"[-\u2010]")
 # Where words stand in text folded as ``_chunks`` folds it (other characters made spaces).
@@ -174,7 +174,7 @@ class Analyzer:
         return [(starts[s], ends[e - 1]) for s, e in out]
 
     def surface_forms(self, text: str, wanted: Iterable[str]) -> dict[str, set[str]]:
-        """The words of text, as written, whose term is one of ``wanted`` (for highlighting)."""
+        """The words of text, as written, whose term is one of ``wanted`` (for explanations)."""
         want = wanted if isinstance(wanted, (set, frozenset)) else set(wanted)
         found: dict[str, set[str]] = {}
         if text.isascii():

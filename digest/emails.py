@@ -181,7 +181,7 @@ def shown(paper: PaperView) -> Shown:
     return _shown(paper.title, paper.abstract, paper.interests)
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=4096)
 def _shown(title: str, abstract: str, interests: tuple[str, ...]) -> Shown:
     title = _SPACES.sub(" ", _clean_text(title)).strip()
     whole = _SPACES.sub(" ", _clean_text(abstract)).strip()

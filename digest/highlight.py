@@ -71,7 +71,7 @@ class _Hit:
     reason: str
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=4096)
 def find_marks(title: str, abstract: str, interests: tuple[str, ...]) -> Marks:
     """What to mark in ``title`` and ``abstract`` for the interests that chose the paper."""
     if not interests:
@@ -98,8 +98,8 @@ def find_marks(title: str, abstract: str, interests: tuple[str, ...]) -> Marks:
             else:
                 spans.extend(hit.spans)
                 reason = hit.reason
-        if reason:
-            reasons.setdefault(reason.casefold(), reason)
+        if reason:  # "model" and "models" are one reason, as they are one term
+            reasons.setdefault(" ".join(DEFAULT(reason)) or reason.casefold(), reason)
     by_field: tuple[list[TextSpan], list[TextSpan]] = ([], [])
     for f, text in enumerate((title, abstract)):
         mine = [(first, last) for field, first, last in spans if field == f]

@@ -185,6 +185,11 @@ def test_reasons_are_plain_words() -> None:
     assert marks.reasons == ("language model", "agent (in the title)", "diffusion, diffusers")
 
 
+def test_reasons_that_say_the_same_are_given_once() -> None:
+    marks = find_marks("LLMs and models", "", ("model", "models", "LLM", "llms", "title:llm"))
+    assert marks.reasons == ("model", "LLM", "llm (in the title)")
+
+
 def test_an_interest_the_grammar_no_longer_takes_is_shown_as_written() -> None:
     with pytest.raises(InterestError):
         parse_interest("title:")
