@@ -54,7 +54,7 @@ def make_papers(count: int, rng: random.Random) -> list[PaperView]:
         abstract = " ".join(rng.choice(WORDS) for _ in range(rng.randint(110, 170))) + "."
         if rng.random() < 0.4:
             abstract += f" Code: https://github.com/lab{n % 97}/project-{n}."
-        terms = tuple(rng.sample(WORDS, 2))
+        interests = tuple(rng.sample(WORDS, 1))
         papers.append(
             PaperView(
                 f"arxiv:2411.{n:05d}",
@@ -63,8 +63,7 @@ def make_papers(count: int, rng: random.Random) -> list[PaperView]:
                 None,
                 f"2411.{n:05d}",
                 1.0,
-                terms,
-                terms[:1],
+                interests,
             )
         )
     return papers

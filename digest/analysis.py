@@ -27,9 +27,12 @@ _ASCII_WORDS = str.maketrans(
     {chr(i): (chr(i).lower() if chr(i).isalnum() or chr(i) == "-" else " ") for i in range(128)}
 )
 _NOT_WORD = re.compile(r"[^\w-]|_")
-# Highlighting works on the original text and keeps its case.
+# Explanations name words as the paper writes them, case kept.
 _SURFACE = re.compile(r"[^\W_]+(?:[-\u2010][^\W_]+)*")
 _HYPHEN = re.compile(r"[-\u2010]")
+# Where words stand in text folded as ``_chunks`` folds it (other characters made spaces).
+_KEPT_WORD = re.compile(r"[^ -]+")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]+")
 # The same split with case kept, for finding words as written.
 _ASCII_SURFACE = str.maketrans(
     {chr(i): (chr(i) if chr(i).isalnum() or chr(i) == "-" else " ") for i in range(128)}
@@ -149,8 +152,29 @@ class Analyzer:
                 compounds.append((start, len(terms) - 1, memo.get(joined) or self._stem(joined)))
         return Positions(terms, surfaces, compounds)
 
+    def offsets(self, text: str) -> list[tuple[int, int]] | None:
+        """Where each word of ``positions(text)`` stands in ``text``: (start, end), in order.
+
+        ``None`` in the rare case where normalizing the text as a whole differs from
+        normalizing it piece by piece (some Hangul and Indic sequences): nothing is located.
+        """
+        if text.isascii():
+            kept, origin = text.translate(_ASCII_WORDS), None
+        else:
+            located = _fold_located(text)
+            if located is None:
+                return None
+            folded, origin = located
+            kept = _NOT_WORD.sub(" ", folded)
+        # A position is a piece of a chunk between hyphens: a run of neither space nor hyphen.
+        out = [word.span() for word in _KEPT_WORD.finditer(kept)]
+        if origin is None:
+            return out
+        starts, ends = origin
+        return [(starts[s], ends[e - 1]) for s, e in out]
+
     def surface_forms(self, text: str, wanted: Iterable[str]) -> dict[str, set[str]]:
-        """The words of text, as written, whose term is one of ``wanted`` (for highlighting)."""
+        """The words of text, as written, whose term is one of ``wanted`` (for explanations)."""
         want = wanted if isinstance(wanted, (set, frozenset)) else set(wanted)
         found: dict[str, set[str]] = {}
         if text.isascii():
@@ -212,6 +236,41 @@ def fold(text: str) -> str:
     if text.isascii():
         return text.lower()
     return unicodedata.normalize("NFKC", text).casefold().replace("\u2010", "-")
+
+
+def _fold_located(text: str) -> tuple[str, tuple[list[int], list[int]]] | None:
+    """``fold(text)`` and, for each of its characters, the span of ``text`` it comes from.
+
+    Folded a character and its combining marks at a time; ``None`` when that differs from
+    folding the whole text (normalization composed across such pieces).
+    """
+    pieces: list[str] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    done = 0
+    for run in _NON_ASCII.finditer(text):
+        begin, stop = run.span()
+        if begin > done and unicodedata.combining(text[begin]):
+            begin -= 1  # the mark belongs with the letter before it
+        pieces.append(text[done:begin].lower())
+        starts.extend(range(done, begin))
+        ends.extend(range(done + 1, begin + 1))
+        at = begin
+        while at < stop:
+            after = at + 1
+            while after < stop and unicodedata.combining(text[after]):
+                after += 1
+            piece = unicodedata.normalize("NFKC", text[at:after]).casefold()
+            pieces.append(piece)
+            starts.extend([at] * len(piece))
+            ends.extend([after] * len(piece))
+            at = after
+        done = stop
+    pieces.append(text[done:].lower())
+    starts.extend(range(done, len(text)))
+    ends.extend(range(done + 1, len(text) + 1))
+    folded = "".join(pieces).replace("\u2010", "-")
+    return (folded, (starts, ends)) if folded == fold(text) else None
 
 
 def _chunks(text: str) -> list[str]:

@@ -100,6 +100,7 @@ def paper_views(conn: sa.Connection, digest_ids: Sequence[int]) -> dict[int, lis
             col(Paper.abstract),
             col(Paper.url),
             col(Paper.arxiv_id),
+            col(Paper.authors),
         )
         .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
         .where(col(DigestItem.digest_id).in_(digest_ids))

@@ -9,7 +9,8 @@ encoded bytes in every digest that carries it. Quoted-printable is line-local,
 so encoded blocks that each end with a line break can simply be joined.
 
 A paper without a URL or arXiv id links to arXiv's title search, which finds
-nearly every paper these listings carry.
+nearly every paper these listings carry. What is marked in a paper's title and
+abstract, and the "Matched:" line, come from ``digest.highlight``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import importlib.resources
 import re
 import textwrap
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
@@ -30,9 +31,12 @@ from urllib.parse import quote_plus, urlsplit
 
 import css_inline
 import jinja2
-from markupsafe import Markup, escape
+from markupsafe import Markup
+
+from digest.highlight import Marks, find_marks, mark
 
 ABSTRACT_CHARS = 400
+AUTHORS_SHOWN = 5  # a longer list shows its first three names and "et al."
 TEXT_WIDTH = 72
 CODE_HOSTS = frozenset(
     {"github.com", "gitlab.com", "huggingface.co", "codeberg.org", "bitbucket.org", "sr.ht"}
@@ -52,7 +56,7 @@ _SLOT = "\x00papers\x00"  # content passes clean_header or _clean_text, which dr
 
 @dataclass(frozen=True)
 class PaperView:
-    """One chosen paper as a digest shows it; ``terms`` are the matched words to highlight."""
+    """One chosen paper as a digest shows it; ``interests`` are those of the reader it matched."""
 
     key: str
     title: str
@@ -60,8 +64,8 @@ class PaperView:
     url: str | None
     arxiv_id: str | None
     score: float
-    terms: tuple[str, ...] = ()
     interests: tuple[str, ...] = ()
+    authors: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,6 +125,17 @@ def shorten(text: str, limit: int = ABSTRACT_CHARS) -> tuple[str, bool]:
     return text[:cut].rstrip(" ,;:-") + "…", True
 
 
+def _arxiv_url(arxiv_id: str) -> str:
+    return f"https://arxiv.org/abs/{quote_plus(arxiv_id, safe='/.')}"
+
+
+def _indented(text: str) -> str:
+    """Text for the plain part: wrapped, two spaces in."""
+    return textwrap.fill(
+        text, TEXT_WIDTH, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
+    )
+
+
 def find_links(text: str) -> tuple[str, ...]:
     """The http(s) links written in a text, without trailing punctuation, each once."""
     found: dict[str, None] = {}
@@ -146,87 +161,59 @@ def paper_link(paper: PaperView) -> str:
     if paper.url and urlsplit(paper.url).scheme in {"http", "https"}:
         return paper.url
     if paper.arxiv_id:
-        return f"https://arxiv.org/abs/{quote_plus(paper.arxiv_id, safe='/.')}"
+        return _arxiv_url(paper.arxiv_id)
     title = _SPACES.sub(" ", paper.title).strip()
     return f"https://arxiv.org/search/?query={quote_plus(title)}&searchtype=title"
 
 
+@dataclass(frozen=True)
+class Shown:
+    """A paper's title and abstract as a digest shows them, where to mark them, and why."""
+
+    title: str
+    abstract: str
+    truncated: bool
+    marks: Marks
+
+
+def shown(paper: PaperView) -> Shown:
+    """The paper's text as shown (abstract shortened) with the marks of its matched interests."""
+    return _shown(paper.title, paper.abstract, paper.interests)
+
+
 @functools.lru_cache(maxsize=4096)
-def _term_pattern(terms: tuple[str, ...]) -> re.Pattern[str] | None:
-    parts: list[str] = []
-    # Longest first so "federated learning" wins over "learning" at the same place.
-    for term in sorted({t.strip() for t in terms if t.strip()}, key=len, reverse=True):
-        prefix = term.endswith("*")
-        words = [w for w in re.split(r"[\s\-‐]+", term.rstrip("*")) if w]
-        if not words:
-            continue
-        body = r"[\s\-‐]+".join(re.escape(w) for w in words)
-        parts.append(body + (r"\w*" if prefix else r"(?:e?s)?"))
-    if not parts:
-        return None
-    return re.compile(r"(?<!\w)(?:" + "|".join(parts) + r")(?!\w)", re.IGNORECASE)
+def _shown(title: str, abstract: str, interests: tuple[str, ...]) -> Shown:
+    title = _SPACES.sub(" ", _clean_text(title)).strip()
+    whole = _SPACES.sub(" ", _clean_text(abstract)).strip()
+    short, truncated = shorten(whole)
+    marks = find_marks(title, whole, interests)  # reasons from the whole abstract
+    if truncated:  # the shown abstract is a beginning of the whole one, then "…"
+        visible = len(short) - 1
+        marks = replace(marks, abstract=tuple(s for s in marks.abstract if s[1] <= visible))
+    return Shown(title, short, truncated, marks)
 
 
-_NOT_PLAIN = re.compile(r"[^\w]")
-_WORD = re.compile(r"\w+")
-
-
-def _highlight_words(text: str, wanted: set[str], open_tag: str, close_tag: str) -> Markup:
-    """``highlight`` for single words: a scan of the text's words, no pattern to compile.
-
-    Matches what the pattern would: the word itself, or it with ``s``/``es`` appended.
-    """
-    where = _word_spans(text)
-    spans = sorted(
-        span
-        for word in wanted
-        for form in (word, word + "s", word + "es")
-        for span in where.get(form, ())
-    )
-    pieces: list[str] = []
-    position = 0
-    for start, end in spans:
-        pieces.append(str(escape(text[position:start])))
-        pieces.append(open_tag + str(escape(text[start:end])) + close_tag)
-        position = end
-    pieces.append(str(escape(text[position:])))
-    return Markup("".join(pieces))
-
-
-@functools.lru_cache(maxsize=16_384)
-def _word_spans(text: str) -> dict[str, list[tuple[int, int]]]:
-    """Where each word (case-folded) stands in a text; a paper's text is highlighted for many."""
-    spans: dict[str, list[tuple[int, int]]] = {}
-    for match in _WORD.finditer(text):
-        spans.setdefault(match.group().casefold(), []).append(match.span())
-    return spans
-
-
-def highlight(
-    text: str, terms: Sequence[str], open_tag: str = "<mark>", close_tag: str = "</mark>"
-) -> Markup:
-    """Escape ``text`` for HTML and wrap each whole-word match of ``terms`` in the tags."""
-    words = {t.strip() for t in terms if t.strip()}
-    if words and not any(_NOT_PLAIN.search(w) for w in words):
-        return _highlight_words(text, {w.casefold() for w in words}, open_tag, close_tag)
-    pattern = _term_pattern(tuple(terms))
-    if pattern is None:
-        return escape(text)
-    # Split the raw text, then escape each piece: matching on escaped text would
-    # find "amp" in "&amp;" and could cut an entity in half.
-    pieces: list[str] = []
-    position = 0
-    for match in pattern.finditer(text):
-        pieces.append(str(escape(text[position : match.start()])))
-        pieces.append(open_tag + str(escape(match.group())) + close_tag)
-        position = match.end()
-    pieces.append(str(escape(text[position:])))
-    return Markup("".join(pieces))
+def authors_line(authors: str) -> str:
+    """``A. Author, B. Author, C. Author et al.``: a long list cut to its first names."""
+    names = [name.strip() for name in re.split(r"[,;]|\band\b", clean_header(authors))]
+    names = [name for name in names if name]
+    if len(names) <= AUTHORS_SHOWN:
+        return ", ".join(names)
+    return ", ".join(names[:3]) + " et al."
 
 
 def subject_for(view: DigestView) -> str:
     """``Your papers for 2026-11-22: 7 new``."""
     return f"Your papers for {view.period.isoformat()}: {len(view.papers)} new"
+
+
+def preheader_for(view: DigestView) -> str:
+    """The line an inbox shows after the subject: the digest's first titles."""
+    titles = [clean_header(paper.title) for paper in view.papers[:2]]
+    if not titles:
+        return "Nothing new matched your interests this time."
+    more = len(view.papers) - len(titles)
+    return " · ".join(titles) + (f", and {more} more" if more else "")
 
 
 def _shorturl(url: str) -> str:
@@ -304,8 +291,8 @@ def _ends_line(text: str) -> str:
 
 
 _SHELL_NAMES = (
-    "subject", "heading", "lead", "site_name", "unsubscribe_url", "manage_url", "feed_url",
-    "papers",
+    "subject", "heading", "lead", "preheader", "site_name", "site_url", "unsubscribe_url",
+    "manage_url", "feed_url", "papers",
 )  # fmt: skip
 
 
@@ -313,7 +300,7 @@ _SHELL_NAMES = (
 class _Templates:
     html: jinja2.Template
     text: jinja2.Template
-    html_macros: Any  # the templates' macros: a paper, a highlighted word
+    html_macros: Any  # the templates' macros: a paper, a marked word
     text_macros: Any
     hit_open: str
     hit_close: str
@@ -370,25 +357,22 @@ class MessageBuilder:
 
     def _paper_base(self, paper: PaperView) -> dict[str, Any]:
         """What a paper shows whoever reads it: worked out once per paper, not per reader."""
-        key = (paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id)
+        key = (paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors)
         base = self._bases.get(key)
         if base is None:
-            title = _SPACES.sub(" ", _clean_text(paper.title)).strip()
-            abstract, truncated = shorten(_clean_text(paper.abstract))
+            text = shown(replace(paper, interests=()))
+            authors = authors_line(paper.authors)
+            arxiv_id = f"arXiv:{clean_header(paper.arxiv_id)}" if paper.arxiv_id else ""
             links = find_links(_clean_text(paper.abstract))
             base = {
-                "title": title,
-                "abstract": abstract,
-                "abstract_text": textwrap.fill(
-                    abstract,
-                    TEXT_WIDTH,
-                    initial_indent="  ",
-                    subsequent_indent="  ",
-                    break_on_hyphens=False,
-                )
-                if abstract
-                else "  (no abstract)",
-                "truncated": truncated,
+                "title": text.title,
+                "abstract": text.abstract,
+                "abstract_text": _indented(text.abstract) if text.abstract else "  (no abstract)",
+                "truncated": text.truncated,
+                "authors": authors,
+                "arxiv_id": arxiv_id,
+                "arxiv_url": _arxiv_url(paper.arxiv_id) if paper.arxiv_id else None,
+                "byline_text": _indented(" · ".join(filter(None, (authors, arxiv_id)))),
                 "link": paper_link(paper),
                 "code_links": [u for u in links if is_code_link(u)],
                 "other_links": [u for u in links if not is_code_link(u)],
@@ -400,18 +384,19 @@ class MessageBuilder:
 
     def _paper_context(self, paper: PaperView) -> dict[str, Any]:
         base = self._paper_base(paper)
+        text = shown(paper)
         t = self._templates
         return {
             **base,
-            "title_html": highlight(base["title"], paper.terms, t.hit_open, t.hit_close),
-            "abstract_html": highlight(base["abstract"], paper.terms, t.hit_open, t.hit_close),
-            "interests": [clean_header(i) for i in paper.interests if clean_header(i)],
+            "title_html": mark(text.title, text.marks.title, t.hit_open, t.hit_close),
+            "abstract_html": mark(text.abstract, text.marks.abstract, t.hit_open, t.hit_close),
+            "reasons": list(text.marks.reasons),
         }
 
     def _block(self, paper: PaperView) -> _Block:
         # Everything shown, nothing else: the score differs per subscriber and is not shown.
         key = (
-            paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.terms,
+            paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors,
             paper.interests,
         )  # fmt: skip
         block = self._cache.get(key)
@@ -431,7 +416,9 @@ class MessageBuilder:
             "subject": subject_for(view),
             "heading": f"Your papers for {view.period.isoformat()}",
             "lead": f"{count} new paper{'s' if count != 1 else ''} matched your interests.",
+            "preheader": preheader_for(view),
             "site_name": clean_header(self.sender.site_name),
+            "site_url": clean_header(self.sender.base_url),
             "unsubscribe_url": clean_header(view.unsubscribe_url),
             "manage_url": clean_header(view.manage_url) if view.manage_url else None,
             "feed_url": clean_header(view.feed_url),

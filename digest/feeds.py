@@ -27,8 +27,9 @@ from urllib.parse import quote
 from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
 from markupsafe import escape
 
-from digest.emails import PaperView, find_links, highlight, is_code_link, paper_link, shorten
+from digest.emails import PaperView, authors_line, find_links, is_code_link, paper_link, shown
 from digest.errors import WriteError
+from digest.highlight import mark
 
 FeedKind = Literal["rss", "atom"]
 GUID_DATE = "2024"  # part of every tag: guid; changing it would re-announce every paper
@@ -48,6 +49,7 @@ class FeedItem:
     published: datetime
     terms: tuple[str, ...] = ()
     summary_is_html: bool = True
+    authors: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,26 +72,38 @@ def paper_guid(key: str, authority: str) -> str:
 
 
 @functools.lru_cache(maxsize=20_000)
-def _paper_parts(abstract: str, link: str) -> tuple[str, str, str]:
-    """What a paper's entry shows whoever reads it: its short abstract, code links, read-on link.
+def _paper_parts(
+    abstract: str, authors: str, arxiv_id: str | None, link: str, truncated: bool
+) -> tuple[str, str, str]:
+    """What a paper's entry shows whoever reads it: who wrote it, code links, read-on link.
 
     A paper goes into the feeds of many readers; this is worked out once, not per reader.
     """
-    short, truncated = shorten(abstract)
+    byline = [str(escape(authors))] if authors else []
+    if arxiv_id:
+        url = f"https://arxiv.org/abs/{quote(arxiv_id, safe='/.')}"
+        byline.append(f'<a href="{escape(url)}">arXiv:{escape(arxiv_id)}</a>')
     code = [url for url in find_links(abstract) if is_code_link(url)]
     anchors = ", ".join(f'<a href="{escape(u)}">{escape(u)}</a>' for u in code)
     more = f'<p><a href="{escape(link)}">Read the paper</a></p>' if truncated else ""
-    return short, f"<p>Code: {anchors}</p>" if code else "", more
+    return (
+        f"<p>{' · '.join(byline)}</p>" if byline else "",
+        f"<p>Code: {anchors}</p>" if code else "",
+        more,
+    )
 
 
 def item_for_paper(paper: PaperView, *, guid: str, published: datetime) -> FeedItem:
-    """A feed entry carrying what the email shows: highlighted abstract, code links, matches."""
+    """A feed entry carrying what the email shows: authors, marked abstract, code, why chosen."""
     link = paper_link(paper)
-    abstract, code, more = _paper_parts(paper.abstract, link)
+    text = shown(paper)
+    authors = authors_line(paper.authors)
+    byline, code, more = _paper_parts(paper.abstract, authors, paper.arxiv_id, link, text.truncated)
     # <strong>, not <mark>: feed readers' HTML sanitizers (feedparser's among them) drop <mark>.
-    parts = [f"<p>{highlight(abstract, paper.terms, '<strong>', '</strong>')}</p>", code]
-    if paper.interests:
-        parts.append(f"<p>Matched: {escape(', '.join(paper.interests))}</p>")
+    abstract = mark(text.abstract, text.marks.abstract, "<strong>", "</strong>")
+    parts = [byline, f"<p>{abstract}</p>", code]
+    if text.marks.reasons:
+        parts.append(f"<p>Matched: {escape(', '.join(text.marks.reasons))}</p>")
     parts.append(more)
     return FeedItem(
         guid=guid,
@@ -97,7 +111,8 @@ def item_for_paper(paper: PaperView, *, guid: str, published: datetime) -> FeedI
         link=link,
         summary="".join(parts),
         published=published,
-        terms=paper.interests,
+        terms=text.marks.reasons,
+        authors=authors,
     )
 
 
@@ -136,6 +151,7 @@ def content_hash(meta: FeedMeta, items: Sequence[FeedItem], kind: FeedKind) -> s
                 i.summary_is_html,
                 _aware(i.published).isoformat(),
                 list(i.terms),
+                i.authors,
             ]
             for i in items
         ],
@@ -172,6 +188,8 @@ def _render(meta: FeedMeta, chosen: Sequence[FeedItem], kind: FeedKind, digest: 
         entry.title(_xml_text(item.title))
         entry.link(href=item.link, rel="alternate")
         entry.summary(_xml_text(item.summary), type="html" if item.summary_is_html else "text")
+        if _xml_text(item.authors).strip():
+            entry.author({"name": _xml_text(item.authors).strip()})
         entry.published(_aware(item.published))
         entry.updated(_aware(item.published))
         for term in item.terms:

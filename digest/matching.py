@@ -48,6 +48,8 @@ class TermStats(Protocol):
 
 # What a matching leaf reports for explanations: (field index, term).
 Found = list[tuple[int, str]] | None
+# Where a word or phrase occurs: (field index, first position, last position).
+Span = tuple[int, int, int]
 # A match in an interest's list: (score, -paper index, interest id). Papers are indexed in
 # id order, so sorting these in reverse gives best first with ties to the lower paper id.
 Entry = tuple[float, int, int]
@@ -144,6 +146,10 @@ class TermLeaf:
                         fld.report(f, span, found)
         return saturate(self.idf, x) if x else None
 
+    def spans(self, doc: Doc) -> list[Span]:
+        """Where the term occurs (for marking it in the text)."""
+        return [(f, *span) for f in self.fields for span in doc.fields[f].occurrences(self.term)]
+
 
 class PhraseLeaf:
     """Words in sequence; ``variants`` spell compounds both split and joined."""
@@ -157,17 +163,26 @@ class PhraseLeaf:
         x = 0.0
         for f in self.fields:
             fld = doc.fields[f]
-            best: list[tuple[int, int]] = []
-            for words in self.variants:
-                hits = _chain(fld, words)
-                if len(hits) > len(best):
-                    best = hits
+            best = self._best(fld)
             if best:
                 x += len(best) * fld.factor
                 if found is not None:
                     for span in best:
                         fld.report(f, span, found)
         return saturate(self.idf, x) if x else None
+
+    def _best(self, fld: Field) -> list[tuple[int, int]]:
+        """The occurrences of the spelling met most often in the field."""
+        best: list[tuple[int, int]] = []
+        for words in self.variants:
+            hits = _chain(fld, words)
+            if len(hits) > len(best):
+                best = hits
+        return best
+
+    def spans(self, doc: Doc) -> list[Span]:
+        """Where the phrase occurs (for marking it in the text)."""
+        return [(f, *span) for f in self.fields for span in self._best(doc.fields[f])]
 
 
 def _chain(fld: Field, words: list[str]) -> list[tuple[int, int]]:
@@ -213,6 +228,16 @@ class PrefixLeaf:
                     idf = min(idf, self.idf_of(term))
             x += tf * doc.fields[f].factor
         return saturate(idf, x) if x else None
+
+    def spans(self, doc: Doc) -> list[Span]:
+        """Where words with the prefix occur (for marking them in the text)."""
+        prefix = self.prefix
+        return [
+            (f, i, i)
+            for f in self.fields
+            for i, surface in enumerate(doc.fields[f].surfaces)
+            if surface.startswith(prefix)
+        ]
 
     def _explain(self, doc: Doc, found: list[tuple[int, str]]) -> float | None:
         # Word by word, so the explanation lists words in the order the paper has them. The

@@ -202,11 +202,31 @@ def _v4_transport_state(conn: Connection) -> None:
     meta.create_all(conn)
 
 
+def _v5_stable_feed_ids(conn: Connection) -> None:
+    """What feed GUIDs are made of, kept so that they never change.
+
+    ``paper.first_key`` is the key a paper had before it adopted an arXiv id (NULL while
+    the key is the first one, so every existing row keeps the GUID it has today).
+    ``storemeta`` keeps the authority of the GUIDs' ``tag:`` URIs once feeds are first
+    published, so that a new ``base_url`` does not re-announce every paper.
+    """
+    conn.execute(sa.text("ALTER TABLE paper ADD COLUMN first_key VARCHAR"))
+    meta = sa.MetaData()
+    sa.Table(
+        "storemeta",
+        meta,
+        sa.Column("name", sa.String, primary_key=True),
+        sa.Column("value", sa.String, nullable=False),
+    )
+    meta.create_all(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
     _v3_ingest_sequence,
     _v4_transport_state,
+    _v5_stable_feed_ids,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -17,6 +17,7 @@ class Paper(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     key: str = Field(unique=True)
+    first_key: str | None = None  # the key before it adopted an arXiv id; feed GUIDs use it
     title_key: str = Field(index=True)
     arxiv_id: str | None = None
     title: str
@@ -28,6 +29,13 @@ class Paper(SQLModel, table=True):
     last_seen: datetime
     times_seen: int = 1
     seq: int = Field(default=0, index=True)  # the ingest that first saw it (ingest_sequence)
+
+
+class StoreMeta(SQLModel, table=True):
+    """Facts about the store itself, by name (``feed_authority``)."""
+
+    name: str = Field(primary_key=True)
+    value: str
 
 
 class Dump(SQLModel, table=True):

@@ -32,9 +32,6 @@ FTS_CANDIDATES = 5_000
 
 def paper_view(row: Any, score: float, hits: Sequence[dict[str, Any]]) -> PaperView:
     """A stored paper and why it was chosen, as an email shows it."""
-    terms: list[str] = []
-    for hit in hits:
-        terms.extend(t for t in hit["terms"] if t not in terms)
     return PaperView(
         key=row.key,
         title=row.title,
@@ -42,8 +39,8 @@ def paper_view(row: Any, score: float, hits: Sequence[dict[str, Any]]) -> PaperV
         url=row.url,
         arxiv_id=row.arxiv_id,
         score=score,
-        terms=tuple(terms),
         interests=tuple(hit["interest"] for hit in hits),
+        authors=row.authors,
     )
 
 
@@ -56,6 +53,7 @@ def _paper_rows(conn: Connection, ids: Sequence[int]) -> dict[int, Any]:
             col(Paper.abstract),
             col(Paper.url),
             col(Paper.arxiv_id),
+            col(Paper.authors),
         ).where(col(Paper.id).in_(ids))
     ).all()
     return {row.id: row for row in rows}

@@ -9,6 +9,12 @@ web server running as another user serves them straight from disk, and what
 they say is no secret from whoever may fetch them. A private feed is private by
 its unguessable name alone, so the ``private/`` folder is 0711: the web server
 can open a feed whose name it is given, but nobody but digest can list them.
+
+A paper's GUID is a ``tag:`` URI fixed when it is first seen: the store's feed
+authority (the host of ``base_url`` when feeds were first published, kept in the
+store) and the key the paper was first seen under, which it keeps when it later
+adopts an arXiv id. So neither a paper's new id nor a site's new address makes a
+reader see the paper twice.
 """
 
 from __future__ import annotations
@@ -40,17 +46,19 @@ from digest.links import Links
 from digest.models import Digest, DigestItem, Paper, Subscriber
 from digest.preview import paper_view
 from digest.settings import Settings
-from digest.store import reading
+from digest.store import feed_authority, reading
 from digest.subscribers import feed_name
 
 GLOBAL_FEED = "papers"
+# The key a paper was first seen under: what its GUID is made of.
+_GUID_KEY = sa.func.coalesce(col(Paper.first_key), col(Paper.key)).label("guid_key")
 
 
 def _item(
     row: Any, published: datetime, authority: str, why: Sequence[dict[str, Any]] = ()
 ) -> FeedItem:
     view = paper_view(row, getattr(row, "score", 0.0), why)
-    return item_for_paper(view, guid=paper_guid(row.key, authority), published=published)
+    return item_for_paper(view, guid=paper_guid(row.guid_key, authority), published=published)
 
 
 def _private_items(
@@ -64,10 +72,12 @@ def _private_items(
             col(DigestItem.matched),
             col(Digest.sent_at),
             col(Paper.key),
+            _GUID_KEY,
             col(Paper.title),
             col(Paper.abstract),
             col(Paper.url),
             col(Paper.arxiv_id),
+            col(Paper.authors),
             sa.func.row_number()
             .over(
                 partition_by=col(DigestItem.subscriber_id),
@@ -108,15 +118,17 @@ def publish_feeds(
     limit = settings.feed_items
     folder = settings.feeds_dir
     _make_private_folder(folder / "private")
-    authority = urlsplit(settings.base_url).hostname or "localhost"
+    authority = feed_authority(engine, urlsplit(settings.base_url).hostname or "localhost")
     with reading(engine) as conn:
         newest = conn.execute(
             sa.select(
                 col(Paper.key),
+                _GUID_KEY,
                 col(Paper.title),
                 col(Paper.abstract),
                 col(Paper.url),
                 col(Paper.arxiv_id),
+                col(Paper.authors),
                 col(Paper.first_seen),
             )
             .order_by(col(Paper.first_seen).desc(), col(Paper.id).desc())

@@ -34,7 +34,7 @@ from digest.files import PRIVATE, make_private
 from digest.identity import paper_keys
 from digest.listing import Entry
 from digest.migrations import SCHEMA_VERSION, current_version, migrate
-from digest.models import Paper
+from digest.models import Paper, StoreMeta
 
 BUSY_TIMEOUT_MS = 30_000
 BATCH = 2_000  # entries per lookup/insert round trip; bounds memory on back-fills
@@ -218,6 +218,7 @@ _PAPER = Paper.__table__  # type: ignore[attr-defined]
 _COLUMNS = (
     "id",
     "key",
+    "first_key",
     "title_key",
     "arxiv_id",
     "title",
@@ -234,6 +235,7 @@ _UPDATE = (
     .where(_PAPER.c.id == sa.bindparam("_id"))
     .values(
         key=sa.bindparam("_key"),
+        first_key=sa.bindparam("_first_key"),
         arxiv_id=sa.bindparam("_arxiv_id"),
         title=sa.bindparam("_title"),
         abstract=sa.bindparam("_abstract"),
@@ -371,6 +373,7 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
                     {
                         "_id": u["id"],
                         "_key": u["key"],
+                        "_first_key": u["first_key"],
                         "_arxiv_id": u["arxiv_id"],
                         "_title": u["title"],
                         "_abstract": u["abstract"],
@@ -454,6 +457,28 @@ def index_papers(conn: Connection, progress: Callable[[str, int], None] | None =
     return int(newest - upto)
 
 
+FEED_AUTHORITY = "feed_authority"
+_META = StoreMeta.__table__  # type: ignore[attr-defined]
+
+
+def feed_authority(engine: Engine, host: str) -> str:
+    """The authority of the store's feed GUIDs (``tag:`` URIs), ``host`` if none yet.
+
+    Recorded the first time feeds are published, so a site that moves to another
+    ``base_url`` keeps its GUIDs and its readers do not see every paper again.
+    """
+    query = sa.select(_META.c.value).where(_META.c.name == FEED_AUTHORITY)
+    with reading(engine) as conn:
+        found = conn.execute(query).scalar()
+    if found is None:
+        with transaction(engine) as conn:
+            found = conn.execute(query).scalar()
+            if found is None:
+                conn.execute(sa.insert(_META).values(name=FEED_AUTHORITY, value=host))
+                found = host
+    return str(found)
+
+
 def _has_title_only_papers(conn: Connection) -> bool:
     """Whether any paper is known by its title alone (a range probe of the key index)."""
     found = conn.execute(
@@ -472,6 +497,10 @@ def _same_paper(row: dict[str, Any] | None, entry: Entry) -> dict[str, Any] | No
 def _absorb(row: dict[str, Any], entry: Entry, key: str) -> None:
     """Fold what ``entry`` adds into ``row``: an arXiv id, fuller text, authors, link, date."""
     if entry.arxiv_id and not row["arxiv_id"]:
+        if row.get("id") is not None and row["first_key"] is None:
+            # A stored paper keeps the key it was first seen under for its feed GUID; one
+            # met earlier in this same batch was never published and simply takes the new.
+            row["first_key"] = row["key"]
         row["arxiv_id"] = entry.arxiv_id
         row["key"] = key
     row["title"], row["abstract"] = _merge(row["title"], row["abstract"], entry)

@@ -47,8 +47,8 @@ def paper(n: int, **changes: str) -> PaperView:
         None,
         f"2411.{n:05d}",
         1.0,
-        ("diffusion",),
         ("diffus*",),
+        "Ada Lovelace, Grace Hopper",
     )
 
 
@@ -75,6 +75,16 @@ def test_feeds_parse_cleanly(kind: FeedKind) -> None:
     assert "<strong>Diffusion</strong>" in parsed.entries[0].summary
     self_links = [link.href for link in parsed.feed.links if link.rel == "self"]
     assert self_links == ["https://example.org/feeds/all.atom"]
+
+
+def test_entries_name_the_authors_and_the_arxiv_id() -> None:
+    parsed = feedparser.parse(render_feed(META, items(1), kind="atom"))
+    entry = parsed.entries[0]
+    assert entry.author == "Ada Lovelace, Grace Hopper"
+    assert "Ada Lovelace, Grace Hopper · " in entry.summary
+    assert '<a href="https://arxiv.org/abs/2411.00000">arXiv:2411.00000</a>' in entry.summary
+    rss = feedparser.parse(render_feed(META, items(1), kind="rss")).entries[0]
+    assert "Ada Lovelace, Grace Hopper" in rss.summary  # RSS names authors only with an address
 
 
 def test_rss_dates_and_guids_are_in_the_right_form() -> None:

@@ -40,7 +40,6 @@ PAPER = PaperView(
     "2411.00001",
     2.5,
     ("attention",),
-    ("attention",),
 )
 
 
