@@ -28,7 +28,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
-from digest.emails import DigestView, MessageBuilder, PaperView
+from digest.emails import DigestView, MessageBuilder, PaperView, prepare
 from digest.errors import DeliveryError
 from digest.links import Links
 from digest.models import Digest, DigestItem, Paper, Subscriber, TransportState
@@ -191,6 +191,7 @@ async def deliver(
 ) -> Delivered:
     """Send each digest once, ``concurrency`` at a time; stops taking new ones when ``stop`` is set."""
     result = Delivered()
+    prepare(paper for item in outgoing for paper in item.view.papers)
     queue: asyncio.Queue[Outgoing] = asyncio.Queue()
     for item in outgoing:
         queue.put_nowait(item)

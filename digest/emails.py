@@ -21,7 +21,7 @@ import hashlib
 import importlib.resources
 import re
 import textwrap
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from email.header import Header
@@ -33,7 +33,7 @@ import css_inline
 import jinja2
 from markupsafe import Markup
 
-from digest.highlight import Marks, find_marks, mark
+from digest.highlight import Marks, find_marks, mark, prepare_marks
 
 ABSTRACT_CHARS = 400
 AUTHORS_SHOWN = 5  # a longer list shows its first three names and "et al."
@@ -178,19 +178,31 @@ class Shown:
 
 def shown(paper: PaperView) -> Shown:
     """The paper's text as shown (abstract shortened) with the marks of its matched interests."""
-    return _shown(paper.title, paper.abstract, paper.interests)
+    title, short, truncated = _text(paper.title, paper.abstract)
+    # The shown abstract is a beginning of the whole one, then "…" when cut.
+    visible = short[:-1] if truncated else short
+    return Shown(title, short, truncated, find_marks(title, visible, paper.interests))
 
 
-@functools.lru_cache(maxsize=4096)
-def _shown(title: str, abstract: str, interests: tuple[str, ...]) -> Shown:
-    title = _SPACES.sub(" ", _clean_text(title)).strip()
-    whole = _SPACES.sub(" ", _clean_text(abstract)).strip()
-    short, truncated = shorten(whole)
-    marks = find_marks(title, whole, interests)  # reasons from the whole abstract
-    if truncated:  # the shown abstract is a beginning of the whole one, then "…"
-        visible = len(short) - 1
-        marks = replace(marks, abstract=tuple(s for s in marks.abstract if s[1] <= visible))
-    return Shown(title, short, truncated, marks)
+def prepare(papers: Iterable[PaperView]) -> None:
+    """Work out the marks of many papers ahead, paper by paper.
+
+    Readers' digests share papers in no particular order; taken paper by paper, each is
+    analyzed once however many digests carry it, and ``shown`` then finds it all done.
+    """
+    texts: dict[tuple[str, str], set[str]] = {}
+    for paper in papers:
+        title, short, truncated = _text(paper.title, paper.abstract)
+        visible = short[:-1] if truncated else short
+        texts.setdefault((title, visible), set()).update(paper.interests)
+    for (title, visible), interests in texts.items():
+        prepare_marks(title, visible, interests)
+
+
+@functools.lru_cache(maxsize=8192)  # a day's papers
+def _text(title: str, abstract: str) -> tuple[str, str, bool]:
+    """Title and abstract as shown (spacing and controls folded), and whether it was cut."""
+    return (_SPACES.sub(" ", _clean_text(title)).strip(), *shorten(_clean_text(abstract)))
 
 
 def authors_line(authors: str) -> str:

@@ -16,15 +16,24 @@ The rule, for each of the reader's interests that matched the paper:
 Marks that overlap or touch are merged into one, so nothing is wrapped twice and
 the text with the marks taken out is exactly the text given.
 
+The reasons (the "Matched:" line) name what matched in the text shown: the words
+of the interest, only the alternatives that matched, the words a prefix found,
+with "(in the title)" for an interest kept to one field. An interest whose match
+lies in the part of the abstract not shown is given in plain words ("llm or
+language model", "words starting with diffus").
+
 Matching is the ranker's own (``digest.matching`` over the shared analyzer), so
-what is marked is what matched; scores are left out, marking needs none.
+what is marked is what matched; scores are left out, marking needs none. Only the
+text shown is analyzed, once per paper however many readers it reaches.
 """
 
 from __future__ import annotations
 
 import functools
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 from markupsafe import Markup, escape
 
@@ -71,42 +80,156 @@ class _Hit:
     reason: str
 
 
-@functools.lru_cache(maxsize=4096)
+class _Paper:
+    """A paper analyzed once for all its readers: its words, and where each stands."""
+
+    __slots__ = ("_located", "doc", "generation", "texts")
+
+    def __init__(self, texts: tuple[str, str], doc: Doc, generation: int) -> None:
+        self.texts = texts
+        self.doc = doc
+        self.generation = generation  # of the joined words it was analyzed for
+        self._located: list[array[int] | None] = []
+
+    def located(self, f: int) -> array[int] | None:
+        """Start and end of each word of field ``f``, one after the other (None: unknown)."""
+        if not self._located:
+            for text in self.texts:
+                offsets = DEFAULT.offsets(text)
+                flat = array("l", chain.from_iterable(offsets)) if offsets is not None else None
+                self._located.append(flat)
+        return self._located[f]
+
+
+class _Interests:
+    """Interests parsed and compiled once, whoever holds them, all into one compiler.
+
+    One compiler, because a paper is analyzed for the joined words ("data set" for
+    ``dataset``) its interests look for, and marking needs no scores. What an interest
+    marks in a paper is kept (a paper reaches many readers who share interests), and so
+    are the ``PAPERS`` papers analyzed last; one analyzed before an interest brought more
+    joined words gets those added when next used. A long-running process starts afresh
+    now and then, so what it keeps stays bounded.
+    """
+
+    LIMIT = 20_000
+    PAPERS = 2048  # about 15 KB each (a title and the shown part of an abstract)
+    MARKED = 200_000  # a few hundred bytes each
+
+    def __init__(self) -> None:
+        self.compiler = Compiler(_Unweighted(), DEFAULT)
+        self.queries: dict[str, Node | None] = {}
+        self.leaves: dict[Node, Leaf] = {}
+        self.near: dict[AllOf, Leaf | None] = {}
+        self.papers: dict[tuple[str, str], _Paper] = {}  # in order of use, oldest first
+        self.generation = 0
+        self.marked: dict[tuple[str, str, str], _Marked] = {}
+
+    def marks(self, title: str, abstract: str, written: str) -> _Marked:
+        """What the interest ``written`` marks in the paper."""
+        key = (title, abstract, written)
+        found = self.marked.get(key)
+        if found is None:
+            if len(self.marked) >= self.MARKED:
+                self.marked.clear()
+            found = self.marked[key] = self._marks_of(title, abstract, written)
+        return found
+
+    def _marks_of(self, title: str, abstract: str, written: str) -> _Marked:
+        parsed = self.query(written)
+        if parsed is None:
+            return _Marked((), (), written, written.casefold())
+        paper = self.paper(title, abstract)
+        hit = _Walk(self, paper.doc).visit(parsed, together=False)
+        if hit is None:  # what matched is not in the text shown: the interest in plain words
+            reason = _plain(parsed)
+            return _Marked((), (), reason, " ".join(DEFAULT(reason)))
+        by_field: tuple[list[TextSpan], list[TextSpan]] = ([], [])
+        for f in (0, 1):
+            mine = [(first, last) for field, first, last in hit.spans if field == f]
+            where = paper.located(f) if mine else None
+            if where is not None:
+                by_field[f].extend((where[2 * a], where[2 * b + 1]) for a, b in mine)
+        says = " ".join(DEFAULT(hit.reason)) or hit.reason.casefold()
+        return _Marked(tuple(by_field[0]), tuple(by_field[1]), hit.reason, says)
+
+    def paper(self, title: str, abstract: str) -> _Paper:
+        """The paper analyzed for every interest compiled so far."""
+        key = (title, abstract)
+        found = self.papers.pop(key, None)
+        if found is None:
+            texts = (DEFAULT.positions(title), DEFAULT.positions(abstract))
+            doc = self.compiler.analyzed(texts, 1, prefixes=False)
+            found = _Paper(key, doc, self.generation)
+            if len(self.papers) >= self.PAPERS:
+                del self.papers[next(iter(self.papers))]
+        elif found.generation != self.generation:
+            for fld in found.doc.fields:
+                self.compiler.add_joins(fld, again=True)
+            found.generation = self.generation
+        self.papers[key] = found
+        return found
+
+    def query(self, written: str) -> Node | None:
+        """The interest's parsed form (None: the grammar no longer takes it)."""
+        if written not in self.queries:
+            try:
+                query: Node | None = parse_interest(written).query
+            except InterestError:  # saved under an older grammar: shown as written, no marks
+                query = None
+            if query is not None:
+                compiler = self.compiler
+                joins = len(compiler.join_terms), len(compiler.join_heads)
+                compiler.compile(query)
+                if joins != (len(compiler.join_terms), len(compiler.join_heads)):
+                    self.generation += 1
+            self.queries[written] = query
+        return self.queries[written]
+
+
+@dataclass(frozen=True)
+class _Marked:
+    """What one interest marks in one paper, and why in plain words."""
+
+    title: tuple[TextSpan, ...]
+    abstract: tuple[TextSpan, ...]
+    reason: str
+    says: str  # the reason's terms: "model" and "models" say the same
+
+
+_compiled = [_Interests()]
+
+
+def _interests() -> _Interests:
+    if len(_compiled[0].queries) >= _Interests.LIMIT:
+        _compiled[0] = _Interests()
+    return _compiled[0]
+
+
+def prepare_marks(title: str, abstract: str, interests: Iterable[str]) -> None:
+    """Work out ahead what each interest marks in the paper (``find_marks`` then finds it)."""
+    compiled = _interests()
+    for written in interests:
+        compiled.marks(title, abstract, written)
+
+
+@functools.lru_cache(maxsize=8192)  # a few hundred bytes each
 def find_marks(title: str, abstract: str, interests: tuple[str, ...]) -> Marks:
-    """What to mark in ``title`` and ``abstract`` for the interests that chose the paper."""
+    """What to mark in ``title`` and ``abstract`` (the text shown) for the interests that
+    chose the paper, and the reasons."""
     if not interests:
         return Marks()
-    compiler = Compiler(_Unweighted(), DEFAULT)
-    queries: list[tuple[str, Node | None]] = []
-    for written in interests:
-        try:
-            query = parse_interest(written).query
-        except InterestError:  # saved under an older grammar: shown as written, marks nothing
-            queries.append((written, None))
-            continue
-        compiler.compile(query)  # the joined words and prefixes the paper is analyzed for
-        queries.append((written, query))
-    walk = _Walk(compiler, compiler.document(title, abstract, 1))
-    spans: list[Span] = []
+    compiled = _interests()
+    title_spans: list[TextSpan] = []
+    abstract_spans: list[TextSpan] = []
     reasons: dict[str, str] = {}
-    for written, parsed in queries:
-        reason = written
-        if parsed is not None:
-            hit = walk.visit(parsed, together=False)
-            if hit is None:  # the text changed since it was chosen
-                reason = _plain(parsed)
-            else:
-                spans.extend(hit.spans)
-                reason = hit.reason
-        if reason:  # "model" and "models" are one reason, as they are one term
-            reasons.setdefault(" ".join(DEFAULT(reason)) or reason.casefold(), reason)
-    by_field: tuple[list[TextSpan], list[TextSpan]] = ([], [])
-    for f, text in enumerate((title, abstract)):
-        mine = [(first, last) for field, first, last in spans if field == f]
-        offsets = DEFAULT.offsets(text) if mine else None
-        if offsets is not None:
-            by_field[f].extend((offsets[first][0], offsets[last][1]) for first, last in mine)
-    return Marks(merge(by_field[0]), merge(by_field[1]), tuple(reasons.values()))
+    for written in interests:
+        found = compiled.marks(title, abstract, written)
+        title_spans.extend(found.title)
+        abstract_spans.extend(found.abstract)
+        if found.reason:
+            reasons.setdefault(found.says, found.reason)
+    return Marks(merge(title_spans), merge(abstract_spans), tuple(reasons.values()))
 
 
 def merge(spans: Sequence[TextSpan]) -> tuple[TextSpan, ...]:
@@ -139,18 +262,26 @@ def mark(text: str, spans: Sequence[TextSpan], open_tag: str, close_tag: str) ->
 class _Walk:
     """One paper: which parts of an interest matched it, where, and how to say so."""
 
-    def __init__(self, compiler: Compiler, doc: Doc) -> None:
-        self.compiler = compiler
+    def __init__(self, interests: _Interests, doc: Doc) -> None:
+        self.compiler = interests.compiler
+        self.leaves = interests.leaves
+        self.nearby = interests.near
         self.doc = doc
-        self._leaves: dict[Node, Leaf] = {}
 
     def leaf(self, node: Term | Phrase) -> Leaf:
-        found = self._leaves.get(node)
+        found = self.leaves.get(node)
         if found is None:
             matcher = self.compiler.compile(node)[0]
             assert isinstance(matcher, TermLeaf | PhraseLeaf | PrefixLeaf)
-            found = self._leaves[node] = matcher
+            found = self.leaves[node] = matcher
         return found
+
+    def near(self, node: AllOf) -> Leaf | None:
+        """The interest's loose words as the phrase they were written as, if they make one."""
+        if node not in self.nearby:
+            matcher = self.compiler.proximity(node)
+            self.nearby[node] = matcher if isinstance(matcher, TermLeaf | PhraseLeaf) else None
+        return self.nearby[node]
 
     def visit(self, node: Node, *, together: bool) -> _Hit | None:
         """What of ``node`` matched (None: it did not); ``together``: among other words."""
@@ -186,8 +317,8 @@ class _Walk:
             return None
         found = [hit for hit in hits if hit is not None]
         spans = [span for hit in found for span in hit.spans]
-        near = self.compiler.proximity(node)
-        if isinstance(near, TermLeaf | PhraseLeaf):
+        near = self.near(node)
+        if near is not None:
             side_by_side = near.spans(self.doc)
             fields = {f for f, _, _ in side_by_side}
             spans = side_by_side + [span for span in spans if span[0] not in fields]
@@ -231,12 +362,17 @@ def _join(reasons: Iterable[str]) -> str:
 
 
 def _plain(node: Node) -> str:
-    """An interest in plain words when it no longer matches the paper's text."""
+    """An interest in plain words, for when what it matched is not in the text shown."""
     if isinstance(node, Term):
-        return node.word + ("…" if node.prefix else "") + _where(node.field)
+        word = f"words starting with {node.word}" if node.prefix else node.word
+        return word + _where(node.field)
     if isinstance(node, Phrase):
         return " ".join(node.words.split()) + _where(node.field)
     if isinstance(node, Without):
         return ""
-    parts = [_plain(item) for item in node.items]
-    return (", " if isinstance(node, AnyOf) else " ").join(p for p in parts if p)
+    parts = [part for part in map(_plain, node.items) if part]
+    if isinstance(node, AnyOf):
+        return " or ".join(parts)
+    positive = [item for item in node.items if not isinstance(item, Without)]
+    words = all(isinstance(item, Term) and not item.prefix for item in positive)
+    return (" " if words else " and ").join(parts)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from itertools import pairwise
 from typing import Protocol
 
-from digest.analysis import Analyzer
+from digest.analysis import Analyzer, Positions
 from digest.interests import AllOf, AnyOf, Node, Phrase, Term, Without
 
 K1 = 1.2
@@ -426,27 +426,45 @@ class Compiler:
 
     def document(self, title: str, abstract: str, times_seen: int) -> Doc:
         """A paper analyzed for matching against everything compiled so far."""
-        stats, analyzer = self.stats, self.analyzer
-        heads, joins, term = self.join_heads, self.join_terms, analyzer.term
+        positions = self.analyzer.positions
+        return self.analyzed((positions(title), positions(abstract)), times_seen)
+
+    def analyzed(
+        self, texts: tuple[Positions, Positions], times_seen: int, *, prefixes: bool = True
+    ) -> Doc:
+        """``document`` of a title and an abstract already analyzed (they are only read).
+
+        ``prefixes=False`` leaves out what scoring prefixes needs (``Doc.prefixed``): the
+        leaves' ``spans`` find prefixed words without it.
+        """
+        stats = self.stats
         averages = (stats.avg_title_len, stats.avg_abstract_len)
         fields: list[Field] = []
-        for i, text in enumerate((title, abstract)):
-            pos = analyzer.positions(text)
+        for i, pos in enumerate(texts):
             norm = 1.0 - B + B * len(pos.terms) / max(averages[i], 1.0)
             fld = Field(pos.terms, pos.surfaces, FIELD_WEIGHTS[i] / norm)
             for s, e, joined in pos.compounds:
                 fld.add_span(joined, s, e)
-            surfaces = pos.surfaces
-            for k in range(len(surfaces) - 1):
-                if surfaces[k] in heads:
-                    joined = term(surfaces[k] + surfaces[k + 1])
-                    if joined in joins:
-                        fld.add_span(joined, k, k + 1)
+            self.add_joins(fld)
             fields.append(fld)
         doc = Doc((fields[0], fields[1]), times_seen)
-        if self.prefixes:
+        if self.prefixes and prefixes:
             self._find_prefixes(doc)
         return doc
+
+    def add_joins(self, fld: Field, *, again: bool = False) -> None:
+        """Record the interests' words the field writes in two ("data set" for ``dataset``).
+
+        ``again``: the field was analyzed before more interests were compiled; add only
+        what is missing.
+        """
+        heads, joins, term, spans = self.join_heads, self.join_terms, self.analyzer.term, fld.spans
+        surfaces = fld.surfaces
+        for k in range(len(surfaces) - 1):
+            if surfaces[k] in heads:
+                joined = term(surfaces[k] + surfaces[k + 1])
+                if joined in joins and not (again and (k, k + 1) in spans.get(joined, ())):
+                    fld.add_span(joined, k, k + 1)
 
     def _find_prefixes(self, doc: Doc) -> None:
         prefixes, prefixed, term = self.prefixes, doc.prefixed, self.analyzer.term

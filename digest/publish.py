@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
+from digest.emails import PaperView, prepare
 from digest.errors import DigestError, WriteError
 from digest.feeds import (
     FeedItem,
@@ -54,10 +55,7 @@ GLOBAL_FEED = "papers"
 _GUID_KEY = sa.func.coalesce(col(Paper.first_key), col(Paper.key)).label("guid_key")
 
 
-def _item(
-    row: Any, published: datetime, authority: str, why: Sequence[dict[str, Any]] = ()
-) -> FeedItem:
-    view = paper_view(row, getattr(row, "score", 0.0), why)
+def _item(row: Any, view: PaperView, published: datetime, authority: str) -> FeedItem:
     return item_for_paper(view, guid=paper_guid(row.guid_key, authority), published=published)
 
 
@@ -95,9 +93,11 @@ def _private_items(
         .where(numbered.c.n <= limit)
         .order_by(numbered.c.subscriber_id, numbered.c.n)
     ).all()
+    views = [paper_view(row, row.score, json.loads(row.matched)) for row in rows]
+    prepare(views)
     items: dict[int, list[FeedItem]] = {sid: [] for sid in subscriber_ids}
-    for row in rows:
-        items[row.subscriber_id].append(_item(row, row.sent_at, authority, json.loads(row.matched)))
+    for row, view in zip(rows, views, strict=True):
+        items[row.subscriber_id].append(_item(row, view, row.sent_at, authority))
     return items
 
 
@@ -170,7 +170,7 @@ def publish_feeds(
         (
             GLOBAL_FEED,
             meta(GLOBAL_FEED, "new papers", "Papers as they first appear in the listings."),
-            [_item(row, row.first_seen, authority) for row in newest],
+            [_item(row, paper_view(row, 0.0, ()), row.first_seen, authority) for row in newest],
         )
     ]
     for sid in targets:

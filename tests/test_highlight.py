@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from digest.analysis import DEFAULT
-from digest.emails import DigestView, MessageBuilder, PaperView, Sender, shorten
+from digest.emails import DigestView, MessageBuilder, PaperView, Sender, shorten, shown
 from digest.feeds import item_for_paper
 from digest.highlight import find_marks, mark, merge
 from digest.interests import InterestError, parse_interest
@@ -183,6 +183,26 @@ def test_reasons_are_plain_words() -> None:
         ('llm OR "language model"', "title:agent ^2", "diffus* -survey"),
     )
     assert marks.reasons == ("language model", "agent (in the title)", "diffusion, diffusers")
+
+
+def test_an_interest_matched_only_where_the_abstract_is_cut_is_given_in_plain_words() -> None:
+    paper = PaperView(
+        "k",
+        "A title",
+        "Words " * 80 + "and then diffusion models and LLMs.",
+        None,
+        None,
+        1.0,
+        ("diffus*", 'llm OR "language model"', "title:title"),
+    )
+    text = shown(paper)
+    assert text.truncated and "diffusion" not in text.abstract
+    assert text.marks.reasons == (
+        "words starting with diffus",
+        "llm or language model",
+        "title (in the title)",
+    )
+    assert text.marks.abstract == ()
 
 
 def test_reasons_that_say_the_same_are_given_once() -> None:
