@@ -33,13 +33,13 @@ from match import (  # bench/match.py
     subscribers,
 )
 
-from digest.compose import plan_digests, record_plans
-from digest.cycle import links_of, send_outbox
-from digest.ingest import Clock, ingest_file, ingest_inbox
-from digest.models import Subscriber
-from digest.publish import publish_feeds
+from digest.deliver.plan import plan_digests, record_plans
+from digest.feeds.publish import publish_feeds
+from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
+from digest.service.cycle import links_of, send_outbox
 from digest.settings import load_settings
-from digest.store import index_papers, ingest_sequence, open_store, transaction
+from digest.store.engine import index_papers, ingest_sequence, open_store, transaction
+from digest.store.models import Subscriber
 
 
 class CountingTransport:

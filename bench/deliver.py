@@ -29,8 +29,8 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
-from digest.emails import DigestView, MessageBuilder, PaperView, Sender, subject_for
-from digest.transports import SMTPTransport
+from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender, subject_for
+from digest.deliver.transports import SMTPTransport
 
 WORD_TEXT = (
     "learning model models language large neural network networks training data diffusion "

@@ -20,9 +20,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from digest.identity import paper_keys
-from digest.ingest import Clock, ingest_file
-from digest.store import index_papers, open_store, transaction
+from digest.ingest.dumps import Clock, ingest_file
+from digest.ingest.identity import paper_keys
+from digest.store.engine import index_papers, open_store, transaction
 
 WORDS = [
     "learning",

@@ -31,12 +31,12 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from digest import parallel
-from digest.analysis import DEFAULT
-from digest.interests import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
-from digest.matching import STOPWORDS
-from digest.ranking import CorpusStats, DayMatches, InterestIndex, PaperText, Profile
-from digest.readers import read_listing
+from digest.ingest.readers import read_listing
+from digest.rank import workers as parallel
+from digest.rank.match import STOPWORDS
+from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
+from digest.rank.ranker import CorpusStats, DayMatches, InterestIndex, PaperText, Profile
+from digest.rank.text import DEFAULT
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DUMPS = REPO.parent / "shared" / "dumps"

@@ -22,8 +22,14 @@ from typing import Any, TextIO
 from sqlalchemy.engine import Engine
 
 from digest import __version__
-from digest.compose import message_id, period_of
-from digest.cycle import (
+from digest.deliver.message import MessageBuilder
+from digest.deliver.plan import message_id, period_of
+from digest.errors import AlreadyRunning, DigestError, UsageError, WriteError
+from digest.files import write_private
+from digest.ingest.dumps import Clock, DumpResult, ingest_inbox, ingest_paths
+from digest.logs import setup_logging
+from digest.rank.query import parse_interest
+from digest.service.cycle import (
     ensure_sample_subscribers,
     last_run_period,
     links_of,
@@ -32,15 +38,16 @@ from digest.cycle import (
     run_lines,
     sender_of,
 )
-from digest.emails import MessageBuilder
-from digest.errors import AlreadyRunning, DigestError, UsageError, WriteError
-from digest.files import write_private
-from digest.ingest import Clock, DumpResult, ingest_inbox, ingest_paths
-from digest.interests import parse_interest
-from digest.logs import setup_logging
-from digest.preview import has_papers, preview_ranked, ranked_json, ranked_views, search_store
-from digest.runlock import hold_run_lock
-from digest.scheduler import serve
+from digest.service.preview import (
+    has_papers,
+    preview_ranked,
+    ranked_json,
+    ranked_views,
+    search_store,
+)
+from digest.service.runlock import hold_run_lock
+from digest.service.scheduler import serve
+from digest.service.status import collect_status, status_lines
 from digest.settings import (
     DEFAULT_CONFIG_NAME,
     SUBSCRIBER,
@@ -51,9 +58,8 @@ from digest.settings import (
     link_warnings,
     load_settings,
 )
-from digest.status import collect_status, status_lines
-from digest.store import open_store, reading, store_exists, transaction
-from digest.subscribers import (
+from digest.store.engine import open_store, reading, store_exists, transaction
+from digest.store.subscribers import (
     Saved,
     SubscriberSpec,
     check_token,

@@ -119,7 +119,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """``2025-03-11 07:00:00 INFO  digest.fetch [run 12] message key=value`` on one line."""
+    """``2025-03-11 07:00:00 INFO  digest.ingest.fetch [run 12] message key=value`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created).strftime("%Y-%m-%d %H:%M:%S")

@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from digest.store import open_store
+from digest.store.engine import open_store
 from tests.smtp_server import SMTPServer, start_server
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from digest import store
+from digest.store import engine as store
 
 
 def _no_space() -> OSError:

@@ -13,13 +13,13 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from digest.cycle import run_cycle
+from digest.deliver.transports import RecordingTransport, TransportError
 from digest.errors import DeliveryError
-from digest.ingest import Clock
+from digest.ingest.dumps import Clock
+from digest.service.cycle import run_cycle
 from digest.settings import Settings, load_settings
-from digest.store import open_store
-from digest.subscribers import SubscriberSpec, find_subscriber, set_status, upsert_subscriber
-from digest.transports import RecordingTransport, TransportError
+from digest.store.engine import open_store
+from digest.store.subscribers import SubscriberSpec, find_subscriber, set_status, upsert_subscriber
 
 DAY = date(2026, 3, 12)
 JOINED = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)
@@ -183,7 +183,7 @@ def test_permanent_failure_bounces_the_address(
 
 def test_dry_run_records_and_sends_nothing(settings: Settings, store: Engine) -> None:
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
-    from digest.ingest import ingest_inbox
+    from digest.ingest.dumps import ingest_inbox
 
     ingest_inbox(store, settings.inbox, clock=clock)
     transport = RecordingTransport()
@@ -279,10 +279,10 @@ def test_plans_equal_ranking_every_reader_with_their_own_candidates(
     settings: Settings, store: Engine, dump_a: Path
 ) -> None:
     """The shared fast path (readers with the usual cutoff) picks what the slow path picks."""
-    from digest.compose import plan_digests, store_stats
-    from digest.ingest import ingest_inbox
-    from digest.ranking import PaperText, Profile, rank_profiles
-    from digest.subscribers import interests_of, list_subscribers
+    from digest.deliver.plan import plan_digests, store_stats
+    from digest.ingest.dumps import ingest_inbox
+    from digest.rank.ranker import PaperText, Profile, rank_profiles
+    from digest.store.subscribers import interests_of, list_subscribers
 
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     ingest_inbox(store, settings.inbox, clock=clock)  # dump B, after everyone joined
@@ -325,9 +325,9 @@ def test_plans_equal_ranking_every_reader_with_their_own_candidates(
 def test_the_outbox_goes_out_in_batches_each_digest_once(
     settings: Settings, store: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import digest.cycle
+    import digest.service.cycle
 
-    monkeypatch.setattr(digest.cycle, "OUTBOX_BATCH", 2)
+    monkeypatch.setattr(digest.service.cycle, "OUTBOX_BATCH", 2)
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     transport = RecordingTransport()
     report = run_cycle(settings, store, clock=clock, period=DAY, transport=transport)
@@ -341,8 +341,8 @@ def test_feeds_written_by_two_processes_are_the_same_files(
 ) -> None:
     from dataclasses import replace
 
-    from digest.cycle import links_of
-    from digest.publish import publish_feeds
+    from digest.feeds.publish import publish_feeds
+    from digest.service.cycle import links_of
 
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     run_cycle(settings, store, clock=clock, period=DAY, transport=RecordingTransport())

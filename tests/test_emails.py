@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import digest.emails as emails
-from digest.emails import (
+import digest.deliver.message as emails
+from digest.deliver.message import (
     DigestView,
     MessageBuilder,
     PaperView,
@@ -25,7 +25,7 @@ from digest.emails import (
     preheader_for,
     shorten,
 )
-from digest.highlight import find_marks, mark
+from digest.rank.highlight import find_marks, mark
 
 EXPECTED = Path(__file__).parent / "expected"
 NOW = datetime(2026, 11, 22, 7, 30, tzinfo=UTC)

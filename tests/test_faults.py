@@ -21,12 +21,12 @@ import pytest
 import sqlalchemy as sa
 
 import digest.cli
-import digest.ingest
-import digest.transports
-from digest.deliver import MAX_ATTEMPTS
+import digest.deliver.transports
+import digest.ingest.dumps
+from digest.deliver.send import MAX_ATTEMPTS
+from digest.service.status import collect_status
 from digest.settings import load_settings
-from digest.status import collect_status
-from digest.store import open_store
+from digest.store.engine import open_store
 from tests.conftest import EXAMPLE_A as DUMP_A
 from tests.conftest import EXAMPLE_B as DUMP_B
 from tests.smtp_server import DROP, free_port, start_server
@@ -70,7 +70,7 @@ def test_papers_ingested_with_the_clock_behind_still_reach_the_next_digest(
 
     # The next listing comes in while the clock is two hours behind the last run.
     with monkeypatch.context() as skewed:
-        skewed.setattr(digest.ingest, "datetime", _TwoHoursBehind)
+        skewed.setattr(digest.ingest.dumps, "datetime", _TwoHoursBehind)
         skewed.setattr(digest.cli, "datetime", _TwoHoursBehind)
         site.drop_in_inbox(DUMP_A, "trending.txt")
         ingested = site.cli("ingest", "--inbox", "--json")
@@ -197,7 +197,7 @@ def test_a_full_disk_costs_no_attempt(site: Site, monkeypatch: pytest.MonkeyPatc
     outbox_dir = site.root / "outbox"
     monkeypatch.setenv("DIGEST_MAIL_TRANSPORT", f"file://{outbox_dir}")
     with monkeypatch.context() as full:
-        full.setattr(digest.transports, "os", _FullDisk())
+        full.setattr(digest.deliver.transports, "os", _FullDisk())
         result = site.cli("run")
 
     assert result.code == 1
@@ -351,7 +351,7 @@ def test_status_never_waits_on_a_writer_to_mark_a_dead_run(site: Site) -> None:
 
 
 def test_serve_writes_many_feeds_in_worker_processes(site: Site) -> None:
-    from digest.publish import PARALLEL_FROM
+    from digest.feeds.publish import PARALLEL_FROM
 
     readers = PARALLEL_FROM // 2  # two feeds each: enough for the feeds to go to processes
     assert site.cli("ingest", "--inbox").code == 0  # makes the store

@@ -9,8 +9,8 @@ from pathlib import Path
 import feedparser
 import pytest
 
-from digest.emails import PaperView
-from digest.feeds import (
+from digest.deliver.message import PaperView
+from digest.feeds.render import (
     FeedItem,
     FeedKind,
     FeedMeta,

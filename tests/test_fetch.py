@@ -17,9 +17,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from digest.fetch import FetchResult, fetch_sources
-from digest.models import Dump, SourceState
-from digest.store import open_store
+from digest.ingest.fetch import FetchResult, fetch_sources
+from digest.store.engine import open_store
+from digest.store.models import Dump, SourceState
 
 NOW = datetime(2025, 3, 11, 7, 0, tzinfo=UTC)
 PAPERS = json.dumps(

@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from digest.analysis import DEFAULT
-from digest.emails import DigestView, MessageBuilder, PaperView, Sender, shorten, shown
-from digest.feeds import item_for_paper
-from digest.highlight import find_marks, mark, merge
-from digest.interests import InterestError, parse_interest
-from digest.listing import Entry
-from digest.readers import read_listing
+from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender, shorten, shown
+from digest.feeds.render import item_for_paper
+from digest.ingest.listing import Entry
+from digest.ingest.readers import read_listing
+from digest.rank.highlight import find_marks, mark, merge
+from digest.rank.query import InterestError, parse_interest
+from digest.rank.text import DEFAULT
 from tests.conftest import EXAMPLE_A, EXAMPLE_B, REAL_A, REAL_B
 
 SENDER = Sender(

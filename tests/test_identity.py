@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from digest.identity import normalize_arxiv_id
+from digest.ingest.identity import normalize_arxiv_id
 
 
 @pytest.mark.parametrize(

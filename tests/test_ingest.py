@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from digest.cli import main
-from digest.ingest import Clock, ingest_inbox, ingest_paths
+from digest.ingest.dumps import Clock, ingest_inbox, ingest_paths
 from tests.conftest import EXAMPLE_A, EXAMPLE_B, REAL_A, REAL_B
 
 START = datetime(2026, 3, 12, 8, 0, tzinfo=UTC)
@@ -63,7 +63,7 @@ def test_same_bytes_twice_is_a_duplicate_and_changes_nothing(engine: Engine, dum
 def test_either_order_gives_the_same_store(
     tmp_path: Path, dump_a: Path, dump_b: Path, unique: int, in_both: int
 ) -> None:
-    from digest.store import open_store
+    from digest.store.engine import open_store
 
     stores = []
     for name, order in (("ab", [dump_a, dump_b]), ("ba", [dump_b, dump_a])):

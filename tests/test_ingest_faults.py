@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from digest import ingest, store
 from digest.cli import main
+from digest.ingest import dumps as ingest
+from digest.store import engine as store
 from tests.conftest import EXAMPLE_A as DUMP_A
 from tests.conftest import EXAMPLE_B as DUMP_B
 from tests.faults import database_full, disk_full

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from digest.errors import UsageError
-from digest.interests import (
+from digest.rank.query import (
     AllOf,
     AnyOf,
     InterestError,

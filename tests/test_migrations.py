@@ -6,9 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
-from digest.listing import Entry
-from digest.migrations import MIGRATIONS, SCHEMA_VERSION, current_version
-from digest.store import ingest_sequence, make_engine, open_store, transaction, upsert_entries
+from digest.ingest.listing import Entry
+from digest.store.engine import (
+    ingest_sequence,
+    make_engine,
+    open_store,
+    transaction,
+    upsert_entries,
+)
+from digest.store.migrations import MIGRATIONS, SCHEMA_VERSION, current_version
 
 T0 = datetime(2026, 3, 1, 7, 0, tzinfo=UTC)
 INGESTS = [T0, T0 + timedelta(hours=1), T0 + timedelta(days=1), T0 + timedelta(days=2)]

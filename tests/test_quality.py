@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 from rank_bm25 import BM25Okapi
 
-from digest.analysis import Analyzer
-from digest.identity import normalize_title
-from digest.ranking import CorpusStats, PaperText, Profile, rank_for
+from digest.ingest.identity import normalize_title
+from digest.rank.ranker import CorpusStats, PaperText, Profile, rank_for
+from digest.rank.text import Analyzer
 from tests.conftest import EXAMPLE_A, EXAMPLE_B, EXAMPLE_DUMPS, REAL_A, REAL_B
 
 JUDGED = Path(__file__).resolve().parent / "judged"

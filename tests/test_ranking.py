@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from digest.analysis import Analyzer, analyze
-from digest.interests import InterestError
-from digest.ranking import CorpusStats, InterestIndex, PaperText, Profile, rank_profiles, search
+from digest.rank.query import InterestError
+from digest.rank.ranker import CorpusStats, InterestIndex, PaperText, Profile, rank_profiles, search
+from digest.rank.text import Analyzer, analyze
 
 PAPERS = [
     PaperText(1, "Self-Supervised Learning of Speech", "We pretrain encoders without labels."),

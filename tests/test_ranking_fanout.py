@@ -7,11 +7,11 @@ import random
 
 import pytest
 
-from digest import parallel
-from digest.analysis import DEFAULT
-from digest.interests import parse_interest
-from digest.matching import Compiler
-from digest.ranking import CorpusStats, InterestIndex, PaperText, Profile, Ranked, rank_profiles
+from digest.rank import workers as parallel
+from digest.rank.match import Compiler
+from digest.rank.query import parse_interest
+from digest.rank.ranker import CorpusStats, InterestIndex, PaperText, Profile, Ranked, rank_profiles
+from digest.rank.text import DEFAULT
 
 _VOCABULARY = (
     "graph neural network diffusion model language agent reasoning speech vision "

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from digest.identity import normalize_title
-from digest.listing import Entry
-from digest.readers import read_listing
-from digest.readers.hf_text import looks_like_abstract, resolve_year
+from digest.ingest.identity import normalize_title
+from digest.ingest.listing import Entry
+from digest.ingest.readers import read_listing
+from digest.ingest.readers.hf_text import looks_like_abstract, resolve_year
 from tests.conftest import EXAMPLE_A, EXAMPLE_B, EXAMPLE_DUMPS, REAL_A, REAL_B, REPO
 
 FIXTURES = REPO / "tests" / "fixtures"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from digest.errors import ListingError
-from digest.readers import decoding, open_listing, read_listing
+from digest.ingest.readers import decoding, open_listing, read_listing
 
 NOW = datetime(2024, 3, 12, 9, 0, tzinfo=UTC)
 ABSTRACT = "We study a problem. Our method improves the baseline on every benchmark we tried."

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from digest.errors import ListingError
-from digest.listing import Entry
-from digest.readers import read_listing
-from digest.readers import snapshot as snapshot_module
+from digest.ingest.listing import Entry
+from digest.ingest.readers import read_listing
+from digest.ingest.readers import snapshot as snapshot_module
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 NOW = datetime(2024, 3, 12, 9, 0, tzinfo=UTC)

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from digest.errors import AlreadyRunning
-from digest.runlock import hold_run_lock, lock_holder, uses_advisory_lock
+from digest.service.runlock import hold_run_lock, lock_holder, uses_advisory_lock
 
 TRY_LOCK = """
 import sys
 from digest.errors import AlreadyRunning
-from digest.runlock import hold_run_lock
+from digest.service.runlock import hold_run_lock
 try:
     with hold_run_lock(sys.argv[1]):
         print("locked")
@@ -28,7 +28,7 @@ except AlreadyRunning as exc:
 # Takes the lock and dies without releasing it: no finally blocks, no atexit.
 DIE_HOLDING = """
 import os, sys
-from digest.runlock import hold_run_lock
+from digest.service.runlock import hold_run_lock
 lock = hold_run_lock(sys.argv[1])
 lock.__enter__()
 print(os.getpid(), flush=True)

@@ -17,7 +17,7 @@ import pytest
 from apscheduler.triggers.date import DateTrigger  # type: ignore[import-untyped]
 
 from digest.errors import ConfigError, DigestError
-from digest.scheduler import (
+from digest.service.scheduler import (
     DIGEST_JOB,
     DIGEST_MISFIRE_GRACE,
     POLL_JOB,
@@ -163,7 +163,7 @@ def test_catch_up_runs_the_digest_once_at_start(caplog: pytest.LogCaptureFixture
         catch_up=True,
         now=datetime.now(UTC) - timedelta(seconds=1),
     )
-    with caplog.at_level(logging.INFO, logger="digest.scheduler"):
+    with caplog.at_level(logging.INFO, logger="digest.service.scheduler"):
         scheduler.start()
         try:
             assert ran.wait(10), "the catch-up run never happened"
@@ -175,7 +175,7 @@ def test_catch_up_runs_the_digest_once_at_start(caplog: pytest.LogCaptureFixture
 
 SERVE = """
 import sys, threading, time
-from digest.scheduler import serve
+from digest.service.scheduler import serve
 
 stop = threading.Event()
 

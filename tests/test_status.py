@@ -17,7 +17,7 @@ from tests.test_service import PEOPLE, SENT_TO, Site
 
 HOLD_LOCK = """
 import sys
-from digest.runlock import hold_run_lock
+from digest.service.runlock import hold_run_lock
 with hold_run_lock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.readline()

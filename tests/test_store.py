@@ -12,11 +12,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
-import digest.models  # noqa: F401  (registers the tables)
+import digest.store.models  # noqa: F401  (registers the tables)
 from digest.errors import StoreError
-from digest.listing import Entry
-from digest.migrations import SCHEMA_VERSION, current_version
-from digest.store import index_papers, open_store, transaction, upsert_entries
+from digest.ingest.listing import Entry
+from digest.store.engine import index_papers, open_store, transaction, upsert_entries
+from digest.store.migrations import SCHEMA_VERSION, current_version
 
 T0 = datetime(2026, 3, 11, 7, 0, tzinfo=UTC)
 
@@ -196,7 +196,7 @@ def test_search_index_follows_inserts_and_text_changes(engine: Engine) -> None:
 
 
 def test_term_statistics_cover_the_store_and_are_repeatable(engine: Engine) -> None:
-    from digest.compose import store_stats
+    from digest.deliver.plan import store_stats
 
     entries = [
         Entry(f"Paper {i} on {'graphs' if i % 4 else 'diffusion'}", "text") for i in range(60)
@@ -214,7 +214,7 @@ def test_term_statistics_cover_the_store_and_are_repeatable(engine: Engine) -> N
 
 
 def test_a_reader_does_not_wait_for_a_long_write(tmp_path: Path) -> None:
-    from digest.store import reading
+    from digest.store.engine import reading
 
     engine = open_store(f"sqlite:///{tmp_path / 'r.db'}")
     with transaction(engine) as conn:
@@ -238,16 +238,16 @@ def test_a_reader_does_not_wait_for_a_long_write(tmp_path: Path) -> None:
 def test_opening_a_current_store_never_waits_for_a_writer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import digest.store
+    import digest.store.engine
 
     path = tmp_path / "store.db"
     open_store(f"sqlite:///{path}").dispose()
-    monkeypatch.setattr(digest.store, "BUSY_TIMEOUT_MS", 100)  # a wait would fail at once
+    monkeypatch.setattr(digest.store.engine, "BUSY_TIMEOUT_MS", 100)  # a wait would fail at once
     writer = sqlite3.connect(path, isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")  # a long ingest holding the write lock
         engine = open_store(f"sqlite:///{path}")
-        with digest.store.reading(engine) as conn:
+        with digest.store.engine.reading(engine) as conn:
             assert current_version(conn) == SCHEMA_VERSION
         engine.dispose()
     finally:

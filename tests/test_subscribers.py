@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 from digest.cli import main
 from digest.errors import UsageError
-from digest.subscribers import (
+from digest.store.subscribers import (
     SubscriberSpec,
     check_token,
     export_csv,
@@ -127,7 +127,7 @@ def test_cli_subscribe_list_unsubscribe(
     assert main(["unsubscribe", "who@example.org"]) == 2
     capsys.readouterr()
     from digest.settings import load_settings
-    from digest.store import open_store
+    from digest.store.engine import open_store
 
     engine = open_store(load_settings().database_url)
     assert find_subscriber(engine, "ada@example.org").status == "unsubscribed"
@@ -141,7 +141,7 @@ def test_cli_unsubscribe_by_the_token_of_a_link(
     monkeypatch.delenv("DIGEST_CONFIG", raising=False)
     assert main(["subscribe", "ada@example.org", "--interest", "graphs"]) == 0
     from digest.settings import load_settings
-    from digest.store import open_store
+    from digest.store.engine import open_store
 
     settings = load_settings()
     engine = open_store(settings.database_url)
@@ -188,7 +188,7 @@ def refused(result: tuple[int, str, str], *words: str) -> str:
 
 def stored(address: str) -> tuple[str, list[str]]:
     from digest.settings import load_settings
-    from digest.store import open_store
+    from digest.store.engine import open_store
 
     engine = open_store(load_settings().database_url)
     try:
@@ -218,8 +218,8 @@ def test_cli_subscribe_does_not_reactivate_who_unsubscribed(cli: Cli) -> None:
 
 def test_cli_subscribe_does_not_reactivate_a_bounced_address(cli: Cli) -> None:
     from digest.settings import load_settings
-    from digest.store import open_store
-    from digest.subscribers import set_status
+    from digest.store.engine import open_store
+    from digest.store.subscribers import set_status
 
     assert cli("subscribe", "bob@example.org", "--interest", "graphs")[0] == 0
     engine = open_store(load_settings().database_url)

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from digest.emails import DigestView, MessageBuilder, PaperView, Sender
-from digest.errors import ConfigError, DeliveryError
-from digest.transports import (
+from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender
+from digest.deliver.transports import (
     AddressError,
     ConnectionLost,
     FileTransport,
@@ -26,6 +25,7 @@ from digest.transports import (
     exponential_backoff,
     open_transport,
 )
+from digest.errors import ConfigError, DeliveryError
 from tests.smtp_server import DROP, SMTPServer, free_port, start_server
 
 SENDER = Sender(

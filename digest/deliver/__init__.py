@@ -1,0 +1,1 @@
+"""Deliver: plan each digest, build its email, and send the outbox."""

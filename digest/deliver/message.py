@@ -1,0 +1,500 @@
+"""Building a digest email: plain data in, the RFC 5322 message as bytes out.
+
+Nothing here touches the network, the clock or the store. The message is
+assembled directly as bytes (headers, one boundary, two quoted-printable
+parts) instead of through ``email.message.EmailMessage``: a run builds tens of
+thousands of messages and most of each one is the same few paper blocks, so a
+:class:`MessageBuilder` renders and encodes every paper once and reuses the
+encoded bytes in every digest that carries it. Quoted-printable is line-local,
+so encoded blocks that each end with a line break can simply be joined.
+
+A paper without a URL or arXiv id links to arXiv's title search, which finds
+nearly every paper these listings carry. What is marked in a paper's title and
+abstract, and the "Matched:" line, come from ``digest.rank.highlight``.
+"""
+
+from __future__ import annotations
+
+import binascii
+import functools
+import hashlib
+import importlib.resources
+import re
+import textwrap
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime
+from email.header import Header
+from email.utils import format_datetime, formataddr, parseaddr
+from typing import Any
+from urllib.parse import quote_plus, urlsplit
+
+import css_inline
+import jinja2
+from markupsafe import Markup
+
+from digest.rank.highlight import Marks, find_marks, mark, prepare_marks
+
+ABSTRACT_CHARS = 400
+AUTHORS_SHOWN = 5  # a longer list shows its first three names and "et al."
+TEXT_WIDTH = 72
+CODE_HOSTS = frozenset(
+    {"github.com", "gitlab.com", "huggingface.co", "codeberg.org", "bitbucket.org", "sr.ht"}
+)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+_SPACES = re.compile(r"\s+")
+_URL = re.compile(
+    r"(?:https?://|www\.|\b(?:github\.com|gitlab\.com|huggingface\.co|codeberg\.org)/)"
+    r"[^\s<>\"'`{}|\\^\[\]]+",
+    re.IGNORECASE,
+)
+_URL_TAIL = ".,;:!?)]}'\""
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_SLOT = "\x00papers\x00"  # content passes clean_header or _clean_text, which drop NULs
+
+
+@dataclass(frozen=True)
+class PaperView:
+    """One chosen paper as a digest shows it; ``interests`` are those of the reader it matched."""
+
+    key: str
+    title: str
+    abstract: str
+    url: str | None
+    arxiv_id: str | None
+    score: float
+    interests: tuple[str, ...] = ()
+    authors: str = ""
+
+
+@dataclass(frozen=True)
+class DigestView:
+    """One subscriber's digest for one period."""
+
+    to: str
+    period: date
+    papers: Sequence[PaperView]
+    message_id: str
+    unsubscribe_url: str
+    unsubscribe_mailto: str
+    feed_url: str
+    manage_url: str | None = None
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who the digests come from (``from_addr`` may carry a display name)."""
+
+    from_addr: str
+    site_name: str
+    list_id: str
+    base_url: str
+
+
+@dataclass(frozen=True)
+class _Block:
+    """A paper rendered and encoded once, for both parts."""
+
+    html: bytes
+    text: bytes
+
+
+# --- small pure helpers -------------------------------------------------------
+
+
+def clean_header(value: str) -> str:
+    """Fold CR, LF and other control characters to single spaces so a value stays one header."""
+    return _SPACES.sub(" ", _CONTROL.sub(" ", value)).strip()
+
+
+def _clean_text(value: str) -> str:
+    """Body text: one kind of line break, no NULs or other stray controls."""
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", value)
+
+
+def shorten(text: str, limit: int = ABSTRACT_CHARS) -> tuple[str, bool]:
+    """Collapse spacing and cut at a word boundary near ``limit``; True when something was cut."""
+    text = _SPACES.sub(" ", text).strip()
+    if len(text) <= limit:
+        return text, False
+    cut = text.rfind(" ", 0, limit + 1)
+    if cut < limit * 2 // 3:  # one enormous "word" (a URL, a formula): cut inside it
+        cut = limit
+    return text[:cut].rstrip(" ,;:-") + "…", True
+
+
+def _arxiv_url(arxiv_id: str) -> str:
+    return f"https://arxiv.org/abs/{quote_plus(arxiv_id, safe='/.')}"
+
+
+def _indented(text: str) -> str:
+    """Text for the plain part: wrapped, two spaces in."""
+    return textwrap.fill(
+        text, TEXT_WIDTH, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
+    )
+
+
+def find_links(text: str) -> tuple[str, ...]:
+    """The http(s) links written in a text, without trailing punctuation, each once."""
+    found: dict[str, None] = {}
+    for match in _URL.finditer(text):
+        url = match.group().rstrip(_URL_TAIL)
+        if url.count("(") < url.count(")"):
+            url = url.rstrip(")")
+        if not url.lower().startswith(("http://", "https://")):
+            url = "https://" + url
+        if urlsplit(url).netloc:
+            found.setdefault(url)
+    return tuple(found)
+
+
+def is_code_link(url: str) -> bool:
+    """True for links to a code host (GitHub, GitLab, Hugging Face, …)."""
+    host = (urlsplit(url).hostname or "").removeprefix("www.")
+    return host in CODE_HOSTS
+
+
+def paper_link(paper: PaperView) -> str:
+    """The paper's own page when known, else an arXiv title search for it."""
+    if paper.url and urlsplit(paper.url).scheme in {"http", "https"}:
+        return paper.url
+    if paper.arxiv_id:
+        return _arxiv_url(paper.arxiv_id)
+    title = _SPACES.sub(" ", paper.title).strip()
+    return f"https://arxiv.org/search/?query={quote_plus(title)}&searchtype=title"
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A paper's title and abstract as a digest shows them, where to mark them, and why."""
+
+    title: str
+    abstract: str
+    truncated: bool
+    marks: Marks
+
+
+def shown(paper: PaperView) -> Shown:
+    """The paper's text as shown (abstract shortened) with the marks of its matched interests."""
+    title, short, truncated = _text(paper.title, paper.abstract)
+    # The shown abstract is a beginning of the whole one, then "…" when cut.
+    visible = short[:-1] if truncated else short
+    return Shown(title, short, truncated, find_marks(title, visible, paper.interests))
+
+
+def prepare(papers: Iterable[PaperView]) -> None:
+    """Work out the marks of many papers ahead, paper by paper.
+
+    Readers' digests share papers in no particular order; taken paper by paper, each is
+    analyzed once however many digests carry it, and ``shown`` then finds it all done.
+    """
+    texts: dict[tuple[str, str], set[str]] = {}
+    for paper in papers:
+        title, short, truncated = _text(paper.title, paper.abstract)
+        visible = short[:-1] if truncated else short
+        texts.setdefault((title, visible), set()).update(paper.interests)
+    for (title, visible), interests in texts.items():
+        prepare_marks(title, visible, interests)
+
+
+@functools.lru_cache(maxsize=8192)  # a day's papers
+def _text(title: str, abstract: str) -> tuple[str, str, bool]:
+    """Title and abstract as shown (spacing and controls folded), and whether it was cut."""
+    return (_SPACES.sub(" ", _clean_text(title)).strip(), *shorten(_clean_text(abstract)))
+
+
+def authors_line(authors: str) -> str:
+    """``A. Author, B. Author, C. Author et al.``: a long list cut to its first names."""
+    names = [name.strip() for name in re.split(r"[,;]|\band\b", clean_header(authors))]
+    names = [name for name in names if name]
+    if len(names) <= AUTHORS_SHOWN:
+        return ", ".join(names)
+    return ", ".join(names[:3]) + " et al."
+
+
+def subject_for(view: DigestView) -> str:
+    """``Your papers for 2026-11-22: 7 new``."""
+    return f"Your papers for {view.period.isoformat()}: {len(view.papers)} new"
+
+
+def preheader_for(view: DigestView) -> str:
+    """The line an inbox shows after the subject: the digest's first titles."""
+    titles = [clean_header(paper.title) for paper in view.papers[:2]]
+    if not titles:
+        return "Nothing new matched your interests this time."
+    more = len(view.papers) - len(titles)
+    return " · ".join(titles) + (f", and {more} more" if more else "")
+
+
+def _shorturl(url: str) -> str:
+    parts = urlsplit(url)
+    shown = (parts.netloc.removeprefix("www.") + parts.path).rstrip("/")
+    return shown if len(shown) <= 60 else shown[:59] + "…"
+
+
+# --- headers --------------------------------------------------------------------
+
+
+def _header(name: str, value: str) -> bytes:
+    """One header line (folded when long), RFC 2047-encoded when not ASCII."""
+    value = clean_header(value)
+    if not value.isascii():
+        encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+        return f"{name}: {encoded}\r\n".encode("ascii")
+    line = f"{name}: {value}"
+    if len(line) <= 78:
+        return (line + "\r\n").encode("ascii")
+    # Fold at spaces; a single word longer than a line stays whole (legal up to 998).
+    out: list[str] = []
+    current = f"{name}:"
+    for word in value.split(" "):
+        if len(current) + 1 + len(word) > 78 and current != f"{name}:":
+            out.append(current)
+            current = ""
+        current += " " + word
+    out.append(current)
+    return ("\r\n".join(out) + "\r\n").encode("ascii")
+
+
+def format_address(raw: str) -> str:
+    """``Name <user@domain>`` with the name RFC 2047-encoded and the domain in IDNA when needed."""
+    if _PLAIN_ADDRESS.fullmatch(raw):  # the common case; parseaddr costs more than a build
+        return raw
+    name, addr = parseaddr(clean_header(raw))
+    if "@" not in addr:
+        raise ValueError(f"not an email address: {clean_header(raw)!r}")
+    local, _, domain = addr.rpartition("@")
+    if not local.isascii():
+        raise ValueError(f"address needs SMTPUTF8, which is not supported: {addr!r}")
+    if not domain.isascii():
+        domain = domain.encode("idna").decode("ascii")
+    return formataddr((name, f"{local}@{domain}"), charset="utf-8")
+
+
+def _angle(value: str) -> str:
+    return "<" + clean_header(value).strip("<>").replace("<", "").replace(">", "") + ">"
+
+
+def _mailto(value: str) -> str:
+    value = clean_header(value).strip("<>").replace(" ", "")
+    if not value.lower().startswith("mailto:"):
+        value = "mailto:" + value
+    if "?" not in value:
+        value += "?subject=unsubscribe"
+    return value
+
+
+def _qp(text: str) -> bytes:
+    """Quoted-printable with CRLF line ends; ``text`` must end with a line break."""
+    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    # "=2E" is "." in quoted-printable; with no line starting with a dot the SMTP
+    # transport has no dot-stuffing pass to make over the whole message.
+    encoded = encoded.replace(b"\r\n.", b"\r\n=2E")
+    return b"=2E" + encoded[1:] if encoded.startswith(b".") else encoded
+
+
+def _ends_line(text: str) -> str:
+    return text if text.endswith("\n") else text + "\n"
+
+
+# --- templates ------------------------------------------------------------------
+
+
+_SHELL_NAMES = (
+    "subject", "heading", "lead", "preheader", "site_name", "site_url", "unsubscribe_url",
+    "manage_url", "feed_url", "papers",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Templates:
+    html: jinja2.Template
+    text: jinja2.Template
+    html_macros: Any  # the templates' macros: a paper, a marked word
+    text_macros: Any
+    hit_open: str
+    hit_close: str
+
+
+@functools.cache
+def _templates() -> _Templates:
+    """Load both templates from the package, inlining the CSS into the HTML source once."""
+    package = importlib.resources.files("digest.templates")
+    css = package.joinpath("digest.css").read_text(encoding="utf-8")
+    html_source = package.joinpath("digest.html").read_text(encoding="utf-8")
+    html_source = html_source.replace("/* digest.css */", css)
+    inliner = css_inline.CSSInliner(
+        keep_at_rules=True, minify_css=True, load_remote_stylesheets=False
+    )
+    html_source = inliner.inline(html_source)
+    common: dict[str, Any] = {
+        "trim_blocks": True,
+        "lstrip_blocks": True,
+        "keep_trailing_newline": True,
+        "undefined": jinja2.StrictUndefined,
+    }
+    html_env = jinja2.Environment(autoescape=True, **common)
+    html_env.filters["shorturl"] = _shorturl
+    text_env = jinja2.Environment(autoescape=False, **common)
+    html = html_env.from_string(html_source)
+    text = text_env.from_string(package.joinpath("digest.txt").read_text(encoding="utf-8"))
+    # Making a module renders the shell once; empty values satisfy StrictUndefined.
+    blank = dict.fromkeys(_SHELL_NAMES, "")
+    html_macros: Any = html.make_module(blank)
+    text_macros: Any = text.make_module(blank)
+    hit_open, _, hit_close = str(html_macros.hit(Markup(_SLOT))).partition(_SLOT)
+    return _Templates(html, text, html_macros, text_macros, hit_open, hit_close)
+
+
+# --- the builder ----------------------------------------------------------------
+
+
+class MessageBuilder:
+    """Builds digest messages for one sender, rendering each paper once per builder."""
+
+    def __init__(self, sender: Sender, *, cache_size: int = 50_000) -> None:
+        self.sender = sender
+        self._templates = _templates()
+        self._cache: dict[tuple[object, ...], _Block] = {}
+        self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
+        self._cache_size = cache_size
+        self._from = _header("From", format_address(sender.from_addr))
+        site = clean_header(sender.site_name)
+        if site and not site.isascii():
+            site = Header(site, "utf-8").encode()
+        list_name = f"{site} {_angle(sender.list_id)}" if site else _angle(sender.list_id)
+        self._list_id = _header("List-Id", list_name)
+
+    def _paper_base(self, paper: PaperView) -> dict[str, Any]:
+        """What a paper shows whoever reads it: worked out once per paper, not per reader."""
+        key = (paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors)
+        base = self._bases.get(key)
+        if base is None:
+            text = shown(replace(paper, interests=()))
+            authors = authors_line(paper.authors)
+            arxiv_id = f"arXiv:{clean_header(paper.arxiv_id)}" if paper.arxiv_id else ""
+            links = find_links(_clean_text(paper.abstract))
+            base = {
+                "title": text.title,
+                "abstract": text.abstract,
+                "abstract_text": _indented(text.abstract) if text.abstract else "  (no abstract)",
+                "truncated": text.truncated,
+                "authors": authors,
+                "arxiv_id": arxiv_id,
+                "arxiv_url": _arxiv_url(paper.arxiv_id) if paper.arxiv_id else None,
+                "byline_text": _indented(" · ".join(filter(None, (authors, arxiv_id)))),
+                "link": paper_link(paper),
+                "code_links": [u for u in links if is_code_link(u)],
+                "other_links": [u for u in links if not is_code_link(u)],
+            }
+            if len(self._bases) >= self._cache_size:
+                self._bases.clear()
+            self._bases[key] = base
+        return base
+
+    def _paper_context(self, paper: PaperView) -> dict[str, Any]:
+        base = self._paper_base(paper)
+        text = shown(paper)
+        t = self._templates
+        return {
+            **base,
+            "title_html": mark(text.title, text.marks.title, t.hit_open, t.hit_close),
+            "abstract_html": mark(text.abstract, text.marks.abstract, t.hit_open, t.hit_close),
+            "reasons": list(text.marks.reasons),
+        }
+
+    def _block(self, paper: PaperView) -> _Block:
+        # Everything shown, nothing else: the score differs per subscriber and is not shown.
+        key = (
+            paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors,
+            paper.interests,
+        )  # fmt: skip
+        block = self._cache.get(key)
+        if block is None:
+            context = self._paper_context(paper)
+            html = str(self._templates.html_macros.paper(context))
+            text = str(self._templates.text_macros.paper(context))
+            block = _Block(_qp(_ends_line(html)), _qp(_ends_line(text)))
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()  # a run rarely outgrows it; clearing keeps memory bounded
+            self._cache[key] = block
+        return block
+
+    def _shell(self, view: DigestView) -> dict[str, Any]:
+        count = len(view.papers)
+        return {
+            "subject": subject_for(view),
+            "heading": f"Your papers for {view.period.isoformat()}",
+            "lead": f"{count} new paper{'s' if count != 1 else ''} matched your interests.",
+            "preheader": preheader_for(view),
+            "site_name": clean_header(self.sender.site_name),
+            "site_url": clean_header(self.sender.base_url),
+            "unsubscribe_url": clean_header(view.unsubscribe_url),
+            "manage_url": clean_header(view.manage_url) if view.manage_url else None,
+            "feed_url": clean_header(view.feed_url),
+            "papers": Markup(_SLOT),
+        }
+
+    @staticmethod
+    def _wrap(template: jinja2.Template, context: dict[str, Any], blocks: list[bytes]) -> bytes:
+        head, _, tail = template.render(context).partition(_SLOT)
+        return _qp(_ends_line(head)) + b"".join(blocks) + _qp(_ends_line(tail))
+
+    def render_html(self, view: DigestView) -> str:
+        """The HTML part, decoded (for previews and tests)."""
+        blocks = [self._block(p).html for p in view.papers]
+        return _decode_qp(self._wrap(self._templates.html, self._shell(view), blocks))
+
+    def render_text(self, view: DigestView) -> str:
+        """The plain-text part, decoded (for previews and tests)."""
+        blocks = [self._block(p).text for p in view.papers]
+        return _decode_qp(self._wrap(self._templates.text, self._shell(view), blocks))
+
+    def build(self, view: DigestView, now: datetime) -> bytes:
+        """The complete message: headers and a multipart/alternative body (text, then HTML)."""
+        context = self._shell(view)
+        blocks = [self._block(p) for p in view.papers]
+        text = self._wrap(self._templates.text, context, [b.text for b in blocks])
+        html = self._wrap(self._templates.html, context, [b.html for b in blocks])
+        message_id = _angle(view.message_id)
+        # "=_" can never occur in quoted-printable output, so the boundary is safe
+        # without scanning the body; derived from the Message-ID to keep output stable.
+        boundary = "=_" + hashlib.sha1(message_id.encode()).hexdigest()[:24]
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        unsubscribe = f"{_angle(view.unsubscribe_url)}, <{_mailto(view.unsubscribe_mailto)}>"
+        part_head = (
+            f'--{boundary}\r\nContent-Type: text/%s; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        )
+        return b"".join(
+            (
+                self._from,
+                _header("To", format_address(view.to)),
+                _header("Subject", subject_for(view)),
+                _header("Date", format_datetime(now)),
+                _header("Message-ID", message_id),
+                b"MIME-Version: 1.0\r\n",
+                self._list_id,
+                _header("List-Unsubscribe", unsubscribe),
+                b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+                b"Auto-Submitted: auto-generated\r\n",
+                f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
+                (part_head % "plain").encode(),
+                text,
+                (part_head % "html").encode(),
+                html,
+                f"--{boundary}--\r\n".encode(),
+            )
+        )
+
+
+def _decode_qp(data: bytes) -> str:
+    return binascii.a2b_qp(data).decode("utf-8").replace("\r\n", "\n")
+
+
+def build_message(view: DigestView, sender: Sender, now: datetime) -> bytes:
+    """One complete message; a run should keep one :class:`MessageBuilder` to share paper blocks."""
+    return MessageBuilder(sender).build(view, now)

@@ -1,0 +1,60 @@
+"""The links a subscriber receives: unsubscribe (https and mailto) and the private feed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from email.utils import parseaddr
+from urllib.parse import quote
+
+from digest.deliver.message import DigestView, PaperView
+from digest.store.subscribers import feed_name, link_token
+
+
+@dataclass(frozen=True)
+class Links:
+    """How a subscriber's links are made: the public base URL, the signing key, the sender."""
+
+    base_url: str
+    key: bytes
+    mail_from: str
+
+    def unsubscribe_url(self, token: str) -> str:
+        """The one-click (RFC 8058) unsubscribe URL."""
+        return f"{self.base_url}/unsubscribe?token={quote(token)}"
+
+    def unsubscribe_mailto(self, token: str) -> str:
+        """The mailto: unsubscribe address, for clients without one-click."""
+        address = parseaddr(self.mail_from)[1] or "digest@localhost"
+        return f"mailto:{address}?subject={quote('unsubscribe ' + token)}"
+
+    def feed_path(self, name: str) -> str:
+        """A private feed's path under the feeds folder."""
+        return f"private/{name}.atom"
+
+    def feed_url(self, name: str) -> str:
+        """A private feed's public URL."""
+        return f"{self.base_url}/feeds/{self.feed_path(name)}"
+
+    def digest_view(
+        self,
+        *,
+        to: str,
+        ident: int | None,
+        salt: str,
+        period: date,
+        papers: Sequence[PaperView],
+        message_id: str,
+    ) -> DigestView:
+        """A subscriber's digest as an email shows it, with their signed links."""
+        token = link_token(self.key, ident, salt)
+        return DigestView(
+            to=to,
+            period=period,
+            papers=papers,
+            message_id=message_id,
+            unsubscribe_url=self.unsubscribe_url(token),
+            unsubscribe_mailto=self.unsubscribe_mailto(token),
+            feed_url=self.feed_url(feed_name(self.key, ident, salt)),
+        )

@@ -1,0 +1,1 @@
+"""Feeds: render RSS and Atom, and publish the global and private feeds."""

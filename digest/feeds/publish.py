@@ -1,0 +1,250 @@
+"""Publish the feeds: the global feed of new papers and one private feed per subscriber.
+
+Items come from the store (the newest papers; each subscriber's sent digests),
+so regenerating gives the same GUIDs and nothing twice. A feed whose items did
+not change is not rewritten.
+
+Unlike the rest of the data folder, feed files are readable by all (0644): a
+web server running as another user serves them straight from disk, and what
+they say is no secret from whoever may fetch them. A private feed is private by
+its unguessable name alone, so the ``private/`` folder is 0711: the web server
+can open a feed whose name it is given, but nobody but digest can list them.
+
+A paper's GUID is a ``tag:`` URI fixed when it is first seen: the store's feed
+authority (the host of ``base_url`` when feeds were first published, kept in the
+store) and the key the paper was first seen under, which it keeps when it later
+adopts an arXiv id. So neither a paper's new id nor a site's new address makes a
+reader see the paper twice.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Collection, Sequence
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import col
+
+from digest.deliver.message import PaperView, prepare
+from digest.deliver.views import Links
+from digest.errors import DigestError, WriteError
+from digest.feeds.render import (
+    FeedItem,
+    FeedKind,
+    FeedMeta,
+    item_for_paper,
+    paper_guid,
+    write_feed_if_changed,
+)
+from digest.service.preview import paper_view
+from digest.settings import Settings
+from digest.store.engine import feed_authority, reading
+from digest.store.models import Digest, DigestItem, Paper, Subscriber
+from digest.store.subscribers import feed_name
+
+GLOBAL_FEED = "papers"
+# The key a paper was first seen under: what its GUID is made of.
+_GUID_KEY = sa.func.coalesce(col(Paper.first_key), col(Paper.key)).label("guid_key")
+
+
+def _item(row: Any, view: PaperView, published: datetime, authority: str) -> FeedItem:
+    return item_for_paper(view, guid=paper_guid(row.guid_key, authority), published=published)
+
+
+def _private_items(
+    conn: Connection, subscriber_ids: list[int], limit: int, authority: str
+) -> dict[int, list[FeedItem]]:
+    """The newest ``limit`` items each subscriber was sent, for a batch of subscribers."""
+    numbered = (
+        sa.select(
+            col(DigestItem.subscriber_id),
+            col(DigestItem.score),
+            col(DigestItem.matched),
+            col(Digest.sent_at),
+            col(Paper.key),
+            _GUID_KEY,
+            col(Paper.title),
+            col(Paper.abstract),
+            col(Paper.url),
+            col(Paper.arxiv_id),
+            col(Paper.authors),
+            sa.func.row_number()
+            .over(
+                partition_by=col(DigestItem.subscriber_id),
+                order_by=(col(Digest.sent_at).desc(), col(DigestItem.rank)),
+            )
+            .label("n"),
+        )
+        .join(Digest, col(Digest.id) == col(DigestItem.digest_id))
+        .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
+        .where(col(Digest.status) == "sent", col(DigestItem.subscriber_id).in_(subscriber_ids))
+        .subquery()
+    )
+    rows = conn.execute(
+        sa.select(numbered)
+        .where(numbered.c.n <= limit)
+        .order_by(numbered.c.subscriber_id, numbered.c.n)
+    ).all()
+    views = [paper_view(row, row.score, json.loads(row.matched)) for row in rows]
+    prepare(views)
+    items: dict[int, list[FeedItem]] = {sid: [] for sid in subscriber_ids}
+    for row, view in zip(rows, views, strict=True):
+        items[row.subscriber_id].append(_item(row, view, row.sent_at, authority))
+    return items
+
+
+def publish_feeds(
+    settings: Settings,
+    engine: Engine,
+    links: Links,
+    *,
+    now: datetime,
+    changed: Collection[int] | None = None,
+    processes: int | None = None,
+) -> dict[str, int]:
+    """Write the global feed and the private feeds that may have changed; count what changed.
+
+    ``changed`` names the subscribers sent something since their feed was written (None: all
+    of them); a private feed that does not exist yet is written whatever it says.
+    """
+    limit = settings.feed_items
+    folder = settings.feeds_dir
+    _make_private_folder(folder / "private")
+    authority = feed_authority(engine, urlsplit(settings.base_url).hostname or "localhost")
+    with reading(engine) as conn:
+        newest = conn.execute(
+            sa.select(
+                col(Paper.key),
+                _GUID_KEY,
+                col(Paper.title),
+                col(Paper.abstract),
+                col(Paper.url),
+                col(Paper.arxiv_id),
+                col(Paper.authors),
+                col(Paper.first_seen),
+            )
+            .order_by(col(Paper.first_seen).desc(), col(Paper.id).desc())
+            .limit(limit)
+        ).all()
+        names = {
+            row.id: feed_name(links.key, row.id, row.token_salt)
+            for row in conn.execute(
+                sa.select(col(Subscriber.id), col(Subscriber.token_salt)).where(
+                    col(Subscriber.status) == "active"
+                )
+            ).all()
+        }
+        targets = [
+            sid
+            for sid, name in names.items()
+            if changed is None
+            or sid in changed
+            or not (folder / "private" / f"{name}.atom").exists()
+        ]
+        private: dict[int, list[FeedItem]] = {}
+        for start in range(0, len(targets), 500):
+            private.update(_private_items(conn, targets[start : start + 500], limit, authority))
+        conn.rollback()
+    site = settings.site_name
+
+    def meta(path: str, title: str, description: str) -> FeedMeta:
+        url = f"{settings.base_url}/feeds/{path}"
+        return FeedMeta(
+            title=f"{site}: {title}",
+            feed_id=url,
+            site_url=settings.base_url,
+            self_url=url,
+            description=description,
+            updated=now,
+        )
+
+    feeds = [
+        (
+            GLOBAL_FEED,
+            meta(GLOBAL_FEED, "new papers", "Papers as they first appear in the listings."),
+            [_item(row, paper_view(row, 0.0, ()), row.first_seen, authority) for row in newest],
+        )
+    ]
+    for sid in targets:
+        path = f"private/{names[sid]}"
+        feeds.append(
+            (path, meta(path, "papers for you", "The papers of your digests."), private[sid])
+        )
+    jobs: list[Job] = [
+        (
+            folder / f"{base}.{kind}",
+            replace(described, self_url=f"{described.self_url}.{kind}"),
+            items,
+        )
+        for base, described, items in feeds
+        for kind in ("atom", "rss")
+    ]
+    if processes is None:
+        processes = _processes_for(len(jobs))
+    written = _write_in_processes(jobs, limit, processes) if processes > 1 else _write(jobs, limit)
+    return {"written": written, "unchanged": len(jobs) - written}
+
+
+def _make_private_folder(private: Path) -> None:
+    try:
+        private.mkdir(parents=True, exist_ok=True)
+        os.chmod(private, 0o711)  # whatever the umask: open by name, never list
+    except OSError as exc:
+        raise WriteError(f"cannot make the feeds folder {private}: {exc.strerror}") from None
+
+
+Job = tuple[Path, FeedMeta, list[FeedItem]]
+PARALLEL_FROM = 2_000  # feeds; below this a second process costs more than it saves
+
+
+def _processes_for(jobs: int) -> int:
+    if jobs < PARALLEL_FROM or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return min(len(os.sched_getaffinity(0)), 4)
+
+
+def _write(jobs: Sequence[Job], limit: int) -> int:
+    """Write the feeds whose content changed; how many were written."""
+    written = 0
+    for path, meta, items in jobs:
+        kind: FeedKind = "atom" if path.suffix == ".atom" else "rss"
+        written += write_feed_if_changed(path, meta, items, kind=kind, limit=limit)
+    return written
+
+
+def _write_share(jobs: Sequence[Job], limit: int, index: int, step: int, results: Any) -> None:
+    try:
+        results.put((index, _write(jobs[index::step], limit), None))
+    except Exception as exc:  # reported to the parent, which raises it there
+        message = str(exc) if isinstance(exc, DigestError) else f"{type(exc).__name__}: {exc}"
+        results.put((index, 0, message))
+
+
+def _write_in_processes(jobs: Sequence[Job], limit: int, processes: int) -> int:
+    """``_write`` in forked processes (feedgen is CPU-bound: about 1 ms a feed).
+
+    The children inherit the built items with the fork, so nothing is pickled on the way in.
+    """
+    context = multiprocessing.get_context("fork")
+    results = context.SimpleQueue()
+    workers = [
+        context.Process(target=_write_share, args=(jobs, limit, i, processes, results))
+        for i in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    answers = [results.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    errors = [error for _, _, error in answers if error]
+    if errors or any(worker.exitcode for worker in workers):
+        raise DigestError(f"writing the feeds failed: {errors[0] if errors else 'a worker died'}")
+    return sum(count for _, count, _ in answers)

@@ -1,0 +1,1 @@
+"""Ingest: fetch listing sources, read dumps, and record which papers are new."""

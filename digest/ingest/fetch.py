@@ -1,0 +1,659 @@
+"""Fetching listing sources (URLs, ``file://`` URLs, local paths) into the inbox.
+
+Each source is fetched with a conditional GET (the ETag and Last-Modified of the
+last good answer), retries with exponential back-off on 5xx, 429 and dropped
+connections, and a size cap enforced while streaming. ``timeout`` is a total
+deadline for the source, attempts and back-off included: when it passes, the
+socket in use is shut down, so even a server dripping a byte a second cannot
+hold the run (and its lock) longer. A good body is
+written to a dot-named temporary file in the inbox and renamed into place, so
+ingest (which skips dotfiles) never reads half a file.
+
+A 304, an empty listing and a truncated body are outcomes to report, not
+successes: each is recorded in ``SourceState`` (``last_status``) and returned,
+and ``last_new_at`` moves only when a new body was saved. That way ``status``
+can tell "nothing new upstream" from "we got new papers".
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.client
+import importlib.metadata
+import logging
+import os
+import re
+import socket
+import ssl
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from contextlib import suppress
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import unquote, urlsplit
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from digest.logs import redact
+from digest.store.engine import reading, transaction
+from digest.store.models import Dump, SourceState
+
+log = logging.getLogger(__name__)
+
+OK = "ok"
+NOT_MODIFIED = "not-modified"
+EMPTY = "empty"
+TRUNCATED = "truncated"
+ERROR = "error"
+TOO_LARGE = "too-large"
+SKIPPED = "skipped"  # returned only: a skip changes nothing in SourceState
+STORED_STATUSES = (OK, NOT_MODIFIED, EMPTY, TRUNCATED, ERROR, TOO_LARGE)
+
+DEFAULT_MIN_INTERVAL = timedelta(minutes=5)
+DEFAULT_BACKOFF = 2.0  # seconds before the first retry; doubled for each further one
+MAX_BACKOFF = 300.0
+CHUNK = 64 * 1024
+# Bodies up to this size are kept in memory to check for an empty listing; a real listing
+# with papers in it is larger, and an empty feed or "[]" is far smaller.
+EMPTY_PROBE = 64 * 1024
+try:
+    _VERSION = importlib.metadata.version("digest")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    _VERSION = "dev"
+USER_AGENT = f"digest/{_VERSION} (self-hosted research paper digest)"
+
+_EXT_BY_TYPE = {
+    "application/json": "json",
+    "application/x-ndjson": "jsonl",
+    "application/jsonl": "jsonl",
+    "application/atom+xml": "xml",
+    "application/rss+xml": "xml",
+    "application/xml": "xml",
+    "text/xml": "xml",
+    "text/plain": "txt",
+    "text/html": "html",
+}
+_KNOWN_EXT = {"json", "jsonl", "xml", "atom", "rss", "txt", "html", "md"}
+_EMPTY_BODY = re.compile(rb"\s*(?:\[\s*\]|\{\s*\}|null)?\s*")
+_XML_HEAD = re.compile(rb"\s*(?:\xef\xbb\xbf)?\s*<(?:\?xml|rss|feed|rdf:RDF)\b")
+_XML_ITEM = re.compile(rb"<(?:[\w-]+:)?(?:item|entry)[\s>/]")
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The outcome for one source: ``status`` is one of ``STORED_STATUSES`` or ``skipped``."""
+
+    url: str
+    status: str
+    path: Path | None = None
+    bytes: int = 0
+    error: str | None = None
+    attempts: int = 0
+    http_status: int | None = None
+
+    @property
+    def new(self) -> bool:
+        """Whether a new file was saved to the inbox."""
+        return self.status == OK
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    status: str
+    path: Path | None = None
+    nbytes: int = 0
+    error: str | None = None
+    attempts: int = 1
+    http_status: int | None = None
+    etag: str | None = None
+    last_modified: str | None = None
+
+
+class _Retry(Exception):
+    """A failure worth another try (5xx, 429, a dropped or stalled connection)."""
+
+    def __init__(
+        self,
+        status: str,
+        error: str,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+        nbytes: int = 0,
+    ) -> None:
+        super().__init__(error)
+        self.status = status
+        self.error = error
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.nbytes = nbytes
+
+
+class _Deadline:
+    """A total time limit for one source: when it passes, every socket it watches is shut
+    down, which ends whatever read is blocked on it (a stalled or dripping server)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._at = time.monotonic() + seconds
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self) -> float:
+        return max(0.0, self._at - time.monotonic())
+
+    def passed(self) -> bool:
+        return self.expired or self.remaining() <= 0
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            expired = self.expired
+        if expired:
+            _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            _shut(sock)
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+    def error(self) -> str:
+        return f"timed out after {self.seconds:g}s"
+
+
+def _shut(sock: socket.socket) -> None:
+    with suppress(OSError):  # already closed
+        # The plain socket's shutdown, also for TLS: a blocked read then sees end of file.
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Watching:
+    """Shared by the HTTP and HTTPS handlers below: the deadline of the source being fetched."""
+
+    def __init__(self) -> None:
+        self.deadline: _Deadline | None = None
+
+    def connection(self, http_class: Any) -> Callable[..., Any]:
+        """``http_class``, with each new socket handed to the current deadline."""
+
+        def make(*args: Any, **kwargs: Any) -> Any:
+            conn = http_class(*args, **kwargs)
+            connect = conn.connect
+
+            def watched_connect() -> None:
+                connect()
+                if self.deadline is not None:
+                    self.deadline.watch(conn.sock)
+
+            conn.connect = watched_connect
+            return conn
+
+        return make
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, watching: _Watching) -> None:
+        super().__init__()
+        self._watching = watching
+
+    def do_open(self, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
+        return super().do_open(self._watching.connection(http_class), req, **http_conn_args)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, watching: _Watching) -> None:
+        super().__init__()
+        self._watching = watching
+
+    def do_open(self, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
+        return super().do_open(self._watching.connection(http_class), req, **http_conn_args)
+
+
+def _utc(moment: datetime) -> datetime:
+    """``moment`` as an aware UTC time (the store's datetime columns want aware); naive is UTC."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _looks_empty(head: bytes) -> bool:
+    """An empty listing: nothing, blanks, ``[]``/``{}``/``null``, or a feed with no item."""
+    if _EMPTY_BODY.fullmatch(head):
+        return True
+    # arXiv publishes a well-formed feed with no items on days without announcements.
+    return bool(_XML_HEAD.match(head)) and not _XML_ITEM.search(head)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.-]+", "-", text.lower()).strip("-.") or "source"
+
+
+def _extension(path: str, content_type: str | None) -> str:
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix in _KNOWN_EXT:
+        return suffix
+    if content_type:
+        return _EXT_BY_TYPE.get(content_type.split(";")[0].strip().lower(), "txt")
+    return "txt"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        reason = exc.reason
+        return _describe(reason) if isinstance(reason, BaseException) else str(reason)
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, http.client.IncompleteRead):
+        more = f", {exc.expected} more expected" if exc.expected else ""
+        return f"body ended after {len(exc.partial)} bytes{more}"
+    return redact(str(exc)) or type(exc).__name__
+
+
+def _retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:  # an HTTP date: fall back to our own back-off
+        return None
+
+
+class _Spool:
+    """A dot-named temporary file in the inbox that becomes ``<name>-<sha256[:12]>.<ext>``."""
+
+    def __init__(self, inbox: Path) -> None:
+        inbox.mkdir(parents=True, exist_ok=True)
+        self.inbox = inbox
+        fd, name = tempfile.mkstemp(dir=inbox, prefix=".fetch-", suffix=".part")
+        self.path = Path(name)
+        self.file: IO[bytes] = os.fdopen(fd, "wb")
+        self.sha = hashlib.sha256()
+        self.size = 0
+        self.head = bytearray()
+        self.renamed = False
+
+    def write(self, chunk: bytes) -> None:
+        self.file.write(chunk)
+        self.sha.update(chunk)
+        self.size += len(chunk)
+        if len(self.head) <= EMPTY_PROBE:
+            self.head += chunk[: EMPTY_PROBE + 1 - len(self.head)]
+
+    def looks_empty(self) -> bool:
+        return self.size <= EMPTY_PROBE and _looks_empty(bytes(self.head))
+
+    def commit(self, stem: str, ext: str, known: Callable[[str], bool]) -> tuple[str, Path | None]:
+        """Rename into place, or ``not-modified`` when these bytes were fetched or ingested before.
+
+        Servers without validators answer 200 with the same listing all day; that must not
+        count as new.
+        """
+        self.file.flush()
+        os.fsync(self.file.fileno())  # the rename must not publish a file whose data is not on disk
+        self.file.close()
+        sha = self.sha.hexdigest()
+        final = self.inbox / f"{_slug(stem)}-{sha[:12]}.{ext}"
+        if final.exists() or known(sha):
+            self.discard()
+            return NOT_MODIFIED, None
+        os.replace(self.path, final)
+        self.renamed = True
+        return OK, final
+
+    def discard(self) -> None:
+        self.file.close()
+        if not self.renamed:
+            self.path.unlink(missing_ok=True)
+
+
+def _attempt_http(
+    url: str,
+    state: dict[str, Any] | None,
+    inbox: Path,
+    *,
+    deadline: _Deadline,
+    max_bytes: int,
+    opener: urllib.request.OpenerDirector,
+    known: Callable[[str], bool],
+) -> _Fetched:
+    headers = {"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"}
+    if state and state.get("etag"):
+        headers["If-None-Match"] = state["etag"]
+    if state and state.get("last_modified"):
+        headers["If-Modified-Since"] = state["last_modified"]
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        response = opener.open(request, timeout=max(0.001, deadline.remaining()))
+    except urllib.error.HTTPError as exc:
+        code, reason, retry_after = exc.code, exc.reason, exc.headers.get("Retry-After")
+        etag = exc.headers.get("ETag")
+        exc.close()
+        if code == 304:
+            return _Fetched(NOT_MODIFIED, http_status=304, etag=etag)
+        message = f"HTTP {code} {reason}".strip()
+        if code == 429 or code >= 500:
+            raise _Retry(ERROR, message, code, _retry_after(retry_after)) from None
+        return _Fetched(ERROR, error=message, http_status=code)
+    except urllib.error.URLError as exc:
+        if deadline.passed():
+            raise _Retry(ERROR, deadline.error()) from None
+        if isinstance(exc.reason, ssl.SSLCertVerificationError):
+            return _Fetched(ERROR, error=_describe(exc))  # will not fix itself in a second
+        raise _Retry(ERROR, _describe(exc)) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise _Retry(ERROR, deadline.error() if deadline.passed() else _describe(exc)) from None
+
+    with response:
+        code = response.status
+        validators = {
+            "etag": response.headers.get("ETag"),
+            "last_modified": response.headers.get("Last-Modified"),
+        }
+        try:
+            expected: int | None = int(response.headers.get("Content-Length", ""))
+        except ValueError:
+            expected = None
+        if expected is not None and expected > max_bytes:
+            return _Fetched(
+                TOO_LARGE,
+                error=f"announced {expected} bytes, the cap is {max_bytes}",
+                http_status=code,
+            )
+        spool = _Spool(inbox)
+        try:
+            while True:
+                try:
+                    # read1: what has arrived, so a slow drip is checked between small reads
+                    chunk = response.read1(CHUNK)
+                except http.client.IncompleteRead as exc:
+                    failure = (TRUNCATED, _describe(exc))
+                    if deadline.passed():
+                        failure = (ERROR, deadline.error())
+                    raise _Retry(*failure, code, nbytes=spool.size) from None
+                except (OSError, http.client.HTTPException, ValueError) as exc:
+                    # (ValueError: a read on the response after the deadline closed it)
+                    error = deadline.error() if deadline.passed() else _describe(exc)
+                    raise _Retry(ERROR, error, code, nbytes=spool.size) from None
+                if deadline.passed():
+                    # The deadline shuts the socket: what came last may be a false end.
+                    raise _Retry(ERROR, deadline.error(), code, nbytes=spool.size)
+                if not chunk:
+                    break
+                spool.write(chunk)
+                if spool.size > max_bytes:
+                    return _Fetched(
+                        TOO_LARGE,
+                        error=f"body passed the cap of {max_bytes} bytes",
+                        nbytes=spool.size,
+                        http_status=code,
+                    )
+            if expected is not None and spool.size != expected:
+                # http.client returns a short body without complaint when the peer closes early.
+                raise _Retry(
+                    TRUNCATED,
+                    f"body ended after {spool.size} of {expected} bytes",
+                    code,
+                    nbytes=spool.size,
+                )
+            if code == 204 or spool.looks_empty():
+                return _Fetched(
+                    EMPTY,
+                    nbytes=spool.size,
+                    error="the source answered with an empty listing",
+                    http_status=code,
+                    **validators,
+                )
+            host = urlsplit(url).hostname or "source"
+            ext = _extension(urlsplit(url).path, response.headers.get("Content-Type"))
+            status, path = spool.commit(host, ext, known)
+            return _Fetched(status, path=path, nbytes=spool.size, http_status=code, **validators)
+        finally:
+            spool.discard()
+
+
+def _fetch_http(
+    url: str,
+    state: dict[str, Any] | None,
+    inbox: Path,
+    *,
+    deadline: _Deadline,
+    max_bytes: int,
+    retries: int,
+    backoff: float,
+    sleep: Callable[[float], None],
+    opener: urllib.request.OpenerDirector,
+    known: Callable[[str], bool],
+) -> _Fetched:
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            fetched = _attempt_http(
+                url,
+                state,
+                inbox,
+                deadline=deadline,
+                max_bytes=max_bytes,
+                opener=opener,
+                known=known,
+            )
+            return replace(fetched, attempts=attempt)
+        except _Retry as failure:
+            delay = min(MAX_BACKOFF, backoff * 2 ** (attempt - 1))
+            if failure.retry_after is not None:
+                delay = min(MAX_BACKOFF, max(delay, failure.retry_after))
+            if attempt > retries or delay >= deadline.remaining():
+                # out of tries, or of time: a retry could not finish before the deadline
+                return _Fetched(
+                    failure.status,
+                    error=failure.error,
+                    nbytes=failure.nbytes,
+                    attempts=attempt,
+                    http_status=failure.http_status,
+                )
+            log.info(
+                "source failed, retrying",
+                extra={"source": url, "error": failure.error, "attempt": attempt, "delay": delay},
+            )
+            sleep(delay)
+
+
+def _local_path(source: str) -> Path | None:
+    """The file a ``file://`` URL or a plain path names; None for network URLs."""
+    parts = urlsplit(source)
+    if parts.scheme == "file":
+        return Path(unquote(parts.path))
+    if parts.scheme in {"http", "https"}:
+        return None
+    if parts.scheme and len(parts.scheme) > 1:
+        raise ValueError(f"unsupported source scheme {parts.scheme}://")
+    return Path(source).expanduser()
+
+
+def _fetch_local(
+    path: Path,
+    state: dict[str, Any] | None,
+    inbox: Path,
+    max_bytes: int,
+    known: Callable[[str], bool],
+) -> _Fetched:
+    try:
+        info = path.stat()
+    except OSError as exc:
+        return _Fetched(ERROR, error=f"cannot read {path.name}: {exc.strerror or exc}")
+    if not path.is_file():
+        return _Fetched(ERROR, error=f"{path.name} is not a file")
+    # Size and modification time stand in for an ETag: unchanged means nothing to copy.
+    validator = f'"{info.st_size}-{info.st_mtime_ns}"'
+    if state and state.get("etag") == validator:
+        return _Fetched(NOT_MODIFIED, etag=validator)
+    if info.st_size > max_bytes:
+        return _Fetched(TOO_LARGE, error=f"{info.st_size} bytes, the cap is {max_bytes}")
+    spool = _Spool(inbox)
+    try:
+        with path.open("rb") as source:
+            while chunk := source.read(CHUNK):
+                spool.write(chunk)
+        if spool.looks_empty():
+            return _Fetched(
+                EMPTY, nbytes=spool.size, error="the file is an empty listing", etag=validator
+            )
+        ext = path.suffix.lower().lstrip(".")
+        status, saved = spool.commit(path.stem, ext if ext in _KNOWN_EXT else "txt", known)
+        return _Fetched(status, path=saved, nbytes=spool.size, etag=validator)
+    except OSError as exc:
+        return _Fetched(ERROR, error=f"cannot copy {path.name}: {exc.strerror or exc}")
+    finally:
+        spool.discard()
+
+
+_TABLE = SourceState.__table__  # type: ignore[attr-defined]
+_DUMP = Dump.__table__  # type: ignore[attr-defined]
+
+
+def _ingested(engine: Engine, sha: str) -> bool:
+    """Whether a dump with these exact bytes was already ingested (ingest keys dumps by sha256)."""
+    with reading(engine) as conn:
+        return conn.execute(sa.select(_DUMP.c.id).where(_DUMP.c.sha256 == sha)).first() is not None
+
+
+def _load_states(engine: Engine, urls: list[str]) -> dict[str, dict[str, Any]]:
+    if not urls:
+        return {}
+    with transaction(engine) as conn:
+        rows = conn.execute(sa.select(_TABLE).where(_TABLE.c.url.in_(urls)))
+        return {row.url: dict(row._mapping) for row in rows}
+
+
+def _save_state(
+    engine: Engine, url: str, old: dict[str, Any] | None, fetched: _Fetched, now: datetime
+) -> None:
+    values: dict[str, Any] = {
+        "last_fetch_at": now,
+        "last_status": fetched.status,
+        "last_error": fetched.error,
+    }
+    if fetched.status in {OK, EMPTY}:
+        # A full answer: its validators (or their absence) now describe what we hold.
+        values.update(etag=fetched.etag, last_modified=fetched.last_modified, bytes=fetched.nbytes)
+    elif fetched.status == NOT_MODIFIED:
+        # A 304 may refresh the validators; a same-bytes 200 carries the current ones.
+        if fetched.etag:
+            values["etag"] = fetched.etag
+        if fetched.last_modified:
+            values["last_modified"] = fetched.last_modified
+    else:
+        # Keep the validators of the last good answer: a partial body proves nothing.
+        values["bytes"] = fetched.nbytes
+    if fetched.status == OK:
+        values["last_new_at"] = now
+    with transaction(engine) as conn:
+        if old is None:
+            conn.execute(sa.insert(_TABLE).values(url=url, **values))
+        else:
+            conn.execute(sa.update(_TABLE).where(_TABLE.c.url == url).values(**values))
+
+
+def fetch_sources(
+    urls: Iterable[str],
+    inbox: Path,
+    engine: Engine,
+    *,
+    now: datetime,
+    timeout: float,
+    max_bytes: int,
+    retries: int = 3,
+    backoff: float = DEFAULT_BACKOFF,
+    min_interval: timedelta = DEFAULT_MIN_INTERVAL,
+    sleep: Callable[[float], None] = time.sleep,
+    proxies: dict[str, str] | None = None,
+) -> list[FetchResult]:
+    """Fetch each source into ``inbox``, record each outcome in ``SourceState``, return them.
+
+    ``timeout`` is each source's total deadline; ``proxies`` as for urllib (None: the
+    environment's).
+    """
+    sources = list(dict.fromkeys(urls))  # a source listed twice is fetched once
+    stamp = _utc(now)
+    watching = _Watching()
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler(proxies), _HTTPHandler(watching), _HTTPSHandler(watching)
+    )
+    states = _load_states(engine, sources)
+    known = functools.partial(_ingested, engine)
+    results: list[FetchResult] = []
+    for url in sources:
+        state = states.get(url)
+        try:
+            local = _local_path(url)
+        except ValueError as exc:
+            fetched = _Fetched(ERROR, error=str(exc))
+        else:
+            if local is not None:
+                fetched = _fetch_local(local, state, inbox, max_bytes, known)
+            else:
+                last = state.get("last_fetch_at") if state else None
+                if last is not None and stamp - _utc(last) < min_interval:
+                    # Polite: however often polls and runs come, a server hears from us at most
+                    # once per interval.
+                    results.append(FetchResult(url, SKIPPED, attempts=0))
+                    log.debug("source fetched recently, skipped", extra={"source": url})
+                    continue
+                deadline = watching.deadline = _Deadline(timeout)
+                try:
+                    fetched = _fetch_http(
+                        url,
+                        state,
+                        inbox,
+                        deadline=deadline,
+                        max_bytes=max_bytes,
+                        retries=retries,
+                        backoff=backoff,
+                        sleep=sleep,
+                        opener=opener,
+                        known=known,
+                    )
+                finally:
+                    deadline.cancel()
+                    watching.deadline = None
+        if fetched.error:
+            fetched = replace(fetched, error=redact(fetched.error))
+        _save_state(engine, url, state, fetched, stamp)
+        result = FetchResult(
+            url=url,
+            status=fetched.status,
+            path=fetched.path if fetched.status == OK else None,
+            bytes=fetched.nbytes,
+            error=fetched.error,
+            attempts=fetched.attempts,
+            http_status=fetched.http_status,
+        )
+        results.append(result)
+        level = logging.INFO if result.status in {OK, NOT_MODIFIED} else logging.WARNING
+        log.log(
+            level,
+            "source %s",
+            result.status,
+            extra={
+                "source": url,
+                "status": result.status,
+                "bytes": result.bytes,
+                "file": result.path.name if result.path else None,
+                "error": result.error,
+            },
+        )
+    return results

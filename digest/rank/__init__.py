@@ -1,0 +1,1 @@
+"""Rank: match papers to interests and pick each subscriber's best, explained."""

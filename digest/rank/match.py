@@ -1,0 +1,503 @@
+"""Compiled interests: whether a paper meets one interest, and how well.
+
+An interest's AST becomes a tree of small matchers over a ``Doc``, a paper
+analyzed once (term counts per field, positions on demand for phrases, the
+interest prefixes it carries). Each matcher returns a BM25F-style score, or
+``None`` when the paper does not match; given a ``found`` list it also reports
+which words matched, for explanations. The ``Compiler`` also picks each
+interest's *anchor*: the rarest term (or prefix) a match cannot do without,
+which is what the index in ``digest.rank.ranker`` keys interests by.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from itertools import pairwise
+from typing import Protocol
+
+from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without
+from digest.rank.text import Analyzer, Positions
+
+K1 = 1.2
+B = 0.75
+FIELD_WEIGHTS = (3.0, 1.0)  # title, abstract: a word in the title says more about the paper
+FIELDS = ("title", "abstract")
+TRENDING_STEP = 0.05  # per doubling of times_seen
+TRENDING_CAP = 0.15  # so trending never overturns a match more than 15% better
+# Dropped from all-words interests ("agents for science"), kept in phrases.
+_STOPWORDS_WORDS = "a an and are as at by for from in is of on or the to via with"
+STOPWORDS = frozenset(_STOPWORDS_WORDS.split())
+_MIN_JOIN = 5  # shortest interest word we also look for split in two ("data set")
+# Prefixes are looked up by their first letters; the parser refuses prefixes shorter than this.
+PREFIX_KEY = 3
+
+
+class TermStats(Protocol):
+    """Store-wide statistics the ranker needs; the store implements it over its own tables."""
+
+    @property
+    def documents(self) -> int: ...
+    @property
+    def avg_title_len(self) -> float: ...
+    @property
+    def avg_abstract_len(self) -> float: ...
+    def doc_freq(self, term: str) -> int: ...
+
+
+# What a matching leaf reports for explanations: (field index, term).
+Found = list[tuple[int, str]] | None
+# Where a word or phrase occurs: (field index, first position, last position).
+Span = tuple[int, int, int]
+# A match in an interest's list: (score, -paper index, interest id). Papers are indexed in
+# id order, so sorting these in reverse gives best first with ties to the lower paper id.
+Entry = tuple[float, int, int]
+
+
+class Field:
+    """One field of one paper, analyzed for matching."""
+
+    __slots__ = ("_bigrams", "_positions", "counts", "factor", "spans", "surfaces", "terms")
+
+    def __init__(self, terms: list[str], surfaces: list[str], factor: float) -> None:
+        self.terms = terms
+        self.surfaces = surfaces
+        self.factor = factor  # field weight over BM25 length normalization
+        self.counts: dict[str, int] = Counter(terms)  # joined spans are counted in too
+        # Joined terms covering several positions: "self-supervised" → selfsupervis.
+        self.spans: dict[str, list[tuple[int, int]]] = {}
+        self._positions: dict[str, list[int]] | None = None
+        self._bigrams: set[tuple[str, str]] | None = None
+
+    def add_span(self, joined: str, start: int, end: int) -> None:
+        """Record a joined term over positions start..end."""
+        self.spans.setdefault(joined, []).append((start, end))
+        self.counts[joined] = self.counts.get(joined, 0) + 1
+
+    def positions(self) -> dict[str, list[int]]:
+        """Term → its positions, built on first use (only phrases need them)."""
+        if self._positions is None:
+            positions: dict[str, list[int]] = {}
+            for i, term in enumerate(self.terms):
+                if term in positions:
+                    positions[term].append(i)
+                else:
+                    positions[term] = [i]
+            self._positions = positions
+        return self._positions
+
+    def adjacent(self, first: str, second: str) -> bool:
+        """Whether two plain terms occur side by side (a cheap test before chaining)."""
+        if self._bigrams is None:
+            self._bigrams = set(pairwise(self.terms))
+        return (first, second) in self._bigrams
+
+    def occurrences(self, term: str) -> list[tuple[int, int]]:
+        """Spans (first, last position) where term occurs, plain or joined."""
+        spans = [(p, p) for p in self.positions().get(term, ())]
+        return spans + self.spans.get(term, [])
+
+    def report(self, index: int, span: tuple[int, int], found: list[tuple[int, str]]) -> None:
+        """Add the terms under span to an explanation."""
+        found.extend((index, term) for term in self.terms[span[0] : span[1] + 1])
+
+
+class Doc:
+    """A paper analyzed once: its two fields, trending boost and the prefixes it carries."""
+
+    __slots__ = ("boost", "fields", "prefixed")
+
+    def __init__(self, fields: tuple[Field, Field], times_seen: int) -> None:
+        self.fields = fields
+        self.boost = 1.0 + min(TRENDING_STEP * math.log2(max(times_seen, 1)), TRENDING_CAP)
+        # prefix → [(field index, occurrences, term)] for the interest prefixes in this paper
+        self.prefixed: dict[str, list[tuple[int, int, str]]] = {}
+
+
+def saturate(idf: float, x: float) -> float:
+    """BM25 term-frequency saturation of a field-weighted frequency x."""
+    return idf * x * (K1 + 1.0) / (K1 + x)
+
+
+class Matcher(Protocol):
+    """A compiled interest or part of one."""
+
+    def evaluate(self, doc: Doc, found: Found) -> float | None: ...
+
+
+class TermLeaf:
+    """One term, in some fields."""
+
+    __slots__ = ("fields", "idf", "term")
+
+    def __init__(self, term: str, fields: tuple[int, ...], idf: float) -> None:
+        self.term, self.fields, self.idf = term, fields, idf
+
+    def evaluate(self, doc: Doc, found: Found) -> float | None:
+        x = 0.0
+        for f in self.fields:
+            fld = doc.fields[f]
+            tf = fld.counts.get(self.term, 0)
+            if tf:
+                x += tf * fld.factor
+                if found is not None:
+                    for span in fld.occurrences(self.term):
+                        fld.report(f, span, found)
+        return saturate(self.idf, x) if x else None
+
+    def spans(self, doc: Doc) -> list[Span]:
+        """Where the term occurs (for marking it in the text)."""
+        return [(f, *span) for f in self.fields for span in doc.fields[f].occurrences(self.term)]
+
+
+class PhraseLeaf:
+    """Words in sequence; ``variants`` spell compounds both split and joined."""
+
+    __slots__ = ("fields", "idf", "variants")
+
+    def __init__(self, variants: list[list[str]], fields: tuple[int, ...], idf: float) -> None:
+        self.variants, self.fields, self.idf = variants, fields, idf
+
+    def evaluate(self, doc: Doc, found: Found) -> float | None:
+        x = 0.0
+        for f in self.fields:
+            fld = doc.fields[f]
+            best = self._best(fld)
+            if best:
+                x += len(best) * fld.factor
+                if found is not None:
+                    for span in best:
+                        fld.report(f, span, found)
+        return saturate(self.idf, x) if x else None
+
+    def _best(self, fld: Field) -> list[tuple[int, int]]:
+        """The occurrences of the spelling met most often in the field."""
+        best: list[tuple[int, int]] = []
+        for words in self.variants:
+            hits = _chain(fld, words)
+            if len(hits) > len(best):
+                best = hits
+        return best
+
+    def spans(self, doc: Doc) -> list[Span]:
+        """Where the phrase occurs (for marking it in the text)."""
+        return [(f, *span) for f in self.fields for span in self._best(doc.fields[f])]
+
+
+def _chain(fld: Field, words: list[str]) -> list[tuple[int, int]]:
+    """Spans where words occur one right after the other (joined terms span several)."""
+    counts, spans = fld.counts, fld.spans
+    if any(word not in counts for word in words):
+        return []
+    # Two plain terms in a row must be a bigram of the field: most candidates stop here.
+    for first, second in pairwise(words):
+        if first not in spans and second not in spans and not fld.adjacent(first, second):
+            return []
+    open_spans = fld.occurrences(words[0])
+    for word in words[1:]:
+        starts: dict[int, int] = {}
+        for s, e in fld.occurrences(word):
+            starts[s] = e
+        open_spans = [(s, starts[e + 1]) for s, e in open_spans if e + 1 in starts]
+        if not open_spans:
+            return []
+    return open_spans
+
+
+class PrefixLeaf:
+    """Words starting with a prefix; the commonest expansion sets the weight."""
+
+    __slots__ = ("fields", "idf_of", "prefix")
+
+    def __init__(
+        self, prefix: str, fields: tuple[int, ...], idf_of: Callable[[str], float]
+    ) -> None:
+        self.prefix, self.fields, self.idf_of = prefix, fields, idf_of
+
+    def evaluate(self, doc: Doc, found: Found) -> float | None:
+        if found is not None:
+            return self._explain(doc, found)
+        x, idf = 0.0, math.inf
+        matches = doc.prefixed.get(self.prefix, ())
+        for f in self.fields:
+            tf = 0
+            for field, count, term in matches:
+                if field == f:
+                    tf += count
+                    idf = min(idf, self.idf_of(term))
+            x += tf * doc.fields[f].factor
+        return saturate(idf, x) if x else None
+
+    def spans(self, doc: Doc) -> list[Span]:
+        """Where words with the prefix occur (for marking them in the text)."""
+        prefix = self.prefix
+        return [
+            (f, i, i)
+            for f in self.fields
+            for i, surface in enumerate(doc.fields[f].surfaces)
+            if surface.startswith(prefix)
+        ]
+
+    def _explain(self, doc: Doc, found: list[tuple[int, str]]) -> float | None:
+        # Word by word, so the explanation lists words in the order the paper has them. The
+        # words are found through the terms the Doc already carries, not by scanning the field.
+        prefix = self.prefix
+        x, idf = 0.0, math.inf
+        matches = doc.prefixed.get(prefix, ())
+        for f in self.fields:
+            fld = doc.fields[f]
+            terms = dict.fromkeys(term for field, _, term in matches if field == f)
+            if not terms:
+                continue
+            surfaces, positions = fld.surfaces, fld.positions()
+            at = sorted(
+                i for term in terms for i in positions[term] if surfaces[i].startswith(prefix)
+            )
+            for term in terms:
+                idf = min(idf, self.idf_of(term))  # "diffus*" is no rarer than diffusion
+            found.extend((f, fld.terms[i]) for i in at)
+            x += len(at) * fld.factor
+        return saturate(idf, x) if x else None
+
+
+class AllLeaves:
+    """Every required item, none of the excluded ones; ``bonus`` rewards words written as a phrase."""
+
+    __slots__ = ("bonus", "excluded", "required")
+
+    def __init__(
+        self, required: list[Matcher], excluded: list[Matcher], bonus: Matcher | None = None
+    ) -> None:
+        self.required, self.excluded, self.bonus = required, excluded, bonus
+
+    def evaluate(self, doc: Doc, found: Found) -> float | None:
+        total = 0.0
+        for item in self.required:
+            score = item.evaluate(doc, found)
+            if score is None:
+                return None
+            total += score
+        for item in self.excluded:
+            if item.evaluate(doc, None) is not None:
+                return None
+        if self.bonus is not None:
+            total += self.bonus.evaluate(doc, found) or 0.0
+        return total
+
+
+class AnyLeaves:
+    """At least one item; the scores of those that match are summed."""
+
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[Matcher]) -> None:
+        self.items = items
+
+    def evaluate(self, doc: Doc, found: Found) -> float | None:
+        total: float | None = None
+        for item in self.items:
+            score = item.evaluate(doc, found)
+            if score is not None:
+                total = score if total is None else total + score
+        return total
+
+
+class NotLeaf:
+    """Matches (scoring nothing) where its item does not."""
+
+    __slots__ = ("item",)
+
+    def __init__(self, item: Matcher) -> None:
+        self.item = item
+
+    def evaluate(self, doc: Doc, found: Found) -> float | None:
+        return None if self.item.evaluate(doc, None) is not None else 0.0
+
+
+# Anchors: an estimated cost (document frequency) and keys ("t", term) or ("p", prefix).
+Anchors = tuple[float, list[tuple[str, str]]]
+
+
+class Compiler:
+    """Turns interest ASTs into matchers with their anchors, and papers into ``Doc``s."""
+
+    def __init__(self, stats: TermStats, analyzer: Analyzer) -> None:
+        self.stats = stats
+        self.analyzer = analyzer
+        self.documents = max(stats.documents, 0)
+        self._idf: dict[str, float] = {}
+        self.join_terms: set[str] = set()
+        self.join_heads: set[str] = set()
+        # Every prefix any interest uses, by its first letters, so a Doc can carry its matches.
+        self.prefixes: dict[str, list[str]] = {}
+
+    def df(self, term: str) -> int:
+        """Document frequency, capped at the number of documents."""
+        return min(self.stats.doc_freq(term), self.documents)
+
+    def idf(self, term: str) -> float:
+        """BM25 inverse document frequency (always positive)."""
+        idf = self._idf.get(term)
+        if idf is None:
+            n, df = self.documents, self.df(term)
+            idf = self._idf[term] = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+        return idf
+
+    def compile(self, node: Node) -> tuple[Matcher, Anchors | None]:
+        """A node's matcher and anchors (``None``: it cannot anchor, like an exclusion)."""
+        if isinstance(node, Term):
+            fields = _scope(node.field)
+            if node.prefix:
+                prefix = self.analyzer.positions(node.word).surfaces[0]
+                known = self.prefixes.setdefault(prefix[:PREFIX_KEY], [])
+                if prefix not in known:
+                    known.append(prefix)
+                # Unknown breadth: a prefix anchors only when nothing rarer is required.
+                cost = self.documents * 0.05 + 1.0
+                return PrefixLeaf(prefix, fields, self.idf), (cost, [("p", prefix)])
+            return self.words(node.word, fields)
+        if isinstance(node, Phrase):
+            return self.words(node.words, _scope(node.field))
+        if isinstance(node, AllOf):
+            required: list[tuple[Matcher, Anchors]] = []
+            excluded: list[Matcher] = []
+            for item in node.items:
+                if isinstance(item, Without):
+                    excluded.append(self.compile(item.item)[0])
+                    continue
+                matcher, anchors = self.compile(item)
+                if anchors is not None:
+                    required.append((matcher, anchors))
+            content = [(m, a) for m, a in required if not _is_stopword(m)]
+            required = content or required
+            best = min((a for _, a in required), key=lambda a: a[0], default=None)
+            return AllLeaves([m for m, _ in required], excluded, self.proximity(node)), best
+        if isinstance(node, AnyOf):
+            matchers, keys, cost = [], [], 0.0
+            for item in node.items:
+                matcher, anchors = self.compile(item)
+                matchers.append(matcher)
+                if anchors is not None:
+                    cost += anchors[0]
+                    keys.extend(anchors[1])
+            return AnyLeaves(matchers), (cost, keys)
+        matcher, _ = self.compile(node.item)
+        return NotLeaf(matcher), None
+
+    def proximity(self, node: AllOf) -> Matcher | None:
+        """Loose words that also occur as written, next to each other, earn a phrase's score."""
+        words = [item for item in node.items if isinstance(item, Term) and not item.prefix]
+        positive = [item for item in node.items if not isinstance(item, Without)]
+        if len(words) < 2 or len(words) != len(positive):
+            return None
+        if any(w.field != words[0].field for w in words):
+            return None
+        matcher, _ = self.words(" ".join(w.word for w in words), _scope(words[0].field))
+        return matcher
+
+    def words(self, text: str, fields: tuple[int, ...]) -> tuple[Matcher, Anchors]:
+        """A word (a term leaf) or several (a phrase leaf with its spellings)."""
+        pos = self.analyzer.positions(text)
+        covered = {i for s, e, _ in pos.compounds for i in range(s, e + 1)}
+        for i, surface in enumerate(pos.surfaces):
+            if i not in covered and len(surface) >= _MIN_JOIN:
+                self._join_target(surface, pos.terms[i])
+        if len(pos.terms) == 1:
+            term = pos.terms[0]
+            return TermLeaf(term, fields, self.idf(term)), (self.df(term), [("t", term)])
+        variants = _variants(pos.terms, pos.compounds)
+        idf = sum(self.idf(term) for term in pos.terms)
+        keys: list[tuple[str, str]] = []
+        cost = 0.0
+        for words in variants:
+            rarest = min(words, key=self.df)
+            cost += self.df(rarest)
+            keys.append(("t", rarest))
+        return PhraseLeaf(variants, fields, idf), (cost, keys)
+
+    def _join_target(self, surface: str, term: str) -> None:
+        """Let "data set" in a paper meet "dataset" in an interest."""
+        self.join_terms.add(term)
+        for cut in range(2, len(surface) - 1):
+            head = surface[:cut]
+            if head not in STOPWORDS:
+                self.join_heads.add(head)
+
+    def document(self, title: str, abstract: str, times_seen: int) -> Doc:
+        """A paper analyzed for matching against everything compiled so far."""
+        positions = self.analyzer.positions
+        return self.analyzed((positions(title), positions(abstract)), times_seen)
+
+    def analyzed(
+        self, texts: tuple[Positions, Positions], times_seen: int, *, prefixes: bool = True
+    ) -> Doc:
+        """``document`` of a title and an abstract already analyzed (they are only read).
+
+        ``prefixes=False`` leaves out what scoring prefixes needs (``Doc.prefixed``): the
+        leaves' ``spans`` find prefixed words without it.
+        """
+        stats = self.stats
+        averages = (stats.avg_title_len, stats.avg_abstract_len)
+        fields: list[Field] = []
+        for i, pos in enumerate(texts):
+            norm = 1.0 - B + B * len(pos.terms) / max(averages[i], 1.0)
+            fld = Field(pos.terms, pos.surfaces, FIELD_WEIGHTS[i] / norm)
+            for s, e, joined in pos.compounds:
+                fld.add_span(joined, s, e)
+            self.add_joins(fld)
+            fields.append(fld)
+        doc = Doc((fields[0], fields[1]), times_seen)
+        if self.prefixes and prefixes:
+            self._find_prefixes(doc)
+        return doc
+
+    def add_joins(self, fld: Field, *, again: bool = False) -> None:
+        """Record the interests' words the field writes in two ("data set" for ``dataset``).
+
+        ``again``: the field was analyzed before more interests were compiled; add only
+        what is missing.
+        """
+        heads, joins, term, spans = self.join_heads, self.join_terms, self.analyzer.term, fld.spans
+        surfaces = fld.surfaces
+        for k in range(len(surfaces) - 1):
+            if surfaces[k] in heads:
+                joined = term(surfaces[k] + surfaces[k + 1])
+                if joined in joins and not (again and (k, k + 1) in spans.get(joined, ())):
+                    fld.add_span(joined, k, k + 1)
+
+    def _find_prefixes(self, doc: Doc) -> None:
+        prefixes, prefixed, term = self.prefixes, doc.prefixed, self.analyzer.term
+        for f, fld in enumerate(doc.fields):
+            for surface, count in Counter(fld.surfaces).items():
+                for prefix in prefixes.get(surface[:PREFIX_KEY], ()):
+                    if surface.startswith(prefix):
+                        prefixed.setdefault(prefix, []).append((f, count, term(surface)))
+
+
+def _is_stopword(matcher: Matcher) -> bool:
+    return isinstance(matcher, TermLeaf) and matcher.term in STOPWORDS
+
+
+def _scope(name: str | None) -> tuple[int, ...]:
+    return (0, 1) if name is None else (FIELDS.index(name),)
+
+
+def _variants(terms: list[str], compounds: list[tuple[int, int, str]]) -> list[list[str]]:
+    """Every spelling of a phrase with each compound split or joined (at most 8)."""
+    starts = {s: (e, joined) for s, e, joined in compounds}
+    out: list[list[str]] = []
+
+    def walk(i: int, sofar: list[str]) -> None:
+        if len(out) >= 8:
+            return
+        if i == len(terms):
+            out.append(sofar)
+            return
+        walk(i + 1, [*sofar, terms[i]])
+        if i in starts:
+            end, joined = starts[i]
+            walk(end + 1, [*sofar, joined])
+
+    walk(0, [])
+    return out

@@ -1,0 +1,1 @@
+"""Service: a run, the scheduler, the run lock, status and preview, wired up."""

@@ -1,0 +1,430 @@
+"""One full cycle: fetch sources, ingest the inbox, compose, send, publish feeds.
+
+Every step is safe to repeat: fetching is conditional, ingest is keyed by
+content hash, composing skips subscribers already served this period, and
+delivery sends only what the outbox still holds. Running the same period twice
+therefore sends nothing the second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+
+from digest.deliver.message import MessageBuilder, Sender
+from digest.deliver.plan import message_id, period_of, plan_digests, record_plans
+from digest.deliver.send import (
+    Delivered,
+    deliver,
+    load_outbox,
+    outbox_counts,
+    pending_reason,
+    record_transport,
+    withdraw_unwanted,
+)
+from digest.deliver.transports import Transport, open_transport, transport_label
+from digest.deliver.views import Links
+from digest.errors import StoreError
+from digest.feeds.publish import publish_feeds
+from digest.ingest.dumps import DumpResult, ingest_inbox
+from digest.ingest.fetch import FetchResult, fetch_sources
+from digest.logs import run_context
+from digest.service.preview import ranked_views
+from digest.settings import Settings
+from digest.store.engine import db_time, index_papers, reading, transaction, transaction_if_free
+from digest.store.models import Run
+from digest.store.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
+
+log = logging.getLogger("digest.run")
+
+OUTBOX_BATCH = 1_000  # digests loaded and sent at a time
+
+
+@dataclass
+class RunReport:
+    """What a run did, as ``run --json`` prints it."""
+
+    run_id: int | None
+    period: date
+    dry_run: bool
+    sources: list[FetchResult] = field(default_factory=list)
+    dumps: list[DumpResult] = field(default_factory=list)
+    composed: dict[str, int] = field(default_factory=dict)
+    delivered: Delivered = field(default_factory=Delivered)
+    outbox: dict[str, int] = field(default_factory=dict)
+    feeds: dict[str, int] = field(default_factory=dict)
+    previews: list[dict[str, Any]] = field(default_factory=list)
+    pending_reason: str | None = None  # why digests are still waiting, when some are
+
+    def figures(self) -> dict[str, Any]:
+        """The run's numbers (stored with the run and printed by ``--json``)."""
+        return {
+            "papers_new": sum(d.new for d in self.dumps),
+            "dumps": {
+                status: sum(1 for d in self.dumps if d.status == status)
+                for status in ("ok", "duplicate", "failed")
+            },
+            "sources": {r.url: r.status for r in self.sources},
+            "digests": {
+                "composed": self.composed.get("pending", 0),
+                "sent": self.delivered.sent,
+                "skipped": self.composed.get("skipped", 0),
+                "failed": self.delivered.failed,
+                "deferred": self.delivered.deferred,
+                "withdrawn": self.delivered.withdrawn,
+                "pending": self.outbox.get("pending", 0) + self.outbox.get("sending", 0),
+            },
+            "bounced": self.delivered.bounced,
+            "set_aside": [
+                {"email": address, "reason": reason} for address, reason in self.delivered.set_aside
+            ],
+            "feeds": self.feeds,
+            "stopped": self.delivered.stopped,
+            "gave_up": self.delivered.gave_up,
+            "transport_error": self.delivered.transport_error,
+            "pending_reason": self.pending_reason,
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        """The contract: ``digests`` with ``sent``, ``skipped``, ``failed``; dumps as ingest prints them."""
+        data = self.figures()
+        data.update(
+            run_id=self.run_id,
+            period=self.period.isoformat(),
+            dry_run=self.dry_run,
+            dumps_detail=[d.as_json() for d in self.dumps],
+        )
+        if self.dry_run:
+            data["previews"] = self.previews
+        return data
+
+
+INTERRUPTED = "interrupted: its process ended without finishing the run"
+
+
+def interrupt_dead_runs(engine: Engine, run_ids: Sequence[int] | None = None) -> int:
+    """Mark runs still ``running`` whose process is gone (killed) as ``interrupted``.
+
+    Only for a caller that knows no run is going on: one holding the run lock (all such
+    runs, ``run_ids`` None), or ``status`` having seen the lock free after reading
+    ``run_ids`` (then the write never waits: it is skipped while someone else writes).
+    Returns how many were marked.
+    """
+    query = sa.update(Run).where(col(Run.status) == "running")
+    if run_ids is not None:
+        if not run_ids:
+            return 0
+        query = query.where(col(Run.id).in_(run_ids))
+    query = query.values(status="interrupted", error=INTERRUPTED)
+    if run_ids is None:
+        with transaction(engine) as conn:
+            return int(conn.execute(query).rowcount or 0)
+    try:
+        with transaction_if_free(engine) as conn:
+            return int(conn.execute(query).rowcount or 0)
+    except StoreError:
+        return 0  # busy: the next status or run marks them
+
+
+def _start_run(engine: Engine, period: date, now: datetime) -> int:
+    interrupt_dead_runs(engine)  # we hold the run lock: any run still "running" died
+    with transaction(engine) as conn:
+        return int(
+            conn.execute(
+                sa.insert(Run).values(kind="run", period=period, started_at=db_time(now))
+            ).inserted_primary_key[0]  # type: ignore[index]
+        )
+
+
+def _finish_run(
+    engine: Engine, run_id: int, report: RunReport, now: datetime, error: str | None
+) -> None:
+    status = "failed" if error else ("stopped" if report.delivered.stopped else "ok")
+    with transaction(engine) as conn:
+        conn.execute(
+            sa.update(Run)
+            .where(col(Run.id) == run_id)
+            .values(
+                finished_at=db_time(now),
+                status=status,
+                figures=json.dumps(report.figures()),
+                error=error,
+            )
+        )
+
+
+def sender_of(settings: Settings) -> Sender:
+    """Who digests come from, from the settings."""
+    host = settings.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
+    return Sender(
+        from_addr=settings.mail_from,
+        site_name=settings.site_name,
+        list_id=f"digest.{host}",  # RFC 2919: the id alone; the builder adds the site name
+        base_url=settings.base_url,
+    )
+
+
+def links_of(settings: Settings) -> Links:
+    """How links in emails and feeds are made, from the settings."""
+    return Links(settings.base_url, settings.signing_key(), settings.mail_from)
+
+
+def transport_of(settings: Settings) -> Transport:
+    """The configured mail transport."""
+    return open_transport(
+        settings.mail_transport,
+        connections=settings.smtp_connections,
+        rate=settings.smtp_rate,
+        timeout=settings.smtp_timeout,
+        retries=settings.smtp_retries,
+    )
+
+
+def run_cycle(
+    settings: Settings,
+    engine: Engine,
+    *,
+    clock: Callable[[], datetime],
+    period: date | None = None,
+    dry_run: bool = False,
+    transport: Transport | None = None,
+    stop: threading.Event | None = None,
+    fetch: bool = True,
+) -> RunReport:
+    """Run one whole cycle for ``period`` (default: today in the configured zone)."""
+    now = clock()
+    period = period or period_of(now, settings.tz)
+    if dry_run:
+        return _dry_run(settings, engine, period=period, now=now)
+    run_id = _start_run(engine, period, now)
+    report = RunReport(run_id, period, dry_run=False)
+    error: str | None = None
+    with run_context(run_id):
+        try:
+            log.info("run started", extra={"period": period.isoformat()})
+            if fetch and settings.sources:
+                report.sources = fetch_sources(
+                    settings.sources,
+                    settings.inbox,
+                    engine,
+                    now=now,
+                    timeout=settings.fetch_timeout,
+                    max_bytes=settings.fetch_max_bytes,
+                )
+            report.dumps = ingest_inbox(engine, settings.inbox, clock=clock)
+            with transaction(engine) as conn:
+                index_papers(conn)
+            key = settings.signing_key()
+            with transaction(engine) as conn:
+                conn.execute(sa.select(1))  # the write lock first: no ingest commits under us
+                composed_at = clock()  # "new" goes by ingest sequence, not by this
+                plans = plan_digests(conn, period=period)
+                report.composed = record_plans(
+                    conn,
+                    plans,
+                    period=period,
+                    now=composed_at,
+                    key=key,
+                    mail_from=settings.mail_from,
+                    run_id=run_id,
+                )
+            log.info("composed", extra={"composed": report.composed})
+            report.delivered = asyncio.run(
+                send_outbox(settings, engine, transport, clock=clock, stop=stop)
+            )
+            log.info(
+                "delivered",
+                extra={"sent": report.delivered.sent, "failed": report.delivered.failed},
+            )
+            report.feeds = publish_feeds(
+                settings, engine, links_of(settings), now=clock(), changed=report.delivered.sent_to
+            )
+            report.outbox = outbox_counts(engine)
+            if report.outbox["pending"] + report.outbox["sending"]:
+                report.pending_reason = _why_pending(report.delivered) or pending_reason(engine)
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            _finish_run(engine, run_id, report, clock(), error)
+            log.info("run finished", extra={"error": error})
+    return report
+
+
+def _why_pending(delivered: Delivered) -> str | None:
+    if delivered.gave_up:
+        return delivered.gave_up
+    if delivered.stopped:
+        return "the run was asked to stop before sending them"
+    return None
+
+
+async def send_outbox(
+    settings: Settings,
+    engine: Engine,
+    transport: Transport | None,
+    *,
+    clock: Callable[[], datetime],
+    stop: threading.Event | None,
+) -> Delivered:
+    """Send the whole outbox, a batch of digests at a time (memory stays flat), over one
+    transport (its connections are reused throughout)."""
+    builder = MessageBuilder(sender_of(settings))
+    links = links_of(settings)
+    total = Delivered(withdrawn=withdraw_unwanted(engine))
+    after = 0
+    active: Transport | None = None
+    try:
+        while batch := load_outbox(engine, links, after=after, limit=OUTBOX_BATCH):
+            after = batch[-1].digest_id
+            if active is None:
+                active = transport_of(settings) if transport is None else transport
+            part = await deliver(
+                engine,
+                batch,
+                builder,
+                active,
+                sender_addr=sender_of(settings).from_addr,
+                clock=clock,
+                concurrency=settings.smtp_connections,
+                stop=stop,
+            )
+            total.add(part)
+            if part.stopped or part.gave_up:
+                break
+    finally:
+        if active is not None and transport is None:
+            await active.close()
+    record_transport(engine, transport_label(settings.mail_transport), total, clock())
+    return total
+
+
+def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime) -> RunReport:
+    """Compose and render what a run would send, recording and sending nothing."""
+    report = RunReport(None, period, dry_run=True)
+    links = links_of(settings)
+    builder = MessageBuilder(sender_of(settings))
+    with reading(engine) as conn:
+        plans = plan_digests(conn, period=period)
+        for plan in plans:
+            sub = plan.subscriber
+            if not plan.ranked and not sub.send_empty:
+                report.composed["skipped"] = report.composed.get("skipped", 0) + 1
+                continue
+            report.composed["pending"] = report.composed.get("pending", 0) + 1
+            view = links.digest_view(
+                to=sub.email,
+                ident=sub.id,
+                salt=sub.token_salt,
+                period=period,
+                papers=ranked_views(conn, plan.ranked),
+                message_id=message_id(links.key, sub.id or 0, period, settings.mail_from),
+            )
+            size = len(builder.build(view, now))
+            report.previews.append({"email": sub.email, "papers": len(plan.ranked), "bytes": size})
+        conn.rollback()
+    return report
+
+
+def ensure_sample_subscribers(settings: Settings, engine: Engine, *, now: datetime) -> int:
+    """Add the settings file's [[subscribers]] that the store does not know yet."""
+    if not settings.sample_subscribers:
+        return 0  # the usual case: no need to read every subscriber before every run
+    added = 0
+    known = {row.email for row in list_subscribers(engine)}
+    for item in settings.sample_subscribers:
+        spec = SubscriberSpec(
+            email=str(item["email"]),
+            interests=[str(i) for i in item.get("interests", [])],
+            max_items=int(item.get("max_items", 20)),
+            min_score=float(item.get("min_score", 0.0)),
+            frequency=str(item.get("frequency", "daily")),
+        ).checked()
+        if spec.email not in known:
+            upsert_subscriber(engine, spec, now=now)
+            added += 1
+    return added
+
+
+def last_run_period(engine: Engine) -> date | None:
+    """The period of the newest run that finished well (for the scheduler's catch-up)."""
+    with reading(engine) as conn:
+        value = conn.execute(
+            sa.select(sa.func.max(col(Run.period))).where(col(Run.status) == "ok")
+        ).scalar()
+        conn.rollback()
+    return value if isinstance(value, date) else None
+
+
+def poll_once(
+    settings: Settings, engine: Engine, *, clock: Callable[[], datetime]
+) -> list[DumpResult]:
+    """Between runs: fetch the sources and ingest whatever reached the inbox."""
+    if settings.sources:
+        fetch_sources(
+            settings.sources,
+            settings.inbox,
+            engine,
+            now=clock(),
+            timeout=settings.fetch_timeout,
+            max_bytes=settings.fetch_max_bytes,
+        )
+    return ingest_inbox(engine, settings.inbox, clock=clock)
+
+
+def run_lines(report: RunReport, settings: Settings) -> list[str]:
+    """A run's summary for a person."""
+    figures = report.figures()
+    digests = figures["digests"]
+    lines = [f"{'dry run' if report.dry_run else 'run'} for {report.period.isoformat()}"]
+    for source in report.sources:
+        lines.append(f"source {source.url}: {source.status}")
+    for dump in report.dumps:
+        if dump.status == "failed":
+            lines.append(f"dump {dump.path}: failed: {dump.error}")
+        else:
+            lines.append(f"dump {dump.path}: {dump.status}, {dump.new} new of {dump.entries}")
+        lines.extend(f"dump {dump.path}: {warning}" for warning in dump.warnings)
+    if report.dry_run:
+        lines.append(
+            f"would send {digests['composed']} digest(s), skip {digests['skipped']} (nothing recorded)"
+        )
+        for preview in report.previews:
+            lines.append(
+                f"  {preview['email']}: {preview['papers']} papers, {preview['bytes']:,} bytes"
+            )
+        return lines
+    why = f" ({report.pending_reason})" if digests["pending"] and report.pending_reason else ""
+    lines.append(
+        f"digests: {digests['sent']} sent, {digests['skipped']} skipped, {digests['failed']} failed,"
+        f" {digests['pending']} still pending{why}"
+    )
+    if digests["withdrawn"]:
+        lines.append(
+            f"withdrawn: {digests['withdrawn']} waiting digest(s) of subscribers who left since"
+        )
+    for address in figures["bounced"]:
+        lines.append(f"bounced: {address}")
+    for item in figures["set_aside"]:
+        lines.append(f"set aside: {item['email']}: {item['reason']}")
+    if settings.mail_transport.startswith("file://"):
+        lines.append(f"emails: {settings.mail_transport[len('file://') :]}")
+    lines.append(
+        f"feeds: {settings.feeds_dir} ({report.feeds.get('written', 0)} written,"
+        f" {report.feeds.get('unchanged', 0)} unchanged)"
+    )
+    if report.delivered.stopped:
+        lines.append("stopped before the outbox was empty; the next run sends the rest")
+    if report.delivered.gave_up:
+        lines.append(f"gave up sending: {report.delivered.gave_up}; the next run tries again")
+    return lines

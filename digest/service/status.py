@@ -1,0 +1,199 @@
+"""``digest status``: what the store holds, how the last runs went, what needs a look."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+
+from digest.deliver.send import outbox_counts, pending_reason, transport_state
+from digest.deliver.transports import transport_label
+from digest.service.cycle import INTERRUPTED, interrupt_dead_runs
+from digest.service.runlock import lock_holder, uses_advisory_lock
+from digest.service.scheduler import crontab_trigger
+from digest.settings import Settings, link_warnings
+from digest.store.engine import reading
+from digest.store.models import Digest, Dump, Paper, Run, SourceState, Subscriber
+from digest.store.subscribers import count_by_status
+
+RECENT_RUNS = 5
+BOUNCE_WINDOW = timedelta(days=7)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def collect_status(
+    settings: Settings, engine: Engine, now: datetime, *, store_exists: bool = True
+) -> dict[str, Any]:
+    """Everything ``status`` shows, as plain data (also the ``--json`` output).
+
+    ``store_exists`` False: ``engine`` is an empty stand-in for a store not made yet.
+    """
+    local = now.astimezone(settings.tz)
+    with reading(engine) as conn:
+        papers = conn.execute(sa.select(sa.func.count()).select_from(Paper)).scalar_one()
+        newest = conn.execute(sa.select(sa.func.max(col(Paper.first_seen)))).scalar()
+        new_today = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(Paper)
+            .where(col(Paper.first_seen) >= now - timedelta(days=1))
+        ).scalar_one()
+        runs = conn.execute(sa.select(Run).order_by(col(Run.id).desc()).limit(RECENT_RUNS)).all()
+        # read before looking at the lock: a run starting after this is not among them
+        unfinished = [
+            run_id
+            for run_id in conn.execute(
+                sa.select(col(Run.id)).where(col(Run.status) == "running")
+            ).scalars()
+            if run_id is not None
+        ]
+        dumps = conn.execute(
+            sa.select(
+                col(Dump.name),
+                col(Dump.layout),
+                col(Dump.ingested_at),
+                col(Dump.entries),
+                col(Dump.new),
+            )
+            .order_by(col(Dump.id).desc())
+            .limit(RECENT_RUNS)
+        ).all()
+        sources = conn.execute(sa.select(SourceState).order_by(col(SourceState.url))).all()
+        failed = conn.execute(
+            sa.select(col(Digest.period), col(Subscriber.email), col(Digest.last_error))
+            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+            .where(col(Digest.status) == "failed", col(Digest.created_at) >= now - BOUNCE_WINDOW)
+            .order_by(col(Digest.id).desc())
+            .limit(20)
+        ).all()
+        conn.rollback()
+    subscribers = count_by_status(engine)
+    outbox = outbox_counts(engine)
+    trigger = crontab_trigger(settings.schedule, settings.tz)
+    next_run = trigger.get_next_fire_time(None, local)
+    holder = lock_holder(settings)
+    interrupted: set[int] = set()
+    if holder is None and unfinished and not uses_advisory_lock(settings.database_url):
+        # Nobody holds the lock, yet these say "running": their process died (kill -9).
+        interrupted = set(unfinished)
+        interrupt_dead_runs(engine, unfinished)
+    mail = transport_state(engine, transport_label(settings.mail_transport))
+    waiting = outbox["pending"] + outbox["sending"]
+    warnings = link_warnings(settings)
+    if local.weekday() < 5 and new_today == 0 and papers:
+        warnings.append("no new papers in the last 24 hours on a weekday")
+    if failed:
+        warnings.append(f"{len(failed)} digest(s) failed in the last 7 days")
+    if subscribers["bounced"]:
+        warnings.append(f"{subscribers['bounced']} subscriber(s) bounced")
+    for source in sources:
+        if source.last_status not in ("ok", "not-modified", ""):
+            warnings.append(
+                f"source {source.url}: {source.last_status} ({source.last_error or 'no detail'})"
+            )
+    if mail and mail["last_error"]:
+        warnings.append(
+            f"mail transport failing since {_iso(mail['failing_since'])}: {mail['last_error']}"
+        )
+    if interrupted:
+        warnings.append(f"{len(interrupted)} run(s) interrupted (their process ended)")
+    if waiting:
+        warnings.append(f"{waiting} digest(s) waiting to be sent ({pending_reason(engine)})")
+    return {
+        "papers": {"total": papers, "new_last_24h": new_today, "newest_first_seen": _iso(newest)},
+        "subscribers": subscribers,
+        "digests": outbox,
+        "failed_digests": [{"period": str(p), "email": e, "error": err} for p, e, err in failed],
+        "runs": [
+            {
+                "id": run.id,
+                "period": str(run.period) if run.period else None,
+                "started_at": _iso(run.started_at),
+                "finished_at": _iso(run.finished_at),
+                "status": "interrupted" if run.id in interrupted else run.status,
+                "figures": json.loads(run.figures),
+                "error": INTERRUPTED if run.id in interrupted else run.error,
+            }
+            for run in runs
+        ],
+        "dumps": [
+            {
+                "name": d.name,
+                "layout": d.layout,
+                "ingested_at": _iso(d.ingested_at),
+                "entries": d.entries,
+                "new": d.new,
+            }
+            for d in dumps
+        ],
+        "sources": [
+            {
+                "url": source.url,
+                "status": source.last_status,
+                "last_fetch_at": _iso(source.last_fetch_at),
+                "last_new_at": _iso(source.last_new_at),
+                "error": source.last_error,
+            }
+            for source in sources
+        ],
+        "schedule": {
+            "cron": settings.schedule,
+            "timezone": settings.timezone,
+            "next_run": _iso(next_run),
+        },
+        "running": None if holder is None else holder.to_json(),
+        "store_exists": store_exists,
+        "transport": None
+        if mail is None
+        else {
+            "transport": mail["transport"],
+            "last_error": mail["last_error"],
+            "failing_since": _iso(mail["failing_since"]),
+            "last_failure_at": _iso(mail["last_failure_at"]),
+            "last_ok_at": _iso(mail["last_ok_at"]),
+        },
+        "warnings": warnings,
+    }
+
+
+def status_lines(data: dict[str, Any]) -> list[str]:
+    """The status as text for a person."""
+    papers, subs, digests = data["papers"], data["subscribers"], data["digests"]
+    lines = [
+        f"papers: {papers['total']:,} ({papers['new_last_24h']:,} new in the last 24 h)",
+        "subscribers: " + ", ".join(f"{n} {status}" for status, n in subs.items()),
+        "digests: " + ", ".join(f"{n} {status}" for status, n in digests.items()),
+        f"next run: {data['schedule']['next_run']} ({data['schedule']['cron']} {data['schedule']['timezone']})",
+    ]
+    if data["running"]:
+        lines.append(
+            f"running now: pid {data['running']['pid']} since {data['running']['started_at']}"
+        )
+    for run in data["runs"]:
+        figures = run["figures"].get("digests", {})
+        lines.append(
+            f"run {run['id']} {run['period']} {run['status']}: "
+            f"{figures.get('sent', 0)} sent, {figures.get('skipped', 0)} skipped, "
+            f"{figures.get('failed', 0)} failed, {run['figures'].get('papers_new', 0)} new papers"
+        )
+    for source in data["sources"]:
+        lines.append(f"source {source['url']}: {source['status']} at {source['last_fetch_at']}")
+    mail = data["transport"]
+    if mail and mail["last_error"]:
+        lines.append(
+            f"mail {mail['transport']}: failing since {mail['failing_since']}"
+            f" (last {mail['last_failure_at']}): {mail['last_error']}"
+        )
+    elif mail:
+        lines.append(f"mail {mail['transport']}: ok at {mail['last_ok_at']}")
+    for warning in data["warnings"]:
+        lines.append(f"warning: {warning}")
+    if not data.get("store_exists", True):
+        lines.append("store: not made yet (init, ingest, subscribe or run make it)")
+    return lines

@@ -1,0 +1,142 @@
+"""The tables of the store, as SQLModel classes.
+
+The schema itself is created and changed only by ``digest.store.migrations``; these
+classes must match it (a test compares them). Times are aware UTC datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from sqlalchemy import UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class Paper(SQLModel, table=True):
+    """Every paper ever seen, once, under its stable key."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True)
+    first_key: str | None = None  # the key before it adopted an arXiv id; feed GUIDs use it
+    title_key: str = Field(index=True)
+    arxiv_id: str | None = None
+    title: str
+    abstract: str = ""
+    authors: str = ""
+    url: str | None = None
+    listing_date: date | None = None
+    first_seen: datetime = Field(index=True)
+    last_seen: datetime
+    times_seen: int = 1
+    seq: int = Field(default=0, index=True)  # the ingest that first saw it (ingest_sequence)
+
+
+class StoreMeta(SQLModel, table=True):
+    """Facts about the store itself, by name (``feed_authority``)."""
+
+    name: str = Field(primary_key=True)
+    value: str
+
+
+class Dump(SQLModel, table=True):
+    """One listing file ingested (or refused), identified by its content hash."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    sha256: str = Field(unique=True)
+    name: str
+    source: str = ""
+    layout: str = ""
+    listing_date: date | None = None
+    ingested_at: datetime
+    entries: int = 0
+    new: int = 0
+    seen: int = 0
+    status: str = "ok"
+    error: str | None = None
+
+
+class Subscriber(SQLModel, table=True):
+    """Someone who gets digests; ``token_salt`` feeds the signed links (never the links)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True)
+    status: str = "active"
+    interests: str = "[]"
+    max_items: int = 20
+    min_score: float = 0.0
+    frequency: str = "daily"
+    send_empty: bool = False
+    token_salt: str
+    created_at: datetime
+    last_digest_at: datetime | None = None
+    seen_upto: int = 0  # the ingest sequence number their last digest (or joining) saw up to
+
+
+class Digest(SQLModel, table=True):
+    """The outbox: one digest per subscriber per period."""
+
+    __table_args__ = (UniqueConstraint("subscriber_id", "period"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id", index=True)
+    period: date
+    status: str = "pending"
+    message_id: str
+    subject: str = ""
+    attempts: int = 0
+    last_error: str | None = None
+    created_at: datetime
+    sent_at: datetime | None = None
+    run_id: int | None = Field(default=None, foreign_key="run.id")
+
+
+class DigestItem(SQLModel, table=True):
+    """A paper in a digest; unique per subscriber so a paper reaches a reader once."""
+
+    __table_args__ = (UniqueConstraint("subscriber_id", "paper_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    digest_id: int = Field(foreign_key="digest.id", index=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id")
+    paper_id: int = Field(foreign_key="paper.id")
+    rank: int
+    score: float
+    matched: str = "[]"
+
+
+class Run(SQLModel, table=True):
+    """A scheduled or manual run with its figures (JSON)."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = "run"
+    period: date | None = None
+    started_at: datetime
+    finished_at: datetime | None = None
+    status: str = "running"
+    figures: str = "{}"
+    error: str | None = None
+
+
+class TransportState(SQLModel, table=True):
+    """How a mail transport last fared: its last error, and since when it has been failing."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    transport: str = Field(unique=True)  # as ``transport_label`` names it: no credentials
+    last_error: str | None = None
+    failing_since: datetime | None = None
+    last_failure_at: datetime | None = None
+    last_ok_at: datetime | None = None
+
+
+class SourceState(SQLModel, table=True):
+    """What we know of a fetched source: validators for conditional GET and the last outcome."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    url: str = Field(unique=True)
+    etag: str | None = None
+    last_modified: str | None = None
+    last_fetch_at: datetime | None = None
+    last_status: str = ""
+    last_error: str | None = None
+    last_new_at: datetime | None = None
+    bytes: int = 0
