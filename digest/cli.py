@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 
 from digest import __version__
 from digest.deliver.message import MessageBuilder
-from digest.deliver.plan import message_id, period_of
+from digest.deliver.plan import period_of
 from digest.errors import AlreadyRunning, DigestError, UsageError, WriteError
 from digest.files import write_private
 from digest.ingest.dumps import Clock, DumpResult, ingest_inbox, ingest_paths
@@ -48,6 +48,17 @@ from digest.service.preview import (
 from digest.service.runlock import hold_run_lock
 from digest.service.scheduler import serve
 from digest.service.status import collect_status, status_lines
+from digest.service.subscriptions import (
+    SubscriberSpec,
+    check_token,
+    export_csv,
+    find_subscriber,
+    join_interests,
+    read_csv,
+    save_subscribers,
+    set_status,
+    subscriber_json,
+)
 from digest.settings import (
     DEFAULT_CONFIG_NAME,
     SUBSCRIBER,
@@ -61,18 +72,10 @@ from digest.settings import (
 from digest.store.engine import open_store, reading, store_exists, transaction
 from digest.store.subscribers import (
     Saved,
-    SubscriberSpec,
-    check_token,
-    export_csv,
-    find_subscriber,
     interests_of,
-    join_interests,
     list_subscribers,
-    read_csv,
-    save_subscribers,
-    set_status,
-    subscriber_json,
 )
+from digest.tokens import message_id
 
 Handler = Callable[[argparse.Namespace, "Context"], int]
 RENDERINGS = (".html", ".txt", ".eml")  # what ``preview --out`` can write

@@ -17,9 +17,14 @@ from digest.deliver.transports import RecordingTransport, TransportError
 from digest.errors import DeliveryError
 from digest.ingest.dumps import Clock
 from digest.service.cycle import run_cycle
+from digest.service.subscriptions import (
+    SubscriberSpec,
+    find_subscriber,
+    set_status,
+    upsert_subscriber,
+)
 from digest.settings import Settings, load_settings
 from digest.store.engine import open_store
-from digest.store.subscribers import SubscriberSpec, find_subscriber, set_status, upsert_subscriber
 
 DAY = date(2026, 3, 12)
 JOINED = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)

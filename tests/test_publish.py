@@ -15,10 +15,10 @@ from sqlalchemy.engine import Engine
 from digest.deliver.transports import RecordingTransport
 from digest.ingest.listing import Entry
 from digest.service.cycle import run_cycle
+from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
 from digest.settings import Settings, load_settings
 from digest.store.engine import open_store, transaction, upsert_entries
 from digest.store.migrations import MIGRATIONS
-from digest.store.subscribers import SubscriberSpec, upsert_subscriber
 from tests.test_cycle import ticking
 
 JOINED = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)

@@ -13,18 +13,17 @@ from sqlalchemy.engine import Engine
 
 from digest.cli import main
 from digest.errors import UsageError
-from digest.store.subscribers import (
+from digest.service.subscriptions import (
     SubscriberSpec,
     check_token,
     export_csv,
-    feed_name,
     find_subscriber,
-    link_token,
-    list_subscribers,
     normalize_email,
     read_csv,
     upsert_subscriber,
 )
+from digest.store.subscribers import list_subscribers
+from digest.tokens import feed_name, link_token
 
 NOW = datetime(2026, 3, 11, tzinfo=UTC)
 KEY = b"k" * 32
@@ -217,9 +216,9 @@ def test_cli_subscribe_does_not_reactivate_who_unsubscribed(cli: Cli) -> None:
 
 
 def test_cli_subscribe_does_not_reactivate_a_bounced_address(cli: Cli) -> None:
+    from digest.service.subscriptions import set_status
     from digest.settings import load_settings
     from digest.store.engine import open_store
-    from digest.store.subscribers import set_status
 
     assert cli("subscribe", "bob@example.org", "--interest", "graphs")[0] == 0
     engine = open_store(load_settings().database_url)

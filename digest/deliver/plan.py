@@ -8,8 +8,6 @@ run that dies while sending is finished by the next run without choosing again.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import random
 from bisect import bisect_right
@@ -17,7 +15,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from email.utils import parseaddr
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -29,6 +26,7 @@ from digest.rank.ranker import CorpusStats, InterestHit, PaperText, Profile, Ran
 from digest.store.engine import db_time, ingest_sequence
 from digest.store.models import Digest, DigestItem, Paper, Subscriber
 from digest.store.subscribers import interests_of
+from digest.tokens import message_id
 
 STATS_SAMPLE = 20_000  # papers whose term frequencies stand for a larger store
 WEEKLY_DAY = 0  # weekly digests go out on Mondays
@@ -37,13 +35,6 @@ WEEKLY_DAY = 0  # weekly digests go out on Mondays
 def period_of(now: datetime, tz: ZoneInfo) -> date:
     """The day ``now`` falls on in the configured time zone."""
     return now.astimezone(tz).date()
-
-
-def message_id(key: bytes, subscriber_id: int, period: date, mail_from: str) -> str:
-    """The Message-ID of a digest: the same for every attempt, so receivers can drop a repeat."""
-    domain = parseaddr(mail_from)[1].rpartition("@")[2] or "localhost"
-    tag = hmac.new(key, f"mid:{subscriber_id}:{period}".encode(), hashlib.sha256).hexdigest()
-    return f"<digest.{period:%Y%m%d}.{tag[:20]}@{domain}>"
 
 
 def store_stats(conn: Connection, sample: int = STATS_SAMPLE) -> CorpusStats:

@@ -9,7 +9,7 @@ from email.utils import parseaddr
 from urllib.parse import quote
 
 from digest.deliver.message import DigestView, PaperView
-from digest.store.subscribers import feed_name, link_token
+from digest.tokens import feed_name, link_token
 
 
 @dataclass(frozen=True)

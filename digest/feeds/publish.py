@@ -48,7 +48,7 @@ from digest.service.preview import paper_view
 from digest.settings import Settings
 from digest.store.engine import feed_authority, reading
 from digest.store.models import Digest, DigestItem, Paper, Subscriber
-from digest.store.subscribers import feed_name
+from digest.tokens import feed_name
 
 GLOBAL_FEED = "papers"
 # The key a paper was first seen under: what its GUID is made of.

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from digest.deliver.message import MessageBuilder, Sender
-from digest.deliver.plan import message_id, period_of, plan_digests, record_plans
+from digest.deliver.plan import period_of, plan_digests, record_plans
 from digest.deliver.send import (
     Delivered,
     deliver,
@@ -40,10 +40,12 @@ from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
 from digest.service.preview import ranked_views
+from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
 from digest.settings import Settings
 from digest.store.engine import db_time, index_papers, reading, transaction, transaction_if_free
 from digest.store.models import Run
-from digest.store.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
+from digest.store.subscribers import list_subscribers
+from digest.tokens import message_id
 
 log = logging.getLogger("digest.run")
 

@@ -1,8 +1,7 @@
-"""Subscribers: who gets digests, what they care about, and their signed links.
+"""Subscribers as stored: who gets digests, what they care about, the salt of their links.
 
-Links (unsubscribe, private feed) are HMACs of a per-subscriber random salt
-under the installation's secret key. The database holds only the salt, so a
-leaked database does not leak working links; rotating the salt revokes them.
+Values come here validated (digest.service.subscriptions checks them); this module is the SQL.
+The database holds only each subscriber's random salt, never a signed link (digest.tokens).
 
 Consent: an address that unsubscribed or bounced stays suppressed. Saving it
 again leaves it so unless the operator says the person asked to come back
@@ -11,131 +10,48 @@ again leaves it so unless the operator says the person asked to come back
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import hmac
-import io
 import json
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TextIO
+from typing import Protocol
 
 import sqlalchemy as sa
-from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from digest.errors import UsageError
-from digest.rank.query import InterestError, parse_interest
-from digest.settings import SUBSCRIBER, convert
 from digest.store.engine import db_time, ingest_sequence, reading
 from digest.store.models import Subscriber
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced")
 SUPPRESSED = ("unsubscribed", "bounced")  # the address left: no mail until it comes back
-FREQUENCIES = ("daily", "weekly")
-CSV_FIELDS = ("email", "status", "interests", "max_items", "min_score", "frequency")
-# Between a subscriber's interests wherever they are written on one line: CSV and listings.
-INTEREST_SEPARATOR = ";"
-_NOT_IN_AN_INTEREST = {
-    INTEREST_SEPARATOR: "';' separates interests, it cannot be inside one",
-    "|": "'|' is not part of the interest language (write OR; separate interests with ';')",
-}
 
 
-def join_interests(interests: Iterable[str]) -> str:
-    """Interests on one line, as ``subscribers`` lists them and CSV holds them."""
-    return f"{INTEREST_SEPARATOR} ".join(interests)
+class SubscriberFields(Protocol):
+    """A subscriber's validated values, as ``SubscriberSpec.checked`` gives them."""
 
-
-def _validated(address: str) -> ValidatedEmail:
-    try:
-        return validate_email(address.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise UsageError(f"not a valid email address {address!r}: {exc}") from None
-
-
-def normalize_email(address: str) -> str:
-    """A deliverable address in one canonical form, or a UsageError.
-
-    The form is ASCII and lower-cased: an international domain becomes its IDNA form
-    (``xn--…``), which every mail server takes. Letters beyond ASCII before the ``@`` would
-    need SMTPUTF8, which digest does not send, so such an address is refused here rather
-    than failing at every run.
-    """
-    result = _validated(address)
-    if result.ascii_email is None:
-        raise UsageError(
-            f"cannot deliver to {address.strip()!r}: the part before the @ must be ASCII"
-            " (digest does not send SMTPUTF8 mail)"
-        )
-    return result.ascii_email.lower()
-
-
-def _address_forms(address: str) -> list[str]:
-    """The forms an address may be stored in: the canonical one, and as older versions kept it."""
-    result = _validated(address)
-    forms = [result.normalized.lower()]
-    if result.ascii_email is not None:
-        forms.insert(0, result.ascii_email.lower())
-    return list(dict.fromkeys(forms))
-
-
-def check_interests(interests: Sequence[str]) -> list[str]:
-    """Every interest parsed now, so a malformed one is refused here and never at send time."""
-    cleaned = [text.strip() for text in interests if text.strip()]
-    if not cleaned:
-        raise UsageError("a subscriber needs at least one --interest")
-    for text in cleaned:
-        for mark, reason in _NOT_IN_AN_INTEREST.items():
-            if mark in text:
-                raise InterestError(text, reason, text.index(mark) + 1)
-        parse_interest(text)
-    return cleaned
-
-
-def check_field(name: str, value: Any) -> Any:
-    """A subscriber's ``max_items``, ``min_score`` or ``frequency`` (typed, or text from a CSV
-    cell) within the bounds of the settings table, or a UsageError naming it."""
-    try:
-        return convert(SUBSCRIBER[name], value, text=True)
-    except ValueError as exc:
-        raise UsageError(f"{name} ({value!r}) {exc}") from None
+    @property
+    def email(self) -> str: ...
+    @property
+    def interests(self) -> Sequence[str]: ...
+    @property
+    def max_items(self) -> int: ...
+    @property
+    def min_score(self) -> float: ...
+    @property
+    def frequency(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def send_empty(self) -> bool: ...
 
 
 def interests_of(subscriber: Subscriber) -> list[str]:
     """The subscriber's interest expressions."""
     value: list[str] = json.loads(subscriber.interests)
     return value
-
-
-@dataclass(frozen=True)
-class SubscriberSpec:
-    """What an operator (or a CSV row) says about a subscriber."""
-
-    email: str
-    interests: Sequence[str]
-    max_items: int = SUBSCRIBER["max_items"].default
-    min_score: float = SUBSCRIBER["min_score"].default
-    frequency: str = SUBSCRIBER["frequency"].default
-    status: str = "active"
-    send_empty: bool = False
-
-    def checked(self) -> SubscriberSpec:
-        """The same spec, validated and normalized."""
-        if self.status not in STATUSES:
-            raise UsageError(f"status must be one of {', '.join(STATUSES)}")
-        return SubscriberSpec(
-            email=normalize_email(self.email),
-            interests=check_interests(self.interests),
-            max_items=check_field("max_items", self.max_items),
-            min_score=check_field("min_score", self.min_score),
-            frequency=check_field("frequency", self.frequency),
-            status=self.status,
-            send_empty=self.send_empty,
-        )
 
 
 @dataclass(frozen=True)
@@ -170,15 +86,19 @@ def _refusal(left: Sequence[Subscriber]) -> str:
     )
 
 
-def save_subscribers(
-    engine: Engine, specs: Sequence[SubscriberSpec], *, now: datetime, resubscribe: bool = False
+def store_subscribers(
+    engine: Engine,
+    checked: Sequence[tuple[SubscriberFields, Sequence[str]]],
+    *,
+    now: datetime,
+    resubscribe: bool = False,
 ) -> list[Saved]:
     """Add subscribers or replace their settings, all in one transaction (or none of them).
 
-    An address that unsubscribed or bounced is made active again only with ``resubscribe``;
-    otherwise a UsageError names it and nothing is saved.
+    Each entry is validated values and the address forms a stored row may have (canonical
+    first). An address that unsubscribed or bounced is made active again only with
+    ``resubscribe``; otherwise a UsageError names it and nothing is saved.
     """
-    checked = [(spec.checked(), _address_forms(spec.email)) for spec in specs]
     with Session(engine, expire_on_commit=False) as session:
         rows: dict[str, Subscriber | None] = {}
         for spec, forms in checked:
@@ -220,30 +140,22 @@ def save_subscribers(
     return [Saved(row, status, interests) for row, (status, interests) in saved]
 
 
-def upsert_subscriber(
-    engine: Engine, spec: SubscriberSpec, *, now: datetime, resubscribe: bool = False
-) -> Subscriber:
-    """Add a subscriber or replace an existing one's settings; returns the stored row."""
-    return save_subscribers(engine, [spec], now=now, resubscribe=resubscribe)[0].row
-
-
-def find_subscriber(engine: Engine, email: str) -> Subscriber:
-    """The subscriber with this address, or a UsageError naming it."""
-    forms = _address_forms(email)
+def subscriber_at(engine: Engine, forms: Sequence[str]) -> Subscriber | None:
+    """The subscriber stored under one of these address forms (the first form wins)."""
     with Session(engine) as session:
-        row = _stored(session, forms)
-    if row is None:
-        raise UsageError(f"no subscriber {forms[0]}")
-    return row
+        return _stored(session, forms)
 
 
-def set_status(engine: Engine, email: str, status: str) -> Subscriber:
-    """Change a subscriber's status (unsubscribe, bounce, reactivate)."""
-    if status not in STATUSES:
-        raise UsageError(f"status must be one of {', '.join(STATUSES)}")
-    known = find_subscriber(engine, email)
+def subscriber_by_id(engine: Engine, ident: int) -> Subscriber | None:
+    """The subscriber with this id, if any."""
     with Session(engine) as session:
-        row = session.get(Subscriber, known.id)
+        return session.get(Subscriber, ident)
+
+
+def update_status(engine: Engine, ident: int, status: str) -> Subscriber:
+    """Change a subscriber's status (unsubscribe, bounce, reactivate); returns the row."""
+    with Session(engine) as session:
+        row = session.get(Subscriber, ident)
         assert row is not None
         row.status = status
         session.add(row)
@@ -259,99 +171,6 @@ def list_subscribers(engine: Engine, *, status: str | None = None) -> list[Subsc
         if status is not None:
             query = query.where(col(Subscriber.status) == status)
         return list(session.exec(query).all())
-
-
-def subscriber_json(row: Subscriber) -> dict[str, Any]:
-    """A subscriber as ``digest subscribers --json`` prints it (no secrets)."""
-    return {
-        "email": row.email,
-        "status": row.status,
-        "interests": interests_of(row),
-        "max_items": row.max_items,
-        "min_score": row.min_score,
-        "frequency": row.frequency,
-        "created_at": row.created_at.isoformat(),
-    }
-
-
-def export_csv(rows: Iterable[Subscriber], out: TextIO) -> int:
-    """Write subscribers as CSV (interests joined by ``INTEREST_SEPARATOR``); returns the count."""
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS)
-    writer.writeheader()
-    written = 0
-    for row in rows:
-        writer.writerow(
-            {
-                "email": row.email,
-                "status": row.status,
-                "interests": join_interests(interests_of(row)),
-                "max_items": row.max_items,
-                "min_score": row.min_score,
-                "frequency": row.frequency,
-            }
-        )
-        written += 1
-    return written
-
-
-def read_csv(text: str) -> list[SubscriberSpec]:
-    """Parse and check every row first, so a bad row (named by line) imports nothing."""
-    reader = csv.DictReader(io.StringIO(text))
-    if reader.fieldnames is None or "email" not in reader.fieldnames:
-        raise UsageError("CSV needs a header row with at least an 'email' column")
-    specs = []
-    for row in reader:
-        line = reader.line_num
-        try:
-            specs.append(
-                SubscriberSpec(
-                    email=row.get("email") or "",
-                    interests=(row.get("interests") or "").split(INTEREST_SEPARATOR),
-                    max_items=check_field(
-                        "max_items", row.get("max_items") or SUBSCRIBER["max_items"].default
-                    ),
-                    min_score=check_field(
-                        "min_score", row.get("min_score") or SUBSCRIBER["min_score"].default
-                    ),
-                    frequency=row.get("frequency") or SUBSCRIBER["frequency"].default,
-                    status=row.get("status") or "active",
-                ).checked()
-            )
-        except UsageError as exc:
-            raise UsageError(f"CSV line {line}: {exc}") from None
-    return specs
-
-
-def _sign(key: bytes, purpose: str, ident: int | None, salt: str) -> str:
-    message = f"{purpose}:{ident}:{salt}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]  # 128 bits
-
-
-def link_token(key: bytes, ident: int | None, salt: str, purpose: str = "unsubscribe") -> str:
-    """The token in a subscriber's links: ``<id>.<hmac>``, 128 bits of signature."""
-    return f"{ident}.{_sign(key, purpose, ident, salt)}"
-
-
-def feed_name(key: bytes, ident: int | None, salt: str) -> str:
-    """The unguessable file name of a subscriber's private feed."""
-    return _sign(key, "feed", ident, salt)
-
-
-def check_token(
-    engine: Engine, key: bytes, token: str, purpose: str = "unsubscribe"
-) -> Subscriber | None:
-    """The subscriber a token belongs to, or None for a forged or revoked one."""
-    ident, _, signature = token.partition(".")
-    # isdigit() alone lets "²" through; 18 digits is as far as an SQL integer goes
-    if not (ident.isascii() and ident.isdigit() and len(ident) <= 18) or not signature:
-        return None
-    with Session(engine) as session:
-        row = session.get(Subscriber, int(ident))
-    if row is None or not hmac.compare_digest(
-        _sign(key, purpose, row.id, row.token_salt), signature
-    ):
-        return None
-    return row
 
 
 def count_by_status(engine: Engine) -> dict[str, int]:
