@@ -1,13 +1,17 @@
-"""Settings: one table of options, read once, validated at start.
+"""Settings: one model of options, read once, validated at start.
 
 Sources, later ones winning: the defaults below, the TOML file (``--config``,
 ``DIGEST_CONFIG`` or ``./digest.toml`` when present), then ``DIGEST_<NAME>``
 environment variables. Relative paths in the file are taken relative to the
 file's folder; relative paths elsewhere to the working directory.
+
+``SettingsModel`` declares every option (type, default, bounds, help); ``OPTIONS`` (the
+table the docs and ``digest init`` are written from) is derived from it.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import os
@@ -15,10 +19,14 @@ import secrets
 import tomllib
 import zoneinfo
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar, get_origin
 from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from digest.errors import ConfigError, WriteError
 from digest.files import write_private
@@ -100,132 +108,170 @@ def _schedule(value: Any) -> str | None:
     return None
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("data_dir", str, "data", "Folder holding the database, inbox, outbox and feeds."),
-    Option(
-        "database_url",
-        str,
+@dataclass(frozen=True)
+class Rule:
+    """What a setting's type does not say: a secret, bounds, a check (``Annotated`` metadata)."""
+
+    secret: bool = False
+    check: Callable[[Any], str | None] | None = None
+    low: float | None = None
+    high: float | None = None
+
+
+class _Text(str):
+    """A value that came as text (an environment variable): a list may be written ``a, b``."""
+
+    __slots__ = ()
+
+
+def _checked(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    assert info.field_name is not None
+    option = _options_of(cls)[info.field_name]
+    return convert(option, value, text=isinstance(value, _Text))
+
+
+class SettingsModel(BaseSettings):
+    """Every setting: its type, default, bounds and the comment ``digest init`` writes."""
+
+    model_config = SettingsConfigDict(extra="forbid", validate_default=False)
+
+    data_dir: str = Field(
+        "data", description="Folder holding the database, inbox, outbox and feeds."
+    )
+    database_url: Annotated[str, Rule(secret=True)] = Field(
         "",
-        "SQLAlchemy URL of the store; empty means the SQLite file <data_dir>/digest.db.",
-        secret=True,
-    ),
-    Option("inbox", str, "", "Folder watched for new listing dumps; empty: <data_dir>/inbox."),
-    Option(
-        "feeds_dir", str, "", "Folder the RSS/Atom feeds are written to; empty: <data_dir>/feeds."
-    ),
-    Option(
-        "mail_transport",
-        str,
+        description="SQLAlchemy URL of the store; empty means the SQLite file <data_dir>/digest.db.",
+    )
+    inbox: str = Field(
+        "", description="Folder watched for new listing dumps; empty: <data_dir>/inbox."
+    )
+    feeds_dir: str = Field(
+        "", description="Folder the RSS/Atom feeds are written to; empty: <data_dir>/feeds."
+    )
+    mail_transport: Annotated[str, Rule(secret=True, check=_transport)] = Field(
         "",
-        "Where emails go: file://DIR, smtp://user:pass@host:587 (STARTTLS) or smtps://...:465."
+        description="Where emails go: file://DIR, smtp://user:pass@host:587 (STARTTLS) or smtps://...:465."
         " Empty: .eml files in <data_dir>/outbox.",
-        secret=True,
-        check=_transport,
-    ),
-    Option("mail_from", str, "digest <digest@localhost>", "From address of the digests."),
-    Option("smtp_connections", int, 4, "SMTP connections used at once.", low=1, high=64),
-    Option(
-        "smtp_rate",
-        float,
-        0.0,
-        "Most messages per second sent over SMTP (0: no limit).",
-        low=0,
-        high=10_000,
-    ),
-    Option(
-        "smtp_timeout",
-        float,
-        30.0,
-        "Seconds to wait for the SMTP server.",
-        check=_positive,
-        high=3600,
-    ),
-    Option(
-        "smtp_retries",
-        int,
-        3,
-        "Tries more after a 4xx or a dropped connection.",
-        low=0,
-        high=20,
-    ),
-    Option(
-        "base_url",
-        str,
+    )
+    mail_from: str = Field("digest <digest@localhost>", description="From address of the digests.")
+    smtp_connections: Annotated[int, Rule(low=1, high=64)] = Field(
+        4, description="SMTP connections used at once."
+    )
+    smtp_rate: Annotated[float, Rule(low=0, high=10_000)] = Field(
+        0.0, description="Most messages per second sent over SMTP (0: no limit)."
+    )
+    smtp_timeout: Annotated[float, Rule(check=_positive, high=3600)] = Field(
+        30.0, description="Seconds to wait for the SMTP server."
+    )
+    smtp_retries: Annotated[int, Rule(low=0, high=20)] = Field(
+        3, description="Tries more after a 4xx or a dropped connection."
+    )
+    base_url: Annotated[str, Rule(check=_http_url)] = Field(
         "http://localhost:8000",
-        "Public URL of this installation (unsubscribe links, feed links).",
-        check=_http_url,
-    ),
-    Option("site_name", str, "digest", "Name shown in emails and feeds."),
-    Option(
-        "timezone", str, "UTC", "Time zone of the daily period and the schedule.", check=_timezone
-    ),
-    Option(
-        "secret_key",
-        str,
+        description="Public URL of this installation (unsubscribe links, feed links).",
+    )
+    site_name: str = Field("digest", description="Name shown in emails and feeds.")
+    timezone: Annotated[str, Rule(check=_timezone)] = Field(
+        "UTC", description="Time zone of the daily period and the schedule."
+    )
+    secret_key: Annotated[str, Rule(secret=True)] = Field(
         "",
-        "Key that signs unsubscribe and private-feed links; empty: generated once into"
+        description="Key that signs unsubscribe and private-feed links; empty: generated once into"
         " <data_dir>/secret.key.",
-        secret=True,
-    ),
-    Option("feed_items", int, 100, "Items kept in each feed.", low=1, high=10_000),
-    Option(
-        "schedule",
-        str,
-        "0 7 * * *",
-        "When `digest serve` runs the digest (cron syntax).",
-        check=_schedule,
-    ),
-    Option(
-        "poll_minutes",
-        int,
-        10,
-        "Minutes between polls of the inbox and sources.",
-        low=1,
-        high=24 * 60,
-    ),
-    Option(
-        "sources",
-        list,
+    )
+    feed_items: Annotated[int, Rule(low=1, high=10_000)] = Field(
+        100, description="Items kept in each feed."
+    )
+    schedule: Annotated[str, Rule(check=_schedule)] = Field(
+        "0 7 * * *", description="When `digest serve` runs the digest (cron syntax)."
+    )
+    poll_minutes: Annotated[int, Rule(low=1, high=24 * 60)] = Field(
+        10, description="Minutes between polls of the inbox and sources."
+    )
+    sources: list[str] = Field(
         [],
-        "Listing URLs fetched into the inbox (HF daily-papers JSON, arXiv RSS/Atom, text dumps).",
-    ),
-    Option(
-        "fetch_timeout",
-        float,
-        30.0,
-        "Seconds allowed for one source fetch.",
-        check=_positive,
-        high=3600,
-    ),
-    Option(
-        "fetch_max_bytes",
-        int,
-        50_000_000,
-        "Largest body accepted from a source.",
-        low=1,
-        high=100_000_000_000,
-    ),
-    Option(
-        "log_format",
-        str,
-        "auto",
-        "auto (JSON when not on a terminal), json or text.",
-        check=_log_format,
-    ),
-)
+        description="Listing URLs fetched into the inbox (HF daily-papers JSON, arXiv RSS/Atom,"
+        " text dumps).",
+    )
+    fetch_timeout: Annotated[float, Rule(check=_positive, high=3600)] = Field(
+        30.0, description="Seconds allowed for one source fetch."
+    )
+    fetch_max_bytes: Annotated[int, Rule(low=1, high=100_000_000_000)] = Field(
+        50_000_000, description="Largest body accepted from a source."
+    )
+    log_format: Annotated[str, Rule(check=_log_format)] = Field(
+        "auto", description="auto (JSON when not on a terminal), json or text."
+    )
 
-_BY_NAME = {option.name: option for option in OPTIONS}
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check(cls, value: Any, info: ValidationInfo) -> Any:
+        return _checked(cls, value, info)
 
-# The keys of a [[subscribers]] table in the settings file; their bounds are also those of
-# `digest subscribe` and of a CSV import.
-SUBSCRIBER_OPTIONS: tuple[Option, ...] = (
-    Option("email", str, "", "The subscriber's address."),
-    Option("interests", list, [], "Interest expressions, one string each."),
-    Option("max_items", int, 20, "Most papers per digest.", low=1, high=1000),
-    Option("min_score", float, 0.0, "Least score a paper needs.", low=0, high=10_000),
-    Option("frequency", str, "daily", "daily or weekly.", check=_frequency),
-)
-SUBSCRIBER = {option.name: option for option in SUBSCRIBER_OPTIONS}
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings gives the layers, the file and then DIGEST_* on top, as init values:
+        # it reads the environment it is handed (tests hand their own), not os.environ
+        return (init_settings,)
+
+
+class SubscriberTable(BaseModel):
+    """The keys of a ``[[subscribers]]`` table in the settings file; their bounds are also
+    those of ``digest subscribe`` and of a CSV import."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    email: str = Field("", description="The subscriber's address.")
+    interests: list[str] = Field([], description="Interest expressions, one string each.")
+    max_items: Annotated[int, Rule(low=1, high=1000)] = Field(
+        20, description="Most papers per digest."
+    )
+    min_score: Annotated[float, Rule(low=0, high=10_000)] = Field(
+        0.0, description="Least score a paper needs."
+    )
+    frequency: Annotated[str, Rule(check=_frequency)] = Field(
+        "daily", description="daily or weekly."
+    )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _check(cls, value: Any, info: ValidationInfo) -> Any:
+        return _checked(cls, value, info)
+
+
+def _option(name: str, info: FieldInfo) -> Option:
+    rule = next((item for item in info.metadata if isinstance(item, Rule)), Rule())
+    kind = get_origin(info.annotation) or info.annotation
+    assert isinstance(kind, type)
+    return Option(
+        name,
+        kind,
+        info.default,
+        info.description or "",
+        secret=rule.secret,
+        check=rule.check,
+        low=rule.low,
+        high=rule.high,
+    )
+
+
+@functools.cache
+def _options_of(model: type[BaseModel]) -> dict[str, Option]:
+    return {name: _option(name, info) for name, info in model.model_fields.items()}
+
+
+OPTIONS: tuple[Option, ...] = tuple(_options_of(SettingsModel).values())
+SUBSCRIBER_OPTIONS: tuple[Option, ...] = tuple(_options_of(SubscriberTable).values())
+SUBSCRIBER = _options_of(SubscriberTable)
+_BY_NAME = _options_of(SettingsModel)
+_Model = TypeVar("_Model", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -378,16 +424,6 @@ def _shown(option: Option, value: Any) -> str:
     return f" ({text if len(text) <= 40 else text[:39] + '…'})"
 
 
-def _setting(option: Option, value: Any, origin: str, *, text: bool) -> Any:
-    """``convert``, with a ConfigError naming the setting and where it came from."""
-    try:
-        return convert(option, value, text=text)
-    except ValueError as exc:
-        raise ConfigError(
-            f"setting {option.name}{_shown(option, value)} from {origin} {exc}"
-        ) from None
-
-
 def _sample_subscribers(samples: Any, file_name: str) -> tuple[dict[str, Any], ...]:
     """The ``[[subscribers]]`` tables of the settings file, checked key by key."""
     if not isinstance(samples, list) or not all(isinstance(item, dict) for item in samples):
@@ -397,17 +433,109 @@ def _sample_subscribers(samples: Any, file_name: str) -> tuple[dict[str, Any], .
         where = f"{file_name}, [[subscribers]] table {number}"
         if "email" not in item:
             raise ConfigError(f"config file {where}: needs an email")
-        for key in item:
-            if key not in SUBSCRIBER:
-                known = ", ".join(SUBSCRIBER)
-                raise ConfigError(f"config file {where}: unknown key {key!r} (known: {known})")
-        checked.append(
-            {
-                key: _setting(SUBSCRIBER[key], value, where, text=False)
-                for key, value in item.items()
-            }
+        table = _model(
+            SubscriberTable,
+            item,
+            origin=functools.partial(_always, where),
+            unknown=functools.partial(_unknown_key, where),
         )
+        checked.append({key: getattr(table, key) for key in item})
     return tuple(checked)
+
+
+def _always(where: str, _name: str) -> str:
+    return where
+
+
+def _unknown_key(where: str, key: str) -> str:
+    return f"config file {where}: unknown key {key!r} (known: {', '.join(SUBSCRIBER)})"
+
+
+def _model(
+    cls: type[_Model],
+    values: Mapping[str, Any],
+    *,
+    origin: Callable[[str], str],
+    unknown: Callable[[str], str],
+) -> _Model:
+    """``cls`` made of ``values``, or a ConfigError about the first bad key in their order:
+    it names the setting and where it came from, and never echoes a secret."""
+    options = _options_of(cls)
+    problems: dict[str, Any] = {}
+    try:
+        made = cls(**{name: value for name, value in values.items() if name in options})
+    except ValidationError as exc:
+        problems = {str(problem["loc"][0]): problem for problem in exc.errors()}
+    for name, value in values.items():
+        if name not in options:
+            raise ConfigError(unknown(name))
+        if name in problems:
+            cause = problems[name].get("ctx", {}).get("error", problems[name]["msg"])
+            shown = _shown(options[name], value)
+            raise ConfigError(f"setting {name}{shown} from {origin(name)} {cause}")
+    return made
+
+
+def _config_path(
+    config: str | os.PathLike[str] | None, env: Mapping[str, str], cwd: Path
+) -> Path | None:
+    """The settings file: ``config``, else ``DIGEST_CONFIG``, else ``./digest.toml`` if present."""
+    if config is None and env.get("DIGEST_CONFIG"):
+        config = env["DIGEST_CONFIG"]
+    if config is not None:
+        path = (cwd / Path(config)).resolve()
+        if not path.is_file():
+            raise ConfigError(f"config file {config} not found")
+        return path
+    default = cwd / DEFAULT_CONFIG_NAME
+    return default.resolve() if default.is_file() else None
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
+    """The settings of the file (not checked yet) and its subscriber tables (checked)."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path.name}: {exc}") from None
+    return data, _sample_subscribers(data.pop("subscribers", []), path.name)
+
+
+def _resolved_path(raw: str, base: Path) -> Path:
+    return (base / Path(raw).expanduser()).resolve()
+
+
+def _database_url(raw: str, base: Path, data_dir: Path) -> str:
+    url = raw or f"sqlite:///{(data_dir / 'digest.db').as_posix()}"
+    relative = url.removeprefix("sqlite:///")
+    if relative == url or url.startswith("sqlite:////") or relative in {"", ":memory:"}:
+        return url
+    return f"sqlite:///{(base / relative).resolve().as_posix()}"
+
+
+def _transport_url(raw: str, base: Path, data_dir: Path) -> str:
+    if not raw:
+        return "file://" + (data_dir / "outbox").as_posix()
+    if not raw.startswith("file://"):
+        return raw
+    return "file://" + (base / (urlsplit(raw).path or "outbox")).resolve().as_posix()
+
+
+def _environment(env: Mapping[str, str]) -> dict[str, Any]:
+    """The ``DIGEST_<NAME>`` variables present, by setting name."""
+    return {name: _Text(env[_env_name(name)]) for name in _BY_NAME if _env_name(name) in env}
+
+
+def _env_name(name: str) -> str:
+    return f"DIGEST_{name.upper()}"
+
+
+def _validated(values: Mapping[str, Any], origin: Callable[[str], str]) -> SettingsModel:
+    return _model(
+        SettingsModel,
+        values,
+        origin=origin,
+        unknown=lambda key: f"config file {origin(key)}: unknown setting {key!r}",
+    )
 
 
 def load_settings(
@@ -418,76 +546,53 @@ def load_settings(
     """Read the settings file and ``DIGEST_*`` variables, validate, resolve paths."""
     env = dict(os.environ if environ is None else environ)
     cwd = Path.cwd() if cwd is None else cwd
-    config_path: Path | None = None
-    if config is None and env.get("DIGEST_CONFIG"):
-        config = env["DIGEST_CONFIG"]
-    if config is not None:
-        config_path = (cwd / Path(config)).resolve()
-        if not config_path.is_file():
-            raise ConfigError(f"config file {config} not found")
-    elif (cwd / DEFAULT_CONFIG_NAME).is_file():
-        config_path = (cwd / DEFAULT_CONFIG_NAME).resolve()
-
-    sample_subscribers: tuple[dict[str, Any], ...] = ()
-    values: dict[str, Any] = {o.name: o.default for o in OPTIONS}
-    base_dirs: dict[str, Path] = {}
+    config_path = _config_path(config, env, cwd)
+    from_file: dict[str, Any] = {}
+    samples: tuple[dict[str, Any], ...] = ()
     if config_path is not None:
-        try:
-            data = tomllib.loads(config_path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {config_path.name}: {exc}") from None
-        sample_subscribers = _sample_subscribers(data.pop("subscribers", []), config_path.name)
-        for key, value in data.items():
-            if key not in _BY_NAME:
-                raise ConfigError(f"config file {config_path.name}: unknown setting {key!r}")
-            values[key] = _setting(_BY_NAME[key], value, config_path.name, text=False)
-            base_dirs[key] = config_path.parent
-    for option in OPTIONS:
-        var = "DIGEST_" + option.name.upper()
-        if var in env:
-            values[option.name] = _setting(option, env[var], var, text=True)
-            base_dirs.pop(option.name, None)
+        from_file, samples = _read_file(config_path)
+        _validated(from_file, lambda _: config_path.name)  # a bad value is refused, even hidden
+    from_env = _environment(env)
+    model = _validated({**from_file, **from_env}, _env_name)
 
-    def path_of(name: str, fallback: Path) -> Path:
-        raw = values[name]
-        if not raw:
-            return fallback
-        return (base_dirs.get(name, cwd) / Path(raw).expanduser()).resolve()
+    def base(name: str) -> Path:
+        # relative paths in the file are taken from its folder, others from the working dir
+        if config_path is not None and name in from_file and name not in from_env:
+            return config_path.parent
+        return cwd
 
-    data_dir = path_of("data_dir", cwd / "data")
-    transport = values["mail_transport"]
-    if transport.startswith("file://"):
-        path = urlsplit(transport).path or "outbox"
-        full = (base_dirs.get("mail_transport", cwd) / path).resolve()
-        transport = "file://" + full.as_posix()
-    elif not transport:
-        transport = "file://" + (data_dir / "outbox").as_posix()
-    database_url = values["database_url"] or f"sqlite:///{(data_dir / 'digest.db').as_posix()}"
-    if database_url.startswith("sqlite:///") and not database_url.startswith("sqlite:////"):
-        relative = database_url[len("sqlite:///") :]
-        if relative and relative != ":memory:":
-            full = (base_dirs.get("database_url", cwd) / relative).resolve()
-            database_url = f"sqlite:///{full.as_posix()}"
-    sources = [
-        source
-        if "://" in source
-        else str((base_dirs.get("sources", cwd) / Path(source).expanduser()).resolve())
-        for source in values["sources"]
-    ]
-    names = {f.name for f in fields(Settings)}
-    resolved = {k: v for k, v in values.items() if k in names}
-    resolved.update(
+    return _resolve(model, base, config_path, samples)
+
+
+def _resolve(
+    model: SettingsModel,
+    base: Callable[[str], Path],
+    config_path: Path | None,
+    sample_subscribers: tuple[dict[str, Any], ...],
+) -> Settings:
+    """The validated values with every path and URL made absolute."""
+
+    def folder(name: str, fallback: Path) -> Path:
+        raw: str = getattr(model, name)
+        return _resolved_path(raw, base(name)) if raw else fallback
+
+    data_dir = folder("data_dir", base("") / "data")  # set empty: ./data
+    values = model.model_dump()
+    values.update(
         data_dir=data_dir,
-        database_url=database_url,
-        inbox=path_of("inbox", data_dir / "inbox"),
-        feeds_dir=path_of("feeds_dir", data_dir / "feeds"),
-        mail_transport=transport,
-        sources=sources,
-        base_url=values["base_url"].rstrip("/"),
+        database_url=_database_url(model.database_url, base("database_url"), data_dir),
+        inbox=folder("inbox", data_dir / "inbox"),
+        feeds_dir=folder("feeds_dir", data_dir / "feeds"),
+        mail_transport=_transport_url(model.mail_transport, base("mail_transport"), data_dir),
+        sources=[
+            source if "://" in source else str(_resolved_path(source, base("sources")))
+            for source in model.sources
+        ],
+        base_url=model.base_url.rstrip("/"),
         config_path=config_path,
         sample_subscribers=sample_subscribers,
     )
-    return Settings(**resolved)
+    return Settings(**values)
 
 
 def _toml_value(value: Any) -> str:
