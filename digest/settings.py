@@ -127,7 +127,8 @@ class _Text(str):
 def _checked(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
     assert info.field_name is not None
     option = _options_of(cls)[info.field_name]
-    return convert(option, value, text=isinstance(value, _Text))
+    value = convert(option, value, text=isinstance(value, _Text))
+    return str(value) if isinstance(value, _Text) else value
 
 
 class SettingsModel(BaseSettings):
@@ -561,12 +562,13 @@ def load_settings(
             return config_path.parent
         return cwd
 
-    return _resolve(model, base, config_path, samples)
+    return _resolve(model, base, cwd, config_path, samples)
 
 
 def _resolve(
     model: SettingsModel,
     base: Callable[[str], Path],
+    cwd: Path,
     config_path: Path | None,
     sample_subscribers: tuple[dict[str, Any], ...],
 ) -> Settings:
@@ -576,7 +578,7 @@ def _resolve(
         raw: str = getattr(model, name)
         return _resolved_path(raw, base(name)) if raw else fallback
 
-    data_dir = folder("data_dir", base("") / "data")  # set empty: ./data
+    data_dir = folder("data_dir", cwd / "data")
     values = model.model_dump()
     values.update(
         data_dir=data_dir,
