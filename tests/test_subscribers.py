@@ -22,7 +22,7 @@ from digest.service.subscriptions import (
     read_csv,
     upsert_subscriber,
 )
-from digest.store.subscribers import list_subscribers
+from digest.store.subscribers import SubscriberRow, active_salts, list_subscribers
 from digest.tokens import feed_name, link_token
 
 NOW = datetime(2026, 3, 11, tzinfo=UTC)
@@ -338,3 +338,12 @@ def test_cli_addresses_beyond_ascii(cli: Cli) -> None:
     assert stored("user@bücher.example")[0] == "active"  # found by either form
     assert cli("unsubscribe", "user@BÜCHER.example")[0] == 0
     assert stored("user@xn--bcher-kva.example")[0] == "unsubscribed"
+
+
+def test_plain_rows_and_the_salts_of_active_subscribers(engine: Engine) -> None:
+    ada = upsert_subscriber(engine, SubscriberSpec("ada@example.org", ["llm", "speech"]), now=NOW)
+    upsert_subscriber(engine, SubscriberSpec("bob@example.org", ["x"], status="bounced"), now=NOW)
+    row = SubscriberRow.of(ada)
+    assert (row.id, row.email, row.interests) == (ada.id, "ada@example.org", ("llm", "speech"))
+    with engine.connect() as conn:
+        assert active_salts(conn) == {row.id: ada.token_salt}

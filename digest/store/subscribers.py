@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Protocol
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
 from digest.errors import UsageError
@@ -52,6 +52,48 @@ def interests_of(subscriber: Subscriber) -> list[str]:
     """The subscriber's interest expressions."""
     value: list[str] = json.loads(subscriber.interests)
     return value
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberRow:
+    """A subscriber as the stages read one: interests decoded once, no session attached."""
+
+    id: int
+    email: str
+    status: str
+    interests: tuple[str, ...]
+    max_items: int
+    min_score: float
+    frequency: str
+    send_empty: bool
+    token_salt: str
+    last_digest_at: datetime | None
+    seen_upto: int
+
+    @classmethod
+    def of(cls, row: Subscriber) -> SubscriberRow:
+        """The plain row of a stored subscriber."""
+        return cls(
+            id=int(row.id or 0),
+            email=row.email,
+            status=row.status,
+            interests=tuple(interests_of(row)),
+            max_items=row.max_items,
+            min_score=row.min_score,
+            frequency=row.frequency,
+            send_empty=row.send_empty,
+            token_salt=row.token_salt,
+            last_digest_at=row.last_digest_at,
+            seen_upto=row.seen_upto,
+        )
+
+
+def active_salts(conn: Connection) -> dict[int, str]:
+    """The link salt of every active subscriber, by id (their private feeds are named from it)."""
+    query = sa.select(col(Subscriber.id), col(Subscriber.token_salt)).where(
+        col(Subscriber.status) == "active"
+    )
+    return {ident: salt for ident, salt in conn.execute(query).all() if ident is not None}
 
 
 @dataclass(frozen=True)
