@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from email.utils import parseaddr
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
+from digest.clock import period_of as period_of  # moved: digest.clock.period_of
 from digest.rank.ranker import CorpusStats, InterestHit, PaperText, Profile, Ranked, rank_profiles
 from digest.store.engine import db_time, ingest_sequence
 from digest.store.models import Digest, DigestItem, Paper, Subscriber
@@ -32,11 +32,6 @@ from digest.store.subscribers import interests_of
 
 STATS_SAMPLE = 20_000  # papers whose term frequencies stand for a larger store
 WEEKLY_DAY = 0  # weekly digests go out on Mondays
-
-
-def period_of(now: datetime, tz: ZoneInfo) -> date:
-    """The day ``now`` falls on in the configured time zone."""
-    return now.astimezone(tz).date()
 
 
 def message_id(key: bytes, subscriber_id: int, period: date, mail_from: str) -> str:

@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
@@ -42,7 +42,10 @@ from urllib.parse import unquote, urlsplit
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from digest.clock import as_utc
 from digest.logs import redact
+from digest.retry import TryAgain
+from digest.retry import backoff as retry_backoff
 from digest.store.engine import reading, transaction
 from digest.store.models import Dump, SourceState
 
@@ -115,25 +118,6 @@ class _Fetched:
     http_status: int | None = None
     etag: str | None = None
     last_modified: str | None = None
-
-
-class _Retry(Exception):
-    """A failure worth another try (5xx, 429, a dropped or stalled connection)."""
-
-    def __init__(
-        self,
-        status: str,
-        error: str,
-        http_status: int | None = None,
-        retry_after: float | None = None,
-        nbytes: int = 0,
-    ) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.http_status = http_status
-        self.retry_after = retry_after
-        self.nbytes = nbytes
 
 
 class _Deadline:
@@ -223,13 +207,6 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
 
     def do_open(self, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
         return super().do_open(self._watching.connection(http_class), req, **http_conn_args)
-
-
-def _utc(moment: datetime) -> datetime:
-    """``moment`` as an aware UTC time (the store's datetime columns want aware); naive is UTC."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
 
 
 def _looks_empty(head: bytes) -> bool:
@@ -346,16 +323,19 @@ def _attempt_http(
             return _Fetched(NOT_MODIFIED, http_status=304, etag=etag)
         message = f"HTTP {code} {reason}".strip()
         if code == 429 or code >= 500:
-            raise _Retry(ERROR, message, code, _retry_after(retry_after)) from None
+            raise TryAgain(
+                message, kind=ERROR, http_status=code, retry_after=_retry_after(retry_after)
+            ) from None
         return _Fetched(ERROR, error=message, http_status=code)
     except urllib.error.URLError as exc:
         if deadline.passed():
-            raise _Retry(ERROR, deadline.error()) from None
+            raise TryAgain(deadline.error(), kind=ERROR) from None
         if isinstance(exc.reason, ssl.SSLCertVerificationError):
             return _Fetched(ERROR, error=_describe(exc))  # will not fix itself in a second
-        raise _Retry(ERROR, _describe(exc)) from None
+        raise TryAgain(_describe(exc), kind=ERROR) from None
     except (OSError, http.client.HTTPException) as exc:
-        raise _Retry(ERROR, deadline.error() if deadline.passed() else _describe(exc)) from None
+        error = deadline.error() if deadline.passed() else _describe(exc)
+        raise TryAgain(error, kind=ERROR) from None
 
     with response:
         code = response.status
@@ -383,14 +363,17 @@ def _attempt_http(
                     failure = (TRUNCATED, _describe(exc))
                     if deadline.passed():
                         failure = (ERROR, deadline.error())
-                    raise _Retry(*failure, code, nbytes=spool.size) from None
+                    kind, error = failure
+                    raise TryAgain(error, kind=kind, http_status=code, nbytes=spool.size) from None
                 except (OSError, http.client.HTTPException, ValueError) as exc:
                     # (ValueError: a read on the response after the deadline closed it)
                     error = deadline.error() if deadline.passed() else _describe(exc)
-                    raise _Retry(ERROR, error, code, nbytes=spool.size) from None
+                    raise TryAgain(error, kind=ERROR, http_status=code, nbytes=spool.size) from None
                 if deadline.passed():
                     # The deadline shuts the socket: what came last may be a false end.
-                    raise _Retry(ERROR, deadline.error(), code, nbytes=spool.size)
+                    raise TryAgain(
+                        deadline.error(), kind=ERROR, http_status=code, nbytes=spool.size
+                    )
                 if not chunk:
                     break
                 spool.write(chunk)
@@ -403,10 +386,10 @@ def _attempt_http(
                     )
             if expected is not None and spool.size != expected:
                 # http.client returns a short body without complaint when the peer closes early.
-                raise _Retry(
-                    TRUNCATED,
+                raise TryAgain(
                     f"body ended after {spool.size} of {expected} bytes",
-                    code,
+                    kind=TRUNCATED,
+                    http_status=code,
                     nbytes=spool.size,
                 )
             if code == 204 or spool.looks_empty():
@@ -438,6 +421,7 @@ def _fetch_http(
     opener: urllib.request.OpenerDirector,
     known: Callable[[str], bool],
 ) -> _Fetched:
+    schedule = retry_backoff(backoff, MAX_BACKOFF)
     attempt = 0
     while True:
         attempt += 1
@@ -452,22 +436,22 @@ def _fetch_http(
                 known=known,
             )
             return replace(fetched, attempts=attempt)
-        except _Retry as failure:
-            delay = min(MAX_BACKOFF, backoff * 2 ** (attempt - 1))
+        except TryAgain as failure:
+            delay = schedule(attempt - 1)
             if failure.retry_after is not None:
                 delay = min(MAX_BACKOFF, max(delay, failure.retry_after))
             if attempt > retries or delay >= deadline.remaining():
                 # out of tries, or of time: a retry could not finish before the deadline
                 return _Fetched(
-                    failure.status,
-                    error=failure.error,
+                    failure.kind,
+                    error=failure.reason,
                     nbytes=failure.nbytes,
                     attempts=attempt,
                     http_status=failure.http_status,
                 )
             log.info(
                 "source failed, retrying",
-                extra={"source": url, "error": failure.error, "attempt": attempt, "delay": delay},
+                extra={"source": url, "error": failure.reason, "attempt": attempt, "delay": delay},
             )
             sleep(delay)
 
@@ -588,7 +572,7 @@ def fetch_sources(
     environment's).
     """
     sources = list(dict.fromkeys(urls))  # a source listed twice is fetched once
-    stamp = _utc(now)
+    stamp = as_utc(now)
     watching = _Watching()
     opener = urllib.request.build_opener(
         urllib.request.ProxyHandler(proxies), _HTTPHandler(watching), _HTTPSHandler(watching)
@@ -607,7 +591,7 @@ def fetch_sources(
                 fetched = _fetch_local(local, state, inbox, max_bytes, known)
             else:
                 last = state.get("last_fetch_at") if state else None
-                if last is not None and stamp - _utc(last) < min_interval:
+                if last is not None and stamp - as_utc(last) < min_interval:
                     # Polite: however often polls and runs come, a server hears from us at most
                     # once per interval.
                     results.append(FetchResult(url, SKIPPED, attempts=0))

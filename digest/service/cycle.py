@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from digest.clock import as_utc, period_of
 from digest.deliver.message import MessageBuilder, Sender
-from digest.deliver.plan import message_id, period_of, plan_digests, record_plans
+from digest.deliver.plan import message_id, plan_digests, record_plans
 from digest.deliver.send import (
     Delivered,
     deliver,
@@ -41,7 +42,7 @@ from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
 from digest.service.preview import ranked_views
 from digest.settings import Settings
-from digest.store.engine import db_time, index_papers, reading, transaction, transaction_if_free
+from digest.store.engine import index_papers, reading, transaction, transaction_if_free
 from digest.store.models import Run
 from digest.store.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
 
@@ -141,7 +142,9 @@ def _start_run(engine: Engine, period: date, now: datetime) -> int:
     with transaction(engine) as conn:
         return int(
             conn.execute(
-                sa.insert(Run).values(kind="run", period=period, started_at=db_time(now))
+                sa.insert(Run).values(
+                    kind="run", period=period, started_at=as_utc(now, naive="refuse")
+                )
             ).inserted_primary_key[0]  # type: ignore[index]
         )
 
@@ -155,7 +158,7 @@ def _finish_run(
             sa.update(Run)
             .where(col(Run.id) == run_id)
             .values(
-                finished_at=db_time(now),
+                finished_at=as_utc(now, naive="refuse"),
                 status=status,
                 figures=json.dumps(report.figures()),
                 error=error,
