@@ -55,7 +55,6 @@ KNOWN_UNTIL_SPLIT = {
     # against the flow
     ("digest.deliver.send", "digest.service.preview"),
     ("digest.feeds.publish", "digest.service.preview"),
-    ("digest.feeds.publish", "digest.settings"),
     ("digest.store.engine", "digest.ingest.identity"),
     ("digest.store.engine", "digest.ingest.listing"),
     ("digest.store.subscribers", "digest.rank.query"),

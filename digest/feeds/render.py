@@ -242,13 +242,6 @@ def stored_hash(path: Path) -> str | None:
     return match.group(1).decode() if match else None
 
 
-def write_feed(
-    path: Path, meta: FeedMeta, items: Iterable[FeedItem], *, kind: FeedKind, limit: int = 100
-) -> None:
-    """Render and write a feed unconditionally."""
-    write_atomically(path, render_feed(meta, items, kind=kind, limit=limit))
-
-
 def write_feed_if_changed(
     path: Path, meta: FeedMeta, items: Iterable[FeedItem], *, kind: FeedKind, limit: int = 100
 ) -> bool:

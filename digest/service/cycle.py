@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -182,6 +182,28 @@ def links_of(settings: Settings) -> Links:
     return Links(settings.base_url, settings.signing_key(), settings.mail_from)
 
 
+def publish_site_feeds(
+    settings: Settings,
+    engine: Engine,
+    *,
+    now: datetime,
+    changed: Collection[int] | None = None,
+    processes: int | None = None,
+) -> dict[str, int]:
+    """The site's feeds, as the settings place and name them."""
+    return publish_feeds(
+        engine,
+        folder=settings.feeds_dir,
+        base_url=settings.base_url,
+        site_name=settings.site_name,
+        limit=settings.feed_items,
+        key=settings.signing_key(),
+        now=now,
+        changed=changed,
+        processes=processes,
+    )
+
+
 def transport_of(settings: Settings) -> Transport:
     """The configured mail transport."""
     return open_transport(
@@ -249,8 +271,8 @@ def run_cycle(
                 "delivered",
                 extra={"sent": report.delivered.sent, "failed": report.delivered.failed},
             )
-            report.feeds = publish_feeds(
-                settings, engine, links_of(settings), now=clock(), changed=report.delivered.sent_to
+            report.feeds = publish_site_feeds(
+                settings, engine, now=clock(), changed=report.delivered.sent_to
             )
             report.outbox = outbox_counts(engine)
             if report.outbox["pending"] + report.outbox["sending"]:
