@@ -34,9 +34,8 @@ from match import (  # bench/match.py
 )
 
 from digest.deliver.plan import plan_digests, record_plans
-from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
-from digest.service.cycle import links_of, send_outbox
+from digest.service.cycle import publish_site_feeds, send_outbox
 from digest.settings import load_settings
 from digest.store.engine import index_papers, ingest_sequence, open_store, transaction
 from digest.store.models import Subscriber
@@ -142,9 +141,7 @@ def main() -> None:
     transport = CountingTransport()
     delivered = asyncio.run(send_outbox(settings, engine, transport, clock=clock, stop=None))
     t = timed("load, render and hand over every message", t)
-    feeds = publish_feeds(
-        settings, engine, links_of(settings), now=clock(), changed=delivered.sent_to
-    )
+    feeds = publish_site_feeds(settings, engine, now=clock(), changed=delivered.sent_to)
     timed("feeds (global + private of those sent)", t)
 
     items = sum(len(p.ranked) for p in plans)

@@ -22,8 +22,8 @@ from typing import Any, TextIO
 from sqlalchemy.engine import Engine
 
 from digest import __version__
+from digest.clock import period_of
 from digest.deliver.message import MessageBuilder
-from digest.deliver.plan import period_of
 from digest.errors import AlreadyRunning, DigestError, UsageError, WriteError
 from digest.files import write_private
 from digest.ingest.dumps import Clock, DumpResult, ingest_inbox, ingest_paths

@@ -8,9 +8,20 @@ mark and are skipped, with the reason below, when it is absent.
 
 from __future__ import annotations
 
+import contextlib
+import email
+import email.message
+import email.policy
+import io
+import json
+import logging
 import os
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +29,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from digest.cli import main
 from digest.store.engine import open_store
 from tests.smtp_server import SMTPServer, start_server
 
@@ -123,9 +135,162 @@ def smtp_server() -> Iterator[SMTPServer]:
 
 
 @pytest.fixture
-def site(tmp_path: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def site(
+    tmp_path: Path, smtp_server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Site]:
     """A fresh installation (settings, store, CLI) sending to a loopback SMTP server."""
-    from tests.test_service import installed_site
-
     with installed_site(tmp_path, smtp_server, monkeypatch) as made:
         yield made
+
+
+SITE_HOST = "papers.example.org"
+SENDER = f"digest@{SITE_HOST}"
+
+
+@dataclass
+class Result:
+    """What a command did: its exit code and its two streams."""
+
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.out)
+        return data
+
+
+@dataclass
+class DigestRow:
+    """One outbox row as the store holds it."""
+
+    email: str
+    period: str
+    status: str
+    message_id: str
+    attempts: int
+
+
+@dataclass
+class Site:
+    """One installation in a temporary folder, mailing through ``server``."""
+
+    root: Path
+    server: SMTPServer
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def cli(self, *args: str) -> Result:
+        """Run a command in this process (the environment is already this site's)."""
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = main(list(args), stdout=out)
+        return Result(code, out.getvalue(), err.getvalue())
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "digest", *args]
+
+    def spawn(self, *args: str, **options: Any) -> subprocess.Popen[str]:
+        """Start a command as a separate process."""
+        return subprocess.Popen(
+            self.command(*args), cwd=self.root, env=self.env, text=True, **options
+        )
+
+    def process(self, *args: str, timeout: float = 30) -> Result:
+        """Run a command as a separate process and wait for it."""
+        done = subprocess.run(
+            self.command(*args),
+            cwd=self.root,
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
+        return Result(done.returncode, done.stdout, done.stderr)
+
+    def subscribe(self, people: dict[str, list[str]]) -> None:
+        for address, interests in people.items():
+            args = ["subscribe", address]
+            for interest in interests:
+                args += ["--interest", interest]
+            result = self.cli(*args)
+            assert result.code == 0, result.err
+
+    def drop_in_inbox(self, dump: Path, name: str) -> None:
+        inbox = self.data / "inbox"
+        inbox.mkdir(parents=True, exist_ok=True)
+        shutil.copy(dump, inbox / name)
+
+    def digests(self) -> list[DigestRow]:
+        """Every outbox row, read straight from the database file."""
+        engine = sa.create_engine(f"sqlite:///{self.data / 'digest.db'}")
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT s.email, d.period, d.status, d.message_id, d.attempts"
+                        " FROM digest d JOIN subscriber s ON s.id = d.subscriber_id"
+                        " ORDER BY s.email, d.period"
+                    )
+                ).all()
+        finally:
+            engine.dispose()
+        return [DigestRow(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def received(self) -> list[tuple[str, email.message.EmailMessage]]:
+        """Envelope recipient and parsed message of everything the server accepted."""
+        with self.server.handler.lock:
+            accepted = list(self.server.handler.received)
+        messages = []
+        for item in accepted:
+            assert len(item.rcpt_tos) == 1, item.rcpt_tos
+            parsed = email.message_from_bytes(item.data, policy=email.policy.default)
+            assert isinstance(parsed, email.message.EmailMessage)
+            messages.append((item.rcpt_tos[0], parsed))
+        return messages
+
+
+def make_site(root: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch) -> Site:
+    """A site in ``root`` sending to ``server``; its settings are in this process's environment too."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DIGEST_")}
+    env.update(
+        DIGEST_DATA_DIR=str(root / "data"),
+        DIGEST_MAIL_TRANSPORT=server.url(),
+        DIGEST_MAIL_FROM=f"Paper digest <{SENDER}>",
+        DIGEST_BASE_URL=f"https://{SITE_HOST}",
+        DIGEST_SITE_NAME="Paper digest",
+        DIGEST_SECRET_KEY="a-fixed-key-for-tests-only-0123456789",
+        DIGEST_TIMEZONE="UTC",
+        DIGEST_SMTP_CONNECTIONS="2",
+        DIGEST_SMTP_RETRIES="0",
+        DIGEST_SMTP_TIMEOUT="10",
+        DIGEST_LOG_FORMAT="json",
+    )
+    for name in os.environ:
+        if name.startswith("DIGEST_"):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("DIGEST_"):
+            monkeypatch.setenv(name, value)
+    monkeypatch.chdir(root)
+    return Site(root, server, env)
+
+
+@contextlib.contextmanager
+def installed_site(
+    root: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Site]:
+    """``make_site``, and afterwards the root logger as it was before."""
+    logger = logging.getLogger()
+    level = logger.level
+    try:
+        yield make_site(root, server, monkeypatch)
+    finally:
+        # ``run`` in this process installs its log handler on the root logger: take it away.
+        for handler in list(logger.handlers):
+            if handler.get_name() == "digest":
+                logger.removeHandler(handler)
+        logger.setLevel(level)

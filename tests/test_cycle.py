@@ -346,8 +346,7 @@ def test_feeds_written_by_two_processes_are_the_same_files(
 ) -> None:
     from dataclasses import replace
 
-    from digest.feeds.publish import publish_feeds
-    from digest.service.cycle import links_of
+    from digest.service.cycle import publish_site_feeds
 
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     run_cycle(settings, store, clock=clock, period=DAY, transport=RecordingTransport())
@@ -355,7 +354,7 @@ def test_feeds_written_by_two_processes_are_the_same_files(
     outputs = []
     for processes in (1, 2):
         target = replace(settings, feeds_dir=tmp_path / f"feeds-{processes}")
-        counts = publish_feeds(target, store, links_of(settings), now=now, processes=processes)
+        counts = publish_site_feeds(target, store, now=now, processes=processes)
         assert counts == {"written": 2 * (len(PEOPLE) + 1), "unchanged": 0}
         files = sorted(p for p in target.feeds_dir.rglob("*") if p.is_file())
         outputs.append({p.relative_to(target.feeds_dir): p.read_bytes() for p in files})

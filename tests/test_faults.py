@@ -29,8 +29,9 @@ from digest.settings import load_settings
 from digest.store.engine import open_store
 from tests.conftest import EXAMPLE_A as DUMP_A
 from tests.conftest import EXAMPLE_B as DUMP_B
+from tests.conftest import Result, Site
 from tests.smtp_server import DROP, free_port, start_server
-from tests.test_service import PEOPLE, SENT_TO, Result, Site, wait_until
+from tests.test_service import PEOPLE, SENT_TO, wait_until
 
 
 def one_error_line(result: Result) -> str:

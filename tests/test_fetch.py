@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
 import json
 import threading
@@ -183,6 +184,17 @@ def test_ok_saves_the_body_atomically_and_records_it(
     assert state["etag"] == '"v1"'
     assert state["bytes"] == len(PAPERS)
     assert state["last_new_at"] == NOW
+
+
+def test_a_gzipped_answer_is_saved_decoded(server: Server, fetch: Fetch) -> None:
+    packed = gzip.compress(PAPERS)
+    route = server.route(
+        "/packed", Reply(body=packed, headers={"Content-Encoding": "gzip", "ETag": '"z"'})
+    )
+    [result] = fetch([server.url("/packed")])
+    assert "gzip" in route.seen[0]["Accept-Encoding"]
+    assert result.status == "ok" and result.path is not None
+    assert result.path.read_bytes() == PAPERS
 
 
 def test_304_sends_validators_and_does_not_look_new(

@@ -163,7 +163,7 @@ def test_catch_up_runs_the_digest_once_at_start(caplog: pytest.LogCaptureFixture
         catch_up=True,
         now=datetime.now(UTC) - timedelta(seconds=1),
     )
-    with caplog.at_level(logging.INFO, logger="digest.service.scheduler"):
+    with caplog.at_level(logging.INFO, logger="digest.scheduler"):
         scheduler.start()
         try:
             assert ran.wait(10), "the catch-up run never happened"

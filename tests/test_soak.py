@@ -29,8 +29,8 @@ from email.parser import BytesHeaderParser
 
 import pytest
 
+from tests.conftest import Site
 from tests.smtp_server import ACCEPT, DROP, free_port
-from tests.test_service import Site
 
 SUBSCRIBERS = int(os.environ.get("SOAK_SUBSCRIBERS", "2000"))
 RUNS = int(os.environ.get("SOAK_RUNS", "20"))

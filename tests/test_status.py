@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from digest.cli import main
-from tests.test_service import PEOPLE, SENT_TO, Site
+from tests.conftest import Site
+from tests.test_service import PEOPLE, SENT_TO
 
 HOLD_LOCK = """
 import sys

@@ -23,7 +23,7 @@ import re
 import textwrap
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
 from typing import Any
@@ -33,6 +33,7 @@ import css_inline
 import jinja2
 from markupsafe import Markup
 
+from digest.clock import as_utc
 from digest.rank.highlight import Marks, find_marks, mark, prepare_marks
 
 ABSTRACT_CHARS = 400
@@ -462,8 +463,7 @@ class MessageBuilder:
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.
         boundary = "=_" + hashlib.sha1(message_id.encode()).hexdigest()[:24]
-        if now.tzinfo is None:
-            now = now.replace(tzinfo=UTC)
+        now = as_utc(now)
         unsubscribe = f"{_angle(view.unsubscribe_url)}, <{_mailto(view.unsubscribe_mailto)}>"
         part_head = (
             f'--{boundary}\r\nContent-Type: text/%s; charset="utf-8"\r\n'

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -30,11 +29,6 @@ from digest.tokens import message_id
 
 STATS_SAMPLE = 20_000  # papers whose term frequencies stand for a larger store
 WEEKLY_DAY = 0  # weekly digests go out on Mondays
-
-
-def period_of(now: datetime, tz: ZoneInfo) -> date:
-    """The day ``now`` falls on in the configured time zone."""
-    return now.astimezone(tz).date()
 
 
 def store_stats(conn: Connection, sample: int = STATS_SAMPLE) -> CorpusStats:

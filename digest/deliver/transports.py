@@ -24,7 +24,6 @@ import hashlib
 import ipaddress
 import itertools
 import os
-import random
 import re
 import socket
 import time
@@ -39,9 +38,10 @@ import aiosmtplib
 
 from digest.errors import ConfigError, DeliveryError
 from digest.files import write_private
+from digest.retry import Backoff, TryAgain
+from digest.retry import backoff as retry_backoff
 
 Sleep = Callable[[float], Awaitable[None]]
-Backoff = Callable[[int], float]
 
 
 class TransportError(DeliveryError):
@@ -237,12 +237,7 @@ class RateLimiter:
 
 
 def exponential_backoff(base: float = 0.5, cap: float = 30.0) -> Backoff:
-    """Delay before retry ``n`` (0-based): ``base * 2**n`` capped, with jitter so pools spread out."""
-
-    def delay(attempt: int) -> float:
-        return min(cap, base * 2.0**attempt) * random.uniform(0.5, 1.0)
-
-    return delay
+    return retry_backoff(base, cap, jitter=True)  # moved: digest.retry.backoff
 
 
 # --- SMTP ---------------------------------------------------------------------------
@@ -272,21 +267,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class _Retry(Exception):
-    """An attempt failed in a way worth trying again.
-
-    ``kind`` says whose problem it is: ``recipient`` (a 4xx to RCPT or DATA), ``lost``
-    (the connection broke, or the server said 421 or refused our sender for now) or
-    ``connect`` (no connection could be made at all). ``stale``: a pooled connection
-    turned out to be dead.
-    """
-
-    def __init__(self, reason: str, *, kind: str = "recipient", stale: bool = False) -> None:
-        super().__init__(reason)
-        self.kind = kind
-        self.stale = stale
 
 
 class SMTPTransport(_Closing):
@@ -360,11 +340,11 @@ class SMTPTransport(_Closing):
                 raise TransportError(
                     f"mail server {where} refused us: {exc.code} {exc.message}"
                 ) from None
-            raise _Retry(
+            raise TryAgain(
                 f"mail server {where} turned us away: {exc.code} {exc.message}", kind="connect"
             ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
-            raise _Retry(self._unreachable(exc), kind="connect") from None
+            raise TryAgain(self._unreachable(exc), kind="connect") from None
         self.connections_opened += 1
         return smtp
 
@@ -414,7 +394,7 @@ class SMTPTransport(_Closing):
             self._judge(exc.code, f"{exc.code} {exc.message}", sender=False)
         except (aiosmtplib.SMTPException, OSError) as exc:
             keep = False
-            raise _Retry(f"connection lost: {exc}", kind="lost", stale=reused) from None
+            raise TryAgain(f"connection lost: {exc}", kind="lost", stale=reused) from None
         except BaseException:
             keep = False
             raise
@@ -472,9 +452,9 @@ class SMTPTransport(_Closing):
 
     def _judge(self, code: int, reason: str, *, sender: bool) -> None:
         if code == 421:  # the server is closing the connection: nothing about the recipient
-            raise _Retry(f"mail server {self.where} is closing: {reason}", kind="lost")
+            raise TryAgain(f"mail server {self.where} is closing: {reason}", kind="lost")
         if 400 <= code < 500:
-            raise _Retry(reason, kind="lost" if sender else "recipient")
+            raise TryAgain(reason, kind="lost" if sender else "recipient")
         if sender:  # our own address refused: every message would fail, nobody bounced
             raise TransportError(f"mail server {self.where} {reason}")
         raise DeliveryError(reason, permanent=code >= 500)
@@ -490,7 +470,7 @@ class SMTPTransport(_Closing):
                 async with self._slots:
                     await self._attempt(sender_addr, rcpt, message, utf8=utf8)
                 return
-            except _Retry as exc:
+            except TryAgain as exc:
                 # A pooled connection the server closed while idle is not a failure
                 # of this message: try once more at once on a fresh connection.
                 if exc.stale and not stale_retry_used:

@@ -34,7 +34,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
 from digest.deliver.message import PaperView, prepare
-from digest.deliver.views import Links
 from digest.errors import DigestError, WriteError
 from digest.feeds.render import (
     FeedItem,
@@ -45,7 +44,6 @@ from digest.feeds.render import (
     write_feed_if_changed,
 )
 from digest.service.preview import paper_view
-from digest.settings import Settings
 from digest.store.engine import feed_authority, reading
 from digest.store.models import Digest, DigestItem, Paper, Subscriber
 from digest.tokens import feed_name
@@ -102,23 +100,26 @@ def _private_items(
 
 
 def publish_feeds(
-    settings: Settings,
     engine: Engine,
-    links: Links,
     *,
+    folder: Path,
+    base_url: str,
+    site_name: str,
+    limit: int,
+    key: bytes,
     now: datetime,
     changed: Collection[int] | None = None,
     processes: int | None = None,
 ) -> dict[str, int]:
     """Write the global feed and the private feeds that may have changed; count what changed.
 
-    ``changed`` names the subscribers sent something since their feed was written (None: all
-    of them); a private feed that does not exist yet is written whatever it says.
+    Feeds go to ``folder`` and are served under ``{base_url}/feeds/``; each keeps the newest
+    ``limit`` items; ``key`` signs the private feeds' names. ``changed`` names the subscribers
+    sent something since their feed was written (None: all of them); a private feed that
+    does not exist yet is written whatever it says.
     """
-    limit = settings.feed_items
-    folder = settings.feeds_dir
     _make_private_folder(folder / "private")
-    authority = feed_authority(engine, urlsplit(settings.base_url).hostname or "localhost")
+    authority = feed_authority(engine, urlsplit(base_url).hostname or "localhost")
     with reading(engine) as conn:
         newest = conn.execute(
             sa.select(
@@ -135,7 +136,7 @@ def publish_feeds(
             .limit(limit)
         ).all()
         names = {
-            row.id: feed_name(links.key, row.id, row.token_salt)
+            row.id: feed_name(key, row.id, row.token_salt)
             for row in conn.execute(
                 sa.select(col(Subscriber.id), col(Subscriber.token_salt)).where(
                     col(Subscriber.status) == "active"
@@ -153,14 +154,13 @@ def publish_feeds(
         for start in range(0, len(targets), 500):
             private.update(_private_items(conn, targets[start : start + 500], limit, authority))
         conn.rollback()
-    site = settings.site_name
 
     def meta(path: str, title: str, description: str) -> FeedMeta:
-        url = f"{settings.base_url}/feeds/{path}"
+        url = f"{base_url}/feeds/{path}"
         return FeedMeta(
-            title=f"{site}: {title}",
+            title=f"{site_name}: {title}",
             feed_id=url,
-            site_url=settings.base_url,
+            site_url=base_url,
             self_url=url,
             description=description,
             updated=now,

@@ -19,7 +19,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
@@ -27,6 +27,7 @@ from urllib.parse import quote
 from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
 from markupsafe import escape
 
+from digest.clock import as_utc
 from digest.deliver.message import (
     PaperView,
     authors_line,
@@ -128,18 +129,14 @@ def _xml_text(value: str) -> str:
     return _NOT_XML.sub("", value)
 
 
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
-
-
 def select_items(items: Iterable[FeedItem], limit: int) -> list[FeedItem]:
     """Newest first, each guid once (its newest version), at most ``limit``."""
     newest: dict[str, FeedItem] = {}
     for item in items:
         seen = newest.get(item.guid)
-        if seen is None or _aware(item.published) > _aware(seen.published):
+        if seen is None or as_utc(item.published) > as_utc(seen.published):
             newest[item.guid] = item
-    ordered = sorted(newest.values(), key=lambda i: (_aware(i.published), i.guid), reverse=True)
+    ordered = sorted(newest.values(), key=lambda i: (as_utc(i.published), i.guid), reverse=True)
     return ordered[:limit]
 
 
@@ -156,7 +153,7 @@ def content_hash(meta: FeedMeta, items: Sequence[FeedItem], kind: FeedKind) -> s
                 i.link,
                 i.summary,
                 i.summary_is_html,
-                _aware(i.published).isoformat(),
+                as_utc(i.published).isoformat(),
                 list(i.terms),
                 i.authors,
             ]
@@ -187,8 +184,8 @@ def _render(meta: FeedMeta, chosen: Sequence[FeedItem], kind: FeedKind, digest: 
     fg.link(href=meta.site_url, rel="alternate")
     fg.language("en")
     # feedgen stamps the wall clock unless told: the run's time keeps output reproducible.
-    fg.updated(_aware(meta.updated))
-    fg.lastBuildDate(_aware(meta.updated))
+    fg.updated(as_utc(meta.updated))
+    fg.lastBuildDate(as_utc(meta.updated))
     for item in chosen:
         entry = fg.add_entry(order="append")
         entry.guid(_xml_text(item.guid), permalink=False)
@@ -197,8 +194,8 @@ def _render(meta: FeedMeta, chosen: Sequence[FeedItem], kind: FeedKind, digest: 
         entry.summary(_xml_text(item.summary), type="html" if item.summary_is_html else "text")
         if _xml_text(item.authors).strip():
             entry.author({"name": _xml_text(item.authors).strip()})
-        entry.published(_aware(item.published))
-        entry.updated(_aware(item.published))
+        entry.published(as_utc(item.published))
+        entry.updated(as_utc(item.published))
         for term in item.terms:
             if _xml_text(term).strip():
                 entry.category(term=_xml_text(term).strip())
@@ -243,13 +240,6 @@ def stored_hash(path: Path) -> str | None:
         return None
     match = _HASH_COMMENT.search(head)
     return match.group(1).decode() if match else None
-
-
-def write_feed(
-    path: Path, meta: FeedMeta, items: Iterable[FeedItem], *, kind: FeedKind, limit: int = 100
-) -> None:
-    """Render and write a feed unconditionally."""
-    write_atomically(path, render_feed(meta, items, kind=kind, limit=limit))
 
 
 def write_feed_if_changed(

@@ -1,7 +1,7 @@
 """Fetching listing sources (URLs, ``file://`` URLs, local paths) into the inbox.
 
-Each source is fetched with a conditional GET (the ETag and Last-Modified of the
-last good answer), retries with exponential back-off on 5xx, 429 and dropped
+Each source is fetched over httpx with a conditional GET (the ETag and Last-Modified of
+the last good answer), gzip, retries with exponential back-off on 5xx, 429 and dropped
 connections, and a size cap enforced while streaming. ``timeout`` is a total
 deadline for the source, attempts and back-off included: when it passes, the
 socket in use is shut down, so even a server dripping a byte a second cannot
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import http.client
 import importlib.metadata
 import logging
 import os
@@ -29,24 +28,28 @@ import ssl
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
+import httpx
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from digest.clock import as_utc
 from digest.logs import redact
+from digest.retry import TryAgain
+from digest.retry import backoff as retry_backoff
 from digest.store.engine import reading, transaction
 from digest.store.models import Dump, SourceState
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("digest.fetch")
+# httpx logs every request with its whole URL, query secrets included: only its warnings.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 OK = "ok"
 NOT_MODIFIED = "not-modified"
@@ -117,25 +120,6 @@ class _Fetched:
     last_modified: str | None = None
 
 
-class _Retry(Exception):
-    """A failure worth another try (5xx, 429, a dropped or stalled connection)."""
-
-    def __init__(
-        self,
-        status: str,
-        error: str,
-        http_status: int | None = None,
-        retry_after: float | None = None,
-        nbytes: int = 0,
-    ) -> None:
-        super().__init__(error)
-        self.status = status
-        self.error = error
-        self.http_status = http_status
-        self.retry_after = retry_after
-        self.nbytes = nbytes
-
-
 class _Deadline:
     """A total time limit for one source: when it passes, every socket it watches is shut
     down, which ends whatever read is blocked on it (a stalled or dripping server)."""
@@ -163,6 +147,14 @@ class _Deadline:
         if expired:
             _shut(sock)
 
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpx's ``trace`` extension: each new connection's socket is watched."""
+        if event.endswith(("connect_tcp.complete", "start_tls.complete")):
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                self.watch(sock)
+
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
@@ -183,53 +175,22 @@ def _shut(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
 
-class _Watching:
-    """Shared by the HTTP and HTTPS handlers below: the deadline of the source being fetched."""
-
-    def __init__(self) -> None:
-        self.deadline: _Deadline | None = None
-
-    def connection(self, http_class: Any) -> Callable[..., Any]:
-        """``http_class``, with each new socket handed to the current deadline."""
-
-        def make(*args: Any, **kwargs: Any) -> Any:
-            conn = http_class(*args, **kwargs)
-            connect = conn.connect
-
-            def watched_connect() -> None:
-                connect()
-                if self.deadline is not None:
-                    self.deadline.watch(conn.sock)
-
-            conn.connect = watched_connect
-            return conn
-
-        return make
-
-
-class _HTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, watching: _Watching) -> None:
-        super().__init__()
-        self._watching = watching
-
-    def do_open(self, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
-        return super().do_open(self._watching.connection(http_class), req, **http_conn_args)
-
-
-class _HTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, watching: _Watching) -> None:
-        super().__init__()
-        self._watching = watching
-
-    def do_open(self, http_class: Any, req: Any, **http_conn_args: Any) -> Any:
-        return super().do_open(self._watching.connection(http_class), req, **http_conn_args)
-
-
-def _utc(moment: datetime) -> datetime:
-    """``moment`` as an aware UTC time (the store's datetime columns want aware); naive is UTC."""
-    if moment.tzinfo is None:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+def _client(proxies: dict[str, str] | None) -> httpx.Client:
+    """One client for a whole fetch: no connection outlives its source (each new socket
+    is handed to that source's deadline), redirects followed, gzip decoded."""
+    mounts: dict[str, httpx.BaseTransport | None] = {}
+    if proxies is not None:
+        # Given proxies replace the environment's; ``{}`` means none at all.
+        mounts = {"http://": None, "https://": None}
+        mounts.update(
+            {f"{scheme}://": httpx.HTTPTransport(proxy=url) for scheme, url in proxies.items()}
+        )
+    return httpx.Client(
+        headers={"User-Agent": USER_AGENT, "Accept": "*/*"},
+        follow_redirects=True,
+        limits=httpx.Limits(max_keepalive_connections=0),
+        mounts=mounts,
+    )
 
 
 def _looks_empty(head: bytes) -> bool:
@@ -254,14 +215,8 @@ def _extension(path: str, content_type: str | None) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
-        reason = exc.reason
-        return _describe(reason) if isinstance(reason, BaseException) else str(reason)
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, httpx.TimeoutException):
         return "timed out"
-    if isinstance(exc, http.client.IncompleteRead):
-        more = f", {exc.expected} more expected" if exc.expected else ""
-        return f"body ended after {len(exc.partial)} bytes{more}"
     return redact(str(exc)) or type(exc).__name__
 
 
@@ -327,102 +282,122 @@ def _attempt_http(
     *,
     deadline: _Deadline,
     max_bytes: int,
-    opener: urllib.request.OpenerDirector,
+    client: httpx.Client,
     known: Callable[[str], bool],
 ) -> _Fetched:
-    headers = {"User-Agent": USER_AGENT, "Accept": "*/*", "Accept-Encoding": "identity"}
+    headers = {}
     if state and state.get("etag"):
         headers["If-None-Match"] = state["etag"]
     if state and state.get("last_modified"):
         headers["If-Modified-Since"] = state["last_modified"]
-    request = urllib.request.Request(url, headers=headers)
     try:
-        response = opener.open(request, timeout=max(0.001, deadline.remaining()))
-    except urllib.error.HTTPError as exc:
-        code, reason, retry_after = exc.code, exc.reason, exc.headers.get("Retry-After")
-        etag = exc.headers.get("ETag")
-        exc.close()
-        if code == 304:
-            return _Fetched(NOT_MODIFIED, http_status=304, etag=etag)
-        message = f"HTTP {code} {reason}".strip()
-        if code == 429 or code >= 500:
-            raise _Retry(ERROR, message, code, _retry_after(retry_after)) from None
-        return _Fetched(ERROR, error=message, http_status=code)
-    except urllib.error.URLError as exc:
-        if deadline.passed():
-            raise _Retry(ERROR, deadline.error()) from None
-        if isinstance(exc.reason, ssl.SSLCertVerificationError):
-            return _Fetched(ERROR, error=_describe(exc))  # will not fix itself in a second
-        raise _Retry(ERROR, _describe(exc)) from None
-    except (OSError, http.client.HTTPException) as exc:
-        raise _Retry(ERROR, deadline.error() if deadline.passed() else _describe(exc)) from None
-
-    with response:
-        code = response.status
-        validators = {
-            "etag": response.headers.get("ETag"),
-            "last_modified": response.headers.get("Last-Modified"),
-        }
-        try:
-            expected: int | None = int(response.headers.get("Content-Length", ""))
-        except ValueError:
-            expected = None
-        if expected is not None and expected > max_bytes:
-            return _Fetched(
-                TOO_LARGE,
-                error=f"announced {expected} bytes, the cap is {max_bytes}",
-                http_status=code,
+        with client.stream(
+            "GET",
+            url,
+            headers=headers,
+            timeout=max(0.001, deadline.remaining()),
+            extensions={"trace": deadline.trace},
+        ) as response:
+            return _receive(
+                url, response, inbox, deadline=deadline, max_bytes=max_bytes, known=known
             )
-        spool = _Spool(inbox)
-        try:
-            while True:
-                try:
-                    # read1: what has arrived, so a slow drip is checked between small reads
-                    chunk = response.read1(CHUNK)
-                except http.client.IncompleteRead as exc:
-                    failure = (TRUNCATED, _describe(exc))
-                    if deadline.passed():
-                        failure = (ERROR, deadline.error())
-                    raise _Retry(*failure, code, nbytes=spool.size) from None
-                except (OSError, http.client.HTTPException, ValueError) as exc:
-                    # (ValueError: a read on the response after the deadline closed it)
-                    error = deadline.error() if deadline.passed() else _describe(exc)
-                    raise _Retry(ERROR, error, code, nbytes=spool.size) from None
+    except httpx.HTTPError as exc:
+        if deadline.passed():
+            raise TryAgain(deadline.error(), kind=ERROR) from None
+        if isinstance(exc, httpx.ConnectError) and _bad_certificate(exc):
+            return _Fetched(ERROR, error=_describe(exc))  # will not fix itself in a second
+        if isinstance(exc, httpx.UnsupportedProtocol):
+            return _Fetched(ERROR, error=_describe(exc))
+        raise TryAgain(_describe(exc), kind=ERROR) from None
+    except httpx.InvalidURL as exc:
+        return _Fetched(ERROR, error=_describe(exc))
+    except OSError as exc:
+        error = deadline.error() if deadline.passed() else _describe(exc)
+        raise TryAgain(error, kind=ERROR) from None
+
+
+def _bad_certificate(exc: BaseException) -> bool:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+def _receive(
+    url: str,
+    response: httpx.Response,
+    inbox: Path,
+    *,
+    deadline: _Deadline,
+    max_bytes: int,
+    known: Callable[[str], bool],
+) -> _Fetched:
+    """The answer to one attempt: its body spooled into the inbox, or why not."""
+    code = response.status_code
+    if code == 304:
+        return _Fetched(NOT_MODIFIED, http_status=304, etag=response.headers.get("ETag"))
+    if code >= 400:
+        message = f"HTTP {code} {response.reason_phrase}".strip()
+        if code == 429 or code >= 500:
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            raise TryAgain(message, kind=ERROR, http_status=code, retry_after=retry_after)
+        return _Fetched(ERROR, error=message, http_status=code)
+    validators = {
+        "etag": response.headers.get("ETag"),
+        "last_modified": response.headers.get("Last-Modified"),
+    }
+    try:
+        expected: int | None = int(response.headers.get("Content-Length", ""))
+    except ValueError:
+        expected = None
+    if expected is not None and expected > max_bytes:
+        return _Fetched(
+            TOO_LARGE, error=f"announced {expected} bytes, the cap is {max_bytes}", http_status=code
+        )
+    spool = _Spool(inbox)
+    try:
+        chunks = response.iter_bytes(CHUNK)  # decoded: the cap counts what lands on disk
+        while True:
+            try:
+                chunk = next(chunks, b"")
+            except httpx.HTTPError as exc:
+                # the deadline shuts the socket: what came last may be a false end
                 if deadline.passed():
-                    # The deadline shuts the socket: what came last may be a false end.
-                    raise _Retry(ERROR, deadline.error(), code, nbytes=spool.size)
-                if not chunk:
-                    break
-                spool.write(chunk)
-                if spool.size > max_bytes:
-                    return _Fetched(
-                        TOO_LARGE,
-                        error=f"body passed the cap of {max_bytes} bytes",
-                        nbytes=spool.size,
-                        http_status=code,
-                    )
-            if expected is not None and spool.size != expected:
-                # http.client returns a short body without complaint when the peer closes early.
-                raise _Retry(
-                    TRUNCATED,
-                    f"body ended after {spool.size} of {expected} bytes",
-                    code,
-                    nbytes=spool.size,
-                )
-            if code == 204 or spool.looks_empty():
+                    error, kind = deadline.error(), ERROR
+                elif isinstance(exc, httpx.RemoteProtocolError) and expected is not None:
+                    error = f"body ended after {response.num_bytes_downloaded} of {expected} bytes"
+                    kind = TRUNCATED
+                else:
+                    error, kind = _describe(exc), ERROR
+                raise TryAgain(error, kind=kind, http_status=code, nbytes=spool.size) from None
+            if deadline.passed():
+                raise TryAgain(deadline.error(), kind=ERROR, http_status=code, nbytes=spool.size)
+            if not chunk:
+                break
+            spool.write(chunk)
+            if spool.size > max_bytes:
                 return _Fetched(
-                    EMPTY,
+                    TOO_LARGE,
+                    error=f"body passed the cap of {max_bytes} bytes",
                     nbytes=spool.size,
-                    error="the source answered with an empty listing",
                     http_status=code,
-                    **validators,
                 )
-            host = urlsplit(url).hostname or "source"
-            ext = _extension(urlsplit(url).path, response.headers.get("Content-Type"))
-            status, path = spool.commit(host, ext, known)
-            return _Fetched(status, path=path, nbytes=spool.size, http_status=code, **validators)
-        finally:
-            spool.discard()
+        if code == 204 or spool.looks_empty():
+            return _Fetched(
+                EMPTY,
+                nbytes=spool.size,
+                error="the source answered with an empty listing",
+                http_status=code,
+                **validators,
+            )
+        host = urlsplit(url).hostname or "source"
+        ext = _extension(urlsplit(url).path, response.headers.get("Content-Type"))
+        status, path = spool.commit(host, ext, known)
+        return _Fetched(status, path=path, nbytes=spool.size, http_status=code, **validators)
+    finally:
+        spool.discard()
 
 
 def _fetch_http(
@@ -435,9 +410,10 @@ def _fetch_http(
     retries: int,
     backoff: float,
     sleep: Callable[[float], None],
-    opener: urllib.request.OpenerDirector,
+    client: httpx.Client,
     known: Callable[[str], bool],
 ) -> _Fetched:
+    schedule = retry_backoff(backoff, MAX_BACKOFF)
     attempt = 0
     while True:
         attempt += 1
@@ -448,26 +424,26 @@ def _fetch_http(
                 inbox,
                 deadline=deadline,
                 max_bytes=max_bytes,
-                opener=opener,
+                client=client,
                 known=known,
             )
             return replace(fetched, attempts=attempt)
-        except _Retry as failure:
-            delay = min(MAX_BACKOFF, backoff * 2 ** (attempt - 1))
+        except TryAgain as failure:
+            delay = schedule(attempt - 1)
             if failure.retry_after is not None:
                 delay = min(MAX_BACKOFF, max(delay, failure.retry_after))
             if attempt > retries or delay >= deadline.remaining():
                 # out of tries, or of time: a retry could not finish before the deadline
                 return _Fetched(
-                    failure.status,
-                    error=failure.error,
+                    failure.kind,
+                    error=failure.reason,
                     nbytes=failure.nbytes,
                     attempts=attempt,
                     http_status=failure.http_status,
                 )
             log.info(
                 "source failed, retrying",
-                extra={"source": url, "error": failure.error, "attempt": attempt, "delay": delay},
+                extra={"source": url, "error": failure.reason, "attempt": attempt, "delay": delay},
             )
             sleep(delay)
 
@@ -584,76 +560,72 @@ def fetch_sources(
 ) -> list[FetchResult]:
     """Fetch each source into ``inbox``, record each outcome in ``SourceState``, return them.
 
-    ``timeout`` is each source's total deadline; ``proxies`` as for urllib (None: the
-    environment's).
+    ``timeout`` is each source's total deadline; ``proxies`` maps a scheme to its proxy URL
+    (None: the environment's proxies; ``{}``: none).
     """
     sources = list(dict.fromkeys(urls))  # a source listed twice is fetched once
-    stamp = _utc(now)
-    watching = _Watching()
-    opener = urllib.request.build_opener(
-        urllib.request.ProxyHandler(proxies), _HTTPHandler(watching), _HTTPSHandler(watching)
-    )
+    stamp = as_utc(now)
     states = _load_states(engine, sources)
     known = functools.partial(_ingested, engine)
     results: list[FetchResult] = []
-    for url in sources:
-        state = states.get(url)
-        try:
-            local = _local_path(url)
-        except ValueError as exc:
-            fetched = _Fetched(ERROR, error=str(exc))
-        else:
-            if local is not None:
-                fetched = _fetch_local(local, state, inbox, max_bytes, known)
+    with _client(proxies) as client:
+        for url in sources:
+            state = states.get(url)
+            try:
+                local = _local_path(url)
+            except ValueError as exc:
+                fetched = _Fetched(ERROR, error=str(exc))
             else:
-                last = state.get("last_fetch_at") if state else None
-                if last is not None and stamp - _utc(last) < min_interval:
-                    # Polite: however often polls and runs come, a server hears from us at most
-                    # once per interval.
-                    results.append(FetchResult(url, SKIPPED, attempts=0))
-                    log.debug("source fetched recently, skipped", extra={"source": url})
-                    continue
-                deadline = watching.deadline = _Deadline(timeout)
-                try:
-                    fetched = _fetch_http(
-                        url,
-                        state,
-                        inbox,
-                        deadline=deadline,
-                        max_bytes=max_bytes,
-                        retries=retries,
-                        backoff=backoff,
-                        sleep=sleep,
-                        opener=opener,
-                        known=known,
-                    )
-                finally:
-                    deadline.cancel()
-                    watching.deadline = None
-        if fetched.error:
-            fetched = replace(fetched, error=redact(fetched.error))
-        _save_state(engine, url, state, fetched, stamp)
-        result = FetchResult(
-            url=url,
-            status=fetched.status,
-            path=fetched.path if fetched.status == OK else None,
-            bytes=fetched.nbytes,
-            error=fetched.error,
-            attempts=fetched.attempts,
-            http_status=fetched.http_status,
-        )
-        results.append(result)
-        level = logging.INFO if result.status in {OK, NOT_MODIFIED} else logging.WARNING
-        log.log(
-            level,
-            "source %s",
-            result.status,
-            extra={
-                "source": url,
-                "status": result.status,
-                "bytes": result.bytes,
-                "file": result.path.name if result.path else None,
-                "error": result.error,
-            },
-        )
+                if local is not None:
+                    fetched = _fetch_local(local, state, inbox, max_bytes, known)
+                else:
+                    last = state.get("last_fetch_at") if state else None
+                    if last is not None and stamp - as_utc(last) < min_interval:
+                        # Polite: however often polls and runs come, a server hears from us at most
+                        # once per interval.
+                        results.append(FetchResult(url, SKIPPED, attempts=0))
+                        log.debug("source fetched recently, skipped", extra={"source": url})
+                        continue
+                    deadline = _Deadline(timeout)
+                    try:
+                        fetched = _fetch_http(
+                            url,
+                            state,
+                            inbox,
+                            deadline=deadline,
+                            max_bytes=max_bytes,
+                            retries=retries,
+                            backoff=backoff,
+                            sleep=sleep,
+                            client=client,
+                            known=known,
+                        )
+                    finally:
+                        deadline.cancel()
+            if fetched.error:
+                fetched = replace(fetched, error=redact(fetched.error))
+            _save_state(engine, url, state, fetched, stamp)
+            result = FetchResult(
+                url=url,
+                status=fetched.status,
+                path=fetched.path if fetched.status == OK else None,
+                bytes=fetched.nbytes,
+                error=fetched.error,
+                attempts=fetched.attempts,
+                http_status=fetched.http_status,
+            )
+            results.append(result)
+            level = logging.INFO if result.status in {OK, NOT_MODIFIED} else logging.WARNING
+            log.log(
+                level,
+                "source %s",
+                result.status,
+                extra={
+                    "source": url,
+                    "status": result.status,
+                    "bytes": result.bytes,
+                    "file": result.path.name if result.path else None,
+                    "error": result.error,
+                },
+            )
     return results

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col
 
+from digest.clock import as_utc, period_of
 from digest.deliver.message import MessageBuilder, Sender
-from digest.deliver.plan import period_of, plan_digests, record_plans
+from digest.deliver.plan import plan_digests, record_plans
 from digest.deliver.send import (
     Delivered,
     deliver,
@@ -42,7 +43,7 @@ from digest.logs import run_context
 from digest.service.preview import ranked_views
 from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
 from digest.settings import Settings
-from digest.store.engine import db_time, index_papers, reading, transaction, transaction_if_free
+from digest.store.engine import index_papers, reading, transaction, transaction_if_free
 from digest.store.models import Run
 from digest.store.subscribers import list_subscribers
 from digest.tokens import message_id
@@ -143,7 +144,9 @@ def _start_run(engine: Engine, period: date, now: datetime) -> int:
     with transaction(engine) as conn:
         return int(
             conn.execute(
-                sa.insert(Run).values(kind="run", period=period, started_at=db_time(now))
+                sa.insert(Run).values(
+                    kind="run", period=period, started_at=as_utc(now, naive="refuse")
+                )
             ).inserted_primary_key[0]  # type: ignore[index]
         )
 
@@ -157,7 +160,7 @@ def _finish_run(
             sa.update(Run)
             .where(col(Run.id) == run_id)
             .values(
-                finished_at=db_time(now),
+                finished_at=as_utc(now, naive="refuse"),
                 status=status,
                 figures=json.dumps(report.figures()),
                 error=error,
@@ -179,6 +182,28 @@ def sender_of(settings: Settings) -> Sender:
 def links_of(settings: Settings) -> Links:
     """How links in emails and feeds are made, from the settings."""
     return Links(settings.base_url, settings.signing_key(), settings.mail_from)
+
+
+def publish_site_feeds(
+    settings: Settings,
+    engine: Engine,
+    *,
+    now: datetime,
+    changed: Collection[int] | None = None,
+    processes: int | None = None,
+) -> dict[str, int]:
+    """The site's feeds, as the settings place and name them."""
+    return publish_feeds(
+        engine,
+        folder=settings.feeds_dir,
+        base_url=settings.base_url,
+        site_name=settings.site_name,
+        limit=settings.feed_items,
+        key=settings.signing_key(),
+        now=now,
+        changed=changed,
+        processes=processes,
+    )
 
 
 def transport_of(settings: Settings) -> Transport:
@@ -248,8 +273,8 @@ def run_cycle(
                 "delivered",
                 extra={"sent": report.delivered.sent, "failed": report.delivered.failed},
             )
-            report.feeds = publish_feeds(
-                settings, engine, links_of(settings), now=clock(), changed=report.delivered.sent_to
+            report.feeds = publish_site_feeds(
+                settings, engine, now=clock(), changed=report.delivered.sent_to
             )
             report.outbox = outbox_counts(engine)
             if report.outbox["pending"] + report.outbox["sending"]:

@@ -50,7 +50,7 @@ from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import
 from digest.errors import AlreadyRunning, ConfigError, DigestError
 from digest.logs import run_context
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("digest.scheduler")
 
 DIGEST_JOB = "digest"
 POLL_JOB = "poll"

@@ -21,7 +21,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
+from digest.clock import as_utc
 from digest.errors import StoreCorrupt, StoreError
 from digest.files import PRIVATE, make_private
 from digest.ingest.identity import paper_keys
@@ -199,10 +200,7 @@ def transaction_if_free(engine: Engine) -> Iterator[Connection]:
 
 
 def db_time(moment: datetime) -> datetime:
-    """The form times are stored and compared in: aware UTC."""
-    if moment.tzinfo is None:
-        raise ValueError("times given to the store must carry a zone")
-    return moment.astimezone(UTC)
+    return as_utc(moment, naive="refuse")  # moved: digest.clock.as_utc
 
 
 @dataclass
