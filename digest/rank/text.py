@@ -286,8 +286,3 @@ DEFAULT = Analyzer()
 def analyze(text: str) -> list[str]:
     """Terms of text with the default analyzer (plurals folded)."""
     return DEFAULT(text)
-
-
-def document_terms(title: str, abstract: str, analyzer: Analyzer = DEFAULT) -> set[str]:
-    """The distinct terms of a paper: what a store counts for document frequencies."""
-    return set(analyzer(title)) | set(analyzer(abstract))
