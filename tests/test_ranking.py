@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from digest.rank.index import InterestIndex
 from digest.rank.query import InterestError
 from digest.rank.ranker import rank, search
 from digest.rank.text import Analyzer, analyze
-from digest.rank.types import CorpusStats, PlainPaper, Profile
+from digest.rank.types import (
+    CorpusStats,
+    InterestHit,
+    PlainPaper,
+    Profile,
+    hits_from_json,
+    hits_to_json,
+)
 
 PAPERS = [
     PlainPaper(1, "Self-Supervised Learning of Speech", "We pretrain encoders without labels."),
@@ -130,3 +139,12 @@ def test_threshold_walk_agrees_with_exhaustive_sums() -> None:
     want = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
     assert [p for p, _ in got] == [p for p, _ in want]
     assert [s for _, s in got] == pytest.approx([s for _, s in want])
+
+
+def test_hits_codec_round_trips_what_is_stored() -> None:
+    hit = InterestHit("federated", 1.234567, ("Federated", "federated"), ("title",))
+    stored = json.dumps(hits_to_json([hit]))
+    assert json.loads(stored) == [
+        {"interest": "federated", "terms": ["Federated"], "fields": ["title"], "score": 1.2346}
+    ]
+    assert hits_from_json(stored) == (InterestHit("federated", 1.2346, ("Federated",), ("title",)),)
