@@ -216,3 +216,19 @@ def test_failed_explanations_leave_no_half_built_items(monkeypatch: pytest.Monke
         with pytest.raises(RuntimeError, match="lost"):
             matches.ranked_many(profiles)
         assert matches.ranked_many(profiles) == local  # nothing kept from the failed call
+
+
+@pytest.mark.skipif(not forks.available(), reason="worker processes need fork")
+def test_fork_map_runs_each_share_in_a_child_and_raises_its_error() -> None:
+    items = list(range(10))
+    assert forks.fork_map(sum, items, 3) == [0 + 3 + 6 + 9, 1 + 4 + 7, 2 + 5 + 8]
+    assert forks.fork_map(sum, items, 1) == [45]
+
+    def fail(share: list[int]) -> int:
+        if 4 in share:
+            raise ValueError("share with 4")
+        return len(share)
+
+    with pytest.raises(ValueError, match="share with 4"):
+        forks.fork_map(fail, items, 2)
+    assert not multiprocessing.active_children()
