@@ -190,7 +190,9 @@ class DayMatches:
                 continue
             if allowed is None:
                 # The head, long enough to hold ``limit`` papers besides the summed ones.
-                chosen += entries[: limit + (overlap & mask).bit_count()]
+                chosen += (
+                    entries[: limit + (overlap & mask).bit_count()] if overlap else entries[:limit]
+                )
                 continue
             taken = 0
             for entry in entries:
