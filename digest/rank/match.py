@@ -6,7 +6,7 @@ interest prefixes it carries). Each matcher returns a BM25F-style score, or
 ``None`` when the paper does not match; given a ``found`` list it also reports
 which words matched, for explanations. The ``Compiler`` also picks each
 interest's *anchor*: the rarest term (or prefix) a match cannot do without,
-which is what the index in ``digest.rank.ranker`` keys interests by.
+which is what the index in ``digest.rank.index`` keys interests by.
 """
 
 from __future__ import annotations

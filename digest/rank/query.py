@@ -11,7 +11,7 @@
 =========================  ==========================================
 
 Parsing is purely syntactic: words are kept as written and turned into terms by
-``digest.rank.ranker`` with the shared analyzer. A malformed expression raises
+``digest.rank.match`` with the shared analyzer. A malformed expression raises
 ``InterestError`` naming the 1-based character position of the fault, so it can
 be refused when it is saved rather than discovered at send time.
 """
