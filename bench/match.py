@@ -32,11 +32,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from digest.ingest.readers import read_listing
-from digest.rank import workers as parallel
+from digest.rank import workers
+from digest.rank.index import InterestIndex
 from digest.rank.match import STOPWORDS
 from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
-from digest.rank.ranker import CorpusStats, DayMatches, InterestIndex, PaperText, Profile
 from digest.rank.text import DEFAULT
+from digest.rank.topk import DayMatches
+from digest.rank.types import CorpusStats, PlainPaper, Profile
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DUMPS = REPO.parent / "shared" / "dumps"
@@ -154,13 +156,13 @@ class Generator:
                 words += self.background(rng.randint(1, 4))
         return " ".join(words[:size])
 
-    def paper(self, pid: int) -> PaperText:
+    def paper(self, pid: int) -> PlainPaper:
         rng = self.rng
         if rng.random() < REAL_TOPICS:
             title, abstract = self.topics[rng.randrange(self.real)]
         else:
             title, abstract = self.topics[rng.randrange(self.real, len(self.topics))]
-        return PaperText(
+        return PlainPaper(
             pid,
             self.text(title, rng.randint(6, 14), (2, 4)),
             self.text(abstract, rng.randint(150, 200), (2, 6)),
@@ -170,7 +172,7 @@ class Generator:
 
 def store_stats(generator: Generator, sample: int) -> CorpusStats:
     """Statistics of a 1M-paper store, scaled up from a sample drawn like the day."""
-    counted = CorpusStats.from_papers(
+    counted = CorpusStats.from_texts(
         (p.title, p.abstract) for p in map(generator.paper, range(sample))
     )
     scale = STORE / counted.documents
@@ -190,7 +192,7 @@ def interest_pool(rng: random.Random, real: list[tuple[str, str]]) -> list[str]:
     n = len(real)
     # Topical: in at most a fifth of the dumps' papers once plurals are folded ("encoders"
     # counts as encoder, which is in half of them).
-    folded = CorpusStats.from_papers(real).frequencies
+    folded = CorpusStats.from_texts(real).frequencies
     topical = {
         w for w, c in df.items() if w not in STOP and folded.get(DEFAULT.term(w), c) <= n // 5
     }
@@ -245,7 +247,7 @@ def fts_query(node: Node) -> str:
     raise ValueError("a bare exclusion")
 
 
-def fts_alternative(papers: list[PaperText], profiles: list[Profile]) -> float:
+def fts_alternative(papers: list[PlainPaper], profiles: list[Profile]) -> float:
     """Seconds to rank profiles with one FTS5 MATCH per interest (no explanations)."""
     db = sqlite3.connect(":memory:")
     db.execute("CREATE VIRTUAL TABLE day USING fts5(title, abstract, tokenize='porter')")
@@ -268,7 +270,7 @@ def fts_alternative(papers: list[PaperText], profiles: list[Profile]) -> float:
     return time.perf_counter() - start
 
 
-def density(day: list[PaperText], matches: DayMatches) -> str:
+def density(day: list[PlainPaper], matches: DayMatches) -> str:
     """How often interests match: the figure that decides most of the cost."""
     sizes = sorted(len(v) for v in matches.lists.values())
     if not sizes:
@@ -307,7 +309,7 @@ def main() -> None:
     t_analyze = time.perf_counter() - t0
     print(f"analyzer: {len(day) / t_analyze:,.0f} abstracts/s ({words / len(day):.0f} terms each)")
 
-    processes = args.processes or parallel.processes_for(len(day) * len(profiles))
+    processes = args.processes or workers.processes_for(len(day) * len(profiles))
     t0 = time.perf_counter()
     index = InterestIndex.build(profiles, stats)
     t1 = time.perf_counter()

@@ -286,7 +286,8 @@ def test_plans_equal_ranking_every_reader_with_their_own_candidates(
     """The shared fast path (readers with the usual cutoff) picks what the slow path picks."""
     from digest.deliver.plan import plan_digests, store_stats
     from digest.ingest.dumps import ingest_inbox
-    from digest.rank.ranker import PaperText, Profile, rank_profiles
+    from digest.rank.ranker import rank
+    from digest.rank.types import PlainPaper, Profile
     from digest.store.subscribers import interests_of, list_subscribers
 
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
@@ -304,14 +305,17 @@ def test_plans_equal_ranking_every_reader_with_their_own_candidates(
     readers = list_subscribers(store)
     # The oracle goes by time: the ingests here follow the clock, so time and sequence agree.
     cutoff = {s.id: s.created_at for s in readers}
-    reference = rank_profiles(
-        [Profile(int(s.id or 0), interests_of(s)) for s in readers],
-        [PaperText(r[0], r[1], r[2], r[3]) for r in rows],
+    reference = rank(
+        [PlainPaper(r[0], r[1], r[2], r[3]) for r in rows],
+        [Profile(int(s.id or 0), tuple(interests_of(s))) for s in readers],
         stats,
-        candidates=lambda sid: {
-            r[0]
-            for r in rows
-            if datetime.fromisoformat(str(r[4])).replace(tzinfo=UTC) > cutoff[sid]
+        candidates={
+            int(s.id or 0): {
+                r[0]
+                for r in rows
+                if datetime.fromisoformat(str(r[4])).replace(tzinfo=UTC) > cutoff[s.id]
+            }
+            for s in readers
         },
     )
     got = {

@@ -13,6 +13,7 @@ from digest.rank.query import (
     Term,
     Without,
     parse_interest,
+    positive_words,
 )
 
 
@@ -79,3 +80,7 @@ def test_error_message_and_exit_code() -> None:
         parse_interest("foo (bar")
     assert str(caught.value) == "interest 'foo (bar': unclosed parenthesis at position 5"
     assert caught.value.exit_code == 2
+
+
+def test_positive_words_leave_exclusions_out() -> None:
+    assert positive_words('"graph neural" segmenta* -survey') == ["graph", "neural", "segmenta*"]

@@ -22,8 +22,9 @@ import pytest
 from rank_bm25 import BM25Okapi
 
 from digest.ingest.identity import normalize_title
-from digest.rank.ranker import CorpusStats, PaperText, Profile, rank_for
+from digest.rank import ranker
 from digest.rank.text import Analyzer
+from digest.rank.types import CorpusStats, PlainPaper, Profile
 from tests.conftest import EXAMPLE_A, EXAMPLE_B, EXAMPLE_DUMPS, REAL_A, REAL_B
 
 JUDGED = Path(__file__).resolve().parent / "judged"
@@ -90,7 +91,7 @@ SETS = [
 ]
 
 
-def load_papers(judged_set: JudgedSet) -> list[PaperText]:
+def load_papers(judged_set: JudgedSet) -> list[PlainPaper]:
     """Unique papers of the dumps in listing order; times_seen counts repeats."""
     entries = [
         pair for path, read in judged_set.dumps for pair in read(path.read_text(encoding="utf-8"))
@@ -103,7 +104,7 @@ def load_papers(judged_set: JudgedSet) -> list[PaperText]:
         else:
             seen[key] = [title, abstract, 1]
     return [
-        PaperText(i, str(title), str(abstract), int(times))
+        PlainPaper(i, str(title), str(abstract), int(times))
         for i, (title, abstract, times) in enumerate(seen.values())
     ]
 
@@ -129,7 +130,7 @@ def plain_words(interest: str) -> str:
     return " ".join(text.replace('"', " ").replace("*", "").split())
 
 
-def substring_ranker(papers: list[PaperText]) -> Ranker:
+def substring_ranker(papers: list[PlainPaper]) -> Ranker:
     texts = [f"{p.title}\n{p.abstract}".lower() for p in papers]
 
     def rank(interests: Sequence[str]) -> list[int]:
@@ -140,7 +141,7 @@ def substring_ranker(papers: list[PaperText]) -> Ranker:
     return rank
 
 
-def bm25_ranker(papers: list[PaperText]) -> Ranker:
+def bm25_ranker(papers: list[PlainPaper]) -> Ranker:
     bm25 = BM25Okapi([f"{p.title} {p.abstract}".lower().split() for p in papers])
 
     def rank(interests: Sequence[str]) -> list[int]:
@@ -154,12 +155,12 @@ def bm25_ranker(papers: list[PaperText]) -> Ranker:
     return rank
 
 
-def our_ranker(papers: list[PaperText], analyzer: Analyzer) -> Ranker:
-    stats = CorpusStats.from_papers(((p.title, p.abstract) for p in papers), analyzer)
+def our_ranker(papers: list[PlainPaper], analyzer: Analyzer) -> Ranker:
+    stats = CorpusStats.from_texts(((p.title, p.abstract) for p in papers), analyzer)
 
     def rank(interests: Sequence[str]) -> list[int]:
         profile = Profile(1, tuple(interests), max_items=K)
-        return [r.paper_id for r in rank_for(profile, papers, stats, analyzer)]
+        return [r.paper_id for r in ranker.rank(papers, [profile], stats, analyzer=analyzer)[1]]
 
     return rank
 
@@ -180,13 +181,13 @@ def judged_set(request: pytest.FixtureRequest) -> JudgedSet:
 
 
 @pytest.fixture(scope="module")
-def papers(judged_set: JudgedSet) -> list[PaperText]:
+def papers(judged_set: JudgedSet) -> list[PlainPaper]:
     return load_papers(judged_set)
 
 
 @pytest.fixture(scope="module")
 def judged(
-    judged_set: JudgedSet, papers: list[PaperText]
+    judged_set: JudgedSet, papers: list[PlainPaper]
 ) -> list[tuple[str, list[str], dict[int, int]]]:
     index = {normalize_title(p.title): p.id for p in papers}
     data = json.loads(judged_set.judgments.read_text(encoding="utf-8"))
@@ -198,7 +199,7 @@ def judged(
 
 
 def test_judged_set_covers_the_dumps(
-    judged_set: JudgedSet, papers: list[PaperText], judged: list
+    judged_set: JudgedSet, papers: list[PlainPaper], judged: list
 ) -> None:
     assert len(papers) == judged_set.papers
     assert len(judged) >= judged_set.profiles
@@ -207,7 +208,7 @@ def test_judged_set_covers_the_dumps(
 
 
 def test_ranking_beats_baselines(
-    judged_set: JudgedSet, papers: list[PaperText], judged: list
+    judged_set: JudgedSet, papers: list[PlainPaper], judged: list
 ) -> None:
     results = {
         "digest (ours)": evaluate(our_ranker(papers, Analyzer()), judged),

@@ -2,23 +2,34 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from digest.rank.index import InterestIndex
 from digest.rank.query import InterestError
-from digest.rank.ranker import CorpusStats, InterestIndex, PaperText, Profile, rank_profiles, search
+from digest.rank.ranker import rank, search
 from digest.rank.text import Analyzer, analyze
+from digest.rank.types import (
+    CorpusStats,
+    InterestHit,
+    PlainPaper,
+    Profile,
+    hits_from_json,
+    hits_to_json,
+)
 
 PAPERS = [
-    PaperText(1, "Self-Supervised Learning of Speech", "We pretrain encoders without labels."),
-    PaperText(2, "Federated Learning on Devices", "Clients train a shared model; a survey."),
-    PaperText(3, "Diffusion Models for Images", "Denoising diffusion generates images."),
-    PaperText(4, "Large Language Models", "LLMs are trained on web text; an LLM answers."),
-    PaperText(5, "Selfsupervised vision", "A self supervised method for networks."),
-    PaperText(6, "Learning to federate", "Federated optimisation with learning rates."),
-    PaperText(7, "Diffusive transport", "Physics of diffusing particles in a dataset."),
-    PaperText(8, "Data set design", "A new data set of federated learning logs.", times_seen=4),
+    PlainPaper(1, "Self-Supervised Learning of Speech", "We pretrain encoders without labels."),
+    PlainPaper(2, "Federated Learning on Devices", "Clients train a shared model; a survey."),
+    PlainPaper(3, "Diffusion Models for Images", "Denoising diffusion generates images."),
+    PlainPaper(4, "Large Language Models", "LLMs are trained on web text; an LLM answers."),
+    PlainPaper(5, "Selfsupervised vision", "A self supervised method for networks."),
+    PlainPaper(6, "Learning to federate", "Federated optimisation with learning rates."),
+    PlainPaper(7, "Diffusive transport", "Physics of diffusing particles in a dataset."),
+    PlainPaper(8, "Data set design", "A new data set of federated learning logs.", times_seen=4),
 ]
-STATS = CorpusStats.from_papers((p.title, p.abstract) for p in PAPERS)
+STATS = CorpusStats.from_texts((p.title, p.abstract) for p in PAPERS)
 
 
 def ids(query: str) -> set[int]:
@@ -66,15 +77,15 @@ def test_search_refuses_a_malformed_query() -> None:
 def test_title_outranks_abstract_and_order_is_deterministic() -> None:
     ranked = search("federated", PAPERS, STATS)
     assert ranked[0].paper_id == 2
-    twins = [PaperText(i, "Graph networks", "x") for i in (9, 3, 5)]
+    twins = [PlainPaper(i, "Graph networks", "x") for i in (9, 3, 5)]
     assert [r.paper_id for r in search("graph", twins, STATS)] == [3, 5, 9]
 
 
 def test_trending_is_a_bonus_not_an_override() -> None:
     papers = [
-        PaperText(1, "Graph networks", "graph networks for graph data"),
-        PaperText(2, "Graph networks", "graph networks for graph data", times_seen=3),
-        PaperText(3, "Trees", "one graph here", times_seen=50),
+        PlainPaper(1, "Graph networks", "graph networks for graph data"),
+        PlainPaper(2, "Graph networks", "graph networks for graph data", times_seen=3),
+        PlainPaper(3, "Trees", "one graph here", times_seen=50),
     ]
     assert [r.paper_id for r in search("graph", papers, STATS)] == [2, 1, 3]
 
@@ -97,10 +108,10 @@ def test_fan_out_sums_interests_dedupes_and_applies_limits() -> None:
     index = InterestIndex.build(profiles, STATS)
     assert len(index.texts) == 4  # the two spellings of "federated learning" are one interest
     assert [p for p, _, _ in index.invalid] == [13]
-    result = rank_profiles(profiles, PAPERS, STATS)
+    result = rank(PAPERS, profiles, STATS)
     assert len(result[10]) == 2
     assert all(len(r.hits) == 1 for r in result[10])
-    single = {r.paper_id: r.score for r in rank_profiles([profiles[1]], PAPERS, STATS)[11]}
+    single = {r.paper_id: r.score for r in rank(PAPERS, [profiles[1]], STATS)[11]}
     plain = {r.paper_id: r.score for r in search("federated learning", PAPERS, STATS)}
     assert single == pytest.approx({k: 3 * v for k, v in plain.items()})
     assert result[12] == [] and result[13] == []
@@ -108,21 +119,19 @@ def test_fan_out_sums_interests_dedupes_and_applies_limits() -> None:
 
 def test_candidates_limit_what_a_subscriber_may_receive() -> None:
     profiles = [Profile(1, ["federated learning"]), Profile(2, ["federated learning"])]
-    result = rank_profiles(
-        profiles, PAPERS, STATS, candidates=lambda pid: {8} if pid == 1 else set()
-    )
+    result = rank(PAPERS, profiles, STATS, candidates={1: {8}, 2: set()})
     assert [r.paper_id for r in result[1]] == [8]
     assert result[2] == []
 
 
 def test_threshold_walk_agrees_with_exhaustive_sums() -> None:
     many = [
-        PaperText(i, f"paper {i}", ("alpha " * (i % 7)) + ("beta " * (i % 5)) + "gamma")
+        PlainPaper(i, f"paper {i}", ("alpha " * (i % 7)) + ("beta " * (i % 5)) + "gamma")
         for i in range(200)
     ]
-    stats = CorpusStats.from_papers((p.title, p.abstract) for p in many)
+    stats = CorpusStats.from_texts((p.title, p.abstract) for p in many)
     profile = Profile(1, ["alpha", "beta", "gamma"], max_items=5)
-    got = [(r.paper_id, r.score) for r in rank_profiles([profile], many, stats)[1]]
+    got = [(r.paper_id, r.score) for r in rank(many, [profile], stats)[1]]
     totals: dict[int, float] = {}
     for query in profile.interests:
         for r in search(query, many, stats, limit=1000):
@@ -130,3 +139,12 @@ def test_threshold_walk_agrees_with_exhaustive_sums() -> None:
     want = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
     assert [p for p, _ in got] == [p for p, _ in want]
     assert [s for _, s in got] == pytest.approx([s for _, s in want])
+
+
+def test_hits_codec_round_trips_what_is_stored() -> None:
+    hit = InterestHit("federated", 1.234567, ("Federated", "federated"), ("title",))
+    stored = json.dumps(hits_to_json([hit]))
+    assert json.loads(stored) == [
+        {"interest": "federated", "terms": ["Federated"], "fields": ["title"], "score": 1.2346}
+    ]
+    assert hits_from_json(stored) == (InterestHit("federated", 1.2346, ("Federated",), ("title",)),)

@@ -7,11 +7,14 @@ import random
 
 import pytest
 
-from digest.rank import workers as parallel
+from digest import forks
+from digest.rank import workers
+from digest.rank.index import InterestIndex
 from digest.rank.match import Compiler
 from digest.rank.query import parse_interest
-from digest.rank.ranker import CorpusStats, InterestIndex, PaperText, Profile, Ranked, rank_profiles
+from digest.rank.ranker import rank
 from digest.rank.text import DEFAULT
+from digest.rank.types import CorpusStats, PlainPaper, Profile, Ranked
 
 _VOCABULARY = (
     "graph neural network diffusion model language agent reasoning speech vision "
@@ -22,7 +25,7 @@ WORDS = _VOCABULARY.split()
 COMPOUNDS = ["self-supervised", "multi-agent", "data set", "dataset", "fine-tuning"]
 
 
-def make_papers(rng: random.Random, n: int) -> list[PaperText]:
+def make_papers(rng: random.Random, n: int) -> list[PlainPaper]:
     def text(low: int, high: int) -> str:
         words = [rng.choice(WORDS) for _ in range(rng.randint(low, high))]
         for _ in range(rng.randint(0, 2)):
@@ -33,7 +36,7 @@ def make_papers(rng: random.Random, n: int) -> list[PaperText]:
         )
 
     ids = rng.sample(range(1, 10 * n), n)  # not in order: ties must still go to the lower id
-    return [PaperText(i, text(3, 7), text(10, 40), rng.randint(1, 6)) for i in ids]
+    return [PlainPaper(i, text(3, 7), text(10, 40), rng.randint(1, 6)) for i in ids]
 
 
 def make_interests(rng: random.Random) -> list[str]:
@@ -54,7 +57,7 @@ def make_interests(rng: random.Random) -> list[str]:
 
 def reference(
     profiles: list[Profile],
-    papers: list[PaperText],
+    papers: list[PlainPaper],
     stats: CorpusStats,
     candidates: dict[int, set[int]],
 ) -> dict[int, list[tuple[int, float, list[str]]]]:
@@ -92,7 +95,7 @@ def reference(
 def test_fast_fan_out_equals_brute_force(seed: int) -> None:
     rng = random.Random(seed)
     papers = make_papers(rng, 300)
-    stats = CorpusStats.from_papers((p.title, p.abstract) for p in papers)
+    stats = CorpusStats.from_texts((p.title, p.abstract) for p in papers)
     pool = make_interests(rng)
     profiles = []
     for pid in range(200):
@@ -108,11 +111,9 @@ def test_fast_fan_out_equals_brute_force(seed: int) -> None:
     ids = [p.id for p in papers]
     candidates = {p.id: set(rng.sample(ids, 150)) for p in profiles if rng.random() < 0.4}
 
-    limited = rank_profiles(
-        profiles, papers, stats, candidates=lambda pid: candidates.get(pid, set(ids))
-    )
+    limited = rank(papers, profiles, stats, candidates=candidates)
     check(profiles, limited, reference(profiles, papers, stats, candidates))
-    everything = rank_profiles(profiles, papers, stats)
+    everything = rank(papers, profiles, stats)
     check(profiles, everything, reference(profiles, papers, stats, {}))
     for i in range(30):  # identical profiles got one shared answer
         assert everything[200 + i] == everything[i]
@@ -134,12 +135,12 @@ def check(
             assert sum(h.score for h in r.hits) == pytest.approx(r.score)
 
 
-@pytest.mark.skipif(not parallel.available(), reason="worker processes need fork")
+@pytest.mark.skipif(not forks.available(), reason="worker processes need fork")
 @pytest.mark.parametrize("seed", [4, 5])
 def test_worker_processes_give_the_same_lists(seed: int) -> None:
     rng = random.Random(seed)
     papers = make_papers(rng, 240)
-    stats = CorpusStats.from_papers((p.title, p.abstract) for p in papers)
+    stats = CorpusStats.from_texts((p.title, p.abstract) for p in papers)
     pool = make_interests(rng)
     profiles = [
         Profile(pid, rng.sample(pool, rng.randint(1, 5)), rng.randint(1, 12), rng.choice([0, 3.0]))
@@ -148,22 +149,20 @@ def test_worker_processes_give_the_same_lists(seed: int) -> None:
     profiles += [Profile(150 + p.id, p.interests, p.max_items, p.min_score) for p in profiles[:20]]
     ids = [p.id for p in papers]
     allowed = {p.id: set(rng.sample(ids, 100)) for p in profiles}
-    for candidates in (None, allowed.__getitem__):
-        alone = rank_profiles(profiles, papers, stats, candidates=candidates, processes=1)
+    for candidates in (None, allowed):
+        alone = rank(papers, profiles, stats, candidates=candidates, processes=1)
         for processes in (2, 3):
-            shared = rank_profiles(
-                profiles, papers, stats, candidates=candidates, processes=processes
-            )
+            shared = rank(papers, profiles, stats, candidates=candidates, processes=processes)
             assert shared == alone  # ids, exact scores and explanations
     assert sum(len(v) for v in alone.values()) > 300
     assert not multiprocessing.active_children()  # the workers were stopped
 
 
-@pytest.mark.skipif(not parallel.available(), reason="worker processes need fork")
+@pytest.mark.skipif(not forks.available(), reason="worker processes need fork")
 def test_worker_processes_serve_repeated_questions() -> None:
     rng = random.Random(6)
     papers = make_papers(rng, 120)
-    stats = CorpusStats.from_papers((p.title, p.abstract) for p in papers)
+    stats = CorpusStats.from_texts((p.title, p.abstract) for p in papers)
     profiles = [Profile(pid, rng.sample(make_interests(rng), 3)) for pid in range(40)]
     index = InterestIndex.build(profiles, stats)
     local = index.match(papers).ranked_many(profiles)
@@ -174,11 +173,11 @@ def test_worker_processes_serve_repeated_questions() -> None:
     assert not multiprocessing.active_children()
 
 
-@pytest.mark.skipif(not parallel.available(), reason="worker processes need fork")
+@pytest.mark.skipif(not forks.available(), reason="worker processes need fork")
 def test_a_failing_worker_raises_in_the_parent(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(7)
     papers = make_papers(rng, 40)
-    stats = CorpusStats.from_papers((p.title, p.abstract) for p in papers)
+    stats = CorpusStats.from_texts((p.title, p.abstract) for p in papers)
     index = InterestIndex.build([Profile(1, ["graph"])], stats)
 
     def broken(*args: object) -> None:
@@ -190,18 +189,18 @@ def test_a_failing_worker_raises_in_the_parent(monkeypatch: pytest.MonkeyPatch) 
     assert not multiprocessing.active_children()
 
 
-@pytest.mark.skipif(not parallel.available(), reason="worker processes need fork")
+@pytest.mark.skipif(not forks.available(), reason="worker processes need fork")
 def test_failed_explanations_leave_no_half_built_items(monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(8)
     papers = make_papers(rng, 120)
-    stats = CorpusStats.from_papers((p.title, p.abstract) for p in papers)
+    stats = CorpusStats.from_texts((p.title, p.abstract) for p in papers)
     profiles = [Profile(pid, rng.sample(make_interests(rng), 3)) for pid in range(40)]
     index = InterestIndex.build(profiles, stats)
     local = index.match(papers).ranked_many(profiles)
-    submit = parallel.Workers.submit
+    submit = workers.Workers.submit
     failures = [RuntimeError("lost")]
 
-    def flaky(self: parallel.Workers, pairs: list[tuple[int, int]]) -> object:
+    def flaky(self: workers.Workers, pairs: list[tuple[int, int]]) -> object:
         receive = submit(self, pairs)
 
         def fail_once() -> object:
@@ -212,8 +211,24 @@ def test_failed_explanations_leave_no_half_built_items(monkeypatch: pytest.Monke
 
         return fail_once
 
-    monkeypatch.setattr(parallel.Workers, "submit", flaky)
+    monkeypatch.setattr(workers.Workers, "submit", flaky)
     with index.match(papers, processes=2) as matches:
         with pytest.raises(RuntimeError, match="lost"):
             matches.ranked_many(profiles)
         assert matches.ranked_many(profiles) == local  # nothing kept from the failed call
+
+
+@pytest.mark.skipif(not forks.available(), reason="worker processes need fork")
+def test_fork_map_runs_each_share_in_a_child_and_raises_its_error() -> None:
+    items = list(range(10))
+    assert forks.fork_map(sum, items, 3) == [0 + 3 + 6 + 9, 1 + 4 + 7, 2 + 5 + 8]
+    assert forks.fork_map(sum, items, 1) == [45]
+
+    def fail(share: list[int]) -> int:
+        if 4 in share:
+            raise ValueError("share with 4")
+        return len(share)
+
+    with pytest.raises(ValueError, match="share with 4"):
+        forks.fork_map(fail, items, 2)
+    assert not multiprocessing.active_children()

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import random
 from bisect import bisect_right
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -21,7 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
-from digest.rank.ranker import CorpusStats, InterestHit, PaperText, Profile, Ranked, rank_profiles
+from digest.rank import ranker
+from digest.rank.types import CorpusStats, PlainPaper, Profile, Ranked, hits_to_json
 from digest.store.engine import db_time, ingest_sequence
 from digest.store.models import Digest, DigestItem, Paper, Subscriber
 from digest.store.subscribers import interests_of
@@ -48,7 +48,7 @@ def store_stats(conn: Connection, sample: int = STATS_SAMPLE) -> CorpusStats:
             rows.extend(conn.execute(query.where(col(Paper.id).in_(part))).all())
     else:
         rows = list(conn.execute(query).all())
-    return CorpusStats.from_papers((title, abstract) for title, abstract in rows)
+    return CorpusStats.from_texts((title, abstract) for title, abstract in rows)
 
 
 @dataclass(frozen=True)
@@ -134,50 +134,18 @@ def plan_digests(
 
     def profile(s: Subscriber) -> Profile:
         return Profile(
-            int(s.id or 0), interests_of(s), max_items=s.max_items, min_score=s.min_score
+            int(s.id or 0), tuple(interests_of(s)), max_items=s.max_items, min_score=s.min_score
         )
 
-    papers = [PaperText(r.id, r.title, r.abstract, r.times_seen) for r in rows]
+    papers = [PlainPaper(r.id, r.title, r.abstract, r.times_seen) for r in rows]
     stats = store_stats(conn)
-    # Most readers share one cutoff (the last run) and were sent none of the new papers: their
-    # candidates are simply the papers newer than it, which lets the ranker share work between
-    # them. The others (new readers, odd histories) get a candidate set each.
-    usual = Counter(cutoffs.values()).most_common(1)[0][0]
-    usual_ids = candidates_after(usual)
-    shared = [
-        s
-        for s in subscribers
-        if cutoffs[s.id] == usual and not already.get(int(s.id or 0), set()) & usual_ids
-    ]
-    shared_ids = {s.id for s in shared}
-    ranked = rank_profiles(
-        [profile(s) for s in shared], [p for p in papers if p.id in usual_ids], stats
+    # Most readers share one cutoff (the last run) and were sent none of the new papers: the
+    # rank stage shares work between readers given the same candidate set.
+    profiles = [profile(s) for s in subscribers]
+    ranked = ranker.rank(
+        papers, profiles, stats, candidates={p.id: candidates(p.id) for p in profiles}
     )
-    others = [profile(s) for s in subscribers if s.id not in shared_ids]
-    if others:
-        ranked.update(rank_profiles(others, papers, stats, candidates=candidates))
     return [Plan(s, ranked.get(int(s.id or 0), []), upto) for s in subscribers]
-
-
-def _distinct(words: Iterable[str]) -> list[str]:
-    """Each matched word once, as first written ("Federated" and "federated" are one)."""
-    seen: dict[str, str] = {}
-    for word in words:
-        seen.setdefault(word.casefold(), word)
-    return list(seen.values())
-
-
-def hits_json(hits: Iterable[InterestHit]) -> list[dict[str, Any]]:
-    """An explanation as stored and printed: interest, matched words, fields, score."""
-    return [
-        {
-            "interest": hit.interest,
-            "terms": _distinct(hit.terms),
-            "fields": list(hit.fields),
-            "score": round(hit.score, 4),
-        }
-        for hit in hits
-    ]
 
 
 def record_plans(
@@ -227,7 +195,7 @@ def record_plans(
         for rank, item in enumerate(plan.ranked, 1):
             matched = explained.get(id(item.hits))
             if matched is None:
-                matched = explained[id(item.hits)] = json.dumps(hits_json(item.hits))
+                matched = explained[id(item.hits)] = json.dumps(hits_to_json(item.hits))
             items.append(
                 {
                     "digest_id": digest_of[sub_id],

@@ -6,7 +6,7 @@ interest prefixes it carries). Each matcher returns a BM25F-style score, or
 ``None`` when the paper does not match; given a ``found`` list it also reports
 which words matched, for explanations. The ``Compiler`` also picks each
 interest's *anchor*: the rarest term (or prefix) a match cannot do without,
-which is what the index in ``digest.rank.ranker`` keys interests by.
+which is what the index in ``digest.rank.index`` keys interests by.
 """
 
 from __future__ import annotations
@@ -129,22 +129,32 @@ class Matcher(Protocol):
 class TermLeaf:
     """One term, in some fields."""
 
-    __slots__ = ("fields", "idf", "term")
+    __slots__ = ("fields", "idf", "in_abstract", "in_title", "term")
 
     def __init__(self, term: str, fields: tuple[int, ...], idf: float) -> None:
         self.term, self.fields, self.idf = term, fields, idf
+        self.in_title, self.in_abstract = 0 in fields, 1 in fields
+
+    def weighted(self, tf_title: int, tf_abstract: int, doc: Doc) -> float | None:
+        """The score of the term occurring so many times in doc's title and abstract."""
+        x = 0.0
+        if tf_title and self.in_title:
+            x += tf_title * doc.fields[0].factor
+        if tf_abstract and self.in_abstract:
+            x += tf_abstract * doc.fields[1].factor
+        return saturate(self.idf, x) if x else None
 
     def evaluate(self, doc: Doc, found: Found) -> float | None:
-        x = 0.0
-        for f in self.fields:
-            fld = doc.fields[f]
-            tf = fld.counts.get(self.term, 0)
-            if tf:
-                x += tf * fld.factor
-                if found is not None:
-                    for span in fld.occurrences(self.term):
+        term = self.term
+        title, abstract = doc.fields
+        score = self.weighted(title.counts.get(term, 0), abstract.counts.get(term, 0), doc)
+        if score is not None and found is not None:
+            for f in self.fields:
+                fld = doc.fields[f]
+                if fld.counts.get(term, 0):
+                    for span in fld.occurrences(term):
                         fld.report(f, span, found)
-        return saturate(self.idf, x) if x else None
+        return score
 
     def spans(self, doc: Doc) -> list[Span]:
         """Where the term occurs (for marking it in the text)."""

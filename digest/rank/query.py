@@ -11,7 +11,7 @@
 =========================  ==========================================
 
 Parsing is purely syntactic: words are kept as written and turned into terms by
-``digest.rank.ranker`` with the shared analyzer. A malformed expression raises
+``digest.rank.match`` with the shared analyzer. A malformed expression raises
 ``InterestError`` naming the 1-based character position of the fault, so it can
 be refused when it is saved rather than discovered at send time.
 """
@@ -298,3 +298,21 @@ def parse_interest(text: str) -> Interest:
         )
     # Spacing is folded so that the same interest typed twice is indexed once.
     return Interest(" ".join(text.split()), query, weight)
+
+
+def positive_words(text: str) -> list[str]:
+    """The words a paper must show for an interest to have a chance, exclusions left out.
+
+    Prefixes keep their ``*``; phrases give their words. Raises ``InterestError``.
+    """
+    return _words(parse_interest(text).query)
+
+
+def _words(node: Node) -> list[str]:
+    if isinstance(node, Term):
+        return [node.word + ("*" if node.prefix else "")]
+    if isinstance(node, Phrase):
+        return node.words.split()
+    if isinstance(node, AllOf | AnyOf):
+        return [word for item in node.items for word in _words(item)]
+    return []  # Without: what a paper must not show

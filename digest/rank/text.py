@@ -8,7 +8,7 @@ default because on the judged set it cost more than it gained (``modeling`` met
 
 Hyphenated compounds are indexed twice: as their parts in sequence (so
 ``self-supervised`` matches the phrase ``self supervised``) and as one joined
-term (so it matches ``selfsupervised``). The matcher in ``digest.rank.ranker`` also
+term (so it matches ``selfsupervised``). The matcher in ``digest.rank.match`` also
 joins adjacent words on the fly for the joined terms interests ask for, which
 closes the remaining case (``selfsupervised`` in an interest, ``self supervised``
 in a paper).
@@ -286,8 +286,3 @@ DEFAULT = Analyzer()
 def analyze(text: str) -> list[str]:
     """Terms of text with the default analyzer (plurals folded)."""
     return DEFAULT(text)
-
-
-def document_terms(title: str, abstract: str, analyzer: Analyzer = DEFAULT) -> set[str]:
-    """The distinct terms of a paper: what a store counts for document frequencies."""
-    return set(analyzer(title)) | set(analyzer(abstract))

@@ -15,24 +15,25 @@ the workers explain, the objects are built with the words left to fill in.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from itertools import chain, repeat
 from operator import add
-from typing import TYPE_CHECKING
 
 from digest.rank.explain import Words
 from digest.rank.match import Entry
+from digest.rank.types import (
+    SUMMED,
+    Explain,
+    InterestHit,
+    Interests,
+    Key,
+    PaperText,
+    Profile,
+    Ranked,
+)
 
-if TYPE_CHECKING:
-    from digest.rank.ranker import InterestIndex, PaperText
-
-SUMMED = -1  # an entry summed over several interests, before its group is known
 _FEW = 48  # up to this many summed papers, they are read off a bit mask
-# What subscribers with the same answer share: (interest ids, max items, min score).
-Key = tuple[tuple[int, ...], int, float]
-Explain = Callable[[Sequence[tuple[int, int]]], list[Words]]
 # Starts explaining pairs elsewhere; what it returns waits for the answer.
 Submit = Callable[[Sequence[tuple[int, int]]], Callable[[], list[Words]]]
 # Answers (``best``) for many keys at once, from elsewhere, in parts: each with its distinct
@@ -41,35 +42,6 @@ Answer = Callable[
     [list[Key], Callable[[tuple[int, ...]], int]],
     list[tuple[list[Entry], list[tuple[Key, Sequence[int]]]]],
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """A subscriber's interests and limits."""
-
-    id: int
-    interests: Sequence[str]
-    max_items: int = 20
-    min_score: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class InterestHit:
-    """Why a paper matched one interest: words as written in the paper, and where."""
-
-    interest: str
-    score: float
-    terms: tuple[str, ...]
-    fields: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Ranked:
-    """A paper chosen for someone, with its score and one hit per matching interest."""
-
-    paper_id: int
-    score: float
-    hits: tuple[InterestHit, ...]
 
 
 @contextmanager
@@ -101,8 +73,8 @@ class DayMatches:
 
     def __init__(
         self,
-        index: InterestIndex,
-        papers: list[PaperText],
+        index: Interests,
+        papers: Sequence[PaperText],
         lists: dict[int, list[Entry]],
         explain: Explain,
         close: Callable[[], None] | None = None,
@@ -181,32 +153,76 @@ class DayMatches:
         return {-neg: score for neg, score in self._table(qid).items()}
 
     def best(
-        self, qids: Sequence[int], limit: int, min_score: float, allowed: set[int] | None = None
+        self,
+        qids: Sequence[int],
+        limit: int,
+        min_score: float,
+        allowed: Collection[int] | None = None,
     ) -> list[Entry]:
         """The exact top ``limit`` entries for a set of interests, scores summed.
 
         ``allowed`` holds the paper ids that may be chosen (``None``: all).
+
+        A paper matching several of the interests gets its sum computed explicitly (bit
+        masks tell in a few machine words which interests share any paper). Any other
+        paper scores only what its one interest gives it, so it can make the top
+        ``limit`` only if it is among the first ``limit`` allowed, unsummed papers of
+        its list: the answer is a merge of the lists' heads with the summed papers.
         """
         if limit <= 0 or not qids:
             return []
-        lists = self.lists
-        # Papers matching two or more of the interests: their sum is computed explicitly.
-        # Bit masks tell in a few machine words which pairs of interests share any paper.
+        lists, ids = self.lists, self.ids
         masks = [self._mask(q) for q in qids]
         overlap = 0
         for i in range(1, len(masks)):
             for j in range(i):
                 overlap |= masks[i] & masks[j]
-        if allowed is not None:
-            chosen = self._allowed(qids, limit, min_score, allowed, masks, overlap)
-        elif overlap:
-            chosen = self._summed(qids, limit, masks, overlap)
+        tables: list[dict[int, float]] = []
+        several: set[int] = set()
+        chosen: list[Entry] = []
+        if overlap:
+            tables, several, chosen = self._sums(qids, masks, overlap)
+            if allowed is not None:
+                chosen = [entry for entry in chosen if ids[-entry[1]] in allowed]
+        for q, mask in zip(qids, masks, strict=True):
+            entries = lists.get(q)
+            if not entries:
+                continue
+            if allowed is None:
+                # The head, long enough to hold ``limit`` papers besides the summed ones.
+                chosen += (
+                    entries[: limit + (overlap & mask).bit_count()] if overlap else entries[:limit]
+                )
+                continue
+            taken = 0
+            for entry in entries:
+                if entry[0] < min_score:
+                    break
+                if entry[1] in several or ids[-entry[1]] not in allowed:
+                    continue
+                chosen.append(entry)
+                taken += 1
+                if taken == limit:
+                    break
+        if len(qids) > 1:
+            chosen.sort(reverse=True)
+        if several:
+            out: list[Entry] = []
+            for entry in chosen:
+                total, neg, code = entry
+                if code == SUMMED:
+                    # Which interests a summed paper came from is looked up only if it makes it.
+                    group = tuple(q for q, table in zip(qids, tables, strict=True) if neg in table)
+                    out.append((total, neg, self._group_code(group)))
+                elif neg in several:
+                    continue  # counted in its sum
+                else:
+                    out.append(entry)
+                if len(out) == limit:
+                    break
+            chosen = out
         else:
-            # The common case: the answer is a merge of the lists' heads.
-            chosen = [e for q in qids if q in lists for e in lists[q][:limit]]
-            if len(qids) > 1:
-                chosen.sort(reverse=True)
-                del chosen[limit:]
+            del chosen[limit:]
         while chosen and chosen[-1][0] < min_score:
             chosen.pop()
         return chosen
@@ -236,64 +252,9 @@ class DayMatches:
             totals = list(map(add, totals, map(table.get, papers, repeat(0.0))))
         return tables, several, list(zip(totals, papers, repeat(SUMMED)))
 
-    def _summed(
-        self, qids: Sequence[int], limit: int, masks: list[int], overlap: int
-    ) -> list[Entry]:
-        tables, several, chosen = self._sums(qids, masks, overlap)
-        # Any other paper scores only what its one interest gives it, so it can make the top
-        # ``limit`` only if it is among the first ``limit`` such papers of its list: within
-        # the first ``limit`` plus the number of summed papers the list holds.
-        lists = self.lists
-        for q, mask in zip(qids, masks, strict=True):
-            entries = lists.get(q)
-            if entries:
-                chosen += entries[: limit + (overlap & mask).bit_count()]
-        chosen.sort(reverse=True)
-        out: list[Entry] = []
-        for entry in chosen:
-            total, neg, code = entry
-            if code == SUMMED:
-                # Which interests a summed paper came from is looked up only if it makes it.
-                group = tuple(q for q, table in zip(qids, tables, strict=True) if neg in table)
-                out.append((total, neg, self._group_code(group)))
-            elif neg in several:
-                continue  # counted in its sum
-            else:
-                out.append(entry)
-            if len(out) == limit:
-                break
-        return out
-
-    def _allowed(
-        self,
-        qids: Sequence[int],
-        limit: int,
-        min_score: float,
-        allowed: set[int],
-        masks: list[int],
-        overlap: int,
-    ) -> list[Entry]:
-        ids, lists = self.ids, self.lists
-        tables, several, summed = self._sums(qids, masks, overlap)
-        chosen = [entry for entry in summed if ids[-entry[1]] in allowed]
-        for q in qids:
-            taken = 0
-            for entry in lists.get(q, ()):
-                if entry[0] < min_score:
-                    break
-                if entry[1] in several or ids[-entry[1]] not in allowed:
-                    continue
-                chosen.append(entry)
-                taken += 1
-                if taken == limit:
-                    break
-        chosen.sort(reverse=True)
-        del chosen[limit:]
-        for i, (total, neg, code) in enumerate(chosen):
-            if code == SUMMED:
-                group = tuple(q for q, table in zip(qids, tables, strict=True) if neg in table)
-                chosen[i] = (total, neg, self._group_code(group))
-        return chosen
+    def _covers_day(self, allowed: Collection[int]) -> bool:
+        """Whether a candidate set lets through every paper of the day."""
+        return len(allowed) >= len(self.ids) and all(pid in allowed for pid in self.ids)
 
     def hit(self, qid: int, pidx: int) -> InterestHit:
         """The explanation of one interest matching one paper."""
@@ -379,29 +340,45 @@ class DayMatches:
 
         return fill
 
-    def ranked(self, profile: Profile, allowed_ids: set[int] | None = None) -> list[Ranked]:
+    def ranked(self, profile: Profile, allowed_ids: Collection[int] | None = None) -> list[Ranked]:
         """A profile's papers, best first, each with its explanation."""
-        allowed = None if allowed_ids is None else {profile.id: allowed_ids}.__getitem__
+        allowed = None if allowed_ids is None else {profile.id: allowed_ids}
         return self.ranked_many([profile], allowed)[profile.id]
 
     def ranked_many(
         self,
         profiles: Iterable[Profile],
-        candidates: Callable[[int], set[int]] | None = None,
+        candidates: Mapping[int, Collection[int]] | None = None,
     ) -> dict[int, list[Ranked]]:
-        """Every profile's papers; ``candidates(profile id)`` limits which papers (ids)."""
+        """Every profile's papers; ``candidates[profile id]`` limits which papers (ids).
+
+        A profile without candidates, or whose candidates hold every paper of the day,
+        is not limited: such profiles share answers by interests and limits (most readers
+        share one cut-off, the last run). Profiles given the same candidate set (the same
+        object) share answers too.
+        """
         with no_collection():
             # Every answer first, then the explanations they need in one batch (one round
             # trip to the workers each, during which the items and lists are built).
             shared, best = self._shared, self.best
             plans: list[tuple[int, Key, list[Entry] | None]] = []
             missing: dict[Key, None] = {}
+            whole: dict[int, bool] = {}  # id of a candidate set → whether it is the whole day
+            limited: dict[tuple[Key, int], list[Entry]] = {}
             for profile in profiles:
                 qids = self.index.profiles.get(profile.id, ())
                 key = (qids, profile.max_items, profile.min_score)
-                if candidates is not None:
-                    plans.append((profile.id, key, best(*key, candidates(profile.id))))
-                    continue
+                allowed = None if candidates is None else candidates.get(profile.id)
+                if allowed is not None:
+                    covers = whole.get(id(allowed))
+                    if covers is None:
+                        covers = whole[id(allowed)] = self._covers_day(allowed)
+                    if not covers:
+                        entries = limited.get((key, id(allowed)))
+                        if entries is None:
+                            entries = limited[(key, id(allowed))] = best(*key, allowed)
+                        plans.append((profile.id, key, entries))
+                        continue
                 if key not in shared:
                     missing[key] = None
                 plans.append((profile.id, key, None))
@@ -427,8 +404,7 @@ class DayMatches:
                     raise
                 keys = []
             answers = [best(*key) for key in keys]
-            limited = [entries for _, _, entries in plans if entries is not None]
-            self._materialize(list(chain.from_iterable(answers + limited)))()
+            self._materialize(list(chain.from_iterable(answers + list(limited.values()))))()
             for key, entries in zip(keys, answers, strict=True):
                 shared[key] = list(map(item, entries))
             return {

@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
-import os
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from itertools import pairwise, repeat
+from itertools import repeat
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from digest import forks
 from digest.rank.explain import Words
 from digest.rank.match import Entry
-from digest.rank.topk import SUMMED, DayMatches, Explain, Key
-
-if TYPE_CHECKING:
-    from digest.rank.ranker import InterestIndex, PaperText
+from digest.rank.types import SUMMED, Answers, Explain, Key
 
 Lists = dict[int, list[Entry]]
 # Flat arrays: (interest ids, counts, scores, -paper indices) or (counts, scores, negs, codes).
@@ -42,11 +39,6 @@ Handler = Callable[[Any], Any]
 Start = Callable[[int, int], tuple[Any, Handler]]
 
 
-def available() -> bool:
-    """Whether worker processes can share the index (they need ``fork``)."""
-    return "fork" in multiprocessing.get_all_start_methods()
-
-
 # Below this many (paper, subscriber) pairs a day is ranked in-process: forking and
 # shipping the lists back cost more than a second core saves.
 PARALLEL_FROM = 10_000_000
@@ -55,15 +47,7 @@ MAX_PROCESSES = 8
 
 def processes_for(pairs: int) -> int:
     """How many worker processes a day of ``pairs`` (paper, subscriber) pairs deserves."""
-    if pairs < PARALLEL_FROM or not available():
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(cores or 1, MAX_PROCESSES))
-
-
-def slices(total: int, count: int) -> list[tuple[int, int]]:
-    """``count`` contiguous, nearly equal ranges covering ``range(total)``."""
-    return list(pairwise([total * i // count for i in range(count + 1)]))
+    return forks.processes_for(pairs, threshold=PARALLEL_FROM, cap=MAX_PROCESSES)
 
 
 def pack(lists: Lists) -> Packed:
@@ -95,11 +79,9 @@ def unpack(packed: Packed, into: Lists) -> None:
 class Share:
     """A worker's side: answers for keys once it holds every list, and explanations."""
 
-    def __init__(
-        self, index: InterestIndex, papers: list[PaperText], lists: Lists, explain: Explain
-    ) -> None:
-        self.index, self.papers, self.lists, self.explain = index, papers, lists, explain
-        self.day: DayMatches | None = None
+    def __init__(self, lists: Lists, explain: Explain, day: Callable[[Lists], Answers]) -> None:
+        self.lists, self.explain, self._make_day = lists, explain, day
+        self.day: Answers | None = None
 
     def __call__(self, request: tuple[str, Any]) -> Any:
         kind, payload = request
@@ -112,7 +94,7 @@ class Share:
                 unpack(packed, self.lists)
             for entries in self.lists.values():
                 entries.sort(reverse=True)
-            self.day = DayMatches(self.index, self.papers, self.lists, self.explain)
+            self.day = self._make_day(self.lists)
             self.day.prepare()
             return None
         keys = payload
@@ -154,7 +136,7 @@ class Workers:
 
     def __init__(self, total: int, start: Start, processes: int) -> None:
         context = multiprocessing.get_context("fork")
-        self.bounds = slices(total, processes)
+        self.bounds = forks.slices(total, processes)
         self._starts = [lo for lo, _ in self.bounds]
         self._conns: list[Connection] = []
         self._procs: list[Any] = []

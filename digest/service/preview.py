@@ -19,9 +19,10 @@ from sqlalchemy.engine import Connection
 from sqlmodel import col
 
 from digest.deliver.message import PaperView
-from digest.deliver.plan import Plan, hits_json, plan_digests, store_stats
+from digest.deliver.plan import Plan, plan_digests, store_stats
 from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
-from digest.rank.ranker import PaperText, Profile, Ranked, rank_for, search
+from digest.rank.ranker import rank, search
+from digest.rank.types import PlainPaper, Profile, Ranked, hits_to_json
 from digest.store.engine import index_papers
 from digest.store.models import Paper, Subscriber
 from digest.store.subscribers import interests_of
@@ -62,7 +63,7 @@ def _paper_rows(conn: Connection, ids: Sequence[int]) -> dict[int, Any]:
 def ranked_views(conn: Connection, ranked: Sequence[Ranked]) -> list[PaperView]:
     """Ranked papers as email views, best first."""
     rows = _paper_rows(conn, [r.paper_id for r in ranked])
-    return [paper_view(rows[r.paper_id], r.score, hits_json(r.hits)) for r in ranked]
+    return [paper_view(rows[r.paper_id], r.score, hits_to_json(r.hits)) for r in ranked]
 
 
 def ranked_json(conn: Connection, ranked: Sequence[Ranked]) -> list[dict[str, Any]]:
@@ -74,19 +75,19 @@ def ranked_json(conn: Connection, ranked: Sequence[Ranked]) -> list[dict[str, An
             "key": rows[r.paper_id].key,
             "url": rows[r.paper_id].url,
             "score": round(r.score, 4),
-            "matched": hits_json(r.hits),
+            "matched": hits_to_json(r.hits),
         }
         for r in ranked
     ]
 
 
-def _newest(conn: Connection, limit: int) -> list[PaperText]:
+def _newest(conn: Connection, limit: int) -> list[PlainPaper]:
     rows = conn.execute(
         sa.select(col(Paper.id), col(Paper.title), col(Paper.abstract), col(Paper.times_seen))
         .order_by(col(Paper.id).desc())
         .limit(limit)
     ).all()
-    return [PaperText(r.id, r.title, r.abstract, r.times_seen) for r in rows]
+    return [PlainPaper(r.id, r.title, r.abstract, r.times_seen) for r in rows]
 
 
 def preview_ranked(
@@ -96,11 +97,11 @@ def preview_ranked(
     if whole_store:
         profile = Profile(
             subscriber.id or 0,
-            interests_of(subscriber),
+            tuple(interests_of(subscriber)),
             max_items=subscriber.max_items,
             min_score=subscriber.min_score,
         )
-        return rank_for(profile, _newest(conn, WHOLE_STORE_LIMIT), store_stats(conn))
+        return rank(_newest(conn, WHOLE_STORE_LIMIT), [profile], store_stats(conn))[profile.id]
     (plan,) = plan_digests(conn, period=period, subscribers=[subscriber]) or [Plan(subscriber, ())]
     return list(plan.ranked)
 
@@ -158,7 +159,7 @@ def search_store(
                 col(Paper.id), col(Paper.title), col(Paper.abstract), col(Paper.times_seen)
             ).where(col(Paper.id).in_(ids))
         ).all()
-        papers = [PaperText(r.id, r.title, r.abstract, r.times_seen) for r in rows]
+        papers = [PlainPaper(r.id, r.title, r.abstract, r.times_seen) for r in rows]
     else:
         papers = _newest(conn, WHOLE_STORE_LIMIT)
     return search(query, papers, store_stats(conn), limit=limit)

@@ -1,0 +1,198 @@
+"""What goes into the rank stage and what comes out of it.
+
+A ``Profile`` (a reader's interests and limits) and papers (anything with the
+``PaperText`` fields, such as a store row) go in with ``CorpusStats``; each
+reader gets ``Ranked`` papers, each explained by one ``InterestHit`` per
+matching interest. Hits are stored and printed as JSON through one codec
+(``hits_to_json``, ``hits_from_json``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from digest.rank.explain import Words
+from digest.rank.match import Entry
+from digest.rank.text import DEFAULT, Analyzer
+
+__all__ = [
+    "SUMMED",
+    "Answers",
+    "CorpusStats",
+    "Explain",
+    "InterestHit",
+    "Interests",
+    "Key",
+    "PaperText",
+    "PlainPaper",
+    "Profile",
+    "Ranked",
+    "hits_from_json",
+    "hits_to_json",
+]
+
+SUMMED = -1  # an entry summed over several interests, before its group is known
+# What readers with the same answer share: (interest ids, max items, min score).
+Key = tuple[tuple[int, ...], int, float]
+# Explanations of (interest id, paper index) pairs.
+Explain = Callable[[Sequence[tuple[int, int]]], list[Words]]
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A reader's interests and limits."""
+
+    id: int
+    interests: tuple[str, ...]
+    max_items: int = 20
+    min_score: float = 0.0
+
+
+class PaperText(Protocol):
+    """A paper as the ranker sees it (a store row has these fields)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def abstract(self) -> str: ...
+    @property
+    def times_seen(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PlainPaper:
+    """A ``PaperText`` made by hand (no store row at hand)."""
+
+    id: int
+    title: str
+    abstract: str
+    times_seen: int = 1
+
+
+class Interests(Protocol):
+    """What the fan-out needs of the compiled interests."""
+
+    @property
+    def texts(self) -> Sequence[str]:
+        """Interest id → its text."""
+        ...
+
+    @property
+    def profiles(self) -> Mapping[int, tuple[int, ...]]:
+        """Profile id → its interest ids."""
+        ...
+
+
+class Answers(Protocol):
+    """A day's top-k answers, as a worker process serves them."""
+
+    @property
+    def groups(self) -> list[tuple[int, ...]]:
+        """The groups of interests named so far (summed entries refer to them)."""
+        ...
+
+    def prepare(self) -> None:
+        """Build what every answer needs now rather than on first use."""
+
+    def best(
+        self,
+        qids: Sequence[int],
+        limit: int,
+        min_score: float,
+        allowed: Collection[int] | None = None,
+    ) -> list[Entry]:
+        """The exact top ``limit`` entries for a set of interests, scores summed."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class InterestHit:
+    """Why a paper matched one interest: words as written in the paper, and where."""
+
+    interest: str
+    score: float
+    terms: tuple[str, ...]
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """A paper chosen for someone, with its score and one hit per matching interest."""
+
+    paper_id: int
+    score: float
+    hits: tuple[InterestHit, ...]
+
+
+@dataclass(frozen=True)
+class CorpusStats:
+    """Store-wide term statistics: document count, mean field lengths, document frequencies."""
+
+    documents: int
+    avg_title_len: float
+    avg_abstract_len: float
+    frequencies: Mapping[str, int] = field(default_factory=dict)
+
+    def doc_freq(self, term: str) -> int:
+        """Number of documents containing term."""
+        return self.frequencies.get(term, 0)
+
+    @classmethod
+    def from_texts(
+        cls, papers: Iterable[tuple[str, str]], analyzer: Analyzer = DEFAULT
+    ) -> CorpusStats:
+        """Statistics of (title, abstract) pairs, counted the way the matcher sees them."""
+        counts: dict[str, int] = {}
+        documents = title_len = abstract_len = 0
+        for title, abstract in papers:
+            title_pos, abstract_pos = analyzer.positions(title), analyzer.positions(abstract)
+            documents += 1
+            title_len += len(title_pos.terms)
+            abstract_len += len(abstract_pos.terms)
+            terms = set(title_pos.terms) | set(abstract_pos.terms)
+            terms.update(joined for _, _, joined in title_pos.compounds)
+            terms.update(joined for _, _, joined in abstract_pos.compounds)
+            for term in terms:
+                counts[term] = counts.get(term, 0) + 1
+        n = max(documents, 1)
+        return cls(documents, title_len / n, abstract_len / n, counts)
+
+
+def _distinct(words: Iterable[str]) -> list[str]:
+    """Each matched word once, as first written ("Federated" and "federated" are one)."""
+    seen: dict[str, str] = {}
+    for word in words:
+        seen.setdefault(word.casefold(), word)
+    return list(seen.values())
+
+
+def hits_to_json(hits: Iterable[InterestHit]) -> list[dict[str, Any]]:
+    """An explanation as stored and printed: interest, matched words, fields, score."""
+    return [
+        {
+            "interest": hit.interest,
+            "terms": _distinct(hit.terms),
+            "fields": list(hit.fields),
+            "score": round(hit.score, 4),
+        }
+        for hit in hits
+    ]
+
+
+def hits_from_json(data: str | Sequence[Mapping[str, Any]]) -> tuple[InterestHit, ...]:
+    """Hits back from what ``hits_to_json`` made (parsed, or as the stored JSON text)."""
+    rows = json.loads(data) if isinstance(data, str) else data
+    return tuple(
+        InterestHit(
+            str(row["interest"]),
+            float(row.get("score", 0.0)),
+            tuple(row.get("terms", ())),
+            tuple(row.get("fields", ())),
+        )
+        for row in rows
+    )
