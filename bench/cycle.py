@@ -33,7 +33,7 @@ from match import (  # bench/match.py
     subscribers,
 )
 
-from digest.deliver.plan import plan_digests, record_plans
+from digest.deliver.plan import plan_owed, record_plans
 from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
 from digest.service.cycle import links_of, send_outbox
@@ -132,7 +132,7 @@ def main() -> None:
     dumps = ingest_inbox(engine, settings.inbox, clock=clock)
     t = timed("ingest the daily dump (with search index)", t)
     with engine.begin() as conn:
-        plans = plan_digests(conn, period=period)
+        plans = plan_owed(conn, period=period)
         t = timed("rank every subscriber (plan)", t)
         counts = record_plans(
             conn, plans, period=period, now=clock(), key=settings.signing_key(),

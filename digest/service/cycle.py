@@ -22,27 +22,25 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from digest.deliver.message import MessageBuilder, Sender
-from digest.deliver.plan import message_id, period_of, plan_digests, record_plans
+from digest.deliver.plan import message_id, period_of, plan_owed, record_plans
 from digest.deliver.send import (
     Delivered,
     deliver,
     load_outbox,
-    outbox_counts,
-    pending_reason,
     record_transport,
-    withdraw_unwanted,
 )
 from digest.deliver.transports import Transport, open_transport, transport_label
-from digest.deliver.views import Links
+from digest.deliver.views import Links, ranked_views
 from digest.errors import StoreError
 from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
-from digest.service.preview import ranked_views
 from digest.settings import Settings
 from digest.store.engine import db_time, index_papers, reading, transaction, transaction_if_free
 from digest.store.models import Run
+from digest.store.outbox import counts as outbox_counts
+from digest.store.outbox import pending_reason, withdraw_unwanted
 from digest.store.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
 
 log = logging.getLogger("digest.run")
@@ -228,7 +226,7 @@ def run_cycle(
             with transaction(engine) as conn:
                 conn.execute(sa.select(1))  # the write lock first: no ingest commits under us
                 composed_at = clock()  # "new" goes by ingest sequence, not by this
-                plans = plan_digests(conn, period=period)
+                plans = plan_owed(conn, period=period)
                 report.composed = record_plans(
                     conn,
                     plans,
@@ -315,7 +313,7 @@ def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime)
     links = links_of(settings)
     builder = MessageBuilder(sender_of(settings))
     with reading(engine) as conn:
-        plans = plan_digests(conn, period=period)
+        plans = plan_owed(conn, period=period)
         for plan in plans:
             sub = plan.subscriber
             if not plan.ranked and not sub.send_empty:
