@@ -38,8 +38,9 @@ from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
 from digest.service.cycle import links_of, send_outbox
 from digest.settings import load_settings
-from digest.store.engine import index_papers, ingest_sequence, open_store, transaction
+from digest.store.engine import ingest_sequence, open_store, transaction
 from digest.store.models import Subscriber
+from digest.store.papers import index_papers
 
 
 class CountingTransport:

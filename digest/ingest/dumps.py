@@ -31,10 +31,12 @@ from sqlmodel import col
 
 from digest.errors import DigestError, ListingError, ListingUnreadable, StoreCorrupt
 from digest.files import write_private
+from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
 from digest.ingest.readers import display_path, open_listing, read_listing
-from digest.store.engine import db_time, index_papers, reading, transaction, upsert_entries
+from digest.store.engine import db_time, reading, transaction
 from digest.store.models import Dump
+from digest.store.papers import index_papers
 
 Progress = Callable[[str, int], None]  # (path, entries so far)
 PROGRESS_EVERY = 20_000

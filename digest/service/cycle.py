@@ -37,10 +37,11 @@ from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
 from digest.settings import Settings
-from digest.store.engine import db_time, index_papers, reading, transaction, transaction_if_free
+from digest.store.engine import db_time, reading, transaction, transaction_if_free
 from digest.store.models import Run
 from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason, withdraw_unwanted
+from digest.store.papers import index_papers
 from digest.store.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
 
 log = logging.getLogger("digest.run")

@@ -19,8 +19,8 @@ from digest.deliver.plan import Plan, plan_owed, store_stats
 from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
 from digest.rank.ranker import PaperText, Profile, Ranked, rank_for, search
 from digest.store import papers
-from digest.store.engine import index_papers
 from digest.store.models import Subscriber
+from digest.store.papers import index_papers
 from digest.store.subscribers import interests_of
 
 WHOLE_STORE_LIMIT = 20_000  # newest papers ranked by ``preview --all`` and searches without FTS

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -15,6 +15,7 @@ from digest.store.models import Paper
 
 _PAPER = Paper.__table__  # type: ignore[attr-defined]
 PARAMETERS = 900  # ids per ``IN (...)``: under every backend's bound-parameter cap
+INDEX_BATCH = 50_000  # papers added to the search index between two progress reports
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,3 +129,146 @@ def has_any(conn: Connection) -> bool:
 def counts(conn: Connection) -> int:
     """How many papers the store holds."""
     return int(conn.execute(sa.select(sa.func.count()).select_from(_PAPER)).scalar_one())
+
+
+# The paper write side, for the seen-papers diff: plain row dicts in and out.
+_LOOKUP_COLUMNS = (
+    "id",
+    "key",
+    "first_key",
+    "title_key",
+    "arxiv_id",
+    "title",
+    "abstract",
+    "authors",
+    "url",
+    "listing_date",
+    "last_seen",
+)
+_LOOKUP = sa.select(*(_PAPER.c[name] for name in _LOOKUP_COLUMNS))
+_INSERT = sa.insert(_PAPER)
+_UPDATE = (
+    sa.update(_PAPER)
+    .where(_PAPER.c.id == sa.bindparam("_id"))
+    .values(
+        key=sa.bindparam("_key"),
+        first_key=sa.bindparam("_first_key"),
+        arxiv_id=sa.bindparam("_arxiv_id"),
+        title=sa.bindparam("_title"),
+        abstract=sa.bindparam("_abstract"),
+        authors=sa.bindparam("_authors"),
+        url=sa.bindparam("_url"),
+        listing_date=sa.bindparam("_listing_date"),
+        last_seen=sa.bindparam("_last_seen"),
+        times_seen=_PAPER.c.times_seen + sa.bindparam("_bump"),
+    )
+)
+
+
+def lookup(conn: Connection, column: str, values: list[str]) -> list[dict[str, Any]]:
+    """Existing papers whose ``column`` is one of ``values``, as row dicts."""
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(values), PARAMETERS):
+        part = values[start : start + PARAMETERS]
+        result = conn.execute(_LOOKUP.where(_PAPER.c[column].in_(part)))
+        rows.extend(dict(row._mapping) for row in result)
+    return rows
+
+
+def update_papers(conn: Connection, rows: Sequence[dict[str, Any]], now: datetime) -> None:
+    """Write back papers seen again at ``now``; each row's ``times_seen`` is what to add."""
+    conn.execute(
+        _UPDATE,
+        [
+            {
+                "_id": u["id"],
+                "_key": u["key"],
+                "_first_key": u["first_key"],
+                "_arxiv_id": u["arxiv_id"],
+                "_title": u["title"],
+                "_abstract": u["abstract"],
+                "_authors": u["authors"],
+                "_url": u["url"],
+                "_listing_date": u["listing_date"],
+                "_last_seen": now,
+                "_bump": u["times_seen"],
+            }
+            for u in rows
+        ],
+    )
+
+
+_INSERT_COLUMNS = (
+    "key", "title_key", "arxiv_id", "title", "abstract", "authors", "url", "listing_date",
+    "first_seen", "last_seen", "times_seen", "seq",
+)  # fmt: skip
+_RAW_INSERT = (
+    f"INSERT INTO paper ({', '.join(_INSERT_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
+)
+
+
+def insert_papers(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert new papers; on SQLite straight through the driver (a back-fill's hot path).
+
+    SQLAlchemy's per-row parameter processing costs more than SQLite's insert itself,
+    so on SQLite the stored forms of the times and dates are made here, once per value,
+    with the dialect's own processors, and the rows go to ``executemany`` as tuples.
+    """
+    dialect = conn.dialect
+    if dialect.name != "sqlite":
+        conn.execute(_INSERT, rows)
+        return
+    stamp = _PAPER.c.first_seen.type.dialect_impl(dialect).bind_processor(dialect)
+    day = _PAPER.c.listing_date.type.dialect_impl(dialect).bind_processor(dialect)
+    times: dict[Any, Any] = {}
+    days: dict[Any, Any] = {None: None}
+    tuples = []
+    for row in rows:
+        seen = row["first_seen"]
+        if seen not in times:
+            times[seen] = stamp(seen) if stamp else seen
+        listed = row["listing_date"]
+        if listed not in days:
+            days[listed] = day(listed) if day else listed
+        tuples.append(
+            (row["key"], row["title_key"], row["arxiv_id"], row["title"], row["abstract"],
+             row["authors"], row["url"], days[listed], times[seen], times[row["last_seen"]], 1,
+             row["seq"])
+        )  # fmt: skip
+    conn.exec_driver_sql(_RAW_INSERT, tuples)
+
+
+def has_title_only_papers(conn: Connection) -> bool:
+    """Whether any paper is known by its title alone (a range probe of the key index)."""
+    found = conn.execute(
+        sa.select(_PAPER.c.id).where(_PAPER.c.key >= "title:", _PAPER.c.key < "title;").limit(1)
+    ).first()
+    return found is not None
+
+
+def index_papers(conn: Connection, progress: Callable[[str, int], None] | None = None) -> int:
+    """Bring the SQLite search index up to the newest paper; returns how many were added.
+
+    After a back-fill that deferred it this takes seconds: ``progress`` is told the count
+    so far, in steps of ``INDEX_BATCH`` papers.
+    """
+    if conn.dialect.name != "sqlite":
+        return 0
+    upto = conn.exec_driver_sql("SELECT indexed_upto FROM search_state").scalar() or 0
+    newest = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM paper").scalar() or 0
+    if newest <= upto:
+        return 0
+    added = 0
+    for start in range(upto, newest, INDEX_BATCH):
+        if progress is not None:
+            progress("building the search index", added)
+        added += conn.exec_driver_sql(
+            "INSERT INTO paper_fts(rowid, title, abstract)"
+            " SELECT id, title, abstract FROM paper WHERE id > ? AND id <= ? ORDER BY id",
+            (start, min(start + INDEX_BATCH, newest)),
+        ).rowcount
+    if progress is not None:
+        progress("building the search index", added)
+    conn.exec_driver_sql("UPDATE search_state SET indexed_upto = ?", (newest,))
+    return int(newest - upto)
