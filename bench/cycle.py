@@ -36,7 +36,7 @@ from match import (  # bench/match.py
 from digest.deliver.plan import plan_owed, record_plans
 from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
-from digest.service.cycle import links_of, send_outbox
+from digest.service.cycle import deliver_outbox, links_of
 from digest.settings import load_settings
 from digest.store.engine import ingest_sequence, open_store, transaction
 from digest.store.models import Subscriber
@@ -141,7 +141,7 @@ def main() -> None:
         )  # fmt: skip
     t = timed("record the outbox", t)
     transport = CountingTransport()
-    delivered = asyncio.run(send_outbox(settings, engine, transport, clock=clock, stop=None))
+    delivered = asyncio.run(deliver_outbox(settings, engine, transport, clock=clock, stop=None))
     t = timed("load, render and hand over every message", t)
     feeds = publish_feeds(
         settings, engine, links_of(settings), now=clock(), changed=delivered.sent_to

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 
 from digest.deliver.message import DigestView, MessageBuilder, PaperView, prepare
-from digest.deliver.transports import AddressError, TransportError
+from digest.deliver.transports import AddressError, Transport, TransportError
 from digest.deliver.views import Links, paper_view
 from digest.errors import DeliveryError
 from digest.store import outbox
@@ -181,6 +181,49 @@ async def deliver(
     workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
     await asyncio.gather(*workers)
     return result
+
+
+async def send_outbox(
+    engine: Engine,
+    transport: Transport | None,
+    builder: MessageBuilder,
+    links: Links,
+    *,
+    open_transport: Callable[[], Transport],
+    sender_addr: str,
+    concurrency: int,
+    clock: Callable[[], datetime],
+    stop: threading.Event | None,
+    batch: int,
+) -> Delivered:
+    """Send the whole outbox, ``batch`` digests at a time (memory stays flat), over one
+    transport (its connections are reused throughout): ``transport``, or one opened (and
+    closed) here only when something is to be sent."""
+    total = Delivered(withdrawn=outbox.withdraw_unwanted(engine))
+    after = 0
+    active: Transport | None = None
+    try:
+        while waiting := load_outbox(engine, links, after=after, limit=batch):
+            after = waiting[-1].digest_id
+            if active is None:
+                active = open_transport() if transport is None else transport
+            part = await deliver(
+                engine,
+                waiting,
+                builder,
+                active,
+                sender_addr=sender_addr,
+                clock=clock,
+                concurrency=concurrency,
+                stop=stop,
+            )
+            total.add(part)
+            if part.stopped or part.gave_up:
+                break
+    finally:
+        if active is not None and transport is None:
+            await active.close()
+    return total
 
 
 def _set_aside(engine: Engine, item: Outgoing, reason: str, result: Delivered) -> None:

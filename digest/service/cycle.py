@@ -25,9 +25,8 @@ from digest.deliver.message import MessageBuilder, Sender
 from digest.deliver.plan import message_id, period_of, plan_owed, record_plans
 from digest.deliver.send import (
     Delivered,
-    deliver,
-    load_outbox,
     record_transport,
+    send_outbox,
 )
 from digest.deliver.transports import Transport, open_transport, transport_label
 from digest.deliver.views import Links, ranked_views
@@ -40,7 +39,7 @@ from digest.settings import Settings
 from digest.store.engine import db_time, reading, transaction, transaction_if_free
 from digest.store.models import Run
 from digest.store.outbox import counts as outbox_counts
-from digest.store.outbox import pending_reason, withdraw_unwanted
+from digest.store.outbox import pending_reason
 from digest.store.papers import index_papers
 from digest.store.subscribers import SubscriberSpec, list_subscribers, upsert_subscriber
 
@@ -239,7 +238,7 @@ def run_cycle(
                 )
             log.info("composed", extra={"composed": report.composed})
             report.delivered = asyncio.run(
-                send_outbox(settings, engine, transport, clock=clock, stop=stop)
+                deliver_outbox(settings, engine, transport, clock=clock, stop=stop)
             )
             log.info(
                 "delivered",
@@ -268,7 +267,7 @@ def _why_pending(delivered: Delivered) -> str | None:
     return None
 
 
-async def send_outbox(
+async def deliver_outbox(
     settings: Settings,
     engine: Engine,
     transport: Transport | None,
@@ -276,34 +275,19 @@ async def send_outbox(
     clock: Callable[[], datetime],
     stop: threading.Event | None,
 ) -> Delivered:
-    """Send the whole outbox, a batch of digests at a time (memory stays flat), over one
-    transport (its connections are reused throughout)."""
-    builder = MessageBuilder(sender_of(settings))
-    links = links_of(settings)
-    total = Delivered(withdrawn=withdraw_unwanted(engine))
-    after = 0
-    active: Transport | None = None
-    try:
-        while batch := load_outbox(engine, links, after=after, limit=OUTBOX_BATCH):
-            after = batch[-1].digest_id
-            if active is None:
-                active = transport_of(settings) if transport is None else transport
-            part = await deliver(
-                engine,
-                batch,
-                builder,
-                active,
-                sender_addr=sender_of(settings).from_addr,
-                clock=clock,
-                concurrency=settings.smtp_connections,
-                stop=stop,
-            )
-            total.add(part)
-            if part.stopped or part.gave_up:
-                break
-    finally:
-        if active is not None and transport is None:
-            await active.close()
+    """Send the whole outbox over the configured transport and remember how it fared."""
+    total = await send_outbox(
+        engine,
+        transport,
+        MessageBuilder(sender_of(settings)),
+        links_of(settings),
+        open_transport=lambda: transport_of(settings),
+        sender_addr=sender_of(settings).from_addr,
+        concurrency=settings.smtp_connections,
+        clock=clock,
+        stop=stop,
+        batch=OUTBOX_BATCH,
+    )
     record_transport(engine, transport_label(settings.mail_transport), total, clock())
     return total
 
