@@ -193,6 +193,11 @@ def transaction_if_free(engine: Engine) -> Iterator[Connection]:
             conn.commit()
 
 
+def write_lock(conn: Connection) -> None:
+    """Take the write lock now (SQLite's ``BEGIN IMMEDIATE`` runs on the first statement)."""
+    conn.execute(sa.select(1))
+
+
 def db_time(moment: datetime) -> datetime:
     """The form times are stored and compared in: aware UTC."""
     if moment.tzinfo is None:
