@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import col
 
 from digest.deliver.message import MessageBuilder, Sender
 from digest.deliver.plan import message_id, period_of, plan_owed, record_plans
@@ -30,14 +28,13 @@ from digest.deliver.send import (
 )
 from digest.deliver.transports import Transport, open_transport, transport_label
 from digest.deliver.views import Links, ranked_views
-from digest.errors import StoreError
 from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
 from digest.settings import Settings
-from digest.store.engine import db_time, reading, transaction, transaction_if_free
-from digest.store.models import Run
+from digest.store import runs
+from digest.store.engine import reading, transaction, write_lock
 from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason
 from digest.store.papers import index_papers
@@ -107,58 +104,24 @@ class RunReport:
         return data
 
 
-INTERRUPTED = "interrupted: its process ended without finishing the run"
-
-
 def interrupt_dead_runs(engine: Engine, run_ids: Sequence[int] | None = None) -> int:
-    """Mark runs still ``running`` whose process is gone (killed) as ``interrupted``.
-
-    Only for a caller that knows no run is going on: one holding the run lock (all such
-    runs, ``run_ids`` None), or ``status`` having seen the lock free after reading
-    ``run_ids`` (then the write never waits: it is skipped while someone else writes).
-    Returns how many were marked.
-    """
-    query = sa.update(Run).where(col(Run.status) == "running")
-    if run_ids is not None:
-        if not run_ids:
-            return 0
-        query = query.where(col(Run.id).in_(run_ids))
-    query = query.values(status="interrupted", error=INTERRUPTED)
-    if run_ids is None:
-        with transaction(engine) as conn:
-            return int(conn.execute(query).rowcount or 0)
-    try:
-        with transaction_if_free(engine) as conn:
-            return int(conn.execute(query).rowcount or 0)
-    except StoreError:
-        return 0  # busy: the next status or run marks them
+    """Mark runs still ``running`` whose process is gone as ``interrupted`` (see
+    ``runs.interrupt_dead``); returns how many were marked."""
+    return runs.interrupt_dead(engine, run_ids)
 
 
 def _start_run(engine: Engine, period: date, now: datetime) -> int:
     interrupt_dead_runs(engine)  # we hold the run lock: any run still "running" died
-    with transaction(engine) as conn:
-        return int(
-            conn.execute(
-                sa.insert(Run).values(kind="run", period=period, started_at=db_time(now))
-            ).inserted_primary_key[0]  # type: ignore[index]
-        )
+    return runs.start(engine, period=period, now=now)
 
 
 def _finish_run(
     engine: Engine, run_id: int, report: RunReport, now: datetime, error: str | None
 ) -> None:
     status = "failed" if error else ("stopped" if report.delivered.stopped else "ok")
-    with transaction(engine) as conn:
-        conn.execute(
-            sa.update(Run)
-            .where(col(Run.id) == run_id)
-            .values(
-                finished_at=db_time(now),
-                status=status,
-                figures=json.dumps(report.figures()),
-                error=error,
-            )
-        )
+    runs.finish(
+        engine, run_id, status=status, figures=json.dumps(report.figures()), error=error, now=now
+    )
 
 
 def sender_of(settings: Settings) -> Sender:
@@ -224,7 +187,7 @@ def run_cycle(
                 index_papers(conn)
             key = settings.signing_key()
             with transaction(engine) as conn:
-                conn.execute(sa.select(1))  # the write lock first: no ingest commits under us
+                write_lock(conn)  # the write lock first: no ingest commits under us
                 composed_at = clock()  # "new" goes by ingest sequence, not by this
                 plans = plan_owed(conn, period=period)
                 report.composed = record_plans(
@@ -341,12 +304,7 @@ def ensure_sample_subscribers(settings: Settings, engine: Engine, *, now: dateti
 
 def last_run_period(engine: Engine) -> date | None:
     """The period of the newest run that finished well (for the scheduler's catch-up)."""
-    with reading(engine) as conn:
-        value = conn.execute(
-            sa.select(sa.func.max(col(Run.period))).where(col(Run.status) == "ok")
-        ).scalar()
-        conn.rollback()
-    return value if isinstance(value, date) else None
+    return runs.last_ok_period(engine)
 
 
 def poll_once(

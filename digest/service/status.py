@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from digest.deliver.transports import transport_label
-from digest.service.cycle import INTERRUPTED, interrupt_dead_runs
+from digest.service.cycle import interrupt_dead_runs
 from digest.service.runlock import lock_holder, uses_advisory_lock
 from digest.service.scheduler import crontab_trigger
 from digest.settings import Settings, link_warnings
@@ -19,6 +19,7 @@ from digest.store.engine import reading
 from digest.store.models import Digest, Dump, Paper, Run, SourceState, Subscriber
 from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason, transport_state
+from digest.store.runs import INTERRUPTED
 from digest.store.subscribers import count_by_status
 
 RECENT_RUNS = 5
