@@ -411,3 +411,16 @@ def transport_state(engine: Engine, label: str) -> dict[str, Any] | None:
         row = conn.execute(sa.select(_TRANSPORT).where(_TRANSPORT.c.transport == label)).first()
         conn.rollback()
     return None if row is None else dict(row._mapping)
+
+
+def recent_failures(conn: Connection, since: datetime, limit: int = 20) -> list[Any]:
+    """Digests failed since ``since``, newest first: (period, email, last_error)."""
+    return list(
+        conn.execute(
+            sa.select(col(Digest.period), col(Subscriber.email), col(Digest.last_error))
+            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+            .where(col(Digest.status) == "failed", col(Digest.created_at) >= since)
+            .order_by(col(Digest.id).desc())
+            .limit(limit)
+        ).all()
+    )

@@ -126,9 +126,15 @@ def has_any(conn: Connection) -> bool:
     return conn.execute(sa.select(_PAPER.c.id).limit(1)).first() is not None
 
 
-def counts(conn: Connection) -> int:
-    """How many papers the store holds."""
-    return int(conn.execute(sa.select(sa.func.count()).select_from(_PAPER)).scalar_one())
+def counts(conn: Connection, since: datetime) -> tuple[int, int, datetime | None]:
+    """How many papers the store holds, how many were first seen since ``since``, and when
+    the newest was."""
+    total = conn.execute(sa.select(sa.func.count()).select_from(_PAPER)).scalar_one()
+    newest_seen = conn.execute(sa.select(sa.func.max(_PAPER.c.first_seen))).scalar()
+    recent = conn.execute(
+        sa.select(sa.func.count()).select_from(_PAPER).where(_PAPER.c.first_seen >= since)
+    ).scalar_one()
+    return int(total), int(recent), newest_seen
 
 
 # The paper write side, for the seen-papers diff: plain row dicts in and out.

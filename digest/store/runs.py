@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import date, datetime
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
 from digest.errors import StoreError
@@ -70,3 +71,14 @@ def last_ok_period(engine: Engine) -> date | None:
         ).scalar()
         conn.rollback()
     return value if isinstance(value, date) else None
+
+
+def recent(conn: Connection, limit: int) -> list[Any]:
+    """The newest ``limit`` runs, newest first."""
+    return list(conn.execute(sa.select(Run).order_by(col(Run.id).desc()).limit(limit)).all())
+
+
+def unfinished(conn: Connection) -> list[int]:
+    """The ids of the runs still marked ``running``."""
+    query = sa.select(col(Run.id)).where(col(Run.status) == "running")
+    return [run_id for run_id in conn.execute(query).scalars() if run_id is not None]

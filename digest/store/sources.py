@@ -88,3 +88,21 @@ def save_source_state(engine: Engine, url: str, values: dict[str, Any], *, known
             conn.execute(sa.update(_SOURCE).where(_SOURCE.c.url == url).values(**values))
         else:
             conn.execute(sa.insert(_SOURCE).values(url=url, **values))
+
+
+def recent_dumps(conn: Connection, limit: int) -> list[Any]:
+    """The newest ``limit`` dumps ingested: name, layout, when, entries and new papers."""
+    return list(
+        conn.execute(
+            sa.select(
+                _DUMP.c.name, _DUMP.c.layout, _DUMP.c.ingested_at, _DUMP.c.entries, _DUMP.c.new
+            )
+            .order_by(_DUMP.c.id.desc())
+            .limit(limit)
+        ).all()
+    )
+
+
+def all_states(conn: Connection) -> list[Any]:
+    """What is known of every fetched source, by URL."""
+    return list(conn.execute(sa.select(_SOURCE).order_by(_SOURCE.c.url)).all())
