@@ -33,12 +33,13 @@ from match import (  # bench/match.py
     subscribers,
 )
 
-from digest.deliver.plan import plan_digests, record_plans
+from digest.deliver.plan import plan_owed, record_plans
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
-from digest.service.cycle import publish_site_feeds, send_outbox
+from digest.service.cycle import deliver_outbox, publish_site_feeds
 from digest.settings import load_settings
-from digest.store.engine import index_papers, ingest_sequence, open_store, transaction
+from digest.store.engine import ingest_sequence, open_store, transaction
 from digest.store.models import Subscriber
+from digest.store.papers import index_papers
 
 
 class CountingTransport:
@@ -131,7 +132,7 @@ def main() -> None:
     dumps = ingest_inbox(engine, settings.inbox, clock=clock)
     t = timed("ingest the daily dump (with search index)", t)
     with engine.begin() as conn:
-        plans = plan_digests(conn, period=period)
+        plans = plan_owed(conn, period=period)
         t = timed("rank every subscriber (plan)", t)
         counts = record_plans(
             conn, plans, period=period, now=clock(), key=settings.signing_key(),
@@ -139,7 +140,7 @@ def main() -> None:
         )  # fmt: skip
     t = timed("record the outbox", t)
     transport = CountingTransport()
-    delivered = asyncio.run(send_outbox(settings, engine, transport, clock=clock, stop=None))
+    delivered = asyncio.run(deliver_outbox(settings, engine, transport, clock=clock, stop=None))
     t = timed("load, render and hand over every message", t)
     feeds = publish_site_feeds(settings, engine, now=clock(), changed=delivered.sent_to)
     timed("feeds (global + private of those sent)", t)

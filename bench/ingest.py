@@ -22,7 +22,8 @@ from pathlib import Path
 
 from digest.ingest.dumps import Clock, ingest_file
 from digest.ingest.identity import paper_keys
-from digest.store.engine import index_papers, open_store, transaction
+from digest.store.engine import open_store, transaction
+from digest.store.papers import index_papers
 
 WORDS = [
     "learning",

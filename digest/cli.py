@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from digest import __version__
 from digest.clock import period_of
 from digest.deliver.message import MessageBuilder
+from digest.deliver.views import ranked_json, ranked_views
 from digest.errors import AlreadyRunning, DigestError, UsageError, WriteError
 from digest.files import write_private
 from digest.ingest.dumps import Clock, DumpResult, ingest_inbox, ingest_paths
@@ -38,13 +39,7 @@ from digest.service.cycle import (
     run_lines,
     sender_of,
 )
-from digest.service.preview import (
-    has_papers,
-    preview_ranked,
-    ranked_json,
-    ranked_views,
-    search_store,
-)
+from digest.service.preview import has_papers, preview_ranked, search_store
 from digest.service.runlock import hold_run_lock
 from digest.service.scheduler import serve
 from digest.service.status import collect_status, status_lines

@@ -284,7 +284,7 @@ def test_plans_equal_ranking_every_reader_with_their_own_candidates(
     settings: Settings, store: Engine, dump_a: Path
 ) -> None:
     """The shared fast path (readers with the usual cutoff) picks what the slow path picks."""
-    from digest.deliver.plan import plan_digests, store_stats
+    from digest.deliver.plan import plan_owed, store_stats
     from digest.ingest.dumps import ingest_inbox
     from digest.rank.ranker import rank
     from digest.rank.types import PlainPaper, Profile
@@ -296,7 +296,7 @@ def test_plans_equal_ranking_every_reader_with_their_own_candidates(
     shutil.copy(dump_a, settings.inbox / "trending.txt")
     ingest_inbox(store, settings.inbox, clock=clock)  # dump A, after the late reader joined
     with store.connect() as conn:
-        plans = plan_digests(conn, period=DAY)
+        plans = plan_owed(conn, period=DAY)
         rows = conn.execute(
             sa.text("SELECT id, title, abstract, times_seen, first_seen FROM paper")
         ).all()

@@ -6,13 +6,13 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
+from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
 from digest.store.engine import (
     ingest_sequence,
     make_engine,
     open_store,
     transaction,
-    upsert_entries,
 )
 from digest.store.migrations import MIGRATIONS, SCHEMA_VERSION, current_version
 

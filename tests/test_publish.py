@@ -13,11 +13,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from digest.deliver.transports import RecordingTransport
+from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
 from digest.service.cycle import run_cycle
 from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
 from digest.settings import Settings, load_settings
-from digest.store.engine import open_store, transaction, upsert_entries
+from digest.store.engine import open_store, transaction
 from digest.store.migrations import MIGRATIONS
 from tests.test_cycle import ticking
 

@@ -14,9 +14,11 @@ from sqlmodel import SQLModel
 
 import digest.store.models  # noqa: F401  (registers the tables)
 from digest.errors import StoreError
+from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
-from digest.store.engine import index_papers, open_store, transaction, upsert_entries
+from digest.store.engine import open_store, transaction
 from digest.store.migrations import SCHEMA_VERSION, current_version
+from digest.store.papers import index_papers
 
 T0 = datetime(2026, 3, 11, 7, 0, tzinfo=UTC)
 

@@ -24,17 +24,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-from sqlmodel import col
+from sqlalchemy.engine import Connection, Engine
 
 from digest.deliver.message import DigestView, MessageBuilder, PaperView, prepare
-from digest.deliver.transports import AddressError, TransportError
-from digest.deliver.views import Links
+from digest.deliver.transports import AddressError, Transport, TransportError
+from digest.deliver.views import Links, paper_view
 from digest.errors import DeliveryError
-from digest.service.preview import paper_view
-from digest.store.engine import db_time, reading, transaction
-from digest.store.models import Digest, DigestItem, Paper, Subscriber, TransportState
+from digest.store import outbox
+from digest.store.engine import reading
 
 log = logging.getLogger("digest.deliver")
 
@@ -85,30 +82,12 @@ class Delivered:
         self.last_error = other.last_error or self.last_error
 
 
-def paper_views(conn: sa.Connection, digest_ids: Sequence[int]) -> dict[int, list[PaperView]]:
+def paper_views(conn: Connection, digest_ids: Sequence[int]) -> dict[int, list[PaperView]]:
     """The papers of each digest, in rank order, as the email shows them."""
-    views: dict[int, list[PaperView]] = {d: [] for d in digest_ids}
-    if not digest_ids:
-        return views
-    rows = conn.execute(
-        sa.select(
-            col(DigestItem.digest_id),
-            col(DigestItem.score),
-            col(DigestItem.matched),
-            col(Paper.key),
-            col(Paper.title),
-            col(Paper.abstract),
-            col(Paper.url),
-            col(Paper.arxiv_id),
-            col(Paper.authors),
-        )
-        .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
-        .where(col(DigestItem.digest_id).in_(digest_ids))
-        .order_by(col(DigestItem.digest_id), col(DigestItem.rank))
-    ).all()
-    for row in rows:
-        views[row.digest_id].append(paper_view(row, row.score, json.loads(row.matched)))
-    return views
+    return {
+        digest_id: [paper_view(i.paper, i.score, json.loads(i.matched)) for i in items]
+        for digest_id, items in outbox.items_of(conn, digest_ids).items()
+    }
 
 
 def load_outbox(
@@ -116,66 +95,22 @@ def load_outbox(
 ) -> list[Outgoing]:
     """The digests still to send (pending, or caught mid-send by a crash) after digest id
     ``after``, oldest first."""
+    rows = outbox.load(engine, after=after, limit=limit)
     with reading(engine) as conn:
-        query: Any = (
-            sa.select(
-                col(Digest.id),
-                col(Digest.period),
-                col(Digest.message_id),
-                col(Subscriber.id).label("sid"),
-                col(Subscriber.email),
-                col(Subscriber.token_salt),
-            )
-            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
-            .where(
-                col(Digest.status).in_(("pending", "sending")),
-                col(Subscriber.status) == "active",
-                col(Digest.id) > after,
-            )
-            .order_by(col(Digest.id))
-        )
-        if limit is not None:
-            query = query.limit(limit)
-        rows = conn.execute(query).all()
-        papers = paper_views(conn, [r.id for r in rows])
+        papers = paper_views(conn, [r.digest_id for r in rows])
         conn.rollback()
     outgoing = []
     for row in rows:
         view = links.digest_view(
             to=row.email,
-            ident=row.sid,
+            ident=row.subscriber_id,
             salt=row.token_salt,
             period=row.period,
-            papers=papers[row.id],
+            papers=papers[row.digest_id],
             message_id=row.message_id,
         )
-        outgoing.append(Outgoing(row.id, row.sid, row.email, view))
+        outgoing.append(Outgoing(row.digest_id, row.subscriber_id, row.email, view))
     return outgoing
-
-
-# Built once: these run for every message, and building a statement costs more than running it.
-# An attempt is counted when the server answered about the recipient: here, or in _failed.
-_SENDING = sa.update(Digest).where(col(Digest.id) == sa.bindparam("_id")).values(status="sending")
-_SENT = (
-    sa.update(Digest)
-    .where(col(Digest.id) == sa.bindparam("_id"))
-    .values(
-        status="sent",
-        sent_at=sa.bindparam("_at"),
-        last_error=None,
-        attempts=col(Digest.attempts) + 1,
-    )
-)
-_UNSENT = (  # back to pending at no cost: the failure was nobody's fault
-    sa.update(Digest)
-    .where(col(Digest.id) == sa.bindparam("_id"))
-    .values(status="pending", last_error=sa.bindparam("_error"))
-)
-
-
-def _mark(engine: Engine, statement: Any, **values: Any) -> None:
-    with transaction(engine) as conn:
-        conn.execute(statement, values)
 
 
 async def deliver(
@@ -217,12 +152,12 @@ async def deliver(
             except (ValueError, UnicodeError) as exc:  # an address no message can carry
                 _set_aside(engine, item, str(exc), result)
                 continue
-            _mark(engine, _SENDING, _id=item.digest_id)
+            outbox.mark_sending(engine, item.digest_id)
             try:
                 await transport.send(sender_addr, item.email, raw, item.view.message_id)
             except TransportError as exc:
                 reason = str(exc)
-                _mark(engine, _UNSENT, _id=item.digest_id, _error=reason[:500])
+                outbox.mark_unsent(engine, item.digest_id, reason)
                 result.deferred += 1
                 result.transport_error = result.transport_error or reason
                 result.last_error = reason
@@ -239,7 +174,7 @@ async def deliver(
                         give_up(f"{deferred_in_a_row} temporary failures in a row ({exc})")
                 continue
             deferred_in_a_row = 0
-            _mark(engine, _SENT, _id=item.digest_id, _at=db_time(clock()))
+            outbox.mark_sent(engine, item.digest_id, clock())
             result.sent += 1
             result.sent_to.add(item.subscriber_id)
 
@@ -248,14 +183,52 @@ async def deliver(
     return result
 
 
+async def send_outbox(
+    engine: Engine,
+    transport: Transport | None,
+    builder: MessageBuilder,
+    links: Links,
+    *,
+    open_transport: Callable[[], Transport],
+    sender_addr: str,
+    concurrency: int,
+    clock: Callable[[], datetime],
+    stop: threading.Event | None,
+    batch: int,
+) -> Delivered:
+    """Send the whole outbox, ``batch`` digests at a time (memory stays flat), over one
+    transport (its connections are reused throughout): ``transport``, or one opened (and
+    closed) here only when something is to be sent."""
+    total = Delivered(withdrawn=outbox.withdraw_unwanted(engine))
+    after = 0
+    active: Transport | None = None
+    try:
+        while waiting := load_outbox(engine, links, after=after, limit=batch):
+            after = waiting[-1].digest_id
+            if active is None:
+                active = open_transport() if transport is None else transport
+            part = await deliver(
+                engine,
+                waiting,
+                builder,
+                active,
+                sender_addr=sender_addr,
+                clock=clock,
+                concurrency=concurrency,
+                stop=stop,
+            )
+            total.add(part)
+            if part.stopped or part.gave_up:
+                break
+    finally:
+        if active is not None and transport is None:
+            await active.close()
+    return total
+
+
 def _set_aside(engine: Engine, item: Outgoing, reason: str, result: Delivered) -> None:
     """This digest cannot go to this address by this transport: record why and go on."""
-    with transaction(engine) as conn:
-        conn.execute(
-            sa.update(Digest)
-            .where(col(Digest.id) == item.digest_id)
-            .values(status="failed", last_error=reason[:500])
-        )
+    outbox.mark_failed(engine, item.digest_id, reason)
     result.failed += 1
     result.set_aside.append((item.email, reason))
     log.warning("set aside", extra={"email": item.email, "error": reason})
@@ -265,132 +238,25 @@ def _failed(engine: Engine, item: Outgoing, exc: DeliveryError, result: Delivere
     """Record a failed send: a bounce ends mail to the address; a 4xx about the recipient
     costs an attempt; a dropped connection costs nothing. The last two wait their turn."""
     error = str(exc)[:500]
-    with transaction(engine) as conn:
-        attempts = conn.execute(
-            sa.select(col(Digest.attempts)).where(col(Digest.id) == item.digest_id)
-        ).scalar_one()
-        if exc.counts:
-            attempts += 1
-        if exc.permanent:
-            conn.execute(
-                sa.update(Digest)
-                .where(col(Digest.id) == item.digest_id)
-                .values(status="failed", attempts=attempts, last_error=error)
-            )
-            conn.execute(
-                sa.update(Subscriber)
-                .where(col(Subscriber.id) == item.subscriber_id)
-                .values(status="bounced")
-            )
-            result.failed += 1
-            result.bounced.append(item.email)
-            log.warning("bounced", extra={"email": item.email, "error": error})
-        elif attempts >= MAX_ATTEMPTS:
-            conn.execute(
-                sa.update(Digest)
-                .where(col(Digest.id) == item.digest_id)
-                .values(status="failed", attempts=attempts, last_error=error)
-            )
-            result.failed += 1
-        else:
-            conn.execute(
-                sa.update(Digest)
-                .where(col(Digest.id) == item.digest_id)
-                .values(status="pending", attempts=attempts, last_error=error)
-            )
-            result.deferred += 1
-            result.last_error = error
-
-
-def outbox_counts(engine: Engine) -> dict[str, int]:
-    """Digests by status."""
-    query = sa.select(col(Digest.status), sa.func.count()).group_by(col(Digest.status))
-    with reading(engine) as conn:
-        rows = conn.execute(query).all()
-        conn.rollback()
-    counts = dict.fromkeys(("pending", "sending", "sent", "skipped", "failed"), 0)
-    counts.update({status: int(n) for status, n in rows})
-    return counts
-
-
-def withdraw_unwanted(engine: Engine) -> int:
-    """Digests still waiting for a subscriber who has left since (unsubscribed, bounced, or
-    not active for another reason) are never sent: they are marked skipped, with why."""
-    left = sa.select(col(Subscriber.id)).where(col(Subscriber.status) != "active")
-    waiting = col(Digest.status).in_(("pending", "sending"))
-    with transaction(engine) as conn:
-        reasons = conn.execute(
-            sa.select(col(Subscriber.status), sa.func.count())
-            .join(Digest, col(Digest.subscriber_id) == col(Subscriber.id))
-            .where(waiting, col(Subscriber.status) != "active")
-            .group_by(col(Subscriber.status))
-        ).all()
-        for status, _ in reasons:
-            conn.execute(
-                sa.update(Digest)
-                .where(
-                    waiting,
-                    col(Digest.subscriber_id).in_(left.where(col(Subscriber.status) == status)),
-                )
-                .values(
-                    status="skipped",
-                    last_error=f"not sent: the subscriber was {status} before it went out",
-                )
-            )
-    return sum(count for _, count in reasons)
-
-
-def pending_reason(engine: Engine) -> str | None:
-    """Why digests are still waiting to be sent: the newest failure among them, or why they
-    were not tried; None when nothing waits."""
-    with reading(engine) as conn:
-        row = conn.execute(
-            sa.select(col(Digest.last_error), col(Subscriber.status))
-            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
-            .where(col(Digest.status).in_(("pending", "sending")))
-            .order_by(col(Digest.last_error).is_(None), col(Digest.id).desc())
-            .limit(1)
-        ).first()
-        conn.rollback()
-    if row is None:
-        return None
-    if row.last_error:
-        return str(row.last_error)
-    if row.status != "active":
-        return f"the subscriber is {row.status}"
-    return "not tried yet"
-
-
-_TRANSPORT = TransportState.__table__  # type: ignore[attr-defined]
+    outcome = outbox.record_failure(
+        engine,
+        item.digest_id,
+        item.subscriber_id,
+        error=error,
+        counts=exc.counts,
+        permanent=exc.permanent,
+        max_attempts=MAX_ATTEMPTS,
+    )
+    if outcome == "pending":
+        result.deferred += 1
+        result.last_error = error
+        return
+    result.failed += 1
+    if outcome == "bounced":
+        result.bounced.append(item.email)
+        log.warning("bounced", extra={"email": item.email, "error": error})
 
 
 def record_transport(engine: Engine, label: str, delivered: Delivered, now: datetime) -> None:
-    """Remember how the transport fared: the error that stopped sending and since when it
-    has been failing, or that it worked. A pass that tried nothing changes nothing."""
-    now = db_time(now)
-    if delivered.gave_up:
-        values: dict[str, Any] = {"last_error": delivered.gave_up[:500], "last_failure_at": now}
-    elif delivered.sent:
-        values = {"last_error": None, "failing_since": None, "last_ok_at": now}
-    else:
-        return
-    with transaction(engine) as conn:
-        since = conn.execute(
-            sa.select(_TRANSPORT.c.id, _TRANSPORT.c.failing_since).where(
-                _TRANSPORT.c.transport == label
-            )
-        ).first()
-        if delivered.gave_up:
-            values["failing_since"] = since.failing_since if since and since.failing_since else now
-        if since is None:
-            conn.execute(sa.insert(_TRANSPORT).values(transport=label, **values))
-        else:
-            conn.execute(sa.update(_TRANSPORT).where(_TRANSPORT.c.id == since.id).values(**values))
-
-
-def transport_state(engine: Engine, label: str) -> dict[str, Any] | None:
-    """What ``record_transport`` remembers of the transport ``label``."""
-    with reading(engine) as conn:
-        row = conn.execute(sa.select(_TRANSPORT).where(_TRANSPORT.c.transport == label)).first()
-        conn.rollback()
-    return None if row is None else dict(row._mapping)
+    """Remember how the transport fared (see ``outbox.record_transport``)."""
+    outbox.record_transport(engine, label, gave_up=delivered.gave_up, sent=delivered.sent, now=now)

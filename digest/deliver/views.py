@@ -1,4 +1,5 @@
-"""The links a subscriber receives: unsubscribe (https and mailto) and the private feed."""
+"""What an email or a feed shows: stored papers as views, and a subscriber's links
+(unsubscribe, https and mailto, and the private feed)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,51 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from email.utils import parseaddr
+from typing import Any
 from urllib.parse import quote
 
+from sqlalchemy.engine import Connection
+
 from digest.deliver.message import DigestView, PaperView
+from digest.rank.types import Ranked, hits_to_json
+from digest.store import papers
+from digest.store.papers import PaperRow
 from digest.tokens import feed_name, link_token
+
+
+def paper_view(row: PaperRow, score: float, hits: Sequence[dict[str, Any]]) -> PaperView:
+    """A stored paper and why it was chosen, as an email shows it."""
+    return PaperView(
+        key=row.key,
+        title=row.title,
+        abstract=row.abstract,
+        url=row.url,
+        arxiv_id=row.arxiv_id,
+        score=score,
+        interests=tuple(hit["interest"] for hit in hits),
+        authors=row.authors,
+    )
+
+
+def ranked_views(conn: Connection, ranked: Sequence[Ranked]) -> list[PaperView]:
+    """Ranked papers as email views, best first."""
+    rows = papers.by_ids(conn, [r.paper_id for r in ranked])
+    return [paper_view(rows[r.paper_id], r.score, hits_to_json(r.hits)) for r in ranked]
+
+
+def ranked_json(conn: Connection, ranked: Sequence[Ranked]) -> list[dict[str, Any]]:
+    """Ranked papers as ``preview --json`` and ``search --json`` print them."""
+    rows = papers.by_ids(conn, [r.paper_id for r in ranked])
+    return [
+        {
+            "title": rows[r.paper_id].title,
+            "key": rows[r.paper_id].key,
+            "url": rows[r.paper_id].url,
+            "score": round(r.score, 4),
+            "matched": hits_to_json(r.hits),
+        }
+        for r in ranked
+    ]
 
 
 @dataclass(frozen=True)

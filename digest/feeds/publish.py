@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
 from digest.deliver.message import PaperView, prepare
+from digest.deliver.views import paper_view
 from digest.errors import DigestError, WriteError
 from digest.feeds.render import (
     FeedItem,
@@ -43,17 +44,16 @@ from digest.feeds.render import (
     paper_guid,
     write_feed_if_changed,
 )
-from digest.service.preview import paper_view
+from digest.store import outbox, papers
 from digest.store.engine import feed_authority, reading
-from digest.store.models import Digest, DigestItem, Paper, Subscriber
+from digest.store.models import Subscriber
+from digest.store.papers import PaperRow
 from digest.tokens import feed_name
 
 GLOBAL_FEED = "papers"
-# The key a paper was first seen under: what its GUID is made of.
-_GUID_KEY = sa.func.coalesce(col(Paper.first_key), col(Paper.key)).label("guid_key")
 
 
-def _item(row: Any, view: PaperView, published: datetime, authority: str) -> FeedItem:
+def _item(row: PaperRow, view: PaperView, published: datetime, authority: str) -> FeedItem:
     return item_for_paper(view, guid=paper_guid(row.guid_key, authority), published=published)
 
 
@@ -61,41 +61,13 @@ def _private_items(
     conn: Connection, subscriber_ids: list[int], limit: int, authority: str
 ) -> dict[int, list[FeedItem]]:
     """The newest ``limit`` items each subscriber was sent, for a batch of subscribers."""
-    numbered = (
-        sa.select(
-            col(DigestItem.subscriber_id),
-            col(DigestItem.score),
-            col(DigestItem.matched),
-            col(Digest.sent_at),
-            col(Paper.key),
-            _GUID_KEY,
-            col(Paper.title),
-            col(Paper.abstract),
-            col(Paper.url),
-            col(Paper.arxiv_id),
-            col(Paper.authors),
-            sa.func.row_number()
-            .over(
-                partition_by=col(DigestItem.subscriber_id),
-                order_by=(col(Digest.sent_at).desc(), col(DigestItem.rank)),
-            )
-            .label("n"),
-        )
-        .join(Digest, col(Digest.id) == col(DigestItem.digest_id))
-        .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
-        .where(col(Digest.status) == "sent", col(DigestItem.subscriber_id).in_(subscriber_ids))
-        .subquery()
-    )
-    rows = conn.execute(
-        sa.select(numbered)
-        .where(numbered.c.n <= limit)
-        .order_by(numbered.c.subscriber_id, numbered.c.n)
-    ).all()
-    views = [paper_view(row, row.score, json.loads(row.matched)) for row in rows]
+    rows = outbox.sent_items(conn, subscriber_ids, limit)
+    views = [paper_view(row.paper, row.score, json.loads(row.matched)) for row in rows]
     prepare(views)
     items: dict[int, list[FeedItem]] = {sid: [] for sid in subscriber_ids}
     for row, view in zip(rows, views, strict=True):
-        items[row.subscriber_id].append(_item(row, view, row.sent_at, authority))
+        assert row.sent_at is not None  # only sent items are read
+        items[row.subscriber_id].append(_item(row.paper, view, row.sent_at, authority))
     return items
 
 
@@ -121,20 +93,7 @@ def publish_feeds(
     _make_private_folder(folder / "private")
     authority = feed_authority(engine, urlsplit(base_url).hostname or "localhost")
     with reading(engine) as conn:
-        newest = conn.execute(
-            sa.select(
-                col(Paper.key),
-                _GUID_KEY,
-                col(Paper.title),
-                col(Paper.abstract),
-                col(Paper.url),
-                col(Paper.arxiv_id),
-                col(Paper.authors),
-                col(Paper.first_seen),
-            )
-            .order_by(col(Paper.first_seen).desc(), col(Paper.id).desc())
-            .limit(limit)
-        ).all()
+        newest = papers.newest(conn, limit, by="first_seen")
         names = {
             row.id: feed_name(key, row.id, row.token_salt)
             for row in conn.execute(

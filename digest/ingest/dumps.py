@@ -24,17 +24,15 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
 
 from digest.errors import DigestError, ListingError, ListingUnreadable, StoreCorrupt
 from digest.files import write_private
+from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
 from digest.ingest.readers import display_path, open_listing, read_listing
-from digest.store.engine import db_time, index_papers, reading, transaction, upsert_entries
-from digest.store.models import Dump
+from digest.store import sources
+from digest.store.papers import index_papers
 
 Progress = Callable[[str, int], None]  # (path, entries so far)
 PROGRESS_EVERY = 20_000
@@ -142,32 +140,26 @@ def _ingest_open_file(
 ) -> DumpResult:
     try:
         sha = _sha256(handle)
-        with reading(engine) as conn:
-            known = conn.execute(sa.select(col(Dump.id)).where(col(Dump.sha256) == sha)).first()
-            conn.rollback()
-        if known is not None:
+        if sources.dump_known(engine, sha):
             return DumpResult(shown, "duplicate")
         listing = read_listing(path, now=clock(), source=handle)
-        with transaction(engine) as conn:
-            conn.execute(sa.select(1))  # takes the write lock (BEGIN IMMEDIATE) before the clock
+        with sources.ingesting(engine) as conn:  # the write lock first, then the clock
             now = clock()
             entries = _counting(listing.entries, shown, progress, listing.listing_date)
             counts = upsert_entries(conn, entries, now)
             if counts.entries == 0:
                 raise ListingError("no papers found in this listing", shown)
-            conn.execute(
-                sa.insert(Dump).values(
-                    sha256=sha,
-                    name=display_path(path.name),
-                    source=source,
-                    layout=listing.layout,
-                    listing_date=listing.listing_date,
-                    ingested_at=db_time(now),
-                    entries=counts.entries,
-                    new=counts.new,
-                    seen=counts.seen,
-                    status="ok",
-                )
+            sources.record_dump(
+                conn,
+                sha256=sha,
+                name=display_path(path.name),
+                source=source,
+                layout=listing.layout,
+                listing_date=listing.listing_date,
+                ingested_at=now,
+                entries=counts.entries,
+                new=counts.new,
+                seen=counts.seen,
             )
             if not defer_index:
                 index_papers(conn)
@@ -175,7 +167,7 @@ def _ingest_open_file(
         return _retry(shown, exc.reason)
     except ListingError as exc:
         return DumpResult(shown, "failed", error=str(exc.at(shown)))
-    except IntegrityError:
+    except sources.AlreadyIngested:
         # the same bytes went in from another process between our check and our commit
         return DumpResult(shown, "duplicate")
     except StoreCorrupt:

@@ -17,34 +17,29 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import col
 
-from digest.clock import as_utc, period_of
+from digest.clock import period_of
 from digest.deliver.message import MessageBuilder, Sender
-from digest.deliver.plan import plan_digests, record_plans
+from digest.deliver.plan import plan_owed, record_plans
 from digest.deliver.send import (
     Delivered,
-    deliver,
-    load_outbox,
-    outbox_counts,
-    pending_reason,
     record_transport,
-    withdraw_unwanted,
+    send_outbox,
 )
 from digest.deliver.transports import Transport, open_transport, transport_label
-from digest.deliver.views import Links
-from digest.errors import StoreError
+from digest.deliver.views import Links, ranked_views
 from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
-from digest.service.preview import ranked_views
 from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
 from digest.settings import Settings
-from digest.store.engine import index_papers, reading, transaction, transaction_if_free
-from digest.store.models import Run
+from digest.store import runs
+from digest.store.engine import reading, transaction, write_lock
+from digest.store.outbox import counts as outbox_counts
+from digest.store.outbox import pending_reason
+from digest.store.papers import index_papers
 from digest.store.subscribers import list_subscribers
 from digest.tokens import message_id
 
@@ -112,60 +107,24 @@ class RunReport:
         return data
 
 
-INTERRUPTED = "interrupted: its process ended without finishing the run"
-
-
 def interrupt_dead_runs(engine: Engine, run_ids: Sequence[int] | None = None) -> int:
-    """Mark runs still ``running`` whose process is gone (killed) as ``interrupted``.
-
-    Only for a caller that knows no run is going on: one holding the run lock (all such
-    runs, ``run_ids`` None), or ``status`` having seen the lock free after reading
-    ``run_ids`` (then the write never waits: it is skipped while someone else writes).
-    Returns how many were marked.
-    """
-    query = sa.update(Run).where(col(Run.status) == "running")
-    if run_ids is not None:
-        if not run_ids:
-            return 0
-        query = query.where(col(Run.id).in_(run_ids))
-    query = query.values(status="interrupted", error=INTERRUPTED)
-    if run_ids is None:
-        with transaction(engine) as conn:
-            return int(conn.execute(query).rowcount or 0)
-    try:
-        with transaction_if_free(engine) as conn:
-            return int(conn.execute(query).rowcount or 0)
-    except StoreError:
-        return 0  # busy: the next status or run marks them
+    """Mark runs still ``running`` whose process is gone as ``interrupted`` (see
+    ``runs.interrupt_dead``); returns how many were marked."""
+    return runs.interrupt_dead(engine, run_ids)
 
 
 def _start_run(engine: Engine, period: date, now: datetime) -> int:
     interrupt_dead_runs(engine)  # we hold the run lock: any run still "running" died
-    with transaction(engine) as conn:
-        return int(
-            conn.execute(
-                sa.insert(Run).values(
-                    kind="run", period=period, started_at=as_utc(now, naive="refuse")
-                )
-            ).inserted_primary_key[0]  # type: ignore[index]
-        )
+    return runs.start(engine, period=period, now=now)
 
 
 def _finish_run(
     engine: Engine, run_id: int, report: RunReport, now: datetime, error: str | None
 ) -> None:
     status = "failed" if error else ("stopped" if report.delivered.stopped else "ok")
-    with transaction(engine) as conn:
-        conn.execute(
-            sa.update(Run)
-            .where(col(Run.id) == run_id)
-            .values(
-                finished_at=as_utc(now, naive="refuse"),
-                status=status,
-                figures=json.dumps(report.figures()),
-                error=error,
-            )
-        )
+    runs.finish(
+        engine, run_id, status=status, figures=json.dumps(report.figures()), error=error, now=now
+    )
 
 
 def sender_of(settings: Settings) -> Sender:
@@ -253,9 +212,9 @@ def run_cycle(
                 index_papers(conn)
             key = settings.signing_key()
             with transaction(engine) as conn:
-                conn.execute(sa.select(1))  # the write lock first: no ingest commits under us
+                write_lock(conn)  # the write lock first: no ingest commits under us
                 composed_at = clock()  # "new" goes by ingest sequence, not by this
-                plans = plan_digests(conn, period=period)
+                plans = plan_owed(conn, period=period)
                 report.composed = record_plans(
                     conn,
                     plans,
@@ -267,7 +226,7 @@ def run_cycle(
                 )
             log.info("composed", extra={"composed": report.composed})
             report.delivered = asyncio.run(
-                send_outbox(settings, engine, transport, clock=clock, stop=stop)
+                deliver_outbox(settings, engine, transport, clock=clock, stop=stop)
             )
             log.info(
                 "delivered",
@@ -296,7 +255,7 @@ def _why_pending(delivered: Delivered) -> str | None:
     return None
 
 
-async def send_outbox(
+async def deliver_outbox(
     settings: Settings,
     engine: Engine,
     transport: Transport | None,
@@ -304,34 +263,19 @@ async def send_outbox(
     clock: Callable[[], datetime],
     stop: threading.Event | None,
 ) -> Delivered:
-    """Send the whole outbox, a batch of digests at a time (memory stays flat), over one
-    transport (its connections are reused throughout)."""
-    builder = MessageBuilder(sender_of(settings))
-    links = links_of(settings)
-    total = Delivered(withdrawn=withdraw_unwanted(engine))
-    after = 0
-    active: Transport | None = None
-    try:
-        while batch := load_outbox(engine, links, after=after, limit=OUTBOX_BATCH):
-            after = batch[-1].digest_id
-            if active is None:
-                active = transport_of(settings) if transport is None else transport
-            part = await deliver(
-                engine,
-                batch,
-                builder,
-                active,
-                sender_addr=sender_of(settings).from_addr,
-                clock=clock,
-                concurrency=settings.smtp_connections,
-                stop=stop,
-            )
-            total.add(part)
-            if part.stopped or part.gave_up:
-                break
-    finally:
-        if active is not None and transport is None:
-            await active.close()
+    """Send the whole outbox over the configured transport and remember how it fared."""
+    total = await send_outbox(
+        engine,
+        transport,
+        MessageBuilder(sender_of(settings)),
+        links_of(settings),
+        open_transport=lambda: transport_of(settings),
+        sender_addr=sender_of(settings).from_addr,
+        concurrency=settings.smtp_connections,
+        clock=clock,
+        stop=stop,
+        batch=OUTBOX_BATCH,
+    )
     record_transport(engine, transport_label(settings.mail_transport), total, clock())
     return total
 
@@ -342,7 +286,7 @@ def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime)
     links = links_of(settings)
     builder = MessageBuilder(sender_of(settings))
     with reading(engine) as conn:
-        plans = plan_digests(conn, period=period)
+        plans = plan_owed(conn, period=period)
         for plan in plans:
             sub = plan.subscriber
             if not plan.ranked and not sub.send_empty:
@@ -385,12 +329,7 @@ def ensure_sample_subscribers(settings: Settings, engine: Engine, *, now: dateti
 
 def last_run_period(engine: Engine) -> date | None:
     """The period of the newest run that finished well (for the scheduler's catch-up)."""
-    with reading(engine) as conn:
-        value = conn.execute(
-            sa.select(sa.func.max(col(Run.period))).where(col(Run.status) == "ok")
-        ).scalar()
-        conn.rollback()
-    return value if isinstance(value, date) else None
+    return runs.last_ok_period(engine)
 
 
 def poll_once(

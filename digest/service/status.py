@@ -6,18 +6,21 @@ import json
 from datetime import datetime, timedelta
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlmodel import col
 
-from digest.deliver.send import outbox_counts, pending_reason, transport_state
 from digest.deliver.transports import transport_label
-from digest.service.cycle import INTERRUPTED, interrupt_dead_runs
+from digest.service.cycle import interrupt_dead_runs
 from digest.service.runlock import lock_holder, uses_advisory_lock
 from digest.service.scheduler import crontab_trigger
 from digest.settings import Settings, link_warnings
 from digest.store.engine import reading
-from digest.store.models import Digest, Dump, Paper, Run, SourceState, Subscriber
+from digest.store.outbox import counts as outbox_counts
+from digest.store.outbox import pending_reason, recent_failures, transport_state
+from digest.store.papers import counts as paper_counts
+from digest.store.runs import INTERRUPTED
+from digest.store.runs import recent as recent_runs
+from digest.store.runs import unfinished as unfinished_runs
+from digest.store.sources import all_states, recent_dumps
 from digest.store.subscribers import count_by_status
 
 RECENT_RUNS = 5
@@ -37,41 +40,13 @@ def collect_status(
     """
     local = now.astimezone(settings.tz)
     with reading(engine) as conn:
-        papers = conn.execute(sa.select(sa.func.count()).select_from(Paper)).scalar_one()
-        newest = conn.execute(sa.select(sa.func.max(col(Paper.first_seen)))).scalar()
-        new_today = conn.execute(
-            sa.select(sa.func.count())
-            .select_from(Paper)
-            .where(col(Paper.first_seen) >= now - timedelta(days=1))
-        ).scalar_one()
-        runs = conn.execute(sa.select(Run).order_by(col(Run.id).desc()).limit(RECENT_RUNS)).all()
+        papers, new_today, newest = paper_counts(conn, now - timedelta(days=1))
+        runs = recent_runs(conn, RECENT_RUNS)
         # read before looking at the lock: a run starting after this is not among them
-        unfinished = [
-            run_id
-            for run_id in conn.execute(
-                sa.select(col(Run.id)).where(col(Run.status) == "running")
-            ).scalars()
-            if run_id is not None
-        ]
-        dumps = conn.execute(
-            sa.select(
-                col(Dump.name),
-                col(Dump.layout),
-                col(Dump.ingested_at),
-                col(Dump.entries),
-                col(Dump.new),
-            )
-            .order_by(col(Dump.id).desc())
-            .limit(RECENT_RUNS)
-        ).all()
-        sources = conn.execute(sa.select(SourceState).order_by(col(SourceState.url))).all()
-        failed = conn.execute(
-            sa.select(col(Digest.period), col(Subscriber.email), col(Digest.last_error))
-            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
-            .where(col(Digest.status) == "failed", col(Digest.created_at) >= now - BOUNCE_WINDOW)
-            .order_by(col(Digest.id).desc())
-            .limit(20)
-        ).all()
+        unfinished = unfinished_runs(conn)
+        dumps = recent_dumps(conn, RECENT_RUNS)
+        sources = all_states(conn)
+        failed = recent_failures(conn, now - BOUNCE_WINDOW)
         conn.rollback()
     subscribers = count_by_status(engine)
     outbox = outbox_counts(engine)

@@ -1,4 +1,4 @@
-"""The store: engine set-up and the paper upsert that is the seen-papers diff.
+"""The store: engine set-up, transactions and the ingest sequence.
 
 SQLite gets WAL (readers never block the writer), foreign keys, a busy
 timeout, and ``BEGIN IMMEDIATE`` for every transaction: a transaction that
@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,14 +31,10 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from digest.clock import as_utc
 from digest.errors import StoreCorrupt, StoreError
 from digest.files import PRIVATE, make_private
-from digest.ingest.identity import paper_keys
-from digest.ingest.listing import Entry
 from digest.store.migrations import SCHEMA_VERSION, current_version, migrate
-from digest.store.models import Paper, StoreMeta
+from digest.store.models import StoreMeta
 
 BUSY_TIMEOUT_MS = 30_000
-BATCH = 2_000  # entries per lookup/insert round trip; bounds memory on back-fills
-INDEX_BATCH = 50_000  # papers added to the search index between two progress reports
 
 
 def store_exists(url: str) -> bool:
@@ -199,83 +194,13 @@ def transaction_if_free(engine: Engine) -> Iterator[Connection]:
             conn.commit()
 
 
+def write_lock(conn: Connection) -> None:
+    """Take the write lock now (SQLite's ``BEGIN IMMEDIATE`` runs on the first statement)."""
+    conn.execute(sa.select(1))
+
+
 def db_time(moment: datetime) -> datetime:
     return as_utc(moment, naive="refuse")  # moved: digest.clock.as_utc
-
-
-@dataclass
-class DiffCounts:
-    """What a batch of entries did to the store."""
-
-    entries: int = 0
-    new: int = 0
-    seen: int = 0
-
-
-_PAPER = Paper.__table__  # type: ignore[attr-defined]
-_COLUMNS = (
-    "id",
-    "key",
-    "first_key",
-    "title_key",
-    "arxiv_id",
-    "title",
-    "abstract",
-    "authors",
-    "url",
-    "listing_date",
-    "last_seen",
-)
-_SELECT = sa.select(*(_PAPER.c[name] for name in _COLUMNS))
-_INSERT = sa.insert(_PAPER)
-_UPDATE = (
-    sa.update(_PAPER)
-    .where(_PAPER.c.id == sa.bindparam("_id"))
-    .values(
-        key=sa.bindparam("_key"),
-        first_key=sa.bindparam("_first_key"),
-        arxiv_id=sa.bindparam("_arxiv_id"),
-        title=sa.bindparam("_title"),
-        abstract=sa.bindparam("_abstract"),
-        authors=sa.bindparam("_authors"),
-        url=sa.bindparam("_url"),
-        listing_date=sa.bindparam("_listing_date"),
-        last_seen=sa.bindparam("_last_seen"),
-        times_seen=_PAPER.c.times_seen + sa.bindparam("_bump"),
-    )
-)
-
-
-def _chunks(items: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
-    chunk: list[Entry] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _lookup(conn: Connection, column: str, values: list[str]) -> list[dict[str, Any]]:
-    """Existing papers whose ``column`` is one of ``values``."""
-    rows: list[dict[str, Any]] = []
-    for start in range(0, len(values), 900):  # stay under every backend's bound-parameter cap
-        part = values[start : start + 900]
-        result = conn.execute(_SELECT.where(_PAPER.c[column].in_(part)))
-        rows.extend(dict(row._mapping) for row in result)
-    return rows
-
-
-def _merge(old_title: str, old_abstract: str, entry: Entry) -> tuple[str, str]:
-    """The text kept when a paper is seen again: the fuller abstract wins, ties by order.
-
-    Deterministic in the two inputs, so ingesting dumps in either order gives the same store.
-    """
-    mine = (len(entry.abstract), entry.abstract, entry.title)
-    theirs = (len(old_abstract), old_abstract, old_title)
-    best = max(mine, theirs)
-    return best[2], best[1]
 
 
 _SEQUENCE = sa.table("ingest_sequence", sa.column("value", sa.Integer))
@@ -295,164 +220,6 @@ def next_ingest_sequence(conn: Connection) -> int:
     """
     conn.execute(sa.update(_SEQUENCE).values(value=_SEQUENCE.c.value + 1))
     return ingest_sequence(conn)
-
-
-def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) -> DiffCounts:
-    """Record entries as seen at ``now``: insert the new, bump the known; return the counts.
-
-    ``now`` must be unique to this call: a paper whose ``last_seen`` already equals it was
-    met earlier in the same dump and is not counted twice. New papers get the next ingest
-    sequence number, which digests use as their "new since" cut-off (never the clock).
-    """
-    counts = DiffCounts()
-    now = db_time(now)
-    seq = next_ingest_sequence(conn)
-    # An entry with an arXiv id can only meet its paper under another key if the store has
-    # papers known by title alone; a back-fill of the snapshot into a fresh store has none.
-    title_only = _has_title_only_papers(conn)
-    for chunk in _chunks(entries, BATCH):
-        counts.entries += len(chunk)
-        keyed = [(entry, *paper_keys(entry.title, entry.arxiv_id)) for entry in chunk]
-        by_key = {row["key"]: row for row in _lookup(conn, "key", [k for _, k, _ in keyed])}
-        by_title: dict[str, dict[str, Any]] = {}
-        missing = [
-            title_key
-            for entry, key, title_key in keyed
-            if key not in by_key and (title_only or entry.arxiv_id is None)
-        ]
-        if missing:
-            for found in _lookup(conn, "title_key", missing):
-                by_title.setdefault(found["title_key"], found)
-        inserts: dict[str, dict[str, Any]] = {}
-        updates: dict[int, dict[str, Any]] = {}
-        for entry, key, title_key in keyed:
-            row: dict[str, Any] | None = by_key.get(key) or _same_paper(
-                by_title.get(title_key), entry
-            )
-            if row is None:
-                fresh = inserts.get(key) or _same_paper(inserts.get("title:" + title_key), entry)
-                if fresh is None:
-                    fresh = {
-                        "key": key,
-                        "title_key": title_key,
-                        "arxiv_id": entry.arxiv_id,
-                        "title": entry.title,
-                        "abstract": entry.abstract,
-                        "authors": entry.authors,
-                        "url": entry.url,
-                        "listing_date": entry.published,
-                        "first_seen": now,
-                        "last_seen": now,
-                        "times_seen": 1,
-                        "seq": seq,
-                    }
-                    inserts[key] = fresh
-                    if entry.arxiv_id is None:
-                        inserts["title:" + title_key] = fresh
-                else:
-                    _absorb(fresh, entry, key)
-                continue
-            update = updates.get(row["id"])
-            if update is None:
-                already = row["last_seen"] == now  # met earlier in this same dump
-                update = dict(row, times_seen=0 if already else 1)
-                updates[row["id"]] = update
-                counts.seen += 0 if already else 1
-            _absorb(update, entry, key)
-        fresh_rows = list({id(row): row for row in inserts.values()}.values())
-        title_only = title_only or any(row["arxiv_id"] is None for row in fresh_rows)
-        counts.new += len(fresh_rows)
-        if fresh_rows:
-            _insert_papers(conn, fresh_rows)
-        if updates:
-            conn.execute(
-                _UPDATE,
-                [
-                    {
-                        "_id": u["id"],
-                        "_key": u["key"],
-                        "_first_key": u["first_key"],
-                        "_arxiv_id": u["arxiv_id"],
-                        "_title": u["title"],
-                        "_abstract": u["abstract"],
-                        "_authors": u["authors"],
-                        "_url": u["url"],
-                        "_listing_date": u["listing_date"],
-                        "_last_seen": now,
-                        "_bump": u["times_seen"],
-                    }
-                    for u in updates.values()
-                ],
-            )
-    return counts
-
-
-_INSERT_COLUMNS = (
-    "key", "title_key", "arxiv_id", "title", "abstract", "authors", "url", "listing_date",
-    "first_seen", "last_seen", "times_seen", "seq",
-)  # fmt: skip
-_RAW_INSERT = (
-    f"INSERT INTO paper ({', '.join(_INSERT_COLUMNS)})"
-    f" VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
-)
-
-
-def _insert_papers(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert new papers; on SQLite straight through the driver (a back-fill's hot path).
-
-    SQLAlchemy's per-row parameter processing costs more than SQLite's insert itself,
-    so on SQLite the stored forms of the times and dates are made here, once per value,
-    with the dialect's own processors, and the rows go to ``executemany`` as tuples.
-    """
-    dialect = conn.dialect
-    if dialect.name != "sqlite":
-        conn.execute(_INSERT, rows)
-        return
-    stamp = _PAPER.c.first_seen.type.dialect_impl(dialect).bind_processor(dialect)
-    day = _PAPER.c.listing_date.type.dialect_impl(dialect).bind_processor(dialect)
-    times: dict[Any, Any] = {}
-    days: dict[Any, Any] = {None: None}
-    tuples = []
-    for row in rows:
-        seen = row["first_seen"]
-        if seen not in times:
-            times[seen] = stamp(seen) if stamp else seen
-        listed = row["listing_date"]
-        if listed not in days:
-            days[listed] = day(listed) if day else listed
-        tuples.append(
-            (row["key"], row["title_key"], row["arxiv_id"], row["title"], row["abstract"],
-             row["authors"], row["url"], days[listed], times[seen], times[row["last_seen"]], 1,
-             row["seq"])
-        )  # fmt: skip
-    conn.exec_driver_sql(_RAW_INSERT, tuples)
-
-
-def index_papers(conn: Connection, progress: Callable[[str, int], None] | None = None) -> int:
-    """Bring the SQLite search index up to the newest paper; returns how many were added.
-
-    After a back-fill that deferred it this takes seconds: ``progress`` is told the count
-    so far, in steps of ``INDEX_BATCH`` papers.
-    """
-    if conn.dialect.name != "sqlite":
-        return 0
-    upto = conn.exec_driver_sql("SELECT indexed_upto FROM search_state").scalar() or 0
-    newest = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM paper").scalar() or 0
-    if newest <= upto:
-        return 0
-    added = 0
-    for start in range(upto, newest, INDEX_BATCH):
-        if progress is not None:
-            progress("building the search index", added)
-        added += conn.exec_driver_sql(
-            "INSERT INTO paper_fts(rowid, title, abstract)"
-            " SELECT id, title, abstract FROM paper WHERE id > ? AND id <= ? ORDER BY id",
-            (start, min(start + INDEX_BATCH, newest)),
-        ).rowcount
-    if progress is not None:
-        progress("building the search index", added)
-    conn.exec_driver_sql("UPDATE search_state SET indexed_upto = ?", (newest,))
-    return int(newest - upto)
 
 
 FEED_AUTHORITY = "feed_authority"
@@ -475,36 +242,3 @@ def feed_authority(engine: Engine, host: str) -> str:
                 conn.execute(sa.insert(_META).values(name=FEED_AUTHORITY, value=host))
                 found = host
     return str(found)
-
-
-def _has_title_only_papers(conn: Connection) -> bool:
-    """Whether any paper is known by its title alone (a range probe of the key index)."""
-    found = conn.execute(
-        sa.select(_PAPER.c.id).where(_PAPER.c.key >= "title:", _PAPER.c.key < "title;").limit(1)
-    ).first()
-    return found is not None
-
-
-def _same_paper(row: dict[str, Any] | None, entry: Entry) -> dict[str, Any] | None:
-    """``row`` found by title is this entry's paper unless both carry different arXiv ids."""
-    if row is not None and row["arxiv_id"] and entry.arxiv_id and row["arxiv_id"] != entry.arxiv_id:
-        return None
-    return row
-
-
-def _absorb(row: dict[str, Any], entry: Entry, key: str) -> None:
-    """Fold what ``entry`` adds into ``row``: an arXiv id, fuller text, authors, link, date."""
-    if entry.arxiv_id and not row["arxiv_id"]:
-        if row.get("id") is not None and row["first_key"] is None:
-            # A stored paper keeps the key it was first seen under for its feed GUID; one
-            # met earlier in this same batch was never published and simply takes the new.
-            row["first_key"] = row["key"]
-        row["arxiv_id"] = entry.arxiv_id
-        row["key"] = key
-    row["title"], row["abstract"] = _merge(row["title"], row["abstract"], entry)
-    if entry.authors and not row["authors"]:
-        row["authors"] = entry.authors
-    if entry.url and not row["url"]:
-        row["url"] = entry.url
-    if entry.published and (row["listing_date"] is None or entry.published < row["listing_date"]):
-        row["listing_date"] = entry.published

@@ -1,0 +1,426 @@
+"""The outbox: one digest row per subscriber per period, its items, and how sending went.
+
+A paper goes into a subscriber's digests once (unique on subscriber and paper). Rows are
+recorded when planned and marked as they are sent, each mark in its own short transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Session, col, select
+
+from digest.store.engine import db_time, reading, transaction
+from digest.store.models import Digest, DigestItem, Paper, Subscriber, TransportState
+from digest.store.papers import ROW_COLUMNS, PaperRow, row_of
+
+STATUSES = ("pending", "sending", "sent", "skipped", "failed")
+_WAITING = ("pending", "sending")
+_TRANSPORT = TransportState.__table__  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """A digest to record: its status, Message-ID, the ingest it reads up to, and its items
+    as (paper id, score, stored explanation JSON), best first."""
+
+    subscriber_id: int
+    status: str
+    message_id: str
+    upto: int
+    items: Sequence[tuple[int, float, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """A digest still to send, with the subscriber it goes to."""
+
+    digest_id: int
+    period: date
+    message_id: str
+    subscriber_id: int
+    email: str
+    token_salt: str
+
+
+@dataclass(frozen=True, slots=True)
+class ItemRow:
+    """A paper in a digest: its score, its stored explanation JSON, and when it went out."""
+
+    digest_id: int
+    subscriber_id: int
+    score: float
+    matched: str
+    sent_at: datetime | None
+    paper: PaperRow
+
+
+def owed_subscribers(conn: Connection, period: date) -> list[Subscriber]:
+    """Active subscribers with no digest recorded for ``period`` yet, by id."""
+    done = sa.select(col(Digest.subscriber_id)).where(col(Digest.period) == period)
+    with Session(bind=conn) as session:
+        rows = list(
+            session.exec(
+                select(Subscriber)
+                .where(col(Subscriber.status) == "active", col(Subscriber.id).not_in(done))
+                .order_by(col(Subscriber.id))
+            ).all()
+        )
+        for row in rows:
+            session.expunge(row)
+    return rows
+
+
+def sent_pairs(
+    conn: Connection, subscriber_ids: Collection[int], from_paper: int
+) -> dict[int, set[int]]:
+    """The papers with ids from ``from_paper`` on already in a digest of these subscribers."""
+    sent: dict[int, set[int]] = {}
+    for sub_id, paper_id in conn.execute(
+        sa.select(col(DigestItem.subscriber_id), col(DigestItem.paper_id)).where(
+            col(DigestItem.paper_id) >= from_paper
+        )
+    ).all():
+        if sub_id in subscriber_ids:
+            sent.setdefault(sub_id, set()).add(paper_id)
+    return sent
+
+
+def record(
+    conn: Connection,
+    planned: Sequence[Planned],
+    *,
+    period: date,
+    now: datetime,
+    run_id: int | None,
+) -> None:
+    """Write the digest rows and their items in bulk, and move each subscriber's cut-off."""
+    if not planned:
+        return
+    now = db_time(now)
+    conn.execute(
+        sa.insert(Digest),
+        [
+            {
+                "subscriber_id": p.subscriber_id,
+                "period": period,
+                "status": p.status,
+                "message_id": p.message_id,
+                "created_at": now,
+                "run_id": run_id,
+            }
+            for p in planned
+        ],
+    )
+    digest_of = dict(
+        conn.execute(
+            sa.select(col(Digest.subscriber_id), col(Digest.id)).where(col(Digest.period) == period)
+        ).all()
+    )
+    items = [
+        {
+            "digest_id": digest_of[p.subscriber_id],
+            "subscriber_id": p.subscriber_id,
+            "paper_id": paper_id,
+            "rank": rank,
+            "score": score,
+            "matched": matched,
+        }
+        for p in planned
+        for rank, (paper_id, score, matched) in enumerate(p.items, 1)
+    ]
+    if items:
+        conn.execute(sa.insert(DigestItem), items)
+    conn.execute(
+        sa.update(Subscriber)
+        .where(col(Subscriber.id) == sa.bindparam("_id"))
+        .values(last_digest_at=now, seen_upto=sa.bindparam("_upto")),
+        [{"_id": p.subscriber_id, "_upto": p.upto} for p in planned],
+    )
+
+
+def load(engine: Engine, *, after: int = 0, limit: int | None = None) -> list[OutboxRow]:
+    """The digests still to send (pending, or caught mid-send by a crash) of active
+    subscribers after digest id ``after``, oldest first."""
+    query: Any = (
+        sa.select(
+            col(Digest.id),
+            col(Digest.period),
+            col(Digest.message_id),
+            col(Subscriber.id),
+            col(Subscriber.email),
+            col(Subscriber.token_salt),
+        )
+        .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+        .where(
+            col(Digest.status).in_(_WAITING),
+            col(Subscriber.status) == "active",
+            col(Digest.id) > after,
+        )
+        .order_by(col(Digest.id))
+    )
+    if limit is not None:
+        query = query.limit(limit)
+    with reading(engine) as conn:
+        rows = [OutboxRow(*row) for row in conn.execute(query)]
+        conn.rollback()
+    return rows
+
+
+def _item_rows(conn: Connection, query: Any) -> list[ItemRow]:
+    width = len(ROW_COLUMNS)
+    return [
+        ItemRow(row[0], row[1], row[2], row[3], row[4], row_of(row[5 : 5 + width]))
+        for row in conn.execute(query)
+    ]
+
+
+def items_of(conn: Connection, digest_ids: Sequence[int]) -> dict[int, list[ItemRow]]:
+    """The items of each digest, in rank order."""
+    items: dict[int, list[ItemRow]] = {d: [] for d in digest_ids}
+    if not digest_ids:
+        return items
+    query = (
+        sa.select(
+            col(DigestItem.digest_id),
+            col(DigestItem.subscriber_id),
+            col(DigestItem.score),
+            col(DigestItem.matched),
+            sa.null().label("sent_at"),
+            *ROW_COLUMNS,
+        )
+        .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
+        .where(col(DigestItem.digest_id).in_(digest_ids))
+        .order_by(col(DigestItem.digest_id), col(DigestItem.rank))
+    )
+    for item in _item_rows(conn, query):
+        items[item.digest_id].append(item)
+    return items
+
+
+def sent_items(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> list[ItemRow]:
+    """The newest ``limit`` items sent to each of these subscribers, by subscriber, newest
+    first."""
+    numbered = (
+        sa.select(
+            col(DigestItem.digest_id),
+            col(DigestItem.subscriber_id),
+            col(DigestItem.score),
+            col(DigestItem.matched),
+            col(Digest.sent_at),
+            *ROW_COLUMNS,
+            sa.func.row_number()
+            .over(
+                partition_by=col(DigestItem.subscriber_id),
+                order_by=(col(Digest.sent_at).desc(), col(DigestItem.rank)),
+            )
+            .label("n"),
+        )
+        .join(Digest, col(Digest.id) == col(DigestItem.digest_id))
+        .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
+        .where(col(Digest.status) == "sent", col(DigestItem.subscriber_id).in_(subscriber_ids))
+        .subquery()
+    )
+    return _item_rows(
+        conn,
+        sa.select(*(c for c in numbered.c if c.name != "n"))
+        .where(numbered.c.n <= limit)
+        .order_by(numbered.c.subscriber_id, numbered.c.n),
+    )
+
+
+# Built once: these run for every message, and building a statement costs more than running it.
+# An attempt is counted when the server answered about the recipient: here, or in a failure.
+_SENDING = sa.update(Digest).where(col(Digest.id) == sa.bindparam("_id")).values(status="sending")
+_SENT = (
+    sa.update(Digest)
+    .where(col(Digest.id) == sa.bindparam("_id"))
+    .values(
+        status="sent",
+        sent_at=sa.bindparam("_at"),
+        last_error=None,
+        attempts=col(Digest.attempts) + 1,
+    )
+)
+_UNSENT = (
+    sa.update(Digest)
+    .where(col(Digest.id) == sa.bindparam("_id"))
+    .values(status="pending", last_error=sa.bindparam("_error"))
+)
+
+
+def mark_sending(engine: Engine, digest_id: int) -> None:
+    """The digest is being handed to the transport."""
+    with transaction(engine) as conn:
+        conn.execute(_SENDING, {"_id": digest_id})
+
+
+def mark_sent(engine: Engine, digest_id: int, at: datetime) -> None:
+    """The transport took the digest."""
+    with transaction(engine) as conn:
+        conn.execute(_SENT, {"_id": digest_id, "_at": db_time(at)})
+
+
+def mark_unsent(engine: Engine, digest_id: int, error: str) -> None:
+    """Back to pending at no cost: the failure was nobody's fault."""
+    with transaction(engine) as conn:
+        conn.execute(_UNSENT, {"_id": digest_id, "_error": error[:500]})
+
+
+def mark_failed(engine: Engine, digest_id: int, reason: str) -> None:
+    """This digest cannot go out: set aside, with why."""
+    with transaction(engine) as conn:
+        conn.execute(
+            sa.update(Digest)
+            .where(col(Digest.id) == digest_id)
+            .values(status="failed", last_error=reason[:500])
+        )
+
+
+def record_failure(
+    engine: Engine,
+    digest_id: int,
+    subscriber_id: int,
+    *,
+    error: str,
+    counts: bool,
+    permanent: bool,
+    max_attempts: int,
+) -> str:
+    """Record a failed send; returns what became of the digest: "bounced" (the subscriber
+    too), "failed" (out of attempts) or "pending" (tried again later)."""
+    error = error[:500]
+    with transaction(engine) as conn:
+        attempts = conn.execute(
+            sa.select(col(Digest.attempts)).where(col(Digest.id) == digest_id)
+        ).scalar_one()
+        if counts:
+            attempts += 1
+        outcome = "bounced" if permanent else "failed" if attempts >= max_attempts else "pending"
+        conn.execute(
+            sa.update(Digest)
+            .where(col(Digest.id) == digest_id)
+            .values(
+                status="pending" if outcome == "pending" else "failed",
+                attempts=attempts,
+                last_error=error,
+            )
+        )
+        if permanent:
+            conn.execute(
+                sa.update(Subscriber)
+                .where(col(Subscriber.id) == subscriber_id)
+                .values(status="bounced")
+            )
+    return outcome
+
+
+def counts(engine: Engine) -> dict[str, int]:
+    """Digests by status."""
+    query = sa.select(col(Digest.status), sa.func.count()).group_by(col(Digest.status))
+    with reading(engine) as conn:
+        rows = conn.execute(query).all()
+        conn.rollback()
+    found = dict.fromkeys(STATUSES, 0)
+    found.update({status: int(n) for status, n in rows})
+    return found
+
+
+def withdraw_unwanted(engine: Engine) -> int:
+    """Digests still waiting for a subscriber who has left since (unsubscribed, bounced, or
+    not active for another reason) are never sent: they are marked skipped, with why."""
+    left = sa.select(col(Subscriber.id)).where(col(Subscriber.status) != "active")
+    waiting = col(Digest.status).in_(_WAITING)
+    with transaction(engine) as conn:
+        reasons = conn.execute(
+            sa.select(col(Subscriber.status), sa.func.count())
+            .join(Digest, col(Digest.subscriber_id) == col(Subscriber.id))
+            .where(waiting, col(Subscriber.status) != "active")
+            .group_by(col(Subscriber.status))
+        ).all()
+        for status, _ in reasons:
+            conn.execute(
+                sa.update(Digest)
+                .where(
+                    waiting,
+                    col(Digest.subscriber_id).in_(left.where(col(Subscriber.status) == status)),
+                )
+                .values(
+                    status="skipped",
+                    last_error=f"not sent: the subscriber was {status} before it went out",
+                )
+            )
+    return sum(count for _, count in reasons)
+
+
+def pending_reason(engine: Engine) -> str | None:
+    """Why digests are still waiting to be sent: the newest failure among them, or why they
+    were not tried; None when nothing waits."""
+    with reading(engine) as conn:
+        row = conn.execute(
+            sa.select(col(Digest.last_error), col(Subscriber.status))
+            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+            .where(col(Digest.status).in_(_WAITING))
+            .order_by(col(Digest.last_error).is_(None), col(Digest.id).desc())
+            .limit(1)
+        ).first()
+        conn.rollback()
+    if row is None:
+        return None
+    if row.last_error:
+        return str(row.last_error)
+    if row.status != "active":
+        return f"the subscriber is {row.status}"
+    return "not tried yet"
+
+
+def record_transport(
+    engine: Engine, label: str, *, gave_up: str | None, sent: int, now: datetime
+) -> None:
+    """Remember how the transport fared: the error that stopped sending and since when it
+    has been failing, or that it worked. A pass that tried nothing changes nothing."""
+    now = db_time(now)
+    if gave_up:
+        values: dict[str, Any] = {"last_error": gave_up[:500], "last_failure_at": now}
+    elif sent:
+        values = {"last_error": None, "failing_since": None, "last_ok_at": now}
+    else:
+        return
+    with transaction(engine) as conn:
+        since = conn.execute(
+            sa.select(_TRANSPORT.c.id, _TRANSPORT.c.failing_since).where(
+                _TRANSPORT.c.transport == label
+            )
+        ).first()
+        if gave_up:
+            values["failing_since"] = since.failing_since if since and since.failing_since else now
+        if since is None:
+            conn.execute(sa.insert(_TRANSPORT).values(transport=label, **values))
+        else:
+            conn.execute(sa.update(_TRANSPORT).where(_TRANSPORT.c.id == since.id).values(**values))
+
+
+def transport_state(engine: Engine, label: str) -> dict[str, Any] | None:
+    """What ``record_transport`` remembers of the transport ``label``."""
+    with reading(engine) as conn:
+        row = conn.execute(sa.select(_TRANSPORT).where(_TRANSPORT.c.transport == label)).first()
+        conn.rollback()
+    return None if row is None else dict(row._mapping)
+
+
+def recent_failures(conn: Connection, since: datetime, limit: int = 20) -> list[Any]:
+    """Digests failed since ``since``, newest first: (period, email, last_error)."""
+    return list(
+        conn.execute(
+            sa.select(col(Digest.period), col(Subscriber.email), col(Digest.last_error))
+            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+            .where(col(Digest.status) == "failed", col(Digest.created_at) >= since)
+            .order_by(col(Digest.id).desc())
+            .limit(limit)
+        ).all()
+    )

@@ -1,0 +1,280 @@
+"""Papers: the one row type the rest of the code reads them as, and its named queries."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from digest.store.models import Paper
+
+_PAPER = Paper.__table__  # type: ignore[attr-defined]
+PARAMETERS = 900  # ids per ``IN (...)``: under every backend's bound-parameter cap
+INDEX_BATCH = 50_000  # papers added to the search index between two progress reports
+
+
+@dataclass(frozen=True, slots=True)
+class PaperRow:
+    """A stored paper as the ranker, the emails and the feeds read it."""
+
+    id: int
+    key: str
+    title: str
+    abstract: str
+    url: str | None
+    arxiv_id: str | None
+    times_seen: int
+    first_seen: datetime
+    authors: str = ""
+    seq: int = 0  # the ingest that first saw it
+    first_key: str | None = None  # the key before it adopted an arXiv id
+
+    @property
+    def guid_key(self) -> str:
+        """The key a paper was first seen under: what its feed GUID is made of."""
+        return self.first_key or self.key
+
+
+_ROW = sa.select(
+    _PAPER.c.id,
+    _PAPER.c.key,
+    _PAPER.c.title,
+    _PAPER.c.abstract,
+    _PAPER.c.url,
+    _PAPER.c.arxiv_id,
+    _PAPER.c.times_seen,
+    _PAPER.c.first_seen,
+    _PAPER.c.authors,
+    _PAPER.c.seq,
+    _PAPER.c.first_key,
+)
+ROW_COLUMNS = tuple(_ROW.selected_columns)  # for queries that join papers to other tables
+
+
+def row_of(values: Sequence[Any]) -> PaperRow:
+    """A ``PaperRow`` from the ``ROW_COLUMNS`` values of a result row, in that order."""
+    return PaperRow(*values)
+
+
+def _rows(conn: Connection, query: Any) -> list[PaperRow]:
+    return [PaperRow(*row) for row in conn.execute(query)]
+
+
+def new_since(conn: Connection, after: int, upto: int) -> list[PaperRow]:
+    """Papers of the ingests numbered after ``after`` and up to ``upto``, by id."""
+    return _rows(conn, _ROW.where(_PAPER.c.seq > after, _PAPER.c.seq <= upto).order_by(_PAPER.c.id))
+
+
+def newest(
+    conn: Connection, limit: int, *, by: Literal["id", "first_seen"] = "id"
+) -> list[PaperRow]:
+    """The ``limit`` newest papers, newest first: by id, or by when first seen."""
+    if by == "id":
+        return _rows(conn, _ROW.order_by(_PAPER.c.id.desc()).limit(limit))
+    return _rows(conn, _ROW.order_by(_PAPER.c.first_seen.desc(), _PAPER.c.id.desc()).limit(limit))
+
+
+def by_ids(conn: Connection, ids: Sequence[int]) -> dict[int, PaperRow]:
+    """The papers with these ids, by id."""
+    found: dict[int, PaperRow] = {}
+    for start in range(0, len(ids), PARAMETERS):
+        for row in _rows(conn, _ROW.where(_PAPER.c.id.in_(ids[start : start + PARAMETERS]))):
+            found[row.id] = row
+    return found
+
+
+def stats_sample(conn: Connection, sample: int) -> list[tuple[str, str]]:
+    """(title, abstract) of every paper, or of a uniform sample of ``sample`` of them.
+
+    The sample is seeded by the store's size, so the same store always gives the same one.
+    """
+    newest_id = conn.execute(sa.select(sa.func.max(_PAPER.c.id))).scalar() or 0
+    query = sa.select(_PAPER.c.title, _PAPER.c.abstract)
+    if newest_id <= sample:
+        return [(title, abstract) for title, abstract in conn.execute(query)]
+    chosen = random.Random(newest_id).sample(range(1, newest_id + 1), sample)
+    rows: list[tuple[str, str]] = []
+    for start in range(0, sample, PARAMETERS):
+        part = query.where(_PAPER.c.id.in_(chosen[start : start + PARAMETERS]))
+        rows.extend((title, abstract) for title, abstract in conn.execute(part))
+    return rows
+
+
+def fts_candidates(conn: Connection, match: str, limit: int) -> list[PaperRow] | None:
+    """The best ``limit`` papers the SQLite full-text index finds for the ``MATCH``
+    expression ``match``, by id; None off SQLite (no index there)."""
+    if conn.dialect.name != "sqlite":
+        return None
+    ids = [
+        row[0]
+        for row in conn.exec_driver_sql(
+            "SELECT rowid FROM paper_fts WHERE paper_fts MATCH ? ORDER BY rank LIMIT ?",
+            (match, limit),
+        ).all()
+    ]
+    found = by_ids(conn, ids)
+    return [found[i] for i in sorted(found)]
+
+
+def has_any(conn: Connection) -> bool:
+    """Whether the store holds any paper at all."""
+    return conn.execute(sa.select(_PAPER.c.id).limit(1)).first() is not None
+
+
+def counts(conn: Connection, since: datetime) -> tuple[int, int, datetime | None]:
+    """How many papers the store holds, how many were first seen since ``since``, and when
+    the newest was."""
+    total = conn.execute(sa.select(sa.func.count()).select_from(_PAPER)).scalar_one()
+    newest_seen = conn.execute(sa.select(sa.func.max(_PAPER.c.first_seen))).scalar()
+    recent = conn.execute(
+        sa.select(sa.func.count()).select_from(_PAPER).where(_PAPER.c.first_seen >= since)
+    ).scalar_one()
+    return int(total), int(recent), newest_seen
+
+
+# The paper write side, for the seen-papers diff: plain row dicts in and out.
+_LOOKUP_COLUMNS = (
+    "id",
+    "key",
+    "first_key",
+    "title_key",
+    "arxiv_id",
+    "title",
+    "abstract",
+    "authors",
+    "url",
+    "listing_date",
+    "last_seen",
+)
+_LOOKUP = sa.select(*(_PAPER.c[name] for name in _LOOKUP_COLUMNS))
+_INSERT = sa.insert(_PAPER)
+_UPDATE = (
+    sa.update(_PAPER)
+    .where(_PAPER.c.id == sa.bindparam("_id"))
+    .values(
+        key=sa.bindparam("_key"),
+        first_key=sa.bindparam("_first_key"),
+        arxiv_id=sa.bindparam("_arxiv_id"),
+        title=sa.bindparam("_title"),
+        abstract=sa.bindparam("_abstract"),
+        authors=sa.bindparam("_authors"),
+        url=sa.bindparam("_url"),
+        listing_date=sa.bindparam("_listing_date"),
+        last_seen=sa.bindparam("_last_seen"),
+        times_seen=_PAPER.c.times_seen + sa.bindparam("_bump"),
+    )
+)
+
+
+def lookup(conn: Connection, column: str, values: list[str]) -> list[dict[str, Any]]:
+    """Existing papers whose ``column`` is one of ``values``, as row dicts."""
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(values), PARAMETERS):
+        part = values[start : start + PARAMETERS]
+        result = conn.execute(_LOOKUP.where(_PAPER.c[column].in_(part)))
+        rows.extend(dict(row._mapping) for row in result)
+    return rows
+
+
+def update_papers(conn: Connection, rows: Sequence[dict[str, Any]], now: datetime) -> None:
+    """Write back papers seen again at ``now``; each row's ``times_seen`` is what to add."""
+    conn.execute(
+        _UPDATE,
+        [
+            {
+                "_id": u["id"],
+                "_key": u["key"],
+                "_first_key": u["first_key"],
+                "_arxiv_id": u["arxiv_id"],
+                "_title": u["title"],
+                "_abstract": u["abstract"],
+                "_authors": u["authors"],
+                "_url": u["url"],
+                "_listing_date": u["listing_date"],
+                "_last_seen": now,
+                "_bump": u["times_seen"],
+            }
+            for u in rows
+        ],
+    )
+
+
+_INSERT_COLUMNS = (
+    "key", "title_key", "arxiv_id", "title", "abstract", "authors", "url", "listing_date",
+    "first_seen", "last_seen", "times_seen", "seq",
+)  # fmt: skip
+_RAW_INSERT = (
+    f"INSERT INTO paper ({', '.join(_INSERT_COLUMNS)})"
+    f" VALUES ({', '.join('?' * len(_INSERT_COLUMNS))})"
+)
+
+
+def insert_papers(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert new papers; on SQLite straight through the driver (a back-fill's hot path).
+
+    SQLAlchemy's per-row parameter processing costs more than SQLite's insert itself,
+    so on SQLite the stored forms of the times and dates are made here, once per value,
+    with the dialect's own processors, and the rows go to ``executemany`` as tuples.
+    """
+    dialect = conn.dialect
+    if dialect.name != "sqlite":
+        conn.execute(_INSERT, rows)
+        return
+    stamp = _PAPER.c.first_seen.type.dialect_impl(dialect).bind_processor(dialect)
+    day = _PAPER.c.listing_date.type.dialect_impl(dialect).bind_processor(dialect)
+    times: dict[Any, Any] = {}
+    days: dict[Any, Any] = {None: None}
+    tuples = []
+    for row in rows:
+        seen = row["first_seen"]
+        if seen not in times:
+            times[seen] = stamp(seen) if stamp else seen
+        listed = row["listing_date"]
+        if listed not in days:
+            days[listed] = day(listed) if day else listed
+        tuples.append(
+            (row["key"], row["title_key"], row["arxiv_id"], row["title"], row["abstract"],
+             row["authors"], row["url"], days[listed], times[seen], times[row["last_seen"]], 1,
+             row["seq"])
+        )  # fmt: skip
+    conn.exec_driver_sql(_RAW_INSERT, tuples)
+
+
+def has_title_only_papers(conn: Connection) -> bool:
+    """Whether any paper is known by its title alone (a range probe of the key index)."""
+    found = conn.execute(
+        sa.select(_PAPER.c.id).where(_PAPER.c.key >= "title:", _PAPER.c.key < "title;").limit(1)
+    ).first()
+    return found is not None
+
+
+def index_papers(conn: Connection, progress: Callable[[str, int], None] | None = None) -> int:
+    """Bring the SQLite search index up to the newest paper; returns how many were added.
+
+    After a back-fill that deferred it this takes seconds: ``progress`` is told the count
+    so far, in steps of ``INDEX_BATCH`` papers.
+    """
+    if conn.dialect.name != "sqlite":
+        return 0
+    upto = conn.exec_driver_sql("SELECT indexed_upto FROM search_state").scalar() or 0
+    newest = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM paper").scalar() or 0
+    if newest <= upto:
+        return 0
+    added = 0
+    for start in range(upto, newest, INDEX_BATCH):
+        if progress is not None:
+            progress("building the search index", added)
+        added += conn.exec_driver_sql(
+            "INSERT INTO paper_fts(rowid, title, abstract)"
+            " SELECT id, title, abstract FROM paper WHERE id > ? AND id <= ? ORDER BY id",
+            (start, min(start + INDEX_BATCH, newest)),
+        ).rowcount
+    if progress is not None:
+        progress("building the search index", added)
+    conn.exec_driver_sql("UPDATE search_state SET indexed_upto = ?", (newest,))
+    return int(newest - upto)
