@@ -51,35 +51,7 @@ HANDLES = {("sqlalchemy.engine", "Engine"), ("sqlalchemy.engine", "Connection")}
 # here is let through by the three checks below; any other bad edge fails. A module reaching
 # for SQL is listed with the root it imports (``sqlalchemy`` or ``sqlmodel``). Remove an
 # entry when its edge is gone; the list ends empty.
-KNOWN_UNTIL_SPLIT = {
-    # against the flow
-    ("digest.deliver.send", "digest.service.preview"),
-    ("digest.feeds.publish", "digest.service.preview"),
-    ("digest.store.engine", "digest.ingest.identity"),
-    ("digest.store.engine", "digest.ingest.listing"),
-    ("digest.store.subscribers", "digest.rank.query"),
-    ("digest.store.subscribers", "digest.settings"),
-    # the cycle ranker <-> topk <-> workers: its two edges back up to the ranker
-    ("digest.rank.topk", "digest.rank.ranker"),
-    ("digest.rank.workers", "digest.rank.ranker"),
-    # SQL outside the store
-    ("digest.deliver.plan", "sqlalchemy"),
-    ("digest.deliver.plan", "sqlmodel"),
-    ("digest.deliver.send", "sqlalchemy"),
-    ("digest.deliver.send", "sqlmodel"),
-    ("digest.feeds.publish", "sqlalchemy"),
-    ("digest.feeds.publish", "sqlmodel"),
-    ("digest.ingest.dumps", "sqlalchemy"),
-    ("digest.ingest.dumps", "sqlmodel"),
-    ("digest.ingest.fetch", "sqlalchemy"),
-    ("digest.service.cycle", "sqlalchemy"),
-    ("digest.service.cycle", "sqlmodel"),
-    ("digest.service.preview", "sqlalchemy"),
-    ("digest.service.preview", "sqlmodel"),
-    ("digest.service.runlock", "sqlalchemy"),
-    ("digest.service.status", "sqlalchemy"),
-    ("digest.service.status", "sqlmodel"),
-}
+KNOWN_UNTIL_SPLIT: set[tuple[str, str]] = set()
 
 
 def module_name(path: Path) -> str:

@@ -22,10 +22,10 @@ from digest.deliver.transports import (
     TransportError,
     _wire,
     eml_name,
-    exponential_backoff,
     open_transport,
 )
 from digest.errors import ConfigError, DeliveryError
+from digest.retry import backoff
 from tests.smtp_server import DROP, SMTPServer, free_port, start_server
 
 SENDER = Sender(
@@ -185,7 +185,7 @@ def test_unlimited_rate_never_sleeps() -> None:
 
 
 def test_backoff_grows_and_stays_capped() -> None:
-    delay = exponential_backoff(base=1.0, cap=8.0)
+    delay = backoff(1.0, 8.0, jitter=True)
     assert 0.5 <= delay(0) <= 1.0
     assert 2.0 <= delay(2) <= 4.0
     assert 4.0 <= delay(10) <= 8.0

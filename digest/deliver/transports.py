@@ -236,10 +236,6 @@ class RateLimiter:
             await self._sleep(at - now)
 
 
-def exponential_backoff(base: float = 0.5, cap: float = 30.0) -> Backoff:
-    return retry_backoff(base, cap, jitter=True)  # moved: digest.retry.backoff
-
-
 # --- SMTP ---------------------------------------------------------------------------
 
 
@@ -297,7 +293,7 @@ class SMTPTransport(_Closing):
         self._start_tls = start_tls
         self._timeout = timeout
         self._retries = retries
-        self._backoff = backoff or exponential_backoff()
+        self._backoff = backoff or retry_backoff(0.5, 30.0, jitter=True)
         self._sleep = sleep
         self._local_hostname = local_hostname
         self._limiter = RateLimiter(rate, sleep=sleep)

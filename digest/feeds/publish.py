@@ -29,9 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlmodel import col
 
 from digest.deliver.message import PaperView, prepare
 from digest.deliver.views import paper_view
@@ -46,8 +44,8 @@ from digest.feeds.render import (
 )
 from digest.store import outbox, papers
 from digest.store.engine import feed_authority, reading
-from digest.store.models import Subscriber
 from digest.store.papers import PaperRow
+from digest.store.subscribers import active_salts
 from digest.tokens import feed_name
 
 GLOBAL_FEED = "papers"
@@ -94,14 +92,7 @@ def publish_feeds(
     authority = feed_authority(engine, urlsplit(base_url).hostname or "localhost")
     with reading(engine) as conn:
         newest = papers.newest(conn, limit, by="first_seen")
-        names = {
-            row.id: feed_name(key, row.id, row.token_salt)
-            for row in conn.execute(
-                sa.select(col(Subscriber.id), col(Subscriber.token_salt)).where(
-                    col(Subscriber.status) == "active"
-                )
-            ).all()
-        }
+        names = {ident: feed_name(key, ident, salt) for ident, salt in active_salts(conn).items()}
         targets = [
             sid
             for sid, name in names.items()

@@ -14,10 +14,11 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
+from digest.clock import as_utc
 from digest.ingest.identity import paper_keys
 from digest.ingest.listing import Entry
 from digest.store import papers
-from digest.store.engine import db_time, next_ingest_sequence
+from digest.store.engine import next_ingest_sequence
 
 BATCH = 2_000  # entries per lookup/insert round trip; bounds memory on back-fills
 
@@ -61,7 +62,7 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
     sequence number, which digests use as their "new since" cut-off (never the clock).
     """
     counts = DiffCounts()
-    now = db_time(now)
+    now = as_utc(now, naive="refuse")
     seq = next_ingest_sequence(conn)
     # An entry with an arXiv id can only meet its paper under another key if the store has
     # papers known by title alone; a back-fill of the snapshot into a fresh store has none.

@@ -37,15 +37,13 @@ from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 import httpx
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from digest.clock import as_utc
 from digest.logs import redact
 from digest.retry import TryAgain
 from digest.retry import backoff as retry_backoff
-from digest.store.engine import reading, transaction
-from digest.store.models import Dump, SourceState
+from digest.store import sources
 
 log = logging.getLogger("digest.fetch")
 # httpx logs every request with its whole URL, query secrets included: only its warnings.
@@ -497,24 +495,6 @@ def _fetch_local(
         spool.discard()
 
 
-_TABLE = SourceState.__table__  # type: ignore[attr-defined]
-_DUMP = Dump.__table__  # type: ignore[attr-defined]
-
-
-def _ingested(engine: Engine, sha: str) -> bool:
-    """Whether a dump with these exact bytes was already ingested (ingest keys dumps by sha256)."""
-    with reading(engine) as conn:
-        return conn.execute(sa.select(_DUMP.c.id).where(_DUMP.c.sha256 == sha)).first() is not None
-
-
-def _load_states(engine: Engine, urls: list[str]) -> dict[str, dict[str, Any]]:
-    if not urls:
-        return {}
-    with transaction(engine) as conn:
-        rows = conn.execute(sa.select(_TABLE).where(_TABLE.c.url.in_(urls)))
-        return {row.url: dict(row._mapping) for row in rows}
-
-
 def _save_state(
     engine: Engine, url: str, old: dict[str, Any] | None, fetched: _Fetched, now: datetime
 ) -> None:
@@ -537,11 +517,7 @@ def _save_state(
         values["bytes"] = fetched.nbytes
     if fetched.status == OK:
         values["last_new_at"] = now
-    with transaction(engine) as conn:
-        if old is None:
-            conn.execute(sa.insert(_TABLE).values(url=url, **values))
-        else:
-            conn.execute(sa.update(_TABLE).where(_TABLE.c.url == url).values(**values))
+    sources.save_source_state(engine, url, values, known=old is not None)
 
 
 def fetch_sources(
@@ -563,13 +539,13 @@ def fetch_sources(
     ``timeout`` is each source's total deadline; ``proxies`` maps a scheme to its proxy URL
     (None: the environment's proxies; ``{}``: none).
     """
-    sources = list(dict.fromkeys(urls))  # a source listed twice is fetched once
+    wanted = list(dict.fromkeys(urls))  # a source listed twice is fetched once
     stamp = as_utc(now)
-    states = _load_states(engine, sources)
-    known = functools.partial(_ingested, engine)
+    states = sources.source_states(engine, wanted)
+    known = functools.partial(sources.dump_known, engine)
     results: list[FetchResult] = []
     with _client(proxies) as client:
-        for url in sources:
+        for url in wanted:
             state = states.get(url)
             try:
                 local = _local_path(url)

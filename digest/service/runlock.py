@@ -26,10 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
-from digest.errors import AlreadyRunning, StoreError, WriteError
+from digest.errors import AlreadyRunning, WriteError
 from digest.settings import Settings
+from digest.store.engine import advisory_lock
 
 LOCK_NAME = "digest.lock"
 # A fixed 63-bit key for pg_try_advisory_lock, derived from a name so it is easy to find in
@@ -127,41 +126,16 @@ def _file_lock(path: Path) -> Iterator[LockInfo]:
 @contextmanager
 def _advisory_lock(database_url: str) -> Iterator[LockInfo]:
     info = LockInfo(pid=os.getpid(), host=socket.gethostname(), started_at=datetime.now(UTC))
-    # The application name is how a loser learns the holder's pid and host (via pg_stat_activity).
+    # The session's name is how a loser learns the holder's pid and host.
     label = f"digest run pid={info.pid} host={info.host}"[:63]
-    try:
-        engine = sa.create_engine(
-            database_url, poolclass=sa.pool.NullPool, connect_args={"application_name": label}
-        )
-        conn = engine.connect()
-    except (sa.exc.SQLAlchemyError, ImportError) as exc:
-        raise StoreError(f"cannot reach the database to take the run lock: {exc}") from None
-    try:
-        got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_KEY})
-        if not got.scalar():
-            raise _busy(_advisory_holder(conn))
-        conn.commit()  # the lock is session-level; do not keep a transaction open all run
-        try:
-            yield info
-        finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
-            conn.commit()
-    finally:
-        conn.close()
-        engine.dispose()
+    with advisory_lock(database_url, ADVISORY_KEY, label) as holder:
+        if holder is not None:
+            raise _busy(_holder_of(holder))
+        yield info
 
 
-def _advisory_holder(conn: sa.Connection) -> LockInfo:
-    row = conn.execute(
-        sa.text(
-            "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-            " WHERE l.locktype = 'advisory' AND l.granted"
-            " AND l.objsubid = 1 AND (l.classid::bigint << 32 | l.objid::bigint) = :key"
-        ),
-        {"key": ADVISORY_KEY},
-    ).first()
-    conn.rollback()
-    fields = dict(part.split("=", 1) for part in str(row[0] if row else "").split() if "=" in part)
+def _holder_of(label: str) -> LockInfo:
+    fields = dict(part.split("=", 1) for part in label.split() if "=" in part)
     try:
         pid = int(fields["pid"])
     except (KeyError, ValueError):

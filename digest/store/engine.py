@@ -20,7 +20,6 @@ import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,6 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
-from digest.clock import as_utc
 from digest.errors import StoreCorrupt, StoreError
 from digest.files import PRIVATE, make_private
 from digest.store.migrations import SCHEMA_VERSION, current_version, migrate
@@ -199,10 +197,6 @@ def write_lock(conn: Connection) -> None:
     conn.execute(sa.select(1))
 
 
-def db_time(moment: datetime) -> datetime:
-    return as_utc(moment, naive="refuse")  # moved: digest.clock.as_utc
-
-
 _SEQUENCE = sa.table("ingest_sequence", sa.column("value", sa.Integer))
 
 
@@ -242,3 +236,41 @@ def feed_authority(engine: Engine, host: str) -> str:
                 conn.execute(sa.insert(_META).values(name=FEED_AUTHORITY, value=host))
                 found = host
     return str(found)
+
+
+@contextmanager
+def advisory_lock(database_url: str, key: int, label: str) -> Iterator[str | None]:
+    """Hold PostgreSQL's session advisory lock ``key`` from a connection of its own named
+    ``label``; yields None while it is held, or, when another session holds it, that session's
+    name (and holds nothing)."""
+    try:
+        engine = sa.create_engine(
+            database_url, poolclass=sa.pool.NullPool, connect_args={"application_name": label}
+        )
+        conn = engine.connect()
+    except (SQLAlchemyError, ImportError) as exc:
+        raise StoreError(f"cannot reach the database to take the run lock: {exc}") from None
+    try:
+        got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
+        if not got:
+            row = conn.execute(
+                sa.text(
+                    "SELECT a.application_name FROM pg_locks l"
+                    " JOIN pg_stat_activity a ON a.pid = l.pid"
+                    " WHERE l.locktype = 'advisory' AND l.granted"
+                    " AND l.objsubid = 1 AND (l.classid::bigint << 32 | l.objid::bigint) = :key"
+                ),
+                {"key": key},
+            ).first()
+            conn.rollback()
+            yield str(row[0] if row else "")
+            return
+        conn.commit()  # the lock is session-level; no transaction stays open all run
+        try:
+            yield None
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            conn.commit()
+    finally:
+        conn.close()
+        engine.dispose()

@@ -15,7 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
-from digest.store.engine import db_time, reading, transaction
+from digest.clock import as_utc
+from digest.store.engine import reading, transaction
 from digest.store.models import Digest, DigestItem, Paper, Subscriber, TransportState
 from digest.store.papers import ROW_COLUMNS, PaperRow, row_of
 
@@ -102,7 +103,7 @@ def record(
     """Write the digest rows and their items in bulk, and move each subscriber's cut-off."""
     if not planned:
         return
-    now = db_time(now)
+    now = as_utc(now, naive="refuse")
     conn.execute(
         sa.insert(Digest),
         [
@@ -263,7 +264,7 @@ def mark_sending(engine: Engine, digest_id: int) -> None:
 def mark_sent(engine: Engine, digest_id: int, at: datetime) -> None:
     """The transport took the digest."""
     with transaction(engine) as conn:
-        conn.execute(_SENT, {"_id": digest_id, "_at": db_time(at)})
+        conn.execute(_SENT, {"_id": digest_id, "_at": as_utc(at, naive="refuse")})
 
 
 def mark_unsent(engine: Engine, digest_id: int, error: str) -> None:
@@ -384,7 +385,7 @@ def record_transport(
 ) -> None:
     """Remember how the transport fared: the error that stopped sending and since when it
     has been failing, or that it worked. A pass that tried nothing changes nothing."""
-    now = db_time(now)
+    now = as_utc(now, naive="refuse")
     if gave_up:
         values: dict[str, Any] = {"last_error": gave_up[:500], "last_failure_at": now}
     elif sent:

@@ -10,8 +10,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import col
 
+from digest.clock import as_utc
 from digest.errors import StoreError
-from digest.store.engine import db_time, reading, transaction, transaction_if_free
+from digest.store.engine import reading, transaction, transaction_if_free
 from digest.store.models import Run
 
 INTERRUPTED = "interrupted: its process ended without finishing the run"
@@ -46,7 +47,9 @@ def start(engine: Engine, *, period: date, now: datetime) -> int:
     with transaction(engine) as conn:
         return int(
             conn.execute(
-                sa.insert(Run).values(kind="run", period=period, started_at=db_time(now))
+                sa.insert(Run).values(
+                    kind="run", period=period, started_at=as_utc(now, naive="refuse")
+                )
             ).inserted_primary_key[0]  # type: ignore[index]
         )
 
@@ -59,7 +62,9 @@ def finish(
         conn.execute(
             sa.update(Run)
             .where(col(Run.id) == run_id)
-            .values(finished_at=db_time(now), status=status, figures=figures, error=error)
+            .values(
+                finished_at=as_utc(now, naive="refuse"), status=status, figures=figures, error=error
+            )
         )
 
 

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
-from digest.store.engine import db_time, reading, transaction, write_lock
+from digest.clock import as_utc
+from digest.store.engine import reading, transaction, write_lock
 from digest.store.models import Dump, SourceState
 
 _DUMP = Dump.__table__  # type: ignore[attr-defined]
@@ -63,7 +64,7 @@ def record_dump(
             source=source,
             layout=layout,
             listing_date=listing_date,
-            ingested_at=db_time(ingested_at),
+            ingested_at=as_utc(ingested_at, naive="refuse"),
             entries=entries,
             new=new,
             seen=seen,

@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
+from digest.clock import as_utc
 from digest.errors import UsageError
-from digest.store.engine import db_time, ingest_sequence, reading
+from digest.store.engine import ingest_sequence, reading
 from digest.store.models import Subscriber
 
 STATUSES = ("pending", "active", "unsubscribed", "bounced")
@@ -162,7 +163,7 @@ def store_subscribers(
                 row = rows[spec.email] = Subscriber(
                     email=spec.email,
                     token_salt=secrets.token_hex(16),
-                    created_at=db_time(now),
+                    created_at=as_utc(now, naive="refuse"),
                     # their first digest holds the papers of ingests after this one
                     seen_upto=ingest_sequence(session.connection()),
                 )
