@@ -294,3 +294,13 @@ def installed_site(
             if handler.get_name() == "digest":
                 logger.removeHandler(handler)
         logger.setLevel(level)
+
+
+def store_rows(data: Path, query: str) -> list[tuple[object, ...]]:
+    """The rows of ``query`` over the SQLite store in the data folder ``data``."""
+    engine = sa.create_engine(f"sqlite:///{data / 'digest.db'}")
+    try:
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(sa.text(query)).all()]
+    finally:
+        engine.dispose()

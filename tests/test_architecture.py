@@ -12,7 +12,6 @@ DOC = ROOT / "docs" / "ARCHITECTURE.md"
 LISTED = re.compile(r"^- `(digest/[\w/]+\.py)`:", re.MULTILINE)
 
 
-
 def is_empty_init(path: Path) -> bool:
     """A package marker: an ``__init__.py`` holding its docstring and nothing else."""
     if path.name != "__init__.py":

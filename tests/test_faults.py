@@ -18,7 +18,6 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import sqlalchemy as sa
 
 import digest.cli
 import digest.deliver.transports
@@ -29,7 +28,7 @@ from digest.settings import load_settings
 from digest.store.engine import open_store
 from tests.conftest import EXAMPLE_A as DUMP_A
 from tests.conftest import EXAMPLE_B as DUMP_B
-from tests.conftest import Result, Site
+from tests.conftest import Result, Site, store_rows
 from tests.smtp_server import DROP, free_port, start_server
 from tests.test_service import PEOPLE, SENT_TO, wait_until
 
@@ -40,15 +39,6 @@ def one_error_line(result: Result) -> str:
     lines = [line for line in result.err.splitlines() if line.startswith("digest:")]
     assert len(lines) == 1, result.err
     return lines[0]
-
-
-def store_rows(site: Site, query: str) -> list[tuple[object, ...]]:
-    engine = sa.create_engine(f"sqlite:///{site.data / 'digest.db'}")
-    try:
-        with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(sa.text(query)).all()]
-    finally:
-        engine.dispose()
 
 
 # --- a clock that goes backwards --------------------------------------------------------
@@ -79,7 +69,7 @@ def test_papers_ingested_with_the_clock_behind_still_reach_the_next_digest(
     new = ingested.json()["new"]
     assert new > 0
     (behind,) = store_rows(
-        site,
+        site.data,
         "SELECT count(*) FROM paper p, subscriber s WHERE p.first_seen < s.last_digest_at"
         " AND p.seq > s.seen_upto AND s.email = 'ada@example.org'",
     )
@@ -93,13 +83,13 @@ def test_papers_ingested_with_the_clock_behind_still_reach_the_next_digest(
     assert sent > 0
     assert len(site.received()) == len(SENT_TO) + sent
     (undelivered,) = store_rows(
-        site,
+        site.data,
         "SELECT count(*) FROM paper p WHERE p.seq > (SELECT min(seen_upto) FROM subscriber"
         " WHERE status = 'active')",
     )
     assert undelivered == (0,)  # every reader's cut-off has moved past the skewed ingest
     (items,) = store_rows(
-        site,
+        site.data,
         f"SELECT count(*) FROM digestitem i JOIN digest d ON d.id = i.digest_id"
         f" WHERE d.period = '{tomorrow}'",
     )
@@ -306,7 +296,7 @@ def test_a_run_killed_with_9_shows_as_interrupted_and_the_next_run_sends_the_res
         data = status.json()
         assert data["running"] is None
         assert data["runs"][0]["status"] == "interrupted"
-        assert store_rows(site, "SELECT status FROM run") == [("interrupted",)]
+        assert store_rows(site.data, "SELECT status FROM run") == [("interrupted",)]
     result = site.cli("run", "--json")
 
     assert result.code == 0, result.err
@@ -343,9 +333,9 @@ def test_status_never_waits_on_a_writer_to_mark_a_dead_run(site: Site) -> None:
         writer.execute("ROLLBACK")
         writer.close()
         engine.dispose()
-    assert store_rows(site, "SELECT status FROM run") == [("running",)]
+    assert store_rows(site.data, "SELECT status FROM run") == [("running",)]
     assert site.cli("status", "--json").json()["runs"][0]["status"] == "interrupted"
-    assert store_rows(site, "SELECT status FROM run") == [("interrupted",)]
+    assert store_rows(site.data, "SELECT status FROM run") == [("interrupted",)]
 
 
 # --- feeds written by several processes, under serve -----------------------------------------
@@ -372,7 +362,8 @@ def test_serve_writes_many_feeds_in_worker_processes(site: Site) -> None:
         try:
             wait_until(
                 lambda: (
-                    store_rows(site, "SELECT count(*) FROM run WHERE status != 'running'") == [(1,)]
+                    store_rows(site.data, "SELECT count(*) FROM run WHERE status != 'running'")
+                    == [(1,)]
                 ),
                 "the catch-up run to finish",
                 timeout=120,

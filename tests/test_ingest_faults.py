@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from digest.cli import main
 from digest.ingest import dumps as ingest
 from digest.store import engine as store
 from tests.conftest import EXAMPLE_A as DUMP_A
 from tests.conftest import EXAMPLE_B as DUMP_B
+from tests.conftest import store_rows
 from tests.faults import database_full, disk_full
 
 REPO = Path(__file__).resolve().parents[1]
@@ -86,15 +86,6 @@ def run_process(data: Path, *args: str, timeout: float = 60) -> Result:
         timeout=timeout,
     )
     return Result(done.returncode, done.stdout, done.stderr)
-
-
-def store_rows(data: Path, query: str) -> list[tuple[object, ...]]:
-    engine = sa.create_engine(f"sqlite:///{data / 'digest.db'}")
-    try:
-        with engine.connect() as conn:
-            return [tuple(row) for row in conn.execute(sa.text(query)).all()]
-    finally:
-        engine.dispose()
 
 
 def count(data: Path, table: str) -> int:
