@@ -19,21 +19,21 @@ reader see the paper twice.
 
 from __future__ import annotations
 
+import functools
 import json
-import multiprocessing
 import os
 from collections.abc import Collection, Sequence
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import Connection, Engine
 
+from digest import forks
 from digest.deliver.message import PaperView, prepare
 from digest.deliver.views import paper_view
-from digest.errors import DigestError, WriteError
+from digest.errors import WriteError
 from digest.feeds.render import (
     FeedItem,
     FeedKind,
@@ -138,8 +138,9 @@ def publish_feeds(
         for kind in ("atom", "rss")
     ]
     if processes is None:
-        processes = _processes_for(len(jobs))
-    written = _write_in_processes(jobs, limit, processes) if processes > 1 else _write(jobs, limit)
+        # feedgen is CPU-bound (about 1 ms a feed); forked children inherit the built items
+        processes = forks.processes_for(len(jobs), threshold=PARALLEL_FROM, cap=4)
+    written = sum(forks.fork_map(functools.partial(_write, limit=limit), jobs, processes))
     return {"written": written, "unchanged": len(jobs) - written}
 
 
@@ -155,12 +156,6 @@ Job = tuple[Path, FeedMeta, list[FeedItem]]
 PARALLEL_FROM = 2_000  # feeds; below this a second process costs more than it saves
 
 
-def _processes_for(jobs: int) -> int:
-    if jobs < PARALLEL_FROM or "fork" not in multiprocessing.get_all_start_methods():
-        return 1
-    return min(len(os.sched_getaffinity(0)), 4)
-
-
 def _write(jobs: Sequence[Job], limit: int) -> int:
     """Write the feeds whose content changed; how many were written."""
     written = 0
@@ -168,33 +163,3 @@ def _write(jobs: Sequence[Job], limit: int) -> int:
         kind: FeedKind = "atom" if path.suffix == ".atom" else "rss"
         written += write_feed_if_changed(path, meta, items, kind=kind, limit=limit)
     return written
-
-
-def _write_share(jobs: Sequence[Job], limit: int, index: int, step: int, results: Any) -> None:
-    try:
-        results.put((index, _write(jobs[index::step], limit), None))
-    except Exception as exc:  # reported to the parent, which raises it there
-        message = str(exc) if isinstance(exc, DigestError) else f"{type(exc).__name__}: {exc}"
-        results.put((index, 0, message))
-
-
-def _write_in_processes(jobs: Sequence[Job], limit: int, processes: int) -> int:
-    """``_write`` in forked processes (feedgen is CPU-bound: about 1 ms a feed).
-
-    The children inherit the built items with the fork, so nothing is pickled on the way in.
-    """
-    context = multiprocessing.get_context("fork")
-    results = context.SimpleQueue()
-    workers = [
-        context.Process(target=_write_share, args=(jobs, limit, i, processes, results))
-        for i in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    answers = [results.get() for _ in workers]
-    for worker in workers:
-        worker.join()
-    errors = [error for _, _, error in answers if error]
-    if errors or any(worker.exitcode for worker in workers):
-        raise DigestError(f"writing the feeds failed: {errors[0] if errors else 'a worker died'}")
-    return sum(count for _, count, _ in answers)
