@@ -388,3 +388,24 @@ def test_a_digest_waiting_for_someone_who_left_is_never_sent(
         ).scalar()
     assert why == "not sent: the subscriber was unsubscribed before it went out"
     assert report.pending_reason is None
+
+
+def test_a_reader_back_after_leaving_starts_from_the_next_listing(
+    settings: Settings, store: Engine, dump_a: Path
+) -> None:
+    from digest.ingest.dumps import ingest_inbox
+
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    set_status(store, "ada@example.org", "unsubscribed")
+    ingest_inbox(store, settings.inbox, clock=clock)  # dump B, while she is away
+    spec = SubscriberSpec("ada@example.org", PEOPLE["ada@example.org"])
+    upsert_subscriber(store, spec, now=clock(), resubscribe=True)
+    back = RecordingTransport()
+    run_cycle(settings, store, clock=clock, period=DAY, transport=back)
+    recipients = {sent.recipient for sent in back.sent}
+    assert "cy@example.org" in recipients  # the others get dump B's papers
+    assert "ada@example.org" not in recipients  # what came while she was away is not owed
+    shutil.copy(dump_a, settings.inbox / "trending.txt")
+    later = RecordingTransport()
+    run_cycle(settings, store, clock=clock, period=DAY + timedelta(days=1), transport=later)
+    assert "ada@example.org" in {sent.recipient for sent in later.sent}

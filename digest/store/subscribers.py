@@ -170,6 +170,9 @@ def store_subscribers(
                 before: tuple[str | None, list[str]] = (None, [])
             else:
                 before = (row.status, interests_of(row))
+                if row.status in SUPPRESSED and spec.status not in SUPPRESSED:
+                    # back after leaving: like a new subscriber, from the next listing on
+                    row.seen_upto = ingest_sequence(session.connection())
             row.email = spec.email  # an address kept in an older form gets the canonical one
             row.status = spec.status
             row.interests = json.dumps(list(spec.interests))
