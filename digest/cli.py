@@ -505,7 +505,13 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         except AlreadyRunning:
             pass  # a run is ingesting right now
 
+    services = []
+    if not args.no_web:
+        from digest.web.server import WebServer  # the web stack loads only where it runs
+
+        services.append(WebServer(settings, engine))
     return serve(
+        services=services,
         schedule=settings.schedule,
         timezone=settings.timezone,
         poll_minutes=settings.poll_minutes,
@@ -514,6 +520,15 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         stop_event=stop,
         last_period=lambda: last_run_period(engine),
     )
+
+
+def cmd_web(args: argparse.Namespace, ctx: Context) -> int:
+    """Serve the web front alone, until SIGTERM/SIGINT; the digest runs elsewhere."""
+    from digest.web.server import run_web
+
+    _log_setup(ctx, True)
+    ctx.engine  # noqa: B018 -- creates or migrates the store once, before any worker starts
+    return run_web(ctx.settings)
 
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
@@ -684,7 +699,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--verbose", "-v", action="store_true", help="log each step to stderr")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
-    command("serve", cmd_serve, "run on the schedule until stopped (SIGTERM/SIGINT)")
+    sub = command(
+        "serve", cmd_serve, "run the web front and the schedule until stopped (SIGTERM/SIGINT)"
+    )
+    sub.add_argument(
+        "--no-web", action="store_true", help="run the schedule only, without the web front"
+    )
+
+    command("web", cmd_web, "serve the web front alone until stopped (SIGTERM/SIGINT)")
 
     sub = command("status", cmd_status, "papers, subscribers, runs, outbox, sources, warnings")
     sub.add_argument("--json", action="store_true", help="print one JSON object")

@@ -102,6 +102,10 @@ def _log_format(value: Any) -> str | None:
     return None if value in {"auto", "json", "text"} else "must be auto, json or text"
 
 
+def _feed_files(value: Any) -> str | None:
+    return None if value in {"auto", "all", "public"} else "must be auto, all or public"
+
+
 def _schedule(value: Any) -> str | None:
     if len(str(value).split()) != 5:
         return "must be a cron expression of five fields, such as '0 7 * * *'"
@@ -203,6 +207,27 @@ class SettingsModel(BaseSettings):
     log_format: Annotated[str, Rule(check=_log_format)] = Field(
         "auto", description="auto (JSON when not on a terminal), json or text."
     )
+    feed_files: Annotated[str, Rule(check=_feed_files)] = Field(
+        "auto",
+        description="Feed files a run writes: all (public and one private feed per subscriber),"
+        " public (the web front serves the private ones live), or auto (public under"
+        " `digest serve`, all otherwise).",
+    )
+    web_host: str = Field("127.0.0.1", description="Address the web front listens on.")
+    web_port: Annotated[int, Rule(low=1, high=65_535)] = Field(
+        8000, description="Port the web front listens on."
+    )
+    web_workers: Annotated[int, Rule(low=1, high=64)] = Field(
+        1, description="Web worker processes of `digest web` (`digest serve` runs one)."
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description="Proxies whose X-Forwarded-For/-Proto headers are trusted (comma-separated"
+        " addresses, or * for any).",
+    )
+    confirm_hours: Annotated[float, Rule(low=0.1, high=24 * 30)] = Field(
+        48.0, description="Hours a subscription's confirmation link stays valid."
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -300,6 +325,12 @@ class Settings:
     fetch_timeout: float
     fetch_max_bytes: int
     log_format: str
+    feed_files: str
+    web_host: str
+    web_port: int
+    web_workers: int
+    forwarded_allow_ips: str
+    confirm_hours: float
     config_path: Path | None = field(default=None)
     # [[subscribers]] tables of the settings file: added by `run` when missing (demos, small sites)
     sample_subscribers: tuple[dict[str, Any], ...] = ()

@@ -28,8 +28,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from starlette.testclient import TestClient
 
 from digest.cli import main
+from digest.settings import load_settings
 from digest.store.engine import open_store
 from tests.smtp_server import SMTPServer, start_server
 
@@ -239,6 +241,13 @@ class Site:
         finally:
             engine.dispose()
         return [DigestRow(r[0], str(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def web(self) -> TestClient:
+        """The web front of this site, driven in-process through the ASGI test client."""
+        from digest.web.app import create_app
+
+        app = create_app(load_settings(None))
+        return TestClient(app, base_url=self.env["DIGEST_BASE_URL"], raise_server_exceptions=False)
 
     def received(self) -> list[tuple[str, email.message.EmailMessage]]:
         """Envelope recipient and parsed message of everything the server accepted."""

@@ -1,0 +1,98 @@
+"""Serving the app with uvicorn: alone (``digest web``) or in a thread beside the scheduler
+(``digest serve``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+import uvicorn
+from sqlalchemy.engine import Engine
+
+from digest.errors import ConfigError
+from digest.settings import Settings
+from digest.web.app import create_app
+
+log = logging.getLogger("digest.web")
+
+
+def _config(settings: Settings, app: object, **extra: object) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        host=settings.web_host,
+        port=settings.web_port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        # Our own access log (digest.web.access) redacts tokens; uvicorn's would not.
+        access_log=False,
+        log_config=None,
+        lifespan="off",
+        server_header=False,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def listen(settings: Settings) -> socket.socket:
+    """The listening socket of the web front, or a ConfigError naming the address."""
+    family = socket.AF_INET6 if ":" in settings.web_host else socket.AF_INET
+    try:
+        sock = socket.create_server((settings.web_host, settings.web_port), family=family)
+    except OSError as exc:
+        raise ConfigError(
+            f"the web front cannot listen on {settings.web_host}:{settings.web_port}:"
+            f" {exc.strerror or exc} (settings web_host, web_port)"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class WebServer:
+    """The web front in a thread of this process; a ``Service`` of ``digest serve``."""
+
+    def __init__(self, settings: Settings, engine: Engine | None = None) -> None:
+        self.settings = settings
+        self.server = uvicorn.Server(_config(settings, create_app(settings, engine)))
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        sock = listen(self.settings)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, name="web", daemon=True
+        )
+        self.thread.start()
+        log.info(
+            "web front listening",
+            extra={"host": self.settings.web_host, "port": self.settings.web_port},
+        )
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self.thread is not None:
+            self.thread.join(timeout=15)
+
+
+def run_web(settings: Settings) -> int:
+    """Serve the web front in the foreground until SIGTERM/SIGINT (``digest web``)."""
+    if settings.web_workers == 1:
+        sock = listen(settings)
+        uvicorn.Server(_config(settings, create_app(settings))).run(sockets=[sock])
+        return 0
+    listen(settings).close()  # a clear error now, rather than one per worker
+    if settings.config_path is not None:
+        os.environ["DIGEST_CONFIG"] = str(settings.config_path)
+    uvicorn.run(
+        "digest.web.app:app_from_environment",
+        factory=True,
+        workers=settings.web_workers,
+        host=settings.web_host,
+        port=settings.web_port,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+        access_log=False,
+        log_config=None,
+        lifespan="off",
+        server_header=False,
+    )
+    return 0
