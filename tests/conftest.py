@@ -33,7 +33,7 @@ from starlette.testclient import TestClient
 from digest.cli import main
 from digest.settings import load_settings
 from digest.store.engine import open_store
-from tests.smtp_server import SMTPServer, start_server
+from tests.smtp_server import SMTPServer, free_port, start_server
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_DUMPS = REPO / "examples" / "dumps"
@@ -277,6 +277,8 @@ def make_site(root: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch) -
         DIGEST_SMTP_RETRIES="0",
         DIGEST_SMTP_TIMEOUT="10",
         DIGEST_LOG_FORMAT="json",
+        # `serve` runs the web front: each site on its own port
+        DIGEST_WEB_PORT=str(free_port()),
     )
     for name in os.environ:
         if name.startswith("DIGEST_"):

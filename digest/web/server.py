@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
+from collections.abc import Iterator
 
 import uvicorn
 from sqlalchemy.engine import Engine
@@ -48,6 +51,22 @@ def listen(settings: Settings) -> socket.socket:
     return sock
 
 
+class _Foreground(uvicorn.Server):
+    """uvicorn in the foreground, where SIGTERM/SIGINT is an orderly stop with exit code 0
+    (uvicorn itself raises the signal again once it has shut down)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        previous = {
+            sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 class WebServer:
     """The web front in a thread of this process; a ``Service`` of ``digest serve``."""
 
@@ -77,7 +96,7 @@ def run_web(settings: Settings) -> int:
     """Serve the web front in the foreground until SIGTERM/SIGINT (``digest web``)."""
     if settings.web_workers == 1:
         sock = listen(settings)
-        uvicorn.Server(_config(settings, create_app(settings))).run(sockets=[sock])
+        _Foreground(_config(settings, create_app(settings))).run(sockets=[sock])
         return 0
     listen(settings).close()  # a clear error now, rather than one per worker
     if settings.config_path is not None:

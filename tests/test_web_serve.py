@@ -1,0 +1,63 @@
+"""`digest serve` runs the web front beside the schedule; `digest web` runs it alone: real
+processes on loopback ports, stopped with SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+
+import httpx
+import pytest
+
+from tests.conftest import Site
+from tests.test_service import wait_until
+
+
+def _answers(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.parametrize(("command", "workers"), [(["serve"], "1"), (["web"], "1"), (["web"], "2")])
+def test_the_web_front_answers_and_stops_on_sigterm(
+    site: Site, command: list[str], workers: str
+) -> None:
+    port = int(site.env["DIGEST_WEB_PORT"])
+    # serve: a schedule far away, so only the web front and the start-up poll run
+    site.env.update(DIGEST_SCHEDULE="0 0 1 1 *", DIGEST_WEB_WORKERS=workers)
+    log_file = site.root / "web.log"
+    with log_file.open("w") as log:
+        process = site.spawn(*command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: _answers(port) or process.poll() is not None, "the web front")
+            assert process.poll() is None, log_file.read_text()
+            page = httpx.get(f"http://127.0.0.1:{port}/")
+            assert "Subscribe" in page.text
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=20)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    logs = log_file.read_text()
+    assert code == 0, logs
+    assert "Traceback" not in logs
+    assert not _answers(port)
+
+
+@pytest.mark.parametrize("command", ["serve", "web"])
+def test_a_port_in_use_is_one_clear_line(site: Site, command: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        site.env.update(DIGEST_WEB_PORT=str(port), DIGEST_SCHEDULE="0 0 1 1 *")
+        result = site.process(command, timeout=30)
+    assert result.code == 2, result.err
+    last = result.err.strip().splitlines()[-1]
+    assert last.startswith("digest: the web front cannot listen on 127.0.0.1:"), result.err
+    assert "web_port" in last
+    assert "Traceback" not in result.err
