@@ -57,6 +57,33 @@ def test_error_page_in_the_browser(browser: Browser, live: LiveServer) -> None:
     assert "There is no page at this address." in browser.run("return document.body.innerText")
 
 
+@pytest.mark.skip(
+    reason="the front page links /search and paper pages that are not built yet;"
+    " remove this mark when they land"
+)
+def test_every_page_the_front_page_links_to(browser: Browser, live: LiveServer) -> None:
+    browser.open(f"{live.url}/")
+    hrefs = browser.run("return [...document.querySelectorAll('a[href]')].map((a) => a.href)")
+    pages, kinds = [], set()
+    for href in hrefs:
+        url = href.split("#", 1)[0]
+        if not url.startswith(f"{live.url}/") or url == f"{live.url}/":
+            continue
+        kind = url[len(live.url) :].split("/")[1].split("?")[0]  # one page of each kind
+        if kind not in kinds:
+            kinds.add(kind)
+            pages.append(url)
+    assert "search" in kinds and "papers" in kinds, hrefs
+    with httpx.Client(trust_env=False, timeout=10) as client:
+        for url in pages:
+            answer = client.get(url)
+            assert answer.status_code == 200, url
+            if not answer.headers["content-type"].startswith("text/html"):
+                continue  # a feed: read back by the feed tests
+            name = url[len(live.url) + 1 :].split("/")[0].split("?")[0]
+            assert browser.check(url, f"linked-{name}") == [], url
+
+
 def test_the_checks_catch_what_is_wrong(browser: Browser, tmp_path: Path) -> None:
     # Each fault once: so a page that passes passed for a reason.
     page = tmp_path / "bad.html"
