@@ -1,23 +1,33 @@
-"""The deploy/ files: systemd units that systemd accepts, commands that exist, a working nginx."""
+"""The deploy/ files: systemd units that systemd accepts, commands that exist, an nginx that
+proxies the web front and serves the public feeds, a Docker health check that works, and a
+compose file that wires the mail to Mailpit."""
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import yaml
 
 from digest.cli import build_parser
 from digest.settings import OPTIONS
+from tests.browser import free_port, live_server
+from tests.conftest import Site
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 UNITS = ("digest.service", "digest.timer", "digest-serve.service")
@@ -96,24 +106,29 @@ def test_timer_is_daily_and_persistent() -> None:
     assert "SuccessExitStatus=75" in (DEPLOY / "digest.service").read_text()
 
 
+def _healthcheck() -> list[str]:
+    docker = (DEPLOY / "Dockerfile").read_text()
+    [health] = re.findall(r"HEALTHCHECK .*\\\n\s*CMD (\[.*\])$", docker, re.M)
+    command: list[str] = json.loads(health)
+    return command
+
+
 def _commands() -> list[tuple[str, list[str]]]:
     """Every digest command line written in deploy/, as (file, argv after 'digest')."""
     found: list[tuple[str, list[str]]] = []
     for path in sorted(DEPLOY.iterdir()):
         text = path.read_text()
-        for match in re.finditer(r"(?:/bin/digest|run --rm digest)\s+([^'\n;>&|]*)", text):
+        pattern = r"(?:/bin/digest|run --rm digest|exec digest digest)\s+([^'\n;>&|]*)"
+        for match in re.finditer(pattern, text):
             found.append((path.name, match.group(1).split()))
     docker = (DEPLOY / "Dockerfile").read_text()
     [entrypoint] = re.findall(r"^ENTRYPOINT (\[.*\])$", docker, re.M)
     assert json.loads(entrypoint) == ["digest"]
     for cmd in re.findall(r"^CMD (\[.*\])$", docker, re.M):
         found.append(("Dockerfile CMD", json.loads(cmd)))
-    [health] = re.findall(r"HEALTHCHECK .*\\\n\s*CMD (\[.*\])$", docker, re.M)
-    program, *argv = json.loads(health)
-    assert program == "digest"
-    found.append(("Dockerfile HEALTHCHECK", argv))
-    for cmd in re.findall(r"^\s+command: (\[.*\])$", (DEPLOY / "compose.yaml").read_text(), re.M):
-        found.append(("compose.yaml", json.loads(cmd)))
+    for name, service in _compose()["services"].items():
+        if name == "digest":
+            found.append(("compose.yaml", service["command"]))
     return found
 
 
@@ -121,11 +136,20 @@ def test_deploy_files_use_only_real_subcommands() -> None:
     commands = _commands()
     where = {name for name, _ in commands}
     assert {"digest.service", "digest-serve.service", "crontab.example"} <= where
-    assert {"Dockerfile CMD", "Dockerfile HEALTHCHECK", "compose.yaml"} <= where
+    assert {"Dockerfile CMD", "compose.yaml"} <= where
     parser = build_parser()
     for name, argv in commands:
         assert argv and argv[0] in SUBCOMMANDS, (name, argv)
         parser.parse_args(argv)  # the real command line takes it, flags and all
+
+
+def test_the_service_and_the_image_run_the_web_front_with_the_schedule() -> None:
+    unit = (DEPLOY / "digest-serve.service").read_text()
+    assert f"ExecStart={INSTALLED_BINARY} serve\n" in unit  # not --no-web
+    docker = (DEPLOY / "Dockerfile").read_text()
+    assert re.findall(r"^CMD (\[.*\])$", docker, re.M) == ['["serve"]']
+    assert re.search(r"^EXPOSE 8000$", docker, re.M)
+    assert "DIGEST_WEB_HOST=0.0.0.0" in docker and "DIGEST_WEB_PORT=8000" in docker
 
 
 def test_docker_image_basics() -> None:
@@ -133,10 +157,31 @@ def test_docker_image_basics() -> None:
     assert docker.startswith("#") and "FROM python:3.11-slim" in docker
     assert re.search(r"^USER digest$", docker, re.M)
     assert 'VOLUME ["/data"]' in docker and "DIGEST_DATA_DIR=/data" in docker
-    compose = (DEPLOY / "compose.yaml").read_text()
-    assert "image: axllent/mailpit" in compose
-    assert "DIGEST_MAIL_TRANSPORT: smtp://mailpit:1025" in compose
-    assert '"8025:8025"' in compose
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return data
+
+
+def test_compose_wires_the_loop_to_mailpit() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"digest", "mailpit"}
+    digest, mailpit = services["digest"], services["mailpit"]
+    assert mailpit["image"] == "axllent/mailpit"
+    assert "1025" in [str(port) for port in mailpit["expose"]]
+    assert [p.rsplit(":", 2)[-2:] for p in mailpit["ports"]] == [["8025", "8025"]]
+    env = digest["environment"]
+    assert env["DIGEST_MAIL_TRANSPORT"] == "smtp://mailpit:1025"
+    assert digest["depends_on"] == ["mailpit"]
+    assert digest["command"] == ["serve"]
+    # The links in the emails reach the web front where compose publishes it.
+    [published] = digest["ports"]
+    *_, host_port, container_port = published.split(":")
+    assert env["DIGEST_BASE_URL"] == f"http://localhost:{host_port}"
+    assert container_port == env["DIGEST_WEB_PORT"] and env["DIGEST_WEB_HOST"] == "0.0.0.0"
+    assert digest["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+    assert (DEPLOY.parent / digest["build"]["dockerfile"]).is_file()
 
 
 def test_env_example_lists_every_setting_and_nothing_else() -> None:
@@ -146,42 +191,107 @@ def test_env_example_lists_every_setting_and_nothing_else() -> None:
     assert named == expected
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+@dataclass
+class Upstream:
+    """A plain HTTP server on loopback that answers ``status`` and notes every request."""
+
+    port: int
+    status: int = 200
+    seen: list[tuple[str, str, dict[str, str], bytes]] = field(default_factory=list)
 
 
-@pytest.fixture
-def nginx(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+@contextlib.contextmanager
+def upstream() -> Iterator[Upstream]:
+    made = Upstream(0)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            made.seen.append((self.command, self.path, dict(self.headers.items()), body))
+            self.send_response(made.status)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", "8")
+            self.end_headers()
+            self.wfile.write(b"upstream")
+
+        do_GET = do_POST = do_HEAD = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    made.port = server.server_address[1]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield made
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _run_healthcheck(port: int) -> int:
+    program, *argv = _healthcheck()
+    assert program == "python"  # the image's interpreter; this test's stands in for it
+    env = {**os.environ, "DIGEST_WEB_PORT": str(port), "NO_PROXY": "*", "no_proxy": "*"}
+    done = subprocess.run([sys.executable, *argv], env=env, capture_output=True, timeout=30)
+    return done.returncode
+
+
+def test_the_docker_healthcheck_asks_healthz() -> None:
+    with upstream() as app:
+        assert _run_healthcheck(app.port) == 0
+        app.status = 503  # a stale run, or no database
+        assert _run_healthcheck(app.port) != 0
+        assert [(method, path) for method, path, _, _ in app.seen] == [
+            ("GET", "/healthz"),
+            ("GET", "/healthz"),
+        ]
+    assert _run_healthcheck(free_port()) != 0  # nothing listening
+
+
+def _nginx_binary() -> str:
     binary = shutil.which("nginx") or (
         "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
     )
     if binary is None:
         pytest.skip("nginx not installed (Debian/Ubuntu: apt-get install nginx-light)")
-    port, feeds = _free_port(), tmp_path / "feeds"
-    feeds.mkdir()
-    site = (DEPLOY / "nginx-feeds.conf").read_text()
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};").replace("listen [::]:80;", "")
-    site = site.replace("/var/lib/digest/feeds/", f"{feeds}/")
-    (tmp_path / "site.conf").write_text(site)
-    (tmp_path / "nginx.conf").write_text(
+    return binary
+
+
+@contextlib.contextmanager
+def nginx(folder: Path, app_port: int) -> Iterator[int]:
+    """deploy/nginx-digest.conf, checked with ``nginx -t`` and running on a free port, with
+    the app on ``app_port`` and the data folder ``folder``."""
+    binary = _nginx_binary()
+    port = free_port()
+    site = (DEPLOY / "nginx-digest.conf").read_text()
+    for old, new in (
+        ("listen 80;", f"listen 127.0.0.1:{port};"),
+        ("listen [::]:80;", ""),
+        ("server 127.0.0.1:8000;", f"server 127.0.0.1:{app_port};"),
+        ("root /var/lib/digest;", f"root {folder};"),
+    ):
+        assert old in site, old
+        site = site.replace(old, new)
+    (folder / "site.conf").write_text(site)
+    (folder / "nginx.conf").write_text(
         f"""
-        pid {tmp_path}/nginx.pid;
-        error_log {tmp_path}/error.log;
+        pid {folder}/nginx.pid;
+        error_log {folder}/error.log;
         events {{}}
         http {{
             access_log off;
-            client_body_temp_path {tmp_path}/body;
-            proxy_temp_path {tmp_path}/proxy;
-            fastcgi_temp_path {tmp_path}/fastcgi;
-            uwsgi_temp_path {tmp_path}/uwsgi;
-            scgi_temp_path {tmp_path}/scgi;
-            include {tmp_path}/site.conf;
+            client_body_temp_path {folder}/body;
+            proxy_temp_path {folder}/proxy;
+            fastcgi_temp_path {folder}/fastcgi;
+            uwsgi_temp_path {folder}/uwsgi;
+            scgi_temp_path {folder}/scgi;
+            include {folder}/site.conf;
         }}
         """
     )
-    command = [binary, "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")]
+    command = [binary, "-p", str(folder), "-c", str(folder / "nginx.conf")]
     check = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     # One process, no user switch: it must read the test's private folder.
@@ -193,33 +303,78 @@ def nginx(tmp_path: Path) -> Iterator[tuple[int, Path]]:
                 break
             except OSError:
                 time.sleep(0.02)
-        yield port, feeds
+        yield port
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
-def test_nginx_serves_feeds_with_types_and_validators(nginx: tuple[int, Path]) -> None:
-    port, feeds = nginx
+def _client(port: int) -> httpx.Client:
+    return httpx.Client(base_url=f"http://127.0.0.1:{port}", trust_env=False, timeout=10)
+
+
+def test_nginx_serves_the_public_feed_files_with_types_and_validators(tmp_path: Path) -> None:
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
     (feeds / "papers.atom").write_text("<feed/>")
     (feeds / "papers.rss").write_text("<rss/>")
-    (feeds / "papers.xml").write_text("<rss/>")
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    types = {}
-    for name in ("papers.atom", "papers.rss", "papers.xml"):
-        with opener.open(f"http://127.0.0.1:{port}/feeds/{name}", timeout=10) as response:
+    with upstream() as app, nginx(tmp_path, app.port) as port, _client(port) as client:
+        types = {}
+        for name in ("papers.atom", "papers.rss"):
+            response = client.get(f"/feeds/{name}")
+            assert response.status_code == 200 and response.text != "upstream"
             assert response.headers["Cache-Control"] == "public, max-age=900"
             assert response.headers["ETag"] and response.headers["Last-Modified"]
             types[name] = response.headers["Content-Type"]
             etag = response.headers["ETag"]
+        again = client.get("/feeds/papers.rss", headers={"If-None-Match": etag})
+        assert again.status_code == 304
+        assert app.seen == []  # all from disk
     assert types == {
         "papers.atom": "application/atom+xml; charset=utf-8",
         "papers.rss": "application/rss+xml; charset=utf-8",
-        "papers.xml": "application/xml; charset=utf-8",
     }
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/feeds/papers.xml", headers={"If-None-Match": etag}
-    )
-    with pytest.raises(urllib.error.HTTPError) as answer:
-        opener.open(request, timeout=10)
-    assert answer.value.code == 304
+
+
+def test_nginx_proxies_everything_else_with_the_forwarded_headers(tmp_path: Path) -> None:
+    with upstream() as app, nginx(tmp_path, app.port) as port, _client(port) as client:
+        asked = client.get("/", headers={"X-Forwarded-For": "203.0.113.9", "Host": "digest.test"})
+        assert asked.text == "upstream"
+        # No feed file yet: the app builds it. Private and search feeds are always the app's.
+        for path in ("/feeds/papers.atom", "/feeds/private/abc.atom", "/feeds/search.atom?q=x"):
+            assert client.get(path).text == "upstream"
+        form = client.post("/subscribe", content=b"e" * 60_000)
+        assert form.text == "upstream"
+        too_big = client.post("/subscribe", content=b"e" * 70_000)
+        assert too_big.status_code == 413
+        [first, *feeds, posted] = app.seen
+    method, path, headers, _ = first
+    assert (method, path) == ("GET", "/")
+    # The address nginx saw replaces the one the client claimed.
+    assert headers["X-Forwarded-For"] == "127.0.0.1"
+    assert headers["X-Forwarded-Proto"] == "http"
+    assert headers["Host"] == "digest.test"
+    assert [p for _, p, _, _ in feeds] == [
+        "/feeds/papers.atom",
+        "/feeds/private/abc.atom",
+        "/feeds/search.atom?q=x",
+    ]
+    assert posted[0] == "POST" and len(posted[3]) == 60_000  # the 70,000 never arrived
+
+
+def test_nginx_in_front_of_digest_web(
+    site: Site, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _nginx_binary()
+    folder = tmp_path / "nginx"
+    folder.mkdir()
+    with live_server(site, monkeypatch) as app:
+        app_port = int(app.url.rsplit(":", 1)[1])
+        with nginx(folder, app_port) as port, _client(port) as client:
+            front = client.get("/")
+            assert front.status_code == 200
+            assert 'action="/subscribe"' in front.text
+            assert "frame-ancestors 'none'" in front.headers["Content-Security-Policy"]
+            missing = client.get("/no/such/page")
+            assert missing.status_code == 404
+            assert "There is no page at this address." in missing.text
