@@ -66,6 +66,7 @@ from digest.settings import (
 )
 from digest.store.engine import open_store, reading, store_exists, transaction
 from digest.store.subscribers import (
+    STATUSES,
     Saved,
     interests_of,
     list_subscribers,
@@ -662,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = command("subscribers", cmd_subscribers, "list subscribers; import or export CSV")
-    sub.add_argument("--status", choices=("pending", "active", "unsubscribed", "bounced"))
+    sub.add_argument("--status", choices=STATUSES)
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_argument("--import", dest="import_csv", metavar="CSV", help="add or update from CSV")
     sub.add_argument(
