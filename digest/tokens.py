@@ -59,9 +59,14 @@ class Verdict(enum.Enum):
     INVALID = "invalid"  # forged, cut short, another purpose or another subscriber
 
 
+def _expiring_key(key: bytes) -> bytes:
+    # Expiring tokens are signed under a key of their own, so no lasting token (whatever
+    # its purpose says) is ever the signature of an expiring one, nor the other way round.
+    return hmac.new(key, b"expiring link tokens", hashlib.sha256).digest()
+
+
 def _until(purpose: str, expires: int | str) -> str:
-    # No purpose of a lasting token starts like this, so neither kind passes for the other.
-    return f"expires={expires};{purpose}"
+    return f"{purpose}@{expires}"
 
 
 def expiring_token(key: bytes, ident: int, salt: str, purpose: str, expires: int) -> str:
@@ -69,7 +74,8 @@ def expiring_token(key: bytes, ident: int, salt: str, purpose: str, expires: int
 
     The expiry is signed with the rest, so changing it breaks the signature.
     """
-    return f"{ident}.{expires}.{_sign(key, _until(purpose, expires), ident, salt)}"
+    signature = _sign(_expiring_key(key), _until(purpose, expires), ident, salt)
+    return f"{ident}.{expires}.{signature}"
 
 
 def check_expiring_token(
@@ -83,7 +89,9 @@ def check_expiring_token(
         or token_id(token) != ident
         or not (expires.isascii() and expires.isdigit() and len(expires) <= 12)
         or not signature.isascii()
-        or not hmac.compare_digest(_sign(key, _until(purpose, expires), ident, salt), signature)
+        or not hmac.compare_digest(
+            _sign(_expiring_key(key), _until(purpose, expires), ident, salt), signature
+        )
     ):
         return Verdict.INVALID
     return Verdict.VALID if now < int(expires) else Verdict.EXPIRED

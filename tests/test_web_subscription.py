@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
+import pytest
 from starlette.testclient import TestClient
 
 from digest.settings import load_settings
+from digest.tokens import expiring_token, link_token
 from digest.web.app import create_app
 from tests.conftest import EXAMPLE_DUMPS, SITE_HOST, Site, store_rows
 
@@ -77,9 +79,9 @@ def footer_link(message: EmailMessage, label: str) -> str:
     return match.group(1)
 
 
-def run(site: Site, dump: Path, name: str) -> dict[str, object]:
+def run(site: Site, dump: Path, name: str, *period: str) -> dict[str, object]:
     site.drop_in_inbox(dump, name)
-    result = site.cli("run", "--json")
+    result = site.cli("run", "--json", *period)
     assert result.code == 0, result.err
     return result.json()
 
@@ -165,3 +167,434 @@ def test_subscribe_confirm_and_the_next_run_sends(site: Site, dump_a: Path) -> N
     assert manage.startswith("/manage/")
     shown = client.get(manage)
     assert shown.status_code == 200 and "diffusion\nvideo</textarea>" in shown.text
+
+
+# --- no enumeration; consent ---------------------------------------------------------
+
+
+def _without(text: str, *words: str) -> str:
+    for word in words:
+        text = text.replace(word, "ADDRESS")
+    return re.sub(r'name="csrf" value="[0-9a-f]+"', "", text)
+
+
+def test_known_and_unknown_addresses_get_the_same_answer(site: Site) -> None:
+    site.subscribe({"ada@example.org": ["graphs"]})
+    client = site.web()
+
+    known = subscribe(client, "ada@example.org", "diffusion")
+    unknown = subscribe(client, "bob@example.org", "diffusion")
+
+    assert known.status_code == unknown.status_code == 200
+    assert _without(known.text, "ada@example.org") == _without(unknown.text, "bob@example.org")
+    assert sorted(rcpt for rcpt, _ in site.received()) == ["ada@example.org", "bob@example.org"]
+    # the known subscriber's settings change only when they confirm
+    assert subscribers(site)["ada@example.org"] == ("active", ["graphs"], True)
+    path = confirm_path(site, "ada@example.org")
+    assert post_form(client, path, path, {}).status_code == 200
+    assert subscribers(site)["ada@example.org"] == ("active", ["diffusion"], False)
+
+
+def test_an_address_that_left_comes_back_only_through_the_confirmation(site: Site) -> None:
+    site.subscribe({"ada@example.org": ["graphs"]})
+    assert site.cli("unsubscribe", "ada@example.org").code == 0
+    client = site.web()
+
+    assert subscribe(client, "ada@example.org", "diffusion").status_code == 200
+    assert subscribers(site)["ada@example.org"] == ("unsubscribed", ["graphs"], True)
+    path = confirm_path(site, "ada@example.org")
+    assert client.get(path).status_code == 200
+    assert subscribers(site)["ada@example.org"][0] == "unsubscribed"  # a GET changes nothing
+    assert post_form(client, path, path, {}).status_code == 200
+    assert subscribers(site)["ada@example.org"] == ("active", ["diffusion"], False)
+
+
+def test_a_newer_request_replaces_the_older_link(site: Site) -> None:
+    client = site.web()
+    assert subscribe(client, "ada@example.org", "graphs").status_code == 200
+    older = confirm_path(site, "ada@example.org")
+    assert subscribe(client, "ada@example.org", "diffusion").status_code == 200
+    newer = confirm_path(site, "ada@example.org")
+    assert older != newer
+    refused(client.get(older), 404, "Only the newest confirmation email works")
+    assert post_form(client, newer, newer, {}).status_code == 200
+    assert subscribers(site)["ada@example.org"] == ("active", ["diffusion"], False)
+    refused(client.get(older), 404, "not valid")
+    refused(client.get(newer), 409, "already confirmed")
+
+
+def test_an_expired_confirmation_link_says_how_to_start_again(site: Site) -> None:
+    now = datetime.now(UTC)
+    assert subscribe(app_at(now), "ada@example.org", "graphs").status_code == 200
+    path = confirm_path(site, "ada@example.org")
+    (message,) = mail_to(site, "ada@example.org")
+    shown = (now + timedelta(hours=48)).strftime("%Y-%m-%d %H:%M")
+    assert f"The link works until {shown} (UTC)" in parts(message)[0]
+
+    late = app_at(now + timedelta(hours=48, seconds=1))
+    refused(late.get(path), 410, "has expired")
+    assert 'href="/"' in late.get(path).text
+    refused(post_form(late, "/subscribe", path, {}), 410, "Subscribe again")
+    assert subscribers(site)["ada@example.org"] == ("pending", [], True)
+    assert app_at(now + timedelta(hours=47)).get(path).status_code == 200
+
+
+# --- hostile input on /subscribe -----------------------------------------------------
+
+NESTED = "(" * 5000 + "graphs" + ")" * 5000
+
+
+@pytest.mark.parametrize(
+    ("email", "interests", "field_words"),
+    [
+        ("ada@example.org\r\nBcc: spy@evil.example", "graphs", "one plain email address"),
+        ("ada@example.org\nBcc: spy@evil.example", "graphs", "one plain email address"),
+        ("Bcc: spy@evil.example", "graphs", "one plain email address"),
+        ("ada@example.org, spy@evil.example", "graphs", "one plain email address"),
+        ("not-an-address", "graphs", "not an address we can send to"),
+        ("", "graphs", "Enter your email address."),
+        ("ada@example.org", "x" * 10_000, "Line 1: longer than 300 characters at position 301."),
+        ("ada@example.org", NESTED, "Line 1: longer than 300 characters at position 301."),
+        ("ada@example.org", "graphs\n(unbalanced", "Line 2: "),
+        ("ada@example.org", "graphs\na | b", "Line 2: &#39;|&#39; is not part of the interest"),
+        ("ada@example.org", "   \n  ", "Write at least one interest."),
+        ("ada@example.org", "x\n" * 51, "At most 50 interests"),
+    ],
+)
+def test_a_bad_subscribe_form_is_refused_and_nothing_is_saved(
+    site: Site, email: str, interests: str, field_words: str
+) -> None:
+    client = site.web()
+    answer = subscribe(client, email, interests)
+    refused(answer, 422, field_words)
+    assert "nothing was saved" in answer.text
+    assert 'aria-invalid="true"' in answer.text
+    assert subscribers(site) == {}
+    assert site.received() == []
+
+
+def test_a_malformed_interest_is_shown_beside_its_field_with_the_position(site: Site) -> None:
+    answer = subscribe(site.web(), "ada@example.org", "graphs\ndiffusion (video")
+    refused(answer, 422, "Line 2: ")
+    error = re.search(r'<ul class="error" id="interests-error">\s*<li>([^<]+)</li>', answer.text)
+    assert error and re.fullmatch(r"Line 2: .+ at position \d+\.", error.group(1))
+    # the form comes back with what was typed, escaped
+    assert "graphs\ndiffusion (video</textarea>" in answer.text
+
+
+def test_a_form_without_its_csrf_field_is_refused(site: Site) -> None:
+    client = site.web()
+    data = {"email": "ada@example.org", "interests": "graphs"}
+    refused(post_form(client, "/subscribe", "/subscribe", data, csrf=False), 403, "Reload")
+    forged = {**data, "csrf": "0" * 32}
+    refused(post_form(client, "/subscribe", "/subscribe", forged, csrf=False), 403, "Reload")
+    fresh = site.web()  # no cookie at all
+    refused(fresh.post("/subscribe", data={**data, "csrf": "0" * 32}), 403, "Reload")
+    assert subscribers(site) == {} and site.received() == []
+
+
+def test_a_thousand_subscribe_posts_from_one_client_are_held_at_the_limit(site: Site) -> None:
+    client = site.web()
+    token = csrf_of(client.get("/subscribe").text)
+    statuses = [
+        client.post(
+            "/subscribe",
+            data={"csrf": token, "email": f"reader{n}@example.org", "interests": "graphs"},
+        ).status_code
+        for n in range(1000)
+    ]
+    assert statuses[:20] == [200] * 20
+    assert set(statuses[20:]) == {429}
+    last = client.post(
+        "/subscribe", data={"csrf": token, "email": "late@example.org", "interests": "graphs"}
+    )
+    refused(last, 429, "Too many subscription requests")
+    assert last.headers["retry-after"] == "3600"
+    assert len(subscribers(site)) == 20 and "late@example.org" not in subscribers(site)
+    assert len(site.received()) == 20
+
+
+def test_resends_are_limited_per_address_known_or_not(site: Site) -> None:
+    site.subscribe({"ada@example.org": ["graphs"]})
+    client = site.web()
+    for address in ("ada@example.org", "new@example.org"):
+        answers = [subscribe(client, address, "graphs").status_code for _ in range(4)]
+        assert answers == [200, 200, 200, 429]
+        assert len(mail_to(site, address)) == 3
+    # the count is kept in the store too: another worker process (a fresh app) holds it
+    now = datetime.now(UTC)
+    other = app_at(now)
+    assert [subscribe(other, "ada@example.org", "graphs").status_code for _ in range(3)] == [
+        200,
+        200,
+        429,
+    ]
+    assert len(mail_to(site, "ada@example.org")) == 5
+    assert subscribe(app_at(now + timedelta(hours=25)), "ada@example.org", "x").status_code == 200
+
+
+def test_an_smtp_refusal_gives_a_friendly_page(site: Site) -> None:
+    site.server.handler.rcpt_replies["ada@example.org"] = "451 4.3.0 try again later"
+    refused(subscribe(site.web(), "ada@example.org", "graphs"), 503, "could not be sent")
+
+
+# --- bad tokens ----------------------------------------------------------------------
+
+
+def _bad_tokens(good: str, other: str) -> list[str]:
+    ident, _, rest = good.partition(".")
+    return [
+        good[:-1] + ("0" if good[-1] != "0" else "1"),  # forged
+        good[:-6],  # truncated
+        ident,  # no signature
+        f"{ident}.{other.partition('.')[2]}",  # another subscriber's or purpose's signature
+        "x" * 40,
+        "99999." + rest,  # no such subscriber
+        "9" * 30 + "." + rest,
+    ]
+
+
+def test_forged_truncated_and_wrong_purpose_tokens_never_pass(site: Site) -> None:
+    client = site.web()
+    manage = subscribed(site, client, "ada@example.org", "graphs")
+    subscribed(site, client, "bob@example.org", "graphs")
+    rows = {
+        str(r[0]): (int(str(r[1])), str(r[2]))
+        for r in store_rows(site.data, "SELECT email, id, token_salt FROM subscriber")
+    }
+    key = b"a-fixed-key-for-tests-only-0123456789"
+    ada, bob = rows["ada@example.org"], rows["bob@example.org"]
+    manage_token = manage.removeprefix("/manage/")
+    assert manage_token == link_token(key, ada[0], ada[1], purpose="manage")
+    unsubscribe_token = link_token(key, ada[0], ada[1])
+    confirm_token = confirm_path(site, "ada@example.org").removeprefix("/confirm/")
+    cases = {
+        "/manage/": (manage_token, link_token(key, bob[0], bob[1], purpose="manage")),
+        "/unsubscribe/": (unsubscribe_token, link_token(key, bob[0], bob[1])),
+        "/confirm/": (confirm_token, manage_token),
+    }
+    before = subscribers(site)
+    for prefix, (good, other) in cases.items():
+        for bad in [
+            *_bad_tokens(good, other),
+            unsubscribe_token if prefix != "/unsubscribe/" else manage_token,
+        ]:
+            refused(client.get(prefix + bad), 404, "not valid")
+            posted = post_form(
+                client, "/subscribe", prefix + bad, {"List-Unsubscribe": "One-Click"}
+            )
+            refused(posted, 404, "not valid")
+    # an expiring token for confirmation, signed for this subscriber but for a request it never made
+    stray = expiring_token(key, ada[0], ada[1], "confirm:0000", 2**40)
+    refused(client.get("/confirm/" + stray), 404, "not valid")
+    assert subscribers(site) == before
+
+
+# --- manage --------------------------------------------------------------------------
+
+
+def settings_of(site: Site, email: str) -> tuple[object, ...]:
+    (row,) = store_rows(
+        site.data,
+        "SELECT status, interests, max_items, min_score, frequency, timezone FROM subscriber"
+        f" WHERE email = '{email}'",
+    )
+    return row
+
+
+def test_manage_saves_valid_settings(site: Site) -> None:
+    client = site.web()
+    manage = subscribed(site, client, "ada@example.org", "graphs")
+    page = client.get(manage)
+    assert page.status_code == 200
+    for label in ("interests", "max_items", "min_score", "frequency", "timezone"):
+        assert f'<label for="{label}">' in page.text and f'id="{label}"' in page.text
+
+    saved = post_form(
+        client,
+        manage,
+        manage,
+        {
+            "interests": 'diffusion video\n\n"graph neural"\n',
+            "max_items": "7",
+            "min_score": "1.5",
+            "frequency": "weekly",
+            "timezone": "Europe/Berlin",
+        },
+    )
+    assert saved.status_code == 200 and "Saved." in saved.text
+    assert settings_of(site, "ada@example.org") == (
+        "active",
+        '["diffusion video", "\\"graph neural\\""]',
+        7,
+        1.5,
+        "weekly",
+        "Europe/Berlin",
+    )
+    assert "(Europe/Berlin)" in saved.text  # dates are shown in the reader's zone
+    assert "digests go out at the site's scheduled time" in saved.text
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("interests", "graphs\n(unbalanced", "Line 2: "),
+        ("interests", "x" * 10_000, "Line 1: longer than 300 characters at position 301."),
+        ("interests", NESTED, "Line 1: longer than 300 characters at position 301."),
+        ("interests", "", "Write at least one interest."),
+        ("max_items", "0", "max_items"),
+        ("max_items", "many", "max_items"),
+        ("min_score", "-1", "min_score"),
+        ("frequency", "hourly", "daily or weekly"),
+        ("timezone", "Mars/Olympus", "not a time zone we know"),
+        ("timezone", "../../etc/passwd", "not a time zone we know"),
+    ],
+)
+def test_manage_refuses_a_bad_field_beside_it_and_saves_nothing(
+    site: Site, field: str, value: str, words: str
+) -> None:
+    client = site.web()
+    manage = subscribed(site, client, "ada@example.org", "graphs")
+    before = settings_of(site, "ada@example.org")
+    data = {
+        "interests": "diffusion",
+        "max_items": "5",
+        "min_score": "0",
+        "frequency": "daily",
+        "timezone": "",
+        field: value,
+    }
+    answer = post_form(client, manage, manage, data)
+    refused(answer, 422, words)
+    assert "nothing was saved" in answer.text
+    assert f'id="{field}-error"' in answer.text
+    assert settings_of(site, "ada@example.org") == before
+
+
+def test_every_manage_form_needs_its_csrf_field(site: Site) -> None:
+    client = site.web()
+    manage = subscribed(site, client, "ada@example.org", "graphs")
+    before = settings_of(site, "ada@example.org")
+    for action in ("", "/pause", "/export", "/delete"):
+        answer = client.post(manage + action, data={"interests": "x"})
+        refused(answer, 403, "Reload the page")
+    assert settings_of(site, "ada@example.org") == before
+
+
+def test_pause_and_resume_decide_what_the_next_run_sends(site: Site, dump_a: Path) -> None:
+    client = site.web()
+    manage = subscribed(site, client, "ada@example.org", "diffusion")
+    paused = post_form(client, manage, manage + "/pause", {})
+    assert paused.status_code == 200 and "Paused" in paused.text
+    assert "Resume digests" in paused.text
+    assert settings_of(site, "ada@example.org")[0] == "paused"
+    assert post_form(client, manage, manage + "/pause", {}).status_code == 200  # idempotent
+
+    run(site, dump_a, "a.txt")
+    assert len(mail_to(site, "ada@example.org")) == 1  # the confirmation only
+
+    resumed = post_form(client, manage, manage + "/resume", {})
+    assert resumed.status_code == 200 and "Resumed" in resumed.text
+    assert settings_of(site, "ada@example.org")[0] == "active"
+    run(site, DUMP_C, "c.txt")
+    subjects = [str(m["Subject"]) for m in mail_to(site, "ada@example.org")]
+    assert len(subjects) == 2 and subjects[1].startswith("Your papers for")
+
+
+def test_export_gives_everything_stored_as_json(site: Site, dump_a: Path) -> None:
+    client = site.web()
+    manage = subscribed(site, client, "ada@example.org", "diffusion")
+    run(site, dump_a, "a.txt")  # nothing for them: they start from the next listing
+    run(site, DUMP_C, "c.txt")
+
+    answer = post_form(client, manage, manage + "/export", {})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("application/json")
+    assert "attachment" in answer.headers["content-disposition"]
+    data = answer.json()
+    assert data["email"] == "ada@example.org" and data["status"] == "active"
+    assert data["interests"] == ["diffusion"]
+    (digest,) = data["digests"]
+    assert digest["status"] == "sent" and digest["papers"]
+    assert all("diffusion" in p["title"].lower() or p["paper"] for p in digest["papers"])
+    assert "token_salt" not in json.dumps(data)
+    (row,) = store_rows(site.data, "SELECT token_salt FROM subscriber")
+    assert str(row[0]) not in answer.text
+
+
+def test_delete_erases_the_subscriber_and_their_outbox(site: Site, dump_a: Path) -> None:
+    site.subscribe({"old@example.org": ["diffusion"]})
+    client = site.web()
+    manage = subscribed(site, client, "ada@example.org", "diffusion")
+    run(site, DUMP_C, "c.txt")
+    assert len(site.digests()) == 2
+
+    ask = client.get(manage + "/delete")
+    assert ask.status_code == 200 and 'class="danger"' in ask.text
+    assert "ada@example.org" in subscribers(site)  # asking changes nothing
+    gone = post_form(client, manage + "/delete", manage + "/delete", {})
+    assert gone.status_code == 200 and "are gone" in gone.text
+
+    assert list(subscribers(site)) == ["old@example.org"]
+    assert [row.email for row in site.digests()] == ["old@example.org"]
+    assert store_rows(
+        site.data,
+        "SELECT count(*) FROM digestitem WHERE subscriber_id NOT IN (SELECT id FROM subscriber)",
+    ) == [(0,)]
+    refused(client.get(manage), 404, "not valid")
+
+
+# --- unsubscribe ---------------------------------------------------------------------
+
+
+def test_one_click_unsubscribe_is_immediate_and_idempotent(site: Site, dump_a: Path) -> None:
+    site.subscribe({"ada@example.org": ["diffusion"], "bob@example.org": ["diffusion"]})
+    run(site, dump_a, "a.txt")
+    digest = next(m for m in mail_to(site, "ada@example.org"))
+    path = footer_link(digest, "Unsubscribe")
+    assert f"<{BASE}{path}>" in str(digest["List-Unsubscribe"])
+    client = site.web()
+
+    page = client.get(path)  # a link scanner: nothing happens
+    assert page.status_code == 200 and '<button type="submit">Unsubscribe</button>' in page.text
+    assert subscribers(site)["ada@example.org"][0] == "active"
+    refused(client.post(path, data={}), 400, "Unsubscribe button")
+    assert subscribers(site)["ada@example.org"][0] == "active"
+
+    # a mail client (RFC 8058): no cookie, no CSRF field; the token is the authority
+    mail_client = TestClient(client.app, base_url=BASE)
+    for _ in range(2):
+        answer = mail_client.post(
+            path,
+            content=b"List-Unsubscribe=One-Click",
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert answer.status_code == 200 and "You are unsubscribed" in answer.text
+        assert subscribers(site)["ada@example.org"][0] == "unsubscribed"
+    assert "You are unsubscribed" in client.get(path).text
+
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    run(site, DUMP_C, "c.txt", "--period", tomorrow)
+    assert len(mail_to(site, "ada@example.org")) == 1
+    assert len(mail_to(site, "bob@example.org")) == 2
+
+
+def test_the_pages_button_unsubscribes_and_withdraws_a_waiting_digest(
+    site: Site, dump_a: Path
+) -> None:
+    site.server.handler.rcpt_replies["ada@example.org"] = "451 4.3.0 try again later"
+    site.subscribe({"ada@example.org": ["diffusion"]})
+    run(site, dump_a, "a.txt")
+    assert [row.status for row in site.digests()] == ["pending"]
+    (row,) = store_rows(site.data, "SELECT id, token_salt FROM subscriber")
+    token = link_token(b"a-fixed-key-for-tests-only-0123456789", int(str(row[0])), str(row[1]))
+    client = site.web()
+    page = client.get(f"/unsubscribe/{token}")
+    assert '<input type="hidden" name="List-Unsubscribe" value="One-Click">' in page.text
+    done = client.post(f"/unsubscribe/{token}", data={"List-Unsubscribe": "One-Click"})
+    assert done.status_code == 200
+    site.server.handler.rcpt_replies.clear()
+    report = site.cli("run", "--json").json()
+    assert report["digests"]["withdrawn"] == 1
+    assert [row.status for row in site.digests()] == ["skipped"]
+    assert mail_to(site, "ada@example.org") == []
