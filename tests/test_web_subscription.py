@@ -7,18 +7,38 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
+from digest.ingest.diff import upsert_entries
+from digest.ingest.listing import Entry
 from digest.settings import load_settings
+from digest.store.engine import open_store, transaction
+from digest.store.outbox import Planned, owed_subscribers, record
+from digest.store.subscribers import (
+    Preferences,
+    confirm_request,
+    count_by_status,
+    erase_subscriber,
+    export_subscriber,
+    list_subscribers,
+    request_subscription,
+    set_paused,
+    subscriber_by_id,
+    unsubscribe,
+)
 from digest.tokens import expiring_token, link_token
 from digest.web.app import create_app
 from tests.conftest import EXAMPLE_DUMPS, SITE_HOST, Site, store_rows
+from tests.test_migrations import _store_at
 
 BASE = f"https://{SITE_HOST}"
 DUMP_C = EXAMPLE_DUMPS / "daily-mar13-layout-b.txt"
@@ -598,3 +618,117 @@ def test_the_pages_button_unsubscribes_and_withdraws_a_waiting_digest(
     assert report["digests"]["withdrawn"] == 1
     assert [row.status for row in site.digests()] == ["skipped"]
     assert mail_to(site, "ada@example.org") == []
+
+
+# --- the store's queries, on SQLite and PostgreSQL -----------------------------------
+
+T0 = datetime(2026, 3, 11, 7, 0, tzinfo=UTC)
+WANTED = Preferences(("graphs",), 20, 0.0, "daily", None)
+
+
+def test_requests_wait_for_confirmation_and_planning_skips_pending_and_paused(
+    engine: Engine,
+) -> None:
+    first = request_subscription(engine, ["ada@example.org"], WANTED, now=T0, sends_allowed=2)
+    assert first is not None
+    ident = first.subscriber_id
+    with transaction(engine) as conn:
+        assert [row.id for row in owed_subscribers(conn, T0.date())] == []  # pending
+    second = request_subscription(
+        engine, ["ada@example.org"], replace(WANTED, interests=("video",)), now=T0, sends_allowed=2
+    )
+    assert second is not None and second.nonce != first.nonce
+    assert (
+        request_subscription(engine, ["ada@example.org"], WANTED, now=T0, sends_allowed=2) is None
+    )
+
+    assert not confirm_request(engine, ident, first.nonce)  # replaced
+    assert confirm_request(engine, ident, second.nonce)
+    assert not confirm_request(engine, ident, second.nonce)  # once only
+    row = subscriber_by_id(engine, ident)
+    assert row is not None and (row.status, row.interests) == ("active", '["video"]')
+    with transaction(engine) as conn:
+        assert [row.id for row in owed_subscribers(conn, T0.date())] == [ident]
+
+    assert set_paused(engine, ident, True) == "paused"
+    with transaction(engine) as conn:
+        assert owed_subscribers(conn, T0.date()) == []
+    assert count_by_status(engine)["paused"] == 1
+    assert set_paused(engine, ident, False) == "active"
+    assert unsubscribe(engine, ident) == "unsubscribed"
+    assert set_paused(engine, ident, False) == "unsubscribed"  # no way back but confirmation
+    assert count_by_status(engine) == {
+        "pending": 0,
+        "active": 0,
+        "paused": 0,
+        "unsubscribed": 1,
+        "bounced": 0,
+    }
+
+
+def test_export_and_erase_cover_the_subscriber_and_their_outbox(engine: Engine) -> None:
+    kept = request_subscription(engine, ["bob@example.org"], WANTED, now=T0, sends_allowed=2)
+    asked = request_subscription(engine, ["ada@example.org"], WANTED, now=T0, sends_allowed=2)
+    assert kept is not None and asked is not None
+    for who in (kept, asked):
+        assert confirm_request(engine, who.subscriber_id, who.nonce)
+    with transaction(engine) as conn:
+        upsert_entries(conn, [Entry(title="Graphs for all", abstract="graphs")], T0)
+    with transaction(engine) as conn:
+        (paper_id,) = conn.execute(sa.text("SELECT id FROM paper")).scalars()
+        record(
+            conn,
+            [
+                Planned(who.subscriber_id, "pending", f"<m{n}@x>", 1, [(paper_id, 2.5, "[]")])
+                for n, who in enumerate((kept, asked))
+            ],
+            period=T0.date(),
+            now=T0,
+            run_id=None,
+        )
+    with transaction(engine) as conn:
+        data = export_subscriber(conn, asked.subscriber_id)
+    assert data["email"] == "ada@example.org" and data["interests"] == ["graphs"]
+    assert data["digests"][0]["papers"] == [
+        {
+            "rank": 1,
+            "score": 2.5,
+            "paper": data["digests"][0]["papers"][0]["paper"],
+            "title": "Graphs for all",
+        }
+    ]
+    assert "token_salt" not in data
+
+    with transaction(engine) as conn:
+        assert erase_subscriber(conn, asked.subscriber_id)
+        assert not erase_subscriber(conn, asked.subscriber_id)
+    with transaction(engine) as conn:
+        assert export_subscriber(conn, asked.subscriber_id) == {}
+        left = conn.execute(sa.text("SELECT subscriber_id FROM digestitem")).scalars().all()
+        digests = conn.execute(sa.text("SELECT subscriber_id FROM digest")).scalars().all()
+    assert left == digests == [kept.subscriber_id]
+    assert subscriber_by_id(engine, asked.subscriber_id) is None
+
+
+def test_migration_6_keeps_existing_subscribers_as_they_were(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = _store_at(url, 5)
+    with old.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO subscriber (email, token_salt, created_at, interests)"
+                " VALUES ('ada@example.org', 'salt', :t, :i)"
+            ),
+            {"t": T0, "i": json.dumps(["graphs"])},
+        )
+    old.dispose()
+    engine = open_store(url)
+    (row,) = list_subscribers(engine)
+    assert (row.status, row.interests, row.timezone, row.request) == (
+        "active",
+        '["graphs"]',
+        None,
+        None,
+    )
+    assert (row.confirm_sends, row.confirm_window, row.confirmed_nonce) == (0, None, None)
+    engine.dispose()
