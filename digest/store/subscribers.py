@@ -395,7 +395,9 @@ def _moment(value: datetime | None) -> str | None:
 
 
 def export_subscriber(conn: Connection, ident: int) -> dict[str, Any]:
-    """Everything stored about a subscriber, as JSON-ready data (their secret salt excepted)."""
+    """Everything stored about a subscriber, as JSON-ready data: their settings, a request
+    awaiting confirmation, the confirmation emails counted, and every digest with its papers
+    (not the secret salt of their links, nor the run's internal cut-off)."""
     sub = Subscriber.__table__  # type: ignore[attr-defined]
     row = conn.execute(sa.select(sub).where(sub.c.id == ident)).mappings().first()
     if row is None:
@@ -448,6 +450,10 @@ def export_subscriber(conn: Connection, ident: int) -> dict[str, Any]:
         "created_at": _moment(row["created_at"]),
         "last_digest_at": _moment(row["last_digest_at"]),
         "awaiting_confirmation": request,
+        "confirmation_emails": {
+            "sent": row["confirm_sends"],
+            "counted_since": _moment(row["confirm_window"]),
+        },
         "digests": [
             {
                 "period": digest.period.isoformat(),

@@ -66,6 +66,7 @@ CLIENT_LIMIT = (20, 3600.0)
 EMAIL_LIMIT = (3, 3600.0)
 CONFIRMS_PER_DAY = 5
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
+_LABELS = {"max_items": "The number of papers", "min_score": "The score", "frequency": "This"}
 _HEADER_LIKE = frozenset("\r\n\t\x00:;,<>\"'\\")
 
 
@@ -134,7 +135,8 @@ def _read_options(form: FormData, errors: FormErrors) -> dict[str, Any]:
         try:
             values[name] = check_field(name, raw.strip())
         except UsageError as exc:
-            errors.add(name, f"{_reason(exc).capitalize()}.")
+            # "max_items ('0') must be from 1 to 1000": the reason, after the value
+            errors.add(name, f"{_LABELS[name]} {str(exc).partition(') ')[2]}.")
     zone = _text(form, "timezone").strip()
     if zone and zone not in _zones():
         errors.add("timezone", "This is not a time zone we know; write one such as Europe/Berlin.")
