@@ -269,7 +269,8 @@ def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
     if not address:
         raise UsageError("unsubscribe: EMAIL|TOKEN is empty")
     if "@" not in address:  # the token of an unsubscribe link or mail ("unsubscribe 12.ab34...")
-        found = check_token(ctx.engine, ctx.settings.signing_key(), address.split()[-1])
+        token = address.split()[-1].rstrip("/").rpartition("/")[2]  # or the link itself
+        found = check_token(ctx.engine, ctx.settings.signing_key(), token)
         if found is None:
             shown = address if len(address) <= 40 else address[:39] + "…"
             raise UsageError(

@@ -732,3 +732,41 @@ def test_migration_6_keeps_existing_subscribers_as_they_were(tmp_path: Path) -> 
     )
     assert (row.confirm_sends, row.confirm_window, row.confirmed_nonce) == (0, None, None)
     engine.dispose()
+
+
+def test_the_operator_can_unsubscribe_by_the_link_itself(site: Site) -> None:
+    site.subscribe({"ada@example.org": ["graphs"]})
+    (row,) = store_rows(site.data, "SELECT id, token_salt FROM subscriber")
+    token = link_token(b"a-fixed-key-for-tests-only-0123456789", int(str(row[0])), str(row[1]))
+    refused_link = site.cli("unsubscribe", f"{BASE}/unsubscribe/{token[:-1]}")
+    assert refused_link.code == 2 and "Traceback" not in refused_link.err
+    done = site.cli("unsubscribe", f"{BASE}/unsubscribe/{token}")
+    assert done.code == 0, done.err
+    assert subscribers(site)["ada@example.org"][0] == "unsubscribed"
+
+
+def test_addresses_never_confirmed_are_forgotten_once_their_link_ran_out(site: Site) -> None:
+    sheet = site.root / "pending.csv"
+    sheet.write_text("email,interests,status\nops@example.org,graphs,pending\n")
+    assert site.cli("subscribers", "--import", str(sheet)).code == 0
+    site.subscribe({"ada@example.org": ["graphs"]})
+    now = datetime.now(UTC)
+    first = app_at(now)
+    for address in ("ada@example.org", "bob@example.org"):
+        assert subscribe(first, address, "diffusion").status_code == 200
+    assert set(subscribers(site)) == {"ops@example.org", "ada@example.org", "bob@example.org"}
+
+    soon = app_at(now + timedelta(hours=47))
+    assert subscribe(soon, "cy@example.org", "diffusion").status_code == 200
+    assert "bob@example.org" in subscribers(site)  # its link still works
+
+    later = app_at(now + timedelta(hours=49))
+    assert subscribe(later, "dee@example.org", "diffusion").status_code == 200
+    # bob never confirmed and his link ran out: gone; a subscriber's own request is kept,
+    # as is an operator's pending row, and cy's request is still within its time
+    assert set(subscribers(site)) == {
+        "ops@example.org",
+        "ada@example.org",
+        "cy@example.org",
+        "dee@example.org",
+    }

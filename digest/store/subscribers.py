@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select
 
 from digest.clock import as_utc
 from digest.errors import UsageError
-from digest.store.engine import ingest_sequence, reading
+from digest.store.engine import ingest_sequence, reading, transaction
 from digest.store.models import Digest, DigestItem, Paper, Subscriber
 
 STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced")
@@ -314,6 +314,22 @@ def request_subscription(
         session.add(row)
         session.commit()
         return Requested(int(row.id or 0), row.token_salt, nonce)
+
+
+def forget_unconfirmed(engine: Engine, before: datetime) -> int:
+    """Delete the addresses that asked on the web and never confirmed, when their last
+    request was made before ``before`` (its link long expired): nobody consented to keeping
+    them. Rows made any other way (an operator's ``pending``) have no request window and stay.
+    """
+    with transaction(engine) as conn:
+        gone = conn.execute(
+            sa.delete(Subscriber).where(
+                col(Subscriber.status) == "pending",
+                col(Subscriber.confirmed_nonce).is_(None),
+                col(Subscriber.confirm_window) < as_utc(before, naive="refuse"),
+            )
+        )
+        return int(gone.rowcount)
 
 
 def confirm_request(engine: Engine, ident: int, nonce: str) -> bool:

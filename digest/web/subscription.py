@@ -42,10 +42,12 @@ from digest.settings import SUBSCRIBER
 from digest.store.engine import reading, transaction
 from digest.store.models import Subscriber
 from digest.store.subscribers import (
+    CONFIRM_WINDOW,
     Preferences,
     confirm_request,
     erase_subscriber,
     export_subscriber,
+    forget_unconfirmed,
     interests_of,
     pending_nonce,
     request_subscription,
@@ -212,6 +214,7 @@ async def subscribe(request: Request) -> Response:
     )
     if requested is None:
         raise _too_many()
+    await run_in_threadpool(_forget_unconfirmed, state, now)
     expires = now + timedelta(hours=state.settings.confirm_hours)
     token = tokens.expiring_token(
         state.key,
@@ -240,6 +243,17 @@ async def subscribe(request: Request) -> Response:
         "subscribe_sent.html",
         {"email": email, "interests": "\n".join(interests), "hours": state.settings.confirm_hours},
     )
+
+
+def _forget_unconfirmed(state: WebState, now: datetime) -> None:
+    """At most once an hour: drop the addresses whose request was never confirmed, once
+    both its link and its resend count have run out."""
+    last = state.caches.get("forgot_unconfirmed")
+    if isinstance(last, datetime) and now - last < timedelta(hours=1):
+        return
+    state.caches["forgot_unconfirmed"] = now
+    kept = max(timedelta(hours=state.settings.confirm_hours), CONFIRM_WINDOW)
+    forget_unconfirmed(state.engine, now - kept)
 
 
 def _too_many() -> HTTPException:
