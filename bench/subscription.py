@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         found = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
         assert found
         csrf = found.group(1)
-        times: dict[str, list[float]] = {"known": [], "unknown": []}
-        bodies: dict[str, set[str]] = {"known": set(), "unknown": set()}
+        times: dict[str, list[float]] = {"known": [], "new": []}
+        bodies: dict[str, set[str]] = {"known": set(), "new": set()}
         for n in range(args.requests):
-            for kind in ("known", "unknown"):
+            for kind in ("known", "new"):
                 address = f"{kind}{n}@example.org"
                 started = time.perf_counter()
                 answer = client.post(
@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     for kind, values in times.items():
         cuts = statistics.quantiles(values, n=10)
         print(f"| {kind} | {statistics.median(values) * 1000:.2f} ms | {cuts[-1] * 1000:.2f} ms |")
-    ratio = statistics.median(times["known"]) / statistics.median(times["unknown"])
-    print(f"median known / unknown: {ratio:.3f}")
-    print(f"distinct answers (address blanked): {len(bodies['known'] | bodies['unknown'])}")
+    ratio = statistics.median(times["known"]) / statistics.median(times["new"])
+    print(f"median known / new: {ratio:.3f}")
+    print(f"distinct answers (address blanked): {len(bodies['known'] | bodies['new'])}")
     return 0
 
 
