@@ -293,6 +293,12 @@ def test_a_bad_subscribe_form_is_refused_and_nothing_is_saved(
     assert site.received() == []
 
 
+def test_an_apostrophe_in_an_address_is_no_header_trick(site: Site) -> None:
+    assert subscribe(site.web(), "O'Brien@example.org", "graphs").status_code == 200
+    assert [rcpt for rcpt, _ in site.received()] == ["o'brien@example.org"]
+    assert subscribers(site)["o'brien@example.org"][0] == "pending"
+
+
 def test_a_malformed_interest_is_shown_beside_its_field_with_the_position(site: Site) -> None:
     answer = subscribe(site.web(), "ada@example.org", "graphs\ndiffusion (video")
     refused(answer, 422, "Line 2: ")

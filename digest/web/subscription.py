@@ -69,7 +69,9 @@ EMAIL_LIMIT = (3, 3600.0)
 CONFIRMS_PER_DAY = 5
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
 _LABELS = {"max_items": "The number of papers", "min_score": "The score", "frequency": "This"}
-_HEADER_LIKE = frozenset("\r\n\t\x00:;,<>\"'\\")
+# Whatever could end a header or start another, or make one address a list; an apostrophe
+# is fine (o'brien@example.org).
+_HEADER_LIKE = frozenset('\r\n\t\x00:;,<>"\\')
 
 
 @dataclass
