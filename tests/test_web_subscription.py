@@ -5,6 +5,8 @@ sending (or not) accordingly."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import re
 from dataclasses import replace
@@ -18,6 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
+from digest.deliver.confirm import ConfirmView, build_confirmation
+from digest.deliver.message import Sender
 from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
 from digest.settings import load_settings
@@ -38,6 +42,7 @@ from digest.store.subscribers import (
 from digest.tokens import expiring_token, link_token
 from digest.web.app import create_app
 from tests.conftest import EXAMPLE_DUMPS, SITE_HOST, Site, store_rows
+from tests.test_emails import check_expected
 from tests.test_migrations import _store_at
 
 BASE = f"https://{SITE_HOST}"
@@ -187,6 +192,27 @@ def test_subscribe_confirm_and_the_next_run_sends(site: Site, dump_a: Path) -> N
     assert manage.startswith("/manage/")
     shown = client.get(manage)
     assert shown.status_code == 200 and "diffusion\nvideo</textarea>" in shown.text
+
+
+def test_the_confirmation_email_matches_the_expected_files(regen_expected: bool) -> None:
+    view = ConfirmView(
+        to="ada@example.org",
+        interests=["diffusion video", '"graph neural" -survey', "a <b> & c"],
+        confirm_url="https://example.org/confirm/7.1800000000.0123456789abcdef0123456789abcdef",
+        expires=datetime(2027, 1, 15, 6, 30, tzinfo=UTC),
+        timezone="Europe/Berlin",
+    )
+    sender = Sender("Paper digest <digest@example.org>", "Paper digest", "x", "https://example.org")
+    raw = build_confirmation(view, sender, datetime(2027, 1, 13, 6, 30, tzinfo=UTC), b"k" * 32)
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    assert message["Date"] == "Wed, 13 Jan 2027 06:30:00 +0000"
+    assert str(message["Message-ID"]).endswith("@example.org>")
+    text, html = parts(message)
+    check_expected("confirm.txt", text, regen_expected)
+    check_expected("confirm.html", html, regen_expected)
+    assert "The link works until 2027-01-15 07:30 (Europe/Berlin).\n" in text
+    assert "<li>a &lt;b&gt; &amp; c</li>" in html
 
 
 # --- no enumeration; consent ---------------------------------------------------------
