@@ -66,6 +66,7 @@ from digest.settings import (
 )
 from digest.store.engine import open_store, reading, store_exists, transaction
 from digest.store.subscribers import (
+    STATUSES,
     Saved,
     interests_of,
     list_subscribers,
@@ -268,7 +269,8 @@ def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
     if not address:
         raise UsageError("unsubscribe: EMAIL|TOKEN is empty")
     if "@" not in address:  # the token of an unsubscribe link or mail ("unsubscribe 12.ab34...")
-        found = check_token(ctx.engine, ctx.settings.signing_key(), address.split()[-1])
+        token = address.split()[-1].rstrip("/").rpartition("/")[2]  # or the link itself
+        found = check_token(ctx.engine, ctx.settings.signing_key(), token)
         if found is None:
             shown = address if len(address) <= 40 else address[:39] + "…"
             raise UsageError(
@@ -662,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     sub = command("subscribers", cmd_subscribers, "list subscribers; import or export CSV")
-    sub.add_argument("--status", choices=("pending", "active", "unsubscribed", "bounced"))
+    sub.add_argument("--status", choices=STATUSES)
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_argument("--import", dest="import_csv", metavar="CSV", help="add or update from CSV")
     sub.add_argument(

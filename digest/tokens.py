@@ -7,6 +7,7 @@ the salt revokes them.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 from datetime import date
@@ -42,9 +43,58 @@ def check_token(
 ) -> bool:
     """Whether ``token`` is the link of subscriber ``ident`` with ``salt``, for ``purpose``."""
     signature = token.partition(".")[2]
-    return token_id(token) == ident and hmac.compare_digest(
-        _sign(key, purpose, ident, salt), signature
+    # compare_digest refuses text beyond ASCII with a TypeError: such a token is simply wrong
+    return (
+        token_id(token) == ident
+        and signature.isascii()
+        and hmac.compare_digest(_sign(key, purpose, ident, salt), signature)
     )
+
+
+class Verdict(enum.Enum):
+    """What checking an expiring token found."""
+
+    VALID = "valid"
+    EXPIRED = "expired"  # signed by us for this subscriber and purpose, but too old
+    INVALID = "invalid"  # forged, cut short, another purpose or another subscriber
+
+
+def _expiring_key(key: bytes) -> bytes:
+    # Expiring tokens are signed under a key of their own, so no lasting token (whatever
+    # its purpose says) is ever the signature of an expiring one, nor the other way round.
+    return hmac.new(key, b"expiring link tokens", hashlib.sha256).digest()
+
+
+def _until(purpose: str, expires: int | str) -> str:
+    return f"{purpose}@{expires}"
+
+
+def expiring_token(key: bytes, ident: int, salt: str, purpose: str, expires: int) -> str:
+    """A link token that stops working at ``expires`` (Unix seconds): ``<id>.<expires>.<hmac>``.
+
+    The expiry is signed with the rest, so changing it breaks the signature.
+    """
+    signature = _sign(_expiring_key(key), _until(purpose, expires), ident, salt)
+    return f"{ident}.{expires}.{signature}"
+
+
+def check_expiring_token(
+    key: bytes, token: str, ident: int | None, salt: str, purpose: str, now: float
+) -> Verdict:
+    """Whether ``token`` is an :func:`expiring_token` of subscriber ``ident`` for ``purpose``,
+    and still valid at ``now`` (Unix seconds)."""
+    expires, _, signature = token.partition(".")[2].partition(".")
+    if (
+        ident is None
+        or token_id(token) != ident
+        or not (expires.isascii() and expires.isdigit() and len(expires) <= 12)
+        or not signature.isascii()
+        or not hmac.compare_digest(
+            _sign(_expiring_key(key), _until(purpose, expires), ident, salt), signature
+        )
+    ):
+        return Verdict.INVALID
+    return Verdict.VALID if now < int(expires) else Verdict.EXPIRED
 
 
 def message_id(key: bytes, subscriber_id: int, period: date, mail_from: str) -> str:

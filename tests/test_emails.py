@@ -69,7 +69,7 @@ def view(papers: list[PaperView] | None = None, **changes: str) -> DigestView:
     values = {
         "to": "reader@example.net",
         "message_id": "<digest-2026-11-22-42@example.org>",
-        "unsubscribe_url": "https://example.org/unsubscribe?token=abc.def",
+        "unsubscribe_url": "https://example.org/unsubscribe/abc.def",
         "unsubscribe_mailto": "unsubscribe@example.org",
         "feed_url": "https://example.org/feeds/k3y.atom",
     }
@@ -82,7 +82,7 @@ def view(papers: list[PaperView] | None = None, **changes: str) -> DigestView:
         unsubscribe_url=values["unsubscribe_url"],
         unsubscribe_mailto=values["unsubscribe_mailto"],
         feed_url=values["feed_url"],
-        manage_url="https://example.org/manage?token=abc.def",
+        manage_url="https://example.org/manage/abc.def",
     )
 
 
@@ -124,7 +124,7 @@ def test_message_parses_with_every_header() -> None:
     assert message["MIME-Version"] == "1.0"
     assert message["List-Id"] == "Paper Digest <papers.example.org>"
     assert message["List-Unsubscribe"] == (
-        "<https://example.org/unsubscribe?token=abc.def>, "
+        "<https://example.org/unsubscribe/abc.def>, "
         "<mailto:unsubscribe@example.org?subject=unsubscribe>"
     )
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
@@ -198,7 +198,7 @@ def test_untrusted_text_is_escaped_in_html_and_plain_in_text() -> None:
 
 def test_text_part_carries_the_papers_and_the_unsubscribe_link() -> None:
     _, text = parts(build_message(view(), SENDER, NOW))
-    assert "Unsubscribe: https://example.org/unsubscribe?token=abc.def" in text
+    assert "Unsubscribe: https://example.org/unsubscribe/abc.def" in text
     assert "* Federated Learning of Diffusion Models at Scale" in text
     assert "Code: https://github.com/example/feddiff" in text
     assert "Schrödinger bridges connect two distributions; we survey δ-methods." in text
@@ -258,7 +258,7 @@ def test_html_is_inlined_dark_mode_ready_and_fluid() -> None:
     assert "max-width:640px" in html
     assert 'class="paper" style="' in html
     assert "<link" not in html
-    assert "https://example.org/unsubscribe?token=abc.def" in html
+    assert "https://example.org/unsubscribe/abc.def" in html
 
 
 def test_matched_words_are_marked_in_html() -> None:

@@ -31,7 +31,13 @@ def test_status_of_a_fresh_store(site: Site) -> None:
     assert result.code == 0, result.err
     data = result.json()
     assert data["papers"]["total"] == 0
-    assert data["subscribers"] == {"pending": 0, "active": 0, "unsubscribed": 0, "bounced": 0}
+    assert data["subscribers"] == {
+        "pending": 0,
+        "active": 0,
+        "paused": 0,
+        "unsubscribed": 0,
+        "bounced": 0,
+    }
     assert set(data["digests"].values()) == {0}
     assert data["runs"] == [] and data["failed_digests"] == [] and data["sources"] == []
     assert data["running"] is None
@@ -75,6 +81,7 @@ def test_status_after_a_run_with_a_bounce_and_a_deferral(
     assert data["subscribers"] == {
         "pending": 0,
         "active": len(PEOPLE) - 1,
+        "paused": 0,
         "unsubscribed": 0,
         "bounced": 1,
     }

@@ -52,7 +52,7 @@ def message_for(n: int) -> tuple[str, bytes, str]:
         date(2026, 11, 22),
         [PAPER],
         message_id,
-        f"https://example.org/unsubscribe?token=t{n}",
+        f"https://example.org/unsubscribe/t{n}",
         "unsubscribe@example.org",
         f"https://example.org/feeds/f{n}.rss",
     )
@@ -202,7 +202,7 @@ def test_messages_arrive_and_parse_with_every_header(smtp_server: SMTPServer) ->
     assert parsed["Message-ID"] == "<digest-0@example.org>"
     assert parsed["To"] == "reader0@example.net"
     assert parsed["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert "https://example.org/unsubscribe?token=t0" in parsed["List-Unsubscribe"]
+    assert "https://example.org/unsubscribe/t0" in parsed["List-Unsubscribe"]
     for name in ("From", "Subject", "Date", "List-Id", "MIME-Version"):
         assert parsed[name], name
     body = parsed.get_body(preferencelist=("html",))

@@ -1,5 +1,5 @@
 """What an email or a feed shows: stored papers as views, and a subscriber's links
-(unsubscribe, https and mailto, and the private feed)."""
+(unsubscribe, https and mailto, manage, and the private feed)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,15 @@ class Links:
 
     def unsubscribe_url(self, token: str) -> str:
         """The one-click (RFC 8058) unsubscribe URL."""
-        return f"{self.base_url}/unsubscribe?token={quote(token)}"
+        return f"{self.base_url}/unsubscribe/{quote(token, safe='')}"
+
+    def manage_url(self, token: str) -> str:
+        """The subscriber's page to change interests, pause, export or delete."""
+        return f"{self.base_url}/manage/{quote(token, safe='')}"
+
+    def manage_token(self, ident: int | None, salt: str) -> str:
+        """The token of a subscriber's manage link."""
+        return link_token(self.key, ident, salt, purpose="manage")
 
     def unsubscribe_mailto(self, token: str) -> str:
         """The mailto: unsubscribe address, for clients without one-click."""
@@ -99,4 +107,5 @@ class Links:
             unsubscribe_url=self.unsubscribe_url(token),
             unsubscribe_mailto=self.unsubscribe_mailto(token),
             feed_url=self.feed_url(feed_name(self.key, ident, salt)),
+            manage_url=self.manage_url(self.manage_token(ident, salt)),
         )

@@ -71,7 +71,7 @@ def normalize_email(address: str) -> str:
     return result.ascii_email.lower()
 
 
-def _address_forms(address: str) -> list[str]:
+def address_forms(address: str) -> list[str]:
     """The forms an address may be stored in: the canonical one, and as older versions kept it."""
     result = _validated(address)
     forms = [result.normalized.lower()]
@@ -141,7 +141,7 @@ def save_subscribers(
     An address that unsubscribed or bounced is made active again only with ``resubscribe``;
     otherwise a UsageError names it and nothing is saved.
     """
-    checked = [(spec.checked(), _address_forms(spec.email)) for spec in specs]
+    checked = [(spec.checked(), address_forms(spec.email)) for spec in specs]
     return store_subscribers(engine, checked, now=now, resubscribe=resubscribe)
 
 
@@ -154,7 +154,7 @@ def upsert_subscriber(
 
 def find_subscriber(engine: Engine, email: str) -> Subscriber:
     """The subscriber with this address, or a UsageError naming it."""
-    forms = _address_forms(email)
+    forms = address_forms(email)
     row = subscriber_at(engine, forms)
     if row is None:
         raise UsageError(f"no subscriber {forms[0]}")

@@ -221,12 +221,34 @@ def _v5_stable_feed_ids(conn: Connection) -> None:
     meta.create_all(conn)
 
 
+def _v6_self_service(conn: Connection) -> None:
+    """What subscribing on the web front keeps per subscriber.
+
+    ``request`` is a subscription waiting for its confirmation (JSON: the interests and
+    options asked for, and the nonce its link is signed with), so an existing subscriber's
+    settings change only when they confirm; ``confirmed_nonce`` is the last one confirmed,
+    so a replayed link is told apart from a forged one. ``confirm_sends`` counts the
+    confirmation emails sent since ``confirm_window`` began (the resend limit).
+    ``timezone`` is the zone the subscriber reads dates in (NULL: the site's).
+    """
+    moment = sa.DateTime(timezone=True).compile(dialect=conn.dialect)
+    for column in (
+        "timezone VARCHAR",
+        "request VARCHAR",
+        "confirmed_nonce VARCHAR",
+        "confirm_sends INTEGER NOT NULL DEFAULT 0",
+        f"confirm_window {moment}",
+    ):
+        conn.execute(sa.text(f"ALTER TABLE subscriber ADD COLUMN {column}"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
     _v3_ingest_sequence,
     _v4_transport_state,
     _v5_stable_feed_ids,
+    _v6_self_service,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -70,6 +70,11 @@ class Subscriber(SQLModel, table=True):
     created_at: datetime
     last_digest_at: datetime | None = None
     seen_upto: int = 0  # the ingest sequence number their last digest (or joining) saw up to
+    timezone: str | None = None  # the zone they read dates in; None: the site's
+    request: str | None = None  # a subscription awaiting confirmation (JSON)
+    confirmed_nonce: str | None = None  # the nonce of the last confirmed request
+    confirm_sends: int = 0  # confirmation emails sent since confirm_window began
+    confirm_window: datetime | None = None
 
 
 class Digest(SQLModel, table=True):

@@ -5,7 +5,12 @@ The database holds only each subscriber's random salt, never a signed link (dige
 
 Consent: an address that unsubscribed or bounced stays suppressed. Saving it
 again leaves it so unless the operator says the person asked to come back
-(``resubscribe``); the web front's double opt-in is the other way back.
+(``resubscribe``); the web front's double opt-in is the other way back: a request
+(:func:`request_subscription`) changes nothing a reader gets until it is confirmed
+(:func:`confirm_request`).
+
+Statuses: ``pending`` (asked, not confirmed: gets nothing), ``active``, ``paused`` (keeps
+the settings, gets nothing until resumed), ``unsubscribed`` and ``bounced``.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Protocol
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -23,10 +28,10 @@ from sqlmodel import Session, col, select
 
 from digest.clock import as_utc
 from digest.errors import UsageError
-from digest.store.engine import ingest_sequence, reading
-from digest.store.models import Subscriber
+from digest.store.engine import ingest_sequence, reading, transaction
+from digest.store.models import Digest, DigestItem, Paper, Subscriber
 
-STATUSES = ("pending", "active", "unsubscribed", "bounced")
+STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced")
 SUPPRESSED = ("unsubscribed", "bounced")  # the address left: no mail until it comes back
 
 
@@ -228,3 +233,260 @@ def count_by_status(engine: Engine) -> dict[str, int]:
     counts = dict.fromkeys(STATUSES, 0)
     counts.update({status: int(n) for status, n in rows})
     return counts
+
+
+# --- self-service: requests, confirmation, preferences, pause, unsubscribe, export, erase ---
+
+CONFIRM_WINDOW = timedelta(hours=24)  # confirmation emails are counted per address per window
+
+
+@dataclass(frozen=True)
+class Preferences:
+    """What a reader chooses: validated before it gets here (digest.web.subscription)."""
+
+    interests: tuple[str, ...]
+    max_items: int
+    min_score: float
+    frequency: str
+    timezone: str | None  # None: the site's zone
+
+
+@dataclass(frozen=True)
+class Requested:
+    """A stored request: whose it is, and what its confirmation link is signed with."""
+
+    subscriber_id: int
+    token_salt: str
+    nonce: str
+
+
+def _pending_request(row: Subscriber) -> tuple[Preferences, str] | None:
+    if not row.request:
+        return None
+    data = json.loads(row.request)
+    nonce = data.pop("nonce")
+    data["interests"] = tuple(data["interests"])
+    return Preferences(**data), nonce
+
+
+def pending_nonce(row: Subscriber) -> str | None:
+    """The nonce of the subscriber's request awaiting confirmation, if any."""
+    pending = _pending_request(row)
+    return None if pending is None else pending[1]
+
+
+def request_subscription(
+    engine: Engine,
+    forms: Sequence[str],
+    wanted: Preferences,
+    *,
+    now: datetime,
+    sends_allowed: int,
+) -> Requested | None:
+    """Keep a request to subscribe ``forms[0]`` with ``wanted``, for confirmation by email.
+
+    A new address is stored ``pending``; a known one keeps its status and settings until
+    the request is confirmed (a newer request replaces an older one). None, with nothing
+    changed, when the address has had ``sends_allowed`` confirmation emails this window.
+    """
+    now = as_utc(now, naive="refuse")
+    with Session(engine, expire_on_commit=False) as session:
+        row = _stored(session, forms)
+        if row is None:
+            row = Subscriber(
+                email=forms[0],
+                status="pending",
+                token_salt=secrets.token_hex(16),
+                created_at=now,
+                seen_upto=ingest_sequence(session.connection()),
+            )
+        window = as_utc(row.confirm_window) if row.confirm_window else None
+        if window is None or now - window >= CONFIRM_WINDOW:
+            row.confirm_window, row.confirm_sends = now, 0
+        if row.confirm_sends >= sends_allowed:
+            session.rollback()
+            return None
+        row.confirm_sends += 1
+        nonce = secrets.token_hex(8)
+        row.request = json.dumps(
+            {**asdict(wanted), "interests": list(wanted.interests), "nonce": nonce}
+        )
+        session.add(row)
+        session.commit()
+        return Requested(int(row.id or 0), row.token_salt, nonce)
+
+
+def forget_unconfirmed(engine: Engine, before: datetime) -> int:
+    """Delete the addresses that asked on the web and never confirmed, when their last
+    request was made before ``before`` (its link long expired): nobody consented to keeping
+    them. Rows made any other way (an operator's ``pending``) have no request window and stay.
+    """
+    with transaction(engine) as conn:
+        gone = conn.execute(
+            sa.delete(Subscriber).where(
+                col(Subscriber.status) == "pending",
+                col(Subscriber.confirmed_nonce).is_(None),
+                col(Subscriber.confirm_window) < as_utc(before, naive="refuse"),
+            )
+        )
+        return int(gone.rowcount)
+
+
+def confirm_request(engine: Engine, ident: int, nonce: str) -> bool:
+    """Apply the request with ``nonce``: the settings it asked for, and the subscriber
+    active from the next listing on (when they were not active). False when no request
+    with that nonce waits (confirmed already, or replaced): nothing changes."""
+    with Session(engine) as session:
+        row = session.get(Subscriber, ident)
+        pending = None if row is None else _pending_request(row)
+        if row is None or pending is None or pending[1] != nonce:
+            return False
+        wanted = pending[0]
+        if row.status != "active":
+            # like a new subscriber: from the next listing on; what came before is not owed
+            row.seen_upto = ingest_sequence(session.connection())
+        row.status = "active"
+        _apply(row, wanted)
+        row.request = None
+        row.confirmed_nonce = nonce
+        session.add(row)
+        session.commit()
+        return True
+
+
+def _apply(row: Subscriber, wanted: Preferences) -> None:
+    row.interests = json.dumps(list(wanted.interests))
+    row.max_items = wanted.max_items
+    row.min_score = wanted.min_score
+    row.frequency = wanted.frequency
+    row.timezone = wanted.timezone
+
+
+def update_preferences(engine: Engine, ident: int, wanted: Preferences) -> None:
+    """Replace a subscriber's interests and options (from their manage page)."""
+    with Session(engine) as session:
+        row = session.get(Subscriber, ident)
+        if row is not None:
+            _apply(row, wanted)
+            session.add(row)
+            session.commit()
+
+
+def set_paused(engine: Engine, ident: int, paused: bool) -> str | None:
+    """Pause an active subscriber or resume a paused one; returns the status after (None:
+    no such subscriber). Other statuses are left as they are: an address that left comes
+    back only through a confirmed request. A resumed reader starts from the next listing."""
+    with Session(engine) as session:
+        row = session.get(Subscriber, ident)
+        if row is None:
+            return None
+        if paused and row.status == "active":
+            row.status = "paused"
+        elif not paused and row.status == "paused":
+            row.status = "active"
+            row.seen_upto = ingest_sequence(session.connection())
+        session.add(row)
+        session.commit()
+        return row.status
+
+
+def unsubscribe(engine: Engine, ident: int) -> str | None:
+    """Stop all mail to a subscriber (a bounced one stays bounced) and drop any request
+    awaiting confirmation; returns the status after (None: no such subscriber). Digests
+    still waiting for them are withdrawn when the next run sends."""
+    with Session(engine) as session:
+        row = session.get(Subscriber, ident)
+        if row is None:
+            return None
+        if row.status not in SUPPRESSED:
+            row.status = "unsubscribed"
+        row.request = None
+        session.add(row)
+        session.commit()
+        return row.status
+
+
+def _moment(value: datetime | None) -> str | None:
+    return None if value is None else as_utc(value).isoformat()
+
+
+def export_subscriber(conn: Connection, ident: int) -> dict[str, Any]:
+    """Everything stored about a subscriber, as JSON-ready data: their settings, a request
+    awaiting confirmation, the confirmation emails counted, and every digest with its papers
+    (not the secret salt of their links, nor the run's internal cut-off)."""
+    sub = Subscriber.__table__  # type: ignore[attr-defined]
+    row = conn.execute(sa.select(sub).where(sub.c.id == ident)).mappings().first()
+    if row is None:
+        return {}
+    digests = conn.execute(
+        sa.select(
+            col(Digest.id),
+            col(Digest.period),
+            col(Digest.status),
+            col(Digest.subject),
+            col(Digest.created_at),
+            col(Digest.sent_at),
+        )
+        .where(col(Digest.subscriber_id) == ident)
+        .order_by(col(Digest.period))
+    ).all()
+    items: dict[int, list[dict[str, Any]]] = {digest.id: [] for digest in digests}
+    for item in conn.execute(
+        sa.select(
+            col(DigestItem.digest_id),
+            col(DigestItem.rank),
+            col(DigestItem.score),
+            col(Paper.key),
+            col(Paper.title),
+        )
+        .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
+        .where(col(DigestItem.subscriber_id) == ident)
+        .order_by(col(DigestItem.digest_id), col(DigestItem.rank))
+    ).all():
+        items[item.digest_id].append(
+            {
+                "rank": item.rank,
+                "score": round(item.score, 4),
+                "paper": item.key,
+                "title": item.title,
+            }
+        )
+    request = json.loads(row["request"]) if row["request"] else None
+    if request is not None:
+        request.pop("nonce", None)
+    return {
+        "email": row["email"],
+        "status": row["status"],
+        "interests": json.loads(row["interests"]),
+        "max_items": row["max_items"],
+        "min_score": row["min_score"],
+        "frequency": row["frequency"],
+        "send_empty": bool(row["send_empty"]),
+        "timezone": row["timezone"],
+        "created_at": _moment(row["created_at"]),
+        "last_digest_at": _moment(row["last_digest_at"]),
+        "awaiting_confirmation": request,
+        "confirmation_emails": {
+            "sent": row["confirm_sends"],
+            "counted_since": _moment(row["confirm_window"]),
+        },
+        "digests": [
+            {
+                "period": digest.period.isoformat(),
+                "status": digest.status,
+                "subject": digest.subject,
+                "created_at": _moment(digest.created_at),
+                "sent_at": _moment(digest.sent_at),
+                "papers": items[digest.id],
+            }
+            for digest in digests
+        ],
+    }
+
+
+def erase_subscriber(conn: Connection, ident: int) -> bool:
+    """Delete a subscriber and everything of theirs in the outbox; False when there was none."""
+    conn.execute(sa.delete(DigestItem).where(col(DigestItem.subscriber_id) == ident))
+    conn.execute(sa.delete(Digest).where(col(Digest.subscriber_id) == ident))
+    gone = conn.execute(sa.delete(Subscriber).where(col(Subscriber.id) == ident))
+    return bool(gone.rowcount)
