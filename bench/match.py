@@ -1,7 +1,7 @@
 """Matching speed: 100,000 subscribers against a day of 5,000 papers (run by hand).
 
     python bench/match.py [--subscribers N] [--papers N] [--store-sample N] [--sample N]
-                          [--seed N] [--processes N] [--dumps PATH ...]
+                          [--seed N] [--processes N] [--dumps PATH ...] [--baseline CHECKOUT]
 
 The corpus is synthetic, with a realistic spread of words (see bench/README.md):
 a 40,000-word Zipfian vocabulary whose head is the real words of some listing dumps
@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import random
+import re
 import resource
 import sqlite3
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -177,7 +180,9 @@ def store_stats(generator: Generator, sample: int) -> CorpusStats:
     )
     scale = STORE / counted.documents
     frequencies = {term: round(df * scale) for term, df in counted.frequencies.items()}
-    return CorpusStats(STORE, counted.avg_title_len, counted.avg_abstract_len, frequencies)
+    return CorpusStats(
+        STORE, counted.avg_title_len, counted.avg_abstract_len, frequencies, counted.acronyms
+    )
 
 
 def interest_pool(rng: random.Random, real: list[tuple[str, str]]) -> list[str]:
@@ -284,6 +289,31 @@ def density(day: list[PlainPaper], matches: DayMatches) -> str:
     )
 
 
+def run_baseline(checkout: Path, argv: list[str]) -> float:
+    """Run another checkout's bench/match.py on its own code; its total matching time."""
+    rest: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--baseline":
+            skip = True
+        elif not arg.startswith("--baseline="):
+            rest.append(arg)
+    env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
+    script = checkout / "bench" / "match.py"
+    done = subprocess.run(
+        [sys.executable, str(script), *rest], env=env, capture_output=True, text=True, check=True
+    )
+    print(f"--- baseline: {script}")
+    print(done.stdout, end="")
+    print("--- this checkout")
+    found = re.search(r"total ([\d.]+)s", done.stdout)
+    if found is None:
+        raise SystemExit(f"no total in the baseline's output:\n{done.stdout}")
+    return float(found.group(1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100_000)
@@ -292,8 +322,16 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--processes", type=int, default=0, help="0: chosen by size")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="another checkout of digest (say, a worktree of main): its bench/match.py runs"
+        " first, with the same arguments, on its own code, and the totals are compared",
+    )
     add_dumps_argument(parser)
     args = parser.parse_args()
+    baseline = run_baseline(args.baseline, sys.argv[1:]) if args.baseline else None
     rng = random.Random(args.seed)
     real = real_papers(dump_files(args.dumps))
     generator = Generator(rng, real)
@@ -325,6 +363,10 @@ def main() -> None:
     print(f"match {t2 - t1:.2f}s ({pairs:,} paper-interest matches),")
     print(f"      fan-out {t3 - t2:.2f}s ({items:,} items, {hits:,} distinct explanations)")
     print(f"      total {ours:.2f}s; {density(day, matches)}")
+    if baseline is not None:
+        print(
+            f"baseline ({args.baseline}): total {baseline:.2f}s; ours / baseline {ours / baseline:.2f}"
+        )
     if index.invalid:
         print(f"      {len(index.invalid)} invalid interests skipped", file=sys.stderr)
 

@@ -5,7 +5,7 @@ recognition (ASR)", or the other way round, "NMT (neural machine translation)". 
 definition counts when the acronym's capital letters line up with the first letters of
 the words before it, right to left, one word per letter; a little word ("of", "for")
 may sit between them without a letter of its own, so "mixture of experts (MoE)" counts
-and "models trained on speech (MTS)" does not. Hyphenated words count as their parts
+and "visual question answering (VLM)" does not. Hyphenated words count as their parts
 ("retrieval-augmented generation (RAG)").
 
 A pair is kept when ``MIN_SUPPORT`` papers define it, and only when it is what the
