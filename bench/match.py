@@ -1,7 +1,8 @@
 """Matching speed: 100,000 subscribers against a day of 5,000 papers (run by hand).
 
     python bench/match.py [--subscribers N] [--papers N] [--store-sample N] [--sample N]
-                          [--seed N] [--processes N] [--dumps PATH ...] [--baseline CHECKOUT]
+                          [--seed N] [--processes N] [--dumps PATH ...]
+                          [--baseline CHECKOUT [--rounds N]]
 
 The corpus is synthetic, with a realistic spread of words (see bench/README.md):
 a 40,000-word Zipfian vocabulary whose head is the real words of some listing dumps
@@ -289,29 +290,44 @@ def density(day: list[PlainPaper], matches: DayMatches) -> str:
     )
 
 
-def run_baseline(checkout: Path, argv: list[str]) -> float:
-    """Run another checkout's bench/match.py on its own code; its total matching time."""
+def side_by_side(baseline: Path, argv: list[str], rounds: int) -> None:
+    """Another checkout's bench/match.py and this one's, in turns, each on its own code.
+
+    In turns, because the machine is shared: a neighbour's job slows whichever runs
+    beside it, and alternating spreads that over both.
+    """
     rest: list[str] = []
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg == "--baseline":
+        elif arg in ("--baseline", "--rounds"):
             skip = True
-        elif not arg.startswith("--baseline="):
+        elif not arg.startswith(("--baseline=", "--rounds=")):
             rest.append(arg)
-    env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
-    script = checkout / "bench" / "match.py"
-    done = subprocess.run(
-        [sys.executable, str(script), *rest], env=env, capture_output=True, text=True, check=True
-    )
-    print(f"--- baseline: {script}")
-    print(done.stdout, end="")
-    print("--- this checkout")
-    found = re.search(r"total ([\d.]+)s", done.stdout)
-    if found is None:
-        raise SystemExit(f"no total in the baseline's output:\n{done.stdout}")
-    return float(found.group(1))
+    runs = {"baseline": baseline.resolve(), "this checkout": REPO}
+    totals: dict[str, list[float]] = {name: [] for name in runs}
+    for turn in range(rounds):
+        for name, checkout in runs.items():
+            env = {**os.environ, "PYTHONPATH": str(checkout)}
+            script = checkout / "bench" / "match.py"
+            done = subprocess.run(
+                [sys.executable, str(script), *rest],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            print(f"--- round {turn + 1}, {name}: {script}\n{done.stdout}", end="", flush=True)
+            found = re.search(r"total ([\d.]+)s", done.stdout)
+            if found is None:
+                raise SystemExit(f"no total in the output of {script}")
+            totals[name].append(float(found.group(1)))
+    print("\n| round | baseline | this checkout | this / baseline |\n| --- | --- | --- | --- |")
+    for turn, (old, new) in enumerate(zip(*totals.values(), strict=True), 1):
+        print(f"| {turn} | {old:.2f} s | {new:.2f} s | {new / old:.2f} |")
+    old, new = (statistics.median(values) for values in totals.values())
+    print(f"| median | {old:.2f} s | {new:.2f} s | {new / old:.2f} |")
 
 
 def main() -> None:
@@ -326,12 +342,15 @@ def main() -> None:
         "--baseline",
         type=Path,
         metavar="CHECKOUT",
-        help="another checkout of digest (say, a worktree of main): its bench/match.py runs"
-        " first, with the same arguments, on its own code, and the totals are compared",
+        help="another checkout of digest (say, a worktree of main): its bench/match.py and"
+        " this one run in turns, with the same arguments, and their totals are compared",
     )
+    parser.add_argument("--rounds", type=int, default=2, help="turns each with --baseline")
     add_dumps_argument(parser)
     args = parser.parse_args()
-    baseline = run_baseline(args.baseline, sys.argv[1:]) if args.baseline else None
+    if args.baseline:
+        side_by_side(args.baseline, sys.argv[1:], args.rounds)
+        return
     rng = random.Random(args.seed)
     real = real_papers(dump_files(args.dumps))
     generator = Generator(rng, real)
@@ -363,10 +382,6 @@ def main() -> None:
     print(f"match {t2 - t1:.2f}s ({pairs:,} paper-interest matches),")
     print(f"      fan-out {t3 - t2:.2f}s ({items:,} items, {hits:,} distinct explanations)")
     print(f"      total {ours:.2f}s; {density(day, matches)}")
-    if baseline is not None:
-        print(
-            f"baseline ({args.baseline}): total {baseline:.2f}s; ours / baseline {ours / baseline:.2f}"
-        )
     if index.invalid:
         print(f"      {len(index.invalid)} invalid interests skipped", file=sys.stderr)
 

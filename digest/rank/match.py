@@ -372,9 +372,11 @@ class VariantLeaf:
 class AliasLeaf:
     """An interest's words or what they stand for: an acronym for its expansion, or back.
 
-    The interest's own words score as usual; the other spelling adds ``ALIAS_WEIGHT`` of a
-    term as rare as the interest's words, so a paper writing only "large language models"
-    matches ``LLM`` a little below one writing "LLM".
+    The interest's own words score as usual, the other spelling ``ALIAS_WEIGHT`` of a term
+    as rare as the interest's words, so a paper writing only "large language models"
+    matches ``LLM`` a little below one writing "LLM". A paper writing both gets the better
+    of the two: most papers that use an acronym define it, and one concept counted twice
+    would put them above papers that name it in their title.
     """
 
     __slots__ = ("aliases", "idf", "primary", "written")
@@ -395,8 +397,8 @@ class AliasLeaf:
             # One entry per place, read back by the explainer as "LLM, written as ...".
             for f, first, last in (span for alias in self.aliases for span in alias.spans(doc)):
                 found.append((f, f"{ALIAS_MARK}{self.written}{ALIAS_MARK}{first}:{last}"))
-        extra = ALIAS_WEIGHT * saturate(self.idf, x)
-        return extra if score is None else score + extra
+        other = ALIAS_WEIGHT * saturate(self.idf, x)
+        return other if score is None else max(score, other)
 
 
 class AnyLeaves:
