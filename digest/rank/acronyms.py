@@ -28,8 +28,10 @@ MAX_LETTERS = 6
 # Little words a definition may skip ("chain of thought (CoT)") when no letter is theirs.
 _LITTLE_WORDS = "a an and by for from in of on the to via with"
 _LITTLE = frozenset(_LITTLE_WORDS.split())
-_DEFINED = re.compile(r"\(\s*([A-Za-z][A-Za-z-]{1,11}?)(?:s|es)?\s*[),;]")
-_DEFINING = re.compile(r"\b([A-Z][A-Za-z]{1,10}?)(?:s|es)?\s+\(([^()]{5,80})\)")
+# At an opening parenthesis: an acronym inside it, or words inside it (the acronym before).
+_ACRONYM_INSIDE = re.compile(r"\(\s*([A-Za-z][A-Za-z-]{1,11}?)(?:s|es)?\s*[),;]")
+_WORDS_INSIDE = re.compile(r"\(([^()]{5,80})\)")
+_ACRONYM_BEFORE = re.compile(r"\b([A-Z][A-Za-z]{1,10}?)(?:s|es)?\s+$")
 _WORD = re.compile(r"[A-Za-z0-9]+")
 
 # Short term → the expansions (as terms) it stands for.
@@ -69,24 +71,26 @@ def line_up(letters: str, words: list[str]) -> list[str] | None:
 def definitions(text: str) -> set[tuple[str, str]]:
     """The (acronym, expansion) pairs one text defines, as written."""
     found: set[tuple[str, str]] = set()
-    for match in _DEFINED.finditer(text):
-        acronym = match.group(1)
-        letters = capitals(acronym)
-        if letters is None:
-            continue
-        before = _WORD.findall(text[max(0, match.start() - 120) : match.start()])
-        words = line_up(letters, before[-(len(letters) + 3) :]) if before else None
-        if words:
-            found.add((acronym, " ".join(words)))
-    for match in _DEFINING.finditer(text):
-        acronym, inside = match.groups()
-        letters = capitals(acronym)
-        words = _WORD.findall(inside)
-        if letters is None or not words:
-            continue
-        spelled = line_up(letters, words)
-        if spelled is not None and len(spelled) == len(words):
-            found.add((acronym, " ".join(words)))
+    at = text.find("(")
+    while at >= 0:
+        inside = _ACRONYM_INSIDE.match(text, at)
+        if inside is not None:
+            acronym = inside.group(1)
+            letters = capitals(acronym)
+            if letters is not None:
+                before = _WORD.findall(text, max(0, at - 120), at)
+                words = line_up(letters, before[-(len(letters) + 3) :]) if before else None
+                if words:
+                    found.add((acronym, " ".join(words)))
+        elif (spelled := _WORDS_INSIDE.match(text, at)) is not None:
+            named = _ACRONYM_BEFORE.search(text, max(0, at - 16), at)
+            letters = None if named is None else capitals(named.group(1))
+            words = _WORD.findall(spelled.group(1))
+            if named is not None and letters is not None and words:
+                lined = line_up(letters, words)
+                if lined is not None and len(lined) == len(words):
+                    found.add((named.group(1), " ".join(words)))
+        at = text.find("(", at + 1)
     return found
 
 
