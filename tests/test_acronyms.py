@@ -170,3 +170,11 @@ def test_rank_stops_where_scores_fall_away() -> None:
     [weak] = rank(papers, [Profile(1, ("tree",), max_items=50)], stats).values()
     assert len(weak) == 5  # no paper stands out: all are sent
     assert scores[0] > 0
+
+
+def test_an_expansion_among_more_words_meets_the_acronym() -> None:
+    found = {r.paper_id: r for r in search("large language model decoding", PAPERS, STATS)}
+    assert set(found) == {4, 5}
+    assert found[5].hits[0].terms == ("large language model, written as LLM", "decoding")
+    # Written differently, the same: little words and plurals do not matter.
+    assert set(ids("decoding for large language models")) == {4, 5}

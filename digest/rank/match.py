@@ -502,7 +502,12 @@ class Compiler:
     def _all(self, node: AllOf) -> tuple[Matcher, Anchors | None]:
         required: list[tuple[Matcher, Anchors]] = []
         excluded: list[Matcher] = []
-        for item in node.items:
+        run = self._expansion_run(node)
+        for i, item in enumerate(node.items):
+            if run is not None and run[0] <= i < run[1]:
+                if i == run[0]:  # "large language model decoding": the first three, or LLM
+                    required.append(self._run(node.items[run[0] : run[1]]))
+                continue
             if isinstance(item, Without):
                 excluded.append(self.compile(item.item)[0])
                 continue
@@ -537,6 +542,37 @@ class Compiler:
         elif excluded:  # the acronym, as the words, must come without what is excluded
             matcher = AllLeaves([matcher], excluded)
         return matcher, best
+
+    def _expansion_run(self, node: AllOf) -> tuple[int, int] | None:
+        """Where an acronym's expansion stands among more words: (start, end) of the items."""
+        if not self.stands:
+            return None
+        terms: list[str | None] = []
+        for item in node.items:
+            plain = isinstance(item, Term) and not item.prefix and item.field is None
+            words = self.analyzer.positions(item.word).terms if isinstance(item, Term) else []
+            terms.append(words[0] if plain and len(words) == 1 else None)
+        positive = sum(not isinstance(item, Without) for item in node.items)
+        for size in range(len(terms) - 1, 1, -1):
+            if size >= positive:
+                continue  # the whole interest is an expansion: ``aliased`` sees to it
+            for start in range(len(terms) - size + 1):
+                window = terms[start : start + size]
+                if None in window or window[0] in STOPWORDS:
+                    continue
+                key = "".join(t for t in window if t is not None and t not in STOPWORDS)
+                if key in self.stands:
+                    return start, start + size
+        return None
+
+    def _run(self, items: tuple[Node, ...]) -> tuple[Matcher, Anchors]:
+        """Words that spell an acronym's expansion, as one required item that it also meets."""
+        parts = [self.compile(item) for item in items]
+        content = [(m, a) for m, a in parts if a is not None and not _is_stopword(m)]
+        best = min((a for _, a in content), key=lambda a: a[0])
+        written = " ".join(item.word for item in items if isinstance(item, Term))
+        group = AllLeaves([m for m, _ in content], [])
+        return self.aliased(written, (0, 1), group, best)
 
     def aliased(
         self, written: str, fields: tuple[int, ...], matcher: Matcher, anchors: Anchors
