@@ -178,3 +178,16 @@ def test_an_expansion_among_more_words_meets_the_acronym() -> None:
     assert found[5].hits[0].terms == ("large language model, written as LLM", "decoding")
     # Written differently, the same: little words and plurals do not matter.
     assert set(ids("decoding for large language models")) == {4, 5}
+
+
+def test_one_word_is_not_an_expansion_tail() -> None:
+    papers = [
+        PlainPaper(1, "Masked auto-encoders", "Masked auto-encoders (MAE) scale."),
+        PlainPaper(2, "MAE for video", "We extend masked auto-encoders (MAE) to video."),
+        PlainPaper(3, "Sparse codes", "A sparse MAE variant."),
+        PlainPaper(4, "Sparse autoencoders", "Sparse autoencoders for features."),
+    ]
+    stats = CorpusStats.from_texts((p.title, p.abstract) for p in papers)
+    assert "mae" in stats.acronyms
+    assert {r.paper_id for r in search("sparse autoencoders", papers, stats)} == {4}
+    assert {r.paper_id for r in search("masked autoencoders", papers, stats)} == {1, 2, 3}

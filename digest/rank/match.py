@@ -586,7 +586,8 @@ class Compiler:
             for expansion in self.acronyms.get(terms[0], ()):
                 aliases.append(self.words(" ".join(expansion), fields))
         content = [term for term in terms if term not in STOPWORDS]
-        for short in self.stands.get("".join(content), ()):
+        # Two words at least: "autoencoder" alone is no "masked auto encoder" (MAE).
+        for short in self.stands.get("".join(content), ()) if len(content) >= 2 else ():
             aliases.append(self.words(short, fields))
         if not aliases:
             return matcher, anchors
