@@ -1,7 +1,7 @@
 """Ranking quality on judged sets: every paper of some listing dumps graded per profile.
 
-The main set, ``judged/judgments.json``, grades every paper of the two real dumps in
-``../shared/dumps`` for 25 profiles (acronyms alone, verbose, hyphenated, several
+The main set, ``judged/judgments.json``, grades the papers of the two real dumps in
+``../shared/dumps`` (a paper not listed: 0) for 25 profiles (acronyms alone, verbose, hyphenated, several
 interests); it runs when that folder is beside the repo. A small set,
 ``judged/examples.json``, grades the 18 papers of ``examples/dumps`` for the 11 of those
 profiles that have relevant papers among them; it always runs, through the same code.
