@@ -302,7 +302,7 @@ class AllLeaves:
     title, still matches, at ``SOFT`` times the score of what it has.
     """
 
-    __slots__ = ("bonus", "excluded", "required", "variants")
+    __slots__ = ("bonus", "excluded", "order", "required", "variants")
 
     def __init__(
         self,
@@ -310,31 +310,35 @@ class AllLeaves:
         excluded: list[Matcher],
         bonus: Matcher | None = None,
         variants: list[Matcher | None] | None = None,
+        order: list[int] | None = None,
     ) -> None:
         self.required, self.excluded, self.bonus = required, excluded, bonus
         self.variants = variants
+        # The order to try the items in when only the score is asked for: the likeliest to
+        # fail first (the anchor, which found the paper, last). Explanations keep the
+        # interest's order.
+        self.order = list(range(len(required))) if order is None else order
 
     def evaluate(self, doc: Doc, found: Found) -> float | None:
         total = 0.0
-        missing: Matcher | None = None
-        for i, item in enumerate(self.required):
+        soft = False
+        required = self.required
+        for i in self.order if found is None else range(len(required)):
+            item = required[i]
             score = item.evaluate(doc, found)
             if score is None:
-                if missing is not None or self.variants is None:
+                # The variant is looked at first: without it, nothing else needs evaluating.
+                variant = None if soft or self.variants is None else self.variants[i]
+                score = None if variant is None else variant.evaluate(doc, found)
+                if score is None:
                     return None
-                missing = self.variants[i]
-                if missing is None:
-                    return None
-                continue
+                soft = True
             total += score
         for item in self.excluded:
             if item.evaluate(doc, None) is not None:
                 return None
-        if missing is not None:
-            score = missing.evaluate(doc, found)
-            if score is None or not self._titled(doc):
-                return None
-            return SOFT * (total + score)
+        if soft:
+            return SOFT * total if self._titled(doc) else None
         if self.bonus is not None:
             total += self.bonus.evaluate(doc, found) or 0.0
         return total
@@ -529,7 +533,10 @@ class Compiler:
             variant = soft[rarest]
             if variant is not None:
                 best = (best[0] + variant[1][0], best[1] + variant[1][1])
-        matcher: Matcher = AllLeaves([m for m, _ in required], [], self.proximity(node), variants)
+        order = sorted(range(len(required)), key=lambda i: (i == rarest, required[i][1][0]))
+        matcher: Matcher = AllLeaves(
+            [m for m, _ in required], [], self.proximity(node), variants, order
+        )
         words = [item for item in node.items if isinstance(item, Term) and not item.prefix]
         positive = [item for item in node.items if not isinstance(item, Without)]
         if best is not None and len(words) == len(positive) >= 2:
