@@ -33,9 +33,9 @@ def rank(
 ) -> dict[int, list[Ranked]]:
     """Every profile's best papers, by profile id; ``candidates[profile id]`` limits which.
 
-    Each list stops where the scores fall away (``digest.rank.cutoff``). A profile missing from ``candidates``, or whose candidates hold the whole day, may
-    have any paper. ``processes``: how many worker processes match and fan out (``None``:
-    by size).
+    Each list stops where the scores fall away (``digest.rank.cutoff``). A profile
+    missing from ``candidates``, or whose candidates hold the whole day, may have any
+    paper. ``processes``: how many worker processes match and fan out (``None``: by size).
     """
     profiles = list(profiles)
     ranked = _ranked(
