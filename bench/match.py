@@ -2,6 +2,7 @@
 
     python bench/match.py [--subscribers N] [--papers N] [--store-sample N] [--sample N]
                           [--seed N] [--processes N] [--dumps PATH ...]
+                          [--baseline CHECKOUT [--rounds N]]
 
 The corpus is synthetic, with a realistic spread of words (see bench/README.md):
 a 40,000-word Zipfian vocabulary whose head is the real words of some listing dumps
@@ -21,10 +22,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 import random
+import re
 import resource
 import sqlite3
 import statistics
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -177,7 +181,9 @@ def store_stats(generator: Generator, sample: int) -> CorpusStats:
     )
     scale = STORE / counted.documents
     frequencies = {term: round(df * scale) for term, df in counted.frequencies.items()}
-    return CorpusStats(STORE, counted.avg_title_len, counted.avg_abstract_len, frequencies)
+    return CorpusStats(
+        STORE, counted.avg_title_len, counted.avg_abstract_len, frequencies, counted.acronyms
+    )
 
 
 def interest_pool(rng: random.Random, real: list[tuple[str, str]]) -> list[str]:
@@ -284,6 +290,46 @@ def density(day: list[PlainPaper], matches: DayMatches) -> str:
     )
 
 
+def side_by_side(baseline: Path, argv: list[str], rounds: int) -> None:
+    """Another checkout's bench/match.py and this one's, in turns, each on its own code.
+
+    In turns, because the machine is shared: a neighbour's job slows whichever runs
+    beside it, and alternating spreads that over both.
+    """
+    rest: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--baseline", "--rounds"):
+            skip = True
+        elif not arg.startswith(("--baseline=", "--rounds=")):
+            rest.append(arg)
+    runs = {"baseline": baseline.resolve(), "this checkout": REPO}
+    totals: dict[str, list[float]] = {name: [] for name in runs}
+    for turn in range(rounds):
+        for name, checkout in runs.items():
+            env = {**os.environ, "PYTHONPATH": str(checkout)}
+            script = checkout / "bench" / "match.py"
+            done = subprocess.run(
+                [sys.executable, str(script), *rest],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            print(f"--- round {turn + 1}, {name}: {script}\n{done.stdout}", end="", flush=True)
+            found = re.search(r"total ([\d.]+)s", done.stdout)
+            if found is None:
+                raise SystemExit(f"no total in the output of {script}")
+            totals[name].append(float(found.group(1)))
+    print("\n| round | baseline | this checkout | this / baseline |\n| --- | --- | --- | --- |")
+    for turn, (old, new) in enumerate(zip(*totals.values(), strict=True), 1):
+        print(f"| {turn} | {old:.2f} s | {new:.2f} s | {new / old:.2f} |")
+    old, new = (statistics.median(values) for values in totals.values())
+    print(f"| median | {old:.2f} s | {new:.2f} s | {new / old:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100_000)
@@ -292,8 +338,19 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=500)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--processes", type=int, default=0, help="0: chosen by size")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="CHECKOUT",
+        help="another checkout of digest (say, a worktree of main): its bench/match.py and"
+        " this one run in turns, with the same arguments, and their totals are compared",
+    )
+    parser.add_argument("--rounds", type=int, default=2, help="turns each with --baseline")
     add_dumps_argument(parser)
     args = parser.parse_args()
+    if args.baseline:
+        side_by_side(args.baseline, sys.argv[1:], args.rounds)
+        return
     rng = random.Random(args.seed)
     real = real_papers(dump_files(args.dumps))
     generator = Generator(rng, real)

@@ -1,12 +1,15 @@
 """Ranking quality on judged sets: every paper of some listing dumps graded per profile.
 
-The main set, ``judged/judgments.json``, grades every paper of the two real dumps in
-``../shared/dumps`` for 16 profiles; it runs when that folder is beside the repo. A small
-set, ``judged/examples.json``, grades the 18 papers of ``examples/dumps`` for the 7 of those
+The main set, ``judged/judgments.json``, grades the papers of the two real dumps in
+``../shared/dumps`` (a paper not listed: 0) for 25 profiles (acronyms alone, verbose, hyphenated, several
+interests); it runs when that folder is beside the repo. A small set,
+``judged/examples.json``, grades the 18 papers of ``examples/dumps`` for the 11 of those
 profiles that have relevant papers among them; it always runs, through the same code.
-Grades are 2 relevant, 1 partly, 0 not. We report mean nDCG@10 (gain 2^grade - 1) and
-precision@10 (relevant = grade >= 1) for our ranking and two baselines, and check that
-ours stays ahead. ``pytest -s`` prints the table.
+Grades are 2 relevant, 1 partly, 0 not. We report nDCG@10 (gain 2^grade - 1),
+precision@10 (relevant = grade >= 1) and the F1 of the delivered set (what a digest of at
+most 50 items sends, against the papers graded 1 or 2) for our ranking and three
+baselines, per profile and as means over all profiles, the half the ranking was tuned on
+and the half held out; and check that ours stays ahead. ``pytest -s`` prints the tables.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from tests.conftest import EXAMPLE_A, EXAMPLE_B, EXAMPLE_DUMPS, REAL_A, REAL_B
 
 JUDGED = Path(__file__).resolve().parent / "judged"
 K = 10
+DELIVERED = 50  # the most a digest sends in these measures
 
 Ranker = Callable[[Sequence[str]], list[int]]  # interests → paper indices, best first
 
@@ -45,6 +49,17 @@ def _layout_b(text: str) -> list[tuple[str, str]]:
 
 
 @dataclass(frozen=True)
+class Targets:
+    """What ours must reach, in mean nDCG@K and delivered-set F1, and its lead over the best
+    baseline in each."""
+
+    ndcg: float
+    f1: float
+    lead_ndcg: float | None  # None: reported, not required
+    lead_f1: float
+
+
+@dataclass(frozen=True)
 class JudgedSet:
     """Dumps in listing order with the reading of each, their judgments, what to expect."""
 
@@ -52,8 +67,7 @@ class JudgedSet:
     judgments: Path
     papers: int  # distinct papers, worked out from the raw files
     profiles: int  # at least
-    lead_over_substring: float  # in mean nDCG@K
-    lead_over_bm25: float | None  # None: reported, not required
+    targets: Targets
 
 
 SETS = [
@@ -67,12 +81,12 @@ SETS = [
             JUDGED / "examples.json",
             # 10, 9 and 8 titles; 3 of mar12 are in A, 6 of mar13 in A or mar12
             papers=10 + 9 + 8 - 3 - 6,
-            profiles=7,
-            lead_over_substring=0.05,
-            # Not required here: among 18 papers, BM25Okapi's any-word match gains most from
-            # the papers that carry only part of an interest ("federated" without "learning"),
-            # which all-words matching leaves out by design; the real set measures the lead.
-            lead_over_bm25=None,
+            profiles=11,
+            # No lead in nDCG required here: among 18 papers, BM25Okapi's any-word match gains
+            # most from the papers that carry only part of an interest ("federated" without
+            # "learning"), which all-words matching leaves out by design, and no paper defines
+            # an acronym ("ASR" finds nothing); the real set measures the lead.
+            targets=Targets(ndcg=0.55, f1=0.55, lead_ndcg=None, lead_f1=0.1),
         ),
         id="examples",
     ),
@@ -81,14 +95,31 @@ SETS = [
             ((REAL_A, _layout_a), (REAL_B, _layout_b)),
             JUDGED / "judgments.json",
             papers=266 + 64 - 5,
-            profiles=12,
-            lead_over_substring=0.05,
-            lead_over_bm25=0.02,
+            profiles=25,
+            targets=Targets(ndcg=0.82, f1=0.66, lead_ndcg=0.03, lead_f1=0.08),
         ),
         id="real",
         marks=pytest.mark.real_dumps,
     ),
 ]
+# Profiles the ranking was not tuned on: the later ones, judged before any tuning, and
+# three of the first (reported apart, so the tuned half cannot hide a loss).
+HELD_OUT = frozenset(
+    [
+        "asr",
+        "vlm",
+        "nmt",
+        "llm-decoding-verbose",
+        "dense-retrieval-verbose",
+        "ssl-speech",
+        "moe",
+        "distillation",
+        "predictive-coding",
+        "audio",
+        "segmentation",
+        "in-context-learning",
+    ]
+)
 
 
 def load_papers(judged_set: JudgedSet) -> list[PlainPaper]:
@@ -122,6 +153,15 @@ def precision(ranked: list[int], grades: dict[int, int], k: int = K) -> float:
     return sum(1 for p in ranked[:k] if grades.get(p, 0) >= 1) / k
 
 
+def f1(delivered: list[int], grades: dict[int, int]) -> float:
+    """F1 of what a digest sends against the papers graded 1 or 2."""
+    relevant = {p for p, grade in grades.items() if grade >= 1}
+    hits = len(relevant.intersection(delivered))
+    if not hits:
+        return 0.0
+    return 2 * hits / (len(delivered) + len(relevant))
+
+
 def plain_words(interest: str) -> str:
     """The interest without its syntax: what the baselines get (the benefit of the doubt)."""
     text = re.sub(r"\s\^[\d.]+$", "", interest)
@@ -136,42 +176,63 @@ def substring_ranker(papers: list[PlainPaper]) -> Ranker:
     def rank(interests: Sequence[str]) -> list[int]:
         words = [plain_words(i).lower() for i in interests]
         scored = [(sum(w in text for w in words), i) for i, text in enumerate(texts)]
-        return [i for score, i in sorted(scored, key=lambda s: (-s[0], s[1])) if score > 0]
+        ordered = [i for score, i in sorted(scored, key=lambda s: (-s[0], s[1])) if score > 0]
+        return ordered[:DELIVERED]
 
     return rank
 
 
-def bm25_ranker(papers: list[PlainPaper]) -> Ranker:
+def bm25_ranker(papers: list[PlainPaper], *, one_bag: bool = False) -> Ranker:
+    """BM25Okapi over the papers' words; each interest a query, scores summed, or
+    (``one_bag``) all the interests' words as one query. It sends its best 50."""
     bm25 = BM25Okapi([f"{p.title} {p.abstract}".lower().split() for p in papers])
 
     def rank(interests: Sequence[str]) -> list[int]:
         totals = [0.0] * len(papers)
-        for interest in interests:
-            for i, score in enumerate(bm25.get_scores(plain_words(interest).lower().split())):
+        # One bag: each word once, however many interests name it.
+        bag = dict.fromkeys(" ".join(map(plain_words, interests)).lower().split())
+        queries = [" ".join(bag)] if one_bag else interests
+        for query in queries:
+            for i, score in enumerate(bm25.get_scores(plain_words(query).lower().split())):
                 totals[i] += score
         order = sorted(range(len(papers)), key=lambda i: (-totals[i], i))
-        return [i for i in order if totals[i] > 0]
+        return [i for i in order if totals[i] > 0][:DELIVERED]
 
     return rank
 
 
 def our_ranker(papers: list[PlainPaper], analyzer: Analyzer) -> Ranker:
+    """What the digest would send: the ranking path, its cut-off, at most 50 items."""
     stats = CorpusStats.from_texts(((p.title, p.abstract) for p in papers), analyzer)
 
     def rank(interests: Sequence[str]) -> list[int]:
-        profile = Profile(1, tuple(interests), max_items=K)
+        profile = Profile(1, tuple(interests), max_items=DELIVERED)
         return [r.paper_id for r in ranker.rank(papers, [profile], stats, analyzer=analyzer)[1]]
 
     return rank
 
 
-def evaluate(ranker: Ranker, judged: list[tuple[str, list[str], dict[int, int]]]) -> list[float]:
-    ndcgs, precisions = [], []
+@dataclass(frozen=True)
+class Scores:
+    """One ranker's measures, per profile in the judged order."""
+
+    ndcg: list[float]
+    precision: list[float]
+    f1: list[float]
+
+    def mean(self, measure: str, rows: Sequence[int]) -> float:
+        values = getattr(self, measure)
+        return sum(values[i] for i in rows) / len(rows)
+
+
+def evaluate(ranker: Ranker, judged: list[tuple[str, list[str], dict[int, int]]]) -> Scores:
+    scores = Scores([], [], [])
     for _, interests, grades in judged:
         ranked = ranker(interests)
-        ndcgs.append(ndcg(ranked, grades))
-        precisions.append(precision(ranked, grades))
-    return [sum(ndcgs) / len(ndcgs), sum(precisions) / len(precisions), *ndcgs]
+        scores.ndcg.append(ndcg(ranked, grades))
+        scores.precision.append(precision(ranked, grades))
+        scores.f1.append(f1(ranked, grades))
+    return scores
 
 
 @pytest.fixture(scope="module", params=SETS)
@@ -212,21 +273,42 @@ def test_ranking_beats_baselines(
 ) -> None:
     results = {
         "digest (ours)": evaluate(our_ranker(papers, Analyzer()), judged),
-        "digest + -ed/-ing folding": evaluate(
-            our_ranker(papers, Analyzer(inflections=True)), judged
-        ),
+        "BM25Okapi, interests summed": evaluate(bm25_ranker(papers), judged),
+        "BM25Okapi, one bag of words": evaluate(bm25_ranker(papers, one_bag=True), judged),
         "substring": evaluate(substring_ranker(papers), judged),
-        "BM25Okapi (rank_bm25)": evaluate(bm25_ranker(papers), judged),
     }
-    print(f"\n| ranker | mean nDCG@{K} | mean P@{K} |\n| --- | --- | --- |")
-    for name, row in results.items():
-        print(f"| {name} | {row[0]:.3f} | {row[1]:.3f} |")
-    names = list(results)
-    print("\n| profile | " + " | ".join(names) + " |")
-    print("| --- " * (len(names) + 1) + "|")
-    for i, (profile, _, _) in enumerate(judged):
-        print(f"| {profile} | " + " | ".join(f"{results[n][i + 2]:.3f}" for n in names) + " |")
-    ours = results["digest (ours)"][0]
-    assert ours >= results["substring"][0] + judged_set.lead_over_substring
-    if judged_set.lead_over_bm25 is not None:
-        assert ours >= results["BM25Okapi (rank_bm25)"][0] + judged_set.lead_over_bm25
+    names = [name for name, _, _ in judged]
+    halves = {
+        "all": list(range(len(judged))),
+        "tuned on": [i for i, name in enumerate(names) if name not in HELD_OUT],
+        "held out": [i for i, name in enumerate(names) if name in HELD_OUT],
+    }
+    print(f"\n{len(papers)} papers, {len(judged)} profiles; delivered: at most {DELIVERED}")
+    print(
+        f"| ranker | profiles | nDCG@{K} | P@{K} | delivered F1 |\n| --- | --- | --- | --- | --- |"
+    )
+    for ranker_name, scores in results.items():
+        for half, rows in halves.items():
+            if rows:
+                print(
+                    f"| {ranker_name} | {half} ({len(rows)}) | {scores.mean('ndcg', rows):.3f}"
+                    f" | {scores.mean('precision', rows):.3f} | {scores.mean('f1', rows):.3f} |"
+                )
+    rankers = list(results)
+    print("\n| profile | " + " | ".join(f"{n}: nDCG@{K} / F1" for n in rankers) + " |")
+    print("| --- " * (len(rankers) + 1) + "|")
+    for i, name in enumerate(names):
+        cells = [f"{results[n].ndcg[i]:.3f} / {results[n].f1[i]:.3f}" for n in rankers]
+        held = " (held out)" if name in HELD_OUT else ""
+        print(f"| {name}{held} | " + " | ".join(cells) + " |")
+
+    everything = halves["all"]
+    ours = results.pop("digest (ours)")
+    best_ndcg = max(scores.mean("ndcg", everything) for scores in results.values())
+    best_f1 = max(scores.mean("f1", everything) for scores in results.values())
+    target = judged_set.targets
+    assert ours.mean("ndcg", everything) >= target.ndcg
+    assert ours.mean("f1", everything) >= target.f1
+    if target.lead_ndcg is not None:
+        assert ours.mean("ndcg", everything) >= best_ndcg + target.lead_ndcg
+    assert ours.mean("f1", everything) >= best_f1 + target.lead_f1

@@ -9,6 +9,7 @@ import pytest
 
 from digest import forks
 from digest.rank import workers
+from digest.rank.cutoff import cut
 from digest.rank.index import InterestIndex
 from digest.rank.match import Compiler
 from digest.rank.query import parse_interest
@@ -87,7 +88,8 @@ def reference(
             if names and total >= profile.min_score:
                 rows.append((paper.id, total, names))
         rows.sort(key=lambda row: (-row[1], row[0]))
-        out[profile.id] = rows[: profile.max_items]
+        kept = cut([row[1] for row in rows], profile.max_items, profile.min_score)
+        out[profile.id] = rows[:kept]
     return out
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from digest.rank.match import FIELDS, Doc, Field, Matcher, TermLeaf
+from digest.rank.match import ALIAS_MARK, FIELDS, Doc, Field, Matcher, TermLeaf
 from digest.rank.text import Analyzer
 
 # An explanation without its score: (words as written, field names).
@@ -70,6 +70,7 @@ class Explainer:
         self.analyzer = analyzer
         self.offset = offset
         self._forms: dict[tuple[int, int], Forms] = {}
+        self._offsets: dict[tuple[int, int], list[tuple[int, int]] | None] = {}
 
     def words(self, qid: int, pidx: int) -> Words:
         """The words and fields by which interest ``qid`` matched paper ``pidx``."""
@@ -86,8 +87,25 @@ class Explainer:
         found: list[tuple[int, str]] = []
         matcher.evaluate(doc, found)
         for f, term in dict.fromkeys(found):  # a word met again adds nothing
-            words.update(dict.fromkeys(self._field_forms(pidx, f, doc).of(term)))
+            if term.startswith(ALIAS_MARK):
+                words[self._alias(pidx, f, doc, term)] = None
+            else:
+                words.update(dict.fromkeys(self._field_forms(pidx, f, doc).of(term)))
         return tuple(words), tuple(FIELDS[f] for f in sorted({f for f, _ in found}))
+
+    def _alias(self, pidx: int, f: int, doc: Doc, mark: str) -> str:
+        """An alias match said in words: "LLM, written as large language models"."""
+        _, written, span = mark.split(ALIAS_MARK)
+        first, last = map(int, span.split(":"))
+        text = self.texts[pidx][f]
+        offsets = self._offsets.get((pidx, f), ())
+        if offsets == ():
+            offsets = self._offsets[(pidx, f)] = self.analyzer.offsets(text)
+        if offsets is None:  # text whose words cannot be located: its folded words
+            said = " ".join(doc.fields[f].surfaces[first : last + 1])
+        else:
+            said = text[offsets[first][0] : offsets[last][1]]
+        return f"{written}, written as {said}"
 
     def many(self, pairs: Sequence[tuple[int, int]]) -> list[Words]:
         """``words`` for each (interest id, paper index)."""

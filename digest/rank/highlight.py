@@ -69,6 +69,8 @@ class _Unweighted:
     documents = 1
     avg_title_len = 1.0
     avg_abstract_len = 1.0
+    frequencies: dict[str, int] = {}  # noqa: RUF012 (read only)
+    acronyms: dict[str, tuple[tuple[str, ...], ...]] = {}  # noqa: RUF012 (read only)
 
     def doc_freq(self, term: str) -> int:
         return 0

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import pairwise
 from typing import Protocol
 
+from digest.rank.acronyms import Acronyms
 from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without
-from digest.rank.text import Analyzer, Positions
+from digest.rank.text import Analyzer, Positions, inflected
 
 K1 = 1.2
 B = 0.75
@@ -32,6 +33,14 @@ STOPWORDS = frozenset(_STOPWORDS_WORDS.split())
 _MIN_JOIN = 5  # shortest interest word we also look for split in two ("data set")
 # Prefixes are looked up by their first letters; the parser refuses prefixes shorter than this.
 PREFIX_KEY = 3
+# An acronym's expansion counts as the acronym, a little less ("LLM" over "large language
+# model" when a paper writes one and not the other), and the other way round.
+ALIAS_WEIGHT = 0.8
+# Soft conjunction: all the words but one, and a close variant of that one, score this share.
+SOFT = 0.5
+_VARIANT_MIN = 5  # shorter words have no variants ("model" would meet "modeled")
+# Explanations carry an alias match as one entry: this mark, the interest's word, the span.
+ALIAS_MARK = "\x00"
 
 
 class TermStats(Protocol):
@@ -43,6 +52,10 @@ class TermStats(Protocol):
     def avg_title_len(self) -> float: ...
     @property
     def avg_abstract_len(self) -> float: ...
+    @property
+    def frequencies(self) -> Mapping[str, int]: ...
+    @property
+    def acronyms(self) -> Acronyms: ...
     def doc_freq(self, term: str) -> int: ...
 
 
@@ -160,6 +173,12 @@ class TermLeaf:
         """Where the term occurs (for marking it in the text)."""
         return [(f, *span) for f in self.fields for span in doc.fields[f].occurrences(self.term)]
 
+    def frequency(self, doc: Doc) -> float:
+        """The field-weighted number of times the term occurs (0.0: never)."""
+        return sum(
+            doc.fields[f].counts.get(self.term, 0) * doc.fields[f].factor for f in self.fields
+        )
+
 
 class PhraseLeaf:
     """Words in sequence; ``variants`` spell compounds both split and joined."""
@@ -180,6 +199,10 @@ class PhraseLeaf:
                     for span in best:
                         fld.report(f, span, found)
         return saturate(self.idf, x) if x else None
+
+    def frequency(self, doc: Doc) -> float:
+        """The field-weighted number of times the phrase occurs (0.0: never)."""
+        return sum(len(self._best(doc.fields[f])) * doc.fields[f].factor for f in self.fields)
 
     def _best(self, fld: Field) -> list[tuple[int, int]]:
         """The occurrences of the spelling met most often in the field."""
@@ -272,28 +295,114 @@ class PrefixLeaf:
 
 
 class AllLeaves:
-    """Every required item, none of the excluded ones; ``bonus`` rewards words written as a phrase."""
+    """Every required item, none of the excluded ones; ``bonus`` rewards words written as a phrase.
 
-    __slots__ = ("bonus", "excluded", "required")
+    ``variants`` (one per required item, or ``None``) make the conjunction soft: a paper
+    missing one required item that has a close variant of it, and one of the others in its
+    title, still matches, at ``SOFT`` times the score of what it has.
+    """
+
+    __slots__ = ("bonus", "excluded", "order", "required", "variants")
 
     def __init__(
-        self, required: list[Matcher], excluded: list[Matcher], bonus: Matcher | None = None
+        self,
+        required: list[Matcher],
+        excluded: list[Matcher],
+        bonus: Matcher | None = None,
+        variants: list[Matcher | None] | None = None,
+        order: list[int] | None = None,
     ) -> None:
         self.required, self.excluded, self.bonus = required, excluded, bonus
+        self.variants = variants
+        # The order to try the items in when only the score is asked for: the likeliest to
+        # fail first (the anchor, which found the paper, last). Explanations keep the
+        # interest's order.
+        self.order = list(range(len(required))) if order is None else order
 
     def evaluate(self, doc: Doc, found: Found) -> float | None:
         total = 0.0
-        for item in self.required:
+        soft = False
+        required = self.required
+        for i in self.order if found is None else range(len(required)):
+            item = required[i]
             score = item.evaluate(doc, found)
             if score is None:
-                return None
+                # The variant is looked at first: without it, nothing else needs evaluating.
+                variant = None if soft or self.variants is None else self.variants[i]
+                score = None if variant is None else variant.evaluate(doc, found)
+                if score is None:
+                    return None
+                soft = True
             total += score
         for item in self.excluded:
             if item.evaluate(doc, None) is not None:
                 return None
+        if soft:
+            return SOFT * total if self._titled(doc) else None
         if self.bonus is not None:
             total += self.bonus.evaluate(doc, found) or 0.0
         return total
+
+    def _titled(self, doc: Doc) -> bool:
+        """Whether the title has one of the words: a soft match must be about them."""
+        seen: list[tuple[int, str]] = []
+        for item in self.required:
+            item.evaluate(doc, seen)
+        return any(f == 0 for f, _ in seen)
+
+
+class VariantLeaf:
+    """Close variants of a word (``decoder`` for ``decoding``), scored as that word."""
+
+    __slots__ = ("fields", "idf", "terms")
+
+    def __init__(self, terms: list[str], fields: tuple[int, ...], idf: float) -> None:
+        self.terms, self.fields, self.idf = terms, fields, idf
+
+    def evaluate(self, doc: Doc, found: Found) -> float | None:
+        x = 0.0
+        for f in self.fields:
+            fld = doc.fields[f]
+            for term in self.terms:
+                count = fld.counts.get(term, 0)
+                if count:
+                    x += count * fld.factor
+                    if found is not None:
+                        for span in fld.occurrences(term):
+                            fld.report(f, span, found)
+        return saturate(self.idf, x) if x else None
+
+
+class AliasLeaf:
+    """An interest's words or what they stand for: an acronym for its expansion, or back.
+
+    The interest's own words score as usual, the other spelling ``ALIAS_WEIGHT`` of a term
+    as rare as the interest's words, so a paper writing only "large language models"
+    matches ``LLM`` a little below one writing "LLM". A paper writing both gets the better
+    of the two: most papers that use an acronym define it, and one concept counted twice
+    would put them above papers that name it in their title.
+    """
+
+    __slots__ = ("aliases", "idf", "primary", "written")
+
+    def __init__(
+        self, primary: Matcher, aliases: list[TermLeaf | PhraseLeaf], idf: float, written: str
+    ) -> None:
+        self.primary, self.aliases, self.idf, self.written = primary, aliases, idf, written
+
+    def evaluate(self, doc: Doc, found: Found) -> float | None:
+        score = self.primary.evaluate(doc, found)
+        x = 0.0
+        for alias in self.aliases:
+            x += alias.frequency(doc)
+        if not x:
+            return score
+        if found is not None:
+            # One entry per place, read back by the explainer as "LLM, written as ...".
+            for f, first, last in (span for alias in self.aliases for span in alias.spans(doc)):
+                found.append((f, f"{ALIAS_MARK}{self.written}{ALIAS_MARK}{first}:{last}"))
+        other = ALIAS_WEIGHT * saturate(self.idf, x)
+        return other if score is None else max(score, other)
 
 
 class AnyLeaves:
@@ -341,6 +450,16 @@ class Compiler:
         self.join_heads: set[str] = set()
         # Every prefix any interest uses, by its first letters, so a Doc can carry its matches.
         self.prefixes: dict[str, list[str]] = {}
+        self.acronyms = stats.acronyms
+        # An expansion's words run together, or its last two words or more → the acronyms:
+        # "speech recognition" stands for what ASR does, "language model" for LLM and LM.
+        self.stands: dict[str, list[str]] = {}
+        for short, expansions in self.acronyms.items():
+            for expansion in expansions:
+                content = [term for term in expansion if term not in STOPWORDS]
+                for start in range(len(content) - 1):
+                    self.stands.setdefault("".join(content[start:]), []).append(short)
+        self._heads: dict[str, list[str]] | None = None
 
     def df(self, term: str) -> int:
         """Document frequency, capped at the number of documents."""
@@ -366,23 +485,12 @@ class Compiler:
                 # Unknown breadth: a prefix anchors only when nothing rarer is required.
                 cost = self.documents * 0.05 + 1.0
                 return PrefixLeaf(prefix, fields, self.idf), (cost, [("p", prefix)])
-            return self.words(node.word, fields)
+            return self.aliased(node.word, fields, *self.words(node.word, fields))
         if isinstance(node, Phrase):
-            return self.words(node.words, _scope(node.field))
+            fields = _scope(node.field)
+            return self.aliased(node.words, fields, *self.words(node.words, fields))
         if isinstance(node, AllOf):
-            required: list[tuple[Matcher, Anchors]] = []
-            excluded: list[Matcher] = []
-            for item in node.items:
-                if isinstance(item, Without):
-                    excluded.append(self.compile(item.item)[0])
-                    continue
-                matcher, anchors = self.compile(item)
-                if anchors is not None:
-                    required.append((matcher, anchors))
-            content = [(m, a) for m, a in required if not _is_stopword(m)]
-            required = content or required
-            best = min((a for _, a in required), key=lambda a: a[0], default=None)
-            return AllLeaves([m for m, _ in required], excluded, self.proximity(node)), best
+            return self._all(node)
         if isinstance(node, AnyOf):
             matchers, keys, cost = [], [], 0.0
             for item in node.items:
@@ -394,6 +502,148 @@ class Compiler:
             return AnyLeaves(matchers), (cost, keys)
         matcher, _ = self.compile(node.item)
         return NotLeaf(matcher), None
+
+    def _all(self, node: AllOf) -> tuple[Matcher, Anchors | None]:
+        required: list[tuple[Matcher, Anchors]] = []
+        excluded: list[Matcher] = []
+        run = self._expansion_run(node)
+        for i, item in enumerate(node.items):
+            if run is not None and run[0] <= i < run[1]:
+                if i == run[0]:  # "large language model decoding": the first three, or LLM
+                    required.append(self._run(node.items[run[0] : run[1]]))
+                continue
+            if isinstance(item, Without):
+                excluded.append(self.compile(item.item)[0])
+                continue
+            part, anchors = self.compile(item)
+            if anchors is not None:
+                required.append((part, anchors))
+        content = [(m, a) for m, a in required if not _is_stopword(m)]
+        required = content or required
+        variants: list[Matcher | None] | None = None
+        soft: list[tuple[Matcher, Anchors] | None] = []
+        if len(content) >= 2:
+            soft = [self.variant(m) for m, _ in content]
+            if any(soft):
+                variants = [None if v is None else v[0] for v in soft]
+        rarest = min(range(len(required)), key=lambda i: required[i][1][0], default=None)
+        best = None if rarest is None else required[rarest][1]
+        if rarest is not None and best is not None and variants is not None:
+            # A soft match may lack the rarest item: it then has one of its variants.
+            variant = soft[rarest]
+            if variant is not None:
+                best = (best[0] + variant[1][0], best[1] + variant[1][1])
+        order = sorted(range(len(required)), key=lambda i: (i == rarest, required[i][1][0]))
+        matcher: Matcher = AllLeaves(
+            [m for m, _ in required], [], self.proximity(node), variants, order
+        )
+        words = [item for item in node.items if isinstance(item, Term) and not item.prefix]
+        positive = [item for item in node.items if not isinstance(item, Without)]
+        if best is not None and len(words) == len(positive) >= 2:
+            fields = {w.field for w in words}
+            if len(fields) == 1:
+                written = " ".join(w.word for w in words)
+                matcher, best = self.aliased(written, _scope(words[0].field), matcher, best)
+        if isinstance(matcher, AllLeaves):
+            matcher.excluded = excluded
+        elif excluded:  # the acronym, as the words, must come without what is excluded
+            matcher = AllLeaves([matcher], excluded)
+        return matcher, best
+
+    def _expansion_run(self, node: AllOf) -> tuple[int, int] | None:
+        """Where an acronym's expansion stands among more words: (start, end) of the items."""
+        if not self.stands:
+            return None
+        terms: list[str | None] = []
+        for item in node.items:
+            plain = isinstance(item, Term) and not item.prefix and item.field is None
+            words = self.analyzer.positions(item.word).terms if isinstance(item, Term) else []
+            terms.append(words[0] if plain and len(words) == 1 else None)
+        positive = sum(not isinstance(item, Without) for item in node.items)
+        for size in range(len(terms) - 1, 1, -1):
+            if size >= positive:
+                continue  # the whole interest is an expansion: ``aliased`` sees to it
+            for start in range(len(terms) - size + 1):
+                window = terms[start : start + size]
+                if None in window or window[0] in STOPWORDS:
+                    continue
+                key = "".join(t for t in window if t is not None and t not in STOPWORDS)
+                if key in self.stands:
+                    return start, start + size
+        return None
+
+    def _run(self, items: tuple[Node, ...]) -> tuple[Matcher, Anchors]:
+        """Words that spell an acronym's expansion, as one required item that it also meets."""
+        parts = [self.compile(item) for item in items]
+        content = [(m, a) for m, a in parts if a is not None and not _is_stopword(m)]
+        best = min((a for _, a in content), key=lambda a: a[0])
+        written = " ".join(item.word for item in items if isinstance(item, Term))
+        group = AllLeaves([m for m, _ in content], [])
+        return self.aliased(written, (0, 1), group, best)
+
+    def aliased(
+        self, written: str, fields: tuple[int, ...], matcher: Matcher, anchors: Anchors
+    ) -> tuple[Matcher, Anchors]:
+        """The matcher of words, widened to the acronym they stand for, or its expansion."""
+        if not self.acronyms:
+            return matcher, anchors
+        terms = self.analyzer.positions(written).terms
+        aliases: list[tuple[Matcher, Anchors]] = []
+        if len(terms) == 1:
+            for expansion in self.acronyms.get(terms[0], ()):
+                aliases.append(self.words(" ".join(expansion), fields))
+        content = [term for term in terms if term not in STOPWORDS]
+        # Two words at least: "autoencoder" alone is no "masked auto encoder" (MAE).
+        for short in self.stands.get("".join(content), ()) if len(content) >= 2 else ():
+            aliases.append(self.words(short, fields))
+        if not aliases:
+            return matcher, anchors
+        cost, keys = anchors[0], list(anchors[1])
+        leaves: list[TermLeaf | PhraseLeaf] = []
+        for leaf, (more, their) in aliases:
+            assert isinstance(leaf, TermLeaf | PhraseLeaf)
+            leaves.append(leaf)
+            cost += more
+            keys.extend(their)
+        idf = sum(self.idf(term) for term in content or terms)
+        return AliasLeaf(matcher, leaves, idf, written), (cost, keys)
+
+    def variant(self, matcher: Matcher) -> tuple[Matcher, Anchors] | None:
+        """What stands in for a required item in a soft match, and its anchors (None: nothing).
+
+        A word's other inflections the store knows ("decoded", "decode" for ``decoding``,
+        by ``text.inflected``; "decoder" is another word); an acronym's expansion without
+        its first word ("language model" for ``LLM``: what it is a kind of).
+        """
+        if isinstance(matcher, AliasLeaf) and isinstance(matcher.primary, TermLeaf):
+            fields = matcher.primary.fields
+            tails: list[tuple[Matcher, Anchors]] = []
+            for expansion in self.acronyms.get(matcher.primary.term, ()):
+                content = [term for term in expansion if term not in STOPWORDS]
+                for start in range(1, len(content) - 1):
+                    tails.append(self.words(" ".join(content[start:]), fields))
+            if not tails:
+                return None
+            if len(tails) == 1:
+                return tails[0]
+            cost = sum(a[0] for _, a in tails)
+            return AnyLeaves([m for m, _ in tails]), (cost, [k for _, a in tails for k in a[1]])
+        if not isinstance(matcher, TermLeaf):
+            return None
+        term = matcher.term
+        if len(term) < _VARIANT_MIN or not term.isalpha():
+            return None
+        if self._heads is None:
+            heads: dict[str, list[str]] = {}
+            for known in self.stats.frequencies:
+                if len(known) >= _VARIANT_MIN and known.isalpha():
+                    heads.setdefault(inflected(known), []).append(known)
+            self._heads = heads
+        found = [other for other in self._heads.get(inflected(term), ()) if other != term]
+        if not found:
+            return None
+        cost = float(sum(self.df(other) for other in found))
+        return VariantLeaf(found, matcher.fields, matcher.idf), (cost, [("t", t) for t in found])
 
     def proximity(self, node: AllOf) -> Matcher | None:
         """Loose words that also occur as written, next to each other, earn a phrase's score."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
 
+from digest.rank.cutoff import cut
 from digest.rank.index import InterestIndex
 from digest.rank.match import TermStats
 from digest.rank.text import DEFAULT, Analyzer
@@ -32,14 +33,18 @@ def rank(
 ) -> dict[int, list[Ranked]]:
     """Every profile's best papers, by profile id; ``candidates[profile id]`` limits which.
 
-    A profile missing from ``candidates``, or whose candidates hold the whole day, may
-    have any paper. ``processes``: how many worker processes match and fan out (``None``:
-    by size).
+    Each list stops where the scores fall away (``digest.rank.cutoff``). A profile
+    missing from ``candidates``, or whose candidates hold the whole day, may have any
+    paper. ``processes``: how many worker processes match and fan out (``None``: by size).
     """
     profiles = list(profiles)
-    return _ranked(
+    ranked = _ranked(
         InterestIndex.build(profiles, stats, analyzer), papers, profiles, candidates, processes
     )
+    for profile in profiles:
+        items = ranked[profile.id]
+        del items[cut([item.score for item in items], profile.max_items, profile.min_score) :]
+    return ranked
 
 
 def search(

@@ -280,6 +280,11 @@ def _chunks(text: str) -> list[str]:
     return _NOT_WORD.sub(" ", fold(text)).split()
 
 
+def inflected(term: str) -> str:
+    """A term with its -ed/-ing inflection folded, as ``Analyzer(inflections=True)`` folds it."""
+    return _inflection(term) if len(term) >= 4 else term
+
+
 DEFAULT = Analyzer()
 
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from digest.rank.acronyms import AcronymCounter, Acronyms
 from digest.rank.explain import Words
 from digest.rank.match import Entry
 from digest.rank.text import DEFAULT, Analyzer
@@ -131,12 +132,14 @@ class Ranked:
 
 @dataclass(frozen=True)
 class CorpusStats:
-    """Store-wide term statistics: document count, mean field lengths, document frequencies."""
+    """Store-wide term statistics: document count, mean field lengths, document frequencies,
+    and the acronyms the papers define (``digest.rank.acronyms``)."""
 
     documents: int
     avg_title_len: float
     avg_abstract_len: float
     frequencies: Mapping[str, int] = field(default_factory=dict)
+    acronyms: Acronyms = field(default_factory=dict)
 
     def doc_freq(self, term: str) -> int:
         """Number of documents containing term."""
@@ -148,10 +151,12 @@ class CorpusStats:
     ) -> CorpusStats:
         """Statistics of (title, abstract) pairs, counted the way the matcher sees them."""
         counts: dict[str, int] = {}
+        acronyms = AcronymCounter(analyzer)
         documents = title_len = abstract_len = 0
         for title, abstract in papers:
             title_pos, abstract_pos = analyzer.positions(title), analyzer.positions(abstract)
             documents += 1
+            acronyms.add(title, abstract)
             title_len += len(title_pos.terms)
             abstract_len += len(abstract_pos.terms)
             terms = set(title_pos.terms) | set(abstract_pos.terms)
@@ -160,7 +165,7 @@ class CorpusStats:
             for term in terms:
                 counts[term] = counts.get(term, 0) + 1
         n = max(documents, 1)
-        return cls(documents, title_len / n, abstract_len / n, counts)
+        return cls(documents, title_len / n, abstract_len / n, counts, acronyms.pairs())
 
 
 def _distinct(words: Iterable[str]) -> list[str]:
