@@ -221,12 +221,31 @@ def _v5_stable_feed_ids(conn: Connection) -> None:
     meta.create_all(conn)
 
 
+def _v8_feedback(conn: Connection) -> None:
+    """Readers' votes on the papers they were sent: one row per reader and paper."""
+    meta = sa.MetaData()
+    sa.Table("subscriber", meta, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table("paper", meta, sa.Column("id", sa.Integer, primary_key=True))
+    table = sa.Table(
+        "feedback",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscriber.id"), nullable=False),
+        sa.Column("paper_id", sa.Integer, sa.ForeignKey("paper.id"), nullable=False),
+        sa.Column("vote", sa.String, nullable=False),
+        sa.Column("voted_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("subscriber_id", "paper_id"),
+    )
+    table.create(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
     _v3_ingest_sequence,
     _v4_transport_state,
     _v5_stable_feed_ids,
+    _v8_feedback,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
