@@ -31,7 +31,7 @@ from urllib.parse import quote_plus, urlsplit
 
 import css_inline
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from digest.clock import as_utc
 from digest.rank.highlight import Marks, find_marks, mark, prepare_marks
@@ -52,7 +52,13 @@ _URL = re.compile(
 )
 _URL_TAIL = ".,;:!?)]}'\""
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_SLOT = "\x00papers\x00"  # content passes clean_header or _clean_text, which drop NULs
+_SLOT = "\x00papers\x00"
+_VOTE_FIELDS = ("because", "more_url", "less_url")
+_VOTE_SLOTS = (
+    "\x01because\x01",
+    "\x01more\x01",
+    "\x01less\x01",
+)  # content passes clean_header or _clean_text, which drop NULs
 
 
 @dataclass(frozen=True)
@@ -67,6 +73,9 @@ class PaperView:
     score: float
     interests: tuple[str, ...] = ()
     authors: str = ""
+    because: str = ""  # the title of a paper the reader liked that this one was chosen for
+    more_url: str | None = None  # the reader's signed "more like this" link
+    less_url: str | None = None  # and "not for me"
 
 
 @dataclass(frozen=True)
@@ -317,6 +326,7 @@ class _Templates:
     text_macros: Any
     hit_open: str
     hit_close: str
+    votes: dict[tuple[str, bool], str]  # (part, with a reason) → the votes lines, with slots
 
 
 @functools.cache
@@ -346,7 +356,21 @@ def _templates() -> _Templates:
     html_macros: Any = html.make_module(blank)
     text_macros: Any = text.make_module(blank)
     hit_open, _, hit_close = str(html_macros.hit(Markup(_SLOT))).partition(_SLOT)
-    return _Templates(html, text, html_macros, text_macros, hit_open, hit_close)
+    # A reader's vote links differ in every digest: rendered once with slots, filled per item.
+    votes = {
+        (part, reason): str(
+            macros.votes(
+                dict(
+                    zip(
+                        _VOTE_FIELDS, _VOTE_SLOTS if reason else ("", *_VOTE_SLOTS[1:]), strict=True
+                    )
+                )
+            )
+        )
+        for part, macros in (("html", html_macros), ("text", text_macros))
+        for reason in (True, False)
+    }
+    return _Templates(html, text, html_macros, text_macros, hit_open, hit_close, votes)
 
 
 # --- the builder ----------------------------------------------------------------
@@ -443,22 +467,43 @@ class MessageBuilder:
         head, _, tail = template.render(context).partition(_SLOT)
         return _qp(_ends_line(head)) + b"".join(blocks) + _qp(_ends_line(tail))
 
+    def _votes(self, paper: PaperView, part: str) -> bytes:
+        """The reader's own lines under a paper (the reason feedback chose it, their vote
+        links), encoded; the text part's blank line between papers comes with them."""
+        end = b"\r\n" if part == "text" else b""
+        if paper.more_url is None or paper.less_url is None:
+            return end
+        values = [clean_header(v) for v in (paper.because, paper.more_url, paper.less_url)]
+        lines = self._templates.votes[(part, bool(values[0]))]
+        for slot, value in zip(_VOTE_SLOTS, values, strict=True):
+            lines = lines.replace(slot, str(escape(value)) if part == "html" else value)
+        return _qp(_ends_line(lines)) + end
+
     def render_html(self, view: DigestView) -> str:
         """The HTML part, decoded (for previews and tests)."""
-        blocks = [self._block(p).html for p in view.papers]
+        blocks = [self._block(p).html + self._votes(p, "html") for p in view.papers]
         return _decode_qp(self._wrap(self._templates.html, self._shell(view), blocks))
 
     def render_text(self, view: DigestView) -> str:
         """The plain-text part, decoded (for previews and tests)."""
-        blocks = [self._block(p).text for p in view.papers]
+        blocks = [self._block(p).text + self._votes(p, "text") for p in view.papers]
         return _decode_qp(self._wrap(self._templates.text, self._shell(view), blocks))
 
     def build(self, view: DigestView, now: datetime) -> bytes:
         """The complete message: headers and a multipart/alternative body (text, then HTML)."""
         context = self._shell(view)
         blocks = [self._block(p) for p in view.papers]
-        text = self._wrap(self._templates.text, context, [b.text for b in blocks])
-        html = self._wrap(self._templates.html, context, [b.html for b in blocks])
+        papers = view.papers
+        text = self._wrap(
+            self._templates.text,
+            context,
+            [b.text + self._votes(p, "text") for b, p in zip(blocks, papers, strict=True)],
+        )
+        html = self._wrap(
+            self._templates.html,
+            context,
+            [b.html + self._votes(p, "html") for b, p in zip(blocks, papers, strict=True)],
+        )
         message_id = _angle(view.message_id)
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.

@@ -10,8 +10,10 @@ a small trending boost. A search is the same ranking for one made-up reader.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
+from digest.rank import feedback
+from digest.rank.feedback import Vote
 from digest.rank.index import InterestIndex
 from digest.rank.match import TermStats
 from digest.rank.text import DEFAULT, Analyzer
@@ -29,17 +31,27 @@ def rank(
     candidates: Mapping[int, Collection[int]] | None = None,
     processes: int | None = None,
     analyzer: Analyzer = DEFAULT,
+    votes: Mapping[int, Sequence[Vote]] | None = None,
 ) -> dict[int, list[Ranked]]:
     """Every profile's best papers, by profile id; ``candidates[profile id]`` limits which.
 
     A profile missing from ``candidates``, or whose candidates hold the whole day, may
     have any paper. ``processes``: how many worker processes match and fan out (``None``:
-    by size).
+    by size). ``votes[profile id]``: that reader's feedback, which re-ranks and cuts a
+    deeper list of their candidates (``digest.rank.feedback``); readers without votes get
+    what their interests alone give.
     """
     profiles = list(profiles)
-    return _ranked(
-        InterestIndex.build(profiles, stats, analyzer), papers, profiles, candidates, processes
+    if not votes:
+        return _ranked(
+            InterestIndex.build(profiles, stats, analyzer), papers, profiles, candidates, processes
+        )
+    papers = list(papers)
+    asked = [feedback.deeper(p) if votes.get(p.id) else p for p in profiles]
+    ranked = _ranked(
+        InterestIndex.build(asked, stats, analyzer), papers, asked, candidates, processes
     )
+    return feedback.rerank_readers(ranked, profiles, papers, votes, stats, analyzer, candidates)
 
 
 def search(
