@@ -78,16 +78,16 @@ class Links:
         """A one-click vote on a paper: ``vote`` is "up" (more like this) or "down"."""
         return f"{self.base_url}/feedback/{token}?paper={quote(paper_key, safe='')}&vote={vote}"
 
+    def vote_urls(self, ident: int | None, salt: str, paper_key: str) -> tuple[str, str]:
+        """A reader's signed "more like this" and "not for me" links for a paper."""
+        up = link_token(self.key, ident, salt, purpose=feedback_purpose("up", paper_key))
+        down = link_token(self.key, ident, salt, purpose=feedback_purpose("down", paper_key))
+        return self.feedback_url(up, paper_key, "up"), self.feedback_url(down, paper_key, "down")
+
     def with_votes(self, ident: int | None, salt: str, paper: PaperView) -> PaperView:
-        """The paper with the reader's signed "more like this" and "not for me" links."""
-        key, name = paper.key, self.key
-        up = link_token(name, ident, salt, purpose=feedback_purpose("up", key))
-        down = link_token(name, ident, salt, purpose=feedback_purpose("down", key))
-        return replace(
-            paper,
-            more_url=self.feedback_url(up, key, "up"),
-            less_url=self.feedback_url(down, key, "down"),
-        )
+        """The paper with the reader's vote links."""
+        more, less = self.vote_urls(ident, salt, paper.key)
+        return replace(paper, more_url=more, less_url=less)
 
     def unsubscribe_mailto(self, token: str) -> str:
         """The mailto: unsubscribe address, for clients without one-click."""
