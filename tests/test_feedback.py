@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, quote, urlsplit
 
+import feedparser
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -349,3 +350,40 @@ def test_the_email_says_why_a_paper_came_from_feedback() -> None:
         more.startswith("https://x.example/feedback/7.")
         and "paper=arxiv%3A2403.00001&vote=up" in more
     )
+
+
+def test_private_feed_entries_carry_the_readers_vote_links(site: Site) -> None:
+    _installed(site)
+    text, _ = _digest_of(site)
+    sent = set(re.findall(r"More like this: (\S+)", text))
+    (path,) = (site.data / "feeds" / "private").glob("*.atom")
+    entries = feedparser.parse(path.read_bytes()).entries
+    assert len(entries) == len(sent)
+    found = set()
+    for entry in entries:
+        links = re.findall(r'href="([^"]+)">More like this<', entry.summary)
+        assert len(links) == 1 and ">Not for me<" in entry.summary
+        found.add(links[0].replace("&amp;", "&"))
+    assert found == sent  # the same signed links as the email's
+    (global_feed,) = (site.data / "feeds").glob("papers.atom")
+    assert "More like this" not in global_feed.read_text(encoding="utf-8")  # no reader there
+
+
+def test_the_next_digest_says_which_liked_paper_chose_an_item(site: Site) -> None:
+    site.subscribe({ALICE: ["speech"]})
+    assert site.cli("ingest", str(EXAMPLE_DUMPS / "daily-mar12-layout-b.txt")).code == 0
+    assert site.cli("run", "--period", "2026-03-12").code == 0
+    liked = _a_key(site, "Podcasts")
+    assert site.cli("feedback", ALICE, liked, "up").code == 0
+    assert site.cli("ingest", str(EXAMPLE_DUMPS / "daily-mar13-layout-b.txt")).code == 0
+    assert site.cli("run", "--period", "2026-03-13").code == 0
+    first, second = (message for _, message in site.received())
+    assert "Because you liked" not in first.as_string()
+    text = second.get_body(("plain",)).get_content().replace("\r\n", "\n")  # type: ignore[union-attr]
+    assert "* Zero-Shot Text-to-Speech with Discrete Diffusion over Codec Tokens" in text
+    assert (
+        "  Because you liked: Self-Supervised Speech Representations from Untranscribed Podcasts\n"
+        in text
+    )
+    matched = store_rows(site.data, "SELECT matched FROM digestitem ORDER BY id DESC LIMIT 1")
+    assert '"liked": "Self-Supervised Speech Representations' in str(matched[0][0])

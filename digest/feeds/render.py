@@ -112,7 +112,14 @@ def item_for_paper(paper: PaperView, *, guid: str, published: datetime) -> FeedI
     parts = [byline, f"<p>{abstract}</p>", code]
     if text.marks.reasons:
         parts.append(f"<p>Matched: {escape(', '.join(text.marks.reasons))}</p>")
+    if paper.because:
+        parts.append(f"<p>Because you liked “{escape(paper.because)}”.</p>")
     parts.append(more)
+    if paper.more_url and paper.less_url:  # a private feed: the reader's own vote links
+        parts.append(
+            f'<p><a href="{escape(paper.more_url)}">More like this</a>'
+            f' · <a href="{escape(paper.less_url)}">Not for me</a></p>'
+        )
     return FeedItem(
         guid=guid,
         title=paper.title,
