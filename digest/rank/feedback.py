@@ -34,6 +34,7 @@ interests alone give.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -45,6 +46,7 @@ from digest.rank.types import PaperText, Profile, Ranked
 
 __all__ = [
     "DEPTH",
+    "Postings",
     "ReaderModel",
     "Vectors",
     "Vote",
@@ -63,6 +65,8 @@ LIKED_NEAR = 0.05  # a liked paper at least this close (cosine) is named as the 
 TITLE_REPEAT = 2  # a title word counts as much as two abstract words
 JOIN_VOTES = 3  # likes needed before papers no interest matches are sent
 JOIN_FLOOR = 0.06  # and never from a lean below this
+JOIN_TERMS = 50  # papers that could join are looked for by the reader's strongest terms
+JOIN_NEAR = 0.5  # those terms alone lean them this share of the way (then the whole lean decides)
 CUT_SHARE = 0.75  # the cut lies no higher than this share of the disliked papers' leans
 MIN_KEPT = 3  # the cut-off leaves at least this many of the best candidates
 
@@ -136,12 +140,16 @@ def dot(a: Vector, b: Vector) -> float:
     return sum(w * get(t, 0.0) for t, w in a.items())
 
 
-def _mean(vectors: Sequence[Vector]) -> Vector:
+def _sum(vectors: Sequence[Vector]) -> Vector:
     total: Vector = {}
     for vector in vectors:
         for term, weight in vector.items():
             total[term] = total.get(term, 0.0) + weight
-    return {t: w / len(vectors) for t, w in total.items()} if vectors else {}
+    return total
+
+
+def _mean(vectors: Sequence[Vector]) -> Vector:
+    return {t: w / len(vectors) for t, w in _sum(vectors).items()} if vectors else {}
 
 
 def _direction(liked: Sequence[Vector], disliked: Sequence[Vector]) -> Vector:
@@ -152,14 +160,27 @@ def _direction(liked: Sequence[Vector], disliked: Sequence[Vector]) -> Vector:
 
 
 def _leans(liked: Sequence[Vector], disliked: Sequence[Vector]) -> list[tuple[float, bool]]:
-    """Each voted paper's lean under a model of the other votes, and whether it was liked."""
+    """Each voted paper's lean under a model of the other votes, and whether it was liked,
+    lowest first.
+
+    Leaving one out subtracts its own vector from its kind's sum, so each lean is two dot
+    products with the sums rather than a model rebuilt per vote.
+    """
+    ups, downs = _sum(liked), _sum(disliked)
+    n_up, n_down = len(liked), len(disliked)
     leans: list[tuple[float, bool]] = []
-    for i, vector in enumerate(liked):
-        others = [v for j, v in enumerate(liked) if j != i]
-        leans.append((dot(vector, _direction(others, disliked)), True))
-    for i, vector in enumerate(disliked):
-        others = [v for j, v in enumerate(disliked) if j != i]
-        leans.append((dot(vector, _direction(liked, others)), False))
+    for vector in liked:
+        own = dot(vector, vector)
+        lean = (dot(vector, ups) - own) / (n_up - 1) if n_up > 1 else 0.0
+        if n_down:
+            lean -= DISLIKE_WEIGHT * dot(vector, downs) / n_down
+        leans.append((lean, True))
+    for vector in disliked:
+        own = dot(vector, vector)
+        lean = dot(vector, ups) / n_up if n_up else 0.0
+        if n_down > 1:
+            lean -= DISLIKE_WEIGHT * (dot(vector, downs) - own) / (n_down - 1)
+        leans.append((lean, False))
     leans.sort()
     return leans
 
@@ -284,20 +305,49 @@ def rerank_readers(
     ``candidates[profile id]``: the papers that reader may be sent (default: all).
     """
     vectors = Vectors(stats, analyzer)
-    by_id: dict[int, PaperText] | None = None
+    by_id: dict[int, PaperText] = {}
+    day: Postings | None = None
     for profile in profiles:
         model = learn(votes.get(profile.id, ()), vectors)
         if model is None:
             continue
-        if by_id is None:
+        if not by_id:
             by_id = {paper.id: paper for paper in papers}
         mine = ranked.get(profile.id, [])
-        allowed = None if candidates is None else candidates.get(profile.id)
-        taken = {item.paper_id for item in mine}
-        others = (
-            [p for p in papers if p.id not in taken and (allowed is None or p.id in allowed)]
-            if model.join is not None
-            else []
-        )
+        others: list[PaperText] = []
+        if model.join is not None and profile.min_score <= 0.0:
+            if day is None:
+                day = Postings(papers, vectors)
+            taken = {item.paper_id for item in mine}
+            allowed = None if candidates is None else candidates.get(profile.id)
+            others = [
+                by_id[pid]
+                for pid in day.leaning(model.direction, model.join)
+                if pid not in taken and (allowed is None or pid in allowed)
+            ]
         ranked[profile.id] = rerank(model, mine, by_id, vectors, profile, others)
     return ranked
+
+
+class Postings:
+    """The day's papers by term, to find the few that lean a reader's way without a dot
+    product per paper and reader."""
+
+    def __init__(self, papers: Iterable[PaperText], vectors: Vectors) -> None:
+        self.postings: dict[str, list[tuple[int, float]]] = {}
+        for paper in papers:
+            for term, weight in vectors.of(paper).items():
+                self.postings.setdefault(term, []).append((paper.id, weight))
+
+    def leaning(self, direction: Vector, join: float) -> list[int]:
+        """Papers that could join: their lean over the direction's ``JOIN_TERMS`` strongest
+        terms reaches ``JOIN_NEAR`` of ``join`` (``rerank`` then takes their whole lean)."""
+        strongest = heapq.nlargest(JOIN_TERMS, direction.items(), key=lambda item: item[1])
+        partial: dict[int, float] = {}
+        for term, weight in strongest:
+            if weight <= 0:
+                break
+            for pid, value in self.postings.get(term, ()):
+                partial[pid] = partial.get(pid, 0.0) + weight * value
+        near = join * JOIN_NEAR
+        return [pid for pid, lean in partial.items() if lean >= near]
