@@ -387,3 +387,15 @@ def test_the_next_digest_says_which_liked_paper_chose_an_item(site: Site) -> Non
     )
     matched = store_rows(site.data, "SELECT matched FROM digestitem ORDER BY id DESC LIMIT 1")
     assert '"liked": "Self-Supervised Speech Representations' in str(matched[0][0])
+
+
+def test_the_paper_page_hook_shows_a_readers_links_or_nothing() -> None:
+    from digest.web.feedback import vote_links
+    from digest.web.render import environment
+
+    partial = environment().get_template("feedback_links.html")
+    links = vote_links("https://x.example", b"k" * 32, 7, "salt", "arxiv:2403.00001")
+    shown = partial.render(feedback=links)
+    assert shown.count('href="https://x.example/feedback/7.') == 2
+    assert "paper=arxiv%3A2403.00001&amp;vote=up" in shown and "&amp;vote=down" in shown
+    assert partial.render(feedback=None).strip() == ""
