@@ -473,10 +473,17 @@ class MessageBuilder:
         end = b"\r\n" if part == "text" else b""
         if paper.more_url is None or paper.less_url is None:
             return end
-        values = [clean_header(v) for v in (paper.because, paper.more_url, paper.less_url)]
+        # The links are ours (base URL, token, quoted key): no control characters to fold.
+        values = [
+            clean_header(paper.because) if paper.because else "",
+            paper.more_url,
+            paper.less_url,
+        ]
+        if part == "html":
+            values = [str(escape(value)) for value in values]
         lines = self._templates.votes[(part, bool(values[0]))]
         for slot, value in zip(_VOTE_SLOTS, values, strict=True):
-            lines = lines.replace(slot, str(escape(value)) if part == "html" else value)
+            lines = lines.replace(slot, value)
         return _qp(_ends_line(lines)) + end
 
     def render_html(self, view: DigestView) -> str:

@@ -82,7 +82,10 @@ class Links:
         """A reader's signed "more like this" and "not for me" links for a paper."""
         up = link_token(self.key, ident, salt, purpose=feedback_purpose("up", paper_key))
         down = link_token(self.key, ident, salt, purpose=feedback_purpose("down", paper_key))
-        return self.feedback_url(up, paper_key, "up"), self.feedback_url(down, paper_key, "down")
+        # feedback_url's, with the key quoted once for both (two links in every item)
+        start = f"{self.base_url}/feedback/"
+        paper = quote(paper_key, safe="")
+        return f"{start}{up}?paper={paper}&vote=up", f"{start}{down}?paper={paper}&vote=down"
 
     def with_votes(self, ident: int | None, salt: str, paper: PaperView) -> PaperView:
         """The paper with the reader's vote links."""
