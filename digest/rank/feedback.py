@@ -39,6 +39,8 @@ import math
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import repeat
+from operator import mul
 
 from digest.rank.match import STOPWORDS, TermStats
 from digest.rank.text import DEFAULT, Analyzer
@@ -71,6 +73,8 @@ CUT_SHARE = 0.75  # the cut lies no higher than this share of the disliked paper
 MIN_KEPT = 3  # the cut-off leaves at least this many of the best candidates
 
 Vector = dict[str, float]
+_TF_MAX = 64
+_LOG_TF = [0.0] + [1.0 + math.log(tf) for tf in range(1, _TF_MAX)]  # 1 + log tf, looked up
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +106,7 @@ class Vectors:
         self._made: dict[int, Vector] = {}
 
     def idf(self, term: str) -> float:
+        """The store-wide inverse document frequency of a term (BM25's)."""
         value = self._idf.get(term)
         if value is None:
             n, df = self.stats.documents, self.stats.doc_freq(term)
@@ -113,7 +118,13 @@ class Vectors:
         counts = Counter(self._terms(abstract))
         for term in self._terms(title):
             counts[term] += TITLE_REPEAT
-        vector = {term: (1.0 + math.log(tf)) * self.idf(term) for term, tf in counts.items()}
+        idf = self._idf
+        for term in counts.keys() - idf.keys():
+            self.idf(term)
+        vector = {term: _LOG_TF[tf] * idf[term] for term, tf in counts.items() if tf < _TF_MAX}
+        vector.update(
+            (term, (1.0 + math.log(tf)) * idf[term]) for term, tf in counts.items() if tf >= _TF_MAX
+        )
         return _unit(vector)
 
     def of(self, paper: PaperText) -> Vector:
@@ -128,7 +139,7 @@ class Vectors:
 
 
 def _unit(vector: Vector) -> Vector:
-    norm = math.sqrt(sum(w * w for w in vector.values()))
+    norm = math.sqrt(sum(map(mul, vector.values(), vector.values())))
     return {t: w / norm for t, w in vector.items()} if norm else {}
 
 
@@ -136,8 +147,8 @@ def dot(a: Vector, b: Vector) -> float:
     """The dot product of two sparse vectors (the cosine of unit ones)."""
     if len(a) > len(b):
         a, b = b, a
-    get = b.get
-    return sum(w * get(t, 0.0) for t, w in a.items())
+    products: Iterable[float] = map(mul, a.values(), map(b.get, a, repeat(0.0)))
+    return sum(products)
 
 
 def _sum(vectors: Sequence[Vector]) -> Vector:
@@ -259,27 +270,30 @@ def rerank(
     ``others`` (papers no interest matched) that lean far enough their way, at most
     ``profile.max_items``; an item kept for a liked paper names it in ``because``."""
     best = max((item.score for item in candidates), default=0.0) or 1.0
-    scored: list[tuple[float, int, bool, Ranked]] = []
+    scored: list[tuple[float, int, bool, Ranked, Vector, float]] = []
     for place, item in enumerate(candidates):
         vector = vectors.of(papers[item.paper_id])
         lean = dot(vector, model.direction)
         cut = (model.threshold is not None and lean < model.threshold) or any(
             dot(vector, near) >= DISLIKE_NEAR for near in model.near_dislike
         )
-        because = _because(model, vector, lean)
-        if because:
-            item = replace(item, because=because)
-        scored.append((item.score / best + LEAN_WEIGHT * lean, -place, cut, item))
+        scored.append((item.score / best + LEAN_WEIGHT * lean, -place, cut, item, vector, lean))
     if model.join is not None and profile.min_score <= 0.0:
         for paper in others:
             vector = vectors.of(paper)
             lean = dot(vector, model.direction)
             if lean >= model.join:
-                item = Ranked(paper.id, 0.0, (), _because(model, vector, lean))
-                scored.append((LEAN_WEIGHT * lean, -len(scored) - paper.id, False, item))
+                item = Ranked(paper.id, 0.0, (), "")
+                scored.append(
+                    (LEAN_WEIGHT * lean, -len(scored) - paper.id, False, item, vector, lean)
+                )
     scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
-    kept = [item for n, (_, _, cut, item) in enumerate(scored) if not cut or n < MIN_KEPT]
-    return kept[: profile.max_items]
+    kept = [entry for n, entry in enumerate(scored) if not entry[2] or n < MIN_KEPT]
+    sent: list[Ranked] = []
+    for _, _, _, item, vector, lean in kept[: profile.max_items]:
+        because = _because(model, vector, lean)
+        sent.append(replace(item, because=because) if because else item)
+    return sent
 
 
 def _because(model: ReaderModel, vector: Vector, lean: float) -> str:
