@@ -52,13 +52,10 @@ _URL = re.compile(
 )
 _URL_TAIL = ".,;:!?)]}'\""
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
-_SLOT = "\x00papers\x00"
+_SLOT = "\x00papers\x00"  # content passes clean_header or _clean_text, which drop NULs
+# Where a reader's own values go in the vote lines, rendered once (see ``_templates``).
 _VOTE_FIELDS = ("because", "more_url", "less_url")
-_VOTE_SLOTS = (
-    "\x01because\x01",
-    "\x01more\x01",
-    "\x01less\x01",
-)  # content passes clean_header or _clean_text, which drop NULs
+_VOTE_SLOTS = ("\x01because\x01", "\x01more\x01", "\x01less\x01")
 
 
 @dataclass(frozen=True)
@@ -74,8 +71,6 @@ class PaperView:
     interests: tuple[str, ...] = ()
     authors: str = ""
     because: str = ""  # the title of a paper the reader liked that this one was chosen for
-    more_url: str | None = None  # the reader's signed "more like this" link
-    less_url: str | None = None  # and "not for me"
 
 
 @dataclass(frozen=True)
@@ -90,6 +85,9 @@ class DigestView:
     unsubscribe_mailto: str
     feed_url: str
     manage_url: str | None = None
+    # The reader's signed ("more like this", "not for me") links, one pair per paper in order
+    # (empty: no vote links); kept here so that the papers stay shared between readers.
+    votes: Sequence[tuple[str, str]] = ()
 
 
 @dataclass(frozen=True)
@@ -357,19 +355,11 @@ def _templates() -> _Templates:
     text_macros: Any = text.make_module(blank)
     hit_open, _, hit_close = str(html_macros.hit(Markup(_SLOT))).partition(_SLOT)
     # A reader's vote links differ in every digest: rendered once with slots, filled per item.
-    votes = {
-        (part, reason): str(
-            macros.votes(
-                dict(
-                    zip(
-                        _VOTE_FIELDS, _VOTE_SLOTS if reason else ("", *_VOTE_SLOTS[1:]), strict=True
-                    )
-                )
-            )
-        )
-        for part, macros in (("html", html_macros), ("text", text_macros))
-        for reason in (True, False)
-    }
+    votes: dict[tuple[str, bool], str] = {}
+    for part, macros in (("html", html_macros), ("text", text_macros)):
+        for reason in (True, False):
+            slots = _VOTE_SLOTS if reason else ("", *_VOTE_SLOTS[1:])
+            votes[(part, reason)] = str(macros.votes(dict(zip(_VOTE_FIELDS, slots, strict=True))))
     return _Templates(html, text, html_macros, text_macros, hit_open, hit_close, votes)
 
 
@@ -467,50 +457,48 @@ class MessageBuilder:
         head, _, tail = template.render(context).partition(_SLOT)
         return _qp(_ends_line(head)) + b"".join(blocks) + _qp(_ends_line(tail))
 
-    def _votes(self, paper: PaperView, part: str) -> bytes:
-        """The reader's own lines under a paper (the reason feedback chose it, their vote
-        links), encoded; the text part's blank line between papers comes with them."""
+    def _votes(self, view: DigestView, part: str) -> list[bytes]:
+        """Each paper's reader's own lines (the reason feedback chose it, the vote links),
+        encoded; the text part's blank line between papers comes with them."""
         end = b"\r\n" if part == "text" else b""
-        if paper.more_url is None or paper.less_url is None:
-            return end
-        # The links are ours (base URL, token, quoted key): no control characters to fold.
-        values = [
-            clean_header(paper.because) if paper.because else "",
-            paper.more_url,
-            paper.less_url,
-        ]
-        if part == "html":
-            values = [str(escape(value)) for value in values]
-        lines = self._templates.votes[(part, bool(values[0]))]
-        for slot, value in zip(_VOTE_SLOTS, values, strict=True):
-            lines = lines.replace(slot, value)
-        return _qp(_ends_line(lines)) + end
+        if not view.votes:
+            return [end] * len(view.papers)
+        lines = self._templates.votes
+        html = part == "html"
+        out = []
+        for paper, (more, less) in zip(view.papers, view.votes, strict=True):
+            because = clean_header(paper.because) if paper.because else ""
+            if html:  # the links are ours (base URL, token, quoted key): only "&" to escape
+                because = str(escape(because))
+                more, less = more.replace("&", "&amp;"), less.replace("&", "&amp;")
+            text = lines[(part, bool(because))].replace(_VOTE_SLOTS[1], more)
+            text = text.replace(_VOTE_SLOTS[2], less)
+            if because:
+                text = text.replace(_VOTE_SLOTS[0], because)
+            out.append(_qp(_ends_line(text)) + end)
+        return out
+
+    def _blocks(self, view: DigestView, part: str) -> list[bytes]:
+        blocks = [getattr(self._block(p), part) for p in view.papers]
+        return [block + votes for block, votes in zip(blocks, self._votes(view, part), strict=True)]
 
     def render_html(self, view: DigestView) -> str:
         """The HTML part, decoded (for previews and tests)."""
-        blocks = [self._block(p).html + self._votes(p, "html") for p in view.papers]
-        return _decode_qp(self._wrap(self._templates.html, self._shell(view), blocks))
+        return _decode_qp(
+            self._wrap(self._templates.html, self._shell(view), self._blocks(view, "html"))
+        )
 
     def render_text(self, view: DigestView) -> str:
         """The plain-text part, decoded (for previews and tests)."""
-        blocks = [self._block(p).text + self._votes(p, "text") for p in view.papers]
-        return _decode_qp(self._wrap(self._templates.text, self._shell(view), blocks))
+        return _decode_qp(
+            self._wrap(self._templates.text, self._shell(view), self._blocks(view, "text"))
+        )
 
     def build(self, view: DigestView, now: datetime) -> bytes:
         """The complete message: headers and a multipart/alternative body (text, then HTML)."""
         context = self._shell(view)
-        blocks = [self._block(p) for p in view.papers]
-        papers = view.papers
-        text = self._wrap(
-            self._templates.text,
-            context,
-            [b.text + self._votes(p, "text") for b, p in zip(blocks, papers, strict=True)],
-        )
-        html = self._wrap(
-            self._templates.html,
-            context,
-            [b.html + self._votes(p, "html") for b, p in zip(blocks, papers, strict=True)],
-        )
+        text = self._wrap(self._templates.text, context, self._blocks(view, "text"))
+        html = self._wrap(self._templates.html, context, self._blocks(view, "html"))
         message_id = _angle(view.message_id)
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.

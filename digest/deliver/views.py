@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 from email.utils import parseaddr
 from typing import Any
@@ -87,11 +87,6 @@ class Links:
         paper = quote(paper_key, safe="")
         return f"{start}{up}?paper={paper}&vote=up", f"{start}{down}?paper={paper}&vote=down"
 
-    def with_votes(self, ident: int | None, salt: str, paper: PaperView) -> PaperView:
-        """The paper with the reader's vote links."""
-        more, less = self.vote_urls(ident, salt, paper.key)
-        return replace(paper, more_url=more, less_url=less)
-
     def unsubscribe_mailto(self, token: str) -> str:
         """The mailto: unsubscribe address, for clients without one-click."""
         address = parseaddr(self.mail_from)[1] or "digest@localhost"
@@ -120,7 +115,8 @@ class Links:
         return DigestView(
             to=to,
             period=period,
-            papers=[self.with_votes(ident, salt, paper) for paper in papers],
+            papers=papers,
+            votes=[self.vote_urls(ident, salt, paper.key) for paper in papers],
             message_id=message_id,
             unsubscribe_url=self.unsubscribe_url(token),
             unsubscribe_mailto=self.unsubscribe_mailto(token),

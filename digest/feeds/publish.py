@@ -51,8 +51,15 @@ from digest.tokens import feed_name
 GLOBAL_FEED = "papers"
 
 
-def _item(row: PaperRow, view: PaperView, published: datetime, authority: str) -> FeedItem:
-    return item_for_paper(view, guid=paper_guid(row.guid_key, authority), published=published)
+def _item(
+    row: PaperRow,
+    view: PaperView,
+    published: datetime,
+    authority: str,
+    votes: tuple[str, str] | None = None,
+) -> FeedItem:
+    guid = paper_guid(row.guid_key, authority)
+    return item_for_paper(view, guid=guid, published=published, votes=votes)
 
 
 def _private_items(
@@ -66,17 +73,15 @@ def _private_items(
     ``voting``: the links and the salts by subscriber, for each item's vote links."""
     rows = outbox.sent_items(conn, subscriber_ids, limit)
     views = [paper_view(row.paper, row.score, json.loads(row.matched)) for row in rows]
-    if voting is not None:
-        links, salts = voting
-        views = [
-            links.with_votes(row.subscriber_id, salts[row.subscriber_id], view)
-            for row, view in zip(rows, views, strict=True)
-        ]
     prepare(views)
     items: dict[int, list[FeedItem]] = {sid: [] for sid in subscriber_ids}
     for row, view in zip(rows, views, strict=True):
         assert row.sent_at is not None  # only sent items are read
-        items[row.subscriber_id].append(_item(row.paper, view, row.sent_at, authority))
+        votes = None
+        if voting is not None:
+            links, salts = voting
+            votes = links.vote_urls(row.subscriber_id, salts[row.subscriber_id], row.paper.key)
+        items[row.subscriber_id].append(_item(row.paper, view, row.sent_at, authority, votes))
     return items
 
 

@@ -101,8 +101,11 @@ def _paper_parts(
     )
 
 
-def item_for_paper(paper: PaperView, *, guid: str, published: datetime) -> FeedItem:
-    """A feed entry carrying what the email shows: authors, marked abstract, code, why chosen."""
+def item_for_paper(
+    paper: PaperView, *, guid: str, published: datetime, votes: tuple[str, str] | None = None
+) -> FeedItem:
+    """A feed entry carrying what the email shows: authors, marked abstract, code, why chosen,
+    and in a private feed the reader's ``votes`` links ("more like this", "not for me")."""
     link = paper_link(paper)
     text = shown(paper)
     authors = authors_line(paper.authors)
@@ -115,10 +118,10 @@ def item_for_paper(paper: PaperView, *, guid: str, published: datetime) -> FeedI
     if paper.because:
         parts.append(f"<p>Because you liked “{escape(paper.because)}”.</p>")
     parts.append(more)
-    if paper.more_url and paper.less_url:  # a private feed: the reader's own vote links
+    if votes is not None:
         parts.append(
-            f'<p><a href="{escape(paper.more_url)}">More like this</a>'
-            f' · <a href="{escape(paper.less_url)}">Not for me</a></p>'
+            f'<p><a href="{escape(votes[0])}">More like this</a>'
+            f' · <a href="{escape(votes[1])}">Not for me</a></p>'
         )
     return FeedItem(
         guid=guid,
