@@ -119,7 +119,7 @@ class Vectors:
         for term in self._terms(title):
             counts[term] += TITLE_REPEAT
         idf = self._idf
-        for term in counts.keys() - idf.keys():
+        for term in [term for term in counts if term not in idf]:
             self.idf(term)
         vector = {term: _LOG_TF[tf] * idf[term] for term, tf in counts.items() if tf < _TF_MAX}
         vector.update(
