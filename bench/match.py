@@ -1,7 +1,7 @@
 """Matching speed: 100,000 subscribers against a day of 5,000 papers (run by hand).
 
     python bench/match.py [--subscribers N] [--papers N] [--store-sample N] [--sample N]
-                          [--seed N] [--processes N] [--dumps PATH ...]
+                          [--seed N] [--processes N] [--voters SHARE] [--dumps PATH ...]
                           [--baseline CHECKOUT [--rounds N]]
 
 The corpus is synthetic, with a realistic spread of words (see bench/README.md):
@@ -15,7 +15,9 @@ and bursts. Store statistics for 1,000,000 papers are counted on a sample drawn
 the same way and scaled. Interests are drawn Zipf-like from topical words, word
 pairs, phrases, prefixes and exclusions found in the dumps. The same run times
 the obvious alternative, one SQLite FTS5 ``MATCH`` (porter tokenizer, bm25()
-order) per interest, on a sample of subscribers and extrapolates it.
+order) per interest, on a sample of subscribers and extrapolates it. Last, the whole
+ranking (``ranker.rank``) runs twice, without and with ``--voters`` of the readers having
+10 votes each, for the cost of feedback.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from digest.ingest.readers import read_listing
-from digest.rank import workers
+from digest.rank import ranker, workers
+from digest.rank.feedback import Vote
 from digest.rank.index import InterestIndex
 from digest.rank.match import STOPWORDS
 from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
@@ -330,6 +333,39 @@ def side_by_side(baseline: Path, argv: list[str], rounds: int) -> None:
     print(f"| median | {old:.2f} s | {new:.2f} s | {new / old:.2f} |")
 
 
+def feedback_cost(
+    rng: random.Random,
+    generator: Generator,
+    day: list[PlainPaper],
+    profiles: list[Profile],
+    stats: CorpusStats,
+    share: float,
+    processes: int,
+) -> None:
+    """The whole ranking with and without readers' votes, side by side: ``share`` of the
+    readers with 10 votes each (half up, half down) on papers of earlier days."""
+    voters = rng.sample(profiles, int(len(profiles) * share))
+    votes = {
+        p.id: [
+            Vote(generator.paper(i), up=n % 2 == 0)
+            for n, i in enumerate(rng.sample(range(1, STORE), 10))
+        ]
+        for p in voters
+    }
+    t0 = time.perf_counter()
+    plain = ranker.rank(day, profiles, stats, processes=processes)
+    t1 = time.perf_counter()
+    voted = ranker.rank(day, profiles, stats, processes=processes, votes=votes)
+    t2 = time.perf_counter()
+    same = sum(plain[p.id] == voted[p.id] for p in profiles if p.id not in votes)
+    print(
+        f"feedback: {len(voters):,} readers with 10 votes each; rank() without votes"
+        f" {t1 - t0:.2f}s, with them {t2 - t1:.2f}s (+{t2 - t1 - (t1 - t0):.2f}s,"
+        f" {(t2 - t1) / (t1 - t0):.2f}x); the other {same:,} readers' lists identical:"
+        f" {same == len(profiles) - len(voters)}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subscribers", type=int, default=100_000)
@@ -346,6 +382,9 @@ def main() -> None:
         " this one run in turns, with the same arguments, and their totals are compared",
     )
     parser.add_argument("--rounds", type=int, default=2, help="turns each with --baseline")
+    parser.add_argument(
+        "--voters", type=float, default=0.01, help="share of readers with votes (0: skip)"
+    )
     add_dumps_argument(parser)
     args = parser.parse_args()
     if args.baseline:
@@ -394,6 +433,8 @@ def main() -> None:
     # Workers run beside the parent: their peaks add up (an upper bound; pages are shared).
     total = rss + worker * (processes if processes > 1 else 0)
     print(f"peak RSS: {rss:,.0f} MB, largest worker {worker:,.0f} MB, at most {total:,.0f} MB")
+    if args.voters:
+        feedback_cost(rng, generator, day, profiles, stats, args.voters, processes)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from digest.service.cycle import (
     run_lines,
     sender_of,
 )
+from digest.service.feedback import VOTES, give_feedback
 from digest.service.preview import has_papers, preview_ranked, search_store
 from digest.service.runlock import hold_run_lock
 from digest.service.scheduler import serve
@@ -280,6 +281,15 @@ def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
         address = found.email
     row = set_status(ctx.engine, address, "unsubscribed")
     ctx.say(f"unsubscribed {row.email}")
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace, ctx: Context) -> int:
+    """Record a reader's vote on a paper they were sent: more like this (up), not for me (down)."""
+    given = give_feedback(ctx.engine, args.email, args.paper, args.vote, ctx.now())
+    said = "more like this" if given.vote == "up" else "not for me"
+    again = " (unchanged)" if given.before == given.vote else ""
+    ctx.say(f"{given.subscriber.email}: {said}: {given.paper.title} [{given.paper.key}]{again}")
     return 0
 
 
@@ -661,6 +671,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("unsubscribe", cmd_unsubscribe, "stop mail to a subscriber")
     sub.add_argument(
         "email", metavar="EMAIL|TOKEN", help="an address, or the token of an unsubscribe link"
+    )
+
+    sub = command("feedback", cmd_feedback, "record a reader's vote on a paper: up or down")
+    sub.add_argument("email", metavar="EMAIL")
+    sub.add_argument("paper", metavar="PAPER", help="the paper's key or arXiv id")
+    sub.add_argument(
+        "vote", metavar="up|down", choices=VOTES, help="up: more like this; down: not for me"
     )
 
     sub = command("subscribers", cmd_subscribers, "list subscribers; import or export CSV")

@@ -102,3 +102,8 @@ def message_id(key: bytes, subscriber_id: int, period: date, mail_from: str) -> 
     domain = parseaddr(mail_from)[1].rpartition("@")[2] or "localhost"
     tag = hmac.new(key, f"mid:{subscriber_id}:{period}".encode(), hashlib.sha256).hexdigest()
     return f"<digest.{period:%Y%m%d}.{tag[:20]}@{domain}>"
+
+
+def feedback_purpose(vote: str, paper_key: str) -> str:
+    """What a feedback link's token signs besides the reader: the vote and the paper."""
+    return f"feedback:{vote}:{paper_key}"

@@ -25,6 +25,7 @@ from digest.deliver.message import Sender
 from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
 from digest.settings import load_settings
+from digest.store import feedback
 from digest.store.engine import open_store, transaction
 from digest.store.outbox import Planned, owed_subscribers, record
 from digest.store.subscribers import (
@@ -718,6 +719,8 @@ def test_export_and_erase_cover_the_subscriber_and_their_outbox(engine: Engine) 
             now=T0,
             run_id=None,
         )
+        for who in (kept, asked):
+            feedback.record(conn, who.subscriber_id, paper_id, "up", T0)
     with transaction(engine) as conn:
         data = export_subscriber(conn, asked.subscriber_id)
     assert data["email"] == "ada@example.org" and data["interests"] == ["graphs"]
@@ -730,6 +733,8 @@ def test_export_and_erase_cover_the_subscriber_and_their_outbox(engine: Engine) 
         }
     ]
     assert "token_salt" not in data
+    ((vote,),) = [[v["vote"] for v in data["votes"]]]
+    assert vote == "up" and data["votes"][0]["title"] == "Graphs for all"
 
     with transaction(engine) as conn:
         assert erase_subscriber(conn, asked.subscriber_id)
@@ -738,7 +743,8 @@ def test_export_and_erase_cover_the_subscriber_and_their_outbox(engine: Engine) 
         assert export_subscriber(conn, asked.subscriber_id) == {}
         left = conn.execute(sa.text("SELECT subscriber_id FROM digestitem")).scalars().all()
         digests = conn.execute(sa.text("SELECT subscriber_id FROM digest")).scalars().all()
-    assert left == digests == [kept.subscriber_id]
+        voters = conn.execute(sa.text("SELECT subscriber_id FROM feedback")).scalars().all()
+    assert left == digests == voters == [kept.subscriber_id]
     assert subscriber_by_id(engine, asked.subscriber_id) is None
 
 

@@ -31,7 +31,7 @@ from urllib.parse import quote_plus, urlsplit
 
 import css_inline
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from digest.clock import as_utc
 from digest.rank.highlight import Marks, find_marks, mark, prepare_marks
@@ -53,6 +53,9 @@ _URL = re.compile(
 _URL_TAIL = ".,;:!?)]}'\""
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SLOT = "\x00papers\x00"  # content passes clean_header or _clean_text, which drop NULs
+# Where a reader's own values go in the vote lines, rendered once (see ``_templates``).
+_VOTE_FIELDS = ("because", "more_url", "less_url")
+_VOTE_SLOTS = ("\x01because\x01", "\x01more\x01", "\x01less\x01")
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class PaperView:
     score: float
     interests: tuple[str, ...] = ()
     authors: str = ""
+    because: str = ""  # the title of a paper the reader liked that this one was chosen for
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,9 @@ class DigestView:
     unsubscribe_mailto: str
     feed_url: str
     manage_url: str | None = None
+    # The reader's signed ("more like this", "not for me") links, one pair per paper in order
+    # (empty: no vote links); kept here so that the papers stay shared between readers.
+    votes: Sequence[tuple[str, str]] = ()
 
 
 @dataclass(frozen=True)
@@ -317,6 +324,7 @@ class _Templates:
     text_macros: Any
     hit_open: str
     hit_close: str
+    votes: dict[tuple[str, bool], str]  # (part, with a reason) → the votes lines, with slots
 
 
 @functools.cache
@@ -346,7 +354,13 @@ def _templates() -> _Templates:
     html_macros: Any = html.make_module(blank)
     text_macros: Any = text.make_module(blank)
     hit_open, _, hit_close = str(html_macros.hit(Markup(_SLOT))).partition(_SLOT)
-    return _Templates(html, text, html_macros, text_macros, hit_open, hit_close)
+    # A reader's vote links differ in every digest: rendered once with slots, filled per item.
+    votes: dict[tuple[str, bool], str] = {}
+    for part, macros in (("html", html_macros), ("text", text_macros)):
+        for reason in (True, False):
+            slots = _VOTE_SLOTS if reason else ("", *_VOTE_SLOTS[1:])
+            votes[(part, reason)] = str(macros.votes(dict(zip(_VOTE_FIELDS, slots, strict=True))))
+    return _Templates(html, text, html_macros, text_macros, hit_open, hit_close, votes)
 
 
 # --- the builder ----------------------------------------------------------------
@@ -443,22 +457,48 @@ class MessageBuilder:
         head, _, tail = template.render(context).partition(_SLOT)
         return _qp(_ends_line(head)) + b"".join(blocks) + _qp(_ends_line(tail))
 
+    def _votes(self, view: DigestView, part: str) -> list[bytes]:
+        """Each paper's reader's own lines (the reason feedback chose it, the vote links),
+        encoded; the text part's blank line between papers comes with them."""
+        end = b"\r\n" if part == "text" else b""
+        if not view.votes:
+            return [end] * len(view.papers)
+        lines = self._templates.votes
+        html = part == "html"
+        out = []
+        for paper, (more, less) in zip(view.papers, view.votes, strict=True):
+            because = clean_header(paper.because) if paper.because else ""
+            if html:  # the links are ours (base URL, token, quoted key): only "&" to escape
+                because = str(escape(because))
+                more, less = more.replace("&", "&amp;"), less.replace("&", "&amp;")
+            text = lines[(part, bool(because))].replace(_VOTE_SLOTS[1], more)
+            text = text.replace(_VOTE_SLOTS[2], less)
+            if because:
+                text = text.replace(_VOTE_SLOTS[0], because)
+            out.append(_qp(_ends_line(text)) + end)
+        return out
+
+    def _blocks(self, view: DigestView, part: str) -> list[bytes]:
+        blocks = [getattr(self._block(p), part) for p in view.papers]
+        return [block + votes for block, votes in zip(blocks, self._votes(view, part), strict=True)]
+
     def render_html(self, view: DigestView) -> str:
         """The HTML part, decoded (for previews and tests)."""
-        blocks = [self._block(p).html for p in view.papers]
-        return _decode_qp(self._wrap(self._templates.html, self._shell(view), blocks))
+        return _decode_qp(
+            self._wrap(self._templates.html, self._shell(view), self._blocks(view, "html"))
+        )
 
     def render_text(self, view: DigestView) -> str:
         """The plain-text part, decoded (for previews and tests)."""
-        blocks = [self._block(p).text for p in view.papers]
-        return _decode_qp(self._wrap(self._templates.text, self._shell(view), blocks))
+        return _decode_qp(
+            self._wrap(self._templates.text, self._shell(view), self._blocks(view, "text"))
+        )
 
     def build(self, view: DigestView, now: datetime) -> bytes:
         """The complete message: headers and a multipart/alternative body (text, then HTML)."""
         context = self._shell(view)
-        blocks = [self._block(p) for p in view.papers]
-        text = self._wrap(self._templates.text, context, [b.text for b in blocks])
-        html = self._wrap(self._templates.html, context, [b.html for b in blocks])
+        text = self._wrap(self._templates.text, context, self._blocks(view, "text"))
+        html = self._wrap(self._templates.html, context, self._blocks(view, "html"))
         message_id = _angle(view.message_id)
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.

@@ -16,7 +16,9 @@ from datetime import date, datetime
 from sqlalchemy.engine import Connection
 
 from digest.rank import ranker
+from digest.rank.feedback import Vote
 from digest.rank.types import CorpusStats, Profile, Ranked, hits_to_json
+from digest.store import feedback as feedback_store
 from digest.store import outbox
 from digest.store import papers as papers_store
 from digest.store.engine import ingest_sequence
@@ -69,8 +71,15 @@ def plan_owed(
     papers = papers_store.new_since(conn, min(s.seen_upto for s in subscribers), upto)
     if not papers:
         return [Plan(s, (), upto) for s in subscribers]
-    sent = outbox.sent_pairs(conn, {int(s.id or 0) for s in subscribers}, papers[0].id)
-    return plan_digests(subscribers, papers, sent, store_stats(conn), period=period, upto=upto)
+    ids = {int(s.id or 0) for s in subscribers}
+    sent = outbox.sent_pairs(conn, ids, papers[0].id)
+    votes = {
+        sid: [Vote(v.paper, v.vote == "up") for v in given]
+        for sid, given in feedback_store.votes_by_reader(conn, ids).items()
+    }
+    return plan_digests(
+        subscribers, papers, sent, store_stats(conn), period=period, upto=upto, votes=votes
+    )
 
 
 def plan_digests(
@@ -81,11 +90,13 @@ def plan_digests(
     *,
     period: date,
     upto: int,
+    votes: Mapping[int, Sequence[Vote]] | None = None,
 ) -> list[Plan]:
     """Rank the new papers for every subscriber due a digest for ``period``.
 
     "New" is by ingest sequence, never by the clock: the ``papers`` of the ingests after the
     subscriber's ``seen_upto`` and up to ``upto``, less those already ``sent`` to them.
+    ``votes``: the feedback of the readers who gave any, by subscriber id.
     """
     subscribers = [s for s in subscribers if due(s, period)]
     if not subscribers:
@@ -119,7 +130,11 @@ def plan_digests(
     # rank stage shares work between readers given the same candidate set.
     profiles = [profile(s) for s in subscribers]
     ranked = ranker.rank(
-        papers, profiles, stats, candidates={p.id: candidates(p.id) for p in profiles}
+        papers,
+        profiles,
+        stats,
+        candidates={p.id: candidates(p.id) for p in profiles},
+        votes=votes,
     )
     return [Plan(s, ranked.get(int(s.id or 0), []), upto) for s in subscribers]
 
@@ -148,6 +163,8 @@ def record_plans(
             matched = explained.get(id(item.hits))
             if matched is None:
                 matched = explained[id(item.hits)] = json.dumps(hits_to_json(item.hits))
+            if item.because:  # the reason feedback gives is the reader's own
+                matched = json.dumps([*json.loads(matched), {"liked": item.because}])
             items.append((item.paper_id, round(item.score, 4), matched))
         planned.append(
             Planned(sid, status, message_id(key, sid, period, mail_from), plan.upto, items)

@@ -16,11 +16,12 @@ from digest.deliver.message import DigestView, PaperView
 from digest.rank.types import Ranked, hits_to_json
 from digest.store import papers
 from digest.store.papers import PaperRow
-from digest.tokens import feed_name, link_token
+from digest.tokens import feed_name, feedback_purpose, link_token
 
 
 def paper_view(row: PaperRow, score: float, hits: Sequence[dict[str, Any]]) -> PaperView:
-    """A stored paper and why it was chosen, as an email shows it."""
+    """A stored paper and why it was chosen (its interests' hits, and ``{"liked": title}``
+    when chosen for a paper the reader liked), as an email shows it."""
     return PaperView(
         key=row.key,
         title=row.title,
@@ -28,15 +29,22 @@ def paper_view(row: PaperRow, score: float, hits: Sequence[dict[str, Any]]) -> P
         url=row.url,
         arxiv_id=row.arxiv_id,
         score=score,
-        interests=tuple(hit["interest"] for hit in hits),
+        interests=tuple(hit["interest"] for hit in hits if "interest" in hit),
         authors=row.authors,
+        because=next((str(hit["liked"]) for hit in hits if "liked" in hit), ""),
     )
 
 
 def ranked_views(conn: Connection, ranked: Sequence[Ranked]) -> list[PaperView]:
     """Ranked papers as email views, best first."""
     rows = papers.by_ids(conn, [r.paper_id for r in ranked])
-    return [paper_view(rows[r.paper_id], r.score, hits_to_json(r.hits)) for r in ranked]
+    return [paper_view(rows[r.paper_id], r.score, _matched(r)) for r in ranked]
+
+
+def _matched(item: Ranked) -> list[dict[str, Any]]:
+    """An item's explanation as stored: its hits, and the liked paper it was chosen for."""
+    hits = hits_to_json(item.hits)
+    return [*hits, {"liked": item.because}] if item.because else hits
 
 
 def ranked_json(conn: Connection, ranked: Sequence[Ranked]) -> list[dict[str, Any]]:
@@ -48,7 +56,7 @@ def ranked_json(conn: Connection, ranked: Sequence[Ranked]) -> list[dict[str, An
             "key": rows[r.paper_id].key,
             "url": rows[r.paper_id].url,
             "score": round(r.score, 4),
-            "matched": hits_to_json(r.hits),
+            "matched": _matched(r),
         }
         for r in ranked
     ]
@@ -73,6 +81,19 @@ class Links:
     def manage_token(self, ident: int | None, salt: str) -> str:
         """The token of a subscriber's manage link."""
         return link_token(self.key, ident, salt, purpose="manage")
+
+    def feedback_url(self, token: str, paper_key: str, vote: str) -> str:
+        """A one-click vote on a paper: ``vote`` is "up" (more like this) or "down"."""
+        return f"{self.base_url}/feedback/{token}?paper={quote(paper_key, safe='')}&vote={vote}"
+
+    def vote_urls(self, ident: int | None, salt: str, paper_key: str) -> tuple[str, str]:
+        """A reader's signed "more like this" and "not for me" links for a paper."""
+        up = link_token(self.key, ident, salt, purpose=feedback_purpose("up", paper_key))
+        down = link_token(self.key, ident, salt, purpose=feedback_purpose("down", paper_key))
+        # feedback_url's, with the key quoted once for both (two links in every item)
+        start = f"{self.base_url}/feedback/"
+        paper = quote(paper_key, safe="")
+        return f"{start}{up}?paper={paper}&vote=up", f"{start}{down}?paper={paper}&vote=down"
 
     def unsubscribe_mailto(self, token: str) -> str:
         """The mailto: unsubscribe address, for clients without one-click."""
@@ -103,6 +124,7 @@ class Links:
             to=to,
             period=period,
             papers=papers,
+            votes=[self.vote_urls(ident, salt, paper.key) for paper in papers],
             message_id=message_id,
             unsubscribe_url=self.unsubscribe_url(token),
             unsubscribe_mailto=self.unsubscribe_mailto(token),

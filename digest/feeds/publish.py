@@ -32,7 +32,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from digest import forks
 from digest.deliver.message import PaperView, prepare
-from digest.deliver.views import paper_view
+from digest.deliver.views import Links, paper_view
 from digest.errors import WriteError
 from digest.feeds.render import (
     FeedItem,
@@ -51,21 +51,37 @@ from digest.tokens import feed_name
 GLOBAL_FEED = "papers"
 
 
-def _item(row: PaperRow, view: PaperView, published: datetime, authority: str) -> FeedItem:
-    return item_for_paper(view, guid=paper_guid(row.guid_key, authority), published=published)
+def _item(
+    row: PaperRow,
+    view: PaperView,
+    published: datetime,
+    authority: str,
+    votes: tuple[str, str] | None = None,
+) -> FeedItem:
+    guid = paper_guid(row.guid_key, authority)
+    return item_for_paper(view, guid=guid, published=published, votes=votes)
 
 
 def _private_items(
-    conn: Connection, subscriber_ids: list[int], limit: int, authority: str
+    conn: Connection,
+    subscriber_ids: list[int],
+    limit: int,
+    authority: str,
+    voting: tuple[Links, dict[int, str]] | None = None,
 ) -> dict[int, list[FeedItem]]:
-    """The newest ``limit`` items each subscriber was sent, for a batch of subscribers."""
+    """The newest ``limit`` items each subscriber was sent, for a batch of subscribers;
+    ``voting``: the links and the salts by subscriber, for each item's vote links."""
     rows = outbox.sent_items(conn, subscriber_ids, limit)
     views = [paper_view(row.paper, row.score, json.loads(row.matched)) for row in rows]
     prepare(views)
     items: dict[int, list[FeedItem]] = {sid: [] for sid in subscriber_ids}
     for row, view in zip(rows, views, strict=True):
         assert row.sent_at is not None  # only sent items are read
-        items[row.subscriber_id].append(_item(row.paper, view, row.sent_at, authority))
+        votes = None
+        if voting is not None:
+            links, salts = voting
+            votes = links.vote_urls(row.subscriber_id, salts[row.subscriber_id], row.paper.key)
+        items[row.subscriber_id].append(_item(row.paper, view, row.sent_at, authority, votes))
     return items
 
 
@@ -92,7 +108,9 @@ def publish_feeds(
     authority = feed_authority(engine, urlsplit(base_url).hostname or "localhost")
     with reading(engine) as conn:
         newest = papers.newest(conn, limit, by="first_seen")
-        names = {ident: feed_name(key, ident, salt) for ident, salt in active_salts(conn).items()}
+        salts = active_salts(conn)
+        names = {ident: feed_name(key, ident, salt) for ident, salt in salts.items()}
+        voting = (Links(base_url, key, ""), salts)
         targets = [
             sid
             for sid, name in names.items()
@@ -102,7 +120,8 @@ def publish_feeds(
         ]
         private: dict[int, list[FeedItem]] = {}
         for start in range(0, len(targets), 500):
-            private.update(_private_items(conn, targets[start : start + 500], limit, authority))
+            batch = targets[start : start + 500]
+            private.update(_private_items(conn, batch, limit, authority, voting))
         conn.rollback()
 
     def meta(path: str, title: str, description: str) -> FeedMeta:

@@ -101,8 +101,11 @@ def _paper_parts(
     )
 
 
-def item_for_paper(paper: PaperView, *, guid: str, published: datetime) -> FeedItem:
-    """A feed entry carrying what the email shows: authors, marked abstract, code, why chosen."""
+def item_for_paper(
+    paper: PaperView, *, guid: str, published: datetime, votes: tuple[str, str] | None = None
+) -> FeedItem:
+    """A feed entry carrying what the email shows: authors, marked abstract, code, why chosen,
+    and in a private feed the reader's ``votes`` links ("more like this", "not for me")."""
     link = paper_link(paper)
     text = shown(paper)
     authors = authors_line(paper.authors)
@@ -112,7 +115,14 @@ def item_for_paper(paper: PaperView, *, guid: str, published: datetime) -> FeedI
     parts = [byline, f"<p>{abstract}</p>", code]
     if text.marks.reasons:
         parts.append(f"<p>Matched: {escape(', '.join(text.marks.reasons))}</p>")
+    if paper.because:
+        parts.append(f"<p>Because you liked “{escape(paper.because)}”.</p>")
     parts.append(more)
+    if votes is not None:
+        parts.append(
+            f'<p><a href="{escape(votes[0])}">More like this</a>'
+            f' · <a href="{escape(votes[1])}">Not for me</a></p>'
+        )
     return FeedItem(
         guid=guid,
         title=paper.title,

@@ -10,9 +10,11 @@ a small trending boost. A search is the same ranking for one made-up reader.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
+from digest.rank import feedback
 from digest.rank.cutoff import cut
+from digest.rank.feedback import Vote
 from digest.rank.index import InterestIndex
 from digest.rank.match import TermStats
 from digest.rank.text import DEFAULT, Analyzer
@@ -30,20 +32,36 @@ def rank(
     candidates: Mapping[int, Collection[int]] | None = None,
     processes: int | None = None,
     analyzer: Analyzer = DEFAULT,
+    votes: Mapping[int, Sequence[Vote]] | None = None,
 ) -> dict[int, list[Ranked]]:
     """Every profile's best papers, by profile id; ``candidates[profile id]`` limits which.
 
     Each list stops where the scores fall away (``digest.rank.cutoff``). A profile
     missing from ``candidates``, or whose candidates hold the whole day, may have any
     paper. ``processes``: how many worker processes match and fan out (``None``: by size).
+    ``votes[profile id]``: that reader's feedback, which re-ranks and cuts a deeper list of
+    their candidates (``digest.rank.feedback``); readers without votes get what their
+    interests alone give.
     """
     profiles = list(profiles)
+    voters = {p.id for p in profiles if votes and votes.get(p.id)}
+    if voters:
+        papers = list(papers)
+    asked = [feedback.deeper(p) if p.id in voters else p for p in profiles]
     ranked = _ranked(
-        InterestIndex.build(profiles, stats, analyzer), papers, profiles, candidates, processes
+        InterestIndex.build(asked, stats, analyzer), papers, asked, candidates, processes
     )
     for profile in profiles:
-        items = ranked[profile.id]
-        del items[cut([item.score for item in items], profile.max_items, profile.min_score) :]
+        if profile.id not in voters:  # a voter's model re-ranks the deeper list and cuts it
+            items = ranked[profile.id]
+            del items[cut([item.score for item in items], profile.max_items, profile.min_score) :]
+    if voters:
+        assert votes is not None and isinstance(papers, list)
+        ranked = feedback.rerank_readers(
+            ranked, profiles, papers, votes, stats, analyzer, candidates
+        )
+        for profile in profiles:
+            del ranked[profile.id][profile.max_items :]
     return ranked
 
 

@@ -123,11 +123,13 @@ class InterestHit:
 
 @dataclass(frozen=True, slots=True)
 class Ranked:
-    """A paper chosen for someone, with its score and one hit per matching interest."""
+    """A paper chosen for someone, with its score and one hit per matching interest;
+    ``because``: the title of a paper they liked that this one was chosen for."""
 
     paper_id: int
     score: float
     hits: tuple[InterestHit, ...]
+    because: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,8 @@ def hits_to_json(hits: Iterable[InterestHit]) -> list[dict[str, Any]]:
 
 
 def hits_from_json(data: str | Sequence[Mapping[str, Any]]) -> tuple[InterestHit, ...]:
-    """Hits back from what ``hits_to_json`` made (parsed, or as the stored JSON text)."""
+    """Hits back from what ``hits_to_json`` made (parsed, or as the stored JSON text); rows
+    that are not hits (``{"liked": title}``, a reason from feedback) are left out."""
     rows = json.loads(data) if isinstance(data, str) else data
     return tuple(
         InterestHit(
@@ -200,4 +203,5 @@ def hits_from_json(data: str | Sequence[Mapping[str, Any]]) -> tuple[InterestHit
             tuple(row.get("fields", ())),
         )
         for row in rows
+        if "interest" in row
     )

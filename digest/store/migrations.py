@@ -242,6 +242,24 @@ def _v6_self_service(conn: Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE subscriber ADD COLUMN {column}"))
 
 
+def _v7_feedback(conn: Connection) -> None:
+    """Readers' votes on the papers they were sent: one row per reader and paper."""
+    meta = sa.MetaData()
+    sa.Table("subscriber", meta, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table("paper", meta, sa.Column("id", sa.Integer, primary_key=True))
+    table = sa.Table(
+        "feedback",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("subscriber_id", sa.Integer, sa.ForeignKey("subscriber.id"), nullable=False),
+        sa.Column("paper_id", sa.Integer, sa.ForeignKey("paper.id"), nullable=False),
+        sa.Column("vote", sa.String, nullable=False),
+        sa.Column("voted_at", sa.DateTime(timezone=True), nullable=False),
+        sa.UniqueConstraint("subscriber_id", "paper_id"),
+    )
+    table.create(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
@@ -249,6 +267,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v4_transport_state,
     _v5_stable_feed_ids,
     _v6_self_service,
+    _v7_feedback,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

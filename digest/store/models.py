@@ -109,6 +109,18 @@ class DigestItem(SQLModel, table=True):
     matched: str = "[]"
 
 
+class Feedback(SQLModel, table=True):
+    """A reader's vote on a paper they were sent: one per (subscriber, paper), the latest."""
+
+    __table_args__ = (UniqueConstraint("subscriber_id", "paper_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscriber.id")
+    paper_id: int = Field(foreign_key="paper.id")
+    vote: str  # "up" (more like this) or "down" (not for me)
+    voted_at: datetime
+
+
 class Run(SQLModel, table=True):
     """A scheduled or manual run with its figures (JSON)."""
 

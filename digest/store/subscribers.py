@@ -28,6 +28,7 @@ from sqlmodel import Session, col, select
 
 from digest.clock import as_utc
 from digest.errors import UsageError
+from digest.store import feedback
 from digest.store.engine import ingest_sequence, reading, transaction
 from digest.store.models import Digest, DigestItem, Paper, Subscriber
 
@@ -412,8 +413,8 @@ def _moment(value: datetime | None) -> str | None:
 
 def export_subscriber(conn: Connection, ident: int) -> dict[str, Any]:
     """Everything stored about a subscriber, as JSON-ready data: their settings, a request
-    awaiting confirmation, the confirmation emails counted, and every digest with its papers
-    (not the secret salt of their links, nor the run's internal cut-off)."""
+    awaiting confirmation, the confirmation emails counted, every digest with its papers
+    and their votes on papers (not the secret salt of their links, nor the run's internal cut-off)."""
     sub = Subscriber.__table__  # type: ignore[attr-defined]
     row = conn.execute(sa.select(sub).where(sub.c.id == ident)).mappings().first()
     if row is None:
@@ -481,11 +482,14 @@ def export_subscriber(conn: Connection, ident: int) -> dict[str, Any]:
             }
             for digest in digests
         ],
+        "votes": feedback.export_rows(conn, ident),
     }
 
 
 def erase_subscriber(conn: Connection, ident: int) -> bool:
-    """Delete a subscriber and everything of theirs in the outbox; False when there was none."""
+    """Delete a subscriber, everything of theirs in the outbox and their votes; False when
+    there was none."""
+    feedback.erase(conn, ident)
     conn.execute(sa.delete(DigestItem).where(col(DigestItem.subscriber_id) == ident))
     conn.execute(sa.delete(Digest).where(col(Digest.subscriber_id) == ident))
     gone = conn.execute(sa.delete(Subscriber).where(col(Subscriber.id) == ident))

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from digest.settings import Settings, load_settings
 from digest.store.engine import open_store
-from digest.web import browse, health, live, subscription
+from digest.web import browse, feedback, health, live, subscription
 from digest.web.render import http_error, server_error
 from digest.web.security import BodyLimit, SecurityHeaders, redact
 from digest.web.state import WebState
@@ -91,6 +91,7 @@ def create_app(
         *subscription.routes,
         *live.routes,
         *health.routes,
+        *feedback.routes,
     ]
     app = Starlette(
         routes=routes,

@@ -1,0 +1,95 @@
+"""Feedback from readers, from the command line or a signed link: checked, then stored.
+
+A vote names a reader and a paper; either unknown is a ``UsageError`` naming it, and
+nothing is stored. Link tokens bind the reader, the paper and the vote
+(``feedback:{vote}:{paper key}``), so a link votes only as it says.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+
+from digest import tokens
+from digest.errors import UsageError
+from digest.ingest.identity import normalize_arxiv_id
+from digest.service.subscriptions import find_subscriber
+from digest.store import feedback
+from digest.store.engine import reading, transaction
+from digest.store.models import Subscriber
+from digest.store.papers import PaperRow
+from digest.store.subscribers import subscriber_by_id
+
+VOTES = feedback.VOTES
+
+
+@dataclass(frozen=True)
+class Given:
+    """A vote as stored: who, on which paper, which way, and the vote it replaced."""
+
+    subscriber: Subscriber
+    paper: PaperRow
+    vote: str
+    before: str | None
+
+
+def find_paper(engine: Engine, reference: str) -> PaperRow:
+    """The paper a person names by key (``arxiv:2403.01234``) or arXiv id, or a UsageError."""
+    reference = reference.strip()
+    arxiv_id = None if reference.startswith("title:") else normalize_arxiv_id(reference)
+    key = reference if ":" in reference and not reference.startswith("arXiv:") else ""
+    with reading(engine) as conn:
+        paper = feedback.paper_named(conn, key or f"arxiv:{arxiv_id}", arxiv_id)
+    if paper is None:
+        shown = reference if len(reference) <= 60 else reference[:59] + "…"
+        raise UsageError(f"no paper {shown!r} in the store (give its key or arXiv id)")
+    return paper
+
+
+def check_vote(vote: str) -> str:
+    """The vote, or a UsageError for anything but up and down."""
+    if vote not in VOTES:
+        raise UsageError(f"a vote is 'up' or 'down', not {vote!r}")
+    return vote
+
+
+def store_vote(
+    engine: Engine, subscriber: Subscriber, paper: PaperRow, vote: str, now: datetime
+) -> Given:
+    """Keep a vote (replacing the reader's earlier one on that paper)."""
+    sid = int(subscriber.id or 0)
+    with transaction(engine) as conn:
+        before = feedback.vote_on(conn, sid, paper.id)
+        feedback.record(conn, sid, paper.id, check_vote(vote), now)
+    return Given(subscriber, paper, vote, before)
+
+
+def give_feedback(engine: Engine, email: str, reference: str, vote: str, now: datetime) -> Given:
+    """``digest feedback EMAIL PAPER up|down``: the reader's vote on a paper, stored."""
+    check_vote(vote)
+    subscriber = find_subscriber(engine, email)
+    return store_vote(engine, subscriber, find_paper(engine, reference), vote, now)
+
+
+def undo_vote(engine: Engine, subscriber: Subscriber, paper: PaperRow) -> bool:
+    """Forget a reader's vote on a paper; whether there was one."""
+    with transaction(engine) as conn:
+        return feedback.withdraw(conn, int(subscriber.id or 0), paper.id)
+
+
+def link_vote(
+    engine: Engine, key: bytes, token: str, paper_key: str, vote: str
+) -> tuple[Subscriber, PaperRow] | None:
+    """The reader and paper of a feedback link, or None for a forged, revoked or altered one."""
+    if vote not in VOTES or not paper_key or len(paper_key) > 1000:
+        return None
+    ident = tokens.token_id(token)
+    row = None if ident is None else subscriber_by_id(engine, ident)
+    purpose = tokens.feedback_purpose(vote, paper_key)
+    if row is None or not tokens.check_token(key, token, row.id, row.token_salt, purpose):
+        return None
+    with reading(engine) as conn:
+        paper = feedback.paper_named(conn, paper_key)
+    return None if paper is None else (row, paper)

@@ -1,0 +1,89 @@
+"""Feedback links: "more like this" and "not for me" under every paper a reader is sent.
+
+``GET /feedback/{token}?paper=KEY&vote=up|down`` checks the signed link and shows one
+button; the ``POST`` of that button records the vote and answers a thank-you page with an
+undo button. The GET changes nothing on purpose: mail scanners that open every link of a
+message would otherwise vote on every paper, both ways, the later click winning, and teach
+the reader's model noise. The vote itself is idempotent (voting again replaces it), so a
+repeated POST is harmless. A link that was altered, forged or revoked, or names an unknown
+paper or vote, gets a friendly 404 and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from digest.deliver.views import Links
+from digest.service.feedback import link_vote, store_vote, undo_vote
+from digest.store.models import Subscriber
+from digest.store.papers import PaperRow
+from digest.web.render import page
+from digest.web.security import CSRF_FIELD, check_csrf
+from digest.web.state import WebState, state_of
+
+ASKED = {"up": "More like this", "down": "Not for me"}
+_BAD_LINK = (
+    "This feedback link is not valid: it may be incomplete, or from an address that has"
+    " since left. Use the links of your latest digest."
+)
+
+
+def vote_links(
+    base_url: str, key: bytes, subscriber_id: int, salt: str, paper_key: str
+) -> dict[str, str]:
+    """A reader's two vote links for a paper, as ``feedback_links.html`` shows them."""
+    more, less = Links(base_url, key, "").vote_urls(subscriber_id, salt, paper_key)
+    return {"more_url": more, "less_url": less}
+
+
+def _checked(request: Request) -> tuple[WebState, Subscriber, PaperRow, str]:
+    state = state_of(request)
+    vote = request.query_params.get("vote", "")
+    paper_key = request.query_params.get("paper", "")
+    found = link_vote(state.engine, state.key, request.path_params["token"], paper_key, vote)
+    if found is None:
+        raise HTTPException(404, _BAD_LINK)
+    subscriber, paper = found
+    return state, subscriber, paper, vote
+
+
+def _context(request: Request, paper: PaperRow, vote: str, **more: Any) -> dict[str, Any]:
+    return {
+        "paper": paper,
+        "vote": vote,
+        "asked": ASKED[vote],
+        "action": f"{request.url.path}?{request.url.query}",
+        **more,
+    }
+
+
+def ask(request: Request) -> Response:
+    """The confirm page of a feedback link: the paper, and one button."""
+    _, _, paper, vote = _checked(request)
+    return page(request, "feedback.html", _context(request, paper, vote, done=None))
+
+
+async def answer(request: Request) -> Response:
+    """The button: record the vote (or, from the thank-you page, take it back)."""
+    form = await request.form()
+    state, subscriber, paper, vote = await run_in_threadpool(_checked, request)
+    check_csrf(request, state.key, form.get(CSRF_FIELD))
+    if form.get("undo") == "1":
+        await run_in_threadpool(undo_vote, state.engine, subscriber, paper)
+        done = "undone"
+    else:
+        await run_in_threadpool(store_vote, state.engine, subscriber, paper, vote, state.now())
+        done = "recorded"
+    return page(request, "feedback.html", _context(request, paper, vote, done=done))
+
+
+routes: list[BaseRoute] = [
+    Route("/feedback/{token}", ask, methods=["GET", "HEAD"]),
+    Route("/feedback/{token}", answer, methods=["POST"]),
+]
