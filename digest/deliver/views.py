@@ -19,8 +19,16 @@ from digest.store.papers import PaperRow
 from digest.tokens import feed_name, link_token
 
 
-def paper_view(row: PaperRow, score: float, hits: Sequence[dict[str, Any]]) -> PaperView:
-    """A stored paper and why it was chosen, as an email shows it."""
+def paper_url(base_url: str, key: str) -> str:
+    """The URL of a paper's page on the site."""
+    return f"{base_url}/papers/{quote(key, safe='')}"
+
+
+def paper_view(
+    row: PaperRow, score: float, hits: Sequence[dict[str, Any]], base_url: str | None = None
+) -> PaperView:
+    """A stored paper and why it was chosen, as an email shows it (linking to its page on
+    the site at ``base_url``, when given)."""
     return PaperView(
         key=row.key,
         title=row.title,
@@ -30,13 +38,16 @@ def paper_view(row: PaperRow, score: float, hits: Sequence[dict[str, Any]]) -> P
         score=score,
         interests=tuple(hit["interest"] for hit in hits),
         authors=row.authors,
+        page_url=paper_url(base_url, row.key) if base_url is not None else None,
     )
 
 
-def ranked_views(conn: Connection, ranked: Sequence[Ranked]) -> list[PaperView]:
-    """Ranked papers as email views, best first."""
+def ranked_views(
+    conn: Connection, ranked: Sequence[Ranked], base_url: str | None = None
+) -> list[PaperView]:
+    """Ranked papers as email views, best first (linking to their pages at ``base_url``)."""
     rows = papers.by_ids(conn, [r.paper_id for r in ranked])
-    return [paper_view(rows[r.paper_id], r.score, hits_to_json(r.hits)) for r in ranked]
+    return [paper_view(rows[r.paper_id], r.score, hits_to_json(r.hits), base_url) for r in ranked]
 
 
 def ranked_json(conn: Connection, ranked: Sequence[Ranked]) -> list[dict[str, Any]]:
@@ -65,6 +76,10 @@ class Links:
     def unsubscribe_url(self, token: str) -> str:
         """The one-click (RFC 8058) unsubscribe URL."""
         return f"{self.base_url}/unsubscribe?token={quote(token)}"
+
+    def paper_url(self, key: str) -> str:
+        """A paper's page on the site (digest items link here)."""
+        return paper_url(self.base_url, key)
 
     def unsubscribe_mailto(self, token: str) -> str:
         """The mailto: unsubscribe address, for clients without one-click."""

@@ -425,3 +425,38 @@ def recent_failures(conn: Connection, since: datetime, limit: int = 20) -> list[
             .limit(limit)
         ).all()
     )
+
+
+_SEQUENCE = sa.table("ingest_sequence", sa.column("value", sa.Integer))
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """What a private feed depends on: the subscriber's status and salt, when they were last
+    sent a digest, and the newest ingest (papers' text can change when listed again)."""
+
+    status: str
+    token_salt: str
+    last_sent: datetime | None
+    ingest: int
+
+
+def feed_state(conn: Connection, subscriber_id: int) -> FeedState | None:
+    """The :class:`FeedState` of a subscriber, in one query; None when there is none."""
+    last_sent = (
+        sa.select(sa.func.max(col(Digest.sent_at)))
+        .where(col(Digest.subscriber_id) == subscriber_id, col(Digest.status) == "sent")
+        .scalar_subquery()
+    )
+    row = conn.execute(
+        sa.select(
+            col(Subscriber.status),
+            col(Subscriber.token_salt),
+            last_sent,
+            sa.select(_SEQUENCE.c.value).scalar_subquery(),
+        ).where(col(Subscriber.id) == subscriber_id)
+    ).first()
+    if row is None:
+        return None
+    sent = as_utc(row[2]) if row[2] is not None else None
+    return FeedState(row[0], row[1], sent, int(row[3]))
