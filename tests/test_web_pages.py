@@ -6,12 +6,16 @@ from __future__ import annotations
 import html
 import json
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import pytest
+from starlette.testclient import TestClient
 
+from digest.settings import load_settings
 from digest.web import browse
+from digest.web.app import create_app
 from tests.conftest import EXAMPLE_A, EXAMPLE_DUMPS, REAL_A, REAL_B, REPO, Site, store_rows
 
 MARK = re.compile(r'<mark class="hit">|</mark>')
@@ -48,8 +52,6 @@ def listed(page: str) -> list[tuple[str, str]]:
 
 
 def key_of(path: str) -> str:
-    from urllib.parse import unquote
-
     return unquote(path.removeprefix("/papers/"))
 
 
@@ -114,15 +116,11 @@ def test_try_it_sums_several_interests_one_per_line(site: Site) -> None:
 def test_try_it_only_looks_at_the_last_seven_days(site: Site) -> None:
     examples(site)
     site.cli("ingest", str(EXAMPLE_A))
-    from datetime import UTC, datetime, timedelta
-
-    from digest.settings import load_settings
-    from digest.web.app import create_app
-    from starlette.testclient import TestClient
-
     later = datetime.now(UTC) + timedelta(days=8)
     app = create_app(load_settings(None), now=lambda: later)
-    page = TestClient(app, base_url=site.env["DIGEST_BASE_URL"]).get("/", params={"try": "federated"})
+    page = TestClient(app, base_url=site.env["DIGEST_BASE_URL"]).get(
+        "/", params={"try": "federated"}
+    )
     assert page.status_code == 200
     assert "Nothing of the last 7 days matches" in page.text
 
@@ -140,9 +138,7 @@ def test_try_it_only_looks_at_the_last_seven_days(site: Site) -> None:
         ("  \n ", "Write at least one interest, one per line."),
     ],
 )
-def test_a_malformed_interest_is_shown_with_its_position(
-    site: Site, text: str, words: str
-) -> None:
+def test_a_malformed_interest_is_shown_with_its_position(site: Site, text: str, words: str) -> None:
     examples(site)
     response = site.web().get("/", params={"try": text})
     assert response.status_code in (400, 422)
@@ -185,7 +181,7 @@ def test_the_paper_page_shows_the_paper_and_its_links(site: Site, tmp_path: Path
     assert 'href="https://github.com/example/sparse-routing"' in code
     assert "https://example.org/data" not in code
     assert 'href="https://example.org/data"' in page
-    assert "<th scope=\"row\">Times seen</th><td>1</td>" in page
+    assert '<th scope="row">Times seen</th><td>1</td>' in page
     assert "First seen" in page and "Last seen" in page
 
 
