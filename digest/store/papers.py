@@ -9,7 +9,7 @@ from datetime import date, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from digest.store.models import Paper
 
@@ -167,6 +167,20 @@ def trending(conn: Connection, since: datetime, limit: int) -> list[PaperRow]:
         .order_by(_PAPER.c.times_seen.desc(), _PAPER.c.first_seen.desc(), _PAPER.c.id.desc())
         .limit(limit),
     )
+
+
+def latest_ingest(engine: Engine) -> int:
+    """The number of the newest committed ingest (``ingest_sequence``), read in one statement
+    on a pooled driver connection: what every poll of the public feed asks first."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("SELECT value FROM ingest_sequence")
+        row = cursor.fetchone()
+        cursor.close()
+    finally:
+        raw.close()
+    return int(row[0]) if row else 0
 
 
 def count(conn: Connection) -> int:

@@ -46,7 +46,7 @@ from digest.rank.query import InterestError
 from digest.rank.types import hits_to_json
 from digest.service.preview import search_store
 from digest.store import papers
-from digest.store.engine import ingest_sequence, reading
+from digest.store.engine import reading
 from digest.store.outbox import feed_state
 from digest.store.subscribers import active_salts
 from digest.tokens import feed_name
@@ -256,9 +256,7 @@ def public_feed(request: Request) -> Response:
     state = state_of(request)
     kind = _kind(request)
     site = _site(state)
-    with reading(state.engine) as conn:
-        version = ("public", ingest_sequence(conn))
-        conn.rollback()
+    version = ("public", papers.latest_ingest(state.engine))
     make = _build(version, site, GLOBAL_FEED, kind, "new papers", PUBLIC_DESCRIPTION)
 
     def build() -> Rendered:
@@ -277,9 +275,7 @@ def private_feed(request: Request) -> Response:
     name = request.path_params["name"]
     _, names = _caches(state)
     ident = names.find(state.engine, name) if len(name) == 32 else None
-    with reading(state.engine) as conn:
-        found = feed_state(conn, ident) if ident is not None else None
-        conn.rollback()
+    found = feed_state(state.engine, ident) if ident is not None else None
     if (
         ident is None
         or found is None
@@ -316,9 +312,7 @@ def search_feed(request: Request) -> Response:
     if len(query) > MAX_QUERY:
         raise HTTPException(400, f"That interest is longer than {MAX_QUERY} characters.")
     site = _site(state)
-    with reading(state.engine) as conn:
-        version = ("search", query, ingest_sequence(conn))
-        conn.rollback()
+    version = ("search", query, papers.latest_ingest(state.engine))
     path = f"search.{kind}?q={quote(query, safe='')}"
     title = f"papers about {query}"
     description = f"The store's best papers for the interest {query}."
