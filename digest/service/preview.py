@@ -26,6 +26,7 @@ from digest.store.subscribers import interests_of
 
 WHOLE_STORE_LIMIT = 20_000  # newest papers ranked by ``preview --all`` and searches without FTS
 FTS_CANDIDATES = 5_000
+TRY_CANDIDATES = 300  # per interest: the full-text index's best, which the ranker orders
 
 
 def _newest(conn: Connection, limit: int) -> list[PaperText]:
@@ -109,8 +110,9 @@ def try_interests(
     limit: int = 20,
 ) -> list[Ranked]:
     """What a digest with these interests would have picked among the papers first seen
-    since ``since``, best first: the run's ranking, over the papers the full-text index
-    finds for any of them (on SQLite; elsewhere the newest ``WHOLE_STORE_LIMIT``).
+    since ``since``, best first: the run's ranking, over the ``TRY_CANDIDATES`` papers the
+    full-text index ranks best for each interest (on SQLite; elsewhere the newest
+    ``WHOLE_STORE_LIMIT`` of the period).
 
     Raises ``InterestError`` for a malformed interest.
     """
@@ -119,7 +121,7 @@ def try_interests(
     texts: dict[int, PaperText] = {}
     for interest in interests:
         fts = conn.dialect.name == "sqlite" and _fts_query(interest)
-        found = papers.fts_candidates(conn, fts, FTS_CANDIDATES, since=since) if fts else None
+        found = papers.fts_candidates(conn, fts, TRY_CANDIDATES, since=since) if fts else None
         if found is None:
             texts = {row.id: row for row in papers.first_seen_since(conn, since, WHOLE_STORE_LIMIT)}
             break

@@ -117,15 +117,21 @@ def fts_candidates(
         sql = "SELECT rowid FROM paper_fts WHERE paper_fts MATCH ? ORDER BY rank LIMIT ?"
         params: tuple[Any, ...] = (match, limit)
     else:
-        stamp = _PAPER.c.first_seen.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        # Papers are numbered as they come, so the recent ones are a range of rowids, which
+        # the index seeks to instead of ranking every match of a common word in the store.
+        # min(id) would walk the ids from the oldest: the first_seen index finds the few
+        recent = conn.execute(sa.select(_PAPER.c.id).where(_PAPER.c.first_seen >= since))
+        first = min(recent.scalars(), default=None)
+        if first is None:
+            return []
         sql = (
-            "SELECT f.rowid FROM paper_fts f JOIN paper p ON p.id = f.rowid"
-            " WHERE paper_fts MATCH ? AND p.first_seen >= ? ORDER BY f.rank LIMIT ?"
+            "SELECT rowid FROM paper_fts WHERE paper_fts MATCH ? AND rowid >= ?"
+            " ORDER BY rank LIMIT ?"
         )
-        params = (match, stamp(since) if stamp else since, limit)
+        params = (match, first, limit)
     ids = [row[0] for row in conn.exec_driver_sql(sql, params).all()]
     found = by_ids(conn, ids)
-    return [found[i] for i in sorted(found)]
+    return [found[i] for i in sorted(found) if since is None or found[i].first_seen >= since]
 
 
 @dataclass(frozen=True, slots=True)
