@@ -8,7 +8,7 @@ import json
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import quote, unquote, urlencode, urlsplit
 
 import pytest
 from starlette.testclient import TestClient
@@ -177,6 +177,7 @@ def test_the_paper_page_shows_the_paper_and_its_links(site: Site, tmp_path: Path
     assert "&lt;b&gt;bold&lt;/b&gt; claims &amp; more." in page  # escaped, never markup
     assert 'href="https://arxiv.org/abs/2403.05525"' in page
     assert 'href="https://huggingface.co/papers/2403.05525"' in page
+    assert "arxiv.org/search" not in page
     code = page.split("<h2>Code</h2>", 1)[1].split("</ul>", 1)[0]
     assert 'href="https://github.com/example/sparse-routing"' in code
     assert "https://example.org/data" not in code
@@ -193,6 +194,9 @@ def test_the_paper_page_marks_the_interests_it_is_given(site: Site) -> None:
     heading = page.split("<h1>", 1)[1].split("</h1>", 1)[0]
     assert '<mark class="hit">' in heading
     assert html.unescape(MARK.sub("", heading)) == titles[key]
+    # no arXiv id known: the arXiv page is one title search away
+    search = urlencode({"query": titles[key], "searchtype": "title"})
+    assert f'href="https://arxiv.org/search/?{html.escape(search)}"' in page
 
 
 @pytest.mark.parametrize("path", ["/papers/arxiv%3A9999.99999", "/papers/", "/papers/%00x"])

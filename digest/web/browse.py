@@ -199,6 +199,9 @@ def _links(row: PaperRow, abstract: str) -> tuple[list[Link], list[Link]]:
     listing = row.url and urlsplit(row.url).scheme in {"http", "https"}
     if row.url and listing and all(link.url != row.url for link in pages):
         pages.append(Link("Listing", row.url))
+    if not row.arxiv_id:  # no id known: arXiv's title search finds nearly every listed paper
+        query = urlencode({"query": " ".join(row.title.split()), "searchtype": "title"})
+        pages.append(Link("Find it on arXiv", f"https://arxiv.org/search/?{query}"))
     found = find_links(abstract)
     code = [Link(url, url) for url in found if is_code_link(url)]
     pages.extend(Link(url, url) for url in found if not is_code_link(url))
