@@ -60,6 +60,10 @@ def interest_refusal(error: InterestError, line: int | None = None) -> str:
 
 
 _stats_lock = threading.Lock()
+# The rank stage keeps process-wide caches (the highlighter's analyzed papers, compiled
+# interests) that are not safe to use from two threads at once, and handlers run in a
+# thread pool: ranking and marking go one at a time (CPU-bound under the GIL anyway).
+rank_lock = threading.Lock()
 
 
 def cached_stats(state: WebState, conn: Connection) -> CorpusStats:
@@ -132,7 +136,7 @@ class Tried:
     error: str | None = None
 
 
-def _try(state: WebState, conn: Connection, text: str) -> Tried:
+def _try(state: WebState, conn: Connection, text: str, stats: CorpusStats) -> Tried:
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         return Tried(text, [], "Write at least one interest, one per line.")
@@ -148,10 +152,9 @@ def _try(state: WebState, conn: Connection, text: str) -> Tried:
         except InterestError as exc:
             return Tried(text, [], interest_refusal(exc, number))
     since = state.now() - timedelta(days=PREVIEW_DAYS)
-    ranked = try_interests(
-        conn, lines, since=since, stats=cached_stats(state, conn), limit=PREVIEW_ITEMS
-    )
-    return Tried(text, _ranked_list(conn, ranked, state.settings.base_url))
+    with rank_lock:
+        ranked = try_interests(conn, lines, since=since, stats=stats, limit=PREVIEW_ITEMS)
+        return Tried(text, _ranked_list(conn, ranked, state.settings.base_url))
 
 
 def home(request: Request) -> Response:
@@ -163,18 +166,21 @@ def home(request: Request) -> Response:
     now = state.now()
     base_url = state.settings.base_url
     with reading(state.engine) as conn:
-        tried = _try(state, conn, text) if text is not None else None
+        tried = _try(state, conn, text, cached_stats(state, conn)) if text is not None else None
         new = papers.first_seen_since(conn, now - timedelta(days=1), NEW_SHOWN)
         trending = papers.trending(conn, now - timedelta(days=TRENDING_DAYS), TRENDING_SHOWN)
         conn.rollback()
+    with rank_lock:
+        new_listed = [listed(row, base_url) for row in new]
+        trending_listed = [listed(row, base_url) for row in trending]
     return page(
         request,
         "home.html",
         {
             "tried": tried,
             "preview_days": PREVIEW_DAYS,
-            "new": [listed(row, base_url) for row in new],
-            "trending": [listed(row, base_url) for row in trending],
+            "new": new_listed,
+            "trending": trending_listed,
         },
         status=422 if tried is not None and tried.error else 200,
     )
@@ -223,7 +229,8 @@ def paper_page(request: Request) -> Response:
     interests = tuple(
         line.strip() for line in request.query_params.get("for", "").splitlines() if line.strip()
     )[:MAX_INTERESTS]
-    marks = find_marks(title, abstract, _parsable(interests))
+    with rank_lock:
+        marks = find_marks(title, abstract, _parsable(interests))
     pages, code = _links(row, abstract)
     listing: date | None = found.listing_date
     return page(
@@ -282,15 +289,13 @@ def search_page(request: Request) -> Response:
     if status == 400:
         return page(request, "search.html", context, status=status)
     with reading(state.engine) as conn:
-        ranked = search_store(
-            conn,
-            query,
-            limit=PAGE_SIZE * number + 1,
-            stats=cached_stats(state, conn),
-            index=False,
-        )
-        shown_here = ranked[PAGE_SIZE * (number - 1) : PAGE_SIZE * number]
-        context["hits"] = _ranked_list(conn, shown_here, state.settings.base_url)
+        stats = cached_stats(state, conn)
+        with rank_lock:
+            ranked = search_store(
+                conn, query, limit=PAGE_SIZE * number + 1, stats=stats, index=False
+            )
+            shown_here = ranked[PAGE_SIZE * (number - 1) : PAGE_SIZE * number]
+            context["hits"] = _ranked_list(conn, shown_here, state.settings.base_url)
         conn.rollback()
     if number > 1:
         context["previous"] = "/search?" + urlencode({"q": query, "page": number - 1})

@@ -50,7 +50,7 @@ from digest.store.engine import reading
 from digest.store.outbox import feed_state
 from digest.store.subscribers import active_salts
 from digest.tokens import feed_name
-from digest.web.browse import cached_stats, interest_refusal
+from digest.web.browse import cached_stats, interest_refusal, rank_lock
 from digest.web.state import WebState, state_of
 
 REBUILD_SECONDS = 5.0  # an unknown name rebuilds the name index at most this often
@@ -260,10 +260,10 @@ def public_feed(request: Request) -> Response:
     make = _build(version, site, GLOBAL_FEED, kind, "new papers", PUBLIC_DESCRIPTION)
 
     def build() -> Rendered:
-        with reading(state.engine) as conn:
+        with reading(state.engine) as conn, rank_lock:
             items = public_items(conn, site)
             conn.rollback()
-        return make(items)
+            return make(items)
 
     return _answer(request, f"{GLOBAL_FEED}.{kind}", version, kind, build, private=False)
 
@@ -293,10 +293,10 @@ def private_feed(request: Request) -> Response:
     make = _build(version, site, path, kind, "papers for you", PRIVATE_DESCRIPTION)
 
     def build() -> Rendered:
-        with reading(state.engine) as conn:
+        with reading(state.engine) as conn, rank_lock:
             items = private_items(conn, [ident], site)[ident]
             conn.rollback()
-        return make(items)
+            return make(items)
 
     return _answer(request, f"{path}.{kind}", version, kind, build, private=True)
 
@@ -319,22 +319,22 @@ def search_feed(request: Request) -> Response:
 
     def build() -> Rendered:
         with reading(state.engine) as conn:
-            try:
-                ranked = search_store(
-                    conn, query, limit=site.limit, stats=cached_stats(state, conn), index=False
-                )
-            except InterestError as exc:
-                raise HTTPException(400, interest_refusal(exc)) from None
-            rows = papers.by_ids(conn, [r.paper_id for r in ranked])
-            conn.rollback()
-        items = [
-            site.item(
-                rows[r.paper_id],
-                paper_view(rows[r.paper_id], r.score, hits_to_json(r.hits), site.base_url),
-                rows[r.paper_id].first_seen,
-            )
-            for r in ranked
-        ]
+            stats = cached_stats(state, conn)
+            with rank_lock:
+                try:
+                    ranked = search_store(conn, query, limit=site.limit, stats=stats, index=False)
+                except InterestError as exc:
+                    raise HTTPException(400, interest_refusal(exc)) from None
+                rows = papers.by_ids(conn, [r.paper_id for r in ranked])
+                conn.rollback()
+                items = [
+                    site.item(
+                        rows[r.paper_id],
+                        paper_view(rows[r.paper_id], r.score, hits_to_json(r.hits), site.base_url),
+                        rows[r.paper_id].first_seen,
+                    )
+                    for r in ranked
+                ]
         newest = max((item.published for item in items), default=None)
         meta = site.meta("search", kind, title, description, newest or EPOCH)
         url = f"{site.base_url}/feeds/{path}"
