@@ -26,7 +26,7 @@ from digest.store.subscribers import interests_of
 
 WHOLE_STORE_LIMIT = 20_000  # newest papers ranked by ``preview --all`` and searches without FTS
 FTS_CANDIDATES = 5_000
-TRY_CANDIDATES = 300  # per interest: the full-text index's best, which the ranker orders
+TRY_CANDIDATES = 120  # per interest: the full-text index's best, which the ranker orders
 
 
 def _newest(conn: Connection, limit: int) -> list[PaperText]:
