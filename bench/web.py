@@ -424,7 +424,7 @@ def main() -> None:
             # Unmeasured, on every worker: the name index and the store's statistics built,
             # and for the 304s each feed rendered once (its validators kept).
             slow = name in {"private feed, 304", "try it preview"}
-            warm = max(10, args.seconds) if slow else 3
+            warm = (30 if name == "try it preview" else max(10, args.seconds)) if slow else 3
             if name != "private feed, rendered":
                 wrk(url, script, warm, args.connections)
             rate, p50, p99, bad = wrk(url, script, args.seconds, closed)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import quote, unquote, urlencode, urlsplit
@@ -297,3 +298,20 @@ def test_real_dumps_listed_text_equals_the_source(site: Site) -> None:
         shown = html.unescape(MARK.sub("", abstract))
         full = abstracts[key_of(path)]
         assert full.startswith(shown.removesuffix("…").rstrip(" ,;:-"))
+
+
+def test_statistics_are_refreshed_after_an_ingest_without_waiting(site: Site) -> None:
+    ingest(site, EXAMPLE_A)
+    client = site.web()
+    state = client.app.state.digest  # type: ignore[attr-defined]
+    assert client.get("/", params={"try": "federated"}).status_code == 200
+    first, stats = state.caches["stats"]
+    ingest(site, EXAMPLE_DUMPS / "daily-mar12-layout-b.txt")
+    # answered with the statistics it has, while the new ones are worked out
+    assert client.get("/", params={"try": "federated"}).status_code == 200
+    deadline = time.monotonic() + 30
+    while state.caches["stats"][0] == first and time.monotonic() < deadline:
+        time.sleep(0.05)
+    sequence, refreshed = state.caches["stats"]
+    assert sequence > first
+    assert refreshed.documents > stats.documents

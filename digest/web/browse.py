@@ -8,6 +8,7 @@ the preview and the search rank through the run's own ranking path.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ from digest.store.papers import PaperRow
 from digest.web.render import page
 from digest.web.state import WebState, state_of
 
+log = logging.getLogger("digest.web")
+
 PREVIEW_DAYS = 7
 PREVIEW_ITEMS = 20
 MAX_INTERESTS = 20
@@ -67,19 +70,38 @@ rank_lock = threading.Lock()
 
 
 def cached_stats(state: WebState, conn: Connection) -> CorpusStats:
-    """The store's term statistics, worked out again only after a new ingest."""
+    """The store's term statistics, worked out again after a new ingest.
+
+    Working them out takes seconds on a large store (a sample of 20,000 papers analyzed):
+    only the first request of a process waits for it; after an ingest the statistics of
+    the ingest before serve until the new ones are ready, made in a thread of their own.
+    """
     sequence = ingest_sequence(conn)
     found = state.caches.get("stats")
     if found is not None and found[0] == sequence:
         stats: CorpusStats = found[1]
         return stats
+    if found is not None:
+        if _stats_lock.acquire(blocking=False):  # else: a refresh is under way
+            threading.Thread(target=_refresh_stats, args=(state,), daemon=True).start()
+        return found[1]  # type: ignore[no-any-return]
     with _stats_lock:
         found = state.caches.get("stats")
-        if found is not None and found[0] == sequence:
-            return found[1]  # type: ignore[no-any-return]
-        stats = store_stats(conn)
-        state.caches["stats"] = (sequence, stats)
-        return stats
+        if found is None or found[0] != sequence:
+            state.caches["stats"] = found = (sequence, store_stats(conn))
+        return found[1]
+
+
+def _refresh_stats(state: WebState) -> None:
+    """Work out the statistics of the newest ingest (``_stats_lock`` is held for us)."""
+    try:
+        with reading(state.engine) as conn:
+            state.caches["stats"] = (ingest_sequence(conn), store_stats(conn))
+            conn.rollback()
+    except Exception:  # the next request tries again; the old statistics still serve
+        log.exception("could not work out the store's statistics")
+    finally:
+        _stats_lock.release()
 
 
 @dataclass(frozen=True)
