@@ -14,6 +14,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from digest import cli
+from digest.settings import load_settings
+from digest.store.engine import open_store
+from digest.tokens import feed_name
+from digest.web.live import REBUILD_SECONDS, FeedNames
 from tests.conftest import EXAMPLE_A, EXAMPLE_DUMPS, Site, store_rows
 
 EXAMPLE_B12 = EXAMPLE_DUMPS / "daily-mar12-layout-b.txt"
@@ -264,3 +268,38 @@ def test_feed_files_under_serve(
     assert result.code == 0, result.err
     assert store_rows(site.data, "SELECT status FROM run") == [("ok",)]
     assert len(private_files(site)) == files
+
+
+def test_the_name_index_is_rebuilt_on_a_miss_at_most_every_few_seconds(site: Site) -> None:
+    settings = load_settings(None)
+    key = settings.signing_key()
+    site.subscribe({"ada@example.org": ["federated"]})
+    engine = open_store(settings.database_url)
+    now = [100.0]
+    names = FeedNames(key, clock=lambda: now[0])
+    builds = 0
+    rebuild = names.rebuild
+
+    def counted(engine: Any) -> None:
+        nonlocal builds
+        builds += 1
+        rebuild(engine)
+
+    names.rebuild = counted  # type: ignore[method-assign]
+
+    def name_of(address: str) -> tuple[int, str]:
+        ((ident, salt),) = store_rows(
+            site.data, f"SELECT id, token_salt FROM subscriber WHERE email = '{address}'"
+        )
+        return int(str(ident)), feed_name(key, int(str(ident)), str(salt))
+
+    ada, ada_name = name_of("ada@example.org")
+    assert names.find(engine, ada_name) == ada and builds == 1
+    assert names.find(engine, ada_name) == ada and builds == 1  # known: no rebuild
+    site.subscribe({"bob@example.org": ["speech"]})
+    bob, bob_name = name_of("bob@example.org")
+    assert names.find(engine, "0" * 32) is None and builds == 1  # too soon after the last
+    assert names.find(engine, bob_name) is None and builds == 1
+    now[0] += REBUILD_SECONDS
+    assert names.find(engine, bob_name) == bob and builds == 2
+    engine.dispose()
