@@ -7,7 +7,9 @@ A store back-filled with synthetic papers, subscribers with Zipf-drawn interests
 (the generators of bench/match.py, seeded from ``--dumps`` as there), a 5,000-paper
 daily dump in the inbox; then the steps of `digest run` in order, each timed: ingest,
 rank, record the outbox, render and hand every message to a transport that only counts
-them (bench/deliver.py measures SMTP), and the feeds. Prints seconds per phase and peak RSS.
+them (bench/deliver.py measures SMTP), and the feeds, once with ``feed_files=public`` (the
+global feed only: the web front serves the private ones) and once with ``all``. Prints
+seconds per phase, the total under each setting, and peak RSS.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import resource
 import secrets
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -142,8 +145,14 @@ def main() -> None:
     transport = CountingTransport()
     delivered = asyncio.run(deliver_outbox(settings, engine, transport, clock=clock, stop=None))
     t = timed("load, render and hand over every message", t)
-    feeds = publish_site_feeds(settings, engine, now=clock(), changed=delivered.sent_to)
-    timed("feeds (global + private of those sent)", t)
+    # Both settings of feed_files on the same outbox: the public feed files alone (the web
+    # front serves the private feeds live), then every private feed file as well.
+    public = replace(settings, feed_files="public")
+    publish_site_feeds(public, engine, now=clock(), changed=delivered.sent_to)
+    t = timed("feeds, feed_files=public (global only)", t)
+    every = replace(settings, feed_files="all")
+    feeds = publish_site_feeds(every, engine, now=clock(), changed=delivered.sent_to)
+    timed("feeds, feed_files=all (global + private of those sent)", t)
 
     items = sum(len(p.ranked) for p in plans)
     print(
@@ -153,8 +162,11 @@ def main() -> None:
         f" {feeds['written']:,} feed files written"
     )
     for name, seconds in phases.items():
-        print(f"  {name:<45} {seconds:8.2f} s")
-    print(f"  {'total':<45} {sum(phases.values()):8.2f} s")
+        print(f"  {name:<55} {seconds:8.2f} s")
+    common = sum(v for k, v in phases.items() if not k.startswith("feeds"))
+    for setting in ("public", "all"):
+        feeds_step = next(v for k, v in phases.items() if f"feed_files={setting}" in k)
+        print(f"  {'total with feed_files=' + setting:<55} {common + feeds_step:8.2f} s")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print(f"(files in {folder})")
 

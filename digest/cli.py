@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 an operational failure (one line on stderr),
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -365,7 +366,7 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
                 ident=subscriber.id,
                 salt=subscriber.token_salt,
                 period=period,
-                papers=ranked_views(conn, ranked),
+                papers=ranked_views(conn, ranked, settings.base_url),
                 message_id=message_id(key, subscriber.id or 0, period, settings.mail_from),
             )
             builder = MessageBuilder(sender_of(settings))
@@ -522,6 +523,8 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         from digest.web.server import WebServer  # the web stack loads only where it runs
 
         services.append(WebServer(settings, engine))
+        if settings.feed_files == "auto":  # the web front serves the private feeds live
+            settings = dataclasses.replace(settings, feed_files="public")
     return serve(
         services=services,
         schedule=settings.schedule,

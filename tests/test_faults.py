@@ -355,7 +355,8 @@ def test_serve_writes_many_feeds_in_worker_processes(site: Site) -> None:
         )
     site.drop_in_inbox(DUMP_B, "daily.txt")
     # Midnight has always passed and no run has happened: serve catches up at start.
-    site.env.update(DIGEST_SCHEDULE="0 0 * * *", DIGEST_POLL_MINUTES="60")
+    # feed_files=all: the private feeds are written as files even with the web front on
+    site.env.update(DIGEST_SCHEDULE="0 0 * * *", DIGEST_POLL_MINUTES="60", DIGEST_FEED_FILES="all")
     log_file = site.root / "serve.log"
     with log_file.open("w") as log:
         serving = site.spawn("serve", stdout=log, stderr=subprocess.STDOUT)

@@ -90,9 +90,9 @@ def test_a_paper_keeps_its_guid_when_it_adopts_an_arxiv_id(
     after = guids(settings)
     assert after == before
     atom = feedparser.parse((settings.feeds_dir / "papers.atom").read_bytes())
-    assert (
-        atom.entries[0].link == "https://arxiv.org/abs/2403.01234"
-    )  # the id shows, the GUID holds
+    # the id shows (the entry links to the paper's page under its new key), the GUID holds
+    assert atom.entries[0].link == "https://papers.example.org/papers/arxiv%3A2403.01234"
+    assert "https://arxiv.org/abs/2403.01234" in atom.entries[0].summary
 
 
 def test_a_paper_first_seen_with_its_id_keeps_that(settings: Settings, store: Engine) -> None:

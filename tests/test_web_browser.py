@@ -57,10 +57,6 @@ def test_error_page_in_the_browser(browser: Browser, live: LiveServer) -> None:
     assert "There is no page at this address." in browser.run("return document.body.innerText")
 
 
-@pytest.mark.skip(
-    reason="the front page links /search and paper pages, not on this branch yet;"
-    " remove this mark when they are merged"
-)
 def test_every_page_the_front_page_links_to(browser: Browser, live: LiveServer) -> None:
     browser.open(f"{live.url}/")
     hrefs = browser.run("return [...document.querySelectorAll('a[href]')].map((a) => a.href)")
@@ -121,10 +117,6 @@ def test_the_checks_catch_what_is_wrong(browser: Browser, tmp_path: Path) -> Non
 # digests link ``/manage/{token}`` in their footer and carry ``List-Unsubscribe``; the manage
 # page saves ``interests`` from its form; the "try it" preview is the GET form on the front
 # page, and shows its papers as ``.paper`` items with a ``.title`` in the form's section.
-@pytest.mark.skip(
-    reason="needs the subscription pages (/subscribe, /confirm, /manage, /unsubscribe) and the"
-    " front page's try-it form, not on this branch yet; remove this mark when they are merged"
-)
 def test_subscribe_confirm_manage_unsubscribe(
     browser: Browser, live: LiveServer, site: Site
 ) -> None:

@@ -8,7 +8,9 @@ thousands of messages and most of each one is the same few paper blocks, so a
 encoded bytes in every digest that carries it. Quoted-printable is line-local,
 so encoded blocks that each end with a line break can simply be joined.
 
-A paper without a URL or arXiv id links to arXiv's title search, which finds
+A paper links to its page on the site (``PaperView.page_url``); a view made without
+one, to the paper's own URL, its arXiv page, or for a paper without a URL or arXiv id,
+to arXiv's title search, which finds
 nearly every paper these listings carry. What is marked in a paper's title and
 abstract, and the "Matched:" line, come from ``digest.rank.highlight``.
 """
@@ -71,6 +73,7 @@ class PaperView:
     interests: tuple[str, ...] = ()
     authors: str = ""
     because: str = ""  # the title of a paper the reader liked that this one was chosen for
+    page_url: str | None = None  # the paper's page on this site
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,10 @@ def is_code_link(url: str) -> bool:
 
 
 def paper_link(paper: PaperView) -> str:
-    """The paper's own page when known, else an arXiv title search for it."""
+    """The paper's page on this site; without one, its own page when known, else an arXiv
+    title search for it."""
+    if paper.page_url:
+        return paper.page_url
     if paper.url and urlsplit(paper.url).scheme in {"http", "https"}:
         return paper.url
     if paper.arxiv_id:
@@ -384,7 +390,10 @@ class MessageBuilder:
 
     def _paper_base(self, paper: PaperView) -> dict[str, Any]:
         """What a paper shows whoever reads it: worked out once per paper, not per reader."""
-        key = (paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors)
+        key = (
+            paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors,
+            paper.page_url,
+        )  # fmt: skip
         base = self._bases.get(key)
         if base is None:
             text = shown(replace(paper, interests=()))
@@ -424,7 +433,7 @@ class MessageBuilder:
         # Everything shown, nothing else: the score differs per subscriber and is not shown.
         key = (
             paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors,
-            paper.interests,
+            paper.interests, paper.page_url,
         )  # fmt: skip
         block = self._cache.get(key)
         if block is None:

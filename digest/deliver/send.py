@@ -82,10 +82,13 @@ class Delivered:
         self.last_error = other.last_error or self.last_error
 
 
-def paper_views(conn: Connection, digest_ids: Sequence[int]) -> dict[int, list[PaperView]]:
-    """The papers of each digest, in rank order, as the email shows them."""
+def paper_views(
+    conn: Connection, digest_ids: Sequence[int], base_url: str | None = None
+) -> dict[int, list[PaperView]]:
+    """The papers of each digest, in rank order, as the email shows them (linking to their
+    pages at ``base_url``)."""
     return {
-        digest_id: [paper_view(i.paper, i.score, json.loads(i.matched)) for i in items]
+        digest_id: [paper_view(i.paper, i.score, json.loads(i.matched), base_url) for i in items]
         for digest_id, items in outbox.items_of(conn, digest_ids).items()
     }
 
@@ -97,7 +100,7 @@ def load_outbox(
     ``after``, oldest first."""
     rows = outbox.load(engine, after=after, limit=limit)
     with reading(engine) as conn:
-        papers = paper_views(conn, [r.digest_id for r in rows])
+        papers = paper_views(conn, [r.digest_id for r in rows], links.base_url)
         conn.rollback()
     outgoing = []
     for row in rows:

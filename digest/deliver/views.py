@@ -19,9 +19,17 @@ from digest.store.papers import PaperRow
 from digest.tokens import feed_name, feedback_purpose, link_token
 
 
-def paper_view(row: PaperRow, score: float, hits: Sequence[dict[str, Any]]) -> PaperView:
+def paper_url(base_url: str, key: str) -> str:
+    """The URL of a paper's page on the site."""
+    return f"{base_url}/papers/{quote(key, safe='')}"
+
+
+def paper_view(
+    row: PaperRow, score: float, hits: Sequence[dict[str, Any]], base_url: str | None = None
+) -> PaperView:
     """A stored paper and why it was chosen (its interests' hits, and ``{"liked": title}``
-    when chosen for a paper the reader liked), as an email shows it."""
+    when chosen for a paper the reader liked), as an email shows it (linking to its page on
+    the site at ``base_url``, when given)."""
     return PaperView(
         key=row.key,
         title=row.title,
@@ -32,13 +40,16 @@ def paper_view(row: PaperRow, score: float, hits: Sequence[dict[str, Any]]) -> P
         interests=tuple(hit["interest"] for hit in hits if "interest" in hit),
         authors=row.authors,
         because=next((str(hit["liked"]) for hit in hits if "liked" in hit), ""),
+        page_url=paper_url(base_url, row.key) if base_url is not None else None,
     )
 
 
-def ranked_views(conn: Connection, ranked: Sequence[Ranked]) -> list[PaperView]:
-    """Ranked papers as email views, best first."""
+def ranked_views(
+    conn: Connection, ranked: Sequence[Ranked], base_url: str | None = None
+) -> list[PaperView]:
+    """Ranked papers as email views, best first (linking to their pages at ``base_url``)."""
     rows = papers.by_ids(conn, [r.paper_id for r in ranked])
-    return [paper_view(rows[r.paper_id], r.score, _matched(r)) for r in ranked]
+    return [paper_view(rows[r.paper_id], r.score, _matched(r), base_url) for r in ranked]
 
 
 def _matched(item: Ranked) -> list[dict[str, Any]]:
@@ -94,6 +105,10 @@ class Links:
         start = f"{self.base_url}/feedback/"
         paper = quote(paper_key, safe="")
         return f"{start}{up}?paper={paper}&vote=up", f"{start}{down}?paper={paper}&vote=down"
+
+    def paper_url(self, key: str) -> str:
+        """A paper's page on the site (digest items link here)."""
+        return paper_url(self.base_url, key)
 
     def unsubscribe_mailto(self, token: str) -> str:
         """The mailto: unsubscribe address, for clients without one-click."""

@@ -22,8 +22,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Collection, Sequence
-from dataclasses import replace
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -49,30 +49,78 @@ from digest.store.subscribers import active_salts
 from digest.tokens import feed_name
 
 GLOBAL_FEED = "papers"
+PUBLIC_DESCRIPTION = "Papers as they first appear in the listings."
+PRIVATE_DESCRIPTION = "The papers of your digests."
 
 
-def _item(
-    row: PaperRow,
-    view: PaperView,
-    published: datetime,
-    authority: str,
-    votes: tuple[str, str] | None = None,
-) -> FeedItem:
-    guid = paper_guid(row.guid_key, authority)
-    return item_for_paper(view, guid=guid, published=published, votes=votes)
+@dataclass(frozen=True)
+class FeedSite:
+    """What every feed of a site shares: its URL and name, the authority of its GUIDs, and
+    how many items a feed keeps."""
+
+    base_url: str
+    site_name: str
+    authority: str
+    limit: int
+
+    def meta(
+        self, path: str, kind: str, title: str, description: str, updated: datetime
+    ) -> FeedMeta:
+        """The feed's own description; ``path`` under ``/feeds/`` without its extension
+        (the feed's id, the same for its Atom and RSS forms)."""
+        url = f"{self.base_url}/feeds/{path}"
+        return FeedMeta(
+            title=f"{self.site_name}: {title}",
+            feed_id=url,
+            site_url=self.base_url,
+            self_url=f"{url}.{kind}",
+            description=description,
+            updated=updated,
+        )
+
+    def item(
+        self,
+        row: PaperRow,
+        view: PaperView,
+        published: datetime,
+        votes: tuple[str, str] | None = None,
+    ) -> FeedItem:
+        """A paper's entry: its GUID from the key it was first seen under; ``votes``: the
+        reader's "more like this" and "not for me" links, in a private feed."""
+        return item_for_paper(
+            view,
+            guid=paper_guid(row.guid_key, self.authority),
+            published=published,
+            votes=votes,
+        )
 
 
-def _private_items(
+def site_of(engine: Engine, *, base_url: str, site_name: str, limit: int) -> FeedSite:
+    """The feeds' site, with the store's GUID authority (recorded on first use)."""
+    authority = feed_authority(engine, urlsplit(base_url).hostname or "localhost")
+    return FeedSite(base_url, site_name, authority, limit)
+
+
+def public_items(conn: Connection, site: FeedSite) -> list[FeedItem]:
+    """The global feed's entries: the newest papers, as first seen."""
+    newest = papers.newest(conn, site.limit, by="first_seen")
+    return [
+        site.item(row, paper_view(row, 0.0, (), site.base_url), row.first_seen) for row in newest
+    ]
+
+
+def private_items(
     conn: Connection,
     subscriber_ids: list[int],
-    limit: int,
-    authority: str,
-    voting: tuple[Links, dict[int, str]] | None = None,
+    site: FeedSite,
+    voting: tuple[Links, Mapping[int, str]] | None = None,
 ) -> dict[int, list[FeedItem]]:
-    """The newest ``limit`` items each subscriber was sent, for a batch of subscribers;
-    ``voting``: the links and the salts by subscriber, for each item's vote links."""
-    rows = outbox.sent_items(conn, subscriber_ids, limit)
-    views = [paper_view(row.paper, row.score, json.loads(row.matched)) for row in rows]
+    """The newest items each subscriber was sent, for a batch of subscribers; ``voting``:
+    the links and the salts by subscriber, for each item's vote links."""
+    rows = outbox.sent_items(conn, subscriber_ids, site.limit)
+    views = [
+        paper_view(row.paper, row.score, json.loads(row.matched), site.base_url) for row in rows
+    ]
     prepare(views)
     items: dict[int, list[FeedItem]] = {sid: [] for sid in subscriber_ids}
     for row, view in zip(rows, views, strict=True):
@@ -81,7 +129,7 @@ def _private_items(
         if voting is not None:
             links, salts = voting
             votes = links.vote_urls(row.subscriber_id, salts[row.subscriber_id], row.paper.key)
-        items[row.subscriber_id].append(_item(row.paper, view, row.sent_at, authority, votes))
+        items[row.subscriber_id].append(site.item(row.paper, view, row.sent_at, votes))
     return items
 
 
@@ -96,19 +144,22 @@ def publish_feeds(
     now: datetime,
     changed: Collection[int] | None = None,
     processes: int | None = None,
+    private: bool = True,
 ) -> dict[str, int]:
     """Write the global feed and the private feeds that may have changed; count what changed.
 
     Feeds go to ``folder`` and are served under ``{base_url}/feeds/``; each keeps the newest
     ``limit`` items; ``key`` signs the private feeds' names. ``changed`` names the subscribers
     sent something since their feed was written (None: all of them); a private feed that
-    does not exist yet is written whatever it says.
+    does not exist yet is written whatever it says. ``private`` False: the global feed only
+    (the web front serves the private ones from the store).
     """
-    _make_private_folder(folder / "private")
-    authority = feed_authority(engine, urlsplit(base_url).hostname or "localhost")
+    if private:
+        _make_private_folder(folder / "private")
+    site = site_of(engine, base_url=base_url, site_name=site_name, limit=limit)
     with reading(engine) as conn:
-        newest = papers.newest(conn, limit, by="first_seen")
-        salts = active_salts(conn)
+        public = public_items(conn, site)
+        salts = active_salts(conn) if private else {}
         names = {ident: feed_name(key, ident, salt) for ident, salt in salts.items()}
         voting = (Links(base_url, key, ""), salts)
         targets = [
@@ -118,44 +169,29 @@ def publish_feeds(
             or sid in changed
             or not (folder / "private" / f"{name}.atom").exists()
         ]
-        private: dict[int, list[FeedItem]] = {}
+        items: dict[int, list[FeedItem]] = {}
         for start in range(0, len(targets), 500):
-            batch = targets[start : start + 500]
-            private.update(_private_items(conn, batch, limit, authority, voting))
+            items.update(private_items(conn, targets[start : start + 500], site, voting))
         conn.rollback()
 
-    def meta(path: str, title: str, description: str) -> FeedMeta:
-        url = f"{base_url}/feeds/{path}"
-        return FeedMeta(
-            title=f"{site_name}: {title}",
-            feed_id=url,
-            site_url=base_url,
-            self_url=url,
-            description=description,
-            updated=now,
-        )
-
-    feeds = [
+    jobs: list[Job] = [
         (
-            GLOBAL_FEED,
-            meta(GLOBAL_FEED, "new papers", "Papers as they first appear in the listings."),
-            [_item(row, paper_view(row, 0.0, ()), row.first_seen, authority) for row in newest],
+            folder / f"{GLOBAL_FEED}.{kind}",
+            site.meta(GLOBAL_FEED, kind, "new papers", PUBLIC_DESCRIPTION, now),
+            public,
         )
+        for kind in ("atom", "rss")
     ]
     for sid in targets:
         path = f"private/{names[sid]}"
-        feeds.append(
-            (path, meta(path, "papers for you", "The papers of your digests."), private[sid])
+        jobs.extend(
+            (
+                folder / f"{path}.{kind}",
+                site.meta(path, kind, "papers for you", PRIVATE_DESCRIPTION, now),
+                items[sid],
+            )
+            for kind in ("atom", "rss")
         )
-    jobs: list[Job] = [
-        (
-            folder / f"{base}.{kind}",
-            replace(described, self_url=f"{described.self_url}.{kind}"),
-            items,
-        )
-        for base, described, items in feeds
-        for kind in ("atom", "rss")
-    ]
     if processes is None:
         # feedgen is CPU-bound (about 1 ms a feed); forked children inherit the built items
         processes = forks.processes_for(len(jobs), threshold=PARALLEL_FROM, cap=4)

@@ -174,12 +174,34 @@ def content_hash(meta: FeedMeta, items: Sequence[FeedItem], kind: FeedKind) -> s
     return hashlib.sha256(encoded).hexdigest()
 
 
+@dataclass(frozen=True)
+class Feed:
+    """A feed's chosen items and the hash of what it says (its build time left out): the
+    files' change check and the live feeds' ETag."""
+
+    meta: FeedMeta
+    items: Sequence[FeedItem]
+    kind: FeedKind
+    hash: str
+
+    def render(self) -> bytes:
+        """The feed document."""
+        return _render(self.meta, self.items, self.kind, self.hash)
+
+
+def make_feed(
+    meta: FeedMeta, items: Iterable[FeedItem], *, kind: FeedKind, limit: int = 100
+) -> Feed:
+    """The feed (RSS 2.0 or Atom) of the newest ``limit`` items, not rendered yet."""
+    chosen = select_items(items, limit)
+    return Feed(meta, chosen, kind, content_hash(meta, chosen, kind))
+
+
 def render_feed(
     meta: FeedMeta, items: Iterable[FeedItem], *, kind: FeedKind, limit: int = 100
 ) -> bytes:
     """The feed document (RSS 2.0 or Atom) for the newest ``limit`` items."""
-    chosen = select_items(items, limit)
-    return _render(meta, chosen, kind, content_hash(meta, chosen, kind))
+    return make_feed(meta, items, kind=kind, limit=limit).render()
 
 
 def _render(meta: FeedMeta, chosen: Sequence[FeedItem], kind: FeedKind, digest: str) -> bytes:
@@ -256,9 +278,8 @@ def write_feed_if_changed(
     path: Path, meta: FeedMeta, items: Iterable[FeedItem], *, kind: FeedKind, limit: int = 100
 ) -> bool:
     """Write the feed unless the file already says the same; True when it was written."""
-    chosen = select_items(items, limit)
-    digest = content_hash(meta, chosen, kind)
-    if stored_hash(path) == digest:
+    feed = make_feed(meta, items, kind=kind, limit=limit)
+    if stored_hash(path) == feed.hash:
         return False
-    write_atomically(path, _render(meta, chosen, kind, digest))
+    write_atomically(path, feed.render())
     return True

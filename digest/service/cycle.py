@@ -151,7 +151,9 @@ def publish_site_feeds(
     changed: Collection[int] | None = None,
     processes: int | None = None,
 ) -> dict[str, int]:
-    """The site's feeds, as the settings place and name them."""
+    """The site's feeds, as the settings place and name them: the private feeds' files only
+    when ``feed_files`` is ``all`` (``auto`` is settled by the command: ``public`` under
+    ``digest serve`` with the web front, which serves them live; ``all`` otherwise)."""
     return publish_feeds(
         engine,
         folder=settings.feeds_dir,
@@ -162,6 +164,7 @@ def publish_site_feeds(
         now=now,
         changed=changed,
         processes=processes,
+        private=settings.feed_files != "public",
     )
 
 
@@ -298,7 +301,7 @@ def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime)
                 ident=sub.id,
                 salt=sub.token_salt,
                 period=period,
-                papers=ranked_views(conn, plan.ranked),
+                papers=ranked_views(conn, plan.ranked, links.base_url),
                 message_id=message_id(links.key, sub.id or 0, period, settings.mail_from),
             )
             size = len(builder.build(view, now))

@@ -10,7 +10,7 @@ finds candidates, the ranker decides.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 
 from sqlalchemy.engine import Connection
@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection
 from digest.deliver.plan import Plan, plan_owed, store_stats
 from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
 from digest.rank.ranker import rank, search
-from digest.rank.types import PaperText, Profile, Ranked
+from digest.rank.types import CorpusStats, PaperText, Profile, Ranked
 from digest.store import papers
 from digest.store.models import Subscriber
 from digest.store.papers import index_papers
@@ -26,6 +26,7 @@ from digest.store.subscribers import interests_of
 
 WHOLE_STORE_LIMIT = 20_000  # newest papers ranked by ``preview --all`` and searches without FTS
 FTS_CANDIDATES = 5_000
+TRY_CANDIDATES = 120  # per interest: the full-text index's best, which the ranker orders
 
 
 def _newest(conn: Connection, limit: int) -> list[PaperText]:
@@ -81,15 +82,52 @@ def search_store(
     *,
     limit: int = 20,
     progress: Callable[[str, int], None] | None = None,
+    stats: CorpusStats | None = None,
+    index: bool = True,
 ) -> list[Ranked]:
     """Papers of the whole store matching ``query``, best first.
 
-    The first search after a back-fill that deferred the index builds it (``progress``).
+    The first search after a back-fill that deferred the index builds it (``progress``);
+    ``index`` False: a reader that must not write searches the index as it is. ``stats``:
+    the store's statistics, when the caller keeps them.
     """
     fts = conn.dialect.name == "sqlite" and _fts_query(query)
     found = None
     if fts:
-        index_papers(conn, progress)
+        if index:
+            index_papers(conn, progress)
         found = papers.fts_candidates(conn, fts, FTS_CANDIDATES)
     texts = _newest(conn, WHOLE_STORE_LIMIT) if found is None else list(found)
-    return search(query, texts, store_stats(conn), limit=limit)
+    return search(query, texts, stats or store_stats(conn), limit=limit)
+
+
+def try_interests(
+    conn: Connection,
+    interests: Sequence[str],
+    *,
+    since: datetime,
+    stats: CorpusStats,
+    limit: int = 20,
+) -> list[Ranked]:
+    """What a digest with these interests would have picked among the papers first seen
+    since ``since``, best first: the run's ranking, over the ``TRY_CANDIDATES`` papers the
+    full-text index ranks best for each interest (on SQLite; elsewhere the newest
+    ``WHOLE_STORE_LIMIT`` of the period).
+
+    Raises ``InterestError`` for a malformed interest.
+    """
+    for interest in interests:
+        parse_interest(interest)
+    texts: dict[int, PaperText] = {}
+    for interest in interests:
+        fts = conn.dialect.name == "sqlite" and _fts_query(interest)
+        found = papers.fts_candidates(conn, fts, TRY_CANDIDATES, since=since) if fts else None
+        if found is None:
+            texts = {row.id: row for row in papers.first_seen_since(conn, since, WHOLE_STORE_LIMIT)}
+            break
+        texts.update((row.id, row) for row in found)
+    if not texts:
+        return []
+    profile = Profile(0, tuple(interests), max_items=limit)
+    ordered = [texts[i] for i in sorted(texts)]
+    return rank(ordered, [profile], stats, processes=1)[0]

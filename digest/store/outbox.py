@@ -425,3 +425,44 @@ def recent_failures(conn: Connection, since: datetime, limit: int = 20) -> list[
             .limit(limit)
         ).all()
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FeedState:
+    """What a private feed depends on: the subscriber's status and salt, when they were last
+    sent a digest (as the database gives it: only compared), and the newest ingest (papers'
+    text can change when listed again)."""
+
+    status: str
+    token_salt: str
+    last_sent: object
+    ingest: int
+
+
+_FEED_STATE = (
+    "SELECT s.status, s.token_salt,"
+    " (SELECT max(d.sent_at) FROM digest d WHERE d.subscriber_id = s.id AND d.status = 'sent'),"
+    " (SELECT value FROM ingest_sequence)"
+    " FROM subscriber s WHERE s.id = {mark}"
+)
+
+
+def feed_state(engine: Engine, subscriber_id: int) -> FeedState | None:
+    """The :class:`FeedState` of a subscriber; None when there is none.
+
+    One statement on a pooled driver connection, outside any transaction of ours: a feed
+    reader's conditional poll is this query and nothing else, and the Core execution and
+    transaction around it would cost four times the query.
+    """
+    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute(_FEED_STATE.format(mark=mark), (subscriber_id,))
+        row = cursor.fetchone()
+        cursor.close()
+    finally:
+        raw.close()
+    if row is None:
+        return None
+    return FeedState(str(row[0]), str(row[1]), row[2], int(row[3]))

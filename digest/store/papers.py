@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from digest.store.models import Paper
 
@@ -105,20 +105,93 @@ def stats_sample(conn: Connection, sample: int) -> list[tuple[str, str]]:
     return rows
 
 
-def fts_candidates(conn: Connection, match: str, limit: int) -> list[PaperRow] | None:
+def fts_candidates(
+    conn: Connection, match: str, limit: int, *, since: datetime | None = None
+) -> list[PaperRow] | None:
     """The best ``limit`` papers the SQLite full-text index finds for the ``MATCH``
-    expression ``match``, by id; None off SQLite (no index there)."""
+    expression ``match`` (first seen at or after ``since``, when given), by id; None off
+    SQLite (no index there)."""
     if conn.dialect.name != "sqlite":
         return None
-    ids = [
-        row[0]
-        for row in conn.exec_driver_sql(
-            "SELECT rowid FROM paper_fts WHERE paper_fts MATCH ? ORDER BY rank LIMIT ?",
-            (match, limit),
-        ).all()
-    ]
+    if since is None:
+        sql = "SELECT rowid FROM paper_fts WHERE paper_fts MATCH ? ORDER BY rank LIMIT ?"
+        params: tuple[Any, ...] = (match, limit)
+    else:
+        # Papers are numbered as they come, so the recent ones are a range of rowids, which
+        # the index seeks to instead of ranking every match of a common word in the store.
+        # min(id) would walk the ids from the oldest: the first_seen index finds the few
+        recent = conn.execute(sa.select(_PAPER.c.id).where(_PAPER.c.first_seen >= since))
+        first = min(recent.scalars(), default=None)
+        if first is None:
+            return []
+        sql = (
+            "SELECT rowid FROM paper_fts WHERE paper_fts MATCH ? AND rowid >= ?"
+            " ORDER BY rank LIMIT ?"
+        )
+        params = (match, first, limit)
+    ids = [row[0] for row in conn.exec_driver_sql(sql, params).all()]
     found = by_ids(conn, ids)
-    return [found[i] for i in sorted(found)]
+    return [found[i] for i in sorted(found) if since is None or found[i].first_seen >= since]
+
+
+@dataclass(frozen=True, slots=True)
+class PaperPage:
+    """A paper as its web page shows it: the row, and when and how often it was listed."""
+
+    row: PaperRow
+    listing_date: date | None
+    last_seen: datetime
+
+
+def by_key(conn: Connection, key: str) -> PaperPage | None:
+    """The paper stored under ``key`` (or first seen under it), if any."""
+    query = sa.select(*ROW_COLUMNS, _PAPER.c.listing_date, _PAPER.c.last_seen)
+    found = conn.execute(query.where(_PAPER.c.key == key)).first()
+    if found is None:
+        found = conn.execute(query.where(_PAPER.c.first_key == key).limit(1)).first()
+    if found is None:
+        return None
+    width = len(ROW_COLUMNS)
+    return PaperPage(row_of(found[:width]), found[width], found[width + 1])
+
+
+def first_seen_since(conn: Connection, since: datetime, limit: int) -> list[PaperRow]:
+    """Papers first seen at or after ``since``, newest first, at most ``limit``."""
+    return _rows(
+        conn,
+        _ROW.where(_PAPER.c.first_seen >= since)
+        .order_by(_PAPER.c.first_seen.desc(), _PAPER.c.id.desc())
+        .limit(limit),
+    )
+
+
+def trending(conn: Connection, since: datetime, limit: int) -> list[PaperRow]:
+    """Papers first seen since ``since`` that came back in several listings, most seen first."""
+    return _rows(
+        conn,
+        _ROW.where(_PAPER.c.first_seen >= since, _PAPER.c.times_seen > 1)
+        .order_by(_PAPER.c.times_seen.desc(), _PAPER.c.first_seen.desc(), _PAPER.c.id.desc())
+        .limit(limit),
+    )
+
+
+def latest_ingest(engine: Engine) -> int:
+    """The number of the newest committed ingest (``ingest_sequence``), read in one statement
+    on a pooled driver connection: what every poll of the public feed asks first."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        cursor.execute("SELECT value FROM ingest_sequence")
+        row = cursor.fetchone()
+        cursor.close()
+    finally:
+        raw.close()
+    return int(row[0]) if row else 0
+
+
+def count(conn: Connection) -> int:
+    """How many papers the store holds."""
+    return int(conn.execute(sa.select(sa.func.count()).select_from(_PAPER)).scalar_one())
 
 
 def has_any(conn: Connection) -> bool:

@@ -87,3 +87,17 @@ def unfinished(conn: Connection) -> list[int]:
     """The ids of the runs still marked ``running``."""
     query = sa.select(col(Run.id)).where(col(Run.status) == "running")
     return [run_id for run_id in conn.execute(query).scalars() if run_id is not None]
+
+
+def last_finished(conn: Connection, *, status: str | None = None) -> Any | None:
+    """The newest finished run (with ``status``, when given), or None."""
+    query = sa.select(Run).where(col(Run.finished_at).is_not(None))
+    if status is not None:
+        query = query.where(col(Run.status) == status)
+    return conn.execute(query.order_by(col(Run.finished_at).desc()).limit(1)).first()
+
+
+def figures_of_finished(conn: Connection) -> list[str]:
+    """The figures (JSON) of every finished run."""
+    query = sa.select(col(Run.figures)).where(col(Run.finished_at).is_not(None))
+    return [str(figures) for figures in conn.execute(query).scalars()]

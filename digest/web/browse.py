@@ -1,18 +1,334 @@
 """Pages to read: the front page with the subscribe form and the "try it" preview, paper
-pages and the archive search."""
+pages and the archive search.
+
+What is marked in a title or abstract, and the "Matched:" line, come from the same
+highlighter as the email (``digest.rank.highlight`` through ``digest.deliver.message``);
+the preview and the search rank through the run's own ranking path.
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
+
+from markupsafe import Markup
+from sqlalchemy.engine import Connection
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from digest.deliver.message import (
+    PaperView,
+    authors_line,
+    find_links,
+    is_code_link,
+    shown,
+)
+from digest.deliver.plan import store_stats
+from digest.deliver.views import paper_view
+from digest.rank.highlight import find_marks, mark
+from digest.rank.query import InterestError, parse_interest
+from digest.rank.types import CorpusStats, Ranked, hits_to_json
+from digest.service.preview import search_store, try_interests
+from digest.store import papers
+from digest.store.engine import ingest_sequence, reading
+from digest.store.papers import PaperRow
 from digest.web.render import page
+from digest.web.state import WebState, state_of
+
+log = logging.getLogger("digest.web")
+
+PREVIEW_DAYS = 7
+PREVIEW_ITEMS = 20
+MAX_INTERESTS = 20
+MAX_INTEREST_CHARS = 500  # one line of the preview, one search
+NEW_SHOWN = 10
+TRENDING_SHOWN = 10
+TRENDING_DAYS = 30
+PAGE_SIZE = 20
+MAX_PAGES = 25
+HIT_OPEN, HIT_CLOSE = '<mark class="hit">', "</mark>"
+
+
+def interest_refusal(error: InterestError, line: int | None = None) -> str:
+    """A malformed interest in one sentence, with the position of the fault."""
+    where = f"Interest {line} ({error.text!r})" if line is not None else f"{error.text!r}"
+    return f"{where}: {error.reason} at position {error.position}."
+
+
+_stats_lock = threading.Lock()
+# The rank stage keeps process-wide caches (the highlighter's analyzed papers, compiled
+# interests) that are not safe to use from two threads at once, and handlers run in a
+# thread pool: ranking and marking go one at a time (CPU-bound under the GIL anyway).
+rank_lock = threading.Lock()
+
+
+def cached_stats(state: WebState, conn: Connection) -> CorpusStats:
+    """The store's term statistics, worked out again after a new ingest.
+
+    Working them out takes seconds on a large store (a sample of 20,000 papers analyzed):
+    only the first request of a process waits for it; after an ingest the statistics of
+    the ingest before serve until the new ones are ready, made in a thread of their own.
+    """
+    sequence = ingest_sequence(conn)
+    found = state.caches.get("stats")
+    if found is not None and found[0] == sequence:
+        stats: CorpusStats = found[1]
+        return stats
+    if found is not None:
+        if _stats_lock.acquire(blocking=False):  # else: a refresh is under way
+            threading.Thread(target=_refresh_stats, args=(state,), daemon=True).start()
+        return found[1]  # type: ignore[no-any-return]
+    with _stats_lock:
+        found = state.caches.get("stats")
+        if found is None or found[0] != sequence:
+            state.caches["stats"] = found = (sequence, store_stats(conn))
+        return found[1]
+
+
+def _refresh_stats(state: WebState) -> None:
+    """Work out the statistics of the newest ingest (``_stats_lock`` is held for us)."""
+    try:
+        with reading(state.engine) as conn:
+            state.caches["stats"] = (ingest_sequence(conn), store_stats(conn))
+            conn.rollback()
+    except Exception:  # the next request tries again; the old statistics still serve
+        log.exception("could not work out the store's statistics")
+    finally:
+        _stats_lock.release()
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A paper as a list shows it: linked to its page, marked, with why it was chosen."""
+
+    url: str
+    title: Markup
+    abstract: Markup
+    truncated: bool
+    authors: str
+    arxiv_id: str | None
+    reasons: tuple[str, ...]
+    score: float | None
+    times_seen: int
+    first_seen: datetime
+
+
+def listed(row: PaperRow, base_url: str, ranked: Ranked | None = None) -> Listed:
+    """A paper for a list (with its score and marks when ``ranked`` chose it)."""
+    hits = hits_to_json(ranked.hits) if ranked is not None else []
+    view = paper_view(row, ranked.score if ranked else 0.0, hits, base_url)
+    text = shown(view)
+    return Listed(
+        url=_local(view),
+        title=mark(text.title, text.marks.title, HIT_OPEN, HIT_CLOSE),
+        abstract=mark(text.abstract, text.marks.abstract, HIT_OPEN, HIT_CLOSE),
+        truncated=text.truncated,
+        authors=authors_line(row.authors),
+        arxiv_id=row.arxiv_id,
+        reasons=text.marks.reasons,
+        score=round(ranked.score, 2) if ranked is not None else None,
+        times_seen=row.times_seen,
+        first_seen=row.first_seen,
+    )
+
+
+def _local(view: PaperView) -> str:
+    """The paper page's path (links stay on whichever host serves the page)."""
+    return f"/papers/{quote(view.key, safe='')}"
+
+
+def _ranked_list(conn: Connection, ranked: Sequence[Ranked], base_url: str) -> list[Listed]:
+    rows = papers.by_ids(conn, [r.paper_id for r in ranked])
+    return [listed(rows[r.paper_id], base_url, r) for r in ranked if r.paper_id in rows]
+
+
+@dataclass(frozen=True)
+class Tried:
+    """The "try it" preview: the interests as written, and what they picked or what is wrong."""
+
+    text: str
+    picked: list[Listed]
+    error: str | None = None
+
+
+def _try(state: WebState, conn: Connection, text: str, stats: CorpusStats) -> Tried:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return Tried(text, [], "Write at least one interest, one per line.")
+    if len(lines) > MAX_INTERESTS:
+        return Tried(text, [], f"At most {MAX_INTERESTS} interests, one per line.")
+    for number, line in enumerate(lines, 1):
+        if len(line) > MAX_INTEREST_CHARS:
+            return Tried(
+                text, [], f"Interest {number} is longer than {MAX_INTEREST_CHARS} characters."
+            )
+        try:
+            parse_interest(line)
+        except InterestError as exc:
+            return Tried(text, [], interest_refusal(exc, number))
+    since = state.now() - timedelta(days=PREVIEW_DAYS)
+    with rank_lock:
+        ranked = try_interests(conn, lines, since=since, stats=stats, limit=PREVIEW_ITEMS)
+        return Tried(text, _ranked_list(conn, ranked, state.settings.base_url))
 
 
 def home(request: Request) -> Response:
-    """What this is, and the subscribe form."""
-    return page(request, "home.html")
+    """What this is, the subscribe form, the "try it" preview, new and trending papers."""
+    state = state_of(request)
+    text = request.query_params.get("try")
+    if text is not None and len(text) > MAX_INTERESTS * (MAX_INTEREST_CHARS + 2):
+        raise HTTPException(400, "Those interests are too long to try.")
+    now = state.now()
+    base_url = state.settings.base_url
+    with reading(state.engine) as conn:
+        tried = _try(state, conn, text, cached_stats(state, conn)) if text is not None else None
+        new = papers.first_seen_since(conn, now - timedelta(days=1), NEW_SHOWN)
+        trending = papers.trending(conn, now - timedelta(days=TRENDING_DAYS), TRENDING_SHOWN)
+        conn.rollback()
+    with rank_lock:
+        new_listed = [listed(row, base_url) for row in new]
+        trending_listed = [listed(row, base_url) for row in trending]
+    return page(
+        request,
+        "home.html",
+        {
+            "tried": tried,
+            "preview_days": PREVIEW_DAYS,
+            "new": new_listed,
+            "trending": trending_listed,
+        },
+        status=422 if tried is not None and tried.error else 200,
+    )
 
 
-routes: list[BaseRoute] = [Route("/", home, methods=["GET", "HEAD"])]
+@dataclass(frozen=True)
+class Link:
+    """A link the paper page offers."""
+
+    label: str
+    url: str
+
+
+def _links(row: PaperRow, abstract: str) -> tuple[list[Link], list[Link]]:
+    """The paper's pages elsewhere (arXiv, Hugging Face, its listing), and its code links."""
+    pages: list[Link] = []
+    if row.arxiv_id:
+        arxiv = quote(row.arxiv_id, safe="/.")
+        pages.append(Link("arXiv", f"https://arxiv.org/abs/{arxiv}"))
+        pages.append(Link("arXiv PDF", f"https://arxiv.org/pdf/{arxiv}"))
+        pages.append(Link("Hugging Face", f"https://huggingface.co/papers/{arxiv}"))
+    listing = row.url and urlsplit(row.url).scheme in {"http", "https"}
+    if row.url and listing and all(link.url != row.url for link in pages):
+        pages.append(Link("Listing", row.url))
+    if not row.arxiv_id:  # no id known: arXiv's title search finds nearly every listed paper
+        query = urlencode({"query": " ".join(row.title.split()), "searchtype": "title"})
+        pages.append(Link("Find it on arXiv", f"https://arxiv.org/search/?{query}"))
+    found = find_links(abstract)
+    code = [Link(url, url) for url in found if is_code_link(url)]
+    pages.extend(Link(url, url) for url in found if not is_code_link(url))
+    return pages, code
+
+
+def paper_page(request: Request) -> Response:
+    """A paper: title, authors, abstract, its links, when it was listed and how often."""
+    state = state_of(request)
+    key = request.path_params["key"]
+    with reading(state.engine) as conn:
+        found = papers.by_key(conn, key)
+        conn.rollback()
+    if found is None:
+        raise HTTPException(404, "This site has no paper under that name.")
+    row = found.row
+    title = " ".join(row.title.split())
+    abstract = " ".join(row.abstract.split())
+    interests = tuple(
+        line.strip() for line in request.query_params.get("for", "").splitlines() if line.strip()
+    )[:MAX_INTERESTS]
+    with rank_lock:
+        marks = find_marks(title, abstract, _parsable(interests))
+    pages, code = _links(row, abstract)
+    listing: date | None = found.listing_date
+    return page(
+        request,
+        "paper.html",
+        {
+            "paper": row,
+            "title_html": mark(title, marks.title, HIT_OPEN, HIT_CLOSE),
+            "abstract_html": mark(abstract, marks.abstract, HIT_OPEN, HIT_CLOSE),
+            "reasons": marks.reasons,
+            "authors": " ".join(row.authors.split()),
+            "pages": pages,
+            "code": code,
+            "listing_date": listing,
+            "first_seen": row.first_seen,
+            "last_seen": found.last_seen,
+        },
+    )
+
+
+def _parsable(interests: tuple[str, ...]) -> tuple[str, ...]:
+    kept = []
+    for interest in interests:
+        try:
+            parse_interest(interest)
+        except InterestError:
+            continue
+        kept.append(interest)
+    return tuple(kept)
+
+
+def search_page(request: Request) -> Response:
+    """The archive searched with the interest language, ``PAGE_SIZE`` hits a page."""
+    state = state_of(request)
+    query = request.query_params.get("q", "").strip()
+    try:
+        number = int(request.query_params.get("page", "1"))
+    except ValueError:
+        number = 0
+    if not 1 <= number <= MAX_PAGES:
+        raise HTTPException(400, f"Pages go from 1 to {MAX_PAGES}.")
+    context: dict[str, Any] = {"query": query, "hits": [], "error": None, "page": number}
+    context.update(previous=None, next=None)
+    if not query:
+        return page(request, "search.html", context)
+    status = 200
+    if len(query) > MAX_INTEREST_CHARS:
+        context["error"] = f"A search is at most {MAX_INTEREST_CHARS} characters."
+        status = 400
+    else:
+        try:
+            parse_interest(query)
+        except InterestError as exc:
+            context["error"] = interest_refusal(exc)
+            status = 400
+    if status == 400:
+        return page(request, "search.html", context, status=status)
+    with reading(state.engine) as conn:
+        stats = cached_stats(state, conn)
+        with rank_lock:
+            ranked = search_store(
+                conn, query, limit=PAGE_SIZE * number + 1, stats=stats, index=False
+            )
+            shown_here = ranked[PAGE_SIZE * (number - 1) : PAGE_SIZE * number]
+            context["hits"] = _ranked_list(conn, shown_here, state.settings.base_url)
+        conn.rollback()
+    if number > 1:
+        context["previous"] = "/search?" + urlencode({"q": query, "page": number - 1})
+    if len(ranked) > PAGE_SIZE * number and number < MAX_PAGES:
+        context["next"] = "/search?" + urlencode({"q": query, "page": number + 1})
+    context["feed"] = "/feeds/search.atom?" + urlencode({"q": query})
+    return page(request, "search.html", context)
+
+
+routes: list[BaseRoute] = [
+    Route("/", home, methods=["GET", "HEAD"]),
+    Route("/papers/{key:path}", paper_page, methods=["GET", "HEAD"]),
+    Route("/search", search_page, methods=["GET", "HEAD"]),
+]

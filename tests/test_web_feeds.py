@@ -1,0 +1,305 @@
+"""Feeds served live: the public feed, private feeds and search feeds, read back with
+feedparser; ETag, Last-Modified and 304; the cache after a new ingest; feed_files."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import feedparser
+import pytest
+from starlette.testclient import TestClient
+
+from digest import cli
+from digest.settings import load_settings
+from digest.store.engine import open_store
+from digest.tokens import feed_name
+from digest.web.live import REBUILD_SECONDS, FeedNames
+from tests.conftest import EXAMPLE_A, EXAMPLE_DUMPS, Site, store_rows
+
+EXAMPLE_B12 = EXAMPLE_DUMPS / "daily-mar12-layout-b.txt"
+EXAMPLE_B13 = EXAMPLE_DUMPS / "daily-mar13-layout-b.txt"
+
+
+def ingest(site: Site, *dumps: Path) -> None:
+    for dump in dumps:
+        result = site.cli("ingest", str(dump))
+        assert result.code == 0, result.err
+
+
+def private_feed_path(site: Site, address: str) -> str:
+    """The private feed's path, as the subscriber's last email gives it."""
+    for to, message in reversed(site.received()):
+        if to == address:
+            body = message.get_body(("plain",))
+            assert body is not None
+            found = re.search(r"Your feed: (\S+)", body.get_content())
+            assert found
+            return urlsplit(found.group(1)).path
+    raise AssertionError(f"no mail to {address}")
+
+
+@pytest.mark.parametrize("kind", ["atom", "rss"])
+def test_the_public_feed_is_served_from_the_store(site: Site, kind: str) -> None:
+    ingest(site, EXAMPLE_A)
+    response = site.web().get(f"/feeds/papers.{kind}")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith(f"application/{kind}+xml")
+    feed = feedparser.parse(response.content)
+    assert not feed.bozo, feed.get("bozo_exception")
+    titles = {str(t) for (t,) in store_rows(site.data, "SELECT title FROM paper")}
+    assert {entry.title for entry in feed.entries} == titles
+    base = site.env["DIGEST_BASE_URL"]
+    assert all(entry.link.startswith(f"{base}/papers/") for entry in feed.entries)
+
+
+def test_the_live_feed_says_what_the_feed_file_says(site: Site) -> None:
+    site.drop_in_inbox(EXAMPLE_A, "a.txt")
+    assert site.cli("run").code == 0
+    written = feedparser.parse((site.data / "feeds" / "papers.atom").read_bytes())
+    served = feedparser.parse(site.web().get("/feeds/papers.atom").content)
+    assert [(e.id, e.title, e.link, e.summary) for e in served.entries] == [
+        (e.id, e.title, e.link, e.summary) for e in written.entries
+    ]
+    assert served.feed.id == written.feed.id
+
+
+def conditional(client: TestClient, path: str) -> tuple[str, str]:
+    first = client.get(path)
+    assert first.status_code == 200
+    etag, modified = first.headers["etag"], first.headers["last-modified"]
+    assert re.fullmatch(r'"[0-9a-f]{32}"', etag)
+    return etag, modified
+
+
+def test_conditional_requests_get_304(site: Site) -> None:
+    ingest(site, EXAMPLE_A)
+    client = site.web()
+    etag, modified = conditional(client, "/feeds/papers.atom")
+    again = client.get("/feeds/papers.atom", headers={"if-none-match": etag})
+    assert again.status_code == 304 and again.content == b""
+    assert again.headers["etag"] == etag
+    assert (
+        client.get("/feeds/papers.atom", headers={"if-modified-since": modified}).status_code == 304
+    )
+    other = client.get("/feeds/papers.atom", headers={"if-none-match": '"0000"'})
+    assert other.status_code == 200 and other.content
+    # If-None-Match wins over If-Modified-Since
+    both = client.get(
+        "/feeds/papers.atom", headers={"if-none-match": '"0000"', "if-modified-since": modified}
+    )
+    assert both.status_code == 200
+    old = client.get(
+        "/feeds/papers.atom", headers={"if-modified-since": "Mon, 01 Jan 2001 00:00:00 GMT"}
+    )
+    assert old.status_code == 200
+    garbled = client.get("/feeds/papers.atom", headers={"if-modified-since": "yesterday-ish"})
+    assert garbled.status_code == 200
+    # a fresh process (another worker) gives the same validators for the same store
+    assert conditional(site.web(), "/feeds/papers.atom") == (etag, modified)
+
+
+def test_a_new_ingest_invalidates_the_cached_feed(site: Site) -> None:
+    ingest(site, EXAMPLE_A)
+    client = site.web()
+    etag, _ = conditional(client, "/feeds/papers.atom")
+    before = feedparser.parse(client.get("/feeds/papers.atom").content)
+    ingest(site, EXAMPLE_B12)
+    after = client.get("/feeds/papers.atom", headers={"if-none-match": etag})
+    assert after.status_code == 200
+    assert after.headers["etag"] != etag
+    entries = feedparser.parse(after.content).entries
+    assert len(entries) == len(before.entries) + 6  # the six new papers of B
+    ingest(site, EXAMPLE_B12)  # the same dump again: nothing new, nothing changes
+    assert (
+        client.get(
+            "/feeds/papers.atom", headers={"if-none-match": after.headers["etag"]}
+        ).status_code
+        == 304
+    )
+
+
+def test_a_private_feed_is_served_by_its_name(site: Site) -> None:
+    site.subscribe({"ada@example.org": ["federated"], "bob@example.org": ["diffusion"]})
+    site.drop_in_inbox(EXAMPLE_A, "a.txt")
+    assert site.cli("run").code == 0
+    client = site.web()
+    path = private_feed_path(site, "ada@example.org")
+    assert path.startswith("/feeds/private/") and path.endswith(".atom")
+    response = client.get(path)
+    assert response.status_code == 200
+    assert "private" in response.headers["cache-control"]
+    feed = feedparser.parse(response.content)
+    assert not feed.bozo
+    sent = store_rows(
+        site.data,
+        "SELECT p.title FROM digestitem i JOIN paper p ON p.id = i.paper_id"
+        " JOIN subscriber s ON s.id = i.subscriber_id WHERE s.email = 'ada@example.org'",
+    )
+    assert sorted(e.title for e in feed.entries) == sorted(str(t) for (t,) in sent)
+    assert all("Matched: federated" in e.summary for e in feed.entries)
+    rss = feedparser.parse(client.get(path.removesuffix(".atom") + ".rss").content)
+    assert [e.title for e in rss.entries] == [e.title for e in feed.entries]
+    etag = response.headers["etag"]
+    assert client.get(path, headers={"if-none-match": etag}).status_code == 304
+    bob = private_feed_path(site, "bob@example.org")
+    assert bob != path and client.get(bob).status_code == 200
+
+
+def test_a_private_feed_changes_with_the_next_digest(site: Site) -> None:
+    site.subscribe({"ada@example.org": ["federated"]})
+    site.drop_in_inbox(EXAMPLE_A, "a.txt")
+    assert site.cli("run").code == 0
+    client = site.web()
+    path = private_feed_path(site, "ada@example.org")
+    etag, _ = conditional(client, path)
+    first = len(feedparser.parse(client.get(path).content).entries)
+    site.drop_in_inbox(EXAMPLE_B12, "b.txt")  # brings a new federated paper
+    assert site.cli("run", "--period", "2099-01-02").code == 0
+    assert store_rows(site.data, "SELECT count(*) FROM digest WHERE status = 'sent'") == [(2,)]
+    after = client.get(path, headers={"if-none-match": etag})
+    assert after.status_code == 200
+    assert after.headers["etag"] != etag
+    assert len(feedparser.parse(after.content).entries) > first
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["0" * 32, "f" * 31, "not-a-feed", "..%2F..%2Fdigest.db", "0" * 32 + "0"],
+)
+def test_an_unknown_private_feed_is_a_friendly_404(site: Site, name: str) -> None:
+    site.subscribe({"ada@example.org": ["federated"]})
+    response = site.web().get(f"/feeds/private/{name}.atom")
+    assert response.status_code == 404
+    assert "Traceback" not in response.text
+    assert "no feed at this address" in response.text or "no page at this address" in response.text
+
+
+def test_a_feed_of_someone_who_left_is_gone(site: Site) -> None:
+    site.subscribe({"ada@example.org": ["federated"]})
+    site.drop_in_inbox(EXAMPLE_A, "a.txt")
+    assert site.cli("run").code == 0
+    client = site.web()
+    path = private_feed_path(site, "ada@example.org")
+    assert client.get(path).status_code == 200
+    assert site.cli("unsubscribe", "ada@example.org").code == 0
+    assert client.get(path).status_code == 404
+
+
+def test_a_wrong_extension_is_a_404(site: Site) -> None:
+    assert site.web().get("/feeds/papers.json").status_code == 404
+
+
+@pytest.mark.parametrize("kind", ["atom", "rss"])
+def test_a_search_feed_follows_an_interest(site: Site, kind: str) -> None:
+    ingest(site, EXAMPLE_A, EXAMPLE_B12)
+    client = site.web()
+    response = client.get(f"/feeds/search.{kind}", params={"q": '"federated learning" OR speech'})
+    assert response.status_code == 200
+    feed = feedparser.parse(response.content)
+    assert not feed.bozo
+    searched = site.cli("search", '"federated learning" OR speech', "--json").json()["papers"]
+    assert {e.title for e in feed.entries} == {hit["title"] for hit in searched}
+    assert "federated" in feed.feed.title.lower()
+    etag = response.headers["etag"]
+    again = client.get(
+        f"/feeds/search.{kind}",
+        params={"q": '"federated learning" OR speech'},
+        headers={"if-none-match": etag},
+    )
+    assert again.status_code == 304
+
+
+@pytest.mark.parametrize(
+    ("query", "words"),
+    [("", "needs an interest"), ("speech (", "at position"), ("z" * 501, "longer than 500")],
+)
+def test_a_bad_search_feed_is_a_friendly_400(site: Site, query: str, words: str) -> None:
+    ingest(site, EXAMPLE_A)
+    response = site.web().get("/feeds/search.atom", params={"q": query})
+    assert response.status_code == 400
+    assert words in response.text
+    assert "Traceback" not in response.text
+
+
+# --- feed_files -------------------------------------------------------------------------
+
+
+def private_files(site: Site) -> list[Path]:
+    folder = site.data / "feeds" / "private"
+    return sorted(folder.glob("*")) if folder.exists() else []
+
+
+@pytest.mark.parametrize(("setting", "files"), [("all", 2), ("public", 0), ("auto", 2)])
+def test_feed_files_under_run(
+    site: Site, monkeypatch: pytest.MonkeyPatch, setting: str, files: int
+) -> None:
+    monkeypatch.setenv("DIGEST_FEED_FILES", setting)
+    site.subscribe({"ada@example.org": ["federated"]})
+    site.drop_in_inbox(EXAMPLE_A, "a.txt")
+    assert site.cli("run").code == 0
+    assert len(private_files(site)) == files
+    assert (site.data / "feeds" / "papers.atom").exists()
+    # the web front serves the private feed either way
+    assert site.web().get(private_feed_path(site, "ada@example.org")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("setting", "no_web", "files"),
+    [("auto", False, 0), ("auto", True, 2), ("all", False, 2), ("public", True, 0)],
+)
+def test_feed_files_under_serve(
+    site: Site, monkeypatch: pytest.MonkeyPatch, setting: str, no_web: bool, files: int
+) -> None:
+    monkeypatch.setenv("DIGEST_FEED_FILES", setting)
+    site.subscribe({"ada@example.org": ["federated"]})
+    site.drop_in_inbox(EXAMPLE_A, "a.txt")
+
+    def serve_once(*, services: list[Any], run_job: Callable[[], None], **_: Any) -> int:
+        run_job()  # one scheduled run, no server started
+        return 0
+
+    monkeypatch.setattr(cli, "serve", serve_once)
+    args = ["serve", "--no-web"] if no_web else ["serve"]
+    result = site.cli(*args)
+    assert result.code == 0, result.err
+    assert store_rows(site.data, "SELECT status FROM run") == [("ok",)]
+    assert len(private_files(site)) == files
+
+
+def test_the_name_index_is_rebuilt_on_a_miss_at_most_every_few_seconds(site: Site) -> None:
+    settings = load_settings(None)
+    key = settings.signing_key()
+    site.subscribe({"ada@example.org": ["federated"]})
+    engine = open_store(settings.database_url)
+    now = [100.0]
+    names = FeedNames(key, clock=lambda: now[0])
+    builds = 0
+    rebuild = names.rebuild
+
+    def counted(engine: Any) -> None:
+        nonlocal builds
+        builds += 1
+        rebuild(engine)
+
+    names.rebuild = counted  # type: ignore[method-assign]
+
+    def name_of(address: str) -> tuple[int, str]:
+        ((ident, salt),) = store_rows(
+            site.data, f"SELECT id, token_salt FROM subscriber WHERE email = '{address}'"
+        )
+        return int(str(ident)), feed_name(key, int(str(ident)), str(salt))
+
+    ada, ada_name = name_of("ada@example.org")
+    assert names.find(engine, ada_name) == ada and builds == 1
+    assert names.find(engine, ada_name) == ada and builds == 1  # known: no rebuild
+    site.subscribe({"bob@example.org": ["speech"]})
+    bob, bob_name = name_of("bob@example.org")
+    assert names.find(engine, "0" * 32) is None and builds == 1  # too soon after the last
+    assert names.find(engine, bob_name) is None and builds == 1
+    now[0] += REBUILD_SECONDS
+    assert names.find(engine, bob_name) == bob and builds == 2
+    engine.dispose()
