@@ -16,28 +16,22 @@ from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from digest.settings import Settings, load_settings
 from digest.store.engine import open_store
 from digest.web import browse, feedback, health, live, subscription
 from digest.web.render import http_error, server_error
-from digest.web.security import BodyLimit, SecurityHeaders, redact
+from digest.web.security import BodyLimit, HttpMiddleware, SecurityHeaders, redact
 from digest.web.state import WebState
 
 access_log = logging.getLogger("digest.web.access")
 
 
-class AccessLog:
+class AccessLog(HttpMiddleware):
     """One line per request: method, path with its token redacted, status, milliseconds."""
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         status = 500
 

@@ -44,8 +44,8 @@ def redact(path: str) -> str:
     return _SECRET_PATH.sub(r"\1***", path)
 
 
-class SecurityHeaders:
-    """ASGI middleware adding :data:`SECURITY_HEADERS` to every HTTP response."""
+class HttpMiddleware:
+    """ASGI middleware that acts on HTTP requests (``http``) and passes anything else on."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -53,8 +53,17 @@ class SecurityHeaders:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
-            return
+        else:
+            await self.http(scope, receive, send)
 
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class SecurityHeaders(HttpMiddleware):
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every HTTP response."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 names = {name for name, _ in message.get("headers", [])}
@@ -65,18 +74,15 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-class BodyLimit:
+class BodyLimit(HttpMiddleware):
     """ASGI middleware refusing a request body over ``limit`` bytes with a 413 page: at
     once when Content-Length says so, else as soon as the streamed body passes it."""
 
     def __init__(self, app: ASGIApp, limit: int = MAX_BODY_BYTES) -> None:
-        self.app = app
+        super().__init__(app)
         self.limit = limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope.get("headers", [])).get(b"content-length")
         too_large = declared is not None and (not declared.isdigit() or int(declared) > self.limit)
         seen = 0
