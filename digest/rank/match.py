@@ -44,6 +44,7 @@ TAIL_WEIGHT = 0.5
 # Interests of this many content words or more may lack one in so many outright (a soft
 # match): "decoding methods for large language models" needs two of its three.
 SPARE_PER = 3
+KEEP = 2
 _VARIANT_MIN = 5  # shorter words have no variants ("model" would meet "modeled")
 # Explanations carry an alias match as one entry: this mark, the interest's word, the span.
 ALIAS_MARK = "\x00"
@@ -310,7 +311,7 @@ class AllLeaves:
     with no variant at all.
     """
 
-    __slots__ = ("bonus", "excluded", "order", "required", "spare", "variants")
+    __slots__ = ("bonus", "excluded", "lack", "order", "required", "spare", "variants")
 
     def __init__(
         self,
@@ -320,10 +321,12 @@ class AllLeaves:
         variants: list[Matcher | None] | None = None,
         order: list[int] | None = None,
         spare: frozenset[int] = frozenset(),
+        lack: int = 0,
     ) -> None:
         self.required, self.excluded, self.bonus = required, excluded, bonus
         self.variants = variants
         self.spare = spare  # the items a soft match may lack with no variant at all
+        self.lack = lack  # how many of them at most
         # The order to try the items in when only the score is asked for: the likeliest to
         # fail first (the anchor, which found the paper, last). Explanations keep the
         # interest's order.
@@ -332,6 +335,7 @@ class AllLeaves:
     def evaluate(self, doc: Doc, found: Found) -> float | None:
         total = 0.0
         soft = varied = False
+        lacking = 0
         required = self.required
         for i in self.order if found is None else range(len(required)):
             item = required[i]
@@ -342,8 +346,8 @@ class AllLeaves:
                 score = None if variant is None else variant.evaluate(doc, found)
                 if score is not None:
                     varied = True
-                elif i in self.spare:
-                    score = 0.0
+                elif i in self.spare and lacking < self.lack:
+                    lacking, score = lacking + 1, 0.0
                 else:
                     return None
                 soft = True
@@ -562,7 +566,8 @@ class Compiler:
             (i for i, (m, _) in enumerate(content) if isinstance(m, _WORDS)),
             key=lambda i: _idf_of(content[i][0]),
         )
-        spare = frozenset(plain[: len(content) // SPARE_PER])
+        lack = len(content) // SPARE_PER
+        spare = frozenset(plain[: max(len(plain) - KEEP, 0)] if lack else ())
         rarest = min(range(len(required)), key=lambda i: required[i][1][0], default=None)
         best = None if rarest is None else required[rarest][1]
         if rarest is not None and best is not None and variants is not None:
@@ -572,7 +577,7 @@ class Compiler:
                 best = (best[0] + variant[1][0], best[1] + variant[1][1])
         order = sorted(range(len(required)), key=lambda i: (i == rarest, required[i][1][0]))
         matcher: Matcher = AllLeaves(
-            [m for m, _ in required], [], self.proximity(node), variants, order, spare
+            [m for m, _ in required], [], self.proximity(node), variants, order, spare, lack
         )
         words = [item for item in node.items if isinstance(item, Term) and not item.prefix]
         positive = [item for item in node.items if not isinstance(item, Without)]
@@ -672,12 +677,18 @@ class Compiler:
 
         A word's other inflections the store knows ("decoded", "decode" for ``decoding``,
         by ``text.inflected``; "decoder" is another word); an acronym's expansion without
-        its first word ("language model" for ``LLM``: what it is a kind of).
+        its first word ("language model" for ``LLM``, or for ``large language models``
+        among more words: what it is a kind of).
         """
-        if isinstance(matcher, AliasLeaf) and isinstance(matcher.primary, TermLeaf):
-            fields = matcher.primary.fields
+        if isinstance(matcher, AliasLeaf):
+            if isinstance(matcher.primary, TermLeaf):  # the acronym, as written
+                fields, shorts = matcher.primary.fields, [matcher.primary.term]
+            else:  # its expansion among more words ("large language model decoding")
+                terms = self.analyzer.positions(matcher.written).terms
+                fields = (0, 1)
+                shorts = self.stands.get("".join(t for t in terms if t not in STOPWORDS), [])
             tails: list[tuple[Matcher, Anchors]] = []
-            for expansion in self.acronyms.get(matcher.primary.term, ()):
+            for expansion in (e for short in shorts for e in self.acronyms.get(short, ())):
                 content = [term for term in expansion if term not in STOPWORDS]
                 for start in range(1, len(content) - 1):
                     tails.append(self.words(" ".join(content[start:]), fields))
