@@ -198,7 +198,7 @@ def test_one_word_is_not_an_expansion_tail() -> None:
     assert {r.paper_id for r in search("masked autoencoders", papers, stats)} == {1, 2, 3}
 
 
-def test_an_acronym_alone_meets_its_last_words_unless_they_name_a_broader_topic() -> None:
+def test_an_acronym_meets_its_last_words_unless_they_name_a_broader_topic() -> None:
     papers = [
         PlainPaper(1, "ASR in noise", "Automatic speech recognition (ASR) in noise."),
         PlainPaper(2, "ASR for kids", "Automatic speech recognition (ASR) for children."),

@@ -38,7 +38,7 @@ PREFIX_KEY = 3
 ALIAS_WEIGHT = 0.8
 # Soft conjunction: all the words but one, and a close variant of that one, score this share.
 SOFT = 0.5
-# An acronym alone also meets the last words of its expansion ("speech recognition" for
+# An acronym also meets the last words of its expansion ("speech recognition" for
 # ASR) at this share, below a paper that writes the acronym or the whole expansion.
 TAIL_WEIGHT = 0.5
 # Interests of this many content words or more may lack one in so many outright (a soft
@@ -658,7 +658,7 @@ class Compiler:
         return AliasLeaf(matcher, leaves, idf, written, tail_leaves), (cost, keys)
 
     def _tails(self, expansion: tuple[str, ...]) -> list[str]:
-        """The last two or more words of an expansion an acronym alone also meets.
+        """The last two or more words of an expansion the acronym also meets.
 
         Not a tail that is itself another acronym's whole expansion: "language model" (LM)
         is what VLM and LLM are kinds of, a broader topic, while "speech recognition" is
