@@ -41,8 +41,8 @@ SOFT = 0.5
 # An acronym also meets the last words of its expansion ("speech recognition" for
 # ASR) at this share, below a paper that writes the acronym or the whole expansion.
 TAIL_WEIGHT = 0.5
-# Interests of this many content words or more may lack one in so many outright (a soft
-# match): "decoding methods for large language models" needs two of its three.
+# A soft match may also lack one in so many of an interest's words outright, never its
+# ``KEEP`` rarest: "decoding methods for large language models" needs two of its three.
 SPARE_PER = 3
 KEEP = 2
 _VARIANT_MIN = 5  # shorter words have no variants ("model" would meet "modeled")
@@ -306,9 +306,9 @@ class AllLeaves:
 
     ``variants`` (one per required item, or ``None``) make the conjunction soft: a paper
     missing one required item that has a close variant of it, and one of the others in its
-    title, still matches, at ``SOFT`` times the score of what it has. The ``spare`` items (in
-    long interests, the commonest words: one in three, ``SPARE_PER``) may be missing too,
-    with no variant at all.
+    title, still matches, at ``SOFT`` times the score of what it has. Up to ``lack`` of the
+    ``spare`` items (in interests of three words or more, all but the ``KEEP`` rarest) may be
+    missing too, with no variant at all.
     """
 
     __slots__ = ("bonus", "excluded", "lack", "order", "required", "spare", "variants")
