@@ -123,7 +123,9 @@ def _table(outcomes: list[Outcome]) -> str:
     ("judged_set", "f1_gain"),
     [
         pytest.param(SETS[0].values[0], 0.0, id="examples"),
-        pytest.param(SETS[1].values[0], 0.05, id="real", marks=pytest.mark.real_dumps),
+        # The interests alone now find part of what the votes used to add (mean F1 on the
+        # later listings 0.693 -> 0.733 without votes, 0.755 -> 0.772 with them).
+        pytest.param(SETS[1].values[0], 0.035, id="real", marks=pytest.mark.real_dumps),
     ],
 )
 def test_feedback_helps_simulated_readers(judged_set: JudgedSet, f1_gain: float) -> None:

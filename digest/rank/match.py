@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from itertools import pairwise
 from typing import Protocol
 
@@ -38,6 +38,13 @@ PREFIX_KEY = 3
 ALIAS_WEIGHT = 0.8
 # Soft conjunction: all the words but one, and a close variant of that one, score this share.
 SOFT = 0.5
+# An acronym also meets the last words of its expansion ("speech recognition" for
+# ASR) at this share, below a paper that writes the acronym or the whole expansion.
+TAIL_WEIGHT = 0.5
+# A soft match may also lack one in so many of an interest's words outright, never its
+# ``KEEP`` rarest: "decoding methods for large language models" needs two of its three.
+SPARE_PER = 3
+KEEP = 2
 _VARIANT_MIN = 5  # shorter words have no variants ("model" would meet "modeled")
 # Explanations carry an alias match as one entry: this mark, the interest's word, the span.
 ALIAS_MARK = "\x00"
@@ -299,10 +306,12 @@ class AllLeaves:
 
     ``variants`` (one per required item, or ``None``) make the conjunction soft: a paper
     missing one required item that has a close variant of it, and one of the others in its
-    title, still matches, at ``SOFT`` times the score of what it has.
+    title, still matches, at ``SOFT`` times the score of what it has. Up to ``lack`` of the
+    ``spare`` items (in interests of three words or more, all but the ``KEEP`` rarest) may be
+    missing too, with no variant at all.
     """
 
-    __slots__ = ("bonus", "excluded", "order", "required", "variants")
+    __slots__ = ("bonus", "excluded", "lack", "order", "required", "spare", "variants")
 
     def __init__(
         self,
@@ -311,9 +320,13 @@ class AllLeaves:
         bonus: Matcher | None = None,
         variants: list[Matcher | None] | None = None,
         order: list[int] | None = None,
+        spare: frozenset[int] = frozenset(),
+        lack: int = 0,
     ) -> None:
         self.required, self.excluded, self.bonus = required, excluded, bonus
         self.variants = variants
+        self.spare = spare  # the items a soft match may lack with no variant at all
+        self.lack = lack  # how many of them at most
         # The order to try the items in when only the score is asked for: the likeliest to
         # fail first (the anchor, which found the paper, last). Explanations keep the
         # interest's order.
@@ -321,16 +334,21 @@ class AllLeaves:
 
     def evaluate(self, doc: Doc, found: Found) -> float | None:
         total = 0.0
-        soft = False
+        soft = varied = False
+        lacking = 0
         required = self.required
         for i in self.order if found is None else range(len(required)):
             item = required[i]
             score = item.evaluate(doc, found)
             if score is None:
                 # The variant is looked at first: without it, nothing else needs evaluating.
-                variant = None if soft or self.variants is None else self.variants[i]
+                variant = None if varied or self.variants is None else self.variants[i]
                 score = None if variant is None else variant.evaluate(doc, found)
-                if score is None:
+                if score is not None:
+                    varied = True
+                elif i in self.spare and lacking < self.lack:
+                    lacking, score = lacking + 1, 0.0
+                else:
                     return None
                 soft = True
             total += score
@@ -383,25 +401,36 @@ class AliasLeaf:
     would put them above papers that name it in their title.
     """
 
-    __slots__ = ("aliases", "idf", "primary", "written")
+    __slots__ = ("aliases", "idf", "primary", "tails", "written")
 
     def __init__(
-        self, primary: Matcher, aliases: list[TermLeaf | PhraseLeaf], idf: float, written: str
+        self,
+        primary: Matcher,
+        aliases: list[TermLeaf | PhraseLeaf],
+        idf: float,
+        written: str,
+        tails: list[PhraseLeaf] | None = None,
     ) -> None:
         self.primary, self.aliases, self.idf, self.written = primary, aliases, idf, written
+        self.tails = tails or []  # an acronym's last words, counted only without the rest
 
     def evaluate(self, doc: Doc, found: Found) -> float | None:
         score = self.primary.evaluate(doc, found)
         x = 0.0
         for alias in self.aliases:
             x += alias.frequency(doc)
+        weight = ALIAS_WEIGHT
+        leaves: Sequence[TermLeaf | PhraseLeaf] = self.aliases
+        if not x and score is None and self.tails:
+            weight, leaves = TAIL_WEIGHT, self.tails
+            x = sum(tail.frequency(doc) for tail in self.tails)
         if not x:
             return score
         if found is not None:
             # One entry per place, read back by the explainer as "LLM, written as ...".
-            for f, first, last in (span for alias in self.aliases for span in alias.spans(doc)):
+            for f, first, last in (span for alias in leaves for span in alias.spans(doc)):
                 found.append((f, f"{ALIAS_MARK}{self.written}{ALIAS_MARK}{first}:{last}"))
-        other = ALIAS_WEIGHT * saturate(self.idf, x)
+        other = weight * saturate(self.idf, x)
         return other if score is None else max(score, other)
 
 
@@ -434,6 +463,9 @@ class NotLeaf:
         return None if self.item.evaluate(doc, None) is not None else 0.0
 
 
+# What a soft match may lack outright: words, phrases, acronyms (not prefixes or groups).
+_WORDS = (TermLeaf, PhraseLeaf, AliasLeaf)
+
 # Anchors: an estimated cost (document frequency) and keys ("t", term) or ("p", prefix).
 Anchors = tuple[float, list[tuple[str, str]]]
 
@@ -454,8 +486,11 @@ class Compiler:
         # An expansion's words run together, or its last two words or more → the acronyms:
         # "speech recognition" stands for what ASR does, "language model" for LLM and LM.
         self.stands: dict[str, list[str]] = {}
+        # Every whole expansion, less its little words: a tail that is one names its own topic.
+        self.whole: set[tuple[str, ...]] = set()
         for short, expansions in self.acronyms.items():
             for expansion in expansions:
+                self.whole.add(tuple(term for term in expansion if term not in STOPWORDS))
                 content = [term for term in expansion if term not in STOPWORDS]
                 for start in range(len(content) - 1):
                     self.stands.setdefault("".join(content[start:]), []).append(short)
@@ -526,6 +561,13 @@ class Compiler:
             soft = [self.variant(m) for m, _ in content]
             if any(soft):
                 variants = [None if v is None else v[0] for v in soft]
+        # The commonest words say least about an interest: a soft match may lack them.
+        plain = sorted(
+            (i for i, (m, _) in enumerate(content) if isinstance(m, _WORDS)),
+            key=lambda i: _idf_of(content[i][0]),
+        )
+        lack = len(content) // SPARE_PER
+        spare = frozenset(plain[: max(len(plain) - KEEP, 0)] if lack else ())
         rarest = min(range(len(required)), key=lambda i: required[i][1][0], default=None)
         best = None if rarest is None else required[rarest][1]
         if rarest is not None and best is not None and variants is not None:
@@ -535,7 +577,7 @@ class Compiler:
                 best = (best[0] + variant[1][0], best[1] + variant[1][1])
         order = sorted(range(len(required)), key=lambda i: (i == rarest, required[i][1][0]))
         matcher: Matcher = AllLeaves(
-            [m for m, _ in required], [], self.proximity(node), variants, order
+            [m for m, _ in required], [], self.proximity(node), variants, order, spare, lack
         )
         words = [item for item in node.items if isinstance(item, Term) and not item.prefix]
         positive = [item for item in node.items if not isinstance(item, Without)]
@@ -589,9 +631,11 @@ class Compiler:
             return matcher, anchors
         terms = self.analyzer.positions(written).terms
         aliases: list[tuple[Matcher, Anchors]] = []
+        tails: list[tuple[Matcher, Anchors]] = []
         if len(terms) == 1:
             for expansion in self.acronyms.get(terms[0], ()):
                 aliases.append(self.words(" ".join(expansion), fields))
+                tails.extend(self.words(tail, fields) for tail in self._tails(expansion))
         content = [term for term in terms if term not in STOPWORDS]
         # Two words at least: "autoencoder" alone is no "masked auto encoder" (MAE).
         for short in self.stands.get("".join(content), ()) if len(content) >= 2 else ():
@@ -600,25 +644,51 @@ class Compiler:
             return matcher, anchors
         cost, keys = anchors[0], list(anchors[1])
         leaves: list[TermLeaf | PhraseLeaf] = []
-        for leaf, (more, their) in aliases:
-            assert isinstance(leaf, TermLeaf | PhraseLeaf)
-            leaves.append(leaf)
+        tail_leaves: list[PhraseLeaf] = []
+        for i, (leaf, (more, their)) in enumerate(aliases + tails):
+            if i < len(aliases):
+                assert isinstance(leaf, TermLeaf | PhraseLeaf)
+                leaves.append(leaf)
+            else:
+                assert isinstance(leaf, PhraseLeaf)
+                tail_leaves.append(leaf)
             cost += more
             keys.extend(their)
         idf = sum(self.idf(term) for term in content or terms)
-        return AliasLeaf(matcher, leaves, idf, written), (cost, keys)
+        return AliasLeaf(matcher, leaves, idf, written, tail_leaves), (cost, keys)
+
+    def _tails(self, expansion: tuple[str, ...]) -> list[str]:
+        """The last two or more words of an expansion the acronym also meets.
+
+        Not a tail that is itself another acronym's whole expansion: "language model" (LM)
+        is what VLM and LLM are kinds of, a broader topic, while "speech recognition" is
+        what ASR names.
+        """
+        content = [term for term in expansion if term not in STOPWORDS]
+        out: list[str] = []
+        for start in range(1, len(content) - 1):
+            tail = content[start:]
+            if tuple(tail) not in self.whole:
+                out.append(" ".join(tail))
+        return out
 
     def variant(self, matcher: Matcher) -> tuple[Matcher, Anchors] | None:
         """What stands in for a required item in a soft match, and its anchors (None: nothing).
 
         A word's other inflections the store knows ("decoded", "decode" for ``decoding``,
         by ``text.inflected``; "decoder" is another word); an acronym's expansion without
-        its first word ("language model" for ``LLM``: what it is a kind of).
+        its first word ("language model" for ``LLM``, or for ``large language models``
+        among more words: what it is a kind of).
         """
-        if isinstance(matcher, AliasLeaf) and isinstance(matcher.primary, TermLeaf):
-            fields = matcher.primary.fields
+        if isinstance(matcher, AliasLeaf):
+            if isinstance(matcher.primary, TermLeaf):  # the acronym, as written
+                fields, shorts = matcher.primary.fields, [matcher.primary.term]
+            else:  # its expansion among more words ("large language model decoding")
+                terms = self.analyzer.positions(matcher.written).terms
+                fields = (0, 1)
+                shorts = self.stands.get("".join(t for t in terms if t not in STOPWORDS), [])
             tails: list[tuple[Matcher, Anchors]] = []
-            for expansion in self.acronyms.get(matcher.primary.term, ()):
+            for expansion in (e for short in shorts for e in self.acronyms.get(short, ())):
                 content = [term for term in expansion if term not in STOPWORDS]
                 for start in range(1, len(content) - 1):
                     tails.append(self.words(" ".join(content[start:]), fields))
@@ -733,6 +803,11 @@ class Compiler:
                 for prefix in prefixes.get(surface[:PREFIX_KEY], ()):
                     if surface.startswith(prefix):
                         prefixed.setdefault(prefix, []).append((f, count, term(surface)))
+
+
+def _idf_of(matcher: Matcher) -> float:
+    assert isinstance(matcher, _WORDS)
+    return matcher.idf
 
 
 def _is_stopword(matcher: Matcher) -> bool:
