@@ -2,7 +2,7 @@
 
     python bench/match.py [--subscribers N] [--papers N] [--store-sample N] [--sample N]
                           [--seed N] [--processes N] [--voters SHARE] [--dumps PATH ...]
-                          [--baseline CHECKOUT [--rounds N]]
+                          [--feedback-only] [--baseline CHECKOUT [--rounds N]]
 
 The corpus is synthetic, with a realistic spread of words (see bench/README.md):
 a 40,000-word Zipfian vocabulary whose head is the real words of some listing dumps
@@ -293,11 +293,12 @@ def density(day: list[PlainPaper], matches: DayMatches) -> str:
     )
 
 
-def side_by_side(baseline: Path, argv: list[str], rounds: int) -> None:
+def side_by_side(baseline: Path, argv: list[str], rounds: int, feedback_only: bool) -> None:
     """Another checkout's bench/match.py and this one's, in turns, each on its own code.
 
     In turns, because the machine is shared: a neighbour's job slows whichever runs
-    beside it, and alternating spreads that over both.
+    beside it, and alternating spreads that over both. With ``feedback_only`` this script
+    runs both times (on each checkout's code), and the cost of votes is compared.
     """
     rest: list[str] = []
     skip = False
@@ -313,24 +314,35 @@ def side_by_side(baseline: Path, argv: list[str], rounds: int) -> None:
     for turn in range(rounds):
         for name, checkout in runs.items():
             env = {**os.environ, "PYTHONPATH": str(checkout)}
-            script = checkout / "bench" / "match.py"
+            script = (
+                REPO / "bench" / "match.py" if feedback_only else checkout / "bench" / "match.py"
+            )
+            # The checkout's own environment when it has one: an editable install of this
+            # checkout would otherwise win over PYTHONPATH.
+            venv = checkout / ".venv" / "bin" / "python"
+            python = str(venv) if venv.exists() else sys.executable
             done = subprocess.run(
-                [sys.executable, str(script), *rest],
+                [python, str(script), *rest],
                 env=env,
                 capture_output=True,
                 text=True,
                 check=True,
             )
-            print(f"--- round {turn + 1}, {name}: {script}\n{done.stdout}", end="", flush=True)
-            found = re.search(r"total ([\d.]+)s", done.stdout)
+            print(f"--- round {turn + 1}, {name}: {checkout}\n{done.stdout}", end="", flush=True)
+            pattern = r"without votes ([\d.]+)s, with them ([\d.]+)s" if feedback_only else None
+            found = re.search(pattern or r"total ([\d.]+)s", done.stdout)
             if found is None:
-                raise SystemExit(f"no total in the output of {script}")
-            totals[name].append(float(found.group(1)))
-    print("\n| round | baseline | this checkout | this / baseline |\n| --- | --- | --- | --- |")
+                raise SystemExit(f"no figure in the output of {script}")
+            figure = float(found.group(2)) / float(found.group(1)) if pattern else None
+            totals[name].append(figure or float(found.group(1)))
+    unit = "x" if feedback_only else " s"
+    what = "with votes / without, " if feedback_only else ""
+    print(f"\n| round | {what}baseline | this checkout | this / baseline |")
+    print("| --- | --- | --- | --- |")
     for turn, (old, new) in enumerate(zip(*totals.values(), strict=True), 1):
-        print(f"| {turn} | {old:.2f} s | {new:.2f} s | {new / old:.2f} |")
+        print(f"| {turn} | {old:.2f}{unit} | {new:.2f}{unit} | {new / old:.2f} |")
     old, new = (statistics.median(values) for values in totals.values())
-    print(f"| median | {old:.2f} s | {new:.2f} s | {new / old:.2f} |")
+    print(f"| median | {old:.2f}{unit} | {new:.2f}{unit} | {new / old:.2f} |")
 
 
 def feedback_cost(
@@ -345,9 +357,10 @@ def feedback_cost(
     """The whole ranking with and without readers' votes, side by side: ``share`` of the
     readers with 10 votes each (half up, half down) on papers of earlier days."""
     voters = rng.sample(profiles, int(len(profiles) * share))
+    drawn: dict[int, PlainPaper] = {}  # a paper two readers voted on is one paper, one text
     votes = {
         p.id: [
-            Vote(generator.paper(i), up=n % 2 == 0)
+            Vote(drawn.get(i) or drawn.setdefault(i, generator.paper(i)), up=n % 2 == 0)
             for n, i in enumerate(rng.sample(range(1, STORE), 10))
         ]
         for p in voters
@@ -385,10 +398,16 @@ def main() -> None:
     parser.add_argument(
         "--voters", type=float, default=0.01, help="share of readers with votes (0: skip)"
     )
+    parser.add_argument(
+        "--feedback-only",
+        action="store_true",
+        help="time only the ranking without and with votes (with --baseline: the baseline's"
+        " code under this script, so both sides run the same measurement)",
+    )
     add_dumps_argument(parser)
     args = parser.parse_args()
     if args.baseline:
-        side_by_side(args.baseline, sys.argv[1:], args.rounds)
+        side_by_side(args.baseline, sys.argv[1:], args.rounds, args.feedback_only)
         return
     rng = random.Random(args.seed)
     real = real_papers(dump_files(args.dumps))
@@ -399,6 +418,10 @@ def main() -> None:
     distinct = len({t for p in profiles for t in p.interests})
     print(f"{len(profiles):,} subscribers, {distinct:,} distinct interests, {len(day):,} papers")
     print(f"vocabulary: {len(generator.words):,} words, {len(stats.frequencies):,} store terms")
+    if args.feedback_only:
+        processes = args.processes or workers.processes_for(len(day) * len(profiles))
+        feedback_cost(rng, generator, day, profiles, stats, args.voters, processes)
+        return
 
     t0 = time.perf_counter()
     words = sum(len(DEFAULT(p.abstract)) for p in day)
