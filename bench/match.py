@@ -36,8 +36,10 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from digest.ingest.readers import read_listing
+from digest.rank import feedback as model
 from digest.rank import ranker, workers
 from digest.rank.feedback import Vote
 from digest.rank.index import InterestIndex
@@ -311,6 +313,7 @@ def side_by_side(baseline: Path, argv: list[str], rounds: int, feedback_only: bo
             rest.append(arg)
     runs = {"baseline": baseline.resolve(), "this checkout": REPO}
     totals: dict[str, list[float]] = {name: [] for name in runs}
+    steps: dict[str, list[str]] = {name: [] for name in runs}
     for turn in range(rounds):
         for name, checkout in runs.items():
             env = {**os.environ, "PYTHONPATH": str(checkout)}
@@ -335,6 +338,9 @@ def side_by_side(baseline: Path, argv: list[str], rounds: int, feedback_only: bo
                 raise SystemExit(f"no figure in the output of {script}")
             figure = float(found.group(2)) / float(found.group(1)) if pattern else None
             totals[name].append(figure or float(found.group(1)))
+            step = re.search(r"\(rerank_readers\) ([\d.]+)s, ([\d.]+) CPU-s", done.stdout)
+            if step:
+                steps[name].append(f"{step.group(1)} s, {step.group(2)} CPU-s")
     unit = "x" if feedback_only else " s"
     what = "with votes / without, " if feedback_only else ""
     print(f"\n| round | {what}baseline | this checkout | this / baseline |")
@@ -343,6 +349,10 @@ def side_by_side(baseline: Path, argv: list[str], rounds: int, feedback_only: bo
         print(f"| {turn} | {old:.2f}{unit} | {new:.2f}{unit} | {new / old:.2f} |")
     old, new = (statistics.median(values) for values in totals.values())
     print(f"| median | {old:.2f}{unit} | {new:.2f}{unit} | {new / old:.2f} |")
+    if all(len(found) == rounds for found in steps.values()):
+        print("\n| round | the voters' models, baseline | this checkout |\n| --- | --- | --- |")
+        for turn, (old_step, new_step) in enumerate(zip(*steps.values(), strict=True), 1):
+            print(f"| {turn} | {old_step} | {new_step} |")
 
 
 def feedback_cost(
@@ -368,7 +378,22 @@ def feedback_cost(
     t0 = time.perf_counter()
     plain = ranker.rank(day, profiles, stats, processes=processes)
     t1 = time.perf_counter()
-    voted = ranker.rank(day, profiles, stats, processes=processes, votes=votes)
+    step: list[float] = []
+    rerank_readers = model.rerank_readers
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        """The model's step alone: wall time, and CPU time with its worker processes'."""
+        wall, own, kids = time.perf_counter(), time.process_time(), _children_cpu()
+        done = rerank_readers(*args, **kwargs)
+        cpu = time.process_time() - own + _children_cpu() - kids
+        step.extend((time.perf_counter() - wall, cpu))
+        return done
+
+    model.rerank_readers = timed
+    try:
+        voted = ranker.rank(day, profiles, stats, processes=processes, votes=votes)
+    finally:
+        model.rerank_readers = rerank_readers
     t2 = time.perf_counter()
     same = sum(plain[p.id] == voted[p.id] for p in profiles if p.id not in votes)
     print(
@@ -377,6 +402,12 @@ def feedback_cost(
         f" {(t2 - t1) / (t1 - t0):.2f}x); the other {same:,} readers' lists identical:"
         f" {same == len(profiles) - len(voters)}"
     )
+    print(f"feedback: the voters' models (rerank_readers) {step[0]:.2f}s, {step[1]:.2f} CPU-s")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
