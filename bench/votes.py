@@ -99,6 +99,13 @@ def main() -> None:
         )
     ratio = timings["with vote links"] / timings["without links"]
     print(f"ratio: {ratio:.2f}x the time")
+    start = time.perf_counter()
+    for ident, papers in enumerate(readers):
+        for paper in papers:
+            links.vote_urls(ident, f"salt{ident}", paper.key)
+    signing = time.perf_counter() - start
+    items = args.digests * args.papers
+    print(f"signing alone (Links.vote_urls): {signing / items * 1e6:.1f} us an item")
 
 
 def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
@@ -118,7 +125,9 @@ def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
             ratio = re.search(r"ratio: ([\d.]+)x", done.stdout)
             if len(rates) != 2 or ratio is None:
                 raise SystemExit(f"no figures in the output of {name}")
-            found[name].append(f"{rates[0]} / {rates[1]} messages/s, {ratio.group(1)}x")
+            signing = re.search(r"signing alone \(Links.vote_urls\): ([\d.]+) us", done.stdout)
+            alone = f"; signing {signing.group(1)} us an item" if signing else ""
+            found[name].append(f"{rates[0]} / {rates[1]} messages/s, {ratio.group(1)}x{alone}")
     print("\n| round | baseline: without / with links | this checkout |\n| --- | --- | --- |")
     for turn, (old, new) in enumerate(zip(*found.values(), strict=True), 1):
         print(f"| {turn} | {old} | {new} |")
