@@ -2,7 +2,7 @@
 
     python bench/match.py [--subscribers N] [--papers N] [--store-sample N] [--sample N]
                           [--seed N] [--processes N] [--voters SHARE] [--dumps PATH ...]
-                          [--baseline CHECKOUT [--rounds N]]
+                          [--feedback-only] [--baseline CHECKOUT [--rounds N]]
 
 The corpus is synthetic, with a realistic spread of words (see bench/README.md):
 a 40,000-word Zipfian vocabulary whose head is the real words of some listing dumps
@@ -36,8 +36,10 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from digest.ingest.readers import read_listing
+from digest.rank import feedback as model
 from digest.rank import ranker, workers
 from digest.rank.feedback import Vote
 from digest.rank.index import InterestIndex
@@ -293,11 +295,12 @@ def density(day: list[PlainPaper], matches: DayMatches) -> str:
     )
 
 
-def side_by_side(baseline: Path, argv: list[str], rounds: int) -> None:
+def side_by_side(baseline: Path, argv: list[str], rounds: int, feedback_only: bool) -> None:
     """Another checkout's bench/match.py and this one's, in turns, each on its own code.
 
     In turns, because the machine is shared: a neighbour's job slows whichever runs
-    beside it, and alternating spreads that over both.
+    beside it, and alternating spreads that over both. With ``feedback_only`` this script
+    runs both times (on each checkout's code), and the cost of votes is compared.
     """
     rest: list[str] = []
     skip = False
@@ -310,27 +313,46 @@ def side_by_side(baseline: Path, argv: list[str], rounds: int) -> None:
             rest.append(arg)
     runs = {"baseline": baseline.resolve(), "this checkout": REPO}
     totals: dict[str, list[float]] = {name: [] for name in runs}
+    steps: dict[str, list[str]] = {name: [] for name in runs}
     for turn in range(rounds):
         for name, checkout in runs.items():
             env = {**os.environ, "PYTHONPATH": str(checkout)}
-            script = checkout / "bench" / "match.py"
+            script = (
+                REPO / "bench" / "match.py" if feedback_only else checkout / "bench" / "match.py"
+            )
+            # The checkout's own environment when it has one: an editable install of this
+            # checkout would otherwise win over PYTHONPATH.
+            venv = checkout / ".venv" / "bin" / "python"
+            python = str(venv) if venv.exists() else sys.executable
             done = subprocess.run(
-                [sys.executable, str(script), *rest],
+                [python, str(script), *rest],
                 env=env,
                 capture_output=True,
                 text=True,
                 check=True,
             )
-            print(f"--- round {turn + 1}, {name}: {script}\n{done.stdout}", end="", flush=True)
-            found = re.search(r"total ([\d.]+)s", done.stdout)
+            print(f"--- round {turn + 1}, {name}: {checkout}\n{done.stdout}", end="", flush=True)
+            pattern = r"without votes ([\d.]+)s, with them ([\d.]+)s" if feedback_only else None
+            found = re.search(pattern or r"total ([\d.]+)s", done.stdout)
             if found is None:
-                raise SystemExit(f"no total in the output of {script}")
-            totals[name].append(float(found.group(1)))
-    print("\n| round | baseline | this checkout | this / baseline |\n| --- | --- | --- | --- |")
+                raise SystemExit(f"no figure in the output of {script}")
+            figure = float(found.group(2)) / float(found.group(1)) if pattern else None
+            totals[name].append(figure or float(found.group(1)))
+            step = re.search(r"\(rerank_readers\) ([\d.]+)s, ([\d.]+) CPU-s", done.stdout)
+            if step:
+                steps[name].append(f"{step.group(1)} s, {step.group(2)} CPU-s")
+    unit = "x" if feedback_only else " s"
+    what = "with votes / without, " if feedback_only else ""
+    print(f"\n| round | {what}baseline | this checkout | this / baseline |")
+    print("| --- | --- | --- | --- |")
     for turn, (old, new) in enumerate(zip(*totals.values(), strict=True), 1):
-        print(f"| {turn} | {old:.2f} s | {new:.2f} s | {new / old:.2f} |")
+        print(f"| {turn} | {old:.2f}{unit} | {new:.2f}{unit} | {new / old:.2f} |")
     old, new = (statistics.median(values) for values in totals.values())
-    print(f"| median | {old:.2f} s | {new:.2f} s | {new / old:.2f} |")
+    print(f"| median | {old:.2f}{unit} | {new:.2f}{unit} | {new / old:.2f} |")
+    if all(len(found) == rounds for found in steps.values()):
+        print("\n| round | the voters' models, baseline | this checkout |\n| --- | --- | --- |")
+        for turn, (old_step, new_step) in enumerate(zip(*steps.values(), strict=True), 1):
+            print(f"| {turn} | {old_step} | {new_step} |")
 
 
 def feedback_cost(
@@ -345,9 +367,10 @@ def feedback_cost(
     """The whole ranking with and without readers' votes, side by side: ``share`` of the
     readers with 10 votes each (half up, half down) on papers of earlier days."""
     voters = rng.sample(profiles, int(len(profiles) * share))
+    drawn: dict[int, PlainPaper] = {}  # a paper two readers voted on is one paper, one text
     votes = {
         p.id: [
-            Vote(generator.paper(i), up=n % 2 == 0)
+            Vote(drawn.get(i) or drawn.setdefault(i, generator.paper(i)), up=n % 2 == 0)
             for n, i in enumerate(rng.sample(range(1, STORE), 10))
         ]
         for p in voters
@@ -355,7 +378,22 @@ def feedback_cost(
     t0 = time.perf_counter()
     plain = ranker.rank(day, profiles, stats, processes=processes)
     t1 = time.perf_counter()
-    voted = ranker.rank(day, profiles, stats, processes=processes, votes=votes)
+    step: list[float] = []
+    rerank_readers = model.rerank_readers
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        """The model's step alone: wall time, and CPU time with its worker processes'."""
+        wall, own, kids = time.perf_counter(), time.process_time(), _children_cpu()
+        done = rerank_readers(*args, **kwargs)
+        cpu = time.process_time() - own + _children_cpu() - kids
+        step.extend((time.perf_counter() - wall, cpu))
+        return done
+
+    model.rerank_readers = timed
+    try:
+        voted = ranker.rank(day, profiles, stats, processes=processes, votes=votes)
+    finally:
+        model.rerank_readers = rerank_readers
     t2 = time.perf_counter()
     same = sum(plain[p.id] == voted[p.id] for p in profiles if p.id not in votes)
     print(
@@ -364,6 +402,12 @@ def feedback_cost(
         f" {(t2 - t1) / (t1 - t0):.2f}x); the other {same:,} readers' lists identical:"
         f" {same == len(profiles) - len(voters)}"
     )
+    print(f"feedback: the voters' models (rerank_readers) {step[0]:.2f}s, {step[1]:.2f} CPU-s")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main() -> None:
@@ -385,10 +429,16 @@ def main() -> None:
     parser.add_argument(
         "--voters", type=float, default=0.01, help="share of readers with votes (0: skip)"
     )
+    parser.add_argument(
+        "--feedback-only",
+        action="store_true",
+        help="time only the ranking without and with votes (with --baseline: the baseline's"
+        " code under this script, so both sides run the same measurement)",
+    )
     add_dumps_argument(parser)
     args = parser.parse_args()
     if args.baseline:
-        side_by_side(args.baseline, sys.argv[1:], args.rounds)
+        side_by_side(args.baseline, sys.argv[1:], args.rounds, args.feedback_only)
         return
     rng = random.Random(args.seed)
     real = real_papers(dump_files(args.dumps))
@@ -399,6 +449,10 @@ def main() -> None:
     distinct = len({t for p in profiles for t in p.interests})
     print(f"{len(profiles):,} subscribers, {distinct:,} distinct interests, {len(day):,} papers")
     print(f"vocabulary: {len(generator.words):,} words, {len(stats.frequencies):,} store terms")
+    if args.feedback_only:
+        processes = args.processes or workers.processes_for(len(day) * len(profiles))
+        feedback_cost(rng, generator, day, profiles, stats, args.voters, processes)
+        return
 
     t0 = time.perf_counter()
     words = sum(len(DEFAULT(p.abstract)) for p in day)

@@ -322,6 +322,22 @@ def test_votes_rerank_cut_and_name_the_liked_paper() -> None:
     assert 6 in ids and next(r for r in after if r.paper_id == 6).hits == ()
 
 
+def test_readers_models_worked_out_in_processes_give_the_same_lists() -> None:
+    profiles = [Profile(n, ("speech", "graph")[: 1 + n % 2], max_items=4) for n in range(1, 9)]
+    deeper = [model.deeper(p) for p in profiles]
+    likes = [Vote(e, True) for e in EARLIER[:3]]
+    votes = {p.id: [*likes, Vote(EARLIER[3], p.id % 3 == 0)] for p in profiles if p.id != 4}
+    lists = {}
+    for processes in (1, 2, 3):
+        ranked = ranker.rank(PAPERS, deeper, STATS)
+        lists[processes] = model.rerank_readers(
+            ranked, profiles, PAPERS, votes, STATS, processes=processes
+        )
+    assert lists[2] == lists[1] and lists[3] == lists[1]
+    assert any(r.because for items in lists[1].values() for r in items)
+    assert any(not r.hits for items in lists[1].values() for r in items)  # joined papers
+
+
 def test_the_model_learns_a_threshold_only_from_both_kinds_of_votes() -> None:
     vectors = model.Vectors(STATS)
     assert model.learn([], vectors) is None

@@ -16,7 +16,7 @@ from digest.deliver.message import DigestView, PaperView
 from digest.rank.types import Ranked, hits_to_json
 from digest.store import papers
 from digest.store.papers import PaperRow
-from digest.tokens import feed_name, feedback_purpose, link_token
+from digest.tokens import feed_name, link_token, vote_key, vote_token
 
 
 def paper_url(base_url: str, key: str) -> str:
@@ -99,8 +99,9 @@ class Links:
 
     def vote_urls(self, ident: int | None, salt: str, paper_key: str) -> tuple[str, str]:
         """A reader's signed "more like this" and "not for me" links for a paper."""
-        up = link_token(self.key, ident, salt, purpose=feedback_purpose("up", paper_key))
-        down = link_token(self.key, ident, salt, purpose=feedback_purpose("down", paper_key))
+        reader_key = vote_key(self.key, ident, salt)
+        up = vote_token(reader_key, ident, "up", paper_key)
+        down = vote_token(reader_key, ident, "down", paper_key)
         # feedback_url's, with the key quoted once for both (two links in every item)
         start = f"{self.base_url}/feedback/"
         paper = quote(paper_key, safe="")

@@ -40,8 +40,9 @@ from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import repeat
-from operator import mul
+from operator import itemgetter, mul
 
+from digest import forks
 from digest.rank.match import STOPWORDS, TermStats
 from digest.rank.text import DEFAULT, Analyzer
 from digest.rank.types import PaperText, Profile, Ranked
@@ -71,10 +72,11 @@ JOIN_TERMS = 50  # papers that could join are looked for by the reader's stronge
 JOIN_NEAR = 0.5  # those terms alone lean them this share of the way (then the whole lean decides)
 CUT_SHARE = 0.75  # the cut lies no higher than this share of the disliked papers' leans
 MIN_KEPT = 3  # the cut-off leaves at least this many of the best candidates
+PARALLEL_VOTERS = 300  # from this many voters, their models are worked out in processes
+MAX_PROCESSES = 4
 
 Vector = dict[str, float]
-_TF_MAX = 64
-_LOG_TF = [0.0] + [1.0 + math.log(tf) for tf in range(1, _TF_MAX)]  # 1 + log tf, looked up
+_LOG_TF = [0.0] + [1.0 + math.log(tf) for tf in range(1, 64)]  # 1 + log tf, looked up
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,29 +104,33 @@ class Vectors:
     def __init__(self, stats: TermStats, analyzer: Analyzer = DEFAULT) -> None:
         self.stats = stats
         self.analyzer = analyzer
-        self._idf: dict[str, float] = {}
+        # A term's idf, or None for the terms a vector leaves out (stopwords, numbers).
+        self._weights: dict[str, float | None] = {}
         self._made: dict[int, Vector] = {}
 
     def idf(self, term: str) -> float:
         """The store-wide inverse document frequency of a term (BM25's)."""
-        value = self._idf.get(term)
-        if value is None:
-            n, df = self.stats.documents, self.stats.doc_freq(term)
-            value = self._idf[term] = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
-        return value
+        n, df = self.stats.documents, self.stats.doc_freq(term)
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
     def of_text(self, title: str, abstract: str) -> Vector:
         """The unit tf-idf vector of a title and abstract."""
-        counts = Counter(self._terms(abstract))
-        for term in self._terms(title):
+        counts = Counter(self.analyzer(abstract))
+        for term in self.analyzer(title):
             counts[term] += TITLE_REPEAT
-        idf = self._idf
-        for term in [term for term in counts if term not in idf]:
-            self.idf(term)
-        vector = {term: _LOG_TF[tf] * idf[term] for term, tf in counts.items() if tf < _TF_MAX}
-        vector.update(
-            (term, (1.0 + math.log(tf)) * idf[term]) for term, tf in counts.items() if tf >= _TF_MAX
-        )
+        weights = self._weights
+        for term in [term for term in counts if term not in weights]:
+            left_out = term in STOPWORDS or term.isdigit()
+            weights[term] = None if left_out else self.idf(term)
+        log_tf = _LOG_TF
+        top = max(counts.values(), default=0)
+        while len(log_tf) <= top:
+            log_tf.append(1.0 + math.log(len(log_tf)))
+        vector = {
+            term: log_tf[tf] * weight
+            for term, tf in counts.items()
+            if (weight := weights[term]) is not None
+        }
         return _unit(vector)
 
     def of(self, paper: PaperText) -> Vector:
@@ -133,9 +139,6 @@ class Vectors:
         if vector is None:
             vector = self._made[paper.id] = self.of_text(paper.title, paper.abstract)
         return vector
-
-    def _terms(self, text: str) -> list[str]:
-        return [t for t in self.analyzer(text) if t not in STOPWORDS and not t.isdigit()]
 
 
 def _unit(vector: Vector) -> Vector:
@@ -159,25 +162,24 @@ def _sum(vectors: Sequence[Vector]) -> Vector:
     return total
 
 
-def _mean(vectors: Sequence[Vector]) -> Vector:
-    return {t: w / len(vectors) for t, w in _sum(vectors).items()} if vectors else {}
-
-
-def _direction(liked: Sequence[Vector], disliked: Sequence[Vector]) -> Vector:
-    direction = _mean(liked)
-    for term, weight in _mean(disliked).items():
-        direction[term] = direction.get(term, 0.0) - DISLIKE_WEIGHT * weight
+def _direction(ups: Vector, n_up: int, downs: Vector, n_down: int) -> Vector:
+    """The mean liked vector minus ``DISLIKE_WEIGHT`` times the mean disliked one, from
+    their sums."""
+    direction = {t: w / n_up for t, w in ups.items()} if n_up else {}
+    for term, weight in downs.items():
+        direction[term] = direction.get(term, 0.0) - DISLIKE_WEIGHT * (weight / n_down)
     return direction
 
 
-def _leans(liked: Sequence[Vector], disliked: Sequence[Vector]) -> list[tuple[float, bool]]:
+def _leans(
+    liked: Sequence[Vector], disliked: Sequence[Vector], ups: Vector, downs: Vector
+) -> list[tuple[float, bool]]:
     """Each voted paper's lean under a model of the other votes, and whether it was liked,
-    lowest first.
+    lowest first (``ups`` and ``downs``: the sums of the liked and the disliked vectors).
 
     Leaving one out subtracts its own vector from its kind's sum, so each lean is two dot
     products with the sums rather than a model rebuilt per vote.
     """
-    ups, downs = _sum(liked), _sum(disliked)
     n_up, n_down = len(liked), len(disliked)
     leans: list[tuple[float, bool]] = []
     for vector in liked:
@@ -243,9 +245,10 @@ def learn(votes: Iterable[Vote], vectors: Vectors) -> ReaderModel | None:
     if not liked and not disliked:
         return None
     liked_vectors = [v for _, v in liked]
-    leans = _leans(liked_vectors, disliked)
+    ups, downs = _sum(liked_vectors), _sum(disliked)
+    leans = _leans(liked_vectors, disliked, ups, downs)
     return ReaderModel(
-        direction=_direction(liked_vectors, disliked),
+        direction=_direction(ups, len(liked), downs, len(disliked)),
         threshold=_threshold(leans),
         join=_join(leans),
         near_dislike=tuple(disliked) if not liked else (),
@@ -269,29 +272,51 @@ def rerank(
     """A reader's candidates re-ranked by their model and cut by its threshold, with the
     ``others`` (papers no interest matched) that lean far enough their way, at most
     ``profile.max_items``; an item kept for a liked paper names it in ``because``."""
+    return _items(_picks(model, candidates, papers, vectors, profile, others), candidates)
+
+
+# What a reader is sent, compactly (it crosses from a worker process): per item, its place
+# among the candidates, or -1 - paper id for a paper no interest matched; and ``because``.
+Picks = list[tuple[int, str]]
+
+
+def _picks(
+    model: ReaderModel,
+    candidates: Sequence[Ranked],
+    papers: Mapping[int, PaperText],
+    vectors: Vectors,
+    profile: Profile,
+    others: Iterable[PaperText],
+) -> Picks:
     best = max((item.score for item in candidates), default=0.0) or 1.0
-    scored: list[tuple[float, int, bool, Ranked, Vector, float]] = []
+    threshold, near_dislike, direction = model.threshold, model.near_dislike, model.direction
+    scored: list[tuple[float, int, bool, int, Vector, float]] = []
     for place, item in enumerate(candidates):
         vector = vectors.of(papers[item.paper_id])
-        lean = dot(vector, model.direction)
-        cut = (model.threshold is not None and lean < model.threshold) or any(
-            dot(vector, near) >= DISLIKE_NEAR for near in model.near_dislike
+        lean = dot(vector, direction)
+        cut = (threshold is not None and lean < threshold) or any(
+            dot(vector, near) >= DISLIKE_NEAR for near in near_dislike
         )
-        scored.append((item.score / best + LEAN_WEIGHT * lean, -place, cut, item, vector, lean))
+        scored.append((item.score / best + LEAN_WEIGHT * lean, -place, cut, place, vector, lean))
     if model.join is not None and profile.min_score <= 0.0:
         for paper in others:
             vector = vectors.of(paper)
-            lean = dot(vector, model.direction)
+            lean = dot(vector, direction)
             if lean >= model.join:
-                item = Ranked(paper.id, 0.0, (), "")
-                scored.append(
-                    (LEAN_WEIGHT * lean, -len(scored) - paper.id, False, item, vector, lean)
-                )
+                tie = -len(scored) - paper.id
+                scored.append((LEAN_WEIGHT * lean, tie, False, -1 - paper.id, vector, lean))
     scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
     kept = [entry for n, entry in enumerate(scored) if not entry[2] or n < MIN_KEPT]
+    return [
+        (place, _because(model, vector, lean))
+        for _, _, _, place, vector, lean in kept[: profile.max_items]
+    ]
+
+
+def _items(picks: Picks, candidates: Sequence[Ranked]) -> list[Ranked]:
     sent: list[Ranked] = []
-    for _, _, _, item, vector, lean in kept[: profile.max_items]:
-        because = _because(model, vector, lean)
+    for place, because in picks:
+        item = candidates[place] if place >= 0 else Ranked(-1 - place, 0.0, (), "")
         sent.append(replace(item, because=because) if because else item)
     return sent
 
@@ -312,55 +337,96 @@ def rerank_readers(
     stats: TermStats,
     analyzer: Analyzer = DEFAULT,
     candidates: Mapping[int, Collection[int]] | None = None,
+    processes: int | None = None,
 ) -> dict[int, list[Ranked]]:
     """``ranked`` with the lists of the readers who voted re-ranked by their models (their
     lists are the deeper ones ``deeper`` asked for); every other list as it was.
 
     ``candidates[profile id]``: the papers that reader may be sent (default: all).
+    ``processes``: how many worker processes share the voters (``None``: by their number).
+    Only the voters are looked at; the day's papers are turned into vectors once, and all of
+    them only when some voter may be sent papers no interest matched.
     """
+    voters = [profile for profile in profiles if votes.get(profile.id)]
+    if not voters:
+        return ranked
     vectors = Vectors(stats, analyzer)
-    by_id: dict[int, PaperText] = {}
-    day: Postings | None = None
-    for profile in profiles:
-        model = learn(votes.get(profile.id, ()), vectors)
-        if model is None:
-            continue
-        if not by_id:
-            by_id = {paper.id: paper for paper in papers}
-        mine = ranked.get(profile.id, [])
-        others: list[PaperText] = []
-        if model.join is not None and profile.min_score <= 0.0:
-            if day is None:
-                day = Postings(papers, vectors)
-            taken = {item.paper_id for item in mine}
-            allowed = None if candidates is None else candidates.get(profile.id)
-            others = [
-                by_id[pid]
-                for pid in day.leaning(model.direction, model.join)
-                if pid not in taken and (allowed is None or pid in allowed)
-            ]
-        ranked[profile.id] = rerank(model, mine, by_id, vectors, profile, others)
+    if any(_may_join(profile, votes[profile.id]) for profile in voters):
+        for paper in papers:  # before forking, so that every worker shares them
+            vectors.of(paper)
+    by_id = {paper.id: paper for paper in papers}
+
+    def share(readers: Sequence[Profile]) -> list[tuple[int, Picks]]:
+        models = [(reader, learn(votes[reader.id], vectors)) for reader in readers]
+        wanted = [model.direction for reader, model in models if model and _joins(reader, model)]
+        day = Postings(papers, vectors, _strongest(wanted)) if wanted else None
+        chosen: list[tuple[int, Picks]] = []
+        for reader, model in models:
+            if model is None:
+                continue
+            mine = ranked.get(reader.id, [])
+            others: list[PaperText] = []
+            if day is not None and _joins(reader, model):
+                assert model.join is not None
+                taken = {item.paper_id for item in mine}
+                allowed = None if candidates is None else candidates.get(reader.id)
+                others = [
+                    by_id[pid]
+                    for pid in day.leaning(model.direction, model.join)
+                    if pid not in taken and (allowed is None or pid in allowed)
+                ]
+            chosen.append((reader.id, _picks(model, mine, by_id, vectors, reader, others)))
+        return chosen
+
+    if processes is None:
+        processes = forks.processes_for(len(voters), threshold=PARALLEL_VOTERS, cap=MAX_PROCESSES)
+    for part in forks.fork_map(share, voters, processes):
+        for ident, picks in part:
+            ranked[ident] = _items(picks, ranked.get(ident, []))
     return ranked
+
+
+def _may_join(profile: Profile, votes: Sequence[Vote]) -> bool:
+    """Whether a reader's model could send papers no interest matched (before learning it)."""
+    return profile.min_score <= 0.0 and sum(vote.up for vote in votes) >= JOIN_VOTES
+
+
+def _joins(profile: Profile, model: ReaderModel) -> bool:
+    return model.join is not None and profile.min_score <= 0.0
+
+
+def _top_terms(direction: Vector) -> list[tuple[str, float]]:
+    """The direction's ``JOIN_TERMS`` strongest terms that lean the reader's way."""
+    strongest = heapq.nlargest(JOIN_TERMS, direction.items(), key=itemgetter(1))
+    return [(term, weight) for term, weight in strongest if weight > 0]
+
+
+def _strongest(directions: Iterable[Vector]) -> set[str]:
+    return {term for direction in directions for term, _ in _top_terms(direction)}
 
 
 class Postings:
     """The day's papers by term, to find the few that lean a reader's way without a dot
-    product per paper and reader."""
+    product per paper and reader; ``terms``: the only terms looked up (default: all)."""
 
-    def __init__(self, papers: Iterable[PaperText], vectors: Vectors) -> None:
+    def __init__(
+        self, papers: Iterable[PaperText], vectors: Vectors, terms: set[str] | None = None
+    ) -> None:
         self.postings: dict[str, list[tuple[int, float]]] = {}
+        postings = self.postings
         for paper in papers:
-            for term, weight in vectors.of(paper).items():
-                self.postings.setdefault(term, []).append((paper.id, weight))
+            vector = vectors.of(paper)
+            for term in vector if terms is None else vector.keys() & terms:
+                if term in postings:
+                    postings[term].append((paper.id, vector[term]))
+                else:
+                    postings[term] = [(paper.id, vector[term])]
 
     def leaning(self, direction: Vector, join: float) -> list[int]:
         """Papers that could join: their lean over the direction's ``JOIN_TERMS`` strongest
         terms reaches ``JOIN_NEAR`` of ``join`` (``rerank`` then takes their whole lean)."""
-        strongest = heapq.nlargest(JOIN_TERMS, direction.items(), key=lambda item: item[1])
         partial: dict[int, float] = {}
-        for term, weight in strongest:
-            if weight <= 0:
-                break
+        for term, weight in _top_terms(direction):
             for pid, value in self.postings.get(term, ()):
                 partial[pid] = partial.get(pid, 0.0) + weight * value
         near = join * JOIN_NEAR

@@ -2,7 +2,7 @@
 
 A vote names a reader and a paper; either unknown is a ``UsageError`` naming it, and
 nothing is stored. Link tokens bind the reader, the paper and the vote
-(``feedback:{vote}:{paper key}``), so a link votes only as it says.
+(``tokens.vote_token``), so a link votes only as it says.
 """
 
 from __future__ import annotations
@@ -87,8 +87,9 @@ def link_vote(
         return None
     ident = tokens.token_id(token)
     row = None if ident is None else subscriber_by_id(engine, ident)
-    purpose = tokens.feedback_purpose(vote, paper_key)
-    if row is None or not tokens.check_token(key, token, row.id, row.token_salt, purpose):
+    if row is None or not tokens.check_vote_token(
+        key, token, row.id, row.token_salt, vote, paper_key
+    ):
         return None
     with reading(engine) as conn:
         paper = feedback.paper_named(conn, paper_key)
