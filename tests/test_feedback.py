@@ -415,3 +415,24 @@ def test_the_paper_page_hook_shows_a_readers_links_or_nothing() -> None:
     assert shown.count('href="https://x.example/feedback/7.') == 2
     assert "paper=arxiv%3A2403.00001&amp;vote=up" in shown and "&amp;vote=down" in shown
     assert partial.render(feedback=None).strip() == ""
+
+
+def test_the_whole_store_preview_ranks_with_the_readers_votes(site: Site) -> None:
+    site.subscribe({ALICE: ["speech"]})
+    for name in ("daily-mar12-layout-b.txt", "daily-mar13-layout-b.txt"):
+        assert site.cli("ingest", str(EXAMPLE_DUMPS / name)).code == 0
+
+    def liked() -> list[str]:
+        """What the preview says each paper was chosen for, beyond the interests."""
+        result = site.cli("preview", ALICE, "--all", "--json")
+        assert result.code == 0, result.err
+        papers = result.json()["papers"]
+        assert papers
+        return [m["liked"] for p in papers for m in p["matched"] if "liked" in m]
+
+    assert liked() == []
+    assert site.cli("feedback", ALICE, _a_key(site, "Podcasts"), "up").code == 0
+    # as the next digest would: ranked with the reader's vote, and saying so
+    assert liked() and set(liked()) == {
+        "Self-Supervised Speech Representations from Untranscribed Podcasts"
+    }

@@ -73,13 +73,18 @@ def plan_owed(
         return [Plan(s, (), upto) for s in subscribers]
     ids = {int(s.id or 0) for s in subscribers}
     sent = outbox.sent_pairs(conn, ids, papers[0].id)
-    votes = {
-        sid: [Vote(v.paper, v.vote == "up") for v in given]
-        for sid, given in feedback_store.votes_by_reader(conn, ids).items()
-    }
+    votes = reader_votes(conn, ids)
     return plan_digests(
         subscribers, papers, sent, store_stats(conn), period=period, upto=upto, votes=votes
     )
+
+
+def reader_votes(conn: Connection, ids: Collection[int]) -> dict[int, list[Vote]]:
+    """The votes of those of these readers who gave any, as the ranking takes them."""
+    return {
+        sid: [Vote(v.paper, v.vote == "up") for v in given]
+        for sid, given in feedback_store.votes_by_reader(conn, ids).items()
+    }
 
 
 def plan_digests(

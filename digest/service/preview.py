@@ -15,7 +15,7 @@ from datetime import date, datetime
 
 from sqlalchemy.engine import Connection
 
-from digest.deliver.plan import Plan, plan_owed, store_stats
+from digest.deliver.plan import Plan, plan_owed, reader_votes, store_stats
 from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
 from digest.rank.ranker import rank, search
 from digest.rank.types import CorpusStats, PaperText, Profile, Ranked
@@ -44,7 +44,9 @@ def preview_ranked(
             max_items=subscriber.max_items,
             min_score=subscriber.min_score,
         )
-        return rank(_newest(conn, WHOLE_STORE_LIMIT), [profile], store_stats(conn))[profile.id]
+        votes = reader_votes(conn, [profile.id])
+        newest = _newest(conn, WHOLE_STORE_LIMIT)
+        return rank(newest, [profile], store_stats(conn), votes=votes)[profile.id]
     (plan,) = plan_owed(conn, period=period, subscribers=[subscriber]) or [Plan(subscriber, ())]
     return list(plan.ranked)
 
