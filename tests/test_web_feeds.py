@@ -303,3 +303,22 @@ def test_the_name_index_is_rebuilt_on_a_miss_at_most_every_few_seconds(site: Sit
     now[0] += REBUILD_SECONDS
     assert names.find(engine, bob_name) == bob and builds == 2
     engine.dispose()
+
+
+def test_a_private_feed_links_its_readers_manage_page(site: Site) -> None:
+    site.subscribe({"ada@example.org": ["federated"], "bob@example.org": ["diffusion"]})
+    site.drop_in_inbox(EXAMPLE_A, "a.txt")
+    assert site.cli("run").code == 0  # feed_files "auto": `run` writes every feed file
+    client = site.web()
+    path = private_feed_path(site, "ada@example.org")
+    served = feedparser.parse(client.get(path).content)
+    written = feedparser.parse((site.data / path.removeprefix("/")).read_bytes())
+    found = re.search(r"Change your interests or unsubscribe: (\S+)", served.feed.subtitle)
+    assert found, served.feed.subtitle
+    assert written.feed.subtitle == served.feed.subtitle  # the file says the same
+    manage = urlsplit(found.group(1)).path
+    assert manage.startswith("/manage/")
+    page = client.get(manage)
+    assert page.status_code == 200 and "ada@example.org" in page.text
+    bob = feedparser.parse(client.get(private_feed_path(site, "bob@example.org")).content)
+    assert found.group(1) not in bob.feed.subtitle  # each reader's own page

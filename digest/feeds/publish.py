@@ -53,6 +53,13 @@ PUBLIC_DESCRIPTION = "Papers as they first appear in the listings."
 PRIVATE_DESCRIPTION = "The papers of your digests."
 
 
+def private_description(links: Links, ident: int, salt: str) -> str:
+    """A private feed's description: what it holds, and where its reader changes their
+    interests or leaves (the manage page, as every email links it)."""
+    manage = links.manage_url(links.manage_token(ident, salt))
+    return f"{PRIVATE_DESCRIPTION} Change your interests or unsubscribe: {manage}"
+
+
 @dataclass(frozen=True)
 class FeedSite:
     """What every feed of a site shares: its URL and name, the authority of its GUIDs, and
@@ -187,7 +194,13 @@ def publish_feeds(
         jobs.extend(
             (
                 folder / f"{path}.{kind}",
-                site.meta(path, kind, "papers for you", PRIVATE_DESCRIPTION, now),
+                site.meta(
+                    path,
+                    kind,
+                    "papers for you",
+                    private_description(voting[0], sid, salts[sid]),
+                    now,
+                ),
                 items[sid],
             )
             for kind in ("atom", "rss")

@@ -34,9 +34,9 @@ from starlette.routing import BaseRoute, Route
 from digest.deliver.views import Links, paper_view
 from digest.feeds.publish import (
     GLOBAL_FEED,
-    PRIVATE_DESCRIPTION,
     PUBLIC_DESCRIPTION,
     FeedSite,
+    private_description,
     private_items,
     public_items,
     site_of,
@@ -290,11 +290,13 @@ def private_feed(request: Request) -> Response:
     site = _site(state)
     version = ("private", ident, found.token_salt, found.last_sent, found.ingest)
     path = f"private/{name}"
-    make = _build(version, site, path, kind, "papers for you", PRIVATE_DESCRIPTION)
+    links = Links(site.base_url, state.key, "")
+    description = private_description(links, ident, found.token_salt)
+    make = _build(version, site, path, kind, "papers for you", description)
 
     def build() -> Rendered:
         with reading(state.engine) as conn, rank_lock:
-            voting = (Links(site.base_url, state.key, ""), {ident: found.token_salt})
+            voting = (links, {ident: found.token_salt})
             items = private_items(conn, [ident], site, voting)[ident]
             conn.rollback()
             return make(items)
