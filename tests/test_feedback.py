@@ -71,6 +71,21 @@ def test_a_later_vote_replaces_an_earlier_and_each_reader_has_their_own(engine: 
         assert feedback.vote_on(conn, bob, two) is None
 
 
+def test_a_paper_is_found_under_the_key_its_links_were_sent_with(engine: Engine) -> None:
+    with transaction(engine) as conn:
+        ids = _papers(conn, ["Paper One"])
+        first_key = conn.execute(sa.text("SELECT key FROM paper")).scalar_one()
+        # Listed again with its arXiv id: the paper takes the arXiv key, vote links already
+        # sent still carry the title key.
+        upsert_entries(conn, [Entry("Paper One", "All about it.", arxiv_id="2403.00001")], T0)
+    with reading(engine) as conn:
+        assert conn.execute(sa.text("SELECT key FROM paper")).scalar_one() == "arxiv:2403.00001"
+        found = feedback.paper_named(conn, str(first_key))
+        assert found is not None and found.id == ids["Paper One"]
+        assert feedback.paper_named(conn, "arxiv:2403.00001") == found
+        assert feedback.paper_named(conn, "title:no such paper") is None
+
+
 def test_export_and_erase_take_every_vote_of_one_reader_only(engine: Engine) -> None:
     with transaction(engine) as conn:
         ada, bob = _reader(conn, "ada@example.org"), _reader(conn, "bob@example.org")

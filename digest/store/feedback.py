@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from digest.clock import as_utc
 from digest.store.models import Feedback, Paper
-from digest.store.papers import PARAMETERS, ROW_COLUMNS, PaperRow, row_of
+from digest.store.papers import PARAMETERS, ROW_COLUMNS, PaperRow, row_by_key, row_of
 
 VOTES = ("up", "down")
 _FEEDBACK = Feedback.__table__  # type: ignore[attr-defined]
@@ -128,11 +128,15 @@ def count(conn: Connection, subscriber_id: int | None = None) -> dict[str, int]:
 
 
 def paper_named(conn: Connection, key: str, arxiv_id: str | None = None) -> PaperRow | None:
-    """The paper stored under ``key``, else the one with ``arxiv_id``; None if neither."""
-    query = sa.select(*ROW_COLUMNS)
-    row = conn.execute(query.where(_PAPER.c.key == key)).first()
-    if row is None and arxiv_id:
+    """The paper stored (or first seen) under ``key``, else the one with ``arxiv_id``; None
+    if neither."""
+    found = row_by_key(conn, key)
+    if found is None and arxiv_id:
         row = conn.execute(
-            query.where(_PAPER.c.arxiv_id == arxiv_id).order_by(_PAPER.c.id).limit(1)
+            sa.select(*ROW_COLUMNS)
+            .where(_PAPER.c.arxiv_id == arxiv_id)
+            .order_by(_PAPER.c.id)
+            .limit(1)
         ).first()
-    return None if row is None else row_of(row)
+        found = None if row is None else row_of(row)
+    return found

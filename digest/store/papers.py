@@ -143,12 +143,25 @@ class PaperPage:
     last_seen: datetime
 
 
-def by_key(conn: Connection, key: str) -> PaperPage | None:
-    """The paper stored under ``key`` (or first seen under it), if any."""
-    query = sa.select(*ROW_COLUMNS, _PAPER.c.listing_date, _PAPER.c.last_seen)
+def _under_key(conn: Connection, query: sa.Select[Any], key: str) -> sa.Row[Any] | None:
+    """``query``'s row for the paper stored under ``key``, or first seen under it (a link
+    sent before the paper adopted its arXiv id still names it)."""
     found = conn.execute(query.where(_PAPER.c.key == key)).first()
     if found is None:
         found = conn.execute(query.where(_PAPER.c.first_key == key).limit(1)).first()
+    return found
+
+
+def row_by_key(conn: Connection, key: str) -> PaperRow | None:
+    """The paper stored under ``key`` (or first seen under it), if any."""
+    found = _under_key(conn, sa.select(*ROW_COLUMNS), key)
+    return None if found is None else row_of(found)
+
+
+def by_key(conn: Connection, key: str) -> PaperPage | None:
+    """The paper stored under ``key`` (or first seen under it), if any, as its page shows it."""
+    query = sa.select(*ROW_COLUMNS, _PAPER.c.listing_date, _PAPER.c.last_seen)
+    found = _under_key(conn, query, key)
     if found is None:
         return None
     width = len(ROW_COLUMNS)
