@@ -136,8 +136,14 @@ def shorten(text: str, limit: int = ABSTRACT_CHARS) -> tuple[str, bool]:
     return text[:cut].rstrip(" ,;:-") + "…", True
 
 
-def _arxiv_url(arxiv_id: str) -> str:
+def arxiv_url(arxiv_id: str) -> str:
+    """A paper's abstract page on arXiv."""
     return f"https://arxiv.org/abs/{quote_plus(arxiv_id, safe='/.')}"
+
+
+def arxiv_title_search(title: str) -> str:
+    """arXiv's search for a title: it finds nearly every listed paper without a known id."""
+    return f"https://arxiv.org/search/?query={quote_plus(_SPACES.sub(' ', title).strip())}&searchtype=title"
 
 
 def _indented(text: str) -> str:
@@ -175,9 +181,8 @@ def paper_link(paper: PaperView) -> str:
     if paper.url and urlsplit(paper.url).scheme in {"http", "https"}:
         return paper.url
     if paper.arxiv_id:
-        return _arxiv_url(paper.arxiv_id)
-    title = _SPACES.sub(" ", paper.title).strip()
-    return f"https://arxiv.org/search/?query={quote_plus(title)}&searchtype=title"
+        return arxiv_url(paper.arxiv_id)
+    return arxiv_title_search(paper.title)
 
 
 @dataclass(frozen=True)
@@ -407,7 +412,7 @@ class MessageBuilder:
                 "truncated": text.truncated,
                 "authors": authors,
                 "arxiv_id": arxiv_id,
-                "arxiv_url": _arxiv_url(paper.arxiv_id) if paper.arxiv_id else None,
+                "arxiv_url": arxiv_url(paper.arxiv_id) if paper.arxiv_id else None,
                 "byline_text": _indented(" · ".join(filter(None, (authors, arxiv_id)))),
                 "link": paper_link(paper),
                 "code_links": [u for u in links if is_code_link(u)],

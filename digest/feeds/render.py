@@ -30,6 +30,7 @@ from markupsafe import escape
 from digest.clock import as_utc
 from digest.deliver.message import (
     PaperView,
+    arxiv_url,
     authors_line,
     find_links,
     is_code_link,
@@ -89,7 +90,7 @@ def _paper_parts(
     """
     byline = [str(escape(authors))] if authors else []
     if arxiv_id:
-        url = f"https://arxiv.org/abs/{quote(arxiv_id, safe='/.')}"
+        url = arxiv_url(arxiv_id)
         byline.append(f'<a href="{escape(url)}">arXiv:{escape(arxiv_id)}</a>')
     code = [url for url in find_links(abstract) if is_code_link(url)]
     anchors = ", ".join(f'<a href="{escape(u)}">{escape(u)}</a>' for u in code)

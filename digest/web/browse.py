@@ -25,6 +25,8 @@ from starlette.routing import BaseRoute, Route
 
 from digest.deliver.message import (
     PaperView,
+    arxiv_title_search,
+    arxiv_url,
     authors_line,
     find_links,
     is_code_link,
@@ -221,15 +223,14 @@ def _links(row: PaperRow, abstract: str) -> tuple[list[Link], list[Link]]:
     pages: list[Link] = []
     if row.arxiv_id:
         arxiv = quote(row.arxiv_id, safe="/.")
-        pages.append(Link("arXiv", f"https://arxiv.org/abs/{arxiv}"))
+        pages.append(Link("arXiv", arxiv_url(row.arxiv_id)))
         pages.append(Link("arXiv PDF", f"https://arxiv.org/pdf/{arxiv}"))
         pages.append(Link("Hugging Face", f"https://huggingface.co/papers/{arxiv}"))
     listing = row.url and urlsplit(row.url).scheme in {"http", "https"}
     if row.url and listing and all(link.url != row.url for link in pages):
         pages.append(Link("Listing", row.url))
     if not row.arxiv_id:  # no id known: arXiv's title search finds nearly every listed paper
-        query = urlencode({"query": " ".join(row.title.split()), "searchtype": "title"})
-        pages.append(Link("Find it on arXiv", f"https://arxiv.org/search/?{query}"))
+        pages.append(Link("Find it on arXiv", arxiv_title_search(row.title)))
     found = find_links(abstract)
     code = [Link(url, url) for url in found if is_code_link(url)]
     pages.extend(Link(url, url) for url in found if not is_code_link(url))
