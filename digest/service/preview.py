@@ -16,7 +16,7 @@ from datetime import date, datetime
 from sqlalchemy.engine import Connection
 
 from digest.deliver.plan import Plan, plan_owed, reader_votes, store_stats
-from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
+from digest.rank.query import parse_interest, positive_words
 from digest.rank.ranker import rank, search
 from digest.rank.types import CorpusStats, PaperText, Profile, Ranked
 from digest.store import papers
@@ -51,23 +51,10 @@ def preview_ranked(
     return list(plan.ranked)
 
 
-def _fts_words(node: Node) -> list[str]:
-    """The words a paper must show for ``node`` to have a chance (exclusions left out)."""
-    if isinstance(node, Term):
-        return [node.word + ("*" if node.prefix else "")]
-    if isinstance(node, Phrase):
-        return node.words.split()
-    if isinstance(node, AllOf | AnyOf):
-        return [w for item in node.items for w in _fts_words(item)]
-    if isinstance(node, Without):
-        return []
-    return []
-
-
 def _fts_query(query: str) -> str:
     """A loose full-text query: any of the positive words (the ranker applies the rest)."""
     words = []
-    for raw in _fts_words(parse_interest(query).query):
+    for raw in positive_words(query):
         for part in re.findall(r"\w+\*?", raw):
             words.append(f'"{part.rstrip("*")}"' + ("*" if part.endswith("*") else ""))
     return " OR ".join(dict.fromkeys(words))
