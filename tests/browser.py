@@ -65,6 +65,31 @@ class Browser:
         self.driver.get_log("browser")  # what an earlier page said is not this page's fault
         self.driver.get(url)
 
+    def press(self, selector: str, timeout: float = 10) -> None:
+        """Click the submit button at ``selector`` and wait for the page it leads to: a
+        click returns before the browser has sent the form, let alone loaded the answer.
+
+        A node found just after a DevTools call (a resize, a screenshot) may be refused as
+        "not in the document" when ChromeDriver renumbers the page's nodes: the same button
+        is then found again, with the form as it was filled.
+        """
+        from selenium.common.exceptions import WebDriverException
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.wait import WebDriverWait
+
+        old = self.driver.find_element("tag name", "html")
+        for attempt in range(3):
+            try:
+                self.driver.find_element("css selector", selector).click()
+                break
+            except WebDriverException as exc:
+                if "does not belong to the document" not in str(exc) or attempt == 2:
+                    raise
+                old = self.driver.find_element("tag name", "html")
+        wait = WebDriverWait(self.driver, timeout)
+        wait.until(expected_conditions.staleness_of(old))
+        wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
+
     def run(self, script: str, *args: Any) -> Any:
         return self.driver.execute_script(script, *args)
 

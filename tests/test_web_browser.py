@@ -133,7 +133,7 @@ def test_subscribe_confirm_manage_unsubscribe(
     form = browser.driver.find_element(By.CSS_SELECTOR, 'form[action="/subscribe"]')
     form.find_element(By.NAME, "email").send_keys(reader)
     form.find_element(By.NAME, "interests").send_keys("diffusion")
-    form.find_element(By.CSS_SELECTOR, "[type=submit]").click()
+    browser.press('form[action="/subscribe"] [type=submit]')
     assert browser.problems() == []
     browser.screenshot("flow-1-subscribed")
     assert _status(site, reader) == "pending"
@@ -148,7 +148,7 @@ def test_subscribe_confirm_manage_unsubscribe(
         By.CSS_SELECTOR, 'form[action*="/confirm/"] [type=submit]'
     )
     if buttons:
-        buttons[0].click()
+        browser.press('form[action*="/confirm/"] [type=submit]')
     assert browser.problems() == []
     browser.screenshot("flow-2-confirmed")
     assert _status(site, reader) == "active"
@@ -168,9 +168,7 @@ def test_subscribe_confirm_manage_unsubscribe(
     field = browser.driver.find_element(By.NAME, "interests")
     field.clear()
     field.send_keys("speech")
-    field.find_element(By.XPATH, "ancestor::form").find_element(
-        By.CSS_SELECTOR, "[type=submit]"
-    ).click()
+    browser.press("form:has(textarea[name=interests]) [type=submit]")
     assert browser.problems() == []
     browser.screenshot("flow-3-managed")
 
@@ -182,9 +180,7 @@ def test_subscribe_confirm_manage_unsubscribe(
     browser.open(f"{live.url}/")
     field = browser.driver.find_element(By.CSS_SELECTOR, 'form[method="get"] textarea')
     field.send_keys(saved)
-    field.find_element(By.XPATH, "ancestor::form").find_element(
-        By.CSS_SELECTOR, "[type=submit]"
-    ).click()
+    browser.press('form[method="get"]:has(textarea) [type=submit]')
     preview = browser.driver.find_element(
         By.CSS_SELECTOR, 'form[method="get"] textarea'
     ).find_element(By.XPATH, "ancestor::section")
