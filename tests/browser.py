@@ -69,15 +69,16 @@ class Browser:
         """Click the submit button at ``selector`` and wait for the page it leads to: a
         click returns before the browser has sent the form, let alone loaded the answer.
 
-        A node found just after a DevTools call (a resize, a screenshot) may be refused as
-        "not in the document" when ChromeDriver renumbers the page's nodes: the same button
-        is then found again, with the form as it was filled.
+        The new page is told from the old one by its time origin, not by an element of the
+        old page going stale: a recent ChromeDriver answers a question about a node of a
+        page that is gone with "Node with given id does not belong to the document" rather
+        than a stale-element error, and Selenium's ``staleness_of`` lets that through. A
+        button refused that way just after a DevTools call is found again and clicked.
         """
         from selenium.common.exceptions import WebDriverException
-        from selenium.webdriver.support import expected_conditions
         from selenium.webdriver.support.wait import WebDriverWait
 
-        old = self.driver.find_element("tag name", "html")
+        origin = self.run("return performance.timeOrigin")
         for attempt in range(3):
             try:
                 self.driver.find_element("css selector", selector).click()
@@ -85,10 +86,21 @@ class Browser:
             except WebDriverException as exc:
                 if "does not belong to the document" not in str(exc) or attempt == 2:
                     raise
-                old = self.driver.find_element("tag name", "html")
-        wait = WebDriverWait(self.driver, timeout)
-        wait.until(expected_conditions.staleness_of(old))
-        wait.until(lambda driver: driver.execute_script("return document.readyState") == "complete")
+                time.sleep(0.1)
+
+        def loaded(driver: Any) -> bool:
+            try:
+                return bool(
+                    driver.execute_script(
+                        "return performance.timeOrigin !== arguments[0]"
+                        " && document.readyState === 'complete'",
+                        origin,
+                    )
+                )
+            except WebDriverException:  # between two pages
+                return False
+
+        WebDriverWait(self.driver, timeout, poll_frequency=0.05).until(loaded)
 
     def run(self, script: str, *args: Any) -> Any:
         return self.driver.execute_script(script, *args)
