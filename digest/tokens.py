@@ -1,7 +1,7 @@
 """Signed values: a subscriber's link tokens, private feed names and digest Message-IDs.
 
-Each is an HMAC under the installation's secret key (vote links: a keyed BLAKE2b under a
-key derived from it per reader). Links sign a per-subscriber random
+Each is an HMAC under the installation's secret key (a reader's links to a paper: a keyed
+BLAKE2b under a key derived from it per reader). Links sign a per-subscriber random
 salt, so the database alone (which holds only the salt) cannot forge them, and rotating
 the salt revokes them.
 """
@@ -106,10 +106,14 @@ def message_id(key: bytes, subscriber_id: int, period: date, mail_from: str) -> 
     return f"<digest.{period:%Y%m%d}.{tag[:20]}@{domain}>"
 
 
-# Vote links: two under every paper of every digest, so signing them must be cheap. A
-# reader's vote key (one HMAC, under a key of its own derived from the site key) signs each
-# link with keyed BLAKE2b, a fraction of an HMAC's cost. The vote key binds the reader and
-# their salt (rotating the salt revokes the links); each link binds the vote and the paper.
+# A reader's links to one paper (its page on the site, "more like this", "not for me"):
+# three under every paper of every digest and private feed, so signing them must be cheap.
+# A reader's vote key (one HMAC, under a key of its own derived from the site key) signs one
+# token per paper with keyed BLAKE2b, a fraction of an HMAC's cost, and that one token goes
+# in all three links. The vote key binds the reader and their salt (rotating the salt
+# revokes the links); the token binds the paper. The vote itself is not signed: whoever
+# holds one of an item's links holds the others (they travel together), and the page shows
+# both buttons.
 
 
 @functools.lru_cache(maxsize=8)
@@ -119,27 +123,39 @@ def _votes_key(key: bytes) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def vote_key(key: bytes, ident: int | None, salt: str) -> bytes:
-    """A reader's key for signing their vote links (remembered: one per reader a digest)."""
+    """A reader's key for signing their links to papers (remembered: one per reader a digest)."""
     return hmac.new(_votes_key(key), f"{ident}:{salt}".encode(), hashlib.sha256).digest()
 
 
-def _vote_signature(reader_key: bytes, vote: str, paper_key: str) -> str:
-    text = f"{vote}:{paper_key}".encode()
-    return hashlib.blake2b(text, key=reader_key, digest_size=16).hexdigest()  # 128 bits
+class PaperSigner:
+    """Signs one reader's tokens for papers: ``<id>.<signature>``, 128 bits of keyed BLAKE2b
+    over the paper's key (the keyed state is made once, then copied per paper)."""
+
+    def __init__(self, reader_key: bytes, ident: int | None) -> None:
+        self._keyed = hashlib.blake2b(key=reader_key, digest_size=16)
+        self._prefix = f"{ident}."
+
+    def signature(self, paper_key: str) -> str:
+        """The signature alone."""
+        keyed = self._keyed.copy()
+        keyed.update(paper_key.encode())
+        return keyed.hexdigest()
+
+    def token(self, paper_key: str) -> str:
+        """The reader's token for the paper ``paper_key``, as their links carry it."""
+        return self._prefix + self.signature(paper_key)
 
 
-def vote_token(reader_key: bytes, ident: int | None, vote: str, paper_key: str) -> str:
-    """The token of one vote link: ``<id>.<signature>``, ``reader_key`` from ``vote_key``."""
-    return f"{ident}.{_vote_signature(reader_key, vote, paper_key)}"
+def paper_token(reader_key: bytes, ident: int | None, paper_key: str) -> str:
+    """One reader's token for one paper, ``reader_key`` from ``vote_key``."""
+    return PaperSigner(reader_key, ident).token(paper_key)
 
 
-def check_vote_token(
-    key: bytes, token: str, ident: int | None, salt: str, vote: str, paper_key: str
-) -> bool:
-    """Whether ``token`` is subscriber ``ident``'s (with ``salt``) link voting ``vote`` on
-    the paper ``paper_key``."""
+def check_paper_token(key: bytes, token: str, ident: int | None, salt: str, paper_key: str) -> bool:
+    """Whether ``token`` is subscriber ``ident``'s (with ``salt``) token for the paper
+    ``paper_key`` (the key the link was made with)."""
     signature = token.partition(".")[2]
     if token_id(token) != ident or not signature.isascii():
         return False
-    expected = _vote_signature(vote_key(key, ident, salt), vote, paper_key)
+    expected = PaperSigner(vote_key(key, ident, salt), ident).signature(paper_key)
     return hmac.compare_digest(expected, signature)

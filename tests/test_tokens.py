@@ -7,13 +7,13 @@ import pytest
 from digest.tokens import (
     Verdict,
     check_expiring_token,
+    check_paper_token,
     check_token,
-    check_vote_token,
     expiring_token,
     link_token,
+    paper_token,
     token_id,
     vote_key,
-    vote_token,
 )
 
 KEY = b"k" * 32
@@ -99,24 +99,23 @@ def test_lasting_and_expiring_tokens_never_pass_for_each_other() -> None:
     assert check_expiring_token(KEY, forged, 7, SALT, "confirm:n1", NOW) is Verdict.INVALID
 
 
-def test_a_vote_token_checks_only_for_its_reader_salt_vote_and_paper() -> None:
+def test_a_paper_token_checks_only_for_its_reader_salt_and_paper() -> None:
     paper = "arxiv:2403.00001"
-    token = vote_token(vote_key(KEY, 7, SALT), 7, "up", paper)
+    token = paper_token(vote_key(KEY, 7, SALT), 7, paper)
     ident, _, signature = token.partition(".")
     assert ident == "7" and len(signature) == 32
-    assert check_vote_token(KEY, token, 7, SALT, "up", paper)
-    assert not check_vote_token(KEY, token, 7, SALT, "down", paper)  # the other vote
-    assert not check_vote_token(KEY, token, 7, SALT, "up", "arxiv:2403.00002")
-    assert not check_vote_token(KEY, token, 8, SALT, "up", paper)
-    assert not check_vote_token(KEY, "8" + token[1:], 8, SALT, "up", paper)
-    assert not check_vote_token(KEY, token, 7, "another salt", "up", paper)  # salt rotated
-    assert not check_vote_token(b"another key", token, 7, SALT, "up", paper)
-    assert not check_vote_token(KEY, _flip(token), 7, SALT, "up", paper)
-    assert not check_vote_token(KEY, token[:-1], 7, SALT, "up", paper)
-    assert not check_vote_token(KEY, token[:-1] + "é", 7, SALT, "up", paper)  # no TypeError
-    # No other link of the reader's is a vote link, nor the other way round.
+    assert check_paper_token(KEY, token, 7, SALT, paper)
+    assert not check_paper_token(KEY, token, 7, SALT, "arxiv:2403.00002")
+    assert not check_paper_token(KEY, token, 8, SALT, paper)
+    assert not check_paper_token(KEY, "8" + token[1:], 8, SALT, paper)
+    assert not check_paper_token(KEY, token, 7, "another salt", paper)  # salt rotated
+    assert not check_paper_token(b"another key", token, 7, SALT, paper)
+    assert not check_paper_token(KEY, _flip(token), 7, SALT, paper)
+    assert not check_paper_token(KEY, token[:-1], 7, SALT, paper)
+    assert not check_paper_token(KEY, token[:-1] + "é", 7, SALT, paper)  # no TypeError
+    # No other link of the reader's is a paper's link, nor the other way round.
     manage = link_token(KEY, 7, SALT, purpose="manage")
-    assert not check_vote_token(KEY, manage, 7, SALT, "up", paper)
+    assert not check_paper_token(KEY, manage, 7, SALT, paper)
     assert not check_token(KEY, token, 7, SALT, purpose=f"feedback:up:{paper}")
     assert not check_token(KEY, token, 7, SALT, purpose="manage")
     # A vote key is the reader's own and signs nothing another reader can use.

@@ -8,6 +8,11 @@ thousands of messages and most of each one is the same few paper blocks, so a
 encoded bytes in every digest that carries it. Quoted-printable is line-local,
 so encoded blocks that each end with a line break can simply be joined.
 
+A reader's own links to a paper (its page, "more like this", "not for me") differ only by
+the reader's token for that paper (``DigestView.tokens``). A paper's block with those links
+is encoded once too, cut where the token goes (``TOKEN``), each token on a line segment of
+its own between soft line breaks; a digest joins the parts with its reader's token.
+
 A paper links to its page on the site (``PaperView.page_url``); a view made without
 one, to the paper's own URL, its arXiv page, or for a paper without a URL or arXiv id,
 to arXiv's title search, which finds
@@ -33,7 +38,7 @@ from urllib.parse import quote_plus, urlsplit
 
 import css_inline
 import jinja2
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
 from digest.clock import as_utc
 from digest.rank.highlight import Marks, find_marks, mark, prepare_marks
@@ -55,9 +60,24 @@ _URL = re.compile(
 _URL_TAIL = ".,;:!?)]}'\""
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SLOT = "\x00papers\x00"  # content passes clean_header or _clean_text, which drop NULs
-# Where a reader's own values go in the vote lines, rendered once (see ``_templates``).
-_VOTE_FIELDS = ("because", "more_url", "less_url")
-_VOTE_SLOTS = ("\x01because\x01", "\x01more\x01", "\x01less\x01")
+# Where a reader's token goes in their links (as _SLOT: no shown text carries a \x01).
+TOKEN = "\x01token\x01"
+_SOFT_BREAK = b"=\r\n"
+
+
+@dataclass(frozen=True)
+class TokenLinks:
+    """A paper's links that carry a reader's token (at ``TOKEN``): its page on the site, and
+    the "more like this" and "not for me" links."""
+
+    page: str
+    more: str
+    less: str
+
+    def filled(self, token: str) -> tuple[str, str, str]:
+        """The three links of the reader with ``token``."""
+        page, more, less = (url.replace(TOKEN, token) for url in (self.page, self.more, self.less))
+        return page, more, less
 
 
 @dataclass(frozen=True)
@@ -74,6 +94,7 @@ class PaperView:
     authors: str = ""
     because: str = ""  # the title of a paper the reader liked that this one was chosen for
     page_url: str | None = None  # the paper's page on this site
+    token_links: TokenLinks | None = None  # the same, and the vote links, for a reader
 
 
 @dataclass(frozen=True)
@@ -88,9 +109,9 @@ class DigestView:
     unsubscribe_mailto: str
     feed_url: str
     manage_url: str | None = None
-    # The reader's signed ("more like this", "not for me") links, one pair per paper in order
-    # (empty: no vote links); kept here so that the papers stay shared between readers.
-    votes: Sequence[tuple[str, str]] = ()
+    # The reader's token for each paper, in order, filled into its ``token_links`` (empty:
+    # plain page links, no vote links); kept here so the papers stay shared between readers.
+    tokens: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -105,10 +126,11 @@ class Sender:
 
 @dataclass(frozen=True)
 class _Block:
-    """A paper rendered and encoded once, for both parts."""
+    """A paper rendered and encoded once, for both parts: encoded parts to join with the
+    reader's token (one part: no token)."""
 
-    html: bytes
-    text: bytes
+    html: tuple[bytes, ...]
+    text: tuple[bytes, ...]
 
 
 # --- small pure helpers -------------------------------------------------------
@@ -149,7 +171,12 @@ def arxiv_title_search(title: str) -> str:
 def _indented(text: str) -> str:
     """Text for the plain part: wrapped, two spaces in."""
     return textwrap.fill(
-        text, TEXT_WIDTH, initial_indent="  ", subsequent_indent="  ", break_on_hyphens=False
+        text,
+        TEXT_WIDTH,
+        initial_indent="  ",
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+        break_long_words=False,  # a long word (a URL) stays whole, on a line of its own
     )
 
 
@@ -308,14 +335,55 @@ def _mailto(value: str) -> str:
 def _qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends; ``text`` must end with a line break."""
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
-    # "=2E" is "." in quoted-printable; with no line starting with a dot the SMTP
-    # transport has no dot-stuffing pass to make over the whole message.
-    encoded = encoded.replace(b"\r\n.", b"\r\n=2E")
-    return b"=2E" + encoded[1:] if encoded.startswith(b".") else encoded
+    if encoded.startswith(b".") or b"\n." in encoded:
+        return _no_leading_dots(encoded)
+    return encoded
+
+
+def _no_leading_dots(encoded: bytes) -> bytes:
+    """A line's first "." as "=2E" (the same in quoted-printable): with no line starting with
+    a dot, the SMTP transport has no dot-stuffing pass to make over the whole message. A line
+    that grows past 76 characters by it is broken again, never inside an escape."""
+    pending = encoded.split(b"\r\n")[::-1]
+    out = []
+    while pending:
+        line = pending.pop()
+        if line.startswith(b"."):
+            line = b"=2E" + line[1:]
+        if len(line) > 76:
+            cut = 75 - (line[74] == ord("=")) - 2 * (line[73] == ord("="))
+            out.append(line[:cut] + b"=")
+            pending.append(line[cut:])
+        else:
+            out.append(line)
+    return b"\r\n".join(out)
 
 
 def _ends_line(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
+
+
+def _qp_parts(text: str) -> tuple[bytes, ...]:
+    """``text`` (ending with a line break) quoted-printable, cut where ``TOKEN`` stands.
+
+    Joined with a token between each two parts they are the encoding of the text with the
+    token there: each token stands on a line segment of its own, between soft line breaks,
+    so no line grows past 76 characters. A token (``<id>.<hex>``, at most 51 characters,
+    never starting with a dot) is ASCII that quoted-printable leaves as it is.
+    """
+    pieces = text.split(TOKEN)
+    parts = []
+    for number, piece in enumerate(pieces):
+        if number == len(pieces) - 1:
+            encoded = _qp(piece)
+        else:
+            # A character more keeps the last line short enough for its soft break, which
+            # the encoder may already have put before that character.
+            encoded = _qp(piece + "x")[:-1]
+            if not encoded.endswith(_SOFT_BREAK):
+                encoded += _SOFT_BREAK
+        parts.append(_SOFT_BREAK + encoded if number else encoded)
+    return tuple(parts)
 
 
 # --- templates ------------------------------------------------------------------
@@ -335,7 +403,6 @@ class _Templates:
     text_macros: Any
     hit_open: str
     hit_close: str
-    votes: dict[tuple[str, bool], str]  # (part, with a reason) → the votes lines, with slots
 
 
 @functools.cache
@@ -365,13 +432,7 @@ def _templates() -> _Templates:
     html_macros: Any = html.make_module(blank)
     text_macros: Any = text.make_module(blank)
     hit_open, _, hit_close = str(html_macros.hit(Markup(_SLOT))).partition(_SLOT)
-    # A reader's vote links differ in every digest: rendered once with slots, filled per item.
-    votes: dict[tuple[str, bool], str] = {}
-    for part, macros in (("html", html_macros), ("text", text_macros)):
-        for reason in (True, False):
-            slots = _VOTE_SLOTS if reason else ("", *_VOTE_SLOTS[1:])
-            votes[(part, reason)] = str(macros.votes(dict(zip(_VOTE_FIELDS, slots, strict=True))))
-    return _Templates(html, text, html_macros, text_macros, hit_open, hit_close, votes)
+    return _Templates(html, text, html_macros, text_macros, hit_open, hit_close)
 
 
 # --- the builder ----------------------------------------------------------------
@@ -434,22 +495,36 @@ class MessageBuilder:
             "reasons": list(text.marks.reasons),
         }
 
-    def _block(self, paper: PaperView) -> _Block:
+    def _block(self, paper: PaperView, links: TokenLinks | None) -> _Block:
+        """The paper's block, with the reader's ``links`` (token left out) and their reason
+        for it, or without any."""
         # Everything shown, nothing else: the score differs per subscriber and is not shown.
         key = (
             paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors,
-            paper.interests, paper.page_url,
+            paper.interests, paper.page_url, links, links and paper.because,
         )  # fmt: skip
         block = self._cache.get(key)
         if block is None:
-            context = self._paper_context(paper)
-            html = str(self._templates.html_macros.paper(context))
-            text = str(self._templates.text_macros.paper(context))
-            block = _Block(_qp(_ends_line(html)), _qp(_ends_line(text)))
+            block = self._render_block(paper, links)
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()  # a run rarely outgrows it; clearing keeps memory bounded
             self._cache[key] = block
         return block
+
+    def _render_block(self, paper: PaperView, links: TokenLinks | None) -> _Block:
+        t = self._templates
+        context = self._paper_context(paper)
+        if links is None:
+            html = str(t.html_macros.paper(context))
+            text = str(t.text_macros.paper(context))
+        else:
+            context["link"] = links.page
+            because = clean_header(paper.because) if paper.because else ""
+            own = {"because": because, "more_url": links.more, "less_url": links.less}
+            html = str(t.html_macros.paper(context)) + str(t.html_macros.votes(own))
+            text = str(t.text_macros.paper(context)) + str(t.text_macros.votes(own))
+        # the text part's blank line between papers comes with each
+        return _Block(_qp_parts(_ends_line(html)), _qp_parts(_ends_line(text) + "\n"))
 
     def _shell(self, view: DigestView) -> dict[str, Any]:
         count = len(view.papers)
@@ -471,30 +546,18 @@ class MessageBuilder:
         head, _, tail = template.render(context).partition(_SLOT)
         return _qp(_ends_line(head)) + b"".join(blocks) + _qp(_ends_line(tail))
 
-    def _votes(self, view: DigestView, part: str) -> list[bytes]:
-        """Each paper's reader's own lines (the reason feedback chose it, the vote links),
-        encoded; the text part's blank line between papers comes with them."""
-        end = b"\r\n" if part == "text" else b""
-        if not view.votes:
-            return [end] * len(view.papers)
-        lines = self._templates.votes
+    def _blocks(self, view: DigestView, part: str) -> list[bytes]:
         html = part == "html"
+        if not view.tokens:
+            return [(b.html if html else b.text)[0] for b in map(self._plain, view.papers)]
         out = []
-        for paper, (more, less) in zip(view.papers, view.votes, strict=True):
-            because = clean_header(paper.because) if paper.because else ""
-            if html:  # the links are ours (base URL, token, quoted key): only "&" to escape
-                because = str(escape(because))
-                more, less = more.replace("&", "&amp;"), less.replace("&", "&amp;")
-            text = lines[(part, bool(because))].replace(_VOTE_SLOTS[1], more)
-            text = text.replace(_VOTE_SLOTS[2], less)
-            if because:
-                text = text.replace(_VOTE_SLOTS[0], because)
-            out.append(_qp(_ends_line(text)) + end)
+        for paper, token in zip(view.papers, view.tokens, strict=True):
+            block = self._block(paper, paper.token_links)
+            out.append(token.encode().join(block.html if html else block.text))
         return out
 
-    def _blocks(self, view: DigestView, part: str) -> list[bytes]:
-        blocks = [getattr(self._block(p), part) for p in view.papers]
-        return [block + votes for block, votes in zip(blocks, self._votes(view, part), strict=True)]
+    def _plain(self, paper: PaperView) -> _Block:
+        return self._block(paper, None)
 
     def render_html(self, view: DigestView) -> str:
         """The HTML part, decoded (for previews and tests)."""

@@ -1,8 +1,10 @@
 """What an email or a feed shows: stored papers as views, and a subscriber's links
-(unsubscribe, https and mailto, manage, and the private feed)."""
+(unsubscribe, https and mailto, manage, the private feed, and their links to each paper:
+its page and their vote links, all with the reader's token for that paper)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -12,16 +14,36 @@ from urllib.parse import quote
 
 from sqlalchemy.engine import Connection
 
-from digest.deliver.message import DigestView, PaperView
+from digest.deliver.message import TOKEN, DigestView, PaperView, TokenLinks
 from digest.rank.types import Ranked, hits_to_json
 from digest.store import papers
 from digest.store.papers import PaperRow
-from digest.tokens import feed_name, link_token, vote_key, vote_token
+from digest.tokens import PaperSigner, feed_name, link_token, vote_key
+
+READER = "r"  # the query parameter of a paper page's link that carries the reader's token
 
 
 def paper_url(base_url: str, key: str) -> str:
     """The URL of a paper's page on the site."""
     return f"{base_url}/papers/{quote(key, safe='')}"
+
+
+def feedback_path(token: str, paper_key: str, vote: str) -> str:
+    """A one-click vote on a paper, under the site: ``vote`` is "up" (more like this) or
+    "down"."""
+    return f"/feedback/{token}?paper={quote(paper_key, safe='')}&vote={vote}"
+
+
+@functools.lru_cache(maxsize=50_000)  # a day's papers, under one or two base URLs
+def paper_links(base_url: str, key: str) -> tuple[str, TokenLinks]:
+    """A paper's page, and its links with a reader's token (at ``TOKEN``): worked out once a
+    paper, not once an item."""
+    page = paper_url(base_url, key)
+    return page, TokenLinks(
+        page=f"{page}?{READER}={TOKEN}",
+        more=base_url + feedback_path(TOKEN, key, "up"),
+        less=base_url + feedback_path(TOKEN, key, "down"),
+    )
 
 
 def paper_view(
@@ -30,6 +52,7 @@ def paper_view(
     """A stored paper and why it was chosen (its interests' hits, and ``{"liked": title}``
     when chosen for a paper the reader liked), as an email shows it (linking to its page on
     the site at ``base_url``, when given)."""
+    page_url, token_links = paper_links(base_url, row.key) if base_url is not None else (None, None)
     return PaperView(
         key=row.key,
         title=row.title,
@@ -40,7 +63,8 @@ def paper_view(
         interests=tuple(hit["interest"] for hit in hits if "interest" in hit),
         authors=row.authors,
         because=next((str(hit["liked"]) for hit in hits if "liked" in hit), ""),
-        page_url=paper_url(base_url, row.key) if base_url is not None else None,
+        page_url=page_url,
+        token_links=token_links,
     )
 
 
@@ -95,17 +119,16 @@ class Links:
 
     def feedback_url(self, token: str, paper_key: str, vote: str) -> str:
         """A one-click vote on a paper: ``vote`` is "up" (more like this) or "down"."""
-        return f"{self.base_url}/feedback/{token}?paper={quote(paper_key, safe='')}&vote={vote}"
+        return self.base_url + feedback_path(token, paper_key, vote)
 
-    def vote_urls(self, ident: int | None, salt: str, paper_key: str) -> tuple[str, str]:
-        """A reader's signed "more like this" and "not for me" links for a paper."""
-        reader_key = vote_key(self.key, ident, salt)
-        up = vote_token(reader_key, ident, "up", paper_key)
-        down = vote_token(reader_key, ident, "down", paper_key)
-        # feedback_url's, with the key quoted once for both (two links in every item)
-        start = f"{self.base_url}/feedback/"
-        paper = quote(paper_key, safe="")
-        return f"{start}{up}?paper={paper}&vote=up", f"{start}{down}?paper={paper}&vote=down"
+    def signer(self, ident: int | None, salt: str) -> PaperSigner:
+        """What signs a reader's tokens for papers."""
+        return PaperSigner(vote_key(self.key, ident, salt), ident)
+
+    def reader_links(self, ident: int | None, salt: str, paper_key: str) -> tuple[str, str, str]:
+        """A reader's links to a paper: its page, "more like this" and "not for me"."""
+        token = self.signer(ident, salt).token(paper_key)
+        return paper_links(self.base_url, paper_key)[1].filled(token)
 
     def paper_url(self, key: str) -> str:
         """A paper's page on the site (digest items link here)."""
@@ -134,13 +157,15 @@ class Links:
         papers: Sequence[PaperView],
         message_id: str,
     ) -> DigestView:
-        """A subscriber's digest as an email shows it, with their signed links."""
+        """A subscriber's digest as an email shows it, with their signed links (each paper's
+        with the reader's token for it, when the paper's view has ``token_links``)."""
         token = link_token(self.key, ident, salt)
+        signer = self.signer(ident, salt)
         return DigestView(
             to=to,
             period=period,
             papers=papers,
-            votes=[self.vote_urls(ident, salt, paper.key) for paper in papers],
+            tokens=[signer.token(paper.key) for paper in papers],
             message_id=message_id,
             unsubscribe_url=self.unsubscribe_url(token),
             unsubscribe_mailto=self.unsubscribe_mailto(token),

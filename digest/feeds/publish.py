@@ -90,15 +90,15 @@ class FeedSite:
         row: PaperRow,
         view: PaperView,
         published: datetime,
-        votes: tuple[str, str] | None = None,
+        reader: tuple[str, str, str] | None = None,
     ) -> FeedItem:
-        """A paper's entry: its GUID from the key it was first seen under; ``votes``: the
-        reader's "more like this" and "not for me" links, in a private feed."""
+        """A paper's entry: its GUID from the key it was first seen under; ``reader``: in a
+        private feed, the reader's links (the paper's page, "more like this", "not for me")."""
         return item_for_paper(
             view,
             guid=paper_guid(row.guid_key, self.authority),
             published=published,
-            votes=votes,
+            reader=reader,
         )
 
 
@@ -123,7 +123,7 @@ def private_items(
     voting: tuple[Links, Mapping[int, str]] | None = None,
 ) -> dict[int, list[FeedItem]]:
     """The newest items each subscriber was sent, for a batch of subscribers; ``voting``:
-    the links and the salts by subscriber, for each item's vote links."""
+    the links and the salts by subscriber, for each item's links with the reader's token."""
     rows = outbox.sent_items(conn, subscriber_ids, site.limit)
     views = [
         paper_view(row.paper, row.score, json.loads(row.matched), site.base_url) for row in rows
@@ -132,11 +132,12 @@ def private_items(
     items: dict[int, list[FeedItem]] = {sid: [] for sid in subscriber_ids}
     for row, view in zip(rows, views, strict=True):
         assert row.sent_at is not None  # only sent items are read
-        votes = None
+        reader = None
         if voting is not None:
             links, salts = voting
-            votes = links.vote_urls(row.subscriber_id, salts[row.subscriber_id], row.paper.key)
-        items[row.subscriber_id].append(site.item(row.paper, view, row.sent_at, votes))
+            sid = row.subscriber_id
+            reader = links.reader_links(sid, salts[sid], row.paper.key)
+        items[row.subscriber_id].append(site.item(row.paper, view, row.sent_at, reader))
     return items
 
 

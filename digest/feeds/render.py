@@ -81,10 +81,8 @@ def paper_guid(key: str, authority: str) -> str:
 
 
 @functools.lru_cache(maxsize=20_000)
-def _paper_parts(
-    abstract: str, authors: str, arxiv_id: str | None, link: str, truncated: bool
-) -> tuple[str, str, str]:
-    """What a paper's entry shows whoever reads it: who wrote it, code links, read-on link.
+def _paper_parts(abstract: str, authors: str, arxiv_id: str | None) -> tuple[str, str]:
+    """What a paper's entry shows whoever reads it: who wrote it, and its code links.
 
     A paper goes into the feeds of many readers; this is worked out once, not per reader.
     """
@@ -94,23 +92,27 @@ def _paper_parts(
         byline.append(f'<a href="{escape(url)}">arXiv:{escape(arxiv_id)}</a>')
     code = [url for url in find_links(abstract) if is_code_link(url)]
     anchors = ", ".join(f'<a href="{escape(u)}">{escape(u)}</a>' for u in code)
-    more = f'<p><a href="{escape(link)}">Read the paper</a></p>' if truncated else ""
     return (
         f"<p>{' · '.join(byline)}</p>" if byline else "",
         f"<p>Code: {anchors}</p>" if code else "",
-        more,
     )
 
 
 def item_for_paper(
-    paper: PaperView, *, guid: str, published: datetime, votes: tuple[str, str] | None = None
+    paper: PaperView,
+    *,
+    guid: str,
+    published: datetime,
+    reader: tuple[str, str, str] | None = None,
 ) -> FeedItem:
     """A feed entry carrying what the email shows: authors, marked abstract, code, why chosen,
-    and in a private feed the reader's ``votes`` links ("more like this", "not for me")."""
-    link = paper_link(paper)
+    and in a private feed the ``reader``'s own links (the paper's page with their token,
+    "more like this", "not for me")."""
+    link = reader[0] if reader is not None else paper_link(paper)
     text = shown(paper)
     authors = authors_line(paper.authors)
-    byline, code, more = _paper_parts(paper.abstract, authors, paper.arxiv_id, link, text.truncated)
+    byline, code = _paper_parts(paper.abstract, authors, paper.arxiv_id)
+    more = f'<p><a href="{escape(link)}">Read the paper</a></p>' if text.truncated else ""
     # <strong>, not <mark>: feed readers' HTML sanitizers (feedparser's among them) drop <mark>.
     abstract = mark(text.abstract, text.marks.abstract, "<strong>", "</strong>")
     parts = [byline, f"<p>{abstract}</p>", code]
@@ -119,10 +121,10 @@ def item_for_paper(
     if paper.because:
         parts.append(f"<p>Because you liked “{escape(paper.because)}”.</p>")
     parts.append(more)
-    if votes is not None:
+    if reader is not None:
         parts.append(
-            f'<p><a href="{escape(votes[0])}">More like this</a>'
-            f' · <a href="{escape(votes[1])}">Not for me</a></p>'
+            f'<p><a href="{escape(reader[1])}">More like this</a>'
+            f' · <a href="{escape(reader[2])}">Not for me</a></p>'
         )
     return FeedItem(
         guid=guid,

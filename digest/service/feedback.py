@@ -1,8 +1,8 @@
 """Feedback from readers, from the command line or a signed link: checked, then stored.
 
 A vote names a reader and a paper; either unknown is a ``UsageError`` naming it, and
-nothing is stored. Link tokens bind the reader, the paper and the vote
-(``tokens.vote_token``), so a link votes only as it says.
+nothing is stored. Link tokens bind the reader and the paper (``tokens.PaperSigner``), so
+a link votes only on the paper it was made for.
 """
 
 from __future__ import annotations
@@ -87,9 +87,7 @@ def link_vote(
         return None
     ident = tokens.token_id(token)
     row = None if ident is None else subscriber_by_id(engine, ident)
-    if row is None or not tokens.check_vote_token(
-        key, token, row.id, row.token_salt, vote, paper_key
-    ):
+    if row is None or not tokens.check_paper_token(key, token, row.id, row.token_salt, paper_key):
         return None
     with reading(engine) as conn:
         paper = feedback.paper_named(conn, paper_key)

@@ -33,7 +33,7 @@ from digest.deliver.message import (
     shown,
 )
 from digest.deliver.plan import store_stats
-from digest.deliver.views import paper_view
+from digest.deliver.views import READER, paper_view
 from digest.rank.highlight import find_marks, mark
 from digest.rank.query import InterestError, parse_interest
 from digest.rank.types import CorpusStats, Ranked, hits_to_json
@@ -41,6 +41,7 @@ from digest.service.preview import search_store, try_interests
 from digest.store import papers
 from digest.store.engine import ingest_sequence, reading
 from digest.store.papers import PaperRow
+from digest.web.feedback import reader_votes
 from digest.web.render import page
 from digest.web.state import WebState, state_of
 
@@ -238,7 +239,9 @@ def _links(row: PaperRow, abstract: str) -> tuple[list[Link], list[Link]]:
 
 
 def paper_page(request: Request) -> Response:
-    """A paper: title, authors, abstract, its links, when it was listed and how often."""
+    """A paper: title, authors, abstract, its links, when it was listed and how often; and
+    for the reader whose token its link carries (from their digest or private feed), their
+    vote buttons."""
     state = state_of(request)
     key = request.path_params["key"]
     with reading(state.engine) as conn:
@@ -256,6 +259,7 @@ def paper_page(request: Request) -> Response:
         marks = find_marks(title, abstract, _parsable(interests))
     pages, code = _links(row, abstract)
     listing: date | None = found.listing_date
+    votes = reader_votes(state, request.query_params.get(READER), key, row.id)
     return page(
         request,
         "paper.html",
@@ -270,6 +274,7 @@ def paper_page(request: Request) -> Response:
             "listing_date": listing,
             "first_seen": row.first_seen,
             "last_seen": found.last_seen,
+            "feedback": votes,
         },
     )
 

@@ -7,6 +7,10 @@ message would otherwise vote on every paper, both ways, the later click winning,
 the reader's model noise. The vote itself is idempotent (voting again replaces it), so a
 repeated POST is harmless. A link that was altered, forged or revoked, or names an unknown
 paper or vote, gets a friendly 404 and changes nothing.
+
+A digest item's link to the paper's page carries the same token (``/papers/KEY?r=TOKEN``):
+there the page shows that reader's two vote buttons, which post to these routes. A page
+link with a token that does not check out shows the page without them.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from digest.deliver.views import Links
+from digest import tokens
+from digest.deliver.views import feedback_path
 from digest.service.feedback import link_vote, store_vote, undo_vote
+from digest.store import feedback
+from digest.store.engine import reading
 from digest.store.models import Subscriber
 from digest.store.papers import PaperRow
+from digest.store.subscribers import subscriber_by_id
 from digest.web.render import page
 from digest.web.security import CSRF_FIELD, check_csrf
 from digest.web.state import WebState, state_of
@@ -34,12 +42,29 @@ _BAD_LINK = (
 )
 
 
-def vote_links(
-    base_url: str, key: bytes, subscriber_id: int, salt: str, paper_key: str
-) -> dict[str, str]:
-    """A reader's two vote links for a paper, as ``feedback_links.html`` shows them."""
-    more, less = Links(base_url, key, "").vote_urls(subscriber_id, salt, paper_key)
-    return {"more_url": more, "less_url": less}
+def reader_votes(
+    state: WebState, token: str | None, paper_key: str, paper_id: int
+) -> dict[str, str | None] | None:
+    """What a paper's page shows the reader whose ``token`` its link carried (for the key
+    ``paper_key`` it was made with), as ``feedback_links.html`` shows it: where their two
+    buttons post, and their vote so far. None without a token that checks out."""
+    ident = None if not token or len(token) > 100 else tokens.token_id(token)
+    row = None if ident is None else subscriber_by_id(state.engine, ident)
+    if (
+        token is None
+        or row is None
+        or row.id is None
+        or not tokens.check_paper_token(state.key, token, row.id, row.token_salt, paper_key)
+    ):
+        return None
+    with reading(state.engine) as conn:
+        given = feedback.vote_on(conn, row.id, paper_id)
+        conn.rollback()
+    return {
+        "more_action": feedback_path(token, paper_key, "up"),
+        "less_action": feedback_path(token, paper_key, "down"),
+        "given": ASKED.get(given or ""),
+    }
 
 
 def _checked(request: Request) -> tuple[WebState, Subscriber, PaperRow, str]:

@@ -37,11 +37,13 @@ CSRF_FIELD = "csrf"
 _SECRET_PATH = re.compile(
     r"^(/(?:confirm|manage|unsubscribe|feedback|export|delete)/|/feeds/private/)[^/?]+"
 )
+# ... and query values: a paper page's reader, /papers/<key>?r=<token>
+_SECRET_QUERY = re.compile(r"([?&]r=)[^&#]+")
 
 
 def redact(path: str) -> str:
-    """A request path fit for a log: the token in it replaced by ``***``."""
-    return _SECRET_PATH.sub(r"\1***", path)
+    """A request path (and query, if any) fit for a log: the tokens in it replaced by ``***``."""
+    return _SECRET_QUERY.sub(r"\1***", _SECRET_PATH.sub(r"\1***", path))
 
 
 class HttpMiddleware:
