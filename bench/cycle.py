@@ -2,6 +2,7 @@
 
 Run by hand (not in CI):  python bench/cycle.py [--papers 200000] [--subscribers 20000]
                                                  [--dumps PATH ...]
+                                                 [--baseline CHECKOUT [--rounds N]]
 
 A store back-filled with synthetic papers, subscribers with Zipf-drawn interests
 (the generators of bench/match.py, seeded from ``--dumps`` as there), a 5,000-paper
@@ -9,7 +10,9 @@ daily dump in the inbox; then the steps of `digest run` in order, each timed: in
 rank, record the outbox, render and hand every message to a transport that only counts
 them (bench/deliver.py measures SMTP), and the feeds, once with ``feed_files=public`` (the
 global feed only: the web front serves the private ones) and once with ``all``. Prints
-seconds per phase, the total under each setting, and peak RSS.
+seconds per phase, the total under each setting, and peak RSS. ``--baseline``: this script
+on another checkout's code (its ``.venv`` when it has one) and on this one's, in turns (the
+same seed: the same store, subscribers and day), and the phases side by side with ratios.
 """
 
 from __future__ import annotations
@@ -17,9 +20,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import re
 import resource
 import secrets
+import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -84,8 +92,14 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=20_000)
     parser.add_argument("--daily", type=int, default=5_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
+    parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
     add_dumps_argument(parser)
     args = parser.parse_args()
+    if args.baseline:
+        rest = [a for a in sys.argv[1:] if a not in (str(args.baseline), "--baseline")]
+        side_by_side(args.baseline, rest, args.rounds)
+        return
     rng = random.Random(args.seed)
     real = real_papers(dump_files(args.dumps))
     generator = Generator(rng, real)
@@ -169,6 +183,39 @@ def main() -> None:
         print(f"  {'total with feed_files=' + setting:<55} {common + feeds_step:8.2f} s")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print(f"(files in {folder})")
+
+
+REPO = Path(__file__).resolve().parents[1]
+_PHASE = re.compile(r"^  (\S.*?)\s+([\d.]+) s$", re.MULTILINE)
+
+
+def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
+    """This script on the baseline's code and on this checkout's, in turns."""
+    runs = {"baseline": baseline.resolve(), "this checkout": REPO}
+    found: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    for turn in range(rounds):
+        for name, checkout in runs.items():
+            venv = checkout / ".venv" / "bin" / "python"
+            python = str(venv) if venv.exists() else sys.executable
+            env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
+            done = subprocess.run(
+                [python, __file__, *rest], env=env, capture_output=True, text=True, check=True
+            )
+            print(f"--- round {turn + 1}, {name}: {checkout}\n{done.stdout}", end="", flush=True)
+            found[name].append({k: float(v) for k, v in _PHASE.findall(done.stdout)})
+            kept = re.search(r"^\(files in (.+)\)$", done.stdout, re.MULTILINE)
+            if kept:
+                shutil.rmtree(kept.group(1), ignore_errors=True)
+    for turn in range(rounds):
+        old, new = found["baseline"][turn], found["this checkout"][turn]
+        print(
+            f"\nround {turn + 1}\n| step | baseline | this checkout | ratio |\n| --- | --- | --- | --- |"
+        )
+        for phase, seconds in old.items():
+            if phase in new:
+                print(
+                    f"| {phase} | {seconds:.2f} s | {new[phase]:.2f} s | {new[phase] / seconds:.2f}x |"
+                )
 
 
 if __name__ == "__main__":

@@ -65,8 +65,8 @@ TOKEN = "\x01token\x01"
 _SOFT_BREAK = b"=\r\n"
 
 
-@dataclass(frozen=True)
-class TokenLinks:
+@dataclass(frozen=True, eq=False)  # one per paper (views.paper_links): hashed by identity,
+class TokenLinks:  # a cheap key for the builder's blocks
     """A paper's links that carry a reader's token (at ``TOKEN``): its page on the site, and
     the "more like this" and "not for me" links."""
 
@@ -546,36 +546,41 @@ class MessageBuilder:
         head, _, tail = template.render(context).partition(_SLOT)
         return _qp(_ends_line(head)) + b"".join(blocks) + _qp(_ends_line(tail))
 
-    def _blocks(self, view: DigestView, part: str) -> list[bytes]:
-        html = part == "html"
+    def _blocks(self, view: DigestView) -> tuple[list[bytes], list[bytes]]:
+        """Each paper's encoded block, in the HTML part and in the text part."""
+        html: list[bytes] = []
+        text: list[bytes] = []
         if not view.tokens:
-            return [(b.html if html else b.text)[0] for b in map(self._plain, view.papers)]
-        out = []
+            for paper in view.papers:
+                block = self._block(paper, None)
+                html.append(block.html[0])
+                text.append(block.text[0])
+            return html, text
         for paper, token in zip(view.papers, view.tokens, strict=True):
             block = self._block(paper, paper.token_links)
-            out.append(token.encode().join(block.html if html else block.text))
-        return out
-
-    def _plain(self, paper: PaperView) -> _Block:
-        return self._block(paper, None)
+            encoded = token.encode()
+            html.append(encoded.join(block.html))
+            text.append(encoded.join(block.text))
+        return html, text
 
     def render_html(self, view: DigestView) -> str:
         """The HTML part, decoded (for previews and tests)."""
         return _decode_qp(
-            self._wrap(self._templates.html, self._shell(view), self._blocks(view, "html"))
+            self._wrap(self._templates.html, self._shell(view), self._blocks(view)[0])
         )
 
     def render_text(self, view: DigestView) -> str:
         """The plain-text part, decoded (for previews and tests)."""
         return _decode_qp(
-            self._wrap(self._templates.text, self._shell(view), self._blocks(view, "text"))
+            self._wrap(self._templates.text, self._shell(view), self._blocks(view)[1])
         )
 
     def build(self, view: DigestView, now: datetime) -> bytes:
         """The complete message: headers and a multipart/alternative body (text, then HTML)."""
         context = self._shell(view)
-        text = self._wrap(self._templates.text, context, self._blocks(view, "text"))
-        html = self._wrap(self._templates.html, context, self._blocks(view, "html"))
+        html_blocks, text_blocks = self._blocks(view)
+        text = self._wrap(self._templates.text, context, text_blocks)
+        html = self._wrap(self._templates.html, context, html_blocks)
         message_id = _angle(view.message_id)
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.
