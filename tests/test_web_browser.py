@@ -80,6 +80,32 @@ def test_every_page_the_front_page_links_to(browser: Browser, live: LiveServer) 
             assert browser.check(url, f"linked-{name}") == [], url
 
 
+def test_paper_page_with_a_readers_vote_buttons(
+    browser: Browser, live: LiveServer, site: Site
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    reader = "reader@example.org"
+    site.subscribe({reader: ["diffusion"]})
+    site.drop_in_inbox(EXAMPLE_MAR13, "mar13.txt")
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    ran = site.cli("run", "--period", yesterday.isoformat(), "--json")
+    assert ran.code == 0, ran.err
+    [digest] = live.emails(reader)
+    pages = sorted(
+        set(re.findall(rf"{re.escape(live.url)}/papers/[^\s\"'<>]+\?r=[0-9a-f.]+", _text(digest)))
+    )
+    assert pages
+    assert browser.check(pages[0], "paper-votes") == []
+    buttons = browser.driver.find_elements(By.CSS_SELECTOR, 'form[action^="/feedback/"] button')
+    assert [b.text for b in buttons] == ["More like this", "Not for me"]
+    browser.press('form[action$="vote=up"] [type=submit]')
+    assert "Thank you" in browser.run("return document.body.innerText")
+    assert browser.problems() == []
+    [(vote,)] = store_rows(site.data, "SELECT vote FROM feedback")
+    assert vote == "up"
+
+
 def test_the_checks_catch_what_is_wrong(browser: Browser, tmp_path: Path) -> None:
     # Each fault once: so a page that passes passed for a reason.
     page = tmp_path / "bad.html"
