@@ -138,14 +138,19 @@ def main() -> None:
     write_daily(settings.inbox / "daily.txt", generator, args.papers, args.daily)
 
     phases: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # this process's CPU time (not the forked ranking workers')
+    cpu_mark = [time.process_time()]
 
     def timed(name: str, started: float) -> float:
         now = time.perf_counter()
         phases[name] = now - started
+        cpu[name] = time.process_time() - cpu_mark[0]
+        cpu_mark[0] = time.process_time()
         return now
 
     period = datetime.now(UTC).date()
     t = time.perf_counter()
+    cpu_mark[0] = time.process_time()
     dumps = ingest_inbox(engine, settings.inbox, clock=clock)
     t = timed("ingest the daily dump (with search index)", t)
     with engine.begin() as conn:
@@ -176,7 +181,7 @@ def main() -> None:
         f" {feeds['written']:,} feed files written"
     )
     for name, seconds in phases.items():
-        print(f"  {name:<55} {seconds:8.2f} s")
+        print(f"  {name:<55} {seconds:8.2f} s  (CPU {cpu[name]:.2f} s)")
     common = sum(v for k, v in phases.items() if not k.startswith("feeds"))
     for setting in ("public", "all"):
         feeds_step = next(v for k, v in phases.items() if f"feed_files={setting}" in k)
@@ -186,13 +191,13 @@ def main() -> None:
 
 
 REPO = Path(__file__).resolve().parents[1]
-_PHASE = re.compile(r"^  (\S.*?)\s+([\d.]+) s$", re.MULTILINE)
+_PHASE = re.compile(r"^  (\S.*?)\s+([\d.]+) s(?:  \(CPU ([\d.]+) s\))?$", re.MULTILINE)
 
 
 def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
     """This script on the baseline's code and on this checkout's, in turns."""
     runs = {"baseline": baseline.resolve(), "this checkout": REPO}
-    found: dict[str, list[dict[str, float]]] = {name: [] for name in runs}
+    found: dict[str, list[dict[str, tuple[float, str]]]] = {name: [] for name in runs}
     for turn in range(rounds):
         for name, checkout in runs.items():
             venv = checkout / ".venv" / "bin" / "python"
@@ -202,7 +207,7 @@ def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
                 [python, __file__, *rest], env=env, capture_output=True, text=True, check=True
             )
             print(f"--- round {turn + 1}, {name}: {checkout}\n{done.stdout}", end="", flush=True)
-            found[name].append({k: float(v) for k, v in _PHASE.findall(done.stdout)})
+            found[name].append({k: (float(v), c) for k, v, c in _PHASE.findall(done.stdout)})
             kept = re.search(r"^\(files in (.+)\)$", done.stdout, re.MULTILINE)
             if kept:
                 shutil.rmtree(kept.group(1), ignore_errors=True)
@@ -211,11 +216,13 @@ def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
         print(
             f"\nround {turn + 1}\n| step | baseline | this checkout | ratio |\n| --- | --- | --- | --- |"
         )
-        for phase, seconds in old.items():
-            if phase in new:
-                print(
-                    f"| {phase} | {seconds:.2f} s | {new[phase]:.2f} s | {new[phase] / seconds:.2f}x |"
-                )
+        for phase, (seconds, cpu) in old.items():
+            if phase not in new:
+                continue
+            now, now_cpu = new[phase]
+            print(f"| {phase} | {seconds:.2f} s | {now:.2f} s | {now / seconds:.2f}x |")
+            if cpu and now_cpu and float(cpu) > 0:
+                print(f"| (CPU) | {cpu} s | {now_cpu} s | {float(now_cpu) / float(cpu):.2f}x |")
 
 
 if __name__ == "__main__":
