@@ -108,7 +108,7 @@ def _parts(message: bytes) -> tuple[str, str]:
     return text.replace("\r\n", "\n"), html.replace("\r\n", "\n")
 
 
-def test_each_readers_links_are_spliced_into_blocks_encoded_once() -> None:
+def test_a_message_with_a_readers_links_is_the_plain_one_plus_their_own() -> None:
     rng = random.Random(12)
     pool = [_paper(rng, n) for n in range(60)]
     builder = MessageBuilder(Sender("d@example.org", "Papers", "papers", BASE))
