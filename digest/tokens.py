@@ -151,11 +151,17 @@ def paper_token(reader_key: bytes, ident: int | None, paper_key: str) -> str:
     return PaperSigner(reader_key, ident).token(paper_key)
 
 
-def check_paper_token(key: bytes, token: str, ident: int | None, salt: str, paper_key: str) -> bool:
+def check_paper_token(
+    key: bytes, token: str, ident: int | None, salt: str, paper_key: str, vote: str = ""
+) -> bool:
     """Whether ``token`` is subscriber ``ident``'s (with ``salt``) token for the paper
-    ``paper_key`` (the key the link was made with)."""
+    ``paper_key`` (the key the link was made with). A vote link from before the one token
+    per paper (its signature bound the vote as well, ``vote:paper``) is still good for that
+    ``vote``: digests already sent keep working."""
     signature = token.partition(".")[2]
     if token_id(token) != ident or not signature.isascii():
         return False
-    expected = PaperSigner(vote_key(key, ident, salt), ident).signature(paper_key)
-    return hmac.compare_digest(expected, signature)
+    signer = PaperSigner(vote_key(key, ident, salt), ident)
+    if hmac.compare_digest(signer.signature(paper_key), signature):
+        return True
+    return bool(vote) and hmac.compare_digest(signer.signature(f"{vote}:{paper_key}"), signature)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from digest.tokens import (
@@ -121,3 +123,15 @@ def test_a_paper_token_checks_only_for_its_reader_salt_and_paper() -> None:
     # A vote key is the reader's own and signs nothing another reader can use.
     assert vote_key(KEY, 7, SALT) != vote_key(KEY, 8, SALT) != vote_key(KEY, 8, "x")
     assert vote_key(KEY, 7, SALT) != vote_key(b"another key", 7, SALT)
+
+
+def test_a_vote_link_of_a_digest_sent_before_one_token_per_paper_still_votes_its_way() -> None:
+    # Those links signed "vote:paper" with the reader's vote key, as below.
+    paper = "arxiv:2403.00001"
+    old = hashlib.blake2b(f"up:{paper}".encode(), key=vote_key(KEY, 7, SALT), digest_size=16)
+    token = f"7.{old.hexdigest()}"
+    assert check_paper_token(KEY, token, 7, SALT, paper, "up")
+    assert not check_paper_token(KEY, token, 7, SALT, paper, "down")
+    assert not check_paper_token(KEY, token, 7, SALT, paper)  # not a paper page's token
+    assert not check_paper_token(KEY, token, 7, SALT, "arxiv:2403.00002", "up")
+    assert not check_paper_token(KEY, token, 7, "another salt", paper, "up")

@@ -87,7 +87,9 @@ def link_vote(
         return None
     ident = tokens.token_id(token)
     row = None if ident is None else subscriber_by_id(engine, ident)
-    if row is None or not tokens.check_paper_token(key, token, row.id, row.token_salt, paper_key):
+    if row is None or not tokens.check_paper_token(
+        key, token, row.id, row.token_salt, paper_key, vote
+    ):
         return None
     with reading(engine) as conn:
         paper = feedback.paper_named(conn, paper_key)
