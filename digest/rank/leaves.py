@@ -24,6 +24,11 @@ SOFT = 0.5
 # An acronym also meets the last words of its expansion ("speech recognition" for
 # ASR) at this share, below a paper that writes the acronym or the whole expansion.
 TAIL_WEIGHT = 0.5
+# An interest's words met only in the abstract, none of them within ``NEAR`` words of the
+# first one, say less than words written together or in the title: such a match scores this
+# share ("code ... generation" in an abstract on something else).
+SCATTERED = 0.5
+NEAR = 4
 # Explanations carry an alias match as one entry: this mark, the interest's word, the span.
 ALIAS_MARK = "\x00"
 
@@ -197,9 +202,12 @@ class AllLeaves:
     title, still matches, at ``SOFT`` times the score of what it has. Up to ``lack`` of the
     ``spare`` items (in interests of three words or more, all but the ``KEEP`` rarest) may be
     missing too, with no variant at all.
+
+    ``apart``: the items are words and phrases that a match with all of them in the abstract
+    only, scattered (``scattered``), scores ``SCATTERED`` of.
     """
 
-    __slots__ = ("bonus", "excluded", "lack", "order", "required", "spare", "variants")
+    __slots__ = ("apart", "bonus", "excluded", "lack", "order", "required", "spare", "variants")
 
     def __init__(
         self,
@@ -210,8 +218,11 @@ class AllLeaves:
         order: list[int] | None = None,
         spare: frozenset[int] = frozenset(),
         lack: int = 0,
+        *,
+        apart: bool = False,
     ) -> None:
         self.required, self.excluded, self.bonus = required, excluded, bonus
+        self.apart = apart
         self.variants = variants
         self.spare = spare  # the items a soft match may lack with no variant at all
         self.lack = lack  # how many of them at most
@@ -247,6 +258,8 @@ class AllLeaves:
             return SOFT * total if self._titled(doc) else None
         if self.bonus is not None:
             total += self.bonus.evaluate(doc, found) or 0.0
+        if self.apart and scattered(self.required, doc):
+            total *= SCATTERED
         return total
 
     def _titled(self, doc: Doc) -> bool:
@@ -255,6 +268,20 @@ class AllLeaves:
         for item in self.required:
             item.evaluate(doc, seen)
         return any(f == 0 for f, _ in seen)
+
+
+def scattered(items: Sequence[Matcher], doc: Doc) -> bool:
+    """Whether items (words, phrases, prefixes) all occur in the abstract only, and nowhere
+    do all the others stand within ``NEAR`` words of the first."""
+    starts: list[list[int]] = []
+    for item in items:
+        assert isinstance(item, TermLeaf | PhraseLeaf | PrefixLeaf)
+        spans = item.spans(doc)
+        if any(f == 0 for f, _, _ in spans):
+            return False
+        starts.append([first for _, first, _ in spans])
+    first, others = starts[0], starts[1:]
+    return not any(all(any(abs(at - i) <= NEAR for at in other) for other in others) for i in first)
 
 
 class VariantLeaf:
