@@ -167,6 +167,12 @@ def test_words_scattered_in_the_abstract_score_less() -> None:
     far = PlainPaper(5, "Speedups", f"Code for the tables graphs generation {filler}.")
     scores = {r.paper_id: r.score for r in search("code generation", [near, far], stats)}
     assert scores[5] == pytest.approx(SCATTERED * scores[4])
+    # A phrase among the words counts from its first word.
+    query = '"code for" queues'
+    near = PlainPaper(6, "Speedups", f"Code for the tables queues {filler} trees.")
+    far = PlainPaper(7, "Speedups", f"Code for the tables {filler} trees queues.")
+    scores = {r.paper_id: r.score for r in search(query, [near, far], stats)}
+    assert scores[7] == pytest.approx(SCATTERED * scores[6])
     # One word is never scattered.
     scores = {r.paper_id: r.score for r in search("code", papers, stats)}
     assert scores[1] == pytest.approx(scores[2])

@@ -10,6 +10,7 @@ back. ``digest.rank.match`` builds them.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Protocol
@@ -203,8 +204,9 @@ class AllLeaves:
     ``spare`` items (in interests of three words or more, all but the ``KEEP`` rarest) may be
     missing too, with no variant at all.
 
-    ``apart``: the items are words and phrases that a match with all of them in the abstract
-    only, scattered (``scattered``), scores ``SCATTERED`` of.
+    ``apart``: the required items again, when they are all words, phrases or prefixes: a
+    match that has them all in the abstract only, scattered (``scattered``), scores
+    ``SCATTERED`` of what they give. Empty: no such check.
     """
 
     __slots__ = ("apart", "bonus", "excluded", "lack", "order", "required", "spare", "variants")
@@ -219,7 +221,7 @@ class AllLeaves:
         spare: frozenset[int] = frozenset(),
         lack: int = 0,
         *,
-        apart: bool = False,
+        apart: Sequence[TermLeaf | PhraseLeaf | PrefixLeaf] = (),
     ) -> None:
         self.required, self.excluded, self.bonus = required, excluded, bonus
         self.apart = apart
@@ -257,8 +259,10 @@ class AllLeaves:
         if soft:
             return SOFT * total if self._titled(doc) else None
         if self.bonus is not None:
-            total += self.bonus.evaluate(doc, found) or 0.0
-        if self.apart and scattered(self.required, doc):
+            written = self.bonus.evaluate(doc, found)
+            if written is not None:  # side by side somewhere: not scattered
+                return total + written
+        if self.apart and scattered(self.apart, doc):
             total *= SCATTERED
         return total
 
@@ -270,18 +274,37 @@ class AllLeaves:
         return any(f == 0 for f, _ in seen)
 
 
-def scattered(items: Sequence[Matcher], doc: Doc) -> bool:
-    """Whether items (words, phrases, prefixes) all occur in the abstract only, and nowhere
-    do all the others stand within ``NEAR`` words of the first."""
-    starts: list[list[int]] = []
-    for item in items:
-        assert isinstance(item, TermLeaf | PhraseLeaf | PrefixLeaf)
-        spans = item.spans(doc)
-        if any(f == 0 for f, _, _ in spans):
+def scattered(items: Sequence[TermLeaf | PhraseLeaf | PrefixLeaf], doc: Doc) -> bool:
+    """Whether items all occur in the abstract only, and nowhere do all the others stand
+    within ``NEAR`` words of the first."""
+    title, abstract = doc.fields
+    for item in items:  # a word in the title, the commonest way out, costs one look-up
+        if isinstance(item, TermLeaf) and item.in_title and item.term in title.counts:
             return False
-        starts.append([first for _, first, _ in spans])
+    positions = abstract.positions()
+    starts: list[Sequence[int]] = []
+    for item in items:
+        at: Sequence[int]
+        if isinstance(item, TermLeaf):
+            at = positions.get(item.term, ()) if item.in_abstract else ()
+            joined = abstract.spans.get(item.term)
+            if joined:
+                at = sorted([*at, *(first for first, _ in joined)])
+        else:
+            spans = item.spans(doc)
+            if any(f == 0 for f, _, _ in spans):
+                return False
+            at = sorted(first for _, first, _ in spans)
+        starts.append(at)
     first, others = starts[0], starts[1:]
-    return not any(all(any(abs(at - i) <= NEAR for at in other) for other in others) for i in first)
+    for i in first:
+        for other in others:  # the nearest place at or after i - NEAR, if within i + NEAR
+            j = bisect_left(other, i - NEAR)
+            if j == len(other) or other[j] > i + NEAR:
+                break
+        else:
+            return False
+    return True
 
 
 class VariantLeaf:

@@ -64,9 +64,6 @@ class TermStats(Protocol):
 # id order, so sorting these in reverse gives best first with ties to the lower paper id.
 Entry = tuple[float, int, int]
 
-# What a match may be found scattered among: words, phrases, prefixes (their places are known).
-_SPANNED = (TermLeaf, PhraseLeaf, PrefixLeaf)
-
 # Anchors: an estimated cost (document frequency) and keys ("t", term) or ("p", prefix).
 Anchors = tuple[float, list[tuple[str, str]]]
 
@@ -178,7 +175,8 @@ class Compiler:
                 best = (best[0] + variant[1][0], best[1] + variant[1][1])
         order = sorted(range(len(required)), key=lambda i: (i == rarest, required[i][1][0]))
         items = [m for m, _ in required]
-        apart = len(items) >= 2 and all(isinstance(m, _SPANNED) for m in items)
+        spanned = [m for m in items if isinstance(m, TermLeaf | PhraseLeaf | PrefixLeaf)]
+        apart = spanned if len(items) >= 2 and len(spanned) == len(items) else []
         matcher: Matcher = AllLeaves(
             items, [], self.proximity(node), variants, order, spare, lack, apart=apart
         )
