@@ -1,7 +1,7 @@
 """Ranking quality on judged sets: every paper of some listing dumps graded per profile.
 
 The main set, ``judged/judgments.json``, grades the papers of the two real dumps in
-``../shared/dumps`` (a paper not listed: 0) for 25 profiles (acronyms alone, verbose, hyphenated, several
+``../shared/dumps`` (a paper not listed: 0) for 30 profiles (acronyms alone, verbose, hyphenated, several
 interests); it runs when that folder is beside the repo. A small set,
 ``judged/examples.json``, grades the 18 papers of ``examples/dumps`` for the 11 of those
 profiles that have relevant papers among them; it always runs, through the same code.
@@ -9,7 +9,7 @@ Grades are 2 relevant, 1 partly, 0 not. We report nDCG@10 (gain 2^grade - 1),
 precision@10 (relevant = grade >= 1) and the F1 of the delivered set (what a digest of at
 most 50 items sends, against the papers graded 1 or 2) for our ranking and three
 baselines, per profile and as means over all profiles, the half the ranking was tuned on
-and the half held out; and check that ours stays ahead. ``pytest -s`` prints the tables.
+and the half held out (and, within it, the profiles judged last); and check that ours stays ahead. ``pytest -s`` prints the tables.
 """
 
 from __future__ import annotations
@@ -95,16 +95,26 @@ SETS = [
             ((REAL_A, _layout_a), (REAL_B, _layout_b)),
             JUDGED / "judgments.json",
             papers=266 + 64 - 5,
-            profiles=25,
-            targets=Targets(ndcg=0.86, f1=0.71, lead_ndcg=0.06, lead_f1=0.12),
+            profiles=30,
+            targets=Targets(ndcg=0.84, f1=0.70, lead_ndcg=0.06, lead_f1=0.12),
         ),
         id="real",
         marks=pytest.mark.real_dumps,
     ),
 ]
+# Profiles judged last, after the latest change to the ranking and before measuring it.
+LATEST = frozenset(
+    [
+        "image-captioning",
+        "instruction-tuning",
+        "data-augmentation",
+        "question-answering",
+        "speech-synthesis",
+    ]
+)
 # Profiles the ranking was not tuned on: the later ones, judged before any tuning, and
 # three of the first (reported apart, so the tuned half cannot hide a loss).
-HELD_OUT = frozenset(
+HELD_OUT = LATEST | frozenset(
     [
         "asr",
         "vlm",
@@ -282,6 +292,7 @@ def test_ranking_beats_baselines(
         "all": list(range(len(judged))),
         "tuned on": [i for i, name in enumerate(names) if name not in HELD_OUT],
         "held out": [i for i, name in enumerate(names) if name in HELD_OUT],
+        "judged last": [i for i, name in enumerate(names) if name in LATEST],
     }
     print(f"\n{len(papers)} papers, {len(judged)} profiles; delivered: at most {DELIVERED}")
     print(

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from digest.rank.index import InterestIndex
+from digest.rank.leaves import SCATTERED
 from digest.rank.query import InterestError
 from digest.rank.ranker import rank, search
 from digest.rank.text import Analyzer, analyze
@@ -148,3 +149,30 @@ def test_hits_codec_round_trips_what_is_stored() -> None:
         {"interest": "federated", "terms": ["Federated"], "fields": ["title"], "score": 1.2346}
     ]
     assert hits_from_json(stored) == (InterestHit("federated", 1.2346, ("Federated",), ("title",)),)
+
+
+def test_words_scattered_in_the_abstract_score_less() -> None:
+    # Same length, same words, same counts: only where "generation" stands differs.
+    filler = "tables graphs meshes volumes grids lattices"
+    together = PlainPaper(1, "Speedups", f"Code for the generation of {filler} trees queues.")
+    apart = PlainPaper(2, "Speedups", f"Code for the {filler} trees of queues generation.")
+    titled = PlainPaper(3, "Code speedups", f"For the {filler} trees of queues generation.")
+    papers = [together, apart, titled]
+    stats = CorpusStats.from_texts((p.title, p.abstract) for p in papers)
+    scores = {r.paper_id: r.score for r in search("code generation", papers, stats)}
+    assert scores[2] == pytest.approx(SCATTERED * scores[1])
+    assert scores[3] > scores[1]  # a word in the title is never scattered
+    # "generation" four words after "code" still stands with it; five words is apart.
+    near = PlainPaper(4, "Speedups", f"Code for the tables generation {filler} queues.")
+    far = PlainPaper(5, "Speedups", f"Code for the tables graphs generation {filler}.")
+    scores = {r.paper_id: r.score for r in search("code generation", [near, far], stats)}
+    assert scores[5] == pytest.approx(SCATTERED * scores[4])
+    # A phrase among the words counts from its first word.
+    query = '"code for" queues'
+    near = PlainPaper(6, "Speedups", f"Code for the tables queues {filler} trees.")
+    far = PlainPaper(7, "Speedups", f"Code for the tables {filler} trees queues.")
+    scores = {r.paper_id: r.score for r in search(query, [near, far], stats)}
+    assert scores[7] == pytest.approx(SCATTERED * scores[6])
+    # One word is never scattered.
+    scores = {r.paper_id: r.score for r in search("code", papers, stats)}
+    assert scores[1] == pytest.approx(scores[2])

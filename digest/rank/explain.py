@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from digest.rank.match import ALIAS_MARK, FIELDS, Doc, Field, Matcher, TermLeaf
+from digest.rank.doc import FIELDS, Doc, Field
+from digest.rank.leaves import ALIAS_MARK, Matcher, TermLeaf
 from digest.rank.text import Analyzer
 
 # An explanation without its score: (words as written, field names).

@@ -37,7 +37,9 @@ from itertools import chain
 
 from markupsafe import Markup, escape
 
-from digest.rank.match import STOPWORDS, Compiler, Doc, PhraseLeaf, PrefixLeaf, Span, TermLeaf
+from digest.rank.doc import Doc, Span
+from digest.rank.leaves import PhraseLeaf, PrefixLeaf, TermLeaf
+from digest.rank.match import STOPWORDS, Compiler
 from digest.rank.query import (
     AllOf,
     AnyOf,

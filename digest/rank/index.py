@@ -13,8 +13,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from digest import forks
+from digest.rank.doc import Doc
 from digest.rank.explain import Explainer
-from digest.rank.match import Compiler, Doc, Entry, Matcher, TermLeaf, TermStats
+from digest.rank.leaves import Matcher, TermLeaf
+from digest.rank.match import Compiler, Entry, TermStats
 from digest.rank.query import InterestError, parse_interest
 from digest.rank.text import DEFAULT, Analyzer
 from digest.rank.topk import DayMatches, no_collection
