@@ -2,31 +2,42 @@
 
 Readers who said "more like this" or "not for me" about papers they were sent get their
 candidates (a deeper list than they are sent, so that the model can promote) re-ranked
-and cut by a small Rocchio model over tf-idf vectors of the papers:
+and cut, and papers no interest matched brought in, by a small Rocchio model over tf-idf
+vectors of the papers:
 
 - a paper's vector: its terms (``digest.rank.text``, title words counted twice, no
   stopwords), each weighted by ``1 + log tf`` times the store-wide idf, unit length;
 - the reader's direction: the mean vector of the papers they liked minus
   ``DISLIKE_WEIGHT`` times the mean of those they did not (Rocchio's beta and gamma);
-- a candidate's lean: the cosine of its vector with that direction.
+- a paper's lean: the cosine of its vector with that direction.
 
-The new score is the interests' score, relative to the reader's best candidate, plus
-``LEAN_WEIGHT`` times the lean. What is learned from the votes, each voted paper's lean
-worked out against a model of the other votes (leave one out):
+Every paper of the day gets a lean, not only the interests' candidates: the day's vectors
+are one sparse matrix (``Day``), built once per run and shared by every voter, and a
+reader's leans are one product of it with their direction.
+
+A candidate's new score is the interests' score, relative to the reader's best candidate,
+plus ``LEAN_WEIGHT`` times its lean. What is learned from the votes, each voted paper's
+lean worked out against a model of the other votes (leave one out):
 
 - the cut-off: the lean that best separates the liked from the disliked (the fewest voted
   papers on the wrong side, the lowest such lean on ties), but no higher than the lean
-  ``CUT_SHARE`` of the disliked papers fall under (voted papers were chosen by the
-  interests and lean more than new ones). Candidates leaning below it are not sent,
-  except the ``MIN_KEPT`` best. Without both kinds of votes there is no such cut; with
-  dislikes only, candidates nearer a disliked paper than ``DISLIKE_NEAR`` are cut;
-- with at least ``JOIN_VOTES`` likes, papers no interest matches join from the lean of
-  the least leaning liked paper up (above every disliked one and ``JOIN_FLOOR``), scored
-  by their lean alone: this is how feedback finds what the interests' words miss.
+  ``CUT_SHARE`` of the disliked papers fall under, nor than ``CUT_MOST`` (voted papers
+  were chosen by the interests and lean more than new ones). Candidates scoring less than
+  ``CUT_BELOW`` of the best and leaning below it are not sent, except the ``MIN_KEPT``
+  best: the votes overrule only the interests' weak matches. Without both kinds of votes
+  there is no such cut; with dislikes only, weak candidates nearer a disliked paper than
+  ``DISLIKE_NEAR`` are cut;
+- the join: with at least ``JOIN_VOTES`` like, a paper of the day no interest matched is
+  sent when its cosine with the direction reaches ``JOIN_COSINE``, its lean is above every
+  disliked paper's and stands out of the day's, ``JOIN_SPREAD`` standard deviations above
+  their mean. It is scored by its lean alone, so below the interests' matches: this is
+  how feedback finds what the interests' words miss.
 
 Items kept for a liked paper (a positive lean, and that paper nearer than
 ``LIKED_NEAR``) name it in ``Ranked.because``: "because you liked …". The constants were
-chosen on the simulated readers of ``tests/test_feedback_quality.py``.
+chosen on the simulated readers of ``tests/test_feedback_quality.py`` reading the earlier
+half of the listings alone (voting on its first half, measured on its second), not on the
+later listings their reported figures are measured on.
 
 A reader without votes never reaches this module: their list is exactly what the
 interests alone give.
@@ -34,13 +45,15 @@ interests alone give.
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from itertools import repeat
-from operator import itemgetter, mul
+from operator import mul
+
+import numpy as np
+import numpy.typing as npt
 
 from digest import forks
 from digest.rank.match import STOPWORDS, TermStats
@@ -49,13 +62,12 @@ from digest.rank.types import PaperText, Profile, Ranked
 
 __all__ = [
     "DEPTH",
-    "Postings",
+    "Day",
     "ReaderModel",
     "Vectors",
     "Vote",
     "deeper",
     "learn",
-    "rerank",
     "rerank_readers",
 ]
 
@@ -66,16 +78,18 @@ DISLIKE_WEIGHT = 0.75  # Rocchio's gamma over beta
 DISLIKE_NEAR = 0.35  # with dislikes only: closer than this to them is not sent
 LIKED_NEAR = 0.05  # a liked paper at least this close (cosine) is named as the reason
 TITLE_REPEAT = 2  # a title word counts as much as two abstract words
-JOIN_VOTES = 3  # likes needed before papers no interest matches are sent
-JOIN_FLOOR = 0.06  # and never from a lean below this
-JOIN_TERMS = 50  # papers that could join are looked for by the reader's strongest terms
-JOIN_NEAR = 0.5  # those terms alone lean them this share of the way (then the whole lean decides)
+JOIN_VOTES = 1  # likes needed before papers no interest matches are sent
+JOIN_COSINE = 0.1  # a joining paper's cosine with the reader's direction is at least this
+JOIN_SPREAD = 2.0  # and its lean this many standard deviations above the day's mean lean
 CUT_SHARE = 0.75  # the cut lies no higher than this share of the disliked papers' leans
+CUT_MOST = 0.01  # and never above this lean (new papers lean less than voted ones)
+CUT_BELOW = 0.5  # the votes cut only candidates scoring less than this share of the best
 MIN_KEPT = 3  # the cut-off leaves at least this many of the best candidates
 PARALLEL_VOTERS = 300  # from this many voters, their models are worked out in processes
 MAX_PROCESSES = 4
 
 Vector = dict[str, float]
+Floats = npt.NDArray[np.float64]
 _LOG_TF = [0.0] + [1.0 + math.log(tf) for tf in range(1, 64)]  # 1 + log tf, looked up
 
 
@@ -99,7 +113,7 @@ class ReaderModel:
 
 
 class Vectors:
-    """Paper vectors, each built once however many readers' candidates hold the paper."""
+    """Paper vectors, each built once however many readers voted on the paper."""
 
     def __init__(self, stats: TermStats, analyzer: Analyzer = DEFAULT) -> None:
         self.stats = stats
@@ -198,14 +212,14 @@ def _leans(
     return leans
 
 
-def _join(leans: list[tuple[float, bool]]) -> float | None:
-    """The lean from which a paper no interest matches is sent: that of the least leaning
-    liked paper, above every disliked one and ``JOIN_FLOOR`` (None with fewer than
-    ``JOIN_VOTES`` likes)."""
-    liked = [lean for lean, up in leans if up]
-    if len(liked) < JOIN_VOTES:
+def _join(leans: list[tuple[float, bool]], direction: Vector) -> float | None:
+    """The lean from which a paper no interest matched may be sent: a cosine of
+    ``JOIN_COSINE`` with the direction, and above every disliked paper's lean (None with
+    fewer than ``JOIN_VOTES`` likes)."""
+    if sum(up for _, up in leans) < JOIN_VOTES:
         return None
-    return max([liked[0], JOIN_FLOOR, *(lean + 1e-9 for lean, up in leans if not up)])
+    norm = math.sqrt(dot(direction, direction))
+    return max([JOIN_COSINE * norm, *(lean + 1e-9 for lean, up in leans if not up)])
 
 
 def _threshold(leans: list[tuple[float, bool]]) -> float | None:
@@ -229,7 +243,9 @@ def _threshold(leans: list[tuple[float, bool]]) -> float | None:
     # Voted papers were chosen by the interests and lean more than new ones do: the cut stays
     # at or below the lean most of the disliked papers fall under.
     disliked = [lean for lean, up in leans if not up]
-    return min(separating, disliked[min(int(len(disliked) * CUT_SHARE), len(disliked) - 1)])
+    return min(
+        separating, disliked[min(int(len(disliked) * CUT_SHARE), len(disliked) - 1)], CUT_MOST
+    )
 
 
 def learn(votes: Iterable[Vote], vectors: Vectors) -> ReaderModel | None:
@@ -247,10 +263,11 @@ def learn(votes: Iterable[Vote], vectors: Vectors) -> ReaderModel | None:
     liked_vectors = [v for _, v in liked]
     ups, downs = _sum(liked_vectors), _sum(disliked)
     leans = _leans(liked_vectors, disliked, ups, downs)
+    direction = _direction(ups, len(liked), downs, len(disliked))
     return ReaderModel(
-        direction=_direction(ups, len(liked), downs, len(disliked)),
+        direction=direction,
         threshold=_threshold(leans),
-        join=_join(leans),
+        join=_join(leans, direction),
         near_dislike=tuple(disliked) if not liked else (),
         liked=tuple(liked),
     )
@@ -261,20 +278,61 @@ def deeper(profile: Profile) -> Profile:
     return replace(profile, max_items=min(profile.max_items * DEPTH, MAX_DEPTH))
 
 
-def rerank(
-    model: ReaderModel,
-    candidates: Sequence[Ranked],
-    papers: Mapping[int, PaperText],
-    vectors: Vectors,
-    profile: Profile,
-    others: Iterable[PaperText] = (),
-) -> list[Ranked]:
-    """A reader's candidates re-ranked by their model and cut by its threshold, with the
-    ``others`` (papers no interest matched) that lean far enough their way, at most
-    ``profile.max_items``; an item kept for a liked paper names it in ``because``."""
-    return _items(_picks(model, candidates, papers, vectors, profile, others), candidates)
+class Day:
+    """The day's papers as the rows of one sparse matrix of their vectors (compressed rows),
+    so that a reader's leans on all of them are one product with their direction."""
+
+    def __init__(self, papers: Sequence[PaperText], vectors: Vectors) -> None:
+        self.ids = [paper.id for paper in papers]
+        self.row = {pid: n for n, pid in enumerate(self.ids)}
+        self.columns: dict[str, int] = {}
+        columns = self.columns
+        indices: list[int] = []
+        data: list[float] = []
+        bounds = [0]
+        for paper in papers:
+            vector = vectors.of_text(paper.title, paper.abstract)
+            for term, weight in vector.items():
+                column = columns.get(term)
+                if column is None:
+                    column = columns[term] = len(columns)
+                indices.append(column)
+                data.append(weight)
+            bounds.append(len(indices))
+        self.indices = np.array(indices, dtype=np.int64)
+        self.data = np.array(data, dtype=np.float64)
+        self.bounds = np.array(bounds, dtype=np.int64)
+        self._rows = np.repeat(np.arange(len(papers)), np.diff(self.bounds))
+
+    def dense(self, vector: Vector) -> Floats:
+        """A vector over the day's terms (the others meet no paper of the day)."""
+        out = np.zeros(len(self.columns) + 1)
+        columns, outside = self.columns, len(self.columns)
+        out[[columns.get(term, outside) for term in vector]] = list(vector.values())
+        return out[:-1]
+
+    def leans(self, direction: Vector) -> Floats:
+        """The lean of every paper of the day on a direction, in row order."""
+        weights = self.data * self.dense(direction)[self.indices]
+        leans = np.bincount(self._rows, weights=weights, minlength=len(self.ids))
+        return leans.astype(np.float64, copy=False)
+
+    def cosines(self, rows: Sequence[int], vectors: Sequence[Vector]) -> Floats:
+        """The cosine of each of ``rows`` (papers of the day) with each vector: rows x vectors."""
+        if not rows or not vectors:
+            return np.zeros((len(rows), len(vectors)))
+        dense = np.stack([self.dense(vector) for vector in vectors], axis=1)
+        spans = [(int(self.bounds[r]), int(self.bounds[r + 1])) for r in rows]
+        picked = np.concatenate([np.arange(start, end) for start, end in spans])
+        owner = np.repeat(np.arange(len(rows)), [end - start for start, end in spans])
+        products = dense[self.indices[picked]] * self.data[picked, None]
+        out = np.zeros((len(rows), len(vectors)))
+        np.add.at(out, owner, products)
+        return out
 
 
+# A candidate or joining paper as ``_picks`` weighs it: (score, tie, cut, place, row).
+Scored = tuple[float, int, bool, int, int]
 # What a reader is sent, compactly (it crosses from a worker process): per item, its place
 # among the candidates, or -1 - paper id for a paper no interest matched; and ``because``.
 Picks = list[tuple[int, str]]
@@ -283,34 +341,59 @@ Picks = list[tuple[int, str]]
 def _picks(
     model: ReaderModel,
     candidates: Sequence[Ranked],
-    papers: Mapping[int, PaperText],
-    vectors: Vectors,
+    day: Day,
     profile: Profile,
-    others: Iterable[PaperText],
+    allowed: Collection[int] | None,
 ) -> Picks:
+    """A reader's candidates re-ranked by their model and cut by its threshold, with the
+    papers no interest matched that lean far enough their way, at most ``max_items``."""
+    leans = day.leans(model.direction)
+    rows = [day.row[item.paper_id] for item in candidates]
     best = max((item.score for item in candidates), default=0.0) or 1.0
-    threshold, near_dislike, direction = model.threshold, model.near_dislike, model.direction
-    scored: list[tuple[float, int, bool, int, Vector, float]] = []
-    for place, item in enumerate(candidates):
-        vector = vectors.of(papers[item.paper_id])
-        lean = dot(vector, direction)
-        cut = (threshold is not None and lean < threshold) or any(
-            dot(vector, near) >= DISLIKE_NEAR for near in near_dislike
+    threshold = model.threshold
+    near: Floats | None = None
+    if model.near_dislike:
+        near = day.cosines(rows, model.near_dislike).max(axis=1, initial=-1.0)
+    scored: list[Scored] = []
+    for place, (item, row) in enumerate(zip(candidates, rows, strict=True)):
+        lean, relative = float(leans[row]), item.score / best
+        cut = relative < CUT_BELOW and (
+            (threshold is not None and lean < threshold)
+            or (near is not None and near[place] >= DISLIKE_NEAR)
         )
-        scored.append((item.score / best + LEAN_WEIGHT * lean, -place, cut, place, vector, lean))
+        scored.append((relative + LEAN_WEIGHT * lean, -place, cut, place, row))
     if model.join is not None and profile.min_score <= 0.0:
-        for paper in others:
-            vector = vectors.of(paper)
-            lean = dot(vector, direction)
-            if lean >= model.join:
-                tie = -len(scored) - paper.id
-                scored.append((LEAN_WEIGHT * lean, tie, False, -1 - paper.id, vector, lean))
+        taken = set(rows)
+        # Stand out of the day: a threshold on the cosine alone lets in many papers for a
+        # reader whose votes share common words, and few for one whose votes are narrow.
+        join = max(model.join, float(leans.mean() + JOIN_SPREAD * leans.std()))
+        for row in np.flatnonzero(leans >= join).tolist():
+            pid = day.ids[row]
+            if row not in taken and (allowed is None or pid in allowed):
+                lean = float(leans[row])
+                scored.append((LEAN_WEIGHT * lean, -len(candidates) - pid, False, -1 - pid, row))
     scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
     kept = [entry for n, entry in enumerate(scored) if not entry[2] or n < MIN_KEPT]
-    return [
-        (place, _because(model, vector, lean))
-        for _, _, _, place, vector, lean in kept[: profile.max_items]
-    ]
+    kept = kept[: profile.max_items]
+    return list(
+        zip([place for *_, place, _ in kept], _because(model, day, leans, kept), strict=True)
+    )
+
+
+def _because(model: ReaderModel, day: Day, leans: Floats, kept: Sequence[Scored]) -> list[str]:
+    """For each kept item that leans the reader's way, the title of the liked paper nearest
+    it, if near enough; else ""."""
+    reasons = [""] * len(kept)
+    if not model.liked:
+        return reasons
+    leaning = [n for n, entry in enumerate(kept) if leans[entry[-1]] > 0]
+    cosines = day.cosines([kept[n][-1] for n in leaning], [v for _, v in model.liked])
+    for n, row in zip(leaning, cosines, strict=True):
+        # The nearest liked paper; on a tie, the later title (as ``max`` of pairs had it).
+        best = max(range(len(model.liked)), key=lambda k: (row[k], model.liked[k][0]))
+        if row[best] >= LIKED_NEAR:
+            reasons[n] = model.liked[best][0]
+    return reasons
 
 
 def _items(picks: Picks, candidates: Sequence[Ranked]) -> list[Ranked]:
@@ -319,14 +402,6 @@ def _items(picks: Picks, candidates: Sequence[Ranked]) -> list[Ranked]:
         item = candidates[place] if place >= 0 else Ranked(-1 - place, 0.0, (), "")
         sent.append(replace(item, because=because) if because else item)
     return sent
-
-
-def _because(model: ReaderModel, vector: Vector, lean: float) -> str:
-    """The title of the liked paper nearest a paper that leans the reader's way, if near."""
-    if not model.liked or lean <= 0:
-        return ""
-    closeness, title = max((dot(vector, v), t) for t, v in model.liked)
-    return title if closeness >= LIKED_NEAR else ""
 
 
 def rerank_readers(
@@ -340,42 +415,29 @@ def rerank_readers(
     processes: int | None = None,
 ) -> dict[int, list[Ranked]]:
     """``ranked`` with the lists of the readers who voted re-ranked by their models (their
-    lists are the deeper ones ``deeper`` asked for); every other list as it was.
+    lists are the deeper ones ``deeper`` asked for, drawn from ``papers``); every other list
+    as it was.
 
     ``candidates[profile id]``: the papers that reader may be sent (default: all).
     ``processes``: how many worker processes share the voters (``None``: by their number).
-    Only the voters are looked at; the day's papers are turned into vectors once, and all of
-    them only when some voter may be sent papers no interest matched.
+    Only the voters are looked at; the day's papers are turned into vectors once, before
+    the voters are shared out, so that every worker reads the same matrix.
     """
     voters = [profile for profile in profiles if votes.get(profile.id)]
     if not voters:
         return ranked
     vectors = Vectors(stats, analyzer)
-    if any(_may_join(profile, votes[profile.id]) for profile in voters):
-        for paper in papers:  # before forking, so that every worker shares them
-            vectors.of(paper)
-    by_id = {paper.id: paper for paper in papers}
+    day = Day(papers, vectors)
 
     def share(readers: Sequence[Profile]) -> list[tuple[int, Picks]]:
-        models = [(reader, learn(votes[reader.id], vectors)) for reader in readers]
-        wanted = [model.direction for reader, model in models if model and _joins(reader, model)]
-        day = Postings(papers, vectors, _strongest(wanted)) if wanted else None
         chosen: list[tuple[int, Picks]] = []
-        for reader, model in models:
+        for reader in readers:
+            model = learn(votes[reader.id], vectors)
             if model is None:
                 continue
+            allowed = None if candidates is None else candidates.get(reader.id)
             mine = ranked.get(reader.id, [])
-            others: list[PaperText] = []
-            if day is not None and _joins(reader, model):
-                assert model.join is not None
-                taken = {item.paper_id for item in mine}
-                allowed = None if candidates is None else candidates.get(reader.id)
-                others = [
-                    by_id[pid]
-                    for pid in day.leaning(model.direction, model.join)
-                    if pid not in taken and (allowed is None or pid in allowed)
-                ]
-            chosen.append((reader.id, _picks(model, mine, by_id, vectors, reader, others)))
+            chosen.append((reader.id, _picks(model, mine, day, reader, allowed)))
         return chosen
 
     if processes is None:
@@ -384,50 +446,3 @@ def rerank_readers(
         for ident, picks in part:
             ranked[ident] = _items(picks, ranked.get(ident, []))
     return ranked
-
-
-def _may_join(profile: Profile, votes: Sequence[Vote]) -> bool:
-    """Whether a reader's model could send papers no interest matched (before learning it)."""
-    return profile.min_score <= 0.0 and sum(vote.up for vote in votes) >= JOIN_VOTES
-
-
-def _joins(profile: Profile, model: ReaderModel) -> bool:
-    return model.join is not None and profile.min_score <= 0.0
-
-
-def _top_terms(direction: Vector) -> list[tuple[str, float]]:
-    """The direction's ``JOIN_TERMS`` strongest terms that lean the reader's way."""
-    strongest = heapq.nlargest(JOIN_TERMS, direction.items(), key=itemgetter(1))
-    return [(term, weight) for term, weight in strongest if weight > 0]
-
-
-def _strongest(directions: Iterable[Vector]) -> set[str]:
-    return {term for direction in directions for term, _ in _top_terms(direction)}
-
-
-class Postings:
-    """The day's papers by term, to find the few that lean a reader's way without a dot
-    product per paper and reader; ``terms``: the only terms looked up (default: all)."""
-
-    def __init__(
-        self, papers: Iterable[PaperText], vectors: Vectors, terms: set[str] | None = None
-    ) -> None:
-        self.postings: dict[str, list[tuple[int, float]]] = {}
-        postings = self.postings
-        for paper in papers:
-            vector = vectors.of(paper)
-            for term in vector if terms is None else vector.keys() & terms:
-                if term in postings:
-                    postings[term].append((paper.id, vector[term]))
-                else:
-                    postings[term] = [(paper.id, vector[term])]
-
-    def leaning(self, direction: Vector, join: float) -> list[int]:
-        """Papers that could join: their lean over the direction's ``JOIN_TERMS`` strongest
-        terms reaches ``JOIN_NEAR`` of ``join`` (``rerank`` then takes their whole lean)."""
-        partial: dict[int, float] = {}
-        for term, weight in _top_terms(direction):
-            for pid, value in self.postings.get(term, ()):
-                partial[pid] = partial.get(pid, 0.0) + weight * value
-        near = join * JOIN_NEAR
-        return [pid for pid, lean in partial.items() if lean >= near]
