@@ -395,13 +395,24 @@ def test_a_paper_no_interest_matches_joins_when_it_stands_out_of_the_day() -> No
     assert 6 not in [r.paper_id for r in small_day]
 
 
-def test_the_days_leans_are_the_dot_products_of_the_papers_vectors() -> None:
+@pytest.mark.parametrize("dense_terms", [0, 8, 512])  # all terms by paper, some, none
+def test_the_days_leans_are_the_dot_products_of_the_papers_vectors(
+    dense_terms: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(model, "DENSE_TERMS", dense_terms)
     vectors = model.Vectors(DAY_STATS)
     day = model.Day(DAY, vectors)
-    reader = model.learn([*LIKES, DISLIKE], vectors)
+    assert day.block.shape == (len(DAY), min(dense_terms, len(day.columns)))
+    readers = [model.learn(votes, vectors) for votes in ([*LIKES, DISLIKE], LIKES[:1])]
+    directions = [reader.direction for reader in readers if reader is not None]
+    leans = day.leans([*directions, {"no such term": 1.0}])
+    assert leans.shape == (3, len(DAY))
+    for direction, found in zip(directions, leans, strict=False):
+        expected = [model.dot(vectors.of(p), direction) for p in DAY]
+        assert found.tolist() == pytest.approx(expected, abs=1e-12)
+    assert not leans[2].any()
+    reader = readers[0]
     assert reader is not None
-    expected = [model.dot(vectors.of(p), reader.direction) for p in DAY]
-    assert day.leans(reader.direction).tolist() == pytest.approx(expected, abs=1e-12)
     liked = [v for _, v in reader.liked]
     rows = [0, 5, 7]
     cosines = day.cosines(rows, liked)

@@ -85,6 +85,9 @@ CUT_SHARE = 0.75  # the cut lies no higher than this share of the disliked paper
 CUT_MOST = 0.01  # and never above this lean (new papers lean less than voted ones)
 CUT_BELOW = 0.5  # the votes cut only candidates scoring less than this share of the best
 MIN_KEPT = 3  # the cut-off leaves at least this many of the best candidates
+DENSE_TERMS = 512  # the day's most frequent terms, multiplied as a dense block
+DENSE_CELLS = 2_000_000  # and that block's most cells (papers x terms)
+BATCH = 128  # readers whose leans on the day are one product
 PARALLEL_VOTERS = 300  # from this many voters, their models are worked out in processes
 MAX_PROCESSES = 4
 
@@ -279,8 +282,15 @@ def deeper(profile: Profile) -> Profile:
 
 
 class Day:
-    """The day's papers as the rows of one sparse matrix of their vectors (compressed rows),
-    so that a reader's leans on all of them are one product with their direction."""
+    """The day's papers as one matrix of their vectors, so that the leans of many readers on
+    all of them are one product with their directions.
+
+    Rows are papers, columns the day's terms. The ``DENSE_TERMS`` most frequent terms (at
+    most ``DENSE_CELLS`` cells) form a dense block, multiplied with a whole batch of
+    directions at once; the other terms, each in a few papers, are kept by term (the papers
+    that have it) and only a direction's own terms are looked up. The rows are kept too
+    (compressed), for the cosines of a few papers with a few vectors.
+    """
 
     def __init__(self, papers: Sequence[PaperText], vectors: Vectors) -> None:
         self.ids = [paper.id for paper in papers]
@@ -299,35 +309,74 @@ class Day:
                 indices.append(column)
                 data.append(weight)
             bounds.append(len(indices))
+        n, width = len(papers), len(columns)
         self.indices = np.array(indices, dtype=np.int64)
         self.data = np.array(data, dtype=np.float64)
         self.bounds = np.array(bounds, dtype=np.int64)
-        self._rows = np.repeat(np.arange(len(papers)), np.diff(self.bounds))
+        rows = np.repeat(np.arange(n), np.diff(self.bounds))
+        # The dense block: the most frequent terms, by their place in it (-1: not in it).
+        freq = np.bincount(self.indices, minlength=width)
+        common = np.argsort(-freq, kind="stable")[: min(DENSE_TERMS, DENSE_CELLS // max(n, 1))]
+        self.slot = np.full(width, -1, dtype=np.int64)
+        self.slot[common] = np.arange(len(common))
+        place = self.slot[self.indices]
+        inside = place >= 0
+        self.block = np.zeros((n, len(common)))
+        self.block[rows[inside], place[inside]] = self.data[inside]
+        # The other terms: for each, the rows that have it and their weights.
+        order = np.argsort(self.indices[~inside], kind="stable")
+        by_term = self.indices[~inside][order]
+        self.holders = rows[~inside][order]
+        self.weights = self.data[~inside][order]
+        self.starts = np.searchsorted(by_term, np.arange(width + 1))
 
-    def dense(self, vector: Vector) -> Floats:
-        """A vector over the day's terms (the others meet no paper of the day)."""
-        out = np.zeros(len(self.columns) + 1)
-        columns, outside = self.columns, len(self.columns)
-        out[[columns.get(term, outside) for term in vector]] = list(vector.values())
-        return out[:-1]
+    def _terms(self, vector: Vector) -> tuple[npt.NDArray[np.int64], Floats]:
+        """A vector's columns in the day and their weights (its other terms meet no paper)."""
+        found = map(self.columns.get, vector, repeat(-1))
+        columns = np.fromiter(found, np.int64, len(vector))
+        weights = np.fromiter(vector.values(), np.float64, len(vector))
+        known = columns >= 0
+        return columns[known], weights[known]
 
-    def leans(self, direction: Vector) -> Floats:
-        """The lean of every paper of the day on a direction, in row order."""
-        weights = self.data * self.dense(direction)[self.indices]
-        leans = np.bincount(self._rows, weights=weights, minlength=len(self.ids))
-        return leans.astype(np.float64, copy=False)
+    def leans(self, directions: Sequence[Vector]) -> Floats:
+        """Every paper's lean on each direction: one row per direction, papers in row order."""
+        n = len(self.ids)
+        dense = np.zeros((self.block.shape[1], len(directions)))
+        rest = np.zeros((len(directions), n))
+        for k, direction in enumerate(directions):
+            columns, weights = self._terms(direction)
+            place = self.slot[columns]
+            inside = place >= 0
+            dense[place[inside], k] = weights[inside]
+            columns, weights = columns[~inside], weights[~inside]
+            starts = self.starts[columns]
+            lengths = self.starts[columns + 1] - starts
+            total = int(lengths.sum())
+            if total:
+                # Every posting of these terms, as positions in ``holders``.
+                first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+                at = first + np.arange(total)
+                products = self.weights[at] * np.repeat(weights, lengths)
+                rest[k] = np.bincount(self.holders[at], weights=products, minlength=n)
+        leans: Floats = (self.block @ dense).T + rest
+        return leans
 
     def cosines(self, rows: Sequence[int], vectors: Sequence[Vector]) -> Floats:
         """The cosine of each of ``rows`` (papers of the day) with each vector: rows x vectors."""
+        out = np.zeros((len(rows), len(vectors)))
         if not rows or not vectors:
-            return np.zeros((len(rows), len(vectors)))
-        dense = np.stack([self.dense(vector) for vector in vectors], axis=1)
+            return out
         spans = [(int(self.bounds[r]), int(self.bounds[r + 1])) for r in rows]
         picked = np.concatenate([np.arange(start, end) for start, end in spans])
         owner = np.repeat(np.arange(len(rows)), [end - start for start, end in spans])
-        products = dense[self.indices[picked]] * self.data[picked, None]
-        out = np.zeros((len(rows), len(vectors)))
-        np.add.at(out, owner, products)
+        columns = self.indices[picked]
+        for k, vector in enumerate(vectors):
+            full = np.zeros(len(self.columns))
+            terms, weights = self._terms(vector)
+            full[terms] = weights
+            out[:, k] = np.bincount(
+                owner, weights=full[columns] * self.data[picked], minlength=len(rows)
+            )
         return out
 
 
@@ -344,10 +393,11 @@ def _picks(
     day: Day,
     profile: Profile,
     allowed: Collection[int] | None,
+    leans: Floats,
 ) -> Picks:
     """A reader's candidates re-ranked by their model and cut by its threshold, with the
-    papers no interest matched that lean far enough their way, at most ``max_items``."""
-    leans = day.leans(model.direction)
+    papers no interest matched that lean far enough their way, at most ``max_items``
+    (``leans``: every paper's lean on the reader's direction, in the day's row order)."""
     rows = [day.row[item.paper_id] for item in candidates]
     best = max((item.score for item in candidates), default=0.0) or 1.0
     threshold = model.threshold
@@ -431,13 +481,14 @@ def rerank_readers(
 
     def share(readers: Sequence[Profile]) -> list[tuple[int, Picks]]:
         chosen: list[tuple[int, Picks]] = []
-        for reader in readers:
-            model = learn(votes[reader.id], vectors)
-            if model is None:
-                continue
-            allowed = None if candidates is None else candidates.get(reader.id)
-            mine = ranked.get(reader.id, [])
-            chosen.append((reader.id, _picks(model, mine, day, reader, allowed)))
+        for start in range(0, len(readers), BATCH):
+            models = [(r, learn(votes[r.id], vectors)) for r in readers[start : start + BATCH]]
+            learned = [(reader, model) for reader, model in models if model is not None]
+            leans = day.leans([model.direction for _, model in learned])
+            for (reader, model), lean in zip(learned, leans, strict=True):
+                allowed = None if candidates is None else candidates.get(reader.id)
+                mine = ranked.get(reader.id, [])
+                chosen.append((reader.id, _picks(model, mine, day, reader, allowed, lean)))
         return chosen
 
     if processes is None:
