@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, quote, urlsplit
 
 import feedparser
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -402,10 +403,11 @@ def test_the_days_leans_are_the_dot_products_of_the_papers_vectors(
     monkeypatch.setattr(model, "DENSE_TERMS", dense_terms)
     vectors = model.Vectors(DAY_STATS)
     day = model.Day(DAY, vectors)
-    assert day.block.shape == (len(DAY), min(dense_terms, len(day.columns)))
+    assert day.block.shape == (len(DAY), min(dense_terms, len(np.unique(day.indices))))
     readers = [model.learn(votes, vectors) for votes in ([*LIKES, DISLIKE], LIKES[:1])]
     directions = [reader.direction for reader in readers if reader is not None]
-    leans = day.leans([*directions, {"no such term": 1.0}])
+    unknown = model.Vector(np.array([vectors.width + 1]), np.array([1.0]))  # numbered later
+    leans = day.leans([*directions, unknown])
     assert leans.shape == (3, len(DAY))
     for direction, found in zip(directions, leans, strict=False):
         expected = [model.dot(vectors.of(p), direction) for p in DAY]

@@ -46,11 +46,10 @@ interests alone give.
 from __future__ import annotations
 
 import math
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from itertools import repeat
-from operator import mul
+from itertools import islice
 
 import numpy as np
 import numpy.typing as npt
@@ -91,9 +90,16 @@ BATCH = 128  # readers whose leans on the day are one product
 PARALLEL_VOTERS = 300  # from this many voters, their models are worked out in processes
 MAX_PROCESSES = 4
 
-Vector = dict[str, float]
+Ids = npt.NDArray[np.int64]
 Floats = npt.NDArray[np.float64]
-_LOG_TF = [0.0] + [1.0 + math.log(tf) for tf in range(1, 64)]  # 1 + log tf, looked up
+
+
+@dataclass(frozen=True, slots=True)
+class Vector:
+    """A sparse vector over the terms a ``Vectors`` numbered: ids ascending, their weights."""
+
+    terms: Ids
+    weights: Floats
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,80 +122,96 @@ class ReaderModel:
 
 
 class Vectors:
-    """Paper vectors, each built once however many readers voted on the paper."""
+    """Paper vectors over numbered terms, each paper's built once however many readers voted
+    on it, and many papers' at once (their words counted and weighed in arrays)."""
 
     def __init__(self, stats: TermStats, analyzer: Analyzer = DEFAULT) -> None:
         self.stats = stats
         self.analyzer = analyzer
-        # A term's idf, or None for the terms a vector leaves out (stopwords, numbers).
-        self._weights: dict[str, float | None] = {}
+        # Terms numbered as they are first met: a missing term gets the next number.
+        self.ids: defaultdict[str, int] = defaultdict(int)
+        self.ids.default_factory = self.ids.__len__
+        self._idf = np.zeros(0)  # by term id; 0 for terms a vector leaves out
         self._made: dict[int, Vector] = {}
+
+    @property
+    def width(self) -> int:
+        """How many terms are numbered so far."""
+        return len(self.ids)
 
     def idf(self, term: str) -> float:
         """The store-wide inverse document frequency of a term (BM25's)."""
         n, df = self.stats.documents, self.stats.doc_freq(term)
         return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
-    def of_text(self, title: str, abstract: str) -> Vector:
-        """The unit tf-idf vector of a title and abstract."""
-        counts = Counter(self.analyzer(abstract))
-        for term in self.analyzer(title):
-            counts[term] += TITLE_REPEAT
-        weights = self._weights
-        for term in [term for term in counts if term not in weights]:
-            left_out = term in STOPWORDS or term.isdigit()
-            weights[term] = None if left_out else self.idf(term)
-        log_tf = _LOG_TF
-        top = max(counts.values(), default=0)
-        while len(log_tf) <= top:
-            log_tf.append(1.0 + math.log(len(log_tf)))
-        vector = {
-            term: log_tf[tf] * weight
-            for term, tf in counts.items()
-            if (weight := weights[term]) is not None
-        }
-        return _unit(vector)
+    def _number(self, tokens: list[str]) -> Ids:
+        known = len(self._idf)
+        numbered = np.fromiter(map(self.ids.__getitem__, tokens), np.int64, len(tokens))
+        if len(self.ids) > known:
+            added = [
+                0.0 if term in STOPWORDS or term.isdigit() else self.idf(term)
+                for term in islice(self.ids, known, None)
+            ]
+            self._idf = np.concatenate([self._idf, np.array(added, dtype=np.float64)])
+        return numbered
+
+    def rows(self, texts: Sequence[tuple[str, str]]) -> tuple[Ids, Ids, Floats]:
+        """The unit tf-idf vectors of many (title, abstract): (row, term id, weight), by row
+        and then term."""
+        analyzer = self.analyzer
+        tokens: list[str] = []
+        sizes: list[int] = []
+        for title, abstract in texts:
+            in_abstract, in_title = analyzer(abstract), analyzer(title)
+            tokens += in_abstract
+            tokens += in_title
+            sizes += (len(in_abstract), len(in_title))
+        terms = self._number(tokens)
+        n, width = len(texts), max(self.width, 1)
+        counts = np.repeat(np.tile(np.array([1.0, TITLE_REPEAT]), n), sizes)
+        owners = np.repeat(np.repeat(np.arange(n, dtype=np.int64), 2), sizes)
+        keys, inverse = np.unique(owners * width + terms, return_inverse=True)
+        tf = np.bincount(inverse, weights=counts)
+        row, term = keys // width, keys % width
+        weight = (1.0 + np.log(tf)) * self._idf[term]
+        kept = weight > 0
+        row, term, weight = row[kept], term[kept], weight[kept]
+        norms = np.sqrt(np.bincount(row, weights=weight * weight, minlength=n))
+        return row, term, weight / norms[row]
+
+    def make(self, papers: Iterable[PaperText]) -> None:
+        """Build the vectors of the papers not built yet, all at once."""
+        wanted = list({p.id: p for p in papers if p.id not in self._made}.values())
+        if not wanted:
+            return
+        row, term, weight = self.rows([(p.title, p.abstract) for p in wanted])
+        bounds = np.searchsorted(row, np.arange(len(wanted) + 1))
+        for n, paper in enumerate(wanted):
+            start, end = bounds[n], bounds[n + 1]
+            self._made[paper.id] = Vector(term[start:end], weight[start:end])
 
     def of(self, paper: PaperText) -> Vector:
         """A paper's vector (remembered by paper id)."""
-        vector = self._made.get(paper.id)
-        if vector is None:
-            vector = self._made[paper.id] = self.of_text(paper.title, paper.abstract)
-        return vector
-
-
-def _unit(vector: Vector) -> Vector:
-    norm = math.sqrt(sum(map(mul, vector.values(), vector.values())))
-    return {t: w / norm for t, w in vector.items()} if norm else {}
+        if paper.id not in self._made:
+            self.make([paper])
+        return self._made[paper.id]
 
 
 def dot(a: Vector, b: Vector) -> float:
     """The dot product of two sparse vectors (the cosine of unit ones)."""
-    if len(a) > len(b):
-        a, b = b, a
-    products: Iterable[float] = map(mul, a.values(), map(b.get, a, repeat(0.0)))
-    return sum(products)
+    _, in_a, in_b = np.intersect1d(a.terms, b.terms, assume_unique=True, return_indices=True)
+    return float(a.weights[in_a] @ b.weights[in_b])
 
 
-def _sum(vectors: Sequence[Vector]) -> Vector:
-    total: Vector = {}
+def _dense(vectors: Sequence[Vector], width: int) -> Floats:
+    total = np.zeros(width)
     for vector in vectors:
-        for term, weight in vector.items():
-            total[term] = total.get(term, 0.0) + weight
+        total[vector.terms] += vector.weights
     return total
 
 
-def _direction(ups: Vector, n_up: int, downs: Vector, n_down: int) -> Vector:
-    """The mean liked vector minus ``DISLIKE_WEIGHT`` times the mean disliked one, from
-    their sums."""
-    direction = {t: w / n_up for t, w in ups.items()} if n_up else {}
-    for term, weight in downs.items():
-        direction[term] = direction.get(term, 0.0) - DISLIKE_WEIGHT * (weight / n_down)
-    return direction
-
-
 def _leans(
-    liked: Sequence[Vector], disliked: Sequence[Vector], ups: Vector, downs: Vector
+    liked: Sequence[Vector], disliked: Sequence[Vector], ups: Floats, downs: Floats
 ) -> list[tuple[float, bool]]:
     """Each voted paper's lean under a model of the other votes, and whether it was liked,
     lowest first (``ups`` and ``downs``: the sums of the liked and the disliked vectors).
@@ -200,28 +222,29 @@ def _leans(
     n_up, n_down = len(liked), len(disliked)
     leans: list[tuple[float, bool]] = []
     for vector in liked:
-        own = dot(vector, vector)
-        lean = (dot(vector, ups) - own) / (n_up - 1) if n_up > 1 else 0.0
+        own = float(vector.weights @ vector.weights)
+        lean = (float(vector.weights @ ups[vector.terms]) - own) / (n_up - 1) if n_up > 1 else 0.0
         if n_down:
-            lean -= DISLIKE_WEIGHT * dot(vector, downs) / n_down
+            lean -= DISLIKE_WEIGHT * float(vector.weights @ downs[vector.terms]) / n_down
         leans.append((lean, True))
     for vector in disliked:
-        own = dot(vector, vector)
-        lean = dot(vector, ups) / n_up if n_up else 0.0
+        own = float(vector.weights @ vector.weights)
+        lean = float(vector.weights @ ups[vector.terms]) / n_up if n_up else 0.0
         if n_down > 1:
-            lean -= DISLIKE_WEIGHT * (dot(vector, downs) - own) / (n_down - 1)
+            lean -= (
+                DISLIKE_WEIGHT * (float(vector.weights @ downs[vector.terms]) - own) / (n_down - 1)
+            )
         leans.append((lean, False))
     leans.sort()
     return leans
 
 
-def _join(leans: list[tuple[float, bool]], direction: Vector) -> float | None:
+def _join(leans: list[tuple[float, bool]], norm: float) -> float | None:
     """The lean from which a paper no interest matched may be sent: a cosine of
-    ``JOIN_COSINE`` with the direction, and above every disliked paper's lean (None with
-    fewer than ``JOIN_VOTES`` likes)."""
+    ``JOIN_COSINE`` with the direction (of length ``norm``), and above every disliked
+    paper's lean (None with fewer than ``JOIN_VOTES`` likes)."""
     if sum(up for _, up in leans) < JOIN_VOTES:
         return None
-    norm = math.sqrt(dot(direction, direction))
     return max([JOIN_COSINE * norm, *(lean + 1e-9 for lean, up in leans if not up)])
 
 
@@ -253,24 +276,22 @@ def _threshold(leans: list[tuple[float, bool]]) -> float | None:
 
 def learn(votes: Iterable[Vote], vectors: Vectors) -> ReaderModel | None:
     """The model of a reader's votes; None for no votes."""
-    liked: list[tuple[str, Vector]] = []
-    disliked: list[Vector] = []
-    for vote in votes:
-        vector = vectors.of(vote.paper)
-        if vote.up:
-            liked.append((vote.paper.title, vector))
-        else:
-            disliked.append(vector)
+    votes = list(votes)
+    vectors.make(vote.paper for vote in votes)
+    liked = [(vote.paper.title, vectors.of(vote.paper)) for vote in votes if vote.up]
+    disliked = [vectors.of(vote.paper) for vote in votes if not vote.up]
     if not liked and not disliked:
         return None
     liked_vectors = [v for _, v in liked]
-    ups, downs = _sum(liked_vectors), _sum(disliked)
+    ups, downs = _dense(liked_vectors, vectors.width), _dense(disliked, vectors.width)
     leans = _leans(liked_vectors, disliked, ups, downs)
-    direction = _direction(ups, len(liked), downs, len(disliked))
+    # The mean liked vector minus ``DISLIKE_WEIGHT`` times the mean disliked one.
+    dense = ups / max(len(liked), 1) - DISLIKE_WEIGHT * downs / max(len(disliked), 1)
+    terms = np.flatnonzero(dense)
     return ReaderModel(
-        direction=direction,
+        direction=Vector(terms, dense[terms]),
         threshold=_threshold(leans),
-        join=_join(leans, direction),
+        join=_join(leans, float(np.sqrt(dense[terms] @ dense[terms]))),
         near_dislike=tuple(disliked) if not liked else (),
         liked=tuple(liked),
     )
@@ -285,38 +306,24 @@ class Day:
     """The day's papers as one matrix of their vectors, so that the leans of many readers on
     all of them are one product with their directions.
 
-    Rows are papers, columns the day's terms. The ``DENSE_TERMS`` most frequent terms (at
-    most ``DENSE_CELLS`` cells) form a dense block, multiplied with a whole batch of
-    directions at once; the other terms, each in a few papers, are kept by term (the papers
-    that have it) and only a direction's own terms are looked up. The rows are kept too
-    (compressed), for the cosines of a few papers with a few vectors.
+    Rows are papers, columns the terms numbered so far. The ``DENSE_TERMS`` most frequent
+    terms of the day (at most ``DENSE_CELLS`` cells) form a dense block, multiplied with a
+    whole batch of directions at once; the other terms, each in a few papers, are kept by
+    term (the papers that have it) and only a direction's own terms are looked up. The rows
+    are kept too (compressed), for the cosines of a few papers with a few vectors.
     """
 
     def __init__(self, papers: Sequence[PaperText], vectors: Vectors) -> None:
         self.ids = [paper.id for paper in papers]
         self.row = {pid: n for n, pid in enumerate(self.ids)}
-        self.columns: dict[str, int] = {}
-        columns = self.columns
-        indices: list[int] = []
-        data: list[float] = []
-        bounds = [0]
-        for paper in papers:
-            vector = vectors.of_text(paper.title, paper.abstract)
-            for term, weight in vector.items():
-                column = columns.get(term)
-                if column is None:
-                    column = columns[term] = len(columns)
-                indices.append(column)
-                data.append(weight)
-            bounds.append(len(indices))
-        n, width = len(papers), len(columns)
-        self.indices = np.array(indices, dtype=np.int64)
-        self.data = np.array(data, dtype=np.float64)
-        self.bounds = np.array(bounds, dtype=np.int64)
-        rows = np.repeat(np.arange(n), np.diff(self.bounds))
+        rows, self.indices, self.data = vectors.rows([(p.title, p.abstract) for p in papers])
+        n = len(papers)
+        self.width = width = vectors.width  # terms numbered later meet no paper of the day
+        self.bounds = np.searchsorted(rows, np.arange(n + 1))
         # The dense block: the most frequent terms, by their place in it (-1: not in it).
         freq = np.bincount(self.indices, minlength=width)
         common = np.argsort(-freq, kind="stable")[: min(DENSE_TERMS, DENSE_CELLS // max(n, 1))]
+        common = common[freq[common] > 0]
         self.slot = np.full(width, -1, dtype=np.int64)
         self.slot[common] = np.arange(len(common))
         place = self.slot[self.indices]
@@ -330,13 +337,9 @@ class Day:
         self.weights = self.data[~inside][order]
         self.starts = np.searchsorted(by_term, np.arange(width + 1))
 
-    def _terms(self, vector: Vector) -> tuple[npt.NDArray[np.int64], Floats]:
-        """A vector's columns in the day and their weights (its other terms meet no paper)."""
-        found = map(self.columns.get, vector, repeat(-1))
-        columns = np.fromiter(found, np.int64, len(vector))
-        weights = np.fromiter(vector.values(), np.float64, len(vector))
-        known = columns >= 0
-        return columns[known], weights[known]
+    def _known(self, vector: Vector) -> Vector:
+        known = vector.terms < self.width
+        return vector if known.all() else Vector(vector.terms[known], vector.weights[known])
 
     def leans(self, directions: Sequence[Vector]) -> Floats:
         """Every paper's lean on each direction: one row per direction, papers in row order."""
@@ -344,13 +347,13 @@ class Day:
         dense = np.zeros((self.block.shape[1], len(directions)))
         rest = np.zeros((len(directions), n))
         for k, direction in enumerate(directions):
-            columns, weights = self._terms(direction)
-            place = self.slot[columns]
+            direction = self._known(direction)
+            place = self.slot[direction.terms]
             inside = place >= 0
-            dense[place[inside], k] = weights[inside]
-            columns, weights = columns[~inside], weights[~inside]
-            starts = self.starts[columns]
-            lengths = self.starts[columns + 1] - starts
+            dense[place[inside], k] = direction.weights[inside]
+            terms, weights = direction.terms[~inside], direction.weights[~inside]
+            starts = self.starts[terms]
+            lengths = self.starts[terms + 1] - starts
             total = int(lengths.sum())
             if total:
                 # Every posting of these terms, as positions in ``holders``.
@@ -371,12 +374,9 @@ class Day:
         owner = np.repeat(np.arange(len(rows)), [end - start for start, end in spans])
         columns = self.indices[picked]
         for k, vector in enumerate(vectors):
-            full = np.zeros(len(self.columns))
-            terms, weights = self._terms(vector)
-            full[terms] = weights
-            out[:, k] = np.bincount(
-                owner, weights=full[columns] * self.data[picked], minlength=len(rows)
-            )
+            full = _dense([self._known(vector)], self.width)
+            products = full[columns] * self.data[picked]
+            out[:, k] = np.bincount(owner, weights=products, minlength=len(rows))
         return out
 
 
@@ -481,6 +481,7 @@ def rerank_readers(
 
     def share(readers: Sequence[Profile]) -> list[tuple[int, Picks]]:
         chosen: list[tuple[int, Picks]] = []
+        vectors.make(vote.paper for reader in readers for vote in votes[reader.id])
         for start in range(0, len(readers), BATCH):
             models = [(r, learn(votes[r.id], vectors)) for r in readers[start : start + BATCH]]
             learned = [(reader, model) for reader, model in models if model is not None]
