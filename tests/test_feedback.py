@@ -360,6 +360,11 @@ def test_readers_without_votes_get_exactly_what_they_got_before() -> None:
     assert with_other_votes[1] != before[1]  # reader 1's votes do change their list
 
 
+def test_a_voter_on_a_day_without_papers_gets_an_empty_list() -> None:
+    profile = Profile(1, ("speech",), max_items=8)
+    assert ranker.rank([], [profile], DAY_STATS, votes={1: [*LIKES, DISLIKE]}) == {1: []}
+
+
 def test_votes_rerank_and_cut_only_the_weak_matches() -> None:
     profile = Profile(1, ("speech",), max_items=8)
     before = [r.paper_id for r in ranker.rank(DAY, [profile], DAY_STATS)[1]]

@@ -412,12 +412,12 @@ def _picks(
             or (near is not None and near[place] >= DISLIKE_NEAR)
         )
         scored.append((relative + LEAN_WEIGHT * lean, -place, cut, place, row))
-    if model.join is not None and profile.min_score <= 0.0:
+    if model.join is not None and profile.min_score <= 0.0 and len(leans):
         taken = set(rows)
         # Stand out of the day: a threshold on the cosine alone lets in many papers for a
         # reader whose votes share common words, and few for one whose votes are narrow.
         join = max(model.join, float(leans.mean() + JOIN_SPREAD * leans.std()))
-        for row in np.flatnonzero(leans >= join).tolist():
+        for row in np.flatnonzero((leans >= join) & (leans > 0.0)).tolist():
             pid = day.ids[row]
             if row not in taken and (allowed is None or pid in allowed):
                 lean = float(leans[row])
@@ -439,7 +439,7 @@ def _because(model: ReaderModel, day: Day, leans: Floats, kept: Sequence[Scored]
     leaning = [n for n, entry in enumerate(kept) if leans[entry[-1]] > 0]
     cosines = day.cosines([kept[n][-1] for n in leaning], [v for _, v in model.liked])
     for n, row in zip(leaning, cosines, strict=True):
-        # The nearest liked paper; on a tie, the later title (as ``max`` of pairs had it).
+        # The nearest liked paper; on a tie, the greater title (whatever the votes' order).
         best = max(range(len(model.liked)), key=lambda k: (row[k], model.liked[k][0]))
         if row[best] >= LIKED_NEAR:
             reasons[n] = model.liked[best][0]
