@@ -2,31 +2,42 @@
 
 Readers who said "more like this" or "not for me" about papers they were sent get their
 candidates (a deeper list than they are sent, so that the model can promote) re-ranked
-and cut by a small Rocchio model over tf-idf vectors of the papers:
+and cut, and papers no interest matched brought in, by a small Rocchio model over tf-idf
+vectors of the papers:
 
 - a paper's vector: its terms (``digest.rank.text``, title words counted twice, no
   stopwords), each weighted by ``1 + log tf`` times the store-wide idf, unit length;
 - the reader's direction: the mean vector of the papers they liked minus
   ``DISLIKE_WEIGHT`` times the mean of those they did not (Rocchio's beta and gamma);
-- a candidate's lean: the cosine of its vector with that direction.
+- a paper's lean: the cosine of its vector with that direction.
 
-The new score is the interests' score, relative to the reader's best candidate, plus
-``LEAN_WEIGHT`` times the lean. What is learned from the votes, each voted paper's lean
-worked out against a model of the other votes (leave one out):
+Every paper of the day gets a lean, not only the interests' candidates: the day's vectors
+are one sparse matrix (``Day``), built once per run and shared by every voter, and a
+reader's leans are one product of it with their direction.
+
+A candidate's new score is the interests' score, relative to the reader's best candidate,
+plus ``LEAN_WEIGHT`` times its lean. What is learned from the votes, each voted paper's
+lean worked out against a model of the other votes (leave one out):
 
 - the cut-off: the lean that best separates the liked from the disliked (the fewest voted
   papers on the wrong side, the lowest such lean on ties), but no higher than the lean
-  ``CUT_SHARE`` of the disliked papers fall under (voted papers were chosen by the
-  interests and lean more than new ones). Candidates leaning below it are not sent,
-  except the ``MIN_KEPT`` best. Without both kinds of votes there is no such cut; with
-  dislikes only, candidates nearer a disliked paper than ``DISLIKE_NEAR`` are cut;
-- with at least ``JOIN_VOTES`` likes, papers no interest matches join from the lean of
-  the least leaning liked paper up (above every disliked one and ``JOIN_FLOOR``), scored
-  by their lean alone: this is how feedback finds what the interests' words miss.
+  ``CUT_SHARE`` of the disliked papers fall under, nor than ``CUT_MOST`` (voted papers
+  were chosen by the interests and lean more than new ones). Candidates scoring less than
+  ``CUT_BELOW`` of the best and leaning below it are not sent, except the ``MIN_KEPT``
+  best: the votes overrule only the interests' weak matches. Without both kinds of votes
+  there is no such cut; with dislikes only, weak candidates nearer a disliked paper than
+  ``DISLIKE_NEAR`` are cut;
+- the join: with at least ``JOIN_VOTES`` like, a paper of the day no interest matched is
+  sent when its cosine with the direction reaches ``JOIN_COSINE``, its lean is above every
+  disliked paper's and stands out of the day's, ``JOIN_SPREAD`` standard deviations above
+  their mean. It is scored by its lean alone, so below the interests' matches: this is
+  how feedback finds what the interests' words miss.
 
 Items kept for a liked paper (a positive lean, and that paper nearer than
 ``LIKED_NEAR``) name it in ``Ranked.because``: "because you liked …". The constants were
-chosen on the simulated readers of ``tests/test_feedback_quality.py``.
+chosen on the simulated readers of ``tests/test_feedback_quality.py`` reading the earlier
+half of the listings alone (voting on its first half, measured on its second), not on the
+later listings their reported figures are measured on.
 
 A reader without votes never reaches this module: their list is exactly what the
 interests alone give.
@@ -34,13 +45,14 @@ interests alone give.
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections import Counter
+from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from itertools import repeat
-from operator import itemgetter, mul
+from itertools import islice
+
+import numpy as np
+import numpy.typing as npt
 
 from digest import forks
 from digest.rank.match import STOPWORDS, TermStats
@@ -49,13 +61,12 @@ from digest.rank.types import PaperText, Profile, Ranked
 
 __all__ = [
     "DEPTH",
-    "Postings",
+    "Day",
     "ReaderModel",
     "Vectors",
     "Vote",
     "deeper",
     "learn",
-    "rerank",
     "rerank_readers",
 ]
 
@@ -66,17 +77,29 @@ DISLIKE_WEIGHT = 0.75  # Rocchio's gamma over beta
 DISLIKE_NEAR = 0.35  # with dislikes only: closer than this to them is not sent
 LIKED_NEAR = 0.05  # a liked paper at least this close (cosine) is named as the reason
 TITLE_REPEAT = 2  # a title word counts as much as two abstract words
-JOIN_VOTES = 3  # likes needed before papers no interest matches are sent
-JOIN_FLOOR = 0.06  # and never from a lean below this
-JOIN_TERMS = 50  # papers that could join are looked for by the reader's strongest terms
-JOIN_NEAR = 0.5  # those terms alone lean them this share of the way (then the whole lean decides)
+JOIN_VOTES = 1  # likes needed before papers no interest matches are sent
+JOIN_COSINE = 0.1  # a joining paper's cosine with the reader's direction is at least this
+JOIN_SPREAD = 2.0  # and its lean this many standard deviations above the day's mean lean
 CUT_SHARE = 0.75  # the cut lies no higher than this share of the disliked papers' leans
+CUT_MOST = 0.01  # and never above this lean (new papers lean less than voted ones)
+CUT_BELOW = 0.5  # the votes cut only candidates scoring less than this share of the best
 MIN_KEPT = 3  # the cut-off leaves at least this many of the best candidates
+DENSE_TERMS = 512  # the day's most frequent terms, multiplied as a dense block
+DENSE_CELLS = 2_000_000  # and that block's most cells (papers x terms)
+BATCH = 128  # readers whose leans on the day are one product
 PARALLEL_VOTERS = 300  # from this many voters, their models are worked out in processes
 MAX_PROCESSES = 4
 
-Vector = dict[str, float]
-_LOG_TF = [0.0] + [1.0 + math.log(tf) for tf in range(1, 64)]  # 1 + log tf, looked up
+Ids = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Vector:
+    """A sparse vector over the terms a ``Vectors`` numbered: ids ascending, their weights."""
+
+    terms: Ids
+    weights: Floats
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,80 +122,96 @@ class ReaderModel:
 
 
 class Vectors:
-    """Paper vectors, each built once however many readers' candidates hold the paper."""
+    """Paper vectors over numbered terms, each paper's built once however many readers voted
+    on it, and many papers' at once (their words counted and weighed in arrays)."""
 
     def __init__(self, stats: TermStats, analyzer: Analyzer = DEFAULT) -> None:
         self.stats = stats
         self.analyzer = analyzer
-        # A term's idf, or None for the terms a vector leaves out (stopwords, numbers).
-        self._weights: dict[str, float | None] = {}
+        # Terms numbered as they are first met: a missing term gets the next number.
+        self.ids: defaultdict[str, int] = defaultdict(int)
+        self.ids.default_factory = self.ids.__len__
+        self._idf = np.zeros(0)  # by term id; 0 for terms a vector leaves out
         self._made: dict[int, Vector] = {}
+
+    @property
+    def width(self) -> int:
+        """How many terms are numbered so far."""
+        return len(self.ids)
 
     def idf(self, term: str) -> float:
         """The store-wide inverse document frequency of a term (BM25's)."""
         n, df = self.stats.documents, self.stats.doc_freq(term)
         return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
 
-    def of_text(self, title: str, abstract: str) -> Vector:
-        """The unit tf-idf vector of a title and abstract."""
-        counts = Counter(self.analyzer(abstract))
-        for term in self.analyzer(title):
-            counts[term] += TITLE_REPEAT
-        weights = self._weights
-        for term in [term for term in counts if term not in weights]:
-            left_out = term in STOPWORDS or term.isdigit()
-            weights[term] = None if left_out else self.idf(term)
-        log_tf = _LOG_TF
-        top = max(counts.values(), default=0)
-        while len(log_tf) <= top:
-            log_tf.append(1.0 + math.log(len(log_tf)))
-        vector = {
-            term: log_tf[tf] * weight
-            for term, tf in counts.items()
-            if (weight := weights[term]) is not None
-        }
-        return _unit(vector)
+    def _number(self, tokens: list[str]) -> Ids:
+        known = len(self._idf)
+        numbered = np.fromiter(map(self.ids.__getitem__, tokens), np.int64, len(tokens))
+        if len(self.ids) > known:
+            added = [
+                0.0 if term in STOPWORDS or term.isdigit() else self.idf(term)
+                for term in islice(self.ids, known, None)
+            ]
+            self._idf = np.concatenate([self._idf, np.array(added, dtype=np.float64)])
+        return numbered
+
+    def rows(self, texts: Sequence[tuple[str, str]]) -> tuple[Ids, Ids, Floats]:
+        """The unit tf-idf vectors of many (title, abstract): (row, term id, weight), by row
+        and then term."""
+        analyzer = self.analyzer
+        tokens: list[str] = []
+        sizes: list[int] = []
+        for title, abstract in texts:
+            in_abstract, in_title = analyzer(abstract), analyzer(title)
+            tokens += in_abstract
+            tokens += in_title
+            sizes += (len(in_abstract), len(in_title))
+        terms = self._number(tokens)
+        n, width = len(texts), max(self.width, 1)
+        counts = np.repeat(np.tile(np.array([1.0, TITLE_REPEAT]), n), sizes)
+        owners = np.repeat(np.repeat(np.arange(n, dtype=np.int64), 2), sizes)
+        keys, inverse = np.unique(owners * width + terms, return_inverse=True)
+        tf = np.bincount(inverse, weights=counts)
+        row, term = keys // width, keys % width
+        weight = (1.0 + np.log(tf)) * self._idf[term]
+        kept = weight > 0
+        row, term, weight = row[kept], term[kept], weight[kept]
+        norms = np.sqrt(np.bincount(row, weights=weight * weight, minlength=n))
+        return row, term, weight / norms[row]
+
+    def make(self, papers: Iterable[PaperText]) -> None:
+        """Build the vectors of the papers not built yet, all at once."""
+        wanted = list({p.id: p for p in papers if p.id not in self._made}.values())
+        if not wanted:
+            return
+        row, term, weight = self.rows([(p.title, p.abstract) for p in wanted])
+        bounds = np.searchsorted(row, np.arange(len(wanted) + 1))
+        for n, paper in enumerate(wanted):
+            start, end = bounds[n], bounds[n + 1]
+            self._made[paper.id] = Vector(term[start:end], weight[start:end])
 
     def of(self, paper: PaperText) -> Vector:
         """A paper's vector (remembered by paper id)."""
-        vector = self._made.get(paper.id)
-        if vector is None:
-            vector = self._made[paper.id] = self.of_text(paper.title, paper.abstract)
-        return vector
-
-
-def _unit(vector: Vector) -> Vector:
-    norm = math.sqrt(sum(map(mul, vector.values(), vector.values())))
-    return {t: w / norm for t, w in vector.items()} if norm else {}
+        if paper.id not in self._made:
+            self.make([paper])
+        return self._made[paper.id]
 
 
 def dot(a: Vector, b: Vector) -> float:
     """The dot product of two sparse vectors (the cosine of unit ones)."""
-    if len(a) > len(b):
-        a, b = b, a
-    products: Iterable[float] = map(mul, a.values(), map(b.get, a, repeat(0.0)))
-    return sum(products)
+    _, in_a, in_b = np.intersect1d(a.terms, b.terms, assume_unique=True, return_indices=True)
+    return float(a.weights[in_a] @ b.weights[in_b])
 
 
-def _sum(vectors: Sequence[Vector]) -> Vector:
-    total: Vector = {}
+def _dense(vectors: Sequence[Vector], width: int) -> Floats:
+    total = np.zeros(width)
     for vector in vectors:
-        for term, weight in vector.items():
-            total[term] = total.get(term, 0.0) + weight
+        total[vector.terms] += vector.weights
     return total
 
 
-def _direction(ups: Vector, n_up: int, downs: Vector, n_down: int) -> Vector:
-    """The mean liked vector minus ``DISLIKE_WEIGHT`` times the mean disliked one, from
-    their sums."""
-    direction = {t: w / n_up for t, w in ups.items()} if n_up else {}
-    for term, weight in downs.items():
-        direction[term] = direction.get(term, 0.0) - DISLIKE_WEIGHT * (weight / n_down)
-    return direction
-
-
 def _leans(
-    liked: Sequence[Vector], disliked: Sequence[Vector], ups: Vector, downs: Vector
+    liked: Sequence[Vector], disliked: Sequence[Vector], ups: Floats, downs: Floats
 ) -> list[tuple[float, bool]]:
     """Each voted paper's lean under a model of the other votes, and whether it was liked,
     lowest first (``ups`` and ``downs``: the sums of the liked and the disliked vectors).
@@ -183,29 +222,30 @@ def _leans(
     n_up, n_down = len(liked), len(disliked)
     leans: list[tuple[float, bool]] = []
     for vector in liked:
-        own = dot(vector, vector)
-        lean = (dot(vector, ups) - own) / (n_up - 1) if n_up > 1 else 0.0
+        own = float(vector.weights @ vector.weights)
+        lean = (float(vector.weights @ ups[vector.terms]) - own) / (n_up - 1) if n_up > 1 else 0.0
         if n_down:
-            lean -= DISLIKE_WEIGHT * dot(vector, downs) / n_down
+            lean -= DISLIKE_WEIGHT * float(vector.weights @ downs[vector.terms]) / n_down
         leans.append((lean, True))
     for vector in disliked:
-        own = dot(vector, vector)
-        lean = dot(vector, ups) / n_up if n_up else 0.0
+        own = float(vector.weights @ vector.weights)
+        lean = float(vector.weights @ ups[vector.terms]) / n_up if n_up else 0.0
         if n_down > 1:
-            lean -= DISLIKE_WEIGHT * (dot(vector, downs) - own) / (n_down - 1)
+            lean -= (
+                DISLIKE_WEIGHT * (float(vector.weights @ downs[vector.terms]) - own) / (n_down - 1)
+            )
         leans.append((lean, False))
     leans.sort()
     return leans
 
 
-def _join(leans: list[tuple[float, bool]]) -> float | None:
-    """The lean from which a paper no interest matches is sent: that of the least leaning
-    liked paper, above every disliked one and ``JOIN_FLOOR`` (None with fewer than
-    ``JOIN_VOTES`` likes)."""
-    liked = [lean for lean, up in leans if up]
-    if len(liked) < JOIN_VOTES:
+def _join(leans: list[tuple[float, bool]], norm: float) -> float | None:
+    """The lean from which a paper no interest matched may be sent: a cosine of
+    ``JOIN_COSINE`` with the direction (of length ``norm``), and above every disliked
+    paper's lean (None with fewer than ``JOIN_VOTES`` likes)."""
+    if sum(up for _, up in leans) < JOIN_VOTES:
         return None
-    return max([liked[0], JOIN_FLOOR, *(lean + 1e-9 for lean, up in leans if not up)])
+    return max([JOIN_COSINE * norm, *(lean + 1e-9 for lean, up in leans if not up)])
 
 
 def _threshold(leans: list[tuple[float, bool]]) -> float | None:
@@ -229,28 +269,29 @@ def _threshold(leans: list[tuple[float, bool]]) -> float | None:
     # Voted papers were chosen by the interests and lean more than new ones do: the cut stays
     # at or below the lean most of the disliked papers fall under.
     disliked = [lean for lean, up in leans if not up]
-    return min(separating, disliked[min(int(len(disliked) * CUT_SHARE), len(disliked) - 1)])
+    return min(
+        separating, disliked[min(int(len(disliked) * CUT_SHARE), len(disliked) - 1)], CUT_MOST
+    )
 
 
 def learn(votes: Iterable[Vote], vectors: Vectors) -> ReaderModel | None:
     """The model of a reader's votes; None for no votes."""
-    liked: list[tuple[str, Vector]] = []
-    disliked: list[Vector] = []
-    for vote in votes:
-        vector = vectors.of(vote.paper)
-        if vote.up:
-            liked.append((vote.paper.title, vector))
-        else:
-            disliked.append(vector)
+    votes = list(votes)
+    vectors.make(vote.paper for vote in votes)
+    liked = [(vote.paper.title, vectors.of(vote.paper)) for vote in votes if vote.up]
+    disliked = [vectors.of(vote.paper) for vote in votes if not vote.up]
     if not liked and not disliked:
         return None
     liked_vectors = [v for _, v in liked]
-    ups, downs = _sum(liked_vectors), _sum(disliked)
+    ups, downs = _dense(liked_vectors, vectors.width), _dense(disliked, vectors.width)
     leans = _leans(liked_vectors, disliked, ups, downs)
+    # The mean liked vector minus ``DISLIKE_WEIGHT`` times the mean disliked one.
+    dense = ups / max(len(liked), 1) - DISLIKE_WEIGHT * downs / max(len(disliked), 1)
+    terms = np.flatnonzero(dense)
     return ReaderModel(
-        direction=_direction(ups, len(liked), downs, len(disliked)),
+        direction=Vector(terms, dense[terms]),
         threshold=_threshold(leans),
-        join=_join(leans),
+        join=_join(leans, float(np.sqrt(dense[terms] @ dense[terms]))),
         near_dislike=tuple(disliked) if not liked else (),
         liked=tuple(liked),
     )
@@ -261,20 +302,86 @@ def deeper(profile: Profile) -> Profile:
     return replace(profile, max_items=min(profile.max_items * DEPTH, MAX_DEPTH))
 
 
-def rerank(
-    model: ReaderModel,
-    candidates: Sequence[Ranked],
-    papers: Mapping[int, PaperText],
-    vectors: Vectors,
-    profile: Profile,
-    others: Iterable[PaperText] = (),
-) -> list[Ranked]:
-    """A reader's candidates re-ranked by their model and cut by its threshold, with the
-    ``others`` (papers no interest matched) that lean far enough their way, at most
-    ``profile.max_items``; an item kept for a liked paper names it in ``because``."""
-    return _items(_picks(model, candidates, papers, vectors, profile, others), candidates)
+class Day:
+    """The day's papers as one matrix of their vectors, so that the leans of many readers on
+    all of them are one product with their directions.
+
+    Rows are papers, columns the terms numbered so far. The ``DENSE_TERMS`` most frequent
+    terms of the day (at most ``DENSE_CELLS`` cells) form a dense block, multiplied with a
+    whole batch of directions at once; the other terms, each in a few papers, are kept by
+    term (the papers that have it) and only a direction's own terms are looked up. The rows
+    are kept too (compressed), for the cosines of a few papers with a few vectors.
+    """
+
+    def __init__(self, papers: Sequence[PaperText], vectors: Vectors) -> None:
+        self.ids = [paper.id for paper in papers]
+        self.row = {pid: n for n, pid in enumerate(self.ids)}
+        rows, self.indices, self.data = vectors.rows([(p.title, p.abstract) for p in papers])
+        n = len(papers)
+        self.width = width = vectors.width  # terms numbered later meet no paper of the day
+        self.bounds = np.searchsorted(rows, np.arange(n + 1))
+        # The dense block: the most frequent terms, by their place in it (-1: not in it).
+        freq = np.bincount(self.indices, minlength=width)
+        common = np.argsort(-freq, kind="stable")[: min(DENSE_TERMS, DENSE_CELLS // max(n, 1))]
+        common = common[freq[common] > 0]
+        self.slot = np.full(width, -1, dtype=np.int64)
+        self.slot[common] = np.arange(len(common))
+        place = self.slot[self.indices]
+        inside = place >= 0
+        self.block = np.zeros((n, len(common)))
+        self.block[rows[inside], place[inside]] = self.data[inside]
+        # The other terms: for each, the rows that have it and their weights.
+        order = np.argsort(self.indices[~inside], kind="stable")
+        by_term = self.indices[~inside][order]
+        self.holders = rows[~inside][order]
+        self.weights = self.data[~inside][order]
+        self.starts = np.searchsorted(by_term, np.arange(width + 1))
+
+    def _known(self, vector: Vector) -> Vector:
+        known = vector.terms < self.width
+        return vector if known.all() else Vector(vector.terms[known], vector.weights[known])
+
+    def leans(self, directions: Sequence[Vector]) -> Floats:
+        """Every paper's lean on each direction: one row per direction, papers in row order."""
+        n = len(self.ids)
+        dense = np.zeros((self.block.shape[1], len(directions)))
+        rest = np.zeros((len(directions), n))
+        for k, direction in enumerate(directions):
+            direction = self._known(direction)
+            place = self.slot[direction.terms]
+            inside = place >= 0
+            dense[place[inside], k] = direction.weights[inside]
+            terms, weights = direction.terms[~inside], direction.weights[~inside]
+            starts = self.starts[terms]
+            lengths = self.starts[terms + 1] - starts
+            total = int(lengths.sum())
+            if total:
+                # Every posting of these terms, as positions in ``holders``.
+                first = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
+                at = first + np.arange(total)
+                products = self.weights[at] * np.repeat(weights, lengths)
+                rest[k] = np.bincount(self.holders[at], weights=products, minlength=n)
+        leans: Floats = (self.block @ dense).T + rest
+        return leans
+
+    def cosines(self, rows: Sequence[int], vectors: Sequence[Vector]) -> Floats:
+        """The cosine of each of ``rows`` (papers of the day) with each vector: rows x vectors."""
+        out = np.zeros((len(rows), len(vectors)))
+        if not rows or not vectors:
+            return out
+        spans = [(int(self.bounds[r]), int(self.bounds[r + 1])) for r in rows]
+        picked = np.concatenate([np.arange(start, end) for start, end in spans])
+        owner = np.repeat(np.arange(len(rows)), [end - start for start, end in spans])
+        columns = self.indices[picked]
+        for k, vector in enumerate(vectors):
+            full = _dense([self._known(vector)], self.width)
+            products = full[columns] * self.data[picked]
+            out[:, k] = np.bincount(owner, weights=products, minlength=len(rows))
+        return out
 
 
+# A candidate or joining paper as ``_picks`` weighs it: (score, tie, cut, place, row).
+Scored = tuple[float, int, bool, int, int]
 # What a reader is sent, compactly (it crosses from a worker process): per item, its place
 # among the candidates, or -1 - paper id for a paper no interest matched; and ``because``.
 Picks = list[tuple[int, str]]
@@ -283,34 +390,60 @@ Picks = list[tuple[int, str]]
 def _picks(
     model: ReaderModel,
     candidates: Sequence[Ranked],
-    papers: Mapping[int, PaperText],
-    vectors: Vectors,
+    day: Day,
     profile: Profile,
-    others: Iterable[PaperText],
+    allowed: Collection[int] | None,
+    leans: Floats,
 ) -> Picks:
+    """A reader's candidates re-ranked by their model and cut by its threshold, with the
+    papers no interest matched that lean far enough their way, at most ``max_items``
+    (``leans``: every paper's lean on the reader's direction, in the day's row order)."""
+    rows = [day.row[item.paper_id] for item in candidates]
     best = max((item.score for item in candidates), default=0.0) or 1.0
-    threshold, near_dislike, direction = model.threshold, model.near_dislike, model.direction
-    scored: list[tuple[float, int, bool, int, Vector, float]] = []
-    for place, item in enumerate(candidates):
-        vector = vectors.of(papers[item.paper_id])
-        lean = dot(vector, direction)
-        cut = (threshold is not None and lean < threshold) or any(
-            dot(vector, near) >= DISLIKE_NEAR for near in near_dislike
+    threshold = model.threshold
+    near: Floats | None = None
+    if model.near_dislike:
+        near = day.cosines(rows, model.near_dislike).max(axis=1, initial=-1.0)
+    scored: list[Scored] = []
+    for place, (item, row) in enumerate(zip(candidates, rows, strict=True)):
+        lean, relative = float(leans[row]), item.score / best
+        cut = relative < CUT_BELOW and (
+            (threshold is not None and lean < threshold)
+            or (near is not None and near[place] >= DISLIKE_NEAR)
         )
-        scored.append((item.score / best + LEAN_WEIGHT * lean, -place, cut, place, vector, lean))
-    if model.join is not None and profile.min_score <= 0.0:
-        for paper in others:
-            vector = vectors.of(paper)
-            lean = dot(vector, direction)
-            if lean >= model.join:
-                tie = -len(scored) - paper.id
-                scored.append((LEAN_WEIGHT * lean, tie, False, -1 - paper.id, vector, lean))
+        scored.append((relative + LEAN_WEIGHT * lean, -place, cut, place, row))
+    if model.join is not None and profile.min_score <= 0.0 and len(leans):
+        taken = set(rows)
+        # Stand out of the day: a threshold on the cosine alone lets in many papers for a
+        # reader whose votes share common words, and few for one whose votes are narrow.
+        join = max(model.join, float(leans.mean() + JOIN_SPREAD * leans.std()))
+        for row in np.flatnonzero((leans >= join) & (leans > 0.0)).tolist():
+            pid = day.ids[row]
+            if row not in taken and (allowed is None or pid in allowed):
+                lean = float(leans[row])
+                scored.append((LEAN_WEIGHT * lean, -len(candidates) - pid, False, -1 - pid, row))
     scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
     kept = [entry for n, entry in enumerate(scored) if not entry[2] or n < MIN_KEPT]
-    return [
-        (place, _because(model, vector, lean))
-        for _, _, _, place, vector, lean in kept[: profile.max_items]
-    ]
+    kept = kept[: profile.max_items]
+    return list(
+        zip([place for *_, place, _ in kept], _because(model, day, leans, kept), strict=True)
+    )
+
+
+def _because(model: ReaderModel, day: Day, leans: Floats, kept: Sequence[Scored]) -> list[str]:
+    """For each kept item that leans the reader's way, the title of the liked paper nearest
+    it, if near enough; else ""."""
+    reasons = [""] * len(kept)
+    if not model.liked:
+        return reasons
+    leaning = [n for n, entry in enumerate(kept) if leans[entry[-1]] > 0]
+    cosines = day.cosines([kept[n][-1] for n in leaning], [v for _, v in model.liked])
+    for n, row in zip(leaning, cosines, strict=True):
+        # The nearest liked paper; on a tie, the greater title (whatever the votes' order).
+        best = max(range(len(model.liked)), key=lambda k: (row[k], model.liked[k][0]))
+        if row[best] >= LIKED_NEAR:
+            reasons[n] = model.liked[best][0]
+    return reasons
 
 
 def _items(picks: Picks, candidates: Sequence[Ranked]) -> list[Ranked]:
@@ -319,14 +452,6 @@ def _items(picks: Picks, candidates: Sequence[Ranked]) -> list[Ranked]:
         item = candidates[place] if place >= 0 else Ranked(-1 - place, 0.0, (), "")
         sent.append(replace(item, because=because) if because else item)
     return sent
-
-
-def _because(model: ReaderModel, vector: Vector, lean: float) -> str:
-    """The title of the liked paper nearest a paper that leans the reader's way, if near."""
-    if not model.liked or lean <= 0:
-        return ""
-    closeness, title = max((dot(vector, v), t) for t, v in model.liked)
-    return title if closeness >= LIKED_NEAR else ""
 
 
 def rerank_readers(
@@ -340,42 +465,31 @@ def rerank_readers(
     processes: int | None = None,
 ) -> dict[int, list[Ranked]]:
     """``ranked`` with the lists of the readers who voted re-ranked by their models (their
-    lists are the deeper ones ``deeper`` asked for); every other list as it was.
+    lists are the deeper ones ``deeper`` asked for, drawn from ``papers``); every other list
+    as it was.
 
     ``candidates[profile id]``: the papers that reader may be sent (default: all).
     ``processes``: how many worker processes share the voters (``None``: by their number).
-    Only the voters are looked at; the day's papers are turned into vectors once, and all of
-    them only when some voter may be sent papers no interest matched.
+    Only the voters are looked at; the day's papers are turned into vectors once, before
+    the voters are shared out, so that every worker reads the same matrix.
     """
     voters = [profile for profile in profiles if votes.get(profile.id)]
     if not voters:
         return ranked
     vectors = Vectors(stats, analyzer)
-    if any(_may_join(profile, votes[profile.id]) for profile in voters):
-        for paper in papers:  # before forking, so that every worker shares them
-            vectors.of(paper)
-    by_id = {paper.id: paper for paper in papers}
+    day = Day(papers, vectors)
 
     def share(readers: Sequence[Profile]) -> list[tuple[int, Picks]]:
-        models = [(reader, learn(votes[reader.id], vectors)) for reader in readers]
-        wanted = [model.direction for reader, model in models if model and _joins(reader, model)]
-        day = Postings(papers, vectors, _strongest(wanted)) if wanted else None
         chosen: list[tuple[int, Picks]] = []
-        for reader, model in models:
-            if model is None:
-                continue
-            mine = ranked.get(reader.id, [])
-            others: list[PaperText] = []
-            if day is not None and _joins(reader, model):
-                assert model.join is not None
-                taken = {item.paper_id for item in mine}
+        vectors.make(vote.paper for reader in readers for vote in votes[reader.id])
+        for start in range(0, len(readers), BATCH):
+            models = [(r, learn(votes[r.id], vectors)) for r in readers[start : start + BATCH]]
+            learned = [(reader, model) for reader, model in models if model is not None]
+            leans = day.leans([model.direction for _, model in learned])
+            for (reader, model), lean in zip(learned, leans, strict=True):
                 allowed = None if candidates is None else candidates.get(reader.id)
-                others = [
-                    by_id[pid]
-                    for pid in day.leaning(model.direction, model.join)
-                    if pid not in taken and (allowed is None or pid in allowed)
-                ]
-            chosen.append((reader.id, _picks(model, mine, by_id, vectors, reader, others)))
+                mine = ranked.get(reader.id, [])
+                chosen.append((reader.id, _picks(model, mine, day, reader, allowed, lean)))
         return chosen
 
     if processes is None:
@@ -384,50 +498,3 @@ def rerank_readers(
         for ident, picks in part:
             ranked[ident] = _items(picks, ranked.get(ident, []))
     return ranked
-
-
-def _may_join(profile: Profile, votes: Sequence[Vote]) -> bool:
-    """Whether a reader's model could send papers no interest matched (before learning it)."""
-    return profile.min_score <= 0.0 and sum(vote.up for vote in votes) >= JOIN_VOTES
-
-
-def _joins(profile: Profile, model: ReaderModel) -> bool:
-    return model.join is not None and profile.min_score <= 0.0
-
-
-def _top_terms(direction: Vector) -> list[tuple[str, float]]:
-    """The direction's ``JOIN_TERMS`` strongest terms that lean the reader's way."""
-    strongest = heapq.nlargest(JOIN_TERMS, direction.items(), key=itemgetter(1))
-    return [(term, weight) for term, weight in strongest if weight > 0]
-
-
-def _strongest(directions: Iterable[Vector]) -> set[str]:
-    return {term for direction in directions for term, _ in _top_terms(direction)}
-
-
-class Postings:
-    """The day's papers by term, to find the few that lean a reader's way without a dot
-    product per paper and reader; ``terms``: the only terms looked up (default: all)."""
-
-    def __init__(
-        self, papers: Iterable[PaperText], vectors: Vectors, terms: set[str] | None = None
-    ) -> None:
-        self.postings: dict[str, list[tuple[int, float]]] = {}
-        postings = self.postings
-        for paper in papers:
-            vector = vectors.of(paper)
-            for term in vector if terms is None else vector.keys() & terms:
-                if term in postings:
-                    postings[term].append((paper.id, vector[term]))
-                else:
-                    postings[term] = [(paper.id, vector[term])]
-
-    def leaning(self, direction: Vector, join: float) -> list[int]:
-        """Papers that could join: their lean over the direction's ``JOIN_TERMS`` strongest
-        terms reaches ``JOIN_NEAR`` of ``join`` (``rerank`` then takes their whole lean)."""
-        partial: dict[int, float] = {}
-        for term, weight in _top_terms(direction):
-            for pid, value in self.postings.get(term, ()):
-                partial[pid] = partial.get(pid, 0.0) + weight * value
-        near = join * JOIN_NEAR
-        return [pid for pid, lean in partial.items() if lean >= near]
