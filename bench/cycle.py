@@ -20,13 +20,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import re
 import resource
 import secrets
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +37,7 @@ from match import (  # bench/match.py
     Generator,
     add_dumps_argument,
     dump_files,
+    in_turns,
     interest_pool,
     real_papers,
     subscribers,
@@ -190,27 +189,17 @@ def main() -> None:
     print(f"(files in {folder})")
 
 
-REPO = Path(__file__).resolve().parents[1]
 _PHASE = re.compile(r"^  (\S.*?)\s+([\d.]+) s(?:  \(CPU ([\d.]+) s\))?$", re.MULTILINE)
 
 
 def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
     """This script on the baseline's code and on this checkout's, in turns."""
-    runs = {"baseline": baseline.resolve(), "this checkout": REPO}
-    found: dict[str, list[dict[str, tuple[float, str]]]] = {name: [] for name in runs}
-    for turn in range(rounds):
-        for name, checkout in runs.items():
-            venv = checkout / ".venv" / "bin" / "python"
-            python = str(venv) if venv.exists() else sys.executable
-            env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
-            done = subprocess.run(
-                [python, __file__, *rest], env=env, capture_output=True, text=True, check=True
-            )
-            print(f"--- round {turn + 1}, {name}: {checkout}\n{done.stdout}", end="", flush=True)
-            found[name].append({k: (float(v), c) for k, v, c in _PHASE.findall(done.stdout)})
-            kept = re.search(r"^\(files in (.+)\)$", done.stdout, re.MULTILINE)
-            if kept:
-                shutil.rmtree(kept.group(1), ignore_errors=True)
+    found: dict[str, list[dict[str, tuple[float, str]]]] = {"baseline": [], "this checkout": []}
+    for name, output in in_turns(baseline, rounds, rest, script=Path(__file__).resolve()):
+        found[name].append({k: (float(v), c) for k, v, c in _PHASE.findall(output)})
+        kept = re.search(r"^\(files in (.+)\)$", output, re.MULTILINE)
+        if kept:
+            shutil.rmtree(kept.group(1), ignore_errors=True)
     for turn in range(rounds):
         old, new = found["baseline"][turn], found["this checkout"][turn]
         print(

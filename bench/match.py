@@ -34,6 +34,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -295,13 +296,33 @@ def density(day: list[PlainPaper], matches: DayMatches) -> str:
     )
 
 
+def in_turns(
+    baseline: Path, rounds: int, args: list[str], *, script: Path | None = None
+) -> Iterator[tuple[str, str]]:
+    """Run a bench script on the baseline checkout's code, then on this one's, ``rounds``
+    times, printing and yielding each run's name and output. In turns, because the machine
+    is shared: a neighbour's job slows whichever runs beside it, and alternating spreads
+    that over both. ``script`` runs on both (on each checkout's code); by default each
+    checkout runs its own copy of the calling script."""
+    caller = Path(sys.argv[0]).resolve().relative_to(REPO)
+    runs = {"baseline": baseline.resolve(), "this checkout": REPO}
+    for turn in range(1, rounds + 1):
+        for name, checkout in runs.items():
+            # The checkout's own environment when it has one: an editable install of this
+            # checkout would otherwise win over PYTHONPATH.
+            venv = checkout / ".venv" / "bin" / "python"
+            python = str(venv) if venv.exists() else sys.executable
+            env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
+            command = [python, str(script or checkout / caller), *args]
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            print(f"--- round {turn}, {name}: {checkout}\n{done.stdout}", end="", flush=True)
+            yield name, done.stdout
+
+
 def side_by_side(baseline: Path, argv: list[str], rounds: int, feedback_only: bool) -> None:
     """Another checkout's bench/match.py and this one's, in turns, each on its own code.
-
-    In turns, because the machine is shared: a neighbour's job slows whichever runs
-    beside it, and alternating spreads that over both. With ``feedback_only`` this script
-    runs both times (on each checkout's code), and the cost of votes is compared.
-    """
+    With ``feedback_only`` this script runs both times (on each checkout's code), and the
+    cost of votes is compared."""
     rest: list[str] = []
     skip = False
     for arg in argv:
@@ -311,36 +332,20 @@ def side_by_side(baseline: Path, argv: list[str], rounds: int, feedback_only: bo
             skip = True
         elif not arg.startswith(("--baseline=", "--rounds=")):
             rest.append(arg)
-    runs = {"baseline": baseline.resolve(), "this checkout": REPO}
+    runs = ("baseline", "this checkout")
     totals: dict[str, list[float]] = {name: [] for name in runs}
     steps: dict[str, list[str]] = {name: [] for name in runs}
-    for turn in range(rounds):
-        for name, checkout in runs.items():
-            env = {**os.environ, "PYTHONPATH": str(checkout)}
-            script = (
-                REPO / "bench" / "match.py" if feedback_only else checkout / "bench" / "match.py"
-            )
-            # The checkout's own environment when it has one: an editable install of this
-            # checkout would otherwise win over PYTHONPATH.
-            venv = checkout / ".venv" / "bin" / "python"
-            python = str(venv) if venv.exists() else sys.executable
-            done = subprocess.run(
-                [python, str(script), *rest],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            print(f"--- round {turn + 1}, {name}: {checkout}\n{done.stdout}", end="", flush=True)
-            pattern = r"without votes ([\d.]+)s, with them ([\d.]+)s" if feedback_only else None
-            found = re.search(pattern or r"total ([\d.]+)s", done.stdout)
-            if found is None:
-                raise SystemExit(f"no figure in the output of {script}")
-            figure = float(found.group(2)) / float(found.group(1)) if pattern else None
-            totals[name].append(figure or float(found.group(1)))
-            step = re.search(r"\(rerank_readers\) ([\d.]+)s, ([\d.]+) CPU-s", done.stdout)
-            if step:
-                steps[name].append(f"{step.group(1)} s, {step.group(2)} CPU-s")
+    script = REPO / "bench" / "match.py" if feedback_only else None
+    for name, output in in_turns(baseline, rounds, rest, script=script):
+        pattern = r"without votes ([\d.]+)s, with them ([\d.]+)s" if feedback_only else None
+        found = re.search(pattern or r"total ([\d.]+)s", output)
+        if found is None:
+            raise SystemExit(f"no figure in the output of {name}")
+        figure = float(found.group(2)) / float(found.group(1)) if pattern else None
+        totals[name].append(figure or float(found.group(1)))
+        step = re.search(r"\(rerank_readers\) ([\d.]+)s, ([\d.]+) CPU-s", output)
+        if step:
+            steps[name].append(f"{step.group(1)} s, {step.group(2)} CPU-s")
     unit = "x" if feedback_only else " s"
     what = "with votes / without, " if feedback_only else ""
     print(f"\n| round | {what}baseline | this checkout | this / baseline |")

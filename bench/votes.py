@@ -16,15 +16,14 @@ when it has one) and on this one's, in turns, and the ratios side by side.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import re
-import subprocess
-import sys
 import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
+
+from match import in_turns  # bench/match.py
 
 from digest.deliver import views
 from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender
@@ -33,7 +32,6 @@ from digest.tokens import feed_name, link_token
 
 NOW = datetime(2026, 3, 12, 7, 0, tzinfo=UTC)
 BASE_URL = "https://papers.example.org"
-REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -138,24 +136,15 @@ def _page_links(key: str) -> dict[str, Any]:
 
 def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
     """This script on the baseline's code and on this checkout's, in turns."""
-    runs = {"baseline": baseline.resolve(), "this checkout": REPO}
-    found: dict[str, list[str]] = {name: [] for name in runs}
-    for turn in range(rounds):
-        for name, checkout in runs.items():
-            venv = checkout / ".venv" / "bin" / "python"
-            python = str(venv) if venv.exists() else sys.executable
-            env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
-            done = subprocess.run(
-                [python, __file__, *rest], env=env, capture_output=True, text=True, check=True
-            )
-            print(f"--- round {turn + 1}, {name}: {checkout}\n{done.stdout}", end="", flush=True)
-            rates = re.findall(r"([\d,]+) messages/s", done.stdout)
-            ratio = re.search(r"ratio: ([\d.]+)x", done.stdout)
-            if len(rates) != 2 or ratio is None:
-                raise SystemExit(f"no figures in the output of {name}")
-            signing = re.search(r"views alone .*: ([\d.]+) us", done.stdout)
-            alone = f"; views {signing.group(1)} us an item" if signing else ""
-            found[name].append(f"{rates[0]} / {rates[1]} messages/s, {ratio.group(1)}x{alone}")
+    found: dict[str, list[str]] = {"baseline": [], "this checkout": []}
+    for name, output in in_turns(baseline, rounds, rest, script=Path(__file__).resolve()):
+        rates = re.findall(r"([\d,]+) messages/s", output)
+        ratio = re.search(r"ratio: ([\d.]+)x", output)
+        if len(rates) != 2 or ratio is None:
+            raise SystemExit(f"no figures in the output of {name}")
+        signing = re.search(r"views alone .*: ([\d.]+) us", output)
+        alone = f"; views {signing.group(1)} us an item" if signing else ""
+        found[name].append(f"{rates[0]} / {rates[1]} messages/s, {ratio.group(1)}x{alone}")
     print("\n| round | baseline: without / with links | this checkout |\n| --- | --- | --- |")
     for turn, (old, new) in enumerate(zip(*found.values(), strict=True), 1):
         print(f"| {turn} | {old} | {new} |")
