@@ -111,14 +111,7 @@ def main() -> None:
     print(f"ratio: {ratio:.2f}x the time")
     start = time.perf_counter()
     for ident, papers in enumerate(readers):
-        links.digest_view(
-            to=f"r{ident}@example.org",
-            ident=ident,
-            salt=f"salt{ident}",
-            period=date(2026, 3, 12),
-            papers=papers,
-            message_id=f"<m{ident}@x>",
-        )
+        _linked(links, ident, papers)
     signing = time.perf_counter() - start
     items = args.digests * args.papers
     print(
