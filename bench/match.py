@@ -313,6 +313,10 @@ def in_turns(
             venv = checkout / ".venv" / "bin" / "python"
             python = str(venv) if venv.exists() else sys.executable
             env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONDONTWRITEBYTECODE": "1"}
+            # The interests are drawn from sets of words, whose order follows the string
+            # hash: a fixed seed gives both checkouts, and every round, the same day (with a
+            # random one, each run drew different interests).
+            env.setdefault("PYTHONHASHSEED", "0")
             command = [python, str(script or checkout / caller), *args]
             done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
             print(f"--- round {turn}, {name}: {checkout}\n{done.stdout}", end="", flush=True)
