@@ -129,10 +129,6 @@ class Links:
         """The token of a subscriber's manage link."""
         return link_token(self.key, ident, salt, purpose="manage")
 
-    def feedback_url(self, token: str, paper_key: str, vote: str) -> str:
-        """A one-click vote on a paper: ``vote`` is "up" (more like this) or "down"."""
-        return self.base_url + feedback_path(token, paper_key, vote)
-
     def signer(self, ident: int | None, salt: str) -> PaperSigner:
         """What signs a reader's tokens for papers."""
         return PaperSigner(vote_key(self.key, ident, salt), ident)

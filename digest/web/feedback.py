@@ -23,14 +23,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from digest import tokens
 from digest.deliver.views import feedback_path
-from digest.service.feedback import link_vote, store_vote, undo_vote
+from digest.service.feedback import link_vote, store_vote, token_reader, undo_vote
 from digest.store import feedback
 from digest.store.engine import reading
 from digest.store.models import Subscriber
 from digest.store.papers import PaperRow
-from digest.store.subscribers import subscriber_by_id
 from digest.web.render import page
 from digest.web.security import CSRF_FIELD, check_csrf
 from digest.web.state import WebState, state_of
@@ -48,14 +46,10 @@ def reader_votes(
     """What a paper's page shows the reader whose ``token`` its link carried (for the key
     ``paper_key`` it was made with), as ``feedback_links.html`` shows it: where their two
     buttons post, and their vote so far. None without a token that checks out."""
-    ident = None if not token or len(token) > 100 else tokens.token_id(token)
-    row = None if ident is None else subscriber_by_id(state.engine, ident)
-    if (
-        token is None
-        or row is None
-        or row.id is None
-        or not tokens.check_paper_token(state.key, token, row.id, row.token_salt, paper_key)
-    ):
+    if not token:
+        return None
+    row = token_reader(state.engine, state.key, token, paper_key)
+    if row is None or row.id is None:
         return None
     with reading(state.engine) as conn:
         given = feedback.vote_on(conn, row.id, paper_id)
