@@ -217,7 +217,7 @@ def run_cycle(
             with transaction(engine) as conn:
                 write_lock(conn)  # the write lock first: no ingest commits under us
                 composed_at = clock()  # "new" goes by ingest sequence, not by this
-                plans = plan_owed(conn, period=period)
+                plans = plan_owed(conn, period=period, take_in=True)
                 report.composed = record_plans(
                     conn,
                     plans,

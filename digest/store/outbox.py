@@ -7,8 +7,8 @@ recorded when planned and marked as they are sent, each mark in its own short tr
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
-from datetime import date, datetime
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,6 +23,7 @@ from digest.store.papers import ROW_COLUMNS, PaperRow, row_of
 STATUSES = ("pending", "sending", "sent", "skipped", "failed")
 _WAITING = ("pending", "sending")
 _TRANSPORT = TransportState.__table__  # type: ignore[attr-defined]
+_CHUNK = 500  # ids in one IN (...): well under every database's limit on parameters
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,7 @@ class Planned:
     message_id: str
     upto: int
     items: Sequence[tuple[int, float, str]]
+    carried: Carried | None = None  # from the waiting digests it takes in (``fold_waiting``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,20 @@ class OutboxRow:
     subscriber_id: int
     email: str
     token_salt: str
+    retried: bool = False  # tried before and still here: it goes after the fresh ones
+
+
+@dataclass(frozen=True, slots=True)
+class Carried:
+    """What a reader's waiting digest hands on to the one that takes it in: its attempts,
+    when the first was made, its last error, and since when the reader has been waiting
+    (the new digest's ``created_at``, so the age health looks at does not start again)."""
+
+    attempts: int
+    first_attempt_at: datetime | None
+    last_error: str | None
+    since: datetime
+    seen_upto: int | None = None  # the reader's cut-off, moved back before the papers given back
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +128,11 @@ def record(
                 "period": period,
                 "status": p.status,
                 "message_id": p.message_id,
-                "created_at": now,
+                "created_at": now if p.carried is None else p.carried.since,
                 "run_id": run_id,
+                "attempts": 0 if p.carried is None else p.carried.attempts,
+                "first_attempt_at": None if p.carried is None else p.carried.first_attempt_at,
+                "last_error": None if p.carried is None else p.carried.last_error,
             }
             for p in planned
         ],
@@ -145,9 +164,12 @@ def record(
     )
 
 
-def load(engine: Engine, *, after: int = 0, limit: int | None = None) -> list[OutboxRow]:
+def load(
+    engine: Engine, *, after: int = 0, limit: int | None = None, retried: bool | None = None
+) -> list[OutboxRow]:
     """The digests still to send (pending, or caught mid-send by a crash) of active
-    subscribers after digest id ``after``, oldest first."""
+    subscribers after digest id ``after``, oldest first; ``retried`` True: only those tried
+    before (they carry an error), False: only the others."""
     query: Any = (
         sa.select(
             col(Digest.id),
@@ -156,6 +178,7 @@ def load(engine: Engine, *, after: int = 0, limit: int | None = None) -> list[Ou
             col(Subscriber.id),
             col(Subscriber.email),
             col(Subscriber.token_salt),
+            col(Digest.last_error).is_not(None),
         )
         .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
         .where(
@@ -165,10 +188,13 @@ def load(engine: Engine, *, after: int = 0, limit: int | None = None) -> list[Ou
         )
         .order_by(col(Digest.id))
     )
+    if retried is not None:
+        tried = col(Digest.last_error).is_not(None)
+        query = query.where(tried if retried else sa.not_(tried))
     if limit is not None:
         query = query.limit(limit)
     with reading(engine) as conn:
-        rows = [OutboxRow(*row) for row in conn.execute(query)]
+        rows = [OutboxRow(*row[:6], retried=bool(row[6])) for row in conn.execute(query)]
         conn.rollback()
     return rows
 
@@ -292,23 +318,37 @@ def record_failure(
     counts: bool,
     permanent: bool,
     max_attempts: int,
+    fail_after: timedelta,
+    now: datetime,
 ) -> str:
     """Record a failed send; returns what became of the digest: "bounced" (the subscriber
-    too), "failed" (out of attempts) or "pending" (tried again later)."""
+    too), "failed" (out of attempts, the first made at least ``fail_after`` ago: its papers
+    go back to the reader's next digest) or "pending" (tried again later)."""
     error = error[:500]
+    now = as_utc(now, naive="refuse")
     with transaction(engine) as conn:
-        attempts = conn.execute(
-            sa.select(col(Digest.attempts)).where(col(Digest.id) == digest_id)
-        ).scalar_one()
+        attempts, first = conn.execute(
+            sa.select(col(Digest.attempts), col(Digest.first_attempt_at)).where(
+                col(Digest.id) == digest_id
+            )
+        ).one()
         if counts:
             attempts += 1
-        outcome = "bounced" if permanent else "failed" if attempts >= max_attempts else "pending"
+            first = first or now
+        spread = first is not None and now - as_utc(first) >= fail_after
+        used_up = attempts >= max_attempts and spread
+        outcome = "bounced" if permanent else "failed" if used_up else "pending"
+        if outcome == "failed":
+            papers = give_back(conn, {digest_id: subscriber_id})[0].get(digest_id)
+            if papers:
+                error = f"{error[:400]} (its {papers} paper(s) go to the reader's next digest)"
         conn.execute(
             sa.update(Digest)
             .where(col(Digest.id) == digest_id)
             .values(
                 status="pending" if outcome == "pending" else "failed",
                 attempts=attempts,
+                first_attempt_at=first,
                 last_error=error,
             )
         )
@@ -321,6 +361,90 @@ def record_failure(
     return outcome
 
 
+def give_back(
+    conn: Connection, digests: dict[int, int]
+) -> tuple[dict[int, int], dict[int, int]]:
+    """Digests that will never go out (``digests``: id to subscriber id) hand their papers
+    back: their items are dropped and each reader's cut-off moves back before them, so the
+    reader's next digest ranks them again. Returns how many papers each digest held, and
+    the cut-off each reader's may have moved back to."""
+    ids = list(digests)
+    held: dict[int, int] = {}
+    before: dict[int, int] = {}  # subscriber id -> the cut-off that takes their papers in again
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start : start + _CHUNK]
+        found = conn.execute(
+            sa.select(col(DigestItem.digest_id), sa.func.min(col(Paper.seq)), sa.func.count())
+            .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
+            .where(col(DigestItem.digest_id).in_(chunk))
+            .group_by(col(DigestItem.digest_id))
+        ).all()
+        for digest_id, first_seq, papers in found:
+            held[digest_id] = int(papers)
+            sid = digests[digest_id]
+            before[sid] = min(before.get(sid, int(first_seq) - 1), int(first_seq) - 1)
+        conn.execute(sa.delete(DigestItem).where(col(DigestItem.digest_id).in_(chunk)))
+    if before:
+        conn.execute(
+            sa.update(Subscriber)
+            .where(
+                col(Subscriber.id) == sa.bindparam("_id"),
+                col(Subscriber.seen_upto) > sa.bindparam("_before"),
+            )
+            .values(seen_upto=sa.bindparam("_before")),
+            [{"_id": sid, "_before": cut} for sid, cut in before.items()],
+        )
+    return held, before
+
+
+def fold_waiting(
+    conn: Connection, subscriber_ids: Collection[int], *, into: date
+) -> dict[int, Carried]:
+    """Digests of these subscribers still pending from periods before ``into`` (the mail
+    server was down, or the machine off) are taken into the digest about to be planned for
+    ``into``: each gives its papers back and is marked skipped, with why, so a reader gets
+    one digest after an outage rather than one per missed period. Returns, by subscriber,
+    what the new digest carries on (attempts count across them all)."""
+    rows = conn.execute(
+        sa.select(
+            col(Digest.id),
+            col(Digest.subscriber_id),
+            col(Digest.attempts),
+            col(Digest.first_attempt_at),
+            col(Digest.last_error),
+            col(Digest.created_at),
+        )
+        .where(col(Digest.status) == "pending", col(Digest.period) < into)
+        .order_by(col(Digest.id))
+    ).all()
+    carried: dict[int, Carried] = {}
+    folded: dict[int, int] = {}
+    for digest_id, sid, attempts, first, error, since in rows:
+        if sid not in subscriber_ids:
+            continue
+        folded[digest_id] = sid
+        since = as_utc(since)
+        before = carried.get(sid)
+        if before is not None:  # newer last: its error is the one to keep
+            attempts = max(attempts, before.attempts)
+            firsts = [as_utc(t) for t in (first, before.first_attempt_at) if t is not None]
+            first = min(firsts, default=None)
+            error = error or before.last_error
+            since = min(since, before.since)
+        carried[sid] = Carried(attempts, first, error, since)
+    _, cutoffs = give_back(conn, folded)
+    for sid, cut in cutoffs.items():
+        carried[sid] = replace(carried[sid], seen_upto=cut)
+    ids = list(folded)
+    for start in range(0, len(ids), _CHUNK):
+        conn.execute(
+            sa.update(Digest)
+            .where(col(Digest.id).in_(ids[start : start + _CHUNK]))
+            .values(status="skipped", last_error=f"not sent: taken into the digest of {into}")
+        )
+    return carried
+
+
 def counts(engine: Engine) -> dict[str, int]:
     """Digests by status."""
     query = sa.select(col(Digest.status), sa.func.count()).group_by(col(Digest.status))
@@ -330,6 +454,28 @@ def counts(engine: Engine) -> dict[str, int]:
     found = dict.fromkeys(STATUSES, 0)
     found.update({status: int(n) for status, n in rows})
     return found
+
+
+def waiting_ages(
+    conn: Connection, now: datetime, bounds: Sequence[timedelta]
+) -> tuple[datetime | None, list[int]]:
+    """Since when the oldest digest still to send has waited (None: none waits), and how
+    many have waited longer than each of ``bounds``."""
+    now = as_utc(now, naive="refuse")
+    waiting = col(Digest.status).in_(_WAITING)
+    row = conn.execute(
+        sa.select(
+            sa.func.min(col(Digest.created_at)),
+            *(
+                sa.func.coalesce(
+                    sa.func.sum(sa.case((col(Digest.created_at) < now - bound, 1), else_=0)), 0
+                )
+                for bound in bounds
+            ),
+        ).where(waiting)
+    ).one()
+    oldest = as_utc(row[0]) if row[0] is not None else None
+    return oldest, [int(n) for n in row[1:]]
 
 
 def withdraw_unwanted(engine: Engine) -> int:
