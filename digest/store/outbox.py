@@ -458,14 +458,15 @@ def counts(engine: Engine) -> dict[str, int]:
 
 def waiting_ages(
     conn: Connection, now: datetime, bounds: Sequence[timedelta]
-) -> tuple[datetime | None, list[int]]:
-    """Since when the oldest digest still to send has waited (None: none waits), and how
-    many have waited longer than each of ``bounds``."""
+) -> tuple[datetime | None, int, list[int]]:
+    """Since when the oldest digest still to send has waited (None: none waits), how many
+    wait, and how many have waited longer than each of ``bounds``."""
     now = as_utc(now, naive="refuse")
     waiting = col(Digest.status).in_(_WAITING)
     row = conn.execute(
         sa.select(
             sa.func.min(col(Digest.created_at)),
+            sa.func.count(),
             *(
                 sa.func.coalesce(
                     sa.func.sum(sa.case((col(Digest.created_at) < now - bound, 1), else_=0)), 0
@@ -475,7 +476,7 @@ def waiting_ages(
         ).where(waiting)
     ).one()
     oldest = as_utc(row[0]) if row[0] is not None else None
-    return oldest, [int(n) for n in row[1:]]
+    return oldest, int(row[1]), [int(n) for n in row[2:]]
 
 
 def withdraw_unwanted(engine: Engine) -> int:
