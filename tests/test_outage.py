@@ -18,8 +18,7 @@ import pytest
 
 import digest.cli
 import digest.ingest.dumps
-from digest.deliver.send import MAX_ATTEMPTS
-FAIL_AFTER = timedelta(days=3)
+from digest.deliver.send import FAIL_AFTER, MAX_ATTEMPTS
 from tests.conftest import EXAMPLE_B as DUMP_B
 from tests.conftest import Site
 from tests.test_faults import one_error_line, pending_attempts

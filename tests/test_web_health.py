@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-
-import pytest
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 

@@ -23,9 +23,10 @@ from digest.store import outbox
 from digest.store import papers as papers_store
 from digest.store.engine import ingest_sequence
 from digest.store.models import Subscriber
-from digest.store.outbox import Carried, Planned
+from digest.store.outbox import Planned
 from digest.store.papers import PaperRow
 from digest.store.subscribers import interests_of
+from digest.store.unsent import Carried, fold_waiting
 from digest.tokens import message_id
 
 STATS_SAMPLE = 20_000  # papers whose term frequencies stand for a larger store
@@ -69,7 +70,7 @@ def plan_owed(
     (to ``subscribers``, or to every active subscriber who has none for it yet).
 
     ``take_in``: a reader's digests of earlier periods still pending (an outage, the machine
-    off) are taken into this one (``outbox.fold_waiting``): one digest with all their papers,
+    off) are taken into this one (``unsent.fold_waiting``): one digest with all their papers,
     not one per missed period. Writes; a dry run leaves it False.
     """
     if subscribers is None:
@@ -79,7 +80,7 @@ def plan_owed(
         return []
     carried: dict[int, Carried] = {}
     if take_in:
-        carried = outbox.fold_waiting(conn, {int(s.id or 0) for s in subscribers}, into=period)
+        carried = fold_waiting(conn, {int(s.id or 0) for s in subscribers}, into=period)
         for s in subscribers:  # their cut-offs as the store has them now
             taken = carried.get(int(s.id or 0))
             if taken is not None and taken.seen_upto is not None:

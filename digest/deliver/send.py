@@ -38,7 +38,7 @@ from digest.deliver.message import DigestView, MessageBuilder, PaperView, prepar
 from digest.deliver.transports import AddressError, Transport, TransportError
 from digest.deliver.views import Links, paper_view
 from digest.errors import DeliveryError
-from digest.store import outbox
+from digest.store import outbox, unsent
 from digest.store.engine import reading
 
 log = logging.getLogger("digest.deliver")
@@ -324,7 +324,7 @@ def _failed(
     recipient's costs an attempt; a dropped connection costs nothing. The last two wait
     their turn."""
     error = str(exc)[:500]
-    outcome = outbox.record_failure(
+    outcome = unsent.record_failure(
         engine,
         item.digest_id,
         item.subscriber_id,

@@ -16,13 +16,14 @@ from digest.service.scheduler import crontab_trigger
 from digest.settings import Settings, link_warnings
 from digest.store.engine import reading
 from digest.store.outbox import counts as outbox_counts
-from digest.store.outbox import pending_reason, recent_failures, transport_state, waiting_ages
+from digest.store.outbox import pending_reason, recent_failures, transport_state
 from digest.store.papers import counts as paper_counts
 from digest.store.runs import INTERRUPTED, last_finished
 from digest.store.runs import recent as recent_runs
 from digest.store.runs import unfinished as unfinished_runs
 from digest.store.sources import all_states, recent_dumps
 from digest.store.subscribers import count_by_status
+from digest.store.unsent import waiting_ages
 
 RECENT_RUNS = 5
 BOUNCE_WINDOW = timedelta(days=7)
