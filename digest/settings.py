@@ -106,6 +106,12 @@ def _feed_files(value: Any) -> str | None:
     return None if value in {"auto", "all", "public"} else "must be auto, all or public"
 
 
+def _token(value: Any) -> str | None:
+    if value and len(str(value)) < 16:
+        return "must be empty or at least 16 characters (try: openssl rand -hex 24)"
+    return None
+
+
 def _schedule(value: Any) -> str | None:
     if len(str(value).split()) != 5:
         return "must be a cron expression of five fields, such as '0 7 * * *'"
@@ -228,6 +234,16 @@ class SettingsModel(BaseSettings):
     confirm_hours: Annotated[float, Rule(low=0.1, high=24 * 30)] = Field(
         48.0, description="Hours a subscription's confirmation link stays valid."
     )
+    max_pending_hours: Annotated[float, Rule(low=1, high=24 * 30)] = Field(
+        24.0,
+        description="Hours a digest may wait to be sent before /healthz answers 503 and"
+        " `digest status` warns.",
+    )
+    metrics_token: Annotated[str, Rule(secret=True, check=_token)] = Field(
+        "",
+        description="Bearer token that lets a client other than loopback read /metrics;"
+        " empty: loopback only.",
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -331,6 +347,8 @@ class Settings:
     web_workers: int
     forwarded_allow_ips: str
     confirm_hours: float
+    max_pending_hours: float
+    metrics_token: str
     config_path: Path | None = field(default=None)
     # [[subscribers]] tables of the settings file: added by `run` when missing (demos, small sites)
     sample_subscribers: tuple[dict[str, Any], ...] = ()

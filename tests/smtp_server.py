@@ -1,8 +1,8 @@
 """A real SMTP server on loopback (aiosmtpd) whose replies a test can script.
 
-The handler can answer the next DATA commands with a 4xx or 5xx, drop the
-connection in the middle of DATA or right after MAIL FROM, refuse chosen
-recipients, and it counts the connections made to it, so tests can see retries
+The handler can answer the next DATA commands with a 4xx or 5xx (or every one:
+an outage), drop the connection in the middle of DATA or right after MAIL FROM,
+refuse chosen recipients (or every one), and it counts the connections made to it, so tests can see retries
 and connection reuse as the server saw them. It can also be slow: hold every DATA
 reply for ``data_delay`` seconds, or until ``data_gate`` is set, so a test can act
 while a message is in flight.
@@ -41,6 +41,8 @@ class ScriptedHandler:
     data_replies: list[str] = field(default_factory=list)  # used up one per DATA
     mail_replies: list[str] = field(default_factory=list)  # used up one per MAIL FROM
     rcpt_replies: dict[str, str] = field(default_factory=dict)  # address -> reply, every time
+    every_rcpt: str | None = None  # when set, the reply to every RCPT (a server-wide 4xx)
+    every_data: str | None = None  # when set, the reply to every DATA, after data_replies
     connections: int = 0
     data_commands: int = 0
     data_delay: float = 0.0  # seconds each DATA reply waits
@@ -66,6 +68,8 @@ class ScriptedHandler:
     ) -> str:
         if address in self.rcpt_replies:
             return self.rcpt_replies[address]
+        if self.every_rcpt is not None:
+            return self.every_rcpt
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -76,7 +80,7 @@ class ScriptedHandler:
             await asyncio.to_thread(self.data_gate.wait, GATE_TIMEOUT)
         if self.data_delay:
             await asyncio.sleep(self.data_delay)
-        reply = self.data_replies.pop(0) if self.data_replies else ACCEPT
+        reply = self.data_replies.pop(0) if self.data_replies else (self.every_data or ACCEPT)
         if reply == DROP:
             assert server.transport is not None
             server.transport.close()

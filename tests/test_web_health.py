@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 from starlette.testclient import TestClient
 
@@ -14,6 +15,7 @@ from digest.store.engine import open_store
 from digest.web.app import create_app
 from digest.web.health import schedule_period
 from tests.conftest import EXAMPLE_A, Site, store_rows
+from tests.test_outage import TOPICS, day_dump
 
 
 def client_at(site: Site, now: datetime, engine: sa.engine.Engine | None = None) -> TestClient:
@@ -83,7 +85,7 @@ def test_metrics_in_prometheus_text_format(site: Site) -> None:
     assert site.cli("unsubscribe", "bob@example.org").code == 0
     site.drop_in_inbox(EXAMPLE_A, "a.txt")
     assert site.cli("run").code == 0
-    response = site.web().get("/metrics")
+    response = loopback_client(site).get("/metrics")  # not open to the world
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = response.text
@@ -99,6 +101,95 @@ def test_metrics_in_prometheus_text_format(site: Site) -> None:
     ended = datetime.fromisoformat(str(finished)).replace(tzinfo=UTC)
     assert metric(text, "digest_last_run_timestamp_seconds") == round(ended.timestamp())
     for line in text.splitlines():  # every line a comment or "name{labels} value"
-        assert line.startswith("# ") or re.fullmatch(r"[a-z_]+(\{[a-z_]+=\"[a-z]+\"\})? \S+", line)
+        assert line.startswith("# ") or re.fullmatch(
+            r"[a-z_]+(\{[a-z_]+=\"[a-z0-9_]+\"\})? \S+", line
+        )
     names = {m.group(1) for m in re.finditer(r"^# TYPE (\S+) (gauge|counter)$", text, re.M)}
     assert {"digest_papers", "digest_subscribers", "digest_sends_total"} <= names
+
+
+def loopback_client(site: Site, now: datetime | None = None, **options: object) -> TestClient:
+    clock = (lambda: now) if now is not None else (lambda: datetime.now(UTC))
+    app = create_app(load_settings(None), None, now=clock)
+    return TestClient(
+        app,
+        base_url=site.env["DIGEST_BASE_URL"],
+        raise_server_exceptions=False,
+        client=("127.0.0.1", 50000),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+BUSY = "451 4.3.0 try again later"
+
+
+def test_a_run_that_could_not_send_is_unhealthy_and_says_why(site: Site) -> None:
+    site.subscribe({reader: [words] for reader, words in TOPICS.items()})
+    site.drop_in_inbox(day_dump(site.root, 0), "day0.jsonl")
+    site.server.handler.every_data = BUSY
+    assert site.cli("run").code == 1
+
+    response = loopback_client(site).get("/healthz")
+
+    assert response.status_code == 503
+    data = response.json()
+    assert data["status"] == "last run could not send"
+    assert BUSY in data["reason"]
+    assert data["last_run_status"] == "failed"
+    text = loopback_client(site).get("/metrics").text
+    assert metric(text, "digest_last_run_ok") == 0
+    status = site.cli("status")
+    assert "could not send" in status.out and BUSY in status.out  # plain text, not only --json
+
+    site.server.handler.every_data = None
+    assert site.cli("run").code == 0
+    assert loopback_client(site).get("/healthz").status_code == 200
+
+
+def test_digests_waiting_longer_than_max_pending_hours_are_unhealthy(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DIGEST_MAX_PENDING_HOURS", "12")
+    site.subscribe({"ada@example.org": ["federated"], "cy@example.org": ["speech"]})
+    site.drop_in_inbox(EXAMPLE_A, "a.txt")
+    site.server.handler.rcpt_replies["ada@example.org"] = "452 4.2.2 mailbox full"
+    assert site.cli("run").code == 0  # one full mailbox is no failed run
+    ((created,),) = store_rows(site.data, "SELECT created_at FROM digest WHERE status = 'pending'")
+    made = datetime.fromisoformat(str(created)).replace(tzinfo=UTC)
+
+    soon = loopback_client(site, made + timedelta(hours=11)).get("/healthz")
+    assert soon.status_code == 200, soon.json()
+    late = loopback_client(site, made + timedelta(hours=13))
+    response = late.get("/healthz")
+    assert response.status_code == 503
+    data = response.json()
+    assert data["status"] == "digests waiting too long"
+    assert "1 digest(s) waiting longer than 12 h" in data["reason"]
+    assert data["oldest_pending_age_seconds"] == 13 * 3600
+    text = late.get("/metrics").text
+    assert metric(text, "digest_pending_oldest_age_seconds") == 13 * 3600
+    assert metric(text, "digest_pending_digests", '{age="12h_to_1d"}') == 1
+    assert metric(text, "digest_pending_digests", '{age="under_1h"}') == 0
+
+
+def test_metrics_are_for_loopback_or_a_bearer_token(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outside = ("203.0.113.7", 41000)
+    base = site.env["DIGEST_BASE_URL"]
+    app = create_app(load_settings(None))
+    far = TestClient(app, base_url=base, raise_server_exceptions=False, client=outside)
+    assert far.get("/metrics").status_code == 403
+    assert far.get("/healthz").status_code == 200  # load balancers ask from anywhere
+
+    monkeypatch.setenv("DIGEST_METRICS_TOKEN", "a-long-scrape-token-0123456789")
+    app = create_app(load_settings(None))
+    far = TestClient(app, base_url=base, raise_server_exceptions=False, client=outside)
+    refused = far.get("/metrics")
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    wrong = far.get("/metrics", headers={"authorization": "Bearer not-it"})
+    assert wrong.status_code == 401
+    right = far.get("/metrics", headers={"authorization": "Bearer a-long-scrape-token-0123456789"})
+    assert right.status_code == 200 and "digest_papers" in right.text
+    assert loopback_client(site).get("/metrics").status_code == 200

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_right
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 
 from sqlalchemy.engine import Connection
@@ -26,6 +26,7 @@ from digest.store.models import Subscriber
 from digest.store.outbox import Planned
 from digest.store.papers import PaperRow
 from digest.store.subscribers import interests_of
+from digest.store.unsent import Carried, fold_waiting
 from digest.tokens import message_id
 
 STATS_SAMPLE = 20_000  # papers whose term frequencies stand for a larger store
@@ -50,6 +51,7 @@ class Plan:
     subscriber: Subscriber
     ranked: Sequence[Ranked]
     upto: int = 0
+    carried: Carried | None = None  # what the waiting digests it takes in hand on
 
 
 def due(subscriber: Subscriber, period: date) -> bool:
@@ -58,15 +60,38 @@ def due(subscriber: Subscriber, period: date) -> bool:
 
 
 def plan_owed(
-    conn: Connection, *, period: date, subscribers: Sequence[Subscriber] | None = None
+    conn: Connection,
+    *,
+    period: date,
+    subscribers: Sequence[Subscriber] | None = None,
+    take_in: bool = False,
 ) -> list[Plan]:
     """Read from the store what planning needs and plan every digest owed for ``period``
-    (to ``subscribers``, or to every active subscriber who has none for it yet)."""
+    (to ``subscribers``, or to every active subscriber who has none for it yet).
+
+    ``take_in``: a reader's digests of earlier periods still pending (an outage, the machine
+    off) are taken into this one (``unsent.fold_waiting``): one digest with all their papers,
+    not one per missed period. Writes; a dry run leaves it False.
+    """
     if subscribers is None:
         subscribers = outbox.owed_subscribers(conn, period)
     subscribers = [s for s in subscribers if due(s, period)]
     if not subscribers:
         return []
+    carried: dict[int, Carried] = {}
+    if take_in:
+        carried = fold_waiting(conn, {int(s.id or 0) for s in subscribers}, into=period)
+        for s in subscribers:  # their cut-offs as the store has them now
+            taken = carried.get(int(s.id or 0))
+            if taken is not None and taken.seen_upto is not None:
+                s.seen_upto = min(s.seen_upto, taken.seen_upto)
+    plans = _plan_owed(conn, subscribers, period)
+    if not carried:
+        return plans
+    return [replace(p, carried=carried.get(int(p.subscriber.id or 0))) for p in plans]
+
+
+def _plan_owed(conn: Connection, subscribers: Sequence[Subscriber], period: date) -> list[Plan]:
     upto = ingest_sequence(conn)
     papers = papers_store.new_since(conn, min(s.seen_upto for s in subscribers), upto)
     if not papers:
@@ -171,8 +196,7 @@ def record_plans(
             if item.because:  # the reason feedback gives is the reader's own
                 matched = json.dumps([*json.loads(matched), {"liked": item.because}])
             items.append((item.paper_id, round(item.score, 4), matched))
-        planned.append(
-            Planned(sid, status, message_id(key, sid, period, mail_from), plan.upto, items)
-        )
+        mid = message_id(key, sid, period, mail_from)
+        planned.append(Planned(sid, status, mid, plan.upto, items, plan.carried))
     outbox.record(conn, planned, period=period, now=now, run_id=run_id)
     return counts

@@ -5,12 +5,20 @@ Each digest is marked ``sending`` before it is handed to the transport and
 the two leaves it ``sending``; the next run sends it again under the same
 Message-ID, which is the one duplicate a receiver may see and can drop.
 
-What a failure costs depends on whose it is. A 5xx bounces the address. A 4xx
-answer about the recipient costs the digest one of its ``MAX_ATTEMPTS``. A fault
+What a failure costs depends on whose it is. A 5xx bounces the address. A fault
 nobody is to blame for costs nothing: the transport failing (server down, login
 refused, disk full) ends the pass at once with everything still pending, and a
 dropped connection leaves the digest pending. An address the transport cannot
 carry sets that one digest aside (``failed``, with the reason) and the pass goes on.
+
+A 4xx is the recipient's only when the server takes other messages in the same pass: it
+then costs the digest one of its ``MAX_ATTEMPTS``. A 4xx every message gets is an outage
+like a server that is down: ``GIVE_UP_AFTER`` of them in a row with none taken ends the
+pass, and none of them costs anything. Digests tried before go after the fresh ones, so a
+few full mailboxes at the head of the outbox never pass for an outage (nor hold up
+everyone behind them). A digest fails for good only when it is out of attempts and the
+first was made ``FAIL_AFTER`` ago, so one bad afternoon never loses a reader's papers; and
+then its papers go back to the reader's next digest.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
@@ -30,14 +38,15 @@ from digest.deliver.message import DigestView, MessageBuilder, PaperView, prepar
 from digest.deliver.transports import AddressError, Transport, TransportError
 from digest.deliver.views import Links, paper_view
 from digest.errors import DeliveryError
-from digest.store import outbox
+from digest.store import outbox, unsent
 from digest.store.engine import reading
 
 log = logging.getLogger("digest.deliver")
 
 MAX_ATTEMPTS = 5
-# Temporary failures in a row, with no success between, that end a delivery pass: the mail
-# server is down or refusing us, and every further digest would only burn an attempt.
+FAIL_AFTER = timedelta(days=3)  # the least time between a digest's first attempt and failing
+# Temporary failures in a row, none taken between, that make an outage: the mail server is
+# refusing everyone, and every further digest would only wait for it too.
 GIVE_UP_AFTER = 3
 
 
@@ -49,6 +58,7 @@ class Outgoing:
     subscriber_id: int
     email: str
     view: DigestView
+    retried: bool = False  # tried before in an earlier pass
 
 
 @dataclass
@@ -94,11 +104,16 @@ def paper_views(
 
 
 def load_outbox(
-    engine: Engine, links: Links, *, after: int = 0, limit: int | None = None
+    engine: Engine,
+    links: Links,
+    *,
+    after: int = 0,
+    limit: int | None = None,
+    retried: bool | None = None,
 ) -> list[Outgoing]:
     """The digests still to send (pending, or caught mid-send by a crash) after digest id
-    ``after``, oldest first."""
-    rows = outbox.load(engine, after=after, limit=limit)
+    ``after``, oldest first (``retried``: see ``outbox.load``)."""
+    rows = outbox.load(engine, after=after, limit=limit, retried=retried)
     with reading(engine) as conn:
         papers = paper_views(conn, [r.digest_id for r in rows], links.base_url)
         conn.rollback()
@@ -112,8 +127,62 @@ def load_outbox(
             papers=papers[row.digest_id],
             message_id=row.message_id,
         )
-        outgoing.append(Outgoing(row.digest_id, row.subscriber_id, row.email, view))
+        outgoing.append(Outgoing(row.digest_id, row.subscriber_id, row.email, view, row.retried))
     return outgoing
+
+
+class Judge:
+    """Whose fault a pass's temporary failures are, decided as the pass goes.
+
+    A temporary failure is held, at no cost, until the pass shows whose it is: a message
+    taken afterwards (or before, for a digest tried before) makes it the recipient's, and
+    it is charged; ``GIVE_UP_AFTER`` held in a row with none taken make an outage, and
+    none of them is charged. Held failures still open when the pass ends are charged only
+    if the server took something in the pass.
+    """
+
+    def __init__(self, engine: Engine, result: Delivered, clock: Callable[[], datetime]) -> None:
+        self.engine = engine
+        self.result = result
+        self.clock = clock
+        self.taken = False  # the server took a message in this pass
+        self.held: list[tuple[Outgoing, DeliveryError]] = []
+        self.outage: str | None = None
+
+    def accepted(self) -> None:
+        """A message was taken: the failures held so far were their recipients' own."""
+        self.taken = True
+        if not self.outage:
+            self._charge()
+
+    def temporary(self, item: Outgoing, exc: DeliveryError) -> None:
+        """A temporary answer about this recipient: charge it, hold it, or call an outage."""
+        reason = str(exc)
+        self.result.last_error = reason[:500]
+        if self.taken and item.retried and not self.held and not self.outage:
+            # the server takes other mail, and this digest failed before: its own trouble
+            _failed(self.engine, item, exc, self.result, self.clock())
+            return
+        outbox.mark_unsent(self.engine, item.digest_id, reason)
+        self.held.append((item, exc))
+        if not self.outage and len(self.held) >= GIVE_UP_AFTER:
+            taken = "none taken since the last" if self.taken else "none taken"
+            self.outage = (
+                f"the mail server answered {len(self.held)} messages in a row with a temporary"
+                f" failure, {taken} ({reason})"
+            )
+
+    def finish(self) -> None:
+        """The pass is over: held failures are charged if the server took anything."""
+        if self.taken and not self.outage:
+            self._charge()
+        self.result.deferred += len(self.held)
+        self.held = []
+
+    def _charge(self) -> None:
+        held, self.held = self.held, []
+        for item, exc in held:
+            _failed(self.engine, item, exc, self.result, self.clock())
 
 
 async def deliver(
@@ -126,15 +195,16 @@ async def deliver(
     clock: Callable[[], datetime],
     concurrency: int = 4,
     stop: threading.Event | None = None,
+    judge: Judge | None = None,
 ) -> Delivered:
-    """Send each digest once, ``concurrency`` at a time; stops taking new ones when ``stop`` is set."""
-    result = Delivered()
+    """Send each digest once, ``concurrency`` at a time; stops taking new ones when ``stop`` is
+    set. ``judge``: the pass this batch is part of (alone: a pass of its own)."""
+    result = Delivered() if judge is None else judge.result
+    judging = judge or Judge(engine, result, clock)
     prepare(paper for item in outgoing for paper in item.view.papers)
     queue: asyncio.Queue[Outgoing] = asyncio.Queue()
     for item in outgoing:
         queue.put_nowait(item)
-
-    deferred_in_a_row = 0
 
     def give_up(reason: str) -> None:
         if not result.gave_up:
@@ -142,7 +212,6 @@ async def deliver(
             log.warning("delivery stopped", extra={"reason": reason})
 
     async def worker() -> None:
-        nonlocal deferred_in_a_row
         while not queue.empty():
             if stop is not None and stop.is_set():
                 result.stopped = True
@@ -170,19 +239,22 @@ async def deliver(
                 _set_aside(engine, item, str(exc), result)
                 continue
             except DeliveryError as exc:
-                _failed(engine, item, exc, result)
-                if not exc.permanent:
-                    deferred_in_a_row += 1
-                    if deferred_in_a_row >= GIVE_UP_AFTER:
-                        give_up(f"{deferred_in_a_row} temporary failures in a row ({exc})")
+                if exc.permanent or not exc.counts:
+                    _failed(engine, item, exc, result, clock())
+                else:
+                    judging.temporary(item, exc)
+                    if judging.outage:
+                        give_up(judging.outage)
                 continue
-            deferred_in_a_row = 0
             outbox.mark_sent(engine, item.digest_id, clock())
             result.sent += 1
             result.sent_to.add(item.subscriber_id)
+            judging.accepted()
 
     workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
     await asyncio.gather(*workers)
+    if judge is None:
+        judging.finish()
     return result
 
 
@@ -203,27 +275,35 @@ async def send_outbox(
     transport (its connections are reused throughout): ``transport``, or one opened (and
     closed) here only when something is to be sent."""
     total = Delivered(withdrawn=outbox.withdraw_unwanted(engine))
-    after = 0
+    judge = Judge(engine, total, clock)
     active: Transport | None = None
+    tried: set[int] = set()  # fresh digests that failed are retried ones now: not twice a pass
     try:
-        while waiting := load_outbox(engine, links, after=after, limit=batch):
-            after = waiting[-1].digest_id
-            if active is None:
-                active = open_transport() if transport is None else transport
-            part = await deliver(
-                engine,
-                waiting,
-                builder,
-                active,
-                sender_addr=sender_addr,
-                clock=clock,
-                concurrency=concurrency,
-                stop=stop,
-            )
-            total.add(part)
-            if part.stopped or part.gave_up:
-                break
+        for retried in (False, True):  # the fresh first, then those tried before
+            after = 0
+            while rows := load_outbox(engine, links, after=after, limit=batch, retried=retried):
+                after = rows[-1].digest_id
+                waiting = [row for row in rows if row.digest_id not in tried]
+                tried.update(row.digest_id for row in waiting)
+                if not waiting:
+                    continue
+                if active is None:
+                    active = open_transport() if transport is None else transport
+                await deliver(
+                    engine,
+                    waiting,
+                    builder,
+                    active,
+                    sender_addr=sender_addr,
+                    clock=clock,
+                    concurrency=concurrency,
+                    stop=stop,
+                    judge=judge,
+                )
+                if total.stopped or total.gave_up:
+                    return total
     finally:
+        judge.finish()
         if active is not None and transport is None:
             await active.close()
     return total
@@ -237,11 +317,14 @@ def _set_aside(engine: Engine, item: Outgoing, reason: str, result: Delivered) -
     log.warning("set aside", extra={"email": item.email, "error": reason})
 
 
-def _failed(engine: Engine, item: Outgoing, exc: DeliveryError, result: Delivered) -> None:
-    """Record a failed send: a bounce ends mail to the address; a 4xx about the recipient
-    costs an attempt; a dropped connection costs nothing. The last two wait their turn."""
+def _failed(
+    engine: Engine, item: Outgoing, exc: DeliveryError, result: Delivered, now: datetime
+) -> None:
+    """Record a failed send: a bounce ends mail to the address; a 4xx judged the
+    recipient's costs an attempt; a dropped connection costs nothing. The last two wait
+    their turn."""
     error = str(exc)[:500]
-    outcome = outbox.record_failure(
+    outcome = unsent.record_failure(
         engine,
         item.digest_id,
         item.subscriber_id,
@@ -249,6 +332,8 @@ def _failed(engine: Engine, item: Outgoing, exc: DeliveryError, result: Delivere
         counts=exc.counts,
         permanent=exc.permanent,
         max_attempts=MAX_ATTEMPTS,
+        fail_after=FAIL_AFTER,
+        now=now,
     )
     if outcome == "pending":
         result.deferred += 1

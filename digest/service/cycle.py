@@ -121,6 +121,10 @@ def _start_run(engine: Engine, period: date, now: datetime) -> int:
 def _finish_run(
     engine: Engine, run_id: int, report: RunReport, now: datetime, error: str | None
 ) -> None:
+    # A run that could not send is no "ok" run, though nothing broke: health and status
+    # must say so while the digests wait.
+    if error is None and report.delivered.gave_up:
+        error = f"could not send: {report.delivered.gave_up}"
     status = "failed" if error else ("stopped" if report.delivered.stopped else "ok")
     runs.finish(
         engine, run_id, status=status, figures=json.dumps(report.figures()), error=error, now=now
@@ -217,7 +221,7 @@ def run_cycle(
             with transaction(engine) as conn:
                 write_lock(conn)  # the write lock first: no ingest commits under us
                 composed_at = clock()  # "new" goes by ingest sequence, not by this
-                plans = plan_owed(conn, period=period)
+                plans = plan_owed(conn, period=period, take_in=True)
                 report.composed = record_plans(
                     conn,
                     plans,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from digest.deliver.transports import transport_label
 from digest.service.cycle import interrupt_dead_runs
@@ -17,18 +18,85 @@ from digest.store.engine import reading
 from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason, recent_failures, transport_state
 from digest.store.papers import counts as paper_counts
-from digest.store.runs import INTERRUPTED
+from digest.store.runs import INTERRUPTED, last_finished
 from digest.store.runs import recent as recent_runs
 from digest.store.runs import unfinished as unfinished_runs
 from digest.store.sources import all_states, recent_dumps
 from digest.store.subscribers import count_by_status
+from digest.store.unsent import waiting_ages
 
 RECENT_RUNS = 5
 BOUNCE_WINDOW = timedelta(days=7)
+# How long digests still to send have waited, as /metrics counts them (the last: longer).
+AGES = (
+    ("under_1h", timedelta(hours=1)),
+    ("1h_to_12h", timedelta(hours=12)),
+    ("12h_to_1d", timedelta(days=1)),
+    ("1d_to_3d", timedelta(days=3)),
+    ("over_3d", None),
+)
 
 
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
+
+
+@dataclass(frozen=True)
+class Sending:
+    """Whether mail is going out: what the last run could not send, how long digests have
+    waited, and the one reason (if any) that makes the installation unhealthy."""
+
+    could_not_send: str | None  # why the last finished run stopped sending
+    oldest_age: timedelta | None  # of the digest that has waited longest
+    by_age: dict[str, int]  # digests still to send, by how long they have waited
+    too_long: int  # of them, those waiting longer than ``max_pending_hours``
+    max_pending: timedelta
+
+    @property
+    def problem(self) -> str | None:
+        """Why sending is unhealthy, in a sentence; None when it is not."""
+        if self.could_not_send:
+            return f"the last run could not send: {self.could_not_send}"
+        if self.too_long:
+            hours = self.max_pending.total_seconds() / 3600
+            return (
+                f"{self.too_long} digest(s) waiting longer than {hours:g} h"
+                f" (the oldest for {_hours(self.oldest_age)})"
+            )
+        return None
+
+
+def _hours(age: timedelta | None) -> str:
+    return "0 h" if age is None else f"{age.total_seconds() / 3600:.1f} h"
+
+
+def sending_state(conn: Connection, now: datetime, max_pending_hours: float) -> Sending:
+    """How sending stands now (``problem``: why it is unhealthy)."""
+    limit = timedelta(hours=max_pending_hours)
+    bounds = [bound for _, bound in AGES if bound is not None]
+    oldest, total, older = waiting_ages(conn, now, [*bounds, limit])
+    *older_than, too_long = older
+    by_age: dict[str, int] = {}
+    previous = total  # "older than each bound" to "between one bound and the next"
+    for (label, _), more in zip(AGES, [*older_than, 0], strict=True):
+        by_age[label] = previous - more
+        previous = more
+    last = last_finished(conn)
+    could_not_send = None
+    if last is not None:
+        try:
+            figures = json.loads(last.figures)
+        except ValueError:
+            figures = {}
+        gave_up = figures.get("gave_up") if isinstance(figures, dict) else None
+        could_not_send = str(gave_up) if gave_up else None
+    return Sending(
+        could_not_send,
+        None if oldest is None else max(now - oldest, timedelta(0)),
+        by_age,
+        too_long,
+        limit,
+    )
 
 
 def collect_status(
@@ -47,6 +115,7 @@ def collect_status(
         dumps = recent_dumps(conn, RECENT_RUNS)
         sources = all_states(conn)
         failed = recent_failures(conn, now - BOUNCE_WINDOW)
+        sending = sending_state(conn, now, settings.max_pending_hours)
         conn.rollback()
     subscribers = count_by_status(engine)
     outbox = outbox_counts(engine)
@@ -79,12 +148,26 @@ def collect_status(
     if interrupted:
         warnings.append(f"{len(interrupted)} run(s) interrupted (their process ended)")
     if waiting:
-        warnings.append(f"{waiting} digest(s) waiting to be sent ({pending_reason(engine)})")
+        warnings.append(
+            f"{waiting} digest(s) waiting to be sent ({pending_reason(engine)});"
+            f" the oldest for {_hours(sending.oldest_age)}"
+        )
+    if sending.problem:
+        warnings.append(sending.problem)
     return {
         "papers": {"total": papers, "new_last_24h": new_today, "newest_first_seen": _iso(newest)},
         "subscribers": subscribers,
         "digests": outbox,
         "failed_digests": [{"period": str(p), "email": e, "error": err} for p, e, err in failed],
+        "sending": {
+            "problem": sending.problem,
+            "last_run_could_not_send": sending.could_not_send,
+            "oldest_pending_age_seconds": None
+            if sending.oldest_age is None
+            else int(sending.oldest_age.total_seconds()),
+            "pending_by_age": sending.by_age,
+            "max_pending_hours": settings.max_pending_hours,
+        },
         "runs": [
             {
                 "id": run.id,
@@ -152,10 +235,12 @@ def status_lines(data: dict[str, Any]) -> list[str]:
         )
     for run in data["runs"]:
         figures = run["figures"].get("digests", {})
+        why = f" ({run['error']})" if run["error"] else ""
         lines.append(
             f"run {run['id']} {run['period']} {run['status']}: "
             f"{figures.get('sent', 0)} sent, {figures.get('skipped', 0)} skipped, "
             f"{figures.get('failed', 0)} failed, {run['figures'].get('papers_new', 0)} new papers"
+            f"{why}"
         )
     for source in data["sources"]:
         lines.append(f"source {source['url']}: {source['status']} at {source['last_fetch_at']}")

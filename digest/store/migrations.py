@@ -260,6 +260,13 @@ def _v7_feedback(conn: Connection) -> None:
     table.create(conn)
 
 
+def _v8_first_attempt(conn: Connection) -> None:
+    """When a digest's first charged attempt was made: it fails for good only once its
+    attempts are spread over days, never within one bad afternoon."""
+    moment = sa.DateTime(timezone=True).compile(dialect=conn.dialect)
+    conn.execute(sa.text(f"ALTER TABLE digest ADD COLUMN first_attempt_at {moment}"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
@@ -268,6 +275,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v5_stable_feed_ids,
     _v6_self_service,
     _v7_feedback,
+    _v8_first_attempt,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

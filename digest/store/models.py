@@ -89,6 +89,7 @@ class Digest(SQLModel, table=True):
     message_id: str
     subject: str = ""
     attempts: int = 0
+    first_attempt_at: datetime | None = None  # the first attempt an answer about them cost
     last_error: str | None = None
     created_at: datetime
     sent_at: datetime | None = None

@@ -19,6 +19,7 @@ from digest.clock import as_utc
 from digest.store.engine import reading, transaction
 from digest.store.models import Digest, DigestItem, Paper, Subscriber, TransportState
 from digest.store.papers import ROW_COLUMNS, PaperRow, row_of
+from digest.store.unsent import Carried
 
 STATUSES = ("pending", "sending", "sent", "skipped", "failed")
 _WAITING = ("pending", "sending")
@@ -35,6 +36,7 @@ class Planned:
     message_id: str
     upto: int
     items: Sequence[tuple[int, float, str]]
+    carried: Carried | None = None  # from the waiting digests it takes in (``fold_waiting``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,7 @@ class OutboxRow:
     subscriber_id: int
     email: str
     token_salt: str
+    retried: bool = False  # tried before and still here: it goes after the fresh ones
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +115,11 @@ def record(
                 "period": period,
                 "status": p.status,
                 "message_id": p.message_id,
-                "created_at": now,
+                "created_at": now if p.carried is None else p.carried.since,
                 "run_id": run_id,
+                "attempts": 0 if p.carried is None else p.carried.attempts,
+                "first_attempt_at": None if p.carried is None else p.carried.first_attempt_at,
+                "last_error": None if p.carried is None else p.carried.last_error,
             }
             for p in planned
         ],
@@ -145,9 +151,12 @@ def record(
     )
 
 
-def load(engine: Engine, *, after: int = 0, limit: int | None = None) -> list[OutboxRow]:
+def load(
+    engine: Engine, *, after: int = 0, limit: int | None = None, retried: bool | None = None
+) -> list[OutboxRow]:
     """The digests still to send (pending, or caught mid-send by a crash) of active
-    subscribers after digest id ``after``, oldest first."""
+    subscribers after digest id ``after``, oldest first; ``retried`` True: only those tried
+    before (they carry an error), False: only the others."""
     query: Any = (
         sa.select(
             col(Digest.id),
@@ -156,6 +165,7 @@ def load(engine: Engine, *, after: int = 0, limit: int | None = None) -> list[Ou
             col(Subscriber.id),
             col(Subscriber.email),
             col(Subscriber.token_salt),
+            col(Digest.last_error).is_not(None),
         )
         .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
         .where(
@@ -165,10 +175,24 @@ def load(engine: Engine, *, after: int = 0, limit: int | None = None) -> list[Ou
         )
         .order_by(col(Digest.id))
     )
+    if retried is not None:
+        tried = col(Digest.last_error).is_not(None)
+        query = query.where(tried if retried else sa.not_(tried))
     if limit is not None:
         query = query.limit(limit)
     with reading(engine) as conn:
-        rows = [OutboxRow(*row) for row in conn.execute(query)]
+        rows = [
+            OutboxRow(
+                digest_id=row[0],
+                period=row[1],
+                message_id=row[2],
+                subscriber_id=row[3],
+                email=row[4],
+                token_salt=row[5],
+                retried=bool(row[6]),
+            )
+            for row in conn.execute(query)
+        ]
         conn.rollback()
     return rows
 
@@ -281,44 +305,6 @@ def mark_failed(engine: Engine, digest_id: int, reason: str) -> None:
             .where(col(Digest.id) == digest_id)
             .values(status="failed", last_error=reason[:500])
         )
-
-
-def record_failure(
-    engine: Engine,
-    digest_id: int,
-    subscriber_id: int,
-    *,
-    error: str,
-    counts: bool,
-    permanent: bool,
-    max_attempts: int,
-) -> str:
-    """Record a failed send; returns what became of the digest: "bounced" (the subscriber
-    too), "failed" (out of attempts) or "pending" (tried again later)."""
-    error = error[:500]
-    with transaction(engine) as conn:
-        attempts = conn.execute(
-            sa.select(col(Digest.attempts)).where(col(Digest.id) == digest_id)
-        ).scalar_one()
-        if counts:
-            attempts += 1
-        outcome = "bounced" if permanent else "failed" if attempts >= max_attempts else "pending"
-        conn.execute(
-            sa.update(Digest)
-            .where(col(Digest.id) == digest_id)
-            .values(
-                status="pending" if outcome == "pending" else "failed",
-                attempts=attempts,
-                last_error=error,
-            )
-        )
-        if permanent:
-            conn.execute(
-                sa.update(Subscriber)
-                .where(col(Subscriber.id) == subscriber_id)
-                .values(status="bounced")
-            )
-    return outcome
 
 
 def counts(engine: Engine) -> dict[str, int]:

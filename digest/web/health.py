@@ -1,14 +1,21 @@
 """``/healthz`` for load balancers and ``/metrics`` for Prometheus.
 
-Healthy means the database answers and the digest has run: the last run that ended
-``ok`` finished less than ``STALE_PERIODS`` schedule periods ago. The period is the
-longest gap between the schedule's next few times (so a weekdays-only schedule is not
-stale on a Monday morning). A store where no run was ever recorded is healthy, waiting
-for its first run; one whose runs all failed is not.
+Healthy means the database answers, mail goes out, and the digest has run. Mail goes
+out when the last run could send (no outage stopped it) and no digest has waited longer
+than ``max_pending_hours``. Has run: the last run that ended ``ok`` finished less than
+``STALE_PERIODS`` schedule periods ago. The period is the longest gap between the
+schedule's next few times (so a weekdays-only schedule is not stale on a Monday morning).
+A store where no run was ever recorded is healthy, waiting for its first run; one whose
+runs all failed is not. Each 503 says why.
+
+``/metrics`` is for loopback clients (a Prometheus on the same host, or behind the
+proxy's own access rules) and for those that send ``metrics_token`` as a bearer token.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import itertools
 import json
 from collections.abc import Iterable
@@ -21,6 +28,7 @@ from starlette.routing import BaseRoute, Route
 
 from digest.clock import as_utc
 from digest.service.scheduler import crontab_trigger
+from digest.service.status import sending_state
 from digest.store import runs
 from digest.store.engine import reading
 from digest.store.outbox import counts as outbox_counts
@@ -82,6 +90,7 @@ def healthz(request: Request) -> Response:
         with reading(state.engine) as conn:
             last_ok = runs.last_finished(conn, status="ok")
             last_any = runs.last_finished(conn)
+            sending = sending_state(conn, now, state.settings.max_pending_hours)
             conn.rollback()
     except Exception as exc:  # whatever keeps the store from answering is what this reports
         data.update(status="database unreachable", database=f"error: {exc}".splitlines()[0])
@@ -90,6 +99,15 @@ def healthz(request: Request) -> Response:
     data["last_ok_run"] = finished.isoformat() if finished else None
     data["last_ok_run_age_seconds"] = int((now - finished).total_seconds()) if finished else None
     data["last_run_status"] = last_any.status if last_any is not None else None
+    age = sending.oldest_age
+    data["oldest_pending_age_seconds"] = int(age.total_seconds()) if age is not None else None
+    data["max_pending_hours"] = state.settings.max_pending_hours
+    if sending.problem:
+        data["reason"] = sending.problem
+        data["status"] = (
+            "last run could not send" if sending.could_not_send else "digests waiting too long"
+        )
+        return _json(data, 503)
     if finished is None:
         healthy = last_any is None
         data["status"] = "waiting for the first run" if healthy else "no successful run"
@@ -103,16 +121,40 @@ def _metric(name: str, kind: str, help_text: str, lines: Iterable[str]) -> list[
     return [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *lines]
 
 
+def _refused(request: Request, token: str) -> Response | None:
+    """Why this client may not read the metrics (a 403 or 401), or None when it may."""
+    host = request.client.host if request.client else ""
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return None
+    except ValueError:
+        pass
+    if not token:
+        return Response("metrics are served to loopback only\n", status_code=403)
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode()):
+        return None
+    return Response(
+        "a bearer token is needed\n",
+        status_code=401,
+        headers={"www-authenticate": 'Bearer realm="metrics"'},
+    )
+
+
 def metrics(request: Request) -> Response:
-    """Papers, subscribers by status, the last run, the outbox by status, sends by result:
-    the Prometheus text format."""
+    """Papers, subscribers by status, the last run, the outbox by status and by how long
+    digests have waited, sends by result: the Prometheus text format."""
     state = state_of(request)
+    refused = _refused(request, state.settings.metrics_token)
+    if refused is not None:
+        return refused
     engine = state.engine
     with reading(engine) as conn:
         papers = paper_count(conn)
         last_any = runs.last_finished(conn)
         last_ok = runs.last_finished(conn, status="ok")
         figures = runs.figures_of_finished(conn)
+        sending = sending_state(conn, state.now(), state.settings.max_pending_hours)
         conn.rollback()
     subscribers = count_by_status(engine)
     outbox = outbox_counts(engine)
@@ -161,6 +203,25 @@ def metrics(request: Request) -> Response:
         "gauge",
         "Digests in the outbox by status.",
         [f'digest_outbox_digests{{status="{k}"}} {v}' for k, v in outbox.items()],
+    )
+    out += _metric(
+        "digest_pending_digests",
+        "gauge",
+        "Digests still to send, by how long they have waited.",
+        [f'digest_pending_digests{{age="{k}"}} {v}' for k, v in sending.by_age.items()],
+    )
+    oldest = sending.oldest_age.total_seconds() if sending.oldest_age is not None else 0
+    out += _metric(
+        "digest_pending_oldest_age_seconds",
+        "gauge",
+        "How long the digest waiting longest has waited (0: none waits).",
+        [f"digest_pending_oldest_age_seconds {oldest:.0f}"],
+    )
+    out += _metric(
+        "digest_sending_ok",
+        "gauge",
+        "1 when mail goes out: the last run could send and no digest waits too long.",
+        [f"digest_sending_ok {0 if sending.problem else 1}"],
     )
     out += _metric(
         "digest_sends_total",
