@@ -29,7 +29,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from digest.errors import ConfigError, WriteError
-from digest.files import write_private
+from digest.files import make_folder, write_private
 
 DEFAULT_CONFIG_NAME = "digest.toml"
 
@@ -367,7 +367,7 @@ class Settings:
         key = secrets.token_hex(32).encode()
         draft = path.with_name(f".secret.key.{os.getpid()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(path.parent)
             write_private(draft, key + b"\n")
             try:
                 # Appears whole or not at all, and never replaces a key another process made.

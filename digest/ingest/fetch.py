@@ -40,6 +40,7 @@ import httpx
 from sqlalchemy.engine import Engine
 
 from digest.clock import as_utc
+from digest.files import make_folder
 from digest.logs import redact
 from digest.retry import TryAgain
 from digest.retry import backoff as retry_backoff
@@ -229,7 +230,7 @@ class _Spool:
     """A dot-named temporary file in the inbox that becomes ``<name>-<sha256[:12]>.<ext>``."""
 
     def __init__(self, inbox: Path) -> None:
-        inbox.mkdir(parents=True, exist_ok=True)
+        make_folder(inbox)  # whatever the umask: nobody else may drop a listing in
         self.inbox = inbox
         fd, name = tempfile.mkstemp(dir=inbox, prefix=".fetch-", suffix=".part")
         self.path = Path(name)
