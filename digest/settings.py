@@ -199,7 +199,9 @@ class SettingsModel(BaseSettings):
         " text dumps).",
     )
     fetch_timeout: Annotated[float, Rule(check=_positive, high=3600)] = Field(
-        30.0, description="Seconds one source may take in all, retries and a slow server included."
+        30.0,
+        description="Seconds the whole fetch may take: sources are fetched at the same time"
+        " (8 at once), retries and slow servers included.",
     )
     fetch_max_bytes: Annotated[int, Rule(low=1, high=100_000_000_000)] = Field(
         50_000_000, description="Largest body accepted from a source."
