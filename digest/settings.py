@@ -222,6 +222,11 @@ class SettingsModel(BaseSettings):
     web_workers: Annotated[int, Rule(low=1, high=64)] = Field(
         1, description="Web worker processes of `digest web` (`digest serve` runs one)."
     )
+    web_header_timeout: Annotated[float, Rule(check=_positive, high=300)] = Field(
+        10.0,
+        description="Seconds a client of the web front has to send a request's headers,"
+        " from connecting or from its first byte; then the connection is closed.",
+    )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",
         description="Proxies whose X-Forwarded-For/-Proto headers are trusted (comma-separated"
@@ -331,6 +336,7 @@ class Settings:
     web_host: str
     web_port: int
     web_workers: int
+    web_header_timeout: float
     forwarded_allow_ips: str
     confirm_hours: float
     config_path: Path | None = field(default=None)
