@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import logging
 import signal
@@ -27,7 +28,8 @@ from digest.clock import period_of
 from digest.deliver.message import MessageBuilder
 from digest.deliver.views import ranked_json, ranked_views
 from digest.errors import AlreadyRunning, DigestError, UsageError, WriteError
-from digest.files import write_private
+from digest.feeds.render import FEEDS_FOLDER
+from digest.files import PRIVATE_FOLDER, make_folder, write_private
 from digest.ingest.dumps import Clock, DumpResult, ingest_inbox, ingest_paths
 from digest.logs import setup_logging
 from digest.rank.query import parse_interest
@@ -195,8 +197,11 @@ def cmd_init(args: argparse.Namespace, ctx: Context) -> int:
             raise WriteError(f"cannot write {target}: {exc.strerror}") from None
         ctx.say(f"wrote {target}")
     settings = load_settings(target)
-    for folder in settings.folders():
-        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        for folder in settings.folders():
+            make_folder(folder, FEEDS_FOLDER if folder == settings.feeds_dir else PRIVATE_FOLDER)
+    except OSError as exc:
+        raise WriteError(f"cannot make the folder {exc.filename}: {exc.strerror}") from None
     open_store(settings.database_url).dispose()
     ctx.say(f"data folder {settings.data_dir} ready")
     return 0
@@ -317,9 +322,10 @@ def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
         if target == "-":
             export_csv(rows, ctx.stdout)
         else:
+            out = io.StringIO(newline="")
+            count = export_csv(rows, out)
             try:
-                with open(target, "w", encoding="utf-8", newline="") as out:
-                    count = export_csv(rows, out)
+                write_private(Path(target), out.getvalue().encode("utf-8"))  # every address
             except OSError as exc:
                 raise DigestError(f"--export {target}: cannot write it ({exc})") from None
             ctx.say(f"exported {count} subscribers to {target}")
@@ -370,13 +376,15 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
                 message_id=message_id(key, subscriber.id or 0, period, settings.mail_from),
             )
             builder = MessageBuilder(sender_of(settings))
+            if out.suffix.lower() == ".eml":
+                rendered = builder.build(view, ctx.now())
+            elif out.suffix.lower() == ".txt":
+                rendered = builder.render_text(view).encode("utf-8")
+            else:
+                rendered = builder.render_html(view).encode("utf-8")
             try:
-                if out.suffix.lower() == ".eml":
-                    out.write_bytes(builder.build(view, ctx.now()))
-                elif out.suffix.lower() == ".txt":
-                    out.write_text(builder.render_text(view), encoding="utf-8")
-                else:
-                    out.write_text(builder.render_html(view), encoding="utf-8")
+                # 0600: its manage link can export or delete the reader
+                write_private(out, rendered)
             except OSError as exc:
                 raise DigestError(f"--out {args.out}: cannot write it ({exc})") from None
         conn.rollback()

@@ -29,7 +29,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from digest.errors import ConfigError, WriteError
-from digest.files import write_private
+from digest.files import make_folder, write_private
 
 DEFAULT_CONFIG_NAME = "digest.toml"
 
@@ -205,7 +205,9 @@ class SettingsModel(BaseSettings):
         " text dumps).",
     )
     fetch_timeout: Annotated[float, Rule(check=_positive, high=3600)] = Field(
-        30.0, description="Seconds one source may take in all, retries and a slow server included."
+        30.0,
+        description="Seconds the whole fetch may take: sources are fetched at the same time"
+        " (8 at once), retries and slow servers included.",
     )
     fetch_max_bytes: Annotated[int, Rule(low=1, high=100_000_000_000)] = Field(
         50_000_000, description="Largest body accepted from a source."
@@ -225,6 +227,11 @@ class SettingsModel(BaseSettings):
     )
     web_workers: Annotated[int, Rule(low=1, high=64)] = Field(
         1, description="Web worker processes of `digest web` (`digest serve` runs one)."
+    )
+    web_header_timeout: Annotated[float, Rule(check=_positive, high=300)] = Field(
+        10.0,
+        description="Seconds a client of the web front has to send a request's headers,"
+        " from connecting or from its first byte; then the connection is closed.",
     )
     forwarded_allow_ips: str = Field(
         "127.0.0.1",
@@ -345,6 +352,7 @@ class Settings:
     web_host: str
     web_port: int
     web_workers: int
+    web_header_timeout: float
     forwarded_allow_ips: str
     confirm_hours: float
     max_pending_hours: float
@@ -385,7 +393,7 @@ class Settings:
         key = secrets.token_hex(32).encode()
         draft = path.with_name(f".secret.key.{os.getpid()}")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(path.parent)
             write_private(draft, key + b"\n")
             try:
                 # Appears whole or not at all, and never replaces a key another process made.

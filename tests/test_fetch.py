@@ -6,6 +6,7 @@ import contextlib
 import gzip
 import hashlib
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -388,3 +389,55 @@ def test_secrets_in_errors_are_not_stored(server: Server, fetch: Fetch, engine: 
     [result] = fetch([url])
     assert result.status == "error"
     assert "s3cret" not in str(state_of(engine, url)["last_error"])
+
+
+@contextlib.contextmanager
+def hanging_servers(count: int) -> Iterator[list[str]]:
+    """``count`` servers on loopback that accept a connection, read the request and never
+    answer: each source that names one hangs until the fetch gives up on it."""
+    listeners = []
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept(listener: socket.socket) -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(conn)  # kept open, never answered
+
+    for _ in range(count):
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+        threading.Thread(target=accept, args=(listener,), daemon=True).start()
+    try:
+        yield [f"http://127.0.0.1:{sock.getsockname()[1]}/papers.json" for sock in listeners]
+    finally:
+        stop.set()
+        for sock in [*listeners, *accepted]:
+            sock.close()
+
+
+def test_hanging_sources_cost_one_timeout_not_one_each(
+    server: Server, fetch: Fetch, engine: Engine
+) -> None:
+    server.route("/papers.json", Reply(body=PAPERS))
+    with hanging_servers(4) as hanging:
+        started = time.monotonic()
+        results = fetch([*hanging, server.url("/papers.json")], timeout=1.0, sleep=time.sleep)
+        took = time.monotonic() - started
+    assert 1.0 <= took < 1.8, took  # one after another, four hanging sources took 4 s
+    assert [r.status for r in results] == ["error"] * 4 + ["ok"]  # in the order listed
+    assert {r.error for r in results[:4]} == {"timed out after 1s"}
+    assert state_of(engine, hanging[0])["last_status"] == "error"
+
+
+def test_sources_that_wait_for_a_worker_share_the_deadline(fetch: Fetch) -> None:
+    with hanging_servers(3) as hanging:
+        started = time.monotonic()
+        results = fetch(hanging, timeout=0.5, parallel=2, sleep=time.sleep)
+        took = time.monotonic() - started
+    assert took < 1.0, took  # the third never started: its time was up when a worker came free
+    assert [(r.status, r.error) for r in results] == [("error", "timed out after 0.5s")] * 3
+    assert results[2].attempts == 0

@@ -1,14 +1,18 @@
 """A fault soak: many subscribers, many runs, a random fault in each; then the server heals.
 
-Slow, so excluded by default; run it by hand and read the counts it prints::
+The full soak is slow, so excluded by default; run it by hand and read the counts it
+prints::
 
     python -m pytest -m slow -s tests/test_soak.py
 
 ``SOAK_SUBSCRIBERS`` (2,000), ``SOAK_RUNS`` (20) and ``SOAK_SEED`` (drawn and printed)
 change its size and replay a draw; ``SOAK_FAULTS`` (comma-separated) narrows the faults
-drawn from. Each run gets a new listing and one fault: the
-mail server down; 451, 550 or a dropped connection at some DATA commands; ``kill -9``
-at a random moment; a poison file in the inbox; non-ASCII subscribers. At the end,
+drawn from. A short soak (40 subscribers, five of the faults, a fixed seed) runs in the
+default suite, so the soak keeps up with what digest does. Each run gets a new listing
+and one fault: the mail server down; 451, 550 or a dropped connection at some DATA
+commands; ``kill -9`` at a random moment; a poison file in the inbox; non-ASCII
+subscribers (an international domain is taken, a non-ASCII local part is refused with
+exit code 2, as the README's "Addresses and consent" says). At the end,
 with the server healthy, every deliverable digest was delivered exactly once (apart
 from the documented crash window, under the same Message-ID), none is failed, and
 the store passes ``PRAGMA integrity_check``.
@@ -101,7 +105,25 @@ def scripted(rng: random.Random, reply: str, rate: float, count: int) -> list[st
 @pytest.mark.slow
 def test_fault_soak(site: Site) -> None:
     seed = int(os.environ.get("SOAK_SEED") or random.randrange(1_000_000))
+    draw = random.Random(seed)
+    soak(
+        site, seed=seed, subscribers=SUBSCRIBERS, faults=[draw.choice(FAULTS) for _ in range(RUNS)]
+    )
+
+
+def test_short_fault_soak(site: Site) -> None:
+    """A fault of each kind that changes what reaches the outbox or the server, once each,
+    in a fixed order, over a few subscribers: seconds, not minutes (a 451 takes the same
+    path as a dropped connection, and a poison dump has tests of its own)."""
+    faults = ["non-ascii", "550", "down", "drop", "kill"]
+    soak(site, seed=17, subscribers=40, faults=faults)
+
+
+def soak(site: Site, *, seed: int, subscribers: int, faults: list[str]) -> None:
+    """One run a fault in ``faults``, then two healthy runs; then check what arrived."""
     rng = random.Random(seed)
+    SUBSCRIBERS = subscribers
+    RUNS = len(faults)
     print(f"\nsoak: seed {seed}, {SUBSCRIBERS} subscribers, {RUNS} runs")
     handler = site.server.handler
     handler.keep_bodies = False
@@ -126,7 +148,7 @@ def test_fault_soak(site: Site) -> None:
     for run in range(RUNS + 2):
         period = START + timedelta(days=min(run, RUNS))
         healing = run >= RUNS  # the last two runs: no fault, no new listing
-        fault = "none" if healing else rng.choice(FAULTS)
+        fault = "none" if healing else faults[run]
         drawn[fault] += 1
         env = dict(site.env)
         if not healing:
@@ -142,10 +164,13 @@ def test_fault_soak(site: Site) -> None:
         elif fault == "poison":
             (inbox / f"poison-{run:02d}.json").write_bytes(b"\x00\xff{[" * 64)
         elif fault == "non-ascii":
-            for address in (f"üser{run}@example.org", f"user{run}@bücher{run}.example"):
-                made = site.cli("subscribe", address, "--interest", rng.choice(WORDS))
-                assert made.code == 0, made.err
-                non_ascii.append(address)
+            refused = site.cli("subscribe", f"üser{run}@example.org", "--interest", "video")
+            assert refused.code == 2, refused.err  # it would need SMTPUTF8
+            assert "the part before the @ must be ASCII" in refused.err
+            address = f"user{run}@bücher{run}.example"  # stored in its IDNA form
+            made = site.cli("subscribe", address, "--interest", rng.choice(WORDS))
+            assert made.code == 0, made.err
+            non_ascii.append(address)
         started = time.monotonic()
         proc = subprocess.Popen(
             site.command("run", "--period", period.isoformat()),
@@ -198,7 +223,7 @@ def test_fault_soak(site: Site) -> None:
     statuses = Counter(status for status, *_ in digests)
 
     def deliverable(email: str, subscriber_status: str) -> bool:
-        return subscriber_status == "active" and email.partition("@")[0].isascii()
+        return subscriber_status == "active"
 
     sent = {mid for status, mid, _, _, _ in digests if status == "sent"}
     undelivered = [
@@ -209,11 +234,7 @@ def test_fault_soak(site: Site) -> None:
     never_arrived = [mid for mid in sent if received[mid] == 0]
     unknown = [mid for mid in received if mid not in sent]
     twice = {mid: n for mid, n in received.items() if n > 1}
-    failed = Counter(
-        "set aside" if not email.partition("@")[0].isascii() else sub_status
-        for status, _, _, email, sub_status in digests
-        if status == "failed"
-    )
+    failed = Counter(sub_status for status, _, _, _, sub_status in digests if status == "failed")
     bounced = len({email for *_, email, sub_status in digests if sub_status == "bounced"})
     print(
         f"faults drawn: {dict(sorted(drawn.items()))}\n"
@@ -225,7 +246,7 @@ def test_fault_soak(site: Site) -> None:
         f"deliverable but not delivered: {len(undelivered)};"
         f" sent but never received: {len(never_arrived)}\n"
         f"failed digests by cause: {dict(sorted(failed.items()))};"
-        f" subscribers bounced: {bounced}, non-ASCII added: {len(non_ascii)}\n"
+        f" subscribers bounced: {bounced}, international domains added: {len(non_ascii)}\n"
         f"integrity_check: {integrity}"
     )
     assert integrity == "ok"

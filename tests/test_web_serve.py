@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -61,3 +62,52 @@ def test_a_port_in_use_is_one_clear_line(site: Site, command: str) -> None:
     assert last.startswith("digest: the web front cannot listen on 127.0.0.1:"), result.err
     assert "web_port" in last
     assert "Traceback" not in result.err
+
+
+def _closed_after(sock: socket.socket, limit: float) -> float:
+    """Seconds until the server closes ``sock`` (end of file); fails past ``limit``."""
+    started = time.monotonic()
+    sock.settimeout(limit)
+    try:
+        while sock.recv(4096):
+            pass  # a 4xx page before closing would do too
+    except TimeoutError:
+        pytest.fail(f"the connection was still open after {limit}s")
+    except ConnectionResetError:
+        pass
+    return time.monotonic() - started
+
+
+@pytest.mark.parametrize(("command", "workers"), [("serve", "1"), ("web", "1"), ("web", "2")])
+def test_a_client_slow_to_send_its_headers_is_cut_off(
+    site: Site, command: str, workers: str
+) -> None:
+    port = int(site.env["DIGEST_WEB_PORT"])
+    site.env.update(
+        DIGEST_SCHEDULE="0 0 1 1 *", DIGEST_WEB_WORKERS=workers, DIGEST_WEB_HEADER_TIMEOUT="1"
+    )
+    process = site.spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _answers(port) or process.poll() is not None, "the web front")
+        with (
+            socket.create_connection(("127.0.0.1", port)) as half,
+            socket.create_connection(("127.0.0.1", port)) as silent,
+            socket.create_connection(("127.0.0.1", port)) as kept,
+        ):
+            half.sendall(b"GET / HT")  # half a request line, then nothing
+            kept.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert kept.recv(64).startswith(b"HTTP/1.1 200")
+            assert _closed_after(half, 5) < 1.8
+            assert _closed_after(silent, 5) < 1.8
+            # a second request on a kept-alive connection has the same limit
+            time.sleep(0.2)
+            kept.sendall(b"GET / HTTP/1.1\r\nHo")
+            assert _closed_after(kept, 5) < 1.8
+        assert _answers(port)  # the server itself is fine
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 import aiosmtplib
 
 from digest.errors import ConfigError, DeliveryError
-from digest.files import write_private
+from digest.files import make_folder, write_private
 from digest.retry import Backoff, TryAgain
 from digest.retry import backoff as retry_backoff
 
@@ -146,13 +146,16 @@ class FileTransport(_Closing):
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self._counter = itertools.count()
+        self._made = False
 
     async def send(self, sender_addr: str, recipient: str, message: bytes, message_id: str) -> None:
         """Write the message to ``<message id>.eml`` (temp file, then rename)."""
         target = self.directory / eml_name(message_id)
         temp = self.directory / f".{target.name}.{os.getpid()}.{next(self._counter)}.tmp"
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            if not self._made:
+                make_folder(self.directory)  # whatever the umask: nobody else may add a message
+                self._made = True
             write_private(temp, message)  # its links carry the reader's unsubscribe token
             os.replace(temp, target)
         except OSError as exc:

@@ -35,6 +35,8 @@ from digest.deliver.message import PaperView, prepare
 from digest.deliver.views import Links, paper_view
 from digest.errors import WriteError
 from digest.feeds.render import (
+    FEEDS_FOLDER,
+    PRIVATE_FEEDS_FOLDER,
     FeedItem,
     FeedKind,
     FeedMeta,
@@ -42,6 +44,7 @@ from digest.feeds.render import (
     paper_guid,
     write_feed_if_changed,
 )
+from digest.files import make_folder
 from digest.store import outbox, papers
 from digest.store.engine import feed_authority, reading
 from digest.store.papers import PaperRow
@@ -162,8 +165,7 @@ def publish_feeds(
     does not exist yet is written whatever it says. ``private`` False: the global feed only
     (the web front serves the private ones from the store).
     """
-    if private:
-        _make_private_folder(folder / "private")
+    _make_folders(folder, private=private)
     site = site_of(engine, base_url=base_url, site_name=site_name, limit=limit)
     with reading(engine) as conn:
         public = public_items(conn, site)
@@ -213,12 +215,17 @@ def publish_feeds(
     return {"written": written, "unchanged": len(jobs) - written}
 
 
-def _make_private_folder(private: Path) -> None:
+def _make_folders(folder: Path, *, private: bool) -> None:
+    """The feeds folder, and its ``private/`` (open by name, never listed) whatever the umask."""
     try:
-        private.mkdir(parents=True, exist_ok=True)
-        os.chmod(private, 0o711)  # whatever the umask: open by name, never list
+        make_folder(folder, FEEDS_FOLDER)
+        if private:
+            make_folder(folder / "private", PRIVATE_FEEDS_FOLDER)
+            os.chmod(folder / "private", PRIVATE_FEEDS_FOLDER)  # also when it was there
     except OSError as exc:
-        raise WriteError(f"cannot make the feeds folder {private}: {exc.strerror}") from None
+        raise WriteError(
+            f"cannot make the feeds folder {exc.filename or folder}: {exc.strerror}"
+        ) from None
 
 
 Job = tuple[Path, FeedMeta, list[FeedItem]]

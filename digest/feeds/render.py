@@ -38,9 +38,15 @@ from digest.deliver.message import (
     shown,
 )
 from digest.errors import WriteError
+from digest.files import make_folder
 from digest.rank.highlight import mark
 
 FeedKind = Literal["rss", "atom"]
+# Served by a web server running as another user: the feeds folder is listable, the private
+# feeds' folder only opens by name (a private feed's name is its secret).
+FEEDS_FOLDER = 0o755
+PRIVATE_FEEDS_FOLDER = 0o711
+FEED_FILE = 0o644
 GUID_DATE = "2024"  # part of every tag: guid; changing it would re-announce every paper
 
 _NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
@@ -247,7 +253,8 @@ def write_atomically(path: Path, data: bytes) -> None:
     of private feeds would cost more than building them.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.parent.is_dir():
+            make_folder(path.parent, FEEDS_FOLDER)
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise WriteError(f"cannot write the feed {path}: {exc.strerror or exc}") from None
@@ -256,7 +263,7 @@ def write_atomically(path: Path, data: bytes) -> None:
             out.write(data)
         # mkstemp makes 0600; feeds are served by a web server (their content is public, a
         # private feed's name is its secret: see ``publish``)
-        os.chmod(temp, 0o644)
+        os.chmod(temp, FEED_FILE)
         os.replace(temp, path)
     except OSError as exc:
         Path(temp).unlink(missing_ok=True)

@@ -27,7 +27,7 @@ from typing import Any, BinaryIO
 from sqlalchemy.engine import Engine
 
 from digest.errors import DigestError, ListingError, ListingUnreadable, StoreCorrupt
-from digest.files import write_private
+from digest.files import make_folder, write_private
 from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
 from digest.ingest.readers import display_path, open_listing, read_listing
@@ -248,7 +248,7 @@ def _note_of(path: Path) -> Path:
 def _move_aside(path: Path, folder: Path, note: str | None = None) -> Path:
     """Move ``path`` into ``folder`` without overwriting an earlier file of the same name;
     with ``note``, write it first into ``<name>.error`` beside where the file goes."""
-    folder.mkdir(exist_ok=True)
+    make_folder(folder)
     target = _free_name(folder, path)
     if note is not None:
         write_private(_note_of(target), (note + "\n").encode("utf-8"))

@@ -2,10 +2,11 @@
 
 Each source is fetched over httpx with a conditional GET (the ETag and Last-Modified of
 the last good answer), gzip, retries with exponential back-off on 5xx, 429 and dropped
-connections, and a size cap enforced while streaming. ``timeout`` is a total
-deadline for the source, attempts and back-off included: when it passes, the
-socket in use is shut down, so even a server dripping a byte a second cannot
-hold the run (and its lock) longer. A good body is
+connections, and a size cap enforced while streaming. The sources are fetched at
+the same time, in a few threads, and ``timeout`` is one deadline for the whole
+fetch, attempts and back-off included: when it passes, every socket in use is
+shut down, so neither a server dripping a byte a second nor ten that never answer
+can hold the run (and its lock) longer. A good body is
 written to a dot-named temporary file in the inbox and renamed into place, so
 ingest (which skips dotfiles) never reads half a file.
 
@@ -17,6 +18,7 @@ can tell "nothing new upstream" from "we got new papers".
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import hashlib
 import importlib.metadata
@@ -29,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -40,6 +43,7 @@ import httpx
 from sqlalchemy.engine import Engine
 
 from digest.clock import as_utc
+from digest.files import make_folder
 from digest.logs import redact
 from digest.retry import TryAgain
 from digest.retry import backoff as retry_backoff
@@ -61,6 +65,7 @@ STORED_STATUSES = (OK, NOT_MODIFIED, EMPTY, TRUNCATED, ERROR, TOO_LARGE)
 DEFAULT_MIN_INTERVAL = timedelta(minutes=5)
 DEFAULT_BACKOFF = 2.0  # seconds before the first retry; doubled for each further one
 MAX_BACKOFF = 300.0
+PARALLEL = 8  # sources fetched at once: enough for a site's few, polite to a shared host
 CHUNK = 64 * 1024
 # Bodies up to this size are kept in memory to check for an empty listing; a real listing
 # with papers in it is larger, and an empty feed or "[]" is far smaller.
@@ -119,8 +124,9 @@ class _Fetched:
 
 
 class _Deadline:
-    """A total time limit for one source: when it passes, every socket it watches is shut
-    down, which ends whatever read is blocked on it (a stalled or dripping server)."""
+    """A total time limit for a fetch: when it passes, every socket it watches (any
+    source's, any thread's) is shut down, which ends whatever read is blocked on it (a
+    stalled or dripping server)."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -174,8 +180,9 @@ def _shut(sock: socket.socket) -> None:
 
 
 def _client(proxies: dict[str, str] | None) -> httpx.Client:
-    """One client for a whole fetch: no connection outlives its source (each new socket
-    is handed to that source's deadline), redirects followed, gzip decoded."""
+    """One client for a whole fetch, shared by its threads: no connection is kept for
+    another request (each new socket is handed to the fetch's deadline), redirects
+    followed, gzip decoded."""
     mounts: dict[str, httpx.BaseTransport | None] = {}
     if proxies is not None:
         # Given proxies replace the environment's; ``{}`` means none at all.
@@ -229,7 +236,7 @@ class _Spool:
     """A dot-named temporary file in the inbox that becomes ``<name>-<sha256[:12]>.<ext>``."""
 
     def __init__(self, inbox: Path) -> None:
-        inbox.mkdir(parents=True, exist_ok=True)
+        make_folder(inbox)  # whatever the umask: nobody else may drop a listing in
         self.inbox = inbox
         fd, name = tempfile.mkstemp(dir=inbox, prefix=".fetch-", suffix=".part")
         self.path = Path(name)
@@ -533,75 +540,125 @@ def fetch_sources(
     min_interval: timedelta = DEFAULT_MIN_INTERVAL,
     sleep: Callable[[float], None] = time.sleep,
     proxies: dict[str, str] | None = None,
+    parallel: int = PARALLEL,
 ) -> list[FetchResult]:
     """Fetch each source into ``inbox``, record each outcome in ``SourceState``, return them.
 
-    ``timeout`` is each source's total deadline; ``proxies`` maps a scheme to its proxy URL
-    (None: the environment's proxies; ``{}``: none).
+    The sources are fetched at the same time (``parallel`` at most) under one deadline:
+    ``timeout`` seconds from the start for the whole fetch, so however many sources hang
+    the fetch takes about ``timeout``, not that times their number. ``proxies`` maps a
+    scheme to its proxy URL (None: the environment's proxies; ``{}``: none).
     """
     wanted = list(dict.fromkeys(urls))  # a source listed twice is fetched once
     stamp = as_utc(now)
     states = sources.source_states(engine, wanted)
     known = functools.partial(sources.dump_known, engine)
     results: list[FetchResult] = []
-    with _client(proxies) as client:
-        for url in wanted:
-            state = states.get(url)
-            try:
-                local = _local_path(url)
-            except ValueError as exc:
-                fetched = _Fetched(ERROR, error=str(exc))
-            else:
-                if local is not None:
-                    fetched = _fetch_local(local, state, inbox, max_bytes, known)
-                else:
-                    last = state.get("last_fetch_at") if state else None
-                    if last is not None and stamp - as_utc(last) < min_interval:
-                        # Polite: however often polls and runs come, a server hears from us at most
-                        # once per interval.
-                        results.append(FetchResult(url, SKIPPED, attempts=0))
-                        log.debug("source fetched recently, skipped", extra={"source": url})
-                        continue
-                    deadline = _Deadline(timeout)
-                    try:
-                        fetched = _fetch_http(
-                            url,
-                            state,
-                            inbox,
-                            deadline=deadline,
-                            max_bytes=max_bytes,
-                            retries=retries,
-                            backoff=backoff,
-                            sleep=sleep,
-                            client=client,
-                            known=known,
-                        )
-                    finally:
-                        deadline.cancel()
-            if fetched.error:
-                fetched = replace(fetched, error=redact(fetched.error))
-            _save_state(engine, url, state, fetched, stamp)
-            result = FetchResult(
-                url=url,
-                status=fetched.status,
-                path=fetched.path if fetched.status == OK else None,
-                bytes=fetched.nbytes,
-                error=fetched.error,
-                attempts=fetched.attempts,
-                http_status=fetched.http_status,
+    deadline = _Deadline(timeout)
+    try:
+        with (
+            _client(proxies) as client,
+            ThreadPoolExecutor(max(1, min(parallel, len(wanted))), "fetch") as pool,
+        ):
+            fetch_one = functools.partial(
+                _fetch_one,
+                inbox=inbox,
+                now=stamp,
+                deadline=deadline,
+                max_bytes=max_bytes,
+                retries=retries,
+                backoff=backoff,
+                min_interval=min_interval,
+                sleep=sleep,
+                client=client,
+                known=known,
             )
-            results.append(result)
-            level = logging.INFO if result.status in {OK, NOT_MODIFIED} else logging.WARNING
-            log.log(
-                level,
-                "source %s",
-                result.status,
-                extra={
-                    "source": url,
-                    "status": result.status,
-                    "bytes": result.bytes,
-                    "file": result.path.name if result.path else None,
-                    "error": result.error,
-                },
-            )
+            # each in a copy of this context: the run id stays on the workers' log lines
+            futures = [
+                pool.submit(contextvars.copy_context().run, fetch_one, url, states.get(url))
+                for url in wanted
+            ]
+            for url, future in zip(wanted, futures, strict=True):
+                # the store's writes stay in this thread, in the order the sources are listed
+                results.append(_record(engine, url, states.get(url), future.result(), stamp))
+    finally:
+        deadline.cancel()
     return results
+
+
+def _fetch_one(
+    url: str,
+    state: dict[str, Any] | None,
+    *,
+    inbox: Path,
+    now: datetime,
+    deadline: _Deadline,
+    max_bytes: int,
+    retries: int,
+    backoff: float,
+    min_interval: timedelta,
+    sleep: Callable[[float], None],
+    client: httpx.Client,
+    known: Callable[[str], bool],
+) -> _Fetched | None:
+    """One source (in a worker thread); None when it was fetched too recently to ask again."""
+    try:
+        local = _local_path(url)
+    except ValueError as exc:
+        return _Fetched(ERROR, error=str(exc))
+    if local is not None:
+        return _fetch_local(local, state, inbox, max_bytes, known)
+    last = state.get("last_fetch_at") if state else None
+    if last is not None and now - as_utc(last) < min_interval:
+        # Polite: however often polls and runs come, a server hears from us at most once
+        # per interval.
+        log.debug("source fetched recently, skipped", extra={"source": url})
+        return None
+    if deadline.passed():  # waited for a free worker until the whole fetch's time was up
+        return _Fetched(ERROR, error=deadline.error(), attempts=0)
+    return _fetch_http(
+        url,
+        state,
+        inbox,
+        deadline=deadline,
+        max_bytes=max_bytes,
+        retries=retries,
+        backoff=backoff,
+        sleep=sleep,
+        client=client,
+        known=known,
+    )
+
+
+def _record(
+    engine: Engine, url: str, state: dict[str, Any] | None, fetched: _Fetched | None, now: datetime
+) -> FetchResult:
+    """Save one source's outcome in ``SourceState`` and log it; a skip changes nothing."""
+    if fetched is None:
+        return FetchResult(url, SKIPPED, attempts=0)
+    if fetched.error:
+        fetched = replace(fetched, error=redact(fetched.error))
+    _save_state(engine, url, state, fetched, now)
+    result = FetchResult(
+        url=url,
+        status=fetched.status,
+        path=fetched.path if fetched.status == OK else None,
+        bytes=fetched.nbytes,
+        error=fetched.error,
+        attempts=fetched.attempts,
+        http_status=fetched.http_status,
+    )
+    level = logging.INFO if result.status in {OK, NOT_MODIFIED} else logging.WARNING
+    log.log(
+        level,
+        "source %s",
+        result.status,
+        extra={
+            "source": url,
+            "status": result.status,
+            "bytes": result.bytes,
+            "file": result.path.name if result.path else None,
+            "error": result.error,
+        },
+    )
+    return result

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from digest.errors import AlreadyRunning, WriteError
+from digest.files import make_folder
 from digest.settings import Settings
 from digest.store.engine import advisory_lock
 
@@ -94,7 +95,7 @@ def _cannot_write(path: Path, exc: OSError) -> WriteError:
 @contextmanager
 def _file_lock(path: Path) -> Iterator[LockInfo]:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(path.parent)
         # os.open makes a non-inheritable descriptor: a child process (an SMTP helper, a
         # shell hook) must not keep the lock alive after this process exits.
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)

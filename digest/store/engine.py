@@ -28,7 +28,7 @@ from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from digest.errors import StoreCorrupt, StoreError
-from digest.files import PRIVATE, make_private
+from digest.files import PRIVATE, make_folder, make_private
 from digest.store.migrations import SCHEMA_VERSION, current_version, migrate
 from digest.store.models import StoreMeta
 
@@ -93,7 +93,7 @@ def _prepare_file(path: Path) -> None:
     its -wal and -shm files take the database's mode)."""
     if not os.path.lexists(path):
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_folder(path.parent)
             os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE))
         except OSError as exc:
             raise StoreError(f"cannot create the database {path}: {exc.strerror}") from None

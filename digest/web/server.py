@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -10,9 +11,11 @@ import signal
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 from sqlalchemy.engine import Engine
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors import Multiprocess
 
 from digest.errors import ConfigError
@@ -22,9 +25,62 @@ from digest.web.app import create_app
 log = logging.getLogger("digest.web")
 
 
+class _Config(uvicorn.Config):
+    """uvicorn's settings, and how long a client has to send a request's headers."""
+
+    header_timeout = 10.0
+
+
+class HeaderDeadline(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 connection, closed when a request's headers do not arrive in time.
+
+    uvicorn (0.55) has no such limit: a connection that sends nothing, or half a request
+    line, is kept for good, so a few hundred slow clients hold every file descriptor. The
+    clock starts when the connection is made and again when the first byte of a later
+    request arrives; headers complete stop it. Idle time between requests is uvicorn's
+    keep-alive timeout.
+    """
+
+    def __init__(self, config: uvicorn.Config, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.header_timeout = getattr(config, "header_timeout", _Config.header_timeout)
+        self.header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_header_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self.header_timer is None and (self.cycle is None or self.cycle.response_complete):
+            self._start_header_timer()  # the first bytes of the next request
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._stop_header_timer()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_header_timer()
+        super().connection_lost(exc)
+
+    def _start_header_timer(self) -> None:
+        self.header_timer = self.loop.call_later(self.header_timeout, self._headers_too_slow)
+
+    def _stop_header_timer(self) -> None:
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self.header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
 def _config(settings: Settings, app: object, **extra: object) -> uvicorn.Config:
-    return uvicorn.Config(
+    config = _Config(
         app,  # type: ignore[arg-type]
+        http=HeaderDeadline,
         host=settings.web_host,
         port=settings.web_port,
         proxy_headers=True,
@@ -36,6 +92,8 @@ def _config(settings: Settings, app: object, **extra: object) -> uvicorn.Config:
         server_header=False,
         **extra,  # type: ignore[arg-type]
     )
+    config.header_timeout = settings.web_header_timeout
+    return config
 
 
 def listen(settings: Settings) -> socket.socket:
