@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from digest.rank.highlight import find_marks, mark
 from digest.rank.ranker import rank, search
 from digest.rank.text import DEFAULT
 from digest.rank.types import CorpusStats, PlainPaper, Profile
@@ -141,3 +142,17 @@ def test_a_digest_with_speech_and_part_of_speech_papers_ranks_only_speech() -> N
     assert set(speech) == {2, 4, 5, 6}
     assert speech.index(6) > max(speech.index(2), speech.index(4))
     assert {r.paper_id for r in ranked[2]} == {1, 3, 6}
+
+
+def marked(title: str, interests: tuple[str, ...]) -> str:
+    return str(mark(title, find_marks(title, "", interests).title, "[", "]"))
+
+
+def test_the_highlight_marks_the_compound_only_for_an_interest_that_names_it() -> None:
+    title = "Part-of-Speech Tagging of Transcribed Speech"
+    assert marked(title, ("speech",)) == "Part-of-Speech Tagging of Transcribed [Speech]"
+    assert marked(title, ("part-of-speech",)) == "[Part-of-Speech] Tagging of Transcribed Speech"
+    assert marked("Sparse Mixture-of-Experts", ("mixture of experts",)) == (
+        "Sparse [Mixture-of-Experts]"
+    )
+    assert marked("A State-of-the-Art Parser", ("art",)) == "A State-of-the-Art Parser"
