@@ -43,9 +43,9 @@ class Field:
         self.counts: dict[str, int] = Counter(terms)
         # Joined terms covering several positions: "self-supervised" → selfsupervis.
         self.spans: dict[str, list[tuple[int, int]]] = {}
-        # Fixed compounds ("part-of-speech"): (first, last position) of each, the positions
-        # they cover, and each word inside one → (its position, the unit's own words).
-        self.units: list[tuple[int, int]] = []
+        # Fixed compounds ("part-of-speech"): (first, last position, own words) of each, the
+        # positions they cover, and each word inside one → (its position, the own words).
+        self.units: list[tuple[int, int, frozenset[str]]] = []
         self.inside: frozenset[int] = frozenset()
         self.fixed: dict[str, list[tuple[int, frozenset[str]]]] = {}
         self._positions: dict[str, list[int]] | None = None
@@ -70,7 +70,7 @@ class Field:
                     del counts[term]
                 fixed.setdefault(term, []).append((i, own))
                 inside.add(i)
-        self.units.extend(units)
+            self.units.append((first, last, own))
         self.inside = frozenset(inside)
 
     def tally(self, term: str, company: frozenset[str]) -> int:
@@ -90,11 +90,13 @@ class Field:
         spans = [(p, p) for p in self.positions().get(term, ()) if p not in inside or p in allowed]
         return spans + self.spans.get(term, [])
 
-    def cuts(self, first: int, last: int) -> bool:
-        """Whether positions first..last take in part of a fixed compound, not all of it."""
+    def cuts(self, first: int, last: int, words: frozenset[str] = frozenset()) -> bool:
+        """Whether positions first..last take in part of a fixed compound, not all of it,
+        and ``words`` (a phrase's) do not name it: "speech tagging" cuts "part-of-speech
+        tagging", "code search" does not cut "code-to-code search"."""
         return any(
-            first <= end and last >= start and (first > start or last < end)
-            for start, end in self.units
+            first <= end and last >= start and (first > start or last < end) and not own <= words
+            for start, end, own in self.units
         )
 
     def add_span(self, joined: str, start: int, end: int) -> None:

@@ -149,7 +149,8 @@ def _chain(fld: Field, words: list[str]) -> list[tuple[int, int]]:
         if not open_spans:
             return []
     if fld.units:  # "speech tagging" is not in "part-of-speech tagging"
-        return [(s, e) for s, e in open_spans if not fld.cuts(s, e)]
+        named = frozenset(words)
+        return [(s, e) for s, e in open_spans if not fld.cuts(s, e, named)]
     return open_spans
 
 
