@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender, shorten, shown
+from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender, shown
 from digest.feeds.render import item_for_paper
 from digest.ingest.listing import Entry
 from digest.ingest.readers import read_listing

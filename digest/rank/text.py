@@ -58,9 +58,12 @@ _VOWELS = frozenset("aeiouy")
 # their meaning ("text-to-speech", "vision-and-language", "sim-to-real"), unless the chain
 # is a set phrase: the same word on both sides ("end-to-end", "step-by-step") or a particle
 # before ("up-to-date", "all-in-one"), or the chain opens with them ("in-the-wild").
-_BINDING = frozenset("of the a an".split())
-_JOINING = frozenset("to by in on for and or from at as with into onto over per via".split())
-_PARTICLES = frozenset("up out off down over in on all at by".split())
+_BINDING_WORDS = "of the a an"
+_JOINING_WORDS = "to by in on for and or from at as with into onto over per via"
+_PARTICLE_WORDS = "up out off down over in on all at by"
+_BINDING = frozenset(_BINDING_WORDS.split())
+_JOINING = frozenset(_JOINING_WORDS.split())
+_PARTICLES = frozenset(_PARTICLE_WORDS.split())
 LINKING = _BINDING | _JOINING  # a fixed compound's words less these are its own words
 _MEMO_LIMIT = 500_000  # distinct words remembered; a 1M-paper scan stays bounded
 
