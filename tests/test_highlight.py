@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender, shorten, shown
+from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender, shown
 from digest.feeds.render import item_for_paper
 from digest.ingest.listing import Entry
 from digest.ingest.readers import read_listing
@@ -78,12 +78,19 @@ def assert_intact(title: str, abstract: str, interests: tuple[str, ...]) -> bool
         assert "</mark><mark" not in marked  # touching marks are one mark
         assert not re.search(r"<mark[^>]*>[^<]*<mark", marked)  # never nested
     assert html.unescape(MARK.sub("", title_html)) == " ".join(title.split())
-    shown, cut = shorten(abstract)
-    assert html.unescape(MARK.sub("", abstract_html)) == (shown or "")
+    text = shown(PaperView("k", title, abstract, None, None, 1.0, interests))
+    shown_text, cut = text.abstract, text.truncated
+    assert html.unescape(MARK.sub("", abstract_html)) == shown_text
     whole = " ".join(abstract.split())
-    assert whole == shown if not cut else whole.startswith(shown[:-1])
+    # Its beginning, or a window around the first word that matched: the paper's own words.
+    part = shown_text.removeprefix("… ").removesuffix("…") if cut else shown_text
+    assert whole == shown_text if not cut else part in whole
+    if cut and shown_text.startswith("… "):
+        assert whole[whole.index(part) - 1] == " "
+    elif cut:
+        assert whole.startswith(part)
     plain = summary.replace("<strong>", "").replace("</strong>", "")
-    assert f"<p>{html.escape(shown, quote=False)}</p>" in plain.replace("&#34;", '"').replace(
+    assert f"<p>{html.escape(shown_text, quote=False)}</p>" in plain.replace("&#34;", '"').replace(
         "&#39;", "'"
     )
     return "<mark" in title_html + abstract_html
@@ -186,23 +193,26 @@ def test_reasons_are_plain_words() -> None:
 
 
 def test_an_interest_matched_only_where_the_abstract_is_cut_is_given_in_plain_words() -> None:
+    # The part shown is a window around the first word that matched ("diffusion"): the
+    # interest that matched beyond it is given in plain words.
     paper = PaperView(
         "k",
         "A title",
-        "Words " * 80 + "and then diffusion models and LLMs.",
+        "Words " * 80 + "and then diffusion models" + " and more" * 60 + " and LLMs.",
         None,
         None,
         1.0,
         ("diffus*", 'llm OR "language model"', "title:title"),
     )
     text = shown(paper)
-    assert text.truncated and "diffusion" not in text.abstract
+    assert text.truncated and "diffusion" in text.abstract and "LLMs" not in text.abstract
     assert text.marks.reasons == (
-        "words starting with diffus",
+        "diffusion",
         "llm or language model",
         "title (in the title)",
     )
-    assert text.marks.abstract == ()
+    ((start, end),) = text.marks.abstract
+    assert text.abstract[start:end] == "diffusion"
 
 
 def test_reasons_that_say_the_same_are_given_once() -> None:

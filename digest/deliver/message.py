@@ -222,12 +222,45 @@ class Shown:
     marks: Marks
 
 
+def window(text: str, start: int, end: int, limit: int = ABSTRACT_CHARS) -> tuple[int, int]:
+    """Where to cut ``text`` to show about ``limit`` characters holding ``text[start:end]``:
+    (first, past the last), both between words, a little of what comes before kept."""
+    first = max(0, min(start - limit // 4, len(text) - limit))
+    if first and text[first - 1] != " ":
+        space = text.find(" ", first, start)  # the next word's start, if before the match
+        first = space + 1 if space >= 0 else text.rfind(" ", 0, start) + 1
+    last = first + limit
+    if last >= len(text):
+        return first, len(text)
+    if text[last] != " ":
+        space = text.rfind(" ", first, last)
+        last = space if space >= end else text.find(" ", end)  # the matched word stays whole
+    return first, len(text) if last < 0 else last
+
+
 def shown(paper: PaperView) -> Shown:
-    """The paper's text as shown (abstract shortened) with the marks of its matched interests."""
+    """The paper's text as shown (abstract shortened) with the marks of its matched interests.
+
+    The shown abstract is its beginning, then "…" when cut; when the beginning holds none
+    of the words that matched, a window around the first of them, with "…" on the sides cut.
+    """
     title, short, truncated = _text(paper.title, paper.abstract)
-    # The shown abstract is a beginning of the whole one, then "…" when cut.
     visible = short[:-1] if truncated else short
-    return Shown(title, short, truncated, find_marks(title, visible, paper.interests))
+    marks = find_marks(title, visible, paper.interests)
+    if truncated and paper.interests and not marks.abstract:
+        whole = _whole(paper.abstract)
+        evidence = find_marks(title, whole, paper.interests).abstract
+        if evidence:
+            first, last = window(whole, *evidence[0])
+            visible = whole[first:last].rstrip(" ,;:-")
+            lead = "… " if first else ""
+            marks = find_marks(title, visible, paper.interests)
+            marks = replace(
+                marks, abstract=tuple((s + len(lead), e + len(lead)) for s, e in marks.abstract)
+            )
+            more = "…" if first + len(visible) < len(whole) else ""
+            return Shown(title, lead + visible + more, True, marks)
+    return Shown(title, short, truncated, marks)
 
 
 def prepare(papers: Iterable[PaperView]) -> None:
@@ -249,6 +282,11 @@ def prepare(papers: Iterable[PaperView]) -> None:
 def _text(title: str, abstract: str) -> tuple[str, str, bool]:
     """Title and abstract as shown (spacing and controls folded), and whether it was cut."""
     return (_SPACES.sub(" ", _clean_text(title)).strip(), *shorten(_clean_text(abstract)))
+
+
+def _whole(abstract: str) -> str:
+    """The whole abstract as ``shorten`` sees it: spacing and controls folded."""
+    return _SPACES.sub(" ", _clean_text(abstract)).strip()
 
 
 def authors_line(authors: str) -> str:
@@ -488,6 +526,13 @@ class MessageBuilder:
         base = self._paper_base(paper)
         text = shown(paper)
         t = self._templates
+        if text.abstract != base["abstract"]:  # a window around what this reader's matched
+            base = {
+                **base,
+                "abstract": text.abstract,
+                "abstract_text": _indented(text.abstract),
+                "truncated": text.truncated,
+            }
         return {
             **base,
             "title_html": mark(text.title, text.marks.title, t.hit_open, t.hit_close),

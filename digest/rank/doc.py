@@ -2,7 +2,8 @@
 
 A ``Doc`` holds a paper's two fields (title, abstract) as terms and surfaces, with the
 BM25 length normalization folded into each field's factor, the joined spans of compounds
-("self-supervised", "data set" for ``dataset``), the interest prefixes it carries and its
+("self-supervised", "data set" for ``dataset``), the fixed compounds whose words are not
+words on their own ("part-of-speech"), the interest prefixes it carries and its
 trending boost. The matchers in ``digest.rank.leaves`` read it; ``Compiler.document``
 builds it.
 """
@@ -29,17 +30,74 @@ Span = tuple[int, int, int]
 class Field:
     """One field of one paper, analyzed for matching."""
 
-    __slots__ = ("_bigrams", "_positions", "counts", "factor", "spans", "surfaces", "terms")
+    __slots__ = (
+        "_bigrams", "_positions", "counts", "factor", "fixed", "inside", "spans", "surfaces",
+        "terms", "units",
+    )  # fmt: skip
 
     def __init__(self, terms: list[str], surfaces: list[str], factor: float) -> None:
         self.terms = terms
         self.surfaces = surfaces
         self.factor = factor  # field weight over BM25 length normalization
-        self.counts: dict[str, int] = Counter(terms)  # joined spans are counted in too
+        # Words on their own: joined spans are counted in, words inside fixed compounds not.
+        self.counts: dict[str, int] = Counter(terms)
         # Joined terms covering several positions: "self-supervised" → selfsupervis.
         self.spans: dict[str, list[tuple[int, int]]] = {}
+        # Fixed compounds ("part-of-speech"): (first, last position, own words) of each, the
+        # positions they cover, and each word inside one → (its position, the own words).
+        self.units: list[tuple[int, int, frozenset[str]]] = []
+        self.inside: frozenset[int] = frozenset()
+        self.fixed: dict[str, list[tuple[int, frozenset[str]]]] = {}
         self._positions: dict[str, list[int]] | None = None
         self._bigrams: set[tuple[str, str]] | None = None
+
+    def fix(self, units: list[tuple[int, int]], little: frozenset[str]) -> None:
+        """Take the words of fixed compounds out of the words on their own.
+
+        A unit's own words are its parts less the ``little`` ones that join them:
+        {part, speech} for "part-of-speech", {end} for "end-to-end".
+        """
+        terms, counts, fixed = self.terms, self.counts, self.fixed
+        inside: set[int] = set()
+        for first, last in units:
+            own = frozenset(t for t in terms[first : last + 1] if t not in little)
+            for i in range(first, last + 1):
+                term = terms[i]
+                left = counts[term] - 1
+                if left:
+                    counts[term] = left
+                else:
+                    del counts[term]
+                fixed.setdefault(term, []).append((i, own))
+                inside.add(i)
+            self.units.append((first, last, own))
+        self.inside = frozenset(inside)
+
+    def tally(self, term: str, company: frozenset[str]) -> int:
+        """How often term occurs as a word for an interest with the words ``company``: on
+        its own, or inside a fixed compound all of whose own words the interest has."""
+        count = self.counts.get(term, 0)
+        if company and term in self.fixed:
+            count += sum(1 for _, own in self.fixed[term] if own <= company)
+        return count
+
+    def places(self, term: str, company: frozenset[str] = frozenset()) -> list[tuple[int, int]]:
+        """``occurrences`` of term as a word for an interest with the words ``company``."""
+        if term not in self.fixed:
+            return self.occurrences(term)
+        allowed = {i for i, own in self.fixed[term] if company and own <= company}
+        inside = self.inside
+        spans = [(p, p) for p in self.positions().get(term, ()) if p not in inside or p in allowed]
+        return spans + self.spans.get(term, [])
+
+    def cuts(self, first: int, last: int, words: frozenset[str] = frozenset()) -> bool:
+        """Whether positions first..last take in part of a fixed compound, not all of it,
+        and ``words`` (a phrase's) do not name it: "speech tagging" cuts "part-of-speech
+        tagging", "code search" does not cut "code-to-code search"."""
+        return any(
+            first <= end and last >= start and (first > start or last < end) and not own <= words
+            for start, end, own in self.units
+        )
 
     def add_span(self, joined: str, start: int, end: int) -> None:
         """Record a joined term over positions start..end."""
@@ -65,7 +123,7 @@ class Field:
         return (first, second) in self._bigrams
 
     def occurrences(self, term: str) -> list[tuple[int, int]]:
-        """Spans (first, last position) where term occurs, plain or joined."""
+        """Spans (first, last position) where term occurs, plain or joined (fixed or not)."""
         spans = [(p, p) for p in self.positions().get(term, ())]
         return spans + self.spans.get(term, [])
 

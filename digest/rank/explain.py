@@ -30,7 +30,7 @@ class Forms:
         self._found: dict[str, list[str]] = {}
         split = analyzer.written(text)
         if split is None:  # not ASCII: the general (slower) path
-            self._map = analyzer.surface_forms(text, fld.counts.keys())
+            self._map = analyzer.surface_forms(text, fld.counts.keys() | fld.fixed.keys())
             self._words: list[str] = []
             self._chains: list[tuple[str, str]] = []
         else:

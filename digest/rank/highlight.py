@@ -123,7 +123,7 @@ class _Interests:
     def __init__(self) -> None:
         self.compiler = Compiler(_Unweighted(), DEFAULT)
         self.queries: dict[str, Node | None] = {}
-        self.leaves: dict[Node, Leaf] = {}
+        self.leaves: dict[tuple[Node, frozenset[str]], Leaf] = {}
         self.near: dict[AllOf, Leaf | None] = {}
         self.papers: dict[tuple[str, str], _Paper] = {}  # in order of use, oldest first
         self.generation = 0
@@ -272,12 +272,13 @@ class _Walk:
         self.nearby = interests.near
         self.doc = doc
 
-    def leaf(self, node: Term | Phrase) -> Leaf:
-        found = self.leaves.get(node)
+    def leaf(self, node: Term | Phrase, company: frozenset[str] = frozenset()) -> Leaf:
+        """The node's matcher; ``company``: the words it stands among (``Compiler.company``)."""
+        found = self.leaves.get((node, company))
         if found is None:
-            matcher = self.compiler.compile(node)[0]
+            matcher = self.compiler.compile(node, company)[0]
             assert isinstance(matcher, TermLeaf | PhraseLeaf | PrefixLeaf)
-            found = self.leaves[node] = matcher
+            found = self.leaves[(node, company)] = matcher
         return found
 
     def near(self, node: AllOf) -> Leaf | None:
@@ -287,10 +288,13 @@ class _Walk:
             self.nearby[node] = matcher if isinstance(matcher, TermLeaf | PhraseLeaf) else None
         return self.nearby[node]
 
-    def visit(self, node: Node, *, together: bool) -> _Hit | None:
-        """What of ``node`` matched (None: it did not); ``together``: among other words."""
+    def visit(
+        self, node: Node, *, together: bool, company: frozenset[str] = frozenset()
+    ) -> _Hit | None:
+        """What of ``node`` matched (None: it did not); ``together``: among other words,
+        ``company``."""
         if isinstance(node, Term | Phrase):
-            leaf = self.leaf(node)
+            leaf = self.leaf(node, company)
             spans = leaf.spans(self.doc)
             if not spans:
                 return None
@@ -314,9 +318,10 @@ class _Walk:
                 return None
         if not content:
             return _Hit([], "")
+        company = self.compiler.company(node)
         if len(content) == 1:
-            return self.visit(content[0], together=together)
-        hits = [self.visit(item, together=True) for item in content]
+            return self.visit(content[0], together=together, company=company)
+        hits = [self.visit(item, together=True, company=company) for item in content]
         if any(hit is None for hit in hits):
             return None
         found = [hit for hit in hits if hit is not None]

@@ -142,7 +142,10 @@ class InterestIndex:
             for pidx, paper in enumerate(papers, offset):
                 doc = document(paper.title, paper.abstract, paper.times_seen)
                 docs.append(doc)
-                terms = doc.fields[0].counts.keys() | doc.fields[1].counts.keys()
+                title, abstract = doc.fields
+                terms = title.counts.keys() | abstract.counts.keys()
+                if title.fixed or abstract.fixed:  # "mixture of experts" finds mixture-of-experts
+                    terms |= title.fixed.keys() | abstract.fixed.keys()
                 self._score_terms(doc, -pidx, terms, lists)
                 self._verify(doc, -pidx, terms, lists)
         return docs, lists

@@ -41,12 +41,22 @@ class Matcher(Protocol):
 
 
 class TermLeaf:
-    """One term, in some fields."""
+    """One term, in some fields; inside fixed compounds only when ``company`` names them.
 
-    __slots__ = ("fields", "idf", "in_abstract", "in_title", "term")
+    ``company``: the words of the interest the term stands among (``Compiler.company``).
+    """
 
-    def __init__(self, term: str, fields: tuple[int, ...], idf: float) -> None:
+    __slots__ = ("company", "fields", "idf", "in_abstract", "in_title", "term")
+
+    def __init__(
+        self,
+        term: str,
+        fields: tuple[int, ...],
+        idf: float,
+        company: frozenset[str] = frozenset(),
+    ) -> None:
         self.term, self.fields, self.idf = term, fields, idf
+        self.company = company
         self.in_title, self.in_abstract = 0 in fields, 1 in fields
 
     def weighted(self, tf_title: int, tf_abstract: int, doc: Doc) -> float | None:
@@ -59,26 +69,28 @@ class TermLeaf:
         return saturate(self.idf, x) if x else None
 
     def evaluate(self, doc: Doc, found: Found) -> float | None:
-        term = self.term
+        term, company = self.term, self.company
         title, abstract = doc.fields
-        score = self.weighted(title.counts.get(term, 0), abstract.counts.get(term, 0), doc)
+        if company:
+            score = self.weighted(title.tally(term, company), abstract.tally(term, company), doc)
+        else:
+            score = self.weighted(title.counts.get(term, 0), abstract.counts.get(term, 0), doc)
         if score is not None and found is not None:
             for f in self.fields:
                 fld = doc.fields[f]
-                if fld.counts.get(term, 0):
-                    for span in fld.occurrences(term):
-                        fld.report(f, span, found)
+                for span in fld.places(term, company):
+                    fld.report(f, span, found)
         return score
 
     def spans(self, doc: Doc) -> list[Span]:
         """Where the term occurs (for marking it in the text)."""
-        return [(f, *span) for f in self.fields for span in doc.fields[f].occurrences(self.term)]
+        term, company = self.term, self.company
+        return [(f, *span) for f in self.fields for span in doc.fields[f].places(term, company)]
 
     def frequency(self, doc: Doc) -> float:
         """The field-weighted number of times the term occurs (0.0: never)."""
-        return sum(
-            doc.fields[f].counts.get(self.term, 0) * doc.fields[f].factor for f in self.fields
-        )
+        term, company = self.term, self.company
+        return sum(doc.fields[f].tally(term, company) * doc.fields[f].factor for f in self.fields)
 
 
 class PhraseLeaf:
@@ -121,8 +133,8 @@ class PhraseLeaf:
 
 def _chain(fld: Field, words: list[str]) -> list[tuple[int, int]]:
     """Spans where words occur one right after the other (joined terms span several)."""
-    counts, spans = fld.counts, fld.spans
-    if any(word not in counts for word in words):
+    counts, spans, fixed = fld.counts, fld.spans, fld.fixed
+    if any(word not in counts and word not in fixed for word in words):
         return []
     # Two plain terms in a row must be a bigram of the field: most candidates stop here.
     for first, second in pairwise(words):
@@ -136,6 +148,9 @@ def _chain(fld: Field, words: list[str]) -> list[tuple[int, int]]:
         open_spans = [(s, starts[e + 1]) for s, e in open_spans if e + 1 in starts]
         if not open_spans:
             return []
+    if fld.units:  # "speech tagging" is not in "part-of-speech tagging"
+        named = frozenset(words)
+        return [(s, e) for s, e in open_spans if not fld.cuts(s, e, named)]
     return open_spans
 
 
@@ -170,7 +185,7 @@ class PrefixLeaf:
             (f, i, i)
             for f in self.fields
             for i, surface in enumerate(doc.fields[f].surfaces)
-            if surface.startswith(prefix)
+            if surface.startswith(prefix) and i not in doc.fields[f].inside
         ]
 
     def _explain(self, doc: Doc, found: list[tuple[int, str]]) -> float | None:
@@ -184,9 +199,12 @@ class PrefixLeaf:
             terms = dict.fromkeys(term for field, _, term in matches if field == f)
             if not terms:
                 continue
-            surfaces, positions = fld.surfaces, fld.positions()
+            surfaces, positions, inside = fld.surfaces, fld.positions(), fld.inside
             at = sorted(
-                i for term in terms for i in positions[term] if surfaces[i].startswith(prefix)
+                i
+                for term in terms
+                for i in positions[term]
+                if surfaces[i].startswith(prefix) and i not in inside
             )
             for term in terms:
                 idf = min(idf, self.idf_of(term))  # "diffus*" is no rarer than diffusion
@@ -285,7 +303,12 @@ def scattered(items: Sequence[TermLeaf | PhraseLeaf | PrefixLeaf], doc: Doc) -> 
     starts: list[Sequence[int]] = []
     for item in items:
         at: Sequence[int]
-        if isinstance(item, TermLeaf):
+        if isinstance(item, TermLeaf) and (item.company or abstract.units):
+            spans = item.spans(doc)
+            if any(f == 0 for f, _, _ in spans):
+                return False
+            at = sorted(first for _, first, _ in spans)
+        elif isinstance(item, TermLeaf):
             at = positions.get(item.term, ()) if item.in_abstract else ()
             joined = abstract.spans.get(item.term)
             if joined:
@@ -324,7 +347,7 @@ class VariantLeaf:
                 if count:
                     x += count * fld.factor
                     if found is not None:
-                        for span in fld.occurrences(term):
+                        for span in fld.places(term):
                             fld.report(f, span, found)
         return saturate(self.idf, x) if x else None
 

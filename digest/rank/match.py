@@ -29,7 +29,7 @@ from digest.rank.leaves import (
     VariantLeaf,
 )
 from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without
-from digest.rank.text import Analyzer, Positions, inflected
+from digest.rank.text import LINKING, Analyzer, Positions, inflected
 
 # Dropped from all-words interests ("agents for science"), kept in phrases.
 _STOPWORDS_WORDS = "a an and are as at by for from in is of on or the to via with"
@@ -106,8 +106,13 @@ class Compiler:
             idf = self._idf[term] = math.log(1.0 + (n - df + 0.5) / (df + 0.5))
         return idf
 
-    def compile(self, node: Node) -> tuple[Matcher, Anchors | None]:
-        """A node's matcher and anchors (``None``: it cannot anchor, like an exclusion)."""
+    def compile(
+        self, node: Node, company: frozenset[str] = frozenset()
+    ) -> tuple[Matcher, Anchors | None]:
+        """A node's matcher and anchors (``None``: it cannot anchor, like an exclusion).
+
+        ``company``: the words of the all-words interest the node stands in (``company``).
+        """
         if isinstance(node, Term):
             fields = _scope(node.field)
             if node.prefix:
@@ -118,7 +123,7 @@ class Compiler:
                 # Unknown breadth: a prefix anchors only when nothing rarer is required.
                 cost = self.documents * 0.05 + 1.0
                 return PrefixLeaf(prefix, fields, self.idf), (cost, [("p", prefix)])
-            return self.aliased(node.word, fields, *self.words(node.word, fields))
+            return self.aliased(node.word, fields, *self.words(node.word, fields, company))
         if isinstance(node, Phrase):
             fields = _scope(node.field)
             return self.aliased(node.words, fields, *self.words(node.words, fields))
@@ -136,19 +141,36 @@ class Compiler:
         matcher, _ = self.compile(node.item)
         return NotLeaf(matcher), None
 
+    def company(self, node: AllOf) -> frozenset[str]:
+        """The words of an all-words interest that let its words meet inside fixed compounds.
+
+        A word inside "mixture-of-experts" is no word on its own, but an interest that has
+        all of the compound's own words (``mixture of experts``, ``end to end``) names it.
+        Two words at least: a lone ``end`` must not meet "end-to-end".
+        """
+        words = [
+            term
+            for item in node.items
+            if isinstance(item, Term) and not item.prefix
+            for term in self.analyzer.positions(item.word).terms
+            if term not in STOPWORDS
+        ]
+        return frozenset(words) if len(words) >= 2 else frozenset()
+
     def _all(self, node: AllOf) -> tuple[Matcher, Anchors | None]:
         required: list[tuple[Matcher, Anchors]] = []
         excluded: list[Matcher] = []
+        company = self.company(node)
         run = self._expansion_run(node)
         for i, item in enumerate(node.items):
             if run is not None and run[0] <= i < run[1]:
                 if i == run[0]:  # "large language model decoding": the first three, or LLM
-                    required.append(self._run(node.items[run[0] : run[1]]))
+                    required.append(self._run(node.items[run[0] : run[1]], company))
                 continue
             if isinstance(item, Without):
                 excluded.append(self.compile(item.item)[0])
                 continue
-            part, anchors = self.compile(item)
+            part, anchors = self.compile(item, company)
             if anchors is not None:
                 required.append((part, anchors))
         content = [(m, a) for m, a in required if not _is_stopword(m)]
@@ -215,9 +237,9 @@ class Compiler:
                     return start, start + size
         return None
 
-    def _run(self, items: tuple[Node, ...]) -> tuple[Matcher, Anchors]:
+    def _run(self, items: tuple[Node, ...], company: frozenset[str]) -> tuple[Matcher, Anchors]:
         """Words that spell an acronym's expansion, as one required item that it also meets."""
-        parts = [self.compile(item) for item in items]
+        parts = [self.compile(item, company) for item in items]
         content = [(m, a) for m, a in parts if a is not None and not _is_stopword(m)]
         best = min((a for _, a in content), key=lambda a: a[0])
         written = " ".join(item.word for item in items if isinstance(item, Term))
@@ -327,7 +349,9 @@ class Compiler:
         matcher, _ = self.words(" ".join(w.word for w in words), _scope(words[0].field))
         return matcher
 
-    def words(self, text: str, fields: tuple[int, ...]) -> tuple[Matcher, Anchors]:
+    def words(
+        self, text: str, fields: tuple[int, ...], company: frozenset[str] = frozenset()
+    ) -> tuple[Matcher, Anchors]:
         """A word (a term leaf) or several (a phrase leaf with its spellings)."""
         pos = self.analyzer.positions(text)
         covered = {i for s, e, _ in pos.compounds for i in range(s, e + 1)}
@@ -336,7 +360,8 @@ class Compiler:
                 self._join_target(surface, pos.terms[i])
         if len(pos.terms) == 1:
             term = pos.terms[0]
-            return TermLeaf(term, fields, self.idf(term)), (self.df(term), [("t", term)])
+            leaf = TermLeaf(term, fields, self.idf(term), company)
+            return leaf, (self.df(term), [("t", term)])
         variants = _variants(pos.terms, pos.compounds)
         idf = sum(self.idf(term) for term in pos.terms)
         keys: list[tuple[str, str]] = []
@@ -376,6 +401,8 @@ class Compiler:
             fld = Field(pos.terms, pos.surfaces, FIELD_WEIGHTS[i] / norm)
             for s, e, joined in pos.compounds:
                 fld.add_span(joined, s, e)
+            if pos.fixed:
+                fld.fix(pos.fixed, LINKING)
             self.add_joins(fld)
             fields.append(fld)
         doc = Doc((fields[0], fields[1]), times_seen)
@@ -392,7 +419,7 @@ class Compiler:
         heads, joins, term, spans = self.join_heads, self.join_terms, self.analyzer.term, fld.spans
         surfaces = fld.surfaces
         for k in range(len(surfaces) - 1):
-            if surfaces[k] in heads:
+            if surfaces[k] in heads and not (fld.units and fld.cuts(k, k + 1)):
                 joined = term(surfaces[k] + surfaces[k + 1])
                 if joined in joins and not (again and (k, k + 1) in spans.get(joined, ())):
                     fld.add_span(joined, k, k + 1)
@@ -400,7 +427,10 @@ class Compiler:
     def _find_prefixes(self, doc: Doc) -> None:
         prefixes, prefixed, term = self.prefixes, doc.prefixed, self.analyzer.term
         for f, fld in enumerate(doc.fields):
-            for surface, count in Counter(fld.surfaces).items():
+            surfaces = fld.surfaces
+            if fld.inside:  # words inside fixed compounds are no words of their own
+                surfaces = [s for i, s in enumerate(surfaces) if i not in fld.inside]
+            for surface, count in Counter(surfaces).items():
                 for prefix in prefixes.get(surface[:PREFIX_KEY], ()):
                     if surface.startswith(prefix):
                         prefixed.setdefault(prefix, []).append((f, count, term(surface)))

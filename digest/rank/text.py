@@ -12,6 +12,11 @@ term (so it matches ``selfsupervised``). The matcher in ``digest.rank.match`` al
 joins adjacent words on the fly for the joined terms interests ask for, which
 closes the remaining case (``selfsupervised`` in an interest, ``self supervised``
 in a paper).
+
+A chain whose parts are joined by a little word is a *fixed* compound, one unit
+("part-of-speech", "state-of-the-art", "end-to-end", "off-the-shelf"): a word inside it
+is not that word on its own (``fixed_units``). The matcher lets its words meet only an
+interest that names the unit.
 """
 
 from __future__ import annotations
@@ -46,6 +51,20 @@ _NOT_PLURAL_WORDS = (
 )
 _NOT_PLURAL = frozenset(_NOT_PLURAL_WORDS.split())
 _VOWELS = frozenset("aeiouy")
+
+# The little words that join the parts of a fixed compound. "of" and the articles always
+# make one: the words before them name the thing ("part-of-speech" is a part, not speech;
+# "state-of-the-art", "needle-in-a-haystack"). The others join two words that each keep
+# their meaning ("text-to-speech", "vision-and-language", "sim-to-real"), unless the chain
+# is a set phrase: the same word on both sides ("end-to-end", "step-by-step") or a particle
+# before ("up-to-date", "all-in-one"), or the chain opens with them ("in-the-wild").
+_BINDING_WORDS = "of the a an"
+_JOINING_WORDS = "to by in on for and or from at as with into onto over per via"
+_PARTICLE_WORDS = "up out off down over in on all at by"
+_BINDING = frozenset(_BINDING_WORDS.split())
+_JOINING = frozenset(_JOINING_WORDS.split())
+_PARTICLES = frozenset(_PARTICLE_WORDS.split())
+LINKING = _BINDING | _JOINING  # a fixed compound's words less these are its own words
 _MEMO_LIMIT = 500_000  # distinct words remembered; a 1M-paper scan stays bounded
 
 
@@ -86,6 +105,8 @@ class Positions:
     surfaces: list[str]
     # (first part, last part, joined term) for every hyphenated chain
     compounds: list[tuple[int, int, str]]
+    # (first part, last part) of every fixed compound ("part-of-speech"), in order
+    fixed: list[tuple[int, int]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -137,6 +158,7 @@ class Analyzer:
         terms: list[str] = []
         surfaces: list[str] = []
         compounds: list[tuple[int, int, str]] = []
+        fixed: list[tuple[int, int]] = []
         for chunk in _chunks(text):
             if "-" not in chunk:
                 surfaces.append(chunk)
@@ -150,7 +172,9 @@ class Analyzer:
             if len(parts) > 1:
                 joined = "".join(parts)
                 compounds.append((start, len(terms) - 1, memo.get(joined) or self._stem(joined)))
-        return Positions(terms, surfaces, compounds)
+                if len(parts) > 2:
+                    fixed.extend((start + s, start + e) for s, e in fixed_units(parts))
+        return Positions(terms, surfaces, compounds, fixed)
 
     def offsets(self, text: str) -> list[tuple[int, int]] | None:
         """Where each word of ``positions(text)`` stands in ``text``: (start, end), in order.
@@ -229,6 +253,40 @@ class Analyzer:
                 stem = self.term(_HYPHEN.sub("", fold(word)))
                 if stem in want:
                     found.setdefault(stem, set()).add(word)
+
+
+def fixed_units(parts: list[str]) -> list[tuple[int, int]]:
+    """The fixed compounds of one hyphen chain's folded parts: (first, last) part of each.
+
+    A run of little words binds the word after it and the word before it, if any, into a
+    unit of three parts or more; units that share a word are one.
+    """
+    units: list[tuple[int, int]] = []
+    i, n = 0, len(parts)
+    while i < n:
+        if parts[i] not in _BINDING and parts[i] not in _JOINING:
+            i += 1
+            continue
+        run = i
+        while i < n and (parts[i] in _BINDING or parts[i] in _JOINING):
+            i += 1
+        if i == n:  # nothing after the little words: "sign-up-for"
+            break
+        first = run - 1 if run else 0
+        if i - first < 2:  # two parts: "on-device", "in-context"
+            continue
+        before, after = (parts[run - 1], parts[i]) if run else ("", parts[i])
+        if (
+            not run  # opens with them: "in-the-wild"
+            or any(part in _BINDING for part in parts[run:i])
+            or before == after
+            or before in _PARTICLES
+        ):
+            if units and units[-1][1] >= first:
+                units[-1] = (units[-1][0], i)
+            else:
+                units.append((first, i))
+    return units
 
 
 def fold(text: str) -> str:
