@@ -51,6 +51,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 from digest.errors import ListingError
@@ -138,7 +139,7 @@ def parse_hf_text(text: str, path: Path, *, now: datetime) -> Listing:
             "no abstracts found; not a papers-page dump (titles and abstracts expected)",
             str(path),
         )
-    following = {line.number: after for line, after in zip(content, content[1:], strict=False)}
+    following = {line.number: after for line, after in pairwise(content)}
     verdict = judge(papers, following, chrome=chrome)
     if verdict is not None:
         raise ListingError(verdict.reason(), str(path), verdict.line)

@@ -11,8 +11,10 @@ tells them apart is how their lines are made, not what they say:
   and sentences hard-wrapped at some 72–80 columns, so that a line ends mid-sentence
   and the next goes on in lower case.
 
-Each line that has one of the marks of a document is a fault. A would-be paper (a title
-and the abstract lines after it) with a fault in any of its lines is faulty, and a file
+A line of markup is a fault wherever it stands; a title line is also faulty when it holds
+a link or inline code, is a heading in capitals, or ends mid-sentence (an abstract may
+do all of these, cut short by the copy). A would-be paper (a title and the abstract
+lines after it) with a fault in any of its lines is faulty, and a file
 is refused when more than a fifth of its would-be papers are (a third when the page's
 own chrome, "Get trending papers…" or ``Subscribe``, is there to vouch for it). The
 share, not a count, so one stray line in a long dump costs nothing; a one-paper page
@@ -44,7 +46,8 @@ _NOT_TITLE: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 # A line that stops on one of these is a sentence cut short by the wrapping.
 _CUT_AFTER = re.compile(
-    r"(?:[,;]|\s(?:a|an|the|of|and|or|to|in|on|for|with|by|from|as|at|that|is|are|be))$",
+    r"(?:[,;]|\s(?:a|an|the|of|and|or|but|if|than|to|in|into|on|for|with|by|from|as|at"
+    r"|that|which|this|these|their|its|our|your|is|are|was|were|be|has|have|not))$",
     re.IGNORECASE,
 )
 _ENDS_SENTENCE = re.compile(r"""[.!?:;…'"”’)\]»]$""")
@@ -106,11 +109,7 @@ def line_fault(line: Line, following: Line | None, *, as_title: bool) -> str | N
         return "an all-capitals heading"
     if _CUT_AFTER.search(text):
         return "a sentence cut at the end of the line (hard-wrapped text)"
-    if (
-        following is not None
-        and not _ENDS_SENTENCE.search(text)
-        and _GOES_ON.match(following.text)
-    ):
+    if following is not None and not _ENDS_SENTENCE.search(text) and _GOES_ON.match(following.text):
         return "a sentence going on into the next line (hard-wrapped text)"
     return None
 
