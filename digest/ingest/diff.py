@@ -7,8 +7,9 @@ seen again and keep the fuller text; new ones are inserted with the ingest's seq
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -25,11 +26,14 @@ BATCH = 2_000  # entries per lookup/insert round trip; bounds memory on back-fil
 
 @dataclass
 class DiffCounts:
-    """What a batch of entries did to the store."""
+    """What a batch of entries did to the store: the counts, the ingest number the new
+    papers carry, and the ids of the known papers seen again (what a dump brought)."""
 
     entries: int = 0
     new: int = 0
     seen: int = 0
+    seq: int = 0
+    again: array[int] = field(default_factory=lambda: array("q"))
 
 
 def _chunks(items: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
@@ -63,7 +67,7 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
     """
     counts = DiffCounts()
     now = as_utc(now, naive="refuse")
-    seq = next_ingest_sequence(conn)
+    seq = counts.seq = next_ingest_sequence(conn)
     # An entry with an arXiv id can only meet its paper under another key if the store has
     # papers known by title alone; a back-fill of the snapshot into a fresh store has none.
     title_only = papers.has_title_only_papers(conn)
@@ -115,6 +119,8 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
                 update = dict(row, times_seen=0 if already else 1)
                 updates[row["id"]] = update
                 counts.seen += 0 if already else 1
+                if not already:
+                    counts.again.append(row["id"])
             _absorb(update, entry, key)
         fresh_rows = list({id(row): row for row in inserts.values()}.values())
         title_only = title_only or any(row["arxiv_id"] is None for row in fresh_rows)

@@ -160,6 +160,8 @@ def _ingest_open_file(
                 entries=counts.entries,
                 new=counts.new,
                 seen=counts.seen,
+                seq=counts.seq,
+                again=counts.again,
             )
             if not defer_index:
                 index_papers(conn)
