@@ -149,7 +149,8 @@ def _dump_line(result: DumpResult) -> str:
     if result.status == "failed":
         return f"{result.path}: failed: {result.error}"
     if result.status == "duplicate":
-        return f"{result.path}: duplicate (already ingested, nothing changed)"
+        extra = "".join(f"; {warning}" for warning in result.warnings)
+        return f"{result.path}: duplicate (already ingested, nothing changed){extra}"
     extra = f", {result.layout}" if result.layout else ""
     if result.listing_date:
         extra += f", listed {result.listing_date.isoformat()}"

@@ -17,7 +17,6 @@ can tell "nothing new upstream" from "we got new papers".
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -542,7 +541,10 @@ def fetch_sources(
     wanted = list(dict.fromkeys(urls))  # a source listed twice is fetched once
     stamp = as_utc(now)
     states = sources.source_states(engine, wanted)
-    known = functools.partial(sources.dump_known, engine)
+
+    def known(sha: str) -> bool:
+        return sources.dump_known(engine, sha) is not None
+
     results: list[FetchResult] = []
     with _client(proxies) as client:
         for url in wanted:

@@ -37,12 +37,12 @@ def ingesting(engine: Engine) -> Iterator[Connection]:
         raise AlreadyIngested() from None
 
 
-def dump_known(engine: Engine, sha256: str) -> bool:
-    """Whether a dump with these exact bytes was already ingested."""
+def dump_known(engine: Engine, sha256: str) -> str | None:
+    """The status of the dump with these exact bytes (ok, removed), None if never ingested."""
     with reading(engine) as conn:
-        found = conn.execute(sa.select(_DUMP.c.id).where(_DUMP.c.sha256 == sha256)).first()
+        found = conn.execute(sa.select(_DUMP.c.status).where(_DUMP.c.sha256 == sha256)).scalar()
         conn.rollback()
-    return found is not None
+    return None if found is None else str(found)
 
 
 def record_dump(
