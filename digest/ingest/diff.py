@@ -16,12 +16,13 @@ from typing import Any
 from sqlalchemy.engine import Connection
 
 from digest.clock import as_utc
-from digest.ingest.identity import paper_keys
+from digest.ingest.identity import DAMAGE, damaged_twin, paper_keys
 from digest.ingest.listing import Entry
 from digest.store import papers
 from digest.store.engine import next_ingest_sequence
 
 BATCH = 2_000  # entries per lookup/insert round trip; bounds memory on back-fills
+TWINS = 500  # known titles with the same clean start, tried against a damaged one
 
 
 @dataclass
@@ -55,7 +56,10 @@ def _merge(old_title: str, old_abstract: str, entry: Entry) -> tuple[str, str]:
     mine = (len(entry.abstract), entry.abstract, entry.title)
     theirs = (len(old_abstract), old_abstract, old_title)
     best = max(mine, theirs)
-    return best[2], best[1]
+    # a title with an undecodable byte never replaces its undamaged twin
+    titles = sorted((entry.title, old_title), key=lambda title: (DAMAGE in title, title))
+    title = best[2] if (DAMAGE in best[2]) == (DAMAGE in titles[0]) else titles[0]
+    return title, best[1]
 
 
 def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) -> DiffCounts:
@@ -90,6 +94,8 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
             row: dict[str, Any] | None = by_key.get(key) or _same_paper(
                 by_title.get(title_key), entry
             )
+            if row is None and entry.arxiv_id is None:
+                row = _undamaged_twin(conn, entry)
             if row is None:
                 fresh = inserts.get(key) or _same_paper(inserts.get("title:" + title_key), entry)
                 if fresh is None:
@@ -130,6 +136,19 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
         if updates:
             papers.update_papers(conn, list(updates.values()), now)
     return counts
+
+
+def _undamaged_twin(conn: Connection, entry: Entry) -> dict[str, Any] | None:
+    """The known paper a title with an undecodable byte is a damaged copy of, if any: its
+    title key reads the same but where the damage is (one spot, a character or two)."""
+    twin = damaged_twin(entry.title)
+    if twin is None:
+        return None
+    prefix, pattern = twin
+    for row in papers.lookup_title_prefix(conn, prefix, TWINS):
+        if pattern.fullmatch(row["title_key"]):
+            return row
+    return None
 
 
 def _same_paper(row: dict[str, Any] | None, entry: Entry) -> dict[str, Any] | None:
