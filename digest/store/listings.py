@@ -120,6 +120,10 @@ def remove_listing(conn: Connection, listing: ListingRow, now: datetime) -> Remo
     if listing.status == REMOVED:
         return Removal(listing, 0, 0, 0, 0, 0, 0, already=True)
     now = as_utc(now, naive="refuse")
+    # Taken first: the counter row is locked until commit, so an ingest (which takes it
+    # too) cannot see these papers again meanwhile; and feeds and pages, cached by the
+    # ingest number, read the store afresh.
+    next_ingest_sequence(conn)
     seq = conn.execute(sa.select(_DUMP.c.seq).where(_DUMP.c.id == listing.id)).scalar()
     added = sa.select(_PAPER.c.id).where(_PAPER.c.seq == seq) if seq is not None else None
     again = sa.select(_DUMP_PAPER.c.paper_id).where(_DUMP_PAPER.c.dump_id == listing.id)
@@ -140,8 +144,6 @@ def remove_listing(conn: Connection, listing: ListingRow, now: datetime) -> Remo
     conn.execute(
         sa.update(_DUMP).where(_DUMP.c.id == listing.id).values(status=REMOVED, removed_at=now)
     )
-    # Feeds and pages are cached by the ingest number: a new one makes them read the store.
-    next_ingest_sequence(conn)
     done = listing_by(conn, ident=listing.id)
     assert done is not None  # updated just above, in this transaction
     return Removal(done, len(gone), len(ids) - len(gone), unsent, emptied, sent, votes)
