@@ -43,6 +43,7 @@ from digest.service.cycle import (
     sender_of,
 )
 from digest.service.feedback import VOTES, give_feedback
+from digest.service.listings import listing_line, recent_listings, removal_lines, take_back
 from digest.service.preview import has_papers, preview_ranked, search_store
 from digest.service.runlock import hold_run_lock
 from digest.service.scheduler import serve
@@ -69,6 +70,7 @@ from digest.settings import (
     load_settings,
 )
 from digest.store.engine import open_store, reading, store_exists, transaction
+from digest.store.listings import listing_json
 from digest.store.subscribers import (
     STATUSES,
     Saved,
@@ -80,6 +82,7 @@ from digest.tokens import message_id
 Handler = Callable[[argparse.Namespace, "Context"], int]
 RENDERINGS = (".html", ".txt", ".eml")  # what ``preview --out`` can write
 SEARCH_LIMIT = Option("limit", int, 20, "Most papers a search shows.", low=1, high=1000)
+LISTINGS_LIMIT = Option("limit", int, 50, "Most listings shown.", low=1, high=100_000)
 
 
 class Context:
@@ -148,7 +151,8 @@ def _dump_line(result: DumpResult) -> str:
     if result.status == "failed":
         return f"{result.path}: failed: {result.error}"
     if result.status == "duplicate":
-        return f"{result.path}: duplicate (already ingested, nothing changed)"
+        extra = "".join(f"; {warning}" for warning in result.warnings)
+        return f"{result.path}: duplicate (already ingested, nothing changed){extra}"
     extra = f", {result.layout}" if result.layout else ""
     if result.listing_date:
         extra += f", listed {result.listing_date.isoformat()}"
@@ -225,6 +229,37 @@ def cmd_ingest(args: argparse.Namespace, ctx: Context) -> int:
             defer_index=args.defer_index,
         )
     return report_dumps(ctx, results, args.json)
+
+
+def cmd_papers_listings(args: argparse.Namespace, ctx: Context) -> int:
+    """The listings ingested, newest first, with the ids ``papers remove`` takes."""
+    rows = recent_listings(ctx.reader, args.limit)
+    if args.json:
+        ctx.emit_json({"listings": [listing_json(row) for row in rows]})
+        return 0
+    for row in rows:
+        ctx.say(listing_line(row))
+    if not rows:
+        ctx.say("no listings ingested")
+    return 0
+
+
+def cmd_papers_remove(args: argparse.Namespace, ctx: Context) -> int:
+    """Take a listing back: its papers no other listing had are deleted, and kept out of
+    every digest not yet sent."""
+    if not ctx.store_exists:
+        raise UsageError("no store yet: nothing was ingested, so there is nothing to remove")
+    removal = take_back(ctx.engine, args.listing, ctx.now(), dry_run=args.dry_run)
+    if args.json:
+        ctx.emit_json({**removal.as_json(), "dry_run": args.dry_run})
+    else:
+        for line in removal_lines(removal, dry_run=args.dry_run):
+            ctx.say(line)
+    return 0
+
+
+def _papers_usage(args: argparse.Namespace, ctx: Context) -> int:
+    raise UsageError("papers needs an action: listings or remove (see digest papers --help)")
 
 
 def _saved_lines(saved: Saved) -> list[str]:
@@ -647,6 +682,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave the search index to the next search or run (fastest for back-fills)",
     )
     sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub = command("papers", _papers_usage, "the listings ingested; take a bad one back")
+    papers: Any = sub.add_subparsers(dest="papers_command", metavar="ACTION", parser_class=_Parser)
+    for name, handler, help_text in (
+        ("listings", cmd_papers_listings, "the listings ingested, newest first, with their ids"),
+        (
+            "remove",
+            cmd_papers_remove,
+            "take a listing back: the papers only it brought are deleted and kept out of"
+            " digests not yet sent; papers other listings also had stay",
+        ),
+    ):
+        action = papers.add_parser(name, parents=[common], help=help_text, description=help_text)
+        action.set_defaults(handler=handler)
+        if name == "listings":
+            action.add_argument(
+                "--limit",
+                type=_bounded(LISTINGS_LIMIT),
+                default=LISTINGS_LIMIT.default,
+                help="most listings shown (1 to 100000; 50)",
+            )
+        else:
+            action.add_argument(
+                "--listing",
+                required=True,
+                metavar="FILE|ID",
+                help="the listing: its id (digest papers listings), or the file ingested",
+            )
+            action.add_argument(
+                "--dry-run", action="store_true", help="say what would be removed; change nothing"
+            )
+        action.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("subscribe", cmd_subscribe, "add a subscriber or change their interests")
     sub.add_argument("email", metavar="EMAIL")

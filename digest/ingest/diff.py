@@ -7,29 +7,34 @@ seen again and keep the fuller text; new ones are inserted with the ingest's seq
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.engine import Connection
 
 from digest.clock import as_utc
-from digest.ingest.identity import paper_keys
+from digest.ingest.identity import DAMAGE, damaged_twin, paper_keys
 from digest.ingest.listing import Entry
 from digest.store import papers
 from digest.store.engine import next_ingest_sequence
 
 BATCH = 2_000  # entries per lookup/insert round trip; bounds memory on back-fills
+TWINS = 500  # known titles with the same clean start, tried against a damaged one
 
 
 @dataclass
 class DiffCounts:
-    """What a batch of entries did to the store."""
+    """What a batch of entries did to the store: the counts, the ingest number the new
+    papers carry, and the ids of the known papers seen again (what a dump brought)."""
 
     entries: int = 0
     new: int = 0
     seen: int = 0
+    seq: int = 0
+    again: array[int] = field(default_factory=lambda: array("q"))
 
 
 def _chunks(items: Iterable[Entry], size: int) -> Iterator[list[Entry]]:
@@ -51,7 +56,10 @@ def _merge(old_title: str, old_abstract: str, entry: Entry) -> tuple[str, str]:
     mine = (len(entry.abstract), entry.abstract, entry.title)
     theirs = (len(old_abstract), old_abstract, old_title)
     best = max(mine, theirs)
-    return best[2], best[1]
+    # a title with an undecodable byte never replaces its undamaged twin
+    titles = sorted((entry.title, old_title), key=lambda title: (DAMAGE in title, title))
+    title = best[2] if (DAMAGE in best[2]) == (DAMAGE in titles[0]) else titles[0]
+    return title, best[1]
 
 
 def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) -> DiffCounts:
@@ -63,7 +71,7 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
     """
     counts = DiffCounts()
     now = as_utc(now, naive="refuse")
-    seq = next_ingest_sequence(conn)
+    seq = counts.seq = next_ingest_sequence(conn)
     # An entry with an arXiv id can only meet its paper under another key if the store has
     # papers known by title alone; a back-fill of the snapshot into a fresh store has none.
     title_only = papers.has_title_only_papers(conn)
@@ -86,6 +94,8 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
             row: dict[str, Any] | None = by_key.get(key) or _same_paper(
                 by_title.get(title_key), entry
             )
+            if row is None and entry.arxiv_id is None:
+                row = _undamaged_twin(conn, entry)
             if row is None:
                 fresh = inserts.get(key) or _same_paper(inserts.get("title:" + title_key), entry)
                 if fresh is None:
@@ -115,6 +125,8 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
                 update = dict(row, times_seen=0 if already else 1)
                 updates[row["id"]] = update
                 counts.seen += 0 if already else 1
+                if not already:
+                    counts.again.append(row["id"])
             _absorb(update, entry, key)
         fresh_rows = list({id(row): row for row in inserts.values()}.values())
         title_only = title_only or any(row["arxiv_id"] is None for row in fresh_rows)
@@ -124,6 +136,19 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
         if updates:
             papers.update_papers(conn, list(updates.values()), now)
     return counts
+
+
+def _undamaged_twin(conn: Connection, entry: Entry) -> dict[str, Any] | None:
+    """The known paper a title with an undecodable byte is a damaged copy of, if any: its
+    title key reads the same but where the damage is (one spot, a character or two)."""
+    twin = damaged_twin(entry.title)
+    if twin is None:
+        return None
+    prefix, pattern = twin
+    for row in papers.lookup_title_prefix(conn, prefix, TWINS):
+        if pattern.fullmatch(row["title_key"]):
+            return row
+    return None
 
 
 def _same_paper(row: dict[str, Any] | None, entry: Entry) -> dict[str, Any] | None:

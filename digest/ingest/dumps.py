@@ -140,8 +140,11 @@ def _ingest_open_file(
 ) -> DumpResult:
     try:
         sha = _sha256(handle)
-        if sources.dump_known(engine, sha):
-            return DumpResult(shown, "duplicate")
+        known = sources.dump_known(engine, sha)
+        if known is not None:
+            # a listing taken back stays out: its bytes are remembered for that
+            note = ["taken back earlier (digest papers remove); it stays out"]
+            return DumpResult(shown, "duplicate", warnings=note if known == "removed" else [])
         listing = read_listing(path, now=clock(), source=handle)
         with sources.ingesting(engine) as conn:  # the write lock first, then the clock
             now = clock()
@@ -160,6 +163,8 @@ def _ingest_open_file(
                 entries=counts.entries,
                 new=counts.new,
                 seen=counts.seen,
+                seq=counts.seq,
+                again=counts.again,
             )
             if not defer_index:
                 index_papers(conn)

@@ -552,7 +552,10 @@ def fetch_sources(
     wanted = list(dict.fromkeys(urls))  # a source listed twice is fetched once
     stamp = as_utc(now)
     states = sources.source_states(engine, wanted)
-    known = functools.partial(sources.dump_known, engine)
+
+    def known(sha: str) -> bool:
+        return sources.dump_known(engine, sha) is not None
+
     results: list[FetchResult] = []
     deadline = _Deadline(timeout)
     try:

@@ -267,6 +267,35 @@ def _v8_first_attempt(conn: Connection) -> None:
     conn.execute(sa.text(f"ALTER TABLE digest ADD COLUMN first_attempt_at {moment}"))
 
 
+def _v9_dump_papers(conn: Connection) -> None:
+    """Which papers each dump brought, so that a bad dump can be taken back.
+
+    ``dump.seq`` is the ingest number the dump took, which the papers it added carry
+    (``paper.seq``); dumps ingested before are matched to their papers by time, as an
+    ingest stamps its papers first seen at the moment it records the dump. ``dump_paper``
+    holds the papers a dump saw again, known before it. ``dump.removed_at``: when it was
+    taken back (``status`` "removed").
+    """
+    moment = sa.DateTime(timezone=True).compile(dialect=conn.dialect)
+    conn.execute(sa.text("ALTER TABLE dump ADD COLUMN seq INTEGER"))
+    conn.execute(sa.text(f"ALTER TABLE dump ADD COLUMN removed_at {moment}"))
+    conn.execute(
+        sa.text(
+            "UPDATE dump SET seq = (SELECT max(p.seq) FROM paper p"
+            " WHERE p.first_seen = dump.ingested_at) WHERE new > 0"
+        )
+    )
+    meta = sa.MetaData()
+    sa.Table("dump", meta, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table("paper", meta, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table(
+        "dumppaper",
+        meta,
+        sa.Column("dump_id", sa.Integer, sa.ForeignKey("dump.id"), primary_key=True),
+        sa.Column("paper_id", sa.Integer, sa.ForeignKey("paper.id"), primary_key=True, index=True),
+    ).create(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
@@ -276,6 +305,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v6_self_service,
     _v7_feedback,
     _v8_first_attempt,
+    _v9_dump_papers,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

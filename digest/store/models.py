@@ -51,8 +51,17 @@ class Dump(SQLModel, table=True):
     entries: int = 0
     new: int = 0
     seen: int = 0
-    status: str = "ok"
+    status: str = "ok"  # ok; removed: taken back (its papers seen nowhere else are gone)
     error: str | None = None
+    seq: int | None = None  # the ingest number it took: the papers it added carry it
+    removed_at: datetime | None = None
+
+
+class DumpPaper(SQLModel, table=True):
+    """A paper a dump saw again (one it added carries the dump's ``seq`` instead)."""
+
+    dump_id: int = Field(foreign_key="dump.id", primary_key=True)
+    paper_id: int = Field(foreign_key="paper.id", primary_key=True, index=True)
 
 
 class Subscriber(SQLModel, table=True):

@@ -267,6 +267,13 @@ def lookup(conn: Connection, column: str, values: list[str]) -> list[dict[str, A
     return rows
 
 
+def lookup_title_prefix(conn: Connection, prefix: str, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` papers whose title key starts with ``prefix``, as row dicts (a range
+    of the title-key index)."""
+    query = _LOOKUP.where(_PAPER.c.title_key >= prefix, _PAPER.c.title_key < prefix + "\uffff")
+    return [dict(row._mapping) for row in conn.execute(query.order_by(_PAPER.c.id).limit(limit))]
+
+
 def update_papers(conn: Connection, rows: Sequence[dict[str, Any]], now: datetime) -> None:
     """Write back papers seen again at ``now``; each row's ``times_seen`` is what to add."""
     conn.execute(

@@ -13,9 +13,11 @@ from sqlalchemy.exc import IntegrityError
 
 from digest.clock import as_utc
 from digest.store.engine import reading, transaction, write_lock
-from digest.store.models import Dump, SourceState
+from digest.store.models import Dump, DumpPaper, SourceState
 
 _DUMP = Dump.__table__  # type: ignore[attr-defined]
+_DUMP_PAPER = DumpPaper.__table__  # type: ignore[attr-defined]
+_BATCH = 10_000  # papers seen again, recorded per round trip
 _SOURCE = SourceState.__table__  # type: ignore[attr-defined]
 
 
@@ -35,12 +37,12 @@ def ingesting(engine: Engine) -> Iterator[Connection]:
         raise AlreadyIngested() from None
 
 
-def dump_known(engine: Engine, sha256: str) -> bool:
-    """Whether a dump with these exact bytes was already ingested."""
+def dump_known(engine: Engine, sha256: str) -> str | None:
+    """The status of the dump with these exact bytes (ok, removed), None if never ingested."""
     with reading(engine) as conn:
-        found = conn.execute(sa.select(_DUMP.c.id).where(_DUMP.c.sha256 == sha256)).first()
+        found = conn.execute(sa.select(_DUMP.c.status).where(_DUMP.c.sha256 == sha256)).scalar()
         conn.rollback()
-    return found is not None
+    return None if found is None else str(found)
 
 
 def record_dump(
@@ -55,10 +57,14 @@ def record_dump(
     entries: int,
     new: int,
     seen: int,
+    seq: int | None = None,
+    again: Sequence[int] = (),
 ) -> None:
-    """Record a dump ingested in this transaction."""
-    conn.execute(
-        sa.insert(_DUMP).values(
+    """Record a dump ingested in this transaction: ``seq`` is the ingest number its new papers
+    carry, ``again`` the ids of the known papers it saw again."""
+    dump_id = conn.execute(
+        sa.insert(_DUMP)
+        .values(
             sha256=sha256,
             name=name,
             source=source,
@@ -69,8 +75,15 @@ def record_dump(
             new=new,
             seen=seen,
             status="ok",
+            seq=seq,
         )
-    )
+        .returning(_DUMP.c.id)
+    ).scalar_one()
+    for start in range(0, len(again), _BATCH):
+        conn.execute(
+            sa.insert(_DUMP_PAPER),
+            [{"dump_id": dump_id, "paper_id": paper} for paper in again[start : start + _BATCH]],
+        )
 
 
 def source_states(engine: Engine, urls: Sequence[str]) -> dict[str, dict[str, Any]]:

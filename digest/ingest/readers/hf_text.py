@@ -34,6 +34,10 @@ paper without a title has no identity. Nothing here counts on position, so
 one lost line shifts nothing after it; a line in doubt is read as a title, as
 an extra paper costs less than a paper lost inside another's abstract.
 
+Since any text pairs up this way, the would-be papers are then checked for the shape of a
+papers page (``shape``): a README, a licence or notes are refused, naming the file and
+their first line that no papers page has, before anything is stored.
+
 The listing date (``Mar 11``) has no year. The year chosen is the latest one
 that does not put the date more than two days after ``now`` (a dump is never
 from the future, but clocks and time zones are a day or so apart): on
@@ -47,12 +51,14 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 from digest.errors import ListingError
 from digest.ingest.listing import Entry, Listing
 
 from .decoding import collapse
+from .shape import Line, Paper, judge
 
 LAYOUT_A = "hf-text-a"
 LAYOUT_B = "hf-text-b"
@@ -96,11 +102,13 @@ _SENTENCE_BREAK = re.compile(r"(?:[a-z]{3}|[)\]\d%])\.\s+[A-Z]")
 
 
 def parse_hf_text(text: str, path: Path, *, now: datetime) -> Listing:
-    """Parse a Hugging Face papers-page text dump (layout A or B)."""
+    """Parse a Hugging Face papers-page text dump (layout A or B); refuse other text
+    (``shape``) before anything is stored."""
     lines = text.split("\n")
     layout = _layout(lines)
     listing_date: date | None = None
-    content: list[tuple[int, str]] = []
+    chrome = False
+    content: list[Line] = []
     for number, raw in enumerate(lines, start=1):
         if len(raw) > MAX_LINE_CHARS:
             raise ListingError(
@@ -111,23 +119,48 @@ def parse_hf_text(text: str, path: Path, *, now: datetime) -> Listing:
             continue
         folded = line.casefold()
         if folded in _CHROME_EXACT or folded.startswith(_CHROME_PREFIX):
+            chrome = True
             continue
         is_date, found = parse_listing_date(line, now)
         if is_date:
             listing_date = listing_date or found
             continue
         if not content:
-            line = _unglue_subscribe(line)
-        content.append((number, line))
-    entries = list(_pair(content))
-    if not entries:
+            unglued = _unglue_subscribe(line)
+            chrome = chrome or unglued != line
+            line = unglued
+        content.append(Line(number, raw.rstrip(), line))
+    content = _dedent(content)
+    papers = list(_pair(content))
+    if not papers:
         raise ListingError("no paper titles found; not a papers-page dump", str(path))
-    if not any(entry.abstract for entry in entries):
+    if not any(paper.abstract for paper in papers):
         raise ListingError(
             "no abstracts found; not a papers-page dump (titles and abstracts expected)",
             str(path),
         )
+    following = {line.number: after for line, after in pairwise(content)}
+    verdict = judge(papers, following, chrome=chrome)
+    if verdict is not None:
+        raise ListingError(verdict.reason(), str(path), verdict.line)
+    entries = [
+        Entry(
+            title=paper.title.text,
+            abstract=" ".join(line.text for line in paper.abstract),
+            line=paper.title.number,
+        )
+        for paper in papers
+    ]
     return Listing(layout=layout, entries=entries, listing_date=listing_date)
+
+
+def _dedent(content: list[Line]) -> list[Line]:
+    """The lines without the margin they all share: a dump pasted indented is no less a
+    dump, while an indented block inside other text stays indented."""
+    margin = min((len(line.raw) - len(line.raw.lstrip()) for line in content), default=0)
+    if not margin:
+        return content
+    return [Line(line.number, line.raw[margin:], line.text) for line in content]
 
 
 def _layout(lines: list[str]) -> str:
@@ -143,22 +176,21 @@ def _unglue_subscribe(line: str) -> str:
     return line
 
 
-def _pair(content: list[tuple[int, str]]) -> Iterator[Entry]:
-    title: str | None = None
-    title_line = 0
-    abstract: list[str] = []
-    for number, line in content:
+def _pair(content: list[Line]) -> Iterator[Paper]:
+    title: Line | None = None
+    abstract: list[Line] = []
+    for line in content:
         expecting_abstract = title is not None and not abstract
-        if looks_like_abstract(line, expecting_abstract=expecting_abstract):
+        if looks_like_abstract(line.text, expecting_abstract=expecting_abstract):
             if title is not None:
                 abstract.append(line)
             # else: an abstract before any title belongs to no paper we can name.
             continue
         if title is not None:
-            yield Entry(title=title, abstract=" ".join(abstract), line=title_line)
-        title, title_line, abstract = line, number, []
+            yield Paper(title, abstract)
+        title, abstract = line, []
     if title is not None:
-        yield Entry(title=title, abstract=" ".join(abstract), line=title_line)
+        yield Paper(title, abstract)
 
 
 def looks_like_abstract(line: str, *, expecting_abstract: bool = False) -> bool:
