@@ -58,17 +58,29 @@ def due(subscriber: Subscriber, period: date) -> bool:
 
 
 def plan_owed(
-    conn: Connection, *, period: date, subscribers: Sequence[Subscriber] | None = None
+    conn: Connection,
+    *,
+    period: date,
+    subscribers: Sequence[Subscriber] | None = None,
+    news_days: int | None = None,
 ) -> list[Plan]:
     """Read from the store what planning needs and plan every digest owed for ``period``
-    (to ``subscribers``, or to every active subscriber who has none for it yet)."""
+    (to ``subscribers``, or to every active subscriber who has none for it yet).
+
+    A paper is news only when it is new to the store and, with ``news_days``, was recent by
+    its own date when it came (dated at most that many days before it was first seen): a
+    back-fill of history is searchable, and never mailed as new. Measured from its arrival,
+    not from ``period``, so a run that catches up after an outage still mails what was news.
+    """
     if subscribers is None:
         subscribers = outbox.owed_subscribers(conn, period)
     subscribers = [s for s in subscribers if due(s, period)]
     if not subscribers:
         return []
     upto = ingest_sequence(conn)
-    papers = papers_store.new_since(conn, min(s.seen_upto for s in subscribers), upto)
+    papers = papers_store.new_since(
+        conn, min(s.seen_upto for s in subscribers), upto, news_days=news_days
+    )
     if not papers:
         return [Plan(s, (), upto) for s in subscribers]
     ids = {int(s.id or 0) for s in subscribers}

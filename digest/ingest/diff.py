@@ -63,6 +63,7 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
     """
     counts = DiffCounts()
     now = as_utc(now, naive="refuse")
+    today = now.date()
     seq = next_ingest_sequence(conn)
     # An entry with an arXiv id can only meet its paper under another key if the store has
     # papers known by title alone; a back-fill of the snapshot into a fresh store has none.
@@ -97,7 +98,9 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
                         "abstract": entry.abstract,
                         "authors": entry.authors,
                         "url": entry.url,
-                        "listing_date": entry.published,
+                        # a listing without dates dates its papers by the day they came,
+                        # so they are news then and never the newest in a feed later
+                        "listing_date": entry.published or today,
                         "first_seen": now,
                         "last_seen": now,
                         "times_seen": 1,

@@ -260,6 +260,20 @@ def _v7_feedback(conn: Connection) -> None:
     table.create(conn)
 
 
+def _v8_paper_dates(conn: Connection) -> None:
+    """Every paper has its own date, and the newest by it are found through an index.
+
+    A paper listed without a date is dated by the day it was first seen (UTC), as new
+    papers are from now on; feeds order by this date, and digests take only recent ones.
+    """
+    if conn.dialect.name == "sqlite":
+        day = "substr(first_seen, 1, 10)"  # stored as 'YYYY-MM-DD HH:MM:SS' in UTC
+    else:
+        day = "CAST(first_seen AT TIME ZONE 'UTC' AS DATE)"
+    conn.execute(sa.text(f"UPDATE paper SET listing_date = {day} WHERE listing_date IS NULL"))
+    conn.execute(sa.text("CREATE INDEX ix_paper_listing_date ON paper (listing_date, id)"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
@@ -268,6 +282,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v5_stable_feed_ids,
     _v6_self_service,
     _v7_feedback,
+    _v8_paper_dates,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

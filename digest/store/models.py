@@ -24,7 +24,7 @@ class Paper(SQLModel, table=True):
     abstract: str = ""
     authors: str = ""
     url: str | None = None
-    listing_date: date | None = None
+    listing_date: date | None = None  # the paper's own date; else the day first seen
     first_seen: datetime = Field(index=True)
     last_seen: datetime
     times_seen: int = 1

@@ -1,0 +1,122 @@
+"""What is news: a paper new to the store and recent by its own date.
+
+A back-fill of the arXiv snapshot brings papers from 1999 on into the store. They are
+searchable and have their pages, but no digest mails them as new and no feed shows them
+as its newest entry; a recent paper of the same back-fill is news as any other.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import shutil
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from urllib.parse import unquote
+
+import feedparser
+import pytest
+
+from digest.deliver.message import day_text
+from tests.conftest import REPO, Site
+
+SNAPSHOT = REPO / "tests" / "fixtures" / "arxiv_snapshot.jsonl"
+OLD = {"hep-th/9901001": date(1999, 1, 1), "0704.0002": date(2008, 12, 13)}
+OLD_2024 = {"2403.00017": date(2024, 2, 29)}
+
+
+def _recent_record(day: date) -> str:
+    """A snapshot line for a paper first posted on ``day``."""
+    created = f"{calendar.day_abbr[day.weekday()]}, {day.day} {calendar.month_abbr[day.month]}"
+    return json.dumps(
+        {
+            "id": "2601.04242",
+            "authors": "Ada Lovelace, Alan Turing, Grace Hopper and Edsger Dijkstra",
+            "title": "Graph Decompositions for Curved Backgrounds",
+            "abstract": "We study sparsity and strings on curved backgrounds.",
+            "versions": [{"version": "v1", "created": f"{created} {day.year} 09:00:00 GMT"}],
+            "update_date": day.isoformat(),
+        }
+    )
+
+
+@pytest.fixture
+def backfill(tmp_path: Path) -> Path:
+    """The snapshot fixture (papers of 1999, 2008 and 2024) and one paper posted yesterday."""
+    path = tmp_path / "arxiv_snapshot.jsonl"
+    shutil.copy(SNAPSHOT, path)
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    with path.open("a", encoding="utf-8") as out:
+        out.write(_recent_record(yesterday) + "\n")
+    return path
+
+
+def _everything(site: Site) -> None:
+    """A reader whose interests match every paper of the back-fill."""
+    site.subscribe({"reader@example.org": ["strings OR sparsity OR quantized OR graph"]})
+
+
+def test_a_backfill_mails_only_the_recent_paper(site: Site, backfill: Path) -> None:
+    _everything(site)
+    assert site.cli("ingest", "--defer-index", str(backfill)).code == 0
+    result = site.cli("run", "--json")
+    assert result.code == 0, result.err
+    ((_, message),) = site.received()
+    text = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "1 new" in message["Subject"]
+    assert "Graph Decompositions for Curved Backgrounds" in text
+    for old in [*OLD, *OLD_2024]:
+        assert old not in text
+    assert "Strings on Curved Backgrounds" not in text
+    # each item says when the paper was listed, and by whom
+    html = message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    listed = day_text(datetime.now(UTC).date() - timedelta(days=1))
+    for part in (" ".join(text.split()), re.sub(r"<[^>]+>", "", html)):
+        assert "Ada Lovelace, Alan Turing, Grace Hopper, Edsger Dijkstra · arXiv:2601.04242" in part
+        assert listed in part
+
+
+def test_backfilled_papers_are_searchable_and_have_pages(site: Site, backfill: Path) -> None:
+    _everything(site)
+    assert site.cli("ingest", "--defer-index", str(backfill)).code == 0
+    assert site.cli("run").code == 0
+    found = site.cli("search", "strings", "--json")
+    assert found.code == 0, found.err
+    keys = {hit["key"] for hit in found.json()["papers"]}
+    assert "arxiv:hep-th/9901001" in keys
+    with site.web() as web:
+        page = web.get("/papers/arxiv:hep-th/9901001")
+    assert page.status_code == 200
+    assert "Strings on Curved Backgrounds" in page.text
+    assert "1999-01-01" in page.text
+    # the paper's own date, under its title with its authors
+    assert '<time datetime="1999-01-01">1 Jan 1999</time>' in page.text
+
+
+def test_the_public_feed_is_ordered_by_the_papers_own_dates(site: Site, backfill: Path) -> None:
+    _everything(site)
+    assert site.cli("ingest", "--defer-index", str(backfill)).code == 0
+    assert site.cli("run").code == 0
+    for kind in ("atom", "rss"):
+        feed = feedparser.parse((site.data / "feeds" / f"papers.{kind}").read_bytes())
+        assert not feed.bozo, feed.bozo_exception
+        ids = [unquote(entry.link.split("/papers/")[-1]) for entry in feed.entries]
+        assert ids[0] == "arxiv:2601.04242"
+        published = {
+            key: date(*entry.published_parsed[:3])
+            for key, entry in zip(ids, feed.entries, strict=True)
+        }
+        assert published["arxiv:hep-th/9901001"] == date(1999, 1, 1)
+        assert published["arxiv:2403.00017"] == date(2024, 2, 29)
+        dates = [date(*entry.published_parsed[:3]) for entry in feed.entries]
+        assert dates == sorted(dates, reverse=True)
+        # authors: Atom's <author>, RSS's dc:creator (its <author> must be an address)
+        authors = {key: entry.get("author") for key, entry in zip(ids, feed.entries, strict=True)}
+        assert (
+            authors["arxiv:2601.04242"]
+            == "Ada Lovelace, Alan Turing, Grace Hopper, Edsger Dijkstra"
+        )
+        assert authors["arxiv:hep-th/9901001"]
+        assert all(date(*entry.updated_parsed[:3]) >= date(*entry.published_parsed[:3])
+                   for entry in feed.entries)  # fmt: skip
