@@ -99,6 +99,7 @@ class FeedSite:
             view,
             guid=paper_guid(row.guid_key, self.authority),
             published=datetime.combine(row.dated, time(), UTC),
+            updated=datetime.combine(row.revised, time(), UTC) if row.revised else None,
             added=added,
             reader=reader,
         )

@@ -265,6 +265,7 @@ def _v8_paper_dates(conn: Connection) -> None:
 
     A paper listed without a date is dated by the day it was first seen (UTC), as new
     papers are from now on; feeds order by this date, and digests take only recent ones.
+    ``revised`` is the day the paper last changed (a new version), when its listing says.
     """
     if conn.dialect.name == "sqlite":
         day = "substr(first_seen, 1, 10)"  # stored as 'YYYY-MM-DD HH:MM:SS' in UTC
@@ -272,6 +273,7 @@ def _v8_paper_dates(conn: Connection) -> None:
         day = "CAST(first_seen AT TIME ZONE 'UTC' AS DATE)"
     conn.execute(sa.text(f"UPDATE paper SET listing_date = {day} WHERE listing_date IS NULL"))
     conn.execute(sa.text("CREATE INDEX ix_paper_listing_date ON paper (listing_date, id)"))
+    conn.execute(sa.text("ALTER TABLE paper ADD COLUMN revised DATE"))
 
 
 MIGRATIONS: list[Callable[[Connection], None]] = [

@@ -34,6 +34,7 @@ class PaperRow:
     seq: int = 0  # the ingest that first saw it
     first_key: str | None = None  # the key before it adopted an arXiv id
     listing_date: date | None = None  # the paper's own date (None only in rows of old stores)
+    revised: date | None = None  # when it last changed, when its listing said
 
     @property
     def guid_key(self) -> str:
@@ -59,6 +60,7 @@ _ROW = sa.select(
     _PAPER.c.seq,
     _PAPER.c.first_key,
     _PAPER.c.listing_date,
+    _PAPER.c.revised,
 )
 ROW_COLUMNS = tuple(_ROW.selected_columns)  # for queries that join papers to other tables
 
@@ -269,6 +271,7 @@ _LOOKUP_COLUMNS = (
     "authors",
     "url",
     "listing_date",
+    "revised",
     "last_seen",
 )
 _LOOKUP = sa.select(*(_PAPER.c[name] for name in _LOOKUP_COLUMNS))
@@ -285,6 +288,7 @@ _UPDATE = (
         authors=sa.bindparam("_authors"),
         url=sa.bindparam("_url"),
         listing_date=sa.bindparam("_listing_date"),
+        revised=sa.bindparam("_revised"),
         last_seen=sa.bindparam("_last_seen"),
         times_seen=_PAPER.c.times_seen + sa.bindparam("_bump"),
     )
@@ -316,6 +320,7 @@ def update_papers(conn: Connection, rows: Sequence[dict[str, Any]], now: datetim
                 "_authors": u["authors"],
                 "_url": u["url"],
                 "_listing_date": u["listing_date"],
+                "_revised": u["revised"],
                 "_last_seen": now,
                 "_bump": u["times_seen"],
             }
@@ -326,7 +331,7 @@ def update_papers(conn: Connection, rows: Sequence[dict[str, Any]], now: datetim
 
 _INSERT_COLUMNS = (
     "key", "title_key", "arxiv_id", "title", "abstract", "authors", "url", "listing_date",
-    "first_seen", "last_seen", "times_seen", "seq",
+    "first_seen", "last_seen", "times_seen", "seq", "revised",
 )  # fmt: skip
 _RAW_INSERT = (
     f"INSERT INTO paper ({', '.join(_INSERT_COLUMNS)})"
@@ -354,13 +359,15 @@ def insert_papers(conn: Connection, rows: list[dict[str, Any]]) -> None:
         seen = row["first_seen"]
         if seen not in times:
             times[seen] = stamp(seen) if stamp else seen
-        listed = row["listing_date"]
+        listed, revised = row["listing_date"], row["revised"]
         if listed not in days:
             days[listed] = day(listed) if day else listed
+        if revised not in days:
+            days[revised] = day(revised) if day else revised
         tuples.append(
             (row["key"], row["title_key"], row["arxiv_id"], row["title"], row["abstract"],
              row["authors"], row["url"], days[listed], times[seen], times[row["last_seen"]], 1,
-             row["seq"])
+             row["seq"], days[revised])
         )  # fmt: skip
     conn.exec_driver_sql(_RAW_INSERT, tuples)
 
