@@ -52,6 +52,14 @@ def backfill(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def site(site: Site, monkeypatch: pytest.MonkeyPatch) -> Site:
+    """A site with the default news window (14 days)."""
+    monkeypatch.delenv("DIGEST_NEWS_DAYS")
+    site.env.pop("DIGEST_NEWS_DAYS")
+    return site
+
+
 def _everything(site: Site) -> None:
     """A reader whose interests match every paper of the back-fill."""
     site.subscribe({"reader@example.org": ["strings OR sparsity OR quantized OR graph"]})
