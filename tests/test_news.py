@@ -17,8 +17,13 @@ from urllib.parse import unquote
 
 import feedparser
 import pytest
+from sqlalchemy.engine import Engine
 
 from digest.deliver.message import day_text
+from digest.ingest.diff import upsert_entries
+from digest.ingest.listing import Entry
+from digest.store import papers
+from digest.store.engine import ingest_sequence, reading, transaction
 from tests.conftest import REPO, Site
 
 SNAPSHOT = REPO / "tests" / "fixtures" / "arxiv_snapshot.jsonl"
@@ -133,3 +138,28 @@ def test_the_public_feed_is_ordered_by_the_papers_own_dates(site: Site, backfill
             }
             assert updated["arxiv:2403.00017"] == date(2024, 3, 6)
             assert updated["arxiv:hep-th/9901001"] == date(2008, 2, 3)
+
+
+def test_news_and_the_newest_by_date_on_every_store(engine: Engine) -> None:
+    """The store's side of it, on SQLite and PostgreSQL: what is news, what is newest."""
+    came = datetime(2026, 3, 20, 23, 30, tzinfo=UTC)
+    entries = [
+        Entry("Old", arxiv_id="hep-th/9901001", published=date(1999, 1, 1)),
+        Entry("Edge", arxiv_id="2603.00001", published=date(2026, 3, 6)),  # 14 days before
+        Entry("Too old", arxiv_id="2603.00002", published=date(2026, 3, 5)),
+        Entry("Undated"),  # a text dump: dated by the day it came
+        Entry("Recent", arxiv_id="2603.00003", published=date(2026, 3, 19)),
+    ]
+    with transaction(engine) as conn:
+        upsert_entries(conn, entries, came)
+    with reading(engine) as conn:
+        news = papers.new_since(conn, 0, ingest_sequence(conn), news_days=14)
+        every = papers.new_since(conn, 0, ingest_sequence(conn))
+        newest = papers.newest(conn, 3, by="dated")
+    assert [p.title for p in news] == ["Edge", "Undated", "Recent"]
+    assert len(every) == len(entries)
+    assert [(p.title, p.dated) for p in newest] == [
+        ("Undated", date(2026, 3, 20)),
+        ("Recent", date(2026, 3, 19)),
+        ("Edge", date(2026, 3, 6)),
+    ]
