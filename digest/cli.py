@@ -396,7 +396,12 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
     settings = ctx.settings
     with reading(engine) as conn:
         ranked = preview_ranked(
-            conn, subscriber, period=period, now=ctx.now(), whole_store=args.all
+            conn,
+            subscriber,
+            period=period,
+            now=ctx.now(),
+            whole_store=args.all,
+            news_days=settings.news_days,
         )
         papers = ranked_json(conn, ranked)
         empty_store = not papers and not has_papers(conn)

@@ -193,6 +193,11 @@ class SettingsModel(BaseSettings):
     feed_items: Annotated[int, Rule(low=1, high=10_000)] = Field(
         100, description="Items kept in each feed."
     )
+    news_days: Annotated[int, Rule(low=1, high=3650)] = Field(
+        14,
+        description="Days a paper is news by its own date: an older paper new to the store (a"
+        " back-fill) is searchable but never mailed as new.",
+    )
     schedule: Annotated[str, Rule(check=_schedule)] = Field(
         "0 7 * * *", description="When `digest serve` runs the digest (cron syntax)."
     )
@@ -342,6 +347,7 @@ class Settings:
     timezone: str
     secret_key: str
     feed_items: int
+    news_days: int
     schedule: str
     poll_minutes: int
     sources: list[str]

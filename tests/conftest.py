@@ -64,6 +64,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+# The fixtures are listings of 2024 and dumps that name a day without a year ("Mar 12", up
+# to a year ago): news for every test that does not ask for the news window itself.
+FIXTURE_NEWS_DAYS = "3650"
+
+
+@pytest.fixture(autouse=True)
+def news_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command of a test takes the fixtures' papers as news (see FIXTURE_NEWS_DAYS)."""
+    monkeypatch.setenv("DIGEST_NEWS_DAYS", FIXTURE_NEWS_DAYS)
+
+
 @pytest.fixture
 def dump_a() -> Path:
     """A layout-A dump (trending page: no blank lines, no date) written for this project."""
@@ -277,6 +288,7 @@ def make_site(root: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch) -
         DIGEST_SMTP_RETRIES="0",
         DIGEST_SMTP_TIMEOUT="10",
         DIGEST_LOG_FORMAT="json",
+        DIGEST_NEWS_DAYS=FIXTURE_NEWS_DAYS,
         # `serve` runs the web front: each site on its own port
         DIGEST_WEB_PORT=str(free_port()),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -25,7 +26,9 @@ from digest.deliver.message import (
     preheader_for,
     shorten,
 )
+from digest.deliver.views import paper_view
 from digest.rank.highlight import find_marks, mark
+from digest.store.papers import PaperRow
 
 EXPECTED = Path(__file__).parent / "expected"
 NOW = datetime(2026, 11, 22, 7, 30, tzinfo=UTC)
@@ -52,6 +55,7 @@ PAPERS = [
         score=7.25,
         interests=("federated learning", "diffus*"),
         authors="Ada Lovelace, Grace Hopper and Alan Turing",
+        listed=date(2026, 11, 20),
     ),
     PaperView(
         key="title:a survey of schrodinger bridges",
@@ -208,14 +212,39 @@ def test_text_part_carries_the_papers_and_the_unsubscribe_link() -> None:
 
 def test_each_paper_shows_its_authors_and_arxiv_id() -> None:
     html, text = parts(build_message(view(), SENDER, NOW))
-    assert "\n  Ada Lovelace, Grace Hopper, Alan Turing · arXiv:2411.01234\r\n" in text
+    byline = "\n  Ada Lovelace, Grace Hopper, Alan Turing · arXiv:2411.01234 ·\r\n  20 Nov 2026\r\n"
+    assert byline in text  # wrapped, the date whole
     assert re.search(
         r'class="byline"[^>]*>Ada Lovelace, Grace Hopper, Alan Turing · '
-        r'<a class="link" href="https://arxiv.org/abs/2411.01234"[^>]*>arXiv:2411.01234</a>',
+        r'<a class="link" href="https://arxiv.org/abs/2411.01234"[^>]*>arXiv:2411.01234</a>'
+        r" · 20 Nov 2026</p>",
         html,
     )
     bridges = text.split("* Schrödinger Bridges — a Survey\r\n", 1)[1]
     assert bridges.startswith("  Schrödinger bridges connect")  # nothing known, no line
+
+
+def test_each_paper_shows_its_own_date_and_authors_from_the_store() -> None:
+    row = PaperRow(
+        id=7,
+        key="arxiv:2411.05555",
+        title="Sparse Mixtures of Many Experts",
+        abstract="We route tokens to experts.",
+        url=None,
+        arxiv_id="2411.05555",
+        times_seen=1,
+        first_seen=NOW,
+        authors="A. One, B. Two, C. Three, D. Four, E. Five and F. Six",
+        listing_date=date(2026, 11, 19),
+    )
+    undated = replace(row, id=8, key="title:undated", arxiv_id=None, listing_date=None, authors="")
+    papers = [paper_view(row, 1.0, []), paper_view(undated, 1.0, [])]
+    html, text = parts(build_message(view(papers), SENDER, NOW))
+    assert "\n  A. One, B. Two, C. Three et al. · arXiv:2411.05555 · 19 Nov 2026\r\n" in text
+    assert re.search(r'class="byline"[^>]*>A. One, B. Two, C. Three et al. · <a [^>]*>arXiv:'
+                     r"2411.05555</a> · 19 Nov 2026</p>", html)  # fmt: skip
+    # no date of its own: dated by the day it was first seen
+    assert "\n  22 Nov 2026\r\n" in text
 
 
 def test_a_long_author_list_is_cut_to_its_first_names() -> None:

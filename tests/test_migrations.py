@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -95,3 +95,35 @@ def test_the_ingest_sequence_backfill_keeps_every_readers_cut_off(database_url: 
 def _utc(value: object) -> datetime:
     moment = value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def test_papers_without_a_date_are_dated_by_the_day_they_were_first_seen(
+    database_url: str,
+) -> None:
+    old = _store_at(database_url, 7)
+    with old.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO paper (key, title_key, title, listing_date, first_seen, last_seen)"
+                " VALUES (:k, :k, :k, :d, :t, :t)"
+            ),
+            [
+                {"k": "title:undated", "d": None, "t": T0 + timedelta(hours=20)},
+                {"k": "title:dated", "d": date(2026, 2, 20), "t": T0},
+            ],
+        )
+    old.dispose()
+    store = open_store(database_url)
+    try:
+        with store.connect() as conn:
+            dates = dict(conn.execute(sa.text("SELECT key, listing_date FROM paper")).all())
+        assert {k: _day(v) for k, v in dates.items()} == {
+            "title:undated": date(2026, 3, 2),  # 03:00 UTC the next day
+            "title:dated": date(2026, 2, 20),
+        }
+    finally:
+        store.dispose()
+
+
+def _day(value: object) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))

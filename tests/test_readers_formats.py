@@ -101,6 +101,7 @@ def test_arxiv_atom_api_response() -> None:
         authors="Lena Okafor, Tomás Ruiz",
         url="https://arxiv.org/abs/2403.01234",
         published=date(2024, 3, 2),
+        revised=date(2024, 3, 5),  # <updated>: the paper's last version
     )
     assert (entries[1].arxiv_id, entries[1].url) == (
         "cs/0112017",
@@ -182,6 +183,7 @@ def test_snapshot_streams_entries() -> None:
         url="https://arxiv.org/abs/2403.00017",
         published=date(2024, 2, 29),
         line=1,
+        revised=date(2024, 3, 6),  # update_date
     )
     assert (entries[1].arxiv_id, entries[1].title, entries[1].published) == (
         "hep-th/9901001",

@@ -95,6 +95,7 @@ class PaperView:
     because: str = ""  # the title of a paper the reader liked that this one was chosen for
     page_url: str | None = None  # the paper's page on this site
     token_links: TokenLinks | None = None  # the same, and the vote links, for a reader
+    listed: date | None = None  # the paper's own date (its listing date, else first seen)
 
 
 @dataclass(frozen=True)
@@ -178,6 +179,12 @@ def _indented(text: str) -> str:
         break_on_hyphens=False,
         break_long_words=False,  # a long word (a URL) stays whole, on a line of its own
     )
+
+
+def _byline_text(authors: str, arxiv_id: str, listed: str) -> str:
+    """The plain part's byline, wrapped; a date is never split over two lines."""
+    glued = listed.replace(" ", "\u00a0")  # textwrap breaks at ASCII spaces only
+    return _indented(" · ".join(filter(None, (authors, arxiv_id, glued)))).replace("\u00a0", " ")
 
 
 def find_links(text: str) -> tuple[str, ...]:
@@ -296,6 +303,14 @@ def authors_line(authors: str) -> str:
     if len(names) <= AUTHORS_SHOWN:
         return ", ".join(names)
     return ", ".join(names[:3]) + " et al."
+
+
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def day_text(day: date) -> str:
+    """``19 Nov 2026``: a paper's date as emails and pages show it, whatever the locale."""
+    return f"{day.day} {_MONTH_NAMES[day.month - 1]} {day.year}"
 
 
 def subject_for(view: DigestView) -> str:
@@ -496,13 +511,14 @@ class MessageBuilder:
         """What a paper shows whoever reads it: worked out once per paper, not per reader."""
         key = (
             paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors,
-            paper.page_url,
+            paper.page_url, paper.listed,
         )  # fmt: skip
         base = self._bases.get(key)
         if base is None:
             text = shown(replace(paper, interests=()))
             authors = authors_line(paper.authors)
             arxiv_id = f"arXiv:{clean_header(paper.arxiv_id)}" if paper.arxiv_id else ""
+            listed = day_text(paper.listed) if paper.listed else ""
             links = find_links(_clean_text(paper.abstract))
             base = {
                 "title": text.title,
@@ -512,7 +528,8 @@ class MessageBuilder:
                 "authors": authors,
                 "arxiv_id": arxiv_id,
                 "arxiv_url": arxiv_url(paper.arxiv_id) if paper.arxiv_id else None,
-                "byline_text": _indented(" · ".join(filter(None, (authors, arxiv_id)))),
+                "listed": listed,
+                "byline_text": _byline_text(authors, arxiv_id, listed),
                 "link": paper_link(paper),
                 "code_links": [u for u in links if is_code_link(u)],
                 "other_links": [u for u in links if not is_code_link(u)],
@@ -546,7 +563,7 @@ class MessageBuilder:
         # Everything shown, nothing else: the score differs per subscriber and is not shown.
         key = (
             paper.key, paper.title, paper.abstract, paper.url, paper.arxiv_id, paper.authors,
-            paper.interests, paper.page_url, links, links and paper.because,
+            paper.interests, paper.page_url, paper.listed, links, links and paper.because,
         )  # fmt: skip
         block = self._cache.get(key)
         if block is None:

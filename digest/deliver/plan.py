@@ -65,6 +65,7 @@ def plan_owed(
     period: date,
     subscribers: Sequence[Subscriber] | None = None,
     take_in: bool = False,
+    news_days: int | None = None,
 ) -> list[Plan]:
     """Read from the store what planning needs and plan every digest owed for ``period``
     (to ``subscribers``, or to every active subscriber who has none for it yet).
@@ -72,6 +73,11 @@ def plan_owed(
     ``take_in``: a reader's digests of earlier periods still pending (an outage, the machine
     off) are taken into this one (``unsent.fold_waiting``): one digest with all their papers,
     not one per missed period. Writes; a dry run leaves it False.
+
+    A paper is news only when it is new to the store and, with ``news_days``, was recent by
+    its own date when it came (dated at most that many days before it was first seen): a
+    back-fill of history is searchable, and never mailed as new. Measured from its arrival,
+    not from ``period``, so a run that catches up after an outage still mails what was news.
     """
     if subscribers is None:
         subscribers = outbox.owed_subscribers(conn, period)
@@ -85,15 +91,19 @@ def plan_owed(
             taken = carried.get(int(s.id or 0))
             if taken is not None and taken.seen_upto is not None:
                 s.seen_upto = min(s.seen_upto, taken.seen_upto)
-    plans = _plan_owed(conn, subscribers, period)
+    plans = _plan_owed(conn, subscribers, period, news_days)
     if not carried:
         return plans
     return [replace(p, carried=carried.get(int(p.subscriber.id or 0))) for p in plans]
 
 
-def _plan_owed(conn: Connection, subscribers: Sequence[Subscriber], period: date) -> list[Plan]:
+def _plan_owed(
+    conn: Connection, subscribers: Sequence[Subscriber], period: date, news_days: int | None
+) -> list[Plan]:
     upto = ingest_sequence(conn)
-    papers = papers_store.new_since(conn, min(s.seen_upto for s in subscribers), upto)
+    papers = papers_store.new_since(
+        conn, min(s.seen_upto for s in subscribers), upto, news_days=news_days
+    )
     if not papers:
         return [Plan(s, (), upto) for s in subscribers]
     ids = {int(s.id or 0) for s in subscribers}

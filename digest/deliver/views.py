@@ -65,6 +65,7 @@ def paper_view(
         because=next((str(hit["liked"]) for hit in hits if "liked" in hit), ""),
         page_url=page_url,
         token_links=token_links,
+        listed=row.dated,
     )
 
 

@@ -24,7 +24,7 @@ import json
 import os
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -52,7 +52,7 @@ from digest.store.subscribers import active_salts
 from digest.tokens import feed_name
 
 GLOBAL_FEED = "papers"
-PUBLIC_DESCRIPTION = "Papers as they first appear in the listings."
+PUBLIC_DESCRIPTION = "Papers as they appear in the listings, newest first by their own dates."
 PRIVATE_DESCRIPTION = "The papers of your digests."
 
 
@@ -92,15 +92,18 @@ class FeedSite:
         self,
         row: PaperRow,
         view: PaperView,
-        published: datetime,
+        added: datetime,
         reader: tuple[str, str, str] | None = None,
     ) -> FeedItem:
-        """A paper's entry: its GUID from the key it was first seen under; ``reader``: in a
+        """A paper's entry, dated by the paper's own date and ``added`` to the feed then (first
+        seen, or sent): its GUID from the key it was first seen under; ``reader``: in a
         private feed, the reader's links (the paper's page, "more like this", "not for me")."""
         return item_for_paper(
             view,
             guid=paper_guid(row.guid_key, self.authority),
-            published=published,
+            published=datetime.combine(row.dated, time(), UTC),
+            updated=datetime.combine(row.revised, time(), UTC) if row.revised else None,
+            added=added,
             reader=reader,
         )
 
@@ -112,8 +115,9 @@ def site_of(engine: Engine, *, base_url: str, site_name: str, limit: int) -> Fee
 
 
 def public_items(conn: Connection, site: FeedSite) -> list[FeedItem]:
-    """The global feed's entries: the newest papers, as first seen."""
-    newest = papers.newest(conn, site.limit, by="first_seen")
+    """The global feed's entries: the newest papers by their own dates, so that a back-fill of
+    old papers never tops it."""
+    newest = papers.newest(conn, site.limit, by="dated")
     return [
         site.item(row, paper_view(row, 0.0, (), site.base_url), row.first_seen) for row in newest
     ]

@@ -55,7 +55,12 @@ _HASH_COMMENT = re.compile(rb"<!-- digest-content: ([0-9a-f]{64}) -->")
 
 @dataclass(frozen=True)
 class FeedItem:
-    """One entry; ``summary`` is HTML unless ``summary_is_html`` is False."""
+    """One entry; ``summary`` is HTML unless ``summary_is_html`` is False.
+
+    ``published`` is the paper's own date (entries are ordered by it), ``updated`` when the
+    paper last changed (None: not since), ``added`` when the entry came into this feed (first
+    seen, or sent): what tells a live feed's clients it changed.
+    """
 
     guid: str
     title: str
@@ -65,6 +70,18 @@ class FeedItem:
     terms: tuple[str, ...] = ()
     summary_is_html: bool = True
     authors: str = ""
+    updated: datetime | None = None
+    added: datetime | None = None
+
+    @property
+    def changed(self) -> datetime:
+        """When the entry was last changed: Atom's ``updated``."""
+        return max(self.published, self.updated) if self.updated else self.published
+
+    @property
+    def arrived(self) -> datetime:
+        """When the entry came into the feed (its date, when that is not known)."""
+        return self.added or self.published
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,8 @@ def item_for_paper(
     *,
     guid: str,
     published: datetime,
+    updated: datetime | None = None,
+    added: datetime | None = None,
     reader: tuple[str, str, str] | None = None,
 ) -> FeedItem:
     """A feed entry carrying what the email shows: authors, marked abstract, code, why chosen,
@@ -140,6 +159,8 @@ def item_for_paper(
         published=published,
         terms=text.marks.reasons,
         authors=authors,
+        updated=updated,
+        added=added,
     )
 
 
@@ -175,6 +196,7 @@ def content_hash(meta: FeedMeta, items: Sequence[FeedItem], kind: FeedKind) -> s
                 as_utc(i.published).isoformat(),
                 list(i.terms),
                 i.authors,
+                as_utc(i.changed).isoformat(),
             ]
             for i in items
         ],
@@ -215,6 +237,8 @@ def render_feed(
 
 def _render(meta: FeedMeta, chosen: Sequence[FeedItem], kind: FeedKind, digest: str) -> bytes:
     fg = FeedGenerator()
+    # RSS's <author> must be an email address: the names go in dc:creator. Atom has its own.
+    fg.load_extension("dc", atom=False, rss=True)
     fg.id(_xml_text(meta.feed_id or meta.self_url))
     fg.title(_xml_text(meta.title))
     fg.description(_xml_text(meta.description))
@@ -233,10 +257,13 @@ def _render(meta: FeedMeta, chosen: Sequence[FeedItem], kind: FeedKind, digest: 
         entry.title(_xml_text(item.title))
         entry.link(href=item.link, rel="alternate")
         entry.summary(_xml_text(item.summary), type="html" if item.summary_is_html else "text")
-        if _xml_text(item.authors).strip():
-            entry.author({"name": _xml_text(item.authors).strip()})
+        authors = _xml_text(item.authors).strip()
+        if authors:
+            entry.author({"name": authors})
+            if kind == "rss":
+                entry.dc.dc_creator(authors)
         entry.published(as_utc(item.published))
-        entry.updated(as_utc(item.published))
+        entry.updated(as_utc(item.changed))
         for term in item.terms:
             if _xml_text(term).strip():
                 entry.category(term=_xml_text(term).strip())

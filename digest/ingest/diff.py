@@ -71,6 +71,7 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
     """
     counts = DiffCounts()
     now = as_utc(now, naive="refuse")
+    today = now.date()
     seq = counts.seq = next_ingest_sequence(conn)
     # An entry with an arXiv id can only meet its paper under another key if the store has
     # papers known by title alone; a back-fill of the snapshot into a fresh store has none.
@@ -107,7 +108,10 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
                         "abstract": entry.abstract,
                         "authors": entry.authors,
                         "url": entry.url,
-                        "listing_date": entry.published,
+                        # a listing without dates dates its papers by the day they came,
+                        # so they are news then and never the newest in a feed later
+                        "listing_date": entry.published or today,
+                        "revised": entry.revised,
                         "first_seen": now,
                         "last_seen": now,
                         "times_seen": 1,
@@ -159,7 +163,8 @@ def _same_paper(row: dict[str, Any] | None, entry: Entry) -> dict[str, Any] | No
 
 
 def _absorb(row: dict[str, Any], entry: Entry, key: str) -> None:
-    """Fold what ``entry`` adds into ``row``: an arXiv id, fuller text, authors, link, date."""
+    """Fold what ``entry`` adds into ``row``: an arXiv id, fuller text, authors, link, the
+    earliest date, the latest revision."""
     if entry.arxiv_id and not row["arxiv_id"]:
         if row.get("id") is not None and row["first_key"] is None:
             # A stored paper keeps the key it was first seen under for its feed GUID; one
@@ -174,3 +179,5 @@ def _absorb(row: dict[str, Any], entry: Entry, key: str) -> None:
         row["url"] = entry.url
     if entry.published and (row["listing_date"] is None or entry.published < row["listing_date"]):
         row["listing_date"] = entry.published
+    if entry.revised and (row["revised"] is None or entry.revised > row["revised"]):
+        row["revised"] = entry.revised

@@ -18,6 +18,7 @@ class Entry:
     url: str | None = None
     published: date | None = None
     line: int = 0  # where the entry starts in its file (1-based; 0 when unknown)
+    revised: date | None = None  # when the paper last changed (a new version), if said
 
 
 @dataclass(slots=True)

@@ -221,7 +221,9 @@ def run_cycle(
             with transaction(engine) as conn:
                 write_lock(conn)  # the write lock first: no ingest commits under us
                 composed_at = clock()  # "new" goes by ingest sequence, not by this
-                plans = plan_owed(conn, period=period, take_in=True)
+                plans = plan_owed(
+                    conn, period=period, take_in=True, news_days=settings.news_days
+                )
                 report.composed = record_plans(
                     conn,
                     plans,
@@ -293,7 +295,7 @@ def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime)
     links = links_of(settings)
     builder = MessageBuilder(sender_of(settings))
     with reading(engine) as conn:
-        plans = plan_owed(conn, period=period)
+        plans = plan_owed(conn, period=period, news_days=settings.news_days)
         for plan in plans:
             sub = plan.subscriber
             if not plan.ranked and not sub.send_empty:

@@ -34,9 +34,16 @@ def _newest(conn: Connection, limit: int) -> list[PaperText]:
 
 
 def preview_ranked(
-    conn: Connection, subscriber: Subscriber, *, period: date, now: datetime, whole_store: bool
+    conn: Connection,
+    subscriber: Subscriber,
+    *,
+    period: date,
+    now: datetime,
+    whole_store: bool,
+    news_days: int | None = None,
 ) -> list[Ranked]:
-    """What the subscriber's next digest would hold, or their best papers in the whole store."""
+    """What the subscriber's next digest would hold (the news of ``news_days``), or their best
+    papers in the whole store."""
     if whole_store:
         profile = Profile(
             subscriber.id or 0,
@@ -47,7 +54,8 @@ def preview_ranked(
         votes = reader_votes(conn, [profile.id])
         newest = _newest(conn, WHOLE_STORE_LIMIT)
         return rank(newest, [profile], store_stats(conn), votes=votes)[profile.id]
-    (plan,) = plan_owed(conn, period=period, subscribers=[subscriber]) or [Plan(subscriber, ())]
+    owed = plan_owed(conn, period=period, subscribers=[subscriber], news_days=news_days)
+    (plan,) = owed or [Plan(subscriber, ())]
     return list(plan.ranked)
 
 

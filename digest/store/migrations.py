@@ -296,6 +296,22 @@ def _v9_dump_papers(conn: Connection) -> None:
     ).create(conn)
 
 
+def _v10_paper_dates(conn: Connection) -> None:
+    """Every paper has its own date, and the newest by it are found through an index.
+
+    A paper listed without a date is dated by the day it was first seen (UTC), as new
+    papers are from now on; feeds order by this date, and digests take only recent ones.
+    ``revised`` is the day the paper last changed (a new version), when its listing says.
+    """
+    if conn.dialect.name == "sqlite":
+        day = "substr(first_seen, 1, 10)"  # stored as 'YYYY-MM-DD HH:MM:SS' in UTC
+    else:
+        day = "CAST(first_seen AT TIME ZONE 'UTC' AS DATE)"
+    conn.execute(sa.text(f"UPDATE paper SET listing_date = {day} WHERE listing_date IS NULL"))
+    conn.execute(sa.text("CREATE INDEX ix_paper_listing_date ON paper (listing_date, id)"))
+    conn.execute(sa.text("ALTER TABLE paper ADD COLUMN revised DATE"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
@@ -306,6 +322,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v7_feedback,
     _v8_first_attempt,
     _v9_dump_papers,
+    _v10_paper_dates,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

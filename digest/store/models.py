@@ -24,7 +24,8 @@ class Paper(SQLModel, table=True):
     abstract: str = ""
     authors: str = ""
     url: str | None = None
-    listing_date: date | None = None
+    listing_date: date | None = None  # the paper's own date; else the day first seen
+    revised: date | None = None  # when the paper last changed, as its listing says
     first_seen: datetime = Field(index=True)
     last_seen: datetime
     times_seen: int = 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, Literal
 
 import sqlalchemy as sa
@@ -33,11 +33,18 @@ class PaperRow:
     authors: str = ""
     seq: int = 0  # the ingest that first saw it
     first_key: str | None = None  # the key before it adopted an arXiv id
+    listing_date: date | None = None  # the paper's own date (None only in rows of old stores)
+    revised: date | None = None  # when it last changed, when its listing said
 
     @property
     def guid_key(self) -> str:
         """The key a paper was first seen under: what its feed GUID is made of."""
         return self.first_key or self.key
+
+    @property
+    def dated(self) -> date:
+        """The paper's own date: its listing date, else the day it was first seen."""
+        return self.listing_date or self.first_seen.astimezone(UTC).date()
 
 
 _ROW = sa.select(
@@ -52,6 +59,8 @@ _ROW = sa.select(
     _PAPER.c.authors,
     _PAPER.c.seq,
     _PAPER.c.first_key,
+    _PAPER.c.listing_date,
+    _PAPER.c.revised,
 )
 ROW_COLUMNS = tuple(_ROW.selected_columns)  # for queries that join papers to other tables
 
@@ -65,17 +74,44 @@ def _rows(conn: Connection, query: Any) -> list[PaperRow]:
     return [PaperRow(*row) for row in conn.execute(query)]
 
 
-def new_since(conn: Connection, after: int, upto: int) -> list[PaperRow]:
-    """Papers of the ingests numbered after ``after`` and up to ``upto``, by id."""
-    return _rows(conn, _ROW.where(_PAPER.c.seq > after, _PAPER.c.seq <= upto).order_by(_PAPER.c.id))
+def _news(dialect: str, days: int) -> sa.ColumnElement[bool]:
+    """Papers that were news when they came: dated at most ``days`` before the day they were
+    first seen (UTC), or with no date of their own."""
+    if dialect == "sqlite":  # first_seen is stored as 'YYYY-MM-DD HH:MM:SS' in UTC
+        earliest: Any = sa.func.date(_PAPER.c.first_seen, f"-{int(days)} days")
+    else:
+        earliest = sa.cast(sa.func.timezone("UTC", _PAPER.c.first_seen), sa.Date) - int(days)
+    return sa.or_(_PAPER.c.listing_date.is_(None), _PAPER.c.listing_date >= earliest)
+
+
+def new_since(
+    conn: Connection, after: int, upto: int, *, news_days: int | None = None
+) -> list[PaperRow]:
+    """Papers of the ingests numbered after ``after`` and up to ``upto``, by id; with
+    ``news_days``, only those dated at most that many days before they were first seen (a
+    back-fill of old papers is new to the store, and no news)."""
+    query = _ROW.where(_PAPER.c.seq > after, _PAPER.c.seq <= upto)
+    if news_days is not None:
+        query = query.where(_news(conn.dialect.name, news_days))
+    return _rows(conn, query.order_by(_PAPER.c.id))
 
 
 def newest(
-    conn: Connection, limit: int, *, by: Literal["id", "first_seen"] = "id"
+    conn: Connection, limit: int, *, by: Literal["id", "first_seen", "dated"] = "id"
 ) -> list[PaperRow]:
-    """The ``limit`` newest papers, newest first: by id, or by when first seen."""
+    """The ``limit`` newest papers, newest first: by id, by when first seen, or by their own
+    date (so a back-filled old paper is never the newest)."""
     if by == "id":
         return _rows(conn, _ROW.order_by(_PAPER.c.id.desc()).limit(limit))
+    if by == "dated":
+        # Every paper has a listing date since schema 8 (its first day seen when the listing
+        # gave none), so the listing_date index answers this without a scan.
+        return _rows(
+            conn,
+            _ROW.where(_PAPER.c.listing_date.is_not(None))
+            .order_by(_PAPER.c.listing_date.desc(), _PAPER.c.id.desc())
+            .limit(limit),
+        )
     return _rows(conn, _ROW.order_by(_PAPER.c.first_seen.desc(), _PAPER.c.id.desc()).limit(limit))
 
 
@@ -235,6 +271,7 @@ _LOOKUP_COLUMNS = (
     "authors",
     "url",
     "listing_date",
+    "revised",
     "last_seen",
 )
 _LOOKUP = sa.select(*(_PAPER.c[name] for name in _LOOKUP_COLUMNS))
@@ -251,6 +288,7 @@ _UPDATE = (
         authors=sa.bindparam("_authors"),
         url=sa.bindparam("_url"),
         listing_date=sa.bindparam("_listing_date"),
+        revised=sa.bindparam("_revised"),
         last_seen=sa.bindparam("_last_seen"),
         times_seen=_PAPER.c.times_seen + sa.bindparam("_bump"),
     )
@@ -289,6 +327,7 @@ def update_papers(conn: Connection, rows: Sequence[dict[str, Any]], now: datetim
                 "_authors": u["authors"],
                 "_url": u["url"],
                 "_listing_date": u["listing_date"],
+                "_revised": u["revised"],
                 "_last_seen": now,
                 "_bump": u["times_seen"],
             }
@@ -299,7 +338,7 @@ def update_papers(conn: Connection, rows: Sequence[dict[str, Any]], now: datetim
 
 _INSERT_COLUMNS = (
     "key", "title_key", "arxiv_id", "title", "abstract", "authors", "url", "listing_date",
-    "first_seen", "last_seen", "times_seen", "seq",
+    "first_seen", "last_seen", "times_seen", "seq", "revised",
 )  # fmt: skip
 _RAW_INSERT = (
     f"INSERT INTO paper ({', '.join(_INSERT_COLUMNS)})"
@@ -327,13 +366,15 @@ def insert_papers(conn: Connection, rows: list[dict[str, Any]]) -> None:
         seen = row["first_seen"]
         if seen not in times:
             times[seen] = stamp(seen) if stamp else seen
-        listed = row["listing_date"]
+        listed, revised = row["listing_date"], row["revised"]
         if listed not in days:
             days[listed] = day(listed) if day else listed
+        if revised not in days:
+            days[revised] = day(revised) if day else revised
         tuples.append(
             (row["key"], row["title_key"], row["arxiv_id"], row["title"], row["abstract"],
              row["authors"], row["url"], days[listed], times[seen], times[row["last_seen"]], 1,
-             row["seq"])
+             row["seq"], days[revised])
         )  # fmt: skip
     conn.exec_driver_sql(_RAW_INSERT, tuples)
 

@@ -243,7 +243,7 @@ def _build(
     version: Hashable, site: FeedSite, path: str, kind: FeedKind, title: str, description: str
 ) -> Callable[[list[FeedItem]], Rendered]:
     def rendered(items: list[FeedItem]) -> Rendered:
-        newest = max((item.published for item in items), default=None)
+        newest = max((item.arrived for item in items), default=None)
         meta = site.meta(path, kind, title, description, newest or EPOCH)
         feed = make_feed(meta, items, kind=kind, limit=site.limit)
         return Rendered(version, feed.hash[:32], newest, feed.render())
@@ -338,7 +338,7 @@ def search_feed(request: Request) -> Response:
                     )
                     for r in ranked
                 ]
-        newest = max((item.published for item in items), default=None)
+        newest = max((item.arrived for item in items), default=None)
         meta = site.meta("search", kind, title, description, newest or EPOCH)
         url = f"{site.base_url}/feeds/{path}"
         meta = replace(meta, self_url=url, feed_id=url)

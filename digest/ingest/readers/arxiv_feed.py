@@ -109,6 +109,7 @@ def _atom_entry(element: ET.Element, path: Path) -> Entry:
         authors=", ".join(name for name in names if name),
         url=ABS_URL + arxiv_id if arxiv_id else _atom_link(element),
         published=_iso_day(_child_text(element, _ATOM + "published")),
+        revised=_iso_day(_child_text(element, _ATOM + "updated")),
     )
 
 
