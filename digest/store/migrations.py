@@ -260,6 +260,18 @@ def _v7_feedback(conn: Connection) -> None:
     table.create(conn)
 
 
+def _v8_ended_feeds(conn: Connection) -> None:
+    """The private feed names of readers who deleted their data (their feeds answer 410)."""
+    meta = sa.MetaData()
+    table = sa.Table(
+        "endedfeed",
+        meta,
+        sa.Column("name", sa.String, primary_key=True),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    table.create(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
@@ -268,6 +280,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v5_stable_feed_ids,
     _v6_self_service,
     _v7_feedback,
+    _v8_ended_feeds,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -31,6 +31,7 @@ from digest.deliver.confirm import ConfirmView, send_confirmation
 from digest.errors import DeliveryError, UsageError
 from digest.rank.query import InterestError
 from digest.service.cycle import sender_of, transport_of
+from digest.service.leaving import Copies, delete_reader, unsubscribe_reader
 from digest.service.subscriptions import (
     address_forms,
     check_field,
@@ -39,13 +40,12 @@ from digest.service.subscriptions import (
     normalize_email,
 )
 from digest.settings import SUBSCRIBER
-from digest.store.engine import reading, transaction
+from digest.store.engine import reading
 from digest.store.models import Subscriber
 from digest.store.subscribers import (
     CONFIRM_WINDOW,
     Preferences,
     confirm_request,
-    erase_subscriber,
     export_subscriber,
     forget_unconfirmed,
     interests_of,
@@ -53,7 +53,6 @@ from digest.store.subscribers import (
     request_subscription,
     set_paused,
     subscriber_by_id,
-    unsubscribe,
     update_preferences,
 )
 from digest.web.render import page
@@ -467,15 +466,11 @@ def delete_page(request: Request) -> Response:
     return page(request, "delete.html", {"email": row.email, "token": token})
 
 
-def _erase(state: WebState, ident: int) -> None:
-    with transaction(state.engine) as conn:
-        erase_subscriber(conn, ident)
-
-
 async def delete(request: Request) -> Response:
-    """Erase the subscriber and their outbox: gone, not a status."""
+    """Erase the subscriber, their outbox, mail files and private feed: gone, not a status."""
     state, row, _, _ = await _manage_form(request)
-    await run_in_threadpool(_erase, state, int(row.id or 0))
+    copies = Copies.of(state.settings)
+    await run_in_threadpool(delete_reader, state.engine, copies, row, state.now())
     return page(request, "deleted.html", {"email": row.email})
 
 
@@ -503,7 +498,7 @@ async def unsubscribe_now(request: Request) -> Response:
         raise HTTPException(400, "Use the Unsubscribe button on the page of this link.")
     token = request.path_params["token"]
     row = await run_in_threadpool(_subscriber, state, token, "unsubscribe")
-    await run_in_threadpool(unsubscribe, state.engine, int(row.id or 0))
+    await run_in_threadpool(unsubscribe_reader, state.engine, Copies.of(state.settings), row)
     return page(request, "unsubscribe.html", {"email": row.email, "token": token, "done": True})
 
 
