@@ -165,7 +165,7 @@ def test_unsubscribing_takes_the_private_feed_down(files_site: Site, dump_a: Pat
     name = private_feed_of(site, ADA)
     feeds = site.data / "feeds" / "private"
     (digest_file,) = [p for p in mail_for(site, ADA) if ".digest." in p.name]
-    digest = text_of(digest_file)
+    digest = text_of(digest_file).replace("\r\n", "\n")
     link = re.search(r"^Unsubscribe: https://[^/\s]+(/\S+)$", digest, re.MULTILINE)
     assert link
     done = client.post(link.group(1), data={"List-Unsubscribe": "One-Click"})
