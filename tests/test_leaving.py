@@ -123,9 +123,7 @@ def test_deleting_on_the_web_removes_the_mail_files_and_the_private_feed(
     assert len(mail_for(site, BOB)) >= 2  # the other reader keeps theirs
 
 
-def test_a_run_removes_what_a_web_front_elsewhere_could_not(
-    files_site: Site, dump_a: Path
-) -> None:
+def test_a_run_removes_what_a_web_front_elsewhere_could_not(files_site: Site, dump_a: Path) -> None:
     site = files_site
     manage = join(site, site.web(), ADA)
     join(site, site.web(), BOB)
