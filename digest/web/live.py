@@ -52,6 +52,7 @@ from digest.store.outbox import feed_state
 from digest.store.subscribers import SUPPRESSED, feed_ended, feed_salts
 from digest.tokens import feed_name
 from digest.web.browse import cached_stats, interest_refusal, rank_lock
+from digest.web.render import page
 from digest.web.state import WebState, state_of
 
 REBUILD_SECONDS = 5.0  # an unknown name rebuilds the name index at most this often
@@ -356,7 +357,26 @@ def search_feed(request: Request) -> Response:
     return _answer(request, path, version, kind, build, private=False)
 
 
+SEARCH_EXAMPLES = ('"language model" reasoning', "diffus* -survey", "title:speech")
+
+
+def feeds_page(request: Request) -> Response:
+    """``/feeds``: what the feeds are (public, private, search), their links, and how to add
+    one to a feed reader: the site's "Feeds" link opens this, not raw XML."""
+    base_url = state_of(request).settings.base_url
+    examples = [
+        {
+            "query": query,
+            "atom": f"{base_url}/feeds/search.atom?q={quote(query, safe='')}",
+            "rss": f"{base_url}/feeds/search.rss?q={quote(query, safe='')}",
+        }
+        for query in SEARCH_EXAMPLES
+    ]
+    return page(request, "feeds.html", {"base_url": base_url, "examples": examples})
+
+
 routes: list[BaseRoute] = [
+    Route("/feeds", feeds_page, methods=["GET", "HEAD"]),
     Route("/feeds/papers.{kind}", public_feed, methods=["GET", "HEAD"]),
     Route("/feeds/private/{name}.{kind}", private_feed, methods=["GET", "HEAD"]),
     Route("/feeds/search.{kind}", search_feed, methods=["GET", "HEAD"]),

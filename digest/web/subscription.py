@@ -179,8 +179,11 @@ def _local(moment: datetime | None, zone: str) -> str:
 
 
 def subscribe_page(request: Request) -> Response:
-    """The subscribe form alone."""
-    return page(request, "subscribe.html", {"form": {}, "errors": {}})
+    """The subscribe form alone; ``?interests=`` fills it (the front page's "Subscribe with
+    these" after trying interests)."""
+    interests = request.query_params.get("interests", "")[:MAX_INTERESTS_CHARS]
+    form = {"interests": interests} if interests.strip() else {}
+    return page(request, "subscribe.html", {"form": form, "errors": {}})
 
 
 def _refused(request: Request, values: dict[str, str], errors: FormErrors) -> Response:
@@ -375,6 +378,13 @@ def _manage_context(
         "joined": _local(row.created_at, zone),
         "last_digest": _local(row.last_digest_at, zone),
         "unsubscribe_token": tokens.link_token(state.key, row.id, row.token_salt),
+        # the private feed, served while digests are on or paused (it ends when they leave)
+        "feed": (
+            f"{state.settings.base_url}/feeds/private/"
+            f"{tokens.feed_name(state.key, row.id, row.token_salt)}"
+            if row.status in ("active", "paused")
+            else None
+        ),
     }
 
 
@@ -482,11 +492,15 @@ def unsubscribe_page(request: Request) -> Response:
     state = state_of(request)
     token = request.path_params["token"]
     row = _subscriber(state, token, "unsubscribe")
-    return page(
-        request,
-        "unsubscribe.html",
-        {"email": row.email, "token": token, "done": row.status in ("unsubscribed", "bounced")},
-    )
+    done = row.status in ("unsubscribed", "bounced")
+    return page(request, "unsubscribe.html", _unsubscribe_context(state, row, token, done))
+
+
+def _unsubscribe_context(
+    state: WebState, row: Subscriber, token: str, done: bool
+) -> dict[str, Any]:
+    manage = tokens.link_token(state.key, row.id, row.token_salt, purpose="manage")
+    return {"email": row.email, "token": token, "done": done, "manage_token": manage}
 
 
 async def unsubscribe_now(request: Request) -> Response:
@@ -499,7 +513,7 @@ async def unsubscribe_now(request: Request) -> Response:
     token = request.path_params["token"]
     row = await run_in_threadpool(_subscriber, state, token, "unsubscribe")
     await run_in_threadpool(unsubscribe_reader, state.engine, Copies.of(state.settings), row)
-    return page(request, "unsubscribe.html", {"email": row.email, "token": token, "done": True})
+    return page(request, "unsubscribe.html", _unsubscribe_context(state, row, token, True))
 
 
 routes: list[BaseRoute] = [
