@@ -18,6 +18,8 @@ from starlette.testclient import TestClient
 
 from digest.deliver.mail_files import mail_file_name, recipient_tag, sweep_mail
 from digest.settings import load_settings
+from digest.store.engine import open_store
+from digest.store.subscribers import set_paused
 from digest.tokens import feed_name
 from digest.web.app import create_app
 from tests.conftest import EXAMPLE_DUMPS, Site, store_rows
@@ -189,3 +191,23 @@ def test_a_sweep_spares_new_files_and_files_of_no_recipient(tmp_path: Path) -> N
     newer.write_bytes(b"To: bob@example.org\r\n\r\n")
     assert sweep_mail(tmp_path, [ADA], before=newer.stat().st_mtime - 1) == 0
     assert newer.exists()
+
+
+def test_the_operator_unsubscribing_takes_the_feed_down_and_a_pause_keeps_it(
+    files_site: Site, dump_a: Path
+) -> None:
+    site = files_site
+    site.subscribe({ADA: ["diffusion"], BOB: ["diffusion"]})
+    run(site, dump_a, "a.txt")
+    feeds = site.data / "feeds" / "private"
+    ada, bob = private_feed_of(site, ADA), private_feed_of(site, BOB)
+    client = site.web()
+    assert site.cli("unsubscribe", ADA).code == 0
+    assert not (feeds / f"{ada}.atom").exists()
+    assert client.get(f"/feeds/private/{ada}.atom").status_code == 410
+
+    (row,) = store_rows(site.data, f"SELECT id FROM subscriber WHERE email = '{BOB}'")
+    set_paused(open_store(f"sqlite:///{site.data / 'digest.db'}"), int(str(row[0])), True)
+    run(site, DUMP_C, "c.txt")
+    assert (feeds / f"{bob}.atom").exists()  # paused: kept, and still served
+    assert client.get(f"/feeds/private/{bob}.atom").status_code == 200

@@ -74,8 +74,13 @@ def unsubscribe_reader(engine: Engine, copies: Copies, row: Subscriber) -> str |
     no such reader). Their emails stay: the history is theirs to delete."""
     status = unsubscribe(engine, int(row.id or 0))
     if status is not None:
-        _remove(copies, None, feed_name(copies.key, int(row.id or 0), row.token_salt))
+        take_feed_down(copies, row)
     return status
+
+
+def take_feed_down(copies: Copies, row: Subscriber) -> None:
+    """Remove the private feed files of a reader who left (however they left)."""
+    _remove(copies, None, feed_name(copies.key, int(row.id or 0), row.token_salt))
 
 
 def sweep_mail_files(engine: Engine, copies: Copies) -> int:

@@ -283,7 +283,8 @@ def private_feed(request: Request) -> Response:
     found = feed_state(state.engine, ident) if ident is not None else None
     if found is not None and feed_name(state.key, ident, found.token_salt) != name:
         found = None  # the salt was rotated: an old link
-    if ident is None or found is None or found.status != "active":
+    # a paused reader keeps their feed (what was sent stays theirs); one who left does not
+    if ident is None or found is None or found.status not in ("active", "paused"):
         left = found is not None and found.status in SUPPRESSED
         if left or (found is None and len(name) == 32 and feed_ended(state.engine, name)):
             raise HTTPException(
