@@ -43,6 +43,7 @@ from digest.service.cycle import (
     sender_of,
 )
 from digest.service.feedback import VOTES, give_feedback
+from digest.service.leaving import Copies, take_feed_down
 from digest.service.listings import listing_line, recent_listings, removal_lines, take_back
 from digest.service.preview import has_papers, preview_ranked, search_store
 from digest.service.runlock import hold_run_lock
@@ -321,6 +322,7 @@ def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
             )
         address = found.email
     row = set_status(ctx.engine, address, "unsubscribed")
+    take_feed_down(Copies.of(ctx.settings), row)  # the live one answers 410 from now on
     ctx.say(f"unsubscribed {row.email}")
     return 0
 

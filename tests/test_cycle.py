@@ -359,7 +359,7 @@ def test_feeds_written_by_two_processes_are_the_same_files(
     for processes in (1, 2):
         target = replace(settings, feeds_dir=tmp_path / f"feeds-{processes}")
         counts = publish_site_feeds(target, store, now=now, processes=processes)
-        assert counts == {"written": 2 * (len(PEOPLE) + 1), "unchanged": 0}
+        assert counts == {"written": 2 * (len(PEOPLE) + 1), "unchanged": 0, "removed": 0}
         files = sorted(p for p in target.feeds_dir.rglob("*") if p.is_file())
         outputs.append({p.relative_to(target.feeds_dir): p.read_bytes() for p in files})
     assert outputs[0] == outputs[1]

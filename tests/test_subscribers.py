@@ -22,7 +22,16 @@ from digest.service.subscriptions import (
     read_csv,
     upsert_subscriber,
 )
-from digest.store.subscribers import SubscriberRow, active_salts, list_subscribers
+from digest.store.engine import transaction
+from digest.store.subscribers import (
+    SubscriberRow,
+    active_salts,
+    end_feed,
+    feed_ended,
+    feed_salts,
+    list_subscribers,
+    stored_addresses,
+)
 from digest.tokens import feed_name, link_token
 
 NOW = datetime(2026, 3, 11, tzinfo=UTC)
@@ -347,3 +356,21 @@ def test_plain_rows_and_the_salts_of_active_subscribers(engine: Engine) -> None:
     assert (row.id, row.email, row.interests) == (ada.id, "ada@example.org", ("llm", "speech"))
     with engine.connect() as conn:
         assert active_salts(conn) == {row.id: ada.token_salt}
+
+
+def test_feed_salts_addresses_and_ended_feeds(engine: Engine) -> None:
+    ada = upsert_subscriber(engine, SubscriberSpec("ada@example.org", ["llm"]), now=NOW)
+    bob = upsert_subscriber(
+        engine, SubscriberSpec("bob@example.org", ["x"], status="unsubscribed"), now=NOW
+    )
+    with engine.connect() as conn:
+        assert feed_salts(conn) == {
+            ada.id: (ada.token_salt, "active"),
+            bob.id: (bob.token_salt, "unsubscribed"),
+        }
+        assert stored_addresses(conn) == {"ada@example.org", "bob@example.org"}
+    assert not feed_ended(engine, "f" * 32)
+    for _ in range(2):  # remembering it twice is once
+        with transaction(engine) as conn:
+            end_feed(conn, "f" * 32, NOW)
+    assert feed_ended(engine, "f" * 32) and not feed_ended(engine, "e" * 32)

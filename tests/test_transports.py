@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from digest.deliver.mail_files import eml_name, recipient_tag
 from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender
 from digest.deliver.transports import (
     AddressError,
@@ -21,7 +22,6 @@ from digest.deliver.transports import (
     SMTPTransport,
     TransportError,
     _wire,
-    eml_name,
     open_transport,
 )
 from digest.errors import ConfigError, DeliveryError
@@ -99,11 +99,12 @@ def test_file_transport_writes_one_eml_per_message(tmp_path: Path) -> None:
 
     asyncio.run(go())
     names = sorted(p.name for p in (tmp_path / "outbox").iterdir())
-    assert names == [
-        "digest-0@example.org.eml",
-        "digest-1@example.org.eml",
-        "digest-2@example.org.eml",
-    ]
+    # each name starts with its recipient's tag, so a reader's mail is found by name
+    assert names == sorted(
+        f"{recipient_tag(f'reader{n}@example.net')}.digest-{n}@example.org.eml" for n in range(3)
+    )
+    by_message = {name.split(".", 1)[1]: name for name in names}
+    names = [by_message[f"digest-{n}@example.org.eml"] for n in range(3)]
     assert (tmp_path / "outbox" / names[1]).read_bytes() == message_for(1)[1]
 
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from digest.web.security import CSRF_FIELD
-from tests.browser import Browser, LiveServer, chromium, live_server
+from tests.browser import WIDTHS, Browser, LiveServer, chromium, live_server
 from tests.conftest import EXAMPLE_A, EXAMPLE_B, EXAMPLE_DUMPS, REPO, Site, store_rows
 
 EXAMPLE_MAR13 = EXAMPLE_DUMPS / "daily-mar13-layout-b.txt"
@@ -247,3 +247,127 @@ def _link(message: EmailMessage, prefix: str) -> str:
     found = set(re.findall(re.escape(prefix) + r"[^\s\"'<>]+", _text(message)))
     assert len(found) == 1, (prefix, found)
     return found.pop()
+
+
+FRONT_PAGE_MOST = 3000  # px at 1280 wide: the front page is read, not scrolled through
+# Each word (run of non-spaces) of the syntax table's examples that the browser laid out
+# over two lines.
+_BROKEN_WORDS = """
+const out = [];
+for (const code of document.querySelectorAll('table.syntax code')) {
+  for (const node of code.childNodes) {
+    if (node.nodeType !== 3) continue;
+    for (const m of node.data.matchAll(/\\S+/g)) {
+      const range = document.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      if (range.getClientRects().length > 1) out.push(m[0]);
+    }
+  }
+}
+return out;
+"""
+
+
+def test_the_front_page_is_short_and_keeps_its_examples_whole(
+    browser: Browser, live: LiveServer
+) -> None:
+    for width in (1280, 375):
+        browser.resize(width)
+        browser.open(f"{live.url}/")
+        height = browser.run("return document.documentElement.scrollHeight")
+        if width == 1280:
+            assert height <= FRONT_PAGE_MOST, height
+        # no word of an example of the interest language broken (never title:transfo/rmer)
+        broken = browser.run(_BROKEN_WORDS)
+        assert broken == [], (width, broken)
+        new, trending = browser.run(
+            "return ['new-heading', 'trending-heading'].map((id) => [...document"
+            ".getElementById(id).closest('section').querySelectorAll('.paper .title')]"
+            ".map((a) => a.getAttribute('href')))"
+        )
+        assert new and trending and not set(new) & set(trending)
+        assert browser.overflow() == []
+
+
+def test_try_it_then_subscribe_with_these(browser: Browser, live: LiveServer) -> None:
+    from selenium.webdriver.common.by import By
+
+    assert browser.check(f"{live.url}/?try=diffusion%0Aspeech#try", "front-tried") == []
+    assert "score" not in browser.run("return document.getElementById('try').innerText")
+    browser.resize(375)
+    browser.open(f"{live.url}/?try=diffusion%0Aspeech#try")
+    browser.press('form[action="/subscribe"].carry [type=submit]')
+    field = browser.driver.find_element(By.CSS_SELECTOR, "textarea[name=interests]")
+    assert field.get_attribute("value") == "diffusion\nspeech"
+    assert browser.problems() == []
+    browser.screenshot("subscribe-with-these")
+
+
+def test_the_feeds_page_and_the_top_bars_link_to_it(browser: Browser, live: LiveServer) -> None:
+    browser.open(f"{live.url}/")
+    browser.press('header nav a[href="/feeds"]')
+    assert browser.run("return document.querySelector('h1').textContent") == "Feeds"
+    assert browser.check(f"{live.url}/feeds", "feeds") == []
+
+
+def test_manage_vote_and_unsubscribed_pages_in_the_browser(
+    browser: Browser, live: LiveServer, site: Site
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    reader = "reader@example.org"
+    site.subscribe({reader: ["diffusion"]})
+    site.drop_in_inbox(EXAMPLE_MAR13, "mar13.txt")
+    yesterday = datetime.now(UTC).date() - timedelta(days=1)
+    assert site.cli("run", "--period", yesterday.isoformat()).code == 0
+    [digest] = live.emails(reader)
+    manage_url = _link(digest, f"{live.url}/manage/")
+    assert browser.check(manage_url, "manage") == []
+    assert "Your feed" in browser.run("return document.body.innerText")
+
+    # a text input with an error looks like the textarea with one
+    for width in WIDTHS:
+        browser.resize(width)
+        browser.open(manage_url)
+        field = browser.driver.find_element(By.NAME, "interests")
+        field.clear()
+        field.send_keys("(")
+        items = browser.driver.find_element(By.NAME, "max_items")
+        items.clear()
+        items.send_keys("0")
+        browser.press("form:has(textarea[name=interests]) [type=submit]")
+        borders = browser.run(
+            "return ['interests', 'max_items'].map((id) => {"
+            " const s = getComputedStyle(document.getElementById(id));"
+            " return [s.borderTopColor, s.borderTopWidth]; })"
+        )
+        assert borders[0] == borders[1], borders
+        assert browser.problems(status=422) == []
+        browser.screenshot("manage-errors")
+
+    # the thank-you page after a vote leads on
+    votes = re.findall(re.escape(f"{live.url}/feedback/") + r"[^\s\"'<>]+", _text(digest))
+    browser.resize(375)
+    browser.open(sorted(v.replace("&amp;", "&") for v in votes if v.endswith("vote=up"))[0])
+    browser.press('form[action*="/feedback/"] [type=submit]')
+    links = browser.run(
+        "return [...document.querySelectorAll('main a')].map((a) => a.getAttribute('href'))"
+    )
+    assert any(h.startswith("/papers/") for h in links) and any(
+        h.startswith("/manage/") for h in links
+    ), links
+    assert browser.problems() == []
+    browser.screenshot("voted")
+
+    # the unsubscribed page leads on
+    [unsubscribe_url] = re.findall(r"<(https?://[^>]+)>", str(digest["List-Unsubscribe"]))
+    browser.open(unsubscribe_url)
+    browser.press('form[action*="/unsubscribe/"] [type=submit]')
+    assert "You are unsubscribed" in browser.run("return document.body.innerText")
+    links = browser.run(
+        "return [...document.querySelectorAll('main a')].map((a) => a.getAttribute('href'))"
+    )
+    assert "/" in links and any(h.endswith("/delete") for h in links), links
+    assert browser.problems() == []
+    browser.screenshot("unsubscribed")

@@ -186,7 +186,7 @@ def test_a_feed_of_someone_who_left_is_gone(site: Site) -> None:
     path = private_feed_path(site, "ada@example.org")
     assert client.get(path).status_code == 200
     assert site.cli("unsubscribe", "ada@example.org").code == 0
-    assert client.get(path).status_code == 404
+    assert client.get(path).status_code == 410  # Gone, so a feed reader stops asking
 
 
 def test_a_wrong_extension_is_a_404(site: Site) -> None:

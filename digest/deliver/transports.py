@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import itertools
 import os
@@ -36,6 +35,7 @@ from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 
+from digest.deliver.mail_files import mail_file_name, mail_folder
 from digest.errors import ConfigError, DeliveryError
 from digest.files import make_folder, write_private
 from digest.retry import Backoff, TryAgain
@@ -127,18 +127,6 @@ class _Closing:
 
 # --- files ----------------------------------------------------------------------
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._@+=-]")
-
-
-def eml_name(message_id: str) -> str:
-    """A safe, stable file name for a message: its Message-ID, made safe, plus ``.eml``."""
-    raw = message_id.strip().strip("<>")
-    safe = _UNSAFE.sub("_", raw).lstrip(".")[:150]
-    if safe != raw or not safe:
-        # Two ids that differ only in unsafe characters must not share a file.
-        safe += "-" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:12]
-    return safe + ".eml"
-
 
 class FileTransport(_Closing):
     """Writes one ``.eml`` file per message into a folder, atomically."""
@@ -149,8 +137,9 @@ class FileTransport(_Closing):
         self._made = False
 
     async def send(self, sender_addr: str, recipient: str, message: bytes, message_id: str) -> None:
-        """Write the message to ``<message id>.eml`` (temp file, then rename)."""
-        target = self.directory / eml_name(message_id)
+        """Write the message to ``<recipient tag>.<message id>.eml`` (temp file, then
+        rename): the tag finds a reader's mail when they delete their data."""
+        target = self.directory / mail_file_name(recipient, message_id)
         temp = self.directory / f".{target.name}.{os.getpid()}.{next(self._counter)}.tmp"
         try:
             if not self._made:
@@ -524,10 +513,10 @@ def open_transport(
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "file":
-        path = unquote(parts.netloc + parts.path)
-        if not path:
+        folder = mail_folder(url)
+        if folder is None:
             raise ConfigError("mail_transport: a file:// URL needs a folder")
-        return FileTransport(Path(path))
+        return FileTransport(folder)
     if scheme not in {"smtp", "smtps"}:
         raise ConfigError("mail_transport must be a file://, smtp:// or smtps:// URL")
     host = parts.hostname

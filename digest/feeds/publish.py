@@ -19,6 +19,7 @@ reader see the paper twice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -48,7 +49,7 @@ from digest.files import make_folder
 from digest.store import outbox, papers
 from digest.store.engine import feed_authority, reading
 from digest.store.papers import PaperRow
-from digest.store.subscribers import active_salts
+from digest.store.subscribers import feed_salts
 from digest.tokens import feed_name
 
 GLOBAL_FEED = "papers"
@@ -173,7 +174,18 @@ def publish_feeds(
     site = site_of(engine, base_url=base_url, site_name=site_name, limit=limit)
     with reading(engine) as conn:
         public = public_items(conn, site)
-        salts = active_salts(conn) if private else {}
+        everyone = feed_salts(conn)
+        # kept on disk: the feeds of active readers and of paused ones (back on resume)
+        kept = {
+            feed_name(key, ident, salt)
+            for ident, (salt, status) in everyone.items()
+            if status in ("active", "paused")
+        }
+        salts = {
+            ident: salt
+            for ident, (salt, status) in everyone.items()
+            if private and status == "active"
+        }
         names = {ident: feed_name(key, ident, salt) for ident, salt in salts.items()}
         voting = (Links(base_url, key, ""), salts)
         targets = [
@@ -216,7 +228,34 @@ def publish_feeds(
         # feedgen is CPU-bound (about 1 ms a feed); forked children inherit the built items
         processes = forks.processes_for(len(jobs), threshold=PARALLEL_FROM, cap=4)
     written = sum(forks.fork_map(functools.partial(_write, limit=limit), jobs, processes))
-    return {"written": written, "unchanged": len(jobs) - written}
+    removed = sweep_private_feeds(folder / "private", kept)
+    return {"written": written, "unchanged": len(jobs) - written, "removed": removed}
+
+
+def remove_private_feed(folder: Path, name: str) -> int:
+    """Remove the files of the private feed ``name`` under ``folder``; how many went."""
+    removed = 0
+    for kind in ("atom", "rss"):
+        with contextlib.suppress(FileNotFoundError):
+            (folder / "private" / f"{name}.{kind}").unlink()
+            removed += 1
+    return removed
+
+
+def sweep_private_feeds(private: Path, kept: Collection[str]) -> int:
+    """Remove every private feed file whose reader left or deleted their data (a name not
+    in ``kept``), so a web server serving the folder stops serving it."""
+    try:
+        paths = [p for p in private.iterdir() if p.suffix in (".atom", ".rss")]
+    except (FileNotFoundError, NotADirectoryError):
+        return 0
+    removed = 0
+    for path in paths:
+        if path.stem not in kept:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
 
 
 def _make_folders(folder: Path, *, private: bool) -> None:

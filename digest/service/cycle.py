@@ -33,6 +33,7 @@ from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
+from digest.service.leaving import Copies, sweep_mail_files
 from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
 from digest.settings import Settings
 from digest.store import runs
@@ -221,9 +222,7 @@ def run_cycle(
             with transaction(engine) as conn:
                 write_lock(conn)  # the write lock first: no ingest commits under us
                 composed_at = clock()  # "new" goes by ingest sequence, not by this
-                plans = plan_owed(
-                    conn, period=period, take_in=True, news_days=settings.news_days
-                )
+                plans = plan_owed(conn, period=period, take_in=True, news_days=settings.news_days)
                 report.composed = record_plans(
                     conn,
                     plans,
@@ -244,6 +243,8 @@ def run_cycle(
             report.feeds = publish_site_feeds(
                 settings, engine, now=clock(), changed=report.delivered.sent_to
             )
+            # the mail files of readers deleted since (on the web front, maybe on another host)
+            sweep_mail_files(engine, Copies.of(settings))
             report.outbox = outbox_counts(engine)
             if report.outbox["pending"] + report.outbox["sending"]:
                 report.pending_reason = _why_pending(report.delivered) or pending_reason(engine)

@@ -312,6 +312,18 @@ def _v10_paper_dates(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE paper ADD COLUMN revised DATE"))
 
 
+def _v11_ended_feeds(conn: Connection) -> None:
+    """The private feed names of readers who deleted their data (their feeds answer 410)."""
+    meta = sa.MetaData()
+    table = sa.Table(
+        "endedfeed",
+        meta,
+        sa.Column("name", sa.String, primary_key=True),
+        sa.Column("ended_at", sa.DateTime(timezone=True), nullable=False),
+    )
+    table.create(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
@@ -323,6 +335,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v8_first_attempt,
     _v9_dump_papers,
     _v10_paper_dates,
+    _v11_ended_feeds,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -87,6 +87,14 @@ class Subscriber(SQLModel, table=True):
     confirm_window: datetime | None = None
 
 
+class EndedFeed(SQLModel, table=True):
+    """The name of a private feed whose reader deleted their data: the name is a signature
+    over an id and a random salt, nothing about the person, and lets the feed answer 410."""
+
+    name: str = Field(primary_key=True)
+    ended_at: datetime
+
+
 class Digest(SQLModel, table=True):
     """The outbox: one digest per subscriber per period."""
 

@@ -30,7 +30,7 @@ from digest.clock import as_utc
 from digest.errors import UsageError
 from digest.store import feedback
 from digest.store.engine import ingest_sequence, reading, transaction
-from digest.store.models import Digest, DigestItem, Paper, Subscriber
+from digest.store.models import Digest, DigestItem, EndedFeed, Paper, Subscriber
 
 STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced")
 SUPPRESSED = ("unsubscribed", "bounced")  # the address left: no mail until it comes back
@@ -101,6 +101,35 @@ def active_salts(conn: Connection) -> dict[int, str]:
         col(Subscriber.status) == "active"
     )
     return {ident: salt for ident, salt in conn.execute(query).all() if ident is not None}
+
+
+def feed_salts(conn: Connection) -> dict[int, tuple[str, str]]:
+    """Every subscriber's link salt and status, by id: whose private feed a name is, and
+    whether it is served (active), kept (paused) or gone (left)."""
+    query = sa.select(col(Subscriber.id), col(Subscriber.token_salt), col(Subscriber.status))
+    rows = conn.execute(query).all()
+    return {ident: (salt, status) for ident, salt, status in rows if ident is not None}
+
+
+def stored_addresses(conn: Connection) -> set[str]:
+    """Every address the store holds, of any status (mail files of no one else are stale)."""
+    return {email for (email,) in conn.execute(sa.select(col(Subscriber.email))).all()}
+
+
+def end_feed(conn: Connection, name: str, now: datetime) -> None:
+    """Remember that the private feed ``name`` ended with its reader's data."""
+    table = EndedFeed.__table__  # type: ignore[attr-defined]
+    if conn.execute(sa.select(table.c.name).where(table.c.name == name)).first() is None:
+        conn.execute(sa.insert(table).values(name=name, ended_at=now))
+
+
+def feed_ended(engine: Engine, name: str) -> bool:
+    """Whether ``name`` was the private feed of a reader who deleted their data."""
+    table = EndedFeed.__table__  # type: ignore[attr-defined]
+    with reading(engine) as conn:
+        found = conn.execute(sa.select(table.c.name).where(table.c.name == name)).first()
+        conn.rollback()
+    return found is not None
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,8 @@ PREVIEW_DAYS = 7
 PREVIEW_ITEMS = 20
 MAX_INTERESTS = 20
 MAX_INTEREST_CHARS = 500  # one line of the preview, one search
-NEW_SHOWN = 10
-TRENDING_SHOWN = 10
+NEW_SHOWN = 5
+TRENDING_SHOWN = 5
 TRENDING_DAYS = 30
 PAGE_SIZE = 20
 MAX_PAGES = 25
@@ -119,13 +119,25 @@ class Listed:
     authors: str
     arxiv_id: str | None
     reasons: tuple[str, ...]
-    score: float | None
+    strength: str | None  # "strong match", "good match", "weak match": beside its list's best
     times_seen: int
     first_seen: datetime
 
 
-def listed(row: PaperRow, base_url: str, ranked: Ranked | None = None) -> Listed:
-    """A paper for a list (with its score and marks when ``ranked`` chose it)."""
+# A raw score means nothing to a reader (its scale depends on the words and the archive):
+# a list says how each paper matches beside the best of that same list.
+STRENGTHS = ((0.75, "strong match"), (0.4, "good match"), (0.0, "weak match"))
+
+
+def strength(score: float, best: float) -> str:
+    """How well a paper matches, in words, beside the best score of its list."""
+    share = score / best if best > 0 else 1.0
+    return next(label for floor, label in STRENGTHS if share >= floor)
+
+
+def listed(row: PaperRow, base_url: str, ranked: Ranked | None = None, best: float = 0.0) -> Listed:
+    """A paper for a list (with its marks, and how well it matches beside ``best``, when
+    ``ranked`` chose it)."""
     hits = hits_to_json(ranked.hits) if ranked is not None else []
     view = paper_view(row, ranked.score if ranked else 0.0, hits, base_url)
     text = shown(view)
@@ -137,7 +149,7 @@ def listed(row: PaperRow, base_url: str, ranked: Ranked | None = None) -> Listed
         authors=authors_line(row.authors),
         arxiv_id=row.arxiv_id,
         reasons=text.marks.reasons,
-        score=round(ranked.score, 2) if ranked is not None else None,
+        strength=strength(ranked.score, best) if ranked is not None else None,
         times_seen=row.times_seen,
         first_seen=row.first_seen,
     )
@@ -150,7 +162,8 @@ def _local(view: PaperView) -> str:
 
 def _ranked_list(conn: Connection, ranked: Sequence[Ranked], base_url: str) -> list[Listed]:
     rows = papers.by_ids(conn, [r.paper_id for r in ranked])
-    return [listed(rows[r.paper_id], base_url, r) for r in ranked if r.paper_id in rows]
+    best = max((r.score for r in ranked), default=0.0)
+    return [listed(rows[r.paper_id], base_url, r, best) for r in ranked if r.paper_id in rows]
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,15 @@ def home(request: Request) -> Response:
     with reading(state.engine) as conn:
         tried = _try(state, conn, text, cached_stats(state, conn)) if text is not None else None
         new = papers.first_seen_since(conn, now - timedelta(days=1), NEW_SHOWN)
-        trending = papers.trending(conn, now - timedelta(days=TRENDING_DAYS), TRENDING_SHOWN)
+        # a paper shows once: what is new today is not listed again as trending
+        shown_new = {row.id for row in new}
+        trending = [
+            row
+            for row in papers.trending(
+                conn, now - timedelta(days=TRENDING_DAYS), TRENDING_SHOWN + len(new)
+            )
+            if row.id not in shown_new
+        ][:TRENDING_SHOWN]
         conn.rollback()
     with rank_lock:
         new_listed = [listed(row, base_url) for row in new]
@@ -207,6 +228,8 @@ def home(request: Request) -> Response:
             "preview_days": PREVIEW_DAYS,
             "new": new_listed,
             "trending": trending_listed,
+            # the interests tried fill the subscribe form above too
+            "form": {"interests": tried.text} if tried is not None and not tried.error else {},
         },
         status=422 if tried is not None and tried.error else 200,
     )

@@ -16,6 +16,7 @@ link with a token that does not check out shows the page without them.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -23,7 +24,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from digest.deliver.views import feedback_path
+from digest import tokens
+from digest.deliver.views import READER, feedback_path
 from digest.service.feedback import link_vote, store_vote, token_reader, undo_vote
 from digest.store import feedback
 from digest.store.engine import reading
@@ -72,20 +74,28 @@ def _checked(request: Request) -> tuple[WebState, Subscriber, PaperRow, str]:
     return state, subscriber, paper, vote
 
 
-def _context(request: Request, paper: PaperRow, vote: str, **more: Any) -> dict[str, Any]:
+def _context(
+    request: Request, reader: Subscriber, paper: PaperRow, vote: str, **more: Any
+) -> dict[str, Any]:
+    state = state_of(request)
+    token = request.path_params["token"]
     return {
         "paper": paper,
         "vote": vote,
         "asked": ASKED[vote],
         "action": f"{request.url.path}?{request.url.query}",
+        # where to go next: the paper's page (with the reader's buttons), their settings
+        "paper_url": f"/papers/{quote(paper.key, safe='')}?{urlencode({READER: token})}",
+        "manage_url": "/manage/"
+        + tokens.link_token(state.key, reader.id, reader.token_salt, purpose="manage"),
         **more,
     }
 
 
 def ask(request: Request) -> Response:
     """The confirm page of a feedback link: the paper, and one button."""
-    _, _, paper, vote = _checked(request)
-    return page(request, "feedback.html", _context(request, paper, vote, done=None))
+    _, reader, paper, vote = _checked(request)
+    return page(request, "feedback.html", _context(request, reader, paper, vote, done=None))
 
 
 async def answer(request: Request) -> Response:
@@ -99,7 +109,8 @@ async def answer(request: Request) -> Response:
     else:
         await run_in_threadpool(store_vote, state.engine, subscriber, paper, vote, state.now())
         done = "recorded"
-    return page(request, "feedback.html", _context(request, paper, vote, done=done))
+    context = _context(request, subscriber, paper, vote, done=done)
+    return page(request, "feedback.html", context)
 
 
 routes: list[BaseRoute] = [

@@ -9,9 +9,10 @@ That is looked up in one small query per request and is the key of an in-process
 cache, so a feed reader polling every 15 minutes costs one query and no rendering.
 
 A private feed's name is ``feed_name(key, id, salt)``: an in-memory index maps names to
-subscribers, built from every active subscriber's salt and rebuilt on a miss at most
-every ``REBUILD_SECONDS``; a name found is checked against the subscriber's current salt
-and status, so an unsubscribed reader's or a rotated salt's feed is gone at once.
+subscribers, built from every subscriber's salt and rebuilt on a miss at most every
+``REBUILD_SECONDS``; a name found is checked against the subscriber's current salt and
+status, so a rotated salt's feed is gone at once (404), and an unsubscribed reader's
+answers 410 Gone, as does a deleted reader's (its name is kept in the store).
 """
 
 from __future__ import annotations
@@ -48,9 +49,10 @@ from digest.service.preview import search_store
 from digest.store import papers
 from digest.store.engine import reading
 from digest.store.outbox import feed_state
-from digest.store.subscribers import active_salts
+from digest.store.subscribers import SUPPRESSED, feed_ended, feed_salts
 from digest.tokens import feed_name
 from digest.web.browse import cached_stats, interest_refusal, rank_lock
+from digest.web.render import page
 from digest.web.state import WebState, state_of
 
 REBUILD_SECONDS = 5.0  # an unknown name rebuilds the name index at most this often
@@ -115,7 +117,8 @@ class FeedCache:
 
 
 class FeedNames:
-    """Private feed name → subscriber id, for every active subscriber."""
+    """Private feed name → subscriber id, for every subscriber (whatever their status: the
+    feed of one who left answers 410)."""
 
     def __init__(self, key: bytes, clock: Callable[[], float] = time.monotonic) -> None:
         self.key = key
@@ -138,11 +141,13 @@ class FeedNames:
         return found
 
     def rebuild(self, engine: Engine) -> None:
-        """Name every active subscriber's feed again."""
+        """Name every subscriber's feed again."""
         with reading(engine) as conn:
-            salts = active_salts(conn)
+            salts = feed_salts(conn)
             conn.rollback()
-        self._names = {feed_name(self.key, ident, salt): ident for ident, salt in salts.items()}
+        self._names = {
+            feed_name(self.key, ident, salt): ident for ident, (salt, _) in salts.items()
+        }
         self._built = self.clock()
 
 
@@ -276,12 +281,17 @@ def private_feed(request: Request) -> Response:
     _, names = _caches(state)
     ident = names.find(state.engine, name) if len(name) == 32 else None
     found = feed_state(state.engine, ident) if ident is not None else None
-    if (
-        ident is None
-        or found is None
-        or found.status != "active"
-        or feed_name(state.key, ident, found.token_salt) != name
-    ):
+    if found is not None and feed_name(state.key, ident, found.token_salt) != name:
+        found = None  # the salt was rotated: an old link
+    # a paused reader keeps their feed (what was sent stays theirs); one who left does not
+    if ident is None or found is None or found.status not in ("active", "paused"):
+        left = found is not None and found.status in SUPPRESSED
+        if left or (found is None and len(name) == 32 and feed_ended(state.engine, name)):
+            raise HTTPException(
+                410,
+                "This feed has ended: its reader unsubscribed or deleted their data."
+                " Subscribe again on the front page for a new one.",
+            )
         raise HTTPException(
             404,
             "There is no feed at this address: the link may have been replaced,"
@@ -348,7 +358,26 @@ def search_feed(request: Request) -> Response:
     return _answer(request, path, version, kind, build, private=False)
 
 
+SEARCH_EXAMPLES = ('"language model" reasoning', "diffus* -survey", "title:speech")
+
+
+def feeds_page(request: Request) -> Response:
+    """``/feeds``: what the feeds are (public, private, search), their links, and how to add
+    one to a feed reader: the site's "Feeds" link opens this, not raw XML."""
+    base_url = state_of(request).settings.base_url
+    examples = [
+        {
+            "query": query,
+            "atom": f"{base_url}/feeds/search.atom?q={quote(query, safe='')}",
+            "rss": f"{base_url}/feeds/search.rss?q={quote(query, safe='')}",
+        }
+        for query in SEARCH_EXAMPLES
+    ]
+    return page(request, "feeds.html", {"base_url": base_url, "examples": examples})
+
+
 routes: list[BaseRoute] = [
+    Route("/feeds", feeds_page, methods=["GET", "HEAD"]),
     Route("/feeds/papers.{kind}", public_feed, methods=["GET", "HEAD"]),
     Route("/feeds/private/{name}.{kind}", private_feed, methods=["GET", "HEAD"]),
     Route("/feeds/search.{kind}", search_feed, methods=["GET", "HEAD"]),

@@ -31,6 +31,7 @@ from digest.deliver.confirm import ConfirmView, send_confirmation
 from digest.errors import DeliveryError, UsageError
 from digest.rank.query import InterestError
 from digest.service.cycle import sender_of, transport_of
+from digest.service.leaving import Copies, delete_reader, unsubscribe_reader
 from digest.service.subscriptions import (
     address_forms,
     check_field,
@@ -39,13 +40,12 @@ from digest.service.subscriptions import (
     normalize_email,
 )
 from digest.settings import SUBSCRIBER
-from digest.store.engine import reading, transaction
+from digest.store.engine import reading
 from digest.store.models import Subscriber
 from digest.store.subscribers import (
     CONFIRM_WINDOW,
     Preferences,
     confirm_request,
-    erase_subscriber,
     export_subscriber,
     forget_unconfirmed,
     interests_of,
@@ -53,7 +53,6 @@ from digest.store.subscribers import (
     request_subscription,
     set_paused,
     subscriber_by_id,
-    unsubscribe,
     update_preferences,
 )
 from digest.web.render import page
@@ -180,8 +179,11 @@ def _local(moment: datetime | None, zone: str) -> str:
 
 
 def subscribe_page(request: Request) -> Response:
-    """The subscribe form alone."""
-    return page(request, "subscribe.html", {"form": {}, "errors": {}})
+    """The subscribe form alone; ``?interests=`` fills it (the front page's "Subscribe with
+    these" after trying interests)."""
+    interests = request.query_params.get("interests", "")[:MAX_INTERESTS_CHARS]
+    form = {"interests": interests} if interests.strip() else {}
+    return page(request, "subscribe.html", {"form": form, "errors": {}})
 
 
 def _refused(request: Request, values: dict[str, str], errors: FormErrors) -> Response:
@@ -376,6 +378,13 @@ def _manage_context(
         "joined": _local(row.created_at, zone),
         "last_digest": _local(row.last_digest_at, zone),
         "unsubscribe_token": tokens.link_token(state.key, row.id, row.token_salt),
+        # the private feed, served while digests are on or paused (it ends when they leave)
+        "feed": (
+            f"{state.settings.base_url}/feeds/private/"
+            f"{tokens.feed_name(state.key, row.id, row.token_salt)}"
+            if row.status in ("active", "paused")
+            else None
+        ),
     }
 
 
@@ -467,15 +476,11 @@ def delete_page(request: Request) -> Response:
     return page(request, "delete.html", {"email": row.email, "token": token})
 
 
-def _erase(state: WebState, ident: int) -> None:
-    with transaction(state.engine) as conn:
-        erase_subscriber(conn, ident)
-
-
 async def delete(request: Request) -> Response:
-    """Erase the subscriber and their outbox: gone, not a status."""
+    """Erase the subscriber, their outbox, mail files and private feed: gone, not a status."""
     state, row, _, _ = await _manage_form(request)
-    await run_in_threadpool(_erase, state, int(row.id or 0))
+    copies = Copies.of(state.settings)
+    await run_in_threadpool(delete_reader, state.engine, copies, row, state.now())
     return page(request, "deleted.html", {"email": row.email})
 
 
@@ -487,11 +492,15 @@ def unsubscribe_page(request: Request) -> Response:
     state = state_of(request)
     token = request.path_params["token"]
     row = _subscriber(state, token, "unsubscribe")
-    return page(
-        request,
-        "unsubscribe.html",
-        {"email": row.email, "token": token, "done": row.status in ("unsubscribed", "bounced")},
-    )
+    done = row.status in ("unsubscribed", "bounced")
+    return page(request, "unsubscribe.html", _unsubscribe_context(state, row, token, done))
+
+
+def _unsubscribe_context(
+    state: WebState, row: Subscriber, token: str, done: bool
+) -> dict[str, Any]:
+    manage = tokens.link_token(state.key, row.id, row.token_salt, purpose="manage")
+    return {"email": row.email, "token": token, "done": done, "manage_token": manage}
 
 
 async def unsubscribe_now(request: Request) -> Response:
@@ -503,8 +512,8 @@ async def unsubscribe_now(request: Request) -> Response:
         raise HTTPException(400, "Use the Unsubscribe button on the page of this link.")
     token = request.path_params["token"]
     row = await run_in_threadpool(_subscriber, state, token, "unsubscribe")
-    await run_in_threadpool(unsubscribe, state.engine, int(row.id or 0))
-    return page(request, "unsubscribe.html", {"email": row.email, "token": token, "done": True})
+    await run_in_threadpool(unsubscribe_reader, state.engine, Copies.of(state.settings), row)
+    return page(request, "unsubscribe.html", _unsubscribe_context(state, row, token, True))
 
 
 routes: list[BaseRoute] = [
