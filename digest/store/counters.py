@@ -22,9 +22,12 @@ _COUNTER = RateCounter.__table__  # type: ignore[attr-defined]
 MAX_WINDOWS_AHEAD = 100_000
 
 
-def count_if_under(conn: Connection, name: str, window_start: int, expires: int, cap: int) -> int:
+def count_if_under(
+    conn: Connection, name: str, window_start: int, expires: int, cap: int, now: int
+) -> int:
     """Count one event of ``name`` in the window ``window_start`` when fewer than ``cap``
-    are counted there; the count after it, or 0 when the window is full (nothing counted)."""
+    are counted there; the count after it, or 0 when the window is full (nothing counted).
+    ``now`` (ms): windows that ended by then are deleted when this one is new."""
     if cap < 1:
         return 0
     insert = insert_or_skip(conn, _COUNTER).values(
@@ -39,7 +42,7 @@ def count_if_under(conn: Connection, name: str, window_start: int, expires: int,
     ).scalar()
     count = int(counted or 0)
     if count == 1:  # a new window: whatever has ended can go
-        conn.execute(sa.delete(_COUNTER).where(_COUNTER.c.expires <= window_start))
+        conn.execute(sa.delete(_COUNTER).where(_COUNTER.c.expires <= now))
     return count
 
 
@@ -65,9 +68,12 @@ class SharedLimit:
         """Count one event for ``key`` at ``now`` (Unix seconds); False (and not counted)
         when the window already holds ``limit``."""
         step = self.seconds * 1000
-        start = math.floor(now * 1000) // step * step
+        moment = math.floor(now * 1000)
+        start = moment // step * step
         with transaction(self.engine) as conn:
-            count = count_if_under(conn, f"{self.name}:{key}", start, start + step, self.limit)
+            count = count_if_under(
+                conn, f"{self.name}:{key}", start, start + step, self.limit, moment
+            )
         return count > 0
 
 
@@ -83,10 +89,11 @@ def send_turn(engine: Engine, rate: float, now: float, name: str = "send") -> fl
     length = max(1.0, 1.0 / rate)
     cap = max(1, math.floor(rate * length))
     step = round(length * 1000)
-    window = math.floor(now * 1000) // step
+    moment = math.floor(now * 1000)
+    window = moment // step
     with transaction(engine) as conn:
         for ahead in range(MAX_WINDOWS_AHEAD):
             start = (window + ahead) * step
-            if count_if_under(conn, name, start, start + step, cap):
+            if count_if_under(conn, name, start, start + step, cap, moment):
                 return max(0.0, start / 1000 - now)
     return MAX_WINDOWS_AHEAD * length

@@ -331,7 +331,8 @@ def request_subscription(
             pending is not None
             and pending[0] == wanted
             and asked is not None
-            and timedelta(0) <= now - asked < REPEAT_WINDOW
+            # either way: a request that took its time arrives after a later one
+            and abs(now - asked) < REPEAT_WINDOW
         ):
             session.rollback()
             return Requested(int(row.id or 0), row.token_salt, pending[1], repeat=True)
