@@ -78,7 +78,6 @@ def create_app(
     state = WebState(
         settings=settings,
         engine=store,
-        keys=site_keys(settings, store, clock()),
         now=clock,
         reload_keys=lambda: site_keys(settings, store, state.now()),
     )

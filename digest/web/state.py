@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
 from digest.errors import DigestError
@@ -33,10 +34,11 @@ class WebState:
 
     settings: Settings
     engine: Engine
-    keys: SiteKeys
+    # Read on first use (a site whose database is away still answers /healthz), then again
+    # every KEYS_REFRESH seconds: another host may have rotated them.
+    reload_keys: Callable[[], SiteKeys]
+    keys: SiteKeys | None = None
     now: Callable[[], datetime] = utc_now
-    # Reads the keys again (every KEYS_REFRESH seconds): another host may have rotated them.
-    reload_keys: Callable[[], SiteKeys] | None = None
     keys_read: float = field(default_factory=time.monotonic)
     # The rate limits by name (per client address, per email address), counted in the store.
     limits: dict[str, SharedLimit] = field(default_factory=dict)
@@ -45,11 +47,13 @@ class WebState:
 
     def site_keys(self) -> SiteKeys:
         """The keys, read again when the last read is older than ``KEYS_REFRESH``."""
-        if self.reload_keys is not None and time.monotonic() - self.keys_read >= KEYS_REFRESH:
+        if self.keys is None:
+            self.keys, self.keys_read = self.reload_keys(), time.monotonic()
+        elif time.monotonic() - self.keys_read >= KEYS_REFRESH:
             self.keys_read = time.monotonic()
             try:
                 self.keys = self.reload_keys()
-            except DigestError as exc:  # the store is away: the keys we have still do
+            except (DigestError, SQLAlchemyError) as exc:  # the store is away: ours still do
                 log.warning("could not read the site's keys again: %s", exc)
         return self.keys
 
