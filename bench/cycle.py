@@ -46,6 +46,7 @@ from match import (  # bench/match.py
 from digest.deliver.plan import plan_owed, record_plans
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
 from digest.service.cycle import deliver_outbox, publish_site_feeds
+from digest.service.keys import site_keys
 from digest.settings import load_settings
 from digest.store.engine import ingest_sequence, open_store, transaction
 from digest.store.models import Subscriber
@@ -156,7 +157,7 @@ def main() -> None:
         plans = plan_owed(conn, period=period)
         t = timed("rank every subscriber (plan)", t)
         counts = record_plans(
-            conn, plans, period=period, now=clock(), key=settings.signing_key(),
+            conn, plans, period=period, now=clock(), key=site_keys(settings, engine, clock()).signing,
             mail_from=settings.mail_from, run_id=None,
         )  # fmt: skip
     t = timed("record the outbox", t)

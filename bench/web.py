@@ -338,7 +338,7 @@ def main() -> None:
         DIGEST_LOG_FORMAT="json",
     )
     settings = load_settings(environ=env, cwd=run)
-    key = settings.signing_key()
+    key = settings.secret_key.encode()  # DIGEST_SECRET_KEY above signs every link
     raw = sqlite3.connect(data / "digest.db")
     salts = raw.execute("SELECT id, token_salt FROM subscriber WHERE status = 'active'").fetchall()
     paper_keys = [k for (k,) in raw.execute("SELECT key FROM paper ORDER BY random() LIMIT 5000")]

@@ -43,6 +43,7 @@ from digest.service.cycle import (
     sender_of,
 )
 from digest.service.feedback import VOTES, give_feedback
+from digest.service.keys import KEY_NOTICE, KeyState, list_keys, retire, rotate_key, site_keys
 from digest.service.leaving import Copies, take_feed_down
 from digest.service.listings import listing_line, recent_listings, removal_lines, take_back
 from digest.service.preview import has_papers, preview_ranked, search_store
@@ -313,7 +314,8 @@ def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
         raise UsageError("unsubscribe: EMAIL|TOKEN is empty")
     if "@" not in address:  # the token of an unsubscribe link or mail ("unsubscribe 12.ab34...")
         token = address.split()[-1].rstrip("/").rpartition("/")[2]  # or the link itself
-        found = check_token(ctx.engine, ctx.settings.signing_key(), token)
+        keys = site_keys(ctx.settings, ctx.engine, ctx.now())
+        found = check_token(ctx.engine, keys.verifying, token)
         if found is None:
             shown = address if len(address) <= 40 else address[:39] + "…"
             raise UsageError(
@@ -322,7 +324,10 @@ def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
             )
         address = found.email
     row = set_status(ctx.engine, address, "unsubscribed")
-    take_feed_down(Copies.of(ctx.settings), row)  # the live one answers 410 from now on
+    take_feed_down(
+        Copies.of(ctx.settings, site_keys(ctx.settings, ctx.engine, ctx.now()).verifying),
+        row,
+    )  # the live one answers 410 from now on
     ctx.say(f"unsubscribed {row.email}")
     return 0
 
@@ -333,6 +338,45 @@ def cmd_feedback(args: argparse.Namespace, ctx: Context) -> int:
     said = "more like this" if given.vote == "up" else "not for me"
     again = " (unchanged)" if given.before == given.vote else ""
     ctx.say(f"{given.subscriber.email}: {said}: {given.paper.title} [{given.paper.key}]{again}")
+    return 0
+
+
+def _key_line(key: KeyState) -> str:
+    when = f"signs from {key.signs_from:%Y-%m-%d %H:%M:%S} UTC" if key.state == "waits" else ""
+    if key.state == "retired" and key.retired_at is not None:
+        when = f"since {key.retired_at:%Y-%m-%d %H:%M:%S} UTC"
+    made = f"made {key.created_at:%Y-%m-%d %H:%M:%S} UTC"
+    return f"{key.id:>4}  {key.fingerprint}  {key.state:<9} {made}  {when}".rstrip()
+
+
+def cmd_keys(args: argparse.Namespace, ctx: Context) -> int:
+    """The site's signing keys: list them, add a new one that signs, retire an old one."""
+    settings, now = ctx.settings, ctx.now()
+    if args.action != "retire" and args.id is not None:
+        raise UsageError(f"keys {args.action}: takes no ID")
+    if args.action == "retire" and args.id is None:
+        raise UsageError("keys retire: give the ID of the key to retire (see digest keys list)")
+    if args.action == "list":
+        shown = list_keys(settings, ctx.engine, now)
+    elif args.action == "rotate":
+        shown = [rotate_key(settings, ctx.engine, now, at_once=args.at_once)]
+    else:
+        shown = [retire(settings, ctx.engine, args.id, now)]
+    if args.json:
+        ctx.emit_json(
+            {"keys": [key.as_json() for key in shown], "secret_key_set": bool(settings.secret_key)}
+        )
+        return 0
+    for key in shown:
+        ctx.say(_key_line(key))
+    if args.action == "rotate" and not args.at_once:
+        minutes = int(KEY_NOTICE.total_seconds() // 60)
+        ctx.say(
+            f"the new key signs in {minutes} minutes, once every host has read it;"
+            " the others verify until you retire them"
+        )
+    if settings.secret_key:
+        ctx.say("secret_key is set: it signs new links; the keys here only verify")
     return 0
 
 
@@ -408,14 +452,14 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
         papers = ranked_json(conn, ranked)
         empty_store = not papers and not has_papers(conn)
         if out is not None:
-            key = settings.signing_key()
-            view = links_of(settings).digest_view(
+            links = links_of(settings, engine, ctx.now())
+            view = links.digest_view(
                 to=subscriber.email,
                 ident=subscriber.id,
                 salt=subscriber.token_salt,
                 period=period,
                 papers=ranked_views(conn, ranked, settings.base_url),
-                message_id=message_id(key, subscriber.id or 0, period, settings.mail_from),
+                message_id=message_id(links.key, subscriber.id or 0, period, settings.mail_from),
             )
             builder = MessageBuilder(sender_of(settings))
             if out.suffix.lower() == ".eml":
@@ -764,6 +808,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "vote", metavar="up|down", choices=VOTES, help="up: more like this; down: not for me"
     )
+
+    sub = command(
+        "keys",
+        cmd_keys,
+        "the site's signing keys: list them, rotate to a new one, retire an old one by ID",
+    )
+    sub.add_argument("action", choices=("list", "rotate", "retire"))
+    sub.add_argument("id", nargs="?", type=int, metavar="ID", help="the key to retire")
+    sub.add_argument(
+        "--at-once",
+        action="store_true",
+        help="rotate: the new key signs now, not in 5 minutes (a site of one process)",
+    )
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("subscribers", cmd_subscribers, "list subscribers; import or export CSV")
     sub.add_argument("--status", choices=STATUSES)

@@ -15,7 +15,6 @@ import functools
 import ipaddress
 import math
 import os
-import secrets
 import tomllib
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -28,8 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from digest.errors import ConfigError, WriteError
-from digest.files import make_folder, write_private
+from digest.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "digest.toml"
 
@@ -187,8 +185,8 @@ class SettingsModel(BaseSettings):
     )
     secret_key: Annotated[str, Rule(secret=True)] = Field(
         "",
-        description="Key that signs unsubscribe and private-feed links; empty: generated once into"
-        " <data_dir>/secret.key.",
+        description="Key that signs unsubscribe and private-feed links; empty: the site's own,"
+        " made once and kept in the database (see digest keys).",
     )
     feed_items: Annotated[int, Rule(low=1, high=10_000)] = Field(
         100, description="Items kept in each feed."
@@ -386,38 +384,6 @@ class Settings:
         if self.mail_transport.startswith("file://"):
             folders.append(Path(urlsplit(self.mail_transport).path))
         return folders
-
-    def signing_key(self) -> bytes:
-        """The secret key; generated once into the data folder when not set."""
-        if self.secret_key:
-            return self.secret_key.encode()
-        path = self.data_dir / "secret.key"
-        try:
-            return _read_key(path)
-        except FileNotFoundError:
-            pass
-        key = secrets.token_hex(32).encode()
-        draft = path.with_name(f".secret.key.{os.getpid()}")
-        try:
-            make_folder(path.parent)
-            write_private(draft, key + b"\n")
-            try:
-                # Appears whole or not at all, and never replaces a key another process made.
-                os.link(draft, path)
-            except FileExistsError:
-                return _read_key(path)
-            finally:
-                draft.unlink(missing_ok=True)
-        except OSError as exc:
-            raise WriteError(f"cannot write the secret key {path}: {exc.strerror}") from None
-        return key
-
-
-def _read_key(path: Path) -> bytes:
-    key = path.read_bytes().strip()
-    if not key:
-        raise ConfigError(f"the secret key file {path} is empty: remove it to make a new one")
-    return key
 
 
 def _number(value: float) -> str:

@@ -4,6 +4,10 @@ Each is an HMAC under the installation's secret key (a reader's links to a paper
 BLAKE2b under a key derived from it per reader). Links sign a per-subscriber random
 salt, so the database alone (which holds only the salt) cannot forge them, and rotating
 the salt revokes them.
+
+The site has one key that signs and may have older ones that still verify (until they are
+retired, so rotating the key breaks no link already sent): every check takes ``keys``,
+one key or several, and accepts a token signed by any of them.
 """
 
 from __future__ import annotations
@@ -12,8 +16,25 @@ import enum
 import functools
 import hashlib
 import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date
 from email.utils import parseaddr
+
+Keys = bytes | Sequence[bytes]
+
+
+@dataclass(frozen=True)
+class SiteKeys:
+    """The key that signs, and every key that verifies (the signing one first)."""
+
+    signing: bytes
+    verifying: tuple[bytes, ...]
+
+
+def each_key(keys: Keys) -> tuple[bytes, ...]:
+    """``keys`` as a tuple, one key or several."""
+    return (keys,) if isinstance(keys, bytes) else tuple(keys)
 
 
 def _sign(key: bytes, purpose: str, ident: int | None, salt: str) -> str:
@@ -41,7 +62,7 @@ def token_id(token: str) -> int | None:
 
 
 def check_token(
-    key: bytes, token: str, ident: int | None, salt: str, purpose: str = "unsubscribe"
+    keys: Keys, token: str, ident: int | None, salt: str, purpose: str = "unsubscribe"
 ) -> bool:
     """Whether ``token`` is the link of subscriber ``ident`` with ``salt``, for ``purpose``."""
     signature = token.partition(".")[2]
@@ -49,7 +70,10 @@ def check_token(
     return (
         token_id(token) == ident
         and signature.isascii()
-        and hmac.compare_digest(_sign(key, purpose, ident, salt), signature)
+        and any(
+            hmac.compare_digest(_sign(key, purpose, ident, salt), signature)
+            for key in each_key(keys)
+        )
     )
 
 
@@ -81,7 +105,7 @@ def expiring_token(key: bytes, ident: int, salt: str, purpose: str, expires: int
 
 
 def check_expiring_token(
-    key: bytes, token: str, ident: int | None, salt: str, purpose: str, now: float
+    keys: Keys, token: str, ident: int | None, salt: str, purpose: str, now: float
 ) -> Verdict:
     """Whether ``token`` is an :func:`expiring_token` of subscriber ``ident`` for ``purpose``,
     and still valid at ``now`` (Unix seconds)."""
@@ -91,8 +115,11 @@ def check_expiring_token(
         or token_id(token) != ident
         or not (expires.isascii() and expires.isdigit() and len(expires) <= 12)
         or not signature.isascii()
-        or not hmac.compare_digest(
-            _sign(_expiring_key(key), _until(purpose, expires), ident, salt), signature
+        or not any(
+            hmac.compare_digest(
+                _sign(_expiring_key(key), _until(purpose, expires), ident, salt), signature
+            )
+            for key in each_key(keys)
         )
     ):
         return Verdict.INVALID
@@ -152,7 +179,7 @@ def paper_token(reader_key: bytes, ident: int | None, paper_key: str) -> str:
 
 
 def check_paper_token(
-    key: bytes, token: str, ident: int | None, salt: str, paper_key: str, vote: str = ""
+    keys: Keys, token: str, ident: int | None, salt: str, paper_key: str, vote: str = ""
 ) -> bool:
     """Whether ``token`` is subscriber ``ident``'s (with ``salt``) token for the paper
     ``paper_key`` (the key the link was made with). A vote link from before the one token
@@ -161,7 +188,17 @@ def check_paper_token(
     signature = token.partition(".")[2]
     if token_id(token) != ident or not signature.isascii():
         return False
-    signer = PaperSigner(vote_key(key, ident, salt), ident)
-    if hmac.compare_digest(signer.signature(paper_key), signature):
-        return True
-    return bool(vote) and hmac.compare_digest(signer.signature(f"{vote}:{paper_key}"), signature)
+    for key in each_key(keys):
+        signer = PaperSigner(vote_key(key, ident, salt), ident)
+        if hmac.compare_digest(signer.signature(paper_key), signature):
+            return True
+        if vote and hmac.compare_digest(signer.signature(f"{vote}:{paper_key}"), signature):
+            return True
+    return False
+
+
+def check_feed_name(keys: Keys, name: str, ident: int | None, salt: str) -> bool:
+    """Whether ``name`` is subscriber ``ident``'s private feed name under one of ``keys``."""
+    return name.isascii() and any(
+        hmac.compare_digest(feed_name(key, ident, salt), name) for key in each_key(keys)
+    )

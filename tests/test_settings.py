@@ -98,14 +98,6 @@ def test_default_config_text_lists_every_option_and_loads(tmp_path: Path) -> Non
     assert load_settings(config, environ={}, cwd=tmp_path) == defaults
 
 
-def test_signing_key_is_generated_once(tmp_path: Path) -> None:
-    settings = load_settings(environ={}, cwd=tmp_path)
-    first = settings.signing_key()
-    assert len(first) >= 32
-    assert settings.signing_key() == first
-    assert (settings.data_dir / "secret.key").stat().st_mode & 0o077 == 0
-
-
 @pytest.mark.parametrize(
     ("table", "named"),
     [

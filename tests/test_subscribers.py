@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 
 from digest.cli import main
 from digest.errors import UsageError
+from digest.service.keys import site_keys
 from digest.service.subscriptions import (
     SubscriberSpec,
     check_token,
@@ -154,7 +155,7 @@ def test_cli_unsubscribe_by_the_token_of_a_link(
     settings = load_settings()
     engine = open_store(settings.database_url)
     row = find_subscriber(engine, "ada@example.org")
-    token = link_token(settings.signing_key(), row.id, row.token_salt)
+    token = link_token(site_keys(settings, engine, NOW).signing, row.id, row.token_salt)
     forged = token[:-1] + ("0" if token[-1] != "0" else "1")
     assert main(["unsubscribe", forged]) == 2
     assert find_subscriber(engine, "ada@example.org").status == "active"

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy.engine import Engine
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -15,11 +16,11 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+from digest.store.counters import SharedLimit
 from digest.web.security import (
     CONTENT_SECURITY_POLICY,
     MAX_BODY_BYTES,
     BodyLimit,
-    RateLimit,
     check_csrf,
     csrf_token,
     redact,
@@ -115,13 +116,11 @@ def test_csrf_token_belongs_to_one_browser() -> None:
         check_csrf(_request(cookie), b"another key", token)
 
 
-def test_rate_limit_counts_per_key_and_forgets_after_the_window() -> None:
-    now = [0.0]
-    limit = RateLimit(3, 60, clock=lambda: now[0])
-    assert [limit.allow("a") for _ in range(4)] == [True, True, True, False]
-    assert limit.allow("b")
-    now[0] = 61
-    assert limit.allow("a")
+def test_rate_limit_counts_per_key_and_forgets_after_the_window(engine: Engine) -> None:
+    limit = SharedLimit(engine, "test", 3, 60)
+    assert [limit.allow("a", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert limit.allow("b", 0.0)
+    assert limit.allow("a", 61.0)
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,6 +15,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from digest import cli
+from digest.service.keys import site_keys
 from digest.settings import load_settings
 from digest.store.engine import open_store
 from digest.tokens import feed_name
@@ -272,9 +274,9 @@ def test_feed_files_under_serve(
 
 def test_the_name_index_is_rebuilt_on_a_miss_at_most_every_few_seconds(site: Site) -> None:
     settings = load_settings(None)
-    key = settings.signing_key()
     site.subscribe({"ada@example.org": ["federated"]})
     engine = open_store(settings.database_url)
+    key = site_keys(settings, engine, datetime.now(UTC)).signing
     now = [100.0]
     names = FeedNames(key, clock=lambda: now[0])
     builds = 0

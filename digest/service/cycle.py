@@ -33,6 +33,7 @@ from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
+from digest.service.keys import site_keys
 from digest.service.leaving import Copies, sweep_mail_files
 from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
 from digest.settings import Settings
@@ -143,9 +144,9 @@ def sender_of(settings: Settings) -> Sender:
     )
 
 
-def links_of(settings: Settings) -> Links:
-    """How links in emails and feeds are made, from the settings."""
-    return Links(settings.base_url, settings.signing_key(), settings.mail_from)
+def links_of(settings: Settings, engine: Engine, now: datetime) -> Links:
+    """How links in emails and feeds are made, from the settings and the site's key."""
+    return Links(settings.base_url, site_keys(settings, engine, now).signing, settings.mail_from)
 
 
 def publish_site_feeds(
@@ -165,7 +166,7 @@ def publish_site_feeds(
         base_url=settings.base_url,
         site_name=settings.site_name,
         limit=settings.feed_items,
-        key=settings.signing_key(),
+        key=site_keys(settings, engine, now).signing,
         now=now,
         changed=changed,
         processes=processes,
@@ -218,7 +219,7 @@ def run_cycle(
             report.dumps = ingest_inbox(engine, settings.inbox, clock=clock)
             with transaction(engine) as conn:
                 index_papers(conn)
-            key = settings.signing_key()
+            key = site_keys(settings, engine, now).signing
             with transaction(engine) as conn:
                 write_lock(conn)  # the write lock first: no ingest commits under us
                 composed_at = clock()  # "new" goes by ingest sequence, not by this
@@ -244,7 +245,9 @@ def run_cycle(
                 settings, engine, now=clock(), changed=report.delivered.sent_to
             )
             # the mail files of readers deleted since (on the web front, maybe on another host)
-            sweep_mail_files(engine, Copies.of(settings))
+            sweep_mail_files(
+                engine, Copies.of(settings, site_keys(settings, engine, clock()).verifying)
+            )
             report.outbox = outbox_counts(engine)
             if report.outbox["pending"] + report.outbox["sending"]:
                 report.pending_reason = _why_pending(report.delivered) or pending_reason(engine)
@@ -278,7 +281,7 @@ async def deliver_outbox(
         engine,
         transport,
         MessageBuilder(sender_of(settings)),
-        links_of(settings),
+        links_of(settings, engine, clock()),
         open_transport=lambda: transport_of(settings),
         sender_addr=sender_of(settings).from_addr,
         concurrency=settings.smtp_connections,
@@ -293,7 +296,7 @@ async def deliver_outbox(
 def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime) -> RunReport:
     """Compose and render what a run would send, recording and sending nothing."""
     report = RunReport(None, period, dry_run=True)
-    links = links_of(settings)
+    links = links_of(settings, engine, now)
     builder = MessageBuilder(sender_of(settings))
     with reading(engine) as conn:
         plans = plan_owed(conn, period=period, news_days=settings.news_days)

@@ -80,7 +80,7 @@ def undo_vote(engine: Engine, subscriber: Subscriber, paper: PaperRow) -> bool:
 
 
 def token_reader(
-    engine: Engine, key: bytes, token: str, paper_key: str, vote: str = ""
+    engine: Engine, keys: tokens.Keys, token: str, paper_key: str, vote: str = ""
 ) -> Subscriber | None:
     """The reader whose token for the paper ``paper_key`` is ``token`` (from a paper page's
     link, or a vote link; an older vote link's only for its ``vote``), or None for a forged,
@@ -88,19 +88,19 @@ def token_reader(
     ident = None if len(token) > 100 else tokens.token_id(token)  # ours are about 50 long
     row = None if ident is None else subscriber_by_id(engine, ident)
     if row is None or not tokens.check_paper_token(
-        key, token, row.id, row.token_salt, paper_key, vote
+        keys, token, row.id, row.token_salt, paper_key, vote
     ):
         return None
     return row
 
 
 def link_vote(
-    engine: Engine, key: bytes, token: str, paper_key: str, vote: str
+    engine: Engine, keys: tokens.Keys, token: str, paper_key: str, vote: str
 ) -> tuple[Subscriber, PaperRow] | None:
     """The reader and paper of a feedback link, or None for a forged, revoked or altered one."""
     if vote not in VOTES or not paper_key or len(paper_key) > 1000:
         return None
-    row = token_reader(engine, key, token, paper_key, vote)
+    row = token_reader(engine, keys, token, paper_key, vote)
     if row is None:
         return None
     with reading(engine) as conn:

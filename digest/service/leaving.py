@@ -36,22 +36,28 @@ log = logging.getLogger("digest.run")
 @dataclass(frozen=True)
 class Copies:
     """Where copies of readers' data lie on this host: the file outbox (None: mail goes out
-    by SMTP and none stays), the feeds folder, and the key that names private feeds."""
+    by SMTP and none stays), the feeds folder, and the site's keys (the signing one first),
+    whose names a private feed may have been written under."""
 
     mail: Path | None
     feeds: Path
-    key: bytes
+    keys: tuple[bytes, ...]
 
     @classmethod
-    def of(cls, settings: Settings) -> Copies:
-        """The copies the settings make."""
-        return cls(mail_folder(settings.mail_transport), settings.feeds_dir, settings.signing_key())
+    def of(cls, settings: Settings, keys: tuple[bytes, ...]) -> Copies:
+        """The copies the settings make, private feeds named under ``keys``."""
+        return cls(mail_folder(settings.mail_transport), settings.feeds_dir, keys)
+
+    def feed_names(self, row: Subscriber) -> list[str]:
+        """The names a reader's private feed has had under each of the site's keys."""
+        return [feed_name(key, int(row.id or 0), row.token_salt) for key in self.keys]
 
 
-def _remove(copies: Copies, address: str | None, feed: str) -> None:
+def _remove(copies: Copies, address: str | None, feeds: list[str]) -> None:
     """Remove what this host holds; a folder we cannot reach is left to the next run."""
     with contextlib.suppress(OSError):
-        remove_private_feed(copies.feeds, feed)
+        for feed in feeds:
+            remove_private_feed(copies.feeds, feed)
         if address is not None and copies.mail is not None:
             remove_mail_of(copies.mail, address)
 
@@ -60,12 +66,13 @@ def delete_reader(engine: Engine, copies: Copies, row: Subscriber, now: datetime
     """Erase a reader, their outbox, votes, mail files and private feed; False when there
     was no such reader."""
     ident = int(row.id or 0)
-    feed = feed_name(copies.key, ident, row.token_salt)
+    feeds = copies.feed_names(row)
     with transaction(engine) as conn:
         gone = erase_subscriber(conn, ident)
         if gone:
-            end_feed(conn, feed, now)
-    _remove(copies, row.email, feed)
+            for feed in feeds:
+                end_feed(conn, feed, now)
+    _remove(copies, row.email, feeds)
     return gone
 
 
@@ -80,7 +87,7 @@ def unsubscribe_reader(engine: Engine, copies: Copies, row: Subscriber) -> str |
 
 def take_feed_down(copies: Copies, row: Subscriber) -> None:
     """Remove the private feed files of a reader who left (however they left)."""
-    _remove(copies, None, feed_name(copies.key, int(row.id or 0), row.token_salt))
+    _remove(copies, None, copies.feed_names(row))
 
 
 def sweep_mail_files(engine: Engine, copies: Copies) -> int:

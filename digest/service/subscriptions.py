@@ -168,12 +168,13 @@ def set_status(engine: Engine, email: str, status: str) -> Subscriber:
 
 
 def check_token(
-    engine: Engine, key: bytes, token: str, purpose: str = "unsubscribe"
+    engine: Engine, keys: tokens.Keys, token: str, purpose: str = "unsubscribe"
 ) -> Subscriber | None:
-    """The subscriber a token belongs to, or None for a forged or revoked one."""
+    """The subscriber a token belongs to (signed by one of ``keys``), or None for a forged
+    or revoked one."""
     ident = tokens.token_id(token)
     row = None if ident is None else subscriber_by_id(engine, ident)
-    if row is None or not tokens.check_token(key, token, row.id, row.token_salt, purpose):
+    if row is None or not tokens.check_token(keys, token, row.id, row.token_salt, purpose):
         return None
     return row
 

@@ -274,3 +274,17 @@ def advisory_lock(database_url: str, key: int, label: str) -> Iterator[str | Non
     finally:
         conn.close()
         engine.dispose()
+
+
+def insert_or_skip(conn: Connection, table: sa.Table) -> Any:
+    """An ``INSERT`` of the connection's dialect that can take ``ON CONFLICT`` (SQLite 3.35
+    and PostgreSQL alike): how rows every host may write at once are made exactly once."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(table)
+    raise StoreError(f"the store needs SQLite or PostgreSQL, not {conn.dialect.name}")

@@ -324,6 +324,38 @@ def _v11_ended_feeds(conn: Connection) -> None:
     table.create(conn)
 
 
+def _v12_site_keys_and_counters(conn: Connection) -> None:
+    """What every host of one site shares: the keys that sign its links, and counters.
+
+    ``sitekey``: a key of the generation ``generation`` signs from ``signs_from`` (the
+    newest such one signs; ``NULL``: never signs, a key adopted only so that what it signed
+    keeps working); every key verifies until ``retired_at``. Generations are unique, so two
+    hosts making the first key (generation 1) at once end up with the same one.
+    ``ratecounter``: events counted per name and window (``window_start``, Unix milliseconds), for
+    the rate limits every process shares; ``expires`` says when the row may go.
+    """
+    meta = sa.MetaData()
+    sa.Table(
+        "sitekey",
+        meta,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("generation", sa.Integer, unique=True),
+        sa.Column("key", sa.String, nullable=False, unique=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("signs_from", sa.DateTime(timezone=True)),
+        sa.Column("retired_at", sa.DateTime(timezone=True)),
+    )
+    sa.Table(
+        "ratecounter",
+        meta,
+        sa.Column("name", sa.String, primary_key=True),
+        sa.Column("window_start", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("count", sa.Integer, nullable=False),
+        sa.Column("expires", sa.BigInteger, nullable=False, index=True),
+    )
+    meta.create_all(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
@@ -336,6 +368,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v9_dump_papers,
     _v10_paper_dates,
     _v11_ended_feeds,
+    _v12_site_keys_and_counters,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

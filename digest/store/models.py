@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import date, datetime
 
-from sqlalchemy import UniqueConstraint
+from sqlalchemy import BigInteger, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 
@@ -176,3 +176,24 @@ class SourceState(SQLModel, table=True):
     last_error: str | None = None
     last_new_at: datetime | None = None
     bytes: int = 0
+
+
+class SiteKey(SQLModel, table=True):
+    """A key that signs (the newest generation whose ``signs_from`` has come) or verifies
+    (every key until ``retired_at``) the site's links; shared by every host."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    generation: int | None = Field(default=None, unique=True)  # None: verifies, never signs
+    key: str = Field(unique=True)
+    created_at: datetime
+    signs_from: datetime | None = None
+    retired_at: datetime | None = None
+
+
+class RateCounter(SQLModel, table=True):
+    """Events counted under ``name`` from ``window_start`` to ``expires`` (Unix ms)."""
+
+    name: str = Field(primary_key=True)
+    window_start: int = Field(primary_key=True, sa_type=BigInteger)
+    count: int
+    expires: int = Field(index=True, sa_type=BigInteger)

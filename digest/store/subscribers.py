@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 from digest.clock import as_utc
 from digest.errors import UsageError
 from digest.store import feedback
-from digest.store.engine import ingest_sequence, reading, transaction
+from digest.store.engine import ingest_sequence, insert_or_skip, reading, transaction
 from digest.store.models import Digest, DigestItem, EndedFeed, Paper, Subscriber
 
 STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced")
@@ -281,13 +281,21 @@ class Preferences:
     timezone: str | None  # None: the site's zone
 
 
+# The same request again this soon (a double click, a client retrying, a burst of the same
+# form) sends no second email: the first one's link is on its way and stays the one that works.
+REPEAT_WINDOW = timedelta(minutes=1)
+_SUBSCRIBER = Subscriber.__table__  # type: ignore[attr-defined]
+
+
 @dataclass(frozen=True)
 class Requested:
-    """A stored request: whose it is, and what its confirmation link is signed with."""
+    """A stored request: whose it is, and what its confirmation link is signed with;
+    ``repeat``: the same request was stored a moment ago, and nothing changed."""
 
     subscriber_id: int
     token_salt: str
     nonce: str
+    repeat: bool = False
 
 
 def _pending_request(row: Subscriber) -> tuple[Preferences, str] | None:
@@ -295,8 +303,14 @@ def _pending_request(row: Subscriber) -> tuple[Preferences, str] | None:
         return None
     data = json.loads(row.request)
     nonce = data.pop("nonce")
+    data.pop("at", None)  # when it was asked (requests stored before it have none)
     data["interests"] = tuple(data["interests"])
     return Preferences(**data), nonce
+
+
+def _asked_at(row: Subscriber) -> datetime | None:
+    at = json.loads(row.request).get("at") if row.request else None
+    return None if at is None else as_utc(datetime.fromisoformat(at))
 
 
 def pending_nonce(row: Subscriber) -> str | None:
@@ -316,20 +330,41 @@ def request_subscription(
     """Keep a request to subscribe ``forms[0]`` with ``wanted``, for confirmation by email.
 
     A new address is stored ``pending``; a known one keeps its status and settings until
-    the request is confirmed (a newer request replaces an older one). None, with nothing
+    the request is confirmed (a newer request replaces an older one; the same one again
+    within ``REPEAT_WINDOW`` changes nothing and is a ``repeat``). None, with nothing
     changed, when the address has had ``sends_allowed`` confirmation emails this window.
+    Requests for one address at once (from any process or host) take turns on its row:
+    one row, and each sees what the one before it counted.
     """
     now = as_utc(now, naive="refuse")
     with Session(engine, expire_on_commit=False) as session:
-        row = _stored(session, forms)
-        if row is None:
-            row = Subscriber(
-                email=forms[0],
-                status="pending",
-                token_salt=secrets.token_hex(16),
-                created_at=now,
-                seen_upto=ingest_sequence(session.connection()),
+        conn = session.connection()
+        if _stored(session, forms) is None:
+            conn.execute(
+                insert_or_skip(conn, _SUBSCRIBER)
+                .values(
+                    email=forms[0],
+                    status="pending",
+                    token_salt=secrets.token_hex(16),
+                    created_at=now,
+                    seen_upto=ingest_sequence(conn),
+                )
+                .on_conflict_do_nothing()
             )
+        query = select(Subscriber).where(col(Subscriber.email).in_(forms)).with_for_update()
+        rows = session.exec(query.execution_options(populate_existing=True)).all()
+        row = min(rows, key=lambda row: forms.index(row.email))
+        pending = _pending_request(row)
+        asked = _asked_at(row)
+        if (
+            pending is not None
+            and pending[0] == wanted
+            and asked is not None
+            # either way: a request that took its time arrives after a later one
+            and abs(now - asked) < REPEAT_WINDOW
+        ):
+            session.rollback()
+            return Requested(int(row.id or 0), row.token_salt, pending[1], repeat=True)
         window = as_utc(row.confirm_window) if row.confirm_window else None
         if window is None or now - window >= CONFIRM_WINDOW:
             row.confirm_window, row.confirm_sends = now, 0
@@ -339,7 +374,12 @@ def request_subscription(
         row.confirm_sends += 1
         nonce = secrets.token_hex(8)
         row.request = json.dumps(
-            {**asdict(wanted), "interests": list(wanted.interests), "nonce": nonce}
+            {
+                **asdict(wanted),
+                "interests": list(wanted.interests),
+                "nonce": nonce,
+                "at": now.isoformat(),
+            }
         )
         session.add(row)
         session.commit()
@@ -484,6 +524,7 @@ def export_subscriber(conn: Connection, ident: int) -> dict[str, Any]:
     request = json.loads(row["request"]) if row["request"] else None
     if request is not None:
         request.pop("nonce", None)
+        request.pop("at", None)
     return {
         "email": row["email"],
         "status": row["status"],

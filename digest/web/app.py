@@ -18,12 +18,13 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
+from digest.service.keys import site_keys
 from digest.settings import Settings, load_settings
 from digest.store.engine import open_store
 from digest.web import browse, feedback, health, live, subscription
 from digest.web.render import http_error, server_error
 from digest.web.security import BodyLimit, HttpMiddleware, SecurityHeaders, redact
-from digest.web.state import WebState
+from digest.web.state import WebState, utc_now
 
 access_log = logging.getLogger("digest.web.access")
 
@@ -72,13 +73,14 @@ def create_app(
     now: Callable[[], datetime] | None = None,
 ) -> Starlette:
     """The web front over ``settings``' store (or ``engine``, already open)."""
+    store = engine if engine is not None else open_store(settings.database_url)
+    clock = now or utc_now
     state = WebState(
         settings=settings,
-        engine=engine if engine is not None else open_store(settings.database_url),
-        key=settings.signing_key(),
+        engine=store,
+        now=clock,
+        reload_keys=lambda: site_keys(settings, store, state.now()),
     )
-    if now is not None:
-        state.now = now
     routes: list[BaseRoute] = [
         Route("/static/web.css", _static_css, methods=["GET", "HEAD"]),
         *browse.routes,

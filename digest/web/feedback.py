@@ -50,7 +50,7 @@ def reader_votes(
     buttons post, and their vote so far. None without a token that checks out."""
     if not token:
         return None
-    row = token_reader(state.engine, state.key, token, paper_key)
+    row = token_reader(state.engine, state.verifying, token, paper_key)
     if row is None or row.id is None:
         return None
     with reading(state.engine) as conn:
@@ -67,7 +67,7 @@ def _checked(request: Request) -> tuple[WebState, Subscriber, PaperRow, str]:
     state = state_of(request)
     vote = request.query_params.get("vote", "")
     paper_key = request.query_params.get("paper", "")
-    found = link_vote(state.engine, state.key, request.path_params["token"], paper_key, vote)
+    found = link_vote(state.engine, state.verifying, request.path_params["token"], paper_key, vote)
     if found is None:
         raise HTTPException(404, _BAD_LINK)
     subscriber, paper = found
@@ -102,7 +102,7 @@ async def answer(request: Request) -> Response:
     """The button: record the vote (or, from the thank-you page, take it back)."""
     form = await request.form()
     state, subscriber, paper, vote = await run_in_threadpool(_checked, request)
-    check_csrf(request, state.key, form.get(CSRF_FIELD))
+    check_csrf(request, state.verifying, form.get(CSRF_FIELD))
     if form.get("undo") == "1":
         await run_in_threadpool(undo_vote, state.engine, subscriber, paper)
         done = "undone"

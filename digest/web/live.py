@@ -50,7 +50,7 @@ from digest.store import papers
 from digest.store.engine import reading
 from digest.store.outbox import feed_state
 from digest.store.subscribers import SUPPRESSED, feed_ended, feed_salts
-from digest.tokens import feed_name
+from digest.tokens import Keys, check_feed_name, each_key, feed_name
 from digest.web.browse import cached_stats, interest_refusal, rank_lock
 from digest.web.render import page
 from digest.web.state import WebState, state_of
@@ -120,8 +120,8 @@ class FeedNames:
     """Private feed name → subscriber id, for every subscriber (whatever their status: the
     feed of one who left answers 410)."""
 
-    def __init__(self, key: bytes, clock: Callable[[], float] = time.monotonic) -> None:
-        self.key = key
+    def __init__(self, keys: Keys, clock: Callable[[], float] = time.monotonic) -> None:
+        self.keys = each_key(keys)  # a feed linked before the key changed is found too
         self.clock = clock
         self._names: dict[str, int] = {}
         self._built = -REBUILD_SECONDS * 2
@@ -146,7 +146,9 @@ class FeedNames:
             salts = feed_salts(conn)
             conn.rollback()
         self._names = {
-            feed_name(self.key, ident, salt): ident for ident, (salt, _) in salts.items()
+            feed_name(key, ident, salt): ident
+            for key in self.keys
+            for ident, (salt, _) in salts.items()
         }
         self._built = self.clock()
 
@@ -156,8 +158,8 @@ def _caches(state: WebState) -> tuple[FeedCache, FeedNames]:
     if cache is None:
         cache = state.caches.setdefault("feeds", FeedCache())
     names = state.caches.get("feed_names")
-    if names is None:
-        names = state.caches.setdefault("feed_names", FeedNames(state.key))
+    if names is None or names.keys != state.verifying:  # new keys: name the feeds again
+        names = state.caches["feed_names"] = FeedNames(state.verifying)
     return cache, names
 
 
@@ -281,7 +283,7 @@ def private_feed(request: Request) -> Response:
     _, names = _caches(state)
     ident = names.find(state.engine, name) if len(name) == 32 else None
     found = feed_state(state.engine, ident) if ident is not None else None
-    if found is not None and feed_name(state.key, ident, found.token_salt) != name:
+    if found is not None and not check_feed_name(state.verifying, name, ident, found.token_salt):
         found = None  # the salt was rotated: an old link
     # a paused reader keeps their feed (what was sent stays theirs); one who left does not
     if ident is None or found is None or found.status not in ("active", "paused"):
@@ -298,9 +300,11 @@ def private_feed(request: Request) -> Response:
             " or the subscription ended.",
         )
     site = _site(state)
-    version = ("private", ident, found.token_salt, found.last_sent, found.ingest)
+    key = state.key
+    # the key too: a feed built before the key changed carries links it signed
+    version = ("private", ident, found.token_salt, found.last_sent, found.ingest, key)
     path = f"private/{name}"
-    links = Links(site.base_url, state.key, "")
+    links = Links(site.base_url, key, "")
     description = private_description(links, ident, found.token_salt)
     make = _build(version, site, path, kind, "papers for you", description)
 

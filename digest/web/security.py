@@ -1,5 +1,6 @@
 """What every response and every form needs: security headers, a cap on request bodies,
-CSRF tokens, per-key rate limits, and request paths with their secrets taken out."""
+CSRF tokens, and request paths with their secrets taken out (rate limits are counted in the
+store, ``digest.store.counters``, so every process shares them)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,12 @@ import hashlib
 import hmac
 import re
 import secrets
-import threading
-import time
-from collections import deque
-from collections.abc import Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from digest.tokens import Keys, each_key
 
 # No script at all, styles from our own stylesheet only, never framed.
 CONTENT_SECURITY_POLICY = (
@@ -117,13 +116,15 @@ def csrf_token(request: Request, key: bytes) -> str:
     return _csrf_of(key, cookie)
 
 
-def check_csrf(request: Request, key: bytes, submitted: object) -> None:
-    """Refuse (403) a form whose CSRF field does not belong to this browser's cookie."""
+def check_csrf(request: Request, keys: Keys, submitted: object) -> None:
+    """Refuse (403) a form whose CSRF field does not belong to this browser's cookie (under
+    any of the site's ``keys``: a form made before the key changed still goes through)."""
     cookie = request.cookies.get(CSRF_COOKIE, "")
     if not (
         _is_cookie(cookie)
         and isinstance(submitted, str)
-        and hmac.compare_digest(_csrf_of(key, cookie), submitted)
+        and submitted.isascii()
+        and any(hmac.compare_digest(_csrf_of(key, cookie), submitted) for key in each_key(keys))
     ):
         raise HTTPException(
             403,
@@ -138,38 +139,3 @@ def _is_cookie(value: str) -> bool:
 
 def _csrf_of(key: bytes, cookie: str) -> str:
     return hmac.new(key, f"csrf:{cookie}".encode(), hashlib.sha256).hexdigest()[:32]
-
-
-class RateLimit:
-    """At most ``limit`` events per ``seconds`` for each key (a client address, an email),
-    in this process. Thread-safe; memory is bounded by the keys seen in one window."""
-
-    def __init__(
-        self, limit: int, seconds: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.limit = limit
-        self.seconds = seconds
-        self.clock = clock
-        self._events: dict[str, deque[float]] = {}
-        self._lock = threading.Lock()
-        self._last_sweep = clock()
-
-    def allow(self, key: str) -> bool:
-        """Count one event for ``key``; False (and not counted) when it is over the limit."""
-        now = self.clock()
-        horizon = now - self.seconds
-        with self._lock:
-            if now - self._last_sweep > self.seconds:
-                self._sweep(horizon)
-                self._last_sweep = now
-            events = self._events.setdefault(key, deque())
-            while events and events[0] <= horizon:
-                events.popleft()
-            if len(events) >= self.limit:
-                return False
-            events.append(now)
-            return True
-
-    def _sweep(self, horizon: float) -> None:
-        for key in [k for k, events in self._events.items() if not events or events[-1] <= horizon]:
-            del self._events[key]

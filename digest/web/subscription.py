@@ -61,8 +61,8 @@ from digest.web.state import WebState, client_address, state_of
 
 MAX_INTERESTS = 50
 MAX_INTERESTS_CHARS = 20_000  # the whole field; one interest is held to 300 by the parser
-# Subscribe (and resend) requests: per client address and per email address, in this
-# process; and confirmation emails per address per day, counted in the store.
+# Subscribe (and resend) requests: per client address and per email address; and
+# confirmation emails per address per day: all counted in the store, shared by every process.
 CLIENT_LIMIT = (20, 3600.0)
 EMAIL_LIMIT = (3, 3600.0)
 CONFIRMS_PER_DAY = 5
@@ -195,8 +195,10 @@ async def subscribe(request: Request) -> Response:
     or not the address is known."""
     state = state_of(request)
     form = await _form(request)
-    check_csrf(request, state.key, form.get(CSRF_FIELD))
-    if not state.limit("subscribe-client", *CLIENT_LIMIT).allow(client_address(request)):
+    check_csrf(request, state.verifying, form.get(CSRF_FIELD))
+    if not await run_in_threadpool(
+        state.allow, "subscribe-client", CLIENT_LIMIT, client_address(request)
+    ):
         raise _too_many()
     errors = FormErrors()
     raw_email, raw_interests = _text(form, "email"), _text(form, "interests")
@@ -204,7 +206,7 @@ async def subscribe(request: Request) -> Response:
     interests = _read_interests(raw_interests, errors)
     if errors:
         return _refused(request, {"email": raw_email, "interests": raw_interests}, errors)
-    if not state.limit("subscribe-email", *EMAIL_LIMIT).allow(email):
+    if not await run_in_threadpool(state.allow, "subscribe-email", EMAIL_LIMIT, email):
         raise _too_many()
     wanted = Preferences(interests=interests, timezone=None, **_defaults())
     now = state.now()
@@ -218,10 +220,18 @@ async def subscribe(request: Request) -> Response:
     )
     if requested is None:
         raise _too_many()
+    sent_page = page(
+        request,
+        "subscribe_sent.html",
+        {"email": email, "interests": "\n".join(interests), "hours": state.settings.confirm_hours},
+    )
+    if requested.repeat:  # the email of the same request a moment ago is on its way
+        return sent_page
     await run_in_threadpool(_forget_unconfirmed, state, now)
+    key = state.key
     expires = now + timedelta(hours=state.settings.confirm_hours)
     token = tokens.expiring_token(
-        state.key,
+        key,
         requested.subscriber_id,
         requested.token_salt,
         f"confirm:{requested.nonce}",
@@ -236,17 +246,13 @@ async def subscribe(request: Request) -> Response:
     )
     try:
         await send_confirmation(
-            transport_of(state.settings), view, sender_of(state.settings), now, state.key
+            transport_of(state.settings), view, sender_of(state.settings), now, key
         )
     except DeliveryError:
         raise HTTPException(
             503, "The confirmation email could not be sent just now. Please try again later."
         ) from None
-    return page(
-        request,
-        "subscribe_sent.html",
-        {"email": email, "interests": "\n".join(interests), "hours": state.settings.confirm_hours},
-    )
+    return sent_page
 
 
 def _forget_unconfirmed(state: WebState, now: datetime) -> None:
@@ -283,7 +289,7 @@ def _confirmation(state: WebState, token: str) -> tuple[str, Subscriber | None, 
     nonce = pending_nonce(row)
     if nonce is not None:
         verdict = tokens.check_expiring_token(
-            state.key, token, row.id, row.token_salt, f"confirm:{nonce}", now
+            state.verifying, token, row.id, row.token_salt, f"confirm:{nonce}", now
         )
         if verdict is tokens.Verdict.VALID:
             return "ready", row, nonce
@@ -291,7 +297,7 @@ def _confirmation(state: WebState, token: str) -> tuple[str, Subscriber | None, 
             return "expired", row, None
     if row.confirmed_nonce is not None:
         verdict = tokens.check_expiring_token(
-            state.key, token, row.id, row.token_salt, f"confirm:{row.confirmed_nonce}", now
+            state.verifying, token, row.id, row.token_salt, f"confirm:{row.confirmed_nonce}", now
         )
         if verdict is not tokens.Verdict.INVALID:
             return "done", row, None
@@ -331,7 +337,7 @@ async def confirm(request: Request) -> Response:
     """Confirm: the request's settings apply, and digests start from the next listing."""
     state = state_of(request)
     form = await _form(request)
-    check_csrf(request, state.key, form.get(CSRF_FIELD))
+    check_csrf(request, state.verifying, form.get(CSRF_FIELD))
     kind, row, nonce = await run_in_threadpool(_confirmation, state, request.path_params["token"])
     if kind != "ready" or row is None or nonce is None:
         raise _confirm_refusal(kind)
@@ -345,7 +351,7 @@ async def confirm(request: Request) -> Response:
 
 
 def _subscriber(state: WebState, token: str, purpose: str) -> Subscriber:
-    row = check_token(state.engine, state.key, token, purpose)
+    row = check_token(state.engine, state.verifying, token, purpose)
     if row is None:
         raise HTTPException(
             404,
@@ -399,7 +405,7 @@ def manage_page(request: Request) -> Response:
 async def _manage_form(request: Request) -> tuple[WebState, Subscriber, str, FormData]:
     state = state_of(request)
     form = await _form(request)
-    check_csrf(request, state.key, form.get(CSRF_FIELD))
+    check_csrf(request, state.verifying, form.get(CSRF_FIELD))
     token = request.path_params["token"]
     row = await run_in_threadpool(_subscriber, state, token, "manage")
     return state, row, token, form
@@ -479,7 +485,7 @@ def delete_page(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     """Erase the subscriber, their outbox, mail files and private feed: gone, not a status."""
     state, row, _, _ = await _manage_form(request)
-    copies = Copies.of(state.settings)
+    copies = Copies.of(state.settings, state.verifying)
     await run_in_threadpool(delete_reader, state.engine, copies, row, state.now())
     return page(request, "deleted.html", {"email": row.email})
 
@@ -512,7 +518,9 @@ async def unsubscribe_now(request: Request) -> Response:
         raise HTTPException(400, "Use the Unsubscribe button on the page of this link.")
     token = request.path_params["token"]
     row = await run_in_threadpool(_subscriber, state, token, "unsubscribe")
-    await run_in_threadpool(unsubscribe_reader, state.engine, Copies.of(state.settings), row)
+    await run_in_threadpool(
+        unsubscribe_reader, state.engine, Copies.of(state.settings, state.verifying), row
+    )
     return page(request, "unsubscribe.html", _unsubscribe_context(state, row, token, True))
 
 
