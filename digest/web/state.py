@@ -11,10 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.requests import Request
 
-from digest.errors import DigestError
 from digest.service.keys import KEYS_REFRESH
 from digest.settings import Settings
 from digest.store.counters import SharedLimit
@@ -53,7 +51,9 @@ class WebState:
             self.keys_read = time.monotonic()
             try:
                 self.keys = self.reload_keys()
-            except (DigestError, SQLAlchemyError) as exc:  # the store is away: ours still do
+            # whatever keeps the store from answering (it is away, a driver error): the keys
+            # already read still sign and verify
+            except Exception as exc:
                 log.warning("could not read the site's keys again: %s", exc)
         return self.keys
 
