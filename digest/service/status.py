@@ -8,10 +8,10 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from digest.cron import crontab_trigger
 from digest.deliver.transports import transport_label
 from digest.service.cycle import interrupt_dead_runs
 from digest.service.runlock import lock_holder, uses_advisory_lock
-from digest.service.scheduler import crontab_trigger
 from digest.settings import Settings, link_warnings
 from digest.store.engine import reading
 from digest.store.outbox import counts as outbox_counts

@@ -43,6 +43,30 @@ def store_exists(url: str) -> bool:
     return path in ("", ":memory:") or Path(path).is_file()
 
 
+def url_problem(url: str) -> str | None:
+    """Why ``url`` names no store digest can open (unparseable, an unknown database, its
+    driver not installed), or None; said when the settings are read, not at the first query.
+    """
+    try:
+        parsed = sa.engine.make_url(url)
+        dialect = parsed.get_dialect()
+    except (SQLAlchemyError, ValueError):
+        return "is not a database URL (sqlite:///PATH or postgresql+psycopg://USER@HOST/NAME)"
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        return f"needs the Python package {exc.name or 'of its driver'}, which is not installed"
+    return None
+
+
+def store_label(url: str) -> str:
+    """The store as an operator knows it: the SQLite file, or the URL without its password."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database or ":memory:"
+    return parsed.render_as_string(hide_password=True)
+
+
 # SQLite result codes (the low byte of an extended code): a damaged file, and the failures
 # of the machine (permission, busy, locked, no memory, read-only, I/O, full, cannot open).
 _DAMAGED = frozenset({11, 26})
