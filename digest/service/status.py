@@ -10,14 +10,13 @@ from sqlalchemy.engine import Engine
 
 from digest.cron import crontab_trigger
 from digest.deliver.transports import transport_label
-from digest.service.cycle import interrupt_dead_runs
 from digest.service.runlock import lock_holder, uses_advisory_lock
 from digest.settings import Settings, link_warnings
 from digest.store.engine import reading
 from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason, recent_failures, transport_state
 from digest.store.papers import counts as paper_counts
-from digest.store.runs import INTERRUPTED
+from digest.store.runs import INTERRUPTED, interrupt_dead
 from digest.store.runs import recent as recent_runs
 from digest.store.runs import unfinished as unfinished_runs
 from digest.store.sources import all_states, recent_dumps
@@ -57,7 +56,7 @@ def collect_status(
     if holder is None and unfinished and not uses_advisory_lock(settings.database_url):
         # Nobody holds the lock, yet these say "running": their process died (kill -9).
         interrupted = set(unfinished)
-        interrupt_dead_runs(engine, unfinished)
+        interrupt_dead(engine, unfinished)
     mail = transport_state(engine, transport_label(settings.mail_transport))
     waiting = outbox["pending"] + outbox["sending"]
     warnings = link_warnings(settings)
