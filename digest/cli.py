@@ -490,10 +490,14 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     for warning in warnings:
         logging.getLogger("digest.run").warning(warning)
     period = _period(args, ctx) if args.period else None
-    ensure_sample_subscribers(settings, ctx.engine, now=ctx.now())
     if args.dry_run:
-        report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, dry_run=True)
+        # Writes nothing: no store, key or folder is made; a fresh installation is shown as
+        # its first run would see it (the settings file's subscribers in a store in memory).
+        if not ctx.store_exists:
+            ensure_sample_subscribers(settings, ctx.reader, now=ctx.now())
+        report = run_cycle(settings, ctx.reader, clock=ctx.clock, period=period, dry_run=True)
     else:
+        ensure_sample_subscribers(settings, ctx.engine, now=ctx.now())
         stop = threading.Event()
         with hold_run_lock(settings), _stop_on_signals(stop):
             report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, stop=stop)
@@ -835,6 +839,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int
         return 2
     ctx = Context(args, out, sys.stderr)
     try:
+        if args.command != "init":  # init writes the file it then reads
+            ctx.settings  # noqa: B018 -- a bad setting stops every command before it begins
         code: int = args.handler(args, ctx)
         return code
     except DigestError as exc:

@@ -461,8 +461,9 @@ class Settings:
             folders.append(Path(urlsplit(self.mail_transport).path))
         return folders
 
-    def signing_key(self) -> bytes:
-        """The secret key; generated once into the data folder when not set."""
+    def signing_key(self, *, make: bool = True) -> bytes:
+        """The secret key; generated once into the data folder when not set (``make=False``:
+        a key for this process only, and no file written, for a dry run)."""
         if self.secret_key:
             return self.secret_key.encode()
         path = self.data_dir / "secret.key"
@@ -471,6 +472,8 @@ class Settings:
         except FileNotFoundError:
             pass
         key = secrets.token_hex(32).encode()
+        if not make:
+            return key
         draft = path.with_name(f".secret.key.{os.getpid()}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -138,9 +138,10 @@ def sender_of(settings: Settings) -> Sender:
     )
 
 
-def links_of(settings: Settings) -> Links:
-    """How links in emails and feeds are made, from the settings."""
-    return Links(settings.base_url, settings.signing_key(), settings.mail_from)
+def links_of(settings: Settings, *, make_key: bool = True) -> Links:
+    """How links in emails and feeds are made, from the settings (``make_key``: write the key
+    file when there is none yet; a dry run signs with a key of its own instead)."""
+    return Links(settings.base_url, settings.signing_key(make=make_key), settings.mail_from)
 
 
 def publish_site_feeds(
@@ -286,7 +287,7 @@ async def deliver_outbox(
 def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime) -> RunReport:
     """Compose and render what a run would send, recording and sending nothing."""
     report = RunReport(None, period, dry_run=True)
-    links = links_of(settings)
+    links = links_of(settings, make_key=False)  # nothing a dry run makes is sent or kept
     builder = MessageBuilder(sender_of(settings))
     with reading(engine) as conn:
         plans = plan_owed(conn, period=period)
