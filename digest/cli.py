@@ -583,11 +583,23 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_web(args: argparse.Namespace, ctx: Context) -> int:
     """Serve the web front alone, until SIGTERM/SIGINT; the digest runs elsewhere."""
+    import dataclasses
+
     from digest.web.server import run_web
 
+    settings = ctx.settings
+    if args.host is not None:
+        settings = dataclasses.replace(settings, web_host=args.host)
+    if args.port is not None:
+        settings = dataclasses.replace(settings, web_port=args.port)
     _log_setup(ctx, True)
     ctx.engine  # noqa: B018 -- creates or migrates the store once, before any worker starts
-    return run_web(ctx.settings)
+
+    def say(line: str) -> None:
+        ctx.say(line)
+        ctx.stdout.flush()  # under systemd or a pipe, seen now and not at exit
+
+    return run_web(settings, say)
 
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
@@ -605,12 +617,13 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _option(name: str) -> Option:
-    """The bounds of a number argument: a key of a subscriber's table, or the search limit."""
-    from digest.settings import SUBSCRIBER, Option
+    """How an argument is checked: as a key of a subscriber's table, a setting, or the
+    search limit."""
+    from digest.settings import OPTIONS, SUBSCRIBER, Option
 
     if name == "limit":
         return Option("limit", int, 20, "Most papers a search shows.", low=1, high=1000)
-    return SUBSCRIBER[name]
+    return SUBSCRIBER.get(name) or next(option for option in OPTIONS if option.name == name)
 
 
 def _given(value: Any, name: str) -> Any:
@@ -816,7 +829,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-web", action="store_true", help="run the schedule only, without the web front"
     )
 
-    command("web", cmd_web, "serve the web front alone until stopped (SIGTERM/SIGINT)")
+    sub = command("web", cmd_web, "serve the web front alone until stopped (SIGTERM/SIGINT)")
+    sub.add_argument(
+        "--host", type=_bounded("web_host"), help="address to listen on (default: web_host)"
+    )
+    sub.add_argument(
+        "--port", type=_bounded("web_port"), help="port to listen on (default: web_port)"
+    )
 
     sub = command("status", cmd_status, "papers, subscribers, runs, outbox, sources, warnings")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
