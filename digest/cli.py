@@ -303,10 +303,15 @@ def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
         for item in saved:
             actions[item.action] += 1
         done = ", ".join(f"{n} {action}" for action, n in actions.items() if n)
-        ctx.say(f"imported {len(saved)} subscribers from {args.import_csv} ({done or 'none'})")
+        if args.json:
+            ctx.emit_json({"imported": len(saved), "path": args.import_csv, **actions})
+        else:
+            ctx.say(f"imported {len(saved)} subscribers from {args.import_csv} ({done or 'none'})")
         return 0
     if args.resubscribe:
         raise UsageError("subscribers: --resubscribe goes with --import")
+    if args.json and args.export_csv == "-":
+        raise UsageError("subscribers: --export - writes CSV to stdout; --json cannot go with it")
     rows = list_subscribers(ctx.reader, status=args.status)
     if args.export_csv:
         target = args.export_csv
@@ -318,7 +323,10 @@ def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
                     count = export_csv(rows, out)
             except OSError as exc:
                 raise DigestError(f"--export {target}: cannot write it ({exc})") from None
-            ctx.say(f"exported {count} subscribers to {target}")
+            if args.json:
+                ctx.emit_json({"exported": count, "path": target})
+            else:
+                ctx.say(f"exported {count} subscribers to {target}")
         return 0
     if args.json:
         ctx.emit_json({"subscribers": [subscriber_json(row) for row in rows]})
@@ -364,9 +372,9 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
     if out is not None and out.suffix.lower() not in RENDERINGS:
         kind = f"a {out.suffix} file" if out.suffix else "a file without an extension"
         raise UsageError(f"--out {args.out}: cannot render {kind}; use .html, .txt or .eml")
+    period = _period(args, ctx)
     engine = ctx.reader
     subscriber = find_subscriber(engine, args.email)
-    period = _period(args, ctx)
     settings = ctx.settings
     with reading(engine) as conn:
         ranked = preview_ranked(

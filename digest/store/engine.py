@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from digest.errors import StoreCorrupt, StoreError
 from digest.files import PRIVATE, make_private
@@ -172,6 +172,11 @@ def open_store(url: str) -> Engine:
                 migrate(conn)
     except OperationalError as exc:
         raise StoreError(f"cannot open the database: {exc.orig}") from None
+    except DBAPIError as exc:  # the server refused it: no right to create the tables, …
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+        raise StoreError(
+            f"cannot bring the database up to date ({store_label(url)}): {first}"
+        ) from None
     return engine
 
 
