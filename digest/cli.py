@@ -428,11 +428,11 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_search(args: argparse.Namespace, ctx: Context) -> int:
     """Search the whole store with the interest language."""
     from digest.deliver.views import ranked_json
-    from digest.rank.query import parse_interest
+    from digest.rank.query import parse_written
     from digest.service.preview import search_store
     from digest.store.engine import transaction
 
-    parse_interest(args.query)
+    parse_written(args.query)
     progress = ctx.progress()
     with transaction(ctx.reader) as conn:
         ranked = search_store(
