@@ -624,6 +624,19 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace, ctx: Context) -> int:
+    """Copy the SQLite store to a new file while digest keeps running."""
+    from digest.store.engine import backup_sqlite, store_label
+
+    size = backup_sqlite(ctx.settings.database_url, Path(args.file))
+    source = store_label(ctx.settings.database_url)
+    if args.json:
+        ctx.emit_json({"store": source, "backup": args.file, "bytes": size})
+    else:
+        ctx.say(f"backed up {source} to {args.file} ({size:,} bytes)")
+    return 0
+
+
 def _option(name: str) -> Option:
     """How an argument is checked: as a key of a subscriber's table, a setting, or the
     search limit."""
@@ -844,6 +857,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--port", type=_bounded("web_port"), help="port to listen on (default: web_port)"
     )
+
+    sub = command("backup", cmd_backup, "copy the SQLite store to a new file, while it runs")
+    sub.add_argument("file", metavar="FILE", help="the copy; must not exist yet")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("status", cmd_status, "papers, subscribers, runs, outbox, sources, warnings")
     sub.add_argument("--json", action="store_true", help="print one JSON object")

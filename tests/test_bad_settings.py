@@ -38,6 +38,7 @@ COMMANDS: dict[str, list[str]] = {
     "run --dry-run": ["run", "--dry-run", "--json"],
     "serve": ["serve"],
     "web": ["web"],
+    "backup": ["backup", "copy.db"],
     "status": ["status"],
     "status --json": ["status", "--json"],
 }

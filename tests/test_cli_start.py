@@ -140,18 +140,12 @@ def test_status_says_which_config_and_store_it_read(
         " (init, ingest, subscribe or run make it)",
     ]
     (folder / "site.toml").write_text('data_dir = "var"\n')
-    os.environ["DIGEST_DATABASE_URL"] = "postgresql+psycopg://digest:hunter2@db.example.org/digest"
-    try:
-        from digest.service.status import status_lines
-        from digest.settings import load_settings
-        from digest.store.engine import store_label
+    from digest.service.status import status_lines
+    from digest.store.engine import store_label
 
-        settings = load_settings("site.toml")
-        assert store_label(settings.database_url) == (
-            "postgresql+psycopg://digest:***@db.example.org/digest"
-        )
-    finally:
-        del os.environ["DIGEST_DATABASE_URL"]
+    assert store_label("postgresql+psycopg://digest:hunter2@db.example.org/digest") == (
+        "postgresql+psycopg://digest:***@db.example.org/digest"
+    )
     assert main(["status", "--json", "--config", "site.toml"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["config"] == str(folder / "site.toml")
@@ -164,3 +158,36 @@ def test_status_says_which_config_and_store_it_read(
     assert main(["subscribe", "a@example.org", "--interest", "llm", "--config", "site.toml"]) == 0
     assert main(["status", "--config", "site.toml"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == f"store: {folder / 'var' / 'digest.db'}"
+
+
+def test_backup_copies_the_store_while_a_writer_holds_it(
+    folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    assert main(["subscribe", "a@example.org", "--interest", "llm"]) == 0
+    writer = sqlite3.connect(folder / "data" / "digest.db", isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # a run in the middle of its transaction
+        writer.execute("UPDATE subscriber SET status = 'paused'")
+        capsys.readouterr()
+        assert main(["backup", "copy.db", "--json"]) == 0
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    report = json.loads(capsys.readouterr().out)
+    assert report["store"] == str(folder / "data" / "digest.db")
+    assert report["bytes"] == (folder / "copy.db").stat().st_size
+    assert (folder / "copy.db").stat().st_mode & 0o077 == 0
+    copy = sqlite3.connect(folder / "copy.db")
+    try:  # what was committed, not what was in flight
+        assert copy.execute("SELECT email, status FROM subscriber").fetchall() == [
+            ("a@example.org", "active")
+        ]
+    finally:
+        copy.close()
+    assert main(["backup", "copy.db"]) == 2  # never over a file
+    assert "exists" in capsys.readouterr().err
+    monkeypatch.setenv("DIGEST_DATABASE_URL", "postgresql+psycopg://digest@db.example.org/digest")
+    assert main(["backup", "other.db"]) == 2
+    assert "pg_dump" in capsys.readouterr().err

@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from digest.errors import StoreCorrupt, StoreError
+from digest.errors import StoreCorrupt, StoreError, UsageError
 from digest.files import PRIVATE, make_private
 from digest.store.migrations import SCHEMA_VERSION, current_version, migrate
 from digest.store.models import StoreMeta
@@ -65,6 +65,38 @@ def store_label(url: str) -> str:
     if parsed.get_backend_name() == "sqlite":
         return parsed.database or ":memory:"
     return parsed.render_as_string(hide_password=True)
+
+
+def backup_sqlite(url: str, target: Path) -> int:
+    """Copy the SQLite store to the new file ``target`` while other processes read and write
+    it (SQLite's online backup: one consistent snapshot, the WAL included); its size."""
+    parsed = sa.engine.make_url(url)
+    source = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite":
+        raise UsageError("backup copies an SQLite store; back up PostgreSQL with pg_dump")
+    if source in ("", ":memory:") or not Path(source).is_file():
+        raise StoreError(f"there is no store at {source or 'memory'} to back up")
+    if os.path.lexists(target):
+        raise UsageError(f"backup: {target} exists; give a new file")
+    draft = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        os.close(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE))
+        origin = sqlite3.connect(source, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            copy = sqlite3.connect(draft)
+            try:
+                origin.backup(copy)
+            finally:
+                copy.close()
+        finally:
+            origin.close()
+        os.link(draft, target)  # whole or not at all, and never over a file made meanwhile
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise StoreError(f"cannot back up the store to {target}: {reason}") from None
+    finally:
+        draft.unlink(missing_ok=True)
+    return target.stat().st_size
 
 
 # SQLite result codes (the low byte of an extended code): a damaged file, and the failures
