@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -158,7 +159,8 @@ def test_a_private_feed_changes_with_the_next_digest(site: Site) -> None:
     etag, _ = conditional(client, path)
     first = len(feedparser.parse(client.get(path).content).entries)
     site.drop_in_inbox(EXAMPLE_B12, "b.txt")  # brings a new federated paper
-    assert site.cli("run", "--period", "2099-01-02").code == 0
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()  # a new period
+    assert site.cli("run", "--period", tomorrow).code == 0
     assert store_rows(site.data, "SELECT count(*) FROM digest WHERE status = 'sent'") == [(2,)]
     after = client.get(path, headers={"if-none-match": etag})
     assert after.status_code == 200
