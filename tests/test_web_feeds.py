@@ -14,7 +14,7 @@ import feedparser
 import pytest
 from starlette.testclient import TestClient
 
-from digest import cli
+from digest.service import scheduler
 from digest.settings import load_settings
 from digest.store.engine import open_store
 from digest.tokens import feed_name
@@ -264,7 +264,8 @@ def test_feed_files_under_serve(
         run_job()  # one scheduled run, no server started
         return 0
 
-    monkeypatch.setattr(cli, "serve", serve_once)
+    # cmd_serve takes the scheduler's serve when it runs
+    monkeypatch.setattr(scheduler, "serve", serve_once)
     args = ["serve", "--no-web"] if no_web else ["serve"]
     result = site.cli(*args)
     assert result.code == 0, result.err
