@@ -212,6 +212,27 @@ def _sources(value: Any) -> str | None:
     return None
 
 
+def _subscriber_email(value: Any) -> str | None:
+    try:
+        result = validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        return f"is not a valid email address: {exc}"
+    if result.ascii_email is None:
+        return "needs ASCII before the @ (digest does not send SMTPUTF8 mail)"
+    return None
+
+
+def _interests(value: Any) -> str | None:
+    from digest.rank.query import InterestError, parse_written  # only for [[subscribers]]
+
+    for text in value:
+        try:
+            parse_written(text)
+        except InterestError as exc:
+            return f"holds a bad interest: {exc}"
+    return None
+
+
 @dataclass(frozen=True)
 class Rule:
     """What a setting's type does not say: a secret, bounds, a check (``Annotated`` metadata)."""
@@ -360,8 +381,12 @@ class SubscriberTable(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field("", description="The subscriber's address.")
-    interests: list[str] = Field([], description="Interest expressions, one string each.")
+    email: Annotated[str, Rule(check=_subscriber_email)] = Field(
+        "", description="The subscriber's address."
+    )
+    interests: Annotated[list[str], Rule(check=_interests)] = Field(
+        [], description="Interest expressions, one string each."
+    )
     max_items: Annotated[int, Rule(low=1, high=1000)] = Field(
         20, description="Most papers per digest."
     )

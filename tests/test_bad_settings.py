@@ -57,6 +57,12 @@ BAD: dict[str, tuple[str, str, str | None]] = {
     "host": ("web_host", 'web_host = "http://0.0.0.0"', "http://0.0.0.0"),
     "proxies": ("forwarded_allow_ips", 'forwarded_allow_ips = "proxy.lan"', "proxy.lan"),
     "unknown key": ("feed_itmes", "feed_itmes = 3", None),
+    "subscriber": ("email", '[[subscribers]]\nemail = "nobody"\ninterests = ["llm"]', None),
+    "interest": (
+        "interests",
+        '[[subscribers]]\nemail = "a@example.org"\ninterests = ["a or b"]',
+        None,
+    ),
     "toml": ("bad.toml", "feed_items = = 3", None),
 }
 CASES = [
