@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import io
 import json
 import logging
@@ -16,75 +17,26 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
-
-from sqlalchemy.engine import Engine
+from typing import TYPE_CHECKING, Any, TextIO
 
 from digest import __version__
-from digest.clock import period_of
-from digest.deliver.message import MessageBuilder
-from digest.deliver.views import ranked_json, ranked_views
 from digest.errors import AlreadyRunning, DigestError, UsageError, WriteError
-from digest.feeds.render import FEEDS_FOLDER
-from digest.files import PRIVATE_FOLDER, make_folder, write_private
-from digest.ingest.dumps import Clock, DumpResult, ingest_inbox, ingest_paths
-from digest.logs import setup_logging
-from digest.rank.query import parse_interest
-from digest.service.cycle import (
-    ensure_sample_subscribers,
-    last_run_period,
-    links_of,
-    poll_once,
-    run_cycle,
-    run_lines,
-    sender_of,
-)
-from digest.service.feedback import VOTES, give_feedback
-from digest.service.keys import KEY_NOTICE, KeyState, list_keys, retire, rotate_key, site_keys
-from digest.service.leaving import Copies, take_feed_down
-from digest.service.listings import listing_line, recent_listings, removal_lines, take_back
-from digest.service.preview import has_papers, preview_ranked, search_store
-from digest.service.runlock import hold_run_lock
-from digest.service.scheduler import serve
-from digest.service.status import collect_status, status_lines
-from digest.service.subscriptions import (
-    SubscriberSpec,
-    check_token,
-    export_csv,
-    find_subscriber,
-    join_interests,
-    read_csv,
-    save_subscribers,
-    set_status,
-    subscriber_json,
-)
-from digest.settings import (
-    DEFAULT_CONFIG_NAME,
-    SUBSCRIBER,
-    Option,
-    Settings,
-    convert,
-    default_config_text,
-    link_warnings,
-    load_settings,
-)
-from digest.store.engine import open_store, reading, store_exists, transaction
-from digest.store.listings import listing_json
-from digest.store.subscribers import (
-    STATUSES,
-    Saved,
-    interests_of,
-    list_subscribers,
-)
-from digest.tokens import message_id
+
+# The rest of digest loads inside the command that needs it: `digest --version` and `--help`
+# start in a few hundredths of a second, `digest status` without numpy or the scheduler.
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from digest.ingest.dumps import Clock, DumpResult
+    from digest.service.keys import KeyState
+    from digest.settings import Option, Settings
+    from digest.store.subscribers import Saved
 
 Handler = Callable[[argparse.Namespace, "Context"], int]
 RENDERINGS = (".html", ".txt", ".eml")  # what ``preview --out`` can write
-SEARCH_LIMIT = Option("limit", int, 20, "Most papers a search shows.", low=1, high=1000)
-LISTINGS_LIMIT = Option("limit", int, 50, "Most listings shown.", low=1, high=100_000)
 
 
 class Context:
@@ -94,24 +46,38 @@ class Context:
         self.args = args
         self.stdout = stdout
         self.stderr = stderr
-        self.clock = Clock()
+        self._clock: Clock | None = None
         self._settings: Settings | None = None
         self._engine: Engine | None = None
 
     @property
+    def clock(self) -> Clock:
+        if self._clock is None:
+            from digest.ingest.dumps import Clock
+
+            self._clock = Clock()
+        return self._clock
+
+    @property
     def settings(self) -> Settings:
         if self._settings is None:
+            from digest.settings import load_settings
+
             self._settings = load_settings(self.args.config)
         return self._settings
 
     @property
     def engine(self) -> Engine:
         if self._engine is None:
+            from digest.store.engine import open_store
+
             self._engine = open_store(self.settings.database_url)
         return self._engine
 
     @property
     def store_exists(self) -> bool:
+        from digest.store.engine import store_exists
+
         return store_exists(self.settings.database_url)
 
     @property
@@ -119,6 +85,8 @@ class Context:
         """The store for a command that only reads: one not made yet reads as an empty one
         (in memory), so a look at a fresh installation creates no files."""
         if self._engine is None and not self.store_exists:
+            from digest.store.engine import open_store
+
             self._engine = open_store("sqlite://")
         return self.engine
 
@@ -192,6 +160,11 @@ def report_dumps(ctx: Context, results: list[DumpResult], as_json: bool) -> int:
 
 def cmd_init(args: argparse.Namespace, ctx: Context) -> int:
     """Write a commented digest.toml (unless one exists) and make the data folders."""
+    from digest.feeds.render import FEEDS_FOLDER
+    from digest.files import PRIVATE_FOLDER, make_folder, write_private
+    from digest.settings import DEFAULT_CONFIG_NAME, default_config_text, load_settings
+    from digest.store.engine import open_store
+
     target = Path(args.config or DEFAULT_CONFIG_NAME)
     if target.exists() and not args.force:
         ctx.say(f"{target} exists; kept it (use --force to overwrite)")
@@ -215,6 +188,8 @@ def cmd_init(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_ingest(args: argparse.Namespace, ctx: Context) -> int:
     """Ingest dump files or folders (or the inbox) and report each dump."""
+    from digest.ingest.dumps import ingest_inbox, ingest_paths
+
     if not args.paths and not args.inbox:
         raise UsageError("ingest needs at least one PATH, or --inbox")
     results: list[DumpResult] = []
@@ -235,7 +210,10 @@ def cmd_ingest(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_papers_listings(args: argparse.Namespace, ctx: Context) -> int:
     """The listings ingested, newest first, with the ids ``papers remove`` takes."""
-    rows = recent_listings(ctx.reader, args.limit)
+    from digest.service.listings import listing_line, recent_listings
+    from digest.store.listings import listing_json
+
+    rows = recent_listings(ctx.reader, _given(args.limit, "listings_limit"))
     if args.json:
         ctx.emit_json({"listings": [listing_json(row) for row in rows]})
         return 0
@@ -249,6 +227,8 @@ def cmd_papers_listings(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_papers_remove(args: argparse.Namespace, ctx: Context) -> int:
     """Take a listing back: its papers no other listing had are deleted, and kept out of
     every digest not yet sent."""
+    from digest.service.listings import removal_lines, take_back
+
     if not ctx.store_exists:
         raise UsageError("no store yet: nothing was ingested, so there is nothing to remove")
     removal = take_back(ctx.engine, args.listing, ctx.now(), dry_run=args.dry_run)
@@ -266,6 +246,9 @@ def _papers_usage(args: argparse.Namespace, ctx: Context) -> int:
 
 def _saved_lines(saved: Saved) -> list[str]:
     """What ``subscribe`` did: a new subscriber, or the interests before and after."""
+    from digest.service.subscriptions import join_interests
+    from digest.store.subscribers import interests_of
+
     row = saved.row
     interests = interests_of(row)
     if saved.action == "subscribed":
@@ -285,11 +268,13 @@ def _saved_lines(saved: Saved) -> list[str]:
 
 def cmd_subscribe(args: argparse.Namespace, ctx: Context) -> int:
     """Add a subscriber (or replace their interests and limits)."""
+    from digest.service.subscriptions import SubscriberSpec, save_subscribers, subscriber_json
+
     spec = SubscriberSpec(
         email=args.email,
         interests=args.interest or [],
-        max_items=args.max_items,
-        min_score=args.min_score,
+        max_items=_given(args.max_items, "max_items"),
+        min_score=_given(args.min_score, "min_score"),
         frequency=args.frequency,
         send_empty=args.send_empty,
     ).checked()  # before the store is opened: a refused command creates nothing
@@ -309,6 +294,10 @@ def cmd_subscribe(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
     """Stop all mail to a subscriber (their history is kept), by address or by link token."""
+    from digest.service.keys import site_keys
+    from digest.service.leaving import Copies, take_feed_down
+    from digest.service.subscriptions import check_token, set_status
+
     address = args.email.strip()
     if not address:
         raise UsageError("unsubscribe: EMAIL|TOKEN is empty")
@@ -334,6 +323,8 @@ def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_feedback(args: argparse.Namespace, ctx: Context) -> int:
     """Record a reader's vote on a paper they were sent: more like this (up), not for me (down)."""
+    from digest.service.feedback import give_feedback
+
     given = give_feedback(ctx.engine, args.email, args.paper, args.vote, ctx.now())
     said = "more like this" if given.vote == "up" else "not for me"
     again = " (unchanged)" if given.before == given.vote else ""
@@ -342,6 +333,7 @@ def cmd_feedback(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _key_line(key: KeyState) -> str:
+    """One key as ``digest keys list`` shows it."""
     when = f"signs from {key.signs_from:%Y-%m-%d %H:%M:%S} UTC" if key.state == "waits" else ""
     if key.state == "retired" and key.retired_at is not None:
         when = f"since {key.retired_at:%Y-%m-%d %H:%M:%S} UTC"
@@ -351,6 +343,8 @@ def _key_line(key: KeyState) -> str:
 
 def cmd_keys(args: argparse.Namespace, ctx: Context) -> int:
     """The site's signing keys: list them, add a new one that signs, retire an old one."""
+    from digest.service.keys import KEY_NOTICE, list_keys, retire, rotate_key
+
     settings, now = ctx.settings, ctx.now()
     if args.action != "retire" and args.id is not None:
         raise UsageError(f"keys {args.action}: takes no ID")
@@ -382,6 +376,16 @@ def cmd_keys(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
     """List subscribers, or import/export them as CSV."""
+    from digest.files import write_private
+    from digest.service.subscriptions import (
+        export_csv,
+        join_interests,
+        read_csv,
+        save_subscribers,
+        subscriber_json,
+    )
+    from digest.store.subscribers import interests_of, list_subscribers
+
     if args.import_csv:
         try:
             text = Path(args.import_csv).read_text(encoding="utf-8-sig")
@@ -393,10 +397,15 @@ def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
         for item in saved:
             actions[item.action] += 1
         done = ", ".join(f"{n} {action}" for action, n in actions.items() if n)
-        ctx.say(f"imported {len(saved)} subscribers from {args.import_csv} ({done or 'none'})")
+        if args.json:
+            ctx.emit_json({"imported": len(saved), "path": args.import_csv, **actions})
+        else:
+            ctx.say(f"imported {len(saved)} subscribers from {args.import_csv} ({done or 'none'})")
         return 0
     if args.resubscribe:
         raise UsageError("subscribers: --resubscribe goes with --import")
+    if args.json and args.export_csv == "-":
+        raise UsageError("subscribers: --export - writes CSV to stdout; --json cannot go with it")
     rows = list_subscribers(ctx.reader, status=args.status)
     if args.export_csv:
         target = args.export_csv
@@ -409,7 +418,10 @@ def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
                 write_private(Path(target), out.getvalue().encode("utf-8"))  # every address
             except OSError as exc:
                 raise DigestError(f"--export {target}: cannot write it ({exc})") from None
-            ctx.say(f"exported {count} subscribers to {target}")
+            if args.json:
+                ctx.emit_json({"exported": count, "path": target})
+            else:
+                ctx.say(f"exported {count} subscribers to {target}")
         return 0
     if args.json:
         ctx.emit_json({"subscribers": [subscriber_json(row) for row in rows]})
@@ -422,23 +434,43 @@ def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _period(args: argparse.Namespace, ctx: Context) -> date:
-    if getattr(args, "period", None):
-        try:
-            return date.fromisoformat(args.period)
-        except ValueError:
-            raise UsageError(f"--period must be YYYY-MM-DD, not {args.period!r}") from None
-    return period_of(ctx.now(), ctx.settings.tz)
+    """``--period``, or today in the settings' time zone. A day after tomorrow is refused: no
+    paper of it has been seen, and a run for it would take today's papers from its readers."""
+    from digest.clock import period_of
+
+    today = period_of(ctx.now(), ctx.settings.tz)
+    if not getattr(args, "period", None):
+        return today
+    try:
+        period = date.fromisoformat(args.period)
+    except ValueError:
+        raise UsageError(f"--period must be YYYY-MM-DD, not {args.period!r}") from None
+    if period > today + timedelta(days=1):
+        raise UsageError(
+            f"--period {period.isoformat()} is in the future (today is {today.isoformat()}"
+            f" in {ctx.settings.timezone}); give today or an earlier day"
+        )
+    return period
 
 
 def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
     """Show (or render to a file) what a subscriber's next digest would hold."""
+    from digest.deliver.message import MessageBuilder
+    from digest.deliver.views import ranked_json, ranked_views
+    from digest.files import write_private
+    from digest.service.cycle import links_of, sender_of
+    from digest.service.preview import has_papers, preview_ranked
+    from digest.service.subscriptions import find_subscriber
+    from digest.store.engine import reading
+    from digest.tokens import message_id
+
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in RENDERINGS:
         kind = f"a {out.suffix} file" if out.suffix else "a file without an extension"
         raise UsageError(f"--out {args.out}: cannot render {kind}; use .html, .txt or .eml")
+    period = _period(args, ctx)
     engine = ctx.reader
     subscriber = find_subscriber(engine, args.email)
-    period = _period(args, ctx)
     settings = ctx.settings
     with reading(engine) as conn:
         ranked = preview_ranked(
@@ -498,10 +530,17 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_search(args: argparse.Namespace, ctx: Context) -> int:
     """Search the whole store with the interest language."""
-    parse_interest(args.query)
+    from digest.deliver.views import ranked_json
+    from digest.rank.query import parse_written
+    from digest.service.preview import search_store
+    from digest.store.engine import transaction
+
+    parse_written(args.query)
     progress = ctx.progress()
     with transaction(ctx.reader) as conn:
-        ranked = search_store(conn, args.query, limit=args.limit, progress=progress)
+        ranked = search_store(
+            conn, args.query, limit=_given(args.limit, "limit"), progress=progress
+        )
         papers = ranked_json(conn, ranked)
     if progress is not None:
         ctx.stderr.write("\r\033[K")
@@ -516,6 +555,8 @@ def cmd_search(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _log_setup(ctx: Context, verbose: bool) -> None:
+    from digest.logs import setup_logging
+
     setup_logging(ctx.settings.log_format, logging.INFO if verbose else logging.WARNING)
 
 
@@ -550,16 +591,24 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     """One full cycle: fetch, ingest the inbox, compose, send, publish feeds."""
+    from digest.service.cycle import ensure_sample_subscribers, run_cycle, run_lines
+    from digest.service.runlock import hold_run_lock
+    from digest.settings import link_warnings
+
     settings = ctx.settings
     _log_setup(ctx, args.verbose)
     warnings = link_warnings(settings)
     for warning in warnings:
         logging.getLogger("digest.run").warning(warning)
     period = _period(args, ctx) if args.period else None
-    ensure_sample_subscribers(settings, ctx.engine, now=ctx.now())
     if args.dry_run:
-        report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, dry_run=True)
+        # Writes nothing: no store, key or folder is made; a fresh installation is shown as
+        # its first run would see it (the settings file's subscribers in a store in memory).
+        if not ctx.store_exists:
+            ensure_sample_subscribers(settings, ctx.reader, now=ctx.now())
+        report = run_cycle(settings, ctx.reader, clock=ctx.clock, period=period, dry_run=True)
     else:
+        ensure_sample_subscribers(settings, ctx.engine, now=ctx.now())
         stop = threading.Event()
         with hold_run_lock(settings), _stop_on_signals(stop):
             report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, stop=stop)
@@ -589,6 +638,17 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
     """Run the scheduler until SIGTERM/SIGINT: the digest on its schedule, polls in between."""
+
+    from digest.service.cycle import (
+        ensure_sample_subscribers,
+        last_run_period,
+        poll_once,
+        run_cycle,
+    )
+    from digest.service.runlock import hold_run_lock
+    from digest.service.scheduler import serve
+    from digest.settings import link_warnings
+
     settings = ctx.settings
     _log_setup(ctx, True)
     log = logging.getLogger("digest.serve")
@@ -633,15 +693,28 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_web(args: argparse.Namespace, ctx: Context) -> int:
     """Serve the web front alone, until SIGTERM/SIGINT; the digest runs elsewhere."""
+
     from digest.web.server import run_web
 
+    settings = ctx.settings
+    if args.host is not None:
+        settings = dataclasses.replace(settings, web_host=args.host)
+    if args.port is not None:
+        settings = dataclasses.replace(settings, web_port=args.port)
     _log_setup(ctx, True)
     ctx.engine  # noqa: B018 -- creates or migrates the store once, before any worker starts
-    return run_web(ctx.settings)
+
+    def say(line: str) -> None:
+        ctx.say(line)
+        ctx.stdout.flush()  # under systemd or a pipe, seen now and not at exit
+
+    return run_web(settings, say)
 
 
 def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     """Papers, subscribers, runs, outbox, sources, schedule and warnings."""
+    from digest.service.status import collect_status, status_lines
+
     exists = ctx.store_exists
     data = collect_status(ctx.settings, ctx.reader, ctx.now(), store_exists=exists)
     if args.json:
@@ -652,16 +725,69 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
     return 0
 
 
-def _bounded(option: Option) -> Callable[[str], Any]:
+def cmd_backup(args: argparse.Namespace, ctx: Context) -> int:
+    """Copy the SQLite store to a new file while digest keeps running."""
+    from digest.store.engine import backup_sqlite, store_label
+
+    size = backup_sqlite(ctx.settings.database_url, Path(args.file))
+    source = store_label(ctx.settings.database_url)
+    if args.json:
+        ctx.emit_json({"store": source, "backup": args.file, "bytes": size})
+    else:
+        ctx.say(f"backed up {source} to {args.file} ({size:,} bytes)")
+    return 0
+
+
+def _option(name: str) -> Option:
+    """How an argument is checked: as a key of a subscriber's table, a setting, or the
+    search limit."""
+    from digest.settings import OPTIONS, SUBSCRIBER, Option
+
+    if name == "limit":
+        return Option("limit", int, 20, "Most papers a search shows.", low=1, high=1000)
+    if name == "listings_limit":
+        return Option("limit", int, 50, "Most listings shown.", low=1, high=100_000)
+    return SUBSCRIBER.get(name) or next(option for option in OPTIONS if option.name == name)
+
+
+def _given(value: Any, name: str) -> Any:
+    """The argument, or its default from the table (read only now: the parser loads none)."""
+    return _option(name).default if value is None else value
+
+
+def _bounded(name: str) -> Callable[[str], Any]:
     """An argument type that checks a value the way the settings table does."""
 
     def parse(text: str) -> Any:
+        from digest.settings import convert
+
         try:
-            return convert(option, text, text=True)
+            return convert(_option(name), text, text=True)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{exc}, not {text!r}") from None
 
     return parse
+
+
+class _Choices(Sequence[str]):
+    """Choices kept by a lower module, read when a value is checked or help is shown, so
+    that building the parser loads nothing of the store."""
+
+    def __init__(self, module: str, name: str) -> None:
+        self.module = module
+        self.name = name
+
+    def _values(self) -> tuple[str, ...]:
+        return tuple(getattr(importlib.import_module(self.module), self.name))
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._values()[index]
+
+    def __len__(self) -> int:
+        return len(self._values())
+
+    def __contains__(self, value: object) -> bool:
+        return value in self._values()
 
 
 def _dash_values(argv: Sequence[str]) -> list[str]:
@@ -750,8 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "listings":
             action.add_argument(
                 "--limit",
-                type=_bounded(LISTINGS_LIMIT),
-                default=LISTINGS_LIMIT.default,
+                type=_bounded("listings_limit"),
                 help="most listings shown (1 to 100000; 50)",
             )
         else:
@@ -776,14 +901,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--max-items",
-        type=_bounded(SUBSCRIBER["max_items"]),
-        default=SUBSCRIBER["max_items"].default,
+        type=_bounded("max_items"),
         help="most papers per digest (1 to 1000; 20)",
     )
     sub.add_argument(
         "--min-score",
-        type=_bounded(SUBSCRIBER["min_score"]),
-        default=SUBSCRIBER["min_score"].default,
+        type=_bounded("min_score"),
         help="least score a paper needs (0 to 10000; 0)",
     )
     sub.add_argument("--frequency", choices=("daily", "weekly"), default="daily")
@@ -806,7 +929,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("email", metavar="EMAIL")
     sub.add_argument("paper", metavar="PAPER", help="the paper's key or arXiv id")
     sub.add_argument(
-        "vote", metavar="up|down", choices=VOTES, help="up: more like this; down: not for me"
+        "vote",
+        metavar="up|down",
+        choices=_Choices("digest.store.feedback", "VOTES"),
+        help="up: more like this; down: not for me",
     )
 
     sub = command(
@@ -824,7 +950,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("subscribers", cmd_subscribers, "list subscribers; import or export CSV")
-    sub.add_argument("--status", choices=STATUSES)
+    sub.add_argument(
+        "--status",
+        metavar="STATUS",
+        choices=_Choices("digest.store.subscribers", "STATUSES"),
+        help="only the subscribers of this status: %(choices)s",
+    )
     sub.add_argument("--json", action="store_true", help="print one JSON object")
     sub.add_argument("--import", dest="import_csv", metavar="CSV", help="add or update from CSV")
     sub.add_argument(
@@ -847,8 +978,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("query", metavar="QUERY")
     sub.add_argument(
         "--limit",
-        type=_bounded(SEARCH_LIMIT),
-        default=SEARCH_LIMIT.default,
+        type=_bounded("limit"),
         help="most papers shown (1 to 1000; 20)",
     )
     sub.add_argument("--json", action="store_true", help="print one JSON object")
@@ -868,7 +998,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-web", action="store_true", help="run the schedule only, without the web front"
     )
 
-    command("web", cmd_web, "serve the web front alone until stopped (SIGTERM/SIGINT)")
+    sub = command("web", cmd_web, "serve the web front alone until stopped (SIGTERM/SIGINT)")
+    sub.add_argument(
+        "--host", type=_bounded("web_host"), help="address to listen on (default: web_host)"
+    )
+    sub.add_argument(
+        "--port", type=_bounded("web_port"), help="port to listen on (default: web_port)"
+    )
+
+    sub = command("backup", cmd_backup, "copy the SQLite store to a new file, while it runs")
+    sub.add_argument("file", metavar="FILE", help="the copy; must not exist yet")
+    sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("status", cmd_status, "papers, subscribers, runs, outbox, sources, warnings")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
@@ -891,6 +1031,8 @@ def main(argv: Sequence[str] | None = None, stdout: TextIO | None = None) -> int
         return 2
     ctx = Context(args, out, sys.stderr)
     try:
+        if args.command != "init":  # init writes the file it then reads
+            ctx.settings  # noqa: B018 -- a bad setting stops every command before it begins
         code: int = args.handler(args, ctx)
         return code
     except DigestError as exc:

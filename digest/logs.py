@@ -36,10 +36,15 @@ _QUERY_SECRET = re.compile(
 # "Authorization: Bearer abc" or "Basic abc" pasted into an error message.
 _AUTH_HEADER = re.compile(r"(?P<head>\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{6,}")
 
+# Terminal colour and cursor codes (CSI sequences): a library's message meant for a
+# terminal must not put escape bytes into a JSON log line.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
 # Attributes every LogRecord has; anything else on a record came from ``extra=``.
+# uvicorn adds ``color_message``, its message again with colour codes for its own formatter.
 _STANDARD_ATTRS = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "", None, None)).keys()
-    | {"message", "asctime", "run_id", "taskName"}
+    | {"message", "asctime", "run_id", "taskName", "color_message"}
 )
 
 
@@ -76,18 +81,19 @@ class RunIdFilter(logging.Filter):
 
 
 class RedactFilter(logging.Filter):
-    """Mask secrets in the message and in ``extra=`` string values before any handler sees them."""
+    """Mask secrets (and drop colour codes) in the message and in ``extra=`` string values
+    before any handler sees them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except (TypeError, ValueError):  # a broken format string: keep the raw parts visible
             message = f"{record.msg} {record.args}"
-        record.msg = redact(message)
+        record.msg = redact(_ANSI.sub("", message))
         record.args = None
         for key, value in list(vars(record).items()):
             if key not in _STANDARD_ATTRS and isinstance(value, str):
-                setattr(record, key, redact(value))
+                setattr(record, key, redact(_ANSI.sub("", value)))
         return True
 
 

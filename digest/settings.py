@@ -15,14 +15,17 @@ import functools
 import ipaddress
 import math
 import os
+import re
 import tomllib
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from email.utils import getaddresses
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, get_origin
 from urllib.parse import urlsplit
 
+from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -111,8 +114,126 @@ def _token(value: Any) -> str | None:
 
 
 def _schedule(value: Any) -> str | None:
-    if len(str(value).split()) != 5:
-        return "must be a cron expression of five fields, such as '0 7 * * *'"
+    from digest.cron import schedule_problem  # APScheduler's parser, only for a schedule given
+
+    return schedule_problem(value)
+
+
+def _database(value: Any) -> str | None:
+    if not value:
+        return None
+    from digest.store.engine import url_problem  # SQLAlchemy, only for a URL given
+
+    return url_problem(value)
+
+
+# Special-use names a From line may still carry: a mail catcher on this machine takes them.
+_LOCAL_MAIL_DOMAINS = frozenset({"localhost", "localdomain", "local", "test"})
+
+
+def _mail_from(value: Any) -> str | None:
+    """An address the message builder and every SMTP server take, with or without a name."""
+    if any(char in value for char in "\r\n\0"):
+        return "must be one line"
+    found = getaddresses([value])
+    if len(found) != 1 or "@" not in found[0][1]:
+        return "is not an email address (write digest@example.org or 'Paper Digest <digest@example.org>')"
+    local, _, domain = found[0][1].rpartition("@")
+    checked = f"{local}@example.org" if domain.lower() in _LOCAL_MAIL_DOMAINS else found[0][1]
+    try:
+        result = validate_email(checked, check_deliverability=False, globally_deliverable=False)
+    except EmailNotValidError as exc:
+        return f"is not a valid email address: {exc}"
+    if result.ascii_email is None:
+        return "needs ASCII before the @ (digest does not send SMTPUTF8 mail)"
+    return None
+
+
+MIN_SECRET_KEY = 32
+
+
+def _secret_key(value: Any) -> str | None:
+    # It signs every unsubscribe, manage and feed link: a short key can be found by trying
+    # keys offline against one link a reader forwards. 32 characters, as `digest init` makes.
+    if value and len(value) < MIN_SECRET_KEY:
+        return (
+            f"must be at least {MIN_SECRET_KEY} characters (it signs every link; make one with"
+            " `python -c 'import secrets; print(secrets.token_hex(32))'`, or leave it empty to"
+            " have one generated)"
+        )
+    return None
+
+
+def _one_line(value: Any) -> str | None:
+    if not value.strip():
+        return "must not be empty"
+    if any(ord(char) < 32 or ord(char) == 127 for char in value):
+        return "must be one line without control characters"
+    return None
+
+
+def _path(value: Any) -> str | None:
+    return "must not contain a NUL character" if "\0" in value else None
+
+
+def _host(value: Any) -> str | None:
+    """An address to bind to: an IP address or a host name (no scheme, no port)."""
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    if value and all(_HOST_LABEL.fullmatch(label) for label in labels):
+        return None
+    return "must be an address or a host name, such as 127.0.0.1, :: or localhost (no port)"
+
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _proxies(value: Any) -> str | None:
+    """The proxies uvicorn trusts: addresses or networks; it does not look names up."""
+    for item in (part.strip() for part in value.split(",")):
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item) if "/" in item else ipaddress.ip_address(item)
+        except ValueError:
+            return f"must be addresses or networks separated by commas (or *); {item!r} is neither"
+    return None
+
+
+def _sources(value: Any) -> str | None:
+    for source in value:
+        if "://" not in source:
+            if not source.strip() or "\0" in source:
+                return "must be http(s):// or file:// URLs or paths, none empty"
+            continue
+        problem = _url_problem(source)
+        if problem or urlsplit(source).scheme not in {"http", "https", "file"}:
+            return f"must be http://, https:// or file:// URLs or paths; {source!r} is not"
+    return None
+
+
+def _subscriber_email(value: Any) -> str | None:
+    try:
+        result = validate_email(value.strip(), check_deliverability=False)
+    except EmailNotValidError as exc:
+        return f"is not a valid email address: {exc}"
+    if result.ascii_email is None:
+        return "needs ASCII before the @ (digest does not send SMTPUTF8 mail)"
+    return None
+
+
+def _interests(value: Any) -> str | None:
+    from digest.rank.query import InterestError, parse_written  # only for [[subscribers]]
+
+    for text in value:
+        try:
+            parse_written(text)
+        except InterestError as exc:
+            return f"holds a bad interest: {exc}"
     return None
 
 
@@ -144,17 +265,17 @@ class SettingsModel(BaseSettings):
 
     model_config = SettingsConfigDict(extra="forbid", validate_default=False)
 
-    data_dir: str = Field(
+    data_dir: Annotated[str, Rule(check=_path)] = Field(
         "data", description="Folder holding the database, inbox, outbox and feeds."
     )
-    database_url: Annotated[str, Rule(secret=True)] = Field(
+    database_url: Annotated[str, Rule(secret=True, check=_database)] = Field(
         "",
         description="SQLAlchemy URL of the store; empty means the SQLite file <data_dir>/digest.db.",
     )
-    inbox: str = Field(
+    inbox: Annotated[str, Rule(check=_path)] = Field(
         "", description="Folder watched for new listing dumps; empty: <data_dir>/inbox."
     )
-    feeds_dir: str = Field(
+    feeds_dir: Annotated[str, Rule(check=_path)] = Field(
         "", description="Folder the RSS/Atom feeds are written to; empty: <data_dir>/feeds."
     )
     mail_transport: Annotated[str, Rule(secret=True, check=_transport)] = Field(
@@ -162,7 +283,9 @@ class SettingsModel(BaseSettings):
         description="Where emails go: file://DIR, smtp://user:pass@host:587 (STARTTLS) or smtps://...:465."
         " Empty: .eml files in <data_dir>/outbox.",
     )
-    mail_from: str = Field("digest <digest@localhost>", description="From address of the digests.")
+    mail_from: Annotated[str, Rule(check=_mail_from)] = Field(
+        "digest <digest@localhost>", description="From address of the digests."
+    )
     smtp_connections: Annotated[int, Rule(low=1, high=64)] = Field(
         4, description="SMTP connections used at once."
     )
@@ -179,14 +302,16 @@ class SettingsModel(BaseSettings):
         "http://localhost:8000",
         description="Public URL of this installation (unsubscribe links, feed links).",
     )
-    site_name: str = Field("digest", description="Name shown in emails and feeds.")
+    site_name: Annotated[str, Rule(check=_one_line)] = Field(
+        "digest", description="Name shown in emails and feeds."
+    )
     timezone: Annotated[str, Rule(check=_timezone)] = Field(
         "UTC", description="Time zone of the daily period and the schedule."
     )
-    secret_key: Annotated[str, Rule(secret=True)] = Field(
+    secret_key: Annotated[str, Rule(secret=True, check=_secret_key)] = Field(
         "",
-        description="Key that signs unsubscribe and private-feed links; empty: the site's own,"
-        " made once and kept in the database (see digest keys).",
+        description="Key that signs unsubscribe and private-feed links (32 characters or more);"
+        " empty: the site's own, made once and kept in the database (see digest keys).",
     )
     feed_items: Annotated[int, Rule(low=1, high=10_000)] = Field(
         100, description="Items kept in each feed."
@@ -202,7 +327,7 @@ class SettingsModel(BaseSettings):
     poll_minutes: Annotated[int, Rule(low=1, high=24 * 60)] = Field(
         10, description="Minutes between polls of the inbox and sources."
     )
-    sources: list[str] = Field(
+    sources: Annotated[list[str], Rule(check=_sources)] = Field(
         [],
         description="Listing URLs fetched into the inbox (HF daily-papers JSON, arXiv RSS/Atom,"
         " text dumps).",
@@ -224,7 +349,9 @@ class SettingsModel(BaseSettings):
         " public (the web front serves the private ones live), or auto (public under"
         " `digest serve`, all otherwise).",
     )
-    web_host: str = Field("127.0.0.1", description="Address the web front listens on.")
+    web_host: Annotated[str, Rule(check=_host)] = Field(
+        "127.0.0.1", description="Address the web front listens on."
+    )
     web_port: Annotated[int, Rule(low=1, high=65_535)] = Field(
         8000, description="Port the web front listens on."
     )
@@ -236,7 +363,7 @@ class SettingsModel(BaseSettings):
         description="Seconds a client of the web front has to send a request's headers,"
         " from connecting or from its first byte; then the connection is closed.",
     )
-    forwarded_allow_ips: str = Field(
+    forwarded_allow_ips: Annotated[str, Rule(check=_proxies)] = Field(
         "127.0.0.1",
         description="Proxies whose X-Forwarded-For/-Proto headers are trusted (comma-separated"
         " addresses, or * for any).",
@@ -280,8 +407,12 @@ class SubscriberTable(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field("", description="The subscriber's address.")
-    interests: list[str] = Field([], description="Interest expressions, one string each.")
+    email: Annotated[str, Rule(check=_subscriber_email)] = Field(
+        "", description="The subscriber's address."
+    )
+    interests: Annotated[list[str], Rule(check=_interests)] = Field(
+        [], description="Interest expressions, one string each."
+    )
     max_items: Annotated[int, Rule(low=1, high=1000)] = Field(
         20, description="Most papers per digest."
     )
@@ -403,8 +534,7 @@ def convert(option: Option, value: Any, *, text: bool = False) -> Any:
             value = [part.strip() for part in value.replace("\n", ",").split(",") if part.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ValueError('must be a list of strings, as in ["a", "b"]')
-        return value
-    if kind is bool:
+    elif kind is bool:
         if isinstance(value, str):
             lowered = value.strip().lower()
             if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from digest.errors import UsageError
@@ -13,6 +15,7 @@ from digest.rank.query import (
     Term,
     Without,
     parse_interest,
+    parse_written,
     positive_words,
 )
 
@@ -84,3 +87,44 @@ def test_error_message_and_exit_code() -> None:
 
 def test_positive_words_leave_exclusions_out() -> None:
     assert positive_words('"graph neural" segmenta* -survey') == ["graph", "neural", "segmenta*"]
+
+
+@pytest.mark.parametrize(
+    ("text", "word", "position"),
+    [
+        ("gan or diffusion", "or", 5),
+        ("llm not survey", "not", 5),
+        ("speech and translation", "and", 8),
+        ("title:(vision Or language)", "Or", 15),
+    ],
+)
+def test_operators_in_lower_case_are_refused_where_they_are_written(
+    text: str, word: str, position: int
+) -> None:
+    with pytest.raises(InterestError) as caught:
+        parse_written(text)
+    assert caught.value.position == position
+    assert f"'{word}' would be matched as a word, not as an operator" in str(caught.value)
+    parse_interest(text)  # one saved before the rule still ranks
+
+
+@pytest.mark.parametrize(
+    "text", ['"trial and error"', "gan OR diffusion", "llm NOT survey", "oracle notation andante"]
+)
+def test_operators_written_as_such_and_words_that_hold_them_pass(text: str) -> None:
+    assert parse_written(text) == parse_interest(text)
+
+
+def test_subscribe_refuses_a_lower_case_or_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from digest.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DIGEST_CONFIG", raising=False)
+    assert main(["subscribe", "a@example.org", "--interest", "gan or diffusion"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "position 5" in err and "OR" in err
+    assert main(["search", "gan or diffusion"]) == 2
+    assert "position 5" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -20,7 +20,7 @@ PACKAGE = ROOT / "digest"
 # The flow, bottom up. A module may import its own stage and any stage of a lower level;
 # stages on one level (ingest, rank) are independent of each other.
 LEVELS = {
-    "base": 0,  # the package itself, errors, logs, files, clock, tokens, retry, forks
+    "base": 0,  # the package itself, errors, logs, files, clock, cron, tokens, retry, forks
     "store": 1,  # schema and queries; knows nothing of the stages
     "ingest": 2,  # sources and dumps in, new papers recorded
     "rank": 2,  # papers and interests in, ranked and explained papers out
@@ -40,6 +40,7 @@ TOP_LEVEL = {
     "retry": "base",
     "forks": "base",
     "files": "base",
+    "cron": "base",
     "settings": "settings",
     "cli": "cli",
     "__main__": "cli",

@@ -117,3 +117,20 @@ def test_secrets_never_reach_the_log() -> None:
     line = out.getvalue()
     assert "topsecret" not in line and "t0k" not in line
     assert json.loads(line)["url"] == "https://a/?token=***"
+
+
+def test_uvicorns_colour_copy_and_escape_codes_stay_out_of_json_lines() -> None:
+    out = io.StringIO()
+    setup_logging("json", stream=out)
+    # what uvicorn logs at start: its message, and again with colours for its own formatter
+    logging.getLogger("uvicorn.error").warning(
+        "Started server process [%d] \x1b[1mnow\x1b[0m",
+        7,
+        extra={"color_message": "Started server process [\x1b[36m%d\x1b[0m]", "where": "\x1b[1mx"},
+    )
+    (line,) = lines(out)
+    data = json.loads(line)
+    assert "color_message" not in data
+    assert "\x1b" not in line and "\\u001b" not in line
+    assert data["msg"] == "Started server process [7] now"
+    assert data["where"] == "x"

@@ -16,13 +16,13 @@ from zoneinfo import ZoneInfo
 import pytest
 from apscheduler.triggers.date import DateTrigger  # type: ignore[import-untyped]
 
+from digest.cron import crontab_trigger
 from digest.errors import ConfigError, DigestError
 from digest.service.scheduler import (
     DIGEST_JOB,
     DIGEST_MISFIRE_GRACE,
     POLL_JOB,
     build_scheduler,
-    crontab_trigger,
     needs_catch_up,
 )
 

@@ -324,3 +324,11 @@ def test_statistics_are_refreshed_after_an_ingest_without_waiting(site: Site) ->
     sequence, refreshed = state.caches["stats"]
     assert sequence > first
     assert refreshed.documents > stats.documents
+
+
+def test_search_refuses_a_lower_case_or_and_says_where(site: Site) -> None:
+    client = site.web()
+    refused = client.get("/search", params={"q": "gan or diffusion"})
+    assert refused.status_code == 400
+    assert "position 5" in refused.text and "OR" in refused.text
+    assert client.get("/search", params={"q": "gan OR diffusion"}).status_code == 200

@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import Site
+from tests.smtp_server import free_port
 from tests.test_service import wait_until
 
 
@@ -111,3 +112,35 @@ def test_a_client_slow_to_send_its_headers_is_cut_off(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def test_web_says_where_it_listens_and_takes_host_and_port(site: Site) -> None:
+    port = free_port()  # not the site's web_port: the arguments win over the setting
+    out_file, log_file = site.root / "web.out", site.root / "web.log"
+    with out_file.open("w") as out, log_file.open("w") as log:
+        process = site.spawn(
+            "web", "--host", "127.0.0.1", "--port", str(port), stdout=out, stderr=log
+        )
+        try:
+            wait_until(lambda: _answers(port) or process.poll() is not None, "the web front")
+            assert process.poll() is None, log_file.read_text()
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=20) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert out_file.read_text().splitlines() == [f"listening on http://127.0.0.1:{port}"]
+    logs = log_file.read_text()
+    assert "color_message" not in logs and "\x1b" not in logs and "\\u001b" not in logs
+
+
+@pytest.mark.parametrize(
+    ("args", "named"), [(["--port", "70000"], "--port"), (["--host", "http://x"], "--host")]
+)
+def test_a_bad_host_or_port_argument_is_a_usage_error(
+    site: Site, args: list[str], named: str
+) -> None:
+    result = site.cli("web", *args)
+    assert result.code == 2
+    assert named in result.err and "Traceback" not in result.err

@@ -300,6 +300,35 @@ def parse_interest(text: str) -> Interest:
     return Interest(" ".join(text.split()), query, weight)
 
 
+_LOWER_OPERATORS = {
+    "or": "write OR for either word",
+    "not": "write NOT or -word to leave a word out",
+    "and": "words side by side must all match already; leave it out",
+}
+
+
+def parse_written(text: str) -> Interest:
+    """Parse an interest a person writes now (saved, searched, tried), refusing ``or``,
+    ``and`` and ``not`` in lower case as a word of their own.
+
+    Such a word is matched as a word, which is never what was meant: ``gan or diffusion``
+    asks for papers holding all three. Interests saved before this rule still parse with
+    ``parse_interest``, so no reader loses one at send time. Quoted, the word is a phrase's.
+    """
+    interest = parse_interest(text)
+    for token in _lex(text):
+        if token.kind == "word" and token.value.casefold() in _LOWER_OPERATORS:
+            word = token.value
+            advice = _LOWER_OPERATORS[word.casefold()]
+            raise InterestError(
+                text,
+                f"'{word}' would be matched as a word, not as an operator ({advice};"
+                ' or put it in quotes as part of a phrase, as in "trial and error")',
+                token.position,
+            )
+    return interest
+
+
 def positive_words(text: str) -> list[str]:
     """The words a paper must show for an interest to have a chance, exclusions left out.
 

@@ -296,7 +296,7 @@ async def deliver_outbox(
 def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime) -> RunReport:
     """Compose and render what a run would send, recording and sending nothing."""
     report = RunReport(None, period, dry_run=True)
-    links = links_of(settings, engine, now)
+    links = links_of(settings, engine, now)  # a fresh install's dry run: a store in memory
     builder = MessageBuilder(sender_of(settings))
     with reading(engine) as conn:
         plans = plan_owed(conn, period=period, news_days=settings.news_days)

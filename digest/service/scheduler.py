@@ -44,9 +44,9 @@ from apscheduler.schedulers.background import BackgroundScheduler  # type: ignor
 from apscheduler.schedulers.base import BaseScheduler  # type: ignore[import-untyped]
 from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-untyped]
 from apscheduler.triggers.base import BaseTrigger  # type: ignore[import-untyped]
-from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
+from digest.cron import crontab_trigger
 from digest.errors import AlreadyRunning, ConfigError, DigestError
 from digest.logs import run_context
 
@@ -56,8 +56,6 @@ DIGEST_JOB = "digest"
 POLL_JOB = "poll"
 DIGEST_MISFIRE_GRACE = timedelta(hours=6)
 CATCH_UP_DELAY = timedelta(seconds=1)  # after the start-up poll, so the catch-up sees its files
-
-_CRON_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 
 
 class Service(Protocol):
@@ -75,58 +73,6 @@ def _zone(tz: str | tzinfo) -> tzinfo:
         return ZoneInfo(tz) if isinstance(tz, str) else tz
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"setting timezone ({tz!r}) is not a known time zone") from exc
-
-
-def _cron_day(token: str) -> int:
-    token = token.strip().lower()
-    if token[:3] in _CRON_DAYS and not token.isdigit():
-        return _CRON_DAYS.index(token[:3])
-    day = int(token)
-    if not 0 <= day <= 7:
-        raise ValueError(f"day of week {day} is out of range 0-7")
-    return day % 7
-
-
-def _weekday_field(field: str) -> str:
-    """Standard cron's day-of-week field (0 or 7 = Sunday) in APScheduler 3's terms (0 = Monday).
-
-    APScheduler 3's ``from_crontab`` passes the field through unchanged, which shifts every
-    numbered weekday by one; so expand it to explicit day names.
-    """
-    if field in {"*", "?"}:
-        return "*"
-    days: set[int] = set()
-    for part in field.split(","):
-        span, _, step_text = part.partition("/")
-        step = int(step_text) if step_text else 1
-        if step < 1:
-            raise ValueError("a step must be 1 or more")
-        if span == "*":
-            first, last = 0, 6
-        elif "-" in span:
-            low, high = span.split("-", 1)
-            first, last = _cron_day(low), _cron_day(high)
-            if high.strip() == "7":
-                last = 7  # "5-7" means Friday to Sunday
-        else:
-            first = _cron_day(span)
-            last = 6 if step_text else first  # "1/2": from Monday, every other day
-        if first > last:
-            raise ValueError(f"day range {span} runs backwards")
-        days.update(day % 7 for day in range(first, last + 1, step))
-    return ",".join(_CRON_DAYS[day] for day in sorted(days))
-
-
-def crontab_trigger(schedule: str, timezone: str | tzinfo) -> CronTrigger:
-    """A trigger for a standard five-field cron ``schedule`` in ``timezone``."""
-    fields = schedule.split()
-    if len(fields) != 5:
-        raise ConfigError(f"setting schedule ({schedule!r}) must have five fields")
-    try:
-        fields[4] = _weekday_field(fields[4])
-        return CronTrigger.from_crontab(" ".join(fields), timezone=_zone(timezone))
-    except ValueError as exc:
-        raise ConfigError(f"setting schedule ({schedule!r}) is not valid cron: {exc}") from None
 
 
 def needs_catch_up(

@@ -9,16 +9,15 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
+from digest.cron import crontab_trigger
 from digest.deliver.transports import transport_label
-from digest.service.cycle import interrupt_dead_runs
 from digest.service.runlock import lock_holder, uses_advisory_lock
-from digest.service.scheduler import crontab_trigger
 from digest.settings import Settings, link_warnings
-from digest.store.engine import reading
+from digest.store.engine import reading, store_label
 from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason, recent_failures, transport_state
 from digest.store.papers import counts as paper_counts
-from digest.store.runs import INTERRUPTED, last_finished
+from digest.store.runs import INTERRUPTED, interrupt_dead, last_finished
 from digest.store.runs import recent as recent_runs
 from digest.store.runs import unfinished as unfinished_runs
 from digest.store.sources import all_states, recent_dumps
@@ -126,7 +125,7 @@ def collect_status(
     if holder is None and unfinished and not uses_advisory_lock(settings.database_url):
         # Nobody holds the lock, yet these say "running": their process died (kill -9).
         interrupted = set(unfinished)
-        interrupt_dead_runs(engine, unfinished)
+        interrupt_dead(engine, unfinished)
     mail = transport_state(engine, transport_label(settings.mail_transport))
     waiting = outbox["pending"] + outbox["sending"]
     warnings = link_warnings(settings)
@@ -155,6 +154,10 @@ def collect_status(
     if sending.problem:
         warnings.append(sending.problem)
     return {
+        # which installation this is: run from another folder, without the service's
+        # environment, a command reads another (often empty) store
+        "config": None if settings.config_path is None else str(settings.config_path),
+        "store": store_label(settings.database_url),
         "papers": {"total": papers, "new_last_24h": new_today, "newest_first_seen": _iso(newest)},
         "subscribers": subscribers,
         "digests": outbox,
@@ -254,6 +257,11 @@ def status_lines(data: dict[str, Any]) -> list[str]:
         lines.append(f"mail {mail['transport']}: ok at {mail['last_ok_at']}")
     for warning in data["warnings"]:
         lines.append(f"warning: {warning}")
-    if not data.get("store_exists", True):
-        lines.append("store: not made yet (init, ingest, subscribe or run make it)")
+    lines.append(f"config: {data['config'] or 'none (the defaults and DIGEST_* variables)'}")
+    if data.get("store_exists", True):
+        lines.append(f"store: {data['store']}")
+    else:
+        lines.append(
+            f"store: not made yet at {data['store']} (init, ingest, subscribe or run make it)"
+        )
     return lines

@@ -19,7 +19,7 @@ from sqlalchemy.engine import Engine
 
 from digest import tokens
 from digest.errors import UsageError
-from digest.rank.query import InterestError, parse_interest
+from digest.rank.query import InterestError, parse_written
 from digest.settings import SUBSCRIBER, convert
 from digest.store.models import Subscriber
 from digest.store.subscribers import (
@@ -89,7 +89,7 @@ def check_interests(interests: Sequence[str]) -> list[str]:
         for mark, reason in _NOT_IN_AN_INTEREST.items():
             if mark in text:
                 raise InterestError(text, reason, text.index(mark) + 1)
-        parse_interest(text)
+        parse_written(text)
     return cleaned
 
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, ExceptionContext
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
-from digest.errors import StoreCorrupt, StoreError
+from digest.errors import StoreCorrupt, StoreError, UsageError
 from digest.files import PRIVATE, make_folder, make_private
 from digest.store.migrations import SCHEMA_VERSION, current_version, migrate
 from digest.store.models import StoreMeta
@@ -41,6 +41,62 @@ def store_exists(url: str) -> bool:
         return True
     path = sa.engine.make_url(url).database or ""
     return path in ("", ":memory:") or Path(path).is_file()
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` names no store digest can open (unparseable, an unknown database, its
+    driver not installed), or None; said when the settings are read, not at the first query.
+    """
+    try:
+        parsed = sa.engine.make_url(url)
+        dialect = parsed.get_dialect()
+    except (SQLAlchemyError, ValueError):
+        return "is not a database URL (sqlite:///PATH or postgresql+psycopg://USER@HOST/NAME)"
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        return f"needs the Python package {exc.name or 'of its driver'}, which is not installed"
+    return None
+
+
+def store_label(url: str) -> str:
+    """The store as an operator knows it: the SQLite file, or the URL without its password."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database or ":memory:"
+    return parsed.render_as_string(hide_password=True)
+
+
+def backup_sqlite(url: str, target: Path) -> int:
+    """Copy the SQLite store to the new file ``target`` while other processes read and write
+    it (SQLite's online backup: one consistent snapshot, the WAL included); its size."""
+    parsed = sa.engine.make_url(url)
+    source = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite":
+        raise UsageError("backup copies an SQLite store; back up PostgreSQL with pg_dump")
+    if source in ("", ":memory:") or not Path(source).is_file():
+        raise StoreError(f"there is no store at {source or 'memory'} to back up")
+    if os.path.lexists(target):
+        raise UsageError(f"backup: {target} exists; give a new file")
+    draft = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        os.close(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE))
+        origin = sqlite3.connect(source, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            copy = sqlite3.connect(draft)
+            try:
+                origin.backup(copy)
+            finally:
+                copy.close()
+        finally:
+            origin.close()
+        os.link(draft, target)  # whole or not at all, and never over a file made meanwhile
+    except (OSError, sqlite3.Error) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise StoreError(f"cannot back up the store to {target}: {reason}") from None
+    finally:
+        draft.unlink(missing_ok=True)
+    return target.stat().st_size
 
 
 # SQLite result codes (the low byte of an extended code): a damaged file, and the failures
@@ -148,6 +204,11 @@ def open_store(url: str) -> Engine:
                 migrate(conn)
     except OperationalError as exc:
         raise StoreError(f"cannot open the database: {exc.orig}") from None
+    except DBAPIError as exc:  # the server refused it: no right to create the tables, …
+        first = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else ""
+        raise StoreError(
+            f"cannot bring the database up to date ({store_label(url)}): {first}"
+        ) from None
     return engine
 
 

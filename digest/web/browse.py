@@ -36,7 +36,7 @@ from digest.deliver.message import (
 from digest.deliver.plan import store_stats
 from digest.deliver.views import READER, paper_view
 from digest.rank.highlight import find_marks, mark
-from digest.rank.query import InterestError, parse_interest
+from digest.rank.query import InterestError, parse_interest, parse_written
 from digest.rank.types import CorpusStats, Ranked, hits_to_json
 from digest.service.preview import search_store, try_interests
 from digest.store import papers
@@ -187,7 +187,7 @@ def _try(state: WebState, conn: Connection, text: str, stats: CorpusStats) -> Tr
                 text, [], f"Interest {number} is longer than {MAX_INTEREST_CHARS} characters."
             )
         try:
-            parse_interest(line)
+            parse_written(line)
         except InterestError as exc:
             return Tried(text, [], interest_refusal(exc, number))
     since = state.now() - timedelta(days=PREVIEW_DAYS)
@@ -335,7 +335,7 @@ def search_page(request: Request) -> Response:
         status = 400
     else:
         try:
-            parse_interest(query)
+            parse_written(query)
         except InterestError as exc:
             context["error"] = interest_refusal(exc)
             status = 400

@@ -27,7 +27,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from digest.clock import as_utc
-from digest.service.scheduler import crontab_trigger
+from digest.cron import crontab_trigger
 from digest.service.status import sending_state
 from digest.store import runs
 from digest.store.engine import reading

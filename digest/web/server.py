@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
@@ -160,10 +160,18 @@ class WebServer:
             self.thread.join(timeout=15)
 
 
-def run_web(settings: Settings) -> int:
-    """Serve the web front in the foreground until SIGTERM/SIGINT (``digest web``)."""
+def listening_url(settings: Settings) -> str:
+    """Where the web front answers, as a browser is given it."""
+    host = f"[{settings.web_host}]" if ":" in settings.web_host else settings.web_host
+    return f"http://{host}:{settings.web_port}"
+
+
+def run_web(settings: Settings, say: Callable[[str], None] = print) -> int:
+    """Serve the web front in the foreground until SIGTERM/SIGINT (``digest web``); ``say``
+    tells where, once the socket is bound."""
     if settings.web_workers == 1:
         sock = listen(settings)
+        say(f"listening on {listening_url(settings)}")
         _Foreground(_config(settings, create_app(settings))).run(sockets=[sock])
         return 0
     if settings.config_path is not None:
@@ -175,5 +183,7 @@ def run_web(settings: Settings) -> int:
         workers=settings.web_workers,
     )
     # The workers share our socket (uvicorn's own would leave Nagle's algorithm on).
-    Multiprocess(config, sockets=[listen(settings)]).run()
+    sock = listen(settings)
+    say(f"listening on {listening_url(settings)} ({settings.web_workers} workers)")
+    Multiprocess(config, sockets=[sock]).run()
     return 0
