@@ -39,6 +39,10 @@ COMMANDS: dict[str, list[str]] = {
     "serve": ["serve"],
     "web": ["web"],
     "backup": ["backup", "copy.db"],
+    "papers listings": ["papers", "listings"],
+    "papers remove": ["papers", "remove", "--listing", "1"],
+    "keys list": ["keys", "list"],
+    "keys rotate": ["keys", "rotate"],
     "status": ["status"],
     "status --json": ["status", "--json"],
 }
