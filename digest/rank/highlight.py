@@ -355,7 +355,7 @@ class _Walk:
         return node.word + _where(node.field)
 
 
-def _all_reason(positive: list[Node], found: list[_Hit]) -> str:
+def _all_reason(positive: Sequence[Node], found: list[_Hit]) -> str:
     """Loose words of one field said as the interest writes them, else the parts' reasons."""
     words = [item for item in positive if isinstance(item, Term) and not item.prefix]
     if len(words) == len(positive) and len({w.field for w in words}) == 1:
