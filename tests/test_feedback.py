@@ -17,8 +17,8 @@ from digest.deliver.message import MessageBuilder, PaperView, Sender
 from digest.deliver.views import Links, paper_links
 from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
+from digest.rank import cutoff, ranker
 from digest.rank import feedback as model
-from digest.rank import ranker
 from digest.rank.feedback import Vote
 from digest.rank.types import CorpusStats, PlainPaper, Profile
 from digest.store import feedback
@@ -541,3 +541,17 @@ def test_the_whole_store_preview_ranks_with_the_readers_votes(site: Site) -> Non
     assert liked() and set(liked()) == {
         "Self-Supervised Speech Representations from Untranscribed Podcasts"
     }
+
+
+def test_one_cut_off_leaves_out_weak_objected_papers_but_the_best_few() -> None:
+    scores = [5.0, 4.0, 3.0, 2.0, 1.0, 0.5]
+    weak, strong = cutoff.WEAK / 2, cutoff.WEAK * 1.5
+    objections: list[float | None] = [weak] * cutoff.MIN_KEPT + [weak, strong, None]
+    # The best few stay whatever the votes say; past them only strong or unobjected ones.
+    assert cutoff.kept(scores, 10, objections=objections) == [*range(cutoff.MIN_KEPT), 4, 5]
+    assert cutoff.kept(scores, cutoff.MIN_KEPT + 1, objections=objections) == [
+        *range(cutoff.MIN_KEPT),
+        4,
+    ]
+    # Without votes the same function stops at the floor.
+    assert cutoff.kept(scores, 10, floor=2.5) == [0, 1, 2]

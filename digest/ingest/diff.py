@@ -71,7 +71,6 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
     """
     counts = DiffCounts()
     now = as_utc(now, naive="refuse")
-    today = now.date()
     seq = counts.seq = next_ingest_sequence(conn)
     # An entry with an arXiv id can only meet its paper under another key if the store has
     # papers known by title alone; a back-fill of the snapshot into a fresh store has none.
@@ -79,16 +78,7 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
     for chunk in _chunks(entries, BATCH):
         counts.entries += len(chunk)
         keyed = [(entry, *paper_keys(entry.title, entry.arxiv_id)) for entry in chunk]
-        by_key = {row["key"]: row for row in papers.lookup(conn, "key", [k for _, k, _ in keyed])}
-        by_title: dict[str, dict[str, Any]] = {}
-        missing = [
-            title_key
-            for entry, key, title_key in keyed
-            if key not in by_key and (title_only or entry.arxiv_id is None)
-        ]
-        if missing:
-            for found in papers.lookup(conn, "title_key", missing):
-                by_title.setdefault(found["title_key"], found)
+        by_key, by_title = _known(conn, keyed, title_only)
         inserts: dict[str, dict[str, Any]] = {}
         updates: dict[int, dict[str, Any]] = {}
         for entry, key, title_key in keyed:
@@ -98,40 +88,9 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
             if row is None and entry.arxiv_id is None:
                 row = _undamaged_twin(conn, entry)
             if row is None:
-                fresh = inserts.get(key) or _same_paper(inserts.get("title:" + title_key), entry)
-                if fresh is None:
-                    fresh = {
-                        "key": key,
-                        "title_key": title_key,
-                        "arxiv_id": entry.arxiv_id,
-                        "title": entry.title,
-                        "abstract": entry.abstract,
-                        "authors": entry.authors,
-                        "url": entry.url,
-                        # a listing without dates dates its papers by the day they came,
-                        # so they are news then and never the newest in a feed later
-                        "listing_date": entry.published or today,
-                        "revised": entry.revised,
-                        "first_seen": now,
-                        "last_seen": now,
-                        "times_seen": 1,
-                        "seq": seq,
-                    }
-                    inserts[key] = fresh
-                    if entry.arxiv_id is None:
-                        inserts["title:" + title_key] = fresh
-                else:
-                    _absorb(fresh, entry, key)
-                continue
-            update = updates.get(row["id"])
-            if update is None:
-                already = row["last_seen"] == now  # met earlier in this same dump
-                update = dict(row, times_seen=0 if already else 1)
-                updates[row["id"]] = update
-                counts.seen += 0 if already else 1
-                if not already:
-                    counts.again.append(row["id"])
-            _absorb(update, entry, key)
+                _add_new(inserts, entry, key, title_key, now, seq)
+            else:
+                _add_seen(updates, row, entry, key, now, counts)
         fresh_rows = list({id(row): row for row in inserts.values()}.values())
         title_only = title_only or any(row["arxiv_id"] is None for row in fresh_rows)
         counts.new += len(fresh_rows)
@@ -140,6 +99,80 @@ def upsert_entries(conn: Connection, entries: Iterable[Entry], now: datetime) ->
         if updates:
             papers.update_papers(conn, list(updates.values()), now)
     return counts
+
+
+Keyed = list[tuple[Entry, str, str]]  # an entry, its key and its title key
+
+
+def _known(
+    conn: Connection, keyed: Keyed, title_only: bool
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """The stored papers the entries may be: by key, and by title key (the first of each)."""
+    by_key = {row["key"]: row for row in papers.lookup(conn, "key", [k for _, k, _ in keyed])}
+    by_title: dict[str, dict[str, Any]] = {}
+    missing = [
+        title_key
+        for entry, key, title_key in keyed
+        if key not in by_key and (title_only or entry.arxiv_id is None)
+    ]
+    if missing:
+        for found in papers.lookup(conn, "title_key", missing):
+            by_title.setdefault(found["title_key"], found)
+    return by_key, by_title
+
+
+def _add_new(
+    inserts: dict[str, dict[str, Any]],
+    entry: Entry,
+    key: str,
+    title_key: str,
+    now: datetime,
+    seq: int,
+) -> None:
+    """A new paper to insert, or what the entry adds to one met earlier in this batch."""
+    fresh = inserts.get(key) or _same_paper(inserts.get("title:" + title_key), entry)
+    if fresh is not None:
+        _absorb(fresh, entry, key)
+        return
+    fresh = inserts[key] = {
+        "key": key,
+        "title_key": title_key,
+        "arxiv_id": entry.arxiv_id,
+        "title": entry.title,
+        "abstract": entry.abstract,
+        "authors": entry.authors,
+        "url": entry.url,
+        # a listing without dates dates its papers by the day they came,
+        # so they are news then and never the newest in a feed later
+        "listing_date": entry.published or now.date(),
+        "revised": entry.revised,
+        "first_seen": now,
+        "last_seen": now,
+        "times_seen": 1,
+        "seq": seq,
+    }
+    if entry.arxiv_id is None:
+        inserts["title:" + title_key] = fresh
+
+
+def _add_seen(
+    updates: dict[int, dict[str, Any]],
+    row: dict[str, Any],
+    entry: Entry,
+    key: str,
+    now: datetime,
+    counts: DiffCounts,
+) -> None:
+    """A known paper seen again (counted once a dump), with what the entry adds."""
+    update = updates.get(row["id"])
+    if update is None:
+        already = row["last_seen"] == now  # met earlier in this same dump
+        update = dict(row, times_seen=0 if already else 1)
+        updates[row["id"]] = update
+        counts.seen += 0 if already else 1
+        if not already:
+            counts.again.append(row["id"])
+    _absorb(update, entry, key)
 
 
 def _undamaged_twin(conn: Connection, entry: Entry) -> dict[str, Any] | None:

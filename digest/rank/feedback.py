@@ -22,11 +22,11 @@ lean worked out against a model of the other votes (leave one out):
 - the cut-off: the lean that best separates the liked from the disliked (the fewest voted
   papers on the wrong side, the lowest such lean on ties), but no higher than the lean
   ``CUT_SHARE`` of the disliked papers fall under, nor than ``CUT_MOST`` (voted papers
-  were chosen by the interests and lean more than new ones). Candidates scoring less than
-  ``CUT_BELOW`` of the best and leaning below it are not sent, except the ``MIN_KEPT``
-  best: the votes overrule only the interests' weak matches. Without both kinds of votes
-  there is no such cut; with dislikes only, weak candidates nearer a disliked paper than
-  ``DISLIKE_NEAR`` are cut;
+  were chosen by the interests and lean more than new ones). A candidate leaning below it
+  is objected to, and the one cut-off (``digest.rank.cutoff.kept``) leaves it out if it is
+  one of the interests' weak matches. Without both kinds of votes there is no such
+  threshold; with dislikes only, candidates nearer a disliked paper than ``DISLIKE_NEAR``
+  are objected to;
 - the join: with at least ``JOIN_VOTES`` like, a paper of the day no interest matched is
   sent when its cosine with the direction reaches ``JOIN_COSINE``, its lean is above every
   disliked paper's and stands out of the day's, ``JOIN_SPREAD`` standard deviations above
@@ -55,6 +55,7 @@ import numpy as np
 import numpy.typing as npt
 
 from digest import forks
+from digest.rank.cutoff import kept
 from digest.rank.match import STOPWORDS, TermStats
 from digest.rank.text import DEFAULT, Analyzer
 from digest.rank.types import PaperText, Profile, Ranked
@@ -82,8 +83,6 @@ JOIN_COSINE = 0.1  # a joining paper's cosine with the reader's direction is at 
 JOIN_SPREAD = 2.0  # and its lean this many standard deviations above the day's mean lean
 CUT_SHARE = 0.75  # the cut lies no higher than this share of the disliked papers' leans
 CUT_MOST = 0.01  # and never above this lean (new papers lean less than voted ones)
-CUT_BELOW = 0.5  # the votes cut only candidates scoring less than this share of the best
-MIN_KEPT = 3  # the cut-off leaves at least this many of the best candidates
 DENSE_TERMS = 512  # the day's most frequent terms, multiplied as a dense block
 DENSE_CELLS = 2_000_000  # and that block's most cells (papers x terms)
 BATCH = 128  # readers whose leans on the day are one product
@@ -380,8 +379,9 @@ class Day:
         return out
 
 
-# A candidate or joining paper as ``_picks`` weighs it: (score, tie, cut, place, row).
-Scored = tuple[float, int, bool, int, int]
+# A candidate or joining paper as ``_picks`` weighs it: (score, tie, objection, place, row);
+# the objection as ``cutoff.kept`` takes it.
+Scored = tuple[float, int, float | None, int, int]
 # What a reader is sent, compactly (it crosses from a worker process): per item, its place
 # among the candidates, or -1 - paper id for a paper no interest matched; and ``because``.
 Picks = list[tuple[int, str]]
@@ -395,9 +395,9 @@ def _picks(
     allowed: Collection[int] | None,
     leans: Floats,
 ) -> Picks:
-    """A reader's candidates re-ranked by their model and cut by its threshold, with the
-    papers no interest matched that lean far enough their way, at most ``max_items``
-    (``leans``: every paper's lean on the reader's direction, in the day's row order)."""
+    """A reader's candidates re-ranked by their model, with the papers no interest matched
+    that lean far enough their way, and cut where ``cutoff.kept`` says (``leans``: every
+    paper's lean on the reader's direction, in the day's row order)."""
     rows = [day.row[item.paper_id] for item in candidates]
     best = max((item.score for item in candidates), default=0.0) or 1.0
     threshold = model.threshold
@@ -407,27 +407,43 @@ def _picks(
     scored: list[Scored] = []
     for place, (item, row) in enumerate(zip(candidates, rows, strict=True)):
         lean, relative = float(leans[row]), item.score / best
-        cut = relative < CUT_BELOW and (
-            (threshold is not None and lean < threshold)
-            or (near is not None and near[place] >= DISLIKE_NEAR)
+        objects = (threshold is not None and lean < threshold) or (
+            near is not None and near[place] >= DISLIKE_NEAR
         )
-        scored.append((relative + LEAN_WEIGHT * lean, -place, cut, place, row))
+        scored.append(
+            (relative + LEAN_WEIGHT * lean, -place, relative if objects else None, place, row)
+        )
     if model.join is not None and profile.min_score <= 0.0 and len(leans):
-        taken = set(rows)
-        # Stand out of the day: a threshold on the cosine alone lets in many papers for a
-        # reader whose votes share common words, and few for one whose votes are narrow.
-        join = max(model.join, float(leans.mean() + JOIN_SPREAD * leans.std()))
-        for row in np.flatnonzero((leans >= join) & (leans > 0.0)).tolist():
-            pid = day.ids[row]
-            if row not in taken and (allowed is None or pid in allowed):
-                lean = float(leans[row])
-                scored.append((LEAN_WEIGHT * lean, -len(candidates) - pid, False, -1 - pid, row))
+        scored += _joining(model, day, leans, set(rows), allowed, len(candidates))
     scored.sort(key=lambda s: (s[0], s[1]), reverse=True)
-    kept = [entry for n, entry in enumerate(scored) if not entry[2] or n < MIN_KEPT]
-    kept = kept[: profile.max_items]
-    return list(
-        zip([place for *_, place, _ in kept], _because(model, day, leans, kept), strict=True)
+    places = kept(
+        [entry[0] for entry in scored], profile.max_items, objections=[e[2] for e in scored]
     )
+    chosen = [scored[n] for n in places]
+    return list(
+        zip([place for *_, place, _ in chosen], _because(model, day, leans, chosen), strict=True)
+    )
+
+
+def _joining(
+    model: ReaderModel,
+    day: Day,
+    leans: Floats,
+    taken: set[int],
+    allowed: Collection[int] | None,
+    candidates: int,
+) -> list[Scored]:
+    """The papers of the day no interest matched that lean far enough the reader's way."""
+    assert model.join is not None
+    # Stand out of the day: a threshold on the cosine alone lets in many papers for a
+    # reader whose votes share common words, and few for one whose votes are narrow.
+    join = max(model.join, float(leans.mean() + JOIN_SPREAD * leans.std()))
+    out: list[Scored] = []
+    for row in np.flatnonzero((leans >= join) & (leans > 0.0)).tolist():
+        pid = day.ids[row]
+        if row not in taken and (allowed is None or pid in allowed):
+            out.append((LEAN_WEIGHT * float(leans[row]), -candidates - pid, None, -1 - pid, row))
+    return out
 
 
 def _because(model: ReaderModel, day: Day, leans: Floats, kept: Sequence[Scored]) -> list[str]:

@@ -322,21 +322,21 @@ class _Walk:
         if len(content) == 1:
             return self.visit(content[0], together=together, company=company)
         hits = [self.visit(item, together=True, company=company) for item in content]
-        if any(hit is None for hit in hits):
-            return None
         found = [hit for hit in hits if hit is not None]
+        if len(found) < len(hits):
+            return None
+        return _Hit(self._side_by_side(node, found), _all_reason(positive, found))
+
+    def _side_by_side(self, node: AllOf, found: list[_Hit]) -> list[Span]:
+        """Where the words stand together as written; in the other fields, each word's own
+        marks."""
         spans = [span for hit in found for span in hit.spans]
         near = self.near(node)
-        if near is not None:
-            side_by_side = near.spans(self.doc)
-            fields = {f for f, _, _ in side_by_side}
-            spans = side_by_side + [span for span in spans if span[0] not in fields]
-        words = [item for item in positive if isinstance(item, Term) and not item.prefix]
-        if len(words) == len(positive) and len({w.field for w in words}) == 1:
-            reason = " ".join(w.word for w in words) + _where(words[0].field)
-        else:
-            reason = " and ".join(hit.reason for hit in found if hit.reason)
-        return _Hit(spans, reason)
+        if near is None:
+            return spans
+        side_by_side = near.spans(self.doc)
+        fields = {f for f, _, _ in side_by_side}
+        return side_by_side + [span for span in spans if span[0] not in fields]
 
     def _little(self, item: Node) -> bool:
         """A word an all-words interest does without ("for" in ``agents for science``)."""
@@ -353,6 +353,14 @@ class _Walk:
             words = dict.fromkeys(fields[f].surfaces[first] for f, first, _ in sorted(spans))
             return _join(words) + _where(node.field)
         return node.word + _where(node.field)
+
+
+def _all_reason(positive: Sequence[Node], found: list[_Hit]) -> str:
+    """Loose words of one field said as the interest writes them, else the parts' reasons."""
+    words = [item for item in positive if isinstance(item, Term) and not item.prefix]
+    if len(words) == len(positive) and len({w.field for w in words}) == 1:
+        return " ".join(w.word for w in words) + _where(words[0].field)
+    return " and ".join(hit.reason for hit in found if hit.reason)
 
 
 def _first_in_each_field(spans: list[Span]) -> list[Span]:

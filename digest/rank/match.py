@@ -158,36 +158,13 @@ class Compiler:
         return frozenset(words) if len(words) >= 2 else frozenset()
 
     def _all(self, node: AllOf) -> tuple[Matcher, Anchors | None]:
-        required: list[tuple[Matcher, Anchors]] = []
-        excluded: list[Matcher] = []
         company = self.company(node)
-        run = self._expansion_run(node)
-        for i, item in enumerate(node.items):
-            if run is not None and run[0] <= i < run[1]:
-                if i == run[0]:  # "large language model decoding": the first three, or LLM
-                    required.append(self._run(node.items[run[0] : run[1]], company))
-                continue
-            if isinstance(item, Without):
-                excluded.append(self.compile(item.item)[0])
-                continue
-            part, anchors = self.compile(item, company)
-            if anchors is not None:
-                required.append((part, anchors))
+        required, excluded = self._parts(node, company)
         content = [(m, a) for m, a in required if not _is_stopword(m)]
         required = content or required
-        variants: list[Matcher | None] | None = None
-        soft: list[tuple[Matcher, Anchors] | None] = []
-        if len(content) >= 2:
-            soft = [self.variant(m) for m, _ in content]
-            if any(soft):
-                variants = [None if v is None else v[0] for v in soft]
-        # The commonest words say least about an interest: a soft match may lack them.
-        plain = sorted(
-            (i for i, (m, _) in enumerate(content) if isinstance(m, WORDS)),
-            key=lambda i: _idf_of(content[i][0]),
-        )
-        lack = len(content) // SPARE_PER
-        spare = frozenset(plain[: max(len(plain) - KEEP, 0)] if lack else ())
+        soft = [self.variant(m) for m, _ in content] if len(content) >= 2 else []
+        variants = [None if v is None else v[0] for v in soft] if any(soft) else None
+        spare, lack = _spare(content)
         rarest = min(range(len(required)), key=lambda i: required[i][1][0], default=None)
         best = None if rarest is None else required[rarest][1]
         if rarest is not None and best is not None and variants is not None:
@@ -202,18 +179,44 @@ class Compiler:
         matcher: Matcher = AllLeaves(
             items, [], self.proximity(node), variants, order, spare, lack, apart=apart
         )
-        words = [item for item in node.items if isinstance(item, Term) and not item.prefix]
-        positive = [item for item in node.items if not isinstance(item, Without)]
-        if best is not None and len(words) == len(positive) >= 2:
-            fields = {w.field for w in words}
-            if len(fields) == 1:
-                written = " ".join(w.word for w in words)
-                matcher, best = self.aliased(written, _scope(words[0].field), matcher, best)
+        if best is not None:
+            matcher, best = self._all_aliased(node, matcher, best)
         if isinstance(matcher, AllLeaves):
             matcher.excluded = excluded
         elif excluded:  # the acronym, as the words, must come without what is excluded
             matcher = AllLeaves([matcher], excluded)
         return matcher, best
+
+    def _parts(
+        self, node: AllOf, company: frozenset[str]
+    ) -> tuple[list[tuple[Matcher, Anchors]], list[Matcher]]:
+        """An all-words interest's required items (an acronym's expansion among them as
+        one) and its excluded ones."""
+        required: list[tuple[Matcher, Anchors]] = []
+        excluded: list[Matcher] = []
+        run = self._expansion_run(node)
+        for i, item in enumerate(node.items):
+            if run is not None and run[0] <= i < run[1]:
+                if i == run[0]:  # "large language model decoding": the first three, or LLM
+                    required.append(self._run(node.items[run[0] : run[1]], company))
+                continue
+            if isinstance(item, Without):
+                excluded.append(self.compile(item.item)[0])
+                continue
+            part, anchors = self.compile(item, company)
+            if anchors is not None:
+                required.append((part, anchors))
+        return required, excluded
+
+    def _all_aliased(self, node: AllOf, matcher: Matcher, best: Anchors) -> tuple[Matcher, Anchors]:
+        """Loose words of one field that are an acronym's expansion, or an acronym, widened
+        to the other spelling as a whole."""
+        words = [item for item in node.items if isinstance(item, Term) and not item.prefix]
+        positive = [item for item in node.items if not isinstance(item, Without)]
+        if len(words) != len(positive) or len(words) < 2 or len({w.field for w in words}) != 1:
+            return matcher, best
+        written = " ".join(w.word for w in words)
+        return self.aliased(written, _scope(words[0].field), matcher, best)
 
     def _expansion_run(self, node: AllOf) -> tuple[int, int] | None:
         """Where an acronym's expansion stands among more words: (start, end) of the items."""
@@ -304,39 +307,47 @@ class Compiler:
         among more words: what it is a kind of).
         """
         if isinstance(matcher, AliasLeaf):
-            if isinstance(matcher.primary, TermLeaf):  # the acronym, as written
-                fields, shorts = matcher.primary.fields, [matcher.primary.term]
-            else:  # its expansion among more words ("large language model decoding")
-                terms = self.analyzer.positions(matcher.written).terms
-                fields = (0, 1)
-                shorts = self.stands.get("".join(t for t in terms if t not in STOPWORDS), [])
-            tails: list[tuple[Matcher, Anchors]] = []
-            for expansion in (e for short in shorts for e in self.acronyms.get(short, ())):
-                content = [term for term in expansion if term not in STOPWORDS]
-                for start in range(1, len(content) - 1):
-                    tails.append(self.words(" ".join(content[start:]), fields))
-            if not tails:
-                return None
-            if len(tails) == 1:
-                return tails[0]
-            cost = sum(a[0] for _, a in tails)
-            return AnyLeaves([m for m, _ in tails]), (cost, [k for _, a in tails for k in a[1]])
+            return self._alias_variant(matcher)
         if not isinstance(matcher, TermLeaf):
             return None
         term = matcher.term
         if len(term) < _VARIANT_MIN or not term.isalpha():
             return None
+        found = [other for other in self.heads().get(inflected(term), ()) if other != term]
+        if not found:
+            return None
+        cost = float(sum(self.df(other) for other in found))
+        return VariantLeaf(found, matcher.fields, matcher.idf), (cost, [("t", t) for t in found])
+
+    def heads(self) -> dict[str, list[str]]:
+        """The store's words (long enough to have variants) by their inflection's head."""
         if self._heads is None:
             heads: dict[str, list[str]] = {}
             for known in self.stats.frequencies:
                 if len(known) >= _VARIANT_MIN and known.isalpha():
                     heads.setdefault(inflected(known), []).append(known)
             self._heads = heads
-        found = [other for other in self._heads.get(inflected(term), ()) if other != term]
-        if not found:
+        return self._heads
+
+    def _alias_variant(self, matcher: AliasLeaf) -> tuple[Matcher, Anchors] | None:
+        """An acronym's (or its expansion's) variant: the expansion less its first word."""
+        if isinstance(matcher.primary, TermLeaf):  # the acronym, as written
+            fields, shorts = matcher.primary.fields, [matcher.primary.term]
+        else:  # its expansion among more words ("large language model decoding")
+            terms = self.analyzer.positions(matcher.written).terms
+            fields = (0, 1)
+            shorts = self.stands.get("".join(t for t in terms if t not in STOPWORDS), [])
+        tails: list[tuple[Matcher, Anchors]] = []
+        for expansion in (e for short in shorts for e in self.acronyms.get(short, ())):
+            content = [term for term in expansion if term not in STOPWORDS]
+            for start in range(1, len(content) - 1):
+                tails.append(self.words(" ".join(content[start:]), fields))
+        if not tails:
             return None
-        cost = float(sum(self.df(other) for other in found))
-        return VariantLeaf(found, matcher.fields, matcher.idf), (cost, [("t", t) for t in found])
+        if len(tails) == 1:
+            return tails[0]
+        cost = sum(a[0] for _, a in tails)
+        return AnyLeaves([m for m, _ in tails]), (cost, [k for _, a in tails for k in a[1]])
 
     def proximity(self, node: AllOf) -> Matcher | None:
         """Loose words that also occur as written, next to each other, earn a phrase's score."""
@@ -434,6 +445,17 @@ class Compiler:
                 for prefix in prefixes.get(surface[:PREFIX_KEY], ()):
                     if surface.startswith(prefix):
                         prefixed.setdefault(prefix, []).append((f, count, term(surface)))
+
+
+def _spare(content: list[tuple[Matcher, Anchors]]) -> tuple[frozenset[int], int]:
+    """The items a soft match may lack outright, and how many of them at most: the
+    commonest words say least about an interest."""
+    plain = sorted(
+        (i for i, (m, _) in enumerate(content) if isinstance(m, WORDS)),
+        key=lambda i: _idf_of(content[i][0]),
+    )
+    lack = len(content) // SPARE_PER
+    return frozenset(plain[: max(len(plain) - KEEP, 0)] if lack else ()), lack
 
 
 def _idf_of(matcher: Matcher) -> float:

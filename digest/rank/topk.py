@@ -171,7 +171,6 @@ class DayMatches:
         """
         if limit <= 0 or not qids:
             return []
-        lists, ids = self.lists, self.ids
         masks = [self._mask(q) for q in qids]
         overlap = 0
         for i in range(1, len(masks)):
@@ -183,9 +182,10 @@ class DayMatches:
         if overlap:
             tables, several, chosen = self._sums(qids, masks, overlap)
             if allowed is not None:
+                ids = self.ids
                 chosen = [entry for entry in chosen if ids[-entry[1]] in allowed]
         for q, mask in zip(qids, masks, strict=True):
-            entries = lists.get(q)
+            entries = self.lists.get(q)
             if not entries:
                 continue
             if allowed is None:
@@ -193,39 +193,64 @@ class DayMatches:
                 chosen += (
                     entries[: limit + (overlap & mask).bit_count()] if overlap else entries[:limit]
                 )
-                continue
-            taken = 0
-            for entry in entries:
-                if entry[0] < min_score:
-                    break
-                if entry[1] in several or ids[-entry[1]] not in allowed:
-                    continue
-                chosen.append(entry)
-                taken += 1
-                if taken == limit:
-                    break
+            else:
+                chosen += self._allowed_head(entries, limit, min_score, several, allowed)
         if len(qids) > 1:
             chosen.sort(reverse=True)
         if several:
-            out: list[Entry] = []
-            for entry in chosen:
-                total, neg, code = entry
-                if code == SUMMED:
-                    # Which interests a summed paper came from is looked up only if it makes it.
-                    group = tuple(q for q, table in zip(qids, tables, strict=True) if neg in table)
-                    out.append((total, neg, self._group_code(group)))
-                elif neg in several:
-                    continue  # counted in its sum
-                else:
-                    out.append(entry)
-                if len(out) == limit:
-                    break
-            chosen = out
+            chosen = self._merged(chosen, qids, tables, several, limit)
         else:
             del chosen[limit:]
         while chosen and chosen[-1][0] < min_score:
             chosen.pop()
         return chosen
+
+    def _allowed_head(
+        self,
+        entries: list[Entry],
+        limit: int,
+        min_score: float,
+        several: set[int],
+        allowed: Collection[int],
+    ) -> list[Entry]:
+        """The first ``limit`` entries of one interest's list that may be chosen and are
+        not summed."""
+        ids = self.ids
+        out: list[Entry] = []
+        for entry in entries:
+            if entry[0] < min_score:
+                break
+            if entry[1] in several or ids[-entry[1]] not in allowed:
+                continue
+            out.append(entry)
+            if len(out) == limit:
+                break
+        return out
+
+    def _merged(
+        self,
+        chosen: list[Entry],
+        qids: Sequence[int],
+        tables: list[dict[int, float]],
+        several: set[int],
+        limit: int,
+    ) -> list[Entry]:
+        """The first ``limit`` of the chosen entries, each summed paper once, named by the
+        group of interests it came from, and not again by any one of them."""
+        out: list[Entry] = []
+        for entry in chosen:
+            total, neg, code = entry
+            if code == SUMMED:
+                # Which interests a summed paper came from is looked up only if it makes it.
+                group = tuple(q for q, table in zip(qids, tables, strict=True) if neg in table)
+                out.append((total, neg, self._group_code(group)))
+            elif neg in several:
+                continue  # counted in its sum
+            else:
+                out.append(entry)
+            if len(out) == limit:
+                break
+        return out
 
     def _sums(
         self, qids: Sequence[int], masks: list[int], overlap: int

@@ -127,25 +127,11 @@ def collect_status(
         interrupted = set(unfinished)
         interrupt_dead(engine, unfinished)
     mail = transport_state(engine, transport_label(settings.mail_transport))
-    waiting = outbox["pending"] + outbox["sending"]
     warnings = link_warnings(settings)
     if local.weekday() < 5 and new_today == 0 and papers:
         warnings.append("no new papers in the last 24 hours on a weekday")
-    if failed:
-        warnings.append(f"{len(failed)} digest(s) failed in the last 7 days")
-    if subscribers["bounced"]:
-        warnings.append(f"{subscribers['bounced']} subscriber(s) bounced")
-    for source in sources:
-        if source.last_status not in ("ok", "not-modified", ""):
-            warnings.append(
-                f"source {source.url}: {source.last_status} ({source.last_error or 'no detail'})"
-            )
-    if mail and mail["last_error"]:
-        warnings.append(
-            f"mail transport failing since {_iso(mail['failing_since'])}: {mail['last_error']}"
-        )
-    if interrupted:
-        warnings.append(f"{len(interrupted)} run(s) interrupted (their process ended)")
+    warnings += _store_warnings(failed, subscribers, sources, mail, interrupted)
+    waiting = outbox["pending"] + outbox["sending"]
     if waiting:
         warnings.append(
             f"{waiting} digest(s) waiting to be sent ({pending_reason(engine)});"
@@ -162,27 +148,8 @@ def collect_status(
         "subscribers": subscribers,
         "digests": outbox,
         "failed_digests": [{"period": str(p), "email": e, "error": err} for p, e, err in failed],
-        "sending": {
-            "problem": sending.problem,
-            "last_run_could_not_send": sending.could_not_send,
-            "oldest_pending_age_seconds": None
-            if sending.oldest_age is None
-            else int(sending.oldest_age.total_seconds()),
-            "pending_by_age": sending.by_age,
-            "max_pending_hours": settings.max_pending_hours,
-        },
-        "runs": [
-            {
-                "id": run.id,
-                "period": str(run.period) if run.period else None,
-                "started_at": _iso(run.started_at),
-                "finished_at": _iso(run.finished_at),
-                "status": "interrupted" if run.id in interrupted else run.status,
-                "figures": json.loads(run.figures),
-                "error": INTERRUPTED if run.id in interrupted else run.error,
-            }
-            for run in runs
-        ],
+        "sending": _sending_json(sending, settings.max_pending_hours),
+        "runs": [_run_json(run, run.id in interrupted) for run in runs],
         "dumps": [
             {
                 "name": d.name,
@@ -210,16 +177,69 @@ def collect_status(
         },
         "running": None if holder is None else holder.to_json(),
         "store_exists": store_exists,
-        "transport": None
-        if mail is None
-        else {
-            "transport": mail["transport"],
-            "last_error": mail["last_error"],
-            "failing_since": _iso(mail["failing_since"]),
-            "last_failure_at": _iso(mail["last_failure_at"]),
-            "last_ok_at": _iso(mail["last_ok_at"]),
-        },
+        "transport": None if mail is None else _transport_json(mail),
         "warnings": warnings,
+    }
+
+
+def _store_warnings(
+    failed: list[Any],
+    subscribers: dict[str, int],
+    sources: list[Any],
+    mail: dict[str, Any] | None,
+    interrupted: set[int],
+) -> list[str]:
+    """What the store says needs a look: failed digests, bounces, sources, mail, runs."""
+    warnings: list[str] = []
+    if failed:
+        warnings.append(f"{len(failed)} digest(s) failed in the last 7 days")
+    if subscribers["bounced"]:
+        warnings.append(f"{subscribers['bounced']} subscriber(s) bounced")
+    for source in sources:
+        if source.last_status not in ("ok", "not-modified", ""):
+            warnings.append(
+                f"source {source.url}: {source.last_status} ({source.last_error or 'no detail'})"
+            )
+    if mail and mail["last_error"]:
+        warnings.append(
+            f"mail transport failing since {_iso(mail['failing_since'])}: {mail['last_error']}"
+        )
+    if interrupted:
+        warnings.append(f"{len(interrupted)} run(s) interrupted (their process ended)")
+    return warnings
+
+
+def _sending_json(sending: Sending, max_pending_hours: float) -> dict[str, Any]:
+    return {
+        "problem": sending.problem,
+        "last_run_could_not_send": sending.could_not_send,
+        "oldest_pending_age_seconds": None
+        if sending.oldest_age is None
+        else int(sending.oldest_age.total_seconds()),
+        "pending_by_age": sending.by_age,
+        "max_pending_hours": max_pending_hours,
+    }
+
+
+def _run_json(run: Any, interrupted: bool) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "period": str(run.period) if run.period else None,
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "status": "interrupted" if interrupted else run.status,
+        "figures": json.loads(run.figures),
+        "error": INTERRUPTED if interrupted else run.error,
+    }
+
+
+def _transport_json(mail: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "transport": mail["transport"],
+        "last_error": mail["last_error"],
+        "failing_since": _iso(mail["failing_since"]),
+        "last_failure_at": _iso(mail["last_failure_at"]),
+        "last_ok_at": _iso(mail["last_ok_at"]),
     }
 
 
