@@ -51,11 +51,12 @@ from digest.service.runlock import hold_run_lock
 from digest.service.scheduler import serve
 from digest.service.status import collect_status, status_lines
 from digest.service.subscriptions import (
-    SubscriberSpec,
+    check_field,
     check_token,
     export_csv,
     find_subscriber,
     join_interests,
+    operator_patch,
     read_csv,
     save_subscribers,
     set_status,
@@ -63,7 +64,6 @@ from digest.service.subscriptions import (
 )
 from digest.settings import (
     DEFAULT_CONFIG_NAME,
-    SUBSCRIBER,
     Option,
     Settings,
     convert,
@@ -73,12 +73,8 @@ from digest.settings import (
 )
 from digest.store.engine import open_store, reading, store_exists, transaction
 from digest.store.listings import listing_json
-from digest.store.subscribers import (
-    STATUSES,
-    Saved,
-    interests_of,
-    list_subscribers,
-)
+from digest.store.subscribers import Saved, interests_of, list_subscribers
+from digest.store.subscription import FREQUENCIES, STATUSES, default
 from digest.tokens import message_id
 
 Handler = Callable[[argparse.Namespace, "Context"], int]
@@ -285,15 +281,16 @@ def _saved_lines(saved: Saved) -> list[str]:
 
 def cmd_subscribe(args: argparse.Namespace, ctx: Context) -> int:
     """Add a subscriber (or replace their interests and limits)."""
-    spec = SubscriberSpec(
-        email=args.email,
-        interests=args.interest or [],
+    patch = operator_patch(
+        args.email,
+        args.interest or [],
         max_items=args.max_items,
         min_score=args.min_score,
         frequency=args.frequency,
         send_empty=args.send_empty,
-    ).checked()  # before the store is opened: a refused command creates nothing
-    (saved,) = save_subscribers(ctx.engine, [spec], now=ctx.now(), resubscribe=args.resubscribe)
+        digest_hour=args.hour,
+    )  # before the store is opened: a refused command creates nothing
+    (saved,) = save_subscribers(ctx.engine, [patch], now=ctx.now(), resubscribe=args.resubscribe)
     if args.json:
         before = None
         if saved.status_before is not None:
@@ -387,8 +384,8 @@ def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
             text = Path(args.import_csv).read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"--import {args.import_csv}: cannot read it ({exc})") from None
-        specs = read_csv(text)
-        saved = save_subscribers(ctx.engine, specs, now=ctx.now(), resubscribe=args.resubscribe)
+        patches = read_csv(text)
+        saved = save_subscribers(ctx.engine, patches, now=ctx.now(), resubscribe=args.resubscribe)
         actions = {action: 0 for action in ("subscribed", "updated", "resubscribed")}
         for item in saved:
             actions[item.action] += 1
@@ -664,6 +661,20 @@ def _bounded(option: Option) -> Callable[[str], Any]:
     return parse
 
 
+def _subscriber_field(name: str) -> Callable[[str], Any]:
+    """An argument type that checks a value by the declaration of a subscriber's field."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check_field(name, text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{str(exc).partition(') ')[2]}, not {text!r}"
+            ) from None
+
+    return parse
+
+
 def _dash_values(argv: Sequence[str]) -> list[str]:
     """``--interest -survey`` as written: argparse takes a value starting with '-' for an
     option and stops, so such a value is attached (``--interest=-survey``)."""
@@ -776,17 +787,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--max-items",
-        type=_bounded(SUBSCRIBER["max_items"]),
-        default=SUBSCRIBER["max_items"].default,
+        type=_subscriber_field("max_items"),
+        default=default("max_items"),
         help="most papers per digest (1 to 1000; 20)",
     )
     sub.add_argument(
         "--min-score",
-        type=_bounded(SUBSCRIBER["min_score"]),
-        default=SUBSCRIBER["min_score"].default,
+        type=_subscriber_field("min_score"),
+        default=default("min_score"),
         help="least score a paper needs (0 to 10000; 0)",
     )
-    sub.add_argument("--frequency", choices=("daily", "weekly"), default="daily")
+    sub.add_argument("--frequency", choices=FREQUENCIES, default=default("frequency"))
+    sub.add_argument(
+        "--hour",
+        type=_subscriber_field("digest_hour"),
+        default=default("digest_hour"),
+        metavar="H",
+        help="hour of their digest, 0 to 23 in their time zone (kept; default: the site's schedule)",
+    )
     sub.add_argument(
         "--send-empty", action="store_true", help='send a "nothing new" mail instead of skipping'
     )
