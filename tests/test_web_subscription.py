@@ -9,7 +9,6 @@ import email
 import email.policy
 import json
 import re
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -29,7 +28,6 @@ from digest.store import feedback
 from digest.store.engine import open_store, transaction
 from digest.store.outbox import Planned, owed_subscribers, record
 from digest.store.subscribers import (
-    Preferences,
     confirm_request,
     count_by_status,
     erase_subscriber,
@@ -40,6 +38,7 @@ from digest.store.subscribers import (
     subscriber_by_id,
     unsubscribe,
 )
+from digest.store.subscription import SubscriptionPatch
 from digest.tokens import expiring_token, link_token
 from digest.web.app import create_app
 from tests.conftest import EXAMPLE_DUMPS, SITE_HOST, Site, store_rows
@@ -668,7 +667,9 @@ def test_the_pages_button_unsubscribes_and_withdraws_a_waiting_digest(
 # --- the store's queries, on SQLite and PostgreSQL -----------------------------------
 
 T0 = datetime(2026, 3, 11, 7, 0, tzinfo=UTC)
-WANTED = Preferences(("graphs",), 20, 0.0, "daily", None)
+WANTED = SubscriptionPatch(
+    interests=["graphs"], max_items=20, min_score=0.0, frequency="daily", timezone=None
+)
 
 
 def test_requests_wait_for_confirmation_and_planning_skips_pending_and_paused(
@@ -680,7 +681,7 @@ def test_requests_wait_for_confirmation_and_planning_skips_pending_and_paused(
     with transaction(engine) as conn:
         assert [row.id for row in owed_subscribers(conn, T0.date())] == []  # pending
     second = request_subscription(
-        engine, ["ada@example.org"], replace(WANTED, interests=("video",)), now=T0, sends_allowed=2
+        engine, ["ada@example.org"], WANTED.but(interests=["video"]), now=T0, sends_allowed=2
     )
     assert second is not None and second.nonce != first.nonce
     assert (

@@ -226,6 +226,12 @@ class SubscriptionPatch(Mapping[str, Any]):
     def __len__(self) -> int:
         return len(self._given)
 
+    def __getattr__(self, name: str) -> Any:
+        # a given field reads as an attribute too (patch.interests); one not given does not
+        if name.startswith("_") or name not in self._given:
+            raise AttributeError(name)
+        return self._given[name]
+
     def __repr__(self) -> str:
         return f"SubscriptionPatch({self._given!r})"
 
