@@ -375,3 +375,32 @@ def test_feed_salts_addresses_and_ended_feeds(engine: Engine) -> None:
         with transaction(engine) as conn:
             end_feed(conn, "f" * 32, NOW)
     assert feed_ended(engine, "f" * 32) and not feed_ended(engine, "e" * 32)
+
+
+def test_cli_and_csv_keep_the_hour_of_a_readers_digest(cli: Cli, tmp_path: Path) -> None:
+    def hour(address: str) -> int | None:
+        from digest.settings import load_settings
+        from digest.store.engine import open_store
+
+        engine = open_store(load_settings().database_url)
+        try:
+            return find_subscriber(engine, address).digest_hour
+        finally:
+            engine.dispose()
+
+    refused(
+        cli("subscribe", "ada@example.org", "--interest", "x", "--hour", "24"), "--hour", "0 to 23"
+    )
+    assert cli("subscribe", "ada@example.org", "--interest", "x", "--hour", "7")[0] == 0
+    assert hour("ada@example.org") == 7
+    code, out, _ = cli("subscribers", "--export", "-")
+    assert code == 0 and out.splitlines() == [
+        "email,status,interests,max_items,min_score,frequency,digest_hour",
+        "ada@example.org,active,x,20,0.0,daily,7",
+    ]
+    sheet = tmp_path / "hours.csv"
+    sheet.write_text("email,interests,digest_hour\nada@example.org,x,\nbob@example.org,y,23\n")
+    assert cli("subscribers", "--import", str(sheet))[0] == 0
+    assert (hour("ada@example.org"), hour("bob@example.org")) == (None, 23)
+    sheet.write_text("email,interests,digest_hour\nbob@example.org,y,noon\n")
+    refused(cli("subscribers", "--import", str(sheet)), "CSV line 2", "digest_hour")

@@ -535,6 +535,38 @@ def test_manage_refuses_a_bad_field_beside_it_and_saves_nothing(
     assert settings_of(site, "ada@example.org") == before
 
 
+def test_the_reader_sets_the_hour_of_their_digest_and_finds_it_in_their_export(
+    site: Site,
+) -> None:
+    client = site.web()
+    manage = subscribed(site, client, "ada@example.org", "graphs")
+    page = client.get(manage)
+    assert '<label for="digest_hour">' in page.text and "The site's time" in page.text
+
+    def hour() -> object:
+        (row,) = store_rows(
+            site.data, "SELECT digest_hour FROM subscriber WHERE email = 'ada@example.org'"
+        )
+        return row[0]
+
+    assert hour() is None  # by default: the site's schedule
+    form = {"interests": "graphs", "max_items": "5", "min_score": "0", "frequency": "daily"}
+    refused(
+        post_form(client, manage, manage, {**form, "digest_hour": "24"}),
+        422,
+        "The hour must be from 0 to 23.",
+    )
+    assert hour() is None
+    saved = post_form(client, manage, manage, {**form, "digest_hour": "6"})
+    assert saved.status_code == 200 and "Saved." in saved.text
+    assert hour() == 6
+    assert '<option value="6" selected>06:00</option>' in saved.text  # shown as chosen
+    data = post_form(client, manage, manage + "/export", {}).json()
+    assert data["digest_hour"] == 6
+    post_form(client, manage, manage, {**form, "digest_hour": ""})
+    assert hour() is None  # back to the site's schedule
+
+
 def test_every_manage_form_needs_its_csrf_field(site: Site) -> None:
     client = site.web()
     manage = subscribed(site, client, "ada@example.org", "graphs")
