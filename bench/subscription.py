@@ -25,7 +25,7 @@ from pathlib import Path
 
 from starlette.testclient import TestClient
 
-from digest.service.subscriptions import SubscriberSpec, save_subscribers
+from digest.service.subscriptions import operator_patch, save_subscribers
 from digest.settings import load_settings
 from digest.store.engine import open_store
 from digest.web.app import create_app
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         count = max(args.known, args.requests)
         save_subscribers(
             engine,
-            [SubscriberSpec(f"known{n}@example.org", ["graphs"]) for n in range(count)],
+            [operator_patch(f"known{n}@example.org", ["graphs"]) for n in range(count)],
             now=now,
         )
         app = create_app(settings, engine)

@@ -268,17 +268,25 @@ def _saved_lines(saved: Saved) -> list[str]:
 
 def cmd_subscribe(args: argparse.Namespace, ctx: Context) -> int:
     """Add a subscriber (or replace their interests and limits)."""
-    from digest.service.subscriptions import SubscriberSpec, save_subscribers, subscriber_json
+    from digest.service.subscriptions import operator_patch, save_subscribers, subscriber_json
 
-    spec = SubscriberSpec(
-        email=args.email,
-        interests=args.interest or [],
-        max_items=_given(args.max_items, "max_items"),
-        min_score=_given(args.min_score, "min_score"),
-        frequency=args.frequency,
+    given = {  # an option not given takes the subscriber's default (operator_patch)
+        name: value
+        for name, value in (
+            ("max_items", args.max_items),
+            ("min_score", args.min_score),
+            ("frequency", args.frequency),
+            ("digest_hour", args.hour),
+        )
+        if value is not None
+    }
+    patch = operator_patch(
+        args.email,
+        args.interest or [],
         send_empty=args.send_empty,
-    ).checked()  # before the store is opened: a refused command creates nothing
-    (saved,) = save_subscribers(ctx.engine, [spec], now=ctx.now(), resubscribe=args.resubscribe)
+        **given,
+    )  # before the store is opened: a refused command creates nothing
+    (saved,) = save_subscribers(ctx.engine, [patch], now=ctx.now(), resubscribe=args.resubscribe)
     if args.json:
         before = None
         if saved.status_before is not None:
@@ -391,8 +399,8 @@ def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
             text = Path(args.import_csv).read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
             raise UsageError(f"--import {args.import_csv}: cannot read it ({exc})") from None
-        specs = read_csv(text)
-        saved = save_subscribers(ctx.engine, specs, now=ctx.now(), resubscribe=args.resubscribe)
+        patches = read_csv(text)
+        saved = save_subscribers(ctx.engine, patches, now=ctx.now(), resubscribe=args.resubscribe)
         actions = {action: 0 for action in ("subscribed", "updated", "resubscribed")}
         for item in saved:
             actions[item.action] += 1
@@ -739,15 +747,14 @@ def cmd_backup(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _option(name: str) -> Option:
-    """How an argument is checked: as a key of a subscriber's table, a setting, or the
-    search limit."""
-    from digest.settings import OPTIONS, SUBSCRIBER, Option
+    """How an argument is checked: as a setting, or a search's or listing's limit."""
+    from digest.settings import OPTIONS, Option
 
     if name == "limit":
         return Option("limit", int, 20, "Most papers a search shows.", low=1, high=1000)
     if name == "listings_limit":
         return Option("limit", int, 50, "Most listings shown.", low=1, high=100_000)
-    return SUBSCRIBER.get(name) or next(option for option in OPTIONS if option.name == name)
+    return next(option for option in OPTIONS if option.name == name)
 
 
 def _given(value: Any, name: str) -> Any:
@@ -788,6 +795,22 @@ class _Choices(Sequence[str]):
 
     def __contains__(self, value: object) -> bool:
         return value in self._values()
+
+
+def _subscriber_field(name: str) -> Callable[[str], Any]:
+    """An argument type that checks a value by the declaration of a subscriber's field."""
+
+    def parse(text: str) -> Any:
+        from digest.service.subscriptions import check_field
+
+        try:
+            return check_field(name, text)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{str(exc).partition(') ')[2]}, not {text!r}"
+            ) from None
+
+    return parse
 
 
 def _dash_values(argv: Sequence[str]) -> list[str]:
@@ -901,15 +924,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_argument(
         "--max-items",
-        type=_bounded("max_items"),
+        type=_subscriber_field("max_items"),
         help="most papers per digest (1 to 1000; 20)",
     )
     sub.add_argument(
         "--min-score",
-        type=_bounded("min_score"),
+        type=_subscriber_field("min_score"),
         help="least score a paper needs (0 to 10000; 0)",
     )
-    sub.add_argument("--frequency", choices=("daily", "weekly"), default="daily")
+    sub.add_argument("--frequency", choices=_Choices("digest.store.subscription", "FREQUENCIES"))
+    sub.add_argument(
+        "--hour",
+        type=_subscriber_field("digest_hour"),
+        metavar="H",
+        help="hour of their digest, 0 to 23 in their time zone (kept; default: the site's schedule)",
+    )
     sub.add_argument(
         "--send-empty", action="store_true", help='send a "nothing new" mail instead of skipping'
     )
@@ -953,7 +982,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--status",
         metavar="STATUS",
-        choices=_Choices("digest.store.subscribers", "STATUSES"),
+        choices=_Choices("digest.store.subscription", "STATUSES"),
         help="only the subscribers of this status: %(choices)s",
     )
     sub.add_argument("--json", action="store_true", help="print one JSON object")

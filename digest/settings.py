@@ -26,11 +26,12 @@ from typing import Annotated, Any, TypeVar, get_origin
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from digest.errors import ConfigError
+from digest.store.subscription import CHOICES, FieldError, SubscriptionPatch
 
 DEFAULT_CONFIG_NAME = "digest.toml"
 
@@ -52,10 +53,6 @@ class Option:
 
 def _positive(value: Any) -> str | None:
     return None if value > 0 else "must be greater than 0"
-
-
-def _frequency(value: Any) -> str | None:
-    return None if value in {"daily", "weekly"} else "must be daily or weekly"
 
 
 def _timezone(value: Any) -> str | None:
@@ -401,34 +398,6 @@ class SettingsModel(BaseSettings):
         return (init_settings,)
 
 
-class SubscriberTable(BaseModel):
-    """The keys of a ``[[subscribers]]`` table in the settings file; their bounds are also
-    those of ``digest subscribe`` and of a CSV import."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    email: Annotated[str, Rule(check=_subscriber_email)] = Field(
-        "", description="The subscriber's address."
-    )
-    interests: Annotated[list[str], Rule(check=_interests)] = Field(
-        [], description="Interest expressions, one string each."
-    )
-    max_items: Annotated[int, Rule(low=1, high=1000)] = Field(
-        20, description="Most papers per digest."
-    )
-    min_score: Annotated[float, Rule(low=0, high=10_000)] = Field(
-        0.0, description="Least score a paper needs."
-    )
-    frequency: Annotated[str, Rule(check=_frequency)] = Field(
-        "daily", description="daily or weekly."
-    )
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _check(cls, value: Any, info: ValidationInfo) -> Any:
-        return _checked(cls, value, info)
-
-
 def _option(name: str, info: FieldInfo) -> Option:
     rule = next((item for item in info.metadata if isinstance(item, Rule)), Rule())
     kind = get_origin(info.annotation) or info.annotation
@@ -451,8 +420,6 @@ def _options_of(model: type[BaseModel]) -> dict[str, Option]:
 
 
 OPTIONS: tuple[Option, ...] = tuple(_options_of(SettingsModel).values())
-SUBSCRIBER_OPTIONS: tuple[Option, ...] = tuple(_options_of(SubscriberTable).values())
-SUBSCRIBER = _options_of(SubscriberTable)
 _BY_NAME = _options_of(SettingsModel)
 _Model = TypeVar("_Model", bound=BaseModel)
 
@@ -494,7 +461,7 @@ class Settings:
     metrics_token: str
     config_path: Path | None = field(default=None)
     # [[subscribers]] tables of the settings file: added by `run` when missing (demos, small sites)
-    sample_subscribers: tuple[dict[str, Any], ...] = ()
+    sample_subscribers: tuple[SubscriptionPatch, ...] = ()
 
     @property
     def outbox(self) -> Path:
@@ -584,8 +551,19 @@ def _shown(option: Option, value: Any) -> str:
     return f" ({text if len(text) <= 40 else text[:39] + '…'})"
 
 
-def _sample_subscribers(samples: Any, file_name: str) -> tuple[dict[str, Any], ...]:
-    """The ``[[subscribers]]`` tables of the settings file, checked key by key."""
+# The keys of a [[subscribers]] table: a subscriber's fields, but its status (it is added active).
+SAMPLE_KEYS = tuple(name for name in CHOICES if name != "status")
+
+
+def _sample_fault(name: str, item: dict[str, Any], where: str, reason: str) -> str:
+    shown = repr(item[name])
+    shown = shown if len(shown) <= 40 else shown[:39] + "…"
+    return f"setting {name} ({shown}) from {where} {reason}"
+
+
+def _sample_subscribers(samples: Any, file_name: str) -> tuple[SubscriptionPatch, ...]:
+    """The ``[[subscribers]]`` tables of the settings file, each checked by the one
+    declaration of a subscriber's fields."""
     if not isinstance(samples, list) or not all(isinstance(item, dict) for item in samples):
         raise ConfigError(f"config file {file_name}: subscribers must be [[subscribers]] tables")
     checked = []
@@ -593,22 +571,22 @@ def _sample_subscribers(samples: Any, file_name: str) -> tuple[dict[str, Any], .
         where = f"{file_name}, [[subscribers]] table {number}"
         if "email" not in item:
             raise ConfigError(f"config file {where}: needs an email")
-        table = _model(
-            SubscriberTable,
-            item,
-            origin=functools.partial(_always, where),
-            unknown=functools.partial(_unknown_key, where),
-        )
-        checked.append({key: getattr(table, key) for key in item})
+        unknown = [key for key in item if key not in SAMPLE_KEYS]
+        if unknown:
+            raise ConfigError(
+                f"config file {where}: unknown key {unknown[0]!r} (known: {', '.join(SAMPLE_KEYS)})"
+            )
+        try:
+            patch = SubscriptionPatch(**item)
+        except FieldError as exc:
+            raise ConfigError(_sample_fault(exc.name, item, where, exc.reason)) from None
+        # what needs more than the field's own type: a deliverable address, interests that parse
+        for name, check in (("email", _subscriber_email), ("interests", _interests)):
+            fault = check(item[name]) if name in item else None
+            if fault is not None:
+                raise ConfigError(_sample_fault(name, item, where, fault))
+        checked.append(patch)
     return tuple(checked)
-
-
-def _always(where: str, _name: str) -> str:
-    return where
-
-
-def _unknown_key(where: str, key: str) -> str:
-    return f"config file {where}: unknown key {key!r} (known: {', '.join(SUBSCRIBER)})"
 
 
 def _model(
@@ -651,7 +629,7 @@ def _config_path(
     return default.resolve() if default.is_file() else None
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
+def _read_file(path: Path) -> tuple[dict[str, Any], tuple[SubscriptionPatch, ...]]:
     """The settings of the file (not checked yet) and its subscriber tables (checked)."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -708,7 +686,7 @@ def load_settings(
     cwd = Path.cwd() if cwd is None else cwd
     config_path = _config_path(config, env, cwd)
     from_file: dict[str, Any] = {}
-    samples: tuple[dict[str, Any], ...] = ()
+    samples: tuple[SubscriptionPatch, ...] = ()
     if config_path is not None:
         from_file, samples = _read_file(config_path)
         _validated(from_file, lambda _: config_path.name)  # a bad value is refused, even hidden
@@ -729,7 +707,7 @@ def _resolve(
     base: Callable[[str], Path],
     cwd: Path,
     config_path: Path | None,
-    sample_subscribers: tuple[dict[str, Any], ...],
+    sample_subscribers: tuple[SubscriptionPatch, ...],
 ) -> Settings:
     """The validated values with every path and URL made absolute."""
 

@@ -18,8 +18,8 @@ from digest.errors import DeliveryError
 from digest.ingest.dumps import Clock
 from digest.service.cycle import run_cycle
 from digest.service.subscriptions import (
-    SubscriberSpec,
     find_subscriber,
+    operator_patch,
     set_status,
     upsert_subscriber,
 )
@@ -72,7 +72,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 def store(settings: Settings, dump_b: Path) -> Iterator[Engine]:
     engine = open_store(settings.database_url)
     for address, interests in PEOPLE.items():
-        upsert_subscriber(engine, SubscriberSpec(address, interests), now=JOINED)
+        upsert_subscriber(engine, operator_patch(address, interests), now=JOINED)
     settings.inbox.mkdir(parents=True, exist_ok=True)
     shutil.copy(dump_b, settings.inbox / "daily.txt")
     yield engine
@@ -202,7 +202,7 @@ def test_dry_run_records_and_sends_nothing(settings: Settings, store: Engine) ->
 def test_nothing_new_is_skipped_unless_asked(settings: Settings, store: Engine) -> None:
     upsert_subscriber(
         store,
-        SubscriberSpec("nobody@example.org", PEOPLE["nobody@example.org"], send_empty=True),
+        operator_patch("nobody@example.org", PEOPLE["nobody@example.org"], send_empty=True),
         now=JOINED,
     )
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
@@ -234,7 +234,7 @@ def test_an_unreachable_mail_server_ends_the_pass_at_once_and_costs_nothing(
     settings: Settings, store: Engine
 ) -> None:
     for n in range(6):
-        upsert_subscriber(store, SubscriberSpec(f"extra{n}@example.org", ["model"]), now=JOINED)
+        upsert_subscriber(store, operator_patch(f"extra{n}@example.org", ["model"]), now=JOINED)
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     reason = "mail server 127.0.0.1:2599 refused the connection"
     down = RecordingTransport(fail_after=0, error=TransportError(reason))
@@ -251,7 +251,7 @@ def test_an_unreachable_mail_server_ends_the_pass_at_once_and_costs_nothing(
 
 def test_temporary_answers_in_a_row_end_the_pass_early(settings: Settings, store: Engine) -> None:
     for n in range(6):
-        upsert_subscriber(store, SubscriberSpec(f"extra{n}@example.org", ["model"]), now=JOINED)
+        upsert_subscriber(store, operator_patch(f"extra{n}@example.org", ["model"]), now=JOINED)
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     busy = RecordingTransport(fail_after=0, error=DeliveryError("451 try later"))
     report = run_cycle(settings, store, clock=clock, period=DAY, transport=busy)
@@ -292,7 +292,7 @@ def test_plans_equal_ranking_every_reader_with_their_own_candidates(
 
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     ingest_inbox(store, settings.inbox, clock=clock)  # dump B, after everyone joined
-    upsert_subscriber(store, SubscriberSpec("late@example.org", ["learning"]), now=clock())
+    upsert_subscriber(store, operator_patch("late@example.org", ["learning"]), now=clock())
     shutil.copy(dump_a, settings.inbox / "trending.txt")
     ingest_inbox(store, settings.inbox, clock=clock)  # dump A, after the late reader joined
     with store.connect() as conn:
@@ -398,7 +398,7 @@ def test_a_reader_back_after_leaving_starts_from_the_next_listing(
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     set_status(store, "ada@example.org", "unsubscribed")
     ingest_inbox(store, settings.inbox, clock=clock)  # dump B, while she is away
-    spec = SubscriberSpec("ada@example.org", PEOPLE["ada@example.org"])
+    spec = operator_patch("ada@example.org", PEOPLE["ada@example.org"])
     upsert_subscriber(store, spec, now=clock(), resubscribe=True)
     back = RecordingTransport()
     run_cycle(settings, store, clock=clock, period=DAY, transport=back)
@@ -430,7 +430,7 @@ def test_periods_missed_in_an_outage_come_as_one_digest_with_every_paper(
     settings: Settings, store: Engine, dump_a: Path
 ) -> None:
     for n in range(3):  # enough readers for the outage to show
-        upsert_subscriber(store, SubscriberSpec(f"extra{n}@example.org", ["model"]), now=JOINED)
+        upsert_subscriber(store, operator_patch(f"extra{n}@example.org", ["model"]), now=JOINED)
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     busy = RecordingTransport(fail_after=0, error=DeliveryError("451 try later"))
     first = run_cycle(settings, store, clock=clock, period=DAY, transport=busy)

@@ -16,7 +16,7 @@ from digest.deliver.transports import RecordingTransport
 from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
 from digest.service.cycle import run_cycle
-from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
+from digest.service.subscriptions import operator_patch, upsert_subscriber
 from digest.settings import Settings, load_settings
 from digest.store.engine import open_store, transaction
 from digest.store.migrations import MIGRATIONS
@@ -40,7 +40,7 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 @pytest.fixture
 def store(settings: Settings) -> Iterator[Engine]:
     engine = open_store(settings.database_url)
-    upsert_subscriber(engine, SubscriberSpec("ada@example.org", ["attention"]), now=JOINED)
+    upsert_subscriber(engine, operator_patch("ada@example.org", ["attention"]), now=JOINED)
     yield engine
     engine.dispose()
 

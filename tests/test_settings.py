@@ -117,6 +117,20 @@ def test_bad_subscribers_table_names_the_key(tmp_path: Path, table: str, named: 
     assert "[[subscribers]] table 1" in str(caught.value)
 
 
+def test_a_subscribers_table_takes_the_hour_of_the_digest(tmp_path: Path) -> None:
+    config = tmp_path / "digest.toml"
+    config.write_text(
+        '[[subscribers]]\nemail = "a@example.org"\ninterests = ["x"]\ndigest_hour = 8\n'
+    )
+    (table,) = load_settings(config, environ={}, cwd=tmp_path).sample_subscribers
+    assert table["digest_hour"] == 8
+    config.write_text(
+        '[[subscribers]]\nemail = "a@example.org"\ninterests = ["x"]\ndigest_hour = 30\n'
+    )
+    with pytest.raises(ConfigError, match=r"digest_hour .30. from .*table 1 must be from 0 to 23"):
+        load_settings(config, environ={}, cwd=tmp_path)
+
+
 def test_subscribers_tables_are_read_with_their_types(tmp_path: Path) -> None:
     config = tmp_path / "digest.toml"
     config.write_text(

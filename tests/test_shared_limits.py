@@ -22,14 +22,17 @@ from sqlalchemy.engine import Engine
 
 from digest.store.counters import SharedLimit, send_turn
 from digest.store.engine import open_store
-from digest.store.subscribers import Preferences, Requested, request_subscription
+from digest.store.subscribers import Requested, request_subscription
+from digest.store.subscription import SubscriptionPatch
 from digest.web.subscription import CLIENT_LIMIT
 from tests.conftest import Site
 from tests.smtp_server import free_port
 from tests.test_service import wait_until
 
 NOW = datetime(2026, 3, 11, 9, 30, tzinfo=UTC)
-WANTED = Preferences(("graphs",), 20, 0.0, "daily", None)
+WANTED = SubscriptionPatch(
+    interests=["graphs"], max_items=20, min_score=0.0, frequency="daily", timezone=None
+)
 
 _LIMITER = """
 import sys

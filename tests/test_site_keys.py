@@ -21,7 +21,8 @@ from digest.errors import UsageError
 from digest.service.keys import KEY_NOTICE, list_keys, retire, rotate_key, site_keys
 from digest.settings import Settings, load_settings
 from digest.store.engine import open_store
-from digest.store.subscribers import Preferences, request_subscription
+from digest.store.subscribers import request_subscription
+from digest.store.subscription import SubscriptionPatch
 from digest.tokens import check_token, link_token
 from digest.web.app import create_app
 
@@ -77,7 +78,9 @@ def _manage_token(client: TestClient) -> str:
     requested = request_subscription(
         state.engine,
         ["ada@example.org"],
-        Preferences(("graphs",), 20, 0.0, "daily", None),
+        SubscriptionPatch(
+            interests=["graphs"], max_items=20, min_score=0.0, frequency="daily", timezone=None
+        ),
         now=NOW,
         sends_allowed=5,
     )

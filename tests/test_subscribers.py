@@ -15,17 +15,16 @@ from digest.cli import main
 from digest.errors import UsageError
 from digest.service.keys import site_keys
 from digest.service.subscriptions import (
-    SubscriberSpec,
     check_token,
     export_csv,
     find_subscriber,
     normalize_email,
+    operator_patch,
     read_csv,
     upsert_subscriber,
 )
 from digest.store.engine import transaction
 from digest.store.subscribers import (
-    SubscriberRow,
     active_salts,
     end_feed,
     feed_ended,
@@ -33,6 +32,7 @@ from digest.store.subscribers import (
     list_subscribers,
     stored_addresses,
 )
+from digest.store.subscription import Subscription
 from digest.tokens import feed_name, link_token
 
 NOW = datetime(2026, 3, 11, tzinfo=UTC)
@@ -48,14 +48,14 @@ def test_addresses_are_validated_and_normalized() -> None:
 
 def test_malformed_interest_is_refused_with_its_position(engine: Engine) -> None:
     with pytest.raises(UsageError, match="position"):
-        upsert_subscriber(engine, SubscriberSpec("a@example.org", ['"unclosed phrase']), now=NOW)
+        upsert_subscriber(engine, operator_patch("a@example.org", ['"unclosed phrase']), now=NOW)
     assert list_subscribers(engine) == []
 
 
 def test_subscribe_twice_updates_in_place(engine: Engine) -> None:
-    first = upsert_subscriber(engine, SubscriberSpec("a@example.org", ["diffusion"]), now=NOW)
+    first = upsert_subscriber(engine, operator_patch("a@example.org", ["diffusion"]), now=NOW)
     second = upsert_subscriber(
-        engine, SubscriberSpec("A@Example.org", ["llm", "speech"], max_items=5), now=NOW
+        engine, operator_patch("A@Example.org", ["llm", "speech"], max_items=5), now=NOW
     )
     assert first.id == second.id
     assert json.loads(second.interests) == ["llm", "speech"]
@@ -64,7 +64,7 @@ def test_subscribe_twice_updates_in_place(engine: Engine) -> None:
 
 
 def test_links_verify_and_the_database_alone_cannot_forge_them(engine: Engine) -> None:
-    row = upsert_subscriber(engine, SubscriberSpec("a@example.org", ["x"]), now=NOW)
+    row = upsert_subscriber(engine, operator_patch("a@example.org", ["x"]), now=NOW)
     token = link_token(KEY, row.id, row.token_salt)
     assert check_token(engine, KEY, token).email == "a@example.org"  # type: ignore[union-attr]
     assert check_token(engine, b"another key", token) is None
@@ -351,18 +351,18 @@ def test_cli_addresses_beyond_ascii(cli: Cli) -> None:
 
 
 def test_plain_rows_and_the_salts_of_active_subscribers(engine: Engine) -> None:
-    ada = upsert_subscriber(engine, SubscriberSpec("ada@example.org", ["llm", "speech"]), now=NOW)
-    upsert_subscriber(engine, SubscriberSpec("bob@example.org", ["x"], status="bounced"), now=NOW)
-    row = SubscriberRow.of(ada)
+    ada = upsert_subscriber(engine, operator_patch("ada@example.org", ["llm", "speech"]), now=NOW)
+    upsert_subscriber(engine, operator_patch("bob@example.org", ["x"], status="bounced"), now=NOW)
+    row = Subscription.of(ada)
     assert (row.id, row.email, row.interests) == (ada.id, "ada@example.org", ("llm", "speech"))
     with engine.connect() as conn:
         assert active_salts(conn) == {row.id: ada.token_salt}
 
 
 def test_feed_salts_addresses_and_ended_feeds(engine: Engine) -> None:
-    ada = upsert_subscriber(engine, SubscriberSpec("ada@example.org", ["llm"]), now=NOW)
+    ada = upsert_subscriber(engine, operator_patch("ada@example.org", ["llm"]), now=NOW)
     bob = upsert_subscriber(
-        engine, SubscriberSpec("bob@example.org", ["x"], status="unsubscribed"), now=NOW
+        engine, operator_patch("bob@example.org", ["x"], status="unsubscribed"), now=NOW
     )
     with engine.connect() as conn:
         assert feed_salts(conn) == {
@@ -375,3 +375,32 @@ def test_feed_salts_addresses_and_ended_feeds(engine: Engine) -> None:
         with transaction(engine) as conn:
             end_feed(conn, "f" * 32, NOW)
     assert feed_ended(engine, "f" * 32) and not feed_ended(engine, "e" * 32)
+
+
+def test_cli_and_csv_keep_the_hour_of_a_readers_digest(cli: Cli, tmp_path: Path) -> None:
+    def hour(address: str) -> int | None:
+        from digest.settings import load_settings
+        from digest.store.engine import open_store
+
+        engine = open_store(load_settings().database_url)
+        try:
+            return find_subscriber(engine, address).digest_hour
+        finally:
+            engine.dispose()
+
+    refused(
+        cli("subscribe", "ada@example.org", "--interest", "x", "--hour", "24"), "--hour", "0 to 23"
+    )
+    assert cli("subscribe", "ada@example.org", "--interest", "x", "--hour", "7")[0] == 0
+    assert hour("ada@example.org") == 7
+    code, out, _ = cli("subscribers", "--export", "-")
+    assert code == 0 and out.splitlines() == [
+        "email,status,interests,max_items,min_score,frequency,digest_hour",
+        "ada@example.org,active,x,20,0.0,daily,7",
+    ]
+    sheet = tmp_path / "hours.csv"
+    sheet.write_text("email,interests,digest_hour\nada@example.org,x,\nbob@example.org,y,23\n")
+    assert cli("subscribers", "--import", str(sheet))[0] == 0
+    assert (hour("ada@example.org"), hour("bob@example.org")) == (None, 23)
+    sheet.write_text("email,interests,digest_hour\nbob@example.org,y,noon\n")
+    refused(cli("subscribers", "--import", str(sheet)), "CSV line 2", "digest_hour")

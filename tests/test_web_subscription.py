@@ -9,7 +9,6 @@ import email
 import email.policy
 import json
 import re
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
@@ -29,7 +28,6 @@ from digest.store import feedback
 from digest.store.engine import open_store, transaction
 from digest.store.outbox import Planned, owed_subscribers, record
 from digest.store.subscribers import (
-    Preferences,
     confirm_request,
     count_by_status,
     erase_subscriber,
@@ -40,6 +38,7 @@ from digest.store.subscribers import (
     subscriber_by_id,
     unsubscribe,
 )
+from digest.store.subscription import SubscriptionPatch
 from digest.tokens import expiring_token, link_token
 from digest.web.app import create_app
 from tests.conftest import EXAMPLE_DUMPS, SITE_HOST, Site, store_rows
@@ -536,6 +535,38 @@ def test_manage_refuses_a_bad_field_beside_it_and_saves_nothing(
     assert settings_of(site, "ada@example.org") == before
 
 
+def test_the_reader_sets_the_hour_of_their_digest_and_finds_it_in_their_export(
+    site: Site,
+) -> None:
+    client = site.web()
+    manage = subscribed(site, client, "ada@example.org", "graphs")
+    page = client.get(manage)
+    assert '<label for="digest_hour">' in page.text and "The site's time" in page.text
+
+    def hour() -> object:
+        (row,) = store_rows(
+            site.data, "SELECT digest_hour FROM subscriber WHERE email = 'ada@example.org'"
+        )
+        return row[0]
+
+    assert hour() is None  # by default: the site's schedule
+    form = {"interests": "graphs", "max_items": "5", "min_score": "0", "frequency": "daily"}
+    refused(
+        post_form(client, manage, manage, {**form, "digest_hour": "24"}),
+        422,
+        "The hour must be from 0 to 23.",
+    )
+    assert hour() is None
+    saved = post_form(client, manage, manage, {**form, "digest_hour": "6"})
+    assert saved.status_code == 200 and "Saved." in saved.text
+    assert hour() == 6
+    assert '<option value="6" selected>06:00</option>' in saved.text  # shown as chosen
+    data = post_form(client, manage, manage + "/export", {}).json()
+    assert data["digest_hour"] == 6
+    post_form(client, manage, manage, {**form, "digest_hour": ""})
+    assert hour() is None  # back to the site's schedule
+
+
 def test_every_manage_form_needs_its_csrf_field(site: Site) -> None:
     client = site.web()
     manage = subscribed(site, client, "ada@example.org", "graphs")
@@ -668,7 +699,9 @@ def test_the_pages_button_unsubscribes_and_withdraws_a_waiting_digest(
 # --- the store's queries, on SQLite and PostgreSQL -----------------------------------
 
 T0 = datetime(2026, 3, 11, 7, 0, tzinfo=UTC)
-WANTED = Preferences(("graphs",), 20, 0.0, "daily", None)
+WANTED = SubscriptionPatch(
+    interests=["graphs"], max_items=20, min_score=0.0, frequency="daily", timezone=None
+)
 
 
 def test_requests_wait_for_confirmation_and_planning_skips_pending_and_paused(
@@ -680,7 +713,7 @@ def test_requests_wait_for_confirmation_and_planning_skips_pending_and_paused(
     with transaction(engine) as conn:
         assert [row.id for row in owed_subscribers(conn, T0.date())] == []  # pending
     second = request_subscription(
-        engine, ["ada@example.org"], replace(WANTED, interests=("video",)), now=T0, sends_allowed=2
+        engine, ["ada@example.org"], WANTED.but(interests=["video"]), now=T0, sends_allowed=2
     )
     assert second is not None and second.nonce != first.nonce
     assert (

@@ -25,7 +25,7 @@ from digest.store.engine import ingest_sequence
 from digest.store.models import Subscriber
 from digest.store.outbox import Planned
 from digest.store.papers import PaperRow
-from digest.store.subscribers import interests_of
+from digest.store.subscription import Subscription
 from digest.store.unsent import Carried, fold_waiting
 from digest.tokens import message_id
 
@@ -161,14 +161,9 @@ def plan_digests(
         sent = already.get(profile_id)
         return set(fresh - sent) if sent else fresh  # type: ignore[return-value]
 
-    def profile(s: Subscriber) -> Profile:
-        return Profile(
-            int(s.id or 0), tuple(interests_of(s)), max_items=s.max_items, min_score=s.min_score
-        )
-
     # Most readers share one cutoff (the last run) and were sent none of the new papers: the
     # rank stage shares work between readers given the same candidate set.
-    profiles = [profile(s) for s in subscribers]
+    profiles = [Profile.of(Subscription.of(s)) for s in subscribers]
     ranked = ranker.rank(
         papers,
         profiles,

@@ -18,6 +18,7 @@ from digest.rank.acronyms import AcronymCounter, Acronyms
 from digest.rank.explain import Words
 from digest.rank.match import Entry
 from digest.rank.text import DEFAULT, Analyzer
+from digest.store.subscription import Subscription, default
 
 __all__ = [
     "SUMMED",
@@ -44,12 +45,22 @@ Explain = Callable[[Sequence[tuple[int, int]]], list[Words]]
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """A reader's interests and limits."""
+    """What the ranker reads of a reader: interests and limits, nothing else.
+
+    A small read-only view rather than the subscriber itself: readers with the same view
+    share their work (``Key``), a search ranks for no subscriber at all, and the matching
+    hot path reads plain slots. A subscriber's profile is made in one place, ``of``.
+    """
 
     id: int
     interests: tuple[str, ...]
-    max_items: int = 20
-    min_score: float = 0.0
+    max_items: int = default("max_items")
+    min_score: float = default("min_score")
+
+    @classmethod
+    def of(cls, subscriber: Subscription) -> Profile:
+        """The profile of a subscriber."""
+        return cls(subscriber.id, subscriber.interests, subscriber.max_items, subscriber.min_score)
 
 
 class PaperText(Protocol):

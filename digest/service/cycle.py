@@ -35,7 +35,7 @@ from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
 from digest.service.keys import site_keys
 from digest.service.leaving import Copies, sweep_mail_files
-from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
+from digest.service.subscriptions import checked, upsert_subscriber
 from digest.settings import Settings
 from digest.store import runs
 from digest.store.engine import reading, transaction, write_lock
@@ -326,16 +326,10 @@ def ensure_sample_subscribers(settings: Settings, engine: Engine, *, now: dateti
         return 0  # the usual case: no need to read every subscriber before every run
     added = 0
     known = {row.email for row in list_subscribers(engine)}
-    for item in settings.sample_subscribers:
-        spec = SubscriberSpec(
-            email=str(item["email"]),
-            interests=[str(i) for i in item.get("interests", [])],
-            max_items=int(item.get("max_items", 20)),
-            min_score=float(item.get("min_score", 0.0)),
-            frequency=str(item.get("frequency", "daily")),
-        ).checked()
-        if spec.email not in known:
-            upsert_subscriber(engine, spec, now=now)
+    for sample in settings.sample_subscribers:
+        patch = checked(sample)
+        if patch.email not in known:
+            upsert_subscriber(engine, patch, now=now)
             added += 1
     return added
 

@@ -22,7 +22,7 @@ from digest.rank.types import CorpusStats, PaperText, Profile, Ranked
 from digest.store import papers
 from digest.store.models import Subscriber
 from digest.store.papers import index_papers
-from digest.store.subscribers import interests_of
+from digest.store.subscription import Subscription
 
 WHOLE_STORE_LIMIT = 20_000  # newest papers ranked by ``preview --all`` and searches without FTS
 FTS_CANDIDATES = 5_000
@@ -45,12 +45,7 @@ def preview_ranked(
     """What the subscriber's next digest would hold (the news of ``news_days``), or their best
     papers in the whole store."""
     if whole_store:
-        profile = Profile(
-            subscriber.id or 0,
-            tuple(interests_of(subscriber)),
-            max_items=subscriber.max_items,
-            min_score=subscriber.min_score,
-        )
+        profile = Profile.of(Subscription.of(subscriber))
         votes = reader_votes(conn, [profile.id])
         newest = _newest(conn, WHOLE_STORE_LIMIT)
         return rank(newest, [profile], store_stats(conn), votes=votes)[profile.id]

@@ -1,8 +1,8 @@
 """Subscriptions: what an operator (or a CSV file) says about a subscriber, checked at the door.
 
-Addresses are normalized, interests parsed and the numbers held to the bounds of the
-settings table before anything reaches the store, so a malformed value is refused here
-and never at send time. Signed links are checked here against the stored salt.
+Addresses are normalized, interests parsed and every other field held to its declaration
+(``digest.store.subscription``) before anything reaches the store, so a malformed value
+is refused here and never at send time. Signed links are checked here against the stored salt.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TextIO
 
@@ -20,20 +19,26 @@ from sqlalchemy.engine import Engine
 from digest import tokens
 from digest.errors import UsageError
 from digest.rank.query import InterestError, parse_written
-from digest.settings import SUBSCRIBER, convert
 from digest.store.models import Subscriber
 from digest.store.subscribers import (
-    STATUSES,
     Saved,
-    interests_of,
     store_subscribers,
     subscriber_at,
     subscriber_by_id,
     update_status,
 )
+from digest.store.subscription import (
+    STATUSES,
+    FieldError,
+    Subscription,
+    SubscriptionPatch,
+    default,
+)
 
-FREQUENCIES = ("daily", "weekly")
-CSV_FIELDS = ("email", "status", "interests", "max_items", "min_score", "frequency")
+# The columns of a CSV export, and those an import reads (a missing one takes its default).
+CSV_FIELDS = ("email", "status", "interests", "max_items", "min_score", "frequency", "digest_hour")
+# What ``digest subscribers --json`` lists of each subscriber (created_at besides).
+LISTED = ("email", "status", "interests", "max_items", "min_score", "frequency")
 # Between a subscriber's interests wherever they are written on one line: CSV and listings.
 INTEREST_SEPARATOR = ";"
 _NOT_IN_AN_INTEREST = {
@@ -94,12 +99,12 @@ def check_interests(interests: Sequence[str]) -> list[str]:
 
 
 def check_field(name: str, value: Any) -> Any:
-    """A subscriber's ``max_items``, ``min_score`` or ``frequency`` (typed, or text from a CSV
-    cell) within the bounds of the settings table, or a UsageError naming it."""
+    """One of a subscriber's fields (typed, or text from a form, an argument or a CSV cell)
+    as its declaration takes it, or a UsageError naming it."""
     try:
-        return convert(SUBSCRIBER[name], value, text=True)
-    except ValueError as exc:
-        raise UsageError(f"{name} ({value!r}) {exc}") from None
+        return SubscriptionPatch(**{name: value})[name]
+    except FieldError as exc:
+        raise UsageError(f"{name} ({value!r}) {exc.reason}") from None
 
 
 def _check_status(status: str) -> None:
@@ -107,49 +112,49 @@ def _check_status(status: str) -> None:
         raise UsageError(f"status must be one of {', '.join(STATUSES)}")
 
 
-@dataclass(frozen=True)
-class SubscriberSpec:
-    """What an operator (or a CSV row) says about a subscriber."""
+def checked(patch: SubscriptionPatch) -> SubscriptionPatch:
+    """The same change with its address normalized and each interest parsed (a patch that
+    names an address and interests: an operator's, a CSV row's, a settings file's)."""
+    _check_status(patch.get("status", "active"))
+    return patch.but(
+        email=normalize_email(patch.email), interests=check_interests(patch.get("interests", []))
+    )
 
-    email: str
-    interests: Sequence[str]
-    max_items: int = SUBSCRIBER["max_items"].default
-    min_score: float = SUBSCRIBER["min_score"].default
-    frequency: str = SUBSCRIBER["frequency"].default
-    status: str = "active"
-    send_empty: bool = False
 
-    def checked(self) -> SubscriberSpec:
-        """The same spec, validated and normalized."""
-        _check_status(self.status)
-        return SubscriberSpec(
-            email=normalize_email(self.email),
-            interests=check_interests(self.interests),
-            max_items=check_field("max_items", self.max_items),
-            min_score=check_field("min_score", self.min_score),
-            frequency=check_field("frequency", self.frequency),
-            status=self.status,
-            send_empty=self.send_empty,
-        )
+def operator_patch(email: str, interests: Sequence[str], **options: Any) -> SubscriptionPatch:
+    """What ``digest subscribe`` and a CSV row say: the address, interests and every option
+    the operator sets (each given, so a default replaces an earlier value), checked."""
+    values = {
+        name: options.get(name, default(name))
+        for name in ("status", "max_items", "min_score", "frequency", "send_empty", "digest_hour")
+    }
+    try:
+        return checked(SubscriptionPatch(email=email, interests=list(interests), **values))
+    except FieldError as exc:
+        raise UsageError(f"{exc.name} ({values.get(exc.name)!r}) {exc.reason}") from None
 
 
 def save_subscribers(
-    engine: Engine, specs: Sequence[SubscriberSpec], *, now: datetime, resubscribe: bool = False
+    engine: Engine,
+    patches: Sequence[SubscriptionPatch],
+    *,
+    now: datetime,
+    resubscribe: bool = False,
 ) -> list[Saved]:
-    """Check every spec, then add or update them all in one transaction (or none of them).
+    """Check every change, then add or update them all in one transaction (or none of them).
 
     An address that unsubscribed or bounced is made active again only with ``resubscribe``;
     otherwise a UsageError names it and nothing is saved.
     """
-    checked = [(spec.checked(), address_forms(spec.email)) for spec in specs]
-    return store_subscribers(engine, checked, now=now, resubscribe=resubscribe)
+    ready = [(checked(patch), address_forms(patch.email)) for patch in patches]
+    return store_subscribers(engine, ready, now=now, resubscribe=resubscribe)
 
 
 def upsert_subscriber(
-    engine: Engine, spec: SubscriberSpec, *, now: datetime, resubscribe: bool = False
+    engine: Engine, patch: SubscriptionPatch, *, now: datetime, resubscribe: bool = False
 ) -> Subscriber:
-    """Add a subscriber or replace an existing one's settings; returns the stored row."""
-    return save_subscribers(engine, [spec], now=now, resubscribe=resubscribe)[0].row
+    """Add a subscriber or change an existing one's settings; returns the stored row."""
+    return save_subscribers(engine, [patch], now=now, resubscribe=resubscribe)[0].row
 
 
 def find_subscriber(engine: Engine, email: str) -> Subscriber:
@@ -181,15 +186,14 @@ def check_token(
 
 def subscriber_json(row: Subscriber) -> dict[str, Any]:
     """A subscriber as ``digest subscribers --json`` prints it (no secrets)."""
-    return {
-        "email": row.email,
-        "status": row.status,
-        "interests": interests_of(row),
-        "max_items": row.max_items,
-        "min_score": row.min_score,
-        "frequency": row.frequency,
-        "created_at": row.created_at.isoformat(),
-    }
+    choices = Subscription.of(row).choices()
+    return {**{name: choices[name] for name in LISTED}, "created_at": row.created_at.isoformat()}
+
+
+def _csv_cell(name: str, value: Any) -> Any:
+    if name == "interests":
+        return join_interests(value)
+    return "" if value is None else value
 
 
 def export_csv(rows: Iterable[Subscriber], out: TextIO) -> int:
@@ -198,43 +202,30 @@ def export_csv(rows: Iterable[Subscriber], out: TextIO) -> int:
     writer.writeheader()
     written = 0
     for row in rows:
-        writer.writerow(
-            {
-                "email": row.email,
-                "status": row.status,
-                "interests": join_interests(interests_of(row)),
-                "max_items": row.max_items,
-                "min_score": row.min_score,
-                "frequency": row.frequency,
-            }
-        )
+        choices = Subscription.of(row).choices()
+        writer.writerow({name: _csv_cell(name, choices[name]) for name in CSV_FIELDS})
         written += 1
     return written
 
 
-def read_csv(text: str) -> list[SubscriberSpec]:
+def read_csv(text: str) -> list[SubscriptionPatch]:
     """Parse and check every row first, so a bad row (named by line) imports nothing."""
     reader = csv.DictReader(io.StringIO(text))
     if reader.fieldnames is None or "email" not in reader.fieldnames:
         raise UsageError("CSV needs a header row with at least an 'email' column")
-    specs = []
+    patches = []
     for row in reader:
         line = reader.line_num
+        cells = {name: row.get(name) or "" for name in CSV_FIELDS}
+        cells = {name: value for name, value in cells.items() if value}  # empty: the default
         try:
-            specs.append(
-                SubscriberSpec(
-                    email=row.get("email") or "",
-                    interests=(row.get("interests") or "").split(INTEREST_SEPARATOR),
-                    max_items=check_field(
-                        "max_items", row.get("max_items") or SUBSCRIBER["max_items"].default
-                    ),
-                    min_score=check_field(
-                        "min_score", row.get("min_score") or SUBSCRIBER["min_score"].default
-                    ),
-                    frequency=row.get("frequency") or SUBSCRIBER["frequency"].default,
-                    status=row.get("status") or "active",
-                ).checked()
+            patches.append(
+                operator_patch(
+                    email=cells.pop("email", ""),
+                    interests=cells.pop("interests", "").split(INTEREST_SEPARATOR),
+                    **cells,
+                )
             )
         except UsageError as exc:
             raise UsageError(f"CSV line {line}: {exc}") from None
-    return specs
+    return patches

@@ -356,6 +356,12 @@ def _v12_site_keys_and_counters(conn: Connection) -> None:
     meta.create_all(conn)
 
 
+def _v13_digest_hour(conn: Connection) -> None:
+    """``digest_hour``: the hour of the day (0 to 23, in the reader's own time zone) a
+    reader wants their digest; NULL: the site's schedule."""
+    conn.execute(sa.text("ALTER TABLE subscriber ADD COLUMN digest_hour INTEGER"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
@@ -369,6 +375,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v10_paper_dates,
     _v11_ended_feeds,
     _v12_site_keys_and_counters,
+    _v13_digest_hour,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

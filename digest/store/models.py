@@ -11,6 +11,8 @@ from datetime import date, datetime
 from sqlalchemy import BigInteger, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from digest.store.subscription import default
+
 
 class Paper(SQLModel, table=True):
     """Every paper ever seen, once, under its stable key."""
@@ -66,16 +68,18 @@ class DumpPaper(SQLModel, table=True):
 
 
 class Subscriber(SQLModel, table=True):
-    """Someone who gets digests; ``token_salt`` feeds the signed links (never the links)."""
+    """Someone who gets digests, as stored; ``token_salt`` feeds the signed links (never the
+    links). Read and written as a ``digest.store.subscription.Subscription`` and its patch,
+    whose declaration holds the defaults and bounds."""
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(unique=True)
-    status: str = "active"
-    interests: str = "[]"
-    max_items: int = 20
-    min_score: float = 0.0
-    frequency: str = "daily"
-    send_empty: bool = False
+    status: str = default("status")
+    interests: str = "[]"  # JSON: the list of interest expressions
+    max_items: int = default("max_items")
+    min_score: float = default("min_score")
+    frequency: str = default("frequency")
+    send_empty: bool = default("send_empty")
     token_salt: str
     created_at: datetime
     last_digest_at: datetime | None = None
@@ -85,6 +89,7 @@ class Subscriber(SQLModel, table=True):
     confirmed_nonce: str | None = None  # the nonce of the last confirmed request
     confirm_sends: int = 0  # confirmation emails sent since confirm_window began
     confirm_window: datetime | None = None
+    digest_hour: int | None = None  # the hour they want their digest at; None: the site's
 
 
 class EndedFeed(SQLModel, table=True):

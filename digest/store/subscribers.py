@@ -18,9 +18,9 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -31,68 +31,15 @@ from digest.errors import UsageError
 from digest.store import feedback
 from digest.store.engine import ingest_sequence, insert_or_skip, reading, transaction
 from digest.store.models import Digest, DigestItem, EndedFeed, Paper, Subscriber
+from digest.store.subscription import STATUSES, Subscription, SubscriptionPatch, apply
 
-STATUSES = ("pending", "active", "paused", "unsubscribed", "bounced")
 SUPPRESSED = ("unsubscribed", "bounced")  # the address left: no mail until it comes back
-
-
-class SubscriberFields(Protocol):
-    """A subscriber's validated values, as ``SubscriberSpec.checked`` gives them."""
-
-    @property
-    def email(self) -> str: ...
-    @property
-    def interests(self) -> Sequence[str]: ...
-    @property
-    def max_items(self) -> int: ...
-    @property
-    def min_score(self) -> float: ...
-    @property
-    def frequency(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def send_empty(self) -> bool: ...
 
 
 def interests_of(subscriber: Subscriber) -> list[str]:
     """The subscriber's interest expressions."""
     value: list[str] = json.loads(subscriber.interests)
     return value
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriberRow:
-    """A subscriber as the stages read one: interests decoded once, no session attached."""
-
-    id: int
-    email: str
-    status: str
-    interests: tuple[str, ...]
-    max_items: int
-    min_score: float
-    frequency: str
-    send_empty: bool
-    token_salt: str
-    last_digest_at: datetime | None
-    seen_upto: int
-
-    @classmethod
-    def of(cls, row: Subscriber) -> SubscriberRow:
-        """The plain row of a stored subscriber."""
-        return cls(
-            id=int(row.id or 0),
-            email=row.email,
-            status=row.status,
-            interests=tuple(interests_of(row)),
-            max_items=row.max_items,
-            min_score=row.min_score,
-            frequency=row.frequency,
-            send_empty=row.send_empty,
-            token_salt=row.token_salt,
-            last_digest_at=row.last_digest_at,
-            seen_upto=row.seen_upto,
-        )
 
 
 def active_salts(conn: Connection) -> dict[int, str]:
@@ -166,37 +113,37 @@ def _refusal(left: Sequence[Subscriber]) -> str:
 
 def store_subscribers(
     engine: Engine,
-    checked: Sequence[tuple[SubscriberFields, Sequence[str]]],
+    checked: Sequence[tuple[SubscriptionPatch, Sequence[str]]],
     *,
     now: datetime,
     resubscribe: bool = False,
 ) -> list[Saved]:
-    """Add subscribers or replace their settings, all in one transaction (or none of them).
+    """Add subscribers or change their settings, all in one transaction (or none of them).
 
-    Each entry is validated values and the address forms a stored row may have (canonical
-    first). An address that unsubscribed or bounced is made active again only with
-    ``resubscribe``; otherwise a UsageError names it and nothing is saved.
+    Each entry is a checked change naming an address, and the address forms a stored row
+    may have (canonical first). An address that unsubscribed or bounced is made active
+    again only with ``resubscribe``; otherwise a UsageError names it and nothing is saved.
     """
     with Session(engine, expire_on_commit=False) as session:
         rows: dict[str, Subscriber | None] = {}
-        for spec, forms in checked:
-            if spec.email not in rows:
-                rows[spec.email] = _stored(session, forms)
+        for patch, forms in checked:
+            if patch.email not in rows:
+                rows[patch.email] = _stored(session, forms)
         left = [
             row
-            for spec, _ in checked
-            if (row := rows[spec.email]) is not None
+            for patch, _ in checked
+            if (row := rows[patch.email]) is not None
             and row.status in SUPPRESSED
-            and spec.status not in SUPPRESSED
+            and patch.get("status", row.status) not in SUPPRESSED
         ]
         if left and not resubscribe:
             raise UsageError(_refusal(list({row.email: row for row in left}.values())))
         saved = []
-        for spec, _ in checked:
-            row = rows[spec.email]
+        for patch, _ in checked:
+            row = rows[patch.email]
             if row is None:
-                row = rows[spec.email] = Subscriber(
-                    email=spec.email,
+                row = rows[patch.email] = Subscriber(
+                    email=patch.email,
                     token_salt=secrets.token_hex(16),
                     created_at=as_utc(now, naive="refuse"),
                     # their first digest holds the papers of ingests after this one
@@ -205,16 +152,10 @@ def store_subscribers(
                 before: tuple[str | None, list[str]] = (None, [])
             else:
                 before = (row.status, interests_of(row))
-                if row.status in SUPPRESSED and spec.status not in SUPPRESSED:
+                if row.status in SUPPRESSED and patch.get("status", row.status) not in SUPPRESSED:
                     # back after leaving: like a new subscriber, from the next listing on
                     row.seen_upto = ingest_sequence(session.connection())
-            row.email = spec.email  # an address kept in an older form gets the canonical one
-            row.status = spec.status
-            row.interests = json.dumps(list(spec.interests))
-            row.max_items = spec.max_items
-            row.min_score = spec.min_score
-            row.frequency = spec.frequency
-            row.send_empty = spec.send_empty
+            apply(row, patch)  # an address kept in an older form gets the canonical one
             session.add(row)
             saved.append((row, before))
         session.commit()
@@ -270,17 +211,6 @@ def count_by_status(engine: Engine) -> dict[str, int]:
 CONFIRM_WINDOW = timedelta(hours=24)  # confirmation emails are counted per address per window
 
 
-@dataclass(frozen=True)
-class Preferences:
-    """What a reader chooses: validated before it gets here (digest.web.subscription)."""
-
-    interests: tuple[str, ...]
-    max_items: int
-    min_score: float
-    frequency: str
-    timezone: str | None  # None: the site's zone
-
-
 # The same request again this soon (a double click, a client retrying, a burst of the same
 # form) sends no second email: the first one's link is on its way and stays the one that works.
 REPEAT_WINDOW = timedelta(minutes=1)
@@ -298,14 +228,13 @@ class Requested:
     repeat: bool = False
 
 
-def _pending_request(row: Subscriber) -> tuple[Preferences, str] | None:
+def _pending_request(row: Subscriber) -> tuple[SubscriptionPatch, str] | None:
     if not row.request:
         return None
     data = json.loads(row.request)
     nonce = data.pop("nonce")
     data.pop("at", None)  # when it was asked (requests stored before it have none)
-    data["interests"] = tuple(data["interests"])
-    return Preferences(**data), nonce
+    return SubscriptionPatch(**data), nonce
 
 
 def _asked_at(row: Subscriber) -> datetime | None:
@@ -322,7 +251,7 @@ def pending_nonce(row: Subscriber) -> str | None:
 def request_subscription(
     engine: Engine,
     forms: Sequence[str],
-    wanted: Preferences,
+    wanted: SubscriptionPatch,
     *,
     now: datetime,
     sends_allowed: int,
@@ -375,8 +304,7 @@ def request_subscription(
         nonce = secrets.token_hex(8)
         row.request = json.dumps(
             {
-                **asdict(wanted),
-                "interests": list(wanted.interests),
+                **wanted.as_json(),
                 "nonce": nonce,
                 "at": now.isoformat(),
             }
@@ -416,7 +344,7 @@ def confirm_request(engine: Engine, ident: int, nonce: str) -> bool:
             # like a new subscriber: from the next listing on; what came before is not owed
             row.seen_upto = ingest_sequence(session.connection())
         row.status = "active"
-        _apply(row, wanted)
+        apply(row, wanted)
         row.request = None
         row.confirmed_nonce = nonce
         session.add(row)
@@ -424,20 +352,12 @@ def confirm_request(engine: Engine, ident: int, nonce: str) -> bool:
         return True
 
 
-def _apply(row: Subscriber, wanted: Preferences) -> None:
-    row.interests = json.dumps(list(wanted.interests))
-    row.max_items = wanted.max_items
-    row.min_score = wanted.min_score
-    row.frequency = wanted.frequency
-    row.timezone = wanted.timezone
-
-
-def update_preferences(engine: Engine, ident: int, wanted: Preferences) -> None:
-    """Replace a subscriber's interests and options (from their manage page)."""
+def update_preferences(engine: Engine, ident: int, wanted: SubscriptionPatch) -> None:
+    """Change a subscriber's interests and options (from their manage page)."""
     with Session(engine) as session:
         row = session.get(Subscriber, ident)
         if row is not None:
-            _apply(row, wanted)
+            apply(row, wanted)
             session.add(row)
             session.commit()
 
@@ -526,14 +446,7 @@ def export_subscriber(conn: Connection, ident: int) -> dict[str, Any]:
         request.pop("nonce", None)
         request.pop("at", None)
     return {
-        "email": row["email"],
-        "status": row["status"],
-        "interests": json.loads(row["interests"]),
-        "max_items": row["max_items"],
-        "min_score": row["min_score"],
-        "frequency": row["frequency"],
-        "send_empty": bool(row["send_empty"]),
-        "timezone": row["timezone"],
+        **Subscription.of(Subscriber(**row)).choices(),
         "created_at": _moment(row["created_at"]),
         "last_digest_at": _moment(row["last_digest_at"]),
         "awaiting_confirmation": request,

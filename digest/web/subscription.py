@@ -39,22 +39,20 @@ from digest.service.subscriptions import (
     check_token,
     normalize_email,
 )
-from digest.settings import SUBSCRIBER
 from digest.store.engine import reading
 from digest.store.models import Subscriber
 from digest.store.subscribers import (
     CONFIRM_WINDOW,
-    Preferences,
     confirm_request,
     export_subscriber,
     forget_unconfirmed,
-    interests_of,
     pending_nonce,
     request_subscription,
     set_paused,
     subscriber_by_id,
     update_preferences,
 )
+from digest.store.subscription import Subscription, SubscriptionPatch, default
 from digest.web.render import page
 from digest.web.security import CSRF_FIELD, check_csrf
 from digest.web.state import WebState, client_address, state_of
@@ -67,7 +65,14 @@ CLIENT_LIMIT = (20, 3600.0)
 EMAIL_LIMIT = (3, 3600.0)
 CONFIRMS_PER_DAY = 5
 ONE_CLICK = ("List-Unsubscribe", "One-Click")
-_LABELS = {"max_items": "The number of papers", "min_score": "The score", "frequency": "This"}
+_LABELS = {
+    "max_items": "The number of papers",
+    "min_score": "The score",
+    "frequency": "This",
+    "digest_hour": "The hour",
+}
+# The fields of the manage form besides the interests, as a reader fills them in.
+OPTIONS = ("max_items", "min_score", "frequency", "digest_hour")
 # Whatever could end a header or start another, or make one address a list; an apostrophe
 # is fine (o'brien@example.org).
 _HEADER_LIKE = frozenset('\r\n\t\x00:;,<>"\\')
@@ -131,12 +136,13 @@ def _reason(exc: UsageError) -> str:
 
 
 def _read_options(form: FormData, errors: FormErrors) -> dict[str, Any]:
-    """max_items, min_score, frequency and time zone from a form, within the CLI's bounds."""
+    """The options and time zone from a form, each within its declared bounds (an empty
+    field takes its default; an empty hour is none: the site's schedule)."""
     values: dict[str, Any] = {}
-    for name in ("max_items", "min_score", "frequency"):
-        raw = _text(form, name) or str(SUBSCRIBER[name].default)
+    for name in OPTIONS:
+        raw = _text(form, name).strip()
         try:
-            values[name] = check_field(name, raw.strip())
+            values[name] = check_field(name, raw or default(name))
         except UsageError as exc:
             # "max_items ('0') must be from 1 to 1000": the reason, after the value
             errors.add(name, f"{_LABELS[name]} {str(exc).partition(') ')[2]}.")
@@ -153,7 +159,7 @@ def _text(form: FormData, name: str) -> str:
 
 
 def _defaults() -> dict[str, Any]:
-    return {name: SUBSCRIBER[name].default for name in ("max_items", "min_score", "frequency")}
+    return {name: default(name) for name in ("max_items", "min_score", "frequency")}
 
 
 async def _form(request: Request) -> FormData:
@@ -208,7 +214,7 @@ async def subscribe(request: Request) -> Response:
         return _refused(request, {"email": raw_email, "interests": raw_interests}, errors)
     if not await run_in_threadpool(state.allow, "subscribe-email", EMAIL_LIMIT, email):
         raise _too_many()
-    wanted = Preferences(interests=interests, timezone=None, **_defaults())
+    wanted = SubscriptionPatch(interests=list(interests), timezone=None, **_defaults())
     now = state.now()
     requested = await run_in_threadpool(
         request_subscription,
@@ -365,11 +371,10 @@ def _manage_context(
     state: WebState, row: Subscriber, token: str, form: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     zone = _zone_of(state, row.timezone)
+    choices = Subscription.of(row).choices()
     values = form or {
-        "interests": "\n".join(interests_of(row)),
-        "max_items": row.max_items,
-        "min_score": row.min_score,
-        "frequency": row.frequency,
+        **{name: "" if choices[name] is None else choices[name] for name in OPTIONS},
+        "interests": "\n".join(choices["interests"]),
         "timezone": row.timezone or "",
     }
     return {
@@ -418,12 +423,11 @@ async def manage(request: Request) -> Response:
     interests = _read_interests(_text(form, "interests"), errors)
     options = _read_options(form, errors)
     if errors:
-        shown = {name: _text(form, name) for name in ("interests", "max_items", "min_score")}
-        shown |= {"frequency": _text(form, "frequency"), "timezone": _text(form, "timezone")}
+        shown = {name: _text(form, name) for name in ("interests", *OPTIONS, "timezone")}
         context = _manage_context(state, row, token, shown)
         context["errors"] = errors.fields
         return page(request, "manage.html", context, status=422)
-    wanted = Preferences(interests=interests, **options)
+    wanted = SubscriptionPatch(interests=list(interests), **options)
     await run_in_threadpool(update_preferences, state.engine, int(row.id or 0), wanted)
     row = await run_in_threadpool(_subscriber, state, token, "manage")
     context = _manage_context(state, row, token)
