@@ -932,7 +932,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=_subscriber_field("min_score"),
         help="least score a paper needs (0 to 10000; 0)",
     )
-    sub.add_argument("--frequency", choices=_Choices("digest.store.subscription", "FREQUENCIES"))
+    sub.add_argument(
+        "--frequency",
+        metavar="daily|weekly",
+        choices=_Choices("digest.store.subscription", "FREQUENCIES"),
+        help="how often they get a digest (daily; weekly ones go out on Mondays)",
+    )
     sub.add_argument(
         "--hour",
         type=_subscriber_field("digest_hour"),
