@@ -26,12 +26,12 @@ from sqlalchemy.engine import Engine
 from digest import __version__
 from digest.clock import period_of
 from digest.deliver.message import MessageBuilder
-from digest.deliver.views import ranked_json, ranked_views
 from digest.errors import AlreadyRunning, DigestError, UsageError, WriteError
 from digest.feeds.render import FEEDS_FOLDER
 from digest.files import PRIVATE_FOLDER, make_folder, write_private
 from digest.ingest.dumps import Clock, DumpResult, ingest_inbox, ingest_paths
 from digest.logs import setup_logging
+from digest.present.views import ranked_json, ranked_views
 from digest.rank.query import parse_interest
 from digest.service.cycle import (
     ensure_sample_subscribers,

@@ -13,10 +13,11 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from digest.deliver.message import MessageBuilder, PaperView, Sender
-from digest.deliver.views import Links, paper_links
+from digest.deliver.message import MessageBuilder, Sender
 from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
+from digest.present.paper import PaperView
+from digest.present.views import Links, paper_links
 from digest.rank import feedback as model
 from digest.rank import ranker
 from digest.rank.feedback import Vote

@@ -28,11 +28,11 @@ from digest.deliver.send import (
     send_outbox,
 )
 from digest.deliver.transports import Transport, open_transport, transport_label
-from digest.deliver.views import Links, ranked_views
 from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
+from digest.present.views import Links, ranked_views
 from digest.service.keys import site_keys
 from digest.service.leaving import Copies, sweep_mail_files
 from digest.service.subscriptions import SubscriberSpec, upsert_subscriber

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from digest import tokens
-from digest.deliver.views import READER, feedback_path
+from digest.present.views import READER, feedback_path
 from digest.service.feedback import link_vote, store_vote, token_reader, undo_vote
 from digest.store import feedback
 from digest.store.engine import reading
