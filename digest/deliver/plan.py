@@ -16,6 +16,7 @@ from datetime import date, datetime
 from sqlalchemy.engine import Connection
 
 from digest.rank import ranker
+from digest.rank.corpus import store_stats
 from digest.rank.feedback import Vote
 from digest.rank.types import CorpusStats, Profile, Ranked, hits_to_json
 from digest.store import feedback as feedback_store
@@ -29,18 +30,7 @@ from digest.store.subscribers import interests_of
 from digest.store.unsent import Carried, fold_waiting
 from digest.tokens import message_id
 
-STATS_SAMPLE = 20_000  # papers whose term frequencies stand for a larger store
 WEEKLY_DAY = 0  # weekly digests go out on Mondays
-
-
-def store_stats(conn: Connection, sample: int = STATS_SAMPLE) -> CorpusStats:
-    """Term statistics of the whole store: every paper, or a uniform sample of ``sample``.
-
-    BM25 needs only each term's share of documents, which a sample of this size estimates
-    within a few percent for every term common enough to matter; rare terms stay rare. The
-    sample is seeded by the store's size, so the same store always ranks the same way.
-    """
-    return CorpusStats.from_texts(papers_store.stats_sample(conn, sample))
 
 
 @dataclass(frozen=True)

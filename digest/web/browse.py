@@ -23,7 +23,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from digest.deliver.plan import store_stats
 from digest.present.paper import (
     PaperView,
     arxiv_title_search,
@@ -35,6 +34,7 @@ from digest.present.paper import (
     shown,
 )
 from digest.present.views import READER, paper_view
+from digest.rank.corpus import store_stats
 from digest.rank.highlight import find_marks, mark
 from digest.rank.query import InterestError, parse_interest
 from digest.rank.types import CorpusStats, Ranked, hits_to_json
