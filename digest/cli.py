@@ -42,7 +42,6 @@ from digest.service.cycle import (
     run_lines,
     sender_of,
 )
-from digest.service.feedback import VOTES, give_feedback
 from digest.service.keys import KEY_NOTICE, KeyState, list_keys, retire, rotate_key, site_keys
 from digest.service.leaving import Copies, take_feed_down
 from digest.service.listings import listing_line, recent_listings, removal_lines, take_back
@@ -61,6 +60,7 @@ from digest.service.subscriptions import (
     set_status,
     subscriber_json,
 )
+from digest.service.votes import VOTES, give_feedback
 from digest.settings import (
     DEFAULT_CONFIG_NAME,
     SUBSCRIBER,

@@ -17,11 +17,11 @@ from sqlalchemy.engine import Connection
 
 from digest.rank import ranker
 from digest.rank.corpus import store_stats
-from digest.rank.feedback import Vote
+from digest.rank.reader_model import Vote
 from digest.rank.types import CorpusStats, Profile, Ranked, hits_to_json
-from digest.store import feedback as feedback_store
 from digest.store import outbox
 from digest.store import papers as papers_store
+from digest.store import votes as vote_store
 from digest.store.engine import ingest_sequence
 from digest.store.models import Subscriber
 from digest.store.outbox import Planned
@@ -108,7 +108,7 @@ def reader_votes(conn: Connection, ids: Collection[int]) -> dict[int, list[Vote]
     """The votes of those of these readers who gave any, as the ranking takes them."""
     return {
         sid: [Vote(v.paper, v.vote == "up") for v in given]
-        for sid, given in feedback_store.votes_by_reader(conn, ids).items()
+        for sid, given in vote_store.votes_by_reader(conn, ids).items()
     }
 
 

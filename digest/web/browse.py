@@ -42,9 +42,9 @@ from digest.service.preview import search_store, try_interests
 from digest.store import papers
 from digest.store.engine import ingest_sequence, reading
 from digest.store.papers import PaperRow
-from digest.web.feedback import reader_votes
 from digest.web.render import page
 from digest.web.state import WebState, state_of
+from digest.web.votes import reader_votes
 
 log = logging.getLogger("digest.web")
 
