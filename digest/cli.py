@@ -36,11 +36,9 @@ from digest.rank.query import parse_interest
 from digest.service.cycle import (
     ensure_sample_subscribers,
     last_run_period,
-    links_of,
     poll_once,
     run_cycle,
     run_lines,
-    sender_of,
 )
 from digest.service.keys import KEY_NOTICE, KeyState, list_keys, retire, rotate_key, site_keys
 from digest.service.leaving import Copies, take_feed_down
@@ -61,6 +59,7 @@ from digest.service.subscriptions import (
     subscriber_json,
 )
 from digest.service.votes import VOTES, give_feedback
+from digest.service.wiring import links_of, sender_of
 from digest.settings import (
     DEFAULT_CONFIG_NAME,
     SUBSCRIBER,

@@ -320,7 +320,6 @@ def _options_of(model: type[BaseModel]) -> dict[str, Option]:
 
 
 OPTIONS: tuple[Option, ...] = tuple(_options_of(SettingsModel).values())
-SUBSCRIBER_OPTIONS: tuple[Option, ...] = tuple(_options_of(SubscriberTable).values())
 SUBSCRIBER = _options_of(SubscriberTable)
 _BY_NAME = _options_of(SettingsModel)
 _Model = TypeVar("_Model", bound=BaseModel)

@@ -32,7 +32,6 @@ from digest.store.subscribers import (
     update_status,
 )
 
-FREQUENCIES = ("daily", "weekly")
 CSV_FIELDS = ("email", "status", "interests", "max_items", "min_score", "frequency")
 # Between a subscriber's interests wherever they are written on one line: CSV and listings.
 INTEREST_SEPARATOR = ";"
