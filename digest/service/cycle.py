@@ -222,9 +222,11 @@ def run_cycle(
             sweep_mail_files(
                 engine, Copies.of(settings, site_keys(settings, engine, clock()).verifying)
             )
-            report.outbox = outbox_counts(engine)
-            if report.outbox["pending"] + report.outbox["sending"]:
-                report.pending_reason = _why_pending(report.delivered) or pending_reason(engine)
+            with reading(engine) as conn:
+                report.outbox = outbox_counts(conn)
+                if report.outbox["pending"] + report.outbox["sending"]:
+                    report.pending_reason = _why_pending(report.delivered) or pending_reason(conn)
+                conn.rollback()
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise

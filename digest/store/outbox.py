@@ -315,12 +315,10 @@ def mark_failed(engine: Engine, digest_id: int, reason: str) -> None:
         )
 
 
-def counts(engine: Engine) -> dict[str, int]:
+def counts(conn: Connection) -> dict[str, int]:
     """Digests by status."""
     query = sa.select(col(Digest.status), sa.func.count()).group_by(col(Digest.status))
-    with reading(engine) as conn:
-        rows = conn.execute(query).all()
-        conn.rollback()
+    rows = conn.execute(query).all()
     found = dict.fromkeys(STATUSES, 0)
     found.update({status: int(n) for status, n in rows})
     return found
@@ -353,18 +351,16 @@ def withdraw_unwanted(engine: Engine) -> int:
     return sum(count for _, count in reasons)
 
 
-def pending_reason(engine: Engine) -> str | None:
+def pending_reason(conn: Connection) -> str | None:
     """Why digests are still waiting to be sent: the newest failure among them, or why they
     were not tried; None when nothing waits."""
-    with reading(engine) as conn:
-        row = conn.execute(
-            sa.select(col(Digest.last_error), col(Subscriber.status))
-            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
-            .where(col(Digest.status).in_(_WAITING))
-            .order_by(col(Digest.last_error).is_(None), col(Digest.id).desc())
-            .limit(1)
-        ).first()
-        conn.rollback()
+    row = conn.execute(
+        sa.select(col(Digest.last_error), col(Subscriber.status))
+        .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+        .where(col(Digest.status).in_(_WAITING))
+        .order_by(col(Digest.last_error).is_(None), col(Digest.id).desc())
+        .limit(1)
+    ).first()
     if row is None:
         return None
     if row.last_error:
@@ -400,11 +396,9 @@ def record_transport(
             conn.execute(sa.update(_TRANSPORT).where(_TRANSPORT.c.id == since.id).values(**values))
 
 
-def transport_state(engine: Engine, label: str) -> dict[str, Any] | None:
+def transport_state(conn: Connection, label: str) -> dict[str, Any] | None:
     """What ``record_transport`` remembers of the transport ``label``."""
-    with reading(engine) as conn:
-        row = conn.execute(sa.select(_TRANSPORT).where(_TRANSPORT.c.transport == label)).first()
-        conn.rollback()
+    row = conn.execute(sa.select(_TRANSPORT).where(_TRANSPORT.c.transport == label)).first()
     return None if row is None else dict(row._mapping)
 
 
