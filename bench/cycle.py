@@ -149,6 +149,9 @@ def main() -> None:
         return now
 
     period = datetime.now(UTC).date()
+    # Read (or made) before the plan's write transaction: on SQLite, making the site's key
+    # inside it would wait on that transaction's own lock.
+    key = site_keys(settings, engine, clock()).signing
     t = time.perf_counter()
     cpu_mark[0] = time.process_time()
     dumps = ingest_inbox(engine, settings.inbox, clock=clock)
@@ -157,7 +160,7 @@ def main() -> None:
         plans = plan_owed(conn, period=period)
         t = timed("rank every subscriber (plan)", t)
         counts = record_plans(
-            conn, plans, period=period, now=clock(), key=site_keys(settings, engine, clock()).signing,
+            conn, plans, period=period, now=clock(), key=key,
             mail_from=settings.mail_from, run_id=None,
         )  # fmt: skip
     t = timed("record the outbox", t)

@@ -29,8 +29,9 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
-from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender, subject_for
+from digest.deliver.message import MessageBuilder, Sender, subject_for
 from digest.deliver.transports import SMTPTransport
+from digest.present.paper import DigestView, PaperView
 
 WORD_TEXT = (
     "learning model models language large neural network networks training data diffusion "

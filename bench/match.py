@@ -40,9 +40,12 @@ from pathlib import Path
 from typing import Any
 
 from digest.ingest.readers import read_listing
-from digest.rank import feedback as model
+
+try:
+    from digest.rank import reader_model as model
+except ImportError:  # a checkout from before the rename
+    from digest.rank import feedback as model  # type: ignore[no-redef]
 from digest.rank import ranker, workers
-from digest.rank.feedback import Vote
 from digest.rank.index import InterestIndex
 from digest.rank.match import STOPWORDS
 from digest.rank.query import AllOf, AnyOf, Node, Phrase, Term, Without, parse_interest
@@ -379,7 +382,7 @@ def feedback_cost(
     drawn: dict[int, PlainPaper] = {}  # a paper two readers voted on is one paper, one text
     votes = {
         p.id: [
-            Vote(drawn.get(i) or drawn.setdefault(i, generator.paper(i)), up=n % 2 == 0)
+            model.Vote(drawn.get(i) or drawn.setdefault(i, generator.paper(i)), up=n % 2 == 0)
             for n, i in enumerate(rng.sample(range(1, STORE), 10))
         ]
         for p in voters

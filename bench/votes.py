@@ -25,9 +25,10 @@ from typing import Any
 
 from match import in_turns  # bench/match.py
 
-from digest.deliver import views
-from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender
-from digest.deliver.views import Links
+from digest.deliver.message import MessageBuilder, Sender
+from digest.present import views
+from digest.present.paper import DigestView, PaperView
+from digest.present.views import Links
 from digest.tokens import feed_name, link_token
 
 NOW = datetime(2026, 3, 12, 7, 0, tzinfo=UTC)

@@ -331,7 +331,7 @@ def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_feedback(args: argparse.Namespace, ctx: Context) -> int:
     """Record a reader's vote on a paper they were sent: more like this (up), not for me (down)."""
-    from digest.service.feedback import give_feedback
+    from digest.service.votes import give_feedback
 
     given = give_feedback(ctx.engine, args.email, args.paper, args.vote, ctx.now())
     said = "more like this" if given.vote == "up" else "not for me"
@@ -464,11 +464,11 @@ def _period(args: argparse.Namespace, ctx: Context) -> date:
 def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
     """Show (or render to a file) what a subscriber's next digest would hold."""
     from digest.deliver.message import MessageBuilder
-    from digest.deliver.views import ranked_json, ranked_views
     from digest.files import write_private
-    from digest.service.cycle import links_of, sender_of
+    from digest.present.views import ranked_json, ranked_views
     from digest.service.preview import has_papers, preview_ranked
     from digest.service.subscriptions import find_subscriber
+    from digest.service.wiring import links_of, sender_of
     from digest.store.engine import reading
     from digest.tokens import message_id
 
@@ -538,7 +538,7 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_search(args: argparse.Namespace, ctx: Context) -> int:
     """Search the whole store with the interest language."""
-    from digest.deliver.views import ranked_json
+    from digest.present.views import ranked_json
     from digest.rank.query import parse_written
     from digest.service.preview import search_store
     from digest.store.engine import transaction
@@ -965,7 +965,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "vote",
         metavar="up|down",
-        choices=_Choices("digest.store.feedback", "VOTES"),
+        choices=_Choices("digest.store.votes", "VOTES"),
         help="up: more like this; down: not for me",
     )
 

@@ -284,8 +284,9 @@ def test_plans_equal_ranking_every_reader_with_their_own_candidates(
     settings: Settings, store: Engine, dump_a: Path
 ) -> None:
     """The shared fast path (readers with the usual cutoff) picks what the slow path picks."""
-    from digest.deliver.plan import plan_owed, store_stats
+    from digest.deliver.plan import plan_owed
     from digest.ingest.dumps import ingest_inbox
+    from digest.rank.corpus import store_stats
     from digest.rank.ranker import rank
     from digest.rank.types import PlainPaper, Profile
     from digest.store.subscribers import interests_of, list_subscribers

@@ -13,20 +13,17 @@ from pathlib import Path
 import pytest
 
 import digest.deliver.message as emails
-from digest.deliver.message import (
+from digest.deliver.message import MessageBuilder, Sender, build_message, preheader_for
+from digest.present.paper import (
     DigestView,
-    MessageBuilder,
     PaperView,
-    Sender,
     authors_line,
-    build_message,
     find_links,
     is_code_link,
     paper_link,
-    preheader_for,
     shorten,
 )
-from digest.deliver.views import paper_view
+from digest.present.views import paper_view
 from digest.rank.highlight import find_marks, mark
 from digest.store.papers import PaperRow
 

@@ -13,15 +13,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from digest.deliver.message import MessageBuilder, PaperView, Sender
-from digest.deliver.views import Links, paper_links
+from digest.deliver.message import MessageBuilder, Sender
 from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
+from digest.present.paper import PaperView
+from digest.present.views import Links, paper_links
 from digest.rank import cutoff, ranker
-from digest.rank import feedback as model
-from digest.rank.feedback import Vote
+from digest.rank import reader_model as model
+from digest.rank.reader_model import Vote
 from digest.rank.types import CorpusStats, PlainPaper, Profile
-from digest.store import feedback
+from digest.store import votes as feedback
 from digest.store.engine import reading, transaction
 from digest.store.models import Subscriber
 from digest.web.security import CSRF_FIELD, redact

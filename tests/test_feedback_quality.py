@@ -8,7 +8,7 @@ and who then votes on the first ``CLICKS_PER_DAY`` papers of it they have not vo
 On the later half, their digest with and without those votes is scored: nDCG@10 and the
 F1 of the delivered set against the papers judged at least partly relevant.
 
-The model's constants (``digest.rank.feedback``) were chosen on the earlier half of the
+The model's constants (``digest.rank.reader_model``) were chosen on the earlier half of the
 listings read alone the same way (``simulate(..., share=0.5)``: votes on its first half,
 scored on its second), never on the later half that the reported figures come from.
 ``pytest -s`` prints both tables, with the means over all profiles, over those the
@@ -24,7 +24,7 @@ import pytest
 
 from digest.ingest.identity import normalize_title
 from digest.rank import ranker
-from digest.rank.feedback import Vote
+from digest.rank.reader_model import Vote
 from digest.rank.types import CorpusStats, PlainPaper, Profile
 from tests.test_quality import HELD_OUT, SETS, JudgedSet, load_papers, ndcg
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import feedparser
 import pytest
 
-from digest.deliver.message import PaperView
 from digest.feeds.render import (
     FeedItem,
     FeedKind,
@@ -21,6 +20,7 @@ from digest.feeds.render import (
     stored_hash,
     write_feed_if_changed,
 )
+from digest.present.paper import PaperView
 
 EXPECTED = Path(__file__).parent / "expected"
 RUN = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)

@@ -16,10 +16,11 @@ import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
-from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender, shown
+from digest.deliver.message import MessageBuilder, Sender
 from digest.feeds.render import item_for_paper
 from digest.ingest.listing import Entry
 from digest.ingest.readers import read_listing
+from digest.present.paper import DigestView, PaperView, shown
 from digest.rank.highlight import find_marks, mark, merge
 from digest.rank.query import InterestError, parse_interest
 from digest.rank.text import DEFAULT

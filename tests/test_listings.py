@@ -16,7 +16,8 @@ from digest.cli import main
 from digest.errors import UsageError
 from digest.ingest.dumps import Clock, ingest_paths
 from digest.service.listings import find_listing, take_back
-from digest.store import feedback, outbox
+from digest.store import outbox
+from digest.store import votes as feedback
 from digest.store.engine import ingest_sequence, open_store, reading, transaction
 from digest.store.models import Subscriber
 from tests.conftest import EXAMPLE_A, EXAMPLE_B

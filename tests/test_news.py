@@ -19,9 +19,9 @@ import feedparser
 import pytest
 from sqlalchemy.engine import Engine
 
-from digest.deliver.message import day_text
 from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
+from digest.present.paper import day_text
 from digest.store import papers
 from digest.store.engine import ingest_sequence, reading, transaction
 from tests.conftest import REPO, Site

@@ -14,15 +14,9 @@ from datetime import UTC, date, datetime
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from digest.deliver.message import (
-    ABSTRACT_CHARS,
-    DigestView,
-    MessageBuilder,
-    PaperView,
-    Sender,
-    shown,
-)
+from digest.deliver.message import MessageBuilder, Sender
 from digest.feeds.render import item_for_paper
+from digest.present.paper import ABSTRACT_CHARS, DigestView, PaperView, shown
 
 SENDER = Sender("Digest <d@example.org>", "Paper Digest", "papers.example.org", "https://x.org")
 NOW = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)

@@ -198,7 +198,7 @@ def test_search_index_follows_inserts_and_text_changes(engine: Engine) -> None:
 
 
 def test_term_statistics_cover_the_store_and_are_repeatable(engine: Engine) -> None:
-    from digest.deliver.plan import store_stats
+    from digest.rank.corpus import store_stats
 
     entries = [
         Entry(f"Paper {i} on {'graphs' if i % 4 else 'diffusion'}", "text") for i in range(60)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from digest.deliver.mail_files import eml_name, recipient_tag
-from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender
+from digest.deliver.message import MessageBuilder, Sender
 from digest.deliver.transports import (
     AddressError,
     ConnectionLost,
@@ -25,6 +25,7 @@ from digest.deliver.transports import (
     open_transport,
 )
 from digest.errors import ConfigError, DeliveryError
+from digest.present.paper import DigestView, PaperView
 from digest.retry import backoff
 from tests.smtp_server import DROP, SMTPServer, free_port, start_server
 

@@ -16,8 +16,9 @@ import feedparser
 import pytest
 from markupsafe import escape
 
-from digest.deliver.message import DigestView, MessageBuilder, PaperView, Sender, shown
-from digest.deliver.views import Links, paper_links
+from digest.deliver.message import MessageBuilder, Sender
+from digest.present.paper import DigestView, PaperView, shown
+from digest.present.views import Links, paper_links
 from digest.tokens import check_paper_token
 from digest.web.security import CSRF_FIELD, redact
 from tests.conftest import EXAMPLE_DUMPS, Site, store_rows

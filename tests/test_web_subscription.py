@@ -24,7 +24,7 @@ from digest.deliver.message import Sender
 from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
 from digest.settings import load_settings
-from digest.store import feedback
+from digest.store import votes as feedback
 from digest.store.engine import open_store, transaction
 from digest.store.outbox import Planned, owed_subscribers, record
 from digest.store.subscribers import (

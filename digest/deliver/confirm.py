@@ -23,8 +23,9 @@ import css_inline
 import jinja2
 
 from digest.clock import as_utc
-from digest.deliver.message import Sender, clean_header, format_address
+from digest.deliver.message import Sender, format_address
 from digest.deliver.transports import Transport
+from digest.present.paper import clean_header
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,12 @@ from datetime import date, datetime
 from sqlalchemy.engine import Connection
 
 from digest.rank import ranker
-from digest.rank.feedback import Vote
+from digest.rank.corpus import store_stats
+from digest.rank.reader_model import Vote
 from digest.rank.types import CorpusStats, Profile, Ranked, hits_to_json
-from digest.store import feedback as feedback_store
 from digest.store import outbox
 from digest.store import papers as papers_store
+from digest.store import votes as vote_store
 from digest.store.engine import ingest_sequence
 from digest.store.models import Subscriber
 from digest.store.outbox import Planned
@@ -29,18 +30,7 @@ from digest.store.subscription import Subscription
 from digest.store.unsent import Carried, fold_waiting
 from digest.tokens import message_id
 
-STATS_SAMPLE = 20_000  # papers whose term frequencies stand for a larger store
 WEEKLY_DAY = 0  # weekly digests go out on Mondays
-
-
-def store_stats(conn: Connection, sample: int = STATS_SAMPLE) -> CorpusStats:
-    """Term statistics of the whole store: every paper, or a uniform sample of ``sample``.
-
-    BM25 needs only each term's share of documents, which a sample of this size estimates
-    within a few percent for every term common enough to matter; rare terms stay rare. The
-    sample is seeded by the store's size, so the same store always ranks the same way.
-    """
-    return CorpusStats.from_texts(papers_store.stats_sample(conn, sample))
 
 
 @dataclass(frozen=True)
@@ -118,7 +108,7 @@ def reader_votes(conn: Connection, ids: Collection[int]) -> dict[int, list[Vote]
     """The votes of those of these readers who gave any, as the ranking takes them."""
     return {
         sid: [Vote(v.paper, v.vote == "up") for v in given]
-        for sid, given in feedback_store.votes_by_reader(conn, ids).items()
+        for sid, given in vote_store.votes_by_reader(conn, ids).items()
     }
 
 

@@ -34,10 +34,11 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from digest.deliver.message import DigestView, MessageBuilder, PaperView, prepare
+from digest.deliver.message import MessageBuilder
 from digest.deliver.transports import AddressError, Transport, TransportError
-from digest.deliver.views import Links, paper_view
 from digest.errors import DeliveryError
+from digest.present.paper import DigestView, PaperView, prepare
+from digest.present.views import Links, paper_view
 from digest.store import outbox, unsent
 from digest.store.engine import reading
 

@@ -291,7 +291,6 @@ class SMTPTransport(_Closing):
         self._limiter = RateLimiter(rate, sleep=sleep)
         self._slots = asyncio.Semaphore(connections)
         self._idle: list[aiosmtplib.SMTP] = []
-        self.connections_opened = 0
 
     def __repr__(self) -> str:  # never shows the password
         return f"SMTPTransport({self.hostname}:{self.port}, user={self._username!r})"
@@ -333,7 +332,6 @@ class SMTPTransport(_Closing):
             ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise TryAgain(self._unreachable(exc), kind="connect") from None
-        self.connections_opened += 1
         return smtp
 
     @property

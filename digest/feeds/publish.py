@@ -32,8 +32,6 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import Connection, Engine
 
 from digest import forks
-from digest.deliver.message import PaperView, prepare
-from digest.deliver.views import Links, paper_view
 from digest.errors import WriteError
 from digest.feeds.render import (
     FEEDS_FOLDER,
@@ -46,6 +44,8 @@ from digest.feeds.render import (
     write_feed_if_changed,
 )
 from digest.files import make_folder
+from digest.present.paper import PaperView, prepare
+from digest.present.views import Links, paper_view
 from digest.store import outbox, papers
 from digest.store.engine import feed_authority, reading
 from digest.store.papers import PaperRow

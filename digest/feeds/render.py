@@ -28,7 +28,9 @@ from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
 from markupsafe import escape
 
 from digest.clock import as_utc
-from digest.deliver.message import (
+from digest.errors import WriteError
+from digest.files import make_folder
+from digest.present.paper import (
     PaperView,
     arxiv_url,
     authors_line,
@@ -37,8 +39,6 @@ from digest.deliver.message import (
     paper_link,
     shown,
 )
-from digest.errors import WriteError
-from digest.files import make_folder
 from digest.rank.highlight import mark
 
 FeedKind = Literal["rss", "atom"]

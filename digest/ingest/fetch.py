@@ -60,7 +60,6 @@ TRUNCATED = "truncated"
 ERROR = "error"
 TOO_LARGE = "too-large"
 SKIPPED = "skipped"  # returned only: a skip changes nothing in SourceState
-STORED_STATUSES = (OK, NOT_MODIFIED, EMPTY, TRUNCATED, ERROR, TOO_LARGE)
 
 DEFAULT_MIN_INTERVAL = timedelta(minutes=5)
 DEFAULT_BACKOFF = 2.0  # seconds before the first retry; doubled for each further one
@@ -95,7 +94,7 @@ _XML_ITEM = re.compile(rb"<(?:[\w-]+:)?(?:item|entry)[\s>/]")
 
 @dataclass(frozen=True)
 class FetchResult:
-    """The outcome for one source: ``status`` is one of ``STORED_STATUSES`` or ``skipped``."""
+    """The outcome for one source: ``status`` is one of the statuses above, ``skipped`` included."""
 
     url: str
     status: str

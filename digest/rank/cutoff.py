@@ -4,7 +4,7 @@ A list (best first) stops at ``max_items``, or at the first paper scoring less t
 floor. A reader without votes has the floor ``RELATIVE`` times their best paper's score,
 or, when given, a ``threshold`` learned elsewhere, and never less than their own
 ``min_score``. A reader with votes has their list re-ordered by their model
-(``digest.rank.feedback``), which may object to some papers: an objected paper is left
+(``digest.rank.reader_model``), which may object to some papers: an objected paper is left
 out when its interests' score is below ``WEAK`` of the reader's best, unless it is among
 the ``MIN_KEPT`` best of the list. The votes overrule only the interests' weak matches.
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 
-from digest.rank import feedback
+from digest.rank import reader_model
 from digest.rank.cutoff import cut
-from digest.rank.feedback import Vote
 from digest.rank.index import InterestIndex
 from digest.rank.match import TermStats
+from digest.rank.reader_model import Vote
 from digest.rank.text import DEFAULT, Analyzer
 from digest.rank.types import PaperText, Profile, Ranked
 from digest.rank.workers import processes_for
@@ -40,14 +40,14 @@ def rank(
     missing from ``candidates``, or whose candidates hold the whole day, may have any
     paper. ``processes``: how many worker processes match and fan out (``None``: by size).
     ``votes[profile id]``: that reader's feedback, which re-ranks and cuts a deeper list of
-    their candidates (``digest.rank.feedback``); readers without votes get what their
+    their candidates (``digest.rank.reader_model``); readers without votes get what their
     interests alone give.
     """
     profiles = list(profiles)
     voters = {p.id for p in profiles if votes and votes.get(p.id)}
     if voters:
         papers = list(papers)
-    asked = [feedback.deeper(p) if p.id in voters else p for p in profiles]
+    asked = [reader_model.deeper(p) if p.id in voters else p for p in profiles]
     ranked = _ranked(
         InterestIndex.build(asked, stats, analyzer), papers, asked, candidates, processes
     )
@@ -57,7 +57,7 @@ def rank(
             del items[cut([item.score for item in items], profile.max_items, profile.min_score) :]
     if voters:
         assert votes is not None and isinstance(papers, list)
-        ranked = feedback.rerank_readers(
+        ranked = reader_model.rerank_readers(
             ranked, profiles, papers, votes, stats, analyzer, candidates
         )
         for profile in profiles:

@@ -20,22 +20,23 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from digest.clock import period_of
-from digest.deliver.message import MessageBuilder, Sender
+from digest.deliver.message import MessageBuilder
 from digest.deliver.plan import plan_owed, record_plans
 from digest.deliver.send import (
     Delivered,
     record_transport,
     send_outbox,
 )
-from digest.deliver.transports import Transport, open_transport, transport_label
-from digest.deliver.views import Links, ranked_views
+from digest.deliver.transports import Transport, transport_label
 from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
+from digest.present.views import ranked_views
 from digest.service.keys import site_keys
 from digest.service.leaving import Copies, sweep_mail_files
 from digest.service.subscriptions import checked, upsert_subscriber
+from digest.service.wiring import links_of, sender_of, transport_of
 from digest.settings import Settings
 from digest.store import runs
 from digest.store.engine import reading, transaction, write_lock
@@ -133,22 +134,6 @@ def _finish_run(
     )
 
 
-def sender_of(settings: Settings) -> Sender:
-    """Who digests come from, from the settings."""
-    host = settings.base_url.split("://", 1)[-1].split("/", 1)[0].split(":", 1)[0]
-    return Sender(
-        from_addr=settings.mail_from,
-        site_name=settings.site_name,
-        list_id=f"digest.{host}",  # RFC 2919: the id alone; the builder adds the site name
-        base_url=settings.base_url,
-    )
-
-
-def links_of(settings: Settings, engine: Engine, now: datetime) -> Links:
-    """How links in emails and feeds are made, from the settings and the site's key."""
-    return Links(settings.base_url, site_keys(settings, engine, now).signing, settings.mail_from)
-
-
 def publish_site_feeds(
     settings: Settings,
     engine: Engine,
@@ -171,17 +156,6 @@ def publish_site_feeds(
         changed=changed,
         processes=processes,
         private=settings.feed_files != "public",
-    )
-
-
-def transport_of(settings: Settings) -> Transport:
-    """The configured mail transport."""
-    return open_transport(
-        settings.mail_transport,
-        connections=settings.smtp_connections,
-        rate=settings.smtp_rate,
-        timeout=settings.smtp_timeout,
-        retries=settings.smtp_retries,
     )
 
 
@@ -248,9 +222,11 @@ def run_cycle(
             sweep_mail_files(
                 engine, Copies.of(settings, site_keys(settings, engine, clock()).verifying)
             )
-            report.outbox = outbox_counts(engine)
-            if report.outbox["pending"] + report.outbox["sending"]:
-                report.pending_reason = _why_pending(report.delivered) or pending_reason(engine)
+            with reading(engine) as conn:
+                report.outbox = outbox_counts(conn)
+                if report.outbox["pending"] + report.outbox["sending"]:
+                    report.pending_reason = _why_pending(report.delivered) or pending_reason(conn)
+                conn.rollback()
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
             raise

@@ -15,7 +15,8 @@ from datetime import date, datetime
 
 from sqlalchemy.engine import Connection
 
-from digest.deliver.plan import Plan, plan_owed, reader_votes, store_stats
+from digest.deliver.plan import Plan, plan_owed, reader_votes
+from digest.rank.corpus import store_stats
 from digest.rank.query import parse_interest, positive_words
 from digest.rank.ranker import rank, search
 from digest.rank.types import CorpusStats, PaperText, Profile, Ranked

@@ -115,9 +115,12 @@ def collect_status(
         sources = all_states(conn)
         failed = recent_failures(conn, now - BOUNCE_WINDOW)
         sending = sending_state(conn, now, settings.max_pending_hours)
+        outbox = outbox_counts(conn)
+        mail = transport_state(conn, transport_label(settings.mail_transport))
+        waiting = outbox["pending"] + outbox["sending"]
+        reason = pending_reason(conn) if waiting else None
         conn.rollback()
     subscribers = count_by_status(engine)
-    outbox = outbox_counts(engine)
     trigger = crontab_trigger(settings.schedule, settings.tz)
     next_run = trigger.get_next_fire_time(None, local)
     holder = lock_holder(settings)
@@ -126,7 +129,6 @@ def collect_status(
         # Nobody holds the lock, yet these say "running": their process died (kill -9).
         interrupted = set(unfinished)
         interrupt_dead(engine, unfinished)
-    mail = transport_state(engine, transport_label(settings.mail_transport))
     warnings = link_warnings(settings)
     if local.weekday() < 5 and new_today == 0 and papers:
         warnings.append("no new papers in the last 24 hours on a weekday")
@@ -134,7 +136,7 @@ def collect_status(
     waiting = outbox["pending"] + outbox["sending"]
     if waiting:
         warnings.append(
-            f"{waiting} digest(s) waiting to be sent ({pending_reason(engine)});"
+            f"{waiting} digest(s) waiting to be sent ({reason});"
             f" the oldest for {_hours(sending.oldest_age)}"
         )
     if sending.problem:

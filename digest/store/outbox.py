@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from digest.clock import as_utc
 from digest.store.engine import reading, transaction
 from digest.store.models import Digest, DigestItem, Paper, Subscriber, TransportState
-from digest.store.papers import ROW_COLUMNS, PaperRow, row_of
+from digest.store.papers import PaperRow, paper_columns, reader
 from digest.store.unsent import Carried
 
 STATUSES = ("pending", "sending", "sent", "skipped", "failed")
@@ -159,13 +159,13 @@ def load(
     before (they carry an error), False: only the others."""
     query: Any = (
         sa.select(
-            col(Digest.id),
-            col(Digest.period),
-            col(Digest.message_id),
-            col(Subscriber.id),
-            col(Subscriber.email),
-            col(Subscriber.token_salt),
-            col(Digest.last_error).is_not(None),
+            col(Digest.id).label("digest_id"),
+            col(Digest.period).label("period"),
+            col(Digest.message_id).label("message_id"),
+            col(Subscriber.id).label("subscriber_id"),
+            col(Subscriber.email).label("email"),
+            col(Subscriber.token_salt).label("token_salt"),
+            col(Digest.last_error).is_not(None).label("retried"),
         )
         .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
         .where(
@@ -183,13 +183,13 @@ def load(
     with reading(engine) as conn:
         rows = [
             OutboxRow(
-                digest_id=row[0],
-                period=row[1],
-                message_id=row[2],
-                subscriber_id=row[3],
-                email=row[4],
-                token_salt=row[5],
-                retried=bool(row[6]),
+                digest_id=row.digest_id,
+                period=row.period,
+                message_id=row.message_id,
+                subscriber_id=row.subscriber_id,
+                email=row.email,
+                token_salt=row.token_salt,
+                retried=bool(row.retried),
             )
             for row in conn.execute(query)
         ]
@@ -198,10 +198,18 @@ def load(
 
 
 def _item_rows(conn: Connection, query: Any) -> list[ItemRow]:
-    width = len(ROW_COLUMNS)
+    result = conn.execute(query)
+    paper = reader(result.keys(), "paper_")
     return [
-        ItemRow(row[0], row[1], row[2], row[3], row[4], row_of(row[5 : 5 + width]))
-        for row in conn.execute(query)
+        ItemRow(
+            digest_id=row.digest_id,
+            subscriber_id=row.subscriber_id,
+            score=row.score,
+            matched=row.matched,
+            sent_at=row.sent_at,
+            paper=paper(row),
+        )
+        for row in result
     ]
 
 
@@ -217,7 +225,7 @@ def items_of(conn: Connection, digest_ids: Sequence[int]) -> dict[int, list[Item
             col(DigestItem.score),
             col(DigestItem.matched),
             sa.null().label("sent_at"),
-            *ROW_COLUMNS,
+            *paper_columns("paper_"),
         )
         .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
         .where(col(DigestItem.digest_id).in_(digest_ids))
@@ -238,7 +246,7 @@ def sent_items(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> l
             col(DigestItem.score),
             col(DigestItem.matched),
             col(Digest.sent_at),
-            *ROW_COLUMNS,
+            *paper_columns("paper_"),
             sa.func.row_number()
             .over(
                 partition_by=col(DigestItem.subscriber_id),
@@ -307,12 +315,10 @@ def mark_failed(engine: Engine, digest_id: int, reason: str) -> None:
         )
 
 
-def counts(engine: Engine) -> dict[str, int]:
+def counts(conn: Connection) -> dict[str, int]:
     """Digests by status."""
     query = sa.select(col(Digest.status), sa.func.count()).group_by(col(Digest.status))
-    with reading(engine) as conn:
-        rows = conn.execute(query).all()
-        conn.rollback()
+    rows = conn.execute(query).all()
     found = dict.fromkeys(STATUSES, 0)
     found.update({status: int(n) for status, n in rows})
     return found
@@ -345,18 +351,16 @@ def withdraw_unwanted(engine: Engine) -> int:
     return sum(count for _, count in reasons)
 
 
-def pending_reason(engine: Engine) -> str | None:
+def pending_reason(conn: Connection) -> str | None:
     """Why digests are still waiting to be sent: the newest failure among them, or why they
     were not tried; None when nothing waits."""
-    with reading(engine) as conn:
-        row = conn.execute(
-            sa.select(col(Digest.last_error), col(Subscriber.status))
-            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
-            .where(col(Digest.status).in_(_WAITING))
-            .order_by(col(Digest.last_error).is_(None), col(Digest.id).desc())
-            .limit(1)
-        ).first()
-        conn.rollback()
+    row = conn.execute(
+        sa.select(col(Digest.last_error), col(Subscriber.status))
+        .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+        .where(col(Digest.status).in_(_WAITING))
+        .order_by(col(Digest.last_error).is_(None), col(Digest.id).desc())
+        .limit(1)
+    ).first()
     if row is None:
         return None
     if row.last_error:
@@ -392,11 +396,9 @@ def record_transport(
             conn.execute(sa.update(_TRANSPORT).where(_TRANSPORT.c.id == since.id).values(**values))
 
 
-def transport_state(engine: Engine, label: str) -> dict[str, Any] | None:
+def transport_state(conn: Connection, label: str) -> dict[str, Any] | None:
     """What ``record_transport`` remembers of the transport ``label``."""
-    with reading(engine) as conn:
-        row = conn.execute(sa.select(_TRANSPORT).where(_TRANSPORT.c.transport == label)).first()
-        conn.rollback()
+    row = conn.execute(sa.select(_TRANSPORT).where(_TRANSPORT.c.transport == label)).first()
     return None if row is None else dict(row._mapping)
 
 

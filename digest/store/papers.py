@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import operator
 import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
 from typing import Any, Literal
 
@@ -47,31 +48,32 @@ class PaperRow:
         return self.listing_date or self.first_seen.astimezone(UTC).date()
 
 
-_ROW = sa.select(
-    _PAPER.c.id,
-    _PAPER.c.key,
-    _PAPER.c.title,
-    _PAPER.c.abstract,
-    _PAPER.c.url,
-    _PAPER.c.arxiv_id,
-    _PAPER.c.times_seen,
-    _PAPER.c.first_seen,
-    _PAPER.c.authors,
-    _PAPER.c.seq,
-    _PAPER.c.first_key,
-    _PAPER.c.listing_date,
-    _PAPER.c.revised,
-)
-ROW_COLUMNS = tuple(_ROW.selected_columns)  # for queries that join papers to other tables
+# The columns are the row type's own fields, by name: one list, so a new column is a new
+# field of ``PaperRow`` and nothing else here.
+FIELDS = tuple(field.name for field in fields(PaperRow))
+_COLUMNS = tuple(_PAPER.c[name] for name in FIELDS)
+_ROW = sa.select(*_COLUMNS)
 
 
-def row_of(values: Sequence[Any]) -> PaperRow:
-    """A ``PaperRow`` from the ``ROW_COLUMNS`` values of a result row, in that order."""
-    return PaperRow(*values)
+def paper_columns(prefix: str) -> tuple[sa.ColumnElement[Any], ...]:
+    """The paper's columns labelled ``prefix`` + field name, for a query that joins papers
+    to another table (read back with ``reader(result.keys(), prefix)``)."""
+    return tuple(column.label(prefix + column.name) for column in _COLUMNS)
+
+
+def reader(names: Iterable[str], prefix: str = "") -> Callable[[Any], PaperRow]:
+    """Turns rows with these column ``names`` (a result's ``keys()``) into ``PaperRow``
+    values, each field read from the column of its name (``prefix`` + name). The names are
+    looked up once per result, not once per row."""
+    where = {name: i for i, name in enumerate(names)}
+    pick = operator.itemgetter(*(where[prefix + name] for name in FIELDS))
+    return lambda row: PaperRow(*pick(row))
 
 
 def _rows(conn: Connection, query: Any) -> list[PaperRow]:
-    return [PaperRow(*row) for row in conn.execute(query)]
+    result = conn.execute(query)
+    paper = reader(result.keys())
+    return [paper(row) for row in result]
 
 
 def _news(dialect: str, days: int) -> sa.ColumnElement[bool]:
@@ -190,18 +192,18 @@ def _under_key(conn: Connection, query: sa.Select[Any], key: str) -> sa.Row[Any]
 
 def row_by_key(conn: Connection, key: str) -> PaperRow | None:
     """The paper stored under ``key`` (or first seen under it), if any."""
-    found = _under_key(conn, sa.select(*ROW_COLUMNS), key)
-    return None if found is None else row_of(found)
+    page = by_key(conn, key)
+    return None if page is None else page.row
 
 
 def by_key(conn: Connection, key: str) -> PaperPage | None:
     """The paper stored under ``key`` (or first seen under it), if any, as its page shows it."""
-    query = sa.select(*ROW_COLUMNS, _PAPER.c.listing_date, _PAPER.c.last_seen)
+    query = sa.select(*paper_columns("paper_"), _PAPER.c.listing_date, _PAPER.c.last_seen)
     found = _under_key(conn, query, key)
     if found is None:
         return None
-    width = len(ROW_COLUMNS)
-    return PaperPage(row_of(found[:width]), found[width], found[width + 1])
+    paper = reader(found._fields, "paper_")
+    return PaperPage(paper(found), found.listing_date, found.last_seen)
 
 
 def first_seen_since(conn: Connection, since: datetime, limit: int) -> list[PaperRow]:

@@ -9,7 +9,7 @@ NOTHING`` against unique columns, so hosts making the first key at once agree on
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -112,5 +112,5 @@ def retire_key(conn: Connection, ident: int, now: datetime) -> KeyRow:
     if row.retired_at is None:
         now = as_utc(now, naive="refuse")
         conn.execute(sa.update(_KEY).where(_KEY.c.id == ident).values(retired_at=now))
-        row = KeyRow(row.id, row.generation, row.key, row.created_at, row.signs_from, now)
+        row = replace(row, retired_at=now)
     return row

@@ -28,7 +28,7 @@ from sqlmodel import Session, col, select
 
 from digest.clock import as_utc
 from digest.errors import UsageError
-from digest.store import feedback
+from digest.store import votes as feedback
 from digest.store.engine import ingest_sequence, insert_or_skip, reading, transaction
 from digest.store.models import Digest, DigestItem, EndedFeed, Paper, Subscriber
 from digest.store.subscription import STATUSES, Subscription, SubscriptionPatch, apply

@@ -21,7 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 from digest.service.keys import site_keys
 from digest.settings import Settings, load_settings
 from digest.store.engine import open_store
-from digest.web import browse, feedback, health, live, subscription
+from digest.web import browse, health, live, subscription, votes
 from digest.web.render import http_error, server_error
 from digest.web.security import BodyLimit, HttpMiddleware, SecurityHeaders, redact
 from digest.web.state import WebState, utc_now
@@ -87,7 +87,7 @@ def create_app(
         *subscription.routes,
         *live.routes,
         *health.routes,
-        *feedback.routes,
+        *votes.routes,
     ]
     app = Starlette(
         routes=routes,

@@ -2,7 +2,7 @@
 pages and the archive search.
 
 What is marked in a title or abstract, and the "Matched:" line, come from the same
-highlighter as the email (``digest.rank.highlight`` through ``digest.deliver.message``);
+highlighter as the email (``digest.rank.highlight`` through ``digest.present.paper``);
 the preview and the search rank through the run's own ranking path.
 """
 
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from digest.deliver.message import (
+from digest.present.paper import (
     PaperView,
     arxiv_title_search,
     arxiv_url,
@@ -33,8 +33,8 @@ from digest.deliver.message import (
     is_code_link,
     shown,
 )
-from digest.deliver.plan import store_stats
-from digest.deliver.views import READER, paper_view
+from digest.present.views import READER, paper_view
+from digest.rank.corpus import store_stats
 from digest.rank.highlight import find_marks, mark
 from digest.rank.query import InterestError, parse_interest, parse_written
 from digest.rank.types import CorpusStats, Ranked, hits_to_json
@@ -42,9 +42,9 @@ from digest.service.preview import search_store, try_interests
 from digest.store import papers
 from digest.store.engine import ingest_sequence, reading
 from digest.store.papers import PaperRow
-from digest.web.feedback import reader_votes
 from digest.web.render import page
 from digest.web.state import WebState, state_of
+from digest.web.votes import reader_votes
 
 log = logging.getLogger("digest.web")
 

@@ -155,9 +155,9 @@ def metrics(request: Request) -> Response:
         last_ok = runs.last_finished(conn, status="ok")
         figures = runs.figures_of_finished(conn)
         sending = sending_state(conn, state.now(), state.settings.max_pending_hours)
+        outbox = outbox_counts(conn)
         conn.rollback()
     subscribers = count_by_status(engine)
-    outbox = outbox_counts(engine)
     sends = {"sent": 0, "failed": 0, "deferred": 0, "bounced": 0}
     for text in figures:
         try:

@@ -32,7 +32,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from digest.deliver.views import Links, paper_view
 from digest.feeds.publish import (
     GLOBAL_FEED,
     PUBLIC_DESCRIPTION,
@@ -43,6 +42,7 @@ from digest.feeds.publish import (
     site_of,
 )
 from digest.feeds.render import FeedItem, FeedKind, make_feed
+from digest.present.views import Links, paper_view
 from digest.rank.query import InterestError
 from digest.rank.types import hits_to_json
 from digest.service.preview import search_store

@@ -30,7 +30,6 @@ from digest.clock import as_utc
 from digest.deliver.confirm import ConfirmView, send_confirmation
 from digest.errors import DeliveryError, UsageError
 from digest.rank.query import InterestError
-from digest.service.cycle import sender_of, transport_of
 from digest.service.leaving import Copies, delete_reader, unsubscribe_reader
 from digest.service.subscriptions import (
     address_forms,
@@ -39,6 +38,7 @@ from digest.service.subscriptions import (
     check_token,
     normalize_email,
 )
+from digest.service.wiring import sender_of, transport_of
 from digest.store.engine import reading
 from digest.store.models import Subscriber
 from digest.store.subscribers import (

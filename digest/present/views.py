@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from sqlalchemy.engine import Connection
 
-from digest.deliver.message import TOKEN, DigestView, PaperView, TokenLinks
+from digest.present.paper import TOKEN, DigestView, PaperView, TokenLinks
 from digest.rank.types import Ranked, hits_to_json
 from digest.store import papers
 from digest.store.papers import PaperRow

@@ -3,7 +3,7 @@ me), the latest replacing any earlier one, with the paper texts the per-reader m
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -13,7 +13,7 @@ from sqlalchemy.engine import Connection
 
 from digest.clock import as_utc
 from digest.store.models import Feedback, Paper
-from digest.store.papers import PARAMETERS, ROW_COLUMNS, PaperRow, row_by_key, row_of
+from digest.store.papers import PARAMETERS, PaperRow, paper_columns, reader, row_by_key
 
 VOTES = ("up", "down")
 _FEEDBACK = Feedback.__table__  # type: ignore[attr-defined]
@@ -58,12 +58,19 @@ def vote_on(conn: Connection, subscriber_id: int, paper_id: int) -> str | None:
 
 
 _VOTES = sa.select(
-    _FEEDBACK.c.subscriber_id, _FEEDBACK.c.vote, _FEEDBACK.c.voted_at, *ROW_COLUMNS
+    _FEEDBACK.c.subscriber_id, _FEEDBACK.c.vote, _FEEDBACK.c.voted_at, *paper_columns("paper_")
 ).join(_PAPER, _PAPER.c.id == _FEEDBACK.c.paper_id)
 
 
-def _vote(row: Any) -> Vote:
-    return Vote(int(row[0]), row_of(row[3:]), str(row[1]), as_utc(row[2]))
+def _votes(result: Any) -> Iterator[Vote]:
+    paper = reader(result.keys(), "paper_")
+    for row in result:
+        yield Vote(
+            subscriber_id=int(row.subscriber_id),
+            paper=paper(row),
+            vote=str(row.vote),
+            voted_at=as_utc(row.voted_at),
+        )
 
 
 def votes_of(conn: Connection, subscriber_id: int) -> list[Vote]:
@@ -71,7 +78,7 @@ def votes_of(conn: Connection, subscriber_id: int) -> list[Vote]:
     query = _VOTES.where(_FEEDBACK.c.subscriber_id == subscriber_id).order_by(
         _FEEDBACK.c.voted_at.desc(), _FEEDBACK.c.id.desc()
     )
-    return [_vote(row) for row in conn.execute(query)]
+    return list(_votes(conn.execute(query)))
 
 
 def votes_by_reader(conn: Connection, subscriber_ids: Collection[int]) -> dict[int, list[Vote]]:
@@ -92,8 +99,7 @@ def votes_by_reader(conn: Connection, subscriber_ids: Collection[int]) -> dict[i
         query = _VOTES.where(_FEEDBACK.c.subscriber_id.in_(part)).order_by(
             _FEEDBACK.c.subscriber_id, _FEEDBACK.c.voted_at, _FEEDBACK.c.id
         )
-        for row in conn.execute(query):
-            vote = _vote(row)
+        for vote in _votes(conn.execute(query)):
             found.setdefault(vote.subscriber_id, []).append(vote)
     return found
 
@@ -132,11 +138,13 @@ def paper_named(conn: Connection, key: str, arxiv_id: str | None = None) -> Pape
     if neither."""
     found = row_by_key(conn, key)
     if found is None and arxiv_id:
-        row = conn.execute(
-            sa.select(*ROW_COLUMNS)
+        result = conn.execute(
+            sa.select(*paper_columns(""))
             .where(_PAPER.c.arxiv_id == arxiv_id)
             .order_by(_PAPER.c.id)
             .limit(1)
-        ).first()
-        found = None if row is None else row_of(row)
+        )
+        paper = reader(result.keys())
+        row = result.first()
+        found = None if row is None else paper(row)
     return found

@@ -16,13 +16,13 @@ from digest import tokens
 from digest.errors import UsageError
 from digest.ingest.identity import normalize_arxiv_id
 from digest.service.subscriptions import find_subscriber
-from digest.store import feedback
+from digest.store import votes
 from digest.store.engine import reading, transaction
 from digest.store.models import Subscriber
 from digest.store.papers import PaperRow
 from digest.store.subscribers import subscriber_by_id
 
-VOTES = feedback.VOTES
+VOTES = votes.VOTES
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def find_paper(engine: Engine, reference: str) -> PaperRow:
     arxiv_id = None if reference.startswith("title:") else normalize_arxiv_id(reference)
     key = reference if ":" in reference and not reference.startswith("arXiv:") else ""
     with reading(engine) as conn:
-        paper = feedback.paper_named(conn, key or f"arxiv:{arxiv_id}", arxiv_id)
+        paper = votes.paper_named(conn, key or f"arxiv:{arxiv_id}", arxiv_id)
     if paper is None:
         shown = reference if len(reference) <= 60 else reference[:59] + "…"
         raise UsageError(f"no paper {shown!r} in the store (give its key or arXiv id)")
@@ -61,8 +61,8 @@ def store_vote(
     """Keep a vote (replacing the reader's earlier one on that paper)."""
     sid = int(subscriber.id or 0)
     with transaction(engine) as conn:
-        before = feedback.vote_on(conn, sid, paper.id)
-        feedback.record(conn, sid, paper.id, check_vote(vote), now)
+        before = votes.vote_on(conn, sid, paper.id)
+        votes.record(conn, sid, paper.id, check_vote(vote), now)
     return Given(subscriber, paper, vote, before)
 
 
@@ -76,7 +76,7 @@ def give_feedback(engine: Engine, email: str, reference: str, vote: str, now: da
 def undo_vote(engine: Engine, subscriber: Subscriber, paper: PaperRow) -> bool:
     """Forget a reader's vote on a paper; whether there was one."""
     with transaction(engine) as conn:
-        return feedback.withdraw(conn, int(subscriber.id or 0), paper.id)
+        return votes.withdraw(conn, int(subscriber.id or 0), paper.id)
 
 
 def token_reader(
@@ -104,5 +104,5 @@ def link_vote(
     if row is None:
         return None
     with reading(engine) as conn:
-        paper = feedback.paper_named(conn, paper_key)
+        paper = votes.paper_named(conn, paper_key)
     return None if paper is None else (row, paper)

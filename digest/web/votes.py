@@ -25,9 +25,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from digest import tokens
-from digest.deliver.views import READER, feedback_path
-from digest.service.feedback import link_vote, store_vote, token_reader, undo_vote
-from digest.store import feedback
+from digest.present.views import READER, feedback_path
+from digest.service.votes import link_vote, store_vote, token_reader, undo_vote
+from digest.store import votes
 from digest.store.engine import reading
 from digest.store.models import Subscriber
 from digest.store.papers import PaperRow
@@ -54,7 +54,7 @@ def reader_votes(
     if row is None or row.id is None:
         return None
     with reading(state.engine) as conn:
-        given = feedback.vote_on(conn, row.id, paper_id)
+        given = votes.vote_on(conn, row.id, paper_id)
         conn.rollback()
     return {
         "more_action": feedback_path(token, paper_key, "up"),

@@ -1,0 +1,249 @@
+"""A paper as digest shows it, to email, feeds and web pages alike: the one view of a
+paper (``PaperView``, and a reader's digest, ``DigestView``), its text as shown (the
+abstract's beginning, or a window around what matched), the words marked, its links.
+
+Nothing here touches the network, the clock or the store. A paper links to its page on the
+site (``PaperView.page_url``); a view made without one, to the paper's own URL, its arXiv
+page, or for a paper without a URL or arXiv id, to arXiv's title search, which finds
+nearly every paper these listings carry. What is marked in a paper's title and abstract,
+and the "Matched:" line, come from ``digest.rank.highlight``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import date
+from urllib.parse import quote_plus, urlsplit
+
+from digest.rank.highlight import Marks, find_marks, prepare_marks
+
+ABSTRACT_CHARS = 400
+AUTHORS_SHOWN = 5  # a longer list shows its first three names and "et al."
+CODE_HOSTS = frozenset(
+    {"github.com", "gitlab.com", "huggingface.co", "codeberg.org", "bitbucket.org", "sr.ht"}
+)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
+_SPACES = re.compile(r"\s+")
+_URL = re.compile(
+    r"(?:https?://|www\.|\b(?:github\.com|gitlab\.com|huggingface\.co|codeberg\.org)/)"
+    r"[^\s<>\"'`{}|\\^\[\]]+",
+    re.IGNORECASE,
+)
+_URL_TAIL = ".,;:!?)]}'\""
+# Where a reader's token goes in their links (no shown text carries a \x01).
+TOKEN = "\x01token\x01"
+
+
+@dataclass(frozen=True, eq=False)  # one per paper (views.paper_links): hashed by identity,
+class TokenLinks:  # a cheap key for the builder's blocks
+    """A paper's links that carry a reader's token (at ``TOKEN``): its page on the site, and
+    the "more like this" and "not for me" links."""
+
+    page: str
+    more: str
+    less: str
+
+    def filled(self, token: str) -> tuple[str, str, str]:
+        """The three links of the reader with ``token``."""
+        page, more, less = (url.replace(TOKEN, token) for url in (self.page, self.more, self.less))
+        return page, more, less
+
+
+@dataclass(frozen=True)
+class PaperView:
+    """One chosen paper as a digest shows it; ``interests`` are those of the reader it matched."""
+
+    key: str
+    title: str
+    abstract: str
+    url: str | None
+    arxiv_id: str | None
+    score: float
+    interests: tuple[str, ...] = ()
+    authors: str = ""
+    because: str = ""  # the title of a paper the reader liked that this one was chosen for
+    page_url: str | None = None  # the paper's page on this site
+    token_links: TokenLinks | None = None  # the same, and the vote links, for a reader
+    listed: date | None = None  # the paper's own date (its listing date, else first seen)
+
+
+@dataclass(frozen=True)
+class DigestView:
+    """One subscriber's digest for one period."""
+
+    to: str
+    period: date
+    papers: Sequence[PaperView]
+    message_id: str
+    unsubscribe_url: str
+    unsubscribe_mailto: str
+    feed_url: str
+    manage_url: str | None = None
+    # The reader's token for each paper, in order, filled into its ``token_links`` (empty:
+    # plain page links, no vote links); kept here so the papers stay shared between readers.
+    tokens: Sequence[str] = ()
+
+
+# --- the text as shown -----------------------------------------------------------
+
+
+def clean_header(value: str) -> str:
+    """Fold CR, LF and other control characters to single spaces so a value stays one header."""
+    return _SPACES.sub(" ", _CONTROL.sub(" ", value)).strip()
+
+
+def clean_text(value: str) -> str:
+    """Body text: one kind of line break, no NULs or other stray controls."""
+    value = value.replace("\r\n", "\n").replace("\r", "\n")
+    return re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", value)
+
+
+def shorten(text: str, limit: int = ABSTRACT_CHARS) -> tuple[str, bool]:
+    """Collapse spacing and cut at a word boundary near ``limit``; True when something was cut."""
+    text = _SPACES.sub(" ", text).strip()
+    if len(text) <= limit:
+        return text, False
+    cut = text.rfind(" ", 0, limit + 1)
+    if cut < limit * 2 // 3:  # one enormous "word" (a URL, a formula): cut inside it
+        cut = limit
+    return text[:cut].rstrip(" ,;:-") + "…", True
+
+
+def arxiv_url(arxiv_id: str) -> str:
+    """A paper's abstract page on arXiv."""
+    return f"https://arxiv.org/abs/{quote_plus(arxiv_id, safe='/.')}"
+
+
+def arxiv_title_search(title: str) -> str:
+    """arXiv's search for a title: it finds nearly every listed paper without a known id."""
+    return f"https://arxiv.org/search/?query={quote_plus(_SPACES.sub(' ', title).strip())}&searchtype=title"
+
+
+def find_links(text: str) -> tuple[str, ...]:
+    """The http(s) links written in a text, without trailing punctuation, each once."""
+    found: dict[str, None] = {}
+    for match in _URL.finditer(text):
+        url = match.group().rstrip(_URL_TAIL)
+        if url.count("(") < url.count(")"):
+            url = url.rstrip(")")
+        if not url.lower().startswith(("http://", "https://")):
+            url = "https://" + url
+        if urlsplit(url).netloc:
+            found.setdefault(url)
+    return tuple(found)
+
+
+def is_code_link(url: str) -> bool:
+    """True for links to a code host (GitHub, GitLab, Hugging Face, …)."""
+    host = (urlsplit(url).hostname or "").removeprefix("www.")
+    return host in CODE_HOSTS
+
+
+def paper_link(paper: PaperView) -> str:
+    """The paper's page on this site; without one, its own page when known, else an arXiv
+    title search for it."""
+    if paper.page_url:
+        return paper.page_url
+    if paper.url and urlsplit(paper.url).scheme in {"http", "https"}:
+        return paper.url
+    if paper.arxiv_id:
+        return arxiv_url(paper.arxiv_id)
+    return arxiv_title_search(paper.title)
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A paper's title and abstract as a digest shows them, where to mark them, and why."""
+
+    title: str
+    abstract: str
+    truncated: bool
+    marks: Marks
+
+
+def window(text: str, start: int, end: int, limit: int = ABSTRACT_CHARS) -> tuple[int, int]:
+    """Where to cut ``text`` to show about ``limit`` characters holding ``text[start:end]``:
+    (first, past the last), both between words, a little of what comes before kept."""
+    first = max(0, min(start - limit // 4, len(text) - limit))
+    if first and text[first - 1] != " ":
+        space = text.find(" ", first, start)  # the next word's start, if before the match
+        first = space + 1 if space >= 0 else text.rfind(" ", 0, start) + 1
+    last = first + limit
+    if last >= len(text):
+        return first, len(text)
+    if text[last] != " ":
+        space = text.rfind(" ", first, last)
+        last = space if space >= end else text.find(" ", end)  # the matched word stays whole
+    return first, len(text) if last < 0 else last
+
+
+def shown(paper: PaperView) -> Shown:
+    """The paper's text as shown (abstract shortened) with the marks of its matched interests.
+
+    The shown abstract is its beginning, then "…" when cut; when the beginning holds none
+    of the words that matched, a window around the first of them, with "…" on the sides cut.
+    """
+    title, short, truncated = _text(paper.title, paper.abstract)
+    visible = short[:-1] if truncated else short
+    marks = find_marks(title, visible, paper.interests)
+    if truncated and paper.interests and not marks.abstract:
+        whole = _whole(paper.abstract)
+        evidence = find_marks(title, whole, paper.interests).abstract
+        if evidence:
+            first, last = window(whole, *evidence[0])
+            visible = whole[first:last].rstrip(" ,;:-")
+            lead = "… " if first else ""
+            marks = find_marks(title, visible, paper.interests)
+            marks = replace(
+                marks, abstract=tuple((s + len(lead), e + len(lead)) for s, e in marks.abstract)
+            )
+            more = "…" if first + len(visible) < len(whole) else ""
+            return Shown(title, lead + visible + more, True, marks)
+    return Shown(title, short, truncated, marks)
+
+
+def prepare(papers: Iterable[PaperView]) -> None:
+    """Work out the marks of many papers ahead, paper by paper.
+
+    Readers' digests share papers in no particular order; taken paper by paper, each is
+    analyzed once however many digests carry it, and ``shown`` then finds it all done.
+    """
+    texts: dict[tuple[str, str], set[str]] = {}
+    for paper in papers:
+        title, short, truncated = _text(paper.title, paper.abstract)
+        visible = short[:-1] if truncated else short
+        texts.setdefault((title, visible), set()).update(paper.interests)
+    for (title, visible), interests in texts.items():
+        prepare_marks(title, visible, interests)
+
+
+@functools.lru_cache(maxsize=8192)  # a day's papers
+def _text(title: str, abstract: str) -> tuple[str, str, bool]:
+    """Title and abstract as shown (spacing and controls folded), and whether it was cut."""
+    return (_SPACES.sub(" ", clean_text(title)).strip(), *shorten(clean_text(abstract)))
+
+
+def _whole(abstract: str) -> str:
+    """The whole abstract as ``shorten`` sees it: spacing and controls folded."""
+    return _SPACES.sub(" ", clean_text(abstract)).strip()
+
+
+def authors_line(authors: str) -> str:
+    """``A. Author, B. Author, C. Author et al.``: a long list cut to its first names."""
+    names = [name.strip() for name in re.split(r"[,;]|\band\b", clean_header(authors))]
+    names = [name for name in names if name]
+    if len(names) <= AUTHORS_SHOWN:
+        return ", ".join(names)
+    return ", ".join(names[:3]) + " et al."
+
+
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def day_text(day: date) -> str:
+    """``19 Nov 2026``: a paper's date as emails and pages show it, whatever the locale."""
+    return f"{day.day} {_MONTH_NAMES[day.month - 1]} {day.year}"

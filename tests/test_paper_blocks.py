@@ -1,0 +1,107 @@
+"""A builder renders each paper once and reuses the block: the cache key is the whole of
+what the block shows, so two papers that differ in anything shown never share a block."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from digest.deliver.message import MessageBuilder, Sender
+from digest.present.paper import DigestView, PaperView, TokenLinks
+from digest.present.views import paper_view
+from digest.store.papers import PaperRow
+
+NOW = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
+SENDER = Sender("Digest <d@example.org>", "Paper Digest", "papers.example.org", "https://x.org")
+BASE = "https://papers.example.org"
+ROW = PaperRow(
+    id=1,
+    key="arxiv:2411.00001",
+    title="Speech models for low-resource languages",
+    abstract="We study speech recognition. Code: https://github.com/lab/speech. " * 12,
+    url="https://example.org/paper",
+    arxiv_id="2411.00001",
+    times_seen=2,
+    first_seen=datetime(2026, 11, 20, 6, 0, tzinfo=UTC),
+    authors="A. Author, B. Author",
+    seq=3,
+    first_key="title:speech models",
+    listing_date=date(2026, 11, 19),
+    revised=date(2026, 11, 18),
+)
+HITS = [{"interest": "speech", "terms": ["speech"]}, {"liked": "An older paper"}]
+
+
+def _other(value: Any) -> Any:
+    """A different value of the same kind."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, str):
+        return "New " + value  # at the start: a long abstract shows its beginning
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, datetime | date):
+        return value - timedelta(days=3)
+    if isinstance(value, tuple):
+        return (*value, "recognition")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.replace(
+            value, **{f.name: _other(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        )
+    pytest.fail(f"no other value for {value!r}: teach _other its kind")
+
+
+def _digest(papers: list[PaperView], tokens: bool) -> DigestView:
+    return DigestView(
+        to="reader@example.org",
+        period=date(2026, 11, 22),
+        papers=papers,
+        message_id="<d-1@papers.example.org>",
+        unsubscribe_url="https://x.org/unsubscribe/t",
+        unsubscribe_mailto="mailto:d@example.org?subject=unsubscribe",
+        feed_url="https://x.org/feeds/private/f.atom",
+        tokens=["7.abc"] * len(papers) if tokens else (),
+    )
+
+
+def _cached_then_fresh(first: PaperView, second: PaperView, tokens: bool) -> tuple[bytes, bytes]:
+    """``second``'s message from a builder that already rendered ``first``, and from a new one."""
+    shared = MessageBuilder(SENDER)
+    shared.build(_digest([first], tokens), NOW)
+    return (
+        shared.build(_digest([second], tokens), NOW),
+        MessageBuilder(SENDER).build(_digest([second], tokens), NOW),
+    )
+
+
+@pytest.mark.parametrize("tokens", [False, True], ids=["plain", "reader links"])
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(PaperRow)])
+def test_rows_differing_in_any_field_never_share_a_block(name: str, tokens: bool) -> None:
+    changed = dataclasses.replace(ROW, **{name: _other(getattr(ROW, name))})
+    first = paper_view(ROW, 1.0, HITS, BASE)
+    second = paper_view(changed, 1.0, HITS, BASE)
+    cached, fresh = _cached_then_fresh(first, second, tokens)
+    assert cached == fresh
+
+
+def test_the_fields_a_block_shows_do_change_it() -> None:
+    """The check above is not empty: these fields of a row show in its block."""
+    before = MessageBuilder(SENDER).build(_digest([paper_view(ROW, 1.0, HITS, BASE)], True), NOW)
+    shown = ["key", "title", "abstract", "arxiv_id", "authors", "listing_date"]
+    for name in shown:
+        changed = dataclasses.replace(ROW, **{name: _other(getattr(ROW, name))})
+        view = paper_view(changed, 1.0, HITS, BASE)
+        assert MessageBuilder(SENDER).build(_digest([view], True), NOW) != before, name
+
+
+@pytest.mark.parametrize("tokens", [False, True], ids=["plain", "reader links"])
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(PaperView)])
+def test_views_differing_in_any_field_never_share_a_block(name: str, tokens: bool) -> None:
+    page, links = f"{BASE}/papers/x", TokenLinks(f"{BASE}/p?r=\x01token\x01", "m", "l")
+    view = dataclasses.replace(paper_view(ROW, 1.0, HITS, None), page_url=page, token_links=links)
+    changed = dataclasses.replace(view, **{name: _other(getattr(view, name))})
+    cached, fresh = _cached_then_fresh(view, changed, tokens)
+    assert cached == fresh
