@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
@@ -561,8 +561,10 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
         report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, dry_run=True)
     else:
         stop = threading.Event()
-        with hold_run_lock(settings), _stop_on_signals(stop):
-            report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, stop=stop)
+        with hold_run_lock(settings, stop=stop) as held, _stop_on_signals(stop):
+            report = run_cycle(
+                settings, ctx.engine, clock=ctx.clock, period=period, stop=stop, guard=held.check
+            )
     if args.json:
         ctx.emit_json({**report.as_json(), "warnings": warnings})
     else:
@@ -600,8 +602,8 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 
     def run_job() -> None:
         try:
-            with hold_run_lock(settings):
-                run_cycle(settings, engine, clock=ctx.clock, stop=stop)
+            with hold_run_lock(settings, stop=stop) as held:
+                run_cycle(settings, engine, clock=ctx.clock, stop=stop, guard=held.check)
         except AlreadyRunning as exc:
             log.warning("digest run skipped: %s", exc)
 
@@ -629,6 +631,36 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         stop_event=stop,
         last_period=lambda: last_run_period(engine),
     )
+
+
+def _positive(text: str) -> float:
+    """A number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
+
+
+def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
+    """Send the outbox, and plan on the schedule, until SIGTERM/SIGINT (then exit 0)."""
+    from digest.service.worker import run_worker
+
+    settings = ctx.settings
+    _log_setup(ctx, True)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        return run_worker(
+            settings,
+            ctx.engine,
+            clock=ctx.clock,
+            stop=stop,
+            lease=timedelta(seconds=args.lease),
+            every=timedelta(seconds=args.every),
+            plan=not args.no_plan,
+        )
 
 
 def cmd_web(args: argparse.Namespace, ctx: Context) -> int:
@@ -869,6 +901,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     command("web", cmd_web, "serve the web front alone until stopped (SIGTERM/SIGINT)")
+
+    sub = command(
+        "worker", cmd_worker, "send the outbox, and plan on the schedule, until stopped (SIGTERM)"
+    )
+    sub.add_argument(
+        "--no-plan", action="store_true", help="only send; another host plans (digest run, cron)"
+    )
+    sub.add_argument(
+        "--lease",
+        type=_positive,
+        default=300,
+        metavar="SECONDS",
+        help="how long this worker's claims hold without news from it (300)",
+    )
+    sub.add_argument(
+        "--every",
+        type=_positive,
+        default=30,
+        metavar="SECONDS",
+        help="how often an idle worker looks at the outbox again (30)",
+    )
 
     sub = command("status", cmd_status, "papers, subscribers, runs, outbox, sources, warnings")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
