@@ -660,6 +660,7 @@ def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
             lease=timedelta(seconds=args.lease),
             every=timedelta(seconds=args.every),
             plan=not args.no_plan,
+            batch=args.batch,
         )
 
 
@@ -921,6 +922,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=30,
         metavar="SECONDS",
         help="how often an idle worker looks at the outbox again (30)",
+    )
+    sub.add_argument(
+        "--batch",
+        type=int,
+        default=200,
+        metavar="N",
+        help="digests claimed at a time: smaller spreads a small outbox over more workers (200)",
     )
 
     sub = command("status", cmd_status, "papers, subscribers, runs, outbox, sources, warnings")

@@ -268,12 +268,22 @@ async def deliver(
             result.gave_up = reason
             log.warning("delivery stopped", extra={"reason": reason})
 
+    broken: list[BaseException] = []
+
     async def worker() -> None:
+        try:
+            await work()
+        except Exception as exc:
+            # The others finish the message in hand (and its mark) and take no more: a
+            # message handed over is never left unmarked behind an error of another's.
+            broken.append(exc)
+
+    async def work() -> None:
         while not queue.empty():
             if stop is not None and stop.is_set():
                 result.stopped = True
                 return
-            if result.gave_up:
+            if result.gave_up or broken:
                 return
             item = queue.get_nowait()
             try:
@@ -313,6 +323,8 @@ async def deliver(
 
     workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
     await asyncio.gather(*workers)
+    if broken:
+        raise broken[0]
     if judge is None:
         judging.finish()
     return result

@@ -305,6 +305,7 @@ async def deliver_outbox(
     stop: threading.Event | None,
     claim: Claim | None = None,
     own: bool = True,
+    batch: int = OUTBOX_BATCH,
 ) -> Delivered:
     """Send the outbox over the configured transport, as one of any number of senders
     (``claim``: who; a new name when None), and remember how it fared. ``own``: the sender
@@ -316,7 +317,9 @@ async def deliver_outbox(
             engine, claim.sender, host=socket.gethostname(), pid=os.getpid(), now=clock()
         )
     try:
-        total = await _send(settings, engine, transport, clock=clock, stop=stop, claim=claim)
+        total = await _send(
+            settings, engine, transport, clock=clock, stop=stop, claim=claim, batch=batch
+        )
     finally:
         if own:
             try:
@@ -350,6 +353,7 @@ async def _send(
     clock: Callable[[], datetime],
     stop: threading.Event | None,
     claim: Claim,
+    batch: int,
 ) -> Delivered:
     return await send_outbox(
         engine,
@@ -361,7 +365,7 @@ async def _send(
         concurrency=settings.smtp_connections,
         clock=clock,
         stop=stop,
-        batch=OUTBOX_BATCH,
+        batch=batch,
         claim=claim,
     )
 

@@ -14,6 +14,7 @@ from digest.service.cycle import interrupt_dead_runs
 from digest.service.runlock import lock_holder, uses_advisory_lock
 from digest.service.scheduler import crontab_trigger
 from digest.settings import Settings, link_warnings
+from digest.store import claims
 from digest.store.engine import reading
 from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason, recent_failures, transport_state
@@ -128,6 +129,7 @@ def collect_status(
         interrupted = set(unfinished)
         interrupt_dead_runs(engine, unfinished)
     mail = transport_state(engine, transport_label(settings.mail_transport))
+    senders = claims.senders(engine)
     waiting = outbox["pending"] + outbox["sending"]
     warnings = link_warnings(settings)
     if local.weekday() < 5 and new_today == 0 and papers:
@@ -206,6 +208,7 @@ def collect_status(
             "next_run": _iso(next_run),
         },
         "running": None if holder is None else holder.to_json(),
+        "senders": [sender.to_json(now) for sender in senders],
         "store_exists": store_exists,
         "transport": None
         if mail is None
@@ -232,6 +235,21 @@ def status_lines(data: dict[str, Any]) -> list[str]:
     if data["running"]:
         lines.append(
             f"running now: pid {data['running']['pid']} since {data['running']['started_at']}"
+        )
+    for sender in data.get("senders", []):
+        where = f"pid {sender['pid']} on {sender['host']}" if sender["pid"] else "gone"
+        heard = sender["heartbeat_age_s"]
+        lease = sender["lease_left_s"]
+        lines.append(
+            f"sender {sender['name']} ({where}): {sender['sent']} sent,"
+            f" {sender['claims']} claimed"
+            + (f", heard from {heard:.0f} s ago" if heard is not None else "")
+            + (
+                ""
+                if lease is None
+                else f", lease {'ends in' if lease >= 0 else 'ran out'} {abs(lease):.0f} s"
+                + ("" if lease >= 0 else " ago")
+            )
         )
     for run in data["runs"]:
         figures = run["figures"].get("digests", {})

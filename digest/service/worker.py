@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 
 from digest.deliver.send import Claim
 from digest.errors import AlreadyRunning, DigestError
-from digest.service.cycle import SEND_LEASE, deliver_outbox, new_claim, run_cycle
+from digest.service.cycle import OUTBOX_BATCH, SEND_LEASE, deliver_outbox, new_claim, run_cycle
 from digest.service.runlock import hold_run_lock
 from digest.service.scheduler import needs_catch_up
 from digest.settings import Settings
@@ -61,6 +61,7 @@ def run_worker(
     lease: timedelta = SEND_LEASE,
     every: timedelta = SEND_EVERY,
     plan: bool = True,
+    batch: int = OUTBOX_BATCH,
 ) -> int:
     """Send (and plan when due) until ``stop`` is set; returns 0. A failure of one pass (the
     database or the mail server away) is logged and the next pass tries again."""
@@ -75,7 +76,14 @@ def run_worker(
                 if not stop.is_set():
                     asyncio.run(
                         deliver_outbox(
-                            settings, engine, None, clock=clock, stop=stop, claim=claim, own=False
+                            settings,
+                            engine,
+                            None,
+                            clock=clock,
+                            stop=stop,
+                            claim=claim,
+                            own=False,
+                            batch=batch,
                         )
                     )
                 claims.heartbeat(engine, claim.sender, at=clock(), lease=lease)
