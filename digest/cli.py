@@ -618,8 +618,10 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     else:
         ensure_sample_subscribers(settings, ctx.engine, now=ctx.now())
         stop = threading.Event()
-        with hold_run_lock(settings), _stop_on_signals(stop):
-            report = run_cycle(settings, ctx.engine, clock=ctx.clock, period=period, stop=stop)
+        with hold_run_lock(settings, stop=stop) as held, _stop_on_signals(stop):
+            report = run_cycle(
+                settings, ctx.engine, clock=ctx.clock, period=period, stop=stop, guard=held.check
+            )
     if args.json:
         ctx.emit_json({**report.as_json(), "warnings": warnings})
     else:
@@ -668,8 +670,8 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 
     def run_job() -> None:
         try:
-            with hold_run_lock(settings):
-                run_cycle(settings, engine, clock=ctx.clock, stop=stop)
+            with hold_run_lock(settings, stop=stop) as held:
+                run_cycle(settings, engine, clock=ctx.clock, stop=stop, guard=held.check)
         except AlreadyRunning as exc:
             log.warning("digest run skipped: %s", exc)
 
@@ -697,6 +699,37 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         stop_event=stop,
         last_period=lambda: last_run_period(engine),
     )
+
+
+def _positive(text: str) -> float:
+    """A number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, not {text!r}")
+    return value
+
+
+def cmd_worker(args: argparse.Namespace, ctx: Context) -> int:
+    """Send the outbox, and plan on the schedule, until SIGTERM/SIGINT (then exit 0)."""
+    from digest.service.worker import run_worker
+
+    settings = ctx.settings
+    _log_setup(ctx, True)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        return run_worker(
+            settings,
+            ctx.engine,
+            clock=ctx.clock,
+            stop=stop,
+            lease=timedelta(seconds=args.lease),
+            every=timedelta(seconds=args.every),
+            plan=not args.no_plan,
+            batch=args.batch,
+        )
 
 
 def cmd_web(args: argparse.Namespace, ctx: Context) -> int:
@@ -1043,6 +1076,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("backup", cmd_backup, "copy the SQLite store to a new file, while it runs")
     sub.add_argument("file", metavar="FILE", help="the copy; must not exist yet")
     sub.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub = command(
+        "worker", cmd_worker, "send the outbox, and plan on the schedule, until stopped (SIGTERM)"
+    )
+    sub.add_argument(
+        "--no-plan", action="store_true", help="only send; another host plans (digest run, cron)"
+    )
+    sub.add_argument(
+        "--lease",
+        type=_positive,
+        default=300,
+        metavar="SECONDS",
+        help="how long this worker's claims hold without news from it (300)",
+    )
+    sub.add_argument(
+        "--every",
+        type=_positive,
+        default=30,
+        metavar="SECONDS",
+        help="how often an idle worker looks at the outbox again (30)",
+    )
+    sub.add_argument(
+        "--batch",
+        type=int,
+        default=200,
+        metavar="N",
+        help="digests claimed at a time: smaller spreads a small outbox over more workers (200)",
+    )
 
     sub = command("status", cmd_status, "papers, subscribers, runs, outbox, sources, warnings")
     sub.add_argument("--json", action="store_true", help="print one JSON object")

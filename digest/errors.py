@@ -71,6 +71,13 @@ class AlreadyRunning(DigestError):
     exit_code = 75  # EX_TEMPFAIL: "try again later"
 
 
+class LockLost(DigestError):
+    """The run lock went away under a run (its database connection was ended): the run
+    stopped; what it left is for the next run."""
+
+    exit_code = 75  # like AlreadyRunning: try again later, and the next run finishes the job
+
+
 class DeliveryError(DigestError):
     """A message could not be handed to the transport.
 

@@ -1,9 +1,14 @@
-"""Deliver the outbox: send every pending digest once, recording each as it goes.
+"""Deliver the outbox: send every pending digest once, from any number of senders.
 
-Each digest is marked ``sending`` before it is handed to the transport and
-``sent`` right after, each in its own short transaction. A run killed between
-the two leaves it ``sending``; the next run sends it again under the same
-Message-ID, which is the one duplicate a receiver may see and can drop.
+A sender claims a batch of digests (``store.claims``: an owner and a lease, so
+senders on other hosts take other digests), hands each to the transport, and
+marks it ``sent`` right after, only while its claim holds. The marks of the
+messages the sender's connections finish meanwhile are written together in one
+transaction (a group commit), and a connection takes its next digest only once
+the mark of its last one is written: a sender killed at any moment leaves at
+most one message per connection handed over and not marked. Another sender
+takes its digests when the lease runs out and sends that one again under the
+same Message-ID, which is the one duplicate a receiver may see and can drop.
 
 What a failure costs depends on whose it is. A 5xx bounces the address. A fault
 nobody is to blame for costs nothing: the transport failing (server down, login
@@ -36,10 +41,10 @@ from sqlalchemy.engine import Connection, Engine
 
 from digest.deliver.message import MessageBuilder
 from digest.deliver.transports import AddressError, Transport, TransportError
-from digest.errors import DeliveryError
+from digest.errors import DeliveryError, DigestError, StoreError
 from digest.present.paper import DigestView, PaperView, prepare
 from digest.present.views import Links, paper_view
-from digest.store import outbox, unsent
+from digest.store import claims, outbox, unsent
 from digest.store.engine import reading
 
 log = logging.getLogger("digest.deliver")
@@ -77,6 +82,7 @@ class Delivered:
     gave_up: str | None = None  # why the pass stopped early (the mail server is unreachable)
     transport_error: str | None = None  # the transport's own failure, when that was the reason
     last_error: str | None = None  # the last failure that left a digest pending
+    claims_lost: int = 0  # sent after its lease ran out and another sender took it
 
     def add(self, other: Delivered) -> None:
         """Fold the outcome of a later batch into this one."""
@@ -91,6 +97,7 @@ class Delivered:
         self.gave_up = self.gave_up or other.gave_up
         self.transport_error = self.transport_error or other.transport_error
         self.last_error = other.last_error or self.last_error
+        self.claims_lost += other.claims_lost
 
 
 def paper_views(
@@ -104,17 +111,8 @@ def paper_views(
     }
 
 
-def load_outbox(
-    engine: Engine,
-    links: Links,
-    *,
-    after: int = 0,
-    limit: int | None = None,
-    retried: bool | None = None,
-) -> list[Outgoing]:
-    """The digests still to send (pending, or caught mid-send by a crash) after digest id
-    ``after``, oldest first (``retried``: see ``outbox.load``)."""
-    rows = outbox.load(engine, after=after, limit=limit, retried=retried)
+def outgoing_of(engine: Engine, links: Links, rows: Sequence[outbox.OutboxRow]) -> list[Outgoing]:
+    """The claimed digests ``rows`` as the emails show them."""
     with reading(engine) as conn:
         papers = paper_views(conn, [r.digest_id for r in rows], links.base_url)
         conn.rollback()
@@ -130,6 +128,64 @@ def load_outbox(
         )
         outgoing.append(Outgoing(row.digest_id, row.subscriber_id, row.email, view, row.retried))
     return outgoing
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Who sends (a name unique to this sender) and how long its claims hold unrenewed."""
+
+    sender: str
+    lease: timedelta
+
+
+class Marks:
+    """Sent marks written in groups: a connection that finished a message waits for its
+    mark, and every mark that came in meanwhile goes into the same transaction."""
+
+    def __init__(self, engine: Engine, claim: Claim, clock: Callable[[], datetime]) -> None:
+        self.engine = engine
+        self.claim = claim
+        self.clock = clock
+        self.waiting: list[tuple[int, asyncio.Future[bool]]] = []
+        self.writer: asyncio.Task[None] | None = None
+
+    async def sent(self, digest_id: int) -> bool:
+        """Mark the digest sent once the group is written; False when the claim was lost."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.waiting.append((digest_id, done))
+        if self.writer is None:
+            self.writer = asyncio.create_task(self._write())
+        return await done
+
+    async def _write(self) -> None:
+        try:
+            while self.waiting:
+                await asyncio.sleep(0)  # the connections answered by now join this group
+                group, self.waiting = self.waiting, []
+                try:
+                    marked = self._mark([digest_id for digest_id, _ in group])
+                except DigestError as exc:
+                    for _, done in group:
+                        done.set_exception(exc)
+                    continue
+                for digest_id, done in group:
+                    done.set_result(digest_id in marked)
+        finally:
+            self.writer = None
+
+    def _mark(self, ids: list[int]) -> set[int]:
+        for attempt in (1, 2):
+            try:
+                return claims.mark_sent(
+                    self.engine, self.claim.sender, ids, at=self.clock(), lease=self.claim.lease
+                )
+            except StoreError as exc:
+                # The connection was lost (a restarted server, a proxy dropping it): the pool
+                # opens another, and the mark is written again (it is idempotent).
+                if attempt == 2:
+                    raise
+                log.warning("writing sent marks again", extra={"error": str(exc)})
+        raise AssertionError("unreachable")
 
 
 class Judge:
@@ -195,11 +251,12 @@ async def deliver(
     sender_addr: str,
     clock: Callable[[], datetime],
     concurrency: int = 4,
+    marks: Marks,
     stop: threading.Event | None = None,
     judge: Judge | None = None,
 ) -> Delivered:
-    """Send each digest once, ``concurrency`` at a time; stops taking new ones when ``stop`` is
-    set. ``judge``: the pass this batch is part of (alone: a pass of its own)."""
+    """Send each claimed digest once, ``concurrency`` at a time; stops taking new ones when
+    ``stop`` is set. ``judge``: the pass this batch is part of (alone: a pass of its own)."""
     result = Delivered() if judge is None else judge.result
     judging = judge or Judge(engine, result, clock)
     prepare(paper for item in outgoing for paper in item.view.papers)
@@ -212,12 +269,22 @@ async def deliver(
             result.gave_up = reason
             log.warning("delivery stopped", extra={"reason": reason})
 
+    broken: list[BaseException] = []
+
     async def worker() -> None:
+        try:
+            await work()
+        except Exception as exc:
+            # The others finish the message in hand (and its mark) and take no more: a
+            # message handed over is never left unmarked behind an error of another's.
+            broken.append(exc)
+
+    async def work() -> None:
         while not queue.empty():
             if stop is not None and stop.is_set():
                 result.stopped = True
                 return
-            if result.gave_up:
+            if result.gave_up or broken:
                 return
             item = queue.get_nowait()
             try:
@@ -225,7 +292,6 @@ async def deliver(
             except (ValueError, UnicodeError) as exc:  # an address no message can carry
                 _set_aside(engine, item, str(exc), result)
                 continue
-            outbox.mark_sending(engine, item.digest_id)
             try:
                 await transport.send(sender_addr, item.email, raw, item.view.message_id)
             except TransportError as exc:
@@ -247,13 +313,19 @@ async def deliver(
                     if judging.outage:
                         give_up(judging.outage)
                 continue
-            outbox.mark_sent(engine, item.digest_id, clock())
+            if not await marks.sent(item.digest_id):
+                # its lease ran out and another sender took it: that one marks it
+                result.claims_lost += 1
+                log.warning("claim lost", extra={"email": item.email, "digest": item.digest_id})
+                continue
             result.sent += 1
             result.sent_to.add(item.subscriber_id)
             judging.accepted()
 
     workers = [asyncio.create_task(worker()) for _ in range(max(1, concurrency))]
     await asyncio.gather(*workers)
+    if broken:
+        raise broken[0]
     if judge is None:
         judging.finish()
     return result
@@ -271,18 +343,31 @@ async def send_outbox(
     clock: Callable[[], datetime],
     stop: threading.Event | None,
     batch: int,
+    claim: Claim,
 ) -> Delivered:
-    """Send the whole outbox, ``batch`` digests at a time (memory stays flat), over one
-    transport (its connections are reused throughout): ``transport``, or one opened (and
-    closed) here only when something is to be sent."""
+    """Send the outbox, claiming ``batch`` digests at a time (memory stays flat; other
+    senders take others), over one transport (its connections are reused throughout):
+    ``transport``, or one opened (and closed) here only when something is to be sent.
+    Digests claimed and not sent are given back when the pass ends."""
     total = Delivered(withdrawn=outbox.withdraw_unwanted(engine))
     judge = Judge(engine, total, clock)
+    marks = Marks(engine, claim, clock)
     active: Transport | None = None
     tried: set[int] = set()  # fresh digests that failed are retried ones now: not twice a pass
     try:
         for retried in (False, True):  # the fresh first, then those tried before
             after = 0
-            while rows := load_outbox(engine, links, after=after, limit=batch, retried=retried):
+            while not (stop is not None and stop.is_set()) and (
+                rows := claims.claim(
+                    engine,
+                    claim.sender,
+                    now=clock(),
+                    lease=claim.lease,
+                    after=after,
+                    limit=batch,
+                    retried=retried,
+                )
+            ):
                 after = rows[-1].digest_id
                 waiting = [row for row in rows if row.digest_id not in tried]
                 tried.update(row.digest_id for row in waiting)
@@ -292,22 +377,36 @@ async def send_outbox(
                     active = open_transport() if transport is None else transport
                 await deliver(
                     engine,
-                    waiting,
+                    outgoing_of(engine, links, waiting),
                     builder,
                     active,
                     sender_addr=sender_addr,
                     clock=clock,
                     concurrency=concurrency,
+                    marks=marks,
                     stop=stop,
                     judge=judge,
                 )
                 if total.stopped or total.gave_up:
                     return total
+            if stop is not None and stop.is_set():
+                total.stopped = True
+                return total
     finally:
         judge.finish()
         if active is not None and transport is None:
             await active.close()
+        _give_back(engine, claim.sender)
     return total
+
+
+def _give_back(engine: Engine, sender: str) -> None:
+    """What this pass claimed and did not send goes back to every sender at once; when the
+    database cannot be reached, the claims run out by themselves."""
+    try:
+        claims.release(engine, sender)
+    except DigestError as exc:
+        log.warning("claims left to run out", extra={"error": str(exc)})
 
 
 def _set_aside(engine: Engine, item: Outgoing, reason: str, result: Delivered) -> None:

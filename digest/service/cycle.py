@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import secrets
+import socket
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -23,11 +26,13 @@ from digest.clock import period_of
 from digest.deliver.message import MessageBuilder
 from digest.deliver.plan import plan_owed, record_plans
 from digest.deliver.send import (
+    Claim,
     Delivered,
     record_transport,
     send_outbox,
 )
 from digest.deliver.transports import Transport, transport_label
+from digest.errors import DigestError
 from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
@@ -35,11 +40,12 @@ from digest.logs import run_context
 from digest.present.views import ranked_views
 from digest.service.keys import site_keys
 from digest.service.leaving import Copies, sweep_mail_files
+from digest.service.runlock import process_alive
 from digest.service.subscriptions import checked, upsert_subscriber
 from digest.service.wiring import links_of, sender_of, transport_of
 from digest.settings import Settings
-from digest.store import runs
-from digest.store.engine import reading, transaction, write_lock
+from digest.store import claims, runs
+from digest.store.engine import plan_lock, reading, transaction
 from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason
 from digest.store.papers import index_papers
@@ -48,7 +54,15 @@ from digest.tokens import message_id
 
 log = logging.getLogger("digest.run")
 
-OUTBOX_BATCH = 1_000  # digests loaded and sent at a time
+OUTBOX_BATCH = 1_000  # digests claimed and sent at a time
+# How long a sender's claims hold without news from it: long enough for the slowest message
+# (a mail server's timeouts and retries); a sender that died leaves its digests this long.
+SEND_LEASE = timedelta(minutes=5)
+
+
+def new_claim(lease: timedelta = SEND_LEASE) -> Claim:
+    """A sender's name, unique among every host's (host, pid and a random tail), and lease."""
+    return Claim(f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}", lease)
 
 
 @dataclass
@@ -169,8 +183,16 @@ def run_cycle(
     transport: Transport | None = None,
     stop: threading.Event | None = None,
     fetch: bool = True,
+    guard: Callable[[], None] | None = None,
+    send: bool = True,
+    claim: Claim | None = None,
 ) -> RunReport:
-    """Run one whole cycle for ``period`` (default: today in the configured zone)."""
+    """Run one whole cycle for ``period`` (default: today in the configured zone).
+
+    ``guard`` raises when the run lock was lost (``LockInfo.check``): the run then stops
+    before its next step. ``send`` False: plan only (ingest, compose, the public feed) and
+    leave the outbox to the senders."""
+    check = guard or (lambda: None)
     now = clock()
     period = period or period_of(now, settings.tz)
     if dry_run:
@@ -194,8 +216,11 @@ def run_cycle(
             with transaction(engine) as conn:
                 index_papers(conn)
             key = site_keys(settings, engine, now).signing
+            check()
             with transaction(engine) as conn:
-                write_lock(conn)  # the write lock first: no ingest commits under us
+                # the planners' lock first: no ingest commits under us, and a planner on
+                # another host waits, then finds these readers served
+                plan_lock(conn)
                 composed_at = clock()  # "new" goes by ingest sequence, not by this
                 plans = plan_owed(conn, period=period, take_in=True, news_days=settings.news_days)
                 report.composed = record_plans(
@@ -208,13 +233,16 @@ def run_cycle(
                     run_id=run_id,
                 )
             log.info("composed", extra={"composed": report.composed})
-            report.delivered = asyncio.run(
-                deliver_outbox(settings, engine, transport, clock=clock, stop=stop)
-            )
-            log.info(
-                "delivered",
-                extra={"sent": report.delivered.sent, "failed": report.delivered.failed},
-            )
+            check()
+            if send:
+                report.delivered = asyncio.run(
+                    deliver_outbox(settings, engine, transport, clock=clock, stop=stop, claim=claim)
+                )
+                log.info(
+                    "delivered",
+                    extra={"sent": report.delivered.sent, "failed": report.delivered.failed},
+                )
+                check()
             report.feeds = publish_site_feeds(
                 settings, engine, now=clock(), changed=report.delivered.sent_to
             )
@@ -251,9 +279,59 @@ async def deliver_outbox(
     *,
     clock: Callable[[], datetime],
     stop: threading.Event | None,
+    claim: Claim | None = None,
+    own: bool = True,
+    batch: int = OUTBOX_BATCH,
 ) -> Delivered:
-    """Send the whole outbox over the configured transport and remember how it fared."""
-    total = await send_outbox(
+    """Send the outbox over the configured transport, as one of any number of senders
+    (``claim``: who; a new name when None), and remember how it fared. ``own``: the sender
+    is registered for this pass alone (a worker registers itself once for all its passes)."""
+    claim = claim or new_claim()
+    free_dead_senders(engine)
+    if own:
+        claims.register(
+            engine, claim.sender, host=socket.gethostname(), pid=os.getpid(), now=clock()
+        )
+    try:
+        total = await _send(
+            settings, engine, transport, clock=clock, stop=stop, claim=claim, batch=batch
+        )
+    finally:
+        if own:
+            try:
+                claims.unregister(engine, claim.sender)
+            except DigestError as exc:  # the database is away: the row ages out
+                log.warning("sender left registered", extra={"error": str(exc)})
+    record_transport(engine, transport_label(settings.mail_transport), total, clock())
+    return total
+
+
+def free_dead_senders(engine: Engine) -> int:
+    """Give back at once the claims of senders on this host whose process is gone (a run
+    killed with -9): no need to wait out their lease. Returns how many senders."""
+    host = socket.gethostname()
+    freed = 0
+    for name in claims.holders(engine):
+        parts = name.rsplit(":", 2)
+        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+            continue
+        if int(parts[1]) != os.getpid() and not process_alive(int(parts[1])):
+            claims.release(engine, name)
+            freed += 1
+    return freed
+
+
+async def _send(
+    settings: Settings,
+    engine: Engine,
+    transport: Transport | None,
+    *,
+    clock: Callable[[], datetime],
+    stop: threading.Event | None,
+    claim: Claim,
+    batch: int,
+) -> Delivered:
+    return await send_outbox(
         engine,
         transport,
         MessageBuilder(sender_of(settings)),
@@ -263,10 +341,9 @@ async def deliver_outbox(
         concurrency=settings.smtp_connections,
         clock=clock,
         stop=stop,
-        batch=OUTBOX_BATCH,
+        batch=batch,
+        claim=claim,
     )
-    record_transport(engine, transport_label(settings.mail_transport), total, clock())
-    return total
 
 
 def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime) -> RunReport:

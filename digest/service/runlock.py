@@ -9,32 +9,76 @@ holds the old one.
 
 With a server database (PostgreSQL) runs may start on several hosts that share
 no file system, so the lock is a session advisory lock in the database, held by
-a connection kept open for the whole run.
+a connection kept open for the whole run. That connection can be ended under the
+run (a failover, a proxy dropping idle connections, ``idle_session_timeout``,
+``pg_terminate_backend``), and the lock with it: so a watcher queries it every
+``GUARD_CHECK_SECONDS`` (which also keeps it from ever looking idle), and when it
+is gone sets the run's stop event; the run stops between two messages and ends
+with ``LockLost``. What stays exactly-once does not hang on this lock: planning
+takes a transaction-scoped lock of its own (``store.engine.plan_lock``) and
+sending claims each digest (``store.claims``); the run lock only keeps a second
+run from doing the same work, and names the holder.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import socket
+import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from digest.errors import AlreadyRunning, WriteError
+from digest.errors import AlreadyRunning, LockLost, WriteError
 from digest.files import make_folder
 from digest.settings import Settings
-from digest.store.engine import advisory_lock
+from digest.store.engine import HeldLock, advisory_lock
+
+log = logging.getLogger("digest.run")
 
 LOCK_NAME = "digest.lock"
 # A fixed 63-bit key for pg_try_advisory_lock, derived from a name so it is easy to find in
 # pg_locks and unlikely to collide with another application's keys.
 ADVISORY_KEY = zlib.crc32(b"digest.run") << 16 | 0x6467
+GUARD_CHECK_SECONDS = 1.0
+
+
+class Watch:
+    """Watches a held advisory lock from a thread of its own; ``lost`` says why it went."""
+
+    def __init__(self, held: HeldLock, stop: threading.Event | None, every: float) -> None:
+        self.held = held
+        self.stop = stop
+        self.every = every
+        self.lost: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="run-lock-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.wait(self.every):
+            reason = self.held.check()
+            if reason is not None:
+                self.lost = reason
+                log.info("run lock lost", extra={"error": reason})
+                if self.stop is not None:
+                    self.stop.set()
+                return
+
+    def end(self) -> None:
+        """Stop watching and unlock; a lock whose connection is gone is released already,
+        which is said in the log, never raised."""
+        self._done.set()
+        self._thread.join()
+        if self.lost is None and (reason := self.held.release()) is not None:
+            log.info("run lock went with its connection", extra={"error": reason})
 
 
 @dataclass(frozen=True)
@@ -44,6 +88,16 @@ class LockInfo:
     pid: int | None
     host: str
     started_at: datetime | None
+    watch: Watch | None = field(default=None, compare=False, repr=False)
+
+    def check(self) -> None:
+        """Raise ``LockLost`` when the lock went away under the holder (it cannot with a
+        file lock: the kernel holds it as long as the process)."""
+        if self.watch is not None and self.watch.lost is not None:
+            raise LockLost(
+                f"the run lock was lost with its database connection ({self.watch.lost});"
+                " stopped; the next run sends what is left"
+            )
 
     def describe(self) -> str:
         """``pid N`` (with the host when it is another machine), or ``pid unknown``."""
@@ -125,14 +179,18 @@ def _file_lock(path: Path) -> Iterator[LockInfo]:
 
 
 @contextmanager
-def _advisory_lock(database_url: str) -> Iterator[LockInfo]:
-    info = LockInfo(pid=os.getpid(), host=socket.gethostname(), started_at=datetime.now(UTC))
+def _advisory_lock(database_url: str, stop: threading.Event | None) -> Iterator[LockInfo]:
+    pid, host = os.getpid(), socket.gethostname()
     # The session's name is how a loser learns the holder's pid and host.
-    label = f"digest run pid={info.pid} host={info.host}"[:63]
-    with advisory_lock(database_url, ADVISORY_KEY, label) as holder:
-        if holder is not None:
-            raise _busy(_holder_of(holder))
-        yield info
+    label = f"digest run pid={pid} host={host}"[:63]
+    with advisory_lock(database_url, ADVISORY_KEY, label) as held:
+        if isinstance(held, str):
+            raise _busy(_holder_of(held))
+        watch = Watch(held, stop, GUARD_CHECK_SECONDS)
+        try:
+            yield LockInfo(pid=pid, host=host, started_at=datetime.now(UTC), watch=watch)
+        finally:
+            watch.end()
 
 
 def _holder_of(label: str) -> LockInfo:
@@ -151,17 +209,21 @@ def uses_advisory_lock(database_url: str) -> bool:
 
 @contextmanager
 def hold_run_lock(
-    settings_or_path: Settings | str | os.PathLike[str], database_url: str | None = None
+    settings_or_path: Settings | str | os.PathLike[str],
+    database_url: str | None = None,
+    *,
+    stop: threading.Event | None = None,
 ) -> Iterator[LockInfo]:
     """Hold the run lock for the block, or raise ``AlreadyRunning`` at once if someone has it.
 
     ``settings_or_path`` is the settings, a lock file, or the data folder. ``database_url``
-    defaults to the settings' one; a PostgreSQL URL selects the advisory lock.
+    defaults to the settings' one; a PostgreSQL URL selects the advisory lock, which sets
+    ``stop`` if it is lost under the block (``LockInfo.check`` then raises ``LockLost``).
     """
     if database_url is None and isinstance(settings_or_path, Settings):
         database_url = settings_or_path.database_url
     if database_url and uses_advisory_lock(database_url):
-        with _advisory_lock(database_url) as info:
+        with _advisory_lock(database_url, stop) as info:
             yield info
     else:
         with _file_lock(_lock_file_of(settings_or_path)) as info:
@@ -179,12 +241,13 @@ def lock_holder(settings_or_path: Settings | str | os.PathLike[str]) -> LockInfo
     if not text.strip():
         return None  # released cleanly: the holder empties the file before unlocking
     info = _parse_info(text)
-    if info.pid is not None and info.host == socket.gethostname() and not _alive(info.pid):
+    if info.pid is not None and info.host == socket.gethostname() and not process_alive(info.pid):
         return None  # the holder died; the kernel already dropped its lock
     return info
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -13,6 +13,7 @@ from digest.cron import crontab_trigger
 from digest.deliver.transports import transport_label
 from digest.service.runlock import lock_holder, uses_advisory_lock
 from digest.settings import Settings, link_warnings
+from digest.store import claims
 from digest.store.engine import reading, store_label
 from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason, recent_failures, transport_state
@@ -129,6 +130,7 @@ def collect_status(
         # Nobody holds the lock, yet these say "running": their process died (kill -9).
         interrupted = set(unfinished)
         interrupt_dead(engine, unfinished)
+    senders = claims.senders(engine)
     warnings = link_warnings(settings)
     if local.weekday() < 5 and new_today == 0 and papers:
         warnings.append("no new papers in the last 24 hours on a weekday")
@@ -178,6 +180,7 @@ def collect_status(
             "next_run": _iso(next_run),
         },
         "running": None if holder is None else holder.to_json(),
+        "senders": [sender.to_json(now) for sender in senders],
         "store_exists": store_exists,
         "transport": None if mail is None else _transport_json(mail),
         "warnings": warnings,
@@ -257,6 +260,21 @@ def status_lines(data: dict[str, Any]) -> list[str]:
     if data["running"]:
         lines.append(
             f"running now: pid {data['running']['pid']} since {data['running']['started_at']}"
+        )
+    for sender in data.get("senders", []):
+        where = f"pid {sender['pid']} on {sender['host']}" if sender["pid"] else "gone"
+        heard = sender["heartbeat_age_s"]
+        lease = sender["lease_left_s"]
+        lines.append(
+            f"sender {sender['name']} ({where}): {sender['sent']} sent,"
+            f" {sender['claims']} claimed"
+            + (f", heard from {heard:.0f} s ago" if heard is not None else "")
+            + (
+                ""
+                if lease is None
+                else f", lease {'ends in' if lease >= 0 else 'ran out'} {abs(lease):.0f} s"
+                + ("" if lease >= 0 else " ago")
+            )
         )
     for run in data["runs"]:
         figures = run["figures"].get("digests", {})

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -139,9 +140,25 @@ def make_engine(url: str) -> Engine:
 
         return engine
     try:
-        return sa.create_engine(url, pool_pre_ping=True)
+        # named, so an operator (or a test) finds this process's connections in pg_stat_activity
+        args = (
+            {"application_name": f"digest pid={os.getpid()}"} if url.startswith("postgres") else {}
+        )
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args=args)
     except (SQLAlchemyError, ImportError) as exc:
         raise StoreError(f"cannot use database_url: {type(exc).__name__}") from None
+
+    @sa.event.listens_for(engine, "handle_error", retval=True)
+    def _on_server_error(context: ExceptionContext) -> BaseException | None:
+        # A connection the server ended (a restart, pg_terminate_backend, idle_session_timeout)
+        # is the machine's failure, told in one line; the pool opens a new one next time.
+        if context.is_disconnect and not context.is_pre_ping:
+            return StoreError(
+                f"the database connection was lost: {_one_line(context.original_exception)}"
+            )
+        return None
+
+    return engine
 
 
 def _prepare_file(path: Path) -> None:
@@ -299,11 +316,47 @@ def feed_authority(engine: Engine, host: str) -> str:
     return str(found)
 
 
+class HeldLock:
+    """A PostgreSQL session advisory lock held on a connection of its own."""
+
+    def __init__(self, conn: Connection, key: int) -> None:
+        self.conn = conn
+        self.key = key
+
+    def check(self) -> str | None:
+        """None while the lock is still held; else why it is not (its connection was lost).
+
+        The lock lives exactly as long as its session: a query that goes through proves the
+        session, and so the lock, is still there (and keeps it from looking idle).
+        """
+        try:
+            self.conn.execute(sa.text("SELECT 1")).scalar()
+            self.conn.commit()
+        except (SQLAlchemyError, OSError) as exc:
+            return _one_line(exc)
+        return None
+
+    def release(self) -> str | None:
+        """Unlock; never raises: None when done, else why it could not be (a lost connection
+        released the lock already)."""
+        try:
+            self.conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+            self.conn.commit()
+        except (SQLAlchemyError, OSError) as exc:
+            return _one_line(exc)
+        return None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(getattr(exc, "orig", None) or exc).split())
+    return text[:300]
+
+
 @contextmanager
-def advisory_lock(database_url: str, key: int, label: str) -> Iterator[str | None]:
+def advisory_lock(database_url: str, key: int, label: str) -> Iterator[HeldLock | str]:
     """Hold PostgreSQL's session advisory lock ``key`` from a connection of its own named
-    ``label``; yields None while it is held, or, when another session holds it, that session's
-    name (and holds nothing)."""
+    ``label``; yields the held lock, or, when another session holds it, that session's name
+    (and holds nothing)."""
     try:
         engine = sa.create_engine(
             database_url, poolclass=sa.pool.NullPool, connect_args={"application_name": label}
@@ -312,29 +365,48 @@ def advisory_lock(database_url: str, key: int, label: str) -> Iterator[str | Non
     except (SQLAlchemyError, ImportError) as exc:
         raise StoreError(f"cannot reach the database to take the run lock: {exc}") from None
     try:
-        got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
-        if not got:
-            row = conn.execute(
-                sa.text(
-                    "SELECT a.application_name FROM pg_locks l"
-                    " JOIN pg_stat_activity a ON a.pid = l.pid"
-                    " WHERE l.locktype = 'advisory' AND l.granted"
-                    " AND l.objsubid = 1 AND (l.classid::bigint << 32 | l.objid::bigint) = :key"
-                ),
-                {"key": key},
-            ).first()
-            conn.rollback()
-            yield str(row[0] if row else "")
-            return
-        conn.commit()  # the lock is session-level; no transaction stays open all run
         try:
-            yield None
-        finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-            conn.commit()
+            got = conn.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar()
+            if not got:
+                row = conn.execute(
+                    sa.text(
+                        "SELECT a.application_name FROM pg_locks l"
+                        " JOIN pg_stat_activity a ON a.pid = l.pid"
+                        " WHERE l.locktype = 'advisory' AND l.granted"
+                        " AND l.objsubid = 1"
+                        " AND (l.classid::bigint << 32 | l.objid::bigint) = :key"
+                    ),
+                    {"key": key},
+                ).first()
+                conn.rollback()
+                yield str(row[0] if row else "")
+                return
+            conn.commit()  # the lock is session-level; no transaction stays open all run
+        except OperationalError as exc:
+            raise StoreError(f"cannot take the run lock: {_one_line(exc)}") from None
+        yield HeldLock(conn, key)
     finally:
-        conn.close()
+        with suppress(SQLAlchemyError, OSError):  # a lost connection has nothing to close
+            conn.close()
         engine.dispose()
+
+
+# The planners' lock (pg_advisory_xact_lock): a 63-bit key derived from a name, like the run's.
+PLAN_KEY = zlib.crc32(b"digest.plan") << 16 | 0x6467
+
+
+def plan_lock(conn: Connection) -> None:
+    """Make this transaction the only one planning the outbox until it ends.
+
+    On PostgreSQL a transaction-scoped advisory lock: it goes with the transaction's commit,
+    rollback or lost connection, so it can never outlive the writes it guards, and a planner
+    that waited for it reads what the one before it wrote (one digest per reader and
+    period). On SQLite the write lock (``BEGIN IMMEDIATE``) does the same.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": PLAN_KEY})
+    else:
+        write_lock(conn)
 
 
 def insert_or_skip(conn: Connection, table: sa.Table) -> Any:

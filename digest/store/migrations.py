@@ -362,6 +362,28 @@ def _v13_digest_hour(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE subscriber ADD COLUMN digest_hour INTEGER"))
 
 
+def _v14_outbox_claims(conn: Connection) -> None:
+    """The outbox as a queue: who claimed a digest to send it and until when
+    (``claimed_by``, ``claimed_until``), and the senders at work with their heartbeat."""
+    moment = sa.DateTime(timezone=True).compile(dialect=conn.dialect)
+    conn.execute(sa.text("ALTER TABLE digest ADD COLUMN claimed_by VARCHAR"))
+    conn.execute(sa.text(f"ALTER TABLE digest ADD COLUMN claimed_until {moment}"))
+    # what a claim looks for: waiting digests, oldest first
+    conn.execute(sa.text("CREATE INDEX ix_digest_status_id ON digest (status, id)"))
+    meta = sa.MetaData()
+    sa.Table(
+        "sender",
+        meta,
+        sa.Column("name", sa.String, primary_key=True),
+        sa.Column("host", sa.String, nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("sent", sa.Integer, nullable=False),
+    )
+    meta.create_all(conn)
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
@@ -376,6 +398,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v11_ended_feeds,
     _v12_site_keys_and_counters,
     _v13_digest_hour,
+    _v14_outbox_claims,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -117,6 +117,8 @@ class Digest(SQLModel, table=True):
     created_at: datetime
     sent_at: datetime | None = None
     run_id: int | None = Field(default=None, foreign_key="run.id")
+    claimed_by: str | None = None  # the sender sending it (and, once sent, that sent it)
+    claimed_until: datetime | None = None  # the claim's lease: others may take it after
 
 
 class DigestItem(SQLModel, table=True):

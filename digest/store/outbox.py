@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
 from digest.clock import as_utc
-from digest.store.engine import reading, transaction
+from digest.store.engine import insert_or_skip, reading, transaction
 from digest.store.models import Digest, DigestItem, Paper, Subscriber, TransportState
 from digest.store.papers import PaperRow, paper_columns, reader
 from digest.store.unsent import Carried
@@ -390,10 +390,19 @@ def record_transport(
         ).first()
         if gave_up:
             values["failing_since"] = since.failing_since if since and since.failing_since else now
-        if since is None:
-            conn.execute(sa.insert(_TRANSPORT).values(transport=label, **values))
-        else:
+        if since is not None:
             conn.execute(sa.update(_TRANSPORT).where(_TRANSPORT.c.id == since.id).values(**values))
+            return
+        # senders on other hosts may record the same transport's first pass at once
+        made = conn.execute(
+            insert_or_skip(conn, _TRANSPORT)
+            .values(transport=label, **values)
+            .on_conflict_do_nothing(index_elements=[_TRANSPORT.c.transport])
+        )
+        if not made.rowcount:
+            conn.execute(
+                sa.update(_TRANSPORT).where(_TRANSPORT.c.transport == label).values(**values)
+            )
 
 
 def transport_state(conn: Connection, label: str) -> dict[str, Any] | None:

@@ -1,0 +1,276 @@
+"""The outbox as a queue: senders on any host claim digests, send them, and mark them sent.
+
+A sender claims a batch of waiting digests in one transaction: it picks them with
+``FOR UPDATE SKIP LOCKED`` on PostgreSQL (two senders never wait on, nor take, the same
+rows; SQLite has one writer at a time and needs no such clause), and stamps them
+``sending`` with its name (``claimed_by``) and a lease (``claimed_until``). Another
+sender takes a digest only once its lease has run out, so a sender that dies leaves its
+digests to the others after at most one lease.
+
+A digest is marked sent only while its claim holds (``claimed_by`` is still the sender):
+a sender that lost a claim (its lease ran out and another took the digest) learns it from
+the rows its mark did not touch, and the digest is never marked twice. Marks are written
+in groups, one transaction for every message the sender's connections finished meanwhile,
+and each group renews the sender's remaining leases.
+
+``sender`` holds one row per sender at work, with its heartbeat, for ``digest status``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlmodel import col
+
+from digest.clock import as_utc
+from digest.store.engine import reading, transaction
+from digest.store.models import Digest, Subscriber
+from digest.store.outbox import OutboxRow
+
+_WAITING = ("pending", "sending")
+_SENDER = sa.table(
+    "sender",
+    sa.column("name", sa.String),
+    sa.column("host", sa.String),
+    sa.column("pid", sa.Integer),
+    sa.column("started_at", sa.DateTime(timezone=True)),
+    sa.column("seen_at", sa.DateTime(timezone=True)),
+    sa.column("sent", sa.Integer),
+)
+FORGET_SENDERS_AFTER = timedelta(days=1)  # a sender silent this long died: its row goes
+
+
+def claim(
+    engine: Engine,
+    sender: str,
+    *,
+    now: datetime,
+    lease: timedelta,
+    after: int = 0,
+    limit: int,
+    retried: bool | None = None,
+) -> list[OutboxRow]:
+    """Claim up to ``limit`` waiting digests of active subscribers after digest id ``after``,
+    oldest first, for ``sender`` until ``now + lease``: those nobody holds, those whose lease
+    ran out, and the sender's own. ``retried``: as in ``outbox.load``."""
+    now = as_utc(now, naive="refuse")
+    free = sa.or_(
+        col(Digest.claimed_until).is_(None),
+        col(Digest.claimed_until) < now,
+        col(Digest.claimed_by) == sender,
+    )
+    query: Any = (
+        sa.select(col(Digest.id))
+        .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+        .where(
+            col(Digest.status).in_(_WAITING),
+            col(Subscriber.status) == "active",
+            col(Digest.id) > after,
+            free,
+        )
+        .order_by(col(Digest.id))
+        .limit(limit)
+        # OF digest: the subscriber rows stay free for the web front's writes
+        .with_for_update(skip_locked=True, of=Digest)
+    )
+    if retried is not None:
+        tried = col(Digest.last_error).is_not(None)
+        query = query.where(tried if retried else sa.not_(tried))
+    with transaction(engine) as conn:
+        ids = [row[0] for row in conn.execute(query)]
+        if not ids:
+            return []
+        conn.execute(
+            sa.update(Digest)
+            .where(col(Digest.id).in_(ids))
+            .values(status="sending", claimed_by=sender, claimed_until=now + lease)
+        )
+        rows: Any = conn.execute(
+            sa.select(
+                col(Digest.id),
+                col(Digest.period),
+                col(Digest.message_id),
+                col(Subscriber.id),
+                col(Subscriber.email),
+                col(Subscriber.token_salt),
+                col(Digest.last_error).is_not(None),
+            )
+            .join(Subscriber, col(Subscriber.id) == col(Digest.subscriber_id))
+            .where(col(Digest.id).in_(ids))
+            .order_by(col(Digest.id))
+        ).all()
+    return [
+        OutboxRow(
+            digest_id=row[0],
+            period=row[1],
+            message_id=row[2],
+            subscriber_id=row[3],
+            email=row[4],
+            token_salt=row[5],
+            retried=bool(row[6]),
+        )
+        for row in rows
+    ]
+
+
+def mark_sent(
+    engine: Engine,
+    sender: str,
+    digest_ids: Collection[int],
+    *,
+    at: datetime,
+    lease: timedelta,
+) -> set[int]:
+    """Mark these digests sent where ``sender`` still holds them, and renew its other
+    claims' leases, in one transaction; returns the ids marked (the others' claims were lost).
+
+    The sender's name stays on a sent digest: it says who sent it, and a mark written again
+    (its first commit's answer was lost with the connection) finds the row still its own.
+    """
+    at = as_utc(at, naive="refuse")
+    ids = sorted(digest_ids)
+    with transaction(engine) as conn:
+        marked: set[int] = set()
+        if ids:
+            mine = col(Digest.claimed_by) == sender
+            found: Any = conn.execute(
+                sa.select(col(Digest.id)).where(
+                    col(Digest.id).in_(ids), mine, col(Digest.status).in_((*_WAITING, "sent"))
+                )
+            )
+            marked = {int(row[0]) for row in found}
+            if marked:
+                conn.execute(
+                    sa.update(Digest)
+                    .where(col(Digest.id).in_(marked), col(Digest.status) != "sent")
+                    .values(
+                        status="sent",
+                        sent_at=at,
+                        last_error=None,
+                        claimed_until=None,
+                        attempts=col(Digest.attempts) + 1,
+                    )
+                )
+        conn.execute(
+            sa.update(Digest)
+            .where(col(Digest.claimed_by) == sender, col(Digest.status) == "sending")
+            .values(claimed_until=at + lease)
+        )
+        conn.execute(
+            sa.update(_SENDER)
+            .where(_SENDER.c.name == sender)
+            .values(seen_at=at, sent=_SENDER.c.sent + len(marked))
+        )
+    return marked
+
+
+def heartbeat(engine: Engine, sender: str, *, at: datetime, lease: timedelta) -> None:
+    """The sender is alive: its heartbeat, and its claims' leases renewed."""
+    mark_sent(engine, sender, (), at=at, lease=lease)
+
+
+def holders(engine: Engine) -> list[str]:
+    """The senders holding claims on digests still being sent."""
+    with reading(engine) as conn:
+        names = conn.execute(
+            sa.select(col(Digest.claimed_by))
+            .where(col(Digest.status) == "sending", col(Digest.claimed_by).is_not(None))
+            .distinct()
+        ).all()
+        conn.rollback()
+    return sorted(str(row[0]) for row in names)
+
+
+def release(engine: Engine, sender: str) -> int:
+    """Give back the digests ``sender`` claimed and did not send (it stops): pending again, for
+    any sender at once. Returns how many."""
+    with transaction(engine) as conn:
+        result = conn.execute(
+            sa.update(Digest)
+            .where(col(Digest.claimed_by) == sender, col(Digest.status).in_(_WAITING))
+            .values(status="pending", claimed_by=None, claimed_until=None)
+        )
+    return int(result.rowcount or 0)
+
+
+def register(engine: Engine, sender: str, *, host: str, pid: int, now: datetime) -> None:
+    """Record a sender at work (and forget senders silent for ``FORGET_SENDERS_AFTER``)."""
+    now = as_utc(now, naive="refuse")
+    with transaction(engine) as conn:
+        conn.execute(sa.delete(_SENDER).where(_SENDER.c.seen_at < now - FORGET_SENDERS_AFTER))
+        conn.execute(sa.delete(_SENDER).where(_SENDER.c.name == sender))
+        conn.execute(
+            sa.insert(_SENDER).values(
+                name=sender, host=host, pid=pid, started_at=now, seen_at=now, sent=0
+            )
+        )
+
+
+def unregister(engine: Engine, sender: str) -> None:
+    """The sender stopped cleanly."""
+    with transaction(engine) as conn:
+        conn.execute(sa.delete(_SENDER).where(_SENDER.c.name == sender))
+
+
+@dataclass(frozen=True, slots=True)
+class SenderState:
+    """A sender as ``status`` shows it: who, since when, last heard of, what it holds."""
+
+    name: str
+    host: str
+    pid: int | None
+    started_at: datetime | None
+    seen_at: datetime | None
+    sent: int
+    claims: int
+    lease_until: datetime | None  # the latest lease of its claims
+
+    def to_json(self, now: datetime) -> dict[str, Any]:
+        """A plain dict, with the ages in seconds as of ``now``."""
+
+        def age(moment: datetime | None) -> float | None:
+            return None if moment is None else round((now - as_utc(moment)).total_seconds(), 1)
+
+        return {
+            "name": self.name,
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": None if self.started_at is None else as_utc(self.started_at).isoformat(),
+            "heartbeat_age_s": age(self.seen_at),
+            "sent": self.sent,
+            "claims": self.claims,
+            "lease_left_s": None if self.lease_until is None else -(age(self.lease_until) or 0.0),
+        }
+
+
+def senders(engine: Engine) -> list[SenderState]:
+    """The senders at work, and any that hold claims without a row (they died mid-pass)."""
+    with reading(engine) as conn:
+        rows = conn.execute(sa.select(_SENDER).order_by(_SENDER.c.name)).all()
+        held = {
+            name: (int(n), until)
+            for name, n, until in conn.execute(
+                sa.select(
+                    col(Digest.claimed_by), sa.func.count(), sa.func.max(col(Digest.claimed_until))
+                )
+                .where(col(Digest.status) == "sending", col(Digest.claimed_by).is_not(None))
+                .group_by(col(Digest.claimed_by))
+            )
+        }
+        conn.rollback()
+    found = []
+    for row in rows:
+        claims, until = held.pop(row.name, (0, None))
+        found.append(
+            SenderState(
+                row.name, row.host, row.pid, row.started_at, row.seen_at, row.sent, claims, until
+            )
+        )
+    for name, (claims, until) in sorted(held.items()):
+        found.append(SenderState(str(name), "", None, None, None, 0, claims, until))
+    return found

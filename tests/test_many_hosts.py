@@ -1,0 +1,366 @@
+"""Several hosts, one database: each digest planned once and sent exactly once.
+
+Against the real command line in separate processes, a real SMTP server on loopback
+(which counts what it takes), and a real PostgreSQL (skipped without one, see
+``DIGEST_TEST_POSTGRES_URL``), or SQLite where the test says so. Two data folders
+sharing one database stand for two hosts.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
+from digest.store import claims
+from digest.store.outbox import Planned, record
+from digest.store.subscribers import list_subscribers
+from tests.conftest import EXAMPLE_B as DUMP_B
+from tests.conftest import POSTGRES_URL, Site, make_site
+from tests.smtp_server import SMTPServer, start_server
+from tests.test_service import PEOPLE, wait_until
+
+READERS = {f"reader{n:02d}@example.org": ["diffus*"] for n in range(24)}
+EVERYONE = {**PEOPLE, **READERS}
+SENT = sorted(a for a in EVERYONE if a != "nobody@example.org")
+
+
+@pytest.fixture
+def shared_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for the hosts of one test."""
+    if not POSTGRES_URL:
+        pytest.skip("needs a PostgreSQL server: set DIGEST_TEST_POSTGRES_URL")
+    name = f"digest_hosts_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield sa.engine.make_url(POSTGRES_URL).set(database=name).render_as_string(False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+@pytest.fixture
+def server() -> Iterator[SMTPServer]:
+    running = start_server()
+    yield running
+    running.controller.stop()
+
+
+def two_hosts(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, url: str
+) -> tuple[Site, Site]:
+    """Two data folders on one database and one mail server, the readers subscribed."""
+    hosts = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        site = make_site(tmp_path / name, server, monkeypatch)
+        site.env["DIGEST_DATABASE_URL"] = url
+        site.env["DIGEST_SCHEDULE"] = "0 0 * * *"  # today's slot has passed: a worker plans
+        hosts.append(site)
+    monkeypatch.setenv("DIGEST_DATABASE_URL", url)
+    hosts[1].subscribe(EVERYONE)
+    hosts[0].drop_in_inbox(DUMP_B, "daily.txt")
+    return hosts[0], hosts[1]
+
+
+def received_counts(site: Site) -> Counter[str]:
+    received = site.received()
+    ids: dict[str, set[str]] = {}
+    for rcpt, message in received:
+        ids.setdefault(rcpt, set()).add(str(message["Message-ID"]))
+    # a repeat, where there is one, is the same message again
+    assert all(len(found) == 1 for found in ids.values()), ids
+    return Counter(rcpt for rcpt, _ in received)
+
+
+def exactly_once(site: Site) -> None:
+    counts = received_counts(site)
+    assert sorted(counts) == SENT
+    assert {a: n for a, n in counts.items() if n != 1} == {}
+
+
+def no_traceback(*outputs: str) -> None:
+    for text in outputs:
+        assert "Traceback" not in text, text
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("digest:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def terminate(url: str, pattern: str) -> int:
+    """End the server sessions whose application_name matches ``pattern`` (SQL LIKE)."""
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            return len(
+                conn.execute(
+                    sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE application_name LIKE :p AND pid <> pg_backend_pid()"
+                    ),
+                    {"p": pattern},
+                ).all()
+            )
+    finally:
+        admin.dispose()
+
+
+def sent_by(url: str) -> set[str]:
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT DISTINCT claimed_by FROM digest WHERE status = 'sent'")
+            ).all()
+    finally:
+        engine.dispose()
+    return {str(row[0]) for row in rows}
+
+
+def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=timeout)
+    return process.returncode, out, err
+
+
+# --- two hosts at once ---------------------------------------------------------------------
+
+
+def test_two_hosts_running_the_same_period_at_once_send_each_digest_once(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, shared_database: str
+) -> None:
+    a, b = two_hosts(tmp_path, server, monkeypatch, shared_database)
+    b.drop_in_inbox(DUMP_B, "daily.txt")  # both hosts fetched the same listing
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    first, second = a.spawn("run", **pipes), b.spawn("run", **pipes)
+    results = [finish(first), finish(second)]
+    for code, out, err in results:
+        no_traceback(out, err)
+        assert code in (0, 75), err  # 75: the other host was running it
+    exactly_once(a)
+    again = [finish(a.spawn("run", **pipes)), finish(b.spawn("run", **pipes))]
+    assert [code for code, _, _ in again] == [0, 0]
+    exactly_once(a)
+
+
+def test_workers_on_two_hosts_share_the_outbox_and_send_each_digest_once(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, shared_database: str
+) -> None:
+    a, b = two_hosts(tmp_path, server, monkeypatch, shared_database)
+    server.handler.data_delay = 0.05
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    workers = [
+        b.spawn("worker", "--no-plan", "--batch", "3", "--every", "0.2", **pipes),
+        a.spawn("worker", "--batch", "3", "--every", "0.2", **pipes),  # a plans, then sends
+    ]
+    try:
+        wait_until(lambda: len(server.handler.received) >= len(SENT), "every digest sent", 60)
+        time.sleep(0.5)  # anything sent twice would arrive by now
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        code, out, err = finish(worker)
+        no_traceback(out, err)
+        assert code == 0, err
+    exactly_once(a)
+    assert len(sent_by(shared_database)) == 2  # the outbox was shared out, not sent by one
+
+
+# --- the run lock's connection ended ----------------------------------------------------
+
+
+def test_a_run_whose_lock_connection_is_ended_stops_and_the_next_run_finishes(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, shared_database: str
+) -> None:
+    a, b = two_hosts(tmp_path, server, monkeypatch, shared_database)
+    server.handler.data_delay = 0.2
+    run = a.spawn("run", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_until(lambda: server.handler.data_commands >= 2, "the run to start sending")
+    assert terminate(shared_database, "digest run pid=%") == 1
+    code, out, err = finish(run)
+    no_traceback(out, err)
+    assert code == 75, err
+    assert "run lock was lost" in one_line(err)
+    assert len(server.handler.received) < len(SENT)  # it stopped, not went on unguarded
+    later = b.process("run")
+    assert later.code == 0, later.err
+    exactly_once(a)
+
+
+def test_a_senders_connection_ended_mid_send_sends_nothing_twice(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, shared_database: str
+) -> None:
+    a, b = two_hosts(tmp_path, server, monkeypatch, shared_database)
+    server.handler.data_delay = 0.1
+    run = a.spawn("run", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_until(lambda: server.handler.data_commands >= 3, "the run to start sending")
+    assert terminate(shared_database, f"digest pid={run.pid}") >= 1
+    code, out, err = finish(run)
+    no_traceback(out, err)
+    if code != 0:  # the connection was ended inside a statement: told in one line
+        assert code == 1 and "database" in one_line(err), err
+    later = b.process("run")
+    assert later.code == 0, later.err
+    exactly_once(a)
+
+
+def test_idle_session_timeout_ends_no_run_and_sends_nothing_twice(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, shared_database: str
+) -> None:
+    a, b = two_hosts(tmp_path, server, monkeypatch, shared_database)
+    # every session of the run is ended after 1.5 s idle: its pooled connections between
+    # messages (2 s each), and the run lock's own if it were ever left idle
+    a.env["PGOPTIONS"] = "-c idle_session_timeout=1500"
+    server.handler.data_delay = 2.0
+    a.env["DIGEST_SMTP_CONNECTIONS"] = "8"
+    code, out, err = finish(a.spawn("run", stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    no_traceback(out, err)
+    assert code in (0, 75), err
+    if code == 75:
+        assert "run lock was lost" in one_line(err)
+        assert b.process("run").code == 0
+    exactly_once(a)
+
+
+# --- a sender killed ------------------------------------------------------------------------
+
+
+def test_a_worker_killed_mid_batch_leaves_the_rest_to_another_with_one_repeat_at_most(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, shared_database: str
+) -> None:
+    a, b = two_hosts(tmp_path, server, monkeypatch, shared_database)
+    handler = server.handler
+    handler.data_gate = threading.Event()
+    killed = a.spawn(
+        "worker",
+        "--lease",
+        "2",
+        "--every",
+        "0.2",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: handler.data_commands >= 1, "the worker to plan and start sending")
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=10)
+    finally:
+        handler.data_gate.set()
+        if killed.poll() is None:
+            killed.kill()
+    time.sleep(0.5)  # the server finishes (or drops) what was in flight when it died
+    in_flight = {rcpt for rcpt, _ in server.handler.received}
+    assert len(in_flight) <= 2  # one message per connection
+    other = b.spawn(
+        "worker", "--no-plan", "--every", "0.2", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until(lambda: len(received_counts(a)) >= len(SENT), "the other worker to send")
+        time.sleep(0.5)
+    finally:
+        other.send_signal(signal.SIGTERM)
+    code, out, err = finish(other)
+    no_traceback(out, err)
+    assert code == 0, err
+    counts = received_counts(a)  # a repeat carries the same Message-ID
+    assert sorted(counts) == SENT
+    assert {r for r, n in counts.items() if n > 1} <= in_flight
+
+
+# --- SQLite: one file, two processes -----------------------------------------------------
+
+
+def test_on_sqlite_a_run_and_a_worker_send_each_digest_once(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    site = make_site(tmp_path, server, monkeypatch)
+    site.subscribe(EVERYONE)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    server.handler.data_delay = 0.05
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    worker = site.spawn("worker", "--no-plan", "--batch", "3", "--every", "0.2", **pipes)
+    try:
+        code, out, err = finish(site.spawn("run", **pipes))
+        no_traceback(out, err)
+        assert code == 0, err
+        wait_until(lambda: len(server.handler.received) >= len(SENT), "every digest sent")
+        time.sleep(0.5)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+    code, out, err = finish(worker)
+    no_traceback(out, err)
+    assert code == 0, err
+    exactly_once(site)
+
+
+# --- the claims themselves ------------------------------------------------------------------
+
+T0 = datetime(2025, 3, 12, 7, 0, tzinfo=UTC)
+
+
+def _outbox_of(engine: Engine, n: int) -> list[int]:
+    for i in range(n):
+        spec = SubscriberSpec(email=f"r{i}@example.org", interests=["speech"]).checked()
+        upsert_subscriber(engine, spec, now=T0)
+    subscribers = list_subscribers(engine)
+    with engine.begin() as conn:
+        record(
+            conn,
+            [Planned(s.id or 0, "pending", f"<{s.id}@x>", 0, []) for s in subscribers],
+            period=date(2025, 3, 12),
+            now=T0,
+            run_id=None,
+        )
+    return [s.id or 0 for s in subscribers]
+
+
+def test_a_claim_is_the_senders_alone_until_its_lease_runs_out(engine: Engine) -> None:
+    _outbox_of(engine, 4)
+    lease = timedelta(seconds=60)
+    mine = claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=3)
+    theirs = claims.claim(engine, "host-b:2:bb", now=T0, lease=lease, limit=10)
+    assert len(mine) == 3 and len(theirs) == 1
+    assert not {r.digest_id for r in mine} & {r.digest_id for r in theirs}
+    # host-a dies: nothing of its is free before the lease runs out, all of it after
+    assert claims.claim(engine, "host-c:3:cc", now=T0 + lease / 2, lease=lease, limit=10) == []
+    claims.heartbeat(engine, "host-b:2:bb", at=T0 + lease * 0.9, lease=lease)  # b lives on
+    taken = claims.claim(engine, "host-c:3:cc", now=T0 + lease * 1.5, lease=lease, limit=10)
+    assert sorted(r.digest_id for r in taken) == sorted(r.digest_id for r in mine)
+    # host-a comes back and marks what it sent: its claim is lost, nothing is marked twice
+    ids = [r.digest_id for r in mine]
+    assert claims.mark_sent(engine, "host-a:1:aa", ids, at=T0 + lease * 2, lease=lease) == set()
+    assert claims.mark_sent(engine, "host-c:3:cc", ids, at=T0 + lease * 2, lease=lease) == set(ids)
+    # a mark written again (its commit's answer lost) still finds the rows its own
+    assert claims.mark_sent(engine, "host-c:3:cc", ids, at=T0 + lease * 2, lease=lease) == set(ids)
+    with engine.connect() as conn:
+        attempts = conn.execute(
+            sa.text("SELECT attempts FROM digest WHERE status = 'sent'")
+        ).scalars()
+        assert sorted(attempts) == [1, 1, 1]
+
+
+def test_status_shows_the_senders_their_claims_and_lease_ages(engine: Engine) -> None:
+    _outbox_of(engine, 3)
+    claims.register(engine, "host-a:1:aa", host="host-a", pid=1, now=T0)
+    claims.claim(engine, "host-a:1:aa", now=T0, lease=timedelta(seconds=60), limit=2)
+    found = {s.name: s.to_json(T0 + timedelta(seconds=10)) for s in claims.senders(engine)}
+    assert found["host-a:1:aa"]["claims"] == 2
+    assert found["host-a:1:aa"]["heartbeat_age_s"] == 10.0
+    assert found["host-a:1:aa"]["lease_left_s"] == 50.0
