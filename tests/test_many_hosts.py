@@ -22,7 +22,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
+from digest.service.subscriptions import operator_patch, upsert_subscriber
 from digest.store import claims
 from digest.store.outbox import Planned, record
 from digest.store.subscribers import list_subscribers
@@ -317,8 +317,7 @@ T0 = datetime(2025, 3, 12, 7, 0, tzinfo=UTC)
 
 def _outbox_of(engine: Engine, n: int) -> list[int]:
     for i in range(n):
-        spec = SubscriberSpec(email=f"r{i}@example.org", interests=["speech"]).checked()
-        upsert_subscriber(engine, spec, now=T0)
+        upsert_subscriber(engine, operator_patch(f"r{i}@example.org", ["speech"]), now=T0)
     subscribers = list_subscribers(engine)
     with engine.begin() as conn:
         record(
