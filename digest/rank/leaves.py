@@ -1,7 +1,8 @@
 """The matchers an interest compiles to: each scores a ``Doc``, BM25F-style, or says no.
 
 Each matcher returns a score, or ``None`` when the paper does not match; given a
-``found`` list it also reports which words matched, for explanations. Words, phrases and
+``found`` list it also reports its evidence: where each leaf matched, the one record both
+explanations and marks are made of. Words, phrases and
 prefixes are the leaves; ``AllLeaves`` (every word, softly), ``AnyLeaves`` and
 ``NotLeaf`` combine them; ``AliasLeaf`` widens words to the acronym they stand for, or
 back. ``digest.rank.match`` builds them.
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Protocol
 
-from digest.rank.doc import Doc, Field, Found, Span, saturate
+from digest.rank.doc import Doc, Evidence, Field, Found, Span, saturate
 
 # An acronym's expansion counts as the acronym, a little less ("LLM" over "large language
 # model" when a paper writes one and not the other), and the other way round.
@@ -30,8 +31,6 @@ TAIL_WEIGHT = 0.5
 # share ("code ... generation" in an abstract on something else).
 SCATTERED = 0.5
 NEAR = 4
-# Explanations carry an alias match as one entry: this mark, the interest's word, the span.
-ALIAS_MARK = "\x00"
 
 
 class Matcher(Protocol):
@@ -79,7 +78,7 @@ class TermLeaf:
             for f in self.fields:
                 fld = doc.fields[f]
                 for span in fld.places(term, company):
-                    fld.report(f, span, found)
+                    fld.report(f, span, found, self)
         return score
 
     def spans(self, doc: Doc) -> list[Span]:
@@ -110,7 +109,7 @@ class PhraseLeaf:
                 x += len(best) * fld.factor
                 if found is not None:
                     for span in best:
-                        fld.report(f, span, found)
+                        fld.report(f, span, found, self)
         return saturate(self.idf, x) if x else None
 
     def frequency(self, doc: Doc) -> float:
@@ -188,7 +187,7 @@ class PrefixLeaf:
             if surface.startswith(prefix) and i not in doc.fields[f].inside
         ]
 
-    def _explain(self, doc: Doc, found: list[tuple[int, str]]) -> float | None:
+    def _explain(self, doc: Doc, found: list[Evidence]) -> float | None:
         # Word by word, so the explanation lists words in the order the paper has them. The
         # words are found through the terms the Doc already carries, not by scanning the field.
         prefix = self.prefix
@@ -208,7 +207,7 @@ class PrefixLeaf:
             )
             for term in terms:
                 idf = min(idf, self.idf_of(term))  # "diffus*" is no rarer than diffusion
-            found.extend((f, fld.terms[i]) for i in at)
+            found.extend((f, i, i, self) for i in at)
             x += len(at) * fld.factor
         return saturate(idf, x) if x else None
 
@@ -256,6 +255,7 @@ class AllLeaves:
         soft = varied = False
         lacking = 0
         required = self.required
+        kept = 0 if found is None else len(found)  # evidence of a failed match is taken back
         for i in self.order if found is None else range(len(required)):
             item = required[i]
             score = item.evaluate(doc, found)
@@ -268,14 +268,14 @@ class AllLeaves:
                 elif i in self.spare and lacking < self.lack:
                     lacking, score = lacking + 1, 0.0
                 else:
-                    return None
+                    return _failed(found, kept)
                 soft = True
             total += score
         for item in self.excluded:
             if item.evaluate(doc, None) is not None:
-                return None
+                return _failed(found, kept)
         if soft:
-            return SOFT * total if self._titled(doc) else None
+            return SOFT * total if self._titled(doc) else _failed(found, kept)
         if self.bonus is not None:
             written = self.bonus.evaluate(doc, found)
             if written is not None:  # side by side somewhere: not scattered
@@ -286,10 +286,16 @@ class AllLeaves:
 
     def _titled(self, doc: Doc) -> bool:
         """Whether the title has one of the words: a soft match must be about them."""
-        seen: list[tuple[int, str]] = []
+        seen: list[Evidence] = []
         for item in self.required:
             item.evaluate(doc, seen)
-        return any(f == 0 for f, _ in seen)
+        return any(evidence[0] == 0 for evidence in seen)
+
+
+def _failed(found: Found, kept: int) -> None:
+    """No match: the evidence reported since ``kept`` was not used."""
+    if found is not None:
+        del found[kept:]
 
 
 def scattered(items: Sequence[TermLeaf | PhraseLeaf | PrefixLeaf], doc: Doc) -> bool:
@@ -348,7 +354,7 @@ class VariantLeaf:
                     x += count * fld.factor
                     if found is not None:
                         for span in fld.places(term):
-                            fld.report(f, span, found)
+                            fld.report(f, span, found, self)
         return saturate(self.idf, x) if x else None
 
 
@@ -389,8 +395,7 @@ class AliasLeaf:
             return score
         if found is not None:
             # One entry per place, read back by the explainer as "LLM, written as ...".
-            for f, first, last in (span for alias in leaves for span in alias.spans(doc)):
-                found.append((f, f"{ALIAS_MARK}{self.written}{ALIAS_MARK}{first}:{last}"))
+            found.extend((*span, self) for alias in leaves for span in alias.spans(doc))
         other = weight * saturate(self.idf, x)
         return other if score is None else max(score, other)
 
