@@ -42,10 +42,11 @@ class Matcher(Protocol):
 class TermLeaf:
     """One term, in some fields; inside fixed compounds only when ``company`` names them.
 
-    ``company``: the words of the interest the term stands among (``Compiler.company``).
+    ``company``: the words of the interest the term stands among (``Compiler.company``);
+    ``said``: the word as the interest writes it, for the "Matched:" line.
     """
 
-    __slots__ = ("company", "fields", "idf", "in_abstract", "in_title", "term")
+    __slots__ = ("company", "fields", "idf", "in_abstract", "in_title", "said", "term")
 
     def __init__(
         self,
@@ -57,6 +58,7 @@ class TermLeaf:
         self.term, self.fields, self.idf = term, fields, idf
         self.company = company
         self.in_title, self.in_abstract = 0 in fields, 1 in fields
+        self.said = term
 
     def weighted(self, tf_title: int, tf_abstract: int, doc: Doc) -> float | None:
         """The score of the term occurring so many times in doc's title and abstract."""
@@ -93,12 +95,14 @@ class TermLeaf:
 
 
 class PhraseLeaf:
-    """Words in sequence; ``variants`` spell compounds both split and joined."""
+    """Words in sequence; ``variants`` spell compounds both split and joined; ``said``: the
+    words as the interest writes them."""
 
-    __slots__ = ("fields", "idf", "variants")
+    __slots__ = ("fields", "idf", "said", "variants")
 
     def __init__(self, variants: list[list[str]], fields: tuple[int, ...], idf: float) -> None:
         self.variants, self.fields, self.idf = variants, fields, idf
+        self.said = " ".join(variants[0])
 
     def evaluate(self, doc: Doc, found: Found) -> float | None:
         x = 0.0
@@ -224,9 +228,14 @@ class AllLeaves:
     ``apart``: the required items again, when they are all words, phrases or prefixes: a
     match that has them all in the abstract only, scattered (``scattered``), scores
     ``SCATTERED`` of what they give. Empty: no such check.
+
+    ``said``: loose words of one field as the interest writes them ("agents for science"),
+    for the "Matched:" line; empty for other groups, said part by part.
     """
 
-    __slots__ = ("apart", "bonus", "excluded", "lack", "order", "required", "spare", "variants")
+    __slots__ = (
+        "apart", "bonus", "excluded", "lack", "order", "required", "said", "spare", "variants",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -242,6 +251,7 @@ class AllLeaves:
     ) -> None:
         self.required, self.excluded, self.bonus = required, excluded, bonus
         self.apart = apart
+        self.said = ""
         self.variants = variants
         self.spare = spare  # the items a soft match may lack with no variant at all
         self.lack = lack  # how many of them at most
@@ -292,10 +302,11 @@ class AllLeaves:
         return any(evidence[0] == 0 for evidence in seen)
 
 
-def _failed(found: Found, kept: int) -> None:
-    """No match: the evidence reported since ``kept`` was not used."""
+def _failed(found: Found, kept: int) -> float | None:
+    """No match (None): the evidence reported since ``kept`` was not used."""
     if found is not None:
         del found[kept:]
+    return None
 
 
 def scattered(items: Sequence[TermLeaf | PhraseLeaf | PrefixLeaf], doc: Doc) -> bool:
