@@ -18,10 +18,29 @@ from digest.rank.match import Compiler
 from digest.rank.query import parse_interest
 from digest.rank.text import DEFAULT
 
-WORDS = (
-    "speech recognition language model models modeling diffusion diffuse of for the "
-    "retrieval dense agents science self-supervised data set dataset end-to-end learning"
-).split()
+WORDS = [
+    "speech",
+    "recognition",
+    "language",
+    "model",
+    "models",
+    "modeling",
+    "diffusion",
+    "diffuse",
+    "of",
+    "for",
+    "the",
+    "retrieval",
+    "dense",
+    "agents",
+    "science",
+    "self-supervised",
+    "data",
+    "set",
+    "dataset",
+    "end-to-end",
+    "learning",
+]
 
 
 class _Nothing:
