@@ -22,8 +22,9 @@ with "(in the title)" for an interest kept to one field. An interest whose match
 lies in the part of the abstract not shown is given in plain words ("llm or
 language model", "words starting with diffus").
 
-Matching is the ranker's own (``digest.rank.match`` over the shared analyzer), so
-what is marked is what matched; scores are left out, marking needs none. Only the
+Matching is the ranker's own: the interest compiled by ``digest.rank.match`` is
+evaluated over the text shown, and what is marked is the evidence its leaves report
+(where each matched), the reasons the words kept on those leaves. Only the
 text shown is analyzed, once per paper however many readers it reaches.
 """
 
