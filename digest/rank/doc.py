@@ -21,10 +21,12 @@ FIELDS = ("title", "abstract")
 TRENDING_STEP = 0.05  # per doubling of times_seen
 TRENDING_CAP = 0.15  # so trending never overturns a match more than 15% better
 
-# What a matching leaf reports for explanations: (field index, term).
-Found = list[tuple[int, str]] | None
 # Where a word or phrase occurs: (field index, first position, last position).
 Span = tuple[int, int, int]
+# What a matching leaf reports, the evidence explanations and marks are made of: where it
+# matched (field index, first position, last position) and the leaf that matched there.
+Evidence = tuple[int, int, int, object]
+Found = list[Evidence] | None
 
 
 class Field:
@@ -127,9 +129,10 @@ class Field:
         spans = [(p, p) for p in self.positions().get(term, ())]
         return spans + self.spans.get(term, [])
 
-    def report(self, index: int, span: tuple[int, int], found: list[tuple[int, str]]) -> None:
-        """Add the terms under span to an explanation."""
-        found.extend((index, term) for term in self.terms[span[0] : span[1] + 1])
+    @staticmethod
+    def report(index: int, span: tuple[int, int], found: list[Evidence], leaf: object) -> None:
+        """Add where ``leaf`` matched (field ``index``, ``span``) to the evidence."""
+        found.append((index, span[0], span[1], leaf))
 
 
 class Doc:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from digest.rank.doc import FIELDS, Doc, Field
-from digest.rank.leaves import ALIAS_MARK, Matcher, TermLeaf
+from digest.rank.doc import FIELDS, Doc, Evidence, Field
+from digest.rank.leaves import AliasLeaf, Matcher, TermLeaf
 from digest.rank.text import Analyzer
 
 # An explanation without its score: (words as written, field names).
@@ -85,19 +85,23 @@ class Explainer:
             for f in present:
                 words.update(dict.fromkeys(self._field_forms(pidx, f, doc).of(term)))
             return tuple(words), tuple(FIELDS[f] for f in present)
-        found: list[tuple[int, str]] = []
+        found: list[Evidence] = []
         matcher.evaluate(doc, found)
-        for f, term in dict.fromkeys(found):  # a word met again adds nothing
-            if term.startswith(ALIAS_MARK):
-                words[self._alias(pidx, f, doc, term)] = None
+        said: dict[tuple[int, str], AliasLeaf | None] = {}  # a word met again adds nothing
+        for f, first, last, leaf in found:
+            if isinstance(leaf, AliasLeaf):
+                said[(f, self._alias(pidx, f, doc, leaf.written, first, last))] = leaf
+            else:
+                said.update(dict.fromkeys((f, t) for t in doc.fields[f].terms[first : last + 1]))
+        for (f, term), alias in said.items():
+            if alias is not None:
+                words[term] = None
             else:
                 words.update(dict.fromkeys(self._field_forms(pidx, f, doc).of(term)))
-        return tuple(words), tuple(FIELDS[f] for f in sorted({f for f, _ in found}))
+        return tuple(words), tuple(FIELDS[f] for f in sorted({f for f, *_ in found}))
 
-    def _alias(self, pidx: int, f: int, doc: Doc, mark: str) -> str:
+    def _alias(self, pidx: int, f: int, doc: Doc, written: str, first: int, last: int) -> str:
         """An alias match said in words: "LLM, written as large language models"."""
-        _, written, span = mark.split(ALIAS_MARK)
-        first, last = map(int, span.split(":"))
         text = self.texts[pidx][f]
         offsets = self._offsets.get((pidx, f), ())
         if offsets == ():

@@ -22,8 +22,9 @@ with "(in the title)" for an interest kept to one field. An interest whose match
 lies in the part of the abstract not shown is given in plain words ("llm or
 language model", "words starting with diffus").
 
-Matching is the ranker's own (``digest.rank.match`` over the shared analyzer), so
-what is marked is what matched; scores are left out, marking needs none. Only the
+Matching is the ranker's own: the interest compiled by ``digest.rank.match`` is
+evaluated over the text shown, and what is marked is the evidence its leaves report
+(where each matched), the reasons the words kept on those leaves. Only the
 text shown is analyzed, once per paper however many readers it reaches.
 """
 
@@ -37,22 +38,22 @@ from itertools import chain
 
 from markupsafe import Markup, escape
 
-from digest.rank.doc import Doc, Span
-from digest.rank.leaves import PhraseLeaf, PrefixLeaf, TermLeaf
-from digest.rank.match import STOPWORDS, Compiler
-from digest.rank.query import (
-    AllOf,
-    AnyOf,
-    InterestError,
-    Node,
-    Phrase,
-    Term,
-    Without,
-    parse_interest,
+from digest.rank.doc import FIELDS, Doc, Evidence, Span
+from digest.rank.leaves import (
+    AliasLeaf,
+    AllLeaves,
+    AnyLeaves,
+    Matcher,
+    NotLeaf,
+    PhraseLeaf,
+    PrefixLeaf,
+    TermLeaf,
+    VariantLeaf,
 )
+from digest.rank.match import Compiler
+from digest.rank.query import AnyOf, InterestError, Node, Phrase, Term, Without, parse_interest
 from digest.rank.text import DEFAULT
 
-Leaf = TermLeaf | PhraseLeaf | PrefixLeaf
 TextSpan = tuple[int, int]  # characters [start, end) of a text
 
 
@@ -76,12 +77,6 @@ class _Unweighted:
 
     def doc_freq(self, term: str) -> int:
         return 0
-
-
-@dataclass(frozen=True)
-class _Hit:
-    spans: list[Span]  # (field, first word, last word)
-    reason: str
 
 
 class _Paper:
@@ -122,9 +117,7 @@ class _Interests:
 
     def __init__(self) -> None:
         self.compiler = Compiler(_Unweighted(), DEFAULT)
-        self.queries: dict[str, Node | None] = {}
-        self.leaves: dict[tuple[Node, frozenset[str]], Leaf] = {}
-        self.near: dict[AllOf, Leaf | None] = {}
+        self.queries: dict[str, tuple[Node, _Plan] | None] = {}
         self.papers: dict[tuple[str, str], _Paper] = {}  # in order of use, oldest first
         self.generation = 0
         self.marked: dict[tuple[str, str, str], _Marked] = {}
@@ -140,22 +133,26 @@ class _Interests:
         return found
 
     def _marks_of(self, title: str, abstract: str, written: str) -> _Marked:
-        parsed = self.query(written)
-        if parsed is None:
+        compiled = self.query(written)
+        if compiled is None:
             return _Marked((), (), written, written.casefold())
+        parsed, plan = compiled
         paper = self.paper(title, abstract)
-        hit = _Walk(self, paper.doc).visit(parsed, together=False)
-        if hit is None:  # what matched is not in the text shown: the interest in plain words
+        found: list[Evidence] = []
+        if plan.matcher.evaluate(paper.doc, found) is None:
+            # What matched is not in the text shown: the interest in plain words.
             reason = _plain(parsed)
             return _Marked((), (), reason, " ".join(DEFAULT(reason)))
+        spans = plan.spans(found)
+        said = _reason(plan.matcher, _used(found), paper.doc)
         by_field: tuple[list[TextSpan], list[TextSpan]] = ([], [])
         for f in (0, 1):
-            mine = [(first, last) for field, first, last in hit.spans if field == f]
+            mine = [(first, last) for field, first, last in spans if field == f]
             where = paper.located(f) if mine else None
             if where is not None:
                 by_field[f].extend((where[2 * a], where[2 * b + 1]) for a, b in mine)
-        says = " ".join(DEFAULT(hit.reason)) or hit.reason.casefold()
-        return _Marked(tuple(by_field[0]), tuple(by_field[1]), hit.reason, says)
+        says = " ".join(DEFAULT(said)) or said.casefold()
+        return _Marked(tuple(by_field[0]), tuple(by_field[1]), said, says)
 
     def paper(self, title: str, abstract: str) -> _Paper:
         """The paper analyzed for every interest compiled so far."""
@@ -163,31 +160,39 @@ class _Interests:
         found = self.papers.pop(key, None)
         if found is None:
             texts = (DEFAULT.positions(title), DEFAULT.positions(abstract))
-            doc = self.compiler.analyzed(texts, 1, prefixes=False)
+            doc = self.compiler.analyzed(texts, 1)
             found = _Paper(key, doc, self.generation)
             if len(self.papers) >= self.PAPERS:
                 del self.papers[next(iter(self.papers))]
         elif found.generation != self.generation:
             for fld in found.doc.fields:
                 self.compiler.add_joins(fld, again=True)
+            found.doc.prefixed.clear()  # and the prefixes compiled since
+            self.compiler.find_prefixes(found.doc)
             found.generation = self.generation
         self.papers[key] = found
         return found
 
-    def query(self, written: str) -> Node | None:
-        """The interest's parsed form (None: the grammar no longer takes it)."""
+    def query(self, written: str) -> tuple[Node, _Plan] | None:
+        """The interest parsed and compiled (None: the grammar no longer takes it)."""
         if written not in self.queries:
             try:
                 query: Node | None = parse_interest(written).query
             except InterestError:  # saved under an older grammar: shown as written, no marks
                 query = None
+            compiled = None
             if query is not None:
                 compiler = self.compiler
-                joins = len(compiler.join_terms), len(compiler.join_heads)
-                compiler.compile(query)
-                if joins != (len(compiler.join_terms), len(compiler.join_heads)):
+                joins = len(compiler.join_terms), len(compiler.join_heads), len(compiler.prefixes)
+                plan = _Plan(compiler.compile(query)[0])
+                if joins != (
+                    len(compiler.join_terms),
+                    len(compiler.join_heads),
+                    len(compiler.prefixes),
+                ):
                     self.generation += 1
-            self.queries[written] = query
+                compiled = (query, plan)
+            self.queries[written] = compiled
         return self.queries[written]
 
 
@@ -263,115 +268,96 @@ def mark(text: str, spans: Sequence[TextSpan], open_tag: str, close_tag: str) ->
     return Markup("".join(pieces))
 
 
-class _Walk:
-    """One paper: which parts of an interest matched it, where, and how to say so."""
+class _Plan:
+    """How one compiled interest's evidence is marked and said, worked out once from its
+    matcher: which leaves stand among other required words (marked at their first place
+    in each field), and each all-words group's "written side by side" leaf with its words.
+    """
 
-    def __init__(self, interests: _Interests, doc: Doc) -> None:
-        self.compiler = interests.compiler
-        self.leaves = interests.leaves
-        self.nearby = interests.near
-        self.doc = doc
+    __slots__ = ("groups", "matcher", "together")
 
-    def leaf(self, node: Term | Phrase, company: frozenset[str] = frozenset()) -> Leaf:
-        """The node's matcher; ``company``: the words it stands among (``Compiler.company``)."""
-        found = self.leaves.get((node, company))
-        if found is None:
-            matcher = self.compiler.compile(node, company)[0]
-            assert isinstance(matcher, TermLeaf | PhraseLeaf | PrefixLeaf)
-            found = self.leaves[(node, company)] = matcher
-        return found
+    def __init__(self, matcher: Matcher) -> None:
+        self.matcher = matcher
+        self.together: set[int] = set()  # ids of leaves asked for among other words
+        self.groups: list[tuple[object, frozenset[int]]] = []  # (side-by-side leaf, its words)
+        self._look(matcher, together=False)
 
-    def near(self, node: AllOf) -> Leaf | None:
-        """The interest's loose words as the phrase they were written as, if they make one."""
-        if node not in self.nearby:
-            matcher = self.compiler.proximity(node)
-            self.nearby[node] = matcher if isinstance(matcher, TermLeaf | PhraseLeaf) else None
-        return self.nearby[node]
+    def _look(self, matcher: object, *, together: bool) -> frozenset[int]:
+        """Note what is asked together under ``matcher``; the ids of its leaves."""
+        if isinstance(matcher, AllLeaves):
+            among = together or len(matcher.required) >= 2
+            parts = [self._look(m, together=among) for m in matcher.required]
+            parts += [self._look(m, together=among) for m in matcher.variants or () if m]
+            mine = frozenset().union(*parts)
+            if matcher.bonus is not None:
+                self.groups.append((matcher.bonus, mine))
+            return mine
+        if isinstance(matcher, AnyLeaves):
+            return frozenset().union(*(self._look(m, together=together) for m in matcher.items))
+        if isinstance(matcher, AliasLeaf):
+            inner = self._look(matcher.primary, together=together)
+            return inner | {id(matcher)}
+        if isinstance(matcher, NotLeaf):
+            return frozenset()
+        if together and not isinstance(matcher, PhraseLeaf):
+            self.together.add(id(matcher))
+        return frozenset({id(matcher)})
 
-    def visit(
-        self, node: Node, *, together: bool, company: frozenset[str] = frozenset()
-    ) -> _Hit | None:
-        """What of ``node`` matched (None: it did not); ``together``: among other words,
-        ``company``."""
-        if isinstance(node, Term | Phrase):
-            leaf = self.leaf(node, company)
-            spans = leaf.spans(self.doc)
-            if not spans:
-                return None
-            if together and not isinstance(leaf, PhraseLeaf):
-                spans = _first_in_each_field(spans)
-            return _Hit(spans, self._reason(node, leaf, spans))
-        if isinstance(node, AnyOf):
-            hits = [hit for item in node.items if (hit := self.visit(item, together=together))]
-            if not hits:
-                return None
-            return _Hit([span for hit in hits for span in hit.spans], _join(h.reason for h in hits))
-        if isinstance(node, Without):
-            return None
-        return self._all(node, together)
-
-    def _all(self, node: AllOf, together: bool) -> _Hit | None:
-        positive = [item for item in node.items if not isinstance(item, Without)]
-        content = [item for item in positive if not self._little(item)] or positive
-        for item in node.items:
-            if isinstance(item, Without) and self.visit(item.item, together=False):
-                return None
-        if not content:
-            return _Hit([], "")
-        company = self.compiler.company(node)
-        if len(content) == 1:
-            return self.visit(content[0], together=together, company=company)
-        hits = [self.visit(item, together=True, company=company) for item in content]
-        found = [hit for hit in hits if hit is not None]
-        if len(found) < len(hits):
-            return None
-        return _Hit(self._side_by_side(node, found), _all_reason(positive, found))
-
-    def _side_by_side(self, node: AllOf, found: list[_Hit]) -> list[Span]:
-        """Where the words stand together as written; in the other fields, each word's own
-        marks."""
-        spans = [span for hit in found for span in hit.spans]
-        near = self.near(node)
-        if near is None:
-            return spans
-        side_by_side = near.spans(self.doc)
-        fields = {f for f, _, _ in side_by_side}
-        return side_by_side + [span for span in spans if span[0] not in fields]
-
-    def _little(self, item: Node) -> bool:
-        """A word an all-words interest does without ("for" in ``agents for science``)."""
-        if not isinstance(item, Term | Phrase) or (isinstance(item, Term) and item.prefix):
-            return False
-        leaf = self.leaf(item)
-        return isinstance(leaf, TermLeaf) and leaf.term in STOPWORDS
-
-    def _reason(self, node: Term | Phrase, leaf: Leaf, spans: list[Span]) -> str:
-        if isinstance(node, Phrase):
-            return " ".join(node.words.split()) + _where(node.field)
-        if isinstance(leaf, PrefixLeaf):  # the words it found, not the query's "diffus*"
-            fields = self.doc.fields
-            words = dict.fromkeys(fields[f].surfaces[first] for f, first, _ in sorted(spans))
-            return _join(words) + _where(node.field)
-        return node.word + _where(node.field)
+    def spans(self, found: list[Evidence]) -> list[Span]:
+        """The places to mark: the evidence, words asked together at their first place in
+        each field, or where the group's words stand side by side as written."""
+        side: dict[int, set[int]] = {}  # leaf id → fields where its group stands side by side
+        for bonus, members in self.groups:
+            fields = {f for f, _, _, leaf in found if leaf is bonus}
+            for member in members:
+                side.setdefault(member, set()).update(fields)
+        out: list[Span] = []
+        firsts: set[tuple[int, int]] = set()
+        for f, first, last, leaf in sorted(found, key=lambda e: e[:3]):
+            key = id(leaf)
+            if f in side.get(key, ()):
+                continue
+            if key in self.together:
+                if (key, f) in firsts:
+                    continue
+                firsts.add((key, f))
+            out.append((f, first, last))
+        return out
 
 
-def _all_reason(positive: Sequence[Node], found: list[_Hit]) -> str:
-    """Loose words of one field said as the interest writes them, else the parts' reasons."""
-    words = [item for item in positive if isinstance(item, Term) and not item.prefix]
-    if len(words) == len(positive) and len({w.field for w in words}) == 1:
-        return " ".join(w.word for w in words) + _where(words[0].field)
-    return " and ".join(hit.reason for hit in found if hit.reason)
+def _used(found: list[Evidence]) -> dict[int, list[Evidence]]:
+    """The evidence by the id of the leaf that reported it."""
+    by_leaf: dict[int, list[Evidence]] = {}
+    for evidence in found:
+        by_leaf.setdefault(id(evidence[3]), []).append(evidence)
+    return by_leaf
 
 
-def _first_in_each_field(spans: list[Span]) -> list[Span]:
-    first: dict[int, Span] = {}
-    for span in sorted(spans):
-        first.setdefault(span[0], span)
-    return list(first.values())
+def _reason(matcher: object, used: dict[int, list[Evidence]], doc: Doc) -> str:
+    """What of ``matcher`` matched, in the interest's words kept on its leaves."""
+    if isinstance(matcher, AnyLeaves):
+        return _join(_reason(m, used, doc) for m in matcher.items)
+    if isinstance(matcher, AllLeaves):
+        parts = [m for m in (*matcher.required, *(matcher.variants or ())) if m is not None]
+        if matcher.said and any(_reason(m, used, doc) for m in parts):
+            return matcher.said
+        return " and ".join(r for r in (_reason(m, used, doc) for m in parts) if r)
+    if isinstance(matcher, AliasLeaf):
+        inner = _reason(matcher.primary, used, doc)
+        return inner or (matcher.written if id(matcher) in used else "")
+    if isinstance(matcher, NotLeaf) or id(matcher) not in used:
+        return ""
+    if isinstance(matcher, PrefixLeaf | VariantLeaf):  # the words it found, not "diffus*"
+        fields = doc.fields
+        places = sorted(used[id(matcher)], key=lambda e: e[:3])
+        words = dict.fromkeys(fields[f].surfaces[first] for f, first, _, _ in places)
+        return _join(words) + _where(matcher.fields)
+    assert isinstance(matcher, TermLeaf | PhraseLeaf)
+    return matcher.said + _where(matcher.fields)
 
 
-def _where(field: str | None) -> str:
-    return f" (in the {field})" if field else ""
+def _where(fields: tuple[int, ...]) -> str:
+    return f" (in the {FIELDS[fields[0]]})" if len(fields) == 1 else ""
 
 
 def _join(reasons: Iterable[str]) -> str:
@@ -382,9 +368,9 @@ def _plain(node: Node) -> str:
     """An interest in plain words, for when what it matched is not in the text shown."""
     if isinstance(node, Term):
         word = f"words starting with {node.word}" if node.prefix else node.word
-        return word + _where(node.field)
+        return word + _named(node.field)
     if isinstance(node, Phrase):
-        return " ".join(node.words.split()) + _where(node.field)
+        return " ".join(node.words.split()) + _named(node.field)
     if isinstance(node, Without):
         return ""
     parts = [part for part in map(_plain, node.items) if part]
@@ -393,3 +379,7 @@ def _plain(node: Node) -> str:
     positive = [item for item in node.items if not isinstance(item, Without)]
     words = all(isinstance(item, Term) and not item.prefix for item in positive)
     return (" " if words else " and ").join(parts)
+
+
+def _named(field: str | None) -> str:
+    return f" (in the {field})" if field else ""

@@ -1,7 +1,8 @@
 """The matchers an interest compiles to: each scores a ``Doc``, BM25F-style, or says no.
 
 Each matcher returns a score, or ``None`` when the paper does not match; given a
-``found`` list it also reports which words matched, for explanations. Words, phrases and
+``found`` list it also reports its evidence: where each leaf matched, the one record both
+explanations and marks are made of. Words, phrases and
 prefixes are the leaves; ``AllLeaves`` (every word, softly), ``AnyLeaves`` and
 ``NotLeaf`` combine them; ``AliasLeaf`` widens words to the acronym they stand for, or
 back. ``digest.rank.match`` builds them.
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 from itertools import pairwise
 from typing import Protocol
 
-from digest.rank.doc import Doc, Field, Found, Span, saturate
+from digest.rank.doc import Doc, Evidence, Field, Found, Span, saturate
 
 # An acronym's expansion counts as the acronym, a little less ("LLM" over "large language
 # model" when a paper writes one and not the other), and the other way round.
@@ -30,8 +31,6 @@ TAIL_WEIGHT = 0.5
 # share ("code ... generation" in an abstract on something else).
 SCATTERED = 0.5
 NEAR = 4
-# Explanations carry an alias match as one entry: this mark, the interest's word, the span.
-ALIAS_MARK = "\x00"
 
 
 class Matcher(Protocol):
@@ -43,10 +42,11 @@ class Matcher(Protocol):
 class TermLeaf:
     """One term, in some fields; inside fixed compounds only when ``company`` names them.
 
-    ``company``: the words of the interest the term stands among (``Compiler.company``).
+    ``company``: the words of the interest the term stands among (``Compiler.company``);
+    ``said``: the word as the interest writes it, for the "Matched:" line.
     """
 
-    __slots__ = ("company", "fields", "idf", "in_abstract", "in_title", "term")
+    __slots__ = ("company", "fields", "idf", "in_abstract", "in_title", "said", "term")
 
     def __init__(
         self,
@@ -58,6 +58,7 @@ class TermLeaf:
         self.term, self.fields, self.idf = term, fields, idf
         self.company = company
         self.in_title, self.in_abstract = 0 in fields, 1 in fields
+        self.said = term
 
     def weighted(self, tf_title: int, tf_abstract: int, doc: Doc) -> float | None:
         """The score of the term occurring so many times in doc's title and abstract."""
@@ -79,7 +80,7 @@ class TermLeaf:
             for f in self.fields:
                 fld = doc.fields[f]
                 for span in fld.places(term, company):
-                    fld.report(f, span, found)
+                    fld.report(f, span, found, self)
         return score
 
     def spans(self, doc: Doc) -> list[Span]:
@@ -94,12 +95,14 @@ class TermLeaf:
 
 
 class PhraseLeaf:
-    """Words in sequence; ``variants`` spell compounds both split and joined."""
+    """Words in sequence; ``variants`` spell compounds both split and joined; ``said``: the
+    words as the interest writes them."""
 
-    __slots__ = ("fields", "idf", "variants")
+    __slots__ = ("fields", "idf", "said", "variants")
 
     def __init__(self, variants: list[list[str]], fields: tuple[int, ...], idf: float) -> None:
         self.variants, self.fields, self.idf = variants, fields, idf
+        self.said = " ".join(variants[0])
 
     def evaluate(self, doc: Doc, found: Found) -> float | None:
         x = 0.0
@@ -110,7 +113,7 @@ class PhraseLeaf:
                 x += len(best) * fld.factor
                 if found is not None:
                     for span in best:
-                        fld.report(f, span, found)
+                        fld.report(f, span, found, self)
         return saturate(self.idf, x) if x else None
 
     def frequency(self, doc: Doc) -> float:
@@ -188,7 +191,7 @@ class PrefixLeaf:
             if surface.startswith(prefix) and i not in doc.fields[f].inside
         ]
 
-    def _explain(self, doc: Doc, found: list[tuple[int, str]]) -> float | None:
+    def _explain(self, doc: Doc, found: list[Evidence]) -> float | None:
         # Word by word, so the explanation lists words in the order the paper has them. The
         # words are found through the terms the Doc already carries, not by scanning the field.
         prefix = self.prefix
@@ -208,7 +211,7 @@ class PrefixLeaf:
             )
             for term in terms:
                 idf = min(idf, self.idf_of(term))  # "diffus*" is no rarer than diffusion
-            found.extend((f, fld.terms[i]) for i in at)
+            found.extend((f, i, i, self) for i in at)
             x += len(at) * fld.factor
         return saturate(idf, x) if x else None
 
@@ -225,9 +228,14 @@ class AllLeaves:
     ``apart``: the required items again, when they are all words, phrases or prefixes: a
     match that has them all in the abstract only, scattered (``scattered``), scores
     ``SCATTERED`` of what they give. Empty: no such check.
+
+    ``said``: loose words of one field as the interest writes them ("agents for science"),
+    for the "Matched:" line; empty for other groups, said part by part.
     """
 
-    __slots__ = ("apart", "bonus", "excluded", "lack", "order", "required", "spare", "variants")
+    __slots__ = (
+        "apart", "bonus", "excluded", "lack", "order", "required", "said", "spare", "variants",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -243,6 +251,7 @@ class AllLeaves:
     ) -> None:
         self.required, self.excluded, self.bonus = required, excluded, bonus
         self.apart = apart
+        self.said = ""
         self.variants = variants
         self.spare = spare  # the items a soft match may lack with no variant at all
         self.lack = lack  # how many of them at most
@@ -256,6 +265,7 @@ class AllLeaves:
         soft = varied = False
         lacking = 0
         required = self.required
+        kept = 0 if found is None else len(found)  # evidence of a failed match is taken back
         for i in self.order if found is None else range(len(required)):
             item = required[i]
             score = item.evaluate(doc, found)
@@ -268,14 +278,14 @@ class AllLeaves:
                 elif i in self.spare and lacking < self.lack:
                     lacking, score = lacking + 1, 0.0
                 else:
-                    return None
+                    return _failed(found, kept)
                 soft = True
             total += score
         for item in self.excluded:
             if item.evaluate(doc, None) is not None:
-                return None
+                return _failed(found, kept)
         if soft:
-            return SOFT * total if self._titled(doc) else None
+            return SOFT * total if self._titled(doc) else _failed(found, kept)
         if self.bonus is not None:
             written = self.bonus.evaluate(doc, found)
             if written is not None:  # side by side somewhere: not scattered
@@ -286,10 +296,17 @@ class AllLeaves:
 
     def _titled(self, doc: Doc) -> bool:
         """Whether the title has one of the words: a soft match must be about them."""
-        seen: list[tuple[int, str]] = []
+        seen: list[Evidence] = []
         for item in self.required:
             item.evaluate(doc, seen)
-        return any(f == 0 for f, _ in seen)
+        return any(evidence[0] == 0 for evidence in seen)
+
+
+def _failed(found: Found, kept: int) -> float | None:
+    """No match (None): the evidence reported since ``kept`` was not used."""
+    if found is not None:
+        del found[kept:]
+    return None
 
 
 def scattered(items: Sequence[TermLeaf | PhraseLeaf | PrefixLeaf], doc: Doc) -> bool:
@@ -348,7 +365,7 @@ class VariantLeaf:
                     x += count * fld.factor
                     if found is not None:
                         for span in fld.places(term):
-                            fld.report(f, span, found)
+                            fld.report(f, span, found, self)
         return saturate(self.idf, x) if x else None
 
 
@@ -389,8 +406,7 @@ class AliasLeaf:
             return score
         if found is not None:
             # One entry per place, read back by the explainer as "LLM, written as ...".
-            for f, first, last in (span for alias in leaves for span in alias.spans(doc)):
-                found.append((f, f"{ALIAS_MARK}{self.written}{ALIAS_MARK}{first}:{last}"))
+            found.extend((*span, self) for alias in leaves for span in alias.spans(doc))
         other = weight * saturate(self.idf, x)
         return other if score is None else max(score, other)
 

@@ -123,10 +123,10 @@ class Compiler:
                 # Unknown breadth: a prefix anchors only when nothing rarer is required.
                 cost = self.documents * 0.05 + 1.0
                 return PrefixLeaf(prefix, fields, self.idf), (cost, [("p", prefix)])
-            return self.aliased(node.word, fields, *self.words(node.word, fields, company))
+            return self.aliased(node.word, fields, *self.said(node.word, fields, company))
         if isinstance(node, Phrase):
             fields = _scope(node.field)
-            return self.aliased(node.words, fields, *self.words(node.words, fields))
+            return self.aliased(node.words, fields, *self.said(node.words, fields))
         if isinstance(node, AllOf):
             return self._all(node)
         if isinstance(node, AnyOf):
@@ -176,9 +176,12 @@ class Compiler:
         items = [m for m, _ in required]
         spanned = [m for m in items if isinstance(m, TermLeaf | PhraseLeaf | PrefixLeaf)]
         apart = spanned if len(items) >= 2 and len(spanned) == len(items) else []
-        matcher: Matcher = AllLeaves(
+        group = AllLeaves(
             items, [], self.proximity(node), variants, order, spare, lack, apart=apart
         )
+        if len(content) >= 2:
+            group.said = _loose(node)
+        matcher: Matcher = group
         if best is not None:
             matcher, best = self._all_aliased(node, matcher, best)
         if isinstance(matcher, AllLeaves):
@@ -360,6 +363,15 @@ class Compiler:
         matcher, _ = self.words(" ".join(w.word for w in words), _scope(words[0].field))
         return matcher
 
+    def said(
+        self, text: str, fields: tuple[int, ...], company: frozenset[str] = frozenset()
+    ) -> tuple[Matcher, Anchors]:
+        """``words`` of an interest, the leaf keeping them as written for "Matched:"."""
+        leaf, anchors = self.words(text, fields, company)
+        assert isinstance(leaf, TermLeaf | PhraseLeaf)
+        leaf.said = " ".join(text.split())
+        return leaf, anchors
+
     def words(
         self, text: str, fields: tuple[int, ...], company: frozenset[str] = frozenset()
     ) -> tuple[Matcher, Anchors]:
@@ -418,7 +430,7 @@ class Compiler:
             fields.append(fld)
         doc = Doc((fields[0], fields[1]), times_seen)
         if self.prefixes and prefixes:
-            self._find_prefixes(doc)
+            self.find_prefixes(doc)
         return doc
 
     def add_joins(self, fld: Field, *, again: bool = False) -> None:
@@ -435,7 +447,8 @@ class Compiler:
                 if joined in joins and not (again and (k, k + 1) in spans.get(joined, ())):
                     fld.add_span(joined, k, k + 1)
 
-    def _find_prefixes(self, doc: Doc) -> None:
+    def find_prefixes(self, doc: Doc) -> None:
+        """Note the interests' prefixes the paper's words start with (``Doc.prefixed``)."""
         prefixes, prefixed, term = self.prefixes, doc.prefixed, self.analyzer.term
         for f, fld in enumerate(doc.fields):
             surfaces = fld.surfaces
@@ -445,6 +458,16 @@ class Compiler:
                 for prefix in prefixes.get(surface[:PREFIX_KEY], ()):
                     if surface.startswith(prefix):
                         prefixed.setdefault(prefix, []).append((f, count, term(surface)))
+
+
+def _loose(node: AllOf) -> str:
+    """Loose words of one field said as the interest writes them ("" when it has more)."""
+    words = [item for item in node.items if isinstance(item, Term) and not item.prefix]
+    positive = [item for item in node.items if not isinstance(item, Without)]
+    if len(words) != len(positive) or len({w.field for w in words}) != 1:
+        return ""
+    where = f" (in the {words[0].field})" if words[0].field else ""
+    return " ".join(w.word for w in words) + where
 
 
 def _spare(content: list[tuple[Matcher, Anchors]]) -> tuple[frozenset[int], int]:
