@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -94,7 +93,7 @@ def test_default_config_text_lists_every_option_and_loads(tmp_path: Path) -> Non
     )
     config = tmp_path / "digest.toml"
     config.write_text(uncommented)
-    defaults = replace(load_settings(environ={}, cwd=tmp_path), config_path=config)
+    defaults = load_settings(environ={}, cwd=tmp_path).model_copy(update={"config_path": config})
     assert load_settings(config, environ={}, cwd=tmp_path) == defaults
 
 
