@@ -70,7 +70,8 @@ class Option:
         from pydantic import TypeAdapter
 
         bounds = Field(ge=self.low, le=self.high, gt=self.above)
-        adapter: TypeAdapter[Any] = TypeAdapter(Annotated[self.kind, bounds])
+        form: Any = Annotated[self.kind, bounds]
+        adapter: TypeAdapter[Any] = TypeAdapter(form)
         try:
             value = adapter.validate_python(text.strip())
         except ValidationError as exc:
@@ -326,6 +327,11 @@ def _absolute(name: str, raw: Any, base: Path) -> Any:
         return raw
 
 
+def _written(text: str) -> Any:
+    """A folder's default as the file writes it (empty: its place under ``data_dir``)."""
+    return text
+
+
 @dataclass(frozen=True)
 class _Where:
     """Where ``load_settings`` reads from: the file, the variables and the working folder."""
@@ -389,17 +395,18 @@ class Settings(BaseSettings):
     )
 
     data_dir: Annotated[Path, Rule(check=_path)] = Field(
-        "data", description="Folder holding the database, inbox, outbox and feeds."
+        _written("data"), description="Folder holding the database, inbox, outbox and feeds."
     )
     database_url: Annotated[str, Rule(secret=True, check=_database)] = Field(
         "",
         description="SQLAlchemy URL of the store; empty means the SQLite file <data_dir>/digest.db.",
     )
     inbox: Annotated[Path, Rule(check=_path)] = Field(
-        "", description="Folder watched for new listing dumps; empty: <data_dir>/inbox."
+        _written(""), description="Folder watched for new listing dumps; empty: <data_dir>/inbox."
     )
     feeds_dir: Annotated[Path, Rule(check=_path)] = Field(
-        "", description="Folder the RSS/Atom feeds are written to; empty: <data_dir>/feeds."
+        _written(""),
+        description="Folder the RSS/Atom feeds are written to; empty: <data_dir>/feeds.",
     )
     mail_transport: Annotated[str, Rule(secret=True, check=_transport)] = Field(
         "",
@@ -722,7 +729,7 @@ def _made(where: _Where) -> Settings:
     where it came from; a secret is never echoed."""
     token = _WHERE.set(where)
     try:
-        return Settings()
+        return Settings()  # type: ignore[call-arg]  # the sources give every value
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0])
