@@ -5,8 +5,10 @@ Sources, later ones winning: the defaults below, the TOML file (``--config``,
 environment variables. Relative paths in the file are taken relative to the
 file's folder; relative paths elsewhere to the working directory.
 
-``SettingsModel`` declares every option (type, default, bounds, help); ``OPTIONS`` (the
-table the docs and ``digest init`` are written from) is derived from it.
+``Settings`` is the one declaration: every option's type, default, bounds, check and help,
+read by pydantic-settings' own sources (the file, the environment) and validated by
+pydantic; the rest of digest uses it as it is. ``OPTIONS`` (the table the docs,
+``digest init`` and the command's argument checks are written from) is a view of its fields.
 """
 
 from __future__ import annotations
