@@ -28,7 +28,6 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -169,10 +168,10 @@ def main() -> None:
     t = timed("load, render and hand over every message", t)
     # Both settings of feed_files on the same outbox: the public feed files alone (the web
     # front serves the private feeds live), then every private feed file as well.
-    public = replace(settings, feed_files="public")
+    public = settings.model_copy(update={"feed_files": "public"})
     publish_site_feeds(public, engine, now=clock(), changed=delivered.sent_to)
     t = timed("feeds, feed_files=public (global only)", t)
-    every = replace(settings, feed_files="all")
+    every = settings.model_copy(update={"feed_files": "all"})
     feeds = publish_site_feeds(every, engine, now=clock(), changed=delivered.sent_to)
     timed("feeds, feed_files=all (global + private of those sent)", t)
 

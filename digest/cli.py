@@ -7,7 +7,6 @@ Exit codes: 0 success, 1 an operational failure (one line on stderr),
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import io
 import json
@@ -688,7 +687,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
 
         services.append(WebServer(settings, engine))
         if settings.feed_files == "auto":  # the web front serves the private feeds live
-            settings = dataclasses.replace(settings, feed_files="public")
+            settings = settings.model_copy(update={"feed_files": "public"})
     return serve(
         services=services,
         schedule=settings.schedule,
@@ -739,9 +738,9 @@ def cmd_web(args: argparse.Namespace, ctx: Context) -> int:
 
     settings = ctx.settings
     if args.host is not None:
-        settings = dataclasses.replace(settings, web_host=args.host)
+        settings = settings.model_copy(update={"web_host": args.host})
     if args.port is not None:
-        settings = dataclasses.replace(settings, web_port=args.port)
+        settings = settings.model_copy(update={"web_port": args.port})
     _log_setup(ctx, True)
     ctx.engine  # noqa: B018 -- creates or migrates the store once, before any worker starts
 
@@ -799,10 +798,8 @@ def _bounded(name: str) -> Callable[[str], Any]:
     """An argument type that checks a value the way the settings table does."""
 
     def parse(text: str) -> Any:
-        from digest.settings import convert
-
         try:
-            return convert(_option(name), text, text=True)
+            return _option(name).parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(f"{exc}, not {text!r}") from None
 

@@ -5,30 +5,45 @@ Sources, later ones winning: the defaults below, the TOML file (``--config``,
 environment variables. Relative paths in the file are taken relative to the
 file's folder; relative paths elsewhere to the working directory.
 
-``SettingsModel`` declares every option (type, default, bounds, help); ``OPTIONS`` (the
-table the docs and ``digest init`` are written from) is derived from it.
+``Settings`` is the one declaration: every option's type, default, bounds, check and help,
+read by pydantic-settings' own sources (the file, the environment) and validated by
+pydantic; the rest of digest uses it as it is. ``OPTIONS`` (the table the docs,
+``digest init`` and the command's argument checks are written from) is a view of its fields.
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import math
 import os
 import re
 import tomllib
 import zoneinfo
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from contextvars import ContextVar
+from dataclasses import dataclass
 from email.utils import getaddresses
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar, get_origin
+from typing import Annotated, Any, get_origin
 from urllib.parse import urlsplit
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_core import ErrorDetails
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 from digest.errors import ConfigError
 from digest.store.subscription import CHOICES, FieldError, SubscriptionPatch
@@ -38,7 +53,8 @@ DEFAULT_CONFIG_NAME = "digest.toml"
 
 @dataclass(frozen=True)
 class Option:
-    """One setting: its name, type, default and the comment written by ``digest init``."""
+    """One setting as the docs, ``digest init`` and the command's arguments see it: a view of
+    one field of ``Settings``, where it is declared."""
 
     name: str
     kind: type
@@ -46,9 +62,26 @@ class Option:
     help: str
     secret: bool = False
     check: Callable[[Any], str | None] | None = None
-    # Bounds of a number, both inclusive: a typo of a few digits must not ask for 3 GB of memory.
+    # Bounds of a number: ``low`` and ``high`` inclusive, ``above`` exclusive.
     low: float | None = None
     high: float | None = None
+    above: float | None = None
+
+    def parse(self, text: str) -> Any:
+        """``text`` (an argument) as this option's value; else a ValueError saying why."""
+        from pydantic import TypeAdapter
+
+        bounds = Field(ge=self.low, le=self.high, gt=self.above)
+        form: Any = Annotated[self.kind, bounds]
+        adapter: TypeAdapter[Any] = TypeAdapter(form)
+        try:
+            value = adapter.validate_python(text.strip())
+        except ValidationError as exc:
+            raise ValueError(reason(self, exc.errors()[0])) from None
+        problem = self.check(value) if self.check is not None else None
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 def _positive(value: Any) -> str | None:
@@ -110,7 +143,12 @@ def _token(value: Any) -> str | None:
     return None
 
 
+DEFAULT_SCHEDULE = "0 7 * * *"
+
+
 def _schedule(value: Any) -> str | None:
+    if value == DEFAULT_SCHEDULE:  # known good: checking it would load APScheduler every time
+        return None
     from digest.cron import schedule_problem  # APScheduler's parser, only for a schedule given
 
     return schedule_problem(value)
@@ -170,7 +208,7 @@ def _one_line(value: Any) -> str | None:
 
 
 def _path(value: Any) -> str | None:
-    return "must not contain a NUL character" if "\0" in value else None
+    return "must not contain a NUL character" if "\0" in str(value) else None
 
 
 def _host(value: Any) -> str | None:
@@ -236,44 +274,141 @@ def _interests(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Rule:
-    """What a setting's type does not say: a secret, bounds, a check (``Annotated`` metadata)."""
+    """What a setting's type and bounds do not say (``Annotated`` metadata): a secret, a check."""
 
     secret: bool = False
     check: Callable[[Any], str | None] | None = None
-    low: float | None = None
-    high: float | None = None
 
 
-class _Text(str):
-    """A value that came as text (an environment variable): a list may be written ``a, b``."""
-
-    __slots__ = ()
-
-
-def _checked(cls: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
-    assert info.field_name is not None
-    option = _options_of(cls)[info.field_name]
-    value = convert(option, value, text=isinstance(value, _Text))
-    return str(value) if isinstance(value, _Text) else value
+def _in(low: float, high: float) -> Any:
+    """Both bounds inclusive: a typo of a few digits must not ask for 3 GB of memory."""
+    return Field(ge=low, le=high)
 
 
-class SettingsModel(BaseSettings):
-    """Every setting: its type, default, bounds and the comment ``digest init`` writes."""
+# Paths and URLs that may be relative: taken from the settings file's folder when written
+# there (the file source makes them absolute), from the working directory otherwise.
+def _folder(raw: str, base: Path) -> str:
+    return str((base / Path(raw).expanduser()).resolve()) if raw else raw
 
-    model_config = SettingsConfigDict(extra="forbid", validate_default=False)
 
-    data_dir: Annotated[str, Rule(check=_path)] = Field(
-        "data", description="Folder holding the database, inbox, outbox and feeds."
+def _sqlite_url(raw: str, base: Path) -> str:
+    relative = raw.removeprefix("sqlite:///")
+    if relative == raw or raw.startswith("sqlite:////") or relative in {"", ":memory:"}:
+        return raw
+    return f"sqlite:///{(base / relative).resolve().as_posix()}"
+
+
+def _file_url(raw: str, base: Path) -> str:
+    if not raw.startswith("file://"):
+        return raw
+    return "file://" + (base / (urlsplit(raw).path or "outbox")).resolve().as_posix()
+
+
+def _paths(raw: list[str], base: Path) -> list[str]:
+    return [item if "://" in item or not item.strip() else _folder(item, base) for item in raw]
+
+
+_RELATIVE: dict[str, Callable[[Any, Path], Any]] = {
+    "data_dir": _folder,
+    "database_url": _sqlite_url,
+    "inbox": _folder,
+    "feeds_dir": _folder,
+    "mail_transport": _file_url,
+    "sources": _paths,
+}
+
+
+def _absolute(name: str, raw: Any, base: Path) -> Any:
+    """``raw`` made absolute from ``base``; a value of the wrong kind is left to validation."""
+    clean = isinstance(raw, str) or (isinstance(raw, list) and all(isinstance(v, str) for v in raw))
+    if name not in _RELATIVE or not clean or "\0" in str(raw):
+        return raw
+    try:
+        return _RELATIVE[name](raw, base)
+    except ValueError:  # an unreadable URL: its check says so
+        return raw
+
+
+def _written(text: str) -> Any:
+    """A folder's default as the file writes it (empty: its place under ``data_dir``)."""
+    return text
+
+
+@dataclass(frozen=True)
+class _Where:
+    """Where ``load_settings`` reads from: the file, the variables and the working folder."""
+
+    config_path: Path | None
+    environ: Mapping[str, str]
+    cwd: Path
+
+
+_WHERE: ContextVar[_Where | None] = ContextVar("digest_settings_where", default=None)
+
+
+def _where() -> _Where:
+    return _WHERE.get() or _Where(None, os.environ, Path.cwd())
+
+
+class _TomlFile(TomlConfigSettingsSource):
+    """The settings file: its ``[[subscribers]]`` tables checked and split off, its relative
+    paths made absolute from its folder, an unknown key refused."""
+
+    def _read_file(self, file_path: Path | Traversable) -> dict[str, Any]:
+        assert isinstance(file_path, Path)
+        try:
+            data = tomllib.loads(file_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {file_path.name}: {exc}") from None
+        samples = _sample_subscribers(data.pop("subscribers", []), file_path.name)
+        unknown = [key for key in data if key not in _BY_NAME]
+        if unknown:
+            raise ConfigError(f"config file {file_path.name}: unknown setting {unknown[0]!r}")
+        values = {name: _absolute(name, raw, file_path.parent) for name, raw in data.items()}
+        return {**values, "config_path": file_path, "sample_subscribers": samples}
+
+
+class _Environment(EnvSettingsSource):
+    """``DIGEST_<NAME>`` variables of the environment handed in; a list is written ``a, b``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return {key.lower(): value for key, value in self.environ.items()}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        if field_name not in _BY_NAME:  # the file's path and tables are no settings
+            return None, field_name, False
+        return super().get_field_value(field, field_name)
+
+    def decode_complex_value(self, field_name: str, field: FieldInfo, value: Any) -> Any:
+        return [part.strip() for part in str(value).replace("\n", ",").split(",") if part.strip()]
+
+
+class Settings(BaseSettings):
+    """Every setting: its type, default, bounds and the comment ``digest init`` writes.
+    Once read, paths and URLs are absolute; ``config_path`` and ``sample_subscribers``
+    come from the file and are no settings of their own."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DIGEST_", extra="forbid", frozen=True, validate_default=True
+    )
+
+    data_dir: Annotated[Path, Rule(check=_path)] = Field(
+        _written("data"), description="Folder holding the database, inbox, outbox and feeds."
     )
     database_url: Annotated[str, Rule(secret=True, check=_database)] = Field(
         "",
         description="SQLAlchemy URL of the store; empty means the SQLite file <data_dir>/digest.db.",
     )
-    inbox: Annotated[str, Rule(check=_path)] = Field(
-        "", description="Folder watched for new listing dumps; empty: <data_dir>/inbox."
+    inbox: Annotated[Path, Rule(check=_path)] = Field(
+        _written(""), description="Folder watched for new listing dumps; empty: <data_dir>/inbox."
     )
-    feeds_dir: Annotated[str, Rule(check=_path)] = Field(
-        "", description="Folder the RSS/Atom feeds are written to; empty: <data_dir>/feeds."
+    feeds_dir: Annotated[Path, Rule(check=_path)] = Field(
+        _written(""),
+        description="Folder the RSS/Atom feeds are written to; empty: <data_dir>/feeds.",
     )
     mail_transport: Annotated[str, Rule(secret=True, check=_transport)] = Field(
         "",
@@ -283,16 +418,16 @@ class SettingsModel(BaseSettings):
     mail_from: Annotated[str, Rule(check=_mail_from)] = Field(
         "digest <digest@localhost>", description="From address of the digests."
     )
-    smtp_connections: Annotated[int, Rule(low=1, high=64)] = Field(
+    smtp_connections: Annotated[int, _in(1, 64)] = Field(
         4, description="SMTP connections used at once."
     )
-    smtp_rate: Annotated[float, Rule(low=0, high=10_000)] = Field(
+    smtp_rate: Annotated[float, _in(0, 10_000)] = Field(
         0.0, description="Most messages per second sent over SMTP (0: no limit)."
     )
-    smtp_timeout: Annotated[float, Rule(check=_positive, high=3600)] = Field(
+    smtp_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
         30.0, description="Seconds to wait for the SMTP server."
     )
-    smtp_retries: Annotated[int, Rule(low=0, high=20)] = Field(
+    smtp_retries: Annotated[int, _in(0, 20)] = Field(
         3, description="Tries more after a 4xx or a dropped connection."
     )
     base_url: Annotated[str, Rule(check=_http_url)] = Field(
@@ -310,18 +445,16 @@ class SettingsModel(BaseSettings):
         description="Key that signs unsubscribe and private-feed links (32 characters or more);"
         " empty: the site's own, made once and kept in the database (see digest keys).",
     )
-    feed_items: Annotated[int, Rule(low=1, high=10_000)] = Field(
-        100, description="Items kept in each feed."
-    )
-    news_days: Annotated[int, Rule(low=1, high=3650)] = Field(
+    feed_items: Annotated[int, _in(1, 10_000)] = Field(100, description="Items kept in each feed.")
+    news_days: Annotated[int, _in(1, 3650)] = Field(
         14,
         description="Days a paper is news by its own date: an older paper new to the store (a"
         " back-fill) is searchable but never mailed as new.",
     )
     schedule: Annotated[str, Rule(check=_schedule)] = Field(
-        "0 7 * * *", description="When `digest serve` runs the digest (cron syntax)."
+        DEFAULT_SCHEDULE, description="When `digest serve` runs the digest (cron syntax)."
     )
-    poll_minutes: Annotated[int, Rule(low=1, high=24 * 60)] = Field(
+    poll_minutes: Annotated[int, _in(1, 24 * 60)] = Field(
         10, description="Minutes between polls of the inbox and sources."
     )
     sources: Annotated[list[str], Rule(check=_sources)] = Field(
@@ -329,12 +462,12 @@ class SettingsModel(BaseSettings):
         description="Listing URLs fetched into the inbox (HF daily-papers JSON, arXiv RSS/Atom,"
         " text dumps).",
     )
-    fetch_timeout: Annotated[float, Rule(check=_positive, high=3600)] = Field(
+    fetch_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
         30.0,
         description="Seconds the whole fetch may take: sources are fetched at the same time"
         " (8 at once), retries and slow servers included.",
     )
-    fetch_max_bytes: Annotated[int, Rule(low=1, high=100_000_000_000)] = Field(
+    fetch_max_bytes: Annotated[int, _in(1, 100_000_000_000)] = Field(
         50_000_000, description="Largest body accepted from a source."
     )
     log_format: Annotated[str, Rule(check=_log_format)] = Field(
@@ -349,13 +482,13 @@ class SettingsModel(BaseSettings):
     web_host: Annotated[str, Rule(check=_host)] = Field(
         "127.0.0.1", description="Address the web front listens on."
     )
-    web_port: Annotated[int, Rule(low=1, high=65_535)] = Field(
+    web_port: Annotated[int, _in(1, 65_535)] = Field(
         8000, description="Port the web front listens on."
     )
-    web_workers: Annotated[int, Rule(low=1, high=64)] = Field(
+    web_workers: Annotated[int, _in(1, 64)] = Field(
         1, description="Web worker processes of `digest web` (`digest serve` runs one)."
     )
-    web_header_timeout: Annotated[float, Rule(check=_positive, high=300)] = Field(
+    web_header_timeout: Annotated[float, Field(gt=0, le=300)] = Field(
         10.0,
         description="Seconds a client of the web front has to send a request's headers,"
         " from connecting or from its first byte; then the connection is closed.",
@@ -365,10 +498,10 @@ class SettingsModel(BaseSettings):
         description="Proxies whose X-Forwarded-For/-Proto headers are trusted (comma-separated"
         " addresses, or * for any).",
     )
-    confirm_hours: Annotated[float, Rule(low=0.1, high=24 * 30)] = Field(
+    confirm_hours: Annotated[float, _in(0.1, 24 * 30)] = Field(
         48.0, description="Hours a subscription's confirmation link stays valid."
     )
-    max_pending_hours: Annotated[float, Rule(low=1, high=24 * 30)] = Field(
+    max_pending_hours: Annotated[float, _in(1, 24 * 30)] = Field(
         24.0,
         description="Hours a digest may wait to be sent before /healthz answers 503 and"
         " `digest status` warns.",
@@ -378,11 +511,52 @@ class SettingsModel(BaseSettings):
         description="Bearer token that lets a client other than loopback read /metrics;"
         " empty: loopback only.",
     )
+    config_path: Path | None = Field(None, exclude=True)
+    # [[subscribers]] tables of the settings file: added by `run` when missing (demos, small sites)
+    sample_subscribers: tuple[SubscriptionPatch, ...] = Field((), exclude=True)
 
     @field_validator("*", mode="before")
     @classmethod
+    def _no_flag(cls, value: Any, info: ValidationInfo) -> Any:
+        # TOML's true is no number, though Python counts it as 1
+        kind = _BY_NAME[info.field_name].kind if info.field_name in _BY_NAME else None
+        if isinstance(value, bool) and kind in {int, float}:
+            raise ValueError("must be a whole number" if kind is int else "must be a number")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
     def _check(cls, value: Any, info: ValidationInfo) -> Any:
-        return _checked(cls, value, info)
+        option = _BY_NAME.get(str(info.field_name))
+        if option is None:
+            return value
+        problem = option.check(value) if option.check is not None else None
+        if problem:
+            raise ValueError(problem)
+        if isinstance(value, Path):
+            return Path(_absolute(option.name, str(value), _where().cwd))
+        return _absolute(option.name, value, _where().cwd)
+
+    @field_validator("inbox", "feeds_dir", "database_url", "mail_transport", mode="wrap")
+    @classmethod
+    def _under_data(
+        cls, value: Any, handler: ValidatorFunctionWrapHandler, info: ValidationInfo
+    ) -> Any:
+        """An empty folder or URL: its place under ``data_dir``."""
+        if value != "" or "data_dir" not in info.data:  # a bad data_dir has been named already
+            return handler(value)
+        data_dir: Path = info.data["data_dir"]
+        return {
+            "inbox": data_dir / "inbox",
+            "feeds_dir": data_dir / "feeds",
+            "database_url": f"sqlite:///{(data_dir / 'digest.db').as_posix()}",
+            "mail_transport": "file://" + (data_dir / "outbox").as_posix(),
+        }[str(info.field_name)]
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_slash(cls, value: str) -> str:
+        return value.rstrip("/")
 
     @classmethod
     def settings_customise_sources(
@@ -393,75 +567,12 @@ class SettingsModel(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # load_settings gives the layers, the file and then DIGEST_* on top, as init values:
-        # it reads the environment it is handed (tests hand their own), not os.environ
-        return (init_settings,)
-
-
-def _option(name: str, info: FieldInfo) -> Option:
-    rule = next((item for item in info.metadata if isinstance(item, Rule)), Rule())
-    kind = get_origin(info.annotation) or info.annotation
-    assert isinstance(kind, type)
-    return Option(
-        name,
-        kind,
-        info.default,
-        info.description or "",
-        secret=rule.secret,
-        check=rule.check,
-        low=rule.low,
-        high=rule.high,
-    )
-
-
-@functools.cache
-def _options_of(model: type[BaseModel]) -> dict[str, Option]:
-    return {name: _option(name, info) for name, info in model.model_fields.items()}
-
-
-OPTIONS: tuple[Option, ...] = tuple(_options_of(SettingsModel).values())
-_BY_NAME = _options_of(SettingsModel)
-_Model = TypeVar("_Model", bound=BaseModel)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The validated settings; paths are resolved."""
-
-    data_dir: Path
-    database_url: str
-    inbox: Path
-    feeds_dir: Path
-    mail_transport: str
-    mail_from: str
-    smtp_connections: int
-    smtp_rate: float
-    smtp_timeout: float
-    smtp_retries: int
-    base_url: str
-    site_name: str
-    timezone: str
-    secret_key: str
-    feed_items: int
-    news_days: int
-    schedule: str
-    poll_minutes: int
-    sources: list[str]
-    fetch_timeout: float
-    fetch_max_bytes: int
-    log_format: str
-    feed_files: str
-    web_host: str
-    web_port: int
-    web_workers: int
-    web_header_timeout: float
-    forwarded_allow_ips: str
-    confirm_hours: float
-    max_pending_hours: float
-    metrics_token: str
-    config_path: Path | None = field(default=None)
-    # [[subscribers]] tables of the settings file: added by `run` when missing (demos, small sites)
-    sample_subscribers: tuple[SubscriptionPatch, ...] = ()
+        where = _where()
+        sources: list[PydanticBaseSettingsSource] = [init_settings]
+        sources.append(_Environment(settings_cls, where.environ))
+        if where.config_path is not None:
+            sources.append(_TomlFile(settings_cls, where.config_path))
+        return tuple(sources)
 
     @property
     def outbox(self) -> Path:
@@ -484,64 +595,71 @@ class Settings:
         return folders
 
 
+def _option(name: str, info: FieldInfo) -> Option:
+    rule = next((item for item in info.metadata if isinstance(item, Rule)), Rule())
+    bounds = {type(item).__name__: item for item in info.metadata}
+    kind = get_origin(info.annotation) or info.annotation
+    assert isinstance(kind, type)
+    return Option(
+        name,
+        str if kind is Path else kind,
+        info.default,
+        info.description or "",
+        secret=rule.secret,
+        check=rule.check,
+        low=getattr(bounds.get("Ge"), "ge", None),
+        high=getattr(bounds.get("Le"), "le", None),
+        above=getattr(bounds.get("Gt"), "gt", None),
+    )
+
+
+_NOT_OPTIONS = frozenset({"config_path", "sample_subscribers"})
+_BY_NAME: dict[str, Option] = {
+    name: _option(name, info)
+    for name, info in Settings.model_fields.items()
+    if name not in _NOT_OPTIONS
+}
+OPTIONS: tuple[Option, ...] = tuple(_BY_NAME.values())
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
-def convert(option: Option, value: Any, *, text: bool = False) -> Any:
-    """``value`` as the option's type, within its bounds; else a ValueError saying what is wrong.
+_LIST = 'must be a list of strings, as in ["a", "b"]'
+_REASONS = {
+    "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_parsing": "must be a number",
+    "float_type": "must be a number",
+    "finite_number": "must be a finite number",
+    "string_type": "must be a string",
+    "path_type": "must be a string",
+    "list_type": _LIST,
+}
 
-    ``text``: the value came as text (an environment variable, an argument, a CSV cell), so
-    a list may be written ``a, b``; in TOML a list must be a list. The message never holds
-    the value, which may be a secret.
-    """
-    kind = option.kind
-    if kind is list:
-        if text and isinstance(value, str):
-            value = [part.strip() for part in value.replace("\n", ",").split(",") if part.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ValueError('must be a list of strings, as in ["a", "b"]')
-    elif kind is bool:
-        if isinstance(value, str):
-            lowered = value.strip().lower()
-            if lowered not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
-                raise ValueError("must be true or false")
-            return lowered in {"1", "true", "yes", "on"}
-        if not isinstance(value, bool):
-            raise ValueError("must be true or false")
-        return value
-    if kind is str:
-        if not isinstance(value, str):
-            raise ValueError("must be a string")
-    elif kind is int:
-        if isinstance(value, str):
-            value = value.strip().replace("_", "")
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError("must be a whole number")
-        try:
-            value = int(value)
-        except (TypeError, ValueError, OverflowError):
-            raise ValueError("must be a whole number") from None
-    elif kind is float:
-        if isinstance(value, bool):
-            raise ValueError("must be a number")
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            raise ValueError("must be a number") from None
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number")
-    low, high = option.low, option.high
-    if low is not None and high is not None and not low <= value <= high:
-        raise ValueError(f"must be from {_number(low)} to {_number(high)}")
-    if low is not None and value < low:
-        raise ValueError(f"must be at least {_number(low)}")
-    if high is not None and value > high:
-        raise ValueError(f"must be at most {_number(high)}")
-    problem = option.check(value) if option.check is not None else None
-    if problem:
-        raise ValueError(problem)
-    return value
+
+def reason(option: Option, error: ErrorDetails) -> str:
+    """What pydantic found wrong with a value, said the way every message of digest says it
+    (never holding the value, which may be a secret)."""
+    kind = error["type"]
+    if kind == "value_error":
+        return str(error.get("ctx", {}).get("error", error["msg"]))
+    if len(error["loc"]) > 1:  # an item of a list
+        return _LIST
+    if kind in {"greater_than_equal", "less_than_equal"}:
+        low, high = option.low, option.high
+        if low is not None and high is not None:
+            return f"must be from {_number(low)} to {_number(high)}"
+        return (
+            f"must be at least {_number(low)}"
+            if low is not None
+            else f"must be at most {_number(high or 0)}"
+        )
+    if kind == "greater_than":
+        return f"must be greater than {_number(option.above or 0)}"
+    return _REASONS.get(kind, error["msg"])
 
 
 def _shown(option: Option, value: Any) -> str:
@@ -589,31 +707,6 @@ def _sample_subscribers(samples: Any, file_name: str) -> tuple[SubscriptionPatch
     return tuple(checked)
 
 
-def _model(
-    cls: type[_Model],
-    values: Mapping[str, Any],
-    *,
-    origin: Callable[[str], str],
-    unknown: Callable[[str], str],
-) -> _Model:
-    """``cls`` made of ``values``, or a ConfigError about the first bad key in their order:
-    it names the setting and where it came from, and never echoes a secret."""
-    options = _options_of(cls)
-    problems: dict[str, Any] = {}
-    try:
-        made = cls(**{name: value for name, value in values.items() if name in options})
-    except ValidationError as exc:
-        problems = {str(problem["loc"][0]): problem for problem in exc.errors()}
-    for name, value in values.items():
-        if name not in options:
-            raise ConfigError(unknown(name))
-        if name in problems:
-            cause = problems[name].get("ctx", {}).get("error", problems[name]["msg"])
-            shown = _shown(options[name], value)
-            raise ConfigError(f"setting {name}{shown} from {origin(name)} {cause}")
-    return made
-
-
 def _config_path(
     config: str | os.PathLike[str] | None, env: Mapping[str, str], cwd: Path
 ) -> Path | None:
@@ -629,51 +722,27 @@ def _config_path(
     return default.resolve() if default.is_file() else None
 
 
-def _read_file(path: Path) -> tuple[dict[str, Any], tuple[SubscriptionPatch, ...]]:
-    """The settings of the file (not checked yet) and its subscriber tables (checked)."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file {path.name}: {exc}") from None
-    return data, _sample_subscribers(data.pop("subscribers", []), path.name)
-
-
-def _resolved_path(raw: str, base: Path) -> Path:
-    return (base / Path(raw).expanduser()).resolve()
-
-
-def _database_url(raw: str, base: Path, data_dir: Path) -> str:
-    url = raw or f"sqlite:///{(data_dir / 'digest.db').as_posix()}"
-    relative = url.removeprefix("sqlite:///")
-    if relative == url or url.startswith("sqlite:////") or relative in {"", ":memory:"}:
-        return url
-    return f"sqlite:///{(base / relative).resolve().as_posix()}"
-
-
-def _transport_url(raw: str, base: Path, data_dir: Path) -> str:
-    if not raw:
-        return "file://" + (data_dir / "outbox").as_posix()
-    if not raw.startswith("file://"):
-        return raw
-    return "file://" + (base / (urlsplit(raw).path or "outbox")).resolve().as_posix()
-
-
-def _environment(env: Mapping[str, str]) -> dict[str, Any]:
-    """The ``DIGEST_<NAME>`` variables present, by setting name."""
-    return {name: _Text(env[_env_name(name)]) for name in _BY_NAME if _env_name(name) in env}
-
-
 def _env_name(name: str) -> str:
     return f"DIGEST_{name.upper()}"
 
 
-def _validated(values: Mapping[str, Any], origin: Callable[[str], str]) -> SettingsModel:
-    return _model(
-        SettingsModel,
-        values,
-        origin=origin,
-        unknown=lambda key: f"config file {origin(key)}: unknown setting {key!r}",
-    )
+def _made(where: _Where) -> Settings:
+    """The settings read from ``where``, or a ConfigError naming the first bad setting and
+    where it came from; a secret is never echoed."""
+    token = _WHERE.set(where)
+    try:
+        return Settings()  # type: ignore[call-arg]  # the sources give every value
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0])
+        option = _BY_NAME[name]
+        origin = _env_name(name)
+        if origin not in where.environ and where.config_path is not None:
+            origin = where.config_path.name
+        shown = _shown(option, error["input"])
+        raise ConfigError(f"setting {name}{shown} from {origin} {reason(option, error)}") from None
+    finally:
+        _WHERE.reset(token)
 
 
 def load_settings(
@@ -685,53 +754,9 @@ def load_settings(
     env = dict(os.environ if environ is None else environ)
     cwd = Path.cwd() if cwd is None else cwd
     config_path = _config_path(config, env, cwd)
-    from_file: dict[str, Any] = {}
-    samples: tuple[SubscriptionPatch, ...] = ()
-    if config_path is not None:
-        from_file, samples = _read_file(config_path)
-        _validated(from_file, lambda _: config_path.name)  # a bad value is refused, even hidden
-    from_env = _environment(env)
-    model = _validated({**from_file, **from_env}, _env_name)
-
-    def base(name: str) -> Path:
-        # relative paths in the file are taken from its folder, others from the working dir
-        if config_path is not None and name in from_file and name not in from_env:
-            return config_path.parent
-        return cwd
-
-    return _resolve(model, base, cwd, config_path, samples)
-
-
-def _resolve(
-    model: SettingsModel,
-    base: Callable[[str], Path],
-    cwd: Path,
-    config_path: Path | None,
-    sample_subscribers: tuple[SubscriptionPatch, ...],
-) -> Settings:
-    """The validated values with every path and URL made absolute."""
-
-    def folder(name: str, fallback: Path) -> Path:
-        raw: str = getattr(model, name)
-        return _resolved_path(raw, base(name)) if raw else fallback
-
-    data_dir = folder("data_dir", cwd / "data")
-    values = model.model_dump()
-    values.update(
-        data_dir=data_dir,
-        database_url=_database_url(model.database_url, base("database_url"), data_dir),
-        inbox=folder("inbox", data_dir / "inbox"),
-        feeds_dir=folder("feeds_dir", data_dir / "feeds"),
-        mail_transport=_transport_url(model.mail_transport, base("mail_transport"), data_dir),
-        sources=[
-            source if "://" in source else str(_resolved_path(source, base("sources")))
-            for source in model.sources
-        ],
-        base_url=model.base_url.rstrip("/"),
-        config_path=config_path,
-        sample_subscribers=sample_subscribers,
-    )
-    return Settings(**values)
+    if config_path is not None and any(_env_name(name) in env for name in _BY_NAME):
+        _made(_Where(config_path, {}, cwd))  # a bad value in the file is refused, even hidden
+    return _made(_Where(config_path, env, cwd))
 
 
 def _toml_value(value: Any) -> str:

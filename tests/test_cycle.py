@@ -265,9 +265,8 @@ def test_private_feeds_keep_the_newest_items_of_each_reader(
     settings: Settings, store: Engine, dump_a: Path
 ) -> None:
     feedparser = pytest.importorskip("feedparser")
-    from dataclasses import replace
 
-    small = replace(settings, feed_items=3)
+    small = settings.model_copy(update={"feed_items": 3})
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     sent = RecordingTransport()
     run_cycle(small, store, clock=clock, period=DAY, transport=sent)
@@ -349,7 +348,6 @@ def test_the_outbox_goes_out_in_batches_each_digest_once(
 def test_feeds_written_by_two_processes_are_the_same_files(
     settings: Settings, store: Engine, tmp_path: Path
 ) -> None:
-    from dataclasses import replace
 
     from digest.service.cycle import publish_site_feeds
 
@@ -358,7 +356,7 @@ def test_feeds_written_by_two_processes_are_the_same_files(
     now = clock()
     outputs = []
     for processes in (1, 2):
-        target = replace(settings, feeds_dir=tmp_path / f"feeds-{processes}")
+        target = settings.model_copy(update={"feeds_dir": tmp_path / f"feeds-{processes}"})
         counts = publish_site_feeds(target, store, now=now, processes=processes)
         assert counts == {"written": 2 * (len(PEOPLE) + 1), "unchanged": 0, "removed": 0}
         files = sorted(p for p in target.feeds_dir.rglob("*") if p.is_file())

@@ -5,7 +5,6 @@ private feed of a reader who left answers 410 Gone."""
 
 from __future__ import annotations
 
-import dataclasses
 import email
 import email.policy
 import os
@@ -138,8 +137,8 @@ def test_a_run_removes_what_a_web_front_elsewhere_could_not(files_site: Site, du
         newest.rename(newest.with_name(newest.name.split(".", 1)[1]))
 
     # the web front on another host: mail goes out by SMTP, the feeds folder is not this one
-    elsewhere = dataclasses.replace(
-        load_settings(None), mail_transport=site.server.url(), feeds_dir=site.root / "other"
+    elsewhere = load_settings(None).model_copy(
+        update={"mail_transport": site.server.url(), "feeds_dir": site.root / "other"}
     )
     client = TestClient(create_app(elsewhere), base_url=site.env["DIGEST_BASE_URL"])
     gone = post_form(client, manage + "/delete", manage + "/delete", {})

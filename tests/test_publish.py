@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -107,7 +106,7 @@ def test_a_new_base_url_announces_nothing_again(settings: Settings, store: Engin
     ingest(store, [Entry("Another Paper", "On attention.", arxiv_id="2403.05555")], JOINED)
     run(settings, store, date(2026, 3, 12))
     before = guids(settings)
-    moved = replace(settings, base_url="https://digest.example.net/papers")
+    moved = settings.model_copy(update={"base_url": "https://digest.example.net/papers"})
     run(moved, store, date(2026, 3, 13))
     after = guids(moved)
     assert set(after) == set(before) and after == before

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -94,7 +93,7 @@ def test_default_config_text_lists_every_option_and_loads(tmp_path: Path) -> Non
     )
     config = tmp_path / "digest.toml"
     config.write_text(uncommented)
-    defaults = replace(load_settings(environ={}, cwd=tmp_path), config_path=config)
+    defaults = load_settings(environ={}, cwd=tmp_path).model_copy(update={"config_path": config})
     assert load_settings(config, environ={}, cwd=tmp_path) == defaults
 
 
@@ -166,3 +165,23 @@ def test_cli_bad_setting_is_exit_2_and_one_line(tmp_path: Path, name: str, value
     assert "p@" not in done.stderr  # the transport URL holds a password: never echoed
     assert done.stdout == ""
     assert not (tmp_path / "data").exists()
+
+
+def test_the_settings_are_declared_once_and_read_by_their_own_sources(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+    from pydantic_settings import BaseSettings
+
+    from digest.settings import Settings
+
+    config = tmp_path / "digest.toml"
+    config.write_text('inbox = "in"\nsources = ["feeds/a.json"]\n')
+    settings = load_settings(environ={"DIGEST_FEED_ITEMS": "9"}, cwd=tmp_path / "elsewhere")
+    assert isinstance(settings, Settings) and issubclass(Settings, BaseSettings)
+    assert [option.name for option in OPTIONS] == [
+        name for name in Settings.model_fields if name not in {"config_path", "sample_subscribers"}
+    ]
+    read = load_settings(config, environ={"DIGEST_FEED_ITEMS": "9"}, cwd=tmp_path / "elsewhere")
+    assert read.inbox == tmp_path / "in" and read.sources == [str(tmp_path / "feeds/a.json")]
+    assert read.feed_items == 9 and read.config_path == config
+    with pytest.raises(ValidationError):
+        read.feed_items = 3  # type: ignore[misc]

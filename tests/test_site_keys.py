@@ -8,7 +8,6 @@ import json
 import os
 import re
 import threading
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -33,7 +32,7 @@ BASE = "https://papers.example.org"
 def host(root: Path, database_url: str, **changes: str) -> Settings:
     """One host's settings: a data folder of its own, the shared database, no secret_key."""
     settings = load_settings(environ={}, cwd=root)
-    return replace(settings, database_url=database_url, base_url=BASE, **changes)
+    return settings.model_copy(update={"database_url": database_url, "base_url": BASE, **changes})
 
 
 def test_the_key_is_made_once_in_the_store_and_no_file_is_written(
