@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 from types import SimpleNamespace
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -91,7 +92,7 @@ def simulate(
 def assert_every_date_once(reader: Reader, end: datetime, zone: str) -> None:
     periods = [p for p, _, _ in reader.sent]
     assert periods, "no digest in a year"
-    steps = {b - a for a, b in zip(periods, periods[1:], strict=False)}
+    steps = {b - a for a, b in pairwise(periods)}
     assert steps <= {DAY}, f"a date doubled or skipped: {sorted(steps)} in {periods}"
     # the last date whose hour has come was served (or a later one, before a move west)
     assert periods[-1] >= local_period(end, ZoneInfo(zone), reader.hour)
@@ -151,9 +152,7 @@ def test_a_year_of_late_runs_serves_every_local_date_once(
     zone=zones,
     hour=st.integers(0, 23),
     start=starts,
-    moves=st.lists(
-        st.tuples(st.integers(0, 366 * 24 * 60 - 1), zones), min_size=1, max_size=12
-    ),
+    moves=st.lists(st.tuples(st.integers(0, 366 * 24 * 60 - 1), zones), min_size=1, max_size=12),
     jitter=st.lists(st.integers(0, 59), min_size=1, max_size=20),
 )
 def test_a_reader_who_moves_between_zones_never_gets_a_date_twice_nor_misses_one(
@@ -233,9 +232,7 @@ def test_an_hour_past_midnight_the_clock_skips_serves_that_date_after_midnight()
 
 def test_a_move_east_across_midnight_waits_for_the_next_date() -> None:
     reader = Reader(8, joined=at("America/New_York", 2025, 5, 1))
-    assert reader.run(at("America/New_York", 2025, 5, 6, 8), "America/New_York") == date(
-        2025, 5, 6
-    )
+    assert reader.run(at("America/New_York", 2025, 5, 6, 8), "America/New_York") == date(2025, 5, 6)
     # 11:00 in New York is 00:00 on the 7th in Tokyo: a new date, but not yet its hour
     moved = at("America/New_York", 2025, 5, 6, 11)
     assert moved.astimezone(ZoneInfo("Asia/Tokyo")).date() == date(2025, 5, 7)
@@ -249,9 +246,7 @@ def test_a_move_west_does_not_serve_a_date_again() -> None:
     assert reader.run(at("Asia/Tokyo", 2025, 5, 6, 8), "Asia/Tokyo") == date(2025, 5, 6)
     # 08:00 on the 6th comes again in New York, 13 hours later
     assert reader.run(at("America/New_York", 2025, 5, 6, 8), "America/New_York") is None
-    assert reader.run(at("America/New_York", 2025, 5, 7, 8), "America/New_York") == date(
-        2025, 5, 7
-    )
+    assert reader.run(at("America/New_York", 2025, 5, 7, 8), "America/New_York") == date(2025, 5, 7)
 
 
 def test_a_move_across_the_date_line_makes_up_the_date_it_jumped_over() -> None:
@@ -316,7 +311,12 @@ def test_the_readers_with_an_hour_are_due_by_their_own_dates() -> None:
         (sub(6, "Nowhere/Gone", 1), date(2025, 5, 5)),  # a zone no longer known: the site's
     ]
     due = due_readers(readers, now, berlin)
-    assert due == {1: date(2025, 5, 7), 3: date(2025, 5, 7), 4: date(2025, 5, 6), 6: date(2025, 5, 7)}
+    assert due == {
+        1: date(2025, 5, 7),
+        3: date(2025, 5, 7),
+        4: date(2025, 5, 6),
+        6: date(2025, 5, 7),
+    }
     assert by_period(due) == {date(2025, 5, 6): [4], date(2025, 5, 7): [1, 3, 6]}
     assert reader_zone(sub(7, "Nowhere/Gone", 1), berlin) is berlin
 

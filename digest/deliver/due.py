@@ -91,14 +91,16 @@ def due_period(
         return period
     if period <= last:
         return None
-    if period - last == 2 * DAY and last_at is not None:
-        # Two dates came since the last digest. After an outage the missed one folds into
-        # today's; but if by the reader's clock as it reads now their last digest went out
-        # after the next date's hour, the clock moved more than a day forward under them
-        # (a move across the date line): that date was jumped over, not missed, so it goes
-        # first.
-        if local_period(last_at, zone, hour) > last:
-            return last + DAY
+    # Two dates came since the last digest. After an outage the missed one folds into
+    # today's; but if by the reader's clock as it reads now their last digest went out after
+    # the next date's hour, the clock moved more than a day forward under them (a move
+    # across the date line): that date was jumped over, not missed, so it goes first.
+    if (
+        period - last == 2 * DAY
+        and last_at is not None
+        and local_period(last_at, zone, hour) > last
+    ):
+        return last + DAY
     return period
 
 
