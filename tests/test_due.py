@@ -64,12 +64,20 @@ class Reader:
     joined: datetime
     last: date | None = None
     last_at: datetime | None = None
+    ran_before: datetime | None = None
     sent: list[tuple[date, datetime, str]] = field(default_factory=list)
 
     def run(self, now: datetime, zone: str) -> date | None:
         period = due_period(
-            now, ZoneInfo(zone), self.hour, last=self.last, last_at=self.last_at, joined=self.joined
+            now,
+            ZoneInfo(zone),
+            self.hour,
+            last=self.last,
+            last_at=self.last_at,
+            joined=self.joined,
+            ran_before=self.ran_before,
         )
+        self.ran_before = now
         if period is not None:
             self.sent.append((period, now, zone))
             self.last, self.last_at = period, now

@@ -32,6 +32,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from digest.clock import as_utc
 
 DAY = timedelta(days=1)
+# The schedule runs at least every hour (``digest serve``: every quarter hour), so a run
+# less than this long before the current one means it was running all along.
+RUNNING = timedelta(hours=2)
 
 
 def reader_hour(subscriber: Any) -> int | None:
@@ -77,12 +80,14 @@ def due_period(
     last: date | None,
     last_at: datetime | None,
     joined: datetime | None = None,
+    ran_before: datetime | None = None,
 ) -> date | None:
     """The period (the reader's local date) a digest is due for at ``now``, or None.
 
     ``last``: the period of the reader's newest digest; ``last_at``: when it was planned;
     ``joined``: when they subscribed (a reader with no digest yet starts with the first
-    hour after joining, as a new subscriber waits for the next scheduled run).
+    hour after joining, as a new subscriber waits for the next scheduled run);
+    ``ran_before``: when the schedule last ran before ``now``, if known.
     """
     period = local_period(now, zone, hour)
     if last is None:
@@ -91,17 +96,30 @@ def due_period(
         return period
     if period <= last:
         return None
-    # Two dates came since the last digest. After an outage the missed one folds into
-    # today's; but if by the reader's clock as it reads now their last digest went out after
-    # the next date's hour, the clock moved more than a day forward under them (a move
-    # across the date line): that date was jumped over, not missed, so it goes first.
-    if (
-        period - last == 2 * DAY
-        and last_at is not None
-        and local_period(last_at, zone, hour) > last
-    ):
-        return last + DAY
+    if period - last == 2 * DAY and _jumped(now, zone, hour, last, last_at, ran_before):
+        return last + DAY  # jumped over, not missed: that date first, then this one
     return period
+
+
+def _jumped(
+    now: datetime,
+    zone: tzinfo,
+    hour: int,
+    last: date,
+    last_at: datetime | None,
+    ran_before: datetime | None,
+) -> bool:
+    """Whether the date after ``last`` was jumped over by the reader's clock (a move across
+    the date line) rather than missed while the schedule was not running.
+
+    After an outage the missed date folds into today's. But a schedule that kept running
+    (a run less than ``RUNNING`` ago) saw every hour of a reader whose clock went on as
+    clocks do, so two dates at once mean a jump. So does a last digest that went out,
+    by the reader's clock as it reads now, after the next date's hour had come.
+    """
+    if ran_before is not None and as_utc(now) - as_utc(ran_before) < RUNNING:
+        return True
+    return last_at is not None and local_period(last_at, zone, hour) > last
 
 
 def due_readers(
