@@ -126,6 +126,8 @@ def due_readers(
     readers: Iterable[tuple[Any, date | None]],
     now: datetime,
     site_zone: tzinfo,
+    *,
+    ran_before: datetime | None = None,
 ) -> dict[int, date]:
     """The readers with an hour of their own who are due at ``now``, by id, with the period
     each is due for. ``readers``: (subscriber, the period of their newest digest)."""
@@ -141,6 +143,7 @@ def due_readers(
             last=last,
             last_at=getattr(sub, "last_digest_at", None),
             joined=getattr(sub, "created_at", None),
+            ran_before=ran_before,
         )
         if period is not None:
             due[int(sub.id or 0)] = period

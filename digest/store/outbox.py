@@ -80,6 +80,28 @@ def owed_subscribers(conn: Connection, period: date) -> list[Subscriber]:
     return rows
 
 
+def active_with_last(conn: Connection) -> list[tuple[Subscriber, date | None]]:
+    """Active subscribers, by id, each with the period of their newest digest (None: none
+    yet): what deciding whose own hour has come needs."""
+    newest = (
+        sa.select(col(Digest.subscriber_id), sa.func.max(col(Digest.period)).label("last"))
+        .group_by(col(Digest.subscriber_id))
+        .subquery()
+    )
+    with Session(bind=conn) as session:
+        rows = list(
+            session.exec(
+                select(Subscriber, newest.c.last)
+                .outerjoin(newest, newest.c.subscriber_id == col(Subscriber.id))
+                .where(col(Subscriber.status) == "active")
+                .order_by(col(Subscriber.id))
+            ).all()
+        )
+        for row, _ in rows:
+            session.expunge(row)
+    return [(row, last) for row, last in rows]
+
+
 def sent_pairs(
     conn: Connection, subscriber_ids: Collection[int], from_paper: int
 ) -> dict[int, set[int]]:
