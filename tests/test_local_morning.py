@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from digest.deliver import due, plan
 from digest.deliver.transports import RecordingTransport
 from digest.ingest.dumps import Clock
 from digest.rank import ranker
@@ -23,7 +24,6 @@ from digest.service.scheduler import HOURS_JOB, build_scheduler, needs_catch_up
 from digest.service.subscriptions import SubscriberSpec, upsert_subscriber
 from digest.settings import Settings, load_settings
 from digest.store.engine import open_store
-from digest.store.models import Subscriber
 
 JOINED = datetime(2026, 3, 11, 22, 0, tzinfo=UTC)  # 07:00 on the 12th in Tokyo
 # Who wants their digest when: (time zone, hour); None: the site's schedule.
@@ -39,12 +39,14 @@ INTERESTS = ["diffusion", "language model", "speech"]
 
 @pytest.fixture
 def hours(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The readers' hours, where the subscriber type will keep them (``digest_hour``)."""
+    """The readers' hours, read where the planner reads them (``due.reader_hour``, the one
+    place the subscriber's ``digest_hour`` is read)."""
 
-    def hour_of(row: Subscriber) -> int | None:
+    def hour_of(row: Any) -> int | None:
         return READERS.get(row.email, (None, None))[1]
 
-    monkeypatch.setattr(Subscriber, "digest_hour", property(hour_of), raising=False)
+    monkeypatch.setattr(due, "reader_hour", hour_of)
+    monkeypatch.setattr(plan, "reader_hour", hour_of)
 
 
 @pytest.fixture

@@ -58,7 +58,12 @@ class Plan:
 
 def due(subscriber: Subscriber, period: date) -> bool:
     """Whether a subscriber's frequency calls for a digest in this period."""
-    return subscriber.frequency != "weekly" or period.weekday() == WEEKLY_DAY
+    return calls_for(subscriber.frequency, period)
+
+
+def calls_for(frequency: str, period: date) -> bool:
+    """Whether a frequency calls for a digest in this period (weekly: Mondays)."""
+    return frequency != "weekly" or period.weekday() == WEEKLY_DAY
 
 
 def plan_owed(
@@ -106,9 +111,8 @@ def plan_due(
     All of them are ranked together, whatever their dates, so readers given the same papers
     share the work (a whole time zone at its hour, the site's readers at the site's).
     """
-    readers = outbox.active_with_last(conn)
-    due = due_readers(readers, now, site_zone, ran_before=ran_before)
-    wanted = [(s, due[int(s.id or 0)]) for s, _ in readers if int(s.id or 0) in due]
+    due = owed_at(conn, now=now, site_zone=site_zone, ran_before=ran_before)
+    wanted = [(s, due[int(s.id or 0)]) for s in outbox.subscribers_by_id(conn, due)]
     if site_period is not None:
         wanted += [
             (s, site_period)
@@ -126,9 +130,9 @@ def owed_at(
     readers = outbox.active_with_last(conn)
     periods = due_readers(readers, now, site_zone, ran_before=ran_before)
     return {
-        int(s.id or 0): periods[int(s.id or 0)]
-        for s, _ in readers
-        if int(s.id or 0) in periods and due(s, periods[int(s.id or 0)])
+        int(row.id): periods[int(row.id)]
+        for row, _ in readers
+        if int(row.id) in periods and calls_for(row.frequency, periods[int(row.id)])
     }
 
 
