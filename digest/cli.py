@@ -608,18 +608,27 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     for warning in warnings:
         logging.getLogger("digest.run").warning(warning)
     period = _period(args, ctx) if args.period else None
+    hours = bool(args.hours)
     if args.dry_run:
         # Writes nothing: no store, key or folder is made; a fresh installation is shown as
         # its first run would see it (the settings file's subscribers in a store in memory).
         if not ctx.store_exists:
             ensure_sample_subscribers(settings, ctx.reader, now=ctx.now())
-        report = run_cycle(settings, ctx.reader, clock=ctx.clock, period=period, dry_run=True)
+        report = run_cycle(
+            settings, ctx.reader, clock=ctx.clock, period=period, dry_run=True, hours_only=hours
+        )
     else:
         ensure_sample_subscribers(settings, ctx.engine, now=ctx.now())
         stop = threading.Event()
         with hold_run_lock(settings, stop=stop) as held, _stop_on_signals(stop):
             report = run_cycle(
-                settings, ctx.engine, clock=ctx.clock, period=period, stop=stop, guard=held.check
+                settings,
+                ctx.engine,
+                clock=ctx.clock,
+                period=period,
+                stop=stop,
+                guard=held.check,
+                hours_only=hours,
             )
     if args.json:
         ctx.emit_json({**report.as_json(), "warnings": warnings})
@@ -652,6 +661,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         ensure_sample_subscribers,
         last_run_period,
         poll_once,
+        readers_due,
         run_cycle,
     )
     from digest.service.runlock import hold_run_lock
@@ -667,10 +677,24 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
     ensure_sample_subscribers(settings, engine, now=ctx.now())
     stop = threading.Event()
 
+    looked: list[datetime] = []  # when the readers' own hours were last looked at
+
+    def looking() -> datetime | None:
+        before = looked[-1] if looked else None
+        looked[:] = [ctx.clock()]
+        return before
+
     def run_job() -> None:
         try:
             with hold_run_lock(settings, stop=stop) as held:
-                run_cycle(settings, engine, clock=ctx.clock, stop=stop, guard=held.check)
+                run_cycle(
+                    settings,
+                    engine,
+                    clock=ctx.clock,
+                    stop=stop,
+                    guard=held.check,
+                    ran_before=looking(),
+                )
         except AlreadyRunning as exc:
             log.warning("digest run skipped: %s", exc)
 
@@ -680,6 +704,24 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
                 poll_once(settings, engine, clock=ctx.clock)
         except AlreadyRunning:
             pass  # a run is ingesting right now
+
+    def hours_job() -> None:
+        before = looking()
+        if not readers_due(settings, engine, now=ctx.clock(), ran_before=before):
+            return  # the usual quarter hour: nobody's hour has come, and no run is recorded
+        try:
+            with hold_run_lock(settings, stop=stop) as held:
+                run_cycle(
+                    settings,
+                    engine,
+                    clock=ctx.clock,
+                    stop=stop,
+                    guard=held.check,
+                    hours_only=True,
+                    ran_before=before,
+                )
+        except AlreadyRunning as exc:
+            log.warning("run for the readers' hours skipped: %s", exc)
 
     services = []
     if not args.no_web:
@@ -697,6 +739,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         poll_job=poll_job,
         stop_event=stop,
         last_period=lambda: last_run_period(engine),
+        hours_job=hours_job,
     )
 
 
@@ -1048,7 +1091,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub = command("run", cmd_run, "one full cycle: fetch, ingest inbox, rank, send, feeds")
-    sub.add_argument("--period", metavar="YYYY-MM-DD", help="the day to send for (default: today)")
+    when = sub.add_mutually_exclusive_group()
+    when.add_argument(
+        "--period",
+        metavar="YYYY-MM-DD",
+        help="the day to send for, to every subscriber (default: today, and each reader"
+        " with an hour of their own when it has come, for their own date)",
+    )
+    when.add_argument(
+        "--hours",
+        action="store_true",
+        help="only the readers whose own hour has come (for a crontab line every quarter"
+        " hour; the others wait for the run at the site's time)",
+    )
     sub.add_argument(
         "--dry-run", action="store_true", help="compose and render only: send and record nothing"
     )

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Engine
 
 from digest.clock import period_of
 from digest.deliver.message import MessageBuilder
-from digest.deliver.plan import plan_owed, record_plans
+from digest.deliver.plan import owed_at, plan_due, plan_owed, record_plans
 from digest.deliver.send import (
     Claim,
     Delivered,
@@ -130,9 +130,9 @@ def interrupt_dead_runs(engine: Engine, run_ids: Sequence[int] | None = None) ->
     return runs.interrupt_dead(engine, run_ids)
 
 
-def _start_run(engine: Engine, period: date, now: datetime) -> int:
+def _start_run(engine: Engine, period: date, now: datetime, kind: str = "run") -> int:
     interrupt_dead_runs(engine)  # we hold the run lock: any run still "running" died
-    return runs.start(engine, period=period, now=now)
+    return runs.start(engine, period=period, now=now, kind=kind)
 
 
 def _finish_run(
@@ -186,18 +186,37 @@ def run_cycle(
     guard: Callable[[], None] | None = None,
     send: bool = True,
     claim: Claim | None = None,
+    hours_only: bool = False,
+    ran_before: datetime | None = None,
 ) -> RunReport:
-    """Run one whole cycle for ``period`` (default: today in the configured zone).
+    """Run one whole cycle.
+
+    With ``period``, every subscriber is planned for that date. Without, the readers with
+    an hour of their own whose hour has come are planned for their own dates, and (unless
+    ``hours_only``: a run between the site's scheduled ones) every other reader for today
+    in the configured zone, the run's ``period``. ``ran_before``: when the schedule last
+    ran, if known better than the runs table knows it.
 
     ``guard`` raises when the run lock was lost (``LockInfo.check``): the run then stops
     before its next step. ``send`` False: plan only (ingest, compose, the public feed) and
     leave the outbox to the senders."""
     check = guard or (lambda: None)
     now = clock()
+    explicit = period
     period = period or period_of(now, settings.tz)
+    if ran_before is None:
+        ran_before = runs.last_started(engine)
     if dry_run:
-        return _dry_run(settings, engine, period=period, now=now)
-    run_id = _start_run(engine, period, now)
+        return _dry_run(
+            settings,
+            engine,
+            period=period,
+            now=now,
+            explicit=explicit is not None,
+            hours_only=hours_only,
+            ran_before=ran_before,
+        )
+    run_id = _start_run(engine, period, now, kind="hours" if hours_only else "run")
     report = RunReport(run_id, period, dry_run=False)
     error: str | None = None
     with run_context(run_id):
@@ -222,7 +241,20 @@ def run_cycle(
                 # another host waits, then finds these readers served
                 plan_lock(conn)
                 composed_at = clock()  # "new" goes by ingest sequence, not by this
-                plans = plan_owed(conn, period=period, take_in=True, news_days=settings.news_days)
+                if explicit is not None:
+                    plans = plan_owed(
+                        conn, period=period, take_in=True, news_days=settings.news_days
+                    )
+                else:
+                    plans = plan_due(
+                        conn,
+                        now=composed_at,
+                        site_zone=settings.tz,
+                        site_period=None if hours_only else period,
+                        take_in=True,
+                        news_days=settings.news_days,
+                        ran_before=ran_before,
+                    )
                 report.composed = record_plans(
                     conn,
                     plans,
@@ -346,15 +378,35 @@ async def _send(
     )
 
 
-def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime) -> RunReport:
+def _dry_run(
+    settings: Settings,
+    engine: Engine,
+    *,
+    period: date,
+    now: datetime,
+    explicit: bool = True,
+    hours_only: bool = False,
+    ran_before: datetime | None = None,
+) -> RunReport:
     """Compose and render what a run would send, recording and sending nothing."""
     report = RunReport(None, period, dry_run=True)
     links = links_of(settings, engine, now)  # a fresh install's dry run: a store in memory
     builder = MessageBuilder(sender_of(settings))
     with reading(engine) as conn:
-        plans = plan_owed(conn, period=period, news_days=settings.news_days)
+        if explicit:
+            plans = plan_owed(conn, period=period, news_days=settings.news_days)
+        else:
+            plans = plan_due(
+                conn,
+                now=now,
+                site_zone=settings.tz,
+                site_period=None if hours_only else period,
+                news_days=settings.news_days,
+                ran_before=ran_before,
+            )
         for plan in plans:
             sub = plan.subscriber
+            when = plan.period or period
             if not plan.ranked and not sub.send_empty:
                 report.composed["skipped"] = report.composed.get("skipped", 0) + 1
                 continue
@@ -363,9 +415,9 @@ def _dry_run(settings: Settings, engine: Engine, *, period: date, now: datetime)
                 to=sub.email,
                 ident=sub.id,
                 salt=sub.token_salt,
-                period=period,
+                period=when,
                 papers=ranked_views(conn, plan.ranked, links.base_url),
-                message_id=message_id(links.key, sub.id or 0, period, settings.mail_from),
+                message_id=message_id(links.key, sub.id or 0, when, settings.mail_from),
             )
             size = len(builder.build(view, now))
             report.previews.append({"email": sub.email, "papers": len(plan.ranked), "bytes": size})
@@ -385,6 +437,17 @@ def ensure_sample_subscribers(settings: Settings, engine: Engine, *, now: dateti
             upsert_subscriber(engine, patch, now=now)
             added += 1
     return added
+
+
+def readers_due(
+    settings: Settings, engine: Engine, *, now: datetime, ran_before: datetime | None = None
+) -> int:
+    """How many readers with an hour of their own are due a digest at ``now`` (reads only:
+    the hourly check that starts a run only when someone is due)."""
+    with reading(engine) as conn:
+        due = owed_at(conn, now=now, site_zone=settings.tz, ran_before=ran_before)
+        conn.rollback()
+    return len(due)
 
 
 def last_run_period(engine: Engine) -> date | None:

@@ -44,6 +44,7 @@ from apscheduler.schedulers.background import BackgroundScheduler  # type: ignor
 from apscheduler.schedulers.base import BaseScheduler  # type: ignore[import-untyped]
 from apscheduler.schedulers.blocking import BlockingScheduler  # type: ignore[import-untyped]
 from apscheduler.triggers.base import BaseTrigger  # type: ignore[import-untyped]
+from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped]
 
 from digest.cron import crontab_trigger
@@ -54,6 +55,10 @@ log = logging.getLogger("digest.scheduler")
 
 DIGEST_JOB = "digest"
 POLL_JOB = "poll"
+HOURS_JOB = "hours"
+# The readers' own hours are looked at every quarter hour, not every hour: a reader's 08:00
+# is 02:30 UTC in India and 20:15 UTC in Nepal, and they should not wait most of an hour.
+HOURS_MINUTES = "0,15,30,45"
 DIGEST_MISFIRE_GRACE = timedelta(hours=6)
 CATCH_UP_DELAY = timedelta(seconds=1)  # after the start-up poll, so the catch-up sees its files
 
@@ -144,11 +149,13 @@ def build_scheduler(
     poll_trigger: BaseTrigger | None = None,
     now: datetime | None = None,
     executor: BaseExecutor | None = None,
+    hours_job: Callable[[], object] | None = None,
 ) -> BaseScheduler:
     """A scheduler with the digest job on the cron ``schedule`` and the poll every few minutes.
 
     ``catch_up`` runs the digest once right after start; the triggers can be replaced in tests.
-    ``executor`` runs the jobs (default: one worker thread).
+    ``executor`` runs the jobs (default: one worker thread). ``hours_job``: the run for the
+    readers whose own hour has come, every quarter hour (it does nothing when none has).
     """
     zone = _zone(timezone)
     trigger = digest_trigger or crontab_trigger(schedule, zone)
@@ -186,6 +193,18 @@ def build_scheduler(
         misfire_grace_time=max(1, poll_minutes * 60),
         **poll_options,
     )
+    if hours_job is not None:
+        scheduler.add_job(
+            _guarded("hours", hours_job),
+            CronTrigger(minute=HOURS_MINUTES, timezone=zone),
+            id=HOURS_JOB,
+            name="digests of the readers whose hour has come",
+            # Late is fine (a reader's date stays due until their next hour), and the next
+            # quarter hour's run would do the same work.
+            misfire_grace_time=15 * 60,
+            # Soon after start-up (behind the poll and a catch-up), not at the next quarter.
+            next_run_time=start + 2 * CATCH_UP_DELAY,
+        )
     return scheduler
 
 
@@ -201,6 +220,7 @@ def serve(
     services: Sequence[Service] = (),
     install_signals: bool = True,
     now: Callable[[], datetime] | None = None,
+    hours_job: Callable[[], object] | None = None,
 ) -> int:
     """Run the scheduler (and ``services``) until SIGTERM/SIGINT or ``stop_event``; return 0.
 
@@ -219,6 +239,7 @@ def serve(
         poll_job=poll_job,
         catch_up=catch_up,
         executor=jobs,
+        hours_job=hours_job,
     )
     received: list[str] = []
     previous: dict[int, Any] = {}

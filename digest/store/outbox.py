@@ -80,6 +80,46 @@ def owed_subscribers(conn: Connection, period: date) -> list[Subscriber]:
     return rows
 
 
+def active_with_last(conn: Connection) -> list[tuple[Any, date | None]]:
+    """Active subscribers, by id, each as a plain row of their columns (read by name: no
+    objects built, as this is read every quarter hour) with the period of their newest
+    digest (None: none yet): what deciding whose own hour has come needs."""
+    newest = (
+        sa.select(col(Digest.subscriber_id), sa.func.max(col(Digest.period)).label("last"))
+        .group_by(col(Digest.subscriber_id))
+        .subquery()
+    )
+    table = Subscriber.__table__  # type: ignore[attr-defined]
+    query = (
+        sa.select(table, newest.c.last)
+        .outerjoin(newest, newest.c.subscriber_id == table.c.id)
+        .where(table.c.status == "active")
+        .order_by(table.c.id)
+    )
+    return [(row, row.last) for row in conn.execute(query)]
+
+
+def subscribers_by_id(conn: Connection, ids: Collection[int]) -> list[Subscriber]:
+    """The active subscribers with these ids, by id."""
+    wanted = sorted(ids)
+    rows: list[Subscriber] = []
+    with Session(bind=conn) as session:
+        for start in range(0, len(wanted), 1_000):
+            rows.extend(
+                session.exec(
+                    select(Subscriber)
+                    .where(
+                        col(Subscriber.id).in_(wanted[start : start + 1_000]),
+                        col(Subscriber.status) == "active",
+                    )
+                    .order_by(col(Subscriber.id))
+                ).all()
+            )
+        for row in rows:
+            session.expunge(row)
+    return rows
+
+
 def sent_pairs(
     conn: Connection, subscriber_ids: Collection[int], from_paper: int
 ) -> dict[int, set[int]]:

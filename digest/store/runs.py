@@ -42,13 +42,14 @@ def interrupt_dead(engine: Engine, run_ids: Sequence[int] | None = None) -> int:
         return 0  # busy: the next status or run marks them
 
 
-def start(engine: Engine, *, period: date, now: datetime) -> int:
-    """Record a run starting now; returns its id."""
+def start(engine: Engine, *, period: date, now: datetime, kind: str = "run") -> int:
+    """Record a run starting now; returns its id. ``kind``: ``run`` (at the site's schedule,
+    or by hand) or ``hours`` (for the readers whose own hour has come)."""
     with transaction(engine) as conn:
         return int(
             conn.execute(
                 sa.insert(Run).values(
-                    kind="run", period=period, started_at=as_utc(now, naive="refuse")
+                    kind=kind, period=period, started_at=as_utc(now, naive="refuse")
                 )
             ).inserted_primary_key[0]  # type: ignore[index]
         )
@@ -69,13 +70,24 @@ def finish(
 
 
 def last_ok_period(engine: Engine) -> date | None:
-    """The period of the newest run that finished well."""
+    """The period of the newest run that finished well (of kind ``run``: a run for the
+    readers with an hour of their own does not stand for the site's)."""
     with reading(engine) as conn:
         value = conn.execute(
-            sa.select(sa.func.max(col(Run.period))).where(col(Run.status) == "ok")
+            sa.select(sa.func.max(col(Run.period))).where(
+                col(Run.status) == "ok", col(Run.kind) == "run"
+            )
         ).scalar()
         conn.rollback()
     return value if isinstance(value, date) else None
+
+
+def last_started(engine: Engine) -> datetime | None:
+    """When the newest run started, of any kind (None: never)."""
+    with reading(engine) as conn:
+        value = conn.execute(sa.select(sa.func.max(col(Run.started_at)))).scalar()
+        conn.rollback()
+    return as_utc(value) if isinstance(value, datetime) else None
 
 
 def recent(conn: Connection, limit: int) -> list[Any]:
