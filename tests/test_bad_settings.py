@@ -43,6 +43,8 @@ COMMANDS: dict[str, list[str]] = {
     "papers remove": ["papers", "remove", "--listing", "1"],
     "keys list": ["keys", "list"],
     "keys rotate": ["keys", "rotate"],
+    "worker": ["worker"],
+    "run --hours": ["run", "--hours"],
     "status": ["status"],
     "status --json": ["status", "--json"],
 }

@@ -496,7 +496,7 @@ def test_manage_saves_valid_settings(site: Site) -> None:
         "Europe/Berlin",
     )
     assert "(Europe/Berlin)" in saved.text  # dates are shown in the reader's zone
-    assert "digests go out at the site's scheduled time" in saved.text
+    assert "your digest comes at your hour in it" in saved.text  # the reader's own hour
 
 
 @pytest.mark.parametrize(
