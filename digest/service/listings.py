@@ -15,7 +15,14 @@ from sqlalchemy.engine import Engine
 from digest.errors import UsageError
 from digest.ingest.dumps import file_sha256
 from digest.store.engine import reading, transaction, write_lock
-from digest.store.listings import ListingRow, Removal, listing_by, listings, remove_listing
+from digest.store.listings import (
+    ListingRow,
+    Removal,
+    listing_by,
+    listings,
+    remove_listing,
+)
+from digest.store.listings import listing_json as listing_json  # as ``--json`` prints it
 
 
 class _DryRun(Exception):

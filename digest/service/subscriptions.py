@@ -21,7 +21,15 @@ from digest.errors import UsageError
 from digest.rank.query import InterestError, parse_written
 from digest.store.models import Subscriber
 from digest.store.subscribers import (
-    Saved,
+    Saved as Saved,  # what a save reports, for the command line to show
+)
+from digest.store.subscribers import (
+    interests_of as interests_of,  # a subscriber's interests, as the command line lists them
+)
+from digest.store.subscribers import (
+    list_subscribers as list_subscribers,
+)
+from digest.store.subscribers import (
     store_subscribers,
     subscriber_at,
     subscriber_by_id,
