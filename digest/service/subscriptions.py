@@ -18,7 +18,8 @@ from sqlalchemy.engine import Engine
 
 from digest import tokens
 from digest.errors import UsageError
-from digest.rank.query import InterestError, parse_written
+from digest.rank.query import InterestError as InterestError  # a form names the fault
+from digest.rank.query import parse_written
 from digest.store.models import Subscriber as Subscriber  # a subscriber as stored, for pages
 from digest.store.subscribers import (
     Saved as Saved,  # what a save reports, for the command line to show
