@@ -16,7 +16,8 @@ from sqlalchemy.engine import Engine
 from digest import tokens
 from digest.errors import UsageError
 from digest.ingest.identity import normalize_arxiv_id
-from digest.present.views import READER, feedback_path
+from digest.present.views import READER as READER  # a page link's reader token
+from digest.present.views import feedback_path
 from digest.service.subscriptions import find_subscriber
 from digest.store import votes
 from digest.store.engine import reading, transaction
