@@ -30,8 +30,8 @@ from digest.errors import AlreadyRunning, DigestError, UsageError, WriteError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from digest.service.ingest import Clock, DumpResult
     from digest.service.keys import KeyState
+    from digest.service.listings import Clock, DumpResult
     from digest.service.subscriptions import Saved
     from digest.settings import Option, Settings
 
@@ -53,7 +53,7 @@ class Context:
     @property
     def clock(self) -> Clock:
         if self._clock is None:
-            from digest.service.ingest import Clock
+            from digest.service.listings import Clock
 
             self._clock = Clock()
         return self._clock
@@ -182,7 +182,7 @@ def cmd_init(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_ingest(args: argparse.Namespace, ctx: Context) -> int:
     """Ingest dump files or folders (or the inbox) and report each dump."""
-    from digest.service.ingest import ingest_dumps
+    from digest.service.listings import ingest_dumps
 
     if not args.paths and not args.inbox:
         raise UsageError("ingest needs at least one PATH, or --inbox")
@@ -888,7 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--frequency",
         metavar="daily|weekly",
-        choices=_Choices("digest.store.subscription", "FREQUENCIES"),
+        choices=_Choices("digest.service.subscriptions", "FREQUENCIES"),
         help="how often they get a digest (daily; weekly ones go out on Mondays)",
     )
     sub.add_argument(
@@ -918,7 +918,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "vote",
         metavar="up|down",
-        choices=_Choices("digest.store.votes", "VOTES"),
+        choices=_Choices("digest.service.votes", "VOTES"),
         help="up: more like this; down: not for me",
     )
 
@@ -940,7 +940,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--status",
         metavar="STATUS",
-        choices=_Choices("digest.store.subscription", "STATUSES"),
+        choices=_Choices("digest.service.subscriptions", "STATUSES"),
         help="only the subscribers of this status: %(choices)s",
     )
     sub.add_argument("--json", action="store_true", help="print one JSON object")

@@ -36,6 +36,7 @@ from digest.store.subscribers import (
     subscriber_by_id,
     update_status,
 )
+from digest.store.subscription import FREQUENCIES as FREQUENCIES  # subscribe --frequency
 from digest.store.subscription import (
     STATUSES,
     FieldError,
