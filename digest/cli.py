@@ -29,10 +29,10 @@ from digest.errors import AlreadyRunning, DigestError, UsageError, WriteError
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-    from digest.ingest.dumps import Clock, DumpResult
     from digest.service.keys import KeyState
+    from digest.service.listings import Clock, DumpResult
+    from digest.service.subscriptions import Saved
     from digest.settings import Option, Settings
-    from digest.store.subscribers import Saved
 
 Handler = Callable[[argparse.Namespace, "Context"], int]
 RENDERINGS = (".html", ".txt", ".eml")  # what ``preview --out`` can write
@@ -52,7 +52,7 @@ class Context:
     @property
     def clock(self) -> Clock:
         if self._clock is None:
-            from digest.ingest.dumps import Clock
+            from digest.service.listings import Clock
 
             self._clock = Clock()
         return self._clock
@@ -68,14 +68,14 @@ class Context:
     @property
     def engine(self) -> Engine:
         if self._engine is None:
-            from digest.store.engine import open_store
+            from digest.service.install import open_store
 
             self._engine = open_store(self.settings.database_url)
         return self._engine
 
     @property
     def store_exists(self) -> bool:
-        from digest.store.engine import store_exists
+        from digest.service.install import store_exists
 
         return store_exists(self.settings.database_url)
 
@@ -84,7 +84,7 @@ class Context:
         """The store for a command that only reads: one not made yet reads as an empty one
         (in memory), so a look at a fresh installation creates no files."""
         if self._engine is None and not self.store_exists:
-            from digest.store.engine import open_store
+            from digest.service.install import open_store
 
             self._engine = open_store("sqlite://")
         return self.engine
@@ -159,10 +159,9 @@ def report_dumps(ctx: Context, results: list[DumpResult], as_json: bool) -> int:
 
 def cmd_init(args: argparse.Namespace, ctx: Context) -> int:
     """Write a commented digest.toml (unless one exists) and make the data folders."""
-    from digest.feeds.render import FEEDS_FOLDER
-    from digest.files import PRIVATE_FOLDER, make_folder, write_private
+    from digest.files import write_private
+    from digest.service.install import make_install
     from digest.settings import DEFAULT_CONFIG_NAME, default_config_text, load_settings
-    from digest.store.engine import open_store
 
     target = Path(args.config or DEFAULT_CONFIG_NAME)
     if target.exists() and not args.force:
@@ -175,42 +174,31 @@ def cmd_init(args: argparse.Namespace, ctx: Context) -> int:
             raise WriteError(f"cannot write {target}: {exc.strerror}") from None
         ctx.say(f"wrote {target}")
     settings = load_settings(target)
-    try:
-        for folder in settings.folders():
-            make_folder(folder, FEEDS_FOLDER if folder == settings.feeds_dir else PRIVATE_FOLDER)
-    except OSError as exc:
-        raise WriteError(f"cannot make the folder {exc.filename}: {exc.strerror}") from None
-    open_store(settings.database_url).dispose()
+    make_install(settings)
     ctx.say(f"data folder {settings.data_dir} ready")
     return 0
 
 
 def cmd_ingest(args: argparse.Namespace, ctx: Context) -> int:
     """Ingest dump files or folders (or the inbox) and report each dump."""
-    from digest.ingest.dumps import ingest_inbox, ingest_paths
+    from digest.service.listings import ingest_dumps
 
     if not args.paths and not args.inbox:
         raise UsageError("ingest needs at least one PATH, or --inbox")
-    results: list[DumpResult] = []
-    if args.inbox:
-        results += ingest_inbox(
-            ctx.engine, ctx.settings.inbox, clock=ctx.clock, progress=ctx.progress()
-        )
-    if args.paths:
-        results += ingest_paths(
-            ctx.engine,
-            [Path(p) for p in args.paths],
-            clock=ctx.clock,
-            progress=ctx.progress(),
-            defer_index=args.defer_index,
-        )
+    results = ingest_dumps(
+        ctx.engine,
+        inbox=ctx.settings.inbox if args.inbox else None,
+        paths=[Path(p) for p in args.paths],
+        clock=ctx.clock,
+        progress=ctx.progress(),
+        defer_index=args.defer_index,
+    )
     return report_dumps(ctx, results, args.json)
 
 
 def cmd_papers_listings(args: argparse.Namespace, ctx: Context) -> int:
     """The listings ingested, newest first, with the ids ``papers remove`` takes."""
-    from digest.service.listings import listing_line, recent_listings
-    from digest.store.listings import listing_json
+    from digest.service.listings import listing_json, listing_line, recent_listings
 
     rows = recent_listings(ctx.reader, _given(args.limit, "listings_limit"))
     if args.json:
@@ -245,8 +233,7 @@ def _papers_usage(args: argparse.Namespace, ctx: Context) -> int:
 
 def _saved_lines(saved: Saved) -> list[str]:
     """What ``subscribe`` did: a new subscriber, or the interests before and after."""
-    from digest.service.subscriptions import join_interests
-    from digest.store.subscribers import interests_of
+    from digest.service.subscriptions import interests_of, join_interests
 
     row = saved.row
     interests = interests_of(row)
@@ -386,12 +373,13 @@ def cmd_subscribers(args: argparse.Namespace, ctx: Context) -> int:
     from digest.files import write_private
     from digest.service.subscriptions import (
         export_csv,
+        interests_of,
         join_interests,
+        list_subscribers,
         read_csv,
         save_subscribers,
         subscriber_json,
     )
-    from digest.store.subscribers import interests_of, list_subscribers
 
     if args.import_csv:
         try:
@@ -462,61 +450,33 @@ def _period(args: argparse.Namespace, ctx: Context) -> date:
 
 def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
     """Show (or render to a file) what a subscriber's next digest would hold."""
-    from digest.deliver.message import MessageBuilder
     from digest.files import write_private
-    from digest.present.views import ranked_json, ranked_views
-    from digest.service.preview import has_papers, preview_ranked
-    from digest.service.subscriptions import find_subscriber
-    from digest.service.wiring import links_of, sender_of
-    from digest.store.engine import reading
-    from digest.tokens import message_id
+    from digest.service.preview import preview_digest
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in RENDERINGS:
         kind = f"a {out.suffix} file" if out.suffix else "a file without an extension"
         raise UsageError(f"--out {args.out}: cannot render {kind}; use .html, .txt or .eml")
     period = _period(args, ctx)
-    engine = ctx.reader
-    subscriber = find_subscriber(engine, args.email)
-    settings = ctx.settings
-    with reading(engine) as conn:
-        ranked = preview_ranked(
-            conn,
-            subscriber,
-            period=period,
-            now=ctx.now(),
-            whole_store=args.all,
-            news_days=settings.news_days,
-        )
-        papers = ranked_json(conn, ranked)
-        empty_store = not papers and not has_papers(conn)
-        if out is not None:
-            links = links_of(settings, engine, ctx.now())
-            view = links.digest_view(
-                to=subscriber.email,
-                ident=subscriber.id,
-                salt=subscriber.token_salt,
-                period=period,
-                papers=ranked_views(conn, ranked, settings.base_url),
-                message_id=message_id(links.key, subscriber.id or 0, period, settings.mail_from),
-            )
-            builder = MessageBuilder(sender_of(settings))
-            if out.suffix.lower() == ".eml":
-                rendered = builder.build(view, ctx.now())
-            elif out.suffix.lower() == ".txt":
-                rendered = builder.render_text(view).encode("utf-8")
-            else:
-                rendered = builder.render_html(view).encode("utf-8")
-            try:
-                # 0600: its manage link can export or delete the reader
-                write_private(out, rendered)
-            except OSError as exc:
-                raise DigestError(f"--out {args.out}: cannot write it ({exc})") from None
-        conn.rollback()
+    preview = preview_digest(
+        ctx.settings,
+        ctx.reader,
+        args.email,
+        period=period,
+        now=ctx.now(),
+        whole_store=args.all,
+        render=None if out is None else out.suffix.lower(),
+    )
+    papers = preview.papers
+    if out is not None and preview.rendered is not None:
+        try:
+            write_private(out, preview.rendered)  # 0600: its manage link can export or delete
+        except OSError as exc:
+            raise DigestError(f"--out {args.out}: cannot write it ({exc})") from None
     if args.json:
-        ctx.emit_json({"email": subscriber.email, "period": period.isoformat(), "papers": papers})
+        ctx.emit_json({"email": preview.email, "period": period.isoformat(), "papers": papers})
         return 0
-    if empty_store:
+    if preview.empty_store:
         ctx.say("the store is empty: no papers to rank yet (ingest a listing first: digest ingest)")
     elif not papers and args.all:
         ctx.say("no paper in the store matches this subscriber's interests")
@@ -537,18 +497,12 @@ def cmd_preview(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_search(args: argparse.Namespace, ctx: Context) -> int:
     """Search the whole store with the interest language."""
-    from digest.present.views import ranked_json
-    from digest.rank.query import parse_written
-    from digest.service.preview import search_store
-    from digest.store.engine import transaction
+    from digest.service.preview import search_papers
 
-    parse_written(args.query)
     progress = ctx.progress()
-    with transaction(ctx.reader) as conn:
-        ranked = search_store(
-            conn, args.query, limit=_given(args.limit, "limit"), progress=progress
-        )
-        papers = ranked_json(conn, ranked)
+    papers = search_papers(
+        ctx.reader, args.query, limit=_given(args.limit, "limit"), progress=progress
+    )
     if progress is not None:
         ctx.stderr.write("\r\033[K")
     if args.json:
@@ -810,10 +764,9 @@ def cmd_status(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_backup(args: argparse.Namespace, ctx: Context) -> int:
     """Copy the SQLite store to a new file while digest keeps running."""
-    from digest.store.engine import backup_sqlite, store_label
+    from digest.service.install import backup
 
-    size = backup_sqlite(ctx.settings.database_url, Path(args.file))
-    source = store_label(ctx.settings.database_url)
+    source, size = backup(ctx.settings, Path(args.file))
     if args.json:
         ctx.emit_json({"store": source, "backup": args.file, "bytes": size})
     else:
@@ -1008,7 +961,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--frequency",
         metavar="daily|weekly",
-        choices=_Choices("digest.store.subscription", "FREQUENCIES"),
+        choices=_Choices("digest.service.subscriptions", "FREQUENCIES"),
         help="how often they get a digest (daily; weekly ones go out on Mondays)",
     )
     sub.add_argument(
@@ -1038,7 +991,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "vote",
         metavar="up|down",
-        choices=_Choices("digest.store.votes", "VOTES"),
+        choices=_Choices("digest.service.votes", "VOTES"),
         help="up: more like this; down: not for me",
     )
 
@@ -1060,7 +1013,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument(
         "--status",
         metavar="STATUS",
-        choices=_Choices("digest.store.subscription", "STATUSES"),
+        choices=_Choices("digest.service.subscriptions", "STATUSES"),
         help="only the subscribers of this status: %(choices)s",
     )
     sub.add_argument("--json", action="store_true", help="print one JSON object")

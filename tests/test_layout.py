@@ -196,3 +196,33 @@ def test_every_package_ships() -> None:
     listed = set(config["tool"]["setuptools"]["packages"])
     on_disk = {module_name(p) for p in PACKAGE.rglob("__init__.py") if "__pycache__" not in p.parts}
     assert on_disk | {"digest.templates"} == listed
+
+
+# The front doors: the command line and the web front ask ``service/`` for every use case
+# and import nothing of the stages below it. A use case lives in ``service/`` once.
+# The command line may start the web front (``digest web``, ``digest serve``): a door, not a stage.
+DOOR_MAY_IMPORT = {
+    "cli": {"base", "settings", "service", "web"},
+    "web": {"base", "settings", "service"},
+}
+# (importing module, imported module) pairs still let through; none.
+DOOR_ALLOWED: set[tuple[str, str]] = set()
+
+
+def test_cli_and_web_go_through_the_service() -> None:
+    bad = []
+    for source, targets in sorted(graph().items()):
+        mine = stage_of(source)
+        if mine not in DOOR_MAY_IMPORT:
+            continue
+        for target in sorted(targets):
+            theirs = stage_of(target)
+            if (
+                theirs == mine
+                or theirs in DOOR_MAY_IMPORT[mine]
+                or (source, target) in DOOR_ALLOWED
+            ):
+                continue
+            bad.append(f"{source} -> {target}")
+    if bad:
+        pytest.fail(f"{len(bad)} imports past service/:\n" + "\n".join(bad), pytrace=False)

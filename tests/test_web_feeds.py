@@ -16,10 +16,10 @@ from starlette.testclient import TestClient
 
 from digest.service import scheduler
 from digest.service.keys import site_keys
+from digest.service.live_feeds import REBUILD_SECONDS, FeedNames
 from digest.settings import load_settings
 from digest.store.engine import open_store
 from digest.tokens import feed_name
-from digest.web.live import REBUILD_SECONDS, FeedNames
 from tests.conftest import EXAMPLE_A, EXAMPLE_DUMPS, Site, store_rows
 
 EXAMPLE_B12 = EXAMPLE_DUMPS / "daily-mar12-layout-b.txt"

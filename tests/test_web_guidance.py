@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import feedparser
 
+from digest.service.papers import strength
 from digest.tokens import feed_name, link_token
-from digest.web.browse import strength
 from tests.conftest import EXAMPLE_A, EXAMPLE_DUMPS, Site, store_rows
 from tests.test_web_pages import examples
 from tests.test_web_subscription import csrf_of, footer_link, mail_to, post_form, subscribed

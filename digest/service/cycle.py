@@ -37,9 +37,9 @@ from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
-from digest.present.views import ranked_views
 from digest.service.keys import site_keys
 from digest.service.leaving import Copies, sweep_mail_files
+from digest.service.preview import digest_view
 from digest.service.runlock import process_alive
 from digest.service.subscriptions import checked, upsert_subscriber
 from digest.service.wiring import links_of, sender_of, transport_of
@@ -50,7 +50,6 @@ from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason
 from digest.store.papers import index_papers
 from digest.store.subscribers import list_subscribers
-from digest.tokens import message_id
 
 log = logging.getLogger("digest.run")
 
@@ -411,13 +410,8 @@ def _dry_run(
                 report.composed["skipped"] = report.composed.get("skipped", 0) + 1
                 continue
             report.composed["pending"] = report.composed.get("pending", 0) + 1
-            view = links.digest_view(
-                to=sub.email,
-                ident=sub.id,
-                salt=sub.token_salt,
-                period=when,
-                papers=ranked_views(conn, plan.ranked, links.base_url),
-                message_id=message_id(links.key, sub.id or 0, when, settings.mail_from),
+            view = digest_view(
+                conn, links, sub, period=when, ranked=plan.ranked, mail_from=settings.mail_from
             )
             size = len(builder.build(view, now))
             report.previews.append({"email": sub.email, "papers": len(plan.ranked), "bytes": size})

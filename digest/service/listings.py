@@ -1,4 +1,5 @@
-"""``digest papers``: the listings ingested, and taking a bad one back.
+"""``digest ingest`` and ``digest papers``: listings in, the listings ingested, and taking a
+bad one back.
 
 A listing is named by its id (``digest papers listings`` shows them) or by the file
 itself, wherever it lies now (the inbox moves it to ``processed/``): its bytes are what
@@ -7,15 +8,46 @@ the store knows it by.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
 
 from digest.errors import UsageError
-from digest.ingest.dumps import file_sha256
+from digest.ingest.dumps import Clock as Clock  # the command keeps one for all its dumps
+from digest.ingest.dumps import DumpResult as DumpResult  # each dump, as the command reports it
+from digest.ingest.dumps import file_sha256, ingest_inbox, ingest_paths
 from digest.store.engine import reading, transaction, write_lock
-from digest.store.listings import ListingRow, Removal, listing_by, listings, remove_listing
+from digest.store.listings import (
+    ListingRow,
+    Removal,
+    listing_by,
+    listings,
+    remove_listing,
+)
+from digest.store.listings import listing_json as listing_json  # as ``--json`` prints it
+
+
+def ingest_dumps(
+    engine: Engine,
+    *,
+    inbox: Path | None,
+    paths: Sequence[Path],
+    clock: Clock,
+    progress: Callable[[str, int], None] | None = None,
+    defer_index: bool = False,
+) -> list[DumpResult]:
+    """Ingest the inbox (when given), then ``paths``, one transaction per dump; each dump's
+    result, in that order."""
+    results: list[DumpResult] = []
+    if inbox is not None:
+        results += ingest_inbox(engine, inbox, clock=clock, progress=progress)
+    if paths:
+        results += ingest_paths(
+            engine, list(paths), clock=clock, progress=progress, defer_index=defer_index
+        )
+    return results
 
 
 class _DryRun(Exception):

@@ -18,15 +18,25 @@ from sqlalchemy.engine import Engine
 
 from digest import tokens
 from digest.errors import UsageError
-from digest.rank.query import InterestError, parse_written
-from digest.store.models import Subscriber
+from digest.rank.query import InterestError as InterestError  # a form names the fault
+from digest.rank.query import parse_written
+from digest.store.models import Subscriber as Subscriber  # a subscriber as stored, for pages
 from digest.store.subscribers import (
-    Saved,
+    Saved as Saved,  # what a save reports, for the command line to show
+)
+from digest.store.subscribers import (
+    interests_of as interests_of,  # a subscriber's interests, as the command line lists them
+)
+from digest.store.subscribers import (
+    list_subscribers as list_subscribers,
+)
+from digest.store.subscribers import (
     store_subscribers,
     subscriber_at,
     subscriber_by_id,
     update_status,
 )
+from digest.store.subscription import FREQUENCIES as FREQUENCIES  # subscribe --frequency
 from digest.store.subscription import (
     STATUSES,
     FieldError,

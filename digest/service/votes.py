@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote, urlencode
 
 from sqlalchemy.engine import Engine
 
 from digest import tokens
 from digest.errors import UsageError
 from digest.ingest.identity import normalize_arxiv_id
+from digest.present.views import READER as READER  # a page link's reader token
+from digest.present.views import feedback_path
 from digest.service.subscriptions import find_subscriber
 from digest.store import votes
 from digest.store.engine import reading, transaction
 from digest.store.models import Subscriber
-from digest.store.papers import PaperRow
+from digest.store.papers import PaperRow as PaperRow  # a vote link's paper, as pages show it
 from digest.store.subscribers import subscriber_by_id
 
 VOTES = votes.VOTES
@@ -106,3 +109,34 @@ def link_vote(
     with reading(engine) as conn:
         paper = votes.paper_named(conn, paper_key)
     return None if paper is None else (row, paper)
+
+
+@dataclass(frozen=True)
+class ReaderVote:
+    """A paper page's buttons for the reader its link names: where each posts, and the vote
+    they gave so far (None: none)."""
+
+    more_action: str
+    less_action: str
+    given: str | None
+
+
+def reader_vote(
+    engine: Engine, keys: tokens.Keys, token: str, paper_key: str, paper_id: int
+) -> ReaderVote | None:
+    """The buttons of the reader whose ``token`` a paper page's link carried (made for the
+    paper ``paper_key``), or None for a token that does not check out."""
+    row = token_reader(engine, keys, token, paper_key)
+    if row is None or row.id is None:
+        return None
+    with reading(engine) as conn:
+        given = votes.vote_on(conn, row.id, paper_id)
+        conn.rollback()
+    return ReaderVote(
+        feedback_path(token, paper_key, "up"), feedback_path(token, paper_key, "down"), given
+    )
+
+
+def reader_page(paper_key: str, token: str) -> str:
+    """The path of a paper's page that shows the reader of ``token`` their vote buttons."""
+    return f"/papers/{quote(paper_key, safe='')}?{urlencode({READER: token})}"

@@ -12,6 +12,7 @@ from digest.deliver.transports import Transport, open_transport
 from digest.present.views import Links
 from digest.service.keys import site_keys
 from digest.settings import Settings
+from digest.store.counters import SharedLimit as SharedLimit  # the web keeps its limits by name
 
 
 def sender_of(settings: Settings) -> Sender:
@@ -39,3 +40,9 @@ def transport_of(settings: Settings) -> Transport:
         timeout=settings.smtp_timeout,
         retries=settings.smtp_retries,
     )
+
+
+def shared_limit(engine: Engine, name: str, events: int, seconds: float) -> SharedLimit:
+    """The rate limit ``name`` (``events`` per ``seconds`` per key), counted in the store so
+    that every process and host of the site shares it."""
+    return SharedLimit(engine, name, events, seconds)

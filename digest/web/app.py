@@ -18,9 +18,9 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Message, Receive, Scope, Send
 
+from digest.service.install import open_store
 from digest.service.keys import site_keys
 from digest.settings import Settings, load_settings
-from digest.store.engine import open_store
 from digest.web import browse, health, live, subscription, votes
 from digest.web.render import http_error, server_error
 from digest.web.security import BodyLimit, HttpMiddleware, SecurityHeaders, redact

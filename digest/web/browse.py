@@ -1,199 +1,32 @@
 """Pages to read: the front page with the subscribe form and the "try it" preview, paper
 pages and the archive search.
 
-What is marked in a title or abstract, and the "Matched:" line, come from the same
-highlighter as the email (``digest.rank.highlight`` through ``digest.present.paper``);
-the preview and the search rank through the run's own ranking path.
+What they show comes from ``digest.service.papers``: marked by the email's highlighter,
+ranked by the run's own ranking path.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import date, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode
 
-from markupsafe import Markup
-from sqlalchemy.engine import Connection
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from digest.present.paper import (
-    PaperView,
-    arxiv_title_search,
-    arxiv_url,
-    authors_line,
-    day_text,
-    find_links,
-    is_code_link,
-    shown,
-)
-from digest.present.views import READER, paper_view
-from digest.rank.corpus import store_stats
-from digest.rank.highlight import find_marks, mark
-from digest.rank.query import InterestError, parse_interest, parse_written
-from digest.rank.types import CorpusStats, Ranked, hits_to_json
-from digest.service.preview import search_store, try_interests
-from digest.store import papers
-from digest.store.engine import ingest_sequence, reading
-from digest.store.papers import PaperRow
+from digest.service import papers
+from digest.service.papers import MAX_INTEREST_CHARS, MAX_INTERESTS, PREVIEW_DAYS
+from digest.service.votes import READER
 from digest.web.render import page
-from digest.web.state import WebState, state_of
+from digest.web.state import state_of
 from digest.web.votes import reader_votes
 
-log = logging.getLogger("digest.web")
-
-PREVIEW_DAYS = 7
-PREVIEW_ITEMS = 20
-MAX_INTERESTS = 20
-MAX_INTEREST_CHARS = 500  # one line of the preview, one search
 NEW_SHOWN = 5
 TRENDING_SHOWN = 5
 TRENDING_DAYS = 30
 PAGE_SIZE = 20
 MAX_PAGES = 25
-HIT_OPEN, HIT_CLOSE = '<mark class="hit">', "</mark>"
-
-
-def interest_refusal(error: InterestError, line: int | None = None) -> str:
-    """A malformed interest in one sentence, with the position of the fault."""
-    where = f"Interest {line} ({error.text!r})" if line is not None else f"{error.text!r}"
-    return f"{where}: {error.reason} at position {error.position}."
-
-
-_stats_lock = threading.Lock()
-# The rank stage keeps process-wide caches (the highlighter's analyzed papers, compiled
-# interests) that are not safe to use from two threads at once, and handlers run in a
-# thread pool: ranking and marking go one at a time (CPU-bound under the GIL anyway).
-rank_lock = threading.Lock()
-
-
-def cached_stats(state: WebState, conn: Connection) -> CorpusStats:
-    """The store's term statistics, worked out again after a new ingest.
-
-    Working them out takes seconds on a large store (a sample of 20,000 papers analyzed):
-    only the first request of a process waits for it; after an ingest the statistics of
-    the ingest before serve until the new ones are ready, made in a thread of their own.
-    """
-    sequence = ingest_sequence(conn)
-    found = state.caches.get("stats")
-    if found is not None and found[0] == sequence:
-        stats: CorpusStats = found[1]
-        return stats
-    if found is not None:
-        if _stats_lock.acquire(blocking=False):  # else: a refresh is under way
-            threading.Thread(target=_refresh_stats, args=(state,), daemon=True).start()
-        return found[1]  # type: ignore[no-any-return]
-    with _stats_lock:
-        found = state.caches.get("stats")
-        if found is None or found[0] != sequence:
-            state.caches["stats"] = found = (sequence, store_stats(conn))
-        return found[1]
-
-
-def _refresh_stats(state: WebState) -> None:
-    """Work out the statistics of the newest ingest (``_stats_lock`` is held for us)."""
-    try:
-        with reading(state.engine) as conn:
-            state.caches["stats"] = (ingest_sequence(conn), store_stats(conn))
-            conn.rollback()
-    except Exception:  # the next request tries again; the old statistics still serve
-        log.exception("could not work out the store's statistics")
-    finally:
-        _stats_lock.release()
-
-
-@dataclass(frozen=True)
-class Listed:
-    """A paper as a list shows it: linked to its page, marked, with why it was chosen."""
-
-    url: str
-    title: Markup
-    abstract: Markup
-    truncated: bool
-    authors: str
-    arxiv_id: str | None
-    reasons: tuple[str, ...]
-    strength: str | None  # "strong match", "good match", "weak match": beside its list's best
-    times_seen: int
-    first_seen: datetime
-
-
-# A raw score means nothing to a reader (its scale depends on the words and the archive):
-# a list says how each paper matches beside the best of that same list.
-STRENGTHS = ((0.75, "strong match"), (0.4, "good match"), (0.0, "weak match"))
-
-
-def strength(score: float, best: float) -> str:
-    """How well a paper matches, in words, beside the best score of its list."""
-    share = score / best if best > 0 else 1.0
-    return next(label for floor, label in STRENGTHS if share >= floor)
-
-
-def listed(row: PaperRow, base_url: str, ranked: Ranked | None = None, best: float = 0.0) -> Listed:
-    """A paper for a list (with its marks, and how well it matches beside ``best``, when
-    ``ranked`` chose it)."""
-    hits = hits_to_json(ranked.hits) if ranked is not None else []
-    view = paper_view(row, ranked.score if ranked else 0.0, hits, base_url)
-    text = shown(view)
-    return Listed(
-        url=_local(view),
-        title=mark(text.title, text.marks.title, HIT_OPEN, HIT_CLOSE),
-        abstract=mark(text.abstract, text.marks.abstract, HIT_OPEN, HIT_CLOSE),
-        truncated=text.truncated,
-        authors=authors_line(row.authors),
-        arxiv_id=row.arxiv_id,
-        reasons=text.marks.reasons,
-        strength=strength(ranked.score, best) if ranked is not None else None,
-        times_seen=row.times_seen,
-        first_seen=row.first_seen,
-    )
-
-
-def _local(view: PaperView) -> str:
-    """The paper page's path (links stay on whichever host serves the page)."""
-    return f"/papers/{quote(view.key, safe='')}"
-
-
-def _ranked_list(conn: Connection, ranked: Sequence[Ranked], base_url: str) -> list[Listed]:
-    rows = papers.by_ids(conn, [r.paper_id for r in ranked])
-    best = max((r.score for r in ranked), default=0.0)
-    return [listed(rows[r.paper_id], base_url, r, best) for r in ranked if r.paper_id in rows]
-
-
-@dataclass(frozen=True)
-class Tried:
-    """The "try it" preview: the interests as written, and what they picked or what is wrong."""
-
-    text: str
-    picked: list[Listed]
-    error: str | None = None
-
-
-def _try(state: WebState, conn: Connection, text: str, stats: CorpusStats) -> Tried:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return Tried(text, [], "Write at least one interest, one per line.")
-    if len(lines) > MAX_INTERESTS:
-        return Tried(text, [], f"At most {MAX_INTERESTS} interests, one per line.")
-    for number, line in enumerate(lines, 1):
-        if len(line) > MAX_INTEREST_CHARS:
-            return Tried(
-                text, [], f"Interest {number} is longer than {MAX_INTEREST_CHARS} characters."
-            )
-        try:
-            parse_written(line)
-        except InterestError as exc:
-            return Tried(text, [], interest_refusal(exc, number))
-    since = state.now() - timedelta(days=PREVIEW_DAYS)
-    with rank_lock:
-        ranked = try_interests(conn, lines, since=since, stats=stats, limit=PREVIEW_ITEMS)
-        return Tried(text, _ranked_list(conn, ranked, state.settings.base_url))
 
 
 def home(request: Request) -> Response:
@@ -202,64 +35,30 @@ def home(request: Request) -> Response:
     text = request.query_params.get("try")
     if text is not None and len(text) > MAX_INTERESTS * (MAX_INTEREST_CHARS + 2):
         raise HTTPException(400, "Those interests are too long to try.")
-    now = state.now()
-    base_url = state.settings.base_url
-    with reading(state.engine) as conn:
-        tried = _try(state, conn, text, cached_stats(state, conn)) if text is not None else None
-        new = papers.first_seen_since(conn, now - timedelta(days=1), NEW_SHOWN)
-        # a paper shows once: what is new today is not listed again as trending
-        shown_new = {row.id for row in new}
-        trending = [
-            row
-            for row in papers.trending(
-                conn, now - timedelta(days=TRENDING_DAYS), TRENDING_SHOWN + len(new)
-            )
-            if row.id not in shown_new
-        ][:TRENDING_SHOWN]
-        conn.rollback()
-    with rank_lock:
-        new_listed = [listed(row, base_url) for row in new]
-        trending_listed = [listed(row, base_url) for row in trending]
+    front = papers.front_page(
+        state.engine,
+        state.caches,
+        now=state.now(),
+        base_url=state.settings.base_url,
+        tried=text,
+        new_shown=NEW_SHOWN,
+        trending_shown=TRENDING_SHOWN,
+        trending_days=TRENDING_DAYS,
+    )
+    tried = front.tried
     return page(
         request,
         "home.html",
         {
             "tried": tried,
             "preview_days": PREVIEW_DAYS,
-            "new": new_listed,
-            "trending": trending_listed,
+            "new": front.new,
+            "trending": front.trending,
             # the interests tried fill the subscribe form above too
             "form": {"interests": tried.text} if tried is not None and not tried.error else {},
         },
         status=422 if tried is not None and tried.error else 200,
     )
-
-
-@dataclass(frozen=True)
-class Link:
-    """A link the paper page offers."""
-
-    label: str
-    url: str
-
-
-def _links(row: PaperRow, abstract: str) -> tuple[list[Link], list[Link]]:
-    """The paper's pages elsewhere (arXiv, Hugging Face, its listing), and its code links."""
-    pages: list[Link] = []
-    if row.arxiv_id:
-        arxiv = quote(row.arxiv_id, safe="/.")
-        pages.append(Link("arXiv", arxiv_url(row.arxiv_id)))
-        pages.append(Link("arXiv PDF", f"https://arxiv.org/pdf/{arxiv}"))
-        pages.append(Link("Hugging Face", f"https://huggingface.co/papers/{arxiv}"))
-    listing = row.url and urlsplit(row.url).scheme in {"http", "https"}
-    if row.url and listing and all(link.url != row.url for link in pages):
-        pages.append(Link("Listing", row.url))
-    if not row.arxiv_id:  # no id known: arXiv's title search finds nearly every listed paper
-        pages.append(Link("Find it on arXiv", arxiv_title_search(row.title)))
-    found = find_links(abstract)
-    code = [Link(url, url) for url in found if is_code_link(url)]
-    pages.extend(Link(url, url) for url in found if not is_code_link(url))
-    return pages, code
 
 
 def paper_page(request: Request) -> Response:
@@ -268,51 +67,14 @@ def paper_page(request: Request) -> Response:
     vote buttons."""
     state = state_of(request)
     key = request.path_params["key"]
-    with reading(state.engine) as conn:
-        found = papers.by_key(conn, key)
-        conn.rollback()
-    if found is None:
-        raise HTTPException(404, "This site has no paper under that name.")
-    row = found.row
-    title = " ".join(row.title.split())
-    abstract = " ".join(row.abstract.split())
     interests = tuple(
         line.strip() for line in request.query_params.get("for", "").splitlines() if line.strip()
-    )[:MAX_INTERESTS]
-    with rank_lock:
-        marks = find_marks(title, abstract, _parsable(interests))
-    pages, code = _links(row, abstract)
-    listing: date | None = found.listing_date
-    votes = reader_votes(state, request.query_params.get(READER), key, row.id)
-    return page(
-        request,
-        "paper.html",
-        {
-            "paper": row,
-            "title_html": mark(title, marks.title, HIT_OPEN, HIT_CLOSE),
-            "abstract_html": mark(abstract, marks.abstract, HIT_OPEN, HIT_CLOSE),
-            "reasons": marks.reasons,
-            "authors": " ".join(row.authors.split()),
-            "pages": pages,
-            "code": code,
-            "listing_date": listing,
-            "listed": day_text(row.dated),
-            "first_seen": row.first_seen,
-            "last_seen": found.last_seen,
-            "feedback": votes,
-        },
     )
-
-
-def _parsable(interests: tuple[str, ...]) -> tuple[str, ...]:
-    kept = []
-    for interest in interests:
-        try:
-            parse_interest(interest)
-        except InterestError:
-            continue
-        kept.append(interest)
-    return tuple(kept)
+    context = papers.paper_page(state.engine, key, interests)
+    if context is None:
+        raise HTTPException(404, "This site has no paper under that name.")
+    votes = reader_votes(state, request.query_params.get(READER), key, context["paper"].id)
+    return page(request, "paper.html", {**context, "feedback": votes})
 
 
 def search_page(request: Request) -> Response:
@@ -329,30 +91,20 @@ def search_page(request: Request) -> Response:
     context.update(previous=None, next=None)
     if not query:
         return page(request, "search.html", context)
-    status = 200
-    if len(query) > MAX_INTEREST_CHARS:
-        context["error"] = f"A search is at most {MAX_INTEREST_CHARS} characters."
-        status = 400
-    else:
-        try:
-            parse_written(query)
-        except InterestError as exc:
-            context["error"] = interest_refusal(exc)
-            status = 400
-    if status == 400:
-        return page(request, "search.html", context, status=status)
-    with reading(state.engine) as conn:
-        stats = cached_stats(state, conn)
-        with rank_lock:
-            ranked = search_store(
-                conn, query, limit=PAGE_SIZE * number + 1, stats=stats, index=False
-            )
-            shown_here = ranked[PAGE_SIZE * (number - 1) : PAGE_SIZE * number]
-            context["hits"] = _ranked_list(conn, shown_here, state.settings.base_url)
-        conn.rollback()
+    context["error"] = papers.search_refusal(query)
+    if context["error"] is not None:
+        return page(request, "search.html", context, status=400)
+    context["hits"], more = papers.search_page(
+        state.engine,
+        state.caches,
+        query,
+        first=PAGE_SIZE * (number - 1),
+        size=PAGE_SIZE,
+        base_url=state.settings.base_url,
+    )
     if number > 1:
         context["previous"] = "/search?" + urlencode({"q": query, "page": number - 1})
-    if len(ranked) > PAGE_SIZE * number and number < MAX_PAGES:
+    if more and number < MAX_PAGES:
         context["next"] = "/search?" + urlencode({"q": query, "page": number + 1})
     context["feed"] = "/feeds/search.atom?" + urlencode({"q": query})
     return page(request, "search.html", context)

@@ -26,14 +26,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from digest.clock import as_utc
 from digest.cron import crontab_trigger
-from digest.service.status import sending_state
-from digest.store import runs
-from digest.store.engine import reading
-from digest.store.outbox import counts as outbox_counts
-from digest.store.papers import count as paper_count
-from digest.store.subscribers import count_by_status
+from digest.service.health import read_health, read_metrics
 from digest.web.state import WebState, state_of
 
 STALE_PERIODS = 2
@@ -87,18 +81,14 @@ def healthz(request: Request) -> Response:
         "schedule": state.settings.schedule,
     }
     try:
-        with reading(state.engine) as conn:
-            last_ok = runs.last_finished(conn, status="ok")
-            last_any = runs.last_finished(conn)
-            sending = sending_state(conn, now, state.settings.max_pending_hours)
-            conn.rollback()
+        health = read_health(state.engine, now, state.settings.max_pending_hours)
     except Exception as exc:  # whatever keeps the store from answering is what this reports
         data.update(status="database unreachable", database=f"error: {exc}".splitlines()[0])
         return _json(data, 503)
-    finished = as_utc(last_ok.finished_at) if last_ok is not None else None
+    finished, sending = health.runs.last_ok, health.sending
     data["last_ok_run"] = finished.isoformat() if finished else None
     data["last_ok_run_age_seconds"] = int((now - finished).total_seconds()) if finished else None
-    data["last_run_status"] = last_any.status if last_any is not None else None
+    data["last_run_status"] = health.runs.last_status
     age = sending.oldest_age
     data["oldest_pending_age_seconds"] = int(age.total_seconds()) if age is not None else None
     data["max_pending_hours"] = state.settings.max_pending_hours
@@ -109,7 +99,7 @@ def healthz(request: Request) -> Response:
         )
         return _json(data, 503)
     if finished is None:
-        healthy = last_any is None
+        healthy = health.runs.last_finished is None
         data["status"] = "waiting for the first run" if healthy else "no successful run"
     else:
         healthy = now - finished <= stale_after
@@ -148,28 +138,9 @@ def metrics(request: Request) -> Response:
     refused = _refused(request, state.settings.metrics_token)
     if refused is not None:
         return refused
-    engine = state.engine
-    with reading(engine) as conn:
-        papers = paper_count(conn)
-        last_any = runs.last_finished(conn)
-        last_ok = runs.last_finished(conn, status="ok")
-        figures = runs.figures_of_finished(conn)
-        sending = sending_state(conn, state.now(), state.settings.max_pending_hours)
-        outbox = outbox_counts(conn)
-        conn.rollback()
-    subscribers = count_by_status(engine)
-    sends = {"sent": 0, "failed": 0, "deferred": 0, "bounced": 0}
-    for text in figures:
-        try:
-            run = json.loads(text)
-        except ValueError:
-            continue
-        digests = run.get("digests", {}) if isinstance(run, dict) else {}
-        for result in ("sent", "failed", "deferred"):
-            value = digests.get(result, 0)
-            sends[result] += value if isinstance(value, int) else 0
-        bounced = run.get("bounced", []) if isinstance(run, dict) else []
-        sends["bounced"] += len(bounced) if isinstance(bounced, list) else 0
+    read = read_metrics(state.engine, state.now(), state.settings.max_pending_hours)
+    papers, subscribers, outbox, sending = read.papers, read.subscribers, read.outbox, read.sending
+    last = read.runs
     out: list[str] = []
     out += _metric("digest_papers", "gauge", "Papers in the store.", [f"digest_papers {papers}"])
     out += _metric(
@@ -178,25 +149,25 @@ def metrics(request: Request) -> Response:
         "Subscribers by status.",
         [f'digest_subscribers{{status="{k}"}} {v}' for k, v in subscribers.items()],
     )
-    if last_any is not None:
+    if last.last_finished is not None:
         out += _metric(
             "digest_last_run_timestamp_seconds",
             "gauge",
             "When the last finished run ended (Unix time).",
-            [f"digest_last_run_timestamp_seconds {as_utc(last_any.finished_at).timestamp():.0f}"],
+            [f"digest_last_run_timestamp_seconds {last.last_finished.timestamp():.0f}"],
         )
         out += _metric(
             "digest_last_run_ok",
             "gauge",
             "1 when the last finished run ended ok, else 0.",
-            [f"digest_last_run_ok {1 if last_any.status == 'ok' else 0}"],
+            [f"digest_last_run_ok {1 if last.last_ok_run else 0}"],
         )
-    if last_ok is not None:
+    if last.last_ok is not None:
         out += _metric(
             "digest_last_ok_run_timestamp_seconds",
             "gauge",
             "When the last run that ended ok finished (Unix time).",
-            [f"digest_last_ok_run_timestamp_seconds {as_utc(last_ok.finished_at).timestamp():.0f}"],
+            [f"digest_last_ok_run_timestamp_seconds {last.last_ok.timestamp():.0f}"],
         )
     out += _metric(
         "digest_outbox_digests",
@@ -227,7 +198,7 @@ def metrics(request: Request) -> Response:
         "digest_sends_total",
         "counter",
         "Digests sent, failed for good, deferred and bounced, over all runs.",
-        [f'digest_sends_total{{result="{k}"}} {v}' for k, v in sends.items()],
+        [f'digest_sends_total{{result="{k}"}} {v}' for k, v in read.sends.items()],
     )
     return Response(
         "\n".join(out) + "\n",

@@ -1,65 +1,43 @@
 """Feeds served live from the store: the public feed, private feeds and search feeds.
 
-Each feed is built by the same code as the feed files (``digest.feeds``) and answered
-with an ``ETag`` (the hash of what it says) and a ``Last-Modified`` (its newest entry),
-so a reader that asks again with ``If-None-Match`` or ``If-Modified-Since`` gets a
-``304``. What a feed says depends on little: the newest ingest (the public and search
-feeds) and, for a private feed, the subscriber and when they were last sent a digest.
-That is looked up in one small query per request and is the key of an in-process
-cache, so a feed reader polling every 15 minutes costs one query and no rendering.
+Each feed is built by ``digest.service.live_feeds`` and answered with an ``ETag`` (the hash
+of what it says) and a ``Last-Modified`` (its newest entry), so a reader that asks again
+with ``If-None-Match`` or ``If-Modified-Since`` gets a ``304``. What a feed says depends on
+little: the newest ingest (the public and search feeds) and, for a private feed, the
+subscriber and when they were last sent a digest. That is looked up in one small query per
+request and is the key of an in-process cache, so a feed reader polling every 15 minutes
+costs one query and no rendering.
 
-A private feed's name is ``feed_name(key, id, salt)``: an in-memory index maps names to
-subscribers, built from every subscriber's salt and rebuilt on a miss at most every
-``REBUILD_SECONDS``; a name found is checked against the subscriber's current salt and
-status, so a rotated salt's feed is gone at once (404), and an unsubscribed reader's
-answers 410 Gone, as does a deleted reader's (its name is kept in the store).
+A private feed's name is found by the service's name index; a rotated salt's feed is gone
+at once (404), and an unsubscribed reader's answers 410 Gone, as does a deleted reader's
+(its name is kept in the store).
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from urllib.parse import quote
 
-from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from digest.feeds.publish import (
-    GLOBAL_FEED,
-    PUBLIC_DESCRIPTION,
-    FeedSite,
-    private_description,
-    private_items,
-    public_items,
-    site_of,
-)
-from digest.feeds.render import FeedItem, FeedKind, make_feed
-from digest.present.views import Links, paper_view
-from digest.rank.query import InterestError
-from digest.rank.types import hits_to_json
-from digest.service.preview import search_store
-from digest.store import papers
-from digest.store.engine import reading
-from digest.store.outbox import feed_state
-from digest.store.subscribers import SUPPRESSED, feed_ended, feed_salts
-from digest.tokens import Keys, check_feed_name, each_key, feed_name
-from digest.web.browse import cached_stats, interest_refusal, rank_lock
+from digest.service import live_feeds
+from digest.service.live_feeds import Built, FeedKind, FeedNames
+from digest.service.papers import interest_refusal
+from digest.service.subscriptions import InterestError
 from digest.web.render import page
 from digest.web.state import WebState, state_of
 
-REBUILD_SECONDS = 5.0  # an unknown name rebuilds the name index at most this often
 BODY_CACHE_BYTES = 64 * 1024 * 1024  # rendered feeds kept, newest used first
 VALIDATORS_KEPT = 200_000  # feeds whose ETag is remembered (a few hundred bytes each)
 MAX_QUERY = 500  # characters of a search feed's interest
-EPOCH = datetime(2024, 1, 1, tzinfo=UTC)  # the "updated" of a feed with no entries yet
 
 MEDIA_TYPES = {"atom": "application/atom+xml", "rss": "application/rss+xml"}
 
@@ -116,43 +94,6 @@ class FeedCache:
                 self._size -= len(dropped)
 
 
-class FeedNames:
-    """Private feed name → subscriber id, for every subscriber (whatever their status: the
-    feed of one who left answers 410)."""
-
-    def __init__(self, keys: Keys, clock: Callable[[], float] = time.monotonic) -> None:
-        self.keys = each_key(keys)  # a feed linked before the key changed is found too
-        self.clock = clock
-        self._names: dict[str, int] = {}
-        self._built = -REBUILD_SECONDS * 2
-        self._lock = threading.Lock()
-
-    def find(self, engine: Engine, name: str) -> int | None:
-        """The subscriber whose feed is ``name``; an unknown name rebuilds the index when
-        the last build is older than ``REBUILD_SECONDS``."""
-        found = self._names.get(name)
-        if found is not None:
-            return found
-        with self._lock:
-            found = self._names.get(name)  # built by another thread meanwhile
-            if found is None and self.clock() - self._built >= REBUILD_SECONDS:
-                self.rebuild(engine)
-                found = self._names.get(name)
-        return found
-
-    def rebuild(self, engine: Engine) -> None:
-        """Name every subscriber's feed again."""
-        with reading(engine) as conn:
-            salts = feed_salts(conn)
-            conn.rollback()
-        self._names = {
-            feed_name(key, ident, salt): ident
-            for key in self.keys
-            for ident, (salt, _) in salts.items()
-        }
-        self._built = self.clock()
-
-
 def _caches(state: WebState) -> tuple[FeedCache, FeedNames]:
     cache = state.caches.get("feeds")
     if cache is None:
@@ -163,17 +104,11 @@ def _caches(state: WebState) -> tuple[FeedCache, FeedNames]:
     return cache, names
 
 
-def _site(state: WebState) -> FeedSite:
+def _site(state: WebState) -> live_feeds.FeedSite:
     site = state.caches.get("feed_site")
     if site is None:
-        settings = state.settings
-        site = state.caches["feed_site"] = site_of(
-            state.engine,
-            base_url=settings.base_url,
-            site_name=settings.site_name,
-            limit=settings.feed_items,
-        )
-    assert isinstance(site, FeedSite)
+        site = state.caches["feed_site"] = live_feeds.feed_site(state.engine, state.settings)
+    assert isinstance(site, live_feeds.FeedSite)
     return site
 
 
@@ -246,14 +181,10 @@ def _response(rendered: Rendered, kind: FeedKind, *, private: bool, status: int 
     )
 
 
-def _build(
-    version: Hashable, site: FeedSite, path: str, kind: FeedKind, title: str, description: str
-) -> Callable[[list[FeedItem]], Rendered]:
-    def rendered(items: list[FeedItem]) -> Rendered:
-        newest = max((item.arrived for item in items), default=None)
-        meta = site.meta(path, kind, title, description, newest or EPOCH)
-        feed = make_feed(meta, items, kind=kind, limit=site.limit)
-        return Rendered(version, feed.hash[:32], newest, feed.render())
+def _rendered(version: Hashable, build: Callable[[], Built]) -> Callable[[], Rendered]:
+    def rendered() -> Rendered:
+        built = build()
+        return Rendered(version, built.etag, built.last_modified, built.body)
 
     return rendered
 
@@ -263,16 +194,13 @@ def public_feed(request: Request) -> Response:
     state = state_of(request)
     kind = _kind(request)
     site = _site(state)
-    version = ("public", papers.latest_ingest(state.engine))
-    make = _build(version, site, GLOBAL_FEED, kind, "new papers", PUBLIC_DESCRIPTION)
+    version = ("public", live_feeds.latest_ingest(state.engine))
 
-    def build() -> Rendered:
-        with reading(state.engine) as conn, rank_lock:
-            items = public_items(conn, site)
-            conn.rollback()
-            return make(items)
+    def build() -> Built:
+        return live_feeds.public_feed(state.engine, site, kind)
 
-    return _answer(request, f"{GLOBAL_FEED}.{kind}", version, kind, build, private=False)
+    path = f"{live_feeds.GLOBAL_FEED}.{kind}"
+    return _answer(request, path, version, kind, _rendered(version, build), private=False)
 
 
 def private_feed(request: Request) -> Response:
@@ -281,41 +209,30 @@ def private_feed(request: Request) -> Response:
     kind = _kind(request)
     name = request.path_params["name"]
     _, names = _caches(state)
-    ident = names.find(state.engine, name) if len(name) == 32 else None
-    found = feed_state(state.engine, ident) if ident is not None else None
-    if found is not None and not check_feed_name(state.verifying, name, ident, found.token_salt):
-        found = None  # the salt was rotated: an old link
-    # a paused reader keeps their feed (what was sent stays theirs); one who left does not
-    if ident is None or found is None or found.status not in ("active", "paused"):
-        left = found is not None and found.status in SUPPRESSED
-        if left or (found is None and len(name) == 32 and feed_ended(state.engine, name)):
-            raise HTTPException(
-                410,
-                "This feed has ended: its reader unsubscribed or deleted their data."
-                " Subscribe again on the front page for a new one.",
-            )
+    feed = live_feeds.find_private_feed(state.engine, names, state.verifying, name)
+    if feed == "ended":
+        raise HTTPException(
+            410,
+            "This feed has ended: its reader unsubscribed or deleted their data."
+            " Subscribe again on the front page for a new one.",
+        )
+    if feed == "unknown":
         raise HTTPException(
             404,
             "There is no feed at this address: the link may have been replaced,"
             " or the subscription ended.",
         )
+    assert isinstance(feed, live_feeds.PrivateFeed)
     site = _site(state)
     key = state.key
     # the key too: a feed built before the key changed carries links it signed
-    version = ("private", ident, found.token_salt, found.last_sent, found.ingest, key)
-    path = f"private/{name}"
-    links = Links(site.base_url, key, "")
-    description = private_description(links, ident, found.token_salt)
-    make = _build(version, site, path, kind, "papers for you", description)
+    version = (*feed.version, key)
 
-    def build() -> Rendered:
-        with reading(state.engine) as conn, rank_lock:
-            voting = (links, {ident: found.token_salt})
-            items = private_items(conn, [ident], site, voting)[ident]
-            conn.rollback()
-            return make(items)
+    def build() -> Built:
+        return live_feeds.private_feed(state.engine, site, key, feed, name, kind)
 
-    return _answer(request, f"{path}.{kind}", version, kind, build, private=True)
+    path = f"private/{name}.{kind}"
+    return _answer(request, path, version, kind, _rendered(version, build), private=True)
 
 
 def search_feed(request: Request) -> Response:
@@ -329,37 +246,16 @@ def search_feed(request: Request) -> Response:
     if len(query) > MAX_QUERY:
         raise HTTPException(400, f"That interest is longer than {MAX_QUERY} characters.")
     site = _site(state)
-    version = ("search", query, papers.latest_ingest(state.engine))
+    version = ("search", query, live_feeds.latest_ingest(state.engine))
     path = f"search.{kind}?q={quote(query, safe='')}"
-    title = f"papers about {query}"
-    description = f"The store's best papers for the interest {query}."
 
-    def build() -> Rendered:
-        with reading(state.engine) as conn:
-            stats = cached_stats(state, conn)
-            with rank_lock:
-                try:
-                    ranked = search_store(conn, query, limit=site.limit, stats=stats, index=False)
-                except InterestError as exc:
-                    raise HTTPException(400, interest_refusal(exc)) from None
-                rows = papers.by_ids(conn, [r.paper_id for r in ranked])
-                conn.rollback()
-                items = [
-                    site.item(
-                        rows[r.paper_id],
-                        paper_view(rows[r.paper_id], r.score, hits_to_json(r.hits), site.base_url),
-                        rows[r.paper_id].first_seen,
-                    )
-                    for r in ranked
-                ]
-        newest = max((item.arrived for item in items), default=None)
-        meta = site.meta("search", kind, title, description, newest or EPOCH)
-        url = f"{site.base_url}/feeds/{path}"
-        meta = replace(meta, self_url=url, feed_id=url)
-        feed = make_feed(meta, items, kind=kind, limit=site.limit)
-        return Rendered(version, feed.hash[:32], newest, feed.render())
+    def build() -> Built:
+        try:
+            return live_feeds.search_feed(state.engine, state.caches, site, query, kind, path)
+        except InterestError as exc:
+            raise HTTPException(400, interest_refusal(exc)) from None
 
-    return _answer(request, path, version, kind, build, private=False)
+    return _answer(request, path, version, kind, _rendered(version, build), private=False)
 
 
 SEARCH_EXAMPLES = ('"language model" reasoning', "diffus* -survey", "title:speech")

@@ -14,8 +14,8 @@ from sqlalchemy.engine import Engine
 from starlette.requests import Request
 
 from digest.service.keys import KEYS_REFRESH
+from digest.service.wiring import SharedLimit, shared_limit
 from digest.settings import Settings
-from digest.store.counters import SharedLimit
 from digest.tokens import SiteKeys
 
 log = logging.getLogger("digest.web")
@@ -71,7 +71,7 @@ class WebState:
         """Count one event for ``key`` under the rate limit ``name`` (``limit``: events per
         seconds); False when it is over. Blocks on the store: call it from a thread."""
         if name not in self.limits:
-            self.limits[name] = SharedLimit(self.engine, name, *limit)
+            self.limits[name] = shared_limit(self.engine, name, *limit)
         return self.limits[name].allow(key, self.now().timestamp())
 
 

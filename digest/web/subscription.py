@@ -15,7 +15,6 @@ import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from starlette.concurrency import run_in_threadpool
@@ -27,32 +26,17 @@ from starlette.routing import BaseRoute, Route
 
 from digest import tokens
 from digest.clock import as_utc
-from digest.deliver.confirm import ConfirmView, send_confirmation
 from digest.errors import DeliveryError, UsageError
-from digest.rank.query import InterestError
+from digest.service import readers
 from digest.service.leaving import Copies, delete_reader, unsubscribe_reader
 from digest.service.subscriptions import (
-    address_forms,
+    InterestError,
+    Subscriber,
     check_field,
     check_interests,
     check_token,
     normalize_email,
 )
-from digest.service.wiring import sender_of, transport_of
-from digest.store.engine import reading
-from digest.store.models import Subscriber
-from digest.store.subscribers import (
-    CONFIRM_WINDOW,
-    confirm_request,
-    export_subscriber,
-    forget_unconfirmed,
-    pending_nonce,
-    request_subscription,
-    set_paused,
-    subscriber_by_id,
-    update_preferences,
-)
-from digest.store.subscription import Subscription, SubscriptionPatch, default
 from digest.web.render import page
 from digest.web.security import CSRF_FIELD, check_csrf
 from digest.web.state import WebState, client_address, state_of
@@ -142,7 +126,7 @@ def _read_options(form: FormData, errors: FormErrors) -> dict[str, Any]:
     for name in OPTIONS:
         raw = _text(form, name).strip()
         try:
-            values[name] = check_field(name, raw or default(name))
+            values[name] = check_field(name, raw or readers.default_of(name))
         except UsageError as exc:
             # "max_items ('0') must be from 1 to 1000": the reason, after the value
             errors.add(name, f"{_LABELS[name]} {str(exc).partition(') ')[2]}.")
@@ -156,10 +140,6 @@ def _read_options(form: FormData, errors: FormErrors) -> dict[str, Any]:
 def _text(form: FormData, name: str) -> str:
     value = form.get(name)
     return value if isinstance(value, str) else ""
-
-
-def _defaults() -> dict[str, Any]:
-    return {name: default(name) for name in ("max_items", "min_score", "frequency")}
 
 
 async def _form(request: Request) -> FormData:
@@ -214,13 +194,12 @@ async def subscribe(request: Request) -> Response:
         return _refused(request, {"email": raw_email, "interests": raw_interests}, errors)
     if not await run_in_threadpool(state.allow, "subscribe-email", EMAIL_LIMIT, email):
         raise _too_many()
-    wanted = SubscriptionPatch(interests=list(interests), timezone=None, **_defaults())
     now = state.now()
     requested = await run_in_threadpool(
-        request_subscription,
+        readers.request_subscription,
         state.engine,
-        address_forms(email),
-        wanted,
+        email,
+        interests,
         now=now,
         sends_allowed=CONFIRMS_PER_DAY,
     )
@@ -234,25 +213,9 @@ async def subscribe(request: Request) -> Response:
     if requested.repeat:  # the email of the same request a moment ago is on its way
         return sent_page
     await run_in_threadpool(_forget_unconfirmed, state, now)
-    key = state.key
-    expires = now + timedelta(hours=state.settings.confirm_hours)
-    token = tokens.expiring_token(
-        key,
-        requested.subscriber_id,
-        requested.token_salt,
-        f"confirm:{requested.nonce}",
-        int(expires.timestamp()),
-    )
-    view = ConfirmView(
-        to=email,
-        interests=interests,
-        confirm_url=f"{state.settings.base_url}/confirm/{quote(token, safe='')}",
-        expires=expires,
-        timezone=state.settings.timezone,
-    )
     try:
-        await send_confirmation(
-            transport_of(state.settings), view, sender_of(state.settings), now, key
+        await readers.send_confirmation_email(
+            state.settings, state.key, email, interests, requested, now
         )
     except DeliveryError:
         raise HTTPException(
@@ -268,8 +231,7 @@ def _forget_unconfirmed(state: WebState, now: datetime) -> None:
     if isinstance(last, datetime) and now - last < timedelta(hours=1):
         return
     state.caches["forgot_unconfirmed"] = now
-    kept = max(timedelta(hours=state.settings.confirm_hours), CONFIRM_WINDOW)
-    forget_unconfirmed(state.engine, now - kept)
+    readers.forget_unconfirmed(state.engine, now, state.settings.confirm_hours)
 
 
 def _too_many() -> HTTPException:
@@ -287,27 +249,7 @@ def _too_many() -> HTTPException:
 def _confirmation(state: WebState, token: str) -> tuple[str, Subscriber | None, str | None]:
     """What a confirmation link is: ready (with the nonce it confirms), done, expired or
     invalid."""
-    ident = tokens.token_id(token)
-    row = None if ident is None else subscriber_by_id(state.engine, ident)
-    if row is None:
-        return "invalid", None, None
-    now = state.now().timestamp()
-    nonce = pending_nonce(row)
-    if nonce is not None:
-        verdict = tokens.check_expiring_token(
-            state.verifying, token, row.id, row.token_salt, f"confirm:{nonce}", now
-        )
-        if verdict is tokens.Verdict.VALID:
-            return "ready", row, nonce
-        if verdict is tokens.Verdict.EXPIRED:
-            return "expired", row, None
-    if row.confirmed_nonce is not None:
-        verdict = tokens.check_expiring_token(
-            state.verifying, token, row.id, row.token_salt, f"confirm:{row.confirmed_nonce}", now
-        )
-        if verdict is not tokens.Verdict.INVALID:
-            return "done", row, None
-    return "invalid", None, None
+    return readers.confirmation(state.engine, state.verifying, token, state.now())
 
 
 def _confirm_refusal(kind: str) -> HTTPException:
@@ -347,7 +289,7 @@ async def confirm(request: Request) -> Response:
     kind, row, nonce = await run_in_threadpool(_confirmation, state, request.path_params["token"])
     if kind != "ready" or row is None or nonce is None:
         raise _confirm_refusal(kind)
-    if not await run_in_threadpool(confirm_request, state.engine, int(row.id or 0), nonce):
+    if not await run_in_threadpool(readers.confirm, state.engine, row, nonce):
         raise _confirm_refusal("done")
     manage = tokens.link_token(state.key, row.id, row.token_salt, purpose="manage")
     return page(request, "confirmed.html", {"email": row.email, "manage_token": manage})
@@ -371,7 +313,7 @@ def _manage_context(
     state: WebState, row: Subscriber, token: str, form: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     zone = _zone_of(state, row.timezone)
-    choices = Subscription.of(row).choices()
+    choices = readers.choices_of(row)
     values = form or {
         **{name: "" if choices[name] is None else choices[name] for name in OPTIONS},
         "interests": "\n".join(choices["interests"]),
@@ -427,8 +369,7 @@ async def manage(request: Request) -> Response:
         context = _manage_context(state, row, token, shown)
         context["errors"] = errors.fields
         return page(request, "manage.html", context, status=422)
-    wanted = SubscriptionPatch(interests=list(interests), **options)
-    await run_in_threadpool(update_preferences, state.engine, int(row.id or 0), wanted)
+    await run_in_threadpool(readers.update_preferences, state.engine, row, interests, options)
     row = await run_in_threadpool(_subscriber, state, token, "manage")
     context = _manage_context(state, row, token)
     context["notice"] = "Saved. Your next digest uses these settings."
@@ -437,7 +378,7 @@ async def manage(request: Request) -> Response:
 
 async def _pause_or_resume(request: Request, paused: bool) -> Response:
     state, row, token, _ = await _manage_form(request)
-    await run_in_threadpool(set_paused, state.engine, int(row.id or 0), paused)
+    await run_in_threadpool(readers.set_paused, state.engine, row, paused)
     row = await run_in_threadpool(_subscriber, state, token, "manage")
     context = _manage_context(state, row, token)
     if row.status == "paused":
@@ -457,17 +398,10 @@ async def resume(request: Request) -> Response:
     return await _pause_or_resume(request, False)
 
 
-def _exported(state: WebState, ident: int) -> dict[str, Any]:
-    with reading(state.engine) as conn:
-        data = export_subscriber(conn, ident)
-        conn.rollback()
-    return data
-
-
 async def export(request: Request) -> Response:
     """Everything stored about the subscriber, as a JSON download."""
     state, row, _, _ = await _manage_form(request)
-    data = await run_in_threadpool(_exported, state, int(row.id or 0))
+    data = await run_in_threadpool(readers.export_reader, state.engine, row)
     return Response(
         json.dumps(data, indent=2, ensure_ascii=False) + "\n",
         media_type="application/json",

@@ -16,7 +16,6 @@ link with a token that does not check out shows the page without them.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -25,12 +24,15 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from digest import tokens
-from digest.present.views import READER, feedback_path
-from digest.service.votes import link_vote, store_vote, token_reader, undo_vote
-from digest.store import votes
-from digest.store.engine import reading
-from digest.store.models import Subscriber
-from digest.store.papers import PaperRow
+from digest.service.subscriptions import Subscriber
+from digest.service.votes import (
+    PaperRow,
+    link_vote,
+    reader_page,
+    reader_vote,
+    store_vote,
+    undo_vote,
+)
 from digest.web.render import page
 from digest.web.security import CSRF_FIELD, check_csrf
 from digest.web.state import WebState, state_of
@@ -50,16 +52,13 @@ def reader_votes(
     buttons post, and their vote so far. None without a token that checks out."""
     if not token:
         return None
-    row = token_reader(state.engine, state.verifying, token, paper_key)
-    if row is None or row.id is None:
+    found = reader_vote(state.engine, state.verifying, token, paper_key, paper_id)
+    if found is None:
         return None
-    with reading(state.engine) as conn:
-        given = votes.vote_on(conn, row.id, paper_id)
-        conn.rollback()
     return {
-        "more_action": feedback_path(token, paper_key, "up"),
-        "less_action": feedback_path(token, paper_key, "down"),
-        "given": ASKED.get(given or ""),
+        "more_action": found.more_action,
+        "less_action": found.less_action,
+        "given": ASKED.get(found.given or ""),
     }
 
 
@@ -85,7 +84,7 @@ def _context(
         "asked": ASKED[vote],
         "action": f"{request.url.path}?{request.url.query}",
         # where to go next: the paper's page (with the reader's buttons), their settings
-        "paper_url": f"/papers/{quote(paper.key, safe='')}?{urlencode({READER: token})}",
+        "paper_url": reader_page(paper.key, token),
         "manage_url": "/manage/"
         + tokens.link_token(state.key, reader.id, reader.token_salt, purpose="manage"),
         **more,
