@@ -638,7 +638,9 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         looked[:] = [ctx.clock()]
         return before
 
-    def run_job() -> None:
+    def guarded_run(skipped: str, *, hours_only: bool, ran_before: datetime | None) -> None:
+        """One run under the run lock, stopped if the lock is lost; skipped while another
+        holds it."""
         try:
             with hold_run_lock(settings, stop=stop) as held:
                 run_cycle(
@@ -647,10 +649,14 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
                     clock=ctx.clock,
                     stop=stop,
                     guard=held.check,
-                    ran_before=looking(),
+                    hours_only=hours_only,
+                    ran_before=ran_before,
                 )
         except AlreadyRunning as exc:
-            log.warning("digest run skipped: %s", exc)
+            log.warning("%s skipped: %s", skipped, exc)
+
+    def run_job() -> None:
+        guarded_run("digest run", hours_only=False, ran_before=looking())
 
     def poll_job() -> None:
         try:
@@ -663,19 +669,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
         before = looking()
         if not readers_due(settings, engine, now=ctx.clock(), ran_before=before):
             return  # the usual quarter hour: nobody's hour has come, and no run is recorded
-        try:
-            with hold_run_lock(settings, stop=stop) as held:
-                run_cycle(
-                    settings,
-                    engine,
-                    clock=ctx.clock,
-                    stop=stop,
-                    guard=held.check,
-                    hours_only=True,
-                    ran_before=before,
-                )
-        except AlreadyRunning as exc:
-            log.warning("run for the readers' hours skipped: %s", exc)
+        guarded_run("run for the readers' hours", hours_only=True, ran_before=before)
 
     services = []
     if not args.no_web:
