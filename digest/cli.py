@@ -295,9 +295,9 @@ def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
     address = args.email.strip()
     if not address:
         raise UsageError("unsubscribe: EMAIL|TOKEN is empty")
+    keys = site_keys(ctx.settings, ctx.engine, ctx.now())
     if "@" not in address:  # the token of an unsubscribe link or mail ("unsubscribe 12.ab34...")
         token = address.split()[-1].rstrip("/").rpartition("/")[2]  # or the link itself
-        keys = site_keys(ctx.settings, ctx.engine, ctx.now())
         found = check_token(ctx.engine, keys.verifying, token)
         if found is None:
             shown = address if len(address) <= 40 else address[:39] + "…"
@@ -307,10 +307,7 @@ def cmd_unsubscribe(args: argparse.Namespace, ctx: Context) -> int:
             )
         address = found.email
     row = set_status(ctx.engine, address, "unsubscribed")
-    take_feed_down(
-        Copies.of(ctx.settings, site_keys(ctx.settings, ctx.engine, ctx.now()).verifying),
-        row,
-    )  # the live one answers 410 from now on
+    take_feed_down(Copies.of(ctx.settings, keys.verifying), row)  # the live one now answers 410
     ctx.say(f"unsubscribed {row.email}")
     return 0
 

@@ -233,7 +233,7 @@ def run_cycle(
             report.dumps = ingest_inbox(engine, settings.inbox, clock=clock)
             with transaction(engine) as conn:
                 index_papers(conn)
-            key = site_keys(settings, engine, now).signing
+            keys = site_keys(settings, engine, now)
             check()
             with transaction(engine) as conn:
                 # the planners' lock first: no ingest commits under us, and a planner on
@@ -259,7 +259,7 @@ def run_cycle(
                     plans,
                     period=period,
                     now=composed_at,
-                    key=key,
+                    key=keys.signing,
                     mail_from=settings.mail_from,
                     run_id=run_id,
                 )
@@ -278,9 +278,7 @@ def run_cycle(
                 settings, engine, now=clock(), changed=report.delivered.sent_to
             )
             # the mail files of readers deleted since (on the web front, maybe on another host)
-            sweep_mail_files(
-                engine, Copies.of(settings, site_keys(settings, engine, clock()).verifying)
-            )
+            sweep_mail_files(engine, Copies.of(settings, keys.verifying))
             with reading(engine) as conn:
                 report.outbox = outbox_counts(conn)
                 if report.outbox["pending"] + report.outbox["sending"]:
