@@ -81,9 +81,10 @@ def owed_subscribers(conn: Connection, period: date) -> list[Subscriber]:
 
 
 def active_with_last(conn: Connection) -> list[tuple[Any, date | None]]:
-    """Active subscribers, by id, each as a plain row of their columns (read by name: no
-    objects built, as this is read every quarter hour) with the period of their newest
-    digest (None: none yet): what deciding whose own hour has come needs."""
+    """Active subscribers with an hour of their own, by id, each as a plain row of their
+    columns (read by name: no objects built, as this is read every quarter hour) with the
+    period of their newest digest (None: none yet): what deciding whose own hour has come
+    needs. Readers without an hour go at the site's schedule and are not read here."""
     newest = (
         sa.select(col(Digest.subscriber_id), sa.func.max(col(Digest.period)).label("last"))
         .group_by(col(Digest.subscriber_id))
@@ -93,7 +94,7 @@ def active_with_last(conn: Connection) -> list[tuple[Any, date | None]]:
     query = (
         sa.select(table, newest.c.last)
         .outerjoin(newest, newest.c.subscriber_id == table.c.id)
-        .where(table.c.status == "active")
+        .where(table.c.status == "active", table.c.digest_hour.is_not(None))
         .order_by(table.c.id)
     )
     return [(row, row.last) for row in conn.execute(query)]
@@ -309,7 +310,6 @@ def sent_items(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> l
 
 # Built once: these run for every message, and building a statement costs more than running it.
 # An attempt is counted when the server answered about the recipient: here, or in a failure.
-_SENDING = sa.update(Digest).where(col(Digest.id) == sa.bindparam("_id")).values(status="sending")
 _SENT = (
     sa.update(Digest)
     .where(col(Digest.id) == sa.bindparam("_id"))
@@ -325,12 +325,6 @@ _UNSENT = (
     .where(col(Digest.id) == sa.bindparam("_id"))
     .values(status="pending", last_error=sa.bindparam("_error"))
 )
-
-
-def mark_sending(engine: Engine, digest_id: int) -> None:
-    """The digest is being handed to the transport."""
-    with transaction(engine) as conn:
-        conn.execute(_SENDING, {"_id": digest_id})
 
 
 def mark_sent(engine: Engine, digest_id: int, at: datetime) -> None:
