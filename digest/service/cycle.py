@@ -322,8 +322,19 @@ async def deliver_outbox(
             engine, claim.sender, host=socket.gethostname(), pid=os.getpid(), now=clock()
         )
     try:
-        total = await _send(
-            settings, engine, transport, clock=clock, stop=stop, claim=claim, batch=batch
+        sender = sender_of(settings)
+        total = await send_outbox(
+            engine,
+            transport,
+            MessageBuilder(sender),
+            links_of(settings, engine, clock()),
+            open_transport=lambda: transport_of(settings),
+            sender_addr=sender.from_addr,
+            concurrency=settings.smtp_connections,
+            clock=clock,
+            stop=stop,
+            batch=batch,
+            claim=claim,
         )
     finally:
         if own:
@@ -348,31 +359,6 @@ def free_dead_senders(engine: Engine) -> int:
             claims.release(engine, name)
             freed += 1
     return freed
-
-
-async def _send(
-    settings: Settings,
-    engine: Engine,
-    transport: Transport | None,
-    *,
-    clock: Callable[[], datetime],
-    stop: threading.Event | None,
-    claim: Claim,
-    batch: int,
-) -> Delivered:
-    return await send_outbox(
-        engine,
-        transport,
-        MessageBuilder(sender_of(settings)),
-        links_of(settings, engine, clock()),
-        open_transport=lambda: transport_of(settings),
-        sender_addr=sender_of(settings).from_addr,
-        concurrency=settings.smtp_connections,
-        clock=clock,
-        stop=stop,
-        batch=batch,
-        claim=claim,
-    )
 
 
 def _dry_run(
