@@ -20,6 +20,7 @@ from digest import tokens
 from digest.errors import UsageError
 from digest.rank.query import InterestError as InterestError  # a form names the fault
 from digest.rank.query import parse_written
+from digest.store import subscription
 from digest.store.models import Subscriber as Subscriber  # a subscriber as stored, for pages
 from digest.store.subscribers import (
     Saved as Saved,  # what a save reports, for the command line to show
@@ -112,7 +113,7 @@ def check_field(name: str, value: Any) -> Any:
     """One of a subscriber's fields (typed, or text from a form, an argument or a CSV cell)
     as its declaration takes it, or a UsageError naming it."""
     try:
-        return SubscriptionPatch(**{name: value})[name]
+        return subscription.check_field(name, value)
     except FieldError as exc:
         raise UsageError(f"{name} ({value!r}) {exc.reason}") from None
 
