@@ -174,18 +174,18 @@ class Marks:
             self.writer = None
 
     def _mark(self, ids: list[int]) -> set[int]:
-        for attempt in (1, 2):
-            try:
-                return claims.mark_sent(
-                    self.engine, self.claim.sender, ids, at=self.clock(), lease=self.claim.lease
-                )
-            except StoreError as exc:
-                # The connection was lost (a restarted server, a proxy dropping it): the pool
-                # opens another, and the mark is written again (it is idempotent).
-                if attempt == 2:
-                    raise
-                log.warning("writing sent marks again", extra={"error": str(exc)})
-        raise AssertionError("unreachable")
+        try:
+            return self._mark_once(ids)
+        except StoreError as exc:
+            # The connection was lost (a restarted server, a proxy dropping it): the pool
+            # opens another, and the mark is written again (it is idempotent).
+            log.warning("writing sent marks again", extra={"error": str(exc)})
+            return self._mark_once(ids)
+
+    def _mark_once(self, ids: list[int]) -> set[int]:
+        return claims.mark_sent(
+            self.engine, self.claim.sender, ids, at=self.clock(), lease=self.claim.lease
+        )
 
 
 class Judge:
