@@ -175,8 +175,15 @@ def _mail_from(value: Any) -> str | None:
         return "is not an email address (write digest@example.org or 'Paper Digest <digest@example.org>')"
     local, _, domain = found[0][1].rpartition("@")
     checked = f"{local}@example.org" if domain.lower() in _LOCAL_MAIL_DOMAINS else found[0][1]
+    return _address_fault(checked, globally_deliverable=False)
+
+
+def _address_fault(address: str, *, globally_deliverable: bool = True) -> str | None:
+    """What keeps ``address`` from being one digest can send to or from, or None."""
     try:
-        result = validate_email(checked, check_deliverability=False, globally_deliverable=False)
+        result = validate_email(
+            address, check_deliverability=False, globally_deliverable=globally_deliverable
+        )
     except EmailNotValidError as exc:
         return f"is not a valid email address: {exc}"
     if result.ascii_email is None:
@@ -252,13 +259,7 @@ def _sources(value: Any) -> str | None:
 
 
 def _subscriber_email(value: Any) -> str | None:
-    try:
-        result = validate_email(value.strip(), check_deliverability=False)
-    except EmailNotValidError as exc:
-        return f"is not a valid email address: {exc}"
-    if result.ascii_email is None:
-        return "needs ASCII before the @ (digest does not send SMTPUTF8 mail)"
-    return None
+    return _address_fault(value.strip())
 
 
 def _interests(value: Any) -> str | None:
