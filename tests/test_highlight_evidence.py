@@ -124,3 +124,15 @@ def test_a_match_is_marked_or_named_and_every_mark_is_evidence(
         used = _chars(shown_text, found, field)
         for start, end in spans:
             assert set(range(start, end)) <= used, (shown_text[start:end], written)
+
+
+def test_a_prefix_sharing_first_letters_with_one_seen_before_still_marks() -> None:
+    """A paper analyzed for ``zyxwvu*`` is looked at again for ``zyxw*``, a prefix of the
+    same first letters compiled after it: the hypothesis search above once found the
+    second marking nothing, in a paper it had analyzed before."""
+    title, abstract = "Zyxwvut sampling for zyxwon models", "We study zyxwvut sampling."
+    first = find_marks(title, abstract, ("zyxwvu*",))
+    assert first.title == ((0, 7),)
+    later = find_marks(title, abstract, ("zyxw*",))
+    assert later.title == ((0, 7), (21, 27))
+    assert later.abstract == ((9, 16),)

@@ -183,12 +183,12 @@ class _Interests:
             compiled = None
             if query is not None:
                 compiler = self.compiler
-                joins = len(compiler.join_terms), len(compiler.join_heads), len(compiler.prefixes)
+                joins = len(compiler.join_terms), len(compiler.join_heads), compiler.prefix_count
                 plan = _Plan(compiler.compile(query)[0])
                 if joins != (
                     len(compiler.join_terms),
                     len(compiler.join_heads),
-                    len(compiler.prefixes),
+                    compiler.prefix_count,
                 ):
                     self.generation += 1
                 compiled = (query, plan)

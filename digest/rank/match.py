@@ -80,6 +80,7 @@ class Compiler:
         self.join_heads: set[str] = set()
         # Every prefix any interest uses, by its first letters, so a Doc can carry its matches.
         self.prefixes: dict[str, list[str]] = {}
+        self.prefix_count = 0  # how many prefixes: a Doc analyzed before a new one lacks it
         self.acronyms = stats.acronyms
         # An expansion's words run together, or its last two words or more → the acronyms:
         # "speech recognition" stands for what ASR does, "language model" for LLM and LM.
@@ -120,6 +121,7 @@ class Compiler:
                 known = self.prefixes.setdefault(prefix[:PREFIX_KEY], [])
                 if prefix not in known:
                     known.append(prefix)
+                    self.prefix_count += 1
                 # Unknown breadth: a prefix anchors only when nothing rarer is required.
                 cost = self.documents * 0.05 + 1.0
                 return PrefixLeaf(prefix, fields, self.idf), (cost, [("p", prefix)])
