@@ -263,11 +263,11 @@ def _subscriber_email(value: Any) -> str | None:
 
 
 def _interests(value: Any) -> str | None:
-    from digest.rank.query import InterestError, parse_written  # only for [[subscribers]]
+    from digest.rank.query import InterestError, parse_kept  # only for [[subscribers]]
 
     for text in value:
         try:
-            parse_written(text)
+            parse_kept(text)
         except InterestError as exc:
             return f"holds a bad interest: {exc}"
     return None

@@ -69,6 +69,11 @@ BAD: dict[str, tuple[str, str, str | None]] = {
         '[[subscribers]]\nemail = "a@example.org"\ninterests = ["a or b"]',
         None,
     ),
+    "two interests in one": (
+        "interests",
+        '[[subscribers]]\nemail = "a@example.org"\ninterests = ["llm; diffusion"]',
+        None,
+    ),
     "toml": ("bad.toml", "feed_items = = 3", None),
 }
 CASES = [

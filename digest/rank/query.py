@@ -329,6 +329,24 @@ def parse_written(text: str) -> Interest:
     return interest
 
 
+# Between a reader's interests wherever they are written on one line: CSV and listings.
+INTEREST_SEPARATOR = ";"
+_NOT_IN_AN_INTEREST = {
+    INTEREST_SEPARATOR: "';' separates interests, it cannot be inside one",
+    "|": "'|' is not part of the interest language (write OR; separate interests with ';')",
+}
+
+
+def parse_kept(text: str) -> Interest:
+    """Parse an interest to be kept on a reader's list (a form, a command, a CSV row, the
+    settings file): written now (``parse_written``), and holding no mark that separates
+    interests on one line."""
+    for mark, reason in _NOT_IN_AN_INTEREST.items():
+        if mark in text:
+            raise InterestError(text, reason, text.index(mark) + 1)
+    return parse_written(text)
+
+
 def positive_words(text: str) -> list[str]:
     """The words a paper must show for an interest to have a chance, exclusions left out.
 

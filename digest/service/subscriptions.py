@@ -18,8 +18,8 @@ from sqlalchemy.engine import Engine
 
 from digest import tokens
 from digest.errors import UsageError
+from digest.rank.query import INTEREST_SEPARATOR, parse_kept
 from digest.rank.query import InterestError as InterestError  # a form names the fault
-from digest.rank.query import parse_written
 from digest.store import subscription
 from digest.store.models import Subscriber as Subscriber  # a subscriber as stored, for pages
 from digest.store.subscribers import (
@@ -50,12 +50,6 @@ from digest.store.subscription import (
 CSV_FIELDS = ("email", "status", "interests", "max_items", "min_score", "frequency", "digest_hour")
 # What ``digest subscribers --json`` lists of each subscriber (created_at besides).
 LISTED = ("email", "status", "interests", "max_items", "min_score", "frequency")
-# Between a subscriber's interests wherever they are written on one line: CSV and listings.
-INTEREST_SEPARATOR = ";"
-_NOT_IN_AN_INTEREST = {
-    INTEREST_SEPARATOR: "';' separates interests, it cannot be inside one",
-    "|": "'|' is not part of the interest language (write OR; separate interests with ';')",
-}
 
 
 def join_interests(interests: Iterable[str]) -> str:
@@ -102,10 +96,7 @@ def check_interests(interests: Sequence[str]) -> list[str]:
     if not cleaned:
         raise UsageError("a subscriber needs at least one --interest")
     for text in cleaned:
-        for mark, reason in _NOT_IN_AN_INTEREST.items():
-            if mark in text:
-                raise InterestError(text, reason, text.index(mark) + 1)
-        parse_written(text)
+        parse_kept(text)
     return cleaned
 
 
