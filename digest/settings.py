@@ -453,7 +453,9 @@ class Settings(BaseSettings):
         " back-fill) is searchable but never mailed as new.",
     )
     schedule: Annotated[str, Rule(check=_schedule)] = Field(
-        DEFAULT_SCHEDULE, description="When `digest serve` runs the digest (cron syntax)."
+        DEFAULT_SCHEDULE,
+        description="When `digest serve` runs the digest, and `digest worker` plans it"
+        " (cron syntax).",
     )
     poll_minutes: Annotated[int, _in(1, 24 * 60)] = Field(
         10, description="Minutes between polls of the inbox and sources."

@@ -1,9 +1,10 @@
 """The deploy/ files: systemd units that systemd accepts, commands that exist, an nginx that
-proxies the web front and serves the public feeds, a Docker health check that works, and a
-compose file that wires the mail to Mailpit."""
+proxies the web front and serves the public feeds, and a Docker health check that works
+(the compose file and what its image installs: tests/test_compose.py)."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import http.server
 import json
@@ -25,25 +26,31 @@ import pytest
 import yaml
 
 from digest.cli import build_parser
+from digest.service.scheduler import HOURS_MINUTES
 from digest.settings import OPTIONS
 from tests.browser import free_port, live_server
 from tests.conftest import Site
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
-UNITS = ("digest.service", "digest.timer", "digest-serve.service")
+REPO = Path(__file__).resolve().parent.parent
+DEPLOY = REPO / "deploy"
+UNITS = (
+    "digest.service",
+    "digest.timer",
+    "digest-serve.service",
+    # more than one host
+    "digest-web.service",
+    "digest-worker@.service",
+    "digest-hours.service",
+    "digest-hours.timer",
+)
+SERVICES = tuple(name for name in UNITS if name.endswith(".service"))
 INSTALLED_BINARY = "/opt/digest/venv/bin/digest"
-# The command-line contract of the design notes.
-SUBCOMMANDS = {
-    "init",
-    "ingest",
-    "subscribe",
-    "unsubscribe",
-    "subscribers",
-    "preview",
-    "run",
-    "serve",
-    "status",
-}
+
+
+def _real_subcommands() -> set[str]:
+    parser = build_parser()
+    [action] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return set(action.choices)
 
 
 def _real_binary() -> str:
@@ -60,8 +67,10 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     for name in UNITS:
         text = (DEPLOY / name).read_text()
         (tmp_path / name).write_text(text.replace(INSTALLED_BINARY, _real_binary()))
+    # a template is verified as an instance of it, as systemctl would start it
+    names = [name.replace("@.", "@1.") for name in UNITS]
     result = subprocess.run(
-        ["systemd-analyze", "verify", *(str(tmp_path / name) for name in UNITS)],
+        ["systemd-analyze", "verify", *(str(tmp_path / name) for name in names)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -71,12 +80,17 @@ def test_systemd_units_verify(tmp_path: Path) -> None:
     ours = [
         line
         for line in (result.stdout + result.stderr).splitlines()
-        if str(tmp_path) in line or any(name in line for name in UNITS)
+        if str(tmp_path) in line or "digest" in line
     ]
     assert result.returncode == 0 and ours == [], result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name", ["digest.service", "digest-serve.service"])
+def test_every_unit_in_deploy_is_verified() -> None:
+    found = {p.name for p in DEPLOY.iterdir() if p.suffix in {".service", ".timer"}}
+    assert found == set(UNITS)
+
+
+@pytest.mark.parametrize("name", SERVICES)
 def test_units_are_hardened_and_configured_from_the_env_file(name: str) -> None:
     text = (DEPLOY / name).read_text()
     for line in (
@@ -106,6 +120,69 @@ def test_timer_is_daily_and_persistent() -> None:
     assert "SuccessExitStatus=75" in (DEPLOY / "digest.service").read_text()
 
 
+def _hardening(name: str) -> list[str]:
+    """A unit's lines from NoNewPrivileges= to DevicePolicy=, comments left out."""
+    lines = [line for line in (DEPLOY / name).read_text().splitlines() if line[:1] not in "#"]
+    start = lines.index("NoNewPrivileges=yes")
+    end = next(i for i, line in enumerate(lines) if line.startswith("DevicePolicy="))
+    return lines[start : end + 1]
+
+
+@pytest.mark.parametrize("name", [name for name in SERVICES if name != "digest-serve.service"])
+def test_every_unit_is_hardened_as_the_long_running_service(name: str) -> None:
+    reference = _hardening("digest-serve.service")
+    assert len(reference) > 20
+    assert _hardening(name) == reference
+
+
+def _unit_lines(name: str) -> list[str]:
+    return [line for line in (DEPLOY / name).read_text().splitlines() if "=" in line]
+
+
+def _exec_start(name: str) -> list[str]:
+    [line] = [line for line in _unit_lines(name) if line.startswith("ExecStart=")]
+    binary, *argv = line.removeprefix("ExecStart=").split()
+    assert binary == INSTALLED_BINARY
+    return argv
+
+
+def test_the_layout_of_more_than_one_host_runs_senders_that_plan_and_web_fronts() -> None:
+    # the senders: a template, so a host runs as many as it likes; each also plans (no
+    # --no-plan), so no timer or cron line runs the site's daily digest
+    assert _exec_start("digest-worker@.service") == ["worker"]
+    assert "Description=digest: sender %i " in (DEPLOY / "digest-worker@.service").read_text()
+    assert _exec_start("digest-web.service") == ["web"]
+    for name in ("digest-worker@.service", "digest-web.service"):
+        lines = _unit_lines(name)
+        assert "Type=exec" in lines and "Restart=on-failure" in lines
+        assert "WantedBy=multi-user.target" in lines
+        assert "After=network-online.target postgresql.service" in lines
+    # SIGTERM lets a sender finish the message in flight: as long as digest serve gets
+    assert "TimeoutStopSec=5min" in _unit_lines("digest-worker@.service")
+
+
+def test_the_readers_own_hours_run_every_quarter_hour_as_serve_looks_at_them() -> None:
+    assert _exec_start("digest-hours.service") == ["run", "--hours"]
+    service = _unit_lines("digest-hours.service")
+    assert "Type=oneshot" in service and "SuccessExitStatus=75" in service
+    timer = _unit_lines("digest-hours.timer")
+    assert "Unit=digest-hours.service" in timer
+    [calendar] = [line.removeprefix("OnCalendar=") for line in timer if "OnCalendar=" in line]
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze not installed")
+    shown = subprocess.run(
+        ["systemd-analyze", "calendar", "--iterations=9", calendar],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    times = re.findall(r"(\d\d):(\d\d):00 UTC", shown)
+    assert len(times) == 9
+    assert {int(minute) for _, minute in times} == {int(m) for m in HOURS_MINUTES.split(",")}
+    assert len({hour for hour, _ in times}) >= 2  # every hour, not one hour's quarters
+
+
 def _healthcheck() -> list[str]:
     docker = (DEPLOY / "Dockerfile").read_text()
     [health] = re.findall(r"HEALTHCHECK .*\\\n\s*CMD (\[.*\])$", docker, re.M)
@@ -116,30 +193,38 @@ def _healthcheck() -> list[str]:
 def _commands() -> list[tuple[str, list[str]]]:
     """Every digest command line written in deploy/, as (file, argv after 'digest')."""
     found: list[tuple[str, list[str]]] = []
+    # ExecStart= and cron lines, and the compose file's own examples in its comments
+    pattern = r"(?:/bin/digest|compose -f \S+ run --rm [\w-]+|compose -f \S+ exec (?:-T )?[\w-]+ digest)\s+([^'\n;>&|]*)"
     for path in sorted(DEPLOY.iterdir()):
-        text = path.read_text()
-        pattern = r"(?:/bin/digest|run --rm digest|exec digest digest)\s+([^'\n;>&|]*)"
-        for match in re.finditer(pattern, text):
+        for match in re.finditer(pattern, path.read_text()):
             found.append((path.name, match.group(1).split()))
     docker = (DEPLOY / "Dockerfile").read_text()
     [entrypoint] = re.findall(r"^ENTRYPOINT (\[.*\])$", docker, re.M)
     assert json.loads(entrypoint) == ["digest"]
     for cmd in re.findall(r"^CMD (\[.*\])$", docker, re.M):
         found.append(("Dockerfile CMD", json.loads(cmd)))
-    for name, service in _compose()["services"].items():
-        if name == "digest":
-            found.append(("compose.yaml", service["command"]))
+    for name, service in _digest_services().items():
+        found.append((f"compose.yaml {name}", service["command"]))
     return found
 
 
 def test_deploy_files_use_only_real_subcommands() -> None:
     commands = _commands()
     where = {name for name, _ in commands}
-    assert {"digest.service", "digest-serve.service", "crontab.example"} <= where
-    assert {"Dockerfile CMD", "compose.yaml"} <= where
+    assert {
+        "digest.service",
+        "digest-serve.service",
+        "digest-web.service",
+        "digest-worker@.service",
+        "digest-hours.service",
+        "crontab.example",
+        "compose.yaml",  # the examples in its comments
+    } <= where
+    assert {"Dockerfile CMD", "compose.yaml sender-1", "compose.yaml web"} <= where
     parser = build_parser()
+    real = _real_subcommands()
     for name, argv in commands:
-        assert argv and argv[0] in SUBCOMMANDS, (name, argv)
+        assert argv and argv[0] in real, (name, argv)
         parser.parse_args(argv)  # the real command line takes it, flags and all
 
 
@@ -159,29 +244,31 @@ def test_docker_image_basics() -> None:
     assert 'VOLUME ["/data"]' in docker and "DIGEST_DATA_DIR=/data" in docker
 
 
+def _docker_lines() -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments left out."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return [line for line in "\n".join(lines).replace("\\\n", " ").splitlines() if line.strip()]
+
+
 def _compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
     return data
 
 
-def test_compose_wires_the_loop_to_mailpit() -> None:
-    services = _compose()["services"]
-    assert set(services) == {"digest", "mailpit"}
-    digest, mailpit = services["digest"], services["mailpit"]
-    assert mailpit["image"] == "axllent/mailpit"
-    assert "1025" in [str(port) for port in mailpit["expose"]]
-    assert [p.rsplit(":", 2)[-2:] for p in mailpit["ports"]] == [["8025", "8025"]]
-    env = digest["environment"]
-    assert env["DIGEST_MAIL_TRANSPORT"] == "smtp://mailpit:1025"
-    assert digest["depends_on"] == ["mailpit"]
-    assert digest["command"] == ["serve"]
-    # The links in the emails reach the web front where compose publishes it.
-    [published] = digest["ports"]
-    *_, host_port, container_port = published.split(":")
-    assert env["DIGEST_BASE_URL"] == f"http://localhost:{host_port}"
-    assert container_port == env["DIGEST_WEB_PORT"] and env["DIGEST_WEB_HOST"] == "0.0.0.0"
-    assert digest["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
-    assert (DEPLOY.parent / digest["build"]["dockerfile"]).is_file()
+def _digest_services() -> dict[str, dict[str, Any]]:
+    """The compose services that run the digest image."""
+    return {
+        name: service
+        for name, service in _compose()["services"].items()
+        if "build" in service or str(service.get("image", "")).startswith("digest")
+    }
+
+
+def test_the_readme_names_every_deploy_file_and_no_other() -> None:
+    readme = (REPO / "README.md").read_text()
+    named = set(re.findall(r"deploy/([\w@.-]+\w)", readme))
+    assert named == {p.name for p in DEPLOY.iterdir()}
 
 
 def test_env_example_lists_every_setting_and_nothing_else() -> None:

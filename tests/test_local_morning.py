@@ -21,6 +21,7 @@ from digest.service import cycle
 from digest.service.cycle import last_run_period, readers_due, run_cycle
 from digest.service.scheduler import HOURS_JOB, build_scheduler, needs_catch_up
 from digest.service.subscriptions import operator_patch, upsert_subscriber
+from digest.service.worker import plan_if_due
 from digest.settings import Settings, load_settings
 from digest.store.engine import open_store
 
@@ -211,6 +212,19 @@ def test_a_run_for_the_readers_hours_does_not_stand_for_the_sites_run(
         ZoneInfo("Europe/Berlin"),
         "0 7 * * *",
     )
+
+
+def test_a_worker_plans_at_the_sites_schedule_only_so_the_readers_hours_need_their_own_runs(
+    settings: Settings, store: Engine
+) -> None:
+    # 23:00 UTC on the 11th: the Tokyo readers' 08:00, the small hours of the 12th in Berlin
+    tokyo = datetime(2026, 3, 11, 23, 0, tzinfo=UTC)
+    assert readers_due(settings, store, now=tokyo) == 2
+    assert plan_if_due(settings, store, clock=clock_at(tokyo)) is False
+    assert periods(store) == {}
+    # hence deploy/digest-hours.timer beside the workers: `digest run --hours` serves them
+    hours_run(settings, store, tokyo)
+    assert sorted(periods(store)) == ["osaka@example.org", "tokyo@example.org"]
 
 
 def test_a_dry_run_shows_the_readers_due_for_their_own_dates(

@@ -8,6 +8,8 @@ sharing one database stand for two hosts.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import signal
 import subprocess
 import threading
@@ -22,6 +24,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from digest.service.runlock import hold_run_lock
 from digest.service.subscriptions import operator_patch, upsert_subscriber
 from digest.store import claims
 from digest.store.outbox import Planned, record
@@ -181,6 +184,109 @@ def test_workers_on_two_hosts_share_the_outbox_and_send_each_digest_once(
         assert code == 0, err
     exactly_once(a)
     assert len(sent_by(shared_database)) == 2  # the outbox was shared out, not sent by one
+
+
+# --- fetching: the planner's job alone -----------------------------------------------------
+
+
+@contextlib.contextmanager
+def listing_source(body: bytes) -> Iterator[tuple[str, list[str]]]:
+    """A listing on loopback: its URL, and the paths asked of it, in order."""
+    asked: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/daily.txt", asked
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def inbox_files(site: Site) -> list[str]:
+    """The files in a host's inbox and its subfolders (processed/, failed/)."""
+    inbox = site.data / "inbox"
+    found = inbox.rglob("*") if inbox.exists() else []
+    return sorted(str(p.relative_to(inbox)) for p in found if p.is_file())
+
+
+def test_only_the_worker_that_plans_fetches_and_the_other_host_sends_from_its_listing(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, shared_database: str
+) -> None:
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    with listing_source(DUMP_B.read_bytes()) as (url, asked):
+        hosts = []
+        for name in ("a", "b"):
+            (tmp_path / name).mkdir()
+            site = make_site(tmp_path / name, server, monkeypatch)
+            site.env.update(
+                DIGEST_DATABASE_URL=shared_database,
+                DIGEST_SCHEDULE="0 0 * * *",  # today's slot has passed: a worker plans
+                DIGEST_SOURCES=url,
+                NO_PROXY="127.0.0.1",
+                no_proxy="127.0.0.1",
+            )
+            hosts.append(site)
+        a, b = hosts
+        monkeypatch.setenv("DIGEST_DATABASE_URL", shared_database)
+        b.subscribe(EVERYONE)
+        engine = sa.create_engine(shared_database, poolclass=sa.pool.NullPool)
+        server.handler.data_delay = 0.05
+        # Another host's run holds the run lock: neither worker may fetch in the meantime.
+        with hold_run_lock(tmp_path, shared_database):
+            workers = {
+                site.root.name: site.spawn("worker", "--batch", "3", "--every", "0.2", **pipes)
+                for site in (a, b)
+            }
+
+            def passes_made() -> bool:
+                # each has looked at the schedule (and found the lock taken) a few times
+                found = claims.senders(engine)
+                return len(found) == 2 and all(
+                    s.seen_at is not None
+                    and s.started_at is not None
+                    and s.seen_at - s.started_at >= timedelta(seconds=1)
+                    for s in found
+                )
+
+            wait_until(passes_made, "both workers to make a few passes", 30)
+            assert asked == []
+            assert inbox_files(a) == inbox_files(b) == []
+        try:
+            wait_until(lambda: len(server.handler.received) >= len(SENT), "every digest sent", 60)
+            time.sleep(0.5)  # anything sent twice would arrive by now
+        finally:
+            for worker in workers.values():
+                worker.send_signal(signal.SIGTERM)
+        for worker in workers.values():
+            code, out, err = finish(worker)
+            no_traceback(out, err)
+            assert code == 0, err
+        engine.dispose()
+    exactly_once(a)
+    assert asked == ["/daily.txt"]  # one planner, one fetch
+    fetched = {site.root.name: inbox_files(site) for site in (a, b)}
+    planner = "a" if fetched["a"] else "b"
+    other = "b" if planner == "a" else "a"
+    assert fetched[other] == []
+    [listing] = fetched[planner]
+    assert listing.startswith("processed/")  # ingested before the lock was let go
+    # the host that fetched nothing sent digests planned from that listing
+    pids = {name.split(":")[1] for name in sent_by(shared_database)}
+    assert str(workers[other].pid) in pids
 
 
 # --- the run lock's connection ended ----------------------------------------------------
