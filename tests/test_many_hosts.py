@@ -117,6 +117,7 @@ def terminate(url: str, pattern: str) -> int:
                     sa.text(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                         " WHERE application_name LIKE :p AND pid <> pg_backend_pid()"
+                        " AND datname = current_database()"
                     ),
                     {"p": pattern},
                 ).all()
@@ -143,6 +144,39 @@ def finish(process: subprocess.Popen[str], timeout: float = 60) -> tuple[int, st
 
 
 # --- two hosts at once ---------------------------------------------------------------------
+
+
+def test_hosts_first_opening_an_empty_database_at_once_make_the_schema_once(
+    shared_database: str,
+) -> None:
+    """Every host started at once on a new database: one makes the tables, the others wait
+    for it and find them made (before, all but one failed creating the same types)."""
+    from digest.store.engine import open_store
+    from digest.store.migrations import SCHEMA_VERSION, current_version
+
+    start = threading.Barrier(6)
+    faults: list[BaseException] = []
+    engines: list[Engine] = []
+
+    def host() -> None:
+        start.wait()
+        try:
+            engines.append(open_store(shared_database))
+        except BaseException as exc:  # every fault is the finding
+            faults.append(exc)
+
+    threads = [threading.Thread(target=host) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert faults == []
+    with engines[0].connect() as conn:
+        assert current_version(conn) == SCHEMA_VERSION
+        versions = conn.execute(sa.text("SELECT count(*) FROM schema_version")).scalar()
+    assert versions == SCHEMA_VERSION  # each migration recorded once
+    for engine in engines:
+        engine.dispose()
 
 
 def test_two_hosts_running_the_same_period_at_once_send_each_digest_once(

@@ -218,6 +218,7 @@ def open_store(url: str) -> Engine:
             current = current_version(conn) == SCHEMA_VERSION
         if not current:
             with engine.begin() as conn:
+                schema_lock(conn)  # hosts started at once: one migrates, the rest find it done
                 migrate(conn)
     except OperationalError as exc:
         raise StoreError(f"cannot open the database: {exc.orig}") from None
@@ -393,6 +394,19 @@ def advisory_lock(database_url: str, key: int, label: str) -> Iterator[HeldLock 
 
 # The planners' lock (pg_advisory_xact_lock): a 63-bit key derived from a name, like the run's.
 PLAN_KEY = zlib.crc32(b"digest.plan") << 16 | 0x6467
+
+
+SCHEMA_KEY = zlib.crc32(b"digest.schema") << 16 | 0x6467
+
+
+def schema_lock(conn: Connection) -> None:
+    """Make this transaction the only one changing the schema until it ends: on PostgreSQL a
+    transaction-scoped advisory lock (the migrations run in that transaction, and one that
+    waited reads the version the first one wrote), on SQLite the write lock."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_KEY})
+    else:
+        write_lock(conn)
 
 
 def plan_lock(conn: Connection) -> None:
