@@ -8,8 +8,11 @@ sharing one database stand for two hosts.
 
 from __future__ import annotations
 
+import os
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -22,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from digest.service.cycle import free_dead_senders
 from digest.service.subscriptions import operator_patch, upsert_subscriber
 from digest.store import claims
 from digest.store.outbox import Planned, record
@@ -363,3 +367,26 @@ def test_status_shows_the_senders_their_claims_and_lease_ages(engine: Engine) ->
     assert found["host-a:1:aa"]["claims"] == 2
     assert found["host-a:1:aa"]["heartbeat_age_s"] == 10.0
     assert found["host-a:1:aa"]["lease_left_s"] == 50.0
+
+
+def test_dead_senders_of_this_host_are_found_by_their_row_not_by_their_name(
+    engine: Engine,
+) -> None:
+    _outbox_of(engine, 4)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead, here, now = int(gone.stdout), socket.gethostname(), datetime.now(UTC)
+    senders = [
+        ("worker-gone", here, dead),  # a name that says nothing of where it runs: freed
+        ("worker-alive", here, os.getppid()),
+        ("worker-elsewhere", "another-host", dead),  # another host's process: not ours to judge
+        (f"{here}:{dead}:aa", "another-host", dead),  # a name that only looks like this host's
+    ]
+    for name, host, pid in senders:
+        claims.register(engine, name, host=host, pid=pid, now=now)
+        assert len(claims.claim(engine, name, now=now, lease=timedelta(minutes=5), limit=1)) == 1
+    assert free_dead_senders(engine) == 1
+    assert sorted(h.name for h in claims.holders(engine)) == sorted(n for n, _, _ in senders[1:])
+    held = {h.name: (h.host, h.pid) for h in claims.holders(engine)}
+    assert held["worker-alive"] == (here, os.getppid())

@@ -348,15 +348,16 @@ async def deliver_outbox(
 
 def free_dead_senders(engine: Engine) -> int:
     """Give back at once the claims of senders on this host whose process is gone (a run
-    killed with -9): no need to wait out their lease. Returns how many senders."""
+    killed with -9): no need to wait out their lease. Their host and process are read from
+    the ``sender`` table (a sender's name is only unique, not parsed); a holder without a
+    row is left to its lease. Returns how many senders."""
     host = socket.gethostname()
     freed = 0
-    for name in claims.holders(engine):
-        parts = name.rsplit(":", 2)
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+    for holder in claims.holders(engine):
+        if holder.host != host or holder.pid is None or holder.pid == os.getpid():
             continue
-        if int(parts[1]) != os.getpid() and not process_alive(int(parts[1])):
-            claims.release(engine, name)
+        if not process_alive(holder.pid):
+            claims.release(engine, holder.name)
             freed += 1
     return freed
 
