@@ -8,6 +8,7 @@ sharing one database stand for two hosts.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -25,9 +26,14 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from digest.deliver.message import MessageBuilder, Sender
+from digest.deliver.send import Claim, Marks, deliver, outgoing_of
+from digest.deliver.transports import RecordingTransport
+from digest.errors import DeliveryError
+from digest.present.views import Links
 from digest.service.cycle import free_dead_senders
 from digest.service.subscriptions import operator_patch, upsert_subscriber
-from digest.store import claims
+from digest.store import claims, outbox, unsent
 from digest.store.outbox import Planned, record
 from digest.store.subscribers import list_subscribers
 from tests.conftest import EXAMPLE_B as DUMP_B
@@ -390,3 +396,110 @@ def test_dead_senders_of_this_host_are_found_by_their_row_not_by_their_name(
     assert sorted(h.name for h in claims.holders(engine)) == sorted(n for n, _, _ in senders[1:])
     held = {h.name: (h.host, h.pid) for h in claims.holders(engine)}
     assert held["worker-alive"] == (here, os.getppid())
+
+
+def _row(engine: Engine, digest_id: int) -> tuple[object, ...]:
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.text(
+                "SELECT d.status, d.claimed_by, d.attempts, d.last_error, s.status"
+                " FROM digest d JOIN subscriber s ON s.id = d.subscriber_id WHERE d.id = :id"
+            ),
+            {"id": digest_id},
+        ).one()
+    return tuple(found)
+
+
+def test_a_sender_whose_claim_was_taken_writes_no_failure_over_the_others_outcome(
+    engine: Engine,
+) -> None:
+    _outbox_of(engine, 1)
+    lease = timedelta(seconds=60)
+    (mine,) = claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=1)
+    # a's lease runs out; b takes the digest and sends it
+    (theirs,) = claims.claim(engine, "host-b:2:bb", now=T0 + lease * 2, lease=lease, limit=1)
+    assert theirs.digest_id == mine.digest_id
+    ident = mine.digest_id
+    assert claims.mark_sent(engine, "host-b:2:bb", [ident], at=T0 + lease * 2, lease=lease)
+    sent = _row(engine, ident)
+    assert sent == ("sent", "host-b:2:bb", 1, None, "active")
+    # a comes back with a failure of its own: none of it is written
+    assert not outbox.mark_unsent(engine, ident, "421 try later", sender="host-a:1:aa")
+    assert not outbox.mark_failed(engine, ident, "no IDNA form", sender="host-a:1:aa")
+    for permanent in (True, False):
+        outcome = unsent.record_failure(
+            engine,
+            ident,
+            mine.subscriber_id,
+            sender="host-a:1:aa",
+            error="550 no such user" if permanent else "452 mailbox full",
+            counts=True,
+            permanent=permanent,
+            max_attempts=1,
+            fail_after=timedelta(0),
+            now=T0 + lease * 3,
+        )
+        assert outcome is None
+    assert _row(engine, ident) == sent  # the subscriber was not bounced either
+
+
+def test_a_senders_failures_are_written_while_its_claim_holds(engine: Engine) -> None:
+    _outbox_of(engine, 2)
+    lease = timedelta(seconds=60)
+    first, second = claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=2)
+    assert outbox.mark_unsent(engine, first.digest_id, "421 try later", sender="host-a:1:aa")
+    assert _row(engine, first.digest_id)[:4] == ("pending", "host-a:1:aa", 0, "421 try later")
+    outcome = unsent.record_failure(
+        engine,
+        second.digest_id,
+        second.subscriber_id,
+        sender="host-a:1:aa",
+        error="550 no such user",
+        counts=True,
+        permanent=True,
+        max_attempts=5,
+        fail_after=timedelta(days=3),
+        now=T0,
+    )
+    assert outcome == "bounced"
+    assert _row(engine, second.digest_id) == (
+        "failed",
+        "host-a:1:aa",
+        1,
+        "550 no such user",
+        "bounced",
+    )
+
+
+def test_a_pass_counts_and_logs_a_failure_it_may_no_longer_write(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    _outbox_of(engine, 2)
+    lease = timedelta(seconds=60)
+    mine = claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=2)
+    taken = claims.claim(engine, "host-b:2:bb", now=T0 + lease * 2, lease=lease, limit=1)
+    links = Links("https://papers.example.org", b"k" * 32, "digest@papers.example.org")
+    builder = MessageBuilder(
+        Sender("digest@papers.example.org", "digest", "digest.papers", links.base_url)
+    )
+    items = outgoing_of(engine, links, mine)
+    bounce = DeliveryError("550 no such user", permanent=True)
+    transport = RecordingTransport(errors={item.email: bounce for item in items})
+    claim = Claim("host-a:1:aa", lease)
+    result = asyncio.run(
+        deliver(
+            engine,
+            items,
+            builder,
+            transport,
+            sender_addr="digest@papers.example.org",
+            clock=lambda: T0 + lease * 2,
+            marks=Marks(engine, claim, lambda: T0 + lease * 2),
+        )
+    )
+    assert result.claims_lost == 1 and result.failed == 1  # b's digest, and its own
+    assert [r.message for r in caplog.records].count("claim lost") == 1
+    statuses = {i.digest_id: _row(engine, i.digest_id) for i in items}
+    assert statuses[taken[0].digest_id][:2] == ("sending", "host-b:2:bb")
+    (kept,) = (i for i in items if i.digest_id != taken[0].digest_id)
+    assert statuses[kept.digest_id][0] == "failed"
