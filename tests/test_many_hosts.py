@@ -294,6 +294,48 @@ def test_a_worker_killed_mid_batch_leaves_the_rest_to_another_with_one_repeat_at
     assert {r for r, n in counts.items() if n > 1} <= in_flight
 
 
+# --- a slow mail server: leases renewed while sending -----------------------------------
+
+SLOW_READERS = {f"slow{n}@example.org": ["diffus*"] for n in range(8)}
+
+
+def test_senders_keep_their_claims_through_a_batch_longer_than_their_lease(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    site = make_site(tmp_path, server, monkeypatch)
+    site.env["DIGEST_DATABASE_URL"] = database_url
+    site.env["DIGEST_SCHEDULE"] = "0 0 * * *"  # today's slot has passed: the first worker plans
+    monkeypatch.setenv("DIGEST_DATABASE_URL", database_url)
+    site.subscribe(SLOW_READERS)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    # each message takes longer than a whole lease: only renewals between marks keep a claim
+    server.handler.data_delay = 1.5
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    lease = ("--lease", "1", "--every", "0.2", "--batch", "4")
+    workers = [
+        site.spawn("worker", *lease, **pipes),
+        site.spawn("worker", "--no-plan", *lease, **pipes),
+    ]
+    try:
+        wait_until(
+            lambda: len(server.handler.received) >= len(SLOW_READERS), "every digest sent", 60
+        )
+        time.sleep(2)  # a digest taken from a sender mid-send would go out again by now
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+    errors = []
+    for worker in workers:
+        code, out, err = finish(worker)
+        no_traceback(out, err)
+        assert code == 0, err
+        errors.append(err)
+    assert not [line for err in errors for line in err.splitlines() if "claim lost" in line]
+    counts = received_counts(site)
+    assert sorted(counts) == sorted(SLOW_READERS)
+    assert {a: n for a, n in counts.items() if n != 1} == {}
+
+
 # --- SQLite: one file, two processes -----------------------------------------------------
 
 

@@ -32,6 +32,7 @@ then its papers go back to the reader's next digest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -190,6 +191,48 @@ class Marks:
         return claims.mark_sent(
             self.engine, self.claim.sender, ids, at=self.clock(), lease=self.claim.lease
         )
+
+
+class Heartbeat:
+    """Renews the sender's leases every third of a lease while a pass runs, so a long batch
+    (a slow mail server, one that holds each message for seconds) keeps its claims between
+    the marks, which renew them too.
+
+    It is a task on the pass's own event loop, not a thread: it renews only while the loop
+    turns, so a pass stuck for good stops renewing and its digests go to the other senders
+    after one lease, as a dead sender's do. A renewal that fails (the database away) is
+    logged and tried again at the next beat.
+    """
+
+    def __init__(self, engine: Engine, claim: Claim, clock: Callable[[], datetime]) -> None:
+        self.engine = engine
+        self.claim = claim
+        self.clock = clock
+        self.every = claim.lease.total_seconds() / 3
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Beat from now on (on the running loop)."""
+        if self.task is None and self.every > 0:
+            self.task = asyncio.create_task(self._beat())
+
+    async def stop(self) -> None:
+        """Beat no more."""
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                claims.heartbeat(
+                    self.engine, self.claim.sender, at=self.clock(), lease=self.claim.lease
+                )
+            except DigestError as exc:
+                log.warning("leases not renewed", extra={"error": str(exc)})
 
 
 class Judge:
@@ -358,12 +401,15 @@ async def send_outbox(
     """Send the outbox, claiming ``batch`` digests at a time (memory stays flat; other
     senders take others), over one transport (its connections are reused throughout):
     ``transport``, or one opened (and closed) here only when something is to be sent.
-    Digests claimed and not sent are given back when the pass ends."""
+    Digests claimed and not sent are given back when the pass ends; while it runs, the
+    sender's leases are renewed (``Heartbeat``)."""
     total = Delivered(withdrawn=outbox.withdraw_unwanted(engine))
     judge = Judge(engine, total, clock, claim.sender)
     marks = Marks(engine, claim, clock)
+    heartbeat = Heartbeat(engine, claim, clock)
     active: Transport | None = None
     tried: set[int] = set()  # fresh digests that failed are retried ones now: not twice a pass
+    heartbeat.start()
     try:
         for retried in (False, True):  # the fresh first, then those tried before
             after = 0
@@ -403,6 +449,7 @@ async def send_outbox(
                 total.stopped = True
                 return total
     finally:
+        await heartbeat.stop()
         judge.finish()
         if active is not None and transport is None:
             await active.close()
