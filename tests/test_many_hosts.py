@@ -336,6 +336,46 @@ def test_senders_keep_their_claims_through_a_batch_longer_than_their_lease(
     assert {a: n for a, n in counts.items() if n != 1} == {}
 
 
+# --- one sending pace for every sender ---------------------------------------------------
+
+RATE = 8  # messages a second, for all the senders together
+
+
+def test_three_senders_together_send_no_faster_than_the_sites_rate(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    site = make_site(tmp_path, server, monkeypatch)
+    site.env.update(
+        DIGEST_DATABASE_URL=database_url,
+        DIGEST_SCHEDULE="0 0 * * *",  # today's slot has passed: the first worker plans
+        DIGEST_SMTP_RATE=str(RATE),
+    )
+    monkeypatch.setenv("DIGEST_DATABASE_URL", database_url)
+    site.subscribe(EVERYONE)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    often = ("--every", "0.1", "--batch", "2")
+    workers = [site.spawn("worker", *often, **pipes)]
+    workers += [site.spawn("worker", "--no-plan", *often, **pipes) for _ in range(2)]
+    try:
+        wait_until(lambda: len(server.handler.received) >= len(SENT), "every digest sent", 60)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        code, out, err = finish(worker)
+        no_traceback(out, err)
+        assert code == 0, err
+    exactly_once(site)
+    assert len(sent_by(database_url)) == 3  # each of the three sent some
+    times = sorted(item.at for item in server.handler.received)
+    # the rate is the site's, not each process's: N messages take (N - 1) / RATE seconds at
+    # least, less how late the first arrived after its turn (it waited for a connection: a
+    # name lookup, EHLO), allowed half a second; at RATE each, three would take a third
+    late = RATE * 0.5
+    assert len(times) <= RATE * (times[-1] - times[0]) + 1 + late, (len(times), times)
+
+
 # --- SQLite: one file, two processes -----------------------------------------------------
 
 

@@ -328,7 +328,7 @@ async def deliver_outbox(
             transport,
             MessageBuilder(sender),
             links_of(settings, engine, clock()),
-            open_transport=lambda: transport_of(settings),
+            open_transport=lambda: transport_of(settings, engine),
             sender_addr=sender.from_addr,
             concurrency=settings.smtp_connections,
             clock=clock,
