@@ -156,8 +156,10 @@ def publish_site_feeds(
     processes: int | None = None,
 ) -> dict[str, int]:
     """The site's feeds, as the settings place and name them: the private feeds' files only
-    when ``feed_files`` is ``all`` (``auto`` is settled by the command: ``public`` under
-    ``digest serve`` with the web front, which serves them live; ``all`` otherwise)."""
+    when the settings say so (``Settings.private_feed_files``: ``all``, or ``auto`` on an
+    SQLite store; ``digest serve`` with the web front settles ``auto`` as ``public``). On a
+    PostgreSQL store, which several hosts may share, the public feed is the one file: its
+    planner writes it, and the web front serves the private feeds live."""
     return publish_feeds(
         engine,
         folder=settings.feeds_dir,
@@ -168,7 +170,7 @@ def publish_site_feeds(
         now=now,
         changed=changed,
         processes=processes,
-        private=settings.feed_files != "public",
+        private=settings.private_feed_files,
     )
 
 
