@@ -428,7 +428,9 @@ class Settings(BaseSettings):
         4, description="SMTP connections used at once."
     )
     smtp_rate: Annotated[float, _in(0, 10_000)] = Field(
-        0.0, description="Most messages per second sent over SMTP (0: no limit)."
+        0.0,
+        description="Most messages per second sent over SMTP (0: no limit), by every sender"
+        " of the store together (runs, workers on every host, confirmation emails).",
     )
     smtp_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
         30.0, description="Seconds to wait for the SMTP server."
