@@ -525,6 +525,46 @@ def test_a_sender_whose_claim_was_taken_writes_no_failure_over_the_others_outcom
     assert _row(engine, ident) == sent  # the subscriber was not bounced either
 
 
+def test_a_failure_written_while_another_sender_takes_the_digest_writes_nothing(
+    engine: Engine,
+) -> None:
+    _outbox_of(engine, 1)
+    lease = timedelta(seconds=60)
+    (mine,) = claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=1)
+    outcome: list[str | None] = []
+
+    def bounce() -> None:  # a's 550 comes in while b is taking the digest
+        outcome.append(
+            unsent.record_failure(
+                engine,
+                mine.digest_id,
+                mine.subscriber_id,
+                sender="host-a:1:aa",
+                error="550 no such user",
+                counts=True,
+                permanent=True,
+                max_attempts=5,
+                fail_after=timedelta(days=3),
+                now=T0 + lease * 2,
+            )
+        )
+
+    a = threading.Thread(target=bounce)
+    with engine.begin() as conn:  # b's claim, its lease having run out, not yet committed
+        conn.execute(
+            sa.text(
+                "UPDATE digest SET claimed_by = 'host-b:2:bb', status = 'sending' WHERE id = :id"
+            ),
+            {"id": mine.digest_id},
+        )
+        a.start()
+        time.sleep(0.5)
+        assert a.is_alive()  # a waits for b's transaction: it read nothing of the row yet
+    a.join(timeout=30)
+    assert outcome == [None]
+    assert _row(engine, mine.digest_id) == ("sending", "host-b:2:bb", 0, None, "active")
+
+
 def test_a_senders_failures_are_written_while_its_claim_holds(engine: Engine) -> None:
     _outbox_of(engine, 2)
     lease = timedelta(seconds=60)
