@@ -115,7 +115,8 @@ def one_line(err: str) -> str:
 
 
 def terminate(url: str, pattern: str) -> int:
-    """End the server sessions whose application_name matches ``pattern`` (SQL LIKE)."""
+    """End the sessions on ``url``'s database whose application_name matches ``pattern`` (SQL
+    LIKE): not those of other tests' databases on the same server."""
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:
         with admin.connect() as conn:
@@ -124,6 +125,7 @@ def terminate(url: str, pattern: str) -> int:
                     sa.text(
                         "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                         " WHERE application_name LIKE :p AND pid <> pg_backend_pid()"
+                        " AND datname = current_database()"
                     ),
                     {"p": pattern},
                 ).all()
