@@ -154,6 +154,11 @@ def _schedule(value: Any) -> str | None:
     return schedule_problem(value)
 
 
+def _shared_store(url: str) -> bool:
+    """A PostgreSQL URL: a store several hosts may share (SQLite's is one machine's file)."""
+    return url.startswith("postgres")
+
+
 def _database(value: Any) -> str | None:
     if not value:
         return None
@@ -423,7 +428,9 @@ class Settings(BaseSettings):
         4, description="SMTP connections used at once."
     )
     smtp_rate: Annotated[float, _in(0, 10_000)] = Field(
-        0.0, description="Most messages per second sent over SMTP (0: no limit)."
+        0.0,
+        description="Most messages per second sent over SMTP (0: no limit), by every sender"
+        " of the store together (runs, workers on every host, confirmation emails).",
     )
     smtp_timeout: Annotated[float, Field(gt=0, le=3600)] = Field(
         30.0, description="Seconds to wait for the SMTP server."
@@ -480,7 +487,8 @@ class Settings(BaseSettings):
         "auto",
         description="Feed files a run writes: all (public and one private feed per subscriber),"
         " public (the web front serves the private ones live), or auto (public under"
-        " `digest serve`, all otherwise).",
+        " `digest serve` and on a PostgreSQL store, all otherwise); all is refused on a"
+        " PostgreSQL store.",
     )
     web_host: Annotated[str, Rule(check=_host)] = Field(
         "127.0.0.1", description="Address the web front listens on."
@@ -561,6 +569,20 @@ class Settings(BaseSettings):
     def _no_slash(cls, value: str) -> str:
         return value.rstrip("/")
 
+    @field_validator("feed_files")
+    @classmethod
+    def _no_private_files_on_a_shared_store(cls, value: str, info: ValidationInfo) -> str:
+        """Hosts sharing a PostgreSQL store write no private feed files: each host would
+        write its own copy, in step with what that host's runs sent and deleted, and a
+        reader's feed would depend on which host answered. The web front serves them live."""
+        if value == "all" and _shared_store(str(info.data.get("database_url", ""))):
+            raise ValueError(
+                "must be public or auto with a PostgreSQL store: several hosts may share it,"
+                " and each would write private feed files of its own; the web front"
+                " (`digest web`) serves the private feeds live from the store"
+            )
+        return value
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -589,6 +611,18 @@ class Settings(BaseSettings):
     @property
     def tz(self) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def shared_store(self) -> bool:
+        """The store is PostgreSQL: several hosts may share it."""
+        return _shared_store(self.database_url)
+
+    @property
+    def private_feed_files(self) -> bool:
+        """Whether a run writes each reader's private feed as a file: ``feed_files`` all,
+        or auto on an SQLite store (``digest serve`` with the web front settles auto as
+        public itself). On a PostgreSQL store only the planner's public feed is a file."""
+        return self.feed_files == "all" or (self.feed_files == "auto" and not self.shared_store)
 
     def folders(self) -> list[Path]:
         """Every folder digest writes to."""

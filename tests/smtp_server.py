@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,11 +27,12 @@ GATE_TIMEOUT = 20.0  # a closed gate opens by itself after this, so a failing te
 
 @dataclass
 class Received:
-    """One message the server accepted."""
+    """One message the server accepted, and when (``time.monotonic``)."""
 
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass

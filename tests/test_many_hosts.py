@@ -8,10 +8,14 @@ sharing one database stand for two hosts.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
+import os
 import signal
+import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -24,9 +28,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from digest.deliver.message import MessageBuilder, Sender
+from digest.deliver.send import Claim, Marks, deliver, outgoing_of
+from digest.deliver.transports import RecordingTransport
+from digest.errors import DeliveryError
+from digest.present.views import Links
+from digest.service.cycle import free_dead_senders
 from digest.service.runlock import hold_run_lock
 from digest.service.subscriptions import operator_patch, upsert_subscriber
-from digest.store import claims
+from digest.store import claims, outbox, unsent
 from digest.store.outbox import Planned, record
 from digest.store.subscribers import list_subscribers
 from tests.conftest import EXAMPLE_B as DUMP_B
@@ -108,7 +118,8 @@ def one_line(err: str) -> str:
 
 
 def terminate(url: str, pattern: str) -> int:
-    """End the server sessions whose application_name matches ``pattern`` (SQL LIKE)."""
+    """End the sessions on ``url``'s database whose application_name matches ``pattern`` (SQL
+    LIKE): not those of other tests' databases on the same server."""
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:
         with admin.connect() as conn:
@@ -424,6 +435,88 @@ def test_a_worker_killed_mid_batch_leaves_the_rest_to_another_with_one_repeat_at
     assert {r for r, n in counts.items() if n > 1} <= in_flight
 
 
+# --- a slow mail server: leases renewed while sending -----------------------------------
+
+SLOW_READERS = {f"slow{n}@example.org": ["diffus*"] for n in range(8)}
+
+
+def test_senders_keep_their_claims_through_a_batch_longer_than_their_lease(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    site = make_site(tmp_path, server, monkeypatch)
+    site.env["DIGEST_DATABASE_URL"] = database_url
+    site.env["DIGEST_SCHEDULE"] = "0 0 * * *"  # today's slot has passed: the first worker plans
+    monkeypatch.setenv("DIGEST_DATABASE_URL", database_url)
+    site.subscribe(SLOW_READERS)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    # each message takes longer than a whole lease: only renewals between marks keep a claim
+    server.handler.data_delay = 1.5
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    lease = ("--lease", "1", "--every", "0.2", "--batch", "4")
+    workers = [
+        site.spawn("worker", *lease, **pipes),
+        site.spawn("worker", "--no-plan", *lease, **pipes),
+    ]
+    try:
+        wait_until(
+            lambda: len(server.handler.received) >= len(SLOW_READERS), "every digest sent", 60
+        )
+        time.sleep(2)  # a digest taken from a sender mid-send would go out again by now
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+    errors = []
+    for worker in workers:
+        code, out, err = finish(worker)
+        no_traceback(out, err)
+        assert code == 0, err
+        errors.append(err)
+    assert not [line for err in errors for line in err.splitlines() if "claim lost" in line]
+    counts = received_counts(site)
+    assert sorted(counts) == sorted(SLOW_READERS)
+    assert {a: n for a, n in counts.items() if n != 1} == {}
+
+
+# --- one sending pace for every sender ---------------------------------------------------
+
+RATE = 8  # messages a second, for all the senders together
+
+
+def test_three_senders_together_send_no_faster_than_the_sites_rate(
+    tmp_path: Path, server: SMTPServer, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    site = make_site(tmp_path, server, monkeypatch)
+    site.env.update(
+        DIGEST_DATABASE_URL=database_url,
+        DIGEST_SCHEDULE="0 0 * * *",  # today's slot has passed: the first worker plans
+        DIGEST_SMTP_RATE=str(RATE),
+    )
+    monkeypatch.setenv("DIGEST_DATABASE_URL", database_url)
+    site.subscribe(EVERYONE)
+    site.drop_in_inbox(DUMP_B, "daily.txt")
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    often = ("--every", "0.1", "--batch", "2")
+    workers = [site.spawn("worker", *often, **pipes)]
+    workers += [site.spawn("worker", "--no-plan", *often, **pipes) for _ in range(2)]
+    try:
+        wait_until(lambda: len(server.handler.received) >= len(SENT), "every digest sent", 60)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        code, out, err = finish(worker)
+        no_traceback(out, err)
+        assert code == 0, err
+    exactly_once(site)
+    assert len(sent_by(database_url)) == 3  # each of the three sent some
+    times = sorted(item.at for item in server.handler.received)
+    # the rate is the site's, not each process's: N messages take (N - 1) / RATE seconds at
+    # least, less how late the first arrived after its turn (it waited for a connection: a
+    # name lookup, EHLO), allowed half a second; at RATE each, three would take a third
+    late = RATE * 0.5
+    assert len(times) <= RATE * (times[-1] - times[0]) + 1 + late, (len(times), times)
+
+
 # --- SQLite: one file, two processes -----------------------------------------------------
 
 
@@ -503,3 +596,173 @@ def test_status_shows_the_senders_their_claims_and_lease_ages(engine: Engine) ->
     assert found["host-a:1:aa"]["claims"] == 2
     assert found["host-a:1:aa"]["heartbeat_age_s"] == 10.0
     assert found["host-a:1:aa"]["lease_left_s"] == 50.0
+
+
+def test_dead_senders_of_this_host_are_found_by_their_row_not_by_their_name(
+    engine: Engine,
+) -> None:
+    _outbox_of(engine, 4)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead, here, now = int(gone.stdout), socket.gethostname(), datetime.now(UTC)
+    senders = [
+        ("worker-gone", here, dead),  # a name that says nothing of where it runs: freed
+        ("worker-alive", here, os.getppid()),
+        ("worker-elsewhere", "another-host", dead),  # another host's process: not ours to judge
+        (f"{here}:{dead}:aa", "another-host", dead),  # a name that only looks like this host's
+    ]
+    for name, host, pid in senders:
+        claims.register(engine, name, host=host, pid=pid, now=now)
+        assert len(claims.claim(engine, name, now=now, lease=timedelta(minutes=5), limit=1)) == 1
+    assert free_dead_senders(engine) == 1
+    assert sorted(h.name for h in claims.holders(engine)) == sorted(n for n, _, _ in senders[1:])
+    held = {h.name: (h.host, h.pid) for h in claims.holders(engine)}
+    assert held["worker-alive"] == (here, os.getppid())
+
+
+def _row(engine: Engine, digest_id: int) -> tuple[object, ...]:
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.text(
+                "SELECT d.status, d.claimed_by, d.attempts, d.last_error, s.status"
+                " FROM digest d JOIN subscriber s ON s.id = d.subscriber_id WHERE d.id = :id"
+            ),
+            {"id": digest_id},
+        ).one()
+    return tuple(found)
+
+
+def test_a_sender_whose_claim_was_taken_writes_no_failure_over_the_others_outcome(
+    engine: Engine,
+) -> None:
+    _outbox_of(engine, 1)
+    lease = timedelta(seconds=60)
+    (mine,) = claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=1)
+    # a's lease runs out; b takes the digest and sends it
+    (theirs,) = claims.claim(engine, "host-b:2:bb", now=T0 + lease * 2, lease=lease, limit=1)
+    assert theirs.digest_id == mine.digest_id
+    ident = mine.digest_id
+    assert claims.mark_sent(engine, "host-b:2:bb", [ident], at=T0 + lease * 2, lease=lease)
+    sent = _row(engine, ident)
+    assert sent == ("sent", "host-b:2:bb", 1, None, "active")
+    # a comes back with a failure of its own: none of it is written
+    assert not outbox.mark_unsent(engine, ident, "421 try later", sender="host-a:1:aa")
+    assert not outbox.mark_failed(engine, ident, "no IDNA form", sender="host-a:1:aa")
+    for permanent in (True, False):
+        outcome = unsent.record_failure(
+            engine,
+            ident,
+            mine.subscriber_id,
+            sender="host-a:1:aa",
+            error="550 no such user" if permanent else "452 mailbox full",
+            counts=True,
+            permanent=permanent,
+            max_attempts=1,
+            fail_after=timedelta(0),
+            now=T0 + lease * 3,
+        )
+        assert outcome is None
+    assert _row(engine, ident) == sent  # the subscriber was not bounced either
+
+
+def test_a_failure_written_while_another_sender_takes_the_digest_writes_nothing(
+    engine: Engine,
+) -> None:
+    _outbox_of(engine, 1)
+    lease = timedelta(seconds=60)
+    (mine,) = claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=1)
+    outcome: list[str | None] = []
+
+    def bounce() -> None:  # a's 550 comes in while b is taking the digest
+        outcome.append(
+            unsent.record_failure(
+                engine,
+                mine.digest_id,
+                mine.subscriber_id,
+                sender="host-a:1:aa",
+                error="550 no such user",
+                counts=True,
+                permanent=True,
+                max_attempts=5,
+                fail_after=timedelta(days=3),
+                now=T0 + lease * 2,
+            )
+        )
+
+    a = threading.Thread(target=bounce)
+    with engine.begin() as conn:  # b's claim, its lease having run out, not yet committed
+        conn.execute(
+            sa.text(
+                "UPDATE digest SET claimed_by = 'host-b:2:bb', status = 'sending' WHERE id = :id"
+            ),
+            {"id": mine.digest_id},
+        )
+        a.start()
+        time.sleep(0.5)
+        assert a.is_alive()  # a waits for b's transaction: it read nothing of the row yet
+    a.join(timeout=30)
+    assert outcome == [None]
+    assert _row(engine, mine.digest_id) == ("sending", "host-b:2:bb", 0, None, "active")
+
+
+def test_a_senders_failures_are_written_while_its_claim_holds(engine: Engine) -> None:
+    _outbox_of(engine, 2)
+    lease = timedelta(seconds=60)
+    first, second = claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=2)
+    assert outbox.mark_unsent(engine, first.digest_id, "421 try later", sender="host-a:1:aa")
+    assert _row(engine, first.digest_id)[:4] == ("pending", "host-a:1:aa", 0, "421 try later")
+    outcome = unsent.record_failure(
+        engine,
+        second.digest_id,
+        second.subscriber_id,
+        sender="host-a:1:aa",
+        error="550 no such user",
+        counts=True,
+        permanent=True,
+        max_attempts=5,
+        fail_after=timedelta(days=3),
+        now=T0,
+    )
+    assert outcome == "bounced"
+    assert _row(engine, second.digest_id) == (
+        "failed",
+        "host-a:1:aa",
+        1,
+        "550 no such user",
+        "bounced",
+    )
+
+
+def test_a_pass_counts_and_logs_a_failure_it_may_no_longer_write(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    _outbox_of(engine, 2)
+    lease = timedelta(seconds=60)
+    mine = claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=2)
+    taken = claims.claim(engine, "host-b:2:bb", now=T0 + lease * 2, lease=lease, limit=1)
+    links = Links("https://papers.example.org", b"k" * 32, "digest@papers.example.org")
+    builder = MessageBuilder(
+        Sender("digest@papers.example.org", "digest", "digest.papers", links.base_url)
+    )
+    items = outgoing_of(engine, links, mine)
+    bounce = DeliveryError("550 no such user", permanent=True)
+    transport = RecordingTransport(errors={item.email: bounce for item in items})
+    claim = Claim("host-a:1:aa", lease)
+    result = asyncio.run(
+        deliver(
+            engine,
+            items,
+            builder,
+            transport,
+            sender_addr="digest@papers.example.org",
+            clock=lambda: T0 + lease * 2,
+            marks=Marks(engine, claim, lambda: T0 + lease * 2),
+        )
+    )
+    assert result.claims_lost == 1 and result.failed == 1  # b's digest, and its own
+    assert [r.message for r in caplog.records].count("claim lost") == 1
+    statuses = {i.digest_id: _row(engine, i.digest_id) for i in items}
+    assert statuses[taken[0].digest_id][:2] == ("sending", "host-b:2:bb")
+    (kept,) = (i for i in items if i.digest_id != taken[0].digest_id)
+    assert statuses[kept.digest_id][0] == "failed"

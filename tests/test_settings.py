@@ -64,6 +64,38 @@ def test_bad_setting_names_itself(tmp_path: Path, env: dict[str, str], named: st
         load_settings(environ=env, cwd=tmp_path)
 
 
+PG = "postgresql+psycopg://digest:secret@db.example.org/digest"
+
+
+@pytest.mark.parametrize(
+    ("database", "feed_files", "private"),
+    [
+        ("", "auto", True),
+        ("", "all", True),
+        ("", "public", False),
+        (PG, "auto", False),  # several hosts may share it: the web front serves them live
+        (PG, "public", False),
+    ],
+)
+def test_private_feed_files_only_on_a_store_of_one_host(
+    tmp_path: Path, database: str, feed_files: str, private: bool
+) -> None:
+    env = {"DIGEST_FEED_FILES": feed_files, "DIGEST_DATABASE_URL": database}
+    settings = load_settings(environ=env, cwd=tmp_path)
+    assert settings.private_feed_files is private
+    assert settings.shared_store is bool(database)
+
+
+def test_private_feed_files_are_refused_on_a_postgresql_store(tmp_path: Path) -> None:
+    config = tmp_path / "digest.toml"
+    config.write_text(f'database_url = "{PG}"\nfeed_files = "all"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={}, cwd=tmp_path)
+    said = str(caught.value)
+    assert said.startswith("setting feed_files ('all') from digest.toml must be public or auto")
+    assert "PostgreSQL store" in said and "secret" not in said
+
+
 def test_bad_secret_is_not_echoed(tmp_path: Path) -> None:
     secret = "pop3://user:hunter2@mail.example"
     with pytest.raises(ConfigError) as caught:

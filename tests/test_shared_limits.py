@@ -5,12 +5,14 @@ DIGEST_TEST_POSTGRES_URL is set."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import subprocess
 import sys
 import threading
 import time
+from bisect import bisect_right
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -20,7 +22,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from digest.store.counters import SharedLimit, send_turn
+from digest.deliver.pace import SharedPace
+from digest.store.counters import SharedLimit, book_turns
 from digest.store.engine import open_store
 from digest.store.subscribers import Requested, request_subscription
 from digest.store.subscription import SubscriptionPatch
@@ -95,15 +98,73 @@ def test_twenty_concurrent_requests_of_one_new_address_give_one_row_and_one_emai
     assert [tuple(row) for row in rows] == [("ada@example.org", "pending", 1)]
 
 
-def test_senders_share_one_pace(engine: Engine) -> None:
+def test_senders_book_turns_that_never_overlap(engine: Engine) -> None:
     now = 1773221400.25
     with ThreadPoolExecutor(3) as pool:
-        waits = sorted(pool.map(lambda _: send_turn(engine, 4, now), range(12)))
-    # four a second: this second's last three quarters, then whole seconds after it
-    assert waits == pytest.approx([0.0] * 4 + [0.75] * 4 + [1.75] * 4)
-    # below one a second: one send per window of 1 / rate seconds
-    assert [send_turn(engine, 0.5, 2000.0, name="slow") for _ in range(3)] == [0.0, 2.0, 4.0]
-    assert send_turn(engine, 0, now) == 0.0  # no pace set: no wait
+        spans = sorted(pool.map(lambda _: book_turns(engine, 4, 2, now), range(6)))
+    # four a second, two turns a booking: half a second each, one after another from now
+    assert spans == [pytest.approx((now + n / 2, now + (n + 1) / 2)) for n in range(6)]
+    # the pace idle since: the next turns start at once, not where the last ones ended
+    assert book_turns(engine, 4, 1, now + 10) == pytest.approx((now + 10, now + 10.25))
+    # below one a second; a span that is no whole number of milliseconds is rounded up
+    assert book_turns(engine, 0.5, 1, 2000.0, name="slow") == (2000.0, 2002.0)
+    assert book_turns(engine, 3, 1, 2000.0, name="odd") == (2000.0, 2000.334)
+    assert book_turns(engine, 0, 5, now) == (now, now)  # no pace set: no turns booked
+
+
+class FakeTime:
+    """A clock that moves only when the pace sleeps."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_three_senders_sharing_the_pace_send_no_faster_than_it_together(engine: Engine) -> None:
+    rate = 100
+    paces = [SharedPace(engine, rate) for _ in range(3)]
+    taken: list[float] = []
+
+    async def connection(pace: SharedPace) -> None:
+        for _ in range(20):
+            await pace.wait()
+            taken.append(time.time())
+
+    async def go() -> None:  # three senders of two connections each, all at once
+        await asyncio.gather(*(connection(pace) for pace in paces for _ in range(2)))
+
+    asyncio.run(go())
+    taken.sort()
+    assert len(taken) == 120
+    # a hundred a second for the three together (not each): 120 sends take 1.19 s at least
+    assert taken[-1] - taken[0] >= 119 / rate - 0.01
+    # in any tenth of a second, at most ten, and one block (ten turns) more
+    assert max(bisect_right(taken, t + 0.1) - i for i, t in enumerate(taken)) <= 10 + 10 + 1
+    # booked in blocks, not one turn at a time (120); a loaded machine, whose late turns
+    # are dropped and shrink the next block, books more often than a quiet one
+    assert sum(pace.bookings for pace in paces) <= 120 / 2
+
+
+def test_a_turn_taken_too_late_is_dropped_and_the_next_block_is_smaller(engine: Engine) -> None:
+    clock = FakeTime(1773221400.0)
+    pace = SharedPace(engine, 100, clock=clock, sleep=clock.sleep)
+
+    async def go() -> None:
+        for _ in range(7):  # blocks of 1, 2, 4: used up, growing
+            await pace.wait()
+        assert pace.size == 4 and len(pace.turns) == 0
+        await pace.wait()  # a block of 8 (no more than 10: a tenth of a second)
+        assert pace.size == 8
+        clock.now += 1  # the mail server was slow: the other 7 turns are long gone
+        await pace.wait()
+        assert pace.size == 1  # as many as were used of the last
+
+    asyncio.run(go())
 
 
 # --- three `digest web` processes on one store ------------------------------------------

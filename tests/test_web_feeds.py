@@ -274,6 +274,29 @@ def test_feed_files_under_serve(
     assert len(private_files(site)) == files
 
 
+def test_on_a_postgresql_store_a_run_writes_the_public_feed_file_only(
+    site: Site, monkeypatch: pytest.MonkeyPatch, database_url: str
+) -> None:
+    monkeypatch.setenv("DIGEST_DATABASE_URL", database_url)
+    site.subscribe({"ada@example.org": ["federated"]})
+    site.drop_in_inbox(EXAMPLE_A, "a.txt")
+    assert site.cli("run").code == 0  # feed_files "auto"
+    shared = database_url.startswith("postgres")
+    assert len(private_files(site)) == (0 if shared else 2)
+    assert (site.data / "feeds" / "papers.atom").exists()
+    # the web front serves the private feed from the store, on any host
+    assert site.web().get(private_feed_path(site, "ada@example.org")).status_code == 200
+    monkeypatch.setenv("DIGEST_FEED_FILES", "all")
+    refused = site.cli("run")
+    if shared:  # refused before anything is done, in one line naming the setting
+        assert refused.code == 2
+        said = "setting feed_files ('all') from DIGEST_FEED_FILES must be public or auto with"
+        assert said in refused.err and "PostgreSQL store" in refused.err
+        assert "Traceback" not in refused.err
+    else:
+        assert refused.code == 0, refused.err
+
+
 def test_the_name_index_is_rebuilt_on_a_miss_at_most_every_few_seconds(site: Site) -> None:
     settings = load_settings(None)
     site.subscribe({"ada@example.org": ["federated"]})

@@ -9,6 +9,9 @@ the mark of its last one is written: a sender killed at any moment leaves at
 most one message per connection handed over and not marked. Another sender
 takes its digests when the lease runs out and sends that one again under the
 same Message-ID, which is the one duplicate a receiver may see and can drop.
+Every outcome the sender writes, a failure as much as a sent mark, is written
+only while its claim holds: a sender that lost a digest to another writes
+nothing over the other's outcome, and counts it (``claims_lost``).
 
 What a failure costs depends on whose it is. A 5xx bounces the address. A fault
 nobody is to blame for costs nothing: the transport failing (server down, login
@@ -29,6 +32,7 @@ then its papers go back to the reader's next digest.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import threading
@@ -82,7 +86,8 @@ class Delivered:
     gave_up: str | None = None  # why the pass stopped early (the mail server is unreachable)
     transport_error: str | None = None  # the transport's own failure, when that was the reason
     last_error: str | None = None  # the last failure that left a digest pending
-    claims_lost: int = 0  # sent after its lease ran out and another sender took it
+    # outcomes (sent or failed) not written: the lease ran out and another sender took it
+    claims_lost: int = 0
 
     def add(self, other: Delivered) -> None:
         """Fold the outcome of a later batch into this one."""
@@ -188,6 +193,48 @@ class Marks:
         )
 
 
+class Heartbeat:
+    """Renews the sender's leases every third of a lease while a pass runs, so a long batch
+    (a slow mail server, one that holds each message for seconds) keeps its claims between
+    the marks, which renew them too.
+
+    It is a task on the pass's own event loop, not a thread: it renews only while the loop
+    turns, so a pass stuck for good stops renewing and its digests go to the other senders
+    after one lease, as a dead sender's do. A renewal that fails (the database away) is
+    logged and tried again at the next beat.
+    """
+
+    def __init__(self, engine: Engine, claim: Claim, clock: Callable[[], datetime]) -> None:
+        self.engine = engine
+        self.claim = claim
+        self.clock = clock
+        self.every = claim.lease.total_seconds() / 3
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Beat from now on (on the running loop)."""
+        if self.task is None and self.every > 0:
+            self.task = asyncio.create_task(self._beat())
+
+    async def stop(self) -> None:
+        """Beat no more."""
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(self.every)
+            try:
+                claims.heartbeat(
+                    self.engine, self.claim.sender, at=self.clock(), lease=self.claim.lease
+                )
+            except DigestError as exc:
+                log.warning("leases not renewed", extra={"error": str(exc)})
+
+
 class Judge:
     """Whose fault a pass's temporary failures are, decided as the pass goes.
 
@@ -198,10 +245,13 @@ class Judge:
     if the server took something in the pass.
     """
 
-    def __init__(self, engine: Engine, result: Delivered, clock: Callable[[], datetime]) -> None:
+    def __init__(
+        self, engine: Engine, result: Delivered, clock: Callable[[], datetime], sender: str
+    ) -> None:
         self.engine = engine
         self.result = result
         self.clock = clock
+        self.sender = sender  # whose claims its outcomes are written under
         self.taken = False  # the server took a message in this pass
         self.held: list[tuple[Outgoing, DeliveryError]] = []
         self.outage: str | None = None
@@ -218,9 +268,11 @@ class Judge:
         self.result.last_error = reason[:500]
         if self.taken and item.retried and not self.held and not self.outage:
             # the server takes other mail, and this digest failed before: its own trouble
-            _failed(self.engine, item, exc, self.result, self.clock())
+            _failed(self.engine, self.sender, item, exc, self.result, self.clock())
             return
-        outbox.mark_unsent(self.engine, item.digest_id, reason)
+        if not outbox.mark_unsent(self.engine, item.digest_id, reason, sender=self.sender):
+            _lost(item, self.result)
+            return
         self.held.append((item, exc))
         if not self.outage and len(self.held) >= GIVE_UP_AFTER:
             taken = "none taken since the last" if self.taken else "none taken"
@@ -239,7 +291,7 @@ class Judge:
     def _charge(self) -> None:
         held, self.held = self.held, []
         for item, exc in held:
-            _failed(self.engine, item, exc, self.result, self.clock())
+            _failed(self.engine, self.sender, item, exc, self.result, self.clock())
 
 
 async def deliver(
@@ -258,7 +310,8 @@ async def deliver(
     """Send each claimed digest once, ``concurrency`` at a time; stops taking new ones when
     ``stop`` is set. ``judge``: the pass this batch is part of (alone: a pass of its own)."""
     result = Delivered() if judge is None else judge.result
-    judging = judge or Judge(engine, result, clock)
+    sender = marks.claim.sender
+    judging = judge or Judge(engine, result, clock, sender)
     prepare(paper for item in outgoing for paper in item.view.papers)
     queue: asyncio.Queue[Outgoing] = asyncio.Queue()
     for item in outgoing:
@@ -290,33 +343,33 @@ async def deliver(
             try:
                 raw = builder.build(item.view, clock())
             except (ValueError, UnicodeError) as exc:  # an address no message can carry
-                _set_aside(engine, item, str(exc), result)
+                _set_aside(engine, sender, item, str(exc), result)
                 continue
             try:
                 await transport.send(sender_addr, item.email, raw, item.view.message_id)
             except TransportError as exc:
                 reason = str(exc)
-                outbox.mark_unsent(engine, item.digest_id, reason)
-                result.deferred += 1
+                if outbox.mark_unsent(engine, item.digest_id, reason, sender=sender):
+                    result.deferred += 1
+                else:
+                    _lost(item, result)
                 result.transport_error = result.transport_error or reason
                 result.last_error = reason
                 give_up(reason)
                 continue
             except AddressError as exc:
-                _set_aside(engine, item, str(exc), result)
+                _set_aside(engine, sender, item, str(exc), result)
                 continue
             except DeliveryError as exc:
                 if exc.permanent or not exc.counts:
-                    _failed(engine, item, exc, result, clock())
+                    _failed(engine, sender, item, exc, result, clock())
                 else:
                     judging.temporary(item, exc)
                     if judging.outage:
                         give_up(judging.outage)
                 continue
             if not await marks.sent(item.digest_id):
-                # its lease ran out and another sender took it: that one marks it
-                result.claims_lost += 1
-                log.warning("claim lost", extra={"email": item.email, "digest": item.digest_id})
+                _lost(item, result)  # another sender took it: that one marks it
                 continue
             result.sent += 1
             result.sent_to.add(item.subscriber_id)
@@ -348,12 +401,15 @@ async def send_outbox(
     """Send the outbox, claiming ``batch`` digests at a time (memory stays flat; other
     senders take others), over one transport (its connections are reused throughout):
     ``transport``, or one opened (and closed) here only when something is to be sent.
-    Digests claimed and not sent are given back when the pass ends."""
+    Digests claimed and not sent are given back when the pass ends; while it runs, the
+    sender's leases are renewed (``Heartbeat``)."""
     total = Delivered(withdrawn=outbox.withdraw_unwanted(engine))
-    judge = Judge(engine, total, clock)
+    judge = Judge(engine, total, clock, claim.sender)
     marks = Marks(engine, claim, clock)
+    heartbeat = Heartbeat(engine, claim, clock)
     active: Transport | None = None
     tried: set[int] = set()  # fresh digests that failed are retried ones now: not twice a pass
+    heartbeat.start()
     try:
         for retried in (False, True):  # the fresh first, then those tried before
             after = 0
@@ -393,6 +449,7 @@ async def send_outbox(
                 total.stopped = True
                 return total
     finally:
+        await heartbeat.stop()
         judge.finish()
         if active is not None and transport is None:
             await active.close()
@@ -409,25 +466,40 @@ def _give_back(engine: Engine, sender: str) -> None:
         log.warning("claims left to run out", extra={"error": str(exc)})
 
 
-def _set_aside(engine: Engine, item: Outgoing, reason: str, result: Delivered) -> None:
+def _lost(item: Outgoing, result: Delivered) -> None:
+    """The sender's lease on this digest ran out and another sender took it: the outcome is
+    the other's to write, and this one writes nothing over it."""
+    result.claims_lost += 1
+    log.warning("claim lost", extra={"email": item.email, "digest": item.digest_id})
+
+
+def _set_aside(engine: Engine, sender: str, item: Outgoing, reason: str, result: Delivered) -> None:
     """This digest cannot go to this address by this transport: record why and go on."""
-    outbox.mark_failed(engine, item.digest_id, reason)
+    if not outbox.mark_failed(engine, item.digest_id, reason, sender=sender):
+        _lost(item, result)
+        return
     result.failed += 1
     result.set_aside.append((item.email, reason))
     log.warning("set aside", extra={"email": item.email, "error": reason})
 
 
 def _failed(
-    engine: Engine, item: Outgoing, exc: DeliveryError, result: Delivered, now: datetime
+    engine: Engine,
+    sender: str,
+    item: Outgoing,
+    exc: DeliveryError,
+    result: Delivered,
+    now: datetime,
 ) -> None:
     """Record a failed send: a bounce ends mail to the address; a 4xx judged the
     recipient's costs an attempt; a dropped connection costs nothing. The last two wait
-    their turn."""
+    their turn. Nothing is written when ``sender`` lost the digest's claim."""
     error = str(exc)[:500]
     outcome = unsent.record_failure(
         engine,
         item.digest_id,
         item.subscriber_id,
+        sender=sender,
         error=error,
         counts=exc.counts,
         permanent=exc.permanent,
@@ -435,6 +507,9 @@ def _failed(
         fail_after=FAIL_AFTER,
         now=now,
     )
+    if outcome is None:
+        _lost(item, result)
+        return
     if outcome == "pending":
         result.deferred += 1
         result.last_error = error

@@ -201,6 +201,15 @@ class RecordingTransport(_Closing):
 # --- pacing -----------------------------------------------------------------------
 
 
+class Pace(Protocol):
+    """What spaces the sends: this process's ``RateLimiter``, or the pace every sender of
+    the site shares (``deliver.pace.SharedPace``)."""
+
+    async def wait(self) -> None:
+        """Return when the next send may start."""
+        ...
+
+
 class RateLimiter:
     """Spaces sends to at most ``rate`` a second across every task sharing it (0: no limit)."""
 
@@ -271,6 +280,7 @@ class SMTPTransport(_Closing):
         start_tls: bool | None = None,
         connections: int = 4,
         rate: float = 0.0,
+        pace: Pace | None = None,
         timeout: float = 30.0,
         retries: int = 3,
         backoff: Backoff | None = None,
@@ -288,7 +298,8 @@ class SMTPTransport(_Closing):
         self._backoff = backoff or retry_backoff(0.5, 30.0, jitter=True)
         self._sleep = sleep
         self._local_hostname = local_hostname
-        self._limiter = RateLimiter(rate, sleep=sleep)
+        # ``pace``, when given, spaces the sends instead of ``rate`` in this process alone
+        self._limiter: Pace = pace or RateLimiter(rate, sleep=sleep)
         self._slots = asyncio.Semaphore(connections)
         self._idle: list[aiosmtplib.SMTP] = []
 
@@ -502,12 +513,14 @@ def open_transport(
     *,
     connections: int = 4,
     rate: float = 0.0,
+    pace: Pace | None = None,
     timeout: float = 30.0,
     retries: int = 3,
     backoff: Backoff | None = None,
     sleep: Sleep = asyncio.sleep,
 ) -> Transport:
-    """The transport for ``file://DIR``, ``smtp://[user:pass@]host[:port]`` or ``smtps://…``."""
+    """The transport for ``file://DIR``, ``smtp://[user:pass@]host[:port]`` or ``smtps://…``;
+    SMTP paced by ``pace``, or else at ``rate`` a second in this process."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme == "file":
@@ -544,6 +557,7 @@ def open_transport(
         start_tls=start_tls,
         connections=connections,
         rate=rate,
+        pace=pace,
         timeout=timeout,
         retries=retries,
         backoff=backoff,

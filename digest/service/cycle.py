@@ -156,8 +156,10 @@ def publish_site_feeds(
     processes: int | None = None,
 ) -> dict[str, int]:
     """The site's feeds, as the settings place and name them: the private feeds' files only
-    when ``feed_files`` is ``all`` (``auto`` is settled by the command: ``public`` under
-    ``digest serve`` with the web front, which serves them live; ``all`` otherwise)."""
+    when the settings say so (``Settings.private_feed_files``: ``all``, or ``auto`` on an
+    SQLite store; ``digest serve`` with the web front settles ``auto`` as ``public``). On a
+    PostgreSQL store, which several hosts may share, the public feed is the one file: its
+    planner writes it, and the web front serves the private feeds live."""
     return publish_feeds(
         engine,
         folder=settings.feeds_dir,
@@ -168,7 +170,7 @@ def publish_site_feeds(
         now=now,
         changed=changed,
         processes=processes,
-        private=settings.feed_files != "public",
+        private=settings.private_feed_files,
     )
 
 
@@ -328,7 +330,7 @@ async def deliver_outbox(
             transport,
             MessageBuilder(sender),
             links_of(settings, engine, clock()),
-            open_transport=lambda: transport_of(settings),
+            open_transport=lambda: transport_of(settings, engine),
             sender_addr=sender.from_addr,
             concurrency=settings.smtp_connections,
             clock=clock,
@@ -348,15 +350,16 @@ async def deliver_outbox(
 
 def free_dead_senders(engine: Engine) -> int:
     """Give back at once the claims of senders on this host whose process is gone (a run
-    killed with -9): no need to wait out their lease. Returns how many senders."""
+    killed with -9): no need to wait out their lease. Their host and process are read from
+    the ``sender`` table (a sender's name is only unique, not parsed); a holder without a
+    row is left to its lease. Returns how many senders."""
     host = socket.gethostname()
     freed = 0
-    for name in claims.holders(engine):
-        parts = name.rsplit(":", 2)
-        if len(parts) != 3 or parts[0] != host or not parts[1].isdigit():
+    for holder in claims.holders(engine):
+        if holder.host != host or holder.pid is None or holder.pid == os.getpid():
             continue
-        if int(parts[1]) != os.getpid() and not process_alive(int(parts[1])):
-            claims.release(engine, name)
+        if not process_alive(holder.pid):
+            claims.release(engine, holder.name)
             freed += 1
     return freed
 

@@ -61,6 +61,7 @@ def request_subscription(
 
 async def send_confirmation_email(
     settings: Settings,
+    engine: Engine,
     key: bytes,
     email: str,
     interests: Sequence[str],
@@ -68,7 +69,8 @@ async def send_confirmation_email(
     now: datetime,
 ) -> None:
     """The confirmation email of ``requested``: a link, signed for that one request, that
-    expires after ``confirm_hours``. Raises ``DeliveryError`` when it could not be sent."""
+    expires after ``confirm_hours``; it takes its turn in the site's sending pace (``engine``:
+    the store the senders share). Raises ``DeliveryError`` when it could not be sent."""
     expires = now + timedelta(hours=settings.confirm_hours)
     token = tokens.expiring_token(
         key,
@@ -84,7 +86,7 @@ async def send_confirmation_email(
         expires=expires,
         timezone=settings.timezone,
     )
-    await send_confirmation(transport_of(settings), view, sender_of(settings), now, key)
+    await send_confirmation(transport_of(settings, engine), view, sender_of(settings), now, key)
 
 
 def forget_unconfirmed(engine: Engine, now: datetime, confirm_hours: float) -> int:

@@ -8,6 +8,7 @@ from datetime import datetime
 from sqlalchemy.engine import Engine
 
 from digest.deliver.message import Sender
+from digest.deliver.pace import SharedPace
 from digest.deliver.transports import Transport, open_transport
 from digest.present.views import Links
 from digest.service.keys import site_keys
@@ -31,12 +32,13 @@ def links_of(settings: Settings, engine: Engine, now: datetime) -> Links:
     return Links(settings.base_url, site_keys(settings, engine, now).signing, settings.mail_from)
 
 
-def transport_of(settings: Settings) -> Transport:
-    """The configured mail transport."""
+def transport_of(settings: Settings, engine: Engine) -> Transport:
+    """The configured mail transport, sending at most ``smtp_rate`` a second together with
+    every other sender of the store (``deliver.pace``), on this host and the others."""
     return open_transport(
         settings.mail_transport,
         connections=settings.smtp_connections,
-        rate=settings.smtp_rate,
+        pace=SharedPace(engine, settings.smtp_rate),
         timeout=settings.smtp_timeout,
         retries=settings.smtp_retries,
     )

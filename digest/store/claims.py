@@ -174,16 +174,32 @@ def heartbeat(engine: Engine, sender: str, *, at: datetime, lease: timedelta) ->
     mark_sent(engine, sender, (), at=at, lease=lease)
 
 
-def holders(engine: Engine) -> list[str]:
-    """The senders holding claims on digests still being sent."""
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A sender holding claims, with the host and process its ``sender`` row names (None
+    when it has no row: it was forgotten, and its leases ran out long ago)."""
+
+    name: str
+    host: str | None
+    pid: int | None
+
+
+def holders(engine: Engine) -> list[Holder]:
+    """The senders holding claims on digests still being sent, by name."""
+    held = (
+        sa.select(col(Digest.claimed_by).label("name"))
+        .where(col(Digest.status) == "sending", col(Digest.claimed_by).is_not(None))
+        .distinct()
+        .subquery()
+    )
     with reading(engine) as conn:
-        names = conn.execute(
-            sa.select(col(Digest.claimed_by))
-            .where(col(Digest.status) == "sending", col(Digest.claimed_by).is_not(None))
-            .distinct()
+        rows = conn.execute(
+            sa.select(held.c.name, _SENDER.c.host, _SENDER.c.pid)
+            .outerjoin(_SENDER, _SENDER.c.name == held.c.name)
+            .order_by(held.c.name)
         ).all()
         conn.rollback()
-    return sorted(str(row[0]) for row in names)
+    return [Holder(str(name), host, None if pid is None else int(pid)) for name, host, pid in rows]
 
 
 def release(engine: Engine, sender: str) -> int:

@@ -1,10 +1,14 @@
 """Counters every process and host of the site shares: rate limits and the sending pace.
 
 A counter is a row per name and window (fixed windows of a limit's length, from the Unix
-epoch; starts and ends in milliseconds, the one unit of the table), raised by one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE count < cap RETURNING``:
-atomic on SQLite and PostgreSQL alike, so N processes together let exactly ``cap`` events
-through a window, and an event refused is not counted. Rows of ended windows are deleted
-whenever a new window starts.
+epoch; starts and ends in milliseconds, the one unit of the table), raised by one ``INSERT
+... ON CONFLICT DO UPDATE ... WHERE count < cap RETURNING``: atomic on SQLite and PostgreSQL
+alike, so N processes together let exactly ``cap`` events through a window, and an event
+refused is not counted. Rows of ended windows are deleted whenever a new window starts.
+
+The sending pace is a row of the same table whose ``expires`` is the end of the turns booked
+so far (``book_turns``); ``deliver.pace`` books them in blocks. Moments are each host's own
+clock, as the senders' leases are: the hosts' clocks are kept in step (NTP).
 """
 
 from __future__ import annotations
@@ -18,8 +22,6 @@ from digest.store.engine import insert_or_skip, transaction
 from digest.store.models import RateCounter
 
 _COUNTER = RateCounter.__table__  # type: ignore[attr-defined]
-# How far ahead a sender may book its turn: past this, the pace is hopeless anyway.
-MAX_WINDOWS_AHEAD = 100_000
 
 
 def count_if_under(
@@ -77,23 +79,33 @@ class SharedLimit:
         return count > 0
 
 
-def send_turn(engine: Engine, rate: float, now: float, name: str = "send") -> float:
-    """Book a turn to send one message so that every sender of the store together sends at
-    most ``rate`` a second; the seconds to wait until the turn (0: send now).
+def book_turns(
+    engine: Engine, rate: float, count: int, now: float, name: str = "send"
+) -> tuple[float, float]:
+    """Book ``count`` turns to send at ``rate`` a second, after every turn any sender of the
+    store booked before (and none before ``now``, Unix seconds); returns when the booked turns
+    start and end (Unix seconds), to be spread evenly over that span.
 
-    Time is cut into windows of one second (``1 / rate`` seconds when the rate is below one)
-    holding ``rate`` sends each (at least one); a full window sends the caller to the next.
+    The pace is one row (``window_start`` 0) whose ``expires`` is the moment (ms) the turns
+    booked so far end, moved on by one atomic ``INSERT ... ON CONFLICT DO UPDATE ...
+    RETURNING``: from ``now`` when the pace was idle, from where the last booking ended
+    otherwise. So turns never overlap whoever booked them, and N senders together send no
+    faster than ``rate``. The span is rounded up to whole milliseconds: never faster. A row
+    whose turns have all passed is worth nothing, and goes when a limit's window is new.
     """
-    if rate <= 0:
-        return 0.0
-    length = max(1.0, 1.0 / rate)
-    cap = max(1, math.floor(rate * length))
-    step = round(length * 1000)
+    if rate <= 0 or count < 1:
+        return now, now
+    span = math.ceil(count * 1000 / rate)
     moment = math.floor(now * 1000)
-    window = moment // step
     with transaction(engine) as conn:
-        for ahead in range(MAX_WINDOWS_AHEAD):
-            start = (window + ahead) * step
-            if count_if_under(conn, name, start, start + step, cap, moment):
-                return max(0.0, start / 1000 - now)
-    return MAX_WINDOWS_AHEAD * length
+        insert = insert_or_skip(conn, _COUNTER).values(
+            name=name, window_start=0, count=count, expires=moment + span
+        )
+        free = sa.case((_COUNTER.c.expires < moment, moment), else_=_COUNTER.c.expires)
+        end = conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=[_COUNTER.c.name, _COUNTER.c.window_start],
+                set_={"expires": free + span, "count": count},  # count: the last booking's
+            ).returning(_COUNTER.c.expires)
+        ).scalar_one()
+    return (int(end) - span) / 1000, int(end) / 1000

@@ -19,7 +19,7 @@ from digest.clock import as_utc
 from digest.store.engine import insert_or_skip, reading, transaction
 from digest.store.models import Digest, DigestItem, Paper, Subscriber, TransportState
 from digest.store.papers import PaperRow, paper_columns, reader
-from digest.store.unsent import Carried
+from digest.store.unsent import Carried, held_by
 
 STATUSES = ("pending", "sending", "sent", "skipped", "failed")
 _WAITING = ("pending", "sending")
@@ -322,8 +322,13 @@ _SENT = (
 )
 _UNSENT = (
     sa.update(Digest)
-    .where(col(Digest.id) == sa.bindparam("_id"))
+    .where(col(Digest.id) == sa.bindparam("_id"), held_by(sa.bindparam("_sender")))
     .values(status="pending", last_error=sa.bindparam("_error"))
+)
+_FAILED = (
+    sa.update(Digest)
+    .where(col(Digest.id) == sa.bindparam("_id"), held_by(sa.bindparam("_sender")))
+    .values(status="failed", last_error=sa.bindparam("_error"))
 )
 
 
@@ -333,20 +338,21 @@ def mark_sent(engine: Engine, digest_id: int, at: datetime) -> None:
         conn.execute(_SENT, {"_id": digest_id, "_at": as_utc(at, naive="refuse")})
 
 
-def mark_unsent(engine: Engine, digest_id: int, error: str) -> None:
-    """Back to pending at no cost: the failure was nobody's fault."""
+def mark_unsent(engine: Engine, digest_id: int, error: str, *, sender: str) -> bool:
+    """Back to pending at no cost: the failure was nobody's fault. Written only while
+    ``sender`` holds the digest's claim (``unsent.held_by``); False: the claim was lost,
+    and nothing was written."""
     with transaction(engine) as conn:
-        conn.execute(_UNSENT, {"_id": digest_id, "_error": error[:500]})
+        done = conn.execute(_UNSENT, {"_id": digest_id, "_sender": sender, "_error": error[:500]})
+    return bool(done.rowcount)
 
 
-def mark_failed(engine: Engine, digest_id: int, reason: str) -> None:
-    """This digest cannot go out: set aside, with why."""
+def mark_failed(engine: Engine, digest_id: int, reason: str, *, sender: str) -> bool:
+    """This digest cannot go out: set aside, with why. Written only while ``sender`` holds
+    the digest's claim; False: the claim was lost, and nothing was written."""
     with transaction(engine) as conn:
-        conn.execute(
-            sa.update(Digest)
-            .where(col(Digest.id) == digest_id)
-            .values(status="failed", last_error=reason[:500])
-        )
+        done = conn.execute(_FAILED, {"_id": digest_id, "_sender": sender, "_error": reason[:500]})
+    return bool(done.rowcount)
 
 
 def counts(conn: Connection) -> dict[str, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -38,29 +39,49 @@ class Carried:
     seen_upto: int | None = None  # the reader's cut-off, moved back before the papers given back
 
 
+def held_by(sender: str | sa.BindParameter[str]) -> Any:
+    """The condition that a digest is still ``sender``'s claim: its name on it, and not sent
+    or settled since. Every outcome a sender writes is written under it (``claims.mark_sent``,
+    ``outbox.mark_unsent``, ``outbox.mark_failed``, ``record_failure``): a sender whose lease
+    ran out and whose digest another sender took (taking it writes the taker's name) writes
+    nothing over the other's outcome. A lease that ran out with nobody taking the digest
+    leaves it the sender's: nobody else can have sent it."""
+    return sa.and_(col(Digest.claimed_by) == sender, col(Digest.status).in_(_WAITING))
+
+
 def record_failure(
     engine: Engine,
     digest_id: int,
     subscriber_id: int,
     *,
+    sender: str,
     error: str,
     counts: bool,
     permanent: bool,
     max_attempts: int,
     fail_after: timedelta,
     now: datetime,
-) -> str:
-    """Record a failed send; returns what became of the digest: "bounced" (the subscriber
-    too), "failed" (out of attempts, the first made at least ``fail_after`` ago: its papers
-    go back to the reader's next digest) or "pending" (tried again later)."""
+) -> str | None:
+    """Record a failed send by ``sender``, only while it holds the digest's claim (``held_by``);
+    returns what became of the digest: "bounced" (the subscriber too), "failed" (out of
+    attempts, the first made at least ``fail_after`` ago: its papers go back to the reader's
+    next digest), "pending" (tried again later), or None: the claim was lost, and nothing
+    was written."""
     error = error[:500]
     now = as_utc(now, naive="refuse")
+    held = held_by(sender)
     with transaction(engine) as conn:
-        attempts, first = conn.execute(
-            sa.select(col(Digest.attempts), col(Digest.first_attempt_at)).where(
-                col(Digest.id) == digest_id
-            )
-        ).one()
+        # FOR UPDATE: a sender claiming the digest now waits for this transaction (or skips
+        # the row), and one that took it first leaves nothing here to find (PostgreSQL reads
+        # the row again after the wait); SQLite writes one transaction at a time
+        found = conn.execute(
+            sa.select(col(Digest.attempts), col(Digest.first_attempt_at))
+            .where(col(Digest.id) == digest_id, held)
+            .with_for_update()
+        ).first()
+        if found is None:
+            return None
+        attempts, first = found
         if counts:
             attempts += 1
             first = first or now
@@ -73,7 +94,7 @@ def record_failure(
                 error = f"{error[:400]} (its {papers} paper(s) go to the reader's next digest)"
         conn.execute(
             sa.update(Digest)
-            .where(col(Digest.id) == digest_id)
+            .where(col(Digest.id) == digest_id, held)
             .values(
                 status="pending" if outcome == "pending" else "failed",
                 attempts=attempts,

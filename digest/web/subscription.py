@@ -215,7 +215,7 @@ async def subscribe(request: Request) -> Response:
     await run_in_threadpool(_forget_unconfirmed, state, now)
     try:
         await readers.send_confirmation_email(
-            state.settings, state.key, email, interests, requested, now
+            state.settings, state.engine, state.key, email, interests, requested, now
         )
     except DeliveryError:
         raise HTTPException(
