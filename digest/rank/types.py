@@ -18,7 +18,7 @@ from digest.rank.acronyms import AcronymCounter, Acronyms
 from digest.rank.explain import Words
 from digest.rank.match import Entry
 from digest.rank.text import DEFAULT, Analyzer
-from digest.store.subscription import Subscription, default
+from digest.store.subscription import Subscription, default, stored_interests
 
 __all__ = [
     "SUMMED",
@@ -61,6 +61,17 @@ class Profile:
     def of(cls, subscriber: Subscription) -> Profile:
         """The profile of a subscriber."""
         return cls(subscriber.id, subscriber.interests, subscriber.max_items, subscriber.min_score)
+
+    @classmethod
+    def stored(cls, row: Any, decoded: dict[str, tuple[str, ...]]) -> Profile:
+        """The profile ``of`` gives for a stored row (a ``Subscriber``, or a plain row of its
+        columns), read straight off the row: planning reads every due reader's, and making
+        each one's ``Subscription`` first cost more than the rest of reading them.
+        ``decoded``: each distinct interests text, decoded once (readers share them)."""
+        interests = decoded.get(row.interests)
+        if interests is None:
+            interests = decoded[row.interests] = stored_interests(row.interests)
+        return cls(int(row.id or 0), interests, row.max_items, row.min_score)
 
 
 class PaperText(Protocol):
