@@ -163,6 +163,30 @@ def sent_pairs(
     return sent
 
 
+_ITEM = DigestItem.__table__  # type: ignore[attr-defined]
+_ITEM_COLUMNS = ("digest_id", "subscriber_id", "paper_id", "rank", "score", "matched")
+
+
+def _insert_many(
+    conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Many rows into one table, the quickest way the driver has: ``COPY`` on PostgreSQL
+    (a quarter of the time of a multi-row ``INSERT``), and on SQLite a plain ``executemany``
+    of tuples (SQLAlchemy's handling of each row's parameters cost as much as SQLite's
+    insert). The same rows, in the same order, as an ``INSERT``."""
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    elif conn.dialect.paramstyle == "qmark":
+        marks = ", ".join("?" for _ in columns)
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", rows)
+    else:
+        conn.execute(sa.insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
+
+
 def record(
     conn: Connection,
     planned: Sequence[Planned],
@@ -207,19 +231,12 @@ def record(
         ):
             digest_of[sid] = int(did or 0)
     items = [
-        {
-            "digest_id": digest_of[p.subscriber_id],
-            "subscriber_id": p.subscriber_id,
-            "paper_id": paper_id,
-            "rank": rank,
-            "score": score,
-            "matched": matched,
-        }
+        (digest_of[p.subscriber_id], p.subscriber_id, paper_id, rank, score, matched)
         for p in planned
         for rank, (paper_id, score, matched) in enumerate(p.items, 1)
     ]
     if items:
-        conn.execute(sa.insert(DigestItem), items)
+        _insert_many(conn, _ITEM, _ITEM_COLUMNS, items)
     conn.execute(
         sa.update(Subscriber)
         .where(col(Subscriber.id) == sa.bindparam("_id"))
