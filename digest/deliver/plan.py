@@ -103,7 +103,7 @@ def owed_plans(
     subscribers: Sequence[Any] | None = None,
     take_in: bool = False,
     news_days: int | None = None,
-    batch: int = PLAN_BATCH,
+    batch: int | None = None,
 ) -> Generator[Plan, None, None]:
     """Read from the store what planning needs and plan every digest owed for ``period``
     (to ``subscribers``, stored ``Subscriber`` rows, or to every active subscriber who has
@@ -124,7 +124,9 @@ def owed_plans(
     wanted = _Wanted()
     for row in readers:
         wanted.add(row, period)
-    return _plan(conn, wanted, take_in=take_in, news_days=news_days, given=given, batch=batch)
+    return _plan(
+        conn, wanted, take_in=take_in, news_days=news_days, given=given, batch=batch or PLAN_BATCH
+    )
 
 
 def plan_due(
@@ -160,7 +162,7 @@ def due_plans(
     take_in: bool = False,
     news_days: int | None = None,
     ran_before: datetime | None = None,
-    batch: int = PLAN_BATCH,
+    batch: int | None = None,
 ) -> Generator[Plan, None, None]:
     """Plan every digest due at ``now``: each reader with an hour of their own whose hour has
     come, for their own local date (``due.due_period``); and, with ``site_period`` (a run at
@@ -183,7 +185,7 @@ def due_plans(
         for row in outbox.owed_readers(conn, site_period):
             if reader_hour(row) is None:
                 wanted.add(row, site_period)
-    return _plan(conn, wanted, take_in=take_in, news_days=news_days, batch=batch)
+    return _plan(conn, wanted, take_in=take_in, news_days=news_days, batch=batch or PLAN_BATCH)
 
 
 def owed_at(
@@ -325,12 +327,12 @@ def record_plans(
     key: bytes,
     mail_from: str,
     run_id: int | None,
-    batch: int = PLAN_BATCH,
+    batch: int | None = None,
 ) -> dict[str, int]:
     """Write the outbox rows for ``plans``, each for its own period (``period`` for a plan
     without one), ``batch`` at a time as they come (``owed_plans`` and ``due_plans`` make
     them a batch at a time: none is kept once written); returns how many are pending and
-    skipped."""
+    skipped. ``batch``: ``PLAN_BATCH`` when not given."""
     counts = {"pending": 0, "skipped": 0}
     explained = _Explained()
     planned: dict[date, list[Planned]] = {}
@@ -347,7 +349,7 @@ def record_plans(
             Planned(sid, status, mid, plan.upto, items, plan.carried)
         )
         held += 1
-        if held >= batch:
+        if held >= (batch or PLAN_BATCH):
             _record(conn, planned, now=now, run_id=run_id)
             held = 0
     _record(conn, planned, now=now, run_id=run_id)
