@@ -51,6 +51,11 @@ from digest.store.engine import ingest_sequence, open_store, transaction
 from digest.store.models import Subscriber
 from digest.store.papers import index_papers
 
+try:  # planned and recorded a batch of readers at a time
+    from digest.deliver.plan import owed_plans
+except ImportError:  # a checkout from before: one list of every plan, then recorded
+    owed_plans = None
+
 
 class CountingTransport:
     """Takes every message and keeps only the count and the bytes."""
@@ -163,14 +168,22 @@ def main() -> None:
     cpu_mark[0] = time.process_time()
     dumps = ingest_inbox(engine, settings.inbox, clock=clock)
     t = timed("ingest the daily dump (with search index)", t)
+    ranked_in = None
     with engine.begin() as conn:
-        plans = plan_owed(conn, period=period)
-        t = timed("rank every subscriber (plan)", t)
+        if owed_plans is None:  # the code before: every plan in one list, then all recorded
+            plans = plan_owed(conn, period=period)
+            ranked_in = time.perf_counter() - t
+        else:
+            plans = owed_plans(conn, period=period)
         counts = record_plans(
             conn, plans, period=period, now=clock(), key=key,
             mail_from=settings.mail_from, run_id=None,
         )  # fmt: skip
-    t = timed("record the outbox", t)
+        del plans
+        items = conn.execute(sa.text("SELECT count(*) FROM digestitem")).scalar_one()
+    t = timed("rank every subscriber and record the outbox", t)
+    planned_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     transport = CountingTransport()
     delivered = asyncio.run(deliver_outbox(settings, engine, transport, clock=clock, stop=None))
     t = timed("load, render and hand over every message", t)
@@ -183,9 +196,9 @@ def main() -> None:
     feeds = publish_site_feeds(every, engine, now=clock(), changed=delivered.sent_to)
     timed("feeds, feed_files=all (global + private of those sent)", t)
 
-    items = sum(len(p.ranked) for p in plans)
     print(
-        f"daily: {dumps[0].new:,} new papers; {len(plans):,} subscribers, {counts['pending']:,} digests,"
+        f"daily: {dumps[0].new:,} new papers; {sum(counts.values()):,} subscribers,"
+        f" {counts['pending']:,} digests,"
         f" {counts['skipped']:,} skipped, {items:,} items; {transport.messages:,} messages,"
         f" {transport.bytes / max(transport.messages, 1) / 1024:.1f} KB each;"
         f" {feeds['written']:,} feed files written"
@@ -196,7 +209,12 @@ def main() -> None:
     for setting in ("public", "all"):
         feeds_step = next(v for k, v in phases.items() if f"feed_files={setting}" in k)
         print(f"  {'total with feed_files=' + setting:<55} {common + feeds_step:8.2f} s")
+    if ranked_in is not None:
+        print(f"  (of the plan step: ranking into one list of plans {ranked_in:.2f} s)")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(
+        f"peak RSS up to the recorded outbox: {planned_rss:.0f} MB, largest worker {workers_rss:.0f} MB"
+    )
     print(f"(files in {folder})")
 
 
