@@ -51,6 +51,11 @@ from digest.store.engine import ingest_sequence, open_store, transaction
 from digest.store.models import Subscriber
 from digest.store.papers import index_papers
 
+try:  # planned and recorded a batch of readers at a time
+    from digest.deliver.plan import owed_plans
+except ImportError:  # a checkout from before: one list of every plan, then recorded
+    owed_plans = None
+
 
 class CountingTransport:
     """Takes every message and keeps only the count and the bytes."""
@@ -78,11 +83,19 @@ def write_store_snapshot(path: Path, generator: Generator, papers: int) -> None:
 
 
 def write_daily(path: Path, generator: Generator, first: int, papers: int) -> None:
-    lines = ["Get trending papers in your email inbox!"]
-    for i in range(papers):
-        paper = generator.paper(first + i)
-        lines += [("Subscribe" if i == 0 else "") + paper.title, paper.abstract]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    """The day's papers as Hugging Face daily-papers JSON, numbered on from the store's."""
+    posted = datetime.now(UTC).isoformat()
+    rows = []
+    for i in range(first, first + papers):
+        paper = generator.paper(i)
+        ident = f"{1000 + i // 90000:04d}.{i % 90000:05d}"
+        rows.append(
+            {
+                "paper": {"id": ident, "title": paper.title, "summary": paper.abstract},
+                "publishedAt": posted,
+            }
+        )
+    path.write_text(json.dumps(rows), encoding="utf-8")
 
 
 def main() -> None:
@@ -134,17 +147,24 @@ def main() -> None:
             ],
         )
     settings.inbox.mkdir(parents=True, exist_ok=True)
-    write_daily(settings.inbox / "daily.txt", generator, args.papers, args.daily)
+    write_daily(settings.inbox / "daily.json", generator, args.papers, args.daily)
 
     phases: dict[str, float] = {}
-    cpu: dict[str, float] = {}  # this process's CPU time (not the forked ranking workers')
-    cpu_mark = [time.process_time()]
+    # CPU time of this process and of the worker processes it forked and reaped meanwhile
+    # (ranking, statistics, feeds)
+    cpu: dict[str, float] = {}
+
+    def cpu_now() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+    cpu_mark = [cpu_now()]
 
     def timed(name: str, started: float) -> float:
         now = time.perf_counter()
         phases[name] = now - started
-        cpu[name] = time.process_time() - cpu_mark[0]
-        cpu_mark[0] = time.process_time()
+        cpu[name] = cpu_now() - cpu_mark[0]
+        cpu_mark[0] = cpu_now()
         return now
 
     period = datetime.now(UTC).date()
@@ -152,17 +172,25 @@ def main() -> None:
     # inside it would wait on that transaction's own lock.
     key = site_keys(settings, engine, clock()).signing
     t = time.perf_counter()
-    cpu_mark[0] = time.process_time()
+    cpu_mark[0] = cpu_now()
     dumps = ingest_inbox(engine, settings.inbox, clock=clock)
     t = timed("ingest the daily dump (with search index)", t)
+    ranked_in = None
     with engine.begin() as conn:
-        plans = plan_owed(conn, period=period)
-        t = timed("rank every subscriber (plan)", t)
+        if owed_plans is None:  # the code before: every plan in one list, then all recorded
+            plans = plan_owed(conn, period=period)
+            ranked_in = time.perf_counter() - t
+        else:
+            plans = owed_plans(conn, period=period)
         counts = record_plans(
             conn, plans, period=period, now=clock(), key=key,
             mail_from=settings.mail_from, run_id=None,
         )  # fmt: skip
-    t = timed("record the outbox", t)
+        del plans
+        items = conn.execute(sa.text("SELECT count(*) FROM digestitem")).scalar_one()
+    t = timed("rank every subscriber and record the outbox", t)
+    planned_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     transport = CountingTransport()
     delivered = asyncio.run(deliver_outbox(settings, engine, transport, clock=clock, stop=None))
     t = timed("load, render and hand over every message", t)
@@ -175,9 +203,9 @@ def main() -> None:
     feeds = publish_site_feeds(every, engine, now=clock(), changed=delivered.sent_to)
     timed("feeds, feed_files=all (global + private of those sent)", t)
 
-    items = sum(len(p.ranked) for p in plans)
     print(
-        f"daily: {dumps[0].new:,} new papers; {len(plans):,} subscribers, {counts['pending']:,} digests,"
+        f"daily: {dumps[0].new:,} new papers; {sum(counts.values()):,} subscribers,"
+        f" {counts['pending']:,} digests,"
         f" {counts['skipped']:,} skipped, {items:,} items; {transport.messages:,} messages,"
         f" {transport.bytes / max(transport.messages, 1) / 1024:.1f} KB each;"
         f" {feeds['written']:,} feed files written"
@@ -188,7 +216,12 @@ def main() -> None:
     for setting in ("public", "all"):
         feeds_step = next(v for k, v in phases.items() if f"feed_files={setting}" in k)
         print(f"  {'total with feed_files=' + setting:<55} {common + feeds_step:8.2f} s")
+    if ranked_in is not None:
+        print(f"  (of the plan step: ranking into one list of plans {ranked_in:.2f} s)")
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(
+        f"peak RSS up to the recorded outbox: {planned_rss:.0f} MB, largest worker {workers_rss:.0f} MB"
+    )
     print(f"(files in {folder})")
 
 

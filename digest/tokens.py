@@ -126,9 +126,15 @@ def check_expiring_token(
     return Verdict.VALID if now < int(expires) else Verdict.EXPIRED
 
 
+@functools.lru_cache(maxsize=8)
+def _domain(mail_from: str) -> str:
+    # Parsed once: a run makes one Message-ID per reader, all from the same address.
+    return parseaddr(mail_from)[1].rpartition("@")[2] or "localhost"
+
+
 def message_id(key: bytes, subscriber_id: int, period: date, mail_from: str) -> str:
     """The Message-ID of a digest: the same for every attempt, so receivers can drop a repeat."""
-    domain = parseaddr(mail_from)[1].rpartition("@")[2] or "localhost"
+    domain = _domain(mail_from)
     tag = hmac.new(key, f"mid:{subscriber_id}:{period}".encode(), hashlib.sha256).hexdigest()
     return f"<digest.{period:%Y%m%d}.{tag[:20]}@{domain}>"
 

@@ -133,14 +133,15 @@ def test_each_reader_gets_the_digest_of_their_own_date_at_their_own_hour(
 def test_readers_of_many_zones_due_at_once_are_ranked_together(
     settings: Settings, store: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[int] = []
-    rank = ranker.rank
+    calls: list[int] = []  # readers whose interests each day's matching was made for
+    start = ranker.Ranking.__init__
 
-    def counting(*args: Any, **kwargs: Any) -> Any:
-        calls.append(len(args[1]))
-        return rank(*args, **kwargs)
+    def counting(self: ranker.Ranking, papers: Any, profiles: Any, *args: Any, **kw: Any) -> None:
+        profiles = list(profiles)
+        calls.append(len(profiles))
+        start(self, papers, profiles, *args, **kw)
 
-    monkeypatch.setattr(ranker, "rank", counting)
+    monkeypatch.setattr(ranker.Ranking, "__init__", counting)
     # the machine was off all day: at 23:30 UTC on the 12th Tokyo (08:30 on the 13th),
     # Delhi (05:00 on the 13th, its 12th still unserved) and New York (19:30 on the 12th)
     # are all due, for two different dates: one ranking for the four of them

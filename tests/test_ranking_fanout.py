@@ -13,7 +13,8 @@ from digest.rank.cutoff import cut
 from digest.rank.index import InterestIndex
 from digest.rank.match import Compiler
 from digest.rank.query import parse_interest
-from digest.rank.ranker import rank
+from digest.rank.ranker import Ranking, rank
+from digest.rank.reader_model import Vote
 from digest.rank.text import DEFAULT
 from digest.rank.types import CorpusStats, PlainPaper, Profile, Ranked
 
@@ -233,4 +234,34 @@ def test_fork_map_runs_each_share_in_a_child_and_raises_its_error() -> None:
 
     with pytest.raises(ValueError, match="share with 4"):
         forks.fork_map(fail, items, 2)
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.skipif(not forks.available(), reason="worker processes need fork")
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_day_ranked_a_batch_at_a_time_gives_the_lists_of_one_ranking(processes: int) -> None:
+    rng = random.Random(9)
+    papers = make_papers(rng, 200)
+    stats = CorpusStats.from_texts((p.title, p.abstract) for p in papers)
+    pool = make_interests(rng)
+    profiles = [
+        Profile(pid, rng.sample(pool, rng.randint(1, 5)), rng.randint(1, 12), rng.choice([0, 3.0]))
+        for pid in range(120)
+    ]
+    ids = [p.id for p in papers]
+    candidates = {p.id: set(rng.sample(ids, 120)) for p in profiles if rng.random() < 0.3}
+    votes = {  # some readers voted: their models re-rank, on the day's vectors made once
+        p.id: [Vote(paper, rng.random() < 0.7) for paper in rng.sample(papers, 4)]
+        for p in profiles
+        if rng.random() < 0.15
+    }
+    alone = rank(papers, profiles, stats, candidates=candidates, processes=1, votes=votes)
+    batched: dict[int, list[Ranked]] = {}
+    with Ranking(papers, profiles, stats, processes=processes) as day:
+        for start in range(0, len(profiles), 17):
+            batch = profiles[start : start + 17]
+            batched.update(day.rank(batch, candidates=candidates, votes=votes))
+    assert batched == alone  # ids, exact scores, explanations and reasons
+    assert sum(len(v) for v in alone.values()) > 300
+    assert len(votes) > 5
     assert not multiprocessing.active_children()

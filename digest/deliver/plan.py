@@ -1,17 +1,28 @@
 """Plan: pick each subscriber's papers for a period, and record them as the outbox.
 
 Planning is pure (subscribers, papers, what was sent and statistics in, plans out);
-``plan_owed`` reads those from the store. The outbox holds one digest per subscriber per
-period, so a run that dies while sending is finished by the next without choosing again.
+``owed_plans`` and ``due_plans`` read those from the store. The outbox holds one digest per
+subscriber per period, so a run that dies while sending is finished by the next without
+choosing again.
+
+A run plans in batches of ``PLAN_BATCH`` readers: every reader's profile and cut-off are
+read first (a few hundred bytes each), the day's papers are matched once against all their
+interests (``rank.ranker.Ranking``), then each batch is ranked, turned into plans and
+recorded before the next is ranked, so that neither the plans nor their outbox rows are
+ever all in memory. A run records every batch in the one transaction that holds the plan
+lock (``store.engine.plan_lock``): the period's digests are committed together or not at
+all, so a run that dies while planning leaves nothing half planned behind (the next finds
+every reader still owed), and another planner, waiting on the lock, finds them all.
 """
 
 from __future__ import annotations
 
 import json
 from bisect import bisect_right
-from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Generator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
+from typing import Any, Protocol
 
 from sqlalchemy.engine import Connection
 
@@ -24,14 +35,26 @@ from digest.store import outbox
 from digest.store import papers as papers_store
 from digest.store import votes as vote_store
 from digest.store.engine import ingest_sequence
-from digest.store.models import Subscriber
 from digest.store.outbox import Planned
 from digest.store.papers import PaperRow
-from digest.store.subscription import Subscription
 from digest.store.unsent import Carried, fold_waiting
 from digest.tokens import message_id
 
 WEEKLY_DAY = 0  # weekly digests go out on Mondays
+PLAN_BATCH = 2_000  # readers ranked, planned and recorded at a time
+
+
+class Addressee(Protocol):
+    """Whom a plan is for: a stored ``Subscriber``, or the ``outbox.Recipient`` a run reads."""
+
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def email(self) -> str: ...
+    @property
+    def token_salt(self) -> str: ...
+    @property
+    def send_empty(self) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -39,15 +62,16 @@ class Plan:
     """What one subscriber gets this period (possibly nothing), from the papers of ingests
     numbered up to ``upto``."""
 
-    subscriber: Subscriber
+    subscriber: Addressee
     ranked: Sequence[Ranked]
     upto: int = 0
     carried: Carried | None = None  # what the waiting digests it takes in hand on
     period: date | None = None  # the reader's own date (``plan_due``); None: the run's
 
 
-def due(subscriber: Subscriber, period: date) -> bool:
-    """Whether a subscriber's frequency calls for a digest in this period."""
+def due(subscriber: Any, period: date) -> bool:
+    """Whether a subscriber's frequency calls for a digest in this period (a ``Subscriber``,
+    or a plain row of its columns)."""
     return calls_for(subscriber.frequency, period)
 
 
@@ -60,12 +84,31 @@ def plan_owed(
     conn: Connection,
     *,
     period: date,
-    subscribers: Sequence[Subscriber] | None = None,
+    subscribers: Sequence[Any] | None = None,
     take_in: bool = False,
     news_days: int | None = None,
 ) -> list[Plan]:
+    """Every plan ``owed_plans`` makes, in one list (a preview's one reader, tests)."""
+    return list(
+        owed_plans(
+            conn, period=period, subscribers=subscribers, take_in=take_in, news_days=news_days
+        )
+    )
+
+
+def owed_plans(
+    conn: Connection,
+    *,
+    period: date,
+    subscribers: Sequence[Any] | None = None,
+    take_in: bool = False,
+    news_days: int | None = None,
+    batch: int | None = None,
+) -> Generator[Plan, None, None]:
     """Read from the store what planning needs and plan every digest owed for ``period``
-    (to ``subscribers``, or to every active subscriber who has none for it yet).
+    (to ``subscribers``, stored ``Subscriber`` rows, or to every active subscriber who has
+    none for it yet), ``batch`` readers at a time; close the iterator (``contextlib.closing``)
+    when not reading it to the end, to stop the ranking's worker processes at once.
 
     ``take_in``: a reader's digests of earlier periods still pending (an outage, the machine
     off) are taken into this one (``unsent.fold_waiting``): one digest with all their papers,
@@ -76,10 +119,13 @@ def plan_owed(
     back-fill of history is searchable, and never mailed as new. Measured from its arrival,
     not from ``period``, so a run that catches up after an outage still mails what was news.
     """
-    if subscribers is None:
-        subscribers = outbox.owed_subscribers(conn, period)
-    return _plan_periods(
-        conn, [(s, period) for s in subscribers], take_in=take_in, news_days=news_days
+    given = None if subscribers is None else {int(s.id or 0): s for s in subscribers}
+    readers: Iterable[Any] = outbox.owed_readers(conn, period) if given is None else given.values()
+    wanted = _Wanted()
+    for row in readers:
+        wanted.add(row, period)
+    return _plan(
+        conn, wanted, take_in=take_in, news_days=news_days, given=given, batch=batch or PLAN_BATCH
     )
 
 
@@ -93,23 +139,53 @@ def plan_due(
     news_days: int | None = None,
     ran_before: datetime | None = None,
 ) -> list[Plan]:
+    """Every plan ``due_plans`` makes, in one list."""
+    return list(
+        due_plans(
+            conn,
+            now=now,
+            site_zone=site_zone,
+            site_period=site_period,
+            take_in=take_in,
+            news_days=news_days,
+            ran_before=ran_before,
+        )
+    )
+
+
+def due_plans(
+    conn: Connection,
+    *,
+    now: datetime,
+    site_zone: tzinfo,
+    site_period: date | None,
+    take_in: bool = False,
+    news_days: int | None = None,
+    ran_before: datetime | None = None,
+    batch: int | None = None,
+) -> Generator[Plan, None, None]:
     """Plan every digest due at ``now``: each reader with an hour of their own whose hour has
     come, for their own local date (``due.due_period``); and, with ``site_period`` (a run at
     the site's schedule, or by hand), every reader without one, for the site's date, as
-    ``plan_owed`` does. ``ran_before``: when the schedule last ran, if known.
+    ``owed_plans`` does. ``ran_before``: when the schedule last ran, if known. In batches,
+    as ``owed_plans``.
 
     All of them are ranked together, whatever their dates, so readers given the same papers
     share the work (a whole time zone at its hour, the site's readers at the site's).
     """
-    due = owed_at(conn, now=now, site_zone=site_zone, ran_before=ran_before)
-    wanted = [(s, due[int(s.id or 0)]) for s in outbox.subscribers_by_id(conn, due)]
+    wanted = _Wanted()
+    readers = outbox.active_with_last(conn)
+    periods = due_readers(readers, now, site_zone, ran_before=ran_before)
+    for row, _ in readers:
+        period = periods.get(int(row.id))
+        if period is not None:
+            wanted.add(row, period)
+    del readers
     if site_period is not None:
-        wanted += [
-            (s, site_period)
-            for s in outbox.owed_subscribers(conn, site_period)
-            if reader_hour(s) is None
-        ]
-    return _plan_periods(conn, wanted, take_in=take_in, news_days=news_days)
+        for row in outbox.owed_readers(conn, site_period):
+            if reader_hour(row) is None:
+                wanted.add(row, site_period)
+    return _plan(conn, wanted, take_in=take_in, news_days=news_days, batch=batch or PLAN_BATCH)
 
 
 def owed_at(
@@ -126,50 +202,112 @@ def owed_at(
     }
 
 
-def _plan_periods(
+class _Wanted:
+    """The readers a run plans for, read once before any is ranked: for each, the period,
+    where their last digest stopped (``seen_upto``) and their ``Profile``, nothing more."""
+
+    def __init__(self) -> None:
+        self.periods: dict[int, date] = {}
+        self.cutoffs: dict[int, int] = {}
+        self.profiles: dict[int, Profile] = {}
+        self._decoded: dict[str, tuple[str, ...]] = {}
+
+    def add(self, row: Any, period: date) -> None:
+        """A reader (a stored row, or a plain row of its columns) owed a digest for
+        ``period``, unless their frequency does not call for one then."""
+        if not due(row, period):
+            return
+        sid = int(row.id or 0)
+        self.periods[sid] = period
+        self.cutoffs[sid] = int(row.seen_upto)
+        self.profiles[sid] = Profile.stored(row, self._decoded)
+
+    def batches(self, size: int) -> Iterator[list[int]]:
+        """The readers' ids, ``size`` at a time: by period, then in the order they came
+        (the outbox gets its rows in the order one list of all plans gave them)."""
+        ordered = sorted(self.periods, key=self.periods.__getitem__)
+        for start in range(0, len(ordered), size):
+            yield ordered[start : start + size]
+
+
+def _plan(
     conn: Connection,
-    wanted: Sequence[tuple[Subscriber, date]],
+    wanted: _Wanted,
     *,
     take_in: bool,
     news_days: int | None,
-) -> list[Plan]:
-    wanted = [(s, period) for s, period in wanted if due(s, period)]
-    if not wanted:
-        return []
-    subscribers = [s for s, _ in wanted]
-    periods = {int(s.id or 0): period for s, period in wanted}
+    batch: int,
+    given: Mapping[int, Any] | None = None,
+) -> Generator[Plan, None, None]:
+    if not wanted.periods:
+        return
     carried: dict[int, Carried] = {}
     if take_in:
-        for period, ids in by_period(periods).items():
+        for period, ids in by_period(wanted.periods).items():
             carried.update(fold_waiting(conn, set(ids), into=period))
-        for s in subscribers:  # their cut-offs as the store has them now
-            taken = carried.get(int(s.id or 0))
-            if taken is not None and taken.seen_upto is not None:
-                s.seen_upto = min(s.seen_upto, taken.seen_upto)
-    plans = _plan_owed(conn, subscribers, periods, news_days)
-    if not carried:
-        return plans
-    return [replace(p, carried=carried.get(int(p.subscriber.id or 0))) for p in plans]
-
-
-def _plan_owed(
-    conn: Connection,
-    subscribers: Sequence[Subscriber],
-    periods: Mapping[int, date],
-    news_days: int | None,
-) -> list[Plan]:
+        for sid, taken in carried.items():  # their cut-offs as the store has them now
+            if taken.seen_upto is not None and sid in wanted.cutoffs:
+                wanted.cutoffs[sid] = min(wanted.cutoffs[sid], taken.seen_upto)
     upto = ingest_sequence(conn)
-    papers = papers_store.new_since(
-        conn, min(s.seen_upto for s in subscribers), upto, news_days=news_days
-    )
-    if not papers:
-        return [Plan(s, (), upto, period=periods[int(s.id or 0)]) for s in subscribers]
-    ids = {int(s.id or 0) for s in subscribers}
-    sent = outbox.sent_pairs(conn, ids, papers[0].id)
-    votes = reader_votes(conn, ids)
-    return plan_digests(
-        subscribers, papers, sent, store_stats(conn), period=periods, upto=upto, votes=votes
-    )
+    papers = papers_store.new_since(conn, min(wanted.cutoffs.values()), upto, news_days=news_days)
+    day = _Day(papers, store_stats(conn, processes=None), wanted) if papers else None
+    try:
+        for ids in wanted.batches(batch):
+            readers = given if given is not None else outbox.recipients(conn, ids)
+            ids = [sid for sid in ids if sid in readers]  # those who left since are not planned
+            ranked = day.rank(conn, ids) if day is not None else {}
+            for sid in ids:
+                yield Plan(
+                    readers[sid],
+                    ranked.get(sid, ()),
+                    upto,
+                    carried.get(sid),
+                    wanted.periods[sid],
+                )
+            del ranked
+    finally:
+        if day is not None:
+            day.close()
+
+
+class _Day:
+    """The day's papers, ranked for the run's readers a batch at a time: the matching is
+    done once for all (``ranker.Ranking``); what was sent and the votes are read per batch.
+
+    "New" is by ingest sequence, never by the clock: a reader's candidates are the papers of
+    the ingests after their ``seen_upto``, less those already sent to them."""
+
+    def __init__(self, papers: Sequence[PaperRow], stats: CorpusStats, wanted: _Wanted) -> None:
+        self.papers, self.wanted = papers, wanted
+        by_seq = sorted((r.seq, r.id) for r in papers)
+        self._by_seq = by_seq
+        self._seqs = [seq for seq, _ in by_seq]
+        self._newer_than: dict[int, frozenset[int]] = {}  # readers share cut-offs (the last run)
+        self.ranking = ranker.Ranking(papers, wanted.profiles.values(), stats)
+
+    def _after(self, cutoff: int) -> frozenset[int]:
+        fresh = self._newer_than.get(cutoff)
+        if fresh is None:
+            start = bisect_right(self._seqs, cutoff)
+            fresh = self._newer_than[cutoff] = frozenset(pid for _, pid in self._by_seq[start:])
+        return fresh
+
+    def rank(self, conn: Connection, ids: Sequence[int]) -> dict[int, list[Ranked]]:
+        """The ranked papers of these readers, by id."""
+        sent = outbox.sent_pairs(conn, ids, self.papers[0].id)
+        cutoffs = self.wanted.cutoffs
+        candidates: dict[int, Collection[int]] = {}
+        for sid in ids:
+            fresh = self._after(cutoffs[sid])
+            already = sent.get(sid)
+            # Most readers share one cut-off (the last run) and were sent none of the new
+            # papers: the rank stage shares work between readers given the same set.
+            candidates[sid] = fresh - already if already else fresh
+        profiles = [self.wanted.profiles[sid] for sid in ids]
+        return self.ranking.rank(profiles, candidates=candidates, votes=reader_votes(conn, ids))
+
+    def close(self) -> None:
+        self.ranking.close()
 
 
 def reader_votes(conn: Connection, ids: Collection[int]) -> dict[int, list[Vote]]:
@@ -180,96 +318,66 @@ def reader_votes(conn: Connection, ids: Collection[int]) -> dict[int, list[Vote]
     }
 
 
-def plan_digests(
-    subscribers: Sequence[Subscriber],
-    papers: Sequence[PaperRow],
-    sent: Mapping[int, Collection[int]],
-    stats: CorpusStats,
-    *,
-    period: date | Mapping[int, date],
-    upto: int,
-    votes: Mapping[int, Sequence[Vote]] | None = None,
-) -> list[Plan]:
-    """Rank the new papers for every subscriber due a digest for ``period`` (one date for
-    all, or each subscriber's own by id).
-
-    "New" is by ingest sequence, never by the clock: the ``papers`` of the ingests after the
-    subscriber's ``seen_upto`` and up to ``upto``, less those already ``sent`` to them.
-    ``votes``: the feedback of the readers who gave any, by subscriber id.
-    """
-    periods = {int(s.id or 0): period for s in subscribers} if isinstance(period, date) else period
-    subscribers = [s for s in subscribers if due(s, periods[int(s.id or 0)])]
-    if not subscribers:
-        return []
-    if not papers:
-        return [Plan(s, (), upto, period=periods[int(s.id or 0)]) for s in subscribers]
-    cutoffs = {s.id: s.seen_upto for s in subscribers}
-    already = {sid: set(ids) for sid, ids in sent.items() if sid in cutoffs}
-    by_seq = sorted((r.seq, r.id) for r in papers)
-    seqs = [seq for seq, _ in by_seq]
-    newer_than: dict[int, frozenset[int]] = {}  # subscribers share cutoffs (the last run)
-
-    def candidates_after(cutoff: int) -> frozenset[int]:
-        fresh = newer_than.get(cutoff)
-        if fresh is None:
-            fresh = frozenset(pid for _, pid in by_seq[bisect_right(seqs, cutoff) :])
-            newer_than[cutoff] = fresh
-        return fresh
-
-    def candidates(profile_id: int) -> set[int]:
-        fresh = candidates_after(cutoffs[profile_id])
-        sent = already.get(profile_id)
-        return set(fresh - sent) if sent else fresh  # type: ignore[return-value]
-
-    # Most readers share one cutoff (the last run) and were sent none of the new papers: the
-    # rank stage shares work between readers given the same candidate set.
-    profiles = [Profile.of(Subscription.of(s)) for s in subscribers]
-    ranked = ranker.rank(
-        papers,
-        profiles,
-        stats,
-        candidates={p.id: candidates(p.id) for p in profiles},
-        votes=votes,
-    )
-    return [
-        Plan(s, ranked.get(int(s.id or 0), []), upto, period=periods[int(s.id or 0)])
-        for s in subscribers
-    ]
-
-
 def record_plans(
     conn: Connection,
-    plans: Sequence[Plan],
+    plans: Iterable[Plan],
     *,
     period: date,
     now: datetime,
     key: bytes,
     mail_from: str,
     run_id: int | None,
+    batch: int | None = None,
 ) -> dict[str, int]:
-    """Write the outbox rows for ``plans`` in bulk, each for its own period (``period`` for a
-    plan without one); returns how many are pending and skipped."""
+    """Write the outbox rows for ``plans``, each for its own period (``period`` for a plan
+    without one), ``batch`` at a time as they come (``owed_plans`` and ``due_plans`` make
+    them a batch at a time: none is kept once written); returns how many are pending and
+    skipped. ``batch``: ``PLAN_BATCH`` when not given."""
     counts = {"pending": 0, "skipped": 0}
-    explained: dict[int, str] = {}  # interests are shared across subscribers, and so are hits
+    item_row = _Items()
     planned: dict[date, list[Planned]] = {}
+    held = 0
     for plan in plans:
         when = plan.period or period
         sub = plan.subscriber
         sid = int(sub.id or 0)  # rows read from the store always have their id
         status = "skipped" if not plan.ranked and not sub.send_empty else "pending"
         counts[status] += 1
-        items = []
-        for item in plan.ranked:
-            matched = explained.get(id(item.hits))
-            if matched is None:
-                matched = explained[id(item.hits)] = json.dumps(hits_to_json(item.hits))
-            if item.because:  # the reason feedback gives is the reader's own
-                matched = json.dumps([*json.loads(matched), {"liked": item.because}])
-            items.append((item.paper_id, round(item.score, 4), matched))
+        items = list(map(item_row, plan.ranked))
         mid = message_id(key, sid, when, mail_from)
         planned.setdefault(when, []).append(
             Planned(sid, status, mid, plan.upto, items, plan.carried)
         )
+        held += 1
+        if held >= (batch or PLAN_BATCH):
+            _record(conn, planned, now=now, run_id=run_id)
+            held = 0
+    _record(conn, planned, now=now, run_id=run_id)
+    return counts
+
+
+def _record(
+    conn: Connection, planned: dict[date, list[Planned]], *, now: datetime, run_id: int | None
+) -> None:
     for when, rows in sorted(planned.items()):
         outbox.record(conn, rows, period=when, now=now, run_id=run_id)
-    return counts
+    planned.clear()
+
+
+class _Items:
+    """Each ranked item as an outbox item row (paper id, score as stored, explanation JSON),
+    made once per distinct item: readers given the same answer share its items (a run of
+    100,000 readers has 1.8 million items, of a fifth as many distinct ones)."""
+
+    def __init__(self) -> None:
+        # By the item's identity, each kept with its row so that the identity stays its own.
+        self._rows: dict[int, tuple[Ranked, tuple[int, float, str]]] = {}
+
+    def __call__(self, item: Ranked) -> tuple[int, float, str]:
+        found = self._rows.get(id(item))
+        if found is None:
+            matched = json.dumps(hits_to_json(item.hits))
+            if item.because:  # the reason feedback gives is the reader's own
+                matched = json.dumps([*json.loads(matched), {"liked": item.because}])
+            found = self._rows[id(item)] = (item, (item.paper_id, round(item.score, 4), matched))
+        return found[1]

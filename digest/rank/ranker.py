@@ -21,7 +21,7 @@ from digest.rank.text import DEFAULT, Analyzer
 from digest.rank.types import PaperText, Profile, Ranked
 from digest.rank.workers import processes_for
 
-__all__ = ["rank", "search"]
+__all__ = ["Ranking", "rank", "search"]
 
 
 def rank(
@@ -44,25 +44,85 @@ def rank(
     interests alone give.
     """
     profiles = list(profiles)
-    voters = {p.id for p in profiles if votes and votes.get(p.id)}
-    if voters:
-        papers = list(papers)
-    asked = [reader_model.deeper(p) if p.id in voters else p for p in profiles]
-    ranked = _ranked(
-        InterestIndex.build(asked, stats, analyzer), papers, asked, candidates, processes
-    )
-    for profile in profiles:
-        if profile.id not in voters:  # a voter's model re-ranks the deeper list and cuts it
-            items = ranked[profile.id]
-            del items[cut([item.score for item in items], profile.max_items, profile.min_score) :]
-    if voters:
-        assert votes is not None and isinstance(papers, list)
-        ranked = reader_model.rerank_readers(
-            ranked, profiles, papers, votes, stats, analyzer, candidates
-        )
+    with Ranking(papers, profiles, stats, processes=processes, analyzer=analyzer) as day:
+        return day.rank(profiles, candidates=candidates, votes=votes)
+
+
+class Ranking:
+    """One day's papers matched once against the interests of every reader to be ranked;
+    the readers then ranked a batch at a time (``rank``), all batches sharing that work.
+
+    What is kept between batches is per paper or per distinct interest (the compiled
+    interests, the matches, explanations and items, the worker processes, the day's
+    vectors for the readers who voted), and, per reader, only which interests are theirs:
+    a batch's lists are the caller's to drop. Close it (or use it in a ``with``) to stop
+    the workers.
+    """
+
+    def __init__(
+        self,
+        papers: Iterable[PaperText],
+        profiles: Iterable[Profile],
+        stats: TermStats,
+        *,
+        processes: int | None = None,
+        analyzer: Analyzer = DEFAULT,
+    ) -> None:
+        """Compile the interests of ``profiles`` (every reader any batch will hold; only
+        their interests are read here) and match the day's ``papers`` against them."""
+        self.papers = list(papers)
+        self.stats, self.analyzer = stats, analyzer
+        index = InterestIndex.build(profiles, stats, analyzer)
+        if processes is None:
+            processes = processes_for(len(self.papers) * len(index.profiles))
+        self.matches = index.match(self.papers, processes)
+        self._vectors: reader_model.DayVectors | None = None
+
+    def rank(
+        self,
+        profiles: Sequence[Profile],
+        *,
+        candidates: Mapping[int, Collection[int]] | None = None,
+        votes: Mapping[int, Sequence[Vote]] | None = None,
+    ) -> dict[int, list[Ranked]]:
+        """These profiles' best papers, by profile id, as ``rank`` gives them; each profile
+        must be one the ranking was made with (its interests are the ones compiled then)."""
+        voters = {p.id for p in profiles if votes and votes.get(p.id)}
+        asked = [reader_model.deeper(p) if p.id in voters else p for p in profiles]
+        ranked = self.matches.ranked_many(asked, candidates)
         for profile in profiles:
-            del ranked[profile.id][profile.max_items :]
-    return ranked
+            if profile.id not in voters:  # a voter's model re-ranks the deeper list and cuts it
+                items = ranked[profile.id]
+                del items[
+                    cut([item.score for item in items], profile.max_items, profile.min_score) :
+                ]
+        if voters:
+            assert votes is not None
+            if self._vectors is None:  # the day's papers as vectors, once for every batch
+                self._vectors = reader_model.DayVectors.of(self.papers, self.stats, self.analyzer)
+            ranked = reader_model.rerank_readers(
+                ranked,
+                profiles,
+                self.papers,
+                votes,
+                self.stats,
+                self.analyzer,
+                candidates,
+                vectors=self._vectors,
+            )
+            for profile in profiles:
+                del ranked[profile.id][profile.max_items :]
+        return ranked
+
+    def close(self) -> None:
+        """Stop the worker processes, if any."""
+        self.matches.close()
+
+    def __enter__(self) -> Ranking:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def search(

@@ -63,6 +63,7 @@ from digest.rank.types import PaperText, Profile, Ranked
 __all__ = [
     "DEPTH",
     "Day",
+    "DayVectors",
     "ReaderModel",
     "Vectors",
     "Vote",
@@ -470,6 +471,23 @@ def _items(picks: Picks, candidates: Sequence[Ranked]) -> list[Ranked]:
     return sent
 
 
+@dataclass(frozen=True)
+class DayVectors:
+    """The day's papers as vectors (``Day``) and the numbering of terms they share with the
+    voted papers' vectors: built once for a day however many batches of voters it serves."""
+
+    vectors: Vectors
+    day: Day
+
+    @classmethod
+    def of(
+        cls, papers: Sequence[PaperText], stats: TermStats, analyzer: Analyzer = DEFAULT
+    ) -> DayVectors:
+        """The vectors of ``papers``."""
+        vectors = Vectors(stats, analyzer)
+        return cls(vectors, Day(papers, vectors))
+
+
 def rerank_readers(
     ranked: dict[int, list[Ranked]],
     profiles: Sequence[Profile],
@@ -479,6 +497,8 @@ def rerank_readers(
     analyzer: Analyzer = DEFAULT,
     candidates: Mapping[int, Collection[int]] | None = None,
     processes: int | None = None,
+    *,
+    vectors: DayVectors | None = None,
 ) -> dict[int, list[Ranked]]:
     """``ranked`` with the lists of the readers who voted re-ranked by their models (their
     lists are the deeper ones ``deeper`` asked for, drawn from ``papers``); every other list
@@ -486,20 +506,22 @@ def rerank_readers(
 
     ``candidates[profile id]``: the papers that reader may be sent (default: all).
     ``processes``: how many worker processes share the voters (``None``: by their number).
-    Only the voters are looked at; the day's papers are turned into vectors once, before
-    the voters are shared out, so that every worker reads the same matrix.
+    Only the voters are looked at; the day's papers are turned into vectors once (or come
+    as ``vectors``, made by ``DayVectors.of`` from the same ``papers``), before the voters
+    are shared out, so that every worker reads the same matrix.
     """
     voters = [profile for profile in profiles if votes.get(profile.id)]
     if not voters:
         return ranked
-    vectors = Vectors(stats, analyzer)
-    day = Day(papers, vectors)
+    shared = vectors or DayVectors.of(papers, stats, analyzer)
+    day = shared.day
 
     def share(readers: Sequence[Profile]) -> list[tuple[int, Picks]]:
         chosen: list[tuple[int, Picks]] = []
-        vectors.make(vote.paper for reader in readers for vote in votes[reader.id])
+        made = shared.vectors
+        made.make(vote.paper for reader in readers for vote in votes[reader.id])
         for start in range(0, len(readers), BATCH):
-            models = [(r, learn(votes[r.id], vectors)) for r in readers[start : start + BATCH]]
+            models = [(r, learn(votes[r.id], made)) for r in readers[start : start + BATCH]]
             learned = [(reader, model) for reader, model in models if model is not None]
             leans = day.leans([model.direction for _, model in learned])
             for (reader, model), lean in zip(learned, leans, strict=True):

@@ -10,6 +10,7 @@ matching interest. Hits are stored and printed as JSON through one codec
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -18,7 +19,7 @@ from digest.rank.acronyms import AcronymCounter, Acronyms
 from digest.rank.explain import Words
 from digest.rank.match import Entry
 from digest.rank.text import DEFAULT, Analyzer
-from digest.store.subscription import Subscription, default
+from digest.store.subscription import Subscription, default, stored_interests
 
 __all__ = [
     "SUMMED",
@@ -32,6 +33,7 @@ __all__ = [
     "PlainPaper",
     "Profile",
     "Ranked",
+    "TermCounts",
     "hits_from_json",
     "hits_to_json",
 ]
@@ -61,6 +63,17 @@ class Profile:
     def of(cls, subscriber: Subscription) -> Profile:
         """The profile of a subscriber."""
         return cls(subscriber.id, subscriber.interests, subscriber.max_items, subscriber.min_score)
+
+    @classmethod
+    def stored(cls, row: Any, decoded: dict[str, tuple[str, ...]]) -> Profile:
+        """The profile ``of`` gives for a stored row (a ``Subscriber``, or a plain row of its
+        columns), read straight off the row: planning reads every due reader's, and making
+        each one's ``Subscription`` first cost more than the rest of reading them.
+        ``decoded``: each distinct interests text, decoded once (readers share them)."""
+        interests = decoded.get(row.interests)
+        if interests is None:
+            interests = decoded[row.interests] = stored_interests(row.interests)
+        return cls(int(row.id or 0), interests, row.max_items, row.min_score)
 
 
 class PaperText(Protocol):
@@ -163,22 +176,60 @@ class CorpusStats:
         cls, papers: Iterable[tuple[str, str]], analyzer: Analyzer = DEFAULT
     ) -> CorpusStats:
         """Statistics of (title, abstract) pairs, counted the way the matcher sees them."""
-        counts: dict[str, int] = {}
+        return TermCounts.of(papers, analyzer).stats()
+
+
+@dataclass
+class TermCounts:
+    """What ``CorpusStats`` are made of, for some papers: counts that add up, so that parts
+    of a sample can be counted apart (in processes of their own) and summed."""
+
+    documents: int = 0
+    title_terms: int = 0
+    abstract_terms: int = 0
+    frequencies: Counter[str] = field(default_factory=Counter)
+    acronyms: Counter[tuple[str, tuple[str, ...]]] = field(default_factory=Counter)
+
+    @classmethod
+    def of(cls, papers: Iterable[tuple[str, str]], analyzer: Analyzer = DEFAULT) -> TermCounts:
+        """The counts of (title, abstract) pairs, each paper's terms as the matcher sees
+        them (a joined compound counts beside its parts)."""
+        out = cls()
+        counts = out.frequencies
         acronyms = AcronymCounter(analyzer)
-        documents = title_len = abstract_len = 0
+        counted = analyzer.counted
         for title, abstract in papers:
-            title_pos, abstract_pos = analyzer.positions(title), analyzer.positions(abstract)
-            documents += 1
+            in_title, title_terms = counted(title)
+            in_abstract, abstract_terms = counted(abstract)
+            out.documents += 1
             acronyms.add(title, abstract)
-            title_len += len(title_pos.terms)
-            abstract_len += len(abstract_pos.terms)
-            terms = set(title_pos.terms) | set(abstract_pos.terms)
-            terms.update(joined for _, _, joined in title_pos.compounds)
-            terms.update(joined for _, _, joined in abstract_pos.compounds)
-            for term in terms:
-                counts[term] = counts.get(term, 0) + 1
-        n = max(documents, 1)
-        return cls(documents, title_len / n, abstract_len / n, counts, acronyms.pairs())
+            out.title_terms += in_title
+            out.abstract_terms += in_abstract
+            counts.update(title_terms | abstract_terms)
+        out.acronyms = acronyms.counts
+        return out
+
+    def __add__(self, other: TermCounts) -> TermCounts:
+        return TermCounts(
+            self.documents + other.documents,
+            self.title_terms + other.title_terms,
+            self.abstract_terms + other.abstract_terms,
+            self.frequencies + other.frequencies,
+            self.acronyms + other.acronyms,
+        )
+
+    def stats(self, analyzer: Analyzer = DEFAULT) -> CorpusStats:
+        """The statistics these counts give."""
+        n = max(self.documents, 1)
+        acronyms = AcronymCounter(analyzer)
+        acronyms.counts = self.acronyms
+        return CorpusStats(
+            self.documents,
+            self.title_terms / n,
+            self.abstract_terms / n,
+            dict(self.frequencies),
+            acronyms.pairs(),
+        )
 
 
 def _distinct(words: Iterable[str]) -> list[str]:

@@ -82,6 +82,7 @@ class Share:
     def __init__(self, lists: Lists, explain: Explain, day: Callable[[Lists], Answers]) -> None:
         self.lists, self.explain, self._make_day = lists, explain, day
         self.day: Answers | None = None
+        self._named = 0  # groups of interests already sent with an earlier answer
 
     def __call__(self, request: tuple[str, Any]) -> Any:
         kind, payload = request
@@ -114,7 +115,10 @@ class Share:
             scores.extend(got_scores)
             negs.extend(got_negs)
             codes.extend(got_codes)
-        return (counts, scores, negs, codes, places), self.day.groups
+        # Only the groups named since the last answer: the parent keeps the earlier ones.
+        groups = self.day.groups[self._named :]
+        self._named += len(groups)
+        return (counts, scores, negs, codes, places), groups
 
 
 def _serve(start: Start, lo: int, hi: int, conn: Connection) -> None:
@@ -141,6 +145,7 @@ class Workers:
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
         self._pending = False
+        self._groups: list[list[int]] = [[] for _ in self.bounds]  # each worker's, as ours
         gc.freeze()  # keeps the children's collector (if any) off the shared pages
         try:
             for lo, hi in self.bounds:
@@ -191,8 +196,10 @@ class Workers:
         self._send([("answer", keys[w::count]) for w in range(count)])
         parts: list[tuple[list[Entry], list[tuple[Key, Sequence[int]]]]] = []
         for w, ((counts, scores, negs, codes, places), groups) in enumerate(self._receive()):
-            # A worker names groups of interests by its own codes: translate them.
-            ours = [register(group) for group in groups]
+            # A worker names groups of interests by its own codes: translate them (it sends
+            # each group once, with the first answer that names it).
+            ours = self._groups[w]
+            ours += [register(group) for group in groups]
             mapped = [c if c >= 0 else ours[SUMMED - 1 - c] for c in codes]
             table = list(zip(scores, negs, mapped, strict=True))
             at: list[tuple[Key, Sequence[int]]] = []

@@ -15,16 +15,17 @@ import os
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Generator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from digest.clock import period_of
 from digest.deliver.message import MessageBuilder
-from digest.deliver.plan import owed_at, plan_due, plan_owed, record_plans
+from digest.deliver.plan import Plan, due_plans, owed_at, owed_plans, record_plans
 from digest.deliver.send import (
     Claim,
     Delivered,
@@ -242,29 +243,28 @@ def run_cycle(
                 # another host waits, then finds these readers served
                 plan_lock(conn)
                 composed_at = clock()  # "new" goes by ingest sequence, not by this
-                if explicit is not None:
-                    plans = plan_owed(
-                        conn, period=period, take_in=True, news_days=settings.news_days
-                    )
-                else:
-                    plans = plan_due(
+                # Planned and recorded a batch of readers at a time, all in this transaction.
+                with closing(
+                    _plans(
+                        settings,
                         conn,
+                        period=period if explicit is not None else None,
+                        site_period=period,
                         now=composed_at,
-                        site_zone=settings.tz,
-                        site_period=None if hours_only else period,
-                        take_in=True,
-                        news_days=settings.news_days,
+                        hours_only=hours_only,
                         ran_before=ran_before,
+                        take_in=True,
                     )
-                report.composed = record_plans(
-                    conn,
-                    plans,
-                    period=period,
-                    now=composed_at,
-                    key=keys.signing,
-                    mail_from=settings.mail_from,
-                    run_id=run_id,
-                )
+                ) as plans:
+                    report.composed = record_plans(
+                        conn,
+                        plans,
+                        period=period,
+                        now=composed_at,
+                        key=keys.signing,
+                        mail_from=settings.mail_from,
+                        run_id=run_id,
+                    )
             log.info("composed", extra={"composed": report.composed})
             check()
             if send:
@@ -293,6 +293,33 @@ def run_cycle(
             _finish_run(engine, run_id, report, clock(), error)
             log.info("run finished", extra={"error": error})
     return report
+
+
+def _plans(
+    settings: Settings,
+    conn: Connection,
+    *,
+    period: date | None,
+    now: datetime,
+    hours_only: bool,
+    ran_before: datetime | None,
+    take_in: bool,
+    site_period: date | None = None,
+) -> Generator[Plan, None, None]:
+    """The plans of a run (``take_in``) or a dry run, made a batch of readers at a time:
+    every reader owed ``period`` when one was given, else those due at ``now`` (the readers
+    without an hour of their own for ``site_period``, unless ``hours_only``)."""
+    if period is not None:
+        return owed_plans(conn, period=period, take_in=take_in, news_days=settings.news_days)
+    return due_plans(
+        conn,
+        now=now,
+        site_zone=settings.tz,
+        site_period=None if hours_only else site_period,
+        take_in=take_in,
+        news_days=settings.news_days,
+        ran_before=ran_before,
+    )
 
 
 def _why_pending(delivered: Delivered) -> str | None:
@@ -378,18 +405,21 @@ def _dry_run(
     report = RunReport(None, period, dry_run=True)
     links = links_of(settings, engine, now)  # a fresh install's dry run: a store in memory
     builder = MessageBuilder(sender_of(settings))
-    with reading(engine) as conn:
-        if explicit:
-            plans = plan_owed(conn, period=period, news_days=settings.news_days)
-        else:
-            plans = plan_due(
+    with (
+        reading(engine) as conn,
+        closing(
+            _plans(
+                settings,
                 conn,
+                period=period if explicit else None,
+                site_period=period,
                 now=now,
-                site_zone=settings.tz,
-                site_period=None if hours_only else period,
-                news_days=settings.news_days,
+                hours_only=hours_only,
                 ran_before=ran_before,
+                take_in=False,
             )
+        ) as plans,
+    ):
         for plan in plans:
             sub = plan.subscriber
             when = plan.period or period

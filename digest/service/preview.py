@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 
 from digest.deliver.message import MessageBuilder
-from digest.deliver.plan import Plan, plan_owed, reader_votes
+from digest.deliver.plan import Addressee, Plan, plan_owed, reader_votes
 from digest.present.paper import DigestView
 from digest.present.views import Links, ranked_json, ranked_views
 from digest.rank.corpus import store_stats
@@ -68,7 +68,7 @@ def preview_ranked(
 def digest_view(
     conn: Connection,
     links: Links,
-    subscriber: Subscriber,
+    subscriber: Addressee,
     *,
     period: date,
     ranked: Sequence[Ranked],

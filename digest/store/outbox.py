@@ -6,7 +6,7 @@ recorded when planned and marked as they are sent, each mark in its own short tr
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from digest.clock import as_utc
 from digest.store.engine import insert_or_skip, reading, transaction
 from digest.store.models import Digest, DigestItem, Paper, Subscriber, TransportState
-from digest.store.papers import PaperRow, paper_columns, reader
+from digest.store.papers import PARAMETERS, PaperRow, paper_columns, reader
 from digest.store.unsent import Carried, held_by
 
 STATUSES = ("pending", "sending", "sent", "skipped", "failed")
@@ -100,40 +100,91 @@ def active_with_last(conn: Connection) -> list[tuple[Any, date | None]]:
     return [(row, row.last) for row in conn.execute(query)]
 
 
-def subscribers_by_id(conn: Connection, ids: Collection[int]) -> list[Subscriber]:
-    """The active subscribers with these ids, by id."""
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A reader a digest is planned for: who gets it, and whether an empty one goes out."""
+
+    id: int
+    email: str
+    token_salt: str
+    send_empty: bool
+
+
+# What planning reads of each reader before ranking any: whether and for when they are due,
+# where their last digest stopped, and their profile.
+_PLANNING = ("id", "frequency", "digest_hour", "seen_upto", "interests", "max_items", "min_score")
+_ROWS_AT_ONCE = 2_000  # rows a streamed query fetches at a time (a cursor on PostgreSQL)
+
+
+def owed_readers(conn: Connection, period: date) -> Iterator[Any]:
+    """Active subscribers with no digest recorded for ``period`` yet, by id, streamed as plain
+    rows of what planning reads of them (by name: ``id``, ``frequency``, ``digest_hour``,
+    ``seen_upto``, ``interests``, ``max_items``, ``min_score``); no objects built, and never
+    every row in memory at once."""
+    table = Subscriber.__table__  # type: ignore[attr-defined]
+    done = sa.select(col(Digest.subscriber_id)).where(col(Digest.period) == period)
+    query = (
+        sa.select(*(table.c[name] for name in _PLANNING))
+        .where(table.c.status == "active", table.c.id.not_in(done))
+        .order_by(table.c.id)
+        .execution_options(yield_per=_ROWS_AT_ONCE)
+    )
+    yield from conn.execute(query)
+
+
+def recipients(conn: Connection, ids: Collection[int]) -> dict[int, Recipient]:
+    """The active subscribers with these ids as ``Recipient``s, by id."""
     wanted = sorted(ids)
-    rows: list[Subscriber] = []
-    with Session(bind=conn) as session:
-        for start in range(0, len(wanted), 1_000):
-            rows.extend(
-                session.exec(
-                    select(Subscriber)
-                    .where(
-                        col(Subscriber.id).in_(wanted[start : start + 1_000]),
-                        col(Subscriber.status) == "active",
-                    )
-                    .order_by(col(Subscriber.id))
-                ).all()
-            )
-        for row in rows:
-            session.expunge(row)
-    return rows
+    table = Subscriber.__table__  # type: ignore[attr-defined]
+    query = sa.select(table.c.id, table.c.email, table.c.token_salt, table.c.send_empty)
+    found: dict[int, Recipient] = {}
+    for start in range(0, len(wanted), PARAMETERS):
+        part = wanted[start : start + PARAMETERS]
+        for row in conn.execute(query.where(table.c.id.in_(part), table.c.status == "active")):
+            found[row.id] = Recipient(row.id, row.email, row.token_salt, bool(row.send_empty))
+    return found
 
 
 def sent_pairs(
     conn: Connection, subscriber_ids: Collection[int], from_paper: int
 ) -> dict[int, set[int]]:
     """The papers with ids from ``from_paper`` on already in a digest of these subscribers."""
+    wanted = sorted(subscriber_ids)
     sent: dict[int, set[int]] = {}
-    for sub_id, paper_id in conn.execute(
-        sa.select(col(DigestItem.subscriber_id), col(DigestItem.paper_id)).where(
-            col(DigestItem.paper_id) >= from_paper
-        )
-    ).all():
-        if sub_id in subscriber_ids:
+    query = sa.select(col(DigestItem.subscriber_id), col(DigestItem.paper_id))
+    for start in range(0, len(wanted), PARAMETERS):
+        part = wanted[start : start + PARAMETERS]
+        for sub_id, paper_id in conn.execute(
+            query.where(
+                col(DigestItem.subscriber_id).in_(part), col(DigestItem.paper_id) >= from_paper
+            )
+        ):
             sent.setdefault(sub_id, set()).add(paper_id)
     return sent
+
+
+_ITEM = DigestItem.__table__  # type: ignore[attr-defined]
+_ITEM_COLUMNS = ("digest_id", "subscriber_id", "paper_id", "rank", "score", "matched")
+
+
+def _insert_many(
+    conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Many rows into one table, the quickest way the driver has: ``COPY`` on PostgreSQL
+    (a quarter of the time of a multi-row ``INSERT``), and on SQLite a plain ``executemany``
+    of tuples (SQLAlchemy's handling of each row's parameters cost as much as SQLite's
+    insert). The same rows, in the same order, as an ``INSERT``."""
+    names = ", ".join(columns)
+    if conn.dialect.name == "postgresql":
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+    elif conn.dialect.paramstyle == "qmark":
+        marks = ", ".join("?" for _ in columns)
+        conn.exec_driver_sql(f"INSERT INTO {table.name} ({names}) VALUES ({marks})", rows)
+    else:
+        conn.execute(sa.insert(table), [dict(zip(columns, row, strict=True)) for row in rows])
 
 
 def record(
@@ -144,7 +195,10 @@ def record(
     now: datetime,
     run_id: int | None,
 ) -> None:
-    """Write the digest rows and their items in bulk, and move each subscriber's cut-off."""
+    """Write the digest rows and their items in bulk, and move each subscriber's cut-off.
+
+    Called once per batch of readers while a period is planned: each call writes only its
+    own rows and reads back only their ids."""
     if not planned:
         return
     now = as_utc(now, naive="refuse")
@@ -165,25 +219,24 @@ def record(
             for p in planned
         ],
     )
-    digest_of = dict(
-        conn.execute(
-            sa.select(col(Digest.subscriber_id), col(Digest.id)).where(col(Digest.period) == period)
-        ).all()
-    )
+    # The new rows' ids, of this batch's readers only (a period may be recorded in batches).
+    digest_of: dict[int, int] = {}
+    wanted = [p.subscriber_id for p in planned]
+    for start in range(0, len(wanted), PARAMETERS):
+        for sid, did in conn.execute(
+            sa.select(col(Digest.subscriber_id), col(Digest.id)).where(
+                col(Digest.period) == period,
+                col(Digest.subscriber_id).in_(wanted[start : start + PARAMETERS]),
+            )
+        ):
+            digest_of[sid] = int(did or 0)
     items = [
-        {
-            "digest_id": digest_of[p.subscriber_id],
-            "subscriber_id": p.subscriber_id,
-            "paper_id": paper_id,
-            "rank": rank,
-            "score": score,
-            "matched": matched,
-        }
+        (digest_of[p.subscriber_id], p.subscriber_id, paper_id, rank, score, matched)
         for p in planned
         for rank, (paper_id, score, matched) in enumerate(p.items, 1)
     ]
     if items:
-        conn.execute(sa.insert(DigestItem), items)
+        _insert_many(conn, _ITEM, _ITEM_COLUMNS, items)
     conn.execute(
         sa.update(Subscriber)
         .where(col(Subscriber.id) == sa.bindparam("_id"))

@@ -78,6 +78,11 @@ class Stored(Protocol):
     interests: str
 
 
+def stored_interests(text: str) -> tuple[str, ...]:
+    """The interests a stored row holds (JSON text), as a ``Subscription`` has them."""
+    return tuple(json.loads(text))
+
+
 class Subscription(BaseModel):
     """A subscriber as every part of digest reads one: address, status and choices.
 
@@ -119,7 +124,7 @@ class Subscription(BaseModel):
         """The subscription a stored row holds (the one place a row is read into one)."""
         values = {name: getattr(row, name) for name in cls.model_fields if name != "interests"}
         values["id"] = int(row.id or 0)
-        values["interests"] = tuple(json.loads(row.interests))
+        values["interests"] = stored_interests(row.interests)
         # the store holds only values that passed these checks on their way in
         return cls.model_construct(**values)
 

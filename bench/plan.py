@@ -1,0 +1,191 @@
+"""The plan step of a daily run alone: rank every reader and record the outbox (by hand).
+
+    python bench/plan.py [--subscribers 20000] [--papers 200000] [--daily 5000]
+                         [--store DIR] [--seed 7] [--dumps PATH ...]
+                         [--baseline CHECKOUT [--rounds N]]
+
+The store of bench/cycle.py (its generators, the same seed: the same papers, readers and
+day), built once into ``--store`` (default: a folder under the system's temporary folder
+named by the sizes) and copied for each run, the daily dump already ingested; then what
+`digest run` does between ingesting and sending: every reader owed a digest ranked and
+their outbox rows written, in one transaction. Prints the seconds, this process's CPU
+time and that of the worker processes it forked (ranking, statistics), its peak RSS and
+the largest worker's, and what was written. ``--baseline``: this script on another
+checkout's code and on this one's, in turns, on the same store.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import re
+import resource
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import sqlalchemy as sa
+from cycle import write_daily, write_store_snapshot  # bench/cycle.py
+from match import (  # bench/match.py
+    Generator,
+    add_dumps_argument,
+    dump_files,
+    in_turns,
+    interest_pool,
+    real_papers,
+    subscribers,
+)
+
+from digest.deliver import plan
+from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
+from digest.service.keys import site_keys
+from digest.settings import Settings, load_settings
+from digest.store.engine import ingest_sequence, open_store, transaction
+from digest.store.models import Subscriber
+from digest.store.papers import index_papers
+
+
+def settings_in(folder: Path) -> Settings:
+    return load_settings(environ={"DIGEST_DATA_DIR": str(folder / "data")}, cwd=folder)
+
+
+def build(folder: Path, args: argparse.Namespace) -> None:
+    """The store of bench/cycle.py, with the day ingested and nothing planned."""
+    rng = random.Random(args.seed)
+    real = real_papers(dump_files(args.dumps))
+    generator = Generator(rng, real)
+    work = folder.with_name(folder.name + ".building")
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    settings = settings_in(work)
+    engine = open_store(settings.database_url)
+    joined = datetime.now(UTC) - timedelta(days=1)
+    snapshot = work / "store.jsonl"
+    write_store_snapshot(snapshot, generator, args.papers)
+    ingest_file(engine, snapshot, clock=lambda: joined - timedelta(days=1), defer_index=True)
+    snapshot.unlink()
+    with transaction(engine) as conn:
+        index_papers(conn)
+    profiles = subscribers(rng, interest_pool(rng, real), args.subscribers)
+    with transaction(engine) as conn:
+        joined_upto = ingest_sequence(conn)
+        conn.execute(
+            sa.insert(Subscriber),
+            [
+                {
+                    "email": f"reader{p.id}@example.org",
+                    "interests": json.dumps(list(p.interests)),
+                    "token_salt": secrets.token_hex(16),
+                    "created_at": joined,
+                    "seen_upto": joined_upto,
+                    "status": "active",
+                }
+                for p in profiles
+            ],
+        )
+    settings.inbox.mkdir(parents=True, exist_ok=True)
+    write_daily(settings.inbox / "daily.json", generator, args.papers, args.daily)
+    ingest_inbox(engine, settings.inbox, clock=Clock())
+    engine.dispose()
+    work.rename(folder)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(store: Path) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="digest-plan-"))
+    try:
+        shutil.copytree(store / "data", folder / "data")
+        settings = settings_in(folder)
+        engine = open_store(settings.database_url)
+        now = datetime.now(UTC)
+        key = site_keys(settings, engine, now).signing
+        period = now.date()
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        started, cpu = time.perf_counter(), time.process_time()
+        with engine.begin() as conn:
+            streamed = getattr(plan, "owed_plans", None)  # a checkout from before: a list
+            plans = streamed or plan.plan_owed
+            counts = plan.record_plans(
+                conn,
+                plans(conn, period=period),
+                period=period,
+                now=now,
+                key=key,
+                mail_from=settings.mail_from,
+                run_id=None,
+            )
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        workers = children_cpu()
+        with engine.connect() as conn:
+            items = conn.execute(sa.text("SELECT count(*) FROM digestitem")).scalar_one()
+        engine.dispose()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"{sum(counts.values()):,} readers, {counts['pending']:,} digests, {items:,} items")
+        print(f"plan and record: {seconds:.2f} s, CPU {cpu:.2f} s + workers {workers:.2f} s")
+        print(
+            f"peak RSS: {peak:.0f} MB ({before:.0f} MB before planning), largest worker {worker:.0f} MB"
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_FIGURES = re.compile(
+    r"plan and record: ([\d.]+) s, CPU ([\d.]+) s \+ workers ([\d.]+) s\n"
+    r"peak RSS: (\d+) MB \((\d+) MB before planning\), largest worker (\d+) MB"
+)
+
+
+def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
+    """This script on the baseline's code and on this checkout's, in turns."""
+    found: dict[str, list[tuple[str, ...]]] = {"baseline": [], "this checkout": []}
+    for name, output in in_turns(baseline, rounds, rest, script=Path(__file__).resolve()):
+        match = _FIGURES.search(output)
+        if match:
+            found[name].append(match.groups())
+    names = ("seconds", "CPU, this process (s)", "CPU, workers (s)", "peak RSS (MB)")
+    names += ("RSS before planning (MB)", "largest worker (MB)")
+    pairs = zip(found["baseline"], found["this checkout"], strict=True)
+    for turn, (old, new) in enumerate(pairs, 1):
+        print(f"\nround {turn}\n| | baseline | this checkout | ratio |\n| --- | --- | --- | --- |")
+        for name, a, b in zip(names, old, new, strict=True):
+            print(f"| {name} | {a} | {b} | {float(b) / max(float(a), 1e-9):.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--papers", type=int, default=200_000, help="papers already in the store")
+    parser.add_argument("--subscribers", type=int, default=20_000)
+    parser.add_argument("--daily", type=int, default=5_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--store", type=Path, help="where the store is built once and kept")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
+    parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
+    add_dumps_argument(parser)
+    args = parser.parse_args()
+    sizes = f"{args.papers}-{args.subscribers}-{args.daily}-{args.seed}"
+    store = args.store or Path(tempfile.gettempdir()) / f"digest-bench-plan-{sizes}"
+    if not store.exists():
+        started = time.perf_counter()
+        build(store, args)
+        print(f"set-up: store built in {store} in {time.perf_counter() - started:.1f} s")
+    if args.baseline:
+        rest = [a for a in sys.argv[1:] if a not in (str(args.baseline), "--baseline")]
+        if "--store" not in rest:
+            rest += ["--store", str(store)]
+        side_by_side(args.baseline, rest, args.rounds)
+        return
+    run(store)
+
+
+if __name__ == "__main__":
+    main()
