@@ -78,11 +78,20 @@ def write_store_snapshot(path: Path, generator: Generator, papers: int) -> None:
 
 
 def write_daily(path: Path, generator: Generator, first: int, papers: int) -> None:
-    lines = ["Get trending papers in your email inbox!"]
+    """The day's papers as Hugging Face daily-papers JSON (arXiv ids after the store's)."""
+    day = datetime.now(UTC).strftime("%Y-%m-%dT06:00:00.000Z")
+    entries = []
     for i in range(papers):
         paper = generator.paper(first + i)
-        lines += [("Subscribe" if i == 0 else "") + paper.title, paper.abstract]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        n = first + i
+        ident = f"{1000 + n // 90000:04d}.{n % 90000:05d}"
+        entries.append(
+            {
+                "paper": {"id": ident, "title": paper.title, "summary": paper.abstract},
+                "publishedAt": day,
+            }
+        )
+    path.write_text(json.dumps(entries), encoding="utf-8")
 
 
 def main() -> None:
@@ -134,7 +143,7 @@ def main() -> None:
             ],
         )
     settings.inbox.mkdir(parents=True, exist_ok=True)
-    write_daily(settings.inbox / "daily.txt", generator, args.papers, args.daily)
+    write_daily(settings.inbox / "daily.json", generator, args.papers, args.daily)
 
     phases: dict[str, float] = {}
     cpu: dict[str, float] = {}  # this process's CPU time (not the forked ranking workers')
