@@ -64,7 +64,7 @@ _SOFT_BREAK = b"=\r\n"
 # that choose the marks; the reader's links and reason). Taking the rest from the view's
 # own fields, not from a list kept by hand, means a new field is in the key from the start,
 # so no paper is ever shown with another's cached block.
-_PER_READER = frozenset({"score", "interests", "because", "token_links"})
+_PER_READER = frozenset({"score", "interests", "evidence", "because", "token_links"})
 _SHOWN_TO_ALL = operator.attrgetter(
     *(field.name for field in fields(PaperView) if field.name not in _PER_READER)
 )
@@ -309,7 +309,7 @@ class MessageBuilder:
         key = _SHOWN_TO_ALL(paper)
         base = self._bases.get(key)
         if base is None:
-            text = shown(replace(paper, interests=()))
+            text = shown(replace(paper, interests=(), evidence=()))
             authors = authors_line(paper.authors)
             arxiv_id = f"arXiv:{clean_header(paper.arxiv_id)}" if paper.arxiv_id else ""
             listed = day_text(paper.listed) if paper.listed else ""
@@ -355,7 +355,13 @@ class MessageBuilder:
         """The paper's block, with the reader's ``links`` (token left out) and their reason
         for it, or without any."""
         # Everything shown, nothing else: the score differs per subscriber and is not shown.
-        key = (_SHOWN_TO_ALL(paper), paper.interests, links, links and paper.because)
+        key = (
+            _SHOWN_TO_ALL(paper),
+            paper.interests,
+            paper.evidence,
+            links,
+            links and paper.because,
+        )
         block = self._cache.get(key)
         if block is None:
             block = self._render_block(paper, links)

@@ -15,7 +15,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import Connection
 
 from digest.present.paper import TOKEN, DigestView, PaperView, TokenLinks
-from digest.rank.types import Ranked, hits_to_json
+from digest.rank.types import Ranked, hits_to_json, marks_from_json
 from digest.store import papers
 from digest.store.papers import PaperRow
 from digest.tokens import PaperSigner, feed_name, link_token, vote_key
@@ -53,6 +53,7 @@ def paper_view(
     when chosen for a paper the reader liked), as an email shows it (linking to its page on
     the site at ``base_url``, when given)."""
     page_url, token_links = paper_links(base_url, row.key) if base_url is not None else (None, None)
+    evidence = tuple(marks_from_json(hit) for hit in hits if "interest" in hit)
     return PaperView(
         key=row.key,
         title=row.title,
@@ -66,6 +67,7 @@ def paper_view(
         page_url=page_url,
         token_links=token_links,
         listed=row.dated,
+        evidence=evidence if any(marks is not None for marks in evidence) else (),
     )
 
 
