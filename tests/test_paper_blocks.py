@@ -3,15 +3,18 @@ what the block shows, so two papers that differ in anything shown never share a 
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from digest.deliver.message import MessageBuilder, Sender
 from digest.present.paper import DigestView, PaperView, TokenLinks
-from digest.present.views import paper_view
+from digest.present.views import paper_links, paper_view
 from digest.store.papers import PaperRow
 
 NOW = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
@@ -108,3 +111,46 @@ def test_views_differing_in_any_field_never_share_a_block(name: str, tokens: boo
         changed = dataclasses.replace(view, **{name: _other(getattr(view, name))})
     cached, fresh = _cached_then_fresh(view, changed, tokens)
     assert cached == fresh
+
+
+WORDS = ["speech", "models", "Speech", ".dots", "a=b", "café", "x" * 70, "LLMs", "<b>", "&"]
+
+
+@st.composite
+def _views(draw: st.DrawFn) -> PaperView:
+    def words(low: int, high: int) -> str:
+        return " ".join(draw(st.lists(st.sampled_from(WORDS), min_size=low, max_size=high)))
+
+    links = draw(st.booleans())
+    page, token_links = paper_links(BASE, "arxiv:2411.00001") if links else (None, None)
+    return PaperView(
+        key="arxiv:2411.00001",
+        title=words(1, 12),
+        abstract=words(0, 120),
+        url=None,
+        arxiv_id=draw(st.sampled_from([None, "2411.00001"])),
+        score=1.0,
+        interests=tuple(draw(st.lists(st.sampled_from(["speech", "model*", "llm", "café"])))),
+        authors=words(0, 3),
+        because=words(0, 4) if links else "",
+        page_url=page,
+        token_links=token_links,
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_views())
+def test_a_block_composed_of_shared_parts_is_the_block_rendered_whole(paper: PaperView) -> None:
+    """Each part (the paper's skeleton, its marked title and abstract, the reasons, the
+    reader's votes) is encoded once and joined: decoded, that is the template's rendering of
+    the whole block, and every encoded line stays within 76 characters, none with a dot first."""
+    builder = MessageBuilder(SENDER)
+    composed = builder._block(paper, paper.token_links)
+    whole = builder._render_block(paper, paper.token_links)
+    token = b"12.0123456789abcdef0123456789abcdef"
+    for ours, rendered in ((composed.html, whole.html), (composed.text, whole.text)):
+        joined = token.join(ours)
+        assert binascii.a2b_qp(joined) == binascii.a2b_qp(token.join(rendered))
+        lines = joined.split(b"\r\n")
+        assert max(len(line) for line in lines) <= 76
+        assert not any(line.startswith(b".") for line in lines)

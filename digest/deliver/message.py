@@ -26,6 +26,7 @@ import importlib.resources
 import operator
 import re
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from email.header import Header
@@ -42,6 +43,7 @@ from digest.present.paper import (
     TOKEN,
     DigestView,
     PaperView,
+    Shown,
     TokenLinks,
     arxiv_url,
     authors_line,
@@ -59,6 +61,9 @@ TEXT_WIDTH = 72
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SLOT = "\x00papers\x00"  # content passes clean_header or clean_text, which drop NULs
 _SOFT_BREAK = b"=\r\n"
+# Where a reader's marked title, abstract and reasons go in a paper's block (no shown text
+# carries a \x02: clean_header and clean_text drop it).
+_TITLE, _ABSTRACT, _REASONS = "\x02title\x02", "\x02abstract\x02", "\x02reasons\x02"
 # A paper's cached blocks are keyed by every field of its view but these: what differs from
 # reader to reader and is either not shown (the score) or keyed on its own (the interests
 # that choose the marks; the reader's links and reason). Taking the rest from the view's
@@ -80,13 +85,30 @@ class Sender:
     base_url: str
 
 
+# Encoded text cut where a reader's token goes: joined with the token between each two.
+Parts = tuple[bytes, ...]
+
+
 @dataclass(frozen=True)
 class _Block:
     """A paper rendered and encoded once, for both parts: encoded parts to join with the
     reader's token (one part: no token)."""
 
-    html: tuple[bytes, ...]
-    text: tuple[bytes, ...]
+    html: Parts
+    text: Parts
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """A paper's block as every reader gets it, encoded, cut where what differs between
+    readers goes: in the HTML part around the marked title, the marked abstract and the
+    "Matched:" line; in the text part around the abstract and that line. The line itself is
+    kept as text, with ``_REASONS`` where the reasons go."""
+
+    html: tuple[Parts, Parts, Parts, Parts]
+    text: tuple[Parts, Parts, Parts]
+    html_reasons: str
+    text_reasons: str
 
 
 # --- small pure helpers -------------------------------------------------------
@@ -213,27 +235,49 @@ def _ends_line(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def _qp_parts(text: str) -> tuple[bytes, ...]:
-    """``text`` (ending with a line break) quoted-printable, cut where ``TOKEN`` stands.
+def _encode(text: str) -> Parts:
+    """``text`` quoted-printable, cut where ``TOKEN`` stands; a piece of a line, or lines.
 
-    Joined with a token between each two parts they are the encoding of the text with the
-    token there: each token stands on a line segment of its own, between soft line breaks,
-    so no line grows past 76 characters. A token (``<id>.<hex>``, at most 51 characters,
-    never starting with a dot) is ASCII that quoted-printable leaves as it is.
+    Joined with a token between each two, the parts are the encoding of the text with the
+    token there; encoded pieces joined one after the other are the encoding of the texts
+    joined. Each token, and each piece not ending with a line break, ends with a soft line
+    break: quoted-printable is line-local, and a soft break ends an encoded line without
+    ending the line of text, so no line grows past 76 characters and nothing, token or
+    piece, is ever cut by one. A token (``<id>.<hex>``, at most 51 characters, never starting
+    with a dot) is ASCII that quoted-printable leaves as it is.
     """
     pieces = text.split(TOKEN)
     parts = []
     for number, piece in enumerate(pieces):
-        if number == len(pieces) - 1:
+        if piece.endswith("\n"):
             encoded = _qp(piece)
-        else:
+        elif piece:
             # A character more keeps the last line short enough for its soft break, which
             # the encoder may already have put before that character.
             encoded = _qp(piece + "x")[:-1]
             if not encoded.endswith(_SOFT_BREAK):
                 encoded += _SOFT_BREAK
+        else:
+            encoded = b""
         parts.append(_SOFT_BREAK + encoded if number else encoded)
     return tuple(parts)
+
+
+def _joined(*pieces: Parts) -> Parts:
+    """Encoded pieces one after the other (a piece's last part runs on into the next's first)."""
+    out = list(pieces[0])
+    for piece in pieces[1:]:
+        out[-1] += piece[0]
+        out.extend(piece[1:])
+    return tuple(out)
+
+
+def _line_of(text: str, slot: str) -> tuple[str, str, str]:
+    """``text`` cut around the line holding ``slot``: before it, the line, after it."""
+    at = text.index(slot)
+    start = text.rfind("\n", 0, at) + 1
+    end = text.index("\n", at) + 1
+    return text[:start], text[start:end], text[end:]
 
 
 # --- templates ------------------------------------------------------------------
@@ -253,6 +297,8 @@ class _Templates:
     text_macros: Any
     hit_open: str
     hit_close: str
+    html_join: jinja2.Template  # the reasons joined as the templates join them
+    text_join: jinja2.Template
 
 
 @functools.cache
@@ -282,7 +328,17 @@ def _templates() -> _Templates:
     html_macros: Any = html.make_module(blank)
     text_macros: Any = text.make_module(blank)
     hit_open, _, hit_close = str(html_macros.hit(Markup(_SLOT))).partition(_SLOT)
-    return _Templates(html, text, html_macros, text_macros, hit_open, hit_close)
+    join = '{{ reasons|join(", ") }}'
+    return _Templates(
+        html,
+        text,
+        html_macros,
+        text_macros,
+        hit_open,
+        hit_close,
+        html_env.from_string(join),
+        text_env.from_string(join),
+    )
 
 
 # --- the builder ----------------------------------------------------------------
@@ -296,6 +352,8 @@ class MessageBuilder:
         self._templates = _templates()
         self._cache: dict[tuple[object, ...], _Block] = {}
         self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
+        self._skeletons: dict[tuple[object, ...], _Skeleton] = {}
+        self._pieces: dict[tuple[object, ...], Parts] = {}
         self._cache_size = cache_size
         self._from = _header("From", format_address(sender.from_addr))
         site = clean_header(sender.site_name)
@@ -353,24 +411,127 @@ class MessageBuilder:
 
     def _block(self, paper: PaperView, links: TokenLinks | None) -> _Block:
         """The paper's block, with the reader's ``links`` (token left out) and their reason
-        for it, or without any."""
-        # Everything shown, nothing else: the score differs per subscriber and is not shown.
-        key = (
-            _SHOWN_TO_ALL(paper),
-            paper.interests,
-            paper.evidence,
-            links,
-            links and paper.because,
-        )
+        for it, or without any: the paper's skeleton with what its marks and reasons make
+        of it, each part encoded once however many readers share it."""
+        text = shown(paper)
+        # Everything shown, nothing else: the score differs per subscriber and is not shown,
+        # and readers whose interests mark the same words share the block.
+        key = (_SHOWN_TO_ALL(paper), text.abstract, text.marks, links, links and paper.because)
         block = self._cache.get(key)
         if block is None:
-            block = self._render_block(paper, links)
+            block = self._compose(paper, links, text)
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()  # a run rarely outgrows it; clearing keeps memory bounded
             self._cache[key] = block
         return block
 
+    def _compose(self, paper: PaperView, links: TokenLinks | None, text: Shown) -> _Block:
+        t = self._templates
+        skeleton = self._skeleton(paper, links)
+        marks = text.marks
+        title = self._piece(
+            ("title", text.title, marks.title),
+            lambda: str(mark(text.title, marks.title, t.hit_open, t.hit_close)),
+        )
+        abstract_html = self._piece(
+            ("abstract", text.abstract, marks.abstract),
+            lambda: str(mark(text.abstract, marks.abstract, t.hit_open, t.hit_close)),
+        )
+        abstract_text = self._piece(
+            ("abstract text", text.abstract),
+            lambda: _indented(text.abstract) if text.abstract else "  (no abstract)",
+        )
+        reasons = list(marks.reasons)
+        html_reasons = self._piece(
+            ("reasons", skeleton.html_reasons, marks.reasons),
+            lambda: (
+                skeleton.html_reasons.replace(_REASONS, t.html_join.render(reasons=reasons))
+                if reasons
+                else ""
+            ),
+        )
+        text_reasons = self._piece(
+            ("reasons text", skeleton.text_reasons, marks.reasons),
+            lambda: (
+                skeleton.text_reasons.replace(_REASONS, t.text_join.render(reasons=reasons))
+                if reasons
+                else ""
+            ),
+        )
+        h0, h1, h2, h3 = skeleton.html
+        t0, t1, t2 = skeleton.text
+        html = _joined(h0, title, h1, abstract_html, h2, html_reasons, h3)
+        plain = _joined(t0, abstract_text, t1, text_reasons, t2)
+        if links is not None:
+            because = clean_header(paper.because) if paper.because else ""
+            votes_html, votes_text = self._votes(links, because)
+            html, plain = _joined(html, votes_html), _joined(plain, votes_text)
+        return _Block(html, plain)
+
+    def _piece(self, key: tuple[object, ...], render: Callable[[], str]) -> Parts:
+        """A piece of a block, encoded once (``render`` makes its text)."""
+        piece = self._pieces.get(key)
+        if piece is None:
+            if len(self._pieces) >= self._cache_size:
+                self._pieces.clear()
+            piece = self._pieces[key] = _encode(render())
+        return piece
+
+    def _skeleton(self, paper: PaperView, links: TokenLinks | None) -> _Skeleton:
+        """The paper's block as its template renders it for every reader, cut where each
+        reader's marks and reasons go (``_Skeleton``)."""
+        key = (_SHOWN_TO_ALL(paper), links)
+        skeleton = self._skeletons.get(key)
+        if skeleton is not None:
+            return skeleton
+        t = self._templates
+        context = {
+            **self._paper_base(paper),
+            "title_html": Markup(_TITLE),
+            "abstract_html": Markup(_ABSTRACT),
+            "abstract_text": _ABSTRACT,
+            "reasons": [Markup(_REASONS)],
+        }
+        if links is not None:
+            context["link"] = links.page
+        html = str(t.html_macros.paper(context))
+        text = str(t.text_macros.paper(context))
+        if links is None:  # the block's last line ends here
+            html, text = _ends_line(html), _ends_line(text) + "\n"
+        h0, rest = html.split(_TITLE)
+        h1, rest = rest.split(_ABSTRACT)
+        h2, html_line, h3 = _line_of(rest, _REASONS)
+        t0, rest = text.split(_ABSTRACT)
+        t1, text_line, t2 = _line_of(rest, _REASONS)
+        skeleton = _Skeleton(
+            (_encode(h0), _encode(h1), _encode(h2), _encode(h3)),
+            (_encode(t0), _encode(t1), _encode(t2)),
+            html_line,
+            text_line,
+        )
+        if len(self._skeletons) >= self._cache_size:
+            self._skeletons.clear()
+        self._skeletons[key] = skeleton
+        return skeleton
+
+    def _votes(self, links: TokenLinks, because: str) -> tuple[Parts, Parts]:
+        """A reader's own lines under a paper (why feedback chose it, their vote links),
+        encoded once for the paper and the reason, the reader's token left out."""
+        key = ("votes", links, because)
+        found = self._pieces.get(key)
+        if found is None:
+            t = self._templates
+            own = {"because": because, "more_url": links.more, "less_url": links.less}
+            html = _encode(_ends_line(str(t.html_macros.votes(own))))
+            text = _encode(_ends_line(str(t.text_macros.votes(own))) + "\n")
+            self._pieces[key] = (*html, b"", *text)  # kept as one: the HTML, b"", the text
+            return html, text
+        cut = found.index(b"", 1)
+        return found[:cut], found[cut + 1 :]
+
     def _render_block(self, paper: PaperView, links: TokenLinks | None) -> _Block:
+        """The paper's block rendered whole, in one go: what ``_block`` composes from its
+        parts must decode to the same (``tests/test_paper_blocks.py``)."""
         t = self._templates
         context = self._paper_context(paper)
         if links is None:
@@ -383,7 +544,7 @@ class MessageBuilder:
             html = str(t.html_macros.paper(context)) + str(t.html_macros.votes(own))
             text = str(t.text_macros.paper(context)) + str(t.text_macros.votes(own))
         # the text part's blank line between papers comes with each
-        return _Block(_qp_parts(_ends_line(html)), _qp_parts(_ends_line(text) + "\n"))
+        return _Block(_encode(_ends_line(html)), _encode(_ends_line(text) + "\n"))
 
     def _shell(self, view: DigestView) -> dict[str, Any]:
         count = len(view.papers)
