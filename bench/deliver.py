@@ -56,6 +56,15 @@ from digest.deliver.message import MessageBuilder, Sender, subject_for
 from digest.deliver.transports import SMTPTransport
 from digest.present.paper import DigestView, PaperView, prepare
 from digest.present.views import Links, paper_view
+
+try:
+    from digest.present.views import stored_view
+except ImportError:  # the code before it: each item made into a view of its own
+
+    def stored_view(row: PaperRow, score: float, matched: str, base_url: str | None) -> PaperView:
+        return paper_view(row, score, json.loads(matched), base_url)
+
+
 from digest.rank.ranker import rank
 from digest.rank.types import CorpusStats, hits_to_json
 from digest.store.papers import PaperRow
@@ -138,7 +147,7 @@ def views_of(links: Links, digests: Sequence[Digest]) -> list[DigestView]:
     views = []
     for digest in digests:
         papers = [
-            paper_view(item.paper, item.score, json.loads(item.matched), links.base_url)
+            stored_view(item.paper, item.score, item.matched, links.base_url)
             for item in digest.items
         ]
         views.append(

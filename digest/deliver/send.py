@@ -29,7 +29,6 @@ then its papers go back to the reader's next digest.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -43,7 +42,7 @@ from digest.deliver.message import MessageBuilder
 from digest.deliver.transports import AddressError, Transport, TransportError
 from digest.errors import DeliveryError, DigestError, StoreError
 from digest.present.paper import DigestView, PaperView, prepare
-from digest.present.views import Links, paper_view
+from digest.present.views import Links, stored_view
 from digest.store import claims, outbox, unsent
 from digest.store.engine import reading
 
@@ -104,9 +103,10 @@ def paper_views(
     conn: Connection, digest_ids: Sequence[int], base_url: str | None = None
 ) -> dict[int, list[PaperView]]:
     """The papers of each digest, in rank order, as the email shows them (linking to their
-    pages at ``base_url``)."""
+    pages at ``base_url``); an item alike in paper, score and explanation is one view,
+    shared by every digest that carries it (``stored_view``)."""
     return {
-        digest_id: [paper_view(i.paper, i.score, json.loads(i.matched), base_url) for i in items]
+        digest_id: [stored_view(i.paper, i.score, i.matched, base_url) for i in items]
         for digest_id, items in outbox.items_of(conn, digest_ids).items()
     }
 

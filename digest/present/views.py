@@ -5,6 +5,7 @@ its page and their vote links, all with the reader's token for that paper)."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -69,6 +70,19 @@ def paper_view(
         listed=row.dated,
         evidence=evidence if any(marks is not None for marks in evidence) else (),
     )
+
+
+@functools.lru_cache(
+    maxsize=131_072
+)  # a day's distinct (paper, why) pairs, a few hundred bytes each
+def stored_view(row: PaperRow, score: float, matched: str, base_url: str | None) -> PaperView:
+    """``paper_view`` of an item as the outbox stores it (its explanation as JSON text).
+
+    Readers who share interests get the same paper for the same reasons, so the same item:
+    it is read and made into a view once, and the one view (and what is worked out from it,
+    ``present.paper.shown``, a message's block) is shared by every digest that carries it.
+    """
+    return paper_view(row, score, json.loads(matched), base_url)
 
 
 def ranked_views(
