@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import textwrap
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import digest.deliver.message as emails
 from digest.deliver.message import MessageBuilder, Sender
 from digest.present.paper import DigestView, PaperView, TokenLinks
 from digest.present.views import paper_links, paper_view
@@ -154,3 +156,24 @@ def test_a_block_composed_of_shared_parts_is_the_block_rendered_whole(paper: Pap
         lines = joined.split(b"\r\n")
         assert max(len(line) for line in lines) <= 76
         assert not any(line.startswith(b".") for line in lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["a", "speech", "x" * 69, "y" * 70, "z" * 71, "w" * 90, "a\u00a0b", "—"]),
+        max_size=40,
+    )
+)
+def test_the_plain_parts_wrapping_is_textwraps(words: list[str]) -> None:
+    """Text as shown (words one space apart) is filled word by word: the same lines."""
+    text = " ".join(words)
+    expected = textwrap.fill(
+        text,
+        emails.TEXT_WIDTH,
+        initial_indent="  ",
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+    assert emails._indented(text) == expected

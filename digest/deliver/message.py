@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 import css_inline
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from digest.clock import as_utc
 from digest.present.paper import (
@@ -58,6 +58,7 @@ from digest.present.paper import (
 from digest.rank.highlight import mark
 
 TEXT_WIDTH = 72
+_ONE_SPACED = re.compile(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*")
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SLOT = "\x00papers\x00"  # content passes clean_header or clean_text, which drop NULs
 _SOFT_BREAK = b"=\r\n"
@@ -116,14 +117,29 @@ class _Skeleton:
 
 def _indented(text: str) -> str:
     """Text for the plain part: wrapped, two spaces in."""
-    return textwrap.fill(
-        text,
-        TEXT_WIDTH,
-        initial_indent="  ",
-        subsequent_indent="  ",
-        break_on_hyphens=False,
-        break_long_words=False,  # a long word (a URL) stays whole, on a line of its own
-    )
+    if not _ONE_SPACED.fullmatch(text):
+        return textwrap.fill(
+            text,
+            TEXT_WIDTH,
+            initial_indent="  ",
+            subsequent_indent="  ",
+            break_on_hyphens=False,
+            break_long_words=False,  # a long word (a URL) stays whole, on a line of its own
+        )
+    # Words one space apart (text as shown always is): the same lines as textwrap's, which
+    # costs more than the rest of a paper's block, filled word by word.
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        if not line:
+            line = "  " + word
+        elif len(line) + 1 + len(word) <= TEXT_WIDTH:
+            line += " " + word
+        else:
+            lines.append(line)
+            line = "  " + word
+    lines.append(line)
+    return "\n".join(lines)
 
 
 def _byline_text(authors: str, arxiv_id: str, listed: str) -> str:
@@ -297,8 +313,6 @@ class _Templates:
     text_macros: Any
     hit_open: str
     hit_close: str
-    html_join: jinja2.Template  # the reasons joined as the templates join them
-    text_join: jinja2.Template
 
 
 @functools.cache
@@ -328,17 +342,7 @@ def _templates() -> _Templates:
     html_macros: Any = html.make_module(blank)
     text_macros: Any = text.make_module(blank)
     hit_open, _, hit_close = str(html_macros.hit(Markup(_SLOT))).partition(_SLOT)
-    join = '{{ reasons|join(", ") }}'
-    return _Templates(
-        html,
-        text,
-        html_macros,
-        text_macros,
-        hit_open,
-        hit_close,
-        html_env.from_string(join),
-        text_env.from_string(join),
-    )
+    return _Templates(html, text, html_macros, text_macros, hit_open, hit_close)
 
 
 # --- the builder ----------------------------------------------------------------
@@ -441,22 +445,18 @@ class MessageBuilder:
             ("abstract text", text.abstract),
             lambda: _indented(text.abstract) if text.abstract else "  (no abstract)",
         )
-        reasons = list(marks.reasons)
+        reasons = marks.reasons  # joined as the templates' join filter joins them
         html_reasons = self._piece(
             ("reasons", skeleton.html_reasons, marks.reasons),
             lambda: (
-                skeleton.html_reasons.replace(_REASONS, t.html_join.render(reasons=reasons))
+                skeleton.html_reasons.replace(_REASONS, escape(", ".join(reasons)))
                 if reasons
                 else ""
             ),
         )
         text_reasons = self._piece(
             ("reasons text", skeleton.text_reasons, marks.reasons),
-            lambda: (
-                skeleton.text_reasons.replace(_REASONS, t.text_join.render(reasons=reasons))
-                if reasons
-                else ""
-            ),
+            lambda: skeleton.text_reasons.replace(_REASONS, ", ".join(reasons)) if reasons else "",
         )
         h0, h1, h2, h3 = skeleton.html
         t0, t1, t2 = skeleton.text
