@@ -177,3 +177,41 @@ def test_the_plain_parts_wrapping_is_textwraps(words: list[str]) -> None:
         break_long_words=False,
     )
     assert emails._indented(text) == expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["", "https://x.org/u/1", "https://x.org/u?a=1&b=<2>", "é" * 80]),
+            st.booleans(),
+            st.sampled_from(['A "quoted" <title> & more', "Plain title", "." + "x" * 90]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_a_shell_shared_between_readers_is_its_template_rendered_for_each(
+    readers: list[tuple[str, bool, str]],
+) -> None:
+    """The shell around the papers is rendered once and each reader's own values (their
+    preheader, unsubscribe, manage and feed links) put in: for every reader, the template
+    rendered with their values, escaped as it escapes them."""
+    builder = MessageBuilder(SENDER)
+    templates = emails._templates()
+    for url, manage, title in readers:
+        view = dataclasses.replace(
+            _digest([paper_view(dataclasses.replace(ROW, title=title), 1.0, HITS, BASE)], True),
+            unsubscribe_url=url,
+            feed_url=url + "/feed",
+            manage_url=url + "/manage" if manage else None,
+        )
+        context = builder._shell(view)
+        html_blocks, text_blocks = builder._blocks(view)
+        for template, blocks, ours in (
+            (templates.html, html_blocks, builder.render_html(view)),
+            (templates.text, text_blocks, builder.render_text(view)),
+        ):
+            head, _, tail = template.render(context).partition(emails._SLOT)
+            papers = emails._decode_qp(b"".join(blocks))
+            assert ours == emails._ends_line(head) + papers + emails._ends_line(tail)

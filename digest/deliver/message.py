@@ -345,6 +345,33 @@ def _templates() -> _Templates:
     return _Templates(html, text, html_macros, text_macros, hit_open, hit_close)
 
 
+# A part's shell before or after the papers: encoded text, and the names of the reader's own
+# values between (``_OWN``).
+_Frame = tuple[bytes | str, ...]
+_OWN = ("preheader", "unsubscribe_url", "manage_url", "feed_url")
+_OWN_SLOT = re.compile("\x02(" + "|".join(_OWN) + ")\x02")
+
+
+def _framed(text: str) -> _Frame:
+    """Rendered shell text with the reader's values' slots: encoded, cut at the slots."""
+    pieces = _OWN_SLOT.split(text)  # text, name, text, name, ..., text
+    return tuple(
+        name if number % 2 else b"".join(_encode(name)) for number, name in enumerate(pieces)
+    )
+
+
+def _filled(frame: _Frame, context: dict[str, Any], html: bool) -> bytes:
+    """A shell's encoded text with the reader's values, escaped as the template would."""
+    out = []
+    for piece in frame:
+        if isinstance(piece, bytes):
+            out.append(piece)
+        else:
+            value = context[piece]
+            out.append(_encode(str(escape(value)) if html else value)[0])
+    return b"".join(out)
+
+
 # --- the builder ----------------------------------------------------------------
 
 
@@ -358,6 +385,7 @@ class MessageBuilder:
         self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
         self._skeletons: dict[tuple[object, ...], _Skeleton] = {}
         self._pieces: dict[tuple[object, ...], Parts] = {}
+        self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
         self._cache_size = cache_size
         self._from = _header("From", format_address(sender.from_addr))
         site = clean_header(sender.site_name)
@@ -561,10 +589,25 @@ class MessageBuilder:
             "papers": Markup(_SLOT),
         }
 
-    @staticmethod
-    def _wrap(template: jinja2.Template, context: dict[str, Any], blocks: list[bytes]) -> bytes:
-        head, _, tail = template.render(context).partition(_SLOT)
-        return _qp(_ends_line(head)) + b"".join(blocks) + _qp(_ends_line(tail))
+    def _wrap(self, html: bool, context: dict[str, Any], blocks: list[bytes]) -> bytes:
+        """One part: its shell, with the reader's own values, around the papers' blocks."""
+        head, tail = self._frame(html, context)
+        return _filled(head, context, html) + b"".join(blocks) + _filled(tail, context, html)
+
+    def _frame(self, html: bool, context: dict[str, Any]) -> tuple[_Frame, _Frame]:
+        """A part's shell as its template renders it for every reader of a digest of this
+        date and length (the subject, heading and lead), encoded once, before and after
+        the papers, cut where each reader's own values go."""
+        manage = bool(context["manage_url"])
+        key = (html, context["subject"], context["heading"], context["lead"], manage)
+        frame = self._frames.get(key)
+        if frame is None:
+            template = self._templates.html if html else self._templates.text
+            # every value a slot, but a manage link that is not there (the template asks)
+            slots = {name: f"\x02{name}\x02" for name in _OWN if name != "manage_url" or manage}
+            head, _, tail = template.render({**context, **slots}).partition(_SLOT)
+            frame = self._frames[key] = (_framed(_ends_line(head)), _framed(_ends_line(tail)))
+        return frame
 
     def _blocks(self, view: DigestView) -> tuple[list[bytes], list[bytes]]:
         """Each paper's encoded block, in the HTML part and in the text part."""
@@ -585,22 +628,18 @@ class MessageBuilder:
 
     def render_html(self, view: DigestView) -> str:
         """The HTML part, decoded (for previews and tests)."""
-        return _decode_qp(
-            self._wrap(self._templates.html, self._shell(view), self._blocks(view)[0])
-        )
+        return _decode_qp(self._wrap(True, self._shell(view), self._blocks(view)[0]))
 
     def render_text(self, view: DigestView) -> str:
         """The plain-text part, decoded (for previews and tests)."""
-        return _decode_qp(
-            self._wrap(self._templates.text, self._shell(view), self._blocks(view)[1])
-        )
+        return _decode_qp(self._wrap(False, self._shell(view), self._blocks(view)[1]))
 
     def build(self, view: DigestView, now: datetime) -> bytes:
         """The complete message: headers and a multipart/alternative body (text, then HTML)."""
         context = self._shell(view)
         html_blocks, text_blocks = self._blocks(view)
-        text = self._wrap(self._templates.text, context, text_blocks)
-        html = self._wrap(self._templates.html, context, html_blocks)
+        text = self._wrap(False, context, text_blocks)
+        html = self._wrap(True, context, html_blocks)
         message_id = _angle(view.message_id)
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.
