@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import digest.deliver.message as emails
+from digest.deliver import qp
 from digest.deliver.message import MessageBuilder, Sender
 from digest.present.paper import DigestView, PaperView, TokenLinks
 from digest.present.views import paper_links, paper_view
@@ -213,5 +214,5 @@ def test_a_shell_shared_between_readers_is_its_template_rendered_for_each(
             (templates.text, text_blocks, builder.render_text(view)),
         ):
             head, _, tail = template.render(context).partition(emails._SLOT)
-            papers = emails._decode_qp(b"".join(blocks))
+            papers = qp.decode(b"".join(blocks))
             assert ours == emails._ends_line(head) + papers + emails._ends_line(tail)

@@ -4,14 +4,19 @@ Nothing here touches the network, the clock or the store. The message is
 assembled directly as bytes (headers, one boundary, two quoted-printable
 parts) instead of through ``email.message.EmailMessage``: a run builds tens of
 thousands of messages and most of each one is the same few paper blocks, so a
-:class:`MessageBuilder` renders and encodes every paper once and reuses the
-encoded bytes in every digest that carries it. Quoted-printable is line-local,
-so encoded blocks that each end with a line break can simply be joined.
+:class:`MessageBuilder` renders and encodes each part of a message once and joins the
+encoded bytes (``digest.deliver.qp``: pieces encoded on their own join).
 
-A reader's own links to a paper (its page, "more like this", "not for me") differ only by
-the reader's token for that paper (``DigestView.tokens``). A paper's block with those links
-is encoded once too, cut where the token goes (``TOKEN``), each token on a line segment of
-its own between soft line breaks; a digest joins the parts with its reader's token.
+A paper's block is rendered once from the template with slots where what differs between
+its readers goes (``_Skeleton``): the title and abstract with the words their interests
+mark, the "Matched:" line. Those are encoded once each, for every distinct set of marks,
+and so are the reader's vote lines for each reason; a block is the parts joined, and is
+kept for every reader whose marks are the same. A reader's own links to a paper (its page,
+"more like this", "not for me") differ only by the reader's token for that paper
+(``DigestView.tokens``): the parts are cut where the token goes (``TOKEN``), each token on
+a line segment of its own between soft line breaks, and a digest joins them with its
+reader's token. The shell around the papers is rendered once per date and length, and each
+reader's preheader and links are put in the same way.
 
 What a paper shows (its text as shown, its marks, its links) is ``digest.present.paper``,
 the same for emails, feeds and web pages; this module lays it out as a message.
@@ -19,7 +24,6 @@ the same for emails, feeds and web pages; this module lays it out as a message.
 
 from __future__ import annotations
 
-import binascii
 import functools
 import hashlib
 import importlib.resources
@@ -39,8 +43,8 @@ import jinja2
 from markupsafe import Markup, escape
 
 from digest.clock import as_utc
+from digest.deliver.qp import Parts, decode, encode, joined
 from digest.present.paper import (
-    TOKEN,
     DigestView,
     PaperView,
     Shown,
@@ -61,7 +65,6 @@ TEXT_WIDTH = 72
 _ONE_SPACED = re.compile(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*")
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SLOT = "\x00papers\x00"  # content passes clean_header or clean_text, which drop NULs
-_SOFT_BREAK = b"=\r\n"
 # Where a reader's marked title, abstract and reasons go in a paper's block (no shown text
 # carries a \x02: clean_header and clean_text drop it).
 _TITLE, _ABSTRACT, _REASONS = "\x02title\x02", "\x02abstract\x02", "\x02reasons\x02"
@@ -84,10 +87,6 @@ class Sender:
     site_name: str
     list_id: str
     base_url: str
-
-
-# Encoded text cut where a reader's token goes: joined with the token between each two.
-Parts = tuple[bytes, ...]
 
 
 @dataclass(frozen=True)
@@ -220,72 +219,8 @@ def _mailto(value: str) -> str:
     return value
 
 
-def _qp(text: str) -> bytes:
-    """Quoted-printable with CRLF line ends; ``text`` must end with a line break."""
-    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
-    if encoded.startswith(b".") or b"\n." in encoded:
-        return _no_leading_dots(encoded)
-    return encoded
-
-
-def _no_leading_dots(encoded: bytes) -> bytes:
-    """A line's first "." as "=2E" (the same in quoted-printable): with no line starting with
-    a dot, the SMTP transport has no dot-stuffing pass to make over the whole message. A line
-    that grows past 76 characters by it is broken again, never inside an escape."""
-    pending = encoded.split(b"\r\n")[::-1]
-    out = []
-    while pending:
-        line = pending.pop()
-        if line.startswith(b"."):
-            line = b"=2E" + line[1:]
-        if len(line) > 76:
-            cut = 75 - (line[74] == ord("=")) - 2 * (line[73] == ord("="))
-            out.append(line[:cut] + b"=")
-            pending.append(line[cut:])
-        else:
-            out.append(line)
-    return b"\r\n".join(out)
-
-
 def _ends_line(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
-
-
-def _encode(text: str) -> Parts:
-    """``text`` quoted-printable, cut where ``TOKEN`` stands; a piece of a line, or lines.
-
-    Joined with a token between each two, the parts are the encoding of the text with the
-    token there; encoded pieces joined one after the other are the encoding of the texts
-    joined. Each token, and each piece not ending with a line break, ends with a soft line
-    break: quoted-printable is line-local, and a soft break ends an encoded line without
-    ending the line of text, so no line grows past 76 characters and nothing, token or
-    piece, is ever cut by one. A token (``<id>.<hex>``, at most 51 characters, never starting
-    with a dot) is ASCII that quoted-printable leaves as it is.
-    """
-    pieces = text.split(TOKEN)
-    parts = []
-    for number, piece in enumerate(pieces):
-        if piece.endswith("\n"):
-            encoded = _qp(piece)
-        elif piece:
-            # A character more keeps the last line short enough for its soft break, which
-            # the encoder may already have put before that character.
-            encoded = _qp(piece + "x")[:-1]
-            if not encoded.endswith(_SOFT_BREAK):
-                encoded += _SOFT_BREAK
-        else:
-            encoded = b""
-        parts.append(_SOFT_BREAK + encoded if number else encoded)
-    return tuple(parts)
-
-
-def _joined(*pieces: Parts) -> Parts:
-    """Encoded pieces one after the other (a piece's last part runs on into the next's first)."""
-    out = list(pieces[0])
-    for piece in pieces[1:]:
-        out[-1] += piece[0]
-        out.extend(piece[1:])
-    return tuple(out)
 
 
 def _line_of(text: str, slot: str) -> tuple[str, str, str]:
@@ -356,7 +291,7 @@ def _framed(text: str) -> _Frame:
     """Rendered shell text with the reader's values' slots: encoded, cut at the slots."""
     pieces = _OWN_SLOT.split(text)  # text, name, text, name, ..., text
     return tuple(
-        name if number % 2 else b"".join(_encode(name)) for number, name in enumerate(pieces)
+        name if number % 2 else b"".join(encode(name)) for number, name in enumerate(pieces)
     )
 
 
@@ -368,7 +303,7 @@ def _filled(frame: _Frame, context: dict[str, Any], html: bool) -> bytes:
             out.append(piece)
         else:
             value = context[piece]
-            out.append(_encode(str(escape(value)) if html else value)[0])
+            out.append(encode(str(escape(value)) if html else value)[0])
     return b"".join(out)
 
 
@@ -488,12 +423,12 @@ class MessageBuilder:
         )
         h0, h1, h2, h3 = skeleton.html
         t0, t1, t2 = skeleton.text
-        html = _joined(h0, title, h1, abstract_html, h2, html_reasons, h3)
-        plain = _joined(t0, abstract_text, t1, text_reasons, t2)
+        html = joined(h0, title, h1, abstract_html, h2, html_reasons, h3)
+        plain = joined(t0, abstract_text, t1, text_reasons, t2)
         if links is not None:
             because = clean_header(paper.because) if paper.because else ""
             votes_html, votes_text = self._votes(links, because)
-            html, plain = _joined(html, votes_html), _joined(plain, votes_text)
+            html, plain = joined(html, votes_html), joined(plain, votes_text)
         return _Block(html, plain)
 
     def _piece(self, key: tuple[object, ...], render: Callable[[], str]) -> Parts:
@@ -502,7 +437,7 @@ class MessageBuilder:
         if piece is None:
             if len(self._pieces) >= self._cache_size:
                 self._pieces.clear()
-            piece = self._pieces[key] = _encode(render())
+            piece = self._pieces[key] = encode(render())
         return piece
 
     def _skeleton(self, paper: PaperView, links: TokenLinks | None) -> _Skeleton:
@@ -532,8 +467,8 @@ class MessageBuilder:
         t0, rest = text.split(_ABSTRACT)
         t1, text_line, t2 = _line_of(rest, _REASONS)
         skeleton = _Skeleton(
-            (_encode(h0), _encode(h1), _encode(h2), _encode(h3)),
-            (_encode(t0), _encode(t1), _encode(t2)),
+            (encode(h0), encode(h1), encode(h2), encode(h3)),
+            (encode(t0), encode(t1), encode(t2)),
             html_line,
             text_line,
         )
@@ -550,8 +485,8 @@ class MessageBuilder:
         if found is None:
             t = self._templates
             own = {"because": because, "more_url": links.more, "less_url": links.less}
-            html = _encode(_ends_line(str(t.html_macros.votes(own))))
-            text = _encode(_ends_line(str(t.text_macros.votes(own))) + "\n")
+            html = encode(_ends_line(str(t.html_macros.votes(own))))
+            text = encode(_ends_line(str(t.text_macros.votes(own))) + "\n")
             self._pieces[key] = (*html, b"", *text)  # kept as one: the HTML, b"", the text
             return html, text
         cut = found.index(b"", 1)
@@ -572,7 +507,7 @@ class MessageBuilder:
             html = str(t.html_macros.paper(context)) + str(t.html_macros.votes(own))
             text = str(t.text_macros.paper(context)) + str(t.text_macros.votes(own))
         # the text part's blank line between papers comes with each
-        return _Block(_encode(_ends_line(html)), _encode(_ends_line(text) + "\n"))
+        return _Block(encode(_ends_line(html)), encode(_ends_line(text) + "\n"))
 
     def _shell(self, view: DigestView) -> dict[str, Any]:
         count = len(view.papers)
@@ -628,11 +563,11 @@ class MessageBuilder:
 
     def render_html(self, view: DigestView) -> str:
         """The HTML part, decoded (for previews and tests)."""
-        return _decode_qp(self._wrap(True, self._shell(view), self._blocks(view)[0]))
+        return decode(self._wrap(True, self._shell(view), self._blocks(view)[0]))
 
     def render_text(self, view: DigestView) -> str:
         """The plain-text part, decoded (for previews and tests)."""
-        return _decode_qp(self._wrap(False, self._shell(view), self._blocks(view)[1]))
+        return decode(self._wrap(False, self._shell(view), self._blocks(view)[1]))
 
     def build(self, view: DigestView, now: datetime) -> bytes:
         """The complete message: headers and a multipart/alternative body (text, then HTML)."""
@@ -670,10 +605,6 @@ class MessageBuilder:
                 f"--{boundary}--\r\n".encode(),
             )
         )
-
-
-def _decode_qp(data: bytes) -> str:
-    return binascii.a2b_qp(data).decode("utf-8").replace("\r\n", "\n")
 
 
 def build_message(view: DigestView, sender: Sender, now: datetime) -> bytes:
