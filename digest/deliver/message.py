@@ -321,6 +321,7 @@ class MessageBuilder:
         self._skeletons: dict[tuple[object, ...], _Skeleton] = {}
         self._pieces: dict[tuple[object, ...], Parts] = {}
         self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
+        self._by_view: dict[int, tuple[PaperView, TokenLinks | None, _Block]] = {}
         self._cache_size = cache_size
         self._from = _header("From", format_address(sender.from_addr))
         site = clean_header(sender.site_name)
@@ -380,6 +381,11 @@ class MessageBuilder:
         """The paper's block, with the reader's ``links`` (token left out) and their reason
         for it, or without any: the paper's skeleton with what its marks and reasons make
         of it, each part encoded once however many readers share it."""
+        # The same view object comes back for every digest carrying the item (``stored_view``):
+        # found by identity, nothing about it is worked out or hashed again.
+        seen = self._by_view.get(id(paper))
+        if seen is not None and seen[0] is paper and seen[1] is links:
+            return seen[2]
         text = shown(paper)
         # Everything shown, nothing else: the score differs per subscriber and is not shown,
         # and readers whose interests mark the same words share the block.
@@ -390,6 +396,9 @@ class MessageBuilder:
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()  # a run rarely outgrows it; clearing keeps memory bounded
             self._cache[key] = block
+        if len(self._by_view) >= self._cache_size:
+            self._by_view.clear()
+        self._by_view[id(paper)] = (paper, links, block)  # kept with it: its id is not reused
         return block
 
     def _compose(self, paper: PaperView, links: TokenLinks | None, text: Shown) -> _Block:

@@ -203,7 +203,20 @@ def shown(paper: PaperView) -> Shown:
     the ranker's, else the highlighter's), where it is shown; an interest none of whose
     marks is shown is said in plain words.
     """
-    return _shown(paper.title, paper.abstract, paper.interests, paper.evidence)
+    # The same view object comes back for every digest carrying the item (``stored_view``):
+    # found by identity, its fields are not hashed again.
+    found = _SHOWN.get(id(paper))
+    if found is not None and found[0] is paper:
+        return found[1]
+    text = _shown(paper.title, paper.abstract, paper.interests, paper.evidence)
+    if len(_SHOWN) >= _SHOWN_LIMIT:
+        _SHOWN.clear()
+    _SHOWN[id(paper)] = (paper, text)  # the view kept with it: its id is not reused meanwhile
+    return text
+
+
+_SHOWN: dict[int, tuple[PaperView, Shown]] = {}
+_SHOWN_LIMIT = 65_536
 
 
 @dataclass(frozen=True, slots=True)
