@@ -6,7 +6,9 @@ Nothing here touches the network, the clock or the store. A paper links to its p
 site (``PaperView.page_url``); a view made without one, to the paper's own URL, its arXiv
 page, or for a paper without a URL or arXiv id, to arXiv's title search, which finds
 nearly every paper these listings carry. What is marked in a paper's title and abstract,
-and the "Matched:" line, come from ``digest.rank.highlight``.
+and the "Matched:" line, come from ``digest.rank.highlight``: the evidence of the matcher
+that ranked the paper, as its explanation recorded it (``PaperView.evidence``), mapped from
+the stored text onto the text as shown (``_Folded``).
 """
 
 from __future__ import annotations
