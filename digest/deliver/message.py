@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from email.header import Header
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -43,6 +43,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from digest.clock import as_utc
+from digest.deliver.headers import angle, format_address, header, mailto
 from digest.deliver.qp import Parts, decode, encode, joined
 from digest.present.paper import (
     DigestView,
@@ -63,7 +64,6 @@ from digest.rank.highlight import mark
 
 TEXT_WIDTH = 72
 _ONE_SPACED = re.compile(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*")
-_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
 _SLOT = "\x00papers\x00"  # content passes clean_header or clean_text, which drop NULs
 # Where a reader's marked title, abstract and reasons go in a paper's block (no shown text
 # carries a \x02: clean_header and clean_text drop it).
@@ -165,58 +165,6 @@ def _shorturl(url: str) -> str:
     parts = urlsplit(url)
     shown = (parts.netloc.removeprefix("www.") + parts.path).rstrip("/")
     return shown if len(shown) <= 60 else shown[:59] + "…"
-
-
-# --- headers --------------------------------------------------------------------
-
-
-def _header(name: str, value: str) -> bytes:
-    """One header line (folded when long), RFC 2047-encoded when not ASCII."""
-    value = clean_header(value)
-    if not value.isascii():
-        encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
-        return f"{name}: {encoded}\r\n".encode("ascii")
-    line = f"{name}: {value}"
-    if len(line) <= 78:
-        return (line + "\r\n").encode("ascii")
-    # Fold at spaces; a single word longer than a line stays whole (legal up to 998).
-    out: list[str] = []
-    current = f"{name}:"
-    for word in value.split(" "):
-        if len(current) + 1 + len(word) > 78 and current != f"{name}:":
-            out.append(current)
-            current = ""
-        current += " " + word
-    out.append(current)
-    return ("\r\n".join(out) + "\r\n").encode("ascii")
-
-
-def format_address(raw: str) -> str:
-    """``Name <user@domain>`` with the name RFC 2047-encoded and the domain in IDNA when needed."""
-    if _PLAIN_ADDRESS.fullmatch(raw):  # the common case; parseaddr costs more than a build
-        return raw
-    name, addr = parseaddr(clean_header(raw))
-    if "@" not in addr:
-        raise ValueError(f"not an email address: {clean_header(raw)!r}")
-    local, _, domain = addr.rpartition("@")
-    if not local.isascii():
-        raise ValueError(f"address needs SMTPUTF8, which is not supported: {addr!r}")
-    if not domain.isascii():
-        domain = domain.encode("idna").decode("ascii")
-    return formataddr((name, f"{local}@{domain}"), charset="utf-8")
-
-
-def _angle(value: str) -> str:
-    return "<" + clean_header(value).strip("<>").replace("<", "").replace(">", "") + ">"
-
-
-def _mailto(value: str) -> str:
-    value = clean_header(value).strip("<>").replace(" ", "")
-    if not value.lower().startswith("mailto:"):
-        value = "mailto:" + value
-    if "?" not in value:
-        value += "?subject=unsubscribe"
-    return value
 
 
 def _ends_line(text: str) -> str:
@@ -323,12 +271,12 @@ class MessageBuilder:
         self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
         self._by_view: dict[int, tuple[PaperView, TokenLinks | None, _Block]] = {}
         self._cache_size = cache_size
-        self._from = _header("From", format_address(sender.from_addr))
+        self._from = header("From", format_address(sender.from_addr))
         site = clean_header(sender.site_name)
         if site and not site.isascii():
             site = Header(site, "utf-8").encode()
-        list_name = f"{site} {_angle(sender.list_id)}" if site else _angle(sender.list_id)
-        self._list_id = _header("List-Id", list_name)
+        list_name = f"{site} {angle(sender.list_id)}" if site else angle(sender.list_id)
+        self._list_id = header("List-Id", list_name)
 
     def _paper_base(self, paper: PaperView) -> dict[str, Any]:
         """What a paper shows whoever reads it: worked out once per paper, not per reader."""
@@ -584,12 +532,12 @@ class MessageBuilder:
         html_blocks, text_blocks = self._blocks(view)
         text = self._wrap(False, context, text_blocks)
         html = self._wrap(True, context, html_blocks)
-        message_id = _angle(view.message_id)
+        message_id = angle(view.message_id)
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.
         boundary = "=_" + hashlib.sha1(message_id.encode()).hexdigest()[:24]
         now = as_utc(now)
-        unsubscribe = f"{_angle(view.unsubscribe_url)}, <{_mailto(view.unsubscribe_mailto)}>"
+        unsubscribe = f"{angle(view.unsubscribe_url)}, <{mailto(view.unsubscribe_mailto)}>"
         part_head = (
             f'--{boundary}\r\nContent-Type: text/%s; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
@@ -597,13 +545,13 @@ class MessageBuilder:
         return b"".join(
             (
                 self._from,
-                _header("To", format_address(view.to)),
-                _header("Subject", subject_for(view)),
-                _header("Date", format_datetime(now)),
-                _header("Message-ID", message_id),
+                header("To", format_address(view.to)),
+                header("Subject", subject_for(view)),
+                header("Date", format_datetime(now)),
+                header("Message-ID", message_id),
                 b"MIME-Version: 1.0\r\n",
                 self._list_id,
-                _header("List-Unsubscribe", unsubscribe),
+                header("List-Unsubscribe", unsubscribe),
                 b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
                 b"Auto-Submitted: auto-generated\r\n",
                 f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
