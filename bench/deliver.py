@@ -58,6 +58,10 @@ from digest.present.paper import DigestView, PaperView, prepare
 from digest.present.views import Links, paper_view
 
 try:
+    from digest.deliver.send import item_views
+except ImportError:  # the code before it
+    item_views = None
+try:
     from digest.present.views import stored_view
 except ImportError:  # the code before it: each item made into a view of its own
 
@@ -145,11 +149,15 @@ def views_of(links: Links, digests: Sequence[Digest]) -> list[DigestView]:
     """The digests as a run makes them into views (``deliver.send.outgoing_of`` without
     the store), their marks worked out ahead (``deliver``)."""
     views = []
+    if item_views is None:  # the code before it: each item made into a view of its own
+        papers_of = {
+            d.digest_id: [stored_view(i.paper, i.score, i.matched, links.base_url) for i in d.items]
+            for d in digests
+        }
+    else:
+        papers_of = item_views({d.digest_id: d.items for d in digests}, links.base_url)
     for digest in digests:
-        papers = [
-            stored_view(item.paper, item.score, item.matched, links.base_url)
-            for item in digest.items
-        ]
+        papers = papers_of[digest.digest_id]
         views.append(
             links.digest_view(
                 to=digest.email,

@@ -337,10 +337,11 @@ class MessageBuilder:
         text = shown(paper)
         # Everything shown, nothing else: the score differs per subscriber and is not shown,
         # and readers whose interests mark the same words share the block.
-        key = (_SHOWN_TO_ALL(paper), text.abstract, text.marks, links, links and paper.because)
+        to_all = _SHOWN_TO_ALL(paper)
+        key = (to_all, text.abstract, text.marks, links, links and paper.because)
         block = self._cache.get(key)
         if block is None:
-            block = self._compose(paper, links, text)
+            block = self._compose(paper, links, text, to_all)
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()  # a run rarely outgrows it; clearing keeps memory bounded
             self._cache[key] = block
@@ -349,9 +350,11 @@ class MessageBuilder:
         self._by_view[id(paper)] = (paper, links, block)  # kept with it: its id is not reused
         return block
 
-    def _compose(self, paper: PaperView, links: TokenLinks | None, text: Shown) -> _Block:
+    def _compose(
+        self, paper: PaperView, links: TokenLinks | None, text: Shown, to_all: tuple[object, ...]
+    ) -> _Block:
         t = self._templates
-        skeleton = self._skeleton(paper, links)
+        skeleton = self._skeleton(paper, links, to_all)
         marks = text.marks
         title = self._piece(
             ("title", text.title, marks.title),
@@ -397,10 +400,13 @@ class MessageBuilder:
             piece = self._pieces[key] = encode(render())
         return piece
 
-    def _skeleton(self, paper: PaperView, links: TokenLinks | None) -> _Skeleton:
+    def _skeleton(
+        self, paper: PaperView, links: TokenLinks | None, to_all: tuple[object, ...]
+    ) -> _Skeleton:
         """The paper's block as its template renders it for every reader, cut where each
-        reader's marks and reasons go (``_Skeleton``)."""
-        key = (_SHOWN_TO_ALL(paper), links)
+        reader's marks and reasons go (``_Skeleton``); ``to_all``: the paper's fields shown
+        to every reader (``_SHOWN_TO_ALL``)."""
+        key = (to_all, links)
         skeleton = self._skeletons.get(key)
         if skeleton is not None:
             return skeleton
