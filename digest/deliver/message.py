@@ -269,6 +269,7 @@ class MessageBuilder:
         self._skeletons: dict[tuple[object, ...], _Skeleton] = {}
         self._pieces: dict[tuple[object, ...], Parts] = {}
         self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
+        self._votes_parts: dict[tuple[TokenLinks, str], tuple[Parts, Parts]] = {}
         self._by_view: dict[int, tuple[PaperView, TokenLinks | None, _Block]] = {}
         self._cache_size = cache_size
         self._from = header("From", format_address(sender.from_addr))
@@ -443,17 +444,17 @@ class MessageBuilder:
     def _votes(self, links: TokenLinks, because: str) -> tuple[Parts, Parts]:
         """A reader's own lines under a paper (why feedback chose it, their vote links),
         encoded once for the paper and the reason, the reader's token left out."""
-        key = ("votes", links, because)
-        found = self._pieces.get(key)
+        key = (links, because)
+        found = self._votes_parts.get(key)
         if found is None:
             t = self._templates
             own = {"because": because, "more_url": links.more, "less_url": links.less}
             html = encode(_ends_line(str(t.html_macros.votes(own))))
             text = encode(_ends_line(str(t.text_macros.votes(own))) + "\n")
-            self._pieces[key] = (*html, b"", *text)  # kept as one: the HTML, b"", the text
-            return html, text
-        cut = found.index(b"", 1)
-        return found[:cut], found[cut + 1 :]
+            if len(self._votes_parts) >= self._cache_size:
+                self._votes_parts.clear()
+            found = self._votes_parts[key] = (html, text)
+        return found
 
     def _render_block(self, paper: PaperView, links: TokenLinks | None) -> _Block:
         """The paper's block rendered whole, in one go: what ``_block`` composes from its

@@ -217,7 +217,7 @@ def marks_from_json(row: Mapping[str, Any]) -> HitMarks | None:
     """A stored hit's marks and reason (``hits_to_json``); None when it has none."""
     if "said" not in row:
         return None
-    spans = tuple((int(f), int(start), int(end)) for f, start, end in row.get("marks", ()))
+    spans: tuple[tuple[int, int, int], ...] = tuple(map(tuple, row.get("marks", ())))
     return spans, str(row["said"])
 
 
