@@ -4,87 +4,172 @@ Run by hand (not in CI), with Postfix's test tools installed
 (``apt-get install postfix`` provides /usr/sbin/smtp-sink and smtp-source):
 
     python bench/deliver.py [--digests 20000] [--connections 8] [--naive-sample 1000]
+                            [--dumps PATH ...] [--baseline CHECKOUT [--rounds N]]
 
-In the same run, against the same sink, it measures
-- ours: one MessageBuilder (paper blocks rendered once) and the pooled SMTPTransport;
+The digests are what a run sends: a day of synthetic papers and readers with Zipf-drawn
+interests (the generators of bench/match.py), ranked by ``ranker.rank`` (set-up, not
+timed), each reader's items kept as the outbox keeps them (paper row, score, stored
+explanation JSON). In the same run, against the same sink, it measures
+- ours: the message step as a run does it, minus the database: each batch of 1,000
+  digests made into views (the papers, the reader's links and tokens) and their marks
+  prepared, then each message built by one MessageBuilder and sent over the pooled
+  SMTPTransport;
 - the ceiling: smtp-source sending as many messages of the same average size;
 - the naive way: per message a Jinja render, an EmailMessage and ``aiosmtplib.send``
   on a new connection, timed on a sample and extrapolated.
-Prints messages/s, the ratios, and peak RSS.
+Prints messages/s, CPU a message, the ratios, and peak RSS. ``--baseline``: this script
+on another checkout's code and on this one's, in turns, and the figures side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
+import re
 import resource
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
+from pathlib import Path
 
 import aiosmtplib
+from match import (  # bench/match.py
+    Generator,
+    add_dumps_argument,
+    dump_files,
+    in_turns,
+    interest_pool,
+    real_papers,
+    subscribers,
+)
 
 from digest.deliver.message import MessageBuilder, Sender, subject_for
 from digest.deliver.transports import SMTPTransport
-from digest.present.paper import DigestView, PaperView
+from digest.present.paper import DigestView, PaperView, prepare
+from digest.present.views import Links, paper_view
 
-WORD_TEXT = (
-    "learning model models language large neural network networks training data diffusion "
-    "transformer attention agents reasoning benchmark vision robust federated graph sparse "
-    "token inference retrieval alignment reward policy scaling efficient multimodal video "
-    "speech protein molecular quantization pruning distillation evaluation safety"
-)
-WORDS = WORD_TEXT.split()
-SENDER = Sender(
-    "digest <digest@example.org>", "digest", "papers.example.org", "https://example.org"
-)
+try:
+    from digest.deliver.send import item_views
+except ImportError:  # the code before it
+    item_views = None
+try:
+    from digest.present.views import stored_view
+except ImportError:  # the code before it: each item made into a view of its own
+
+    def stored_view(row: PaperRow, score: float, matched: str, base_url: str | None) -> PaperView:
+        return paper_view(row, score, json.loads(matched), base_url)
+
+
+from digest.rank.ranker import rank
+from digest.rank.types import CorpusStats, hits_to_json
+from digest.store.papers import PaperRow
+
+BASE_URL = "https://example.org"
+SENDER = Sender("digest <digest@example.org>", "digest", "papers.example.org", BASE_URL)
 NOW = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
 PERIOD = date(2026, 11, 22)
+BATCH = 1_000  # digests made into views at a time, as a run claims them
 
 
-def make_papers(count: int, rng: random.Random) -> list[PaperView]:
-    """Synthetic papers: arXiv-like titles and ~1,000-character abstracts, some with code links."""
-    papers = []
-    for n in range(count):
-        title = " ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 12))).capitalize()
-        abstract = " ".join(rng.choice(WORDS) for _ in range(rng.randint(110, 170))) + "."
-        if rng.random() < 0.4:
-            abstract += f" Code: https://github.com/lab{n % 97}/project-{n}."
-        interests = tuple(rng.sample(WORDS, 1))
-        papers.append(
-            PaperView(
-                f"arxiv:2411.{n:05d}",
-                title,
-                abstract,
-                None,
-                f"2411.{n:05d}",
-                1.0,
-                interests,
+@dataclass(frozen=True)
+class Item:
+    """A paper in a digest, as the outbox keeps it."""
+
+    paper: PaperRow
+    score: float
+    matched: str
+
+
+@dataclass(frozen=True)
+class Digest:
+    """A digest waiting in the outbox, with its reader."""
+
+    digest_id: int
+    email: str
+    subscriber_id: int
+    token_salt: str
+    items: list[Item]
+
+
+def make_day(args: argparse.Namespace) -> list[Digest]:
+    """A day's outbox: papers and readers drawn as bench/match.py does, ranked."""
+    rng = random.Random(args.seed)
+    real = real_papers(dump_files(args.dumps))
+    generator = Generator(rng, real)
+    day = [generator.paper(i) for i in range(args.papers)]
+    first = datetime(2026, 11, 21, 6, 0, tzinfo=UTC)
+    rows = {
+        p.id: PaperRow(
+            p.id,
+            f"arxiv:2411.{p.id:05d}",
+            p.title,
+            p.abstract
+            + (f" Code: https://github.com/lab{p.id % 97}/project-{p.id}." if p.id % 5 < 2 else ""),
+            None,
+            f"2411.{p.id:05d}",
+            p.times_seen,
+            first,
+            authors="Ada Lovelace, Grace Hopper and Alan Turing",
+            listing_date=PERIOD,
+        )
+        for p in day
+    }
+    stats = CorpusStats.from_texts((p.title, p.abstract) for p in day)
+    profiles = subscribers(rng, interest_pool(rng, real), args.digests)
+    ranked = rank(day, profiles, stats)
+    digests = []
+    for profile in profiles:
+        items = [
+            Item(rows[r.paper_id], r.score, json.dumps(hits_to_json(r.hits)))
+            for r in ranked.get(profile.id, [])
+        ]
+        if items:
+            digests.append(
+                Digest(
+                    len(digests) + 1,
+                    f"reader{profile.id}@example.net",
+                    profile.id,
+                    secrets.token_hex(16),
+                    items,
+                )
+            )
+    return digests
+
+
+def views_of(links: Links, digests: Sequence[Digest]) -> list[DigestView]:
+    """The digests as a run makes them into views (``deliver.send.outgoing_of`` without
+    the store), their marks worked out ahead (``deliver``)."""
+    views = []
+    if item_views is None:  # the code before it: each item made into a view of its own
+        papers_of = {
+            d.digest_id: [stored_view(i.paper, i.score, i.matched, links.base_url) for i in d.items]
+            for d in digests
+        }
+    else:
+        papers_of = item_views({d.digest_id: d.items for d in digests}, links.base_url)
+    for digest in digests:
+        papers = papers_of[digest.digest_id]
+        views.append(
+            links.digest_view(
+                to=digest.email,
+                ident=digest.subscriber_id,
+                salt=digest.token_salt,
+                period=PERIOD,
+                papers=papers,
+                message_id=f"<digest-{PERIOD.isoformat()}-{digest.digest_id}@example.org>",
             )
         )
-    return papers
-
-
-def make_digests(count: int, papers: list[PaperView], rng: random.Random) -> list[DigestView]:
-    """Digests of 10-30 papers each from the pool."""
-    return [
-        DigestView(
-            f"reader{n}@example.net",
-            PERIOD,
-            rng.sample(papers, rng.randint(10, 30)),
-            f"<digest-{PERIOD.isoformat()}-{n}@example.org>",
-            f"https://example.org/unsubscribe?token={n:08x}{'a' * 40}",
-            "unsubscribe@example.org",
-            f"https://example.org/feeds/{n:08x}{'b' * 24}.atom",
-            f"https://example.org/manage?token={n:08x}{'a' * 40}",
-        )
-        for n in range(count)
-    ]
+    prepare(paper for view in views for paper in view.papers)
+    return views
 
 
 def free_port() -> int:
@@ -105,26 +190,30 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
     raise SystemExit(f"smtp-sink did not start on port {port}")
 
 
-async def ours(digests: list[DigestView], port: int, connections: int) -> tuple[float, float, int]:
-    """Build and send every digest; returns wall seconds, CPU seconds and bytes sent."""
+async def ours(digests: list[Digest], port: int, connections: int) -> tuple[float, float, int]:
+    """Make views, build and send every digest; returns wall seconds, CPU seconds and bytes
+    sent."""
     builder = MessageBuilder(SENDER)
+    links = Links(BASE_URL, b"k" * 32, SENDER.from_addr)
     transport = SMTPTransport(
         "127.0.0.1", port, connections=connections, retries=3, local_hostname="bench.local"
     )
-    queue = iter(digests)
     sent_bytes = 0
 
-    async def worker() -> None:
+    async def worker(queue: list[DigestView]) -> None:
         nonlocal sent_bytes
-        for view in queue:  # the iterator is shared: each digest goes to one worker
+        while queue:  # shared: each digest goes to one worker
+            view = queue.pop()
             raw = builder.build(view, NOW)
             sent_bytes += len(raw)
             await transport.send("digest@example.org", view.to, raw, view.message_id)
 
     started, cpu = time.perf_counter(), time.process_time()
     async with transport:
-        # Twice as many workers as connections so building overlaps waiting on the sink.
-        await asyncio.gather(*(worker() for _ in range(connections * 2)))
+        for at in range(0, len(digests), BATCH):
+            queue = views_of(links, digests[at : at + BATCH])[::-1]
+            # Twice as many workers as connections so building overlaps waiting on the sink.
+            await asyncio.gather(*(worker(queue) for _ in range(connections * 2)))
     return time.perf_counter() - started, time.process_time() - cpu, sent_bytes
 
 
@@ -144,9 +233,9 @@ def naive_message(view: DigestView) -> EmailMessage:
     return message
 
 
-async def naive(digests: list[DigestView], port: int, concurrency: int) -> float:
+async def naive(views: list[DigestView], port: int, concurrency: int) -> float:
     """Send a sample the naive way, one connection per message (as concurrent as ours)."""
-    queue = iter(digests)
+    queue = iter(views)
 
     async def worker() -> None:
         for view in queue:
@@ -172,6 +261,31 @@ def ceiling(port: int, count: int, size: int, sessions: int, tool: str) -> float
     return time.perf_counter() - started
 
 
+_FIGURES = re.compile(
+    r"^ours: +([\d,]+) messages/s .*?([\d,]+) us CPU a message\)$"
+    r"|^ceiling: +([\d,]+) messages/s"
+    r"|^ours / ceiling: ([\d.]+)",
+    re.MULTILINE,
+)
+
+
+def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
+    """This script on the baseline's code and on this checkout's, in turns."""
+    rows: list[tuple[str, int, str, str, str, str]] = []
+    turn: dict[str, int] = {}
+    for name, output in in_turns(baseline, rounds, rest, script=Path(__file__).resolve()):
+        turn[name] = turn.get(name, 0) + 1
+        rate = cpu = ceil = ratio = ""
+        for found in _FIGURES.finditer(output):
+            rate, cpu = found.group(1) or rate, found.group(2) or cpu
+            ceil, ratio = found.group(3) or ceil, found.group(4) or ratio
+        rows.append((name, turn[name], rate, cpu, ceil, ratio))
+    print("\n| round | code | messages/s | CPU a message | ceiling | ours / ceiling |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, number, rate, cpu, ceil, ratio in sorted(rows, key=lambda r: (r[1], r[0])):
+        print(f"| {number} | {name} | {rate} | {cpu} us | {ceil} | {ratio} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--digests", type=int, default=20_000)
@@ -179,7 +293,21 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--naive-sample", type=int, default=1_000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
+    parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
+    add_dumps_argument(parser)
     args = parser.parse_args()
+    if args.baseline:
+        rest, skip = [], False
+        for arg in sys.argv[1:]:
+            if skip:
+                skip = False
+            elif arg in ("--baseline", "--rounds"):
+                skip = True
+            else:
+                rest.append(arg)
+        side_by_side(args.baseline, rest, args.rounds)
+        return 0
 
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
     source = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
@@ -188,9 +316,10 @@ def main() -> int:
             print(f"{tool} not found: apt-get install postfix", file=sys.stderr)
             return 1
 
-    rng = random.Random(args.seed)
-    papers = make_papers(args.papers, rng)
-    digests = make_digests(args.digests, papers, rng)
+    started = time.perf_counter()
+    digests = make_day(args)
+    items = sum(len(d.items) for d in digests)
+    print(f"set-up: {len(digests):,} digests ranked in {time.perf_counter() - started:.1f} s")
 
     port = free_port()
     sink_process = subprocess.Popen(
@@ -201,7 +330,9 @@ def main() -> int:
         ours_seconds, ours_cpu, sent_bytes = asyncio.run(ours(digests, port, args.connections))
         average = sent_bytes // len(digests)
         ceiling_seconds = ceiling(port, len(digests), average, 20, source)
-        sample = digests[: args.naive_sample]
+        sample = views_of(
+            Links(BASE_URL, b"k" * 32, SENDER.from_addr), digests[: args.naive_sample]
+        )
         naive_seconds = asyncio.run(naive(sample, port, args.connections * 2))
     finally:
         sink_process.terminate()
@@ -211,10 +342,13 @@ def main() -> int:
     ceiling_rate = len(digests) / ceiling_seconds
     naive_rate = len(sample) / naive_seconds
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"digests: {len(digests):,} of 10-30 papers from {len(papers):,}; average {average:,} B")
+    print(
+        f"digests: {len(digests):,} of {items / len(digests):.1f} papers on average from "
+        f"{args.papers:,}; average {average:,} B"
+    )
     print(
         f"ours:    {ours_rate:8,.0f} messages/s  ({ours_seconds:.1f} s, {args.connections} "
-        f"connections, {ours_cpu / len(digests) * 1e6:.0f} us CPU a message)"
+        f"connections, {ours_cpu / len(digests) * 1e6:,.0f} us CPU a message)"
     )
     print(
         f"ceiling: {ceiling_rate:8,.0f} messages/s  (smtp-source -d -s 20, {ceiling_seconds:.1f} s)"

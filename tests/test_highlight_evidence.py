@@ -2,8 +2,10 @@
 stands where the matcher found nothing.
 
 Generated interests (words, phrases, prefixes, alternatives, exclusions, fields) meet
-generated papers; the matcher is the highlighter's own compiled interest, evaluated over
-the whole paper and over the text shown.
+generated papers; the matcher is the interest compiled as the highlighter compiles it
+when the ranking recorded no marks, evaluated over the whole paper (as the ranker does):
+what is shown of its evidence is marked, and a match none of whose evidence is shown is
+named in plain words.
 """
 
 from __future__ import annotations
@@ -106,24 +108,30 @@ def _chars(text: str, found: list[Evidence], field: int) -> set[int]:
 def test_a_match_is_marked_or_named_and_every_mark_is_evidence(
     written: str, paper: tuple[str, str]
 ) -> None:
-    title, abstract = paper
-    if _evidence(written, title, abstract) is None:
+    title, abstract = paper  # words joined by single spaces: the text as shown
+    found = _evidence(written, title, abstract)
+    seen = shown(PaperView("k", title, abstract, None, None, 1.0, interests=(written,)))
+    plain = _plain(parse_interest(written).query)
+    if found is None:
+        assert seen.marks.title == seen.marks.abstract == ()
+        assert seen.marks.reasons == ((plain,) if plain else ())
         return
-    view = PaperView("k", title, abstract, None, None, 1.0, interests=(written,))
-    seen = shown(view)
     lead = "… " if seen.abstract.startswith("… ") else ""
     visible = seen.abstract[len(lead) :].removesuffix("…")
-    found = _evidence(written, seen.title, visible)
-    marks = find_marks(seen.title, visible, (written,))
-    if found is None:  # the match lies beyond what is shown: named in plain words
-        assert seen.marks.reasons == (_plain(parse_interest(written).query),)
-        return
-    assert seen.marks.title or seen.marks.abstract
+    first = abstract.find(visible)
+    assert first >= 0
+    title_used = _chars(title, found, 0)
+    abstract_used = {c - first + len(lead) for c in _chars(abstract, found, 1)}
+    for start, end in seen.marks.title:
+        assert set(range(start, end)) <= title_used, (title[start:end], written)
+    if abstract.count(visible) == 1:  # where the part shown stands in the whole is certain
+        for start, end in seen.marks.abstract:
+            assert set(range(start, end)) <= abstract_used, (seen.abstract[start:end], written)
+    if any(f == 0 for f, *_ in found):
+        assert seen.marks.title
     assert seen.marks.reasons
-    for spans, shown_text, field in ((marks.title, seen.title, 0), (marks.abstract, visible, 1)):
-        used = _chars(shown_text, found, field)
-        for start, end in spans:
-            assert set(range(start, end)) <= used, (shown_text[start:end], written)
+    if not (seen.marks.title or seen.marks.abstract):  # the evidence lies beyond what is shown
+        assert seen.marks.reasons == (plain,)
 
 
 def test_a_prefix_sharing_first_letters_with_one_seen_before_still_marks() -> None:

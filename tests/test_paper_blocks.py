@@ -3,15 +3,21 @@ what the block shows, so two papers that differ in anything shown never share a 
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
+import textwrap
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+import digest.deliver.message as emails
+from digest.deliver import qp
 from digest.deliver.message import MessageBuilder, Sender
 from digest.present.paper import DigestView, PaperView, TokenLinks
-from digest.present.views import paper_view
+from digest.present.views import paper_links, paper_view
 from digest.store.papers import PaperRow
 
 NOW = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
@@ -102,6 +108,111 @@ def test_the_fields_a_block_shows_do_change_it() -> None:
 def test_views_differing_in_any_field_never_share_a_block(name: str, tokens: bool) -> None:
     page, links = f"{BASE}/papers/x", TokenLinks(f"{BASE}/p?r=\x01token\x01", "m", "l")
     view = dataclasses.replace(paper_view(ROW, 1.0, HITS, None), page_url=page, token_links=links)
-    changed = dataclasses.replace(view, **{name: _other(getattr(view, name))})
+    if name == "evidence":  # marks recorded for each interest: "speech" marked once
+        changed = dataclasses.replace(view, evidence=((((1, 9, 15),), "speech"),))
+    else:
+        changed = dataclasses.replace(view, **{name: _other(getattr(view, name))})
     cached, fresh = _cached_then_fresh(view, changed, tokens)
     assert cached == fresh
+
+
+WORDS = ["speech", "models", "Speech", ".dots", "a=b", "café", "x" * 70, "LLMs", "<b>", "&"]
+
+
+@st.composite
+def _views(draw: st.DrawFn) -> PaperView:
+    def words(low: int, high: int) -> str:
+        return " ".join(draw(st.lists(st.sampled_from(WORDS), min_size=low, max_size=high)))
+
+    links = draw(st.booleans())
+    page, token_links = paper_links(BASE, "arxiv:2411.00001") if links else (None, None)
+    return PaperView(
+        key="arxiv:2411.00001",
+        title=words(1, 12),
+        abstract=words(0, 120),
+        url=None,
+        arxiv_id=draw(st.sampled_from([None, "2411.00001"])),
+        score=1.0,
+        interests=tuple(draw(st.lists(st.sampled_from(["speech", "model*", "llm", "café"])))),
+        authors=words(0, 3),
+        because=words(0, 4) if links else "",
+        page_url=page,
+        token_links=token_links,
+    )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_views())
+def test_a_block_composed_of_shared_parts_is_the_block_rendered_whole(paper: PaperView) -> None:
+    """Each part (the paper's skeleton, its marked title and abstract, the reasons, the
+    reader's votes) is encoded once and joined: decoded, that is the template's rendering of
+    the whole block, and every encoded line stays within 76 characters, none with a dot first."""
+    builder = MessageBuilder(SENDER)
+    composed = builder._block(paper, paper.token_links)
+    whole = builder._render_block(paper, paper.token_links)
+    token = b"12.0123456789abcdef0123456789abcdef"
+    for ours, rendered in ((composed.html, whole.html), (composed.text, whole.text)):
+        joined = token.join(ours)
+        assert binascii.a2b_qp(joined) == binascii.a2b_qp(token.join(rendered))
+        lines = joined.split(b"\r\n")
+        assert max(len(line) for line in lines) <= 76
+        assert not any(line.startswith(b".") for line in lines)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["a", "speech", "x" * 69, "y" * 70, "z" * 71, "w" * 90, "a\u00a0b", "—"]),
+        max_size=40,
+    )
+)
+def test_the_plain_parts_wrapping_is_textwraps(words: list[str]) -> None:
+    """Text as shown (words one space apart) is filled word by word: the same lines."""
+    text = " ".join(words)
+    expected = textwrap.fill(
+        text,
+        emails.TEXT_WIDTH,
+        initial_indent="  ",
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+    assert emails._indented(text) == expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["", "https://x.org/u/1", "https://x.org/u?a=1&b=<2>", "é" * 80]),
+            st.booleans(),
+            st.sampled_from(['A "quoted" <title> & more', "Plain title", "." + "x" * 90]),
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_a_shell_shared_between_readers_is_its_template_rendered_for_each(
+    readers: list[tuple[str, bool, str]],
+) -> None:
+    """The shell around the papers is rendered once and each reader's own values (their
+    preheader, unsubscribe, manage and feed links) put in: for every reader, the template
+    rendered with their values, escaped as it escapes them."""
+    builder = MessageBuilder(SENDER)
+    templates = emails._templates()
+    for url, manage, title in readers:
+        view = dataclasses.replace(
+            _digest([paper_view(dataclasses.replace(ROW, title=title), 1.0, HITS, BASE)], True),
+            unsubscribe_url=url,
+            feed_url=url + "/feed",
+            manage_url=url + "/manage" if manage else None,
+        )
+        context = builder._shell(view)
+        html_blocks, text_blocks = builder._blocks(view)
+        for template, blocks, ours in (
+            (templates.html, html_blocks, builder.render_html(view)),
+            (templates.text, text_blocks, builder.render_text(view)),
+        ):
+            head, _, tail = template.render(context).partition(emails._SLOT)
+            papers = qp.decode(b"".join(blocks))
+            assert ours == emails._ends_line(head) + papers + emails._ends_line(tail)

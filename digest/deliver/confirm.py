@@ -23,7 +23,8 @@ import css_inline
 import jinja2
 
 from digest.clock import as_utc
-from digest.deliver.message import Sender, format_address
+from digest.deliver.headers import format_address
+from digest.deliver.message import Sender
 from digest.deliver.transports import Transport
 from digest.present.paper import clean_header
 

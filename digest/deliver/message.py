@@ -4,14 +4,19 @@ Nothing here touches the network, the clock or the store. The message is
 assembled directly as bytes (headers, one boundary, two quoted-printable
 parts) instead of through ``email.message.EmailMessage``: a run builds tens of
 thousands of messages and most of each one is the same few paper blocks, so a
-:class:`MessageBuilder` renders and encodes every paper once and reuses the
-encoded bytes in every digest that carries it. Quoted-printable is line-local,
-so encoded blocks that each end with a line break can simply be joined.
+:class:`MessageBuilder` renders and encodes each part of a message once and joins the
+encoded bytes (``digest.deliver.qp``: pieces encoded on their own join).
 
-A reader's own links to a paper (its page, "more like this", "not for me") differ only by
-the reader's token for that paper (``DigestView.tokens``). A paper's block with those links
-is encoded once too, cut where the token goes (``TOKEN``), each token on a line segment of
-its own between soft line breaks; a digest joins the parts with its reader's token.
+A paper's block is rendered once from the template with slots where what differs between
+its readers goes (``_Skeleton``): the title and abstract with the words their interests
+mark, the "Matched:" line. Those are encoded once each, for every distinct set of marks,
+and so are the reader's vote lines for each reason; a block is the parts joined, and is
+kept for every reader whose marks are the same. A reader's own links to a paper (its page,
+"more like this", "not for me") differ only by the reader's token for that paper
+(``DigestView.tokens``): the parts are cut where the token goes (``TOKEN``), each token on
+a line segment of its own between soft line breaks, and a digest joins them with its
+reader's token. The shell around the papers is rendered once per date and length, and each
+reader's preheader and links are put in the same way.
 
 What a paper shows (its text as shown, its marks, its links) is ``digest.present.paper``,
 the same for emails, feeds and web pages; this module lays it out as a message.
@@ -19,29 +24,31 @@ the same for emails, feeds and web pages; this module lays it out as a message.
 
 from __future__ import annotations
 
-import binascii
 import functools
 import hashlib
 import importlib.resources
 import operator
 import re
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from email.header import Header
-from email.utils import format_datetime, formataddr, parseaddr
+from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import css_inline
 import jinja2
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from digest.clock import as_utc
+from digest.deliver.headers import angle, format_address, header, mailto
+from digest.deliver.qp import Parts, decode, encode, joined
 from digest.present.paper import (
-    TOKEN,
     DigestView,
     PaperView,
+    Shown,
     TokenLinks,
     arxiv_url,
     authors_line,
@@ -56,15 +63,17 @@ from digest.present.paper import (
 from digest.rank.highlight import mark
 
 TEXT_WIDTH = 72
-_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_ONE_SPACED = re.compile(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*")
 _SLOT = "\x00papers\x00"  # content passes clean_header or clean_text, which drop NULs
-_SOFT_BREAK = b"=\r\n"
+# Where a reader's marked title, abstract and reasons go in a paper's block (no shown text
+# carries a \x02: clean_header and clean_text drop it).
+_TITLE, _ABSTRACT, _REASONS = "\x02title\x02", "\x02abstract\x02", "\x02reasons\x02"
 # A paper's cached blocks are keyed by every field of its view but these: what differs from
 # reader to reader and is either not shown (the score) or keyed on its own (the interests
 # that choose the marks; the reader's links and reason). Taking the rest from the view's
 # own fields, not from a list kept by hand, means a new field is in the key from the start,
 # so no paper is ever shown with another's cached block.
-_PER_READER = frozenset({"score", "interests", "because", "token_links"})
+_PER_READER = frozenset({"score", "interests", "evidence", "because", "token_links"})
 _SHOWN_TO_ALL = operator.attrgetter(
     *(field.name for field in fields(PaperView) if field.name not in _PER_READER)
 )
@@ -85,8 +94,21 @@ class _Block:
     """A paper rendered and encoded once, for both parts: encoded parts to join with the
     reader's token (one part: no token)."""
 
-    html: tuple[bytes, ...]
-    text: tuple[bytes, ...]
+    html: Parts
+    text: Parts
+
+
+@dataclass(frozen=True)
+class _Skeleton:
+    """A paper's block as every reader gets it, encoded, cut where what differs between
+    readers goes: in the HTML part around the marked title, the marked abstract and the
+    "Matched:" line; in the text part around the abstract and that line. The line itself is
+    kept as text, with ``_REASONS`` where the reasons go."""
+
+    html: tuple[Parts, Parts, Parts, Parts]
+    text: tuple[Parts, Parts, Parts]
+    html_reasons: str
+    text_reasons: str
 
 
 # --- small pure helpers -------------------------------------------------------
@@ -94,14 +116,29 @@ class _Block:
 
 def _indented(text: str) -> str:
     """Text for the plain part: wrapped, two spaces in."""
-    return textwrap.fill(
-        text,
-        TEXT_WIDTH,
-        initial_indent="  ",
-        subsequent_indent="  ",
-        break_on_hyphens=False,
-        break_long_words=False,  # a long word (a URL) stays whole, on a line of its own
-    )
+    if not _ONE_SPACED.fullmatch(text):
+        return textwrap.fill(
+            text,
+            TEXT_WIDTH,
+            initial_indent="  ",
+            subsequent_indent="  ",
+            break_on_hyphens=False,
+            break_long_words=False,  # a long word (a URL) stays whole, on a line of its own
+        )
+    # Words one space apart (text as shown always is): the same lines as textwrap's, which
+    # costs more than the rest of a paper's block, filled word by word.
+    lines: list[str] = []
+    line = ""
+    for word in text.split(" "):
+        if not line:
+            line = "  " + word
+        elif len(line) + 1 + len(word) <= TEXT_WIDTH:
+            line += " " + word
+        else:
+            lines.append(line)
+            line = "  " + word
+    lines.append(line)
+    return "\n".join(lines)
 
 
 def _byline_text(authors: str, arxiv_id: str, listed: str) -> str:
@@ -130,110 +167,16 @@ def _shorturl(url: str) -> str:
     return shown if len(shown) <= 60 else shown[:59] + "…"
 
 
-# --- headers --------------------------------------------------------------------
-
-
-def _header(name: str, value: str) -> bytes:
-    """One header line (folded when long), RFC 2047-encoded when not ASCII."""
-    value = clean_header(value)
-    if not value.isascii():
-        encoded = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
-        return f"{name}: {encoded}\r\n".encode("ascii")
-    line = f"{name}: {value}"
-    if len(line) <= 78:
-        return (line + "\r\n").encode("ascii")
-    # Fold at spaces; a single word longer than a line stays whole (legal up to 998).
-    out: list[str] = []
-    current = f"{name}:"
-    for word in value.split(" "):
-        if len(current) + 1 + len(word) > 78 and current != f"{name}:":
-            out.append(current)
-            current = ""
-        current += " " + word
-    out.append(current)
-    return ("\r\n".join(out) + "\r\n").encode("ascii")
-
-
-def format_address(raw: str) -> str:
-    """``Name <user@domain>`` with the name RFC 2047-encoded and the domain in IDNA when needed."""
-    if _PLAIN_ADDRESS.fullmatch(raw):  # the common case; parseaddr costs more than a build
-        return raw
-    name, addr = parseaddr(clean_header(raw))
-    if "@" not in addr:
-        raise ValueError(f"not an email address: {clean_header(raw)!r}")
-    local, _, domain = addr.rpartition("@")
-    if not local.isascii():
-        raise ValueError(f"address needs SMTPUTF8, which is not supported: {addr!r}")
-    if not domain.isascii():
-        domain = domain.encode("idna").decode("ascii")
-    return formataddr((name, f"{local}@{domain}"), charset="utf-8")
-
-
-def _angle(value: str) -> str:
-    return "<" + clean_header(value).strip("<>").replace("<", "").replace(">", "") + ">"
-
-
-def _mailto(value: str) -> str:
-    value = clean_header(value).strip("<>").replace(" ", "")
-    if not value.lower().startswith("mailto:"):
-        value = "mailto:" + value
-    if "?" not in value:
-        value += "?subject=unsubscribe"
-    return value
-
-
-def _qp(text: str) -> bytes:
-    """Quoted-printable with CRLF line ends; ``text`` must end with a line break."""
-    encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
-    if encoded.startswith(b".") or b"\n." in encoded:
-        return _no_leading_dots(encoded)
-    return encoded
-
-
-def _no_leading_dots(encoded: bytes) -> bytes:
-    """A line's first "." as "=2E" (the same in quoted-printable): with no line starting with
-    a dot, the SMTP transport has no dot-stuffing pass to make over the whole message. A line
-    that grows past 76 characters by it is broken again, never inside an escape."""
-    pending = encoded.split(b"\r\n")[::-1]
-    out = []
-    while pending:
-        line = pending.pop()
-        if line.startswith(b"."):
-            line = b"=2E" + line[1:]
-        if len(line) > 76:
-            cut = 75 - (line[74] == ord("=")) - 2 * (line[73] == ord("="))
-            out.append(line[:cut] + b"=")
-            pending.append(line[cut:])
-        else:
-            out.append(line)
-    return b"\r\n".join(out)
-
-
 def _ends_line(text: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-def _qp_parts(text: str) -> tuple[bytes, ...]:
-    """``text`` (ending with a line break) quoted-printable, cut where ``TOKEN`` stands.
-
-    Joined with a token between each two parts they are the encoding of the text with the
-    token there: each token stands on a line segment of its own, between soft line breaks,
-    so no line grows past 76 characters. A token (``<id>.<hex>``, at most 51 characters,
-    never starting with a dot) is ASCII that quoted-printable leaves as it is.
-    """
-    pieces = text.split(TOKEN)
-    parts = []
-    for number, piece in enumerate(pieces):
-        if number == len(pieces) - 1:
-            encoded = _qp(piece)
-        else:
-            # A character more keeps the last line short enough for its soft break, which
-            # the encoder may already have put before that character.
-            encoded = _qp(piece + "x")[:-1]
-            if not encoded.endswith(_SOFT_BREAK):
-                encoded += _SOFT_BREAK
-        parts.append(_SOFT_BREAK + encoded if number else encoded)
-    return tuple(parts)
+def _line_of(text: str, slot: str) -> tuple[str, str, str]:
+    """``text`` cut around the line holding ``slot``: before it, the line, after it."""
+    at = text.index(slot)
+    start = text.rfind("\n", 0, at) + 1
+    end = text.index("\n", at) + 1
+    return text[:start], text[start:end], text[end:]
 
 
 # --- templates ------------------------------------------------------------------
@@ -285,6 +228,33 @@ def _templates() -> _Templates:
     return _Templates(html, text, html_macros, text_macros, hit_open, hit_close)
 
 
+# A part's shell before or after the papers: encoded text, and the names of the reader's own
+# values between (``_OWN``).
+_Frame = tuple[bytes | str, ...]
+_OWN = ("preheader", "unsubscribe_url", "manage_url", "feed_url")
+_OWN_SLOT = re.compile("\x02(" + "|".join(_OWN) + ")\x02")
+
+
+def _framed(text: str) -> _Frame:
+    """Rendered shell text with the reader's values' slots: encoded, cut at the slots."""
+    pieces = _OWN_SLOT.split(text)  # text, name, text, name, ..., text
+    return tuple(
+        name if number % 2 else b"".join(encode(name)) for number, name in enumerate(pieces)
+    )
+
+
+def _filled(frame: _Frame, context: dict[str, Any], html: bool) -> bytes:
+    """A shell's encoded text with the reader's values, escaped as the template would."""
+    out = []
+    for piece in frame:
+        if isinstance(piece, bytes):
+            out.append(piece)
+        else:
+            value = context[piece]
+            out.append(encode(str(escape(value)) if html else value)[0])
+    return b"".join(out)
+
+
 # --- the builder ----------------------------------------------------------------
 
 
@@ -296,20 +266,25 @@ class MessageBuilder:
         self._templates = _templates()
         self._cache: dict[tuple[object, ...], _Block] = {}
         self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
+        self._skeletons: dict[tuple[object, ...], _Skeleton] = {}
+        self._pieces: dict[tuple[object, ...], Parts] = {}
+        self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
+        self._votes_parts: dict[tuple[TokenLinks, str], tuple[Parts, Parts]] = {}
+        self._by_view: dict[int, tuple[PaperView, TokenLinks | None, _Block]] = {}
         self._cache_size = cache_size
-        self._from = _header("From", format_address(sender.from_addr))
+        self._from = header("From", format_address(sender.from_addr))
         site = clean_header(sender.site_name)
         if site and not site.isascii():
             site = Header(site, "utf-8").encode()
-        list_name = f"{site} {_angle(sender.list_id)}" if site else _angle(sender.list_id)
-        self._list_id = _header("List-Id", list_name)
+        list_name = f"{site} {angle(sender.list_id)}" if site else angle(sender.list_id)
+        self._list_id = header("List-Id", list_name)
 
     def _paper_base(self, paper: PaperView) -> dict[str, Any]:
         """What a paper shows whoever reads it: worked out once per paper, not per reader."""
         key = _SHOWN_TO_ALL(paper)
         base = self._bases.get(key)
         if base is None:
-            text = shown(replace(paper, interests=()))
+            text = shown(replace(paper, interests=(), evidence=()))
             authors = authors_line(paper.authors)
             arxiv_id = f"arXiv:{clean_header(paper.arxiv_id)}" if paper.arxiv_id else ""
             listed = day_text(paper.listed) if paper.listed else ""
@@ -353,18 +328,137 @@ class MessageBuilder:
 
     def _block(self, paper: PaperView, links: TokenLinks | None) -> _Block:
         """The paper's block, with the reader's ``links`` (token left out) and their reason
-        for it, or without any."""
-        # Everything shown, nothing else: the score differs per subscriber and is not shown.
-        key = (_SHOWN_TO_ALL(paper), paper.interests, links, links and paper.because)
+        for it, or without any: the paper's skeleton with what its marks and reasons make
+        of it, each part encoded once however many readers share it."""
+        # The same view object comes back for every digest carrying the item (``stored_view``):
+        # found by identity, nothing about it is worked out or hashed again.
+        seen = self._by_view.get(id(paper))
+        if seen is not None and seen[0] is paper and seen[1] is links:
+            return seen[2]
+        text = shown(paper)
+        # Everything shown, nothing else: the score differs per subscriber and is not shown,
+        # and readers whose interests mark the same words share the block.
+        to_all = _SHOWN_TO_ALL(paper)
+        key = (to_all, text.abstract, text.marks, links, links and paper.because)
         block = self._cache.get(key)
         if block is None:
-            block = self._render_block(paper, links)
+            block = self._compose(paper, links, text, to_all)
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()  # a run rarely outgrows it; clearing keeps memory bounded
             self._cache[key] = block
+        if len(self._by_view) >= self._cache_size:
+            self._by_view.clear()
+        self._by_view[id(paper)] = (paper, links, block)  # kept with it: its id is not reused
         return block
 
+    def _compose(
+        self, paper: PaperView, links: TokenLinks | None, text: Shown, to_all: tuple[object, ...]
+    ) -> _Block:
+        t = self._templates
+        skeleton = self._skeleton(paper, links, to_all)
+        marks = text.marks
+        title = self._piece(
+            ("title", text.title, marks.title),
+            lambda: str(mark(text.title, marks.title, t.hit_open, t.hit_close)),
+        )
+        abstract_html = self._piece(
+            ("abstract", text.abstract, marks.abstract),
+            lambda: str(mark(text.abstract, marks.abstract, t.hit_open, t.hit_close)),
+        )
+        abstract_text = self._piece(
+            ("abstract text", text.abstract),
+            lambda: _indented(text.abstract) if text.abstract else "  (no abstract)",
+        )
+        reasons = marks.reasons  # joined as the templates' join filter joins them
+        html_reasons = self._piece(
+            ("reasons", skeleton.html_reasons, marks.reasons),
+            lambda: (
+                skeleton.html_reasons.replace(_REASONS, escape(", ".join(reasons)))
+                if reasons
+                else ""
+            ),
+        )
+        text_reasons = self._piece(
+            ("reasons text", skeleton.text_reasons, marks.reasons),
+            lambda: skeleton.text_reasons.replace(_REASONS, ", ".join(reasons)) if reasons else "",
+        )
+        h0, h1, h2, h3 = skeleton.html
+        t0, t1, t2 = skeleton.text
+        html = joined(h0, title, h1, abstract_html, h2, html_reasons, h3)
+        plain = joined(t0, abstract_text, t1, text_reasons, t2)
+        if links is not None:
+            because = clean_header(paper.because) if paper.because else ""
+            votes_html, votes_text = self._votes(links, because)
+            html, plain = joined(html, votes_html), joined(plain, votes_text)
+        return _Block(html, plain)
+
+    def _piece(self, key: tuple[object, ...], render: Callable[[], str]) -> Parts:
+        """A piece of a block, encoded once (``render`` makes its text)."""
+        piece = self._pieces.get(key)
+        if piece is None:
+            if len(self._pieces) >= self._cache_size:
+                self._pieces.clear()
+            piece = self._pieces[key] = encode(render())
+        return piece
+
+    def _skeleton(
+        self, paper: PaperView, links: TokenLinks | None, to_all: tuple[object, ...]
+    ) -> _Skeleton:
+        """The paper's block as its template renders it for every reader, cut where each
+        reader's marks and reasons go (``_Skeleton``); ``to_all``: the paper's fields shown
+        to every reader (``_SHOWN_TO_ALL``)."""
+        key = (to_all, links)
+        skeleton = self._skeletons.get(key)
+        if skeleton is not None:
+            return skeleton
+        t = self._templates
+        context = {
+            **self._paper_base(paper),
+            "title_html": Markup(_TITLE),
+            "abstract_html": Markup(_ABSTRACT),
+            "abstract_text": _ABSTRACT,
+            "reasons": [Markup(_REASONS)],
+        }
+        if links is not None:
+            context["link"] = links.page
+        html = str(t.html_macros.paper(context))
+        text = str(t.text_macros.paper(context))
+        if links is None:  # the block's last line ends here
+            html, text = _ends_line(html), _ends_line(text) + "\n"
+        h0, rest = html.split(_TITLE)
+        h1, rest = rest.split(_ABSTRACT)
+        h2, html_line, h3 = _line_of(rest, _REASONS)
+        t0, rest = text.split(_ABSTRACT)
+        t1, text_line, t2 = _line_of(rest, _REASONS)
+        skeleton = _Skeleton(
+            (encode(h0), encode(h1), encode(h2), encode(h3)),
+            (encode(t0), encode(t1), encode(t2)),
+            html_line,
+            text_line,
+        )
+        if len(self._skeletons) >= self._cache_size:
+            self._skeletons.clear()
+        self._skeletons[key] = skeleton
+        return skeleton
+
+    def _votes(self, links: TokenLinks, because: str) -> tuple[Parts, Parts]:
+        """A reader's own lines under a paper (why feedback chose it, their vote links),
+        encoded once for the paper and the reason, the reader's token left out."""
+        key = (links, because)
+        found = self._votes_parts.get(key)
+        if found is None:
+            t = self._templates
+            own = {"because": because, "more_url": links.more, "less_url": links.less}
+            html = encode(_ends_line(str(t.html_macros.votes(own))))
+            text = encode(_ends_line(str(t.text_macros.votes(own))) + "\n")
+            if len(self._votes_parts) >= self._cache_size:
+                self._votes_parts.clear()
+            found = self._votes_parts[key] = (html, text)
+        return found
+
     def _render_block(self, paper: PaperView, links: TokenLinks | None) -> _Block:
+        """The paper's block rendered whole, in one go: what ``_block`` composes from its
+        parts must decode to the same (``tests/test_paper_blocks.py``)."""
         t = self._templates
         context = self._paper_context(paper)
         if links is None:
@@ -377,7 +471,7 @@ class MessageBuilder:
             html = str(t.html_macros.paper(context)) + str(t.html_macros.votes(own))
             text = str(t.text_macros.paper(context)) + str(t.text_macros.votes(own))
         # the text part's blank line between papers comes with each
-        return _Block(_qp_parts(_ends_line(html)), _qp_parts(_ends_line(text) + "\n"))
+        return _Block(encode(_ends_line(html)), encode(_ends_line(text) + "\n"))
 
     def _shell(self, view: DigestView) -> dict[str, Any]:
         count = len(view.papers)
@@ -394,10 +488,25 @@ class MessageBuilder:
             "papers": Markup(_SLOT),
         }
 
-    @staticmethod
-    def _wrap(template: jinja2.Template, context: dict[str, Any], blocks: list[bytes]) -> bytes:
-        head, _, tail = template.render(context).partition(_SLOT)
-        return _qp(_ends_line(head)) + b"".join(blocks) + _qp(_ends_line(tail))
+    def _wrap(self, html: bool, context: dict[str, Any], blocks: list[bytes]) -> bytes:
+        """One part: its shell, with the reader's own values, around the papers' blocks."""
+        head, tail = self._frame(html, context)
+        return _filled(head, context, html) + b"".join(blocks) + _filled(tail, context, html)
+
+    def _frame(self, html: bool, context: dict[str, Any]) -> tuple[_Frame, _Frame]:
+        """A part's shell as its template renders it for every reader of a digest of this
+        date and length (the subject, heading and lead), encoded once, before and after
+        the papers, cut where each reader's own values go."""
+        manage = bool(context["manage_url"])
+        key = (html, context["subject"], context["heading"], context["lead"], manage)
+        frame = self._frames.get(key)
+        if frame is None:
+            template = self._templates.html if html else self._templates.text
+            # every value a slot, but a manage link that is not there (the template asks)
+            slots = {name: f"\x02{name}\x02" for name in _OWN if name != "manage_url" or manage}
+            head, _, tail = template.render({**context, **slots}).partition(_SLOT)
+            frame = self._frames[key] = (_framed(_ends_line(head)), _framed(_ends_line(tail)))
+        return frame
 
     def _blocks(self, view: DigestView) -> tuple[list[bytes], list[bytes]]:
         """Each paper's encoded block, in the HTML part and in the text part."""
@@ -418,28 +527,24 @@ class MessageBuilder:
 
     def render_html(self, view: DigestView) -> str:
         """The HTML part, decoded (for previews and tests)."""
-        return _decode_qp(
-            self._wrap(self._templates.html, self._shell(view), self._blocks(view)[0])
-        )
+        return decode(self._wrap(True, self._shell(view), self._blocks(view)[0]))
 
     def render_text(self, view: DigestView) -> str:
         """The plain-text part, decoded (for previews and tests)."""
-        return _decode_qp(
-            self._wrap(self._templates.text, self._shell(view), self._blocks(view)[1])
-        )
+        return decode(self._wrap(False, self._shell(view), self._blocks(view)[1]))
 
     def build(self, view: DigestView, now: datetime) -> bytes:
         """The complete message: headers and a multipart/alternative body (text, then HTML)."""
         context = self._shell(view)
         html_blocks, text_blocks = self._blocks(view)
-        text = self._wrap(self._templates.text, context, text_blocks)
-        html = self._wrap(self._templates.html, context, html_blocks)
-        message_id = _angle(view.message_id)
+        text = self._wrap(False, context, text_blocks)
+        html = self._wrap(True, context, html_blocks)
+        message_id = angle(view.message_id)
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.
         boundary = "=_" + hashlib.sha1(message_id.encode()).hexdigest()[:24]
         now = as_utc(now)
-        unsubscribe = f"{_angle(view.unsubscribe_url)}, <{_mailto(view.unsubscribe_mailto)}>"
+        unsubscribe = f"{angle(view.unsubscribe_url)}, <{mailto(view.unsubscribe_mailto)}>"
         part_head = (
             f'--{boundary}\r\nContent-Type: text/%s; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
@@ -447,13 +552,13 @@ class MessageBuilder:
         return b"".join(
             (
                 self._from,
-                _header("To", format_address(view.to)),
-                _header("Subject", subject_for(view)),
-                _header("Date", format_datetime(now)),
-                _header("Message-ID", message_id),
+                header("To", format_address(view.to)),
+                header("Subject", subject_for(view)),
+                header("Date", format_datetime(now)),
+                header("Message-ID", message_id),
                 b"MIME-Version: 1.0\r\n",
                 self._list_id,
-                _header("List-Unsubscribe", unsubscribe),
+                header("List-Unsubscribe", unsubscribe),
                 b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
                 b"Auto-Submitted: auto-generated\r\n",
                 f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
@@ -464,10 +569,6 @@ class MessageBuilder:
                 f"--{boundary}--\r\n".encode(),
             )
         )
-
-
-def _decode_qp(data: bytes) -> str:
-    return binascii.a2b_qp(data).decode("utf-8").replace("\r\n", "\n")
 
 
 def build_message(view: DigestView, sender: Sender, now: datetime) -> bytes:

@@ -33,10 +33,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -47,7 +46,7 @@ from digest.deliver.message import MessageBuilder
 from digest.deliver.transports import AddressError, Transport, TransportError
 from digest.errors import DeliveryError, DigestError, StoreError
 from digest.present.paper import DigestView, PaperView, prepare
-from digest.present.views import Links, paper_view
+from digest.present.views import Links, stored_view
 from digest.store import claims, outbox, unsent
 from digest.store.engine import reading
 
@@ -110,10 +109,27 @@ def paper_views(
 ) -> dict[int, list[PaperView]]:
     """The papers of each digest, in rank order, as the email shows them (linking to their
     pages at ``base_url``)."""
-    return {
-        digest_id: [paper_view(i.paper, i.score, json.loads(i.matched), base_url) for i in items]
-        for digest_id, items in outbox.items_of(conn, digest_ids).items()
-    }
+    return item_views(outbox.items_of(conn, digest_ids), base_url)
+
+
+def item_views(
+    items: Mapping[int, Sequence[outbox.ItemRow]], base_url: str | None = None
+) -> dict[int, list[PaperView]]:
+    """Each digest's items as views: an item alike in paper, score and explanation is one
+    view, shared by every digest that carries it (``stored_view``)."""
+    # A batch's rows share one object per paper (``items_of``): an item met again in the
+    # batch is found by that object, without hashing the row's fields for the shared cache.
+    met: dict[tuple[int, float, str], PaperView] = {}
+    views: dict[int, list[PaperView]] = {}
+    for digest_id, rows in items.items():
+        views[digest_id] = papers = []
+        for item in rows:
+            key = (id(item.paper), item.score, item.matched)
+            view = met.get(key)
+            if view is None:
+                view = met[key] = stored_view(item.paper, item.score, item.matched, base_url)
+            papers.append(view)
+    return views
 
 
 def outgoing_of(engine: Engine, links: Links, rows: Sequence[outbox.OutboxRow]) -> list[Outgoing]:

@@ -6,19 +6,31 @@ Nothing here touches the network, the clock or the store. A paper links to its p
 site (``PaperView.page_url``); a view made without one, to the paper's own URL, its arXiv
 page, or for a paper without a URL or arXiv id, to arXiv's title search, which finds
 nearly every paper these listings carry. What is marked in a paper's title and abstract,
-and the "Matched:" line, come from ``digest.rank.highlight``.
+and the "Matched:" line, come from ``digest.rank.highlight``: the evidence of the matcher
+that ranked the paper, as its explanation recorded it (``PaperView.evidence``), mapped from
+the stored text onto the text as shown (``_Folded``).
 """
 
 from __future__ import annotations
 
 import functools
 import re
+from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date
 from urllib.parse import quote_plus, urlsplit
 
-from digest.rank.highlight import Marks, find_marks, prepare_marks
+from digest.rank.highlight import (
+    HitMarks,
+    Marks,
+    TextSpan,
+    marks_of,
+    merge,
+    plain_reason,
+    prepare_marks,
+    said_as,
+)
 
 ABSTRACT_CHARS = 400
 AUTHORS_SHOWN = 5  # a longer list shows its first three names and "et al."
@@ -69,6 +81,9 @@ class PaperView:
     page_url: str | None = None  # the paper's page on this site
     token_links: TokenLinks | None = None  # the same, and the vote links, for a reader
     listed: date | None = None  # the paper's own date (its listing date, else first seen)
+    # What each of ``interests`` marks, as the ranker recorded it (``highlight.evidence``
+    # over ``title`` and ``abstract``; None, or none at all: worked out when shown).
+    evidence: tuple[HitMarks | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,50 +201,190 @@ def shown(paper: PaperView) -> Shown:
 
     The shown abstract is its beginning, then "…" when cut; when the beginning holds none
     of the words that matched, a window around the first of them, with "…" on the sides cut.
+    What is marked is what each interest matched in the whole paper (``PaperView.evidence``,
+    the ranker's, else the highlighter's), where it is shown; an interest none of whose
+    marks is shown is said in plain words.
     """
-    title, short, truncated = _text(paper.title, paper.abstract)
-    visible = short[:-1] if truncated else short
-    marks = find_marks(title, visible, paper.interests)
-    if truncated and paper.interests and not marks.abstract:
-        whole = _whole(paper.abstract)
-        evidence = find_marks(title, whole, paper.interests).abstract
-        if evidence:
-            first, last = window(whole, *evidence[0])
+    # The same view object comes back for every digest carrying the item (``stored_view``):
+    # found by identity, its fields are not hashed again.
+    found = _SHOWN.get(id(paper))
+    if found is not None and found[0] is paper:
+        return found[1]
+    text = _shown(paper.title, paper.abstract, paper.interests, paper.evidence)
+    if len(_SHOWN) >= _SHOWN_LIMIT:
+        _SHOWN.clear()
+    _SHOWN[id(paper)] = (paper, text)  # the view kept with it: its id is not reused meanwhile
+    return text
+
+
+_SHOWN: dict[int, tuple[PaperView, Shown]] = {}
+_SHOWN_LIMIT = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class _Hit:
+    """What one interest marks in a paper's text as shown (folded), and why."""
+
+    title: tuple[TextSpan, ...]
+    abstract: tuple[TextSpan, ...]
+    reason: str
+    says: str
+    written: str
+
+
+@functools.lru_cache(maxsize=65_536)  # a day's (paper, interests) pairs, each a few spans
+def _hit(title: str, abstract: str, written: str, recorded: HitMarks | None) -> _Hit:
+    """What ``written`` marks in the paper, from the marks recorded or worked out now, as
+    places in the folded text shown."""
+    if recorded is None:
+        found = marks_of(title, abstract, written)
+        spans = [(0, *span) for span in found.title] + [(1, *span) for span in found.abstract]
+        reason, says = found.reason, found.says
+    else:
+        spans = list(recorded[0])
+        reason, says = said_as(recorded[1])
+    texts = (_folded(title), _folded(abstract))
+    by_field: tuple[list[TextSpan], list[TextSpan]] = ([], [])
+    for f, start, end in spans:
+        place = texts[f].span(start, end)
+        if place is not None:
+            by_field[f].append(place)
+    return _Hit(tuple(by_field[0]), tuple(by_field[1]), reason, says, written)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _shown(
+    title: str, abstract: str, interests: tuple[str, ...], evidence: tuple[HitMarks | None, ...]
+) -> Shown:
+    shown_title = _folded(title).text
+    whole = _folded(abstract).text
+    short, truncated = _short(abstract)
+    if not interests:
+        return Shown(shown_title, short, truncated, Marks())
+    recorded = evidence if len(evidence) == len(interests) else (None,) * len(interests)
+    hits = [
+        _hit(title, abstract, written, marks)
+        for written, marks in zip(interests, recorded, strict=True)
+    ]
+    first, end = 0, len(short) - 1 if truncated else len(short)
+    text = short
+    if truncated and not any(e <= end for hit in hits for _, e in hit.abstract):
+        evidence_spans = merge([span for hit in hits for span in hit.abstract])
+        if evidence_spans:
+            first, last = window(whole, *evidence_spans[0])
             visible = whole[first:last].rstrip(" ,;:-")
-            lead = "… " if first else ""
-            marks = find_marks(title, visible, paper.interests)
-            marks = replace(
-                marks, abstract=tuple((s + len(lead), e + len(lead)) for s, e in marks.abstract)
-            )
-            more = "…" if first + len(visible) < len(whole) else ""
-            return Shown(title, lead + visible + more, True, marks)
-    return Shown(title, short, truncated, marks)
+            end = first + len(visible)
+            text = ("… " if first else "") + visible + ("…" if end < len(whole) else "")
+    shift = 2 if first else 0  # the "… " in front
+    title_spans: list[TextSpan] = []
+    abstract_spans: list[TextSpan] = []
+    reasons: dict[str, str] = {}
+    for hit in hits:
+        inside = [
+            (s - first + shift, e - first + shift)
+            for s, e in hit.abstract
+            if s >= first and e <= end
+        ]
+        title_spans.extend(hit.title)
+        abstract_spans.extend(inside)
+        reason, says = hit.reason, hit.says
+        if (hit.title or hit.abstract) and not (hit.title or inside):
+            reason, says = said_as(plain_reason(hit.written))  # matched where not shown
+        if reason:
+            reasons.setdefault(says, reason)
+    marks = Marks(merge(title_spans), merge(abstract_spans), tuple(reasons.values()))
+    return Shown(shown_title, text, truncated, marks)
 
 
 def prepare(papers: Iterable[PaperView]) -> None:
     """Work out the marks of many papers ahead, paper by paper.
 
-    Readers' digests share papers in no particular order; taken paper by paper, each is
-    analyzed once however many digests carry it, and ``shown`` then finds it all done.
+    Marks the ranker recorded need no work; for the others, readers' digests share papers
+    in no particular order: taken paper by paper, each is analyzed once however many
+    digests carry it, and ``shown`` then finds it all done.
     """
     texts: dict[tuple[str, str], set[str]] = {}
     for paper in papers:
-        title, short, truncated = _text(paper.title, paper.abstract)
-        visible = short[:-1] if truncated else short
-        texts.setdefault((title, visible), set()).update(paper.interests)
-    for (title, visible), interests in texts.items():
-        prepare_marks(title, visible, interests)
+        if paper.interests and len(paper.evidence) != len(paper.interests):
+            texts.setdefault((paper.title, paper.abstract), set()).update(paper.interests)
+    for (title, abstract), interests in texts.items():
+        prepare_marks(title, abstract, interests)
+
+
+class _Folded:
+    """A text as shown (controls dropped, spacing folded: ``fold``) and where the
+    characters of the text as written went in it."""
+
+    __slots__ = ("_by_char", "_starts", "_texts", "text")
+
+    def __init__(self, written: str) -> None:
+        self.text = fold(written)
+        self._starts: list[int] = []  # where each run of non-spaces starts in ``written``
+        self._texts: list[int] = []  # and in ``text``
+        self._by_char: list[int] | None = None  # (rare) each character's place in ``text``
+        if self.text == written:
+            return
+        if _DROPPED.search(written):  # controls dropped inside words move them apart
+            self._by_char = _char_map(written)
+            return
+        at = 0
+        for run in _RUN.finditer(written):
+            self._starts.append(run.start())
+            self._texts.append(at)
+            at += run.end() - run.start() + 1
+
+    def span(self, start: int, end: int) -> TextSpan | None:
+        """Characters ``start:end`` of the text as written, in ``text`` (None: not there)."""
+        if self._by_char is not None:
+            by_char = self._by_char
+            if not 0 <= start < end <= len(by_char):
+                return None
+            first, last = by_char[start], by_char[end - 1]
+            return None if first < 0 or last < 0 else (first, last + 1)
+        if not self._starts:
+            return (start, end) if 0 <= start < end <= len(self.text) else None
+        run = bisect_right(self._starts, start) - 1
+        last = bisect_right(self._starts, end - 1) - 1
+        if run < 0 or last < 0:
+            return None
+        return (
+            self._texts[run] + start - self._starts[run],
+            self._texts[last] + end - self._starts[last],
+        )
+
+
+_DROPPED = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_RUN = re.compile(r"\S+")
+
+
+def _char_map(written: str) -> list[int]:
+    """Where each character of ``written`` stands in ``fold(written)`` (-1: dropped or a
+    space folded away), character by character."""
+    kept = [i for i, ch in enumerate(written) if not _DROPPED.match(ch)]
+    cleaned = "".join(written[i] for i in kept).replace("\r", "\n")
+    out = [-1] * len(written)
+    at = 0
+    for run in _RUN.finditer(cleaned):
+        for k in range(run.start(), run.end()):
+            out[kept[k]] = at + k - run.start()
+        at += run.end() - run.start() + 1
+    return out
+
+
+def fold(text: str) -> str:
+    """Text as emails and pages show it: controls dropped, spacing folded to single spaces."""
+    return _SPACES.sub(" ", clean_text(text)).strip()
+
+
+@functools.lru_cache(maxsize=16_384)  # a day's papers, title and abstract
+def _folded(text: str) -> _Folded:
+    return _Folded(text)
 
 
 @functools.lru_cache(maxsize=8192)  # a day's papers
-def _text(title: str, abstract: str) -> tuple[str, str, bool]:
-    """Title and abstract as shown (spacing and controls folded), and whether it was cut."""
-    return (_SPACES.sub(" ", clean_text(title)).strip(), *shorten(clean_text(abstract)))
-
-
-def _whole(abstract: str) -> str:
-    """The whole abstract as ``shorten`` sees it: spacing and controls folded."""
-    return _SPACES.sub(" ", clean_text(abstract)).strip()
+def _short(abstract: str) -> tuple[str, bool]:
+    """The abstract as shown (its beginning), and whether it was cut."""
+    return shorten(_folded(abstract).text)
 
 
 def authors_line(authors: str) -> str:

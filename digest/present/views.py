@@ -5,6 +5,7 @@ its page and their vote links, all with the reader's token for that paper)."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -15,7 +16,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import Connection
 
 from digest.present.paper import TOKEN, DigestView, PaperView, TokenLinks
-from digest.rank.types import Ranked, hits_to_json
+from digest.rank.types import Ranked, hits_to_json, marks_from_json
 from digest.store import papers
 from digest.store.papers import PaperRow
 from digest.tokens import PaperSigner, feed_name, link_token, vote_key
@@ -53,6 +54,7 @@ def paper_view(
     when chosen for a paper the reader liked), as an email shows it (linking to its page on
     the site at ``base_url``, when given)."""
     page_url, token_links = paper_links(base_url, row.key) if base_url is not None else (None, None)
+    evidence = tuple(marks_from_json(hit) for hit in hits if "interest" in hit)
     return PaperView(
         key=row.key,
         title=row.title,
@@ -66,7 +68,21 @@ def paper_view(
         page_url=page_url,
         token_links=token_links,
         listed=row.dated,
+        evidence=evidence if any(marks is not None for marks in evidence) else (),
     )
+
+
+@functools.lru_cache(
+    maxsize=131_072
+)  # a day's distinct (paper, why) pairs, a few hundred bytes each
+def stored_view(row: PaperRow, score: float, matched: str, base_url: str | None) -> PaperView:
+    """``paper_view`` of an item as the outbox stores it (its explanation as JSON text).
+
+    Readers who share interests get the same paper for the same reasons, so the same item:
+    it is read and made into a view once, and the one view (and what is worked out from it,
+    ``present.paper.shown``, a message's block) is shared by every digest that carries it.
+    """
+    return paper_view(row, score, json.loads(matched), base_url)
 
 
 def ranked_views(

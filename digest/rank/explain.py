@@ -9,14 +9,18 @@ the text. In the multi-process path each worker explains the papers it analyzed.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Sequence
 
 from digest.rank.doc import FIELDS, Doc, Evidence, Field
+from digest.rank.highlight import HitMarks, Plan, evidence, located, plan_of
 from digest.rank.leaves import AliasLeaf, Matcher, TermLeaf
 from digest.rank.text import Analyzer
 
-# An explanation without its score: (words as written, field names).
-Words = tuple[tuple[str, ...], tuple[str, ...]]
+# An explanation without its score: (words as written, field names, and what to mark in the
+# paper's title and abstract with the reason: ``highlight.evidence``, None if none).
+Words = tuple[tuple[str, ...], tuple[str, ...], HitMarks | None]
+NO_WORDS: Words = ((), (), None)
 
 
 class Forms:
@@ -72,9 +76,32 @@ class Explainer:
         self.offset = offset
         self._forms: dict[tuple[int, int], Forms] = {}
         self._offsets: dict[tuple[int, int], list[tuple[int, int]] | None] = {}
+        self._plans: dict[int, Plan] = {}
+        self._located: dict[tuple[int, int], array[int] | None] = {}
 
     def words(self, qid: int, pidx: int) -> Words:
-        """The words and fields by which interest ``qid`` matched paper ``pidx``."""
+        """The words and fields by which interest ``qid`` matched paper ``pidx``, and what
+        the paper's readers are shown marked for it."""
+        terms, fields = self._words(qid, pidx)
+        return terms, fields, self.marks(qid, pidx)
+
+    def marks(self, qid: int, pidx: int) -> HitMarks | None:
+        """What interest ``qid`` marks in paper ``pidx``: the evidence of the very matcher
+        that ranked it (``highlight.evidence``), located in the paper's own text."""
+        plan = self._plans.get(qid)
+        if plan is None:
+            plan = self._plans[qid] = plan_of(self.matchers[qid])
+        doc = self.docs[pidx - self.offset]
+
+        def where(f: int) -> array[int] | None:
+            key = (pidx, f)
+            if key not in self._located:
+                self._located[key] = located(self.texts[pidx][f])
+            return self._located[key]
+
+        return evidence(plan, doc, where)
+
+    def _words(self, qid: int, pidx: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
         doc = self.docs[pidx - self.offset]
         matcher = self.matchers[qid]
         words: dict[str, None] = {}
@@ -116,7 +143,7 @@ class Explainer:
         """``words`` for each (interest id, paper index)."""
         # Paper by paper: a paper's analysis stays in the CPU cache (twice as fast).
         order = sorted(range(len(pairs)), key=lambda i: pairs[i][1])
-        out: list[Words] = [((), ())] * len(pairs)
+        out: list[Words] = [NO_WORDS] * len(pairs)
         for i in order:
             out[i] = self.words(*pairs[i])
         return out

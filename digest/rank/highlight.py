@@ -23,16 +23,21 @@ lies in the part of the abstract not shown is given in plain words ("llm or
 language model", "words starting with diffus").
 
 Matching is the ranker's own: the interest compiled by ``digest.rank.match`` is
-evaluated over the text shown, and what is marked is the evidence its leaves report
-(where each matched), the reasons the words kept on those leaves. Only the
-text shown is analyzed, once per paper however many readers it reaches.
+evaluated over the paper, and what is marked is the evidence its leaves report (where
+each matched), the reasons the words kept on those leaves. The ranker records both with
+each explanation (``evidence``, through ``explain.Explainer``), from the very matcher that
+ranked the paper, compiled with the store's acronyms and word variants; what is shown of
+them is marked (``digest.present.paper.shown``). A paper whose ranking recorded nothing
+(a view made by hand, an older outbox row) is marked by the same rules with an interest
+compiled here, without the store's statistics (``marks_of``), analyzed once per paper
+however many readers it reaches.
 """
 
 from __future__ import annotations
 
 import functools
 from array import array
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 
@@ -93,10 +98,7 @@ class _Paper:
     def located(self, f: int) -> array[int] | None:
         """Start and end of each word of field ``f``, one after the other (None: unknown)."""
         if not self._located:
-            for text in self.texts:
-                offsets = DEFAULT.offsets(text)
-                flat = array("l", chain.from_iterable(offsets)) if offsets is not None else None
-                self._located.append(flat)
+            self._located = [located(text) for text in self.texts]
         return self._located[f]
 
 
@@ -120,9 +122,9 @@ class _Interests:
         self.queries: dict[str, tuple[Node, _Plan] | None] = {}
         self.papers: dict[tuple[str, str], _Paper] = {}  # in order of use, oldest first
         self.generation = 0
-        self.marked: dict[tuple[str, str, str], _Marked] = {}
+        self.marked: dict[tuple[str, str, str], Marked] = {}
 
-    def marks(self, title: str, abstract: str, written: str) -> _Marked:
+    def marks(self, title: str, abstract: str, written: str) -> Marked:
         """What the interest ``written`` marks in the paper."""
         key = (title, abstract, written)
         found = self.marked.get(key)
@@ -132,27 +134,21 @@ class _Interests:
             found = self.marked[key] = self._marks_of(title, abstract, written)
         return found
 
-    def _marks_of(self, title: str, abstract: str, written: str) -> _Marked:
+    def _marks_of(self, title: str, abstract: str, written: str) -> Marked:
         compiled = self.query(written)
         if compiled is None:
-            return _Marked((), (), written, written.casefold())
-        parsed, plan = compiled
+            return Marked((), (), written, written.casefold())
+        _, plan = compiled
         paper = self.paper(title, abstract)
-        found: list[Evidence] = []
-        if plan.matcher.evaluate(paper.doc, found) is None:
-            # What matched is not in the text shown: the interest in plain words.
-            reason = _plain(parsed)
-            return _Marked((), (), reason, " ".join(DEFAULT(reason)))
-        spans = plan.spans(found)
-        said = _reason(plan.matcher, _used(found), paper.doc)
+        found = evidence(plan, paper.doc, paper.located)
+        if found is None:
+            # What matched is not in the text: the interest in plain words.
+            return Marked((), (), *said_as(plain_reason(written)))
+        spans, reason = found
         by_field: tuple[list[TextSpan], list[TextSpan]] = ([], [])
-        for f in (0, 1):
-            mine = [(first, last) for field, first, last in spans if field == f]
-            where = paper.located(f) if mine else None
-            if where is not None:
-                by_field[f].extend((where[2 * a], where[2 * b + 1]) for a, b in mine)
-        says = " ".join(DEFAULT(said)) or said.casefold()
-        return _Marked(tuple(by_field[0]), tuple(by_field[1]), said, says)
+        for f, start, end in spans:
+            by_field[f].append((start, end))
+        return Marked(tuple(by_field[0]), tuple(by_field[1]), *said_as(reason))
 
     def paper(self, title: str, abstract: str) -> _Paper:
         """The paper analyzed for every interest compiled so far."""
@@ -197,8 +193,9 @@ class _Interests:
 
 
 @dataclass(frozen=True)
-class _Marked:
-    """What one interest marks in one paper, and why in plain words."""
+class Marked:
+    """What one interest marks in one paper (characters of its title and abstract), and
+    why in plain words; no marks and the interest in plain words when it does not match."""
 
     title: tuple[TextSpan, ...]
     abstract: tuple[TextSpan, ...]
@@ -213,6 +210,67 @@ def _interests() -> _Interests:
     if len(_compiled[0].queries) >= _Interests.LIMIT:
         _compiled[0] = _Interests()
     return _compiled[0]
+
+
+# What one interest marks in a paper, as the ranker records it with its explanation:
+# (field, first character, past the last) in the title and abstract the paper was analyzed
+# from, and the reason in the interest's own words.
+HitMarks = tuple[tuple[tuple[int, int, int], ...], str]
+
+
+def plan_of(matcher: Matcher) -> Plan:
+    """How a compiled interest's evidence is marked and said (one per matcher)."""
+    return _Plan(matcher)
+
+
+def located(text: str) -> array[int] | None:
+    """Start and end of each word of ``text``, one after the other (None: unknown)."""
+    offsets = DEFAULT.offsets(text)
+    return array("l", chain.from_iterable(offsets)) if offsets is not None else None
+
+
+def evidence(plan: Plan, doc: Doc, where: Callable[[int], array[int] | None]) -> HitMarks | None:
+    """What the compiled interest of ``plan`` marks in ``doc`` and why; None: no match.
+
+    ``where(f)``: the words of field ``f`` located in its text (``located``). The marks are
+    the evidence its leaves report, words asked together at their first place in each
+    field; the reason, the words kept on the leaves that matched.
+    """
+    found: list[Evidence] = []
+    if plan.matcher.evaluate(doc, found) is None:
+        return None
+    spans = plan.spans(found)
+    reason = _reason(plan.matcher, _used(found), doc)
+    out: list[tuple[int, int, int]] = []
+    for f in (0, 1):
+        mine = [(first, last) for field, first, last in spans if field == f]
+        at = where(f) if mine else None
+        if at is not None:
+            out.extend((f, at[2 * a], at[2 * b + 1]) for a, b in mine)
+    return tuple(out), reason
+
+
+@functools.lru_cache(maxsize=65_536)
+def said_as(reason: str) -> tuple[str, str]:
+    """A reason, and its terms: two reasons with the same terms say the same."""
+    return reason, " ".join(DEFAULT(reason)) or reason.casefold()
+
+
+@functools.lru_cache(maxsize=65_536)
+def plain_reason(written: str) -> str:
+    """An interest in plain words, for when what it matched is not in the text shown (as
+    written when the grammar no longer takes it)."""
+    try:
+        query = parse_interest(written).query
+    except InterestError:
+        return written
+    return _plain(query) if query is not None else written
+
+
+def marks_of(title: str, abstract: str, written: str) -> Marked:
+    """What the interest ``written`` marks in the paper, compiled without the store's
+    statistics: for a paper whose ranking recorded no marks (``evidence`` did)."""
+    return _interests().marks(title, abstract, written)
 
 
 def prepare_marks(title: str, abstract: str, interests: Iterable[str]) -> None:
@@ -383,3 +441,6 @@ def _plain(node: Node) -> str:
 
 def _named(field: str | None) -> str:
     return f" (in the {field})" if field else ""
+
+
+Plan = _Plan

@@ -323,10 +323,11 @@ class DayMatches:
                     del hits[pair]
                 raise
             put = object.__setattr__
-            for hit, (terms, fields) in zip(made, got, strict=True):
+            for hit, (terms, fields, marks) in zip(made, got, strict=True):
                 # Frozen to its users; set here once, as dataclasses' own __init__ does.
                 put(hit, "terms", terms)
                 put(hit, "fields", fields)
+                put(hit, "marks", marks)
 
         return finish
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from digest.rank.acronyms import AcronymCounter, Acronyms
 from digest.rank.explain import Words
+from digest.rank.highlight import HitMarks
 from digest.rank.match import Entry
 from digest.rank.text import DEFAULT, Analyzer
 from digest.store.subscription import Subscription, default, stored_interests
@@ -36,6 +37,7 @@ __all__ = [
     "TermCounts",
     "hits_from_json",
     "hits_to_json",
+    "marks_from_json",
 ]
 
 SUMMED = -1  # an entry summed over several interests, before its group is known
@@ -137,12 +139,15 @@ class Answers(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class InterestHit:
-    """Why a paper matched one interest: words as written in the paper, and where."""
+    """Why a paper matched one interest: words as written in the paper, and where;
+    ``marks``: what its readers are shown marked, and the reason (``highlight.evidence``
+    of the matcher that ranked it; None: not recorded)."""
 
     interest: str
     score: float
     terms: tuple[str, ...]
     fields: tuple[str, ...]
+    marks: HitMarks | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,16 +246,30 @@ def _distinct(words: Iterable[str]) -> list[str]:
 
 
 def hits_to_json(hits: Iterable[InterestHit]) -> list[dict[str, Any]]:
-    """An explanation as stored and printed: interest, matched words, fields, score."""
-    return [
-        {
+    """An explanation as stored and printed: interest, matched words, fields, score, and
+    what to mark (``marks``: [field, start, end] characters of the title and abstract) with
+    the reason said (``said``)."""
+    out: list[dict[str, Any]] = []
+    for hit in hits:
+        row: dict[str, Any] = {
             "interest": hit.interest,
             "terms": _distinct(hit.terms),
             "fields": list(hit.fields),
             "score": round(hit.score, 4),
         }
-        for hit in hits
-    ]
+        if hit.marks is not None:
+            row["marks"] = [list(span) for span in hit.marks[0]]
+            row["said"] = hit.marks[1]
+        out.append(row)
+    return out
+
+
+def marks_from_json(row: Mapping[str, Any]) -> HitMarks | None:
+    """A stored hit's marks and reason (``hits_to_json``); None when it has none."""
+    if "said" not in row:
+        return None
+    spans: tuple[tuple[int, int, int], ...] = tuple(map(tuple, row.get("marks", ())))
+    return spans, str(row["said"])
 
 
 def hits_from_json(data: str | Sequence[Mapping[str, Any]]) -> tuple[InterestHit, ...]:
@@ -263,6 +282,7 @@ def hits_from_json(data: str | Sequence[Mapping[str, Any]]) -> tuple[InterestHit
             float(row.get("score", 0.0)),
             tuple(row.get("terms", ())),
             tuple(row.get("fields", ())),
+            marks_from_json(row),
         )
         for row in rows
         if "interest" in row

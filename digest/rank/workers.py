@@ -26,7 +26,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from digest import forks
-from digest.rank.explain import Words
+from digest.rank.explain import NO_WORDS, Words
 from digest.rank.match import Entry
 from digest.rank.types import SUMMED, Answers, Explain, Key
 
@@ -225,7 +225,7 @@ class Workers:
         self._send([("explain", [pairs[i] for i in share]) for share in shares])
 
         def receive() -> list[Words]:
-            out: list[Words] = [((), ())] * len(pairs)
+            out: list[Words] = [NO_WORDS] * len(pairs)
             for share, got in zip(shares, self._receive(), strict=True):
                 for i, words in zip(share, got, strict=True):
                     out[i] = words

@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from digest.clock import as_utc
 from digest.store.engine import insert_or_skip, reading, transaction
 from digest.store.models import Digest, DigestItem, Paper, Subscriber, TransportState
-from digest.store.papers import PARAMETERS, PaperRow, paper_columns, reader
+from digest.store.papers import PARAMETERS, PaperRow, by_ids, paper_columns, reader
 from digest.store.unsent import Carried, held_by
 
 STATUSES = ("pending", "sending", "sent", "skipped", "failed")
@@ -307,26 +307,36 @@ def _item_rows(conn: Connection, query: Any) -> list[ItemRow]:
     ]
 
 
+_ITEMS = DigestItem.__table__  # type: ignore[attr-defined]
+_ITEMS_OF = (
+    sa.select(
+        _ITEMS.c.digest_id, _ITEMS.c.subscriber_id, _ITEMS.c.paper_id, _ITEMS.c.score,
+        _ITEMS.c.matched,
+    )
+    .where(_ITEMS.c.digest_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(_ITEMS.c.digest_id, _ITEMS.c.rank)
+)  # fmt: skip
+
+
 def items_of(conn: Connection, digest_ids: Sequence[int]) -> dict[int, list[ItemRow]]:
-    """The items of each digest, in rank order."""
+    """The items of each digest, in rank order.
+
+    One query for the items and one for their papers, each paper read once however many
+    digests carry it (and shared by their items): a batch of digests holds each of the
+    day's papers many times over.
+    """
     items: dict[int, list[ItemRow]] = {d: [] for d in digest_ids}
     if not digest_ids:
         return items
-    query = (
-        sa.select(
-            col(DigestItem.digest_id),
-            col(DigestItem.subscriber_id),
-            col(DigestItem.score),
-            col(DigestItem.matched),
-            sa.null().label("sent_at"),
-            *paper_columns("paper_"),
+    rows: list[Any] = []
+    for start in range(0, len(digest_ids), PARAMETERS):
+        ids = list(digest_ids[start : start + PARAMETERS])
+        rows.extend(conn.execute(_ITEMS_OF, {"ids": ids}).all())
+    found = by_ids(conn, sorted({row[2] for row in rows}))
+    for digest_id, subscriber_id, paper_id, score, matched in rows:
+        items[digest_id].append(
+            ItemRow(digest_id, subscriber_id, score, matched, None, found[paper_id])
         )
-        .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
-        .where(col(DigestItem.digest_id).in_(digest_ids))
-        .order_by(col(DigestItem.digest_id), col(DigestItem.rank))
-    )
-    for item in _item_rows(conn, query):
-        items[item.digest_id].append(item)
     return items
 
 
