@@ -21,6 +21,8 @@ from digest.feeds.render import (
     write_feed_if_changed,
 )
 from digest.present.paper import PaperView
+from digest.present.views import Links, paper_view
+from digest.store.papers import PaperRow
 
 EXPECTED = Path(__file__).parent / "expected"
 RUN = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
@@ -158,9 +160,57 @@ def test_a_changed_summary_rewrites_the_feed(tmp_path: Path) -> None:
     assert write_feed_if_changed(path, META, edited, kind="rss") is True
 
 
-def test_rendered_feed_matches_the_expected_file(regen_expected: bool) -> None:
-    actual = render_feed(META, items(2), kind="atom").decode("utf-8")
-    path = EXPECTED / "feed.atom"
-    if regen_expected:
+def check_expected(name: str, actual: str, regen: bool) -> None:
+    path = EXPECTED / name
+    if regen:
         path.write_text(actual, encoding="utf-8")
-    assert actual == path.read_text(encoding="utf-8"), "feed.atom changed; --regen-expected"
+    assert actual == path.read_text(encoding="utf-8"), f"{name} changed; --regen-expected"
+
+
+@pytest.mark.parametrize("kind", ["atom", "rss"])
+def test_rendered_feed_matches_the_expected_file(kind: FeedKind, regen_expected: bool) -> None:
+    actual = render_feed(META, items(2), kind=kind).decode("utf-8")
+    check_expected(f"feed.{kind}", actual, regen_expected)
+
+
+READER_KEY = b"k" * 32
+
+
+def private_items(count: int) -> list[FeedItem]:
+    """Entries of a private feed: each with its reader's links, one abstract cut short."""
+    links = Links("https://example.org", READER_KEY, "")
+    found = []
+    for n in range(count):
+        view = paper_view(
+            PaperRow(
+                id=n + 1,
+                key=f"arxiv:2411.{n:05d}",
+                title=f"Paper number {n} on diffusion",
+                abstract=f"Diffusion models, part {n}. " + "More words follow here. " * 30 * n,
+                url=None,
+                arxiv_id=f"2411.{n:05d}",
+                times_seen=1,
+                first_seen=RUN,
+                authors="Ada Lovelace and Grace Hopper",
+            ),
+            1.0,
+            [{"interest": "diffus*"}, {"liked": "An <earlier> paper"}] if n else [],
+            "https://example.org",
+        )
+        found.append(
+            item_for_paper(
+                view,
+                guid=paper_guid(view.key, "example.org"),
+                published=RUN - timedelta(hours=n),
+                reader=links.reader_links(7, "salt", view.key),
+            )
+        )
+    return found
+
+
+@pytest.mark.parametrize("kind", ["atom", "rss"])
+def test_a_private_feed_matches_the_expected_file(kind: FeedKind, regen_expected: bool) -> None:
+    meta = FeedMeta(**{**META.__dict__, "description": "The papers of your digests."})
+    actual = render_feed(meta, private_items(2), kind=kind).decode("utf-8")
+    assert "?r=7." in actual and "/feedback/7." in actual  # the reader's own links
+    check_expected(f"private.{kind}", actual, regen_expected)
