@@ -131,6 +131,7 @@ class PrivateFeed:
     ident: int
     token_salt: str
     version: tuple[Hashable, ...]
+    ingest: int = 0  # the store's newest ingest when it was looked up
 
 
 def find_private_feed(
@@ -149,7 +150,7 @@ def find_private_feed(
             return "ended"
         return "unknown"
     version = ("private", ident, found.token_salt, found.last_sent, found.ingest)
-    return PrivateFeed(ident, found.token_salt, version)
+    return PrivateFeed(ident, found.token_salt, version, found.ingest)
 
 
 def private_feed(
@@ -161,7 +162,7 @@ def private_feed(
     make = _built(site, f"private/{name}", kind, "papers for you", description)
     with reading(engine) as conn, rank_lock:
         voting = (links, {feed.ident: feed.token_salt})
-        items = private_items(conn, [feed.ident], site, voting)[feed.ident]
+        items = private_items(conn, [feed.ident], site, voting, ingest=feed.ingest)[feed.ident]
         conn.rollback()
         return make(items)
 
