@@ -4,20 +4,25 @@ Run by hand (not in CI):  python bench/feeds.py [--subscribers 20000] [--daily 5
                                                 [--papers 20000] [--cache DIR]
                                                 [--baseline CHECKOUT [--rounds N]]
 
-The store of bench/cycle.py's day, without its message step: papers back-filled, a daily
-dump of ``--daily`` papers (Hugging Face daily-papers JSON, with arXiv ids and authors as
-the real one has them) ingested, subscribers with Zipf-drawn interests (the generators of
-bench/match.py) ranked and their digests recorded by the real plan, then every digest
-marked sent. That store is built once and kept under ``--cache``; each run works on a copy.
-Timed, in a fresh process: the feeds of `digest run` with ``feed_files=all`` and every
-reader changed (the global feed and two files a reader), then the same again with nothing
-new (every file's content hash checked, none written). ``--baseline``: this script on
-another checkout's code (its ``.venv`` when it has one) and on this one's, in turns.
+The store of bench/cycle.py's day: papers back-filled, a daily dump of ``--daily`` papers
+(Hugging Face daily-papers JSON, with arXiv ids and authors as the real one has them)
+ingested, subscribers with Zipf-drawn interests (the generators of bench/match.py) ranked
+and their digests recorded by the real plan. That store is built once and kept under
+``--cache``; each run works on a copy. Each run then, as `digest run` does, renders and
+hands every message to a transport that only counts them (untimed: it marks the digests
+sent, and works out each paper's marks, which the feeds show too), and times the feeds
+with ``feed_files=all`` and every reader changed (the global feed and two files a
+reader), then the same again with nothing new (every file's content hash checked, none
+written). ``--cold``: the digests marked sent in the store instead, so the feeds step
+works out every paper's marks itself (as a fresh process does). ``--baseline``: this
+script on another checkout's code (its ``.venv`` when it has one) and on this one's, in
+turns.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import random
 import re
@@ -44,7 +49,7 @@ from match import (  # bench/match.py
 
 from digest.deliver.plan import plan_owed, record_plans
 from digest.ingest.dumps import ingest_file
-from digest.service.cycle import publish_site_feeds
+from digest.service.cycle import deliver_outbox, publish_site_feeds
 from digest.service.keys import site_keys
 from digest.settings import Settings, load_settings
 from digest.store.engine import ingest_sequence, open_store, transaction
@@ -53,6 +58,19 @@ from digest.store.papers import index_papers
 
 STAMP = "%Y-%m-%d %H:%M:%S.%f"  # how the store keeps times on SQLite
 DAY = datetime(2026, 3, 12, 7, 0, tzinfo=UTC)  # the run's day: the same store every time
+
+
+class CountingTransport:
+    """Takes every message and keeps only the count."""
+
+    def __init__(self) -> None:
+        self.messages = 0
+
+    async def send(self, sender_addr: str, recipient: str, message: bytes, message_id: str) -> None:
+        self.messages += 1
+
+    async def close(self) -> None:
+        return None
 
 
 def _authors(rng: random.Random) -> list[dict[str, str]]:
@@ -151,17 +169,10 @@ def build_store(data: Path, args: argparse.Namespace) -> None:
             mail_from=settings.mail_from, run_id=None,
         )  # fmt: skip
     engine.dispose()
-    raw = sqlite3.connect(data / "digest.db")
-    with raw:
-        raw.execute(
-            "UPDATE digest SET status = 'sent', sent_at = ? WHERE status = 'pending'",
-            (DAY.strftime(STAMP),),
-        )
-    raw.close()
 
 
 def measure(args: argparse.Namespace) -> None:
-    data = args.cache / f"store-{args.papers}-{args.daily}-{args.subscribers}-{args.seed}"
+    data = args.cache / f"day-{args.papers}-{args.daily}-{args.subscribers}-{args.seed}"
     if not (data / "data" / "digest.db").exists():
         print(f"building the store in {data} ...", file=sys.stderr)
         shutil.rmtree(data, ignore_errors=True)
@@ -175,13 +186,29 @@ def measure(args: argparse.Namespace) -> None:
         shutil.copyfile(data / "data" / "digest.db", run / "data" / "digest.db")
         settings = settings_for(run / "data", run).model_copy(update={"feed_files": "all"})
         engine = open_store(settings.database_url)
+        now = DAY + timedelta(minutes=30)
+        started = time.perf_counter()
+        if args.cold:
+            with sqlite3.connect(run / "data" / "digest.db") as raw:
+                raw.execute(
+                    "UPDATE digest SET status = 'sent', sent_at = ? WHERE status = 'pending'",
+                    (now.strftime(STAMP),),
+                )
+            raw.close()
+        else:
+            transport = CountingTransport()
+            asyncio.run(deliver_outbox(settings, engine, transport, clock=lambda: now, stop=None))
+            print(
+                f"(messages: {transport.messages:,} in {time.perf_counter() - started:.1f} s,"
+                " untimed)",
+                file=sys.stderr,
+            )
         raw = sqlite3.connect(run / "data" / "digest.db")
         sent = {
             sid for (sid,) in raw.execute("SELECT subscriber_id FROM digest WHERE status = 'sent'")
         }
         items = raw.execute("SELECT count(*) FROM digestitem").fetchone()[0]
         raw.close()
-        now = DAY + timedelta(minutes=30)
         site_keys(settings, engine, now)  # the key made or read before the clock starts
         for name in ("every private feed written", "nothing new (hashes checked)"):
             cpu = time.process_time()
@@ -237,6 +264,7 @@ def main() -> None:
     parser.add_argument(
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "digest-bench-feeds"
     )
+    parser.add_argument("--cold", action="store_true", help="no message step before the feeds")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
     add_dumps_argument(parser)

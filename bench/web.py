@@ -102,6 +102,7 @@ def build_store(data: Path, papers: int, subscribers: int, seed: int) -> None:
                         "authors": "A. Author, B. Author",
                         "url": f"https://huggingface.co/papers/{ident}",
                         "listing_date": seen.date(),
+                        "revised": None,
                         "first_seen": seen,
                         "last_seen": seen,
                         "seq": 1,

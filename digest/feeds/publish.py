@@ -160,7 +160,8 @@ def private_items(
     sent = outbox.sent_items(conn, subscriber_ids, site.limit)
     made = site.shared.current(ingest_sequence(conn) if ingest is None else ingest)
     private = voting is not None
-    wanted = {(row.paper_id, row.matched) for row in sent} - made.keys()
+    wanted = {(row.paper_id, row.matched) for row in sent}
+    wanted = {key for key in wanted if key not in made}
     if wanted:
         stored = papers.by_ids(conn, sorted({paper_id for paper_id, _ in wanted}))
         found = [(key, stored[key[0]]) for key in wanted if key[0] in stored]

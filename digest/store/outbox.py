@@ -489,9 +489,13 @@ class FeedState:
     ingest: int
 
 
+# The status is tested inside max(), not in the WHERE: with ``d.status = 'sent'`` there,
+# SQLite reads the digests through the (status, id) index, every sent digest of everyone
+# (17 ms a poll at 20,000 digests), instead of the few of this subscriber.
 _FEED_STATE = (
     "SELECT s.status, s.token_salt,"
-    " (SELECT max(d.sent_at) FROM digest d WHERE d.subscriber_id = s.id AND d.status = 'sent'),"
+    " (SELECT max(CASE WHEN d.status = 'sent' THEN d.sent_at END) FROM digest d"
+    " WHERE d.subscriber_id = s.id),"
     " (SELECT value FROM ingest_sequence)"
     " FROM subscriber s WHERE s.id = {mark}"
 )
