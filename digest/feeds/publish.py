@@ -164,7 +164,8 @@ def private_items(
     wanted = {key for key in wanted if key not in made}
     if wanted:
         stored = papers.by_ids(conn, sorted({paper_id for paper_id, _ in wanted}))
-        found = [(key, stored[key[0]]) for key in wanted if key[0] in stored]
+        # paper by paper: each is analyzed for marking once, for all the interests that chose it
+        found = [(key, stored[key[0]]) for key in sorted(wanted) if key[0] in stored]
         views = [
             paper_view(row, 0.0, json.loads(matched), site.base_url) for (_, matched), row in found
         ]
