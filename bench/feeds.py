@@ -46,15 +46,18 @@ from match import (  # bench/match.py
     real_papers,
     subscribers,
 )
+from sqlalchemy.engine import Engine
 
 from digest.deliver.plan import plan_owed, record_plans
 from digest.ingest.dumps import ingest_file
+from digest.present.views import Links
 from digest.service.cycle import deliver_outbox, publish_site_feeds
 from digest.service.keys import site_keys
 from digest.settings import Settings, load_settings
 from digest.store.engine import ingest_sequence, open_store, transaction
 from digest.store.models import Subscriber
 from digest.store.papers import index_papers
+from digest.store.subscribers import feed_salts
 
 STAMP = "%Y-%m-%d %H:%M:%S.%f"  # how the store keeps times on SQLite
 DAY = datetime(2026, 3, 12, 7, 0, tzinfo=UTC)  # the run's day: the same store every time
@@ -222,6 +225,8 @@ def measure(args: argparse.Namespace) -> None:
                 f"  {name:<32} {wall:8.2f} s  (CPU {time.process_time() - cpu:.2f} s,"
                 f" forked {forked:.2f} s; {counts['written']:,} written)"
             )
+        if args.entries:
+            compare_entries(engine, settings, sorted(sent))
         size = sum(p.stat().st_size for p in (settings.feeds_dir / "private").iterdir())
         print(
             f"{len(sent):,} readers sent a digest, {items:,} items; private feed files"
@@ -231,6 +236,45 @@ def measure(args: argparse.Namespace) -> None:
         engine.dispose()
     finally:
         shutil.rmtree(run, ignore_errors=True)
+
+
+def compare_entries(engine: Engine, settings: Settings, readers: list[int]) -> None:
+    """The day's distinct entries (a paper under the interests that chose it) made two ways,
+    from nothing: each by feedgen, and from each paper's shape (feedgen once a paper, the
+    summary and categories escaped into its holes). Only on code that has both."""
+    from digest.feeds import publish, xml
+
+    site = publish.site_of(
+        engine, base_url=settings.base_url, site_name=settings.site_name, limit=100
+    )
+    key = site_keys(settings, engine, DAY).signing
+    with engine.connect() as conn:
+        salts = {ident: salt for ident, (salt, _) in feed_salts(conn).items()}
+        voting = (Links(settings.base_url, key, ""), salts)
+        for start in range(0, len(readers), 500):
+            publish.private_items(conn, readers[start : start + 500], site, voting)
+    shared = [item for item, _ in site.shared.found.values()]
+    timings = {}
+    for name in ("feedgen, each entry", "feedgen, each paper's shape"):
+        xml._entries.found.clear()
+        xml._shapes.found.clear()
+        xml._summary.cache_clear()
+        started = time.process_time()
+        made = {}
+        for kind in ("atom", "rss"):
+            for first in range(0, len(shared), 1_000):
+                batch = shared[first : first + 1_000]
+                if name == "feedgen, each entry":
+                    made[kind, first] = xml._made(batch, kind)  # type: ignore[arg-type]
+                else:
+                    made[kind, first] = xml.entries(batch, kind)  # type: ignore[arg-type]
+        timings[name] = (time.process_time() - started, made)
+    (each, whole), (shaped, parts) = timings.values()
+    assert whole == parts, "the two ways made different entries"
+    print(
+        f"  entries of {len(shared):,} (paper, interests), both kinds, CPU:"
+        f" feedgen each {each:.2f} s, from per-paper shapes {shaped:.2f} s"
+    )
 
 
 _STEP = re.compile(r"^  (\S.*?)\s+([\d.]+) s  \(CPU ([\d.]+) s, forked ([\d.]+) s", re.MULTILINE)
@@ -265,6 +309,9 @@ def main() -> None:
         "--cache", type=Path, default=Path(tempfile.gettempdir()) / "digest-bench-feeds"
     )
     parser.add_argument("--cold", action="store_true", help="no message step before the feeds")
+    parser.add_argument(
+        "--entries", action="store_true", help="also: entries by feedgen each, or by shapes"
+    )
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
     add_dumps_argument(parser)
