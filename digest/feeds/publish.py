@@ -25,6 +25,7 @@ import json
 import os
 from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from pathlib import Path
@@ -150,10 +151,12 @@ def private_items(
     voting: tuple[Links, Mapping[int, str]] | None = None,
     *,
     ingest: int | None = None,
+    marking: AbstractContextManager[object] | None = None,
 ) -> dict[int, list[FeedItem]]:
     """The newest items each subscriber was sent, for a batch of subscribers; ``voting``:
     the links and the salts by subscriber, for each item's links with the reader's token.
-    ``ingest``: the store's newest ingest, when the caller read it already.
+    ``ingest``: the store's newest ingest, when the caller read it already; ``marking``:
+    held while papers are marked (the web's threads share the marker's caches).
 
     Each paper's entry is made once (``site.shared``) and each reader's is that entry with
     their token: only the papers not made yet are read and marked."""
@@ -169,9 +172,11 @@ def private_items(
         views = [
             paper_view(row, 0.0, json.loads(matched), site.base_url) for (_, matched), row in found
         ]
-        prepare(views)
-        for (key, paper), view in zip(found, views, strict=True):
-            made[key] = (site.item(paper, view, paper.first_seen, private=private), paper.key)
+        with marking or nullcontext():
+            prepare(views)
+            for (key, paper), view in zip(found, views, strict=True):
+                item = site.item(paper, view, paper.first_seen, private=private)
+                made[key] = (item, paper.key)
     items: dict[int, list[FeedItem]] = {sid: [] for sid in subscriber_ids}
     signer, signed = None, -1
     for row in sent:

@@ -160,11 +160,14 @@ def private_feed(
     links = Links(site.base_url, key, "")
     description = private_description(links, feed.ident, feed.token_salt)
     make = _built(site, f"private/{name}", kind, "papers for you", description)
-    with reading(engine) as conn, rank_lock:
+    with reading(engine) as conn:
         voting = (links, {feed.ident: feed.token_salt})
-        items = private_items(conn, [feed.ident], site, voting, ingest=feed.ingest)[feed.ident]
+        # the lock only while new papers are marked: most entries are made already
+        found = private_items(
+            conn, [feed.ident], site, voting, ingest=feed.ingest, marking=rank_lock
+        )
         conn.rollback()
-        return make(items)
+    return make(found[feed.ident])
 
 
 def search_feed(
