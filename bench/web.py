@@ -4,7 +4,7 @@ both on loopback, measured by wrk in one run.
 Run by hand (not in CI; needs wrk and nginx):
 
     python bench/web.py [--papers 1000000] [--subscribers 100000] [--cache DIR]
-                        [--workers 2] [--seconds 10] [--connections 8]
+                        [--workers 2] [--seconds 10] [--connections 8] [--warm-seconds 60]
 
 The store (papers over the last five years, subscribers each sent two digests of ten
 papers) is built with bulk inserts and kept under ``--cache`` (default: a folder in the
@@ -12,9 +12,12 @@ temp directory), so a second run starts at once. Then, for each case, wrk runs t
 closed loop (``--connections`` connections, each sending its next request when the last
 is answered; wrk has no fixed-rate mode) and paced near 500 requests/s (each connection
 waits between requests, wrk's ``delay()``). Cases: a private feed answered 304, a private
-feed rendered (every request a subscriber not asked for before), a paper page, the "try
-it" preview, a subscribe POST (CSRF cookie and field fetched once; mail to a file://
-transport), and nginx serving a static file of the size of a rendered private feed.
+feed rendered (every request a subscriber not asked for before) twice: first with each
+worker's entries still to make (as after a restart), then with them made (each worker
+first answers other readers' feeds of the same papers for ``--warm-seconds``, unmeasured:
+a day's papers go to many readers), a paper page, the "try it" preview, a subscribe POST
+(CSRF cookie and field fetched once; mail to a file:// transport), and nginx serving a
+static file of the size of a rendered private feed.
 """
 
 from __future__ import annotations
@@ -102,6 +105,7 @@ def build_store(data: Path, papers: int, subscribers: int, seed: int) -> None:
                         "authors": "A. Author, B. Author",
                         "url": f"https://huggingface.co/papers/{ident}",
                         "listing_date": seen.date(),
+                        "revised": None,
                         "first_seen": seen,
                         "last_seen": seen,
                         "seq": 1,
@@ -310,6 +314,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument(
+        "--warm-seconds", type=int, default=60, help="other feeds asked before 'rendered'"
+    )
     parser.add_argument("--seed", type=int, default=11)
     args = parser.parse_args()
     # stopped by a signal, still stop the server, nginx and wrk (``finally`` below)
@@ -374,7 +381,16 @@ def main() -> None:
         ]  # fmt: skip
         cases: list[tuple[str, str, list[tuple[str, str, dict[str, str], str]]]] = [
             ("private feed, 304", base, [("GET", p, {"If-None-Match": etags[p]}, "") for p in hot]),
-            ("private feed, rendered", base, [("GET", p, {}, "") for p in feeds[200:10_200]]),
+            (
+                "private feed, rendered, entries to make",
+                base,
+                [("GET", p, {}, "") for p in feeds[200:10_200]],
+            ),
+            (
+                "private feed, rendered",
+                base,
+                [("GET", p, {}, "") for p in feeds[10_200:30_200]],
+            ),
             (
                 "paper page",
                 base,
@@ -431,14 +447,21 @@ def main() -> None:
             # and for the 304s each feed rendered once (its validators kept).
             slow = name in {"private feed, 304", "try it preview"}
             warm = (30 if name == "try it preview" else max(10, args.seconds)) if slow else 3
-            if name != "private feed, rendered":
+            if name == "private feed, rendered":
+                # other readers' feeds: each worker makes the entries of the papers they share
+                others = [("GET", p, {}, "") for p in feeds[40_200:70_000]]
+                (run / "warm.lua").write_text(lua(others), encoding="utf-8")
+                wrk(url, run / "warm.lua", args.warm_seconds, args.connections)
+            elif name != "private feed, rendered, entries to make":
                 wrk(url, script, warm, args.connections)
             rate, p50, p99, bad = wrk(url, script, args.seconds, closed)
             results.append(Result(name, f"closed loop, {closed} conn", rate, p50, p99, bad))
             print(results[-1], file=sys.stderr, flush=True)
             # the rendered feeds of the closed loop are cached now: the paced run asks for
-            # others (the list from its other end; each run asks for far fewer than 10,000)
-            fresh = requests[::-1] if name == "private feed, rendered" else requests
+            # others (the list from its other end, or feeds none asked for yet)
+            fresh = requests[::-1] if name.startswith("private feed, rendered") else requests
+            if name == "private feed, rendered":
+                fresh = [("GET", p, {}, "") for p in feeds[30_200:40_200]]
             delay = max(paced * 1000 / rate_wanted - (p50 if p50 == p50 else 0), 0)
             script.write_text(lua(fresh, delay), encoding="utf-8")
             rate, p50, p99, bad = wrk(url, script, args.seconds, paced)

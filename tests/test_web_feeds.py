@@ -4,6 +4,7 @@ feedparser; ETag, Last-Modified and 304; the cache after a new ingest; feed_file
 from __future__ import annotations
 
 import re
+import sqlite3
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,16 +13,21 @@ from urllib.parse import urlsplit
 
 import feedparser
 import pytest
+from sqlalchemy.engine import Engine
 from starlette.testclient import TestClient
 
 from digest.service import scheduler
 from digest.service.keys import site_keys
 from digest.service.live_feeds import REBUILD_SECONDS, FeedNames
+from digest.service.subscriptions import operator_patch, upsert_subscriber
 from digest.settings import load_settings
-from digest.store.engine import open_store
+from digest.store import outbox
+from digest.store.engine import open_store, transaction
+from digest.store.outbox import Planned, feed_state
 from digest.tokens import feed_name
 from tests.conftest import EXAMPLE_A, EXAMPLE_DUMPS, Site, store_rows
 
+JOINED = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)
 EXAMPLE_B12 = EXAMPLE_DUMPS / "daily-mar12-layout-b.txt"
 EXAMPLE_B13 = EXAMPLE_DUMPS / "daily-mar13-layout-b.txt"
 
@@ -349,3 +355,52 @@ def test_a_private_feed_links_its_readers_manage_page(site: Site) -> None:
     assert page.status_code == 200 and "ada@example.org" in page.text
     bob = feedparser.parse(client.get(private_feed_path(site, "bob@example.org")).content)
     assert found.group(1) not in bob.feed.subtitle  # each reader's own page
+
+
+# --- what a private feed depends on, read in one small query ----------------------------
+
+
+def test_a_private_feed_depends_on_its_readers_sent_digests_only(engine: Engine) -> None:
+    ada = upsert_subscriber(engine, operator_patch("ada@example.org", ["speech"]), now=JOINED)
+    bob = upsert_subscriber(engine, operator_patch("bob@example.org", ["speech"]), now=JOINED)
+    for day, who in ((1, ada.id), (1, bob.id), (2, ada.id), (3, ada.id), (3, bob.id)):
+        with transaction(engine) as conn:
+            outbox.record(
+                conn,
+                [Planned(who, "pending", f"<{day}.{who}@x>", 0, [])],
+                period=JOINED.date() + timedelta(days=day),
+                now=JOINED + timedelta(days=day),
+                run_id=None,
+            )
+    ids = {
+        (row.subscriber_id, row.period.day - JOINED.day): row.digest_id
+        for row in outbox.load(engine)
+    }
+
+    def last_sent() -> object:
+        state = feed_state(engine, ada.id)
+        assert state is not None and state.status == "active"
+        return state.last_sent
+
+    assert last_sent() is None
+    outbox.mark_sent(engine, ids[(ada.id, 1)], JOINED + timedelta(days=1))
+    first = last_sent()
+    assert first is not None
+    # another reader's digest, a failed one and a pending one change nothing
+    outbox.mark_sent(engine, ids[(bob.id, 3)], JOINED + timedelta(days=3))
+    outbox.mark_failed(engine, ids[(ada.id, 2)], "refused")
+    assert last_sent() == first
+    outbox.mark_sent(engine, ids[(ada.id, 3)], JOINED + timedelta(days=3))
+    assert last_sent() not in (None, first)
+
+
+def test_a_feed_poll_reads_its_readers_digests_by_their_index(site: Site) -> None:
+    """Not every sent digest of everyone through the (status, id) index: a poll of a
+    private feed took 17 ms at 20,000 digests that way."""
+    site.subscribe({"ada@example.org": ["federated"]})
+    with sqlite3.connect(site.data / "digest.db") as raw:
+        plan = raw.execute(
+            "EXPLAIN QUERY PLAN " + outbox._FEED_STATE.format(mark="?"), (1,)
+        ).fetchall()
+    steps = " / ".join(str(step[-1]) for step in plan)
+    assert "SEARCH d USING INDEX ix_digest_subscriber_id (subscriber_id=?)" in steps, steps

@@ -24,7 +24,9 @@ import functools
 import json
 import os
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -43,11 +45,12 @@ from digest.feeds.render import (
     paper_guid,
     write_feed_if_changed,
 )
+from digest.feeds.xml import prepare_entries
 from digest.files import make_folder
 from digest.present.paper import PaperView, prepare
 from digest.present.views import Links, paper_view
 from digest.store import outbox, papers
-from digest.store.engine import feed_authority, reading
+from digest.store.engine import feed_authority, ingest_sequence, reading
 from digest.store.papers import PaperRow
 from digest.store.subscribers import feed_salts
 from digest.tokens import feed_name
@@ -73,6 +76,7 @@ class FeedSite:
     site_name: str
     authority: str
     limit: int
+    shared: SharedItems = field(default_factory=lambda: SharedItems(), compare=False, repr=False)
 
     def meta(
         self, path: str, kind: str, title: str, description: str, updated: datetime
@@ -90,22 +94,19 @@ class FeedSite:
         )
 
     def item(
-        self,
-        row: PaperRow,
-        view: PaperView,
-        added: datetime,
-        reader: tuple[str, str, str] | None = None,
+        self, row: PaperRow, view: PaperView, added: datetime, *, private: bool = False
     ) -> FeedItem:
         """A paper's entry, dated by the paper's own date and ``added`` to the feed then (first
-        seen, or sent): its GUID from the key it was first seen under; ``reader``: in a
-        private feed, the reader's links (the paper's page, "more like this", "not for me")."""
+        seen, or sent): its GUID from the key it was first seen under; ``private``: in a
+        private feed, with a reader's links (the paper's page, "more like this", "not for
+        me"), their token left to ``FeedItem.for_reader``."""
         return item_for_paper(
             view,
             guid=paper_guid(row.guid_key, self.authority),
             published=datetime.combine(row.dated, time(), UTC),
             updated=datetime.combine(row.revised, time(), UTC) if row.revised else None,
             added=added,
-            reader=reader,
+            token="" if private else None,
         )
 
 
@@ -124,28 +125,72 @@ def public_items(conn: Connection, site: FeedSite) -> list[FeedItem]:
     ]
 
 
+class SharedItems:
+    """Each paper's private entry, made once for all the readers it went to: keyed by the
+    paper and why it was chosen (its stored explanation), valid for one ingest (a paper's
+    text changes only with one). Thread-safe enough: a race makes an entry twice."""
+
+    LIMIT = 50_000  # a day's papers under the few interest sets that chose each
+
+    def __init__(self) -> None:
+        self.ingest: int | None = None
+        self.found: dict[tuple[int, str], tuple[FeedItem, str]] = {}
+
+    def current(self, ingest: int) -> dict[tuple[int, str], tuple[FeedItem, str]]:
+        """The entries made since the store's newest ingest was ``ingest``."""
+        if ingest != self.ingest or len(self.found) >= self.LIMIT:
+            self.found = {}
+            self.ingest = ingest
+        return self.found
+
+
 def private_items(
     conn: Connection,
     subscriber_ids: list[int],
     site: FeedSite,
     voting: tuple[Links, Mapping[int, str]] | None = None,
+    *,
+    ingest: int | None = None,
+    marking: AbstractContextManager[object] | None = None,
 ) -> dict[int, list[FeedItem]]:
     """The newest items each subscriber was sent, for a batch of subscribers; ``voting``:
-    the links and the salts by subscriber, for each item's links with the reader's token."""
-    rows = outbox.sent_items(conn, subscriber_ids, site.limit)
-    views = [
-        paper_view(row.paper, row.score, json.loads(row.matched), site.base_url) for row in rows
-    ]
-    prepare(views)
+    the links and the salts by subscriber, for each item's links with the reader's token.
+    ``ingest``: the store's newest ingest, when the caller read it already; ``marking``:
+    held while papers are marked (the web's threads share the marker's caches).
+
+    Each paper's entry is made once (``site.shared``) and each reader's is that entry with
+    their token: only the papers not made yet are read and marked."""
+    sent = outbox.sent_items(conn, subscriber_ids, site.limit)
+    made = site.shared.current(ingest_sequence(conn) if ingest is None else ingest)
+    private = voting is not None
+    wanted = {(row.paper_id, row.matched) for row in sent}
+    wanted = {key for key in wanted if key not in made}
+    if wanted:
+        stored = papers.by_ids(conn, sorted({paper_id for paper_id, _ in wanted}))
+        # paper by paper: each is analyzed for marking once, for all the interests that chose it
+        found = [(key, stored[key[0]]) for key in sorted(wanted) if key[0] in stored]
+        views = [
+            paper_view(row, 0.0, json.loads(matched), site.base_url) for (_, matched), row in found
+        ]
+        with marking or nullcontext():
+            prepare(views)
+            for (key, paper), view in zip(found, views, strict=True):
+                item = site.item(paper, view, paper.first_seen, private=private)
+                made[key] = (item, paper.key)
     items: dict[int, list[FeedItem]] = {sid: [] for sid in subscriber_ids}
-    for row, view in zip(rows, views, strict=True):
-        assert row.sent_at is not None  # only sent items are read
-        reader = None
+    signer, signed = None, -1
+    for row in sent:
+        shared = made.get((row.paper_id, row.matched))
+        if shared is None:  # the paper is gone (its listing taken back meanwhile)
+            continue
+        token = ""
         if voting is not None:
-            links, salts = voting
-            sid = row.subscriber_id
-            reader = links.reader_links(sid, salts[sid], row.paper.key)
-        items[row.subscriber_id].append(site.item(row.paper, view, row.sent_at, reader))
+            if signed != row.subscriber_id:
+                signed = row.subscriber_id
+                signer = voting[0].signer(signed, voting[1][signed])
+            assert signer is not None
+            token = signer.token(shared[1])
+        items[row.subscriber_id].append(shared[0].for_reader(token, row.sent_at))
     return items
 
 
@@ -210,22 +255,18 @@ def publish_feeds(
     ]
     for sid in targets:
         path = f"private/{names[sid]}"
+        description = private_description(voting[0], sid, salts[sid])
         jobs.extend(
             (
                 folder / f"{path}.{kind}",
-                site.meta(
-                    path,
-                    kind,
-                    "papers for you",
-                    private_description(voting[0], sid, salts[sid]),
-                    now,
-                ),
+                site.meta(path, kind, "papers for you", description, now),
                 items[sid],
             )
             for kind in ("atom", "rss")
         )
+    # Every paper's entries made here, once: forked children inherit them.
+    prepare_entries([*public, *(item for item, _ in site.shared.found.values())], KINDS)
     if processes is None:
-        # feedgen is CPU-bound (about 1 ms a feed); forked children inherit the built items
         processes = forks.processes_for(len(jobs), threshold=PARALLEL_FROM, cap=4)
     written = sum(forks.fork_map(functools.partial(_write, limit=limit), jobs, processes))
     removed = sweep_private_feeds(folder / "private", kept)
@@ -272,13 +313,25 @@ def _make_folders(folder: Path, *, private: bool) -> None:
 
 
 Job = tuple[Path, FeedMeta, list[FeedItem]]
+KINDS: tuple[FeedKind, ...] = ("atom", "rss")
 PARALLEL_FROM = 2_000  # feeds; below this a second process costs more than it saves
+# Threads a process writes files with: joining a feed takes little CPU, while making a file
+# waits on the file system (a new inode: from 0.1 to 2 ms on a busy disk), not holding the
+# GIL.
+WRITERS = 4
 
 
 def _write(jobs: Sequence[Job], limit: int) -> int:
     """Write the feeds whose content changed; how many were written."""
-    written = 0
-    for path, meta, items in jobs:
-        kind: FeedKind = "atom" if path.suffix == ".atom" else "rss"
-        written += write_feed_if_changed(path, meta, items, kind=kind, limit=limit)
-    return written
+
+    def some(share: Sequence[Job]) -> int:
+        written = 0
+        for path, meta, items in share:
+            kind: FeedKind = "atom" if path.suffix == ".atom" else "rss"
+            written += write_feed_if_changed(path, meta, items, kind=kind, limit=limit)
+        return written
+
+    if len(jobs) < WRITERS * 4:
+        return some(jobs)
+    with ThreadPoolExecutor(WRITERS) as pool:
+        return sum(pool.map(some, [jobs[i::WRITERS] for i in range(WRITERS)]))

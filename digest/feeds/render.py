@@ -3,10 +3,12 @@
 Building a feed is pure (items and the run's time in, bytes out); only the
 ``write_*`` functions touch the disk. The caller passes the newest items it
 knows of (from the store); a feed keeps at most ``limit`` of them, each guid
-once. Every feed file carries a hash of what it says in a comment after the
-XML declaration, so :func:`write_feed_if_changed` can skip feedgen and the
-write entirely when a run brings nothing new, and the file keeps its modified
-time (useful for conditional GET).
+once. Each entry's XML is made by feedgen once and shared by every feed that
+carries it (``digest.feeds.xml``); a feed is its head, its entries and its
+readers' tokens joined. Every feed file carries a hash of what it says in a
+comment after the XML declaration, made from its entries' own hashes, so
+:func:`write_feed_if_changed` can skip the write entirely when a run brings
+nothing new, and the file keeps its modified time (useful for conditional GET).
 """
 
 from __future__ import annotations
@@ -21,14 +23,17 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
 from urllib.parse import quote
 
-from feedgen.feed import FeedGenerator  # type: ignore[import-untyped]
 from markupsafe import escape
 
 from digest.clock import as_utc
 from digest.errors import WriteError
+from digest.feeds.xml import READER as READER
+from digest.feeds.xml import Entry, document, entries, head
+from digest.feeds.xml import FeedItem as FeedItem
+from digest.feeds.xml import FeedKind as FeedKind
+from digest.feeds.xml import FeedMeta as FeedMeta
 from digest.files import make_folder
 from digest.present.paper import (
     PaperView,
@@ -41,7 +46,6 @@ from digest.present.paper import (
 )
 from digest.rank.highlight import mark
 
-FeedKind = Literal["rss", "atom"]
 # Served by a web server running as another user: the feeds folder is listable, the private
 # feeds' folder only opens by name (a private feed's name is its secret).
 FEEDS_FOLDER = 0o755
@@ -49,52 +53,7 @@ PRIVATE_FEEDS_FOLDER = 0o711
 FEED_FILE = 0o644
 GUID_DATE = "2024"  # part of every tag: guid; changing it would re-announce every paper
 
-_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 _HASH_COMMENT = re.compile(rb"<!-- digest-content: ([0-9a-f]{64}) -->")
-
-
-@dataclass(frozen=True)
-class FeedItem:
-    """One entry; ``summary`` is HTML unless ``summary_is_html`` is False.
-
-    ``published`` is the paper's own date (entries are ordered by it), ``updated`` when the
-    paper last changed (None: not since), ``added`` when the entry came into this feed (first
-    seen, or sent): what tells a live feed's clients it changed.
-    """
-
-    guid: str
-    title: str
-    link: str
-    summary: str
-    published: datetime
-    terms: tuple[str, ...] = ()
-    summary_is_html: bool = True
-    authors: str = ""
-    updated: datetime | None = None
-    added: datetime | None = None
-
-    @property
-    def changed(self) -> datetime:
-        """When the entry was last changed: Atom's ``updated``."""
-        return max(self.published, self.updated) if self.updated else self.published
-
-    @property
-    def arrived(self) -> datetime:
-        """When the entry came into the feed (its date, when that is not known)."""
-        return self.added or self.published
-
-
-@dataclass(frozen=True)
-class FeedMeta:
-    """What a feed says about itself; ``updated`` is the run's time, never the wall clock."""
-
-    title: str
-    self_url: str
-    site_url: str
-    updated: datetime
-    description: str = "New research papers"
-    author: str = "digest"
-    feed_id: str | None = None  # defaults to self_url
 
 
 @functools.lru_cache(maxsize=20_000)
@@ -128,12 +87,18 @@ def item_for_paper(
     published: datetime,
     updated: datetime | None = None,
     added: datetime | None = None,
-    reader: tuple[str, str, str] | None = None,
+    token: str | None = None,
 ) -> FeedItem:
-    """A feed entry carrying what the email shows: authors, marked abstract, code, why chosen,
-    and in a private feed the ``reader``'s own links (the paper's page with their token,
-    "more like this", "not for me")."""
-    link = reader[0] if reader is not None else paper_link(paper)
+    """A feed entry carrying what the email shows: authors, marked abstract, code, why chosen.
+
+    ``token``: in a private feed, the reader's token for the paper; the entry then links
+    the paper's page with it, and "more like this" and "not for me" (the view's
+    ``token_links``). Its ``link`` and ``summary`` hold ``READER`` where the token goes,
+    so the same entry serves every reader the paper went to (``FeedItem.for_reader``)."""
+    if token is not None and paper.token_links is None:
+        raise ValueError("a reader's entry needs the paper's links with a token")
+    private = paper.token_links.filled(READER) if token is not None and paper.token_links else None
+    link = private[0] if private is not None else paper_link(paper)
     text = shown(paper)
     authors = authors_line(paper.authors)
     byline, code = _paper_parts(paper.abstract, authors, paper.arxiv_id)
@@ -146,10 +111,10 @@ def item_for_paper(
     if paper.because:
         parts.append(f"<p>Because you liked “{escape(paper.because)}”.</p>")
     parts.append(more)
-    if reader is not None:
+    if private is not None:
         parts.append(
-            f'<p><a href="{escape(reader[1])}">More like this</a>'
-            f' · <a href="{escape(reader[2])}">Not for me</a></p>'
+            f'<p><a href="{escape(private[1])}">More like this</a>'
+            f' · <a href="{escape(private[2])}">Not for me</a></p>'
         )
     return FeedItem(
         guid=guid,
@@ -161,12 +126,8 @@ def item_for_paper(
         authors=authors,
         updated=updated,
         added=added,
+        token=token or "",
     )
-
-
-def _xml_text(value: str) -> str:
-    """Drop characters XML 1.0 cannot carry (lxml refuses the whole feed otherwise)."""
-    return _NOT_XML.sub("", value)
 
 
 def select_items(items: Iterable[FeedItem], limit: int) -> list[FeedItem]:
@@ -180,52 +141,54 @@ def select_items(items: Iterable[FeedItem], limit: int) -> list[FeedItem]:
     return ordered[:limit]
 
 
-def content_hash(meta: FeedMeta, items: Sequence[FeedItem], kind: FeedKind) -> str:
-    """A hash of everything a feed says except its build time."""
-    record = {
-        "kind": kind,
-        "meta": [meta.title, meta.self_url, meta.site_url, meta.description, meta.author],
-        "id": meta.feed_id,
-        "items": [
-            [
-                i.guid,
-                i.title,
-                i.link,
-                i.summary,
-                i.summary_is_html,
-                as_utc(i.published).isoformat(),
-                list(i.terms),
-                i.authors,
-                as_utc(i.changed).isoformat(),
-            ]
-            for i in items
-        ],
-    }
-    encoded = json.dumps(record, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    return hashlib.sha256(encoded).hexdigest()
+def content_hash(
+    meta: FeedMeta, items: Sequence[FeedItem], made: Sequence[Entry], kind: FeedKind
+) -> str:
+    """A hash of everything a feed says except its build time: its own fields, and each
+    entry's hash (of its XML, made once) with the reader's token."""
+    record = [kind, meta.title, meta.self_url, meta.site_url, meta.description, meta.author]
+    digest = hashlib.sha256(json.dumps([*record, meta.feed_id]).encode())
+    for item, entry in zip(items, made, strict=True):
+        digest.update(entry.digest)
+        digest.update(item.token.encode() + b"\n")
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
 class Feed:
-    """A feed's chosen items and the hash of what it says (its build time left out): the
-    files' change check and the live feeds' ETag."""
+    """A feed's chosen items, their entries, and the hash of what it says (its build time
+    left out): the files' change check and the live feeds' ETag."""
 
     meta: FeedMeta
     items: Sequence[FeedItem]
     kind: FeedKind
     hash: str
+    entries: Sequence[Entry]
 
     def render(self) -> bytes:
-        """The feed document."""
-        return _render(self.meta, self.items, self.kind, self.hash)
+        """The feed document: its head, its entries and their readers' tokens, joined."""
+        top = head(self.meta, self.kind)
+        comment = f"<!-- digest-content: {self.hash} -->\n".encode()
+        if top is None:  # a head feedgen must write itself
+            declaration, newline, rest = document(self.meta, self.items, self.kind).partition(b"\n")
+            return declaration + newline + comment + rest
+        pieces = [top.declaration, comment, *top.filled(self.meta, self.kind)]
+        pieces.extend(
+            entry.filled(item.token.encode())
+            for item, entry in zip(self.items, self.entries, strict=True)
+        )
+        pieces.append(top.tail)
+        return b"".join(pieces)
 
 
 def make_feed(
     meta: FeedMeta, items: Iterable[FeedItem], *, kind: FeedKind, limit: int = 100
 ) -> Feed:
-    """The feed (RSS 2.0 or Atom) of the newest ``limit`` items, not rendered yet."""
+    """The feed (RSS 2.0 or Atom) of the newest ``limit`` items, not joined yet (its entries
+    made when they were not before)."""
     chosen = select_items(items, limit)
-    return Feed(meta, chosen, kind, content_hash(meta, chosen, kind))
+    made = entries(chosen, kind)
+    return Feed(meta, chosen, kind, content_hash(meta, chosen, made, kind), made)
 
 
 def render_feed(
@@ -233,43 +196,6 @@ def render_feed(
 ) -> bytes:
     """The feed document (RSS 2.0 or Atom) for the newest ``limit`` items."""
     return make_feed(meta, items, kind=kind, limit=limit).render()
-
-
-def _render(meta: FeedMeta, chosen: Sequence[FeedItem], kind: FeedKind, digest: str) -> bytes:
-    fg = FeedGenerator()
-    # RSS's <author> must be an email address: the names go in dc:creator. Atom has its own.
-    fg.load_extension("dc", atom=False, rss=True)
-    fg.id(_xml_text(meta.feed_id or meta.self_url))
-    fg.title(_xml_text(meta.title))
-    fg.description(_xml_text(meta.description))
-    fg.subtitle(_xml_text(meta.description))
-    fg.author({"name": _xml_text(meta.author)})
-    # feedgen gives RSS's one <link> the last link set: the site, not the feed itself.
-    fg.link(href=meta.self_url, rel="self")
-    fg.link(href=meta.site_url, rel="alternate")
-    fg.language("en")
-    # feedgen stamps the wall clock unless told: the run's time keeps output reproducible.
-    fg.updated(as_utc(meta.updated))
-    fg.lastBuildDate(as_utc(meta.updated))
-    for item in chosen:
-        entry = fg.add_entry(order="append")
-        entry.guid(_xml_text(item.guid), permalink=False)
-        entry.title(_xml_text(item.title))
-        entry.link(href=item.link, rel="alternate")
-        entry.summary(_xml_text(item.summary), type="html" if item.summary_is_html else "text")
-        authors = _xml_text(item.authors).strip()
-        if authors:
-            entry.author({"name": authors})
-            if kind == "rss":
-                entry.dc.dc_creator(authors)
-        entry.published(as_utc(item.published))
-        entry.updated(as_utc(item.changed))
-        for term in item.terms:
-            if _xml_text(term).strip():
-                entry.category(term=_xml_text(term).strip())
-    data: bytes = fg.atom_str(pretty=True) if kind == "atom" else fg.rss_str(pretty=True)
-    declaration, newline, rest = data.partition(b"\n")
-    return declaration + newline + f"<!-- digest-content: {digest} -->\n".encode() + rest
 
 
 def write_atomically(path: Path, data: bytes) -> None:

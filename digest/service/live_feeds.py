@@ -131,6 +131,7 @@ class PrivateFeed:
     ident: int
     token_salt: str
     version: tuple[Hashable, ...]
+    ingest: int = 0  # the store's newest ingest when it was looked up
 
 
 def find_private_feed(
@@ -149,7 +150,7 @@ def find_private_feed(
             return "ended"
         return "unknown"
     version = ("private", ident, found.token_salt, found.last_sent, found.ingest)
-    return PrivateFeed(ident, found.token_salt, version)
+    return PrivateFeed(ident, found.token_salt, version, found.ingest)
 
 
 def private_feed(
@@ -159,11 +160,14 @@ def private_feed(
     links = Links(site.base_url, key, "")
     description = private_description(links, feed.ident, feed.token_salt)
     make = _built(site, f"private/{name}", kind, "papers for you", description)
-    with reading(engine) as conn, rank_lock:
+    with reading(engine) as conn:
         voting = (links, {feed.ident: feed.token_salt})
-        items = private_items(conn, [feed.ident], site, voting)[feed.ident]
+        # the lock only while new papers are marked: most entries are made already
+        found = private_items(
+            conn, [feed.ident], site, voting, ingest=feed.ingest, marking=rank_lock
+        )
         conn.rollback()
-        return make(items)
+    return make(found[feed.ident])
 
 
 def search_feed(
