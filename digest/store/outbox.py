@@ -18,7 +18,7 @@ from sqlmodel import Session, col, select
 from digest.clock import as_utc
 from digest.store.engine import insert_or_skip, reading, transaction
 from digest.store.models import Digest, DigestItem, Paper, Subscriber, TransportState
-from digest.store.papers import PARAMETERS, PaperRow, by_ids, paper_columns, reader
+from digest.store.papers import PARAMETERS, PaperRow, by_ids, reader
 from digest.store.unsent import Carried, held_by
 
 STATUSES = ("pending", "sending", "sent", "skipped", "failed")
