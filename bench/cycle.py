@@ -337,7 +337,7 @@ def machine_cpu() -> tuple[float, float]:
 
 def server_backends_cpu(database: str) -> dict[int, float]:
     """CPU seconds so far of each database server process serving ``database`` (found by
-    its process title, ``postgres: USER DATABASE ...``)."""
+    its process title)."""
     found: dict[int, float] = {}
     ticks = os.sysconf("SC_CLK_TCK")
     for entry in Path("/proc").iterdir():
@@ -345,7 +345,9 @@ def server_backends_cpu(database: str) -> dict[int, float]:
             continue
         try:
             title = (entry / "cmdline").read_bytes().replace(b"\0", b" ").split()
-            if len(title) < 3 or title[0] != b"postgres:" or title[2] != database.encode():
+            # "postgres: USER DATABASE HOST(PORT) STATE", with "CLUSTER:" after "postgres:"
+            # on Debian's clusters
+            if not title or title[0] != b"postgres:" or database.encode() not in title[1:4]:
                 continue
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
@@ -617,14 +619,15 @@ def variants(args: argparse.Namespace, rest: list[str]) -> list[Variant]:
     return found
 
 
-def run_variant(variant: Variant) -> str:
-    """This script on the variant's checkout (its own environment when it has one)."""
+def run_variant(variant: Variant, script: Path | None = None) -> str:
+    """This script (or ``script``) on the variant's checkout, with its own environment when
+    it has one."""
     venv = variant.checkout / ".venv" / "bin" / "python"
     python = str(venv) if venv.exists() else sys.executable
     env = {**os.environ, "PYTHONPATH": str(variant.checkout), "PYTHONDONTWRITEBYTECODE": "1"}
     # A fixed string hash: the interests are drawn from sets of words (see bench/match.py).
     env.setdefault("PYTHONHASHSEED", "0")
-    command = [python, str(Path(__file__).resolve()), *variant.args]
+    command = [python, str(script or Path(__file__).resolve()), *variant.args]
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if done.returncode:
         raise SystemExit(f"{variant.name} failed:\n{done.stdout}{done.stderr[-3000:]}")
@@ -632,8 +635,11 @@ def run_variant(variant: Variant) -> str:
 
 
 def figures(output: str) -> dict[str, float]:
-    found = {name: float(seconds) for name, seconds, _ in _PHASE.findall(output)}
-    found.update({f"{n} (CPU)": float(c) for n, _, c in _PHASE.findall(output) if c})
+    found: dict[str, float] = {}
+    for name, seconds, cpu in _PHASE.findall(output):
+        found[name] = float(seconds)
+        if cpu:
+            found[f"{name} (CPU)"] = float(cpu)
     rate = _RATE.search(output)
     if rate:
         found["messages/s"] = float(rate.group(1).replace(",", ""))
