@@ -589,8 +589,10 @@ def _print_sent(sent: Sent, senders: int, connections: int) -> None:
         f" connections in {sent.seconds:.2f} s: {sent.rate:,.0f} messages/s"
         f" ({sent.messages / max(sent.sending, 1e-9):,.0f}/s from the first sent to the last)"
     )
+    per_message = sum(r.cpu for r in sent.senders) / max(sent.messages, 1) * 1000
     print(
-        f"send CPU: senders {each} s (largest RSS {max(r.maxrss_kb for r in sent.senders) / 1024:.0f}"
+        f"send CPU: senders {each} s ({per_message:.2f} ms a message, start-up included;"
+        f" largest RSS {max(r.maxrss_kb for r in sent.senders) / 1024:.0f}"
         f" MB); smtp-sink {sent.sink.cpu:.2f} s; database server {sent.backends:.2f} s;"
         f" the whole machine busy {sent.machine_busy:.1f} CPU-s of {sent.seconds * os.cpu_count():.1f}"
         f" ({os.cpu_count()} cores; other jobs included); load average {os.getloadavg()[0]:.2f}"
