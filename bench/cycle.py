@@ -580,6 +580,12 @@ def _print_phases(phases: Phases) -> None:
             print(f"  {'total with feed_files=' + setting:<55} {common + feeds_step[0]:8.2f} s")
     if not any(k.startswith("feeds") for k in phases.wall):
         print(f"  {'total without the feeds':<55} {common:8.2f} s")
+    # CPU seconds move less than wall ones with the neighbours' load on a shared machine
+    cpu = sum(v for k, v in phases.cpu.items() if not k.startswith("feeds"))
+    for setting in ("public", "all"):
+        feeds_cpu = [v for k, v in phases.cpu.items() if f"feed_files={setting}" in k]
+        if feeds_cpu:
+            print(f"  {'CPU, total with feed_files=' + setting:<55} {cpu + feeds_cpu[0]:8.2f} s")
 
 
 def _print_sent(sent: Sent, senders: int, connections: int) -> None:
