@@ -525,7 +525,8 @@ def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
     phases.done("record the outbox")
     if senders:
         sent = send_with_workers(bench, senders, args.connections, args.batch)
-        phases.wall[SEND_STEP], phases.cpu[SEND_STEP] = sent.seconds, 0.0
+        phases.wall[SEND_STEP] = sent.seconds
+        phases.cpu[SEND_STEP] = sum(r.cpu for r in sent.senders)  # the senders' own
         delivered_to = None  # every reader sent to: the feeds of all are rebuilt
         phases.start()
     else:
@@ -571,8 +572,7 @@ def _feeds(settings: Any, engine: Any, phases: Phases, changed: Any) -> dict[str
 
 def _print_phases(phases: Phases) -> None:
     for name, seconds in phases.wall.items():
-        cpu = f"  (CPU {phases.cpu[name]:.2f} s)" if name != SEND_STEP else ""
-        print(f"  {name:<55} {seconds:8.2f} s{cpu}")
+        print(f"  {name:<55} {seconds:8.2f} s  (CPU {phases.cpu[name]:.2f} s)")
     common = sum(v for k, v in phases.wall.items() if not k.startswith("feeds"))
     for setting in ("public", "all"):
         feeds_step = [v for k, v in phases.wall.items() if f"feed_files={setting}" in k]
