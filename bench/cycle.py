@@ -19,7 +19,8 @@ database is made for the run and dropped after (``postgresql+psycopg://USER:PASS
 postgres``: the role needs CREATEDB). ``--senders N``: the outbox is sent over SMTP to
 Postfix's ``smtp-sink`` on loopback by N ``digest worker --no-plan`` processes instead,
 and the step says messages/s and the CPU of each sender, of the sink and of the
-database server's backends. More than one database or number of senders, or
+database server's backends (each sender in a session of its own, as separate service
+units would be; ``--same-session`` keeps them in this one's). More than one database or number of senders, or
 ``--baseline CHECKOUT`` (this script on another checkout's code, its ``.venv`` when it
 has one): each variant runs as a process of its own, in turns, ``--rounds`` times, on the
 same seed (the same store, subscribers and day), and the phases are put side by side
@@ -382,7 +383,9 @@ class Sent:
         return self.messages / self.seconds
 
 
-def send_with_workers(bench: Bench, senders: int, connections: int, batch: int) -> Sent:
+def send_with_workers(
+    bench: Bench, senders: int, connections: int, batch: int, *, own_sessions: bool = True
+) -> Sent:
     """Drain the outbox with ``senders`` ``digest worker --no-plan`` processes sending over
     SMTP to a sink on loopback; returns when the outbox holds nothing waiting."""
     database = sa.engine.make_url(bench.settings.database_url).database or ""
@@ -405,6 +408,10 @@ def send_with_workers(bench: Bench, senders: int, connections: int, batch: int) 
                 cwd=bench.folder,
                 stdout=subprocess.DEVNULL,
                 stderr=(bench.folder / f"worker-{n}.log").open("w"),
+                # A session of its own, as a service unit or another host would be: Linux
+                # shares the CPU among sessions first (autogroups), so senders in this
+                # one would split this session's share on a busy machine between them.
+                start_new_session=own_sessions,
             )
             for n in range(senders)
         ]
@@ -524,7 +531,9 @@ def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
         )  # fmt: skip
     phases.done("record the outbox")
     if senders:
-        sent = send_with_workers(bench, senders, args.connections, args.batch)
+        sent = send_with_workers(
+            bench, senders, args.connections, args.batch, own_sessions=not args.same_session
+        )
         phases.wall[SEND_STEP] = sent.seconds
         phases.cpu[SEND_STEP] = sum(r.cpu for r in sent.senders)  # the senders' own
         delivered_to = None  # every reader sent to: the feeds of all are rebuilt
@@ -727,6 +736,12 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=4, help="SMTP connections a sender")
     parser.add_argument("--batch", type=int, default=200, help="digests a sender claims at once")
+    parser.add_argument(
+        "--same-session",
+        action="store_true",
+        help="the senders in this script's session (one share of a busy machine's CPU for"
+        " all of them) rather than each in a session of its own",
+    )
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns of each variant")
     parser.add_argument("--no-feeds", action="store_true", help="stop once the outbox is sent")
