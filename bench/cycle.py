@@ -462,25 +462,38 @@ def _wait_drained(
 
 class Phases:
     """Wall and CPU seconds of each step (CPU: this process's and its waited-for children's,
-    so the forked ranking workers count)."""
+    so the forked ranking workers count), and on a database server the CPU of the server's
+    processes serving this database (those alive at the step's end: a connection opened
+    and closed within a step is missed)."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str | None = None) -> None:
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.server: dict[str, float] = {}
+        self.database = database
         self._marks = self._now()
+        self._backends = self._server_now()
 
     @staticmethod
     def _now() -> tuple[float, float]:
         return time.perf_counter(), time.process_time() + children_cpu()
 
+    def _server_now(self) -> dict[int, float]:
+        return server_backends_cpu(self.database) if self.database else {}
+
     def start(self) -> None:
         self._marks = self._now()
+        self._backends = self._server_now()
 
     def done(self, name: str) -> None:
         wall, cpu = self._now()
         self.wall[name] = wall - self._marks[0]
         self.cpu[name] = cpu - self._marks[1]
         self._marks = (wall, cpu)
+        if self.database:
+            now = self._server_now()
+            self.server[name] = sum(v - self._backends.get(pid, 0.0) for pid, v in now.items())
+            self._backends = now
 
 
 WORKER = (sys.executable, "-m", "digest", "worker", "--no-plan", "--every", "1")
@@ -512,7 +525,8 @@ def measure(args: argparse.Namespace) -> None:
 def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
     settings, engine = bench.settings, bench.engine
     clock = Clock()
-    phases = Phases()
+    url = sa.engine.make_url(settings.database_url)
+    phases = Phases(None if url.get_backend_name() == "sqlite" else url.database)
     period = datetime.now(UTC).date()
     # Read (or made) before the plan's write transaction: on SQLite, making the site's key
     # inside it would wait on that transaction's own lock.
@@ -536,6 +550,8 @@ def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
         )
         phases.wall[SEND_STEP] = sent.seconds
         phases.cpu[SEND_STEP] = sum(r.cpu for r in sent.senders)  # the senders' own
+        if phases.database:
+            phases.server[SEND_STEP] = sent.backends
         delivered_to = None  # every reader sent to: the feeds of all are rebuilt
         phases.start()
     else:
@@ -582,6 +598,8 @@ def _feeds(settings: Any, engine: Any, phases: Phases, changed: Any) -> dict[str
 def _print_phases(phases: Phases) -> None:
     for name, seconds in phases.wall.items():
         print(f"  {name:<55} {seconds:8.2f} s  (CPU {phases.cpu[name]:.2f} s)")
+    for name, seconds in phases.server.items():
+        print(f"  {name + ', database server CPU':<55} {seconds:8.2f} s")
     common = sum(v for k, v in phases.wall.items() if not k.startswith("feeds"))
     for setting in ("public", "all"):
         feeds_step = [v for k, v in phases.wall.items() if f"feed_files={setting}" in k]
@@ -595,6 +613,17 @@ def _print_phases(phases: Phases) -> None:
         feeds_cpu = [v for k, v in phases.cpu.items() if f"feed_files={setting}" in k]
         if feeds_cpu:
             print(f"  {'CPU, total with feed_files=' + setting:<55} {cpu + feeds_cpu[0]:8.2f} s")
+    # The store's own CPU: in this process on SQLite, in the server's processes otherwise.
+    cpu += sum(v for k, v in phases.server.items() if not k.startswith("feeds"))
+    for setting in ("public", "all"):
+        feeds = [
+            phases.cpu[k] + phases.server.get(k, 0.0)
+            for k in phases.cpu
+            if f"feed_files={setting}" in k
+        ]
+        if feeds:
+            name = f"CPU with the store's, total with feed_files={setting}"
+            print(f"  {name:<55} {cpu + feeds[0]:8.2f} s")
 
 
 def _print_sent(sent: Sent, senders: int, connections: int) -> None:
@@ -697,18 +726,20 @@ def side_by_side(args: argparse.Namespace, rest: list[str]) -> None:
 
 
 def table(title: str, runs: list[Variant], found: dict[str, dict[str, float]]) -> None:
+    """Every figure of any variant, one row each, with its ratio to the first variant's."""
     first = runs[0].name
     names = [v.name for v in runs]
     head = " | ".join(names) + "".join(f" | {n} / {first}" for n in names[1:])
     print(f"\n{title}\n| step | {head} |\n|{' --- |' * (1 + 2 * len(names) - 1)}")
-    for step, reference in found[first].items():
+    steps = list(dict.fromkeys(step for name in names for step in found[name]))
+    for step in steps:
         values = [found[n].get(step) for n in names]
-        if any(v is None for v in values):
-            continue
         unit = "" if step in ("messages/s", "peak RSS, MB") else " s"
-        cells = " | ".join(f"{v:,.2f}{unit}" for v in values if v is not None)
+        cells = " | ".join("-" if v is None else f"{v:,.2f}{unit}" for v in values)
+        reference = values[0]
         ratios = "".join(
-            f" | {v / reference:.2f}x" if reference else " | -" for v in values[1:] if v is not None
+            f" | {v / reference:.2f}x" if v is not None and reference else " | -"
+            for v in values[1:]
         )
         print(f"| {step} | {cells}{ratios} |")
 
