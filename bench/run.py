@@ -35,13 +35,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cycle import (  # bench/cycle.py
-    REPO,
-    Variant,
-    set_up,
-    smtp_sink,
-)
+from cycle import REPO, Variant, set_up  # bench/cycle.py
 from match import add_dumps_argument  # bench/match.py
+from senders import smtp_sink  # bench/senders.py
 
 
 @dataclass
