@@ -1,18 +1,30 @@
 """One daily cycle at scale, phase by phase: what an operator's `digest run` costs.
 
 Run by hand (not in CI):  python bench/cycle.py [--papers 200000] [--subscribers 20000]
-                                                 [--dumps PATH ...]
-                                                 [--baseline CHECKOUT [--rounds N]]
+                                                 [--database URL [URL ...]]
+                                                 [--senders N [N ...]] [--dumps PATH ...]
+                                                 [--baseline CHECKOUT] [--rounds N]
 
 A store back-filled with synthetic papers, subscribers with Zipf-drawn interests
 (the generators of bench/match.py, seeded from ``--dumps`` as there), a 5,000-paper
-daily dump in the inbox; then the steps of `digest run` in order, each timed: ingest,
-rank, record the outbox, render and hand every message to a transport that only counts
-them (bench/deliver.py measures SMTP), and the feeds, once with ``feed_files=public`` (the
-global feed only: the web front serves the private ones) and once with ``all``. Prints
-seconds per phase, the total under each setting, and peak RSS. ``--baseline``: this script
-on another checkout's code (its ``.venv`` when it has one) and on this one's, in turns (the
-same seed: the same store, subscribers and day), and the phases side by side with ratios.
+daily dump in the inbox (the daily-papers JSON, dated the day before it comes); then the
+steps of `digest run` in order, each timed: ingest, rank, record the outbox, render and
+hand every message to a transport that only counts them, and the feeds, once with
+``feed_files=public`` (the global feed only: the web front serves the private ones) and
+once with ``all``. Prints seconds per phase (and CPU: this process's and its forked
+ranking workers'), the total under each setting, and peak RSS.
+
+``--database``: ``sqlite`` (a new file, the default) or a server's URL, on which a new
+database is made for the run and dropped after (``postgresql+psycopg://USER:PASS@HOST/
+postgres``: the role needs CREATEDB). ``--senders N``: the outbox is sent over SMTP to
+Postfix's ``smtp-sink`` on loopback by N ``digest worker --no-plan`` processes instead,
+and the step says messages/s and the CPU of each sender, of the sink and of the
+database server's backends (each sender in a session of its own, as separate service
+units would be; ``--same-session`` keeps them in this one's). More than one database or number of senders, or
+``--baseline CHECKOUT`` (this script on another checkout's code, its ``.venv`` when it
+has one): each variant runs as a process of its own, in turns, ``--rounds`` times, on the
+same seed (the same store, subscribers and day), and the phases are put side by side
+with ratios to the first variant.
 """
 
 from __future__ import annotations
@@ -20,29 +32,46 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import resource
 import secrets
 import shutil
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from match import (  # bench/match.py
+    REPO,
     Generator,
     add_dumps_argument,
     dump_files,
-    in_turns,
     interest_pool,
     real_papers,
     subscribers,
 )
+from senders import (  # bench/senders.py
+    Sent,
+    children_cpu,
+    send_with_workers,
+    server_backends_cpu,
+)
 
 from digest.deliver.plan import plan_owed, record_plans
+
+try:  # planned and recorded a batch of readers at a time
+    from digest.deliver.plan import owed_plans
+except ImportError:  # a checkout from before: one list of every plan
+    owed_plans = None
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
 from digest.service.cycle import deliver_outbox, publish_site_feeds
 from digest.service.keys import site_keys
@@ -51,10 +80,7 @@ from digest.store.engine import ingest_sequence, open_store, transaction
 from digest.store.models import Subscriber
 from digest.store.papers import index_papers
 
-try:  # planned and recorded a batch of readers at a time
-    from digest.deliver.plan import owed_plans
-except ImportError:  # a checkout from before: one list of every plan, then recorded
-    owed_plans = None
+BENCH_BASE_URL = "https://papers.example.org"  # no warning about links to this machine
 
 
 class CountingTransport:
@@ -72,6 +98,9 @@ class CountingTransport:
         return None
 
 
+# --- the store and the day -------------------------------------------------------------
+
+
 def write_store_snapshot(path: Path, generator: Generator, papers: int) -> None:
     with path.open("w", encoding="utf-8") as out:
         for i in range(papers):
@@ -82,60 +111,144 @@ def write_store_snapshot(path: Path, generator: Generator, papers: int) -> None:
             )
 
 
-def write_daily(path: Path, generator: Generator, first: int, papers: int) -> None:
-    """The day's papers as Hugging Face daily-papers JSON, numbered on from the store's."""
-    posted = datetime.now(UTC).isoformat()
-    rows = []
-    for i in range(first, first + papers):
-        paper = generator.paper(i)
-        ident = f"{1000 + i // 90000:04d}.{i % 90000:05d}"
-        rows.append(
+def write_daily(
+    path: Path, generator: Generator, first: int, papers: int, *, now: datetime | None = None
+) -> None:
+    """A daily-papers JSON dump (the Hugging Face API's shape) of ``papers`` new papers:
+    posted today, each on arXiv the day before, so every one is news under ``news_days``.
+    (The text layouts are checked for the shape of a papers page, and the generator's
+    titles, cut anywhere, read as hard-wrapped prose to that check.)"""
+    now = now or datetime.now(UTC)
+    posted = now.strftime("%Y-%m-%dT06:00:00.000Z")
+    published = (now - timedelta(days=1)).strftime("%Y-%m-%dT17:00:00.000Z")
+    items = []
+    for i in range(papers):
+        paper = generator.paper(first + i)
+        ident = f"{2500 + i // 90000:04d}.{i % 90000:05d}"
+        items.append(
             {
-                "paper": {"id": ident, "title": paper.title, "summary": paper.abstract},
+                "paper": {
+                    "id": ident,
+                    "title": paper.title,
+                    "summary": paper.abstract,
+                    "authors": [{"name": f"Author {i % 997}"}, {"name": f"Author {i % 89}"}],
+                    "publishedAt": published,
+                },
+                "title": paper.title,
                 "publishedAt": posted,
+                "numComments": 0,
             }
         )
-    path.write_text(json.dumps(rows), encoding="utf-8")
+    path.write_text(json.dumps(items), encoding="utf-8")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--papers", type=int, default=200_000, help="papers already in the store")
-    parser.add_argument("--subscribers", type=int, default=20_000)
-    parser.add_argument("--daily", type=int, default=5_000)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
-    parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
-    parser.add_argument(
-        "--public-feeds-only",
-        action="store_true",
-        help="leave out the feeds step with feed_files=all (every private feed file)",
-    )
-    add_dumps_argument(parser)
-    args = parser.parse_args()
-    if args.baseline:
-        rest = [a for a in sys.argv[1:] if a not in (str(args.baseline), "--baseline")]
-        side_by_side(args.baseline, rest, args.rounds)
-        return
-    rng = random.Random(args.seed)
-    real = real_papers(dump_files(args.dumps))
+def fresh_database(url: str, folder: Path) -> tuple[str, Callable[[], None]]:
+    """The store's URL for this run, and how to drop it: ``sqlite`` is a new file in
+    ``folder``; a server's URL gets a new database of its own, dropped afterwards."""
+    if url == "sqlite":
+        return f"sqlite:///{folder / 'data' / 'digest.db'}", lambda: None
+    server = sa.engine.make_url(url)
+    if server.get_backend_name() == "sqlite":
+        return url, lambda: None
+    name = f"digest_bench_{secrets.token_hex(5)}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+
+    def drop() -> None:
+        admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    return server.set(database=name).render_as_string(hide_password=False), drop
+
+
+def backend_name(url: str) -> str:
+    return "sqlite" if url == "sqlite" else sa.engine.make_url(url).get_backend_name()
+
+
+@dataclass
+class Bench:
+    """A store set up for one measurement: its settings (as ``DIGEST_*`` variables too,
+    for the processes started on it), engine, and what was put in."""
+
+    folder: Path
+    environ: dict[str, str]
+    settings: Any
+    engine: Any
+    papers: int
+    readers: int
+    drop: Callable[[], None] = field(default=lambda: None)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.drop()
+
+
+def set_up(
+    *,
+    papers: int,
+    readers: int,
+    daily: int,
+    seed: int,
+    dumps: list[Path] | None,
+    database: str = "sqlite",
+    folder: Path | None = None,
+    say: Callable[[str], None] = print,
+) -> Bench:
+    """A store back-filled with ``papers`` synthetic papers, ``readers`` subscribers who
+    joined after it, and a ``daily``-paper dump waiting in the inbox. The papers (store
+    and day) depend on ``seed`` alone, not on how many readers there are."""
+    rng = random.Random(seed)
+    real = real_papers(dump_files(dumps))
     generator = Generator(rng, real)
-    folder = Path(tempfile.mkdtemp(prefix="digest-cycle-"))
-    settings = load_settings(environ={"DIGEST_DATA_DIR": str(folder / "data")}, cwd=folder)
-    engine = open_store(settings.database_url)
-    clock = Clock()
+    folder = folder or Path(tempfile.mkdtemp(prefix="digest-cycle-"))
+    url, drop = fresh_database(database, folder)
+    environ = {
+        "DIGEST_DATA_DIR": str(folder / "data"),
+        "DIGEST_DATABASE_URL": url,
+        "DIGEST_BASE_URL": BENCH_BASE_URL,
+    }
+    try:
+        settings = load_settings(environ=environ, cwd=folder)
+        engine = open_store(settings.database_url)
+    except BaseException:
+        drop()
+        raise
+    bench = Bench(folder, environ, settings, engine, papers, readers, drop)
+    try:
+        _fill(bench, generator, rng, real, daily, say)
+    except BaseException:
+        bench.close()
+        raise
+    return bench
+
+
+def _fill(
+    bench: Bench,
+    generator: Generator,
+    rng: random.Random,
+    real: list[tuple[str, str]],
+    daily: int,
+    say: Callable[[str], None],
+) -> None:
     joined = datetime.now(UTC) - timedelta(days=1)
-
-    snapshot = folder / "store.jsonl"
-    write_store_snapshot(snapshot, generator, args.papers)
+    snapshot = bench.folder / "store.jsonl"
+    write_store_snapshot(snapshot, generator, bench.papers)
     started = time.perf_counter()
-    ingest_file(engine, snapshot, clock=lambda: joined - timedelta(days=1), defer_index=True)
-    with transaction(engine) as conn:
+    ingest_file(bench.engine, snapshot, clock=lambda: joined - timedelta(days=1), defer_index=True)
+    with transaction(bench.engine) as conn:
         index_papers(conn)
-    print(f"set-up: {args.papers:,} papers back-filled in {time.perf_counter() - started:.1f} s")
-
-    profiles = subscribers(rng, interest_pool(rng, real), args.subscribers)
-    with transaction(engine) as conn:
+    say(f"set-up: {bench.papers:,} papers back-filled in {time.perf_counter() - started:.1f} s")
+    snapshot.unlink()
+    inbox = bench.settings.inbox
+    inbox.mkdir(parents=True, exist_ok=True)
+    # Written before the readers are drawn: the same day whatever their number.
+    write_daily(inbox / "daily.json", generator, bench.papers, daily)
+    profiles = subscribers(rng, interest_pool(rng, real), bench.readers)
+    with transaction(bench.engine) as conn:
         joined_upto = ingest_sequence(conn)  # they joined after the back-fill
         conn.execute(
             sa.insert(Subscriber),
@@ -151,112 +264,367 @@ def main() -> None:
                 for p in profiles
             ],
         )
-    settings.inbox.mkdir(parents=True, exist_ok=True)
-    write_daily(settings.inbox / "daily.json", generator, args.papers, args.daily)
 
-    phases: dict[str, float] = {}
-    # CPU time of this process and of the worker processes it forked and reaped meanwhile
-    # (ranking, statistics, feeds)
-    cpu: dict[str, float] = {}
 
-    def cpu_now() -> float:
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return time.process_time() + children.ru_utime + children.ru_stime
+def with_setting(settings: Any, **changes: Any) -> Any:
+    """The settings with ``changes`` (pydantic settings, or a checkout's dataclass ones)."""
+    if hasattr(settings, "model_copy"):
+        return settings.model_copy(update=changes)
+    from dataclasses import replace
 
-    cpu_mark = [cpu_now()]
+    return replace(settings, **changes)
 
-    def timed(name: str, started: float) -> float:
-        now = time.perf_counter()
-        phases[name] = now - started
-        cpu[name] = cpu_now() - cpu_mark[0]
-        cpu_mark[0] = cpu_now()
-        return now
 
+# --- one measurement ----------------------------------------------------------------------
+
+
+class Phases:
+    """Wall and CPU seconds of each step (CPU: this process's and its waited-for children's,
+    so the forked ranking workers count), and on a database server the CPU of the server's
+    processes serving this database (those alive at the step's end: a connection opened
+    and closed within a step is missed)."""
+
+    def __init__(self, database: str | None = None) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self.server: dict[str, float] = {}
+        self.database = database
+        self._marks = self._now()
+        self._backends = self._server_now()
+
+    @staticmethod
+    def _now() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time() + children_cpu()
+
+    def _server_now(self) -> dict[int, float]:
+        return server_backends_cpu(self.database) if self.database else {}
+
+    def start(self) -> None:
+        self._marks = self._now()
+        self._backends = self._server_now()
+
+    def done(self, name: str) -> None:
+        wall, cpu = self._now()
+        self.wall[name] = wall - self._marks[0]
+        self.cpu[name] = cpu - self._marks[1]
+        self._marks = (wall, cpu)
+        if self.database:
+            now = self._server_now()
+            self.server[name] = sum(v - self._backends.get(pid, 0.0) for pid, v in now.items())
+            self._backends = now
+
+
+SEND_STEP = "send the outbox over SMTP (sender processes)"
+COUNT_STEP = "load, render and hand over every message"
+
+
+def measure(args: argparse.Namespace) -> None:
+    """One cycle on one store, printed phase by phase."""
+    senders = args.senders[0]
+    bench = set_up(
+        papers=args.papers,
+        readers=args.subscribers,
+        daily=args.daily,
+        seed=args.seed,
+        dumps=args.dumps,
+        database=args.database[0],
+    )
+    try:
+        _cycle(bench, args, senders)
+    finally:
+        bench.close()
+    if not args.keep:
+        shutil.rmtree(bench.folder, ignore_errors=True)
+    else:
+        print(f"(files in {bench.folder})")
+
+
+def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
+    settings, engine = bench.settings, bench.engine
+    clock = Clock()
+    url = sa.engine.make_url(settings.database_url)
+    phases = Phases(None if url.get_backend_name() == "sqlite" else url.database)
     period = datetime.now(UTC).date()
     # Read (or made) before the plan's write transaction: on SQLite, making the site's key
     # inside it would wait on that transaction's own lock.
     key = site_keys(settings, engine, clock()).signing
-    t = time.perf_counter()
-    cpu_mark[0] = cpu_now()
+    phases.start()
     dumps = ingest_inbox(engine, settings.inbox, clock=clock)
-    t = timed("ingest the daily dump (with search index)", t)
-    ranked_in = None
+    phases.done("ingest the daily dump (with search index)")
+    if dumps[0].status != "ok":
+        raise SystemExit(f"the daily dump was not ingested: {dumps[0].status} {dumps[0].error}")
     with engine.begin() as conn:
-        if owed_plans is None:  # the code before: every plan in one list, then all recorded
-            plans = plan_owed(conn, period=period)
-            ranked_in = time.perf_counter() - t
-        else:
-            plans = owed_plans(conn, period=period)
+        if owed_plans is None:  # a checkout from before: every plan in one list, then recorded
+            plans: Any = plan_owed(conn, period=period, news_days=settings.news_days)
+        else:  # planned and recorded a batch of readers at a time
+            plans = owed_plans(conn, period=period, news_days=settings.news_days)
         counts = record_plans(
             conn, plans, period=period, now=clock(), key=key,
             mail_from=settings.mail_from, run_id=None,
         )  # fmt: skip
         del plans
         items = conn.execute(sa.text("SELECT count(*) FROM digestitem")).scalar_one()
-    t = timed("rank every subscriber and record the outbox", t)
+    phases.done("rank every subscriber and record the outbox")
     planned_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    transport = CountingTransport()
-    delivered = asyncio.run(deliver_outbox(settings, engine, transport, clock=clock, stop=None))
-    t = timed("load, render and hand over every message", t)
-    # Both settings of feed_files on the same outbox: the public feed files alone (the web
-    # front serves the private feeds live), then every private feed file as well.
-    public = settings.model_copy(update={"feed_files": "public"})
-    publish_site_feeds(public, engine, now=clock(), changed=delivered.sent_to)
-    t = timed("feeds, feed_files=public (global only)", t)
-    feeds = {"written": 0}
-    if not args.public_feeds_only:
-        every = settings.model_copy(update={"feed_files": "all"})
-        feeds = publish_site_feeds(every, engine, now=clock(), changed=delivered.sent_to)
-        timed("feeds, feed_files=all (global + private of those sent)", t)
+    if senders:
+        sent = send_with_workers(
+            bench, senders, args.connections, args.batch, own_sessions=not args.same_session
+        )
+        phases.wall[SEND_STEP] = sent.seconds
+        phases.cpu[SEND_STEP] = sum(r.cpu for r in sent.senders)  # the senders' own
+        if phases.database:
+            phases.server[SEND_STEP] = sent.backends
+        delivered_to = None  # every reader sent to: the feeds of all are rebuilt
+        phases.start()
+    else:
+        transport = CountingTransport()
+        delivered = asyncio.run(deliver_outbox(settings, engine, transport, clock=clock, stop=None))
+        phases.done(COUNT_STEP)
+        delivered_to = delivered.sent_to
+    feeds = {"written": 0} if args.no_feeds else _feeds(settings, engine, phases, delivered_to)
 
+    if senders:
+        handed = f"{sent.messages:,} messages sent, {sent.failed:,} failed"
+    else:
+        size = transport.bytes / max(transport.messages, 1) / 1024
+        handed = f"{transport.messages:,} messages, {size:.1f} KB each"
     print(
         f"daily: {dumps[0].new:,} new papers; {sum(counts.values()):,} subscribers,"
         f" {counts['pending']:,} digests,"
-        f" {counts['skipped']:,} skipped, {items:,} items; {transport.messages:,} messages,"
-        f" {transport.bytes / max(transport.messages, 1) / 1024:.1f} KB each;"
+        f" {counts['skipped']:,} skipped, {items:,} items; {handed};"
         f" {feeds['written']:,} feed files written"
     )
-    for name, seconds in phases.items():
-        print(f"  {name:<55} {seconds:8.2f} s  (CPU {cpu[name]:.2f} s)")
-    common = sum(v for k, v in phases.items() if not k.startswith("feeds"))
-    for setting in ("public", "all"):
-        feeds_step = next((v for k, v in phases.items() if f"feed_files={setting}" in k), None)
-        if feeds_step is None:
-            continue
-        print(f"  {'total with feed_files=' + setting:<55} {common + feeds_step:8.2f} s")
-    if ranked_in is not None:
-        print(f"  (of the plan step: ranking into one list of plans {ranked_in:.2f} s)")
+    print(f"store: {backend_name(args.database[0])}")
+    _print_phases(phases)
+    if senders:
+        _print_sent(sent, senders, args.connections)
     print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     print(
-        f"peak RSS up to the recorded outbox: {planned_rss:.0f} MB, largest worker {workers_rss:.0f} MB"
+        f"peak RSS up to the recorded outbox: {planned_rss:.0f} MB,"
+        f" largest worker {workers_rss:.0f} MB"
     )
-    print(f"(files in {folder})")
+    if not dumps[0].new or not counts["pending"] or not items:
+        raise SystemExit("the day gave no digests: the figures above measure nothing")
 
+
+def _feeds(settings: Any, engine: Any, phases: Phases, changed: Any) -> dict[str, int]:
+    """Both settings of feed_files on the same outbox: the public feed files alone (the web
+    front serves the private feeds live), then every private feed file as well."""
+    public = with_setting(settings, feed_files="public")
+    publish_site_feeds(public, engine, now=datetime.now(UTC), changed=changed)
+    phases.done("feeds, feed_files=public (global only)")
+    every = with_setting(settings, feed_files="all")
+    feeds: dict[str, int] = publish_site_feeds(
+        every, engine, now=datetime.now(UTC), changed=changed
+    )
+    phases.done("feeds, feed_files=all (global + private of those sent)")
+    return feeds
+
+
+def _print_phases(phases: Phases) -> None:
+    for name, seconds in phases.wall.items():
+        print(f"  {name:<55} {seconds:8.2f} s  (CPU {phases.cpu[name]:.2f} s)")
+    for name, seconds in phases.server.items():
+        print(f"  {name + ', database server CPU':<55} {seconds:8.2f} s")
+    common = sum(v for k, v in phases.wall.items() if not k.startswith("feeds"))
+    for setting in ("public", "all"):
+        feeds_step = [v for k, v in phases.wall.items() if f"feed_files={setting}" in k]
+        if feeds_step:
+            print(f"  {'total with feed_files=' + setting:<55} {common + feeds_step[0]:8.2f} s")
+    if not any(k.startswith("feeds") for k in phases.wall):
+        print(f"  {'total without the feeds':<55} {common:8.2f} s")
+    # CPU seconds move less than wall ones with the neighbours' load on a shared machine
+    cpu = sum(v for k, v in phases.cpu.items() if not k.startswith("feeds"))
+    for setting in ("public", "all"):
+        feeds_cpu = [v for k, v in phases.cpu.items() if f"feed_files={setting}" in k]
+        if feeds_cpu:
+            print(f"  {'CPU, total with feed_files=' + setting:<55} {cpu + feeds_cpu[0]:8.2f} s")
+    # The store's own CPU: in this process on SQLite, in the server's processes otherwise.
+    cpu += sum(v for k, v in phases.server.items() if not k.startswith("feeds"))
+    for setting in ("public", "all"):
+        feeds = [
+            phases.cpu[k] + phases.server.get(k, 0.0)
+            for k in phases.cpu
+            if f"feed_files={setting}" in k
+        ]
+        if feeds:
+            name = f"CPU with the store's, total with feed_files={setting}"
+            print(f"  {name:<55} {cpu + feeds[0]:8.2f} s")
+
+
+def _print_sent(sent: Sent, senders: int, connections: int) -> None:
+    each = ", ".join(f"{r.cpu:.2f}" for r in sent.senders)
+    print(
+        f"send: {sent.messages:,} messages by {senders} sender process(es) of {connections}"
+        f" connections in {sent.seconds:.2f} s: {sent.rate:,.0f} messages/s"
+        f" ({sent.messages / max(sent.sending, 1e-9):,.0f}/s from the first sent to the last)"
+    )
+    per_message = sum(r.cpu for r in sent.senders) / max(sent.messages, 1) * 1000
+    print(
+        f"send CPU: senders {each} s ({per_message:.2f} ms a message, start-up included;"
+        f" largest RSS {max(r.maxrss_kb for r in sent.senders) / 1024:.0f}"
+        f" MB); smtp-sink {sent.sink.cpu:.2f} s; database server {sent.backends:.2f} s;"
+        f" the whole machine busy {sent.machine_busy:.1f} CPU-s of {sent.seconds * os.cpu_count():.1f}"
+        f" ({os.cpu_count()} cores; other jobs included); load average {os.getloadavg()[0]:.2f}"
+    )
+
+
+# --- variants side by side --------------------------------------------------------------
 
 _PHASE = re.compile(r"^  (\S.*?)\s+([\d.]+) s(?:  \(CPU ([\d.]+) s\))?$", re.MULTILINE)
+_RATE = re.compile(r"^send: .* ([\d,]+) messages/s", re.MULTILINE)
+_RSS = re.compile(r"^peak RSS: ([\d,]+) MB", re.MULTILINE)
 
 
-def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
-    """This script on the baseline's code and on this checkout's, in turns."""
-    found: dict[str, list[dict[str, tuple[float, str]]]] = {"baseline": [], "this checkout": []}
-    for name, output in in_turns(baseline, rounds, rest, script=Path(__file__).resolve()):
-        found[name].append({k: (float(v), c) for k, v, c in _PHASE.findall(output)})
-        kept = re.search(r"^\(files in (.+)\)$", output, re.MULTILINE)
-        if kept:
-            shutil.rmtree(kept.group(1), ignore_errors=True)
-    for turn in range(rounds):
-        old, new = found["baseline"][turn], found["this checkout"][turn]
-        print(
-            f"\nround {turn + 1}\n| step | baseline | this checkout | ratio |\n| --- | --- | --- | --- |"
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    checkout: Path
+    args: tuple[str, ...]
+
+
+def variants(args: argparse.Namespace, rest: list[str]) -> list[Variant]:
+    """Every checkout × database × number of senders asked for, the first the reference."""
+    checkouts = [("baseline", args.baseline.resolve())] if args.baseline else []
+    checkouts.append(("this checkout", REPO))
+    found = []
+    for label, checkout in checkouts:
+        for database in args.database:
+            for senders in args.senders:
+                parts = [label] if args.baseline else []
+                if len(args.database) > 1:
+                    parts.append(backend_name(database))
+                if len(args.senders) > 1:
+                    parts.append(f"{senders} sender{'s' * (senders != 1)}")
+                extra = ("--database", database, "--senders", str(senders))
+                found.append(Variant(", ".join(parts), checkout, (*rest, *extra)))
+    return found
+
+
+def run_variant(variant: Variant, script: Path | None = None) -> str:
+    """This script (or ``script``) on the variant's checkout, with its own environment when
+    it has one."""
+    venv = variant.checkout / ".venv" / "bin" / "python"
+    python = str(venv) if venv.exists() else sys.executable
+    env = {**os.environ, "PYTHONPATH": str(variant.checkout), "PYTHONDONTWRITEBYTECODE": "1"}
+    # A fixed string hash: the interests are drawn from sets of words (see bench/match.py).
+    env.setdefault("PYTHONHASHSEED", "0")
+    command = [python, str(script or Path(__file__).resolve()), *variant.args]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise SystemExit(f"{variant.name} failed:\n{done.stdout}{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def figures(output: str) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for name, seconds, cpu in _PHASE.findall(output):
+        found[name] = float(seconds)
+        if cpu:
+            found[f"{name} (CPU)"] = float(cpu)
+    rate = _RATE.search(output)
+    if rate:
+        found["messages/s"] = float(rate.group(1).replace(",", ""))
+    rss = _RSS.search(output)
+    if rss:
+        found["peak RSS, MB"] = float(rss.group(1).replace(",", ""))
+    return found
+
+
+def side_by_side(args: argparse.Namespace, rest: list[str]) -> None:
+    """Each variant in turns, ``rounds`` times; then the figures side by side."""
+    runs = variants(args, rest)
+    found: dict[str, list[dict[str, float]]] = {v.name: [] for v in runs}
+    for turn in range(1, args.rounds + 1):
+        for variant in runs:
+            output = run_variant(variant)
+            print(f"--- round {turn}, {variant.name}: {variant.checkout}\n{output}", flush=True)
+            found[variant.name].append(figures(output))
+    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for turn in range(args.rounds):
+        table(f"round {turn + 1}", runs, {name: rounds[turn] for name, rounds in found.items()})
+    if args.rounds > 1:
+        medians = {
+            name: {k: statistics.median(r[k] for r in rounds if k in r) for k in rounds[0]}
+            for name, rounds in found.items()
+        }
+        table(f"median of {args.rounds} rounds", runs, medians)
+
+
+def table(title: str, runs: list[Variant], found: dict[str, dict[str, float]]) -> None:
+    """Every figure of any variant, one row each, with its ratio to the first variant's."""
+    first = runs[0].name
+    names = [v.name for v in runs]
+    head = " | ".join(names) + "".join(f" | {n} / {first}" for n in names[1:])
+    print(f"\n{title}\n| step | {head} |\n|{' --- |' * (1 + 2 * len(names) - 1)}")
+    steps = list(dict.fromkeys(step for name in names for step in found[name]))
+    for step in steps:
+        values = [found[n].get(step) for n in names]
+        unit = "" if step in ("messages/s", "peak RSS, MB") else " s"
+        cells = " | ".join("-" if v is None else f"{v:,.2f}{unit}" for v in values)
+        reference = values[0]
+        ratios = "".join(
+            f" | {v / reference:.2f}x" if v is not None and reference else " | -"
+            for v in values[1:]
         )
-        for phase, (seconds, cpu) in old.items():
-            if phase not in new:
-                continue
-            now, now_cpu = new[phase]
-            print(f"| {phase} | {seconds:.2f} s | {now:.2f} s | {now / seconds:.2f}x |")
-            if cpu and now_cpu and float(cpu) > 0:
-                print(f"| (CPU) | {cpu} s | {now_cpu} s | {float(now_cpu) / float(cpu):.2f}x |")
+        print(f"| {step} | {cells}{ratios} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--papers", type=int, default=200_000, help="papers already in the store")
+    parser.add_argument("--subscribers", type=int, default=20_000)
+    parser.add_argument("--daily", type=int, default=5_000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--database",
+        nargs="+",
+        default=["sqlite"],
+        metavar="URL",
+        help="sqlite (a new file) or a server's URL (a new database on it, dropped after)",
+    )
+    parser.add_argument(
+        "--senders",
+        nargs="+",
+        type=int,
+        default=[0],
+        metavar="N",
+        help="send over SMTP to smtp-sink with N digest worker processes (0: count only)",
+    )
+    parser.add_argument("--connections", type=int, default=4, help="SMTP connections a sender")
+    parser.add_argument("--batch", type=int, default=200, help="digests a sender claims at once")
+    parser.add_argument(
+        "--same-session",
+        action="store_true",
+        help="the senders in this script's session (one share of a busy machine's CPU for"
+        " all of them) rather than each in a session of its own",
+    )
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
+    parser.add_argument("--rounds", type=int, default=1, help="turns of each variant")
+    parser.add_argument("--no-feeds", action="store_true", help="stop once the outbox is sent")
+    parser.add_argument("--keep", action="store_true", help="keep the files (not the database)")
+    add_dumps_argument(parser)
+    args = parser.parse_args()
+    if args.baseline or len(args.database) > 1 or len(args.senders) > 1:
+        side_by_side(args, _passed_on(sys.argv[1:]))
+        return
+    measure(args)
+
+
+def _passed_on(argv: list[str]) -> list[str]:
+    """The arguments every variant shares (all but what tells the variants apart)."""
+    rest: list[str] = []
+    skip = False
+    for arg in argv:
+        if arg in ("--baseline", "--rounds", "--database", "--senders"):
+            skip = True
+        elif skip and not arg.startswith("--"):
+            continue
+        else:
+            skip = False
+            rest.append(arg)
+    return rest
 
 
 if __name__ == "__main__":
