@@ -268,9 +268,9 @@ def compare_entries(engine: Engine, settings: Settings, readers: list[int]) -> N
             for first in range(0, len(shared), 1_000):
                 batch = shared[first : first + 1_000]
                 if name == "feedgen, each entry":
-                    made[kind, first] = xml._made(batch, kind)  # type: ignore[arg-type]
+                    made[kind, first] = xml._made(batch, kind)
                 else:
-                    made[kind, first] = xml.entries(batch, kind)  # type: ignore[arg-type]
+                    made[kind, first] = xml.entries(batch, kind)
         timings[name] = (time.process_time() - started, made)
     (each, whole), (shaped, parts) = timings.values()
     assert whole == parts, "the two ways made different entries"
