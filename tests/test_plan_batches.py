@@ -19,7 +19,7 @@ from digest.deliver.transports import RecordingTransport
 from digest.ingest.dumps import ingest_inbox
 from digest.rank import ranker
 from digest.rank.corpus import store_stats
-from digest.rank.text import DEFAULT, Analyzer
+from digest.rank.text import DEFAULT
 from digest.rank.types import CorpusStats, Profile, TermCounts
 from digest.service.cycle import run_cycle
 from digest.service.subscriptions import operator_patch, upsert_subscriber
@@ -187,16 +187,6 @@ TEXTS = [
     ("", ""),
     ("Plural networks", "studies of losses, buses and analyses: mixture-of-experts (MoE)"),
 ]
-
-
-@pytest.mark.parametrize("title, abstract", TEXTS)
-def test_counting_a_text_gives_what_its_positions_hold(title: str, abstract: str) -> None:
-    analyzer = Analyzer()
-    for text in (title, abstract):
-        positions = analyzer.positions(text)
-        count, terms = analyzer.counted(text)
-        assert count == len(positions.terms)
-        assert terms == set(positions.terms) | {joined for _, _, joined in positions.compounds}
 
 
 def test_counts_of_parts_add_up_to_the_counts_of_the_whole() -> None:

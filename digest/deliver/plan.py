@@ -1,9 +1,9 @@
 """Plan: pick each subscriber's papers for a period, and record them as the outbox.
 
-Planning is pure (subscribers, papers, what was sent and statistics in, plans out);
-``owed_plans`` and ``due_plans`` read those from the store. The outbox holds one digest per
-subscriber per period, so a run that dies while sending is finished by the next without
-choosing again.
+Planning takes subscribers, papers, what was sent, votes and statistics in, and gives
+plans out; ``owed_plans`` and ``due_plans`` read those from the store. The outbox holds one
+digest per subscriber per period, so a run that dies while sending is finished by the next
+without choosing again.
 
 A run plans in batches of ``PLAN_BATCH`` readers: every reader's profile and cut-off are
 read first (a few hundred bytes each), the day's papers are matched once against all their

@@ -176,28 +176,6 @@ class Analyzer:
                     fixed.extend((start + s, start + e) for s, e in fixed_units(parts))
         return Positions(terms, surfaces, compounds, fixed)
 
-    def counted(self, text: str) -> tuple[int, set[str]]:
-        """How many terms ``positions(text)`` has, and its distinct terms and joined compound
-        terms: what store statistics count, without building positions. Each distinct
-        word is looked up once (an abstract repeats a third of its words)."""
-        memo = self._memo
-        chunks = _chunks(text)
-        count = len(chunks)
-        found: set[str] = set()
-        for chunk in set(chunks):
-            if "-" not in chunk:
-                found.add(memo.get(chunk) or self._stem(chunk))
-                continue
-            parts = [part for part in chunk.split("-") if part]
-            found.update(memo.get(part) or self._stem(part) for part in parts)
-            if len(parts) > 1:
-                joined = "".join(parts)
-                found.add(memo.get(joined) or self._stem(joined))
-        for chunk in chunks:
-            if "-" in chunk:  # a chain counts each of its parts
-                count += sum(1 for part in chunk.split("-") if part) - 1
-        return count, found
-
     def offsets(self, text: str) -> list[tuple[int, int]] | None:
         """Where each word of ``positions(text)`` stands in ``text``: (start, end), in order.
 

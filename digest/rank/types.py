@@ -202,15 +202,16 @@ class TermCounts:
         out = cls()
         counts = out.frequencies
         acronyms = AcronymCounter(analyzer)
-        counted = analyzer.counted
         for title, abstract in papers:
-            in_title, title_terms = counted(title)
-            in_abstract, abstract_terms = counted(abstract)
+            title_pos, abstract_pos = analyzer.positions(title), analyzer.positions(abstract)
             out.documents += 1
             acronyms.add(title, abstract)
-            out.title_terms += in_title
-            out.abstract_terms += in_abstract
-            counts.update(title_terms | abstract_terms)
+            out.title_terms += len(title_pos.terms)
+            out.abstract_terms += len(abstract_pos.terms)
+            terms = set(title_pos.terms) | set(abstract_pos.terms)
+            terms.update(joined for _, _, joined in title_pos.compounds)
+            terms.update(joined for _, _, joined in abstract_pos.compounds)
+            counts.update(terms)
         out.acronyms = acronyms.counts
         return out
 
