@@ -3,6 +3,7 @@
 Run by hand (not in CI):  python bench/cycle.py [--papers 200000] [--subscribers 20000]
                                                  [--database URL [URL ...]]
                                                  [--senders N [N ...]] [--dumps PATH ...]
+                                                 [--no-feeds] [--keep]
                                                  [--baseline CHECKOUT] [--rounds N]
 
 A store back-filled with synthetic papers, subscribers with Zipf-drawn interests
@@ -12,7 +13,8 @@ steps of `digest run` in order, each timed: ingest, rank, record the outbox, ren
 hand every message to a transport that only counts them, and the feeds, once with
 ``feed_files=public`` (the global feed only: the web front serves the private ones) and
 once with ``all``. Prints seconds per phase (and CPU: this process's and its forked
-ranking workers'), the total under each setting, and peak RSS.
+ranking workers'; on a database server, the server's processes' too), the totals under
+each setting, and peak RSS. ``--no-feeds`` stops once the outbox is sent.
 
 ``--database``: ``sqlite`` (a new file, the default) or a server's URL, on which a new
 database is made for the run and dropped after (``postgresql+psycopg://USER:PASS@HOST/
@@ -20,8 +22,8 @@ postgres``: the role needs CREATEDB). ``--senders N``: the outbox is sent over S
 Postfix's ``smtp-sink`` on loopback by N ``digest worker --no-plan`` processes instead,
 and the step says messages/s and the CPU of each sender, of the sink and of the
 database server's backends (each sender in a session of its own, as separate service
-units would be; ``--same-session`` keeps them in this one's). More than one database or number of senders, or
-``--baseline CHECKOUT`` (this script on another checkout's code, its ``.venv`` when it
+units would be; ``--same-session`` keeps them in this one's; bench/senders.py). More
+than one database or number of senders, or ``--baseline CHECKOUT`` (this script on another checkout's code, its ``.venv`` when it
 has one): each variant runs as a process of its own, in turns, ``--rounds`` times, on the
 same seed (the same store, subscribers and day), and the phases are put side by side
 with ratios to the first variant.
