@@ -159,10 +159,20 @@ def fresh_database(url: str, folder: Path) -> tuple[str, Callable[[], None]]:
     admin.dispose()
 
     def drop() -> None:
+        # The server's own autovacuum may still be on the new database, and a role without
+        # pg_signal_backend cannot end it: try again for a while, then say what is left.
         admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.dispose()
+        try:
+            for _ in range(30):
+                try:
+                    with admin.connect() as conn:
+                        conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                    return
+                except sa.exc.DBAPIError:
+                    time.sleep(1)
+            print(f"(database {name} left on the server: drop it by hand)", file=sys.stderr)
+        finally:
+            admin.dispose()
 
     return server.set(database=name).render_as_string(hide_password=False), drop
 
