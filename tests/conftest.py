@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,6 +93,21 @@ def dump_b() -> Path:
 POSTGRES_URL = os.environ.get("DIGEST_TEST_POSTGRES_URL", "")
 
 
+def drop_database(admin: Engine, name: str) -> None:
+    """Drop a test's PostgreSQL database. The server's autovacuum may be at work in it, and a
+    role that is no superuser cannot end that worker (``WITH (FORCE)`` is refused while it
+    runs): try again for a while."""
+    for attempt in range(60):
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            return
+        except sa.exc.DBAPIError:
+            if attempt == 59:
+                raise
+            time.sleep(0.5)
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database: a real SQLite file, or a new PostgreSQL database."""
@@ -111,8 +127,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             .render_as_string(hide_password=False)
         )
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        drop_database(admin, name)
         admin.dispose()
 
 

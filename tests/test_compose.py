@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from digest.settings import OPTIONS, load_settings
 from digest.store.migrations import SCHEMA_VERSION
 from tests.browser import free_port, live_server
-from tests.conftest import POSTGRES_URL, Site
+from tests.conftest import POSTGRES_URL, Site, drop_database
 from tests.test_deploy import (
     REPO,
     _compose,
@@ -248,6 +248,5 @@ def test_the_schema_service_makes_the_tables_of_an_empty_database(tmp_path: Path
         engine.dispose()
         assert version == SCHEMA_VERSION
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        drop_database(admin, name)
         admin.dispose()

@@ -40,7 +40,7 @@ from digest.store import claims, outbox, unsent
 from digest.store.outbox import Planned, record
 from digest.store.subscribers import list_subscribers
 from tests.conftest import EXAMPLE_B as DUMP_B
-from tests.conftest import POSTGRES_URL, Site, make_site
+from tests.conftest import POSTGRES_URL, Site, drop_database, make_site
 from tests.smtp_server import SMTPServer, start_server
 from tests.test_service import PEOPLE, wait_until
 
@@ -61,8 +61,7 @@ def shared_database() -> Iterator[str]:
     try:
         yield sa.engine.make_url(POSTGRES_URL).set(database=name).render_as_string(False)
     finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        drop_database(admin, name)
         admin.dispose()
 
 
