@@ -31,7 +31,6 @@ import re
 import resource
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -51,6 +50,7 @@ from match import (  # bench/match.py
     real_papers,
     subscribers,
 )
+from senders import free_port, wait_for_port  # bench/senders.py
 
 from digest.deliver.message import MessageBuilder, Sender, subject_for
 from digest.deliver.transports import SMTPTransport
@@ -170,24 +170,6 @@ def views_of(links: Links, digests: Sequence[Digest]) -> list[DigestView]:
         )
     prepare(paper for view in views for paper in view.papers)
     return views
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"smtp-sink did not start on port {port}")
 
 
 async def ours(digests: list[Digest], port: int, connections: int) -> tuple[float, float, int]:
