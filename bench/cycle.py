@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -238,6 +238,27 @@ def set_up(
     return bench
 
 
+def add_readers(engine: Any, profiles: Sequence[Any], joined: datetime) -> None:
+    """The drawn readers stored as active subscribers who joined at ``joined``, after the
+    papers already in the store (their cut-off is the store's ingest sequence now)."""
+    with transaction(engine) as conn:
+        joined_upto = ingest_sequence(conn)
+        conn.execute(
+            sa.insert(Subscriber),
+            [
+                {
+                    "email": f"reader{p.id}@example.org",
+                    "interests": json.dumps(list(p.interests)),
+                    "token_salt": secrets.token_hex(16),
+                    "created_at": joined,
+                    "seen_upto": joined_upto,
+                    "status": "active",
+                }
+                for p in profiles
+            ],
+        )
+
+
 def _fill(
     bench: Bench,
     generator: Generator,
@@ -260,22 +281,7 @@ def _fill(
     # Written before the readers are drawn: the same day whatever their number.
     write_daily(inbox / "daily.json", generator, bench.papers, daily)
     profiles = subscribers(rng, interest_pool(rng, real), bench.readers)
-    with transaction(bench.engine) as conn:
-        joined_upto = ingest_sequence(conn)  # they joined after the back-fill
-        conn.execute(
-            sa.insert(Subscriber),
-            [
-                {
-                    "email": f"reader{p.id}@example.org",
-                    "interests": json.dumps(list(p.interests)),
-                    "token_salt": secrets.token_hex(16),
-                    "created_at": joined,
-                    "seen_upto": joined_upto,
-                    "status": "active",
-                }
-                for p in profiles
-            ],
-        )
+    add_readers(bench.engine, profiles, joined)
 
 
 def with_setting(settings: Any, **changes: Any) -> Any:

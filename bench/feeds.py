@@ -27,7 +27,6 @@ import json
 import random
 import re
 import resource
-import secrets
 import shutil
 import sqlite3
 import sys
@@ -36,7 +35,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import sqlalchemy as sa
+from cycle import add_readers  # bench/cycle.py
 from match import (  # bench/match.py
     Generator,
     add_dumps_argument,
@@ -54,8 +53,7 @@ from digest.present.views import Links
 from digest.service.cycle import deliver_outbox, publish_site_feeds
 from digest.service.keys import site_keys
 from digest.settings import Settings, load_settings
-from digest.store.engine import ingest_sequence, open_store, transaction
-from digest.store.models import Subscriber
+from digest.store.engine import open_store, transaction
 from digest.store.papers import index_papers
 from digest.store.subscribers import feed_salts
 
@@ -143,22 +141,7 @@ def build_store(data: Path, args: argparse.Namespace) -> None:
     with transaction(engine) as conn:
         index_papers(conn)
     profiles = subscribers(rng, interest_pool(rng, real), args.subscribers)
-    with transaction(engine) as conn:
-        upto = ingest_sequence(conn)
-        conn.execute(
-            sa.insert(Subscriber),
-            [
-                {
-                    "email": f"reader{p.id}@example.org",
-                    "interests": json.dumps(list(p.interests)),
-                    "token_salt": secrets.token_hex(16),
-                    "created_at": before,
-                    "seen_upto": upto,
-                    "status": "active",
-                }
-                for p in profiles
-            ],
-        )
+    add_readers(engine, profiles, before)
     daily = data.parent / "daily.json"
     write_daily_json(daily, generator, rng, args.papers, args.daily)
     done = ingest_file(engine, daily, clock=lambda: DAY - timedelta(hours=1))

@@ -17,11 +17,9 @@ checkout's code and on this one's, in turns, on the same store.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import re
 import resource
-import secrets
 import shutil
 import sys
 import tempfile
@@ -30,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
-from cycle import write_daily, write_store_snapshot  # bench/cycle.py
+from cycle import add_readers, write_daily, write_store_snapshot  # bench/cycle.py
 from match import (  # bench/match.py
     Generator,
     add_dumps_argument,
@@ -45,8 +43,7 @@ from digest.deliver import plan
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
 from digest.service.keys import site_keys
 from digest.settings import Settings, load_settings
-from digest.store.engine import ingest_sequence, open_store, transaction
-from digest.store.models import Subscriber
+from digest.store.engine import open_store, transaction
 from digest.store.papers import index_papers
 
 
@@ -72,22 +69,7 @@ def build(folder: Path, args: argparse.Namespace) -> None:
     with transaction(engine) as conn:
         index_papers(conn)
     profiles = subscribers(rng, interest_pool(rng, real), args.subscribers)
-    with transaction(engine) as conn:
-        joined_upto = ingest_sequence(conn)
-        conn.execute(
-            sa.insert(Subscriber),
-            [
-                {
-                    "email": f"reader{p.id}@example.org",
-                    "interests": json.dumps(list(p.interests)),
-                    "token_salt": secrets.token_hex(16),
-                    "created_at": joined,
-                    "seen_upto": joined_upto,
-                    "status": "active",
-                }
-                for p in profiles
-            ],
-        )
+    add_readers(engine, profiles, joined)
     settings.inbox.mkdir(parents=True, exist_ok=True)
     write_daily(settings.inbox / "daily.json", generator, args.papers, args.daily)
     ingest_inbox(engine, settings.inbox, clock=Clock())
