@@ -44,6 +44,7 @@ import aiosmtplib
 from match import (  # bench/match.py
     Generator,
     add_dumps_argument,
+    args_for_turns,
     dump_files,
     in_turns,
     interest_pool,
@@ -280,15 +281,7 @@ def main() -> int:
     add_dumps_argument(parser)
     args = parser.parse_args()
     if args.baseline:
-        rest, skip = [], False
-        for arg in sys.argv[1:]:
-            if skip:
-                skip = False
-            elif arg in ("--baseline", "--rounds"):
-                skip = True
-            else:
-                rest.append(arg)
-        side_by_side(args.baseline, rest, args.rounds)
+        side_by_side(args.baseline, args_for_turns(sys.argv[1:]), args.rounds)
         return 0
 
     sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"

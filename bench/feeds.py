@@ -39,6 +39,7 @@ from cycle import add_readers  # bench/cycle.py
 from match import (  # bench/match.py
     Generator,
     add_dumps_argument,
+    args_for_turns,
     dump_files,
     in_turns,
     interest_pool,
@@ -303,15 +304,7 @@ def main() -> None:
     add_dumps_argument(parser)
     args = parser.parse_args()
     if args.baseline:
-        rest, skip = [], False
-        for arg in sys.argv[1:]:
-            if skip:
-                skip = False
-            elif arg in ("--baseline", "--rounds"):
-                skip = True
-            else:
-                rest.append(arg)
-        side_by_side(args.baseline, rest, args.rounds)
+        side_by_side(args.baseline, args_for_turns(sys.argv[1:]), args.rounds)
         return
     measure(args)
 

@@ -299,6 +299,20 @@ def density(day: list[PlainPaper], matches: DayMatches) -> str:
     )
 
 
+def args_for_turns(argv: list[str]) -> list[str]:
+    """The command line without ``--baseline CHECKOUT`` and ``--rounds N``: what each turn
+    of a side-by-side run is given."""
+    rest, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("--baseline", "--rounds"):
+            skip = True
+        else:
+            rest.append(arg)
+    return rest
+
+
 def in_turns(
     baseline: Path, rounds: int, args: list[str], *, script: Path | None = None
 ) -> Iterator[tuple[str, str]]:
