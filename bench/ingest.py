@@ -10,18 +10,20 @@ Beside our back-fill, in the same run, it measures the floor: a plain sqlite3
 Prints papers/s, the ratio to the floor, and peak RSS. Then the daily dump is
 ingested into a copy of the million-paper store, and timed.
 
-The files (1.7 GB of snapshot, some 2 GB of store at a million papers) go to a
+The files (1.7 GB of snapshot, 2.8 GB of store at a million papers) go to a
 temporary folder removed at the end, or with ``--keep DIR`` stay in DIR: a later
 run with the same ``--keep`` and ``--papers`` finds the built store there and
 times only the daily dump (``--backfill`` measures the back-fill again).
 ``--baseline``: the daily dump on another checkout's code and on this one's, in
-turns, each into its own copy of the same store, and the times side by side.
+turns, each into a copy of the store its own code built (kept per version of the
+ingest and store code), and the times side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import hashlib
 import json
 import os
 import random
@@ -37,6 +39,7 @@ from pathlib import Path
 
 from match import args_for_turns, in_turns  # bench/match.py
 
+import digest
 from digest.ingest.dumps import Clock, ingest_file
 from digest.ingest.identity import paper_keys
 from digest.store.engine import open_store, transaction
@@ -347,12 +350,11 @@ _DAILY = re.compile(r"^daily dump: +([\d.]+) s", re.MULTILINE)
 
 def side_by_side(baseline: Path, args: argparse.Namespace, rest: list[str], rounds: int) -> None:
     """The daily dump on the baseline's code and on this checkout's, in turns, each into a
-    copy of the same store (built first, by this checkout, unless ``--keep`` holds it)."""
+    copy of the store its own code built from the same snapshot (in its first turn, unless
+    ``--keep`` holds it already)."""
     folder = args.keep or Path(tempfile.mkdtemp(prefix="digest-bench-"))
     try:
-        snapshot, _, store = prepare(folder, args.papers, args.daily)
-        if not store.exists():
-            measure_backfill(folder, snapshot, store)
+        prepare(folder, args.papers, args.daily)  # the snapshot, once for both
         times: dict[str, list[float]] = {}
         turn_args = [*rest, "--keep", str(folder)] if not args.keep else rest
         for name, output in in_turns(baseline, rounds, turn_args, script=Path(__file__).resolve()):
@@ -370,8 +372,20 @@ def side_by_side(baseline: Path, args: argparse.Namespace, rest: list[str], roun
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
+def code_tag() -> str:
+    """A short hash of the ingest and store code this run imports: a store kept from a run
+    of other code (another checkout, an earlier commit) is not used, but built again."""
+    root = Path(digest.__file__).parent
+    digest_of = hashlib.sha1()
+    for path in sorted([*root.glob("ingest/**/*.py"), *root.glob("store/*.py")]):
+        digest_of.update(path.relative_to(root).as_posix().encode())
+        digest_of.update(path.read_bytes())
+    return digest_of.hexdigest()[:10]
+
+
 def prepare(folder: Path, papers: int, daily_papers: int) -> tuple[Path, Path, Path]:
-    """The snapshot (written once per size), today's dump, and where the built store goes."""
+    """The snapshot (written once per size), today's dump, and where the store built by this
+    code goes."""
     folder.mkdir(parents=True, exist_ok=True)
     snapshot = folder / f"snapshot-{papers}.jsonl"
     if not snapshot.exists():
@@ -381,7 +395,7 @@ def prepare(folder: Path, papers: int, daily_papers: int) -> tuple[Path, Path, P
         draft.rename(snapshot)
     daily = folder / "daily.txt"
     write_daily_dump(daily, daily_papers, snapshot)
-    return snapshot, daily, folder / f"store-{papers}.db"
+    return snapshot, daily, folder / f"store-{papers}-{code_tag()}.db"
 
 
 def main() -> int:

@@ -17,6 +17,9 @@ from digest.store.models import Paper
 _PAPER = Paper.__table__  # type: ignore[attr-defined]
 PARAMETERS = 900  # ids per ``IN (...)``: under every backend's bound-parameter cap
 INDEX_BATCH = 50_000  # papers added to the search index between two progress reports
+# A bulk addition to the search index (a back-fill) is followed by merging the whole index
+# into one segment when it added at least this many papers and a tenth of the store.
+OPTIMIZE_AFTER = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +397,14 @@ def index_papers(conn: Connection, progress: Callable[[str, int], None] | None =
 
     After a back-fill that deferred it this takes seconds: ``progress`` is told the count
     so far, in steps of ``INDEX_BATCH`` papers.
+
+    A bulk addition (``OPTIMIZE_AFTER`` papers or more, and a tenth of the store) ends by
+    merging the index into one segment. The full-text index is a stack of segments that
+    every later write goes on merging, a share of pages per page it writes: a back-fill of
+    a million papers leaves merges under way through most of the index, and each daily
+    dump after it would pay for them, several times the pages of its own papers, for
+    weeks. Merged once here, at the back-fill's speed, a daily dump writes its own segment
+    and merges only small ones.
     """
     if conn.dialect.name != "sqlite":
         return 0
@@ -412,5 +423,9 @@ def index_papers(conn: Connection, progress: Callable[[str, int], None] | None =
         ).rowcount
     if progress is not None:
         progress("building the search index", added)
+    if added >= OPTIMIZE_AFTER and added * 10 >= newest:
+        if progress is not None:
+            progress("merging the search index", added)
+        conn.exec_driver_sql("INSERT INTO paper_fts(paper_fts) VALUES ('optimize')")
     conn.exec_driver_sql("UPDATE search_state SET indexed_upto = ?", (newest,))
     return int(newest - upto)
