@@ -301,12 +301,41 @@ _UPDATE = (
 
 
 def lookup(conn: Connection, column: str, values: list[str]) -> list[dict[str, Any]]:
-    """Existing papers whose ``column`` is one of ``values``, as row dicts."""
+    """Existing papers whose ``column`` is one of ``values``, as row dicts.
+
+    On SQLite straight through the driver, the values read back by the column types' own
+    processors: a daily dump looks up every entry, and the statement's expansion and its
+    parameters' processing in SQLAlchemy cost as much as the index probes themselves.
+    """
+    if conn.dialect.name == "sqlite":
+        return _lookup_sqlite(conn, _PAPER.c[column].name, values)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(values), PARAMETERS):
         part = values[start : start + PARAMETERS]
         result = conn.execute(_LOOKUP.where(_PAPER.c[column].in_(part)))
         rows.extend(dict(row._mapping) for row in result)
+    return rows
+
+
+_RAW_LOOKUP = f"SELECT {', '.join(_LOOKUP_COLUMNS)} FROM paper WHERE "
+
+
+def _lookup_sqlite(conn: Connection, column: str, values: list[str]) -> list[dict[str, Any]]:
+    dialect = conn.dialect
+    processors = [
+        (i, processor)
+        for i, name in enumerate(_LOOKUP_COLUMNS)
+        if (processor := _PAPER.c[name].type.dialect_impl(dialect).result_processor(dialect, None))
+    ]
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(values), PARAMETERS):
+        part = tuple(values[start : start + PARAMETERS])
+        sql = f"{_RAW_LOOKUP}{column} IN ({', '.join('?' * len(part))})"
+        for found in conn.exec_driver_sql(sql, part).all():
+            row = list(found)
+            for i, processor in processors:
+                row[i] = processor(row[i])
+            rows.append(dict(zip(_LOOKUP_COLUMNS, row, strict=True)))
     return rows
 
 
