@@ -25,6 +25,7 @@ import argparse
 import cProfile
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -34,6 +35,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -235,7 +237,7 @@ def measure_floor(
     db = folder / "floor.db"
     for suffix in ("", "-wal", "-shm"):
         Path(str(db) + suffix).unlink(missing_ok=True)
-    with sqlite3.connect(schema_source) as src:
+    with closing(sqlite3.connect(schema_source)) as src:  # closed: no -wal left beside it
         ddl = [
             r[0]
             for r in src.execute(
@@ -326,11 +328,12 @@ def measure_daily(folder: Path, store: Path, daily: Path, profile: Path | None) 
     try:
         engine = open_store(f"sqlite:///{copy}")
         profiler = cProfile.Profile() if profile else None
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         if profiler is not None:
             profiler.enable()
         day = ingest_file(engine, daily, clock=Clock())
         daily_s = time.perf_counter() - started
+        daily_cpu = time.process_time() - cpu_started
         if profiler is not None and profile is not None:
             profiler.disable()
             profiler.dump_stats(profile)
@@ -339,13 +342,13 @@ def measure_daily(folder: Path, store: Path, daily: Path, profile: Path | None) 
     finally:
         remove_db(copy)
     print(
-        f"daily dump:         {daily_s:7.3f} s  {day.entries:,} papers, {day.new:,} new,"
-        f" {day.seen:,} seen again  (target < 1 s)"
+        f"daily dump:         {daily_s:7.3f} s  ({daily_cpu:.3f} s CPU)  {day.entries:,} papers,"
+        f" {day.new:,} new, {day.seen:,} seen again  (target < 1 s)"
     )
     print(f"peak RSS:           {peak_rss_mb():7.0f} MB")
 
 
-_DAILY = re.compile(r"^daily dump: +([\d.]+) s", re.MULTILINE)
+_DAILY = re.compile(r"^daily dump: +([\d.]+) s  \(([\d.]+) s CPU\)", re.MULTILINE)
 
 
 def side_by_side(baseline: Path, args: argparse.Namespace, rest: list[str], rounds: int) -> None:
@@ -355,20 +358,23 @@ def side_by_side(baseline: Path, args: argparse.Namespace, rest: list[str], roun
     folder = args.keep or Path(tempfile.mkdtemp(prefix="digest-bench-"))
     try:
         prepare(folder, args.papers, args.daily)  # the snapshot, once for both
-        times: dict[str, list[float]] = {}
+        times: dict[str, list[tuple[float, float]]] = {}
         turn_args = [*rest, "--keep", str(folder)] if not args.keep else rest
         for name, output in in_turns(baseline, rounds, turn_args, script=Path(__file__).resolve()):
             found = _DAILY.search(output)
-            times.setdefault(name, []).append(float(found.group(1)) if found else float("nan"))
+            wall, cpu = (float(found[1]), float(found[2])) if found else (math.nan, math.nan)
+            times.setdefault(name, []).append((wall, cpu))
     finally:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
-    print("\n| round | baseline | this checkout | ratio |")
-    print("| --- | --- | --- | --- |")
-    for number, (old, new) in enumerate(
-        zip(times["baseline"], times["this checkout"], strict=True), 1
-    ):
-        print(f"| {number} | {old:.3f} s | {new:.3f} s | {new / old:.2f} |")
+    print("\n| round | baseline | this checkout | ratio | CPU: baseline | this checkout | ratio |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    pairs = zip(times["baseline"], times["this checkout"], strict=True)
+    for number, ((old, old_cpu), (new, new_cpu)) in enumerate(pairs, 1):
+        print(
+            f"| {number} | {old:.3f} s | {new:.3f} s | {new / old:.2f}"
+            f" | {old_cpu:.3f} s | {new_cpu:.3f} s | {new_cpu / old_cpu:.2f} |"
+        )
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
