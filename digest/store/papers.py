@@ -431,9 +431,9 @@ def index_papers(conn: Connection, progress: Callable[[str, int], None] | None =
     merging the index into one segment. The full-text index is a stack of segments that
     every later write goes on merging, a share of pages per page it writes: a back-fill of
     a million papers leaves merges under way through most of the index, and each daily
-    dump after it would pay for them, several times the pages of its own papers, for
-    weeks. Merged once here, at the back-fill's speed, a daily dump writes its own segment
-    and merges only small ones.
+    dump after it would pay for them, eight pages of merging for each of its own at a
+    million papers, until they are done. Merged once here, at the back-fill's speed, a
+    daily dump writes its own segment and merges only small ones.
     """
     if conn.dialect.name != "sqlite":
         return 0
