@@ -16,6 +16,7 @@ import digest.store.models  # noqa: F401  (registers the tables)
 from digest.errors import StoreError
 from digest.ingest.diff import upsert_entries
 from digest.ingest.listing import Entry
+from digest.store import papers as papers_store
 from digest.store.engine import open_store, transaction
 from digest.store.migrations import SCHEMA_VERSION, current_version
 from digest.store.papers import index_papers
@@ -195,6 +196,37 @@ def test_search_index_follows_inserts_and_text_changes(engine: Engine) -> None:
     with transaction(engine) as conn:
         upsert_entries(conn, [Entry("Graph Networks", "")], T0 + timedelta(2))
     assert hits("molecule") == ["graph networks"]  # a shorter abstract does not replace it
+
+
+def test_a_bulk_addition_to_the_search_index_merges_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A back-fill's index is merged into one segment, so the daily dumps after it do not
+    go on merging it; a small addition leaves its own segment."""
+    if engine.dialect.name != "sqlite":
+        pytest.skip("the full-text index is SQLite's")
+    monkeypatch.setattr(papers_store, "OPTIMIZE_AFTER", 3, raising=False)
+
+    def segments() -> int:
+        with engine.connect() as conn:
+            found = conn.exec_driver_sql("SELECT count(DISTINCT segid) FROM paper_fts_idx")
+            return int(found.scalar_one())
+
+    for day, title in enumerate(["Diffusion Models", "Graph Networks"]):
+        with transaction(engine) as conn:
+            upsert_entries(conn, [Entry(title, "")], T0 + timedelta(day))
+            assert index_papers(conn) == 1
+    assert segments() == 2
+    bulk = [Entry(f"Sparse Attention {n}", "") for n in range(4)]
+    with transaction(engine) as conn:
+        upsert_entries(conn, bulk, T0 + timedelta(3))
+        assert index_papers(conn) == 4
+    assert segments() == 1
+    with engine.connect() as conn:
+        found = conn.exec_driver_sql(
+            "SELECT count(*) FROM paper_fts WHERE paper_fts MATCH 'diffusion OR sparse'"
+        )
+        assert found.scalar_one() == 5
 
 
 def test_term_statistics_cover_the_store_and_are_repeatable(engine: Engine) -> None:

@@ -17,6 +17,9 @@ from digest.store.models import Paper
 _PAPER = Paper.__table__  # type: ignore[attr-defined]
 PARAMETERS = 900  # ids per ``IN (...)``: under every backend's bound-parameter cap
 INDEX_BATCH = 50_000  # papers added to the search index between two progress reports
+# A bulk addition to the search index (a back-fill) is followed by merging the whole index
+# into one segment when it added at least this many papers and a tenth of the store.
+OPTIMIZE_AFTER = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,12 +301,41 @@ _UPDATE = (
 
 
 def lookup(conn: Connection, column: str, values: list[str]) -> list[dict[str, Any]]:
-    """Existing papers whose ``column`` is one of ``values``, as row dicts."""
+    """Existing papers whose ``column`` is one of ``values``, as row dicts.
+
+    On SQLite straight through the driver, the values read back by the column types' own
+    processors: a daily dump looks up every entry, and the statement's expansion and its
+    parameters' processing in SQLAlchemy cost as much as the index probes themselves.
+    """
+    if conn.dialect.name == "sqlite":
+        return _lookup_sqlite(conn, _PAPER.c[column].name, values)
     rows: list[dict[str, Any]] = []
     for start in range(0, len(values), PARAMETERS):
         part = values[start : start + PARAMETERS]
         result = conn.execute(_LOOKUP.where(_PAPER.c[column].in_(part)))
         rows.extend(dict(row._mapping) for row in result)
+    return rows
+
+
+_RAW_LOOKUP = f"SELECT {', '.join(_LOOKUP_COLUMNS)} FROM paper WHERE "
+
+
+def _lookup_sqlite(conn: Connection, column: str, values: list[str]) -> list[dict[str, Any]]:
+    dialect = conn.dialect
+    processors = [
+        (i, processor)
+        for i, name in enumerate(_LOOKUP_COLUMNS)
+        if (processor := _PAPER.c[name].type.dialect_impl(dialect).result_processor(dialect, None))
+    ]
+    rows: list[dict[str, Any]] = []
+    for start in range(0, len(values), PARAMETERS):
+        part = tuple(values[start : start + PARAMETERS])
+        sql = f"{_RAW_LOOKUP}{column} IN ({', '.join('?' * len(part))})"
+        for found in conn.exec_driver_sql(sql, part).all():
+            row = list(found)
+            for i, processor in processors:
+                row[i] = processor(row[i])
+            rows.append(dict(zip(_LOOKUP_COLUMNS, row, strict=True)))
     return rows
 
 
@@ -394,6 +426,14 @@ def index_papers(conn: Connection, progress: Callable[[str, int], None] | None =
 
     After a back-fill that deferred it this takes seconds: ``progress`` is told the count
     so far, in steps of ``INDEX_BATCH`` papers.
+
+    A bulk addition (``OPTIMIZE_AFTER`` papers or more, and a tenth of the store) ends by
+    merging the index into one segment. The full-text index is a stack of segments that
+    every later write goes on merging, a share of pages per page it writes: a back-fill of
+    a million papers leaves merges under way through most of the index, and each daily
+    dump after it would pay for them, eight pages of merging for each of its own at a
+    million papers, until they are done. Merged once here, at the back-fill's speed, a
+    daily dump writes its own segment and merges only small ones.
     """
     if conn.dialect.name != "sqlite":
         return 0
@@ -412,5 +452,9 @@ def index_papers(conn: Connection, progress: Callable[[str, int], None] | None =
         ).rowcount
     if progress is not None:
         progress("building the search index", added)
+    if added >= OPTIMIZE_AFTER and added * 10 >= newest:
+        if progress is not None:
+            progress("merging the search index", added)
+        conn.exec_driver_sql("INSERT INTO paper_fts(paper_fts) VALUES ('optimize')")
     conn.exec_driver_sql("UPDATE search_state SET indexed_upto = ?", (newest,))
     return int(newest - upto)

@@ -197,4 +197,10 @@ def _mostly_controls(sample: str) -> bool:
 
 def collapse(text: str) -> str:
     """Every run of whitespace (newlines included) folded to one space, ends trimmed."""
+    text = text.strip()
+    # The common line, printable ASCII with single spaces (the only spacing that is
+    # printable), is collapsed already: splitting it into words to join them again was
+    # most of what reading a dump cost.
+    if text.isascii() and text.isprintable() and "  " not in text:
+        return text
     return " ".join(text.split())

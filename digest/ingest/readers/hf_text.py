@@ -71,6 +71,7 @@ FUTURE_SLACK = timedelta(days=2)
 
 _CHROME_EXACT = frozenset({"new", "subscribe", "byak and the research community"})
 _CHROME_PREFIX = "get trending papers"
+_CHROME_CHARS = 40  # longer than any chrome line above, and than the prefix
 _GLUED = "Subscribe"
 
 _MONTHS = {
@@ -117,8 +118,10 @@ def parse_hf_text(text: str, path: Path, *, now: datetime) -> Listing:
         line = collapse(raw)
         if not line:
             continue
-        folded = line.casefold()
-        if folded in _CHROME_EXACT or folded.startswith(_CHROME_PREFIX):
+        # chrome is short: the start of a line tells (casefold never shortens text)
+        head = line[:_CHROME_CHARS].casefold()
+        short = len(line) <= _CHROME_CHARS
+        if head.startswith(_CHROME_PREFIX) or (short and head in _CHROME_EXACT):
             chrome = True
             continue
         is_date, found = parse_listing_date(line, now)
@@ -157,6 +160,8 @@ def parse_hf_text(text: str, path: Path, *, now: datetime) -> Listing:
 def _dedent(content: list[Line]) -> list[Line]:
     """The lines without the margin they all share: a dump pasted indented is no less a
     dump, while an indented block inside other text stays indented."""
+    if any(not line.raw[:1].isspace() for line in content):
+        return content  # a line starts at the margin (most dumps: the first)
     margin = min((len(line.raw) - len(line.raw.lstrip()) for line in content), default=0)
     if not margin:
         return content

@@ -51,6 +51,7 @@ _CUT_AFTER = re.compile(
     re.IGNORECASE,
 )
 _ENDS_SENTENCE = re.compile(r"""[.!?:;…'"”’)\]»]$""")
+_TAIL = 8  # characters that hold any match of the two patterns above (the longest is 6)
 # The next line going on in lower case: a plain lower-case word, not a name like "xLSTM".
 _GOES_ON = re.compile(r"[a-z]+(?:[\s,;:.]|$)")
 _CAPITALS = re.compile(r"[A-Z]{2,}")
@@ -95,21 +96,32 @@ class Verdict:
 
 def line_fault(line: Line, following: Line | None, *, as_title: bool) -> str | None:
     """What marks ``line`` as document text, or None when it could be part of a papers page."""
-    for pattern, what in _MARKUP:
-        if pattern.match(line.raw):
-            return what
+    # Every mark of markup begins with spacing or a sign, never a letter: a line that starts
+    # with one (most lines of a dump) needs no pattern tried.
+    if not line.raw[:1].isalpha():
+        for pattern, what in _MARKUP:
+            if pattern.match(line.raw):
+                return what
     text = line.text
     if not as_title:
         return None  # an abstract may quote a link, or be cut short by the copy
-    for pattern, what in _NOT_TITLE:
-        if pattern.search(text):
-            return what
+    if "://" in text or "www." in text or "`" in text:  # what the two patterns need
+        for pattern, what in _NOT_TITLE:
+            if pattern.search(text):
+                return what
     words = text.split(" ")
     if len(words) >= 3 and all(_CAPITALS.fullmatch(w.strip(".,:;!?")) for w in words):
         return "an all-capitals heading"
-    if _CUT_AFTER.search(text):
+    # Both patterns are anchored at the end and span at most six characters: only the
+    # line's tail is searched.
+    tail = max(len(text) - _TAIL, 0)
+    if _CUT_AFTER.search(text, tail):
         return "a sentence cut at the end of the line (hard-wrapped text)"
-    if following is not None and not _ENDS_SENTENCE.search(text) and _GOES_ON.match(following.text):
+    if (
+        following is not None
+        and not _ENDS_SENTENCE.search(text, tail)
+        and _GOES_ON.match(following.text)
+    ):
         return "a sentence going on into the next line (hard-wrapped text)"
     return None
 
