@@ -1,5 +1,6 @@
-"""An outbox item's stored explanation is the JSON of its hits, whichever items share them:
-each hit written once and joined is the same text as the whole list written at once."""
+"""An outbox item's row: its paper, its score as stored, and its explanation as the JSON of
+its hits (and of the liked paper it was chosen for), made once per distinct item however
+many readers' lists hold it."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from digest.deliver.due import by_period, due_readers, reader_hour
 from digest.rank import ranker
 from digest.rank.corpus import store_stats
 from digest.rank.reader_model import Vote
-from digest.rank.types import CorpusStats, InterestHit, Profile, Ranked, hits_to_json
+from digest.rank.types import CorpusStats, Profile, Ranked, hits_to_json
 from digest.store import outbox
 from digest.store import papers as papers_store
 from digest.store import votes as vote_store
@@ -367,29 +367,17 @@ def _record(
 class _Items:
     """Each ranked item as an outbox item row (paper id, score as stored, explanation JSON),
     made once per distinct item: readers given the same answer share its items (a run of
-    100,000 readers has 1.8 million items, of a fifth as many distinct ones). An item's JSON
-    is its hits' JSON joined, each hit's written once: items share hits (an interest
-    matching a paper is one hit in every item that paper makes with it)."""
+    100,000 readers has 1.8 million items, of a fifth as many distinct ones)."""
 
     def __init__(self) -> None:
-        # By the item's (or hit's) identity, each kept with its row so that the identity
-        # stays its own.
+        # By the item's identity, each kept with its row so that the identity stays its own.
         self._rows: dict[int, tuple[Ranked, tuple[int, float, str]]] = {}
-        self._hits: dict[int, tuple[InterestHit, str]] = {}
 
     def __call__(self, item: Ranked) -> tuple[int, float, str]:
         found = self._rows.get(id(item))
         if found is None:
-            parts = [self._hit(hit) for hit in item.hits]
+            matched = json.dumps(hits_to_json(item.hits))
             if item.because:  # the reason feedback gives is the reader's own
-                parts.append(json.dumps({"liked": item.because}))
-            # What ``json.dumps`` of the list writes: its items' JSON, between ", ".
-            matched = "[" + ", ".join(parts) + "]"
+                matched = json.dumps([*json.loads(matched), {"liked": item.because}])
             found = self._rows[id(item)] = (item, (item.paper_id, round(item.score, 4), matched))
-        return found[1]
-
-    def _hit(self, hit: InterestHit) -> str:
-        found = self._hits.get(id(hit))
-        if found is None:
-            found = self._hits[id(hit)] = (hit, json.dumps(hits_to_json((hit,))[0]))
         return found[1]
