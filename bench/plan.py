@@ -2,7 +2,7 @@
 
     python bench/plan.py [--subscribers 20000] [--papers 200000] [--daily 5000]
                          [--store DIR] [--seed 7] [--dumps PATH ...]
-                         [--baseline CHECKOUT [--rounds N]]
+                         [--baseline CHECKOUT [--rounds N]] [--rank-only]
 
 The store of bench/cycle.py (its generators, the same seed: the same papers, readers and
 day), built once into ``--store`` (default: a folder under the system's temporary folder
@@ -11,7 +11,10 @@ named by the sizes) and copied for each run, the daily dump already ingested; th
 their outbox rows written, in one transaction. Prints the seconds, this process's CPU
 time and that of the worker processes it forked (ranking, statistics), its peak RSS and
 the largest worker's, and what was written. ``--baseline``: this script on another
-checkout's code and on this one's, in turns, on the same store.
+checkout's code and on this one's, in turns, on the same store. ``--rank-only``: on the
+same store, the ranking alone as bench/match.py ranks (every owed reader's interests, the
+day's papers and the store's statistics read, then every reader ranked a batch at a time,
+with no candidate sets, votes, item rows or outbox), to set beside the whole step.
 """
 
 from __future__ import annotations
@@ -41,9 +44,14 @@ from match import (  # bench/match.py
 
 from digest.deliver import plan
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
+from digest.rank.corpus import store_stats
+from digest.rank.ranker import Ranking
+from digest.rank.types import Profile
 from digest.service.keys import site_keys
 from digest.settings import Settings, load_settings
-from digest.store.engine import open_store, transaction
+from digest.store import outbox
+from digest.store import papers as papers_store
+from digest.store.engine import ingest_sequence, open_store, transaction
 from digest.store.papers import index_papers
 
 
@@ -121,6 +129,36 @@ def run(store: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def rank_only(store: Path) -> None:
+    """What the plan step ranks, ranked as bench/match.py ranks it, on the store itself."""
+    engine = open_store(settings_in(store).database_url)
+    period = datetime.now(UTC).date()
+    started, cpu, workers = time.perf_counter(), time.process_time(), children_cpu()
+    with engine.connect() as conn:
+        decoded: dict[str, tuple[str, ...]] = {}
+        rows = [row for row in outbox.owed_readers(conn, period) if plan.due(row, period)]
+        profiles = [Profile.stored(row, decoded) for row in rows]
+        after = min(int(row.seen_upto) for row in rows)
+        papers = papers_store.new_since(conn, after, ingest_sequence(conn))
+        stats = store_stats(conn, processes=None)
+    engine.dispose()
+    read = (time.perf_counter() - started, time.process_time() - cpu, children_cpu() - workers)
+    started, cpu, workers = time.perf_counter(), time.process_time(), children_cpu()
+    with Ranking(papers, profiles, stats) as day:
+        items = 0
+        for start in range(0, len(profiles), plan.PLAN_BATCH):
+            ranked = day.rank(profiles[start : start + plan.PLAN_BATCH])
+            items += sum(map(len, ranked.values()))
+            del ranked
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    print(f"{len(profiles):,} readers, {len(papers):,} papers, {items:,} items")
+    print(
+        f"read readers, papers and statistics: {read[0]:.2f} s, CPU {read[1]:.2f} s"
+        f" + workers {read[2]:.2f} s"
+    )
+    print(f"rank only: {seconds:.2f} s, CPU {cpu:.2f} s + workers {children_cpu() - workers:.2f} s")
+
+
 _FIGURES = re.compile(
     r"plan and record: ([\d.]+) s, CPU ([\d.]+) s \+ workers ([\d.]+) s\n"
     r"peak RSS: (\d+) MB \((\d+) MB before planning\), largest worker (\d+) MB"
@@ -152,6 +190,11 @@ def main() -> None:
     parser.add_argument("--store", type=Path, help="where the store is built once and kept")
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
+    parser.add_argument(
+        "--rank-only",
+        action="store_true",
+        help="rank as bench/match.py does, on the same store (no outbox), instead",
+    )
     add_dumps_argument(parser)
     args = parser.parse_args()
     sizes = f"{args.papers}-{args.subscribers}-{args.daily}-{args.seed}"
@@ -160,6 +203,9 @@ def main() -> None:
         started = time.perf_counter()
         build(store, args)
         print(f"set-up: store built in {store} in {time.perf_counter() - started:.1f} s")
+    if args.rank_only:
+        rank_only(store)
+        return
     if args.baseline:
         rest = [a for a in sys.argv[1:] if a not in (str(args.baseline), "--baseline")]
         if "--store" not in rest:

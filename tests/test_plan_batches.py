@@ -24,7 +24,7 @@ from digest.rank.types import CorpusStats, Profile, TermCounts
 from digest.service.cycle import run_cycle
 from digest.service.subscriptions import operator_patch, upsert_subscriber
 from digest.settings import Settings
-from digest.store import outbox
+from digest.store import plan_rows
 from digest.store.models import Subscriber
 from digest.store.subscription import Subscription
 from tests.test_cycle import DAY, JOINED, PEOPLE, Crash, settings, store, ticking
@@ -87,7 +87,7 @@ def test_a_run_records_each_batch_before_it_ranks_the_next(
     settings: Settings, readers: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     steps: list[tuple[str, int]] = []
-    rank, record = ranker.Ranking.rank, outbox.record
+    rank, record = ranker.Ranking.rank, plan_rows.record
 
     def ranking(self: ranker.Ranking, profiles: Any, **kw: Any) -> Any:
         steps.append(("rank", len(profiles)))
@@ -98,7 +98,7 @@ def test_a_run_records_each_batch_before_it_ranks_the_next(
         record(conn, planned, **kw)
 
     monkeypatch.setattr(ranker.Ranking, "rank", ranking)
-    monkeypatch.setattr(outbox, "record", recording)
+    monkeypatch.setattr(plan_rows, "record", recording)
     monkeypatch.setattr(plan, "PLAN_BATCH", 4)
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     report = run_cycle(settings, readers, clock=clock, period=DAY, transport=RecordingTransport())
@@ -110,7 +110,7 @@ def test_a_run_records_each_batch_before_it_ranks_the_next(
 def test_a_run_that_dies_while_planning_leaves_no_period_half_planned(
     settings: Settings, readers: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    record = outbox.record
+    record = plan_rows.record
     calls: list[int] = []
 
     def dying(conn: Any, planned: Any, **kw: Any) -> None:
@@ -119,14 +119,14 @@ def test_a_run_that_dies_while_planning_leaves_no_period_half_planned(
             raise Crash("killed while planning")
         record(conn, planned, **kw)
 
-    monkeypatch.setattr(outbox, "record", dying)
+    monkeypatch.setattr(plan_rows, "record", dying)
     monkeypatch.setattr(plan, "PLAN_BATCH", 4)
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     with pytest.raises(Crash):
         run_cycle(settings, readers, clock=clock, period=DAY, transport=RecordingTransport())
     assert calls == [4, 4]
     assert outbox_rows(readers) == []  # not the first batch alone: nothing
-    monkeypatch.setattr(outbox, "record", record)
+    monkeypatch.setattr(plan_rows, "record", record)
     sent = RecordingTransport()
     report = run_cycle(settings, readers, clock=clock, period=DAY, transport=sent)
     assert sum(report.composed.values()) == 11  # every reader planned by the next run

@@ -31,7 +31,7 @@ from digest.rank import ranker
 from digest.rank.corpus import store_stats
 from digest.rank.reader_model import Vote
 from digest.rank.types import CorpusStats, Profile, Ranked, hits_to_json
-from digest.store import outbox
+from digest.store import outbox, plan_rows
 from digest.store import papers as papers_store
 from digest.store import votes as vote_store
 from digest.store.engine import ingest_sequence
@@ -360,7 +360,7 @@ def _record(
     conn: Connection, planned: dict[date, list[Planned]], *, now: datetime, run_id: int | None
 ) -> None:
     for when, rows in sorted(planned.items()):
-        outbox.record(conn, rows, period=when, now=now, run_id=run_id)
+        plan_rows.record(conn, rows, period=when, now=now, run_id=run_id)
     planned.clear()
 
 

@@ -81,17 +81,27 @@ class Explainer:
 
     def words(self, qid: int, pidx: int) -> Words:
         """The words and fields by which interest ``qid`` matched paper ``pidx``, and what
-        the paper's readers are shown marked for it."""
-        terms, fields = self._words(qid, pidx)
-        return terms, fields, self.marks(qid, pidx)
+        the paper's readers are shown marked for it.
+
+        The matcher is evaluated over the paper once, and its evidence makes both the words
+        said and the marks (it was evaluated once for each)."""
+        doc = self.docs[pidx - self.offset]
+        found: list[Evidence] = []
+        matched = self.matchers[qid].evaluate(doc, found) is not None
+        terms, fields = self._words(qid, pidx, doc, found)
+        return terms, fields, self._marks(qid, pidx, doc, found) if matched else None
 
     def marks(self, qid: int, pidx: int) -> HitMarks | None:
         """What interest ``qid`` marks in paper ``pidx``: the evidence of the very matcher
         that ranked it (``highlight.evidence``), located in the paper's own text."""
+        return self._marks(qid, pidx, self.docs[pidx - self.offset], None)
+
+    def _marks(
+        self, qid: int, pidx: int, doc: Doc, found: list[Evidence] | None
+    ) -> HitMarks | None:
         plan = self._plans.get(qid)
         if plan is None:
             plan = self._plans[qid] = plan_of(self.matchers[qid])
-        doc = self.docs[pidx - self.offset]
 
         def where(f: int) -> array[int] | None:
             key = (pidx, f)
@@ -99,10 +109,11 @@ class Explainer:
                 self._located[key] = located(self.texts[pidx][f])
             return self._located[key]
 
-        return evidence(plan, doc, where)
+        return evidence(plan, doc, where, found)
 
-    def _words(self, qid: int, pidx: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        doc = self.docs[pidx - self.offset]
+    def _words(
+        self, qid: int, pidx: int, doc: Doc, found: list[Evidence]
+    ) -> tuple[tuple[str, ...], tuple[str, ...]]:
         matcher = self.matchers[qid]
         words: dict[str, None] = {}
         if isinstance(matcher, TermLeaf) and not any(matcher.term in f.spans for f in doc.fields):
@@ -112,8 +123,6 @@ class Explainer:
             for f in present:
                 words.update(dict.fromkeys(self._field_forms(pidx, f, doc).of(term)))
             return tuple(words), tuple(FIELDS[f] for f in present)
-        found: list[Evidence] = []
-        matcher.evaluate(doc, found)
         said: dict[tuple[int, str], AliasLeaf | None] = {}  # a word met again adds nothing
         for f, first, last, leaf in found:
             if isinstance(leaf, AliasLeaf):

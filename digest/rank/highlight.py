@@ -229,16 +229,24 @@ def located(text: str) -> array[int] | None:
     return array("l", chain.from_iterable(offsets)) if offsets is not None else None
 
 
-def evidence(plan: Plan, doc: Doc, where: Callable[[int], array[int] | None]) -> HitMarks | None:
+def evidence(
+    plan: Plan,
+    doc: Doc,
+    where: Callable[[int], array[int] | None],
+    found: list[Evidence] | None = None,
+) -> HitMarks | None:
     """What the compiled interest of ``plan`` marks in ``doc`` and why; None: no match.
 
     ``where(f)``: the words of field ``f`` located in its text (``located``). The marks are
     the evidence its leaves report, words asked together at their first place in each
-    field; the reason, the words kept on the leaves that matched.
+    field; the reason, the words kept on the leaves that matched. ``found``: that evidence
+    when the caller already evaluated the matcher over ``doc`` and it matched (the
+    explanation's words are made of the same evidence); else it is evaluated here.
     """
-    found: list[Evidence] = []
-    if plan.matcher.evaluate(doc, found) is None:
-        return None
+    if found is None:
+        found = []
+        if plan.matcher.evaluate(doc, found) is None:
+            return None
     spans = plan.spans(found)
     reason = _reason(plan.matcher, _used(found), doc)
     out: list[tuple[int, int, int]] = []

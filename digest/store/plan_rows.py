@@ -1,0 +1,139 @@
+"""Writing a planned batch's outbox rows on SQLite with the driver's own ``executemany``.
+
+``outbox.record`` writes a batch's digests and moves its readers' cut-offs through
+SQLAlchemy, which turns every row into a dictionary of parameters and processes each
+value: at 100,000 readers, two statements of 100,000 rows each. Here the same rows go to
+SQLite as tuples, each value converted by the column's type as the dialect implements it,
+so the stored text is what SQLAlchemy stores; the items as ``outbox.record`` writes them.
+Other databases (PostgreSQL writes its items by ``COPY``), and a schema whose digest or
+subscriber columns fill themselves in Python (a default made by a function, a value set
+on update), take ``outbox.record`` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from digest.clock import as_utc
+from digest.store import outbox
+from digest.store.models import Digest, DigestItem, Subscriber
+from digest.store.outbox import Planned
+from digest.store.papers import PARAMETERS
+
+_DIGEST: sa.Table = Digest.__table__  # type: ignore[attr-defined]
+_ITEM: sa.Table = DigestItem.__table__  # type: ignore[attr-defined]
+_SUBSCRIBER: sa.Table = Subscriber.__table__  # type: ignore[attr-defined]
+# What a planned digest sets; every other column takes its default.
+_SET = (
+    "subscriber_id",
+    "period",
+    "status",
+    "message_id",
+    "created_at",
+    "run_id",
+    "attempts",
+    "first_attempt_at",
+    "last_error",
+)
+# Converted as SQLAlchemy converts them: a digest's times, its period, a reader's last digest.
+_CONVERTED = (_DIGEST.c.created_at, _DIGEST.c.period, _SUBSCRIBER.c.last_digest_at)
+_ITEM_COLUMNS = ("digest_id", "subscriber_id", "paper_id", "rank", "score", "matched")
+
+
+def record(
+    conn: Connection,
+    planned: Sequence[Planned],
+    *,
+    period: date,
+    now: datetime,
+    run_id: int | None,
+) -> None:
+    """What ``outbox.record`` writes for a batch (the digests, their items and the readers'
+    cut-offs), the same rows, written with the driver's ``executemany`` on SQLite."""
+    if not planned:
+        return
+    defaults = _constant_defaults()
+    if conn.dialect.paramstyle != "qmark" or defaults is None:
+        outbox.record(conn, planned, period=period, now=now, run_id=run_id)
+        return
+    now = as_utc(now, naive="refuse")
+    stamp, day, moment = (_sent(conn, column) for column in _CONVERTED)
+    names = (*_SET, *defaults)
+    fixed = tuple(_sent(conn, _DIGEST.c[name])(value) for name, value in defaults.items())
+    stored_period, created = day(period), stamp(now)
+    rows: list[tuple[Any, ...]] = []
+    for p in planned:
+        carried = p.carried
+        if carried is None:
+            fresh = (p.subscriber_id, stored_period, p.status, p.message_id, created, run_id)
+            rows.append((*fresh, 0, None, None, *fixed))
+        else:
+            head = (p.subscriber_id, stored_period, p.status, p.message_id, stamp(carried.since))
+            first = stamp(carried.first_attempt_at)
+            rows.append((*head, run_id, carried.attempts, first, carried.last_error, *fixed))
+    _insert(conn, _DIGEST.name, names, rows)
+    # The new rows' ids, of this batch's readers only (a period may be recorded in batches).
+    digest_of: dict[int, int] = {}
+    wanted = [p.subscriber_id for p in planned]
+    query = sa.select(_DIGEST.c.subscriber_id, _DIGEST.c.id).where(_DIGEST.c.period == period)
+    for start in range(0, len(wanted), PARAMETERS):
+        part = wanted[start : start + PARAMETERS]
+        for sid, did in conn.execute(query.where(_DIGEST.c.subscriber_id.in_(part))):
+            digest_of[sid] = int(did)
+    items = [
+        (digest_of[p.subscriber_id], p.subscriber_id, paper_id, rank, score, matched)
+        for p in planned
+        for rank, (paper_id, score, matched) in enumerate(p.items, 1)
+    ]
+    if items:
+        _insert(conn, _ITEM.name, _ITEM_COLUMNS, items)
+    touched = moment(now)
+    conn.exec_driver_sql(
+        f"UPDATE {_SUBSCRIBER.name} SET last_digest_at = ?, seen_upto = ? WHERE id = ?",
+        [(touched, p.upto, p.subscriber_id) for p in planned],
+    )
+
+
+def _insert(
+    conn: Connection, table: str, names: Sequence[str], rows: list[tuple[Any, ...]]
+) -> None:
+    marks = ", ".join("?" for _ in names)
+    conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})", rows)
+
+
+@cache
+def _constant_defaults() -> dict[str, Any] | None:
+    """The digest columns a planned digest leaves to their defaults, with their defaults;
+    None when a column of a written table fills itself otherwise (a default
+    made by a function, a value set on update), which only SQLAlchemy's own insert gives."""
+    out: dict[str, Any] = {}
+    for column in _DIGEST.columns:
+        if column.primary_key or column.name in _SET:
+            continue
+        default = column.default
+        if default is None:
+            out[column.name] = None
+        elif isinstance(default, sa.ColumnDefault) and default.is_scalar:
+            out[column.name] = default.arg
+        else:
+            return None
+    for table in (_DIGEST, _SUBSCRIBER):
+        if any(column.onupdate is not None for column in table.columns):
+            return None
+    return out
+
+
+def _sent(conn: Connection, column: sa.Column[Any]) -> Callable[[Any], Any]:
+    """A value of ``column`` as SQLAlchemy sends it to the driver (None as None)."""
+    # The type as this dialect implements it: what SQLAlchemy's own statements convert with
+    # (the type's ``bind_processor`` alone writes times with their offset on SQLite).
+    convert = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    if convert is None:
+        return lambda value: value
+    return lambda value: None if value is None else convert(value)

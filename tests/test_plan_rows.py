@@ -1,0 +1,114 @@
+"""A planned batch written with the driver's ``executemany`` (``store.plan_rows``) stores the
+very rows ``outbox.record`` stores: every column of the digests, their items and the
+readers' cut-offs, a digest that takes in a waiting one included."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from digest.deliver import plan
+from digest.ingest.dumps import ingest_inbox
+from digest.service.subscriptions import operator_patch, upsert_subscriber
+from digest.settings import Settings
+from digest.store import outbox, plan_rows
+from digest.store.models import Digest
+from tests.test_cycle import DAY, JOINED, settings, store, ticking
+
+__all__ = ["settings", "store"]  # the fixtures, shared with tests/test_cycle.py
+
+MORE = {f"reader{n}@example.org": ["diffus*", "speech"][n % 2 :] for n in range(6)}
+NOW = datetime(2026, 3, 12, 7, 0, 0, 123456, tzinfo=UTC)
+
+
+@pytest.fixture
+def waiting(settings: Settings, store: Engine) -> Iterator[Engine]:
+    """Eleven readers with the day ingested, the first five with a digest of the day before
+    still waiting (tried twice, with an error)."""
+    for address, interests in MORE.items():
+        upsert_subscriber(store, operator_patch(address, interests), now=JOINED)
+    ingest_inbox(store, settings.inbox, clock=ticking(datetime(2026, 3, 12, 6, 0, tzinfo=UTC)))
+    before = DAY - timedelta(days=1)
+    with store.begin() as conn:
+        readers = outbox.owed_subscribers(conn, before)[:5]
+        plans = plan.owed_plans(conn, period=before, subscribers=readers)
+        _record(conn, plans, period=before, now=NOW - timedelta(days=1))
+        conn.execute(
+            sa.text("UPDATE digest SET attempts = 2, first_attempt_at = :at, last_error = 'x'"),
+            {"at": NOW - timedelta(hours=20)},
+        )
+    yield store
+
+
+def _record(conn: Connection, plans: Any, **kw: Any) -> dict[str, int]:
+    return plan.record_plans(conn, plans, key=b"k" * 32, mail_from="d@x.org", run_id=None, **kw)
+
+
+def _tables(conn: Connection) -> dict[str, list[tuple[Any, ...]]]:
+    """Every column of the digests (a digest's id as its reader and period: PostgreSQL does
+    not take back the ids of rows rolled back), their items and the readers."""
+    digest = ", ".join(f"d.{c.name}" for c in Digest.__table__.columns if c.name != "id")  # type: ignore[attr-defined]
+    queries = {
+        "digest": f"SELECT {digest} FROM digest d ORDER BY d.id",
+        "digestitem": "SELECT d.subscriber_id, d.period, i.paper_id, i.rank, i.score, i.matched"
+        " FROM digestitem i JOIN digest d ON d.id = i.digest_id ORDER BY i.id",
+        "subscriber": "SELECT * FROM subscriber ORDER BY id",
+    }
+    return {
+        name: [tuple(row) for row in conn.execute(sa.text(query))]
+        for name, query in queries.items()
+    }
+
+
+def test_the_rows_written_are_those_outbox_record_writes(
+    waiting: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = []
+    for record in (outbox.record, plan_rows.record):
+        monkeypatch.setattr(plan_rows, "record", record)
+        with waiting.connect() as conn:
+            plans = plan.owed_plans(conn, period=DAY, take_in=True, batch=4)
+            counts = _record(conn, plans, period=DAY, now=NOW)
+            carried = conn.execute(
+                sa.text("SELECT count(*) FROM digest WHERE attempts = 2 AND status = 'pending'")
+            ).scalar_one()
+            written.append((counts, carried, _tables(conn)))
+            conn.rollback()
+    (counts, carried, tables), (*others, their_tables) = written
+    assert (counts, carried) == tuple(others)
+    for name, rows in tables.items():  # a table at a time, row by row: a difference shows
+        assert len(rows) == len(their_tables[name])
+        for ours, theirs in zip(rows, their_tables[name], strict=True):
+            assert ours == theirs
+    assert counts["pending"] >= 10
+    assert len(tables["digestitem"]) > 20
+    assert carried >= 4  # the new digests that took in waiting ones carried their attempts
+
+
+def test_a_digest_column_filled_by_a_function_is_left_to_sqlalchemy(
+    waiting: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    column = plan_rows._DIGEST.c.subject
+    monkeypatch.setattr(column, "default", sa.ColumnDefault(lambda: "made"))
+    plan_rows._constant_defaults.cache_clear()
+    try:
+        assert plan_rows._constant_defaults() is None
+        taken: list[int] = []
+        record = outbox.record
+
+        def recording(conn: Any, planned: Any, **kw: Any) -> None:
+            taken.append(len(planned))
+            record(conn, planned, **kw)
+
+        monkeypatch.setattr(outbox, "record", recording)
+        with waiting.connect() as conn:
+            _record(conn, plan.owed_plans(conn, period=DAY), period=DAY, now=NOW)
+            conn.rollback()
+        assert sum(taken) >= 10  # every reader recorded by outbox.record
+    finally:
+        plan_rows._constant_defaults.cache_clear()
