@@ -96,10 +96,30 @@ def test_a_frozen_cycle_is_freed_by_the_pass_over_everything(
     assert not tracked(kept)
 
 
+def test_full_passes_come_often_once_they_are_short(clock: tuple[Collector, Clock]) -> None:
+    # the middle generation's passes that make a full pass due: fewer than CPython's 10
+    assert gc.get_threshold()[2] == collector.FULL_AFTER < 10
+    seen: list[int] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop":
+            seen.append(info["generation"])
+
+    gc.callbacks.append(note)
+    try:
+        kept = [[[] for _ in range(50)] for _ in range(2_000)]  # long-lived: promoted
+    finally:
+        gc.callbacks.remove(note)
+    assert 2 in seen
+    assert not tracked(kept[0])  # a full pass froze it
+
+
 def test_uninstall_leaves_the_collector_as_it_was() -> None:
+    before = gc.get_threshold()
     made = Collector()
     made.install()
     made.uninstall()
+    assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
     kept = [[] for _ in range(10)]
     gc.collect()
