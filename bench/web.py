@@ -5,6 +5,7 @@ Run by hand (not in CI; needs wrk and nginx):
 
     python bench/web.py [--papers 1000000] [--subscribers 100000] [--cache DIR]
                         [--workers 2] [--seconds 10] [--connections 8] [--warm-seconds 60]
+                        [--cases NAME,...] [--baseline CHECKOUT [--rounds N]]
 
 The store (papers over the last five years, subscribers each sent two digests of ten
 papers) is built with bulk inserts and kept under ``--cache`` (default: a folder in the
@@ -17,7 +18,10 @@ worker's entries still to make (as after a restart), then with them made (each w
 first answers other readers' feeds of the same papers for ``--warm-seconds``, unmeasured:
 a day's papers go to many readers), a paper page, the "try it" preview, a subscribe POST
 (CSRF cookie and field fetched once; mail to a file:// transport), and nginx serving a
-static file of the size of a rendered private feed.
+static file of the size of a rendered private feed. ``--cases`` runs only the cases whose
+name holds one of the words given. ``--baseline CHECKOUT`` runs this script on that
+checkout's code and on this one's in turns (``--rounds`` times each, on the same store),
+then prints both side by side with their ratios.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 import sqlalchemy as sa
+from match import args_for_turns, in_turns  # bench/match.py
 
 from digest.settings import load_settings
 from digest.store.engine import open_store, transaction
@@ -304,6 +309,46 @@ http {{
     return subprocess.Popen(["nginx", "-c", str(config), "-p", str(root), "-g", "daemon off;"])
 
 
+_ROW = re.compile(
+    r"^\| (.+?) \| (.+?) \| ([\d,.]+|nan) \| ([\d.]+|nan) \| ([\d.]+|nan) \| (\d+) \|$", re.M
+)
+
+
+def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
+    """This script on the baseline's code and on this checkout's, in turns, on one store."""
+    found: dict[str, list[dict[tuple[str, str], tuple[float, float]]]] = {
+        "baseline": [],
+        "this checkout": [],
+    }
+    loads: dict[str, list[str]] = {"baseline": [], "this checkout": []}
+    for name, output in in_turns(baseline, rounds, rest, script=Path(__file__).resolve()):
+        found[name].append(
+            {
+                (case, mode): (float(rate.replace(",", "")), float(p99))
+                for case, mode, rate, _, p99, _ in _ROW.findall(output)
+            }
+        )
+        load = re.search(r"^load average: (.*)$", output, re.M)
+        loads[name].append(load.group(1) if load else "?")
+    print("\n| round | case | mode | baseline | this checkout | ratio (rate / p99) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for turn in range(rounds):
+        old, new = found["baseline"][turn], found["this checkout"][turn]
+        for (case, mode), (rate, p99) in old.items():
+            if (case, mode) not in new:
+                continue
+            now, now_p99 = new[case, mode]
+            print(
+                f"| {turn + 1} | {case} | {mode} | {rate:,.0f}/s, p99 {p99:.1f} ms |"
+                f" {now:,.0f}/s, p99 {now_p99:.1f} ms | {now / rate:.2f}x / {now_p99 / p99:.2f}x |"
+            )
+    for turn in range(rounds):
+        print(
+            f"round {turn + 1}: load average after the baseline {loads['baseline'][turn]},"
+            f" after this checkout {loads['this checkout'][turn]}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--papers", type=int, default=1_000_000)
@@ -318,7 +363,15 @@ def main() -> None:
         "--warm-seconds", type=int, default=60, help="other feeds asked before 'rendered'"
     )
     parser.add_argument("--seed", type=int, default=11)
+    parser.add_argument(
+        "--cases", default="", help="only the cases whose name holds one of these (comma-separated)"
+    )
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
+    parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
     args = parser.parse_args()
+    if args.baseline:
+        side_by_side(args.baseline, args_for_turns(sys.argv[1:]), args.rounds)
+        return
     # stopped by a signal, still stop the server, nginx and wrk (``finally`` below)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     signal.signal(signal.SIGINT, lambda *_: sys.exit(1))
@@ -438,6 +491,9 @@ def main() -> None:
         # (closed-loop connections, paced rate, paced connections) by case; the preview and
         # the subscribe POST are not meant for hundreds a second
         loads = {"try it preview": (2, 5, 2), "subscribe POST": (4, 20, 2)}
+        if args.cases:
+            chosen = [part.strip() for part in args.cases.split(",") if part.strip()]
+            cases = [case for case in cases if any(part in case[0] for part in chosen)]
         results: list[Result] = []
         for name, url, requests in cases:
             closed, rate_wanted, paced = loads.get(name, (args.connections, PACED_RATE, 10))
@@ -479,6 +535,7 @@ def main() -> None:
             print(
                 f"| {r.case} | {r.mode} | {r.rate:,.0f} | {r.p50:.1f} | {r.p99:.1f} | {r.non_2xx} |"
             )
+        print("load average: " + ", ".join(f"{load:.2f}" for load in os.getloadavg()))
     finally:
         web.send_signal(signal.SIGTERM)
         try:

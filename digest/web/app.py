@@ -21,7 +21,7 @@ from starlette.types import Message, Receive, Scope, Send
 from digest.service.install import open_store
 from digest.service.keys import site_keys
 from digest.settings import Settings, load_settings
-from digest.web import browse, health, live, subscription, votes
+from digest.web import browse, collector, health, live, subscription, votes
 from digest.web.render import http_error, server_error
 from digest.web.security import BodyLimit, HttpMiddleware, SecurityHeaders, redact
 from digest.web.state import WebState, utc_now
@@ -104,5 +104,8 @@ def create_app(
 
 def app_from_environment() -> Starlette:
     """The app of ``digest web --workers N``: each worker reads the settings itself
-    (``DIGEST_CONFIG`` and ``DIGEST_*``, as the command line did)."""
-    return create_app(load_settings(None))
+    (``DIGEST_CONFIG`` and ``DIGEST_*``, as the command line did), and keeps the garbage
+    collector's full passes short (``digest.web.collector``)."""
+    app = create_app(load_settings(None))
+    collector.keep_off_requests()
+    return app

@@ -20,6 +20,7 @@ from uvicorn.supervisors import Multiprocess
 
 from digest.errors import ConfigError
 from digest.settings import Settings
+from digest.web import collector
 from digest.web.app import create_app
 
 log = logging.getLogger("digest.web")
@@ -172,7 +173,9 @@ def run_web(settings: Settings, say: Callable[[str], None] = print) -> int:
     if settings.web_workers == 1:
         sock = listen(settings)
         say(f"listening on {listening_url(settings)}")
-        _Foreground(_config(settings, create_app(settings))).run(sockets=[sock])
+        app = create_app(settings)
+        collector.keep_off_requests()  # this process only serves: see digest.web.collector
+        _Foreground(_config(settings, app)).run(sockets=[sock])
         return 0
     if settings.config_path is not None:
         os.environ["DIGEST_CONFIG"] = str(settings.config_path)
