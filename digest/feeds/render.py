@@ -146,12 +146,34 @@ def content_hash(
 ) -> str:
     """A hash of everything a feed says except its build time: its own fields, and each
     entry's hash (of its XML, made once) with the reader's token."""
+    return entries_hash(meta, kind, made, [item.token for item in items])
+
+
+def entries_hash(
+    meta: FeedMeta, kind: FeedKind, made: Sequence[Entry], tokens: Sequence[str]
+) -> str:
+    """``content_hash`` of a feed of these entries, each with its reader's token."""
     record = [kind, meta.title, meta.self_url, meta.site_url, meta.description, meta.author]
     digest = hashlib.sha256(json.dumps([*record, meta.feed_id]).encode())
-    for item, entry in zip(items, made, strict=True):
+    for entry, token in zip(made, tokens, strict=True):
         digest.update(entry.digest)
-        digest.update(item.token.encode() + b"\n")
+        digest.update(token.encode() + b"\n")
     return digest.hexdigest()
+
+
+def joined(
+    meta: FeedMeta, kind: FeedKind, hash: str, made: Sequence[Entry], tokens: Sequence[str]
+) -> bytes | None:
+    """The feed document of these entries with their readers' tokens, joined from its
+    head's and entries' pieces; None when its head is one feedgen must write itself."""
+    top = head(meta, kind)
+    if top is None:
+        return None
+    comment = f"<!-- digest-content: {hash} -->\n".encode()
+    pieces = [top.declaration, comment, *top.filled(meta, kind)]
+    pieces.extend(entry.filled(token.encode()) for entry, token in zip(made, tokens, strict=True))
+    pieces.append(top.tail)
+    return b"".join(pieces)
 
 
 @dataclass(frozen=True)
@@ -167,18 +189,14 @@ class Feed:
 
     def render(self) -> bytes:
         """The feed document: its head, its entries and their readers' tokens, joined."""
-        top = head(self.meta, self.kind)
+        tokens = [item.token for item in self.items]
+        data = joined(self.meta, self.kind, self.hash, self.entries, tokens)
+        if data is not None:
+            return data
+        # a head feedgen must write itself
         comment = f"<!-- digest-content: {self.hash} -->\n".encode()
-        if top is None:  # a head feedgen must write itself
-            declaration, newline, rest = document(self.meta, self.items, self.kind).partition(b"\n")
-            return declaration + newline + comment + rest
-        pieces = [top.declaration, comment, *top.filled(self.meta, self.kind)]
-        pieces.extend(
-            entry.filled(item.token.encode())
-            for item, entry in zip(self.items, self.entries, strict=True)
-        )
-        pieces.append(top.tail)
-        return b"".join(pieces)
+        declaration, newline, rest = document(self.meta, self.items, self.kind).partition(b"\n")
+        return declaration + newline + comment + rest
 
 
 def make_feed(

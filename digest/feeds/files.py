@@ -1,0 +1,192 @@
+"""Every reader's private feed file, written from entries made once for all of them.
+
+A reader's private feed is the entries of the papers they were sent, each with their
+token, under a head that names their feed. So the parent reads the readers' sent items
+as plain tuples (``store.feed_rows``), makes each (paper, why it was chosen) entry once,
+in both kinds of feed, and hands each reader's list of entries to the writing
+processes; there each reader's tokens are signed once for both files, and each file's
+content hash is made from its entries' hashes and tokens: a file that already says the
+same is neither joined nor written.
+
+The files are the bytes ``render.make_feed`` makes of the same items, and carry the same
+content hash (``render.entries_hash``), so a web front serving the same feed live gives
+the same body and ETag.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlalchemy.engine import Connection
+
+from digest.clock import as_utc
+from digest.feeds.render import (
+    FeedItem,
+    FeedKind,
+    entries_hash,
+    joined,
+    render_feed,
+    stored_hash,
+    write_atomically,
+)
+from digest.feeds.xml import Entry, entries
+from digest.present.paper import prepare
+from digest.present.views import Links, stored_view
+from digest.store import papers
+from digest.store.feed_rows import SentRow, sent_rows
+
+if TYPE_CHECKING:
+    from digest.feeds.publish import FeedSite
+
+KINDS: tuple[FeedKind, ...] = ("atom", "rss")
+READERS_AT_ONCE = 2_000  # readers whose sent items are read in one query
+ENTRIES_AT_ONCE = 1_000  # entries made by feedgen's shapes in one batch
+
+
+@dataclass(frozen=True, slots=True)
+class Made:
+    """A paper's private entry under one explanation, made once for every reader it went
+    to: its place in a feed (the paper's date, its GUID), the paper's key (what a reader's
+    token signs), the item, and its XML in each kind of feed."""
+
+    published: datetime
+    guid: str
+    paper_key: str
+    item: FeedItem
+    atom: Entry
+    rss: Entry
+
+
+class _Kept:
+    """The entries made for a site, valid for one ingest (a paper's text changes only
+    with one): a later run in the same process makes only the new ones."""
+
+    LIMIT = 200_000  # a day's (paper, interests) entries, at a few KB each
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sites: dict[tuple[str, str], tuple[int, dict[tuple[int, str], Made]]] = {}
+
+    def current(self, site: FeedSite, ingest: int) -> dict[tuple[int, str], Made]:
+        with self.lock:
+            key = (site.base_url, site.authority)
+            found = self.sites.get(key)
+            if found is None or found[0] != ingest or len(found[1]) >= self.LIMIT:
+                self.sites.clear()  # one site's a process, in practice
+                found = self.sites[key] = (ingest, {})
+            return found[1]
+
+
+_kept = _Kept()
+
+
+def made_entries(
+    conn: Connection, rows: Iterable[SentRow], site: FeedSite, ingest: int
+) -> dict[tuple[int, str], Made]:
+    """The entry of each (paper, explanation) in ``rows``, made when not made before.
+
+    Each paper's view is the one the message step made of the same item when it ran in
+    this process (``stored_view``): its marked text is worked out already."""
+    made = _kept.current(site, ingest)
+    wanted: dict[tuple[int, str], float] = {}
+    for _, paper_id, score, matched in rows:
+        key = (paper_id, matched)
+        if key not in made:
+            wanted[key] = score
+    if not wanted:
+        return made
+    stored = papers.by_ids(conn, sorted({paper_id for paper_id, _ in wanted}))
+    found = [(key, stored[key[0]], score) for key, score in wanted.items() if key[0] in stored]
+    views = [stored_view(row, score, key[1], site.base_url) for key, row, score in found]
+    prepare(views)  # papers whose marks were not recorded: each analyzed once
+    items = [
+        site.item(row, view, row.first_seen, private=True)
+        for (_, row, _), view in zip(found, views, strict=True)
+    ]
+    for start in range(0, len(items), ENTRIES_AT_ONCE):
+        batch = items[start : start + ENTRIES_AT_ONCE]
+        atoms, rsss = entries(batch, "atom"), entries(batch, "rss")
+        for at, item in enumerate(batch):
+            key, row, _ = found[start + at]
+            made[key] = Made(as_utc(item.published), item.guid, row.key, item, atoms[at], rsss[at])
+    return made
+
+
+def readers_entries(
+    conn: Connection, subscriber_ids: Sequence[int], site: FeedSite, ingest: int
+) -> Iterator[tuple[int, list[Made]]]:
+    """Each of these readers with the entries of what they were sent, newest sent first
+    (a paper gone from the store meanwhile left out)."""
+    for start in range(0, len(subscriber_ids), READERS_AT_ONCE):
+        batch = subscriber_ids[start : start + READERS_AT_ONCE]
+        rows = sent_rows(conn, batch, site.limit)
+        made = made_entries(conn, rows, site, ingest)
+        by_reader: dict[int, list[Made]] = {sid: [] for sid in batch}
+        for sid, paper_id, _, matched in rows:
+            entry = made.get((paper_id, matched))
+            if entry is not None:
+                by_reader[sid].append(entry)
+        yield from by_reader.items()
+
+
+def chosen(made: Sequence[Made], limit: int) -> list[Made]:
+    """What ``render.select_items`` keeps of these entries: newest first by the paper's
+    date, each GUID once (its newest version), at most ``limit``."""
+    newest: dict[str, Made] = {}
+    for entry in made:
+        seen = newest.get(entry.guid)
+        if seen is None or entry.published > seen.published:
+            newest[entry.guid] = entry
+    ordered = sorted(newest.values(), key=lambda e: (e.published, e.guid), reverse=True)
+    return ordered[:limit]
+
+
+# A reader's private feed to write: their id, token salt, feed name, and entries.
+PrivateJob = tuple[int, str, str, list[Made]]
+
+
+@dataclass(frozen=True)
+class PrivateFiles:
+    """Where and how a site's private feed files are written."""
+
+    folder: Path  # the feeds folder (the files go under its ``private/``)
+    site: FeedSite
+    links: Links
+    describe: Callable[[int, str], str]  # a reader's feed description, by id and salt
+    now: datetime
+
+    def write(self, jobs: Sequence[PrivateJob]) -> int:
+        """Write these readers' feeds whose content changed; how many files were written."""
+        return sum(self.write_one(job) for job in jobs)
+
+    def write_one(self, job: PrivateJob) -> int:
+        """Write one reader's two files, each when it changed; how many were written."""
+        ident, salt, name, made = job
+        entries_shown = chosen(made, self.site.limit)
+        signer = self.links.signer(ident, salt)
+        tokens = [signer.token(entry.paper_key) for entry in entries_shown]
+        description = self.describe(ident, salt)
+        path = f"private/{name}"
+        written = 0
+        for kind in KINDS:
+            meta = self.site.meta(path, kind, "papers for you", description, self.now)
+            xml = [entry.atom if kind == "atom" else entry.rss for entry in entries_shown]
+            hash = entries_hash(meta, kind, xml, tokens)
+            file = self.folder / f"{path}.{kind}"
+            if stored_hash(file) == hash:
+                continue
+            data = joined(meta, kind, hash, xml, tokens)
+            if data is None:  # a head feedgen must write itself
+                items = [
+                    entry.item.for_reader(token, None)
+                    for entry, token in zip(entries_shown, tokens, strict=True)
+                ]
+                data = render_feed(meta, items, kind=kind, limit=self.site.limit)
+            write_atomically(file, data)
+            written += 1
+        return written
