@@ -29,7 +29,7 @@ from digest.feeds.render import (
     FeedItem,
     FeedKind,
     entries_hash,
-    joined,
+    pieces,
     render_feed,
     stored_hash,
     write_atomically,
@@ -180,13 +180,13 @@ class PrivateFiles:
             file = self.folder / f"{path}.{kind}"
             if stored_hash(file) == hash:
                 continue
-            data = joined(meta, kind, hash, xml, tokens)
+            data: bytes | list[bytes] | None = pieces(meta, kind, hash, xml, tokens)
             if data is None:  # a head feedgen must write itself
                 items = [
                     entry.item.for_reader(token, None)
                     for entry, token in zip(entries_shown, tokens, strict=True)
                 ]
                 data = render_feed(meta, items, kind=kind, limit=self.site.limit)
-            write_atomically(file, data)
+            write_atomically(file, data, folder_made=True)
             written += 1
         return written
