@@ -315,14 +315,16 @@ def sweep_private_feeds(private: Path, kept: Collection[str]) -> int:
     """Remove every private feed file whose reader left or deleted their data (a name not
     in ``kept``), so a web server serving the folder stops serving it."""
     try:
-        paths = [p for p in private.iterdir() if p.suffix in (".atom", ".rss")]
+        with os.scandir(private) as listing:
+            names = [entry.name for entry in listing]
     except (FileNotFoundError, NotADirectoryError):
         return 0
     removed = 0
-    for path in paths:
-        if path.stem not in kept:
+    for name in names:
+        stem, dot, kind = name.rpartition(".")
+        if stem and dot and kind in ("atom", "rss") and stem not in kept:
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                (private / name).unlink()
                 removed += 1
     return removed
 
