@@ -4,6 +4,7 @@ process or several, and nothing written again when nothing changed."""
 
 from __future__ import annotations
 
+import gc
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -16,6 +17,7 @@ from sqlalchemy.engine import Engine
 
 from digest.deliver.transports import RecordingTransport
 from digest.feeds.publish import (
+    collector_paused,
     private_description,
     private_items,
     publish_feeds,
@@ -174,3 +176,21 @@ def test_the_sweep_removes_only_feeds_of_readers_gone(tmp_path: Path) -> None:
         "kept.atom",
         "kept.rss",
     ]
+
+
+def test_the_collector_is_back_as_it_was_after_the_feeds(
+    settings: Settings, store: Engine, tmp_path: Path
+) -> None:
+    gc.enable()
+    publish(settings, store, tmp_path / "out", 1)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        publish(settings, store, tmp_path / "again", 1)
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()
+    with pytest.raises(OSError), collector_paused():
+        assert not gc.isenabled()
+        raise OSError("a failure part way")
+    assert gc.isenabled() and gc.get_freeze_count() == 0
