@@ -15,8 +15,9 @@ the same body and ETag.
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,21 +25,21 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
 
+from digest import forks
 from digest.clock import as_utc
 from digest.feeds.render import (
-    FeedItem,
     FeedKind,
     entries_hash,
     pieces,
-    render_feed,
     stored_hash,
     write_atomically,
 )
-from digest.feeds.xml import Entry, entries
+from digest.feeds.xml import Entry, fresh_entries, head
 from digest.present.paper import prepare
 from digest.present.views import Links, stored_view
 from digest.store import papers
-from digest.store.feed_rows import SentRow, sent_rows
+from digest.store.feed_rows import sent_rows
+from digest.store.papers import PaperRow
 
 if TYPE_CHECKING:
     from digest.feeds.publish import FeedSite
@@ -46,18 +47,20 @@ if TYPE_CHECKING:
 KINDS: tuple[FeedKind, ...] = ("atom", "rss")
 READERS_AT_ONCE = 2_000  # readers whose sent items are read in one query
 ENTRIES_AT_ONCE = 1_000  # entries made by feedgen's shapes in one batch
+FORK_FROM = 2_000  # entries to make; fewer are made in this process
+TITLE = "papers for you"  # a private feed's title, after the site's name
+Key = tuple[int, str]  # a paper's id, and why it was chosen (its stored explanation)
 
 
 @dataclass(frozen=True, slots=True)
 class Made:
     """A paper's private entry under one explanation, made once for every reader it went
     to: its place in a feed (the paper's date, its GUID), the paper's key (what a reader's
-    token signs), the item, and its XML in each kind of feed."""
+    token signs), and its XML in each kind of feed."""
 
     published: datetime
     guid: str
     paper_key: str
-    item: FeedItem
     atom: Entry
     rss: Entry
 
@@ -85,53 +88,63 @@ class _Kept:
 _kept = _Kept()
 
 
-def made_entries(
-    conn: Connection, rows: Iterable[SentRow], site: FeedSite, ingest: int
-) -> dict[tuple[int, str], Made]:
-    """The entry of each (paper, explanation) in ``rows``, made when not made before.
+def readers_entries(
+    conn: Connection,
+    subscriber_ids: Sequence[int],
+    site: FeedSite,
+    ingest: int,
+    processes: int = 1,
+) -> list[tuple[int, list[Made]]]:
+    """Each of these readers with the entries of what they were sent, newest sent first
+    (a paper gone from the store meanwhile left out); the entries not made before are made
+    by ``processes`` forked processes, each taking its share of the papers."""
+    made = _kept.current(site, ingest)
+    wanted: dict[Key, tuple[Key, float]] = {}  # each key once (one object), with its score
+    sent: list[tuple[int, list[Key]]] = []
+    for start in range(0, len(subscriber_ids), READERS_AT_ONCE):
+        batch = subscriber_ids[start : start + READERS_AT_ONCE]
+        by_reader: dict[int, list[Key]] = {sid: [] for sid in batch}
+        for sid, paper_id, score, matched in sent_rows(conn, batch, site.limit):
+            key = (paper_id, matched)
+            found = wanted.get(key)
+            if found is None:
+                found = wanted[key] = (key, score)
+            by_reader[sid].append(found[0])
+        sent.extend(by_reader.items())
+    new = [(key, score) for key, score in wanted.values() if key not in made]
+    if new:
+        stored = papers.by_ids(conn, sorted({key[0] for key, _ in new}))
+        by_paper: dict[int, list[tuple[Key, PaperRow, float]]] = {}
+        for key, score in new:
+            if key[0] in stored:
+                by_paper.setdefault(key[0], []).append((key, stored[key[0]], score))
+        groups = list(by_paper.values())
+        processes = processes if len(new) >= FORK_FROM else 1
+        for share in forks.fork_map(functools.partial(_make, site), groups, processes):
+            made.update(share)
+    return [(sid, [made[key] for key in keys if key in made]) for sid, keys in sent]
+
+
+def _make(site: FeedSite, groups: Sequence[list[tuple[Key, PaperRow, float]]]) -> dict[Key, Made]:
+    """The entries of these (paper, explanation) keys, a paper's all in one group.
 
     Each paper's view is the one the message step made of the same item when it ran in
     this process (``stored_view``): its marked text is worked out already."""
-    made = _kept.current(site, ingest)
-    wanted: dict[tuple[int, str], float] = {}
-    for _, paper_id, score, matched in rows:
-        key = (paper_id, matched)
-        if key not in made:
-            wanted[key] = score
-    if not wanted:
-        return made
-    stored = papers.by_ids(conn, sorted({paper_id for paper_id, _ in wanted}))
-    found = [(key, stored[key[0]], score) for key, score in wanted.items() if key[0] in stored]
+    found = [one for group in groups for one in group]
     views = [stored_view(row, score, key[1], site.base_url) for key, row, score in found]
     prepare(views)  # papers whose marks were not recorded: each analyzed once
     items = [
         site.item(row, view, row.first_seen, private=True)
         for (_, row, _), view in zip(found, views, strict=True)
     ]
+    made: dict[Key, Made] = {}
     for start in range(0, len(items), ENTRIES_AT_ONCE):
         batch = items[start : start + ENTRIES_AT_ONCE]
-        atoms, rsss = entries(batch, "atom"), entries(batch, "rss")
+        atoms, rsss = fresh_entries(batch, "atom"), fresh_entries(batch, "rss")
         for at, item in enumerate(batch):
             key, row, _ = found[start + at]
-            made[key] = Made(as_utc(item.published), item.guid, row.key, item, atoms[at], rsss[at])
+            made[key] = Made(as_utc(item.published), item.guid, row.key, atoms[at], rsss[at])
     return made
-
-
-def readers_entries(
-    conn: Connection, subscriber_ids: Sequence[int], site: FeedSite, ingest: int
-) -> Iterator[tuple[int, list[Made]]]:
-    """Each of these readers with the entries of what they were sent, newest sent first
-    (a paper gone from the store meanwhile left out)."""
-    for start in range(0, len(subscriber_ids), READERS_AT_ONCE):
-        batch = subscriber_ids[start : start + READERS_AT_ONCE]
-        rows = sent_rows(conn, batch, site.limit)
-        made = made_entries(conn, rows, site, ingest)
-        by_reader: dict[int, list[Made]] = {sid: [] for sid in batch}
-        for sid, paper_id, _, matched in rows:
-            entry = made.get((paper_id, matched))
-            if entry is not None:
-                by_reader[sid].append(entry)
-        yield from by_reader.items()
 
 
 def chosen(made: Sequence[Made], limit: int) -> list[Made]:
@@ -160,6 +173,18 @@ class PrivateFiles:
     describe: Callable[[int, str], str]  # a reader's feed description, by id and salt
     now: datetime
 
+    def templated(self) -> bool:
+        """Whether the readers' feeds have heads made once, as their files are joined
+        here (else feedgen is to make each feed whole: a site name or address it cannot
+        be given in pieces). What differs between readers (their feed's name and manage
+        link) never decides it."""
+        description = self.describe(0, "")
+        return all(
+            head(self.site.meta(f"private/{'0' * 32}", kind, TITLE, description, self.now), kind)
+            is not None
+            for kind in KINDS
+        )
+
     def write(self, jobs: Sequence[PrivateJob]) -> int:
         """Write these readers' feeds whose content changed; how many files were written."""
         return sum(self.write_one(job) for job in jobs)
@@ -174,19 +199,15 @@ class PrivateFiles:
         path = f"private/{name}"
         written = 0
         for kind in KINDS:
-            meta = self.site.meta(path, kind, "papers for you", description, self.now)
+            meta = self.site.meta(path, kind, TITLE, description, self.now)
             xml = [entry.atom if kind == "atom" else entry.rss for entry in entries_shown]
             hash = entries_hash(meta, kind, xml, tokens)
             file = self.folder / f"{path}.{kind}"
             if stored_hash(file) == hash:
                 continue
-            data: bytes | list[bytes] | None = pieces(meta, kind, hash, xml, tokens)
-            if data is None:  # a head feedgen must write itself
-                items = [
-                    entry.item.for_reader(token, None)
-                    for entry, token in zip(entries_shown, tokens, strict=True)
-                ]
-                data = render_feed(meta, items, kind=kind, limit=self.site.limit)
+            data = pieces(meta, kind, hash, xml, tokens)
+            if data is None:  # not for ``publish`` to send here: see ``templated``
+                raise RuntimeError(f"no head made once for the feed {file}")
             write_atomically(file, data, folder_made=True)
             written += 1
         return written

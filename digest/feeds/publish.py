@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from digest import forks
 from digest.errors import WriteError
-from digest.feeds.files import PrivateFiles, PrivateJob, readers_entries
+from digest.feeds.files import TITLE, PrivateFiles, PrivateJob, readers_entries
 from digest.feeds.render import (
     FEEDS_FOLDER,
     PRIVATE_FEEDS_FOLDER,
@@ -283,14 +283,28 @@ def _publish(
             or sid in changed
             or not (folder / "private" / f"{name}.atom").exists()
         ]
-        ingest = ingest_sequence(conn)
-        readers: list[PrivateJob] = [
-            (sid, salts[sid], names[sid], made)
-            for sid, made in readers_entries(conn, targets, site, ingest)
-        ]
+        files = PrivateFiles(
+            folder, site, links, functools.partial(private_description, links), now
+        )
+        if processes is None:
+            processes = forks.processes_for(len(targets) * 2, threshold=PARALLEL_FROM, cap=4)
+        found: dict[int, list[FeedItem]] = {}
+        if files.templated():
+            ingest = ingest_sequence(conn)
+            readers: list[PrivateJob] = [
+                (sid, salts[sid], names[sid], made)
+                for sid, made in readers_entries(conn, targets, site, ingest, min(processes, 2))
+            ]
+            targets = []
+        else:  # feeds feedgen makes whole, each item made for each reader
+            readers = []
+            for start in range(0, len(targets), 500):
+                found.update(
+                    private_items(conn, targets[start : start + 500], site, (links, salts))
+                )
         conn.rollback()
 
-    public_jobs: list[Job] = [
+    jobs: list[Job] = [
         (
             folder / f"{GLOBAL_FEED}.{kind}",
             site.meta(GLOBAL_FEED, kind, "new papers", PUBLIC_DESCRIPTION, now),
@@ -298,14 +312,19 @@ def _publish(
         )
         for kind in ("atom", "rss")
     ]
-    written = _write(public_jobs, limit=limit)
-    files = PrivateFiles(folder, site, links, functools.partial(private_description, links), now)
-    if processes is None:
-        processes = forks.processes_for(len(readers) * 2, threshold=PARALLEL_FROM, cap=4)
+    for sid in targets:
+        path = f"private/{names[sid]}"
+        description = private_description(links, sid, salts[sid])
+        jobs.extend(
+            (folder / f"{path}.{kind}", site.meta(path, kind, TITLE, description, now), found[sid])
+            for kind in ("atom", "rss")
+        )
+    several = processes if len(jobs) >= PARALLEL_FROM else 1
+    written = sum(forks.fork_map(functools.partial(_write, limit=limit), jobs, several))
     written += sum(forks.fork_map(functools.partial(_write_private, files), readers, processes))
     removed = sweep_private_feeds(folder / "private", kept)
-    jobs = len(public_jobs) + 2 * len(readers)
-    return {"written": written, "unchanged": jobs - written, "removed": removed}
+    count = len(jobs) + 2 * len(readers)
+    return {"written": written, "unchanged": count - written, "removed": removed}
 
 
 def remove_private_feed(folder: Path, name: str) -> int:
