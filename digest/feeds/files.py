@@ -21,7 +21,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from sqlalchemy.engine import Connection
 
@@ -34,15 +33,13 @@ from digest.feeds.render import (
     stored_hash,
     write_atomically,
 )
+from digest.feeds.site import FeedSite
 from digest.feeds.xml import Entry, fresh_entries, head
 from digest.present.paper import prepare
 from digest.present.views import Links, stored_view
 from digest.store import papers
 from digest.store.feed_rows import sent_rows
 from digest.store.papers import PaperRow
-
-if TYPE_CHECKING:
-    from digest.feeds.publish import FeedSite
 
 KINDS: tuple[FeedKind, ...] = ("atom", "rss")
 READERS_AT_ONCE = 2_000  # readers whose sent items are read in one query
