@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from digest.feeds.render import (
     write_atomically,
 )
 from digest.feeds.site import FeedSite
-from digest.feeds.xml import Entry, fresh_entries, head
+from digest.feeds.xml import Entry, Head, fresh_entries, head
 from digest.present.paper import prepare
 from digest.present.views import Links, stored_view
 from digest.store import papers
@@ -169,18 +169,22 @@ class PrivateFiles:
     links: Links
     describe: Callable[[int, str], str]  # a reader's feed description, by id and salt
     now: datetime
+    heads: dict[FeedKind, Head | None] = field(default_factory=dict, compare=False, repr=False)
 
     def templated(self) -> bool:
         """Whether the readers' feeds have heads made once, as their files are joined
         here (else feedgen is to make each feed whole: a site name or address it cannot
         be given in pieces). What differs between readers (their feed's name and manage
         link) never decides it."""
-        description = self.describe(0, "")
-        return all(
-            head(self.site.meta(f"private/{'0' * 32}", kind, TITLE, description, self.now), kind)
-            is not None
-            for kind in KINDS
-        )
+        return all(self.head(kind) is not None for kind in KINDS)
+
+    def head(self, kind: FeedKind) -> Head | None:
+        """The head every reader's feed of ``kind`` has, its own fields left to fill."""
+        if kind not in self.heads:
+            sample = f"private/{'0' * 32}"
+            meta = self.site.meta(sample, kind, TITLE, self.describe(0, ""), self.now)
+            self.heads[kind] = head(meta, kind)
+        return self.heads[kind]
 
     def write(self, jobs: Sequence[PrivateJob]) -> int:
         """Write these readers' feeds whose content changed; how many files were written."""
@@ -202,7 +206,7 @@ class PrivateFiles:
             file = self.folder / f"{path}.{kind}"
             if stored_hash(file) == hash:
                 continue
-            data = pieces(meta, kind, hash, xml, tokens)
+            data = pieces(meta, kind, hash, xml, tokens, self.head(kind))
             if data is None:  # not for ``publish`` to send here: see ``templated``
                 raise RuntimeError(f"no head made once for the feed {file}")
             write_atomically(file, data, folder_made=True)

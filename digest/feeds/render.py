@@ -30,7 +30,7 @@ from markupsafe import escape
 from digest.clock import as_utc
 from digest.errors import WriteError
 from digest.feeds.xml import READER as READER
-from digest.feeds.xml import Entry, document, entries, head
+from digest.feeds.xml import Entry, Head, document, entries, head
 from digest.feeds.xml import FeedItem as FeedItem
 from digest.feeds.xml import FeedKind as FeedKind
 from digest.feeds.xml import FeedMeta as FeedMeta
@@ -162,23 +162,22 @@ def entries_hash(
 
 
 def pieces(
-    meta: FeedMeta, kind: FeedKind, hash: str, made: Sequence[Entry], tokens: Sequence[str]
+    meta: FeedMeta,
+    kind: FeedKind,
+    hash: str,
+    made: Sequence[Entry],
+    tokens: Sequence[str],
+    top: Head | None = None,
 ) -> list[bytes] | None:
     """The feed document of these entries with their readers' tokens, as the pieces of
-    its head and entries in order; None when its head is one feedgen must write itself."""
-    top = head(meta, kind)
+    its head and entries in order; None when its head is one feedgen must write itself.
+    ``top``: its head, when the caller knows it fits ``meta`` (``head``)."""
+    top = top or head(meta, kind)
     if top is None:
         return None
     out = [top.declaration, f"<!-- digest-content: {hash} -->\n".encode()]
     out += top.filled(meta, kind)
-    for entry, token in zip(made, tokens, strict=True):
-        if len(entry.parts) == 1:
-            out.append(entry.parts[0])
-            continue
-        filler = token.encode()
-        out.append(entry.parts[0])
-        for part in entry.parts[1:]:
-            out += (filler, part)
+    out += [entry.filled(token.encode()) for entry, token in zip(made, tokens, strict=True)]
     out.append(top.tail)
     return out
 
