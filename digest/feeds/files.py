@@ -2,11 +2,12 @@
 
 A reader's private feed is the entries of the papers they were sent, each with their
 token, under a head that names their feed. So the parent reads the readers' sent items
-as plain tuples (``store.feed_rows``), makes each (paper, why it was chosen) entry once,
-in both kinds of feed, and hands each reader's list of entries to the writing
-processes; there each reader's tokens are signed once for both files, and each file's
-content hash is made from its entries' hashes and tokens: a file that already says the
-same is neither joined nor written.
+as plain tuples (``store.feed_rows``); each (paper, why it was chosen) entry not made
+before is made once, in both kinds of feed, by forked processes each taking a share of
+the papers; and each reader's list of entries goes to the writing processes. There each
+reader's tokens are signed once for both files, and each file's content hash is made
+from its entries' hashes and tokens: a file that already says the same is neither
+joined nor written.
 
 The files are the bytes ``render.make_feed`` makes of the same items, and carry the same
 content hash (``render.entries_hash``), so a web front serving the same feed live gives
