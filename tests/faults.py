@@ -70,7 +70,7 @@ def disk_full(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
         path = _path_of(file)
         return path is not None and path.is_relative_to(root)
 
-    real_open, real_write, real_pwrite = io.open, os.write, os.pwrite
+    real_open, real_write, real_pwrite, real_writev = io.open, os.write, os.pwrite, os.writev
 
     def open_(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         opened = real_open(file, mode, *args, **kwargs)
@@ -89,11 +89,18 @@ def disk_full(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
             raise _no_space()
         return real_pwrite(fd, data, offset)
 
+    def writev(fd: int, buffers: Any) -> int:
+        buffers = list(buffers)
+        if any(buffers) and full(fd):
+            raise _no_space()
+        return real_writev(fd, buffers)
+
     monkeypatch.setattr(io, "open", open_)
     monkeypatch.setattr(builtins, "open", open_)
     monkeypatch.setattr(os, "fdopen", fdopen)
     monkeypatch.setattr(os, "write", write)
     monkeypatch.setattr(os, "pwrite", pwrite)
+    monkeypatch.setattr(os, "writev", writev)
 
 
 def database_full(monkeypatch: pytest.MonkeyPatch) -> None:

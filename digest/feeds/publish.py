@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import json
 import os
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, time
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -35,23 +35,21 @@ from sqlalchemy.engine import Connection, Engine
 
 from digest import forks
 from digest.errors import WriteError
+from digest.feeds.files import TITLE, PrivateFiles, PrivateJob, readers_entries
 from digest.feeds.render import (
     FEEDS_FOLDER,
     PRIVATE_FEEDS_FOLDER,
     FeedItem,
     FeedKind,
     FeedMeta,
-    item_for_paper,
-    paper_guid,
     write_feed_if_changed,
 )
-from digest.feeds.xml import prepare_entries
+from digest.feeds.site import FeedSite as FeedSite  # what every feed of a site shares
 from digest.files import make_folder
-from digest.present.paper import PaperView, prepare
+from digest.present.paper import prepare
 from digest.present.views import Links, paper_view
 from digest.store import outbox, papers
 from digest.store.engine import feed_authority, ingest_sequence, reading
-from digest.store.papers import PaperRow
 from digest.store.subscribers import feed_salts
 from digest.tokens import feed_name
 
@@ -67,49 +65,6 @@ def private_description(links: Links, ident: int, salt: str) -> str:
     return f"{PRIVATE_DESCRIPTION} Change your interests or unsubscribe: {manage}"
 
 
-@dataclass(frozen=True)
-class FeedSite:
-    """What every feed of a site shares: its URL and name, the authority of its GUIDs, and
-    how many items a feed keeps."""
-
-    base_url: str
-    site_name: str
-    authority: str
-    limit: int
-    shared: SharedItems = field(default_factory=lambda: SharedItems(), compare=False, repr=False)
-
-    def meta(
-        self, path: str, kind: str, title: str, description: str, updated: datetime
-    ) -> FeedMeta:
-        """The feed's own description; ``path`` under ``/feeds/`` without its extension
-        (the feed's id, the same for its Atom and RSS forms)."""
-        url = f"{self.base_url}/feeds/{path}"
-        return FeedMeta(
-            title=f"{self.site_name}: {title}",
-            feed_id=url,
-            site_url=self.base_url,
-            self_url=f"{url}.{kind}",
-            description=description,
-            updated=updated,
-        )
-
-    def item(
-        self, row: PaperRow, view: PaperView, added: datetime, *, private: bool = False
-    ) -> FeedItem:
-        """A paper's entry, dated by the paper's own date and ``added`` to the feed then (first
-        seen, or sent): its GUID from the key it was first seen under; ``private``: in a
-        private feed, with a reader's links (the paper's page, "more like this", "not for
-        me"), their token left to ``FeedItem.for_reader``."""
-        return item_for_paper(
-            view,
-            guid=paper_guid(row.guid_key, self.authority),
-            published=datetime.combine(row.dated, time(), UTC),
-            updated=datetime.combine(row.revised, time(), UTC) if row.revised else None,
-            added=added,
-            token="" if private else None,
-        )
-
-
 def site_of(engine: Engine, *, base_url: str, site_name: str, limit: int) -> FeedSite:
     """The feeds' site, with the store's GUID authority (recorded on first use)."""
     authority = feed_authority(engine, urlsplit(base_url).hostname or "localhost")
@@ -123,25 +78,6 @@ def public_items(conn: Connection, site: FeedSite) -> list[FeedItem]:
     return [
         site.item(row, paper_view(row, 0.0, (), site.base_url), row.first_seen) for row in newest
     ]
-
-
-class SharedItems:
-    """Each paper's private entry, made once for all the readers it went to: keyed by the
-    paper and why it was chosen (its stored explanation), valid for one ingest (a paper's
-    text changes only with one). Thread-safe enough: a race makes an entry twice."""
-
-    LIMIT = 50_000  # a day's papers under the few interest sets that chose each
-
-    def __init__(self) -> None:
-        self.ingest: int | None = None
-        self.found: dict[tuple[int, str], tuple[FeedItem, str]] = {}
-
-    def current(self, ingest: int) -> dict[tuple[int, str], tuple[FeedItem, str]]:
-        """The entries made since the store's newest ingest was ``ingest``."""
-        if ingest != self.ingest or len(self.found) >= self.LIMIT:
-            self.found = {}
-            self.ingest = ingest
-        return self.found
 
 
 def private_items(
@@ -215,6 +151,48 @@ def publish_feeds(
     does not exist yet is written whatever it says. ``private`` False: the global feed only
     (the web front serves the private ones from the store).
     """
+    with collector_paused():
+        return _publish(
+            engine, folder=folder, base_url=base_url, site_name=site_name, limit=limit,
+            key=key, now=now, changed=changed, processes=processes, private=private,
+        )  # fmt: skip
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off meanwhile (and in the processes forked), and
+    what the process holds left unwalked: a run's feeds make hundreds of thousands of
+    objects, and each full collection they would set off walks every object the process
+    holds, the message step's caches too (a third of the step's time, measured).
+
+    Turning the collector off alone would move the cost to the end: the first collection
+    after walks every object made meanwhile (seconds, at 20,000 readers). So what is
+    left is moved to the oldest generation unwalked (frozen, then unfrozen): any cycle
+    among it goes at the next full collection, as it would have."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
+def _publish(
+    engine: Engine,
+    *,
+    folder: Path,
+    base_url: str,
+    site_name: str,
+    limit: int,
+    key: bytes,
+    now: datetime,
+    changed: Collection[int] | None,
+    processes: int | None,
+    private: bool,
+) -> dict[str, int]:
     _make_folders(folder, private=private)
     site = site_of(engine, base_url=base_url, site_name=site_name, limit=limit)
     with reading(engine) as conn:
@@ -232,7 +210,7 @@ def publish_feeds(
             if private and status == "active"
         }
         names = {ident: feed_name(key, ident, salt) for ident, salt in salts.items()}
-        voting = (Links(base_url, key, ""), salts)
+        links = Links(base_url, key, "")
         targets = [
             sid
             for sid, name in names.items()
@@ -240,9 +218,25 @@ def publish_feeds(
             or sid in changed
             or not (folder / "private" / f"{name}.atom").exists()
         ]
-        items: dict[int, list[FeedItem]] = {}
-        for start in range(0, len(targets), 500):
-            items.update(private_items(conn, targets[start : start + 500], site, voting))
+        files = PrivateFiles(
+            folder, site, links, functools.partial(private_description, links), now
+        )
+        if processes is None:
+            processes = forks.processes_for(len(targets) * 2, threshold=PARALLEL_FROM, cap=4)
+        found: dict[int, list[FeedItem]] = {}
+        if files.templated():
+            ingest = ingest_sequence(conn)
+            readers: list[PrivateJob] = [
+                (sid, salts[sid], names[sid], made)
+                for sid, made in readers_entries(conn, targets, site, ingest, min(processes, 2))
+            ]
+            targets = []
+        else:  # feeds feedgen makes whole, each item made for each reader
+            readers = []
+            for start in range(0, len(targets), 500):
+                found.update(
+                    private_items(conn, targets[start : start + 500], site, (links, salts))
+                )
         conn.rollback()
 
     jobs: list[Job] = [
@@ -255,22 +249,17 @@ def publish_feeds(
     ]
     for sid in targets:
         path = f"private/{names[sid]}"
-        description = private_description(voting[0], sid, salts[sid])
+        description = private_description(links, sid, salts[sid])
         jobs.extend(
-            (
-                folder / f"{path}.{kind}",
-                site.meta(path, kind, "papers for you", description, now),
-                items[sid],
-            )
+            (folder / f"{path}.{kind}", site.meta(path, kind, TITLE, description, now), found[sid])
             for kind in ("atom", "rss")
         )
-    # Every paper's entries made here, once: forked children inherit them.
-    prepare_entries([*public, *(item for item, _ in site.shared.found.values())], KINDS)
-    if processes is None:
-        processes = forks.processes_for(len(jobs), threshold=PARALLEL_FROM, cap=4)
-    written = sum(forks.fork_map(functools.partial(_write, limit=limit), jobs, processes))
+    several = processes if len(jobs) >= PARALLEL_FROM else 1
+    written = sum(forks.fork_map(functools.partial(_write, limit=limit), jobs, several))
+    written += sum(forks.fork_map(functools.partial(_write_private, files), readers, processes))
     removed = sweep_private_feeds(folder / "private", kept)
-    return {"written": written, "unchanged": len(jobs) - written, "removed": removed}
+    count = len(jobs) + 2 * len(readers)
+    return {"written": written, "unchanged": count - written, "removed": removed}
 
 
 def remove_private_feed(folder: Path, name: str) -> int:
@@ -287,14 +276,16 @@ def sweep_private_feeds(private: Path, kept: Collection[str]) -> int:
     """Remove every private feed file whose reader left or deleted their data (a name not
     in ``kept``), so a web server serving the folder stops serving it."""
     try:
-        paths = [p for p in private.iterdir() if p.suffix in (".atom", ".rss")]
+        with os.scandir(private) as listing:
+            names = [entry.name for entry in listing]
     except (FileNotFoundError, NotADirectoryError):
         return 0
     removed = 0
-    for path in paths:
-        if path.stem not in kept:
+    for name in names:
+        stem, dot, kind = name.rpartition(".")
+        if stem and dot and kind in ("atom", "rss") and stem not in kept:
             with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+                (private / name).unlink()
                 removed += 1
     return removed
 
@@ -313,12 +304,20 @@ def _make_folders(folder: Path, *, private: bool) -> None:
 
 
 Job = tuple[Path, FeedMeta, list[FeedItem]]
-KINDS: tuple[FeedKind, ...] = ("atom", "rss")
 PARALLEL_FROM = 2_000  # feeds; below this a second process costs more than it saves
 # Threads a process writes files with: joining a feed takes little CPU, while making a file
 # waits on the file system (a new inode: from 0.1 to 2 ms on a busy disk), not holding the
 # GIL.
 WRITERS = 4
+
+
+def _write_private(files: PrivateFiles, jobs: Sequence[PrivateJob]) -> int:
+    """Write these readers' private feeds whose content changed, in ``WRITERS`` threads;
+    how many files were written."""
+    if len(jobs) < WRITERS * 4:
+        return files.write(jobs)
+    with ThreadPoolExecutor(WRITERS) as pool:
+        return sum(pool.map(files.write, [jobs[i::WRITERS] for i in range(WRITERS)]))
 
 
 def _write(jobs: Sequence[Job], limit: int) -> int:

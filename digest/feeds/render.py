@@ -30,7 +30,7 @@ from markupsafe import escape
 from digest.clock import as_utc
 from digest.errors import WriteError
 from digest.feeds.xml import READER as READER
-from digest.feeds.xml import Entry, document, entries, head
+from digest.feeds.xml import Entry, Head, document, entries, head
 from digest.feeds.xml import FeedItem as FeedItem
 from digest.feeds.xml import FeedKind as FeedKind
 from digest.feeds.xml import FeedMeta as FeedMeta
@@ -146,12 +146,40 @@ def content_hash(
 ) -> str:
     """A hash of everything a feed says except its build time: its own fields, and each
     entry's hash (of its XML, made once) with the reader's token."""
+    return entries_hash(meta, kind, made, [item.token for item in items])
+
+
+def entries_hash(
+    meta: FeedMeta, kind: FeedKind, made: Sequence[Entry], tokens: Sequence[str]
+) -> str:
+    """``content_hash`` of a feed of these entries, each with its reader's token."""
     record = [kind, meta.title, meta.self_url, meta.site_url, meta.description, meta.author]
     digest = hashlib.sha256(json.dumps([*record, meta.feed_id]).encode())
-    for item, entry in zip(items, made, strict=True):
+    for entry, token in zip(made, tokens, strict=True):
         digest.update(entry.digest)
-        digest.update(item.token.encode() + b"\n")
+        digest.update(token.encode() + b"\n")
     return digest.hexdigest()
+
+
+def pieces(
+    meta: FeedMeta,
+    kind: FeedKind,
+    hash: str,
+    made: Sequence[Entry],
+    tokens: Sequence[str],
+    top: Head | None = None,
+) -> list[bytes] | None:
+    """The feed document of these entries with their readers' tokens, as the pieces of
+    its head and entries in order; None when its head is one feedgen must write itself.
+    ``top``: its head, when the caller knows it fits ``meta`` (``head``)."""
+    top = top or head(meta, kind)
+    if top is None:
+        return None
+    out = [top.declaration, f"<!-- digest-content: {hash} -->\n".encode()]
+    out += top.filled(meta, kind)
+    out += [entry.filled(token.encode()) for entry, token in zip(made, tokens, strict=True)]
+    out.append(top.tail)
+    return out
 
 
 @dataclass(frozen=True)
@@ -167,18 +195,14 @@ class Feed:
 
     def render(self) -> bytes:
         """The feed document: its head, its entries and their readers' tokens, joined."""
-        top = head(self.meta, self.kind)
+        tokens = [item.token for item in self.items]
+        found = pieces(self.meta, self.kind, self.hash, self.entries, tokens)
+        if found is not None:
+            return b"".join(found)
+        # a head feedgen must write itself
         comment = f"<!-- digest-content: {self.hash} -->\n".encode()
-        if top is None:  # a head feedgen must write itself
-            declaration, newline, rest = document(self.meta, self.items, self.kind).partition(b"\n")
-            return declaration + newline + comment + rest
-        pieces = [top.declaration, comment, *top.filled(self.meta, self.kind)]
-        pieces.extend(
-            entry.filled(item.token.encode())
-            for item, entry in zip(self.items, self.entries, strict=True)
-        )
-        pieces.append(top.tail)
-        return b"".join(pieces)
+        declaration, newline, rest = document(self.meta, self.items, self.kind).partition(b"\n")
+        return declaration + newline + comment + rest
 
 
 def make_feed(
@@ -198,25 +222,30 @@ def render_feed(
     return make_feed(meta, items, kind=kind, limit=limit).render()
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one step (temp file in the same folder, then rename).
+def write_atomically(
+    path: Path, data: bytes | Sequence[bytes], *, folder_made: bool = False
+) -> None:
+    """Replace ``path`` with ``data`` (or its pieces, in order) in one step (temp file in the
+    same folder, then rename); ``folder_made``: its folder is known to be there.
 
     No fsync: a feed is derived from the store and rewritten whenever its content hash does
     not match, so after a crash the worst case is one rewrite, and syncing tens of thousands
     of private feeds would cost more than building them.
     """
     try:
-        if not path.parent.is_dir():
+        if not folder_made and not path.parent.is_dir():
             make_folder(path.parent, FEEDS_FOLDER)
         fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise WriteError(f"cannot write the feed {path}: {exc.strerror or exc}") from None
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        # mkstemp makes 0600; feeds are served by a web server (their content is public, a
-        # private feed's name is its secret: see ``publish``)
-        os.chmod(temp, FEED_FILE)
+        try:
+            _write_all(fd, [data] if isinstance(data, bytes) else data)
+            # mkstemp makes 0600; feeds are served by a web server (their content is public,
+            # a private feed's name is its secret: see ``publish``)
+            os.fchmod(fd, FEED_FILE)
+        finally:
+            os.close(fd)
         os.replace(temp, path)
     except OSError as exc:
         Path(temp).unlink(missing_ok=True)
@@ -224,6 +253,20 @@ def write_atomically(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+
+
+_PIECES_AT_ONCE = 512  # under every system's IOV_MAX
+
+
+def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
+    """Write the pieces in order, as one buffer would be, without joining them first."""
+    for start in range(0, len(pieces), _PIECES_AT_ONCE):
+        batch = pieces[start : start + _PIECES_AT_ONCE]
+        done = os.writev(fd, batch)
+        if done < sum(map(len, batch)):  # a short write: the rest one piece at a time
+            rest = memoryview(b"".join(batch))[done:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
 
 
 def stored_hash(path: Path) -> str | None:

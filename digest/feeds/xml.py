@@ -337,6 +337,20 @@ def entries(items: Sequence[FeedItem], kind: FeedKind) -> list[Entry]:
     return [entry or new[key] for key, entry in zip(keys, made, strict=True)]  # type: ignore[misc]
 
 
+def fresh_entries(items: Sequence[FeedItem], kind: FeedKind) -> list[Entry]:
+    """The entries of ``items`` in a feed of ``kind``, made as ``entries`` makes them but
+    not kept: for a caller that makes each once and keeps it itself."""
+    shapes = _shaped(items, kind)
+    made: list[Entry | None] = []
+    for item in items:
+        shape = shapes.get(_shape_key(kind, item))
+        made.append(shape.entry(item) if shape is not None else None)
+    unshaped = [at for at, entry in enumerate(made) if entry is None]
+    for at, entry in zip(unshaped, _made([items[at] for at in unshaped], kind), strict=True):
+        made[at] = entry
+    return made  # type: ignore[return-value]
+
+
 def prepare_entries(items: Sequence[FeedItem], kinds: Sequence[FeedKind]) -> None:
     """Make the entries of many items ahead (a run's, before its feeds are written)."""
     for start in range(0, len(items), 1_000):

@@ -387,6 +387,7 @@ def _short(abstract: str) -> tuple[str, bool]:
     return shorten(_folded(abstract).text)
 
 
+@functools.lru_cache(maxsize=16_384)  # a day's papers: each goes to many readers
 def authors_line(authors: str) -> str:
     """``A. Author, B. Author, C. Author et al.``: a long list cut to its first names."""
     names = [name.strip() for name in re.split(r"[,;]|\band\b", clean_header(authors))]

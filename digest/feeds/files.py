@@ -1,0 +1,215 @@
+"""Every reader's private feed file, written from entries made once for all of them.
+
+A reader's private feed is the entries of the papers they were sent, each with their
+token, under a head that names their feed. So the parent reads the readers' sent items
+as plain tuples (``store.feed_rows``); each (paper, why it was chosen) entry not made
+before is made once, in both kinds of feed, by forked processes each taking a share of
+the papers; and each reader's list of entries goes to the writing processes. There each
+reader's tokens are signed once for both files, and each file's content hash is made
+from its entries' hashes and tokens: a file that already says the same is neither
+joined nor written.
+
+The files are the bytes ``render.make_feed`` makes of the same items, and carry the same
+content hash (``render.entries_hash``), so a web front serving the same feed live gives
+the same body and ETag.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy.engine import Connection
+
+from digest import forks
+from digest.clock import as_utc
+from digest.feeds.render import (
+    FeedKind,
+    entries_hash,
+    pieces,
+    stored_hash,
+    write_atomically,
+)
+from digest.feeds.site import FeedSite
+from digest.feeds.xml import Entry, Head, fresh_entries, head
+from digest.present.paper import prepare
+from digest.present.views import Links, stored_view
+from digest.store import papers
+from digest.store.feed_rows import sent_rows
+from digest.store.papers import PaperRow
+
+KINDS: tuple[FeedKind, ...] = ("atom", "rss")
+READERS_AT_ONCE = 2_000  # readers whose sent items are read in one query
+ENTRIES_AT_ONCE = 1_000  # entries made by feedgen's shapes in one batch
+FORK_FROM = 2_000  # entries to make; fewer are made in this process
+TITLE = "papers for you"  # a private feed's title, after the site's name
+Key = tuple[int, str]  # a paper's id, and why it was chosen (its stored explanation)
+
+
+@dataclass(frozen=True, slots=True)
+class Made:
+    """A paper's private entry under one explanation, made once for every reader it went
+    to: its place in a feed (the paper's date, its GUID), the paper's key (what a reader's
+    token signs), and its XML in each kind of feed."""
+
+    published: datetime
+    guid: str
+    paper_key: str
+    atom: Entry
+    rss: Entry
+
+
+class _Kept:
+    """The entries made for a site, valid for one ingest (a paper's text changes only
+    with one): a later run in the same process makes only the new ones."""
+
+    LIMIT = 200_000  # a day's (paper, interests) entries, at a few KB each
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.sites: dict[tuple[str, str], tuple[int, dict[tuple[int, str], Made]]] = {}
+
+    def current(self, site: FeedSite, ingest: int) -> dict[tuple[int, str], Made]:
+        with self.lock:
+            key = (site.base_url, site.authority)
+            found = self.sites.get(key)
+            if found is None or found[0] != ingest or len(found[1]) >= self.LIMIT:
+                self.sites.clear()  # one site's a process, in practice
+                found = self.sites[key] = (ingest, {})
+            return found[1]
+
+
+_kept = _Kept()
+
+
+def readers_entries(
+    conn: Connection,
+    subscriber_ids: Sequence[int],
+    site: FeedSite,
+    ingest: int,
+    processes: int = 1,
+) -> list[tuple[int, list[Made]]]:
+    """Each of these readers with the entries of what they were sent, newest sent first
+    (a paper gone from the store meanwhile left out); the entries not made before are made
+    by ``processes`` forked processes, each taking its share of the papers."""
+    made = _kept.current(site, ingest)
+    wanted: dict[Key, tuple[Key, float]] = {}  # each key once (one object), with its score
+    sent: list[tuple[int, list[Key]]] = []
+    for start in range(0, len(subscriber_ids), READERS_AT_ONCE):
+        batch = subscriber_ids[start : start + READERS_AT_ONCE]
+        by_reader: dict[int, list[Key]] = {sid: [] for sid in batch}
+        for sid, paper_id, score, matched in sent_rows(conn, batch, site.limit):
+            key = (paper_id, matched)
+            found = wanted.get(key)
+            if found is None:
+                found = wanted[key] = (key, score)
+            by_reader[sid].append(found[0])
+        sent.extend(by_reader.items())
+    new = [(key, score) for key, score in wanted.values() if key not in made]
+    if new:
+        stored = papers.by_ids(conn, sorted({key[0] for key, _ in new}))
+        by_paper: dict[int, list[tuple[Key, PaperRow, float]]] = {}
+        for key, score in new:
+            if key[0] in stored:
+                by_paper.setdefault(key[0], []).append((key, stored[key[0]], score))
+        groups = list(by_paper.values())
+        processes = processes if len(new) >= FORK_FROM else 1
+        for share in forks.fork_map(functools.partial(_make, site), groups, processes):
+            made.update(share)
+    return [(sid, [made[key] for key in keys if key in made]) for sid, keys in sent]
+
+
+def _make(site: FeedSite, groups: Sequence[list[tuple[Key, PaperRow, float]]]) -> dict[Key, Made]:
+    """The entries of these (paper, explanation) keys, a paper's all in one group.
+
+    Each paper's view is the one the message step made of the same item when it ran in
+    this process (``stored_view``): its marked text is worked out already."""
+    found = [one for group in groups for one in group]
+    views = [stored_view(row, score, key[1], site.base_url) for key, row, score in found]
+    prepare(views)  # papers whose marks were not recorded: each analyzed once
+    items = [
+        site.item(row, view, row.first_seen, private=True)
+        for (_, row, _), view in zip(found, views, strict=True)
+    ]
+    made: dict[Key, Made] = {}
+    for start in range(0, len(items), ENTRIES_AT_ONCE):
+        batch = items[start : start + ENTRIES_AT_ONCE]
+        atoms, rsss = fresh_entries(batch, "atom"), fresh_entries(batch, "rss")
+        for at, item in enumerate(batch):
+            key, row, _ = found[start + at]
+            made[key] = Made(as_utc(item.published), item.guid, row.key, atoms[at], rsss[at])
+    return made
+
+
+def chosen(made: Sequence[Made], limit: int) -> list[Made]:
+    """What ``render.select_items`` keeps of these entries: newest first by the paper's
+    date, each GUID once (its newest version), at most ``limit``."""
+    newest: dict[str, Made] = {}
+    for entry in made:
+        seen = newest.get(entry.guid)
+        if seen is None or entry.published > seen.published:
+            newest[entry.guid] = entry
+    ordered = sorted(newest.values(), key=lambda e: (e.published, e.guid), reverse=True)
+    return ordered[:limit]
+
+
+# A reader's private feed to write: their id, token salt, feed name, and entries.
+PrivateJob = tuple[int, str, str, list[Made]]
+
+
+@dataclass(frozen=True)
+class PrivateFiles:
+    """Where and how a site's private feed files are written."""
+
+    folder: Path  # the feeds folder (the files go under its ``private/``)
+    site: FeedSite
+    links: Links
+    describe: Callable[[int, str], str]  # a reader's feed description, by id and salt
+    now: datetime
+    heads: dict[FeedKind, Head | None] = field(default_factory=dict, compare=False, repr=False)
+
+    def templated(self) -> bool:
+        """Whether the readers' feeds have heads made once, as their files are joined
+        here (else feedgen is to make each feed whole: a site name or address it cannot
+        be given in pieces). What differs between readers (their feed's name and manage
+        link) never decides it."""
+        return all(self.head(kind) is not None for kind in KINDS)
+
+    def head(self, kind: FeedKind) -> Head | None:
+        """The head every reader's feed of ``kind`` has, its own fields left to fill."""
+        if kind not in self.heads:
+            sample = f"private/{'0' * 32}"
+            meta = self.site.meta(sample, kind, TITLE, self.describe(0, ""), self.now)
+            self.heads[kind] = head(meta, kind)
+        return self.heads[kind]
+
+    def write(self, jobs: Sequence[PrivateJob]) -> int:
+        """Write these readers' feeds whose content changed; how many files were written."""
+        return sum(self.write_one(job) for job in jobs)
+
+    def write_one(self, job: PrivateJob) -> int:
+        """Write one reader's two files, each when it changed; how many were written."""
+        ident, salt, name, made = job
+        entries_shown = chosen(made, self.site.limit)
+        signer = self.links.signer(ident, salt)
+        tokens = [signer.token(entry.paper_key) for entry in entries_shown]
+        description = self.describe(ident, salt)
+        path = f"private/{name}"
+        written = 0
+        for kind in KINDS:
+            meta = self.site.meta(path, kind, TITLE, description, self.now)
+            xml = [entry.atom if kind == "atom" else entry.rss for entry in entries_shown]
+            hash = entries_hash(meta, kind, xml, tokens)
+            file = self.folder / f"{path}.{kind}"
+            if stored_hash(file) == hash:
+                continue
+            data = pieces(meta, kind, hash, xml, tokens, self.head(kind))
+            if data is None:  # not for ``publish`` to send here: see ``templated``
+                raise RuntimeError(f"no head made once for the feed {file}")
+            write_atomically(file, data, folder_made=True)
+            written += 1
+        return written

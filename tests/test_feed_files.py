@@ -1,0 +1,209 @@
+"""Every reader's private feed file, written from entries made once: the same bytes as
+the feed built of the same reader's items one by one (as the web front builds it), in one
+process or several, and nothing written again when nothing changed."""
+
+from __future__ import annotations
+
+import gc
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from urllib.parse import unquote
+
+import feedparser
+import pytest
+from sqlalchemy.engine import Engine
+
+from digest.deliver.transports import RecordingTransport
+from digest.feeds.files import PrivateFiles
+from digest.feeds.publish import (
+    collector_paused,
+    private_description,
+    private_items,
+    publish_feeds,
+    site_of,
+    sweep_private_feeds,
+)
+from digest.feeds.render import FeedKind, render_feed
+from digest.ingest.dumps import Clock
+from digest.present.views import Links
+from digest.service.cycle import run_cycle
+from digest.service.keys import site_keys
+from digest.service.subscriptions import operator_patch, upsert_subscriber
+from digest.settings import Settings, load_settings
+from digest.store.engine import open_store, reading
+from digest.store.subscribers import feed_salts
+from digest.tokens import feed_name
+
+DAY = date(2026, 3, 12)
+JOINED = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)
+WRITTEN = datetime(2026, 3, 13, 9, 30, tzinfo=UTC)
+PEOPLE = {
+    "ada@example.org": ['"federated learning"', 'llm OR "language model"'],
+    "bob@example.org": ["diffusion -survey"],
+    "cy@example.org": ["speech", "translation ^2"],
+    "dee@example.org": ["self-supervised", "diffusion"],
+    "eve@example.org": ["diffusion -survey"],  # bob's interest: the same entries, her tokens
+}
+KINDS: tuple[FeedKind, ...] = ("atom", "rss")
+
+
+def ticking(start: datetime) -> Clock:
+    moments = iter(start + timedelta(seconds=i) for i in range(1_000_000))
+    return Clock(lambda: next(moments))
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    env = {
+        "DIGEST_DATA_DIR": str(tmp_path / "data"),
+        "DIGEST_SMTP_CONNECTIONS": "1",
+        "DIGEST_DATABASE_URL": database_url,
+        "DIGEST_FEED_ITEMS": "4",  # fewer than the two days' digests hold: some are left out
+    }
+    return load_settings(environ=env, cwd=tmp_path)
+
+
+@pytest.fixture
+def store(settings: Settings, dump_a: Path, dump_b: Path) -> Iterator[Engine]:
+    """Two days of digests sent to every reader."""
+    engine = open_store(settings.database_url)
+    for address, interests in PEOPLE.items():
+        upsert_subscriber(engine, operator_patch(address, interests), now=JOINED)
+    settings.inbox.mkdir(parents=True, exist_ok=True)
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    for day, dump in ((DAY, dump_b), (DAY + timedelta(1), dump_a)):
+        shutil.copy(dump, settings.inbox / f"{day}.txt")
+        run_cycle(settings, engine, clock=clock, period=day, transport=RecordingTransport())
+    yield engine
+    engine.dispose()
+
+
+def publish(settings: Settings, store: Engine, folder: Path, processes: int) -> dict[str, int]:
+    return publish_feeds(
+        store,
+        folder=folder,
+        base_url=settings.base_url,
+        site_name=settings.site_name,
+        limit=settings.feed_items,
+        key=site_keys(settings, store, WRITTEN).signing,
+        now=WRITTEN,
+        processes=processes,
+    )
+
+
+def one_by_one(settings: Settings, store: Engine, base_url: str | None = None) -> dict[str, bytes]:
+    """Each reader's private feed files, each built of their items on its own."""
+    key = site_keys(settings, store, WRITTEN).signing
+    base_url = base_url or settings.base_url
+    site = site_of(
+        store, base_url=base_url, site_name=settings.site_name, limit=settings.feed_items
+    )
+    links = Links(base_url, key, "")
+    built: dict[str, bytes] = {}
+    with reading(store) as conn:
+        for ident, (salt, _) in feed_salts(conn).items():
+            items = private_items(conn, [ident], site, (links, {ident: salt}))[ident]
+            path = f"private/{feed_name(key, ident, salt)}"
+            for kind in KINDS:
+                description = private_description(links, ident, salt)
+                meta = site.meta(path, kind, "papers for you", description, WRITTEN)
+                built[f"{path}.{kind}"] = render_feed(meta, items, kind=kind, limit=site.limit)
+    return built
+
+
+@pytest.mark.parametrize(
+    ("processes", "templated"),
+    # not templated: heads feedgen must make whole (no real site's, so far), where each
+    # reader's feed is made by feedgen from items made for them
+    [(1, True), (2, True), (2, False)],
+)
+def test_private_files_are_the_feeds_built_one_by_one(
+    settings: Settings,
+    store: Engine,
+    tmp_path: Path,
+    processes: int,
+    templated: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(PrivateFiles, "templated", lambda self: templated)
+    folder = tmp_path / "out"
+    counts = publish(settings, store, folder, processes)
+    expected = one_by_one(settings, store)
+    assert counts == {"written": len(expected) + 2, "unchanged": 0, "removed": 0}
+    written = {f"private/{path.name}": path.read_bytes() for path in (folder / "private").iterdir()}
+    assert written.keys() == expected.keys()
+    for name, data in written.items():
+        assert data == expected[name], name
+    sizes = [len(feedparser.parse(data).entries) for data in written.values()]
+    assert max(sizes) == settings.feed_items  # the newest kept, the rest left out
+
+
+def test_readers_sent_the_same_papers_get_their_own_tokens(
+    settings: Settings, store: Engine, tmp_path: Path
+) -> None:
+    folder = tmp_path / "out"
+    publish(settings, store, folder, 1)
+    key = site_keys(settings, store, WRITTEN).signing
+    links = Links(settings.base_url, key, "")
+    with reading(store) as conn:
+        salts = {ident: salt for ident, (salt, _) in feed_salts(conn).items()}
+    ids = sorted(salts)
+    bob, eve = ids[1], ids[4]
+    feeds = {
+        ident: feedparser.parse(
+            (folder / "private" / f"{feed_name(key, ident, salts[ident])}.atom").read_bytes()
+        )
+        for ident in (bob, eve)
+    }
+    assert [e.id for e in feeds[bob].entries] == [e.id for e in feeds[eve].entries]
+    assert feeds[bob].entries, "bob was sent nothing"
+    for ident, feed in feeds.items():
+        for entry in feed.entries:
+            paper_key = unquote(entry.link.rsplit("/", 1)[1].split("?")[0])
+            page = links.reader_links(ident, salts[ident], paper_key)[0]
+            assert entry.link == page
+
+
+def test_nothing_is_written_again_when_nothing_changed(
+    settings: Settings, store: Engine, tmp_path: Path
+) -> None:
+    folder = tmp_path / "out"
+    first = publish(settings, store, folder, 2)
+    times = {path: path.stat().st_mtime_ns for path in (folder / "private").iterdir()}
+    again = publish(settings, store, folder, 2)
+    assert again == {"written": 0, "unchanged": first["written"], "removed": 0}
+    assert {path: path.stat().st_mtime_ns for path in (folder / "private").iterdir()} == times
+
+
+def test_the_sweep_removes_only_feeds_of_readers_gone(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir()
+    for name in ("kept.atom", "kept.rss", "gone.atom", "gone.rss", ".atom", ".kept.atom.x.tmp"):
+        (private / name).write_text("x")
+    assert sweep_private_feeds(private, {"kept"}) == 2
+    assert sorted(p.name for p in private.iterdir()) == [
+        ".atom",
+        ".kept.atom.x.tmp",
+        "kept.atom",
+        "kept.rss",
+    ]
+
+
+def test_the_collector_is_back_as_it_was_after_the_feeds(
+    settings: Settings, store: Engine, tmp_path: Path
+) -> None:
+    gc.enable()
+    publish(settings, store, tmp_path / "out", 1)
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        publish(settings, store, tmp_path / "again", 1)
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()
+    with pytest.raises(OSError), collector_paused():
+        assert not gc.isenabled()
+        raise OSError("a failure part way")
+    assert gc.isenabled() and gc.get_freeze_count() == 0
