@@ -194,6 +194,7 @@ async def ours(digests: list[Digest], port: int, connections: int) -> tuple[floa
     started, cpu = time.perf_counter(), time.process_time()
     async with transport:
         for at in range(0, len(digests), BATCH):
+            getattr(builder, "next_batch", lambda: None)()  # as deliver.send.deliver does
             queue = views_of(links, digests[at : at + BATCH])[::-1]
             # Twice as many workers as connections so building overlaps waiting on the sink.
             await asyncio.gather(*(worker(queue) for _ in range(connections * 2)))

@@ -30,12 +30,13 @@ import importlib.resources
 import operator
 import re
 import textwrap
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import css_inline
@@ -63,6 +64,7 @@ from digest.present.paper import (
 from digest.rank.highlight import mark
 
 TEXT_WIDTH = 72
+CACHE_BYTES = 128 * 1024 * 1024  # what a builder keeps of the parts it shares, at most
 _ONE_SPACED = re.compile(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*")
 _SLOT = "\x00papers\x00"  # content passes clean_header or clean_text, which drop NULs
 # Where a reader's marked title, abstract and reasons go in a paper's block (no shown text
@@ -109,6 +111,72 @@ class _Skeleton:
     text: tuple[Parts, Parts, Parts]
     html_reasons: str
     text_reasons: str
+
+
+# --- caches held to a size -------------------------------------------------------
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+def _parts_size(parts: Parts) -> int:
+    """About what an encoded part and its tuple hold in memory, in bytes."""
+    return sum(map(len, parts)) + 40 * len(parts) + 60
+
+
+def _block_size(block: _Block) -> int:
+    return _parts_size(block.html) + _parts_size(block.text) + 60
+
+
+def _skeleton_size(skeleton: _Skeleton) -> int:
+    return (
+        sum(map(_parts_size, skeleton.html))
+        + sum(map(_parts_size, skeleton.text))
+        + len(skeleton.html_reasons)
+        + len(skeleton.text_reasons)
+        + 200
+    )
+
+
+def _base_size(base: dict[str, Any]) -> int:
+    return 2 * (len(base["abstract"]) + len(base["abstract_text"])) + 1_500
+
+
+def _votes_size(votes: tuple[Parts, Parts]) -> int:
+    return _parts_size(votes[0]) + _parts_size(votes[1])
+
+
+class _Kept(Generic[K, V]):
+    """A cache that holds at most ``budget`` bytes of values (as ``size`` counts them, the
+    keys' own objects shared with the views apart), the least recently used dropped first:
+    what a run's builder keeps does not grow with the number of readers."""
+
+    def __init__(self, budget: int, size: Callable[[V], int]) -> None:
+        self.budget = budget
+        self.size = size
+        self.held = 0
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: K, value: V) -> V:
+        self._items[key] = value
+        self.held += self.size(value)
+        while self.held > self.budget and len(self._items) > 1:
+            _, dropped = self._items.popitem(last=False)
+            self.held -= self.size(dropped)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.held = 0
 
 
 # --- small pure helpers -------------------------------------------------------
@@ -261,15 +329,26 @@ def _filled(frame: _Frame, context: dict[str, Any], html: bool) -> bytes:
 class MessageBuilder:
     """Builds digest messages for one sender, rendering each paper once per builder."""
 
-    def __init__(self, sender: Sender, *, cache_size: int = 50_000) -> None:
+    def __init__(
+        self, sender: Sender, *, cache_size: int = 20_000, cache_bytes: int = CACHE_BYTES
+    ) -> None:
         self.sender = sender
         self._templates = _templates()
-        self._cache: dict[tuple[object, ...], _Block] = {}
-        self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
-        self._skeletons: dict[tuple[object, ...], _Skeleton] = {}
-        self._pieces: dict[tuple[object, ...], Parts] = {}
+        # What is worked out once and shared is held to ``cache_bytes`` in all (the blocks a
+        # quarter: one is joined again from its pieces cheaply), so a run's memory does not
+        # grow with its readers; a block or piece dropped is made again when met again.
+        self._cache: _Kept[tuple[object, ...], _Block] = _Kept(cache_bytes * 4 // 16, _block_size)
+        self._pieces: _Kept[tuple[object, ...], Parts] = _Kept(cache_bytes * 7 // 16, _parts_size)
+        self._skeletons: _Kept[tuple[object, ...], _Skeleton] = _Kept(
+            cache_bytes * 2 // 16, _skeleton_size
+        )
+        self._bases: _Kept[tuple[object, ...], dict[str, Any]] = _Kept(
+            cache_bytes * 2 // 16, _base_size
+        )
+        self._votes_parts: _Kept[tuple[TokenLinks, str], tuple[Parts, Parts]] = _Kept(
+            cache_bytes // 16, _votes_size
+        )
         self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
-        self._votes_parts: dict[tuple[TokenLinks, str], tuple[Parts, Parts]] = {}
         self._by_view: dict[int, tuple[PaperView, TokenLinks | None, _Block]] = {}
         self._cache_size = cache_size
         self._from = header("From", format_address(sender.from_addr))
@@ -303,9 +382,7 @@ class MessageBuilder:
                 "code_links": [u for u in links if is_code_link(u)],
                 "other_links": [u for u in links if not is_code_link(u)],
             }
-            if len(self._bases) >= self._cache_size:
-                self._bases.clear()
-            self._bases[key] = base
+            self._bases.put(key, base)
         return base
 
     def _paper_context(self, paper: PaperView) -> dict[str, Any]:
@@ -342,14 +419,16 @@ class MessageBuilder:
         key = (to_all, text.abstract, text.marks, links, links and paper.because)
         block = self._cache.get(key)
         if block is None:
-            block = self._compose(paper, links, text, to_all)
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()  # a run rarely outgrows it; clearing keeps memory bounded
-            self._cache[key] = block
+            block = self._cache.put(key, self._compose(paper, links, text, to_all))
         if len(self._by_view) >= self._cache_size:
             self._by_view.clear()
         self._by_view[id(paper)] = (paper, links, block)  # kept with it: its id is not reused
         return block
+
+    def next_batch(self) -> None:
+        """The views built so far will not come back (a new batch of digests has its own):
+        let them go, and the rows they hold."""
+        self._by_view.clear()
 
     def _compose(
         self, paper: PaperView, links: TokenLinks | None, text: Shown, to_all: tuple[object, ...]
@@ -396,9 +475,7 @@ class MessageBuilder:
         """A piece of a block, encoded once (``render`` makes its text)."""
         piece = self._pieces.get(key)
         if piece is None:
-            if len(self._pieces) >= self._cache_size:
-                self._pieces.clear()
-            piece = self._pieces[key] = encode(render())
+            piece = self._pieces.put(key, encode(render()))
         return piece
 
     def _skeleton(
@@ -436,10 +513,7 @@ class MessageBuilder:
             html_line,
             text_line,
         )
-        if len(self._skeletons) >= self._cache_size:
-            self._skeletons.clear()
-        self._skeletons[key] = skeleton
-        return skeleton
+        return self._skeletons.put(key, skeleton)
 
     def _votes(self, links: TokenLinks, because: str) -> tuple[Parts, Parts]:
         """A reader's own lines under a paper (why feedback chose it, their vote links),
@@ -451,9 +525,7 @@ class MessageBuilder:
             own = {"because": because, "more_url": links.more, "less_url": links.less}
             html = encode(_ends_line(str(t.html_macros.votes(own))))
             text = encode(_ends_line(str(t.text_macros.votes(own))) + "\n")
-            if len(self._votes_parts) >= self._cache_size:
-                self._votes_parts.clear()
-            found = self._votes_parts[key] = (html, text)
+            found = self._votes_parts.put(key, (html, text))
         return found
 
     def _render_block(self, paper: PaperView, links: TokenLinks | None) -> _Block:

@@ -328,6 +328,7 @@ async def deliver(
     result = Delivered() if judge is None else judge.result
     sender = marks.claim.sender
     judging = judge or Judge(engine, result, clock, sender)
+    builder.next_batch()  # the views of earlier batches are not met again
     prepare(paper for item in outgoing for paper in item.view.papers)
     queue: asyncio.Queue[Outgoing] = asyncio.Queue()
     for item in outgoing:
