@@ -64,7 +64,7 @@ from digest.present.paper import (
 from digest.rank.highlight import mark
 
 TEXT_WIDTH = 72
-CACHE_BYTES = 128 * 1024 * 1024  # what a builder keeps of the parts it shares, at most
+CACHE_BYTES = 160 * 1024 * 1024  # what a builder keeps of the parts it shares, at most
 _ONE_SPACED = re.compile(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*")
 _SLOT = "\x00papers\x00"  # content passes clean_header or clean_text, which drop NULs
 # Where a reader's marked title, abstract and reasons go in a paper's block (no shown text
@@ -128,55 +128,33 @@ def _block_size(block: _Block) -> int:
     return _parts_size(block.html) + _parts_size(block.text) + 60
 
 
-def _skeleton_size(skeleton: _Skeleton) -> int:
-    return (
-        sum(map(_parts_size, skeleton.html))
-        + sum(map(_parts_size, skeleton.text))
-        + len(skeleton.html_reasons)
-        + len(skeleton.text_reasons)
-        + 200
-    )
-
-
-def _base_size(base: dict[str, Any]) -> int:
-    return 2 * (len(base["abstract"]) + len(base["abstract_text"])) + 1_500
-
-
-def _votes_size(votes: tuple[Parts, Parts]) -> int:
-    return _parts_size(votes[0]) + _parts_size(votes[1])
-
-
 class _Kept(Generic[K, V]):
     """A cache that holds at most ``budget`` bytes of values (as ``size`` counts them, the
-    keys' own objects shared with the views apart), the least recently used dropped first:
-    what a run's builder keeps does not grow with the number of readers."""
+    keys' own objects shared with the views apart), the oldest let go first: what a run's
+    builder keeps does not grow with the number of readers. (First in, first out: readers
+    come in no order, so keeping the most recently used would keep no more of what comes
+    back, and would cost a move on every hit.)"""
 
     def __init__(self, budget: int, size: Callable[[V], int]) -> None:
         self.budget = budget
         self.size = size
         self.held = 0
         self._items: OrderedDict[K, V] = OrderedDict()
+        self.get = self._items.get
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
     def put(self, key: K, value: V) -> V:
+        before = self._items.get(key)
+        if before is not None:
+            self.held -= self.size(before)
         self._items[key] = value
         self.held += self.size(value)
         while self.held > self.budget and len(self._items) > 1:
             _, dropped = self._items.popitem(last=False)
             self.held -= self.size(dropped)
         return value
-
-    def clear(self) -> None:
-        self._items.clear()
-        self.held = 0
 
 
 # --- small pure helpers -------------------------------------------------------
@@ -330,24 +308,20 @@ class MessageBuilder:
     """Builds digest messages for one sender, rendering each paper once per builder."""
 
     def __init__(
-        self, sender: Sender, *, cache_size: int = 20_000, cache_bytes: int = CACHE_BYTES
+        self, sender: Sender, *, cache_size: int = 50_000, cache_bytes: int = CACHE_BYTES
     ) -> None:
         self.sender = sender
         self._templates = _templates()
-        # What is worked out once and shared is held to ``cache_bytes`` in all (the blocks a
-        # quarter: one is joined again from its pieces cheaply), so a run's memory does not
-        # grow with its readers; a block or piece dropped is made again when met again.
-        self._cache: _Kept[tuple[object, ...], _Block] = _Kept(cache_bytes * 4 // 16, _block_size)
-        self._pieces: _Kept[tuple[object, ...], Parts] = _Kept(cache_bytes * 7 // 16, _parts_size)
-        self._skeletons: _Kept[tuple[object, ...], _Skeleton] = _Kept(
-            cache_bytes * 2 // 16, _skeleton_size
-        )
-        self._bases: _Kept[tuple[object, ...], dict[str, Any]] = _Kept(
-            cache_bytes * 2 // 16, _base_size
-        )
-        self._votes_parts: _Kept[tuple[TokenLinks, str], tuple[Parts, Parts]] = _Kept(
-            cache_bytes // 16, _votes_size
-        )
+        # What differs between readers of a paper (its blocks, and their pieces: the marked
+        # title and abstract, the reasons) is held to ``cache_bytes`` in all, so a run's
+        # memory does not grow with its readers; one let go is made again when met again.
+        # What each paper has once (its skeleton, what it shows to all, its vote lines) is
+        # held for up to ``cache_size`` papers, a day's.
+        self._cache: _Kept[tuple[object, ...], _Block] = _Kept(cache_bytes // 2, _block_size)
+        self._pieces: _Kept[tuple[object, ...], Parts] = _Kept(cache_bytes // 2, _parts_size)
+        self._skeletons: dict[tuple[object, ...], _Skeleton] = {}
+        self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
+        self._votes_parts: dict[tuple[TokenLinks, str], tuple[Parts, Parts]] = {}
         self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
         self._by_view: dict[int, tuple[PaperView, TokenLinks | None, _Block]] = {}
         self._cache_size = cache_size
@@ -382,7 +356,9 @@ class MessageBuilder:
                 "code_links": [u for u in links if is_code_link(u)],
                 "other_links": [u for u in links if not is_code_link(u)],
             }
-            self._bases.put(key, base)
+            if len(self._bases) >= self._cache_size:
+                self._bases.clear()
+            self._bases[key] = base
         return base
 
     def _paper_context(self, paper: PaperView) -> dict[str, Any]:
@@ -513,7 +489,10 @@ class MessageBuilder:
             html_line,
             text_line,
         )
-        return self._skeletons.put(key, skeleton)
+        if len(self._skeletons) >= self._cache_size:
+            self._skeletons.clear()
+        self._skeletons[key] = skeleton
+        return skeleton
 
     def _votes(self, links: TokenLinks, because: str) -> tuple[Parts, Parts]:
         """A reader's own lines under a paper (why feedback chose it, their vote links),
@@ -525,7 +504,9 @@ class MessageBuilder:
             own = {"because": because, "more_url": links.more, "less_url": links.less}
             html = encode(_ends_line(str(t.html_macros.votes(own))))
             text = encode(_ends_line(str(t.text_macros.votes(own))) + "\n")
-            found = self._votes_parts.put(key, (html, text))
+            if len(self._votes_parts) >= self._cache_size:
+                self._votes_parts.clear()
+            found = self._votes_parts[key] = (html, text)
         return found
 
     def _render_block(self, paper: PaperView, links: TokenLinks | None) -> _Block:
