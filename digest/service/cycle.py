@@ -29,8 +29,10 @@ from digest.deliver.plan import Plan, due_plans, owed_at, owed_plans, record_pla
 from digest.deliver.send import (
     Claim,
     Delivered,
+    in_processes,
     record_transport,
     send_outbox,
+    senders_for,
 )
 from digest.deliver.transports import Transport, transport_label
 from digest.errors import DigestError
@@ -268,8 +270,8 @@ def run_cycle(
             log.info("composed", extra={"composed": report.composed})
             check()
             if send:
-                report.delivered = asyncio.run(
-                    deliver_outbox(settings, engine, transport, clock=clock, stop=stop, claim=claim)
+                report.delivered = deliver_in_processes(
+                    settings, engine, transport, clock=clock, stop=stop, claim=claim
                 )
                 log.info(
                     "delivered",
@@ -328,6 +330,41 @@ def _why_pending(delivered: Delivered) -> str | None:
     if delivered.stopped:
         return "the run was asked to stop before sending them"
     return None
+
+
+def deliver_in_processes(
+    settings: Settings,
+    engine: Engine,
+    transport: Transport | None,
+    *,
+    clock: Callable[[], datetime],
+    stop: threading.Event | None,
+    claim: Claim | None = None,
+) -> Delivered:
+    """Send the outbox as ``deliver_outbox`` does; a large one from forked processes (a
+    core each, ``senders_for``), each a sender of its own sharing ``smtp_connections``, when
+    the configured transport is used and no sender was named."""
+    if transport is None and claim is None:
+        with reading(engine) as conn:
+            waiting = outbox_counts(conn)["pending"]
+            conn.rollback()
+        processes = senders_for(waiting)
+    else:
+        processes = 1
+    if processes <= 1:
+        return asyncio.run(
+            deliver_outbox(settings, engine, transport, clock=clock, stop=stop, claim=claim)
+        )
+    share = settings.model_copy(
+        update={"smtp_connections": max(1, settings.smtp_connections // processes)}
+    )
+
+    def send(own_stop: threading.Event) -> Delivered:
+        engine.dispose(close=False)  # the parent's connections stay the parent's
+        return asyncio.run(deliver_outbox(share, engine, None, clock=clock, stop=own_stop))
+
+    log.info("sending from processes", extra={"processes": processes, "waiting": waiting})
+    return in_processes(processes, send, stop)
 
 
 async def deliver_outbox(
