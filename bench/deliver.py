@@ -14,7 +14,7 @@ explanation JSON). In the same run, against the same sink, it measures
   digests made into views (the papers, the reader's links and tokens) and their marks
   prepared, then each message built by one MessageBuilder and sent over the pooled
   SMTPTransport; from as many forked senders as a run forks for that many digests
-  (``deliver.send.senders_for``, or ``--processes``), each every so many batches over its
+  (``deliver.processes.senders_for``, or ``--processes``), each every so many batches over its
   share of the connections, their CPU counted;
 - the ceiling: smtp-source sending as many messages of the same average size;
 - the naive way: per message a Jinja render, an EmailMessage and ``aiosmtplib.send``
@@ -67,7 +67,7 @@ try:
 except ImportError:  # the code before it
     item_views = None
 try:
-    from digest.deliver.send import senders_for
+    from digest.deliver.processes import senders_for
 except ImportError:  # the code before it: one sender
 
     def senders_for(waiting: int) -> int:
@@ -233,7 +233,7 @@ def ours(
     digests: list[Digest], port: int, connections: int, processes: int
 ) -> tuple[float, float, int, int]:
     """Every digest made into views, built and sent, from ``processes`` forked senders as a
-    run sends them (``deliver.send.senders_for``): the first batch from here, then each
+    run sends them (``deliver.processes.senders_for``): the first batch from here, then each
     sender every so many of the rest over its share of the connections, with the builder
     as the first batch left it; returns wall seconds, CPU seconds (the senders' too), bytes sent and
     the largest sender's peak RSS in KB (forked: what it touched of the day set up before)."""

@@ -11,8 +11,9 @@ import pytest
 import sqlalchemy as sa
 
 from digest import forks
-from digest.deliver import send
-from digest.deliver.send import Delivered, in_processes, senders_for
+from digest.deliver import processes
+from digest.deliver.processes import in_processes, senders_for
+from digest.deliver.send import Delivered
 from digest.errors import DeliveryError
 from digest.service import cycle
 from tests.conftest import Site
@@ -51,14 +52,14 @@ def test_a_process_failing_fails_the_pass() -> None:
 
 def test_a_small_outbox_goes_from_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(forks, "cores", lambda: 2)
-    assert senders_for(send.SENDERS_FROM - 1) == 1
-    assert senders_for(send.SENDERS_FROM) == 2
+    assert senders_for(processes.SENDERS_FROM - 1) == 1
+    assert senders_for(processes.SENDERS_FROM) == 2
 
 
 def test_a_run_sending_from_processes_sends_each_digest_once(
     site: Site, dump_b: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(send, "SENDERS_FROM", 1)
+    monkeypatch.setattr(processes, "SENDERS_FROM", 1)
     monkeypatch.setattr(forks, "cores", lambda: 2)
     monkeypatch.setattr(cycle, "OUTBOX_BATCH", 2)  # the first two from here, the rest forked
     site.subscribe(PEOPLE)

@@ -30,13 +30,12 @@ import importlib.resources
 import operator
 import re
 import textwrap
-from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from email.header import Header
 from email.utils import format_datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import css_inline
@@ -45,6 +44,7 @@ from markupsafe import Markup, escape
 
 from digest.clock import as_utc
 from digest.deliver.headers import angle, format_address, header, mailto
+from digest.deliver.kept import Kept, parts_size
 from digest.deliver.qp import Parts, decode, encode, joined
 from digest.present.paper import (
     DigestView,
@@ -115,46 +115,9 @@ class _Skeleton:
 
 # --- caches held to a size -------------------------------------------------------
 
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-def _parts_size(parts: Parts) -> int:
-    """About what an encoded part and its tuple hold in memory, in bytes."""
-    return sum(map(len, parts)) + 40 * len(parts) + 60
-
 
 def _block_size(block: _Block) -> int:
-    return _parts_size(block.html) + _parts_size(block.text) + 60
-
-
-class _Kept(Generic[K, V]):
-    """A cache that holds at most ``budget`` bytes of values (as ``size`` counts them, the
-    keys' own objects shared with the views apart), the oldest let go first: what a run's
-    builder keeps does not grow with the number of readers. (First in, first out: readers
-    come in no order, so keeping the most recently used would keep no more of what comes
-    back, and would cost a move on every hit.)"""
-
-    def __init__(self, budget: int, size: Callable[[V], int]) -> None:
-        self.budget = budget
-        self.size = size
-        self.held = 0
-        self._items: OrderedDict[K, V] = OrderedDict()
-        self.get = self._items.get
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, key: K, value: V) -> V:
-        before = self._items.get(key)
-        if before is not None:
-            self.held -= self.size(before)
-        self._items[key] = value
-        self.held += self.size(value)
-        while self.held > self.budget and len(self._items) > 1:
-            _, dropped = self._items.popitem(last=False)
-            self.held -= self.size(dropped)
-        return value
+    return parts_size(block.html) + parts_size(block.text) + 60
 
 
 # --- small pure helpers -------------------------------------------------------
@@ -317,8 +280,8 @@ class MessageBuilder:
         # memory does not grow with its readers; one let go is made again when met again.
         # What each paper has once (its skeleton, what it shows to all, its vote lines) is
         # held for up to ``cache_size`` papers, a day's.
-        self._cache: _Kept[tuple[object, ...], _Block] = _Kept(cache_bytes // 2, _block_size)
-        self._pieces: _Kept[tuple[object, ...], Parts] = _Kept(cache_bytes // 2, _parts_size)
+        self._cache: Kept[tuple[object, ...], _Block] = Kept(cache_bytes // 2, _block_size)
+        self._pieces: Kept[tuple[object, ...], Parts] = Kept(cache_bytes // 2, parts_size)
         self._skeletons: dict[tuple[object, ...], _Skeleton] = {}
         self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
         self._votes_parts: dict[tuple[TokenLinks, str], tuple[Parts, Parts]] = {}

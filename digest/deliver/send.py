@@ -34,10 +34,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import os
-import pickle
-import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,7 +42,6 @@ from typing import Any
 
 from sqlalchemy.engine import Connection, Engine
 
-from digest import forks
 from digest.deliver.message import MessageBuilder
 from digest.deliver.transports import AddressError, Transport, TransportError
 from digest.errors import DeliveryError, DigestError, StoreError
@@ -483,80 +478,6 @@ async def send_outbox(
             await active.close()
         _give_back(engine, claim.sender)
     return total
-
-
-# Building a message costs about as much CPU as the mail server's side of taking it: one
-# sender per core (two here) keeps a local server busy, more only share the same cores.
-MAX_SENDERS = 2
-SENDERS_FROM = 4_000  # digests waiting: fewer go out about as soon from one process
-
-
-def senders_for(waiting: int) -> int:
-    """How many sending processes an outbox of ``waiting`` digests deserves (forked, each
-    its own sender with its own claims and connections)."""
-    return forks.processes_for(waiting, threshold=SENDERS_FROM, cap=MAX_SENDERS)
-
-
-def in_processes(
-    count: int, send: Callable[[threading.Event], Delivered], stop: threading.Event | None
-) -> Delivered:
-    """``send`` in ``count`` forked processes at once, each one of the store's senders (its
-    own claims, so each digest goes out once), and what they did folded together. Each is
-    given an event of its own that is set when ``stop`` is (or when it is sent SIGTERM);
-    the pass waits for all of them. One process (or no ``fork``): ``send`` here."""
-    if count <= 1 or not forks.available():
-        return send(stop or threading.Event())
-    context = multiprocessing.get_context("fork")
-    results = context.SimpleQueue()
-    children = [
-        context.Process(target=_one_sender, args=(send, results), daemon=True) for _ in range(count)
-    ]
-    for child in children:
-        child.start()
-    total = Delivered()
-    answers: list[Delivered | BaseException] = []
-    told = False
-    while len(answers) < count:
-        if stop is not None and stop.is_set() and not told:
-            told = True
-            for child in children:
-                if child.pid is not None and child.is_alive():
-                    os.kill(child.pid, signal.SIGTERM)
-        if not results.empty():
-            answers.append(results.get())
-        elif not any(child.is_alive() for child in children) and results.empty():
-            break
-        else:
-            children[0].join(0.05)
-    for child in children:
-        child.join()
-    for answer in answers:
-        if isinstance(answer, BaseException):
-            raise answer
-        total.add(answer)
-    if len(answers) < count:
-        raise DeliveryError("a sending process died; its digests go out after their lease")
-    return total
-
-
-def _one_sender(
-    send: Callable[[threading.Event], Delivered], results: Any
-) -> None:  # pragma: no cover - runs in a forked child
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    try:
-        results.put(send(stop))
-    except BaseException as exc:
-        results.put(exc if _picklable(exc) else DeliveryError(f"{type(exc).__name__}: {exc}"))
-
-
-def _picklable(exc: BaseException) -> bool:
-    try:
-        pickle.dumps(exc)
-    except Exception:
-        return False
-    return True
 
 
 def _give_back(engine: Engine, sender: str) -> None:

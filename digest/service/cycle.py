@@ -26,13 +26,12 @@ from sqlalchemy.engine import Connection, Engine
 from digest.clock import period_of
 from digest.deliver.message import MessageBuilder
 from digest.deliver.plan import Plan, due_plans, owed_at, owed_plans, record_plans
+from digest.deliver.processes import in_processes, senders_for
 from digest.deliver.send import (
     Claim,
     Delivered,
-    in_processes,
     record_transport,
     send_outbox,
-    senders_for,
 )
 from digest.deliver.transports import Transport, transport_label
 from digest.errors import DigestError
