@@ -13,7 +13,9 @@ explanation JSON). In the same run, against the same sink, it measures
 - ours: the message step as a run does it, minus the database: each batch of 1,000
   digests made into views (the papers, the reader's links and tokens) and their marks
   prepared, then each message built by one MessageBuilder and sent over the pooled
-  SMTPTransport;
+  SMTPTransport; from as many forked senders as a run forks for that many digests
+  (``deliver.processes.senders_for``, or ``--processes``), each every so many batches over its
+  share of the connections, their CPU counted;
 - the ceiling: smtp-source sending as many messages of the same average size;
 - the naive way: per message a Jinja render, an EmailMessage and ``aiosmtplib.send``
   on a new connection, timed on a sample and extrapolated.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import random
 import re
 import resource
@@ -39,6 +42,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 from match import (  # bench/match.py
@@ -62,6 +66,14 @@ try:
     from digest.deliver.send import item_views
 except ImportError:  # the code before it
     item_views = None
+try:
+    from digest.deliver.processes import senders_for
+except ImportError:  # the code before it: one sender
+
+    def senders_for(waiting: int) -> int:
+        return 1
+
+
 try:
     from digest.present.views import stored_view
 except ImportError:  # the code before it: each item made into a view of its own
@@ -173,10 +185,15 @@ def views_of(links: Links, digests: Sequence[Digest]) -> list[DigestView]:
     return views
 
 
-async def ours(digests: list[Digest], port: int, connections: int) -> tuple[float, float, int]:
-    """Make views, build and send every digest; returns wall seconds, CPU seconds and bytes
-    sent."""
-    builder = MessageBuilder(SENDER)
+async def send_batches(
+    builder: MessageBuilder,
+    digests: list[Digest],
+    starts: Sequence[int],
+    port: int,
+    connections: int,
+) -> int:
+    """Make views, build and send the batches of digests starting at ``starts``, as one
+    sender; returns the bytes sent."""
     links = Links(BASE_URL, b"k" * 32, SENDER.from_addr)
     transport = SMTPTransport(
         "127.0.0.1", port, connections=connections, retries=3, local_hostname="bench.local"
@@ -191,13 +208,69 @@ async def ours(digests: list[Digest], port: int, connections: int) -> tuple[floa
             sent_bytes += len(raw)
             await transport.send("digest@example.org", view.to, raw, view.message_id)
 
-    started, cpu = time.perf_counter(), time.process_time()
     async with transport:
-        for at in range(0, len(digests), BATCH):
+        for at in starts:
+            getattr(builder, "next_batch", lambda: None)()  # as deliver.send.deliver does
             queue = views_of(links, digests[at : at + BATCH])[::-1]
             # Twice as many workers as connections so building overlaps waiting on the sink.
             await asyncio.gather(*(worker(queue) for _ in range(connections * 2)))
-    return time.perf_counter() - started, time.process_time() - cpu, sent_bytes
+    return sent_bytes
+
+
+def _share(
+    builder: MessageBuilder,
+    digests: list[Digest],
+    starts: Sequence[int],
+    port: int,
+    connections: int,
+    out: Any,
+) -> None:
+    sent = asyncio.run(send_batches(builder, digests, starts, port, connections))
+    out.put((sent, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+
+
+def ours(
+    digests: list[Digest], port: int, connections: int, processes: int
+) -> tuple[float, float, int, int]:
+    """Every digest made into views, built and sent, from ``processes`` forked senders as a
+    run sends them (``deliver.processes.senders_for``): the first batch from here, then each
+    sender every so many of the rest over its share of the connections, with the builder
+    as the first batch left it; returns wall seconds, CPU seconds (the senders' too), bytes sent and
+    the largest sender's peak RSS in KB (forked: what it touched of the day set up before)."""
+    starts = range(0, len(digests), BATCH)
+    started, cpu = time.perf_counter(), time.process_time()
+    children_cpu = _children_cpu()
+    builder = MessageBuilder(SENDER)
+    if processes <= 1:
+        sent_bytes = asyncio.run(send_batches(builder, digests, starts, port, connections))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    else:
+        first = asyncio.run(send_batches(builder, digests, starts[:1], port, connections))
+        rest = starts[1:]
+        context = multiprocessing.get_context("fork")
+        out = context.SimpleQueue()
+        share = max(1, connections // processes)
+        senders = [
+            context.Process(
+                target=_share, args=(builder, digests, rest[i::processes], port, share, out)
+            )
+            for i in range(processes)
+        ]
+        for sender in senders:
+            sender.start()
+        answers = [out.get() for _ in senders]
+        sent_bytes = first + sum(sent for sent, _ in answers)
+        peak = max(kb for _, kb in answers)
+        for sender in senders:
+            sender.join()
+    wall = time.perf_counter() - started
+    used = time.process_time() - cpu + _children_cpu() - children_cpu
+    return wall, used, sent_bytes, peak
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def naive_message(view: DigestView) -> EmailMessage:
@@ -275,6 +348,9 @@ def main() -> int:
     parser.add_argument("--papers", type=int, default=5_000)
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--naive-sample", type=int, default=1_000)
+    parser.add_argument(
+        "--processes", type=int, help="sending processes (default: as a run would fork)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
@@ -302,7 +378,10 @@ def main() -> int:
     )
     try:
         wait_for_port(port)
-        ours_seconds, ours_cpu, sent_bytes = asyncio.run(ours(digests, port, args.connections))
+        processes = args.processes or senders_for(len(digests))
+        ours_seconds, ours_cpu, sent_bytes, senders_kb = ours(
+            digests, port, args.connections, processes
+        )
         average = sent_bytes // len(digests)
         ceiling_seconds = ceiling(port, len(digests), average, 20, source)
         sample = views_of(
@@ -322,8 +401,9 @@ def main() -> int:
         f"{args.papers:,}; average {average:,} B"
     )
     print(
-        f"ours:    {ours_rate:8,.0f} messages/s  ({ours_seconds:.1f} s, {args.connections} "
-        f"connections, {ours_cpu / len(digests) * 1e6:,.0f} us CPU a message)"
+        f"ours:    {ours_rate:8,.0f} messages/s  ({ours_seconds:.1f} s, {processes} process"
+        f"{'es' if processes > 1 else ''}, {args.connections} connections,"
+        f" {ours_cpu / len(digests) * 1e6:,.0f} us CPU a message)"
     )
     print(
         f"ceiling: {ceiling_rate:8,.0f} messages/s  (smtp-source -d -s 20, {ceiling_seconds:.1f} s)"
@@ -335,7 +415,10 @@ def main() -> int:
     print(
         f"ours / ceiling: {ours_rate / ceiling_rate:.2f}   ours / naive: {ours_rate / naive_rate:.1f}x"
     )
-    print(f"peak RSS: {peak_mb:.0f} MB")
+    print(
+        f"peak RSS: {peak_mb:.0f} MB (this process, the day's set-up in it); the largest"
+        f" sender's {senders_kb / 1024:.0f} MB"
+    )
     return 0
 
 

@@ -216,3 +216,46 @@ def test_a_shell_shared_between_readers_is_its_template_rendered_for_each(
             head, _, tail = template.render(context).partition(emails._SLOT)
             papers = qp.decode(b"".join(blocks))
             assert ours == emails._ends_line(head) + papers + emails._ends_line(tail)
+
+
+def _many_papers(count: int) -> list[PaperView]:
+    """Papers that differ (title, abstract, marks), each with a reader's links."""
+    views = []
+    for n in range(count):
+        row = dataclasses.replace(
+            ROW,
+            id=n + 1,
+            key=f"arxiv:2411.{n:05d}",
+            title=f"Speech models number {n} for low-resource languages",
+            abstract=f"Paper {n} studies speech recognition in depth. " * (8 + n % 5),
+        )
+        interest = ["speech", "recognition", "languages"][n % 3]
+        views.append(paper_view(row, 1.0, [{"interest": interest, "terms": [interest]}], BASE))
+    return views
+
+
+def test_what_a_builder_keeps_stays_within_its_budget_and_changes_no_byte() -> None:
+    """A run's builder holds at most ``cache_bytes`` of shared parts however many readers it
+    builds for; a part it let go is made again the same."""
+    papers = _many_papers(400)
+    digests = [_digest(papers[i : i + 12], tokens=True) for i in range(0, 400, 4)]
+    budget = 256 * 1024
+    small = MessageBuilder(SENDER, cache_bytes=budget)
+    roomy = MessageBuilder(SENDER)
+    for _ in range(2):  # the second time round, what was let go is made again
+        for view in digests:
+            assert small.build(view, NOW) == roomy.build(view, NOW)
+            small.next_batch()
+    kept = [small._cache, small._pieces]  # what differs between a paper's readers
+    assert sum(cache.held for cache in kept) <= budget
+    assert sum(cache.held for cache in kept) > budget // 2  # the budget is used, not just met
+    roomy_kept = [roomy._cache, roomy._pieces]
+    assert sum(cache.held for cache in roomy_kept) > 4 * budget  # the test builds enough
+
+
+def test_a_new_batch_lets_the_views_of_the_last_go() -> None:
+    builder = MessageBuilder(SENDER)
+    builder.build(_digest(_many_papers(5), tokens=True), NOW)
+    assert len(builder._by_view) == 5
+    builder.next_batch()
+    assert not builder._by_view

@@ -10,6 +10,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from aiosmtplib.email import quote_address
 
 from digest.deliver.mail_files import eml_name, recipient_tag
 from digest.deliver.message import MessageBuilder, Sender
@@ -21,6 +22,7 @@ from digest.deliver.transports import (
     RecordingTransport,
     SMTPTransport,
     TransportError,
+    _quoted,
     _wire,
     open_transport,
 )
@@ -453,3 +455,22 @@ def smtp_for(url: str) -> SMTPTransport:
     transport = open_transport(url, retries=1, backoff=lambda n: 0.0)
     assert isinstance(transport, SMTPTransport)
     return transport
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "reader1@example.net",
+        "a.b+c_d@sub.example.org",
+        "Paper Digest <digest@papers.example.org>",
+        '"odd name"@example.org',
+        "x@y",
+        "reader@xn--bcher-kva.example",
+        " spaced@example.org ",
+        "dot.@example.org",
+        "<already@quoted.org>",
+        "a@b\r\nRCPT TO:<c@d>",
+    ],
+)
+def test_envelope_addresses_are_quoted_as_aiosmtplib_quotes_them(address: str) -> None:
+    assert _quoted(address) == quote_address(address)

@@ -44,6 +44,7 @@ from markupsafe import Markup, escape
 
 from digest.clock import as_utc
 from digest.deliver.headers import angle, format_address, header, mailto
+from digest.deliver.kept import Kept, parts_size
 from digest.deliver.qp import Parts, decode, encode, joined
 from digest.present.paper import (
     DigestView,
@@ -63,6 +64,7 @@ from digest.present.paper import (
 from digest.rank.highlight import mark
 
 TEXT_WIDTH = 72
+CACHE_BYTES = 160 * 1024 * 1024  # what a builder keeps of the parts it shares, at most
 _ONE_SPACED = re.compile(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*")
 _SLOT = "\x00papers\x00"  # content passes clean_header or clean_text, which drop NULs
 # Where a reader's marked title, abstract and reasons go in a paper's block (no shown text
@@ -109,6 +111,13 @@ class _Skeleton:
     text: tuple[Parts, Parts, Parts]
     html_reasons: str
     text_reasons: str
+
+
+# --- caches held to a size -------------------------------------------------------
+
+
+def _block_size(block: _Block) -> int:
+    return parts_size(block.html) + parts_size(block.text) + 60
 
 
 # --- small pure helpers -------------------------------------------------------
@@ -261,15 +270,22 @@ def _filled(frame: _Frame, context: dict[str, Any], html: bool) -> bytes:
 class MessageBuilder:
     """Builds digest messages for one sender, rendering each paper once per builder."""
 
-    def __init__(self, sender: Sender, *, cache_size: int = 50_000) -> None:
+    def __init__(
+        self, sender: Sender, *, cache_size: int = 50_000, cache_bytes: int = CACHE_BYTES
+    ) -> None:
         self.sender = sender
         self._templates = _templates()
-        self._cache: dict[tuple[object, ...], _Block] = {}
-        self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
+        # What differs between readers of a paper (its blocks, and their pieces: the marked
+        # title and abstract, the reasons) is held to ``cache_bytes`` in all, so a run's
+        # memory does not grow with its readers; one let go is made again when met again.
+        # What each paper has once (its skeleton, what it shows to all, its vote lines) is
+        # held for up to ``cache_size`` papers, a day's.
+        self._cache: Kept[tuple[object, ...], _Block] = Kept(cache_bytes // 2, _block_size)
+        self._pieces: Kept[tuple[object, ...], Parts] = Kept(cache_bytes // 2, parts_size)
         self._skeletons: dict[tuple[object, ...], _Skeleton] = {}
-        self._pieces: dict[tuple[object, ...], Parts] = {}
-        self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
+        self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
         self._votes_parts: dict[tuple[TokenLinks, str], tuple[Parts, Parts]] = {}
+        self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
         self._by_view: dict[int, tuple[PaperView, TokenLinks | None, _Block]] = {}
         self._cache_size = cache_size
         self._from = header("From", format_address(sender.from_addr))
@@ -342,14 +358,16 @@ class MessageBuilder:
         key = (to_all, text.abstract, text.marks, links, links and paper.because)
         block = self._cache.get(key)
         if block is None:
-            block = self._compose(paper, links, text, to_all)
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()  # a run rarely outgrows it; clearing keeps memory bounded
-            self._cache[key] = block
+            block = self._cache.put(key, self._compose(paper, links, text, to_all))
         if len(self._by_view) >= self._cache_size:
             self._by_view.clear()
         self._by_view[id(paper)] = (paper, links, block)  # kept with it: its id is not reused
         return block
+
+    def next_batch(self) -> None:
+        """The views built so far will not come back (a new batch of digests has its own):
+        let them go, and the rows they hold."""
+        self._by_view.clear()
 
     def _compose(
         self, paper: PaperView, links: TokenLinks | None, text: Shown, to_all: tuple[object, ...]
@@ -396,9 +414,7 @@ class MessageBuilder:
         """A piece of a block, encoded once (``render`` makes its text)."""
         piece = self._pieces.get(key)
         if piece is None:
-            if len(self._pieces) >= self._cache_size:
-                self._pieces.clear()
-            piece = self._pieces[key] = encode(render())
+            piece = self._pieces.put(key, encode(render()))
         return piece
 
     def _skeleton(

@@ -328,6 +328,7 @@ async def deliver(
     result = Delivered() if judge is None else judge.result
     sender = marks.claim.sender
     judging = judge or Judge(engine, result, clock, sender)
+    builder.next_batch()  # the views of earlier batches are not met again
     prepare(paper for item in outgoing for paper in item.view.papers)
     queue: asyncio.Queue[Outgoing] = asyncio.Queue()
     for item in outgoing:
@@ -413,18 +414,21 @@ async def send_outbox(
     stop: threading.Event | None,
     batch: int,
     claim: Claim,
+    batches: int | None = None,
 ) -> Delivered:
     """Send the outbox, claiming ``batch`` digests at a time (memory stays flat; other
     senders take others), over one transport (its connections are reused throughout):
     ``transport``, or one opened (and closed) here only when something is to be sent.
     Digests claimed and not sent are given back when the pass ends; while it runs, the
-    sender's leases are renewed (``Heartbeat``)."""
+    sender's leases are renewed (``Heartbeat``). ``batches``: at most that many, then the
+    pass ends (the rest is left to the next pass or another sender)."""
     total = Delivered(withdrawn=outbox.withdraw_unwanted(engine))
     judge = Judge(engine, total, clock, claim.sender)
     marks = Marks(engine, claim, clock)
     heartbeat = Heartbeat(engine, claim, clock)
     active: Transport | None = None
     tried: set[int] = set()  # fresh digests that failed are retried ones now: not twice a pass
+    sent_batches = 0
     heartbeat.start()
     try:
         for retried in (False, True):  # the fresh first, then those tried before
@@ -459,7 +463,10 @@ async def send_outbox(
                     stop=stop,
                     judge=judge,
                 )
+                sent_batches += 1
                 if total.stopped or total.gave_up:
+                    return total
+                if batches is not None and sent_batches >= batches:
                     return total
             if stop is not None and stop.is_set():
                 total.stopped = True

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import itertools
 import os
@@ -34,6 +35,7 @@ from typing import Protocol, Self
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
+from aiosmtplib.email import quote_address
 
 from digest.deliver.mail_files import mail_file_name, mail_folder
 from digest.errors import ConfigError, DeliveryError
@@ -257,6 +259,27 @@ def _wire(message: bytes) -> bytes:
     return message
 
 
+# An address that is a plain dot-atom addr-spec, which aiosmtplib's quoting returns as is
+# between angle brackets; any other goes through aiosmtplib's own parsing.
+_PLAIN_ADDRESS = re.compile(
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+    r"@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
+
+
+@functools.lru_cache(maxsize=64)
+def _quoted_sender(address: str) -> str:
+    return quote_address(address)
+
+
+def _quoted(address: str) -> str:
+    """``<address>`` as aiosmtplib quotes an envelope address (ValueError for one that is
+    not safe on a command line); a sender's (one for a whole run) is parsed once."""
+    if _PLAIN_ADDRESS.fullmatch(address):
+        return f"<{address}>"
+    return _quoted_sender(address)
+
+
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -419,8 +442,18 @@ class SMTPTransport(_Closing):
         if utf8:
             options.append("SMTPUTF8")
             encoding = "utf-8"
-        await smtp.mail(sender_addr, options=options, encoding=encoding)
-        await smtp.rcpt(recipient, encoding=encoding)
+        # MAIL and RCPT as aiosmtplib's mail() and rcpt() send them, without parsing the
+        # same sender's address again for every message (``_quoted``).
+        reply = await smtp.execute_command(
+            b"MAIL",
+            b"FROM:" + _quoted(sender_addr).encode(encoding),
+            *(option.encode("ascii") for option in options),
+        )
+        if reply.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(reply.code, reply.message, sender_addr)
+        reply = await smtp.execute_command(b"RCPT", b"TO:" + _quoted(recipient).encode(encoding))
+        if reply.code not in (250, 251):
+            raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
         # Not smtp.data(): it rewrites the whole message twice with regexes (line
         # ends, dot-stuffing), which is most of the CPU a send costs; _wire does
         # that only for messages that need it.

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection, Engine
 from digest.clock import period_of
 from digest.deliver.message import MessageBuilder
 from digest.deliver.plan import Plan, due_plans, owed_at, owed_plans, record_plans
+from digest.deliver.processes import in_processes, senders_for
 from digest.deliver.send import (
     Claim,
     Delivered,
@@ -268,8 +269,8 @@ def run_cycle(
             log.info("composed", extra={"composed": report.composed})
             check()
             if send:
-                report.delivered = asyncio.run(
-                    deliver_outbox(settings, engine, transport, clock=clock, stop=stop, claim=claim)
+                report.delivered = deliver_in_processes(
+                    settings, engine, transport, clock=clock, stop=stop, claim=claim
                 )
                 log.info(
                     "delivered",
@@ -330,6 +331,58 @@ def _why_pending(delivered: Delivered) -> str | None:
     return None
 
 
+def deliver_in_processes(
+    settings: Settings,
+    engine: Engine,
+    transport: Transport | None,
+    *,
+    clock: Callable[[], datetime],
+    stop: threading.Event | None,
+    claim: Claim | None = None,
+) -> Delivered:
+    """Send the outbox as ``deliver_outbox`` does; a large one from forked processes (a
+    core each, ``senders_for``), each a sender of its own sharing ``smtp_connections``, when
+    the configured transport is used and no sender was named: the first batch from here,
+    the rest from them."""
+    batch = OUTBOX_BATCH
+    if transport is None and claim is None:
+        with reading(engine) as conn:
+            waiting = outbox_counts(conn)["pending"]
+            conn.rollback()
+        processes = senders_for(waiting)
+    else:
+        processes = 1
+    if processes <= 1:
+        return asyncio.run(
+            deliver_outbox(settings, engine, transport, clock=clock, stop=stop, claim=claim)
+        )
+    # The first batch from here: what the builder works out once per paper (most of a day's
+    # papers are in one batch) is then the senders' too, inherited, not worked out again.
+    builder = MessageBuilder(sender_of(settings))
+    total = asyncio.run(
+        deliver_outbox(
+            settings, engine, None, clock=clock, stop=stop, batch=batch, builder=builder, batches=1
+        )
+    )
+    if total.stopped or total.gave_up:
+        return total
+    share = settings.model_copy(
+        update={"smtp_connections": max(1, settings.smtp_connections // processes)}
+    )
+
+    def send(own_stop: threading.Event) -> Delivered:
+        engine.dispose(close=False)  # the parent's connections stay the parent's
+        return asyncio.run(
+            deliver_outbox(
+                share, engine, None, clock=clock, stop=own_stop, batch=batch, builder=builder
+            )
+        )
+
+    log.info("sending from processes", extra={"processes": processes, "waiting": waiting})
+    total.add(in_processes(processes, send, stop))
+    return total
+
+
 async def deliver_outbox(
     settings: Settings,
     engine: Engine,
@@ -340,10 +393,14 @@ async def deliver_outbox(
     claim: Claim | None = None,
     own: bool = True,
     batch: int = OUTBOX_BATCH,
+    builder: MessageBuilder | None = None,
+    batches: int | None = None,
 ) -> Delivered:
     """Send the outbox over the configured transport, as one of any number of senders
     (``claim``: who; a new name when None), and remember how it fared. ``own``: the sender
-    is registered for this pass alone (a worker registers itself once for all its passes)."""
+    is registered for this pass alone (a worker registers itself once for all its passes).
+    ``builder``: one that built messages before (its shared parts kept); ``batches``: at
+    most that many batches."""
     claim = claim or new_claim()
     free_dead_senders(engine)
     if own:
@@ -355,7 +412,7 @@ async def deliver_outbox(
         total = await send_outbox(
             engine,
             transport,
-            MessageBuilder(sender),
+            builder or MessageBuilder(sender),
             links_of(settings, engine, clock()),
             open_transport=lambda: transport_of(settings, engine),
             sender_addr=sender.from_addr,
@@ -364,6 +421,7 @@ async def deliver_outbox(
             stop=stop,
             batch=batch,
             claim=claim,
+            batches=batches,
         )
     finally:
         if own:

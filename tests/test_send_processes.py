@@ -1,0 +1,87 @@
+"""Sending from forked processes: each a sender of its own, what they did folded together,
+a stop reaching every one of them, and a whole run sending each digest once."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from digest import forks
+from digest.deliver import processes
+from digest.deliver.processes import in_processes, senders_for
+from digest.deliver.send import Delivered
+from digest.errors import DeliveryError
+from digest.service import cycle
+from tests.conftest import Site
+from tests.test_service import PEOPLE, SENT_TO
+
+pytestmark = pytest.mark.skipif(not forks.available(), reason="needs fork")
+
+
+def test_each_process_sends_and_the_outcomes_are_folded_together() -> None:
+    def one(stop: threading.Event) -> Delivered:
+        return Delivered(sent=3, sent_to={os.getpid()})
+
+    total = in_processes(2, one, None)
+    assert total.sent == 6
+    assert len(total.sent_to) == 2  # two processes
+    assert os.getpid() not in total.sent_to  # neither of them this one
+
+
+def test_a_stop_reaches_every_process() -> None:
+    def one(stop: threading.Event) -> Delivered:
+        return Delivered(stopped=stop.wait(20))
+
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    total = in_processes(2, one, stop)
+    assert total.stopped
+
+
+def test_a_process_failing_fails_the_pass() -> None:
+    def one(stop: threading.Event) -> Delivered:
+        raise DeliveryError("the store went away")
+
+    with pytest.raises(DeliveryError, match="the store went away"):
+        in_processes(2, one, None)
+
+
+def test_a_small_outbox_goes_from_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(forks, "cores", lambda: 2)
+    assert senders_for(processes.SENDERS_FROM - 1) == 1
+    assert senders_for(processes.SENDERS_FROM) == 2
+
+
+def test_a_run_sending_from_processes_sends_each_digest_once(
+    site: Site, dump_b: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processes, "SENDERS_FROM", 1)
+    monkeypatch.setattr(forks, "cores", lambda: 2)
+    monkeypatch.setattr(cycle, "OUTBOX_BATCH", 2)  # the first two from here, the rest forked
+    site.subscribe(PEOPLE)
+    site.drop_in_inbox(dump_b, "daily.txt")
+
+    result = site.cli("run", "--json")
+
+    assert result.code == 0, result.err
+    assert result.json()["digests"]["sent"] == len(SENT_TO)
+    assert sorted(rcpt for rcpt, _ in site.received()) == SENT_TO  # each once
+    assert {row.status for row in site.digests() if row.email in SENT_TO} == {"sent"}
+    engine = sa.create_engine(f"sqlite:///{site.data / 'digest.db'}")
+    try:
+        with engine.connect() as conn:
+            senders = conn.execute(
+                sa.text("SELECT DISTINCT claimed_by FROM digest WHERE status = 'sent'")
+            ).scalars()
+            pids = {int(name.split(":")[1]) for name in senders}
+    finally:
+        engine.dispose()
+    assert os.getpid() in pids  # the first batch, from the run's own process
+    assert len(pids) >= 2  # the rest from forked senders
+    again = site.cli("run", "--json")
+    assert again.json()["digests"]["sent"] == 0
+    assert len(site.received()) == len(SENT_TO)
