@@ -168,7 +168,7 @@ def test_a_changed_summary_rewrites_the_feed(tmp_path: Path) -> None:
     path = tmp_path / "all.rss"
     write_feed_if_changed(path, META, items(2), kind="rss")
     edited = items(2)
-    edited[0] = FeedItem(**{**edited[0].__dict__, "summary": "<p>corrected</p>"})
+    edited[0] = replace(edited[0], summary="<p>corrected</p>")
     assert write_feed_if_changed(path, META, edited, kind="rss") is True
 
 

@@ -60,7 +60,7 @@ SHAPE_BYTES = 64 * 1024 * 1024
 HEAD_BYTES = 4 * 1024 * 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FeedItem:
     """One entry; ``summary`` is HTML unless ``summary_is_html`` is False.
 
@@ -217,7 +217,7 @@ _SUMMARY = f"digestsummary{secrets.token_hex(16)}".encode()
 _TERM = f"digestterm{secrets.token_hex(16)}".encode()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Entry:
     """One item's XML as it stands in a feed (its indentation and line break included),
     cut where the reader's token goes; ``digest``: a hash of what it says, the same in
@@ -236,7 +236,7 @@ def _entry(chunk: bytes, private: bool) -> Entry:
     return Entry(parts, hashlib.sha256(b"\0".join(parts)).digest())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Shape:
     """A paper's entry as feedgen makes it, cut where what differs between the readers it
     went to goes: the summary (their interests' marks and reasons) and the categories
