@@ -130,34 +130,6 @@ def private_items(
     return items
 
 
-def publish_feeds(
-    engine: Engine,
-    *,
-    folder: Path,
-    base_url: str,
-    site_name: str,
-    limit: int,
-    key: bytes,
-    now: datetime,
-    changed: Collection[int] | None = None,
-    processes: int | None = None,
-    private: bool = True,
-) -> dict[str, int]:
-    """Write the global feed and the private feeds that may have changed; count what changed.
-
-    Feeds go to ``folder`` and are served under ``{base_url}/feeds/``; each keeps the newest
-    ``limit`` items; ``key`` signs the private feeds' names. ``changed`` names the subscribers
-    sent something since their feed was written (None: all of them); a private feed that
-    does not exist yet is written whatever it says. ``private`` False: the global feed only
-    (the web front serves the private ones from the store).
-    """
-    with collector_paused():
-        return _publish(
-            engine, folder=folder, base_url=base_url, site_name=site_name, limit=limit,
-            key=key, now=now, changed=changed, processes=processes, private=private,
-        )  # fmt: skip
-
-
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off meanwhile (and in the processes forked), and
@@ -180,7 +152,8 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _publish(
+@collector_paused()
+def publish_feeds(
     engine: Engine,
     *,
     folder: Path,
@@ -189,10 +162,18 @@ def _publish(
     limit: int,
     key: bytes,
     now: datetime,
-    changed: Collection[int] | None,
-    processes: int | None,
-    private: bool,
+    changed: Collection[int] | None = None,
+    processes: int | None = None,
+    private: bool = True,
 ) -> dict[str, int]:
+    """Write the global feed and the private feeds that may have changed; count what changed.
+
+    Feeds go to ``folder`` and are served under ``{base_url}/feeds/``; each keeps the newest
+    ``limit`` items; ``key`` signs the private feeds' names. ``changed`` names the subscribers
+    sent something since their feed was written (None: all of them); a private feed that
+    does not exist yet is written whatever it says. ``private`` False: the global feed only
+    (the web front serves the private ones from the store).
+    """
     _make_folders(folder, private=private)
     site = site_of(engine, base_url=base_url, site_name=site_name, limit=limit)
     with reading(engine) as conn:

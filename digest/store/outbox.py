@@ -167,7 +167,7 @@ _ITEM = DigestItem.__table__  # type: ignore[attr-defined]
 _ITEM_COLUMNS = ("digest_id", "subscriber_id", "paper_id", "rank", "score", "matched")
 
 
-def _insert_many(
+def insert_many(
     conn: Connection, table: sa.Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]
 ) -> None:
     """Many rows into one table, the quickest way the driver has: ``COPY`` on PostgreSQL
@@ -219,7 +219,19 @@ def record(
             for p in planned
         ],
     )
-    # The new rows' ids, of this batch's readers only (a period may be recorded in batches).
+    record_items(conn, planned, period=period)
+    conn.execute(
+        sa.update(Subscriber)
+        .where(col(Subscriber.id) == sa.bindparam("_id"))
+        .values(last_digest_at=now, seen_upto=sa.bindparam("_upto")),
+        [{"_id": p.subscriber_id, "_upto": p.upto} for p in planned],
+    )
+
+
+def record_items(conn: Connection, planned: Sequence[Planned], *, period: date) -> None:
+    """The items of a batch's digests, once the digests are written: their ids read back,
+    of this batch's readers only (a period may be recorded in batches), then every item in
+    bulk."""
     digest_of: dict[int, int] = {}
     wanted = [p.subscriber_id for p in planned]
     for start in range(0, len(wanted), PARAMETERS):
@@ -236,13 +248,7 @@ def record(
         for rank, (paper_id, score, matched) in enumerate(p.items, 1)
     ]
     if items:
-        _insert_many(conn, _ITEM, _ITEM_COLUMNS, items)
-    conn.execute(
-        sa.update(Subscriber)
-        .where(col(Subscriber.id) == sa.bindparam("_id"))
-        .values(last_digest_at=now, seen_upto=sa.bindparam("_upto")),
-        [{"_id": p.subscriber_id, "_upto": p.upto} for p in planned],
-    )
+        insert_many(conn, _ITEM, _ITEM_COLUMNS, items)
 
 
 def load(

@@ -22,12 +22,10 @@ from sqlalchemy.engine import Connection
 
 from digest.clock import as_utc
 from digest.store import outbox
-from digest.store.models import Digest, DigestItem, Subscriber
+from digest.store.models import Digest, Subscriber
 from digest.store.outbox import Planned
-from digest.store.papers import PARAMETERS
 
 _DIGEST: sa.Table = Digest.__table__  # type: ignore[attr-defined]
-_ITEM: sa.Table = DigestItem.__table__  # type: ignore[attr-defined]
 _SUBSCRIBER: sa.Table = Subscriber.__table__  # type: ignore[attr-defined]
 # What a planned digest sets; every other column takes its default.
 _SET = (
@@ -43,7 +41,6 @@ _SET = (
 )
 # Converted as SQLAlchemy converts them: a digest's times, its period, a reader's last digest.
 _CONVERTED = (_DIGEST.c.created_at, _DIGEST.c.period, _SUBSCRIBER.c.last_digest_at)
-_ITEM_COLUMNS = ("digest_id", "subscriber_id", "paper_id", "rank", "score", "matched")
 
 
 def record(
@@ -77,34 +74,13 @@ def record(
             head = (p.subscriber_id, stored_period, p.status, p.message_id, stamp(carried.since))
             first = stamp(carried.first_attempt_at)
             rows.append((*head, run_id, carried.attempts, first, carried.last_error, *fixed))
-    _insert(conn, _DIGEST.name, names, rows)
-    # The new rows' ids, of this batch's readers only (a period may be recorded in batches).
-    digest_of: dict[int, int] = {}
-    wanted = [p.subscriber_id for p in planned]
-    query = sa.select(_DIGEST.c.subscriber_id, _DIGEST.c.id).where(_DIGEST.c.period == period)
-    for start in range(0, len(wanted), PARAMETERS):
-        part = wanted[start : start + PARAMETERS]
-        for sid, did in conn.execute(query.where(_DIGEST.c.subscriber_id.in_(part))):
-            digest_of[sid] = int(did)
-    items = [
-        (digest_of[p.subscriber_id], p.subscriber_id, paper_id, rank, score, matched)
-        for p in planned
-        for rank, (paper_id, score, matched) in enumerate(p.items, 1)
-    ]
-    if items:
-        _insert(conn, _ITEM.name, _ITEM_COLUMNS, items)
+    outbox.insert_many(conn, _DIGEST, names, rows)
+    outbox.record_items(conn, planned, period=period)
     touched = moment(now)
     conn.exec_driver_sql(
         f"UPDATE {_SUBSCRIBER.name} SET last_digest_at = ?, seen_upto = ? WHERE id = ?",
         [(touched, p.upto, p.subscriber_id) for p in planned],
     )
-
-
-def _insert(
-    conn: Connection, table: str, names: Sequence[str], rows: list[tuple[Any, ...]]
-) -> None:
-    marks = ", ".join("?" for _ in names)
-    conn.exec_driver_sql(f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks})", rows)
 
 
 @cache
