@@ -35,7 +35,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cycle import add_readers  # bench/cycle.py
+from cycle import add_readers, write_store_snapshot  # bench/cycle.py
 from match import (  # bench/match.py
     Generator,
     add_dumps_argument,
@@ -111,16 +111,6 @@ def write_daily_json(
     path.write_text(json.dumps(papers), encoding="utf-8")
 
 
-def write_snapshot(path: Path, generator: Generator, papers: int) -> None:
-    with path.open("w", encoding="utf-8") as out:
-        for i in range(papers):
-            paper = generator.paper(i)
-            ident = f"{1000 + i // 90000:04d}.{i % 90000:05d}"
-            out.write(
-                json.dumps({"id": ident, "title": paper.title, "abstract": paper.abstract}) + "\n"
-            )
-
-
 def settings_for(data: Path, cwd: Path) -> Settings:
     return load_settings(
         environ={"DIGEST_DATA_DIR": str(data), "DIGEST_BASE_URL": "https://papers.example.org"},
@@ -137,7 +127,7 @@ def build_store(data: Path, args: argparse.Namespace) -> None:
     engine = open_store(settings.database_url)
     before = DAY - timedelta(days=2)
     snapshot = data.parent / "store.jsonl"
-    write_snapshot(snapshot, generator, args.papers)
+    write_store_snapshot(snapshot, generator, args.papers)
     ingest_file(engine, snapshot, clock=lambda: before, defer_index=True)
     with transaction(engine) as conn:
         index_papers(conn)
