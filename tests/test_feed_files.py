@@ -26,7 +26,6 @@ from digest.feeds.publish import (
     sweep_private_feeds,
 )
 from digest.feeds.render import FeedKind, render_feed
-from digest.ingest.dumps import Clock
 from digest.present.views import Links
 from digest.service.cycle import run_cycle
 from digest.service.keys import site_keys
@@ -35,6 +34,7 @@ from digest.settings import Settings, load_settings
 from digest.store.engine import open_store, reading
 from digest.store.subscribers import feed_salts
 from digest.tokens import feed_name
+from tests.test_cycle import ticking
 
 DAY = date(2026, 3, 12)
 JOINED = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)
@@ -47,11 +47,6 @@ PEOPLE = {
     "eve@example.org": ["diffusion -survey"],  # bob's interest: the same entries, her tokens
 }
 KINDS: tuple[FeedKind, ...] = ("atom", "rss")
-
-
-def ticking(start: datetime) -> Clock:
-    moments = iter(start + timedelta(seconds=i) for i in range(1_000_000))
-    return Clock(lambda: next(moments))
 
 
 @pytest.fixture
