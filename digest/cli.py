@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from digest.service.keys import KeyState
     from digest.service.listings import Clock, DumpResult
     from digest.service.subscriptions import Saved
-    from digest.settings import Option, Settings
+    from digest.settings import Settings
+    from digest.settings.options import Option
 
 Handler = Callable[[argparse.Namespace, "Context"], int]
 RENDERINGS = (".html", ".txt", ".eml")  # what ``preview --out`` can write
@@ -161,7 +162,8 @@ def cmd_init(args: argparse.Namespace, ctx: Context) -> int:
     """Write a commented digest.toml (unless one exists) and make the data folders."""
     from digest.files import write_private
     from digest.service.install import make_install
-    from digest.settings import DEFAULT_CONFIG_NAME, default_config_text, load_settings
+    from digest.settings import load_settings
+    from digest.settings.load import DEFAULT_CONFIG_NAME, default_config_text
 
     target = Path(args.config or DEFAULT_CONFIG_NAME)
     if target.exists() and not args.force:
@@ -551,7 +553,7 @@ def cmd_run(args: argparse.Namespace, ctx: Context) -> int:
     """One full cycle: fetch, ingest the inbox, compose, send, publish feeds."""
     from digest.service.cycle import ensure_sample_subscribers, run_cycle, run_lines
     from digest.service.runlock import hold_run_lock
-    from digest.settings import link_warnings
+    from digest.settings.model import link_warnings
 
     settings = ctx.settings
     _log_setup(ctx, args.verbose)
@@ -617,7 +619,7 @@ def cmd_serve(args: argparse.Namespace, ctx: Context) -> int:
     )
     from digest.service.runlock import hold_run_lock
     from digest.service.scheduler import serve
-    from digest.settings import link_warnings
+    from digest.settings.model import link_warnings
 
     settings = ctx.settings
     _log_setup(ctx, True)
@@ -767,7 +769,8 @@ def cmd_backup(args: argparse.Namespace, ctx: Context) -> int:
 
 def _option(name: str) -> Option:
     """How an argument is checked: as a setting, or a search's or listing's limit."""
-    from digest.settings import OPTIONS, Option
+    from digest.settings.model import OPTIONS
+    from digest.settings.options import Option
 
     if name == "limit":
         return Option("limit", int, 20, "Most papers a search shows.", low=1, high=1000)

@@ -27,7 +27,7 @@ import yaml
 
 from digest.cli import build_parser
 from digest.service.scheduler import HOURS_MINUTES
-from digest.settings import OPTIONS
+from digest.settings.model import OPTIONS
 from tests.browser import free_port, live_server
 from tests.conftest import Site
 

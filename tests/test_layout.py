@@ -42,7 +42,6 @@ TOP_LEVEL = {
     "forks": "base",
     "files": "base",
     "cron": "base",
-    "settings": "settings",
     "cli": "cli",
     "__main__": "cli",
 }
