@@ -42,7 +42,6 @@ TOP_LEVEL = {
     "forks": "base",
     "files": "base",
     "cron": "base",
-    "cli": "cli",
     "__main__": "cli",
 }
 # Outside the store, the database is only a handle passed along.
