@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from digest.cli import build_parser, main
+from digest.cli import main
+from digest.cli.parser import build_parser
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from digest.settings import OPTIONS, load_settings
+from digest.settings import load_settings
+from digest.settings.model import OPTIONS
 from digest.store.migrations import SCHEMA_VERSION
 from tests.browser import free_port, live_server
 from tests.conftest import POSTGRES_URL, Site, drop_database

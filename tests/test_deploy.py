@@ -25,9 +25,9 @@ import httpx
 import pytest
 import yaml
 
-from digest.cli import build_parser
+from digest.cli.parser import build_parser
 from digest.service.scheduler import HOURS_MINUTES
-from digest.settings import OPTIONS
+from digest.settings.model import OPTIONS
 from tests.browser import free_port, live_server
 from tests.conftest import Site
 

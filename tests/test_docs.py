@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from digest.cli import build_parser, main
-from digest.settings import OPTIONS
+from digest.cli import main
+from digest.cli.parser import build_parser
+from digest.settings.model import OPTIONS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-import digest.cli
+import digest.cli.context
 import digest.deliver.transports
 import digest.ingest.dumps
 from digest.deliver.send import MAX_ATTEMPTS
@@ -62,7 +62,7 @@ def test_papers_ingested_with_the_clock_behind_still_reach_the_next_digest(
     # The next listing comes in while the clock is two hours behind the last run.
     with monkeypatch.context() as skewed:
         skewed.setattr(digest.ingest.dumps, "datetime", _TwoHoursBehind)
-        skewed.setattr(digest.cli, "datetime", _TwoHoursBehind)
+        skewed.setattr(digest.cli.context, "datetime", _TwoHoursBehind)
         site.drop_in_inbox(DUMP_A, "trending.txt")
         ingested = site.cli("ingest", "--inbox", "--json")
     assert ingested.code == 0, ingested.err

@@ -27,12 +27,12 @@ LEVELS = {
     "present": 3,  # a paper as emails, feeds and web pages show it: views, text, marks, links
     "deliver": 4,  # plans, messages, the outbox sent
     "feeds": 5,  # RSS and Atom
-    "settings": 6,  # the whole Settings: only the layers above it see it
+    "settings": 6,  # digest/settings/, the whole Settings: only the layers above it see it
     "service": 7,  # wires the stages from the settings: run, scheduler, lock, status
     "web": 8,  # the subscribers' web front
-    "cli": 9,  # the command line
+    "cli": 9,  # the command line: digest/cli/ and __main__
 }
-# Modules at the top of digest/ and the stage each belongs to.
+# Modules at the top of digest/ and the stage each belongs to (a folder is its own stage).
 TOP_LEVEL = {
     "errors": "base",
     "logs": "base",
@@ -42,8 +42,6 @@ TOP_LEVEL = {
     "forks": "base",
     "files": "base",
     "cron": "base",
-    "settings": "settings",
-    "cli": "cli",
     "__main__": "cli",
 }
 # Outside the store, the database is only a handle passed along.

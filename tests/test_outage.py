@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import digest.cli
+import digest.cli.context
 import digest.ingest.dumps
 from digest.deliver.send import FAIL_AFTER, MAX_ATTEMPTS
 from tests.conftest import EXAMPLE_B as DUMP_B
@@ -43,7 +43,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> type[Shifted]:
         offset = timedelta(0)
 
     monkeypatch.setattr(digest.ingest.dumps, "datetime", Clock)
-    monkeypatch.setattr(digest.cli, "datetime", Clock)
+    monkeypatch.setattr(digest.cli.context, "datetime", Clock)
     return Clock
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from digest.errors import ConfigError
-from digest.settings import OPTIONS, default_config_text, load_settings
+from digest.settings import load_settings
+from digest.settings.load import default_config_text
+from digest.settings.model import OPTIONS
 
 
 def test_defaults_put_everything_under_one_data_folder(tmp_path: Path) -> None:

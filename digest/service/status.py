@@ -12,7 +12,8 @@ from sqlalchemy.engine import Connection, Engine
 from digest.cron import crontab_trigger
 from digest.deliver.transports import transport_label
 from digest.service.runlock import lock_holder, uses_advisory_lock
-from digest.settings import Settings, link_warnings
+from digest.settings import Settings
+from digest.settings.model import link_warnings
 from digest.store import claims
 from digest.store.engine import reading, store_label
 from digest.store.outbox import counts as outbox_counts
