@@ -13,7 +13,8 @@ hands every message to a transport that only counts them (untimed: it marks the 
 sent, and works out each paper's marks, which the feeds show too), and times the feeds
 with ``feed_files=all`` and every reader changed (the global feed and two files a
 reader), then the same again with nothing new (every file's content hash checked, none
-written). ``--cold``: the digests marked sent in the store instead, so the feeds step
+written), then with the site renamed (each file's title changes, its entries do not): every
+file replaced, as a daily run replaces the day before's files. ``--cold``: the digests marked sent in the store instead, so the feeds step
 works out every paper's marks itself (as a fresh process does). ``--baseline``: this
 script on another checkout's code (its ``.venv`` when it has one) and on this one's, in
 turns.
