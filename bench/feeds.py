@@ -196,6 +196,9 @@ def measure(args: argparse.Namespace) -> None:
             ("every private feed replaced", renamed),
         )
         for name, use in cases:
+            # what was written before on disk, as a day's run finds the day before's files
+            # (an old file replaced while the kernel still writes it out waits for that)
+            os.sync()
             own = resource.getrusage(resource.RUSAGE_SELF)
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
@@ -311,6 +314,9 @@ def main() -> None:
     parser.add_argument(
         "--entries", action="store_true", help="also: entries by feedgen each, or by shapes"
     )
+    parser.add_argument(
+        "--writers", type=int, help="threads each writing process writes files with (as coded)"
+    )
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
     add_dumps_argument(parser)
@@ -318,6 +324,10 @@ def main() -> None:
     if args.baseline:
         side_by_side(args.baseline, args_for_turns(sys.argv[1:]), args.rounds)
         return
+    if args.writers:
+        from digest.feeds import publish
+
+        publish.WRITERS = args.writers  # type: ignore[misc]
     measure(args)
 
 

@@ -24,11 +24,13 @@ import os
 import re
 import threading
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from digest.errors import WriteError
 
 FEED_FILE = 0o644  # a web server running as another user serves the feeds
+RENAMERS = 8  # threads renaming the files written over the old ones
 _PIECES_AT_ONCE = 512  # under every system's IOV_MAX
 _HASH_COMMENT = re.compile(rb"<!-- digest-content: ([0-9a-f]{64}) -->")
 _READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
@@ -136,10 +138,23 @@ class StagedFolder:
         return staged
 
     def commit(self, staged: Iterable[tuple[str, str]]) -> None:
-        """Rename each written file over the file it replaces; on a failure, the rest
-        are removed (the old files stay) and it is raised."""
+        """Rename each written file over the file it replaces, in ``RENAMERS`` threads; on a
+        failure, the rest are removed (the old files stay) and it is raised.
+
+        A rename that replaces a file frees the old one, and freeing may wait on the
+        disk (a mount with ``discard`` trims the old file's blocks there and then): the
+        threads wait together."""
         folder = self.fd()
         pending = list(staged)
+        if len(pending) < RENAMERS * 64:
+            self._rename(folder, pending)
+            return
+        with ThreadPoolExecutor(RENAMERS) as pool:
+            shares = [pending[i::RENAMERS] for i in range(RENAMERS)]
+            for done in [pool.submit(self._rename, folder, share) for share in shares]:
+                done.result()
+
+    def _rename(self, folder: int, pending: Sequence[tuple[str, str]]) -> None:
         for done, (temp, name) in enumerate(pending):
             try:
                 os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
