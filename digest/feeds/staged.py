@@ -37,6 +37,10 @@ _READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
+_process = [os.getpid()]  # this process's id, kept without a system call for each file
+os.register_at_fork(after_in_child=lambda: _process.__setitem__(0, os.getpid()))
+
+
 def _umask() -> int | None:
     """The process's umask, read without setting it (threads may be making files); None
     when the system does not say."""
@@ -67,21 +71,21 @@ class StagedFolder:
     def fd(self) -> int:
         """The folder, open (once per process)."""
         with self._lock:
-            if self._fd is None or self._pid != os.getpid():
+            if self._fd is None or self._pid != _process[0]:
                 try:
                     self._fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 except OSError as exc:
                     raise WriteError(
                         f"cannot open the feeds folder {self.folder}: {exc.strerror or exc}"
                     ) from None
-                self._pid = os.getpid()
+                self._pid = _process[0]
                 self.staged = []  # a forked child's own
             return self._fd
 
     def close(self) -> None:
         """Close the folder (its files written and not put in place are left as they are)."""
         with self._lock:
-            if self._fd is not None and self._pid == os.getpid():
+            if self._fd is not None and self._pid == _process[0]:
                 os.close(self._fd)
             self._fd = None
 
@@ -103,7 +107,7 @@ class StagedFolder:
     def write(self, name: str, pieces: Sequence[bytes]) -> None:
         """Write the pieces, in order, to a new file that is to replace ``name``."""
         folder = self.fd()
-        temp = f".{name}.{os.getpid()}.tmp"
+        temp = f".{name}.{_process[0]}.tmp"
         try:
             try:
                 fd = os.open(temp, _CREATE, FEED_FILE, dir_fd=folder)
