@@ -13,7 +13,8 @@ hands every message to a transport that only counts them (untimed: it marks the 
 sent, and works out each paper's marks, which the feeds show too), and times the feeds
 with ``feed_files=all`` and every reader changed (the global feed and two files a
 reader), then the same again with nothing new (every file's content hash checked, none
-written). ``--cold``: the digests marked sent in the store instead, so the feeds step
+written), then with the site renamed (each file's title changes, its entries do not): every
+file replaced, as a daily run replaces the day before's files. ``--cold``: the digests marked sent in the store instead, so the feeds step
 works out every paper's marks itself (as a fresh process does). ``--baseline``: this
 script on another checkout's code (its ``.venv`` when it has one) and on this one's, in
 turns.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import re
 import resource
@@ -187,17 +189,30 @@ def measure(args: argparse.Namespace) -> None:
         items = raw.execute("SELECT count(*) FROM digestitem").fetchone()[0]
         raw.close()
         site_keys(settings, engine, now)  # the key made or read before the clock starts
-        for name in ("every private feed written", "nothing new (hashes checked)"):
-            cpu = time.process_time()
+        renamed = settings.model_copy(update={"site_name": f"{settings.site_name} (renamed)"})
+        cases = (
+            ("every private feed written", settings),
+            ("nothing new (hashes checked)", settings),
+            ("every private feed replaced", renamed),
+        )
+        for name, use in cases:
+            # what was written before on disk, as a day's run finds the day before's files
+            # (an old file replaced while the kernel still writes it out waits for that)
+            os.sync()
+            own = resource.getrusage(resource.RUSAGE_SELF)
             children = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
-            counts = publish_site_feeds(settings, engine, now=now, changed=sent)
+            counts = publish_site_feeds(use, engine, now=now, changed=sent)
             wall = time.perf_counter() - started
+            own_after = resource.getrusage(resource.RUSAGE_SELF)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            forked = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
+            user = (own_after.ru_utime - own.ru_utime) + (after.ru_utime - children.ru_utime)
+            system = (own_after.ru_stime - own.ru_stime) + (after.ru_stime - children.ru_stime)
+            mine = (own_after.ru_utime + own_after.ru_stime) - (own.ru_utime + own.ru_stime)
             print(
-                f"  {name:<32} {wall:8.2f} s  (CPU {time.process_time() - cpu:.2f} s,"
-                f" forked {forked:.2f} s; {counts['written']:,} written)"
+                f"  {name:<32} {wall:8.2f} s  (CPU {mine:.2f} s,"
+                f" forked {user + system - mine:.2f} s; user {user:.2f} s, system {system:.2f} s;"
+                f" {counts['written']:,} written; load {os.getloadavg()[0]:.1f})"
             )
         if args.entries:
             compare_entries(engine, settings, sorted(sent))
@@ -254,26 +269,36 @@ def compare_entries(engine: Engine, settings: Settings, readers: list[int]) -> N
     )
 
 
-_STEP = re.compile(r"^  (\S.*?)\s+([\d.]+) s  \(CPU ([\d.]+) s, forked ([\d.]+) s", re.MULTILINE)
+_STEP = re.compile(
+    r"^  (\S.*?)\s+([\d.]+) s  \(CPU ([\d.]+) s, forked ([\d.]+) s;"
+    r" user ([\d.]+) s, system ([\d.]+) s;[^;]*; load ([\d.]+)\)",
+    re.MULTILINE,
+)
 
 
 def side_by_side(baseline: Path, rest: list[str], rounds: int) -> None:
     """This script on the baseline's code and on this checkout's, in turns."""
-    found: dict[str, list[dict[str, tuple[float, float]]]] = {"baseline": [], "this checkout": []}
+    found: dict[str, list[dict[str, tuple[float, ...]]]] = {"baseline": [], "this checkout": []}
     for name, output in in_turns(baseline, rounds, rest, script=Path(__file__).resolve()):
         found[name].append(
-            {step: (float(w), float(c) + float(f)) for step, w, c, f in _STEP.findall(output)}
+            {
+                step: (float(w), float(u), float(s), float(load))
+                for step, w, _, _, u, s, load in _STEP.findall(output)
+            }
         )
-    print("\n| round | step | baseline | this checkout | ratio (wall / CPU) |")
-    print("| --- | --- | --- | --- | --- |")
+    print("\n| round | step | baseline: wall (CPU user + system; load) | this checkout |", end="")
+    print(" ratio (wall / CPU) |\n| --- | --- | --- | --- | --- |")
     for turn in range(rounds):
         old, new = found["baseline"][turn], found["this checkout"][turn]
-        for step, (wall, cpu) in old.items():
-            now, now_cpu = new[step]
-            print(
-                f"| {turn + 1} | {step} | {wall:.2f} s (CPU {cpu:.2f} s) |"
-                f" {now:.2f} s (CPU {now_cpu:.2f} s) | {now / wall:.3f}x / {now_cpu / cpu:.3f}x |"
-            )
+        for step, before in old.items():
+            after = new[step]
+            cells = [
+                f"{wall:.2f} s ({user:.2f} + {system:.2f} s; {load:.1f})"
+                for wall, user, system, load in (before, after)
+            ]
+            ratio = after[0] / before[0], (after[1] + after[2]) / (before[1] + before[2])
+            print(f"| {turn + 1} | {step} | {cells[0]} | {cells[1]} |", end="")
+            print(f" {ratio[0]:.3f}x / {ratio[1]:.3f}x |")
 
 
 def main() -> None:
@@ -289,6 +314,9 @@ def main() -> None:
     parser.add_argument(
         "--entries", action="store_true", help="also: entries by feedgen each, or by shapes"
     )
+    parser.add_argument(
+        "--writers", type=int, help="threads each writing process writes files with (as coded)"
+    )
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
     add_dumps_argument(parser)
@@ -296,6 +324,10 @@ def main() -> None:
     if args.baseline:
         side_by_side(args.baseline, args_for_turns(sys.argv[1:]), args.rounds)
         return
+    if args.writers:
+        from digest.feeds import publish
+
+        publish.WRITERS = args.writers  # type: ignore[misc]
     measure(args)
 
 

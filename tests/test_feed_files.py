@@ -4,11 +4,15 @@ process or several, and nothing written again when nothing changed."""
 
 from __future__ import annotations
 
+import errno
 import gc
+import os
 import shutil
+import stat
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import feedparser
@@ -16,6 +20,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from digest.deliver.transports import RecordingTransport
+from digest.errors import WriteError
 from digest.feeds.files import PrivateFiles
 from digest.feeds.publish import (
     collector_paused,
@@ -202,3 +207,86 @@ def test_the_collector_is_back_as_it_was_after_the_feeds(
         assert not gc.isenabled()
         raise OSError("a failure part way")
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def publish_as(settings: Settings, store: Engine, folder: Path, site_name: str) -> dict[str, int]:
+    return publish_feeds(
+        store,
+        folder=folder,
+        base_url=settings.base_url,
+        site_name=site_name,
+        limit=settings.feed_items,
+        key=site_keys(settings, store, WRITTEN).signing,
+        now=WRITTEN,
+        processes=1,
+    )
+
+
+def test_every_new_file_is_made_before_any_old_one_is_replaced(
+    settings: Settings, store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "out"
+    first = publish_as(settings, store, folder, "Papers")
+    calls: list[str] = []  # what happens to the private feeds' files, in order
+    real_open, real_replace = os.open, os.replace
+
+    def private(path: Any) -> bool:  # by name in the private folder opened, or by path
+        return "/" not in str(path) or f"{os.sep}private{os.sep}" in str(path)
+
+    def opening(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT and str(path).endswith(".tmp") and private(path):
+            calls.append("made")
+        return real_open(path, flags, *args, **kwargs)
+
+    def replacing(source: Any, target: Any, **kwargs: Any) -> None:
+        if private(target):
+            calls.append("replaced")
+        real_replace(source, target, **kwargs)
+
+    monkeypatch.setattr(os, "open", opening)
+    monkeypatch.setattr(os, "replace", replacing)
+    again = publish_as(settings, store, folder, "Other papers")  # every title changes
+    monkeypatch.undo()
+    assert again["written"] == first["written"]
+    files = 2 * len(PEOPLE)
+    assert calls == ["made"] * files + ["replaced"] * files, calls
+    for path in (folder / "private").iterdir():
+        assert not path.name.startswith("."), path.name
+        assert b"Other papers: papers for you" in path.read_bytes()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        assert feedparser.parse(path.read_bytes()).feed.title == "Other papers: papers for you"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_private_files_are_readable_by_all_whatever_the_umask(
+    settings: Settings, store: Engine, tmp_path: Path, umask: int
+) -> None:
+    before = os.umask(umask)
+    try:
+        publish(settings, store, tmp_path / "out", 1)
+    finally:
+        os.umask(before)
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out" / "private").iterdir()}
+    assert modes == {0o644}
+
+
+def test_a_failed_write_leaves_the_old_files_and_no_new_one(
+    settings: Settings, store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "out"
+    publish_as(settings, store, folder, "Papers")
+    old = {path.name: path.read_bytes() for path in (folder / "private").iterdir()}
+    real_writev = os.writev
+    done: list[int] = []
+
+    def full_disk(fd: int, buffers: Any) -> int:
+        if len(done) >= 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        done.append(fd)
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(os, "writev", full_disk)
+    with pytest.raises(WriteError, match="No space left"):
+        publish_as(settings, store, folder, "Other papers")
+    monkeypatch.undo()
+    assert {path.name: path.read_bytes() for path in (folder / "private").iterdir()} == old

@@ -27,14 +27,9 @@ from sqlalchemy.engine import Connection
 
 from digest import forks
 from digest.clock import as_utc
-from digest.feeds.render import (
-    FeedKind,
-    entries_hash,
-    pieces,
-    stored_hash,
-    write_atomically,
-)
+from digest.feeds.render import FeedKind, entries_hash, pieces
 from digest.feeds.site import FeedSite
+from digest.feeds.staged import StagedFolder
 from digest.feeds.xml import Entry, Head, fresh_entries, head
 from digest.present.paper import prepare
 from digest.present.views import Links, stored_view
@@ -171,6 +166,10 @@ class PrivateFiles:
     describe: Callable[[int, str], str]  # a reader's feed description, by id and salt
     now: datetime
     heads: dict[FeedKind, Head | None] = field(default_factory=dict, compare=False, repr=False)
+    staged: StagedFolder = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "staged", StagedFolder(self.folder / "private"))
 
     def templated(self) -> bool:
         """Whether the readers' feeds have heads made once, as their files are joined
@@ -188,11 +187,13 @@ class PrivateFiles:
         return self.heads[kind]
 
     def write(self, jobs: Sequence[PrivateJob]) -> int:
-        """Write these readers' feeds whose content changed; how many files were written."""
+        """Write these readers' feeds whose content changed, each under a temporary name
+        (``staged``: put in place by ``staged.commit``); how many files were written."""
         return sum(self.write_one(job) for job in jobs)
 
     def write_one(self, job: PrivateJob) -> int:
-        """Write one reader's two files, each when it changed; how many were written."""
+        """Write one reader's two files, each when it changed (under temporary names);
+        how many were written."""
         ident, salt, name, made = job
         entries_shown = chosen(made, self.site.limit)
         signer = self.links.signer(ident, salt)
@@ -204,12 +205,12 @@ class PrivateFiles:
             meta = self.site.meta(path, kind, TITLE, description, self.now)
             xml = [entry.atom if kind == "atom" else entry.rss for entry in entries_shown]
             hash = entries_hash(meta, kind, xml, tokens)
-            file = self.folder / f"{path}.{kind}"
-            if stored_hash(file) == hash:
+            file = f"{name}.{kind}"
+            if self.staged.stored_hash(file) == hash:
                 continue
             data = pieces(meta, kind, hash, xml, tokens, self.head(kind))
             if data is None:  # not for ``publish`` to send here: see ``templated``
-                raise RuntimeError(f"no head made once for the feed {file}")
-            write_atomically(file, data, folder_made=True)
+                raise RuntimeError(f"no head made once for the feed {path}.{kind}")
+            self.staged.write(file, data)
             written += 1
         return written

@@ -237,7 +237,7 @@ def publish_feeds(
         )
     several = processes if len(jobs) >= PARALLEL_FROM else 1
     written = sum(forks.fork_map(functools.partial(_write, limit=limit), jobs, several))
-    written += sum(forks.fork_map(functools.partial(_write_private, files), readers, processes))
+    written += _write_private_files(files, readers, processes)
     removed = sweep_private_feeds(folder / "private", kept)
     count = len(jobs) + 2 * len(readers)
     return {"written": written, "unchanged": count - written, "removed": removed}
@@ -292,13 +292,38 @@ PARALLEL_FROM = 2_000  # feeds; below this a second process costs more than it s
 WRITERS = 4
 
 
-def _write_private(files: PrivateFiles, jobs: Sequence[PrivateJob]) -> int:
-    """Write these readers' private feeds whose content changed, in ``WRITERS`` threads;
-    how many files were written."""
-    if len(jobs) < WRITERS * 4:
-        return files.write(jobs)
-    with ThreadPoolExecutor(WRITERS) as pool:
-        return sum(pool.map(files.write, [jobs[i::WRITERS] for i in range(WRITERS)]))
+def _write_private_files(files: PrivateFiles, readers: Sequence[PrivateJob], processes: int) -> int:
+    """Write these readers' private feeds whose content changed, in ``processes`` forked
+    processes, then put every file written in place: no old file is replaced (its inode
+    freed) before every new one is made (``staged``). How many files were written."""
+    if not readers:
+        return 0
+    staged: list[tuple[str, str]] = []
+    try:
+        for share in forks.fork_map(functools.partial(_write_private, files), readers, processes):
+            staged.extend(share)
+        files.staged.commit(staged + files.staged.take())
+    except BaseException:
+        files.staged.discard(staged + files.staged.take())
+        raise
+    finally:
+        files.staged.close()
+    return len(staged)
+
+
+def _write_private(files: PrivateFiles, jobs: Sequence[PrivateJob]) -> list[tuple[str, str]]:
+    """Write these readers' private feeds whose content changed under temporary names, in
+    ``WRITERS`` threads; the files written, each by the name it replaces."""
+    try:
+        if len(jobs) < WRITERS * 4:
+            files.write(jobs)
+        else:
+            with ThreadPoolExecutor(WRITERS) as pool:
+                list(pool.map(files.write, [jobs[i::WRITERS] for i in range(WRITERS)]))
+    except BaseException:
+        files.staged.discard(files.staged.take())
+        raise
+    return files.staged.take()
 
 
 def _write(jobs: Sequence[Job], limit: int) -> int:

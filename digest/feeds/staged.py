@@ -1,0 +1,190 @@
+"""Many feed files of one folder replaced together: each written under a temporary name,
+then every one renamed over its old version, each rename one atomic step.
+
+Writing every private feed replaces tens of thousands of files. Each replacement is a new
+file (a new inode) renamed over the old one, whose inode is then freed. On ext4 without a
+journal, the kernel looks for a new inode past every one freed in the last minutes
+(``recently_deleted`` in its allocator, which reads each one's inode to check), so a new
+file made after thousands were freed costs a scan over all of them: creating and renaming
+in turn made the kernel's work per file grow with the files replaced before it. So all
+the new files are made first, while no old one is freed yet, and the renames (which free
+the old ones) come after all of them. A reader of the folder meanwhile sees each file
+either old or new, never part written, as before.
+
+The folder is opened once and every call names its files relative to it (``dir_fd``):
+no path walked again per file, no ``stat`` of the folder, no random temporary name made
+in Python (``tempfile``), and the file made with its mode at once (no ``fchmod``) unless
+the umask would take a bit of it away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from digest.errors import WriteError
+
+FEED_FILE = 0o644  # a web server running as another user serves the feeds
+RENAMERS = 8  # threads renaming the files written over the old ones
+_PIECES_AT_ONCE = 512  # under every system's IOV_MAX
+_HASH_COMMENT = re.compile(rb"<!-- digest-content: ([0-9a-f]{64}) -->")
+_READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+_process = [os.getpid()]  # this process's id, kept without a system call for each file
+os.register_at_fork(after_in_child=lambda: _process.__setitem__(0, os.getpid()))
+
+
+def _umask() -> int | None:
+    """The process's umask, read without setting it (threads may be making files); None
+    when the system does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class StagedFolder:
+    """One folder's files, written under temporary names (``write``) and put in place
+    together (``commit``). Thread-safe: threads may write at once. A process forked
+    after it was opened opens the folder again."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.staged: list[tuple[str, str]] = []  # (temporary name, name), written not renamed
+        self._fd: int | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+        mask = _umask()
+        self._chmod = mask is None or bool(mask & FEED_FILE)  # else made with its mode
+
+    def fd(self) -> int:
+        """The folder, open (once per process)."""
+        with self._lock:
+            if self._fd is None or self._pid != _process[0]:
+                try:
+                    self._fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise WriteError(
+                        f"cannot open the feeds folder {self.folder}: {exc.strerror or exc}"
+                    ) from None
+                self._pid = _process[0]
+                self.staged = []  # a forked child's own
+            return self._fd
+
+    def close(self) -> None:
+        """Close the folder (its files written and not put in place are left as they are)."""
+        with self._lock:
+            if self._fd is not None and self._pid == _process[0]:
+                os.close(self._fd)
+            self._fd = None
+
+    def stored_hash(self, name: str) -> str | None:
+        """The content hash in the file ``name``'s first line or so, if it has one."""
+        try:
+            fd = os.open(name, _READ, dir_fd=self.fd())
+        except OSError:
+            return None
+        try:
+            head = os.read(fd, 512)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        match = _HASH_COMMENT.search(head)
+        return match.group(1).decode() if match else None
+
+    def write(self, name: str, pieces: Sequence[bytes]) -> None:
+        """Write the pieces, in order, to a new file that is to replace ``name``."""
+        folder = self.fd()
+        temp = f".{name}.{_process[0]}.tmp"
+        try:
+            try:
+                fd = os.open(temp, _CREATE, FEED_FILE, dir_fd=folder)
+            except FileExistsError:  # left by a process of the same id that stopped part way
+                os.unlink(temp, dir_fd=folder)
+                fd = os.open(temp, _CREATE, FEED_FILE, dir_fd=folder)
+        except OSError as exc:
+            raise WriteError(
+                f"cannot write the feed {self.folder / name}: {exc.strerror or exc}"
+            ) from None
+        try:
+            try:
+                _write_all(fd, pieces)
+                if self._chmod:
+                    os.fchmod(fd, FEED_FILE)
+            finally:
+                os.close(fd)  # on some file systems a full disk is only reported here
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=folder)
+            if isinstance(exc, OSError):
+                raise WriteError(
+                    f"cannot write the feed {self.folder / name}: {exc.strerror or exc}"
+                ) from None
+            raise
+        self.staged.append((temp, name))
+
+    def take(self) -> list[tuple[str, str]]:
+        """The files written and not put in place yet, handed to the caller."""
+        self.fd()  # a forked child's list is its own
+        staged, self.staged = self.staged, []
+        return staged
+
+    def commit(self, staged: Iterable[tuple[str, str]]) -> None:
+        """Rename each written file over the file it replaces, in ``RENAMERS`` threads; on a
+        failure, the rest are removed (the old files stay) and it is raised.
+
+        A rename that replaces a file frees the old one, and freeing may wait on the
+        disk (a mount with ``discard`` trims the old file's blocks there and then): the
+        threads wait together."""
+        folder = self.fd()
+        pending = list(staged)
+        if len(pending) < RENAMERS * 64:
+            self._rename(folder, pending)
+            return
+        with ThreadPoolExecutor(RENAMERS) as pool:
+            shares = [pending[i::RENAMERS] for i in range(RENAMERS)]
+            for done in [pool.submit(self._rename, folder, share) for share in shares]:
+                done.result()
+
+    def _rename(self, folder: int, pending: Sequence[tuple[str, str]]) -> None:
+        for done, (temp, name) in enumerate(pending):
+            try:
+                os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+            except OSError as exc:
+                self.discard(pending[done:])
+                raise WriteError(
+                    f"cannot write the feed {self.folder / name}: {exc.strerror or exc}"
+                ) from None
+            except BaseException:
+                self.discard(pending[done:])
+                raise
+
+    def discard(self, staged: Iterable[tuple[str, str]]) -> None:
+        """Remove files written and not put in place."""
+        folder = self.fd()
+        for temp, _ in staged:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=folder)
+
+
+def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
+    """Write the pieces in order, as one buffer would be, without joining them first."""
+    for start in range(0, len(pieces), _PIECES_AT_ONCE):
+        batch = pieces[start : start + _PIECES_AT_ONCE]
+        done = os.writev(fd, batch)
+        if done < sum(map(len, batch)):  # a short write: the rest one piece at a time
+            rest = memoryview(b"".join(batch))[done:]
+            while rest:
+                rest = rest[os.write(fd, rest) :]
