@@ -9,6 +9,8 @@ import gc
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -189,6 +191,21 @@ def test_the_sweep_removes_only_feeds_of_readers_gone(tmp_path: Path) -> None:
         "kept.atom",
         "kept.rss",
     ]
+
+
+def test_the_sweep_removes_what_a_stopped_run_left_under_temporary_names(
+    tmp_path: Path,
+) -> None:
+    private = tmp_path / "private"
+    private.mkdir()
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()  # its id names no running process now (reused ids aside)
+    left = f".reader.atom.{ended.pid}.tmp"
+    writing = f".reader.rss.{os.getpid()}.tmp"  # a running process may yet rename it
+    for name in (left, writing, "reader.atom", "reader.rss"):
+        (private / name).write_text("x")
+    assert sweep_private_feeds(private, {"reader"}) == 0
+    assert sorted(p.name for p in private.iterdir()) == [writing, "reader.atom", "reader.rss"]
 
 
 def test_the_collector_is_back_as_it_was_after_the_feeds(

@@ -24,6 +24,7 @@ import functools
 import gc
 import json
 import os
+import re
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -255,7 +256,8 @@ def remove_private_feed(folder: Path, name: str) -> int:
 
 def sweep_private_feeds(private: Path, kept: Collection[str]) -> int:
     """Remove every private feed file whose reader left or deleted their data (a name not
-    in ``kept``), so a web server serving the folder stops serving it."""
+    in ``kept``), so a web server serving the folder stops serving it; and the files a
+    stopped run left under temporary names. How many feed files were removed."""
     try:
         with os.scandir(private) as listing:
             names = [entry.name for entry in listing]
@@ -268,7 +270,26 @@ def sweep_private_feeds(private: Path, kept: Collection[str]) -> int:
             with contextlib.suppress(FileNotFoundError):
                 (private / name).unlink()
                 removed += 1
+        elif (left := _LEFT_BEHIND.fullmatch(name)) and not _running(int(left.group(1))):
+            # written under a temporary name by a run that stopped before putting it in
+            # place (``staged``); a process still running may yet rename its own
+            with contextlib.suppress(FileNotFoundError):
+                (private / name).unlink()
     return removed
+
+
+_LEFT_BEHIND = re.compile(r"\..+\.(\d+)\.tmp")
+
+
+def _running(pid: int) -> bool:
+    """Whether a process of this id runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def _make_folders(folder: Path, *, private: bool) -> None:
