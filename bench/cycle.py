@@ -46,6 +46,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,11 +62,14 @@ from match import (  # bench/match.py
     real_papers,
     subscribers,
 )
+from memory import StepMemory  # bench/memory.py
 from senders import (  # bench/senders.py
     Sent,
     children_cpu,
     send_with_workers,
     server_backends_cpu,
+    sink_path,
+    smtp_sink,
 )
 
 from digest.deliver.plan import plan_owed, record_plans
@@ -75,7 +79,7 @@ try:  # planned and recorded a batch of readers at a time
 except ImportError:  # a checkout from before: one list of every plan
     owed_plans = None
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
-from digest.service.cycle import deliver_outbox, publish_site_feeds
+from digest.service.cycle import deliver_in_processes, deliver_outbox, publish_site_feeds
 from digest.service.keys import site_keys
 from digest.settings import load_settings
 from digest.store.engine import ingest_sequence, open_store, transaction
@@ -298,21 +302,25 @@ def with_setting(settings: Any, **changes: Any) -> Any:
 
 class Phases:
     """Wall and CPU seconds of each step (CPU: this process's and its waited-for children's,
-    so the forked ranking workers count), and on a database server the CPU of the server's
-    processes serving this database (those alive at the step's end: a connection opened
-    and closed within a step is missed)."""
+    so the forked ranking workers and senders count; ``forked``: theirs alone), the peaks of
+    resident memory (``bench/memory.py``: this process's, the largest forked one's, all
+    together), and on a database server the CPU of the server's processes serving this
+    database (those alive at the step's end: a connection opened and closed within a step
+    is missed)."""
 
     def __init__(self, database: str | None = None) -> None:
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.forked: dict[str, float] = {}
         self.server: dict[str, float] = {}
         self.database = database
+        self.memory = StepMemory()
         self._marks = self._now()
         self._backends = self._server_now()
 
     @staticmethod
-    def _now() -> tuple[float, float]:
-        return time.perf_counter(), time.process_time() + children_cpu()
+    def _now() -> tuple[float, float, float]:
+        return time.perf_counter(), time.process_time(), children_cpu()
 
     def _server_now(self) -> dict[int, float]:
         return server_backends_cpu(self.database) if self.database else {}
@@ -320,12 +328,15 @@ class Phases:
     def start(self) -> None:
         self._marks = self._now()
         self._backends = self._server_now()
+        self.memory.start()
 
     def done(self, name: str) -> None:
-        wall, cpu = self._now()
+        wall, own, forked = self._now()
+        self.forked[name] = forked - self._marks[2]
+        self.cpu[name] = own - self._marks[1] + self.forked[name]
         self.wall[name] = wall - self._marks[0]
-        self.cpu[name] = cpu - self._marks[1]
-        self._marks = (wall, cpu)
+        self._marks = (wall, own, forked)
+        self.memory.done(name)
         if self.database:
             now = self._server_now()
             self.server[name] = sum(v - self._backends.get(pid, 0.0) for pid, v in now.items())
@@ -334,6 +345,7 @@ class Phases:
 
 SEND_STEP = "send the outbox over SMTP (sender processes)"
 COUNT_STEP = "load, render and hand over every message"
+RUN_STEP = "send every message as a run does (SMTP to smtp-sink)"
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -348,7 +360,15 @@ def measure(args: argparse.Namespace) -> None:
         database=args.database[0],
     )
     try:
-        _cycle(bench, args, senders)
+        with ExitStack() as held:
+            # The sink for the whole run: reaped once every step is timed, so its CPU is
+            # counted in none of them (it is printed apart).
+            sink = None
+            if not senders and not args.counting and sink_path() is not None:
+                sink = held.enter_context(smtp_sink())
+            _cycle(bench, args, senders, sink)
+        if sink is not None:
+            print(f"smtp-sink: {sink[1][0].cpu:.2f} CPU-s (not counted in the steps)")
     finally:
         bench.close()
     if not args.keep:
@@ -357,7 +377,9 @@ def measure(args: argparse.Namespace) -> None:
         print(f"(files in {bench.folder})")
 
 
-def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
+def _cycle(
+    bench: Bench, args: argparse.Namespace, senders: int, sink: tuple[int, Any] | None
+) -> None:
     settings, engine = bench.settings, bench.engine
     clock = Clock()
     url = sa.engine.make_url(settings.database_url)
@@ -371,20 +393,10 @@ def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
     phases.done("ingest the daily dump (with search index)")
     if dumps[0].status != "ok":
         raise SystemExit(f"the daily dump was not ingested: {dumps[0].status} {dumps[0].error}")
-    with engine.begin() as conn:
-        if owed_plans is None:  # a checkout from before: every plan in one list, then recorded
-            plans: Any = plan_owed(conn, period=period, news_days=settings.news_days)
-        else:  # planned and recorded a batch of readers at a time
-            plans = owed_plans(conn, period=period, news_days=settings.news_days)
-        counts = record_plans(
-            conn, plans, period=period, now=clock(), key=key,
-            mail_from=settings.mail_from, run_id=None,
-        )  # fmt: skip
-        del plans
-        items = conn.execute(sa.text("SELECT count(*) FROM digestitem")).scalar_one()
-    phases.done("rank every subscriber and record the outbox")
-    planned_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    counts, items = _plan(settings, engine, period=period, clock=clock, key=key)
+    phases.done(PLAN_STEP)
     workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    transport = CountingTransport()
     if senders:
         sent = send_with_workers(
             bench, senders, args.connections, args.batch, own_sessions=not args.same_session
@@ -395,8 +407,14 @@ def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
             phases.server[SEND_STEP] = sent.backends
         delivered_to = None  # every reader sent to: the feeds of all are rebuilt
         phases.start()
+    elif sink is not None:  # as `digest run` sends: deliver_in_processes, configured SMTP
+        smtp = with_setting(settings, mail_transport=f"smtp://127.0.0.1:{sink[0]}")
+        delivered = deliver_in_processes(smtp, engine, None, clock=clock, stop=None)
+        phases.done(RUN_STEP)
+        delivered_to = delivered.sent_to
     else:
-        transport = CountingTransport()
+        if not args.counting:
+            print(NO_SINK, flush=True)
         delivered = asyncio.run(deliver_outbox(settings, engine, transport, clock=clock, stop=None))
         phases.done(COUNT_STEP)
         delivered_to = delivered.sent_to
@@ -404,9 +422,11 @@ def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
 
     if senders:
         handed = f"{sent.messages:,} messages sent, {sent.failed:,} failed"
+    elif sink is not None:
+        handed = f"{delivered.sent:,} messages sent over SMTP, {delivered.failed:,} failed"
     else:
         size = transport.bytes / max(transport.messages, 1) / 1024
-        handed = f"{transport.messages:,} messages, {size:.1f} KB each"
+        handed = f"{transport.messages:,} messages, {size:.1f} KB each (counting transport)"
     print(
         f"daily: {dumps[0].new:,} new papers; {sum(counts.values()):,} subscribers,"
         f" {counts['pending']:,} digests,"
@@ -417,13 +437,43 @@ def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
     _print_phases(phases)
     if senders:
         _print_sent(sent, senders, args.connections)
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"peak RSS: {phases.memory.peak():.0f} MB")
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak RSS of the largest forked process (wait4): {largest:.0f} MB")
     print(
-        f"peak RSS up to the recorded outbox: {planned_rss:.0f} MB,"
+        f"peak RSS up to the recorded outbox: {phases.memory.peak(PLAN_STEP):.0f} MB,"
         f" largest worker {workers_rss:.0f} MB"
     )
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    phases.memory.close()
     if not dumps[0].new or not counts["pending"] or not items:
         raise SystemExit("the day gave no digests: the figures above measure nothing")
+
+
+PLAN_STEP = "rank every subscriber and record the outbox"
+NO_SINK = (
+    "NOTE: smtp-sink not found: the messages go to a transport that only counts them, from"
+    " ONE process, not as `digest run` sends them (apt-get install postfix)"
+)
+
+
+def _plan(
+    settings: Any, engine: Any, *, period: Any, clock: Clock, key: bytes
+) -> tuple[dict[str, int], int]:
+    """Every reader ranked and the outbox recorded, a batch at a time, in one transaction
+    (as `digest run` does); nothing of it is kept but the counts."""
+    with engine.begin() as conn:
+        if owed_plans is None:  # a checkout from before: every plan in one list, then recorded
+            plans: Any = plan_owed(conn, period=period, news_days=settings.news_days)
+        else:  # planned and recorded a batch of readers at a time
+            plans = owed_plans(conn, period=period, news_days=settings.news_days)
+        counts: dict[str, int] = record_plans(
+            conn, plans, period=period, now=clock(), key=key,
+            mail_from=settings.mail_from, run_id=None,
+        )  # fmt: skip
+        del plans
+        items = conn.execute(sa.text("SELECT count(*) FROM digestitem")).scalar_one()
+    return counts, int(items)
 
 
 def _feeds(settings: Any, engine: Any, phases: Phases, changed: Any) -> dict[str, int]:
@@ -443,6 +493,10 @@ def _feeds(settings: Any, engine: Any, phases: Phases, changed: Any) -> dict[str
 def _print_phases(phases: Phases) -> None:
     for name, seconds in phases.wall.items():
         print(f"  {name:<55} {seconds:8.2f} s  (CPU {phases.cpu[name]:.2f} s)")
+    for name, seconds in phases.forked.items():
+        if seconds >= 0.005:
+            print(f"  {name + ', CPU of forked processes':<55} {seconds:8.2f} s")
+    _print_memory(phases.memory)
     for name, seconds in phases.server.items():
         print(f"  {name + ', database server CPU':<55} {seconds:8.2f} s")
     common = sum(v for k, v in phases.wall.items() if not k.startswith("feeds"))
@@ -471,6 +525,17 @@ def _print_phases(phases: Phases) -> None:
             print(f"  {name:<55} {cpu + feeds[0]:8.2f} s")
 
 
+def _print_memory(memory: StepMemory) -> None:
+    """Each step's peaks: this process, the largest process it forked, all at once."""
+    print("peak resident memory per step (this process; largest forked; all at once):")
+    for name, peaks in memory.steps.items():
+        print(f"  {name + ', peak RSS of this process':<70} {peaks.parent:8.0f} MB")
+        if peaks.forked:
+            label = f"{name}, largest of {peaks.forked} forked"
+            print(f"  {label:<70} {peaks.largest_forked:8.0f} MB")
+            print(f"  {name + ', all processes at once':<70} {peaks.together:8.0f} MB")
+
+
 def _print_sent(sent: Sent, senders: int, connections: int) -> None:
     each = ", ".join(f"{r.cpu:.2f}" for r in sent.senders)
     print(
@@ -493,6 +558,8 @@ def _print_sent(sent: Sent, senders: int, connections: int) -> None:
 _PHASE = re.compile(r"^  (\S.*?)\s+([\d.]+) s(?:  \(CPU ([\d.]+) s\))?$", re.MULTILINE)
 _RATE = re.compile(r"^send: .* ([\d,]+) messages/s", re.MULTILINE)
 _RSS = re.compile(r"^peak RSS: ([\d,]+) MB", re.MULTILINE)
+_LARGEST = re.compile(r"^peak RSS of the largest forked process \(wait4\): ([\d,]+) MB", re.M)
+_STEP_RSS = re.compile(r"^  (\S.*?)\s+([\d.]+) MB$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -547,6 +614,11 @@ def figures(output: str) -> dict[str, float]:
     rss = _RSS.search(output)
     if rss:
         found["peak RSS, MB"] = float(rss.group(1).replace(",", ""))
+    largest = _LARGEST.search(output)
+    if largest:
+        found["peak RSS of the largest forked process, MB"] = float(largest.group(1))
+    for name, megabytes in _STEP_RSS.findall(output):
+        found[f"{name}, MB"] = float(megabytes)
     return found
 
 
@@ -579,7 +651,7 @@ def table(title: str, runs: list[Variant], found: dict[str, dict[str, float]]) -
     steps = list(dict.fromkeys(step for name in names for step in found[name]))
     for step in steps:
         values = [found[n].get(step) for n in names]
-        unit = "" if step in ("messages/s", "peak RSS, MB") else " s"
+        unit = "" if step == "messages/s" or step.endswith("MB") else " s"
         cells = " | ".join("-" if v is None else f"{v:,.2f}{unit}" for v in values)
         reference = values[0]
         ratios = "".join(
@@ -620,6 +692,13 @@ def main() -> None:
     )
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns of each variant")
+    parser.add_argument(
+        "--counting",
+        action="store_true",
+        help="the message step as it was measured before: every message handed, in this one"
+        " process, to a transport that only counts them (a run sends a large outbox from"
+        " forked senders over its configured transport)",
+    )
     parser.add_argument("--no-feeds", action="store_true", help="stop once the outbox is sent")
     parser.add_argument("--keep", action="store_true", help="keep the files (not the database)")
     add_dumps_argument(parser)
