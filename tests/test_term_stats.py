@@ -26,7 +26,18 @@ from tests.test_cycle import DAY, settings, store, ticking
 __all__ = ["settings", "store"]  # the fixtures of tests/test_cycle.py
 
 T0 = datetime(2026, 3, 11, 7, 0, tzinfo=UTC)
-WORDS = "graph diffusion speech protein robot sparse transformer (LLM) language model".split()
+WORDS = [
+    "graph",
+    "diffusion",
+    "speech",
+    "protein",
+    "robot",
+    "sparse",
+    "transformer",
+    "(LLM)",
+    "language",
+    "model",
+]
 
 
 def entries(first: int, count: int) -> list[Entry]:
