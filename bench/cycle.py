@@ -78,6 +78,14 @@ try:  # planned and recorded a batch of readers at a time
     from digest.deliver.plan import owed_plans
 except ImportError:  # a checkout from before: one list of every plan
     owed_plans = None
+try:  # what a run does between its steps
+    from digest.service.cycle import between_steps
+except ImportError:  # a checkout from before: nothing
+
+    def between_steps() -> None:
+        return None
+
+
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
 from digest.service.cycle import deliver_in_processes, deliver_outbox, publish_site_feeds
 from digest.service.keys import site_keys
@@ -286,6 +294,18 @@ def _fill(
     write_daily(inbox / "daily.json", generator, bench.papers, daily)
     profiles = subscribers(rng, interest_pool(rng, real), bench.readers)
     add_readers(bench.engine, profiles, joined)
+    keep_counts(bench.engine)
+
+
+def keep_counts(engine: Any) -> None:
+    """The store's term counts kept, as the run of the day before kept them (when this
+    checkout's code keeps them): the day's run brings them up to date."""
+    try:
+        from digest.rank.corpus import sample_counts
+    except ImportError:  # a checkout from before: every run counts afresh
+        return
+    with transaction(engine) as conn:
+        sample_counts(conn, keep=True, processes=None)
 
 
 def with_setting(settings: Any, **changes: Any) -> Any:
@@ -394,6 +414,7 @@ def _cycle(
     if dumps[0].status != "ok":
         raise SystemExit(f"the daily dump was not ingested: {dumps[0].status} {dumps[0].error}")
     counts, items = _plan(settings, engine, period=period, clock=clock, key=key)
+    between_steps()  # as `digest run` does before it sends
     phases.done(PLAN_STEP)
     workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     transport = CountingTransport()
@@ -410,6 +431,7 @@ def _cycle(
     elif sink is not None:  # as `digest run` sends: deliver_in_processes, configured SMTP
         smtp = with_setting(settings, mail_transport=f"smtp://127.0.0.1:{sink[0]}")
         delivered = deliver_in_processes(smtp, engine, None, clock=clock, stop=None)
+        between_steps()
         phases.done(RUN_STEP)
         delivered_to = delivered.sent_to
     else:
@@ -418,7 +440,11 @@ def _cycle(
         delivered = asyncio.run(deliver_outbox(settings, engine, transport, clock=clock, stop=None))
         phases.done(COUNT_STEP)
         delivered_to = delivered.sent_to
-    feeds = {"written": 0} if args.no_feeds else _feeds(settings, engine, phases, delivered_to)
+    feeds = (
+        {"written": 0}
+        if args.no_feeds
+        else _feeds(settings, engine, phases, delivered_to, every=not args.public_feeds)
+    )
 
     if senders:
         handed = f"{sent.messages:,} messages sent, {sent.failed:,} failed"
@@ -476,12 +502,18 @@ def _plan(
     return counts, int(items)
 
 
-def _feeds(settings: Any, engine: Any, phases: Phases, changed: Any) -> dict[str, int]:
+def _feeds(
+    settings: Any, engine: Any, phases: Phases, changed: Any, *, every: bool = True
+) -> dict[str, int]:
     """Both settings of feed_files on the same outbox: the public feed files alone (the web
-    front serves the private feeds live), then every private feed file as well."""
+    front serves the private feeds live), then (``every``) every private feed file as well."""
     public = with_setting(settings, feed_files="public")
-    publish_site_feeds(public, engine, now=datetime.now(UTC), changed=changed)
+    written: dict[str, int] = publish_site_feeds(
+        public, engine, now=datetime.now(UTC), changed=changed
+    )
     phases.done("feeds, feed_files=public (global only)")
+    if not every:
+        return written
     every = with_setting(settings, feed_files="all")
     feeds: dict[str, int] = publish_site_feeds(
         every, engine, now=datetime.now(UTC), changed=changed
@@ -700,6 +732,9 @@ def main() -> None:
         " forked senders over its configured transport)",
     )
     parser.add_argument("--no-feeds", action="store_true", help="stop once the outbox is sent")
+    parser.add_argument(
+        "--public-feeds", action="store_true", help="the feeds with feed_files=public only"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the files (not the database)")
     add_dumps_argument(parser)
     args = parser.parse_args()

@@ -39,6 +39,7 @@ from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
+from digest.rank.workers import give_back_memory
 from digest.service.keys import site_keys
 from digest.service.leaving import Copies, sweep_mail_files
 from digest.service.preview import digest_view
@@ -267,11 +268,14 @@ def run_cycle(
                         run_id=run_id,
                     )
             log.info("composed", extra={"composed": report.composed})
+            # What planning freed, handed back before the senders fork from this process.
+            between_steps()
             check()
             if send:
                 report.delivered = deliver_in_processes(
                     settings, engine, transport, clock=clock, stop=stop, claim=claim
                 )
+                between_steps()
                 log.info(
                     "delivered",
                     extra={"sent": report.delivered.sent, "failed": report.delivered.failed},
@@ -294,6 +298,12 @@ def run_cycle(
             _finish_run(engine, run_id, report, clock(), error)
             log.info("run finished", extra={"error": error})
     return report
+
+
+def between_steps() -> None:
+    """Between a run's steps: the memory the step freed handed back to the system, so that
+    the processes the next step forks (senders, feed writers) do not start with it."""
+    give_back_memory(collect=True)
 
 
 def _plans(
