@@ -78,6 +78,14 @@ try:  # planned and recorded a batch of readers at a time
     from digest.deliver.plan import owed_plans
 except ImportError:  # a checkout from before: one list of every plan
     owed_plans = None
+try:  # a run's plan transaction (on SQLite without foreign-key checks)
+    from digest.store.plan_rows import planning as plan_transaction
+except ImportError:  # a checkout from before: a plain transaction
+
+    def plan_transaction(engine: Any) -> Any:
+        return engine.begin()
+
+
 try:  # what a run does between its steps
     from digest.service.cycle import between_steps
 except ImportError:  # a checkout from before: nothing
@@ -488,7 +496,7 @@ def _plan(
 ) -> tuple[dict[str, int], int]:
     """Every reader ranked and the outbox recorded, a batch at a time, in one transaction
     (as `digest run` does); nothing of it is kept but the counts."""
-    with engine.begin() as conn:
+    with plan_transaction(engine) as conn:
         if owed_plans is None:  # a checkout from before: every plan in one list, then recorded
             plans: Any = plan_owed(conn, period=period, news_days=settings.news_days)
         else:  # planned and recorded a batch of readers at a time

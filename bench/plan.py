@@ -32,7 +32,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
-from cycle import add_readers, keep_counts, write_daily, write_store_snapshot  # bench/cycle.py
+from cycle import (  # bench/cycle.py
+    add_readers,
+    keep_counts,
+    plan_transaction,
+    write_daily,
+    write_store_snapshot,
+)
 from match import (  # bench/match.py
     Generator,
     add_dumps_argument,
@@ -103,7 +109,7 @@ def run(store: Path) -> None:
         period = now.date()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         started, cpu = time.perf_counter(), time.process_time()
-        with engine.begin() as conn:
+        with plan_transaction(engine) as conn:
             streamed = getattr(plan, "owed_plans", None)  # a checkout from before: a list
             plans = streamed or plan.plan_owed
             counts = plan.record_plans(

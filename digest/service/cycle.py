@@ -47,7 +47,7 @@ from digest.service.runlock import process_alive
 from digest.service.subscriptions import checked, upsert_subscriber
 from digest.service.wiring import links_of, sender_of, transport_of
 from digest.settings import Settings
-from digest.store import claims, runs
+from digest.store import claims, plan_rows, runs
 from digest.store.engine import plan_lock, reading, transaction
 from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason
@@ -240,7 +240,7 @@ def run_cycle(
                 index_papers(conn)
             keys = site_keys(settings, engine, now)
             check()
-            with transaction(engine) as conn:
+            with plan_rows.planning(engine) as conn:
                 # the planners' lock first: no ingest commits under us, and a planner on
                 # another host waits, then finds these readers served
                 plan_lock(conn)
