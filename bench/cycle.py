@@ -90,7 +90,7 @@ try:  # what a run does between its steps
     from digest.service.cycle import between_steps
 except ImportError:  # a checkout from before: nothing
 
-    def between_steps() -> None:
+    def between_steps(engine: Any) -> None:
         return None
 
 
@@ -433,7 +433,7 @@ def _cycle(
     if dumps[0].status != "ok":
         raise SystemExit(f"the daily dump was not ingested: {dumps[0].status} {dumps[0].error}")
     counts, items = _plan(settings, engine, period=period, clock=clock, key=key)
-    between_steps()  # as `digest run` does before it sends
+    between_steps(engine)  # as `digest run` does before it sends
     phases.done(PLAN_STEP)
     workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     transport = CountingTransport()
@@ -450,7 +450,7 @@ def _cycle(
     elif sink is not None:  # as `digest run` sends: deliver_in_processes, configured SMTP
         smtp = with_setting(settings, mail_transport=f"smtp://127.0.0.1:{sink[0]}")
         delivered = deliver_in_processes(smtp, engine, None, clock=clock, stop=None)
-        between_steps()
+        between_steps(engine)
         phases.done(RUN_STEP)
         delivered_to = delivered.sent_to
     else:

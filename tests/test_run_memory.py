@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -39,10 +40,14 @@ def test_a_run_hands_back_memory_after_planning_and_after_sending(
     monkeypatch.setattr(
         cycle, "give_back_memory", lambda collect=False: steps.append(f"give back {collect}")
     )
+    monkeypatch.setattr(
+        cycle.plan_rows, "release_cache", lambda engine: steps.append("release cache")
+    )
     clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
     report = run_cycle(settings, store, clock=clock, period=DAY, transport=RecordingTransport())
     assert report.delivered.sent > 0
-    assert steps == ["plan", "give back True", "send", "give back True"]
+    between = ["release cache", "give back True"]
+    assert steps == ["plan", *between, "send", *between]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -65,3 +70,39 @@ print(before, rss())
     )
     before, after = map(int, done.stdout.split())
     assert after < before / 2
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_store_page_cache_is_handed_back(tmp_path: Path) -> None:
+    # A store whose table is larger than a connection's page cache, read through, so that
+    # the pooled connection holds a full cache; then handed back between steps.
+    script = f"""
+from pathlib import Path
+from digest.rank.workers import give_back_memory
+from digest.store.engine import open_store
+from digest.store.plan_rows import release_cache
+def rss(): return int(Path("/proc/self/statm").read_text().split()[1]) * 4096 // 2**20
+engine = open_store("sqlite:///{tmp_path / "store.db"}")
+with engine.begin() as conn:
+    conn.exec_driver_sql("CREATE TABLE filler (id INTEGER PRIMARY KEY, text TEXT)")
+    conn.exec_driver_sql(
+        "INSERT INTO filler (text) SELECT hex(randomblob(500)) FROM"
+        " (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 90000)"
+        " SELECT i FROM n)"
+    )
+engine.dispose()
+give_back_memory()
+with engine.connect() as conn:
+    conn.exec_driver_sql("SELECT sum(length(text)) FROM filler").scalar()
+    conn.rollback()
+give_back_memory()
+full = rss()
+release_cache(engine)
+give_back_memory()
+print(full, rss())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    full, after = map(int, done.stdout.split())
+    assert full - after > 40  # MB: most of the 64 MB cache

@@ -269,13 +269,13 @@ def run_cycle(
                     )
             log.info("composed", extra={"composed": report.composed})
             # What planning freed, handed back before the senders fork from this process.
-            between_steps()
+            between_steps(engine)
             check()
             if send:
                 report.delivered = deliver_in_processes(
                     settings, engine, transport, clock=clock, stop=stop, claim=claim
                 )
-                between_steps()
+                between_steps(engine)
                 log.info(
                     "delivered",
                     extra={"sent": report.delivered.sent, "failed": report.delivered.failed},
@@ -300,9 +300,11 @@ def run_cycle(
     return report
 
 
-def between_steps() -> None:
-    """Between a run's steps: the memory the step freed handed back to the system, so that
-    the processes the next step forks (senders, feed writers) do not start with it."""
+def between_steps(engine: Engine) -> None:
+    """Between a run's steps: the store's page cache of what the step read and the memory
+    the step freed handed back to the system, so that the processes the next step forks
+    (senders, feed writers) do not each start with them."""
+    plan_rows.release_cache(engine)
     give_back_memory(collect=True)
 
 
