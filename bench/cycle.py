@@ -3,18 +3,25 @@
 Run by hand (not in CI):  python bench/cycle.py [--papers 200000] [--subscribers 20000]
                                                  [--database URL [URL ...]]
                                                  [--senders N [N ...]] [--dumps PATH ...]
-                                                 [--no-feeds] [--keep]
-                                                 [--baseline CHECKOUT] [--rounds N]
+                                                 [--counting] [--no-feeds] [--public-feeds]
+                                                 [--keep] [--baseline CHECKOUT] [--rounds N]
 
 A store back-filled with synthetic papers, subscribers with Zipf-drawn interests
 (the generators of bench/match.py, seeded from ``--dumps`` as there), a 5,000-paper
-daily dump in the inbox (the daily-papers JSON, dated the day before it comes); then the
-steps of `digest run` in order, each timed: ingest, rank, record the outbox, render and
-hand every message to a transport that only counts them, and the feeds, once with
+daily dump in the inbox (the daily-papers JSON, dated the day before it comes), the term
+counts of the day before kept as a run keeps them; then the steps of `digest run` in
+order, each timed: ingest, rank and record the outbox, send every message as a run sends
+it (``deliver_in_processes`` with ``mail_transport`` naming Postfix's ``smtp-sink`` on
+loopback: a large outbox from two forked senders), and the feeds, once with
 ``feed_files=public`` (the global feed only: the web front serves the private ones) and
-once with ``all``. Prints seconds per phase (and CPU: this process's and its forked
-ranking workers'; on a database server, the server's processes' too), the totals under
-each setting, and peak RSS. ``--no-feeds`` stops once the outbox is sent.
+once with ``all`` (not with ``--public-feeds``). Without ``smtp-sink``, or with
+``--counting``, every message is handed in this one process to a transport that only
+counts them (said in the output: it is not how a run sends). Prints seconds per phase,
+CPU (this process's and that of the processes it forked and waited for: ranking workers,
+senders; on a database server, the server's processes' too), the peaks of resident memory
+of each step (this process's, the largest forked process's, all of them at once:
+bench/memory.py), the totals under each setting, and the largest process's peak.
+``--no-feeds`` stops once the outbox is sent.
 
 ``--database``: ``sqlite`` (a new file, the default) or a server's URL, on which a new
 database is made for the run and dropped after (``postgresql+psycopg://USER:PASS@HOST/
