@@ -3,18 +3,25 @@
 Run by hand (not in CI):  python bench/cycle.py [--papers 200000] [--subscribers 20000]
                                                  [--database URL [URL ...]]
                                                  [--senders N [N ...]] [--dumps PATH ...]
-                                                 [--no-feeds] [--keep]
-                                                 [--baseline CHECKOUT] [--rounds N]
+                                                 [--counting] [--no-feeds] [--public-feeds]
+                                                 [--keep] [--baseline CHECKOUT] [--rounds N]
 
 A store back-filled with synthetic papers, subscribers with Zipf-drawn interests
 (the generators of bench/match.py, seeded from ``--dumps`` as there), a 5,000-paper
-daily dump in the inbox (the daily-papers JSON, dated the day before it comes); then the
-steps of `digest run` in order, each timed: ingest, rank, record the outbox, render and
-hand every message to a transport that only counts them, and the feeds, once with
+daily dump in the inbox (the daily-papers JSON, dated the day before it comes), the term
+counts of the day before kept as a run keeps them; then the steps of `digest run` in
+order, each timed: ingest, rank and record the outbox, send every message as a run sends
+it (``deliver_in_processes`` with ``mail_transport`` naming Postfix's ``smtp-sink`` on
+loopback: a large outbox from two forked senders), and the feeds, once with
 ``feed_files=public`` (the global feed only: the web front serves the private ones) and
-once with ``all``. Prints seconds per phase (and CPU: this process's and its forked
-ranking workers'; on a database server, the server's processes' too), the totals under
-each setting, and peak RSS. ``--no-feeds`` stops once the outbox is sent.
+once with ``all`` (not with ``--public-feeds``). Without ``smtp-sink``, or with
+``--counting``, every message is handed in this one process to a transport that only
+counts them (said in the output: it is not how a run sends). Prints seconds per phase,
+CPU (this process's and that of the processes it forked and waited for: ranking workers,
+senders; on a database server, the server's processes' too), the peaks of resident memory
+of each step (this process's, the largest forked process's, all of them at once:
+bench/memory.py), the totals under each setting, and the largest process's peak.
+``--no-feeds`` stops once the outbox is sent.
 
 ``--database``: ``sqlite`` (a new file, the default) or a server's URL, on which a new
 database is made for the run and dropped after (``postgresql+psycopg://USER:PASS@HOST/
@@ -33,19 +40,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
+import gc
 import json
 import os
 import random
-import re
 import resource
 import secrets
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -53,7 +61,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from match import (  # bench/match.py
-    REPO,
     Generator,
     add_dumps_argument,
     dump_files,
@@ -61,12 +68,16 @@ from match import (  # bench/match.py
     real_papers,
     subscribers,
 )
+from memory import StepMemory, status_kb  # bench/memory.py
 from senders import (  # bench/senders.py
     Sent,
     children_cpu,
     send_with_workers,
     server_backends_cpu,
+    sink_path,
+    smtp_sink,
 )
+from sides import backend_name, side_by_side  # bench/sides.py
 
 from digest.deliver.plan import plan_owed, record_plans
 
@@ -74,8 +85,24 @@ try:  # planned and recorded a batch of readers at a time
     from digest.deliver.plan import owed_plans
 except ImportError:  # a checkout from before: one list of every plan
     owed_plans = None
+try:  # a run's plan transaction (on SQLite without foreign-key checks)
+    from digest.store.plan_rows import planning as plan_transaction
+except ImportError:  # a checkout from before: a plain transaction
+
+    def plan_transaction(engine: Any) -> Any:
+        return engine.begin()
+
+
+try:  # what a run does between its steps
+    from digest.service.cycle import between_steps
+except ImportError:  # a checkout from before: nothing
+
+    def between_steps(engine: Any) -> None:
+        return None
+
+
 from digest.ingest.dumps import Clock, ingest_file, ingest_inbox
-from digest.service.cycle import deliver_outbox, publish_site_feeds
+from digest.service.cycle import deliver_in_processes, deliver_outbox, publish_site_feeds
 from digest.service.keys import site_keys
 from digest.settings import load_settings
 from digest.store.engine import ingest_sequence, open_store, transaction
@@ -175,10 +202,6 @@ def fresh_database(url: str, folder: Path) -> tuple[str, Callable[[], None]]:
             admin.dispose()
 
     return server.set(database=name).render_as_string(hide_password=False), drop
-
-
-def backend_name(url: str) -> str:
-    return "sqlite" if url == "sqlite" else sa.engine.make_url(url).get_backend_name()
 
 
 @dataclass
@@ -282,6 +305,18 @@ def _fill(
     write_daily(inbox / "daily.json", generator, bench.papers, daily)
     profiles = subscribers(rng, interest_pool(rng, real), bench.readers)
     add_readers(bench.engine, profiles, joined)
+    keep_counts(bench.engine)
+
+
+def keep_counts(engine: Any) -> None:
+    """The store's term counts kept, as the run of the day before kept them (when this
+    checkout's code keeps them): the day's run brings them up to date."""
+    try:
+        from digest.rank.corpus import sample_counts
+    except ImportError:  # a checkout from before: every run counts afresh
+        return
+    with transaction(engine) as conn:
+        sample_counts(conn, keep=True, processes=None)
 
 
 def with_setting(settings: Any, **changes: Any) -> Any:
@@ -298,21 +333,25 @@ def with_setting(settings: Any, **changes: Any) -> Any:
 
 class Phases:
     """Wall and CPU seconds of each step (CPU: this process's and its waited-for children's,
-    so the forked ranking workers count), and on a database server the CPU of the server's
-    processes serving this database (those alive at the step's end: a connection opened
-    and closed within a step is missed)."""
+    so the forked ranking workers and senders count; ``forked``: theirs alone), the peaks of
+    resident memory (``bench/memory.py``: this process's, the largest forked one's, all
+    together), and on a database server the CPU of the server's processes serving this
+    database (those alive at the step's end: a connection opened and closed within a step
+    is missed)."""
 
     def __init__(self, database: str | None = None) -> None:
         self.wall: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
+        self.forked: dict[str, float] = {}
         self.server: dict[str, float] = {}
         self.database = database
+        self.memory = StepMemory()
         self._marks = self._now()
         self._backends = self._server_now()
 
     @staticmethod
-    def _now() -> tuple[float, float]:
-        return time.perf_counter(), time.process_time() + children_cpu()
+    def _now() -> tuple[float, float, float]:
+        return time.perf_counter(), time.process_time(), children_cpu()
 
     def _server_now(self) -> dict[int, float]:
         return server_backends_cpu(self.database) if self.database else {}
@@ -320,12 +359,15 @@ class Phases:
     def start(self) -> None:
         self._marks = self._now()
         self._backends = self._server_now()
+        self.memory.start()
 
     def done(self, name: str) -> None:
-        wall, cpu = self._now()
+        wall, own, forked = self._now()
+        self.forked[name] = forked - self._marks[2]
+        self.cpu[name] = own - self._marks[1] + self.forked[name]
         self.wall[name] = wall - self._marks[0]
-        self.cpu[name] = cpu - self._marks[1]
-        self._marks = (wall, cpu)
+        self._marks = (wall, own, forked)
+        self.memory.done(name)
         if self.database:
             now = self._server_now()
             self.server[name] = sum(v - self._backends.get(pid, 0.0) for pid, v in now.items())
@@ -334,6 +376,7 @@ class Phases:
 
 SEND_STEP = "send the outbox over SMTP (sender processes)"
 COUNT_STEP = "load, render and hand over every message"
+RUN_STEP = "send every message as a run does (SMTP to smtp-sink)"
 
 
 def measure(args: argparse.Namespace) -> None:
@@ -347,8 +390,22 @@ def measure(args: argparse.Namespace) -> None:
         dumps=args.dumps,
         database=args.database[0],
     )
+    # The set-up (200,000 papers written, ingested and indexed in this process) leaves what
+    # it freed in the allocator: handed back, as `digest run` starts a process of its own.
+    before = status_kb("self", "VmRSS")[0] / 1024
+    hand_back()
+    print(f"set-up: {before:.0f} MB resident, {status_kb('self', 'VmRSS')[0] / 1024:.0f} MB after"
+          " handing back what it freed")  # fmt: skip
     try:
-        _cycle(bench, args, senders)
+        with ExitStack() as held:
+            # The sink for the whole run: reaped once every step is timed, so its CPU is
+            # counted in none of them (it is printed apart).
+            sink = None
+            if not senders and not args.counting and sink_path() is not None:
+                sink = held.enter_context(smtp_sink())
+            _cycle(bench, args, senders, sink)
+        if sink is not None:
+            print(f"smtp-sink: {sink[1][0].cpu:.2f} CPU-s (not counted in the steps)")
     finally:
         bench.close()
     if not args.keep:
@@ -357,7 +414,18 @@ def measure(args: argparse.Namespace) -> None:
         print(f"(files in {bench.folder})")
 
 
-def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
+def hand_back() -> None:
+    """The collector's pass, then glibc's ``malloc_trim`` (whatever the checkout's code)."""
+    gc.collect()
+    with suppress(OSError, AttributeError):
+        name = ctypes.util.find_library("c")
+        if name:
+            ctypes.CDLL(name).malloc_trim(0)
+
+
+def _cycle(
+    bench: Bench, args: argparse.Namespace, senders: int, sink: tuple[int, Any] | None
+) -> None:
     settings, engine = bench.settings, bench.engine
     clock = Clock()
     url = sa.engine.make_url(settings.database_url)
@@ -371,20 +439,11 @@ def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
     phases.done("ingest the daily dump (with search index)")
     if dumps[0].status != "ok":
         raise SystemExit(f"the daily dump was not ingested: {dumps[0].status} {dumps[0].error}")
-    with engine.begin() as conn:
-        if owed_plans is None:  # a checkout from before: every plan in one list, then recorded
-            plans: Any = plan_owed(conn, period=period, news_days=settings.news_days)
-        else:  # planned and recorded a batch of readers at a time
-            plans = owed_plans(conn, period=period, news_days=settings.news_days)
-        counts = record_plans(
-            conn, plans, period=period, now=clock(), key=key,
-            mail_from=settings.mail_from, run_id=None,
-        )  # fmt: skip
-        del plans
-        items = conn.execute(sa.text("SELECT count(*) FROM digestitem")).scalar_one()
-    phases.done("rank every subscriber and record the outbox")
-    planned_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    counts, items = _plan(settings, engine, period=period, clock=clock, key=key)
+    between_steps(engine)  # as `digest run` does before it sends
+    phases.done(PLAN_STEP)
     workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    transport = CountingTransport()
     if senders:
         sent = send_with_workers(
             bench, senders, args.connections, args.batch, own_sessions=not args.same_session
@@ -395,18 +454,31 @@ def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
             phases.server[SEND_STEP] = sent.backends
         delivered_to = None  # every reader sent to: the feeds of all are rebuilt
         phases.start()
+    elif sink is not None:  # as `digest run` sends: deliver_in_processes, configured SMTP
+        smtp = with_setting(settings, mail_transport=f"smtp://127.0.0.1:{sink[0]}")
+        delivered = deliver_in_processes(smtp, engine, None, clock=clock, stop=None)
+        between_steps(engine)
+        phases.done(RUN_STEP)
+        delivered_to = delivered.sent_to
     else:
-        transport = CountingTransport()
+        if not args.counting:
+            print(NO_SINK, flush=True)
         delivered = asyncio.run(deliver_outbox(settings, engine, transport, clock=clock, stop=None))
         phases.done(COUNT_STEP)
         delivered_to = delivered.sent_to
-    feeds = {"written": 0} if args.no_feeds else _feeds(settings, engine, phases, delivered_to)
+    feeds = (
+        {"written": 0}
+        if args.no_feeds
+        else _feeds(settings, engine, phases, delivered_to, every=not args.public_feeds)
+    )
 
     if senders:
         handed = f"{sent.messages:,} messages sent, {sent.failed:,} failed"
+    elif sink is not None:
+        handed = f"{delivered.sent:,} messages sent over SMTP, {delivered.failed:,} failed"
     else:
         size = transport.bytes / max(transport.messages, 1) / 1024
-        handed = f"{transport.messages:,} messages, {size:.1f} KB each"
+        handed = f"{transport.messages:,} messages, {size:.1f} KB each (counting transport)"
     print(
         f"daily: {dumps[0].new:,} new papers; {sum(counts.values()):,} subscribers,"
         f" {counts['pending']:,} digests,"
@@ -417,21 +489,57 @@ def _cycle(bench: Bench, args: argparse.Namespace, senders: int) -> None:
     _print_phases(phases)
     if senders:
         _print_sent(sent, senders, args.connections)
-    print(f"peak RSS: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    print(f"peak RSS: {phases.memory.peak():.0f} MB")
+    largest = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"peak RSS of the largest forked process (wait4): {largest:.0f} MB")
     print(
-        f"peak RSS up to the recorded outbox: {planned_rss:.0f} MB,"
+        f"peak RSS up to the recorded outbox: {phases.memory.peak(PLAN_STEP):.0f} MB,"
         f" largest worker {workers_rss:.0f} MB"
     )
+    print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    phases.memory.close()
     if not dumps[0].new or not counts["pending"] or not items:
         raise SystemExit("the day gave no digests: the figures above measure nothing")
 
 
-def _feeds(settings: Any, engine: Any, phases: Phases, changed: Any) -> dict[str, int]:
+PLAN_STEP = "rank every subscriber and record the outbox"
+NO_SINK = (
+    "NOTE: smtp-sink not found: the messages go to a transport that only counts them, from"
+    " ONE process, not as `digest run` sends them (apt-get install postfix)"
+)
+
+
+def _plan(
+    settings: Any, engine: Any, *, period: Any, clock: Clock, key: bytes
+) -> tuple[dict[str, int], int]:
+    """Every reader ranked and the outbox recorded, a batch at a time, in one transaction
+    (as `digest run` does); nothing of it is kept but the counts."""
+    with plan_transaction(engine) as conn:
+        if owed_plans is None:  # a checkout from before: every plan in one list, then recorded
+            plans: Any = plan_owed(conn, period=period, news_days=settings.news_days)
+        else:  # planned and recorded a batch of readers at a time
+            plans = owed_plans(conn, period=period, news_days=settings.news_days)
+        counts: dict[str, int] = record_plans(
+            conn, plans, period=period, now=clock(), key=key,
+            mail_from=settings.mail_from, run_id=None,
+        )  # fmt: skip
+        del plans
+        items = conn.execute(sa.text("SELECT count(*) FROM digestitem")).scalar_one()
+    return counts, int(items)
+
+
+def _feeds(
+    settings: Any, engine: Any, phases: Phases, changed: Any, *, every: bool = True
+) -> dict[str, int]:
     """Both settings of feed_files on the same outbox: the public feed files alone (the web
-    front serves the private feeds live), then every private feed file as well."""
+    front serves the private feeds live), then (``every``) every private feed file as well."""
     public = with_setting(settings, feed_files="public")
-    publish_site_feeds(public, engine, now=datetime.now(UTC), changed=changed)
+    written: dict[str, int] = publish_site_feeds(
+        public, engine, now=datetime.now(UTC), changed=changed
+    )
     phases.done("feeds, feed_files=public (global only)")
+    if not every:
+        return written
     every = with_setting(settings, feed_files="all")
     feeds: dict[str, int] = publish_site_feeds(
         every, engine, now=datetime.now(UTC), changed=changed
@@ -443,6 +551,10 @@ def _feeds(settings: Any, engine: Any, phases: Phases, changed: Any) -> dict[str
 def _print_phases(phases: Phases) -> None:
     for name, seconds in phases.wall.items():
         print(f"  {name:<55} {seconds:8.2f} s  (CPU {phases.cpu[name]:.2f} s)")
+    for name, seconds in phases.forked.items():
+        if seconds >= 0.005:
+            print(f"  {name + ', CPU of forked processes':<55} {seconds:8.2f} s")
+    _print_memory(phases.memory)
     for name, seconds in phases.server.items():
         print(f"  {name + ', database server CPU':<55} {seconds:8.2f} s")
     common = sum(v for k, v in phases.wall.items() if not k.startswith("feeds"))
@@ -471,6 +583,17 @@ def _print_phases(phases: Phases) -> None:
             print(f"  {name:<55} {cpu + feeds[0]:8.2f} s")
 
 
+def _print_memory(memory: StepMemory) -> None:
+    """Each step's peaks: this process, the largest process it forked, all at once."""
+    print("peak resident memory per step (this process; largest forked; all at once):")
+    for name, peaks in memory.steps.items():
+        print(f"  {name + ', peak RSS of this process':<70} {peaks.parent:8.0f} MB")
+        if peaks.forked:
+            label = f"{name}, largest of {peaks.forked} forked"
+            print(f"  {label:<70} {peaks.largest_forked:8.0f} MB")
+            print(f"  {name + ', all processes at once':<70} {peaks.together:8.0f} MB")
+
+
 def _print_sent(sent: Sent, senders: int, connections: int) -> None:
     each = ", ".join(f"{r.cpu:.2f}" for r in sent.senders)
     print(
@@ -486,107 +609,6 @@ def _print_sent(sent: Sent, senders: int, connections: int) -> None:
         f" the whole machine busy {sent.machine_busy:.1f} CPU-s of {sent.seconds * os.cpu_count():.1f}"
         f" ({os.cpu_count()} cores; other jobs included); load average {os.getloadavg()[0]:.2f}"
     )
-
-
-# --- variants side by side --------------------------------------------------------------
-
-_PHASE = re.compile(r"^  (\S.*?)\s+([\d.]+) s(?:  \(CPU ([\d.]+) s\))?$", re.MULTILINE)
-_RATE = re.compile(r"^send: .* ([\d,]+) messages/s", re.MULTILINE)
-_RSS = re.compile(r"^peak RSS: ([\d,]+) MB", re.MULTILINE)
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    checkout: Path
-    args: tuple[str, ...]
-
-
-def variants(args: argparse.Namespace, rest: list[str]) -> list[Variant]:
-    """Every checkout × database × number of senders asked for, the first the reference."""
-    checkouts = [("baseline", args.baseline.resolve())] if args.baseline else []
-    checkouts.append(("this checkout", REPO))
-    found = []
-    for label, checkout in checkouts:
-        for database in args.database:
-            for senders in args.senders:
-                parts = [label] if args.baseline else []
-                if len(args.database) > 1:
-                    parts.append(backend_name(database))
-                if len(args.senders) > 1:
-                    parts.append(f"{senders} sender{'s' * (senders != 1)}")
-                extra = ("--database", database, "--senders", str(senders))
-                found.append(Variant(", ".join(parts), checkout, (*rest, *extra)))
-    return found
-
-
-def run_variant(variant: Variant, script: Path | None = None) -> str:
-    """This script (or ``script``) on the variant's checkout, with its own environment when
-    it has one."""
-    venv = variant.checkout / ".venv" / "bin" / "python"
-    python = str(venv) if venv.exists() else sys.executable
-    env = {**os.environ, "PYTHONPATH": str(variant.checkout), "PYTHONDONTWRITEBYTECODE": "1"}
-    # A fixed string hash: the interests are drawn from sets of words (see bench/match.py).
-    env.setdefault("PYTHONHASHSEED", "0")
-    command = [python, str(script or Path(__file__).resolve()), *variant.args]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if done.returncode:
-        raise SystemExit(f"{variant.name} failed:\n{done.stdout}{done.stderr[-3000:]}")
-    return done.stdout
-
-
-def figures(output: str) -> dict[str, float]:
-    found: dict[str, float] = {}
-    for name, seconds, cpu in _PHASE.findall(output):
-        found[name] = float(seconds)
-        if cpu:
-            found[f"{name} (CPU)"] = float(cpu)
-    rate = _RATE.search(output)
-    if rate:
-        found["messages/s"] = float(rate.group(1).replace(",", ""))
-    rss = _RSS.search(output)
-    if rss:
-        found["peak RSS, MB"] = float(rss.group(1).replace(",", ""))
-    return found
-
-
-def side_by_side(args: argparse.Namespace, rest: list[str]) -> None:
-    """Each variant in turns, ``rounds`` times; then the figures side by side."""
-    runs = variants(args, rest)
-    found: dict[str, list[dict[str, float]]] = {v.name: [] for v in runs}
-    for turn in range(1, args.rounds + 1):
-        for variant in runs:
-            output = run_variant(variant)
-            print(f"--- round {turn}, {variant.name}: {variant.checkout}\n{output}", flush=True)
-            found[variant.name].append(figures(output))
-    print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    for turn in range(args.rounds):
-        table(f"round {turn + 1}", runs, {name: rounds[turn] for name, rounds in found.items()})
-    if args.rounds > 1:
-        medians = {
-            name: {k: statistics.median(r[k] for r in rounds if k in r) for k in rounds[0]}
-            for name, rounds in found.items()
-        }
-        table(f"median of {args.rounds} rounds", runs, medians)
-
-
-def table(title: str, runs: list[Variant], found: dict[str, dict[str, float]]) -> None:
-    """Every figure of any variant, one row each, with its ratio to the first variant's."""
-    first = runs[0].name
-    names = [v.name for v in runs]
-    head = " | ".join(names) + "".join(f" | {n} / {first}" for n in names[1:])
-    print(f"\n{title}\n| step | {head} |\n|{' --- |' * (1 + 2 * len(names) - 1)}")
-    steps = list(dict.fromkeys(step for name in names for step in found[name]))
-    for step in steps:
-        values = [found[n].get(step) for n in names]
-        unit = "" if step in ("messages/s", "peak RSS, MB") else " s"
-        cells = " | ".join("-" if v is None else f"{v:,.2f}{unit}" for v in values)
-        reference = values[0]
-        ratios = "".join(
-            f" | {v / reference:.2f}x" if v is not None and reference else " | -"
-            for v in values[1:]
-        )
-        print(f"| {step} | {cells}{ratios} |")
 
 
 def main() -> None:
@@ -620,7 +642,17 @@ def main() -> None:
     )
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns of each variant")
+    parser.add_argument(
+        "--counting",
+        action="store_true",
+        help="the message step as it was measured before: every message handed, in this one"
+        " process, to a transport that only counts them (a run sends a large outbox from"
+        " forked senders over its configured transport)",
+    )
     parser.add_argument("--no-feeds", action="store_true", help="stop once the outbox is sent")
+    parser.add_argument(
+        "--public-feeds", action="store_true", help="the feeds with feed_files=public only"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the files (not the database)")
     add_dumps_argument(parser)
     args = parser.parse_args()

@@ -10,7 +10,8 @@ named by the sizes) and copied for each run, the daily dump already ingested; th
 `digest run` does between ingesting and sending: every reader owed a digest ranked and
 their outbox rows written, in one transaction. Prints the seconds, this process's CPU
 time and that of the worker processes it forked (ranking, statistics), its peak RSS and
-the largest worker's, and what was written. ``--baseline``: this script on another
+the largest worker's, and what was written. The store keeps the term counts of the day
+before, as the run before the day's would have kept them. ``--baseline``: this script on another
 checkout's code and on this one's, in turns, on the same store. ``--rank-only``: on the
 same store, the ranking alone as bench/match.py ranks (every owed reader's interests, the
 day's papers and the store's statistics read, then every reader ranked a batch at a time,
@@ -31,7 +32,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import sqlalchemy as sa
-from cycle import add_readers, write_daily, write_store_snapshot  # bench/cycle.py
+from cycle import (  # bench/cycle.py
+    add_readers,
+    keep_counts,
+    plan_transaction,
+    write_daily,
+    write_store_snapshot,
+)
 from match import (  # bench/match.py
     Generator,
     add_dumps_argument,
@@ -78,6 +85,7 @@ def build(folder: Path, args: argparse.Namespace) -> None:
         index_papers(conn)
     profiles = subscribers(rng, interest_pool(rng, real), args.subscribers)
     add_readers(engine, profiles, joined)
+    keep_counts(engine)  # as the run of the day before kept them (code that keeps them)
     settings.inbox.mkdir(parents=True, exist_ok=True)
     write_daily(settings.inbox / "daily.json", generator, args.papers, args.daily)
     ingest_inbox(engine, settings.inbox, clock=Clock())
@@ -101,7 +109,7 @@ def run(store: Path) -> None:
         period = now.date()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         started, cpu = time.perf_counter(), time.process_time()
-        with engine.begin() as conn:
+        with plan_transaction(engine) as conn:
             streamed = getattr(plan, "owed_plans", None)  # a checkout from before: a list
             plans = streamed or plan.plan_owed
             counts = plan.record_plans(
@@ -198,7 +206,8 @@ def main() -> None:
     add_dumps_argument(parser)
     args = parser.parse_args()
     sizes = f"{args.papers}-{args.subscribers}-{args.daily}-{args.seed}"
-    store = args.store or Path(tempfile.gettempdir()) / f"digest-bench-plan-{sizes}"
+    # "-kept": built with the day before's term counts kept (code from before ignores them)
+    store = args.store or Path(tempfile.gettempdir()) / f"digest-bench-plan-{sizes}-kept"
     if not store.exists():
         started = time.perf_counter()
         build(store, args)

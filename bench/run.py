@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cycle import REPO, Variant, set_up  # bench/cycle.py
-from match import add_dumps_argument  # bench/match.py
+from cycle import set_up  # bench/cycle.py
+from match import REPO, add_dumps_argument  # bench/match.py
 from senders import smtp_sink  # bench/senders.py
+from sides import Variant  # bench/sides.py
 
 
 @dataclass
@@ -209,7 +210,7 @@ def figures(output: str) -> dict[str, float]:
 
 def side_by_side(args: argparse.Namespace, rest: list[str]) -> None:
     """This script on the baseline's code and on this checkout's, in turns."""
-    from cycle import run_variant
+    from sides import run_variant  # bench/sides.py
 
     runs = [
         Variant("baseline", args.baseline.resolve(), tuple(rest)),

@@ -71,12 +71,18 @@ def reap(process: subprocess.Popen[Any]) -> Reaped:
     return Reaped(usage.ru_utime + usage.ru_stime, usage.ru_maxrss, process.returncode)
 
 
+def sink_path() -> str | None:
+    """Where Postfix's ``smtp-sink`` is, if installed."""
+    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    return sink if Path(sink).exists() else None
+
+
 @contextmanager
 def smtp_sink() -> Iterator[tuple[int, list[Reaped]]]:
     """Postfix's ``smtp-sink`` on a free loopback port; its port, and (once left) what it
     used, appended to the list."""
-    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-    if not Path(sink).exists():
+    sink = sink_path()
+    if sink is None:
         raise SystemExit("smtp-sink not found: apt-get install postfix")
     port = free_port()
     process = subprocess.Popen(

@@ -112,3 +112,40 @@ def test_a_digest_column_filled_by_a_function_is_left_to_sqlalchemy(
         assert sum(taken) >= 10  # every reader recorded by outbox.record
     finally:
         plan_rows._constant_defaults.cache_clear()
+
+
+def _foreign_keys(conn: Connection) -> int:
+    return int(conn.exec_driver_sql("PRAGMA foreign_keys").scalar_one())
+
+
+def test_the_plan_transaction_writes_unchecked_and_gives_the_checks_back(
+    waiting: Engine,
+) -> None:
+    if waiting.dialect.name != "sqlite":
+        pytest.skip("foreign keys are SQLite's pragma")
+    with plan_rows.planning(waiting) as conn:
+        assert _foreign_keys(conn) == 0
+        plans = plan.owed_plans(conn, period=DAY)
+        counts = _record(conn, plans, period=DAY, now=NOW)
+    assert counts["pending"] > 0
+    with waiting.connect() as conn:  # the pooled connection again: checked, as before
+        assert _foreign_keys(conn) == 1
+        orphan = "INSERT INTO digestitem (digest_id, subscriber_id, paper_id, rank, score, matched)"
+        with pytest.raises(sa.exc.IntegrityError):
+            conn.exec_driver_sql(orphan + " VALUES (999999, 999999, 999999, 1, 1.0, '[]')")
+        conn.rollback()
+    with waiting.connect() as conn:  # and what the plan wrote refers to rows that are there
+        assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+        conn.rollback()
+
+
+def test_a_plan_transaction_that_fails_gives_the_checks_back(waiting: Engine) -> None:
+    if waiting.dialect.name != "sqlite":
+        pytest.skip("foreign keys are SQLite's pragma")
+    with pytest.raises(RuntimeError), plan_rows.planning(waiting) as conn:
+        conn.exec_driver_sql("DELETE FROM digestitem")
+        raise RuntimeError("planning died")
+    with waiting.connect() as conn:
+        assert _foreign_keys(conn) == 1
+        assert conn.exec_driver_sql("SELECT count(*) FROM digestitem").scalar_one() > 0
+        conn.rollback()

@@ -250,7 +250,9 @@ def _plan(
                 wanted.cutoffs[sid] = min(wanted.cutoffs[sid], taken.seen_upto)
     upto = ingest_sequence(conn)
     papers = papers_store.new_since(conn, min(wanted.cutoffs.values()), upto, news_days=news_days)
-    day = _Day(papers, store_stats(conn, processes=None), wanted) if papers else None
+    # A run (``take_in``) keeps the statistics' counts for the next to start from.
+    stats = store_stats(conn, processes=None, keep=take_in) if papers else None
+    day = _Day(papers, stats, wanted) if stats is not None else None
     try:
         for ids in wanted.batches(batch):
             readers = given if given is not None else outbox.recipients(conn, ids)

@@ -224,6 +224,37 @@ class TermCounts:
             self.acronyms + other.acronyms,
         )
 
+    def __sub__(self, other: TermCounts) -> TermCounts:
+        """These counts less those of papers counted in them (``other``'s papers must be
+        among these': a term none of the rest has is gone, as if never counted)."""
+        return TermCounts(
+            self.documents - other.documents,
+            self.title_terms - other.title_terms,
+            self.abstract_terms - other.abstract_terms,
+            self.frequencies - other.frequencies,
+            self.acronyms - other.acronyms,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The counts as JSON values (``from_json`` reads them back the same)."""
+        return {
+            "documents": self.documents,
+            "title_terms": self.title_terms,
+            "abstract_terms": self.abstract_terms,
+            "frequencies": self.frequencies,
+            "acronyms": [[short, list(terms), n] for (short, terms), n in self.acronyms.items()],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TermCounts:
+        return cls(
+            int(data["documents"]),
+            int(data["title_terms"]),
+            int(data["abstract_terms"]),
+            Counter(data["frequencies"]),
+            Counter({(str(short), tuple(terms)): int(n) for short, terms, n in data["acronyms"]}),
+        )
+
     def stats(self, analyzer: Analyzer = DEFAULT) -> CorpusStats:
         """The statistics these counts give."""
         n = max(self.documents, 1)

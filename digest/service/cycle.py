@@ -39,6 +39,7 @@ from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
 from digest.logs import run_context
+from digest.rank.workers import give_back_memory
 from digest.service.keys import site_keys
 from digest.service.leaving import Copies, sweep_mail_files
 from digest.service.preview import digest_view
@@ -46,7 +47,7 @@ from digest.service.runlock import process_alive
 from digest.service.subscriptions import checked, upsert_subscriber
 from digest.service.wiring import links_of, sender_of, transport_of
 from digest.settings import Settings
-from digest.store import claims, runs
+from digest.store import claims, plan_rows, runs
 from digest.store.engine import plan_lock, reading, transaction
 from digest.store.outbox import counts as outbox_counts
 from digest.store.outbox import pending_reason
@@ -239,7 +240,7 @@ def run_cycle(
                 index_papers(conn)
             keys = site_keys(settings, engine, now)
             check()
-            with transaction(engine) as conn:
+            with plan_rows.planning(engine) as conn:
                 # the planners' lock first: no ingest commits under us, and a planner on
                 # another host waits, then finds these readers served
                 plan_lock(conn)
@@ -267,11 +268,14 @@ def run_cycle(
                         run_id=run_id,
                     )
             log.info("composed", extra={"composed": report.composed})
+            # What planning freed, handed back before the senders fork from this process.
+            between_steps(engine)
             check()
             if send:
                 report.delivered = deliver_in_processes(
                     settings, engine, transport, clock=clock, stop=stop, claim=claim
                 )
+                between_steps(engine)
                 log.info(
                     "delivered",
                     extra={"sent": report.delivered.sent, "failed": report.delivered.failed},
@@ -294,6 +298,14 @@ def run_cycle(
             _finish_run(engine, run_id, report, clock(), error)
             log.info("run finished", extra={"error": error})
     return report
+
+
+def between_steps(engine: Engine) -> None:
+    """Between a run's steps: the store's page cache of what the step read and the memory
+    the step freed handed back to the system, so that the processes the next step forks
+    (senders, feed writers) do not each start with them."""
+    plan_rows.release_cache(engine)
+    give_back_memory(collect=True)
 
 
 def _plans(

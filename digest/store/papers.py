@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
 import operator
-import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, date, datetime
@@ -12,9 +12,10 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from digest.store.models import Paper
+from digest.store.models import Paper, StoreMeta
 
 _PAPER = Paper.__table__  # type: ignore[attr-defined]
+_META = StoreMeta.__table__  # type: ignore[attr-defined]
 PARAMETERS = 900  # ids per ``IN (...)``: under every backend's bound-parameter cap
 INDEX_BATCH = 50_000  # papers added to the search index between two progress reports
 # A bulk addition to the search index (a back-fill) is followed by merging the whole index
@@ -129,21 +130,58 @@ def by_ids(conn: Connection, ids: Sequence[int]) -> dict[int, PaperRow]:
     return found
 
 
-def stats_sample(conn: Connection, sample: int) -> list[tuple[str, str]]:
-    """(title, abstract) of every paper, or of a uniform sample of ``sample`` of them.
+def stats_ids(conn: Connection, sample: int) -> list[int]:
+    """The ids of the papers whose terms stand for the store's: every paper's, or those of
+    the ``sample`` papers whose ids hash lowest (``_spread``), in order.
 
-    The sample is seeded by the store's size, so the same store always gives the same one.
-    """
-    newest_id = conn.execute(sa.select(sa.func.max(_PAPER.c.id))).scalar() or 0
-    query = sa.select(_PAPER.c.title, _PAPER.c.abstract)
-    if newest_id <= sample:
-        return [(title, abstract) for title, abstract in conn.execute(query)]
-    chosen = random.Random(newest_id).sample(range(1, newest_id + 1), sample)
-    rows: list[tuple[str, str]] = []
-    for start in range(0, sample, PARAMETERS):
-        part = query.where(_PAPER.c.id.in_(chosen[start : start + PARAMETERS]))
-        rows.extend((title, abstract) for title, abstract in conn.execute(part))
-    return rows
+    A uniform sample that depends on the store's papers alone (the same store always gives
+    the same one), and that moves little as papers come: a new paper takes the place of
+    one of the sample with the odds of any paper, so a day's papers change a few hundred
+    of the sample's (and its counts can be brought up to date from those alone)."""
+    ids = list(conn.execute(sa.select(_PAPER.c.id)).scalars())
+    if len(ids) > sample:
+        ids = heapq.nsmallest(sample, ids, key=_spread)
+    ids.sort()
+    return ids
+
+
+def _spread(paper_id: int) -> int:
+    """An id's place in the sampling order: ids scattered over 64 bits (Fibonacci hashing)."""
+    return (paper_id * 0x9E3779B97F4A7C15) & 0xFFFF_FFFF_FFFF_FFFF
+
+
+def stats_texts(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[str, str]]:
+    """(title, abstract) of the papers of ``ids`` still in the store, by id."""
+    query = sa.select(_PAPER.c.id, _PAPER.c.title, _PAPER.c.abstract)
+    found: dict[int, tuple[str, str]] = {}
+    for start in range(0, len(ids), PARAMETERS):
+        part = query.where(_PAPER.c.id.in_(ids[start : start + PARAMETERS]))
+        for ident, title, abstract in conn.execute(part):
+            found[ident] = (title, abstract)
+    return found
+
+
+def stats_sample(conn: Connection, sample: int) -> list[tuple[str, str]]:
+    """(title, abstract) of every paper, or of the uniform sample of ``sample`` of them
+    that ``stats_ids`` chooses, in the order of their ids."""
+    ids = stats_ids(conn, sample)
+    texts = stats_texts(conn, ids)
+    return [texts[ident] for ident in ids if ident in texts]
+
+
+KEPT_STATS = "term_counts"  # the row of ``StoreMeta`` that keeps the sample's counts
+
+
+def kept_counts(conn: Connection) -> str | None:
+    """The term counts of the statistics' sample as kept by the last run (JSON), if any."""
+    found = conn.execute(sa.select(_META.c.value).where(_META.c.name == KEPT_STATS)).scalar()
+    return None if found is None else str(found)
+
+
+def keep_counts(conn: Connection, value: str) -> None:
+    """Keep ``value`` (JSON) as the term counts of the statistics' sample."""
+    conn.execute(sa.delete(_META).where(_META.c.name == KEPT_STATS))
+    conn.execute(sa.insert(_META).values(name=KEPT_STATS, value=value))
 
 
 def fts_candidates(

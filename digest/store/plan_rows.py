@@ -7,21 +7,26 @@ SQLite as tuples, each value converted by the column's type as the dialect imple
 so the stored text is what SQLAlchemy stores; the items as ``outbox.record`` writes them.
 Other databases (PostgreSQL writes its items by ``COPY``), and a schema whose digest or
 subscriber columns fill themselves in Python (a default made by a function, a value set
-on update), take ``outbox.record`` itself.
+on update), take ``outbox.record`` itself. ``planning`` is a run's transaction for them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime
 from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import OperationalError
 
 from digest.clock import as_utc
+from digest.errors import StoreError
 from digest.store import outbox
+from digest.store.engine import transaction
 from digest.store.models import Digest, Subscriber
 from digest.store.outbox import Planned
 
@@ -41,6 +46,57 @@ _SET = (
 )
 # Converted as SQLAlchemy converts them: a digest's times, its period, a reader's last digest.
 _CONVERTED = (_DIGEST.c.created_at, _DIGEST.c.period, _SUBSCRIBER.c.last_digest_at)
+
+
+@contextmanager
+def planning(engine: Engine) -> Iterator[Connection]:
+    """A run's plan transaction: ``engine.transaction``, and on SQLite without checking
+    foreign keys. Every row the plan writes refers to a digest it wrote, or to a reader or
+    a paper it read, in this same transaction, under the write lock every other writer
+    waits for (``BEGIN IMMEDIATE``): none can be gone by the time it commits. The checks
+    (three an item: its digest, reader and paper looked up) were about a third of SQLite's
+    work on the items. SQLite takes the setting only outside a transaction, so it is set
+    before this one begins, and set back before the connection returns to the pool (or
+    the connection is dropped when that fails)."""
+    if engine.dialect.name != "sqlite":
+        with transaction(engine) as conn:
+            yield conn
+        return
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        assert raw is not None  # a live connection: just checked out
+        raw.execute("PRAGMA foreign_keys=OFF")
+        try:
+            with conn.begin():
+                yield conn
+        except OperationalError as exc:
+            raise StoreError(f"database error: {exc.orig}") from None
+        finally:
+            _checks_back(conn, raw)
+
+
+def release_cache(engine: Engine) -> None:
+    """Hand back the page cache a pooled SQLite connection kept of what the plan read (up
+    to the 64 MB of ``cache_size``): processes forked next (the senders, which open
+    connections of their own) would each count it in their resident memory. Outside any
+    transaction, on the driver's connection (no ``BEGIN IMMEDIATE``, no lock taken).
+    PostgreSQL's connections keep their pages in the server."""
+    if engine.dialect.name != "sqlite":
+        return
+    with engine.connect() as conn:
+        raw = conn.connection.driver_connection
+        if raw is not None and not raw.in_transaction:
+            raw.execute("PRAGMA shrink_memory")
+
+
+def _checks_back(conn: Connection, raw: Any) -> None:
+    try:
+        raw.execute("PRAGMA foreign_keys=ON")
+        back = raw.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    except sqlite3.Error:
+        back = False
+    if not back:  # never pooled without its checks
+        conn.invalidate()
 
 
 def record(
