@@ -14,6 +14,7 @@ from aiosmtplib.email import quote_address
 
 from digest.deliver.mail_files import eml_name, recipient_tag
 from digest.deliver.message import MessageBuilder, Sender
+from digest.deliver.qp import Wire
 from digest.deliver.transports import (
     AddressError,
     ConnectionLost,
@@ -330,6 +331,8 @@ def test_wire_form_fixes_line_ends_and_stuffs_dots_only_when_needed() -> None:
     message = b"a\r\nb\r\n"
     assert _wire(message) is message  # already in wire form: not copied
     assert _wire(b".top\nmid\r.\r\n..x") == b"..top\r\nmid\r\n..\r\n...x\r\n"
+    built = Wire(b"a\r\nb\r\n")  # a builder's message: sent as it is, not scanned
+    assert _wire(built) is built
 
 
 def test_any_message_arrives_intact(smtp_server: SMTPServer) -> None:

@@ -45,7 +45,7 @@ from markupsafe import Markup, escape
 from digest.clock import as_utc
 from digest.deliver.headers import angle, format_address, header, mailto
 from digest.deliver.kept import Kept, parts_size
-from digest.deliver.qp import Parts, decode, encode, joined
+from digest.deliver.qp import Parts, Wire, decode, encode, joined
 from digest.present.paper import (
     DigestView,
     PaperView,
@@ -549,8 +549,9 @@ class MessageBuilder:
         """The plain-text part, decoded (for previews and tests)."""
         return decode(self._wrap(False, self._shell(view), self._blocks(view)[1]))
 
-    def build(self, view: DigestView, now: datetime) -> bytes:
-        """The complete message: headers and a multipart/alternative body (text, then HTML)."""
+    def build(self, view: DigestView, now: datetime) -> Wire:
+        """The complete message: headers and a multipart/alternative body (text, then HTML),
+        in wire form (``Wire``: every line CRLF-ended, none starting with a dot)."""
         context = self._shell(view)
         html_blocks, text_blocks = self._blocks(view)
         text = self._wrap(False, context, text_blocks)
@@ -565,7 +566,7 @@ class MessageBuilder:
             f'--{boundary}\r\nContent-Type: text/%s; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         )
-        return b"".join(
+        message = b"".join(
             (
                 self._from,
                 header("To", format_address(view.to)),
@@ -585,6 +586,7 @@ class MessageBuilder:
                 f"--{boundary}--\r\n".encode(),
             )
         )
+        return Wire(message)
 
 
 def build_message(view: DigestView, sender: Sender, now: datetime) -> bytes:

@@ -38,6 +38,7 @@ import aiosmtplib
 from aiosmtplib.email import quote_address
 
 from digest.deliver.mail_files import mail_file_name, mail_folder
+from digest.deliver.qp import Wire
 from digest.errors import ConfigError, DeliveryError
 from digest.files import make_folder, write_private
 from digest.retry import Backoff, TryAgain
@@ -247,7 +248,13 @@ _LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 
 
 def _wire(message: bytes) -> bytes:
-    """The message as DATA carries it: CRLF line ends, leading dots doubled (the final dot apart)."""
+    """The message as DATA carries it: CRLF line ends, leading dots doubled (the final dot apart).
+
+    A message a builder made (``Wire``) is that already and goes as it is: scanning 65 KB
+    for bare line ends and leading dots cost more CPU than building it from its cached
+    parts (the bytes searches alone, about 200 µs a message)."""
+    if type(message) is Wire:
+        return message
     crlf = message.count(b"\r\n")
     # Counting is a fast C scan; the regex rewrite is only for messages that need it.
     if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
@@ -463,8 +470,8 @@ class SMTPTransport(_Closing):
         protocol = smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
-        protocol.write(wire)
-        protocol.write(b".\r\n")  # apart: appending would copy the whole message again
+        # One write, one send: the copy of the message costs less than a second system call.
+        protocol.write(wire + b".\r\n")
         reply = await protocol.read_response(timeout=self._timeout)
         if reply.code != 250:
             raise aiosmtplib.SMTPDataError(reply.code, reply.message)
