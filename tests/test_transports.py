@@ -6,14 +6,17 @@ import asyncio
 import email
 import email.policy
 import socket
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 from aiosmtplib.email import quote_address
 
 from digest.deliver.mail_files import eml_name, recipient_tag
 from digest.deliver.message import MessageBuilder, Sender
+from digest.deliver.pipelining import Pipelined, Replies
 from digest.deliver.qp import Wire
 from digest.deliver.transports import (
     AddressError,
@@ -71,6 +74,16 @@ class FakeSleep:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
+
+
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[SMTPServer]:
+    """A real SMTP server on loopback, one without PIPELINING (aiosmtplib sends each
+    command and waits for its reply) and one offering it (``deliver.pipelining``): every
+    test here has the same outcome from both."""
+    server = start_server(pipelining=request.param)
+    yield server
+    server.controller.stop()
 
 
 def smtp(server: SMTPServer, *, retries: int = 3, connections: int = 2) -> SMTPTransport:
@@ -477,3 +490,38 @@ def smtp_for(url: str) -> SMTPTransport:
 )
 def test_envelope_addresses_are_quoted_as_aiosmtplib_quotes_them(address: str) -> None:
     assert _quoted(address) == quote_address(address)
+
+
+def test_a_server_offering_pipelining_gets_each_messages_commands_in_one_group(
+    smtp_server: SMTPServer,
+) -> None:
+    transport = smtp(smtp_server)
+
+    async def go() -> type:
+        async with transport:
+            for n in range(3):
+                to, raw, message_id = message_for(n)
+                await transport.send("digest@example.org", to, raw, message_id)
+            return type(transport._idle[0])
+
+    pooled = asyncio.run(go())
+    offered = smtp_server.handler.pipelining
+    assert pooled is (Pipelined if offered else aiosmtplib.SMTP)
+    assert smtp_server.handler.commands == ["MAIL", "RCPT", "DATA"] * 3
+    assert [r.rcpt_tos for r in smtp_server.handler.received] == [
+        [f"reader{n}@example.net"] for n in range(3)
+    ]
+
+
+def test_pipelined_replies_are_kept_in_order_however_they_arrive() -> None:
+    async def go() -> list[tuple[int, str]]:
+        replies = Replies()
+        replies.data_received(b"250 2.1.0 OK\r\n250-first\r\n25")
+        replies.data_received(b"0 second\r\n354 go on\r\n")
+        got = [await replies.reply(1.0) for _ in range(3)]
+        replies.connection_lost(None)
+        with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+            await replies.reply(1.0)
+        return [(reply.code, reply.message) for reply in got]
+
+    assert asyncio.run(go()) == [(250, "2.1.0 OK"), (250, "first\nsecond"), (354, "go on")]

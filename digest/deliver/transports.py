@@ -38,6 +38,7 @@ import aiosmtplib
 from aiosmtplib.email import quote_address
 
 from digest.deliver.mail_files import mail_file_name, mail_folder
+from digest.deliver.pipelining import Pipelined
 from digest.deliver.qp import Wire
 from digest.errors import ConfigError, DeliveryError
 from digest.files import make_folder, write_private
@@ -45,6 +46,8 @@ from digest.retry import Backoff, TryAgain
 from digest.retry import backoff as retry_backoff
 
 Sleep = Callable[[float], Awaitable[None]]
+# A pooled connection: aiosmtplib's own, or taken over to pipeline (``deliver.pipelining``).
+_Session = aiosmtplib.SMTP | Pipelined
 
 
 class TransportError(DeliveryError):
@@ -316,6 +319,7 @@ class SMTPTransport(_Closing):
         backoff: Backoff | None = None,
         sleep: Sleep = asyncio.sleep,
         local_hostname: str | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.hostname = hostname
         self.port = port
@@ -328,15 +332,16 @@ class SMTPTransport(_Closing):
         self._backoff = backoff or retry_backoff(0.5, 30.0, jitter=True)
         self._sleep = sleep
         self._local_hostname = local_hostname
+        self._pipelining = pipelining  # when the server offers it (False: never, to compare)
         # ``pace``, when given, spaces the sends instead of ``rate`` in this process alone
         self._limiter: Pace = pace or RateLimiter(rate, sleep=sleep)
         self._slots = asyncio.Semaphore(connections)
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[_Session] = []
 
     def __repr__(self) -> str:  # never shows the password
         return f"SMTPTransport({self.hostname}:{self.port}, user={self._username!r})"
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> _Session:
         if self._local_hostname is None:
             # getfqdn can block on DNS; aiosmtplib would otherwise repeat it per connection.
             fqdn = await asyncio.to_thread(socket.getfqdn)
@@ -373,6 +378,11 @@ class SMTPTransport(_Closing):
             ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise TryAgain(self._unreachable(exc), kind="connect") from None
+        if self._pipelining and smtp.supports_extension("pipelining"):
+            try:
+                return Pipelined(smtp, self._timeout)
+            except aiosmtplib.SMTPException as exc:
+                raise TryAgain(self._unreachable(exc), kind="connect") from None
         return smtp
 
     @property
@@ -397,7 +407,7 @@ class SMTPTransport(_Closing):
         detail = next((c.strerror for c in causes if isinstance(c, OSError) and c.strerror), None)
         return f"cannot connect to mail server {where}: {detail or exc}"
 
-    async def _checkout(self) -> tuple[aiosmtplib.SMTP, bool]:
+    async def _checkout(self) -> tuple[_Session, bool]:
         while self._idle:
             smtp = self._idle.pop()
             if smtp.is_connected:
@@ -433,7 +443,7 @@ class SMTPTransport(_Closing):
 
     async def _transaction(
         self,
-        smtp: aiosmtplib.SMTP,
+        smtp: _Session,
         sender_addr: str,
         recipient: str,
         message: bytes,
@@ -449,6 +459,14 @@ class SMTPTransport(_Closing):
         if utf8:
             options.append("SMTPUTF8")
             encoding = "utf-8"
+        if isinstance(smtp, Pipelined):  # MAIL, RCPT and DATA in one round trip
+            await smtp.send(
+                _quoted(sender_addr).encode(encoding),
+                _quoted(recipient).encode(encoding),
+                [option.encode("ascii") for option in options],
+                wire,
+            )
+            return
         # MAIL and RCPT as aiosmtplib's mail() and rcpt() send them, without parsing the
         # same sender's address again for every message (``_quoted``).
         reply = await smtp.execute_command(
@@ -477,7 +495,7 @@ class SMTPTransport(_Closing):
             raise aiosmtplib.SMTPDataError(reply.code, reply.message)
 
     @staticmethod
-    async def _reset(smtp: aiosmtplib.SMTP, code: int) -> bool:
+    async def _reset(smtp: _Session, code: int) -> bool:
         """After a refusal, clear the transaction; False when the connection is not reusable."""
         if code == 421 or not smtp.is_connected:  # 421: the server is closing it
             return False
