@@ -549,7 +549,7 @@ class MessageBuilder:
         """The plain-text part, decoded (for previews and tests)."""
         return decode(self._wrap(False, self._shell(view), self._blocks(view)[1]))
 
-    def build(self, view: DigestView, now: datetime) -> Wire:
+    def build(self, view: DigestView, now: datetime) -> bytes:
         """The complete message: headers and a multipart/alternative body (text, then HTML),
         in wire form (``Wire``: every line CRLF-ended, none starting with a dot)."""
         context = self._shell(view)
