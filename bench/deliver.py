@@ -4,7 +4,8 @@ Run by hand (not in CI), with Postfix's test tools installed
 (``apt-get install postfix`` provides /usr/sbin/smtp-sink and smtp-source):
 
     python bench/deliver.py [--digests 20000] [--connections 8] [--naive-sample 1000]
-                            [--dumps PATH ...] [--baseline CHECKOUT [--rounds N]]
+                            [--no-pipelining] [--dumps PATH ...]
+                            [--baseline CHECKOUT [--rounds N]]
 
 The digests are what a run sends: a day of synthetic papers and readers with Zipf-drawn
 interests (the generators of bench/match.py), ranked by ``ranker.rank`` (set-up, not
@@ -16,6 +17,8 @@ explanation JSON). In the same run, against the same sink, it measures
   SMTPTransport; from as many forked senders as a run forks for that many digests
   (``deliver.processes.senders_for``, or ``--processes``), each every so many batches over its
   share of the connections, their CPU counted;
+  (PIPELINING when the sink offers it, as smtp-sink does; ``--no-pipelining``: aiosmtplib's
+  one command at a time);
 - the ceiling: smtp-source sending as many messages of the same average size;
 - the naive way: per message a Jinja render, an EmailMessage and ``aiosmtplib.send``
   on a new connection, timed on a sample and extrapolated.
@@ -105,6 +108,7 @@ SENDER = Sender("digest <digest@example.org>", "digest", "papers.example.org", B
 NOW = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
 PERIOD = date(2026, 11, 22)
 BATCH = 1_000  # digests made into views at a time, as a run claims them
+NO_PIPELINING = False  # --no-pipelining
 
 
 @dataclass(frozen=True)
@@ -209,9 +213,13 @@ async def send_batches(
     """Make views, build and send the batches of digests starting at ``starts``, as one
     sender; returns the bytes sent."""
     links = Links(BASE_URL, b"k" * 32, SENDER.from_addr)
+    # --no-pipelining: aiosmtplib's one command at a time even though the sink offers
+    # PIPELINING (the code before it had no choice)
+    options = {"pipelining": False} if NO_PIPELINING else {}
     transport = SMTPTransport(
-        "127.0.0.1", port, connections=connections, retries=3, local_hostname="bench.local"
-    )
+        "127.0.0.1", port, connections=connections, retries=3, local_hostname="bench.local",
+        **options,
+    )  # fmt: skip
     sent_bytes = 0
 
     async def worker(queue: list[DigestView]) -> None:
@@ -371,10 +379,17 @@ def main() -> int:
         "--processes", type=int, help="sending processes (default: as a run would fork)"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--no-pipelining",
+        action="store_true",
+        help="send one command at a time through aiosmtplib, as before PIPELINING",
+    )
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
     add_dumps_argument(parser)
     args = parser.parse_args()
+    global NO_PIPELINING
+    NO_PIPELINING = args.no_pipelining
     if args.baseline:
         side_by_side(args.baseline, args_for_turns(sys.argv[1:]), args.rounds)
         return 0
