@@ -16,9 +16,8 @@ explanation JSON). In the same run, against the same sink, it measures
   prepared, then each message built by one MessageBuilder and sent over the pooled
   SMTPTransport; from as many forked senders as a run forks for that many digests
   (``deliver.processes.senders_for``, or ``--processes``), each every so many batches over its
-  share of the connections, their CPU counted;
-  (PIPELINING when the sink offers it, as smtp-sink does; ``--no-pipelining``: aiosmtplib's
-  one command at a time);
+  share of the connections (PIPELINING, which smtp-sink offers; ``--no-pipelining``:
+  aiosmtplib's one command at a time), their CPU counted;
 - the ceiling: smtp-source sending as many messages of the same average size;
 - the naive way: per message a Jinja render, an EmailMessage and ``aiosmtplib.send``
   on a new connection, timed on a sample and extrapolated.
