@@ -17,7 +17,6 @@ from aiosmtplib.email import quote_address
 from digest.deliver.mail_files import eml_name, recipient_tag
 from digest.deliver.message import MessageBuilder, Sender
 from digest.deliver.pipelining import Pipelined, Replies
-from digest.deliver.qp import Wire
 from digest.deliver.transports import (
     AddressError,
     ConnectionLost,
@@ -27,9 +26,10 @@ from digest.deliver.transports import (
     SMTPTransport,
     TransportError,
     _quoted,
-    _wire,
     open_transport,
 )
+from digest.deliver.wire import Wire
+from digest.deliver.wire import wire_form as _wire
 from digest.errors import ConfigError, DeliveryError
 from digest.present.paper import DigestView, PaperView
 from digest.retry import backoff

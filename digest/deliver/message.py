@@ -45,7 +45,8 @@ from markupsafe import Markup, escape
 from digest.clock import as_utc
 from digest.deliver.headers import angle, format_address, header, mailto
 from digest.deliver.kept import Kept, parts_size
-from digest.deliver.qp import Parts, Wire, decode, encode, joined
+from digest.deliver.qp import Parts, decode, encode, joined
+from digest.deliver.wire import Wire
 from digest.present.paper import (
     DigestView,
     PaperView,

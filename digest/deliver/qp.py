@@ -20,15 +20,6 @@ SOFT_BREAK = b"=\r\n"
 Parts = tuple[bytes, ...]
 
 
-class Wire(bytes):
-    """A whole message as SMTP's DATA carries it: CRLF line ends only, no line starting
-    with a dot, a line break at the end. What a builder makes of header lines and of
-    quoted-printable pieces (``encode``) is that by construction, so the SMTP transport
-    sends it as it is, without scanning it again (``transports._wire``)."""
-
-    __slots__ = ()
-
-
 def qp(text: str) -> bytes:
     """Quoted-printable with CRLF line ends; ``text`` must end with a line break."""
     encoded = binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")

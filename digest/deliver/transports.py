@@ -39,7 +39,7 @@ from aiosmtplib.email import quote_address
 
 from digest.deliver.mail_files import mail_file_name, mail_folder
 from digest.deliver.pipelining import Pipelined
-from digest.deliver.qp import Wire
+from digest.deliver.wire import wire_form
 from digest.errors import ConfigError, DeliveryError
 from digest.files import make_folder, write_private
 from digest.retry import Backoff, TryAgain
@@ -246,29 +246,6 @@ class RateLimiter:
 # --- SMTP ---------------------------------------------------------------------------
 
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
-
-
-def _wire(message: bytes) -> bytes:
-    """The message as DATA carries it: CRLF line ends, leading dots doubled (the final dot apart).
-
-    A message a builder made (``Wire``) is that already and goes as it is: scanning 65 KB
-    for bare line ends and leading dots cost more CPU than building it from its cached
-    parts (the bytes searches alone, about 200 µs a message)."""
-    if type(message) is Wire:
-        return message
-    crlf = message.count(b"\r\n")
-    # Counting is a fast C scan; the regex rewrite is only for messages that need it.
-    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
-        message = _LINE_END.sub(b"\r\n", message)
-    if message.startswith(b".") or b"\n." in message:
-        message = _LEADING_DOT.sub(b"..", message)
-    if not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    return message
-
-
 # An address that is a plain dot-atom addr-spec, which aiosmtplib's quoting returns as is
 # between angle brackets; any other goes through aiosmtplib's own parsing.
 _PLAIN_ADDRESS = re.compile(
@@ -452,7 +429,7 @@ class SMTPTransport(_Closing):
     ) -> None:
         if utf8 and not smtp.supports_extension("smtputf8"):
             raise AddressError(f"{recipient}: address needs SMTPUTF8, which {self.where} lacks")
-        wire = _wire(message)
+        wire = wire_form(message)
         # SIZE (RFC 1870) lets a server refuse an oversized message before it is sent.
         options = [f"SIZE={len(wire) + 3}"] if smtp.supports_extension("size") else []
         encoding = "ascii"
@@ -480,7 +457,7 @@ class SMTPTransport(_Closing):
         if reply.code not in (250, 251):
             raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
         # Not smtp.data(): it rewrites the whole message twice with regexes (line
-        # ends, dot-stuffing), which is most of the CPU a send costs; _wire does
+        # ends, dot-stuffing), which is most of the CPU a send costs; wire_form does
         # that only for messages that need it.
         start = await smtp.execute_command(b"DATA")
         if start.code != 354:
