@@ -525,3 +525,52 @@ def test_pipelined_replies_are_kept_in_order_however_they_arrive() -> None:
         return [(reply.code, reply.message) for reply in got]
 
     assert asyncio.run(go()) == [(250, "2.1.0 OK"), (250, "first\nsecond"), (354, "go on")]
+
+
+def test_a_pipelining_server_taking_data_after_refusing_the_recipient_gets_no_message() -> None:
+    """RFC 2920 has a server refuse DATA when no recipient was taken; one that answers 354
+    anyway is sent an empty message (the final dot alone), and the refusal stands."""
+    bodies: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 lax.example ESMTP\r\n")
+        refuse = True
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-lax.example\r\n250 PIPELINING\r\n")
+            elif verb == b"RCPT":
+                writer.write(b"550 5.1.1 no such user\r\n" if refuse else b"250 OK\r\n")
+                refuse = False
+            elif verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")  # even with no recipient taken
+                body = b""
+                while (data := await reader.readline()) not in (b".\r\n", b""):
+                    body += data
+                bodies.append(body)
+                writer.write(b"250 OK\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:  # MAIL, RSET
+                writer.write(b"250 OK\r\n")
+        writer.close()
+
+    async def go() -> list[str]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport = SMTPTransport("127.0.0.1", port, retries=0, local_hostname="t.example")
+        outcomes = []
+        async with server, transport:
+            for n in range(2):
+                to, raw, message_id = message_for(n)
+                try:
+                    await transport.send("digest@example.org", to, raw, message_id)
+                    outcomes.append("sent")
+                except DeliveryError as exc:
+                    outcomes.append("bounced" if exc.permanent else "failed")
+        return outcomes
+
+    assert asyncio.run(go()) == ["bounced", "sent"]
+    assert bodies[0] == b""  # the refused recipient's: nothing of the message
+    assert bodies[1].startswith(b"From: ") and len(bodies) == 2
