@@ -4,7 +4,8 @@ Run by hand (not in CI), with Postfix's test tools installed
 (``apt-get install postfix`` provides /usr/sbin/smtp-sink and smtp-source):
 
     python bench/deliver.py [--digests 20000] [--connections 8] [--naive-sample 1000]
-                            [--dumps PATH ...] [--baseline CHECKOUT [--rounds N]]
+                            [--no-pipelining] [--dumps PATH ...]
+                            [--baseline CHECKOUT [--rounds N]]
 
 The digests are what a run sends: a day of synthetic papers and readers with Zipf-drawn
 interests (the generators of bench/match.py), ranked by ``ranker.rank`` (set-up, not
@@ -15,7 +16,8 @@ explanation JSON). In the same run, against the same sink, it measures
   prepared, then each message built by one MessageBuilder and sent over the pooled
   SMTPTransport; from as many forked senders as a run forks for that many digests
   (``deliver.processes.senders_for``, or ``--processes``), each every so many batches over its
-  share of the connections, their CPU counted;
+  share of the connections (PIPELINING, which smtp-sink offers; ``--no-pipelining``:
+  aiosmtplib's one command at a time), their CPU counted;
 - the ceiling: smtp-source sending as many messages of the same average size;
 - the naive way: per message a Jinja render, an EmailMessage and ``aiosmtplib.send``
   on a new connection, timed on a sample and extrapolated.
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import multiprocessing
 import random
@@ -37,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
@@ -75,6 +79,18 @@ except ImportError:  # the code before it: one sender
 
 
 try:
+    from digest.deliver.send import sparing_the_collector
+
+    SPARES_THE_COLLECTOR = True
+except ImportError:  # the code before it: the collector walks everything a pass holds
+    SPARES_THE_COLLECTOR = False
+
+    @contextlib.contextmanager
+    def sparing_the_collector() -> Iterator[Callable[[], None]]:
+        yield lambda: None
+
+
+try:
     from digest.present.views import stored_view
 except ImportError:  # the code before it: each item made into a view of its own
 
@@ -91,6 +107,7 @@ SENDER = Sender("digest <digest@example.org>", "digest", "papers.example.org", B
 NOW = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
 PERIOD = date(2026, 11, 22)
 BATCH = 1_000  # digests made into views at a time, as a run claims them
+NO_PIPELINING = False  # --no-pipelining
 
 
 @dataclass(frozen=True)
@@ -195,9 +212,13 @@ async def send_batches(
     """Make views, build and send the batches of digests starting at ``starts``, as one
     sender; returns the bytes sent."""
     links = Links(BASE_URL, b"k" * 32, SENDER.from_addr)
+    # --no-pipelining: aiosmtplib's one command at a time even though the sink offers
+    # PIPELINING (the code before it had no choice)
+    options = {"pipelining": False} if NO_PIPELINING else {}
     transport = SMTPTransport(
-        "127.0.0.1", port, connections=connections, retries=3, local_hostname="bench.local"
-    )
+        "127.0.0.1", port, connections=connections, retries=3, local_hostname="bench.local",
+        **options,
+    )  # fmt: skip
     sent_bytes = 0
 
     async def worker(queue: list[DigestView]) -> None:
@@ -209,11 +230,13 @@ async def send_batches(
             await transport.send("digest@example.org", view.to, raw, view.message_id)
 
     async with transport:
-        for at in starts:
-            getattr(builder, "next_batch", lambda: None)()  # as deliver.send.deliver does
-            queue = views_of(links, digests[at : at + BATCH])[::-1]
-            # Twice as many workers as connections so building overlaps waiting on the sink.
-            await asyncio.gather(*(worker(queue) for _ in range(connections * 2)))
+        with sparing_the_collector() as spare:
+            for at in starts:
+                spare()  # as deliver.send.send_outbox does
+                getattr(builder, "next_batch", lambda: None)()  # as deliver.send.deliver does
+                queue = views_of(links, digests[at : at + BATCH])[::-1]
+                # Twice as many workers as connections so building overlaps waiting on the sink.
+                await asyncio.gather(*(worker(queue) for _ in range(connections * 2)))
     return sent_bytes
 
 
@@ -256,8 +279,11 @@ def ours(
             )
             for i in range(processes)
         ]
+        if SPARES_THE_COLLECTOR:
+            gc.freeze()  # as deliver.processes.in_processes forks its senders
         for sender in senders:
             sender.start()
+        gc.unfreeze()
         answers = [out.get() for _ in senders]
         sent_bytes = first + sum(sent for sent, _ in answers)
         peak = max(kb for _, kb in answers)
@@ -352,10 +378,17 @@ def main() -> int:
         "--processes", type=int, help="sending processes (default: as a run would fork)"
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--no-pipelining",
+        action="store_true",
+        help="send one command at a time through aiosmtplib, as before PIPELINING",
+    )
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
     add_dumps_argument(parser)
     args = parser.parse_args()
+    global NO_PIPELINING
+    NO_PIPELINING = args.no_pipelining
     if args.baseline:
         side_by_side(args.baseline, args_for_turns(sys.argv[1:]), args.rounds)
         return 0

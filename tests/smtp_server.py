@@ -50,11 +50,22 @@ class ScriptedHandler:
     data_delay: float = 0.0  # seconds each DATA reply waits
     data_gate: threading.Event | None = None  # when set to a cleared event, DATA waits for it
     keep_bodies: bool = True  # False: keep only the headers of what is received (long runs)
+    pipelining: bool = False  # offer PIPELINING (RFC 2920); aiosmtpd reads commands in order
+    commands: list[str] = field(default_factory=list)  # MAIL, RCPT, DATA as they came
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: Any
+    ) -> list[str]:
+        session.host_name = hostname
+        if not self.pipelining:
+            return list(responses)
+        return [responses[0], "250-PIPELINING", *responses[1:]]
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
+        self.commands.append("MAIL")
         if self.mail_replies:
             reply = self.mail_replies.pop(0)
             if reply == DROP:
@@ -68,6 +79,7 @@ class ScriptedHandler:
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
+        self.commands.append("RCPT")
         if address in self.rcpt_replies:
             return self.rcpt_replies[address]
         if self.every_rcpt is not None:
@@ -76,6 +88,7 @@ class ScriptedHandler:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.commands.append("DATA")
         with self.lock:
             self.data_commands += 1
         if self.data_gate is not None:
@@ -133,10 +146,12 @@ class SMTPServer:
         return f"smtp://{auth}{self.host}:{self.port}"
 
 
-def start_server(logins: dict[str, str] | None = None, *, smtputf8: bool = False) -> SMTPServer:
+def start_server(
+    logins: dict[str, str] | None = None, *, smtputf8: bool = False, pipelining: bool = False
+) -> SMTPServer:
     """Start a server on a free loopback port; with ``logins``, AUTH is offered and checked;
-    with ``smtputf8``, SMTPUTF8 is offered."""
-    handler = ScriptedHandler()
+    with ``smtputf8``, SMTPUTF8 is offered; with ``pipelining``, PIPELINING is."""
+    handler = ScriptedHandler(pipelining=pipelining)
     accounts = dict(logins or {})
 
     def authenticate(

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import digest.deliver.message as emails
-from digest.deliver import qp
+from digest.deliver import qp, wire
 from digest.deliver.message import MessageBuilder, Sender
 from digest.present.paper import DigestView, PaperView, TokenLinks
 from digest.present.views import paper_links, paper_view
@@ -259,3 +259,19 @@ def test_a_new_batch_lets_the_views_of_the_last_go() -> None:
     assert len(builder._by_view) == 5
     builder.next_batch()
     assert not builder._by_view
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_views(), min_size=1, max_size=4), st.sampled_from(["r@example.org", ".r@x.org"]))
+def test_a_built_message_is_in_wire_form_as_built(papers: list[PaperView], to: str) -> None:
+    """The SMTP transport sends a built message (``wire.Wire``) without scanning it: it must
+    already be what the scan would make of it (CRLF lines, no line with a dot first)."""
+    view = dataclasses.replace(
+        _digest(papers, tokens=all(p.token_links for p in papers)),
+        to=to,
+        unsubscribe_url="https://x.org/unsubscribe/.t\n.x",
+        feed_url=".feed\r\n.atom",
+    )
+    raw = MessageBuilder(SENDER).build(view, NOW)
+    assert isinstance(raw, wire.Wire)
+    assert wire.wire_form(bytes(raw)) == raw  # the scan, on a plain copy, changes nothing

@@ -6,14 +6,17 @@ import asyncio
 import email
 import email.policy
 import socket
+from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+import aiosmtplib
 import pytest
 from aiosmtplib.email import quote_address
 
 from digest.deliver.mail_files import eml_name, recipient_tag
 from digest.deliver.message import MessageBuilder, Sender
+from digest.deliver.pipelining import Pipelined, Replies
 from digest.deliver.transports import (
     AddressError,
     ConnectionLost,
@@ -23,9 +26,10 @@ from digest.deliver.transports import (
     SMTPTransport,
     TransportError,
     _quoted,
-    _wire,
     open_transport,
 )
+from digest.deliver.wire import Wire
+from digest.deliver.wire import wire_form as _wire
 from digest.errors import ConfigError, DeliveryError
 from digest.present.paper import DigestView, PaperView
 from digest.retry import backoff
@@ -70,6 +74,16 @@ class FakeSleep:
 
     async def __call__(self, delay: float) -> None:
         self.delays.append(delay)
+
+
+@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
+def smtp_server(request: pytest.FixtureRequest) -> Iterator[SMTPServer]:
+    """A real SMTP server on loopback, one without PIPELINING (aiosmtplib sends each
+    command and waits for its reply) and one offering it (``deliver.pipelining``): every
+    test here has the same outcome from both."""
+    server = start_server(pipelining=request.param)
+    yield server
+    server.controller.stop()
 
 
 def smtp(server: SMTPServer, *, retries: int = 3, connections: int = 2) -> SMTPTransport:
@@ -330,6 +344,8 @@ def test_wire_form_fixes_line_ends_and_stuffs_dots_only_when_needed() -> None:
     message = b"a\r\nb\r\n"
     assert _wire(message) is message  # already in wire form: not copied
     assert _wire(b".top\nmid\r.\r\n..x") == b"..top\r\nmid\r\n..\r\n...x\r\n"
+    built = Wire(b"a\r\nb\r\n")  # a builder's message: sent as it is, not scanned
+    assert _wire(built) is built
 
 
 def test_any_message_arrives_intact(smtp_server: SMTPServer) -> None:
@@ -474,3 +490,87 @@ def smtp_for(url: str) -> SMTPTransport:
 )
 def test_envelope_addresses_are_quoted_as_aiosmtplib_quotes_them(address: str) -> None:
     assert _quoted(address) == quote_address(address)
+
+
+def test_a_server_offering_pipelining_gets_each_messages_commands_in_one_group(
+    smtp_server: SMTPServer,
+) -> None:
+    transport = smtp(smtp_server)
+
+    async def go() -> type:
+        async with transport:
+            for n in range(3):
+                to, raw, message_id = message_for(n)
+                await transport.send("digest@example.org", to, raw, message_id)
+            return type(transport._idle[0])
+
+    pooled = asyncio.run(go())
+    offered = smtp_server.handler.pipelining
+    assert pooled is (Pipelined if offered else aiosmtplib.SMTP)
+    assert smtp_server.handler.commands == ["MAIL", "RCPT", "DATA"] * 3
+    assert [r.rcpt_tos for r in smtp_server.handler.received] == [
+        [f"reader{n}@example.net"] for n in range(3)
+    ]
+
+
+def test_pipelined_replies_are_kept_in_order_however_they_arrive() -> None:
+    async def go() -> list[tuple[int, str]]:
+        replies = Replies()
+        replies.data_received(b"250 2.1.0 OK\r\n250-first\r\n25")
+        replies.data_received(b"0 second\r\n354 go on\r\n")
+        got = [await replies.reply(1.0) for _ in range(3)]
+        replies.connection_lost(None)
+        with pytest.raises(aiosmtplib.SMTPServerDisconnected):
+            await replies.reply(1.0)
+        return [(reply.code, reply.message) for reply in got]
+
+    assert asyncio.run(go()) == [(250, "2.1.0 OK"), (250, "first\nsecond"), (354, "go on")]
+
+
+def test_a_pipelining_server_taking_data_after_refusing_the_recipient_gets_no_message() -> None:
+    """RFC 2920 has a server refuse DATA when no recipient was taken; one that answers 354
+    anyway is sent an empty message (the final dot alone), and the refusal stands."""
+    bodies: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"220 lax.example ESMTP\r\n")
+        refuse = True
+        while line := await reader.readline():
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                writer.write(b"250-lax.example\r\n250 PIPELINING\r\n")
+            elif verb == b"RCPT":
+                writer.write(b"550 5.1.1 no such user\r\n" if refuse else b"250 OK\r\n")
+                refuse = False
+            elif verb == b"DATA":
+                writer.write(b"354 go ahead\r\n")  # even with no recipient taken
+                body = b""
+                while (data := await reader.readline()) not in (b".\r\n", b""):
+                    body += data
+                bodies.append(body)
+                writer.write(b"250 OK\r\n")
+            elif verb == b"QUIT":
+                writer.write(b"221 bye\r\n")
+                break
+            else:  # MAIL, RSET
+                writer.write(b"250 OK\r\n")
+        writer.close()
+
+    async def go() -> list[str]:
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        transport = SMTPTransport("127.0.0.1", port, retries=0, local_hostname="t.example")
+        outcomes = []
+        async with server, transport:
+            for n in range(2):
+                to, raw, message_id = message_for(n)
+                try:
+                    await transport.send("digest@example.org", to, raw, message_id)
+                    outcomes.append("sent")
+                except DeliveryError as exc:
+                    outcomes.append("bounced" if exc.permanent else "failed")
+        return outcomes
+
+    assert asyncio.run(go()) == ["bounced", "sent"]
+    assert bodies[0] == b""  # the refused recipient's: nothing of the message
+    assert bodies[1].startswith(b"From: ") and len(bodies) == 2

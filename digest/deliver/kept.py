@@ -29,18 +29,20 @@ class Kept(Generic[K, V]):
         self.size = size
         self.held = 0
         self._items: OrderedDict[K, V] = OrderedDict()
+        self._sizes: dict[K, int] = {}  # each value's size, counted once as it comes in
         self.get = self._items.get
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put(self, key: K, value: V) -> V:
-        before = self._items.get(key)
+        before = self._sizes.get(key)
         if before is not None:
-            self.held -= self.size(before)
+            self.held -= before
         self._items[key] = value
-        self.held += self.size(value)
+        self._sizes[key] = size = self.size(value)
+        self.held += size
         while self.held > self.budget and len(self._items) > 1:
-            _, dropped = self._items.popitem(last=False)
-            self.held -= self.size(dropped)
+            dropped, _ = self._items.popitem(last=False)
+            self.held -= self._sizes.pop(dropped)
         return value

@@ -46,6 +46,7 @@ from digest.clock import as_utc
 from digest.deliver.headers import angle, format_address, header, mailto
 from digest.deliver.kept import Kept, parts_size
 from digest.deliver.qp import Parts, decode, encode, joined
+from digest.deliver.wire import Wire
 from digest.present.paper import (
     DigestView,
     PaperView,
@@ -550,7 +551,8 @@ class MessageBuilder:
         return decode(self._wrap(False, self._shell(view), self._blocks(view)[1]))
 
     def build(self, view: DigestView, now: datetime) -> bytes:
-        """The complete message: headers and a multipart/alternative body (text, then HTML)."""
+        """The complete message: headers and a multipart/alternative body (text, then HTML),
+        in wire form (``Wire``: every line CRLF-ended, none starting with a dot)."""
         context = self._shell(view)
         html_blocks, text_blocks = self._blocks(view)
         text = self._wrap(False, context, text_blocks)
@@ -565,7 +567,7 @@ class MessageBuilder:
             f'--{boundary}\r\nContent-Type: text/%s; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         )
-        return b"".join(
+        message = b"".join(
             (
                 self._from,
                 header("To", format_address(view.to)),
@@ -585,6 +587,7 @@ class MessageBuilder:
                 f"--{boundary}--\r\n".encode(),
             )
         )
+        return Wire(message)
 
 
 def build_message(view: DigestView, sender: Sender, now: datetime) -> bytes:

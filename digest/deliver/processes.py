@@ -4,6 +4,7 @@ sender of its own in the store (its own claims and lease), their outcomes folded
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import pickle
 import signal
@@ -43,8 +44,15 @@ def in_processes(
         context.Process(target=_one_sender, args=(send, results, stopping), daemon=True)
         for _ in range(count)
     ]
-    for child in children:
-        child.start()
+    # What this process holds is set apart from the collector's passes while the senders
+    # fork (``gc.freeze``): they inherit it apart, so their collector never walks it (nor
+    # writes to its pages, which then stay shared with this process).
+    gc.freeze()
+    try:
+        for child in children:
+            child.start()
+    finally:
+        gc.unfreeze()
     answers: list[Delivered | BaseException] = []
     while len(answers) < count:
         if stop is not None and stop.is_set():

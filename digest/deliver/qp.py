@@ -77,10 +77,15 @@ def encode(text: str) -> Parts:
 
 def joined(*pieces: Parts) -> Parts:
     """Encoded pieces one after the other (a piece's last part runs on into the next's first)."""
-    out = list(pieces[0])
-    for piece in pieces[1:]:
-        out[-1] += piece[0]
-        out.extend(piece[1:])
+    out: list[bytes] = []
+    run: list[bytes] = []  # what runs on into one part, joined once (not added up one by one)
+    for piece in pieces:
+        run.append(piece[0])
+        if len(piece) > 1:
+            out.append(b"".join(run))
+            out.extend(piece[1:-1])
+            run = [piece[-1]]
+    out.append(b"".join(run))
     return tuple(out)
 
 

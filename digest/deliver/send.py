@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -401,6 +402,24 @@ async def deliver(
     return result
 
 
+@contextlib.contextmanager
+def sparing_the_collector() -> Iterator[Callable[[], None]]:
+    """For a delivery pass: a call that sets what the process holds so far apart from the
+    garbage collector's passes (``gc.freeze``), made as each batch starts; the pass's end
+    gives it all back (``gc.unfreeze``).
+
+    A pass keeps what it works out for the readers to come (views, marks, blocks: millions
+    of small objects at 20,000 readers), and the collector's full passes went over all of
+    it again each time it had grown by a quarter: 14% of the CPU a message. None of it is
+    cyclic garbage (tuples, strings, bytes and frozen views, let go by reference count), so
+    nothing is left uncollected by setting it apart; cyclic garbage of a batch is collected
+    at the pass's end at the latest."""
+    try:
+        yield gc.freeze
+    finally:
+        gc.unfreeze()
+
+
 async def send_outbox(
     engine: Engine,
     transport: Transport | None,
@@ -430,6 +449,8 @@ async def send_outbox(
     tried: set[int] = set()  # fresh digests that failed are retried ones now: not twice a pass
     sent_batches = 0
     heartbeat.start()
+    spare = contextlib.ExitStack()
+    spare_collector = spare.enter_context(sparing_the_collector())
     try:
         for retried in (False, True):  # the fresh first, then those tried before
             after = 0
@@ -451,6 +472,7 @@ async def send_outbox(
                     continue
                 if active is None:
                     active = open_transport() if transport is None else transport
+                spare_collector()
                 await deliver(
                     engine,
                     outgoing_of(engine, links, waiting),
@@ -472,6 +494,7 @@ async def send_outbox(
                 total.stopped = True
                 return total
     finally:
+        spare.close()
         await heartbeat.stop()
         judge.finish()
         if active is not None and transport is None:

@@ -38,12 +38,16 @@ import aiosmtplib
 from aiosmtplib.email import quote_address
 
 from digest.deliver.mail_files import mail_file_name, mail_folder
+from digest.deliver.pipelining import Pipelined
+from digest.deliver.wire import wire_form
 from digest.errors import ConfigError, DeliveryError
 from digest.files import make_folder, write_private
 from digest.retry import Backoff, TryAgain
 from digest.retry import backoff as retry_backoff
 
 Sleep = Callable[[float], Awaitable[None]]
+# A pooled connection: aiosmtplib's own, or taken over to pipeline (``deliver.pipelining``).
+_Session = aiosmtplib.SMTP | Pipelined
 
 
 class TransportError(DeliveryError):
@@ -242,23 +246,6 @@ class RateLimiter:
 # --- SMTP ---------------------------------------------------------------------------
 
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
-
-
-def _wire(message: bytes) -> bytes:
-    """The message as DATA carries it: CRLF line ends, leading dots doubled (the final dot apart)."""
-    crlf = message.count(b"\r\n")
-    # Counting is a fast C scan; the regex rewrite is only for messages that need it.
-    if message.count(b"\n") != crlf or message.count(b"\r") != crlf:
-        message = _LINE_END.sub(b"\r\n", message)
-    if message.startswith(b".") or b"\n." in message:
-        message = _LEADING_DOT.sub(b"..", message)
-    if not message.endswith(b"\r\n"):
-        message += b"\r\n"
-    return message
-
-
 # An address that is a plain dot-atom addr-spec, which aiosmtplib's quoting returns as is
 # between angle brackets; any other goes through aiosmtplib's own parsing.
 _PLAIN_ADDRESS = re.compile(
@@ -309,6 +296,7 @@ class SMTPTransport(_Closing):
         backoff: Backoff | None = None,
         sleep: Sleep = asyncio.sleep,
         local_hostname: str | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.hostname = hostname
         self.port = port
@@ -321,15 +309,16 @@ class SMTPTransport(_Closing):
         self._backoff = backoff or retry_backoff(0.5, 30.0, jitter=True)
         self._sleep = sleep
         self._local_hostname = local_hostname
+        self._pipelining = pipelining  # when the server offers it (False: never, to compare)
         # ``pace``, when given, spaces the sends instead of ``rate`` in this process alone
         self._limiter: Pace = pace or RateLimiter(rate, sleep=sleep)
         self._slots = asyncio.Semaphore(connections)
-        self._idle: list[aiosmtplib.SMTP] = []
+        self._idle: list[_Session] = []
 
     def __repr__(self) -> str:  # never shows the password
         return f"SMTPTransport({self.hostname}:{self.port}, user={self._username!r})"
 
-    async def _connect(self) -> aiosmtplib.SMTP:
+    async def _connect(self) -> _Session:
         if self._local_hostname is None:
             # getfqdn can block on DNS; aiosmtplib would otherwise repeat it per connection.
             fqdn = await asyncio.to_thread(socket.getfqdn)
@@ -366,6 +355,11 @@ class SMTPTransport(_Closing):
             ) from None
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise TryAgain(self._unreachable(exc), kind="connect") from None
+        if self._pipelining and smtp.supports_extension("pipelining"):
+            try:
+                return Pipelined(smtp, self._timeout)
+            except aiosmtplib.SMTPException as exc:
+                raise TryAgain(self._unreachable(exc), kind="connect") from None
         return smtp
 
     @property
@@ -390,7 +384,7 @@ class SMTPTransport(_Closing):
         detail = next((c.strerror for c in causes if isinstance(c, OSError) and c.strerror), None)
         return f"cannot connect to mail server {where}: {detail or exc}"
 
-    async def _checkout(self) -> tuple[aiosmtplib.SMTP, bool]:
+    async def _checkout(self) -> tuple[_Session, bool]:
         while self._idle:
             smtp = self._idle.pop()
             if smtp.is_connected:
@@ -426,7 +420,7 @@ class SMTPTransport(_Closing):
 
     async def _transaction(
         self,
-        smtp: aiosmtplib.SMTP,
+        smtp: _Session,
         sender_addr: str,
         recipient: str,
         message: bytes,
@@ -435,13 +429,21 @@ class SMTPTransport(_Closing):
     ) -> None:
         if utf8 and not smtp.supports_extension("smtputf8"):
             raise AddressError(f"{recipient}: address needs SMTPUTF8, which {self.where} lacks")
-        wire = _wire(message)
+        wire = wire_form(message)
         # SIZE (RFC 1870) lets a server refuse an oversized message before it is sent.
         options = [f"SIZE={len(wire) + 3}"] if smtp.supports_extension("size") else []
         encoding = "ascii"
         if utf8:
             options.append("SMTPUTF8")
             encoding = "utf-8"
+        if isinstance(smtp, Pipelined):  # MAIL, RCPT and DATA in one round trip
+            await smtp.send(
+                _quoted(sender_addr).encode(encoding),
+                _quoted(recipient).encode(encoding),
+                [option.encode("ascii") for option in options],
+                wire,
+            )
+            return
         # MAIL and RCPT as aiosmtplib's mail() and rcpt() send them, without parsing the
         # same sender's address again for every message (``_quoted``).
         reply = await smtp.execute_command(
@@ -455,7 +457,7 @@ class SMTPTransport(_Closing):
         if reply.code not in (250, 251):
             raise aiosmtplib.SMTPRecipientRefused(reply.code, reply.message, recipient)
         # Not smtp.data(): it rewrites the whole message twice with regexes (line
-        # ends, dot-stuffing), which is most of the CPU a send costs; _wire does
+        # ends, dot-stuffing), which is most of the CPU a send costs; wire_form does
         # that only for messages that need it.
         start = await smtp.execute_command(b"DATA")
         if start.code != 354:
@@ -463,14 +465,14 @@ class SMTPTransport(_Closing):
         protocol = smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("connection lost before the message")
-        protocol.write(wire)
-        protocol.write(b".\r\n")  # apart: appending would copy the whole message again
+        # One write, one send: the copy of the message costs less than a second system call.
+        protocol.write(wire + b".\r\n")
         reply = await protocol.read_response(timeout=self._timeout)
         if reply.code != 250:
             raise aiosmtplib.SMTPDataError(reply.code, reply.message)
 
     @staticmethod
-    async def _reset(smtp: aiosmtplib.SMTP, code: int) -> bool:
+    async def _reset(smtp: _Session, code: int) -> bool:
         """After a refusal, clear the transaction; False when the connection is not reusable."""
         if code == 421 or not smtp.is_connected:  # 421: the server is closing it
             return False
