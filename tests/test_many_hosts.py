@@ -587,6 +587,43 @@ def test_a_claim_is_the_senders_alone_until_its_lease_runs_out(engine: Engine) -
         assert sorted(attempts) == [1, 1, 1]
 
 
+def _leases(engine: Engine) -> dict[int, datetime]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT id, claimed_until FROM digest WHERE status = 'sending'")
+        )
+        return {int(ident): until for ident, until in rows}
+
+
+def test_a_mark_renews_the_other_claims_only_when_asked(engine: Engine) -> None:
+    _outbox_of(engine, 4)
+    lease = timedelta(seconds=60)
+    held = claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=4)
+    first, *rest = [r.digest_id for r in held]
+    before = _leases(engine)
+    later = T0 + lease / 2
+    assert claims.mark_sent(engine, "host-a:1:aa", [first], at=later, lease=lease, renew=False)
+    assert _leases(engine) == {i: before[i] for i in rest}
+    assert claims.mark_sent(engine, "host-a:1:aa", [rest[0]], at=later, lease=lease)
+    assert set(_leases(engine).values()) != {before[rest[1]]}  # renewed, as a heartbeat does
+
+
+def test_a_passs_marks_leave_the_leases_to_the_heartbeat(engine: Engine) -> None:
+    """A group of marks used to rewrite every digest the sender held (a batch) for every
+    few sent; the heartbeat renews them."""
+    _outbox_of(engine, 5)
+    lease = timedelta(seconds=60)
+    held = [r.digest_id for r in claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=5)]
+    before = _leases(engine)
+    marks = Marks(engine, Claim("host-a:1:aa", lease), lambda: T0 + lease / 2)
+
+    async def mark_two() -> list[bool]:
+        return list(await asyncio.gather(marks.sent(held[0]), marks.sent(held[1])))
+
+    assert asyncio.run(mark_two()) == [True, True]
+    assert _leases(engine) == {i: before[i] for i in held[2:]}
+
+
 def test_status_shows_the_senders_their_claims_and_lease_ages(engine: Engine) -> None:
     _outbox_of(engine, 3)
     claims.register(engine, "host-a:1:aa", host="host-a", pid=1, now=T0)

@@ -205,15 +205,22 @@ class Marks:
             return self._mark_once(ids)
 
     def _mark_once(self, ids: list[int]) -> set[int]:
+        # The leases are the heartbeat's to renew: renewing them with every group rewrote
+        # every digest the sender holds (a batch) for every few sent.
         return claims.mark_sent(
-            self.engine, self.claim.sender, ids, at=self.clock(), lease=self.claim.lease
+            self.engine,
+            self.claim.sender,
+            ids,
+            at=self.clock(),
+            lease=self.claim.lease,
+            renew=False,
         )
 
 
 class Heartbeat:
     """Renews the sender's leases every third of a lease while a pass runs, so a long batch
-    (a slow mail server, one that holds each message for seconds) keeps its claims between
-    the marks, which renew them too.
+    (a slow mail server, one that holds each message for seconds) keeps its claims: the
+    marks do not renew them.
 
     It is a task on the pass's own event loop, not a thread: it renews only while the loop
     turns, so a pass stuck for good stops renewing and its digests go to the other senders

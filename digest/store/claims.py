@@ -125,9 +125,12 @@ def mark_sent(
     *,
     at: datetime,
     lease: timedelta,
+    renew: bool = True,
 ) -> set[int]:
-    """Mark these digests sent where ``sender`` still holds them, and renew its other
-    claims' leases, in one transaction; returns the ids marked (the others' claims were lost).
+    """Mark these digests sent where ``sender`` still holds them, and (``renew``) renew its
+    other claims' leases, in one transaction; returns the ids marked (the others' claims were
+    lost). Renewing rewrites every row the sender holds, a batch of them: a sender whose
+    leases a heartbeat renews marks without it.
 
     The sender's name stays on a sent digest: it says who sent it, and a mark written again
     (its first commit's answer was lost with the connection) finds the row still its own.
@@ -156,11 +159,12 @@ def mark_sent(
                         attempts=col(Digest.attempts) + 1,
                     )
                 )
-        conn.execute(
-            sa.update(Digest)
-            .where(col(Digest.claimed_by) == sender, col(Digest.status) == "sending")
-            .values(claimed_until=at + lease)
-        )
+        if renew:
+            conn.execute(
+                sa.update(Digest)
+                .where(col(Digest.claimed_by) == sender, col(Digest.status) == "sending")
+                .values(claimed_until=at + lease)
+            )
         conn.execute(
             sa.update(_SENDER)
             .where(_SENDER.c.name == sender)
