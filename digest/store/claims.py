@@ -10,8 +10,8 @@ digests to the others after at most one lease.
 A digest is marked sent only while its claim holds (``claimed_by`` is still the sender):
 a sender that lost a claim (its lease ran out and another took the digest) learns it from
 the rows its mark did not touch, and the digest is never marked twice. Marks are written
-in groups, one transaction for every message the sender's connections finished meanwhile,
-and each group renews the sender's remaining leases.
+in groups, one transaction for every message the sender's connections finished meanwhile;
+the sender's heartbeat renews its remaining leases.
 
 ``sender`` holds one row per sender at work, with its heartbeat, for ``digest status``.
 """
@@ -118,6 +118,36 @@ def claim(
     ]
 
 
+# A sender writes its marks every few messages: the statements are built once, not for
+# every group (building them cost more than running them).
+_HELD = sa.select(col(Digest.id)).where(
+    col(Digest.id).in_(sa.bindparam("ids", expanding=True)),
+    col(Digest.claimed_by) == sa.bindparam("sender"),
+    col(Digest.status).in_((*_WAITING, "sent")),
+)
+_SENT = (
+    sa.update(Digest)
+    .where(col(Digest.id).in_(sa.bindparam("ids", expanding=True)), col(Digest.status) != "sent")
+    .values(
+        status="sent",
+        sent_at=sa.bindparam("at"),
+        last_error=None,
+        claimed_until=None,
+        attempts=col(Digest.attempts) + 1,
+    )
+)
+_RENEW = (
+    sa.update(Digest)
+    .where(col(Digest.claimed_by) == sa.bindparam("sender"), col(Digest.status) == "sending")
+    .values(claimed_until=sa.bindparam("until"))
+)
+_SEEN = (
+    sa.update(_SENDER)
+    .where(_SENDER.c.name == sa.bindparam("sender"))
+    .values(seen_at=sa.bindparam("at"), sent=_SENDER.c.sent + sa.bindparam("count"))
+)
+
+
 def mark_sent(
     engine: Engine,
     sender: str,
@@ -140,36 +170,13 @@ def mark_sent(
     with transaction(engine) as conn:
         marked: set[int] = set()
         if ids:
-            mine = col(Digest.claimed_by) == sender
-            found: Any = conn.execute(
-                sa.select(col(Digest.id)).where(
-                    col(Digest.id).in_(ids), mine, col(Digest.status).in_((*_WAITING, "sent"))
-                )
-            )
+            found: Any = conn.execute(_HELD, {"ids": ids, "sender": sender})
             marked = {int(row[0]) for row in found}
             if marked:
-                conn.execute(
-                    sa.update(Digest)
-                    .where(col(Digest.id).in_(marked), col(Digest.status) != "sent")
-                    .values(
-                        status="sent",
-                        sent_at=at,
-                        last_error=None,
-                        claimed_until=None,
-                        attempts=col(Digest.attempts) + 1,
-                    )
-                )
+                conn.execute(_SENT, {"ids": sorted(marked), "at": at})
         if renew:
-            conn.execute(
-                sa.update(Digest)
-                .where(col(Digest.claimed_by) == sender, col(Digest.status) == "sending")
-                .values(claimed_until=at + lease)
-            )
-        conn.execute(
-            sa.update(_SENDER)
-            .where(_SENDER.c.name == sender)
-            .values(seen_at=at, sent=_SENDER.c.sent + len(marked))
-        )
+            conn.execute(_RENEW, {"sender": sender, "until": at + lease})
+        conn.execute(_SEEN, {"sender": sender, "at": at, "count": len(marked)})
     return marked
 
 
