@@ -40,7 +40,7 @@ from digest.store import claims, outbox, unsent
 from digest.store.outbox import Planned, record
 from digest.store.subscribers import list_subscribers
 from tests.conftest import EXAMPLE_B as DUMP_B
-from tests.conftest import POSTGRES_URL, Site, drop_database, make_site
+from tests.conftest import POSTGRES_URL, Site, drop_database, make_site, open_store
 from tests.smtp_server import SMTPServer, start_server
 from tests.test_service import PEOPLE, wait_until
 
@@ -622,6 +622,34 @@ def test_a_passs_marks_leave_the_leases_to_the_heartbeat(engine: Engine) -> None
 
     assert asyncio.run(mark_two()) == [True, True]
     assert _leases(engine) == {i: before[i] for i in held[2:]}
+
+
+def test_marks_through_sqlites_driver_write_what_sqlalchemys_statements_write(
+    tmp_path: Path,
+) -> None:
+    stores = [open_store(f"sqlite:///{tmp_path / name}.db") for name in ("core", "driver")]
+    lease = timedelta(seconds=60)
+    tables = []
+    for store, mark in zip(stores, (claims._mark, claims._mark_sqlite), strict=True):
+        _outbox_of(store, 6)
+        claims.register(store, "host-a:1:aa", host="host-a", pid=1, now=T0)
+        held = [
+            r.digest_id for r in claims.claim(store, "host-a:1:aa", now=T0, lease=lease, limit=5)
+        ]
+        at = T0 + lease / 3
+        assert mark(store, "host-a:1:aa", held[:2], at=at, until=None) == set(held[:2])
+        assert mark(store, "host-a:1:aa", held[1:3], at=at, until=at + lease) == set(held[1:3])
+        assert mark(store, "host-b:2:bb", held[3:], at=at, until=None) == set()  # not its own
+        with store.connect() as conn:
+            tables.append(
+                [
+                    conn.execute(sa.text(f"SELECT * FROM {table} ORDER BY 1")).all()
+                    for table in ("digest", "sender")
+                ]
+            )
+        store.dispose()
+    assert tables[0] == tables[1]
+    assert [row.status for row in tables[0][0]].count("sent") == 3
 
 
 def test_status_shows_the_senders_their_claims_and_lease_ages(engine: Engine) -> None:
