@@ -29,6 +29,7 @@ from markupsafe import escape
 
 from digest.clock import as_utc
 from digest.errors import WriteError
+from digest.feeds.staged import FEED_FILE, write_pieces
 from digest.feeds.xml import READER as READER
 from digest.feeds.xml import Entry, Head, document, entries, head
 from digest.feeds.xml import FeedItem as FeedItem
@@ -50,7 +51,6 @@ from digest.rank.highlight import mark
 # feeds' folder only opens by name (a private feed's name is its secret).
 FEEDS_FOLDER = 0o755
 PRIVATE_FEEDS_FOLDER = 0o711
-FEED_FILE = 0o644
 GUID_DATE = "2024"  # part of every tag: guid; changing it would re-announce every paper
 
 _HASH_COMMENT = re.compile(rb"<!-- digest-content: ([0-9a-f]{64}) -->")
@@ -240,7 +240,7 @@ def write_atomically(
         raise WriteError(f"cannot write the feed {path}: {exc.strerror or exc}") from None
     try:
         try:
-            _write_all(fd, [data] if isinstance(data, bytes) else data)
+            write_pieces(fd, [data] if isinstance(data, bytes) else data)
             # mkstemp makes 0600; feeds are served by a web server (their content is public,
             # a private feed's name is its secret: see ``publish``)
             os.fchmod(fd, FEED_FILE)
@@ -253,20 +253,6 @@ def write_atomically(
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-
-
-_PIECES_AT_ONCE = 512  # under every system's IOV_MAX
-
-
-def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
-    """Write the pieces in order, as one buffer would be, without joining them first."""
-    for start in range(0, len(pieces), _PIECES_AT_ONCE):
-        batch = pieces[start : start + _PIECES_AT_ONCE]
-        done = os.writev(fd, batch)
-        if done < sum(map(len, batch)):  # a short write: the rest one piece at a time
-            rest = memoryview(b"".join(batch))[done:]
-            while rest:
-                rest = rest[os.write(fd, rest) :]
 
 
 def stored_hash(path: Path) -> str | None:

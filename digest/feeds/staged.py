@@ -120,7 +120,7 @@ class StagedFolder:
             ) from None
         try:
             try:
-                _write_all(fd, pieces)
+                write_pieces(fd, pieces)
                 if self._chmod:
                     os.fchmod(fd, FEED_FILE)
             finally:
@@ -179,7 +179,7 @@ class StagedFolder:
                 os.unlink(temp, dir_fd=folder)
 
 
-def _write_all(fd: int, pieces: Sequence[bytes]) -> None:
+def write_pieces(fd: int, pieces: Sequence[bytes]) -> None:
     """Write the pieces in order, as one buffer would be, without joining them first."""
     for start in range(0, len(pieces), _PIECES_AT_ONCE):
         batch = pieces[start : start + _PIECES_AT_ONCE]
