@@ -323,9 +323,9 @@ def _write_private_files(files: PrivateFiles, readers: Sequence[PrivateJob], pro
     try:
         for share in forks.fork_map(functools.partial(_write_private, files), readers, processes):
             staged.extend(share)
-        files.staged.commit(staged + files.staged.take())
+        files.staged.commit(staged)
     except BaseException:
-        files.staged.discard(staged + files.staged.take())
+        files.staged.discard(staged)
         raise
     finally:
         files.staged.close()
