@@ -31,7 +31,7 @@ from sqlmodel import col
 
 from digest.clock import as_utc
 from digest.errors import StoreError
-from digest.store.engine import reading, transaction
+from digest.store.engine import driver_form, reading, transaction
 from digest.store.models import Digest, Subscriber
 from digest.store.outbox import OutboxRow
 
@@ -235,8 +235,8 @@ def _marks(count: int) -> str:
 def _sqlite_statements(dialect: sa.Dialect) -> tuple[str, str, str, str, Any, Any]:
     """The four statements as the driver takes them (``{}`` where a list of ids goes), and
     how the digest's times and the sender's are written."""
-    stamp = Digest.__table__.c.sent_at.type.dialect_impl(dialect).bind_processor(dialect)  # type: ignore[attr-defined]
-    seen_stamp = _SENDER.c.seen_at.type.dialect_impl(dialect).bind_processor(dialect)
+    stamp = driver_form(dialect, Digest.__table__.c.sent_at)  # type: ignore[attr-defined]
+    seen_stamp = driver_form(dialect, _SENDER.c.seen_at)
     held = (
         "SELECT digest.id FROM digest WHERE digest.id IN ({}) AND digest.claimed_by = ?"
         f" AND digest.status IN ({', '.join(repr(s) for s in (*_WAITING, 'sent'))})"
@@ -251,11 +251,7 @@ def _sqlite_statements(dialect: sa.Dialect) -> tuple[str, str, str, str, Any, An
         " AND digest.status = 'sending'"
     )
     seen = "UPDATE sender SET seen_at = ?, sent = (sender.sent + ?) WHERE sender.name = ?"
-    return held, sent, renew, seen, stamp or _same, seen_stamp or _same
-
-
-def _same(value: Any) -> Any:
-    return value
+    return held, sent, renew, seen, stamp, seen_stamp
 
 
 def heartbeat(engine: Engine, sender: str, *, at: datetime, lease: timedelta) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -237,6 +237,17 @@ def reading(engine: Engine) -> Iterator[Connection]:
     with engine.connect() as conn:
         conn.execution_options(digest_reading=True)
         yield conn
+
+
+def driver_form(dialect: sa.Dialect, column: sa.ColumnElement[Any]) -> Callable[[Any], Any]:
+    """A value of ``column`` as SQLAlchemy sends it to the driver (None as None): for
+    statements run through the driver itself, which store the same text."""
+    # The type as this dialect implements it: what SQLAlchemy's own statements convert with
+    # (the type's ``bind_processor`` alone writes times with their offset on SQLite).
+    convert = column.type.dialect_impl(dialect).bind_processor(dialect)
+    if convert is None:
+        return lambda value: value
+    return lambda value: None if value is None else convert(value)
 
 
 @contextmanager

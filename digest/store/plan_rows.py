@@ -13,7 +13,7 @@ on update), take ``outbox.record`` itself. ``planning`` is a run's transaction f
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from functools import cache
@@ -26,7 +26,7 @@ from sqlalchemy.exc import OperationalError
 from digest.clock import as_utc
 from digest.errors import StoreError
 from digest.store import outbox
-from digest.store.engine import transaction
+from digest.store.engine import driver_form, transaction
 from digest.store.models import Digest, Subscriber
 from digest.store.outbox import Planned
 
@@ -116,9 +116,11 @@ def record(
         outbox.record(conn, planned, period=period, now=now, run_id=run_id)
         return
     now = as_utc(now, naive="refuse")
-    stamp, day, moment = (_sent(conn, column) for column in _CONVERTED)
+    stamp, day, moment = (driver_form(conn.dialect, column) for column in _CONVERTED)
     names = (*_SET, *defaults)
-    fixed = tuple(_sent(conn, _DIGEST.c[name])(value) for name, value in defaults.items())
+    fixed = tuple(
+        driver_form(conn.dialect, _DIGEST.c[name])(value) for name, value in defaults.items()
+    )
     stored_period, created = day(period), stamp(now)
     rows: list[tuple[Any, ...]] = []
     for p in planned:
@@ -159,13 +161,3 @@ def _constant_defaults() -> dict[str, Any] | None:
         if any(column.onupdate is not None for column in table.columns):
             return None
     return out
-
-
-def _sent(conn: Connection, column: sa.Column[Any]) -> Callable[[Any], Any]:
-    """A value of ``column`` as SQLAlchemy sends it to the driver (None as None)."""
-    # The type as this dialect implements it: what SQLAlchemy's own statements convert with
-    # (the type's ``bind_processor`` alone writes times with their offset on SQLite).
-    convert = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-    if convert is None:
-        return lambda value: value
-    return lambda value: None if value is None else convert(value)
