@@ -371,7 +371,7 @@ def measure_daily(folder: Path, store: Path, daily: Path, profile: Path | None) 
     )
     print(
         f"then the close:     {close_s:7.3f} s  ({close_cpu:.3f} s CPU)  checkpoints what the"
-        f" WAL holds ({wal_mb:.1f} MB)"
+        f" WAL holds still (WAL file {wal_mb:.1f} MB)"
     )
     print(f"peak RSS:           {peak_rss_mb():7.0f} MB")
 
