@@ -291,8 +291,9 @@ def measure_backfill(folder: Path, snapshot: Path, store: Path) -> None:
     clock = Clock()
     started = time.perf_counter()
     backfill = ingest_file(engine, snapshot, clock=clock, defer_index=True)
-    # An ingest's commit leaves the checkpoint for later; the floor's commit makes it: timed
-    # here too, so both sides copy their pages into the database.
+    # The floor's commit checkpoints; an ingest's does past a bound of pages (a back-fill's
+    # does), else leaves it for later: made here within the time either way, so both sides
+    # copy their pages into the database.
     checkpoint(engine)
     backfill_s = time.perf_counter() - started
     assert backfill.status == "ok", backfill.error

@@ -16,6 +16,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+import digest.store.engine as engine_module
 from digest.ingest.dumps import Clock, ingest_file
 from digest.store.engine import open_store
 from digest.store.papers import keep_counts
@@ -162,5 +165,24 @@ def test_the_connection_checkpoints_again_after_an_ingest(tmp_path: Path) -> Non
             keep_counts(conn, "{}")  # any write of another transaction
         assert settings == before == [1000, 1]
         assert database_file_alone(db, tmp_path / "after") == (PAPERS, 1)
+    finally:
+        engine.dispose()
+
+
+def test_a_dump_checkpoints_at_its_commit_once_the_wal_holds_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The WAL does not grow without end while dumps go in one after another (nor does a
+    back-fill's commit leave its gigabytes there): past ``BULK_CHECKPOINT_PAGES`` the
+    commit checkpoints as any other does."""
+    monkeypatch.setattr(engine_module, "BULK_CHECKPOINT_PAGES", 1_000)
+    db = tmp_path / "store.db"
+    open_store(f"sqlite:///{db}").dispose()
+    engine = open_store(f"sqlite:///{db}")
+    try:
+        result = ingest_file(engine, write_dump(tmp_path / "daily.txt", PAPERS), clock=Clock())
+        assert result.status == "ok"
+        assert Path(f"{db}-wal").stat().st_size > 1_000 * 4096  # past the bound ...
+        assert database_file_alone(db, tmp_path / "alone") == (PAPERS, 1)  # ... so copied
     finally:
         engine.dispose()

@@ -260,11 +260,18 @@ def transaction(engine: Engine) -> Iterator[Connection]:
         raise StoreError(f"database error: {exc.orig}") from None
 
 
+# A dump's commit checkpoints only when the WAL holds this many pages (200 MB at SQLite's
+# 4 KB pages): a back-fill's commit still does, and dumps ingested one after another leave
+# no more than this, and one dump, waiting in the WAL.
+BULK_CHECKPOINT_PAGES = 50_000
+
+
 @contextmanager
 def bulk_transaction(engine: Engine) -> Iterator[Connection]:
     """A write transaction of many pages (a dump's papers and their index entries). On SQLite
     its commit syncs the WAL, and copying the pages into the database (the checkpoint) is
-    left to a later commit or to the connection's close.
+    left to a later commit or to the connection's close, unless the WAL holds
+    ``BULK_CHECKPOINT_PAGES`` by then.
 
     A commit that leaves more than ``wal_autocheckpoint`` pages (a thousand) in the WAL
     checkpoints at once, before it returns: it reads every page back from the WAL, writes
@@ -286,7 +293,7 @@ def bulk_transaction(engine: Engine) -> Iterator[Connection]:
         autocheckpoint = raw.execute("PRAGMA wal_autocheckpoint").fetchall()[0][0]
         synchronous = raw.execute("PRAGMA synchronous").fetchall()[0][0]
         try:
-            raw.execute("PRAGMA wal_autocheckpoint=0")
+            raw.execute(f"PRAGMA wal_autocheckpoint={int(BULK_CHECKPOINT_PAGES)}")
             raw.execute("PRAGMA synchronous=FULL")
             with conn.begin():
                 yield conn

@@ -29,8 +29,8 @@ class AlreadyIngested(Exception):
 def ingesting(engine: Engine) -> Iterator[Connection]:
     """The write transaction of one dump, holding the write lock from the start;
     ``AlreadyIngested`` when another process committed the same papers or bytes meanwhile.
-    Its commit is on disk when it returns, and leaves the checkpoint for later
-    (``bulk_transaction``)."""
+    Its commit is on disk when it returns, and leaves the checkpoint for later unless the
+    WAL is full enough (``bulk_transaction``)."""
     try:
         with bulk_transaction(engine) as conn:
             write_lock(conn)
