@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from digest.clock import as_utc
-from digest.store.engine import reading, transaction, write_lock
+from digest.store.engine import bulk_transaction, reading, transaction, write_lock
 from digest.store.models import Dump, DumpPaper, SourceState
 
 _DUMP = Dump.__table__  # type: ignore[attr-defined]
@@ -28,9 +28,11 @@ class AlreadyIngested(Exception):
 @contextmanager
 def ingesting(engine: Engine) -> Iterator[Connection]:
     """The write transaction of one dump, holding the write lock from the start;
-    ``AlreadyIngested`` when another process committed the same papers or bytes meanwhile."""
+    ``AlreadyIngested`` when another process committed the same papers or bytes meanwhile.
+    Its commit is on disk when it returns, and leaves the checkpoint for later unless the
+    WAL is full enough (``bulk_transaction``)."""
     try:
-        with transaction(engine) as conn:
+        with bulk_transaction(engine) as conn:
             write_lock(conn)
             yield conn
     except IntegrityError:
