@@ -71,6 +71,10 @@ try:
 except ImportError:  # the code before it
     item_views = None
 try:
+    from digest.deliver.plan import readers_alike
+except ImportError:  # the code before it: the readers' own order
+    readers_alike = None
+try:
     from digest.deliver.processes import senders_for
 except ImportError:  # the code before it: one sender
 
@@ -156,6 +160,9 @@ def make_day(args: argparse.Namespace) -> list[Digest]:
     stats = CorpusStats.from_texts((p.title, p.abstract) for p in day)
     profiles = subscribers(rng, interest_pool(rng, real), args.digests)
     ranked = rank(day, profiles, stats)
+    if readers_alike is not None:  # the outbox in the order a run plans it
+        alike = readers_alike({p.id: p for p in profiles})
+        profiles.sort(key=lambda p: alike(p.id))
     digests = []
     for profile in profiles:
         items = [
