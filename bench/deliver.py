@@ -71,6 +71,10 @@ try:
 except ImportError:  # the code before it
     item_views = None
 try:
+    from digest.deliver.send import SPARE_EVERY
+except ImportError:  # the code before it: set apart once a batch
+    SPARE_EVERY = 10**12
+try:
     from digest.deliver.plan import readers_alike
 except ImportError:  # the code before it: the readers' own order
     readers_alike = None
@@ -228,10 +232,15 @@ async def send_batches(
     )  # fmt: skip
     sent_bytes = 0
 
-    async def worker(queue: list[DigestView]) -> None:
-        nonlocal sent_bytes
+    built = 0
+
+    async def worker(queue: list[DigestView], spare: Callable[[], None]) -> None:
+        nonlocal sent_bytes, built
         while queue:  # shared: each digest goes to one worker
             view = queue.pop()
+            built += 1
+            if built % SPARE_EVERY == 0:
+                spare()  # as deliver.send.deliver does
             raw = builder.build(view, NOW)
             sent_bytes += len(raw)
             await transport.send("digest@example.org", view.to, raw, view.message_id)
@@ -243,7 +252,7 @@ async def send_batches(
                 getattr(builder, "next_batch", lambda: None)()  # as deliver.send.deliver does
                 queue = views_of(links, digests[at : at + BATCH])[::-1]
                 # Twice as many workers as connections so building overlaps waiting on the sink.
-                await asyncio.gather(*(worker(queue) for _ in range(connections * 2)))
+                await asyncio.gather(*(worker(queue, spare) for _ in range(connections * 2)))
     return sent_bytes
 
 
