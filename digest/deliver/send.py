@@ -107,11 +107,14 @@ class Delivered:
 
 
 def paper_views(
-    conn: Connection, digest_ids: Sequence[int], base_url: str | None = None
+    conn: Connection,
+    digest_ids: Sequence[int],
+    base_url: str | None = None,
+    papers: outbox.PapersRead | None = None,
 ) -> dict[int, list[PaperView]]:
     """The papers of each digest, in rank order, as the email shows them (linking to their
-    pages at ``base_url``)."""
-    return item_views(outbox.items_of(conn, digest_ids), base_url)
+    pages at ``base_url``); ``papers``: those read for a pass's batches before."""
+    return item_views(outbox.items_of(conn, digest_ids, papers), base_url)
 
 
 def item_views(
@@ -119,8 +122,9 @@ def item_views(
 ) -> dict[int, list[PaperView]]:
     """Each digest's items as views: an item alike in paper, score and explanation is one
     view, shared by every digest that carries it (``stored_view``)."""
-    # A batch's rows share one object per paper (``items_of``): an item met again in the
-    # batch is found by that object, without hashing the row's fields for the shared cache.
+    # A batch's rows share one object per paper (``items_of``; a pass's batches, with
+    # ``PapersRead``): an item met again is found by that object, without hashing the
+    # row's fields for the shared cache.
     met: dict[tuple[int, float, str], PaperView] = {}
     views: dict[int, list[PaperView]] = {}
     for digest_id, rows in items.items():
@@ -134,10 +138,16 @@ def item_views(
     return views
 
 
-def outgoing_of(engine: Engine, links: Links, rows: Sequence[outbox.OutboxRow]) -> list[Outgoing]:
-    """The claimed digests ``rows`` as the emails show them."""
+def outgoing_of(
+    engine: Engine,
+    links: Links,
+    rows: Sequence[outbox.OutboxRow],
+    read: outbox.PapersRead | None = None,
+) -> list[Outgoing]:
+    """The claimed digests ``rows`` as the emails show them; ``read``: the papers read for
+    the pass's batches before (``outbox.PapersRead``)."""
     with reading(engine) as conn:
-        papers = paper_views(conn, [r.digest_id for r in rows], links.base_url)
+        papers = paper_views(conn, [r.digest_id for r in rows], links.base_url, read)
         conn.rollback()
     outgoing = []
     for row in rows:
@@ -467,6 +477,7 @@ async def send_outbox(
     tried: set[int] = set()  # fresh digests that failed are retried ones now: not twice a pass
     sent_batches = 0
     heartbeat.start()
+    read = outbox.PapersRead()  # each paper read once a pass
     spare = contextlib.ExitStack()
     spare_collector = spare.enter_context(sparing_the_collector())
     try:
@@ -493,7 +504,7 @@ async def send_outbox(
                 spare_collector()
                 await deliver(
                     engine,
-                    outgoing_of(engine, links, waiting),
+                    outgoing_of(engine, links, waiting, read),
                     builder,
                     active,
                     sender_addr=sender_addr,
