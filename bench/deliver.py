@@ -41,7 +41,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from email.message import EmailMessage
@@ -70,6 +70,14 @@ try:
     from digest.deliver.send import item_views
 except ImportError:  # the code before it
     item_views = None
+try:
+    from digest.deliver.send import SPARE_EVERY
+except ImportError:  # the code before it: set apart once a batch
+    SPARE_EVERY = 10**12
+try:
+    from digest.deliver.plan import readers_alike
+except ImportError:  # the code before it: the readers' own order
+    readers_alike = None
 try:
     from digest.deliver.processes import senders_for
 except ImportError:  # the code before it: one sender
@@ -156,6 +164,9 @@ def make_day(args: argparse.Namespace) -> list[Digest]:
     stats = CorpusStats.from_texts((p.title, p.abstract) for p in day)
     profiles = subscribers(rng, interest_pool(rng, real), args.digests)
     ranked = rank(day, profiles, stats)
+    if readers_alike is not None:  # the outbox in the order a run plans it
+        alike = readers_alike({p.id: p for p in profiles})
+        profiles.sort(key=lambda p: alike(p.id))
     digests = []
     for profile in profiles:
         items = [
@@ -205,7 +216,7 @@ def views_of(links: Links, digests: Sequence[Digest]) -> list[DigestView]:
 async def send_batches(
     builder: MessageBuilder,
     digests: list[Digest],
-    starts: Sequence[int],
+    starts: Iterable[int],
     port: int,
     connections: int,
 ) -> int:
@@ -221,10 +232,15 @@ async def send_batches(
     )  # fmt: skip
     sent_bytes = 0
 
-    async def worker(queue: list[DigestView]) -> None:
-        nonlocal sent_bytes
+    built = 0
+
+    async def worker(queue: list[DigestView], spare: Callable[[], None]) -> None:
+        nonlocal sent_bytes, built
         while queue:  # shared: each digest goes to one worker
             view = queue.pop()
+            built += 1
+            if built % SPARE_EVERY == 0:
+                spare()  # as deliver.send.deliver does
             raw = builder.build(view, NOW)
             sent_bytes += len(raw)
             await transport.send("digest@example.org", view.to, raw, view.message_id)
@@ -236,20 +252,34 @@ async def send_batches(
                 getattr(builder, "next_batch", lambda: None)()  # as deliver.send.deliver does
                 queue = views_of(links, digests[at : at + BATCH])[::-1]
                 # Twice as many workers as connections so building overlaps waiting on the sink.
-                await asyncio.gather(*(worker(queue) for _ in range(connections * 2)))
+                await asyncio.gather(*(worker(queue, spare) for _ in range(connections * 2)))
     return sent_bytes
 
 
 def _share(
     builder: MessageBuilder,
     digests: list[Digest],
-    starts: Sequence[int],
+    claims: Any,
     port: int,
     connections: int,
     out: Any,
 ) -> None:
-    sent = asyncio.run(send_batches(builder, digests, starts, port, connections))
+    sent = asyncio.run(
+        send_batches(builder, digests, _claimed(claims, len(digests)), port, connections)
+    )
     out.put((sent, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+
+
+def _claimed(claims: Any, total: int) -> Iterator[int]:
+    """The batches this sender claims, one at a time as it is ready for the next, as a
+    run's senders claim the outbox (``store.claims``): where the next starts is shared."""
+    while True:
+        with claims.get_lock():
+            at = claims.value
+            claims.value = at + BATCH
+        if at >= total:
+            return
+        yield at
 
 
 def ours(
@@ -257,7 +287,8 @@ def ours(
 ) -> tuple[float, float, int, int]:
     """Every digest made into views, built and sent, from ``processes`` forked senders as a
     run sends them (``deliver.processes.senders_for``): the first batch from here, then each
-    sender every so many of the rest over its share of the connections, with the builder
+    sender the next batch of the rest as it is ready for one (``_claimed``), over its share of
+    the connections, with the builder
     as the first batch left it; returns wall seconds, CPU seconds (the senders' too), bytes sent and
     the largest sender's peak RSS in KB (forked: what it touched of the day set up before)."""
     starts = range(0, len(digests), BATCH)
@@ -269,14 +300,13 @@ def ours(
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     else:
         first = asyncio.run(send_batches(builder, digests, starts[:1], port, connections))
-        rest = starts[1:]
+        print(f"first batch, from this process: {time.perf_counter() - started:.2f} s")
         context = multiprocessing.get_context("fork")
         out = context.SimpleQueue()
+        claims = context.Value("q", BATCH)  # the rest, a batch at a time to whoever is ready
         share = max(1, connections // processes)
         senders = [
-            context.Process(
-                target=_share, args=(builder, digests, rest[i::processes], port, share, out)
-            )
+            context.Process(target=_share, args=(builder, digests, claims, port, share, out))
             for i in range(processes)
         ]
         if SPARES_THE_COLLECTOR:

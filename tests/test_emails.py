@@ -415,3 +415,18 @@ def test_a_header_value_is_folded_as_the_two_passes_fold_it(value: str) -> None:
     """Values with nothing to fold skip the regex passes: the same result either way."""
     control = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]+")
     assert clean_header(value) == re.sub(r"\s+", " ", control.sub(" ", value)).strip()
+
+
+_LINKISH = st.sampled_from(
+    ["https://", "HTTP://", "http://", "www.", "WWW.", "github.com/", "GitHub.Com/", "gitlab.com/",
+     "huggingface.co/", "codeberg.org/", "xgithub.com/", "a", "Z", "_", ".", ")", "(", " ", "\n",
+     "/", "é", "ſ", "İ", "K", "lab/x", "Code", "]"]
+)  # fmt: skip
+
+
+@given(st.lists(_LINKISH, max_size=40).map("".join))
+def test_links_are_found_as_the_case_blind_pattern_finds_them(text: str) -> None:
+    # "é " in front: the text is not ASCII, so read by the pattern with case ignored, over
+    # the text as written; ASCII text is lowered and matched as it is
+    assert find_links(text) == find_links("é " + text)
+    assert find_links(text.upper()) == find_links("é " + text.upper())

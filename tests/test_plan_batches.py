@@ -153,6 +153,50 @@ def test_the_outbox_a_run_writes_in_batches_is_the_one_it_wrote_at_once(
     assert len(written[0][1]) > 20
 
 
+def test_readers_who_share_an_interest_are_planned_side_by_side() -> None:
+    profiles = {
+        1: Profile(1, ("speech", "graphs")),
+        2: Profile(2, ("diffusion", "mine alone")),
+        3: Profile(3, ("speech",)),
+        4: Profile(4, ("graphs", "diffusion", "speech")),
+        5: Profile(5, ("diffusion", "graphs")),
+        6: Profile(6, ("also mine alone",)),
+    }
+    alike = plan.readers_alike(profiles)
+    # "graphs" is held by three readers, "diffusion" by three, "speech" by three; an
+    # interest held by one reader alone does not place them
+    assert alike(2) == (("diffusion",), 2)
+    assert alike(6) == ((), 6)
+    assert alike(4) == (("diffusion", "graphs", "speech"), 4)
+    order = sorted(profiles, key=alike)
+    assert order == [6, 2, 5, 4, 1, 3]
+    # the readers of the rarest shared interest first, next to each other
+    rare = {7: Profile(7, ("speech", "cells")), 8: Profile(8, ("cells", "graphs"))}
+    order = sorted({**profiles, **rare}, key=plan.readers_alike({**profiles, **rare}))
+    assert abs(order.index(8) - order.index(7)) == 1
+
+
+def test_the_outbox_is_written_readers_alike_first(
+    settings: Settings, readers: Engine, tmp_path: Path
+) -> None:
+    ingest_inbox(readers, settings.inbox, clock=ticking(datetime(2026, 3, 12, 6, 0, tzinfo=UTC)))
+    now = datetime(2026, 3, 12, 7, 0, tzinfo=UTC)
+    with readers.connect() as conn:
+        plans = plan.owed_plans(conn, period=DAY, batch=3)
+        plan.record_plans(
+            conn, plans, period=DAY, now=now, key=b"k" * 32, mail_from="d@x.org", run_id=None
+        )
+        ids = [r[0] for r in conn.execute(sa.text("SELECT subscriber_id FROM digest ORDER BY id"))]
+        interests = {
+            int(row.id): tuple(json.loads(row.interests))
+            for row in conn.execute(sa.text("SELECT id, interests FROM subscriber"))
+        }
+        conn.rollback()
+    profiles = {sid: Profile(sid, interests[sid]) for sid in ids}
+    assert ids == sorted(ids, key=plan.readers_alike(profiles))
+    assert ids != sorted(ids)  # the order is not the readers' own
+
+
 def outbox_rows_in(conn: Any) -> list[tuple[Any, ...]]:
     return [
         tuple(row)

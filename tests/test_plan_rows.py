@@ -149,3 +149,35 @@ def test_a_plan_transaction_that_fails_gives_the_checks_back(waiting: Engine) ->
         assert _foreign_keys(conn) == 1
         assert conn.exec_driver_sql("SELECT count(*) FROM digestitem").scalar_one() > 0
         conn.rollback()
+
+
+def test_a_pass_reads_each_paper_once_and_gets_the_items_a_batch_gets(
+    waiting: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[list[int]] = []
+    by_ids = outbox.by_ids
+
+    def counting(conn: Connection, ids: Any) -> Any:
+        asked.append(list(ids))
+        return by_ids(conn, ids)
+
+    monkeypatch.setattr(outbox, "by_ids", counting)
+    with waiting.connect() as conn:
+        ids = [int(i) for i in conn.execute(sa.text("SELECT id FROM digest ORDER BY id")).scalars()]
+        alone = [outbox.items_of(conn, [i]) for i in ids]  # each batch its own read
+        read = outbox.PapersRead()
+        asked.clear()
+        shared = [outbox.items_of(conn, [i], read) for i in ids]
+        conn.rollback()
+    assert shared == alone and sum(len(items[i]) for items, i in zip(shared, ids, strict=True)) > 5
+    papers = [paper for batch in asked for paper in batch]
+    assert len(papers) == len(set(papers)) == len(read.rows)  # each read once in the pass
+    # a paper in two batches is the one object in both
+    rows = [item.paper for items in shared for rows in items.values() for item in rows]
+    assert len({id(row) for row in rows}) == len({row.id for row in rows}) < len(rows)
+    # held to a size: past it, what was kept goes and is read again
+    small = outbox.PapersRead(most=1)
+    with waiting.connect() as conn:
+        again = [outbox.items_of(conn, [i], small) for i in ids]
+        conn.rollback()
+    assert again == alone and len(small.rows) < len(read.rows)

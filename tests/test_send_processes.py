@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from digest import forks
-from digest.deliver import processes
+from digest.deliver import processes, send
 from digest.deliver.processes import in_processes, senders_for
 from digest.deliver.send import Delivered
 from digest.deliver.transports import RecordingTransport
@@ -126,3 +126,22 @@ def test_a_pass_sets_what_it_holds_apart_from_the_collector_until_it_ends(
     assert report.delivered.sent == len(transport.sent) > 0
     assert min(transport.frozen) > 0  # set apart as the batch started
     assert gc.get_freeze_count() == 0  # all given back when the pass ended
+
+
+def test_a_pass_sets_apart_what_each_few_messages_made(
+    settings: Settings, store: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(send, "SPARE_EVERY", 1)
+    transport = _Watching()
+    clock = ticking(datetime(2026, 3, 12, 7, 0, tzinfo=UTC))
+    report = cycle.run_cycle(
+        settings.model_copy(update={"smtp_connections": 1}),
+        store,
+        clock=clock,
+        period=DAY,
+        transport=transport,
+    )
+    assert report.delivered.sent == len(transport.sent) >= 3
+    # each message's making set apart before the next: more each time, within one batch
+    assert all(b > a for a, b in zip(transport.frozen, transport.frozen[1:], strict=False))
+    assert gc.get_freeze_count() == 0

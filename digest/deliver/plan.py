@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_right
-from collections.abc import Collection, Generator, Iterable, Iterator, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, tzinfo
 from typing import Any, Protocol
@@ -223,11 +224,33 @@ class _Wanted:
         self.profiles[sid] = Profile.stored(row, self._decoded)
 
     def batches(self, size: int) -> Iterator[list[int]]:
-        """The readers' ids, ``size`` at a time: by period, then in the order they came
-        (the outbox gets its rows in the order one list of all plans gave them)."""
-        ordered = sorted(self.periods, key=self.periods.__getitem__)
+        """The readers' ids, ``size`` at a time: by period, then readers who share interests
+        next to each other (``readers_alike``); the outbox gets its rows in this order."""
+        alike = readers_alike(self.profiles)
+        ordered = sorted(self.periods, key=lambda sid: (self.periods[sid], alike(sid)))
         for start in range(0, len(ordered), size):
             yield ordered[start : start + size]
+
+
+def readers_alike(profiles: Mapping[int, Profile]) -> Callable[[int], tuple[tuple[str, ...], int]]:
+    """Where a reader goes among ``profiles`` (by id) so that readers who share interests
+    are side by side: their interests held by others too, the fewest held first, then
+    their id.
+
+    Senders claim the outbox in the order its rows were planned, a batch at a time, and a
+    message's costly part is each paper shown for the interests that matched it, worked
+    out once in each sender that sends it. Readers of the same rare interest side by side
+    get the papers it matched in the same batches, so one sender works each of those out,
+    not every sender. An interest only one reader holds brings nobody closer: left out."""
+    holders: Counter[str] = Counter()
+    for profile in profiles.values():
+        holders.update(set(profile.interests))
+
+    def place(sid: int) -> tuple[tuple[str, ...], int]:
+        shared = {i for i in profiles[sid].interests if holders[i] > 1}
+        return tuple(sorted(shared, key=lambda i: (holders[i], i))), sid
+
+    return place
 
 
 def _plan(

@@ -16,6 +16,7 @@ from urllib.parse import quote
 from sqlalchemy.engine import Connection
 
 from digest.present.paper import TOKEN, DigestView, PaperView, TokenLinks
+from digest.rank.highlight import HitMarks
 from digest.rank.types import Ranked, hits_to_json, marks_from_json
 from digest.store import papers
 from digest.store.papers import PaperRow
@@ -54,7 +55,15 @@ def paper_view(
     when chosen for a paper the reader liked), as an email shows it (linking to its page on
     the site at ``base_url``, when given)."""
     page_url, token_links = paper_links(base_url, row.key) if base_url is not None else (None, None)
-    evidence = tuple(marks_from_json(hit) for hit in hits if "interest" in hit)
+    interests: list[str] = []
+    evidence: list[HitMarks | None] = []
+    because: str | None = None
+    for hit in hits:  # one pass: a view is made for every distinct item a batch sends
+        if "interest" in hit:
+            interests.append(hit["interest"])
+            evidence.append(marks_from_json(hit))
+        if because is None and "liked" in hit:
+            because = str(hit["liked"])
     return PaperView(
         key=row.key,
         title=row.title,
@@ -62,13 +71,13 @@ def paper_view(
         url=row.url,
         arxiv_id=row.arxiv_id,
         score=score,
-        interests=tuple(hit["interest"] for hit in hits if "interest" in hit),
+        interests=tuple(interests),
         authors=row.authors,
-        because=next((str(hit["liked"]) for hit in hits if "liked" in hit), ""),
+        because=because or "",
         page_url=page_url,
         token_links=token_links,
         listed=row.dated,
-        evidence=evidence if any(marks is not None for marks in evidence) else (),
+        evidence=tuple(evidence) if any(marks is not None for marks in evidence) else (),
     )
 
 

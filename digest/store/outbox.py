@@ -324,12 +324,28 @@ _ITEMS_OF = (
 )  # fmt: skip
 
 
-def items_of(conn: Connection, digest_ids: Sequence[int]) -> dict[int, list[ItemRow]]:
+class PapersRead:
+    """The papers read for a sending pass's batches so far, by id, to read each once a pass
+    (``items_of``), not once a batch: a day's papers are in nearly every batch. Each kept
+    row is one object for the whole pass, so what is worked out from it (a view, a block)
+    is found again by identity, its fields not compared. A paper changed during the pass
+    (a listing revised by an ingest meanwhile) keeps the text it had when the pass read it,
+    as a digest keeps the text it had when it went out. At most ``most`` rows are kept."""
+
+    def __init__(self, most: int = 50_000) -> None:
+        self.most = most
+        self.rows: dict[int, PaperRow] = {}
+
+
+def items_of(
+    conn: Connection, digest_ids: Sequence[int], papers: PapersRead | None = None
+) -> dict[int, list[ItemRow]]:
     """The items of each digest, in rank order.
 
     One query for the items and one for their papers, each paper read once however many
     digests carry it (and shared by their items): a batch of digests holds each of the
-    day's papers many times over.
+    day's papers many times over. ``papers``: the papers read for the batches before, of
+    which only those not there yet are read (and added).
     """
     items: dict[int, list[ItemRow]] = {d: [] for d in digest_ids}
     if not digest_ids:
@@ -338,7 +354,14 @@ def items_of(conn: Connection, digest_ids: Sequence[int]) -> dict[int, list[Item
     for start in range(0, len(digest_ids), PARAMETERS):
         ids = list(digest_ids[start : start + PARAMETERS])
         rows.extend(conn.execute(_ITEMS_OF, {"ids": ids}).all())
-    found = by_ids(conn, sorted({row[2] for row in rows}))
+    wanted = {row[2] for row in rows}
+    if papers is None:
+        found = by_ids(conn, sorted(wanted))
+    else:
+        found = papers.rows
+        if len(found) + len(wanted) > papers.most:  # held to a size: let go, read again
+            papers.rows = found = {}
+        found.update(by_ids(conn, sorted(wanted.difference(found))))
     for digest_id, subscriber_id, paper_id, score, matched in rows:
         items[digest_id].append(
             ItemRow(digest_id, subscriber_id, score, matched, None, found[paper_id])

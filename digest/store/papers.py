@@ -41,6 +41,12 @@ class PaperRow:
     listing_date: date | None = None  # the paper's own date (None only in rows of old stores)
     revised: date | None = None  # when it last changed, when its listing said
 
+    def __hash__(self) -> int:
+        # By its id and key, not every field: equal rows have equal ids and keys, and a row
+        # is hashed for every distinct item a batch of digests carries (``stored_view``),
+        # where hashing its dates and texts cost more than the lookup.
+        return hash((self.id, self.key))
+
     @property
     def guid_key(self) -> str:
         """The key a paper was first seen under: what its feed GUID is made of."""
