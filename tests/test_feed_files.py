@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 
 from digest.deliver.transports import RecordingTransport
 from digest.errors import WriteError
+from digest.feeds import exchange
 from digest.feeds.files import PrivateFiles
 from digest.feeds.publish import (
     collector_paused,
@@ -245,7 +246,7 @@ def test_every_new_file_is_made_before_any_old_one_is_replaced(
     folder = tmp_path / "out"
     first = publish_as(settings, store, folder, "Papers")
     calls: list[str] = []  # what happens to the private feeds' files, in order
-    real_open, real_replace = os.open, os.replace
+    real_open, real_replace, real_swap = os.open, os.replace, exchange.exchange
 
     def private(path: Any) -> bool:  # by name in the private folder opened, or by path
         return "/" not in str(path) or f"{os.sep}private{os.sep}" in str(path)
@@ -260,15 +261,25 @@ def test_every_new_file_is_made_before_any_old_one_is_replaced(
             calls.append("replaced")
         real_replace(source, target, **kwargs)
 
+    def swapping(folder: int, first: str, second: str) -> bool:
+        swapped = real_swap(folder, first, second)
+        if swapped:
+            calls.append("replaced")
+        return swapped
+
     monkeypatch.setattr(os, "open", opening)
     monkeypatch.setattr(os, "replace", replacing)
+    monkeypatch.setattr(exchange, "exchange", swapping)  # the old file kept as a spare
     again = publish_as(settings, store, folder, "Other papers")  # every title changes
     monkeypatch.undo()
     assert again["written"] == first["written"]
     files = 2 * len(PEOPLE)
     assert calls == ["made"] * files + ["replaced"] * files, calls
     for path in (folder / "private").iterdir():
-        assert not path.name.startswith("."), path.name
+        if path.name.startswith("."):  # the replaced files, kept to be written over
+            assert path.name.endswith(".spare"), path.name
+            assert b"Papers: papers for you" in path.read_bytes()
+            continue
         assert b"Other papers: papers for you" in path.read_bytes()
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
         assert feedparser.parse(path.read_bytes()).feed.title == "Other papers: papers for you"

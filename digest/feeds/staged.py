@@ -15,6 +15,22 @@ The folder is opened once and every call names its files relative to it (``dir_f
 no path walked again per file, no ``stat`` of the folder, no random temporary name made
 in Python (``tempfile``), and the file made with its mode at once (no ``fchmod``) unless
 the umask would take a bit of it away.
+
+**Old inodes kept as spares.** Making the new files first still makes a new inode for
+each and frees the old one after: the next day's new inodes then scan past them if they
+are recent, and freeing each one's blocks trims them on a ``discard`` mount. Where the
+system can swap two names in one step (``exchange``: Linux's ``RENAME_EXCHANGE``), a
+written file is swapped with the one it replaces instead, so the old file, inode and
+blocks, stays under a hidden name (``.NAME.spare``). The next write of ``NAME`` takes
+that spare under its own temporary name (a rename: of two processes only one gets it),
+writes over its blocks from the start (cut to the new length after, never emptied
+first) and swaps it in again: no inode made or freed, and no block freed but a shorter
+file's tail. Each name still holds a whole file throughout. A spare is only written
+into when it was set aside at least ``SPARE_REST`` seconds ago (its ``ctime``): whoever
+opened the file before it was set aside (a web server caching open files) has read it
+by then. A spare that is not a regular file of this process's user with one link is
+removed, never written through. Where the system cannot swap names, a written file is
+renamed over the old one as before (``os.replace``), and no spare is made.
 """
 
 from __future__ import annotations
@@ -22,12 +38,15 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from digest.errors import WriteError
+from digest.feeds import exchange
 
 FEED_FILE = 0o644  # a web server running as another user serves the feeds
 RENAMERS = 8  # threads renaming the files written over the old ones
@@ -35,6 +54,9 @@ _PIECES_AT_ONCE = 512  # under every system's IOV_MAX
 _HASH_COMMENT = re.compile(rb"<!-- digest-content: ([0-9a-f]{64}) -->")
 _READ = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+# a spare taken: never made, never followed, never waited on (a FIFO answers ENXIO)
+_REUSE = os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+SPARE_REST = 300.0  # seconds a spare is left alone after it was set aside
 
 
 _process = [os.getpid()]  # this process's id, kept without a system call for each file
@@ -67,6 +89,10 @@ class StagedFolder:
         self._lock = threading.Lock()
         mask = _umask()
         self._chmod = mask is None or bool(mask & FEED_FILE)  # else made with its mode
+        self._owner = os.geteuid()
+        # whether written files are swapped with the old ones (kept as spares): until the
+        # file system refuses a swap
+        self.exchanging = exchange.available()
 
     def fd(self) -> int:
         """The folder, open (once per process)."""
@@ -105,24 +131,24 @@ class StagedFolder:
         return match.group(1).decode() if match else None
 
     def write(self, name: str, pieces: Sequence[bytes]) -> None:
-        """Write the pieces, in order, to a new file that is to replace ``name``."""
+        """Write the pieces, in order, to a file that is to replace ``name``: its spare when
+        there is one to take, else a new file."""
         folder = self.fd()
         temp = f".{name}.{_process[0]}.tmp"
         try:
-            try:
-                fd = os.open(temp, _CREATE, FEED_FILE, dir_fd=folder)
-            except FileExistsError:  # left by a process of the same id that stopped part way
-                os.unlink(temp, dir_fd=folder)
-                fd = os.open(temp, _CREATE, FEED_FILE, dir_fd=folder)
+            taken = self._take_spare(folder, name, temp) if self.exchanging else None
+            fd, length = taken if taken is not None else (self._create(folder, temp), 0)
         except OSError as exc:
             raise WriteError(
                 f"cannot write the feed {self.folder / name}: {exc.strerror or exc}"
             ) from None
         try:
             try:
-                write_pieces(fd, pieces)
-                if self._chmod:
+                written = write_pieces(fd, pieces)
+                if taken is None and self._chmod:
                     os.fchmod(fd, FEED_FILE)
+                elif length > written:  # the spare's old tail
+                    os.ftruncate(fd, written)
             finally:
                 os.close(fd)  # on some file systems a full disk is only reported here
         except BaseException as exc:
@@ -134,6 +160,51 @@ class StagedFolder:
                 ) from None
             raise
         self.staged.append((temp, name))
+
+    def _create(self, folder: int, temp: str) -> int:
+        """A new file named ``temp``, open for writing."""
+        try:
+            return os.open(temp, _CREATE, FEED_FILE, dir_fd=folder)
+        except FileExistsError:  # left by a process of the same id that stopped part way
+            os.unlink(temp, dir_fd=folder)
+            return os.open(temp, _CREATE, FEED_FILE, dir_fd=folder)
+
+    def _usable(self, found: os.stat_result) -> bool:
+        """Whether a spare may be written over: a regular file of ours, no other name's."""
+        return stat.S_ISREG(found.st_mode) and found.st_nlink == 1 and found.st_uid == self._owner
+
+    def _take_spare(self, folder: int, name: str, temp: str) -> tuple[int, int] | None:
+        """The spare of ``name`` renamed to ``temp`` and open for writing over, and its
+        length; None when there is none to take (none, set aside too lately, or taken by
+        another process first). A spare not fit to write over is removed."""
+        spare = spare_name(name)
+        try:
+            seen = os.stat(spare, dir_fd=folder, follow_symlinks=False)
+        except OSError:
+            return None
+        if not self._usable(seen):
+            with contextlib.suppress(OSError):
+                os.unlink(spare, dir_fd=folder)
+            return None
+        if time.time() - seen.st_ctime < SPARE_REST:
+            return None
+        try:
+            os.rename(spare, temp, src_dir_fd=folder, dst_dir_fd=folder)
+            fd = os.open(temp, _REUSE, dir_fd=folder)
+        except OSError:  # taken first (or replaced) by another process
+            return None
+        try:
+            found = os.fstat(fd)
+            if found.st_ino == seen.st_ino and self._usable(found):
+                if stat.S_IMODE(found.st_mode) != FEED_FILE:
+                    os.fchmod(fd, FEED_FILE)
+                return fd, found.st_size
+        except OSError:
+            pass
+        os.close(fd)  # not the spare looked at: a new file is made instead
+        with contextlib.suppress(OSError):
+            os.unlink(temp, dir_fd=folder)
+        return None
 
     def take(self) -> list[tuple[str, str]]:
         """The files written and not put in place yet, handed to the caller."""
@@ -161,7 +232,7 @@ class StagedFolder:
     def _rename(self, folder: int, pending: Sequence[tuple[str, str]]) -> None:
         for done, (temp, name) in enumerate(pending):
             try:
-                os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+                self._put(folder, temp, name)
             except OSError as exc:
                 self.discard(pending[done:])
                 raise WriteError(
@@ -171,6 +242,25 @@ class StagedFolder:
                 self.discard(pending[done:])
                 raise
 
+    def _put(self, folder: int, temp: str, name: str) -> None:
+        """Put the file written as ``temp`` in place of ``name``: swapped with the old one,
+        kept as ``name``'s spare, where the system can; else renamed over it."""
+        if self.exchanging:
+            try:
+                swapped = exchange.exchange(folder, temp, name)
+            except FileNotFoundError:  # the first of its name
+                swapped = False
+            else:
+                self.exchanging = swapped
+            if swapped:
+                try:
+                    os.rename(temp, spare_name(name), src_dir_fd=folder, dst_dir_fd=folder)
+                except OSError:
+                    with contextlib.suppress(OSError):
+                        os.unlink(temp, dir_fd=folder)
+                return
+        os.replace(temp, name, src_dir_fd=folder, dst_dir_fd=folder)
+
     def discard(self, staged: Iterable[tuple[str, str]]) -> None:
         """Remove files written and not put in place."""
         folder = self.fd()
@@ -179,12 +269,22 @@ class StagedFolder:
                 os.unlink(temp, dir_fd=folder)
 
 
-def write_pieces(fd: int, pieces: Sequence[bytes]) -> None:
-    """Write the pieces in order, as one buffer would be, without joining them first."""
+def spare_name(name: str) -> str:
+    """The hidden name the file ``name`` replaced is kept under, to be written over next."""
+    return f".{name}.spare"
+
+
+def write_pieces(fd: int, pieces: Sequence[bytes]) -> int:
+    """Write the pieces in order, as one buffer would be, without joining them first; how
+    many bytes that was."""
+    total = 0
     for start in range(0, len(pieces), _PIECES_AT_ONCE):
         batch = pieces[start : start + _PIECES_AT_ONCE]
+        size = sum(map(len, batch))
         done = os.writev(fd, batch)
-        if done < sum(map(len, batch)):  # a short write: the rest one piece at a time
+        if done < size:  # a short write: the rest one piece at a time
             rest = memoryview(b"".join(batch))[done:]
             while rest:
                 rest = rest[os.write(fd, rest) :]
+        total += size
+    return total
