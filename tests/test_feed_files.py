@@ -23,13 +23,14 @@ from sqlalchemy.engine import Engine
 
 from digest.deliver.transports import RecordingTransport
 from digest.errors import WriteError
-from digest.feeds import exchange
+from digest.feeds import exchange, staged
 from digest.feeds.files import PrivateFiles
 from digest.feeds.publish import (
     collector_paused,
     private_description,
     private_items,
     publish_feeds,
+    remove_private_feed,
     site_of,
     sweep_private_feeds,
 )
@@ -43,6 +44,7 @@ from digest.store.engine import open_store, reading
 from digest.store.subscribers import feed_salts
 from digest.tokens import feed_name
 from tests.test_cycle import ticking
+from tests.test_feed_spares import swaps_here
 
 DAY = date(2026, 3, 12)
 JOINED = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)
@@ -192,6 +194,52 @@ def test_the_sweep_removes_only_feeds_of_readers_gone(tmp_path: Path) -> None:
         "kept.atom",
         "kept.rss",
     ]
+
+
+def test_the_sweep_removes_the_spares_of_readers_gone(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir()
+    kept = ("kept.atom", "kept.rss", ".kept.atom.spare", ".kept.rss.spare")
+    for name in (*kept, "gone.atom", ".gone.atom.spare", ".gone.rss.spare"):
+        (private / name).write_text("x")
+    (private / ".left.rss.spare").mkdir()  # not a file: left, and no failure
+    assert sweep_private_feeds(private, {"kept"}) == 1
+    assert sorted(p.name for p in private.iterdir()) == sorted([*kept, ".left.rss.spare"])
+
+
+def test_a_readers_feed_goes_with_its_spares(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir()
+    for name in ("gone.atom", "gone.rss", ".gone.atom.spare", ".gone.rss.spare", "kept.atom"):
+        (private / name).write_text("x")
+    (private / ".kept.atom.spare").write_text("x")
+    assert remove_private_feed(tmp_path, "gone") == 2
+    assert sorted(p.name for p in private.iterdir()) == [".kept.atom.spare", "kept.atom"]
+
+
+def test_daily_replacements_write_over_the_old_files_and_leave_nothing_else(
+    settings: Settings, store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(staged, "SPARE_REST", 0.0)  # as a day later
+    folder = tmp_path / "out"
+    private = folder / "private"
+    first = publish_as(settings, store, folder, "Papers")
+    inodes = {path.name: path.stat().st_ino for path in private.iterdir()}
+    for day in ("Second papers", "Third papers"):
+        assert publish_as(settings, store, folder, day)["written"] == first["written"]
+    swapped = swaps_here(tmp_path)
+    for path in private.iterdir():
+        if path.name.startswith("."):
+            assert swapped and path.name.endswith(".spare"), path.name
+            assert feedparser.parse(path.read_bytes()).feed.title == "Second papers: papers for you"
+            continue
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        assert feedparser.parse(path.read_bytes()).feed.title == "Third papers: papers for you"
+        assert (path.stat().st_ino == inodes[path.name]) == swapped  # the first day's file
+    live = sorted(inodes)
+    assert sorted(path.name for path in private.iterdir()) == sorted(
+        live + ([f".{name}.spare" for name in live] if swapped else [])
+    )
 
 
 def test_the_sweep_removes_what_a_stopped_run_left_under_temporary_names(

@@ -276,7 +276,7 @@ def sweep_private_feeds(private: Path, kept: Collection[str]) -> int:
                 (private / name).unlink()
                 removed += 1
         elif (spare := _SPARE.fullmatch(name)) and spare.group(1) not in kept:
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone meanwhile, or not a file
                 (private / name).unlink()
         elif (left := _LEFT_BEHIND.fullmatch(name)) and not _running(int(left.group(1))):
             # written under a temporary name by a run that stopped before putting it in
