@@ -47,6 +47,7 @@ def replace(folder: Path, content: bytes, name: str = NAME) -> None:
     """One run's write of ``name``: written, then put in place."""
     files = StagedFolder(folder)
     try:
+        files.hold()
         files.write(name, [content[:7], content[7:]])
         files.commit(files.take())
     finally:
@@ -132,6 +133,7 @@ def test_a_file_system_refusing_the_swap_is_asked_once(
     for name in ("a.atom", "b.atom", "c.atom"):
         (tmp_path / name).write_bytes(b"old")
     files = StagedFolder(tmp_path)
+    files.hold()
     for name in ("a.atom", "b.atom", "c.atom"):
         files.write(name, [b"new ", name.encode()])
     files.commit(files.take())
@@ -186,33 +188,48 @@ def test_a_spare_of_another_mode_is_served_readable_by_all(
     assert stat.S_IMODE((folder / NAME).stat().st_mode) == 0o644
 
 
-def test_a_spare_is_taken_by_one_process_only(
+def test_a_process_writing_the_folder_meanwhile_leaves_the_spares_alone(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(staged, "SPARE_REST", 0.0)
     replace(folder, b"first")
     replace(folder, b"second")
     spare = (folder / spare_name(NAME)).stat().st_ino
-    one, other = StagedFolder(folder), StagedFolder(folder)
-    one.write(NAME, [b"from one"])  # takes the spare under its temporary name
-    pid = staged._process[0]
-    staged._process[0] = pid + 1  # as another process: its own temporary names
-    try:
-        other.write(NAME, [b"from the other"])  # finds no spare: a new file
-        (made,) = other.take()
-    finally:
-        staged._process[0] = pid
-    (taken,) = one.take()
-    assert (folder / taken[0]).stat().st_ino == spare
+    one, other = StagedFolder(folder), StagedFolder(folder)  # as two processes
+    assert one.hold()
+    assert not other.hold()  # the folder is held
+    one.write(NAME, [b"from one"])  # over the spare
+    other.write(NAME, [b"from the other"])  # a new file
+    (written,), (made,) = one.take(), other.take()
+    assert written == (spare_name(NAME), NAME)
     assert (folder / made[0]).stat().st_ino != spare
-    one.commit([taken])
-    assert (folder / NAME).read_bytes() == b"from one"
-    other.commit([made])
+    other.commit([made])  # renamed over the file, the spare left as it is
     assert (folder / NAME).read_bytes() == b"from the other"
     assert (folder / spare_name(NAME)).read_bytes() == b"from one"
+    one.commit([written])
+    assert (folder / NAME).read_bytes() == b"from one"
+    assert (folder / NAME).stat().st_ino == spare
+    assert (folder / spare_name(NAME)).read_bytes() == b"from the other"
     assert names(folder) == [spare_name(NAME), NAME]
     one.close()
+    assert other.hold()  # let go with the folder
     other.close()
+
+
+def test_a_feed_removed_while_its_spare_is_written_stays_removed(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(staged, "SPARE_REST", 0.0)
+    replace(folder, b"first")
+    replace(folder, b"second")
+    files = StagedFolder(folder)
+    files.hold()
+    files.write(NAME, [b"third"])
+    for name in (NAME, spare_name(NAME)):  # its reader left meanwhile
+        (folder / name).unlink()
+    files.commit(files.take())
+    files.close()
+    assert names(folder) == []
 
 
 def test_a_reader_sees_each_file_whole_while_it_is_replaced(

@@ -325,11 +325,14 @@ WRITERS = 4
 def _write_private_files(files: PrivateFiles, readers: Sequence[PrivateJob], processes: int) -> int:
     """Write these readers' private feeds whose content changed, in ``processes`` forked
     processes, then put every file written in place: no old file is replaced (its inode
-    freed) before every new one is made (``staged``). How many files were written."""
+    freed) before every new one is made, and where the system can swap names the old
+    files are kept as spares to be written over on the next run (``staged``). How many
+    files were written."""
     if not readers:
         return 0
     staged: list[tuple[str, str]] = []
     try:
+        files.staged.hold()  # else another process writes the folder: no spares meanwhile
         for share in forks.fork_map(functools.partial(_write_private, files), readers, processes):
             staged.extend(share)
         files.staged.commit(staged)
