@@ -84,9 +84,9 @@ def _umask() -> int | None:
 
 
 class StagedFolder:
-    """One folder's files, written under temporary names (``write``) and put in place
-    together (``commit``). Thread-safe: threads may write at once. A process forked
-    after it was opened opens the folder again."""
+    """One folder's files, written under temporary names or over their spares (``write``)
+    and put in place together (``commit``). Thread-safe: threads may write at once. A
+    process forked after it was opened opens the folder again."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
