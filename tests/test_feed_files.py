@@ -23,12 +23,14 @@ from sqlalchemy.engine import Engine
 
 from digest.deliver.transports import RecordingTransport
 from digest.errors import WriteError
+from digest.feeds import exchange, staged
 from digest.feeds.files import PrivateFiles
 from digest.feeds.publish import (
     collector_paused,
     private_description,
     private_items,
     publish_feeds,
+    remove_private_feed,
     site_of,
     sweep_private_feeds,
 )
@@ -42,6 +44,7 @@ from digest.store.engine import open_store, reading
 from digest.store.subscribers import feed_salts
 from digest.tokens import feed_name
 from tests.test_cycle import ticking
+from tests.test_feed_spares import swaps_here
 
 DAY = date(2026, 3, 12)
 JOINED = datetime(2026, 3, 11, 12, 0, tzinfo=UTC)
@@ -193,6 +196,52 @@ def test_the_sweep_removes_only_feeds_of_readers_gone(tmp_path: Path) -> None:
     ]
 
 
+def test_the_sweep_removes_the_spares_of_readers_gone(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir()
+    kept = ("kept.atom", "kept.rss", ".kept.atom.spare", ".kept.rss.spare")
+    for name in (*kept, "gone.atom", ".gone.atom.spare", ".gone.rss.spare"):
+        (private / name).write_text("x")
+    (private / ".left.rss.spare").mkdir()  # not a file: left, and no failure
+    assert sweep_private_feeds(private, {"kept"}) == 1
+    assert sorted(p.name for p in private.iterdir()) == sorted([*kept, ".left.rss.spare"])
+
+
+def test_a_readers_feed_goes_with_its_spares(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir()
+    for name in ("gone.atom", "gone.rss", ".gone.atom.spare", ".gone.rss.spare", "kept.atom"):
+        (private / name).write_text("x")
+    (private / ".kept.atom.spare").write_text("x")
+    assert remove_private_feed(tmp_path, "gone") == 2
+    assert sorted(p.name for p in private.iterdir()) == [".kept.atom.spare", "kept.atom"]
+
+
+def test_daily_replacements_write_over_the_old_files_and_leave_nothing_else(
+    settings: Settings, store: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(staged, "SPARE_REST", 0.0)  # as a day later
+    folder = tmp_path / "out"
+    private = folder / "private"
+    first = publish_as(settings, store, folder, "Papers")
+    inodes = {path.name: path.stat().st_ino for path in private.iterdir()}
+    for day in ("Second papers", "Third papers"):
+        assert publish_as(settings, store, folder, day)["written"] == first["written"]
+    swapped = swaps_here(tmp_path)
+    for path in private.iterdir():
+        if path.name.startswith("."):
+            assert swapped and path.name.endswith(".spare"), path.name
+            assert feedparser.parse(path.read_bytes()).feed.title == "Second papers: papers for you"
+            continue
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        assert feedparser.parse(path.read_bytes()).feed.title == "Third papers: papers for you"
+        assert (path.stat().st_ino == inodes[path.name]) == swapped  # the first day's file
+    live = sorted(inodes)
+    assert sorted(path.name for path in private.iterdir()) == sorted(
+        live + ([f".{name}.spare" for name in live] if swapped else [])
+    )
+
+
 def test_the_sweep_removes_what_a_stopped_run_left_under_temporary_names(
     tmp_path: Path,
 ) -> None:
@@ -245,7 +294,7 @@ def test_every_new_file_is_made_before_any_old_one_is_replaced(
     folder = tmp_path / "out"
     first = publish_as(settings, store, folder, "Papers")
     calls: list[str] = []  # what happens to the private feeds' files, in order
-    real_open, real_replace = os.open, os.replace
+    real_open, real_replace, real_swap = os.open, os.replace, exchange.exchange
 
     def private(path: Any) -> bool:  # by name in the private folder opened, or by path
         return "/" not in str(path) or f"{os.sep}private{os.sep}" in str(path)
@@ -260,15 +309,25 @@ def test_every_new_file_is_made_before_any_old_one_is_replaced(
             calls.append("replaced")
         real_replace(source, target, **kwargs)
 
+    def swapping(folder: int, first: str, second: str) -> bool:
+        swapped = real_swap(folder, first, second)
+        if swapped:
+            calls.append("replaced")
+        return swapped
+
     monkeypatch.setattr(os, "open", opening)
     monkeypatch.setattr(os, "replace", replacing)
+    monkeypatch.setattr(exchange, "exchange", swapping)  # the old file kept as a spare
     again = publish_as(settings, store, folder, "Other papers")  # every title changes
     monkeypatch.undo()
     assert again["written"] == first["written"]
     files = 2 * len(PEOPLE)
     assert calls == ["made"] * files + ["replaced"] * files, calls
     for path in (folder / "private").iterdir():
-        assert not path.name.startswith("."), path.name
+        if path.name.startswith("."):  # the replaced files, kept to be written over
+            assert path.name.endswith(".spare"), path.name
+            assert b"Papers: papers for you" in path.read_bytes()
+            continue
         assert b"Other papers: papers for you" in path.read_bytes()
         assert stat.S_IMODE(path.stat().st_mode) == 0o644
         assert feedparser.parse(path.read_bytes()).feed.title == "Other papers: papers for you"

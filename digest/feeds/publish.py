@@ -46,6 +46,7 @@ from digest.feeds.render import (
     write_feed_if_changed,
 )
 from digest.feeds.site import FeedSite as FeedSite  # what every feed of a site shares
+from digest.feeds.staged import spare_name
 from digest.files import make_folder
 from digest.present.paper import prepare
 from digest.present.views import Links, paper_view
@@ -245,19 +246,23 @@ def publish_feeds(
 
 
 def remove_private_feed(folder: Path, name: str) -> int:
-    """Remove the files of the private feed ``name`` under ``folder``; how many went."""
+    """Remove the files of the private feed ``name`` under ``folder``, and their spares;
+    how many feed files went."""
     removed = 0
     for kind in ("atom", "rss"):
         with contextlib.suppress(FileNotFoundError):
             (folder / "private" / f"{name}.{kind}").unlink()
             removed += 1
+        with contextlib.suppress(FileNotFoundError):
+            (folder / "private" / spare_name(f"{name}.{kind}")).unlink()
     return removed
 
 
 def sweep_private_feeds(private: Path, kept: Collection[str]) -> int:
     """Remove every private feed file whose reader left or deleted their data (a name not
-    in ``kept``), so a web server serving the folder stops serving it; and the files a
-    stopped run left under temporary names. How many feed files were removed."""
+    in ``kept``), so a web server serving the folder stops serving it, and its spare
+    (``staged``); and the files a stopped run left under temporary names. How many feed
+    files were removed."""
     try:
         with os.scandir(private) as listing:
             names = [entry.name for entry in listing]
@@ -270,6 +275,9 @@ def sweep_private_feeds(private: Path, kept: Collection[str]) -> int:
             with contextlib.suppress(FileNotFoundError):
                 (private / name).unlink()
                 removed += 1
+        elif (spare := _SPARE.fullmatch(name)) and spare.group(1) not in kept:
+            with contextlib.suppress(OSError):  # gone meanwhile, or not a file
+                (private / name).unlink()
         elif (left := _LEFT_BEHIND.fullmatch(name)) and not _running(int(left.group(1))):
             # written under a temporary name by a run that stopped before putting it in
             # place (``staged``); a process still running may yet rename its own
@@ -279,6 +287,7 @@ def sweep_private_feeds(private: Path, kept: Collection[str]) -> int:
 
 
 _LEFT_BEHIND = re.compile(r"\..+\.(\d+)\.tmp")
+_SPARE = re.compile(r"\.(.+)\.(?:atom|rss)\.spare")  # a feed file's spare (``spare_name``)
 
 
 def _running(pid: int) -> bool:
@@ -316,11 +325,14 @@ WRITERS = 4
 def _write_private_files(files: PrivateFiles, readers: Sequence[PrivateJob], processes: int) -> int:
     """Write these readers' private feeds whose content changed, in ``processes`` forked
     processes, then put every file written in place: no old file is replaced (its inode
-    freed) before every new one is made (``staged``). How many files were written."""
+    freed) before every new one is made, and where the system can swap names the old
+    files are kept as spares to be written over on the next run (``staged``). How many
+    files were written."""
     if not readers:
         return 0
     staged: list[tuple[str, str]] = []
     try:
+        files.staged.hold()  # else another process writes the folder: no spares meanwhile
         for share in forks.fork_map(functools.partial(_write_private, files), readers, processes):
             staged.extend(share)
         files.staged.commit(staged)
