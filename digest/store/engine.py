@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -282,6 +282,18 @@ def bulk_transaction(engine: Engine) -> Iterator[Connection]:
     ``synchronous=NORMAL`` a power cut may take back the last commits), the sync of the WAL
     gives here: a dump leaves the inbox only once its papers would survive one.
     """
+    full = 2  # synchronous=FULL
+    pragmas = {"wal_autocheckpoint": BULK_CHECKPOINT_PAGES, "synchronous": full}
+    with transaction_under(engine, pragmas) as conn:
+        yield conn
+
+
+@contextmanager
+def transaction_under(engine: Engine, pragmas: Mapping[str, int]) -> Iterator[Connection]:
+    """A write transaction (``transaction``) that on SQLite runs with these ``PRAGMA``
+    settings, each set before it begins (SQLite takes some only outside a transaction)
+    and set back to what it was before the connection returns to the pool; a connection
+    that does not read its settings back as they were is dropped instead."""
     if engine.dialect.name != "sqlite":
         with transaction(engine) as conn:
             yield conn
@@ -290,21 +302,26 @@ def bulk_transaction(engine: Engine) -> Iterator[Connection]:
         raw = conn.connection.driver_connection
         if raw is None:  # pragma: no cover - a pooled connection always has its driver's
             raise StoreError("database error: no connection")
-        autocheckpoint = raw.execute("PRAGMA wal_autocheckpoint").fetchall()[0][0]
-        synchronous = raw.execute("PRAGMA synchronous").fetchall()[0][0]
+        before = {name: int(raw.execute(f"PRAGMA {name}").fetchone()[0]) for name in pragmas}
         try:
-            raw.execute(f"PRAGMA wal_autocheckpoint={int(BULK_CHECKPOINT_PAGES)}")
-            raw.execute("PRAGMA synchronous=FULL")
+            for name, value in pragmas.items():
+                raw.execute(f"PRAGMA {name}={int(value)}")
             with conn.begin():
                 yield conn
         except OperationalError as exc:
             raise StoreError(f"database error: {exc.orig}") from None
         finally:
             try:
-                raw.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
-                raw.execute(f"PRAGMA synchronous={int(synchronous)}")
+                for name, value in before.items():
+                    raw.execute(f"PRAGMA {name}={value}")
+                back = all(
+                    int(raw.execute(f"PRAGMA {name}").fetchone()[0]) == value
+                    for name, value in before.items()
+                )
             except sqlite3.Error:
-                conn.invalidate()  # never back in the pool without its checkpoints
+                back = False
+            if not back:
+                conn.invalidate()  # never back in the pool with a setting of its own
 
 
 @contextmanager

@@ -12,7 +12,6 @@ on update), take ``outbox.record`` itself. ``planning`` is a run's transaction f
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
@@ -21,12 +20,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError
 
 from digest.clock import as_utc
-from digest.errors import StoreError
 from digest.store import outbox
-from digest.store.engine import driver_form, transaction
+from digest.store.engine import driver_form, transaction_under
 from digest.store.models import Digest, Subscriber
 from digest.store.outbox import Planned
 
@@ -58,21 +55,8 @@ def planning(engine: Engine) -> Iterator[Connection]:
     work on the items. SQLite takes the setting only outside a transaction, so it is set
     before this one begins, and set back before the connection returns to the pool (or
     the connection is dropped when that fails)."""
-    if engine.dialect.name != "sqlite":
-        with transaction(engine) as conn:
-            yield conn
-        return
-    with engine.connect() as conn:
-        raw = conn.connection.driver_connection
-        assert raw is not None  # a live connection: just checked out
-        raw.execute("PRAGMA foreign_keys=OFF")
-        try:
-            with conn.begin():
-                yield conn
-        except OperationalError as exc:
-            raise StoreError(f"database error: {exc.orig}") from None
-        finally:
-            _checks_back(conn, raw)
+    with transaction_under(engine, {"foreign_keys": 0}) as conn:
+        yield conn
 
 
 def release_cache(engine: Engine) -> None:
@@ -87,16 +71,6 @@ def release_cache(engine: Engine) -> None:
         raw = conn.connection.driver_connection
         if raw is not None and not raw.in_transaction:
             raw.execute("PRAGMA shrink_memory")
-
-
-def _checks_back(conn: Connection, raw: Any) -> None:
-    try:
-        raw.execute("PRAGMA foreign_keys=ON")
-        back = raw.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    except sqlite3.Error:
-        back = False
-    if not back:  # never pooled without its checks
-        conn.invalidate()
 
 
 def record(
