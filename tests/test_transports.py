@@ -50,6 +50,20 @@ PAPER = PaperView(
 )
 
 
+async def outcomes_of(transport: SMTPTransport, count: int) -> list[str]:
+    """The first ``count`` test digests sent one after another: "sent", "bounced" (refused
+    for good) or "failed" for each."""
+    outcomes = []
+    for n in range(count):
+        to, raw, message_id = message_for(n)
+        try:
+            await transport.send("digest@example.org", to, raw, message_id)
+            outcomes.append("sent")
+        except DeliveryError as exc:
+            outcomes.append("bounced" if exc.permanent else "failed")
+    return outcomes
+
+
 def message_for(n: int) -> tuple[str, bytes, str]:
     """Recipient, message bytes and Message-ID of the n-th test digest."""
     to = f"reader{n}@example.net"
@@ -290,20 +304,12 @@ def test_a_5xx_on_data_is_permanent(smtp_server: SMTPServer) -> None:
 def test_an_unknown_recipient_is_permanent_and_the_rest_still_go(smtp_server: SMTPServer) -> None:
     smtp_server.handler.rcpt_replies = {"reader1@example.net": "550 5.1.1 no such user"}
     transport = smtp(smtp_server)
-    outcomes: list[str] = []
 
-    async def go() -> None:
+    async def go() -> list[str]:
         async with transport:
-            for n in range(3):
-                to, raw, message_id = message_for(n)
-                try:
-                    await transport.send("digest@example.org", to, raw, message_id)
-                    outcomes.append("sent")
-                except DeliveryError as exc:
-                    outcomes.append("bounced" if exc.permanent else "failed")
+            return await outcomes_of(transport, 3)
 
-    asyncio.run(go())
-    assert outcomes == ["sent", "bounced", "sent"]
+    assert asyncio.run(go()) == ["sent", "bounced", "sent"]
     assert smtp_server.handler.connections == 1  # the refusal did not cost the connection
 
 
@@ -560,16 +566,8 @@ def test_a_pipelining_server_taking_data_after_refusing_the_recipient_gets_no_me
         server = await asyncio.start_server(serve, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         transport = SMTPTransport("127.0.0.1", port, retries=0, local_hostname="t.example")
-        outcomes = []
         async with server, transport:
-            for n in range(2):
-                to, raw, message_id = message_for(n)
-                try:
-                    await transport.send("digest@example.org", to, raw, message_id)
-                    outcomes.append("sent")
-                except DeliveryError as exc:
-                    outcomes.append("bounced" if exc.permanent else "failed")
-        return outcomes
+            return await outcomes_of(transport, 2)
 
     assert asyncio.run(go()) == ["bounced", "sent"]
     assert bodies[0] == b""  # the refused recipient's: nothing of the message
