@@ -39,7 +39,7 @@ from digest.store.papers import PaperRow
 
 KINDS: tuple[FeedKind, ...] = ("atom", "rss")
 READERS_AT_ONCE = 2_000  # readers whose sent items are read in one query
-ENTRIES_AT_ONCE = 1_000  # entries made by feedgen's shapes in one batch
+ENTRIES_AT_ONCE = 1_000  # entries made in one batch (their views and items held meanwhile)
 FORK_FROM = 2_000  # entries to make; fewer are made in this process
 TITLE = "papers for you"  # a private feed's title, after the site's name
 Key = tuple[int, str]  # a paper's id, and why it was chosen (its stored explanation)
@@ -119,25 +119,37 @@ def readers_entries(
 
 
 def _make(site: FeedSite, groups: Sequence[list[tuple[Key, PaperRow, float]]]) -> dict[Key, Made]:
-    """The entries of these (paper, explanation) keys, a paper's all in one group.
+    """The entries of these (paper, explanation) keys, a paper's all in one group, made
+    ``ENTRIES_AT_ONCE`` or so at a time: what an entry is made from (its view, its item)
+    is let go before the next are made.
 
     Each paper's view is the one the message step made of the same item when it ran in
     this process (``stored_view``): its marked text is worked out already."""
-    found = [one for group in groups for one in group]
+    made: dict[Key, Made] = {}
+    batch: list[tuple[Key, PaperRow, float]] = []
+    for group in groups:
+        batch += group
+        if len(batch) >= ENTRIES_AT_ONCE:
+            _make_some(site, batch, made)
+            batch = []
+    if batch:
+        _make_some(site, batch, made)
+    return made
+
+
+def _make_some(
+    site: FeedSite, found: Sequence[tuple[Key, PaperRow, float]], made: dict[Key, Made]
+) -> None:
+    """Make the entries of ``found`` into ``made``."""
     views = [stored_view(row, score, key[1], site.base_url) for key, row, score in found]
     prepare(views)  # papers whose marks were not recorded: each analyzed once
     items = [
         site.item(row, view, row.first_seen, private=True)
         for (_, row, _), view in zip(found, views, strict=True)
     ]
-    made: dict[Key, Made] = {}
-    for start in range(0, len(items), ENTRIES_AT_ONCE):
-        batch = items[start : start + ENTRIES_AT_ONCE]
-        atoms, rsss = fresh_entries(batch, "atom"), fresh_entries(batch, "rss")
-        for at, item in enumerate(batch):
-            key, row, _ = found[start + at]
-            made[key] = Made(as_utc(item.published), item.guid, row.key, atoms[at], rsss[at])
-    return made
+    atoms, rsss = fresh_entries(items, "atom"), fresh_entries(items, "rss")
+    for (key, row, _), item, atom, rss in zip(found, items, atoms, rsss, strict=True):
+        made[key] = Made(as_utc(item.published), item.guid, row.key, atom, rss)
 
 
 def chosen(made: Sequence[Made], limit: int) -> list[Made]:

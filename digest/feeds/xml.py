@@ -219,21 +219,63 @@ _TERM = f"digestterm{secrets.token_hex(16)}".encode()
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One item's XML as it stands in a feed (its indentation and line break included),
-    cut where the reader's token goes; ``digest``: a hash of what it says, the same in
-    every process."""
+    """One item's XML as it stands in a feed (its indentation and line break included):
+    ``pieces`` in order, the reader's token at each place in ``holes`` (an empty piece
+    there). The pieces a paper's entries have in common (all but the summary and the
+    categories) are the same objects in all of them, and a summary's the same in both
+    kinds of feed: a day's entries hold each once. ``digest``: a hash of what it says, the
+    same in every process."""
 
-    parts: tuple[bytes, ...]
+    pieces: tuple[bytes, ...]
+    holes: tuple[int, ...]
     digest: bytes
 
     def filled(self, token: bytes) -> bytes:
         """The entry with the reader's ``token`` in its holes."""
-        return token.join(self.parts) if len(self.parts) > 1 else self.parts[0]
+        if not self.holes:
+            return b"".join(self.pieces)
+        pieces = list(self.pieces)
+        for at in self.holes:
+            pieces[at] = token
+        return b"".join(pieces)
+
+    @property
+    def size(self) -> int:
+        """The bytes of its pieces."""
+        return sum(map(len, self.pieces))
 
 
-def _entry(chunk: bytes, private: bool) -> Entry:
-    parts = tuple(chunk.split(_READER)) if private else (chunk,)
-    return Entry(parts, hashlib.sha256(b"\0".join(parts)).digest())
+Holed = tuple[tuple[bytes, ...], tuple[int, ...]]  # pieces, and where the token goes
+
+
+def _holed(data: bytes) -> Holed:
+    """``data`` cut where a reader's token goes, an empty piece standing there."""
+    parts = data.split(_READER)
+    if len(parts) == 1:
+        return (data,), ()
+    pieces: list[bytes] = [parts[0]]
+    for part in parts[1:]:
+        pieces += (b"", part)
+    return tuple(pieces), _holes(tuple(range(1, len(pieces), 2)))
+
+
+@functools.lru_cache(maxsize=256)
+def _holes(at: tuple[int, ...]) -> tuple[int, ...]:
+    """One tuple for each layout of holes, shared by the entries that have it."""
+    return at
+
+
+def _joined(*holed: Holed) -> Entry:
+    """An entry of these runs of pieces, one after the other."""
+    pieces: list[bytes] = []
+    holes: list[int] = []
+    digest = hashlib.sha256()
+    for run, places in holed:
+        holes += (len(pieces) + hole for hole in places)
+        pieces += run
+    for at, piece in enumerate(pieces):  # the hash of the text between the holes, as cut
+        digest.update(b"\0" if at in holes else piece)
+    return Entry(tuple(pieces), _holes(tuple(holes)), digest.digest())
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,16 +285,16 @@ class _Shape:
     (their interests' words, each on a line of ``category[0]``, the term, ``category[1]``;
     the term an attribute, or text)."""
 
-    before: bytes
-    between: bytes
-    after: bytes
+    before: Holed
+    between: Holed
+    after: Holed
     category: tuple[bytes, bytes]
     attribute: bool
 
     def entry(self, item: FeedItem) -> Entry | None:
         """``item``'s entry; None when feedgen would lay it out otherwise (no summary)."""
-        summary = _summary(item.summary)
-        if not summary:
+        summary = _summary_holed(item.summary)
+        if summary[0] == (b"",):
             return None
         escape = escape_attribute if self.attribute else escape_text
         opening, closing = self.category
@@ -261,14 +303,18 @@ class _Shape:
             for term in (xml_text(term).strip() for term in item.terms)
             if term
         )
-        chunk = b"".join((self.before, summary, self.between, categories, self.after))
-        return _entry(chunk, READER in item.link)
+        return _joined(self.before, summary, self.between, ((categories,), ()), self.after)
 
 
 _CONTROLS = bytes(c for c in range(32) if c not in b"\t\n\r")  # what xml_text drops, but two
 
 
-@functools.lru_cache(maxsize=4096)  # the same summary in both kinds of feed
+@functools.lru_cache(maxsize=4096)  # the same summary in both kinds of feed: one copy
+def _summary_holed(summary: str) -> Holed:
+    """The summary's text in an entry, cut where a reader's token goes."""
+    return _holed(_summary(summary))
+
+
 def _summary(summary: str) -> bytes:
     """``xml_text(summary)`` escaped as lxml writes text, encoded: bytes work faster."""
     data = summary.encode().translate(None, _CONTROLS)
@@ -333,7 +379,7 @@ def entries(items: Sequence[FeedItem], kind: FeedKind) -> list[Entry]:
     new.update(zip(unshaped, _made([missing[key] for key in unshaped], kind), strict=True))
     for known, entry in new.items():
         assert entry is not None
-        _entries.put(known, entry, sum(map(len, entry.parts)))
+        _entries.put(known, entry, entry.size)
     return [entry or new[key] for key, entry in zip(keys, made, strict=True)]  # type: ignore[misc]
 
 
@@ -378,7 +424,7 @@ def _made(items: Sequence[FeedItem], kind: FeedKind) -> list[Entry]:
     if not items:
         return []
     chunks = _chunks(items, kind)
-    return [_entry(chunk, READER in item.link) for item, chunk in zip(items, chunks, strict=True)]
+    return [_joined(_holed(chunk)) for chunk in chunks]
 
 
 def _shaped(items: Sequence[FeedItem], kind: FeedKind) -> dict[tuple[object, ...], _Shape | None]:
@@ -424,7 +470,13 @@ def _cut(chunk: bytes) -> _Shape | None:
     in_text = chunk[summary - 1 : summary] == b">" and chunk[past : past + 2] == b"</"
     if not (attribute or text) or not in_text or past > line:
         return None
-    return _Shape(chunk[:summary], chunk[past:line], chunk[end:], (opening, closing), attribute)
+    return _Shape(
+        _holed(chunk[:summary]),
+        _holed(chunk[past:line]),
+        _holed(chunk[end:]),
+        (opening, closing),
+        attribute,
+    )
 
 
 # --- heads, made once per kind of feed ----------------------------------------------------
