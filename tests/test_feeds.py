@@ -30,7 +30,7 @@ from digest.feeds.render import (
     stored_hash,
     write_feed_if_changed,
 )
-from digest.feeds.xml import document, escape_attribute, escape_text, xml_text
+from digest.feeds.xml import document, escape_attribute, escape_text, fresh_entries, xml_text
 from digest.present.paper import PaperView
 from digest.present.views import Links, paper_view
 from digest.store.papers import PaperRow
@@ -314,6 +314,22 @@ def test_a_reader_token_fills_every_link_of_a_shared_entry() -> None:
     assert READER not in mine and READER not in theirs
     assert mine.count(first.token) == 3 and theirs.count(other.token) == 3  # page, up, down
     assert mine.replace(first.token, other.token).splitlines()[2:] == theirs.splitlines()[2:]
+
+
+def test_a_papers_entries_share_the_pieces_they_have_in_common() -> None:
+    """A day holds each paper under several explanations, in both kinds of feed: what the
+    entries have in common is held once."""
+    first = private_items(2)[1]
+    other = replace(first, summary=first.summary + "<p>Matched: other</p>", terms=("other",))
+    for kind in KINDS:
+        one, two = fresh_entries([first, other], kind)
+        assert one.filled(b"T") != two.filled(b"T")
+        both = {id(piece) for piece in one.pieces} & {id(piece) for piece in two.pieces}
+        shared = sum(len(piece) for piece in one.pieces if id(piece) in both)
+        assert shared > len(first.title) + len(first.guid)  # the paper's own pieces
+    atom, rss = fresh_entries([first], "atom")[0], fresh_entries([first], "rss")[0]
+    summary = max(atom.pieces, key=len)
+    assert any(piece is summary for piece in rss.pieces)  # the summary once for both kinds
 
 
 def test_the_content_hash_is_the_same_in_another_process() -> None:

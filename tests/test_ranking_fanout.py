@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import multiprocessing
 import random
+import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -234,6 +236,40 @@ def test_fork_map_runs_each_share_in_a_child_and_raises_its_error() -> None:
 
     with pytest.raises(ValueError, match="share with 4"):
         forks.fork_map(fail, items, 2)
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.skipif(not forks.available(), reason="worker processes need fork")
+def test_fork_pieces_hands_over_each_piece_as_made_and_raises_a_childs_error() -> None:
+    items = list(range(10))
+    got = multiprocessing.get_context("fork").Event()
+
+    def tens(share: list[int]) -> Iterator[int | str]:
+        yield share[0] * 10
+        # the rest only once this process's first piece reached the parent
+        yield "on" if got.wait(30) else "held until the end"
+        yield from (n * 10 for n in share[1:])
+
+    found = []
+    for piece in forks.fork_pieces(tens, items, 2):
+        found.append(piece)
+        got.set()
+    assert found.count("on") == 2
+    assert sorted(n for n in found if isinstance(n, int)) == [n * 10 for n in items]
+    assert list(forks.fork_pieces(lambda share: iter(share), items, 1)) == items
+
+    def fail(share: list[int]) -> Iterator[int]:
+        yield len(share)
+        if 4 in share:
+            raise ValueError("share with 4")
+
+    with pytest.raises(ValueError, match="share with 4"):
+        list(forks.fork_pieces(fail, items, 2))
+    assert not multiprocessing.active_children()
+
+    left = forks.fork_pieces(lambda share: (n for n in share if not time.sleep(0.01)), items, 2)
+    next(left)
+    left.close()  # the caller stops part way: its processes are not left running
     assert not multiprocessing.active_children()
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -113,34 +113,33 @@ def readers_entries(
                 by_paper.setdefault(key[0], []).append((key, stored[key[0]], score))
         groups = list(by_paper.values())
         processes = processes if len(new) >= FORK_FROM else 1
-        for share in forks.fork_map(functools.partial(_make, site), groups, processes):
-            made.update(share)
+        for some in forks.fork_pieces(functools.partial(_make, site), groups, processes):
+            made.update(some)
     return [(sid, [made[key] for key in keys if key in made]) for sid, keys in sent]
 
 
-def _make(site: FeedSite, groups: Sequence[list[tuple[Key, PaperRow, float]]]) -> dict[Key, Made]:
+def _make(
+    site: FeedSite, groups: Sequence[list[tuple[Key, PaperRow, float]]]
+) -> Iterator[dict[Key, Made]]:
     """The entries of these (paper, explanation) keys, a paper's all in one group, made
-    ``ENTRIES_AT_ONCE`` or so at a time: what an entry is made from (its view, its item)
-    is let go before the next are made.
+    ``ENTRIES_AT_ONCE`` or so at a time, each batch yielded as made: what an entry is made
+    from (its view, its item) is let go before the next are made, and a forked process
+    sends each batch on its own (``forks.fork_pieces``), a paper's pieces in one.
 
     Each paper's view is the one the message step made of the same item when it ran in
     this process (``stored_view``): its marked text is worked out already."""
-    made: dict[Key, Made] = {}
     batch: list[tuple[Key, PaperRow, float]] = []
     for group in groups:
         batch += group
         if len(batch) >= ENTRIES_AT_ONCE:
-            _make_some(site, batch, made)
+            yield _make_some(site, batch)
             batch = []
     if batch:
-        _make_some(site, batch, made)
-    return made
+        yield _make_some(site, batch)
 
 
-def _make_some(
-    site: FeedSite, found: Sequence[tuple[Key, PaperRow, float]], made: dict[Key, Made]
-) -> None:
-    """Make the entries of ``found`` into ``made``."""
+def _make_some(site: FeedSite, found: Sequence[tuple[Key, PaperRow, float]]) -> dict[Key, Made]:
+    """The entries of ``found``."""
     views = [stored_view(row, score, key[1], site.base_url) for key, row, score in found]
     prepare(views)  # papers whose marks were not recorded: each analyzed once
     items = [
@@ -148,8 +147,10 @@ def _make_some(
         for (_, row, _), view in zip(found, views, strict=True)
     ]
     atoms, rsss = fresh_entries(items, "atom"), fresh_entries(items, "rss")
-    for (key, row, _), item, atom, rss in zip(found, items, atoms, rsss, strict=True):
-        made[key] = Made(as_utc(item.published), item.guid, row.key, atom, rss)
+    return {
+        key: Made(as_utc(item.published), item.guid, row.key, atom, rss)
+        for (key, row, _), item, atom, rss in zip(found, items, atoms, rsss, strict=True)
+    }
 
 
 def chosen(made: Sequence[Made], limit: int) -> list[Made]:
