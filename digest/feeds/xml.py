@@ -269,13 +269,14 @@ def _joined(*holed: Holed) -> Entry:
     """An entry of these runs of pieces, one after the other."""
     pieces: list[bytes] = []
     holes: list[int] = []
-    digest = hashlib.sha256()
     for run, places in holed:
-        holes += (len(pieces) + hole for hole in places)
+        if places:
+            holes += (len(pieces) + hole for hole in places)
         pieces += run
-    for at, piece in enumerate(pieces):  # the hash of the text between the holes, as cut
-        digest.update(b"\0" if at in holes else piece)
-    return Entry(tuple(pieces), _holes(tuple(holes)), digest.digest())
+    cut = pieces.copy()  # the hash of the text between the holes, as cut
+    for at in holes:
+        cut[at] = b"\0"
+    return Entry(tuple(pieces), _holes(tuple(holes)), hashlib.sha256(b"".join(cut)).digest())
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,14 +297,22 @@ class _Shape:
         summary = _summary_holed(item.summary)
         if summary[0] == (b"",):
             return None
-        escape = escape_attribute if self.attribute else escape_text
-        opening, closing = self.category
-        categories = b"".join(
-            opening + escape(term).encode() + closing
-            for term in (xml_text(term).strip() for term in item.terms)
-            if term
-        )
-        return _joined(self.before, summary, self.between, ((categories,), ()), self.after)
+        categories = _categories(item.terms, self.category, self.attribute)
+        return _joined(self.before, summary, self.between, categories, self.after)
+
+
+@functools.lru_cache(maxsize=4096)  # the few sets of words a day's interests match
+def _categories(terms: tuple[str, ...], category: tuple[bytes, bytes], attribute: bool) -> Holed:
+    """An entry's categories, each term on a line of ``category[0]``, the term (escaped
+    as an attribute, or as text), ``category[1]``."""
+    escape = escape_attribute if attribute else escape_text
+    opening, closing = category
+    found = b"".join(
+        opening + escape(term).encode() + closing
+        for term in (xml_text(term).strip() for term in terms)
+        if term
+    )
+    return (found,), ()
 
 
 _CONTROLS = bytes(c for c in range(32) if c not in b"\t\n\r")  # what xml_text drops, but two
