@@ -4,7 +4,7 @@ Run by hand (not in CI), with Postfix's ``smtp-sink`` installed:
 
     python bench/run.py [--readers 1000 5000] [--papers 40000] [--daily 5000] [--seed 7]
                         [--database URL] [--dumps PATH ...]
-                        [--baseline CHECKOUT] [--rounds N]
+                        [--baseline CHECKOUT] [--rounds N] [--keep] [--under FOLDER]
 
 For each number of readers, a store set up as bench/cycle.py sets it up (``--papers``
 back-filled synthetic papers, the readers, a ``--daily``-paper daily dump in the inbox;
@@ -29,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -129,29 +130,39 @@ def run_command(folder: Path, config: Path, readers: int) -> Measured:
 
 
 def measure(args: argparse.Namespace) -> None:
-    """Each number of readers on a store of its own, one after the other."""
+    """Each number of readers on a store of its own, one after the other. The files of
+    every run are removed only after the last: a file system reuses the inodes freed
+    lately more slowly (ext4 looks past each one), so removing a run's tens of thousands
+    of feed files made the next run's new files cost more system time than its own."""
     found: list[Measured] = []
-    with smtp_sink() as (port, sink_used):
-        for readers in args.readers:
-            bench = set_up(
-                papers=args.papers,
-                readers=readers,
-                daily=args.daily,
-                seed=args.seed,
-                dumps=args.dumps,
-                database=args.database,
-                say=lambda line: None,
-            )
-            try:
-                bench.engine.dispose()  # the command has the store to itself
-                config = settings_file(bench.folder, bench.environ, port)
-                measured = run_command(bench.folder, config, readers)
-            finally:
-                bench.close()
-                if not args.keep:
-                    shutil.rmtree(bench.folder, ignore_errors=True)
-            found.append(measured)
-            print_run(measured)
+    folders: list[Path] = []
+    try:
+        with smtp_sink() as (port, sink_used):
+            for readers in args.readers:
+                folder = Path(tempfile.mkdtemp(prefix="digest-run-", dir=args.under))
+                folders.append(folder)
+                bench = set_up(
+                    papers=args.papers,
+                    readers=readers,
+                    daily=args.daily,
+                    seed=args.seed,
+                    dumps=args.dumps,
+                    database=args.database,
+                    folder=folder,
+                    say=lambda line: None,
+                )
+                try:
+                    bench.engine.dispose()  # the command has the store to itself
+                    config = settings_file(bench.folder, bench.environ, port)
+                    measured = run_command(bench.folder, config, readers)
+                finally:
+                    bench.close()
+                found.append(measured)
+                print_run(measured)
+    finally:
+        if not args.keep:
+            for folder in folders:
+                shutil.rmtree(folder, ignore_errors=True)
     print(f"smtp-sink: {sink_used[0].cpu:.2f} CPU-s for every run (not counted above)")
     print_slope(found[0], found[-1])
 
@@ -212,16 +223,22 @@ def side_by_side(args: argparse.Namespace, rest: list[str]) -> None:
     """This script on the baseline's code and on this checkout's, in turns."""
     from sides import run_variant  # bench/sides.py
 
+    under = Path(tempfile.mkdtemp(prefix="digest-runs-"))  # every run's files, to the end
+    kept = ("--under", str(under), "--keep")
     runs = [
-        Variant("baseline", args.baseline.resolve(), tuple(rest)),
-        Variant("this checkout", REPO, tuple(rest)),
+        Variant("baseline", args.baseline.resolve(), (*rest, *kept)),
+        Variant("this checkout", REPO, (*rest, *kept)),
     ]
     found: dict[str, list[dict[str, float]]] = {v.name: [] for v in runs}
-    for turn in range(1, args.rounds + 1):
-        for variant in runs:
-            output = run_variant(variant, script=Path(__file__).resolve())
-            print(f"--- round {turn}, {variant.name}: {variant.checkout}\n{output}", flush=True)
-            found[variant.name].append(figures(output))
+    try:
+        for turn in range(1, args.rounds + 1):
+            for variant in runs:
+                output = run_variant(variant, script=Path(__file__).resolve())
+                print(f"--- round {turn}, {variant.name}: {variant.checkout}\n{output}", flush=True)
+                found[variant.name].append(figures(output))
+    finally:
+        if not args.keep:
+            shutil.rmtree(under, ignore_errors=True)
     old, new = found["baseline"], found["this checkout"]
     print("\n| figure | baseline | this checkout | ratio |\n| --- | --- | --- | --- |")
     for name in old[0]:
@@ -255,6 +272,9 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
     parser.add_argument("--keep", action="store_true", help="keep the files (not the database)")
+    parser.add_argument(
+        "--under", type=Path, metavar="FOLDER", help="where the runs' folders go (a temporary one)"
+    )
     add_dumps_argument(parser)
     args = parser.parse_args()
     if args.baseline:
