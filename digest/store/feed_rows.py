@@ -5,22 +5,45 @@ The same items as ``outbox.sent_items`` (the same choice, in the same order), wi
 the time each was sent (a feed file does not show it), and read by the driver's own
 cursor on the caller's connection: writing every reader's feed reads hundreds of
 thousands of them, and a result object per row cost more than the query.
+
+A reader's newest items are in their newest digests: the items of their ``FEW`` newest
+sent digests (and of any sent at the same moment as the last of them) are read first,
+found through the index of each reader's sent digests by time, so a reader's feed costs
+the same on the first day and after years of digests. Only a reader those digests give
+fewer than ``limit`` items (a paper gone from the store may leave a digest empty), who
+has more than ``FEW`` sent digests, has all their items read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy.engine import Connection
 
-_SENT_ROWS = (
-    "SELECT subscriber_id, paper_id, score, matched FROM ("
-    "SELECT i.subscriber_id, i.paper_id, i.score, i.matched, row_number() OVER ("
-    "PARTITION BY i.subscriber_id ORDER BY d.sent_at DESC, i.rank) AS n"
-    " FROM digestitem i JOIN digest d ON d.id = i.digest_id JOIN paper p ON p.id = i.paper_id"
-    " WHERE d.status = 'sent' AND i.subscriber_id IN ({marks})) numbered"
+FEW = 8  # a reader's newest sent digests read first: a feed's items, unless digests are thin
+
+_NUMBERED = (
+    "SELECT subscriber_id, paper_id, score, matched, digest_id FROM ("
+    "SELECT i.subscriber_id, i.paper_id, i.score, i.matched, i.digest_id, row_number() OVER ("
+    "PARTITION BY i.subscriber_id ORDER BY d.sent_at DESC, i.rank) AS n FROM ({digests}) d"
+    " JOIN digestitem i ON i.digest_id = d.id JOIN paper p ON p.id = i.paper_id) numbered"
     " WHERE n <= {mark} ORDER BY subscriber_id, n"
+)
+# every sent digest of these readers
+_ALL = "SELECT id, sent_at FROM digest WHERE status = 'sent' AND subscriber_id IN ({marks})"
+# their newest FEW (the reader first: each one's few found by the index, in the order of time)
+_NEWEST = (
+    "SELECT d.id, d.sent_at FROM subscriber s CROSS JOIN digest d"
+    " WHERE d.subscriber_id = s.id AND d.status = 'sent'"
+    " AND d.sent_at >= (SELECT min(sent_at) FROM (SELECT d2.sent_at FROM digest d2"
+    " WHERE d2.subscriber_id = s.id AND d2.status = 'sent' ORDER BY d2.sent_at DESC"
+    " LIMIT {mark}) newest) AND s.id IN ({marks})"
+)
+
+_COUNTS = (
+    "SELECT subscriber_id, count(*) FROM digest WHERE status = 'sent'"
+    " AND subscriber_id IN ({marks}) GROUP BY subscriber_id"
 )
 
 # subscriber, paper, its score and its stored explanation (JSON text)
@@ -33,10 +56,30 @@ def sent_rows(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> li
     if not subscriber_ids:
         return []
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    query = _SENT_ROWS.format(marks=", ".join([mark] * len(subscriber_ids)), mark=mark)
+    marks = ", ".join([mark] * len(subscriber_ids))
+    query = _NUMBERED.format(digests=_NEWEST.format(mark=mark, marks=marks), mark=mark)
+    found: dict[int, list[Any]] = {sid: [] for sid in subscriber_ids}
+    for row in _fetch(conn, query, (FEW, *subscriber_ids, limit)):
+        found[row[0]].append(row)
+    short = [sid for sid, rows in found.items() if len(rows) < limit]
+    if short:  # fewer items than a feed shows: all of them, where they have more digests
+        marks = ", ".join([mark] * len(short))
+        counts = dict(_fetch(conn, _COUNTS.format(marks=marks), tuple(short)))
+        short = [sid for sid in short if counts.get(sid, 0) > FEW]
+    if short:
+        marks = ", ".join([mark] * len(short))
+        query = _NUMBERED.format(digests=_ALL.format(marks=marks), mark=mark)
+        for sid in short:
+            found[sid] = []
+        for row in _fetch(conn, query, (*short, limit)):
+            found[row[0]].append(row)
+    return [cast(SentRow, row[:4]) for sid in sorted(found) for row in found[sid]]
+
+
+def _fetch(conn: Connection, query: str, values: tuple[Any, ...]) -> list[Any]:
     cursor = conn.connection.cursor()
     try:
-        cursor.execute(query, (*subscriber_ids, limit))
-        return cast(list[SentRow], cursor.fetchall())
+        cursor.execute(query, values)
+        return cast(list[Any], cursor.fetchall())
     finally:
         cursor.close()

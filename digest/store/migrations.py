@@ -384,6 +384,14 @@ def _v14_outbox_claims(conn: Connection) -> None:
     meta.create_all(conn)
 
 
+def _v15_newest_sent(conn: Connection) -> None:
+    """Each reader's sent digests by time: a reader's newest items are read from their
+    newest digests (``feed_rows``), not from every digest they were ever sent."""
+    conn.execute(
+        sa.text("CREATE INDEX ix_digest_subscriber_sent ON digest (subscriber_id, status, sent_at)")
+    )
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_initial,
     _v2_search_index,
@@ -399,6 +407,7 @@ MIGRATIONS: list[Callable[[Connection], None]] = [
     _v12_site_keys_and_counters,
     _v13_digest_hour,
     _v14_outbox_claims,
+    _v15_newest_sent,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
