@@ -250,6 +250,15 @@ def driver_form(dialect: sa.Dialect, column: sa.ColumnElement[Any]) -> Callable[
     return lambda value: None if value is None else convert(value)
 
 
+def read_form(dialect: sa.Dialect, column: sa.ColumnElement[Any]) -> Callable[[Any], Any]:
+    """A value of ``column`` as the driver reads it, made what SQLAlchemy's own statements
+    give (None as None): for statements run through the driver itself."""
+    convert = column.type.dialect_impl(dialect).result_processor(dialect, None)
+    if convert is None:
+        return lambda value: value
+    return lambda value: None if value is None else convert(value)
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Connection]:
     """One write transaction; database errors become a ``StoreError``."""

@@ -1,8 +1,7 @@
 """What the private feed files are made of, read as plain tuples: each reader's newest
 sent items, by paper and why it was chosen.
 
-The same items as ``outbox.sent_items`` (the same choice, in the same order), without
-the time each was sent (a feed file does not show it), and read by the driver's own
+The items ``outbox.sent_items`` gives the web front's live feeds, read by the driver's own
 cursor on the caller's connection: writing every reader's feed reads hundreds of
 thousands of them, and a result object per row cost more than the query.
 
@@ -24,8 +23,9 @@ from sqlalchemy.engine import Connection
 FEW = 8  # a reader's newest sent digests read first: a feed's items, unless digests are thin
 
 _NUMBERED = (
-    "SELECT subscriber_id, paper_id, score, matched, digest_id FROM ("
-    "SELECT i.subscriber_id, i.paper_id, i.score, i.matched, i.digest_id, row_number() OVER ("
+    "SELECT subscriber_id, paper_id, score, matched, digest_id, sent_at FROM ("
+    "SELECT i.subscriber_id, i.paper_id, i.score, i.matched, i.digest_id, d.sent_at,"
+    " row_number() OVER ("
     "PARTITION BY i.subscriber_id ORDER BY d.sent_at DESC, i.rank) AS n FROM ({digests}) d"
     " JOIN digestitem i ON i.digest_id = d.id JOIN paper p ON p.id = i.paper_id) numbered"
     " WHERE n <= {mark} ORDER BY subscriber_id, n"
@@ -53,6 +53,13 @@ SentRow = tuple[int, int, float, str]
 def sent_rows(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> list[SentRow]:
     """The newest ``limit`` items sent to each of these subscribers, by subscriber, newest
     first, as (subscriber id, paper id, score, matched)."""
+    return [cast(SentRow, row[:4]) for row in newest_sent(conn, subscriber_ids, limit)]
+
+
+def newest_sent(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> list[Any]:
+    """The newest ``limit`` items sent to each of these subscribers, by subscriber, newest
+    first, as the driver reads them: (subscriber id, paper id, score, matched, digest id,
+    sent at)."""
     if not subscriber_ids:
         return []
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
@@ -73,7 +80,7 @@ def sent_rows(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> li
             found[sid] = []
         for row in _fetch(conn, query, (*short, limit)):
             found[row[0]].append(row)
-    return [cast(SentRow, row[:4]) for sid in sorted(found) for row in found[sid]]
+    return [row for sid in sorted(found) for row in found[sid]]
 
 
 def _fetch(conn: Connection, query: str, values: tuple[Any, ...]) -> list[Any]:

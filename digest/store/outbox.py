@@ -16,8 +16,9 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
 from digest.clock import as_utc
-from digest.store.engine import insert_or_skip, reading, transaction
-from digest.store.models import Digest, DigestItem, Paper, Subscriber, TransportState
+from digest.store.engine import insert_or_skip, read_form, reading, transaction
+from digest.store.feed_rows import newest_sent
+from digest.store.models import Digest, DigestItem, Subscriber, TransportState
 from digest.store.papers import PARAMETERS, PaperRow, by_ids, reader
 from digest.store.unsent import Carried, held_by
 
@@ -379,44 +380,16 @@ class SentItem:
     sent_at: datetime
 
 
-_NUMBERED = (
-    sa.select(
-        col(DigestItem.subscriber_id),
-        col(DigestItem.paper_id),
-        col(DigestItem.matched),
-        col(Digest.sent_at),
-        sa.func.row_number()
-        .over(
-            partition_by=col(DigestItem.subscriber_id),
-            order_by=(col(Digest.sent_at).desc(), col(DigestItem.rank)),
-        )
-        .label("n"),
-    )
-    .join(Digest, col(Digest.id) == col(DigestItem.digest_id))
-    .join(Paper, col(Paper.id) == col(DigestItem.paper_id))
-    .where(
-        col(Digest.status) == "sent",
-        col(DigestItem.subscriber_id).in_(sa.bindparam("ids", expanding=True)),
-    )
-    .subquery()
-)
-_SENT_ITEMS = (
-    sa.select(
-        _NUMBERED.c.subscriber_id, _NUMBERED.c.paper_id, _NUMBERED.c.matched, _NUMBERED.c.sent_at
-    )
-    .where(_NUMBERED.c.n <= sa.bindparam("limit"))
-    .order_by(_NUMBERED.c.subscriber_id, _NUMBERED.c.n)
-)
-
-
 def sent_items(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> list[SentItem]:
     """The newest ``limit`` items sent to each of these subscribers, by subscriber, newest
     first: the papers by id (a paper goes to many readers: ``papers.by_ids`` reads each
     once)."""
-    if not subscriber_ids:
-        return []
-    rows = conn.execute(_SENT_ITEMS, {"ids": list(subscriber_ids), "limit": limit})
-    return [SentItem(*row) for row in rows]
+    rows = newest_sent(conn, subscriber_ids, limit)
+    when = read_form(conn.dialect, Digest.__table__.c.sent_at)  # type: ignore[attr-defined]
+    return [
+        SentItem(sid, paper_id, matched, when(sent_at))
+        for sid, paper_id, _, matched, _, sent_at in rows
+    ]
 
 
 # Built once: these run for every message, and building a statement costs more than running it.
