@@ -19,11 +19,12 @@ from urllib.parse import unquote
 
 import feedparser
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from digest.deliver.transports import RecordingTransport
 from digest.errors import WriteError
-from digest.feeds import exchange, staged
+from digest.feeds import exchange, files, kept_entries, staged
 from digest.feeds.files import PrivateFiles
 from digest.feeds.publish import (
     collector_paused,
@@ -40,7 +41,7 @@ from digest.service.cycle import run_cycle
 from digest.service.keys import site_keys
 from digest.service.subscriptions import operator_patch, upsert_subscriber
 from digest.settings import Settings, load_settings
-from digest.store.engine import open_store, reading
+from digest.store.engine import open_store, reading, transaction
 from digest.store.subscribers import feed_salts
 from digest.tokens import feed_name
 from tests.test_cycle import ticking
@@ -85,7 +86,9 @@ def store(settings: Settings, dump_a: Path, dump_b: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-def publish(settings: Settings, store: Engine, folder: Path, processes: int) -> dict[str, int]:
+def publish(
+    settings: Settings, store: Engine, folder: Path, processes: int, keep: Path | None = None
+) -> dict[str, int]:
     return publish_feeds(
         store,
         folder=folder,
@@ -95,6 +98,7 @@ def publish(settings: Settings, store: Engine, folder: Path, processes: int) -> 
         key=site_keys(settings, store, WRITTEN).signing,
         now=WRITTEN,
         processes=processes,
+        keep=keep,
     )
 
 
@@ -180,6 +184,97 @@ def test_nothing_is_written_again_when_nothing_changed(
     again = publish(settings, store, folder, 2)
     assert again == {"written": 0, "unchanged": first["written"], "removed": 0}
     assert {path: path.stat().st_mtime_ns for path in (folder / "private").iterdir()} == times
+
+
+def written(folder: Path) -> dict[str, bytes]:
+    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*.*")}
+
+
+@pytest.fixture
+def making(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many entries each batch made (``files._make_some``), in this process, none kept
+    in it before (as in a new process)."""
+    files._kept.sites.clear()
+    made: list[int] = []
+    real = files._make_some
+
+    def counted(site: Any, found: Any) -> Any:
+        made.append(len(found))
+        return real(site, found)
+
+    monkeypatch.setattr(files, "_make_some", counted)
+    return made
+
+
+def test_a_run_in_a_new_process_takes_the_entries_the_run_before_kept(
+    settings: Settings, store: Engine, tmp_path: Path, making: list[int]
+) -> None:
+    keep = tmp_path / "feed-entries"
+    publish(settings, store, tmp_path / "first", 1, keep)
+    assert sum(making) > 0
+    assert stat.S_IMODE(keep.stat().st_mode) == 0o600
+    files._kept.sites.clear()  # as in a new process
+    making.clear()
+    publish(settings, store, tmp_path / "again", 1, keep)
+    assert making == []
+    assert written(tmp_path / "again") == written(tmp_path / "first")
+
+
+def test_a_kept_entry_is_made_again_when_its_paper_changed(
+    settings: Settings, store: Engine, tmp_path: Path, making: list[int]
+) -> None:
+    keep = tmp_path / "feed-entries"
+    publish(settings, store, tmp_path / "first", 1, keep)
+    with transaction(store) as conn:
+        paper = conn.execute(  # the first item of the newest digest: in a feed
+            sa.text(
+                "SELECT i.paper_id FROM digestitem i JOIN digest d ON d.id = i.digest_id"
+                " WHERE d.status = 'sent' ORDER BY d.sent_at DESC, i.rank LIMIT 1"
+            )
+        ).scalar_one()
+        explanations = conn.execute(
+            sa.text("SELECT count(DISTINCT matched) FROM digestitem WHERE paper_id = :p"),
+            {"p": paper},
+        ).scalar_one()
+        conn.execute(
+            sa.text("UPDATE paper SET title = 'A title made better' WHERE id = :p"), {"p": paper}
+        )
+    files._kept.sites.clear()
+    making.clear()
+    publish(settings, store, tmp_path / "again", 1, keep)
+    assert 1 <= sum(making) <= explanations  # its entries, under the reasons still shown
+    files._kept.sites.clear()
+    publish(settings, store, tmp_path / "fresh", 1)  # every entry made in this process
+    again = written(tmp_path / "again")
+    assert again == written(tmp_path / "fresh")
+    assert any(b"A title made better" in data for data in again.values())
+
+
+@pytest.mark.parametrize("kept", ["other code", "broken"])
+def test_entries_kept_by_other_code_or_broken_are_made_again(
+    settings: Settings,
+    store: Engine,
+    tmp_path: Path,
+    making: list[int],
+    kept: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keep = tmp_path / "feed-entries"
+    publish(settings, store, tmp_path / "first", 1, keep)
+    made = sum(making)
+    if kept == "broken":
+        keep.write_bytes(keep.read_bytes()[: keep.stat().st_size // 2])
+    else:
+        monkeypatch.setattr(kept_entries, "code_stamp", lambda: "code changed since")
+    files._kept.sites.clear()
+    making.clear()
+    publish(settings, store, tmp_path / "again", 1, keep)
+    assert sum(making) == made
+    assert written(tmp_path / "again") == written(tmp_path / "first")
+    site = site_of(
+        store, base_url=settings.base_url, site_name=settings.site_name, limit=settings.feed_items
+    )
+    assert kept_entries.load(keep, site)  # kept again, as this code makes them
 
 
 def test_the_sweep_removes_only_feeds_of_readers_gone(tmp_path: Path) -> None:

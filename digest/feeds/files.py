@@ -27,6 +27,8 @@ from sqlalchemy.engine import Connection
 
 from digest import forks
 from digest.clock import as_utc
+from digest.feeds import kept_entries
+from digest.feeds.kept_entries import paper_stamp
 from digest.feeds.render import FeedKind, entries_hash, pieces
 from digest.feeds.site import FeedSite
 from digest.feeds.staged import StagedFolder
@@ -56,6 +58,12 @@ class Made:
     paper_key: str
     atom: Entry
     rss: Entry
+    stamp: bytes  # what its paper said when it was made (``kept_entries.paper_stamp``)
+
+    @property
+    def kept(self) -> kept_entries.Kept:
+        """Its fields as ``kept_entries`` keeps them."""
+        return (self.published, self.guid, self.paper_key, self.atom, self.rss)
 
 
 class _Kept:
@@ -87,10 +95,13 @@ def readers_entries(
     site: FeedSite,
     ingest: int,
     processes: int = 1,
+    keep: Path | None = None,
 ) -> list[tuple[int, list[Made]]]:
     """Each of these readers with the entries of what they were sent, newest sent first
-    (a paper gone from the store meanwhile left out); the entries not made before are made
-    by ``processes`` forked processes, each taking its share of the papers."""
+    (a paper gone from the store meanwhile left out); the entries not made before (in this
+    process, or kept in the file ``keep`` by a run before: ``kept_entries``) are made by
+    ``processes`` forked processes, each taking its share of the papers. ``keep``: the
+    entries used are kept there for the next run."""
     made = _kept.current(site, ingest)
     wanted: dict[Key, tuple[Key, float]] = {}  # each key once (one object), with its score
     sent: list[tuple[int, list[Key]]] = []
@@ -107,14 +118,25 @@ def readers_entries(
     new = [(key, score) for key, score in wanted.values() if key not in made]
     if new:
         stored = papers.by_ids(conn, sorted({key[0] for key, _ in new}))
+        kept = kept_entries.load(keep, site) if keep is not None else {}
         by_paper: dict[int, list[tuple[Key, PaperRow, float]]] = {}
         for key, score in new:
-            if key[0] in stored:
-                by_paper.setdefault(key[0], []).append((key, stored[key[0]], score))
+            row = stored.get(key[0])
+            if row is None:
+                continue
+            ready = kept_entries.usable(kept, key, row) if kept else None
+            if ready is not None:
+                made[key] = Made(*ready, kept[key][0])
+            else:
+                by_paper.setdefault(key[0], []).append((key, row, score))
+        del kept
         groups = list(by_paper.values())
         processes = processes if len(new) >= FORK_FROM else 1
         for some in forks.fork_pieces(functools.partial(_make, site), groups, processes):
             made.update(some)
+    if keep is not None and (new or not keep.exists()):
+        used = [(key, made[key]) for key, _ in wanted.values() if key in made]
+        kept_entries.save(keep, site, ((key, m.stamp, m.kept) for key, m in used))
     return [(sid, [made[key] for key in keys if key in made]) for sid, keys in sent]
 
 
@@ -148,7 +170,7 @@ def _make_some(site: FeedSite, found: Sequence[tuple[Key, PaperRow, float]]) -> 
     ]
     atoms, rsss = fresh_entries(items, "atom"), fresh_entries(items, "rss")
     return {
-        key: Made(as_utc(item.published), item.guid, row.key, atom, rss)
+        key: Made(as_utc(item.published), item.guid, row.key, atom, rss, paper_stamp(row))
         for (key, row, _), item, atom, rss in zip(found, items, atoms, rsss, strict=True)
     }
 

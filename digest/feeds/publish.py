@@ -167,6 +167,7 @@ def publish_feeds(
     changed: Collection[int] | None = None,
     processes: int | None = None,
     private: bool = True,
+    keep: Path | None = None,
 ) -> dict[str, int]:
     """Write the global feed and the private feeds that may have changed; count what changed.
 
@@ -174,7 +175,8 @@ def publish_feeds(
     ``limit`` items; ``key`` signs the private feeds' names. ``changed`` names the subscribers
     sent something since their feed was written (None: all of them); a private feed that
     does not exist yet is written whatever it says. ``private`` False: the global feed only
-    (the web front serves the private ones from the store).
+    (the web front serves the private ones from the store). ``keep``: a file the private
+    feeds' entries are kept in from one run to the next (``kept_entries``).
     """
     _make_folders(folder, private=private)
     site = site_of(engine, base_url=base_url, site_name=site_name, limit=limit)
@@ -211,7 +213,9 @@ def publish_feeds(
             ingest = ingest_sequence(conn)
             readers: list[PrivateJob] = [
                 (sid, salts[sid], names[sid], made)
-                for sid, made in readers_entries(conn, targets, site, ingest, min(processes, 2))
+                for sid, made in readers_entries(
+                    conn, targets, site, ingest, min(processes, 2), keep
+                )
             ]
             targets = []
         else:  # feeds feedgen makes whole, each item made for each reader

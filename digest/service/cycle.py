@@ -35,6 +35,7 @@ from digest.deliver.send import (
 )
 from digest.deliver.transports import Transport, transport_label
 from digest.errors import DigestError
+from digest.feeds.kept_entries import FILE as KEPT_ENTRIES
 from digest.feeds.publish import publish_feeds
 from digest.ingest.dumps import DumpResult, ingest_inbox
 from digest.ingest.fetch import FetchResult, fetch_sources
@@ -174,6 +175,7 @@ def publish_site_feeds(
         changed=changed,
         processes=processes,
         private=settings.private_feed_files,
+        keep=settings.data_dir / KEPT_ENTRIES,
     )
 
 
