@@ -2,7 +2,7 @@
 
 Run by hand (not in CI):
 
-    python bench/feed_rows.py [--readers 1000] [--days 3 30 120] [--items 18] [--limit 50]
+    python bench/feed_rows.py [--readers 1000] [--days 3 30 120] [--items 18] [--limit 100]
 
 For each number of days, a new SQLite store (the real schema, by its migrations) holding
 ``--readers`` readers, each sent one digest a day of ``--items`` items; then, alternating
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--readers", type=int, default=1_000)
     parser.add_argument("--days", type=int, nargs="+", default=[3, 30, 120])
     parser.add_argument("--items", type=int, default=18, help="items in each daily digest")
-    parser.add_argument("--limit", type=int, default=50, help="items a feed shows")
+    parser.add_argument("--limit", type=int, default=100, help="items a feed shows (feed_items)")
     args = parser.parse_args()
     print(f"{args.readers:,} readers, {args.items} items a digest, feeds of {args.limit}")
     print("| days of digests | every item, a reader | newest digests first, a reader | ratio |")
