@@ -215,9 +215,11 @@ def test_a_run_in_a_new_process_takes_the_entries_the_run_before_kept(
     assert stat.S_IMODE(keep.stat().st_mode) == 0o600
     files._kept.sites.clear()  # as in a new process
     making.clear()
+    inode = keep.stat().st_ino
     publish(settings, store, tmp_path / "again", 1, keep)
     assert making == []
     assert written(tmp_path / "again") == written(tmp_path / "first")
+    assert keep.stat().st_ino == inode  # every entry kept was used, none made: not rewritten
 
 
 def test_a_kept_entry_is_made_again_when_its_paper_changed(

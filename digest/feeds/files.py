@@ -116,28 +116,44 @@ def readers_entries(
             by_reader[sid].append(found[0])
         sent.extend(by_reader.items())
     new = [(key, score) for key, score in wanted.values() if key not in made]
+    unchanged = keep is not None and keep.exists()  # the kept entries are this run's
     if new:
         stored = papers.by_ids(conn, sorted({key[0] for key, _ in new}))
         kept = kept_entries.load(keep, site) if keep is not None else {}
-        by_paper: dict[int, list[tuple[Key, PaperRow, float]]] = {}
-        for key, score in new:
-            row = stored.get(key[0])
-            if row is None:
-                continue
-            ready = kept_entries.usable(kept, key, row) if kept else None
-            if ready is not None:
-                made[key] = Made(*ready, kept[key][0])
-            else:
-                by_paper.setdefault(key[0], []).append((key, row, score))
+        groups, taken = _taken(kept, new, stored, made)
+        unchanged = unchanged and not groups and taken == len(kept)
         del kept
-        groups = list(by_paper.values())
         processes = processes if len(new) >= FORK_FROM else 1
         for some in forks.fork_pieces(functools.partial(_make, site), groups, processes):
             made.update(some)
-    if keep is not None and (new or not keep.exists()):
+    if keep is not None and not unchanged:
         used = [(key, made[key]) for key, _ in wanted.values() if key in made]
         kept_entries.save(keep, site, ((key, m.stamp, m.kept) for key, m in used))
     return [(sid, [made[key] for key in keys if key in made]) for sid, keys in sent]
+
+
+def _taken(
+    kept: dict[Key, tuple[bytes, kept_entries.Kept]],
+    new: Sequence[tuple[Key, float]],
+    stored: dict[int, PaperRow],
+    made: dict[Key, Made],
+) -> tuple[list[list[tuple[Key, PaperRow, float]]], int]:
+    """Put into ``made`` the entries of ``new`` kept by a run before whose papers read as
+    they did; the rest to make, a paper's all in one group (a paper gone from the store
+    left out), and how many were taken."""
+    by_paper: dict[int, list[tuple[Key, PaperRow, float]]] = {}
+    taken = 0
+    for key, score in new:
+        row = stored.get(key[0])
+        if row is None:
+            continue
+        ready = kept_entries.usable(kept, key, row) if kept else None
+        if ready is not None:
+            made[key] = Made(*ready, kept[key][0])
+            taken += 1
+        else:
+            by_paper.setdefault(key[0], []).append((key, row, score))
+    return list(by_paper.values()), taken
 
 
 def _make(

@@ -82,6 +82,7 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+@functools.lru_cache(maxsize=65_536)  # a paper goes under many explanations
 def paper_stamp(row: PaperRow) -> bytes:
     """A hash of every field of the paper an entry shows."""
     fields = (
