@@ -9,8 +9,8 @@ serves), and the next run takes from it every entry whose paper still reads as i
 when the entry was made: only the new ones are made.
 
 What an entry is made of is checked, not trusted: the file names the code that made its
-entries (a hash of the modules that shape an entry, and the versions of feedgen and lxml)
-and the site (its address and GUID authority), and each entry the paper it was made of
+entries (a hash of the source of the packages that shape an entry, ``feeds``,
+``present`` and ``rank``, and the versions of feedgen, lxml and markupsafe) and the site (its address and GUID authority), and each entry the paper it was made of
 (a hash of every field of the paper an entry shows). A file from other code, another site,
 or that cannot be read is left unused (and written over by the run); an entry whose paper
 changed is made again. The file holds bytes, strings and numbers only (``marshal``),
@@ -40,16 +40,9 @@ log = logging.getLogger(__name__)
 FILE = "feed-entries"  # under data_dir
 BATCH = 1_000  # entries written (and read) at once
 _FORMAT = 1  # what a kept entry's fields are; raised when they change
-# the modules whose code shapes an entry: any change to them makes every entry again
-_SHAPED_BY = (
-    "digest.feeds.xml",
-    "digest.feeds.render",
-    "digest.feeds.site",
-    "digest.feeds.files",
-    "digest.present.paper",
-    "digest.present.views",
-    "digest.rank.highlight",
-)
+# the packages whose code shapes an entry (its XML, its text as shown, its marks): any
+# change to them makes every entry again
+_SHAPED_BY = ("feeds", "present", "rank")
 
 Key = tuple[int, str]  # a paper's id, and why it was chosen (its stored explanation)
 # a ``files.Made``'s fields: when the paper is dated, its GUID, its key, its two entries
@@ -58,20 +51,18 @@ Kept = tuple[datetime, str, str, Entry, Entry]
 
 @functools.cache
 def code_stamp() -> str:
-    """A hash of the code that shapes an entry: these modules' source, feedgen's and lxml's
-    versions."""
-    import importlib
-    import inspect
-
+    """A hash of the code that shapes an entry: the source of these packages of digest,
+    and the versions of the libraries that write and escape it."""
     digest = hashlib.sha256(str(_FORMAT).encode())
-    for name in _SHAPED_BY:
-        module = importlib.import_module(name)
-        try:
-            digest.update(inspect.getsource(module).encode())
-        except (OSError, TypeError):  # no source to read: the installed version stands for it
+    root = Path(__file__).resolve().parents[1]
+    for package in _SHAPED_BY:
+        sources = sorted((root / package).glob("*.py"))
+        if not sources:  # installed without its source: its version stands for it
             digest.update(_version("digest").encode())
-    for package in ("feedgen", "lxml"):
-        digest.update(_version(package).encode())
+        for source in sources:
+            digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    for library in ("feedgen", "lxml", "markupsafe"):
+        digest.update(_version(library).encode())
     return digest.hexdigest()
 
 
