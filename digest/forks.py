@@ -8,11 +8,12 @@ come back. Without ``fork`` (macOS spawn, Windows) everything runs in-process.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import pickle
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import pairwise
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -42,15 +43,6 @@ def slices(total: int, count: int) -> list[tuple[int, int]]:
     return list(pairwise([total * i // count for i in range(count + 1)]))
 
 
-def _run_share(
-    fn: Callable[[Sequence[Any]], Any], share: Sequence[Any], results: Any, i: int
-) -> None:
-    try:
-        results.put((i, fn(share), None))
-    except BaseException as exc:  # reported to the parent, which raises it there
-        results.put((i, None, _sendable(exc)))
-
-
 def _sendable(exc: BaseException) -> BaseException:
     """``exc``, or what it says when it cannot be pickled to the parent."""
     try:
@@ -60,45 +52,88 @@ def _sendable(exc: BaseException) -> BaseException:
     return exc
 
 
+def _send_share(
+    fn: Callable[[Sequence[Any]], Iterable[Any]], share: Sequence[Any], out: Any
+) -> None:
+    """In a forked child: each piece ``fn`` yields for the share, sent as made, then
+    (False, None), or (False, the exception) when it failed."""
+    try:
+        for piece in fn(share):
+            out.send((True, piece))
+    except BaseException as exc:  # reported to the parent, which raises it there
+        out.send((False, _sendable(exc)))
+    else:
+        out.send((False, None))
+    finally:
+        out.close()
+
+
+def _shares(
+    fn: Callable[[Sequence[T]], Iterable[R]], items: Sequence[T], processes: int
+) -> Iterator[tuple[int, R]]:
+    """Each piece ``fn`` yields for each of ``processes`` shares of items (every
+    ``processes``-th item), with its share's number, as each forked process sends it.
+
+    A child's exception is raised once every child is done. A child that dies before it
+    is done (killed: by the system short of memory, say) is an error too, raised as soon
+    as it is seen, the others stopped: nothing waits for what will never come. A caller
+    that stops part way leaves no child running."""
+    context = multiprocessing.get_context("fork")
+    workers = []
+    reading: dict[Any, int] = {}
+    for i in range(processes):
+        receiving, sending = context.Pipe(duplex=False)
+        worker = context.Process(target=_send_share, args=(fn, items[i::processes], sending))
+        worker.start()
+        # the child's end closed here before the next child is forked: only the child
+        # holds it, so its end is seen as soon as the child is gone
+        sending.close()
+        workers.append(worker)
+        reading[receiving] = i
+    pipes = list(reading)
+    error: BaseException | None = None
+    try:
+        while reading:
+            for ready in multiprocessing.connection.wait(list(reading)):
+                i = reading[ready]
+                try:
+                    message: tuple[bool, Any] = cast(Any, ready).recv()
+                except EOFError:  # its end closed with nothing more: it died part way
+                    workers[i].join()
+                    raise RuntimeError(
+                        f"a worker process died (exit code {workers[i].exitcode})"
+                    ) from None
+                more, piece = message
+                if not more:
+                    del reading[ready]
+                    error = error or piece
+                elif error is None:
+                    yield i, piece
+    finally:
+        for worker in workers:
+            if worker.is_alive() and reading:  # stopped part way: not waited for
+                worker.kill()
+            worker.join()
+        for receiving in pipes:
+            receiving.close()
+    if error is not None:
+        raise error
+
+
 def fork_map(fn: Callable[[Sequence[T]], R], items: Sequence[T], processes: int) -> list[R]:
     """``fn`` of each of ``processes`` shares of items (every ``processes``-th item), in order.
 
-    Each share runs in a forked child; a child's exception is raised here. With one
-    process, or without ``fork``, the one share is all items, run here.
+    Each share runs in a forked child; a child's exception is raised here, and a child
+    that dies is an error. With one process, or without ``fork``, the one share is all
+    items, run here.
     """
     if processes <= 1 or not available() or len(items) <= 1:
         return [fn(items)]
     processes = min(processes, len(items))
-    context = multiprocessing.get_context("fork")
-    results = context.SimpleQueue()
-    workers = [
-        context.Process(target=_run_share, args=(fn, items[i::processes], results, i))
-        for i in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    answers = [results.get() for _ in workers]
-    for worker in workers:
-        worker.join()
-    answers.sort(key=lambda answer: answer[0])
-    for _, _, error in answers:
-        if error is not None:
-            raise error
-    if any(worker.exitcode for worker in workers):
-        raise RuntimeError("a worker process died")
-    return [result for _, result, _ in answers]
-
-
-def _stream_share(
-    fn: Callable[[Sequence[Any]], Iterable[Any]], share: Sequence[Any], results: Any
-) -> None:
-    try:
-        for piece in fn(share):
-            results.put((True, piece))
-    except BaseException as exc:
-        results.put((False, _sendable(exc)))  # done, failed
-    else:
-        results.put((False, None))  # done
+    found: dict[int, R] = {}
+    for i, result in _shares(lambda share: [fn(share)], items, processes):
+        found[i] = result
+    return [found[i] for i in range(processes)]
 
 
 def fork_pieces(
@@ -109,37 +144,11 @@ def fork_pieces(
 
     Unlike ``fork_map``, no share's results are held whole, in its process or in this one,
     nor sent as one: each piece is sent on its own, and may be let go once used. A child's
-    exception is raised here once every process is done. With one process, or without
-    ``fork``, ``fn`` of all items runs here.
+    exception is raised here once every process is done; a child that dies is an error.
+    With one process, or without ``fork``, ``fn`` of all items runs here.
     """
     if processes <= 1 or not available() or len(items) <= 1:
         yield from fn(items)
         return
-    processes = min(processes, len(items))
-    context = multiprocessing.get_context("fork")
-    results = context.SimpleQueue()
-    workers = [
-        context.Process(target=_stream_share, args=(fn, items[i::processes], results))
-        for i in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
-    error: BaseException | None = None
-    running = len(workers)
-    try:
-        while running:
-            more, piece = results.get()
-            if not more:
-                running -= 1
-                error = error or piece
-            elif error is None:
-                yield piece
-    finally:
-        for worker in workers:
-            if running:  # left part way (the caller stopped, or raised): not waited for
-                worker.kill()
-            worker.join()
-    if error is not None:
-        raise error
-    if any(worker.exitcode for worker in workers):
-        raise RuntimeError("a worker process died")
+    for _, piece in _shares(fn, items, min(processes, len(items))):
+        yield piece

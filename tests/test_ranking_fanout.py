@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import random
+import signal
 import time
 from collections.abc import Iterator
 
@@ -270,6 +272,28 @@ def test_fork_pieces_hands_over_each_piece_as_made_and_raises_a_childs_error() -
     left = forks.fork_pieces(lambda share: (n for n in share if not time.sleep(0.01)), items, 2)
     next(left)
     left.close()  # the caller stops part way: its processes are not left running
+    assert not multiprocessing.active_children()
+
+
+@pytest.mark.skipif(not forks.available(), reason="worker processes need fork")
+def test_a_worker_process_that_dies_is_an_error_not_a_wait() -> None:
+    """A child killed part way (by the system short of memory, say) sends nothing more:
+    the caller is told, and the other children are stopped."""
+    items = list(range(10))
+
+    def killed(share: list[int]) -> Iterator[int]:
+        yield share[0]
+        if 3 in share:
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(30)  # the other share: stopped, not waited for
+        yield share[1]
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="died"):
+        list(forks.fork_pieces(killed, items, 2))
+    with pytest.raises(RuntimeError, match="died"):
+        forks.fork_map(lambda share: list(killed(share)), items, 2)
+    assert time.monotonic() - started < 20
     assert not multiprocessing.active_children()
 
 
