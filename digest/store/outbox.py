@@ -565,8 +565,7 @@ class FeedState:
 # (17 ms a poll at 20,000 digests), instead of the few of this subscriber.
 _FEED_STATE = (
     "SELECT s.status, s.token_salt,"
-    " (SELECT max(CASE WHEN d.status = 'sent' THEN d.sent_at END) FROM digest d"
-    " WHERE d.subscriber_id = s.id),"
+    " (SELECT max(d.sent_at) FROM digest d WHERE d.subscriber_id = s.id AND d.status = 'sent'),"
     " (SELECT value FROM ingest_sequence)"
     " FROM subscriber s WHERE s.id = {mark}"
 )
