@@ -148,10 +148,10 @@ def _plain(value: Kept) -> tuple[Any, ...]:
         published.isoformat(),
         guid,
         paper_key,
-        atom.plain(),
+        atom.pieces,
         atom.holes,
         atom.digest,
-        rss.plain(),
+        rss.pieces,
         rss.holes,
         rss.digest,
     )
@@ -165,8 +165,8 @@ def _entry(value: tuple[Any, ...]) -> Kept:
         datetime.fromisoformat(published),
         guid,
         paper_key,
-        Entry.of(a_pieces, a_holes, a_digest),
-        Entry.of(r_pieces, r_holes, r_digest),
+        Entry(a_pieces, a_holes, a_digest),
+        Entry(r_pieces, r_holes, r_digest),
     )
 
 

@@ -220,11 +220,11 @@ _TERM = f"digestterm{secrets.token_hex(16)}".encode()
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One item's XML as it stands in a feed (its indentation and line break included):
-    ``pieces`` in order, the reader's token at each place in ``holes`` (``READER`` there,
-    this process's, which no text can hold). The pieces a paper's entries have in common
-    (all but the summary and the categories) are the same objects in all of them, and a
-    summary's the same in both kinds of feed: a day's entries hold each once. ``digest``:
-    a hash of what it says, the same in every process."""
+    ``pieces`` in order, the reader's token at each place in ``holes`` (an empty piece
+    there). The pieces a paper's entries have in common (all but the summary and the
+    categories) are the same objects in all of them, and a summary's the same in both
+    kinds of feed: a day's entries hold each once. ``digest``: a hash of what it says, the
+    same in every process."""
 
     pieces: tuple[bytes, ...]
     holes: tuple[int, ...]
@@ -234,41 +234,28 @@ class Entry:
         """The entry with the reader's ``token`` in its holes."""
         if not self.holes:
             return b"".join(self.pieces)
-        return b"".join(self.pieces).replace(_READER, token)
+        pieces = list(self.pieces)
+        for at in self.holes:
+            pieces[at] = token
+        return b"".join(pieces)
 
     @property
     def size(self) -> int:
         """The bytes of its pieces."""
         return sum(map(len, self.pieces))
 
-    def plain(self) -> tuple[bytes, ...]:
-        """Its pieces with its holes empty: what another process can read (``of``)."""
-        pieces = list(self.pieces)
-        for at in self.holes:
-            pieces[at] = b""
-        return tuple(pieces)
-
-    @classmethod
-    def of(cls, pieces: tuple[bytes, ...], holes: tuple[int, ...], digest: bytes) -> Entry:
-        """An entry of ``plain`` pieces (made in another process), its holes this
-        process's."""
-        found = list(pieces)
-        for at in holes:
-            found[at] = _READER
-        return cls(tuple(found), _holes(holes), digest)
-
 
 Holed = tuple[tuple[bytes, ...], tuple[int, ...]]  # pieces, and where the token goes
 
 
 def _holed(data: bytes) -> Holed:
-    """``data`` cut where a reader's token goes, ``READER`` standing there on its own."""
+    """``data`` cut where a reader's token goes, an empty piece standing there."""
     parts = data.split(_READER)
     if len(parts) == 1:
         return (data,), ()
     pieces: list[bytes] = [parts[0]]
     for part in parts[1:]:
-        pieces += (_READER, part)
+        pieces += (b"", part)
     return tuple(pieces), _holes(tuple(range(1, len(pieces), 2)))
 
 
