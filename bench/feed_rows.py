@@ -94,7 +94,7 @@ def every_item(conn: sa.Connection, ids: list[int], limit: int) -> list[object]:
     """The code before: every item of every sent digest of these readers, numbered."""
     mark = "?"
     query = feed_rows._NUMBERED.format(
-        digests=feed_rows._ALL.format(marks=", ".join([mark] * len(ids))), mark=mark
+        digests=feed_rows._ALL.format(marks=", ".join([mark] * len(ids))), mark=mark, sent=""
     )
     return feed_rows._fetch(conn, query, (*ids, limit))
 

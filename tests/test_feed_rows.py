@@ -86,7 +86,9 @@ def test_the_newest_digests_give_the_items_of_every_digest(database_url: str) ->
     ids = sorted(READERS)
     with reading(engine) as conn:
         mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        every = _NUMBERED.format(digests=_ALL.format(marks=", ".join([mark] * len(ids))), mark=mark)
+        every = _NUMBERED.format(
+            digests=_ALL.format(marks=", ".join([mark] * len(ids))), mark=mark, sent=""
+        )
         expected = [row[:4] for row in _fetch(conn, every, (*ids, LIMIT))]
         found = sent_rows(conn, ids, LIMIT)
         alone = [row for sid in ids for row in sent_rows(conn, [sid], LIMIT)]

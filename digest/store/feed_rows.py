@@ -23,9 +23,8 @@ from sqlalchemy.engine import Connection
 FEW = 8  # a reader's newest sent digests read first: a feed's items, unless digests are thin
 
 _NUMBERED = (
-    "SELECT subscriber_id, paper_id, score, matched, digest_id, sent_at FROM ("
-    "SELECT i.subscriber_id, i.paper_id, i.score, i.matched, i.digest_id, d.sent_at,"
-    " row_number() OVER ("
+    "SELECT subscriber_id, paper_id, score, matched{sent} FROM ("
+    "SELECT i.subscriber_id, i.paper_id, i.score, i.matched, d.sent_at, row_number() OVER ("
     "PARTITION BY i.subscriber_id ORDER BY d.sent_at DESC, i.rank) AS n FROM ({digests}) d"
     " JOIN digestitem i ON i.digest_id = d.id JOIN paper p ON p.id = i.paper_id) numbered"
     " WHERE n <= {mark} ORDER BY subscriber_id, n"
@@ -53,18 +52,21 @@ SentRow = tuple[int, int, float, str]
 def sent_rows(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> list[SentRow]:
     """The newest ``limit`` items sent to each of these subscribers, by subscriber, newest
     first, as (subscriber id, paper id, score, matched)."""
-    return [cast(SentRow, row[:4]) for row in newest_sent(conn, subscriber_ids, limit)]
+    return cast(list[SentRow], newest_sent(conn, subscriber_ids, limit))
 
 
-def newest_sent(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> list[Any]:
+def newest_sent(
+    conn: Connection, subscriber_ids: Sequence[int], limit: int, *, sent_at: bool = False
+) -> list[Any]:
     """The newest ``limit`` items sent to each of these subscribers, by subscriber, newest
-    first, as the driver reads them: (subscriber id, paper id, score, matched, digest id,
-    sent at)."""
+    first, as the driver reads them: (subscriber id, paper id, score, matched), and when
+    each was sent as the driver reads it (``sent_at``)."""
     if not subscriber_ids:
         return []
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     marks = ", ".join([mark] * len(subscriber_ids))
-    query = _NUMBERED.format(digests=_NEWEST.format(mark=mark, marks=marks), mark=mark)
+    sent = ", sent_at" if sent_at else ""
+    query = _NUMBERED.format(digests=_NEWEST.format(mark=mark, marks=marks), mark=mark, sent=sent)
     found: dict[int, list[Any]] = {sid: [] for sid in subscriber_ids}
     for row in _fetch(conn, query, (FEW, *subscriber_ids, limit)):
         found[row[0]].append(row)
@@ -75,7 +77,7 @@ def newest_sent(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> 
         short = [sid for sid in short if counts.get(sid, 0) > FEW]
     if short:
         marks = ", ".join([mark] * len(short))
-        query = _NUMBERED.format(digests=_ALL.format(marks=marks), mark=mark)
+        query = _NUMBERED.format(digests=_ALL.format(marks=marks), mark=mark, sent=sent)
         for sid in short:
             found[sid] = []
         for row in _fetch(conn, query, (*short, limit)):

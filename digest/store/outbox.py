@@ -384,11 +384,11 @@ def sent_items(conn: Connection, subscriber_ids: Sequence[int], limit: int) -> l
     """The newest ``limit`` items sent to each of these subscribers, by subscriber, newest
     first: the papers by id (a paper goes to many readers: ``papers.by_ids`` reads each
     once)."""
-    rows = newest_sent(conn, subscriber_ids, limit)
+    rows = newest_sent(conn, subscriber_ids, limit, sent_at=True)
     when = read_form(conn.dialect, Digest.__table__.c.sent_at)  # type: ignore[attr-defined]
     return [
         SentItem(sid, paper_id, matched, when(sent_at))
-        for sid, paper_id, _, matched, _, sent_at in rows
+        for sid, paper_id, _, matched, sent_at in rows
     ]
 
 
