@@ -6,15 +6,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from digest.deliver.qp import Parts
-
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-
-def parts_size(parts: Parts) -> int:
-    """About what an encoded part and its tuple hold in memory, in bytes."""
-    return sum(map(len, parts)) + 40 * len(parts) + 60
 
 
 class Kept(Generic[K, V]):

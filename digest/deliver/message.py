@@ -13,9 +13,9 @@ mark, the "Matched:" line. Those are encoded once each, for every distinct set o
 and so are the reader's vote lines for each reason; a block is the parts joined, and is
 kept for every reader whose marks are the same. A reader's own links to a paper (its page,
 "more like this", "not for me") differ only by the reader's token for that paper
-(``DigestView.tokens``): the parts are cut where the token goes (``TOKEN``), each token on
-a line segment of its own between soft line breaks, and a digest joins them with its
-reader's token. The shell around the papers is rendered once per date and length, and each
+(``DigestView.tokens``): the encoded parts hold a NUL where the token goes (``TOKEN``), each
+token on a line segment of its own between soft line breaks, and a digest puts its reader's
+token in its place. The shell around the papers is rendered once per date and length, and each
 reader's preheader and links are put in the same way.
 
 What a paper shows (its text as shown, its marks, its links) is ``digest.present.paper``,
@@ -44,8 +44,8 @@ from markupsafe import Markup, escape
 
 from digest.clock import as_utc
 from digest.deliver.headers import angle, format_address, header, mailto
-from digest.deliver.kept import Kept, parts_size
-from digest.deliver.qp import Parts, decode, encode, joined
+from digest.deliver.kept import Kept
+from digest.deliver.qp import Parts, decode, encode
 from digest.deliver.wire import Wire
 from digest.present.paper import (
     DigestView,
@@ -80,6 +80,27 @@ _PER_READER = frozenset({"score", "interests", "evidence", "because", "token_lin
 _SHOWN_TO_ALL = operator.attrgetter(
     *(field.name for field in fields(PaperView) if field.name not in _PER_READER)
 )
+# Where a reader's token goes in encoded text kept by a builder: quoted-printable never
+# carries a NUL (it writes one as "=00"), nor does a token (ASCII letters, digits, a dot).
+# Encoded pieces kept so join by concatenation (one ``bytes.join``; a tuple of parts cut at
+# the tokens had to be joined part by part in Python), and a reader's copy of a block is
+# one ``replace``.
+_GAP = b"\x00"
+
+
+def _gapped(parts: Parts) -> bytes:
+    """Encoded parts (``qp.encode``) as one bytes, ``_GAP`` where each token goes."""
+    return parts[0] if len(parts) == 1 else _GAP.join(parts)
+
+
+def _encoded(text: str) -> bytes:
+    """``text`` quoted-printable, ``_GAP`` where ``TOKEN`` stands."""
+    return _gapped(encode(text))
+
+
+def _gapped_size(gapped: bytes) -> int:
+    """About what kept encoded bytes hold in memory."""
+    return len(gapped) + 100
 
 
 @dataclass(frozen=True)
@@ -94,11 +115,11 @@ class Sender:
 
 @dataclass(frozen=True)
 class _Block:
-    """A paper rendered and encoded once, for both parts: encoded parts to join with the
-    reader's token (one part: no token)."""
+    """A paper rendered and encoded once, for both parts: encoded text with ``_GAP`` where
+    the reader's token goes (none: no token)."""
 
-    html: Parts
-    text: Parts
+    html: bytes
+    text: bytes
 
 
 @dataclass(frozen=True)
@@ -108,8 +129,8 @@ class _Skeleton:
     "Matched:" line; in the text part around the abstract and that line. The line itself is
     kept as text, with ``_REASONS`` where the reasons go."""
 
-    html: tuple[Parts, Parts, Parts, Parts]
-    text: tuple[Parts, Parts, Parts]
+    html: tuple[bytes, bytes, bytes, bytes]  # each ``_gapped``
+    text: tuple[bytes, bytes, bytes]
     html_reasons: str
     text_reasons: str
 
@@ -118,7 +139,7 @@ class _Skeleton:
 
 
 def _block_size(block: _Block) -> int:
-    return parts_size(block.html) + parts_size(block.text) + 60
+    return len(block.html) + len(block.text) + 260
 
 
 # --- small pure helpers -------------------------------------------------------
@@ -282,10 +303,10 @@ class MessageBuilder:
         # What each paper has once (its skeleton, what it shows to all, its vote lines) is
         # held for up to ``cache_size`` papers, a day's.
         self._cache: Kept[tuple[object, ...], _Block] = Kept(cache_bytes // 2, _block_size)
-        self._pieces: Kept[tuple[object, ...], Parts] = Kept(cache_bytes // 2, parts_size)
+        self._pieces: Kept[tuple[object, ...], bytes] = Kept(cache_bytes // 2, _gapped_size)
         self._skeletons: dict[tuple[object, ...], _Skeleton] = {}
         self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
-        self._votes_parts: dict[tuple[TokenLinks, str], tuple[Parts, Parts]] = {}
+        self._votes_parts: dict[tuple[TokenLinks, str], tuple[bytes, bytes]] = {}
         self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
         self._by_view: dict[int, tuple[PaperView, TokenLinks | None, _Block]] = {}
         self._cache_size = cache_size
@@ -403,19 +424,23 @@ class MessageBuilder:
         )
         h0, h1, h2, h3 = skeleton.html
         t0, t1, t2 = skeleton.text
-        html = joined(h0, title, h1, abstract_html, h2, html_reasons, h3)
-        plain = joined(t0, abstract_text, t1, text_reasons, t2)
-        if links is not None:
-            because = clean_header(paper.because) if paper.because else ""
-            votes_html, votes_text = self._votes(links, because)
-            html, plain = joined(html, votes_html), joined(plain, votes_text)
-        return _Block(html, plain)
+        if links is None:
+            return _Block(
+                b"".join((h0, title, h1, abstract_html, h2, html_reasons, h3)),
+                b"".join((t0, abstract_text, t1, text_reasons, t2)),
+            )
+        because = clean_header(paper.because) if paper.because else ""
+        votes_html, votes_text = self._votes(links, because)
+        return _Block(
+            b"".join((h0, title, h1, abstract_html, h2, html_reasons, h3, votes_html)),
+            b"".join((t0, abstract_text, t1, text_reasons, t2, votes_text)),
+        )
 
-    def _piece(self, key: tuple[object, ...], render: Callable[[], str]) -> Parts:
-        """A piece of a block, encoded once (``render`` makes its text)."""
+    def _piece(self, key: tuple[object, ...], render: Callable[[], str]) -> bytes:
+        """A piece of a block, encoded once (``render`` makes its text; ``_gapped``)."""
         piece = self._pieces.get(key)
         if piece is None:
-            piece = self._pieces.put(key, encode(render()))
+            piece = self._pieces.put(key, _gapped(encode(render())))
         return piece
 
     def _skeleton(
@@ -448,8 +473,8 @@ class MessageBuilder:
         t0, rest = text.split(_ABSTRACT)
         t1, text_line, t2 = _line_of(rest, _REASONS)
         skeleton = _Skeleton(
-            (encode(h0), encode(h1), encode(h2), encode(h3)),
-            (encode(t0), encode(t1), encode(t2)),
+            (_encoded(h0), _encoded(h1), _encoded(h2), _encoded(h3)),
+            (_encoded(t0), _encoded(t1), _encoded(t2)),
             html_line,
             text_line,
         )
@@ -458,7 +483,7 @@ class MessageBuilder:
         self._skeletons[key] = skeleton
         return skeleton
 
-    def _votes(self, links: TokenLinks, because: str) -> tuple[Parts, Parts]:
+    def _votes(self, links: TokenLinks, because: str) -> tuple[bytes, bytes]:
         """A reader's own lines under a paper (why feedback chose it, their vote links),
         encoded once for the paper and the reason, the reader's token left out."""
         key = (links, because)
@@ -466,8 +491,8 @@ class MessageBuilder:
         if found is None:
             t = self._templates
             own = {"because": because, "more_url": links.more, "less_url": links.less}
-            html = encode(_ends_line(str(t.html_macros.votes(own))))
-            text = encode(_ends_line(str(t.text_macros.votes(own))) + "\n")
+            html = _encoded(_ends_line(str(t.html_macros.votes(own))))
+            text = _encoded(_ends_line(str(t.text_macros.votes(own))) + "\n")
             if len(self._votes_parts) >= self._cache_size:
                 self._votes_parts.clear()
             found = self._votes_parts[key] = (html, text)
@@ -488,7 +513,7 @@ class MessageBuilder:
             html = str(t.html_macros.paper(context)) + str(t.html_macros.votes(own))
             text = str(t.text_macros.paper(context)) + str(t.text_macros.votes(own))
         # the text part's blank line between papers comes with each
-        return _Block(encode(_ends_line(html)), encode(_ends_line(text) + "\n"))
+        return _Block(_encoded(_ends_line(html)), _encoded(_ends_line(text) + "\n"))
 
     def _shell(self, view: DigestView) -> dict[str, Any]:
         count = len(view.papers)
@@ -507,8 +532,14 @@ class MessageBuilder:
 
     def _wrap(self, html: bool, context: dict[str, Any], blocks: list[bytes]) -> bytes:
         """One part: its shell, with the reader's own values, around the papers' blocks."""
+        return b"".join(self._wrapped(html, context, blocks))
+
+    def _wrapped(self, html: bool, context: dict[str, Any], blocks: list[bytes]) -> list[bytes]:
+        """``_wrap``'s pieces, not joined (a message joins all of its pieces once)."""
         head, tail = self._frame(html, context)
-        return _filled(head, context, html) + b"".join(blocks) + _filled(tail, context, html)
+        blocks.insert(0, _filled(head, context, html))
+        blocks.append(_filled(tail, context, html))
+        return blocks
 
     def _frame(self, html: bool, context: dict[str, Any]) -> tuple[_Frame, _Frame]:
         """A part's shell as its template renders it for every reader of a digest of this
@@ -532,14 +563,14 @@ class MessageBuilder:
         if not view.tokens:
             for paper in view.papers:
                 block = self._block(paper, None)
-                html.append(block.html[0])
-                text.append(block.text[0])
+                html.append(block.html)
+                text.append(block.text)
             return html, text
         for paper, token in zip(view.papers, view.tokens, strict=True):
             block = self._block(paper, paper.token_links)
             encoded = token.encode()
-            html.append(encoded.join(block.html))
-            text.append(encoded.join(block.text))
+            html.append(block.html.replace(_GAP, encoded))
+            text.append(block.text.replace(_GAP, encoded))
         return html, text
 
     def render_html(self, view: DigestView) -> str:
@@ -555,8 +586,6 @@ class MessageBuilder:
         in wire form (``Wire``: every line CRLF-ended, none starting with a dot)."""
         context = self._shell(view)
         html_blocks, text_blocks = self._blocks(view)
-        text = self._wrap(False, context, text_blocks)
-        html = self._wrap(True, context, html_blocks)
         message_id = angle(view.message_id)
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.
@@ -567,27 +596,26 @@ class MessageBuilder:
             f'--{boundary}\r\nContent-Type: text/%s; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         )
-        message = b"".join(
-            (
-                self._from,
-                header("To", format_address(view.to)),
-                header("Subject", subject_for(view)),
-                header("Date", format_datetime(now)),
-                header("Message-ID", message_id),
-                b"MIME-Version: 1.0\r\n",
-                self._list_id,
-                header("List-Unsubscribe", unsubscribe),
-                b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
-                b"Auto-Submitted: auto-generated\r\n",
-                f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
-                (part_head % "plain").encode(),
-                text,
-                (part_head % "html").encode(),
-                html,
-                f"--{boundary}--\r\n".encode(),
-            )
-        )
-        return Wire(message)
+        pieces = [
+            self._from,
+            header("To", format_address(view.to)),
+            header("Subject", context["subject"]),
+            header("Date", format_datetime(now)),
+            header("Message-ID", message_id),
+            b"MIME-Version: 1.0\r\n",
+            self._list_id,
+            header("List-Unsubscribe", unsubscribe),
+            b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+            b"Auto-Submitted: auto-generated\r\n",
+            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
+            (part_head % "plain").encode(),
+        ]
+        # Every piece joined once: the parts' own joins copied the 65 KB of a message twice.
+        pieces += self._wrapped(False, context, text_blocks)
+        pieces.append((part_head % "html").encode())
+        pieces += self._wrapped(True, context, html_blocks)
+        pieces.append(f"--{boundary}--\r\n".encode())
+        return Wire(b"".join(pieces))
 
 
 def build_message(view: DigestView, sender: Sender, now: datetime) -> bytes:

@@ -75,19 +75,5 @@ def encode(text: str) -> Parts:
     return tuple(parts)
 
 
-def joined(*pieces: Parts) -> Parts:
-    """Encoded pieces one after the other (a piece's last part runs on into the next's first)."""
-    out: list[bytes] = []
-    run: list[bytes] = []  # what runs on into one part, joined once (not added up one by one)
-    for piece in pieces:
-        run.append(piece[0])
-        if len(piece) > 1:
-            out.append(b"".join(run))
-            out.extend(piece[1:-1])
-            run = [piece[-1]]
-    out.append(b"".join(run))
-    return tuple(out)
-
-
 def decode(data: bytes) -> str:
     return binascii.a2b_qp(data).decode("utf-8").replace("\r\n", "\n")
