@@ -157,18 +157,21 @@ def _indented(text: str) -> str:
             break_long_words=False,  # a long word (a URL) stays whole, on a line of its own
         )
     # Words one space apart (text as shown always is): the same lines as textwrap's, which
-    # costs more than the rest of a paper's block, filled word by word.
+    # costs more than the rest of a paper's block. Each line is cut at the last space that
+    # leaves it within the width (a word longer than that alone on its line, whole), found
+    # by the string's own search: a line at a time, not a word at a time.
+    room = TEXT_WIDTH - 2
     lines: list[str] = []
-    line = ""
-    for word in text.split(" "):
-        if not line:
-            line = "  " + word
-        elif len(line) + 1 + len(word) <= TEXT_WIDTH:
-            line += " " + word
-        else:
-            lines.append(line)
-            line = "  " + word
-    lines.append(line)
+    at, end = 0, len(text)
+    while end - at > room:
+        cut = text.rfind(" ", at, at + room + 1)
+        if cut < 0:  # the first word is longer than a line: on a line of its own
+            cut = text.find(" ", at)
+            if cut < 0:
+                break
+        lines.append("  " + text[at:cut])
+        at = cut + 1
+    lines.append("  " + text[at:])
     return "\n".join(lines)
 
 
