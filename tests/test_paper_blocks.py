@@ -6,7 +6,7 @@ from __future__ import annotations
 import binascii
 import dataclasses
 import textwrap
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -276,3 +276,24 @@ def test_a_built_message_is_in_wire_form_as_built(papers: list[PaperView], to: s
     raw = MessageBuilder(SENDER).build(view, NOW)
     assert isinstance(raw, wire.Wire)
     assert wire.wire_form(bytes(raw)) == raw  # the scan, on a plain copy, changes nothing
+
+
+def test_a_builder_dates_each_message_as_a_new_builder_would() -> None:
+    """The Date header is made once a second and kept: messages built one after another, a
+    second apart, within one second, or in another time zone, are dated as a builder that
+    built nothing before dates them."""
+    view = _digest(_many_papers(2), tokens=True)
+    builder = MessageBuilder(SENDER)
+    moments = [
+        NOW,
+        NOW + timedelta(seconds=1),
+        NOW + timedelta(seconds=1, microseconds=999_999),
+        NOW.astimezone(timezone(timedelta(hours=-5))),
+        NOW + timedelta(days=1),
+    ]
+    built = [builder.build(view, moment) for moment in moments]
+    assert built == [MessageBuilder(SENDER).build(view, moment) for moment in moments]
+    dates = [
+        next(line for line in raw.split(b"\r\n") if line.startswith(b"Date:")) for raw in built
+    ]
+    assert len(set(dates)) == 3  # the same second twice, the same moment in another zone

@@ -313,6 +313,8 @@ class MessageBuilder:
         self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
         self._by_view: dict[int, tuple[PaperView, TokenLinks | None, _Block]] = {}
         self._cache_size = cache_size
+        self._date_at: datetime | None = None
+        self._date = b""
         self._from = header("From", format_address(sender.from_addr))
         site = clean_header(sender.site_name)
         if site and not site.isascii():
@@ -593,7 +595,9 @@ class MessageBuilder:
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.
         boundary = "=_" + hashlib.sha1(message_id.encode()).hexdigest()[:24]
-        now = as_utc(now)
+        second = as_utc(now).replace(microsecond=0)
+        if second != self._date_at:  # the header a second's messages share, made once
+            self._date_at, self._date = second, header("Date", format_datetime(second))
         unsubscribe = f"{angle(view.unsubscribe_url)}, <{mailto(view.unsubscribe_mailto)}>"
         part_head = (
             f'--{boundary}\r\nContent-Type: text/%s; charset="utf-8"\r\n'
@@ -603,7 +607,7 @@ class MessageBuilder:
             self._from,
             header("To", format_address(view.to)),
             header("Subject", context["subject"]),
-            header("Date", format_datetime(now)),
+            self._date,
             header("Message-ID", message_id),
             b"MIME-Version: 1.0\r\n",
             self._list_id,

@@ -64,15 +64,29 @@ def encode(text: str) -> Parts:
         if piece.endswith("\n"):
             encoded = qp(piece)
         elif piece:
-            # A character more keeps the last line short enough for its soft break, which
-            # the encoder may already have put before that character.
-            encoded = qp(piece + "x")[:-1]
-            if not encoded.endswith(SOFT_BREAK):
-                encoded += SOFT_BREAK
+            encoded = run_on(piece)
         else:
             encoded = b""
         parts.append(SOFT_BREAK + encoded if number else encoded)
     return tuple(parts)
+
+
+def run_on(piece: str) -> bytes:
+    """A piece of a line (no line break in it), encoded and ended with a soft line break."""
+    # Printable ASCII but "=", no dot first, on one line with its soft break: quoted-printable
+    # leaves it as it is (most of a reader's own values: their links).
+    if (
+        len(piece) < 76
+        and piece.isascii()
+        and piece.isprintable()
+        and "=" not in piece
+        and piece[:1] != "."
+    ):
+        return piece.encode() + SOFT_BREAK
+    # A character more keeps the last line short enough for its soft break, which the
+    # encoder may already have put before that character.
+    encoded = qp(piece + "x")[:-1]
+    return encoded if encoded.endswith(SOFT_BREAK) else encoded + SOFT_BREAK
 
 
 def decode(data: bytes) -> str:
