@@ -17,7 +17,9 @@ explanation JSON). In the same run, against the same sink, it measures
   SMTPTransport; from as many forked senders as a run forks for that many digests
   (``deliver.processes.senders_for``, or ``--processes``), each every so many batches over its
   share of the connections (PIPELINING, which smtp-sink offers; ``--no-pipelining``:
-  aiosmtplib's one command at a time), their CPU counted;
+  aiosmtplib's one command at a time), their CPU counted; before forking, what the rest's
+  papers show every reader is worked out once, as a run does it
+  (``deliver.send.prepare_papers``);
 - the ceiling: smtp-source sending as many messages of the same average size;
 - the naive way: per message a Jinja render, an EmailMessage and ``aiosmtplib.send``
   on a new connection, timed on a sample and extrapolated.
@@ -301,6 +303,13 @@ def ours(
     else:
         first = asyncio.run(send_batches(builder, digests, starts[:1], port, connections))
         print(f"first batch, from this process: {time.perf_counter() - started:.2f} s")
+        if hasattr(builder, "prepare"):  # as deliver.send.prepare_papers does before forking
+            ahead = time.perf_counter()
+            rows = {item.paper.id: item.paper for d in digests[BATCH:] for item in d.items}
+            made = builder.prepare(
+                paper_view(row, 0.0, [], BASE_URL) for _, row in sorted(rows.items())
+            )
+            print(f"papers worked out ahead: {made:,} in {time.perf_counter() - ahead:.2f} s")
         context = multiprocessing.get_context("fork")
         out = context.SimpleQueue()
         claims = context.Value("q", BATCH)  # the rest, a batch at a time to whoever is ready

@@ -30,7 +30,7 @@ import importlib.resources
 import operator
 import re
 import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from email.header import Header
@@ -390,6 +390,21 @@ class MessageBuilder:
             self._by_view.clear()
         self._by_view[id(paper)] = (paper, links, block)  # kept with it: its id is not reused
         return block
+
+    def prepare(self, papers: Iterable[PaperView]) -> int:
+        """Each paper's block as every reader gets it (``_skeleton``, with the paper's
+        ``token_links`` or none) worked out ahead, up to the papers a builder keeps: a run's
+        process does it for the outbox's papers before its senders fork, and they inherit
+        them. Returns how many were worked out (those known already are not)."""
+        made = 0
+        for paper in papers:
+            if len(self._skeletons) >= self._cache_size:
+                break
+            to_all = _SHOWN_TO_ALL(paper)
+            if (to_all, paper.token_links) not in self._skeletons:
+                self._skeleton(paper, paper.token_links, to_all)
+                made += 1
+        return made
 
     def next_batch(self) -> None:
         """The views built so far will not come back (a new batch of digests has its own):
