@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import re
 import textwrap
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
@@ -179,6 +180,28 @@ def test_the_plain_parts_wrapping_is_textwraps(words: list[str]) -> None:
         break_long_words=False,
     )
     assert emails._indented(text) == expected
+
+
+@given(
+    st.lists(
+        st.sampled_from(["a", "é", " ", "  ", "\t", "\n", "\r", "\x0b", "\x0c", "\u00a0", "b"]),
+        max_size=12,
+    ).map("".join)
+)
+def test_words_one_space_apart_are_told_as_the_pattern_tells_them(text: str) -> None:
+    """Text with textwrap's spaces other than one between words goes to textwrap itself."""
+    one_spaced = re.fullmatch(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*", text)
+    assert emails._one_spaced(text) == (one_spaced is not None)
+    expected = textwrap.fill(
+        text,
+        emails.TEXT_WIDTH,
+        initial_indent="  ",
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+    if text.strip():
+        assert emails._indented(text) == expected
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

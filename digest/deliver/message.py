@@ -66,7 +66,7 @@ from digest.rank.highlight import mark
 
 TEXT_WIDTH = 72
 CACHE_BYTES = 160 * 1024 * 1024  # what a builder keeps of the parts it shares, at most
-_ONE_SPACED = re.compile(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*")
+_TEXTWRAP_SPACES = "\t\n\x0b\x0c\r "  # what textwrap splits words at
 _SLOT = "\x00papers\x00"  # content passes clean_header or clean_text, which drop NULs
 # Where a reader's marked title, abstract and reasons go in a paper's block (no shown text
 # carries a \x02: clean_header and clean_text drop it).
@@ -145,9 +145,21 @@ def _block_size(block: _Block) -> int:
 # --- small pure helpers -------------------------------------------------------
 
 
+def _one_spaced(text: str) -> bool:
+    """Whether ``text`` is words one space apart (of textwrap's spaces: no other, none at
+    either end), by a few of the string's own searches (a pattern over every character cost
+    more)."""
+    return (
+        text[:1] not in _TEXTWRAP_SPACES
+        and text[-1] not in _TEXTWRAP_SPACES
+        and "  " not in text
+        and not any(space in text for space in "\t\n\x0b\x0c\r")
+    )
+
+
 def _indented(text: str) -> str:
     """Text for the plain part: wrapped, two spaces in."""
-    if not _ONE_SPACED.fullmatch(text):
+    if not _one_spaced(text):
         return textwrap.fill(
             text,
             TEXT_WIDTH,
@@ -393,7 +405,8 @@ class MessageBuilder:
 
     def prepare(self, papers: Iterable[PaperView]) -> int:
         """Each paper's block as every reader gets it (``_skeleton``, with the paper's
-        ``token_links`` or none) worked out ahead, up to the papers a builder keeps: a run's
+        ``token_links`` or none; with them, the vote lines of readers who chose it for no
+        paper they liked) worked out ahead, up to the papers a builder keeps: a run's
         process does it for the outbox's papers before its senders fork, and they inherit
         them. Returns how many were worked out (those known already are not)."""
         made = 0
@@ -404,6 +417,8 @@ class MessageBuilder:
             if (to_all, paper.token_links) not in self._skeletons:
                 self._skeleton(paper, paper.token_links, to_all)
                 made += 1
+            if paper.token_links is not None:  # and its vote lines, for readers who liked none
+                self._votes(paper.token_links, "")
         return made
 
     def next_batch(self) -> None:
