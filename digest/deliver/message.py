@@ -601,8 +601,13 @@ class MessageBuilder:
                 html.append(block.html)
                 text.append(block.text)
             return html, text
+        by_view = self._by_view
         for paper, token in zip(view.papers, view.tokens, strict=True):
-            block = self._block(paper, paper.token_links)
+            seen = by_view.get(id(paper))  # as ``_block`` finds it first, without a call
+            if seen is not None and seen[0] is paper and seen[1] is paper.token_links:
+                block = seen[2]
+            else:
+                block = self._block(paper, paper.token_links)
             encoded = token.encode()
             html.append(block.html.replace(_GAP, encoded))
             text.append(block.text.replace(_GAP, encoded))
