@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import digest.deliver.message as emails
-from digest.deliver import qp, wire
+from digest.deliver import qp, wire, wrap
 from digest.deliver.message import MessageBuilder, Sender
 from digest.present.paper import DigestView, PaperView, TokenLinks
 from digest.present.views import paper_links, paper_view
@@ -173,13 +173,13 @@ def test_the_plain_parts_wrapping_is_textwraps(words: list[str]) -> None:
     text = " ".join(words)
     expected = textwrap.fill(
         text,
-        emails.TEXT_WIDTH,
+        wrap.TEXT_WIDTH,
         initial_indent="  ",
         subsequent_indent="  ",
         break_on_hyphens=False,
         break_long_words=False,
     )
-    assert emails._indented(text) == expected
+    assert wrap.indented(text) == expected
 
 
 @given(
@@ -191,17 +191,17 @@ def test_the_plain_parts_wrapping_is_textwraps(words: list[str]) -> None:
 def test_words_one_space_apart_are_told_as_the_pattern_tells_them(text: str) -> None:
     """Text with textwrap's spaces other than one between words goes to textwrap itself."""
     one_spaced = re.fullmatch(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*", text)
-    assert emails._one_spaced(text) == (one_spaced is not None)
+    assert wrap.one_spaced(text) == (one_spaced is not None)
     expected = textwrap.fill(
         text,
-        emails.TEXT_WIDTH,
+        wrap.TEXT_WIDTH,
         initial_indent="  ",
         subsequent_indent="  ",
         break_on_hyphens=False,
         break_long_words=False,
     )
     if text.strip():
-        assert emails._indented(text) == expected
+        assert wrap.indented(text) == expected
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -29,7 +29,6 @@ import hashlib
 import importlib.resources
 import operator
 import re
-import textwrap
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
@@ -45,8 +44,9 @@ from markupsafe import Markup, escape
 from digest.clock import as_utc
 from digest.deliver.headers import angle, format_address, header, mailto
 from digest.deliver.kept import Kept
-from digest.deliver.qp import Parts, decode, encode
+from digest.deliver.qp import GAP, decode, encode, gapped
 from digest.deliver.wire import Wire
+from digest.deliver.wrap import byline_text, indented
 from digest.present.paper import (
     DigestView,
     PaperView,
@@ -64,9 +64,7 @@ from digest.present.paper import (
 )
 from digest.rank.highlight import mark
 
-TEXT_WIDTH = 72
 CACHE_BYTES = 160 * 1024 * 1024  # what a builder keeps of the parts it shares, at most
-_TEXTWRAP_SPACES = "\t\n\x0b\x0c\r "  # what textwrap splits words at
 _SLOT = "\x00papers\x00"  # content passes clean_header or clean_text, which drop NULs
 # Where a reader's marked title, abstract and reasons go in a paper's block (no shown text
 # carries a \x02: clean_header and clean_text drop it).
@@ -80,27 +78,11 @@ _PER_READER = frozenset({"score", "interests", "evidence", "because", "token_lin
 _SHOWN_TO_ALL = operator.attrgetter(
     *(field.name for field in fields(PaperView) if field.name not in _PER_READER)
 )
-# Where a reader's token goes in encoded text kept by a builder: quoted-printable never
-# carries a NUL (it writes one as "=00"), nor does a token (ASCII letters, digits, a dot).
-# Encoded pieces kept so join by concatenation (one ``bytes.join``; a tuple of parts cut at
-# the tokens had to be joined part by part in Python), and a reader's copy of a block is
-# one ``replace``.
-_GAP = b"\x00"
 
 
-def _gapped(parts: Parts) -> bytes:
-    """Encoded parts (``qp.encode``) as one bytes, ``_GAP`` where each token goes."""
-    return parts[0] if len(parts) == 1 else _GAP.join(parts)
-
-
-def _encoded(text: str) -> bytes:
-    """``text`` quoted-printable, ``_GAP`` where ``TOKEN`` stands."""
-    return _gapped(encode(text))
-
-
-def _gapped_size(gapped: bytes) -> int:
+def _gapped_size(encoded: bytes) -> int:
     """About what kept encoded bytes hold in memory."""
-    return len(gapped) + 100
+    return len(encoded) + 100
 
 
 @dataclass(frozen=True)
@@ -115,7 +97,7 @@ class Sender:
 
 @dataclass(frozen=True)
 class _Block:
-    """A paper rendered and encoded once, for both parts: encoded text with ``_GAP`` where
+    """A paper rendered and encoded once, for both parts: encoded text with ``qp.GAP`` where
     the reader's token goes (none: no token)."""
 
     html: bytes
@@ -129,7 +111,7 @@ class _Skeleton:
     "Matched:" line; in the text part around the abstract and that line. The line itself is
     kept as text, with ``_REASONS`` where the reasons go."""
 
-    html: tuple[bytes, bytes, bytes, bytes]  # each ``_gapped``
+    html: tuple[bytes, bytes, bytes, bytes]  # each ``qp.gapped``
     text: tuple[bytes, bytes, bytes]
     html_reasons: str
     text_reasons: str
@@ -143,54 +125,6 @@ def _block_size(block: _Block) -> int:
 
 
 # --- small pure helpers -------------------------------------------------------
-
-
-def _one_spaced(text: str) -> bool:
-    """Whether ``text`` is words one space apart (of textwrap's spaces: no other, none at
-    either end), by a few of the string's own searches (a pattern over every character cost
-    more)."""
-    return (
-        text[:1] not in _TEXTWRAP_SPACES
-        and text[-1] not in _TEXTWRAP_SPACES
-        and "  " not in text
-        and not any(space in text for space in "\t\n\x0b\x0c\r")
-    )
-
-
-def _indented(text: str) -> str:
-    """Text for the plain part: wrapped, two spaces in."""
-    if not _one_spaced(text):
-        return textwrap.fill(
-            text,
-            TEXT_WIDTH,
-            initial_indent="  ",
-            subsequent_indent="  ",
-            break_on_hyphens=False,
-            break_long_words=False,  # a long word (a URL) stays whole, on a line of its own
-        )
-    # Words one space apart (text as shown always is): the same lines as textwrap's, which
-    # costs more than the rest of a paper's block. Each line is cut at the last space that
-    # leaves it within the width (a word longer than that alone on its line, whole), found
-    # by the string's own search: a line at a time, not a word at a time.
-    room = TEXT_WIDTH - 2
-    lines: list[str] = []
-    at, end = 0, len(text)
-    while end - at > room:
-        cut = text.rfind(" ", at, at + room + 1)
-        if cut < 0:  # the first word is longer than a line: on a line of its own
-            cut = text.find(" ", at)
-            if cut < 0:
-                break
-        lines.append("  " + text[at:cut])
-        at = cut + 1
-    lines.append("  " + text[at:])
-    return "\n".join(lines)
-
-
-def _byline_text(authors: str, arxiv_id: str, listed: str) -> str:
-    """The plain part's byline, wrapped; a date is never split over two lines."""
-    glued = listed.replace(" ", "\u00a0")  # textwrap breaks at ASCII spaces only
-    return _indented(" · ".join(filter(None, (authors, arxiv_id, glued)))).replace("\u00a0", " ")
 
 
 def subject_for(view: DigestView) -> str:
@@ -347,13 +281,13 @@ class MessageBuilder:
             base = {
                 "title": text.title,
                 "abstract": text.abstract,
-                "abstract_text": _indented(text.abstract) if text.abstract else "  (no abstract)",
+                "abstract_text": indented(text.abstract) if text.abstract else "  (no abstract)",
                 "truncated": text.truncated,
                 "authors": authors,
                 "arxiv_id": arxiv_id,
                 "arxiv_url": arxiv_url(paper.arxiv_id) if paper.arxiv_id else None,
                 "listed": listed,
-                "byline_text": _byline_text(authors, arxiv_id, listed),
+                "byline_text": byline_text(authors, arxiv_id, listed),
                 "link": paper_link(paper),
                 "code_links": [u for u in links if is_code_link(u)],
                 "other_links": [u for u in links if not is_code_link(u)],
@@ -371,7 +305,7 @@ class MessageBuilder:
             base = {
                 **base,
                 "abstract": text.abstract,
-                "abstract_text": _indented(text.abstract),
+                "abstract_text": indented(text.abstract),
                 "truncated": text.truncated,
             }
         return {
@@ -442,7 +376,7 @@ class MessageBuilder:
         )
         abstract_text = self._piece(
             ("abstract text", text.abstract),
-            lambda: _indented(text.abstract) if text.abstract else "  (no abstract)",
+            lambda: indented(text.abstract) if text.abstract else "  (no abstract)",
         )
         reasons = marks.reasons  # joined as the templates' join filter joins them
         html_reasons = self._piece(
@@ -472,10 +406,10 @@ class MessageBuilder:
         )
 
     def _piece(self, key: tuple[object, ...], render: Callable[[], str]) -> bytes:
-        """A piece of a block, encoded once (``render`` makes its text; ``_gapped``)."""
+        """A piece of a block, encoded once (``render`` makes its text; ``qp.gapped``)."""
         piece = self._pieces.get(key)
         if piece is None:
-            piece = self._pieces.put(key, _gapped(encode(render())))
+            piece = self._pieces.put(key, gapped(render()))
         return piece
 
     def _skeleton(
@@ -508,8 +442,8 @@ class MessageBuilder:
         t0, rest = text.split(_ABSTRACT)
         t1, text_line, t2 = _line_of(rest, _REASONS)
         skeleton = _Skeleton(
-            (_encoded(h0), _encoded(h1), _encoded(h2), _encoded(h3)),
-            (_encoded(t0), _encoded(t1), _encoded(t2)),
+            (gapped(h0), gapped(h1), gapped(h2), gapped(h3)),
+            (gapped(t0), gapped(t1), gapped(t2)),
             html_line,
             text_line,
         )
@@ -526,8 +460,8 @@ class MessageBuilder:
         if found is None:
             t = self._templates
             own = {"because": because, "more_url": links.more, "less_url": links.less}
-            html = _encoded(_ends_line(str(t.html_macros.votes(own))))
-            text = _encoded(_ends_line(str(t.text_macros.votes(own))) + "\n")
+            html = gapped(_ends_line(str(t.html_macros.votes(own))))
+            text = gapped(_ends_line(str(t.text_macros.votes(own))) + "\n")
             if len(self._votes_parts) >= self._cache_size:
                 self._votes_parts.clear()
             found = self._votes_parts[key] = (html, text)
@@ -548,7 +482,7 @@ class MessageBuilder:
             html = str(t.html_macros.paper(context)) + str(t.html_macros.votes(own))
             text = str(t.text_macros.paper(context)) + str(t.text_macros.votes(own))
         # the text part's blank line between papers comes with each
-        return _Block(_encoded(_ends_line(html)), _encoded(_ends_line(text) + "\n"))
+        return _Block(gapped(_ends_line(html)), gapped(_ends_line(text) + "\n"))
 
     def _shell(self, view: DigestView) -> dict[str, Any]:
         count = len(view.papers)
@@ -609,8 +543,8 @@ class MessageBuilder:
             else:
                 block = self._block(paper, paper.token_links)
             encoded = token.encode()
-            html.append(block.html.replace(_GAP, encoded))
-            text.append(block.text.replace(_GAP, encoded))
+            html.append(block.html.replace(GAP, encoded))
+            text.append(block.text.replace(GAP, encoded))
         return html, text
 
     def render_html(self, view: DigestView) -> str:

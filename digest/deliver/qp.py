@@ -89,5 +89,18 @@ def run_on(piece: str) -> bytes:
     return encoded if encoded.endswith(SOFT_BREAK) else encoded + SOFT_BREAK
 
 
+# Where a reader's token goes in encoded text as a message builder keeps it: quoted-printable
+# never carries a NUL (it writes one as "=00"), nor does a token (ASCII letters, digits, a
+# dot). Encoded pieces kept so join by concatenation (one ``bytes.join``: parts cut at the
+# tokens had to be joined part by part in Python), and a reader's copy is one ``replace``.
+GAP = b"\x00"
+
+
+def gapped(text: str) -> bytes:
+    """``text`` quoted-printable (``encode``) as one bytes, ``GAP`` where ``TOKEN`` stands."""
+    parts = encode(text)
+    return parts[0] if len(parts) == 1 else GAP.join(parts)
+
+
 def decode(data: bytes) -> str:
     return binascii.a2b_qp(data).decode("utf-8").replace("\r\n", "\n")
