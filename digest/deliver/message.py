@@ -504,7 +504,8 @@ class MessageBuilder:
         return b"".join(self._wrapped(html, context, blocks))
 
     def _wrapped(self, html: bool, context: dict[str, Any], blocks: list[bytes]) -> list[bytes]:
-        """``_wrap``'s pieces, not joined (a message joins all of its pieces once)."""
+        """``_wrap``'s pieces, not joined (a message joins all of its pieces once): the
+        shell's put around the blocks in ``blocks`` itself, which is returned."""
         head, tail = self._frame(html, context)
         blocks.insert(0, _filled(head, context, html))
         blocks.append(_filled(tail, context, html))
