@@ -4,7 +4,7 @@ Run by hand (not in CI), with Postfix's test tools installed
 (``apt-get install postfix`` provides /usr/sbin/smtp-sink and smtp-source):
 
     python bench/deliver.py [--digests 20000] [--connections 8] [--naive-sample 1000]
-                            [--no-pipelining] [--dumps PATH ...]
+                            [--no-pipelining] [--no-send] [--dumps PATH ...]
                             [--baseline CHECKOUT [--rounds N]]
 
 The digests are what a run sends: a day of synthetic papers and readers with Zipf-drawn
@@ -17,7 +17,9 @@ explanation JSON). In the same run, against the same sink, it measures
   SMTPTransport; from as many forked senders as a run forks for that many digests
   (``deliver.processes.senders_for``, or ``--processes``), each every so many batches over its
   share of the connections (PIPELINING, which smtp-sink offers; ``--no-pipelining``:
-  aiosmtplib's one command at a time), their CPU counted;
+  aiosmtplib's one command at a time), their CPU counted; before forking, what the rest's
+  papers show every reader is worked out once, as a run does it
+  (``deliver.send.prepare_papers``);
 - the ceiling: smtp-source sending as many messages of the same average size;
 - the naive way: per message a Jinja render, an EmailMessage and ``aiosmtplib.send``
   on a new connection, timed on a sample and extrapolated.
@@ -116,6 +118,7 @@ NOW = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
 PERIOD = date(2026, 11, 22)
 BATCH = 1_000  # digests made into views at a time, as a run claims them
 NO_PIPELINING = False  # --no-pipelining
+NO_SEND = False  # --no-send
 
 
 @dataclass(frozen=True)
@@ -243,6 +246,9 @@ async def send_batches(
                 spare()  # as deliver.send.deliver does
             raw = builder.build(view, NOW)
             sent_bytes += len(raw)
+            if NO_SEND:  # the views and the build alone: what the code does, not the kernel
+                await asyncio.sleep(0)
+                continue
             await transport.send("digest@example.org", view.to, raw, view.message_id)
 
     async with transport:
@@ -301,6 +307,13 @@ def ours(
     else:
         first = asyncio.run(send_batches(builder, digests, starts[:1], port, connections))
         print(f"first batch, from this process: {time.perf_counter() - started:.2f} s")
+        if hasattr(builder, "prepare"):  # as deliver.send.prepare_papers does before forking
+            ahead = time.perf_counter()
+            rows = {item.paper.id: item.paper for d in digests[BATCH:] for item in d.items}
+            made = builder.prepare(
+                paper_view(row, 0.0, [], BASE_URL) for _, row in sorted(rows.items())
+            )
+            print(f"papers worked out ahead: {made:,} in {time.perf_counter() - ahead:.2f} s")
         context = multiprocessing.get_context("fork")
         out = context.SimpleQueue()
         claims = context.Value("q", BATCH)  # the rest, a batch at a time to whoever is ready
@@ -413,12 +426,19 @@ def main() -> int:
         action="store_true",
         help="send one command at a time through aiosmtplib, as before PIPELINING",
     )
+    parser.add_argument(
+        "--no-send",
+        action="store_true",
+        help="make the views and build every message as ours does, but send none (its CPU"
+        " a message is the build's alone; its rates and ratios mean nothing)",
+    )
     parser.add_argument("--baseline", type=Path, metavar="CHECKOUT")
     parser.add_argument("--rounds", type=int, default=1, help="turns each with --baseline")
     add_dumps_argument(parser)
     args = parser.parse_args()
-    global NO_PIPELINING
+    global NO_PIPELINING, NO_SEND
     NO_PIPELINING = args.no_pipelining
+    NO_SEND = args.no_send
     if args.baseline:
         side_by_side(args.baseline, args_for_turns(sys.argv[1:]), args.rounds)
         return 0

@@ -39,7 +39,7 @@ def each_key(keys: Keys) -> tuple[bytes, ...]:
 
 def _sign(key: bytes, purpose: str, ident: int | None, salt: str) -> str:
     message = f"{purpose}:{ident}:{salt}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]  # 128 bits
+    return hmac.digest(key, message, "sha256").hex()[:32]  # 128 bits (one call: cheaper)
 
 
 def link_token(key: bytes, ident: int | None, salt: str, purpose: str = "unsubscribe") -> str:
@@ -157,7 +157,7 @@ def _votes_key(key: bytes) -> bytes:
 @functools.lru_cache(maxsize=4096)
 def vote_key(key: bytes, ident: int | None, salt: str) -> bytes:
     """A reader's key for signing their links to papers (remembered: one per reader a digest)."""
-    return hmac.new(_votes_key(key), f"{ident}:{salt}".encode(), hashlib.sha256).digest()
+    return hmac.digest(_votes_key(key), f"{ident}:{salt}".encode(), "sha256")
 
 
 class PaperSigner:

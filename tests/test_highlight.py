@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from functools import cache
 from pathlib import Path
@@ -15,13 +16,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
+from markupsafe import Markup, escape
 
 from digest.deliver.message import MessageBuilder, Sender
 from digest.feeds.render import item_for_paper
 from digest.ingest.listing import Entry
 from digest.ingest.readers import read_listing
 from digest.present.paper import DigestView, PaperView, shown
-from digest.rank.highlight import find_marks, mark, merge
+from digest.rank.highlight import TextSpan, find_marks, mark, merge
 from digest.rank.query import InterestError, parse_interest
 from digest.rank.text import DEFAULT
 from tests.conftest import EXAMPLE_A, EXAMPLE_B, REAL_A, REAL_B
@@ -323,3 +325,27 @@ def test_every_word_the_analyzer_sees_is_located(text: str) -> None:
     for (start, end), surface in zip(offsets, positions.surfaces, strict=True):
         assert 0 <= start < end <= len(text)
         assert surface in DEFAULT.positions(text[start:end]).surfaces
+
+
+def _marked_escaping_each_piece(text: str, spans: Sequence[TextSpan]) -> str:
+    pieces, position = [], 0
+    for start, end in spans:
+        if start < position or end > len(text):
+            continue
+        pieces += [str(escape(text[position:start])), "<m>", str(escape(text[start:end])), "</m>"]
+        position = end
+    return "".join([*pieces, str(escape(text[position:]))])
+
+
+@given(
+    st.text(alphabet=st.sampled_from(["a", " ", "é", "&", "<", ">", "'", '"', ";"]), max_size=30),
+    st.lists(st.tuples(st.integers(0, 32), st.integers(1, 8)), max_size=4),
+)
+def test_marked_text_is_each_piece_escaped_with_its_tags(
+    text: str, starts: list[tuple[int, int]]
+) -> None:
+    """Text with nothing HTML escapes is cut as it is; the same as escaping every piece."""
+    spans = merge([(start, start + length) for start, length in starts])
+    marked = mark(text, spans, "<m>", "</m>")
+    assert marked == _marked_escaping_each_piece(text, spans)
+    assert isinstance(marked, Markup)

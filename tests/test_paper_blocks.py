@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import binascii
 import dataclasses
+import re
 import textwrap
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import digest.deliver.message as emails
-from digest.deliver import qp, wire
+from digest.deliver import qp, wire, wrap
 from digest.deliver.message import MessageBuilder, Sender
 from digest.present.paper import DigestView, PaperView, TokenLinks
 from digest.present.views import paper_links, paper_view
@@ -152,8 +153,9 @@ def test_a_block_composed_of_shared_parts_is_the_block_rendered_whole(paper: Pap
     whole = builder._render_block(paper, paper.token_links)
     token = b"12.0123456789abcdef0123456789abcdef"
     for ours, rendered in ((composed.html, whole.html), (composed.text, whole.text)):
-        joined = token.join(ours)
-        assert binascii.a2b_qp(joined) == binascii.a2b_qp(token.join(rendered))
+        assert b"\x00" not in token  # where the token goes: nothing else is a NUL
+        joined = ours.replace(b"\x00", token)
+        assert binascii.a2b_qp(joined) == binascii.a2b_qp(rendered.replace(b"\x00", token))
         lines = joined.split(b"\r\n")
         assert max(len(line) for line in lines) <= 76
         assert not any(line.startswith(b".") for line in lines)
@@ -171,13 +173,35 @@ def test_the_plain_parts_wrapping_is_textwraps(words: list[str]) -> None:
     text = " ".join(words)
     expected = textwrap.fill(
         text,
-        emails.TEXT_WIDTH,
+        wrap.TEXT_WIDTH,
         initial_indent="  ",
         subsequent_indent="  ",
         break_on_hyphens=False,
         break_long_words=False,
     )
-    assert emails._indented(text) == expected
+    assert wrap.indented(text) == expected
+
+
+@given(
+    st.lists(
+        st.sampled_from(["a", "é", " ", "  ", "\t", "\n", "\r", "\x0b", "\x0c", "\u00a0", "b"]),
+        max_size=12,
+    ).map("".join)
+)
+def test_words_one_space_apart_are_told_as_the_pattern_tells_them(text: str) -> None:
+    """Text with textwrap's spaces other than one between words goes to textwrap itself."""
+    one_spaced = re.fullmatch(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*", text)
+    assert wrap.one_spaced(text) == (one_spaced is not None)
+    expected = textwrap.fill(
+        text,
+        wrap.TEXT_WIDTH,
+        initial_indent="  ",
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+    if text.strip():
+        assert wrap.indented(text) == expected
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -275,3 +299,24 @@ def test_a_built_message_is_in_wire_form_as_built(papers: list[PaperView], to: s
     raw = MessageBuilder(SENDER).build(view, NOW)
     assert isinstance(raw, wire.Wire)
     assert wire.wire_form(bytes(raw)) == raw  # the scan, on a plain copy, changes nothing
+
+
+def test_a_builder_dates_each_message_as_a_new_builder_would() -> None:
+    """The Date header is made once a second and kept: messages built one after another, a
+    second apart, within one second, or in another time zone, are dated as a builder that
+    built nothing before dates them."""
+    view = _digest(_many_papers(2), tokens=True)
+    builder = MessageBuilder(SENDER)
+    moments = [
+        NOW,
+        NOW + timedelta(seconds=1),
+        NOW + timedelta(seconds=1, microseconds=999_999),
+        NOW.astimezone(timezone(timedelta(hours=-5))),
+        NOW + timedelta(days=1),
+    ]
+    built = [builder.build(view, moment) for moment in moments]
+    assert built == [MessageBuilder(SENDER).build(view, moment) for moment in moments]
+    dates = [
+        next(line for line in raw.split(b"\r\n") if line.startswith(b"Date:")) for raw in built
+    ]
+    assert len(set(dates)) == 3  # the same second twice, the same moment in another zone

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,17 +15,21 @@ from sqlalchemy.engine import Engine
 
 from digest import forks
 from digest.deliver import processes, send
+from digest.deliver.message import MessageBuilder, Sender
 from digest.deliver.processes import in_processes, senders_for
 from digest.deliver.send import Delivered
 from digest.deliver.transports import RecordingTransport
 from digest.errors import DeliveryError
+from digest.present.views import Links
 from digest.service import cycle
 from digest.settings import Settings
+from digest.store import claims, outbox
 from tests.conftest import Site
 from tests.test_cycle import DAY, settings, store, ticking
+from tests.test_plan_rows import NOW, waiting
 from tests.test_service import PEOPLE, SENT_TO
 
-__all__ = ["settings", "store"]  # the fixtures, shared with tests/test_cycle.py
+__all__ = ["settings", "store", "waiting"]  # the fixtures, shared with other tests
 
 pytestmark = pytest.mark.skipif(not forks.available(), reason="needs fork")
 
@@ -145,3 +149,24 @@ def test_a_pass_sets_apart_what_each_few_messages_made(
     # each message's making set apart before the next: more each time, within one batch
     assert all(b > a for a, b in zip(transport.frozen, transport.frozen[1:], strict=False))
     assert gc.get_freeze_count() == 0
+
+
+def test_the_outboxs_papers_worked_out_ahead_are_those_its_digests_show(waiting: Engine) -> None:
+    """Before its senders fork, a run's process works out what each waiting paper shows
+    every reader: building every waiting digest afterwards works none out again, and makes
+    the same bytes as a builder that worked out nothing ahead."""
+    links = Links("https://papers.example.org", b"k" * 32, "d@x.org")
+    sender = Sender("d@x.org", "Papers", "papers.example.org", links.base_url)
+    ahead = MessageBuilder(sender)
+    made = send.prepare_papers(waiting, ahead, links.base_url)
+    rows = claims.claim(waiting, "s", now=NOW, lease=timedelta(minutes=5), limit=100)
+    outgoing = send.outgoing_of(waiting, links, rows)
+    shown = {paper.key for item in outgoing for paper in item.view.papers}
+    assert made == len(shown) > 3 and len(rows) > 1
+    for item in outgoing:
+        assert ahead.build(item.view, NOW) == MessageBuilder(sender).build(item.view, NOW)
+    assert len(ahead._skeletons) == made  # none worked out again
+    assert send.prepare_papers(waiting, ahead, links.base_url) == 0  # nor ahead, twice
+    with waiting.begin() as conn:  # the papers of digests sent are not the outbox's
+        conn.execute(sa.text("UPDATE digest SET status = 'sent'"))
+        assert outbox.waiting_papers(conn) == []

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from digest.deliver.message import MessageBuilder, Sender
 from digest.feeds.render import item_for_paper
-from digest.present.paper import ABSTRACT_CHARS, DigestView, PaperView, shown
+from digest.present.paper import ABSTRACT_CHARS, DigestView, PaperView, fold, shorten, shown
 
 SENDER = Sender("Digest <d@example.org>", "Paper Digest", "papers.example.org", "https://x.org")
 NOW = datetime(2026, 11, 22, 7, 0, tzinfo=UTC)
@@ -109,3 +109,27 @@ def test_the_shown_abstract_is_the_papers_own_words_around_what_matched(
         assert "speech" in marked
     for s, e in text.marks.abstract:
         assert 0 <= s < e <= len(text.abstract)
+
+
+_SPACED = st.lists(
+    st.sampled_from(["a", "é", " ", "  ", "\t", "\r\n", "\r", "\n", "\x00", "\x0b", "\x1c",
+                     "\x1f", "\x7f", "\x85", "\u2028", "\u00a0", "\u3000", "\u200b", "b.", "…"]),
+    max_size=30,
+).map("".join)  # fmt: skip
+
+
+@given(_SPACED, st.integers(min_value=1, max_value=12))
+def test_text_is_folded_as_the_regular_expressions_fold_it(text: str, limit: int) -> None:
+    """Spacing folded by ``str.split`` (its spaces are the regex's ``\\s``), the same text as
+    the regular expressions made of it: controls dropped, each run of spaces one, none at
+    either end; and shortened from the same folded text."""
+    cleaned = text.replace("\r\n", "\n").replace("\r", "\n")
+    cleaned = re.sub(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", "", cleaned)
+    assert fold(text) == re.sub(r"\s+", " ", cleaned).strip()
+    folded = re.sub(r"\s+", " ", text).strip()
+    cut = folded.rfind(" ", 0, limit + 1)
+    cut = limit if cut < limit * 2 // 3 else cut
+    expected = (
+        (folded, False) if len(folded) <= limit else (folded[:cut].rstrip(" ,;:-") + "…", True)
+    )
+    assert shorten(text, limit) == expected

@@ -6,15 +6,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from digest.deliver.qp import Parts
-
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
-
-
-def parts_size(parts: Parts) -> int:
-    """About what an encoded part and its tuple hold in memory, in bytes."""
-    return sum(map(len, parts)) + 40 * len(parts) + 60
 
 
 class Kept(Generic[K, V]):
@@ -22,27 +15,26 @@ class Kept(Generic[K, V]):
     keys' own objects shared with the views apart), the oldest let go first: what a run's
     builder keeps does not grow with the number of readers. (First in, first out: readers
     come in no order, so keeping the most recently used would keep no more of what comes
-    back, and would cost a move on every hit.)"""
+    back, and would cost a move on every hit.) ``size`` is asked again of a value let go: it
+    must be cheap (a length or two) and the same each time."""
 
     def __init__(self, budget: int, size: Callable[[V], int]) -> None:
         self.budget = budget
         self.size = size
         self.held = 0
         self._items: OrderedDict[K, V] = OrderedDict()
-        self._sizes: dict[K, int] = {}  # each value's size, counted once as it comes in
         self.get = self._items.get
 
     def __len__(self) -> int:
         return len(self._items)
 
     def put(self, key: K, value: V) -> V:
-        before = self._sizes.get(key)
+        items, size = self._items, self.size
+        before = items.get(key)
         if before is not None:
-            self.held -= before
-        self._items[key] = value
-        self._sizes[key] = size = self.size(value)
-        self.held += size
-        while self.held > self.budget and len(self._items) > 1:
-            dropped, _ = self._items.popitem(last=False)
-            self.held -= self._sizes.pop(dropped)
+            self.held -= size(before)
+        items[key] = value
+        self.held += size(value)
+        while self.held > self.budget and len(items) > 1:
+            self.held -= size(items.popitem(last=False)[1])
         return value

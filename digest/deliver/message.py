@@ -13,9 +13,9 @@ mark, the "Matched:" line. Those are encoded once each, for every distinct set o
 and so are the reader's vote lines for each reason; a block is the parts joined, and is
 kept for every reader whose marks are the same. A reader's own links to a paper (its page,
 "more like this", "not for me") differ only by the reader's token for that paper
-(``DigestView.tokens``): the parts are cut where the token goes (``TOKEN``), each token on
-a line segment of its own between soft line breaks, and a digest joins them with its
-reader's token. The shell around the papers is rendered once per date and length, and each
+(``DigestView.tokens``): the encoded parts hold a NUL where the token goes (``TOKEN``), each
+token on a line segment of its own between soft line breaks, and a digest puts its reader's
+token in its place. The shell around the papers is rendered once per date and length, and each
 reader's preheader and links are put in the same way.
 
 What a paper shows (its text as shown, its marks, its links) is ``digest.present.paper``,
@@ -29,8 +29,7 @@ import hashlib
 import importlib.resources
 import operator
 import re
-import textwrap
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from email.header import Header
@@ -44,9 +43,10 @@ from markupsafe import Markup, escape
 
 from digest.clock import as_utc
 from digest.deliver.headers import angle, format_address, header, mailto
-from digest.deliver.kept import Kept, parts_size
-from digest.deliver.qp import Parts, decode, encode, joined
+from digest.deliver.kept import Kept
+from digest.deliver.qp import GAP, decode, encode, gapped
 from digest.deliver.wire import Wire
+from digest.deliver.wrap import byline_text, indented
 from digest.present.paper import (
     DigestView,
     PaperView,
@@ -64,9 +64,7 @@ from digest.present.paper import (
 )
 from digest.rank.highlight import mark
 
-TEXT_WIDTH = 72
 CACHE_BYTES = 160 * 1024 * 1024  # what a builder keeps of the parts it shares, at most
-_ONE_SPACED = re.compile(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*")
 _SLOT = "\x00papers\x00"  # content passes clean_header or clean_text, which drop NULs
 # Where a reader's marked title, abstract and reasons go in a paper's block (no shown text
 # carries a \x02: clean_header and clean_text drop it).
@@ -82,6 +80,11 @@ _SHOWN_TO_ALL = operator.attrgetter(
 )
 
 
+def _gapped_size(encoded: bytes) -> int:
+    """About what kept encoded bytes hold in memory."""
+    return len(encoded) + 100
+
+
 @dataclass(frozen=True)
 class Sender:
     """Who the digests come from (``from_addr`` may carry a display name)."""
@@ -94,11 +97,11 @@ class Sender:
 
 @dataclass(frozen=True)
 class _Block:
-    """A paper rendered and encoded once, for both parts: encoded parts to join with the
-    reader's token (one part: no token)."""
+    """A paper rendered and encoded once, for both parts: encoded text with ``qp.GAP`` where
+    the reader's token goes (none: no token)."""
 
-    html: Parts
-    text: Parts
+    html: bytes
+    text: bytes
 
 
 @dataclass(frozen=True)
@@ -108,8 +111,8 @@ class _Skeleton:
     "Matched:" line; in the text part around the abstract and that line. The line itself is
     kept as text, with ``_REASONS`` where the reasons go."""
 
-    html: tuple[Parts, Parts, Parts, Parts]
-    text: tuple[Parts, Parts, Parts]
+    html: tuple[bytes, bytes, bytes, bytes]  # each ``qp.gapped``
+    text: tuple[bytes, bytes, bytes]
     html_reasons: str
     text_reasons: str
 
@@ -118,43 +121,10 @@ class _Skeleton:
 
 
 def _block_size(block: _Block) -> int:
-    return parts_size(block.html) + parts_size(block.text) + 60
+    return len(block.html) + len(block.text) + 260
 
 
 # --- small pure helpers -------------------------------------------------------
-
-
-def _indented(text: str) -> str:
-    """Text for the plain part: wrapped, two spaces in."""
-    if not _ONE_SPACED.fullmatch(text):
-        return textwrap.fill(
-            text,
-            TEXT_WIDTH,
-            initial_indent="  ",
-            subsequent_indent="  ",
-            break_on_hyphens=False,
-            break_long_words=False,  # a long word (a URL) stays whole, on a line of its own
-        )
-    # Words one space apart (text as shown always is): the same lines as textwrap's, which
-    # costs more than the rest of a paper's block, filled word by word.
-    lines: list[str] = []
-    line = ""
-    for word in text.split(" "):
-        if not line:
-            line = "  " + word
-        elif len(line) + 1 + len(word) <= TEXT_WIDTH:
-            line += " " + word
-        else:
-            lines.append(line)
-            line = "  " + word
-    lines.append(line)
-    return "\n".join(lines)
-
-
-def _byline_text(authors: str, arxiv_id: str, listed: str) -> str:
-    """The plain part's byline, wrapped; a date is never split over two lines."""
-    glued = listed.replace(" ", "\u00a0")  # textwrap breaks at ASCII spaces only
-    return _indented(" · ".join(filter(None, (authors, arxiv_id, glued)))).replace("\u00a0", " ")
 
 
 def subject_for(view: DigestView) -> str:
@@ -282,13 +252,15 @@ class MessageBuilder:
         # What each paper has once (its skeleton, what it shows to all, its vote lines) is
         # held for up to ``cache_size`` papers, a day's.
         self._cache: Kept[tuple[object, ...], _Block] = Kept(cache_bytes // 2, _block_size)
-        self._pieces: Kept[tuple[object, ...], Parts] = Kept(cache_bytes // 2, parts_size)
+        self._pieces: Kept[tuple[object, ...], bytes] = Kept(cache_bytes // 2, _gapped_size)
         self._skeletons: dict[tuple[object, ...], _Skeleton] = {}
         self._bases: dict[tuple[object, ...], dict[str, Any]] = {}
-        self._votes_parts: dict[tuple[TokenLinks, str], tuple[Parts, Parts]] = {}
+        self._votes_parts: dict[tuple[TokenLinks, str], tuple[bytes, bytes]] = {}
         self._frames: dict[tuple[object, ...], tuple[_Frame, _Frame]] = {}
         self._by_view: dict[int, tuple[PaperView, TokenLinks | None, _Block]] = {}
         self._cache_size = cache_size
+        self._date_at: datetime | None = None
+        self._date = b""
         self._from = header("From", format_address(sender.from_addr))
         site = clean_header(sender.site_name)
         if site and not site.isascii():
@@ -309,13 +281,13 @@ class MessageBuilder:
             base = {
                 "title": text.title,
                 "abstract": text.abstract,
-                "abstract_text": _indented(text.abstract) if text.abstract else "  (no abstract)",
+                "abstract_text": indented(text.abstract) if text.abstract else "  (no abstract)",
                 "truncated": text.truncated,
                 "authors": authors,
                 "arxiv_id": arxiv_id,
                 "arxiv_url": arxiv_url(paper.arxiv_id) if paper.arxiv_id else None,
                 "listed": listed,
-                "byline_text": _byline_text(authors, arxiv_id, listed),
+                "byline_text": byline_text(authors, arxiv_id, listed),
                 "link": paper_link(paper),
                 "code_links": [u for u in links if is_code_link(u)],
                 "other_links": [u for u in links if not is_code_link(u)],
@@ -333,7 +305,7 @@ class MessageBuilder:
             base = {
                 **base,
                 "abstract": text.abstract,
-                "abstract_text": _indented(text.abstract),
+                "abstract_text": indented(text.abstract),
                 "truncated": text.truncated,
             }
         return {
@@ -365,6 +337,24 @@ class MessageBuilder:
         self._by_view[id(paper)] = (paper, links, block)  # kept with it: its id is not reused
         return block
 
+    def prepare(self, papers: Iterable[PaperView]) -> int:
+        """Each paper's block as every reader gets it (``_skeleton``, with the paper's
+        ``token_links`` or none; with them, the vote lines of readers who chose it for no
+        paper they liked) worked out ahead, up to the papers a builder keeps: a run's
+        process does it for the outbox's papers before its senders fork, and they inherit
+        them. Returns how many were worked out (those known already are not)."""
+        made = 0
+        for paper in papers:
+            if len(self._skeletons) >= self._cache_size:
+                break
+            to_all = _SHOWN_TO_ALL(paper)
+            if (to_all, paper.token_links) not in self._skeletons:
+                self._skeleton(paper, paper.token_links, to_all)
+                made += 1
+            if paper.token_links is not None:  # and its vote lines, for readers who liked none
+                self._votes(paper.token_links, "")
+        return made
+
     def next_batch(self) -> None:
         """The views built so far will not come back (a new batch of digests has its own):
         let them go, and the rows they hold."""
@@ -386,7 +376,7 @@ class MessageBuilder:
         )
         abstract_text = self._piece(
             ("abstract text", text.abstract),
-            lambda: _indented(text.abstract) if text.abstract else "  (no abstract)",
+            lambda: indented(text.abstract) if text.abstract else "  (no abstract)",
         )
         reasons = marks.reasons  # joined as the templates' join filter joins them
         html_reasons = self._piece(
@@ -403,19 +393,23 @@ class MessageBuilder:
         )
         h0, h1, h2, h3 = skeleton.html
         t0, t1, t2 = skeleton.text
-        html = joined(h0, title, h1, abstract_html, h2, html_reasons, h3)
-        plain = joined(t0, abstract_text, t1, text_reasons, t2)
-        if links is not None:
-            because = clean_header(paper.because) if paper.because else ""
-            votes_html, votes_text = self._votes(links, because)
-            html, plain = joined(html, votes_html), joined(plain, votes_text)
-        return _Block(html, plain)
+        if links is None:
+            return _Block(
+                b"".join((h0, title, h1, abstract_html, h2, html_reasons, h3)),
+                b"".join((t0, abstract_text, t1, text_reasons, t2)),
+            )
+        because = clean_header(paper.because) if paper.because else ""
+        votes_html, votes_text = self._votes(links, because)
+        return _Block(
+            b"".join((h0, title, h1, abstract_html, h2, html_reasons, h3, votes_html)),
+            b"".join((t0, abstract_text, t1, text_reasons, t2, votes_text)),
+        )
 
-    def _piece(self, key: tuple[object, ...], render: Callable[[], str]) -> Parts:
-        """A piece of a block, encoded once (``render`` makes its text)."""
+    def _piece(self, key: tuple[object, ...], render: Callable[[], str]) -> bytes:
+        """A piece of a block, encoded once (``render`` makes its text; ``qp.gapped``)."""
         piece = self._pieces.get(key)
         if piece is None:
-            piece = self._pieces.put(key, encode(render()))
+            piece = self._pieces.put(key, gapped(render()))
         return piece
 
     def _skeleton(
@@ -448,8 +442,8 @@ class MessageBuilder:
         t0, rest = text.split(_ABSTRACT)
         t1, text_line, t2 = _line_of(rest, _REASONS)
         skeleton = _Skeleton(
-            (encode(h0), encode(h1), encode(h2), encode(h3)),
-            (encode(t0), encode(t1), encode(t2)),
+            (gapped(h0), gapped(h1), gapped(h2), gapped(h3)),
+            (gapped(t0), gapped(t1), gapped(t2)),
             html_line,
             text_line,
         )
@@ -458,7 +452,7 @@ class MessageBuilder:
         self._skeletons[key] = skeleton
         return skeleton
 
-    def _votes(self, links: TokenLinks, because: str) -> tuple[Parts, Parts]:
+    def _votes(self, links: TokenLinks, because: str) -> tuple[bytes, bytes]:
         """A reader's own lines under a paper (why feedback chose it, their vote links),
         encoded once for the paper and the reason, the reader's token left out."""
         key = (links, because)
@@ -466,8 +460,8 @@ class MessageBuilder:
         if found is None:
             t = self._templates
             own = {"because": because, "more_url": links.more, "less_url": links.less}
-            html = encode(_ends_line(str(t.html_macros.votes(own))))
-            text = encode(_ends_line(str(t.text_macros.votes(own))) + "\n")
+            html = gapped(_ends_line(str(t.html_macros.votes(own))))
+            text = gapped(_ends_line(str(t.text_macros.votes(own))) + "\n")
             if len(self._votes_parts) >= self._cache_size:
                 self._votes_parts.clear()
             found = self._votes_parts[key] = (html, text)
@@ -488,7 +482,7 @@ class MessageBuilder:
             html = str(t.html_macros.paper(context)) + str(t.html_macros.votes(own))
             text = str(t.text_macros.paper(context)) + str(t.text_macros.votes(own))
         # the text part's blank line between papers comes with each
-        return _Block(encode(_ends_line(html)), encode(_ends_line(text) + "\n"))
+        return _Block(gapped(_ends_line(html)), gapped(_ends_line(text) + "\n"))
 
     def _shell(self, view: DigestView) -> dict[str, Any]:
         count = len(view.papers)
@@ -507,8 +501,15 @@ class MessageBuilder:
 
     def _wrap(self, html: bool, context: dict[str, Any], blocks: list[bytes]) -> bytes:
         """One part: its shell, with the reader's own values, around the papers' blocks."""
+        return b"".join(self._wrapped(html, context, blocks))
+
+    def _wrapped(self, html: bool, context: dict[str, Any], blocks: list[bytes]) -> list[bytes]:
+        """``_wrap``'s pieces, not joined (a message joins all of its pieces once): the
+        shell's put around the blocks in ``blocks`` itself, which is returned."""
         head, tail = self._frame(html, context)
-        return _filled(head, context, html) + b"".join(blocks) + _filled(tail, context, html)
+        blocks.insert(0, _filled(head, context, html))
+        blocks.append(_filled(tail, context, html))
+        return blocks
 
     def _frame(self, html: bool, context: dict[str, Any]) -> tuple[_Frame, _Frame]:
         """A part's shell as its template renders it for every reader of a digest of this
@@ -532,14 +533,19 @@ class MessageBuilder:
         if not view.tokens:
             for paper in view.papers:
                 block = self._block(paper, None)
-                html.append(block.html[0])
-                text.append(block.text[0])
+                html.append(block.html)
+                text.append(block.text)
             return html, text
+        by_view = self._by_view
         for paper, token in zip(view.papers, view.tokens, strict=True):
-            block = self._block(paper, paper.token_links)
+            seen = by_view.get(id(paper))  # as ``_block`` finds it first, without a call
+            if seen is not None and seen[0] is paper and seen[1] is paper.token_links:
+                block = seen[2]
+            else:
+                block = self._block(paper, paper.token_links)
             encoded = token.encode()
-            html.append(encoded.join(block.html))
-            text.append(encoded.join(block.text))
+            html.append(block.html.replace(GAP, encoded))
+            text.append(block.text.replace(GAP, encoded))
         return html, text
 
     def render_html(self, view: DigestView) -> str:
@@ -555,39 +561,38 @@ class MessageBuilder:
         in wire form (``Wire``: every line CRLF-ended, none starting with a dot)."""
         context = self._shell(view)
         html_blocks, text_blocks = self._blocks(view)
-        text = self._wrap(False, context, text_blocks)
-        html = self._wrap(True, context, html_blocks)
         message_id = angle(view.message_id)
         # "=_" can never occur in quoted-printable output, so the boundary is safe
         # without scanning the body; derived from the Message-ID to keep output stable.
         boundary = "=_" + hashlib.sha1(message_id.encode()).hexdigest()[:24]
-        now = as_utc(now)
+        second = as_utc(now).replace(microsecond=0)
+        if second != self._date_at:  # the header a second's messages share, made once
+            self._date_at, self._date = second, header("Date", format_datetime(second))
         unsubscribe = f"{angle(view.unsubscribe_url)}, <{mailto(view.unsubscribe_mailto)}>"
         part_head = (
             f'--{boundary}\r\nContent-Type: text/%s; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         )
-        message = b"".join(
-            (
-                self._from,
-                header("To", format_address(view.to)),
-                header("Subject", subject_for(view)),
-                header("Date", format_datetime(now)),
-                header("Message-ID", message_id),
-                b"MIME-Version: 1.0\r\n",
-                self._list_id,
-                header("List-Unsubscribe", unsubscribe),
-                b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
-                b"Auto-Submitted: auto-generated\r\n",
-                f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
-                (part_head % "plain").encode(),
-                text,
-                (part_head % "html").encode(),
-                html,
-                f"--{boundary}--\r\n".encode(),
-            )
-        )
-        return Wire(message)
+        pieces = [
+            self._from,
+            header("To", format_address(view.to)),
+            header("Subject", context["subject"]),
+            self._date,
+            header("Message-ID", message_id),
+            b"MIME-Version: 1.0\r\n",
+            self._list_id,
+            header("List-Unsubscribe", unsubscribe),
+            b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n",
+            b"Auto-Submitted: auto-generated\r\n",
+            f'Content-Type: multipart/alternative; boundary="{boundary}"\r\n\r\n'.encode(),
+            (part_head % "plain").encode(),
+        ]
+        # Every piece joined once: the parts' own joins copied the 65 KB of a message twice.
+        pieces += self._wrapped(False, context, text_blocks)
+        pieces.append((part_head % "html").encode())
+        pieces += self._wrapped(True, context, html_blocks)
+        pieces.append(f"--{boundary}--\r\n".encode())
+        return Wire(b"".join(pieces))
 
 
 def build_message(view: DigestView, sender: Sender, now: datetime) -> bytes:

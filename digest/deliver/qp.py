@@ -64,29 +64,42 @@ def encode(text: str) -> Parts:
         if piece.endswith("\n"):
             encoded = qp(piece)
         elif piece:
-            # A character more keeps the last line short enough for its soft break, which
-            # the encoder may already have put before that character.
-            encoded = qp(piece + "x")[:-1]
-            if not encoded.endswith(SOFT_BREAK):
-                encoded += SOFT_BREAK
+            encoded = run_on(piece)
         else:
             encoded = b""
         parts.append(SOFT_BREAK + encoded if number else encoded)
     return tuple(parts)
 
 
-def joined(*pieces: Parts) -> Parts:
-    """Encoded pieces one after the other (a piece's last part runs on into the next's first)."""
-    out: list[bytes] = []
-    run: list[bytes] = []  # what runs on into one part, joined once (not added up one by one)
-    for piece in pieces:
-        run.append(piece[0])
-        if len(piece) > 1:
-            out.append(b"".join(run))
-            out.extend(piece[1:-1])
-            run = [piece[-1]]
-    out.append(b"".join(run))
-    return tuple(out)
+def run_on(piece: str) -> bytes:
+    """A piece of a line (no line break in it), encoded and ended with a soft line break."""
+    # Printable ASCII but "=", no dot first, on one line with its soft break: quoted-printable
+    # leaves it as it is (most of a reader's own values: their links).
+    if (
+        len(piece) < 76
+        and piece.isascii()
+        and piece.isprintable()
+        and "=" not in piece
+        and piece[:1] != "."
+    ):
+        return piece.encode() + SOFT_BREAK
+    # A character more keeps the last line short enough for its soft break, which the
+    # encoder may already have put before that character.
+    encoded = qp(piece + "x")[:-1]
+    return encoded if encoded.endswith(SOFT_BREAK) else encoded + SOFT_BREAK
+
+
+# Where a reader's token goes in encoded text as a message builder keeps it: quoted-printable
+# never carries a NUL (it writes one as "=00"), nor does a token (ASCII letters, digits, a
+# dot). Encoded pieces kept so join by concatenation (one ``bytes.join``: parts cut at the
+# tokens had to be joined part by part in Python), and a reader's copy is one ``replace``.
+GAP = b"\x00"
+
+
+def gapped(text: str) -> bytes:
+    """``text`` quoted-printable (``encode``) as one bytes, ``GAP`` where ``TOKEN`` stands."""
+    parts = encode(text)
+    return parts[0] if len(parts) == 1 else GAP.join(parts)
 
 
 def decode(data: bytes) -> str:

@@ -322,16 +322,25 @@ def merge(spans: Sequence[TextSpan]) -> tuple[TextSpan, ...]:
 def mark(text: str, spans: Sequence[TextSpan], open_tag: str, close_tag: str) -> Markup:
     """``text`` escaped for HTML with each span wrapped in the tags (spans from ``merge``)."""
     # Escaped piece by piece: escaping first would shift the spans and could cut "&amp;".
+    # Text with none of what HTML escapes (most titles and abstracts) is cut as it is.
+    as_html = _as_html if any(special in text for special in _HTML_SPECIAL) else str
     pieces: list[str] = []
     position = 0
     for start, end in spans:
         if start < position or end > len(text):
             continue
-        pieces.append(str(escape(text[position:start])))
-        pieces.append(open_tag + str(escape(text[start:end])) + close_tag)
+        pieces.append(as_html(text[position:start]))
+        pieces.append(open_tag + as_html(text[start:end]) + close_tag)
         position = end
-    pieces.append(str(escape(text[position:])))
+    pieces.append(as_html(text[position:]))
     return Markup("".join(pieces))
+
+
+_HTML_SPECIAL = "&<>'\""  # what markupsafe's escape replaces
+
+
+def _as_html(text: str) -> str:
+    return str(escape(text))
 
 
 class _Plan:

@@ -325,6 +325,20 @@ _ITEMS_OF = (
 )  # fmt: skip
 
 
+_WAITING_PAPERS = (
+    sa.select(_ITEMS.c.paper_id)
+    .distinct()
+    .join(Digest, col(Digest.id) == _ITEMS.c.digest_id)
+    .where(col(Digest.status).in_(("pending", "sending")))
+)
+
+
+def waiting_papers(conn: Connection) -> list[PaperRow]:
+    """The papers of the digests waiting to be sent, each once, in id order."""
+    ids = sorted(int(paper_id) for paper_id in conn.execute(_WAITING_PAPERS).scalars())
+    return list(by_ids(conn, ids).values())
+
+
 class PapersRead:
     """The papers read for a sending pass's batches so far, by id, to read each once a pass
     (``items_of``), not once a batch: a day's papers are in nearly every batch. Each kept
