@@ -142,12 +142,16 @@ def _taken(
     they did; the rest to make, a paper's all in one group (a paper gone from the store
     left out), and how many were taken."""
     by_paper: dict[int, list[tuple[Key, PaperRow, float]]] = {}
+    stamps: dict[int, bytes] = {}  # each paper's worked out once: it has many explanations
     taken = 0
     for key, score in new:
         row = stored.get(key[0])
         if row is None:
             continue
-        ready = kept_entries.usable(kept, key, row) if kept else None
+        ready = None
+        if kept:
+            stamp = stamps.get(row.id) or stamps.setdefault(row.id, paper_stamp(row))
+            ready = kept_entries.usable(kept, key, stamp)
         if ready is not None:
             made[key] = Made(*ready, kept[key][0])
             taken += 1
@@ -185,8 +189,10 @@ def _make_some(site: FeedSite, found: Sequence[tuple[Key, PaperRow, float]]) -> 
         for (_, row, _), view in zip(found, views, strict=True)
     ]
     atoms, rsss = fresh_entries(items, "atom"), fresh_entries(items, "rss")
+    rows = {row.id: row for _, row, _ in found}
+    stamps = {paper_id: paper_stamp(row) for paper_id, row in rows.items()}  # once a paper
     return {
-        key: Made(as_utc(item.published), item.guid, row.key, atom, rss, paper_stamp(row))
+        key: Made(as_utc(item.published), item.guid, row.key, atom, rss, stamps[row.id])
         for (key, row, _), item, atom, rss in zip(found, items, atoms, rsss, strict=True)
     }
 

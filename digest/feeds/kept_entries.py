@@ -73,7 +73,6 @@ def _version(package: str) -> str:
         return "unknown"
 
 
-@functools.lru_cache(maxsize=65_536)  # a paper goes under many explanations
 def paper_stamp(row: PaperRow) -> bytes:
     """A hash of every field of the paper an entry shows."""
     fields = (
@@ -170,9 +169,10 @@ def _entry(value: tuple[Any, ...]) -> Kept:
     )
 
 
-def usable(kept: Mapping[Key, tuple[bytes, Kept]], key: Key, row: PaperRow) -> Kept | None:
-    """The kept entry of ``key`` when its paper still reads as it did."""
+def usable(kept: Mapping[Key, tuple[bytes, Kept]], key: Key, stamp: bytes) -> Kept | None:
+    """The kept entry of ``key`` when its paper still reads as it did (``stamp``, its
+    ``paper_stamp`` now)."""
     found = kept.get(key)
-    if found is None or found[0] != paper_stamp(row):
+    if found is None or found[0] != stamp:
         return None
     return found[1]
