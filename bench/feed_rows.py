@@ -90,15 +90,6 @@ def fill(url: str, readers: int, days: int, items: int) -> None:
     engine.dispose()
 
 
-def every_item(conn: sa.Connection, ids: list[int], limit: int) -> list[object]:
-    """The code before: every item of every sent digest of these readers, numbered."""
-    mark = "?"
-    query = feed_rows._NUMBERED.format(
-        digests=feed_rows._ALL.format(marks=", ".join([mark] * len(ids))), mark=mark, sent=""
-    )
-    return feed_rows._fetch(conn, query, (*ids, limit))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--readers", type=int, default=1_000)
@@ -119,7 +110,7 @@ def main() -> None:
             with reading(engine) as conn:
                 for _ in range(2):
                     for name, read in (
-                        ("before", every_item),
+                        ("before", feed_rows.every_sent),
                         ("after", feed_rows.newest_sent),
                     ):
                         started = time.process_time()

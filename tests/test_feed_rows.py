@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import sqlalchemy as sa
 
 from digest.store.engine import open_store, reading, transaction
-from digest.store.feed_rows import _ALL, _NUMBERED, FEW, _fetch, sent_rows
+from digest.store.feed_rows import FEW, every_sent, sent_rows
 from digest.store.models import Digest, DigestItem, Paper, Subscriber
 
 T0 = datetime(2026, 1, 1, 8, tzinfo=UTC)
@@ -85,11 +85,7 @@ def test_the_newest_digests_give_the_items_of_every_digest(database_url: str) ->
         conn.execute(sa.delete(Paper).where(Paper.id == gone))  # type: ignore[arg-type]
     ids = sorted(READERS)
     with reading(engine) as conn:
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        every = _NUMBERED.format(
-            digests=_ALL.format(marks=", ".join([mark] * len(ids))), mark=mark, sent=""
-        )
-        expected = [row[:4] for row in _fetch(conn, every, (*ids, LIMIT))]
+        expected = [row[:4] for row in every_sent(conn, ids, LIMIT)]
         found = sent_rows(conn, ids, LIMIT)
         alone = [row for sid in ids for row in sent_rows(conn, [sid], LIMIT)]
     engine.dispose()

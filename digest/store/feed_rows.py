@@ -76,13 +76,23 @@ def newest_sent(
         counts = dict(_fetch(conn, _COUNTS.format(marks=marks), tuple(short)))
         short = [sid for sid in short if counts.get(sid, 0) > FEW]
     if short:
-        marks = ", ".join([mark] * len(short))
-        query = _NUMBERED.format(digests=_ALL.format(marks=marks), mark=mark, sent=sent)
         for sid in short:
             found[sid] = []
-        for row in _fetch(conn, query, (*short, limit)):
+        for row in every_sent(conn, short, limit, sent_at=sent_at):
             found[row[0]].append(row)
     return [row for sid in sorted(found) for row in found[sid]]
+
+
+def every_sent(
+    conn: Connection, subscriber_ids: Sequence[int], limit: int, *, sent_at: bool = False
+) -> list[Any]:
+    """``newest_sent``'s rows read from every digest these subscribers were ever sent: what
+    it reads for a reader whose newest digests give too few items."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    marks = ", ".join([mark] * len(subscriber_ids))
+    sent = ", sent_at" if sent_at else ""
+    query = _NUMBERED.format(digests=_ALL.format(marks=marks), mark=mark, sent=sent)
+    return _fetch(conn, query, (*subscriber_ids, limit))
 
 
 def _fetch(conn: Connection, query: str, values: tuple[Any, ...]) -> list[Any]:
