@@ -162,6 +162,18 @@ def test_a_block_composed_of_shared_parts_is_the_block_rendered_whole(paper: Pap
 
 
 @settings(max_examples=300, deadline=None)
+def textwrap_filled(text: str) -> str:
+    """What textwrap makes of ``text`` as the plain part's abstract: the reference."""
+    return textwrap.fill(
+        text,
+        wrap.TEXT_WIDTH,
+        initial_indent="  ",
+        subsequent_indent="  ",
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
+
+
 @given(
     st.lists(
         st.sampled_from(["a", "speech", "x" * 69, "y" * 70, "z" * 71, "w" * 90, "a\u00a0b", "—"]),
@@ -171,14 +183,7 @@ def test_a_block_composed_of_shared_parts_is_the_block_rendered_whole(paper: Pap
 def test_the_plain_parts_wrapping_is_textwraps(words: list[str]) -> None:
     """Text as shown (words one space apart) is filled word by word: the same lines."""
     text = " ".join(words)
-    expected = textwrap.fill(
-        text,
-        wrap.TEXT_WIDTH,
-        initial_indent="  ",
-        subsequent_indent="  ",
-        break_on_hyphens=False,
-        break_long_words=False,
-    )
+    expected = textwrap_filled(text)
     assert wrap.indented(text) == expected
 
 
@@ -192,14 +197,7 @@ def test_words_one_space_apart_are_told_as_the_pattern_tells_them(text: str) -> 
     """Text with textwrap's spaces other than one between words goes to textwrap itself."""
     one_spaced = re.fullmatch(r"[^\t\n\x0b\x0c\r ]+(?: [^\t\n\x0b\x0c\r ]+)*", text)
     assert wrap.one_spaced(text) == (one_spaced is not None)
-    expected = textwrap.fill(
-        text,
-        wrap.TEXT_WIDTH,
-        initial_indent="  ",
-        subsequent_indent="  ",
-        break_on_hyphens=False,
-        break_long_words=False,
-    )
+    expected = textwrap_filled(text)
     if text.strip():
         assert wrap.indented(text) == expected
 
