@@ -153,7 +153,7 @@ def _taken(
             stamp = stamps.get(row.id) or stamps.setdefault(row.id, paper_stamp(row))
             ready = kept_entries.usable(kept, key, stamp)
         if ready is not None:
-            made[key] = Made(*ready, kept[key][0])
+            made[key] = Made(*ready, stamp)  # the stamp it was kept with: the paper's now
             taken += 1
         else:
             by_paper.setdefault(key[0], []).append((key, row, score))
