@@ -136,6 +136,8 @@ def measure(args: argparse.Namespace) -> None:
     of feed files made the next run's new files cost more system time than its own."""
     found: list[Measured] = []
     folders: list[Path] = []
+    if args.under is not None:
+        args.under.mkdir(parents=True, exist_ok=True)
     try:
         with smtp_sink() as (port, sink_used):
             for readers in args.readers:

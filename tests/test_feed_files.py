@@ -42,6 +42,7 @@ from digest.service.keys import site_keys
 from digest.service.subscriptions import operator_patch, upsert_subscriber
 from digest.settings import Settings, load_settings
 from digest.store.engine import open_store, reading, transaction
+from digest.store.feed_rows import sent_rows
 from digest.store.subscribers import feed_salts
 from digest.tokens import feed_name
 from tests.test_cycle import ticking
@@ -87,14 +88,19 @@ def store(settings: Settings, dump_a: Path, dump_b: Path) -> Iterator[Engine]:
 
 
 def publish(
-    settings: Settings, store: Engine, folder: Path, processes: int, keep: Path | None = None
+    settings: Settings,
+    store: Engine,
+    folder: Path,
+    processes: int,
+    keep: Path | None = None,
+    limit: int | None = None,
 ) -> dict[str, int]:
     return publish_feeds(
         store,
         folder=folder,
         base_url=settings.base_url,
         site_name=settings.site_name,
-        limit=settings.feed_items,
+        limit=limit or settings.feed_items,
         key=site_keys(settings, store, WRITTEN).signing,
         now=WRITTEN,
         processes=processes,
@@ -192,9 +198,7 @@ def written(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture
 def making(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """How many entries each batch made (``files._make_some``), in this process, none kept
-    in it before (as in a new process)."""
-    files._kept.sites.clear()
+    """How many entries each batch made (``files._make_some``)."""
     made: list[int] = []
     real = files._make_some
 
@@ -213,7 +217,6 @@ def test_a_run_in_a_new_process_takes_the_entries_the_run_before_kept(
     publish(settings, store, tmp_path / "first", 1, keep)
     assert sum(making) > 0
     assert stat.S_IMODE(keep.stat().st_mode) == 0o600
-    files._kept.sites.clear()  # as in a new process
     making.clear()
     inode = keep.stat().st_ino
     publish(settings, store, tmp_path / "again", 1, keep)
@@ -241,15 +244,40 @@ def test_a_kept_entry_is_made_again_when_its_paper_changed(
         conn.execute(
             sa.text("UPDATE paper SET title = 'A title made better' WHERE id = :p"), {"p": paper}
         )
-    files._kept.sites.clear()
     making.clear()
     publish(settings, store, tmp_path / "again", 1, keep)
     assert 1 <= sum(making) <= explanations  # its entries, under the reasons still shown
-    files._kept.sites.clear()
     publish(settings, store, tmp_path / "fresh", 1)  # every entry made in this process
     again = written(tmp_path / "again")
     assert again == written(tmp_path / "fresh")
     assert any(b"A title made better" in data for data in again.values())
+
+
+def test_the_file_keeps_only_the_entries_of_the_feeds_as_they_are(
+    settings: Settings, store: Engine, tmp_path: Path, making: list[int]
+) -> None:
+    """Entries that left every feed are not carried on from one run to the next: the
+    file holds what the feeds hold, however many runs made it."""
+    keep = tmp_path / "feed-entries"
+    publish(settings, store, tmp_path / "first", 1, keep)
+    site = site_of(store, base_url=settings.base_url, site_name=settings.site_name, limit=2)
+    before = kept_entries.EntryFile.open(keep, site)
+    assert before is not None
+    papers_before = {group[0] for group in before.groups}
+    before.close()
+    making.clear()
+    publish(settings, store, tmp_path / "newest two", 1, keep, limit=2)
+    assert making == []  # every entry still shown was kept
+    after = kept_entries.EntryFile.open(keep, site)
+    assert after is not None
+    with reading(store) as conn:
+        readers = [ident for ident, (_, status) in feed_salts(conn).items() if status == "active"]
+        in_feeds = {paper for _, paper, _, _ in sent_rows(conn, readers, 2)}
+    papers_after = {group[0] for group in after.groups}
+    after.close()
+    assert papers_after == in_feeds and papers_after < papers_before
+    publish(settings, store, tmp_path / "fresh", 1, limit=2)  # every entry made here
+    assert written(tmp_path / "newest two") == written(tmp_path / "fresh")
 
 
 @pytest.mark.parametrize("kept", ["other code", "broken"])
@@ -268,7 +296,6 @@ def test_entries_kept_by_other_code_or_broken_are_made_again(
         keep.write_bytes(keep.read_bytes()[: keep.stat().st_size // 2])
     else:
         monkeypatch.setattr(kept_entries, "code_stamp", lambda: "code changed since")
-    files._kept.sites.clear()
     making.clear()
     publish(settings, store, tmp_path / "again", 1, keep)
     assert sum(making) == made
@@ -276,7 +303,9 @@ def test_entries_kept_by_other_code_or_broken_are_made_again(
     site = site_of(
         store, base_url=settings.base_url, site_name=settings.site_name, limit=settings.feed_items
     )
-    assert kept_entries.load(keep, site)  # kept again, as this code makes them
+    again = kept_entries.EntryFile.open(keep, site)  # kept again, as this code makes them
+    assert again is not None and kept_entries.records_of(again.groups) == made
+    again.close()
 
 
 def test_the_sweep_removes_only_feeds_of_readers_gone(tmp_path: Path) -> None:

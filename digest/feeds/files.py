@@ -17,7 +17,6 @@ the same body and ETag.
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,12 +26,21 @@ from sqlalchemy.engine import Connection
 
 from digest import forks
 from digest.clock import as_utc
-from digest.feeds import kept_entries
-from digest.feeds.kept_entries import paper_stamp
-from digest.feeds.render import FeedKind, entries_hash, pieces
+from digest.errors import WriteError
+from digest.feeds.kept_entries import (
+    EntryFile,
+    EntryWriter,
+    Group,
+    Made,
+    Shown,
+    filled,
+    group,
+    paper_stamp,
+)
+from digest.feeds.render import FeedKind, digests_hash
 from digest.feeds.site import FeedSite
 from digest.feeds.staged import StagedFolder
-from digest.feeds.xml import Entry, Head, fresh_entries, head
+from digest.feeds.xml import Head, fresh_entries, head
 from digest.present.paper import prepare
 from digest.present.views import Links, stored_view
 from digest.store import papers
@@ -45,64 +53,24 @@ ENTRIES_AT_ONCE = 1_000  # entries made in one batch (their views and items held
 FORK_FROM = 2_000  # entries to make; fewer are made in this process
 TITLE = "papers for you"  # a private feed's title, after the site's name
 Key = tuple[int, str]  # a paper's id, and why it was chosen (its stored explanation)
-
-
-@dataclass(frozen=True, slots=True)
-class Made:
-    """A paper's private entry under one explanation, made once for every reader it went
-    to: its place in a feed (the paper's date, its GUID), the paper's key (what a reader's
-    token signs), and its XML in each kind of feed."""
-
-    published: datetime
-    guid: str
-    paper_key: str
-    atom: Entry
-    rss: Entry
-    stamp: bytes  # what its paper said when it was made (``kept_entries.paper_stamp``)
-
-    @property
-    def kept(self) -> kept_entries.Kept:
-        """Its fields as ``kept_entries`` keeps them."""
-        return (self.published, self.guid, self.paper_key, self.atom, self.rss)
-
-
-class _Kept:
-    """The entries made for a site, valid for one ingest (a paper's text changes only
-    with one): a later run in the same process makes only the new ones."""
-
-    LIMIT = 200_000  # a day's (paper, interests) entries, at a few KB each
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.sites: dict[tuple[str, str], tuple[int, dict[tuple[int, str], Made]]] = {}
-
-    def current(self, site: FeedSite, ingest: int) -> dict[tuple[int, str], Made]:
-        with self.lock:
-            key = (site.base_url, site.authority)
-            found = self.sites.get(key)
-            if found is None or found[0] != ingest or len(found[1]) >= self.LIMIT:
-                self.sites.clear()  # one site's a process, in practice
-                found = self.sites[key] = (ingest, {})
-            return found[1]
-
-
-_kept = _Kept()
+Wanted = tuple[Key, PaperRow, float]  # an entry to make: its key, its paper, its score
 
 
 def readers_entries(
     conn: Connection,
     subscriber_ids: Sequence[int],
     site: FeedSite,
-    ingest: int,
+    keep: Path,
     processes: int = 1,
-    keep: Path | None = None,
-) -> list[tuple[int, list[Made]]]:
-    """Each of these readers with the entries of what they were sent, newest sent first
-    (a paper gone from the store meanwhile left out); the entries not made before (in this
-    process, or kept in the file ``keep`` by a run before: ``kept_entries``) are made by
-    ``processes`` forked processes, each taking its share of the papers. ``keep``: the
-    entries used are kept there for the next run."""
-    made = _kept.current(site, ingest)
+) -> tuple[EntryFile, list[tuple[int, list[int]]]]:
+    """The file of entries these readers' feeds are written from, and each reader with
+    the places in it of the entries of what they were sent, newest sent first (a paper
+    gone from the store meanwhile left out).
+
+    The file is ``keep``: the entries of the file a run before left there are taken from
+    it when their paper still reads as it did, and the rest are made by ``processes``
+    forked processes, each taking its share of the papers. The file is written anew when
+    anything in it changes."""
     wanted: dict[Key, tuple[Key, float]] = {}  # each key once (one object), with its score
     sent: list[tuple[int, list[Key]]] = []
     for start in range(0, len(subscriber_ids), READERS_AT_ONCE):
@@ -115,64 +83,106 @@ def readers_entries(
                 found = wanted[key] = (key, score)
             by_reader[sid].append(found[0])
         sent.extend(by_reader.items())
-    new = [(key, score) for key, score in wanted.values() if key not in made]
-    unchanged = keep is not None and keep.exists()  # the kept entries are this run's
-    if new:
-        stored = papers.by_ids(conn, sorted({key[0] for key, _ in new}))
-        kept = kept_entries.load(keep, site) if keep is not None else {}
-        groups, taken = _taken(kept, new, stored, made)
-        unchanged = unchanged and not groups and taken == len(kept)
-        del kept
-        processes = processes if len(new) >= FORK_FROM else 1
-        for some in forks.fork_pieces(functools.partial(_make, site), groups, processes):
-            made.update(some)
-    if keep is not None and not unchanged:
-        used = [(key, made[key]) for key, _ in wanted.values() if key in made]
-        kept_entries.save(keep, site, ((key, m.stamp, m.kept) for key, m in used))
-    return [(sid, [made[key] for key in keys if key in made]) for sid, keys in sent]
+    by_paper: dict[int, list[tuple[Key, float]]] = {}
+    for key, score in wanted.values():
+        by_paper.setdefault(key[0], []).append((key, score))
+    del wanted
+    stored = papers.by_ids(conn, sorted(by_paper))
+    old = EntryFile.open(keep, site)
+    entries: EntryFile | None = None
+    try:
+        copies, to_make = _taken(old, by_paper, stored)
+        if old is not None and not to_make and len(copies) == len(old.groups):
+            entries = old  # every entry wanted is there already: the file stays as it is
+            places = {
+                (paper_id, explanation): place + at
+                for paper_id, _, place, _, records in old.groups
+                for explanation, at in records
+            }
+        else:
+            entries, places = _written(keep, site, old, copies, to_make, processes)
+    finally:
+        if old is not None and entries is not old:
+            old.close()
+    return entries, [(sid, [places[key] for key in keys if key in places]) for sid, keys in sent]
 
 
 def _taken(
-    kept: dict[Key, tuple[bytes, kept_entries.Kept]],
-    new: Sequence[tuple[Key, float]],
-    stored: dict[int, PaperRow],
-    made: dict[Key, Made],
-) -> tuple[list[list[tuple[Key, PaperRow, float]]], int]:
-    """Put into ``made`` the entries of ``new`` kept by a run before whose papers read as
-    they did; the rest to make, a paper's all in one group (a paper gone from the store
-    left out), and how many were taken."""
-    by_paper: dict[int, list[tuple[Key, PaperRow, float]]] = {}
-    stamps: dict[int, bytes] = {}  # each paper's worked out once: it has many explanations
-    taken = 0
-    for key, score in new:
-        row = stored.get(key[0])
+    old: EntryFile | None, by_paper: dict[int, list[tuple[Key, float]]], stored: dict[int, PaperRow]
+) -> tuple[list[int], list[list[Wanted]]]:
+    """The groups of the old file to copy (their places in ``old.groups``): each of a paper
+    wanted that still reads as it did; and the entries to make, a paper's all in one list
+    (a paper gone from the store left out)."""
+    kept: dict[int, list[int]] = {}
+    if old is not None:
+        for at, (paper_id, *_) in enumerate(old.groups):
+            kept.setdefault(paper_id, []).append(at)
+    copies: list[int] = []
+    to_make: list[list[Wanted]] = []
+    for paper_id, keys in by_paper.items():
+        row = stored.get(paper_id)
         if row is None:
             continue
-        ready = None
-        if kept:
-            stamp = stamps.get(row.id) or stamps.setdefault(row.id, paper_stamp(row))
-            ready = kept_entries.usable(kept, key, stamp)
-        if ready is not None:
-            made[key] = Made(*ready, stamp)  # the stamp it was kept with: the paper's now
-            taken += 1
-        else:
-            by_paper.setdefault(key[0], []).append((key, row, score))
-    return list(by_paper.values()), taken
+        have: set[str] = set()
+        if paper_id in kept and old is not None:
+            stamp = paper_stamp(row)
+            for at in kept[paper_id]:
+                if old.groups[at][1] == stamp:
+                    copies.append(at)
+                    have.update(explanation for explanation, _ in old.groups[at][4])
+        missing = [(key, row, score) for key, score in keys if key[1] not in have]
+        if missing:
+            to_make.append(missing)
+    return copies, to_make
 
 
-def _make(
-    site: FeedSite, groups: Sequence[list[tuple[Key, PaperRow, float]]]
-) -> Iterator[dict[Key, Made]]:
-    """The entries of these (paper, explanation) keys, a paper's all in one group, made
-    ``ENTRIES_AT_ONCE`` or so at a time, each batch yielded as made: what an entry is made
-    from (its view, its item) is let go before the next are made, and a forked process
-    sends each batch on its own (``forks.fork_pieces``), a paper's pieces in one.
+def _written(
+    keep: Path,
+    site: FeedSite,
+    old: EntryFile | None,
+    copies: Sequence[int],
+    to_make: Sequence[list[Wanted]],
+    processes: int,
+) -> tuple[EntryFile, dict[Key, int]]:
+    """A new file of entries in place of ``keep``: the old file's groups ``copies`` as they
+    stand, then the entries ``to_make``, made; the file, mapped, and each entry's place."""
+    try:
+        writer = EntryWriter(keep, site)
+    except OSError as exc:
+        raise WriteError(f"cannot write the feed entries {keep}: {exc.strerror}") from None
+    try:
+        if old is not None:
+            for at in copies:
+                paper_id, stamp, place, length, records = old.groups[at]
+                writer.copy(paper_id, stamp, old.view[place : place + length], records)
+        processes = processes if sum(map(len, to_make)) >= FORK_FROM else 1
+        for made in forks.fork_pieces(functools.partial(_make, site), to_make, processes):
+            for found in made:
+                writer.add(found)
+        writer.commit()
+    except OSError as exc:
+        writer.discard()
+        raise WriteError(f"cannot write the feed entries {keep}: {exc.strerror}") from None
+    except BaseException:
+        writer.discard()
+        raise
+    entries = EntryFile.open(keep, site)
+    if entries is None:
+        raise WriteError(f"the feed entries just written to {keep} cannot be read")
+    return entries, writer.at
+
+
+def _make(site: FeedSite, groups: Sequence[list[Wanted]]) -> Iterator[list[Group]]:
+    """The entries of these (paper, explanation) keys, a paper's all in one list, made
+    ``ENTRIES_AT_ONCE`` or so at a time, each batch yielded as made, as the file's groups:
+    what an entry is made from (its view, its item) is let go before the next are made,
+    and a forked process sends each batch on its own (``forks.fork_pieces``).
 
     Each paper's view is the one the message step made of the same item when it ran in
     this process (``stored_view``): its marked text is worked out already."""
-    batch: list[tuple[Key, PaperRow, float]] = []
-    for group in groups:
-        batch += group
+    batch: list[Wanted] = []
+    for wanted in groups:
+        batch += wanted
         if len(batch) >= ENTRIES_AT_ONCE:
             yield _make_some(site, batch)
             batch = []
@@ -180,8 +190,8 @@ def _make(
         yield _make_some(site, batch)
 
 
-def _make_some(site: FeedSite, found: Sequence[tuple[Key, PaperRow, float]]) -> dict[Key, Made]:
-    """The entries of ``found``."""
+def _make_some(site: FeedSite, found: Sequence[Wanted]) -> list[Group]:
+    """The entries of ``found``, a paper's all together, as the file's groups."""
     views = [stored_view(row, score, key[1], site.base_url) for key, row, score in found]
     prepare(views)  # papers whose marks were not recorded: each analyzed once
     items = [
@@ -189,19 +199,18 @@ def _make_some(site: FeedSite, found: Sequence[tuple[Key, PaperRow, float]]) -> 
         for (_, row, _), view in zip(found, views, strict=True)
     ]
     atoms, rsss = fresh_entries(items, "atom"), fresh_entries(items, "rss")
-    rows = {row.id: row for _, row, _ in found}
-    stamps = {paper_id: paper_stamp(row) for paper_id, row in rows.items()}  # once a paper
-    return {
-        key: Made(as_utc(item.published), item.guid, row.key, atom, rss, stamps[row.id])
-        for (key, row, _), item, atom, rss in zip(found, items, atoms, rsss, strict=True)
-    }
+    by_paper: dict[int, tuple[PaperRow, list[tuple[str, Made]]]] = {}
+    for (key, row, _), item, atom, rss in zip(found, items, atoms, rsss, strict=True):
+        made = Made(as_utc(item.published), item.guid, row.key, atom, rss)
+        by_paper.setdefault(row.id, (row, []))[1].append((key[1], made))
+    return [group(paper_id, paper_stamp(row), made) for paper_id, (row, made) in by_paper.items()]
 
 
-def chosen(made: Sequence[Made], limit: int) -> list[Made]:
+def chosen(shown: Sequence[Shown], limit: int) -> list[Shown]:
     """What ``render.select_items`` keeps of these entries: newest first by the paper's
     date, each GUID once (its newest version), at most ``limit``."""
-    newest: dict[str, Made] = {}
-    for entry in made:
+    newest: dict[bytes, Shown] = {}
+    for entry in shown:
         seen = newest.get(entry.guid)
         if seen is None or entry.published > seen.published:
             newest[entry.guid] = entry
@@ -209,8 +218,9 @@ def chosen(made: Sequence[Made], limit: int) -> list[Made]:
     return ordered[:limit]
 
 
-# A reader's private feed to write: their id, token salt, feed name, and entries.
-PrivateJob = tuple[int, str, str, list[Made]]
+# A reader's private feed to write: their id, token salt, feed name, and the places of
+# their entries in the file of entries.
+PrivateJob = tuple[int, str, str, list[int]]
 
 
 @dataclass(frozen=True)
@@ -223,6 +233,7 @@ class PrivateFiles:
     describe: Callable[[int, str], str]  # a reader's feed description, by id and salt
     now: datetime
     heads: dict[FeedKind, Head | None] = field(default_factory=dict, compare=False, repr=False)
+    entries: EntryFile | None = field(default=None, compare=False, repr=False)
     staged: StagedFolder = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -251,23 +262,35 @@ class PrivateFiles:
     def write_one(self, job: PrivateJob) -> int:
         """Write one reader's two files, each when it changed (under temporary names);
         how many were written."""
-        ident, salt, name, made = job
-        entries_shown = chosen(made, self.site.limit)
+        ident, salt, name, places = job
+        entries = self.entries
+        if entries is None:
+            raise RuntimeError("no file of entries to write the private feeds from")
+        shown = chosen([entries.shown(at) for at in places], self.site.limit)
         signer = self.links.signer(ident, salt)
-        tokens = [signer.token(entry.paper_key) for entry in entries_shown]
+        tokens = [signer.token(entry.paper_key) for entry in shown]
         description = self.describe(ident, salt)
         path = f"private/{name}"
         written = 0
         for kind in KINDS:
             meta = self.site.meta(path, kind, TITLE, description, self.now)
-            xml = [entry.atom if kind == "atom" else entry.rss for entry in entries_shown]
-            hash = entries_hash(meta, kind, xml, tokens)
+            atom = kind == "atom"
+            digests = [entry.atom_digest if atom else entry.rss_digest for entry in shown]
+            hash = digests_hash(meta, kind, digests, tokens)
             file = f"{name}.{kind}"
             if self.staged.stored_hash(file) == hash:
                 continue
-            data = pieces(meta, kind, hash, xml, tokens, self.head(kind))
-            if data is None:  # not for ``publish`` to send here: see ``templated``
+            top = self.head(kind)
+            if top is None:  # not for ``publish`` to send here: see ``templated``
                 raise RuntimeError(f"no head made once for the feed {path}.{kind}")
+            data: list[bytes | memoryview] = [
+                top.declaration,
+                f"<!-- digest-content: {hash} -->\n".encode(),
+                *top.filled(meta, kind),
+            ]
+            for entry, token in zip(shown, tokens, strict=True):
+                data += filled(entry, atom, token.encode())
+            data.append(top.tail)
             self.staged.write(file, data)
             written += 1
         return written

@@ -1,35 +1,53 @@
-"""The private feeds' entries kept from one run to the next, in a file of the data folder.
+"""The private feeds' entries, in a file of the data folder, kept from one run to the next.
 
 A reader's feed holds their newest items (``feed_items``, 100 by default: five or six
 days of digests), and its file is written from an entry for each (paper, why it was
-chosen). A run in a new process (cron's) had none of them and made every one again, each
-day, though all but the day's new ones were made by the run before. So a run keeps the
-entries it used in a file (``FILE`` under ``data_dir``, not the feeds folder a web server
-serves), and the next run takes from it every entry whose paper still reads as it did
-when the entry was made: only the new ones are made.
+chosen). A run in a new process (cron's) would make every one again each day, though all
+but the day's new ones were made by the run before; and a run holding every entry of
+every feed as objects would hold more the more readers and days the feeds span (1.2 GB
+at 15,000 readers on a sixth day, measured). So the entries a run uses are written to a
+file (``FILE`` under ``data_dir``, not the feeds folder a web server serves), as bytes the
+feed files are written from: the processes that write the feeds map the file and send
+its bytes to each feed file as they stand, a reader's token put in each entry's holes.
+What a process holds is an offset a wanted entry, whatever the number of days.
+
+The next run copies from it every paper whose entries still read as they did (``paper_stamp``)
+into the file it writes, and makes only the rest; the old file is replaced once the new
+one is whole.
+
+A file holds groups, one or more a paper: each group the distinct pieces of that paper's
+entries (what its entries under several explanations, and a summary's Atom and RSS forms,
+have in common is there once), then a record a (paper, explanation): when the paper is
+dated, its GUID and key, each kind's hash and its pieces as spans of the group, a hole
+where the token goes. An index of the groups ends the file.
 
 What an entry is made of is checked, not trusted: the file names the code that made its
-entries (a hash of the source of the packages that shape an entry, ``feeds``,
-``present`` and ``rank``, and the versions of feedgen, lxml and markupsafe) and the site (its address and GUID authority), and each entry the paper it was made of
-(a hash of every field of the paper an entry shows). A file from other code, another site,
-or that cannot be read is left unused (and written over by the run); an entry whose paper
-changed is made again. The file holds bytes, strings and numbers only (``marshal``),
-written under a temporary name and renamed over the old one, readable by its owner alone.
+entries (a hash of the source of the packages that shape an entry, ``feeds``, ``present``
+and ``rank``, and the versions of feedgen, lxml and markupsafe) and the site (its address
+and GUID authority), and each group the paper it was made of. A file from other code,
+another site, or that cannot be read is left unused (and written over by the run). The
+file is written under a temporary name and renamed over the old one, readable by its
+owner alone.
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import functools
 import hashlib
 import importlib.metadata
 import logging
 import marshal
+import mmap
 import os
-from collections.abc import Iterable, Mapping
-from datetime import datetime
+import struct
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO, NamedTuple
 
 from digest.feeds.site import FeedSite
 from digest.feeds.xml import Entry
@@ -38,15 +56,53 @@ from digest.store.papers import PaperRow
 log = logging.getLogger(__name__)
 
 FILE = "feed-entries"  # under data_dir
-BATCH = 1_000  # entries written (and read) at once
-_FORMAT = 1  # what a kept entry's fields are; raised when they change
+_MAGIC = b"digest feed entries\n"
+_FORMAT = 2  # how a file is laid out; raised when it changes
 # the packages whose code shapes an entry (its XML, its text as shown, its marks): any
 # change to them makes every entry again
 _SHAPED_BY = ("feeds", "present", "rank")
+HOLE = 0xFFFFFFFF  # a span's start (and end) where the reader's token goes
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# a record: the paper's date (microseconds since 1970, UTC), the record's own place in
+# its group, the lengths of the GUID and the paper's key, each kind's hash and number of
+# spans; then the GUID, the key, and the spans (where each starts and ends in the group)
+_RECORD = struct.Struct("<qIHH32s32sHH")
+_END = struct.Struct("<QQ")  # where the index starts, and its length: the file's last bytes
 
 Key = tuple[int, str]  # a paper's id, and why it was chosen (its stored explanation)
-# a ``files.Made``'s fields: when the paper is dated, its GUID, its key, its two entries
-Kept = tuple[datetime, str, str, Entry, Entry]
+
+
+class Made(NamedTuple):
+    """A paper's private entry under one explanation, made once for every reader it went
+    to: its place in a feed (the paper's date, its GUID), the paper's key (what a reader's
+    token signs), and its XML in each kind of feed."""
+
+    published: datetime
+    guid: str
+    paper_key: str
+    atom: Entry
+    rss: Entry
+
+
+class Shown(NamedTuple):
+    """A record of the file as a feed file is written from it: its place in a feed, the
+    paper's key, and each kind's hash and spans (where each starts and ends in ``group``,
+    the file's bytes from the start of the record's group; ``HOLE`` where the token goes)."""
+
+    published: int  # microseconds since 1970, UTC: ordered as the dates are
+    guid: bytes  # its UTF-8: ordered as the text is
+    paper_key: str
+    atom_digest: bytes
+    rss_digest: bytes
+    group: memoryview
+    atom: memoryview  # start, end, start, end, ... (unsigned 32-bit integers)
+    rss: memoryview
+
+
+# A group written: its paper, that paper's stamp, the group's bytes, and where in them
+# each of its explanations' records is.
+Group = tuple[int, bytes, bytes, tuple[tuple[str, int], ...]]
 
 
 @functools.cache
@@ -90,89 +146,206 @@ def paper_stamp(row: PaperRow) -> bytes:
     return hashlib.sha256(repr(fields).encode()).digest()[:16]
 
 
-def _site_stamp(site: FeedSite) -> str:
-    return f"{site.base_url}\n{site.authority}"
+def _stamps(site: FeedSite) -> tuple[str, str, str]:
+    """What a file's head says: the code, the site, and how this machine stores the spans
+    (read in place: another byte order or size would read them wrong)."""
+    machine = f"{sys.byteorder} {array.array('I').itemsize}"
+    return code_stamp(), f"{site.base_url}\n{site.authority}", machine
 
 
-def load(path: Path, site: FeedSite) -> dict[Key, tuple[bytes, Kept]]:
-    """The entries kept in ``path`` for ``site`` by this code, each with its paper's stamp;
-    none when there is no such file, or it was written by other code or for another site,
-    or cannot be read."""
-    found: dict[Key, tuple[bytes, Kept]] = {}
-    try:
-        with path.open("rb") as kept:
-            if marshal.load(kept) != (code_stamp(), _site_stamp(site)):
-                return {}
-            while kept.peek(1):  # a batch of entries at a time: none held twice
-                for key, (paper, value) in marshal.load(kept).items():
-                    found[key] = (paper, _entry(value))
-    except FileNotFoundError:
-        return {}
-    except (OSError, EOFError, ValueError, TypeError, KeyError, IndexError) as exc:
-        log.warning("the kept feed entries cannot be read, so they are made again: %s", exc)
-        return {}
-    return found
+def group(paper_id: int, stamp: bytes, entries: Sequence[tuple[str, Made]]) -> Group:
+    """One paper's entries (each under its explanation) as a group of the file: each
+    distinct piece once, then a record an entry."""
+    area = bytearray()
+    placed: dict[bytes, int] = {}  # each distinct piece, and where it is in the area
+
+    def spans(entry: Entry) -> list[int]:
+        found: list[int] = []
+        holes = set(entry.holes)
+        for at, piece in enumerate(entry.pieces):
+            if at in holes:
+                found += (HOLE, HOLE)
+                continue
+            if not piece:
+                continue
+            where = placed.get(piece)
+            if where is None:
+                where = placed[piece] = len(area)
+                area.extend(piece)
+            if found and found[-1] == where:  # right after the span before: one span
+                found[-1] += len(piece)
+            else:
+                found += (where, where + len(piece))
+        return found
+
+    laid = [(explanation, made, spans(made.atom), spans(made.rss)) for explanation, made in entries]
+    records = bytearray()
+    where: list[tuple[str, int]] = []
+    for explanation, made, atom, rss in laid:
+        at = len(area) + len(records)
+        guid, key = made.guid.encode(), made.paper_key.encode()
+        published = (made.published - _EPOCH) // _MICROSECOND
+        records += _RECORD.pack(
+            published,
+            at,
+            len(guid),
+            len(key),
+            made.atom.digest,
+            made.rss.digest,
+            len(atom) // 2,
+            len(rss) // 2,
+        )
+        records += guid + key + array.array("I", atom + rss).tobytes()
+        where.append((explanation, at))
+    return paper_id, stamp, bytes(area + records), tuple(where)
 
 
-def save(path: Path, site: FeedSite, entries: Iterable[tuple[Key, bytes, Kept]]) -> None:
-    """Keep these entries in ``path`` (each with its paper's stamp), for the next run, a
-    paper's all in one batch of about ``BATCH`` (what they share is written once); a file
-    that cannot be written is logged, not raised (the next run makes them again)."""
-    by_paper: dict[int, list[tuple[Key, bytes, Kept]]] = {}
-    for entry in entries:
-        by_paper.setdefault(entry[0][0], []).append(entry)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            marshal.dump((code_stamp(), _site_stamp(site)), out, 4)
-            batch: dict[Key, tuple[bytes, Any]] = {}
-            for group in by_paper.values():
-                batch.update((key, (paper, _plain(value))) for key, paper, value in group)
-                if len(batch) >= BATCH:
-                    marshal.dump(batch, out, 4)
-                    batch = {}
-            if batch:
-                marshal.dump(batch, out, 4)
-        os.replace(temporary, path)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
-        log.warning("the feed entries could not be kept for the next run: %s", exc)
+@dataclass
+class EntryFile:
+    """A file of entries, mapped: each paper's groups with their stamps and places."""
+
+    path: Path
+    data: mmap.mmap
+    groups: list[tuple[int, bytes, int, int, tuple[tuple[str, int], ...]]]
+    view: memoryview = field(init=False, repr=False)  # the file's bytes, sliced without a copy
+
+    def __post_init__(self) -> None:
+        self.view = memoryview(self.data)
+
+    @classmethod
+    def open(cls, path: Path, site: FeedSite) -> EntryFile | None:
+        """The entries kept in ``path`` for ``site`` by this code; None when there is no
+        such file, or it was written by other code or for another site, or cannot be read."""
+        try:
+            with path.open("rb") as file:
+                size = os.fstat(file.fileno()).st_size
+                if size < len(_MAGIC) + _END.size:
+                    raise ValueError("too short")
+                data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("the kept feed entries cannot be read, so they are made again: %s", exc)
+            return None
+        try:
+            groups = _index(data, site)
+        except (EOFError, ValueError, TypeError, KeyError, IndexError, struct.error) as exc:
+            data.close()
+            log.warning("the kept feed entries cannot be read, so they are made again: %s", exc)
+            return None
+        if groups is None:
+            data.close()
+            return None
+        return cls(path, data, groups)
+
+    def close(self) -> None:
+        """Let the file's mapping go (when a slice of it is still held: once that is let go)."""
+        with contextlib.suppress(BufferError):
+            self.view.release()
+            self.data.close()
+
+    def shown(self, at: int) -> Shown:
+        """The record at ``at``."""
+        data, view = self.data, self.view
+        published, rel, guid_length, key_length, atom_digest, rss_digest, atoms, rsss = (
+            _RECORD.unpack_from(data, at)
+        )
+        guid = at + _RECORD.size
+        key = guid + guid_length
+        spans = key + key_length
+        middle = spans + 8 * atoms
+        return Shown(
+            published,
+            data[guid:key],
+            data[key:spans].decode(),
+            atom_digest,
+            rss_digest,
+            view[at - rel :],
+            view[spans:middle].cast("I"),
+            view[middle : middle + 8 * rsss].cast("I"),
+        )
 
 
-def _plain(value: Kept) -> tuple[Any, ...]:
-    published, guid, paper_key, atom, rss = value
-    return (
-        published.isoformat(),
-        guid,
-        paper_key,
-        atom.pieces,
-        atom.holes,
-        atom.digest,
-        rss.pieces,
-        rss.holes,
-        rss.digest,
-    )
+def filled(entry: Shown, atom: bool, token: bytes) -> list[bytes | memoryview]:
+    """The pieces of ``entry`` in a feed (Atom's when ``atom``, else RSS's), ``token`` in its
+    holes: joined, the bytes of its ``Entry.filled``."""
+    group = entry.group
+    ends = iter(entry.atom if atom else entry.rss)
+    return [
+        token if start == HOLE else group[start:end] for start, end in zip(ends, ends, strict=True)
+    ]
 
 
-def _entry(value: tuple[Any, ...]) -> Kept:
-    published, guid, paper_key, a_pieces, a_holes, a_digest, r_pieces, r_holes, r_digest = value
-    if not all(type(part) is tuple for part in (a_pieces, a_holes, r_pieces, r_holes)):
-        raise ValueError("an entry's pieces are not as written")
-    return (
-        datetime.fromisoformat(published),
-        guid,
-        paper_key,
-        Entry(a_pieces, a_holes, a_digest),
-        Entry(r_pieces, r_holes, r_digest),
-    )
-
-
-def usable(kept: Mapping[Key, tuple[bytes, Kept]], key: Key, stamp: bytes) -> Kept | None:
-    """The kept entry of ``key`` when its paper still reads as it did (``stamp``, its
-    ``paper_stamp`` now)."""
-    found = kept.get(key)
-    if found is None or found[0] != stamp:
+def _index(
+    data: mmap.mmap, site: FeedSite
+) -> list[tuple[int, bytes, int, int, tuple[tuple[str, int], ...]]] | None:
+    """The groups of a file, when it is this code's for this site: (paper, stamp, place,
+    length, records)."""
+    if data[: len(_MAGIC)] != _MAGIC:
+        raise ValueError("not a file of feed entries")
+    head_length = int.from_bytes(data[len(_MAGIC) : len(_MAGIC) + 4], "little")
+    start = len(_MAGIC) + 4
+    if marshal.loads(data[start : start + head_length]) != _stamps(site):
         return None
-    return found[1]
+    index_at, index_length = _END.unpack_from(data, len(data) - _END.size)
+    if index_at + index_length + _END.size != len(data):
+        raise ValueError("its index is not where its end says")
+    groups = marshal.loads(data[index_at : index_at + index_length])
+    if type(groups) is not list:
+        raise ValueError("its index is not as written")
+    for paper_id, stamp, place, length, records in groups:
+        if not (type(paper_id) is int and type(stamp) is bytes and 0 <= place <= index_at):
+            raise ValueError("a group is not as written")
+        if place + length > index_at or any(not 0 <= at < length for _, at in records):
+            raise ValueError("a group is not where the index says")
+    return groups
+
+
+class EntryWriter:
+    """A new file of entries, its groups written as they come; ``commit`` ends it with its
+    index and puts it in place of the old file."""
+
+    def __init__(self, path: Path, site: FeedSite) -> None:
+        self.path = path
+        self.temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        self.out: BinaryIO = os.fdopen(fd, "wb")
+        head = marshal.dumps(_stamps(site), 4)
+        self.out.write(_MAGIC + len(head).to_bytes(4, "little") + head)
+        self.place = len(_MAGIC) + 4 + len(head)
+        self.groups: list[tuple[int, bytes, int, int, tuple[tuple[str, int], ...]]] = []
+        self.at: dict[Key, int] = {}  # where each entry's record is
+
+    def add(self, found: Group) -> None:
+        """Write a group made this run."""
+        paper_id, stamp, data, records = found
+        self.copy(paper_id, stamp, memoryview(data), records)
+
+    def copy(
+        self, paper_id: int, stamp: bytes, data: memoryview, records: tuple[tuple[str, int], ...]
+    ) -> None:
+        """Write a group as it stands (one of the old file's, or made this run)."""
+        self.out.write(data)
+        self.groups.append((paper_id, stamp, self.place, len(data), records))
+        for explanation, at in records:
+            self.at[(paper_id, explanation)] = self.place + at
+        self.place += len(data)
+
+    def commit(self) -> None:
+        """End the file with its index, and put it in place of the old one."""
+        index = marshal.dumps(self.groups, 4)
+        self.out.write(index + _END.pack(self.place, len(index)))
+        self.out.close()
+        os.replace(self.temporary, self.path)
+
+    def discard(self) -> None:
+        """Leave the old file as it was."""
+        with contextlib.suppress(OSError):
+            self.out.close()
+        with contextlib.suppress(OSError):
+            self.temporary.unlink()
+
+
+def records_of(groups: Iterable[tuple[int, bytes, int, int, tuple[tuple[str, int], ...]]]) -> int:
+    """How many records these groups hold."""
+    return sum(len(records) for *_, records in groups)

@@ -20,11 +20,13 @@ reader see the paper twice.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import json
 import os
 import re
+import tempfile
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -37,6 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 from digest import forks
 from digest.errors import WriteError
 from digest.feeds.files import TITLE, PrivateFiles, PrivateJob, readers_entries
+from digest.feeds.kept_entries import FILE as ENTRIES
 from digest.feeds.render import (
     FEEDS_FOLDER,
     PRIVATE_FEEDS_FOLDER,
@@ -180,73 +183,76 @@ def publish_feeds(
     """
     _make_folders(folder, private=private)
     site = site_of(engine, base_url=base_url, site_name=site_name, limit=limit)
-    with reading(engine) as conn:
-        public = public_items(conn, site)
-        everyone = feed_salts(conn)
-        # kept on disk: the feeds of active readers and of paused ones (back on resume)
-        kept = {
-            feed_name(key, ident, salt)
-            for ident, (salt, status) in everyone.items()
-            if status in ("active", "paused")
-        }
-        salts = {
-            ident: salt
-            for ident, (salt, status) in everyone.items()
-            if private and status == "active"
-        }
-        names = {ident: feed_name(key, ident, salt) for ident, salt in salts.items()}
-        links = Links(base_url, key, "")
-        targets = [
-            sid
-            for sid, name in names.items()
-            if changed is None
-            or sid in changed
-            or not (folder / "private" / f"{name}.atom").exists()
-        ]
-        files = PrivateFiles(
-            folder, site, links, functools.partial(private_description, links), now
-        )
-        if processes is None:
-            processes = forks.processes_for(len(targets) * 2, threshold=PARALLEL_FROM, cap=4)
-        found: dict[int, list[FeedItem]] = {}
-        if files.templated():
-            ingest = ingest_sequence(conn)
-            readers: list[PrivateJob] = [
-                (sid, salts[sid], names[sid], made)
-                for sid, made in readers_entries(
-                    conn, targets, site, ingest, min(processes, 2), keep
-                )
+    with contextlib.ExitStack() as held:  # the file of entries, until the feeds are written
+        with reading(engine) as conn:
+            public = public_items(conn, site)
+            everyone = feed_salts(conn)
+            # kept on disk: the feeds of active readers and of paused ones (back on resume)
+            on_disk = {
+                feed_name(key, ident, salt)
+                for ident, (salt, status) in everyone.items()
+                if status in ("active", "paused")
+            }
+            salts = {
+                ident: salt
+                for ident, (salt, status) in everyone.items()
+                if private and status == "active"
+            }
+            names = {ident: feed_name(key, ident, salt) for ident, salt in salts.items()}
+            links = Links(base_url, key, "")
+            targets = [
+                sid
+                for sid, name in names.items()
+                if changed is None
+                or sid in changed
+                or not (folder / "private" / f"{name}.atom").exists()
             ]
-            targets = []
-        else:  # feeds feedgen makes whole, each item made for each reader
-            readers = []
-            for start in range(0, len(targets), 500):
-                found.update(
-                    private_items(conn, targets[start : start + 500], site, (links, salts))
-                )
-        conn.rollback()
+            files = PrivateFiles(
+                folder, site, links, functools.partial(private_description, links), now
+            )
+            if processes is None:
+                processes = forks.processes_for(len(targets) * 2, threshold=PARALLEL_FROM, cap=4)
+            found: dict[int, list[FeedItem]] = {}
+            readers: list[PrivateJob] = []
+            if files.templated() and targets:
+                kept = keep or Path(held.enter_context(tempfile.TemporaryDirectory())) / ENTRIES
+                entries, places = readers_entries(conn, targets, site, kept, min(processes, 2))
+                held.callback(entries.close)
+                files = dataclasses.replace(files, entries=entries)
+                readers = [(sid, salts[sid], names[sid], at) for sid, at in places]
+                targets = []
+            elif not files.templated():  # feeds feedgen makes whole, each item made for each reader
+                for start in range(0, len(targets), 500):
+                    found.update(
+                        private_items(conn, targets[start : start + 500], site, (links, salts))
+                    )
+            conn.rollback()
 
-    jobs: list[Job] = [
-        (
-            folder / f"{GLOBAL_FEED}.{kind}",
-            site.meta(GLOBAL_FEED, kind, "new papers", PUBLIC_DESCRIPTION, now),
-            public,
-        )
-        for kind in ("atom", "rss")
-    ]
-    for sid in targets:
-        path = f"private/{names[sid]}"
-        description = private_description(links, sid, salts[sid])
-        jobs.extend(
-            (folder / f"{path}.{kind}", site.meta(path, kind, TITLE, description, now), found[sid])
+        jobs: list[Job] = [
+            (
+                folder / f"{GLOBAL_FEED}.{kind}",
+                site.meta(GLOBAL_FEED, kind, "new papers", PUBLIC_DESCRIPTION, now),
+                public,
+            )
             for kind in ("atom", "rss")
-        )
-    several = processes if len(jobs) >= PARALLEL_FROM else 1
-    written = sum(forks.fork_map(functools.partial(_write, limit=limit), jobs, several))
-    written += _write_private_files(files, readers, processes)
-    removed = sweep_private_feeds(folder / "private", kept)
-    count = len(jobs) + 2 * len(readers)
-    return {"written": written, "unchanged": count - written, "removed": removed}
+        ]
+        for sid in targets:
+            path = f"private/{names[sid]}"
+            description = private_description(links, sid, salts[sid])
+            jobs.extend(
+                (
+                    folder / f"{path}.{kind}",
+                    site.meta(path, kind, TITLE, description, now),
+                    found[sid],
+                )
+                for kind in ("atom", "rss")
+            )
+        several = processes if len(jobs) >= PARALLEL_FROM else 1
+        written = sum(forks.fork_map(functools.partial(_write, limit=limit), jobs, several))
+        written += _write_private_files(files, readers, processes)
+        removed = sweep_private_feeds(folder / "private", on_disk)
+        count = len(jobs) + 2 * len(readers)
+        return {"written": written, "unchanged": count - written, "removed": removed}
 
 
 def remove_private_feed(folder: Path, name: str) -> int:

@@ -153,10 +153,17 @@ def entries_hash(
     meta: FeedMeta, kind: FeedKind, made: Sequence[Entry], tokens: Sequence[str]
 ) -> str:
     """``content_hash`` of a feed of these entries, each with its reader's token."""
+    return digests_hash(meta, kind, [entry.digest for entry in made], tokens)
+
+
+def digests_hash(
+    meta: FeedMeta, kind: FeedKind, digests: Sequence[bytes], tokens: Sequence[str]
+) -> str:
+    """``content_hash`` of a feed of entries of these hashes, each with its reader's token."""
     record = [kind, meta.title, meta.self_url, meta.site_url, meta.description, meta.author]
     digest = hashlib.sha256(json.dumps([*record, meta.feed_id]).encode())
-    for entry, token in zip(made, tokens, strict=True):
-        digest.update(entry.digest)
+    for entry, token in zip(digests, tokens, strict=True):
+        digest.update(entry)
         digest.update(token.encode() + b"\n")
     return digest.hexdigest()
 

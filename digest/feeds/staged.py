@@ -150,7 +150,7 @@ class StagedFolder:
         self.sparing = self.exchanging
         return True
 
-    def write(self, name: str, pieces: Sequence[bytes]) -> None:
+    def write(self, name: str, pieces: Sequence[bytes | memoryview]) -> None:
         """Write the pieces, in order, to a file that is to replace ``name``: its spare when
         there is one to write over, else a new file."""
         folder = self.fd()
@@ -298,7 +298,7 @@ def spare_name(name: str) -> str:
     return f".{name}.spare"
 
 
-def write_pieces(fd: int, pieces: Sequence[bytes]) -> int:
+def write_pieces(fd: int, pieces: Sequence[bytes | memoryview]) -> int:
     """Write the pieces in order, as one buffer would be, without joining them first; how
     many bytes that was."""
     total = 0
