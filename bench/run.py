@@ -5,6 +5,7 @@ Run by hand (not in CI), with Postfix's ``smtp-sink`` installed:
     python bench/run.py [--readers 1000 5000] [--papers 40000] [--daily 5000] [--seed 7]
                         [--database URL] [--dumps PATH ...]
                         [--baseline CHECKOUT] [--rounds N] [--keep] [--under FOLDER]
+                        [--days N [--first-day YYYY-MM-DD]]
 
 For each number of readers, a store set up as bench/cycle.py sets it up (``--papers``
 back-filled synthetic papers, the readers, a ``--daily``-paper daily dump in the inbox;
@@ -17,6 +18,20 @@ largest single process, and the sum over the process tree sampled every 20 ms), 
 then the slope between the two sizes: CPU milliseconds and KB of peak memory per
 additional reader. ``--baseline CHECKOUT``: this script on another checkout's code and on
 this one's, in turns, ``--rounds`` times, and the figures side by side with ratios.
+
+``--days N`` (needs libfaketime: ``apt-get install faketime``): a site's later days. Each
+store is run through N consecutive days by the same command line, its clock moved to
+07:00 UTC of each day (the first: ``--first-day``, tomorrow by default; given to every
+checkout of a side by side, so all run the same days), and from the second day on a new
+``--daily``-paper dump in the inbox (new ids and titles, drawn from the seed and the day:
+bench/days.py). So each reader's private feed fills with the digests of the days before
+and the run keeps the feed entries between days, as on a site. Each day's row is printed
+(the report's period, the digests sent, CPU, the peaks, and with ``--verbose`` on the
+command the wall and CPU seconds of its steps, cut at the log's "composed" and
+"delivered" lines: CPU of the command's process and the children it has waited for, read
+from /proc when the line appears); the figures and the slope are the last day's, with the
+largest anonymous memory (``RssAnon``, sampled: not the pages of mapped files, which count
+in ``ru_maxrss`` but are page cache the kernel can drop) of one process and of the tree.
 """
 
 from __future__ import annotations
