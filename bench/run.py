@@ -103,11 +103,6 @@ def tree_pids(root: int) -> list[int]:
     return found
 
 
-def tree_rss_kb(root: int) -> int:
-    """Resident KB of ``root`` and every process below it now."""
-    return sum(status_kb(pid, "VmRSS")[0] for pid in tree_pids(root))
-
-
 def cpu_so_far(pid: int) -> float | None:
     """CPU seconds of ``pid`` and of the children it has waited for, so far (/proc's
     utime, stime, cutime, cstime)."""
