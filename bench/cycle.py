@@ -141,10 +141,17 @@ def write_store_snapshot(path: Path, generator: Generator, papers: int) -> None:
 
 
 def write_daily(
-    path: Path, generator: Generator, first: int, papers: int, *, now: datetime | None = None
+    path: Path,
+    generator: Generator,
+    first: int,
+    papers: int,
+    *,
+    now: datetime | None = None,
+    ids_from: int = 2500,
 ) -> None:
     """A daily-papers JSON dump (the Hugging Face API's shape) of ``papers`` new papers:
-    posted today, each on arXiv the day before, so every one is news under ``news_days``.
+    posted today, each on arXiv the day before, so every one is news under ``news_days``;
+    arXiv-like ids from ``ids_from``.00000 on.
     (The text layouts are checked for the shape of a papers page, and the generator's
     titles, cut anywhere, read as hard-wrapped prose to that check.)"""
     now = now or datetime.now(UTC)
@@ -153,7 +160,7 @@ def write_daily(
     items = []
     for i in range(papers):
         paper = generator.paper(first + i)
-        ident = f"{2500 + i // 90000:04d}.{i % 90000:05d}"
+        ident = f"{ids_from + i // 90000:04d}.{i % 90000:05d}"
         items.append(
             {
                 "paper": {
