@@ -68,7 +68,7 @@ def test_every_entry_reads_back_as_it_was_made(
     try:
         for number, entries in enumerate(papers):
             for explanation, made in entries:
-                shown = file.shown(writer.at[(number, explanation)])
+                shown = file.shown(writer.at[(number, kept_entries.named(explanation))])
                 assert shown.guid.decode() == made.guid and shown.paper_key == made.paper_key
                 assert shown.published == (made.published - datetime(1970, 1, 1, tzinfo=UTC)) // (
                     timedelta(microseconds=1)

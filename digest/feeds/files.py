@@ -36,6 +36,7 @@ from digest.feeds.kept_entries import (
     Shown,
     filled,
     group,
+    named,
     paper_stamp,
 )
 from digest.feeds.render import FeedKind, digests_hash
@@ -55,6 +56,8 @@ FORK_FROM = 2_000  # entries to make; fewer are made in this process
 TITLE = "papers for you"  # a private feed's title, after the site's name
 Key = tuple[int, str]  # a paper's id, and why it was chosen (its stored explanation)
 Wanted = tuple[Key, PaperRow, float]  # an entry to make: its key, its paper, its score
+# an entry sent: its key, its score, and what it is looked up by in the file of entries
+Sent = tuple[Key, float, tuple[int, int]]
 
 
 def readers_entries(
@@ -72,21 +75,21 @@ def readers_entries(
     it when their paper still reads as it did, and the rest are made by ``processes``
     forked processes, each taking its share of the papers. The file is written anew when
     anything in it changes."""
-    wanted: dict[Key, tuple[Key, float]] = {}  # each key once (one object), with its score
-    sent: list[tuple[int, list[Key]]] = []
+    wanted: dict[Key, Sent] = {}  # each key once (one object)
+    sent: list[tuple[int, list[Sent]]] = []
     for start in range(0, len(subscriber_ids), READERS_AT_ONCE):
         batch = subscriber_ids[start : start + READERS_AT_ONCE]
-        by_reader: dict[int, list[Key]] = {sid: [] for sid in batch}
+        by_reader: dict[int, list[Sent]] = {sid: [] for sid in batch}
         for sid, paper_id, score, matched in sent_rows(conn, batch, site.limit):
             key = (paper_id, matched)
             found = wanted.get(key)
             if found is None:
-                found = wanted[key] = (key, score)
-            by_reader[sid].append(found[0])
+                found = wanted[key] = (key, score, (paper_id, named(matched)))
+            by_reader[sid].append(found)
         sent.extend(by_reader.items())
-    by_paper: dict[int, list[tuple[Key, float]]] = {}
-    for key, score in wanted.values():
-        by_paper.setdefault(key[0], []).append((key, score))
+    by_paper: dict[int, list[Sent]] = {}
+    for found in wanted.values():
+        by_paper.setdefault(found[0][0], []).append(found)
     del wanted
     stored = papers.by_ids(conn, sorted(by_paper))
     old = EntryFile.open(keep, site)
@@ -96,20 +99,22 @@ def readers_entries(
         if old is not None and not to_make and len(copies) == len(old.groups):
             entries = old  # every entry wanted is there already: the file stays as it is
             places = {
-                (paper_id, explanation): place + at
+                (paper_id, name): place + at
                 for paper_id, _, place, _, records in old.groups
-                for explanation, at in records
+                for name, at in records
             }
         else:
             entries, places = _written(keep, site, old, copies, to_make, processes)
     finally:
         if old is not None and entries is not old:
             old.close()
-    return entries, [(sid, [places[key] for key in keys if key in places]) for sid, keys in sent]
+    return entries, [
+        (sid, [places[found[2]] for found in keys if found[2] in places]) for sid, keys in sent
+    ]
 
 
 def _taken(
-    old: EntryFile | None, by_paper: dict[int, list[tuple[Key, float]]], stored: dict[int, PaperRow]
+    old: EntryFile | None, by_paper: dict[int, list[Sent]], stored: dict[int, PaperRow]
 ) -> tuple[list[int], list[list[Wanted]]]:
     """The groups of the old file to copy (their places in ``old.groups``): each of a paper
     wanted that still reads as it did; and the entries to make, a paper's all in one list
@@ -124,14 +129,14 @@ def _taken(
         row = stored.get(paper_id)
         if row is None:
             continue
-        have: set[str] = set()
+        have: set[int] = set()
         if paper_id in kept and old is not None:
             stamp = paper_stamp(row)
             for at in kept[paper_id]:
                 if old.groups[at][1] == stamp:
                     copies.append(at)
-                    have.update(explanation for explanation, _ in old.groups[at][4])
-        missing = [(key, row, score) for key, score in keys if key[1] not in have]
+                    have.update(name for name, _ in old.groups[at][4])
+        missing = [(key, row, score) for key, score, (_, name) in keys if name not in have]
         if missing:
             to_make.append(missing)
     return copies, to_make
@@ -144,7 +149,7 @@ def _written(
     copies: Sequence[int],
     to_make: Sequence[list[Wanted]],
     processes: int,
-) -> tuple[EntryFile, dict[Key, int]]:
+) -> tuple[EntryFile, dict[tuple[int, int], int]]:
     """A new file of entries in place of ``keep``: the old file's groups ``copies`` as they
     stand, then the entries ``to_make``, made; the file, mapped, and each entry's place."""
     try:

@@ -101,8 +101,16 @@ class Shown(NamedTuple):
 
 
 # A group written: its paper, that paper's stamp, the group's bytes, and where in them
-# each of its explanations' records is.
-Group = tuple[int, bytes, bytes, tuple[tuple[str, int], ...]]
+# each of its explanations' records is (by the explanation's ``named``).
+Group = tuple[int, bytes, bytes, tuple[tuple[int, int], ...]]
+# A group in a file: its paper, that paper's stamp, its place and length, its records.
+Placed = tuple[int, bytes, int, int, tuple[tuple[int, int], ...]]
+
+
+def named(explanation: str) -> int:
+    """What an explanation is looked up by in a file: a 64-bit hash of it (a paper has
+    at most a few hundred), not the text, which the index would hold a copy of."""
+    return int.from_bytes(hashlib.blake2b(explanation.encode(), digest_size=8).digest(), "little")
 
 
 @functools.cache
@@ -180,7 +188,7 @@ def group(paper_id: int, stamp: bytes, entries: Sequence[tuple[str, Made]]) -> G
 
     laid = [(explanation, made, spans(made.atom), spans(made.rss)) for explanation, made in entries]
     records = bytearray()
-    where: list[tuple[str, int]] = []
+    where: list[tuple[int, int]] = []
     for explanation, made, atom, rss in laid:
         at = len(area) + len(records)
         guid, key = made.guid.encode(), made.paper_key.encode()
@@ -196,7 +204,7 @@ def group(paper_id: int, stamp: bytes, entries: Sequence[tuple[str, Made]]) -> G
             len(rss) // 2,
         )
         records += guid + key + array.array("I", atom + rss).tobytes()
-        where.append((explanation, at))
+        where.append((named(explanation), at))
     return paper_id, stamp, bytes(area + records), tuple(where)
 
 
@@ -206,7 +214,7 @@ class EntryFile:
 
     path: Path
     data: mmap.mmap
-    groups: list[tuple[int, bytes, int, int, tuple[tuple[str, int], ...]]]
+    groups: list[Placed]
     view: memoryview = field(init=False, repr=False)  # the file's bytes, sliced without a copy
 
     def __post_init__(self) -> None:
@@ -276,9 +284,7 @@ def filled(entry: Shown, atom: bool, token: bytes) -> list[bytes | memoryview]:
     ]
 
 
-def _index(
-    data: mmap.mmap, site: FeedSite
-) -> list[tuple[int, bytes, int, int, tuple[tuple[str, int], ...]]] | None:
+def _index(data: mmap.mmap, site: FeedSite) -> list[Placed] | None:
     """The groups of a file, when it is this code's for this site: (paper, stamp, place,
     length, records)."""
     if data[: len(_MAGIC)] != _MAGIC:
@@ -313,8 +319,8 @@ class EntryWriter:
         head = marshal.dumps(_stamps(site), 4)
         self.out.write(_MAGIC + len(head).to_bytes(4, "little") + head)
         self.place = len(_MAGIC) + 4 + len(head)
-        self.groups: list[tuple[int, bytes, int, int, tuple[tuple[str, int], ...]]] = []
-        self.at: dict[Key, int] = {}  # where each entry's record is
+        self.groups: list[Placed] = []
+        self.at: dict[tuple[int, int], int] = {}  # where each record is, by paper and ``named``
 
     def add(self, found: Group) -> None:
         """Write a group made this run."""
@@ -322,13 +328,13 @@ class EntryWriter:
         self.copy(paper_id, stamp, memoryview(data), records)
 
     def copy(
-        self, paper_id: int, stamp: bytes, data: memoryview, records: tuple[tuple[str, int], ...]
+        self, paper_id: int, stamp: bytes, data: memoryview, records: tuple[tuple[int, int], ...]
     ) -> None:
         """Write a group as it stands (one of the old file's, or made this run)."""
         self.out.write(data)
         self.groups.append((paper_id, stamp, self.place, len(data), records))
-        for explanation, at in records:
-            self.at[(paper_id, explanation)] = self.place + at
+        for name, at in records:
+            self.at[(paper_id, name)] = self.place + at
         self.place += len(data)
 
     def commit(self) -> None:
@@ -346,6 +352,6 @@ class EntryWriter:
             self.temporary.unlink()
 
 
-def records_of(groups: Iterable[tuple[int, bytes, int, int, tuple[tuple[str, int], ...]]]) -> int:
+def records_of(groups: Iterable[Placed]) -> int:
     """How many records these groups hold."""
     return sum(len(records) for *_, records in groups)
