@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -116,3 +118,40 @@ def test_a_file_that_cannot_be_used_is_not_used(tmp_path: Path, damage: str) -> 
         path.write_bytes(data[:-16] + (len(data) + 1).to_bytes(8, "little") + data[-8:])
     assert EntryFile.open(path, site) is None
     assert EntryFile.open(tmp_path / "none here", SITE) is None
+
+
+@pytest.mark.parametrize("in_kernel", [True, False])
+def test_groups_copied_from_the_file_before_read_as_they_did(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_kernel: bool
+) -> None:
+    if not in_kernel:  # a system without copy_file_range between these files
+
+        def refused(*args: object) -> int:
+            raise OSError(errno.EXDEV, "not here")
+
+        monkeypatch.setattr(os, "copy_file_range", refused)
+    old_path, new_path = tmp_path / "old", tmp_path / "new"
+    writer = EntryWriter(old_path, SITE)
+    made = {}
+    for paper in range(5):
+        entry = Entry((b"<entry %d>" % paper, b"", b"</entry>"), (1,), bytes([paper]) * 32)
+        made[paper] = Made(datetime(2026, 3, paper + 1, tzinfo=UTC), f"g{paper}", "k", entry, entry)
+        writer.add(group(paper, b"stamp", [("why", made[paper])]))
+    writer.commit()
+    old = EntryFile.open(old_path, SITE)
+    assert old is not None
+    kept = [g for g in old.groups if g[0] in (0, 1, 3)]  # two runs of groups side by side
+    again = EntryWriter(new_path, SITE)
+    again.copy(old, kept[::-1])
+    again.add(group(9, b"stamp", [("why", made[4])]))
+    again.commit()
+    old.close()
+    new = EntryFile.open(new_path, SITE)
+    assert new is not None
+    assert [g[0] for g in new.groups] == [0, 1, 3, 9]
+    for paper in (0, 1, 3, 9):
+        shown = new.shown(again.at[(paper, kept_entries.named("why"))])
+        source = made[paper if paper != 9 else 4]
+        assert b"".join(filled(shown, True, b"T")) == source.atom.filled(b"T")
+        assert shown.guid.decode() == source.guid
+    new.close()

@@ -53,6 +53,7 @@ KINDS: tuple[FeedKind, ...] = ("atom", "rss")
 READERS_AT_ONCE = 2_000  # readers whose sent items are read in one query
 ENTRIES_AT_ONCE = 1_000  # entries made in one batch (their views and items held meanwhile)
 FORK_FROM = 2_000  # entries to make; fewer are made in this process
+LET_GO = 100  # readers' feeds written between two givings up of the entries' pages
 TITLE = "papers for you"  # a private feed's title, after the site's name
 Key = tuple[int, str]  # a paper's id, and why it was chosen (its stored explanation)
 Wanted = tuple[Key, PaperRow, float]  # an entry to make: its key, its paper, its score
@@ -158,9 +159,7 @@ def _written(
         raise WriteError(f"cannot write the feed entries {keep}: {exc.strerror}") from None
     try:
         if old is not None:
-            for at in copies:
-                paper_id, stamp, place, length, records = old.groups[at]
-                writer.copy(paper_id, stamp, old.view[place : place + length], records)
+            writer.copy(old, [old.groups[at] for at in copies])
         processes = processes if sum(map(len, to_make)) >= FORK_FROM else 1
         for made in forks.fork_pieces(functools.partial(_make, site), to_make, processes):
             for found in made:
@@ -262,8 +261,15 @@ class PrivateFiles:
 
     def write(self, jobs: Sequence[PrivateJob]) -> int:
         """Write these readers' feeds whose content changed, each under a temporary name
-        (``staged``: put in place by ``staged.commit``); how many files were written."""
-        return sum(self.write_one(job) for job in jobs)
+        (``staged``: put in place by ``staged.commit``); how many files were written. The
+        pages of the file of entries read meanwhile are given up every ``LET_GO`` readers:
+        the file's bytes are the system's cache, not this process's memory."""
+        written = 0
+        for done, job in enumerate(jobs, 1):
+            written += self.write_one(job)
+            if self.entries is not None and done % LET_GO == 0:
+                self.entries.let_go()
+        return written
 
     def write_one(self, job: PrivateJob) -> int:
         """Write one reader's two files, each when it changed (under temporary names);

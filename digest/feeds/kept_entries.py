@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import array
 import contextlib
+import errno
 import functools
 import hashlib
 import importlib.metadata
@@ -47,7 +48,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import NamedTuple
 
 from digest.feeds.site import FeedSite
 from digest.feeds.xml import Entry
@@ -213,9 +214,11 @@ class EntryFile:
     """A file of entries, mapped: each paper's groups with their stamps and places."""
 
     path: Path
+    fd: int
     data: mmap.mmap
     groups: list[Placed]
     view: memoryview = field(init=False, repr=False)  # the file's bytes, sliced without a copy
+    in_memory: bool = False  # copied through this process's memory, not file to file
 
     def __post_init__(self) -> None:
         self.view = memoryview(self.data)
@@ -225,32 +228,44 @@ class EntryFile:
         """The entries kept in ``path`` for ``site`` by this code; None when there is no
         such file, or it was written by other code or for another site, or cannot be read."""
         try:
-            with path.open("rb") as file:
-                size = os.fstat(file.fileno()).st_size
-                if size < len(_MAGIC) + _END.size:
-                    raise ValueError("too short")
-                data = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            log.warning("the kept feed entries cannot be read, so they are made again: %s", exc)
+            return None
+        try:
+            if os.fstat(fd).st_size < len(_MAGIC) + _END.size:
+                raise ValueError("too short")
+            data = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
         except (OSError, ValueError) as exc:
+            os.close(fd)
             log.warning("the kept feed entries cannot be read, so they are made again: %s", exc)
             return None
         try:
             groups = _index(data, site)
         except (EOFError, ValueError, TypeError, KeyError, IndexError, struct.error) as exc:
-            data.close()
             log.warning("the kept feed entries cannot be read, so they are made again: %s", exc)
-            return None
+            groups = None
         if groups is None:
             data.close()
+            os.close(fd)
             return None
-        return cls(path, data, groups)
+        return cls(path, fd, data, groups)
 
     def close(self) -> None:
         """Let the file's mapping go (when a slice of it is still held: once that is let go)."""
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
         with contextlib.suppress(BufferError):
             self.view.release()
             self.data.close()
+
+    def let_go(self) -> None:
+        """Give up the pages of the file this process has read (the system's cache keeps
+        them while it has room): a process that reads the whole file holds none of it for
+        long."""
+        self.data.madvise(mmap.MADV_DONTNEED)
 
     def shown(self, at: int) -> Shown:
         """The record at ``at``."""
@@ -314,40 +329,79 @@ class EntryWriter:
     def __init__(self, path: Path, site: FeedSite) -> None:
         self.path = path
         self.temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        fd = os.open(self.temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        self.out: BinaryIO = os.fdopen(fd, "wb")
+        self.fd = os.open(
+            self.temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600
+        )
         head = marshal.dumps(_stamps(site), 4)
-        self.out.write(_MAGIC + len(head).to_bytes(4, "little") + head)
-        self.place = len(_MAGIC) + 4 + len(head)
+        self.place = 0
+        self._write(_MAGIC + len(head).to_bytes(4, "little") + head)
         self.groups: list[Placed] = []
         self.at: dict[tuple[int, int], int] = {}  # where each record is, by paper and ``named``
+
+    def _write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.place += len(data)
 
     def add(self, found: Group) -> None:
         """Write a group made this run."""
         paper_id, stamp, data, records = found
-        self.copy(paper_id, stamp, memoryview(data), records)
+        self._placed(paper_id, stamp, len(data), records)
+        self._write(data)
 
-    def copy(
-        self, paper_id: int, stamp: bytes, data: memoryview, records: tuple[tuple[int, int], ...]
+    def _placed(
+        self, paper_id: int, stamp: bytes, length: int, records: tuple[tuple[int, int], ...]
     ) -> None:
-        """Write a group as it stands (one of the old file's, or made this run)."""
-        self.out.write(data)
-        self.groups.append((paper_id, stamp, self.place, len(data), records))
+        self.groups.append((paper_id, stamp, self.place, length, records))
         for name, at in records:
             self.at[(paper_id, name)] = self.place + at
-        self.place += len(data)
+
+    def copy(self, old: EntryFile, groups: Sequence[Placed]) -> None:
+        """Write these groups of ``old`` as they stand there: file to file in the kernel
+        where it can (``copy_file_range``; this process maps none of their pages), each run
+        of groups next to each other in one go."""
+        start = end = 0
+        for paper_id, stamp, place, length, records in sorted(groups, key=lambda g: g[2]):
+            if place != end:
+                self._copied(old, start, end)
+                start = place
+            end = place + length
+            self._placed(paper_id, stamp, length, records)
+            self.place += length
+        self._copied(old, start, end)
+
+    def _copied(self, old: EntryFile, start: int, end: int) -> None:
+        """Bytes ``start`` to ``end`` of ``old`` written here (``self.place`` counts them
+        already)."""
+        while start < end and not old.in_memory:
+            try:
+                done = os.copy_file_range(old.fd, self.fd, end - start, start)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                old.in_memory = True  # not between these files here: through memory
+                break
+            if not done:
+                raise OSError(errno.EIO, f"{old.path} ended before its groups")
+            start += done
+        view = old.view[start:end]
+        while view:
+            view = view[os.write(self.fd, view) :]
 
     def commit(self) -> None:
         """End the file with its index, and put it in place of the old one."""
         index = marshal.dumps(self.groups, 4)
-        self.out.write(index + _END.pack(self.place, len(index)))
-        self.out.close()
+        self._write(index + _END.pack(self.place, len(index)))
+        os.close(self.fd)
+        self.fd = -1
         os.replace(self.temporary, self.path)
 
     def discard(self) -> None:
         """Leave the old file as it was."""
-        with contextlib.suppress(OSError):
-            self.out.close()
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
         with contextlib.suppress(OSError):
             self.temporary.unlink()
 
