@@ -108,6 +108,11 @@ Group = tuple[int, bytes, bytes, tuple[tuple[int, int], ...]]
 Placed = tuple[int, bytes, int, int, tuple[tuple[int, int], ...]]
 
 
+def entry_id(paper_id: int, name: int) -> int:
+    """One number for an entry: its paper's id and its explanation's ``named``."""
+    return paper_id << 64 | name
+
+
 def named(explanation: str) -> int:
     """What an explanation is looked up by in a file: a 64-bit hash of it (a paper has
     at most a few hundred), not the text, which the index would hold a copy of."""
@@ -253,6 +258,14 @@ class EntryFile:
             return None
         return cls(path, fd, data, groups)
 
+    def names(self) -> set[int]:
+        """The ``entry_id`` of each entry in the file."""
+        return {
+            entry_id(paper_id, name)
+            for paper_id, _, _, _, records in self.groups
+            for name, _ in records
+        }
+
     def close(self) -> None:
         """Let the file's mapping go (when a slice of it is still held: once that is let go)."""
         with contextlib.suppress(OSError):
@@ -336,7 +349,7 @@ class EntryWriter:
         self.place = 0
         self._write(_MAGIC + len(head).to_bytes(4, "little") + head)
         self.groups: list[Placed] = []
-        self.at: dict[tuple[int, int], int] = {}  # where each record is, by paper and ``named``
+        self.at: dict[int, int] = {}  # where each record is, by ``entry_id``
 
     def _write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -355,7 +368,7 @@ class EntryWriter:
     ) -> None:
         self.groups.append((paper_id, stamp, self.place, length, records))
         for name, at in records:
-            self.at[(paper_id, name)] = self.place + at
+            self.at[entry_id(paper_id, name)] = self.place + at
 
     def copy(self, old: EntryFile, groups: Sequence[Placed]) -> None:
         """Write these groups of ``old`` as they stand there: file to file in the kernel

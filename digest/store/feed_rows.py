@@ -102,3 +102,23 @@ def _fetch(conn: Connection, query: str, values: tuple[Any, ...]) -> list[Any]:
         return cast(list[Any], cursor.fetchall())
     finally:
         cursor.close()
+
+
+def explanations(conn: Connection, paper_ids: Sequence[int]) -> list[tuple[int, str]]:
+    """Every explanation these papers were sent with (each once), as (paper id, matched)."""
+    found: list[tuple[int, str]] = []
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    for start in range(0, len(paper_ids), 500):
+        batch = tuple(paper_ids[start : start + 500])
+        marks = ", ".join([mark] * len(batch))
+        query = f"SELECT DISTINCT paper_id, matched FROM digestitem WHERE paper_id IN ({marks})"
+        found += _fetch(conn, query, batch)
+    return found
+
+
+def shrink_cache(conn: Connection) -> None:
+    """Hand back the page cache SQLite kept of what this connection read (up to the 64 MB
+    of ``cache_size``): the processes forked next would each count it in their resident
+    memory. Pages a statement still uses stay; PostgreSQL keeps its pages in the server."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("PRAGMA shrink_memory")
