@@ -315,8 +315,8 @@ def filled(entry: Shown, atom: bool, token: bytes) -> list[bytes | memoryview]:
 def _index(data: mmap.mmap, site: FeedSite) -> list[Placed] | None:
     """The groups of a file, when it is this code's for this site: (paper, stamp, place,
     length, records)."""
-    if data[: len(_MAGIC)] != _MAGIC:
-        raise ValueError("not a file of feed entries")
+    if data[: len(_MAGIC)] != _MAGIC:  # an earlier layout's (before an upgrade): made again
+        return None
     head_length = int.from_bytes(data[len(_MAGIC) : len(_MAGIC) + 4], "little")
     start = len(_MAGIC) + 4
     if marshal.loads(data[start : start + head_length]) != _stamps(site):
