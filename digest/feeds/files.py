@@ -10,9 +10,10 @@ map it. There each reader's tokens are signed once for both files, and each file
 content hash is made from its entries' hashes and tokens: a file that already says the
 same is neither joined nor written.
 
-The files are the bytes ``render.make_feed`` makes of the same items, and carry the same
-content hash (``render.entries_hash``, of the same hashes: ``render.digests_hash``), so a web front serving the same feed live gives
-the same body and ETag.
+The files are the bytes ``render.make_feed`` makes of the same items, framed as it frames
+them (``render.framed``), and carry the same content hash (``render.digests_hash`` of the
+same entries' hashes), so a web front serving the same feed live gives the same body and
+ETag.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from digest.feeds.kept_entries import (
     named,
     paper_stamp,
 )
-from digest.feeds.render import FeedKind, digests_hash
+from digest.feeds.render import FeedKind, digests_hash, framed
 from digest.feeds.site import FeedSite
 from digest.feeds.staged import StagedFolder
 from digest.feeds.xml import Head, fresh_entries, head
@@ -91,16 +92,12 @@ def readers_entries(
         _let_go(conn)  # what reading freed: not for the processes forked next
         if old is not None and not to_make and len(copies) == len(old.groups):
             entries = old  # every entry wanted is there already: the file stays as it is
-            places = {
-                entry_id(paper_id, name): place + at
-                for paper_id, _, place, _, records in old.groups
-                for name, at in records
-            }
         else:
-            entries, places = _written(keep, site, old, copies, to_make, processes)
+            entries = _written(keep, site, old, copies, to_make, processes)
     finally:
         if old is not None and entries is not old:
             old.close()
+    places = entries.places()
     return entries, [
         (sid, [places[where] for where in keys if where in places]) for sid, keys in sent
     ]
@@ -205,9 +202,9 @@ def _written(
     copies: Sequence[int],
     to_make: Sequence[list[Wanted]],
     processes: int,
-) -> tuple[EntryFile, dict[int, int]]:
+) -> EntryFile:
     """A new file of entries in place of ``keep``: the old file's groups ``copies`` as they
-    stand, then the entries ``to_make``, made; the file, mapped, and each entry's place."""
+    stand, then the entries ``to_make``, made; the file, mapped."""
     try:
         writer = EntryWriter(keep, site)
     except OSError as exc:
@@ -229,7 +226,7 @@ def _written(
     entries = EntryFile.open(keep, site)
     if entries is None:
         raise WriteError(f"the feed entries just written to {keep} cannot be read")
-    return entries, writer.at
+    return entries
 
 
 def _make(site: FeedSite, groups: Sequence[list[Wanted]]) -> Iterator[list[Group]]:
@@ -350,16 +347,11 @@ class PrivateFiles:
             top = self.head(kind)
             if top is None:  # not for ``publish`` to send here: see ``templated``
                 raise RuntimeError(f"no head made once for the feed {path}.{kind}")
-            data: list[bytes | memoryview] = [
-                top.declaration,
-                f"<!-- digest-content: {hash} -->\n".encode(),
-                *top.filled(meta, kind),
-            ]
+            body: list[bytes | memoryview] = []
             for entry, token in zip(shown, tokens, strict=True):
-                data += filled(entry, atom, token.encode())
-            data.append(top.tail)
+                body += filled(entry, atom, token.encode())
             # one buffer: a system call takes a thousand small pieces more slowly than a
             # copy joins them
-            self.staged.write(file, [b"".join(data)])
+            self.staged.write(file, [b"".join(framed(top, meta, kind, hash, body))])
             written += 1
         return written

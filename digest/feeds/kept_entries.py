@@ -258,6 +258,14 @@ class EntryFile:
             return None
         return cls(path, fd, data, groups)
 
+    def places(self) -> dict[int, int]:
+        """Where each entry's record is, by its ``entry_id``."""
+        return {
+            entry_id(paper_id, name): place + at
+            for paper_id, _, place, _, records in self.groups
+            for name, at in records
+        }
+
     def names(self) -> set[int]:
         """The ``entry_id`` of each entry in the file."""
         return {
@@ -349,7 +357,6 @@ class EntryWriter:
         self.place = 0
         self._write(_MAGIC + len(head).to_bytes(4, "little") + head)
         self.groups: list[Placed] = []
-        self.at: dict[int, int] = {}  # where each record is, by ``entry_id``
 
     def _write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -360,15 +367,8 @@ class EntryWriter:
     def add(self, found: Group) -> None:
         """Write a group made this run."""
         paper_id, stamp, data, records = found
-        self._placed(paper_id, stamp, len(data), records)
+        self.groups.append((paper_id, stamp, self.place, len(data), records))
         self._write(data)
-
-    def _placed(
-        self, paper_id: int, stamp: bytes, length: int, records: tuple[tuple[int, int], ...]
-    ) -> None:
-        self.groups.append((paper_id, stamp, self.place, length, records))
-        for name, at in records:
-            self.at[entry_id(paper_id, name)] = self.place + at
 
     def copy(self, old: EntryFile, groups: Sequence[Placed]) -> None:
         """Write these groups of ``old`` as they stand there: file to file in the kernel
@@ -380,7 +380,7 @@ class EntryWriter:
                 self._copied(old, start, end)
                 start = place
             end = place + length
-            self._placed(paper_id, stamp, length, records)
+            self.groups.append((paper_id, stamp, self.place, length, records))
             self.place += length
         self._copied(old, start, end)
 

@@ -175,18 +175,29 @@ def pieces(
     made: Sequence[Entry],
     tokens: Sequence[str],
     top: Head | None = None,
-) -> list[bytes] | None:
+) -> list[bytes | memoryview] | None:
     """The feed document of these entries with their readers' tokens, as the pieces of
     its head and entries in order; None when its head is one feedgen must write itself.
     ``top``: its head, when the caller knows it fits ``meta`` (``head``)."""
     top = top or head(meta, kind)
     if top is None:
         return None
-    out = [top.declaration, f"<!-- digest-content: {hash} -->\n".encode()]
-    out += top.filled(meta, kind)
-    out += [entry.filled(token.encode()) for entry, token in zip(made, tokens, strict=True)]
-    out.append(top.tail)
-    return out
+    filled = [entry.filled(token.encode()) for entry, token in zip(made, tokens, strict=True)]
+    return framed(top, meta, kind, hash, filled)
+
+
+def framed(
+    top: Head, meta: FeedMeta, kind: FeedKind, hash: str, body: Sequence[bytes | memoryview]
+) -> list[bytes | memoryview]:
+    """A feed document's pieces in order: its head (``top``, filled with ``meta``'s fields
+    and the content ``hash``), the entries' pieces ``body``, its tail."""
+    return [
+        top.declaration,
+        f"<!-- digest-content: {hash} -->\n".encode(),
+        *top.filled(meta, kind),
+        *body,
+        top.tail,
+    ]
 
 
 @dataclass(frozen=True)
