@@ -23,13 +23,14 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from digest.deliver.message import MessageBuilder, Sender
-from digest.deliver.send import Claim, Marks, deliver, outgoing_of
+from digest.deliver.send import MARK_GROUP, MARKS_UNWRITTEN, Claim, Marks, deliver, outgoing_of
 from digest.deliver.transports import RecordingTransport
 from digest.errors import DeliveryError
 from digest.present.views import Links
@@ -622,6 +623,87 @@ def test_a_passs_marks_leave_the_leases_to_the_heartbeat(engine: Engine) -> None
 
     assert asyncio.run(mark_two()) == [True, True]
     assert _leases(engine) == {i: before[i] for i in held[2:]}
+
+
+def _sending(engine: Engine, n: int, sender: str = "host-a:1:aa") -> tuple[list[Any], Links]:
+    """``n`` digests claimed by ``sender``, made ready to send."""
+    _outbox_of(engine, n)
+    claims.register(engine, sender, host="host-a", pid=1, now=T0)
+    held = claims.claim(engine, sender, now=T0, lease=timedelta(seconds=60), limit=n)
+    links = Links("https://papers.example.org", b"k" * 32, "digest@papers.example.org")
+    return outgoing_of(engine, links, held), links
+
+
+def _builder(links: Links) -> MessageBuilder:
+    return MessageBuilder(
+        Sender("digest@papers.example.org", "digest", "digest.papers", links.base_url)
+    )
+
+
+def test_a_batchs_marks_are_written_in_groups_not_one_by_one(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items, links = _sending(engine, 40)
+    written: list[list[int]] = []
+    real = claims.mark_sent
+
+    def recording(engine: Engine, sender: str, ids: Any, **kw: Any) -> set[int]:
+        written.append(sorted(ids))
+        return real(engine, sender, ids, **kw)
+
+    monkeypatch.setattr(claims, "mark_sent", recording)
+    lease = timedelta(seconds=60)
+    result = asyncio.run(
+        deliver(
+            engine,
+            items,
+            _builder(links),
+            RecordingTransport(),
+            sender_addr="digest@papers.example.org",
+            clock=lambda: T0,
+            marks=Marks(engine, Claim("host-a:1:aa", lease), lambda: T0, wait=5.0),
+        )
+    )
+    assert result.sent == 40
+    # 40 marks in groups of at most MARK_GROUP (16): three transactions, not forty
+    assert sorted(i for group in written for i in group) == sorted(i.digest_id for i in items)
+    assert max(map(len, written)) <= MARK_GROUP
+    assert len(written) == -(-40 // MARK_GROUP)
+    assert {_row(engine, i.digest_id)[0] for i in items} == {"sent"}
+
+
+def test_no_more_than_the_bound_are_sent_and_not_marked(engine: Engine) -> None:
+    """What a sender killed at the worst moment leaves to go out again: the connections
+    wait for room while ``MARKS_UNWRITTEN`` messages are sent and not marked."""
+    items, links = _sending(engine, 3 * MARKS_UNWRITTEN)
+    lease = timedelta(seconds=60)
+    marks = Marks(engine, Claim("host-a:1:aa", lease), lambda: T0, wait=60.0)
+    most = [0]
+
+    class Counting(RecordingTransport):
+        async def send(self, *args: Any, **kwargs: Any) -> None:
+            await super().send(*args, **kwargs)
+            with engine.connect() as conn:  # what a sender killed now leaves
+                marked = conn.execute(
+                    sa.text("SELECT count(*) FROM digest WHERE status = 'sent'")
+                ).scalar_one()
+            most[0] = max(most[0], len(self.sent) - marked)
+
+    result = asyncio.run(
+        deliver(
+            engine,
+            items,
+            _builder(links),
+            Counting(),
+            sender_addr="digest@papers.example.org",
+            clock=lambda: T0,
+            concurrency=8,
+            marks=marks,
+        )
+    )
+    assert result.sent == len(items)
+    assert 0 < most[0] <= MARKS_UNWRITTEN
+    assert marks.unwritten == 0 and marks.writer is None
 
 
 def test_marks_through_sqlites_driver_write_what_sqlalchemys_statements_write(

@@ -11,6 +11,10 @@ found through the index of each reader's sent digests by time, so a reader's fee
 the same on the first day and after years of digests. Only a reader those digests give
 fewer than ``limit`` items (a paper gone from the store may leave a digest empty), who
 has more than ``FEW`` sent digests, has all their items read.
+
+An item's paper is not joined: a paper is deleted only with the items naming it
+(``listings._forget``, and the foreign key holds both stores to it), and looking each one
+up cost a third of the query (2.3 of 6.2 µs a row on a sixth day's store).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ _NUMBERED = (
     "SELECT subscriber_id, paper_id, score, matched{sent} FROM ("
     "SELECT i.subscriber_id, i.paper_id, i.score, i.matched, d.sent_at, row_number() OVER ("
     "PARTITION BY i.subscriber_id ORDER BY d.sent_at DESC, i.rank) AS n FROM ({digests}) d"
-    " JOIN digestitem i ON i.digest_id = d.id JOIN paper p ON p.id = i.paper_id) numbered"
+    " JOIN digestitem i ON i.digest_id = d.id) numbered"
     " WHERE n <= {mark} ORDER BY subscriber_id, n"
 )
 # every sent digest of these readers
