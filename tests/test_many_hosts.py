@@ -32,7 +32,7 @@ from sqlalchemy.engine import Engine
 from digest.deliver.message import MessageBuilder, Sender
 from digest.deliver.send import MARK_GROUP, MARKS_UNWRITTEN, Claim, Marks, deliver, outgoing_of
 from digest.deliver.transports import RecordingTransport
-from digest.errors import DeliveryError
+from digest.errors import DeliveryError, StoreError
 from digest.present.views import Links
 from digest.service.cycle import free_dead_senders
 from digest.service.runlock import hold_run_lock
@@ -704,6 +704,35 @@ def test_no_more_than_the_bound_are_sent_and_not_marked(engine: Engine) -> None:
     assert result.sent == len(items)
     assert 0 < most[0] <= MARKS_UNWRITTEN
     assert marks.unwritten == 0 and marks.writer is None
+
+
+def test_marks_that_cannot_be_written_stop_the_batch_with_no_more_sent(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items, links = _sending(engine, 3 * MARKS_UNWRITTEN)
+
+    def unwritable(*args: Any, **kwargs: Any) -> set[int]:
+        raise StoreError("database error: disk I/O error")
+
+    monkeypatch.setattr(claims, "mark_sent", unwritable)
+    transport = RecordingTransport()
+    lease = timedelta(seconds=60)
+    with pytest.raises(StoreError):
+        asyncio.run(
+            deliver(
+                engine,
+                items,
+                _builder(links),
+                transport,
+                sender_addr="digest@papers.example.org",
+                clock=lambda: T0,
+                concurrency=8,
+                marks=Marks(engine, Claim("host-a:1:aa", lease), lambda: T0),
+            )
+        )
+    # what was sent before the first group failed, and nothing after it
+    assert 0 < len(transport.sent) <= MARKS_UNWRITTEN
+    assert {_row(engine, i.digest_id)[0] for i in items} == {"sending"}
 
 
 def test_marks_through_sqlites_driver_write_what_sqlalchemys_statements_write(

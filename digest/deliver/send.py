@@ -476,6 +476,9 @@ async def deliver(
                 _set_aside(engine, sender, item, str(exc), result)
                 continue
             await marks.room()  # given back unless the message is sent
+            if marks.failed or broken:  # while it waited: this one is left claimed, unsent
+                marks.give_back()
+                return
             try:
                 await transport.send(sender_addr, item.email, raw, item.view.message_id)
             except TransportError as exc:
