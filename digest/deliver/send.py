@@ -217,7 +217,7 @@ class Marks:
         self.wait = MARK_WAIT if wait is None else wait
         self.waiting: list[tuple[int, asyncio.Future[bool]]] = []
         self.unwritten = 0  # places taken: messages on their way, or sent and not marked
-        self.limit = 2 * self.group  # ``MARKS_UNWRITTEN`` with the default group
+        self.limit = MARKS_UNWRITTEN if group is None else 2 * group
         self.writer: asyncio.Task[None] | None = None
         self.failed: DigestError | None = None  # a group could not be written
         self._flushing = False
