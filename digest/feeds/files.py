@@ -58,7 +58,6 @@ ENTRIES_AT_ONCE = 1_000  # entries made in one batch (their views and items held
 FORK_FROM = 2_000  # entries to make; fewer are made in this process
 LET_GO = 100  # readers' feeds written between two givings up of the entries' pages
 TITLE = "papers for you"  # a private feed's title, after the site's name
-Key = tuple[int, str]  # a paper's id, and why it was chosen (its stored explanation)
 # an entry to make: its key (its explanation's ``named`` until read again: ``_explained``),
 # its paper, its score
 Wanted = tuple[tuple[int, str | int], PaperRow, float]

@@ -71,8 +71,6 @@ _MICROSECOND = timedelta(microseconds=1)
 _RECORD = struct.Struct("<qIHH32s32sHH")
 _END = struct.Struct("<QQ")  # where the index starts, and its length: the file's last bytes
 
-Key = tuple[int, str]  # a paper's id, and why it was chosen (its stored explanation)
-
 
 class Made(NamedTuple):
     """A paper's private entry under one explanation, made once for every reader it went
@@ -343,6 +341,13 @@ def _index(data: mmap.mmap, site: FeedSite) -> list[Placed] | None:
     return groups
 
 
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``fd``, however short each write is."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class EntryWriter:
     """A new file of entries, its groups written as they come; ``commit`` ends it with its
     index and puts it in place of the old file."""
@@ -359,9 +364,7 @@ class EntryWriter:
         self.groups: list[Placed] = []
 
     def _write(self, data: bytes | memoryview) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
+        _write_all(self.fd, data)
         self.place += len(data)
 
     def add(self, found: Group) -> None:
@@ -398,9 +401,7 @@ class EntryWriter:
             if not done:
                 raise OSError(errno.EIO, f"{old.path} ended before its groups")
             start += done
-        view = old.view[start:end]
-        while view:
-            view = view[os.write(self.fd, view) :]
+        _write_all(self.fd, old.view[start:end])
 
     def commit(self) -> None:
         """End the file with its index, and put it in place of the old one."""

@@ -214,18 +214,18 @@ def publish_feeds(
                 processes = forks.processes_for(len(targets) * 2, threshold=PARALLEL_FROM, cap=4)
             found: dict[int, list[FeedItem]] = {}
             readers: list[PrivateJob] = []
-            if files.templated() and targets:
+            if not files.templated():  # feeds feedgen makes whole, each item made for each reader
+                for start in range(0, len(targets), 500):
+                    found.update(
+                        private_items(conn, targets[start : start + 500], site, (links, salts))
+                    )
+            elif targets:
                 kept = keep or Path(held.enter_context(tempfile.TemporaryDirectory())) / ENTRIES
                 entries, places = readers_entries(conn, targets, site, kept, min(processes, 2))
                 held.callback(entries.close)
                 files = dataclasses.replace(files, entries=entries)
                 readers = [(sid, salts[sid], names[sid], at) for sid, at in places]
                 targets = []
-            elif not files.templated():  # feeds feedgen makes whole, each item made for each reader
-                for start in range(0, len(targets), 500):
-                    found.update(
-                        private_items(conn, targets[start : start + 500], site, (links, salts))
-                    )
             conn.rollback()
 
         jobs: list[Job] = [
