@@ -239,6 +239,12 @@ def reading(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+def driver_mark(dialect: sa.Dialect) -> str:
+    """Where a value goes in a statement run through the driver itself: ``?`` (sqlite3) or
+    ``%s`` (psycopg)."""
+    return "?" if dialect.paramstyle == "qmark" else "%s"
+
+
 def driver_form(dialect: sa.Dialect, column: sa.ColumnElement[Any]) -> Callable[[Any], Any]:
     """A value of ``column`` as SQLAlchemy sends it to the driver (None as None): for
     statements run through the driver itself, which store the same text."""

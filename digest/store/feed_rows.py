@@ -24,6 +24,8 @@ from typing import Any, cast
 
 from sqlalchemy.engine import Connection
 
+from digest.store.engine import driver_mark
+
 FEW = 8  # a reader's newest sent digests read first: a feed's items, unless digests are thin
 
 _NUMBERED = (
@@ -74,7 +76,7 @@ def newest_sent(
     each was sent as the driver reads it (``sent_at``)."""
     if not subscriber_ids:
         return []
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = driver_mark(conn.dialect)
     marks = ", ".join([mark] * len(subscriber_ids))
     sent = ", d.sent_at" if sent_at else ""
     query = _ITEMS.format(digests=_NEWEST.format(mark=mark, marks=marks), sent=sent)
@@ -101,7 +103,7 @@ def every_sent(
 ) -> list[Any]:
     """``newest_sent``'s rows read from every digest these subscribers were ever sent: what
     it reads for a reader whose newest digests give too few items."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = driver_mark(conn.dialect)
     marks = ", ".join([mark] * len(subscriber_ids))
     sent = ", sent_at" if sent_at else ""
     query = _NUMBERED.format(digests=_ALL.format(marks=marks), mark=mark, sent=sent)
@@ -120,7 +122,7 @@ def _fetch(conn: Connection, query: str, values: tuple[Any, ...]) -> list[Any]:
 def explanations(conn: Connection, paper_ids: Sequence[int]) -> list[tuple[int, str]]:
     """Every explanation these papers were sent with (each once), as (paper id, matched)."""
     found: list[tuple[int, str]] = []
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = driver_mark(conn.dialect)
     for start in range(0, len(paper_ids), 500):
         batch = tuple(paper_ids[start : start + 500])
         marks = ", ".join([mark] * len(batch))

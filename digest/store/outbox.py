@@ -16,7 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Session, col, select
 
 from digest.clock import as_utc
-from digest.store.engine import insert_or_skip, read_form, reading, transaction
+from digest.store.engine import driver_mark, insert_or_skip, read_form, reading, transaction
 from digest.store.feed_rows import newest_sent
 from digest.store.models import Digest, DigestItem, Subscriber, TransportState
 from digest.store.papers import PARAMETERS, PaperRow, by_ids, reader
@@ -592,7 +592,7 @@ def feed_state(engine: Engine, subscriber_id: int) -> FeedState | None:
     reader's conditional poll is this query and nothing else, and the Core execution and
     transaction around it would cost four times the query.
     """
-    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    mark = driver_mark(engine.dialect)
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
