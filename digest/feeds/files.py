@@ -332,6 +332,7 @@ class PrivateFiles:
         shown = chosen([entries.shown(at) for at in places], self.site.limit)
         signer = self.links.signer(ident, salt)
         tokens = [signer.token(entry.paper_key) for entry in shown]
+        encoded = [token.encode() for token in tokens]  # once for both kinds
         description = self.describe(ident, salt)
         path = f"private/{name}"
         written = 0
@@ -347,8 +348,8 @@ class PrivateFiles:
             if top is None:  # not for ``publish`` to send here: see ``templated``
                 raise RuntimeError(f"no head made once for the feed {path}.{kind}")
             body: list[bytes | memoryview] = []
-            for entry, token in zip(shown, tokens, strict=True):
-                body += filled(entry, atom, token.encode())
+            for entry, token in zip(shown, encoded, strict=True):
+                body += filled(entry, atom, token)
             # one buffer: a system call takes a thousand small pieces more slowly than a
             # copy joins them
             self.staged.write(file, [b"".join(framed(top, meta, kind, hash, body))])
