@@ -619,7 +619,12 @@ def test_a_passs_marks_leave_the_leases_to_the_heartbeat(engine: Engine) -> None
     marks = Marks(engine, Claim("host-a:1:aa", lease), lambda: T0 + lease / 2)
 
     async def mark_two() -> list[bool]:
-        return list(await asyncio.gather(marks.sent(held[0]), marks.sent(held[1])))
+        handed = []
+        for digest_id in held[:2]:
+            await marks.room()
+            handed.append(marks.hand(digest_id))
+        await marks.flush()
+        return [done.result() for done in handed]
 
     assert asyncio.run(mark_two()) == [True, True]
     assert _leases(engine) == {i: before[i] for i in held[2:]}
@@ -917,9 +922,7 @@ def test_a_pass_counts_and_logs_a_failure_it_may_no_longer_write(
     mine = claims.claim(engine, "host-a:1:aa", now=T0, lease=lease, limit=2)
     taken = claims.claim(engine, "host-b:2:bb", now=T0 + lease * 2, lease=lease, limit=1)
     links = Links("https://papers.example.org", b"k" * 32, "digest@papers.example.org")
-    builder = MessageBuilder(
-        Sender("digest@papers.example.org", "digest", "digest.papers", links.base_url)
-    )
+    builder = _builder(links)
     items = outgoing_of(engine, links, mine)
     bounce = DeliveryError("550 no such user", permanent=True)
     transport = RecordingTransport(errors={item.email: bounce for item in items})

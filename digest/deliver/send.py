@@ -235,14 +235,6 @@ class Marks:
             self.writer = asyncio.create_task(self._write())
         return done
 
-    async def sent(self, digest_id: int) -> bool:
-        """Mark the digest sent, now (with whatever else is waiting); False when the claim
-        was lost."""
-        self.unwritten += 1
-        done = self.hand(digest_id)
-        self._full.set()
-        return await done
-
     async def room(self) -> None:
         """Take a place for a message about to be sent, once one is free."""
         while self.unwritten >= self.limit:
