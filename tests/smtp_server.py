@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     at: float = field(default_factory=time.monotonic)
+    tls: bool = False  # came over TLS (STARTTLS, or from the connection's start)
 
 
 @dataclass
@@ -105,7 +107,18 @@ class ScriptedHandler:
         if not self.keep_bodies:
             data = data.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
         with self.lock:
-            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos), data))
+            self.received.append(
+                Received(
+                    envelope.mail_from or "",
+                    list(envelope.rcpt_tos),
+                    data,
+                    tls=session.ssl is not None
+                    or (
+                        server.transport is not None
+                        and server.transport.get_extra_info("ssl_object") is not None
+                    ),
+                )
+            )
         return "250 2.0.0 queued"
 
 
@@ -147,10 +160,17 @@ class SMTPServer:
 
 
 def start_server(
-    logins: dict[str, str] | None = None, *, smtputf8: bool = False, pipelining: bool = False
+    logins: dict[str, str] | None = None,
+    *,
+    smtputf8: bool = False,
+    pipelining: bool = False,
+    tls: ssl.SSLContext | None = None,
+    implicit_tls: bool = False,
 ) -> SMTPServer:
     """Start a server on a free loopback port; with ``logins``, AUTH is offered and checked;
-    with ``smtputf8``, SMTPUTF8 is offered; with ``pipelining``, PIPELINING is."""
+    with ``smtputf8``, SMTPUTF8 is offered; with ``pipelining``, PIPELINING is; with ``tls``,
+    STARTTLS is offered and required before MAIL, or with ``implicit_tls`` every connection
+    is TLS from its start (an ``smtps://`` server)."""
     handler = ScriptedHandler(pipelining=pipelining)
     accounts = dict(logins or {})
 
@@ -165,7 +185,12 @@ def start_server(
     kwargs: dict[str, Any] = {"enable_SMTPUTF8": smtputf8}
     if logins is not None:
         kwargs.update(authenticator=authenticate, auth_require_tls=False)
-    controller = _Controller(handler, hostname="127.0.0.1", port=free_port(), **kwargs)
+    options: dict[str, Any] = {}
+    if tls is not None and implicit_tls:
+        options["ssl_context"] = tls
+    elif tls is not None:
+        kwargs.update(tls_context=tls, require_starttls=True)
+    controller = _Controller(handler, hostname="127.0.0.1", port=free_port(), **options, **kwargs)
     controller.start()
     handler.connections = 0  # start() makes one connection of its own to see the server is up
     return SMTPServer("127.0.0.1", controller.port, handler, controller, accounts)

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
+import shutil
 import socket
+import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -14,6 +19,7 @@ import aiosmtplib
 import pytest
 from aiosmtplib.email import quote_address
 
+from digest.deliver import loops
 from digest.deliver.mail_files import eml_name, recipient_tag
 from digest.deliver.message import MessageBuilder, Sender
 from digest.deliver.pipelining import Pipelined, Replies
@@ -90,14 +96,40 @@ class FakeSleep:
         self.delays.append(delay)
 
 
-@pytest.fixture(params=[False, True], ids=["one-command-at-a-time", "pipelining"])
+LOOPS = ["asyncio", "uvloop"]
+
+
+@contextlib.contextmanager
+def event_loops(kind: str) -> Iterator[None]:
+    """``asyncio.run`` on asyncio's own loops, or on uvloop's (``deliver.loops``: a run's
+    senders use it where it is installed) meanwhile."""
+    if kind == "asyncio":
+        yield
+        return
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed here")
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(None)
+
+
+@pytest.fixture(
+    params=[(pipelining, loop) for loop in LOOPS for pipelining in (False, True)],
+    ids=lambda p: f"{'pipelining' if p[0] else 'one-command-at-a-time'}-{p[1]}",
+)
 def smtp_server(request: pytest.FixtureRequest) -> Iterator[SMTPServer]:
     """A real SMTP server on loopback, one without PIPELINING (aiosmtplib sends each
-    command and waits for its reply) and one offering it (``deliver.pipelining``): every
-    test here has the same outcome from both."""
-    server = start_server(pipelining=request.param)
-    yield server
-    server.controller.stop()
+    command and waits for its reply) and one offering it (``deliver.pipelining``), each
+    with the client on asyncio's loop and on uvloop's: every test here has the same outcome
+    from all four. The server runs on a loop of its own, asyncio's, in a thread."""
+    pipelining, loop = request.param
+    server = start_server(pipelining=pipelining)
+    try:
+        with event_loops(loop):
+            yield server
+    finally:
+        server.controller.stop()
 
 
 def smtp(server: SMTPServer, *, retries: int = 3, connections: int = 2) -> SMTPTransport:
@@ -517,6 +549,73 @@ def test_a_server_offering_pipelining_gets_each_messages_commands_in_one_group(
     assert [r.rcpt_tos for r in smtp_server.handler.received] == [
         [f"reader{n}@example.net"] for n in range(3)
     ]
+
+
+def self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made by the openssl command (skips
+    without it)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("the openssl command is not installed here: no certificate to test TLS with")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext",
+         "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.parametrize("pipelining", [False, True], ids=["one-command-at-a-time", "pipelining"])
+@pytest.mark.parametrize("implicit", [False, True], ids=["starttls", "smtps"])
+def test_messages_go_over_tls_on_either_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loop: str, pipelining: bool, implicit: bool
+) -> None:
+    # A server that offers STARTTLS and takes no mail without it, or one that speaks TLS
+    # from the start (smtps://): the transport upgrades the connection or opens it in TLS
+    # (trusting the test's certificate), says EHLO over it (the server asks for HELO
+    # first), and with PIPELINING takes it over (``Pipelined``); on asyncio's loop and on
+    # uvloop's alike.
+    cert, key = self_signed(tmp_path)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = start_server(pipelining=pipelining, tls=context, implicit_tls=implicit)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    url = server.url().replace("smtp://", "smtps://") if implicit else server.url()
+    transport = smtp_for(url)
+
+    async def go() -> type:
+        async with transport:
+            for n in range(3):
+                to, raw, message_id = message_for(n)
+                await transport.send("digest@example.org", to, raw, message_id)
+            return type(transport._idle[0])
+
+    try:
+        with event_loops(loop):
+            pooled = asyncio.run(go())
+    finally:
+        server.controller.stop()
+    assert pooled is (Pipelined if pipelining else aiosmtplib.SMTP)
+    assert [(r.rcpt_tos, r.tls) for r in server.handler.received] == [
+        ([f"reader{n}@example.net"], True) for n in range(3)
+    ]
+
+
+def test_a_sending_pass_runs_on_uvloop_where_it_is_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed here")
+
+    async def kind() -> type:
+        return type(asyncio.get_running_loop())
+
+    assert loops.run(kind()) is uvloop.Loop
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as where it cannot be installed
+    assert loops.loop_factory() is None
+    assert issubclass(loops.run(kind()), asyncio.BaseEventLoop)
 
 
 def test_pipelined_replies_are_kept_in_order_however_they_arrive() -> None:

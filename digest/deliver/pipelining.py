@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
+from typing import cast
 
 import aiosmtplib
 from aiosmtplib import SMTPResponse
@@ -100,8 +101,10 @@ class Pipelined:
     each message's commands as one group (the server offers PIPELINING)."""
 
     def __init__(self, smtp: aiosmtplib.SMTP, timeout: float | None) -> None:
-        transport = smtp.transport
-        if not isinstance(transport, asyncio.WriteTransport):
+        # Asked what it does, not what class it is: uvloop's transports (``deliver.loops``)
+        # are not subclasses of asyncio's.
+        transport = cast(asyncio.WriteTransport | None, smtp.transport)
+        if transport is None or transport.is_closing():
             raise aiosmtplib.SMTPServerDisconnected("connection lost before taking it over")
         self._extensions = dict(smtp.esmtp_extensions)
         self._timeout = timeout

@@ -276,6 +276,17 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+async def _introduce(smtp: aiosmtplib.SMTP) -> None:
+    """EHLO on a connection that has not said it since it was greeted (or upgraded); HELO
+    when the server does not know EHLO, as aiosmtplib falls back itself."""
+    try:
+        await smtp.ehlo()
+    except aiosmtplib.SMTPHeloError:
+        if not smtp.is_connected:
+            raise
+        await smtp.helo()
+
+
 class SMTPTransport(_Closing):
     """Sends over a pool of reused SMTP connections, paced, with retries and back-off."""
 
@@ -338,6 +349,12 @@ class SMTPTransport(_Closing):
         where = self.where
         try:
             await smtp.connect()
+            if smtp.is_ehlo_or_helo_needed:
+                # Greeted, but not told who we are: after STARTTLS (which makes both sides
+                # forget the EHLO before it, RFC 3207), or over TLS from the start with no
+                # login. MAIL is sent as a command of its own, which does not say EHLO first,
+                # and what the server offers (PIPELINING) is read from the answer.
+                await _introduce(smtp)
         except aiosmtplib.SMTPAuthenticationError as exc:
             # A refused login is the operator's to fix; no retry will change it.
             raise TransportError(

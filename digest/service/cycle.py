@@ -8,7 +8,6 @@ therefore sends nothing the second time.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -24,6 +23,7 @@ from typing import Any
 from sqlalchemy.engine import Connection, Engine
 
 from digest.clock import period_of
+from digest.deliver import loops
 from digest.deliver.message import MessageBuilder
 from digest.deliver.plan import Plan, due_plans, owed_at, owed_plans, record_plans
 from digest.deliver.processes import in_processes, senders_for
@@ -368,13 +368,13 @@ def deliver_in_processes(
     else:
         processes = 1
     if processes <= 1:
-        return asyncio.run(
+        return loops.run(
             deliver_outbox(settings, engine, transport, clock=clock, stop=stop, claim=claim)
         )
     # The first batch from here: what the builder works out once per paper (most of a day's
     # papers are in one batch) is then the senders' too, inherited, not worked out again.
     builder = MessageBuilder(sender_of(settings))
-    total = asyncio.run(
+    total = loops.run(
         deliver_outbox(
             settings, engine, None, clock=clock, stop=stop, batch=batch, builder=builder, batches=1
         )
@@ -390,7 +390,7 @@ def deliver_in_processes(
 
     def send(own_stop: threading.Event) -> Delivered:
         engine.dispose(close=False)  # the parent's connections stay the parent's
-        return asyncio.run(
+        return loops.run(
             deliver_outbox(
                 share, engine, None, clock=clock, stop=own_stop, batch=batch, builder=builder
             )

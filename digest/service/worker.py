@@ -13,7 +13,6 @@ database, where every host's senders find what was planned from them.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -23,6 +22,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
 
+from digest.deliver import loops
 from digest.deliver.send import Claim
 from digest.errors import AlreadyRunning, DigestError
 from digest.service.cycle import OUTBOX_BATCH, SEND_LEASE, deliver_outbox, new_claim, run_cycle
@@ -74,7 +74,7 @@ def run_worker(
                 if plan:
                     plan_if_due(settings, engine, clock=clock)
                 if not stop.is_set():
-                    asyncio.run(
+                    loops.run(
                         deliver_outbox(
                             settings,
                             engine,
