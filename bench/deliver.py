@@ -17,7 +17,8 @@ explanation JSON). In the same run, against the same sink, it measures
   SMTPTransport; from as many forked senders as a run forks for that many digests
   (``deliver.processes.senders_for``, or ``--processes``), each every so many batches over its
   share of the connections (PIPELINING, which smtp-sink offers; ``--no-pipelining``:
-  aiosmtplib's one command at a time), their CPU counted; before forking, what the rest's
+  aiosmtplib's one command at a time) on the loop a run's senders use (``deliver.loops``:
+  uvloop's where installed), their CPU counted; before forking, what the rest's
   papers show every reader is worked out once, as a run does it
   (``deliver.send.prepare_papers``);
 - the ceiling: smtp-source sending as many messages of the same average size;
@@ -88,6 +89,10 @@ except ImportError:  # the code before it: one sender
         return 1
 
 
+try:
+    from digest.deliver.loops import run as run_pass
+except ImportError:  # the code before it: asyncio's own loop
+    run_pass = asyncio.run
 try:
     from digest.deliver.send import sparing_the_collector
 
@@ -270,7 +275,7 @@ def _share(
     connections: int,
     out: Any,
 ) -> None:
-    sent = asyncio.run(
+    sent = run_pass(
         send_batches(builder, digests, _claimed(claims, len(digests)), port, connections)
     )
     out.put((sent, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
@@ -302,10 +307,10 @@ def ours(
     children_cpu = _children_cpu()
     builder = MessageBuilder(SENDER)
     if processes <= 1:
-        sent_bytes = asyncio.run(send_batches(builder, digests, starts, port, connections))
+        sent_bytes = run_pass(send_batches(builder, digests, starts, port, connections))
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     else:
-        first = asyncio.run(send_batches(builder, digests, starts[:1], port, connections))
+        first = run_pass(send_batches(builder, digests, starts[:1], port, connections))
         print(f"first batch, from this process: {time.perf_counter() - started:.2f} s")
         if hasattr(builder, "prepare"):  # as deliver.send.prepare_papers does before forking
             ahead = time.perf_counter()
