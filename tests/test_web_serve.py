@@ -11,9 +11,11 @@ import time
 import httpx
 import pytest
 
+from digest.web.security import CSRF_COOKIE
 from tests.conftest import Site
 from tests.smtp_server import free_port
 from tests.test_service import wait_until
+from tests.test_web_subscription import csrf_of
 
 
 def _answers(port: int) -> bool:
@@ -48,6 +50,44 @@ def test_the_web_front_answers_and_stops_on_sigterm(
     assert code == 0, logs
     assert "Traceback" not in logs
     assert not _answers(port)
+
+
+def test_the_web_front_mails_a_confirmation_through_a_server_offering_pipelining(
+    site: Site,
+) -> None:
+    # uvicorn runs the web front on uvloop where it is installed, and the confirmation goes
+    # out from that loop: through PIPELINING (Postfix offers it) it was refused as a lost
+    # connection, every time, until the take-over asked what the transport does instead of
+    # its class (``deliver.pipelining``).
+    site.server.handler.pipelining = True
+    port = int(site.env["DIGEST_WEB_PORT"])
+    log_file = site.root / "web.log"
+    with log_file.open("w") as log:
+        process = site.spawn("web", stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: _answers(port) or process.poll() is not None, "the web front")
+            assert process.poll() is None, log_file.read_text()
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                form = client.get("/subscribe")
+                # the cookie is a secure one (the site is https), sent here by hand over http
+                cookie = form.cookies[CSRF_COOKIE]
+                answer = client.post(
+                    "/subscribe",
+                    data={
+                        "csrf": csrf_of(form.text),
+                        "email": "new.reader@example.net",
+                        "interests": "sparse attention",
+                    },
+                    headers={"Cookie": f"{CSRF_COOKIE}={cookie}"},
+                )
+            assert answer.status_code == 200, answer.text
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=20)
+    sent = [message for rcpt, message in site.received() if rcpt == "new.reader@example.net"]
+    assert len(sent) == 1, log_file.read_text()
+    assert "/confirm/" in sent[0].get_body(preferencelist=("plain",)).get_content()
+    assert site.server.handler.commands == ["MAIL", "RCPT", "DATA"]
 
 
 @pytest.mark.parametrize("command", ["serve", "web"])
