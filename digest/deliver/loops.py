@@ -1,11 +1,11 @@
 """The event loop a sending pass runs on: uvloop's where it is installed, else asyncio's own.
 
-A pass spends a fifth or so of its CPU in the loop and the transport (waking the
+A pass spends a sixth or so of its CPU in the loop and the transport (waking the
 connections' tasks, reading the server's replies, writing each message): uvloop does that
-work in C, and took the CPU a message of ``bench/deliver.py`` from 1,240–1,358 µs to
-1,014–1,191 µs in the same runs (bench/README.md, "The senders on uvloop"). The web front
-runs on it already (uvicorn picks it); it is a dependency wherever it builds (not on
-Windows), and without it a pass runs on asyncio's loop as before.
+work in C, and took it from 224–231 µs to 175–184 µs a message (``bench/loops.py``;
+bench/README.md, "The senders on uvloop"). The web front runs on it already (uvicorn picks
+it); it is a dependency wherever it builds (not on Windows), and without it a pass runs on
+asyncio's loop as before.
 """
 
 from __future__ import annotations
