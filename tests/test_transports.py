@@ -140,6 +140,16 @@ def smtp(server: SMTPServer, *, retries: int = 3, connections: int = 2) -> SMTPT
     return transport
 
 
+async def pooled_after(transport: SMTPTransport, count: int) -> type:
+    """The class of the connection the pool keeps after the first ``count`` test digests
+    went out one after another (``Pipelined`` once taken over, else aiosmtplib's own)."""
+    async with transport:
+        for n in range(count):
+            to, raw, message_id = message_for(n)
+            await transport.send("digest@example.org", to, raw, message_id)
+        return type(transport._idle[0])
+
+
 async def send_all(transport: SMTPTransport, numbers: range) -> None:
     async with transport:
         for n in numbers:
@@ -535,14 +545,7 @@ def test_a_server_offering_pipelining_gets_each_messages_commands_in_one_group(
 ) -> None:
     transport = smtp(smtp_server)
 
-    async def go() -> type:
-        async with transport:
-            for n in range(3):
-                to, raw, message_id = message_for(n)
-                await transport.send("digest@example.org", to, raw, message_id)
-            return type(transport._idle[0])
-
-    pooled = asyncio.run(go())
+    pooled = asyncio.run(pooled_after(transport, 3))
     offered = smtp_server.handler.pipelining
     assert pooled is (Pipelined if offered else aiosmtplib.SMTP)
     assert smtp_server.handler.commands == ["MAIL", "RCPT", "DATA"] * 3
@@ -586,16 +589,9 @@ def test_messages_go_over_tls_on_either_loop(
     url = server.url().replace("smtp://", "smtps://") if implicit else server.url()
     transport = smtp_for(url)
 
-    async def go() -> type:
-        async with transport:
-            for n in range(3):
-                to, raw, message_id = message_for(n)
-                await transport.send("digest@example.org", to, raw, message_id)
-            return type(transport._idle[0])
-
     try:
         with event_loops(loop):
-            pooled = asyncio.run(go())
+            pooled = asyncio.run(pooled_after(transport, 3))
     finally:
         server.controller.stop()
     assert pooled is (Pipelined if pipelining else aiosmtplib.SMTP)

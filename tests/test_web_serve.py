@@ -25,6 +25,16 @@ def _answers(port: int) -> bool:
         return False
 
 
+def _stop(process: subprocess.Popen[str]) -> None:
+    """SIGTERM, and SIGKILL when it has not stopped 20 s later."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @pytest.mark.parametrize(("command", "workers"), [(["serve"], "1"), (["web"], "1"), (["web"], "2")])
 def test_the_web_front_answers_and_stops_on_sigterm(
     site: Site, command: list[str], workers: str
@@ -82,8 +92,7 @@ def test_the_web_front_mails_a_confirmation_through_a_server_offering_pipelining
                 )
             assert answer.status_code == 200, answer.text
         finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=20)
+            _stop(process)
     sent = [message for rcpt, message in site.received() if rcpt == "new.reader@example.net"]
     assert len(sent) == 1, log_file.read_text()
     assert "/confirm/" in sent[0].get_body(preferencelist=("plain",)).get_content()
@@ -146,12 +155,7 @@ def test_a_client_slow_to_send_its_headers_is_cut_off(
             assert _closed_after(kept, 5) < 1.8
         assert _answers(port)  # the server itself is fine
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
 
 
 def test_web_says_where_it_listens_and_takes_host_and_port(site: Site) -> None:
