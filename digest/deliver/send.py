@@ -472,9 +472,12 @@ async def deliver(
                 marks.give_back()
                 return
             try:
-                await transport.send(sender_addr, item.email, raw, item.view.message_id)
+                try:
+                    await transport.send(sender_addr, item.email, raw, item.view.message_id)
+                except BaseException:
+                    marks.give_back()  # a place stays taken only by a message the server took
+                    raise
             except TransportError as exc:
-                marks.give_back()
                 reason = str(exc)
                 if outbox.mark_unsent(engine, item.digest_id, reason, sender=sender):
                     result.deferred += 1
@@ -485,11 +488,9 @@ async def deliver(
                 give_up(reason)
                 continue
             except AddressError as exc:
-                marks.give_back()
                 _set_aside(engine, sender, item, str(exc), result)
                 continue
             except DeliveryError as exc:
-                marks.give_back()
                 if exc.permanent or not exc.counts:
                     _failed(engine, sender, item, exc, result, clock())
                 else:
@@ -497,9 +498,6 @@ async def deliver(
                     if judging.outage:
                         give_up(judging.outage)
                 continue
-            except BaseException:
-                marks.give_back()
-                raise
             judging.accepted()
             handed.append((item, marks.hand(item.digest_id)))
 
